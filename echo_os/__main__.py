@@ -1,0 +1,3 @@
+from echo_os.cli import main
+
+main()

@@ -1,0 +1,95 @@
+"""The `echo-os` command.
+
+Commands are loaded lazily from COMMANDS so `echo-os --help` and the light commands never import torch.
+One error boundary (`main`) turns EchoError into one line and its exit code; anything else becomes one
+line naming the log file, unless ECHO_OS_DEBUG is set, in which case it is re-raised.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import traceback
+
+import click
+
+from echo_os import __version__
+from echo_os.errors import EchoError
+from echo_os.settings import Settings, load_settings
+
+# name -> "module:attribute". One module per command group.
+COMMANDS = {
+    "render": "echo_os.cli.render:render",
+    "replay": "echo_os.cli.render:replay",
+    "artifacts": "echo_os.cli.artifacts:artifacts",
+    "models": "echo_os.cli.models:models",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), envvar="ECHO_OS_HOME",
+              help="Workspace folder (models.toml, artifacts/). Default: the current directory.")
+@click.version_option(__version__, prog_name="echo-os")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """echo-os: render images with Stable Diffusion XL, keep every image as a reproducible artifact."""
+    ctx.obj = load_settings(home)
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    """The Settings parsed by the root command."""
+    return ctx.find_root().obj
+
+
+def _log_exception(settings: Settings | None) -> str:
+    settings = settings or load_settings()
+    try:
+        settings.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(settings.log_path, "a", encoding="utf-8") as log:
+            log.write(traceback.format_exc())
+            log.write("\n")
+        return str(settings.log_path)
+    except OSError:
+        return "(no log: the workspace is not writable)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    debug = os.environ.get("ECHO_OS_DEBUG", "") not in ("", "0", "false", "no")
+    try:
+        cli.main(args=argv, prog_name="echo-os", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        # click's own usage errors: already one line plus usage; keep click's formatting and exit 2.
+        error.show()
+        sys.exit(error.exit_code)
+    except EchoError as error:
+        if debug:
+            raise
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as error:  # noqa: BLE001 - the boundary for unexpected errors
+        if debug:
+            raise
+        where = _log_exception(None)
+        click.echo(f"Error: {type(error).__name__}: {error} (details in {where})", err=True)
+        sys.exit(1)

@@ -1,0 +1,159 @@
+"""RenderRequest and its validation: the one typed value every edge (CLI, API, story planner) builds.
+
+Bounds live here once; the CLI turns a ValidationError into one line and exit 2, the API into a 422
+naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from echo_os.errors import UsageError
+
+MAX_SIDE = 4096
+MAX_STEPS = 200
+MAX_COUNT = 64
+MAX_SEED = 2**32 - 1
+
+# Scheduler names accepted everywhere (CLI, API, story defaults). The sdxl engine maps them to diffusers
+# classes; listed here so validation does not import diffusers.
+SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc")
+DEVICES = ("auto", "cuda", "cpu", "mps")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTIONS = ("sdpa", "xformers")
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024x768' -> (1024, 768). Bounds are checked by RenderRequest, not here."""
+    match = _SIZE_RE.match(text or "")
+    if not match:
+        raise UsageError(f"--size must look like WIDTHxHEIGHT (for example 1024x1024), got {text!r}.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+class StoryFields(BaseModel):
+    """Where an image sits in a story; filled by the story planner, empty for a plain render."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scene: int | None = None
+    slug: str | None = None
+    description: str | None = None
+    characters: tuple[str, ...] = ()
+    location: str | None = None
+    props: tuple[str, ...] = ()
+    camera: str | None = None
+    lighting: str | None = None
+    time_of_day: str | None = None
+    mood: str | None = None
+    bible_hash: str | None = None
+
+
+class RenderRequest(BaseModel):
+    """One prompt rendered `count` times; image i uses seed + i through its own generator."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    negative_prompt: str = ""
+    style: str = ""
+    seed: int = Field(default_factory=random_seed, ge=0, le=MAX_SEED)
+    steps: int = Field(default=30, ge=1, le=MAX_STEPS)
+    cfg: float = Field(default=7.0, ge=0.0, le=100.0)
+    width: int = Field(default=1024, gt=0, le=MAX_SIDE)
+    height: int = Field(default=1024, gt=0, le=MAX_SIDE)
+    count: int = Field(default=1, ge=1, le=MAX_COUNT)
+    scheduler: Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"] = "euler"
+    model: str = "sdxl"
+    engine: str = "auto"
+    device: Literal["auto", "cuda", "cpu", "mps"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+    project: str = "default"
+    parent_id: str | None = None
+    story: StoryFields = Field(default_factory=StoryFields)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: str) -> str:
+        if not value or not value.strip():
+            raise ValueError("the prompt is empty; give a description of the image")
+        return value
+
+    @field_validator("cfg")
+    @classmethod
+    def _cfg_finite(cls, value: float) -> float:
+        if math.isnan(value) or math.isinf(value):
+            raise ValueError("cfg must be a finite number between 0 and 100")
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (got {value}); try {max(8, value - value % 8)}")
+        return value
+
+    @field_validator("project")
+    @classmethod
+    def _project_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the project name is empty")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _engine_known(self) -> "RenderRequest":
+        from echo_os.engines import ENGINE_NAMES
+
+        if self.engine not in ENGINE_NAMES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
+        return self
+
+    @property
+    def full_prompt(self) -> str:
+        """The text the model sees: the prompt, then the style."""
+        return f"{self.prompt}, {self.style}" if self.style.strip() else self.prompt
+
+    @property
+    def seeds(self) -> list[int]:
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one batched pipeline call."""
+        return (self.model, self.width, self.height, self.steps, self.cfg, self.scheduler,
+                self.device, self.dtype, self.attention)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming the first bad field and what is allowed, for the CLI."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ())) or "request"
+    message = first.get("msg", "invalid value")
+    message = message.removeprefix("Value error, ")
+    if first.get("type") == "literal_error":
+        allowed = first.get("ctx", {}).get("expected", "")
+        message = f"got {first.get('input')!r}; allowed values: {allowed}"
+    return f"invalid {field}: {message}"
+
+
+def build_request(**fields) -> RenderRequest:
+    """Build a RenderRequest or raise UsageError with one line naming the field."""
+    try:
+        return RenderRequest(**fields)
+    except ValidationError as error:
+        raise UsageError(describe_validation_error(error)) from None
