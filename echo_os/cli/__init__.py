@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 
 import click
 
@@ -47,12 +48,20 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, home: str | None) -> None:
     """echo-os: render images with Stable Diffusion XL, keep every image as a reproducible artifact."""
-    ctx.obj = load_settings(home)
+    state = ctx.ensure_object(CliState)
+    state.settings = load_settings(home)
+
+
+@dataclass
+class CliState:
+    """What the root command parsed, handed to every command through click's context object."""
+
+    settings: Settings | None = None
 
 
 def settings_from(ctx: click.Context) -> Settings:
     """The Settings parsed by the root command."""
-    return ctx.find_root().obj
+    return ctx.find_root().ensure_object(CliState).settings
 
 
 def _log_exception(settings: Settings | None) -> str:
@@ -70,14 +79,19 @@ def _log_exception(settings: Settings | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     debug = os.environ.get("ECHO_OS_DEBUG", "") not in ("", "0", "false", "no")
+    state = CliState()
     try:
-        cli.main(args=argv, prog_name="echo-os", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="echo-os", standalone_mode=False, obj=state)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as error:
+        # One line: what was wrong, and where the help is.
+        command = error.ctx.command_path if error.ctx else "echo-os"
+        click.echo(f"Error: {error.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(error.exit_code)
     except click.ClickException as error:
-        # click's own usage errors: already one line plus usage; keep click's formatting and exit 2.
-        error.show()
+        click.echo(f"Error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except EchoError as error:
         if debug:
@@ -90,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001 - the boundary for unexpected errors
         if debug:
             raise
-        where = _log_exception(None)
+        where = _log_exception(state.settings)
         click.echo(f"Error: {type(error).__name__}: {error} (details in {where})", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+

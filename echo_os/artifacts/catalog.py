@@ -1,0 +1,189 @@
+"""The SQLite catalog: a cache of every artifact's meta.json, rebuilt by `echo-os artifacts reindex`.
+
+WAL mode so the CLI and the server read while one writes; schema changes are numbered migrations applied
+on every open (llm's migrations.py habit). `num` is a stable int64 taken from the artifact id, so the same
+folder always gets the same row number (and the same vector id in Echo Memory), even after a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from echo_os.errors import NotFoundError, UsageError
+
+MIN_PREFIX = 12
+
+
+def artifact_num(artifact_id: str) -> int:
+    """Stable positive int64 from the sha256 hex id (first 60 bits)."""
+    return int(artifact_id[:15], 16)
+
+
+def _m001_artifacts(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE artifacts (
+            num INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            created TEXT NOT NULL,
+            project TEXT NOT NULL,
+            model TEXT,
+            engine TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            scene INTEGER,
+            parent_id TEXT,
+            path TEXT NOT NULL,
+            meta TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX artifacts_project ON artifacts(project, created)")
+    db.execute("CREATE INDEX artifacts_created ON artifacts(created)")
+    db.execute("CREATE INDEX artifacts_model ON artifacts(model)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_artifacts]
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    num: int
+    id: str
+    created: str
+    project: str
+    model: str | None
+    engine: str
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    scene: int | None
+    parent_id: str | None
+    path: str  # relative to the artifacts folder
+    meta: dict
+
+    def summary(self) -> dict:
+        return {"id": self.id, "created": self.created, "project": self.project, "model": self.model,
+                "engine": self.engine, "seed": self.seed, "size": f"{self.width}x{self.height}",
+                "scene": self.scene, "prompt": self.prompt, "path": self.path}
+
+
+_COLUMNS = "num, id, created, project, model, engine, prompt, seed, width, height, scene, parent_id, path, meta"
+
+
+def _row(values: tuple) -> CatalogRow:
+    *head, meta = values
+    return CatalogRow(*head, meta=json.loads(meta))
+
+
+class Catalog:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                migration(self.db)
+                self.db.execute(f"PRAGMA user_version = {number}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes -------------------------------------------------------------------------------
+    def upsert(self, meta: dict, relative_path: str) -> int:
+        artifact_id = meta["id"]
+        num = artifact_num(artifact_id)
+        self.db.execute(
+            f"INSERT OR REPLACE INTO artifacts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (num, artifact_id, meta["created"], meta["project"], (meta.get("model") or {}).get("name"),
+             meta["engine"]["name"], meta["prompt"], meta["seed"], meta["width"], meta["height"],
+             (meta.get("story") or {}).get("scene"), meta.get("parent_id"), relative_path,
+             json.dumps(meta, ensure_ascii=False, sort_keys=True)))
+        return num
+
+    def delete(self, artifact_id: str) -> None:
+        self.db.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
+
+    def replace_all(self, rows: list[tuple[dict, str]]) -> None:
+        """Swap the whole table for `rows` in one transaction (readers never see it half-built)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM artifacts")
+            for meta, relative_path in rows:
+                self.upsert(meta, relative_path)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    # -- reads --------------------------------------------------------------------------------
+    def resolve_id(self, prefix: str) -> CatalogRow:
+        """A full id or a unique prefix of at least 12 hex characters."""
+        prefix = prefix.strip().lower()
+        if len(prefix) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+            raise UsageError(f"artifact id {prefix!r} must be at least {MIN_PREFIX} hex characters "
+                             "(see `echo-os artifacts list`).")
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM artifacts WHERE id >= ? AND id < ? LIMIT 2",
+                               (prefix, prefix + "g")).fetchall()
+        if not rows:
+            raise NotFoundError(f"no artifact with id {prefix!r} in this workspace (see `echo-os artifacts list`).")
+        if len(rows) > 1:
+            raise UsageError(f"artifact id prefix {prefix!r} matches several artifacts; give more characters.")
+        return _row(rows[0])
+
+    def get_num(self, num: int) -> CatalogRow | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM artifacts WHERE num = ?", (num,)).fetchone()
+        return _row(row) if row else None
+
+    def query(self, *, project: str | None = None, model: str | None = None, since: str | None = None,
+              limit: int | None = None, offset: int = 0, newest_first: bool = True) -> list[CatalogRow]:
+        where, params = [], []
+        if project:
+            where.append("project = ?")
+            params.append(project)
+        if model:
+            where.append("model = ?")
+            params.append(model)
+        if since:
+            where.append("created >= ?")
+            params.append(since)
+        sql = f"SELECT {_COLUMNS} FROM artifacts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY created {'DESC' if newest_first else 'ASC'}, id"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [limit, offset]
+        return [_row(row) for row in self.db.execute(sql, params)]
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0]
+
+    def nums(self) -> set[int]:
+        return {row[0] for row in self.db.execute("SELECT num FROM artifacts")}
+
+    def dump(self) -> Iterator[tuple]:
+        """Every row in num order, for comparing two catalogs."""
+        yield from self.db.execute(f"SELECT {_COLUMNS} FROM artifacts ORDER BY num")

@@ -1,0 +1,238 @@
+"""The artifact store: one folder per image, written atomically, then indexed in the catalog.
+
+Layout: artifacts/<yyyy-mm-dd>/<project-slug>/<seq>-<scene-slug>_<yyyy-mm-dd_HH-MM-SS>/{image.png,meta.json}.
+A folder is built under artifacts/.tmp/, every file fsynced, then renamed into place in one step, so a
+killed process leaves either a whole artifact or nothing that is listed. The folder is the source of
+truth; the catalog row comes after and can always be rebuilt (`reindex`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from filelock import FileLock
+
+from echo_os.artifacts.catalog import Catalog
+from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord, collect_versions
+from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES, a1111_parameters, png_info
+from echo_os.artifacts.slugs import slugify
+from echo_os.settings import Settings
+
+if TYPE_CHECKING:
+    from echo_os.engines.base import RenderResult
+
+log = logging.getLogger(__name__)
+
+IMAGE_NAME = "image.png"
+META_NAME = "meta.json"
+_SEQ_RE = re.compile(r"^(\d+)-")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: str
+    path: Path  # the artifact folder
+    meta: ArtifactMeta
+
+    @property
+    def image_path(self) -> Path:
+        return self.path / IMAGE_NAME
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / META_NAME
+
+    def summary(self) -> dict:
+        return {"id": self.id, "path": str(self.path), "image": str(self.image_path),
+                "prompt": self.meta.full_prompt, "seed": self.meta.seed, "engine": self.meta.engine.name,
+                "project": self.meta.project, "size": f"{self.meta.width}x{self.meta.height}"}
+
+
+SaveListener = Callable[[Artifact], None]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class ArtifactStore:
+    def __init__(self, settings: Settings, catalog: Catalog | None = None):
+        self.settings = settings
+        self.root = settings.artifacts_dir
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._catalog = catalog
+        self.listeners: list[SaveListener] = []
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.settings.catalog_path)
+        return self._catalog
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    # -- building meta --------------------------------------------------------------------------
+    def build_meta(self, result: "RenderResult", index: int, *, sequence: int, created: datetime,
+                   batch_size: int) -> ArtifactMeta:
+        request = result.request
+        seed = request.seeds[index]
+        runtime = result.runtime
+        one_image = request.model_copy(update={"seed": seed, "count": 1, "engine": runtime.engine})
+        model = None
+        if runtime.model is not None:
+            model = ModelRecord(name=runtime.model.name, source=runtime.model.source, kind=runtime.model.kind,
+                                weights_sha256=runtime.model.weights_sha256)
+        return ArtifactMeta(
+            created=created.isoformat(timespec="microseconds"),
+            project=request.project,
+            sequence=sequence,
+            prompt=request.prompt,
+            full_prompt=request.full_prompt,
+            negative_prompt=request.negative_prompt,
+            style=request.style,
+            seed=seed,
+            steps=request.steps,
+            cfg=request.cfg,
+            width=request.width,
+            height=request.height,
+            scheduler=request.scheduler,
+            model=model,
+            engine=EngineRecord(name=runtime.engine, reason=runtime.reason),
+            device=runtime.device,
+            dtype=runtime.dtype,
+            attention=runtime.attention,
+            versions=collect_versions(),
+            timings=result.timings.as_dict(),
+            batch={"index": index, "images": len(request.seeds), "size": batch_size},
+            parent_id=request.parent_id,
+            story=request.story,
+            request=one_image.model_dump(mode="json"),
+        )
+
+    @staticmethod
+    def encode_png(image, meta: ArtifactMeta) -> bytes:
+        model_name = meta.model.name if meta.model else meta.engine.name
+        parameters = a1111_parameters(
+            meta.full_prompt, meta.negative_prompt, steps=meta.steps,
+            sampler=A1111_SAMPLER_NAMES.get(meta.scheduler, meta.scheduler), cfg=meta.cfg, seed=meta.seed,
+            width=meta.width, height=meta.height, model=model_name,
+            extra={"Engine": meta.engine.name, "Version": f"echo-os {meta.versions.get('echo_os', '')}"})
+        embedded = meta.model_dump(mode="json", exclude={"id"})
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", pnginfo=png_info(parameters, embedded), compress_level=4)
+        return buffer.getvalue()
+
+    # -- saving ---------------------------------------------------------------------------------
+    def _project_dir(self, created: datetime, project: str) -> Path:
+        return self.root / created.strftime("%Y-%m-%d") / slugify(project, fallback="default")
+
+    @staticmethod
+    def _next_sequence(project_dir: Path) -> int:
+        highest = 0
+        if project_dir.is_dir():
+            for child in project_dir.iterdir():
+                match = _SEQ_RE.match(child.name)
+                if match:
+                    highest = max(highest, int(match.group(1)))
+        return highest + 1
+
+    def save_result(self, result: "RenderResult", *, batch_size: int = 1) -> list["Artifact"]:
+        """One artifact per image in `result`, in seed order."""
+        return [self.save(result, index, batch_size=batch_size) for index in range(len(result.images))]
+
+    def save(self, result: "RenderResult", index: int, *, batch_size: int = 1) -> Artifact:
+        """Write one image as an artifact. Its folder number is the story scene when there is one
+        (so a storyboard reads 001-, 002-, ... in scene order), else the next free number."""
+        created = datetime.now(timezone.utc).astimezone()
+        request = result.request
+        project_dir = self._project_dir(created, request.project)
+        project_dir.mkdir(parents=True, exist_ok=True)
+        scene_slug = request.story.slug or slugify(request.story.description or request.prompt, max_length=32)
+        tmp_root = self.root / ".tmp"
+        tmp_root.mkdir(exist_ok=True)
+        tmp_dir = tmp_root / uuid.uuid4().hex
+        tmp_dir.mkdir()
+        try:
+            with FileLock(str(project_dir / ".lock")):
+                seq = request.story.scene if request.story.scene is not None else self._next_sequence(project_dir)
+                started = time.perf_counter()
+                result.timings.save_s = 0.0
+                meta = self.build_meta(result, index, sequence=seq, created=created, batch_size=batch_size)
+                png = self.encode_png(result.images[index].image, meta)
+                artifact_id = hashlib.sha256(png).hexdigest()
+                meta.id = artifact_id
+                meta.timings["save_s"] = round(time.perf_counter() - started, 4)
+                _write_durably(tmp_dir / IMAGE_NAME, png)
+                _write_durably(tmp_dir / META_NAME, meta.to_json().encode("utf-8"))
+                _fsync_dir(tmp_dir)
+                final = self._free_name(project_dir, f"{seq:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
+                os.rename(tmp_dir, final)
+                _fsync_dir(project_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        artifact = Artifact(id=artifact_id, path=final, meta=meta)
+        self.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
+        for listener in self.listeners:
+            try:
+                listener(artifact)
+            except Exception:  # a cache (memory index) failing must not lose the saved image
+                log.exception("after-save hook failed for %s; `echo-os artifacts reindex` repairs caches", artifact_id)
+        return artifact
+
+    @staticmethod
+    def _free_name(parent: Path, name: str) -> Path:
+        candidate, n = parent / name, 2
+        while candidate.exists():
+            candidate, n = parent / f"{name}-{n}", n + 1
+        return candidate
+
+    # -- reading --------------------------------------------------------------------------------
+    def open(self, id_or_prefix: str) -> Artifact:
+        row = self.catalog.resolve_id(id_or_prefix)
+        folder = self.root / row.path
+        return Artifact(id=row.id, path=folder, meta=ArtifactMeta.read(folder / META_NAME))
+
+    def scan(self) -> list[tuple[ArtifactMeta, Path]]:
+        """Every artifact folder on disk (meta.json next to image.png), skipping the temp area."""
+        found = []
+        for meta_path in sorted(self.root.glob(f"*/*/*/{META_NAME}")):
+            if meta_path.parts[-4] == ".tmp":
+                continue
+            try:
+                found.append((ArtifactMeta.read(meta_path), meta_path.parent))
+            except ValueError as error:
+                log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
+        return found
+
+    def reindex(self) -> int:
+        """Rebuild the catalog from the folders; drop leftovers of interrupted writes."""
+        shutil.rmtree(self.root / ".tmp", ignore_errors=True)
+        rows = [(meta.model_dump(mode="json"), str(folder.relative_to(self.root))) for meta, folder in self.scan()]
+        self.catalog.replace_all(rows)
+        return len(rows)

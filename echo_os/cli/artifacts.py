@@ -1,0 +1,79 @@
+"""`echo-os artifacts`: list, show and reindex the artifact catalog."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from echo_os.cli import settings_from
+
+
+@click.group()
+def artifacts() -> None:
+    """Browse the artifacts of this workspace."""
+
+
+@artifacts.command("list")
+@click.option("--project", default=None, help="Only this project.")
+@click.option("--model", default=None, help="Only this model name.")
+@click.option("--since", default=None, help="Only artifacts created on or after this ISO date (2026-11-01).")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_artifacts(ctx: click.Context, project: str | None, model: str | None, since: str | None, limit: int,
+                   as_json: bool) -> None:
+    """Newest artifacts first."""
+    from echo_os.artifacts.catalog import Catalog
+
+    settings = settings_from(ctx)
+    if since:
+        from datetime import date
+
+        try:
+            date.fromisoformat(since[:10])
+        except ValueError:
+            raise click.BadParameter(f"{since!r} is not an ISO date like 2026-11-01", param_hint="--since") from None
+    with Catalog(settings.catalog_path) as catalog:
+        rows = catalog.query(project=project, model=model, since=since, limit=limit)
+    if as_json:
+        click.echo(json.dumps([row.summary() for row in rows], indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no artifacts yet; make one with: echo-os render \"warm fractal\"", err=True)
+        return
+    for row in rows:
+        prompt = row.prompt if len(row.prompt) <= 60 else row.prompt[:59] + "…"
+        click.echo(f"{row.id[:12]}  {row.created[:19]}  {row.project:<16.16}  {row.engine:<6} "
+                   f"{row.width}x{row.height}  seed {row.seed:<10}  {prompt}")
+
+
+@artifacts.command("show")
+@click.argument("artifact_id")
+@click.pass_context
+def show_artifact(ctx: click.Context, artifact_id: str) -> None:
+    """Print an artifact's meta.json (id or a unique prefix of 12+ hex characters)."""
+    from echo_os.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(settings_from(ctx))
+    try:
+        artifact = store.open(artifact_id)
+    finally:
+        store.close()
+    meta = artifact.meta.model_dump(mode="json")
+    meta["path"] = str(artifact.path)
+    click.echo(json.dumps(meta, indent=2, ensure_ascii=False))
+
+
+@artifacts.command("reindex")
+@click.pass_context
+def reindex(ctx: click.Context) -> None:
+    """Rebuild catalog.db from the meta.json files on disk."""
+    from echo_os.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(settings_from(ctx))
+    try:
+        count = store.reindex()
+    finally:
+        store.close()
+    click.echo(f"catalog rebuilt: {count} artifacts")

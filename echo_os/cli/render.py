@@ -1,0 +1,104 @@
+"""`echo-os render` and `echo-os replay`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from echo_os.cli import settings_from
+from echo_os.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS, build_request, parse_size
+
+
+class StepBar:
+    """A tqdm bar over denoising steps, all images of one pipeline call advancing together."""
+
+    def __init__(self, total_images: int):
+        from tqdm import tqdm
+
+        self.total_images = total_images
+        self.done_images = 0
+        self.bar = tqdm(total=0, unit="step", leave=False, disable=None, dynamic_ncols=True)
+
+    def __call__(self, event) -> None:
+        if event.step == 1:
+            self.bar.reset(total=event.total_steps)
+            self.bar.set_description(f"images {self.done_images + 1}-{self.done_images + event.images}"
+                                     f" of {self.total_images}")
+        self.bar.update(1)
+        if event.step == event.total_steps:
+            self.done_images += event.images
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def engine_line(choice) -> str:
+    return f"engine: {choice.name} ({choice.reason})"
+
+
+@click.command()
+@click.argument("prompt")
+@click.option("--style", default="", help="Style words appended to the prompt, e.g. 'digital art'.")
+@click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
+@click.option("--seed", type=int, default=None, help="Seed of the first image (image i uses seed+i). Default: random.")
+@click.option("--steps", type=int, default=30, show_default=True, help="Denoising steps (1-200).")
+@click.option("--cfg", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--size", default="1024x1024", show_default=True, help="WIDTHxHEIGHT, multiples of 8.")
+@click.option("--count", type=int, default=1, show_default=True, help="Images to render (1-64), batched.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="euler", show_default=True)
+@click.option("--model", default="sdxl", show_default=True, help="A model name from models.toml.")
+@click.option("--engine", default="auto", show_default=True, help="auto, sdxl, cpu or draft.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
+@click.option("--attention", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True)
+@click.option("--project", default="default", show_default=True, help="Project the artifacts belong to.")
+@click.option("--batch-size", type=click.IntRange(1, 64), default=None, help="Images per pipeline call.")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
+@click.pass_context
+def render(ctx: click.Context, prompt: str, size: str, seed: int | None, batch_size: int | None, as_json: bool,
+           **options) -> None:
+    """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.scheduler import render_requests
+
+    settings = settings_from(ctx)
+    width, height = parse_size(size)
+    fields = dict(options, prompt=prompt, width=width, height=height)
+    if seed is not None:
+        fields["seed"] = seed
+    request = build_request(**fields)
+
+    store = ArtifactStore(settings)
+    bar = StepBar(request.count)
+    try:
+        outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
+                                  on_engine=lambda choice: click.echo(engine_line(choice), err=True))
+    finally:
+        bar.close()
+        store.close()
+    if as_json:
+        click.echo(json.dumps([a.summary() for a in outcome.artifacts], indent=2, ensure_ascii=False))
+    else:
+        for artifact in outcome.artifacts:
+            click.echo(f"{artifact.id[:12]}  {artifact.image_path}")
+
+
+@click.command()
+@click.argument("artifact_id")
+@click.option("--save", is_flag=True, help="Keep the re-render as a new artifact whose parent is ARTIFACT_ID.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def replay(ctx: click.Context, artifact_id: str, save: bool, as_json: bool) -> None:
+    """Re-render an artifact from its meta.json and report the largest pixel difference (0 = identical)."""
+    from echo_os.replay import replay_artifact
+
+    settings = settings_from(ctx)
+    report = replay_artifact(settings, artifact_id, save=save)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    verdict = "identical" if report.max_pixel_diff == 0 else "differs"
+    click.echo(f"replayed {report.artifact_id[:12]} with engine {report.engine}: "
+               f"max pixel difference {report.max_pixel_diff} ({verdict})"
+               + (f"; saved as {report.saved_id[:12]}" if report.saved_id else ""))

@@ -1,0 +1,51 @@
+"""Engine registry: one table, name -> factory. `auto` picks in a stated order and says why.
+
+Modules are imported only when an engine is created, so validating a request or running the draft
+engine never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from echo_os.engines.base import Engine
+    from echo_os.requests import RenderRequest
+    from echo_os.settings import Settings
+
+# name -> "module:factory"; every factory is factory(settings, reason) -> Engine.
+ENGINES: dict[str, str] = {
+    "sdxl": "echo_os.engines.factories:sdxl",
+    "cpu": "echo_os.engines.factories:cpu",
+    "draft": "echo_os.engines.factories:draft",
+}
+ENGINE_NAMES: tuple[str, ...] = ("auto", *ENGINES)
+
+AUTO_ORDER = "sdxl on a CUDA GPU, else sdxl on the CPU (engine `cpu`), else draft cards"
+
+
+def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, str]:
+    """(engine name, one-line reason). Order for `auto`: see AUTO_ORDER."""
+    if request.engine != "auto":
+        return request.engine, f"chosen with --engine {request.engine}"
+    from echo_os.errors import ModelError
+    from echo_os.models import load_registry, resolve_model
+
+    entry = load_registry(settings).get(request.model)  # an unknown name is the user's error: raise
+    try:
+        resolve_model(entry)
+    except ModelError as error:
+        return "draft", f"no weights for model '{request.model}' here ({error}); see `echo-os models list`"
+    import torch
+
+    if request.device in ("auto", "cuda") and torch.cuda.is_available():
+        return "sdxl", f"weights for '{request.model}' found and a CUDA GPU is available"
+    if request.device == "cpu":
+        return "cpu", "weights found; --device cpu"
+    return "cpu", f"weights for '{request.model}' found but no CUDA GPU; rendering on the CPU (slow at full size)"
+
+
+def create_engine(settings: "Settings", name: str, reason: str) -> "Engine":
+    module_name, factory = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module_name), factory)(settings, reason)

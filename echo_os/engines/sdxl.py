@@ -1,0 +1,266 @@
+"""The sdxl engine: diffusers' StableDiffusionXLPipeline, in-process, loaded once and kept warm.
+
+Every image gets its own torch.Generator seeded from its own seed, so image i of a batch equals the same
+prompt rendered alone. The pipeline runs to latents and we decode them here: that splits the denoise and
+decode timings and lets the VAE decode run as its own batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from echo_os.engines.base import (
+    Capabilities,
+    ModelInfo,
+    ProgressCallback,
+    ProgressEvent,
+    RenderedImage,
+    RenderResult,
+    RuntimeInfo,
+    Timings,
+)
+from echo_os.errors import CancelledError, UsageError
+from echo_os.requests import RenderRequest
+
+if TYPE_CHECKING:
+    from echo_os.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# scheduler name -> (diffusers class name, config overrides)
+SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                  "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                         "use_karras_sigmas": True}),
+    "ddim": ("DDIMScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+def make_scheduler(name: str, base_config: dict):
+    import diffusers
+
+    class_name, overrides = SCHEDULER_CLASSES[name]
+    return getattr(diffusers, class_name).from_config(base_config, **overrides)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu.")
+    if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was asked for but the MPS backend is not available; use --device cpu.")
+    return requested
+
+
+def pick_dtype(requested: str, device: str) -> str:
+    """CUDA: bfloat16 where the GPU supports it, else float16 (the VAE then decodes in float32).
+    CPU: float32 (half precision on CPU is slow and inexact)."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: Any
+    base_scheduler_config: dict
+    model: ModelInfo
+    device: str
+    dtype: str
+    attention: str
+    load_s: float
+    lock: threading.Lock
+
+
+# One pipeline per (weights, device, dtype, attention) for the life of the process.
+_PIPELINES: dict[tuple, LoadedPipeline] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def load_sdxl_pipeline(local_path: Path, *, single_file: bool, device: str, dtype: str, attention: str,
+                       config: str | None = None, variant: str | None = None, allow_pickle: bool = False):
+    """StableDiffusionXLPipeline from local files only (never the network)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    torch_dtype = getattr(torch, dtype)
+    if single_file:
+        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "local_files_only": True}
+        if config:
+            kwargs["config"] = config
+        pipe = StableDiffusionXLPipeline.from_single_file(str(local_path), **kwargs)
+    else:
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            str(local_path), torch_dtype=torch_dtype, local_files_only=True, variant=variant,
+            use_safetensors=None if allow_pickle else True)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise UsageError("--attention xformers needs the xformers package: pip install 'echo-os[xformers]'; "
+                             "or use --attention sdpa.") from None
+        pipe.enable_xformers_memory_efficient_attention()
+    return pipe
+
+
+def decode_latents(pipe, latents):
+    """Latents -> PIL images the way StableDiffusionXLPipeline does at the end of __call__."""
+    import torch
+
+    vae = pipe.vae
+    needs_upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    if needs_upcast:
+        vae.to(dtype=torch.float32)
+        latents = latents.to(torch.float32)
+    else:
+        latents = latents.to(vae.dtype)
+    mean = getattr(vae.config, "latents_mean", None)
+    std = getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std / vae.config.scaling_factor + mean
+    else:
+        latents = latents / vae.config.scaling_factor
+    with torch.no_grad():
+        image = vae.decode(latents, return_dict=False)[0]
+    if needs_upcast:
+        vae.to(dtype=torch.float16)
+    return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+class SDXLEngine:
+    """SDXL in-process. `name` is "sdxl", or "cpu" when forced onto the CPU as the no-GPU fallback."""
+
+    def __init__(self, settings: "Settings", *, name: str = "sdxl", reason: str = "", force_device: str | None = None):
+        self.settings = settings
+        self.name = name
+        self.reason = reason or f"chosen with --engine {name}"
+        self.force_device = force_device
+        self.capabilities = Capabilities(txt2img=True, ip_adapter=True, max_batch=16, needs_weights=True)
+
+    # -- loading ----------------------------------------------------------------------------------
+    def loaded(self, request: RenderRequest) -> LoadedPipeline:
+        from echo_os.models import check_loadable, load_registry, resolve_model, weights_sha256
+
+        entry = load_registry(self.settings).get(request.model)
+        resolved = resolve_model(entry)
+        device = pick_device(self.force_device or request.device)
+        dtype = pick_dtype("float32" if self.force_device == "cpu" and request.dtype == "auto" else request.dtype,
+                           device)
+        key = (str(resolved.local_path), device, dtype, request.attention)
+        with _PIPELINES_LOCK:
+            if key in _PIPELINES:
+                return _PIPELINES[key]
+            allow_pickle = bool(getattr(entry, "allow_pickle", False))
+            check_loadable(resolved, allow_pickle=allow_pickle)
+            started = time.perf_counter()
+            pipe = load_sdxl_pipeline(
+                resolved.local_path, single_file=resolved.format == "single-file", device=device, dtype=dtype,
+                attention=request.attention, config=getattr(entry, "config", None),
+                variant=getattr(entry, "variant", None), allow_pickle=allow_pickle)
+            model = ModelInfo(name=entry.name, source=entry.source, kind=entry.kind,
+                              weights_sha256=weights_sha256(self.settings, resolved))
+            loaded = LoadedPipeline(pipe=pipe, base_scheduler_config=dict(pipe.scheduler.config), model=model,
+                                    device=device, dtype=dtype, attention=request.attention,
+                                    load_s=time.perf_counter() - started, lock=threading.Lock())
+            _PIPELINES[key] = loaded
+            log.info("loaded %s on %s/%s in %.1fs", entry.name, device, dtype, loaded.load_s)
+            return loaded
+
+    # -- rendering --------------------------------------------------------------------------------
+    def render(self, requests: list[RenderRequest], *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> list[RenderResult]:
+        if not requests:
+            return []
+        keys = {request.batch_key() for request in requests}
+        if len(keys) > 1:
+            # The scheduler groups compatible requests; mixed ones are rendered one group at a time.
+            results: dict[int, RenderResult] = {}
+            for key in keys:
+                group = [(i, r) for i, r in enumerate(requests) if r.batch_key() == key]
+                for (i, _), result in zip(group, self.render([r for _, r in group], progress=progress, cancel=cancel)):
+                    results[i] = result
+            return [results[i] for i in range(len(requests))]
+
+        loaded = self.loaded(requests[0])
+        with loaded.lock:
+            return self._render_batch(loaded, requests, progress, cancel)
+
+    def _render_batch(self, loaded: LoadedPipeline, requests: list[RenderRequest],
+                      progress: ProgressCallback | None, cancel: threading.Event | None) -> list[RenderResult]:
+        import torch
+
+        first = requests[0]
+        pipe = loaded.pipe
+        pipe.scheduler = make_scheduler(first.scheduler, loaded.base_scheduler_config)
+        prompts, negatives, generators = [], [], []
+        for request in requests:
+            for seed in request.seeds:
+                prompts.append(request.full_prompt)
+                negatives.append(request.negative_prompt)
+                # CPU generators on every device: the same seed gives the same noise on any machine.
+                generators.append(torch.Generator("cpu").manual_seed(seed))
+        images_total = len(prompts)
+
+        def on_step_end(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+            if progress is not None:
+                progress(ProgressEvent(step=step + 1, total_steps=first.steps, images=images_total))
+            if cancel is not None and cancel.is_set():
+                pipeline._interrupt = True
+            return callback_kwargs
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            latents = pipe(
+                prompt=prompts, negative_prompt=negatives, generator=generators,
+                num_inference_steps=first.steps, guidance_scale=first.cfg,
+                width=first.width, height=first.height, output_type="latent",
+                callback_on_step_end=on_step_end,
+            ).images
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("render cancelled; unfinished images were not saved")
+            if loaded.device == "cuda":
+                torch.cuda.synchronize()
+            denoised = time.perf_counter()
+            pil_images = decode_latents(pipe, latents)
+        decoded = time.perf_counter()
+
+        runtime = RuntimeInfo(engine=self.name, reason=self.reason, device=loaded.device, dtype=loaded.dtype,
+                              attention=loaded.attention, model=loaded.model)
+        results, offset = [], 0
+        for request in requests:
+            rendered = [RenderedImage(image=pil_images[offset + i], seed=seed) for i, seed in enumerate(request.seeds)]
+            offset += request.count
+            share = request.count / images_total
+            timings = Timings(load_s=loaded.load_s, denoise_s=(denoised - started) * share,
+                              decode_s=(decoded - denoised) * share)
+            results.append(RenderResult(request=request, images=rendered, runtime=runtime, timings=timings))
+        loaded.load_s = 0.0  # paid once; later renders record 0
+        return results
+
+
+def clear_pipeline_cache() -> None:
+    with _PIPELINES_LOCK:
+        _PIPELINES.clear()

@@ -1,0 +1,42 @@
+"""Every bad input exits 2 with one line naming the option, and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+BAD = [
+    (["--size", "1000x1001"], "multiple of 8"),
+    (["--size", "0x512"], "width"),
+    (["--size", "8192x512"], "width"),
+    (["--size", "big"], "--size"),
+    (["--steps", "0"], "steps"),
+    (["--steps", "201"], "steps"),
+    (["--cfg", "nan"], "cfg"),
+    (["--cfg", "-1"], "cfg"),
+    (["--count", "0"], "count"),
+    (["--count", "65"], "count"),
+    (["--scheduler", "warp"], "euler"),
+    (["--engine", "magic"], "draft"),
+    (["--model", "nope"], "nope"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_option_exits_2_with_one_line(run_cli, workspace, args, needle):
+    code, out, err = run_cli("--home", str(workspace.home), "render", "warm fractal", *args)
+    assert code == 2
+    assert err.strip().count("\n") == 0, err
+    assert needle in err
+    assert "Traceback" not in err
+    assert not list(workspace.artifacts_dir.glob("*/*/*/image.png"))
+
+
+def test_empty_prompt(run_cli, workspace):
+    code, _, err = run_cli("--home", str(workspace.home), "render", "   ")
+    assert code == 2 and "prompt" in err and err.strip().count("\n") == 0
+
+
+def test_unknown_engine_lists_allowed_values(run_cli, workspace):
+    _, _, err = run_cli("--home", str(workspace.home), "render", "x", "--engine", "magic")
+    for name in ("auto", "sdxl", "cpu", "draft"):
+        assert name in err
