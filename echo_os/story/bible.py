@@ -295,13 +295,26 @@ def load_bible(path: str | Path, problems: ProblemList | None = None) -> Bible |
     """
     own = problems is None
     problems = ProblemList() if own else problems
-    bible = _load_bible(Path(path), problems)
+    bible, _ = load_bible_and_raw(Path(path), problems)
     if own:
         problems.raise_if_any()
     return bible
 
 
-def _load_bible(path: Path, problems: ProblemList) -> Bible | None:
+def load_bible_and_raw(path: Path, problems: ProblemList) -> tuple[Bible | None, dict | None]:
+    """(the bible or None, the parsed YAML mapping or None). The raw mapping lets the planner still
+    check the storyboard's ids when the YAML parsed but a key is wrong."""
+    raw: dict | None = None
+
+    def parsed(value: dict) -> None:
+        nonlocal raw
+        raw = value
+
+    bible = _load_bible(path, problems, parsed)
+    return bible, raw
+
+
+def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None) -> Bible | None:  # noqa: ANN001
     label = path.name
     data = _read_bytes(path, MAX_BIBLE_BYTES, label, problems)
     if data is None:
@@ -335,6 +348,7 @@ def _load_bible(path: Path, problems: ProblemList) -> Bible | None:
     if not isinstance(raw, dict):
         problems.add(label, f"the front matter must be YAML keys and values, not a {type(raw).__name__}")
         return None
+    on_yaml(raw)
     try:
         front = FrontMatter.model_validate(raw)
     except ValidationError as error:

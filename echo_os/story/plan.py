@@ -29,11 +29,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from echo_os.errors import UsageError
 from echo_os.requests import MAX_SEED, RenderRequest, StoryFields, describe_validation_error, parse_size
-from echo_os.story.bible import Bible, LoraRef, load_bible
+from echo_os.story.bible import Bible, LoraRef, load_bible_and_raw
 from echo_os.story.compose import ComposedPrompt, compose_scene_prompt
 from echo_os.story.problems import ProblemList
 from echo_os.story.prompt_list import read_prompt_list
-from echo_os.story.storyboard import SceneRow, read_storyboard
+from echo_os.story.storyboard import KnownIds, SceneRow, read_storyboard
 from echo_os.story.tokens import CLIP_TEXT_TOKENS, clip_token_count
 
 BIBLE_NAME = "STORY_BIBLE.md"
@@ -191,7 +191,10 @@ def _check_options(options: PlanOptions, project: str) -> None:
     try:
         RenderRequest(**fields)
     except ValidationError as error:
-        raise UsageError(describe_validation_error(error).replace("invalid ", "invalid --", 1)) from None
+        message = describe_validation_error(error)
+        if message.startswith("invalid request: "):  # a check across fields, e.g. the engine name
+            raise UsageError(message.removeprefix("invalid request: ")) from None
+        raise UsageError(message.replace("invalid ", "invalid --", 1)) from None
 
 
 def _request_fields(row: SceneRow, bible: Bible | None, options: PlanOptions) -> dict[str, Any]:
@@ -291,8 +294,11 @@ def plan_story(project: str, storyboard: str | Path, *, bible: str | Path | None
     storyboard = Path(storyboard)
     problems = ProblemList()
     bible_path = find_bible(storyboard, bible)
-    loaded = load_bible(bible_path, problems) if bible_path is not None else None
-    rows = read_storyboard(storyboard, problems, loaded)
+    loaded, raw = load_bible_and_raw(bible_path, problems) if bible_path is not None else (None, None)
+    ids = None
+    if bible_path is not None and loaded is None:
+        ids = KnownIds.from_raw(raw, storyboard.name)
+    rows = read_storyboard(storyboard, problems, loaded, ids)
     problems.raise_if_any()
     scenes = _plan_rows(rows, project=project, kind="storyboard", label=storyboard.name, bible=loaded,
                         options=options, tokenizer=tokenizer, tokenizer_loader=tokenizer_loader,

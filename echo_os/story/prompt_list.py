@@ -6,7 +6,8 @@
     --prompt "a harbour at night" --negative_prompt "blurry, text" --seed 7 --cfg_scale 5
 
 A line that starts with `--` is all options (it must have --prompt). Otherwise the text before the
-first known ` --option` is the prompt and the rest are options. Values with spaces take shell quotes.
+first ` --word` is the prompt and the rest are options (an unknown option is an error, never prompt
+text). Values with spaces take shell quotes.
 Each line becomes a SceneRow (scene = its position, row = its line number), so the planner treats a
 prompt list as a storyboard without a bible.
 """
@@ -47,7 +48,8 @@ OPTIONS: dict[str, tuple[str, Callable[[str], object]]] = {
     "height": ("height", _parse_side("height")),
     "batch_size": ("count", parse_count),
 }
-_OPTION_START = re.compile(r"(?:^|\s)--(" + "|".join(OPTIONS) + r")(?=\s|=|$)")
+# Anything that looks like an option starts the options, so a misspelt one is reported, not rendered.
+_OPTION_START = re.compile(r"(?:^|\s)--[A-Za-z][A-Za-z0-9_-]*(?=\s|=|$)")
 
 
 def _split_line(line: str) -> tuple[str, str]:

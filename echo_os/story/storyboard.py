@@ -178,13 +178,15 @@ def _check_header(header: list[str], label: str, problems: ProblemList) -> list[
     return None if missing else columns
 
 
-def read_storyboard(path: str | Path, problems: ProblemList, bible: Bible | None = None) -> list[SceneRow]:
+def read_storyboard(path: str | Path, problems: ProblemList, bible: Bible | None = None,
+                    ids: "KnownIds | None" = None) -> list[SceneRow]:
     """The storyboard's rows in scene order, their character, location and prop ids checked against
-    `bible` (None: no bible, so any id is a problem). Problems are added to `problems`; rows with a
-    problem are left out of the result (the caller must not plan when `problems` is not empty)."""
+    `ids`, by default those of `bible` (None: no bible, so any id is a problem). Problems are added
+    to `problems`; rows with a problem are left out of the result (the caller must not plan when
+    `problems` is not empty)."""
     path = Path(path)
     label = path.name
-    ids = KnownIds.from_bible(bible, label)
+    ids = ids or KnownIds.from_bible(bible, label)
     text = read_text_file(path, label, problems)
     if text is None:
         return []
@@ -280,12 +282,12 @@ def _parse_row(cells: dict[str, str], row_number: int, label: str, problems: Pro
     values["characters"] = parsed("characters", parse_ids) or ()
     values["props"] = parsed("props", parse_ids) or ()
     for character in values["characters"]:
-        if character not in ids.characters:
+        if not ids.knows("character", character):
             problems.add(label, ids.unknown("character", character), row=row_number, column="characters")
-    if values["location"] is not None and values["location"] not in ids.locations:
+    if values["location"] is not None and not ids.knows("location", values["location"]):
         problems.add(label, ids.unknown("location", values["location"]), row=row_number, column="location")
     for prop in values["props"]:
-        if prop not in ids.props:
+        if not ids.knows("prop", prop):
             problems.add(label, ids.unknown("prop", prop), row=row_number, column="props")
     values["seed"] = parsed("seed", parse_seed)
     values["count"] = parsed("count", parse_count)
@@ -311,6 +313,7 @@ class KnownIds(BaseModel):
     locations: frozenset[str] = frozenset()
     props: frozenset[str] = frozenset()
     has_bible: bool = False
+    check: bool = True  # False when the bible could not be read at all: its ids are unknown
     csv_name: str = "story.csv"
 
     @classmethod
@@ -320,6 +323,24 @@ class KnownIds(BaseModel):
         front = bible.front
         return cls(characters=frozenset(front.characters), locations=frozenset(front.locations),
                    props=frozenset(front.props), has_bible=True, csv_name=csv_name)
+
+    @classmethod
+    def from_raw(cls, raw: dict | None, csv_name: str) -> "KnownIds":
+        """Ids from a bible whose YAML parsed but did not validate (None: not even the YAML did)."""
+        if raw is None:
+            return cls(check=False, csv_name=csv_name)
+
+        def keys(name: str) -> frozenset[str]:
+            value = raw.get(name)
+            return frozenset(str(key) for key in value) if isinstance(value, dict) else frozenset()
+
+        return cls(characters=keys("characters"), locations=keys("locations"), props=keys("props"),
+                   has_bible=True, csv_name=csv_name)
+
+    def knows(self, kind: str, value: str) -> bool:
+        if not self.check:
+            return True
+        return value in {"character": self.characters, "location": self.locations, "prop": self.props}[kind]
 
     def unknown(self, kind: str, value: str) -> str:
         known = {"character": self.characters, "location": self.locations, "prop": self.props}[kind]
