@@ -203,6 +203,12 @@ def test_header_and_shape_problems(tmp_path):
     with pytest.raises(StoryError, match="row 2: the row has 3 cells but the header names 2 columns; put quotes"):
         plan_story("p", csv_path)
 
+    csv_path = story(tmp_path, "1,a,,\n2,b,,stray\n", header="scene,description,,")
+    with pytest.raises(StoryError) as caught:
+        plan_story("p", csv_path)
+    assert problems_of(caught.value) == [
+        "story.csv row 3: cell 4 is under a column with no name in the header; name the column or move the text"]
+
     csv_path = story(tmp_path, "1;a\n", header="scene;description")
     with pytest.raises(StoryError, match="must name the columns scene and description.*separated by commas"):
         plan_story("p", csv_path)
@@ -267,6 +273,7 @@ def test_bible_parses_and_hashes_the_whole_file(tmp_path):
     ("title: x\nlocations:\n  'bad id;x': somewhere\n", "key locations: Value error, id 'bad id;x' is not allowed"
      .replace("Value error, ", "")),
     ("title: x\ntitle: y\n", "line 3: duplicate key 'title'"),
+    ("title: x\nlocations:\n  no: somewhere\n", "key locations.False: the id False is not text"),
     ("title: [unclosed\n", "YAML error in the front matter"),
     ("- a\n- b\n", "must be YAML keys and values, not a list"),
     ("", "the front matter is empty"),

@@ -205,7 +205,9 @@ def load_front_matter_yaml(text: str) -> Any:
 
 # ---- reading the file ------------------------------------------------------------------------------
 
-def _key_path(loc: tuple) -> str:
+def _key_path(loc: tuple, bad_key: Any = None) -> str:
+    if loc and loc[-1] == "[key]":  # a bad mapping key: name the mapping and the key as YAML read it
+        return ".".join([str(part) for part in loc[:-2]] + [str(bad_key)])
     path = ""
     for part in loc:
         if isinstance(part, int):
@@ -243,6 +245,10 @@ def _allowed_keys(loc: tuple) -> list[str] | None:
 
 def _describe(error: dict) -> str:
     kind = error.get("type")
+    loc = tuple(error.get("loc", ()))
+    if loc and loc[-1] == "[key]":
+        return (f"the id {error.get('input')!r} is not text (YAML reads unquoted yes, no, on, off and numbers "
+                "as other types); put the id in quotes")
     if kind == "extra_forbidden":
         allowed = _allowed_keys(tuple(error["loc"]))
         return "unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
@@ -353,7 +359,7 @@ def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None) -> 
         front = FrontMatter.model_validate(raw)
     except ValidationError as error:
         for item in error.errors():
-            problems.add(label, _describe(item), key=_key_path(tuple(item["loc"])))
+            problems.add(label, _describe(item), key=_key_path(tuple(item["loc"]), item.get("input")))
         return None
     bible = Bible(path=path.resolve(), sha256=hashlib.sha256(data).hexdigest(), front=front, prose=prose)
     for character_id, character in front.characters.items():

@@ -170,6 +170,8 @@ def _check_header(header: list[str], label: str, problems: ProblemList) -> list[
                             f"found {found}{hint}", row=1)
     seen: set[str] = set()
     for name, column in zip(header, columns):
+        if not column:
+            continue  # spreadsheets add unnamed empty columns; their cells must stay empty (checked per row)
         if column in seen:
             problems.add(label, "the column appears twice in the header", row=1, column=column or repr(name))
         seen.add(column)
@@ -227,6 +229,10 @@ def read_storyboard(path: str | Path, problems: ProblemList, bible: Bible | None
             problems.add(label, f"the row has {len(cells)} cells but the header names {len(columns)} columns; "
                                 "put quotes around text that contains commas", row=row_number)
             continue
+        for index, (column, text) in enumerate(zip(columns, cells)):
+            if not column and text.strip():
+                problems.add(label, f"cell {index + 1} is under a column with no name in the header; "
+                                    "name the column or move the text", row=row_number)
         scene, row = _parse_row(dict(zip(columns, cells)), row_number, label, problems, ids)
         if scene is not None:
             if scene in first_row_of_scene:
