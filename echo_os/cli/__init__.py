@@ -26,6 +26,7 @@ COMMANDS = {
     "replay": "echo_os.cli.render:replay",
     "artifacts": "echo_os.cli.artifacts:artifacts",
     "models": "echo_os.cli.models:models",
+    "batch": "echo_os.cli.batch:batch",
 }
 
 

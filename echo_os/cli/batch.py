@@ -1,0 +1,115 @@
+"""`echo-os batch PROJECT SOURCE`: plan a story (story.csv + STORY_BIBLE.md) or a prompt list
+(@prompts.txt) and render it, or with --dry-run show what would be rendered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from echo_os.cli import settings_from
+from echo_os.errors import UsageError
+from echo_os.requests import SCHEDULERS
+from echo_os.settings import Settings
+
+
+def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False) -> None:
+    """Render every scene of a validated StoryPlan in order, saving each image as an artifact."""
+    raise NotImplementedError("rendering a batch lands with the story scheduler")
+
+
+def _seed_text(scene) -> str:
+    seeds = scene.request.seeds
+    shown = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}..{seeds[-1]}"
+    return f"{shown} ({scene.seed.provenance})"
+
+
+def format_dry_run(plan) -> str:
+    """The human-readable dry run: every scene's composed prompt, negative, seed and token count."""
+    images = plan.image_count
+    lines = [f"{plan.title}: {len(plan.scenes)} scene{'s' if len(plan.scenes) != 1 else ''}, "
+             f"{images} image{'s' if images != 1 else ''} (dry run: nothing rendered)"]
+    if plan.kind == "storyboard":
+        if plan.bible_path:
+            lines.append(f"bible: {plan.bible_path} (sha256 {plan.bible_hash[:16]})")
+        else:
+            lines.append("bible: none (no --bible and no STORY_BIBLE.md beside the storyboard)")
+    lines.append(f"source: {plan.source}")
+    for scene in plan.scenes:
+        request = scene.request
+        tokens = scene.tokens
+        estimate = " (estimated: no local CLIP tokenizer)" if tokens.approximate else ""
+        lines += [
+            "",
+            f"scene {scene.scene}  {scene.slug}",
+            f"  prompt:    {request.prompt}",
+            f"  negative:  {request.negative_prompt or '(none)'}",
+            f"  seed:      {_seed_text(scene)}",
+            f"  tokens:    prompt {tokens.shown(tokens.prompt)}/{tokens.limit}, "
+            f"negative {tokens.shown(tokens.negative)}/{tokens.limit}{estimate}",
+            f"  render:    {request.count} image{'s' if request.count != 1 else ''}, {request.size}, "
+            f"{request.steps} steps, cfg {request.cfg:g}, {request.scheduler}, model {request.model}, "
+            f"engine {request.engine}",
+        ]
+        for member in scene.cast:
+            if member.references or member.lora:
+                refs = ", ".join(str(path) for path in member.references) or "no reference images"
+                scale = f" (ip_adapter_scale {member.ip_adapter_scale:g})" if member.ip_adapter_scale is not None else ""
+                lora = f", lora {member.lora.name} x{member.lora.scale:g}" if member.lora else ""
+                lines.append(f"  cast:      {member.id}: {refs}{scale}{lora}")
+        lines += [f"  warning:   {warning.split(': ', 1)[1]}" for warning in scene.warnings]
+    if plan.warnings:
+        lines += ["", f"{len(plan.warnings)} warning{'s' if len(plan.warnings) != 1 else ''}: "
+                      "see the scenes above"]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("project")
+@click.argument("source")
+@click.option("--bible", type=click.Path(dir_okay=False), default=None,
+              help="STORY_BIBLE.md for a story CSV (default: STORY_BIBLE.md beside the CSV, if there).")
+@click.option("--dry-run", is_flag=True, help="Print each scene's prompt, negative, seed and token count; render nothing.")
+@click.option("--json", "json_output", is_flag=True, help="Print the plan (or the results) as JSON.")
+@click.option("--engine", default="auto", show_default=True, help="Engine for every scene.")
+@click.option("--model", default=None, help="Model for every scene (default: the bible's model, else sdxl).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per pipeline call (default: the engine decides).")
+@click.option("--steps", type=int, default=None, help="Override steps for every scene.")
+@click.option("--cfg", type=float, default=None, help="Override the guidance scale for every scene.")
+@click.option("--size", default=None, help="Override WIDTHxHEIGHT for every scene.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Override the scheduler.")
+@click.option("--seed", type=int, default=None,
+              help="Base seed: scene N without a seed of its own gets SEED + 1000*N (see docs/story.md).")
+@click.pass_context
+def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
+          engine: str, model: str | None, batch_size: int | None, steps: int | None, cfg: float | None,
+          size: str | None, scheduler: str | None, seed: int | None) -> None:
+    """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
+
+    \b
+      echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --dry-run
+      echo-os batch sketches @prompts.txt --steps 20
+    """
+    from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
+
+    settings = settings_from(ctx)
+    options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
+                          seed=seed)
+    if source.startswith("@"):
+        if bible is not None:
+            raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
+        plan = plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=load_clip_tokenizer)
+    else:
+        plan = plan_story(project, Path(source), bible=bible, options=options,
+                          tokenizer_loader=load_clip_tokenizer)
+    if dry_run:
+        if json_output:
+            click.echo(json.dumps(plan.model_dump(mode="json"), ensure_ascii=False, indent=2))
+        else:
+            click.echo(format_dry_run(plan))
+        return
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    render_plan(settings, plan, batch_size=batch_size, json_output=json_output)

@@ -1,0 +1,328 @@
+"""Planning: a storyboard (or a prompt list) and its bible -> validated RenderRequests in scene order.
+
+Nothing renders here. Every problem in the files is collected and raised as one StoryError (exit 2),
+so an invalid storyboard never reaches an engine.
+
+Settings for each scene, first one set wins:
+    steps, cfg, size, scheduler:  CLI option > the row's cell > the bible's defaults > RenderRequest's default
+    model:                        CLI --model > the bible's model > RenderRequest's default
+    count:                        the row's count > 1
+
+Seed policy (recorded per scene as `seed.provenance`, and per image as seed + i for image i):
+    1. the row's own seed (story.csv `seed` column, or `--seed` on a prompt-list line): used as is;
+    2. else, with `--seed BASE` on the command line: BASE + 1000 * scene;
+    3. else, in a storyboard, the scene's main character (the first id in `characters`):
+       that character's seed + 1000 * scene;
+    4. else the story's base: the bible's defaults.seed, or the first 4 bytes of sha256(title), + 1000 * scene;
+       in a prompt list: the first 4 bytes of sha256(prompt text).
+All modulo 2**32. The stride of 1000 is larger than the most images one scene may have (64), so the
+seeds of two scenes never overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from echo_os.errors import UsageError
+from echo_os.requests import MAX_SEED, RenderRequest, StoryFields, describe_validation_error, parse_size
+from echo_os.story.bible import Bible, LoraRef, load_bible_and_raw
+from echo_os.story.compose import ComposedPrompt, compose_scene_prompt
+from echo_os.story.problems import ProblemList
+from echo_os.story.prompt_list import read_prompt_list
+from echo_os.story.storyboard import KnownIds, SceneRow, read_storyboard
+from echo_os.story.tokens import CLIP_TEXT_TOKENS, clip_token_count
+
+BIBLE_NAME = "STORY_BIBLE.md"
+SEED_STRIDE = 1000
+
+
+class PlanOptions(BaseModel):
+    """What the command line says; None leaves the choice to the files."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = None
+    engine: str = "auto"
+    steps: int | None = None
+    cfg: float | None = None
+    size: str | None = None
+    scheduler: str | None = None
+    seed: int | None = None
+
+
+class SeedChoice(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    value: int
+    source: Literal["row", "cli", "character", "story", "prompt"]
+    provenance: str  # "csv", or how it was derived
+
+
+class CastMember(BaseModel):
+    """A character in a scene and its consistency inputs (IP-Adapter images, LoRA), paths resolved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    seed: int
+    references: tuple[Path, ...] = ()
+    ip_adapter_scale: float | None = None
+    lora: LoraRef | None = None
+
+
+class TokenCounts(BaseModel):
+    """CLIP text tokens of the prompt and negative prompt; `approximate` when estimated."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: int
+    negative: int
+    approximate: bool
+    limit: int = CLIP_TEXT_TOKENS
+
+    def shown(self, count: int) -> str:
+        return f"{'~' if self.approximate else ''}{count}"
+
+
+class PlannedScene(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    row: SceneRow
+    request: RenderRequest
+    seed: SeedChoice
+    cast: tuple[CastMember, ...] = ()
+    tokens: TokenCounts
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def scene(self) -> int:
+        return self.row.scene
+
+    @property
+    def slug(self) -> str:
+        return self.row.slug
+
+
+class StoryPlan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    title: str
+    project: str
+    kind: Literal["storyboard", "prompts"]
+    source: Path
+    bible_path: Path | None = None
+    bible_hash: str | None = None
+    scenes: tuple[PlannedScene, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def requests(self) -> list[RenderRequest]:
+        """The validated requests, in scene order."""
+        return [scene.request for scene in self.scenes]
+
+    @property
+    def image_count(self) -> int:
+        return sum(scene.request.count for scene in self.scenes)
+
+
+# ---- seeds -----------------------------------------------------------------------------------------
+
+def text_seed(text: str) -> int:
+    """A stable seed from text: the first 4 bytes of its sha256."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
+
+
+def _derived(base: int, scene: int) -> int:
+    return (base + SEED_STRIDE * scene) % (MAX_SEED + 1)
+
+
+def choose_seed(row: SceneRow, bible: Bible | None, cli_seed: int | None, kind: str, label: str) -> SeedChoice:
+    """The scene's seed by the policy in this module's docstring."""
+    stride = f"{SEED_STRIDE}*scene {row.scene}"
+    if row.seed is not None:
+        provenance = "csv" if kind == "storyboard" else f"{label} line {row.row} --seed"
+        return SeedChoice(value=row.seed, source="row", provenance=provenance)
+    if cli_seed is not None:
+        return SeedChoice(value=_derived(cli_seed, row.scene), source="cli",
+                          provenance=f"derived from --seed {cli_seed} + {stride}")
+    if kind == "prompts":
+        return SeedChoice(value=text_seed(row.description), source="prompt",
+                          provenance="derived from sha256 of the prompt")
+    if bible is not None and row.characters:
+        main = row.characters[0]
+        seed = bible.front.characters[main].seed
+        return SeedChoice(value=_derived(seed, row.scene), source="character",
+                          provenance=f"derived from character {main} seed {seed} + {stride}")
+    if bible is not None and bible.front.defaults.seed is not None:
+        base = bible.front.defaults.seed
+        return SeedChoice(value=_derived(base, row.scene), source="story",
+                          provenance=f"derived from defaults.seed {base} + {stride}")
+    title = bible.title if bible is not None else ""
+    base = text_seed(title)
+    return SeedChoice(value=_derived(base, row.scene), source="story",
+                      provenance=f"derived from sha256 of the title ({base}) + {stride}")
+
+
+# ---- planning --------------------------------------------------------------------------------------
+
+def find_bible(storyboard: Path, bible: str | Path | None) -> Path | None:
+    """--bible if given, else STORY_BIBLE.md beside the storyboard if it exists, else None."""
+    if bible is not None:
+        return Path(bible)
+    beside = storyboard.parent / BIBLE_NAME
+    return beside if beside.is_file() else None
+
+
+def _check_options(options: PlanOptions, project: str) -> None:
+    """Command-line values are checked once, before the files, and named as options."""
+    fields: dict[str, Any] = {"prompt": "options check", "engine": options.engine, "project": project}
+    for name in ("model", "steps", "cfg", "scheduler"):
+        if getattr(options, name) is not None:
+            fields[name] = getattr(options, name)
+    if options.seed is not None:
+        fields["seed"] = options.seed
+    if options.size is not None:
+        fields["width"], fields["height"] = parse_size(options.size)
+    try:
+        RenderRequest(**fields)
+    except ValidationError as error:
+        message = describe_validation_error(error)
+        if message.startswith("invalid request: "):  # a check across fields, e.g. the engine name
+            raise UsageError(message.removeprefix("invalid request: ")) from None
+        raise UsageError(message.replace("invalid ", "invalid --", 1)) from None
+
+
+def _request_fields(row: SceneRow, bible: Bible | None, options: PlanOptions) -> dict[str, Any]:
+    defaults = bible.front.defaults if bible else None
+    fields: dict[str, Any] = {"engine": options.engine}
+    model = options.model or (bible.front.model if bible else None)
+    if model:
+        fields["model"] = model
+    for name in ("steps", "cfg"):
+        value = getattr(options, name)
+        if value is None:
+            value = getattr(row, name)
+        if value is None and defaults is not None:
+            value = getattr(defaults, name)
+        if value is not None:
+            fields[name] = value
+    scheduler = options.scheduler or (defaults.scheduler if defaults else None)
+    if scheduler:
+        fields["scheduler"] = scheduler
+    width = height = None
+    if defaults is not None and defaults.size:
+        width, height = parse_size(defaults.size)
+    width = row.width or width
+    height = row.height or height
+    if options.size:
+        width, height = parse_size(options.size)
+    if width:
+        fields["width"] = width
+    if height:
+        fields["height"] = height
+    if row.count:
+        fields["count"] = row.count
+    return fields
+
+
+def _token_warnings(row: SceneRow, tokens: TokenCounts) -> list[str]:
+    warnings = []
+    for what, count in (("prompt", tokens.prompt), ("negative prompt", tokens.negative)):
+        if count > tokens.limit:
+            estimate = " by estimate" if tokens.approximate else ""
+            warnings.append(
+                f"scene {row.scene}: the {what} is {tokens.shown(count)} CLIP tokens{estimate}; SDXL reads "
+                f"{tokens.limit} (77 with start and end) and drops the rest; shorten it")
+    return warnings
+
+
+def _plan_rows(rows: list[SceneRow], *, project: str, kind: Literal["storyboard", "prompts"], label: str,
+               bible: Bible | None, options: PlanOptions, tokenizer: Any,
+               tokenizer_loader: Callable[[str], Any] | None,
+               problems: ProblemList) -> list[PlannedScene]:
+    planned: list[PlannedScene] = []
+    loaded_for: set[str] = set()
+    for row in rows:
+        composed: ComposedPrompt = compose_scene_prompt(row, bible)
+        seed = choose_seed(row, bible, options.seed, kind, label)
+        story = StoryFields(
+            scene=row.scene, slug=row.slug, description=row.description, characters=row.characters,
+            location=row.location, props=row.props, camera=row.camera, lighting=row.lighting,
+            time_of_day=row.time_of_day, mood=row.mood, bible_hash=bible.sha256 if bible else None)
+        try:
+            request = RenderRequest(prompt=composed.prompt, negative_prompt=composed.negative, style="",
+                                    seed=seed.value, project=project, story=story,
+                                    **_request_fields(row, bible, options))
+        except ValidationError as error:
+            where = {"row": row.row} if kind == "storyboard" else {"line": row.row}
+            problems.add(label, describe_validation_error(error), **where)
+            continue
+        if tokenizer is None and tokenizer_loader is not None and request.model not in loaded_for:
+            loaded_for.add(request.model)
+            tokenizer = tokenizer_loader(request.model)
+        prompt_tokens = clip_token_count(composed.prompt, tokenizer)
+        negative_tokens = clip_token_count(composed.negative, tokenizer)
+        tokens = TokenCounts(prompt=prompt_tokens.count, negative=negative_tokens.count,
+                             approximate=prompt_tokens.approximate)
+        cast = tuple(
+            CastMember(id=cid, name=bible.front.characters[cid].name, seed=bible.front.characters[cid].seed,
+                       references=bible.reference_paths(cid),
+                       ip_adapter_scale=bible.front.characters[cid].ip_adapter_scale,
+                       lora=bible.front.characters[cid].lora)
+            for cid in row.characters) if bible else ()
+        planned.append(PlannedScene(row=row, request=request, seed=seed, cast=cast, tokens=tokens,
+                                    warnings=tuple(_token_warnings(row, tokens))))
+    return planned
+
+
+def plan_story(project: str, storyboard: str | Path, *, bible: str | Path | None = None,
+               options: PlanOptions | None = None, tokenizer: Any = None,
+               tokenizer_loader: Callable[[str], Any] | None = None) -> StoryPlan:
+    """Read story.csv and its bible, check everything, compose every scene.
+
+    Raises StoryError listing every problem in both files, or UsageError for a bad option.
+    Token counts are exact with `tokenizer` (a CLIP tokenizer), or with what `tokenizer_loader(model)`
+    returns for the plan's model (see tokens.load_clip_tokenizer); else estimated.
+    """
+    options = options or PlanOptions()
+    _check_options(options, project)
+    storyboard = Path(storyboard)
+    problems = ProblemList()
+    bible_path = find_bible(storyboard, bible)
+    loaded, raw = load_bible_and_raw(bible_path, problems) if bible_path is not None else (None, None)
+    ids = None
+    if bible_path is not None and loaded is None:
+        ids = KnownIds.from_raw(raw, storyboard.name)
+    rows = read_storyboard(storyboard, problems, loaded, ids)
+    problems.raise_if_any()
+    scenes = _plan_rows(rows, project=project, kind="storyboard", label=storyboard.name, bible=loaded,
+                        options=options, tokenizer=tokenizer, tokenizer_loader=tokenizer_loader,
+                        problems=problems)
+    problems.raise_if_any()
+    return StoryPlan(title=loaded.title if loaded else project, project=project, kind="storyboard",
+                     source=storyboard.resolve(), bible_path=loaded.path if loaded else None,
+                     bible_hash=loaded.sha256 if loaded else None, scenes=tuple(scenes),
+                     warnings=tuple(warning for scene in scenes for warning in scene.warnings))
+
+
+def plan_prompt_list(project: str, path: str | Path, *, options: PlanOptions | None = None,
+                     tokenizer: Any = None, tokenizer_loader: Callable[[str], Any] | None = None) -> StoryPlan:
+    """Plan `@prompts.txt`: one prompt per line, per-line options, no bible."""
+    options = options or PlanOptions()
+    _check_options(options, project)
+    path = Path(path)
+    problems = ProblemList()
+    rows = read_prompt_list(path, problems)
+    problems.raise_if_any()
+    scenes = _plan_rows(rows, project=project, kind="prompts", label=path.name, bible=None,
+                        options=options, tokenizer=tokenizer, tokenizer_loader=tokenizer_loader,
+                        problems=problems)
+    problems.raise_if_any()
+    return StoryPlan(title=project, project=project, kind="prompts", source=path.resolve(),
+                     scenes=tuple(scenes),
+                     warnings=tuple(warning for scene in scenes for warning in scene.warnings))
