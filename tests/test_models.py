@@ -404,6 +404,15 @@ def test_variant_absent_everywhere_is_dropped(home: Settings, tmp_path: Path) ->
     assert load_registry(home).resolve("m").variant is None
 
 
+def test_folder_with_only_variant_files_says_which_variant_to_set(home: Settings, tmp_path: Path) -> None:
+    folder = make_sdxl_folder(tmp_path / "pipe")
+    for plain in folder.glob("*/*.safetensors"):
+        plain.rename(plain.with_name(plain.name.replace(".safetensors", ".fp16.safetensors")))
+    write_workspace_toml(home, f'[models.m]\npath = "{folder}"\n')
+    with pytest.raises(ResolveError, match='it has only fp16 variant files: set variant = "fp16"'):
+        load_registry(home).resolve("m")
+
+
 @pytest.mark.parametrize("damage, expected", [
     (lambda f: (f / "model_index.json").unlink(), "has no model_index.json"),
     (lambda f: (f / "vae" / "diffusion_pytorch_model.safetensors").unlink(), "has no weights file"),

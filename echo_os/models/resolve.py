@@ -24,6 +24,7 @@ from echo_os.models.weights import (
     check_weights_file,
     choose_weight_files,
     folder_has_variant,
+    weight_file_variant,
 )
 
 if TYPE_CHECKING:
@@ -283,10 +284,16 @@ def _pipeline_weights(entry: ModelEntry, folder: Path) -> tuple[tuple[Path, ...]
         chosen = choose_weight_files(names, variant)
         if not chosen:
             raise ResolveError(f"{entry.label}: {folder / name} has no weights file (expected "
-                               f"diffusion_pytorch_model.safetensors or model.safetensors){_pull_hint(entry)}.",
-                               reason=f"no weights in {name}/")
+                               f"diffusion_pytorch_model.safetensors or model.safetensors)"
+                               f"{_variant_hint(names) or _pull_hint(entry)}.", reason=f"no weights in {name}/")
         files.extend(folder / name / file_name for file_name in chosen)
     return tuple(sorted(files)), variant
+
+
+def _variant_hint(names: list[str]) -> str:
+    """'; it has fp16 files only: set variant = "fp16"' when a folder holds nothing but variant weights."""
+    variants = sorted({found for name in names if (found := weight_file_variant(name)[1])})
+    return f"; it has only {' and '.join(variants)} variant files: set variant = \"{variants[0]}\"" if variants else ""
 
 
 def _folder_weights(entry: ModelEntry, folder: Path) -> tuple[tuple[Path, ...], str | None]:
@@ -298,8 +305,8 @@ def _folder_weights(entry: ModelEntry, folder: Path) -> tuple[tuple[Path, ...], 
     variant = entry.variant if entry.variant and folder_has_variant(top, entry.variant) else None
     files = [folder / name for name in choose_weight_files(top, variant)]
     if not files:
-        raise ResolveError(f"{entry.label}: {folder} has no weights file (expected model.safetensors).",
-                           reason="no weights file")
+        raise ResolveError(f"{entry.label}: {folder} has no weights file (expected model.safetensors)"
+                           f"{_variant_hint(top) or _pull_hint(entry)}.", reason="no weights file")
     for child in sorted(folder.iterdir()):
         if child.is_dir() and child.name not in _FOLDER_SKIP and not child.name.startswith("."):
             names = sorted(grandchild.name for grandchild in child.iterdir())
