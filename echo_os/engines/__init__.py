@@ -29,14 +29,14 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
     """(engine name, one-line reason). Order for `auto`: see AUTO_ORDER."""
     if request.engine != "auto":
         return request.engine, f"chosen with --engine {request.engine}"
-    from echo_os.errors import ModelError
-    from echo_os.models import load_registry, resolve_model
+    from echo_os.models import ResolveError, load_registry
 
-    entry = load_registry(settings).get(request.model)  # an unknown name is the user's error: raise
+    registry = load_registry(settings)
+    registry.get(request.model)  # an unknown name is the user's error: raise
     try:
-        resolve_model(entry)
-    except ModelError as error:
-        return "draft", f"no weights for model '{request.model}' here ({error}); see `echo-os models list`"
+        registry.resolve(request.model)
+    except ResolveError as error:
+        return "draft", f"no weights for model '{request.model}' here ({error.reason}); see `echo-os models list`"
     import torch
 
     if request.device in ("auto", "cuda") and torch.cuda.is_available():

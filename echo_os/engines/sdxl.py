@@ -162,31 +162,30 @@ class SDXLEngine:
 
     # -- loading ----------------------------------------------------------------------------------
     def loaded(self, request: RenderRequest) -> LoadedPipeline:
-        from echo_os.models import check_loadable, load_registry, resolve_model, weights_sha256
+        from echo_os.models import check_loadable, load_registry, model_info
 
-        entry = load_registry(self.settings).get(request.model)
-        resolved = resolve_model(entry)
+        resolved = load_registry(self.settings).resolve(request.model)
+        if resolved.entry.type != "sdxl":
+            raise UsageError(f"{resolved.entry.label} is a {resolved.entry.type} model, not an SDXL pipeline; "
+                             "pick an sdxl entry (see `echo-os models list`).")
         device = pick_device(self.force_device or request.device)
-        dtype = pick_dtype("float32" if self.force_device == "cpu" and request.dtype == "auto" else request.dtype,
-                           device)
+        dtype = pick_dtype(request.dtype, device)
         key = (str(resolved.local_path), device, dtype, request.attention)
         with _PIPELINES_LOCK:
             if key in _PIPELINES:
                 return _PIPELINES[key]
-            allow_pickle = bool(getattr(entry, "allow_pickle", False))
-            check_loadable(resolved, allow_pickle=allow_pickle)
+            check_loadable(resolved)
             started = time.perf_counter()
             pipe = load_sdxl_pipeline(
                 resolved.local_path, single_file=resolved.format == "single-file", device=device, dtype=dtype,
-                attention=request.attention, config=getattr(entry, "config", None),
-                variant=getattr(entry, "variant", None), allow_pickle=allow_pickle)
-            model = ModelInfo(name=entry.name, source=entry.source, kind=entry.kind,
-                              weights_sha256=weights_sha256(self.settings, resolved))
-            loaded = LoadedPipeline(pipe=pipe, base_scheduler_config=dict(pipe.scheduler.config), model=model,
-                                    device=device, dtype=dtype, attention=request.attention,
-                                    load_s=time.perf_counter() - started, lock=threading.Lock())
+                attention=request.attention, config=str(resolved.config_path) if resolved.config_path else None,
+                variant=resolved.variant, allow_pickle=resolved.entry.allow_pickle)
+            loaded = LoadedPipeline(pipe=pipe, base_scheduler_config=dict(pipe.scheduler.config),
+                                    model=model_info(self.settings, resolved), device=device, dtype=dtype,
+                                    attention=request.attention, load_s=time.perf_counter() - started,
+                                    lock=threading.Lock())
             _PIPELINES[key] = loaded
-            log.info("loaded %s on %s/%s in %.1fs", entry.name, device, dtype, loaded.load_s)
+            log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype, loaded.load_s)
             return loaded
 
     # -- rendering --------------------------------------------------------------------------------
