@@ -440,6 +440,22 @@ def test_lfs_pointer_inside_a_pipeline_is_caught_before_loading(home: Settings, 
     assert_one_line_naming(str(raised.value), pointer)
 
 
+def test_pickle_weights_in_a_pipeline_need_allow_pickle(home: Settings, tmp_path: Path) -> None:
+    folder = make_sdxl_folder(tmp_path / "pipe")
+    (folder / "text_encoder" / "model.safetensors").unlink()
+    pickle = save_pickle(folder / "text_encoder" / "pytorch_model.bin")
+    write_workspace_toml(home, f'[models.strict]\npath = "{folder}"\n\n'
+                               f'[models.trusted]\npath = "{folder}"\nallow_pickle = true\n')
+    registry = load_registry(home)
+    strict = registry.resolve("strict")
+    assert pickle in strict.files
+    with pytest.raises(ModelError, match="can run code when loaded") as raised:
+        check_loadable(strict)
+    assert_one_line_naming(str(raised.value), pickle)
+    assert any(info.format == "pickle-zip" for info in check_loadable(strict, allow_pickle=True))
+    assert len(check_loadable(registry.resolve("trusted"))) == 4
+
+
 def test_missing_local_paths(home: Settings, tmp_path: Path) -> None:
     checkpoint = save_safetensors(tmp_path / "one.safetensors")
     write_workspace_toml(home, '[models.gone]\npath = "nowhere"\n\n'
@@ -525,6 +541,10 @@ def test_ip_adapter_image_encoder_by_entry_name(home: Settings, tmp_path: Path) 
     assert registry.resolve("ip").image_encoder.entry.name == "enc"
     with pytest.raises(ModelError, match="type text-embedder, not clip"):
         registry.resolve("bad")
+    write_workspace_toml(home, f'[models.ip]\ntype = "ip-adapter"\nfile = "{tmp_path / "ip" / "ip.safetensors"}"\n'
+                               'image_encoder = "nope"\n')
+    with pytest.raises(ModelError, match="image_encoder 'nope' is not a model in models.toml"):
+        load_registry(home).resolve("ip")
 
 
 def test_single_file_with_config_from_hf_cache(home: Settings, hf_cache: Path, tmp_path: Path) -> None:
@@ -688,7 +708,8 @@ def test_cli_add_keeps_comments_refuses_duplicates_and_replaces_with_force(
     first = save_safetensors(tmp_path / "first.safetensors", {"conditioner.embedders.1.w": (2,)})
     second = save_safetensors(tmp_path / "second.safetensors", {"conditioner.embedders.1.w": (3,)})
     write_workspace_toml(home, "# my notes\n[models.keep]\nhf = \"org/keep\"  # pulled later\n\n"
-                               f"[models.m]\nfile = \"{first}\"\n\n[models.after]\nhf = \"org/after\"\n")
+                               f"[models.m]\nfile = \"{first}\"\n\n# about after\n[models.after]\n"
+                               "hf = \"org/after\"\n")
     code, _, err = run_cli(["--home", str(home.home), "models", "add", "m", "--file", str(second)], capsys)
     assert code == 2 and "already has a model named 'm'; use --force" in err
     code, out, err = run_cli(["--home", str(home.home), "models", "add", "m", "--file", str(second), "--force"],
@@ -696,7 +717,8 @@ def test_cli_add_keeps_comments_refuses_duplicates_and_replaces_with_force(
     assert code == 0, err
     assert "Replaced 'm'" in out
     text = home.models_toml.read_text()
-    assert "# my notes" in text and "# pulled later" in text
+    assert "# my notes" in text and "# pulled later" in text and "# about after\n[models.after]" in text
+    assert str(first) not in text
     document = tomllib.loads(text)["models"]
     assert document == {"keep": {"hf": "org/keep"}, "after": {"hf": "org/after"}, "m": {"file": str(second)}}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from echo_os.cli import settings_from
-from echo_os.errors import ModelError, UsageError
+from echo_os.errors import EchoError, ModelError, UsageError
 from echo_os.models.registry import (
     HF_ID_RE,
     MODEL_TYPES,
@@ -42,7 +42,7 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
                "local_path": None, "format": None, "size_bytes": None}
         try:
             resolved = resolve_model(entry, registry=registry)
-        except ModelError as error:
+        except EchoError as error:
             row["reason"] = getattr(error, "reason", None) or str(error)
             row["error"] = str(error)
         else:

@@ -347,16 +347,26 @@ def _header_names(key_text: str) -> list[str] | None:
 
 
 def _without_table(text: str, name: str) -> str:
-    """text with the [models.NAME] table (header to the next table header) cut out."""
-    lines = text.splitlines(keepends=True)
+    """text with the [models.NAME] table (header to the next table header) cut out.
+
+    Comment lines right before the next header stay: they are about the table that follows.
+    """
     kept: list[str] = []
+    trailing_comments: list[str] = []
     skipping = False
-    for line in lines:
+    for line in text.splitlines(keepends=True):
         if _ANY_TABLE_RE.match(line):
             match = _TABLE_HEADER_RE.match(line)
+            if skipping:
+                kept.extend(trailing_comments)
             skipping = bool(match) and _header_names(match.group("key")) == ["models", name]
+            trailing_comments = []
         if not skipping:
             kept.append(line)
+        elif line.lstrip().startswith("#"):
+            trailing_comments.append(line)
+        elif line.strip():
+            trailing_comments = []
     return "".join(kept)
 
 

@@ -347,6 +347,9 @@ def _image_encoder(entry: ModelEntry, adapter: Path, registry: "ModelRegistry | 
         if registry is None:
             raise ModelError(f"{entry.label}: image_encoder names the entry '{entry.image_encoder}'; resolve it "
                              "through the registry (registry.resolve(name)).")
+        if entry.image_encoder not in registry:
+            raise ModelError(f"{entry.label}: image_encoder '{entry.image_encoder}' is not a model in models.toml "
+                             "(give the name of a clip entry, or a folder as ./path).")
         encoder_entry = registry.get(entry.image_encoder)
         if encoder_entry.type != "clip":
             raise ModelError(f"{entry.label}: image_encoder '{encoder_entry.name}' is of type {encoder_entry.type}, "
