@@ -84,3 +84,44 @@ def test_render_cli_records_everything_and_replays_to_zero(run_cli, tiny_workspa
     code, out, err = run_cli("--home", home, "replay", second["id"])
     assert code == 0, err
     assert "max pixel difference 0" in out
+
+
+def _broken_copy(tiny_sdxl_dir, tmp_path, content: bytes):
+    import shutil
+
+    broken = tmp_path / "broken-sdxl"
+    shutil.copytree(tiny_sdxl_dir, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(content)
+    return broken
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"a" * 64 + b"\nsize 10270\n", "LFS"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":", "safetensors"),
+])
+def test_render_with_broken_weights_is_one_clear_line(run_cli, workspace, tiny_sdxl_dir, tmp_path, content, needle):
+    from tests.conftest import register_model
+
+    broken = _broken_copy(tiny_sdxl_dir, tmp_path, content)
+    register_model(workspace, "broken", broken)
+    code, out, err = run_cli("--home", str(workspace.home), "render", "x", "--model", "broken", "--size", "64x64",
+                             "--steps", "2")
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert needle in err and "diffusion_pytorch_model.safetensors" in err
+    assert not list(workspace.artifacts_dir.glob("*/*/*/image.png"))
+
+
+def test_pickle_renamed_safetensors_is_refused(run_cli, workspace, tiny_sdxl_dir, tmp_path):
+    import io
+
+    import torch
+
+    from tests.conftest import register_model
+
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    broken = _broken_copy(tiny_sdxl_dir, tmp_path, buffer.getvalue())
+    register_model(workspace, "pickled", broken)
+    code, _, err = run_cli("--home", str(workspace.home), "render", "x", "--model", "pickled", "--size", "64x64")
+    assert code == 2 and "pickle" in err.lower() and "allow-pickle" in err

@@ -26,17 +26,25 @@ AUTO_ORDER = "sdxl on a CUDA GPU, else sdxl on the CPU (engine `cpu`), else draf
 
 
 def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, str]:
-    """(engine name, one-line reason). Order for `auto`: see AUTO_ORDER."""
-    if request.engine != "auto":
-        return request.engine, f"chosen with --engine {request.engine}"
-    from echo_os.models import ResolveError, load_registry
+    """(engine name, one-line reason). Order for `auto`: see AUTO_ORDER.
+
+    For the engines that load weights, the weight files are checked here (headers only, fast), so a
+    broken or refused file is reported before anything starts.
+    """
+    if request.engine == "draft":
+        return "draft", "chosen with --engine draft"
+    from echo_os.models import ResolveError, check_loadable, load_registry
 
     registry = load_registry(settings)
     registry.get(request.model)  # an unknown name is the user's error: raise
+    if request.engine != "auto":
+        check_loadable(registry.resolve(request.model))
+        return request.engine, f"chosen with --engine {request.engine}"
     try:
-        registry.resolve(request.model)
+        resolved = registry.resolve(request.model)
     except ResolveError as error:
         return "draft", f"no weights for model '{request.model}' here ({error.reason}); see `echo-os models list`"
+    check_loadable(resolved)
     import torch
 
     if request.device in ("auto", "cuda") and torch.cuda.is_available():

@@ -96,22 +96,49 @@ _PIPELINES: dict[tuple, LoadedPipeline] = {}
 _PIPELINES_LOCK = threading.Lock()
 
 
+def quiet_model_libraries() -> None:
+    """Our own progress bar and one engine line replace the libraries' loading bars and notices.
+    TRANSFORMERS_VERBOSITY / DIFFUSERS_VERBOSITY, when set, still win."""
+    import os
+
+    import diffusers
+    import transformers
+
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:
+        transformers.utils.logging.set_verbosity_error()
+    if "DIFFUSERS_VERBOSITY" not in os.environ:
+        diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def _dtype_kwargs(torch_dtype) -> dict[str, Any]:
+    """diffusers >= 0.36 names the loading dtype `dtype` and deprecates `torch_dtype`."""
+    from diffusers.pipelines import pipeline_utils
+
+    return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
+
+
 def load_sdxl_pipeline(local_path: Path, *, single_file: bool, device: str, dtype: str, attention: str,
                        config: str | None = None, variant: str | None = None, allow_pickle: bool = False):
     """StableDiffusionXLPipeline from local files only (never the network)."""
     import torch
+
+    quiet_model_libraries()
     from diffusers import StableDiffusionXLPipeline
 
-    torch_dtype = getattr(torch, dtype)
+    dtype_kwargs = _dtype_kwargs(getattr(torch, dtype))
     if single_file:
-        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "local_files_only": True}
-        if config:
-            kwargs["config"] = config
-        pipe = StableDiffusionXLPipeline.from_single_file(str(local_path), **kwargs)
+        # Without a local config folder diffusers would fetch the configs and tokenizers from the Hub.
+        if not config:
+            raise UsageError(f"single-file checkpoint {local_path} needs a local config folder "
+                             "(`config` in models.toml); see docs/models.md.")
+        pipe = StableDiffusionXLPipeline.from_single_file(str(local_path), config=config, local_files_only=True,
+                                                          **dtype_kwargs)
     else:
         pipe = StableDiffusionXLPipeline.from_pretrained(
-            str(local_path), torch_dtype=torch_dtype, local_files_only=True, variant=variant,
-            use_safetensors=None if allow_pickle else True)
+            str(local_path), local_files_only=True, variant=variant,
+            use_safetensors=None if allow_pickle else True, **dtype_kwargs)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if attention == "xformers":
