@@ -441,11 +441,10 @@ class Runner:
         return self.flops[key]
 
     # -- one variant --
-    def run_variant(self, variant: Variant) -> None:
+    def run_variant(self, variant: Variant, batch_sizes: list[int] | None = None) -> None:
         args = self.args
-        batch_sizes = args.batch_sizes if variant.batched else [1]
-        if variant.kind == "plain-loop":
-            batch_sizes = [1]
+        if batch_sizes is None:
+            batch_sizes = args.batch_sizes if variant.batched and variant.kind != "plain-loop" else [1]
         if variant.profile.sdpa_backend:
             backend, note = resolve_sdpa_backend(variant.profile.sdpa_backend, self.device)
             if backend != variant.profile.sdpa_backend and not variant.profile.compile:
@@ -478,6 +477,12 @@ class Runner:
             self.report(self.results[-1])
         finally:
             del pipe
+            if variant.profile.compile:
+                import torch
+
+                # Drop this variant's compiled graphs (and CUDA-graph pools); later variants compile
+                # again, from inductor's on-disk cache, as a restarted engine would.
+                torch._dynamo.reset()
             free_device_memory(self.device)
 
     def skip(self, variant: Variant, size: str, batch_size: int, why: str) -> None:
@@ -778,6 +783,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-batches", type=int, default=2, help="calls timed per measurement, at least")
     parser.add_argument("--drift-images", type=int, default=2, help="seeds compared for drift")
     parser.add_argument("--drift-tol", type=float, default=DEFAULT_DRIFT_TOL)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="do not add the drift reference (bf16 / vae at batch 1) when it is not listed")
     parser.add_argument("--seed", type=int, default=1000, help="first image seed")
     parser.add_argument("--weights-seed", type=int, default=0)
     parser.add_argument("--time-budget", type=float, default=None,
@@ -831,10 +838,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         torch.set_flush_denormal(True)  # random weights must not hit the slow denormal path
 
     env = environment(args.device)
+    cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(args.cache_dir) / "torchinductor")
+    env["inductor_cache"] = {"path": str(cache),
+                             "files_before_run": sum(1 for p in cache.rglob("*") if p.is_file()) if cache.exists() else 0}
     env["command"] = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else \
         shlex.join(["python", "benchmarks/gpu_throughput.py", *argv])
     runner = Runner(args)
     variants = make_variants(args.device, args.compile_mode)
+    # Drift is measured against a reference variant at batch 1 on the same seeds; run it (batch 1 only)
+    # first when the chosen variants need it and it is not among them.
+    references = [] if args.no_reference else list(dict.fromkeys(
+        variants[name].reference for name in args.variants if variants[name].reference not in args.variants))
+    for name in references:
+        runner.run_variant(variants[name], batch_sizes=[1])
     for name in args.variants:  # drift is computed after all ran, so the order is free
         runner.run_variant(variants[name])
     runner.compute_drift(variants)
