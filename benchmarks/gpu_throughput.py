@@ -66,6 +66,7 @@ from echo_os.engines.cuda_profile import (  # noqa: E402  (after the sys.path li
     RenderProfile,
     apply_profile,
     cfg_cutoff_step,
+    configure_compile_cache,
     decode_latents,
     profile_call_kwargs,
     resolve_sdpa_backend,
@@ -452,7 +453,7 @@ class Runner:
                     self.skip(variant, size, 1, f"no {variant.profile.sdpa_backend} SDPA kernel on {self.device}"
                                               + (f" ({note})" if note and "cuDNN" in note else ""))
                 return
-        pipe = None
+        pipe = applied = None
         try:
             for size in args.sizes:
                 width, height = (int(x) for x in size.lower().split("x"))
@@ -460,23 +461,30 @@ class Runner:
                     batches = self.batches_for(batch_size)
                     estimate = self.estimate_s(variant, size, batch_size, batches)
                     left = args.time_budget - self.elapsed() if args.time_budget else None
-                    if left is not None and (left <= 0 or (estimate is not None and estimate > left)):
-                        why = (f"estimated {estimate:.0f} s > {left:.0f} s left of --time-budget"
-                               if estimate is not None else "--time-budget used up")
-                        self.skip(variant, size, batch_size, why)
+                    if left is not None and left <= 0:
+                        self.skip(variant, size, batch_size, "--time-budget used up")
                         continue
-                    if pipe is None:
-                        pipe, applied = self.build(variant)
-                    self.results.append(self.measure(variant, pipe, applied, width, height, batch_size, batches))
+                    if left is not None and estimate is not None and estimate > left:
+                        self.skip(variant, size, batch_size,
+                                  f"estimated {estimate:.0f} s > {left:.0f} s left of --time-budget")
+                        continue
+                    try:
+                        if pipe is None:
+                            pipe, applied = self.build(variant)
+                        self.results.append(
+                            self.measure(variant, pipe, applied, width, height, batch_size, batches))
+                    except Exception as error:  # noqa: BLE001 - an OOM at one batch size must not lose the rest
+                        if args.raise_errors:
+                            raise
+                        self.results.append(Measurement(variant.name, variant.kind, size, batch_size,
+                                                        status="error",
+                                                        reason=f"{type(error).__name__}: {error}"[:300]))
+                        free_device_memory(self.device)
+                        if pipe is None:  # could not even build it: the other sizes would fail the same way
+                            return
                     self.report(self.results[-1])
-        except Exception as error:  # noqa: BLE001 - one failing variant must not lose the others' figures
-            if args.raise_errors:
-                raise
-            self.results.append(Measurement(variant.name, variant.kind, ",".join(args.sizes), 0,
-                                            status="error", reason=f"{type(error).__name__}: {error}"[:500]))
-            self.report(self.results[-1])
         finally:
-            del pipe
+            del pipe, applied
             if variant.profile.compile:
                 import torch
 
@@ -794,6 +802,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default 300 on CUDA, 120 on CPU)")
     parser.add_argument("--cache-dir", default=str(HERE / ".cache"),
                         help="where inductor keeps compiled kernels (TORCHINDUCTOR_CACHE_DIR)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); fewer suffer less on a shared CPU")
     parser.add_argument("--peak-seconds", type=float, default=1.0, help="time spent on each matmul peak")
     parser.add_argument("--out", default=None, help="write the JSON here")
     parser.add_argument("--raise-errors", action="store_true", help="stop at the first error (debugging)")
@@ -820,8 +830,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     if args.table:
-        rows = [r for path in args.table for r in json.loads(Path(path).read_text())["results"]]
-        print(format_table(rows))
+        runs = [json.loads(Path(path).read_text()) for path in args.table]
+        for index, run in enumerate(runs, 1):
+            if len(runs) > 1:
+                print(f"Run {index}: {run.get('date', '?')}, {run.get('command', '?')}")
+                print()
+            print(format_table(run["results"]))
+            print()
         return None
     if args.memory_model:
         figures = memory_model(Path(args.config_dir))
@@ -834,17 +849,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: this torch sees no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cpu":
         torch.set_flush_denormal(True)  # random weights must not hit the slow denormal path
 
     env = environment(args.device)
-    cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(args.cache_dir) / "torchinductor")
-    env["inductor_cache"] = {"path": str(cache),
-                             "files_before_run": sum(1 for p in cache.rglob("*") if p.is_file()) if cache.exists() else 0}
+    variants = make_variants(args.device, args.compile_mode)
+    if any(variants[name].profile.compile for name in args.variants):
+        cache = configure_compile_cache(args.cache_dir)
+        # Compile time depends on what inductor already has cached: record it.
+        env["inductor_cache"] = {"path": str(cache), "files_before_run": sum(1 for p in cache.rglob("*")
+                                                                             if p.is_file())}
     env["command"] = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else \
         shlex.join(["python", "benchmarks/gpu_throughput.py", *argv])
     runner = Runner(args)
-    variants = make_variants(args.device, args.compile_mode)
     # Drift is measured against a reference variant at batch 1 on the same seeds; run it (batch 1 only)
     # first when the chosen variants need it and it is not among them.
     references = [] if args.no_reference else list(dict.fromkeys(

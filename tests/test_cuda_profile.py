@@ -197,8 +197,19 @@ def test_apply_compile_profile_records_what_it_did(make_pipe, tmp_path, monkeypa
     assert applied.channels_last and applied.sdpa_backend is None
     import os
 
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torchinductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path.resolve() / "torchinductor")
     assert applied.as_dict()["profile"] == "default-cuda"
+
+
+def test_compile_cache_goes_to_the_workspace_unless_the_user_chose(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # torch writes its /tmp default into the variable once anything asks for the cache folder.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert cuda_profile.configure_compile_cache(tmp_path) == tmp_path.resolve() / "torchinductor"
+    chosen = tmp_path / "mine"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(chosen))
+    assert cuda_profile.configure_compile_cache(tmp_path / "other") == chosen
 
 
 def test_pick_batch_size_is_monotone_and_bounded():

@@ -173,3 +173,18 @@ def test_memory_model_matches_pick_batch_size_constants():
         cuda_profile.UNET_ACT_BYTES_PER_IMAGE_CFG_1024, rel=0.02)
     assert figures["vae_decode_image_mib"] * 2**20 == pytest.approx(
         cuda_profile.VAE_DECODE_ACT_BYTES_PER_IMAGE_1024, rel=0.02)
+
+
+def test_an_error_at_one_batch_size_keeps_the_others(tmp_path, monkeypatch):
+    real_measure = harness.Runner.measure
+
+    def measure(self, variant, pipe, applied, width, height, batch_size, batches):
+        if batch_size == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return real_measure(self, variant, pipe, applied, width, height, batch_size, batches)
+
+    monkeypatch.setattr(harness.Runner, "measure", measure)
+    output = harness.main(tiny_args(tmp_path, "--variants", "vae", "--batch-sizes", "1,2,4"))
+    statuses = [(r["batch_size"], r["status"]) for r in output["results"]]
+    assert statuses == [(1, "ok"), (2, "error"), (4, "ok")]
+    assert "out of memory" in output["results"][1]["reason"]

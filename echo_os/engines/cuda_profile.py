@@ -153,12 +153,17 @@ def torch_dtype(name: str) -> "torch.dtype":
 def configure_compile_cache(cache_dir: str | os.PathLike[str]) -> Path:
     """Keep inductor's compiled kernels and autotuning results in the workspace, so compile is paid once.
 
-    Must run before the first torch.compile call of the process; an already set TORCHINDUCTOR_CACHE_DIR
-    wins (the user chose it).
+    A TORCHINDUCTOR_CACHE_DIR the user set wins. torch itself writes its default (a folder under /tmp)
+    into that variable the first time anything asks inductor for its cache folder, so the default is
+    not taken as the user's choice.
     """
-    path = Path(cache_dir) / "torchinductor"
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    path = Path(cache_dir).resolve() / "torchinductor"
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     import torch._inductor.config as inductor_config
 
     inductor_config.fx_graph_cache = True
