@@ -12,6 +12,19 @@ Where the figures come from: benchmarks/gpu_throughput.py measures every profile
 benchmarks/RESULTS.md). Until a GPU run exists, "default-cuda" is chosen from documented reasoning, not
 from a measurement; its docstring below says which parts.
 
+In an engine:
+
+    profile = get_profile("default-cuda")
+    applied = apply_profile(pipe, profile, "cuda", cache_dir=settings.cache_dir)   # -> meta.json
+    free = torch.cuda.mem_get_info()[0]
+    warm_up(pipe, profile, 1024, 1024, log2_batches(max_batch_for(profile, free, 1024, 1024)))
+    extra = profile_call_kwargs(profile)               # CFG cut-off callback, when the profile has one
+    callback = combine_step_callbacks(extra.pop("callback_on_step_end", None), engine_progress_callback)
+    with sdpa_context(profile, "cuda"):
+        pipe(..., callback_on_step_end=callback, **extra)
+
+(the progress callback then needs the tensor inputs list from `extra` too, or ["latents"] when none.)
+
 torch is imported inside the functions: this module is imported by the CLI.
 """
 
@@ -341,9 +354,14 @@ def decode_latents(pipe: "StableDiffusionXLPipeline", latents: "torch.Tensor", v
         latents = latents * std_t / vae.config.scaling_factor + mean_t
     else:
         latents = latents / vae.config.scaling_factor
-    step = vae_batch or latents.shape[0]
+    chunks = latents.split(vae_batch or latents.shape[0])
     with torch.inference_mode():
-        images = torch.cat([vae.decode(chunk, return_dict=False)[0] for chunk in latents.split(step)])
+        decoded = []
+        for chunk in chunks:
+            image = vae.decode(chunk, return_dict=False)[0]
+            # Under CUDA graphs (max-autotune) the next replay overwrites this output: keep a copy.
+            decoded.append(image.clone() if len(chunks) > 1 else image)
+        images = torch.cat(decoded) if len(decoded) > 1 else decoded[0]
     if needs_upcasting:
         vae.to(dtype=torch.float16)
     return pipe.image_processor.postprocess(images, output_type=output_type)
@@ -366,7 +384,7 @@ def warm_up(
     steps: int = 2,
     guidance_scale: float = 7.0,
 ) -> list[WarmUpRecord]:
-    """Run every batch shape once, so compile (and CUDA-graph capture) is paid on load, not on a request.
+    """Run every batch shape, so compile (and CUDA-graph capture) is paid on load, not on a request.
 
     Two steps cover every UNet shape; with a CFG cut-off the second step runs the half batch too. The VAE
     is warmed at the profile's vae_batch, or at each batch size when it decodes the whole batch.
@@ -375,8 +393,11 @@ def warm_up(
 
     import torch
 
+    # CUDA graphs (max-autotune) are recorded on the call after the compiling one: run each shape twice.
+    cudagraphs = (profile.compile and device.startswith("cuda") and (profile.compile_mode or "").startswith(
+        "max-autotune") and not (profile.compile_mode or "").endswith("no-cudagraphs"))
     records = []
-    for batch_size in batch_sizes:
+    for batch_size in [size for size in batch_sizes for _ in range(2 if cudagraphs else 1)]:
         generators = [torch.Generator("cpu").manual_seed(i) for i in range(batch_size)]
         kwargs = profile_call_kwargs(profile)
         if profile.cfg_cutoff is not None:
