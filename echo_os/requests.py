@@ -6,6 +6,8 @@ naming the field.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import secrets
@@ -60,6 +62,40 @@ class StoryFields(BaseModel):
     bible_hash: str | None = None
 
 
+class IPAdapterImage(BaseModel):
+    """One reference image: where it is, and the sha256 of its bytes (what the embedding cache is keyed by)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class IPAdapterReference(BaseModel):
+    """One IP-Adapter in the pipeline call: a character's reference images and how strongly they count."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str  # the character id, for people reading meta.json
+    images: tuple[IPAdapterImage, ...] = Field(min_length=1)
+    scale: float = Field(default=0.6, ge=0.0, le=2.0, allow_inf_nan=False)
+
+
+class IPAdapterInput(BaseModel):
+    """Reference-image conditioning: one adapter (a models.toml `ip-adapter` entry) per reference, in order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    references: tuple[IPAdapterReference, ...] = Field(min_length=1)
+
+    def batch_key(self) -> tuple:
+        """Only requests with the same adapter set (same images, same scales) share a pipeline call:
+        the pipeline takes one embedding per adapter for the whole batch."""
+        return (self.model, tuple((tuple(image.sha256 for image in ref.images), ref.scale)
+                                  for ref in self.references))
+
+
 class RenderRequest(BaseModel):
     """One prompt rendered `count` times; image i uses seed + i through its own generator."""
 
@@ -83,6 +119,7 @@ class RenderRequest(BaseModel):
     project: str = "default"
     parent_id: str | None = None
     story: StoryFields = Field(default_factory=StoryFields)
+    ip_adapter: IPAdapterInput | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -136,7 +173,29 @@ class RenderRequest(BaseModel):
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one batched pipeline call."""
         return (self.model, self.width, self.height, self.steps, self.cfg, self.scheduler,
-                self.device, self.dtype, self.attention)
+                self.device, self.dtype, self.attention,
+                self.ip_adapter.batch_key() if self.ip_adapter is not None else None)
+
+    def image_requests(self) -> list["RenderRequest"]:
+        """One request per image (count 1, its own seed): what meta.json records and replay renders."""
+        return [self.model_copy(update={"seed": seed, "count": 1}) for seed in self.seeds]
+
+
+# Reference image paths are where the files happen to be; their sha256 is what they are.
+_KEY_EXCLUDE = {"ip_adapter": {"references": {"__all__": {"images": {"__all__": {"path"}}}}}}
+
+
+def image_request_key(request: RenderRequest) -> str:
+    """The resume key of a one-image request: sha256 of its canonical JSON (reference paths left out).
+
+    Two requests with the same key make the same image with the same engine, so a batch re-run skips
+    images whose key is already in the project (see scheduler.render_requests, resume=True).
+    """
+    if request.count != 1:
+        raise ValueError(f"image_request_key takes a one-image request, got count {request.count}")
+    fields = request.model_dump(mode="json", exclude=_KEY_EXCLUDE if request.ip_adapter else None)
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -1,23 +1,46 @@
 """The scheduler: choose an engine per request, group compatible requests into batches, render, save.
 
 Requests with the same engine and batch key (model, size, steps, cfg, scheduler, device, dtype,
-attention) share one pipeline call of at most `batch_size` images. A request with more images than that
-is split by seed (image i always has seed + i), so splitting never changes an image.
+attention, IP-Adapter set) share pipeline calls of at most `batch_size` images. A request with more
+images than that is split by seed (image i always has seed + i), so splitting never changes an image.
+
+Batch size: `batch_size` when given, else from the free GPU memory once the weights are loaded (CUDA),
+else the engine's maximum. On CUDA out-of-memory the batch is halved and retried, down to one image;
+then the VAE decodes tile by tile; only if one image still does not fit does the render stop, with
+every image rendered so far saved (a re-run with resume=True finishes the rest).
+
+Resume (resume=True): every image has a key, the sha256 of its one-image request with the engine that
+renders it (requests.image_request_key, also in meta.json as `request_key`). Images whose key is
+already in the project's catalog, with the folder still on disk, are not rendered again: they are
+reported as resumed. So a killed batch finishes on the next run, without duplicates.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from echo_os.engines import choose_engine, create_engine
+from echo_os.errors import EchoError
+from echo_os.requests import image_request_key
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine, ProgressCallback
     from echo_os.requests import RenderRequest
     from echo_os.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+
+
+class OutOfMemoryError(EchoError):
+    """One image does not fit on the GPU even at batch 1 with a tiled VAE decode."""
 
 
 @dataclass
@@ -26,10 +49,21 @@ class EngineChoice:
     reason: str
 
 
+@dataclass(frozen=True)
+class ImageDone:
+    """One image of the run is on disk: rendered now, or found from an earlier run (resumed)."""
+
+    artifact: "Artifact"
+    resumed: bool
+
+
 @dataclass
 class RenderOutcome:
-    artifacts: list["Artifact"] = field(default_factory=list)
+    artifacts: list["Artifact"] = field(default_factory=list)  # rendered by this call, in render order
     engines: list[EngineChoice] = field(default_factory=list)
+    resumed: list["Artifact"] = field(default_factory=list)  # already in the project (resume=True)
+    batch_sizes: dict[str, int] = field(default_factory=dict)  # engine -> the batch size it started with
+    notes: list[str] = field(default_factory=list)  # what the OOM back-off did
 
 
 def split_request(request: "RenderRequest", max_images: int) -> list["RenderRequest"]:
@@ -62,6 +96,118 @@ def plan_batches(requests: list["RenderRequest"], max_images: int) -> list[list[
     return batches
 
 
+# ---- batch size ------------------------------------------------------------------------------------
+
+# Activation memory of one SDXL image at 1024x1024 in 16-bit, with classifier-free guidance (two UNet
+# passes) and the VAE decode, which is the peak. A deliberately cautious estimate: the OOM back-off
+# covers an estimate that is too high for the card, and free memory is measured after the weights load.
+_BYTES_PER_MEGAPIXEL_16BIT = int(3.0 * GIB)
+_RESERVE_BYTES = int(1.5 * GIB)
+
+
+def estimate_batch_size(free_bytes: int, width: int, height: int, dtype: str = "bfloat16") -> int:
+    """The largest power of two whose estimated activations fit in free_bytes (at least 1).
+
+    Used until echo_os.engines.cuda_profile.pick_batch_size (measured on GPUs) is in the tree.
+    """
+    per_image = _BYTES_PER_MEGAPIXEL_16BIT * (width * height) / (1024 * 1024)
+    if dtype == "float32":
+        per_image *= 2
+    size = 1
+    while (size * 2) * per_image + _RESERVE_BYTES <= free_bytes:
+        size *= 2
+    return size
+
+
+def pick_batch_size(free_bytes: int, width: int, height: int, dtype: str) -> int:
+    try:
+        from echo_os.engines.cuda_profile import pick_batch_size as measured
+    except ImportError:
+        return estimate_batch_size(free_bytes, width, height, dtype)
+    return measured(free_bytes, width, height, dtype)
+
+
+def auto_batch_size(engine: "Engine", request: "RenderRequest") -> int:
+    """Images per call for `request`'s batch group: from free GPU memory on CUDA, else the engine's max."""
+    cap = max(1, engine.capabilities.max_batch)
+    free_memory = getattr(engine, "free_memory", None)
+    memory = free_memory(request) if free_memory is not None else None
+    if memory is None:
+        return cap
+    return max(1, min(cap, pick_batch_size(memory.free_bytes, request.width, request.height, memory.dtype)))
+
+
+# ---- out of memory ---------------------------------------------------------------------------------
+
+def is_out_of_memory(error: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # an engine that ran out of GPU memory has imported torch
+    return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def take_batch(queue: "deque[RenderRequest]", limit: int) -> list["RenderRequest"]:
+    """Up to `limit` images from the front of the queue, splitting a request by seed where needed."""
+    batch, images = [], 0
+    while queue and images < limit:
+        piece = queue.popleft()
+        room = limit - images
+        if piece.count > room:
+            head, tail = split_request(piece, room)[0], piece.model_copy(
+                update={"seed": piece.seeds[room], "count": piece.count - room})
+            queue.appendleft(tail)
+            piece = head
+        batch.append(piece)
+        images += piece.count
+    return batch
+
+
+# ---- resume ----------------------------------------------------------------------------------------
+
+def _missing_runs(request: "RenderRequest", done: set[str]) -> list["RenderRequest"]:
+    """The images of `request` whose key is not in `done`, as runs of consecutive seeds."""
+    runs: list["RenderRequest"] = []
+    start = None
+    images = request.image_requests()
+    for i, image in enumerate(images + [None]):
+        missing = image is not None and image_request_key(image) not in done
+        if missing and start is None:
+            start = i
+        elif not missing and start is not None:
+            runs.append(request.model_copy(update={"seed": request.seeds[start], "count": i - start}))
+            start = None
+    return runs
+
+
+def find_rendered(store: "ArtifactStore", requests: list["RenderRequest"]) -> dict[str, "Artifact"]:
+    """request_key -> artifact for the images of `requests` already in their project (folder on disk)."""
+    from echo_os.artifacts.meta import ArtifactMeta
+    from echo_os.artifacts.store import META_NAME, Artifact
+
+    by_project: dict[str, list[str]] = {}
+    for request in requests:
+        by_project.setdefault(request.project, []).extend(image_request_key(i) for i in request.image_requests())
+    found: dict[str, "Artifact"] = {}
+    for project, keys in by_project.items():
+        added = store.index_unlisted(project)
+        if added:
+            log.info("catalogued %d folder(s) of project %s that were not in the catalog", added, project)
+        for key, row in store.catalog.by_request_keys(project, keys).items():
+            folder = store.root / row.path
+            if (folder / "image.png").is_file() and (folder / META_NAME).is_file():
+                found[key] = Artifact(id=row.id, path=folder, meta=ArtifactMeta.model_validate(row.meta))
+    return found
+
+
+# ---- rendering -------------------------------------------------------------------------------------
+
 def render_requests(
     settings: "Settings",
     requests: list["RenderRequest"],
@@ -71,29 +217,87 @@ def render_requests(
     cancel: threading.Event | None = None,
     batch_size: int | None = None,
     on_engine: Callable[[EngineChoice], None] | None = None,
+    resume: bool = False,
+    on_image: Callable[[ImageDone], None] | None = None,
+    engine: "Engine | None" = None,
 ) -> RenderOutcome:
-    """Render every request and save one artifact per image (folder numbers: see ArtifactStore.save)."""
+    """Render every request and save one artifact per image (folder numbers: see ArtifactStore.save).
+
+    resume: skip images already rendered in their project (see the module docstring).
+    on_image: called once per image, as it is saved or found already rendered.
+    engine: render everything with this engine instead of choosing one per request (tests, benchmarks,
+    a worker that keeps its engine warm).
+    """
     outcome = RenderOutcome()
     engines: dict[str, "Engine"] = {}
-    by_engine: dict[str, list[tuple[int, "RenderRequest"]]] = {}
-    for index, request in enumerate(requests):
-        name, reason = choose_engine(settings, request)
+    by_engine: dict[str, list["RenderRequest"]] = {}
+    for request in requests:
+        if engine is not None:
+            name, reason = engine.name, getattr(engine, "reason", "given by the caller")
+        else:
+            name, reason = choose_engine(settings, request)
         if name not in engines:
-            engines[name] = create_engine(settings, name, reason)
+            engines[name] = engine if engine is not None else create_engine(settings, name, reason)
             choice = EngineChoice(name, reason)
             outcome.engines.append(choice)
             if on_engine is not None:
                 on_engine(choice)
-        by_engine.setdefault(name, []).append((index, request))
+        by_engine.setdefault(name, []).append(request.model_copy(update={"engine": name}))
 
-    for name, indexed in by_engine.items():
-        engine = engines[name]
-        limit = max(1, min(batch_size or engine.capabilities.max_batch, engine.capabilities.max_batch))
-        tagged = [request.model_copy(update={"engine": name}) for _, request in indexed]
-        for batch in plan_batches(tagged, limit):
-            results = engine.render(batch, progress=progress, cancel=cancel)
-            images = sum(len(result.images) for result in results)
-            for result in results:
-                outcome.artifacts.extend(store.save_result(result, batch_size=images))
+    for name, tagged in by_engine.items():
+        if resume:
+            rendered = find_rendered(store, tagged)
+            for request in tagged:
+                for image in request.image_requests():
+                    artifact = rendered.get(image_request_key(image))
+                    if artifact is not None:
+                        outcome.resumed.append(artifact)
+                        if on_image is not None:
+                            on_image(ImageDone(artifact, resumed=True))
+            tagged = [run for request in tagged for run in _missing_runs(request, set(rendered))]
+        _render_groups(engines[name], tagged, store=store, outcome=outcome, progress=progress, cancel=cancel,
+                       batch_size=batch_size, on_image=on_image)
     return outcome
 
+
+def _render_groups(engine: "Engine", requests: list["RenderRequest"], *, store: "ArtifactStore",
+                   outcome: RenderOutcome, progress, cancel, batch_size: int | None,
+                   on_image: Callable[[ImageDone], None] | None) -> None:
+    groups: dict[tuple, list["RenderRequest"]] = {}
+    for request in requests:
+        groups.setdefault(request.batch_key(), []).append(request)
+    cap = max(1, engine.capabilities.max_batch)
+    for pieces in groups.values():
+        limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, pieces[0])
+        outcome.batch_sizes.setdefault(engine.name, limit)
+        queue = deque(pieces)
+        while queue:
+            batch = take_batch(queue, limit)
+            try:
+                results = engine.render(batch, progress=progress, cancel=cancel)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                _release_memory()
+                queue.extendleft(reversed(batch))
+                images = sum(r.count for r in batch)
+                if limit > 1:
+                    limit = max(1, min(limit, images) // 2)
+                    outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with {limit}")
+                elif hasattr(engine, "vae_tiling") and not engine.vae_tiling:
+                    engine.vae_tiling = True
+                    outcome.notes.append("out of GPU memory with 1 image per call; retrying with VAE tiling")
+                else:
+                    first = batch[0]
+                    raise OutOfMemoryError(
+                        f"out of GPU memory rendering one {first.width}x{first.height} image even with VAE tiling; "
+                        f"{len(outcome.artifacts)} image(s) of this run were saved; free GPU memory or use a "
+                        "smaller --size, then run the same command again to render the rest") from None
+                log.warning(outcome.notes[-1])
+                continue
+            images = sum(len(result.images) for result in results)
+            for result in results:
+                for artifact in store.save_result(result, batch_size=images):
+                    outcome.artifacts.append(artifact)
+                    if on_image is not None:
+                        on_image(ImageDone(artifact, resumed=False))

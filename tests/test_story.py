@@ -579,8 +579,8 @@ def test_batch_without_dry_run_hands_the_plan_to_render_plan(tmp_path, monkeypat
 
     seen = {}
 
-    def fake_render_plan(settings, plan, *, batch_size=None, json_output=False):
-        seen.update(settings=settings, plan=plan, batch_size=batch_size)
+    def fake_render_plan(settings, plan, *, batch_size=None, json_output=False, ip_adapter=None, clip=None):
+        seen.update(settings=settings, plan=plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip)
 
     monkeypatch.setattr(batch_module, "render_plan", fake_render_plan)
     prompts = write(tmp_path, "prompts.txt", "a fox\na hare --seed 3\n")
@@ -588,10 +588,7 @@ def test_batch_without_dry_run_hands_the_plan_to_render_plan(tmp_path, monkeypat
     assert result.exit_code == 0, result.output
     assert [request.prompt for request in seen["plan"].requests] == ["a fox", "a hare"]
     assert seen["batch_size"] == 2 and seen["settings"].home == tmp_path.resolve()
-
-    monkeypatch.undo()
-    with pytest.raises(NotImplementedError, match="rendering a batch lands with the story scheduler"):
-        batch_module.render_plan(None, seen["plan"])
+    assert seen["ip_adapter"] == "ip-adapter-sdxl" and seen["clip"] is None
 
 
 def test_bible_with_a_prompt_list_is_a_usage_error(tmp_path):

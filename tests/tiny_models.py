@@ -101,3 +101,71 @@ def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
     pipe = build_tiny_sdxl(seed)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+# ---- IP-Adapter and CLIP ---------------------------------------------------------------------------
+
+TINY_IP_ADAPTER_FILE = "ip-adapter_tiny.safetensors"
+
+
+def tiny_vision_config():
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=32, intermediate_size=37, projection_dim=32, num_hidden_layers=2,
+                            num_attention_heads=4, image_size=32, patch_size=4)
+
+
+def save_tiny_ip_adapter(folder: Path, unet_folder: Path, seed: int = 0) -> Path:
+    """An IP-Adapter in diffusers' format sized for the tiny UNet, with its tiny image encoder beside it.
+
+    folder/ip-adapter_tiny.safetensors holds flattened `image_proj.*` (ImageProjection: 4 tokens of the
+    UNet's cross_attention_dim from a 32-d image embedding) and `ip_adapter.N.to_k_ip/to_v_ip` keys
+    numbered 1, 3, 5, ... over the UNet's cross-attention layers, as the published adapters are.
+    folder/image_encoder is a CLIPVisionModelWithProjection (hidden 32, projection 32).
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModelWithProjection
+
+    folder.mkdir(parents=True, exist_ok=True)
+    unet = UNet2DConditionModel.from_pretrained(str(unet_folder), local_files_only=True)
+    cross, blocks = unet.config.cross_attention_dim, unet.config.block_out_channels
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {
+        "image_proj.proj.weight": torch.randn(4 * cross, 32, generator=generator) * 0.3,
+        "image_proj.proj.bias": torch.zeros(4 * cross),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(hidden, cross, generator=generator) * 0.3
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(hidden, cross, generator=generator) * 0.3
+        key_id += 2
+    save_file(tensors, str(folder / TINY_IP_ADAPTER_FILE))
+    torch.manual_seed(seed)
+    CLIPVisionModelWithProjection(tiny_vision_config()).save_pretrained(str(folder / "image_encoder"))
+    return folder
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A tiny random CLIPModel (vision 32x32 images) and its image processor, saved with save_pretrained."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=VOCAB_SIZE, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    vision = tiny_vision_config().to_dict()
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(str(folder))
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
+    return folder

@@ -46,7 +46,14 @@ def _m001_artifacts(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX artifacts_model ON artifacts(model)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_artifacts]
+def _m002_request_key(db: sqlite3.Connection) -> None:
+    """The resume key of each image (meta.json `request_key`), indexed per project for batch re-runs."""
+    db.execute("ALTER TABLE artifacts ADD COLUMN request_key TEXT")
+    db.execute("UPDATE artifacts SET request_key = json_extract(meta, '$.request_key')")
+    db.execute("CREATE INDEX artifacts_request_key ON artifacts(project, request_key)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_artifacts, _m002_request_key]
 
 
 @dataclass(frozen=True)
@@ -116,11 +123,11 @@ class Catalog:
         artifact_id = meta["id"]
         num = artifact_num(artifact_id)
         self.db.execute(
-            f"INSERT OR REPLACE INTO artifacts ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO artifacts ({_COLUMNS}, request_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (num, artifact_id, meta["created"], meta["project"], (meta.get("model") or {}).get("name"),
              meta["engine"]["name"], meta["prompt"], meta["seed"], meta["width"], meta["height"],
              (meta.get("story") or {}).get("scene"), meta.get("parent_id"), relative_path,
-             json.dumps(meta, ensure_ascii=False, sort_keys=True)))
+             json.dumps(meta, ensure_ascii=False, sort_keys=True), meta.get("request_key")))
         return num
 
     def delete(self, artifact_id: str) -> None:
@@ -177,6 +184,19 @@ class Catalog:
             sql += " LIMIT ? OFFSET ?"
             params += [limit, offset]
         return [_row(row) for row in self.db.execute(sql, params)]
+
+    def by_request_keys(self, project: str, keys: list[str]) -> dict[str, CatalogRow]:
+        """The project's artifacts whose request_key is one of `keys`: key -> row (the newest if several)."""
+        found: dict[str, CatalogRow] = {}
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
+            chunk = unique[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT {_COLUMNS}, request_key FROM artifacts WHERE project = ? AND request_key IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY created", [project, *chunk])
+            for *values, key in rows:
+                found[key] = _row(tuple(values))
+        return found
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0]

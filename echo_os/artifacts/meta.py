@@ -60,6 +60,9 @@ class ArtifactMeta(BaseModel):
     parent_id: str | None = None
     story: StoryFields = Field(default_factory=StoryFields)
     request: dict[str, Any]  # the RenderRequest that makes exactly this image (count 1, this seed)
+    request_key: str | None = None  # requests.image_request_key(request): what a batch re-run skips by
+    ip_adapter: ModelRecord | None = None  # adapter weights used with the request's reference images
+    vae_tiling: bool = False
 
     def replay_request(self) -> RenderRequest:
         return RenderRequest.model_validate(self.request)

@@ -27,6 +27,7 @@ from echo_os.artifacts.catalog import Catalog
 from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord, collect_versions
 from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
+from echo_os.requests import image_request_key
 from echo_os.settings import Settings
 
 if TYPE_CHECKING:
@@ -60,6 +61,12 @@ class Artifact:
 
 
 SaveListener = Callable[[Artifact], None]
+
+
+def _model_record(info) -> ModelRecord | None:
+    if info is None:
+        return None
+    return ModelRecord(name=info.name, source=info.source, kind=info.kind, weights_sha256=info.weights_sha256)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -103,10 +110,7 @@ class ArtifactStore:
         seed = request.seeds[index]
         runtime = result.runtime
         one_image = request.model_copy(update={"seed": seed, "count": 1, "engine": runtime.engine})
-        model = None
-        if runtime.model is not None:
-            model = ModelRecord(name=runtime.model.name, source=runtime.model.source, kind=runtime.model.kind,
-                                weights_sha256=runtime.model.weights_sha256)
+        model = _model_record(runtime.model)
         return ArtifactMeta(
             created=created.isoformat(timespec="microseconds"),
             project=request.project,
@@ -132,6 +136,9 @@ class ArtifactStore:
             parent_id=request.parent_id,
             story=request.story,
             request=one_image.model_dump(mode="json"),
+            request_key=image_request_key(one_image),
+            ip_adapter=_model_record(runtime.ip_adapter),
+            vae_tiling=runtime.vae_tiling,
         )
 
     @staticmethod
@@ -150,6 +157,10 @@ class ArtifactStore:
     # -- saving ---------------------------------------------------------------------------------
     def _project_dir(self, created: datetime, project: str) -> Path:
         return self.root / created.strftime("%Y-%m-%d") / slugify(project, fallback="default")
+
+    def project_dir(self, project: str, when: datetime | None = None) -> Path:
+        """artifacts/<yyyy-mm-dd>/<project-slug> for `when` (default: now, local time)."""
+        return self._project_dir(when or datetime.now(timezone.utc).astimezone(), project)
 
     @staticmethod
     def _next_sequence(project_dir: Path) -> int:
@@ -229,6 +240,25 @@ class ArtifactStore:
             except ValueError as error:
                 log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
         return found
+
+    def index_unlisted(self, project: str) -> int:
+        """Catalog the project's folders that are on disk but not in the catalog (a process killed
+        between the folder's rename and its catalog row). Returns how many were added."""
+        known = {row.path for row in self.catalog.query(project=project)}
+        added = 0
+        for meta_path in sorted(self.root.glob(f"*/{slugify(project, fallback='default')}/*/{META_NAME}")):
+            relative = str(meta_path.parent.relative_to(self.root))
+            if relative in known or meta_path.parts[-4] == ".tmp":
+                continue
+            try:
+                meta = ArtifactMeta.read(meta_path)
+            except ValueError as error:
+                log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
+                continue
+            if meta.project == project:
+                self.catalog.upsert(meta.model_dump(mode="json"), relative)
+                added += 1
+        return added
 
     def reindex(self) -> int:
         """Rebuild the catalog from the folders; drop leftovers of interrupted writes."""

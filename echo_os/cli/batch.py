@@ -1,5 +1,5 @@
 """`echo-os batch PROJECT SOURCE`: plan a story (story.csv + STORY_BIBLE.md) or a prompt list
-(@prompts.txt) and render it, or with --dry-run show what would be rendered."""
+(@prompts.txt) and render it (echo_os.story.render), or with --dry-run show what would be rendered."""
 
 from __future__ import annotations
 
@@ -14,9 +14,51 @@ from echo_os.requests import SCHEDULERS
 from echo_os.settings import Settings
 
 
-def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False) -> None:
-    """Render every scene of a validated StoryPlan in order, saving each image as an artifact."""
-    raise NotImplementedError("rendering a batch lands with the story scheduler")
+class StoryBar:
+    """A tqdm bar over scenes: scenes done/total, and images per minute rendered by this run."""
+
+    def __init__(self, scenes: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=scenes, unit="scene", leave=False, disable=None, dynamic_ncols=True,
+                        desc="scenes")
+
+    def __call__(self, event) -> None:
+        self.bar.n = event.scenes_done
+        self.bar.set_postfix_str(f"{event.images_done}/{event.images_total} images, "
+                                 f"{event.images_per_minute:.1f} images/min", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
+                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None) -> None:
+    """Render every scene of a validated StoryPlan in order and print what was made."""
+    from echo_os.cli.render import engine_line
+    from echo_os.story.render import render_plan as render_story
+
+    bar = StoryBar(len(plan.scenes))
+    try:
+        result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
+                              progress=bar, on_engine=lambda choice: click.echo(engine_line(choice), err=True))
+    finally:
+        bar.close()
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if json_output:
+        click.echo(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+        return
+    for row in result.artifact_rows():
+        resumed = "  (already rendered)" if row["resumed"] else ""
+        click.echo(f"{row['scene']:03d}  {row['id'][:12]}  {row['image']}{resumed}")
+    rate = f", {result.images_per_minute:.1f} images/min" if result.rendered else ""
+    click.echo(f"{result.rendered} rendered, {result.resumed} already rendered{rate}")
+    click.echo(f"story: {result.story_json}")
+    click.echo(f"contact sheet: {result.contact_sheet}")
+    for line in result.continuity.lines():
+        click.echo(line)
 
 
 def _seed_text(scene) -> str:
@@ -75,7 +117,12 @@ def format_dry_run(plan) -> str:
 @click.option("--engine", default="auto", show_default=True, help="Engine for every scene.")
 @click.option("--model", default=None, help="Model for every scene (default: the bible's model, else sdxl).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per pipeline call (default: the engine decides).")
+              help="Images per pipeline call (default: from free GPU memory on CUDA, else the engine's maximum).")
+@click.option("--ip-adapter", "ip_adapter", default="ip-adapter-sdxl", show_default=True,
+              help="IP-Adapter model (models.toml) for characters with reference images; 'none' leaves them out.")
+@click.option("--clip", default=None,
+              help="CLIP model (models.toml) for the continuity report; default: the first one on this machine; "
+                   "'none' skips it.")
 @click.option("--steps", type=int, default=None, help="Override steps for every scene.")
 @click.option("--cfg", type=float, default=None, help="Override the guidance scale for every scene.")
 @click.option("--size", default=None, help="Override WIDTHxHEIGHT for every scene.")
@@ -84,12 +131,16 @@ def format_dry_run(plan) -> str:
               help="Base seed: scene N without a seed of its own gets SEED + 1000*N (see docs/story.md).")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
-          engine: str, model: str | None, batch_size: int | None, steps: int | None, cfg: float | None,
-          size: str | None, scheduler: str | None, seed: int | None) -> None:
+          engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
+          steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
+
+    One artifact per image, then story.json and contact-sheet.png in the project folder. Running the
+    same command again renders only what is missing.
 
     \b
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --dry-run
+      echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv
       echo-os batch sketches @prompts.txt --steps 20
     """
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
@@ -112,4 +163,5 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         return
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
-    render_plan(settings, plan, batch_size=batch_size, json_output=json_output)
+    render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
+                ip_adapter=None if ip_adapter == "none" else ip_adapter, clip=clip)

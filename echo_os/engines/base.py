@@ -69,6 +69,8 @@ class RuntimeInfo:
     dtype: str
     attention: str
     model: ModelInfo | None = None
+    ip_adapter: ModelInfo | None = None  # the adapter weights, when the request had reference images
+    vae_tiling: bool = False  # decoded tile by tile (the OOM back-off's last step); changes pixels slightly
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Every image gets its own torch.Generator seeded from its own seed, so image i of a batch equals the same
 prompt rendered alone. The pipeline runs to latents and we decode them here: that splits the denoise and
-decode timings and lets the VAE decode run as its own batch.
+decode timings and lets the VAE decode run as its own batch. Requests with reference images get
+IP-Adapter embeddings (engines/ip_adapter.py); `vae_tiling` is set by the scheduler's OOM back-off.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from echo_os.engines.base import (
     RuntimeInfo,
     Timings,
 )
+from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.errors import CancelledError, UsageError
 from echo_os.requests import RenderRequest
 
@@ -89,6 +91,15 @@ class LoadedPipeline:
     attention: str
     load_s: float
     lock: threading.Lock
+    ip_adapter: AdapterState = field(default_factory=AdapterState)
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Free memory on the engine's GPU once the weights are loaded, for the automatic batch size."""
+
+    free_bytes: int
+    dtype: str
 
 
 # One pipeline per (weights, device, dtype, attention) for the life of the process.
@@ -186,6 +197,17 @@ class SDXLEngine:
         self.reason = reason or f"chosen with --engine {name}"
         self.force_device = force_device
         self.capabilities = Capabilities(txt2img=True, ip_adapter=True, max_batch=16, needs_weights=True)
+        self.vae_tiling = False  # decode tile by tile: set by the scheduler when one image does not fit
+
+    def free_memory(self, request: RenderRequest) -> MemoryInfo | None:
+        """Free GPU memory after loading `request`'s pipeline; None off CUDA (no memory limit to size by)."""
+        loaded = self.loaded(request)
+        if loaded.device != "cuda":
+            return None
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return MemoryInfo(free_bytes=int(free), dtype=loaded.dtype)
 
     # -- loading ----------------------------------------------------------------------------------
     def loaded(self, request: RenderRequest) -> LoadedPipeline:
@@ -241,6 +263,15 @@ class SDXLEngine:
         first = requests[0]
         pipe = loaded.pipe
         pipe.scheduler = make_scheduler(first.scheduler, loaded.base_scheduler_config)
+        adapter_info = ensure_adapters(self.settings, loaded, first.ip_adapter)
+        extra: dict[str, Any] = {}
+        if first.ip_adapter is not None:
+            guidance = first.cfg > 1 and pipe.unet.config.time_cond_proj_dim is None  # as the pipeline decides
+            extra["ip_adapter_image_embeds"] = reference_embeds(self.settings, loaded, first.ip_adapter, guidance)
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
         prompts, negatives, generators = [], [], []
         for request in requests:
             for seed in request.seeds:
@@ -263,7 +294,7 @@ class SDXLEngine:
                 prompt=prompts, negative_prompt=negatives, generator=generators,
                 num_inference_steps=first.steps, guidance_scale=first.cfg,
                 width=first.width, height=first.height, output_type="latent",
-                callback_on_step_end=on_step_end,
+                callback_on_step_end=on_step_end, **extra,
             ).images
             if cancel is not None and cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
@@ -274,7 +305,8 @@ class SDXLEngine:
         decoded = time.perf_counter()
 
         runtime = RuntimeInfo(engine=self.name, reason=self.reason, device=loaded.device, dtype=loaded.dtype,
-                              attention=loaded.attention, model=loaded.model)
+                              attention=loaded.attention, model=loaded.model, ip_adapter=adapter_info,
+                              vae_tiling=self.vae_tiling)
         results, offset = [], 0
         for request in requests:
             rendered = [RenderedImage(image=pil_images[offset + i], seed=seed) for i, seed in enumerate(request.seeds)]

@@ -1,0 +1,337 @@
+"""Rendering a story plan: every scene in order, one artifact per image, then story.json and a contact sheet.
+
+    result = render_plan(settings, plan_story("Lighthouse Keeper", "prompts/lighthouse-keeper/story.csv"))
+    result.story_json, result.contact_sheet, result.scenes[0].artifacts
+
+The scheduler does the batching, the OOM back-off and the resume: images already rendered with the same
+one-image request are found in the project and not rendered again, so re-running a killed batch
+finishes it without duplicates. Characters with reference images get IP-Adapter inputs (one adapter
+per character, its `ip_adapter_scale`, default 0.6). After the batch: a contact sheet of every image
+in scene order, a continuity report (CLIP image similarity per character), and story.json mapping
+scenes to artifact ids, all in the project folder artifacts/<date>/<project-slug>/.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from echo_os.engines.ip_adapter import check_adapter, file_sha256
+from echo_os.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, RenderRequest
+from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
+
+if TYPE_CHECKING:
+    from echo_os.artifacts.store import Artifact, ArtifactStore
+    from echo_os.engines.base import Engine
+    from echo_os.scheduler import EngineChoice, ImageDone
+    from echo_os.settings import Settings
+    from echo_os.story.plan import StoryPlan
+
+DEFAULT_IP_ADAPTER = "ip-adapter-sdxl"
+DEFAULT_IP_ADAPTER_SCALE = 0.6
+STORY_JSON = "story.json"
+CONTACT_SHEET = "contact-sheet.png"
+STORY_JSON_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoryProgress:
+    """Where a story render is: scenes whose every image is on disk, images rendered now vs found."""
+
+    scenes_done: int
+    scenes_total: int
+    images_done: int
+    images_total: int
+    images_rendered: int
+    elapsed_s: float
+
+    @property
+    def images_per_minute(self) -> float:
+        return 60.0 * self.images_rendered / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass
+class SceneResult:
+    scene: int
+    slug: str
+    description: str
+    characters: tuple[str, ...]
+    artifacts: list["Artifact"]
+    resumed: list[bool]
+
+
+@dataclass
+class StoryRender:
+    title: str
+    project: str
+    project_dir: Path
+    story_json: Path
+    contact_sheet: Path
+    scenes: list[SceneResult]
+    continuity: ContinuityReport
+    engines: list["EngineChoice"]
+    rendered: int
+    resumed: int
+    elapsed_s: float
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_minute(self) -> float:
+        return 60.0 * self.rendered / self.elapsed_s if self.elapsed_s > 0 and self.rendered else 0.0
+
+    def artifact_rows(self) -> list[dict[str, Any]]:
+        """One row per image in scene order (what the CLI prints)."""
+        rows = []
+        for scene in self.scenes:
+            for artifact, resumed in zip(scene.artifacts, scene.resumed):
+                rows.append({"scene": scene.scene, "slug": scene.slug, "id": artifact.id, "seed": artifact.meta.seed,
+                             "path": str(artifact.path), "image": str(artifact.image_path),
+                             "engine": artifact.meta.engine.name, "resumed": resumed})
+        return rows
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "project": self.project, "project_dir": str(self.project_dir),
+                "story_json": str(self.story_json), "contact_sheet": str(self.contact_sheet),
+                "engines": [{"name": c.name, "reason": c.reason} for c in self.engines],
+                "rendered": self.rendered, "resumed": self.resumed, "seconds": round(self.elapsed_s, 3),
+                "images_per_minute": round(self.images_per_minute, 2), "batch_sizes": self.batch_sizes,
+                "notes": self.notes, "artifacts": self.artifact_rows(), "continuity": self.continuity.as_dict()}
+
+
+# ---- requests --------------------------------------------------------------------------------------
+
+def story_requests(plan: "StoryPlan", ip_adapter: str | None = DEFAULT_IP_ADAPTER) -> list[RenderRequest]:
+    """The plan's requests in scene order, with IP-Adapter inputs for characters that have references
+    (none when ip_adapter is None)."""
+    hashes: dict[Path, str] = {}
+
+    def image(path: Path) -> IPAdapterImage:
+        if path not in hashes:
+            hashes[path] = file_sha256(path)
+        return IPAdapterImage(path=str(path), sha256=hashes[path])
+
+    requests = []
+    for scene in plan.scenes:
+        references = tuple(
+            IPAdapterReference(name=member.id, images=tuple(image(path) for path in member.references),
+                               scale=DEFAULT_IP_ADAPTER_SCALE if member.ip_adapter_scale is None
+                               else member.ip_adapter_scale)
+            for member in scene.cast if member.references)
+        request = scene.request
+        if references and ip_adapter:
+            request = request.model_copy(update={"ip_adapter": IPAdapterInput(model=ip_adapter, references=references)})
+        requests.append(request)
+    return requests
+
+
+def _check_adapters(settings: "Settings", requests: list[RenderRequest], engine: "Engine | None") -> None:
+    """Fail before the first scene when reference images need an adapter this machine does not have."""
+    from echo_os.engines import choose_engine
+
+    checked: set[str] = set()
+    for request in requests:
+        if request.ip_adapter is None or request.ip_adapter.model in checked:
+            continue
+        name = engine.name if engine is not None else choose_engine(settings, request)[0]
+        if name == "draft":  # draft cards do not use reference images
+            continue
+        check_adapter(settings, request.ip_adapter.model)
+        checked.add(request.ip_adapter.model)
+
+
+def _plan_notes(plan: "StoryPlan", ip_adapter: str | None) -> list[str]:
+    notes = []
+    seen: set[str] = set()
+    for scene in plan.scenes:
+        for member in scene.cast:
+            if member.lora is not None and member.id not in seen:
+                seen.add(member.id)
+                notes.append(f"character {member.id}: LoRA {member.lora.name} is not applied yet (planned, not rendered)")
+            if member.references and ip_adapter is None and f"refs:{member.id}" not in seen:
+                seen.add(f"refs:{member.id}")
+                notes.append(f"character {member.id}: reference images left out (--ip-adapter none)")
+    return notes
+
+
+# ---- rendering -------------------------------------------------------------------------------------
+
+def render_plan(
+    settings: "Settings",
+    plan: "StoryPlan",
+    *,
+    batch_size: int | None = None,
+    ip_adapter: str | None = DEFAULT_IP_ADAPTER,
+    clip: str | None = None,
+    progress: Callable[[StoryProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    on_engine: Callable[["EngineChoice"], None] | None = None,
+    engine: "Engine | None" = None,
+    store: "ArtifactStore | None" = None,
+) -> StoryRender:
+    """Render every scene of a validated StoryPlan (resuming what is already rendered), then write the
+    contact sheet and story.json. clip: a models.toml clip entry for the continuity report, "none" to
+    skip it, None for the first one on this machine."""
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.scheduler import render_requests
+
+    started = time.perf_counter()
+    requests = story_requests(plan, ip_adapter)
+    _check_adapters(settings, requests, engine)
+    own_store = store is None
+    store = store or ArtifactStore(settings)
+    try:
+        need = {scene.scene: scene.request.count for scene in plan.scenes}
+        have: dict[int, int] = {}
+        counts = {"done": 0, "rendered": 0}
+
+        def on_image(done: "ImageDone") -> None:
+            scene = done.artifact.meta.story.scene
+            have[scene] = have.get(scene, 0) + 1
+            counts["done"] += 1
+            counts["rendered"] += 0 if done.resumed else 1
+            if progress is not None:
+                scenes_done = sum(1 for number, n in need.items() if have.get(number, 0) >= n)
+                progress(StoryProgress(scenes_done, len(need), counts["done"], plan.image_count, counts["rendered"],
+                                       time.perf_counter() - started))
+
+        outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
+                                  on_engine=on_engine, resume=True, on_image=on_image, engine=engine)
+        resumed_ids = {artifact.id for artifact in outcome.resumed}
+        by_image = {(a.meta.story.scene, a.meta.seed): a for a in [*outcome.resumed, *outcome.artifacts]}
+        scenes = []
+        for planned in plan.scenes:
+            artifacts = [by_image[(planned.scene, seed)] for seed in planned.request.seeds]
+            scenes.append(SceneResult(scene=planned.scene, slug=planned.slug, description=planned.row.description,
+                                      characters=planned.row.characters, artifacts=artifacts,
+                                      resumed=[a.id in resumed_ids for a in artifacts]))
+        elapsed = time.perf_counter() - started
+        created = datetime.now(timezone.utc).astimezone()
+        project_dir = store.project_dir(plan.project, created)
+        result = StoryRender(
+            title=plan.title, project=plan.project, project_dir=project_dir,
+            story_json=project_dir / STORY_JSON, contact_sheet=project_dir / CONTACT_SHEET, scenes=scenes,
+            continuity=ContinuityReport(), engines=outcome.engines, rendered=len(outcome.artifacts),
+            resumed=len(outcome.resumed), elapsed_s=elapsed, batch_sizes=outcome.batch_sizes,
+            notes=_plan_notes(plan, ip_adapter) + outcome.notes)
+        write_contact_sheet(plan, result, created)
+        result.continuity = story_continuity(settings, plan, scenes, clip)
+        write_story_json(plan, result, created, store.root, requested_batch_size=batch_size,
+                         ip_adapter=ip_adapter if any(r.ip_adapter for r in requests) else None)
+        return result
+    finally:
+        if own_store:
+            store.close()
+
+
+# ---- outputs ---------------------------------------------------------------------------------------
+
+def _open_image(artifact: "Artifact"):
+    from PIL import Image
+
+    with Image.open(artifact.image_path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def write_contact_sheet(plan: "StoryPlan", result: StoryRender, created: datetime) -> None:
+    from echo_os.story.contact_sheet import SheetCell, render_contact_sheet, save_png_atomically
+
+    cells = []
+    for scene in result.scenes:
+        for index, artifact in enumerate(scene.artifacts, start=1):
+            cells.append(SheetCell(scene=scene.scene, slug=scene.slug, caption=scene.description,
+                                   image=_open_image(artifact), index=index, of=len(scene.artifacts)))
+    engines = ", ".join(sorted({a.meta.engine.name for s in result.scenes for a in s.artifacts})) or "none"
+    images = len(cells)
+    subtitle = (f"{'' if plan.project == plan.title else plan.project + '  ·  '}{len(result.scenes)} scene{'s' if len(result.scenes) != 1 else ''}, "
+                f"{images} image{'s' if images != 1 else ''}  ·  engine {engines}  ·  {created:%Y-%m-%d %H:%M}")
+    if plan.bible_hash:
+        subtitle += f"  ·  bible {plan.bible_hash[:12]}"
+    save_png_atomically(render_contact_sheet(plan.title, subtitle, cells), result.contact_sheet)
+
+
+def story_continuity(settings: "Settings", plan: "StoryPlan", scenes: list[SceneResult],
+                     clip: str | None) -> ContinuityReport:
+    """CLIP similarity per character over its diffusion-rendered images (draft cards are left out)."""
+    from echo_os.story.continuity import clip_image_embedder, continuity_report, find_clip_model
+
+    cast: dict[str, CastEntry] = {}
+    for planned, scene in zip(plan.scenes, scenes):
+        rendered = [a for a in scene.artifacts if a.meta.engine.name != "draft"]
+        for member in planned.cast:
+            entry = cast.get(member.id)
+            if entry is None:
+                entry = cast[member.id] = CastEntry(id=member.id, name=member.name, images=[],
+                                                    references=[_open_reference(p) for p in member.references])
+            entry.images.extend(CastImage(scene=scene.scene, image=_open_image(a)) for a in rendered)
+    if not cast:
+        return ContinuityReport(note="no characters in this story")
+    if not any(entry.images for entry in cast.values()):
+        return ContinuityReport(note="the images are draft cards, not diffusion renders")
+    name, folder, why = find_clip_model(settings, clip)
+    if name is None:
+        return ContinuityReport(note=why)
+    return continuity_report(list(cast.values()), clip_image_embedder(folder), model=name)
+
+
+def _open_reference(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def _unique(values) -> list:
+    seen = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return seen
+
+
+def write_story_json(plan: "StoryPlan", result: StoryRender, created: datetime, artifacts_root: Path, *,
+                     requested_batch_size: int | None, ip_adapter: str | None) -> None:
+    from echo_os.story.contact_sheet import write_atomically
+
+    requests = [scene.request for scene in plan.scenes]
+    document = {
+        "version": STORY_JSON_VERSION,
+        "title": plan.title,
+        "project": plan.project,
+        "kind": plan.kind,
+        "source": str(plan.source),
+        "bible": {"path": str(plan.bible_path) if plan.bible_path else None, "sha256": plan.bible_hash},
+        "created": created.isoformat(timespec="seconds"),
+        "settings": {
+            "engines": [{"name": c.name, "reason": c.reason} for c in result.engines],
+            "models": _unique(r.model for r in requests),
+            "sizes": _unique(r.size for r in requests),
+            "steps": _unique(r.steps for r in requests),
+            "cfg": _unique(r.cfg for r in requests),
+            "schedulers": _unique(r.scheduler for r in requests),
+            "batch_size": {"requested": requested_batch_size, "used": result.batch_sizes},
+            "ip_adapter": ip_adapter,
+            "clip": result.continuity.model,
+        },
+        "scenes": [
+            {"scene": scene.scene, "slug": scene.slug, "description": scene.description,
+             "characters": list(scene.characters), "seeds": [a.meta.seed for a in scene.artifacts],
+             "artifacts": [a.id for a in scene.artifacts],
+             "paths": [str(a.path.relative_to(artifacts_root)) for a in scene.artifacts],
+             "resumed": scene.resumed}
+            for scene in result.scenes
+        ],
+        "continuity": result.continuity.as_dict(),
+        "contact_sheet": CONTACT_SHEET,
+        "run": {"rendered": result.rendered, "resumed": result.resumed, "seconds": round(result.elapsed_s, 3),
+                "images_per_minute": round(result.images_per_minute, 2), "notes": result.notes},
+    }
+    text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    write_atomically(result.story_json, text.encode("utf-8"))

@@ -1,0 +1,450 @@
+"""Story rendering on the tiny pipeline: scene order, meta, story.json, contact sheet, replay of batched
+scenes, resume, OOM back-off, IP-Adapter with a tiny adapter and image encoder, the continuity report."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from echo_os.settings import Settings
+
+REF_SCALE = 1.0
+
+BIBLE = """---
+title: Harbour Watch
+model: tiny
+defaults:
+  steps: 2
+  cfg: 5.0
+  size: 64x64
+  scheduler: euler
+style:
+  prompt: documentary photo
+  negative: text
+characters:
+  keeper:
+    name: Elias Marr
+    description: an old keeper in a navy peacoat
+    seed: 1868
+    reference: refs/keeper.png
+    ip_adapter_scale: 1.0
+  gull:
+    name: Gull
+    description: a herring gull
+    seed: 77
+locations:
+  quay: a stone quay
+---
+The keeper and the gull.
+"""
+
+CSV = """scene,slug,description,characters,location,camera,lighting,props,count
+1,morning,he checks the lamp,keeper,quay,medium shot,golden light,,
+2,squall,he watches the squall,keeper,quay,wide shot,grey light,,2
+3,gull-alone,the gull on a bollard,gull,quay,close up,flat light,,
+4,empty-quay,nobody on the quay at night,,quay,wide shot,moonlight,,
+"""
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    """`echo-os ...` in-process through the real error boundary."""
+    from echo_os.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_story(folder: Path) -> Path:
+    from PIL import Image
+
+    (folder / "refs").mkdir(parents=True)
+    noise = np.random.RandomState(7).randint(0, 256, size=(48, 48, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "refs" / "keeper.png")
+    (folder / "STORY_BIBLE.md").write_text(BIBLE, encoding="utf-8")
+    (folder / "story.csv").write_text(CSV, encoding="utf-8")
+    return folder / "story.csv"
+
+
+@pytest.fixture(scope="module")
+def story_ws(tmp_path_factory, tiny_sdxl_dir):
+    """A workspace with the tiny SDXL, a tiny IP-Adapter (tiny-ip) and a tiny CLIP (tiny-clip)."""
+    from tests.tiny_models import TINY_IP_ADAPTER_FILE, save_tiny_clip, save_tiny_ip_adapter
+
+    home = tmp_path_factory.mktemp("story-ws")
+    save_tiny_ip_adapter(home / "tiny-ip", tiny_sdxl_dir / "unet")
+    save_tiny_clip(home / "tiny-clip")
+    (home / "models.toml").write_text(
+        f'[models.tiny]\ntype = "sdxl"\npath = "{tiny_sdxl_dir.as_posix()}"\n\n'
+        f'[models.tiny-ip]\ntype = "ip-adapter"\npath = "tiny-ip"\nweight_name = "{TINY_IP_ADAPTER_FILE}"\n\n'
+        '[models.tiny-clip]\ntype = "clip"\npath = "tiny-clip"\n', encoding="utf-8")
+    return Settings(home=home)
+
+
+@pytest.fixture(scope="module")
+def story_run(story_ws, tmp_path_factory):
+    """The story rendered once through `echo-os batch --json` (5 images, 2 pipeline calls)."""
+    csv = write_story(tmp_path_factory.mktemp("story"))
+    with pytest.MonkeyPatch.context() as patch:  # the real HF cache must not offer a CLIP model
+        patch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf")))
+        code, out, err = run("--home", str(story_ws.home), "batch", "Harbour Watch", str(csv), "--ip-adapter",
+                             "tiny-ip", "--json")
+    assert code == 0, err
+    return {"settings": story_ws, "csv": csv, "result": json.loads(out), "stderr": err}
+
+
+def _meta(row: dict) -> dict:
+    return json.loads((Path(row["path"]) / "meta.json").read_text(encoding="utf-8"))
+
+
+def test_scenes_render_in_order_one_artifact_per_image(story_run):
+    result = story_run["result"]
+    assert "engine: cpu (" in story_run["stderr"]
+    rows = result["artifacts"]
+    assert [(r["scene"], r["slug"]) for r in rows] == [(1, "morning"), (2, "squall"), (2, "squall"),
+                                                       (3, "gull-alone"), (4, "empty-quay")]
+    for row in rows:
+        name = Path(row["path"]).name
+        assert re.fullmatch(rf"{row['scene']:03d}-{row['slug']}_\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d(-\d+)?", name), name
+        assert Path(row["path"]).parent.name == "harbour-watch"
+    # count 2: two images of scene 2, seeds s and s+1
+    assert rows[2]["seed"] == rows[1]["seed"] + 1
+    assert result["rendered"] == 5 and result["resumed"] == 0
+    assert result["batch_sizes"] == {"cpu": 16}  # no GPU: the engine's maximum
+
+
+def test_meta_has_the_story_fields(story_run):
+    rows = story_run["result"]["artifacts"]
+    meta = _meta(rows[0])
+    story = meta["story"]
+    assert story["scene"] == 1 and story["slug"] == "morning" and story["characters"] == ["keeper"]
+    assert story["location"] == "quay" and story["camera"] == "medium shot" and story["lighting"] == "golden light"
+    assert story["props"] == [] and story["description"] == "he checks the lamp" and len(story["bible_hash"]) == 64
+    assert meta["prompt"] == ("documentary photo, an old keeper in a navy peacoat, a stone quay, he checks the lamp, "
+                              "medium shot, golden light")
+    assert len(meta["request_key"]) == 64
+    # the keeper's scenes carry the reference image, the others do not
+    adapter = meta["request"]["ip_adapter"]
+    assert adapter["model"] == "tiny-ip" and adapter["references"][0]["name"] == "keeper"
+    assert adapter["references"][0]["scale"] == REF_SCALE and len(adapter["references"][0]["images"][0]["sha256"]) == 64
+    assert meta["ip_adapter"]["name"] == "tiny-ip" and len(meta["ip_adapter"]["weights_sha256"]) == 64
+    assert _meta(rows[3])["request"]["ip_adapter"] is None and _meta(rows[3])["ip_adapter"] is None
+    # scenes 1 and 2 (same adapter set) shared one pipeline call of 3 images
+    assert [_meta(r)["batch"]["size"] for r in rows] == [3, 3, 3, 2, 2]
+
+
+def test_story_json_maps_scenes_to_artifacts(story_run):
+    result = story_run["result"]
+    story = json.loads(Path(result["story_json"]).read_text(encoding="utf-8"))
+    assert Path(result["story_json"]).parent == Path(result["artifacts"][0]["path"]).parent
+    assert [s["scene"] for s in story["scenes"]] == [1, 2, 3, 4]
+    ids = [row["id"] for row in result["artifacts"]]
+    assert [a for s in story["scenes"] for a in s["artifacts"]] == ids
+    assert story["scenes"][1]["artifacts"] == ids[1:3]
+    assert story["bible"]["sha256"] == _meta(result["artifacts"][0])["story"]["bible_hash"]
+    settings = story["settings"]
+    assert settings["engines"][0]["name"] == "cpu" and settings["sizes"] == ["64x64"] and settings["steps"] == [2]
+    assert settings["ip_adapter"] == "tiny-ip" and settings["clip"] == "tiny-clip"
+    assert story["contact_sheet"] == "contact-sheet.png"
+    assert story["continuity"]["characters"][0]["id"] == "keeper"
+    assert story["run"]["rendered"] == 5
+
+
+def test_contact_sheet_shows_every_image(story_run):
+    from PIL import Image
+
+    from echo_os.story import contact_sheet as sheet
+
+    path = Path(story_run["result"]["contact_sheet"])
+    assert path.name == "contact-sheet.png" and path.parent == Path(story_run["result"]["story_json"]).parent
+    with Image.open(path) as image:
+        # 5 images: 4 columns, 2 rows of square cells
+        assert image.width == 2 * sheet.MARGIN + 4 * (sheet.THUMB_WIDTH + 2 * sheet.PAD) + 3 * sheet.GAP
+        assert image.height > 2 * sheet.THUMB_WIDTH
+        assert image.mode == "RGB"
+
+
+def test_continuity_report_with_a_tiny_clip(story_run):
+    continuity = story_run["result"]["continuity"]
+    assert continuity["model"] == "tiny-clip" and continuity["note"] is None
+    keeper, gull = continuity["characters"]
+    assert keeper["id"] == "keeper" and keeper["scenes"] == [1, 2] and keeper["images"] == 3
+    assert keeper["scene_pairs"] == 2  # scene 1 with each image of scene 2; not the two images of scene 2
+    assert -1.0 <= keeper["scene_similarity"] <= 1.0 and -1.0 <= keeper["reference_similarity"] <= 1.0
+    assert gull["scene_similarity"] is None and gull["reference_similarity"] is None  # one scene, no reference
+
+
+def test_replay_of_a_batched_scene_matches(story_run):
+    """Scene 2's second image was rendered in a batch of 3 with the IP-Adapter; alone it is the same."""
+    settings = story_run["settings"]
+    row = story_run["result"]["artifacts"][2]
+    code, out, err = run("--home", str(settings.home), "replay", row["id"], "--json")
+    assert code == 0, err
+    assert json.loads(out)["max_pixel_diff"] <= 1
+
+
+def test_ip_adapter_changes_the_image_and_its_embedding_is_cached(story_run):
+    from echo_os.engines import ip_adapter
+    from echo_os.engines.sdxl import SDXLEngine
+    from echo_os.requests import RenderRequest
+
+    settings = story_run["settings"]
+    cache = sorted((settings.cache_dir / ip_adapter.CACHE_FOLDER).glob("*.safetensors"))
+    assert len(cache) == 1  # one reference image, encoded once for all three images of the keeper
+    mtime = cache[0].stat().st_mtime_ns
+
+    meta = _meta(story_run["result"]["artifacts"][0])
+    with_reference = RenderRequest.model_validate(meta["request"])
+    without = with_reference.model_copy(update={"ip_adapter": None})
+    engine = SDXLEngine(settings, name="cpu", force_device="cpu")
+    loaded = engine.loaded(with_reference)
+    loaded.ip_adapter.embeddings.clear()  # force a read from disk
+    encodes = []  # calls that encode an image (the pipeline itself calls it to lay out given embeddings)
+    real_prepare = loaded.pipe.prepare_ip_adapter_image_embeds
+
+    def counting_prepare(*args, **kwargs):
+        if kwargs.get("ip_adapter_image", args[0] if args else None) is not None:
+            encodes.append(1)
+        return real_prepare(*args, **kwargs)
+
+    loaded.pipe.prepare_ip_adapter_image_embeds = counting_prepare
+    try:
+        before = engine.render([without])[0].images[0].image
+        conditioned = engine.render([with_reference])[0].images[0].image
+        after = engine.render([without])[0].images[0].image
+    finally:
+        del loaded.pipe.prepare_ip_adapter_image_embeds
+    pixels = lambda image: np.asarray(image, dtype=np.int16)  # noqa: E731
+    assert np.abs(pixels(conditioned) - pixels(before)).max() > 10, "the reference image had no effect"
+    assert np.abs(pixels(after) - pixels(before)).max() == 0, "unloading the adapter did not restore the pipeline"
+    assert encodes == [] and cache[0].stat().st_mtime_ns == mtime  # the cached embedding was reused
+
+
+def test_missing_adapter_fails_before_anything_renders(story_run):
+    settings = story_run["settings"]
+    before = sorted(settings.artifacts_dir.glob("*/*/*/image.png"))
+    code, out, err = run("--home", str(settings.home), "batch", "Other", str(story_run["csv"]),
+                         "--ip-adapter", "no-such-adapter")
+    assert code == 2
+    assert "reference images need the IP-Adapter model 'no-such-adapter'" in err and "--ip-adapter none" in err
+    assert sorted(settings.artifacts_dir.glob("*/*/*/image.png")) == before
+
+
+def test_rerun_renders_nothing_twice(story_run):
+    """Last in this module: the same command again finds every image (and writes story.json again)."""
+    settings = story_run["settings"]
+    first = story_run["result"]
+    code, out, err = run("--home", str(settings.home), "batch", "Harbour Watch", str(story_run["csv"]),
+                         "--ip-adapter", "tiny-ip", "--clip", "none", "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["rendered"] == 0 and again["resumed"] == 5
+    assert [r["id"] for r in again["artifacts"]] == [r["id"] for r in first["artifacts"]]
+    assert all(r["resumed"] for r in again["artifacts"])
+    assert again["continuity"]["note"] == "--clip none"
+    assert len(list(settings.artifacts_dir.glob("*/harbour-watch/*/image.png"))) == 5
+
+
+# ---- resume after a kill ---------------------------------------------------------------------------
+
+def test_resume_renders_only_what_is_missing(workspace):
+    from echo_os.artifacts.store import ArtifactStore
+
+    prompts = workspace.home / "prompts.txt"
+    prompts.write_text("a fox in the snow\na hare at dusk --seed 3\na heron in fog\n", encoding="utf-8")
+    home = str(workspace.home)
+    code, out, err = run("--home", home, "batch", "animals", f"@{prompts}", "--engine", "draft", "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["rendered"] == 3
+
+    # A kill before scene 2 was saved: its folder is not there (and the catalog is rebuilt from disk).
+    victim = Path(first["artifacts"][1]["path"])
+    victim_key = _meta(first["artifacts"][1])["request_key"]
+    for child in victim.iterdir():
+        child.unlink()
+    victim.rmdir()
+    store = ArtifactStore(workspace)
+    store.reindex()
+    store.close()
+
+    code, out, err = run("--home", home, "batch", "animals", f"@{prompts}", "--engine", "draft", "--json")
+    assert code == 0, err
+    second = json.loads(out)
+    assert (second["rendered"], second["resumed"]) == (1, 2)
+    assert [r["resumed"] for r in second["artifacts"]] == [True, False, True]
+    assert _meta(second["artifacts"][1])["request_key"] == victim_key  # the same image, made again
+    folders = sorted(p.parent.name for p in workspace.artifacts_dir.glob("*/animals/*/image.png"))
+    assert [name[:3] for name in folders] == ["001", "002", "003"]
+
+    # A kill between the folder's rename and its catalog row: the folder is found, not rendered again.
+    store = ArtifactStore(workspace)
+    store.catalog.delete(first["artifacts"][2]["id"])
+    store.close()
+    code, out, err = run("--home", home, "batch", "animals", f"@{prompts}", "--engine", "draft", "--json")
+    assert code == 0, err
+    assert json.loads(out)["rendered"] == 0
+    store = ArtifactStore(workspace)
+    assert store.catalog.count() == 3
+    store.close()
+
+
+# ---- OOM back-off ----------------------------------------------------------------------------------
+
+def _oom_engine(settings, *, fits: int, needs_tiling: bool = False):
+    """The real sdxl engine with a fault injected: CUDA out-of-memory for calls above `fits` images
+    (or for any call without VAE tiling)."""
+    import torch
+
+    from echo_os.engines.sdxl import SDXLEngine
+
+    class OutOfMemoryEngine(SDXLEngine):
+        calls: list[tuple[int, bool]] = []
+
+        def render(self, requests, **kwargs):
+            images = sum(r.count for r in requests)
+            self.calls.append((images, self.vae_tiling))
+            if images > fits or (needs_tiling and not self.vae_tiling):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().render(requests, **kwargs)
+
+    return OutOfMemoryEngine(settings, name="cpu", reason="fault injection", force_device="cpu")
+
+
+TINY = dict(model="tiny", width=64, height=64, steps=2, cfg=5.0, engine="cpu", device="cpu", project="oom")
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(tiny_workspace):
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.requests import RenderRequest
+    from echo_os.scheduler import render_requests
+
+    engine = _oom_engine(tiny_workspace, fits=2)
+    store = ArtifactStore(tiny_workspace)
+    try:
+        outcome = render_requests(tiny_workspace, [RenderRequest(prompt="a red buoy", seed=10, count=5, **TINY)],
+                                  store=store, batch_size=4, engine=engine)
+    finally:
+        store.close()
+    assert engine.calls == [(4, False), (2, False), (2, False), (1, False)]
+    assert sorted(a.meta.seed for a in outcome.artifacts) == [10, 11, 12, 13, 14]
+    assert outcome.notes == ["out of GPU memory with 4 images per call; retrying with 2"]
+
+
+def test_out_of_memory_at_one_image_turns_on_vae_tiling(tiny_workspace):
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.replay import replay_artifact
+    from echo_os.requests import RenderRequest
+    from echo_os.scheduler import render_requests
+
+    engine = _oom_engine(tiny_workspace, fits=16, needs_tiling=True)
+    store = ArtifactStore(tiny_workspace)
+    try:
+        outcome = render_requests(tiny_workspace, [RenderRequest(prompt="a red buoy", seed=10, count=2, **TINY)],
+                                  store=store, batch_size=2, engine=engine)
+    finally:
+        store.close()
+    assert engine.calls == [(2, False), (1, False), (1, True), (1, True)]
+    assert len(outcome.artifacts) == 2 and all(a.meta.vae_tiling for a in outcome.artifacts)
+    assert outcome.notes[-1] == "out of GPU memory with 1 image per call; retrying with VAE tiling"
+    assert replay_artifact(tiny_workspace, outcome.artifacts[1].id).max_pixel_diff == 0
+
+
+def test_out_of_memory_with_tiling_stops_with_one_line(tiny_workspace):
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.requests import RenderRequest
+    from echo_os.scheduler import OutOfMemoryError, render_requests
+
+    engine = _oom_engine(tiny_workspace, fits=0)
+    store = ArtifactStore(tiny_workspace)
+    try:
+        with pytest.raises(OutOfMemoryError, match="even with VAE tiling.*run the same command again"):
+            render_requests(tiny_workspace, [RenderRequest(prompt="a red buoy", seed=10, count=2, **TINY)],
+                            store=store, batch_size=2, engine=engine)
+    finally:
+        store.close()
+    assert engine.calls == [(2, False), (1, False), (1, True)]
+
+
+# ---- pieces ----------------------------------------------------------------------------------------
+
+def test_draft_fallback_renders_the_example_story(workspace):
+    """No weights: `auto` falls back to draft cards; the story still gets its sheet and story.json."""
+    example = Path(__file__).resolve().parent.parent / "prompts" / "lighthouse-keeper" / "story.csv"
+    code, out, err = run("--home", str(workspace.home), "batch", "Lighthouse Keeper", str(example))
+    assert code == 0, err
+    assert "engine: draft (no weights for model 'sdxl'" in err
+    lines = out.splitlines()
+    assert [line[:3] for line in lines[:4]] == ["001", "002", "003", "004"]
+    assert lines[4].startswith("4 rendered, 0 already rendered")
+    story_json = Path(lines[5].removeprefix("story: "))
+    sheet = Path(lines[6].removeprefix("contact sheet: "))
+    assert story_json.is_file() and sheet.is_file() and sheet.parent == story_json.parent
+    assert lines[7] == "continuity: skipped (the images are draft cards, not diffusion renders)"
+    story = json.loads(story_json.read_text(encoding="utf-8"))
+    assert [s["slug"] for s in story["scenes"]] == ["golden-morning", "storm-approach", "storm-climax", "calm-dawn"]
+    assert story["settings"]["ip_adapter"] is None
+
+
+def test_no_clip_model_skips_the_report_with_a_note(workspace):
+    from echo_os.story.continuity import find_clip_model
+
+    name, folder, note = find_clip_model(workspace, None)
+    assert name is None and folder is None
+    assert note.startswith("no CLIP model on this machine (clip-vit-l-14: not in the local Hugging Face cache")
+    assert "echo-os models pull clip-vit-l-14" in note
+    assert find_clip_model(workspace, "none") == (None, None, "--clip none")
+
+
+def test_continuity_numbers_from_an_embedder():
+    from PIL import Image
+
+    from echo_os.story.continuity import CastEntry, CastImage, continuity_report
+
+    red, also_red, blue = (Image.new("RGB", (8, 8), colour) for colour in ((250, 10, 10), (240, 20, 10), (10, 10, 250)))
+
+    def mean_colour(images):
+        return np.stack([np.asarray(image, dtype=np.float64).mean(axis=(0, 1)) for image in images])
+
+    cast = [CastEntry(id="a", name="A", images=[CastImage(1, red), CastImage(2, also_red), CastImage(2, red)],
+                      references=[blue])]
+    [result] = continuity_report(cast, mean_colour, model="colour").characters
+    assert result.scene_pairs == 2 and result.scene_similarity > 0.99
+    assert result.reference_similarity < 0.2
+
+
+def test_auto_batch_size_from_free_memory():
+    from echo_os.engines.base import Capabilities
+    from echo_os.engines.sdxl import MemoryInfo
+    from echo_os.requests import RenderRequest
+    from echo_os.scheduler import GIB, auto_batch_size, estimate_batch_size
+
+    assert estimate_batch_size(4 * GIB, 1024, 1024) == 1
+    assert estimate_batch_size(40 * GIB, 1024, 1024) == 8
+    assert estimate_batch_size(40 * GIB, 512, 512) > estimate_batch_size(40 * GIB, 1024, 1024)
+
+    class Engine:
+        name = "fake"
+        capabilities = Capabilities(max_batch=16)
+
+        def __init__(self, free):
+            self.free = free
+
+        def free_memory(self, request):
+            return None if self.free is None else MemoryInfo(free_bytes=self.free, dtype="bfloat16")
+
+    request = RenderRequest(prompt="x", width=1024, height=1024)
+    assert auto_batch_size(Engine(None), request) == 16
+    assert 1 <= auto_batch_size(Engine(40 * GIB), request) <= 16
+    assert auto_batch_size(Engine(1 * GIB), request) == 1
