@@ -119,6 +119,7 @@ def main() -> None:
             "repeats": args.repeats, "bare_s_median": statistics.median(bare_times),
             "echo_s_median": statistics.median(echo_times), "ratio_in_process": round(in_process, 3),
         }
+        print(json.dumps(figures, indent=2), flush=True)
         if not args.skip_processes:
             env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
             bare_cmd = [sys.executable, "-c", BARE_SCRIPT, str(folder), "", str(args.images), str(args.steps),
@@ -130,7 +131,7 @@ def main() -> None:
             for repeat in range(args.repeats):
                 out = tmp / f"bare-proc-{repeat}"
                 out.mkdir()
-                bare_cmd[3] = str(out)
+                bare_cmd[4] = str(out)
                 bare_p.append(timed(bare_cmd, env))
                 echo_p.append(timed(echo_cmd, env))
             figures.update(bare_process_s_median=statistics.median(bare_p), echo_process_s_median=statistics.median(echo_p),
