@@ -772,8 +772,10 @@ class VectorIndex:
         """The k nearest ids to one query vector, best first, as (id, cosine score).
 
         allowed_ids restricts results to those ids (a filter from the catalog: project, model, date...).
-        Small filters are answered exactly over just the allowed rows; larger ones through a faiss
-        IDSelector, with efSearch widened in proportion to how much the filter removes.
+        Exact indexes apply it through a faiss IDSelector. On HNSW, a filter letting at most
+        EXACT_SUBSET_LIMIT ids through is answered exactly over just those rows (a graph walk would
+        find too few of them); a larger one goes through the selector with efSearch widened in
+        proportion to how much it removes. One query runs on one OpenMP thread (see _omp_threads).
         """
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.dim:
@@ -781,17 +783,16 @@ class VectorIndex:
         query = _normalise(query)
         if k <= 0 or self.count == 0:
             return []
-        with self._guard:
+        with self._guard, _omp_threads(1):
             allowed = None
             if allowed_ids is not None:
                 allowed = _as_ids(allowed_ids)
                 allowed = allowed[self._rows_of(allowed) >= 0]
                 if len(allowed) == 0:
                     return []
-                if len(allowed) <= EXACT_SUBSET_LIMIT or self.kind == "flat" and len(allowed) < self.count // 2:
-                    return self._exact_subset(query[0], allowed, k)
-            with _omp_threads(1):
-                scores, labels = self._faiss_search(query, k, allowed)
+                if self.kind == "hnsw" and len(allowed) <= EXACT_SUBSET_LIMIT:
+                    return self._exact_subset(query, allowed, k)
+            scores, labels = self._faiss_search(query, k, allowed)
         return [(int(i), float(s)) for i, s in zip(labels[0], scores[0]) if i >= 0]
 
     def search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -803,20 +804,25 @@ class VectorIndex:
     def exact_search(self, vector: np.ndarray, k: int = 10) -> list[tuple[int, float]]:
         """Brute force over the stored vectors: the ground truth HNSW recall is measured against."""
         query = _normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))
-        return self._exact_subset(query[0], self._ids, k)
+        with self._guard, _omp_threads(1):
+            return self._exact_subset(query, None, k)
 
-    def _exact_subset(self, query: np.ndarray, allowed: np.ndarray, k: int) -> list[tuple[int, float]]:
-        rows = self._rows_of(allowed)
-        rows = np.sort(rows[rows >= 0])
-        if len(rows) == self.count:
-            scores = np.asarray(self._vectors) @ query
+    def _exact_subset(self, query: np.ndarray, allowed: np.ndarray | None, k: int) -> list[tuple[int, float]]:
+        """Exact top-k over the stored rows of `allowed` (all rows when None)."""
+        import faiss
+
+        if allowed is None:
+            rows, base = None, np.ascontiguousarray(self._vectors, dtype=np.float32)
         else:
-            scores = np.asarray(self._vectors[rows]) @ query
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        chosen = rows[top] if len(rows) != self.count else top
-        return [(int(self._ids[r]), float(scores[t])) for r, t in zip(chosen, top)]
+            rows = self._rows_of(allowed)
+            rows = np.sort(rows[rows >= 0])
+            base = np.ascontiguousarray(self._vectors[rows], dtype=np.float32)
+        if len(base) == 0:
+            return []
+        scores, found = faiss.knn(query, base, min(k, len(base)), metric=faiss.METRIC_INNER_PRODUCT)
+        positions = found[0][found[0] >= 0]
+        chosen = positions if rows is None else rows[positions]
+        return [(int(self._ids[r]), float(s)) for r, s in zip(chosen, scores[0][: len(positions)])]
 
     def _faiss_search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
                       ) -> tuple[np.ndarray, np.ndarray]:
