@@ -945,25 +945,27 @@ def reconcile(index: VectorIndex, catalog_ids: Iterable[int], fetch_missing: Fet
 
 def open_reconciled(memory_dir: Path, embedder: str, dim: int, catalog_ids: Iterable[int],
                     fetch_missing: FetchMissing, *, fingerprint: str = "",
-                    hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD,
+                    hnsw_threshold: int = DEFAULT_HNSW_THRESHOLD, rebuild: bool = False,
                     progress: Callable[[int, int], None] | None = None) -> tuple[VectorIndex, ReconcileReport]:
     """Open an index and bring it in line with the catalog, rebuilding from the store when it is broken.
 
-    Under the memory lock: a corrupt or foreign index (IndexCorruptError / IndexMismatchError) is
-    discarded and every catalog id is re-embedded through fetch_missing; otherwise only the difference
-    is fixed. Saved when anything changed.
+    Under the memory lock: a corrupt or foreign index (IndexCorruptError / IndexMismatchError), or any
+    index when rebuild=True, is discarded and every catalog id is re-embedded through fetch_missing;
+    otherwise only the difference is fixed. Saved when anything changed.
     """
     catalog_ids = _as_ids(catalog_ids)
+    options = {"fingerprint": fingerprint, "hnsw_threshold": hnsw_threshold}
     with MemoryLock(memory_dir):
-        reason = None
-        try:
-            index = VectorIndex.open(memory_dir, embedder, dim, fingerprint=fingerprint,
-                                     hnsw_threshold=hnsw_threshold)
-        except (IndexCorruptError, IndexMismatchError) as error:
-            reason = str(error)
-            logger.warning("memory index %s: %s -- rebuilding from the artifacts", embedder, reason)
-            index = VectorIndex.replacing(memory_dir, embedder, dim, fingerprint=fingerprint,
-                                          hnsw_threshold=hnsw_threshold)
+        reason = "rebuild requested" if rebuild else None
+        index = None
+        if not rebuild:
+            try:
+                index = VectorIndex.open(memory_dir, embedder, dim, **options)
+            except (IndexCorruptError, IndexMismatchError) as error:
+                reason = str(error)
+                logger.warning("memory index %s: %s -- rebuilding from the artifacts", embedder, reason)
+        if index is None:
+            index = VectorIndex.replacing(memory_dir, embedder, dim, **options)
         with index.writing():
             report = reconcile(index, catalog_ids, fetch_missing, progress=progress)
             if reason is not None:

@@ -116,7 +116,8 @@ def _format_cfg(cfg: float) -> str:
 def a1111_parameters(prompt: str, negative: str | None, steps: int, sampler: str, cfg: float, seed: int,
                      width: int, height: int, model: str | None,
                      extra: Mapping[str, object] | None = None) -> str:
-    """The A1111 `parameters` text for an image; `parse_a1111_parameters` reads every field back exactly.
+    """The A1111 `parameters` text for an image; `parse_a1111_parameters` reads every field back exactly
+    (prompt and negative without surrounding whitespace).
 
     sampler is written as given: pass an A1111 name (A1111_SAMPLERS maps echo-os scheduler names) so other
     tools recognise it. extra adds "Key: value" pairs after the standard ones (e.g. {"Version": "echo-os
