@@ -117,10 +117,33 @@ def test_switches_to_hnsw_above_threshold_with_calibrated_recall(tmp_path: Path)
 
     reopened = VectorIndex.open(tmp_path, "test", DIM, hnsw_threshold=2000)
     assert reopened.kind == "hnsw" and reopened.ef_search == index.ef_search
+    assert reopened.calibrated_count == 3000
+    more = clustered(1500, seed=8)
+    reopened.add(np.arange(3000, 4000), more[:1000])
+    assert reopened.calibrated_count == 3000  # grown by less than RECALIBRATE_GROWTH
+    reopened.add(np.arange(4000, 4500), more[1000:])
+    assert reopened.calibrated_count == 4500 and reopened.calibrated_recall >= 0.95
     # Filters on HNSW: a small allowed set is answered exactly.
     allowed = np.arange(0, 3000, 100)
     exact = sorted(allowed, key=lambda i: -float(vectors[i] @ queries[0]))[:5]
     assert [i for i, _ in reopened.search(queries[0], 5, allowed_ids=allowed)] == exact
+
+
+def test_hnsw_large_filter_goes_through_the_selector(tmp_path: Path, monkeypatch) -> None:
+    from echo_os.memory import index as index_module
+
+    monkeypatch.setattr(index_module, "EXACT_SUBSET_LIMIT", 10)
+    vectors, queries = np.split(clustered(1220, seed=7), [1200])
+    index = VectorIndex(tmp_path, "test", DIM, hnsw_threshold=100)
+    index.add(np.arange(1200), vectors)
+    allowed = np.arange(0, 1200, 3)
+    hits = 0
+    for query in queries:
+        found = [i for i, _ in index.search(query, 10, allowed_ids=allowed)]
+        assert len(found) == 10 and all(i % 3 == 0 for i in found)
+        exact = allowed[np.argsort(-(vectors[allowed] @ query))[:10]]
+        hits += len(set(found) & set(exact.tolist()))
+    assert hits / 200 >= 0.9
 
 
 def test_hnsw_remove_hides_ids_until_compaction(tmp_path: Path) -> None:
@@ -397,6 +420,8 @@ def test_minilm_ranks_the_lighthouse_first(tmp_path: Path, minilm) -> None:
     assert set(hits[0].scores) == {"minilm"}
     assert [h.id for h in memory.search_text("stormy sea beacon", k=3, allowed_ids=[2, 3])] != [1]
     assert [h.id for h in memory.similar(1, k=2)] and 1 not in [h.id for h in memory.similar(1, k=2)]
+    memory.remove([3])
+    assert [(s.embedder, s.count, s.kind) for s in Memory(tmp_path, [minilm]).stats()] == [("minilm", 2, "flat")]
 
 
 def _image(path: Path, seed: int) -> Path:

@@ -51,6 +51,8 @@ TARGET_RECALL = 0.95
 # Calibration aims this much above the target: 200 queries measure recall@10 to about +-0.01.
 CALIBRATION_MARGIN = 0.01
 CALIBRATION_QUERIES = 200
+# efSearch is calibrated again (on the grown graph) when the count has grown by this factor since.
+RECALIBRATE_GROWTH = 1.5
 # A filter that lets fewer ids than this through is answered by exact search over just those rows.
 EXACT_SUBSET_LIMIT = 20_000
 DEFAULT_LOCK_TIMEOUT_S = 120.0
@@ -103,6 +105,7 @@ class Manifest:
     tombstones: tuple[int, ...]
     files: dict[str, FileEntry]
     saved_at: float
+    calibrated_count: int = 0  # how many vectors the graph held when efSearch was last calibrated
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -282,6 +285,7 @@ class VectorIndex:
         self.kind: IndexKind = "flat"
         self.ef_search = EF_SEARCH_LADDER[-1]
         self.calibrated_recall: float | None = None
+        self.calibrated_count = 0
         # What open() had to repair, if anything (None when the files were intact or absent).
         self.repaired: str | None = None
         self.dirty = False
@@ -291,6 +295,7 @@ class VectorIndex:
         self._faiss = None
         self._row_lookup: tuple[np.ndarray, np.ndarray] | None = None
         self._guard = threading.RLock()  # one thread at a time mutates the in-memory copy
+        self._seen_manifest: tuple[int, int, int] | None = None  # manifest stat when last loaded/saved
 
     # ---- opening and saving
 
@@ -349,6 +354,7 @@ class VectorIndex:
     def _load(self, repair: bool) -> None:
         # A writer may replace the generation between reading the manifest and the files; retry then.
         for attempt in range(3):
+            stamp = self._manifest_stamp()
             manifest = self._read_manifest()
             if manifest is None:
                 leftovers = sorted(p.name for p in self.directory.glob("*-*.*")) if self.directory.exists() else []
@@ -359,6 +365,7 @@ class VectorIndex:
                 return
             try:
                 self._load_generation(manifest, repair)
+                self._seen_manifest = stamp
                 return
             except IndexCorruptError:
                 latest = self._read_manifest()
@@ -453,6 +460,7 @@ class VectorIndex:
         self.kind = manifest.kind
         self.ef_search = manifest.ef_search
         self.calibrated_recall = manifest.calibrated_recall
+        self.calibrated_count = manifest.calibrated_count
         self._ids = ids
         self._vectors = vectors
         self._tombstones = set(manifest.tombstones)
@@ -479,10 +487,22 @@ class VectorIndex:
     def refresh(self) -> bool:
         """Reload from disk if another process saved a newer generation. Returns True when reloaded."""
         with self._guard:
+            seen = self._manifest_stamp()
+            if seen == self._seen_manifest:  # cheap: no JSON parse while nothing was saved
+                return False
             if self.disk_generation() == self.generation:
+                self._seen_manifest = seen
                 return False
             self._load(repair=True)
             return True
+
+    def _manifest_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.manifest_path.stat()
+        except FileNotFoundError:
+            return None
+        # os.replace gives every saved manifest a new inode.
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     @contextmanager
     def writing(self) -> Iterator[VectorIndex]:
@@ -530,13 +550,14 @@ class VectorIndex:
                 fingerprint=self.fingerprint, count=len(self._ids), kind=self.kind, hnsw_m=HNSW_M,
                 ef_construction=HNSW_EF_CONSTRUCTION, ef_search=self.ef_search,
                 calibrated_recall=self.calibrated_recall, tombstones=tuple(sorted(self._tombstones)),
-                files=files, saved_at=time.time(),
+                files=files, saved_at=time.time(), calibrated_count=self.calibrated_count,
             )
             temporary = self.directory / f".manifest.json.tmp-{os.getpid()}"
             temporary.write_text(manifest.to_json(), encoding="utf-8")
             _fsync_file(temporary)
             os.replace(temporary, self.manifest_path)
             _fsync_dir(self.directory)
+            self._seen_manifest = self._manifest_stamp()
             self.generation = generation
             self.dirty = False
             self.repaired = None
@@ -691,6 +712,7 @@ class VectorIndex:
             if recall >= min(target_recall + CALIBRATION_MARGIN, 1.0):
                 break
         self.calibrated_recall = round(recall, 4)
+        self.calibrated_count = self.count
         self.dirty = True
         if recall < target_recall:
             logger.warning("memory index %s: recall@%d %.3f < %.2f even at efSearch=%d", self.embedder, k,
@@ -739,6 +761,9 @@ class VectorIndex:
                 self._rebuild(self._choose_kind())
             else:
                 index.add_with_ids(vectors, ids)
+                if self.kind == "hnsw" and self.count >= RECALIBRATE_GROWTH * max(1, self.calibrated_count):
+                    # A bigger graph needs a wider beam for the same recall.
+                    self.calibrate()
 
     def remove(self, ids: Iterable[int] | np.ndarray) -> int:
         """Remove ids (absent ones are ignored). Returns how many were removed."""
