@@ -133,6 +133,7 @@ def test_hnsw_large_filter_goes_through_the_selector(tmp_path: Path, monkeypatch
     from echo_os.memory import index as index_module
 
     monkeypatch.setattr(index_module, "EXACT_SUBSET_LIMIT", 10)
+    monkeypatch.setattr(index_module, "GRAPH_WALK_COST", 0)  # never the cheaper exact scan
     vectors, queries = np.split(clustered(1220, seed=7), [1200])
     index = VectorIndex(tmp_path, "test", DIM, hnsw_threshold=100)
     index.add(np.arange(1200), vectors)

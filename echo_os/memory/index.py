@@ -55,6 +55,9 @@ CALIBRATION_QUERIES = 200
 RECALIBRATE_GROWTH = 1.5
 # A filter that lets fewer ids than this through is answered by exact search over just those rows.
 EXACT_SUBSET_LIMIT = 20_000
+# Distances a filtered HNSW walk computes per unit of efSearch (the 2*M level-0 neighbours); scanning the
+# allowed rows costs one per row. The cheaper of the two answers a filtered search.
+GRAPH_WALK_COST = 2 * HNSW_M
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 
 IndexKind = Literal["flat", "hnsw"]
@@ -797,9 +800,9 @@ class VectorIndex:
         """The k nearest ids to one query vector, best first, as (id, cosine score).
 
         allowed_ids restricts results to those ids (a filter from the catalog: project, model, date...).
-        Exact indexes apply it through a faiss IDSelector. On HNSW, a filter letting at most
-        EXACT_SUBSET_LIMIT ids through is answered exactly over just those rows (a graph walk would
-        find too few of them); a larger one goes through the selector with efSearch widened in
+        Exact indexes apply it through a faiss IDSelector. On HNSW, a filter is answered exactly over
+        just the allowed rows when that is cheaper than the graph walk (always up to
+        EXACT_SUBSET_LIMIT ids); otherwise it goes through the selector with efSearch widened in
         proportion to how much it removes. One query runs on one OpenMP thread (see _omp_threads).
         """
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
@@ -815,7 +818,8 @@ class VectorIndex:
                 allowed = allowed[self._rows_of(allowed) >= 0]
                 if len(allowed) == 0:
                     return []
-                if self.kind == "hnsw" and len(allowed) <= EXACT_SUBSET_LIMIT:
+                if self.kind == "hnsw" and len(allowed) <= max(
+                        EXACT_SUBSET_LIMIT, self._filtered_ef(len(allowed), k) * GRAPH_WALK_COST):
                     return self._exact_subset(query, allowed, k)
             scores, labels = self._faiss_search(query, k, allowed)
         return [(int(i), float(s)) for i, s in zip(labels[0], scores[0]) if i >= 0]
@@ -867,11 +871,7 @@ class VectorIndex:
             selector = faiss.IDSelectorNot(inner)
             keep_alive += [hidden, inner]
         if self.kind == "hnsw":
-            ef = max(self.ef_search, k)
-            if allowed is not None:
-                # A filter hides part of the graph: widen the beam so k allowed ids still surface.
-                fraction = len(allowed) / max(1, self.count)
-                ef = int(min(max(ef, ef / max(fraction, 1e-3)), 4 * EF_SEARCH_LADDER[-1]))
+            ef = self._filtered_ef(len(allowed), k) if allowed is not None else max(self.ef_search, k)
             params = faiss.SearchParametersHNSW(efSearch=ef)
         else:
             params = faiss.SearchParameters()
@@ -880,6 +880,13 @@ class VectorIndex:
         scores, labels = index.search(queries, k, params=params)
         del keep_alive
         return scores, labels
+
+    def _filtered_ef(self, allowed: int, k: int) -> int:
+        """efSearch for a filter letting `allowed` ids through: a filter hides part of the graph, so the
+        beam widens in proportion for k allowed ids to still surface (capped)."""
+        fraction = allowed / max(1, self.count)
+        ef = max(self.ef_search, k)
+        return int(min(max(ef, ef / max(fraction, 1e-3)), 4 * EF_SEARCH_LADDER[-1]))
 
     # ---- near-duplicates
 
