@@ -139,6 +139,7 @@ def build(memory_dir: Path, base: np.ndarray, threshold: int):
         "rss_delta_mb": round((rss_bytes() - before) / 2**20, 1),
         "ef_search": index.ef_search if index.kind == "hnsw" else None,
         "calibrated_recall": index.calibrated_recall,
+        "answers_exactly": index.answers_exactly,
     }
 
 
@@ -177,6 +178,8 @@ def run_one(dataset: str, n: int, args: argparse.Namespace) -> dict:
             count = args.queries if index.kind == "hnsw" or n <= 200_000 else min(args.queries, 200)
             stats.update(time_queries(index, queries[:count], truth[:count]))
             if index.kind == "hnsw" and args.ef_sweep:
+                # The graph itself at each efSearch, even where the shipped index would answer exactly.
+                index_module.EXACT_WHEN_RECALL_MISSED = False
                 sweep = []
                 chosen = index.ef_search
                 for ef in index_module.EF_SEARCH_LADDER:
@@ -186,6 +189,7 @@ def run_one(dataset: str, n: int, args: argparse.Namespace) -> dict:
                     sweep.append(row)
                     print(f"    {dataset} {size_label(n)} {label} ef={ef}: {row}", flush=True)
                 index.ef_search = chosen
+                index_module.EXACT_WHEN_RECALL_MISSED = True
                 stats["ef_sweep"] = sweep
             if args.filtered:
                 # A catalog filter letting 10% of the ids through (a project, a model, a date range).

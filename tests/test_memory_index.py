@@ -520,3 +520,16 @@ def test_image_search_without_clip_says_what_to_do(tmp_path: Path, minilm) -> No
 
     with pytest.raises(NoImageEmbedderError, match="CLIP"):
         Memory(tmp_path, [minilm]).dupes()
+
+
+def test_hnsw_that_misses_the_recall_target_answers_exactly(tmp_path: Path, monkeypatch) -> None:
+    from echo_os.memory import index as index_module
+
+    monkeypatch.setattr(index_module, "EF_SEARCH_LADDER", (16,))  # too narrow a beam for uniform 64-d data
+    vectors, queries = np.split(unit_vectors(2020, seed=12, dim=64), [2000])
+    index = VectorIndex(tmp_path, "test", 64, hnsw_threshold=100)
+    index.add(np.arange(2000), vectors)
+    assert index.kind == "hnsw" and index.calibrated_recall < 0.95
+    assert index.answers_exactly and index.stats().answers_exactly
+    for query in queries:
+        assert index.search(query, 10) == index.exact_search(query, 10)

@@ -48,6 +48,8 @@ HNSW_EF_CONSTRUCTION = 40
 # efSearch values tried, smallest first, when calibrating recall against exact search.
 EF_SEARCH_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048)
 TARGET_RECALL = 0.95
+# When calibration cannot reach TARGET_RECALL at any efSearch, single queries are answered by exact scan.
+EXACT_WHEN_RECALL_MISSED = True
 # Calibration aims this much above the target: 200 queries measure recall@10 to about +-0.01.
 CALIBRATION_MARGIN = 0.01
 CALIBRATION_QUERIES = 200
@@ -135,6 +137,7 @@ class IndexStats:
     tombstones: int
     bytes_on_disk: int
     fingerprint: str
+    answers_exactly: bool = False  # HNSW missed the recall target: queries scan the vectors instead
 
 
 @dataclass(frozen=True)
@@ -617,6 +620,7 @@ class VectorIndex:
             embedder=self.embedder, dim=self.dim, count=self.count, kind=self.kind, generation=self.generation,
             ef_search=self.ef_search if self.kind == "hnsw" else None, calibrated_recall=self.calibrated_recall,
             tombstones=len(self._tombstones), bytes_on_disk=size, fingerprint=self.fingerprint,
+            answers_exactly=self.answers_exactly,
         )
 
     # ---- building
@@ -821,8 +825,21 @@ class VectorIndex:
                 if self.kind == "hnsw" and len(allowed) <= max(
                         EXACT_SUBSET_LIMIT, self._filtered_ef(len(allowed), k) * GRAPH_WALK_COST):
                     return self._exact_subset(query, allowed, k)
+            if self.answers_exactly:
+                return self._exact_subset(query, allowed, k)
             scores, labels = self._faiss_search(query, k, allowed)
         return [(int(i), float(s)) for i, s in zip(labels[0], scores[0]) if i >= 0]
+
+    @property
+    def answers_exactly(self) -> bool:
+        """True when single queries scan the stored vectors instead of walking the HNSW graph.
+
+        That is the case when the graph missed the recall target even at the widest efSearch (data
+        with no low-dimensional structure, e.g. uniform random vectors): a slow right answer beats a
+        fast wrong one. Real embedding sets calibrate well below the widest efSearch.
+        """
+        return (self.kind == "hnsw" and EXACT_WHEN_RECALL_MISSED and self.calibrated_recall is not None
+                and self.calibrated_recall < TARGET_RECALL)
 
     def search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) arrays of shape (n, k) for many queries at once; id -1 where fewer than k."""
