@@ -529,7 +529,7 @@ def test_hnsw_that_misses_the_recall_target_answers_exactly(tmp_path: Path, monk
     vectors, queries = np.split(unit_vectors(2020, seed=12, dim=64), [2000])
     index = VectorIndex(tmp_path, "test", 64, hnsw_threshold=100)
     index.add(np.arange(2000), vectors)
-    assert index.kind == "hnsw" and index.calibrated_recall < 0.95
+    assert index.kind == "hnsw" and index.calibrated_recall < 0.8
     assert index.answers_exactly and index.stats().answers_exactly
     for query in queries:
         assert index.search(query, 10) == index.exact_search(query, 10)
