@@ -574,8 +574,11 @@ class VectorIndex:
             self.repaired = None
             keep = {entry.name for entry in files.values()} | {"manifest.json"}
             for path in self.directory.iterdir():
-                if path.name not in keep and not path.name.startswith("."):
-                    path.unlink(missing_ok=True)
+                if path.name not in keep:
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError:  # still mapped by a reader on Windows: the next save removes it
+                        pass
 
     # ---- contents
 
