@@ -216,6 +216,35 @@ class ArtifactStore:
                 log.exception("after-save hook failed for %s; `echo-os artifacts reindex` repairs caches", artifact_id)
         return artifact
 
+    def save_file(self, png: bytes, meta: ArtifactMeta, *, scene_slug: str) -> Artifact:
+        """Keep an existing PNG byte-for-byte as an artifact (its id is the file's sha256), with `meta`.
+
+        For images made elsewhere (`echo-os memory import`); meta.created dates the folder. Same atomic
+        folder write and catalog row as `save`; listeners are not called (the importer embeds in batches).
+        """
+        created = datetime.fromisoformat(meta.created)
+        project_dir = self._project_dir(created, meta.project)
+        project_dir.mkdir(parents=True, exist_ok=True)
+        tmp_root = self.root / ".tmp"
+        tmp_root.mkdir(exist_ok=True)
+        tmp_dir = tmp_root / uuid.uuid4().hex
+        tmp_dir.mkdir()
+        meta.id = hashlib.sha256(png).hexdigest()
+        try:
+            with FileLock(str(project_dir / ".lock")):
+                meta.sequence = self._next_sequence(project_dir)
+                _write_durably(tmp_dir / IMAGE_NAME, png)
+                _write_durably(tmp_dir / META_NAME, meta.to_json().encode("utf-8"))
+                _fsync_dir(tmp_dir)
+                final = self._free_name(project_dir, f"{meta.sequence:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
+                os.rename(tmp_dir, final)
+                _fsync_dir(project_dir)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        self.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
+        return Artifact(id=meta.id, path=final, meta=meta)
+
     @staticmethod
     def _free_name(parent: Path, name: str) -> Path:
         candidate, n = parent / name, 2

@@ -27,6 +27,8 @@ COMMANDS = {
     "artifacts": "echo_os.cli.artifacts:artifacts",
     "models": "echo_os.cli.models:models",
     "batch": "echo_os.cli.batch:batch",
+    "memory": "echo_os.cli.memory:memory",
+    "gallery": "echo_os.cli.gallery:gallery",
 }
 
 

@@ -55,11 +55,14 @@ def engine_line(choice) -> str:
 @click.option("--project", default="default", show_default=True, help="Project the artifacts belong to.")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=None, help="Images per pipeline call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
+@click.option("--no-memory", is_flag=True,
+              help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str, seed: int | None, batch_size: int | None, as_json: bool,
-           **options) -> None:
+           no_memory: bool, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
+    from echo_os.memory.artifacts import attach
     from echo_os.scheduler import render_requests
 
     settings = settings_from(ctx)
@@ -70,6 +73,7 @@ def render(ctx: click.Context, prompt: str, size: str, seed: int | None, batch_s
     request = build_request(**fields)
 
     store = ArtifactStore(settings)
+    attach(store, enabled=not no_memory)
     bar = StepBar(request.count)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,

@@ -1,0 +1,24 @@
+"""`echo-os gallery`: write the static HTML gallery of the workspace and print where it is."""
+
+from __future__ import annotations
+
+import click
+
+from echo_os.cli import settings_from
+
+
+@click.command()
+@click.option("--project", default=None, help="Only this project (default: every project).")
+@click.option("--open", "open_page", is_flag=True, help="Open the page in the default web browser.")
+@click.pass_context
+def gallery(ctx: click.Context, project: str | None, open_page: bool) -> None:
+    """Write artifacts/gallery/index.html: thumbnails, filters, storyboards, full image and metadata on click."""
+    from echo_os.gallery.build import build_gallery
+
+    result = build_gallery(settings_from(ctx), project=project)
+    click.echo(str(result.page))
+    click.echo(f"{result.artifacts} artifacts, {result.thumbnails_made} new thumbnails", err=True)
+    if open_page:
+        import webbrowser
+
+        webbrowser.open(result.page.as_uri())

@@ -1,0 +1,200 @@
+"""`echo-os memory`: search the artifacts by text or image, find similar images and near-duplicates,
+import other tools' images, and keep the index in step with the catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from echo_os.cli import settings_from
+from echo_os.errors import UsageError
+
+
+def _filter_options(command):
+    command = click.option("--until", default=None, help="Only artifacts created on or before this ISO date.")(command)
+    command = click.option("--since", default=None, help="Only artifacts created on or after this ISO date.")(command)
+    command = click.option("--character", default=None, help="Only story scenes with this character.")(command)
+    command = click.option("--model", default=None, help="Only this model name.")(command)
+    command = click.option("--project", default=None, help="Only this project.")(command)
+    return command
+
+
+def _filters(project, model, character, since, until):
+    from datetime import date
+
+    from echo_os.memory.artifacts import MemoryFilters
+
+    for name, value in (("--since", since), ("--until", until)):
+        if value:
+            try:
+                date.fromisoformat(value[:10])
+            except ValueError:
+                raise click.BadParameter(f"{value!r} is not an ISO date like 2026-11-01", param_hint=name) from None
+    return MemoryFilters(project=project, model=model, character=character, since=since, until=until)
+
+
+def _open(ctx: click.Context, **options):
+    from echo_os.memory.artifacts import open_memory, print_note
+
+    return open_memory(settings_from(ctx), note=print_note, **options)
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("no matching artifacts", err=True)
+        return
+    for rank, hit in enumerate(hits, start=1):
+        prompt = hit.row.prompt if len(hit.row.prompt) <= 56 else hit.row.prompt[:55] + "…"
+        click.echo(f"{rank:>3}  {hit.row.id[:12]}  {hit.hit.score:6.3f}  {hit.row.project:<14.14}  {prompt}")
+        click.echo(f"     {hit.image_path}")
+
+
+@click.group()
+def memory() -> None:
+    """Echo Memory: every artifact embedded (MiniLM over prompts, CLIP over images when available)."""
+
+
+@memory.command("search")
+@click.argument("query", required=False)
+@click.option("--image", "image", type=click.Path(dir_okay=False), default=None,
+              help="Search by an image instead of text (needs a CLIP model).")
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many results.")
+@_filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def search(ctx: click.Context, query: str | None, image: str | None, k: int, as_json: bool, **filters) -> None:
+    """Artifacts ranked by similarity to QUERY (text) or to --image PATH.
+
+    \b
+      echo-os memory search "stormy lighthouse at night" -k 5 --project "Harbor Tales"
+      echo-os memory search --image sketch.png
+    """
+    if (query is None) == (image is None):
+        raise UsageError("give either a text QUERY or --image PATH to `echo-os memory search`.")
+    chosen = _filters(**filters)
+    if image is not None:
+        path = Path(image)
+        if not path.is_file():
+            raise UsageError(f"no image at {path}; give the path of a PNG or JPEG file.")
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as opened:
+                picture = opened.convert("RGB")
+        except (OSError, UnidentifiedImageError):
+            raise UsageError(f"{path} is not an image file PIL can read.") from None
+    with _open(ctx) as mem:
+        if image is not None:
+            hits = mem.search_image(picture, k, chosen)
+        else:
+            hits = mem.search_text(query, k, chosen)
+    _print_hits(hits, as_json)
+
+
+@memory.command("similar")
+@click.argument("artifact_id")
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@_filter_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def similar(ctx: click.Context, artifact_id: str, k: int, as_json: bool, **filters) -> None:
+    """Artifacts nearest to ARTIFACT_ID (its image with CLIP, else its prompt and story)."""
+    chosen = _filters(**filters)
+    with _open(ctx) as mem:
+        _, hits = mem.similar(artifact_id, k, chosen)
+    _print_hits(hits, as_json)
+
+
+@memory.command("dupes")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.97, show_default=True,
+              help="Cosine similarity of the CLIP image embeddings at or above which two images are duplicates.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dupes(ctx: click.Context, threshold: float, as_json: bool) -> None:
+    """Pairs of near-identical images (needs a CLIP model)."""
+    with _open(ctx) as mem:
+        pairs = mem.memory.dupes(threshold)
+        rows = [(mem.catalog.get_num(p.a), mem.catalog.get_num(p.b), p.score) for p in pairs]
+    rows = [(a, b, s) for a, b, s in rows if a is not None and b is not None]
+    if as_json:
+        click.echo(json.dumps([{"a": a.id, "b": b.id, "score": round(s, 4), "a_path": a.path, "b_path": b.path}
+                               for a, b, s in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"no near-duplicate images (cosine >= {threshold:g})", err=True)
+        return
+    for a, b, score in rows:
+        click.echo(f"{score:.4f}  {a.id[:12]}  {b.id[:12]}  {a.path}  {b.path}")
+
+
+@memory.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Vectors per embedder against artifacts in the catalog (repairs drift first)."""
+    with _open(ctx) as mem:
+        indexes = mem.memory.stats()
+        catalog_count = mem.catalog.count()
+        skipped = dict(mem.choice.skipped)
+    data = {"catalog": catalog_count,
+            "indexes": [{"embedder": s.embedder, "count": s.count, "dim": s.dim, "kind": s.kind,
+                         "bytes": s.bytes_on_disk, "generation": s.generation} for s in indexes],
+            "skipped": skipped}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"catalog: {catalog_count} artifacts")
+    for s in data["indexes"]:
+        click.echo(f"{s['embedder']:<8} {s['count']:>8} vectors  {s['dim']}-d {s['kind']}  "
+                   f"{s['bytes'] / 1024:.0f} KiB  generation {s['generation']}")
+    for name, why in skipped.items():
+        click.echo(f"{name:<8} off: {why}")
+
+
+@memory.command("reindex")
+@click.pass_context
+def reindex(ctx: click.Context) -> None:
+    """Rebuild every index from the catalog (re-embeds everything)."""
+    from echo_os.artifacts.store import ArtifactStore
+
+    settings = settings_from(ctx)
+    store = ArtifactStore(settings)
+    try:
+        if store.catalog.count() == 0 and store.scan():
+            click.echo(f"catalog was empty: rebuilt it from the folders ({store.reindex()} artifacts)", err=True)
+    finally:
+        store.close()
+    with _open(ctx, rebuild=True) as mem:
+        counts = ", ".join(f"{s.embedder} {s.count}" for s in mem.memory.stats())
+    click.echo(f"memory rebuilt: {counts} vectors")
+
+
+@memory.command("import")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--project", default="imported", show_default=True, help="Project the imported images belong to.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def import_images(ctx: click.Context, folder: str, project: str, as_json: bool) -> None:
+    """Index the PNGs under FOLDER made by other tools (A1111, ComfyUI, InvokeAI metadata is read).
+
+    Each image becomes an artifact (byte-for-byte copy, so its id is the file's sha256, and a meta.json
+    with what its chunks say). Images imported before are skipped.
+    """
+    from echo_os.memory.importer import import_folder
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"no folder at {root}; give a folder holding PNG images.")
+    settings = settings_from(ctx)
+    report = import_folder(settings, root, project=project)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    tools = ", ".join(f"{tool} {n}" for tool, n in sorted(report.by_tool.items())) or "none"
+    click.echo(f"imported {report.imported} images ({tools}); {report.skipped} already imported, "
+               f"{report.unreadable} unreadable")

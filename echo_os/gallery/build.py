@@ -1,0 +1,295 @@
+"""`echo-os gallery`: one static HTML page over the artifacts, self-contained within the workspace.
+
+    artifacts/gallery/index.html      the page: inline CSS and JS, the catalog rows as inline JSON
+    artifacts/.cache/thumbs/<id>.webp thumbnails (made once, kept: an artifact's image never changes)
+
+Links are relative (../.cache/thumbs/..., ../<artifact folder>/image.png), so the artifacts folder can be
+opened from disk, copied, or served as it is. Story projects (artifacts with a scene number) are shown as
+storyboards in scene order; other projects as a grid, newest first. Filters: project, character, scene;
+a URL hash like #project=Harbor&character=Mara applies them on load. For headless checks the page writes
+its state on <body>: data-images, data-loaded, data-broken, data-visible and data-ready="true".
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from echo_os.artifacts.catalog import Catalog, CatalogRow
+from echo_os.settings import Settings
+
+log = logging.getLogger(__name__)
+
+THUMB_SIZE = 360
+GALLERY_DIR = "gallery"
+
+
+@dataclass(frozen=True)
+class GalleryResult:
+    page: Path
+    artifacts: int
+    thumbnails_made: int
+
+
+def thumbnail_path(settings: Settings, artifact_id: str) -> Path:
+    return settings.cache_dir / "thumbs" / f"{artifact_id}.webp"
+
+
+def make_thumbnail(source: Path, target: Path, size: int = THUMB_SIZE) -> bool:
+    """Write a WebP thumbnail once; returns True when it had to be made."""
+    if target.exists():
+        return False
+    from PIL import Image
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+        image.thumbnail((size, size))
+        temporary = target.with_suffix(f".{os.getpid()}.tmp")
+        image.save(temporary, format="WEBP", quality=82)
+    os.replace(temporary, target)
+    return True
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path) -> dict:
+    story = row.meta.get("story") or {}
+    image = settings.artifacts_dir / row.path / "image.png"
+    return {
+        "id": row.id, "project": row.project, "prompt": row.prompt, "created": row.created,
+        "engine": row.engine, "model": row.model, "seed": row.seed, "size": f"{row.width}x{row.height}",
+        "scene": story.get("scene"), "slug": story.get("slug"), "characters": list(story.get("characters") or []),
+        "thumb": _relative(thumbnail_path(settings, row.id), page_dir), "image": _relative(image, page_dir),
+        "meta": row.meta,
+    }
+
+
+def build_gallery(settings: Settings, *, project: str | None = None) -> GalleryResult:
+    """Write artifacts/gallery/index.html (and any missing thumbnails); returns where it is."""
+    page_dir = settings.artifacts_dir / GALLERY_DIR
+    page_dir.mkdir(parents=True, exist_ok=True)
+    with Catalog(settings.catalog_path) as catalog:
+        rows = catalog.query(project=project)
+    items, made = [], 0
+    for row in rows:
+        image = settings.artifacts_dir / row.path / "image.png"
+        try:
+            made += make_thumbnail(image, thumbnail_path(settings, row.id))
+        except OSError as error:  # a folder deleted since the catalog was built: leave it out
+            log.warning("gallery: skipping %s: %s", row.id[:12], error)
+            continue
+        items.append(gallery_item(settings, row, page_dir))
+    title = f"echo-os gallery: {project}" if project else "echo-os gallery"
+    page = page_dir / "index.html"
+    temporary = page.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(render_page(title, items), encoding="utf-8")
+    os.replace(temporary, page)
+    return GalleryResult(page=page, artifacts=len(items), thumbnails_made=made)
+
+
+def render_page(title: str, items: list[dict]) -> str:
+    data = json.dumps(items, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
+    return (PAGE.replace("{{TITLE}}", html.escape(title))
+                .replace("{{COUNT}}", str(len(items)))
+                .replace("{{DATA}}", data))
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{TITLE}}</title>
+<style>
+:root { --bg: #101216; --panel: #181b21; --line: #2a2f38; --text: #e8e6e1; --dim: #9aa0aa; --accent: #e0a458; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--text);
+       font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+header { position: sticky; top: 0; z-index: 2; display: flex; flex-wrap: wrap; gap: 12px 20px; align-items: center;
+         padding: 14px 28px; background: rgba(16,18,22,.94); border-bottom: 1px solid var(--line); }
+header h1 { margin: 0; font-size: 18px; font-weight: 600; letter-spacing: .02em; }
+header h1 span { color: var(--accent); }
+header .count { color: var(--dim); }
+header label { color: var(--dim); font-size: 12px; text-transform: uppercase; letter-spacing: .06em; }
+select { margin-left: 6px; background: var(--panel); color: var(--text); border: 1px solid var(--line);
+         border-radius: 6px; padding: 5px 8px; font: inherit; }
+main { padding: 8px 28px 48px; }
+section { margin-top: 26px; }
+section h2 { margin: 0 0 12px; font-size: 16px; font-weight: 600; display: flex; gap: 10px; align-items: baseline; }
+section h2 small { color: var(--dim); font-weight: 400; font-size: 12px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 16px; }
+.storyboard { display: flex; gap: 16px; overflow-x: auto; padding-bottom: 8px; }
+.storyboard .card { flex: 0 0 240px; }
+.card { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; overflow: hidden;
+        cursor: pointer; transition: transform .12s, border-color .12s; }
+.card:hover { transform: translateY(-2px); border-color: var(--accent); }
+.card img { display: block; width: 100%; aspect-ratio: 1 / 1; object-fit: cover; background: #000; }
+.card .caption { padding: 8px 10px 10px; }
+.card .scene { color: var(--accent); font-weight: 600; font-size: 12px; }
+.card .prompt { display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; }
+.card .facts { color: var(--dim); font-size: 12px; margin-top: 4px; }
+.hidden { display: none !important; }
+#lightbox { position: fixed; inset: 0; z-index: 5; background: rgba(5,6,8,.92); display: none;
+            grid-template-columns: minmax(0, 3fr) minmax(280px, 2fr); gap: 20px; padding: 28px; }
+#lightbox.open { display: grid; }
+#lightbox img { max-width: 100%; max-height: calc(100vh - 56px); margin: auto; display: block; border-radius: 8px; }
+#lightbox .meta { overflow: auto; max-height: calc(100vh - 56px); background: var(--panel); border-radius: 8px;
+                  padding: 16px; }
+#lightbox table { border-collapse: collapse; width: 100%; font-size: 12px; }
+#lightbox td { border-top: 1px solid var(--line); padding: 4px 6px; vertical-align: top; word-break: break-word; }
+#lightbox td:first-child { color: var(--dim); white-space: nowrap; }
+#lightbox pre { white-space: pre-wrap; margin: 0; font-size: 11px; }
+#lightbox .close { position: absolute; top: 10px; right: 18px; color: var(--text); font-size: 26px;
+                   background: none; border: 0; cursor: pointer; }
+.empty { color: var(--dim); margin-top: 40px; }
+</style>
+</head>
+<body data-ready="false">
+<header>
+  <h1><span>echo-os</span> gallery</h1>
+  <span class="count" id="count">{{COUNT}} artifacts</span>
+  <label>Project <select id="f-project"><option value="">all</option></select></label>
+  <label>Character <select id="f-character"><option value="">all</option></select></label>
+  <label>Scene <select id="f-scene"><option value="">all</option></select></label>
+</header>
+<main id="main"></main>
+<div id="lightbox" role="dialog" aria-modal="true">
+  <button class="close" id="lb-close" aria-label="Close">&times;</button>
+  <a id="lb-link" target="_blank"><img id="lb-image" alt=""></a>
+  <div class="meta" id="lb-meta"></div>
+</div>
+<script type="application/json" id="gallery-data">{{DATA}}</script>
+<script>
+"use strict";
+const items = JSON.parse(document.getElementById("gallery-data").textContent);
+const body = document.body, main = document.getElementById("main");
+const filters = {project: document.getElementById("f-project"), character: document.getElementById("f-character"),
+                 scene: document.getElementById("f-scene")};
+let loaded = 0, broken = 0;
+
+function el(tag, attrs, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+function settle() {
+  body.dataset.loaded = loaded; body.dataset.broken = broken;
+  if (loaded + broken >= items.length) body.dataset.ready = "true";
+}
+function fill(select, values) {
+  for (const v of values) select.appendChild(el("option", {value: String(v)}, String(v)));
+}
+const unique = (list) => [...new Set(list)].sort((a, b) => (a > b) - (a < b));
+fill(filters.project, unique(items.map(i => i.project)));
+fill(filters.character, unique(items.flatMap(i => i.characters)));
+fill(filters.scene, unique(items.filter(i => i.scene !== null && i.scene !== undefined).map(i => i.scene))
+                      .sort((a, b) => a - b));
+
+function card(item) {
+  const node = el("div", {class: "card", "data-id": item.id, "data-project": item.project,
+                          "data-scene": item.scene === null || item.scene === undefined ? "" : String(item.scene),
+                          "data-characters": JSON.stringify(item.characters)});
+  const img = el("img", {src: item.thumb, alt: item.prompt});
+  img.addEventListener("load", () => { loaded++; settle(); });
+  img.addEventListener("error", () => { broken++; node.classList.add("broken"); settle(); });
+  node.appendChild(img);
+  const caption = el("div", {class: "caption"});
+  if (item.scene !== null && item.scene !== undefined)
+    caption.appendChild(el("div", {class: "scene"}, "Scene " + item.scene + (item.slug ? " \\u00b7 " + item.slug : "")));
+  caption.appendChild(el("div", {class: "prompt"}, item.prompt || "(no prompt)"));
+  const who = item.characters.length ? item.characters.join(", ") + " \\u00b7 " : "";
+  caption.appendChild(el("div", {class: "facts"}, who + item.engine + " \\u00b7 " + item.size + " \\u00b7 " + item.created.slice(0, 10)));
+  node.appendChild(caption);
+  node.addEventListener("click", () => openLightbox(item));
+  return node;
+}
+
+function render() {
+  const projects = unique(items.map(i => i.project));
+  for (const project of projects) {
+    const members = items.filter(i => i.project === project);
+    const story = members.some(i => i.scene !== null && i.scene !== undefined);
+    members.sort(story ? (a, b) => (a.scene ?? 1e9) - (b.scene ?? 1e9) || a.created.localeCompare(b.created)
+                       : (a, b) => b.created.localeCompare(a.created));
+    const section = el("section", {"data-project": project});
+    const heading = el("h2", {}, project);
+    heading.appendChild(el("small", {}, story ? "storyboard \\u00b7 " + members.length + " frames"
+                                              : members.length + " images"));
+    section.appendChild(heading);
+    const row = el("div", {class: story ? "storyboard" : "grid"});
+    members.forEach(m => row.appendChild(card(m)));
+    section.appendChild(row);
+    main.appendChild(section);
+  }
+  if (!items.length) main.appendChild(el("p", {class: "empty"}, "No artifacts yet: render something first."));
+  body.dataset.images = items.length;
+  settle();
+}
+
+function applyFilters() {
+  const project = filters.project.value, character = filters.character.value, scene = filters.scene.value;
+  let visible = 0;
+  for (const node of document.querySelectorAll(".card")) {
+    const show = (!project || node.dataset.project === project) && (!scene || node.dataset.scene === scene) &&
+                 (!character || JSON.parse(node.dataset.characters).includes(character));
+    node.classList.toggle("hidden", !show);
+    visible += show;
+  }
+  for (const section of document.querySelectorAll("section"))
+    section.classList.toggle("hidden", !section.querySelector(".card:not(.hidden)"));
+  body.dataset.visible = visible;
+  document.getElementById("count").textContent = visible + " of " + items.length + " artifacts";
+  const hash = Object.entries({project, character, scene}).filter(([, v]) => v)
+    .map(([k, v]) => k + "=" + encodeURIComponent(v)).join("&");
+  history.replaceState(null, "", hash ? "#" + hash : location.pathname);
+}
+
+function fromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  for (const [name, select] of Object.entries(filters)) {
+    const value = params.get(name);
+    if (value !== null && [...select.options].some(o => o.value === value)) select.value = value;
+  }
+}
+
+function openLightbox(item) {
+  document.getElementById("lb-image").src = item.image;
+  document.getElementById("lb-link").href = item.image;
+  const meta = document.getElementById("lb-meta");
+  meta.textContent = "";
+  meta.appendChild(el("h2", {}, item.prompt || item.id.slice(0, 12)));
+  const table = el("table");
+  for (const [key, value] of Object.entries(item.meta)) {
+    const tr = el("tr");
+    tr.appendChild(el("td", {}, key));
+    const td = el("td");
+    if (value !== null && typeof value === "object") td.appendChild(el("pre", {}, JSON.stringify(value, null, 2)));
+    else td.textContent = String(value);
+    tr.appendChild(td);
+    table.appendChild(tr);
+  }
+  meta.appendChild(table);
+  document.getElementById("lightbox").classList.add("open");
+}
+function closeLightbox() { document.getElementById("lightbox").classList.remove("open"); }
+document.getElementById("lb-close").addEventListener("click", closeLightbox);
+document.getElementById("lightbox").addEventListener("click", (e) => { if (e.target.id === "lightbox") closeLightbox(); });
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeLightbox(); });
+Object.values(filters).forEach(s => s.addEventListener("change", applyFilters));
+window.addEventListener("hashchange", () => { fromHash(); applyFilters(); });
+
+render();
+fromHash();
+applyFilters();
+</script>
+</body>
+</html>
+"""

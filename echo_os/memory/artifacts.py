@@ -1,0 +1,307 @@
+"""Echo Memory wired to the artifact store: embedders from models.toml, the save hook, filters, reconciling.
+
+    attach(store)                       # every artifact saved through `store` is embedded (lazily, once)
+    memory = open_memory(settings)      # reconciled with the catalog; prints one line when it repaired
+    hits = memory.search_text("stormy lighthouse", k=10, filters=MemoryFilters(project="Harbor"))
+
+The catalog's stable int64 `num` (artifact_num(id)) is the vector id. The index is a cache: when it and
+the catalog disagree, the catalog (itself rebuilt from meta.json by `artifacts reindex`) wins.
+Nothing heavy is imported at module level: sentence-transformers and torch load on the first embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from echo_os.artifacts.catalog import Catalog, CatalogRow, artifact_num
+from echo_os.errors import EchoError
+from echo_os.settings import Settings
+
+if TYPE_CHECKING:
+    from echo_os.artifacts.store import Artifact, ArtifactStore
+    from echo_os.memory.embedders import EmbedderChoice
+    from echo_os.memory.index import ReconcileReport
+    from echo_os.memory.service import Hit, Memory, MemoryItem
+
+log = logging.getLogger(__name__)
+
+NO_MEMORY_ENV = "ECHO_OS_NO_MEMORY"
+MINILM_ENTRY = "minilm"
+CLIP_ENTRY = "clip"
+IMAGE_NAME = "image.png"
+
+
+def memory_disabled(env: Mapping[str, str] | None = None) -> bool:
+    """ECHO_OS_NO_MEMORY=1 turns the save hook off (renders are not embedded)."""
+    env = os.environ if env is None else env
+    return env.get(NO_MEMORY_ENV, "") not in ("", "0", "false", "no")
+
+
+# -- embedders ------------------------------------------------------------------------------------------
+
+
+def quiet_model_loading() -> None:
+    """No "Loading weights" bars from transformers when MiniLM/CLIP load inside a CLI command.
+
+    transformers reads huggingface_hub's switch when it is imported; after that, its own switch.
+    TRANSFORMERS_VERBOSITY / HF_HUB_DISABLE_PROGRESS_BARS set by the user still win.
+    """
+    if "transformers" in sys.modules:
+        if "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
+    elif "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if "huggingface_hub" in sys.modules:  # already read its environment
+            sys.modules["huggingface_hub"].utils.disable_progress_bars()
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+_EMBEDDER_CACHE: dict[tuple, EmbedderChoice] = {}
+
+
+def _clip_candidates(registry: Any) -> list[Any]:
+    """clip entries in the order tried: one named `clip` first, then every other entry of type clip."""
+    entries = [e for e in registry.entries() if e.type == "clip"]
+    return sorted(entries, key=lambda e: e.name != CLIP_ENTRY)
+
+
+def build_embedders(settings: Settings) -> EmbedderChoice:
+    """MiniLM from the `minilm` text-embedder entry (always), CLIP from the first clip entry that resolves.
+
+    Resolving is offline: a clip entry whose weights are not on this machine is skipped (with the reason,
+    shown by `memory stats`). Cached per process and models.toml contents, so models load once.
+    """
+    from echo_os.memory.embedders import ClipEmbedder, EmbedderChoice, MiniLMEmbedder
+    from echo_os.models.registry import load_registry
+
+    quiet_model_loading()
+    registry = load_registry(settings)
+    key = tuple((str(p), p.stat().st_mtime_ns) for p in registry.sources if p.exists())
+    if key in _EMBEDDER_CACHE:
+        return _EMBEDDER_CACHE[key]
+    if MINILM_ENTRY in registry and registry.get(MINILM_ENTRY).type == "text-embedder":
+        minilm = MiniLMEmbedder(registry.resolve(MINILM_ENTRY).local_path)
+    else:
+        minilm = MiniLMEmbedder()  # the bundled package, when models.toml has no minilm entry
+    choice = EmbedderChoice(embedders=[minilm])
+    reasons = []
+    for entry in _clip_candidates(registry):
+        try:
+            resolved = registry.resolve(entry.name)
+            choice.embedders.append(ClipEmbedder(resolved.local_path))
+            break
+        except EchoError as error:
+            reasons.append(f"{entry.name}: {error}")
+    else:
+        choice.skipped["clip"] = ("; ".join(reasons) if reasons
+                                  else "no clip entry in models.toml") + " (image search is off)"
+    _EMBEDDER_CACHE[key] = choice
+    return choice
+
+
+# -- what memory embeds for an artifact --------------------------------------------------------------
+
+
+def memory_item_from_meta(meta: Mapping[str, Any], image_path: Path | None) -> MemoryItem:
+    """The MemoryItem of an artifact: its catalog num, prompt + story text, and image."""
+    from echo_os.memory.embedders import artifact_text
+    from echo_os.memory.service import MemoryItem
+
+    return MemoryItem(id=artifact_num(meta["id"]), text=artifact_text(meta), image_path=image_path)
+
+
+def row_characters(row: CatalogRow) -> list[str]:
+    story = row.meta.get("story") or {}
+    return [str(c) for c in (story.get("characters") or [])]
+
+
+@dataclass(frozen=True)
+class MemoryFilters:
+    """Catalog filters a similarity search is restricted to. All None: no restriction."""
+
+    project: str | None = None
+    model: str | None = None
+    character: str | None = None
+    since: str | None = None  # ISO date or datetime, inclusive
+    until: str | None = None  # ISO date or datetime, inclusive of that day
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.project, self.model, self.character, self.since, self.until))
+
+    def allowed_ids(self, catalog: Catalog) -> list[int] | None:
+        if not self.active:
+            return None
+        rows = catalog.query(project=self.project, model=self.model, since=self.since)
+        if self.until:
+            bound = self.until if len(self.until) > 10 else self.until + "\uffff"
+            rows = [r for r in rows if r.created <= bound]
+        if self.character:
+            wanted = self.character.casefold()
+            rows = [r for r in rows if any(wanted == c.casefold() for c in row_characters(r))]
+        return [r.num for r in rows]
+
+
+@dataclass(frozen=True)
+class ArtifactHit:
+    """A search hit joined with its catalog row."""
+
+    hit: Hit
+    row: CatalogRow
+    image_path: Path
+
+    def as_dict(self) -> dict:
+        return {"id": self.row.id, "num": self.row.num, "score": round(self.hit.score, 4),
+                "scores": {k: round(v, 4) for k, v in self.hit.scores.items()}, "path": str(self.image_path),
+                "prompt": self.row.prompt, "project": self.row.project, "engine": self.row.engine,
+                "created": self.row.created, "scene": self.row.scene}
+
+
+# -- the memory of a workspace -------------------------------------------------------------------------
+
+
+@dataclass
+class ArtifactMemory:
+    """Memory over a workspace's catalog: searches take filters and return catalog rows."""
+
+    settings: Settings
+    memory: Memory
+    catalog: Catalog
+    choice: EmbedderChoice
+    reports: list[ReconcileReport] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> ArtifactMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def load_item(self, num: int) -> MemoryItem | None:
+        row = self.catalog.get_num(num)
+        if row is None:
+            return None
+        image = self.settings.artifacts_dir / row.path / IMAGE_NAME
+        if not image.exists():
+            return None  # the folder is gone: `artifacts reindex` drops its row
+        return memory_item_from_meta(row.meta, image)
+
+    def reconcile(self, *, rebuild: bool = False,
+                  progress: Callable[[str, int, int], None] | None = None) -> list[ReconcileReport]:
+        self.reports = self.memory.reconcile(self.catalog.nums(), self.load_item, rebuild=rebuild,
+                                             progress=progress)
+        return self.reports
+
+    def _joined(self, hits: Sequence[Hit]) -> list[ArtifactHit]:
+        joined = []
+        for hit in hits:
+            row = self.catalog.get_num(hit.id)
+            if row is not None:
+                joined.append(ArtifactHit(hit, row, self.settings.artifacts_dir / row.path / IMAGE_NAME))
+        return joined
+
+    def search_text(self, query: str, k: int = 10, filters: MemoryFilters = MemoryFilters()) -> list[ArtifactHit]:
+        return self._joined(self.memory.search_text(query, k, filters.allowed_ids(self.catalog)))
+
+    def search_image(self, image: Any, k: int = 10, filters: MemoryFilters = MemoryFilters()) -> list[ArtifactHit]:
+        return self._joined(self.memory.search_image(image, k, filters.allowed_ids(self.catalog)))
+
+    def similar(self, artifact_id: str, k: int = 10,
+                filters: MemoryFilters = MemoryFilters()) -> tuple[CatalogRow, list[ArtifactHit]]:
+        row = self.catalog.resolve_id(artifact_id)
+        return row, self._joined(self.memory.similar(row.num, k, filters.allowed_ids(self.catalog)))
+
+    def add_artifacts(self, artifacts: Iterable[Artifact]) -> int:
+        items = [memory_item_from_meta(a.meta.model_dump(mode="json"), a.image_path) for a in artifacts]
+        self.memory.add(items)
+        return len(items)
+
+
+def describe_reports(reports: Sequence[ReconcileReport]) -> str | None:
+    """One line saying what reconciling changed, or None when the indexes already matched the catalog."""
+    parts = []
+    for report in reports:
+        if not report.changed:
+            continue
+        bits = []
+        if report.rebuilt:
+            bits.append(f"rebuilt ({report.reason})" if report.reason else "rebuilt")
+        if report.removed:
+            bits.append(f"dropped {len(report.removed)} stale")
+        if report.added:
+            bits.append(f"embedded {len(report.added)} missing")
+        parts.append(f"{report.embedder}: {', '.join(bits)}")
+    return ("memory index repaired from the catalog: " + "; ".join(parts)) if parts else None
+
+
+def open_memory(settings: Settings, *, reconcile: bool = True, rebuild: bool = False,
+                note: Callable[[str], None] | None = None,
+                progress: Callable[[str, int, int], None] | None = None) -> ArtifactMemory:
+    """The workspace's memory, brought in line with the catalog (drift repaired, broken files rebuilt).
+
+    `note` receives one line when anything was repaired (the CLI prints it on stderr).
+    """
+    from echo_os.memory.service import Memory
+
+    choice = build_embedders(settings)
+    memory = ArtifactMemory(settings, Memory(settings.memory_dir, choice.embedders),
+                            Catalog(settings.catalog_path), choice)
+    if reconcile or rebuild:
+        try:
+            reports = memory.reconcile(rebuild=rebuild, progress=progress)
+        except BaseException:
+            memory.close()
+            raise
+        line = describe_reports(reports)
+        if line and note is not None and not rebuild:
+            note(line)
+    return memory
+
+
+# -- the save hook ---------------------------------------------------------------------------------------
+
+
+class MemoryListener:
+    """After-save hook of an ArtifactStore: embeds each saved artifact and adds it to every index.
+
+    Opens the memory on the first save (so a store that never saves loads no model). A broken index is
+    logged and left for the next `echo-os memory` command, which repairs it from the catalog.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._memory: Memory | None = None
+
+    def __call__(self, artifact: Artifact) -> None:
+        from echo_os.memory.index import MemoryIndexError
+        from echo_os.memory.service import Memory
+
+        if self._memory is None:
+            self._memory = Memory(self.settings.memory_dir, build_embedders(self.settings).embedders)
+        item = memory_item_from_meta(artifact.meta.model_dump(mode="json"), artifact.image_path)
+        try:
+            self._memory.add([item])
+        except MemoryIndexError as error:
+            log.warning("memory: %s (artifact %s is embedded by the next `echo-os memory` command)",
+                        error, artifact.id[:12])
+
+
+def attach(store: ArtifactStore, *, enabled: bool = True) -> MemoryListener | None:
+    """Embed every artifact `store` saves from now on, unless disabled (flag or ECHO_OS_NO_MEMORY=1)."""
+    if not enabled or memory_disabled():
+        return None
+    listener = MemoryListener(store.settings)
+    store.listeners.append(listener)
+    return listener
+
+
+def print_note(line: str) -> None:
+    print(line, file=sys.stderr)

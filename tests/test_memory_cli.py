@@ -1,0 +1,240 @@
+"""`echo-os memory` on draft artifacts with the real all-MiniLM-L6-v2 (and a tiny random CLIP for images)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = ("a lighthouse in a storm", "a cat sleeping on a sofa", "a red sports car")
+
+
+def build_tiny_clip(folder: Path) -> Path:
+    """A random-weight CLIPModel with hidden size 32 and its own tokenizer files, saved like a real one."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in "abcdefghijklmnopqrstuvwxyz":
+        vocab[char] = len(vocab)
+        vocab[char + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer.from_pretrained(folder).save_pretrained(folder)
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": 0,
+                     "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip-cli") / "clip")
+
+
+def render(run_cli, home: Path, prompt: str, *extra: str) -> list[dict]:
+    code, out, err = run_cli("--home", str(home), "render", prompt, "--engine", "draft", "--size", "256x256",
+                             "--seed", "1", "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def memory_cli(run_cli, home: Path, *args: str) -> tuple[int, str, str]:
+    return run_cli("--home", str(home), "memory", *args)
+
+
+def index_ids(home: Path) -> dict[str, set[int]]:
+    """What the saved indexes hold, read without reconciling."""
+    from echo_os.memory.artifacts import open_memory
+    from echo_os.settings import Settings
+
+    with open_memory(Settings(home=home), reconcile=False) as memory:
+        return {e.name: {int(i) for i in memory.memory.index(e).ids} for e in memory.memory.embedders}
+
+
+def catalog_nums(home: Path) -> set[int]:
+    from echo_os.artifacts.catalog import Catalog
+    from echo_os.settings import Settings
+
+    with Catalog(Settings(home=home).catalog_path) as catalog:
+        return catalog.nums()
+
+
+@pytest.fixture
+def story_home(workspace, run_cli) -> Path:
+    """Three draft artifacts in project default, one in project Harbor."""
+    for prompt in PROMPTS:
+        render(run_cli, workspace.home, prompt)
+    render(run_cli, workspace.home, "a lighthouse keeper at the harbor", "--project", "Harbor")
+    return workspace.home
+
+
+def test_saved_artifacts_are_embedded_and_the_lighthouse_ranks_first(story_home, run_cli) -> None:
+    assert index_ids(story_home)["minilm"] == catalog_nums(story_home)
+    code, out, err = memory_cli(run_cli, story_home, "search", "stormy sea beacon", "-k", "3", "--project", "default",
+                                "--json")
+    assert code == 0, err
+    hits = json.loads(out)
+    assert [h["prompt"] for h in hits][0] == "a lighthouse in a storm"
+    assert len(hits) == 3 and all(h["project"] == "default" for h in hits)
+    assert {"id", "score", "path", "prompt"} <= set(hits[0]) and Path(hits[0]["path"]).is_file()
+
+    code, out, _ = memory_cli(run_cli, story_home, "search", "stormy sea beacon", "--project", "Harbor")
+    assert code == 0 and "a lighthouse keeper at the harbor" in out and "sofa" not in out
+
+    code, out, _ = memory_cli(run_cli, story_home, "similar", hits[0]["id"][:12], "-k", "1", "--json")
+    assert code == 0 and json.loads(out)[0]["prompt"] == "a lighthouse keeper at the harbor"
+
+    code, out, _ = memory_cli(run_cli, story_home, "stats", "--json")
+    stats = json.loads(out)
+    assert stats["catalog"] == 4 and stats["indexes"][0] == {**stats["indexes"][0], "embedder": "minilm", "count": 4}
+    assert "clip" in stats["skipped"]
+
+
+def test_bad_input_is_one_line_and_exit_2(story_home, run_cli, tmp_path) -> None:
+    for args in (("similar", "ffffffffffffffff"), ("search", "--image", str(tmp_path / "none.png")),
+                 ("search",), ("search", "--image", str(REPO / "README.md")), ("search", "x", "--since", "soon")):
+        code, out, err = memory_cli(run_cli, story_home, *args)
+        assert code == 2, (args, err)
+        assert err.count("\n") == 1 and err.startswith("Error:"), err
+    lighthouse = REPO / "tests" / "none.png"
+    assert not lighthouse.exists()
+
+
+def test_drift_is_repaired_on_open_and_reindex_rebuilds(story_home, run_cli) -> None:
+    from echo_os.artifacts.catalog import artifact_num
+
+    artifacts = sorted(p.parent for p in (story_home / "artifacts").glob("*/*/*/meta.json"))
+    gone = json.loads((artifacts[0] / "meta.json").read_text())["id"]
+    shutil.rmtree(artifacts[0])
+    assert run_cli("--home", str(story_home), "artifacts", "reindex")[0] == 0
+    code, out, err = memory_cli(run_cli, story_home, "stats", "--json")
+    assert code == 0 and "dropped 1 stale" in err
+    assert json.loads(out)["indexes"][0]["count"] == 3
+    assert artifact_num(gone) not in index_ids(story_home)["minilm"]
+
+    code, out, err = memory_cli(run_cli, story_home, "reindex")
+    assert code == 0 and "minilm 3" in out
+    assert index_ids(story_home)["minilm"] == catalog_nums(story_home)
+
+
+def test_corrupt_or_truncated_index_is_rebuilt_on_open(story_home, run_cli) -> None:
+    folder = story_home / "artifacts" / "memory" / "minilm"
+    for path in list(folder.glob("index-*.faiss")) + list(folder.glob("vectors-*.npy")):
+        path.write_bytes(path.read_bytes()[:40])  # truncated: neither can be repaired from the other
+    code, out, err = memory_cli(run_cli, story_home, "search", "stormy sea beacon", "-k", "1", "--json")
+    assert code == 0, err
+    assert "rebuilt" in err and json.loads(out)[0]["prompt"].startswith("a lighthouse")
+    assert index_ids(story_home)["minilm"] == catalog_nums(story_home)
+
+    (folder / "manifest.json").write_text("{not json")
+    code, out, err = memory_cli(run_cli, story_home, "stats", "--json")
+    assert code == 0 and "rebuilt" in err and json.loads(out)["indexes"][0]["count"] == 4
+
+
+def test_clip_entry_enables_image_search_and_dupes(workspace, run_cli, tiny_clip_folder) -> None:
+    home = workspace.home
+    workspace.models_toml.write_text(f'[models.clip]\ntype = "clip"\npath = "{tiny_clip_folder.as_posix()}"\n')
+    first = render(run_cli, home, "a lighthouse in a storm")[0]
+    second = render(run_cli, home, "a lighthouse in a storm")[0]  # same prompt and seed: the same pixels
+    render(run_cli, home, "a red sports car")
+    assert first["id"] != second["id"]  # the PNGs differ (meta chunk with the time), the pixels do not
+    assert set(index_ids(home)) == {"minilm", "clip"}
+
+    code, out, err = memory_cli(run_cli, home, "dupes", "--json")
+    assert code == 0, err
+    pairs = {frozenset((p["a"], p["b"])): p["score"] for p in json.loads(out)}
+    assert pairs[frozenset((first["id"], second["id"]))] >= 0.999
+
+    code, out, err = memory_cli(run_cli, home, "search", "--image", first["image"], "-k", "2", "--json")
+    assert code == 0, err
+    assert {h["id"] for h in json.loads(out)} == {first["id"], second["id"]}
+    code, out, _ = memory_cli(run_cli, home, "similar", first["id"], "-k", "1", "--json")
+    assert json.loads(out)[0]["id"] == second["id"]
+
+
+def _png(path: Path, colour: tuple[int, int, int], chunks: dict[str, str]) -> Path:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), colour).save(path, pnginfo=info)
+    return path
+
+
+def test_import_reads_a1111_comfyui_and_invokeai_chunks(workspace, run_cli, tmp_path) -> None:
+    source = tmp_path / "old-images"
+    _png(source / "a1111.png", (10, 20, 30), {"parameters": (
+        "a lighthouse in a storm, dramatic\nNegative prompt: blurry\n"
+        "Steps: 25, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1234, Size: 64x48, Model: juggernaut")})
+    comfy = {"3": {"class_type": "KSampler", "inputs": {"seed": 77, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+                                                        "scheduler": "normal", "positive": ["6", 0],
+                                                        "negative": ["7", 0], "model": ["4", 0]}},
+             "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl_base.safetensors"}},
+             "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red sports car on a coast road",
+                                                               "clip": ["4", 1]}},
+             "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "lowres", "clip": ["4", 1]}}}
+    _png(source / "comfy" / "ComfyUI_0001.png", (200, 30, 30), {"prompt": json.dumps(comfy)})
+    invoke = {"positive_prompt": "a cat sleeping on a sofa", "negative_prompt": "", "seed": 9, "steps": 30,
+              "cfg_scale": 5.0, "width": 64, "height": 48, "scheduler": "euler", "model": {"name": "sdxl-base"}}
+    _png(source / "invoke" / "x.png", (240, 240, 200), {"invokeai_metadata": json.dumps(invoke)})
+    _png(source / "plain.png", (0, 0, 0), {})
+    (source / "notes.png").write_text("not an image")
+
+    code, out, err = memory_cli(run_cli, workspace.home, "import", str(source), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["by_tool"] == {"a1111": 1, "comfyui": 1, "invokeai": 1, "unknown": 1}
+    assert report["imported"] == 4 and report["unreadable"] == 1
+    sha = hashlib.sha256((source / "a1111.png").read_bytes()).hexdigest()
+    assert sha in report["ids"]
+
+    code, out, _ = run_cli("--home", str(workspace.home), "artifacts", "show", sha[:16])
+    meta = json.loads(out)
+    assert (meta["engine"]["name"], meta["seed"], meta["steps"], meta["cfg"]) == ("import:a1111", 1234, 25, 6.5)
+    assert meta["model"]["name"] == "juggernaut" and meta["imported"]["source_path"].endswith("a1111.png")
+    assert (Path(meta["path"]) / "image.png").read_bytes() == (source / "a1111.png").read_bytes()
+
+    code, out, _ = memory_cli(run_cli, workspace.home, "search", "automobile on the coast", "-k", "1", "--json")
+    assert json.loads(out)[0]["prompt"] == "a red sports car on a coast road"
+    code, out, _ = memory_cli(run_cli, workspace.home, "search", "kitten napping", "-k", "1", "--project",
+                              "imported", "--json")
+    assert json.loads(out)[0]["engine"] == "import:invokeai"
+
+    code, out, _ = memory_cli(run_cli, workspace.home, "import", str(source))
+    assert code == 0 and "imported 0 images" in out and "4 already imported" in out
+
+
+@pytest.mark.slow
+def test_two_processes_rendering_at_once_lose_nothing(workspace) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    commands = [[sys.executable, "-m", "echo_os", "--home", str(workspace.home), "render", prompt, "--engine",
+                 "draft", "--size", "256x256", "--count", "3", "--seed", "5"]
+                for prompt in ("a lighthouse in a storm", "a red sports car")]
+    processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in commands]
+    for process in processes:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    nums = catalog_nums(workspace.home)
+    assert len(nums) == 6
+    assert index_ids(workspace.home)["minilm"] == nums  # saved by both, read back without any repair
