@@ -85,8 +85,17 @@ def story_home(workspace, run_cli) -> Path:
     return workspace.home
 
 
+@pytest.fixture
+def indexed_home(story_home, run_cli) -> Path:
+    """story_home after one memory command has embedded the draft cards."""
+    code, _, err = memory_cli(run_cli, story_home, "stats")
+    assert code == 0, err
+    return story_home
+
+
 def test_saved_artifacts_are_embedded_and_the_lighthouse_ranks_first(story_home, run_cli) -> None:
-    assert index_ids(story_home)["minilm"] == catalog_nums(story_home)
+    # Draft cards are instant, so their embedding waits for the next memory command, which adds them.
+    assert index_ids(story_home)["minilm"] == set()
     code, out, err = memory_cli(run_cli, story_home, "search", "stormy sea beacon", "-k", "3", "--project", "default",
                                 "--json")
     assert code == 0, err
@@ -97,6 +106,7 @@ def test_saved_artifacts_are_embedded_and_the_lighthouse_ranks_first(story_home,
 
     code, out, _ = memory_cli(run_cli, story_home, "search", "stormy sea beacon", "--project", "Harbor")
     assert code == 0 and "a lighthouse keeper at the harbor" in out and "sofa" not in out
+    assert index_ids(story_home)["minilm"] == catalog_nums(story_home)
 
     code, out, _ = memory_cli(run_cli, story_home, "similar", hits[0]["id"][:12], "-k", "1", "--json")
     assert code == 0 and json.loads(out)[0]["prompt"] == "a lighthouse keeper at the harbor"
@@ -117,7 +127,8 @@ def test_bad_input_is_one_line_and_exit_2(story_home, run_cli, tmp_path) -> None
     assert not lighthouse.exists()
 
 
-def test_drift_is_repaired_on_open_and_reindex_rebuilds(story_home, run_cli) -> None:
+def test_drift_is_repaired_on_open_and_reindex_rebuilds(indexed_home, run_cli) -> None:
+    story_home = indexed_home
     from echo_os.artifacts.catalog import artifact_num
 
     artifacts = sorted(p.parent for p in (story_home / "artifacts").glob("*/*/*/meta.json"))
@@ -134,7 +145,8 @@ def test_drift_is_repaired_on_open_and_reindex_rebuilds(story_home, run_cli) -> 
     assert index_ids(story_home)["minilm"] == catalog_nums(story_home)
 
 
-def test_corrupt_or_truncated_index_is_rebuilt_on_open(story_home, run_cli) -> None:
+def test_corrupt_or_truncated_index_is_rebuilt_on_open(indexed_home, run_cli) -> None:
+    story_home = indexed_home
     folder = story_home / "artifacts" / "memory" / "minilm"
     for path in list(folder.glob("index-*.faiss")) + list(folder.glob("vectors-*.npy")):
         path.write_bytes(path.read_bytes()[:40])  # truncated: neither can be repaired from the other
@@ -225,10 +237,11 @@ def test_import_reads_a1111_comfyui_and_invokeai_chunks(workspace, run_cli, tmp_
 
 
 @pytest.mark.slow
-def test_two_processes_rendering_at_once_lose_nothing(workspace) -> None:
+def test_two_processes_rendering_at_once_lose_nothing(tiny_workspace) -> None:
+    workspace = tiny_workspace
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    commands = [[sys.executable, "-m", "echo_os", "--home", str(workspace.home), "render", prompt, "--engine",
-                 "draft", "--size", "256x256", "--count", "3", "--seed", "5"]
+    commands = [[sys.executable, "-m", "echo_os", "--home", str(workspace.home), "render", prompt, "--model",
+                 "tiny", "--size", "64x64", "--steps", "2", "--count", "3", "--seed", "5"]
                 for prompt in ("a lighthouse in a storm", "a red sports car")]
     processes = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for c in commands]
@@ -238,3 +251,11 @@ def test_two_processes_rendering_at_once_lose_nothing(workspace) -> None:
     nums = catalog_nums(workspace.home)
     assert len(nums) == 6
     assert index_ids(workspace.home)["minilm"] == nums  # saved by both, read back without any repair
+
+
+def test_diffusion_renders_are_embedded_when_saved(tiny_workspace, run_cli) -> None:
+    code, _, err = run_cli("--home", str(tiny_workspace.home), "render", "a lighthouse in a storm", "--model", "tiny",
+                           "--size", "64x64", "--steps", "2", "--count", "2")
+    assert code == 0, err
+    nums = catalog_nums(tiny_workspace.home)
+    assert len(nums) == 2 and index_ids(tiny_workspace.home)["minilm"] == nums  # no repair needed

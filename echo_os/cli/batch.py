@@ -36,15 +36,21 @@ class StoryBar:
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
                 ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None) -> None:
     """Render every scene of a validated StoryPlan in order and print what was made."""
-    from echo_os.cli.render import engine_line
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.cli.render import engine_announcer
+    from echo_os.memory.artifacts import attach
     from echo_os.story.render import render_plan as render_story
 
     bar = StoryBar(len(plan.scenes))
+    store = ArtifactStore(settings)
+    listener = attach(store)  # every scene becomes searchable in Echo Memory (ECHO_OS_NO_MEMORY=1 skips it)
     try:
         result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
-                              progress=bar, on_engine=lambda choice: click.echo(engine_line(choice), err=True))
+                              progress=bar, store=store,
+                              on_engine=engine_announcer(listener))
     finally:
         bar.close()
+        store.close()
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if json_output:

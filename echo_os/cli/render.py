@@ -37,6 +37,23 @@ def engine_line(choice) -> str:
     return f"engine: {choice.name} ({choice.reason})"
 
 
+def engine_announcer(memory_listener):
+    """on_engine callback: print the engine line; rendering is now certain, so start loading the
+    embedding models alongside it. Draft cards take milliseconds, so their embedding is left to the next
+    `echo-os memory` command (which embeds whatever the index lacks) instead of costing seconds here."""
+
+    def announce(choice) -> None:
+        click.echo(engine_line(choice), err=True)
+        if memory_listener is None:
+            return
+        if choice.name == "draft":
+            memory_listener.defer()
+        else:
+            memory_listener.start_preload()
+
+    return announce
+
+
 @click.command()
 @click.argument("prompt")
 @click.option("--style", default="", help="Style words appended to the prompt, e.g. 'digital art'.")
@@ -73,11 +90,11 @@ def render(ctx: click.Context, prompt: str, size: str, seed: int | None, batch_s
     request = build_request(**fields)
 
     store = ArtifactStore(settings)
-    attach(store, enabled=not no_memory)
+    listener = attach(store, enabled=not no_memory)
     bar = StepBar(request.count)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=lambda choice: click.echo(engine_line(choice), err=True))
+                                  on_engine=engine_announcer(listener))
     finally:
         bar.close()
         store.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,10 +227,14 @@ class ArtifactMemory:
 
 
 def describe_reports(reports: Sequence[ReconcileReport]) -> str | None:
-    """One line saying what reconciling changed, or None when the indexes already matched the catalog."""
+    """One line saying what reconciling repaired, or None when nothing was broken or stale.
+
+    Embedding artifacts the index has not seen yet is routine (draft cards are embedded by the next
+    memory command, see MemoryListener.defer) and is not reported on its own.
+    """
     parts = []
     for report in reports:
-        if not report.changed:
+        if not (report.rebuilt or report.removed):
             continue
         bits = []
         if report.rebuilt:
@@ -279,11 +284,37 @@ class MemoryListener:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._memory: Memory | None = None
+        self._preload: threading.Thread | None = None
+        self.deferred = False
+
+    def defer(self) -> None:
+        """Leave embedding to the next `echo-os memory` command (it embeds whatever the index lacks).
+        For instant renders (draft cards), where loading the text model would cost more than the render."""
+        self.deferred = True
+
+    def start_preload(self) -> None:
+        """Load the embedding models in the background (seconds), so they are ready when the first
+        image is saved. Call it once rendering is certain to start (after the engine is chosen)."""
+        if self._preload is None and self._memory is None:
+            self._preload = threading.Thread(target=self._load_models, name="echo-os-memory-preload", daemon=True)
+            self._preload.start()
+
+    def _load_models(self) -> None:
+        try:
+            for embedder in build_embedders(self.settings).embedders:
+                embedder.embed_texts(["warm up"])
+        except Exception:  # the first save loads them again and reports any real problem
+            log.debug("memory preload failed", exc_info=True)
 
     def __call__(self, artifact: Artifact) -> None:
         from echo_os.memory.index import MemoryIndexError
         from echo_os.memory.service import Memory
 
+        if self.deferred:
+            return
+        if self._preload is not None:
+            self._preload.join()
+            self._preload = None
         if self._memory is None:
             self._memory = Memory(self.settings.memory_dir, build_embedders(self.settings).embedders)
         item = memory_item_from_meta(artifact.meta.model_dump(mode="json"), artifact.image_path)
