@@ -229,3 +229,20 @@ def test_pick_batch_size_is_monotone_and_bounded():
     assert cuda_profile.pick_batch_size(10**15, 1024, 1024, max_batch=4) == 4
     assert cuda_profile.log2_batches(16) == [1, 2, 4, 8, 16]
     assert cuda_profile.max_batch_for(PROFILES["default-cuda"], 70 * GiB, 1024, 1024) == 16
+
+
+def test_engine_profile_choice_is_cuda_only_and_exact(monkeypatch):
+    from echo_os.engines.sdxl import choose_profile
+    from echo_os.errors import UsageError
+
+    assert choose_profile("cpu", "float32") is None
+    assert choose_profile("cuda", "bfloat16").name == "default-cuda"
+    assert choose_profile("cuda", "float16") is None  # the profile runs in bf16; an fp16 request keeps fp16
+    monkeypatch.setenv("ECHO_OS_PROFILE", "eager")
+    assert choose_profile("cuda", "bfloat16").compile is False
+    monkeypatch.setenv("ECHO_OS_PROFILE", "cfg-cutoff")
+    with pytest.raises(UsageError, match="changes the image"):
+        choose_profile("cuda", "bfloat16")
+    monkeypatch.setenv("ECHO_OS_PROFILE", "warp-speed")
+    with pytest.raises(UsageError, match="not a render profile"):
+        choose_profile("cuda", "bfloat16")

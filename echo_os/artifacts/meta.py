@@ -63,6 +63,7 @@ class ArtifactMeta(BaseModel):
     request_key: str | None = None  # requests.image_request_key(request): what a batch re-run skips by
     ip_adapter: ModelRecord | None = None  # adapter weights used with the request's reference images
     vae_tiling: bool = False
+    profile: str | None = None  # CUDA render profile applied (engines/cuda_profile.py), None on CPU
 
     def replay_request(self) -> RenderRequest:
         return RenderRequest.model_validate(self.request)

@@ -139,6 +139,7 @@ class ArtifactStore:
             request_key=image_request_key(one_image),
             ip_adapter=_model_record(runtime.ip_adapter),
             vae_tiling=runtime.vae_tiling,
+            profile=runtime.profile,
         )
 
     @staticmethod

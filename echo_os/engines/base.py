@@ -71,6 +71,7 @@ class RuntimeInfo:
     model: ModelInfo | None = None
     ip_adapter: ModelInfo | None = None  # the adapter weights, when the request had reference images
     vae_tiling: bool = False  # decoded tile by tile (the OOM back-off's last step); changes pixels slightly
+    profile: str | None = None  # the CUDA render profile (engines/cuda_profile.py), when one was applied
 
 
 @dataclass

@@ -92,6 +92,31 @@ class LoadedPipeline:
     load_s: float
     lock: threading.Lock
     ip_adapter: AdapterState = field(default_factory=AdapterState)
+    profile: Any = None  # cuda_profile.RenderProfile applied at load, None off CUDA
+
+
+def choose_profile(device: str, dtype: str):
+    """The render profile for a pipeline: on CUDA the measured default ("default-cuda": bf16, channels_last,
+    torch.compile, the fastest SDPA kernel), or ECHO_OS_PROFILE (e.g. "eager" to skip compiling). Only
+    exact profiles are chosen here: image-changing ones must be recorded per request. None off CUDA, or when
+    the dtype asked for is not the profile's."""
+    import os
+
+    from echo_os.engines.cuda_profile import get_profile
+
+    if device != "cuda":
+        return None
+    name = os.environ.get("ECHO_OS_PROFILE", "default-cuda")
+    try:
+        profile = get_profile(name)
+    except (KeyError, ValueError) as error:
+        raise UsageError(f"ECHO_OS_PROFILE={name!r} is not a render profile ({error}).") from None
+    if profile.image_changing:
+        raise UsageError(f"ECHO_OS_PROFILE={name!r} changes the image; only exact profiles can be the default.")
+    if profile.dtype != dtype:
+        log.info("render profile %s skipped: it runs in %s, %s was asked for", name, profile.dtype, dtype)
+        return None
+    return profile
 
 
 @dataclass(frozen=True)
@@ -232,7 +257,12 @@ class SDXLEngine:
             loaded = LoadedPipeline(pipe=pipe, base_scheduler_config=dict(pipe.scheduler.config),
                                     model=model_info(self.settings, resolved), device=device, dtype=dtype,
                                     attention=request.attention, load_s=time.perf_counter() - started,
-                                    lock=threading.Lock())
+                                    lock=threading.Lock(), profile=choose_profile(device, dtype))
+            if loaded.profile is not None:
+                from echo_os.engines.cuda_profile import apply_profile
+
+                # Compiling is lazy: each new (batch, size) shape pays it once on its first call.
+                apply_profile(pipe, loaded.profile, device, cache_dir=self.settings.cache_dir / "torch-compile")
             _PIPELINES[key] = loaded
             log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype, loaded.load_s)
             return loaded
@@ -289,7 +319,15 @@ class SDXLEngine:
             return callback_kwargs
 
         started = time.perf_counter()
-        with torch.inference_mode():
+        if loaded.profile is not None:
+            from echo_os.engines.cuda_profile import sdpa_context
+
+            attention_kernel = sdpa_context(loaded.profile, loaded.device)
+        else:
+            import contextlib
+
+            attention_kernel = contextlib.nullcontext()
+        with torch.inference_mode(), attention_kernel:
             latents = pipe(
                 prompt=prompts, negative_prompt=negatives, generator=generators,
                 num_inference_steps=first.steps, guidance_scale=first.cfg,
@@ -306,7 +344,8 @@ class SDXLEngine:
 
         runtime = RuntimeInfo(engine=self.name, reason=self.reason, device=loaded.device, dtype=loaded.dtype,
                               attention=loaded.attention, model=loaded.model, ip_adapter=adapter_info,
-                              vae_tiling=self.vae_tiling)
+                              vae_tiling=self.vae_tiling,
+                              profile=loaded.profile.name if loaded.profile is not None else None)
         results, offset = [], 0
         for request in requests:
             rendered = [RenderedImage(image=pil_images[offset + i], seed=seed) for i, seed in enumerate(request.seeds)]
