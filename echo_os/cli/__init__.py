@@ -27,6 +27,7 @@ COMMANDS = {
     "artifacts": "echo_os.cli.artifacts:artifacts",
     "models": "echo_os.cli.models:models",
     "batch": "echo_os.cli.batch:batch",
+    "serve": "echo_os.cli.serve:serve",
 }
 
 
