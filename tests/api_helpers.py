@@ -71,6 +71,9 @@ class FakeEngine:
     step_started: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     hold: bool = False
+    # call number -> a gate its steps wait on (instead of `release`); call_started[n] is set at its first step
+    gates: dict[int, threading.Event] = field(default_factory=dict)
+    call_started: dict[int, threading.Event] = field(default_factory=dict)
 
     def __post_init__(self):
         self.capabilities = Capabilities(txt2img=True, max_batch=self.max_batch, needs_weights=False)
@@ -86,7 +89,10 @@ class FakeEngine:
         from PIL import Image
 
         with self._lock:
+            number = len(self.calls)
             self.calls.append([(r.prompt, tuple(r.seeds)) for r in requests])
+            started = self.call_started.setdefault(number, threading.Event())
+            gate = self.gates.get(number, self.release)
             failing = self.fail_times > 0 or (self.fail_prompt is not None
                                               and any(r.prompt == self.fail_prompt for r in requests))
             if self.fail_times > 0:
@@ -97,7 +103,8 @@ class FakeEngine:
         total = requests[0].steps
         for step in range(1, total + 1):
             self.step_started.set()
-            while not self.release.wait(0.01):
+            started.set()
+            while not gate.wait(0.01):
                 if cancel is not None and cancel.is_set():
                     break
             if cancel is not None and cancel.is_set():

@@ -132,28 +132,27 @@ async def test_cancel_running_job_stops_at_next_step_and_saves_nothing(workspace
 
 
 async def test_cancelling_one_job_of_a_batched_call_requeues_the_others(workspace):
-    engine = FakeEngine(hold=True)
+    import threading
+
+    gates = {0: threading.Event(), 1: threading.Event()}
+    engine = FakeEngine(gates=gates, call_started={n: threading.Event() for n in range(2)})
     async with api_client(workspace, make_engine=engine, options=fake_options(max_batch=8)) as (client, _):
         first = (await client.post("/api/render", json={"prompt": "first", "steps": 3, "size": "64x64"})).json()["job_id"]
-        await asyncio.to_thread(engine.step_started.wait, 30)
+        await asyncio.to_thread(engine.call_started[0].wait, 30)
         # first holds the engine; these three queue up and are claimed together next
         mates = [(await client.post("/api/render", json={"prompt": f"mate {i}", "steps": 3, "size": "64x64"})).json()["job_id"]
                  for i in range(3)]
-        engine.release.set()
-        await wait_job(client, first)
-        engine.release.clear()
-        engine.step_started.clear()
-        # wait until the three are rendering together, then cancel one of them
-        while not (len(engine.calls) >= 2 and engine.step_started.is_set()):
-            await asyncio.sleep(0.01)
+        gates[0].set()
+        await asyncio.to_thread(engine.call_started[1].wait, 30)
         assert sorted(prompt for prompt, _ in engine.calls[1]) == ["mate 0", "mate 1", "mate 2"]
-        await client.post(f"/api/jobs/{mates[1]}/cancel")
-        engine.release.set()
+        assert (await client.post(f"/api/jobs/{mates[1]}/cancel")).status_code == 202
         results = {job_id: await wait_job(client, job_id) for job_id in mates}
+        assert (await wait_job(client, first))["status"] == "succeeded"
     assert results[mates[1]]["status"] == "cancelled" and results[mates[1]]["artifact_ids"] == []
     for job_id in (mates[0], mates[2]):
         assert results[job_id]["status"] == "succeeded" and len(results[job_id]["artifact_ids"]) == 1
         assert results[job_id]["attempts"] == 1  # the interruption was not their failure
+    assert sorted(prompt for prompt, _ in engine.calls[2]) == ["mate 0", "mate 2"]
 
 
 # ---- dynamic batching -----------------------------------------------------------------------------------

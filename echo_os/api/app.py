@@ -42,6 +42,7 @@ from echo_os.api.events import (
 from echo_os.api.jobs import JOB_ID_PATTERN, Job, JobProgress, JobSpec, JobStatus, JobStore, new_job_id, now_iso
 from echo_os.api.schemas import (
     ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage, JobView, RenderBody, Submitted,
+    error_responses,
 )
 from echo_os.api.security import Guard, GuardSettings, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
@@ -155,7 +156,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             state.catalog.close()
             jobs.close()
 
-    app = FastAPI(title="echo-os", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="echo-os", version=__version__, lifespan=lifespan, responses=error_responses(401),
                   description="Render images on this machine's GPU. Jobs are durable; every image is an "
                               "artifact (PNG + meta.json). The OpenAI Images API is at /v1/images/generations.")
     app.add_middleware(Guard, settings=GuardSettings(token=token, allowed_origins=options.allowed_origins,
@@ -202,7 +203,7 @@ def _add_routes(app: FastAPI) -> None:
 
     # -- submitting ----------------------------------------------------------------------------------
     @app.post("/api/render", status_code=202, response_model=Submitted, tags=["jobs"],
-              responses={422: {"description": "A field is out of bounds; `detail[].loc` names it"}})
+              responses=error_responses(400, 403, 413, 422))
     async def submit_render(body: RenderBody, api: Api) -> JSONResponse:
         """Queue `echo-os render` with these parameters."""
         fields = body.model_dump(exclude={"negative", "size", "seed"}, exclude_none=True)
@@ -216,7 +217,8 @@ def _add_routes(app: FastAPI) -> None:
         await api.submitter.submit(job)
         return submitted(job.id)
 
-    @app.post("/api/batch", status_code=202, response_model=BatchSubmitted, tags=["jobs"])
+    @app.post("/api/batch", status_code=202, response_model=BatchSubmitted, tags=["jobs"],
+              responses=error_responses(400, 403, 413, 422))
     async def submit_batch(body: BatchBody, api: Api) -> JSONResponse:
         """Queue a story: `storyboard` (story.csv text) with an optional `bible`, or `prompts`."""
         job_id = new_job_id()
@@ -243,14 +245,14 @@ def _add_routes(app: FastAPI) -> None:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         return job
 
-    @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+    @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=error_responses(404, 422))
     async def get_job(job_id: JobId, api: Api) -> JobView:
         job = await find_job(api, job_id)
         return job_view(job, api.hub.progress(job_id))
 
     @app.post("/api/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"],
               responses={202: {"model": JobView, "description": "Running: it stops at the next step"},
-                         409: {"description": "The job had already finished"}})
+                         **error_responses(403, 404, 409, 422)})
     async def cancel_job(job_id: JobId, api: Api) -> JSONResponse:
         """A queued job is cancelled at once (200); a running one stops at its next denoising step and
         saves no unfinished image (202; the `cancelled` event follows)."""
@@ -276,7 +278,8 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/api/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "Server-Sent Events: queued, started, progress, artifact, "
-                                             "then one of succeeded, failed, cancelled"}})
+                                             "then one of succeeded, failed, cancelled"},
+                        **error_responses(404, 422)})
     async def job_events(job_id: JobId, api: Api) -> StreamingResponse:
         """The job's events as Server-Sent Events. The current state comes first; the stream ends after
         the final event."""
@@ -294,7 +297,8 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/api/artifacts", response_model=ArtifactPage, tags=["artifacts"])
     async def list_artifacts(api: Api, project: Annotated[str | None, Query(max_length=200)] = None,
                              model: Annotated[str | None, Query(max_length=200)] = None,
-                             since: Annotated[str | None, Query(max_length=40, description="ISO date or time")] = None,
+                             since: Annotated[str | None, Query(max_length=40, pattern=r"^\d{4}-\d{2}-\d{2}",
+                                                                description="ISO date or time")] = None,
                              limit: Annotated[int, Query(ge=1, le=500)] = 50,
                              offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> ArtifactPage:
         """Newest first."""
@@ -311,13 +315,15 @@ def _add_routes(app: FastAPI) -> None:
         return ArtifactPage(items=[artifact_view(row) for row in rows[:limit]], limit=limit, offset=offset,
                             next_offset=offset + limit if more else None)
 
-    @app.get("/api/artifacts/{artifact_id}", response_model=ArtifactView, tags=["artifacts"])
+    @app.get("/api/artifacts/{artifact_id}", response_model=ArtifactView, tags=["artifacts"],
+             responses=error_responses(404, 422))
     async def get_artifact(artifact_id: ArtifactId, api: Api) -> ArtifactView:
         row = await run_in_threadpool(api.catalog.resolve, artifact_id.lower())
         return artifact_view(row, with_meta=True)
 
     @app.get("/api/artifacts/{artifact_id}/image", tags=["artifacts"], response_class=FileResponse,
-             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
+             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+                        **error_responses(404, 422)})
     async def get_artifact_image(artifact_id: ArtifactId, api: Api,
                                  format: Annotated[str, Query(pattern="^(png|jpeg|webp)$")] = "png") -> Response:
         """The PNG as saved (its metadata chunks included), or converted to jpeg / webp."""

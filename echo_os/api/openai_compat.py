@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from echo_os.api.deps import Api, ApiState, artifact_image_path, build_render_request, convert_image
-from echo_os.api.schemas import EngineName
+from echo_os.api.schemas import EngineName, error_responses
 from echo_os.api.jobs import Job, JobSpec, new_job_id, now_iso
 from echo_os.requests import MAX_COUNT, MAX_SEED, MAX_STEPS
 
@@ -40,7 +40,7 @@ OPENAI_NAMES = {"count": "n", "width": "size", "height": "size"}
 class ImageGenerationBody(BaseModel):
     """OpenAI's `images.generate` parameters, plus echo-os's own (seed, negative_prompt, steps, cfg)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     prompt: str = Field(min_length=1, max_length=32_000)
     model: str | None = Field(default=None, max_length=200)
@@ -85,8 +85,8 @@ def model_for(name: str | None, default: str) -> str:
 
 
 @router.post("/v1/images/generations", response_model=ImagesResponse,
-             responses={422: {"description": "A field is out of bounds; `error.param` names it"},
-                        500: {"description": "The render failed"}})
+             responses={**error_responses(400, 403, 409, 413, 422), 500: {"description": "The render failed"},
+                        503: {"description": "The server is stopping"}})
 async def create_image(body: ImageGenerationBody, request: Request, api: Api) -> JSONResponse:
     """Render `n` images and answer when they are saved (OpenAI's images.generate)."""
     if body.stream:

@@ -28,7 +28,7 @@ MAX_STORY_TEXT = 2 * 1024 * 1024  # characters of a storyboard or bible sent in 
 class RenderBody(BaseModel):
     """`echo-os render`, as JSON. `size` is WIDTHxHEIGHT (multiples of 8, at most 4096 a side)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"prompt": "warm fractal", "style": "digital art", "seed": 42, "steps": 30, "cfg": 7,
                       "size": "1024x1024", "count": 1, "project": "Fractals"}]})
 
@@ -55,7 +55,7 @@ class BatchBody(BaseModel):
     """A story: `storyboard` (story.csv text) with an optional `bible` (STORY_BIBLE.md text), or a list of
     `prompts` (lines in the @prompts.txt syntax). Options override the files, as `echo-os batch` does."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     project: str = Field(min_length=1, max_length=200)
     storyboard: str | None = Field(default=None, min_length=1, max_length=MAX_STORY_TEXT)
@@ -142,3 +142,13 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+def error_responses(*statuses: int) -> dict[int, dict]:
+    """OpenAPI `responses` entries for the errors a route can answer with."""
+    reasons = {400: "The body is not UTF-8 text", 401: "Missing or wrong bearer token (when the server has one)",
+               403: "A cross-site browser request", 404: "No such job or artifact",
+               409: "The job had already finished", 413: "The body is larger than the limit",
+               422: "A field is out of bounds; `detail[].loc` names it"}
+    return {status: {"model": ErrorBody if status != 422 else None, "description": reasons[status]}
+            for status in statuses}
