@@ -210,8 +210,9 @@ def _add_routes(app: FastAPI) -> None:
         fields["negative_prompt"] = body.negative
         if body.seed is not None:
             fields["seed"] = body.seed
-        request = await run_in_threadpool(build_render_request, api.settings, fields, size=body.size,
-                                          names=RENDER_BODY_NAMES)
+        # On the loop, not in a thread: it takes ~0.3 ms, and each thread hop costs a GIL hand-over while
+        # the worker renders.
+        request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES)
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
                   created=now_iso())
         await api.submitter.submit(job)

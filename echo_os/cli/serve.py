@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from echo_os.cli import settings_from
@@ -53,6 +55,9 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
     app = create_app(settings, token=token, options=options)
     click.echo(f"echo-os serving {settings.home} on http://{host}:{port} "
                f"({'token required' if token else 'no token: this machine only'})", err=True)
+    # The worker thread renders while this one answers requests: hand the GIL over every 1 ms instead of
+    # Python's default 5 ms, so a submission waits at most that long behind the worker's Python code.
+    sys.setswitchinterval(0.001)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             server_header=False)
     uvicorn.Server(config).run()
