@@ -571,3 +571,14 @@ async def test_openapi_spec_is_served(workspace):
 def test_app_factory_has_no_side_effects(workspace):
     create_app(workspace)
     assert not workspace.artifacts_dir.exists()
+
+
+async def test_one_server_per_workspace(workspace):
+    from echo_os.errors import UsageError
+
+    async with api_client(workspace, start_worker=False):
+        with pytest.raises(UsageError, match="another echo-os server"):
+            async with api_client(workspace, start_worker=False):
+                pass
+    async with api_client(workspace, start_worker=False) as (client, _):  # released on shutdown
+        assert (await client.get("/health")).status_code == 200

@@ -324,3 +324,10 @@ def test_refuses_a_public_address_without_a_token(tmp_path):
                                      PYTHONPATH=str(REPO_ROOT)))
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 without a token" in result.stderr
+
+
+def test_a_second_server_on_the_same_workspace_is_refused(server):
+    result = subprocess.run([sys.executable, "-m", "echo_os", "--home", str(server.home), "serve", "--port",
+                             str(free_port())], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert result.returncode == 2 and "another echo-os server is serving" in result.stderr

@@ -107,6 +107,24 @@ def snapshot_events(job: Job, live: JobProgressed | None) -> list:
 
 # ---- the app ------------------------------------------------------------------------------------------
 
+def jobs_db_path(settings: Settings) -> Path:
+    return settings.artifacts_dir / "jobs.db"
+
+
+def hold_server_lock(settings: Settings):
+    """The workspace's server lock, held until released (or the process dies); UsageError if taken."""
+    from filelock import FileLock, Timeout
+
+    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(jobs_db_path(settings)) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(f"another echo-os server is serving {settings.home}; stop it first "
+                         "(one server per workspace owns its job queue)") from None
+    return lock
+
+
 def create_app(settings: Settings, *, token: str | None = None, start_worker: bool = True,
                options: ApiOptions | None = None, make_engine: EngineFactory | None = None) -> FastAPI:
     """A FastAPI app for one workspace. `make_engine(request) -> Engine` replaces the CLI's engine
@@ -117,7 +135,9 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         hub = EventHub(loop)
-        jobs = JobStore(settings.artifacts_dir / "jobs.db", max_attempts=options.max_attempts)
+        # One server per workspace: a second one would take the first one's running jobs for crashed ones.
+        server_lock = hold_server_lock(settings)
+        jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts)
         recovery = jobs.recover()
         if recovery.requeued or recovery.failed or recovery.cancelled:
             log.warning("recovered jobs left running by a stopped server: %d queued again, %d failed, "
@@ -155,6 +175,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
                 store.close()
             state.catalog.close()
             jobs.close()
+            server_lock.release()
 
     app = FastAPI(title="echo-os", version=__version__, lifespan=lifespan, responses=error_responses(401),
                   description="Render images on this machine's GPU. Jobs are durable; every image is an "

@@ -41,11 +41,13 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
     import uvicorn
 
     from echo_os.api import ApiOptions, create_app
+    from echo_os.api.app import hold_server_lock
     from echo_os.api.security import LOOPBACK_NAMES, check_bind, is_loopback
 
     settings = settings_from(ctx)
     token = token or None
     check_bind(host, token)
+    hold_server_lock(settings).release()  # fail now, with one line, rather than inside uvicorn's startup
     # Bound to loopback without a token, only loopback Host names are answered, so a web page whose
     # name a DNS trick points at 127.0.0.1 cannot use the server.
     allowed_hosts = None if token or not is_loopback(host) else tuple(sorted({*LOOPBACK_NAMES, host.strip("[]")}))
