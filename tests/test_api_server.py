@@ -282,7 +282,7 @@ def test_kill_9_and_restart_completes_every_job_exactly_once(tmp_path_factory, t
     saved_before = {job_id: [row[0] for row in db.execute(
         "SELECT artifact_id FROM job_images WHERE job_id = ? ORDER BY image", (job_id,))] for job_id in ids}
     db.close()
-    assert running == partly
+    assert running, "no job was running when the server was killed"
 
     second = start_server(home, "--max-batch", "2", port=port)
     try:
@@ -295,7 +295,7 @@ def test_kill_9_and_restart_completes_every_job_exactly_once(tmp_path_factory, t
     assert all(len(set(done[i]["artifact_ids"])) == 4 for i in ids)
     for job_id in ids:  # what was saved before the kill is kept, not made again
         assert done[job_id]["artifact_ids"][:len(saved_before[job_id])] == saved_before[job_id]
-    assert done[running[0]]["attempts"] == 2
+    assert all(done[job_id]["attempts"] == 2 for job_id in running)  # interrupted, then ran again
     assert len(artifacts) == 16
     assert sorted(a["seed"] for a in artifacts) == sorted(1000 * i + k for i in range(4) for k in range(4))
     assert len(list((home / "artifacts").glob("*/*/*/image.png"))) == 16  # no duplicate folder either

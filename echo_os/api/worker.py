@@ -240,6 +240,8 @@ class Worker:
                 self._finish_succeeded(run)
 
     def _engine(self, request: RenderRequest) -> "Engine":
+        # One engine per coalesce key for the life of the server (pipelines are cached by the engines
+        # anyway); `auto` is decided once, so weights added later are used after a restart.
         key = coalesce_key(request)
         if key not in self._engines:
             self._engines[key] = self.make_engine(request)
