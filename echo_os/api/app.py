@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator
@@ -133,49 +133,43 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        hub = EventHub(loop)
-        # One server per workspace: a second one would take the first one's running jobs for crashed ones.
-        server_lock = hold_server_lock(settings)
-        jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts)
-        recovery = jobs.recover()
-        if recovery.requeued or recovery.failed or recovery.cancelled:
-            log.warning("recovered jobs left running by a stopped server: %d queued again, %d failed, "
-                        "%d cancelled", len(recovery.requeued), len(recovery.failed), len(recovery.cancelled))
-        worker = None
-        store = None
-        if start_worker:
-            from echo_os.artifacts.store import ArtifactStore
+        async with AsyncExitStack() as cleanup:  # closes what was opened, in reverse, even after a failure
+            # One server per workspace: a second one would take the first one's running jobs for crashed ones.
+            cleanup.callback(hold_server_lock(settings).release)
+            jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts)
+            cleanup.callback(jobs.close)
+            recovery = jobs.recover()
+            if recovery.requeued or recovery.failed or recovery.cancelled:
+                log.warning("recovered jobs left running by a stopped server: %d queued again, %d failed, "
+                            "%d cancelled", len(recovery.requeued), len(recovery.failed), len(recovery.cancelled))
+            catalog = CatalogReader(settings)
+            cleanup.callback(catalog.close)
+            hub = EventHub(asyncio.get_running_loop())
+            worker = None
+            if start_worker:
+                from echo_os.artifacts.store import ArtifactStore
 
-            store = ArtifactStore(settings)
-            worker = Worker(jobs, store, hub.publish_threadsafe,
-                            make_engine=make_engine or default_engine_factory(settings),
-                            max_batch=options.max_batch, batch_window_ms=options.batch_window_ms)
+                store = ArtifactStore(settings)
+                cleanup.callback(store.close)
+                worker = Worker(jobs, store, hub.publish_threadsafe,
+                                make_engine=make_engine or default_engine_factory(settings),
+                                max_batch=options.max_batch, batch_window_ms=options.batch_window_ms)
 
-        def on_stored(stored: list[Job]) -> None:
-            for job in stored:
-                hub.publish(JobQueued(job_id=job.id))
+            def on_stored(stored: list[Job]) -> None:
+                for job in stored:
+                    hub.publish(JobQueued(job_id=job.id))
+                if worker is not None:
+                    worker.wake()
+
+            submitter = Submitter(jobs, on_stored)
+            cleanup.callback(submitter.close)
+            app.state.api = ApiState(settings=settings, options=options, jobs=jobs, hub=hub, submitter=submitter,
+                                     catalog=catalog, worker=worker, started_worker=start_worker)
             if worker is not None:
-                worker.wake()
-
-        state = ApiState(settings=settings, options=options, jobs=jobs, hub=hub,
-                         submitter=Submitter(jobs, on_stored), catalog=CatalogReader(settings), worker=worker,
-                         started_worker=start_worker)
-        app.state.api = state
-        if worker is not None:
-            worker.start()
-        try:
+                worker.start()
+                cleanup.push_async_callback(asyncio.to_thread, worker.stop)
+            cleanup.callback(hub.close)  # first: SSE streams and waiting OpenAI requests end
             yield
-        finally:
-            hub.close()
-            if worker is not None:
-                await asyncio.to_thread(worker.stop)
-            state.submitter.close()
-            if store is not None:
-                store.close()
-            state.catalog.close()
-            jobs.close()
-            server_lock.release()
 
     app = FastAPI(title="echo-os", version=__version__, lifespan=lifespan, responses=error_responses(401),
                   description="Render images on this machine's GPU. Jobs are durable; every image is an "

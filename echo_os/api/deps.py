@@ -108,7 +108,6 @@ class CatalogReader:
     def __init__(self, settings: Settings):
         from echo_os.artifacts.catalog import Catalog
 
-        self.root = settings.artifacts_dir
         self._catalog = Catalog(settings.catalog_path)
         self._lock = threading.Lock()
 
