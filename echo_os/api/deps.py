@@ -49,6 +49,7 @@ class Submitter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-os-jobs-writer")
         self._pending: list[tuple[Job, asyncio.Future]] = []
         self._flushing = False
+        self._flush_task: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
     async def submit(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
@@ -56,7 +57,7 @@ class Submitter:
         self._pending.append((job, stored))
         if not self._flushing:
             self._flushing = True
-            loop.create_task(self._flush())
+            self._flush_task = loop.create_task(self._flush())
         await stored
 
     async def _flush(self) -> None:
