@@ -29,6 +29,7 @@ COMMANDS = {
     "batch": "echo_os.cli.batch:batch",
     "memory": "echo_os.cli.memory:memory",
     "gallery": "echo_os.cli.gallery:gallery",
+    "serve": "echo_os.cli.serve:serve",
 }
 
 

@@ -1,0 +1,388 @@
+"""The durable job queue: jobs and the images they have saved, in their own SQLite file.
+
+`artifacts/jobs.db`, WAL, synchronous=FULL (a 202 means the job is on disk), numbered migrations applied
+on every open (like the catalog). Writes go through one connection behind one lock; readers get their own
+connection per thread, which WAL lets read while the writer writes.
+
+A job is a list of RenderRequests (`items`): one for `/api/render`, one per planned scene for
+`/api/batch`. Image k of a job is the k-th image counting through the items in order; each saved image is
+recorded against (job id, k) right after ArtifactStore.save, so a job that runs again after a crash
+skips the images it already has.
+
+Claiming is one atomic `UPDATE ... WHERE seq IN (SELECT ...) RETURNING`, so two claimers can never take
+the same job. Compatible render jobs (same `coalesce_key`) are claimed together for one batched call.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from echo_os.requests import RenderRequest
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["render", "batch"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def coalesce_key(request: RenderRequest) -> str:
+    """Render jobs with equal keys may share one pipeline call: the engine asked for plus the
+    request's batch key (model, size, steps, cfg, scheduler, device, dtype, attention)."""
+    return json.dumps([request.engine, *request.batch_key()])
+
+
+class JobSpec(BaseModel):
+    """What a job renders, persisted as the `request` column."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    items: tuple[RenderRequest, ...] = Field(min_length=1)
+    title: str | None = None  # a batch: the story's title
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def images_total(self) -> int:
+        return sum(item.count for item in self.items)
+
+
+class JobProgress(BaseModel):
+    """Denoising step of the current pipeline call, and images saved out of the job's total."""
+
+    step: int = 0
+    total_steps: int = 0
+    images_done: int = 0
+    images_total: int = 0
+
+
+class Job(BaseModel):
+    """One row of the jobs table, typed."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    spec: JobSpec
+    attempts: int = 0
+    error: str | None = None
+    cancel_requested: bool = False
+    solo: bool = False  # after a failed batched call: render alone next time, to find the culprit
+    created: str
+    started: str | None = None
+    finished: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    artifact_ids: list[str] = Field(default_factory=list)  # in image order
+
+    @property
+    def images_total(self) -> int:
+        return self.spec.images_total
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    index: int
+    artifact_id: str
+
+
+# ---- schema --------------------------------------------------------------------------------------
+
+def _m001_jobs(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL CHECK (kind IN ('render', 'batch')),
+            status TEXT NOT NULL
+                CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+            request TEXT NOT NULL,
+            coalesce_key TEXT,
+            images_total INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            solo INTEGER NOT NULL DEFAULT 0,
+            timings TEXT NOT NULL DEFAULT '{}',
+            created TEXT NOT NULL,
+            started TEXT,
+            finished TEXT
+        )""")
+    db.execute("CREATE INDEX jobs_status ON jobs(status, seq)")
+    db.execute("CREATE INDEX jobs_coalesce ON jobs(status, coalesce_key, seq)")
+    db.execute("""
+        CREATE TABLE job_images (
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            image INTEGER NOT NULL,
+            artifact_id TEXT NOT NULL,
+            saved TEXT NOT NULL,
+            PRIMARY KEY (job_id, image)
+        )""")
+    db.execute("CREATE INDEX job_images_artifact ON job_images(artifact_id)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_jobs]
+
+_COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
+            "finished")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+class JobStore:
+    """The jobs table and its one writer. Thread-safe: every write holds `_write_lock`."""
+
+    def __init__(self, path: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS):
+        self.path = path
+        self.max_attempts = max_attempts
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._db = _connect(path)
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                    migration(self._db)
+                    self._db.execute(f"PRAGMA user_version = {number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._write_lock, self._readers_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+            self._db.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._readers.conn = conn
+            with self._readers_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    # ---- rows ---------------------------------------------------------------------------------
+    @staticmethod
+    def _job(row: tuple, images: dict[str, list[str]] | None = None) -> Job:
+        (job_id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started,
+         finished) = row
+        return Job(id=job_id, kind=kind, status=status, spec=JobSpec.model_validate_json(request),
+                   attempts=attempts, error=error, cancel_requested=bool(cancel_requested), solo=bool(solo),
+                   timings=json.loads(timings), created=created, started=started, finished=finished,
+                   artifact_ids=(images or {}).get(job_id, []))
+
+    @staticmethod
+    def _artifacts_of(db: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for job_id, artifact_id in db.execute(
+                    f"SELECT job_id, artifact_id FROM job_images WHERE job_id IN ({marks}) ORDER BY job_id, image",
+                    chunk):
+                found.setdefault(job_id, []).append(artifact_id)
+        return found
+
+    def _jobs(self, db: sqlite3.Connection, rows: list[tuple]) -> list[Job]:
+        images = self._artifacts_of(db, [row[0] for row in rows])
+        return [self._job(row, images) for row in rows]
+
+    # ---- submitting ---------------------------------------------------------------------------
+    def insert(self, jobs: Iterable[Job]) -> None:
+        """Add jobs in one transaction: one fsync however many arrive together (group commit)."""
+        rows = [(job.id, job.kind, job.status, job.spec.model_dump_json(),
+                 coalesce_key(job.spec.items[0]) if job.kind == "render" else None, job.images_total,
+                 job.created) for job in jobs]
+        with self._write_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO jobs (id, kind, status, request, coalesce_key, images_total, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # ---- reading ------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        db = self._reader()
+        row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._jobs(db, [row])[0] if row else None
+
+    def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0,
+             newest_first: bool = True) -> list[Job]:
+        db = self._reader()
+        sql, params = f"SELECT {_COLUMNS} FROM jobs", []
+        if status:
+            sql += " WHERE status = ?"
+            params.append(status)
+        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ? OFFSET ?"
+        params += [limit, offset]
+        return self._jobs(db, db.execute(sql, params).fetchall())
+
+    def counts(self) -> dict[str, int]:
+        found = dict.fromkeys(JOB_STATUSES, 0)
+        for status, count in self._reader().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+            found[status] = count
+        return found
+
+    def saved_images(self, job_id: str) -> list[SavedImage]:
+        rows = self._reader().execute(
+            "SELECT image, artifact_id FROM job_images WHERE job_id = ? ORDER BY image", (job_id,))
+        return [SavedImage(index, artifact_id) for index, artifact_id in rows]
+
+    def recorded_artifact_ids(self, artifact_ids: Iterable[str]) -> set[str]:
+        ids = list(artifact_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self._reader().execute(
+                f"SELECT artifact_id FROM job_images WHERE artifact_id IN ({marks})", chunk))
+        return found
+
+    # ---- the worker's side ----------------------------------------------------------------------
+    def _write(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        with self._write_lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def claim_next(self) -> Job | None:
+        """The oldest queued job, now running (attempts + 1)."""
+        rows = self._write(
+            f"UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, "
+            f"started = COALESCE(started, ?) "
+            f"WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) "
+            f"RETURNING {_COLUMNS}", (now_iso(),))
+        return self._jobs(self._reader(), rows)[0] if rows else None
+
+    def claim_compatible(self, key: str, max_images: int) -> list[Job]:
+        """Queued render jobs with this coalesce key, oldest first, while their images fit in max_images."""
+        if max_images <= 0:
+            return []
+        rows = self._write(
+            f"UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, "
+            f"started = COALESCE(started, ?) "
+            f"WHERE seq IN (SELECT seq FROM ("
+            f"    SELECT seq, SUM(images_total) OVER (ORDER BY seq) AS running_total FROM jobs"
+            f"    WHERE status = 'queued' AND kind = 'render' AND solo = 0 AND coalesce_key = ?)"
+            f"  WHERE running_total <= ?) "
+            f"RETURNING {_COLUMNS}", (now_iso(), key, max_images))
+        jobs = self._jobs(self._reader(), rows)
+        return sorted(jobs, key=lambda job: job.created)
+
+    def record_image(self, job_id: str, index: int, artifact_id: str) -> None:
+        self._write("INSERT OR IGNORE INTO job_images (job_id, image, artifact_id, saved) VALUES (?, ?, ?, ?)",
+                    (job_id, index, artifact_id, now_iso()))
+
+    def cancel_requested(self, job_ids: Iterable[str]) -> set[str]:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        return {row[0] for row in self._reader().execute(
+            f"SELECT id FROM jobs WHERE id IN ({marks}) AND cancel_requested = 1", ids)}
+
+    def finish(self, job_id: str, status: Literal["succeeded", "failed", "cancelled"], *,
+               error: str | None = None, timings: dict[str, float] | None = None) -> Job | None:
+        rows = self._write(
+            f"UPDATE jobs SET status = ?, error = ?, finished = ?, timings = ? "
+            f"WHERE id = ? AND status = 'running' RETURNING {_COLUMNS}",
+            (status, error, now_iso(), json.dumps(timings or {}), job_id))
+        return self._jobs(self._reader(), rows)[0] if rows else None
+
+    def requeue(self, job_id: str, *, error: str | None = None, count_attempt: bool = True,
+                solo: bool | None = None) -> Job | None:
+        """Back to queued: after a failure that may pass (count_attempt), or after an interruption that
+        was not the job's fault (a batch mate cancelled, the server shutting down)."""
+        rows = self._write(
+            f"UPDATE jobs SET status = 'queued', error = ?, attempts = attempts - ?, solo = COALESCE(?, solo) "
+            f"WHERE id = ? AND status = 'running' RETURNING {_COLUMNS}",
+            (error, 0 if count_attempt else 1, None if solo is None else int(solo), job_id))
+        return self._jobs(self._reader(), rows)[0] if rows else None
+
+    # ---- cancelling ------------------------------------------------------------------------------
+    def request_cancel(self, job_id: str) -> Job | None:
+        """A queued job is cancelled at once; a running one is flagged for the worker. None: no such job."""
+        with self._write_lock:
+            rows = self._db.execute(
+                f"UPDATE jobs SET status = 'cancelled', finished = ? WHERE id = ? AND status = 'queued' "
+                f"RETURNING {_COLUMNS}", (now_iso(), job_id)).fetchall()
+            if not rows:
+                rows = self._db.execute(
+                    f"UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running' "
+                    f"RETURNING {_COLUMNS}", (job_id,)).fetchall()
+        if rows:
+            return self._jobs(self._reader(), rows)[0]
+        return self.get(job_id)
+
+    # ---- after a crash ---------------------------------------------------------------------------
+    def recover(self) -> "Recovery":
+        """Jobs left `running` by a process that died: cancelled if that was asked, failed after
+        max_attempts, else queued again (their saved images are kept and skipped)."""
+        stamp = now_iso()
+        with self._write_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cancelled = self._db.execute(
+                    "UPDATE jobs SET status = 'cancelled', finished = ? "
+                    "WHERE status = 'running' AND cancel_requested = 1 RETURNING id", (stamp,)).fetchall()
+                failed = self._db.execute(
+                    "UPDATE jobs SET status = 'failed', finished = ?, error = ? "
+                    "WHERE status = 'running' AND attempts >= ? RETURNING id",
+                    (stamp, f"the server stopped while rendering this job {self.max_attempts} times; "
+                            "giving up (see the server log)", self.max_attempts)).fetchall()
+                requeued = self._db.execute(
+                    "UPDATE jobs SET status = 'queued', error = 'interrupted: the server stopped while "
+                    "rendering; running again' WHERE status = 'running' RETURNING id").fetchall()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return Recovery(requeued=[r[0] for r in requeued], failed=[r[0] for r in failed],
+                        cancelled=[r[0] for r in cancelled])
+
+
+@dataclass(frozen=True)
+class Recovery:
+    requeued: list[str]
+    failed: list[str]
+    cancelled: list[str]
+

@@ -1,0 +1,142 @@
+"""POST /v1/images/generations: the OpenAI Images API, answered by this machine.
+
+The official `openai` client works unchanged with `base_url="http://127.0.0.1:8000/v1"`. The request is
+queued like any render job (so it is durable, batched with compatible jobs, and visible in /api/jobs);
+the response waits for it, as OpenAI's does.
+
+Fields: prompt, model, n, size, response_format (b64_json, the default, or url), output_format
+(png, jpeg, webp), output_compression; and ours: seed, negative_prompt, steps, cfg, scheduler, style,
+project, engine. Other OpenAI fields (quality, style as vivid/natural, background, moderation, user) are
+accepted and ignored. Model names: a name from models.toml is used as is; OpenAI's names (dall-e-*,
+gpt-image-*, chatgpt-image-*) and no model mean the server's default model (`serve --model`).
+`size: "auto"` is 1024x1024. The artifact ids are in the `X-Echo-Artifact-Ids` response header
+(comma-separated) and the job id in `X-Echo-Job-Id`.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from echo_os.api.deps import Api, ApiState, artifact_image_path, build_render_request, convert_image
+from echo_os.api.schemas import EngineName, error_responses
+from echo_os.api.jobs import Job, JobSpec, new_job_id, now_iso
+from echo_os.requests import MAX_COUNT, MAX_SEED, MAX_STEPS
+
+router = APIRouter(tags=["openai"])
+
+OPENAI_MODEL_PREFIXES = ("dall-e", "gpt-image", "chatgpt-image")
+AUTO_SIZE = "1024x1024"
+# RenderRequest field -> the name this route takes it as
+OPENAI_NAMES = {"count": "n", "width": "size", "height": "size"}
+
+
+class ImageGenerationBody(BaseModel):
+    """OpenAI's `images.generate` parameters, plus echo-os's own (seed, negative_prompt, steps, cfg)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    prompt: str = Field(min_length=1, max_length=32_000)
+    model: str | None = Field(default=None, max_length=200)
+    n: int | None = Field(default=1, ge=1, le=MAX_COUNT)
+    size: str | None = Field(default="auto", pattern=r"^(auto|\s*\d{1,5}\s*[xX×]\s*\d{1,5}\s*)$")
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    stream: bool | None = None
+    # echo-os extensions (send with the client's extra_body=)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    negative_prompt: str = Field(default="", max_length=32_000)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    cfg: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
+    scheduler: Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"] | None = None
+    project: str = Field(default="default", min_length=1, max_length=200)
+    engine: EngineName = "auto"
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    size: str
+
+
+def openai_error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None},
+                         "detail": message}, status_code=status)
+
+
+def model_for(name: str | None, default: str) -> str:
+    if not name or name.startswith(OPENAI_MODEL_PREFIXES):
+        return default
+    return name
+
+
+@router.post("/v1/images/generations", response_model=ImagesResponse,
+             responses={**error_responses(400, 403, 409, 413, 422), 500: {"description": "The render failed"},
+                        503: {"description": "The server is stopping"}})
+async def create_image(body: ImageGenerationBody, request: Request, api: Api) -> JSONResponse:
+    """Render `n` images and answer when they are saved (OpenAI's images.generate)."""
+    if body.stream:
+        return openai_error(422, "stream: streaming is not supported here; follow GET /api/jobs/{id}/events "
+                                 "of a POST /api/render job instead", "invalid_request_error", "stream")
+    size = (body.size or "auto").strip()
+    fields = dict(prompt=body.prompt, negative_prompt=body.negative_prompt,
+                  model=model_for(body.model, api.options.default_model), engine=body.engine, count=body.n or 1,
+                  project=body.project)
+    for name in ("seed", "steps", "cfg", "scheduler"):
+        if getattr(body, name) is not None:
+            fields[name] = getattr(body, name)
+    render_request = await run_in_threadpool(build_render_request, api.settings, fields,
+                                             size=AUTO_SIZE if size == "auto" else size, names=OPENAI_NAMES)
+    job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(render_request,)),
+              created=now_iso())
+
+    queue = api.hub.subscribe(job.id)
+    try:
+        await api.submitter.submit(job)
+        while True:
+            event = await queue.get()
+            if event is None:
+                return openai_error(503, "the server is stopping; the job stays queued and runs after a restart",
+                                    "server_error")
+            if event.event in ("succeeded", "failed", "cancelled"):
+                break
+    finally:
+        api.hub.unsubscribe(job.id, queue)
+
+    headers = {"X-Echo-Job-Id": job.id}
+    if event.event == "failed":
+        return openai_error(500, event.error, "server_error")
+    if event.event == "cancelled":
+        return openai_error(409, f"job {job.id} was cancelled", "invalid_request_error")
+    headers["X-Echo-Artifact-Ids"] = ",".join(event.artifact_ids)
+    output_format = body.output_format or "png"
+    data = []
+    for artifact_id in event.artifact_ids:
+        if body.response_format == "url":
+            suffix = "" if output_format == "png" else f"?format={output_format}"
+            data.append(ImageData(url=f"{str(request.base_url).rstrip('/')}/api/artifacts/{artifact_id}/image{suffix}"))
+        else:
+            png = await run_in_threadpool(_read_image, api, artifact_id)
+            encoded = await run_in_threadpool(convert_image, png, output_format, body.output_compression)
+            data.append(ImageData(b64_json=base64.b64encode(encoded).decode("ascii")))
+    response = ImagesResponse(created=int(time.time()), data=data, output_format=output_format,
+                              size=render_request.size)
+    return JSONResponse(response.model_dump(mode="json", exclude_none=True), headers=headers)
+
+
+def _read_image(api: ApiState, artifact_id: str) -> bytes:
+    return artifact_image_path(api, artifact_id).read_bytes()

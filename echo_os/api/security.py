@@ -1,0 +1,170 @@
+"""What keeps a local GPU server from becoming everyone's: bind checks, the bearer token, cross-site
+browser requests, Host names (DNS rebinding), body size, and paths that must stay in the workspace.
+
+One pure-ASGI middleware (`Guard`) runs before any route, so even an unknown path answers 401 without
+the token and nothing is parsed from a body that is too large.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import HTTPException
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from echo_os.errors import UsageError
+
+OPEN_PATHS = frozenset({"/health"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token."""
+    if not is_loopback(host) and not token:
+        raise UsageError(f"refusing to listen on {host} without a token: anyone who can reach it could use "
+                         "this GPU and read every image; pass --token or set ECHO_OS_TOKEN (or bind 127.0.0.1)")
+
+
+def resolve_inside(root: Path, *parts: str) -> Path:
+    """root/parts resolved (symlinks followed); NotFound-style 404 if it lands outside root."""
+    base = root.resolve()
+    for part in parts:
+        if "\x00" in part:
+            raise HTTPException(status_code=404, detail="not found")
+    path = base.joinpath(*parts).resolve()
+    if not path.is_relative_to(base):
+        raise HTTPException(status_code=404, detail="not found")
+    return path
+
+
+def _host_name(host_header: str) -> str:
+    """'[::1]:8000' -> '::1', 'localhost:8000' -> 'localhost'."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    token: str | None = None
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed to POST besides the server's own
+    allowed_hosts: tuple[str, ...] | None = None  # Host header names accepted; None: any
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(status_code=413, detail=f"the request body is larger than {limit:,} bytes")
+
+
+class Guard:
+    """Host check -> token -> cross-site check -> body size; `nosniff` on every response."""
+
+    def __init__(self, app: ASGIApp, settings: GuardSettings):
+        self.app = app
+        self.settings = settings
+        self._token = settings.token.encode("utf-8") if settings.token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await refusal(scope, receive, _with_nosniff(send))
+            return
+        limit = self.settings.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _error(413, BodyTooLarge(limit).detail)(scope, receive, _with_nosniff(send))
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        started = False
+        send_nosniff = _with_nosniff(send)
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send_nosniff(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as error:
+            if started:
+                raise
+            await _error(413, error.detail)(scope, receive, send_nosniff)
+
+    def _refusal(self, scope: Scope, headers: Headers) -> JSONResponse | None:
+        allowed_hosts = self.settings.allowed_hosts
+        if allowed_hosts is not None and _host_name(headers.get("host", "")) not in allowed_hosts:
+            return _error(400, "unexpected Host header; use the address the server listens on")
+        path = scope.get("path", "")
+        if self._token is not None and path not in OPEN_PATHS and not self._authorized(headers):
+            response = _error(401, "missing or wrong token: send `Authorization: Bearer <token>`")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if scope.get("method", "GET") not in SAFE_METHODS and self._cross_site(scope, headers):
+            return _error(403, "cross-site requests are refused; call the API from a script or from an "
+                               "origin given with --allow-origin")
+        return None
+
+    def _authorized(self, headers: Headers) -> bool:
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials:
+            return False
+        return hmac.compare_digest(credentials.strip().encode("utf-8"), self._token)
+
+    def _cross_site(self, scope: Scope, headers: Headers) -> bool:
+        """Browsers label every request; scripts and the openai client send neither header."""
+        origin = headers.get("origin")
+        if origin is not None and origin in self.settings.allowed_origins:
+            return False
+        fetch_site = headers.get("sec-fetch-site")
+        if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+            return True
+        if origin is not None:
+            own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+            return origin.lower() != own.lower()
+        return False
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _with_nosniff(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
+        await send(message)
+    return wrapped
