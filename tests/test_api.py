@@ -331,13 +331,15 @@ async def test_malformed_bodies(workspace):
 ROUTES = [("GET", "/api/jobs"), ("GET", f"/api/jobs/{'a' * 32}"), ("GET", f"/api/jobs/{'a' * 32}/events"),
           ("POST", f"/api/jobs/{'a' * 32}/cancel"), ("POST", "/api/render"), ("POST", "/api/batch"),
           ("GET", "/api/artifacts"), ("GET", f"/api/artifacts/{'b' * 64}"), ("GET", f"/api/artifacts/{'b' * 64}/image"),
-          ("POST", "/v1/images/generations"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/nope")]
+          ("POST", "/v1/images/generations"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/nope"),
+          ("GET", "/api/memory/search?q=x"), ("POST", "/api/memory/search"), ("GET", "/api/gallery"),
+          ("GET", "/api/gallery/files/gallery/index.html")]
 
 
 async def test_every_route_but_health_needs_the_token(workspace):
     async with api_client(workspace, start_worker=False, token="s3cret") as (client, app):
         documented = {(method, path) for path, item in app.openapi()["paths"].items() for method in item}
-        assert len(documented) == 11
+        assert len(documented) == 15
         assert (await client.get("/health")).status_code == 200
         for method, path in ROUTES:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
@@ -581,3 +583,33 @@ async def test_one_server_per_workspace(workspace):
                 pass
     async with api_client(workspace, start_worker=False) as (client, _):  # released on shutdown
         assert (await client.get("/health")).status_code == 200
+
+
+# ---- memory and gallery -----------------------------------------------------------------------------
+
+async def test_memory_search_and_gallery_over_http(workspace):
+    async with api_client(workspace, options=fake_options()) as (client, _):
+        ids = {}
+        for prompt in ("a lighthouse in a storm", "a cat sleeping on a sofa", "a red sports car"):
+            response = await client.post("/api/render", json={"prompt": prompt, "seed": 1, **DRAFT})
+            job = await wait_job(client, response.json()["job_id"])
+            assert job["status"] == "succeeded", job
+            ids[prompt] = job["artifact_ids"][0]
+
+        hits = (await client.get("/api/memory/search", params={"q": "stormy sea beacon", "k": 3})).json()
+        assert [h["id"] for h in hits][0] == ids["a lighthouse in a storm"]
+        image = await client.get(hits[0]["image_url"])
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert (await client.get("/api/memory/search", params={"q": "x", "k": 0})).status_code == 422
+
+        # image search needs CLIP: without a clip entry it is a clear 422, not a 5xx
+        no_clip = await client.post("/api/memory/search", content=image.content, headers={"content-type": "image/png"})
+        assert no_clip.status_code == 422 and "clip" in no_clip.text.lower()
+        not_an_image = await client.post("/api/memory/search", content=b"hello", headers={"content-type": "image/png"})
+        assert not_an_image.status_code == 422
+
+        page = await client.get("/api/gallery", follow_redirects=True)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "a lighthouse in a storm" in page.text
+        for bad in ("../../etc/passwd", "catalog.db", "%2e%2e/%2e%2e/etc/passwd", "/etc/passwd"):
+            assert (await client.get(f"/api/gallery/files/{bad}")).status_code == 404, bad

@@ -149,8 +149,13 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             if start_worker:
                 from echo_os.artifacts.store import ArtifactStore
 
+                from echo_os.memory.artifacts import attach
+
                 store = ArtifactStore(settings)
                 cleanup.callback(store.close)
+                listener = attach(store)  # every image the server saves is embedded (ECHO_OS_NO_MEMORY=1: not)
+                if listener is not None:
+                    listener.start_preload()
                 worker = Worker(jobs, store, hub.publish_threadsafe,
                                 make_engine=make_engine or default_engine_factory(settings),
                                 max_batch=options.max_batch, batch_window_ms=options.batch_window_ms)
@@ -185,9 +190,11 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
     _add_error_handlers(app)
     _add_routes(app)
+    from echo_os.api.memory_routes import router as memory_router
     from echo_os.api.openai_compat import router as openai_router
 
     app.include_router(openai_router)
+    app.include_router(memory_router)
     return app
 
 
