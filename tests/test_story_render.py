@@ -448,3 +448,27 @@ def test_auto_batch_size_from_free_memory():
     assert auto_batch_size(Engine(None), request) == 16
     assert 1 <= auto_batch_size(Engine(40 * GIB), request) <= 16
     assert auto_batch_size(Engine(1 * GIB), request) == 1
+
+
+def test_catalog_migration_backfills_request_keys(tmp_path):
+    """A catalog made before the request_key column gets it, filled from each row's meta.json copy."""
+    import sqlite3
+
+    from echo_os.artifacts import catalog as catalog_module
+
+    path = tmp_path / "catalog.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    catalog_module.MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    meta = {"id": "ab" * 32, "request_key": "cd" * 32, "project": "p"}
+    db.execute("INSERT INTO artifacts (num, id, created, project, engine, prompt, seed, width, height, path, meta) "
+               "VALUES (1, ?, '2026-01-01', 'p', 'draft', 'x', 1, 8, 8, 'a/p/001-x', ?)", (meta["id"], json.dumps(meta)))
+    db.close()
+    catalog = catalog_module.Catalog(path)
+    try:
+        assert catalog.db.execute("PRAGMA user_version").fetchone()[0] == len(catalog_module.MIGRATIONS)
+        found = catalog.by_request_keys("p", ["cd" * 32, "ef" * 32])
+        assert list(found) == ["cd" * 32] and found["cd" * 32].id == "ab" * 32
+        assert catalog.by_request_keys("other", ["cd" * 32]) == {}
+    finally:
+        catalog.close()
