@@ -450,6 +450,24 @@ def test_auto_batch_size_from_free_memory():
     assert auto_batch_size(Engine(1 * GIB), request) == 1
 
 
+def test_auto_batch_size_on_cpu_is_one_above_tiny_sizes(tmp_path):
+    """The CPU engine batches only tiny images, where batching measured faster (benchmarks/RESULTS.md)."""
+    from echo_os.engines.draft import DraftEngine
+    from echo_os.engines.sdxl import SDXLEngine
+    from echo_os.requests import RenderRequest
+    from echo_os.scheduler import CPU_BATCH_MAX_PIXELS, auto_batch_size
+    from echo_os.settings import load_settings
+
+    engine = SDXLEngine(load_settings(tmp_path, env={}), name="cpu", force_device="cpu")
+    assert engine.runs_on_cpu(RenderRequest(prompt="x"))
+    assert auto_batch_size(engine, RenderRequest(prompt="x", width=512, height=512)) == 1
+    assert auto_batch_size(engine, RenderRequest(prompt="x", width=128, height=128)) == 1
+    assert 64 * 64 <= CPU_BATCH_MAX_PIXELS < 128 * 128
+    assert auto_batch_size(engine, RenderRequest(prompt="x", width=64, height=64)) == engine.capabilities.max_batch
+    draft = DraftEngine()
+    assert auto_batch_size(draft, RenderRequest(prompt="x", width=512, height=512)) == draft.capabilities.max_batch
+
+
 def test_catalog_migration_backfills_request_keys(tmp_path):
     """A catalog made before the request_key column gets it, filled from each row's meta.json copy."""
     import sqlite3

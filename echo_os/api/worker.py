@@ -32,6 +32,7 @@ from echo_os.api.events import (
 from echo_os.api.jobs import Job, JobStore, coalesce_key, now_iso
 from echo_os.errors import CancelledError, EchoError
 from echo_os.requests import RenderRequest
+from echo_os.scheduler import auto_batch_size
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import ArtifactStore
@@ -253,8 +254,10 @@ class Worker:
             engines.setdefault(coalesce_key(piece.request), self._engine(piece.request))
         calls: list[tuple["Engine", list[Piece]]] = []
         for key, engine in engines.items():
-            limit = max(1, min(self.max_batch, engine.capabilities.max_batch))
             group = [piece for piece in pieces if coalesce_key(piece.request) == key]
+            # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion
+            # above 64x64), capped by --max-batch.
+            limit = max(1, min(self.max_batch, auto_batch_size(engine, group[0].request)))
             calls += [(engine, chunk) for chunk in chunk_pieces(group, limit)]
         for engine, chunk in calls:
             self._cancel_jobs(runs, self._cancelled({piece.job_id for piece in chunk}))

@@ -123,7 +123,8 @@ def format_dry_run(plan) -> str:
 @click.option("--engine", default="auto", show_default=True, help="Engine for every scene.")
 @click.option("--model", default=None, help="Model for every scene (default: the bible's model, else sdxl).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per pipeline call (default: from free GPU memory on CUDA, else the engine's maximum).")
+              help="Images per pipeline call (default: from free GPU memory on CUDA; 1 for CPU diffusion above "
+                   "64x64; 64 for draft).")
 @click.option("--ip-adapter", "ip_adapter", default="ip-adapter-sdxl", show_default=True,
               help="IP-Adapter model (models.toml) for characters with reference images; 'none' leaves them out.")
 @click.option("--clip", default=None,

@@ -224,11 +224,15 @@ class SDXLEngine:
         self.capabilities = Capabilities(txt2img=True, ip_adapter=True, max_batch=16, needs_weights=True)
         self.vae_tiling = False  # decode tile by tile: set by the scheduler when one image does not fit
 
+    def runs_on_cpu(self, request: RenderRequest) -> bool:
+        """Whether `request` would render on the CPU (the scheduler batches differently there)."""
+        return pick_device(self.force_device or request.device) == "cpu"
+
     def free_memory(self, request: RenderRequest) -> MemoryInfo | None:
         """Free GPU memory after loading `request`'s pipeline; None off CUDA (no memory limit to size by)."""
-        loaded = self.loaded(request)
-        if loaded.device != "cuda":
+        if pick_device(self.force_device or request.device) != "cuda":
             return None
+        loaded = self.loaded(request)
         import torch
 
         free, _total = torch.cuda.mem_get_info()
