@@ -567,6 +567,10 @@ async def test_openapi_spec_is_served(workspace):
     assert {"/api/render", "/api/batch", "/api/jobs/{job_id}/events", "/v1/images/generations"} <= set(spec["paths"])
     render = spec["components"]["schemas"]["RenderBody"]["properties"]
     assert render["steps"]["maximum"] == 200 and render["count"]["maximum"] == 64
+    operation_ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
+    assert len(operation_ids) == len(set(operation_ids)), "OpenAPI operationIds must be unique"
+    search = spec["paths"]["/api/memory/search"]
+    assert (search["get"]["operationId"], search["post"]["operationId"]) == ("memory_search_text", "memory_search_image")
 
 
 def test_app_factory_has_no_side_effects(workspace):

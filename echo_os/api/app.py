@@ -190,11 +190,13 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
     _add_error_handlers(app)
     _add_routes(app)
+    from echo_os.api.memory_routes import name_search_operations
     from echo_os.api.memory_routes import router as memory_router
     from echo_os.api.openai_compat import router as openai_router
 
     app.include_router(openai_router)
     app.include_router(memory_router)
+    name_search_operations(app)
     return app
 
 

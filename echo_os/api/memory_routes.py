@@ -9,9 +9,10 @@ served from /api/gallery/files/, which answers only for image and page files ins
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -83,6 +84,30 @@ async def memory_search(
             raise field_error(("query", "q"), "q is empty; give words to search for", q)
         return await run_in_threadpool(_search, api, lambda memory: memory.search_text(q, k, filters))
     return await _search_by_image(request, api, k, filters)
+
+
+SEARCH_OPERATION_IDS = {"get": "memory_search_text", "post": "memory_search_image"}
+
+
+def name_search_operations(app: FastAPI) -> None:
+    """Give GET and POST /api/memory/search their own operationId in /openapi.json.
+
+    FastAPI names every method of a multi-method route the same (and warns); OpenAPI wants them unique,
+    and client generators need them so. One route is kept because Starlette then answers OPTIONS and
+    other methods with a 405 whose Allow header lists both GET and POST.
+    """
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Duplicate Operation ID memory_search", category=UserWarning)
+                schema = build()
+            for method, operation_id in SEARCH_OPERATION_IDS.items():
+                schema["paths"]["/api/memory/search"][method]["operationId"] = operation_id
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _search_by_image(request: Request, api, k: int, filters) -> list[MemoryHit]:
