@@ -96,19 +96,6 @@ def tiny_workspace(workspace, tiny_sdxl_dir):
 @pytest.fixture
 def run_cli():
     """Run `echo-os` in-process through main() (the real error boundary); returns (exit code, stdout, stderr)."""
-    import contextlib
-    import io
+    from tests.helpers import run_cli
 
-    from echo_os.cli import main
-
-    def run(*args: str):
-        out, err = io.StringIO(), io.StringIO()
-        code = 0
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-        return code, out.getvalue(), err.getvalue()
-
-    return run
+    return run_cli

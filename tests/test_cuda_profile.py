@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +9,13 @@ import pytest
 
 from echo_os.engines import cuda_profile
 from echo_os.engines.cuda_profile import PROFILES, RenderProfile
+from tests.helpers import load_gpu_harness
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny_sdxl"
 GiB = 2**30
 
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("gpu_throughput", REPO / "benchmarks" / "gpu_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_throughput", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+harness = load_gpu_harness()
 
 
 @pytest.fixture(scope="module")

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_gpu_harness
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny_sdxl"
 FULL = REPO / "benchmarks" / "sdxl"
 
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location("gpu_throughput", REPO / "benchmarks" / "gpu_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_throughput", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+harness = load_gpu_harness()
 
 RESULT_FIELDS = ("images_per_min", "s_per_image", "call_latency_s", "first_call_s", "flops_per_image",
                  "tflops", "peak_share", "peak_memory_bytes", "drift_max", "drift_mean", "within_tolerance")

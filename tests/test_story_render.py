@@ -3,8 +3,6 @@ scenes, resume, OOM back-off, IP-Adapter with a tiny adapter and image encoder, 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 
 from echo_os.settings import Settings
+from tests.helpers import run_cli
 
 REF_SCALE = 1.0
 
@@ -52,18 +51,7 @@ CSV = """scene,slug,description,characters,location,camera,lighting,props,count
 """
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    """`echo-os ...` in-process through the real error boundary."""
-    from echo_os.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+run = run_cli  # `echo-os ...` in-process through the real error boundary
 
 
 def write_story(folder: Path) -> Path:

@@ -158,10 +158,13 @@ def save_tiny_ip_adapter(folder: Path, unet_folder: Path, seed: int = 0) -> Path
 
 
 def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
-    """A tiny random CLIPModel (vision 32x32 images) and its image processor, saved with save_pretrained."""
+    """A tiny random CLIPModel (vision 32x32 images), its tokenizer and image processor, saved like a real
+    one (save_pretrained): what Echo Memory's image search and the continuity report load."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
+    folder.mkdir(parents=True, exist_ok=True)
+    make_tokenizer(folder).save_pretrained(str(folder))
     torch.manual_seed(seed)
     text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                 vocab_size=VOCAB_SIZE, bos_token_id=0, eos_token_id=2, pad_token_id=1)

@@ -344,7 +344,7 @@ def decode_latents(pipe: "StableDiffusionXLPipeline", latents: "torch.Tensor", v
     vae = pipe.vae
     needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
     if needs_upcasting:
-        pipe.upcast_vae()
+        vae.to(dtype=torch.float32)  # what the deprecated pipe.upcast_vae() did
     latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
     mean = getattr(vae.config, "latents_mean", None)
     std = getattr(vae.config, "latents_std", None)

@@ -132,7 +132,6 @@ def cache_path(settings: "Settings", image_sha256: str, encoder_sha256: str, kin
 
 def image_embedding(settings: "Settings", loaded, image: "IPAdapterImage") -> tuple[Any, Any]:
     """(negative, positive) embedding of one reference image, each [1, 1, ...], from the cache or computed."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     state: AdapterState = loaded.ip_adapter

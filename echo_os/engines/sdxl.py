@@ -187,32 +187,6 @@ def load_sdxl_pipeline(local_path: Path, *, single_file: bool, device: str, dtyp
     return pipe
 
 
-def decode_latents(pipe, latents):
-    """Latents -> PIL images the way StableDiffusionXLPipeline does at the end of __call__."""
-    import torch
-
-    vae = pipe.vae
-    needs_upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-    if needs_upcast:
-        vae.to(dtype=torch.float32)
-        latents = latents.to(torch.float32)
-    else:
-        latents = latents.to(vae.dtype)
-    mean = getattr(vae.config, "latents_mean", None)
-    std = getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:
-        mean = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-        std = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-        latents = latents * std / vae.config.scaling_factor + mean
-    else:
-        latents = latents / vae.config.scaling_factor
-    with torch.no_grad():
-        image = vae.decode(latents, return_dict=False)[0]
-    if needs_upcast:
-        vae.to(dtype=torch.float16)
-    return pipe.image_processor.postprocess(image, output_type="pil")
-
-
 class SDXLEngine:
     """SDXL in-process. `name` is "sdxl", or "cpu" when forced onto the CPU as the no-GPU fallback."""
 
@@ -343,7 +317,11 @@ class SDXLEngine:
             if loaded.device == "cuda":
                 torch.cuda.synchronize()
             denoised = time.perf_counter()
-            pil_images = decode_latents(pipe, latents)
+            # The VAE decode, separate so the profile's vae_batch (CUDA) can chunk it; off CUDA one call.
+            from echo_os.engines.cuda_profile import decode_latents
+
+            vae_batch = loaded.profile.vae_batch if loaded.profile is not None else None
+            pil_images = decode_latents(pipe, latents, vae_batch, output_type="pil")
         decoded = time.perf_counter()
 
         runtime = RuntimeInfo(engine=self.name, reason=self.reason, device=loaded.device, dtype=loaded.dtype,

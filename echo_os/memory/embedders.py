@@ -178,7 +178,6 @@ def find_cached_clip(repos: Sequence[str] = KNOWN_CLIP_REPOS) -> Path | None:
 
 @functools.lru_cache(maxsize=2)
 def _load_clip(path: str, device: str) -> tuple[Any, Any, Any]:
-    import torch
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     # AutoImageProcessor: transformers 5 picks the PIL backend of CLIPImageProcessor when torchvision

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES
+
 Source = Literal["a1111", "comfyui", "invokeai", "fooocus", "unknown"]
 
 # A1111's own pattern for one "Key: value" pair of the last line (modules/infotext_utils.py): a value is
@@ -36,16 +38,9 @@ _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 _NEGATIVE_PREFIX = "Negative prompt:"
 
-# echo-os scheduler names (echo_os.requests.SCHEDULERS) <-> A1111 sampler names.
-A1111_SAMPLERS = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "ddim": "DDIM",
-    "heun": "Heun",
-    "unipc": "UniPC",
-}
+# echo-os scheduler names (echo_os.requests.SCHEDULERS) <-> A1111 sampler names: one table for writing
+# (the artifact store) and reading (here).
+A1111_SAMPLERS = A1111_SAMPLER_NAMES
 # Other tools' sampler names -> echo-os scheduler names (ComfyUI sampler_name, InvokeAI scheduler).
 _TOOL_SAMPLERS = {
     "euler": "euler", "euler_ancestral": "euler_a", "euler_a": "euler_a", "dpmpp_2m": "dpmpp_2m",
