@@ -23,6 +23,8 @@ class Settings:
 
     home: Path
     debug: bool = False
+    # The default size when SDXL runs on the CPU and no --size is given (ECHO_OS_CPU_SIZE).
+    cpu_size: str = "512x512"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -55,8 +57,10 @@ class Settings:
 
 
 def load_settings(home: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Settings from an explicit --home, else ECHO_OS_HOME, else the current directory."""
+    """Settings from an explicit --home, else ECHO_OS_HOME, else the current directory; ECHO_OS_DEBUG,
+    ECHO_OS_CPU_SIZE."""
     env = dict(os.environ) if env is None else env
     chosen = home or env.get("ECHO_OS_HOME") or os.getcwd()
     debug = env.get("ECHO_OS_DEBUG", "") not in ("", "0", "false", "no")
-    return Settings(home=Path(chosen).expanduser().resolve(), debug=debug)
+    cpu_size = env.get("ECHO_OS_CPU_SIZE") or Settings.cpu_size
+    return Settings(home=Path(chosen).expanduser().resolve(), debug=debug, cpu_size=cpu_size)

@@ -86,6 +86,34 @@ def test_render_cli_records_everything_and_replays_to_zero(run_cli, tiny_workspa
     assert "max pixel difference 0" in out
 
 
+def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
+    from echo_os.cli.render import cpu_default_size
+    from echo_os.requests import build_request
+
+    request, note = cpu_default_size(tiny_workspace, build_request(prompt="x", model="tiny", width=1024, height=1024))
+    assert (request.width, request.height) == (512, 512)
+    assert note == "512x512 by default on the CPU; --size 1024x1024 for full size"
+    draft = build_request(prompt="x", model="tiny", engine="draft", width=1024, height=1024)
+    assert cpu_default_size(tiny_workspace, draft) == (draft, None)
+
+
+def test_render_without_size_on_the_cpu_uses_echo_os_cpu_size(run_cli, tiny_workspace, monkeypatch):
+    """Without --size, SDXL on the CPU renders at ECHO_OS_CPU_SIZE (default 512x512) and says so."""
+    home = str(tiny_workspace.home)
+    monkeypatch.setenv("ECHO_OS_CPU_SIZE", "64x48")
+    code, out, err = run_cli("--home", home, "render", "warm fractal", "--model", "tiny", "--steps", "1",
+                             "--no-memory", "--json")
+    assert code == 0, err
+    assert "engine: cpu" in err and "64x48 by default on the CPU; --size 1024x1024 for full size" in err
+    [artifact] = json.loads(out)
+    meta = json.loads((Path(artifact["path"]) / "meta.json").read_text())
+    assert (meta["width"], meta["height"]) == (64, 48)
+
+    monkeypatch.setenv("ECHO_OS_CPU_SIZE", "500x500")
+    code, out, err = run_cli("--home", home, "render", "warm fractal", "--model", "tiny", "--steps", "1")
+    assert code == 2 and err.strip().splitlines()[-1].count("ECHO_OS_CPU_SIZE") == 1 and "'500x500'" in err
+
+
 def _broken_copy(tiny_sdxl_dir, tmp_path, content: bytes):
     import shutil
 

@@ -33,17 +33,43 @@ class StepBar:
         self.bar.close()
 
 
+DEFAULT_SIZE = "1024x1024"
+
+
+def cpu_default_size(settings, request):
+    """(request, note): `request` at settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512) when it would
+    render with the cpu engine. SDXL at 1024x1024 takes many minutes an image on a CPU; 512x512 is a
+    quarter of the pixels, still SDXL, and the engine line says so."""
+    from echo_os.engines import choose_engine
+    from echo_os.errors import UsageError
+    from echo_os.requests import MAX_SIDE
+
+    name, _reason = choose_engine(settings, request)
+    if name != "cpu":
+        return request, None
+    try:
+        width, height = parse_size(settings.cpu_size)
+    except UsageError:
+        width = height = 0
+    if not all(0 < side <= MAX_SIDE and side % 8 == 0 for side in (width, height)):
+        raise UsageError(f"ECHO_OS_CPU_SIZE must be WIDTHxHEIGHT in multiples of 8 up to {MAX_SIDE} "
+                         f"(for example 512x512), got {settings.cpu_size!r}.")
+    note = f"{width}x{height} by default on the CPU; --size {DEFAULT_SIZE} for full size"
+    return request.model_copy(update={"width": width, "height": height}), note
+
+
 def engine_line(choice) -> str:
     return f"engine: {choice.name} ({choice.reason})"
 
 
-def engine_announcer(memory_listener):
+def engine_announcer(memory_listener, note: str | None = None):
     """on_engine callback: print the engine line; rendering is now certain, so start loading the
     embedding models alongside it. Draft cards take milliseconds, so their embedding is left to the next
     `echo-os memory` command (which embeds whatever the index lacks) instead of costing seconds here."""
 
     def announce(choice) -> None:
-        click.echo(engine_line(choice), err=True)
+        line = engine_line(choice)
+        click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
         if memory_listener is None:
             return
         if choice.name == "draft":
@@ -61,7 +87,9 @@ def engine_announcer(memory_listener):
 @click.option("--seed", type=int, default=None, help="Seed of the first image (image i uses seed+i). Default: random.")
 @click.option("--steps", type=int, default=30, show_default=True, help="Denoising steps (1-200).")
 @click.option("--cfg", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--size", default="1024x1024", show_default=True, help="WIDTHxHEIGHT, multiples of 8.")
+@click.option("--size", default=None,
+              help=f"WIDTHxHEIGHT, multiples of 8. Default: {DEFAULT_SIZE}; 512x512 when SDXL runs on the CPU "
+                   "(ECHO_OS_CPU_SIZE sets it).")
 @click.option("--count", type=int, default=1, show_default=True, help="Images to render (1-64), batched.")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="euler", show_default=True)
 @click.option("--model", default="sdxl", show_default=True, help="A model name from models.toml.")
@@ -75,7 +103,7 @@ def engine_announcer(memory_listener):
 @click.option("--no-memory", is_flag=True,
               help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
 @click.pass_context
-def render(ctx: click.Context, prompt: str, size: str, seed: int | None, batch_size: int | None, as_json: bool,
+def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
@@ -83,18 +111,21 @@ def render(ctx: click.Context, prompt: str, size: str, seed: int | None, batch_s
     from echo_os.scheduler import render_requests
 
     settings = settings_from(ctx)
-    width, height = parse_size(size)
+    width, height = parse_size(size or DEFAULT_SIZE)
     fields = dict(options, prompt=prompt, width=width, height=height)
     if seed is not None:
         fields["seed"] = seed
     request = build_request(**fields)
+    note = None
+    if size is None:
+        request, note = cpu_default_size(settings, request)
 
     store = ArtifactStore(settings)
     listener = attach(store, enabled=not no_memory)
     bar = StepBar(request.count)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=engine_announcer(listener))
+                                  on_engine=engine_announcer(listener, note))
     finally:
         bar.close()
         store.close()
