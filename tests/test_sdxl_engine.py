@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from echo_os.engines.sdxl import SDXLEngine
 from echo_os.errors import CancelledError
@@ -153,3 +154,36 @@ def test_pickle_renamed_safetensors_is_refused(run_cli, workspace, tiny_sdxl_dir
     register_model(workspace, "pickled", broken)
     code, _, err = run_cli("--home", str(workspace.home), "render", "x", "--model", "pickled", "--size", "64x64")
     assert code == 2 and "pickle" in err.lower() and "allow-pickle" in err
+
+
+@pytest.fixture(scope="module")
+def single_file_checkpoint(tmp_path_factory):
+    """A tiny SDXL as a diffusers folder and as one original-layout (A1111/ComfyUI) safetensors file."""
+    from tests.tiny_models import save_tiny_sdxl, save_tiny_sdxl_single_file
+
+    root = tmp_path_factory.mktemp("single-file")
+    folder = save_tiny_sdxl(root / "tiny-sdxl", text_encoder_2_hidden=48)
+    return folder, save_tiny_sdxl_single_file(folder, root / "checkpoints" / "tiny_sdxl_v1.safetensors")
+
+
+def test_single_file_checkpoint_renders_like_its_diffusers_folder(run_cli, workspace, single_file_checkpoint):
+    """`file = ...` entries go through diffusers' from_single_file with the local configs: same weights, so
+    the same image as the diffusers folder they were written from."""
+    folder, checkpoint = single_file_checkpoint
+    workspace.models_toml.write_text(
+        f'[models.folder]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n\n'
+        f'[models.checkpoint]\ntype = "sdxl"\nfile = "{checkpoint.as_posix()}"\nconfig = "{folder.as_posix()}"\n')
+    home = str(workspace.home)
+    code, out, err = run_cli("--home", home, "models", "verify", "checkpoint")
+    assert code == 0, err + out
+    images = {}
+    for name in ("folder", "checkpoint"):
+        code, out, err = run_cli("--home", home, "render", "a lighthouse at dusk", "--model", name, "--seed", "9",
+                                 "--steps", "2", "--size", "64x64", "--no-memory", "--json")
+        assert code == 0, err
+        [artifact] = json.loads(out)
+        meta = json.loads((Path(artifact["path"]) / "meta.json").read_text())
+        assert meta["model"]["name"] == name
+        images[name] = np.asarray(Image.open(Path(artifact["path"]) / "image.png"), dtype=np.int16)
+    assert meta["model"]["source"].endswith("tiny_sdxl_v1.safetensors")
+    assert np.abs(images["folder"] - images["checkpoint"]).max() == 0

@@ -56,16 +56,20 @@ def make_tokenizer(folder: Path):
     return CLIPTokenizer(vocab_file=vocab, merges_file=merges, pad_token="<|endoftext|>", model_max_length=77)
 
 
-def tiny_text_encoder_config():
+def tiny_text_encoder_config(hidden_size: int = 32):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37,
+    return CLIPTextConfig(bos_token_id=0, eos_token_id=2, hidden_size=hidden_size, intermediate_size=37,
                           layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=5, pad_token_id=1,
                           vocab_size=VOCAB_SIZE, hidden_act="gelu", projection_dim=32)
 
 
-def build_tiny_sdxl(seed: int = 0):
-    """A StableDiffusionXLPipeline with tiny random weights (CPU, float32)."""
+def build_tiny_sdxl(seed: int = 0, text_encoder_2_hidden: int = 32):
+    """A StableDiffusionXLPipeline with tiny random weights (CPU, float32).
+
+    text_encoder_2_hidden: the second (OpenCLIP) encoder's width. A single-file checkpoint needs it to
+    differ from the first encoder's, as it does in SDXL (768 and 1280): diffusers tells the two apart by it.
+    """
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -78,7 +82,7 @@ def build_tiny_sdxl(seed: int = 0):
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
-        cross_attention_dim=64, norm_num_groups=1)
+        cross_attention_dim=32 + text_encoder_2_hidden, norm_num_groups=1)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
                                        beta_schedule="scaled_linear", timestep_spacing="leading")
     torch.manual_seed(seed)
@@ -87,7 +91,7 @@ def build_tiny_sdxl(seed: int = 0):
                         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, sample_size=128)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(tiny_text_encoder_config())
-    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_encoder_config())
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_encoder_config(text_encoder_2_hidden))
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tokenizer(Path(tmp))
         tokenizer_2 = make_tokenizer(Path(tmp))
@@ -96,9 +100,9 @@ def build_tiny_sdxl(seed: int = 0):
                                      scheduler=scheduler)
 
 
-def save_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
+def save_tiny_sdxl(folder: Path, seed: int = 0, text_encoder_2_hidden: int = 32) -> Path:
     """Build and save_pretrained a tiny SDXL pipeline (safetensors) into folder."""
-    pipe = build_tiny_sdxl(seed)
+    pipe = build_tiny_sdxl(seed, text_encoder_2_hidden)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
 
@@ -172,3 +176,150 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(str(folder))
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
     return folder
+
+
+# ---- single-file (original SGM / A1111 / ComfyUI layout) checkpoint -----------------------------------------
+#
+# What `file = "x.safetensors"` entries point at: one file with every component under the original
+# Stability AI names (model.diffusion_model.*, first_stage_model.*, conditioner.embedders.0.transformer.*,
+# conditioner.embedders.1.model.*). diffusers only converts that layout *to* its own; this writes the
+# other direction for a tiny pipeline, so from_single_file runs on a real file in the tests.
+
+_UNET_RESNET_NAMES = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+                      ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+_VAE_ATTENTION_NAMES = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
+
+
+def _rename(rest: str, names) -> str:
+    for ours, theirs in names:
+        if rest.startswith(ours + "."):
+            return theirs + rest[len(ours):]
+    return rest
+
+
+def _unet_to_original(state: dict, config: dict) -> dict:
+    per_block = config["layers_per_block"] + 1
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    out = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        head = ".".join(parts[:2])
+        if head in fixed:
+            name = f"{fixed[head]}.{'.'.join(parts[2:])}"
+        elif parts[0] in fixed:
+            name = f"{fixed[parts[0]]}.{'.'.join(parts[1:])}"
+        elif parts[0] == "down_blocks":
+            block, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "downsamplers":  # the conv after the block's resnets
+                name = f"input_blocks.{1 + block * per_block + per_block - 1}.0.op.{'.'.join(parts[5:])}"
+            else:
+                slot = {"resnets": 0, "attentions": 1}[kind]
+                rest = _rename(rest, _UNET_RESNET_NAMES) if kind == "resnets" else rest
+                name = f"input_blocks.{1 + block * per_block + index}.{slot}.{rest}"
+        elif parts[0] == "mid_block":
+            kind, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            if kind == "resnets":
+                name = f"middle_block.{2 * index}.{_rename(rest, _UNET_RESNET_NAMES)}"
+            else:
+                name = f"middle_block.1.{rest}"
+        elif parts[0] == "up_blocks":
+            block, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "upsamplers":  # after the last resnet (and its attention, when the block has one)
+                has_attention = any(k.startswith(f"up_blocks.{block}.attentions.") for k in state)
+                name = f"output_blocks.{block * per_block + per_block - 1}.{2 if has_attention else 1}." \
+                       f"{'.'.join(parts[4:])}"
+            else:
+                slot = {"resnets": 0, "attentions": 1}[kind]
+                rest = _rename(rest, _UNET_RESNET_NAMES) if kind == "resnets" else rest
+                name = f"output_blocks.{block * per_block + index}.{slot}.{rest}"
+        else:
+            raise KeyError(f"no original name for UNet key {key}")
+        out["model.diffusion_model." + name] = tensor
+    return out
+
+
+def _vae_to_original(state: dict, config: dict) -> dict:
+    ups = len(config["up_block_types"])
+    out = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        side = parts[0]
+        if parts[1] in ("down_blocks", "up_blocks"):
+            block = int(parts[2]) if parts[1] == "down_blocks" else ups - 1 - int(parts[2])
+            where = "down" if parts[1] == "down_blocks" else "up"
+            if parts[3] in ("downsamplers", "upsamplers"):
+                name = f"{side}.{where}.{block}.{where}sample.{'.'.join(parts[5:])}"
+            else:
+                rest = ".".join(parts[5:]).replace("conv_shortcut", "nin_shortcut")
+                name = f"{side}.{where}.{block}.block.{parts[4]}.{rest}"
+        elif parts[1] == "mid_block" and parts[2] == "resnets":
+            rest = ".".join(parts[4:]).replace("conv_shortcut", "nin_shortcut")
+            name = f"{side}.mid.block_{int(parts[3]) + 1}.{rest}"
+        elif parts[1] == "mid_block":  # attentions.0: linear layers become 1x1 convs
+            name = f"{side}.mid.attn_1.{_rename('.'.join(parts[4:]), _VAE_ATTENTION_NAMES)}"
+            if tensor.ndim == 2:
+                tensor = tensor[:, :, None, None]
+        elif side in ("quant_conv", "post_quant_conv"):
+            name = key
+        else:
+            name = key.replace("conv_norm_out", "norm_out")
+        out["first_stage_model." + name] = tensor
+    return out
+
+
+def _open_clip_to_original(state: dict) -> dict:
+    """CLIPTextModelWithProjection -> OpenCLIP names (q, k and v fused into in_proj)."""
+    import torch
+
+    prefix = "conditioner.embedders.1.model."
+    out, fused = {}, {}
+    for key, tensor in state.items():
+        key = key if key.startswith(("text_model.", "text_projection")) else "text_model." + key
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = tensor.T.contiguous()
+        elif key == "text_model.embeddings.position_embedding.weight":
+            out[prefix + "positional_embedding"] = tensor
+        elif key == "text_model.embeddings.token_embedding.weight":
+            out[prefix + "token_embedding.weight"] = tensor
+        elif key.startswith("text_model.final_layer_norm."):
+            out[prefix + "ln_final." + key.rsplit(".", 1)[1]] = tensor
+        elif key.startswith("text_model.encoder.layers."):
+            parts = key.split(".")
+            layer, rest = parts[3], ".".join(parts[4:])
+            base = f"{prefix}transformer.resblocks.{layer}."
+            if rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                kind = rest.rsplit(".", 1)[1]
+                fused.setdefault(f"{base}attn.in_proj_{kind}", {})[rest.split(".")[1][0]] = tensor
+                continue
+            rest = (rest.replace("self_attn.", "attn.").replace("layer_norm1", "ln_1").replace("layer_norm2", "ln_2")
+                    .replace("mlp.fc1", "mlp.c_fc").replace("mlp.fc2", "mlp.c_proj"))
+            out[base + rest] = tensor
+    for name, qkv in fused.items():
+        out[name] = torch.cat([qkv["q"], qkv["k"], qkv["v"]])
+    return out
+
+
+def save_tiny_sdxl_single_file(folder: Path, path: Path) -> Path:
+    """The pipeline saved in `folder` (save_tiny_sdxl) as one original-layout safetensors file at `path`."""
+    from safetensors.torch import load_file, save_file
+
+    def component(name: str) -> tuple[dict, dict]:
+        files = sorted((folder / name).glob("*.safetensors"))
+        state = {k: v for f in files for k, v in load_file(str(f)).items()}
+        config_file = folder / name / "config.json"
+        return state, json.loads(config_file.read_text()) if config_file.is_file() else {}
+
+    unet, unet_config = component("unet")
+    vae, vae_config = component("vae")
+    clip_l, _ = component("text_encoder")
+    clip_g, _ = component("text_encoder_2")
+    checkpoint = {**_unet_to_original(unet, unet_config), **_vae_to_original(vae, vae_config),
+                  **_open_clip_to_original(clip_g)}
+    for key, tensor in clip_l.items():
+        key = key if key.startswith("text_model.") else "text_model." + key
+        checkpoint["conditioner.embedders.0.transformer." + key] = tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in checkpoint.items()}, str(path))
+    return path
