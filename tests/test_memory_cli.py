@@ -234,3 +234,25 @@ def test_diffusion_renders_are_embedded_when_saved(tiny_workspace, run_cli) -> N
     assert code == 0, err
     nums = catalog_nums(tiny_workspace.home)
     assert len(nums) == 2 and index_ids(tiny_workspace.home)["minilm"] == nums  # no repair needed
+
+
+def test_import_reports_progress_and_the_bars_draw(workspace, tmp_path) -> None:
+    import io
+
+    from echo_os.cli.progress import StageBars
+    from echo_os.memory.importer import import_folder
+
+    source = tmp_path / "pngs"
+    for i in range(3):
+        _png(source / f"{i}.png", (i * 60, 10, 10), {"parameters": f"image {i}\nSteps: 20, Seed: {i}, Size: 64x48"})
+    calls = []
+    report = import_folder(workspace, source, progress=lambda *call: calls.append(call))
+    assert report.imported == 3
+    assert calls[0] == ("copy", 0, 3) and ("copy", 3, 3) in calls and calls[-1] == ("embed", 3, 3)
+
+    screen = io.StringIO()
+    with StageBars(unit="image", labels={"copy": "importing"}, file=screen, enabled=True) as bars:
+        for call in calls:
+            bars(*call)
+        assert [(bar.n, bar.total) for bar in bars.bars.values()] == [(3, 3), (3, 3)]
+    assert "importing:" in screen.getvalue() and "embed:" in screen.getvalue()

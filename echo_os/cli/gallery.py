@@ -13,9 +13,11 @@ from echo_os.cli import settings_from
 @click.pass_context
 def gallery(ctx: click.Context, project: str | None, open_page: bool) -> None:
     """Write artifacts/gallery/index.html: thumbnails, filters, storyboards, full image and metadata on click."""
+    from echo_os.cli.progress import StageBars
     from echo_os.gallery.build import build_gallery
 
-    result = build_gallery(settings_from(ctx), project=project)
+    with StageBars(unit="image") as bars:
+        result = build_gallery(settings_from(ctx), project=project, progress=bars)
     click.echo(str(result.page))
     click.echo(f"{result.artifacts} artifacts, {result.thumbnails_made} new thumbnails", err=True)
     if open_page:

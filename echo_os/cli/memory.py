@@ -36,9 +36,13 @@ def _filters(project, model, character, since, until):
 
 
 def _open(ctx: click.Context, **options):
+    """The workspace's memory; embedding what the index lacks (or everything, rebuild=True) shows a bar
+    per embedder while it runs."""
+    from echo_os.cli.progress import StageBars
     from echo_os.memory.artifacts import open_memory, print_note
 
-    return open_memory(settings_from(ctx), note=print_note, **options)
+    with StageBars(unit="image", labels={"minilm": "embedding prompts", "clip": "embedding images"}) as bars:
+        return open_memory(settings_from(ctx), note=print_note, progress=bars, **options)
 
 
 def _print_hits(hits, as_json: bool) -> None:
@@ -185,13 +189,15 @@ def import_images(ctx: click.Context, folder: str, project: str, as_json: bool) 
     Each image becomes an artifact (byte-for-byte copy, so its id is the file's sha256, and a meta.json
     with what its chunks say). Images imported before are skipped.
     """
+    from echo_os.cli.progress import StageBars
     from echo_os.memory.importer import import_folder
 
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"no folder at {root}; give a folder holding PNG images.")
     settings = settings_from(ctx)
-    report = import_folder(settings, root, project=project)
+    with StageBars(unit="image", labels={"copy": "importing", "embed": "embedding"}) as bars:
+        report = import_folder(settings, root, project=project, progress=bars)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return

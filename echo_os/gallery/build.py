@@ -16,6 +16,7 @@ import html
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,20 +72,27 @@ def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path) -> dict:
     }
 
 
-def build_gallery(settings: Settings, *, project: str | None = None) -> GalleryResult:
-    """Write artifacts/gallery/index.html (and any missing thumbnails); returns where it is."""
+def build_gallery(settings: Settings, *, project: str | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> GalleryResult:
+    """Write artifacts/gallery/index.html (and any missing thumbnails); returns where it is.
+
+    progress("thumbnails", done, total) after each artifact (thumbnails are made once, then reused).
+    """
     page_dir = settings.artifacts_dir / GALLERY_DIR
     page_dir.mkdir(parents=True, exist_ok=True)
     with Catalog(settings.catalog_path) as catalog:
         rows = catalog.query(project=project)
     items, made = [], 0
-    for row in rows:
+    for done, row in enumerate(rows, start=1):
         image = settings.artifacts_dir / row.path / "image.png"
         try:
             made += make_thumbnail(image, thumbnail_path(settings, row.id))
         except OSError as error:  # a folder deleted since the catalog was built: leave it out
             log.warning("gallery: skipping %s: %s", row.id[:12], error)
             continue
+        finally:
+            if progress is not None:
+                progress("thumbnails", done, len(rows))
         items.append(gallery_item(settings, row, page_dir))
     title = f"echo-os gallery: {project}" if project else "echo-os gallery"
     page = page_dir / "index.html"

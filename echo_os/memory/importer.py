@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,7 +67,12 @@ def imported_meta(path: Path, parsed, *, project: str, created: datetime):
     )
 
 
-def import_folder(settings: Settings, folder: Path, *, project: str = "imported", embed: bool = True) -> ImportReport:
+def import_folder(settings: Settings, folder: Path, *, project: str = "imported", embed: bool = True,
+                  progress: Callable[[str, int, int], None] | None = None) -> ImportReport:
+    """Copy every PNG under `folder` in as an artifact, then embed the new ones.
+
+    progress(stage, done, total): stage "copy" per file looked at, then "embed" per image embedded.
+    """
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.memory.pngmeta import parse_text_chunks, read_png_text
 
@@ -75,7 +81,10 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
     saved = []
     try:
         known = {row[0] for row in store.catalog.db.execute("SELECT id FROM artifacts")}
-        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".png" and p.is_file()):
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
+        for done, path in enumerate(paths):
+            if progress is not None:
+                progress("copy", done, len(paths))
             data = path.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if digest in known:
@@ -96,6 +105,8 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
             report.imported += 1
             report.by_tool[parsed.source] += 1
             report.ids.append(digest)
+        if progress is not None:
+            progress("copy", len(paths), len(paths))
     finally:
         store.close()
     if embed and saved:
@@ -104,4 +115,6 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
         with open_memory(settings, reconcile=False) as memory:
             for start in range(0, len(saved), EMBED_BATCH):
                 memory.add_artifacts(saved[start:start + EMBED_BATCH])
+                if progress is not None:
+                    progress("embed", min(start + EMBED_BATCH, len(saved)), len(saved))
     return report
