@@ -96,6 +96,17 @@ class IPAdapterInput(BaseModel):
                                   for ref in self.references))
 
 
+class LoraInput(BaseModel):
+    """One LoRA applied to the UNet and text encoders for this request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str  # the models.toml entry, or the path as the bible gave it, for people reading meta.json
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scale: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+
+
 class RenderRequest(BaseModel):
     """One prompt rendered `count` times; image i uses seed + i through its own generator."""
 
@@ -120,6 +131,7 @@ class RenderRequest(BaseModel):
     parent_id: str | None = None
     story: StoryFields = Field(default_factory=StoryFields)
     ip_adapter: IPAdapterInput | None = None
+    loras: tuple[LoraInput, ...] = ()
 
     @field_validator("prompt")
     @classmethod
@@ -174,15 +186,16 @@ class RenderRequest(BaseModel):
         """Requests with equal keys can share one batched pipeline call."""
         return (self.model, self.width, self.height, self.steps, self.cfg, self.scheduler,
                 self.device, self.dtype, self.attention,
-                self.ip_adapter.batch_key() if self.ip_adapter is not None else None)
+                self.ip_adapter.batch_key() if self.ip_adapter is not None else None,
+                tuple((lora.sha256, lora.scale) for lora in self.loras))
 
     def image_requests(self) -> list["RenderRequest"]:
         """One request per image (count 1, its own seed): what meta.json records and replay renders."""
         return [self.model_copy(update={"seed": seed, "count": 1}) for seed in self.seeds]
 
 
-# Reference image paths are where the files happen to be; their sha256 is what they are.
-_KEY_EXCLUDE = {"ip_adapter": {"references": {"__all__": {"images": {"__all__": {"path"}}}}}}
+# Reference image and LoRA paths are where the files happen to be; their sha256 is what they are.
+_IP_ADAPTER_PATHS = {"references": {"__all__": {"images": {"__all__": {"path"}}}}}
 
 
 def image_request_key(request: RenderRequest) -> str:
@@ -193,7 +206,10 @@ def image_request_key(request: RenderRequest) -> str:
     """
     if request.count != 1:
         raise ValueError(f"image_request_key takes a one-image request, got count {request.count}")
-    fields = request.model_dump(mode="json", exclude=_KEY_EXCLUDE if request.ip_adapter else None)
+    exclude: dict = {"loras": {"__all__": {"path"}}} if request.loras else {"loras": True}  # keys from before LoRAs stay
+    if request.ip_adapter:
+        exclude["ip_adapter"] = _IP_ADAPTER_PATHS
+    fields = request.model_dump(mode="json", exclude=exclude)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -323,3 +323,29 @@ def save_tiny_sdxl_single_file(folder: Path, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in checkpoint.items()}, str(path))
     return path
+
+
+# ---- LoRA -------------------------------------------------------------------------------------------------
+
+def save_tiny_lora(unet_folder: Path, path: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A random LoRA (rank `rank`, on the attention projections) for the UNet saved in `unet_folder`,
+    written with the pipeline's save_lora_weights as diffusers and A1111-era tools load it. Its up
+    weights are not zero (a fresh LoRA would change nothing), so applying it visibly changes images."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(str(unet_folder))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionXLPipeline.save_lora_weights(str(path.parent), unet_lora_layers=layers, weight_name=path.name)
+    return path

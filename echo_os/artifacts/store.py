@@ -145,11 +145,15 @@ class ArtifactStore:
     @staticmethod
     def encode_png(image, meta: ArtifactMeta) -> bytes:
         model_name = meta.model.name if meta.model else meta.engine.name
+        extra = {"Engine": meta.engine.name, "Version": f"echo-os {meta.versions.get('echo_os', '')}"}
+        loras = meta.request.get("loras") or []
+        if loras:  # our own key: A1111's "Lora hashes" uses a hash of the tensors only, not the file sha256
+            extra["LoRAs"] = ", ".join(f"{Path(lora['name']).stem}: {lora['scale']:g} (sha256 {lora['sha256'][:12]})"
+                                       for lora in loras)
         parameters = a1111_parameters(
             meta.full_prompt, meta.negative_prompt, steps=meta.steps,
             sampler=A1111_SAMPLER_NAMES.get(meta.scheduler, meta.scheduler), cfg=meta.cfg, seed=meta.seed,
-            width=meta.width, height=meta.height, model=model_name,
-            extra={"Engine": meta.engine.name, "Version": f"echo-os {meta.versions.get('echo_os', '')}"})
+            width=meta.width, height=meta.height, model=model_name, extra=extra)
         embedded = meta.model_dump(mode="json", exclude={"id"})
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=png_info(parameters, embedded), compress_level=4)

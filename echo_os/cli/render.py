@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -58,6 +59,27 @@ def cpu_default_size(settings, request):
     return request.model_copy(update={"width": width, "height": height}), note
 
 
+def parse_loras(settings, specs: tuple[str, ...]):
+    """--lora NAME[:SCALE] values -> LoraInputs (a trailing :number is the scale; paths may hold colons)."""
+    from echo_os.engines.lora import resolve_lora
+    from echo_os.errors import UsageError
+
+    loras = {}
+    for spec in specs:
+        name, scale = spec, 1.0
+        head, sep, tail = spec.rpartition(":")
+        if sep and head:
+            try:
+                name, scale = head, float(tail)
+            except ValueError:
+                pass
+        if not 0.0 <= scale <= 2.0:
+            raise UsageError(f"--lora {spec}: the scale must be between 0 and 2, got {scale:g}.")
+        lora = resolve_lora(settings, name, scale=scale, base=Path.cwd())
+        loras.setdefault(lora.sha256, lora)
+    return tuple(loras.values())
+
+
 def engine_line(choice) -> str:
     return f"engine: {choice.name} ({choice.reason})"
 
@@ -99,12 +121,15 @@ def engine_announcer(memory_listener, note: str | None = None):
 @click.option("--attention", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True)
 @click.option("--project", default="default", show_default=True, help="Project the artifacts belong to.")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=None, help="Images per pipeline call.")
+@click.option("--lora", "lora_specs", multiple=True, metavar="NAME[:SCALE]",
+              help="Apply a LoRA: a models.toml `lora` entry or a .safetensors file, scale 0-2 (default 1). "
+                   "Repeat for several.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True,
               help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
-           no_memory: bool, **options) -> None:
+           no_memory: bool, lora_specs: tuple[str, ...], **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.memory.artifacts import attach
@@ -116,6 +141,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     if seed is not None:
         fields["seed"] = seed
     request = build_request(**fields)
+    if lora_specs:
+        request = request.model_copy(update={"loras": parse_loras(settings, lora_specs)})
     note = None
     if size is None:
         request, note = cpu_default_size(settings, request)

@@ -26,6 +26,7 @@ from echo_os.engines.base import (
     Timings,
 )
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
+from echo_os.engines.lora import LoraState, apply_loras
 from echo_os.errors import CancelledError, UsageError
 from echo_os.requests import RenderRequest
 
@@ -92,6 +93,7 @@ class LoadedPipeline:
     load_s: float
     lock: threading.Lock
     ip_adapter: AdapterState = field(default_factory=AdapterState)
+    lora: LoraState = field(default_factory=LoraState)
     profile: Any = None  # cuda_profile.RenderProfile applied at load, None off CUDA
 
 
@@ -272,6 +274,7 @@ class SDXLEngine:
         pipe = loaded.pipe
         pipe.scheduler = make_scheduler(first.scheduler, loaded.base_scheduler_config)
         adapter_info = ensure_adapters(self.settings, loaded, first.ip_adapter)
+        apply_loras(self.settings, loaded, first.loras)  # requests in one call share their LoRAs (batch_key)
         extra: dict[str, Any] = {}
         if first.ip_adapter is not None:
             guidance = first.cfg > 1 and pipe.unet.config.time_cond_proj_dim is None  # as the pipeline decides

@@ -149,6 +149,9 @@ def resolve_model(entry: ModelEntry, registry: "ModelRegistry | None" = None,
         adapter = _single_file(entry, root)
         encoder = _image_encoder(entry, adapter, registry, hf_cache)
         return ResolvedModel(entry, adapter, "single-file", (adapter,), commit=commit, image_encoder=encoder)
+    if entry.type == "lora":
+        weights = _single_file(entry, root)
+        return ResolvedModel(entry, weights, "single-file", (weights,), commit=commit)
     folder = _subfolder(entry, root)
     files, variant = _folder_weights(entry, folder)
     return ResolvedModel(entry, folder, "folder", files, variant=variant, commit=commit)

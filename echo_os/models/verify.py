@@ -96,6 +96,8 @@ def verify_model(settings: "Settings", name: str, allow_pickle: bool = False,
             _check_sdxl_pipeline(report, resolved.config_path, configs_only=True)
     elif entry.type == "ip-adapter":
         _check_ip_adapter(report, infos[0] if infos else None)
+    elif entry.type == "lora":
+        _check_lora(report, infos[0] if infos else None)
     else:
         _check_model_folder(report, resolved.local_path, entry.type)
 
@@ -216,6 +218,23 @@ def _check_ip_adapter(report: VerifyReport, info: WeightsFileInfo | None) -> Non
     encoder = report.resolved.image_encoder
     if encoder is not None:
         _check_model_folder(report, encoder.local_path, "clip")
+
+
+# Key markers of the LoRA layouts diffusers loads: its own/PEFT (lora_A/lora_B, lora.down/up) and
+# kohya's A1111/ComfyUI files (lora_unet_..., lora_te1_..., .lora_down/.lora_up, alpha).
+_LORA_MARKERS = ("lora_A", "lora_B", "lora.down", "lora.up", "lora_down", "lora_up", "lora_unet_", "lora_te")
+
+
+def _check_lora(report: VerifyReport, info: WeightsFileInfo | None) -> None:
+    if info is None or info.format != "safetensors":
+        if info is not None:
+            report.layout.append("layout not checked: a pickle is never opened to read its keys")
+        return
+    count = sum(any(marker in name for marker in _LORA_MARKERS) for name in info.tensor_names)
+    if count:
+        report.layout.append(f"LoRA weights ({count} low-rank tensors)")
+    else:
+        report.problems.append(f"{info.path}: not LoRA weights (no lora_A/lora_B, lora_down/lora_up keys).")
 
 
 def _check_model_folder(report: VerifyReport, folder: Path, model_type: str) -> None:

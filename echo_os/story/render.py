@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from echo_os.engines.ip_adapter import check_adapter, file_sha256
-from echo_os.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, RenderRequest
+from echo_os.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
 from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
 
 if TYPE_CHECKING:
@@ -145,14 +145,41 @@ def _check_adapters(settings: "Settings", requests: list[RenderRequest], engine:
         checked.add(request.ip_adapter.model)
 
 
+def attach_loras(settings: "Settings", plan: "StoryPlan", requests: list[RenderRequest],
+                 engine: "Engine | None") -> list[RenderRequest]:
+    """Each scene's characters' LoRAs (bible `lora`: a models.toml entry or a file beside the bible) on
+    its request, at each character's scale. Draft cards take none, so nothing is resolved for them; a
+    missing or wrong LoRA stops the story here, before the first scene renders."""
+    from echo_os.engines import choose_engine
+    from echo_os.engines.lora import resolve_lora
+
+    base = plan.bible_path.parent if plan.bible_path is not None else None
+    resolved: dict[str, LoraInput] = {}
+    engine_names: dict[tuple, str] = {}
+    out = []
+    for scene, request in zip(plan.scenes, requests):
+        wanted = [member.lora for member in scene.cast if member.lora is not None]
+        if wanted:
+            key = (request.engine, request.model, request.device)
+            if key not in engine_names:
+                engine_names[key] = engine.name if engine is not None else choose_engine(settings, request)[0]
+            if engine_names[key] != "draft":
+                loras: dict[str, LoraInput] = {}
+                for ref in wanted:
+                    if ref.name not in resolved:
+                        resolved[ref.name] = resolve_lora(settings, ref.name, base=base)
+                    lora = resolved[ref.name].model_copy(update={"scale": ref.scale})
+                    loras.setdefault(lora.sha256, lora)  # two characters sharing one LoRA: the first one's scale
+                request = request.model_copy(update={"loras": tuple(loras.values())})
+        out.append(request)
+    return out
+
+
 def _plan_notes(plan: "StoryPlan", ip_adapter: str | None) -> list[str]:
     notes = []
     seen: set[str] = set()
     for scene in plan.scenes:
         for member in scene.cast:
-            if member.lora is not None and member.id not in seen:
-                seen.add(member.id)
-                notes.append(f"character {member.id}: LoRA {member.lora.name} is not applied yet (planned, not rendered)")
             if member.references and ip_adapter is None and f"refs:{member.id}" not in seen:
                 seen.add(f"refs:{member.id}")
                 notes.append(f"character {member.id}: reference images left out (--ip-adapter none)")
@@ -181,7 +208,7 @@ def render_plan(
     from echo_os.scheduler import render_requests
 
     started = time.perf_counter()
-    requests = story_requests(plan, ip_adapter)
+    requests = attach_loras(settings, plan, story_requests(plan, ip_adapter), engine)
     _check_adapters(settings, requests, engine)
     own_store = store is None
     store = store or ArtifactStore(settings)
