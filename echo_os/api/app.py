@@ -367,6 +367,8 @@ async def _event_stream(api: ApiState, job: Job, first: list, queue: asyncio.Que
             return
         state = (job.status, job.attempts)
         seen = set(job.artifact_ids)
+        # Progress already in the snapshot (events are numbered per job) is not sent twice.
+        shown_progress = max((event.seq for event in first if event.event == "progress"), default=0)
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), SSE_PING_S)
@@ -381,6 +383,8 @@ async def _event_stream(api: ApiState, job: Job, first: list, queue: asyncio.Que
             if event.event == "started" and state == ("running", event.attempt):
                 continue
             if event.event == "artifact" and event.artifact_id in seen:
+                continue
+            if event.event == "progress" and event.seq <= shown_progress:
                 continue
             if event.event == "queued":
                 state = ("queued", event.attempts)
