@@ -529,6 +529,33 @@ async def test_batch_storyboard_with_bible(workspace):
         assert first["meta"]["story"]["bible_hash"]
 
 
+async def test_batch_story_gets_its_characters_loras_and_references(tiny_workspace, tiny_sdxl_dir, tmp_path):
+    """/api/batch renders characters as `echo-os batch` does: their LoRA on the scene's request, and
+    their reference images through the IP-Adapter, which must be on the machine unless ip_adapter is none."""
+    from tests.tiny_models import save_tiny_lora
+
+    lora = save_tiny_lora(tiny_sdxl_dir / "unet", tmp_path / "keeper.safetensors")
+    with open(tiny_workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.keeper-style]\ntype = "lora"\nfile = "{lora.as_posix()}"\n')
+    reference = tiny_workspace.home / "refs" / "keeper.png"
+    reference.parent.mkdir()
+    Image.new("RGB", (32, 32), (200, 20, 20)).save(reference)
+    bible = ("---\ntitle: Keeper\nmodel: tiny\ncharacters:\n"
+             f"  keeper: {{name: K, description: an old keeper, seed: 1, lora: {{name: keeper-style, scale: 0.5}}}}\n"
+             f"  boy: {{name: B, description: a boy, seed: 2, reference: {reference.as_posix()}}}\n---\n")
+    story = {"project": "Keeper", "engine": "cpu", "size": "64x64", "steps": 2, "bible": bible,
+             "storyboard": "scene,description,characters\n1,climbs,keeper\n2,waits,boy\n"}
+    async with api_client(tiny_workspace, start_worker=False) as (client, app):
+        response = await client.post("/api/batch", json=story)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "ip_adapter", response.text
+        assert '"ip_adapter": "none"' in response.json()["detail"][0]["msg"]
+        response = await client.post("/api/batch", json={**story, "ip_adapter": "none"})
+        assert response.status_code == 202, response.text
+        first, second = app.state.api.jobs.get(response.json()["job_id"]).spec.items
+    assert [(item.name, item.scale) for item in first.loras] == [("keeper-style", 0.5)] and second.loras == ()
+    assert first.ip_adapter is None and second.ip_adapter is None
+
+
 @pytest.mark.parametrize("body, field", [
     ({"storyboard": "scene,description\n1,\n"}, "storyboard"),
     ({"storyboard": "scene,description,characters\n1,a walk,bob\n", "bible": "---\ntitle: T\n---\n"}, "storyboard"),

@@ -439,6 +439,7 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
         for scene in plan.scenes:
             check_model(settings, scene.request.model, scene.request.engine,
                         "model" if body.model else "bible")
+        requests = _story_requests(settings, plan, body)
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestValidationError([{"type": "value_error", "loc": ("body", _problem_field(problem.file)),
@@ -451,7 +452,24 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return JobSpec(items=tuple(plan.requests), title=plan.title, warnings=plan.warnings)
+    return JobSpec(items=tuple(requests), title=plan.title, warnings=plan.warnings)
+
+
+def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
+    """The scenes' requests with the characters' reference images (IP-Adapter) and LoRAs, as `echo-os
+    batch` renders them; a LoRA or adapter this machine lacks is a 422 naming the field."""
+    from echo_os.story.render import attach_loras, check_adapters, story_requests
+
+    ip_adapter = None if body.ip_adapter == "none" else body.ip_adapter
+    try:
+        requests = attach_loras(settings, plan, story_requests(plan, ip_adapter), None)
+    except EchoError as error:
+        raise field_error("bible", str(error)) from None
+    try:
+        check_adapters(settings, requests, None)
+    except EchoError as error:
+        raise field_error("ip_adapter", str(error).replace("--ip-adapter none", '"ip_adapter": "none"')) from None
+    return requests
 
 
 def _check_plan_paths(settings: Settings, plan) -> None:

@@ -68,6 +68,9 @@ class BatchBody(BaseModel):
     size: str | None = Field(default=None, pattern=SIZE_PATTERN)
     scheduler: Scheduler | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    ip_adapter: str = Field(default="ip-adapter-sdxl", min_length=1, max_length=200,
+                            description="IP-Adapter entry for characters with reference images; 'none' leaves "
+                                        "them out (as `echo-os batch --ip-adapter`)")
 
 
 class Submitted(BaseModel):

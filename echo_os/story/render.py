@@ -130,7 +130,7 @@ def story_requests(plan: "StoryPlan", ip_adapter: str | None = DEFAULT_IP_ADAPTE
     return requests
 
 
-def _check_adapters(settings: "Settings", requests: list[RenderRequest], engine: "Engine | None") -> None:
+def check_adapters(settings: "Settings", requests: list[RenderRequest], engine: "Engine | None") -> None:
     """Fail before the first scene when reference images need an adapter this machine does not have."""
     from echo_os.engines import choose_engine
 
@@ -209,7 +209,7 @@ def render_plan(
 
     started = time.perf_counter()
     requests = attach_loras(settings, plan, story_requests(plan, ip_adapter), engine)
-    _check_adapters(settings, requests, engine)
+    check_adapters(settings, requests, engine)
     own_store = store is None
     store = store or ArtifactStore(settings)
     try:
