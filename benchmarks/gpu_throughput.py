@@ -99,20 +99,6 @@ DEFAULT_DRIFT_TOL = 8 / 255
 
 # --- Building SDXL with random weights ----------------------------------------------------------------
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's byte -> printable unicode table (what byte-level BPE vocabularies are written in)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
 def write_clip_tokenizer(folder: Path, vocab_size: int = 49408, max_length: int = 77) -> Path:
     """Write a CLIP BPE tokenizer (vocab.json, merges.txt) of exactly `vocab_size` entries.
 
@@ -121,7 +107,9 @@ def write_clip_tokenizer(folder: Path, vocab_size: int = 49408, max_length: int 
     the special tokens take the last two ids as in CLIP (the text encoder pools at the highest id).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    byte_chars = list(_bytes_to_unicode().values())
+    from tests.tiny_models import bytes_to_unicode
+
+    byte_chars = list(bytes_to_unicode().values())
     vocab: list[str] = byte_chars + [c + "</w>" for c in byte_chars]
     letters = "abcdefghijklmnopqrstuvwxyz"
     merges: list[str] = []

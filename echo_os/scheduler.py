@@ -78,24 +78,6 @@ def split_request(request: "RenderRequest", max_images: int) -> list["RenderRequ
     return pieces
 
 
-def plan_batches(requests: list["RenderRequest"], max_images: int) -> list[list["RenderRequest"]]:
-    """Group by batch key in order of first appearance, then fill batches of at most max_images."""
-    groups: dict[tuple, list["RenderRequest"]] = {}
-    for request in requests:
-        groups.setdefault(request.batch_key(), []).extend(split_request(request, max_images))
-    batches: list[list["RenderRequest"]] = []
-    for pieces in groups.values():
-        current: list["RenderRequest"] = []
-        for piece in pieces:
-            if current and sum(r.count for r in current) + piece.count > max_images:
-                batches.append(current)
-                current = []
-            current.append(piece)
-        if current:
-            batches.append(current)
-    return batches
-
-
 # ---- batch size ------------------------------------------------------------------------------------
 
 # Activation memory of one SDXL image at 1024x1024 in 16-bit, with classifier-free guidance (two UNet

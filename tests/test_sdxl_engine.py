@@ -91,11 +91,14 @@ def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
     from echo_os.cli.render import cpu_default_size
     from echo_os.requests import build_request
 
-    request, note = cpu_default_size(tiny_workspace, build_request(prompt="x", model="tiny", width=1024, height=1024))
+    from echo_os.engines import choose_engine
+
+    full = build_request(prompt="x", model="tiny", width=1024, height=1024)
+    request, note = cpu_default_size(tiny_workspace, full, choose_engine(tiny_workspace, full)[0])
     assert (request.width, request.height) == (512, 512)
     assert note == "512x512 by default on the CPU; --size 1024x1024 for full size"
     draft = build_request(prompt="x", model="tiny", engine="draft", width=1024, height=1024)
-    assert cpu_default_size(tiny_workspace, draft) == (draft, None)
+    assert cpu_default_size(tiny_workspace, draft, choose_engine(tiny_workspace, draft)[0]) == (draft, None)
 
 
 def test_render_without_size_on_the_cpu_uses_echo_os_cpu_size(run_cli, tiny_workspace, monkeypatch):

@@ -313,36 +313,33 @@ def _oom_engine(settings, *, fits: int, needs_tiling: bool = False):
 TINY = dict(model="tiny", width=64, height=64, steps=2, cfg=5.0, engine="cpu", device="cpu", project="oom")
 
 
-def test_out_of_memory_halves_the_batch_and_loses_nothing(tiny_workspace):
+def _render_buoys(settings, engine, count: int, batch_size: int):
+    """`count` images of one request through the scheduler with `engine`, into the workspace's store."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.requests import RenderRequest
     from echo_os.scheduler import render_requests
 
-    engine = _oom_engine(tiny_workspace, fits=2)
-    store = ArtifactStore(tiny_workspace)
+    store = ArtifactStore(settings)
     try:
-        outcome = render_requests(tiny_workspace, [RenderRequest(prompt="a red buoy", seed=10, count=5, **TINY)],
-                                  store=store, batch_size=4, engine=engine)
+        return render_requests(settings, [RenderRequest(prompt="a red buoy", seed=10, count=count, **TINY)],
+                               store=store, batch_size=batch_size, engine=engine)
     finally:
         store.close()
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(tiny_workspace):
+    engine = _oom_engine(tiny_workspace, fits=2)
+    outcome = _render_buoys(tiny_workspace, engine, count=5, batch_size=4)
     assert engine.calls == [(4, False), (2, False), (2, False), (1, False)]
     assert sorted(a.meta.seed for a in outcome.artifacts) == [10, 11, 12, 13, 14]
     assert outcome.notes == ["out of GPU memory with 4 images per call; retrying with 2"]
 
 
 def test_out_of_memory_at_one_image_turns_on_vae_tiling(tiny_workspace):
-    from echo_os.artifacts.store import ArtifactStore
     from echo_os.replay import replay_artifact
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import render_requests
 
     engine = _oom_engine(tiny_workspace, fits=16, needs_tiling=True)
-    store = ArtifactStore(tiny_workspace)
-    try:
-        outcome = render_requests(tiny_workspace, [RenderRequest(prompt="a red buoy", seed=10, count=2, **TINY)],
-                                  store=store, batch_size=2, engine=engine)
-    finally:
-        store.close()
+    outcome = _render_buoys(tiny_workspace, engine, count=2, batch_size=2)
     assert engine.calls == [(2, False), (1, False), (1, True), (1, True)]
     assert len(outcome.artifacts) == 2 and all(a.meta.vae_tiling for a in outcome.artifacts)
     assert outcome.notes[-1] == "out of GPU memory with 1 image per call; retrying with VAE tiling"

@@ -14,7 +14,7 @@ VOCAB_SIZE = 1000
 MERGES = ["t h", "th e</w>", "i n", "a n", "e r", "o n", "r e", "a r", "l i", "g h", "s t", "o r"]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte -> printable character table (the published algorithm)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     chars = printable[:]
@@ -30,7 +30,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def write_clip_tokenizer_files(folder: Path) -> Path:
     """vocab.json + merges.txt for a byte-level CLIP BPE with a few merges."""
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
     for merge in MERGES:
         merged = merge.replace(" ", "")

@@ -456,20 +456,17 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
 
 
 def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
-    """The scenes' requests with the characters' reference images (IP-Adapter) and LoRAs, as `echo-os
-    batch` renders them; a LoRA or adapter this machine lacks is a 422 naming the field."""
-    from echo_os.story.render import attach_loras, check_adapters, story_requests
+    """The scenes' requests as `echo-os batch` renders them (story.render.scene_requests); an adapter this
+    machine lacks is a 422 on `ip_adapter`, a LoRA it cannot find one on `bible`."""
+    from echo_os.engines.ip_adapter import AdapterMissing
+    from echo_os.story.render import scene_requests
 
-    ip_adapter = None if body.ip_adapter == "none" else body.ip_adapter
     try:
-        requests = attach_loras(settings, plan, story_requests(plan, ip_adapter), None)
+        return scene_requests(settings, plan, None if body.ip_adapter == "none" else body.ip_adapter)
+    except AdapterMissing as error:
+        raise field_error("ip_adapter", str(error)) from None
     except EchoError as error:
         raise field_error("bible", str(error)) from None
-    try:
-        check_adapters(settings, requests, None)
-    except EchoError as error:
-        raise field_error("ip_adapter", str(error).replace("--ip-adapter none", '"ip_adapter": "none"')) from None
-    return requests
 
 
 def _check_plan_paths(settings: Settings, plan) -> None:

@@ -32,7 +32,7 @@ from echo_os.api.events import (
 from echo_os.api.jobs import Job, JobStore, coalesce_key, now_iso
 from echo_os.errors import CancelledError, EchoError
 from echo_os.requests import RenderRequest
-from echo_os.scheduler import auto_batch_size
+from echo_os.scheduler import auto_batch_size, split_request
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import ArtifactStore
@@ -89,12 +89,9 @@ def chunk_pieces(pieces: list[Piece], limit: int) -> list[list[Piece]]:
     groups: dict[str, list[Piece]] = {}
     for piece in pieces:
         parts, done = [], 0
-        while done < piece.request.count:
-            n = min(limit, piece.request.count - done)
-            parts.append(Piece(piece.job_id,
-                               piece.request.model_copy(update={"seed": piece.request.seeds[done], "count": n}),
-                               piece.indices[done:done + n]))
-            done += n
+        for part in split_request(piece.request, limit):
+            parts.append(Piece(piece.job_id, part, piece.indices[done:done + part.count]))
+            done += part.count
         groups.setdefault(coalesce_key(piece.request), []).extend(parts)
     chunks: list[list[Piece]] = []
     for parts in groups.values():

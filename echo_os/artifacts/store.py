@@ -186,23 +186,57 @@ class ArtifactStore:
         (so a storyboard reads 001-, 002-, ... in scene order), else the next free number."""
         created = datetime.now(timezone.utc).astimezone()
         request = result.request
-        project_dir = self._project_dir(created, request.project)
-        project_dir.mkdir(parents=True, exist_ok=True)
         scene_slug = request.story.slug or slugify(request.story.description or request.prompt, max_length=32)
+
+        def build(seq: int) -> tuple[bytes, ArtifactMeta]:
+            started = time.perf_counter()
+            result.timings.save_s = 0.0
+            meta = self.build_meta(result, index, sequence=seq, created=created, batch_size=batch_size)
+            png = self.encode_png(result.images[index].image, meta)
+            meta.id = hashlib.sha256(png).hexdigest()
+            meta.timings["save_s"] = round(time.perf_counter() - started, 4)
+            return png, meta
+
+        final, meta = self._write_folder(created, request.project, scene_slug, build, sequence=request.story.scene)
+        artifact = Artifact(id=meta.id, path=final, meta=meta)
+        for listener in self.listeners:
+            try:
+                listener(artifact)
+            except Exception:  # a cache (memory index) failing must not lose the saved image
+                log.exception("after-save hook failed for %s; `echo-os artifacts reindex` repairs caches", meta.id)
+        return artifact
+
+    def save_file(self, png: bytes, meta: ArtifactMeta, *, scene_slug: str) -> Artifact:
+        """Keep an existing PNG byte-for-byte as an artifact (its id is the file's sha256), with `meta`.
+
+        For images made elsewhere (`echo-os memory import`); meta.created dates the folder. Same atomic
+        folder write and catalog row as `save`; listeners are not called (the importer embeds in batches).
+        """
+        meta.id = hashlib.sha256(png).hexdigest()
+
+        def build(seq: int) -> tuple[bytes, ArtifactMeta]:
+            meta.sequence = seq
+            return png, meta
+
+        final, meta = self._write_folder(datetime.fromisoformat(meta.created), meta.project, scene_slug, build)
+        return Artifact(id=meta.id, path=final, meta=meta)
+
+    def _write_folder(self, created: datetime, project: str, scene_slug: str,
+                      build: Callable[[int], tuple[bytes, ArtifactMeta]], *,
+                      sequence: int | None = None) -> tuple[Path, ArtifactMeta]:
+        """The atomic artifact write both saves share: `build(seq)` makes the PNG and meta under the
+        project's lock (seq: `sequence`, else the next free number), they go to a temporary folder,
+        fsync, rename; then the catalog row. A failure leaves no folder and no row."""
+        project_dir = self._project_dir(created, project)
+        project_dir.mkdir(parents=True, exist_ok=True)
         tmp_root = self.root / ".tmp"
         tmp_root.mkdir(exist_ok=True)
         tmp_dir = tmp_root / uuid.uuid4().hex
         tmp_dir.mkdir()
         try:
             with FileLock(str(project_dir / ".lock")):
-                seq = request.story.scene if request.story.scene is not None else self._next_sequence(project_dir)
-                started = time.perf_counter()
-                result.timings.save_s = 0.0
-                meta = self.build_meta(result, index, sequence=seq, created=created, batch_size=batch_size)
-                png = self.encode_png(result.images[index].image, meta)
-                artifact_id = hashlib.sha256(png).hexdigest()
-                meta.id = artifact_id
-                meta.timings["save_s"] = round(time.perf_counter() - started, 4)
+                seq = sequence if sequence is not None else self._next_sequence(project_dir)
+                png, meta = build(seq)
                 _write_durably(tmp_dir / IMAGE_NAME, png)
                 _write_durably(tmp_dir / META_NAME, meta.to_json().encode("utf-8"))
                 _fsync_dir(tmp_dir)
@@ -212,43 +246,8 @@ class ArtifactStore:
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
-        artifact = Artifact(id=artifact_id, path=final, meta=meta)
         self.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
-        for listener in self.listeners:
-            try:
-                listener(artifact)
-            except Exception:  # a cache (memory index) failing must not lose the saved image
-                log.exception("after-save hook failed for %s; `echo-os artifacts reindex` repairs caches", artifact_id)
-        return artifact
-
-    def save_file(self, png: bytes, meta: ArtifactMeta, *, scene_slug: str) -> Artifact:
-        """Keep an existing PNG byte-for-byte as an artifact (its id is the file's sha256), with `meta`.
-
-        For images made elsewhere (`echo-os memory import`); meta.created dates the folder. Same atomic
-        folder write and catalog row as `save`; listeners are not called (the importer embeds in batches).
-        """
-        created = datetime.fromisoformat(meta.created)
-        project_dir = self._project_dir(created, meta.project)
-        project_dir.mkdir(parents=True, exist_ok=True)
-        tmp_root = self.root / ".tmp"
-        tmp_root.mkdir(exist_ok=True)
-        tmp_dir = tmp_root / uuid.uuid4().hex
-        tmp_dir.mkdir()
-        meta.id = hashlib.sha256(png).hexdigest()
-        try:
-            with FileLock(str(project_dir / ".lock")):
-                meta.sequence = self._next_sequence(project_dir)
-                _write_durably(tmp_dir / IMAGE_NAME, png)
-                _write_durably(tmp_dir / META_NAME, meta.to_json().encode("utf-8"))
-                _fsync_dir(tmp_dir)
-                final = self._free_name(project_dir, f"{meta.sequence:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
-                os.rename(tmp_dir, final)
-                _fsync_dir(project_dir)
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-        self.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
-        return Artifact(id=meta.id, path=final, meta=meta)
+        return final, meta
 
     @staticmethod
     def _free_name(parent: Path, name: str) -> Path:

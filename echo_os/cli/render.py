@@ -37,16 +37,14 @@ class StepBar:
 DEFAULT_SIZE = "1024x1024"
 
 
-def cpu_default_size(settings, request):
-    """(request, note): `request` at settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512) when it would
-    render with the cpu engine. SDXL at 1024x1024 takes many minutes an image on a CPU; 512x512 is a
+def cpu_default_size(settings, request, engine_name: str):
+    """(request, note): `request` at settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512) when it
+    renders with the cpu engine. SDXL at 1024x1024 takes many minutes an image on a CPU; 512x512 is a
     quarter of the pixels, still SDXL, and the engine line says so."""
-    from echo_os.engines import choose_engine
     from echo_os.errors import UsageError
     from echo_os.requests import MAX_SIDE
 
-    name, _reason = choose_engine(settings, request)
-    if name != "cpu":
+    if engine_name != "cpu":
         return request, None
     try:
         width, height = parse_size(settings.cpu_size)
@@ -132,6 +130,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
            no_memory: bool, lora_specs: tuple[str, ...], **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
+    from echo_os.engines import choose_engine, create_engine
     from echo_os.memory.artifacts import attach
     from echo_os.scheduler import render_requests
 
@@ -143,16 +142,19 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     request = build_request(**fields)
     if lora_specs:
         request = request.model_copy(update={"loras": parse_loras(settings, lora_specs)})
+    # The engine is chosen once, here: the default size depends on it (and choosing checks the weights).
+    name, reason = choose_engine(settings, request)
     note = None
     if size is None:
-        request, note = cpu_default_size(settings, request)
+        request, note = cpu_default_size(settings, request, name)
+    engine = create_engine(settings, name, reason)
 
     store = ArtifactStore(settings)
     listener = attach(store, enabled=not no_memory)
     bar = StepBar(request.count)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=engine_announcer(listener, note))
+                                  on_engine=engine_announcer(listener, note), engine=engine)
     finally:
         bar.close()
         store.close()

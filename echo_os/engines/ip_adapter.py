@@ -191,10 +191,15 @@ def reference_embeds(settings: "Settings", loaded, adapter: "IPAdapterInput", gu
     return embeds
 
 
+class AdapterMissing(ModelError):
+    """A story needs an IP-Adapter this machine does not have (the HTTP API reports it on `ip_adapter`)."""
+
+
 def check_adapter(settings: "Settings", name: str) -> None:
-    """Resolve an ip-adapter entry now (before any scene renders); ModelError with what to do."""
+    """Resolve an ip-adapter entry now (before any scene renders); AdapterMissing with what to do."""
     try:
         resolve_adapter(settings, name)
     except EchoError as error:
-        raise ModelError(f"reference images need the IP-Adapter model '{name}': {str(error).rstrip('.')}; "
-                         "or pass --ip-adapter none to render without them.") from None
+        raise AdapterMissing(f"reference images need the IP-Adapter model '{name}': {str(error).rstrip('.')}; "
+                             "or render without them: --ip-adapter none (over HTTP: \"ip_adapter\": \"none\").") \
+            from None

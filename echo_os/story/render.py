@@ -175,6 +175,15 @@ def attach_loras(settings: "Settings", plan: "StoryPlan", requests: list[RenderR
     return out
 
 
+def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | None,
+                   engine: "Engine | None" = None) -> list[RenderRequest]:
+    """What each scene renders: its request with the characters' reference images and LoRAs, checked
+    (a missing adapter or LoRA raises here, before anything renders). `echo-os batch` and /api/batch."""
+    requests = attach_loras(settings, plan, story_requests(plan, ip_adapter), engine)
+    check_adapters(settings, requests, engine)
+    return requests
+
+
 def _plan_notes(plan: "StoryPlan", ip_adapter: str | None) -> list[str]:
     notes = []
     seen: set[str] = set()
@@ -208,8 +217,7 @@ def render_plan(
     from echo_os.scheduler import render_requests
 
     started = time.perf_counter()
-    requests = attach_loras(settings, plan, story_requests(plan, ip_adapter), engine)
-    check_adapters(settings, requests, engine)
+    requests = scene_requests(settings, plan, ip_adapter, engine)
     own_store = store is None
     store = store or ArtifactStore(settings)
     try:
