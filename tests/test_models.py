@@ -631,7 +631,6 @@ def test_verify_sdxl_pipeline(home: Settings, tmp_path: Path) -> None:
     assert report.layout[0] == "pipeline class StableDiffusionXLPipeline"
     assert any("addition_embed_type text_time" in line for line in report.layout)
     assert len(report.files) == 4 and all(f.format == "safetensors" for f in report.files)
-    assert report.sha256 == weights_sha256(home, report.resolved)
     bad = verify_model(home, "notxl")
     assert not bad.ok
     assert "addition_embed_type is None, not 'text_time'" in bad.problems[0]

@@ -49,8 +49,14 @@ def test_equals_a_direct_diffusers_call(tiny_workspace, tiny_sdxl_dir):
 
 @pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_2m_karras", "ddim"])
 def test_named_schedulers_run(tiny_workspace, scheduler):
-    [result] = SDXLEngine(tiny_workspace).render([RenderRequest(prompt="fog", seed=1, scheduler=scheduler, **TINY)])
+    engine = SDXLEngine(tiny_workspace)
+    request = RenderRequest(prompt="fog", seed=1, scheduler=scheduler, **TINY)
+    [result] = engine.render([request])
     assert result.images[0].image.size == (64, 64)
+    used = engine.loaded(request).pipe.scheduler  # the scheduler the call ran with
+    expected = {"euler_a": ("EulerAncestralDiscreteScheduler", False),
+                "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", True), "ddim": ("DDIMScheduler", False)}[scheduler]
+    assert (type(used).__name__, bool(used.config.get("use_karras_sigmas"))) == expected
 
 
 def test_progress_and_cancel(tiny_workspace):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -21,18 +19,6 @@ from echo_os.story.tokens import estimate_clip_tokens
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "prompts" / "lighthouse-keeper"
-
-
-@pytest.fixture(autouse=True)
-def _engine_names(monkeypatch):
-    """RenderRequest checks engine names against echo_os.engines.ENGINE_NAMES; until the engines
-    package exists on this branch, stand in for it."""
-    try:
-        from echo_os.engines import ENGINE_NAMES  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("echo_os.engines")
-        stub.ENGINE_NAMES = ("auto", "sdxl", "cpu", "draft", "openai", "comfyui")
-        monkeypatch.setitem(sys.modules, "echo_os.engines", stub)
 
 
 BIBLE = """\
@@ -270,8 +256,7 @@ def test_bible_parses_and_hashes_the_whole_file(tmp_path):
     ("title: x\nstyle:\n  prompt: a\n  negativ: b\n", "key style.negativ: unknown key (allowed: prompt, negative)"),
     ("title: x\ncharacters:\n  keeper:\n    name: E\n    description: d\n    seed: 1\n    lora: {name: a, weight: 2}\n",
      "key characters.keeper.lora.weight: unknown key (allowed: name, scale)"),
-    ("title: x\nlocations:\n  'bad id;x': somewhere\n", "key locations: Value error, id 'bad id;x' is not allowed"
-     .replace("Value error, ", "")),
+    ("title: x\nlocations:\n  'bad id;x': somewhere\n", "key locations: id 'bad id;x' is not allowed"),
     ("title: x\ntitle: y\n", "line 3: duplicate key 'title'"),
     ("title: x\nlocations:\n  no: somewhere\n", "key locations.False: the id False is not text"),
     ("title: [unclosed\n", "YAML error in the front matter"),
@@ -614,7 +599,7 @@ def test_local_clip_tokenizer_gives_exact_counts(tmp_path):
     tokenizer = load_clip_tokenizer(str(tmp_path / "tiny-model"))
     count = clip_token_count("low lower", tokenizer)
     assert not count.approximate
-    assert count.count == len(tokenizer("low lower", add_special_tokens=False)["input_ids"])
+    assert count.count == 4  # low</w> lo w er</w>: the tokenizer's own split (an estimate says 2)
 
     prompts = write(tmp_path, "prompts.txt", "low lower\n")
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "batch", "p", f"@{prompts}", "--dry-run",
