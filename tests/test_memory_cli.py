@@ -246,11 +246,11 @@ def test_import_reports_progress_and_the_bars_draw(workspace, tmp_path) -> None:
     calls = []
     report = import_folder(workspace, source, progress=lambda *call: calls.append(call))
     assert report.imported == 3
-    assert calls[0] == ("copy", 0, 3) and ("copy", 3, 3) in calls and calls[-1] == ("embed", 3, 3)
+    assert calls[0] == ("copy", 0, 3) and ("copy", 3, 3) in calls and calls[-1] == ("minilm", 3, 3)
 
     screen = io.StringIO()
     with StageBars(unit="image", labels={"copy": "importing"}, file=screen, enabled=True) as bars:
         for call in calls:
             bars(*call)
         assert [(bar.n, bar.total) for bar in bars.bars.values()] == [(3, 3), (3, 3)]
-    assert "importing:" in screen.getvalue() and "embed:" in screen.getvalue()
+    assert "importing:" in screen.getvalue() and "minilm:" in screen.getvalue()

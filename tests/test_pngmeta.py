@@ -12,10 +12,9 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES, a1111_parameters
 from echo_os.memory.pngmeta import (
-    A1111_SAMPLERS,
     ImportedMeta,
-    a1111_parameters,
     parse_a1111_parameters,
     parse_text_chunks,
     read_png_metadata,
@@ -65,7 +64,7 @@ def test_a1111_writer_round_trips_exactly(tmp_path: Path) -> None:
     fields = dict(
         prompt='a "quoted" lighthouse, storm: night\nsecond line, 50% fog',
         negative="blurry, lowres",
-        steps=28, sampler=A1111_SAMPLERS["dpmpp_2m_karras"], cfg=7.25, seed=4294967295,
+        steps=28, sampler=A1111_SAMPLER_NAMES["dpmpp_2m_karras"], cfg=7.25, seed=4294967295,
         width=1024, height=768, model="juggernautXL: v9, lightning",
     )
     text = a1111_parameters(**fields, extra={"Version": "echo-os 0.1.0", "Lora hashes": "a: 1, b: 2"})
@@ -79,7 +78,8 @@ def test_a1111_writer_round_trips_exactly(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cfg", [7, 7.0, 4.5, 12.125])
 def test_a1111_writer_cfg_and_no_negative(cfg: float) -> None:
-    text = a1111_parameters("a cat", None, 20, "Euler a", cfg, 1, 512, 512, None)
+    text = a1111_parameters("a cat", None, steps=20, sampler="Euler a", cfg=cfg, seed=1, width=512, height=512,
+                            model=None)
     assert "Negative prompt" not in text and "Model:" not in text
     meta = parse_a1111_parameters(text)
     assert meta.cfg == float(cfg) and meta.negative is None and meta.model is None

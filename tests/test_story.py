@@ -343,6 +343,14 @@ def test_10mb_cell_is_refused(tmp_path):
                       "row 2, column description: the cell is 100,000 bytes; the limit is 65,536")
 
 
+def test_an_oversized_scene_cell_is_one_problem(tmp_path):
+    csv_path = write(tmp_path, "story.csv", "scene,description\n\"" + "7" * 70_000 + "\",a walk\n")
+    with pytest.raises(StoryError) as raised:
+        plan_story("p", csv_path)
+    lines = [str(problem) for problem in raised.value.problems]
+    assert lines == ["story.csv row 2, column scene: the cell is 70,000 bytes; the limit is 65,536"], lines
+
+
 def test_hostile_input_through_the_cli_exits_2(tmp_path, capsys):
     from echo_os.cli import main
 

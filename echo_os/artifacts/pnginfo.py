@@ -13,6 +13,7 @@ PARAMETERS_KEY = "parameters"
 META_KEY = "echo-os"
 
 _NEEDS_QUOTES = re.compile(r'[,:"\n]')
+_KEY = re.compile(r"\w[\w \-/]*")
 
 
 def _quote(value: object) -> str:
@@ -20,21 +21,33 @@ def _quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if _NEEDS_QUOTES.search(text) else text
 
 
-def a1111_parameters(prompt: str, negative: str, *, steps: int, sampler: str, cfg: float, seed: int,
-                     width: int, height: int, model: str, extra: dict[str, object] | None = None) -> str:
-    """The `parameters` text as A1111 writes it."""
-    pairs: dict[str, object] = {
-        "Steps": steps,
-        "Sampler": sampler,
-        "CFG scale": f"{cfg:g}",
-        "Seed": seed,
-        "Size": f"{width}x{height}",
-        "Model": model,
-    }
-    pairs.update(extra or {})
-    lines = [prompt]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
+def _format_cfg(cfg: float) -> str:
+    cfg = float(cfg)
+    return str(int(cfg)) if cfg.is_integer() else repr(cfg)
+
+
+def a1111_parameters(prompt: str, negative: str | None, *, steps: int, sampler: str, cfg: float, seed: int,
+                     width: int, height: int, model: str | None,
+                     extra: dict[str, object] | None = None) -> str:
+    """The `parameters` text as A1111 writes it; memory.pngmeta.parse_a1111_parameters reads every field
+    back exactly (prompt and negative without surrounding whitespace).
+
+    sampler is written as given (an A1111 name: A1111_SAMPLER_NAMES maps ours). extra adds "Key: value"
+    pairs after the standard ones; keys must be words, values are quoted when they hold a comma, colon,
+    quote or newline.
+    """
+    pairs: dict[str, object] = {"Steps": int(steps), "Sampler": sampler, "CFG scale": _format_cfg(cfg),
+                                "Seed": int(seed), "Size": f"{int(width)}x{int(height)}"}
+    if model:
+        pairs["Model"] = model
+    for key, value in (extra or {}).items():
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"A1111 parameter names are words, got {key!r}")
+        if value is not None:
+            pairs[key] = value
+    lines = [prompt.strip()]
+    if negative and negative.strip():
+        lines.append(f"Negative prompt: {negative.strip()}")
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items()))
     return "\n".join(lines)
 

@@ -169,8 +169,8 @@ def reindex(ctx: click.Context) -> None:
     settings = settings_from(ctx)
     store = ArtifactStore(settings)
     try:
-        if store.catalog.count() == 0 and store.scan():
-            click.echo(f"catalog was empty: rebuilt it from the folders ({store.reindex()} artifacts)", err=True)
+        if store.catalog.count() == 0 and (found := store.reindex()):
+            click.echo(f"catalog was empty: rebuilt it from the folders ({found} artifacts)", err=True)
     finally:
         store.close()
     with _open(ctx, rebuild=True) as mem:
@@ -196,7 +196,7 @@ def import_images(ctx: click.Context, folder: str, project: str, as_json: bool) 
     if not root.is_dir():
         raise UsageError(f"no folder at {root}; give a folder holding PNG images.")
     settings = settings_from(ctx)
-    with StageBars(unit="image", labels={"copy": "importing", "embed": "embedding"}) as bars:
+    with StageBars(unit="image", labels={"copy": "importing", "minilm": "embedding prompts", "clip": "embedding images"}) as bars:
         report = import_folder(settings, root, project=project, progress=bars)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))

@@ -18,7 +18,6 @@ every image of the batch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import uuid
@@ -62,14 +61,6 @@ def resolve_adapter(settings: "Settings", name: str) -> "ResolvedModel":
                          "name an ip-adapter entry (see `echo-os models list`).")
     check_loadable(resolved)
     return resolved
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ensure_adapters(settings: "Settings", loaded, adapter: "IPAdapterInput | None") -> "ModelInfo | None":
@@ -142,7 +133,7 @@ def image_embedding(settings: "Settings", loaded, image: "IPAdapterImage") -> tu
         tensors = load_file(str(path))
         pair = (tensors["negative"], tensors["positive"])
     else:
-        pair = _encode(loaded, image)
+        pair = _encode(settings, loaded, image)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         save_file({"negative": pair[0].detach().cpu().contiguous(), "positive": pair[1].detach().cpu().contiguous()},
@@ -153,14 +144,16 @@ def image_embedding(settings: "Settings", loaded, image: "IPAdapterImage") -> tu
     return pair
 
 
-def _encode(loaded, image: "IPAdapterImage") -> tuple[Any, Any]:
+def _encode(settings: "Settings", loaded, image: "IPAdapterImage") -> tuple[Any, Any]:
     import torch
     from PIL import Image
+
+    from echo_os.models.hashing import file_sha256
 
     path = Path(image.path)
     if not path.is_file():
         raise UsageError(f"reference image {path} is not there any more; put it back or re-plan the story.")
-    if file_sha256(path) != image.sha256:
+    if file_sha256(settings, path) != image.sha256:
         raise UsageError(f"reference image {path} changed since the request was made (its sha256 differs); "
                          "re-plan the story to use the new image.")
     with Image.open(path) as opened:

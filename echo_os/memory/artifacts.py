@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,11 +219,6 @@ class ArtifactMemory:
                 filters: MemoryFilters = MemoryFilters()) -> tuple[CatalogRow, list[ArtifactHit]]:
         row = self.catalog.resolve_id(artifact_id)
         return row, self._joined(self.memory.similar(row.num, k, filters.allowed_ids(self.catalog)))
-
-    def add_artifacts(self, artifacts: Iterable[Artifact]) -> int:
-        items = [memory_item_from_meta(a.meta.model_dump(mode="json"), a.image_path) for a in artifacts]
-        self.memory.add(items)
-        return len(items)
 
 
 def describe_reports(reports: Sequence[ReconcileReport]) -> str | None:

@@ -21,7 +21,6 @@ from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EMBED_BATCH = 64
 
 
 @dataclass
@@ -71,14 +70,14 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
                   progress: Callable[[str, int, int], None] | None = None) -> ImportReport:
     """Copy every PNG under `folder` in as an artifact, then embed the new ones.
 
-    progress(stage, done, total): stage "copy" per file looked at, then "embed" per image embedded.
+    progress(stage, done, total): stage "copy" per file looked at, then one stage per embedder
+    ("minilm", "clip") as the new artifacts are embedded.
     """
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.memory.pngmeta import parse_text_chunks, read_png_text
 
     report = ImportReport()
     store = ArtifactStore(settings)
-    saved = []
     try:
         known = {row[0] for row in store.catalog.db.execute("SELECT id FROM artifacts")}
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
@@ -100,7 +99,7 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
             created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).astimezone()
             meta = imported_meta(path.resolve(), parsed, project=project, created=created)
             slug = slugify(parsed.prompt or path.stem, max_length=32)
-            saved.append(store.save_file(data, meta, scene_slug=slug))
+            store.save_file(data, meta, scene_slug=slug)
             known.add(digest)
             report.imported += 1
             report.by_tool[parsed.source] += 1
@@ -109,12 +108,11 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
             progress("copy", len(paths), len(paths))
     finally:
         store.close()
-    if embed and saved:
+    if embed and report.imported:
         from echo_os.memory.artifacts import open_memory
 
-        with open_memory(settings, reconcile=False) as memory:
-            for start in range(0, len(saved), EMBED_BATCH):
-                memory.add_artifacts(saved[start:start + EMBED_BATCH])
-                if progress is not None:
-                    progress("embed", min(start + EMBED_BATCH, len(saved)), len(saved))
+        # The new catalog rows are what the index lacks: reconciling embeds exactly them, in batches,
+        # and writes each index once (adding batch by batch would rewrite it per batch).
+        with open_memory(settings, progress=progress):
+            pass
     return report

@@ -1,4 +1,5 @@
-"""PNG text-chunk metadata of other tools: read A1111, ComfyUI and InvokeAI images; write A1111 `parameters`.
+"""PNG text-chunk metadata of other tools: read A1111, ComfyUI and InvokeAI images (echo-os writes A1111
+`parameters` with echo_os.artifacts.pnginfo.a1111_parameters; the tests read it back here).
 
 `read_png_metadata(path)` returns an `ImportedMeta` for any PNG: what the chunks say (prompt, seed, steps,
 ...) plus the raw chunks, with source "unknown" when no known chunk is present. Parsing is tolerant: a
@@ -38,9 +39,6 @@ _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 _NEGATIVE_PREFIX = "Negative prompt:"
 
-# echo-os scheduler names (echo_os.requests.SCHEDULERS) <-> A1111 sampler names: one table for writing
-# (the artifact store) and reading (here).
-A1111_SAMPLERS = A1111_SAMPLER_NAMES
 # Other tools' sampler names -> echo-os scheduler names (ComfyUI sampler_name, InvokeAI scheduler).
 _TOOL_SAMPLERS = {
     "euler": "euler", "euler_ancestral": "euler_a", "euler_a": "euler_a", "dpmpp_2m": "dpmpp_2m",
@@ -74,7 +72,7 @@ class ImportedMeta:
             return None
         name = self.sampler.strip()
         karras = (self.scheduler or "").strip().lower() == "karras"
-        for ours, theirs in A1111_SAMPLERS.items():
+        for ours, theirs in A1111_SAMPLER_NAMES.items():  # the table the artifact store writes with
             if name == theirs:
                 return "dpmpp_2m_karras" if ours == "dpmpp_2m" and karras else ours
         ours = _TOOL_SAMPLERS.get(name.lower())
@@ -86,13 +84,6 @@ class ImportedMeta:
 # -- A1111 -------------------------------------------------------------------------------------------
 
 
-def _quote(value: object) -> str:
-    text = str(value)
-    if "," not in text and "\n" not in text and ":" not in text and not text.startswith('"'):
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
@@ -101,37 +92,6 @@ def _unquote(value: str) -> str:
         except ValueError:
             return value[1:-1]
     return value
-
-
-def _format_cfg(cfg: float) -> str:
-    cfg = float(cfg)
-    return str(int(cfg)) if cfg.is_integer() else repr(cfg)
-
-
-def a1111_parameters(prompt: str, negative: str | None, steps: int, sampler: str, cfg: float, seed: int,
-                     width: int, height: int, model: str | None,
-                     extra: Mapping[str, object] | None = None) -> str:
-    """The A1111 `parameters` text for an image; `parse_a1111_parameters` reads every field back exactly
-    (prompt and negative without surrounding whitespace).
-
-    sampler is written as given: pass an A1111 name (A1111_SAMPLERS maps echo-os scheduler names) so other
-    tools recognise it. extra adds "Key: value" pairs after the standard ones (e.g. {"Version": "echo-os
-    0.1.0"}); keys must be words, values are quoted when they hold a comma, colon or newline.
-    """
-    pairs: list[tuple[str, object]] = [("Steps", int(steps)), ("Sampler", sampler), ("CFG scale", _format_cfg(cfg)),
-                                       ("Seed", int(seed)), ("Size", f"{int(width)}x{int(height)}")]
-    if model:
-        pairs.append(("Model", model))
-    for key, value in (extra or {}).items():
-        if not re.fullmatch(r"\w[\w \-/]*", key):
-            raise ValueError(f"A1111 parameter names are words, got {key!r}")
-        if value is not None:
-            pairs.append((key, value))
-    lines = [prompt.strip()]
-    if negative and negative.strip():
-        lines.append(f"{_NEGATIVE_PREFIX} {negative.strip()}")
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs))
-    return "\n".join(lines)
 
 
 def _split_a1111(text: str) -> tuple[str, str, str]:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from echo_os.engines.ip_adapter import check_adapter, file_sha256
+from echo_os.engines.ip_adapter import check_adapter
 from echo_os.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
 from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
 
@@ -106,14 +106,19 @@ class StoryRender:
 
 # ---- requests --------------------------------------------------------------------------------------
 
-def story_requests(plan: "StoryPlan", ip_adapter: str | None = DEFAULT_IP_ADAPTER) -> list[RenderRequest]:
+def story_requests(settings: "Settings", plan: "StoryPlan",
+                   ip_adapter: str | None = DEFAULT_IP_ADAPTER) -> list[RenderRequest]:
     """The plan's requests in scene order, with IP-Adapter inputs for characters that have references
-    (none when ip_adapter is None)."""
-    hashes: dict[Path, str] = {}
+    (none when ip_adapter is None). Reference images are hashed through the workspace's sha256 cache."""
+    if ip_adapter is None:
+        return plan.requests
+    from echo_os.models.hashing import file_sha256
+
+    hashes: dict[Path, str] = {}  # a character's references recur in every scene it is in
 
     def image(path: Path) -> IPAdapterImage:
         if path not in hashes:
-            hashes[path] = file_sha256(path)
+            hashes[path] = file_sha256(settings, path)
         return IPAdapterImage(path=str(path), sha256=hashes[path])
 
     requests = []
@@ -124,63 +129,58 @@ def story_requests(plan: "StoryPlan", ip_adapter: str | None = DEFAULT_IP_ADAPTE
                                else member.ip_adapter_scale)
             for member in scene.cast if member.references)
         request = scene.request
-        if references and ip_adapter:
+        if references:
             request = request.model_copy(update={"ip_adapter": IPAdapterInput(model=ip_adapter, references=references)})
         requests.append(request)
     return requests
 
 
-def check_adapters(settings: "Settings", requests: list[RenderRequest], engine: "Engine | None") -> None:
+def check_adapters(settings: "Settings", requests: list[RenderRequest]) -> None:
     """Fail before the first scene when reference images need an adapter this machine does not have."""
-    from echo_os.engines import choose_engine
-
-    checked: set[str] = set()
-    for request in requests:
-        if request.ip_adapter is None or request.ip_adapter.model in checked:
-            continue
-        name = engine.name if engine is not None else choose_engine(settings, request)[0]
-        if name == "draft":  # draft cards do not use reference images
-            continue
-        check_adapter(settings, request.ip_adapter.model)
-        checked.add(request.ip_adapter.model)
+    for model in dict.fromkeys(request.ip_adapter.model for request in requests if request.ip_adapter):
+        check_adapter(settings, model)
 
 
-def attach_loras(settings: "Settings", plan: "StoryPlan", requests: list[RenderRequest],
-                 engine: "Engine | None") -> list[RenderRequest]:
+def attach_loras(settings: "Settings", plan: "StoryPlan", requests: list[RenderRequest]) -> list[RenderRequest]:
     """Each scene's characters' LoRAs (bible `lora`: a models.toml entry or a file beside the bible) on
-    its request, at each character's scale. Draft cards take none, so nothing is resolved for them; a
-    missing or wrong LoRA stops the story here, before the first scene renders."""
-    from echo_os.engines import choose_engine
+    its request, at each character's scale; a missing or wrong LoRA stops the story here, before the
+    first scene renders."""
     from echo_os.engines.lora import resolve_lora
 
     base = plan.bible_path.parent if plan.bible_path is not None else None
     resolved: dict[str, LoraInput] = {}
-    engine_names: dict[tuple, str] = {}
     out = []
     for scene, request in zip(plan.scenes, requests):
-        wanted = [member.lora for member in scene.cast if member.lora is not None]
-        if wanted:
-            key = (request.engine, request.model, request.device)
-            if key not in engine_names:
-                engine_names[key] = engine.name if engine is not None else choose_engine(settings, request)[0]
-            if engine_names[key] != "draft":
-                loras: dict[str, LoraInput] = {}
-                for ref in wanted:
-                    if ref.name not in resolved:
-                        resolved[ref.name] = resolve_lora(settings, ref.name, base=base)
-                    lora = resolved[ref.name].model_copy(update={"scale": ref.scale})
-                    loras.setdefault(lora.sha256, lora)  # two characters sharing one LoRA: the first one's scale
-                request = request.model_copy(update={"loras": tuple(loras.values())})
-        out.append(request)
+        loras: dict[str, LoraInput] = {}
+        for ref in (member.lora for member in scene.cast if member.lora is not None):
+            if ref.name not in resolved:
+                resolved[ref.name] = resolve_lora(settings, ref.name, base=base)
+            lora = resolved[ref.name].model_copy(update={"scale": ref.scale})
+            loras.setdefault(lora.sha256, lora)  # two characters sharing one LoRA: the first one's scale
+        out.append(request.model_copy(update={"loras": tuple(loras.values())}) if loras else request)
     return out
 
 
 def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | None,
                    engine: "Engine | None" = None) -> list[RenderRequest]:
     """What each scene renders: its request with the characters' reference images and LoRAs, checked
-    (a missing adapter or LoRA raises here, before anything renders). `echo-os batch` and /api/batch."""
-    requests = attach_loras(settings, plan, story_requests(plan, ip_adapter), engine)
-    check_adapters(settings, requests, engine)
+    (a missing adapter or LoRA raises here, before anything renders). `echo-os batch` and /api/batch.
+
+    A plan has one engine (model, engine and device come from the options or the bible, not per row),
+    chosen here when not given. Draft cards take no LoRA and need no adapter."""
+    requests = story_requests(settings, plan, ip_adapter)
+    if not requests:
+        return requests
+    if engine is None:
+        from echo_os.engines import choose_engine
+
+        name = choose_engine(settings, requests[0])[0]
+    else:
+        name = engine.name
+    if name == "draft":
+        return requests
+    requests = attach_loras(settings, plan, requests)
+    check_adapters(settings, requests)
     return requests
 
 
@@ -217,6 +217,10 @@ def render_plan(
     from echo_os.scheduler import render_requests
 
     started = time.perf_counter()
+    if engine is None and plan.scenes:  # one engine for the whole plan (see scene_requests), chosen once
+        from echo_os.engines import choose_engine, create_engine
+
+        engine = create_engine(settings, *choose_engine(settings, plan.scenes[0].request))
     requests = scene_requests(settings, plan, ip_adapter, engine)
     own_store = store is None
     store = store or ArtifactStore(settings)

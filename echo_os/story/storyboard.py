@@ -277,7 +277,7 @@ def _parse_row(cells: dict[str, str], row_number: int, label: str, problems: Pro
             return None
 
     scene = parsed("scene", lambda text: parse_int(text, "scene", 0, 10**9))
-    if scene is None and cell("scene") is None and len(problems) == before:
+    if scene is None and len(problems) == before:  # no number and no problem reported: the cell is empty
         problems.add(label, "the scene number is empty", row=row_number, column="scene")
     description = cell("description")
     if description is None and len(problems) == before:
