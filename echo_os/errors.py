@@ -20,6 +20,14 @@ class UsageError(EchoError):
     exit_code = 2
 
 
+class OptionError(UsageError):
+    """A bad option value; `option` names it as the CLI and the API call it (e.g. "size", "steps")."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
+
+
 class ModelError(EchoError):
     """Weights missing, corrupt, or in a refused format."""
 

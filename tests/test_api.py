@@ -566,9 +566,16 @@ async def test_batch_story_gets_its_characters_loras_and_references(tiny_workspa
     ({"prompts": ["x"], "bible": "---\ntitle: T\n---\n"}, "bible"),
     ({}, "storyboard"),
     ({"prompts": ["x"], "steps": 0}, "steps"),
+    ({"prompts": ["x"], "size": "65x64"}, "size"),
     ({"prompts": ["x"], "model": "no-such-model", "engine": "auto"}, "model"),
     ({"storyboard": "scene,description,characters\n1,a walk,keeper\n",
       "bible": "---\ntitle: T\ncharacters:\n  keeper: {name: K, description: d, seed: 1, reference: /etc/passwd}\n---\n"},
+     "bible"),
+    ({"storyboard": "scene,description,characters\n1,a walk,keeper\n",
+      "bible": "---\ntitle: T\ncharacters:\n  keeper: {name: K, description: d, seed: 1, lora: ~/evil.safetensors}\n---\n"},
+     "bible"),
+    ({"storyboard": "scene,description,characters\n1,a walk,keeper\n",
+      "bible": "---\ntitle: T\ncharacters:\n  keeper: {name: K, description: d, seed: 1, lora: ../../../../x.safetensors}\n---\n"},
      "bible"),
 ])
 async def test_bad_batches_are_422_naming_the_field(workspace, body, field):

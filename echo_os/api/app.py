@@ -46,7 +46,7 @@ from echo_os.api.schemas import (
 )
 from echo_os.api.security import Guard, GuardSettings, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
-from echo_os.errors import EchoError, NotFoundError, UsageError
+from echo_os.errors import EchoError, NotFoundError, OptionError, UsageError
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -436,19 +436,17 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                 bible.write_text(body.bible, encoding="utf-8")
             plan = plan_story(body.project, source, bible=bible, options=options)
         _check_plan_paths(settings, plan)
-        for scene in plan.scenes:
-            check_model(settings, scene.request.model, scene.request.engine,
-                        "model" if body.model else "bible")
+        for model, engine in dict.fromkeys((scene.request.model, scene.request.engine) for scene in plan.scenes):
+            check_model(settings, model, engine, "model" if body.model else "bible")
         requests = _story_requests(settings, plan, body)
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestValidationError([{"type": "value_error", "loc": ("body", _problem_field(problem.file)),
                                        "msg": str(problem), "input": None} for problem in error.problems]) from None
-    except UsageError as error:
+    except OptionError as error:  # an override the planner refused, named as BatchBody names it
         shutil.rmtree(folder, ignore_errors=True)
-        message = str(error)
-        name = message.split("--", 1)[1].split(":", 1)[0].strip() if "invalid --" in message else "project"
-        raise field_error(name if name in BatchBody.model_fields else "storyboard", message) from None
+        raise field_error(error.option if error.option in BatchBody.model_fields else "storyboard", str(error)) \
+            from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -471,13 +469,20 @@ def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
 
 def _check_plan_paths(settings: Settings, plan) -> None:
     """A bible sent over HTTP may only point at files inside the workspace."""
+    from echo_os.engines.lora import lora_path
+    from echo_os.models import load_registry
+
     home = settings.home.resolve()
+    registry = load_registry(settings)
     for scene in plan.scenes:
         for member in scene.cast:
             for reference in member.references:
                 if not Path(reference).resolve().is_relative_to(home):
                     raise field_error("bible", f"character {member.id}: reference image {reference} is outside "
                                                "the workspace; put it under the workspace folder")
-            lora = member.lora.name if member.lora else ""
-            if ("/" in lora or "\\" in lora) and not (plan.bible_path.parent / lora).resolve().is_relative_to(home):
+            lora = member.lora.name if member.lora else None
+            if lora is None or lora in registry:
+                continue
+            # The same rule resolve_lora reads the file by.
+            if not lora_path(lora, plan.bible_path.parent).resolve().is_relative_to(home):
                 raise field_error("bible", f"character {member.id}: lora {lora} is outside the workspace")

@@ -30,6 +30,12 @@ class LoraState:
     active: bool = False
 
 
+def lora_path(name: str, base: Path | None) -> Path:
+    """Where a LoRA named by path (not a models.toml entry) is: `~` expanded, relative to `base`."""
+    path = Path(name).expanduser()
+    return base / path if not path.is_absolute() and base is not None else path
+
+
 def resolve_lora(settings: "Settings", name: str, *, scale: float = 1.0, base: Path | None = None) -> LoraInput:
     """A LoRA by models.toml name (type = "lora"), else a .safetensors path (relative to `base`)."""
     from echo_os.models import check_loadable, load_registry
@@ -44,9 +50,7 @@ def resolve_lora(settings: "Settings", name: str, *, scale: float = 1.0, base: P
         check_loadable(resolved)
         path = resolved.local_path
     else:
-        path = Path(name).expanduser()
-        if not path.is_absolute() and base is not None:
-            path = base / path
+        path = lora_path(name, base)
         if not path.is_file():
             raise UsageError(f"LoRA '{name}' is neither a models.toml entry nor a file ({path}); add it with "
                              "`echo-os models add NAME --file F --type lora` or fix the path.")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from echo_os.errors import UsageError
+from echo_os.errors import OptionError
 from echo_os.requests import MAX_SEED, RenderRequest, StoryFields, describe_validation_error, parse_size
 from echo_os.story.bible import Bible, LoraRef, load_bible_and_raw
 from echo_os.story.compose import ComposedPrompt, compose_scene_prompt
@@ -192,9 +192,11 @@ def _check_options(options: PlanOptions, project: str) -> None:
         RenderRequest(**fields)
     except ValidationError as error:
         message = describe_validation_error(error)
-        if message.startswith("invalid request: "):  # a check across fields, e.g. the engine name
-            raise UsageError(message.removeprefix("invalid request: ")) from None
-        raise UsageError(message.replace("invalid ", "invalid --", 1)) from None
+        if message.startswith("invalid request: "):  # the check across fields: the engine name
+            raise OptionError(message.removeprefix("invalid request: "), "engine") from None
+        field = str(error.errors()[0]["loc"][0])
+        option = {"width": "size", "height": "size"}.get(field, field)
+        raise OptionError(message.replace(f"invalid {field}", f"invalid --{option}", 1), option) from None
 
 
 def _request_fields(row: SceneRow, bible: Bible | None, options: PlanOptions) -> dict[str, Any]:
