@@ -266,33 +266,45 @@ def _render_groups(engine: "Engine", requests: list["RenderRequest"], *, store: 
         limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, pieces[0])
         outcome.batch_sizes.setdefault(engine.name, limit)
         queue = deque(pieces)
-        while queue:
-            batch = take_batch(queue, limit)
-            try:
-                results = engine.render(batch, progress=progress, cancel=cancel)
-            except Exception as error:
-                if not is_out_of_memory(error):
-                    raise
-                _release_memory()
-                queue.extendleft(reversed(batch))
-                images = sum(r.count for r in batch)
-                if limit > 1:
-                    limit = max(1, min(limit, images) // 2)
-                    outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with {limit}")
-                elif hasattr(engine, "vae_tiling") and not engine.vae_tiling:
-                    engine.vae_tiling = True
-                    outcome.notes.append("out of GPU memory with 1 image per call; retrying with VAE tiling")
-                else:
-                    first = batch[0]
-                    raise OutOfMemoryError(
-                        f"out of GPU memory rendering one {first.width}x{first.height} image even with VAE tiling; "
-                        f"{len(outcome.artifacts)} image(s) of this run were saved; free GPU memory or use a "
-                        "smaller --size, then run the same command again to render the rest") from None
-                log.warning(outcome.notes[-1])
-                continue
-            images = sum(len(result.images) for result in results)
-            for result in results:
-                for artifact in store.save_result(result, batch_size=images):
-                    outcome.artifacts.append(artifact)
-                    if on_image is not None:
-                        on_image(ImageDone(artifact, resumed=False))
+        tiling = getattr(engine, "vae_tiling", None)
+        try:
+            _render_queue(engine, queue, limit, store=store, outcome=outcome, progress=progress, cancel=cancel,
+                          on_image=on_image)
+        finally:  # the OOM back-off's VAE tiling is for this group only; the engine may outlive the call
+            if tiling is not None:
+                engine.vae_tiling = tiling
+
+
+def _render_queue(engine: "Engine", queue: "deque[RenderRequest]", limit: int, *, store: "ArtifactStore",
+                  outcome: RenderOutcome, progress, cancel, on_image: Callable[[ImageDone], None] | None) -> None:
+    """Render one batch group, halving the batch on out-of-memory, then decoding with VAE tiling."""
+    while queue:
+        batch = take_batch(queue, limit)
+        try:
+            results = engine.render(batch, progress=progress, cancel=cancel)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            _release_memory()
+            queue.extendleft(reversed(batch))
+            images = sum(r.count for r in batch)
+            if limit > 1:
+                limit = max(1, min(limit, images) // 2)
+                outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with {limit}")
+            elif hasattr(engine, "vae_tiling") and not engine.vae_tiling:
+                engine.vae_tiling = True
+                outcome.notes.append("out of GPU memory with 1 image per call; retrying with VAE tiling")
+            else:
+                first = batch[0]
+                raise OutOfMemoryError(
+                    f"out of GPU memory rendering one {first.width}x{first.height} image even with VAE tiling; "
+                    f"{len(outcome.artifacts)} image(s) of this run were saved; free GPU memory or use a "
+                    "smaller --size, then run the same command again to render the rest") from None
+            log.warning(outcome.notes[-1])
+            continue
+        images = sum(len(result.images) for result in results)
+        for result in results:
+            for artifact in store.save_result(result, batch_size=images):
+                outcome.artifacts.append(artifact)
+                if on_image is not None:
+                    on_image(ImageDone(artifact, resumed=False))

@@ -40,3 +40,16 @@ def test_unknown_engine_lists_allowed_values(run_cli, workspace):
     _, _, err = run_cli("--home", str(workspace.home), "render", "x", "--engine", "magic")
     for name in ("auto", "sdxl", "cpu", "draft"):
         assert name in err
+
+
+def test_device_cuda_without_a_gpu_is_one_line_not_a_cpu_render(run_cli, tiny_workspace):
+    """auto follows the engine's device rule: asking for CUDA where there is none is an error, not a
+    quiet CPU render."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    code, _, err = run_cli("--home", str(tiny_workspace.home), "render", "x", "--model", "tiny", "--size", "64x64",
+                           "--device", "cuda")
+    assert code == 2 and "--device cuda was asked for but no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+    assert not tiny_workspace.artifacts_dir.exists() or not list(tiny_workspace.artifacts_dir.rglob("image.png"))

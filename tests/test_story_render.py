@@ -342,6 +342,7 @@ def test_out_of_memory_at_one_image_turns_on_vae_tiling(tiny_workspace):
     engine = _oom_engine(tiny_workspace, fits=16, needs_tiling=True)
     outcome = _render_buoys(tiny_workspace, engine, count=2, batch_size=2)
     assert engine.calls == [(2, False), (1, False), (1, True), (1, True)]
+    assert engine.vae_tiling is False  # the back-off was for that group; later renders decode whole again
     assert len(outcome.artifacts) == 2 and all(a.meta.vae_tiling for a in outcome.artifacts)
     assert outcome.notes[-1] == "out of GPU memory with 1 image per call; retrying with VAE tiling"
     assert replay_artifact(tiny_workspace, outcome.artifacts[1].id).max_pixel_diff == 0

@@ -45,10 +45,13 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
     except ResolveError as error:
         return "draft", f"no weights for model '{request.model}' here ({error.reason}); see `echo-os models list`"
     check_loadable(resolved)
-    import torch
+    from echo_os.engines.sdxl import pick_device
 
-    if request.device in ("auto", "cuda") and torch.cuda.is_available():
+    device = pick_device(request.device)  # the engine's own rule: --device cuda/mps without one is an error
+    if device == "cuda":
         return "sdxl", f"weights for '{request.model}' found and a CUDA GPU is available"
+    if device == "mps":
+        return "sdxl", f"weights for '{request.model}' found; --device mps"
     if request.device == "cpu":
         return "cpu", "weights found; --device cpu"
     return "cpu", f"weights for '{request.model}' found but no CUDA GPU; rendering on the CPU (slow at full size)"
