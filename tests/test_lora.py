@@ -98,3 +98,17 @@ def test_story_characters_get_their_lora(tiny_workspace, tiny_lora, tmp_path):
     assert Path(first["loras"][0]["path"]) == story / "keeper.safetensors"
     assert second["loras"] == []
     assert result.notes == []  # LoRAs are applied, so nothing is reported as left out
+
+
+def test_a_lora_file_changed_since_the_request_is_refused(tiny_workspace, tiny_lora):
+    from echo_os.engines.lora import resolve_lora
+    from echo_os.errors import UsageError
+
+    engine = SDXLEngine(tiny_workspace, name="cpu", force_device="cpu")
+    recorded = resolve_lora(tiny_workspace, str(tiny_lora)).model_copy(update={"sha256": "0" * 64})
+    request = RenderRequest(prompt="a keeper", **TINY).model_copy(update={"loras": (recorded,)})
+    with pytest.raises(UsageError, match="changed since the request was made"):
+        engine.render([request])
+    gone = recorded.model_copy(update={"path": str(tiny_lora.with_name("moved.safetensors"))})
+    with pytest.raises(UsageError, match="is not there any more"):
+        engine.render([request.model_copy(update={"loras": (gone,)})])

@@ -148,14 +148,9 @@ def _encode(settings: "Settings", loaded, image: "IPAdapterImage") -> tuple[Any,
     import torch
     from PIL import Image
 
-    from echo_os.models.hashing import file_sha256
+    from echo_os.models.hashing import require_unchanged
 
-    path = Path(image.path)
-    if not path.is_file():
-        raise UsageError(f"reference image {path} is not there any more; put it back or re-plan the story.")
-    if file_sha256(settings, path) != image.sha256:
-        raise UsageError(f"reference image {path} changed since the request was made (its sha256 differs); "
-                         "re-plan the story to use the new image.")
+    path = require_unchanged(settings, image.path, image.sha256, "reference image")
     with Image.open(path) as opened:
         picture = opened.convert("RGB")
     state: AdapterState = loaded.ip_adapter

@@ -62,19 +62,14 @@ def resolve_lora(settings: "Settings", name: str, *, scale: float = 1.0, base: P
 
 def apply_loras(settings: "Settings", loaded, loras: tuple[LoraInput, ...]) -> None:
     """Make exactly `loras` active on the pipeline, at their scales (none: every LoRA off)."""
-    from echo_os.models.hashing import file_sha256
+    from echo_os.models.hashing import require_unchanged
 
     state: LoraState = loaded.lora
     pipe = loaded.pipe
     for lora in loras:
         if lora.sha256 in state.adapters:
             continue
-        path = Path(lora.path)
-        if not path.is_file():
-            raise UsageError(f"LoRA file {path} is not there any more; put it back or re-plan.")
-        if file_sha256(settings, path) != lora.sha256:
-            raise UsageError(f"LoRA file {path} changed since the request was made (its sha256 differs); "
-                             "re-plan to use the new file.")
+        path = require_unchanged(settings, lora.path, lora.sha256, "LoRA file")
         adapter = f"lora_{lora.sha256[:16]}"
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter,
                                local_files_only=True)

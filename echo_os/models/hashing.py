@@ -79,6 +79,20 @@ def file_sha256(settings: "Settings", path: str | Path, show_progress: bool = Fa
     return digest
 
 
+def require_unchanged(settings: "Settings", path: str | Path, sha256: str, what: str) -> Path:
+    """`path`, checked to be the file a request recorded (its sha256); UsageError naming `what` if it
+    is gone or changed since (a reference image, a LoRA: what a replay or a queued job would load)."""
+    from echo_os.errors import UsageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} {path} is not there any more; put it back or re-plan.")
+    if file_sha256(settings, path) != sha256:
+        raise UsageError(f"{what} {path} changed since the request was made (its sha256 differs); "
+                         "re-plan to use the new file.")
+    return path
+
+
 def weights_sha256(settings: "Settings", resolved: "ResolvedModel", show_progress: bool = False) -> str:
     """One sha256 naming the weights a resolved model loads.
 
