@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import EchoError
@@ -30,7 +32,7 @@ from echo_os.requests import image_request_key
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
-    from echo_os.engines.base import Engine, ProgressCallback
+    from echo_os.engines.base import Engine, ProgressCallback, RenderResult
     from echo_os.requests import RenderRequest
     from echo_os.settings import Settings
 
@@ -51,10 +53,76 @@ class EngineChoice:
 
 @dataclass(frozen=True)
 class ImageDone:
-    """One image of the run is on disk: rendered now, or found from an earlier run (resumed)."""
+    """One image of the run is on disk: rendered now, or found from an earlier run (resumed).
+
+    source: which of the requests given to render_requests it belongs to; index: its place in that
+    request (image `index` has seed + index). save_s: how long saving it took (0 when resumed)."""
 
     artifact: "Artifact"
     resumed: bool
+    source: int = 0
+    index: int = 0
+    save_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Consecutive images of one given request: `request` renders them (its seed is the first one's),
+    `source` is the given request's position, `first` the first image's place in it."""
+
+    source: int
+    first: int
+    request: "RenderRequest"
+
+    def split(self, head: int) -> tuple["Piece", "Piece"]:
+        """The first `head` images and the rest (0 < head < count), every image keeping its seed."""
+        request = self.request
+        return (Piece(self.source, self.first, request.model_copy(update={"count": head})),
+                Piece(self.source, self.first + head,
+                      request.model_copy(update={"seed": request.seeds[head], "count": request.count - head})))
+
+
+@dataclass
+class CallControl:
+    """What one pipeline call gets: where its progress goes and the flag that cancels it."""
+
+    progress: "ProgressCallback | None" = None
+    cancel: threading.Event | None = None
+
+
+class RenderHooks:
+    """How a host (the CLI, a story, the API's job adapter) follows and steers a render, call by call.
+
+    The defaults: one progress callback and one cancel flag for the whole run, every image kept, and
+    `on_image` told about each one. The API worker overrides them to run several jobs in one call: drop
+    the pieces of a job cancelled before the call, give each call its own cancel flag, keep no image of a
+    job cancelled during the call, and add each result's timings to its job.
+    """
+
+    def __init__(self, progress: "ProgressCallback | None" = None, cancel: threading.Event | None = None,
+                 on_image: Callable[[ImageDone], None] | None = None):
+        self._control = CallControl(progress, cancel)
+        self._on_image = on_image
+
+    def before_call(self, pieces: list[Piece]) -> list[Piece]:
+        """The pieces to render now (an empty list skips the call); may raise to stop the run."""
+        return pieces
+
+    @contextmanager
+    def call(self, pieces: list[Piece]) -> Iterator[CallControl]:
+        """Around the engine's render call (its errors pass through here)."""
+        yield self._control
+
+    def after_call(self, pieces: list[Piece]) -> list[bool]:
+        """Per piece: save its images?"""
+        return [True] * len(pieces)
+
+    def result(self, piece: Piece, result: "RenderResult") -> None:
+        """A kept piece's result, before its images are saved."""
+
+    def image(self, done: ImageDone) -> None:
+        if self._on_image is not None:
+            self._on_image(done)
 
 
 @dataclass
@@ -148,42 +216,42 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def take_batch(queue: "deque[RenderRequest]", limit: int) -> list["RenderRequest"]:
-    """Up to `limit` images from the front of the queue, splitting a request by seed where needed."""
+def take_batch(queue: "deque[Piece]", limit: int) -> list[Piece]:
+    """Up to `limit` images from the front of the queue, splitting a piece by seed where needed."""
     batch, images = [], 0
     while queue and images < limit:
         piece = queue.popleft()
         room = limit - images
-        if piece.count > room:
-            head, tail = split_request(piece, room)[0], piece.model_copy(
-                update={"seed": piece.seeds[room], "count": piece.count - room})
+        if piece.request.count > room:
+            piece, tail = piece.split(room)
             queue.appendleft(tail)
-            piece = head
         batch.append(piece)
-        images += piece.count
+        images += piece.request.count
     return batch
 
 
 # ---- resume ----------------------------------------------------------------------------------------
 
-def _missing_runs(request: "RenderRequest", done: set[str]) -> list["RenderRequest"]:
-    """The images of `request` whose key is not in `done`, as runs of consecutive seeds."""
-    runs: list["RenderRequest"] = []
+def missing_runs(piece: Piece, done: Callable[[int], bool]) -> list[Piece]:
+    """The images of `piece` for which done(index in the given request) is false, as runs of
+    consecutive seeds (image i has seed + i). Resume uses it with request keys, the API worker with the
+    image numbers a job has recorded."""
+    runs: list[Piece] = []
     start = None
-    images = request.image_requests()
-    for i, image in enumerate(images + [None]):
-        missing = image is not None and image_request_key(image) not in done
+    request = piece.request
+    for i in range(request.count + 1):
+        missing = i < request.count and not done(piece.first + i)
         if missing and start is None:
             start = i
         elif not missing and start is not None:
-            runs.append(request.model_copy(update={"seed": request.seeds[start], "count": i - start}))
+            runs.append(Piece(piece.source, piece.first + start,
+                              request.model_copy(update={"seed": request.seeds[start], "count": i - start})))
             start = None
     return runs
 
 
 def find_rendered(store: "ArtifactStore", requests: list["RenderRequest"]) -> dict[str, "Artifact"]:
     """request_key -> artifact for the images of `requests` already in their project (folder on disk)."""
-    from echo_os.artifacts.meta import ArtifactMeta
     from echo_os.artifacts.store import META_NAME, Artifact
 
     by_project: dict[str, list[str]] = {}
@@ -197,7 +265,7 @@ def find_rendered(store: "ArtifactStore", requests: list["RenderRequest"]) -> di
         for key, row in store.catalog.by_request_keys(project, keys).items():
             folder = store.root / row.path
             if (folder / "image.png").is_file() and (folder / META_NAME).is_file():
-                found[key] = Artifact(id=row.id, path=folder, meta=ArtifactMeta.model_validate(row.meta))
+                found[key] = Artifact.from_row(store.root, row)
     return found
 
 
@@ -211,83 +279,108 @@ def render_requests(
     progress: "ProgressCallback | None" = None,
     cancel: threading.Event | None = None,
     batch_size: int | None = None,
+    max_batch: int | None = None,
     on_engine: Callable[[EngineChoice], None] | None = None,
     resume: bool = False,
+    skip: Callable[[int, int], bool] | None = None,
     on_image: Callable[[ImageDone], None] | None = None,
     engine: "Engine | None" = None,
+    engine_for: Callable[["RenderRequest"], "Engine"] | None = None,
+    hooks: RenderHooks | None = None,
 ) -> RenderOutcome:
     """Render every request and save one artifact per image (folder numbers: see ArtifactStore.save).
 
+    This is the one render path: `echo-os render`, `batch`, `replay`, stories and the API's jobs (through
+    echo_os.api.worker, which passes `hooks`, `skip`, `engine_for` and `max_batch`).
+
+    batch_size: images per call (capped by the engine); None: auto_batch_size, capped by max_batch.
     resume: skip images already rendered in their project (see the module docstring).
+    skip(source, index): true for images not to render (a job's images already recorded).
     on_image: called once per image, as it is saved or found already rendered.
-    engine: render everything with this engine instead of choosing one per request (tests, benchmarks,
-    a worker that keeps its engine warm).
+    engine: render everything with this engine instead of choosing one per request (tests, benchmarks).
+    engine_for(request): the engine for a request (the API worker keeps its engines warm this way).
+    hooks: per-call progress, cancel and saving (RenderHooks); progress, cancel and on_image are
+    ignored when given.
     """
+    hooks = hooks or RenderHooks(progress, cancel, on_image)
     outcome = RenderOutcome()
-    engines: dict[str, "Engine"] = {}
-    by_engine: dict[str, list["RenderRequest"]] = {}
-    for request in requests:
-        if engine is not None:
-            name, reason = engine.name, getattr(engine, "reason", "given by the caller")
+    created: dict[str, "Engine"] = {}
+    engines: dict[int, "Engine"] = {}  # by id: the worker has one engine object per batch key
+    by_engine: dict[int, list[Piece]] = {}
+    for source, request in enumerate(requests):
+        if engine is not None or engine_for is not None:
+            chosen = engine if engine is not None else engine_for(request)
+            name, reason = chosen.name, getattr(chosen, "reason", "given by the caller")
         else:
             name, reason = choose_engine(settings, request)
-        if name not in engines:
-            engines[name] = engine if engine is not None else create_engine(settings, name, reason)
-            choice = EngineChoice(name, reason)
-            outcome.engines.append(choice)
-            if on_engine is not None:
-                on_engine(choice)
-        by_engine.setdefault(name, []).append(request.model_copy(update={"engine": name}))
+            chosen = created.get(name) or create_engine(settings, name, reason)
+            created[name] = chosen
+        if id(chosen) not in engines:
+            engines[id(chosen)] = chosen
+            if all(c.name != name for c in outcome.engines):
+                choice = EngineChoice(name, reason)
+                outcome.engines.append(choice)
+                if on_engine is not None:
+                    on_engine(choice)
+        piece = Piece(source, 0, request.model_copy(update={"engine": name}))
+        by_engine.setdefault(id(chosen), []).extend(
+            missing_runs(piece, lambda index: skip(source, index)) if skip is not None else [piece])
 
-    for name, tagged in by_engine.items():
+    for key, pieces in by_engine.items():
         if resume:
-            rendered = find_rendered(store, tagged)
-            for request in tagged:
-                for image in request.image_requests():
-                    artifact = rendered.get(image_request_key(image))
+            rendered = find_rendered(store, [piece.request for piece in pieces])
+            remaining = []
+            for piece in pieces:
+                keys = [image_request_key(image) for image in piece.request.image_requests()]
+                for i, request_key in enumerate(keys):
+                    artifact = rendered.get(request_key)
                     if artifact is not None:
                         outcome.resumed.append(artifact)
-                        if on_image is not None:
-                            on_image(ImageDone(artifact, resumed=True))
-            tagged = [run for request in tagged for run in _missing_runs(request, set(rendered))]
-        _render_groups(engines[name], tagged, store=store, outcome=outcome, progress=progress, cancel=cancel,
-                       batch_size=batch_size, on_image=on_image)
+                        hooks.image(ImageDone(artifact, resumed=True, source=piece.source, index=piece.first + i))
+                remaining += missing_runs(piece, lambda index, p=piece, k=keys: k[index - p.first] in rendered)
+            pieces = remaining
+        _render_groups(engines[key], pieces, store=store, outcome=outcome, hooks=hooks, batch_size=batch_size,
+                       max_batch=max_batch)
     return outcome
 
 
-def _render_groups(engine: "Engine", requests: list["RenderRequest"], *, store: "ArtifactStore",
-                   outcome: RenderOutcome, progress, cancel, batch_size: int | None,
-                   on_image: Callable[[ImageDone], None] | None) -> None:
-    groups: dict[tuple, list["RenderRequest"]] = {}
-    for request in requests:
-        groups.setdefault(request.batch_key(), []).append(request)
+def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactStore", outcome: RenderOutcome,
+                   hooks: RenderHooks, batch_size: int | None, max_batch: int | None) -> None:
+    groups: dict[tuple, list[Piece]] = {}
+    for piece in pieces:
+        groups.setdefault(piece.request.batch_key(), []).append(piece)
     cap = max(1, engine.capabilities.max_batch)
-    for pieces in groups.values():
-        limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, pieces[0])
+    for group in groups.values():
+        limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, group[0].request)
+        if max_batch:
+            limit = max(1, min(limit, max_batch))
         outcome.batch_sizes.setdefault(engine.name, limit)
-        queue = deque(pieces)
+        queue = deque(group)
         tiling = getattr(engine, "vae_tiling", None)
         try:
-            _render_queue(engine, queue, limit, store=store, outcome=outcome, progress=progress, cancel=cancel,
-                          on_image=on_image)
+            _render_queue(engine, queue, limit, store=store, outcome=outcome, hooks=hooks)
         finally:  # the OOM back-off's VAE tiling is for this group only; the engine may outlive the call
             if tiling is not None:
                 engine.vae_tiling = tiling
 
 
-def _render_queue(engine: "Engine", queue: "deque[RenderRequest]", limit: int, *, store: "ArtifactStore",
-                  outcome: RenderOutcome, progress, cancel, on_image: Callable[[ImageDone], None] | None) -> None:
+def _render_queue(engine: "Engine", queue: "deque[Piece]", limit: int, *, store: "ArtifactStore",
+                  outcome: RenderOutcome, hooks: RenderHooks) -> None:
     """Render one batch group, halving the batch on out-of-memory, then decoding with VAE tiling."""
     while queue:
-        batch = take_batch(queue, limit)
+        batch = hooks.before_call(take_batch(queue, limit))
+        if not batch:
+            continue
         try:
-            results = engine.render(batch, progress=progress, cancel=cancel)
+            with hooks.call(batch) as control:
+                results = engine.render([piece.request for piece in batch], progress=control.progress,
+                                        cancel=control.cancel)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
             _release_memory()
             queue.extendleft(reversed(batch))
-            images = sum(r.count for r in batch)
+            images = sum(piece.request.count for piece in batch)
             if limit > 1:
                 limit = max(1, min(limit, images) // 2)
                 outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with {limit}")
@@ -295,7 +388,7 @@ def _render_queue(engine: "Engine", queue: "deque[RenderRequest]", limit: int, *
                 engine.vae_tiling = True
                 outcome.notes.append("out of GPU memory with 1 image per call; retrying with VAE tiling")
             else:
-                first = batch[0]
+                first = batch[0].request
                 raise OutOfMemoryError(
                     f"out of GPU memory rendering one {first.width}x{first.height} image even with VAE tiling; "
                     f"{len(outcome.artifacts)} image(s) of this run were saved; free GPU memory or use a "
@@ -303,8 +396,13 @@ def _render_queue(engine: "Engine", queue: "deque[RenderRequest]", limit: int, *
             log.warning(outcome.notes[-1])
             continue
         images = sum(len(result.images) for result in results)
-        for result in results:
-            for artifact in store.save_result(result, batch_size=images):
+        for piece, result, keep in zip(batch, results, hooks.after_call(batch)):
+            if not keep:
+                continue
+            hooks.result(piece, result)
+            for i in range(len(result.images)):
+                started = time.perf_counter()
+                artifact = store.save(result, i, batch_size=images)
                 outcome.artifacts.append(artifact)
-                if on_image is not None:
-                    on_image(ImageDone(artifact, resumed=False))
+                hooks.image(ImageDone(artifact, resumed=False, source=piece.source, index=piece.first + i,
+                                      save_s=time.perf_counter() - started))

@@ -39,7 +39,7 @@ from echo_os.api.events import (
     FINAL_EVENTS, EventHub, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded,
     image_url, sse_message,
 )
-from echo_os.api.jobs import JOB_ID_PATTERN, Job, JobProgress, JobSpec, JobStatus, JobStore, new_job_id, now_iso
+from echo_os.api.jobs import JOB_ID_PATTERN, Job, JobProgress, JobSpec, JobStatus, JobStore, StorySource, new_job_id, now_iso
 from echo_os.api.schemas import (
     ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage, JobView, RenderBody, Submitted,
     error_responses,
@@ -450,7 +450,10 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return JobSpec(items=tuple(requests), title=plan.title, warnings=plan.warnings)
+    story = StorySource(project=body.project, kind="prompts" if body.prompts is not None else "storyboard",
+                        source=str(source), bible=str(bible) if body.prompts is None and bible else None,
+                        options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
+    return JobSpec(items=tuple(requests), title=plan.title, warnings=plan.warnings, story=story)
 
 
 def _story_requests(settings: Settings, plan, body: BatchBody) -> list:

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from echo_os.requests import RenderRequest
+from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["render", "batch"]
@@ -51,6 +52,21 @@ def coalesce_key(request: RenderRequest) -> str:
     return json.dumps([request.engine, *request.batch_key()])
 
 
+class StorySource(BaseModel):
+    """Where a batch job's story is (the files /api/batch wrote under artifacts/.jobs/<id>/) and how it was
+    planned: the worker plans it again once every image is saved, to write story.json, the contact sheet
+    and the continuity report with the code `echo-os batch` uses."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    project: str
+    kind: Literal["storyboard", "prompts"]
+    source: str  # story.csv or prompts.txt
+    bible: str | None = None
+    options: PlanOptions = PlanOptions()
+    ip_adapter: str | None = None  # as asked ("none" -> None)
+
+
 class JobSpec(BaseModel):
     """What a job renders, persisted as the `request` column."""
 
@@ -59,6 +75,7 @@ class JobSpec(BaseModel):
     items: tuple[RenderRequest, ...] = Field(min_length=1)
     title: str | None = None  # a batch: the story's title
     warnings: tuple[str, ...] = ()
+    story: StorySource | None = None  # a batch made by /api/batch (jobs stored before it have none)
 
     @property
     def images_total(self) -> int:

@@ -1,9 +1,11 @@
-"""The worker: one thread that owns the engine, claims jobs from the store, renders and saves.
+"""The worker: the job adapter over the one renderer. One thread claims jobs from the store, renders
+them with scheduler.render_requests (which batches, backs off on out-of-memory and saves), and turns its
+progress and saved images into job events.
 
 Dynamic batching: after claiming the oldest queued job, a render job takes along the queued render jobs
 with the same coalesce key (engine, model, size, steps, cfg, scheduler, device, dtype, attention), waiting
-up to `batch_window_ms` for more, while their images fit in `max_batch`; one pipeline call then renders
-them all, each image with its own seed and saved as its own job's artifact.
+up to `batch_window_ms` for more, while their images fit in `max_batch`; the renderer then renders them
+in shared pipeline calls, each image with its own seed and saved as its own job's artifact.
 
 Exactly once: every saved image is recorded against (job, image number) right after ArtifactStore.save.
 A job that runs again renders only the numbers it has not recorded. A process killed between the save
@@ -12,6 +14,8 @@ artifacts (same one-image request, made after the job was created) instead of re
 
 Cancel: a threading.Event per pipeline call, passed to the engine, which stops at the next denoising step
 and saves nothing. Batch mates of a cancelled job go back to the queue without losing an attempt.
+A batch job (/api/batch) ends like `echo-os batch`: story.json, the contact sheet and the continuity
+report are written by the same code (story.render.write_story_outputs).
 Failures: a failed batched call sends its jobs back to be rendered alone (`solo`); a job alone that fails
 is retried until `max_attempts`, except for user errors (EchoError: unknown model, bad weights), which
 fail at once because they would fail again.
@@ -21,22 +25,24 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from echo_os.api.events import (
     ArtifactSaved, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded, image_url,
 )
 from echo_os.api.jobs import Job, JobStore, coalesce_key, now_iso
 from echo_os.errors import CancelledError, EchoError
-from echo_os.requests import RenderRequest
-from echo_os.scheduler import auto_batch_size, split_request
+from echo_os.requests import RenderRequest, image_request_key
+from echo_os.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.base import Engine, ProgressEvent, RenderResult
+    from echo_os.scheduler import EngineChoice
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,56 +62,6 @@ def default_engine_factory(settings: "Settings") -> EngineFactory:
     return make
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Consecutive images of one job item still to render, and their image numbers in the job."""
-
-    job_id: str
-    request: RenderRequest
-    indices: tuple[int, ...]
-
-
-def missing_pieces(job: Job, saved: set[int]) -> list[Piece]:
-    """The images of `job` not yet saved, as runs of consecutive seeds (image i of an item has seed+i)."""
-    pieces: list[Piece] = []
-    offset = 0
-    for item in job.spec.items:
-        start = None
-        for i in range(item.count + 1):
-            missing = i < item.count and offset + i not in saved
-            if missing and start is None:
-                start = i
-            elif not missing and start is not None:
-                pieces.append(Piece(job.id, item.model_copy(update={"seed": item.seeds[start], "count": i - start}),
-                                    tuple(range(offset + start, offset + i))))
-                start = None
-        offset += item.count
-    return pieces
-
-
-def chunk_pieces(pieces: list[Piece], limit: int) -> list[list[Piece]]:
-    """Pipeline calls of at most `limit` images: pieces grouped by batch key in order of first
-    appearance, big pieces split by seed."""
-    groups: dict[str, list[Piece]] = {}
-    for piece in pieces:
-        parts, done = [], 0
-        for part in split_request(piece.request, limit):
-            parts.append(Piece(piece.job_id, part, piece.indices[done:done + part.count]))
-            done += part.count
-        groups.setdefault(coalesce_key(piece.request), []).extend(parts)
-    chunks: list[list[Piece]] = []
-    for parts in groups.values():
-        current: list[Piece] = []
-        for part in parts:
-            if current and sum(p.request.count for p in current) + part.request.count > limit:
-                chunks.append(current)
-                current = []
-            current.append(part)
-        if current:
-            chunks.append(current)
-    return chunks
-
-
 @dataclass
 class JobRun:
     """A claimed job while the worker holds it."""
@@ -115,6 +71,9 @@ class JobRun:
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "denoise_s": 0.0,
                                                                 "decode_s": 0.0, "save_s": 0.0})
     done: bool = False
+    engines: list["EngineChoice"] = field(default_factory=list)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def artifact_ids(self) -> list[str]:
@@ -125,11 +84,80 @@ class Interrupted(Exception):
     """The pipeline call stopped on its cancel flag (a cancelled job, or the server stopping)."""
 
 
+class _JobHooks(RenderHooks):
+    """The renderer's hooks for claimed jobs: a cancel flag per pipeline call that the jobs in it can set,
+    progress and saved images as job events, and each image recorded right after it is saved."""
+
+    def __init__(self, worker: "Worker", runs: dict[str, JobRun], places: list[tuple[JobRun, int]]):
+        super().__init__()
+        self.worker = worker
+        self.runs = runs
+        self.places = places
+
+    def _job_ids(self, pieces: list[Piece]) -> set[str]:
+        return {self.places[piece.source][0].job.id for piece in pieces}
+
+    def before_call(self, pieces: list[Piece]) -> list[Piece]:
+        worker = self.worker
+        worker._cancel_jobs(self.runs, worker._cancelled(self._job_ids(pieces)))
+        pieces = [piece for piece in pieces if not self.places[piece.source][0].done]
+        if pieces and worker._stop.is_set():
+            raise Interrupted()
+        return pieces
+
+    @contextmanager
+    def call(self, pieces: list[Piece]) -> Iterator[CallControl]:
+        worker = self.worker
+        job_ids = self._job_ids(pieces)
+        call_cancel = threading.Event()
+        with worker._lock:
+            worker._in_call = job_ids
+            worker._call_cancel = call_cancel
+            if job_ids & worker._cancel_asked or worker._stop.is_set():
+                call_cancel.set()
+
+        def on_step(event: "ProgressEvent") -> None:
+            for job_id in job_ids:
+                run = self.runs[job_id]
+                worker.publish(JobProgressed(job_id=job_id, step=event.step, total_steps=event.total_steps,
+                                             images_done=len(run.saved), images_total=run.job.images_total))
+
+        try:
+            yield CallControl(progress=on_step, cancel=call_cancel)
+        except CancelledError:
+            worker._cancel_jobs(self.runs, worker._cancelled(job_ids))
+            raise Interrupted() from None
+        finally:
+            with worker._lock:
+                worker._in_call = set()
+                worker._call_cancel = None
+
+    def after_call(self, pieces: list[Piece]) -> list[bool]:
+        # A cancel that came with the last step: that job's images are not saved.
+        self.worker._cancel_jobs(self.runs, self.worker._cancelled(self._job_ids(pieces)))
+        return [not self.places[piece.source][0].done for piece in pieces]
+
+    def result(self, piece: Piece, result: "RenderResult") -> None:
+        run = self.places[piece.source][0]
+        for name in ("load_s", "denoise_s", "decode_s"):
+            run.timings[name] += getattr(result.timings, name)
+
+    def image(self, done: ImageDone) -> None:
+        run, offset = self.places[done.source]
+        index = offset + done.index
+        self.worker.jobs.record_image(run.job.id, index, done.artifact.id)
+        run.timings["save_s"] += done.save_s
+        run.saved[index] = done.artifact.id
+        self.worker.publish(ArtifactSaved(job_id=run.job.id, artifact_id=done.artifact.id, index=index,
+                                          image_url=image_url(done.artifact.id)))
+
+
 class Worker:
     """The one thread that renders. Thread-safe entry points: start, stop, wake, cancel."""
 
     def __init__(self, jobs: JobStore, store: "ArtifactStore", publish: Publish, *, make_engine: EngineFactory,
                  max_batch: int = 8, batch_window_ms: int = 25, poll_s: float = 1.0):
+        self.settings = store.settings
         self.jobs = jobs
         self.store = store
         self.publish = publish
@@ -220,9 +248,8 @@ class Worker:
                 self._adopt_unrecorded(run)
             self.publish(JobStarted(job_id=job.id, attempt=job.attempts, images_done=len(run.saved),
                                     images_total=job.images_total, artifact_ids=run.artifact_ids))
-        pieces = [piece for run in runs.values() for piece in missing_pieces(run.job, set(run.saved))]
         try:
-            self._render(pieces, runs)
+            self._render(runs)
         except Interrupted:
             for run in runs.values():
                 if not run.done:
@@ -245,71 +272,24 @@ class Worker:
             self._engines[key] = self.make_engine(request)
         return self._engines[key]
 
-    def _render(self, pieces: list[Piece], runs: dict[str, JobRun]) -> None:
-        engines: dict[str, "Engine"] = {}
-        for piece in pieces:
-            engines.setdefault(coalesce_key(piece.request), self._engine(piece.request))
-        calls: list[tuple["Engine", list[Piece]]] = []
-        for key, engine in engines.items():
-            group = [piece for piece in pieces if coalesce_key(piece.request) == key]
-            # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion
-            # above 64x64), capped by --max-batch.
-            limit = max(1, min(self.max_batch, auto_batch_size(engine, group[0].request)))
-            calls += [(engine, chunk) for chunk in chunk_pieces(group, limit)]
-        for engine, chunk in calls:
-            self._cancel_jobs(runs, self._cancelled({piece.job_id for piece in chunk}))
-            chunk = [piece for piece in chunk if not runs[piece.job_id].done]
-            if not chunk:
-                continue
-            if self._stop.is_set():
-                raise Interrupted()
-            self._render_call(engine, chunk, runs)
-
-    def _render_call(self, engine: "Engine", chunk: list[Piece], runs: dict[str, JobRun]) -> None:
-        job_ids = {piece.job_id for piece in chunk}
-        call_cancel = threading.Event()
-        with self._lock:
-            self._in_call = job_ids
-            self._call_cancel = call_cancel
-            if job_ids & self._cancel_asked or self._stop.is_set():
-                call_cancel.set()
-
-        def on_step(event: "ProgressEvent") -> None:
-            for job_id in job_ids:
-                run = runs[job_id]
-                self.publish(JobProgressed(job_id=job_id, step=event.step, total_steps=event.total_steps,
-                                           images_done=len(run.saved), images_total=run.job.images_total))
-
-        try:
-            results = engine.render([piece.request for piece in chunk], progress=on_step, cancel=call_cancel)
-        except CancelledError:
-            self._cancel_jobs(runs, self._cancelled(job_ids))
-            raise Interrupted() from None
-        finally:
-            with self._lock:
-                self._in_call = set()
-                self._call_cancel = None
-        # A cancel that came with the last step: that job's images are not saved.
-        self._cancel_jobs(runs, self._cancelled(job_ids))
-        images = sum(len(result.images) for result in results)
-        for piece, result in zip(chunk, results):
-            run = runs[piece.job_id]
-            if run.done:
-                continue
-            self._add_timings(run, result)
-            for i, index in enumerate(piece.indices):
-                started = time.perf_counter()
-                artifact = self.store.save(result, i, batch_size=images)
-                self.jobs.record_image(run.job.id, index, artifact.id)
-                run.timings["save_s"] += time.perf_counter() - started
-                run.saved[index] = artifact.id
-                self.publish(ArtifactSaved(job_id=run.job.id, artifact_id=artifact.id, index=index,
-                                           image_url=image_url(artifact.id)))
-
-    @staticmethod
-    def _add_timings(run: JobRun, result: "RenderResult") -> None:
-        for name in ("load_s", "denoise_s", "decode_s"):
-            run.timings[name] += getattr(result.timings, name)
+    def _render(self, runs: dict[str, JobRun]) -> None:
+        """Every job item is one request to the renderer; images a job has recorded are skipped."""
+        requests: list[RenderRequest] = []
+        places: list[tuple[JobRun, int]] = []  # per request: its job and the job's number of its first image
+        for run in runs.values():
+            offset = 0
+            for item in run.job.spec.items:
+                requests.append(item)
+                places.append((run, offset))
+                offset += item.count
+        hooks = _JobHooks(self, runs, places)
+        # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
+        # 64x64), capped by --max-batch.
+        outcome = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch,
+                                  skip=lambda source, index: places[source][1] + index in places[source][0].saved,
+                                  engine_for=self._engine, hooks=hooks)
+        for run in runs.values():
+            run.engines, run.batch_sizes, run.notes = outcome.engines, outcome.batch_sizes, outcome.notes
 
     # -- cancelling -------------------------------------------------------------------------------------
     def _cancelled(self, job_ids: set[str]) -> set[str]:
@@ -341,6 +321,11 @@ class Worker:
             self._cancel_asked.discard(job_id)
 
     def _finish_succeeded(self, run: JobRun) -> None:
+        if run.job.spec.story is not None:
+            try:
+                self._write_story(run)
+            except Exception:  # noqa: BLE001 - the images are saved; the job is not failed for its report
+                log.exception("job %s: could not write the story outputs", run.job.id)
         run.done = True
         self._forget(run.job.id)
         timings = self._job_timings(run)
@@ -377,62 +362,55 @@ class Worker:
             else:
                 self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True)
 
+    def _write_story(self, run: JobRun) -> None:
+        """story.json, contact sheet and continuity report, as `echo-os batch` writes them."""
+        from echo_os.artifacts.store import Artifact
+        from echo_os.story.render import plan_from_source, write_story_outputs
+
+        story = run.job.spec.story
+        plan = plan_from_source(story.project, Path(story.source), kind=story.kind,
+                                bible=Path(story.bible) if story.bible else None, options=story.options)
+        artifacts = [Artifact.from_row(self.store.root, self.store.catalog.resolve_id(artifact_id))
+                     for artifact_id in run.artifact_ids]
+        started = datetime.fromisoformat(run.job.started) if run.job.started else datetime.fromisoformat(run.job.created)
+        elapsed = (datetime.now(started.tzinfo) - started).total_seconds()
+        write_story_outputs(self.settings, plan, store=self.store, artifacts=artifacts, resumed_ids=set(),
+                            engines=run.engines, batch_sizes=run.batch_sizes, notes=run.notes, elapsed_s=elapsed,
+                            requested_batch_size=None, ip_adapter=story.ip_adapter,
+                            uses_ip_adapter=any(item.ip_adapter for item in run.job.spec.items), clip=None)
+
     # -- crash recovery -------------------------------------------------------------------------------
     def _adopt_unrecorded(self, run: JobRun) -> None:
-        """Artifacts this job saved but did not record (killed in between): record them now."""
-        from echo_os.artifacts.meta import ArtifactMeta
-        from echo_os.artifacts.slugs import slugify
+        """Artifacts this job saved but did not record (killed in between): record them now.
+
+        Found by the renderer's resume lookup (scheduler.find_rendered: the one-image request key, in
+        the catalog or in a folder the catalog missed); only an artifact made after the job was created
+        and recorded by no job is taken."""
+        from echo_os.scheduler import find_rendered
 
         wanted: dict[str, int] = {}
+        tagged: list[RenderRequest] = []
         offset = 0
         for item in run.job.spec.items:
-            for i, seed in enumerate(item.seeds):
+            try:
+                name = self._engine(item).name
+            except Exception:  # noqa: BLE001 - the render that follows reports it on the job
+                return
+            item = item.model_copy(update={"engine": name})  # as the renderer tags what it saves
+            tagged.append(item)
+            for i, one in enumerate(item.image_requests()):
                 if offset + i not in run.saved:
-                    one = item.model_copy(update={"seed": seed, "count": 1}).model_dump(mode="json")
-                    one.pop("engine")
-                    wanted[_request_key(one)] = offset + i
+                    wanted[image_request_key(one)] = offset + i
             offset += item.count
         if not wanted:
             return
         created = datetime.fromisoformat(run.job.created)
-        first_day = (created.astimezone().date() - timedelta(days=1)).isoformat()
-        projects = {slugify(item.project, fallback="default") for item in run.job.spec.items}
-        found: dict[int, tuple[ArtifactMeta, str]] = {}
-        for day in sorted(self.store.root.iterdir()):
-            if not (day.is_dir() and _is_day(day.name) and day.name >= first_day):
+        found = {wanted[key]: artifact for key, artifact in find_rendered(self.store, tagged).items()
+                 if key in wanted and datetime.fromisoformat(artifact.meta.created) >= created}
+        taken = self.jobs.recorded_artifact_ids(artifact.id for artifact in found.values())
+        for index, artifact in sorted(found.items()):
+            if artifact.id in taken:
                 continue
-            for project in projects:
-                for meta_path in (day / project).glob("*/meta.json"):
-                    try:
-                        meta = ArtifactMeta.read(meta_path)
-                    except (OSError, ValueError):
-                        continue
-                    if datetime.fromisoformat(meta.created) < created:
-                        continue
-                    request = dict(meta.request)
-                    request.pop("engine", None)
-                    index = wanted.get(_request_key(request))
-                    if index is not None and index not in found:
-                        found[index] = (meta, str(meta_path.parent.relative_to(self.store.root)))
-        taken = self.jobs.recorded_artifact_ids(meta.id for meta, _ in found.values())
-        for index, (meta, relative) in sorted(found.items()):
-            if meta.id in taken:
-                continue
-            self.store.catalog.upsert(meta.model_dump(mode="json"), relative)
-            self.jobs.record_image(run.job.id, index, meta.id)
-            run.saved[index] = meta.id
-            log.info("job %s: adopted artifact %s saved before an interruption", run.job.id, meta.id[:12])
-
-
-def _request_key(request: dict) -> str:
-    import json
-
-    return json.dumps(request, sort_keys=True)
-
-
-def _is_day(name: str) -> bool:
-    try:
-        date.fromisoformat(name)
-    except ValueError:
-        return False
-    return True
+            self.jobs.record_image(run.job.id, index, artifact.id)
+            run.saved[index] = artifact.id
+            log.info("job %s: adopted artifact %s saved before an interruption", run.job.id, artifact.id[:12])

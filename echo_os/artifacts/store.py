@@ -54,6 +54,11 @@ class Artifact:
     def meta_path(self) -> Path:
         return self.path / META_NAME
 
+    @classmethod
+    def from_row(cls, root: Path, row) -> "Artifact":
+        """The artifact a catalog row describes (root: the artifacts folder its path is relative to)."""
+        return cls(id=row.id, path=root / row.path, meta=ArtifactMeta.model_validate(row.meta))
+
     def summary(self) -> dict:
         return {"id": self.id, "path": str(self.path), "image": str(self.image_path),
                 "prompt": self.meta.full_prompt, "seed": self.meta.seed, "engine": self.meta.engine.name,

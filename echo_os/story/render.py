@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from echo_os.engines.base import Engine
     from echo_os.scheduler import EngineChoice, ImageDone
     from echo_os.settings import Settings
-    from echo_os.story.plan import StoryPlan
+    from echo_os.story.plan import PlanOptions, StoryPlan
 
 DEFAULT_IP_ADAPTER = "ip-adapter-sdxl"
 DEFAULT_IP_ADAPTER_SCALE = 0.6
@@ -241,31 +241,55 @@ def render_plan(
 
         outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
                                   on_engine=on_engine, resume=True, on_image=on_image, engine=engine)
-        resumed_ids = {artifact.id for artifact in outcome.resumed}
-        by_image = {(a.meta.story.scene, a.meta.seed): a for a in [*outcome.resumed, *outcome.artifacts]}
-        scenes = []
-        for planned in plan.scenes:
-            artifacts = [by_image[(planned.scene, seed)] for seed in planned.request.seeds]
-            scenes.append(SceneResult(scene=planned.scene, slug=planned.slug, description=planned.row.description,
-                                      characters=planned.row.characters, artifacts=artifacts,
-                                      resumed=[a.id in resumed_ids for a in artifacts]))
-        elapsed = time.perf_counter() - started
-        created = datetime.now(timezone.utc).astimezone()
-        project_dir = store.project_dir(plan.project, created)
-        result = StoryRender(
-            title=plan.title, project=plan.project, project_dir=project_dir,
-            story_json=project_dir / STORY_JSON, contact_sheet=project_dir / CONTACT_SHEET, scenes=scenes,
-            continuity=ContinuityReport(), engines=outcome.engines, rendered=len(outcome.artifacts),
-            resumed=len(outcome.resumed), elapsed_s=elapsed, batch_sizes=outcome.batch_sizes,
-            notes=_plan_notes(plan, ip_adapter) + outcome.notes)
-        write_contact_sheet(plan, result, created)
-        result.continuity = story_continuity(settings, plan, scenes, clip)
-        write_story_json(plan, result, created, store.root, requested_batch_size=batch_size,
-                         ip_adapter=ip_adapter if any(r.ip_adapter for r in requests) else None)
-        return result
+        return write_story_outputs(
+            settings, plan, store=store, artifacts=[*outcome.resumed, *outcome.artifacts],
+            resumed_ids={artifact.id for artifact in outcome.resumed}, engines=outcome.engines,
+            batch_sizes=outcome.batch_sizes, notes=outcome.notes, elapsed_s=time.perf_counter() - started,
+            requested_batch_size=batch_size, ip_adapter=ip_adapter,
+            uses_ip_adapter=any(r.ip_adapter for r in requests), clip=clip)
     finally:
         if own_store:
             store.close()
+
+
+def plan_from_source(project: str, source: Path, *, kind: str, bible: Path | None,
+                     options: "PlanOptions") -> "StoryPlan":
+    """Plan a story again from its files (the API's batch jobs, once their images are saved)."""
+    from echo_os.story import plan_prompt_list, plan_story
+
+    if kind == "prompts":
+        return plan_prompt_list(project, source, options=options)
+    return plan_story(project, source, bible=bible, options=options)
+
+
+def write_story_outputs(settings: "Settings", plan: "StoryPlan", *, store: "ArtifactStore",
+                        artifacts: list["Artifact"], resumed_ids: set[str], engines: list["EngineChoice"],
+                        batch_sizes: dict[str, int], notes: list[str], elapsed_s: float,
+                        requested_batch_size: int | None, ip_adapter: str | None, uses_ip_adapter: bool,
+                        clip: str | None) -> StoryRender:
+    """The contact sheet, continuity report and story.json of a rendered plan, written to its project
+    folder: `echo-os batch` and the API's batch jobs both end here. `artifacts`: every image of the plan
+    (any order), those in resumed_ids found from an earlier run."""
+    by_image = {(a.meta.story.scene, a.meta.seed): a for a in artifacts}
+    scenes = []
+    for planned in plan.scenes:
+        found = [by_image[(planned.scene, seed)] for seed in planned.request.seeds]
+        scenes.append(SceneResult(scene=planned.scene, slug=planned.slug, description=planned.row.description,
+                                  characters=planned.row.characters, artifacts=found,
+                                  resumed=[a.id in resumed_ids for a in found]))
+    created = datetime.now(timezone.utc).astimezone()
+    project_dir = store.project_dir(plan.project, created)
+    result = StoryRender(
+        title=plan.title, project=plan.project, project_dir=project_dir,
+        story_json=project_dir / STORY_JSON, contact_sheet=project_dir / CONTACT_SHEET, scenes=scenes,
+        continuity=ContinuityReport(), engines=engines, rendered=len(artifacts) - len(resumed_ids),
+        resumed=len(resumed_ids), elapsed_s=elapsed_s, batch_sizes=batch_sizes,
+        notes=_plan_notes(plan, ip_adapter) + notes)
+    write_contact_sheet(plan, result, created)
+    result.continuity = story_continuity(settings, plan, scenes, clip)
+    write_story_json(plan, result, created, store.root, requested_batch_size=requested_batch_size,
+                     ip_adapter=ip_adapter if uses_ip_adapter else None)
+    return result
 
 
 # ---- outputs ---------------------------------------------------------------------------------------
