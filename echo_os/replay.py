@@ -1,4 +1,7 @@
-"""Re-render an artifact from its meta.json with the same engine and measure the pixel difference."""
+"""Re-render an artifact from its meta.json with the same engine and measure the pixel difference.
+
+The render goes through the one renderer (scheduler.render_requests); its image is saved only with
+save=True, as a child of the artifact (parent_id)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,21 @@ from dataclasses import asdict, dataclass
 
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines import create_engine
+from echo_os.scheduler import RenderHooks, render_requests
 from echo_os.settings import Settings
+
+
+class _KeepResult(RenderHooks):
+    """Holds the one result for comparing; saves it only when asked."""
+
+    def __init__(self, save: bool):
+        super().__init__()
+        self.save = save
+        self.results: list = []
+
+    def after_call(self, pieces, results) -> list[bool]:
+        self.results += results
+        return [self.save] * len(pieces)
 
 
 @dataclass
@@ -42,18 +59,17 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
         engine = create_engine(settings, engine_name, f"replay of {artifact.id[:12]}")
         if artifact.meta.vae_tiling and hasattr(engine, "vae_tiling"):
             engine.vae_tiling = True  # it was decoded tile by tile (OOM back-off): decode it the same way
-        result = engine.render([request])[0]
-        with Image.open(artifact.image_path) as original:
-            original.load()
-            max_diff, mean_diff = pixel_difference(original, result.images[0].image)
-        saved_id = None
         if save:
             from echo_os.memory.artifacts import attach
 
             attach(store)
-            child = result.request.model_copy(update={"parent_id": artifact.id})
-            result.request = child
-            saved_id = store.save(result, 0).id
+            request = request.model_copy(update={"parent_id": artifact.id})
+        hooks = _KeepResult(save)
+        outcome = render_requests(settings, [request], store=store, engine=engine, batch_size=1, hooks=hooks)
+        with Image.open(artifact.image_path) as original:
+            original.load()
+            max_diff, mean_diff = pixel_difference(original, hooks.results[0].images[0].image)
+        saved_id = outcome.artifacts[0].id if save else None
         return ReplayReport(artifact.id, engine_name, max_diff, mean_diff, saved_id)
     finally:
         store.close()

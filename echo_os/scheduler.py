@@ -113,8 +113,8 @@ class RenderHooks:
         """Around the engine's render call (its errors pass through here)."""
         yield self._control
 
-    def after_call(self, pieces: list[Piece]) -> list[bool]:
-        """Per piece: save its images?"""
+    def after_call(self, pieces: list[Piece], results: list["RenderResult"]) -> list[bool]:
+        """Per piece (and its result): save its images?"""
         return [True] * len(pieces)
 
     def result(self, piece: Piece, result: "RenderResult") -> None:
@@ -396,7 +396,7 @@ def _render_queue(engine: "Engine", queue: "deque[Piece]", limit: int, *, store:
             log.warning(outcome.notes[-1])
             continue
         images = sum(len(result.images) for result in results)
-        for piece, result, keep in zip(batch, results, hooks.after_call(batch)):
+        for piece, result, keep in zip(batch, results, hooks.after_call(batch, results)):
             if not keep:
                 continue
             hooks.result(piece, result)

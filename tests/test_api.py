@@ -683,3 +683,83 @@ async def test_memory_search_and_gallery_over_http(workspace):
         assert "a lighthouse in a storm" in page.text
         for bad in ("../../etc/passwd", "catalog.db", "%2e%2e/%2e%2e/etc/passwd", "/etc/passwd"):
             assert (await client.get(f"/api/gallery/files/{bad}")).status_code == 404, bad
+
+
+# ---- one renderer --------------------------------------------------------------------------------------
+
+class OutOfMemoryFromFour(FakeEngine):
+    """Runs out of GPU memory on any call of four images or more, as a CUDA card would."""
+
+    def render(self, requests, *, progress=None, cancel=None):
+        import torch
+
+        if sum(r.count for r in requests) >= 4:
+            with self._lock:
+                self.calls.append([(r.prompt, tuple(r.seeds)) for r in requests])
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().render(requests, progress=progress, cancel=cancel)
+
+
+async def test_a_job_out_of_gpu_memory_backs_off_and_succeeds(workspace, monkeypatch):
+    """The API renders through scheduler.render_requests, so a job gets the CLI's out-of-memory back-off:
+    four images do not fit, two do; the job succeeds on its first attempt with every seed once."""
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")  # not this test's subject; loading CLIP is slow on 2 cores
+    engine = OutOfMemoryFromFour()
+    async with api_client(workspace, make_engine=engine, options=fake_options(max_batch=8)) as (client, _):
+        job_id = (await client.post("/api/render", json={"prompt": "big batch", "seed": 20, "count": 4, "steps": 1,
+                                                         "size": "64x64"})).json()["job_id"]
+        job = await wait_job(client, job_id)
+        seeds = [(await client.get(f"/api/artifacts/{a}")).json()["seed"] for a in job["artifact_ids"]]
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert seeds == [20, 21, 22, 23]
+    assert [sum(len(s) for _, s in call) for call in engine.calls] == [4, 2, 2]
+
+
+def _comparable_story(path) -> dict:
+    """story.json without what differs between two runs of the same story: times, ids, folders, sources."""
+    import json
+
+    story = json.loads(path.read_text())
+    for key in ("created", "source"):
+        story.pop(key)
+    story["bible"].pop("path")
+    for key in ("seconds", "images_per_minute"):
+        story["run"].pop(key)
+    for scene in story["scenes"]:
+        scene.pop("artifacts")
+        scene.pop("paths")
+    return story
+
+
+async def test_api_batch_writes_the_story_outputs_echo_os_batch_writes(tmp_path, run_cli, monkeypatch):
+    """POST /api/batch and `echo-os batch` on the same files: equal story.json (apart from times, ids and
+    paths), and both write the contact sheet."""
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")  # embedding is not this test's subject
+    from echo_os.settings import REPO_ROOT, Settings
+
+    story = REPO_ROOT / "prompts" / "lighthouse-keeper"
+    cli_home, api_home = tmp_path / "cli", tmp_path / "api"
+    cli_home.mkdir()
+    api_home.mkdir()
+    code, _, err = await asyncio.to_thread(
+        run_cli, "--home", str(cli_home), "batch", "Lighthouse", str(story / "story.csv"), "--engine", "draft",
+        "--size", "64x64", "--steps", "2")
+    assert code == 0, err
+    async with api_client(Settings(home=api_home), options=fake_options(max_batch=64)) as (client, _):
+        response = await client.post("/api/batch", json={
+            "project": "Lighthouse", "engine": "draft", "size": "64x64", "steps": 2,
+            "storyboard": (story / "story.csv").read_text(), "bible": (story / "STORY_BIBLE.md").read_text()})
+        assert response.status_code == 202, response.text
+        job = await wait_job(client, response.json()["job_id"])
+    assert job["status"] == "succeeded"
+    [cli_story] = cli_home.glob("artifacts/*/lighthouse/story.json")
+    [api_story] = api_home.glob("artifacts/*/lighthouse/story.json")
+    assert _comparable_story(api_story) == _comparable_story(cli_story)
+    assert (api_story.parent / "contact-sheet.png").is_file() and (cli_story.parent / "contact-sheet.png").is_file()
+    assert json_ids(api_story) == job["artifact_ids"]
+
+
+def json_ids(path) -> list[str]:
+    import json
+
+    return [artifact for scene in json.loads(path.read_text())["scenes"] for artifact in scene["artifacts"]]

@@ -132,7 +132,7 @@ class _JobHooks(RenderHooks):
                 worker._in_call = set()
                 worker._call_cancel = None
 
-    def after_call(self, pieces: list[Piece]) -> list[bool]:
+    def after_call(self, pieces: list[Piece], results: list["RenderResult"]) -> list[bool]:
         # A cancel that came with the last step: that job's images are not saved.
         self.worker._cancel_jobs(self.runs, self.worker._cancelled(self._job_ids(pieces)))
         return [not self.places[piece.source][0].done for piece in pieces]
