@@ -19,8 +19,6 @@ every image of the batch.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,11 +132,11 @@ def image_embedding(settings: "Settings", loaded, image: "IPAdapterImage") -> tu
         pair = (tensors["negative"], tensors["positive"])
     else:
         pair = _encode(settings, loaded, image)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        save_file({"negative": pair[0].detach().cpu().contiguous(), "positive": pair[1].detach().cpu().contiguous()},
-                  str(tmp))
-        os.replace(tmp, path)
+        from echo_os.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file({"negative": pair[0].detach().cpu().contiguous(),
+                       "positive": pair[1].detach().cpu().contiguous()}, str(tmp))
         pair = tuple(t.detach().cpu() for t in pair)
     state.embeddings[path] = pair
     return pair

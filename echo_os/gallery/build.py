@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echo_os.artifacts.catalog import Catalog, CatalogRow
+from echo_os.atomic import write_atomically
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,12 @@ def make_thumbnail(source: Path, target: Path, size: int = THUMB_SIZE) -> bool:
         return False
     from PIL import Image
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(source) as image:
+    from echo_os.atomic import atomic_path
+
+    with Image.open(source) as image, atomic_path(target) as temporary:
         image = image.convert("RGB")
         image.thumbnail((size, size))
-        temporary = target.with_suffix(f".{os.getpid()}.tmp")
         image.save(temporary, format="WEBP", quality=82)
-    os.replace(temporary, target)
     return True
 
 
@@ -96,9 +96,7 @@ def build_gallery(settings: Settings, *, project: str | None = None,
         items.append(gallery_item(settings, row, page_dir))
     title = f"echo-os gallery: {project}" if project else "echo-os gallery"
     page = page_dir / "index.html"
-    temporary = page.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(render_page(title, items), encoding="utf-8")
-    os.replace(temporary, page)
+    write_atomically(page, render_page(title, items))
     return GalleryResult(page=page, artifacts=len(items), thumbnails_made=made)
 
 

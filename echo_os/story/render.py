@@ -361,7 +361,7 @@ def _unique(values) -> list:
 
 def write_story_json(plan: "StoryPlan", result: StoryRender, created: datetime, artifacts_root: Path, *,
                      requested_batch_size: int | None, ip_adapter: str | None) -> None:
-    from echo_os.story.contact_sheet import write_atomically
+    from echo_os.atomic import write_atomically
 
     requests = [scene.request for scene in plan.scenes]
     document = {
