@@ -463,7 +463,7 @@ def test_catalog_migration_backfills_request_keys(tmp_path):
 
     path = tmp_path / "catalog.db"
     db = sqlite3.connect(path, isolation_level=None)
-    catalog_module.MIGRATIONS[0](db)
+    catalog_module.MIGRATIONS[0](db)  # as the numbered scheme made it
     db.execute("PRAGMA user_version = 1")
     meta = {"id": "ab" * 32, "request_key": "cd" * 32, "project": "p"}
     db.execute("INSERT INTO artifacts (num, id, created, project, engine, prompt, seed, width, height, path, meta) "

@@ -1,7 +1,7 @@
 """The durable job queue: jobs and the images they have saved, in their own SQLite file.
 
-`artifacts/jobs.db`, WAL, synchronous=FULL (a 202 means the job is on disk), numbered migrations applied
-on every open (like the catalog). Writes go through one connection behind one lock; readers get their own
+`artifacts/jobs.db`, WAL, synchronous=FULL (a 202 means the job is on disk), named migrations applied
+on every open (echo_os.sqlite, like the catalog). Writes go through one connection behind one lock; readers get their own
 connection per thread, which WAL lets read while the writer writes.
 
 A job is a list of RenderRequests (`items`): one for `/api/render`, one per planned scene for
@@ -22,11 +22,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Literal, get_args
+from typing import Iterable, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from echo_os.requests import RenderRequest
+from echo_os.sqlite import Migrations, connect
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -125,7 +126,11 @@ class SavedImage:
 
 # ---- schema --------------------------------------------------------------------------------------
 
-def _m001_jobs(db: sqlite3.Connection) -> None:
+MIGRATIONS = Migrations()  # in order; a new one goes at the end, under a new name
+
+
+@MIGRATIONS
+def m001_jobs(db: sqlite3.Connection) -> None:
     db.execute("""
         CREATE TABLE jobs (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -157,19 +162,12 @@ def _m001_jobs(db: sqlite3.Connection) -> None:
         )""")
     db.execute("CREATE INDEX job_images_artifact ON job_images(artifact_id)")
 
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_jobs]
-
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
             "finished")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA busy_timeout=30000")
-    return db
+    return connect(path, synchronous="FULL")
 
 
 class JobStore:
@@ -188,16 +186,7 @@ class JobStore:
 
     def _migrate(self) -> None:
         with self._write_lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                    migration(self._db)
-                    self._db.execute(f"PRAGMA user_version = {number}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            MIGRATIONS.migrate(self._db)
 
     def close(self) -> None:
         with self._write_lock, self._readers_lock:

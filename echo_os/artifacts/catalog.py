@@ -1,7 +1,7 @@
 """The SQLite catalog: a cache of every artifact's meta.json, rebuilt by `echo-os artifacts reindex`.
 
-WAL mode so the CLI and the server read while one writes; schema changes are numbered migrations applied
-on every open (llm's migrations.py habit). `num` is a stable int64 taken from the artifact id, so the same
+WAL mode so the CLI and the server read while one writes; schema changes are named migrations applied
+on every open (echo_os.sqlite, llm's migrations.py habit). `num` is a stable int64 taken from the artifact id, so the same
 folder always gets the same row number (and the same vector id in Echo Memory), even after a rebuild.
 """
 
@@ -11,9 +11,10 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from echo_os.errors import NotFoundError, UsageError
+from echo_os.sqlite import Migrations, connect
 
 MIN_PREFIX = 12
 
@@ -23,7 +24,11 @@ def artifact_num(artifact_id: str) -> int:
     return int(artifact_id[:15], 16)
 
 
-def _m001_artifacts(db: sqlite3.Connection) -> None:
+MIGRATIONS = Migrations()  # in order; a new one goes at the end, under a new name
+
+
+@MIGRATIONS
+def m001_artifacts(db: sqlite3.Connection) -> None:
     db.execute("""
         CREATE TABLE artifacts (
             num INTEGER PRIMARY KEY,
@@ -46,14 +51,12 @@ def _m001_artifacts(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX artifacts_model ON artifacts(model)")
 
 
-def _m002_request_key(db: sqlite3.Connection) -> None:
+@MIGRATIONS
+def m002_request_key(db: sqlite3.Connection) -> None:
     """The resume key of each image (meta.json `request_key`), indexed per project for batch re-runs."""
     db.execute("ALTER TABLE artifacts ADD COLUMN request_key TEXT")
     db.execute("UPDATE artifacts SET request_key = json_extract(meta, '$.request_key')")
     db.execute("CREATE INDEX artifacts_request_key ON artifacts(project, request_key)")
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_artifacts, _m002_request_key]
 
 
 @dataclass(frozen=True)
@@ -90,24 +93,8 @@ def _row(values: tuple) -> CatalogRow:
 class Catalog:
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                migration(self.db)
-                self.db.execute(f"PRAGMA user_version = {number}")
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        self.db = connect(path)
+        MIGRATIONS.migrate(self.db)
 
     def close(self) -> None:
         self.db.close()
