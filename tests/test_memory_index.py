@@ -430,12 +430,10 @@ def test_clip_embedder_loads_a_local_folder(tiny_clip_dir: Path, tmp_path: Path)
 
 def test_clip_missing_folder_is_a_model_error(tmp_path: Path) -> None:
     from echo_os.errors import ModelError
-    from echo_os.memory.embedders import ClipEmbedder, choose_embedders
+    from echo_os.memory.embedders import ClipEmbedder
 
     with pytest.raises(ModelError, match="models pull"):
         ClipEmbedder(tmp_path / "nowhere-org/no-clip")
-    choice = choose_embedders(clip=str(tmp_path / "nowhere"), search_cache=False)
-    assert [e.name for e in choice.embedders] == ["minilm"] and "clip" in choice.skipped
 
 
 def test_memory_with_clip_searches_images_and_reconciles_drift(tiny_clip_dir: Path, tmp_path: Path, minilm) -> None:
@@ -518,3 +516,35 @@ def test_hnsw_that_misses_the_recall_target_answers_exactly(tmp_path: Path, monk
     assert index.answers_exactly and index.stats().answers_exactly
     for query in queries:
         assert index.search(query, 10) == index.exact_search(query, 10)
+
+
+def test_memory_continuity_and_dupes_choose_the_same_clip(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """One CLIP rule (embedders.find_clip): the entry named `clip` first, then clip-vit-l-14, then by name;
+    a vision-only encoder is passed over. Memory (and so `memory dupes`) and the continuity report agree."""
+    import shutil
+
+    from echo_os.memory.artifacts import build_embedders
+    from echo_os.memory.embedders import find_clip
+    from echo_os.settings import Settings
+    from echo_os.story.continuity import find_clip_model
+
+    home = tmp_path / "ws"
+    home.mkdir()
+    for name in ("clip", "large"):
+        shutil.copytree(tiny_clip_dir, home / name)
+    (home / "encoder").mkdir()
+    (home / "encoder" / "config.json").write_text('{"model_type": "clip_vision_model"}')
+    (home / "models.toml").write_text(
+        '[models.aaa-encoder]\ntype = "clip"\npath = "encoder"\n'
+        '[models.clip-vit-l-14]\ntype = "clip"\npath = "large"\n'
+        '[models.clip]\ntype = "clip"\npath = "clip"\n', encoding="utf-8")
+    settings = Settings(home=home)
+    choice = find_clip(settings)
+    assert choice.name == "clip" and choice.folder.resolve() == (home / "clip").resolve()
+    assert find_clip_model(settings, None)[0] == "clip"
+    [clip] = [e for e in build_embedders(settings).embedders if e.kind == "clip"]
+    assert clip.path.resolve() == (home / "clip").resolve()
+    assert find_clip(settings, "clip-vit-l-14").name == "clip-vit-l-14"
+    (home / "models.toml").write_text('[models.aaa-encoder]\ntype = "clip"\npath = "encoder"\n', encoding="utf-8")
+    why = find_clip(Settings(home=home)).why_not
+    assert why is not None and "aaa-encoder" in why

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from echo_os.artifacts.catalog import Catalog, CatalogRow, artifact_num
-from echo_os.errors import EchoError
 from echo_os.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 
 NO_MEMORY_ENV = "ECHO_OS_NO_MEMORY"
 MINILM_ENTRY = "minilm"
-CLIP_ENTRY = "clip"
 IMAGE_NAME = "image.png"
 
 
@@ -66,19 +64,14 @@ def quiet_model_loading() -> None:
 _EMBEDDER_CACHE: dict[tuple, EmbedderChoice] = {}
 
 
-def _clip_candidates(registry: Any) -> list[Any]:
-    """clip entries in the order tried: one named `clip` first, then every other entry of type clip."""
-    entries = [e for e in registry.entries() if e.type == "clip"]
-    return sorted(entries, key=lambda e: e.name != CLIP_ENTRY)
-
-
 def build_embedders(settings: Settings) -> EmbedderChoice:
-    """MiniLM from the `minilm` text-embedder entry (always), CLIP from the first clip entry that resolves.
+    """MiniLM from the `minilm` text-embedder entry (always), CLIP by embedders.find_clip (the rule the
+    continuity report uses too).
 
     Resolving is offline: a clip entry whose weights are not on this machine is skipped (with the reason,
     shown by `memory stats`). Cached per process and models.toml contents, so models load once.
     """
-    from echo_os.memory.embedders import ClipEmbedder, EmbedderChoice, MiniLMEmbedder
+    from echo_os.memory.embedders import ClipEmbedder, EmbedderChoice, MiniLMEmbedder, find_clip
     from echo_os.models.registry import load_registry
 
     quiet_model_loading()
@@ -91,17 +84,11 @@ def build_embedders(settings: Settings) -> EmbedderChoice:
     else:
         minilm = MiniLMEmbedder()  # the bundled package, when models.toml has no minilm entry
     choice = EmbedderChoice(embedders=[minilm])
-    reasons = []
-    for entry in _clip_candidates(registry):
-        try:
-            resolved = registry.resolve(entry.name)
-            choice.embedders.append(ClipEmbedder(resolved.local_path))
-            break
-        except EchoError as error:
-            reasons.append(f"{entry.name}: {error}")
+    clip = find_clip(settings)
+    if clip.folder is not None:
+        choice.embedders.append(ClipEmbedder(clip.folder))
     else:
-        choice.skipped["clip"] = ("; ".join(reasons) if reasons
-                                  else "no clip entry in models.toml") + " (image search is off)"
+        choice.skipped["clip"] = f"{clip.why_not} (image search is off)"
     _EMBEDDER_CACHE[key] = choice
     return choice
 

@@ -9,8 +9,8 @@ lazily, from local files only (nothing here opens a network connection), once pe
 - ClipEmbedder ("clip", projection_dim): transformers CLIPModel from a local folder or the Hugging Face
   cache. Embeds images and text queries into one space, so text-to-image and image-to-image search work.
 
-`choose_embedders(clip=...)` picks what is available: MiniLM always, CLIP when a folder or a cached repo
-is named (models.toml) or found in the cache.
+Which CLIP: `find_clip(settings, requested)`, the one rule shared by Echo Memory, the story continuity
+report and `memory dupes` (a models.toml `clip` entry that resolves here and holds a full CLIPModel).
 """
 
 from __future__ import annotations
@@ -32,19 +32,13 @@ from echo_os.errors import ModelError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from echo_os.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 EmbedderKind = Literal["text", "clip"]
 MINILM_NAME = "minilm"
 CLIP_NAME = "clip"
-# CLIP checkpoints looked for in the Hugging Face cache when models.toml names none (offline lookup only).
-KNOWN_CLIP_REPOS = (
-    "openai/clip-vit-large-patch14",
-    "openai/clip-vit-base-patch32",
-    "openai/clip-vit-base-patch16",
-    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-    "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
-)
 _BATCH = 16
 
 
@@ -160,22 +154,6 @@ def resolve_clip_folder(source: str | Path) -> Path:
         ) from None
 
 
-def find_cached_clip(repos: Sequence[str] = KNOWN_CLIP_REPOS) -> Path | None:
-    """The first well-known CLIP checkpoint present in the local Hugging Face cache (offline lookup)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for repo in repos:
-        try:
-            config = try_to_load_from_cache(repo, "config.json")
-        except Exception:  # noqa: BLE001 - a malformed cache entry is as good as none
-            continue
-        if isinstance(config, str):
-            folder = Path(config).parent
-            if any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")):
-                return folder
-    return None
-
-
 @functools.lru_cache(maxsize=2)
 def _load_clip(path: str, device: str) -> tuple[Any, Any, Any]:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
@@ -272,23 +250,65 @@ class EmbedderChoice:
         return next((e for e in self.embedders if e.kind == kind), None)
 
 
-def choose_embedders(clip: str | Path | None = None, *, search_cache: bool = True,
-                     device: str = "auto") -> EmbedderChoice:
-    """MiniLM always; CLIP from `clip` (a folder or a cached repo id, from models.toml) or else the first
-    well-known CLIP checkpoint in the Hugging Face cache. A named CLIP that cannot be found is skipped
-    with the reason, so text search keeps working."""
-    choice = EmbedderChoice(embedders=[MiniLMEmbedder()])
+# The default registry's CLIP, tried after an entry named `clip`; any other `clip` entry holding a full
+# CLIPModel works too.
+CLIP_ENTRY = "clip"
+PREFERRED_CLIP = "clip-vit-l-14"
+
+
+@dataclass(frozen=True)
+class ClipChoice:
+    """The CLIP model to use (name and local folder), or None and why not."""
+
+    name: str | None
+    folder: Path | None
+    why_not: str | None = None
+
+
+def is_full_clip(folder: Path) -> bool:
+    """A CLIPModel (text + vision towers), not a vision-only IP-Adapter image encoder."""
     try:
-        if clip is not None:
-            choice.embedders.append(ClipEmbedder(clip, device=device))
-        elif search_cache and (cached := find_cached_clip()) is not None:
-            choice.embedders.append(ClipEmbedder(cached, device=device))
-        else:
-            choice.skipped[CLIP_NAME] = "no CLIP model named in models.toml or found in the Hugging Face cache"
-    except ModelError as error:
-        choice.skipped[CLIP_NAME] = str(error)
-        logger.warning("memory: CLIP embedder skipped: %s", error)
-    return choice
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return config.get("model_type") == "clip"
+
+
+def find_clip(settings: "Settings", requested: str | None = None) -> ClipChoice:
+    """The one CLIP rule: `requested` (a models.toml name; "none" skips CLIP), else the first `clip`
+    entry that resolves on this machine (offline) and holds a full CLIPModel, trying the entry named
+    `clip` first, then clip-vit-l-14, then the rest by name. A requested entry that is not a usable
+    CLIP raises (EchoError); an automatic choice that finds none says why."""
+    from echo_os.errors import EchoError
+    from echo_os.models import load_registry
+
+    if requested == "none":
+        return ClipChoice(None, None, "--clip none")
+    registry = load_registry(settings)
+    if requested is not None:
+        entry = registry.get(requested)
+        if entry.type != "clip":
+            raise EchoError(f"{entry.label} is a {entry.type} model; --clip needs a clip entry")
+        resolved = registry.resolve(requested)
+        if not is_full_clip(resolved.local_path):
+            raise EchoError(f"{entry.label}: {resolved.local_path} is not a CLIPModel (config.json model_type "
+                            "'clip'); it may be a vision-only image encoder")
+        return ClipChoice(requested, resolved.local_path)
+    candidates = sorted((e for e in registry.entries() if e.type == "clip"),
+                        key=lambda e: (e.name != CLIP_ENTRY, e.name != PREFERRED_CLIP, e.name))
+    reasons = []
+    for entry in candidates:
+        try:
+            resolved = registry.resolve(entry.name)
+        except EchoError as error:
+            reasons.append(f"{entry.name}: {getattr(error, 'reason', None) or error}")
+            continue
+        if is_full_clip(resolved.local_path):
+            return ClipChoice(entry.name, resolved.local_path)
+        reasons.append(f"{entry.name}: not a full CLIPModel")
+    why = "; ".join(reasons) if reasons else "no clip entry in models.toml"
+    return ClipChoice(None, None, f"no CLIP model on this machine ({why}); "
+                                  f"`echo-os models pull {PREFERRED_CLIP}` enables it")
 
 
 # -- what an artifact says -----------------------------------------------------------------------------

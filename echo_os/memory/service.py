@@ -6,7 +6,7 @@ The catalog is not imported here. Whoever wires memory to it passes:
 - `allowed_ids` for filters (project, character, model, date), resolved by a catalog query;
 - `load_item(id) -> MemoryItem | None` for reconciliation and reindexing.
 
-    memory = Memory(settings.memory_dir, choose_embedders(clip=...).embedders)
+    memory = Memory(settings.memory_dir, memory.artifacts.build_embedders(settings).embedders)
     memory.add([MemoryItem(num, artifact_text(meta), folder / "image.png")])   # on every artifact save
     hits = memory.search_text("stormy lighthouse at night", k=10, allowed_ids=project_ids)
 """

@@ -10,7 +10,6 @@ with a note saying why.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -23,9 +22,6 @@ if TYPE_CHECKING:
     from echo_os.settings import Settings
 
 EmbedImages = Callable[[list["Image"]], "np.ndarray"]
-
-# The default registry's CLIP; any other `clip` entry holding a full CLIPModel works (--clip NAME).
-PREFERRED_CLIP = "clip-vit-l-14"
 
 
 @dataclass
@@ -113,67 +109,17 @@ def continuity_report(cast: list[CastEntry], embed_images: EmbedImages, model: s
 
 # ---- CLIP from models.toml -------------------------------------------------------------------------
 
-def _is_full_clip(folder: Path) -> bool:
-    """A CLIPModel (text + vision towers), not a vision-only IP-Adapter image encoder."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return config.get("model_type") == "clip"
-
-
 def find_clip_model(settings: "Settings", requested: str | None) -> tuple[str | None, Path | None, str | None]:
-    """(name, folder, None) of the CLIP model to use, or (None, None, why not).
+    """(name, folder, None) of the CLIP model to use, or (None, None, why not): memory.embedders.find_clip,
+    the rule Echo Memory and `memory dupes` use."""
+    from echo_os.memory.embedders import find_clip
 
-    requested: a models.toml name, "none" to skip, or None for the first `clip` entry that resolves here
-    and holds a full CLIPModel (clip-vit-l-14 first).
-    """
-    from echo_os.errors import EchoError
-    from echo_os.models import load_registry
-
-    if requested == "none":
-        return None, None, "--clip none"
-    registry = load_registry(settings)
-    if requested is not None:
-        entry = registry.get(requested)
-        if entry.type != "clip":
-            raise EchoError(f"{entry.label} is a {entry.type} model; --clip needs a clip entry")
-        resolved = registry.resolve(requested)
-        if not _is_full_clip(resolved.local_path):
-            raise EchoError(f"{entry.label}: {resolved.local_path} is not a CLIPModel (config.json model_type "
-                            "'clip'); it may be a vision-only image encoder")
-        return requested, resolved.local_path, None
-    candidates = sorted((e for e in registry.entries() if e.type == "clip"),
-                        key=lambda e: (e.name != PREFERRED_CLIP, e.name))
-    reasons = []
-    for entry in candidates:
-        try:
-            resolved = registry.resolve(entry.name)
-        except EchoError as error:
-            reasons.append(f"{entry.name}: {getattr(error, 'reason', 'not on this machine')}")
-            continue
-        if _is_full_clip(resolved.local_path):
-            return entry.name, resolved.local_path, None
-        reasons.append(f"{entry.name}: not a full CLIPModel")
-    why = "; ".join(reasons) if reasons else "no clip entry in models.toml"
-    return None, None, f"no CLIP model on this machine ({why}); `echo-os models pull {PREFERRED_CLIP}` enables it"
+    choice = find_clip(settings, requested)
+    return choice.name, choice.folder, choice.why_not
 
 
 def clip_image_embedder(folder: Path, device: str = "cpu") -> EmbedImages:
-    """embed_images from a local CLIPModel folder (with its preprocessor_config.json); offline."""
-    import torch
-    from transformers import CLIPImageProcessor, CLIPModel
+    """embed_images from a local CLIPModel folder, through Echo Memory's loader (memory.embedders.ClipEmbedder)."""
+    from echo_os.memory.embedders import ClipEmbedder
 
-    model = CLIPModel.from_pretrained(str(folder), local_files_only=True).to(device).eval()
-    processor = CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)
-
-    def embed_images(images: list["Image"]) -> "np.ndarray":
-        pixels = processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
-        with torch.inference_mode():
-            # vision tower's pooled output through the projection: what get_image_features returns
-            # (transformers 5 wraps it in an output object; this works across versions).
-            pooled = model.vision_model(pixel_values=pixels.to(device)).pooler_output
-            features = model.visual_projection(pooled)
-        return features.float().cpu().numpy()
-
-    return embed_images
+    return ClipEmbedder(folder, device=device).embed_images
