@@ -1,5 +1,9 @@
 """The scheduler: choose an engine per request, group compatible requests into batches, render, save.
 
+The one render path: `echo-os render`, `batch`, `replay`, stories and the API's jobs all call
+render_requests (the API worker through RenderHooks: a cancel flag and progress per call, saved images
+recorded against their jobs).
+
 Requests with the same engine and batch key (model, size, steps, cfg, scheduler, device, dtype,
 attention, IP-Adapter set) share pipeline calls of at most `batch_size` images. A request with more
 images than that is split by seed (image i always has seed + i), so splitting never changes an image.
@@ -132,18 +136,6 @@ class RenderOutcome:
     resumed: list["Artifact"] = field(default_factory=list)  # already in the project (resume=True)
     batch_sizes: dict[str, int] = field(default_factory=dict)  # engine -> the batch size it started with
     notes: list[str] = field(default_factory=list)  # what the OOM back-off did
-
-
-def split_request(request: "RenderRequest", max_images: int) -> list["RenderRequest"]:
-    """Cut a request into pieces of at most max_images, keeping every image's seed."""
-    if request.count <= max_images:
-        return [request]
-    pieces, done = [], 0
-    while done < request.count:
-        n = min(max_images, request.count - done)
-        pieces.append(request.model_copy(update={"seed": request.seeds[done], "count": n}))
-        done += n
-    return pieces
 
 
 # ---- batch size ------------------------------------------------------------------------------------
