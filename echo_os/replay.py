@@ -40,7 +40,7 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
         request = artifact.meta.replay_request()
         engine_name = artifact.meta.engine.name
         engine = create_engine(settings, engine_name, f"replay of {artifact.id[:12]}")
-        if artifact.meta.vae_tiling and hasattr(engine, "vae_tiling"):
+        if artifact.meta.vae_tiling and engine.capabilities.tiled_decode:
             engine.vae_tiling = True  # it was decoded tile by tile (OOM back-off): decode it the same way
         result = engine.render([request])[0]
         with Image.open(artifact.image_path) as original:
