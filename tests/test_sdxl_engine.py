@@ -94,7 +94,7 @@ def test_render_cli_records_everything_and_replays_to_zero(run_cli, tiny_workspa
 
 
 def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
-    from echo_os.cli.render import cpu_default_size
+    from echo_os.cli.render import engine_default_size as cpu_default_size
     from echo_os.requests import build_request
 
     from echo_os.engines import choose_engine
@@ -102,7 +102,7 @@ def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
     full = build_request(prompt="x", model="tiny", width=1024, height=1024)
     request, note = cpu_default_size(tiny_workspace, full, choose_engine(tiny_workspace, full)[0])
     assert (request.width, request.height) == (512, 512)
-    assert note == "512x512 by default on the CPU; --size 1024x1024 for full size"
+    assert note == "512x512 by default with engine cpu; --size 1024x1024 for full size"
     draft = build_request(prompt="x", model="tiny", engine="draft", width=1024, height=1024)
     assert cpu_default_size(tiny_workspace, draft, choose_engine(tiny_workspace, draft)[0]) == (draft, None)
 
@@ -114,7 +114,7 @@ def test_render_without_size_on_the_cpu_uses_echo_os_cpu_size(run_cli, tiny_work
     code, out, err = run_cli("--home", home, "render", "warm fractal", "--model", "tiny", "--steps", "1",
                              "--no-memory", "--json")
     assert code == 0, err
-    assert "engine: cpu" in err and "64x48 by default on the CPU; --size 1024x1024 for full size" in err
+    assert "engine: cpu" in err and "64x48 by default with engine cpu; --size 1024x1024 for full size" in err
     [artifact] = json.loads(out)
     meta = json.loads((Path(artifact["path"]) / "meta.json").read_text())
     assert (meta["width"], meta["height"]) == (64, 48)

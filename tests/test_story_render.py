@@ -412,7 +412,7 @@ def test_continuity_numbers_from_an_embedder():
 
 
 def test_auto_batch_size_from_free_memory():
-    from echo_os.engines.base import Capabilities
+    from echo_os.engines.base import BaseEngine, Capabilities
     from echo_os.engines.sdxl import MemoryInfo
     from echo_os.requests import RenderRequest
     from echo_os.scheduler import GIB, auto_batch_size, estimate_batch_size
@@ -421,7 +421,7 @@ def test_auto_batch_size_from_free_memory():
     assert estimate_batch_size(40 * GIB, 1024, 1024) == 8
     assert estimate_batch_size(40 * GIB, 512, 512) > estimate_batch_size(40 * GIB, 1024, 1024)
 
-    class Engine:
+    class Engine(BaseEngine):
         name = "fake"
         capabilities = Capabilities(max_batch=16)
 

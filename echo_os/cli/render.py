@@ -46,7 +46,7 @@ def engine_default_size(settings, request, engine_name: str):
     if size is None:
         return request, None
     width, height = size
-    note = f"{width}x{height} by default on this engine; --size {DEFAULT_SIZE} for full size"
+    note = f"{width}x{height} by default with engine {engine_name}; --size {DEFAULT_SIZE} for full size"
     return request.model_copy(update={"width": width, "height": height}), note
 
 

@@ -124,11 +124,12 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
         _lacks(settings, get_engine(request.engine), request, asked=True)
         return request.engine, f"chosen with --engine {request.engine}"
     order = settings.engine_order or DEFAULT_ORDER
+    unknown = [name for name in order if name not in engine_table()]
+    if unknown:  # a typo is reported even when an engine before it is available
+        raise UsageError(f"[engines] order in echo-os.toml names {unknown[0]!r}, which is not an engine here; "
+                         f"known: {', '.join(engine_table())}.")
     skipped: list[str] = []
     for name in order:
-        if name not in engine_table():
-            raise UsageError(f"[engines] order in echo-os.toml names {name!r}, which is not an engine here; "
-                             f"known: {', '.join(engine_table())}.")
         problem = _lacks(settings, engine_table()[name], request, asked=False)
         if problem is None:
             reason = f"auto: first available in the order {', '.join(order)}"
@@ -139,3 +140,14 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
 
 def create_engine(settings: "Settings", name: str, reason: str) -> "Engine":
     return get_engine(name).create(settings, reason)
+
+
+def reset_plugins() -> None:
+    """Forget the plugin manager and the tables built from it; the next use loads the plugins again
+    (for tests that put a plugin on the path or register one)."""
+    from echo_os.engines.plugins import plugin_manager
+    from echo_os.engines.presets import preset_table
+
+    plugin_manager.cache_clear()
+    engine_table.cache_clear()
+    preset_table.cache_clear()

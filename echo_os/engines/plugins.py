@@ -25,7 +25,7 @@ DEFAULT_PLUGINS = (
 
 @functools.cache
 def plugin_manager() -> pluggy.PluginManager:
-    """Built once per process; tests that register a plugin call reset_plugins() afterwards."""
+    """Built once per process; echo_os.engines.reset_plugins() forgets it (tests that add a plugin)."""
     pm = pluggy.PluginManager("echo_os")
     pm.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
@@ -33,13 +33,3 @@ def plugin_manager() -> pluggy.PluginManager:
     if os.environ.get("ECHO_OS_NO_PLUGINS", "") in ("", "0"):
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     return pm
-
-
-def reset_plugins() -> None:
-    """Forget the plugin manager and the tables built from it (the next use loads them again)."""
-    from echo_os.engines import engine_table
-    from echo_os.engines.presets import preset_table
-
-    plugin_manager.cache_clear()
-    engine_table.cache_clear()
-    preset_table.cache_clear()
