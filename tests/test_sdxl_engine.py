@@ -196,3 +196,48 @@ def test_single_file_checkpoint_renders_like_its_diffusers_folder(run_cli, works
         images[name] = np.asarray(Image.open(Path(artifact["path"]) / "image.png"), dtype=np.int16)
     assert meta["model"]["source"].endswith("tiny_sdxl_v1.safetensors")
     assert np.abs(images["folder"] - images["checkpoint"]).max() == 0
+
+
+def test_no_negative_prompt_lets_the_model_decide(tiny_workspace, tiny_sdxl_dir, run_cli):
+    """The tiny pipeline's config has force_zeros_for_empty_prompt true (as SDXL base): a render without a
+    negative prompt equals the model card's plain pipe(prompt=...); an old artifact, which recorded "",
+    replays with "" (its own behaviour), and meta.json says which was passed."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_dir), local_files_only=True)
+    assert pipe.config.force_zeros_for_empty_prompt is True
+    pipe.set_progress_bar_config(disable=True)
+    direct = pipe(prompt="a quiet harbour", generator=torch.Generator("cpu").manual_seed(9), num_inference_steps=3,
+                  guidance_scale=5.0, width=64, height=64).images[0]
+    engine = SDXLEngine(tiny_workspace)
+    [ours] = engine.render([RenderRequest(prompt="a quiet harbour", seed=9, **TINY)])
+    [empty] = engine.render([RenderRequest(prompt="a quiet harbour", seed=9, negative_prompt="", **TINY)])
+    assert np.abs(_pixels(ours.images[0].image) - _pixels(direct)).max() <= 1
+    assert np.abs(_pixels(empty.images[0].image) - _pixels(direct)).max() > 1  # "" turns the zeros off
+
+    home = str(tiny_workspace.home)
+    code, out, err = run_cli("--home", home, "render", "a quiet harbour", "--model", "tiny", "--seed", "9",
+                             "--steps", "3", "--cfg", "5", "--size", "64x64", "--device", "cpu", "--no-memory", "--json")
+    assert code == 0, err
+    folder = Path(json.loads(out)[0]["path"])
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["negative_prompt_passed"] == "none" and meta["request"]["negative_prompt"] is None
+    assert np.abs(_pixels(Image.open(folder / "image.png")) - _pixels(direct)).max() <= 1
+
+    # An artifact from before the rule: its request says "" and it has no negative_prompt_passed.
+    old_meta = dict(meta, request=dict(meta["request"], negative_prompt=""))
+    old_meta.pop("negative_prompt_passed")
+    from echo_os.artifacts.meta import ArtifactMeta
+
+    assert ArtifactMeta.model_validate(old_meta).replay_request().negative_prompt == ""
+    from echo_os.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(tiny_workspace)
+    try:
+        result = engine.render([ArtifactMeta.model_validate(old_meta).replay_request()])[0]
+        assert np.abs(_pixels(result.images[0].image) - _pixels(empty.images[0].image)).max() <= 1
+        saved = store.save(result, 0)
+        assert saved.meta.negative_prompt_passed == "empty-string"
+    finally:
+        store.close()

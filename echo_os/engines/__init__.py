@@ -129,12 +129,15 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
         raise UsageError(f"[engines] order in echo-os.toml names {unknown[0]!r}, which is not an engine here; "
                          f"known: {', '.join(engine_table())}.")
     skipped: list[str] = []
+    reasons: dict[str, str] = {}
     for name in order:
         problem = _lacks(settings, engine_table()[name], request, asked=False)
         if problem is None:
             reason = f"auto: first available in the order {', '.join(order)}"
             return name, reason + (f"; skipped {'; '.join(skipped)}" if skipped else "")
-        skipped.append(f"{name}: {problem}")
+        repeated = next((earlier for earlier, why in reasons.items() if why == problem), None)
+        reasons[name] = problem
+        skipped.append(f"{name}: as {repeated}" if repeated else f"{name}: {problem}")
     raise UsageError(f"no engine of the order {', '.join(order)} can render this request: {'; '.join(skipped)}.")
 
 
