@@ -16,6 +16,7 @@ class ReplayReport:
     max_pixel_diff: int
     mean_pixel_diff: float
     saved_id: str | None = None
+    deterministic: bool = True  # the engine's capability: if False, a difference is expected, not a fault
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +55,7 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
             child = result.request.model_copy(update={"parent_id": artifact.id})
             result.request = child
             saved_id = store.save(result, 0).id
-        return ReplayReport(artifact.id, engine_name, max_diff, mean_diff, saved_id)
+        return ReplayReport(artifact.id, engine_name, max_diff, mean_diff, saved_id,
+                            deterministic=engine.capabilities.deterministic)
     finally:
         store.close()

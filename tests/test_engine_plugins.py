@@ -177,3 +177,36 @@ def test_a_network_engine_needs_the_workspace_to_allow_it(workspace, tmp_path):
         assert choose_engine(allowed, RenderRequest(prompt="x", engine="hosted"))[0] == "hosted"
         name, reason = choose_engine(allowed, RenderRequest(prompt="x", width=512, height=512))
         assert name == "draft" and "hosted: it renders only the sizes 1024x1024, not 512x512" in reason
+
+
+def test_replay_of_a_non_deterministic_engine_says_a_difference_is_expected(workspace, run_cli):
+    import itertools
+
+    from echo_os.engines.base import BaseEngine, Capabilities
+    from echo_os.results import ProgressEvent, RenderedImage, RenderResult, RuntimeInfo
+    from tests.api_helpers import register_engine
+
+    counter = itertools.count(1)
+
+    class Hosted(BaseEngine):
+        name = "varies"
+        capabilities = Capabilities(needs_weights=False, deterministic=False)
+
+        def render(self, requests, *, progress=None, cancel=None):
+            from PIL import Image
+
+            if progress is not None:
+                progress(ProgressEvent(step=1, total_steps=1, images=sum(r.count for r in requests)))
+            runtime = RuntimeInfo(engine=self.name, reason=self.reason, device="remote", dtype="none", attention="none")
+            return [RenderResult(request=r, runtime=runtime, images=[
+                RenderedImage(Image.new("RGB", (r.width, r.height), (next(counter) * 40 % 256, 0, 0)), s)
+                for s in r.seeds]) for r in requests]
+
+    with register_engine(Hosted):
+        home = str(workspace.home)
+        code, out, err = run_cli("--home", home, "render", "x", "--engine", "varies", "--size", "64x64",
+                                 "--no-memory", "--json")
+        assert code == 0, err
+        code, out, err = run_cli("--home", home, "replay", json.loads(out)[0]["id"])
+        assert code == 0, err
+        assert "differs; engine varies does not promise the same pixels per seed" in out

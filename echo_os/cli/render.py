@@ -223,6 +223,8 @@ def replay(ctx: click.Context, artifact_id: str, save: bool, as_json: bool) -> N
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
     verdict = "identical" if report.max_pixel_diff == 0 else "differs"
+    if report.max_pixel_diff and not report.deterministic:
+        verdict += f"; engine {report.engine} does not promise the same pixels per seed"
     click.echo(f"replayed {report.artifact_id[:12]} with engine {report.engine}: "
                f"max pixel difference {report.max_pixel_diff} ({verdict})"
                + (f"; saved as {report.saved_id[:12]}" if report.saved_id else ""))
