@@ -210,3 +210,20 @@ def test_replay_of_a_non_deterministic_engine_says_a_difference_is_expected(work
         code, out, err = run_cli("--home", home, "replay", json.loads(out)[0]["id"])
         assert code == 0, err
         assert "differs; engine varies does not promise the same pixels per seed" in out
+
+
+@pytest.mark.anyio
+async def test_the_api_fake_engine_works_through_the_registry(workspace, monkeypatch):
+    """The API tests' fake engine registered as a plugin: the app's own engine factory finds it by name."""
+    from tests.api_helpers import FakeEngine, api_client, register_engine, wait_job
+
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+    fake = FakeEngine()
+    with register_engine(fake):
+        async with api_client(workspace) as (client, _app):
+            sent = await client.post("/api/render", json={"prompt": "a kite", "engine": "fake", "seed": 4,
+                                                          "count": 2, "steps": 2, "size": "64x64"})
+            assert sent.status_code == 202, sent.text
+            job = await wait_job(client, sent.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    assert fake.calls == [[("a kite", (4, 5))]]

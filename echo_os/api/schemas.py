@@ -6,7 +6,7 @@ stays the one place a bound is enforced, and whose errors come back as a 422 nam
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 

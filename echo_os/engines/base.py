@@ -32,6 +32,13 @@ if TYPE_CHECKING:
     from echo_os.requests import RenderRequest
     from echo_os.settings import Settings
 
+__all__ = [
+    "BaseEngine", "Capabilities", "Engine", "EngineOptions", "EnginePlugin",
+    # re-exported from echo_os.results
+    "MemoryInfo", "ModelInfo", "ProgressCallback", "ProgressEvent", "RenderedImage", "RenderResult", "RuntimeInfo",
+    "Timings",
+]
+
 
 @dataclass(frozen=True)
 class Capabilities:
