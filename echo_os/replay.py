@@ -33,6 +33,7 @@ class ReplayReport:
     max_pixel_diff: int
     mean_pixel_diff: float
     saved_id: str | None = None
+    deterministic: bool = True  # the engine's capability: if False, a difference is expected, not a fault
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +58,7 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
         request = artifact.meta.replay_request()
         engine_name = artifact.meta.engine.name
         engine = create_engine(settings, engine_name, f"replay of {artifact.id[:12]}")
-        if artifact.meta.vae_tiling and hasattr(engine, "vae_tiling"):
+        if artifact.meta.vae_tiling and engine.capabilities.tiled_decode:
             engine.vae_tiling = True  # it was decoded tile by tile (OOM back-off): decode it the same way
         if save:
             from echo_os.memory.artifacts import attach
@@ -70,6 +71,7 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
             original.load()
             max_diff, mean_diff = pixel_difference(original, hooks.results[0].images[0].image)
         saved_id = outcome.artifacts[0].id if save else None
-        return ReplayReport(artifact.id, engine_name, max_diff, mean_diff, saved_id)
+        return ReplayReport(artifact.id, engine_name, max_diff, mean_diff, saved_id,
+                            deterministic=engine.capabilities.deterministic)
     finally:
         store.close()

@@ -11,9 +11,9 @@ import json
 import math
 import re
 import secrets
-from typing import Literal
+from typing import Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from echo_os.errors import UsageError
 
@@ -22,12 +22,19 @@ MAX_STEPS = 200
 MAX_COUNT = 64
 MAX_SEED = 2**32 - 1
 
-# Scheduler names accepted everywhere (CLI, API, story defaults). The sdxl engine maps them to diffusers
-# classes; listed here so validation does not import diffusers.
-SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc")
-DEVICES = ("auto", "cuda", "cpu", "mps")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-ATTENTIONS = ("sdpa", "xformers")
+# Each option list is one Literal; the tuples the CLI's click.Choice and the docs use are derived from it
+# (the API schemas use the Literals). Scheduler names are mapped to diffusers classes by the sdxl engine;
+# listed here so validation does not import diffusers. Engine names come from the engine registry.
+Scheduler = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"]
+Device = Literal["auto", "cuda", "cpu", "mps"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+Attention = Literal["sdpa", "xformers"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+DEVICES: tuple[str, ...] = get_args(Device)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+ATTENTIONS: tuple[str, ...] = get_args(Attention)
+# Values of an engine's own options (`--option KEY=VALUE`); the engine's Options model checks them.
+OptionValue = Union[str, int, float, bool, None]
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
@@ -113,7 +120,10 @@ class RenderRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     prompt: str
-    negative_prompt: str = ""
+    # None: no negative prompt given, so the model's own rule applies (SDXL base zeroes the negative
+    # embedding: force_zeros_for_empty_prompt). "" is what artifacts made before that rule recorded, and
+    # their replay passes "" again.
+    negative_prompt: str | None = None
     style: str = ""
     seed: int = Field(default_factory=random_seed, ge=0, le=MAX_SEED)
     steps: int = Field(default=30, ge=1, le=MAX_STEPS)
@@ -121,12 +131,13 @@ class RenderRequest(BaseModel):
     width: int = Field(default=1024, gt=0, le=MAX_SIDE)
     height: int = Field(default=1024, gt=0, le=MAX_SIDE)
     count: int = Field(default=1, ge=1, le=MAX_COUNT)
-    scheduler: Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"] = "euler"
+    scheduler: Scheduler = "euler"
     model: str = "sdxl"
-    engine: str = "auto"
-    device: Literal["auto", "cuda", "cpu", "mps"] = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    attention: Literal["sdpa", "xformers"] = "sdpa"
+    engine: str = Field(default="auto", min_length=1)  # "auto" or a registered engine (echo_os.engines)
+    device: Device = "auto"
+    dtype: Dtype = "auto"
+    attention: Attention = "sdpa"
+    options: dict[str, OptionValue] = Field(default_factory=dict)  # the engine's own (its Options model)
     project: str = "default"
     parent_id: str | None = None
     story: StoryFields = Field(default_factory=StoryFields)
@@ -161,14 +172,6 @@ class RenderRequest(BaseModel):
             raise ValueError("the project name is empty")
         return value.strip()
 
-    @model_validator(mode="after")
-    def _engine_known(self) -> "RenderRequest":
-        from echo_os.engines import ENGINE_NAMES
-
-        if self.engine not in ENGINE_NAMES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
-        return self
-
     @property
     def full_prompt(self) -> str:
         """The text the model sees: the prompt, then the style."""
@@ -187,7 +190,8 @@ class RenderRequest(BaseModel):
         return (self.model, self.width, self.height, self.steps, self.cfg, self.scheduler,
                 self.device, self.dtype, self.attention,
                 self.ip_adapter.batch_key() if self.ip_adapter is not None else None,
-                tuple((lora.sha256, lora.scale) for lora in self.loras))
+                tuple((lora.sha256, lora.scale) for lora in self.loras),
+                self.negative_prompt is None, tuple(sorted(self.options.items())))
 
     def image_requests(self) -> list["RenderRequest"]:
         """One request per image (count 1, its own seed): what meta.json records and replay renders."""
@@ -207,6 +211,8 @@ def image_request_key(request: RenderRequest) -> str:
     if request.count != 1:
         raise ValueError(f"image_request_key takes a one-image request, got count {request.count}")
     exclude: dict = {"loras": {"__all__": {"path"}}} if request.loras else {"loras": True}  # keys from before LoRAs stay
+    if not request.options:
+        exclude["options"] = True  # and from before engine options
     if request.ip_adapter:
         exclude["ip_adapter"] = _IP_ADAPTER_PATHS
     fields = request.model_dump(mode="json", exclude=exclude)

@@ -138,6 +138,16 @@ class RenderOutcome:
     notes: list[str] = field(default_factory=list)  # what the OOM back-off did
 
 
+def canonical_options(engine: "Engine", request: "RenderRequest") -> dict:
+    """The request's engine options as the engine's Options model reads them, defaults left out: so
+    `--option clip_skip=2` and the API's {"clip_skip": 2} batch, key and resume as the same image."""
+    from echo_os.engines import engine_options
+
+    if not request.options:
+        return {}
+    return engine_options(engine, request).model_dump(mode="json", exclude_defaults=True)
+
+
 # ---- batch size ------------------------------------------------------------------------------------
 
 # Activation memory of one SDXL image at 1024x1024 in 16-bit, with classifier-free guidance (two UNet
@@ -182,11 +192,9 @@ def auto_batch_size(engine: "Engine", request: "RenderRequest") -> int:
     batching is slower. Engines with neither (draft): the engine's maximum.
     """
     cap = max(1, engine.capabilities.max_batch)
-    free_memory = getattr(engine, "free_memory", None)
-    memory = free_memory(request) if free_memory is not None else None
+    memory = engine.free_memory(request)
     if memory is None:
-        on_cpu = getattr(engine, "runs_on_cpu", None)
-        if on_cpu is not None and on_cpu(request) and request.width * request.height > CPU_BATCH_MAX_PIXELS:
+        if engine.runs_on_cpu(request) and request.width * request.height > CPU_BATCH_MAX_PIXELS:
             return 1
         return cap
     return max(1, min(cap, pick_batch_size(memory.free_bytes, request.width, request.height, memory.dtype)))
@@ -302,7 +310,7 @@ def render_requests(
     for source, request in enumerate(requests):
         if engine is not None or engine_for is not None:
             chosen = engine if engine is not None else engine_for(request)
-            name, reason = chosen.name, getattr(chosen, "reason", "given by the caller")
+            name, reason = chosen.name, chosen.reason
         else:
             name, reason = choose_engine(settings, request)
             chosen = created.get(name) or create_engine(settings, name, reason)
@@ -314,7 +322,8 @@ def render_requests(
                 outcome.engines.append(choice)
                 if on_engine is not None:
                     on_engine(choice)
-        piece = Piece(source, 0, request.model_copy(update={"engine": name}))
+        piece = Piece(source, 0, request.model_copy(
+            update={"engine": name, "options": canonical_options(chosen, request)}))
         by_engine.setdefault(id(chosen), []).extend(
             missing_runs(piece, lambda index: skip(source, index)) if skip is not None else [piece])
 
@@ -348,11 +357,11 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
             limit = max(1, min(limit, max_batch))
         outcome.batch_sizes.setdefault(engine.name, limit)
         queue = deque(group)
-        tiling = getattr(engine, "vae_tiling", None)
+        tiling = engine.vae_tiling
         try:
             _render_queue(engine, queue, limit, store=store, outcome=outcome, hooks=hooks)
         finally:  # the OOM back-off's VAE tiling is for this group only; the engine may outlive the call
-            if tiling is not None:
+            if engine.capabilities.tiled_decode:
                 engine.vae_tiling = tiling
 
 
@@ -376,7 +385,7 @@ def _render_queue(engine: "Engine", queue: "deque[Piece]", limit: int, *, store:
             if limit > 1:
                 limit = max(1, min(limit, images) // 2)
                 outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with {limit}")
-            elif hasattr(engine, "vae_tiling") and not engine.vae_tiling:
+            elif engine.capabilities.tiled_decode and not engine.vae_tiling:
                 engine.vae_tiling = True
                 outcome.notes.append("out of GPU memory with 1 image per call; retrying with VAE tiling")
             else:

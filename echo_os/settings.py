@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_NAME = "echo-os.toml"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class Settings:
     debug: bool = False
     # The default size when SDXL runs on the CPU and no --size is given (ECHO_OS_CPU_SIZE).
     cpu_size: str = "512x512"
+    # From the workspace's echo-os.toml `[engines]` table: the order `auto` asks engines in (None: the
+    # default order, echo_os.engines.DEFAULT_ORDER) and whether engines that open network connections
+    # may be used at all.
+    engine_order: tuple[str, ...] | None = None
+    allow_network: bool = False
 
     @property
     def artifacts_dir(self) -> Path:
@@ -52,6 +58,10 @@ class Settings:
         return self.home / "styles.toml"
 
     @property
+    def config_toml(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    @property
     def log_path(self) -> Path:
         return self.artifacts_dir / "echo-os.log"
 
@@ -63,4 +73,45 @@ def load_settings(home: str | os.PathLike[str] | None = None, env: dict[str, str
     chosen = home or env.get("ECHO_OS_HOME") or os.getcwd()
     debug = env.get("ECHO_OS_DEBUG", "") not in ("", "0", "false", "no")
     cpu_size = env.get("ECHO_OS_CPU_SIZE") or Settings.cpu_size
-    return Settings(home=Path(chosen).expanduser().resolve(), debug=debug, cpu_size=cpu_size)
+    home_path = Path(chosen).expanduser().resolve()
+    engines = read_engines_table(home_path / CONFIG_NAME)
+    return Settings(home=home_path, debug=debug, cpu_size=cpu_size, **engines)
+
+
+def read_engines_table(path: Path) -> dict:
+    """engine_order / allow_network from the `[engines]` table of a workspace's echo-os.toml:
+
+        [engines]
+        order = ["draft"]          # what `auto` asks, in order (default: sdxl, cpu, draft)
+        allow_network = false      # engines that open network connections need true
+    """
+    from echo_os.errors import UsageError
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    if not path.is_file():
+        return {}
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("engines", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"{path} cannot be read as TOML ({error}); fix or remove it.") from None
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [engines] must be a table.")
+    unknown = set(table) - {"order", "allow_network"}
+    if unknown:
+        raise UsageError(f"{path}: [engines] has unknown key(s) {', '.join(sorted(unknown))}; "
+                         "it takes order and allow_network.")
+    out: dict = {}
+    if "order" in table:
+        order = table["order"]
+        if not (isinstance(order, list) and order and all(isinstance(n, str) and n for n in order)):
+            raise UsageError(f'{path}: [engines] order must be a non-empty list of engine names, e.g. ["sdxl", "draft"].')
+        out["engine_order"] = tuple(order)
+    if "allow_network" in table:
+        if not isinstance(table["allow_network"], bool):
+            raise UsageError(f"{path}: [engines] allow_network must be true or false.")
+        out["allow_network"] = table["allow_network"]
+    return out

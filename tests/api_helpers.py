@@ -7,12 +7,13 @@ import asyncio
 import json
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import httpx
 
-from echo_os.engines.base import Capabilities, ProgressEvent, RenderedImage, RenderResult, RuntimeInfo, Timings
+from echo_os.engines.base import BaseEngine, Capabilities, ProgressEvent, RenderedImage, RenderResult, RuntimeInfo, Timings
+from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -58,7 +59,7 @@ def parse_sse(text: str) -> list[tuple[str, dict]]:
 
 
 @dataclass
-class FakeEngine:
+class FakeEngine(BaseEngine):
     """Renders 8x8 solid images instantly, one progress event per step. `hold` makes every step wait
     until released (or cancelled); `fail_times` makes the first calls raise."""
 
@@ -67,6 +68,7 @@ class FakeEngine:
     fail_with: type[BaseException] = RuntimeError
     fail_prompt: str | None = None  # any call containing this prompt fails
     name: str = "fake"
+    reason: str = "test fake"
     calls: list[list[tuple[str, tuple[int, ...]]]] = field(default_factory=list)
     step_started: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -83,6 +85,9 @@ class FakeEngine:
         self._lock = threading.Lock()
 
     def __call__(self, request):  # the create_app(make_engine=...) factory
+        return self
+
+    def create(self, settings, reason):  # as a registered engine (register_engine): always this instance
         return self
 
     def render(self, requests, *, progress=None, cancel=None):
@@ -116,3 +121,30 @@ class FakeEngine:
                              images=[RenderedImage(image=Image.new("RGB", (8, 8), (s % 256, 0, 0)), seed=s)
                                      for s in r.seeds])
                 for r in requests]
+
+
+class EnginePlugin:
+    """A pluggy plugin object registering the given engines, the way an installed package's module does."""
+
+    def __init__(self, *engines):
+        self.engines = engines
+
+    @hookimpl
+    def register_engines(self, register):
+        for engine in self.engines:
+            register(engine)
+
+
+@contextmanager
+def register_engine(*engines):
+    """Register engines through the plugin hook for the duration (then forget them again)."""
+    from echo_os.engines import reset_plugins
+    from echo_os.engines.plugins import plugin_manager
+
+    plugin = EnginePlugin(*engines)
+    reset_plugins()
+    plugin_manager().register(plugin)
+    try:
+        yield plugin
+    finally:
+        reset_plugins()

@@ -94,7 +94,7 @@ def test_render_cli_records_everything_and_replays_to_zero(run_cli, tiny_workspa
 
 
 def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
-    from echo_os.cli.render import cpu_default_size
+    from echo_os.cli.render import engine_default_size as cpu_default_size
     from echo_os.requests import build_request
 
     from echo_os.engines import choose_engine
@@ -102,7 +102,7 @@ def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
     full = build_request(prompt="x", model="tiny", width=1024, height=1024)
     request, note = cpu_default_size(tiny_workspace, full, choose_engine(tiny_workspace, full)[0])
     assert (request.width, request.height) == (512, 512)
-    assert note == "512x512 by default on the CPU; --size 1024x1024 for full size"
+    assert note == "512x512 by default with engine cpu; --size 1024x1024 for full size"
     draft = build_request(prompt="x", model="tiny", engine="draft", width=1024, height=1024)
     assert cpu_default_size(tiny_workspace, draft, choose_engine(tiny_workspace, draft)[0]) == (draft, None)
 
@@ -114,7 +114,7 @@ def test_render_without_size_on_the_cpu_uses_echo_os_cpu_size(run_cli, tiny_work
     code, out, err = run_cli("--home", home, "render", "warm fractal", "--model", "tiny", "--steps", "1",
                              "--no-memory", "--json")
     assert code == 0, err
-    assert "engine: cpu" in err and "64x48 by default on the CPU; --size 1024x1024 for full size" in err
+    assert "engine: cpu" in err and "64x48 by default with engine cpu; --size 1024x1024 for full size" in err
     [artifact] = json.loads(out)
     meta = json.loads((Path(artifact["path"]) / "meta.json").read_text())
     assert (meta["width"], meta["height"]) == (64, 48)
@@ -196,3 +196,45 @@ def test_single_file_checkpoint_renders_like_its_diffusers_folder(run_cli, works
         images[name] = np.asarray(Image.open(Path(artifact["path"]) / "image.png"), dtype=np.int16)
     assert meta["model"]["source"].endswith("tiny_sdxl_v1.safetensors")
     assert np.abs(images["folder"] - images["checkpoint"]).max() == 0
+
+
+def test_no_negative_prompt_lets_the_model_decide(tiny_workspace, tiny_sdxl_dir, run_cli):
+    """The tiny pipeline's config has force_zeros_for_empty_prompt true (as SDXL base): a render without a
+    negative prompt equals the model card's plain pipe(prompt=...); an old artifact, which recorded "",
+    replays with "" (its own behaviour), and meta.json says which was passed."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_dir), local_files_only=True)
+    assert pipe.config.force_zeros_for_empty_prompt is True
+    pipe.set_progress_bar_config(disable=True)
+    direct = pipe(prompt="a quiet harbour", generator=torch.Generator("cpu").manual_seed(9), num_inference_steps=3,
+                  guidance_scale=5.0, width=64, height=64).images[0]
+    engine = SDXLEngine(tiny_workspace)
+    [ours] = engine.render([RenderRequest(prompt="a quiet harbour", seed=9, **TINY)])
+    [empty] = engine.render([RenderRequest(prompt="a quiet harbour", seed=9, negative_prompt="", **TINY)])
+    assert np.abs(_pixels(ours.images[0].image) - _pixels(direct)).max() <= 1
+    assert np.abs(_pixels(empty.images[0].image) - _pixels(direct)).max() > 1  # "" turns the zeros off
+
+    home = str(tiny_workspace.home)
+    code, out, err = run_cli("--home", home, "render", "a quiet harbour", "--model", "tiny", "--seed", "9",
+                             "--steps", "3", "--cfg", "5", "--size", "64x64", "--device", "cpu", "--no-memory", "--json")
+    assert code == 0, err
+    folder = Path(json.loads(out)[0]["path"])
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["negative_prompt_passed"] == "none" and meta["request"]["negative_prompt"] is None
+    assert np.abs(_pixels(Image.open(folder / "image.png")) - _pixels(direct)).max() <= 1
+
+    # An artifact from before the rule: its request says "" and it has no negative_prompt_passed.
+    old_meta = dict(meta, request=dict(meta["request"], negative_prompt=""))
+    old_meta.pop("negative_prompt_passed")
+    from echo_os.artifacts.meta import ArtifactMeta
+
+    assert ArtifactMeta.model_validate(old_meta).replay_request().negative_prompt == ""
+    from echo_os.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(tiny_workspace)
+    try:  # `empty` above is what that replay request renders (negative_prompt ""), and it says so
+        assert store.save(empty, 0).meta.negative_prompt_passed == "empty-string"
+    finally:
+        store.close()

@@ -371,7 +371,8 @@ def test_draft_fallback_renders_the_example_story(workspace):
     example = Path(__file__).resolve().parent.parent / "prompts" / "lighthouse-keeper" / "story.csv"
     code, out, err = run("--home", str(workspace.home), "batch", "Lighthouse Keeper", str(example))
     assert code == 0, err
-    assert "engine: draft (no weights for model 'sdxl'" in err
+    assert "engine: draft (auto: first available in the order sdxl, cpu, draft" in err
+    assert "no weights for model 'sdxl'" in err
     lines = out.splitlines()
     assert [line[:3] for line in lines[:4]] == ["001", "002", "003", "004"]
     assert lines[4].startswith("4 rendered, 0 already rendered")
@@ -412,7 +413,7 @@ def test_continuity_numbers_from_an_embedder():
 
 
 def test_auto_batch_size_from_free_memory():
-    from echo_os.engines.base import Capabilities
+    from echo_os.engines.base import BaseEngine, Capabilities
     from echo_os.engines.sdxl import MemoryInfo
     from echo_os.requests import RenderRequest
     from echo_os.scheduler import GIB, auto_batch_size, estimate_batch_size
@@ -421,7 +422,7 @@ def test_auto_batch_size_from_free_memory():
     assert estimate_batch_size(40 * GIB, 1024, 1024) == 8
     assert estimate_batch_size(40 * GIB, 512, 512) > estimate_batch_size(40 * GIB, 1024, 1024)
 
-    class Engine:
+    class Engine(BaseEngine):
         name = "fake"
         capabilities = Capabilities(max_batch=16)
 

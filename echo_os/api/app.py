@@ -231,7 +231,7 @@ def _add_routes(app: FastAPI) -> None:
     async def submit_render(body: RenderBody, api: Api) -> JSONResponse:
         """Queue `echo-os render` with these parameters."""
         fields = body.model_dump(exclude={"negative", "size", "seed"}, exclude_none=True)
-        fields["negative_prompt"] = body.negative
+        fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
             fields["seed"] = body.seed
         # On the loop, not in a thread: it takes ~0.3 ms, and each thread hop costs a GIL hand-over while

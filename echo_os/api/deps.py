@@ -19,7 +19,7 @@ from echo_os.api.events import EventHub
 from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Job, JobStore
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
 from echo_os.api.worker import Worker
-from echo_os.errors import NotFoundError, UsageError
+from echo_os.errors import NotFoundError, OptionError, UsageError
 from echo_os.requests import RenderRequest, parse_size
 from echo_os.settings import Settings
 
@@ -154,8 +154,10 @@ def request_errors(error: ValidationError, names: dict[str, str]) -> RequestVali
 
 
 def check_model(settings: Settings, model: str, engine: str, where: str | tuple = "model") -> None:
-    """A model name must be in models.toml (the draft engine needs none)."""
-    if engine == "draft":
+    """A model name must be in models.toml (unless the engine named renders without weights)."""
+    from echo_os.engines import AUTO, get_engine
+
+    if engine != AUTO and not get_engine(engine).capabilities.needs_weights:
         return
     from echo_os.models import load_registry
 
@@ -178,6 +180,13 @@ def build_render_request(settings: Settings, fields: dict[str, Any], *, size: st
     except ValidationError as error:
         raise request_errors(error, names) from None
     check_model(settings, request.model, request.engine, names.get("model", "model"))
+    if request.engine != "auto":  # the named engine's own options: a 422 on the bad one, before queueing
+        from echo_os.engines import engine_options, get_engine
+
+        try:
+            engine_options(get_engine(request.engine), request)
+        except OptionError as error:
+            raise field_error(tuple(error.option.split(".")), str(error), dict(request.options)) from None
     return request
 
 

@@ -93,7 +93,7 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api) ->
         return openai_error(422, "stream: streaming is not supported here; follow GET /api/jobs/{id}/events "
                                  "of a POST /api/render job instead", "invalid_request_error", "stream")
     size = (body.size or "auto").strip()
-    fields = dict(prompt=body.prompt, negative_prompt=body.negative_prompt,
+    fields = dict(prompt=body.prompt, negative_prompt=body.negative_prompt or None,
                   model=model_for(body.model, api.options.default_model), engine=body.engine, count=body.n or 1,
                   project=body.project)
     for name in ("seed", "steps", "cfg", "scheduler"):

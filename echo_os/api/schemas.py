@@ -6,19 +6,37 @@ stays the one place a bound is enforced, and whose errors come back as a 422 nam
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from echo_os.api.jobs import JobKind, JobProgress, JobStatus
-from echo_os.engines import ENGINE_NAMES
-from echo_os.requests import MAX_COUNT, MAX_SEED, MAX_STEPS, RenderRequest
+from echo_os.engines import check_engine_name
+from echo_os.errors import OptionError
+from echo_os.requests import (  # noqa: F401  (the option Literals, defined once there)
+    MAX_COUNT,
+    MAX_SEED,
+    MAX_STEPS,
+    Attention,
+    Device,
+    Dtype,
+    OptionValue,
+    RenderRequest,
+    Scheduler,
+)
 
-Scheduler = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"]
-Device = Literal["auto", "cuda", "cpu", "mps"]
-Dtype = Literal["auto", "bfloat16", "float16", "float32"]
-Attention = Literal["sdpa", "xformers"]
-EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]  # auto, sdxl, cpu, draft, ...
+
+def _registered_engine(name: str) -> str:
+    try:
+        return check_engine_name(name)
+    except OptionError as error:
+        raise ValueError(str(error)) from None
+
+
+# Engines come from plugins, so the schema cannot list them; an unknown name is a 422 listing the known.
+EngineName = Annotated[str, Field(min_length=1, max_length=100,
+                                  description="auto (the workspace's engine order) or a registered engine."),
+                       AfterValidator(_registered_engine)]
 SIZE_PATTERN = r"^\s*\d{1,5}\s*[xX×]\s*\d{1,5}\s*$"
 MAX_TEXT = 20_000  # characters of a prompt, negative prompt or style
 MAX_PROMPTS = 1_000
@@ -47,6 +65,8 @@ class RenderBody(BaseModel):
     device: Device = "auto"
     dtype: Dtype = "auto"
     attention: Attention = "sdpa"
+    options: dict[str, OptionValue] = Field(default_factory=dict, max_length=50,
+                                            description="Options of the chosen engine (its own Options model).")
     project: str = Field(default="default", min_length=1, max_length=200)
     parent_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,10 @@ class ArtifactMeta(BaseModel):
     prompt: str
     full_prompt: str
     negative_prompt: str = ""
+    # What the engine was given as the negative prompt: "none" (no negative prompt, the model's config
+    # decides), "empty-string" (the rule before that; replays of such artifacts keep it) or "text".
+    # None in artifacts made before this was recorded (they were all given "" when the field was empty).
+    negative_prompt_passed: Literal["none", "empty-string", "text"] | None = None
     style: str = ""
     seed: int
     steps: int
@@ -74,6 +78,12 @@ class ArtifactMeta(BaseModel):
     @classmethod
     def read(cls, path: Path) -> "ArtifactMeta":
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def negative_prompt_passed(negative: str | None) -> str:
+    if negative is None:
+        return "none"
+    return "empty-string" if negative == "" else "text"
 
 
 def collect_versions() -> dict[str, str]:

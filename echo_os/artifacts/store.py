@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Callable
 from filelock import FileLock
 
 from echo_os.artifacts.catalog import Catalog
-from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord, collect_versions
+from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord, collect_versions, negative_prompt_passed
 from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
 from echo_os.requests import image_request_key
 from echo_os.settings import Settings
 
 if TYPE_CHECKING:
-    from echo_os.engines.base import RenderResult
+    from echo_os.results import RenderResult
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ class ArtifactStore:
             sequence=sequence,
             prompt=request.prompt,
             full_prompt=request.full_prompt,
-            negative_prompt=request.negative_prompt,
+            negative_prompt=request.negative_prompt or "",
+            negative_prompt_passed=negative_prompt_passed(request.negative_prompt),
             style=request.style,
             seed=seed,
             steps=request.steps,

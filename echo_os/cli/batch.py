@@ -120,7 +120,11 @@ def format_dry_run(plan) -> str:
               help="STORY_BIBLE.md for a story CSV (default: STORY_BIBLE.md beside the CSV, if there).")
 @click.option("--dry-run", is_flag=True, help="Print each scene's prompt, negative, seed and token count; render nothing.")
 @click.option("--json", "json_output", is_flag=True, help="Print the plan (or the results) as JSON.")
-@click.option("--engine", default="auto", show_default=True, help="Engine for every scene.")
+@click.option("--engine", default="auto", show_default=True,
+              help="Engine for every scene: auto (the workspace's engine order) or a registered engine.")
+@click.option("--preset", default=None,
+              help="A render preset (pipelines/presets): its engine, steps, cfg, size and scheduler for every "
+                   "scene, where no option here gives them.")
 @click.option("--model", default=None, help="Model for every scene (default: the bible's model, else sdxl).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per pipeline call (default: from free GPU memory on CUDA; 1 for CPU diffusion above "
@@ -139,7 +143,8 @@ def format_dry_run(plan) -> str:
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
-          steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None) -> None:
+          steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
+          preset: str | None) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
 
     One artifact per image, then story.json and contact-sheet.png in the project folder. Running the
@@ -152,7 +157,22 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
     """
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
 
+    from echo_os.engines import check_engine_name
+
     settings = settings_from(ctx)
+    if preset is not None:
+        from click.core import ParameterSource
+
+        from echo_os.engines.presets import get_preset
+
+        chosen = get_preset(settings, preset)
+        if ctx.get_parameter_source("engine") in (None, ParameterSource.DEFAULT) and chosen.engine:
+            engine = chosen.engine
+        steps = steps if steps is not None else chosen.steps
+        cfg = cfg if cfg is not None else chosen.cfg
+        size = size if size is not None else chosen.size
+        scheduler = scheduler if scheduler is not None else chosen.scheduler
+    check_engine_name(engine)
     options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
                           seed=seed)
     if source.startswith("@"):

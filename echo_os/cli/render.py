@@ -37,24 +37,51 @@ class StepBar:
 DEFAULT_SIZE = "1024x1024"
 
 
-def cpu_default_size(settings, request, engine_name: str):
-    """(request, note): `request` at settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512) when it
-    renders with the cpu engine. SDXL at 1024x1024 takes many minutes an image on a CPU; 512x512 is a
-    quarter of the pixels, still SDXL, and the engine line says so."""
-    from echo_os.errors import UsageError
-    from echo_os.requests import MAX_SIDE
+def engine_default_size(settings, request, engine_name: str):
+    """(request, note): `request` at the chosen engine's own default size when it has one (the cpu
+    engine: settings.cpu_size, ECHO_OS_CPU_SIZE, default 512x512) and the user gave no --size."""
+    from echo_os.engines import get_engine
 
-    if engine_name != "cpu":
+    size = get_engine(engine_name).default_size(settings)
+    if size is None:
         return request, None
-    try:
-        width, height = parse_size(settings.cpu_size)
-    except UsageError:
-        width = height = 0
-    if not all(0 < side <= MAX_SIDE and side % 8 == 0 for side in (width, height)):
-        raise UsageError(f"ECHO_OS_CPU_SIZE must be WIDTHxHEIGHT in multiples of 8 up to {MAX_SIDE} "
-                         f"(for example 512x512), got {settings.cpu_size!r}.")
-    note = f"{width}x{height} by default on the CPU; --size {DEFAULT_SIZE} for full size"
+    width, height = size
+    note = f"{width}x{height} by default with engine {engine_name}; --size {DEFAULT_SIZE} for full size"
     return request.model_copy(update={"width": width, "height": height}), note
+
+
+def parse_engine_options(specs: tuple[str, ...]) -> dict[str, str]:
+    """--option KEY=VALUE values -> {KEY: VALUE}; the engine's Options model converts and checks them."""
+    from echo_os.errors import OptionError
+
+    options = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"--option must look like KEY=VALUE (for example guidance_rescale=0.7), got {spec!r}.",
+                              "option")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def apply_preset(ctx: click.Context, settings, fields: dict, name: str | None) -> dict:
+    """`fields` with the preset's values for every option the user left at its default."""
+    from click.core import ParameterSource
+
+    if name is None:
+        return fields
+    from echo_os.engines.presets import get_preset
+
+    preset = get_preset(settings, name).fields()
+    out = dict(fields)
+    for key, value in preset.items():
+        option = {"width": "size", "height": "size"}.get(key, key)
+        source = ctx.get_parameter_source(option)
+        if option == "options":
+            out["options"] = {**value, **fields.get("options", {})}
+        elif source in (None, ParameterSource.DEFAULT):
+            out[key] = value
+    return out
 
 
 def parse_loras(settings, specs: tuple[str, ...]):
@@ -85,14 +112,18 @@ def engine_line(choice) -> str:
 def engine_announcer(memory_listener, note: str | None = None):
     """on_engine callback: print the engine line; rendering is now certain, so start loading the
     embedding models alongside it. Draft cards take milliseconds, so their embedding is left to the next
-    `echo-os memory` command (which embeds whatever the index lacks) instead of costing seconds here."""
+    `echo-os memory` command (which embeds whatever the index lacks) instead of costing seconds here;
+    so are the images of any engine that loads no weights."""
 
     def announce(choice) -> None:
         line = engine_line(choice)
         click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
         if memory_listener is None:
             return
-        if choice.name == "draft":
+        from echo_os.engines import engine_table
+
+        plugin = engine_table().get(choice.name)
+        if plugin is not None and not plugin.capabilities.needs_weights:  # no load time to hide the preload behind
             memory_listener.defer()
         else:
             memory_listener.start_preload()
@@ -103,7 +134,8 @@ def engine_announcer(memory_listener, note: str | None = None):
 @click.command()
 @click.argument("prompt")
 @click.option("--style", default="", help="Style words appended to the prompt, e.g. 'digital art'.")
-@click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
+@click.option("--negative", "negative_prompt", default=None,
+              help="Negative prompt. Default: none, so the model's own rule applies.")
 @click.option("--seed", type=int, default=None, help="Seed of the first image (image i uses seed+i). Default: random.")
 @click.option("--steps", type=int, default=30, show_default=True, help="Denoising steps (1-200).")
 @click.option("--cfg", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
@@ -113,7 +145,12 @@ def engine_announcer(memory_listener, note: str | None = None):
 @click.option("--count", type=int, default=1, show_default=True, help="Images to render (1-64), batched.")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="euler", show_default=True)
 @click.option("--model", default="sdxl", show_default=True, help="A model name from models.toml.")
-@click.option("--engine", default="auto", show_default=True, help="auto, sdxl, cpu or draft.")
+@click.option("--engine", default="auto", show_default=True,
+              help="auto (the workspace's engine order) or a registered engine, plugins included.")
+@click.option("--option", "-o", "option_specs", multiple=True, metavar="KEY=VALUE",
+              help="An option of the chosen engine (see docs/engines.md). Repeat for several.")
+@click.option("--preset", default=None, help="A render preset from pipelines/presets (draft, fast, quality, ...): "
+                                              "its values for every option not given.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
 @click.option("--attention", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True)
@@ -127,26 +164,32 @@ def engine_announcer(memory_listener, note: str | None = None):
               help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
-           no_memory: bool, lora_specs: tuple[str, ...], **options) -> None:
+           no_memory: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...], preset: str | None,
+           **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.engines import choose_engine, create_engine
+    from echo_os.engines import check_engine_name, choose_engine, create_engine
     from echo_os.memory.artifacts import attach
     from echo_os.scheduler import render_requests
 
     settings = settings_from(ctx)
     width, height = parse_size(size or DEFAULT_SIZE)
     fields = dict(options, prompt=prompt, width=width, height=height)
+    fields["negative_prompt"] = fields.get("negative_prompt") or None  # none given: the model's own rule
+    if option_specs:
+        fields["options"] = parse_engine_options(option_specs)
     if seed is not None:
         fields["seed"] = seed
+    fields = apply_preset(ctx, settings, fields, preset)
+    check_engine_name(fields["engine"])
     request = build_request(**fields)
     if lora_specs:
         request = request.model_copy(update={"loras": parse_loras(settings, lora_specs)})
     # The engine is chosen once, here: the default size depends on it (and choosing checks the weights).
     name, reason = choose_engine(settings, request)
     note = None
-    if size is None:
-        request, note = cpu_default_size(settings, request, name)
+    if size is None and (preset is None or "width" not in apply_preset(ctx, settings, {}, preset)):
+        request, note = engine_default_size(settings, request, name)
     engine = create_engine(settings, name, reason)
 
     store = ArtifactStore(settings)
@@ -180,6 +223,8 @@ def replay(ctx: click.Context, artifact_id: str, save: bool, as_json: bool) -> N
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
     verdict = "identical" if report.max_pixel_diff == 0 else "differs"
+    if report.max_pixel_diff and not report.deterministic:
+        verdict += f"; engine {report.engine} does not promise the same pixels per seed"
     click.echo(f"replayed {report.artifact_id[:12]} with engine {report.engine}: "
                f"max pixel difference {report.max_pixel_diff} ({verdict})"
                + (f"; saved as {report.saved_id[:12]}" if report.saved_id else ""))

@@ -1,62 +1,156 @@
-"""Engine registry: one table, name -> factory. `auto` picks in a stated order and says why.
+"""The engine registry: every engine comes from a plugin (echo_os/engines/plugins.py), built-ins included.
 
-Modules are imported only when an engine is created, so validating a request or running the draft
-engine never imports torch.
+`auto` asks the engines in the workspace's order (`[engines] order` in echo-os.toml, default
+DEFAULT_ORDER) and takes the first that can render the request: one whose capabilities cover it (text,
+reference images, LoRAs, size), whose weights resolve here when it needs weights, which opens no network
+connection unless the workspace allows it, which takes the request's options, and whose own
+`availability(settings, request)` says nothing against it. The reason, with the order and what each
+engine before it lacked, goes into meta.json.
+
+Engine modules are imported when the registry is first read, and they import torch only inside their
+functions, so validating a request or drawing draft cards never imports torch.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
+from echo_os.errors import OptionError, UsageError
+
 if TYPE_CHECKING:
-    from echo_os.engines.base import Engine
+    from echo_os.engines.base import Engine, EngineOptions, EnginePlugin
     from echo_os.requests import RenderRequest
     from echo_os.settings import Settings
 
-# name -> "module:factory"; every factory is factory(settings, reason) -> Engine.
-ENGINES: dict[str, str] = {
-    "sdxl": "echo_os.engines.factories:sdxl",
-    "cpu": "echo_os.engines.factories:cpu",
-    "draft": "echo_os.engines.factories:draft",
-}
-ENGINE_NAMES: tuple[str, ...] = ("auto", *ENGINES)
+# The order `auto` asks the built-in engines in, when the workspace sets none.
+DEFAULT_ORDER: tuple[str, ...] = ("sdxl", "cpu", "draft")
+AUTO = "auto"
 
-AUTO_ORDER = "sdxl on a CUDA GPU, else sdxl on the CPU (engine `cpu`), else draft cards"
+
+@functools.cache
+def engine_table() -> dict[str, "EnginePlugin"]:
+    """name -> engine class, from every plugin's register_engines hook (first registration of a name wins)."""
+    from echo_os.engines.plugins import plugin_manager
+
+    table: dict[str, "EnginePlugin"] = {}
+
+    def register(engine: "EnginePlugin") -> None:
+        if not getattr(engine, "name", ""):
+            raise TypeError(f"engine {engine!r} has no name")
+        table.setdefault(engine.name, engine)
+
+    # In registration order (built-ins first, then entry points), so a plugin cannot take a built-in's
+    # name, and listings show the built-ins first. (pluggy's own call order is last-registered first.)
+    for impl in plugin_manager().hook.register_engines.get_hookimpls():
+        impl.function(register=register)
+    return table
+
+
+def engine_names() -> tuple[str, ...]:
+    """Every name --engine accepts: auto, then the registered engines."""
+    return (AUTO, *engine_table())
+
+
+def check_engine_name(name: str, option: str = "engine") -> str:
+    if name not in engine_names():
+        raise OptionError(f"unknown engine {name!r}; choose one of: {', '.join(engine_names())}", option)
+    return name
+
+
+def get_engine(name: str) -> "EnginePlugin":
+    check_engine_name(name)
+    return engine_table()[name]
+
+
+def engine_options(plugin: "EnginePlugin", request: "RenderRequest") -> "EngineOptions":
+    """The request's `options`, validated by the engine's own Options model (one error per field)."""
+    try:
+        return plugin.Options.model_validate(dict(request.options))
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        key = ".".join(str(part) for part in first.get("loc", ())) or "options"
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if first.get("type") == "extra_forbidden":
+            known = ", ".join(plugin.Options.model_fields) or "none"
+            message = f"engine {plugin.name} has no option {key!r} (its options: {known})"
+        else:
+            message = f"option {key} of engine {plugin.name}: {message}"
+        raise OptionError(message, f"options.{key}") from None
+
+
+def _lacks(settings: "Settings", plugin: "EnginePlugin", request: "RenderRequest", asked: bool) -> str | None:
+    """Why `plugin` cannot render `request` here, or None. asked: the user named this engine, so a
+    problem is their error (raised) and the engine's own availability is not second-guessed."""
+    caps = plugin.capabilities
+    problems: list[str] = []
+    if caps.network and not settings.allow_network:
+        problems.append("it opens network connections; set allow_network = true under [engines] in echo-os.toml")
+    unmet = caps.unmet(request)
+    if unmet:
+        problems.append(unmet)
+    if not problems and caps.needs_weights:
+        from echo_os.models import ResolveError, check_loadable, load_registry
+
+        registry = load_registry(settings)
+        registry.get(request.model)  # an unknown name is the user's error whatever the engine: raise
+        try:
+            resolved = registry.resolve(request.model)
+        except ResolveError as error:
+            if asked:
+                raise
+            return f"no weights for model '{request.model}' here ({error.reason}); see `echo-os models list`"
+        check_loadable(resolved)  # a broken or refused file is reported before anything starts
+    if not problems:
+        try:
+            engine_options(plugin, request)
+        except OptionError as error:
+            if asked:
+                raise
+            problems.append(str(error))
+    if problems:
+        if asked:
+            raise UsageError(f"engine {plugin.name} cannot render this request: {problems[0]}.")
+        return problems[0]
+    return None if asked else plugin.availability(settings, request)
 
 
 def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, str]:
-    """(engine name, one-line reason). Order for `auto`: see AUTO_ORDER.
-
-    For the engines that load weights, the weight files are checked here (headers only, fast), so a
-    broken or refused file is reported before anything starts.
-    """
-    if request.engine == "draft":
-        return "draft", "chosen with --engine draft"
-    from echo_os.models import ResolveError, check_loadable, load_registry
-
-    registry = load_registry(settings)
-    registry.get(request.model)  # an unknown name is the user's error: raise
-    if request.engine != "auto":
-        check_loadable(registry.resolve(request.model))
+    """(engine name, one-line reason): the engine the request names, or for `auto` the first engine
+    of the workspace's order that can render it (see the module docstring)."""
+    if request.engine != AUTO:
+        _lacks(settings, get_engine(request.engine), request, asked=True)
         return request.engine, f"chosen with --engine {request.engine}"
-    try:
-        resolved = registry.resolve(request.model)
-    except ResolveError as error:
-        return "draft", f"no weights for model '{request.model}' here ({error.reason}); see `echo-os models list`"
-    check_loadable(resolved)
-    from echo_os.engines.sdxl import pick_device
-
-    device = pick_device(request.device)  # the engine's own rule: --device cuda/mps without one is an error
-    if device == "cuda":
-        return "sdxl", f"weights for '{request.model}' found and a CUDA GPU is available"
-    if device == "mps":
-        return "sdxl", f"weights for '{request.model}' found; --device mps"
-    if request.device == "cpu":
-        return "cpu", "weights found; --device cpu"
-    return "cpu", f"weights for '{request.model}' found but no CUDA GPU; rendering on the CPU (slow at full size)"
+    order = settings.engine_order or DEFAULT_ORDER
+    unknown = [name for name in order if name not in engine_table()]
+    if unknown:  # a typo is reported even when an engine before it is available
+        raise UsageError(f"[engines] order in echo-os.toml names {unknown[0]!r}, which is not an engine here; "
+                         f"known: {', '.join(engine_table())}.")
+    skipped: list[str] = []
+    reasons: dict[str, str] = {}
+    for name in order:
+        problem = _lacks(settings, engine_table()[name], request, asked=False)
+        if problem is None:
+            reason = f"auto: first available in the order {', '.join(order)}"
+            return name, reason + (f"; skipped {'; '.join(skipped)}" if skipped else "")
+        repeated = next((earlier for earlier, why in reasons.items() if why == problem), None)
+        reasons[name] = problem
+        skipped.append(f"{name}: as {repeated}" if repeated else f"{name}: {problem}")
+    raise UsageError(f"no engine of the order {', '.join(order)} can render this request: {'; '.join(skipped)}.")
 
 
 def create_engine(settings: "Settings", name: str, reason: str) -> "Engine":
-    module_name, factory = ENGINES[name].split(":")
-    return getattr(importlib.import_module(module_name), factory)(settings, reason)
+    return get_engine(name).create(settings, reason)
+
+
+def reset_plugins() -> None:
+    """Forget the plugin manager and the tables built from it; the next use loads the plugins again
+    (for tests that put a plugin on the path or register one)."""
+    from echo_os.engines.plugins import plugin_manager
+    from echo_os.engines.presets import preset_table
+
+    plugin_manager.cache_clear()
+    engine_table.cache_clear()
+    preset_table.cache_clear()

@@ -1,91 +1,80 @@
-"""The one small interface every engine implements, and the values that cross it."""
+"""The one small interface every engine implements, what it declares about itself, and a base class
+with the defaults.
+
+An engine plugin registers an engine *class* (see echo_os/engines/hookspecs.py and docs/engines.md).
+Before an engine is created, the chooser reads the class: its `capabilities`, its `Options` model and
+its `availability(settings, request)`. `create(settings, reason)` then makes the instance that renders.
+
+The values that cross the boundary (RenderResult, RuntimeInfo, ModelInfo, ...) live in echo_os/results.py
+and are re-exported here.
+"""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from echo_os.results import (  # noqa: F401  (re-exported: the older import path)
+    MemoryInfo,
+    ModelInfo,
+    ProgressCallback,
+    ProgressEvent,
+    RenderedImage,
+    RenderResult,
+    RuntimeInfo,
+    Timings,
+)
 
 if TYPE_CHECKING:
-    from PIL.Image import Image
-
     from echo_os.requests import RenderRequest
     from echo_os.settings import Settings
+
+__all__ = [
+    "BaseEngine", "Capabilities", "Engine", "EngineOptions", "EnginePlugin",
+    # re-exported from echo_os.results
+    "MemoryInfo", "ModelInfo", "ProgressCallback", "ProgressEvent", "RenderedImage", "RenderResult", "RuntimeInfo",
+    "Timings",
+]
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an engine can do, so the scheduler and `auto` can choose."""
+    """What an engine can do. Read by `choose_engine` (weights, network, text/reference images, LoRAs,
+    sizes), by the scheduler (max_batch, tiled_decode) and by replay (deterministic)."""
 
+    needs_weights: bool = True  # renders `request.model` from local weights (models.toml must resolve it)
+    network: bool = False  # opens network connections: only with `[engines] allow_network = true`
     txt2img: bool = True
-    img2img: bool = False
-    ip_adapter: bool = False
+    img2img: bool = False  # declared for engines that take an init image; RenderRequest has none yet
+    reference_images: bool = False  # IP-Adapter reference images (request.ip_adapter)
+    loras: bool = False
+    deterministic: bool = True  # the same request and seed give the same pixels (batched or alone)
     max_batch: int = 1
-    needs_weights: bool = True
-    deterministic: bool = True
+    sizes: tuple[tuple[int, int], ...] | None = None  # the only (width, height) it renders; None: any
+    tiled_decode: bool = False  # the OOM back-off may set `vae_tiling` before giving up on one image
+
+    def unmet(self, request: "RenderRequest") -> str | None:
+        """Why an engine with these capabilities cannot render `request`, or None when it can."""
+        if not self.txt2img:
+            return "it does not render from a text prompt"
+        if request.ip_adapter is not None and not self.reference_images:
+            return "it takes no reference images"
+        if request.loras and not self.loras:
+            return "it takes no LoRAs"
+        if self.sizes is not None and (request.width, request.height) not in self.sizes:
+            allowed = ", ".join(f"{w}x{h}" for w, h in self.sizes)
+            return f"it renders only the sizes {allowed}, not {request.width}x{request.height}"
+        return None
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """One denoising step of one pipeline call (`images` is how many images that call renders)."""
+class EngineOptions(BaseModel):
+    """Options only one engine understands (`--option KEY=VALUE`, the API's `options`). Each engine
+    subclasses this, the way each llm model has its own Options; unknown keys are an error."""
 
-    step: int
-    total_steps: int
-    images: int
-
-
-ProgressCallback = Callable[[ProgressEvent], None]
-
-
-@dataclass
-class Timings:
-    load_s: float = 0.0
-    encode_s: float = 0.0
-    denoise_s: float = 0.0
-    decode_s: float = 0.0
-    save_s: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {name: round(value, 4) for name, value in self.__dict__.items()}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What meta.json records about the weights."""
-
-    name: str
-    source: str
-    kind: str
-    weights_sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class RuntimeInfo:
-    """How the images were actually made: engine, why, and the numeric set-up."""
-
-    engine: str
-    reason: str
-    device: str
-    dtype: str
-    attention: str
-    model: ModelInfo | None = None
-    ip_adapter: ModelInfo | None = None  # the adapter weights, when the request had reference images
-    vae_tiling: bool = False  # decoded tile by tile (the OOM back-off's last step); changes pixels slightly
-    profile: str | None = None  # the CUDA render profile (engines/cuda_profile.py), when one was applied
-
-
-@dataclass
-class RenderedImage:
-    image: "Image"
-    seed: int
-
-
-@dataclass
-class RenderResult:
-    request: "RenderRequest"
-    images: list[RenderedImage]
-    runtime: RuntimeInfo
-    timings: Timings = field(default_factory=Timings)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Engine(Protocol):
@@ -96,7 +85,10 @@ class Engine(Protocol):
     """
 
     name: str
+    reason: str  # why it was chosen: recorded in meta.json
     capabilities: Capabilities
+    Options: type[EngineOptions]
+    vae_tiling: bool  # set by the scheduler's OOM back-off when capabilities.tiled_decode
 
     def render(
         self,
@@ -106,5 +98,65 @@ class Engine(Protocol):
         cancel: threading.Event | None = None,
     ) -> list[RenderResult]: ...
 
+    def free_memory(self, request: "RenderRequest") -> MemoryInfo | None:
+        """Free accelerator memory once `request`'s model is loaded; None when memory does not limit
+        the batch (the scheduler then uses max_batch, or one image per call on the CPU)."""
+        ...
 
-EngineFactory = Callable[["Settings", "RenderRequest"], Engine]
+    def runs_on_cpu(self, request: "RenderRequest") -> bool:
+        """Whether `request` would run on the CPU (batching is slower there above tiny sizes)."""
+        ...
+
+
+class EnginePlugin(Protocol):
+    """What a plugin registers: an engine class (or any object with these members)."""
+
+    name: str
+    capabilities: Capabilities
+    Options: type[EngineOptions]
+
+    def availability(self, settings: "Settings", request: "RenderRequest") -> str | None:
+        """None when this engine can render `request` here; else the one-line reason it cannot. May raise
+        a UsageError for a request that is wrong whatever the engine (e.g. --device cuda with no GPU)."""
+        ...
+
+    def create(self, settings: "Settings", reason: str) -> Engine: ...
+
+    def default_size(self, settings: "Settings") -> tuple[int, int] | None:
+        """The size to render at when the user gave none; None for the usual default."""
+        ...
+
+
+class BaseEngine:
+    """Defaults for an engine class: subclass it, set `name` and `capabilities`, write `render`."""
+
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
+    vae_tiling: bool = False
+
+    def __init__(self, settings: "Settings", reason: str = ""):
+        self.settings = settings
+        self.reason = reason or f"chosen with --engine {self.name}"
+
+    @classmethod
+    def availability(cls, settings: "Settings", request: "RenderRequest") -> str | None:
+        return None
+
+    @classmethod
+    def create(cls, settings: "Settings", reason: str) -> "BaseEngine":
+        return cls(settings, reason)
+
+    @classmethod
+    def default_size(cls, settings: "Settings") -> tuple[int, int] | None:
+        return None
+
+    def free_memory(self, request: "RenderRequest") -> MemoryInfo | None:
+        return None
+
+    def runs_on_cpu(self, request: "RenderRequest") -> bool:
+        return False
+
+    def render(self, requests: "list[RenderRequest]", *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> list[RenderResult]:
+        raise NotImplementedError

@@ -12,9 +12,24 @@ import textwrap
 import threading
 import time
 
-from echo_os.engines.base import Capabilities, ProgressCallback, ProgressEvent, RenderedImage, RenderResult, RuntimeInfo, Timings
+from typing import TYPE_CHECKING
+
+from echo_os.engines.base import (
+    BaseEngine,
+    Capabilities,
+    ProgressCallback,
+    ProgressEvent,
+    RenderedImage,
+    RenderResult,
+    RuntimeInfo,
+    Timings,
+)
+from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError
 from echo_os.requests import RenderRequest
+
+if TYPE_CHECKING:
+    from echo_os.settings import Settings
 
 # Light and mood words -> (background top, background bottom, accent). First match in the prompt wins
 # for each slot, in prompt order.
@@ -104,12 +119,14 @@ def draw_card(request: RenderRequest, seed: int):
     return card
 
 
-class DraftEngine:
+class DraftEngine(BaseEngine):
+    """Always available (the default availability), so it ends the default `auto` order."""
+
     name = "draft"
     capabilities = Capabilities(txt2img=True, max_batch=64, needs_weights=False)
 
-    def __init__(self, reason: str = "chosen with --engine draft"):
-        self.reason = reason
+    def __init__(self, settings: "Settings | None" = None, reason: str = ""):
+        super().__init__(settings, reason)
 
     def render(self, requests: list[RenderRequest], *, progress: ProgressCallback | None = None,
                cancel: threading.Event | None = None) -> list[RenderResult]:
@@ -127,3 +144,8 @@ class DraftEngine:
             results.append(RenderResult(request=request, images=images, runtime=runtime,
                                         timings=Timings(denoise_s=time.perf_counter() - started)))
         return results
+
+
+@hookimpl
+def register_engines(register) -> None:
+    register(DraftEngine)

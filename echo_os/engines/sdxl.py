@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from echo_os.engines.base import (
+    BaseEngine,
     Capabilities,
+    EngineOptions,
+    MemoryInfo,
     ModelInfo,
     ProgressCallback,
     ProgressEvent,
@@ -25,6 +30,7 @@ from echo_os.engines.base import (
     RuntimeInfo,
     Timings,
 )
+from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
 from echo_os.errors import CancelledError, UsageError
@@ -121,14 +127,6 @@ def choose_profile(device: str, dtype: str):
     return profile
 
 
-@dataclass(frozen=True)
-class MemoryInfo:
-    """Free memory on the engine's GPU once the weights are loaded, for the automatic batch size."""
-
-    free_bytes: int
-    dtype: str
-
-
 # One pipeline per (weights, device, dtype, attention) for the life of the process.
 _PIPELINES: dict[tuple, LoadedPipeline] = {}
 _PIPELINES_LOCK = threading.Lock()
@@ -189,16 +187,39 @@ def load_sdxl_pipeline(local_path: Path, *, single_file: bool, device: str, dtyp
     return pipe
 
 
-class SDXLEngine:
-    """SDXL in-process. `name` is "sdxl", or "cpu" when forced onto the CPU as the no-GPU fallback."""
+class SDXLOptions(EngineOptions):
+    """Options of the sdxl and cpu engines beyond the shared request fields (`--option KEY=VALUE`)."""
 
-    def __init__(self, settings: "Settings", *, name: str = "sdxl", reason: str = "", force_device: str | None = None):
-        self.settings = settings
-        self.name = name
-        self.reason = reason or f"chosen with --engine {name}"
-        self.force_device = force_device
-        self.capabilities = Capabilities(txt2img=True, ip_adapter=True, max_batch=16, needs_weights=True)
+    guidance_rescale: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                                    description="Rescale of the guided noise (diffusers' guidance_rescale).")
+    clip_skip: int | None = Field(default=None, ge=1, le=10,
+                                  description="Text-encoder layers skipped from the end (diffusers' clip_skip).")
+
+
+class SDXLEngine(BaseEngine):
+    """SDXL in-process, on a CUDA GPU (or --device mps). `auto` asks it first in the default order."""
+
+    name = "sdxl"
+    capabilities = Capabilities(txt2img=True, reference_images=True, loras=True, max_batch=16,
+                                needs_weights=True, tiled_decode=True)
+    Options = SDXLOptions
+    force_device: str | None = None
+
+    def __init__(self, settings: "Settings", reason: str = "", *, name: str | None = None,
+                 force_device: str | None = None):
+        if name is not None:
+            self.name = name  # the cpu engine's instances, when made directly (tests, benchmarks)
+        if force_device is not None:
+            self.force_device = force_device
+        super().__init__(settings, reason)
         self.vae_tiling = False  # decode tile by tile: set by the scheduler when one image does not fit
+
+    @classmethod
+    def availability(cls, settings: "Settings", request: RenderRequest) -> str | None:
+        device = pick_device(request.device)  # --device cuda/mps without one is the user's error: raises
+        if device == "cpu":
+            return "--device cpu" if request.device == "cpu" else "no CUDA GPU"
+        return None
 
     def runs_on_cpu(self, request: RenderRequest) -> bool:
         """Whether `request` would render on the CPU (the scheduler batches differently there)."""
@@ -283,6 +304,7 @@ class SDXLEngine:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
+        options = SDXLOptions.model_validate(dict(first.options)).model_dump(exclude_defaults=True)
         prompts, negatives, generators = [], [], []
         for request in requests:
             for seed in request.seeds:
@@ -310,10 +332,13 @@ class SDXLEngine:
             attention_kernel = contextlib.nullcontext()
         with torch.inference_mode(), attention_kernel:
             latents = pipe(
-                prompt=prompts, negative_prompt=negatives, generator=generators,
+                # No negative prompt given (None; batch_key keeps None and text apart): pass none, so the
+                # model's force_zeros_for_empty_prompt decides, as a plain pipe(prompt=...) does.
+                prompt=prompts, negative_prompt=None if first.negative_prompt is None else negatives,
+                generator=generators,
                 num_inference_steps=first.steps, guidance_scale=first.cfg,
                 width=first.width, height=first.height, output_type="latent",
-                callback_on_step_end=on_step_end, **extra,
+                callback_on_step_end=on_step_end, **options, **extra,
             ).images
             if cancel is not None and cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
@@ -341,6 +366,40 @@ class SDXLEngine:
             results.append(RenderResult(request=request, images=rendered, runtime=runtime, timings=timings))
         loaded.load_s = 0.0  # paid once; later renders record 0
         return results
+
+
+class CPUEngine(SDXLEngine):
+    """The same SDXL pipelines on the CPU: the no-GPU fallback, at a smaller default size."""
+
+    name = "cpu"
+    force_device = "cpu"
+
+    @classmethod
+    def availability(cls, settings: "Settings", request: RenderRequest) -> str | None:
+        if request.device not in ("auto", "cpu"):
+            return f"--device {request.device}"
+        return None
+
+    @classmethod
+    def default_size(cls, settings: "Settings") -> tuple[int, int]:
+        """settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512): SDXL at 1024x1024 takes many minutes an
+        image on a CPU; 512x512 is a quarter of the pixels, still SDXL."""
+        from echo_os.requests import MAX_SIDE, parse_size
+
+        try:
+            width, height = parse_size(settings.cpu_size)
+        except UsageError:
+            width = height = 0
+        if not all(0 < side <= MAX_SIDE and side % 8 == 0 for side in (width, height)):
+            raise UsageError(f"ECHO_OS_CPU_SIZE must be WIDTHxHEIGHT in multiples of 8 up to {MAX_SIDE} "
+                             f"(for example 512x512), got {settings.cpu_size!r}.")
+        return width, height
+
+
+@hookimpl
+def register_engines(register) -> None:
+    register(SDXLEngine)
+    register(CPUEngine)
 
 
 def clear_pipeline_cache() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from echo_os.models.registry import atomic_write_text
+from echo_os.results import ModelInfo
 
 if TYPE_CHECKING:
-    from echo_os.engines.base import ModelInfo
     from echo_os.models.resolve import ResolvedModel
     from echo_os.settings import Settings
 
@@ -112,7 +112,6 @@ def weights_sha256(settings: "Settings", resolved: "ResolvedModel", show_progres
 
 def model_info(settings: "Settings", resolved: "ResolvedModel", show_progress: bool = False) -> "ModelInfo":
     """What meta.json records about the weights: name, source (with the snapshot commit), kind, sha256."""
-    from echo_os.engines.base import ModelInfo
 
     return ModelInfo(name=resolved.entry.name, source=resolved.source_ref, kind=resolved.entry.kind,
                      weights_sha256=weights_sha256(settings, resolved, show_progress))

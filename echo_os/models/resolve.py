@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from echo_os.errors import ModelError
-from echo_os.models.registry import ModelEntry
 from echo_os.models.weights import (
     WeightsFileInfo,
     check_weights_file,
@@ -28,7 +27,7 @@ from echo_os.models.weights import (
 )
 
 if TYPE_CHECKING:
-    from echo_os.models.registry import ModelRegistry
+    from echo_os.models.registry import ModelEntry, ModelRegistry
 
 ResolvedFormat = Literal["diffusers", "single-file", "folder"]
 

@@ -180,6 +180,9 @@ def find_bible(storyboard: Path, bible: str | Path | None) -> Path | None:
 
 def _check_options(options: PlanOptions, project: str) -> None:
     """Command-line values are checked once, before the files, and named as options."""
+    from echo_os.engines import check_engine_name
+
+    check_engine_name(options.engine)
     fields: dict[str, Any] = {"prompt": "options check", "engine": options.engine, "project": project}
     for name in ("model", "steps", "cfg", "scheduler"):
         if getattr(options, name) is not None:
@@ -192,8 +195,6 @@ def _check_options(options: PlanOptions, project: str) -> None:
         RenderRequest(**fields)
     except ValidationError as error:
         message = describe_validation_error(error)
-        if message.startswith("invalid request: "):  # the check across fields: the engine name
-            raise OptionError(message.removeprefix("invalid request: "), "engine") from None
         field = str(error.errors()[0]["loc"][0])
         option = {"width": "size", "height": "size"}.get(field, field)
         raise OptionError(message.replace(f"invalid {field}", f"invalid --{option}", 1), option) from None
@@ -257,7 +258,7 @@ def _plan_rows(rows: list[SceneRow], *, project: str, kind: Literal["storyboard"
             location=row.location, props=row.props, camera=row.camera, lighting=row.lighting,
             time_of_day=row.time_of_day, mood=row.mood, bible_hash=bible.sha256 if bible else None)
         try:
-            request = RenderRequest(prompt=composed.prompt, negative_prompt=composed.negative, style="",
+            request = RenderRequest(prompt=composed.prompt, negative_prompt=composed.negative or None, style="",
                                     seed=seed.value, project=project, story=story,
                                     **_request_fields(row, bible, options))
         except ValidationError as error:

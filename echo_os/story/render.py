@@ -167,20 +167,22 @@ def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | No
     (a missing adapter or LoRA raises here, before anything renders). `echo-os batch` and /api/batch.
 
     A plan has one engine (model, engine and device come from the options or the bible, not per row),
-    chosen here when not given. Draft cards take no LoRA and need no adapter."""
+    chosen here when not given. An engine that takes no LoRAs or no reference images gets none."""
     requests = story_requests(settings, plan, ip_adapter)
     if not requests:
         return requests
     if engine is None:
-        from echo_os.engines import choose_engine
+        from echo_os.engines import choose_engine, get_engine
 
-        name = choose_engine(settings, requests[0])[0]
+        capabilities = get_engine(choose_engine(settings, requests[0])[0]).capabilities
     else:
-        name = engine.name
-    if name == "draft":
-        return requests
-    requests = attach_loras(settings, plan, requests)
-    check_adapters(settings, requests)
+        capabilities = engine.capabilities
+    if not capabilities.reference_images:
+        requests = [r.model_copy(update={"ip_adapter": None}) for r in requests]
+    if capabilities.loras:
+        requests = attach_loras(settings, plan, requests)
+    if capabilities.reference_images:
+        check_adapters(settings, requests)
     return requests
 
 
@@ -321,12 +323,13 @@ def write_contact_sheet(plan: "StoryPlan", result: StoryRender, created: datetim
 
 def story_continuity(settings: "Settings", plan: "StoryPlan", scenes: list[SceneResult],
                      clip: str | None) -> ContinuityReport:
-    """CLIP similarity per character over its diffusion-rendered images (draft cards are left out)."""
+    """CLIP similarity per character over its images rendered from model weights (an engine that loads
+    none, such as storyboard cards, is left out: its images show no character)."""
     from echo_os.story.continuity import clip_image_embedder, continuity_report, find_clip_model
 
     cast: dict[str, CastEntry] = {}
     for planned, scene in zip(plan.scenes, scenes):
-        rendered = [a for a in scene.artifacts if a.meta.engine.name != "draft"]
+        rendered = [a for a in scene.artifacts if a.meta.model is not None]
         for member in planned.cast:
             entry = cast.get(member.id)
             if entry is None:

@@ -1,0 +1,141 @@
+"""The engine contract: what every engine must do, run against each one (the way diffusers mixes
+PipelineTesterMixin into every pipeline's tests). A new engine adds a class here: subclass
+EngineContract, say how to make the engine and a small request.
+
+- deterministic engines: a batch equals each image rendered alone, seed by seed;
+- progress events count steps 1..N in order, for all the images of the call;
+- a set cancel flag raises CancelledError and nothing is saved;
+- every image records its seed and the runtime (engine, device, timings) in meta.json;
+- an engine's error reaches the user as one line naming the engine and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from echo_os.errors import CancelledError
+from echo_os.requests import RenderRequest
+
+
+def _pixels(image):
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+class EngineContract:
+    engine_name: str
+    request_fields: dict = {}
+    cli_args: tuple[str, ...] = ()
+
+    @pytest.fixture
+    def settings(self, workspace):
+        return workspace
+
+    def make_engine(self, settings):
+        from echo_os.engines import create_engine
+
+        return create_engine(settings, self.engine_name, "contract test")
+
+    def request(self, **fields) -> RenderRequest:
+        return RenderRequest(**{"prompt": "a lighthouse in a storm", "engine": self.engine_name,
+                                "project": "contract", **self.request_fields, **fields})
+
+    def test_batched_equals_single_per_seed(self, settings):
+        engine = self.make_engine(settings)
+        if not engine.capabilities.deterministic:
+            pytest.skip(f"{self.engine_name} does not promise the same pixels per seed")
+        [batched] = engine.render([self.request(seed=100, count=2)])
+        assert [image.seed for image in batched.images] == [100, 101]
+        for image in batched.images:
+            [alone] = engine.render([self.request(seed=image.seed, count=1)])
+            assert np.abs(_pixels(image.image) - _pixels(alone.images[0].image)).max() <= 1, f"seed {image.seed}"
+        # and seeds matter (a constant output would pass the check above)
+        assert np.abs(_pixels(batched.images[0].image) - _pixels(batched.images[1].image)).max() > 0
+
+    def test_progress_counts_steps_in_order(self, settings):
+        engine = self.make_engine(settings)
+        events = []
+        engine.render([self.request(seed=1, count=2)], progress=events.append)
+        assert events, "no progress events"
+        total = events[0].total_steps
+        assert [e.step for e in events] == list(range(1, total + 1))
+        assert all(e.total_steps == total and e.images == 2 for e in events)
+
+    def test_cancel_raises_and_saves_nothing(self, settings):
+        from echo_os.artifacts.store import ArtifactStore
+        from echo_os.scheduler import render_requests
+
+        engine = self.make_engine(settings)
+        cancel = threading.Event()
+        cancel.set()
+        store = ArtifactStore(settings)
+        try:
+            with pytest.raises(CancelledError):
+                render_requests(settings, [self.request(seed=3, count=2)], store=store, cancel=cancel, engine=engine)
+            assert store.catalog.count() == 0
+        finally:
+            store.close()
+        assert not list(settings.home.rglob("image.png"))
+
+    def test_seeds_and_runtime_are_recorded(self, settings):
+        from echo_os.artifacts.store import ArtifactStore
+        from echo_os.scheduler import render_requests
+
+        engine = self.make_engine(settings)
+        store = ArtifactStore(settings)
+        try:
+            outcome = render_requests(settings, [self.request(seed=7, count=2)], store=store, engine=engine)
+        finally:
+            store.close()
+        metas = [json.loads((a.path / "meta.json").read_text()) for a in outcome.artifacts]
+        assert [m["seed"] for m in metas] == [7, 8]
+        for meta in metas:
+            assert meta["engine"]["name"] == engine.name and meta["engine"]["reason"] == engine.reason
+            assert meta["device"] and meta["request"]["seed"] == meta["seed"] and meta["request_key"]
+            assert set(meta["timings"]) >= {"load_s", "denoise_s", "decode_s"}
+
+    def test_an_engine_error_is_one_line(self, settings, run_cli):
+        code, out, err = run_cli("--home", str(settings.home), "render", "x", "--engine", self.engine_name,
+                                 *self.cli_args, "-o", "no_such_option=1", "--no-memory")
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"engine {self.engine_name} has no option 'no_such_option'" in err
+
+
+TINY = dict(model="tiny", width=64, height=64, steps=2, cfg=5.0, device="cpu")
+TINY_CLI = ("--model", "tiny", "--size", "64x64", "--steps", "2", "--device", "cpu")
+
+
+class TestSDXLContract(EngineContract):
+    engine_name = "sdxl"
+    request_fields = TINY
+    cli_args = TINY_CLI
+
+    @pytest.fixture
+    def settings(self, tiny_workspace):
+        return tiny_workspace
+
+
+class TestCPUContract(TestSDXLContract):
+    engine_name = "cpu"
+
+
+class TestDraftContract(EngineContract):
+    engine_name = "draft"
+    request_fields = dict(width=128, height=96)
+
+
+class TestFakeEngineContract(EngineContract):
+    """The API tests' fake engine, registered through the plugin hook like any installed engine."""
+
+    engine_name = "fake"
+    request_fields = dict(width=64, height=64, steps=3)
+
+    @pytest.fixture
+    def settings(self, workspace):
+        from tests.api_helpers import FakeEngine, register_engine
+
+        with register_engine(FakeEngine()):
+            yield workspace
