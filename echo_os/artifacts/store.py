@@ -2,7 +2,10 @@
 
 Layout: artifacts/<yyyy-mm-dd>/<project-slug>/<seq>-<scene-slug>_<yyyy-mm-dd_HH-MM-SS>/{image.png,meta.json}.
 A folder is built under artifacts/.tmp/, every file fsynced, then renamed into place in one step, so a
-killed process leaves either a whole artifact or nothing that is listed. The folder is the source of
+killed process leaves either a whole artifact or nothing that is listed. Each staging folder belongs to the
+process writing it: `.tmp/<pid>-<uuid>/` is created while that process holds the lock file
+`.tmp/<pid>-<uuid>.lock`, so `reindex` and every store start remove only orphans (folders whose lock nobody
+holds: the writer died), never a render in progress in another process or thread. The folder is the source of
 truth; the catalog row comes after and can always be rebuilt (`reindex`).
 """
 
@@ -16,12 +19,13 @@ import re
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from echo_os.artifacts.catalog import Catalog
 from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord, collect_versions
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_NAME = "image.png"
 META_NAME = "meta.json"
+STAGING_NAME = ".tmp"
 _SEQ_RE = re.compile(r"^(\d+)-")
 
 
@@ -84,6 +89,61 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+@contextmanager
+def staging_folder(staging_root: Path) -> Iterator[Path]:
+    """A fresh folder under `staging_root`, owned by this process and call: its lock file is held from before
+    the folder exists until after it is gone (renamed into place, or removed on failure)."""
+    staging_root.mkdir(parents=True, exist_ok=True)
+    name = f"{os.getpid()}-{uuid.uuid4().hex}"
+    lock_path = staging_root / f"{name}.lock"
+    folder = staging_root / name
+    try:
+        with FileLock(str(lock_path)):
+            folder.mkdir()
+            try:
+                yield folder
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)  # gone already when it was renamed into place
+    finally:
+        lock_path.unlink(missing_ok=True)
+
+
+def remove_orphan_staging(staging_root: Path) -> int:
+    """Remove staging folders whose writer is gone (its lock is free), and stray lock files. A folder whose
+    lock is held belongs to a render in progress (any process, any thread) and is left alone.
+    Returns how many folders were removed."""
+    try:
+        entries = list(staging_root.iterdir())
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for entry in entries:
+        if entry.suffix == ".lock":
+            if not entry.with_suffix("").exists():
+                _remove_if_unlocked(entry, None)
+            continue
+        if entry.is_dir() and _remove_if_unlocked(entry.parent / f"{entry.name}.lock", entry):
+            removed += 1
+    if removed:
+        log.info("removed %d staging folders left by stopped processes in %s", removed, staging_root)
+    return removed
+
+
+def _remove_if_unlocked(lock_path: Path, folder: Path | None) -> bool:
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False  # its writer is alive
+    try:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        lock.release()
+        lock_path.unlink(missing_ok=True)
+    return True
+
+
 class ArtifactStore:
     def __init__(self, settings: Settings, catalog: Catalog | None = None):
         self.settings = settings
@@ -91,6 +151,7 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._catalog = catalog
         self.listeners: list[SaveListener] = []
+        remove_orphan_staging(self.root / STAGING_NAME)
 
     @property
     def catalog(self) -> Catalog:
@@ -229,23 +290,15 @@ class ArtifactStore:
         fsync, rename; then the catalog row. A failure leaves no folder and no row."""
         project_dir = self._project_dir(created, project)
         project_dir.mkdir(parents=True, exist_ok=True)
-        tmp_root = self.root / ".tmp"
-        tmp_root.mkdir(exist_ok=True)
-        tmp_dir = tmp_root / uuid.uuid4().hex
-        tmp_dir.mkdir()
-        try:
-            with FileLock(str(project_dir / ".lock")):
-                seq = sequence if sequence is not None else self._next_sequence(project_dir)
-                png, meta = build(seq)
-                _write_durably(tmp_dir / IMAGE_NAME, png)
-                _write_durably(tmp_dir / META_NAME, meta.to_json().encode("utf-8"))
-                _fsync_dir(tmp_dir)
-                final = self._free_name(project_dir, f"{seq:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
-                os.rename(tmp_dir, final)
-                _fsync_dir(project_dir)
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
+        with staging_folder(self.root / STAGING_NAME) as tmp_dir, FileLock(str(project_dir / ".lock")):
+            seq = sequence if sequence is not None else self._next_sequence(project_dir)
+            png, meta = build(seq)
+            _write_durably(tmp_dir / IMAGE_NAME, png)
+            _write_durably(tmp_dir / META_NAME, meta.to_json().encode("utf-8"))
+            _fsync_dir(tmp_dir)
+            final = self._free_name(project_dir, f"{seq:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
+            os.rename(tmp_dir, final)
+            _fsync_dir(project_dir)
         self.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
         return final, meta
 
@@ -266,7 +319,7 @@ class ArtifactStore:
         """Every artifact folder on disk (meta.json next to image.png), skipping the temp area."""
         found = []
         for meta_path in sorted(self.root.glob(f"*/*/*/{META_NAME}")):
-            if meta_path.parts[-4] == ".tmp":
+            if meta_path.parts[-4] == STAGING_NAME:
                 continue
             try:
                 found.append((ArtifactMeta.read(meta_path), meta_path.parent))
@@ -281,7 +334,7 @@ class ArtifactStore:
         added = 0
         for meta_path in sorted(self.root.glob(f"*/{slugify(project, fallback='default')}/*/{META_NAME}")):
             relative = str(meta_path.parent.relative_to(self.root))
-            if relative in known or meta_path.parts[-4] == ".tmp":
+            if relative in known or meta_path.parts[-4] == STAGING_NAME:
                 continue
             try:
                 meta = ArtifactMeta.read(meta_path)
@@ -294,8 +347,9 @@ class ArtifactStore:
         return added
 
     def reindex(self) -> int:
-        """Rebuild the catalog from the folders; drop leftovers of interrupted writes."""
-        shutil.rmtree(self.root / ".tmp", ignore_errors=True)
+        """Rebuild the catalog from the folders; drop leftovers of interrupted writes (only orphans: a
+        render running meanwhile keeps its staging folder)."""
+        remove_orphan_staging(self.root / STAGING_NAME)
         rows = [(meta.model_dump(mode="json"), str(folder.relative_to(self.root))) for meta, folder in self.scan()]
         self.catalog.replace_all(rows)
         return len(rows)
