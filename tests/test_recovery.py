@@ -16,6 +16,11 @@ from echo_os.engines.draft import DraftEngine
 from echo_os.requests import RenderRequest
 
 
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
 def _render(store, prompt="a lighthouse", count=1, **fields):
     request = RenderRequest(prompt=prompt, width=64, height=64, count=count, seed=3, engine="draft", **fields)
     [result] = DraftEngine().render([request])
@@ -89,3 +94,81 @@ def test_staging_of_a_live_process_survives_and_of_a_killed_one_is_cleaned_on_st
     ArtifactStore(workspace).close()  # a fresh start after the kill -9
     assert not folder.exists()
     assert list(staging.iterdir()) == []
+
+
+# ---- item 5: a corrupt catalog.db or jobs.db ---------------------------------------------------------
+
+def _two_artifacts(workspace) -> list[str]:
+    store = ArtifactStore(workspace)
+    ids = [artifact.id for artifact in _render(store, "a keeper's lamp", count=2)]
+    store.close()
+    return ids
+
+
+def _spoil(path, content: bytes) -> None:
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    path.write_bytes(content)
+
+
+GARBAGE = b"this is not a database at all\x00\xff" * 200
+
+
+@pytest.mark.parametrize("command", [["artifacts", "list"], ["artifacts", "reindex"],
+                                     ["render", "after the damage", "--engine", "draft", "--size", "64x64"]])
+def test_garbage_catalog_is_moved_aside_and_rebuilt(run_cli, workspace, caplog, command):
+    ids = _two_artifacts(workspace)
+    _spoil(workspace.catalog_path, GARBAGE)
+    code, out, err = run_cli("--home", str(workspace.home), *command)
+    assert code == 0, err
+    [moved] = workspace.artifacts_dir.glob("catalog.db.corrupt-*")
+    assert moved.read_bytes() == GARBAGE
+    warnings = [r.getMessage() for r in caplog.records if "catalog.db" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert moved.name in warnings[0] and "rebuilt" in warnings[0]
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list", "--json")
+    listed = {row["id"] for row in __import__("json").loads(out)}
+    assert set(ids) <= listed
+
+
+def test_empty_catalog_file_with_artifacts_is_rebuilt(run_cli, workspace, caplog):
+    ids = _two_artifacts(workspace)
+    _spoil(workspace.catalog_path, b"")
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list")
+    assert code == 0, err
+    assert "no artifacts yet" not in err
+    assert all(artifact_id[:12] in out for artifact_id in ids)
+    assert any("missing or empty" in r.getMessage() for r in caplog.records)
+
+
+def test_a_busy_catalog_is_not_taken_for_a_corrupt_one(workspace):
+    """Only SQLITE_CORRUPT / SQLITE_NOTADB quarantine: a locked or unreadable file is someone else's problem."""
+    import sqlite3
+
+    from echo_os.dbfile import is_corruption
+
+    assert not is_corruption(sqlite3.OperationalError("database is locked"))
+    _two_artifacts(workspace)
+    _spoil(workspace.catalog_path, GARBAGE)
+    try:
+        sqlite3.connect(workspace.catalog_path).execute("PRAGMA user_version")
+    except sqlite3.DatabaseError as error:
+        assert is_corruption(error)
+    else:
+        pytest.fail("garbage opened as a database")
+
+
+@pytest.mark.anyio
+async def test_corrupt_jobs_db_is_quarantined_and_the_server_says_so(workspace, caplog):
+    from tests.api_helpers import api_client
+
+    jobs_db = workspace.artifacts_dir / "jobs.db"
+    jobs_db.parent.mkdir(parents=True, exist_ok=True)
+    jobs_db.write_bytes(GARBAGE)
+    async with api_client(workspace, start_worker=False) as (client, _):
+        listed = await client.get("/api/jobs")
+    assert listed.status_code == 200 and listed.json()["items"] == []
+    [moved] = workspace.artifacts_dir.glob("jobs.db.corrupt-*")
+    assert moved.read_bytes() == GARBAGE
+    loud = [r for r in caplog.records if "jobs.db" in r.getMessage() and r.levelname == "ERROR"]
+    assert len(loud) == 1 and moved.name in loud[0].getMessage() and "EMPTY" in loud[0].getMessage()

@@ -138,6 +138,10 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             cleanup.callback(hold_server_lock(settings).release)
             jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts)
             cleanup.callback(jobs.close)
+            if jobs.quarantined is not None:
+                log.error("jobs.db was corrupt (%s): moved it to %s; the queue starts EMPTY and the jobs in the "
+                          "old file will not run (recover them with `sqlite3 %s .recover`)",
+                          jobs.corruption, jobs.quarantined, jobs.quarantined)
             recovery = jobs.recover()
             if recovery.requeued or recovery.failed or recovery.cancelled:
                 log.warning("recovered jobs left running by a stopped server: %d queued again, %d failed, "

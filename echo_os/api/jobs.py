@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from echo_os.dbfile import open_or_quarantine
 from echo_os.requests import RenderRequest
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -155,6 +156,26 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _open_migrated(path: Path) -> sqlite3.Connection:
+    db = _connect(path)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                migration(db)
+                db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class JobStore:
     """The jobs table and its one writer. Thread-safe: every write holds `_write_lock`."""
 
@@ -163,24 +184,15 @@ class JobStore:
         self.max_attempts = max_attempts
         path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
-        self._db = _connect(path)
         self._readers = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self._write_lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                    migration(self._db)
-                    self._db.execute(f"PRAGMA user_version = {number}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        # A corrupt jobs.db is moved aside and a fresh queue started; `quarantined` names where it went and
+        # the server says so loudly at start (the jobs in it are not run: they cannot be rebuilt).
+        opened = open_or_quarantine(path, _open_migrated)
+        self._db = opened.value
+        self.quarantined = opened.quarantined
+        self.corruption = opened.reason
 
     def close(self) -> None:
         with self._write_lock, self._readers_lock:

@@ -87,27 +87,48 @@ def _row(values: tuple) -> CatalogRow:
     return CatalogRow(*head, meta=json.loads(meta))
 
 
+def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """Connect, set pragmas, migrate; (connection, whether the file was new or empty)."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db, _migrate(db)
+    except BaseException:
+        db.close()
+        raise
+
+
+def _migrate(db: sqlite3.Connection) -> bool:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            migration(db)
+            db.execute(f"PRAGMA user_version = {number}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return version == 0
+
+
 class Catalog:
+    """One connection to catalog.db. A corrupt file is moved aside and a fresh one made (echo_os.dbfile):
+    `quarantined` says where it went, `fresh` that the table started empty (new, 0 bytes or quarantined);
+    artifacts.store.open_catalog then refills it from the folders."""
+
     def __init__(self, path: Path):
+        from echo_os.dbfile import open_or_quarantine
+
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                migration(self.db)
-                self.db.execute(f"PRAGMA user_version = {number}")
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        opened = open_or_quarantine(path, _open)
+        self.db, self.fresh = opened.value
+        self.quarantined = opened.quarantined
+        self.corruption = opened.reason
 
     def close(self) -> None:
         self.db.close()

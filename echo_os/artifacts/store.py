@@ -89,6 +89,43 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def scan_folders(root: Path) -> list[tuple[ArtifactMeta, Path]]:
+    """Every artifact folder under `root` (meta.json next to image.png), skipping the staging area."""
+    found = []
+    for meta_path in sorted(root.glob(f"*/*/*/{META_NAME}")):
+        if meta_path.parts[-4] == STAGING_NAME:
+            continue
+        try:
+            found.append((ArtifactMeta.read(meta_path), meta_path.parent))
+        except ValueError as error:
+            log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
+    return found
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The workspace's catalog, usable whatever state catalog.db was left in: a corrupt file is moved
+    aside (one warning on stderr naming where) and a new, empty or missing one is rebuilt from the
+    meta.json folders, the source of truth. Everything that reads the catalog opens it here."""
+    catalog = Catalog(settings.catalog_path)
+    if not (catalog.fresh or catalog.quarantined):
+        return catalog
+    try:
+        rows = [(meta.model_dump(mode="json"), str(folder.relative_to(settings.artifacts_dir)))
+                for meta, folder in scan_folders(settings.artifacts_dir)]
+        if rows:
+            catalog.replace_all(rows)
+    except BaseException:
+        catalog.close()
+        raise
+    if catalog.quarantined:
+        log.warning("%s was corrupt (%s); moved it to %s and rebuilt the catalog from %d artifact folders",
+                    settings.catalog_path.name, catalog.corruption, catalog.quarantined.name, len(rows))
+    elif rows:
+        log.warning("%s was missing or empty; rebuilt it from %d artifact folders",
+                    settings.catalog_path.name, len(rows))
+    return catalog
+
+
 @contextmanager
 def staging_folder(staging_root: Path) -> Iterator[Path]:
     """A fresh folder under `staging_root`, owned by this process and call: its lock file is held from before
@@ -156,7 +193,7 @@ class ArtifactStore:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.settings.catalog_path)
+            self._catalog = open_catalog(self.settings)
         return self._catalog
 
     def close(self) -> None:
@@ -288,6 +325,7 @@ class ArtifactStore:
         """The atomic artifact write both saves share: `build(seq)` makes the PNG and meta under the
         project's lock (seq: `sequence`, else the next free number), they go to a temporary folder,
         fsync, rename; then the catalog row. A failure leaves no folder and no row."""
+        catalog = self.catalog  # opened (and repaired, if it must be) before the folder exists
         project_dir = self._project_dir(created, project)
         project_dir.mkdir(parents=True, exist_ok=True)
         with staging_folder(self.root / STAGING_NAME) as tmp_dir, FileLock(str(project_dir / ".lock")):
@@ -299,7 +337,7 @@ class ArtifactStore:
             final = self._free_name(project_dir, f"{seq:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
             os.rename(tmp_dir, final)
             _fsync_dir(project_dir)
-        self.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
+        catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
         return final, meta
 
     @staticmethod
@@ -317,15 +355,7 @@ class ArtifactStore:
 
     def scan(self) -> list[tuple[ArtifactMeta, Path]]:
         """Every artifact folder on disk (meta.json next to image.png), skipping the temp area."""
-        found = []
-        for meta_path in sorted(self.root.glob(f"*/*/*/{META_NAME}")):
-            if meta_path.parts[-4] == STAGING_NAME:
-                continue
-            try:
-                found.append((ArtifactMeta.read(meta_path), meta_path.parent))
-            except ValueError as error:
-                log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
-        return found
+        return scan_folders(self.root)
 
     def index_unlisted(self, project: str) -> int:
         """Catalog the project's folders that are on disk but not in the catalog (a process killed

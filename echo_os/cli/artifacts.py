@@ -24,7 +24,7 @@ def artifacts() -> None:
 def list_artifacts(ctx: click.Context, project: str | None, model: str | None, since: str | None, limit: int,
                    as_json: bool) -> None:
     """Newest artifacts first."""
-    from echo_os.artifacts.catalog import Catalog
+    from echo_os.artifacts.store import open_catalog
 
     settings = settings_from(ctx)
     if since:
@@ -34,7 +34,7 @@ def list_artifacts(ctx: click.Context, project: str | None, model: str | None, s
             date.fromisoformat(since[:10])
         except ValueError:
             raise click.BadParameter(f"{since!r} is not an ISO date like 2026-11-01", param_hint="--since") from None
-    with Catalog(settings.catalog_path) as catalog:
+    with open_catalog(settings) as catalog:
         rows = catalog.query(project=project, model=model, since=since, limit=limit)
     if as_json:
         click.echo(json.dumps([row.summary() for row in rows], indent=2, ensure_ascii=False))
