@@ -172,3 +172,54 @@ async def test_corrupt_jobs_db_is_quarantined_and_the_server_says_so(workspace, 
     assert moved.read_bytes() == GARBAGE
     loud = [r for r in caplog.records if "jobs.db" in r.getMessage() and r.levelname == "ERROR"]
     assert len(loud) == 1 and moved.name in loud[0].getMessage() and "EMPTY" in loud[0].getMessage()
+
+
+# ---- item 6: a missing meta.json ---------------------------------------------------------------------
+
+def _batch(run_cli, home, prompts) -> dict:
+    code, out, err = run_cli("--home", str(home), "batch", "animals", f"@{prompts}", "--engine", "draft", "--json")
+    assert code == 0, err
+    return __import__("json").loads(out)
+
+
+def test_missing_meta_json_is_restored_by_show_from_the_png(run_cli, workspace):
+    import json
+
+    [artifact] = _render(ArtifactStore(workspace), "a heron in fog")
+    original = json.loads(artifact.meta_path.read_text(encoding="utf-8"))
+    artifact.meta_path.unlink()
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "show", artifact.id[:12])
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["id"] == artifact.id and shown["prompt"] == "a heron in fog"
+    restored = json.loads(artifact.meta_path.read_text(encoding="utf-8"))
+    for meta in (original, restored):  # save_s is measured after the PNG (and its chunk) is made
+        meta["timings"].pop("save_s", None)
+    assert restored == original
+
+
+def test_show_refuses_to_restore_from_a_changed_png(run_cli, workspace):
+    [artifact] = _render(ArtifactStore(workspace), "a heron in fog")
+    artifact.meta_path.unlink()
+    artifact.image_path.write_bytes(artifact.image_path.read_bytes() + b"tampered")
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "show", artifact.id[:12])
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "no longer matches" in err and "Traceback" not in err
+    assert not artifact.meta_path.exists()
+
+
+def test_reindex_restores_meta_json_and_batch_does_not_render_it_again(run_cli, workspace):
+    prompts = workspace.home / "prompts.txt"
+    prompts.write_text("a fox in the snow\na hare at dusk\n", encoding="utf-8")
+    first = _batch(run_cli, workspace.home, prompts)
+    assert first["rendered"] == 2
+    victim = first["artifacts"][1]
+    meta_path = type(workspace.home)(victim["path"]) / "meta.json"
+    meta_path.unlink()
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "reindex")
+    assert code == 0, err
+    assert "catalog rebuilt: 2 artifacts (1 meta.json restored)" in out
+    assert f"restored {meta_path}" in err
+    assert meta_path.is_file()
+    second = _batch(run_cli, workspace.home, prompts)
+    assert (second["rendered"], second["resumed"]) == (0, 2)

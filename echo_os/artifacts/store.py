@@ -29,8 +29,9 @@ from filelock import FileLock, Timeout
 
 from echo_os.artifacts.catalog import Catalog
 from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord, collect_versions
-from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES, a1111_parameters, png_info
+from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
+from echo_os.errors import EchoError, NotFoundError
 from echo_os.requests import image_request_key
 from echo_os.settings import Settings
 
@@ -89,17 +90,78 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def scan_folders(root: Path) -> list[tuple[ArtifactMeta, Path]]:
-    """Every artifact folder under `root` (meta.json next to image.png), skipping the staging area."""
+def scan_folders(root: Path, restored: list[Path] | None = None) -> list[tuple[ArtifactMeta, Path]]:
+    """Every artifact folder under `root` (meta.json next to image.png), skipping the staging area.
+
+    A folder whose meta.json is gone gets it back from its PNG's `echo-os` chunk (restore_meta; one warning
+    each, and the folder is appended to `restored`); one that cannot be restored is skipped with a warning.
+    """
     found = []
-    for meta_path in sorted(root.glob(f"*/*/*/{META_NAME}")):
-        if meta_path.parts[-4] == STAGING_NAME:
+    for image_path in sorted(root.glob(f"*/*/*/{IMAGE_NAME}")):
+        folder = image_path.parent
+        if image_path.parts[-4] == STAGING_NAME:
             continue
+        meta_path = folder / META_NAME
         try:
-            found.append((ArtifactMeta.read(meta_path), meta_path.parent))
+            if meta_path.exists():
+                found.append((ArtifactMeta.read(meta_path), folder))
+                continue
         except ValueError as error:
             log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
+            continue
+        try:
+            found.append((restore_meta(folder), folder))
+        except EchoError as error:
+            log.warning("skipping %s: %s", folder, error)
+            continue
+        if restored is not None:
+            restored.append(folder)
     return found
+
+
+def read_embedded_meta(png: bytes) -> ArtifactMeta | None:
+    """The ArtifactMeta our renders embed in the PNG (`echo-os` iTXt chunk), or None when there is none.
+    Reads only the chunks, never the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            text = image.info.get(META_KEY)  # our chunks come before the pixel data
+    except Exception:  # noqa: BLE001 - any unreadable PNG simply carries no meta
+        return None
+    if not isinstance(text, str):
+        return None
+    try:
+        return ArtifactMeta.model_validate_json(text)
+    except ValueError:
+        return None
+
+
+def restore_meta(folder: Path, expected_id: str | None = None) -> ArtifactMeta:
+    """Write `folder`/meta.json again from its image.png's `echo-os` chunk and return it.
+
+    The id is the sha256 of the PNG bytes, checked against `expected_id` (the catalog's) when given; a
+    PNG without the chunk, or one whose bytes no longer match the id, is an EchoError (nothing written).
+    """
+    image_path = folder / IMAGE_NAME
+    try:
+        png = image_path.read_bytes()
+    except OSError as error:
+        raise NotFoundError(f"{folder} has neither meta.json nor a readable image.png ({error.strerror})") from None
+    digest = hashlib.sha256(png).hexdigest()
+    if expected_id is not None and digest != expected_id:
+        raise EchoError(f"{image_path} no longer matches artifact {expected_id[:12]} (sha256 {digest[:12]}) "
+                        "and its meta.json is missing; it cannot be restored")
+    meta = read_embedded_meta(png)
+    if meta is None:
+        raise EchoError(f"{folder} has no meta.json and its image.png carries no echo-os chunk to restore it from")
+    meta.id = digest
+    staged = folder / f".{META_NAME}.{os.getpid()}.tmp"
+    _write_durably(staged, meta.to_json().encode("utf-8"))
+    os.replace(staged, folder / META_NAME)
+    _fsync_dir(folder)
+    log.warning("restored %s/%s from its PNG's echo-os chunk (artifact %s)", folder, META_NAME, digest[:12])
+    return meta
 
 
 def open_catalog(settings: Settings) -> Catalog:
@@ -351,6 +413,11 @@ class ArtifactStore:
     def open(self, id_or_prefix: str) -> Artifact:
         row = self.catalog.resolve_id(id_or_prefix)
         folder = self.root / row.path
+        if not (folder / META_NAME).exists():
+            if not folder.is_dir():
+                raise NotFoundError(f"artifact {row.id[:12]}'s folder {folder} is gone; "
+                                    "`echo-os artifacts reindex` drops it from the catalog")
+            return Artifact(id=row.id, path=folder, meta=restore_meta(folder, expected_id=row.id))
         return Artifact(id=row.id, path=folder, meta=ArtifactMeta.read(folder / META_NAME))
 
     def scan(self) -> list[tuple[ArtifactMeta, Path]]:
@@ -362,24 +429,27 @@ class ArtifactStore:
         between the folder's rename and its catalog row). Returns how many were added."""
         known = {row.path for row in self.catalog.query(project=project)}
         added = 0
-        for meta_path in sorted(self.root.glob(f"*/{slugify(project, fallback='default')}/*/{META_NAME}")):
-            relative = str(meta_path.parent.relative_to(self.root))
-            if relative in known or meta_path.parts[-4] == STAGING_NAME:
+        for image_path in sorted(self.root.glob(f"*/{slugify(project, fallback='default')}/*/{IMAGE_NAME}")):
+            folder = image_path.parent
+            relative = str(folder.relative_to(self.root))
+            if relative in known or image_path.parts[-4] == STAGING_NAME:
                 continue
             try:
-                meta = ArtifactMeta.read(meta_path)
-            except ValueError as error:
-                log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
+                meta = ArtifactMeta.read(folder / META_NAME) if (folder / META_NAME).exists() else restore_meta(folder)
+            except (ValueError, EchoError) as error:
+                log.warning("skipping %s: %s", folder, error)
                 continue
             if meta.project == project:
                 self.catalog.upsert(meta.model_dump(mode="json"), relative)
                 added += 1
         return added
 
-    def reindex(self) -> int:
+    def reindex(self, restored: list[Path] | None = None) -> int:
         """Rebuild the catalog from the folders; drop leftovers of interrupted writes (only orphans: a
-        render running meanwhile keeps its staging folder)."""
+        render running meanwhile keeps its staging folder). A missing meta.json is restored from its PNG
+        (each such folder appended to `restored`)."""
         remove_orphan_staging(self.root / STAGING_NAME)
-        rows = [(meta.model_dump(mode="json"), str(folder.relative_to(self.root))) for meta, folder in self.scan()]
+        rows = [(meta.model_dump(mode="json"), str(folder.relative_to(self.root)))
+                for meta, folder in scan_folders(self.root, restored)]
         self.catalog.replace_all(rows)
         return len(rows)

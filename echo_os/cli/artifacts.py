@@ -72,8 +72,11 @@ def reindex(ctx: click.Context) -> None:
     from echo_os.artifacts.store import ArtifactStore
 
     store = ArtifactStore(settings_from(ctx))
+    restored: list = []
     try:
-        count = store.reindex()
+        count = store.reindex(restored)
     finally:
         store.close()
-    click.echo(f"catalog rebuilt: {count} artifacts")
+    for folder in restored:
+        click.echo(f"restored {folder}/meta.json from its image.png", err=True)
+    click.echo(f"catalog rebuilt: {count} artifacts" + (f" ({len(restored)} meta.json restored)" if restored else ""))
