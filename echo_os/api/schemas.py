@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from echo_os.api.jobs import JobKind, JobProgress, JobStatus
 from echo_os.engines import ENGINE_NAMES
-from echo_os.requests import MAX_COUNT, MAX_SEED, MAX_STEPS, RenderRequest
+from echo_os.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest
 
 Scheduler = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"]
 Device = Literal["auto", "cuda", "cpu", "mps"]
@@ -20,7 +20,7 @@ Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 Attention = Literal["sdpa", "xformers"]
 EngineName = Literal[ENGINE_NAMES]  # type: ignore[valid-type]  # auto, sdxl, cpu, draft, ...
 SIZE_PATTERN = r"^\s*\d{1,5}\s*[xX×]\s*\d{1,5}\s*$"
-MAX_TEXT = 20_000  # characters of a prompt, negative prompt or style
+MAX_TEXT = MAX_PROMPT_CHARS  # characters of a prompt, negative prompt or style: the CLI's limit
 MAX_PROMPTS = 1_000
 MAX_STORY_TEXT = 2 * 1024 * 1024  # characters of a storyboard or bible sent in a body
 
