@@ -438,7 +438,7 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
             if body.bible is not None:
                 bible = folder / "STORY_BIBLE.md"
                 bible.write_text(body.bible, encoding="utf-8")
-            plan = plan_story(body.project, source, bible=bible, options=options)
+            plan = plan_story(body.project, source, bible=bible, options=options, workspace=settings.home)
         _check_plan_paths(settings, plan)
         for model, engine in dict.fromkeys((scene.request.model, scene.request.engine) for scene in plan.scenes):
             check_model(settings, model, engine, "model" if body.model else "bible")

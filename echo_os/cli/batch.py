@@ -161,7 +161,7 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         plan = plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=load_clip_tokenizer)
     else:
         plan = plan_story(project, Path(source), bible=bible, options=options,
-                          tokenizer_loader=load_clip_tokenizer)
+                          tokenizer_loader=load_clip_tokenizer, workspace=settings.home)
     if dry_run:
         if json_output:
             click.echo(json_for_terminal(plan.model_dump(mode="json")))

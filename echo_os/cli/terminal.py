@@ -32,6 +32,11 @@ def for_terminal(text: object) -> str:
     return _UNSAFE.sub(_escape, str(text))
 
 
+def lines_for_terminal(text: object) -> str:
+    """Like for_terminal, but line breaks stay (for messages that are several lines by design)."""
+    return "\n".join(for_terminal(line) for line in str(text).split("\n"))
+
+
 def json_for_terminal(data: object, *, indent: int | None = 2) -> str:
     """json.dumps keeping non-ASCII letters readable but escaping what json.dumps leaves raw (DEL, C1,
     bidi controls) as \\uXXXX, which JSON readers turn back into the same characters."""

@@ -1,0 +1,114 @@
+"""Hostile files: bible references that are not images, PNG bombs in `memory import`, broken weights."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.api_helpers import api_client
+from tests.test_story import BIBLE, HEADER, story
+
+ROWS = "1,a,keeper,,,,,,,,,,,,\n"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def _bible_with_reference(reference: str) -> str:
+    return BIBLE.replace("    seed: 1234\n", f"    seed: 1234\n    reference: {reference}\n")
+
+
+def _hostile_reference(tmp_path: Path, kind: str) -> str:
+    if kind == "passwd":
+        return "/etc/passwd"
+    if kind == "dev-zero":
+        return "/dev/zero"
+    if kind == "symlink":
+        os.symlink("/etc/passwd", tmp_path / "keeper.png")
+        return "keeper.png"
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "keeper.png")
+        return "keeper.png"
+    if kind == "text":
+        (tmp_path / "keeper.png").write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+        return "keeper.png"
+    raise AssertionError(kind)
+
+
+KINDS = ["passwd", "symlink", "fifo", "dev-zero", "text"]
+NEEDLES = {"passwd": "outside", "symlink": "outside", "dev-zero": "outside", "fifo": "not a regular file",
+           "text": "not an image"}
+
+
+def _run_with_deadline(target, seconds: float = 60):
+    """Run target() in a thread; fail (instead of hanging the suite) if it blocks, as on a FIFO."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = target()
+        except BaseException as error:  # noqa: BLE001
+            box["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "planning blocked on the reference file"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cli_refuses_a_reference_that_is_not_a_readable_image(run_cli, tiny_workspace, tmp_path, kind, monkeypatch):
+    story_dir = tmp_path / "story"
+    story_dir.mkdir()
+    reference = _hostile_reference(story_dir, kind)
+    csv_path = story(story_dir, ROWS, bible=_bible_with_reference(reference))
+    rendered = []
+    import echo_os.story.render as story_render
+
+    # Refused while planning: nothing reaches the renderer (where the model would load).
+    monkeypatch.setattr(story_render, "render_plan", lambda *args, **kwargs: rendered.append(1))
+    code, out, err = _run_with_deadline(lambda: run_cli("--home", str(tiny_workspace.home), "batch", "p",
+                                                        str(csv_path), "--model", "tiny"))
+    assert code == 2, err
+    assert "reference image" in err and NEEDLES[kind] in err and "Traceback" not in err
+    assert not rendered
+    assert not list(tiny_workspace.artifacts_dir.glob("*/*/*/image.png"))
+
+
+def test_references_next_to_the_bible_or_in_the_workspace_are_accepted(tmp_path, workspace):
+    from echo_os.story import plan_story
+
+    story_dir = tmp_path / "elsewhere"
+    story_dir.mkdir()
+    Image.new("RGB", (16, 16)).save(story_dir / "keeper.png")
+    Image.new("RGB", (16, 16)).save(workspace.home / "girl.png")
+    bible = _bible_with_reference("keeper.png").replace(
+        "    seed: 99\n", f"    seed: 99\n    reference: {workspace.home / 'girl.png'}\n")
+    csv_path = story(story_dir, "1,a,keeper;girl,,,,,,,,,,,,\n", bible=bible)
+    plan = plan_story("p", csv_path, workspace=workspace.home)
+    assert [len(member.references) for member in plan.scenes[0].cast] == [1, 1]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["passwd", "dev-zero", "text"])
+async def test_api_refuses_the_same_references_with_a_422_on_bible(workspace, kind, tmp_path):
+    reference = _hostile_reference(workspace.home, kind)
+    if kind == "text":
+        reference = str(workspace.home / reference)
+    body = {"project": "p", "storyboard": HEADER + "\n" + ROWS, "bible": _bible_with_reference(reference),
+            "engine": "draft"}
+    async with api_client(workspace, start_worker=False) as (client, _):
+        response = await client.post("/api/batch", json=body)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert any("bible" in error["loc"] for error in detail), detail
+        assert (await client.get("/api/jobs")).json()["items"] == []
