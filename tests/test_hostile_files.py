@@ -112,3 +112,54 @@ async def test_api_refuses_the_same_references_with_a_422_on_bible(workspace, ki
         detail = response.json()["detail"]
         assert any("bible" in error["loc"] for error in detail), detail
         assert (await client.get("/api/jobs")).json()["items"] == []
+
+
+# ---- item 9: hostile PNGs in `memory import` -----------------------------------------------------------
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny file whose header claims width x height pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _chunk(b"IEND", b""))
+
+
+def _small_png(path: Path, prompt: str, **text) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", f"{prompt}\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 16x16")
+    for key, value in text.items():
+        info.add_text(key, value, zip=True)
+    Image.new("RGB", (16, 16), "teal").save(path, pnginfo=info)
+
+
+def test_memory_import_skips_and_reports_hostile_pngs_and_imports_the_rest(workspace, tmp_path):
+    from echo_os.memory.importer import import_folder
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    _small_png(folder / "a-good.png", "a quiet harbour")
+    (folder / "b-bomb.png").write_bytes(_bomb_png())
+    _small_png(folder / "c-ztxt.png", "huge comment", comment="x" * (20 * 1024 * 1024))
+    (folder / "d-not-a-png.png").write_bytes(b"GIF89a nothing here")
+    _small_png(folder / "e-good.png", "a red kite")
+    report = import_folder(workspace, folder, embed=False)
+    assert report.imported == 2 and report.unreadable == 3
+    assert [Path(path).name for path, _ in report.problems] == ["b-bomb.png", "c-ztxt.png", "d-not-a-png.png"]
+    reasons = dict((Path(path).name, reason) for path, reason in report.problems)
+    assert "30000x30000" in reasons["b-bomb.png"] or "DecompressionBomb" in reasons["b-bomb.png"]
+    assert "too large" in reasons["c-ztxt.png"].lower()
+    from echo_os.artifacts.store import open_catalog
+
+    with open_catalog(workspace) as catalog:
+        assert sorted(row.prompt for row in catalog.query()) == ["a quiet harbour", "a red kite"]

@@ -201,8 +201,10 @@ def import_images(ctx: click.Context, folder: str, project: str, as_json: bool) 
     with StageBars(unit="image", labels={"copy": "importing", "minilm": "embedding prompts", "clip": "embedding images"}) as bars:
         report = import_folder(settings, root, project=project, progress=bars)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json_for_terminal(report.as_dict()))
         return
+    for path, reason in report.problems:
+        click.echo(f"skipped {for_terminal(path)}: {for_terminal(reason)}", err=True)
     tools = ", ".join(f"{tool} {n}" for tool, n in sorted(report.by_tool.items())) or "none"
     click.echo(f"imported {report.imported} images ({tools}); {report.skipped} already imported, "
                f"{report.unreadable} unreadable")
