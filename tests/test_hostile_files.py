@@ -163,3 +163,65 @@ def test_memory_import_skips_and_reports_hostile_pngs_and_imports_the_rest(works
 
     with open_catalog(workspace) as catalog:
         assert sorted(row.prompt for row in catalog.query()) == ["a quiet harbour", "a red kite"]
+
+
+# ---- item 11: broken single-file checkpoints and a binary models.toml --------------------------------------
+
+def _single_file_entry(workspace, checkpoint: Path) -> None:
+    workspace.models_toml.write_text(f'[models.broken]\nfile = "{checkpoint.as_posix()}"\n', encoding="utf-8")
+
+
+def _checkpoint(tmp_path: Path, kind: str) -> Path:
+    from tests.test_models import LFS_POINTER, save_pickle, save_safetensors
+
+    if kind == "corrupt":
+        path = tmp_path / "model.safetensors"
+        path.write_bytes(b"\x13\x37" * 500)
+    elif kind == "truncated":
+        path = save_safetensors(tmp_path / "model.safetensors",
+                                {"conditioner.embedders.1.model.ln_final.weight": (64, 64)})
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "pickle":
+        path = save_pickle(tmp_path / "model.ckpt")
+    elif kind == "lfs-pointer":
+        path = tmp_path / "model.safetensors"
+        path.write_text(LFS_POINTER, encoding="utf-8")
+    elif kind == "not-sdxl":
+        path = save_safetensors(tmp_path / "model.safetensors", {"cond_stage_model.transformer.weight": (4, 4)})
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "truncated", "pickle", "lfs-pointer"])
+def test_broken_single_file_without_config_is_the_error_not_a_draft_card(run_cli, workspace, tmp_path, kind):
+    checkpoint = _checkpoint(tmp_path, kind)
+    _single_file_entry(workspace, checkpoint)
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a harbour", "--model", "broken",
+                             "--size", "64x64")
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and str(checkpoint) in err, err
+    assert not list(workspace.artifacts_dir.glob("*/*/*/image.png"))
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_a_valid_safetensors_that_is_not_sdxl_is_one_line(run_cli, workspace, tmp_path, tiny_sdxl_dir, with_config):
+    """With its configs present (a diffusers SDXL folder), the key check stops it before diffusers' many-line
+    error; without, it is still the checkpoint that is named."""
+    checkpoint = _checkpoint(tmp_path, "not-sdxl")
+    config = f'config = "{tiny_sdxl_dir.as_posix()}"\n' if with_config else ""
+    workspace.models_toml.write_text(f'[models.broken]\nfile = "{checkpoint.as_posix()}"\n{config}',
+                                     encoding="utf-8")
+    engine = ["--engine", "cpu"] if with_config else []  # without configs: `auto`, which used to draw a card
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a harbour", "--model", "broken",
+                             "--size", "64x64", *engine)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "not SDXL" in err and str(checkpoint) in err
+
+
+def test_models_toml_of_binary_garbage_is_one_line(run_cli, workspace):
+    workspace.models_toml.write_bytes(bytes(range(256)) * 4)
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a harbour", "--size", "64x64")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "models.toml" in err and "UTF-8" in err
+    assert "Traceback" not in err and "UnicodeDecodeError" not in err
