@@ -97,9 +97,9 @@ def scan_folders(root: Path, restored: list[Path] | None = None) -> list[tuple[A
     each, and the folder is appended to `restored`); one that cannot be restored is skipped with a warning.
     """
     found = []
-    for image_path in sorted(root.glob(f"*/*/*/{IMAGE_NAME}")):
-        folder = image_path.parent
-        if image_path.parts[-4] == STAGING_NAME:
+    folders = {path.parent for name in (META_NAME, IMAGE_NAME) for path in root.glob(f"*/*/*/{name}")}
+    for folder in sorted(folders):
+        if folder.parts[-3] == STAGING_NAME:
             continue
         meta_path = folder / META_NAME
         try:
@@ -429,10 +429,11 @@ class ArtifactStore:
         between the folder's rename and its catalog row). Returns how many were added."""
         known = {row.path for row in self.catalog.query(project=project)}
         added = 0
-        for image_path in sorted(self.root.glob(f"*/{slugify(project, fallback='default')}/*/{IMAGE_NAME}")):
-            folder = image_path.parent
+        slug = slugify(project, fallback="default")
+        folders = {path.parent for name in (META_NAME, IMAGE_NAME) for path in self.root.glob(f"*/{slug}/*/{name}")}
+        for folder in sorted(folders):
             relative = str(folder.relative_to(self.root))
-            if relative in known or image_path.parts[-4] == STAGING_NAME:
+            if relative in known or folder.parts[-3] == STAGING_NAME:
                 continue
             try:
                 meta = ArtifactMeta.read(folder / META_NAME) if (folder / META_NAME).exists() else restore_meta(folder)
