@@ -36,6 +36,25 @@ ATTENTIONS: tuple[str, ...] = get_args(Attention)
 # Values of an engine's own options (`--option KEY=VALUE`); the engine's Options model checks them.
 OptionValue = Union[str, int, float, bool, None]
 
+# One limit for the text of a prompt, negative prompt or style, whoever sends it (CLI, API, OpenAI route,
+# story planner): long enough for any prompt a person writes (SDXL reads 77 tokens of each encoder anyway),
+# short enough that a request cannot fill the queue database or the PNG text chunks.
+MAX_PROMPT_CHARS = 20_000
+# Control characters are refused in prompt text, not stripped (a silently changed prompt would not replay
+# as written): C0 except tab and newline, DEL, and C1. They would otherwise reach the terminal and the PNG
+# `parameters` chunk raw (a NUL ends a C string in other tools' readers, a CR rewrites a terminal line).
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def check_prompt_text(value: str) -> str:
+    """ValueError naming the first control character in `value` and where it is."""
+    match = _CONTROL_RE.search(value)
+    if match:
+        raise ValueError(f"contains the control character U+{ord(match.group()):04X} at position {match.start()}; "
+                         "prompts are plain text (tab and newline allowed)")
+    return value
+
+
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
@@ -119,12 +138,12 @@ class RenderRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt: str
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     # None: no negative prompt given, so the model's own rule applies (SDXL base zeroes the negative
     # embedding: force_zeros_for_empty_prompt). "" is what artifacts made before that rule recorded, and
     # their replay passes "" again.
-    negative_prompt: str | None = None
-    style: str = ""
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    style: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     seed: int = Field(default_factory=random_seed, ge=0, le=MAX_SEED)
     steps: int = Field(default=30, ge=1, le=MAX_STEPS)
     cfg: float = Field(default=7.0, ge=0.0, le=100.0)
@@ -150,6 +169,11 @@ class RenderRequest(BaseModel):
         if not value or not value.strip():
             raise ValueError("the prompt is empty; give a description of the image")
         return value
+
+    @field_validator("prompt", "negative_prompt", "style")
+    @classmethod
+    def _plain_text(cls, value: str | None) -> str | None:
+        return value if value is None else check_prompt_text(value)
 
     @field_validator("cfg")
     @classmethod

@@ -280,9 +280,11 @@ def test_bible_needs_front_matter(tmp_path):
 
 
 def test_reference_images_resolve_relative_to_the_bible(tmp_path):
+    from PIL import Image
+
     (tmp_path / "refs").mkdir()
-    (tmp_path / "refs" / "a.png").write_bytes(b"png")
-    (tmp_path / "refs" / "b.png").write_bytes(b"png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "refs" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "refs" / "b.png")
     bible = BIBLE.replace("    seed: 1234\n", "    seed: 1234\n    reference: [refs/a.png, refs/b.png]\n"
                                                "    ip_adapter_scale: 0.6\n    lora: keeper-lora\n")
     csv_path = story(tmp_path, "1,a,keeper;girl,,,,,,,,,,,,\n", bible=bible)

@@ -138,6 +138,10 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             cleanup.callback(hold_server_lock(settings).release)
             jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts)
             cleanup.callback(jobs.close)
+            if jobs.quarantined is not None:
+                log.error("jobs.db was corrupt (%s): moved it to %s; the queue starts EMPTY and the jobs in the "
+                          "old file will not run (recover them with `sqlite3 %s .recover`)",
+                          jobs.corruption, jobs.quarantined, jobs.quarantined)
             recovery = jobs.recover()
             if recovery.requeued or recovery.failed or recovery.cancelled:
                 log.warning("recovered jobs left running by a stopped server: %d queued again, %d failed, "
@@ -434,7 +438,7 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
             if body.bible is not None:
                 bible = folder / "STORY_BIBLE.md"
                 bible.write_text(body.bible, encoding="utf-8")
-            plan = plan_story(body.project, source, bible=bible, options=options)
+            plan = plan_story(body.project, source, bible=bible, options=options, workspace=settings.home)
         _check_plan_paths(settings, plan)
         for model, engine in dict.fromkeys((scene.request.model, scene.request.engine) for scene in plan.scenes):
             check_model(settings, model, engine, "model" if body.model else "bible")

@@ -107,9 +107,9 @@ class CatalogReader:
     """The artifact catalog for the routes: one connection, one reader at a time."""
 
     def __init__(self, settings: Settings):
-        from echo_os.artifacts.catalog import Catalog
+        from echo_os.artifacts.store import open_catalog
 
-        self._catalog = Catalog(settings.catalog_path)
+        self._catalog = open_catalog(settings)
         self._lock = threading.Lock()
 
     def resolve(self, artifact_id: str):

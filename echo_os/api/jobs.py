@@ -26,6 +26,7 @@ from typing import Iterable, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from echo_os.dbfile import open_or_quarantine
 from echo_os.requests import RenderRequest
 from echo_os.sqlite import Migrations, connect
 from echo_os.story.plan import PlanOptions
@@ -170,6 +171,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connect(path, synchronous="FULL")
 
 
+def _open_migrated(path: Path) -> sqlite3.Connection:
+    db = _connect(path)
+    try:
+        MIGRATIONS.migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class JobStore:
     """The jobs table and its one writer. Thread-safe: every write holds `_write_lock`."""
 
@@ -178,15 +189,15 @@ class JobStore:
         self.max_attempts = max_attempts
         path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
-        self._db = _connect(path)
         self._readers = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self._write_lock:
-            MIGRATIONS.migrate(self._db)
+        # A corrupt jobs.db is moved aside and a fresh queue started; `quarantined` names where it went and
+        # the server says so loudly at start (the jobs in it are not run: they cannot be rebuilt).
+        opened = open_or_quarantine(path, _open_migrated)
+        self._db = opened.value
+        self.quarantined = opened.quarantined
+        self.corruption = opened.reason
 
     def close(self) -> None:
         with self._write_lock, self._readers_lock:

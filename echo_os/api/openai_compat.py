@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from echo_os.api.deps import Api, ApiState, artifact_image_path, build_render_request, convert_image
 from echo_os.api.schemas import EngineName, error_responses
 from echo_os.api.jobs import Job, JobSpec, new_job_id, now_iso
-from echo_os.requests import MAX_COUNT, MAX_SEED, MAX_STEPS
+from echo_os.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 
 router = APIRouter(tags=["openai"])
 
@@ -42,7 +42,7 @@ class ImageGenerationBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    prompt: str = Field(min_length=1, max_length=32_000)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     model: str | None = Field(default=None, max_length=200)
     n: int | None = Field(default=1, ge=1, le=MAX_COUNT)
     size: str | None = Field(default="auto", pattern=r"^(auto|\s*\d{1,5}\s*[xX×]\s*\d{1,5}\s*)$")
@@ -52,7 +52,7 @@ class ImageGenerationBody(BaseModel):
     stream: bool | None = None
     # echo-os extensions (send with the client's extra_body=)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    negative_prompt: str = Field(default="", max_length=32_000)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     cfg: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
     scheduler: Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"] | None = None

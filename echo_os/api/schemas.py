@@ -15,6 +15,7 @@ from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
 from echo_os.requests import (  # noqa: F401  (the option Literals, defined once there)
     MAX_COUNT,
+    MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STEPS,
     Attention,
@@ -38,7 +39,7 @@ EngineName = Annotated[str, Field(min_length=1, max_length=100,
                                   description="auto (the workspace's engine order) or a registered engine."),
                        AfterValidator(_registered_engine)]
 SIZE_PATTERN = r"^\s*\d{1,5}\s*[xX×]\s*\d{1,5}\s*$"
-MAX_TEXT = 20_000  # characters of a prompt, negative prompt or style
+MAX_TEXT = MAX_PROMPT_CHARS  # characters of a prompt, negative prompt or style: the CLI's limit
 MAX_PROMPTS = 1_000
 MAX_STORY_TEXT = 2 * 1024 * 1024  # characters of a storyboard or bible sent in a body
 

@@ -90,11 +90,31 @@ def _row(values: tuple) -> CatalogRow:
     return CatalogRow(*head, meta=json.loads(meta))
 
 
+def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """Connect with the pragmas and migrate; (connection, whether the file was new or empty)."""
+    db = connect(path)
+    try:
+        applied = MIGRATIONS.migrate(db)
+        return db, MIGRATIONS.names[0] in applied
+    except BaseException:
+        db.close()
+        raise
+
+
 class Catalog:
+    """One connection to catalog.db. A corrupt file is moved aside and a fresh one made (echo_os.dbfile):
+    `quarantined` says where it went, `fresh` that the table started empty (new, 0 bytes or quarantined);
+    artifacts.store.open_catalog then refills it from the folders."""
+
     def __init__(self, path: Path):
+        from echo_os.dbfile import open_or_quarantine
+
         self.path = path
-        self.db = connect(path)
-        MIGRATIONS.migrate(self.db)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        opened = open_or_quarantine(path, _open)
+        self.db, self.fresh = opened.value
+        self.quarantined = opened.quarantined
+        self.corruption = opened.reason
 
     def close(self) -> None:
         self.db.close()

@@ -2,7 +2,10 @@
 
 Layout: artifacts/<yyyy-mm-dd>/<project-slug>/<seq>-<scene-slug>_<yyyy-mm-dd_HH-MM-SS>/{image.png,meta.json}.
 A folder is built under artifacts/.tmp/, every file fsynced, then renamed into place in one step, so a
-killed process leaves either a whole artifact or nothing that is listed. The folder is the source of
+killed process leaves either a whole artifact or nothing that is listed. Each staging folder belongs to the
+process writing it: `.tmp/<pid>-<uuid>/` is created while that process holds the lock file
+`.tmp/<pid>-<uuid>.lock`, so `reindex` and every store start remove only orphans (folders whose lock nobody
+holds: the writer died), never a render in progress in another process or thread. The folder is the source of
 truth; the catalog row comes after and can always be rebuilt (`reindex`).
 """
 
@@ -16,17 +19,19 @@ import re
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from echo_os.artifacts.catalog import Catalog
 from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord, collect_versions, negative_prompt_passed
-from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES, a1111_parameters, png_info
+from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
+from echo_os.errors import EchoError, NotFoundError
 from echo_os.requests import image_request_key
 from echo_os.settings import Settings
 
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_NAME = "image.png"
 META_NAME = "meta.json"
+STAGING_NAME = ".tmp"
 _SEQ_RE = re.compile(r"^(\d+)-")
 
 
@@ -89,6 +95,159 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def scan_folders(root: Path, restored: list[Path] | None = None) -> list[tuple[ArtifactMeta, Path]]:
+    """Every artifact folder under `root` (meta.json next to image.png), skipping the staging area.
+
+    A folder whose meta.json is gone gets it back from its PNG's `echo-os` chunk (restore_meta; one warning
+    each, and the folder is appended to `restored`); one that cannot be restored is skipped with a warning.
+    """
+    found = []
+    folders = {path.parent for name in (META_NAME, IMAGE_NAME) for path in root.glob(f"*/*/*/{name}")}
+    for folder in sorted(folders):
+        if folder.parts[-3] == STAGING_NAME:
+            continue
+        meta_path = folder / META_NAME
+        try:
+            if meta_path.exists():
+                found.append((ArtifactMeta.read(meta_path), folder))
+                continue
+        except ValueError as error:
+            log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
+            continue
+        try:
+            found.append((restore_meta(folder), folder))
+        except EchoError as error:
+            log.warning("skipping %s: %s", folder, error)
+            continue
+        if restored is not None:
+            restored.append(folder)
+    return found
+
+
+def read_embedded_meta(png: bytes) -> ArtifactMeta | None:
+    """The ArtifactMeta our renders embed in the PNG (`echo-os` iTXt chunk), or None when there is none.
+    Reads only the chunks, never the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            text = image.info.get(META_KEY)  # our chunks come before the pixel data
+    except Exception:  # noqa: BLE001 - any unreadable PNG simply carries no meta
+        return None
+    if not isinstance(text, str):
+        return None
+    try:
+        return ArtifactMeta.model_validate_json(text)
+    except ValueError:
+        return None
+
+
+def restore_meta(folder: Path, expected_id: str | None = None) -> ArtifactMeta:
+    """Write `folder`/meta.json again from its image.png's `echo-os` chunk and return it.
+
+    The id is the sha256 of the PNG bytes, checked against `expected_id` (the catalog's) when given; a
+    PNG without the chunk, or one whose bytes no longer match the id, is an EchoError (nothing written).
+    """
+    image_path = folder / IMAGE_NAME
+    try:
+        png = image_path.read_bytes()
+    except OSError as error:
+        raise NotFoundError(f"{folder} has neither meta.json nor a readable image.png ({error.strerror})") from None
+    digest = hashlib.sha256(png).hexdigest()
+    if expected_id is not None and digest != expected_id:
+        raise EchoError(f"{image_path} no longer matches artifact {expected_id[:12]} (sha256 {digest[:12]}) "
+                        "and its meta.json is missing; it cannot be restored")
+    meta = read_embedded_meta(png)
+    if meta is None:
+        raise EchoError(f"{folder} has no meta.json and its image.png carries no echo-os chunk to restore it from")
+    meta.id = digest
+    staged = folder / f".{META_NAME}.{os.getpid()}.tmp"
+    _write_durably(staged, meta.to_json().encode("utf-8"))
+    os.replace(staged, folder / META_NAME)
+    _fsync_dir(folder)
+    log.warning("restored %s/%s from its PNG's echo-os chunk (artifact %s)", folder, META_NAME, digest[:12])
+    return meta
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The workspace's catalog, usable whatever state catalog.db was left in: a corrupt file is moved
+    aside (one warning on stderr naming where) and a new, empty or missing one is rebuilt from the
+    meta.json folders, the source of truth. Everything that reads the catalog opens it here."""
+    catalog = Catalog(settings.catalog_path)
+    if not (catalog.fresh or catalog.quarantined):
+        return catalog
+    try:
+        rows = [(meta.model_dump(mode="json"), str(folder.relative_to(settings.artifacts_dir)))
+                for meta, folder in scan_folders(settings.artifacts_dir)]
+        if rows:
+            catalog.replace_all(rows)
+    except BaseException:
+        catalog.close()
+        raise
+    if catalog.quarantined:
+        log.warning("%s was corrupt (%s); moved it to %s and rebuilt the catalog from %d artifact folders",
+                    settings.catalog_path.name, catalog.corruption, catalog.quarantined.name, len(rows))
+    elif rows:
+        log.warning("%s was missing or empty; rebuilt it from %d artifact folders",
+                    settings.catalog_path.name, len(rows))
+    return catalog
+
+
+@contextmanager
+def staging_folder(staging_root: Path) -> Iterator[Path]:
+    """A fresh folder under `staging_root`, owned by this process and call: its lock file is held from before
+    the folder exists until after it is gone (renamed into place, or removed on failure)."""
+    staging_root.mkdir(parents=True, exist_ok=True)
+    name = f"{os.getpid()}-{uuid.uuid4().hex}"
+    lock_path = staging_root / f"{name}.lock"
+    folder = staging_root / name
+    try:
+        with FileLock(str(lock_path)):
+            folder.mkdir()
+            try:
+                yield folder
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)  # gone already when it was renamed into place
+    finally:
+        lock_path.unlink(missing_ok=True)
+
+
+def remove_orphan_staging(staging_root: Path) -> int:
+    """Remove staging folders whose writer is gone (its lock is free), and stray lock files. A folder whose
+    lock is held belongs to a render in progress (any process, any thread) and is left alone.
+    Returns how many folders were removed."""
+    try:
+        entries = list(staging_root.iterdir())
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for entry in entries:
+        if entry.suffix == ".lock":
+            if not entry.with_suffix("").exists():
+                _remove_if_unlocked(entry, None)
+            continue
+        if entry.is_dir() and _remove_if_unlocked(entry.parent / f"{entry.name}.lock", entry):
+            removed += 1
+    if removed:
+        log.info("removed %d staging folders left by stopped processes in %s", removed, staging_root)
+    return removed
+
+
+def _remove_if_unlocked(lock_path: Path, folder: Path | None) -> bool:
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False  # its writer is alive
+    try:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        lock.release()
+        lock_path.unlink(missing_ok=True)
+    return True
+
+
 class ArtifactStore:
     def __init__(self, settings: Settings, catalog: Catalog | None = None):
         self.settings = settings
@@ -96,11 +255,12 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._catalog = catalog
         self.listeners: list[SaveListener] = []
+        remove_orphan_staging(self.root / STAGING_NAME)
 
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = Catalog(self.settings.catalog_path)
+            self._catalog = open_catalog(self.settings)
         return self._catalog
 
     def close(self) -> None:
@@ -233,26 +393,19 @@ class ArtifactStore:
         """The atomic artifact write both saves share: `build(seq)` makes the PNG and meta under the
         project's lock (seq: `sequence`, else the next free number), they go to a temporary folder,
         fsync, rename; then the catalog row. A failure leaves no folder and no row."""
+        catalog = self.catalog  # opened (and repaired, if it must be) before the folder exists
         project_dir = self._project_dir(created, project)
         project_dir.mkdir(parents=True, exist_ok=True)
-        tmp_root = self.root / ".tmp"
-        tmp_root.mkdir(exist_ok=True)
-        tmp_dir = tmp_root / uuid.uuid4().hex
-        tmp_dir.mkdir()
-        try:
-            with FileLock(str(project_dir / ".lock")):
-                seq = sequence if sequence is not None else self._next_sequence(project_dir)
-                png, meta = build(seq)
-                _write_durably(tmp_dir / IMAGE_NAME, png)
-                _write_durably(tmp_dir / META_NAME, meta.to_json().encode("utf-8"))
-                _fsync_dir(tmp_dir)
-                final = self._free_name(project_dir, f"{seq:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
-                os.rename(tmp_dir, final)
-                _fsync_dir(project_dir)
-        except BaseException:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-        self.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
+        with staging_folder(self.root / STAGING_NAME) as tmp_dir, FileLock(str(project_dir / ".lock")):
+            seq = sequence if sequence is not None else self._next_sequence(project_dir)
+            png, meta = build(seq)
+            _write_durably(tmp_dir / IMAGE_NAME, png)
+            _write_durably(tmp_dir / META_NAME, meta.to_json().encode("utf-8"))
+            _fsync_dir(tmp_dir)
+            final = self._free_name(project_dir, f"{seq:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
+            os.rename(tmp_dir, final)
+            _fsync_dir(project_dir)
+        catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
         return final, meta
 
     @staticmethod
@@ -266,42 +419,44 @@ class ArtifactStore:
     def open(self, id_or_prefix: str) -> Artifact:
         row = self.catalog.resolve_id(id_or_prefix)
         folder = self.root / row.path
+        if not (folder / META_NAME).exists():
+            if not folder.is_dir():
+                raise NotFoundError(f"artifact {row.id[:12]}'s folder {folder} is gone; "
+                                    "`echo-os artifacts reindex` drops it from the catalog")
+            return Artifact(id=row.id, path=folder, meta=restore_meta(folder, expected_id=row.id))
         return Artifact(id=row.id, path=folder, meta=ArtifactMeta.read(folder / META_NAME))
 
     def scan(self) -> list[tuple[ArtifactMeta, Path]]:
         """Every artifact folder on disk (meta.json next to image.png), skipping the temp area."""
-        found = []
-        for meta_path in sorted(self.root.glob(f"*/*/*/{META_NAME}")):
-            if meta_path.parts[-4] == ".tmp":
-                continue
-            try:
-                found.append((ArtifactMeta.read(meta_path), meta_path.parent))
-            except ValueError as error:
-                log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
-        return found
+        return scan_folders(self.root)
 
     def index_unlisted(self, project: str) -> int:
         """Catalog the project's folders that are on disk but not in the catalog (a process killed
         between the folder's rename and its catalog row). Returns how many were added."""
         known = {row.path for row in self.catalog.query(project=project)}
         added = 0
-        for meta_path in sorted(self.root.glob(f"*/{slugify(project, fallback='default')}/*/{META_NAME}")):
-            relative = str(meta_path.parent.relative_to(self.root))
-            if relative in known or meta_path.parts[-4] == ".tmp":
+        slug = slugify(project, fallback="default")
+        folders = {path.parent for name in (META_NAME, IMAGE_NAME) for path in self.root.glob(f"*/{slug}/*/{name}")}
+        for folder in sorted(folders):
+            relative = str(folder.relative_to(self.root))
+            if relative in known or folder.parts[-3] == STAGING_NAME:
                 continue
             try:
-                meta = ArtifactMeta.read(meta_path)
-            except ValueError as error:
-                log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
+                meta = ArtifactMeta.read(folder / META_NAME) if (folder / META_NAME).exists() else restore_meta(folder)
+            except (ValueError, EchoError) as error:
+                log.warning("skipping %s: %s", folder, error)
                 continue
             if meta.project == project:
                 self.catalog.upsert(meta.model_dump(mode="json"), relative)
                 added += 1
         return added
 
-    def reindex(self) -> int:
-        """Rebuild the catalog from the folders; drop leftovers of interrupted writes."""
-        shutil.rmtree(self.root / ".tmp", ignore_errors=True)
-        rows = [(meta.model_dump(mode="json"), str(folder.relative_to(self.root))) for meta, folder in self.scan()]
+    def reindex(self, restored: list[Path] | None = None) -> int:
+        """Rebuild the catalog from the folders; drop leftovers of interrupted writes (only orphans: a
+        render running meanwhile keeps its staging folder). A missing meta.json is restored from its PNG
+        (each such folder appended to `restored`)."""
+        remove_orphan_staging(self.root / STAGING_NAME)
+        rows = [(meta.model_dump(mode="json"), str(folder.relative_to(self.root)))
+                for meta, folder in scan_folders(self.root, restored)]
         self.catalog.replace_all(rows)
         return len(rows)

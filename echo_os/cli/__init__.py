@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     except EchoError as error:
         if debug:
             raise
-        click.echo(f"Error: {error}", err=True)
+        from echo_os.cli.terminal import lines_for_terminal
+
+        click.echo(f"Error: {lines_for_terminal(error)}", err=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

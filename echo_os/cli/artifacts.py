@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from echo_os.cli import settings_from
+from echo_os.cli.terminal import for_terminal, json_for_terminal
 
 
 @click.group()
@@ -24,7 +23,7 @@ def artifacts() -> None:
 def list_artifacts(ctx: click.Context, project: str | None, model: str | None, since: str | None, limit: int,
                    as_json: bool) -> None:
     """Newest artifacts first."""
-    from echo_os.artifacts.catalog import Catalog
+    from echo_os.artifacts.store import open_catalog
 
     settings = settings_from(ctx)
     if since:
@@ -34,18 +33,19 @@ def list_artifacts(ctx: click.Context, project: str | None, model: str | None, s
             date.fromisoformat(since[:10])
         except ValueError:
             raise click.BadParameter(f"{since!r} is not an ISO date like 2026-11-01", param_hint="--since") from None
-    with Catalog(settings.catalog_path) as catalog:
+    with open_catalog(settings) as catalog:
         rows = catalog.query(project=project, model=model, since=since, limit=limit)
     if as_json:
-        click.echo(json.dumps([row.summary() for row in rows], indent=2, ensure_ascii=False))
+        click.echo(json_for_terminal([row.summary() for row in rows]))
         return
     if not rows:
         click.echo("no artifacts yet; make one with: echo-os render \"warm fractal\"", err=True)
         return
     for row in rows:
         prompt = row.prompt if len(row.prompt) <= 60 else row.prompt[:59] + "…"
-        click.echo(f"{row.id[:12]}  {row.created[:19]}  {row.project:<16.16}  {row.engine:<6} "
-                   f"{row.width}x{row.height}  seed {row.seed:<10}  {prompt}")
+        click.echo(f"{row.id[:12]}  {for_terminal(row.created[:19])}  {for_terminal(f'{row.project:<16.16}')}  "
+                   f"{for_terminal(f'{row.engine:<6}')} {row.width}x{row.height}  seed {row.seed:<10}  "
+                   f"{for_terminal(prompt)}")
 
 
 @artifacts.command("show")
@@ -62,7 +62,7 @@ def show_artifact(ctx: click.Context, artifact_id: str) -> None:
         store.close()
     meta = artifact.meta.model_dump(mode="json")
     meta["path"] = str(artifact.path)
-    click.echo(json.dumps(meta, indent=2, ensure_ascii=False))
+    click.echo(json_for_terminal(meta))
 
 
 @artifacts.command("reindex")
@@ -72,8 +72,11 @@ def reindex(ctx: click.Context) -> None:
     from echo_os.artifacts.store import ArtifactStore
 
     store = ArtifactStore(settings_from(ctx))
+    restored: list = []
     try:
-        count = store.reindex()
+        count = store.reindex(restored)
     finally:
         store.close()
-    click.echo(f"catalog rebuilt: {count} artifacts")
+    for folder in restored:
+        click.echo(f"restored {for_terminal(folder)}/meta.json from its image.png", err=True)
+    click.echo(f"catalog rebuilt: {count} artifacts" + (f" ({len(restored)} meta.json restored)" if restored else ""))

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from echo_os.cli import settings_from
+from echo_os.cli.terminal import json_for_terminal
 from echo_os.errors import UsageError
 from echo_os.requests import SCHEDULERS
 from echo_os.settings import Settings
@@ -54,7 +54,7 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if json_output:
-        click.echo(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+        click.echo(json_for_terminal(result.as_dict()))
         return
     for row in result.artifact_rows():
         resumed = "  (already rendered)" if row["resumed"] else ""
@@ -181,10 +181,10 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         plan = plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=load_clip_tokenizer)
     else:
         plan = plan_story(project, Path(source), bible=bible, options=options,
-                          tokenizer_loader=load_clip_tokenizer)
+                          tokenizer_loader=load_clip_tokenizer, workspace=settings.home)
     if dry_run:
         if json_output:
-            click.echo(json.dumps(plan.model_dump(mode="json"), ensure_ascii=False, indent=2))
+            click.echo(json_for_terminal(plan.model_dump(mode="json")))
         else:
             click.echo(format_dry_run(plan))
         return

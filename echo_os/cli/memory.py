@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from echo_os.cli import settings_from
+from echo_os.cli.terminal import for_terminal, json_for_terminal
 from echo_os.errors import UsageError
 
 
@@ -47,15 +48,16 @@ def _open(ctx: click.Context, **options):
 
 def _print_hits(hits, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+        click.echo(json_for_terminal([h.as_dict() for h in hits]))
         return
     if not hits:
         click.echo("no matching artifacts", err=True)
         return
     for rank, hit in enumerate(hits, start=1):
         prompt = hit.row.prompt if len(hit.row.prompt) <= 56 else hit.row.prompt[:55] + "…"
-        click.echo(f"{rank:>3}  {hit.row.id[:12]}  {hit.hit.score:6.3f}  {hit.row.project:<14.14}  {prompt}")
-        click.echo(f"     {hit.image_path}")
+        click.echo(f"{rank:>3}  {hit.row.id[:12]}  {hit.hit.score:6.3f}  {for_terminal(f'{hit.row.project:<14.14}')}  "
+                   f"{for_terminal(prompt)}")
+        click.echo(f"     {for_terminal(hit.image_path)}")
 
 
 @click.group()
@@ -199,8 +201,10 @@ def import_images(ctx: click.Context, folder: str, project: str, as_json: bool) 
     with StageBars(unit="image", labels={"copy": "importing", "minilm": "embedding prompts", "clip": "embedding images"}) as bars:
         report = import_folder(settings, root, project=project, progress=bars)
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(json_for_terminal(report.as_dict()))
         return
+    for path, reason in report.problems:
+        click.echo(f"skipped {for_terminal(path)}: {for_terminal(reason)}", err=True)
     tools = ", ".join(f"{tool} {n}" for tool, n in sorted(report.by_tool.items())) or "none"
     click.echo(f"imported {report.imported} images ({tools}); {report.skipped} already imported, "
                f"{report.unreadable} unreadable")

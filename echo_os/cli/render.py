@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from echo_os.cli import settings_from
+from echo_os.cli.terminal import json_for_terminal
 from echo_os.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS, build_request, parse_size
 
 
@@ -202,7 +203,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
         bar.close()
         store.close()
     if as_json:
-        click.echo(json.dumps([a.summary() for a in outcome.artifacts], indent=2, ensure_ascii=False))
+        click.echo(json_for_terminal([a.summary() for a in outcome.artifacts]))
     else:
         for artifact in outcome.artifacts:
             click.echo(f"{artifact.id[:12]}  {artifact.image_path}")

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_os.artifacts.catalog import Catalog, CatalogRow
+from echo_os.artifacts.catalog import CatalogRow
+from echo_os.artifacts.store import open_catalog
 from echo_os.atomic import write_atomically
 from echo_os.settings import Settings
 
@@ -80,7 +81,7 @@ def build_gallery(settings: Settings, *, project: str | None = None,
     """
     page_dir = settings.artifacts_dir / GALLERY_DIR
     page_dir.mkdir(parents=True, exist_ok=True)
-    with Catalog(settings.catalog_path) as catalog:
+    with open_catalog(settings) as catalog:
         rows = catalog.query(project=project)
     items, made = [], 0
     for done, row in enumerate(rows, start=1):

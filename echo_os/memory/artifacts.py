@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from echo_os.artifacts.catalog import Catalog, CatalogRow, artifact_num
+from echo_os.artifacts.store import open_catalog
 from echo_os.settings import Settings
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ def open_memory(settings: Settings, *, reconcile: bool = True, rebuild: bool = F
 
     choice = build_embedders(settings)
     memory = ArtifactMemory(settings, Memory(settings.memory_dir, choice.embedders),
-                            Catalog(settings.catalog_path), choice)
+                            open_catalog(settings), choice)
     if reconcile or rebuild:
         try:
             reports = memory.reconcile(rebuild=rebuild, progress=progress)

@@ -30,10 +30,27 @@ class ImportReport:
     unreadable: int = 0
     by_tool: Counter = field(default_factory=Counter)
     ids: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (file, why it was skipped), one per unreadable
 
     def as_dict(self) -> dict:
         return {"imported": self.imported, "skipped": self.skipped, "unreadable": self.unreadable,
-                "by_tool": dict(self.by_tool), "ids": self.ids}
+                "by_tool": dict(self.by_tool), "ids": self.ids,
+                "problems": [{"path": path, "reason": reason} for path, reason in self.problems]}
+
+
+# A file bigger than this is not read (a PNG from an image tool is a few MB; 200 MB covers 8K renders).
+MAX_IMPORT_BYTES = 200 * 1024 * 1024
+
+
+def _unreadable_reason(path: Path) -> str | None:
+    """Why `path` cannot be imported safely, checked before its bytes are read, or None."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        return error.strerror or str(error)
+    if info.st_size > MAX_IMPORT_BYTES:
+        return f"{info.st_size // (1024 * 1024)} MB, more than the {MAX_IMPORT_BYTES // (1024 * 1024)} MB imported"
+    return None
 
 
 def imported_meta(path: Path, parsed, *, project: str, created: datetime):
@@ -73,6 +90,8 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
     progress(stage, done, total): stage "copy" per file looked at, then one stage per embedder
     ("minilm", "clip") as the new artifacts are embedded.
     """
+    from PIL import Image
+
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.memory.pngmeta import parse_text_chunks, read_png_text
 
@@ -84,16 +103,22 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
         for done, path in enumerate(paths):
             if progress is not None:
                 progress("copy", done, len(paths))
-            data = path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in known:
-                report.skipped += 1
-                continue
-            try:
-                chunks, size = read_png_text(path)
-            except OSError as error:  # not an image after all
-                log.warning("import: skipping %s: %s", path, error)
+            reason = _unreadable_reason(path)
+            if reason is None:
+                data = path.read_bytes()
+                digest = hashlib.sha256(data).hexdigest()
+                if digest in known:
+                    report.skipped += 1
+                    continue
+                try:
+                    chunks, size = read_png_text(path)
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                    # not an image after all, a decompression bomb, an oversized text chunk: skip this one
+                    reason = f"{type(error).__name__}: {error}"[:300]
+            if reason is not None:
+                log.warning("import: skipping %s: %s", path, reason)
                 report.unreadable += 1
+                report.problems.append((str(path), reason))
                 continue
             parsed = parse_text_chunks(chunks, size)
             created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).astimezone()

@@ -399,7 +399,10 @@ def read_png_text(path: str | Path) -> tuple[dict[str, str], tuple[int, int] | N
     """The text chunks (tEXt, zTXt, iTXt) of an image file and its (width, height)."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(path) as image:  # over twice Pillow's pixel limit: DecompressionBombError here
+        width, height = image.size
+        if width * height > Image.MAX_IMAGE_PIXELS:  # refused before decoding, not just warned about
+            raise ValueError(f"{width}x{height} pixels is more than Pillow's limit of {Image.MAX_IMAGE_PIXELS}")
         image.load()  # chunks after IDAT are read with the pixels
         chunks = getattr(image, "text", None) or {}
         chunks = {str(k): str(v) for k, v in chunks.items()}

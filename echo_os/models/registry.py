@@ -137,6 +137,9 @@ def read_toml(path: Path) -> dict:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"{path}: invalid TOML: {error}.") from None
+    except UnicodeDecodeError as error:  # tomllib reads UTF-8 only; binary garbage lands here
+        raise UsageError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+                         "it must be a TOML file saved as UTF-8.") from None
     except OSError as error:
         raise UsageError(f"{path}: cannot read: {error.strerror}.") from None
 

@@ -23,6 +23,7 @@ from echo_os.models.weights import (
     check_weights_file,
     choose_weight_files,
     folder_has_variant,
+    sdxl_single_file_problem,
     weight_file_variant,
 )
 
@@ -137,6 +138,9 @@ def resolve_model(entry: ModelEntry, registry: "ModelRegistry | None" = None,
                 config_path = _config_folder(entry, hf_cache)
             except ResolveError:
                 if need_configs:
+                    # A corrupt, truncated, pickle or LFS-pointer checkpoint is the error to report, not the
+                    # missing configs (which would send `auto` to a draft card as if no weights were here).
+                    _check_checkpoint(entry, checkpoint)
                     raise
                 config_path = None
             return ResolvedModel(entry, checkpoint, "single-file", (checkpoint,), commit=commit,
@@ -169,12 +173,27 @@ def check_loadable(resolved: ResolvedModel, allow_pickle: bool = False) -> list[
             infos.append(check_weights_file(path, allow_pickle=allow))
         except ModelError as error:
             raise ModelError(f"model '{resolved.entry.name}': {error}") from None
+    if resolved.entry.type == "sdxl" and resolved.format == "single-file":
+        problem = sdxl_single_file_problem(infos[0])
+        if problem:  # diffusers would fail later with a many-line message, after reading the whole file
+            raise ModelError(f"model '{resolved.entry.name}': {problem}")
     if resolved.image_encoder is not None:
         infos.extend(check_loadable(resolved.image_encoder, allow_pickle=allow))
     return infos
 
 
 # --- helpers, in the order resolve_model uses them ----------------------------------------------------
+
+def _check_checkpoint(entry: ModelEntry, checkpoint: Path) -> None:
+    """ModelError naming the checkpoint when it is broken, refused, or not an SDXL one."""
+    try:
+        info = check_weights_file(checkpoint, allow_pickle=entry.allow_pickle)
+    except ModelError as error:
+        raise ModelError(f"model '{entry.name}': {error}") from None
+    problem = sdxl_single_file_problem(info)
+    if problem:
+        raise ModelError(f"model '{entry.name}': {problem}")
+
 
 def _source_root(entry: ModelEntry, hf_cache: Path | None) -> tuple[Path, str | None]:
     """The folder (or, for kind "file", the file) named by the entry's source, checked to exist."""

@@ -14,15 +14,12 @@ from echo_os.errors import ModelError
 from echo_os.models.hashing import weights_sha256
 from echo_os.models.registry import ModelEntry, ModelRegistry, load_registry
 from echo_os.models.resolve import ResolvedModel, pipeline_components, resolve_model
-from echo_os.models.weights import WeightsFileInfo, check_weights_file
+from echo_os.models.weights import (SDXL_SINGLE_FILE_PREFIXES, WeightsFileInfo, check_weights_file,
+                                    sdxl_single_file_problem)
 
 if TYPE_CHECKING:
     from echo_os.settings import Settings
 
-# Key prefixes only an SDXL checkpoint (original Stability layout) has: the second text encoder
-# (OpenCLIP bigG, base model) and the size/crop conditioning embedding (base and refiner).
-SDXL_SINGLE_FILE_PREFIXES = ("conditioner.embedders.1.", "model.diffusion_model.label_emb.")
-SD1_SINGLE_FILE_PREFIXES = ("cond_stage_model.",)
 
 
 @dataclass
@@ -193,15 +190,12 @@ def _check_sdxl_single_file(report: VerifyReport, info: WeightsFileInfo | None) 
     if info.format != "safetensors":
         report.layout.append("layout not checked: a pickle is never opened to read its keys")
         return
-    names = info.tensor_names
-    found = [prefix for prefix in SDXL_SINGLE_FILE_PREFIXES if any(name.startswith(prefix) for name in names)]
-    if found:
-        report.layout.append("SDXL checkpoint (" + ", ".join(prefix.rstrip(".") for prefix in found) + ")")
-    elif any(name.startswith(SD1_SINGLE_FILE_PREFIXES) for name in names):
-        report.problems.append(f"{info.path}: a Stable Diffusion 1.x/2.x checkpoint (cond_stage_model), not SDXL.")
-    else:
-        report.problems.append(f"{info.path}: not an SDXL checkpoint (no conditioner.embedders.1 or "
-                               "model.diffusion_model.label_emb keys).")
+    problem = sdxl_single_file_problem(info)
+    if problem:
+        report.problems.append(problem)
+        return
+    found = [prefix for prefix in SDXL_SINGLE_FILE_PREFIXES if any(name.startswith(prefix) for name in info.tensor_names)]
+    report.layout.append("SDXL checkpoint (" + ", ".join(prefix.rstrip(".") for prefix in found) + ")")
 
 
 def _check_ip_adapter(report: VerifyReport, info: WeightsFileInfo | None) -> None:

@@ -187,6 +187,26 @@ def check_weights_file(path: str | Path, allow_pickle: bool = False) -> WeightsF
                            tensor_names=names, metadata=metadata)
 
 
+# Key prefixes only an SDXL checkpoint (original Stability layout) has: the second text encoder
+# (OpenCLIP bigG, base model) and the size/crop conditioning embedding (base and refiner).
+SDXL_SINGLE_FILE_PREFIXES = ("conditioner.embedders.1.", "model.diffusion_model.label_emb.")
+SD1_SINGLE_FILE_PREFIXES = ("cond_stage_model.",)
+
+
+def sdxl_single_file_problem(info: WeightsFileInfo) -> str | None:
+    """Why a checked single-file checkpoint is not an SDXL one (read from its safetensors keys), or None.
+    Pickles are never opened, so their keys are not checked (None)."""
+    if info.format != "safetensors":
+        return None
+    names = info.tensor_names
+    if any(name.startswith(SDXL_SINGLE_FILE_PREFIXES) for name in names):
+        return None
+    if any(name.startswith(SD1_SINGLE_FILE_PREFIXES) for name in names):
+        return f"{info.path}: a Stable Diffusion 1.x/2.x checkpoint (cond_stage_model), not SDXL."
+    return (f"{info.path}: not an SDXL checkpoint (no conditioner.embedders.1 or model.diffusion_model.label_emb "
+            "keys).")
+
+
 # --- which files in a folder a loader reads -------------------------------------------------------------
 
 # The names from_pretrained looks for (diffusers and transformers), plain or sharded, with or without

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,43 @@ def split_front_matter(text: str) -> tuple[str, str, int] | str:
     return front, text[fence.end():].lstrip("\r\n"), 2
 
 
+# A reference image is read whole (hashed, then decoded for the IP-Adapter): bounded, so a huge file or a
+# device cannot stall planning. 50 MB holds any photo a person would use as a character reference.
+MAX_REFERENCE_BYTES = 50 * 1024 * 1024
+
+
+def reference_image_problem(resolved: Path, roots: tuple[Path, ...]) -> str | None:
+    """Why `resolved` (symlinks already followed) cannot be a reference image, or None.
+
+    The rule, the same for `echo-os batch` and the API: the file must lie inside the folder of the bible
+    that names it or inside the workspace (the API writes the bible inside the workspace, so there it is
+    the workspace), be a regular file (not a FIFO or device: never opened, so never waited on) of at most
+    MAX_REFERENCE_BYTES, and be an image Pillow reads, of at most Pillow's pixel limit. Where the file is
+    is checked first, so the answer for a path outside says nothing about whether it exists.
+    """
+    if not any(resolved.is_relative_to(root) for root in roots):
+        return ("is outside the bible's folder and the workspace; copy it under one of them "
+                "(reference images are read only from there)")
+    try:
+        info = resolved.stat()
+    except OSError:
+        return f"not found (looked for {resolved})"
+    if not stat.S_ISREG(info.st_mode):
+        return f"is not a regular file ({resolved})"
+    if info.st_size > MAX_REFERENCE_BYTES:
+        return f"is larger than {MAX_REFERENCE_BYTES // (1024 * 1024)} MB ({resolved})"
+    from PIL import Image
+
+    try:
+        with Image.open(resolved) as image:  # reads the header only
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return f"is not an image Pillow can read ({resolved}: {type(error).__name__})"
+    if width * height > Image.MAX_IMAGE_PIXELS:
+        return f"is {width}x{height} pixels, more than the {Image.MAX_IMAGE_PIXELS} allowed ({resolved})"
+    return None
+
+
 def load_bible(path: str | Path, problems: ProblemList | None = None) -> Bible | None:
     """Parse and check a story bible.
 
@@ -307,20 +345,23 @@ def load_bible(path: str | Path, problems: ProblemList | None = None) -> Bible |
     return bible
 
 
-def load_bible_and_raw(path: Path, problems: ProblemList) -> tuple[Bible | None, dict | None]:
+def load_bible_and_raw(path: Path, problems: ProblemList, *,
+                       workspace: Path | None = None) -> tuple[Bible | None, dict | None]:
     """(the bible or None, the parsed YAML mapping or None). The raw mapping lets the planner still
-    check the storyboard's ids when the YAML parsed but a key is wrong."""
+    check the storyboard's ids when the YAML parsed but a key is wrong. Reference images must lie inside
+    the bible's folder or `workspace` (reference_image_problem)."""
     raw: dict | None = None
 
     def parsed(value: dict) -> None:
         nonlocal raw
         raw = value
 
-    bible = _load_bible(path, problems, parsed)
+    bible = _load_bible(path, problems, parsed, workspace)
     return bible, raw
 
 
-def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None) -> Bible | None:  # noqa: ANN001
+def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None,  # noqa: ANN001
+                workspace: Path | None = None) -> Bible | None:
     label = path.name
     data = _read_bytes(path, MAX_BIBLE_BYTES, label, problems)
     if data is None:
@@ -362,10 +403,12 @@ def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None) -> 
             problems.add(label, _describe(item), key=_key_path(tuple(item["loc"]), item.get("input")))
         return None
     bible = Bible(path=path.resolve(), sha256=hashlib.sha256(data).hexdigest(), front=front, prose=prose)
+    roots = (path.resolve().parent, *((Path(workspace).resolve(),) if workspace is not None else ()))
     for character_id, character in front.characters.items():
         for index, (ref, resolved) in enumerate(zip(character.reference, bible.reference_paths(character_id))):
-            if not resolved.is_file():
-                problems.add(label, f"reference image {ref!r} not found (looked for {resolved})",
+            problem = reference_image_problem(resolved, roots)
+            if problem:
+                problems.add(label, f"reference image {ref!r} {problem}",
                              key=f"characters.{character_id}.reference[{index}]")
     # Returned even with missing images, so the storyboard's ids are still checked against it.
     return bible

@@ -285,8 +285,10 @@ def _plan_rows(rows: list[SceneRow], *, project: str, kind: Literal["storyboard"
 
 def plan_story(project: str, storyboard: str | Path, *, bible: str | Path | None = None,
                options: PlanOptions | None = None, tokenizer: Any = None,
-               tokenizer_loader: Callable[[str], Any] | None = None) -> StoryPlan:
-    """Read story.csv and its bible, check everything, compose every scene.
+               tokenizer_loader: Callable[[str], Any] | None = None,
+               workspace: Path | None = None) -> StoryPlan:
+    """Read story.csv and its bible, check everything, compose every scene. Reference images must be
+    readable images inside the bible's folder or `workspace` (bible.reference_image_problem).
 
     Raises StoryError listing every problem in both files, or UsageError for a bad option.
     Token counts are exact with `tokenizer` (a CLIP tokenizer), or with what `tokenizer_loader(model)`
@@ -297,7 +299,7 @@ def plan_story(project: str, storyboard: str | Path, *, bible: str | Path | None
     storyboard = Path(storyboard)
     problems = ProblemList()
     bible_path = find_bible(storyboard, bible)
-    loaded, raw = load_bible_and_raw(bible_path, problems) if bible_path is not None else (None, None)
+    loaded, raw = load_bible_and_raw(bible_path, problems, workspace=workspace) if bible_path is not None else (None, None)
     ids = None
     if bible_path is not None and loaded is None:
         ids = KnownIds.from_raw(raw, storyboard.name)
