@@ -84,6 +84,21 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def read_any_meta(path: Path):
+    """An image's ArtifactMeta, or a video's VideoMeta (meta.json with "kind": "video")."""
+    import json
+
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(str(error)) from None
+    if kind == "video":
+        from echo_os.artifacts.video import VideoMeta
+
+        return VideoMeta.read(path)
+    return ArtifactMeta.read(path)
+
+
 class ArtifactStore:
     def __init__(self, settings: Settings, catalog: Catalog | None = None):
         self.settings = settings
@@ -260,16 +275,17 @@ class ArtifactStore:
     def open(self, id_or_prefix: str) -> Artifact:
         row = self.catalog.resolve_id(id_or_prefix)
         folder = self.root / row.path
-        return Artifact(id=row.id, path=folder, meta=ArtifactMeta.read(folder / META_NAME))
+        return Artifact(id=row.id, path=folder, meta=read_any_meta(folder / META_NAME))
 
     def scan(self) -> list[tuple[ArtifactMeta, Path]]:
-        """Every artifact folder on disk (meta.json next to image.png), skipping the temp area."""
+        """Every artifact folder on disk (meta.json next to image.png, or a video's, artifacts/video.py),
+        skipping the temp area."""
         found = []
         for meta_path in sorted(self.root.glob(f"*/*/*/{META_NAME}")):
             if meta_path.parts[-4] == ".tmp":
                 continue
             try:
-                found.append((ArtifactMeta.read(meta_path), meta_path.parent))
+                found.append((read_any_meta(meta_path), meta_path.parent))
             except ValueError as error:
                 log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
         return found
