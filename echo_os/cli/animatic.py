@@ -53,3 +53,58 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
         click.echo(f"captions: {result.captions}")
     if result.out is not None:
         click.echo(f"copied to {result.out}")
+
+
+@click.command()
+@click.argument("artifact_id", metavar="ID")
+@click.option("--model", default="svd", show_default=True, help="Image-to-video model (models.toml, type = \"video\").")
+@click.option("--frames", type=int, default=14, show_default=True, help="Frames to generate.")
+@click.option("--fps", type=int, default=7, show_default=True, help="Frame rate of the clip (also conditions SVD).")
+@click.option("--motion-bucket", type=int, default=127, show_default=True, help="SVD's amount of motion (0-1023).")
+@click.option("--noise-aug", type=float, default=0.02, show_default=True,
+              help="Noise added to the image before encoding; more lets the clip stray further from it.")
+@click.option("--steps", type=int, default=25, show_default=True, help="Denoising steps.")
+@click.option("--seed", type=int, default=None, help="Seed (default: the image's own seed).")
+@click.option("--size", default=None, help="WIDTHxHEIGHT (default: the image's size, rounded down to multiples of 64).")
+@click.option("--decode-chunk-size", type=int, default=None,
+              help="Frames per VAE decode (default: all; halved automatically on out-of-memory).")
+@click.option("--cpu-offload", is_flag=True, help="Keep only the running model on the GPU (small GPUs; slower).")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
+@click.pass_context
+def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: int, motion_bucket: int,
+            noise_aug: float, steps: int, seed: int | None, size: str | None, decode_chunk_size: int | None,
+            cpu_offload: bool, device: str) -> None:
+    """Turn a scene image into a short clip with an image-to-video model (Stable Video Diffusion).
+
+    The clip is an artifact whose parent is the image; `echo-os animatic PROJECT --clips` uses it.
+
+    \b
+      echo-os models pull svd
+      echo-os animate 3f9a1c2b7d4e --frames 14 --fps 7 --motion-bucket 127
+    """
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.engines.video import ClipRequest
+    from echo_os.motion.clips import make_clip
+    from echo_os.requests import parse_size
+
+    settings = settings_from(ctx)
+    width, height = parse_size(size) if size else (None, None)
+    store = ArtifactStore(settings)
+    try:
+        parent = store.open(artifact_id)
+        request = ClipRequest(seed=parent.meta.seed if seed is None else seed, model=model, frames=frames, fps=fps,
+                              motion_bucket=motion_bucket, noise_aug=noise_aug, steps=steps, width=width,
+                              height=height, decode_chunk_size=decode_chunk_size, cpu_offload=cpu_offload,
+                              device=device)
+        request.check()
+        from tqdm import tqdm
+
+        with tqdm(total=steps, unit="step", desc="animating", leave=False, disable=None, dynamic_ncols=True) as bar:
+            result = make_clip(settings, parent.id, request, store=store,
+                               progress=lambda event: bar.update(max(0, event.step - bar.n)))
+    finally:
+        store.close()
+    meta = result.artifact.meta
+    click.echo(f"{result.artifact.id[:12]}  {result.video_path}")
+    click.echo(f"{meta.frames} frames at {meta.fps} fps, {meta.width}x{meta.height}, seed {meta.seed}, "
+               f"from {result.parent.id[:12]} ({result.seconds:.1f} s)")
