@@ -161,3 +161,26 @@ def test_video_model_entry_rules(tmp_path):
     assert entries["v"].type == "video"
     with pytest.raises(UsageError, match="a video model is a diffusers pipeline folder"):
         parse_models_document({"models": {"v": {"type": "video", "file": "x.safetensors"}}}, tmp_path / "m.toml")
+
+
+def test_verify_and_pull_know_video_pipelines(video_home):
+    from echo_os.models.pull import select_pull_files
+    from echo_os.models.registry import load_registry
+    from echo_os.settings import Settings
+
+    code, out, err = run_cli("--home", str(video_home), "models", "verify", "tiny-svd")
+    assert code == 0, err
+    assert "pipeline class StableVideoDiffusionPipeline" in out and out.rstrip().endswith("OK")
+
+    svd = load_registry(Settings(home=video_home)).get("svd")  # variant fp16
+    index = {"_class_name": "StableVideoDiffusionPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],
+             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+             "unet": ["diffusers", "UNetSpatioTemporalConditionModel"], "vae": ["diffusers", "AutoencoderKLTemporalDecoder"]}
+    repo = ["model_index.json", "svd.safetensors", "feature_extractor/preprocessor_config.json",
+            "image_encoder/config.json", "image_encoder/model.fp16.safetensors", "image_encoder/model.safetensors",
+            "scheduler/scheduler_config.json", "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+            "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"]
+    assert sorted(select_pull_files(svd, repo, index)) == sorted([
+        "model_index.json", "feature_extractor/preprocessor_config.json", "image_encoder/config.json",
+        "image_encoder/model.fp16.safetensors", "scheduler/scheduler_config.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"])
