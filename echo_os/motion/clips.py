@@ -54,7 +54,9 @@ def make_clip(settings: "Settings", artifact_id: str, request: "ClipRequest", *,
     started = time.perf_counter()
     clip = engine.render(image, request, progress=progress, cancel=cancel)
     story = parent.meta.story
-    slug = story.slug or "clip"
+    from echo_os.artifacts.slugs import slugify
+
+    slug = story.slug or slugify(parent.meta.prompt, max_length=32, fallback="image")
     name = f"{story.scene:03d}-{slug}-clip" if story.scene is not None else f"{slug}-clip"
     with VideoFolder(store, parent.meta.project, name) as folder:
         with Mp4Writer(folder.path / CLIP_NAME, clip.width - clip.width % 2, clip.height - clip.height % 2,
