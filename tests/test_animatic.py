@@ -212,3 +212,11 @@ def test_bad_options_exit_2_naming_them(rendered, args, named):
     code, out, err = run_cli("--home", str(home), "animatic", PROJECT, *args)
     assert code == 2 and out == "" and named in err and err.count("\n") == 1, err
     assert _videos(home) == before
+
+
+def test_show_and_replay_of_a_video_artifact(animatic):
+    home, meta, folder, _ = animatic
+    code, out, err = run_cli("--home", str(home), "artifacts", "show", meta["id"][:12])
+    assert code == 0 and json.loads(out)["video_kind"] == "animatic" and json.loads(out)["path"] == str(folder)
+    code, out, err = run_cli("--home", str(home), "replay", meta["id"][:12])
+    assert code == 2 and out == "" and "is a video (animatic)" in err and err.count("\n") == 1

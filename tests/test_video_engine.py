@@ -59,8 +59,6 @@ def test_engine_clip_equals_a_direct_pipeline_call(video_home, tiny_svd_dir):
                       generator=torch.Generator("cpu").manual_seed(7), output_type="pil").frames[0]
     for ours, theirs in zip(clip.frames, expected):
         assert np.array_equal(np.asarray(ours), np.asarray(theirs))
-    other = VideoEngine(Settings(home=video_home)).render(image, ClipRequest(**{**request.__dict__, "seed": 8}))
-    assert not np.array_equal(np.asarray(other.frames[1]), np.asarray(clip.frames[1]))  # the seed matters
 
 
 def test_cancel_stops_the_clip(video_home):
