@@ -182,3 +182,29 @@ def test_verify_and_pull_know_video_pipelines(video_home):
         "model_index.json", "feature_extractor/preprocessor_config.json", "image_encoder/config.json",
         "image_encoder/model.fp16.safetensors", "scheduler/scheduler_config.json", "unet/config.json",
         "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"])
+
+
+def test_out_of_memory_while_decoding_halves_the_chunk(video_home, monkeypatch):
+    """An OOM in the VAE decode (simulated: the real decode refuses chunks over 1) is retried with half the
+    chunk, without denoising again; the runtime records the chunk that worked."""
+    import torch
+
+    from echo_os.engines.video import ClipRequest, VideoEngine
+    from echo_os.settings import Settings
+
+    engine = VideoEngine(Settings(home=video_home))
+    request = ClipRequest(seed=3, model="tiny-svd", frames=FRAMES, steps=1, width=32, height=32,
+                          decode_chunk_size=FRAMES, device="cpu")
+    pipe = engine.loaded(request).pipe
+    real_decode, chunks, steps = pipe.decode_latents, [], []
+
+    def decode_latents(latents, num_frames, decode_chunk_size):
+        chunks.append(decode_chunk_size)
+        if decode_chunk_size > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_decode(latents, num_frames, decode_chunk_size)
+
+    monkeypatch.setattr(pipe, "decode_latents", decode_latents)
+    clip = engine.render(torch.rand(1, 3, 32, 32), request, progress=lambda event: steps.append(event.step))
+    assert chunks == [3, 1] and clip.runtime.decode_chunk_size == 1
+    assert steps == [1] and len(clip.frames) == FRAMES  # denoised once
