@@ -106,7 +106,8 @@ def test_animate_makes_a_clip_artifact_with_its_parent(animated):
         store.close()
     meta = clip.meta
     assert meta.kind == "video" and meta.video_kind == "clip" and meta.parent_id == parent
-    parent_meta = json.loads(next((home / "artifacts").glob("*/*/001-*/meta.json")).read_text())
+    parent_meta = json.loads((home / "artifacts" / _story(home)["scenes"][0]["paths"][0] / "meta.json").read_text())
+    assert parent_meta["id"] == parent
     assert meta.seed == parent_meta["seed"]  # no --seed: the image's own
     assert meta.story.scene == 1 and meta.model.name == "tiny-svd" and meta.settings["frames"] == FRAMES
     info = probe(clip.path / "clip.mp4")
