@@ -88,3 +88,46 @@ def test_gallery_in_headless_chromium(gallery_home, run_cli, tmp_path) -> None:
 
     with Image.open(shot) as image:
         assert image.size == (1280, 900) and len(image.getcolors(1 << 20) or range(300)) > 200
+
+
+@pytest.fixture
+def animatic_home(tmp_path) -> Path:
+    """A draft-rendered story of four scenes and its animatic."""
+    from tests.test_animatic import FPS, PROJECT, SIZE, write_csv
+    from tests.helpers import run_cli
+
+    home = tmp_path / "ws"
+    home.mkdir()
+    csv_path = write_csv(home / "story")
+    code, _, err = run_cli("--home", str(home), "batch", PROJECT, str(csv_path), "--engine", "draft",
+                           "--size", f"{SIZE[0]}x{SIZE[1]}", "--clip", "none")
+    assert code == 0, err
+    code, _, err = run_cli("--home", str(home), "animatic", PROJECT, "--fps", str(FPS))
+    assert code == 0, err
+    return home
+
+
+def test_gallery_lists_the_animatic_as_a_video(animatic_home, run_cli) -> None:
+    import json
+
+    code, out, err = run_cli("--home", str(animatic_home), "gallery")
+    assert code == 0, err
+    page = Path(out.strip())
+    items = json.loads(re.search(r'<script type="application/json" id="gallery-data">(.*?)</script>',
+                                 page.read_text(), re.S).group(1))
+    videos = [item for item in items if item["video"]]
+    assert len(items) == 5 and len(videos) == 1
+    assert videos[0]["video"].endswith("/animatic.mp4") and (page.parent / videos[0]["video"]).is_file()
+    assert videos[0]["image"].endswith("/poster.png") and (page.parent / videos[0]["thumb"]).is_file()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium chromium-driver; "
+                                            ".ci/run installs it)")
+def test_gallery_plays_the_animatic_in_headless_chromium(animatic_home, run_cli, tmp_path) -> None:
+    code, out, _ = run_cli("--home", str(animatic_home), "gallery")
+    dom = _chromium("--autoplay-policy=no-user-gesture-required", "--dump-dom", Path(out.strip()).as_uri(),
+                    profile=tmp_path / "profile")
+    state = dict(re.findall(r'data-(\w+)="([^"]*)"', re.search(r"<body([^>]*)>", dom).group(1)))
+    # the <video> decoded a frame of the H.264 MP4: chromium can play what the animatic writes
+    assert state == {**state, "ready": "true", "images": "5", "videos": "1", "playable": "1", "broken": "0"}
+    assert re.search(r'<video[^>]*src="[^"]*animatic\.mp4"', dom)

@@ -308,7 +308,7 @@ def test_missing_file_and_broken_link(tmp_path: Path) -> None:
 
 def test_default_registry_names_the_shipped_models(home: Settings) -> None:
     registry = load_registry(home)
-    assert registry.names() == ["sdxl", "sdxl-turbo", "ip-adapter-sdxl", "clip-vit-l-14", "minilm"]
+    assert registry.names() == ["sdxl", "sdxl-turbo", "ip-adapter-sdxl", "clip-vit-l-14", "minilm", "svd"]
     sdxl = registry.get("sdxl")
     assert (sdxl.type, sdxl.kind, sdxl.source, sdxl.variant) == (
         "sdxl", "hf", "stabilityai/stable-diffusion-xl-base-1.0", "fp16")
@@ -316,6 +316,7 @@ def test_default_registry_names_the_shipped_models(home: Settings) -> None:
     assert (adapter.subfolder, adapter.weight_name) == ("sdxl_models", "ip-adapter_sdxl.safetensors")
     assert registry.get("clip-vit-l-14").type == "clip"
     assert (registry.get("minilm").kind, registry.get("minilm").type) == ("package", "text-embedder")
+    assert (registry.get("svd").type, registry.get("svd").source) == ("video", "stabilityai/stable-video-diffusion-img2vid")
     assert registry.sources == (DEFAULT_MODELS_TOML,)
 
 

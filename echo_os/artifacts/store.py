@@ -109,7 +109,7 @@ def scan_folders(root: Path, restored: list[Path] | None = None) -> list[tuple[A
         meta_path = folder / META_NAME
         try:
             if meta_path.exists():
-                found.append((ArtifactMeta.read(meta_path), folder))
+                found.append((read_any_meta(meta_path), folder))
                 continue
         except ValueError as error:
             log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
@@ -246,6 +246,21 @@ def _remove_if_unlocked(lock_path: Path, folder: Path | None) -> bool:
         lock.release()
         lock_path.unlink(missing_ok=True)
     return True
+
+
+def read_any_meta(path: Path):
+    """An image's ArtifactMeta, or a video's VideoMeta (meta.json with "kind": "video")."""
+    import json
+
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(str(error)) from None
+    if kind == "video":
+        from echo_os.artifacts.video import VideoMeta
+
+        return VideoMeta.read(path)
+    return ArtifactMeta.read(path)
 
 
 class ArtifactStore:
@@ -424,10 +439,11 @@ class ArtifactStore:
                 raise NotFoundError(f"artifact {row.id[:12]}'s folder {folder} is gone; "
                                     "`echo-os artifacts reindex` drops it from the catalog")
             return Artifact(id=row.id, path=folder, meta=restore_meta(folder, expected_id=row.id))
-        return Artifact(id=row.id, path=folder, meta=ArtifactMeta.read(folder / META_NAME))
+        return Artifact(id=row.id, path=folder, meta=read_any_meta(folder / META_NAME))
 
     def scan(self) -> list[tuple[ArtifactMeta, Path]]:
-        """Every artifact folder on disk (meta.json next to image.png), skipping the temp area."""
+        """Every artifact folder on disk (meta.json next to image.png, or a video's: artifacts/video.py),
+        skipping the temp area."""
         return scan_folders(self.root)
 
     def index_unlisted(self, project: str) -> int:

@@ -30,6 +30,8 @@ COMMANDS = {
     "memory": "echo_os.cli.memory:memory",
     "gallery": "echo_os.cli.gallery:gallery",
     "serve": "echo_os.cli.serve:serve",
+    "animatic": "echo_os.cli.animatic:animatic",
+    "animate": "echo_os.cli.animatic:animate",
 }
 
 

@@ -6,8 +6,10 @@
 Links are relative (../.cache/thumbs/..., ../<artifact folder>/image.png), so the artifacts folder can be
 opened from disk, copied, or served as it is. Story projects (artifacts with a scene number) are shown as
 storyboards in scene order; other projects as a grid, newest first. Filters: project, character, scene;
-a URL hash like #project=Harbor&character=Mara applies them on load. For headless checks the page writes
-its state on <body>: data-images, data-loaded, data-broken, data-visible and data-ready="true".
+a URL hash like #project=Harbor&character=Mara applies them on load. Video artifacts (animatics, clips;
+artifacts/video.py) are cards holding a <video> (poster = their thumbnail, plays on hover) and play with
+controls in the lightbox. For headless checks the page writes its state on <body>: data-images, data-loaded,
+data-broken, data-visible, data-videos, data-playable (videos with a decoded frame) and data-ready="true".
 """
 
 from __future__ import annotations
@@ -61,15 +63,23 @@ def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
 
 
+def still_path(settings: Settings, row: CatalogRow) -> Path:
+    """The picture a card shows: image.png, or a video artifact's poster frame (artifacts/video.py)."""
+    name = row.meta.get("poster", "poster.png") if row.meta.get("kind") == "video" else "image.png"
+    return settings.artifacts_dir / row.path / name
+
+
 def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path) -> dict:
     story = row.meta.get("story") or {}
-    image = settings.artifacts_dir / row.path / "image.png"
+    image = still_path(settings, row)
+    video = settings.artifacts_dir / row.path / row.meta["video"] if row.meta.get("kind") == "video" else None
     return {
         "id": row.id, "project": row.project, "prompt": row.prompt, "created": row.created,
         "engine": row.engine, "model": row.model, "seed": row.seed, "size": f"{row.width}x{row.height}",
         "scene": story.get("scene"), "slug": story.get("slug"), "characters": list(story.get("characters") or []),
         "thumb": _relative(thumbnail_path(settings, row.id), page_dir), "image": _relative(image, page_dir),
-        "meta": row.meta,
+        "video": _relative(video, page_dir) if video is not None else None,
+        "video_kind": row.meta.get("video_kind"), "meta": row.meta,
     }
 
 
@@ -85,7 +95,7 @@ def build_gallery(settings: Settings, *, project: str | None = None,
         rows = catalog.query(project=project)
     items, made = [], 0
     for done, row in enumerate(rows, start=1):
-        image = settings.artifacts_dir / row.path / "image.png"
+        image = still_path(settings, row)
         try:
             made += make_thumbnail(image, thumbnail_path(settings, row.id))
         except OSError as error:  # a folder deleted since the catalog was built: leave it out
@@ -137,7 +147,9 @@ section h2 small { color: var(--dim); font-weight: 400; font-size: 12px; }
 .card { background: var(--panel); border: 1px solid var(--line); border-radius: 10px; overflow: hidden;
         cursor: pointer; transition: transform .12s, border-color .12s; }
 .card:hover { transform: translateY(-2px); border-color: var(--accent); }
-.card img { display: block; width: 100%; aspect-ratio: 1 / 1; object-fit: cover; background: #000; }
+.card img, .card video { display: block; width: 100%; aspect-ratio: 1 / 1; object-fit: cover; background: #000; }
+.card .badge { color: var(--accent); font-size: 11px; text-transform: uppercase; letter-spacing: .06em; }
+#lightbox video { max-width: 100%; max-height: calc(100vh - 56px); margin: auto; display: block; border-radius: 8px; }
 .card .caption { padding: 8px 10px 10px; }
 .card .scene { color: var(--accent); font-weight: 600; font-size: 12px; }
 .card .prompt { display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; }
@@ -169,7 +181,8 @@ section h2 small { color: var(--dim); font-weight: 400; font-size: 12px; }
 <main id="main"></main>
 <div id="lightbox" role="dialog" aria-modal="true">
   <button class="close" id="lb-close" aria-label="Close">&times;</button>
-  <a id="lb-link" target="_blank"><img id="lb-image" alt=""></a>
+  <div id="lb-media"><a id="lb-link" target="_blank"><img id="lb-image" alt=""></a>
+    <video id="lb-video" controls preload="metadata" class="hidden"></video></div>
   <div class="meta" id="lb-meta"></div>
 </div>
 <script type="application/json" id="gallery-data">{{DATA}}</script>
@@ -179,7 +192,7 @@ const items = JSON.parse(document.getElementById("gallery-data").textContent);
 const body = document.body, main = document.getElementById("main");
 const filters = {project: document.getElementById("f-project"), character: document.getElementById("f-character"),
                  scene: document.getElementById("f-scene")};
-let loaded = 0, broken = 0;
+let loaded = 0, broken = 0, playable = 0;
 
 function el(tag, attrs, text) {
   const node = document.createElement(tag);
@@ -188,7 +201,7 @@ function el(tag, attrs, text) {
   return node;
 }
 function settle() {
-  body.dataset.loaded = loaded; body.dataset.broken = broken;
+  body.dataset.loaded = loaded; body.dataset.broken = broken; body.dataset.playable = playable;
   if (loaded + broken >= items.length) body.dataset.ready = "true";
 }
 function fill(select, values) {
@@ -204,11 +217,27 @@ function card(item) {
   const node = el("div", {class: "card", "data-id": item.id, "data-project": item.project,
                           "data-scene": item.scene === null || item.scene === undefined ? "" : String(item.scene),
                           "data-characters": JSON.stringify(item.characters)});
-  const img = el("img", {src: item.thumb, alt: item.prompt});
-  img.addEventListener("load", () => { loaded++; settle(); });
-  img.addEventListener("error", () => { broken++; node.classList.add("broken"); settle(); });
-  node.appendChild(img);
+  // A video card holds the video itself (muted, poster = its thumbnail): "loaded" once a frame is decoded.
+  const media = item.video ? el("video", {src: item.video, poster: item.thumb, muted: "", loop: "",
+                                          preload: "auto", playsinline: "", title: item.prompt})
+                           : el("img", {src: item.thumb, alt: item.prompt});
+  let counted = false;
+  const done = (ok) => {
+    if (counted) return;
+    counted = true;
+    if (ok) { loaded++; if (item.video && media.videoWidth > 0) playable++; }
+    else { broken++; node.classList.add("broken"); }
+    settle();
+  };
+  media.addEventListener(item.video ? "loadeddata" : "load", () => done(true));
+  media.addEventListener("error", () => done(false));
+  if (item.video) {
+    node.addEventListener("mouseenter", () => media.play().catch(() => {}));
+    node.addEventListener("mouseleave", () => media.pause());
+  }
+  node.appendChild(media);
   const caption = el("div", {class: "caption"});
+  if (item.video) caption.appendChild(el("div", {class: "badge"}, "\u25b6 " + (item.video_kind || "video")));
   if (item.scene !== null && item.scene !== undefined)
     caption.appendChild(el("div", {class: "scene"}, "Scene " + item.scene + (item.slug ? " \\u00b7 " + item.slug : "")));
   caption.appendChild(el("div", {class: "prompt"}, item.prompt || "(no prompt)"));
@@ -238,6 +267,7 @@ function render() {
   }
   if (!items.length) main.appendChild(el("p", {class: "empty"}, "No artifacts yet: render something first."));
   body.dataset.images = items.length;
+  body.dataset.videos = items.filter(i => i.video).length;
   settle();
 }
 
@@ -268,8 +298,12 @@ function fromHash() {
 }
 
 function openLightbox(item) {
-  document.getElementById("lb-image").src = item.image;
-  document.getElementById("lb-link").href = item.image;
+  const video = document.getElementById("lb-video"), link = document.getElementById("lb-link");
+  link.classList.toggle("hidden", !!item.video);
+  video.classList.toggle("hidden", !item.video);
+  if (item.video) { video.src = item.video; video.poster = item.image; }
+  else { video.pause(); video.removeAttribute("src"); document.getElementById("lb-image").src = item.image; }
+  link.href = item.video || item.image;
   const meta = document.getElementById("lb-meta");
   meta.textContent = "";
   meta.appendChild(el("h2", {}, item.prompt || item.id.slice(0, 12)));
@@ -286,7 +320,10 @@ function openLightbox(item) {
   meta.appendChild(table);
   document.getElementById("lightbox").classList.add("open");
 }
-function closeLightbox() { document.getElementById("lightbox").classList.remove("open"); }
+function closeLightbox() {
+  document.getElementById("lb-video").pause();
+  document.getElementById("lightbox").classList.remove("open");
+}
 document.getElementById("lb-close").addEventListener("click", closeLightbox);
 document.getElementById("lightbox").addEventListener("click", (e) => { if (e.target.id === "lightbox") closeLightbox(); });
 document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeLightbox(); });

@@ -148,6 +148,10 @@ def resolve_model(entry: ModelEntry, registry: "ModelRegistry | None" = None,
         folder = _subfolder(entry, root)
         files, variant = _pipeline_weights(entry, folder)
         return ResolvedModel(entry, folder, "diffusers", files, variant=variant, commit=commit)
+    if entry.type == "video":
+        folder = _subfolder(entry, root)
+        files, variant = _pipeline_weights(entry, folder)
+        return ResolvedModel(entry, folder, "diffusers", files, variant=variant, commit=commit)
     if entry.type == "ip-adapter":
         adapter = _single_file(entry, root)
         encoder = _image_encoder(entry, adapter, registry, hf_cache)

@@ -95,6 +95,8 @@ def verify_model(settings: "Settings", name: str, allow_pickle: bool = False,
         _check_ip_adapter(report, infos[0] if infos else None)
     elif entry.type == "lora":
         _check_lora(report, infos[0] if infos else None)
+    elif entry.type == "video":
+        _check_video_pipeline(report, resolved.local_path)
     else:
         _check_model_folder(report, resolved.local_path, entry.type)
 
@@ -229,6 +231,19 @@ def _check_lora(report: VerifyReport, info: WeightsFileInfo | None) -> None:
         report.layout.append(f"LoRA weights ({count} low-rank tensors)")
     else:
         report.problems.append(f"{info.path}: not LoRA weights (no lora_A/lora_B, lora_down/lora_up keys).")
+
+
+def _check_video_pipeline(report: VerifyReport, folder: Path) -> None:
+    """A video entry is a StableVideoDiffusionPipeline folder (what engines/video.py loads)."""
+    index = _json(folder / "model_index.json", report)
+    if index is None:
+        return
+    class_name = str(index.get("_class_name", ""))
+    if class_name == "StableVideoDiffusionPipeline":
+        report.layout.append(f"pipeline class {class_name}")
+    else:
+        report.problems.append(f"{folder / 'model_index.json'}: pipeline class is '{class_name or 'missing'}', not "
+                               "StableVideoDiffusionPipeline.")
 
 
 def _check_model_folder(report: VerifyReport, folder: Path, model_type: str) -> None:

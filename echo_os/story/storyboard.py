@@ -27,9 +27,12 @@ MAX_STORY_FILE_BYTES = 32 * 1024 * 1024
 
 REQUIRED_COLUMNS = ("scene", "description")
 OPTIONAL_COLUMNS = ("slug", "characters", "location", "camera", "lighting", "time_of_day", "mood", "props",
-                    "seed", "count", "negative", "steps", "cfg", "size")
+                    "seed", "count", "negative", "steps", "cfg", "size", "duration", "motion")
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 ID_SEPARATOR = ";"
+# Camera moves of the animatic (echo_os/motion); an empty `motion` cell takes one from the camera words.
+MOTIONS = ("push-in", "pull-out", "pan-left", "pan-right", "tilt-up", "tilt-down", "static")
+MAX_DURATION_S = 600.0
 
 
 class SceneRow(BaseModel):
@@ -55,6 +58,8 @@ class SceneRow(BaseModel):
     cfg: float | None = None
     width: int | None = None
     height: int | None = None
+    duration: float | None = None  # seconds on screen in the animatic (None: the default, 3)
+    motion: str | None = None  # one of MOTIONS (None: from the camera words)
 
 
 # ---- cell parsers: value or a message -----------------------------------------------------------------
@@ -83,6 +88,23 @@ def parse_cfg(text: str) -> float:
         raise CellError(f"cfg must be a number such as 6.5, got {text!r}") from None
     if not math.isfinite(value) or not 0.0 <= value <= 100.0:
         raise CellError(f"cfg must be between 0 and 100, got {text.strip()}")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise CellError(f"duration must be a number of seconds such as 3 or 2.5, got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 < value <= MAX_DURATION_S:
+        raise CellError(f"duration must be more than 0 and at most {MAX_DURATION_S:g} seconds, got {text.strip()}")
+    return value
+
+
+def parse_motion(text: str) -> str:
+    value = text.strip().lower()
+    if value not in MOTIONS:
+        raise CellError(f"unknown motion {text.strip()!r} (known: {', '.join(MOTIONS)})")
     return value
 
 
@@ -301,6 +323,8 @@ def _parse_row(cells: dict[str, str], row_number: int, label: str, problems: Pro
     values["cfg"] = parsed("cfg", parse_cfg)
     size = parsed("size", parse_dimensions)
     values["width"], values["height"] = size if size else (None, None)
+    values["duration"] = parsed("duration", parse_duration)
+    values["motion"] = parsed("motion", parse_motion)
     slug_text = cell("slug")
     if len(problems) != before:
         return scene, None

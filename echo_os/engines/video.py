@@ -1,0 +1,276 @@
+"""The `video` engine: image-to-video with Stable Video Diffusion (diffusers' StableVideoDiffusionPipeline).
+
+    engine = VideoEngine(settings)
+    clip = engine.render(image, ClipRequest(model="svd", frames=14, fps=7, seed=1), progress=..., cancel=...)
+    clip.frames  # list of PIL images, clip.runtime (what meta.json records)
+
+Its own small interface, not the image Engine protocol: an image in, frames out. The pipeline comes from a
+models.toml entry of `type = "video"` (a diffusers pipeline folder, resolved offline by models/resolve.py,
+weights checked before loading) and is kept warm per (weights, device, dtype, offload). Progress and
+cancellation go through diffusers' callback_on_step_end (the SVD pipeline has no `interrupt` flag, so a
+cancel raises out of the callback). Denoising returns latents; decoding is a separate step so that an
+out-of-memory while decoding halves `decode_chunk_size` and decodes again, without denoising again.
+`cpu_offload` (accelerate's model CPU offload) fits SVD on small GPUs; on a CPU it is meaningless.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from echo_os.engines.base import ModelInfo, ProgressEvent
+from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
+
+if TYPE_CHECKING:
+    from echo_os.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VIDEO_MODEL = "svd"
+MAX_FRAMES = 128
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    """One image-to-video render. width/height None: the source image's size, rounded down to a multiple of 64
+    (SVD was trained at 1024x576). decode_chunk_size None: every frame in one VAE call."""
+
+    seed: int
+    model: str = DEFAULT_VIDEO_MODEL
+    frames: int = 14
+    fps: int = 7
+    motion_bucket: int = 127
+    noise_aug: float = 0.02
+    steps: int = 25
+    min_cfg: float = 1.0
+    max_cfg: float = 3.0
+    width: int | None = None
+    height: int | None = None
+    decode_chunk_size: int | None = None
+    cpu_offload: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def check(self) -> None:
+        """Every value checked before any weights move; OptionError names the option."""
+        from echo_os.requests import MAX_SEED
+
+        def need(ok: bool, option: str, message: str) -> None:
+            if not ok:
+                raise OptionError(f"--{option} {message}.", option)
+
+        need(0 <= self.seed <= MAX_SEED, "seed", f"must be between 0 and {MAX_SEED}, got {self.seed}")
+        need(2 <= self.frames <= MAX_FRAMES, "frames", f"must be between 2 and {MAX_FRAMES}, got {self.frames}")
+        need(1 <= self.fps <= 60, "fps", f"must be between 1 and 60, got {self.fps}")
+        need(0 <= self.motion_bucket <= 1023, "motion-bucket", f"must be between 0 and 1023, got {self.motion_bucket}")
+        need(math.isfinite(self.noise_aug) and 0.0 <= self.noise_aug <= 1.0, "noise-aug",
+             f"must be between 0 and 1, got {self.noise_aug:g}")
+        need(1 <= self.steps <= 200, "steps", f"must be between 1 and 200, got {self.steps}")
+        need(math.isfinite(self.min_cfg) and math.isfinite(self.max_cfg) and 0 <= self.min_cfg <= self.max_cfg <= 30,
+             "cfg", f"must satisfy 0 <= min <= max <= 30, got {self.min_cfg:g}..{self.max_cfg:g}")
+        if self.decode_chunk_size is not None:
+            need(1 <= self.decode_chunk_size <= self.frames, "decode-chunk-size",
+                 f"must be between 1 and --frames ({self.frames}), got {self.decode_chunk_size}")
+        for option, side in (("width", self.width), ("height", self.height)):
+            if side is not None:
+                need(16 <= side <= 2048 and side % 8 == 0, "size",
+                     f"sides must be multiples of 8 between 16 and 2048, got {option} {side}")
+
+
+@dataclass(frozen=True)
+class ClipRuntime:
+    engine: str
+    device: str
+    dtype: str
+    model: ModelInfo
+    cpu_offload: bool
+    decode_chunk_size: int  # what decoding finally used (after any out-of-memory halving)
+
+
+@dataclass
+class ClipResult:
+    frames: list  # PIL images, frame order
+    request: ClipRequest
+    width: int
+    height: int
+    runtime: ClipRuntime
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedVideoPipeline:
+    pipe: Any
+    model: ModelInfo
+    device: str
+    dtype: str
+    cpu_offload: bool
+    lock: threading.Lock
+
+
+_PIPELINES: dict[tuple, LoadedVideoPipeline] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def load_video_pipeline(local_path: Path, *, device: str, dtype: str, variant: str | None, cpu_offload: bool,
+                        allow_pickle: bool = False):
+    """StableVideoDiffusionPipeline from local files only (never the network)."""
+    import torch
+
+    from echo_os.engines.sdxl import _dtype_kwargs, quiet_model_libraries
+
+    quiet_model_libraries()
+    from diffusers import StableVideoDiffusionPipeline
+
+    pipe = StableVideoDiffusionPipeline.from_pretrained(
+        str(local_path), local_files_only=True, variant=variant, use_safetensors=None if allow_pickle else True,
+        **_dtype_kwargs(getattr(torch, dtype)))
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def clear_video_pipelines() -> None:
+    with _PIPELINES_LOCK:
+        _PIPELINES.clear()
+
+
+class _Cancel(Exception):
+    """Raised out of callback_on_step_end to stop the denoising loop."""
+
+
+class VideoEngine:
+    name = "video"
+
+    def __init__(self, settings: "Settings"):
+        self.settings = settings
+
+    def loaded(self, request: ClipRequest) -> LoadedVideoPipeline:
+        from echo_os.engines.sdxl import pick_device, pick_dtype
+        from echo_os.models import check_loadable, load_registry, model_info
+
+        registry = load_registry(self.settings)
+        entry = registry.get(request.model)
+        if entry.type != "video":  # before resolving: the type is wrong wherever the weights are
+            raise UsageError(f"{entry.label} is a {entry.type} model, not an image-to-video pipeline; pick a "
+                             "`type = \"video\"` entry (see `echo-os models list`).")
+        resolved = registry.resolve(request.model)
+        device = pick_device(request.device)
+        dtype = pick_dtype(request.dtype, device)
+        if device == "cuda" and dtype == "bfloat16":
+            dtype = "float16"  # SVD's weights are published in fp16; its VAE upcasts itself for decoding
+        offload = request.cpu_offload and device != "cpu"
+        key = (str(resolved.local_path), device, dtype, offload)
+        with _PIPELINES_LOCK:
+            if key not in _PIPELINES:
+                check_loadable(resolved)
+                started = time.perf_counter()
+                pipe = load_video_pipeline(resolved.local_path, device=device, dtype=dtype, variant=resolved.variant,
+                                           cpu_offload=offload, allow_pickle=resolved.entry.allow_pickle)
+                _PIPELINES[key] = LoadedVideoPipeline(pipe=pipe, model=model_info(self.settings, resolved),
+                                                      device=device, dtype=dtype, cpu_offload=offload,
+                                                      lock=threading.Lock())
+                log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype,
+                         time.perf_counter() - started)
+            return _PIPELINES[key]
+
+    def render(self, image, request: ClipRequest, *, progress: Callable[[ProgressEvent], None] | None = None,
+               cancel: threading.Event | None = None) -> ClipResult:
+        """A clip from `image` (a PIL image, or a (1, 3, H, W) tensor in [0, 1] as the pipeline takes it)."""
+        import torch
+
+        request.check()
+        width, height = clip_size(image, request)
+        loaded = self.loaded(request)
+        pipe = loaded.pipe
+        image = encoder_input(pipe, image)
+
+        def on_step_end(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+            if progress is not None:
+                progress(ProgressEvent(step=step + 1, total_steps=request.steps, images=1))
+            if cancel is not None and cancel.is_set():
+                raise _Cancel()
+            return callback_kwargs
+
+        timings: dict[str, float] = {}
+        with loaded.lock, torch.inference_mode():
+            started = time.perf_counter()
+            try:
+                latents = pipe(
+                    image, height=height, width=width, num_frames=request.frames,
+                    num_inference_steps=request.steps, min_guidance_scale=request.min_cfg,
+                    max_guidance_scale=request.max_cfg, fps=request.fps, motion_bucket_id=request.motion_bucket,
+                    noise_aug_strength=request.noise_aug, generator=torch.Generator("cpu").manual_seed(request.seed),
+                    output_type="latent", callback_on_step_end=on_step_end,
+                ).frames
+            except _Cancel:
+                raise CancelledError("clip cancelled; nothing was saved") from None
+            except Exception as error:
+                from echo_os.scheduler import is_out_of_memory
+
+                if is_out_of_memory(error):
+                    raise EchoError("out of GPU memory while denoising the clip; try --cpu-offload, fewer --frames "
+                                    "or a smaller --size.") from None
+                raise
+            timings["denoise_s"] = round(time.perf_counter() - started, 4)
+            started = time.perf_counter()
+            frames, chunk = decode_frames(pipe, latents, request.frames, request.decode_chunk_size or request.frames)
+            timings["decode_s"] = round(time.perf_counter() - started, 4)
+        runtime = ClipRuntime(engine=self.name, device=loaded.device, dtype=loaded.dtype, model=loaded.model,
+                              cpu_offload=loaded.cpu_offload, decode_chunk_size=chunk)
+        return ClipResult(frames=frames, request=request, width=width, height=height, runtime=runtime, timings=timings)
+
+
+def decode_frames(pipe, latents, frames: int, chunk: int) -> tuple[list, int]:
+    """The pipeline's own decode (decode_latents + postprocess_video), halving the chunk on out-of-memory."""
+    import torch
+
+    from echo_os.scheduler import is_out_of_memory
+
+    while True:
+        try:
+            decoded = pipe.decode_latents(latents, frames, chunk)
+            return pipe.video_processor.postprocess_video(video=decoded, output_type="pil")[0], chunk
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            if chunk == 1:
+                raise EchoError("out of GPU memory decoding the clip even one frame at a time; try --cpu-offload "
+                                "or a smaller --size.") from None
+            torch.cuda.empty_cache()
+            chunk = max(1, chunk // 2)
+            log.warning("out of memory decoding the clip; decoding %d frames at a time", chunk)
+
+
+def encoder_input(pipe, image):
+    """What to hand the pipeline. It resizes a PIL image to 224x224 for its CLIP image encoder (SVD's is trained
+    at 224); an encoder of another size gets the image as a (1, 3, S, S) tensor in [0, 1] at its own size,
+    which the pipeline passes through as is. Tensors are passed through unchanged."""
+    size = int(getattr(pipe.image_encoder.config, "image_size", 224))
+    if size == 224 or not hasattr(image, "convert"):
+        return image
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    square = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+
+
+def clip_size(image, request: ClipRequest) -> tuple[int, int]:
+    """(width, height) of the clip: the request's, else the image's rounded down to multiples of 64."""
+    if request.width is not None and request.height is not None:
+        return request.width, request.height
+    if hasattr(image, "size") and not callable(image.size):
+        width, height = image.size
+    else:  # a tensor (..., H, W)
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+    width, height = request.width or max(64, width - width % 64), request.height or max(64, height - height % 64)
+    return width, height

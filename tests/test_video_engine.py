@@ -1,0 +1,211 @@
+"""The `video` engine (Stable Video Diffusion) on a tiny random-weight pipeline loaded through models.toml,
+and `echo-os animate` / `echo-os animatic --clips` on top of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_cli
+from tests.test_animatic import FPS, PROJECT, SIZE, write_csv
+
+STEPS, FRAMES = 2, 3
+
+
+@pytest.fixture(scope="module")
+def tiny_svd_dir(tmp_path_factory) -> Path:
+    from tests.tiny_video import save_tiny_svd
+
+    return save_tiny_svd(tmp_path_factory.mktemp("tiny-svd") / "tiny-svd")
+
+
+@pytest.fixture(scope="module")
+def video_home(tmp_path_factory, tiny_svd_dir) -> Path:
+    """A workspace naming the tiny pipeline `tiny-svd` (type video), with a draft-rendered story."""
+    home = tmp_path_factory.mktemp("video") / "ws"
+    home.mkdir()
+    (home / "models.toml").write_text(f'[models.tiny-svd]\ntype = "video"\npath = "{tiny_svd_dir.as_posix()}"\n',
+                                      encoding="utf-8")
+    csv_path = write_csv(home / "story")
+    code, _, err = run_cli("--home", str(home), "batch", PROJECT, str(csv_path), "--engine", "draft",
+                           "--size", f"{SIZE[0]}x{SIZE[1]}", "--clip", "none")
+    assert code == 0, err
+    return home
+
+
+def test_engine_clip_equals_a_direct_pipeline_call(video_home, tiny_svd_dir):
+    import torch
+    from diffusers import StableVideoDiffusionPipeline
+
+    from echo_os.engines.video import ClipRequest, VideoEngine
+    from echo_os.settings import Settings
+
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator("cpu").manual_seed(0))
+    request = ClipRequest(seed=7, model="tiny-svd", frames=FRAMES, fps=7, steps=STEPS, width=32, height=32,
+                          decode_chunk_size=2, device="cpu")
+    steps_seen = []
+    clip = VideoEngine(Settings(home=video_home)).render(image, request, progress=lambda e: steps_seen.append(e.step))
+    assert steps_seen == [1, 2]
+    assert len(clip.frames) == FRAMES and clip.frames[0].size == (32, 32)
+    assert clip.runtime.model.name == "tiny-svd" and clip.runtime.model.weights_sha256
+
+    direct = StableVideoDiffusionPipeline.from_pretrained(tiny_svd_dir, local_files_only=True)
+    direct.set_progress_bar_config(disable=True)
+    expected = direct(image, height=32, width=32, num_frames=FRAMES, num_inference_steps=STEPS, fps=7,
+                      motion_bucket_id=127, noise_aug_strength=0.02, decode_chunk_size=2,
+                      generator=torch.Generator("cpu").manual_seed(7), output_type="pil").frames[0]
+    for ours, theirs in zip(clip.frames, expected):
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_cancel_stops_the_clip(video_home):
+    import threading
+
+    import torch
+
+    from echo_os.engines.video import ClipRequest, VideoEngine
+    from echo_os.errors import CancelledError
+    from echo_os.settings import Settings
+
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(CancelledError):
+        VideoEngine(Settings(home=video_home)).render(
+            torch.rand(1, 3, 32, 32), ClipRequest(seed=1, model="tiny-svd", frames=2, steps=STEPS, width=32,
+                                                  height=32, device="cpu"), cancel=cancel)
+
+
+def _story(home: Path) -> dict:
+    return json.loads(next((home / "artifacts").glob("*/*/story.json")).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def animated(video_home):
+    scene_one = _story(video_home)["scenes"][0]["artifacts"][0]
+    code, out, err = run_cli("--home", str(video_home), "animate", scene_one[:12], "--model", "tiny-svd",
+                             "--frames", str(FRAMES), "--steps", str(STEPS), "--size", "32x32", "--fps", "6",
+                             "--device", "cpu")
+    assert code == 0, err
+    clip_id = out.split()[0]
+    return video_home, scene_one, clip_id
+
+
+def test_animate_makes_a_clip_artifact_with_its_parent(animated):
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.motion.encode import probe
+    from echo_os.settings import Settings
+
+    home, parent, clip_id = animated
+    store = ArtifactStore(Settings(home=home))
+    try:
+        clip = store.open(clip_id)
+    finally:
+        store.close()
+    meta = clip.meta
+    assert meta.kind == "video" and meta.video_kind == "clip" and meta.parent_id == parent
+    parent_meta = json.loads((home / "artifacts" / _story(home)["scenes"][0]["paths"][0] / "meta.json").read_text())
+    assert parent_meta["id"] == parent
+    assert meta.seed == parent_meta["seed"]  # no --seed: the image's own
+    assert meta.story.scene == 1 and meta.model.name == "tiny-svd" and meta.settings["frames"] == FRAMES
+    info = probe(clip.path / "clip.mp4")
+    assert (info["codec"], info["pix_fmt"], info["width"], info["height"], info["frames"], info["fps"]) == \
+        ("h264", "yuv420p", 32, 32, FRAMES, 6)
+    assert clip.path.name.startswith("001-") and (clip.path / "poster.png").is_file()
+
+
+def test_animatic_with_clips_plays_the_clip(animated):
+    from echo_os.motion.encode import read_frames
+
+    home, parent, clip_id = animated
+    code, out, err = run_cli("--home", str(home), "animatic", PROJECT, "--fps", str(FPS), "--fade", "0",
+                             "--clips", "--json")
+    assert code == 0, err
+    meta = json.loads(out)
+    first = meta["scenes"][0]
+    assert first["clip"].startswith(clip_id) and first["motion"] == "clip" and first["source"] == parent
+    assert first["clip"] in meta["sources"]
+    assert all(scene["clip"] is None for scene in meta["scenes"][1:])
+    video = next(p for p in (home / "artifacts").glob("*/*/animatic_*/animatic.mp4")
+                 if json.loads((p.parent / "meta.json").read_text())["id"] == meta["id"])
+    frames = read_frames(video)
+    clip_frames = read_frames(next((home / "artifacts").glob("*/*/001-*-clip_*/clip.mp4")))
+    from PIL import Image
+
+    def scaled(array):
+        return np.asarray(Image.fromarray(array).resize(SIZE, Image.Resampling.BILINEAR), dtype=np.float32)
+
+    # scene 1 lasts 1 s at 12 fps over a 6 fps clip of 3 frames: frame 0 shows clip frame 0, frame 11 the last.
+    still = np.asarray(Image.open(next((home / "artifacts").glob("*/*/001-*/image.png"))).convert("RGB"),
+                       dtype=np.float32)
+    assert np.abs(frames[0] - scaled(clip_frames[0])).mean() < np.abs(frames[0] - still).mean()
+    assert np.abs(frames[11] - scaled(clip_frames[-1])).mean() < 12
+
+
+def test_animate_bad_input_exits_2(video_home, tmp_path):
+    scene_one = _story(video_home)["scenes"][0]["artifacts"][0]
+    for args, named in ((["--frames", "1"], "--frames"), (["--motion-bucket", "5000"], "--motion-bucket"),
+                        (["--size", "30x30"], "--size"), (["--model", "sdxl"], "not an image-to-video")):
+        code, out, err = run_cli("--home", str(video_home), "animate", scene_one[:12], "--device", "cpu", *args)
+        assert code == 2 and out == "" and named in err and err.count("\n") == 1, (args, err)
+
+
+def test_video_model_entry_rules(tmp_path):
+    from echo_os.errors import UsageError
+    from echo_os.models.registry import parse_models_document
+
+    entries = parse_models_document({"models": {"v": {"type": "video", "hf": "org/svd"}}}, tmp_path / "m.toml")
+    assert entries["v"].type == "video"
+    with pytest.raises(UsageError, match="a video model is a diffusers pipeline folder"):
+        parse_models_document({"models": {"v": {"type": "video", "file": "x.safetensors"}}}, tmp_path / "m.toml")
+
+
+def test_verify_and_pull_know_video_pipelines(video_home):
+    from echo_os.models.pull import select_pull_files
+    from echo_os.models.registry import load_registry
+    from echo_os.settings import Settings
+
+    code, out, err = run_cli("--home", str(video_home), "models", "verify", "tiny-svd")
+    assert code == 0, err
+    assert "pipeline class StableVideoDiffusionPipeline" in out and out.rstrip().endswith("OK")
+
+    svd = load_registry(Settings(home=video_home)).get("svd")  # variant fp16
+    index = {"_class_name": "StableVideoDiffusionPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],
+             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+             "unet": ["diffusers", "UNetSpatioTemporalConditionModel"], "vae": ["diffusers", "AutoencoderKLTemporalDecoder"]}
+    repo = ["model_index.json", "svd.safetensors", "feature_extractor/preprocessor_config.json",
+            "image_encoder/config.json", "image_encoder/model.fp16.safetensors", "image_encoder/model.safetensors",
+            "scheduler/scheduler_config.json", "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+            "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"]
+    assert sorted(select_pull_files(svd, repo, index)) == sorted([
+        "model_index.json", "feature_extractor/preprocessor_config.json", "image_encoder/config.json",
+        "image_encoder/model.fp16.safetensors", "scheduler/scheduler_config.json", "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"])
+
+
+def test_out_of_memory_while_decoding_halves_the_chunk(video_home, monkeypatch):
+    """An OOM in the VAE decode (simulated: the real decode refuses chunks over 1) is retried with half the
+    chunk, without denoising again; the runtime records the chunk that worked."""
+    import torch
+
+    from echo_os.engines.video import ClipRequest, VideoEngine
+    from echo_os.settings import Settings
+
+    engine = VideoEngine(Settings(home=video_home))
+    request = ClipRequest(seed=3, model="tiny-svd", frames=FRAMES, steps=1, width=32, height=32,
+                          decode_chunk_size=FRAMES, device="cpu")
+    pipe = engine.loaded(request).pipe
+    real_decode, chunks, steps = pipe.decode_latents, [], []
+
+    def decode_latents(latents, num_frames, decode_chunk_size):
+        chunks.append(decode_chunk_size)
+        if decode_chunk_size > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_decode(latents, num_frames, decode_chunk_size)
+
+    monkeypatch.setattr(pipe, "decode_latents", decode_latents)
+    clip = engine.render(torch.rand(1, 3, 32, 32), request, progress=lambda event: steps.append(event.step))
+    assert chunks == [3, 1] and clip.runtime.decode_chunk_size == 1
+    assert steps == [1] and len(clip.frames) == FRAMES  # denoised once
