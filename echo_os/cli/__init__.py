@@ -30,6 +30,8 @@ COMMANDS = {
     "memory": "echo_os.cli.memory:memory",
     "gallery": "echo_os.cli.gallery:gallery",
     "serve": "echo_os.cli.serve:serve",
+    "score": "echo_os.cli.score:score",
+    "rate": "echo_os.cli.score:rate",
 }
 
 

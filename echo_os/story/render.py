@@ -63,6 +63,7 @@ class SceneResult:
     characters: tuple[str, ...]
     artifacts: list["Artifact"]
     resumed: list[bool]
+    siblings: list["Artifact"] = field(default_factory=list)  # best-of candidates not kept (issue 16)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class StoryRender:
     elapsed_s: float
     batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    resonance: Any = None  # resonance.story.StoryReflection when scoring was asked for
 
     @property
     def images_per_minute(self) -> float:
@@ -101,7 +103,8 @@ class StoryRender:
                 "engines": [{"name": c.name, "reason": c.reason} for c in self.engines],
                 "rendered": self.rendered, "resumed": self.resumed, "seconds": round(self.elapsed_s, 3),
                 "images_per_minute": round(self.images_per_minute, 2), "batch_sizes": self.batch_sizes,
-                "notes": self.notes, "artifacts": self.artifact_rows(), "continuity": self.continuity.as_dict()}
+                "notes": self.notes, "artifacts": self.artifact_rows(), "continuity": self.continuity.as_dict(),
+                "resonance": self.resonance.as_dict() if self.resonance is not None else None}
 
 
 # ---- requests --------------------------------------------------------------------------------------
@@ -209,10 +212,12 @@ def render_plan(
     on_engine: Callable[["EngineChoice"], None] | None = None,
     engine: "Engine | None" = None,
     store: "ArtifactStore | None" = None,
+    resonance: Any = None,
 ) -> StoryRender:
     """Render every scene of a validated StoryPlan (resuming what is already rendered), then write the
     contact sheet and story.json. clip: a models.toml clip entry for the continuity report, "none" to
-    skip it, None for the first one on this machine."""
+    skip it, None for the first one on this machine. resonance: resonance.story.ResonanceOptions to score
+    the images, keep each scene's best of N and flag drift before the contact sheet and story.json."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.scheduler import render_requests
 
@@ -249,6 +254,11 @@ def render_plan(
             scenes.append(SceneResult(scene=planned.scene, slug=planned.slug, description=planned.row.description,
                                       characters=planned.row.characters, artifacts=artifacts,
                                       resumed=[a.id in resumed_ids for a in artifacts]))
+        reflection = None
+        if resonance is not None:
+            from echo_os.resonance.story import reflect_story
+
+            reflection = reflect_story(settings, store, plan, scenes, resonance)
         elapsed = time.perf_counter() - started
         created = datetime.now(timezone.utc).astimezone()
         project_dir = store.project_dir(plan.project, created)
@@ -257,7 +267,7 @@ def render_plan(
             story_json=project_dir / STORY_JSON, contact_sheet=project_dir / CONTACT_SHEET, scenes=scenes,
             continuity=ContinuityReport(), engines=outcome.engines, rendered=len(outcome.artifacts),
             resumed=len(outcome.resumed), elapsed_s=elapsed, batch_sizes=outcome.batch_sizes,
-            notes=_plan_notes(plan, ip_adapter) + outcome.notes)
+            notes=_plan_notes(plan, ip_adapter) + outcome.notes, resonance=reflection)
         write_contact_sheet(plan, result, created)
         result.continuity = story_continuity(settings, plan, scenes, clip)
         write_story_json(plan, result, created, store.root, requested_batch_size=batch_size,
@@ -364,10 +374,12 @@ def write_story_json(plan: "StoryPlan", result: StoryRender, created: datetime, 
              "characters": list(scene.characters), "seeds": [a.meta.seed for a in scene.artifacts],
              "artifacts": [a.id for a in scene.artifacts],
              "paths": [str(a.path.relative_to(artifacts_root)) for a in scene.artifacts],
-             "resumed": scene.resumed}
+             "resumed": scene.resumed, "siblings": [a.id for a in scene.siblings],
+             "seeds_tried": sorted(a.meta.seed for a in [*scene.artifacts, *scene.siblings])}
             for scene in result.scenes
         ],
         "continuity": result.continuity.as_dict(),
+        "resonance": result.resonance.as_dict() if result.resonance is not None else None,
         "contact_sheet": CONTACT_SHEET,
         "run": {"rendered": result.rendered, "resumed": result.resumed, "seconds": round(result.elapsed_s, 3),
                 "images_per_minute": round(result.images_per_minute, 2), "notes": result.notes},
