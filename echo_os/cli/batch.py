@@ -171,7 +171,16 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
     """
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
 
+    from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
+                                         parse_objective)
+
     settings = settings_from(ctx)
+    if no_score and (best_of > 1 or reroll_flagged):
+        raise UsageError("--best-of and --reroll-flagged choose by scores; they cannot be used with --no-score.")
+    resonance = ResonanceOptions(score=not no_score, clip=clip, objective=parse_objective(objective), best_of=best_of,
+                                 thresholds=load_thresholds(settings, project, style=style_threshold,
+                                                            character=character_threshold,
+                                                            alignment=alignment_threshold))
     options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
                           seed=seed)
     if source.startswith("@"):
@@ -187,15 +196,6 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         else:
             click.echo(format_dry_run(plan))
         return
-    from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
-                                         parse_objective)
-
-    if no_score and (best_of > 1 or reroll_flagged):
-        raise UsageError("--best-of and --reroll-flagged choose by scores; they cannot be used with --no-score.")
-    resonance = ResonanceOptions(score=not no_score, clip=clip, objective=parse_objective(objective), best_of=best_of,
-                                 thresholds=load_thresholds(settings, plan.project, style=style_threshold,
-                                                            character=character_threshold,
-                                                            alignment=alignment_threshold))
     previous = load_story_json(settings, plan.project) if reroll_flagged else None
     plan, resonance.keep = candidate_plan(plan, best_of, previous, reroll_flagged)
     if reroll_flagged:
