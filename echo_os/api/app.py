@@ -196,6 +196,9 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
     app.include_router(openai_router)
     app.include_router(memory_router)
+    from echo_os.api.resonance_routes import router as resonance_router
+
+    app.include_router(resonance_router)
     name_search_operations(app)
     return app
 
