@@ -188,7 +188,7 @@ def analyze(ctx: click.Context, project: str | None, k: str, no_images: bool, ex
       echo-os memory analyze --project "Harbour Watch"
       echo-os memory analyze --k 4 --export-styles
     """
-    from echo_os.resonance.analyze import analyze_memory
+    from echo_os.resonance.analyze import analyze_memory, save_analysis
     from echo_os.resonance.analyze import export_styles as write_styles
 
     if k == "auto":
@@ -202,6 +202,7 @@ def analyze(ctx: click.Context, project: str | None, k: str, no_images: bool, ex
             raise UsageError(f"--k must be 1 or more, got {chosen}.")
     settings = settings_from(ctx)
     result = analyze_memory(settings, project=project, k=chosen, images=not no_images)
+    save_analysis(settings, result)  # the gallery's motifs section shows the latest analysis
     written: list[str] = []
     if export_styles:
         written, kept = write_styles(settings, result.clusterings[0].motifs)

@@ -285,6 +285,20 @@ def analyze_memory(settings: "Settings", *, project: str | None = None, k: int |
     return analysis
 
 
+MOTIFS_JSON = "motifs.json"
+
+
+def save_analysis(settings: "Settings", analysis: Analysis) -> Path:
+    """artifacts/memory/motifs.json: the latest analysis, which `echo-os gallery` shows as its motifs section."""
+    import json
+
+    from echo_os.story.contact_sheet import write_atomically
+
+    path = settings.memory_dir / MOTIFS_JSON
+    write_atomically(path, (json.dumps(analysis.as_dict(), ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    return path
+
+
 # ---- the style codebook ----------------------------------------------------------------------------------
 
 def style_entry(motif: Motif) -> dict[str, str]:
