@@ -320,3 +320,40 @@ def test_a_threshold_outside_0_1_in_echo_os_toml_exits_2(workspace, tmp_path):
     (workspace.home / "echo-os.toml").write_text('[resonance.projects."P"]\ncharacter = 1.2\n', encoding="utf-8")
     code, _, err = run_cli("--home", str(workspace.home), "batch", "P", str(tmp_path / "story.csv"))
     assert code == 2 and 'character must be a number from 0 to 1, got 1.2' in err and len(err.strip().splitlines()) == 1
+
+
+def test_render_scores_as_it_saves_unless_told_not_to(scorer_ws):
+    from echo_os.resonance.scores import clip_score
+
+    def render(*extra):
+        code, out, err = run_cli("--home", str(scorer_ws.home), "render", "a lamp on a quay", "--model", "tiny",
+                                 "--size", "64x64", "--steps", "2", "--project", "singles", "--json", *extra)
+        assert code == 0, err
+        return json.loads(out)[0]
+
+    scored = _meta(scorer_ws, render()["id"])
+    assert scored["scores"]["clip"] == "tiny-clip" and scored["scores"]["aesthetic_model"] == "tiny-head"
+    assert scored["scores"]["style"] is None and scored["scores"]["characters"] == {}
+    image, text = _direct_clip(scorer_ws.home / "tiny-clip", [_open(scorer_ws, scored["id"])], ["a lamp on a quay"])
+    assert scored["scores"]["alignment"] == pytest.approx(clip_score(image[0], text[0]), abs=1e-3)
+    assert "scores" not in _meta(scorer_ws, render("--seed", "5", "--no-score")["id"])
+
+
+def _open(settings: Settings, artifact_id: str):
+    from PIL import Image
+
+    with sqlite3.connect(settings.catalog_path) as db:
+        path = db.execute("SELECT path FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()[0]
+    with Image.open(settings.artifacts_dir / path / "image.png") as image:
+        return image.convert("RGB")
+
+
+def test_score_without_clip_names_the_missing_scorers(workspace):
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a fox", "--engine", "draft", "--size", "64x64",
+                             "--no-memory", "--json")
+    assert code == 0, err
+    code, out, err = run_cli("--home", str(workspace.home), "score")
+    assert code == 1
+    assert "scorer clip      off: no CLIP model on this machine" in err
+    assert 'scorer aesthetic off: no `type = "scorer"` entry in models.toml' in err
+    assert "Error: nothing scored: no CLIP model" in err
