@@ -156,6 +156,9 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
                 listener = attach(store)  # every image the server saves is embedded (ECHO_OS_NO_MEMORY=1: not)
                 if listener is not None:
                     listener.start_preload()
+                from echo_os.resonance.listener import attach_scorer
+
+                attach_scorer(store)  # scores as the worker saves, when a CLIP model is here
                 worker = Worker(jobs, store, hub.publish_threadsafe,
                                 make_engine=make_engine or default_engine_factory(settings),
                                 max_batch=options.max_batch, batch_window_ms=options.batch_window_ms)
