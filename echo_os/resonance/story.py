@@ -21,21 +21,18 @@ the style threshold (the product's "style consistency > 80%" target).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from echo_os.errors import UsageError
-from echo_os.resonance.scores import ArtifactScores, CharacterScore, ScoreItem, score_items, style_consistency
+from echo_os.resonance.scores import ArtifactScores, ScoreItem, score_items, style_consistency
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.settings import Settings
     from echo_os.story.plan import StoryPlan
     from echo_os.story.render import SceneResult
-
-log = logging.getLogger(__name__)
 
 # Defaults picked for CLIP ViT-L/14: SDXL images of one look sit around 0.75-0.9 cosine to each other,
 # a character against its own references around 0.7+, and a prompt it follows at a CLIP score of 22+.
