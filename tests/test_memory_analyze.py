@@ -98,3 +98,32 @@ def _prompt(home: Path, artifact_id: str) -> str:
 
     with sqlite3.connect(home / "artifacts" / "catalog.db") as db:
         return db.execute("SELECT prompt FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()[0]
+
+
+def test_ratings_make_a_motif_stronger_for_the_codebook():
+    import numpy as np
+
+    from echo_os.artifacts.catalog import CatalogRow
+    from echo_os.resonance.analyze import describe_motifs
+
+    def row(i: int, prompt: str, rating: int | None) -> CatalogRow:
+        meta = {"rating": {"value": rating}} if rating else {}
+        return CatalogRow(num=i, id=f"{i:064x}", created=f"2026-12-01T00:00:{i:02d}", project="p", model="m",
+                          engine="sdxl", prompt=prompt, seed=i, width=8, height=8, scene=None, parent_id=None,
+                          path=str(i), meta=meta)
+
+    rows = [row(0, "sea, storm", 5), row(1, "sea, storm", None), row(2, "city, neon", 1), row(3, "city, neon", None)]
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    found = describe_motifs(rows, vectors, np.array([0, 0, 1, 1]), vectors[[0, 2]])
+    motifs = {theme: m for m in found for theme in ("sea", "city") if [theme, 2] in m.phrases}
+    assert motifs["sea"].mean_rating == 5 and motifs["sea"].strength == pytest.approx(2 * 1.5)
+    assert motifs["city"].mean_rating == 1 and motifs["city"].strength == pytest.approx(2 * 0.5)
+    assert motifs["sea"].best_rated[0]["rating"] == 5
+
+
+def test_memory_stats_names_the_missing_scorers(themed_home):
+    code, out, err = run_cli("--home", str(themed_home), "memory", "stats", "--json")
+    assert code == 0, err
+    scorers = json.loads(out)["scorers"]
+    assert scorers["clip"]["model"] is None and "no CLIP model on this machine" in scorers["clip"]["missing"]
+    assert scorers["aesthetic"]["model"] is None and 'type = "scorer"' in scorers["aesthetic"]["missing"]

@@ -60,6 +60,8 @@ class Motif:
     over_time: list[Period]
     members: list[str]
     cohesion: float  # mean cosine of the members to their centre
+    mean_rating: float | None = None  # over rated members
+    strength: float = 0.0  # what --export-styles ranks by: size x cohesion, raised or lowered by ratings
 
 
 @dataclass
@@ -231,6 +233,12 @@ def describe_motifs(rows: list["CatalogRow"], vectors: np.ndarray, labels: np.nd
             best_scored=[{"id": m.id, "objective": round(v, 4)} for v, m in scored],
             over_time=_over_time(members, all_prompts), members=[m.id for m in members],
             cohesion=round(float(similarity.mean()), 4)))
+        ratings = [m.meta["rating"]["value"] for m in members if isinstance(m.meta.get("rating"), dict)]
+        motif = motifs[-1]
+        motif.mean_rating = round(float(np.mean(ratings)), 3) if ratings else None
+        # A motif the user rates 5 counts half again as strong; one rated 1, half as strong.
+        bonus = 0.0 if motif.mean_rating is None else (motif.mean_rating - 3) / 4
+        motif.strength = round(motif.size * motif.cohesion * (1 + bonus), 4)
     motifs.sort(key=lambda m: (-m.size, -m.cohesion, m.name))
     for number, motif in enumerate(motifs, start=1):
         motif.motif = number
@@ -308,7 +316,8 @@ def style_entry(motif: Motif) -> dict[str, str]:
 
 
 def export_styles(settings: "Settings", motifs: list[Motif], *, top: int = 5) -> tuple[list[str], list[str]]:
-    """Append the `top` strongest motifs (size x cohesion) to styles.toml as [styles.NAME] tables.
+    """Append the `top` strongest motifs (Motif.strength: size x cohesion x ratings) to styles.toml as
+    [styles.NAME] tables.
 
     A name already in styles.toml is left as it is (the user may have edited it). Returns (written, kept).
     The format: [styles.NAME] prompt = "{prompt}, phrase, ..." negative = "..." ({prompt}: the user's prompt).
@@ -318,7 +327,7 @@ def export_styles(settings: "Settings", motifs: list[Motif], *, top: int = 5) ->
 
     path = settings.styles_toml
     existing = read_toml(path).get("styles", {}) if path.is_file() else {}
-    strongest = sorted(motifs, key=lambda m: (-m.size * m.cohesion, m.motif))[:top]
+    strongest = sorted(motifs, key=lambda m: (-m.strength, m.motif))[:top]
     written, kept, blocks = [], [], []
     for motif in strongest:
         name = f"motif-{motif.name}"
