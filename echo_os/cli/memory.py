@@ -231,7 +231,7 @@ def analyze(ctx: click.Context, project: str | None, k: str, no_images: bool, ex
             if motif.best_scored:
                 scored = ", ".join(f"{m['id'][:12]} ({m['objective']:.3f})" for m in motif.best_scored)
                 click.echo(f"    best scored: {scored}")
-            click.echo("    over time: " + " -> ".join(f"{p.start[:10]}: {', '.join(p.phrases) or '-'}"
+            click.echo("    over time: " + " -> ".join(f"{p.start[:16].replace('T', ' ')}: {', '.join(p.phrases) or '-'}"
                                                     for p in motif.over_time))
     if written:
         click.echo(f"\nstyles.toml: wrote {', '.join(written)}")
