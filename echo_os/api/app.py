@@ -160,6 +160,9 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
                 listener = attach(store)  # every image the server saves is embedded (ECHO_OS_NO_MEMORY=1: not)
                 if listener is not None:
                     listener.start_preload()
+                from echo_os.resonance.listener import attach_scorer
+
+                attach_scorer(store)  # scores as the worker saves, when a CLIP model is here
                 worker = Worker(jobs, store, hub.publish_threadsafe,
                                 make_engine=make_engine or default_engine_factory(settings),
                                 max_batch=options.max_batch, batch_window_ms=options.batch_window_ms)
@@ -200,6 +203,9 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
     app.include_router(openai_router)
     app.include_router(memory_router)
+    from echo_os.api.resonance_routes import router as resonance_router
+
+    app.include_router(resonance_router)
     name_search_operations(app)
     return app
 

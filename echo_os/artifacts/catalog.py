@@ -59,6 +59,20 @@ def m002_request_key(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX artifacts_request_key ON artifacts(project, request_key)")
 
 
+@MIGRATIONS
+def m003_resonance(db: sqlite3.Connection) -> None:
+    """Scores and ratings (issue 16) as columns generated from meta.json's `scores` and `rating`, so they
+    are always in step with the meta column and a reindex needs nothing new. VIRTUAL: computed on read."""
+    for column, kind, path in (("alignment", "REAL", "$.scores.alignment"),
+                               ("character_consistency", "REAL", "$.scores.character_consistency"),
+                               ("style", "REAL", "$.scores.style"),
+                               ("aesthetic", "REAL", "$.scores.aesthetic"),
+                               ("rating", "INTEGER", "$.rating.value")):
+        db.execute(f"ALTER TABLE artifacts ADD COLUMN {column} {kind} GENERATED ALWAYS AS "
+                   f"(json_extract(meta, '{path}')) VIRTUAL")
+    db.execute("CREATE INDEX artifacts_rating ON artifacts(project, rating)")
+
+
 @dataclass(frozen=True)
 class CatalogRow:
     num: int

@@ -32,6 +32,8 @@ COMMANDS = {
     "serve": "echo_os.cli.serve:serve",
     "animatic": "echo_os.cli.animatic:animatic",
     "animate": "echo_os.cli.animatic:animate",
+    "score": "echo_os.cli.score:score",
+    "rate": "echo_os.cli.score:rate",
 }
 
 

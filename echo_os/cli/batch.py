@@ -34,7 +34,7 @@ class StoryBar:
 
 
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
-                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None) -> None:
+                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, resonance=None) -> None:
     """Render every scene of a validated StoryPlan in order and print what was made."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import engine_announcer
@@ -47,7 +47,7 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     try:
         result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
                               progress=bar, store=store,
-                              on_engine=engine_announcer(listener))
+                              on_engine=engine_announcer(listener), resonance=resonance)
     finally:
         bar.close()
         store.close()
@@ -65,6 +65,9 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     click.echo(f"contact sheet: {result.contact_sheet}")
     for line in result.continuity.lines():
         click.echo(line)
+    if result.resonance is not None:
+        for line in result.resonance.lines():
+            click.echo(line)
 
 
 def _seed_text(scene) -> str:
@@ -140,11 +143,27 @@ def format_dry_run(plan) -> str:
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Override the scheduler.")
 @click.option("--seed", type=int, default=None,
               help="Base seed: scene N without a seed of its own gets SEED + 1000*N (see docs/story.md).")
+@click.option("--best-of", "best_of", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Render N candidates per scene (seeds seed..seed+N-1) and keep the best by --objective; the "
+                   "others stay as siblings.")
+@click.option("--reroll-flagged", is_flag=True,
+              help="Re-render only the scenes the last run flagged for drift, from new seeds (with --best-of N: N each).")
+@click.option("--objective", default=None,
+              help="Best-of weights, e.g. alignment=1,consistency=1,style=0.5,aesthetic=0.5,rating=1 (the defaults).")
+@click.option("--no-score", is_flag=True, help="Do not score the images (no drift flags, no style consistency).")
+@click.option("--style-threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Cosine at or above which two scenes share a style (default: echo-os.toml [resonance], else 0.75).")
+@click.option("--character-threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Character consistency below which a scene is flagged (default 0.70).")
+@click.option("--alignment-threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Prompt alignment (CLIP cosine, score/100) below which a scene is flagged (default 0.22).")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
-          preset: str | None) -> None:
+          preset: str | None, best_of: int, reroll_flagged: bool, objective: str | None, no_score: bool,
+          style_threshold: float | None, character_threshold: float | None,
+          alignment_threshold: float | None) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
 
     One artifact per image, then story.json and contact-sheet.png in the project folder. Running the
@@ -155,9 +174,8 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv
       echo-os batch sketches @prompts.txt --steps 20
     """
-    from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
-
     from echo_os.engines import check_engine_name
+    from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
 
     settings = settings_from(ctx)
     if preset is not None:
@@ -173,6 +191,14 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         size = size if size is not None else chosen.size
         scheduler = scheduler if scheduler is not None else chosen.scheduler
     check_engine_name(engine)
+    from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
+                                         parse_objective)
+    if no_score and (best_of > 1 or reroll_flagged):
+        raise UsageError("--best-of and --reroll-flagged choose by scores; they cannot be used with --no-score.")
+    resonance = ResonanceOptions(score=not no_score, clip=clip, objective=parse_objective(objective), best_of=best_of,
+                                 thresholds=load_thresholds(settings, project, style=style_threshold,
+                                                            character=character_threshold,
+                                                            alignment=alignment_threshold))
     options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
                           seed=seed)
     if source.startswith("@"):
@@ -188,7 +214,13 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         else:
             click.echo(format_dry_run(plan))
         return
+    previous = load_story_json(settings, plan.project) if reroll_flagged else None
+    plan, resonance.keep = candidate_plan(plan, best_of, previous, reroll_flagged)
+    if reroll_flagged:
+        flagged = (previous.get("resonance") or {}).get("flagged_scenes") or []
+        click.echo(f"reroll: scenes {', '.join(map(str, flagged))}" if flagged else "reroll: no scene was flagged",
+                   err=True)
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
     render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
-                ip_adapter=None if ip_adapter == "none" else ip_adapter, clip=clip)
+                ip_adapter=None if ip_adapter == "none" else ip_adapter, clip=clip, resonance=resonance)

@@ -150,7 +150,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     data = {"catalog": catalog_count,
             "indexes": [{"embedder": s.embedder, "count": s.count, "dim": s.dim, "kind": s.kind,
                          "bytes": s.bytes_on_disk, "generation": s.generation} for s in indexes],
-            "skipped": skipped}
+            "skipped": skipped, "scorers": _scorer_status(settings_from(ctx))}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -160,6 +160,83 @@ def stats(ctx: click.Context, as_json: bool) -> None:
                    f"{s['bytes'] / 1024:.0f} KiB  generation {s['generation']}")
     for name, why in skipped.items():
         click.echo(f"{name:<8} off: {why}")
+    for name, state in data["scorers"].items():
+        click.echo(f"scorer {name:<9} {'on: ' + state['model'] if state['model'] else 'off: ' + state['missing']}")
+
+
+def _scorer_status(settings) -> dict[str, dict]:
+    """Which resonance scorers this workspace has (found in models.toml, nothing loaded)."""
+    from echo_os.resonance.scorers import find_scorer_entry
+    from echo_os.story.continuity import find_clip_model
+
+    clip, _, clip_why = find_clip_model(settings, None)
+    head, _, _, head_why = find_scorer_entry(settings)
+    return {"clip": {"model": clip, "missing": clip_why}, "aesthetic": {"model": head, "missing": head_why}}
+
+
+@memory.command("analyze")
+@click.option("--project", default=None, help="Only this project.")
+@click.option("--k", "k", default="auto", show_default=True, help="Motifs per clustering, or 'auto' (best silhouette).")
+@click.option("--no-images", is_flag=True, help="Cluster by prompt only, even when CLIP is here.")
+@click.option("--export-styles", is_flag=True, help="Write the strongest motifs to styles.toml as named styles.")
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+@click.pass_context
+def analyze(ctx: click.Context, project: str | None, k: str, no_images: bool, export_styles: bool, as_json: bool) -> None:
+    """Recurring motifs: artifacts clustered by prompt (MiniLM) and by image (CLIP, when present).
+
+    Per motif: recurring phrases, typical settings, best-rated and best-scored members, change over time.
+
+    \b
+      echo-os memory analyze --project "Harbour Watch"
+      echo-os memory analyze --k 4 --export-styles
+    """
+    from echo_os.resonance.analyze import analyze_memory, save_analysis
+    from echo_os.resonance.analyze import export_styles as write_styles
+
+    if k == "auto":
+        chosen = None
+    else:
+        try:
+            chosen = int(k)
+        except ValueError:
+            raise UsageError(f"--k must be a whole number or 'auto', got {k!r}.") from None
+        if chosen < 1:
+            raise UsageError(f"--k must be 1 or more, got {chosen}.")
+    settings = settings_from(ctx)
+    result = analyze_memory(settings, project=project, k=chosen, images=not no_images)
+    save_analysis(settings, result)  # the gallery's motifs section shows the latest analysis
+    written: list[str] = []
+    if export_styles:
+        written, kept = write_styles(settings, result.clusterings[0].motifs)
+        if kept:
+            click.echo(f"styles.toml already has {', '.join(kept)}: left as they are", err=True)
+    if as_json:
+        data = result.as_dict()
+        data["exported_styles"] = written
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{result.artifacts} artifacts" + (f" in {project}" if project else ""))
+    for clustering in result.clusterings:
+        how = "auto" if clustering.k_auto else "given"
+        click.echo(f"\nby {clustering.by} ({clustering.embedder}): {clustering.k} motifs (k {how}, "
+                   f"silhouette {clustering.silhouette})")
+        for motif in clustering.motifs:
+            click.echo(f"  motif {motif.motif}: {motif.name}  ({motif.size} artifacts, cohesion {motif.cohesion:.3f})")
+            click.echo(f"    phrases:  {'; '.join(f'{p} ({n})' for p, n in motif.phrases)}")
+            settings_text = ", ".join(f"{key} {v['value']} ({100 * v['share']:.0f}%)" for key, v in motif.settings.items())
+            click.echo(f"    settings: {settings_text}")
+            if motif.best_rated:
+                rated = ", ".join(f"{m['id'][:12]} ({m['rating']})" for m in motif.best_rated)
+                click.echo(f"    best rated:  {rated}")
+            if motif.best_scored:
+                scored = ", ".join(f"{m['id'][:12]} ({m['objective']:.3f})" for m in motif.best_scored)
+                click.echo(f"    best scored: {scored}")
+            click.echo("    over time: " + " -> ".join(f"{p.start[:16].replace('T', ' ')}: {', '.join(p.phrases) or '-'}"
+                                                    for p in motif.over_time))
+    if written:
+        click.echo(f"\nstyles.toml: wrote {', '.join(written)}")
 
 
 @memory.command("reindex")

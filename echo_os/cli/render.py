@@ -163,9 +163,11 @@ def engine_announcer(memory_listener, note: str | None = None):
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True,
               help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
+@click.option("--no-score", is_flag=True,
+              help="Do not score the images (CLIP prompt alignment, aesthetic) as they are saved.")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
-           no_memory: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...], preset: str | None,
+           no_memory: bool, no_score: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...], preset: str | None,
            **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
@@ -195,6 +197,9 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
 
     store = ArtifactStore(settings)
     listener = attach(store, enabled=not no_memory)
+    from echo_os.resonance.listener import attach_scorer
+
+    attach_scorer(store, enabled=not no_score)  # scores when a CLIP model is here (`echo-os score` says if not)
     bar = StepBar(request.count)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,

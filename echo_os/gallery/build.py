@@ -107,14 +107,23 @@ def build_gallery(settings: Settings, *, project: str | None = None,
         items.append(gallery_item(settings, row, page_dir))
     title = f"echo-os gallery: {project}" if project else "echo-os gallery"
     page = page_dir / "index.html"
-    write_atomically(page, render_page(title, items))
+    from echo_os.resonance.gallery import gallery_resonance
+
+    resonance = gallery_resonance(settings, sorted({item["project"] for item in items}))
+    write_atomically(page, render_page(title, items, resonance))
     return GalleryResult(page=page, artifacts=len(items), thumbnails_made=made)
 
 
-def render_page(title: str, items: list[dict]) -> str:
+def render_page(title: str, items: list[dict], resonance: dict | None = None) -> str:
+    from echo_os.resonance.gallery import RESONANCE_CSS, RESONANCE_JS
+
     data = json.dumps(items, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
+    extra = json.dumps(resonance or {"stories": {}, "motifs": []}, ensure_ascii=False).replace("</", "<\\/")
     return (PAGE.replace("{{TITLE}}", html.escape(title))
                 .replace("{{COUNT}}", str(len(items)))
+                .replace("{{RESONANCE_CSS}}", RESONANCE_CSS)
+                .replace("{{RESONANCE_JS}}", RESONANCE_JS)
+                .replace("{{RESONANCE}}", extra)
                 .replace("{{DATA}}", data))
 
 
@@ -168,6 +177,7 @@ section h2 small { color: var(--dim); font-weight: 400; font-size: 12px; }
 #lightbox .close { position: absolute; top: 10px; right: 18px; color: var(--text); font-size: 26px;
                    background: none; border: 0; cursor: pointer; }
 .empty { color: var(--dim); margin-top: 40px; }
+{{RESONANCE_CSS}}
 </style>
 </head>
 <body data-ready="false">
@@ -186,6 +196,7 @@ section h2 small { color: var(--dim); font-weight: 400; font-size: 12px; }
   <div class="meta" id="lb-meta"></div>
 </div>
 <script type="application/json" id="gallery-data">{{DATA}}</script>
+<script type="application/json" id="resonance-data">{{RESONANCE}}</script>
 <script>
 "use strict";
 const items = JSON.parse(document.getElementById("gallery-data").textContent);
@@ -280,7 +291,7 @@ function applyFilters() {
     node.classList.toggle("hidden", !show);
     visible += show;
   }
-  for (const section of document.querySelectorAll("section"))
+  for (const section of document.querySelectorAll("section[data-project]"))
     section.classList.toggle("hidden", !section.querySelector(".card:not(.hidden)"));
   body.dataset.visible = visible;
   document.getElementById("count").textContent = visible + " of " + items.length + " artifacts";
@@ -330,7 +341,9 @@ document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeLight
 Object.values(filters).forEach(s => s.addEventListener("change", applyFilters));
 window.addEventListener("hashchange", () => { fromHash(); applyFilters(); });
 
+{{RESONANCE_JS}}
 render();
+decorate();
 fromHash();
 applyFilters();
 </script>

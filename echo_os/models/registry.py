@@ -26,10 +26,10 @@ if TYPE_CHECKING:
     from echo_os.models.resolve import ResolvedModel
     from echo_os.settings import Settings
 
-ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video"]
+ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer"]
 SourceKind = Literal["path", "hf", "file", "package"]
 
-MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video")
+MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer")
 SOURCE_KEYS: tuple[str, ...] = ("path", "hf", "file", "package")
 STRING_KEYS: tuple[str, ...] = ("type", *SOURCE_KEYS, "variant", "revision", "config", "subfolder", "weight_name",
                                 "image_encoder", "description")
@@ -218,6 +218,10 @@ def _parse_entry(name: str, table: object, path: Path) -> ModelEntry:
     single_file = kind == "file" or "weight_name" in table
     if not (model_type == "sdxl" and single_file):
         refuse("config", "only applies to a single-file sdxl checkpoint (file, or hf/path with weight_name)")
+    if model_type == "scorer" and kind != "file":
+        # An aesthetic head is a few kilobytes of MLP weights: one local file, never fetched (issue 16).
+        raise UsageError(f"{where}: a scorer entry is one local file: give `file` (a .safetensors MLP head over "
+                         "CLIP image embeddings).")
     if model_type == "lora" and kind != "file" and "weight_name" not in table:
         raise UsageError(f"{where}: a lora entry is one file: give `file`, or weight_name (the .safetensors "
                          "file) with hf or path.")

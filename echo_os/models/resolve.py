@@ -156,7 +156,7 @@ def resolve_model(entry: ModelEntry, registry: "ModelRegistry | None" = None,
         adapter = _single_file(entry, root)
         encoder = _image_encoder(entry, adapter, registry, hf_cache)
         return ResolvedModel(entry, adapter, "single-file", (adapter,), commit=commit, image_encoder=encoder)
-    if entry.type == "lora":
+    if entry.type in ("lora", "scorer"):
         weights = _single_file(entry, root)
         return ResolvedModel(entry, weights, "single-file", (weights,), commit=commit)
     folder = _subfolder(entry, root)

@@ -63,6 +63,7 @@ class SceneResult:
     characters: tuple[str, ...]
     artifacts: list["Artifact"]
     resumed: list[bool]
+    siblings: list["Artifact"] = field(default_factory=list)  # best-of candidates not kept (issue 16)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class StoryRender:
     elapsed_s: float
     batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    resonance: Any = None  # resonance.story.StoryReflection when scoring was asked for
 
     @property
     def images_per_minute(self) -> float:
@@ -101,7 +103,8 @@ class StoryRender:
                 "engines": [{"name": c.name, "reason": c.reason} for c in self.engines],
                 "rendered": self.rendered, "resumed": self.resumed, "seconds": round(self.elapsed_s, 3),
                 "images_per_minute": round(self.images_per_minute, 2), "batch_sizes": self.batch_sizes,
-                "notes": self.notes, "artifacts": self.artifact_rows(), "continuity": self.continuity.as_dict()}
+                "notes": self.notes, "artifacts": self.artifact_rows(), "continuity": self.continuity.as_dict(),
+                "resonance": self.resonance.as_dict() if self.resonance is not None else None}
 
 
 # ---- requests --------------------------------------------------------------------------------------
@@ -211,10 +214,12 @@ def render_plan(
     on_engine: Callable[["EngineChoice"], None] | None = None,
     engine: "Engine | None" = None,
     store: "ArtifactStore | None" = None,
+    resonance: Any = None,
 ) -> StoryRender:
     """Render every scene of a validated StoryPlan (resuming what is already rendered), then write the
     contact sheet and story.json. clip: a models.toml clip entry for the continuity report, "none" to
-    skip it, None for the first one on this machine."""
+    skip it, None for the first one on this machine. resonance: resonance.story.ResonanceOptions to score
+    the images, keep each scene's best of N and flag drift before the contact sheet and story.json."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.scheduler import render_requests
 
@@ -248,7 +253,7 @@ def render_plan(
             resumed_ids={artifact.id for artifact in outcome.resumed}, engines=outcome.engines,
             batch_sizes=outcome.batch_sizes, notes=outcome.notes, elapsed_s=time.perf_counter() - started,
             requested_batch_size=batch_size, ip_adapter=ip_adapter,
-            uses_ip_adapter=any(r.ip_adapter for r in requests), clip=clip)
+            uses_ip_adapter=any(r.ip_adapter for r in requests), clip=clip, resonance=resonance)
     finally:
         if own_store:
             store.close()
@@ -268,10 +273,11 @@ def write_story_outputs(settings: "Settings", plan: "StoryPlan", *, store: "Arti
                         artifacts: list["Artifact"], resumed_ids: set[str], engines: list["EngineChoice"],
                         batch_sizes: dict[str, int], notes: list[str], elapsed_s: float,
                         requested_batch_size: int | None, ip_adapter: str | None, uses_ip_adapter: bool,
-                        clip: str | None) -> StoryRender:
+                        clip: str | None, resonance: Any = None) -> StoryRender:
     """The contact sheet, continuity report and story.json of a rendered plan, written to its project
     folder: `echo-os batch` and the API's batch jobs both end here. `artifacts`: every image of the plan
-    (any order), those in resumed_ids found from an earlier run."""
+    (any order), those in resumed_ids found from an earlier run. resonance: ResonanceOptions to score and
+    reflect on the story (drift flags, best of N) before the sheet is drawn."""
     by_image = {(a.meta.story.scene, a.meta.seed): a for a in artifacts}
     scenes = []
     for planned in plan.scenes:
@@ -279,6 +285,11 @@ def write_story_outputs(settings: "Settings", plan: "StoryPlan", *, store: "Arti
         scenes.append(SceneResult(scene=planned.scene, slug=planned.slug, description=planned.row.description,
                                   characters=planned.row.characters, artifacts=found,
                                   resumed=[a.id in resumed_ids for a in found]))
+    reflection = None
+    if resonance is not None:
+        from echo_os.resonance.story import reflect_story
+
+        reflection = reflect_story(settings, store, plan, scenes, resonance)
     created = datetime.now(timezone.utc).astimezone()
     project_dir = store.project_dir(plan.project, created)
     result = StoryRender(
@@ -286,7 +297,7 @@ def write_story_outputs(settings: "Settings", plan: "StoryPlan", *, store: "Arti
         story_json=project_dir / STORY_JSON, contact_sheet=project_dir / CONTACT_SHEET, scenes=scenes,
         continuity=ContinuityReport(), engines=engines, rendered=len(artifacts) - len(resumed_ids),
         resumed=len(resumed_ids), elapsed_s=elapsed_s, batch_sizes=batch_sizes,
-        notes=_plan_notes(plan, ip_adapter) + notes)
+        notes=_plan_notes(plan, ip_adapter) + notes, resonance=reflection)
     write_contact_sheet(plan, result, created)
     result.continuity = story_continuity(settings, plan, scenes, clip)
     write_story_json(plan, result, created, store.root, requested_batch_size=requested_batch_size,
@@ -391,10 +402,12 @@ def write_story_json(plan: "StoryPlan", result: StoryRender, created: datetime, 
              "characters": list(scene.characters), "seeds": [a.meta.seed for a in scene.artifacts],
              "artifacts": [a.id for a in scene.artifacts],
              "paths": [str(a.path.relative_to(artifacts_root)) for a in scene.artifacts],
-             "resumed": scene.resumed}
+             "resumed": scene.resumed, "siblings": [a.id for a in scene.siblings],
+             "seeds_tried": sorted(a.meta.seed for a in [*scene.artifacts, *scene.siblings])}
             for scene in result.scenes
         ],
         "continuity": result.continuity.as_dict(),
+        "resonance": result.resonance.as_dict() if result.resonance is not None else None,
         "contact_sheet": CONTACT_SHEET,
         "run": {"rendered": result.rendered, "resumed": result.resumed, "seconds": round(result.elapsed_s, 3),
                 "images_per_minute": round(result.images_per_minute, 2), "notes": result.notes},
