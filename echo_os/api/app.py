@@ -44,7 +44,7 @@ from echo_os.api.schemas import (
     ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage, JobView, RenderBody, Submitted,
     error_responses,
 )
-from echo_os.api.security import Guard, GuardSettings, resolve_inside
+from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import EchoError, NotFoundError, OptionError, UsageError
 from echo_os.settings import Settings
@@ -130,6 +130,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
     """A FastAPI app for one workspace. `make_engine(request) -> Engine` replaces the CLI's engine
     choice (tests pass fakes); `start_worker=False` stores jobs without rendering them."""
     options = options or ApiOptions()
+    allowed_origins = check_origins(options.allowed_origins)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -179,13 +180,13 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
     app = FastAPI(title="echo-os", version=__version__, lifespan=lifespan, responses=error_responses(401),
                   description="Render images on this machine's GPU. Jobs are durable; every image is an "
                               "artifact (PNG + meta.json). The OpenAI Images API is at /v1/images/generations.")
-    app.add_middleware(Guard, settings=GuardSettings(token=token, allowed_origins=options.allowed_origins,
+    app.add_middleware(Guard, settings=GuardSettings(token=token, allowed_origins=allowed_origins,
                                                       allowed_hosts=options.allowed_hosts,
                                                       max_body_bytes=options.max_body_bytes))
-    if options.allowed_origins:
+    if allowed_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(options.allowed_origins),
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
 
     _add_error_handlers(app)
