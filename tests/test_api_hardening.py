@@ -68,3 +68,26 @@ async def test_an_allowed_origin_gets_cors_and_a_wildcard_never(workspace):
         assert "access-control-allow-origin" not in other.headers
         sandboxed = await client.post("/api/render", json={"prompt": "x", **DRAFT}, headers={"Origin": "null"})
         assert sandboxed.status_code == 403
+
+
+# ---- 10. non-finite numbers --------------------------------------------------------------------------------
+
+NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999"]
+
+
+@pytest.mark.parametrize("number", NON_FINITE)
+async def test_non_finite_numbers_are_422_naming_the_field(workspace, number):
+    async with api_client(workspace, start_worker=False) as (client, _):
+        for route, body, field in (
+                ("/api/render", b'{"prompt": "x", "engine": "draft", "cfg": %s}', "cfg"),
+                ("/api/render", b'{"prompt": "x", "engine": "draft", "steps": %s}', "steps"),
+                ("/api/render", b'{"prompt": %s}', "prompt"),
+                ("/api/batch", b'{"project": "P", "prompts": ["x"], "cfg": %s}', "cfg"),
+                ("/api/batch", b'{"project": "P", "prompts": ["x"], "seed": %s}', "seed"),
+                ("/v1/images/generations", b'{"prompt": "x", "cfg": %s}', "cfg"),
+                ("/v1/images/generations", b'{"prompt": "x", "n": %s}', "n")):
+            response = await client.post(route, content=body % number, headers={"content-type": "application/json"})
+            assert response.status_code == 422, (route, number, response.text)
+            locs = [error["loc"] for error in response.json()["detail"]]
+            assert any(field in loc for loc in locs), (route, locs)
+        assert (await client.get("/api/jobs")).json()["items"] == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import shutil
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import date, datetime
@@ -209,7 +210,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(error.errors(), custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
+        # The input is echoed back; NaN or 1e999 (inf) in it would make the JSON encoder refuse the answer.
+        errors = finite_json(jsonable_encoder(error.errors(), custom_encoder={
+            Exception: str, bytes: lambda b: b.decode("utf-8", "replace")}))
         body: dict[str, Any] = {"detail": errors}
         if request.url.path.startswith("/v1/"):
             # The OpenAI client reads `error.message` and `error.param`.
@@ -218,6 +221,18 @@ def _add_error_handlers(app: FastAPI) -> None:
             body["error"] = {"message": f"{param}: {first.get('msg')}" if param else str(first.get("msg")),
                              "type": "invalid_request_error", "param": param, "code": None}
         return JSONResponse(body, status_code=422)
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by its name ("NaN", "Infinity", "-Infinity"), so
+    strict JSON can carry it. Python's json reads NaN, Infinity and 1e999 in a body; a response may not."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
 
 
 def _add_routes(app: FastAPI) -> None:
