@@ -91,3 +91,48 @@ async def test_non_finite_numbers_are_422_naming_the_field(workspace, number):
             locs = [error["loc"] for error in response.json()["detail"]]
             assert any(field in loc for loc in locs), (route, locs)
         assert (await client.get("/api/jobs")).json()["items"] == []
+
+
+# ---- 3. what /api/batch errors reveal ---------------------------------------------------------------------
+
+def _bible(reference: str) -> str:
+    return f"---\ntitle: T\ncharacters:\n  keeper: {{name: K, description: d, seed: 1, reference: {reference}}}\n---\n"
+
+
+async def test_batch_errors_do_not_tell_which_files_exist_outside_the_workspace(workspace, tmp_path):
+    import os
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "real.png").write_bytes(b"\x89PNG not really")
+    answers = {}
+    async with api_client(workspace, start_worker=False) as (client, _):
+        for name, reference in (("exists", "/etc/passwd"), ("exists-2", str(outside / "real.png")),
+                                ("missing", "/etc/nope.png"), ("missing-2", str(outside / "nope.png")),
+                                ("relative-out", "../../../../../../../../etc/passwd"),
+                                ("missing-inside", "not-here.png")):
+            response = await client.post("/api/batch", json={
+                "project": "P", "engine": "draft", "bible": _bible(reference),
+                "storyboard": "scene,description,characters\n1,a walk,keeper\n"})
+            assert response.status_code == 422, response.text
+            [error] = response.json()["detail"]
+            assert error["loc"] == ["body", "bible"]
+            answers[name] = error["msg"]
+    assert len(set(answers.values())) == 1, answers
+    text = next(iter(answers.values()))
+    for secret in (str(workspace.home), str(tmp_path), ".jobs", str(os.getpid())):
+        assert secret not in text, text
+
+
+async def test_batch_errors_show_no_server_paths(workspace):
+    import os
+
+    async with api_client(workspace, start_worker=False) as (client, _):
+        for body in ({"storyboard": "scene,description,characters\n1,a walk,bob\n", "bible": "---\ntitle: T\n---\n"},
+                     {"storyboard": "scene,description\n1,\n"},
+                     {"storyboard": "scene,description,characters\n1,a walk,keeper\n",
+                      "bible": _bible("../../../x.png")}):
+            response = await client.post("/api/batch", json={"project": "P", "engine": "draft", **body})
+            assert response.status_code == 422, response.text
+            for secret in (str(workspace.home), ".jobs", str(os.getpid())):
+                assert secret not in response.text, response.text

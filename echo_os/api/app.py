@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import shutil
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import date, datetime
@@ -458,15 +459,48 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestValidationError([{"type": "value_error", "loc": ("body", _problem_field(problem.file)),
-                                       "msg": str(problem), "input": None} for problem in error.problems]) from None
+                                       "msg": _public_problem(problem, settings, folder), "input": None}
+                                      for problem in error.problems]) from None
     except OptionError as error:  # an override the planner refused, named as BatchBody names it
         shutil.rmtree(folder, ignore_errors=True)
-        raise field_error(error.option if error.option in BatchBody.model_fields else "storyboard", str(error)) \
-            from None
+        raise field_error(error.option if error.option in BatchBody.model_fields else "storyboard",
+                          _without_server_paths(str(error), settings, folder)) from None
+    except RequestValidationError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RequestValidationError([{**item, "msg": _without_server_paths(str(item.get("msg", "")), settings,
+                                                                            folder)}
+                                      for item in error.errors()]) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return JobSpec(items=tuple(requests), title=plan.title, warnings=plan.warnings)
+
+
+# One answer whether the file exists outside the workspace, exists inside it unreadable, or does not
+# exist: a client may not learn which files the server's machine has.
+REFERENCE_REFUSED = ("reference image is missing, unreadable or outside the workspace; use an image file "
+                     "inside the workspace folder")
+
+
+def _is_reference_key(key: str | None) -> bool:
+    return key is not None and key.startswith("characters.") and ".reference" in key
+
+
+def _public_problem(problem, settings: Settings, folder: Path) -> str:
+    """A story problem as a client may see it: no server paths, and the same words for every reference
+    image the planner refused, whatever the reason."""
+    if _is_reference_key(problem.key):
+        return f"{problem.file}, key {problem.key}: {REFERENCE_REFUSED}"
+    return _without_server_paths(str(problem), settings, folder)
+
+
+def _without_server_paths(text: str, settings: Settings, folder: Path) -> str:
+    """Server folders in a message, as the client knows them: the job's own folder as nothing (its files
+    are the texts the client sent), the workspace as `<workspace>`."""
+    for path, shown in ((folder, ""), (settings.artifacts_dir.resolve(), "<workspace>/artifacts"),
+                        (settings.home.resolve(), "<workspace>")):
+        text = text.replace(f"{path}{os.sep}", f"{shown}/" if shown else "").replace(str(path), shown or ".")
+    return text
 
 
 def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
@@ -492,10 +526,10 @@ def _check_plan_paths(settings: Settings, plan) -> None:
     registry = load_registry(settings)
     for scene in plan.scenes:
         for member in scene.cast:
-            for reference in member.references:
+            for index, reference in enumerate(member.references):
                 if not Path(reference).resolve().is_relative_to(home):
-                    raise field_error("bible", f"character {member.id}: reference image {reference} is outside "
-                                               "the workspace; put it under the workspace folder")
+                    raise field_error("bible", f"STORY_BIBLE.md, key characters.{member.id}.reference[{index}]: "
+                                               f"{REFERENCE_REFUSED}")
             lora = member.lora.name if member.lora else None
             if lora is None or lora in registry:
                 continue
