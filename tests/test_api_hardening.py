@@ -3,6 +3,9 @@ non-finite numbers in bodies, runtime checks like the CLI's, a full disk, cancel
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from echo_os.api import ApiOptions
@@ -18,6 +21,24 @@ DRAFT = {"engine": "draft", "size": "64x64", "steps": 2}
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def no_memory(monkeypatch):
+    """What these tests check does not involve embedding the images (which loads a model)."""
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+
+
+async def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def app_waiting(client) -> dict[str, int]:
+    """job id -> clients of the synchronous route waiting on it."""
+    return client._transport.app.state.api.waiting._counts
 
 
 # ---- 1. origins and tokens -----------------------------------------------------------------------------
@@ -136,3 +157,97 @@ async def test_batch_errors_show_no_server_paths(workspace):
             assert response.status_code == 422, response.text
             for secret in (str(workspace.home), ".jobs", str(os.getpid())):
                 assert secret not in response.text, response.text
+
+
+# ---- 2. idempotent submissions ---------------------------------------------------------------------------
+
+async def test_the_same_idempotency_key_and_body_answer_with_the_same_job(workspace):
+    async with api_client(workspace, start_worker=False) as (client, _):
+        body = {"prompt": "a lighthouse", **DRAFT}
+        first = await client.post("/api/render", json=body, headers={"Idempotency-Key": "render-1"})
+        assert first.status_code == 202 and "idempotent-replayed" not in first.headers
+        again = await client.post("/api/render", content=b'{"size": "64x64", "steps": 2, "engine": "draft",'
+                                                          b' "prompt": "a lighthouse"}',
+                                  headers={"Idempotency-Key": "render-1", "content-type": "application/json"})
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["job_id"] == first.json()["job_id"] and again.json()["status"] == "queued"
+        other = await client.post("/api/render", json={**body, "prompt": "a harbour"},
+                                  headers={"Idempotency-Key": "render-1"})
+        assert other.status_code == 409 and first.json()["job_id"] in other.json()["detail"]
+        # the same key on another route is another request
+        assert (await client.post("/api/batch", json={"project": "P", "prompts": ["x"], "engine": "draft"},
+                                  headers={"Idempotency-Key": "render-1"})).status_code == 409
+        # without a key, or with a new one, each POST is a job
+        assert (await client.post("/api/render", json=body)).json()["job_id"] != first.json()["job_id"]
+        assert (await client.post("/api/render", json=body, headers={"Idempotency-Key": "render-2"})).status_code == 202
+        assert len((await client.get("/api/jobs")).json()["items"]) == 3
+        for bad in ("", "x" * 256, "caf\u00e9", "two words"):
+            response = await client.post("/api/render", json=body, headers={"Idempotency-Key": bad.encode()})
+            assert response.status_code == 422 and "Idempotency-Key" in response.text, bad
+
+
+async def test_idempotent_batches_plan_once(workspace):
+    async with api_client(workspace, start_worker=False) as (client, _):
+        body = {"project": "P", "prompts": ["one", "two"], "engine": "draft", "size": "64x64"}
+        first = await client.post("/api/batch", json=body, headers={"Idempotency-Key": "story-1"})
+        again = await client.post("/api/batch", json=body, headers={"Idempotency-Key": "story-1"})
+        assert first.status_code == 202 and again.status_code == 200
+        assert {k: v for k, v in again.json().items()} == {**first.json()}
+        assert [p.name for p in (workspace.artifacts_dir / ".jobs").iterdir()] == [first.json()["job_id"]]
+        assert (await client.post("/api/batch", json={**body, "prompts": ["three"]},
+                                  headers={"Idempotency-Key": "story-1"})).status_code == 409
+
+
+async def test_concurrent_requests_with_one_key_make_one_job(workspace):
+    import asyncio
+
+    async with api_client(workspace, start_worker=False) as (client, _):
+        body = {"prompt": "race", **DRAFT}
+        answers = await asyncio.gather(*(client.post("/api/render", json=body, headers={"Idempotency-Key": "k"})
+                                         for _ in range(12)))
+        assert sorted(a.status_code for a in answers) == [200] * 11 + [202]
+        assert len({a.json()["job_id"] for a in answers}) == 1
+        assert len((await client.get("/api/jobs")).json()["items"]) == 1
+
+
+async def test_keys_are_durable_and_expire(workspace, monkeypatch):
+    from echo_os.api import jobs as jobs_module
+
+    body = {"prompt": "kept", **DRAFT}
+    async with api_client(workspace, start_worker=False) as (client, _):
+        job_id = (await client.post("/api/render", json=body, headers={"Idempotency-Key": "durable"})).json()["job_id"]
+    async with api_client(workspace, start_worker=False) as (client, _):  # a restarted server
+        again = await client.post("/api/render", json=body, headers={"Idempotency-Key": "durable"})
+        assert again.status_code == 200 and again.json()["job_id"] == job_id
+        monkeypatch.setattr(jobs_module, "IDEMPOTENCY_TTL_S", 0)
+        later = await client.post("/api/render", json=body, headers={"Idempotency-Key": "durable"})
+        assert later.status_code == 202 and later.json()["job_id"] != job_id
+
+
+async def test_openai_route_retries_wait_on_the_first_tries_job(workspace):
+    from tests.api_helpers import FakeEngine
+
+    engine = FakeEngine(hold=True)
+    body = {"prompt": "slow lighthouse", "size": "64x64", "engine": "draft", "steps": 2}
+    async with api_client(workspace, make_engine=engine, options=ApiOptions(batch_window_ms=0)) as (client, _):
+        first = asyncio.ensure_future(client.post("/v1/images/generations", json=body,
+                                                  headers={"x-stainless-retry-count": "0"}))
+        await asyncio.to_thread(engine.step_started.wait, 30)
+        retry = asyncio.ensure_future(client.post("/v1/images/generations", json=body,
+                                                  headers={"x-stainless-retry-count": "1"}))
+        await wait_until(lambda: len(app_waiting(client)) == 1 and sum(app_waiting(client).values()) == 2)
+        engine.release.set()
+        one, two = await first, await retry
+        assert one.status_code == two.status_code == 200, (one.text, two.text)
+        assert one.headers["x-echo-job-id"] == two.headers["x-echo-job-id"]
+        assert one.headers["x-echo-artifact-ids"] == two.headers["x-echo-artifact-ids"]
+        # a deliberate second request (not a retry) is a new render
+        third = await client.post("/v1/images/generations", json=body, headers={"x-stainless-retry-count": "0"})
+        assert third.headers["x-echo-job-id"] != one.headers["x-echo-job-id"]
+        assert len(engine.calls) == 2 and len((await client.get("/api/jobs")).json()["items"]) == 2
+        # with the client's own key, a different body is a 409 that the client must not retry
+        keyed = {"Idempotency-Key": "img-1"}
+        assert (await client.post("/v1/images/generations", json=body, headers=keyed)).status_code == 200
+        conflict = await client.post("/v1/images/generations", json={**body, "prompt": "other"}, headers=keyed)
+        assert conflict.status_code == 409 and conflict.headers["x-should-retry"] == "false"
+        assert conflict.json()["error"]["type"] == "invalid_request_error"

@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator
@@ -35,13 +36,18 @@ from starlette.concurrency import run_in_threadpool
 from echo_os import __version__
 from echo_os.api.deps import (
     IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, build_render_request,
-    check_model, convert_image, field_error,
+    cancel_if_unanswered, check_model, convert_image, field_error,
 )
 from echo_os.api.events import (
     FINAL_EVENTS, EventHub, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded,
     image_url, sse_message,
 )
-from echo_os.api.jobs import JOB_ID_PATTERN, Job, JobProgress, JobSpec, JobStatus, JobStore, new_job_id, now_iso
+from echo_os.api.idempotency import (
+    IDEMPOTENCY_HEADER, REPLAYED_HEADER, IdempotencyHeader, WaitingClients, client_key, conflict_message, known,
+)
+from echo_os.api.jobs import (
+    JOB_ID_PATTERN, Admission, IdempotencyKey, Job, JobProgress, JobSpec, JobStatus, JobStore, new_job_id, now_iso,
+)
 from echo_os.api.schemas import (
     ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage, JobView, RenderBody, Submitted,
     error_responses,
@@ -87,6 +93,34 @@ def submitted(job_id: str, model=Submitted, **extra: Any) -> JSONResponse:
     body = model(job_id=job_id, status_url=f"/api/jobs/{job_id}", events_url=f"/api/jobs/{job_id}/events",
                  **extra)
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.status_url})
+
+
+def batch_summary(job: Job, project: str) -> dict[str, Any]:
+    spec = job.spec
+    return dict(title=spec.title or project, scenes=len(spec.items), images=spec.images_total,
+                warnings=list(spec.warnings))
+
+
+async def _earlier_job(api: ApiState, key: IdempotencyKey | None) -> Admission | None:
+    """The job this key already made (replayed or conflicting), looked up before any work is done."""
+    if key is None:
+        return None
+    return known(await run_in_threadpool(api.jobs.find_key, key.key), key)
+
+
+async def _answer_earlier(api: ApiState, admission: Admission) -> JSONResponse:
+    """409 for a key used with another body; else 200 with the key's job, as its first answer said it."""
+    if admission.outcome == "conflict":
+        return JSONResponse({"detail": conflict_message(admission.job_id)}, status_code=409)
+    job = await run_in_threadpool(api.jobs.get, admission.job_id)
+    if job is None:  # cannot happen: a key is stored with its job
+        raise HTTPException(status_code=404, detail=f"no job {admission.job_id}")
+    model, extra = (Submitted, {}) if job.kind == "render" else \
+        (BatchSubmitted, batch_summary(job, job.spec.items[0].project))
+    response = submitted(job.id, model, status=job.status, **extra)
+    response.status_code = 200
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 def snapshot_events(job: Job, live: JobProgressed | None) -> list:
@@ -171,8 +205,11 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
             submitter = Submitter(jobs, on_stored)
             cleanup.callback(submitter.close)
-            app.state.api = ApiState(settings=settings, options=options, jobs=jobs, hub=hub, submitter=submitter,
-                                     catalog=catalog, worker=worker, started_worker=start_worker)
+            state = app.state.api = ApiState(settings=settings, options=options, jobs=jobs, hub=hub,
+                                             submitter=submitter, catalog=catalog, worker=worker,
+                                             started_worker=start_worker)
+            state.waiting = WaitingClients(options.abandoned_grace_s, partial(cancel_if_unanswered, state))
+            cleanup.callback(state.waiting.close)
             if worker is not None:
                 worker.start()
                 cleanup.push_async_callback(asyncio.to_thread, worker.stop)
@@ -189,7 +226,9 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", IDEMPOTENCY_HEADER],
+                           expose_headers=[REPLAYED_HEADER])
 
     _add_error_handlers(app)
     _add_routes(app)
@@ -244,9 +283,15 @@ def _add_routes(app: FastAPI) -> None:
 
     # -- submitting ----------------------------------------------------------------------------------
     @app.post("/api/render", status_code=202, response_model=Submitted, tags=["jobs"],
-              responses=error_responses(400, 403, 413, 422))
-    async def submit_render(body: RenderBody, api: Api) -> JSONResponse:
+              responses={200: {"model": Submitted, "description": "The job an earlier request with this "
+                                                                  "Idempotency-Key made"},
+                         **error_responses(400, 403, 409, 413, 422)})
+    async def submit_render(body: RenderBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue `echo-os render` with these parameters."""
+        key = client_key("/api/render", idempotency_key, body)
+        earlier = await _earlier_job(api, key)
+        if earlier is not None:
+            return await _answer_earlier(api, earlier)
         fields = body.model_dump(exclude={"negative", "size", "seed"}, exclude_none=True)
         fields["negative_prompt"] = body.negative
         if body.seed is not None:
@@ -256,19 +301,29 @@ def _add_routes(app: FastAPI) -> None:
         request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES)
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
                   created=now_iso())
-        await api.submitter.submit(job)
+        admission = await api.submitter.submit(job, key)
+        if admission.outcome != "stored":  # the same key arrived meanwhile
+            return await _answer_earlier(api, admission)
         return submitted(job.id)
 
     @app.post("/api/batch", status_code=202, response_model=BatchSubmitted, tags=["jobs"],
-              responses=error_responses(400, 403, 413, 422))
-    async def submit_batch(body: BatchBody, api: Api) -> JSONResponse:
+              responses={200: {"model": BatchSubmitted, "description": "The job an earlier request with this "
+                                                                       "Idempotency-Key made"},
+                         **error_responses(400, 403, 409, 413, 422)})
+    async def submit_batch(body: BatchBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue a story: `storyboard` (story.csv text) with an optional `bible`, or `prompts`."""
+        key = client_key("/api/batch", idempotency_key, body)
+        earlier = await _earlier_job(api, key)
+        if earlier is not None:
+            return await _answer_earlier(api, earlier)
         job_id = new_job_id()
         spec = await run_in_threadpool(plan_batch, api.settings, body, job_id)
         job = Job(id=job_id, kind="batch", status="queued", spec=spec, created=now_iso())
-        await api.submitter.submit(job)
-        return submitted(job.id, BatchSubmitted, title=spec.title or body.project, scenes=len(spec.items),
-                         images=spec.images_total, warnings=list(spec.warnings))
+        admission = await api.submitter.submit(job, key)
+        if admission.outcome != "stored":  # the same key arrived meanwhile: this plan's files go
+            await run_in_threadpool(shutil.rmtree, resolve_inside(api.settings.artifacts_dir, ".jobs", job_id), True)
+            return await _answer_earlier(api, admission)
+        return submitted(job.id, BatchSubmitted, **batch_summary(job, body.project))
 
     # -- jobs ----------------------------------------------------------------------------------------------
     @app.get("/api/jobs", response_model=JobPage, tags=["jobs"])
