@@ -251,3 +251,65 @@ async def test_openai_route_retries_wait_on_the_first_tries_job(workspace):
         conflict = await client.post("/v1/images/generations", json={**body, "prompt": "other"}, headers=keyed)
         assert conflict.status_code == 409 and conflict.headers["x-should-retry"] == "false"
         assert conflict.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.slow  # 30-90 s on 2 shared cores: the tiny pipeline loads once, then ~30 s of client tries
+def test_the_openai_clients_retries_make_one_job_on_a_real_server(tmp_path_factory, tiny_sdxl_dir, monkeypatch):
+    """The official client with a short timeout against uvicorn: its retries wait on the first try's job
+    (one job, one artifact), and a client that gives up has its job cancelled before anything is saved.
+    A long job queued first keeps the client's job waiting, whatever this machine's speed."""
+    import httpx
+    import openai
+
+    from tests.test_api_server import start_server, tiny_home
+
+    home = tiny_home(tmp_path_factory, tiny_sdxl_dir, "retries")
+    server = start_server(home, "--model", "tiny")  # the default grace, 10 s: longer than the client's backoff
+    sent: list[str] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            def block() -> str:
+                job = http.post("/api/render", json={"prompt": "blocker", "model": "tiny", "size": "64x64",
+                                                     "steps": 200}).json()["job_id"]
+                deadline = time.monotonic() + 240
+                while http.get(f"/api/jobs/{job}").json()["progress"]["step"] < 1:  # loaded and rendering
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                return job
+
+            def on_request(request: httpx.Request) -> None:
+                sent.append(request.headers.get("x-stainless-retry-count", "?"))
+                if len(sent) == 2:  # the first retry is on its way: let the queue move
+                    assert http.post(f"/api/jobs/{blocker}/cancel").status_code == 202
+
+            blocker = block()
+            # 7 tries of 2 s, 0.5 to 8 s apart (never more than the grace): the job has ~30 s to finish
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="loopback", timeout=2.0, max_retries=6,
+                                   http_client=httpx.Client(event_hooks={"request": [on_request]}))
+            try:
+                raw = client.images.with_raw_response.generate(model="tiny", prompt="a lighthouse in fog",
+                                                               size="64x64", extra_body={"steps": 2, "seed": 5})
+            except openai.APITimeoutError:
+                raise AssertionError(f"tries {sent}; jobs {http.get('/api/jobs').json()}") from None
+            assert len(raw.parse().data) == 1 and raw.retries_taken >= 1, sent
+            assert sent[:2] == ["0", "1"]
+            mine = [job for job in http.get("/api/jobs").json()["items"] if job["id"] != blocker]
+            assert len(mine) == 1 and mine[0]["status"] == "succeeded" and len(mine[0]["artifact_ids"]) == 1
+            assert len(http.get("/api/artifacts").json()["items"]) == 1
+            assert raw.headers["x-echo-artifact-ids"] == mine[0]["artifact_ids"][0]
+
+            # a client that gives up: its job is cancelled after the grace period, nothing saved
+            blocker = block()
+            gone = openai.OpenAI(base_url=f"{server.url}/v1", api_key="loopback", timeout=1.0, max_retries=0)
+            with pytest.raises(openai.APITimeoutError):
+                gone.images.generate(model="tiny", prompt="nobody waits", size="64x64", extra_body={"steps": 2})
+            [abandoned] = [job for job in http.get("/api/jobs").json()["items"]
+                           if job["request"] and job["request"]["prompt"] == "nobody waits"]
+            deadline = time.monotonic() + 60
+            while http.get(f"/api/jobs/{abandoned['id']}").json()["status"] != "cancelled":
+                assert time.monotonic() < deadline, http.get(f"/api/jobs/{abandoned['id']}").json()
+                time.sleep(0.1)
+            http.post(f"/api/jobs/{blocker}/cancel")
+            assert len(http.get("/api/artifacts").json()["items"]) == 1
+    finally:
+        server.stop()

@@ -28,11 +28,14 @@ from echo_os.cli import settings_from
                    "Only absolute http(s) origins: `*` and `null` are refused.")
 @click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=5.0, show_default=True,
               help="Largest request body accepted.")
+@click.option("--abandoned-grace-s", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="A synchronous /v1/images/generations request whose client disconnected before any image was "
+                   "saved: its job is cancelled after this many seconds unless a retry comes back for it.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None, default_model: str, max_batch: int,
-          batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, log_level: str) -> None:
+          batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, abandoned_grace_s: float, log_level: str) -> None:
     """Serve the HTTP API: /api/render, /api/batch, /api/jobs, /api/artifacts and the OpenAI Images API
     at /v1/images/generations. The OpenAPI spec is at /openapi.json.
 
@@ -56,7 +59,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
     allowed_hosts = None if token or not is_loopback(host) else tuple(sorted({*LOOPBACK_NAMES, host.strip("[]")}))
     options = ApiOptions(max_batch=max_batch, batch_window_ms=batch_window_ms, default_model=default_model,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), allowed_origins=allowed_origins,
-                         allowed_hosts=allowed_hosts)
+                         allowed_hosts=allowed_hosts, abandoned_grace_s=abandoned_grace_s)
     app = create_app(settings, token=token, options=options)
     click.echo(f"echo-os serving {settings.home} on http://{host}:{port} "
                f"({'token required' if token else 'no token: this machine only'})", err=True)
