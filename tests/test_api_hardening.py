@@ -313,3 +313,66 @@ def test_the_openai_clients_retries_make_one_job_on_a_real_server(tmp_path_facto
             assert len(http.get("/api/artifacts").json()["items"]) == 1
     finally:
         server.stop()
+
+
+# ---- 13. cancel during the VAE decode --------------------------------------------------------------------
+
+TINY_CPU = dict(model="tiny", width=64, height=64, steps=2, cfg=5.0, device="cpu")
+
+
+def _count_decodes(monkeypatch, pipe, on_first=None) -> list[int]:
+    calls: list[int] = []
+    decode = pipe.vae.decode
+
+    def counting(latents, *args, **kwargs):
+        calls.append(latents.shape[0])
+        if on_first is not None and len(calls) == 1:
+            on_first()
+        return decode(latents, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.vae, "decode", counting)
+    return calls
+
+
+def test_a_cancel_during_the_vae_decode_stops_it(tiny_workspace, monkeypatch):
+    import threading
+
+    from echo_os.engines.sdxl import SDXLEngine
+    from echo_os.errors import CancelledError
+    from echo_os.requests import RenderRequest
+
+    engine = SDXLEngine(tiny_workspace)
+    request = RenderRequest(prompt="rain", seed=1, count=3, **TINY_CPU)
+    pipe = engine.loaded(request).pipe
+    cancel = threading.Event()
+    calls = _count_decodes(monkeypatch, pipe, on_first=cancel.set)
+    with pytest.raises(CancelledError, match="VAE decode"):
+        engine.render([request], cancel=cancel)
+    assert calls == [1]  # one image decoded, then the flag was seen; the other two never were
+    calls.clear()
+    results = engine.render([request], cancel=threading.Event())  # not cancelled: every image, one at a time
+    assert calls == [1, 1, 1] and len(results[0].images) == 3
+
+
+async def test_a_job_cancelled_during_the_decode_saves_nothing(tiny_workspace, monkeypatch):
+    from echo_os.engines.sdxl import SDXLEngine
+    from echo_os.requests import RenderRequest
+    from tests.api_helpers import wait_job
+
+    pipe = SDXLEngine(tiny_workspace).loaded(RenderRequest(prompt="x", **TINY_CPU)).pipe
+    async with api_client(tiny_workspace, options=ApiOptions(batch_window_ms=0)) as (client, app):
+        state = app.state.api
+        job_ids: list[str] = []
+
+        def cancel_the_job() -> None:  # what POST /api/jobs/{id}/cancel does, from the worker's thread
+            state.jobs.request_cancel(job_ids[0])
+            state.worker.cancel(job_ids[0])
+
+        calls = _count_decodes(monkeypatch, pipe, on_first=cancel_the_job)
+        response = await client.post("/api/render", json={"prompt": "rain", "model": "tiny", "engine": "cpu",
+                                                          "size": "64x64", "steps": 2, "cfg": 5.0, "count": 3,
+                                                          "device": "cpu"})
+        job_ids.append(response.json()["job_id"])
+        job = await wait_job(client, job_ids[0], timeout=240)
+        assert job["status"] == "cancelled" and job["artifact_ids"] == [] and calls == [1]
+    assert not list(tiny_workspace.artifacts_dir.glob("*/*/*/image.png"))
