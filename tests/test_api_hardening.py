@@ -376,3 +376,84 @@ async def test_a_job_cancelled_during_the_decode_saves_nothing(tiny_workspace, m
         job = await wait_job(client, job_ids[0], timeout=240)
         assert job["status"] == "cancelled" and job["artifact_ids"] == [] and calls == [1]
     assert not list(tiny_workspace.artifacts_dir.glob("*/*/*/image.png"))
+
+
+# ---- 13. checked like the CLI; a full disk ---------------------------------------------------------------
+
+async def test_runtime_options_this_machine_lacks_are_422(tiny_workspace):
+    import importlib.util
+
+    import torch
+
+    cases = []
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, "device"))
+    if importlib.util.find_spec("xformers") is None:
+        cases.append(({"attention": "xformers"}, "attention"))
+    if not cases:
+        pytest.skip("this machine has a GPU and xformers")
+    async with api_client(tiny_workspace, start_worker=False) as (client, _):
+        for patch, field in cases:
+            for engine in ("auto", "sdxl", "cpu"):
+                response = await client.post("/api/render", json={"prompt": "x", "model": "tiny", "size": "64x64",
+                                                                  "engine": engine, **patch})
+                assert response.status_code == 422, (patch, engine, response.text)
+                [error] = response.json()["detail"]
+                assert error["loc"] == ["body", field] and "--" not in error["msg"], error
+        assert (await client.get("/api/jobs")).json()["items"] == []
+        # the draft engine renders no pixels: any device is fine for it
+        assert (await client.post("/api/render", json={"prompt": "x", "device": "cuda", "attention": "xformers",
+                                                       **DRAFT})).status_code == 202
+
+
+def _fill_the_disk(monkeypatch) -> None:
+    import errno
+
+    from echo_os.artifacts import store
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(store, "_write_durably", full)
+
+
+async def test_a_full_disk_fails_the_job_at_once_and_the_openai_route_answers_507(workspace, monkeypatch):
+    from tests.api_helpers import FakeEngine, wait_job
+
+    _fill_the_disk(monkeypatch)
+    async with api_client(workspace, make_engine=FakeEngine(), options=ApiOptions(batch_window_ms=0)) as (client, _):
+        job_id = (await client.post("/api/render", json={"prompt": "x", **DRAFT})).json()["job_id"]
+        job = await wait_job(client, job_id)
+        assert job["status"] == "failed" and job["attempts"] == 1, job  # not tried again: it would fail again
+        assert job["error"].startswith("the disk is full") and "\n" not in job["error"]
+        response = await client.post("/v1/images/generations", json={"prompt": "y", "size": "64x64",
+                                                                     "engine": "draft"})
+        assert response.status_code == 507 and response.headers["x-should-retry"] == "false"
+        assert response.json()["error"]["message"].startswith("the disk is full")
+    assert not list(workspace.artifacts_dir.glob("*/*/*/image.png"))
+    assert not any((workspace.artifacts_dir / ".tmp").iterdir())
+
+
+async def test_a_full_disk_while_storing_a_submission_is_507(workspace, monkeypatch):
+    import errno
+    import sqlite3
+
+    from echo_os.api.jobs import JobStore
+
+    async with api_client(workspace, start_worker=False) as (client, _):
+        def sqlite_full(self, submissions):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(JobStore, "admit", sqlite_full)
+        response = await client.post("/api/render", json={"prompt": "x", **DRAFT})
+        assert response.status_code == 507 and response.json() == {"detail": response.json()["detail"]}
+        assert response.json()["detail"].startswith("the disk is full") and "\n" not in response.json()["detail"]
+        monkeypatch.undo()
+
+        def os_full(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        from pathlib import Path
+        monkeypatch.setattr(Path, "write_text", os_full)
+        response = await client.post("/api/batch", json={"project": "P", "prompts": ["x"], "engine": "draft"})
+        assert response.status_code == 507 and response.json()["detail"].startswith("the disk is full")

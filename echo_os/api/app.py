@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shutil
+import sqlite3
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from datetime import date, datetime
@@ -54,7 +55,7 @@ from echo_os.api.schemas import (
 )
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
-from echo_os.errors import EchoError, NotFoundError, OptionError, UsageError
+from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -245,8 +246,19 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EchoError)
     async def echo_error(request: Request, error: EchoError) -> JSONResponse:
-        status = 404 if isinstance(error, NotFoundError) else 422 if isinstance(error, UsageError) else 500
+        status = 404 if isinstance(error, NotFoundError) else 422 if isinstance(error, UsageError) else \
+            507 if isinstance(error, DiskFullError) else 500
         return JSONResponse({"detail": str(error)}, status_code=status)
+
+    async def storage_error(request: Request, error: Exception) -> JSONResponse:
+        """A full disk while storing a job or a story's files: 507 and one line; anything else is a bug."""
+        full = disk_full(error)
+        if full is None:
+            raise error
+        return JSONResponse({"detail": str(full)}, status_code=507)
+
+    app.add_exception_handler(OSError, storage_error)
+    app.add_exception_handler(sqlite3.Error, storage_error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

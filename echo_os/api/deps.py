@@ -208,7 +208,29 @@ def build_render_request(settings: Settings, fields: dict[str, Any], *, size: st
     except ValidationError as error:
         raise request_errors(error, names) from None
     check_model(settings, request.model, request.engine, names.get("model", "model"))
+    check_runtime(request)
     return request
+
+
+def check_runtime(request: RenderRequest) -> None:
+    """What `echo-os render` refuses before loading anything, refused here too (422), instead of a job
+    that fails later: a device this machine lacks, xformers attention without the xformers package."""
+    if request.engine == "draft":  # renders no pixels on any device
+        return
+    if request.device in ("cuda", "mps"):
+        from echo_os.engines.sdxl import pick_device
+
+        try:
+            pick_device(request.device)  # the engine's own rule
+        except UsageError as error:
+            raise field_error("device", str(error).replace("--device", "device"), request.device) from None
+    if request.attention == "xformers":
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is None:
+            raise field_error("attention", "attention xformers needs the xformers package on the server "
+                                           "(pip install 'echo-os[xformers]'); or use attention sdpa",
+                              request.attention)
 
 
 def artifact_image_path(api: ApiState, artifact_id: str) -> Path:
