@@ -12,6 +12,8 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image
     POST /v1/images/generations     the OpenAI Images API (echo_os.api.openai_compat)
     GET  /health                    GET /openapi.json
+
+Every POST that creates work takes an `Idempotency-Key` header (echo_os.api.idempotency).
 """
 
 from __future__ import annotations
