@@ -44,3 +44,31 @@ class CancelledError(EchoError):
     """A render was cancelled through its cancel flag."""
 
     exit_code = 1
+
+
+class DiskFullError(EchoError):
+    """The workspace's disk is full: what was being written was not kept (HTTP 507)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str = ""):
+        super().__init__(message or DISK_FULL_MESSAGE)
+
+
+DISK_FULL_MESSAGE = "the disk is full: nothing was saved; free some space in the workspace and try again"
+
+
+def disk_full(error: BaseException) -> DiskFullError | None:
+    """`error` as a DiskFullError when it says the disk is full (ENOSPC or EDQUOT from the OS, SQLITE_FULL
+    from SQLite), else None."""
+    import errno
+    import sqlite3
+
+    if isinstance(error, DiskFullError):
+        return error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError()
+    if isinstance(error, sqlite3.Error) and (getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                                             or "database or disk is full" in str(error)):
+        return DiskFullError()
+    return None

@@ -12,14 +12,20 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image
     POST /v1/images/generations     the OpenAI Images API (echo_os.api.openai_compat)
     GET  /health                    GET /openapi.json
+
+Every POST that creates work takes an `Idempotency-Key` header (echo_os.api.idempotency).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import shutil
+import sqlite3
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator
@@ -33,20 +39,26 @@ from starlette.concurrency import run_in_threadpool
 from echo_os import __version__
 from echo_os.api.deps import (
     IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, build_render_request,
-    check_model, convert_image, field_error,
+    cancel_if_unanswered, check_model, convert_image, field_error,
 )
 from echo_os.api.events import (
     FINAL_EVENTS, EventHub, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded,
     image_url, sse_message,
 )
-from echo_os.api.jobs import JOB_ID_PATTERN, Job, JobProgress, JobSpec, JobStatus, JobStore, StorySource, new_job_id, now_iso
+from echo_os.api.idempotency import (
+    IDEMPOTENCY_HEADER, REPLAYED_HEADER, IdempotencyHeader, WaitingClients, client_key, conflict_message, known,
+)
+from echo_os.api.jobs import (
+    JOB_ID_PATTERN, Admission, IdempotencyKey, Job, JobProgress, JobSpec, JobStatus, JobStore, StorySource,
+    new_job_id, now_iso,
+)
 from echo_os.api.schemas import (
     ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage, JobView, RenderBody, Submitted,
     error_responses,
 )
-from echo_os.api.security import Guard, GuardSettings, resolve_inside
+from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
-from echo_os.errors import EchoError, NotFoundError, OptionError, UsageError
+from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +97,34 @@ def submitted(job_id: str, model=Submitted, **extra: Any) -> JSONResponse:
     body = model(job_id=job_id, status_url=f"/api/jobs/{job_id}", events_url=f"/api/jobs/{job_id}/events",
                  **extra)
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": body.status_url})
+
+
+def batch_summary(job: Job, project: str) -> dict[str, Any]:
+    spec = job.spec
+    return dict(title=spec.title or project, scenes=len(spec.items), images=spec.images_total,
+                warnings=list(spec.warnings))
+
+
+async def _earlier_job(api: ApiState, key: IdempotencyKey | None) -> Admission | None:
+    """The job this key already made (replayed or conflicting), looked up before any work is done."""
+    if key is None:
+        return None
+    return known(await run_in_threadpool(api.jobs.find_key, key.key), key)
+
+
+async def _answer_earlier(api: ApiState, admission: Admission) -> JSONResponse:
+    """409 for a key used with another body; else 200 with the key's job, as its first answer said it."""
+    if admission.outcome == "conflict":
+        return JSONResponse({"detail": conflict_message(admission.job_id)}, status_code=409)
+    job = await run_in_threadpool(api.jobs.get, admission.job_id)
+    if job is None:  # cannot happen: a key is stored with its job
+        raise HTTPException(status_code=404, detail=f"no job {admission.job_id}")
+    model, extra = (Submitted, {}) if job.kind == "render" else \
+        (BatchSubmitted, batch_summary(job, job.spec.items[0].project))
+    response = submitted(job.id, model, status=job.status, **extra)
+    response.status_code = 200
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 def snapshot_events(job: Job, live: JobProgressed | None) -> list:
@@ -130,6 +170,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
     """A FastAPI app for one workspace. `make_engine(request) -> Engine` replaces the CLI's engine
     choice (tests pass fakes); `start_worker=False` stores jobs without rendering them."""
     options = options or ApiOptions()
+    allowed_origins = check_origins(options.allowed_origins)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -175,8 +216,11 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
             submitter = Submitter(jobs, on_stored)
             cleanup.callback(submitter.close)
-            app.state.api = ApiState(settings=settings, options=options, jobs=jobs, hub=hub, submitter=submitter,
-                                     catalog=catalog, worker=worker, started_worker=start_worker)
+            state = app.state.api = ApiState(settings=settings, options=options, jobs=jobs, hub=hub,
+                                             submitter=submitter, catalog=catalog, worker=worker,
+                                             started_worker=start_worker)
+            state.waiting = WaitingClients(options.abandoned_grace_s, partial(cancel_if_unanswered, state))
+            cleanup.callback(state.waiting.close)
             if worker is not None:
                 worker.start()
                 cleanup.push_async_callback(asyncio.to_thread, worker.stop)
@@ -186,14 +230,16 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
     app = FastAPI(title="echo-os", version=__version__, lifespan=lifespan, responses=error_responses(401),
                   description="Render images on this machine's GPU. Jobs are durable; every image is an "
                               "artifact (PNG + meta.json). The OpenAI Images API is at /v1/images/generations.")
-    app.add_middleware(Guard, settings=GuardSettings(token=token, allowed_origins=options.allowed_origins,
+    app.add_middleware(Guard, settings=GuardSettings(token=token, allowed_origins=allowed_origins,
                                                       allowed_hosts=options.allowed_hosts,
                                                       max_body_bytes=options.max_body_bytes))
-    if options.allowed_origins:
+    if allowed_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(options.allowed_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", IDEMPOTENCY_HEADER],
+                           expose_headers=[REPLAYED_HEADER])
 
     _add_error_handlers(app)
     _add_routes(app)
@@ -213,12 +259,25 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EchoError)
     async def echo_error(request: Request, error: EchoError) -> JSONResponse:
-        status = 404 if isinstance(error, NotFoundError) else 422 if isinstance(error, UsageError) else 500
+        status = 404 if isinstance(error, NotFoundError) else 422 if isinstance(error, UsageError) else \
+            507 if isinstance(error, DiskFullError) else 500
         return JSONResponse({"detail": str(error)}, status_code=status)
+
+    async def storage_error(request: Request, error: Exception) -> JSONResponse:
+        """A full disk while storing a job or a story's files: 507 and one line; anything else is a bug."""
+        full = disk_full(error)
+        if full is None:
+            raise error
+        return JSONResponse({"detail": str(full)}, status_code=507)
+
+    app.add_exception_handler(OSError, storage_error)
+    app.add_exception_handler(sqlite3.Error, storage_error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(error.errors(), custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
+        # The input is echoed back; NaN or 1e999 (inf) in it would make the JSON encoder refuse the answer.
+        errors = finite_json(jsonable_encoder(error.errors(), custom_encoder={
+            Exception: str, bytes: lambda b: b.decode("utf-8", "replace")}))
         body: dict[str, Any] = {"detail": errors}
         if request.url.path.startswith("/v1/"):
             # The OpenAI client reads `error.message` and `error.param`.
@@ -229,6 +288,18 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=422)
 
 
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by its name ("NaN", "Infinity", "-Infinity"), so
+    strict JSON can carry it. Python's json reads NaN, Infinity and 1e999 in a body; a response may not."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
 def _add_routes(app: FastAPI) -> None:
     @app.get("/health", response_model=Health, tags=["server"])
     async def health(api: Api) -> Health:
@@ -237,9 +308,15 @@ def _add_routes(app: FastAPI) -> None:
 
     # -- submitting ----------------------------------------------------------------------------------
     @app.post("/api/render", status_code=202, response_model=Submitted, tags=["jobs"],
-              responses=error_responses(400, 403, 413, 422))
-    async def submit_render(body: RenderBody, api: Api) -> JSONResponse:
+              responses={200: {"model": Submitted, "description": "The job an earlier request with this "
+                                                                  "Idempotency-Key made"},
+                         **error_responses(400, 403, 409, 413, 422)})
+    async def submit_render(body: RenderBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue `echo-os render` with these parameters."""
+        key = client_key("/api/render", idempotency_key, body)
+        earlier = await _earlier_job(api, key)
+        if earlier is not None:
+            return await _answer_earlier(api, earlier)
         fields = body.model_dump(exclude={"negative", "size", "seed"}, exclude_none=True)
         fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
@@ -249,19 +326,29 @@ def _add_routes(app: FastAPI) -> None:
         request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES)
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
                   created=now_iso())
-        await api.submitter.submit(job)
+        admission = await api.submitter.submit(job, key)
+        if admission.outcome != "stored":  # the same key arrived meanwhile
+            return await _answer_earlier(api, admission)
         return submitted(job.id)
 
     @app.post("/api/batch", status_code=202, response_model=BatchSubmitted, tags=["jobs"],
-              responses=error_responses(400, 403, 413, 422))
-    async def submit_batch(body: BatchBody, api: Api) -> JSONResponse:
+              responses={200: {"model": BatchSubmitted, "description": "The job an earlier request with this "
+                                                                       "Idempotency-Key made"},
+                         **error_responses(400, 403, 409, 413, 422)})
+    async def submit_batch(body: BatchBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue a story: `storyboard` (story.csv text) with an optional `bible`, or `prompts`."""
+        key = client_key("/api/batch", idempotency_key, body)
+        earlier = await _earlier_job(api, key)
+        if earlier is not None:
+            return await _answer_earlier(api, earlier)
         job_id = new_job_id()
         spec = await run_in_threadpool(plan_batch, api.settings, body, job_id)
         job = Job(id=job_id, kind="batch", status="queued", spec=spec, created=now_iso())
-        await api.submitter.submit(job)
-        return submitted(job.id, BatchSubmitted, title=spec.title or body.project, scenes=len(spec.items),
-                         images=spec.images_total, warnings=list(spec.warnings))
+        admission = await api.submitter.submit(job, key)
+        if admission.outcome != "stored":  # the same key arrived meanwhile: this plan's files go
+            await run_in_threadpool(shutil.rmtree, resolve_inside(api.settings.artifacts_dir, ".jobs", job_id), True)
+            return await _answer_earlier(api, admission)
+        return submitted(job.id, BatchSubmitted, **batch_summary(job, body.project))
 
     # -- jobs ----------------------------------------------------------------------------------------------
     @app.get("/api/jobs", response_model=JobPage, tags=["jobs"])
@@ -452,11 +539,17 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestValidationError([{"type": "value_error", "loc": ("body", _problem_field(problem.file)),
-                                       "msg": str(problem), "input": None} for problem in error.problems]) from None
+                                       "msg": _public_problem(problem, settings, folder), "input": None}
+                                      for problem in error.problems]) from None
     except OptionError as error:  # an override the planner refused, named as BatchBody names it
         shutil.rmtree(folder, ignore_errors=True)
-        raise field_error(error.option if error.option in BatchBody.model_fields else "storyboard", str(error)) \
-            from None
+        raise field_error(error.option if error.option in BatchBody.model_fields else "storyboard",
+                          _without_server_paths(str(error), settings, folder)) from None
+    except RequestValidationError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RequestValidationError([{**item, "msg": _without_server_paths(str(item.get("msg", "")), settings,
+                                                                            folder)}
+                                      for item in error.errors()]) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -464,6 +557,33 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                         source=str(source), bible=str(bible) if body.prompts is None and bible else None,
                         options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
     return JobSpec(items=tuple(requests), title=plan.title, warnings=plan.warnings, story=story)
+
+
+# One answer whether the file exists outside the workspace, exists inside it unreadable, or does not
+# exist: a client may not learn which files the server's machine has.
+REFERENCE_REFUSED = ("reference image is missing, unreadable or outside the workspace; use an image file "
+                     "inside the workspace folder")
+
+
+def _is_reference_key(key: str | None) -> bool:
+    return key is not None and key.startswith("characters.") and ".reference" in key
+
+
+def _public_problem(problem, settings: Settings, folder: Path) -> str:
+    """A story problem as a client may see it: no server paths, and the same words for every reference
+    image the planner refused, whatever the reason."""
+    if _is_reference_key(problem.key):
+        return f"{problem.file}, key {problem.key}: {REFERENCE_REFUSED}"
+    return _without_server_paths(str(problem), settings, folder)
+
+
+def _without_server_paths(text: str, settings: Settings, folder: Path) -> str:
+    """Server folders in a message, as the client knows them: the job's own folder as nothing (its files
+    are the texts the client sent), the workspace as `<workspace>`."""
+    for path, shown in ((folder, ""), (settings.artifacts_dir.resolve(), "<workspace>/artifacts"),
+                        (settings.home.resolve(), "<workspace>")):
+        text = text.replace(f"{path}{os.sep}", f"{shown}/" if shown else "").replace(str(path), shown or ".")
+    return text
 
 
 def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
@@ -489,10 +609,10 @@ def _check_plan_paths(settings: Settings, plan) -> None:
     registry = load_registry(settings)
     for scene in plan.scenes:
         for member in scene.cast:
-            for reference in member.references:
+            for index, reference in enumerate(member.references):
                 if not Path(reference).resolve().is_relative_to(home):
-                    raise field_error("bible", f"character {member.id}: reference image {reference} is outside "
-                                               "the workspace; put it under the workspace folder")
+                    raise field_error("bible", f"STORY_BIBLE.md, key characters.{member.id}.reference[{index}]: "
+                                               f"{REFERENCE_REFUSED}")
             lora = member.lora.name if member.lora else None
             if lora is None or lora in registry:
                 continue

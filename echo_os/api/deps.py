@@ -4,6 +4,7 @@ validation that names the body's fields, and reading artifact images from inside
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,13 +16,16 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from echo_os.api.events import EventHub
-from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Job, JobStore
+from echo_os.api.events import EventHub, JobCancelled
+from echo_os.api.idempotency import WaitingClients
+from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Admission, IdempotencyKey, Job, JobStore
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
 from echo_os.api.worker import Worker
 from echo_os.errors import NotFoundError, OptionError, UsageError
 from echo_os.requests import RenderRequest, parse_size
 from echo_os.settings import Settings
+
+log = logging.getLogger(__name__)
 
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -37,6 +41,9 @@ class ApiOptions:
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # How long the job of a synchronous request whose client disconnected waits for a retry to attach
+    # before it is cancelled: the openai client's backoff between tries is at most 8 s.
+    abandoned_grace_s: float = 10.0
 
 
 class Submitter:
@@ -47,18 +54,19 @@ class Submitter:
         self.jobs = jobs
         self.on_stored = on_stored
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-os-jobs-writer")
-        self._pending: list[tuple[Job, asyncio.Future]] = []
+        self._pending: list[tuple[Job, IdempotencyKey | None, asyncio.Future]] = []
         self._flushing = False
         self._flush_task: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
-    async def submit(self, job: Job) -> None:
+    async def submit(self, job: Job, key: IdempotencyKey | None = None) -> Admission:
+        """Store `job`, unless `key` is live: then the key's job is answered (see JobStore.admit)."""
         loop = asyncio.get_running_loop()
         stored = loop.create_future()
-        self._pending.append((job, stored))
+        self._pending.append((job, key, stored))
         if not self._flushing:
             self._flushing = True
             self._flush_task = loop.create_task(self._flush())
-        await stored
+        return await stored
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -66,16 +74,19 @@ class Submitter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await loop.run_in_executor(self._executor, self.jobs.insert, [job for job, _ in batch])
+                    admissions = await loop.run_in_executor(self._executor, self.jobs.admit,
+                                                            [(job, key) for job, key, _ in batch])
                 except Exception as error:  # noqa: BLE001 - each waiting request gets the error
-                    for _, stored in batch:
+                    for _, _, stored in batch:
                         if not stored.done():
                             stored.set_exception(error)
                     continue
-                self.on_stored([job for job, _ in batch])
-                for _, stored in batch:
+                new = [job for (job, _, _), admission in zip(batch, admissions) if admission.outcome == "stored"]
+                if new:
+                    self.on_stored(new)
+                for (_, _, stored), admission in zip(batch, admissions):
                     if not stored.done():
-                        stored.set_result(None)
+                        stored.set_result(admission)
         finally:
             self._flushing = False
 
@@ -95,6 +106,7 @@ class ApiState:
     catalog: "CatalogReader"
     worker: Worker | None = None
     started_worker: bool = False
+    waiting: WaitingClients | None = None  # clients of the synchronous route, per job
 
     @property
     def worker_status(self) -> str:
@@ -123,6 +135,24 @@ class CatalogReader:
     def close(self) -> None:
         with self._lock:
             self._catalog.close()
+
+
+async def cancel_if_unanswered(api: ApiState, job_id: str) -> None:
+    """The job of a synchronous request that no client waits for any more: cancelled, unless it has
+    saved an image (then it finishes, and its images are in the catalog) or already ended."""
+    from starlette.concurrency import run_in_threadpool
+
+    job = await run_in_threadpool(api.jobs.get, job_id)
+    if job is None or job.terminal or job.artifact_ids:
+        return
+    after = await run_in_threadpool(api.jobs.request_cancel, job_id)
+    if after is None:
+        return
+    if after.status == "cancelled" and job.status == "queued":
+        api.hub.publish(JobCancelled(job_id=job_id, artifact_ids=after.artifact_ids))
+    elif after.status == "running" and api.worker is not None:
+        api.worker.cancel(job_id)
+    log.info("job %s: its client went away before any image was saved; cancelled", job_id)
 
 
 def api_state(request: Request) -> ApiState:
@@ -187,7 +217,29 @@ def build_render_request(settings: Settings, fields: dict[str, Any], *, size: st
             engine_options(get_engine(request.engine), request)
         except OptionError as error:
             raise field_error(tuple(error.option.split(".")), str(error), dict(request.options)) from None
+    check_runtime(request)
     return request
+
+
+def check_runtime(request: RenderRequest) -> None:
+    """What `echo-os render` refuses before loading anything, refused here too (422), instead of a job
+    that fails later: a device this machine lacks, xformers attention without the xformers package."""
+    if request.engine == "draft":  # renders no pixels on any device
+        return
+    if request.device in ("cuda", "mps"):
+        from echo_os.engines.sdxl import pick_device
+
+        try:
+            pick_device(request.device)  # the engine's own rule
+        except UsageError as error:
+            raise field_error("device", str(error).replace("--device", "device"), request.device) from None
+    if request.attention == "xformers":
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is None:
+            raise field_error("attention", "attention xformers needs the xformers package on the server "
+                                           "(pip install 'echo-os[xformers]'); or use attention sdpa",
+                              request.attention)
 
 
 def artifact_image_path(api: ApiState, artifact_id: str) -> Path:

@@ -9,6 +9,11 @@ A job is a list of RenderRequests (`items`): one for `/api/render`, one per plan
 recorded against (job id, k) right after ArtifactStore.save, so a job that runs again after a crash
 skips the images it already has.
 
+Idempotency: a submission may carry an IdempotencyKey (the client's `Idempotency-Key` header, or one the
+OpenAI route derives for a retried request). The key, a fingerprint of the route and body, and the job id
+are stored in the same transaction as the job, so the same key always answers with the same job, and a
+different body under the same key is a conflict. Keys expire after IDEMPOTENCY_TTL_S.
+
 Claiming is one atomic `UPDATE ... WHERE seq IN (SELECT ...) RETURNING`, so two claimers can never take
 the same job. Compatible render jobs (same `coalesce_key`) are claimed together for one batched call.
 """
@@ -20,7 +25,7 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Literal, get_args
 
@@ -38,6 +43,9 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 DEFAULT_MAX_ATTEMPTS = 3
+# How long an Idempotency-Key is remembered (as Stripe does): a retry comes within minutes; a day covers
+# a client that queues offline and replays later.
+IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 def now_iso() -> str:
@@ -120,6 +128,26 @@ class Job(BaseModel):
 
 
 @dataclass(frozen=True)
+class IdempotencyKey:
+    """What makes a submission repeatable: `key` (namespaced by the route layer), the fingerprint of the
+    route and body it came with, and `replace`: the key is re-pointed at a new job instead of replayed (a
+    derived key of a request that is not a retry)."""
+
+    key: str
+    fingerprint: str
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What became of a submission: `stored` (a new job), `replayed` (the key's earlier job, same body) or
+    `conflict` (the key's earlier job was made from another body); job_id is the job meant."""
+
+    job_id: str
+    outcome: Literal["stored", "replayed", "conflict"]
+
+
+@dataclass(frozen=True)
 class SavedImage:
     index: int
     artifact_id: str
@@ -162,6 +190,20 @@ def m001_jobs(db: sqlite3.Connection) -> None:
             PRIMARY KEY (job_id, image)
         )""")
     db.execute("CREATE INDEX job_images_artifact ON job_images(artifact_id)")
+
+
+
+@MIGRATIONS
+def m002_idempotency_keys(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE idempotency_keys (
+            key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            created TEXT NOT NULL
+        )""")
+    db.execute("CREATE INDEX idempotency_keys_created ON idempotency_keys(created)")
+
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
             "finished")
@@ -244,19 +286,46 @@ class JobStore:
     # ---- submitting ---------------------------------------------------------------------------
     def insert(self, jobs: Iterable[Job]) -> None:
         """Add jobs in one transaction: one fsync however many arrive together (group commit)."""
-        rows = [(job.id, job.kind, job.status, job.spec.model_dump_json(),
-                 coalesce_key(job.spec.items[0]) if job.kind == "render" else None, job.images_total,
-                 job.created) for job in jobs]
+        self.admit([(job, None) for job in jobs])
+
+    def admit(self, submissions: Iterable[tuple[Job, IdempotencyKey | None]]) -> list[Admission]:
+        """Add jobs in one transaction (group commit); a job whose live key is already stored is not added
+        but answered with the key's job (`replayed`, or `conflict` for another body)."""
+        admissions: list[Admission] = []
+        stamp = now_iso()
         with self._write_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    "INSERT INTO jobs (id, kind, status, request, coalesce_key, images_total, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("DELETE FROM idempotency_keys WHERE created < ?", (_key_cutoff(),))
+                for job, key in submissions:
+                    if key is not None and not key.replace:
+                        row = self._db.execute("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = ?",
+                                               (key.key,)).fetchone()
+                        if row is not None:
+                            admissions.append(Admission(row[1], "replayed" if row[0] == key.fingerprint
+                                                        else "conflict"))
+                            continue
+                    self._db.execute(
+                        "INSERT INTO jobs (id, kind, status, request, coalesce_key, images_total, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (job.id, job.kind, job.status, job.spec.model_dump_json(),
+                         coalesce_key(job.spec.items[0]) if job.kind == "render" else None, job.images_total,
+                         job.created))
+                    if key is not None:
+                        self._db.execute("INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, job_id, created) "
+                                         "VALUES (?, ?, ?, ?)", (key.key, key.fingerprint, job.id, stamp))
+                    admissions.append(Admission(job.id, "stored"))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return admissions
+
+    def find_key(self, key: str) -> tuple[str, str] | None:
+        """(fingerprint, job id) of a live idempotency key, or None."""
+        row = self._reader().execute("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = ? AND created >= ?",
+                                     (key, _key_cutoff())).fetchone()
+        return (row[0], row[1]) if row else None
 
     # ---- reading ------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -395,6 +464,10 @@ class JobStore:
                 raise
         return Recovery(requeued=[r[0] for r in requeued], failed=[r[0] for r in failed],
                         cancelled=[r[0] for r in cancelled])
+
+
+def _key_cutoff() -> str:
+    return (datetime.now(timezone.utc) - timedelta(seconds=IDEMPOTENCY_TTL_S)).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)

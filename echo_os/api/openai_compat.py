@@ -15,6 +15,7 @@ gpt-image-*, chatgpt-image-*) and no model mean the server's default model (`ser
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Literal
@@ -26,12 +27,18 @@ from starlette.concurrency import run_in_threadpool
 
 from echo_os.api.deps import Api, ApiState, artifact_image_path, build_render_request, convert_image
 from echo_os.api.schemas import EngineName, error_responses
-from echo_os.api.jobs import Job, JobSpec, new_job_id, now_iso
-from echo_os.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
+from echo_os.api.idempotency import IdempotencyHeader, client_key, conflict_message, derived_key, known
+from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobSpec, new_job_id, now_iso
+from echo_os.errors import DISK_FULL_MESSAGE
+from echo_os.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest
 
 router = APIRouter(tags=["openai"])
 
 OPENAI_MODEL_PREFIXES = ("dall-e", "gpt-image", "chatgpt-image")
+# The openai client retries 409 and 5xx answers unless told not to; a job that failed (after the worker's
+# own retries) or was cancelled would answer a retry the same.
+NO_RETRY = {"x-should-retry": "false"}
+DISCONNECT_POLL_S = 0.25  # how often a waiting request looks whether its client is still there
 AUTO_SIZE = "1024x1024"
 # RenderRequest field -> the name this route takes it as
 OPENAI_NAMES = {"count": "n", "width": "size", "height": "size"}
@@ -73,9 +80,10 @@ class ImagesResponse(BaseModel):
     size: str
 
 
-def openai_error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+def openai_error(status: int, message: str, kind: str, headers: dict[str, str] | None = None,
+                 param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None},
-                         "detail": message}, status_code=status)
+                         "detail": message}, status_code=status, headers=headers)
 
 
 def model_for(name: str | None, default: str) -> str:
@@ -87,45 +95,50 @@ def model_for(name: str | None, default: str) -> str:
 @router.post("/v1/images/generations", response_model=ImagesResponse,
              responses={**error_responses(400, 403, 409, 413, 422), 500: {"description": "The render failed"},
                         503: {"description": "The server is stopping"}})
-async def create_image(body: ImageGenerationBody, request: Request, api: Api) -> JSONResponse:
-    """Render `n` images and answer when they are saved (OpenAI's images.generate)."""
+async def create_image(body: ImageGenerationBody, request: Request, api: Api,
+                       idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+    """Render `n` images and answer when they are saved (OpenAI's images.generate). A retry of the official
+    client (same body, `x-stainless-retry-count` >= 1) waits on the first try's job instead of making one."""
     if body.stream:
         return openai_error(422, "stream: streaming is not supported here; follow GET /api/jobs/{id}/events "
-                                 "of a POST /api/render job instead", "invalid_request_error", "stream")
-    size = (body.size or "auto").strip()
-    fields = dict(prompt=body.prompt, negative_prompt=body.negative_prompt or None,
-                  model=model_for(body.model, api.options.default_model), engine=body.engine, count=body.n or 1,
-                  project=body.project)
-    for name in ("seed", "steps", "cfg", "scheduler"):
-        if getattr(body, name) is not None:
-            fields[name] = getattr(body, name)
-    render_request = await run_in_threadpool(build_render_request, api.settings, fields,
-                                             size=AUTO_SIZE if size == "auto" else size, names=OPENAI_NAMES)
-    job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(render_request,)),
-              created=now_iso())
+                                 "of a POST /api/render job instead", "invalid_request_error", param="stream")
+    route = "/v1/images/generations"
+    key = client_key(route, idempotency_key, body) or derived_key(request, route, body)
+    earlier = known(await run_in_threadpool(api.jobs.find_key, key.key), key)
+    if earlier is not None and earlier.outcome == "conflict":
+        return openai_error(409, conflict_message(earlier.job_id), "invalid_request_error", NO_RETRY)
+    render_request: RenderRequest | None = None
+    if earlier is None:
+        size = (body.size or "auto").strip()
+        fields = dict(prompt=body.prompt, negative_prompt=body.negative_prompt or None,
+                      model=model_for(body.model, api.options.default_model), engine=body.engine,
+                      count=body.n or 1, project=body.project)
+        for name in ("seed", "steps", "cfg", "scheduler"):
+            if getattr(body, name) is not None:
+                fields[name] = getattr(body, name)
+        render_request = await run_in_threadpool(build_render_request, api.settings, fields,
+                                                 size=AUTO_SIZE if size == "auto" else size, names=OPENAI_NAMES)
 
-    queue = api.hub.subscribe(job.id)
-    try:
-        await api.submitter.submit(job)
-        while True:
-            event = await queue.get()
-            if event is None:
-                return openai_error(503, "the server is stopping; the job stays queued and runs after a restart",
-                                    "server_error")
-            if event.event in ("succeeded", "failed", "cancelled"):
-                break
-    finally:
-        api.hub.unsubscribe(job.id, queue)
-
-    headers = {"X-Echo-Job-Id": job.id}
-    if event.event == "failed":
-        return openai_error(500, event.error, "server_error")
-    if event.event == "cancelled":
-        return openai_error(409, f"job {job.id} was cancelled", "invalid_request_error")
-    headers["X-Echo-Artifact-Ids"] = ",".join(event.artifact_ids)
+    job_id, ended, disconnected = await _wait_for_job(api, request, key, render_request, earlier)
+    if disconnected:
+        return JSONResponse({"detail": "the client went away"}, status_code=499)
+    if ended is None:
+        return openai_error(503, "the server is stopping; the job stays queued and runs after a restart",
+                            "server_error")
+    if ended.outcome == "conflict":
+        return openai_error(409, conflict_message(ended.job_id), "invalid_request_error", NO_RETRY)
+    job = await run_in_threadpool(api.jobs.get, job_id)
+    headers = {"X-Echo-Job-Id": job_id}
+    if job.status == "failed" and job.error == DISK_FULL_MESSAGE:
+        return openai_error(507, job.error, "server_error", {**headers, **NO_RETRY})
+    if job.status == "failed":  # already retried by the worker; another try would answer the same
+        return openai_error(500, job.error or "the render failed", "server_error", {**headers, **NO_RETRY})
+    if job.status == "cancelled":
+        return openai_error(409, f"job {job_id} was cancelled", "invalid_request_error", {**headers, **NO_RETRY})
+    headers["X-Echo-Artifact-Ids"] = ",".join(job.artifact_ids)
     output_format = body.output_format or "png"
     data = []
-    for artifact_id in event.artifact_ids:
+    for artifact_id in job.artifact_ids:
         if body.response_format == "url":
             suffix = "" if output_format == "png" else f"?format={output_format}"
             data.append(ImageData(url=f"{str(request.base_url).rstrip('/')}/api/artifacts/{artifact_id}/image{suffix}"))
@@ -134,8 +147,62 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api) ->
             encoded = await run_in_threadpool(convert_image, png, output_format, body.output_compression)
             data.append(ImageData(b64_json=base64.b64encode(encoded).decode("ascii")))
     response = ImagesResponse(created=int(time.time()), data=data, output_format=output_format,
-                              size=render_request.size)
+                              size=job.spec.items[0].size)
     return JSONResponse(response.model_dump(mode="json", exclude_none=True), headers=headers)
+
+
+async def _wait_for_job(api: ApiState, request: Request, key: IdempotencyKey, render_request: RenderRequest | None,
+                        earlier: Admission | None) -> tuple[str, Admission | None, bool]:
+    """Submit the job (or take the key's earlier one) and wait until it ends: (job id, the admission or
+    None when the server stops first, whether the client disconnected while waiting)."""
+    if earlier is None:
+        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(render_request,)),
+                  created=now_iso())
+        job_id = job.id
+    else:
+        job, job_id = None, earlier.job_id
+    queue = api.hub.subscribe(job_id)  # before submitting or reading, so no event is missed
+    waiting = api.waiting
+    attached: str | None = None
+    disconnected = False
+    try:
+        if job is not None:
+            admission = await api.submitter.submit(job, key)
+            if admission.outcome != "stored":  # the same key arrived meanwhile: wait on its job instead
+                if admission.outcome == "conflict":
+                    return job_id, admission, False
+                api.hub.unsubscribe(job_id, queue)
+                job_id = admission.job_id
+                queue = api.hub.subscribe(job_id)
+        else:
+            admission = earlier
+        if waiting is not None:
+            waiting.attach(job_id)
+            attached = job_id
+        current = await run_in_threadpool(api.jobs.get, job_id)
+        if current is not None and current.terminal:
+            return job_id, admission, False
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            while True:
+                done, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
+                if not done:
+                    if await request.is_disconnected():
+                        disconnected = True
+                        return job_id, admission, True
+                    continue
+                event = getter.result()
+                if event is None:
+                    return job_id, None, False
+                if event.event in ("succeeded", "failed", "cancelled"):
+                    return job_id, admission, False
+                getter = asyncio.ensure_future(queue.get())
+        finally:
+            getter.cancel()
+    finally:
+        api.hub.unsubscribe(job_id, queue)
+        if attached is not None:
+            waiting.detach(attached, disconnected=disconnected)
 
 
 def _read_image(api: ApiState, artifact_id: str) -> bytes:

@@ -23,6 +23,9 @@ OPEN_PATHS = frozenset({"/health"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+# A token guessable in an afternoon guards nothing once the port is reachable from other machines.
+MIN_TOKEN_CHARS = 16
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def is_loopback(host: str) -> bool:
@@ -36,10 +39,56 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to listen beyond this machine without a token."""
-    if not is_loopback(host) and not token:
+    """Refuse to listen beyond this machine without a token, or with one shorter than MIN_TOKEN_CHARS."""
+    if is_loopback(host):
+        return
+    if not token or not token.strip():
         raise UsageError(f"refusing to listen on {host} without a token: anyone who can reach it could use "
                          "this GPU and read every image; pass --token or set ECHO_OS_TOKEN (or bind 127.0.0.1)")
+    if len(token.strip()) < MIN_TOKEN_CHARS:
+        raise UsageError(f"refusing to listen on {host} with a {len(token.strip())}-character token: use at least "
+                         f"{MIN_TOKEN_CHARS} characters, e.g. --token \"$(openssl rand -hex 16)\"")
+
+
+def check_origin(origin: str) -> str:
+    """An --allow-origin value as browsers send it in `Origin` (scheme://host[:port], lower case, no default
+    port), or UsageError. `*`, `null` and anything with a path, query or user name are refused: each would
+    let pages the user never chose read the catalog or queue renders."""
+    from urllib.parse import urlsplit
+
+    def refuse(why: str) -> UsageError:
+        return UsageError(f"--allow-origin {origin!r}: {why}; give an absolute http(s) origin such as "
+                          "http://localhost:5173")
+
+    text = origin.strip()
+    if not text:
+        raise refuse("it is empty")
+    if text in ("*", "null"):
+        raise refuse("a wildcard or null origin would let any web page (or any sandboxed frame) use this server")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as error:
+        raise refuse(f"not an origin ({error})") from None
+    if parts.scheme.lower() not in DEFAULT_PORTS:
+        raise refuse("only http and https origins are accepted")
+    if not parts.hostname or "*" in parts.netloc:
+        raise refuse("it names no host")
+    if parts.username is not None or parts.password is not None:
+        raise refuse("an origin has no user name or password")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or text.endswith("?") or text.endswith("#"):
+        raise refuse("an origin is scheme://host[:port], with no path, query or fragment")
+    scheme = parts.scheme.lower()
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{host}"
+
+
+def check_origins(origins: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(check_origin(origin) for origin in origins))
 
 
 def resolve_inside(root: Path, *parts: str) -> Path:

@@ -35,7 +35,7 @@ from echo_os.api.events import (
     ArtifactSaved, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded, image_url,
 )
 from echo_os.api.jobs import Job, JobStore, coalesce_key, now_iso
-from echo_os.errors import CancelledError, EchoError
+from echo_os.errors import CancelledError, EchoError, disk_full
 from echo_os.requests import RenderRequest, image_request_key
 from echo_os.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
 
@@ -339,6 +339,7 @@ class Worker:
             self._wake.set()
 
     def _failed(self, runs: dict[str, JobRun], error: Exception) -> None:
+        error = disk_full(error) or error  # a full disk fails the job at once, with one line, not three times
         message = str(error) if isinstance(error, EchoError) else f"{type(error).__name__}: {error}"
         pending = [run for run in runs.values() if not run.done]
         if len(pending) > 1:

@@ -14,7 +14,8 @@ from echo_os.cli import settings_from
               help="Address to listen on. Anything but loopback needs --token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--token", envvar="ECHO_OS_TOKEN", default=None,
-              help="Require `Authorization: Bearer TOKEN` on every route but /health (env: ECHO_OS_TOKEN).")
+              help="Require `Authorization: Bearer TOKEN` on every route but /health (env: ECHO_OS_TOKEN); "
+                   "at least 16 characters when listening beyond loopback.")
 @click.option("--model", "default_model", default="sdxl", show_default=True,
               help="Model for OpenAI-style requests that name none (or name dall-e-*, gpt-image-*).")
 @click.option("--max-batch", type=click.IntRange(1, 64), default=8, show_default=True,
@@ -23,14 +24,18 @@ from echo_os.cli import settings_from
 @click.option("--batch-window-ms", type=click.IntRange(0, 10_000), default=25, show_default=True,
               help="How long the worker waits for compatible jobs before a batched call.")
 @click.option("--allow-origin", "allowed_origins", multiple=True,
-              help="A browser origin (e.g. http://localhost:5173) allowed to call the API; repeatable.")
+              help="A browser origin (e.g. http://localhost:5173) allowed to call the API; repeatable. "
+                   "Only absolute http(s) origins: `*` and `null` are refused.")
 @click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=5.0, show_default=True,
               help="Largest request body accepted.")
+@click.option("--abandoned-grace-s", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="A synchronous /v1/images/generations request whose client disconnected before any image was "
+                   "saved: its job is cancelled after this many seconds unless a retry comes back for it.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None, default_model: str, max_batch: int,
-          batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, log_level: str) -> None:
+          batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, abandoned_grace_s: float, log_level: str) -> None:
     """Serve the HTTP API: /api/render, /api/batch, /api/jobs, /api/artifacts and the OpenAI Images API
     at /v1/images/generations. The OpenAPI spec is at /openapi.json.
 
@@ -42,18 +47,19 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
 
     from echo_os.api import ApiOptions, create_app
     from echo_os.api.app import hold_server_lock
-    from echo_os.api.security import LOOPBACK_NAMES, check_bind, is_loopback
+    from echo_os.api.security import LOOPBACK_NAMES, check_bind, check_origins, is_loopback
 
     settings = settings_from(ctx)
-    token = token or None
+    token = token.strip() if token and token.strip() else None
     check_bind(host, token)
+    allowed_origins = check_origins(allowed_origins)
     hold_server_lock(settings).release()  # fail now, with one line, rather than inside uvicorn's startup
     # Bound to loopback without a token, only loopback Host names are answered, so a web page whose
     # name a DNS trick points at 127.0.0.1 cannot use the server.
     allowed_hosts = None if token or not is_loopback(host) else tuple(sorted({*LOOPBACK_NAMES, host.strip("[]")}))
     options = ApiOptions(max_batch=max_batch, batch_window_ms=batch_window_ms, default_model=default_model,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), allowed_origins=allowed_origins,
-                         allowed_hosts=allowed_hosts)
+                         allowed_hosts=allowed_hosts, abandoned_grace_s=abandoned_grace_s)
     app = create_app(settings, token=token, options=options)
     click.echo(f"echo-os serving {settings.home} on http://{host}:{port} "
                f"({'token required' if token else 'no token: this machine only'})", err=True)

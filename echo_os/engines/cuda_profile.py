@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:
+    import threading
+
     import torch
     from diffusers import StableDiffusionXLPipeline
 
@@ -49,6 +51,9 @@ CFG_CUTOFF_TENSOR_INPUTS = ("prompt_embeds", "add_text_embeds", "add_time_ids")
 # (pytorch/pytorch#169849); SDXL's cross-attention keys are 77 long, so older cuDNN falls back to flash.
 # PyTorch itself prefers cuDNN on sm90/sm100 only from the same version (check_prefer_cudnn_attention).
 MIN_CUDNN_FOR_CUDNN_SDPA = 91501
+# Images per VAE call when a decode must stay cancellable and no profile gives a vae_batch: a cancel waits
+# at most this many images' decode (about 1 s each for 1024x1024 on a CPU).
+DECODE_CHUNK_IMAGES = 1
 
 
 @dataclass(frozen=True)
@@ -333,37 +338,52 @@ def profile_call_kwargs(profile: RenderProfile) -> dict[str, Any]:
 
 
 def decode_latents(pipe: "StableDiffusionXLPipeline", latents: "torch.Tensor", vae_batch: int | None,
-                   output_type: str = "np"):
+                   output_type: str = "np", cancel: "threading.Event | None" = None):
     """VAE-decode pipeline latents (output_type="latent") in chunks of `vae_batch`, as the pipeline would.
 
     Mirrors the end of StableDiffusionXLPipeline.__call__ (latent denormalisation, fp16 upcast when the
-    VAE asks for it), so decoding separately gives the pipeline's own images.
+    VAE asks for it), so decoding separately gives the pipeline's own images. With `cancel`, the flag is
+    looked at before each chunk and after the last, and a set flag raises CancelledError: a decode of a
+    big batch is the longest stretch without a denoising step to stop at. Without `vae_batch`, a
+    cancellable decode goes DECODE_CHUNK_IMAGES at a time (off CUDA the VAE costs the same per image
+    whatever the chunk).
     """
     import torch
+
+    from echo_os.errors import CancelledError
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("render cancelled during the VAE decode; unfinished images were not saved")
 
     vae = pipe.vae
     needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
     if needs_upcasting:
         vae.to(dtype=torch.float32)  # what the deprecated pipe.upcast_vae() did
-    latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
-    mean = getattr(vae.config, "latents_mean", None)
-    std = getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:
-        mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-        std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
-        latents = latents * std_t / vae.config.scaling_factor + mean_t
-    else:
-        latents = latents / vae.config.scaling_factor
-    chunks = latents.split(vae_batch or latents.shape[0])
-    with torch.inference_mode():
-        decoded = []
-        for chunk in chunks:
-            image = vae.decode(chunk, return_dict=False)[0]
-            # Under CUDA graphs (max-autotune) the next replay overwrites this output: keep a copy.
-            decoded.append(image.clone() if len(chunks) > 1 else image)
-        images = torch.cat(decoded) if len(decoded) > 1 else decoded[0]
-    if needs_upcasting:
-        vae.to(dtype=torch.float16)
+    try:
+        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean_t = torch.tensor(mean).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            std_t = torch.tensor(std).view(1, 4, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std_t / vae.config.scaling_factor + mean_t
+        else:
+            latents = latents / vae.config.scaling_factor
+        chunk_size = vae_batch or (DECODE_CHUNK_IMAGES if cancel is not None else latents.shape[0])
+        chunks = latents.split(chunk_size)
+        with torch.inference_mode():
+            decoded = []
+            for chunk in chunks:
+                check_cancel()
+                image = vae.decode(chunk, return_dict=False)[0]
+                # Under CUDA graphs (max-autotune) the next replay overwrites this output: keep a copy.
+                decoded.append(image.clone() if len(chunks) > 1 else image)
+            check_cancel()
+            images = torch.cat(decoded) if len(decoded) > 1 else decoded[0]
+    finally:
+        if needs_upcasting:
+            vae.to(dtype=torch.float16)
     return pipe.image_processor.postprocess(images, output_type=output_type)
 
 

@@ -345,11 +345,12 @@ class SDXLEngine(BaseEngine):
             if loaded.device == "cuda":
                 torch.cuda.synchronize()
             denoised = time.perf_counter()
-            # The VAE decode, separate so the profile's vae_batch (CUDA) can chunk it; off CUDA one call.
+            # The VAE decode, separate so the profile's vae_batch (CUDA) can chunk it, in chunks that look
+            # at the cancel flag between them.
             from echo_os.engines.cuda_profile import decode_latents
 
             vae_batch = loaded.profile.vae_batch if loaded.profile is not None else None
-            pil_images = decode_latents(pipe, latents, vae_batch, output_type="pil")
+            pil_images = decode_latents(pipe, latents, vae_batch, output_type="pil", cancel=cancel)
         decoded = time.perf_counter()
 
         runtime = RuntimeInfo(engine=self.name, reason=self.reason, device=loaded.device, dtype=loaded.dtype,
