@@ -102,8 +102,20 @@ def build_gallery(settings: Settings, *, project: str | None = None,
     return GalleryResult(page=page, artifacts=len(items), thumbnails_made=made)
 
 
+# Characters escaped in the JSON inside <script>: `<` and `>` (so neither `</script>` nor `<!--` can change
+# the HTML parser's state; a prompt holding `<!-- <script>` blanked the whole page), `&`, and U+2028/9
+# (line terminators to older JavaScript). JSON's \\uXXXX escapes leave the data the same.
+_SCRIPT_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                      "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def script_json(value: object) -> str:
+    """JSON that is safe as the text of a <script> element."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True).translate(_SCRIPT_JSON_ESCAPES)
+
+
 def render_page(title: str, items: list[dict]) -> str:
-    data = json.dumps(items, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
+    data = script_json(items)
     return (PAGE.replace("{{TITLE}}", html.escape(title))
                 .replace("{{COUNT}}", str(len(items)))
                 .replace("{{DATA}}", data))
