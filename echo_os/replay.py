@@ -48,9 +48,6 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
             max_diff, mean_diff = pixel_difference(original, result.images[0].image)
         saved_id = None
         if save:
-            from echo_os.memory.artifacts import attach
-
-            attach(store)
             child = result.request.model_copy(update={"parent_id": artifact.id})
             result.request = child
             saved_id = store.save(result, 0).id

@@ -125,6 +125,18 @@ def hold_server_lock(settings: Settings):
     return lock
 
 
+def importing_first(make_engine):
+    """The engine factory, after the ML libraries are imported under ml_imports' lock: the worker thread
+    and the memory routes' threads must not import transformers at the same time (issue 11)."""
+    from echo_os.ml_imports import import_ml_libraries
+
+    def make(request):
+        import_ml_libraries()
+        return make_engine(request)
+
+    return make
+
+
 def create_app(settings: Settings, *, token: str | None = None, start_worker: bool = True,
                options: ApiOptions | None = None, make_engine: EngineFactory | None = None) -> FastAPI:
     """A FastAPI app for one workspace. `make_engine(request) -> Engine` replaces the CLI's engine
@@ -149,15 +161,12 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             if start_worker:
                 from echo_os.artifacts.store import ArtifactStore
 
-                from echo_os.memory.artifacts import attach
-
                 store = ArtifactStore(settings)
                 cleanup.callback(store.close)
-                listener = attach(store)  # every image the server saves is embedded (ECHO_OS_NO_MEMORY=1: not)
-                if listener is not None:
-                    listener.start_preload()
+                # Images are embedded into Echo Memory by the next /api/memory request (its reconcile), not
+                # on the worker (issue 11).
                 worker = Worker(jobs, store, hub.publish_threadsafe,
-                                make_engine=make_engine or default_engine_factory(settings),
+                                make_engine=make_engine or importing_first(default_engine_factory(settings)),
                                 max_batch=options.max_batch, batch_window_ms=options.batch_window_ms)
 
             def on_stored(stored: list[Job]) -> None:

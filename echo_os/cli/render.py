@@ -37,15 +37,11 @@ class StepBar:
 DEFAULT_SIZE = "1024x1024"
 
 
-def cpu_default_size(settings, request, engine_name: str):
-    """(request, note): `request` at settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512) when it
-    renders with the cpu engine. SDXL at 1024x1024 takes many minutes an image on a CPU; 512x512 is a
-    quarter of the pixels, still SDXL, and the engine line says so."""
+def cpu_size(settings) -> tuple[int, int]:
+    """(width, height) of settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512), checked."""
     from echo_os.errors import UsageError
     from echo_os.requests import MAX_SIDE
 
-    if engine_name != "cpu":
-        return request, None
     try:
         width, height = parse_size(settings.cpu_size)
     except UsageError:
@@ -53,6 +49,16 @@ def cpu_default_size(settings, request, engine_name: str):
     if not all(0 < side <= MAX_SIDE and side % 8 == 0 for side in (width, height)):
         raise UsageError(f"ECHO_OS_CPU_SIZE must be WIDTHxHEIGHT in multiples of 8 up to {MAX_SIDE} "
                          f"(for example 512x512), got {settings.cpu_size!r}.")
+    return width, height
+
+
+def cpu_default_size(settings, request, engine_name: str):
+    """(request, note): `request` at settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512) when it
+    renders with the cpu engine. SDXL at 1024x1024 takes many minutes an image on a CPU; 512x512 is a
+    quarter of the pixels, still SDXL, and the engine line says so. `batch` applies the same rule."""
+    if engine_name != "cpu":
+        return request, None
+    width, height = cpu_size(settings)
     note = f"{width}x{height} by default on the CPU; --size {DEFAULT_SIZE} for full size"
     return request.model_copy(update={"width": width, "height": height}), note
 
@@ -82,20 +88,15 @@ def engine_line(choice) -> str:
     return f"engine: {choice.name} ({choice.reason})"
 
 
-def engine_announcer(memory_listener, note: str | None = None):
-    """on_engine callback: print the engine line; rendering is now certain, so start loading the
-    embedding models alongside it. Draft cards take milliseconds, so their embedding is left to the next
-    `echo-os memory` command (which embeds whatever the index lacks) instead of costing seconds here."""
+def engine_announcer(note: str | None = None):
+    """on_engine callback: print the engine line (with `note`, e.g. the CPU size rule, inside its brackets).
+
+    Nothing else starts here: the images are embedded into Echo Memory by the next memory command, not
+    beside the render (echo_os.memory.artifacts)."""
 
     def announce(choice) -> None:
         line = engine_line(choice)
         click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
-        if memory_listener is None:
-            return
-        if choice.name == "draft":
-            memory_listener.defer()
-        else:
-            memory_listener.start_preload()
 
     return announce
 
@@ -123,15 +124,14 @@ def engine_announcer(memory_listener, note: str | None = None):
               help="Apply a LoRA: a models.toml `lora` entry or a .safetensors file, scale 0-2 (default 1). "
                    "Repeat for several.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
-@click.option("--no-memory", is_flag=True,
-              help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
+@click.option("--no-memory", is_flag=True, hidden=True,
+              help="No effect (kept for old scripts): renders are embedded by the next memory command.")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, lora_specs: tuple[str, ...], **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import choose_engine, create_engine
-    from echo_os.memory.artifacts import attach
     from echo_os.scheduler import render_requests
 
     settings = settings_from(ctx)
@@ -150,11 +150,10 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     engine = create_engine(settings, name, reason)
 
     store = ArtifactStore(settings)
-    listener = attach(store, enabled=not no_memory)
     bar = StepBar(request.count)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=engine_announcer(listener, note), engine=engine)
+                                  on_engine=engine_announcer(note), engine=engine)
     finally:
         bar.close()
         store.close()
