@@ -27,7 +27,7 @@ from typing import Annotated, Any, AsyncIterator
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from echo_os import __version__
@@ -186,6 +186,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             yield
 
     app = FastAPI(title="echo-os", version=__version__, lifespan=lifespan, responses=error_responses(401),
+                  docs_url=None, redoc_url=None,  # /docs is served offline by _add_docs
                   description="Render images on this machine's GPU. Jobs are durable; every image is an "
                               "artifact (PNG + meta.json). The OpenAI Images API is at /v1/images/generations.")
     app.add_middleware(Guard, settings=GuardSettings(token=token, allowed_origins=options.allowed_origins,
@@ -199,6 +200,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
     _add_error_handlers(app)
     _add_routes(app)
+    _add_docs(app)
     from echo_os.api.memory_routes import name_search_operations
     from echo_os.api.memory_routes import router as memory_router
     from echo_os.api.openai_compat import router as openai_router
@@ -207,6 +209,33 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
     app.include_router(memory_router)
     name_search_operations(app)
     return app
+
+
+# Swagger UI's files, served from the swagger-ui-bundle-v2 package (Swagger UI 5: OpenAPI 3.1, which FastAPI
+# writes) instead of FastAPI's default CDN, so /docs works on an air-gapped machine. ReDoc has no packaged
+# copy, so /redoc is off.
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+               "favicon-32x32.png": "image/png"}
+
+
+def _add_docs(app: FastAPI) -> None:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            raise HTTPException(404, "not found")
+        from swagger_ui_bundle import swagger_ui_path
+
+        return Response((swagger_ui_path / name).read_bytes(), media_type=DOCS_ASSETS[name],
+                        headers={"cache-control": "public, max-age=86400"})
 
 
 def _add_error_handlers(app: FastAPI) -> None:
