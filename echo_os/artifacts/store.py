@@ -288,7 +288,7 @@ class ArtifactStore:
             except ValueError as error:
                 log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
                 continue
-            if meta.project == project:
+            if slugify(meta.project, fallback="default") == slugify(project, fallback="default"):
                 self.catalog.upsert(meta.model_dump(mode="json"), relative)
                 added += 1
         return added

@@ -1,6 +1,7 @@
 """`echo-os gallery`: one static HTML page over the artifacts, self-contained within the workspace.
 
     artifacts/gallery/index.html      the page: inline CSS and JS, the catalog rows as inline JSON
+    artifacts/gallery/project-<slug>.html   the page of one project (--project), beside the full one
     artifacts/.cache/thumbs/<id>.webp thumbnails (made once, kept: an artifact's image never changes)
 
 Links are relative (../.cache/thumbs/..., ../<artifact folder>/image.png), so the artifacts folder can be
@@ -20,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_os.artifacts.catalog import Catalog, CatalogRow
+from echo_os.artifacts.catalog import Catalog, CatalogRow, project_slug
+from echo_os.errors import UsageError
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,11 +62,12 @@ def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
 
 
-def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path) -> dict:
+def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: str | None = None) -> dict:
+    """The page's record of one artifact; `project`: the display name its project is shown under."""
     story = row.meta.get("story") or {}
     image = settings.artifacts_dir / row.path / "image.png"
     return {
-        "id": row.id, "project": row.project, "prompt": row.prompt, "created": row.created,
+        "id": row.id, "project": project or row.project, "prompt": row.prompt, "created": row.created,
         "engine": row.engine, "model": row.model, "seed": row.seed, "size": f"{row.width}x{row.height}",
         "scene": story.get("scene"), "slug": story.get("slug"), "characters": list(story.get("characters") or []),
         "thumb": _relative(thumbnail_path(settings, row.id), page_dir), "image": _relative(image, page_dir),
@@ -79,9 +82,18 @@ def build_gallery(settings: Settings, *, project: str | None = None,
     progress("thumbnails", done, total) after each artifact (thumbnails are made once, then reused).
     """
     page_dir = settings.artifacts_dir / GALLERY_DIR
-    page_dir.mkdir(parents=True, exist_ok=True)
     with Catalog(settings.catalog_path) as catalog:
         rows = catalog.query(project=project)
+        if project and not rows:
+            known = sorted({project_slug(row.project): row.project for row in catalog.query()}.values(),
+                           key=str.casefold)
+            raise UsageError(f"no project {project!r} in this workspace; projects: "
+                             f"{', '.join(known) if known else 'none yet'} (or leave out --project).")
+    page_dir.mkdir(parents=True, exist_ok=True)
+    # One section per project slug (one folder), under its newest display name.
+    shown: dict[str, str] = {}
+    for row in rows:  # newest first
+        shown.setdefault(project_slug(row.project), row.project)
     items, made = [], 0
     for done, row in enumerate(rows, start=1):
         image = settings.artifacts_dir / row.path / "image.png"
@@ -93,9 +105,10 @@ def build_gallery(settings: Settings, *, project: str | None = None,
         finally:
             if progress is not None:
                 progress("thumbnails", done, len(rows))
-        items.append(gallery_item(settings, row, page_dir))
-    title = f"echo-os gallery: {project}" if project else "echo-os gallery"
-    page = page_dir / "index.html"
+        items.append(gallery_item(settings, row, page_dir, shown[project_slug(row.project)]))
+    title = f"echo-os gallery: {shown[project_slug(project)]}" if project else "echo-os gallery"
+    # The full page is index.html; one project's page is written beside it, never over it.
+    page = page_dir / (f"project-{project_slug(project)}.html" if project else "index.html")
     temporary = page.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(render_page(title, items), encoding="utf-8")
     os.replace(temporary, page)
