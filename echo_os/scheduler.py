@@ -62,7 +62,9 @@ class RenderOutcome:
     artifacts: list["Artifact"] = field(default_factory=list)  # rendered by this call, in render order
     engines: list[EngineChoice] = field(default_factory=list)
     resumed: list["Artifact"] = field(default_factory=list)  # already in the project (resume=True)
-    batch_sizes: dict[str, int] = field(default_factory=dict)  # engine -> the batch size it started with
+    # engine -> the most images one of its pipeline calls rendered (not the cap: 4 images under a cap of 16
+    # are a batch of 4); absent when it rendered nothing
+    batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the OOM back-off did
 
 
@@ -264,7 +266,6 @@ def _render_groups(engine: "Engine", requests: list["RenderRequest"], *, store: 
     cap = max(1, engine.capabilities.max_batch)
     for pieces in groups.values():
         limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, pieces[0])
-        outcome.batch_sizes.setdefault(engine.name, limit)
         queue = deque(pieces)
         tiling = getattr(engine, "vae_tiling", None)
         try:
@@ -282,6 +283,8 @@ def _render_queue(engine: "Engine", queue: "deque[RenderRequest]", limit: int, *
         batch = take_batch(queue, limit)
         try:
             results = engine.render(batch, progress=progress, cancel=cancel)
+            images = sum(r.count for r in batch)
+            outcome.batch_sizes[engine.name] = max(outcome.batch_sizes.get(engine.name, 0), images)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
