@@ -123,13 +123,20 @@ def engine_announcer(note: str | None = None):
 @click.option("--lora", "lora_specs", multiple=True, metavar="NAME[:SCALE]",
               help="Apply a LoRA: a models.toml `lora` entry or a .safetensors file, scale 0-2 (default 1). "
                    "Repeat for several.")
+@click.option("--again", is_flag=True,
+              help="Render even when this exact request (same seed, model, settings, project) was rendered "
+                   "before; without it the earlier artifact is shown instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True, hidden=True,
               help="No effect (kept for old scripts): renders are embedded by the next memory command.")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
-           no_memory: bool, lora_specs: tuple[str, ...], **options) -> None:
-    """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
+           no_memory: bool, again: bool, lora_specs: tuple[str, ...], **options) -> None:
+    """Render PROMPT into images, each saved as an artifact (image.png + meta.json).
+
+    An image whose exact request (seed included) is already an artifact of the project is not rendered
+    again: the earlier artifact is shown (the same request makes the same pixels). --again renders anew.
+    """
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import choose_engine, create_engine
     from echo_os.scheduler import render_requests
@@ -153,15 +160,22 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     bar = StepBar(request.count)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=engine_announcer(note), engine=engine)
+                                  on_engine=engine_announcer(note), engine=engine, resume=not again)
     finally:
         bar.close()
         store.close()
+    if outcome.resumed:
+        click.echo(f"{len(outcome.resumed)} of {request.count} already rendered with this exact request: shown "
+                   "below, not rendered again (--again renders anew)", err=True)
+    # in image order (seed, seed+1, ...), earlier artifacts where there were some
+    shown = sorted([(a, True) for a in outcome.resumed] + [(a, False) for a in outcome.artifacts],
+                   key=lambda pair: pair[0].meta.seed)
     if as_json:
-        click.echo(json.dumps([a.summary() for a in outcome.artifacts], indent=2, ensure_ascii=False))
+        click.echo(json.dumps([{**a.summary(), "already_rendered": resumed} for a, resumed in shown],
+                              indent=2, ensure_ascii=False))
     else:
-        for artifact in outcome.artifacts:
-            click.echo(f"{artifact.id[:12]}  {artifact.image_path}")
+        for artifact, resumed in shown:
+            click.echo(f"{artifact.id[:12]}  {artifact.image_path}" + ("  (already rendered)" if resumed else ""))
 
 
 @click.command()
