@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -30,11 +29,13 @@ def echo_os_process(home: Path, *args: str, timeout: int = 300) -> subprocess.Co
                           capture_output=True, text=True, timeout=timeout)
 
 
-def two_scene_story(home: Path) -> Path:
-    """The example story cut to its first two scenes."""
+def two_scene_story(home: Path, steps: int = 30) -> Path:
+    """The example story cut to its first two scenes (and its bible's 30 steps to `steps`)."""
     folder = home / "story"
     folder.mkdir()
-    shutil.copy(REPO / "prompts/lighthouse-keeper/STORY_BIBLE.md", folder / "STORY_BIBLE.md")
+    bible = (REPO / "prompts/lighthouse-keeper/STORY_BIBLE.md").read_text(encoding="utf-8")
+    assert "  steps: 30\n" in bible
+    (folder / "STORY_BIBLE.md").write_text(bible.replace("  steps: 30\n", f"  steps: {steps}\n"), encoding="utf-8")
     lines = (REPO / "prompts/lighthouse-keeper/story.csv").read_text(encoding="utf-8").splitlines()
     (folder / "story.csv").write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
     return folder / "story.csv"
@@ -61,7 +62,6 @@ def test_resumed_story_with_a_clip_model_registered(tiny_workspace, tiny_clip_di
 def test_render_starts_no_thread_and_leaves_embedding_to_memory(tiny_workspace, run_cli) -> None:
     """Issue 11 item 5: a render does not load the embedding models (nor start a thread to); the next
     memory command embeds what it saved."""
-    before = set(threading.enumerate())
     seen: list[str] = []
     original = threading.Thread.start
 
@@ -76,9 +76,9 @@ def test_render_starts_no_thread_and_leaves_embedding_to_memory(tiny_workspace, 
     finally:
         threading.Thread.start = original
     assert code == 0, err
-    assert [name for name in seen if "memory" in name] == []
+    # (diffusers' loaders and tqdm start threads of their own; none of ours loads models beside the render)
+    assert [name for name in seen if "memory" in name or "preload" in name] == []
     assert not (tiny_workspace.memory_dir / "minilm").exists()
-    assert set(threading.enumerate()) <= before | {t for t in threading.enumerate() if not t.is_alive()}
 
     code, out, err = run_cli("--home", str(tiny_workspace.home), "memory", "search", "lighthouse dawn", "--json")
     assert code == 0, err
@@ -133,10 +133,10 @@ def test_batch_applies_the_cpu_size_rule_unless_size_or_steps_is_given(tiny_work
     """Issue 11 item 6: the example story planned 1216x832 at 30 steps on the CPU; `render` used 512x512."""
     monkeypatch.setenv("ECHO_OS_CPU_SIZE", "64x64")
     home = tiny_workspace.home
-    story = two_scene_story(home)
+    story = two_scene_story(home, steps=3)
     code, out, err = run_cli("--home", str(home), "batch", "L", str(story), "--model", "tiny", "--dry-run")
     assert code == 0, err
-    assert "render:    1 image, 64x64, 30 steps" in out
+    assert "render:    1 image, 64x64, 3 steps" in out
     assert "64x64 by default on the CPU instead of the story's 1216x832" in err and err.startswith("engine: cpu")
     code, out, err = run_cli("--home", str(home), "batch", "L", str(story), "--model", "tiny", "--steps", "2",
                              "--dry-run")
@@ -251,3 +251,75 @@ async def test_docs_are_served_from_the_package_with_no_external_host(workspace)
         assert (await client.get("/docs/assets/..%2Fapp.py")).status_code == 404
         assert (await client.get("/redoc")).status_code == 404
         assert "openapi.json" in page.text
+
+
+@pytest.mark.anyio
+async def test_a_succeeded_jobs_progress_shows_every_step_done(workspace) -> None:
+    """After success a job showed step 0 of 0 (issue 11)."""
+    from echo_os.api import ApiOptions
+    from tests.api_helpers import api_client, wait_job
+
+    async with api_client(workspace, options=ApiOptions(batch_window_ms=0)) as (client, _):
+        response = await client.post("/api/render", json={"prompt": "a lighthouse", "engine": "draft",
+                                                          "size": "64x64", "steps": 3, "count": 2})
+        job = await wait_job(client, response.json()["job_id"])
+        assert job["status"] == "succeeded", job
+        assert job["progress"] == {"step": 3, "total_steps": 3, "images_done": 2, "images_total": 2}
+
+
+def test_contact_sheet_captions_are_shortened_at_word_boundaries() -> None:
+    """The last caption line was cut a character at a time to fit the "…": mid-word (issue 11)."""
+    from PIL import Image, ImageDraw
+
+    from echo_os.story.contact_sheet import _font, wrap_text
+
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    font = _font(14)
+    text = ("he watches a dark squall roll in over the headland, collar up against the spray, counting the "
+            "seconds between the lightning and the thunder while the lamp turns above him")
+    words = set(text.replace(",", "").split())
+    for width in range(120, 330, 7):
+        lines = wrap_text(draw, text, font, width, 3)
+        assert len(lines) == 3 and lines[-1].endswith(" …"), width
+        for line in lines:
+            assert draw.textlength(line, font=font) <= width
+            shown = line.removesuffix(" …").replace(",", "").split()
+            assert all(word in words for word in shown), (width, line)  # whole words only
+
+
+def test_batch_size_used_is_what_the_calls_rendered_not_the_cap(workspace) -> None:
+    """story.json said `used: {cpu: 16}` for a 4-image run: the engine's cap, not a batch that ran (issue 11)."""
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.requests import build_request
+    from echo_os.scheduler import render_requests
+
+    store = ArtifactStore(workspace)
+    try:
+        request = build_request(prompt="a gull", engine="draft", width=64, height=64, seed=1, count=4)
+        assert render_requests(workspace, [request], store=store).batch_sizes == {"draft": 4}
+        again = request.model_copy(update={"seed": 100})
+        assert render_requests(workspace, [again], store=store, batch_size=3).batch_sizes == {"draft": 3}
+        resumed = render_requests(workspace, [request], store=store, resume=True)
+        assert resumed.batch_sizes == {} and len(resumed.resumed) == 4  # nothing rendered, no batch
+    finally:
+        store.close()
+
+
+def test_an_identical_render_shows_the_earlier_artifact_unless_again(workspace, run_cli) -> None:
+    """Two identical renders got two ids (the PNG holds its timestamp) and `memory dupes` found them. The
+    rule: the same request in the same project is not rendered again; --again renders anew (issue 11)."""
+    import json
+
+    home = workspace.home
+    first = draft(run_cli, home, "a lighthouse", "--count", "2")
+    code, out, err = run_cli("--home", str(home), "render", "a lighthouse", "--engine", "draft", "--size", "256x256",
+                             "--seed", "1", "--count", "3", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert [a["already_rendered"] for a in shown] == [True, True, False] and shown[0]["id"] == first["id"]
+    assert "2 of 3 already rendered" in err and "--again" in err
+    code, out, err = run_cli("--home", str(home), "render", "a lighthouse", "--engine", "draft", "--size", "256x256",
+                             "--seed", "1", "--again", "--json")
+    assert code == 0 and json.loads(out)[0]["already_rendered"] is False and json.loads(out)[0]["id"] != first["id"]
+    code, out, _ = run_cli("--home", str(home), "artifacts", "list", "--json")
+    assert len(json.loads(out)) == 4

@@ -164,7 +164,7 @@ class Catalog:
             raise UsageError(f"artifact id {prefix!r} is not hexadecimal (it holds {shown}); an id is the image's "
                              "sha256, 0-9 and a-f (see `echo-os artifacts list`).")
         if len(prefix) < MIN_PREFIX:
-            raise UsageError(f"artifact id {prefix!r} is too short: give at least {MIN_PREFIX} of its hex characters "
+            raise UsageError(f"artifact id {prefix!r} is too short: give at least {MIN_PREFIX} hex characters of it "
                              "(see `echo-os artifacts list`).")
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM artifacts WHERE id >= ? AND id < ? LIMIT 2",
                                (prefix, prefix + "g")).fetchall()
