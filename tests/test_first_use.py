@@ -141,6 +141,11 @@ def test_batch_applies_the_cpu_size_rule_unless_size_or_steps_is_given(tiny_work
     code, out, err = run_cli("--home", str(home), "batch", "L", str(story), "--model", "tiny", "--steps", "2",
                              "--dry-run")
     assert "render:    1 image, 1216x832, 2 steps" in out and "by default on the CPU" not in err
+    # a story already smaller than the CPU size keeps its own
+    monkeypatch.setenv("ECHO_OS_CPU_SIZE", "2048x2048")
+    code, out, err = run_cli("--home", str(home), "batch", "L", str(story), "--model", "tiny", "--dry-run")
+    assert "render:    1 image, 1216x832, 3 steps" in out and "by default on the CPU" not in err
+    monkeypatch.setenv("ECHO_OS_CPU_SIZE", "64x64")
     # the real run renders at that size and says so on its engine line
     code, out, err = run_cli("--home", str(home), "batch", "L", str(story), "--model", "tiny")
     assert code == 0, err

@@ -175,10 +175,11 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
             from echo_os.cli.render import cpu_size
 
             width, height = cpu_size(settings)
-            planned = plan.scenes[0].request.size
-            plan = make_plan(f"{width}x{height}")
-            note = (f"{width}x{height} by default on the CPU instead of the story's {planned}; "
-                    "--size or --steps to choose")
+            largest = max(plan.scenes, key=lambda scene: scene.request.width * scene.request.height).request
+            if largest.width * largest.height > width * height:  # a story smaller than that keeps its size
+                plan = make_plan(f"{width}x{height}")
+                note = (f"{width}x{height} by default on the CPU instead of the story's {largest.size}; "
+                        "--size or --steps to choose")
     ip_adapter_model = None if ip_adapter == "none" else ip_adapter
     if dry_run:
         check_plan(settings, plan, ip_adapter_model, clip)
