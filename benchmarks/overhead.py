@@ -129,7 +129,8 @@ def main() -> None:
                         str(args.size), PROMPT]
             echo_cmd = [sys.executable, "-m", "echo_os", "--home", str(home), "render", PROMPT, "--model", "tiny",
                         "--engine", "cpu", "--seed", "1000", "--count", str(args.images), "--batch-size", "1",
-                        "--steps", str(args.steps), "--size", f"{args.size}x{args.size}"]
+                        "--steps", str(args.steps), "--size", f"{args.size}x{args.size}",
+                        "--again"]  # every repeat renders: the same request would otherwise be shown, not rendered
             # Memory on is the default; before issue 11 it loaded the embedding models beside the render.
             # --no-memory (now a no-op kept for old scripts) is timed too, to show the two are one path.
             bare_p, echo_p, plain_p = [], [], []
