@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import register_model
 from tests.helpers import REPO
 
 
