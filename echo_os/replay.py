@@ -65,9 +65,6 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
         if artifact.meta.vae_tiling and engine.capabilities.tiled_decode:
             engine.vae_tiling = True  # it was decoded tile by tile (OOM back-off): decode it the same way
         if save:
-            from echo_os.memory.artifacts import attach
-
-            attach(store)
             request = request.model_copy(update={"parent_id": artifact.id})
         hooks = _KeepResult(save)
         outcome = render_requests(settings, [request], store=store, engine=engine, batch_size=1, hooks=hooks)

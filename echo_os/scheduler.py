@@ -134,7 +134,9 @@ class RenderOutcome:
     artifacts: list["Artifact"] = field(default_factory=list)  # rendered by this call, in render order
     engines: list[EngineChoice] = field(default_factory=list)
     resumed: list["Artifact"] = field(default_factory=list)  # already in the project (resume=True)
-    batch_sizes: dict[str, int] = field(default_factory=dict)  # engine -> the batch size it started with
+    # engine -> the most images one of its pipeline calls rendered (not the cap: 4 images under a cap of 16
+    # are a batch of 4); absent when it rendered nothing
+    batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the OOM back-off did
 
 
@@ -355,7 +357,6 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
         limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, group[0].request)
         if max_batch:
             limit = max(1, min(limit, max_batch))
-        outcome.batch_sizes.setdefault(engine.name, limit)
         queue = deque(group)
         tiling = engine.vae_tiling
         try:
@@ -376,6 +377,8 @@ def _render_queue(engine: "Engine", queue: "deque[Piece]", limit: int, *, store:
             with hooks.call(batch) as control:
                 results = engine.render([piece.request for piece in batch], progress=control.progress,
                                         cancel=control.cancel)
+            images = sum(piece.request.count for piece in batch)
+            outcome.batch_sizes[engine.name] = max(outcome.batch_sizes.get(engine.name, 0), images)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise

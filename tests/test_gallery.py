@@ -3,6 +3,7 @@ check that every image loads and a filter works, with a screenshot."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -30,7 +31,7 @@ def gallery_home(workspace) -> Path:
                               story=StoryFields(scene=n, slug=slug, characters=cast))
                 for n, (p, slug, cast) in enumerate(scenes, start=1)]
     requests += [build_request(prompt=p, engine="draft", width=256, height=256, seed=1)
-                 for p in ("a red sports car", "a cat <b>sleeping</b> on a sofa")]
+                 for p in ("a red sports car", "a cat <b>sleeping</b> on a sofa, html comment <!-- then <script> tag")]
     store = ArtifactStore(workspace)
     try:
         render_requests(workspace, requests, store=store)
@@ -48,6 +49,16 @@ def test_gallery_page_is_self_contained_with_cached_thumbnails(gallery_home, run
     text = page.read_text()
     assert "http://" not in text and "https://" not in text  # no CDN: works offline
     assert "<b>sleeping</b>" not in text  # prompts travel as JSON, never as markup
+    # An HTML5 parser sees the data script end where the page means it to, and the app script after it
+    # (a prompt's `<!-- <script>` used to swallow the rest of the page: issue 11).
+    import html5lib
+
+    document = html5lib.parse(text, namespaceHTMLElements=False)
+    scripts = document.findall(".//script")
+    assert [s.get("id") for s in scripts] == ["gallery-data", None]
+    data = json.loads(scripts[0].text)
+    assert any("<!-- then <script> tag" in item["prompt"] for item in data) and len(data) == 5
+    assert "function" in scripts[1].text
     for link in re.findall(r'"(?:thumb|image)": "([^"]+)"', text):
         assert (page.parent / link).is_file(), link
     thumbs = sorted((gallery_home / "artifacts" / ".cache" / "thumbs").glob("*.webp"))

@@ -210,7 +210,7 @@ def test_import_reads_a1111_comfyui_and_invokeai_chunks(workspace, run_cli, tmp_
 
 
 @pytest.mark.slow
-def test_two_processes_rendering_at_once_lose_nothing(tiny_workspace) -> None:
+def test_two_processes_rendering_at_once_lose_nothing(tiny_workspace, run_cli) -> None:
     workspace = tiny_workspace
     env = dict(os.environ, PYTHONPATH=str(REPO))
     commands = [[sys.executable, "-m", "echo_os", "--home", str(workspace.home), "render", prompt, "--model",
@@ -223,15 +223,21 @@ def test_two_processes_rendering_at_once_lose_nothing(tiny_workspace) -> None:
         assert process.returncode == 0, err
     nums = catalog_nums(workspace.home)
     assert len(nums) == 6
-    assert index_ids(workspace.home)["minilm"] == nums  # saved by both, read back without any repair
+    code, _, err = run_cli("--home", str(workspace.home), "memory", "stats")
+    assert code == 0, err
+    assert index_ids(workspace.home)["minilm"] == nums  # the next memory command embedded both processes' images
 
 
-def test_diffusion_renders_are_embedded_when_saved(tiny_workspace, run_cli) -> None:
+def test_diffusion_renders_are_embedded_by_the_next_memory_command(tiny_workspace, run_cli) -> None:
+    """Not on the render path (issue 11): the render saves, `memory stats` embeds, nothing reported as repaired."""
     code, _, err = run_cli("--home", str(tiny_workspace.home), "render", "a lighthouse in a storm", "--model", "tiny",
                            "--size", "64x64", "--steps", "2", "--count", "2")
     assert code == 0, err
+    assert not (tiny_workspace.memory_dir / "minilm").exists()
+    code, _, err = run_cli("--home", str(tiny_workspace.home), "memory", "stats")
+    assert code == 0 and "repaired" not in err, err
     nums = catalog_nums(tiny_workspace.home)
-    assert len(nums) == 2 and index_ids(tiny_workspace.home)["minilm"] == nums  # no repair needed
+    assert len(nums) == 2 and index_ids(tiny_workspace.home)["minilm"] == nums
 
 
 def test_import_reports_progress_and_the_bars_draw(workspace, tmp_path) -> None:

@@ -109,7 +109,8 @@ def test_scenes_render_in_order_one_artifact_per_image(story_run):
     # count 2: two images of scene 2, seeds s and s+1
     assert rows[2]["seed"] == rows[1]["seed"] + 1
     assert result["rendered"] == 5 and result["resumed"] == 0
-    assert result["batch_sizes"] == {"cpu": 16}  # no GPU: the engine's maximum
+    # the most images one call rendered (5 images in 2 calls), not the CPU cap of 16
+    assert result["batch_sizes"] == {"cpu": 3}
 
 
 def test_meta_has_the_story_fields(story_run):

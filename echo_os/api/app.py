@@ -33,7 +33,7 @@ from typing import Annotated, Any, AsyncIterator
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from echo_os import __version__
@@ -79,6 +79,8 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
     progress = JobProgress(images_done=len(job.artifact_ids), images_total=job.images_total)
     if live is not None and job.status == "running":
         progress.step, progress.total_steps = live.step, live.total_steps
+    elif job.status == "succeeded":  # every step of the last call ran (not "step 0 of 0")
+        progress.step = progress.total_steps = job.spec.items[-1].steps
     return JobView(id=job.id, kind=job.kind, status=job.status, progress=progress, attempts=job.attempts,
                    error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
@@ -165,6 +167,19 @@ def hold_server_lock(settings: Settings):
     return lock
 
 
+def importing_first(make_engine):
+    """The engine factory, after the ML libraries are imported under ml_imports' lock: the worker thread
+    and the memory routes' threads must not import transformers at the same time (issue 11)."""
+    from echo_os.ml_imports import import_ml_libraries
+
+    def make(request):
+        if request.engine != "draft":  # draft cards import no ML library
+            import_ml_libraries()
+        return make_engine(request)
+
+    return make
+
+
 def create_app(settings: Settings, *, token: str | None = None, start_worker: bool = True,
                options: ApiOptions | None = None, make_engine: EngineFactory | None = None) -> FastAPI:
     """A FastAPI app for one workspace. `make_engine(request) -> Engine` replaces the CLI's engine
@@ -194,18 +209,15 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             if start_worker:
                 from echo_os.artifacts.store import ArtifactStore
 
-                from echo_os.memory.artifacts import attach
-
                 store = ArtifactStore(settings)
                 cleanup.callback(store.close)
-                listener = attach(store)  # every image the server saves is embedded (ECHO_OS_NO_MEMORY=1: not)
-                if listener is not None:
-                    listener.start_preload()
+                # Images are embedded into Echo Memory by the next /api/memory request (its reconcile), not
+                # on the worker (issue 11).
                 from echo_os.resonance.listener import attach_scorer
 
                 attach_scorer(store)  # scores as the worker saves, when a CLIP model is here
                 worker = Worker(jobs, store, hub.publish_threadsafe,
-                                make_engine=make_engine or default_engine_factory(settings),
+                                make_engine=make_engine or importing_first(default_engine_factory(settings)),
                                 max_batch=options.max_batch, batch_window_ms=options.batch_window_ms)
 
             def on_stored(stored: list[Job]) -> None:
@@ -228,6 +240,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             yield
 
     app = FastAPI(title="echo-os", version=__version__, lifespan=lifespan, responses=error_responses(401),
+                  docs_url=None, redoc_url=None,  # /docs is served offline by _add_docs
                   description="Render images on this machine's GPU. Jobs are durable; every image is an "
                               "artifact (PNG + meta.json). The OpenAI Images API is at /v1/images/generations.")
     app.add_middleware(Guard, settings=GuardSettings(token=token, allowed_origins=allowed_origins,
@@ -243,6 +256,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
 
     _add_error_handlers(app)
     _add_routes(app)
+    _add_docs(app)
     from echo_os.api.memory_routes import name_search_operations
     from echo_os.api.memory_routes import router as memory_router
     from echo_os.api.openai_compat import router as openai_router
@@ -254,6 +268,33 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
     app.include_router(resonance_router)
     name_search_operations(app)
     return app
+
+
+# Swagger UI's files, served from the swagger-ui-bundle-v2 package (Swagger UI 5: OpenAPI 3.1, which FastAPI
+# writes) instead of FastAPI's default CDN, so /docs works on an air-gapped machine. ReDoc has no packaged
+# copy, so /redoc is off.
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+               "favicon-32x32.png": "image/png"}
+
+
+def _add_docs(app: FastAPI) -> None:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            raise HTTPException(404, "not found")
+        from swagger_ui_bundle import swagger_ui_path
+
+        return Response((swagger_ui_path / name).read_bytes(), media_type=DOCS_ASSETS[name],
+                        headers={"cache-control": "public, max-age=86400"})
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -43,7 +43,9 @@ class MemoryHit(BaseModel):
 
 def _search(api, run) -> list[MemoryHit]:
     from echo_os.memory.artifacts import open_memory
+    from echo_os.ml_imports import import_ml_libraries
 
+    import_ml_libraries()  # not beside the render worker's imports (echo_os.ml_imports)
     with open_memory(api.settings) as memory:
         hits = run(memory)
     return [MemoryHit(**{k: v for k, v in hit.as_dict().items() if k not in ("num", "path")},

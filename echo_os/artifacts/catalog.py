@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from echo_os.artifacts.slugs import slugify
 from echo_os.errors import NotFoundError, UsageError
 from echo_os.sqlite import Migrations, connect
 
@@ -99,6 +100,11 @@ class CatalogRow:
 _COLUMNS = "num, id, created, project, model, engine, prompt, seed, width, height, scene, parent_id, path, meta"
 
 
+def project_slug(project: str) -> str:
+    """The folder name of a project (artifacts/<date>/<project-slug>/): what identifies it."""
+    return slugify(project, fallback="default")
+
+
 def _row(values: tuple) -> CatalogRow:
     *head, meta = values
     return CatalogRow(*head, meta=json.loads(meta))
@@ -108,6 +114,9 @@ def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
     """Connect with the pragmas and migrate; (connection, whether the file was new or empty)."""
     db = connect(path)
     try:
+        # Projects are matched by slug, the name of their folder: "Fog Tests", "fog tests" and "fog-tests"
+        # are one project (one folder, one numbering); each row keeps the display name it was made with.
+        db.create_function("project_slug", 1, project_slug, deterministic=True)
         applied = MIGRATIONS.migrate(db)
         return db, MIGRATIONS.names[0] in applied
     except BaseException:
@@ -170,8 +179,13 @@ class Catalog:
     def resolve_id(self, prefix: str) -> CatalogRow:
         """A full id or a unique prefix of at least 12 hex characters."""
         prefix = prefix.strip().lower()
-        if len(prefix) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
-            raise UsageError(f"artifact id {prefix!r} must be at least {MIN_PREFIX} hex characters "
+        not_hex = sorted({c for c in prefix if c not in "0123456789abcdef"})
+        if not_hex:
+            shown = ", ".join(repr(c) for c in not_hex[:5])
+            raise UsageError(f"artifact id {prefix!r} is not hexadecimal (it holds {shown}); an id is the image's "
+                             "sha256, 0-9 and a-f (see `echo-os artifacts list`).")
+        if len(prefix) < MIN_PREFIX:
+            raise UsageError(f"artifact id {prefix!r} is too short: give at least {MIN_PREFIX} hex characters of it "
                              "(see `echo-os artifacts list`).")
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM artifacts WHERE id >= ? AND id < ? LIMIT 2",
                                (prefix, prefix + "g")).fetchall()
@@ -189,8 +203,8 @@ class Catalog:
               limit: int | None = None, offset: int = 0, newest_first: bool = True) -> list[CatalogRow]:
         where, params = [], []
         if project:
-            where.append("project = ?")
-            params.append(project)
+            where.append("project_slug(project) = ?")
+            params.append(project_slug(project))
         if model:
             where.append("model = ?")
             params.append(model)
@@ -213,8 +227,8 @@ class Catalog:
         for start in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
             chunk = unique[start:start + 500]
             rows = self.db.execute(
-                f"SELECT {_COLUMNS}, request_key FROM artifacts WHERE project = ? AND request_key IN "
-                f"({','.join('?' * len(chunk))}) ORDER BY created", [project, *chunk])
+                f"SELECT {_COLUMNS}, request_key FROM artifacts WHERE project_slug(project) = ? AND request_key IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY created", [project_slug(project), *chunk])
             for *values, key in rows:
                 found[key] = _row(tuple(values))
         return found

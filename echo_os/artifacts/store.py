@@ -462,7 +462,7 @@ class ArtifactStore:
             except (ValueError, EchoError) as error:
                 log.warning("skipping %s: %s", folder, error)
                 continue
-            if meta.project == project:
+            if slugify(meta.project, fallback="default") == slugify(project, fallback="default"):
                 self.catalog.upsert(meta.model_dump(mode="json"), relative)
                 added += 1
         return added

@@ -14,7 +14,7 @@ def artifacts() -> None:
 
 
 @artifacts.command("list")
-@click.option("--project", default=None, help="Only this project.")
+@click.option("--project", default=None, help="Only this project: its name or its folder's slug (fog-tests = Fog Tests).")
 @click.option("--model", default=None, help="Only this model name.")
 @click.option("--since", default=None, help="Only artifacts created on or after this ISO date (2026-11-01).")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)

@@ -34,25 +34,24 @@ class StoryBar:
 
 
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
-                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, resonance=None) -> None:
+                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, resonance=None, engine=None,
+                note: str | None = None) -> None:
     """Render every scene of a validated StoryPlan in order and print what was made."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import engine_announcer
-    from echo_os.memory.artifacts import attach
     from echo_os.story.render import render_plan as render_story
 
     bar = StoryBar(len(plan.scenes))
     store = ArtifactStore(settings)
-    listener = attach(store)  # every scene becomes searchable in Echo Memory (ECHO_OS_NO_MEMORY=1 skips it)
     try:
         result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
-                              progress=bar, store=store,
-                              on_engine=engine_announcer(listener), resonance=resonance)
+                              progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
+                              resonance=resonance)
     finally:
         bar.close()
         store.close()
-    for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+    for line in result.notes:
+        click.echo(f"note: {line}", err=True)
     if json_output:
         click.echo(json_for_terminal(result.as_dict()))
         return
@@ -174,7 +173,7 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv
       echo-os batch sketches @prompts.txt --steps 20
     """
-    from echo_os.engines import check_engine_name
+    from echo_os.engines import check_engine_name, choose_engine, create_engine, get_engine
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
 
     settings = settings_from(ctx)
@@ -199,16 +198,43 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
                                  thresholds=load_thresholds(settings, project, style=style_threshold,
                                                             character=character_threshold,
                                                             alignment=alignment_threshold))
-    options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
-                          seed=seed)
-    if source.startswith("@"):
-        if bible is not None:
-            raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
-        plan = plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=load_clip_tokenizer)
-    else:
-        plan = plan_story(project, Path(source), bible=bible, options=options,
-                          tokenizer_loader=load_clip_tokenizer, workspace=settings.home)
+    if source.startswith("@") and bible is not None:
+        raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
+
+    def tokenizer_for(model_name: str):
+        return load_clip_tokenizer(model_name, settings)  # a models.toml name or a folder
+
+    def make_plan(size: str | None):
+        options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
+                              seed=seed)
+        if source.startswith("@"):
+            return plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
+        return plan_story(project, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
+                          workspace=settings.home)
+
+    plan = make_plan(size)
+    # The engine is chosen once, here, as `render` does: choosing checks the model and its weights (so a
+    # dry run reports what the real run would), and the engine's default size rule depends on it.
+    choice, note = None, None
+    if plan.scenes:
+        choice = choose_engine(settings, plan.scenes[0].request)
+        default = get_engine(choice[0]).default_size(settings)
+        if default is not None and size is None and steps is None:
+            width, height = default
+            largest = max(plan.scenes, key=lambda scene: scene.request.width * scene.request.height).request
+            if largest.width * largest.height > width * height:  # a story smaller than that keeps its size
+                plan = make_plan(f"{width}x{height}")
+                note = (f"{width}x{height} by default with engine {choice[0]} instead of the story's "
+                        f"{largest.size}; --size or --steps to choose")
+    ip_adapter_model = None if ip_adapter == "none" else ip_adapter
     if dry_run:
+        check_plan(settings, plan, ip_adapter_model, clip)
+        if choice is not None:
+            from echo_os.cli.render import engine_line
+            from echo_os.scheduler import EngineChoice
+
+            line = engine_line(EngineChoice(*choice))
+            click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
         if json_output:
             click.echo(json_for_terminal(plan.model_dump(mode="json")))
         else:
@@ -222,5 +248,17 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
                    err=True)
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
-    render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
-                ip_adapter=None if ip_adapter == "none" else ip_adapter, clip=clip, resonance=resonance)
+    render_plan(settings, plan, batch_size=batch_size, json_output=json_output, ip_adapter=ip_adapter_model,
+                clip=clip, engine=create_engine(settings, *choice) if choice else None, note=note,
+                resonance=resonance)
+
+
+def check_plan(settings: Settings, plan, ip_adapter: str | None, clip: str | None) -> None:
+    """What the real run checks before its first scene: the characters' adapters and LoRAs and the
+    --clip model (the model and weights were checked by choosing the engine). Raises the same errors."""
+    from echo_os.story.continuity import find_clip_model
+    from echo_os.story.render import scene_requests
+
+    scene_requests(settings, plan, ip_adapter)
+    if clip is not None:
+        find_clip_model(settings, clip)

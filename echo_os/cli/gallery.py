@@ -8,7 +8,8 @@ from echo_os.cli import settings_from
 
 
 @click.command()
-@click.option("--project", default=None, help="Only this project (default: every project).")
+@click.option("--project", default=None,
+              help="Only this project, written beside the full page as gallery/project-<slug>.html.")
 @click.option("--open", "open_page", is_flag=True, help="Open the page in the default web browser.")
 @click.pass_context
 def gallery(ctx: click.Context, project: str | None, open_page: bool) -> None:
@@ -23,4 +24,5 @@ def gallery(ctx: click.Context, project: str | None, open_page: bool) -> None:
     if open_page:
         import webbrowser
 
-        webbrowser.open(result.page.as_uri())
+        if not webbrowser.open(result.page.as_uri()):
+            click.echo(f"--open: no web browser found here; open {result.page} in one yourself.", err=True)

@@ -110,24 +110,15 @@ def engine_line(choice) -> str:
     return f"engine: {choice.name} ({choice.reason})"
 
 
-def engine_announcer(memory_listener, note: str | None = None):
-    """on_engine callback: print the engine line; rendering is now certain, so start loading the
-    embedding models alongside it. Draft cards take milliseconds, so their embedding is left to the next
-    `echo-os memory` command (which embeds whatever the index lacks) instead of costing seconds here;
-    so are the images of any engine that loads no weights."""
+def engine_announcer(note: str | None = None):
+    """on_engine callback: print the engine line (with `note`, e.g. the CPU size rule, inside its brackets).
+
+    Nothing else starts here: the images are embedded into Echo Memory by the next memory command, not
+    beside the render (echo_os.memory.artifacts)."""
 
     def announce(choice) -> None:
         line = engine_line(choice)
         click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
-        if memory_listener is None:
-            return
-        from echo_os.engines import engine_table
-
-        plugin = engine_table().get(choice.name)
-        if plugin is not None and not plugin.capabilities.needs_weights:  # no load time to hide the preload behind
-            memory_listener.defer()
-        else:
-            memory_listener.start_preload()
 
     return announce
 
@@ -160,19 +151,25 @@ def engine_announcer(memory_listener, note: str | None = None):
 @click.option("--lora", "lora_specs", multiple=True, metavar="NAME[:SCALE]",
               help="Apply a LoRA: a models.toml `lora` entry or a .safetensors file, scale 0-2 (default 1). "
                    "Repeat for several.")
+@click.option("--again", is_flag=True,
+              help="Render even when this exact request (same seed, model, settings, project) was rendered "
+                   "before; without it the earlier artifact is shown instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
-@click.option("--no-memory", is_flag=True,
-              help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
+@click.option("--no-memory", is_flag=True, hidden=True,
+              help="No effect (kept for old scripts): renders are embedded by the next memory command.")
 @click.option("--no-score", is_flag=True,
               help="Do not score the images (CLIP prompt alignment, aesthetic) as they are saved.")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
-           no_memory: bool, no_score: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...], preset: str | None,
-           **options) -> None:
-    """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
+           no_memory: bool, no_score: bool, again: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...],
+           preset: str | None, **options) -> None:
+    """Render PROMPT into images, each saved as an artifact (image.png + meta.json).
+
+    An image whose exact request (seed included) is already an artifact of the project is not rendered
+    again: the earlier artifact is shown (the same request makes the same pixels). --again renders anew.
+    """
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import check_engine_name, choose_engine, create_engine
-    from echo_os.memory.artifacts import attach
     from echo_os.scheduler import render_requests
 
     settings = settings_from(ctx)
@@ -196,22 +193,27 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     engine = create_engine(settings, name, reason)
 
     store = ArtifactStore(settings)
-    listener = attach(store, enabled=not no_memory)
     from echo_os.resonance.listener import attach_scorer
 
     attach_scorer(store, enabled=not no_score)  # scores when a CLIP model is here (`echo-os score` says if not)
     bar = StepBar(request.count)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=engine_announcer(listener, note), engine=engine)
+                                  on_engine=engine_announcer(note), engine=engine, resume=not again)
     finally:
         bar.close()
         store.close()
+    if outcome.resumed:
+        click.echo(f"{len(outcome.resumed)} of {request.count} already rendered with this exact request: shown "
+                   "below, not rendered again (--again renders anew)", err=True)
+    # in image order (seed, seed+1, ...), earlier artifacts where there were some
+    shown = sorted([(a, True) for a in outcome.resumed] + [(a, False) for a in outcome.artifacts],
+                   key=lambda pair: pair[0].meta.seed)
     if as_json:
-        click.echo(json_for_terminal([a.summary() for a in outcome.artifacts]))
+        click.echo(json_for_terminal([{**a.summary(), "already_rendered": resumed} for a, resumed in shown]))
     else:
-        for artifact in outcome.artifacts:
-            click.echo(f"{artifact.id[:12]}  {artifact.image_path}")
+        for artifact, resumed in shown:
+            click.echo(f"{artifact.id[:12]}  {artifact.image_path}" + ("  (already rendered)" if resumed else ""))
 
 
 @click.command()

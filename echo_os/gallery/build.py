@@ -1,6 +1,7 @@
 """`echo-os gallery`: one static HTML page over the artifacts, self-contained within the workspace.
 
     artifacts/gallery/index.html      the page: inline CSS and JS, the catalog rows as inline JSON
+    artifacts/gallery/project-<slug>.html   the page of one project (--project), beside the full one
     artifacts/.cache/thumbs/<id>.webp thumbnails (made once, kept: an artifact's image never changes)
 
 Links are relative (../.cache/thumbs/..., ../<artifact folder>/image.png), so the artifacts folder can be
@@ -22,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_os.artifacts.catalog import CatalogRow
+from echo_os.artifacts.catalog import CatalogRow, project_slug
 from echo_os.artifacts.store import open_catalog
 from echo_os.atomic import write_atomically
+from echo_os.errors import UsageError
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,12 +71,13 @@ def still_path(settings: Settings, row: CatalogRow) -> Path:
     return settings.artifacts_dir / row.path / name
 
 
-def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path) -> dict:
+def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: str | None = None) -> dict:
+    """The page's record of one artifact; `project`: the display name its project is shown under."""
     story = row.meta.get("story") or {}
     image = still_path(settings, row)
     video = settings.artifacts_dir / row.path / row.meta["video"] if row.meta.get("kind") == "video" else None
     return {
-        "id": row.id, "project": row.project, "prompt": row.prompt, "created": row.created,
+        "id": row.id, "project": project or row.project, "prompt": row.prompt, "created": row.created,
         "engine": row.engine, "model": row.model, "seed": row.seed, "size": f"{row.width}x{row.height}",
         "scene": story.get("scene"), "slug": story.get("slug"), "characters": list(story.get("characters") or []),
         "thumb": _relative(thumbnail_path(settings, row.id), page_dir), "image": _relative(image, page_dir),
@@ -90,9 +93,18 @@ def build_gallery(settings: Settings, *, project: str | None = None,
     progress("thumbnails", done, total) after each artifact (thumbnails are made once, then reused).
     """
     page_dir = settings.artifacts_dir / GALLERY_DIR
-    page_dir.mkdir(parents=True, exist_ok=True)
     with open_catalog(settings) as catalog:
         rows = catalog.query(project=project)
+        if project and not rows:
+            known = sorted({project_slug(row.project): row.project for row in catalog.query()}.values(),
+                           key=str.casefold)
+            raise UsageError(f"no project {project!r} in this workspace; projects: "
+                             f"{', '.join(known) if known else 'none yet'} (or leave out --project).")
+    page_dir.mkdir(parents=True, exist_ok=True)
+    # One section per project slug (one folder), under its newest display name.
+    shown: dict[str, str] = {}
+    for row in rows:  # newest first
+        shown.setdefault(project_slug(row.project), row.project)
     items, made = [], 0
     for done, row in enumerate(rows, start=1):
         image = still_path(settings, row)
@@ -104,9 +116,10 @@ def build_gallery(settings: Settings, *, project: str | None = None,
         finally:
             if progress is not None:
                 progress("thumbnails", done, len(rows))
-        items.append(gallery_item(settings, row, page_dir))
-    title = f"echo-os gallery: {project}" if project else "echo-os gallery"
-    page = page_dir / "index.html"
+        items.append(gallery_item(settings, row, page_dir, shown[project_slug(row.project)]))
+    title = f"echo-os gallery: {shown[project_slug(project)]}" if project else "echo-os gallery"
+    # The full page is index.html; one project's page is written beside it, never over it.
+    page = page_dir / (f"project-{project_slug(project)}.html" if project else "index.html")
     from echo_os.resonance.gallery import gallery_resonance
 
     resonance = gallery_resonance(settings, sorted({item["project"] for item in items}))
@@ -114,11 +127,23 @@ def build_gallery(settings: Settings, *, project: str | None = None,
     return GalleryResult(page=page, artifacts=len(items), thumbnails_made=made)
 
 
+# Characters escaped in the JSON inside <script>: `<` and `>` (so neither `</script>` nor `<!--` can change
+# the HTML parser's state; a prompt holding `<!-- <script>` blanked the whole page), `&`, and U+2028/9
+# (line terminators to older JavaScript). JSON's \\uXXXX escapes leave the data the same.
+_SCRIPT_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                      "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def script_json(value: object) -> str:
+    """JSON that is safe as the text of a <script> element."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True).translate(_SCRIPT_JSON_ESCAPES)
+
+
 def render_page(title: str, items: list[dict], resonance: dict | None = None) -> str:
     from echo_os.resonance.gallery import RESONANCE_CSS, RESONANCE_JS
 
-    data = json.dumps(items, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")
-    extra = json.dumps(resonance or {"stories": {}, "motifs": []}, ensure_ascii=False).replace("</", "<\\/")
+    data = script_json(items)
+    extra = script_json(resonance or {"stories": {}, "motifs": []})
     return (PAGE.replace("{{TITLE}}", html.escape(title))
                 .replace("{{COUNT}}", str(len(items)))
                 .replace("{{RESONANCE_CSS}}", RESONANCE_CSS)

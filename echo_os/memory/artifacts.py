@@ -1,7 +1,6 @@
 """Echo Memory wired to the artifact store: embedders from models.toml, the save hook, filters, reconciling.
 
-    attach(store)                       # every artifact saved through `store` is embedded (lazily, once)
-    memory = open_memory(settings)      # reconciled with the catalog; prints one line when it repaired
+    memory = open_memory(settings)      # reconciled with the catalog: embeds what was saved since, repairs drift
     hits = memory.search_text("stormy lighthouse", k=10, filters=MemoryFilters(project="Harbor"))
 
 The catalog's stable int64 `num` (artifact_num(id)) is the vector id. The index is a cache: when it and
@@ -14,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,22 +23,14 @@ from echo_os.artifacts.store import open_catalog
 from echo_os.settings import Settings
 
 if TYPE_CHECKING:
-    from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.memory.embedders import EmbedderChoice
     from echo_os.memory.index import ReconcileReport
     from echo_os.memory.service import Hit, Memory, MemoryItem
 
 log = logging.getLogger(__name__)
 
-NO_MEMORY_ENV = "ECHO_OS_NO_MEMORY"
 MINILM_ENTRY = "minilm"
 IMAGE_NAME = "image.png"
-
-
-def memory_disabled(env: Mapping[str, str] | None = None) -> bool:
-    """ECHO_OS_NO_MEMORY=1 turns the save hook off (renders are not embedded)."""
-    env = os.environ if env is None else env
-    return env.get(NO_MEMORY_ENV, "") not in ("", "0", "false", "no")
 
 
 # -- embedders ------------------------------------------------------------------------------------------
@@ -212,8 +202,8 @@ class ArtifactMemory:
 def describe_reports(reports: Sequence[ReconcileReport]) -> str | None:
     """One line saying what reconciling repaired, or None when nothing was broken or stale.
 
-    Embedding artifacts the index has not seen yet is routine (draft cards are embedded by the next
-    memory command, see MemoryListener.defer) and is not reported on its own.
+    Embedding artifacts the index has not seen yet is routine (renders are embedded by the next memory
+    command, see "when artifacts are embedded" below) and is not reported on its own.
     """
     parts = []
     for report in reports:
@@ -254,67 +244,14 @@ def open_memory(settings: Settings, *, reconcile: bool = True, rebuild: bool = F
     return memory
 
 
-# -- the save hook ---------------------------------------------------------------------------------------
-
-
-class MemoryListener:
-    """After-save hook of an ArtifactStore: embeds each saved artifact and adds it to every index.
-
-    Opens the memory on the first save (so a store that never saves loads no model). A broken index is
-    logged and left for the next `echo-os memory` command, which repairs it from the catalog.
-    """
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self._memory: Memory | None = None
-        self._preload: threading.Thread | None = None
-        self.deferred = False
-
-    def defer(self) -> None:
-        """Leave embedding to the next `echo-os memory` command (it embeds whatever the index lacks).
-        For instant renders (draft cards), where loading the text model would cost more than the render."""
-        self.deferred = True
-
-    def start_preload(self) -> None:
-        """Load the embedding models in the background (seconds), so they are ready when the first
-        image is saved. Call it once rendering is certain to start (after the engine is chosen)."""
-        if self._preload is None and self._memory is None:
-            self._preload = threading.Thread(target=self._load_models, name="echo-os-memory-preload", daemon=True)
-            self._preload.start()
-
-    def _load_models(self) -> None:
-        try:
-            for embedder in build_embedders(self.settings).embedders:
-                embedder.embed_texts(["warm up"])
-        except Exception:  # the first save loads them again and reports any real problem
-            log.debug("memory preload failed", exc_info=True)
-
-    def __call__(self, artifact: Artifact) -> None:
-        from echo_os.memory.index import MemoryIndexError
-        from echo_os.memory.service import Memory
-
-        if self.deferred:
-            return
-        if self._preload is not None:
-            self._preload.join()
-            self._preload = None
-        if self._memory is None:
-            self._memory = Memory(self.settings.memory_dir, build_embedders(self.settings).embedders)
-        item = memory_item_from_meta(artifact.meta.model_dump(mode="json"), artifact.image_path)
-        try:
-            self._memory.add([item])
-        except MemoryIndexError as error:
-            log.warning("memory: %s (artifact %s is embedded by the next `echo-os memory` command)",
-                        error, artifact.id[:12])
-
-
-def attach(store: ArtifactStore, *, enabled: bool = True) -> MemoryListener | None:
-    """Embed every artifact `store` saves from now on, unless disabled (flag or ECHO_OS_NO_MEMORY=1)."""
-    if not enabled or memory_disabled():
-        return None
-    listener = MemoryListener(store.settings)
-    store.listeners.append(listener)
-    return listener
+# -- when artifacts are embedded ---------------------------------------------------------------------
+#
+# Never on the render path. `render`, `batch`, `replay --save` and the API worker only save artifacts; the
+# next user of the memory (an `echo-os memory` command, an /api/memory route) opens it through
+# open_memory, whose reconcile embeds every catalog artifact the indexes lack. Loading MiniLM and CLIP costs
+# seconds (about half of a tiny-model CLI render, issue 11), and a thread loading them beside the render
+# raced the render's own transformers imports (ImportError, issue 11) and could still be loading at
+# interpreter exit (abort, exit 134, issue 12): so no command starts one.
 
 
 def print_note(line: str) -> None:

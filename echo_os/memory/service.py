@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # sum(1 / (RRF_K + rank)); cosines of different embedders are not on one scale.
 RRF_K = 60
 DUPE_THRESHOLD = 0.97
+# The CLIP entry of the default models.toml (echo_os/models/default_models.toml), named in error messages.
+DEFAULT_CLIP_ENTRY = "clip-vit-l-14"
 
 
 class NoImageEmbedderError(UsageError):
@@ -107,11 +109,12 @@ class Memory:
     def embedder(self, kind: str) -> Embedder | None:
         return next((e for e in self.embedders if e.kind == kind), None)
 
-    def _image_embedder(self) -> Embedder:
+    def _image_embedder(self, what: str) -> Embedder:
         clip = self.embedder("clip")
         if clip is None:
             raise NoImageEmbedderError(
-                "Image search needs a CLIP model: name one in models.toml or pull openai/clip-vit-base-patch32."
+                f"{what} needs a CLIP model: `echo-os models pull {DEFAULT_CLIP_ENTRY}` (the models.toml entry), "
+                "or add an entry of type clip to models.toml."
             )
         return clip
 
@@ -187,7 +190,7 @@ class Memory:
 
     def search_image(self, image: Image | Path, k: int = 10, allowed_ids: Iterable[int] | None = None) -> list[Hit]:
         """Artifacts whose images look like `image` (CLIP)."""
-        clip = self._image_embedder()
+        clip = self._image_embedder("Image search")
         if not hasattr(image, "convert"):
             from PIL import Image as PILImage
 
@@ -213,7 +216,7 @@ class Memory:
 
     def dupes(self, threshold: float = DUPE_THRESHOLD) -> list[DupePair]:
         """Pairs of near-identical images (CLIP cosine >= threshold), highest first."""
-        return self.index(self._image_embedder()).dupes(threshold)
+        return self.index(self._image_embedder("Finding duplicate images")).dupes(threshold)
 
     # ---- upkeep
 

@@ -65,10 +65,15 @@ def wrap_text(draw, text: str, font, width: int, max_lines: int) -> list[str]:
     if line:
         lines.append(line)
     if len(lines) > max_lines:
-        last = lines[max_lines - 1]
-        while last and draw.textlength(last + " …", font=font) > width:
-            last = last[:-1]
-        lines = lines[: max_lines - 1] + [last.rstrip() + " …"]
+        # Shorten the last line by whole words until "…" fits (a caption is never cut mid-word); only a
+        # single word too wide for the cell on its own is cut by characters.
+        last = lines[max_lines - 1].split()
+        while len(last) > 1 and draw.textlength(" ".join(last) + " …", font=font) > width:
+            last.pop()
+        text = " ".join(last)
+        while text and draw.textlength(text + " …", font=font) > width:
+            text = text[:-1]
+        lines = lines[: max_lines - 1] + [text.rstrip() + " …"]
     return lines
 
 

@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 CLIP_WINDOW = 77
 # The window holds a start and an end token around the text.
@@ -48,6 +48,10 @@ class TokenCount:
 
     def __str__(self) -> str:
         return f"{'~' if self.approximate else ''}{self.count}"
+
+
+if TYPE_CHECKING:
+    from echo_os.settings import Settings
 
 
 def _estimate_ascii_word(length: int) -> int:
@@ -82,14 +86,21 @@ def clip_token_count(text: str, tokenizer: Any = None) -> TokenCount:
     return TokenCount(len(encoded["input_ids"]), approximate=False)
 
 
-def load_clip_tokenizer(model: str) -> Any | None:
-    """The model's CLIP tokenizer when `model` is a local diffusers folder with a `tokenizer/`
-    subfolder, else None (the planner then estimates).
-
-    Hook for the model registry: once models.toml resolution exists, resolve `model` to its local
-    folder first and call this with the folder. Never downloads (local_files_only).
-    """
+def load_clip_tokenizer(model: str, settings: "Settings | None" = None) -> Any | None:
+    """The model's CLIP tokenizer, or None (the planner then estimates): `model` is a models.toml name
+    (with `settings`) whose weights are a diffusers folder here, or a diffusers folder path; the folder
+    needs a `tokenizer/` subfolder. Never downloads (local_files_only)."""
     folder = Path(model).expanduser()
+    if settings is not None:
+        from echo_os.errors import EchoError
+        from echo_os.models import load_registry
+
+        registry = load_registry(settings)
+        if model in registry:
+            try:
+                folder = registry.resolve(model).local_path
+            except EchoError:  # not on this machine: the real run (or the dry run's model check) says so
+                return None
     if not (folder / "tokenizer").is_dir():
         return None
     from transformers import CLIPTokenizer  # heavy: only when a local model is named
