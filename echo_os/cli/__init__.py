@@ -30,6 +30,8 @@ COMMANDS = {
     "memory": "echo_os.cli.memory:memory",
     "gallery": "echo_os.cli.gallery:gallery",
     "serve": "echo_os.cli.serve:serve",
+    "texture-check": "echo_os.cli.texture:texture_check",
+    "plan": "echo_os.cli.plan:plan",
 }
 
 

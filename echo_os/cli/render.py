@@ -122,12 +122,16 @@ def engine_announcer(memory_listener, note: str | None = None):
 @click.option("--lora", "lora_specs", multiple=True, metavar="NAME[:SCALE]",
               help="Apply a LoRA: a models.toml `lora` entry or a .safetensors file, scale 0-2 (default 1). "
                    "Repeat for several.")
+@click.option("--tile", type=click.Choice(["x", "y", "xy"]), is_flag=False, flag_value="xy", default=None,
+              help="Seamless texture: the image wraps left-right (x), top-bottom (y) or both (--tile alone: xy).")
+@click.option("--type", "kind", type=click.Choice(["image", "texture"]), default="image", show_default=True,
+              help="texture: the same as --tile xy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True,
               help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
-           no_memory: bool, lora_specs: tuple[str, ...], **options) -> None:
+           no_memory: bool, lora_specs: tuple[str, ...], tile: str | None, kind: str, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import choose_engine, create_engine
@@ -136,7 +140,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
 
     settings = settings_from(ctx)
     width, height = parse_size(size or DEFAULT_SIZE)
-    fields = dict(options, prompt=prompt, width=width, height=height)
+    fields = dict(options, prompt=prompt, width=width, height=height, tile=tile or ("xy" if kind == "texture" else None))
     if seed is not None:
         fields["seed"] = seed
     request = build_request(**fields)
@@ -148,6 +152,11 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     if size is None:
         request, note = cpu_default_size(settings, request, name)
     engine = create_engine(settings, name, reason)
+    if request.tile and not engine.capabilities.tiling:
+        from echo_os.errors import UsageError
+
+        raise UsageError(f"--tile needs an engine that renders with model weights; the {name} engine was chosen "
+                         f"({reason}). Pull or register an SDXL model (see `echo-os models list`).")
 
     store = ArtifactStore(settings)
     listener = attach(store, enabled=not no_memory)

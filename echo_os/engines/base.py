@@ -23,6 +23,7 @@ class Capabilities:
     max_batch: int = 1
     needs_weights: bool = True
     deterministic: bool = True
+    tiling: bool = False  # seamless textures (RenderRequest.tile), engines/tiling.py
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,8 @@ class SDXLEngine:
         self.name = name
         self.reason = reason or f"chosen with --engine {name}"
         self.force_device = force_device
-        self.capabilities = Capabilities(txt2img=True, ip_adapter=True, max_batch=16, needs_weights=True)
+        self.capabilities = Capabilities(txt2img=True, ip_adapter=True, max_batch=16, needs_weights=True,
+                                         tiling=True)
         self.vae_tiling = False  # decode tile by tile: set by the scheduler when one image does not fit
 
     def runs_on_cpu(self, request: RenderRequest) -> bool:
@@ -308,7 +309,10 @@ class SDXLEngine:
             import contextlib
 
             attention_kernel = contextlib.nullcontext()
-        with torch.inference_mode(), attention_kernel:
+        from echo_os.engines.tiling import tiled_convolutions
+
+        # Tiling covers the denoise and the decode (UNet and VAE), and is undone before the next call.
+        with torch.inference_mode(), attention_kernel, tiled_convolutions(pipe, first.tile):
             latents = pipe(
                 prompt=prompts, negative_prompt=negatives, generator=generators,
                 num_inference_steps=first.steps, guidance_scale=first.cfg,
