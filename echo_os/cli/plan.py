@@ -102,6 +102,8 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
                                                  negative_prompt=parsed.negative_prompt),
                          method=method_record, items=items, diversity=diversity.as_dict())
     saved = save_plan(settings, plan_file, Path(out).resolve() if out else None)
+    for line in diversity.lines():
+        click.echo(line, err=True)
     if as_json:
         click.echo(saved.model_dump_json(indent=2))
         return
@@ -109,8 +111,6 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
         click.echo(f"{number:3d}  {item.prompt}")
     if saved.constraints.negative_prompt:
         click.echo(f"negative: {saved.constraints.negative_prompt}")
-    for line in diversity.lines():
-        click.echo(line, err=True)
     click.echo(f"plan: {', '.join(saved.files.values())} and plan.json beside it ({method_record['name']})", err=True)
     click.echo(f"render it: echo-os batch {shlex.quote(project)} --count {len(saved.items)}", err=True)
 
