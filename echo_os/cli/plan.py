@@ -74,7 +74,7 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
 
     quiet_model_loading()
     embedder = MiniLMEmbedder()
-    embed = embedder.embed_texts
+    embed = _embed_with_progress(embedder)
     past = None if ignore_memory else past_work(settings, project, embed)
     if config is None:
         seed = new_seed() if seed is None else seed
@@ -113,6 +113,27 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
         click.echo(f"negative: {saved.constraints.negative_prompt}")
     click.echo(f"plan: {', '.join(saved.files.values())} and plan.json beside it ({method_record['name']})", err=True)
     click.echo(f"render it: echo-os batch {shlex.quote(project)} --count {len(saved.items)}", err=True)
+
+
+def _embed_with_progress(embedder, chunk: int = 64):
+    """embed(texts) with a tqdm bar (terminal only) when there are more than one chunk's worth: embedding
+    a thousand candidates with MiniLM takes tens of seconds on a CPU."""
+    import numpy as np
+
+    def embed(texts):
+        if len(texts) <= chunk:
+            return embedder.embed_texts(texts)
+        from tqdm import tqdm
+
+        rows = []
+        with tqdm(total=len(texts), unit="prompt", desc="embedding", leave=False, disable=None,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(texts), chunk):
+                rows.append(embedder.embed_texts(texts[start:start + chunk]))
+                bar.update(len(rows[-1]))
+        return np.concatenate(rows)
+
+    return embed
 
 
 def _context_images(settings, ids: tuple[str, ...]) -> list[Path]:

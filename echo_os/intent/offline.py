@@ -28,7 +28,7 @@ from echo_os.intent.intent import Intent
 from echo_os.intent.vocabulary import DEFAULT_TEMPLATE, PART, PART_NAMES, VOCABULARY
 
 LAMBDA = 0.3
-MIN_CANDIDATES = 200
+MIN_CANDIDATES = 120
 MAX_CANDIDATES = 1500
 CANDIDATES_PER_ITEM = 12
 
