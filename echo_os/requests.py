@@ -162,6 +162,8 @@ class RenderRequest(BaseModel):
     story: StoryFields = Field(default_factory=StoryFields)
     ip_adapter: IPAdapterInput | None = None
     loras: tuple[LoraInput, ...] = ()
+    # Seamless tiling (engines/tiling.py): the image wraps left-right ("x"), top-bottom ("y") or both.
+    tile: Literal["x", "y", "xy"] | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -215,7 +217,7 @@ class RenderRequest(BaseModel):
                 self.device, self.dtype, self.attention,
                 self.ip_adapter.batch_key() if self.ip_adapter is not None else None,
                 tuple((lora.sha256, lora.scale) for lora in self.loras),
-                self.negative_prompt is None, tuple(sorted(self.options.items())))
+                self.negative_prompt is None, tuple(sorted(self.options.items())), self.tile)
 
     def image_requests(self) -> list["RenderRequest"]:
         """One request per image (count 1, its own seed): what meta.json records and replay renders."""
@@ -239,6 +241,8 @@ def image_request_key(request: RenderRequest) -> str:
         exclude["options"] = True  # and from before engine options
     if request.ip_adapter:
         exclude["ip_adapter"] = _IP_ADAPTER_PATHS
+    if request.tile is None:
+        exclude["tile"] = True  # keys from before tiling stay
     fields = request.model_dump(mode="json", exclude=exclude)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

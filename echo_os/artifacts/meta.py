@@ -68,6 +68,7 @@ class ArtifactMeta(BaseModel):
     ip_adapter: ModelRecord | None = None  # adapter weights used with the request's reference images
     vae_tiling: bool = False
     profile: str | None = None  # CUDA render profile applied (engines/cuda_profile.py), None on CPU
+    tile: str | None = None  # seamless tiling axes ("x", "y", "xy"), engines/tiling.py; None: not tiled
 
     def replay_request(self) -> RenderRequest:
         return RenderRequest.model_validate(self.request)

@@ -321,6 +321,7 @@ class ArtifactStore:
             ip_adapter=_model_record(runtime.ip_adapter),
             vae_tiling=runtime.vae_tiling,
             profile=runtime.profile,
+            tile=request.tile,
         )
 
     @staticmethod
@@ -331,6 +332,10 @@ class ArtifactStore:
         if loras:  # our own key: A1111's "Lora hashes" uses a hash of the tensors only, not the file sha256
             extra["LoRAs"] = ", ".join(f"{Path(lora['name']).stem}: {lora['scale']:g} (sha256 {lora['sha256'][:12]})"
                                        for lora in loras)
+        if meta.tile:  # A1111 writes "Tiling: True" (both axes); the axes are ours
+            extra["Tiling"] = "True"
+            if meta.tile != "xy":
+                extra["Tiling axes"] = meta.tile
         parameters = a1111_parameters(
             meta.full_prompt, meta.negative_prompt, steps=meta.steps,
             sampler=A1111_SAMPLER_NAMES.get(meta.scheduler, meta.scheduler), cfg=meta.cfg, seed=meta.seed,

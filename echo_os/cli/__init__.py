@@ -34,6 +34,8 @@ COMMANDS = {
     "animate": "echo_os.cli.animatic:animate",
     "score": "echo_os.cli.score:score",
     "rate": "echo_os.cli.score:rate",
+    "texture-check": "echo_os.cli.texture:texture_check",
+    "plan": "echo_os.cli.plan:plan",
 }
 
 

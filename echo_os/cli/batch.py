@@ -115,9 +115,31 @@ def format_dry_run(plan) -> str:
     return "\n".join(lines)
 
 
+def plan_source(settings: Settings, project: str, count: int | None) -> tuple[Path, str]:
+    """(the list `echo-os plan` wrote for PROJECT, "prompts" or "story"); checks --count against it."""
+    from echo_os.intent.planfile import list_path, load_plan
+
+    saved = load_plan(settings, project)
+    if count is not None and count > len(saved.items):
+        raise UsageError(f"--count {count}: the plan of {project!r} has {len(saved.items)} items; plan more with "
+                         f"`echo-os plan ... --count {count}` or ask for fewer.")
+    return list_path(settings, saved), saved.kind
+
+
+def first_scenes(plan, count: int | None, style: str | None):
+    """The first `count` scenes of a StoryPlan (the planner put the most varied first), with `style` added
+    to every request's style."""
+    scenes = plan.scenes[:count] if count is not None else plan.scenes
+    if style:
+        scenes = tuple(scene.model_copy(update={"request": scene.request.model_copy(update={
+            "style": ", ".join(part for part in (scene.request.style, style) if part.strip())})})
+            for scene in scenes)
+    return plan.model_copy(update={"scenes": tuple(scenes)})
+
+
 @click.command()
 @click.argument("project")
-@click.argument("source")
+@click.argument("source", required=False)
 @click.option("--bible", type=click.Path(dir_okay=False), default=None,
               help="STORY_BIBLE.md for a story CSV (default: STORY_BIBLE.md beside the CSV, if there).")
 @click.option("--dry-run", is_flag=True, help="Print each scene's prompt, negative, seed and token count; render nothing.")
@@ -156,14 +178,18 @@ def format_dry_run(plan) -> str:
               help="Character consistency below which a scene is flagged (default 0.70).")
 @click.option("--alignment-threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Prompt alignment (CLIP cosine, score/100) below which a scene is flagged (default 0.22).")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Render only the first COUNT prompts or scenes (of the project's plan, or of SOURCE).")
+@click.option("--style", default=None, help="Style words added to every prompt, e.g. 'digital art'.")
 @click.pass_context
-def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
+def batch(ctx: click.Context, project: str, source: str | None, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
           preset: str | None, best_of: int, reroll_flagged: bool, objective: str | None, no_score: bool,
           style_threshold: float | None, character_threshold: float | None,
-          alignment_threshold: float | None) -> None:
-    """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
+          alignment_threshold: float | None, count: int | None, style: str | None) -> None:
+    """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt;
+    without SOURCE, the list `echo-os plan PROJECT ...` made.
 
     One artifact per image, then story.json and contact-sheet.png in the project folder. Running the
     same command again renders only what is missing.
@@ -172,6 +198,7 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --dry-run
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv
       echo-os batch sketches @prompts.txt --steps 20
+      echo-os batch "Ruzgar NFT" --count 100 --style "digital art"
     """
     from echo_os.engines import check_engine_name, choose_engine, create_engine, get_engine
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
@@ -198,19 +225,26 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
                                  thresholds=load_thresholds(settings, project, style=style_threshold,
                                                             character=character_threshold,
                                                             alignment=alignment_threshold))
+    if source is None:
+        planned, kind = plan_source(settings, project, count)
+        source = f"@{planned}" if kind == "prompts" else str(planned)
     if source.startswith("@") and bible is not None:
         raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
 
     def tokenizer_for(model_name: str):
         return load_clip_tokenizer(model_name, settings)  # a models.toml name or a folder
 
-    def make_plan(size: str | None):
+    def make_full_plan(size: str | None):
         options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
                               seed=seed)
         if source.startswith("@"):
             return plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
         return plan_story(project, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
                           workspace=settings.home)
+
+    def make_plan(size: str | None):
+        plan = make_full_plan(size)
+        return first_scenes(plan, count, style) if count is not None or style else plan
 
     plan = make_plan(size)
     # The engine is chosen once, here, as `render` does: choosing checks the model and its weights (so a

@@ -11,14 +11,20 @@ from echo_os.cli import settings_from
 @click.option("--project", default=None,
               help="Only this project, written beside the full page as gallery/project-<slug>.html.")
 @click.option("--open", "open_page", is_flag=True, help="Open the page in the default web browser.")
+@click.option("--filter", "which", type=click.Choice(["all", "best"]), default="all", show_default=True,
+              help="best: the best-scored images first (most recent until images have scores; it says so).")
+@click.option("--limit", type=click.IntRange(1), default=24, show_default=True, help="How many images --filter best keeps.")
 @click.pass_context
-def gallery(ctx: click.Context, project: str | None, open_page: bool) -> None:
+def gallery(ctx: click.Context, project: str | None, open_page: bool, which: str, limit: int) -> None:
     """Write artifacts/gallery/index.html: thumbnails, filters, storyboards, full image and metadata on click."""
     from echo_os.cli.progress import StageBars
     from echo_os.gallery.build import build_gallery
 
     with StageBars(unit="image") as bars:
-        result = build_gallery(settings_from(ctx), project=project, progress=bars)
+        result = build_gallery(settings_from(ctx), project=project, progress=bars,
+                               best=limit if which == "best" else None)
+    if result.note:
+        click.echo(f"note: {result.note}", err=True)
     click.echo(str(result.page))
     click.echo(f"{result.artifacts} artifacts, {result.thumbnails_made} new thumbnails", err=True)
     if open_page:

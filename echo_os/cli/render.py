@@ -154,6 +154,10 @@ def engine_announcer(note: str | None = None):
 @click.option("--again", is_flag=True,
               help="Render even when this exact request (same seed, model, settings, project) was rendered "
                    "before; without it the earlier artifact is shown instead.")
+@click.option("--tile", type=click.Choice(["x", "y", "xy"]), is_flag=False, flag_value="xy", default=None,
+              help="Seamless texture: the image wraps left-right (x), top-bottom (y) or both (--tile alone: xy).")
+@click.option("--type", "kind", type=click.Choice(["image", "texture"]), default="image", show_default=True,
+              help="texture: the same as --tile xy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True, hidden=True,
               help="No effect (kept for old scripts): renders are embedded by the next memory command.")
@@ -162,7 +166,7 @@ def engine_announcer(note: str | None = None):
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, no_score: bool, again: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...],
-           preset: str | None, **options) -> None:
+           preset: str | None, tile: str | None, kind: str, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json).
 
     An image whose exact request (seed included) is already an artifact of the project is not rendered
@@ -174,7 +178,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
 
     settings = settings_from(ctx)
     width, height = parse_size(size or DEFAULT_SIZE)
-    fields = dict(options, prompt=prompt, width=width, height=height)
+    fields = dict(options, prompt=prompt, width=width, height=height,
+                  tile=tile or ("xy" if kind == "texture" else None))
     fields["negative_prompt"] = fields.get("negative_prompt") or None  # none given: the model's own rule
     if option_specs:
         fields["options"] = parse_engine_options(option_specs)
@@ -191,6 +196,11 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     if size is None and (preset is None or "width" not in apply_preset(ctx, settings, {}, preset)):
         request, note = engine_default_size(settings, request, name)
     engine = create_engine(settings, name, reason)
+    if request.tile and not engine.capabilities.tiling:
+        from echo_os.errors import UsageError
+
+        raise UsageError(f"--tile needs an engine that renders with model weights; the {name} engine was chosen "
+                         f"({reason}). Pull or register an SDXL model (see `echo-os models list`).")
 
     store = ArtifactStore(settings)
     from echo_os.resonance.listener import attach_scorer

@@ -55,6 +55,7 @@ class Capabilities:
     max_batch: int = 1
     sizes: tuple[tuple[int, int], ...] | None = None  # the only (width, height) it renders; None: any
     tiled_decode: bool = False  # the OOM back-off may set `vae_tiling` before giving up on one image
+    tiling: bool = False  # seamless textures (RenderRequest.tile), engines/tiling.py
 
     def unmet(self, request: "RenderRequest") -> str | None:
         """Why an engine with these capabilities cannot render `request`, or None when it can."""

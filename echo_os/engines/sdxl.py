@@ -201,7 +201,7 @@ class SDXLEngine(BaseEngine):
 
     name = "sdxl"
     capabilities = Capabilities(txt2img=True, reference_images=True, loras=True, max_batch=16,
-                                needs_weights=True, tiled_decode=True)
+                                needs_weights=True, tiled_decode=True, tiling=True)
     Options = SDXLOptions
     force_device: str | None = None
 
@@ -330,7 +330,10 @@ class SDXLEngine(BaseEngine):
             import contextlib
 
             attention_kernel = contextlib.nullcontext()
-        with torch.inference_mode(), attention_kernel:
+        from echo_os.engines.tiling import tiled_convolutions
+
+        # Tiling covers the denoise and the decode (UNet and VAE), and is undone before the next call.
+        with torch.inference_mode(), attention_kernel, tiled_convolutions(pipe, first.tile):
             latents = pipe(
                 # No negative prompt given (None; batch_key keeps None and text apart): pass none, so the
                 # model's force_zeros_for_empty_prompt decides, as a plain pipe(prompt=...) does.

@@ -40,14 +40,20 @@ class GalleryResult:
     page: Path
     artifacts: int
     thumbnails_made: int
+    note: str | None = None  # how --filter best chose, when it did
 
 
 def thumbnail_path(settings: Settings, artifact_id: str) -> Path:
     return settings.cache_dir / "thumbs" / f"{artifact_id}.webp"
 
 
-def make_thumbnail(source: Path, target: Path, size: int = THUMB_SIZE) -> bool:
-    """Write a WebP thumbnail once; returns True when it had to be made."""
+def tiled_thumbnail_path(settings: Settings, artifact_id: str) -> Path:
+    return settings.cache_dir / "thumbs" / f"{artifact_id}.tiled.webp"
+
+
+def make_thumbnail(source: Path, target: Path, size: int = THUMB_SIZE, tile: str | None = None) -> bool:
+    """Write a WebP thumbnail once; returns True when it had to be made. With `tile` (a seamless
+    texture's axes) the thumbnail is of the image repeated 2x2, so a seam would show through the middle."""
     if target.exists():
         return False
     from PIL import Image
@@ -56,6 +62,10 @@ def make_thumbnail(source: Path, target: Path, size: int = THUMB_SIZE) -> bool:
 
     with Image.open(source) as image, atomic_path(target) as temporary:
         image = image.convert("RGB")
+        if tile:
+            from echo_os.engines.tiling import tiled_preview
+
+            image = tiled_preview(image, tile)
         image.thumbnail((size, size))
         image.save(temporary, format="WEBP", quality=82)
     return True
@@ -76,21 +86,32 @@ def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: s
     story = row.meta.get("story") or {}
     image = still_path(settings, row)
     video = settings.artifacts_dir / row.path / row.meta["video"] if row.meta.get("kind") == "video" else None
+    tile = row.meta.get("tile")
+    thumb = tiled_thumbnail_path(settings, row.id) if tile else thumbnail_path(settings, row.id)
     return {
         "id": row.id, "project": project or row.project, "prompt": row.prompt, "created": row.created,
         "engine": row.engine, "model": row.model, "seed": row.seed, "size": f"{row.width}x{row.height}",
         "scene": story.get("scene"), "slug": story.get("slug"), "characters": list(story.get("characters") or []),
-        "thumb": _relative(thumbnail_path(settings, row.id), page_dir), "image": _relative(image, page_dir),
+        "thumb": _relative(thumb, page_dir), "image": _relative(image, page_dir), "tile": tile,
         "video": _relative(video, page_dir) if video is not None else None,
         "video_kind": row.meta.get("video_kind"), "meta": row.meta,
     }
 
 
+def best_rows(rows: list[CatalogRow], limit: int) -> tuple[list[CatalogRow], str]:
+    """The `limit` best artifacts and how "best" was decided. No artifact has a score or a rating yet
+    (the resonance scores are a later issue), so best means most recent, and the note says so."""
+    newest = sorted(rows, key=lambda row: row.created, reverse=True)[:limit]
+    return newest, "no scores or ratings yet, so best means most recent"
+
+
 def build_gallery(settings: Settings, *, project: str | None = None,
-                  progress: Callable[[str, int, int], None] | None = None) -> GalleryResult:
+                  progress: Callable[[str, int, int], None] | None = None,
+                  best: int | None = None) -> GalleryResult:
     """Write artifacts/gallery/index.html (and any missing thumbnails); returns where it is.
 
     progress("thumbnails", done, total) after each artifact (thumbnails are made once, then reused).
+    best: only the best `best` artifacts (see best_rows), newest first; the result's note says how chosen.
     """
     page_dir = settings.artifacts_dir / GALLERY_DIR
     with open_catalog(settings) as catalog:
@@ -105,11 +126,16 @@ def build_gallery(settings: Settings, *, project: str | None = None,
     shown: dict[str, str] = {}
     for row in rows:  # newest first
         shown.setdefault(project_slug(row.project), row.project)
+    note = None
+    if best is not None:
+        rows, note = best_rows(rows, best)
     items, made = [], 0
     for done, row in enumerate(rows, start=1):
         image = still_path(settings, row)
+        tile = row.meta.get("tile")
         try:
-            made += make_thumbnail(image, thumbnail_path(settings, row.id))
+            made += make_thumbnail(image, tiled_thumbnail_path(settings, row.id) if tile
+                                   else thumbnail_path(settings, row.id), tile=tile)
         except OSError as error:  # a folder deleted since the catalog was built: leave it out
             log.warning("gallery: skipping %s: %s", row.id[:12], error)
             continue
@@ -124,7 +150,7 @@ def build_gallery(settings: Settings, *, project: str | None = None,
 
     resonance = gallery_resonance(settings, sorted({item["project"] for item in items}))
     write_atomically(page, render_page(title, items, resonance))
-    return GalleryResult(page=page, artifacts=len(items), thumbnails_made=made)
+    return GalleryResult(page=page, artifacts=len(items), thumbnails_made=made, note=note)
 
 
 # Characters escaped in the JSON inside <script>: `<` and `>` (so neither `</script>` nor `<!--` can change
@@ -278,7 +304,7 @@ function card(item) {
     caption.appendChild(el("div", {class: "scene"}, "Scene " + item.scene + (item.slug ? " \\u00b7 " + item.slug : "")));
   caption.appendChild(el("div", {class: "prompt"}, item.prompt || "(no prompt)"));
   const who = item.characters.length ? item.characters.join(", ") + " \\u00b7 " : "";
-  caption.appendChild(el("div", {class: "facts"}, who + item.engine + " \\u00b7 " + item.size + " \\u00b7 " + item.created.slice(0, 10)));
+  caption.appendChild(el("div", {class: "facts"}, who + item.engine + " \\u00b7 " + item.size + (item.tile ? " \\u00b7 tiled " + item.tile + " (2x2 preview)" : "") + " \\u00b7 " + item.created.slice(0, 10)));
   node.appendChild(caption);
   node.addEventListener("click", () => openLightbox(item));
   return node;
