@@ -35,6 +35,7 @@ class ReplayReport:
     mean_pixel_diff: float
     saved_id: str | None = None
     deterministic: bool = True  # the engine's capability: if False, a difference is expected, not a fault
+    batch_size: int = 1  # images in the pipeline call that made the original; replay renders it alone
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +74,7 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
             max_diff, mean_diff = pixel_difference(original, hooks.results[0].images[0].image)
         saved_id = outcome.artifacts[0].id if save else None
         return ReplayReport(artifact.id, engine_name, max_diff, mean_diff, saved_id,
-                            deterministic=engine.capabilities.deterministic)
+                            deterministic=engine.capabilities.deterministic,
+                            batch_size=int(artifact.meta.batch.get("size", 1) or 1))
     finally:
         store.close()

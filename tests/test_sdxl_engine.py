@@ -90,7 +90,16 @@ def test_render_cli_records_everything_and_replays_to_zero(run_cli, tiny_workspa
     assert meta["timings"]["denoise_s"] > 0 and meta["timings"]["decode_s"] > 0
     code, out, err = run_cli("--home", home, "replay", second["id"])
     assert code == 0, err
-    assert "max pixel difference 0" in out
+    # Rendered in a batch of 2, replayed alone: equal, or one level apart by rounding, and then it says so.
+    assert "max pixel difference 0 (identical)" in out or (
+        "max pixel difference 1 (differs by rounding only: it was rendered in a batch of 2" in out), out
+    code, out, err = run_cli("--home", home, "render", "warm fractal", "--model", "tiny", "--steps", "2",
+                             "--size", "64x64", "--seed", "11", "--json")
+    assert code == 0, err
+    [alone] = json.loads(out)
+    code, out, err = run_cli("--home", home, "replay", alone["id"])
+    assert code == 0, err
+    assert "max pixel difference 0 (identical)" in out  # rendered alone, replayed alone: the same pixels
 
 
 def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
@@ -195,7 +204,9 @@ def test_single_file_checkpoint_renders_like_its_diffusers_folder(run_cli, works
         assert meta["model"]["name"] == name
         images[name] = np.asarray(Image.open(Path(artifact["path"]) / "image.png"), dtype=np.int16)
     assert meta["model"]["source"].endswith("tiny_sdxl_v1.safetensors")
-    assert np.abs(images["folder"] - images["checkpoint"]).max() == 0
+    # The same weights; the converted ones may sit differently in memory (split fused qkv), so a CPU kernel
+    # may round one level differently on some processors (seen on this project's 2-core machines).
+    assert np.abs(images["folder"] - images["checkpoint"]).max() <= 1
 
 
 def test_no_negative_prompt_lets_the_model_decide(tiny_workspace, tiny_sdxl_dir, run_cli):

@@ -366,6 +366,7 @@ class Worker:
     def _write_story(self, run: JobRun) -> None:
         """story.json, contact sheet and continuity report, as `echo-os batch` writes them."""
         from echo_os.artifacts.store import Artifact
+        from echo_os.resonance.story import ResonanceOptions, load_thresholds
         from echo_os.story.render import plan_from_source, write_story_outputs
 
         story = run.job.spec.story
@@ -378,7 +379,8 @@ class Worker:
         write_story_outputs(self.settings, plan, store=self.store, artifacts=artifacts, resumed_ids=set(),
                             engines=run.engines, batch_sizes=run.batch_sizes, notes=run.notes, elapsed_s=elapsed,
                             requested_batch_size=None, ip_adapter=story.ip_adapter,
-                            uses_ip_adapter=any(item.ip_adapter for item in run.job.spec.items), clip=None)
+                            uses_ip_adapter=any(item.ip_adapter for item in run.job.spec.items), clip=None,
+                            resonance=ResonanceOptions(thresholds=load_thresholds(self.settings, story.project)))
 
     # -- crash recovery -------------------------------------------------------------------------------
     def _adopt_unrecorded(self, run: JobRun) -> None:
