@@ -72,3 +72,11 @@ def disk_full(error: BaseException) -> DiskFullError | None:
                                              or "database or disk is full" in str(error)):
         return DiskFullError()
     return None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA out-of-memory (the scheduler's and the video engine's back-off look for it)."""
+    import sys
+
+    torch = sys.modules.get("torch")  # an engine that ran out of GPU memory has imported torch
+    return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from echo_os.engines import choose_engine, create_engine
-from echo_os.errors import EchoError
+from echo_os.errors import EchoError, is_out_of_memory
 from echo_os.requests import image_request_key
 
 if TYPE_CHECKING:
@@ -203,11 +203,6 @@ def auto_batch_size(engine: "Engine", request: "RenderRequest") -> int:
 
 
 # ---- out of memory ---------------------------------------------------------------------------------
-
-def is_out_of_memory(error: BaseException) -> bool:
-    torch = sys.modules.get("torch")  # an engine that ran out of GPU memory has imported torch
-    return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
-
 
 def _release_memory() -> None:
     import gc

@@ -55,10 +55,10 @@ def test_gallery_page_is_self_contained_with_cached_thumbnails(gallery_home, run
 
     document = html5lib.parse(text, namespaceHTMLElements=False)
     scripts = document.findall(".//script")
-    assert [s.get("id") for s in scripts] == ["gallery-data", None]
+    assert [s.get("id") for s in scripts] == ["gallery-data", "resonance-data", None]
     data = json.loads(scripts[0].text)
     assert any("<!-- then <script> tag" in item["prompt"] for item in data) and len(data) == 5
-    assert "function" in scripts[1].text
+    assert "function" in scripts[2].text  # the app, after the two data scripts
     for link in re.findall(r'"(?:thumb|image)": "([^"]+)"', text):
         assert (page.parent / link).is_file(), link
     thumbs = sorted((gallery_home / "artifacts" / ".cache" / "thumbs").glob("*.webp"))

@@ -137,7 +137,7 @@ def test_clip_entry_enables_image_search_and_dupes(workspace, run_cli, tiny_clip
     home = workspace.home
     workspace.models_toml.write_text(f'[models.clip]\ntype = "clip"\npath = "{tiny_clip_folder.as_posix()}"\n')
     first = render(run_cli, home, "a lighthouse in a storm")[0]
-    second = render(run_cli, home, "a lighthouse in a storm")[0]  # same prompt and seed: the same pixels
+    second = render(run_cli, home, "a lighthouse in a storm", "--again")[0]  # same prompt and seed: same pixels
     render(run_cli, home, "a red sports car")
     assert first["id"] != second["id"]  # the PNGs differ (meta chunk with the time), the pixels do not
     assert set(index_ids(home)) == {"minilm", "clip"}

@@ -33,7 +33,7 @@ class RatingOut(BaseModel):
 
 
 @router.post("/api/artifacts/{artifact_id}/rating", response_model=RatingOut, tags=["artifacts"],
-             responses=error_responses(404, 422))
+             responses=error_responses(400, 403, 404, 413, 422))
 async def rate_artifact(artifact_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{12,64}$",
                                                          description="An artifact id or a unique prefix of 12+")],
                         body: RatingIn, api: Api) -> RatingOut:

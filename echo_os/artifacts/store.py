@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from filelock import FileLock, Timeout
 
 from echo_os.artifacts.catalog import Catalog
-from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord, collect_versions, negative_prompt_passed
+from echo_os.artifacts.meta import (ArtifactMeta, EngineRecord, ModelRecord, VideoMeta, collect_versions,
+                                   negative_prompt_passed)
 from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import EchoError, NotFoundError
@@ -257,8 +258,6 @@ def read_any_meta(path: Path):
     except (ValueError, AttributeError) as error:
         raise ValueError(str(error)) from None
     if kind == "video":
-        from echo_os.artifacts.video import VideoMeta
-
         return VideoMeta.read(path)
     return ArtifactMeta.read(path)
 

@@ -16,63 +16,11 @@ import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
 
 from filelock import FileLock
-from pydantic import BaseModel, ConfigDict, Field
 
-from echo_os.artifacts.meta import META_VERSION, EngineRecord, ModelRecord
+from echo_os.artifacts.meta import POSTER_NAME, VideoKind, VideoMeta  # noqa: F401  (they live with ArtifactMeta)
 from echo_os.artifacts.store import META_NAME, Artifact, ArtifactStore, _fsync_dir, _write_durably
-from echo_os.requests import StoryFields
-
-POSTER_NAME = "poster.png"
-VideoKind = Literal["animatic", "clip"]
-
-
-class VideoMeta(BaseModel):
-    """meta.json of a video artifact. The fields the catalog indexes (created, project, prompt, seed,
-    width, height, engine, story, parent_id) mean what they mean for an image."""
-
-    model_config = ConfigDict(extra="allow")
-
-    meta_version: int = META_VERSION
-    kind: Literal["video"] = "video"
-    video_kind: VideoKind
-    id: str = ""  # sha256 of the video file
-    created: str
-    project: str
-    sequence: int = 0
-    prompt: str  # what the catalog lists: the story title for an animatic, the scene prompt for a clip
-    seed: int = 0
-    width: int
-    height: int
-    fps: int
-    frames: int
-    duration_s: float
-    codec: str = "h264"
-    pix_fmt: str = "yuv420p"
-    video: str  # file name inside the folder
-    poster: str = POSTER_NAME
-    captions: str | None = None  # .srt file name inside the folder, when captions were asked for
-    engine: EngineRecord
-    model: ModelRecord | None = None
-    parent_id: str | None = None  # a clip's source image
-    sources: list[str] = Field(default_factory=list)  # artifact ids the video is made from
-    story: StoryFields = Field(default_factory=StoryFields)
-    settings: dict[str, Any] = Field(default_factory=dict)
-    scenes: list[dict[str, Any]] = Field(default_factory=list)  # animatic: the scene -> time map
-    versions: dict[str, str] = Field(default_factory=dict)
-    timings: dict[str, float] = Field(default_factory=dict)
-    request_key: str | None = None  # never a resume key: batch re-runs look for images only
-
-    def to_json(self) -> str:
-        import json
-
-        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def read(cls, path: Path) -> "VideoMeta":
-        return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 def is_video_meta(meta: dict) -> bool:

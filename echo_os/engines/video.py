@@ -213,7 +213,7 @@ class VideoEngine:
             except _Cancel:
                 raise CancelledError("clip cancelled; nothing was saved") from None
             except Exception as error:
-                from echo_os.scheduler import is_out_of_memory
+                from echo_os.errors import is_out_of_memory
 
                 if is_out_of_memory(error):
                     raise EchoError("out of GPU memory while denoising the clip; try --cpu-offload, fewer --frames "
@@ -232,7 +232,7 @@ def decode_frames(pipe, latents, frames: int, chunk: int) -> tuple[list, int]:
     """The pipeline's own decode (decode_latents + postprocess_video), halving the chunk on out-of-memory."""
     import torch
 
-    from echo_os.scheduler import is_out_of_memory
+    from echo_os.errors import is_out_of_memory
 
     while True:
         try:

@@ -386,6 +386,7 @@ def _image_encoder(entry: ModelEntry, adapter: Path, registry: "ModelRegistry | 
         hint = f"; run `echo-os models pull {entry.name}`" if entry.kind == "hf" and not entry.image_encoder else ""
         raise ResolveError(f"{entry.label}: image encoder folder {folder} does not exist{why}{hint}.",
                            reason="image encoder missing")
-    encoder_entry = ModelEntry(name=f"{entry.name}:image_encoder", type="clip", kind="path", source=str(folder),
+    # type(entry) is ModelEntry: resolve.py imports registry.py only for type checking (no import cycle).
+    encoder_entry = type(entry)(name=f"{entry.name}:image_encoder", type="clip", kind="path", source=str(folder),
                                allow_pickle=entry.allow_pickle, origin=entry.origin)
     return resolve_model(encoder_entry, registry=registry, hf_cache=hf_cache)

@@ -300,7 +300,7 @@ def save_analysis(settings: "Settings", analysis: Analysis) -> Path:
     """artifacts/memory/motifs.json: the latest analysis, which `echo-os gallery` shows as its motifs section."""
     import json
 
-    from echo_os.story.contact_sheet import write_atomically
+    from echo_os.atomic import write_atomically
 
     path = settings.memory_dir / MOTIFS_JSON
     write_atomically(path, (json.dumps(analysis.as_dict(), ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
@@ -323,7 +323,7 @@ def export_styles(settings: "Settings", motifs: list[Motif], *, top: int = 5) ->
     The format: [styles.NAME] prompt = "{prompt}, phrase, ..." negative = "..." ({prompt}: the user's prompt).
     """
     from echo_os.models.registry import read_toml, toml_key, toml_string
-    from echo_os.story.contact_sheet import write_atomically
+    from echo_os.atomic import write_atomically
 
     path = settings.styles_toml
     existing = read_toml(path).get("styles", {}) if path.is_file() else {}

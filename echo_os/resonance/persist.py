@@ -28,7 +28,7 @@ def _now() -> str:
 
 def update_meta(catalog: "Catalog", artifacts_root: Path, relative_path: str, updates: dict[str, Any]) -> dict:
     """Set top-level keys of an artifact's meta.json (atomic replace), then its catalog row. Returns the meta."""
-    from echo_os.story.contact_sheet import write_atomically
+    from echo_os.atomic import write_atomically
 
     meta_path = artifacts_root / relative_path / "meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))

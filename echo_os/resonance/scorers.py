@@ -1,6 +1,6 @@
 """The scoring models: CLIP (image and text towers) and an optional aesthetic head.
 
-CLIP is the `clip` entry the continuity report uses (story.continuity.find_clip_model: a models.toml
+CLIP is the entry the continuity report uses (memory.embedders.find_clip: a models.toml
 name, or the first clip entry that resolves on this machine) and is loaded through Echo Memory's
 ClipEmbedder, so one CLIP loader serves search, continuity and scores. The aesthetic head is a
 models.toml entry of `type = "scorer"`: one local file holding a small MLP (LAION's improved aesthetic
@@ -142,11 +142,11 @@ def load_scorers(settings: "Settings", clip: str | None = None, *, device: str =
     A named CLIP that is not a clip entry raises; anything merely absent is recorded in `missing`.
     An aesthetic head whose input size differs from the CLIP embedding is refused with the two sizes.
     """
-    from echo_os.memory.embedders import ClipEmbedder
-    from echo_os.story.continuity import find_clip_model
+    from echo_os.memory.embedders import ClipEmbedder, find_clip
 
     scorers = Scorers()
-    name, folder, why = find_clip_model(settings, clip)
+    choice = find_clip(settings, clip)  # the one CLIP rule (memory, continuity, dupes, scores)
+    name, folder, why = choice.name, choice.folder, choice.why_not
     if name is None:
         scorers.missing["clip"] = why
     else:
