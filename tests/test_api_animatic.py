@@ -78,6 +78,16 @@ async def test_animatic_job_encodes_the_story_and_lists_the_video(story_home):
         assert {data["frames_total"] for name, data in events if name == "progress"} <= {FRAMES}
         meta = (await client.get(f"/api/artifacts/{artifact_id}")).json()["meta"]
         assert meta["video_kind"] == "animatic" and meta["frames"] == FRAMES and len(meta["scenes"]) == 3
+        mp4 = await client.get(f"/api/artifacts/{artifact_id}/video")
+        assert mp4.status_code == 200 and mp4.headers["content-type"] == "video/mp4"
+        assert hashlib.sha256(mp4.content).hexdigest() == artifact_id
+        part = await client.get(f"/api/artifacts/{artifact_id}/video", headers={"Range": "bytes=0-99"})
+        assert part.status_code == 206 and part.content == mp4.content[:100]
+        poster = await client.get(f"/api/artifacts/{artifact_id}/image")
+        assert poster.status_code == 200 and poster.content.startswith(b"\x89PNG")
+        an_image = json.loads(next(story_home.glob("artifacts/*/*/*/image.png")).with_name("meta.json").read_text())
+        refused = await client.get(f"/api/artifacts/{an_image['id']}/video")
+        assert refused.status_code == 404 and "is an image" in refused.json()["detail"]
     [folder] = set(animatic_folders(story_home)) - before
     video = folder / "animatic.mp4"
     assert hashlib.sha256(video.read_bytes()).hexdigest() == artifact_id

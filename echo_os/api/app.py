@@ -10,7 +10,7 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     GET  /api/jobs[?status=]        GET /api/jobs/{id}      GET /api/jobs/{id}/events (SSE)
     POST /api/jobs/{id}/cancel
     GET  /api/artifacts[?project=&model=&since=&limit=&offset=]
-    GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image
+    GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image   GET /api/artifacts/{id}/video
     POST /v1/images/generations     the OpenAI Images API (echo_os.api.openai_compat)
     GET  /health                    GET /openapi.json
 
@@ -39,8 +39,8 @@ from starlette.concurrency import run_in_threadpool
 
 from echo_os import __version__
 from echo_os.api.deps import (
-    IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, build_render_request,
-    cancel_if_unanswered, check_model, convert_image, field_error,
+    IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, artifact_video_path,
+    build_render_request, cancel_if_unanswered, check_model, convert_image, field_error,
 )
 from echo_os.api.events import (
     FINAL_EVENTS, EventHub, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded,
@@ -529,6 +529,14 @@ def _add_routes(app: FastAPI) -> None:
             return FileResponse(path, media_type=IMAGE_TYPES["png"])
         data = await run_in_threadpool(convert_image, path.read_bytes(), format)
         return Response(data, media_type=IMAGE_TYPES[format])
+
+    @app.get("/api/artifacts/{artifact_id}/video", tags=["artifacts"], response_class=FileResponse,
+             responses={200: {"content": {"video/mp4": {}}}, **error_responses(404, 422)})
+    async def get_artifact_video(artifact_id: ArtifactId, api: Api) -> Response:
+        """The MP4 of a video artifact (an animatic from POST /api/animatic, a clip); range requests work,
+        so a browser's <video> can seek. `/image` of a video artifact is its poster frame."""
+        path = await run_in_threadpool(artifact_video_path, api, artifact_id.lower())
+        return FileResponse(path, media_type="video/mp4")
 
 
 async def _event_stream(api: ApiState, job: Job, first: list, queue: asyncio.Queue) -> AsyncIterator[str]:
