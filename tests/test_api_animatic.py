@@ -135,9 +135,11 @@ async def test_idempotency_key_replays_the_job_and_refuses_another_body(story_ho
         await client.post(f"/api/jobs/{first.json()['job_id']}/cancel")  # not run by the tests after this one
 
 
-async def test_cancel_while_encoding_stops_between_frames_and_writes_nothing(story_home, monkeypatch):
+@pytest.mark.parametrize("via", ["route", "store"])
+async def test_cancel_while_encoding_stops_between_frames_and_writes_nothing(story_home, monkeypatch, via):
     """The encoder is held after its third frame (the real encoder otherwise): a cancel then stops the job
-    before the next frame; no artifact, no folder, nothing left in artifacts/.tmp."""
+    before the next frame; no artifact, no folder, nothing left in artifacts/.tmp. `store`: the cancel is
+    only in jobs.db (asked through another process), which the worker reads between frames."""
     from echo_os.motion import encode
 
     held, release = threading.Event(), threading.Event()
@@ -155,8 +157,12 @@ async def test_cancel_while_encoding_stops_between_frames_and_writes_nothing(sto
         listed = len((await client.get("/api/artifacts", params={"limit": 500})).json()["items"])
         job_id = (await client.post("/api/animatic", json={"project": PROJECT, "fps": FPS})).json()["job_id"]
         assert await asyncio.to_thread(held.wait, 30)
-        response = await client.post(f"/api/jobs/{job_id}/cancel")
-        assert response.status_code == 202 and response.json()["cancel_requested"] is True
+        if via == "route":
+            response = await client.post(f"/api/jobs/{job_id}/cancel")
+            assert response.status_code == 202 and response.json()["cancel_requested"] is True
+        else:
+            flagged = await asyncio.to_thread(app.state.api.jobs.request_cancel, job_id)
+            assert flagged.status == "running" and flagged.cancel_requested
         stream = asyncio.create_task(client.get(f"/api/jobs/{job_id}/events"))
         release.set()
         job = await wait_job(client, job_id)
