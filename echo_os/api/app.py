@@ -6,10 +6,11 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
 
     POST /api/render                202 {job_id, status_url, events_url}
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
+    POST /api/animatic              202 {job_id, ...}: a rendered story as an MP4 (echo_os.motion.animatic)
     GET  /api/jobs[?status=]        GET /api/jobs/{id}      GET /api/jobs/{id}/events (SSE)
     POST /api/jobs/{id}/cancel
     GET  /api/artifacts[?project=&model=&since=&limit=&offset=]
-    GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image
+    GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image   GET /api/artifacts/{id}/video
     POST /v1/images/generations     the OpenAI Images API (echo_os.api.openai_compat)
     GET  /health                    GET /openapi.json
 
@@ -38,8 +39,8 @@ from starlette.concurrency import run_in_threadpool
 
 from echo_os import __version__
 from echo_os.api.deps import (
-    IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, build_render_request,
-    cancel_if_unanswered, check_model, convert_image, field_error,
+    IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, artifact_video_path,
+    build_render_request, cancel_if_unanswered, check_model, convert_image, field_error,
 )
 from echo_os.api.events import (
     FINAL_EVENTS, EventHub, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded,
@@ -49,12 +50,12 @@ from echo_os.api.idempotency import (
     IDEMPOTENCY_HEADER, REPLAYED_HEADER, IdempotencyHeader, WaitingClients, client_key, conflict_message, known,
 )
 from echo_os.api.jobs import (
-    JOB_ID_PATTERN, Admission, IdempotencyKey, Job, JobProgress, JobSpec, JobStatus, JobStore, StorySource,
-    new_job_id, now_iso,
+    JOB_ID_PATTERN, Admission, AnimaticSpec, IdempotencyKey, Job, JobProgress, JobSpec, JobStatus, JobStore,
+    StorySource, new_job_id, now_iso,
 )
 from echo_os.api.schemas import (
-    ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage, JobView, RenderBody, Submitted,
-    error_responses,
+    AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage,
+    JobView, RenderBody, Submitted, error_responses,
 )
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
@@ -77,15 +78,20 @@ ArtifactId = Annotated[str, PathParam(pattern=ARTIFACT_ID_PATTERN,
 
 def job_view(job: Job, live: JobProgressed | None) -> JobView:
     progress = JobProgress(images_done=len(job.artifact_ids), images_total=job.images_total)
+    animatic = job.spec.animatic
     if live is not None and job.status == "running":
         progress.step, progress.total_steps = live.step, live.total_steps
+        progress.frames_done, progress.frames_total = live.frames_done, live.frames_total
+    elif job.status == "succeeded" and animatic is not None:  # every frame was encoded
+        progress.frames_done = progress.frames_total = animatic.frames
     elif job.status == "succeeded":  # every step of the last call ran (not "step 0 of 0")
         progress.step = progress.total_steps = job.spec.items[-1].steps
     return JobView(id=job.id, kind=job.kind, status=job.status, progress=progress, attempts=job.attempts,
                    error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
-                   title=job.spec.title, scenes=len(job.spec.items))
+                   title=job.spec.title, animatic=animatic,
+                   scenes=animatic.scenes if animatic is not None else len(job.spec.items))
 
 
 def artifact_view(row, *, with_meta: bool = False) -> ArtifactView:
@@ -107,6 +113,11 @@ def batch_summary(job: Job, project: str) -> dict[str, Any]:
                 warnings=list(spec.warnings))
 
 
+def animatic_summary(job: Job) -> dict[str, Any]:
+    spec = job.spec.animatic
+    return dict(project=spec.project, scenes=spec.scenes, frames=spec.frames, fps=spec.fps)
+
+
 async def _earlier_job(api: ApiState, key: IdempotencyKey | None) -> Admission | None:
     """The job this key already made (replayed or conflicting), looked up before any work is done."""
     if key is None:
@@ -121,8 +132,11 @@ async def _answer_earlier(api: ApiState, admission: Admission) -> JSONResponse:
     job = await run_in_threadpool(api.jobs.get, admission.job_id)
     if job is None:  # cannot happen: a key is stored with its job
         raise HTTPException(status_code=404, detail=f"no job {admission.job_id}")
-    model, extra = (Submitted, {}) if job.kind == "render" else \
-        (BatchSubmitted, batch_summary(job, job.spec.items[0].project))
+    if job.kind == "animatic":
+        model, extra = AnimaticSubmitted, animatic_summary(job)
+    else:
+        model, extra = (Submitted, {}) if job.kind == "render" else \
+            (BatchSubmitted, batch_summary(job, job.spec.items[0].project))
     response = submitted(job.id, model, status=job.status, **extra)
     response.status_code = 200
     response.headers[REPLAYED_HEADER] = "true"
@@ -391,6 +405,26 @@ def _add_routes(app: FastAPI) -> None:
             return await _answer_earlier(api, admission)
         return submitted(job.id, BatchSubmitted, **batch_summary(job, body.project))
 
+    @app.post("/api/animatic", status_code=202, response_model=AnimaticSubmitted, tags=["jobs"],
+              responses={200: {"model": AnimaticSubmitted, "description": "The job an earlier request with "
+                                                                          "this Idempotency-Key made"},
+                         **error_responses(400, 403, 409, 413, 422)})
+    async def submit_animatic(body: AnimaticBody, api: Api,
+                              idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+        """Queue `echo-os animatic`: the project's newest rendered story as an MP4 (a video artifact).
+        The story is checked now (it has scenes, their images, durations and the fade fit): a 422 names
+        the field."""
+        key = client_key("/api/animatic", idempotency_key, body)
+        earlier = await _earlier_job(api, key)
+        if earlier is not None:
+            return await _answer_earlier(api, earlier)
+        spec = await run_in_threadpool(plan_animatic, api.settings, body)
+        job = Job(id=new_job_id(), kind="animatic", status="queued", spec=spec, created=now_iso())
+        admission = await api.submitter.submit(job, key)
+        if admission.outcome != "stored":  # the same key arrived meanwhile
+            return await _answer_earlier(api, admission)
+        return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
+
     # -- jobs ----------------------------------------------------------------------------------------------
     @app.get("/api/jobs", response_model=JobPage, tags=["jobs"])
     async def list_jobs(api: Api, status: JobStatus | None = None,
@@ -496,6 +530,14 @@ def _add_routes(app: FastAPI) -> None:
         data = await run_in_threadpool(convert_image, path.read_bytes(), format)
         return Response(data, media_type=IMAGE_TYPES[format])
 
+    @app.get("/api/artifacts/{artifact_id}/video", tags=["artifacts"], response_class=FileResponse,
+             responses={200: {"content": {"video/mp4": {}}}, **error_responses(404, 422)})
+    async def get_artifact_video(artifact_id: ArtifactId, api: Api) -> Response:
+        """The MP4 of a video artifact (an animatic from POST /api/animatic, a clip); range requests work,
+        so a browser's <video> can seek. `/image` of a video artifact is its poster frame."""
+        path = await run_in_threadpool(artifact_video_path, api, artifact_id.lower())
+        return FileResponse(path, media_type="video/mp4")
+
 
 async def _event_stream(api: ApiState, job: Job, first: list, queue: asyncio.Queue) -> AsyncIterator[str]:
     try:
@@ -598,6 +640,38 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                         source=str(source), bible=str(bible) if body.prompts is None and bible else None,
                         options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
     return JobSpec(items=tuple(requests), title=plan.title, warnings=plan.warnings, story=story)
+
+
+# ---- animatics ----------------------------------------------------------------------------------------
+
+def plan_animatic(settings: Settings, body: AnimaticBody) -> JobSpec:
+    """The animatic job's spec, after the checks `echo-os animatic` makes before encoding (a 422 naming the
+    field: `size`, `fade`, or `project` for a project without a rendered story, a scene image gone, a bad
+    duration in its story.csv)."""
+    import re
+
+    from echo_os.motion.animatic import AnimaticOptions, check_animatic
+    from echo_os.motion.encode import check_video_size
+    from echo_os.requests import parse_size
+
+    size = None
+    if body.size is not None:
+        try:
+            size = parse_size(body.size)
+            check_video_size(*size, what="size")
+        except UsageError as error:
+            raise field_error("size", str(error).replace("--size", "size"), body.size) from None
+    options = AnimaticOptions(fps=body.fps, size=size, fade=body.fade, captions=body.captions, clips=body.clips)
+    try:
+        plan = check_animatic(settings, body.project, options)
+    except EchoError as error:
+        option = getattr(error, "option", None)
+        message = re.sub(r"--(fps|size|fade|clips|captions)\b", r"\1",
+                         _without_server_paths(str(error), settings, settings.artifacts_dir / ".jobs"))
+        raise field_error(option if option in AnimaticBody.model_fields else "project", message) from None
+    return JobSpec(animatic=AnimaticSpec(project=body.project, fps=body.fps, size=size, fade=body.fade,
+                                         captions=body.captions, clips=body.clips, scenes=plan.scenes,
+                                         frames=plan.frames))
 
 
 # One answer whether the file exists outside the workspace, exists inside it unreadable, or does not

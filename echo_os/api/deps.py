@@ -243,12 +243,31 @@ def check_runtime(request: RenderRequest) -> None:
 
 
 def artifact_image_path(api: ApiState, artifact_id: str) -> Path:
+    """The artifact's PNG; for a video artifact (an animatic, a clip), its poster frame."""
     from echo_os.artifacts.store import IMAGE_NAME
+    from echo_os.artifacts.video import POSTER_NAME, is_video_meta
 
     row = api.catalog.resolve(artifact_id)
-    path = resolve_inside(api.settings.artifacts_dir, row.path, IMAGE_NAME)
+    name = POSTER_NAME if is_video_meta(row.meta) else IMAGE_NAME
+    path = resolve_inside(api.settings.artifacts_dir, row.path, name)
     if not path.is_file():
         raise HTTPException(status_code=404, detail=f"the image of artifact {row.id[:12]} is missing on disk; "
+                                                    "run `echo-os artifacts reindex`")
+    return path
+
+
+def artifact_video_path(api: ApiState, artifact_id: str) -> Path:
+    """The MP4 of a video artifact (an animatic, a clip); 404 for an image or a file gone from disk."""
+    from echo_os.artifacts.video import is_video_meta
+
+    row = api.catalog.resolve(artifact_id)
+    if not is_video_meta(row.meta):
+        raise HTTPException(status_code=404, detail=f"artifact {row.id[:12]} is an image, not a video; its PNG "
+                                                    f"is at /api/artifacts/{row.id}/image")
+    name = str(row.meta.get("video") or "")
+    path = resolve_inside(api.settings.artifacts_dir, row.path, name) if name else None
+    if path is None or not path.is_file():
+        raise HTTPException(status_code=404, detail=f"the video of artifact {row.id[:12]} is missing on disk; "
                                                     "run `echo-os artifacts reindex`")
     return path
 

@@ -40,13 +40,16 @@ class JobStarted(_JobEvent):
 
 
 class JobProgressed(_JobEvent):
-    """One denoising step of the pipeline call this job is part of."""
+    """One denoising step of the pipeline call this job is part of; for an animatic job, frames encoded
+    (`frames_done` of `frames_total`; step and total_steps stay 0)."""
 
     event: Literal["progress"] = "progress"
     step: int
     total_steps: int
     images_done: int
     images_total: int
+    frames_done: int = 0
+    frames_total: int = 0
 
 
 class ArtifactSaved(_JobEvent):

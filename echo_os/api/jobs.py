@@ -5,7 +5,7 @@ on every open (echo_os.sqlite, like the catalog). Writes go through one connecti
 connection per thread, which WAL lets read while the writer writes.
 
 A job is a list of RenderRequests (`items`): one for `/api/render`, one per planned scene for
-`/api/batch`. Image k of a job is the k-th image counting through the items in order; each saved image is
+`/api/batch`; an `/api/animatic` job has none, only its AnimaticSpec (its one artifact is the video). Image k of a job is the k-th image counting through the items in order; each saved image is
 recorded against (job id, k) right after ArtifactStore.save, so a job that runs again after a crash
 skips the images it already has.
 
@@ -29,7 +29,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echo_os.dbfile import open_or_quarantine
 from echo_os.requests import RenderRequest
@@ -37,7 +37,7 @@ from echo_os.sqlite import Migrations, connect
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["render", "batch"]
+JobKind = Literal["render", "batch", "animatic"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -77,28 +77,55 @@ class StorySource(BaseModel):
     ip_adapter: str | None = None  # as asked ("none" -> None)
 
 
-class JobSpec(BaseModel):
-    """What a job renders, persisted as the `request` column."""
+class AnimaticSpec(BaseModel):
+    """What an /api/animatic job encodes: `echo-os animatic`'s options (echo_os.motion.animatic), checked
+    when the job was submitted; `scenes` and `frames` are what the story had then."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    items: tuple[RenderRequest, ...] = Field(min_length=1)
+    project: str
+    fps: int
+    size: tuple[int, int] | None = None
+    fade: float
+    captions: bool = False
+    clips: bool = False
+    scenes: int = 0
+    frames: int = 0
+
+
+class JobSpec(BaseModel):
+    """What a job renders, persisted as the `request` column: `items` (render, batch) or `animatic`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    items: tuple[RenderRequest, ...] = ()
     title: str | None = None  # a batch: the story's title
     warnings: tuple[str, ...] = ()
     story: StorySource | None = None  # a batch made by /api/batch (jobs stored before it have none)
+    animatic: AnimaticSpec | None = None  # an animatic made by /api/animatic
+
+    @model_validator(mode="after")
+    def _renders_something(self) -> "JobSpec":
+        if bool(self.items) == (self.animatic is not None):
+            raise ValueError("a job has either render items or an animatic, not both and not neither")
+        return self
 
     @property
     def images_total(self) -> int:
-        return sum(item.count for item in self.items)
+        """Artifacts the job makes: its images, or the one video of an animatic."""
+        return 1 if self.animatic is not None else sum(item.count for item in self.items)
 
 
 class JobProgress(BaseModel):
-    """Denoising step of the current pipeline call, and images saved out of the job's total."""
+    """Denoising step of the current pipeline call, and images saved out of the job's total; an animatic
+    job counts frames encoded instead of steps (its one "image" is the video)."""
 
     step: int = 0
     total_steps: int = 0
     images_done: int = 0
     images_total: int = 0
+    frames_done: int = 0
+    frames_total: int = 0
 
 
 class Job(BaseModel):
@@ -203,6 +230,46 @@ def m002_idempotency_keys(db: sqlite3.Connection) -> None:
             created TEXT NOT NULL
         )""")
     db.execute("CREATE INDEX idempotency_keys_created ON idempotency_keys(created)")
+
+
+OLD_KIND_CHECK = "CHECK (kind IN ('render', 'batch'))"
+KIND_CHECK = "CHECK (kind IN ('render', 'batch', 'animatic'))"
+
+
+@MIGRATIONS
+def m003_animatic_jobs(db: sqlite3.Connection) -> None:
+    """`kind` may be 'animatic'. SQLite cannot change a CHECK in place, so the table is rebuilt the way
+    https://www.sqlite.org/lang_altertable.html#otheralter says: create the new table, copy the rows, drop
+    the old one, rename the new one, recreate the indexes (all inside migrate's transaction).
+
+    The new table is made from the jobs table's own CREATE statement with only the CHECK changed, and the
+    indexes from their own, so columns or indexes another migration added before this one are kept.
+    Foreign keys are not enforced on these connections, so the drop does not touch job_images or
+    idempotency_keys; their REFERENCES jobs(id) name the renamed table afterwards (checked below)."""
+    (create,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+    if OLD_KIND_CHECK not in create:
+        raise RuntimeError(f"jobs.db: the jobs table has no {OLD_KIND_CHECK} to widen: {create}")
+    indexes = [row[0] for row in db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL")]
+    sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+    new_create = create.replace(OLD_KIND_CHECK, KIND_CHECK, 1)
+    new_create = new_create.replace("CREATE TABLE jobs", "CREATE TABLE jobs_new", 1)
+    if not new_create.startswith("CREATE TABLE jobs_new"):
+        raise RuntimeError(f"jobs.db: unexpected CREATE statement for jobs: {create}")
+    db.execute(new_create)
+    db.execute("INSERT INTO jobs_new SELECT * FROM jobs")
+    db.execute("DROP TABLE jobs")  # drops its indexes too
+    db.execute("ALTER TABLE jobs_new RENAME TO jobs")
+    for sql in indexes:
+        db.execute(sql)
+    if sequence is not None:  # seq never goes back: AUTOINCREMENT's high-water mark survives the copy
+        copied = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        db.execute("DELETE FROM sqlite_sequence WHERE name = 'jobs'")
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)",
+                   (max(sequence[0], copied[0] if copied else 0),))
+    broken = db.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(f"jobs.db: foreign keys broken by the jobs table rebuild: {broken[:5]}")
 
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from echo_os.api.jobs import JobKind, JobProgress, JobStatus
+from echo_os.api.jobs import AnimaticSpec, JobKind, JobProgress, JobStatus
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
 from echo_os.requests import (  # noqa: F401  (the option Literals, defined once there)
@@ -94,6 +94,25 @@ class BatchBody(BaseModel):
                                         "them out (as `echo-os batch --ip-adapter`)")
 
 
+class AnimaticBody(BaseModel):
+    """`echo-os animatic`, as JSON: the project's newest rendered story (by `POST /api/batch` or
+    `echo-os batch`) as an MP4, each scene for its story.csv `duration` under its `motion`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"project": "Lighthouse Keeper", "fps": 24, "size": "1024x576", "fade": 0.5,
+                      "captions": True}]})
+
+    project: str = Field(min_length=1, max_length=200)
+    fps: int = Field(default=24, ge=1, le=120, description="Frames per second.")
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN,
+                             description="WIDTHxHEIGHT, even sides. Default: the first scene image's size.")
+    fade: float = Field(default=0.5, ge=0.0, le=3600.0, allow_inf_nan=False,
+                        description="Crossfade at each cut, seconds (0: hard cuts); at most the shortest scene.")
+    captions: bool = Field(default=False, description="Burn each scene's description in and write an .srt.")
+    clips: bool = Field(default=False, description="Play a scene's newest clip (`echo-os animate`) instead of "
+                                                   "its still.")
+
+
 class Submitted(BaseModel):
     """202: the job is stored and will run; follow it at status_url or events_url."""
 
@@ -108,6 +127,13 @@ class BatchSubmitted(Submitted):
     scenes: int
     images: int
     warnings: list[str] = Field(default_factory=list)
+
+
+class AnimaticSubmitted(Submitted):
+    project: str
+    scenes: int
+    frames: int = Field(description="Frames the video will have (the story as it was when queued).")
+    fps: int
 
 
 class JobView(BaseModel):
@@ -125,7 +151,9 @@ class JobView(BaseModel):
     artifact_ids: list[str] = Field(default_factory=list)
     request: RenderRequest | None = Field(default=None, description="What a render job renders.")
     title: str | None = Field(default=None, description="A batch job: the story's title.")
-    scenes: int = Field(description="Requests in the job: 1 for a render, one per scene for a batch.")
+    animatic: AnimaticSpec | None = Field(default=None, description="An animatic job: what it encodes.")
+    scenes: int = Field(description="Requests in the job: 1 for a render, one per scene for a batch; an "
+                                    "animatic's scenes.")
 
 
 class JobPage(BaseModel):

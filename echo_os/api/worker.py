@@ -15,7 +15,9 @@ artifacts (same one-image request, made after the job was created) instead of re
 Cancel: a threading.Event per pipeline call, passed to the engine, which stops at the next denoising step
 and saves nothing. Batch mates of a cancelled job go back to the queue without losing an attempt.
 A batch job (/api/batch) ends like `echo-os batch`: story.json, the contact sheet and the continuity
-report are written by the same code (story.render.write_story_outputs).
+report are written by the same code (story.render.write_story_outputs). An animatic job (/api/animatic) is
+claimed alone and encoded by the code `echo-os animatic` runs (motion.animatic.make_animatic); its
+progress is frames encoded, and a cancel is looked at before every frame.
 Failures: a failed batched call sends its jobs back to be rendered alone (`solo`); a job alone that fails
 is retried until `max_attempts`, except for user errors (EchoError: unknown model, bad weights), which
 fail at once because they would fail again.
@@ -274,6 +276,11 @@ class Worker:
 
     def _render(self, runs: dict[str, JobRun]) -> None:
         """Every job item is one request to the renderer; images a job has recorded are skipped."""
+        animatics = [run for run in runs.values() if run.job.spec.animatic is not None]
+        if animatics:  # claimed alone: only render jobs are claimed together
+            for run in animatics:
+                self._encode_animatic(run, runs)
+            return
         requests: list[RenderRequest] = []
         places: list[tuple[JobRun, int]] = []  # per request: its job and the job's number of its first image
         for run in runs.values():
@@ -290,6 +297,56 @@ class Worker:
                                   engine_for=self._engine, hooks=hooks)
         for run in runs.values():
             run.engines, run.batch_sizes, run.notes = outcome.engines, outcome.batch_sizes, outcome.notes
+
+    # -- animatics ---------------------------------------------------------------------------------------
+    def _encode_animatic(self, run: JobRun, runs: dict[str, JobRun]) -> None:
+        """An /api/animatic job: echo_os.motion.animatic.make_animatic with the job's options. Frames
+        encoded are its progress; a cancel (or the server stopping) is looked at before every frame and
+        leaves nothing written; the video artifact is recorded as the job's image 0."""
+        from echo_os.motion.animatic import AnimaticOptions, make_animatic
+
+        job = run.job
+        spec = job.spec.animatic
+        if 0 in run.saved:  # encoded and recorded by an attempt that was stopped before it finished
+            return
+        options = AnimaticOptions(fps=spec.fps, size=spec.size, fade=spec.fade, captions=spec.captions,
+                                  clips=spec.clips)
+        cancel = threading.Event()
+        with self._lock:
+            self._in_call = {job.id}
+            self._call_cancel = cancel
+            if job.id in self._cancel_asked or self._stop.is_set():
+                cancel.set()
+        every = max(1, spec.frames // 100)  # about 100 progress events, however long the video
+
+        def on_frame(stage: str, done: int, total: int) -> None:
+            # A cancel that reached the store but not this worker (asked through another process). One
+            # indexed read per frame: tens of microseconds against ~100 ms to draw and encode a 1024x576
+            # frame here (benchmarks/RESULTS.md, animatic encode speed).
+            if not cancel.is_set() and self.jobs.cancel_requested([job.id]):
+                cancel.set()
+            if done % every == 0 or done == total:
+                self.publish(JobProgressed(job_id=job.id, step=0, total_steps=0, images_done=0, images_total=1,
+                                           frames_done=done, frames_total=total))
+
+        try:
+            result = make_animatic(self.settings, spec.project, options, store=self.store, progress=on_frame,
+                                   cancel=cancel)
+        except CancelledError:
+            cancelled = self._cancelled({job.id})
+            if cancelled:
+                self._cancel_jobs(runs, cancelled)
+                return
+            raise Interrupted() from None
+        finally:
+            with self._lock:
+                self._in_call = set()
+                self._call_cancel = None
+        run.timings["encode_s"] = result.encode_s
+        self.jobs.record_image(job.id, 0, result.artifact.id)
+        run.saved[0] = result.artifact.id
+        self.publish(ArtifactSaved(job_id=job.id, artifact_id=result.artifact.id, index=0,
+                                   image_url=image_url(result.artifact.id)))
 
     # -- cancelling -------------------------------------------------------------------------------------
     def _cancelled(self, job_ids: set[str]) -> set[str]:

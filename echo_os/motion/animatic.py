@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from echo_os.errors import OptionError, UsageError
 
 if TYPE_CHECKING:
+    import threading
+
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.settings import Settings
 
@@ -400,10 +402,35 @@ def output_size(options: AnimaticOptions, scenes: list[SceneSource]) -> tuple[in
     return max(16, width - width % 2), max(16, height - height % 2)
 
 
+@dataclass(frozen=True)
+class AnimaticPlan:
+    """What an animatic of the project would be now: its scenes, frame count and size (nothing encoded)."""
+
+    scenes: int
+    frames: int
+    size: tuple[int, int]
+
+
+def check_animatic(settings: "Settings", project: str, options: AnimaticOptions) -> AnimaticPlan:
+    """Everything make_animatic checks before encoding (the options, the story, its images, durations and
+    motions, the fade against the shortest scene), without a store: the HTTP API's check at submit time.
+    Clips only change what a scene plays, not its timing, so they are not looked up here."""
+    options.check()
+    from dataclasses import replace
+
+    sources = load_story_sources(settings, None, project, replace(options, clips=False))  # type: ignore[arg-type]
+    timeline = plan_timeline(sources.scenes, options.fps, options.fade)
+    return AnimaticPlan(scenes=len(timeline), frames=timeline[-1].end, size=output_size(options, sources.scenes))
+
+
 def make_animatic(settings: "Settings", project: str, options: AnimaticOptions | None = None, *,
                   store: "ArtifactStore | None" = None, out: Path | None = None,
-                  progress: Progress | None = None) -> AnimaticResult:
-    """Encode the project's animatic as a video artifact (and copy it to `out` when given)."""
+                  progress: Progress | None = None, cancel: "threading.Event | None" = None) -> AnimaticResult:
+    """Encode the project's animatic as a video artifact (and copy it to `out` when given).
+
+    `cancel` is looked at before each frame: once set, CancelledError is raised and nothing is written
+    (the temporary folder goes, no artifact is listed)."""
+    from echo_os.errors import CancelledError
     from echo_os.artifacts.meta import EngineRecord, collect_versions
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.artifacts.video import VideoFolder, VideoMeta
@@ -429,6 +456,8 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
                            preset=options.preset) as writer:
                 for done, frame in enumerate(animatic_frames(timeline, size, options.fps, options.fade,
                                                              options.captions), start=1):
+                    if cancel is not None and cancel.is_set():
+                        raise CancelledError("animatic cancelled; nothing was saved")
                     writer.write(frame)
                     if poster is None:
                         poster = frame
