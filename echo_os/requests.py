@@ -114,6 +114,19 @@ class LoraInput(BaseModel):
     scale: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
 
 
+class InitImage(BaseModel):
+    """The image an img2img request starts from (`echo-os refine`): the parent artifact, where its PNG is,
+    the sha256 of those bytes (checked before rendering, so a replay starts from the same pixels) and how
+    much of it is repainted (strength 1: all of it; A1111's "Denoising strength")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    artifact_id: str | None = None
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    strength: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
+
+
 class RenderRequest(BaseModel):
     """One prompt rendered `count` times; image i uses seed + i through its own generator."""
 
@@ -124,7 +137,8 @@ class RenderRequest(BaseModel):
     # embedding: force_zeros_for_empty_prompt). "" is what artifacts made before that rule recorded, and
     # their replay passes "" again.
     negative_prompt: str | None = None
-    style: str = ""
+    style: str = ""  # free text appended to the prompt, or a named style's template ({prompt} marks the prompt)
+    style_name: str | None = None  # the named style `style` came from (styles.toml or a built-in)
     seed: int = Field(default_factory=random_seed, ge=0, le=MAX_SEED)
     steps: int = Field(default=30, ge=1, le=MAX_STEPS)
     cfg: float = Field(default=7.0, ge=0.0, le=100.0)
@@ -143,6 +157,7 @@ class RenderRequest(BaseModel):
     story: StoryFields = Field(default_factory=StoryFields)
     ip_adapter: IPAdapterInput | None = None
     loras: tuple[LoraInput, ...] = ()
+    init_image: InitImage | None = None  # img2img: start from this image (echo-os refine)
 
     @field_validator("prompt")
     @classmethod
@@ -174,8 +189,11 @@ class RenderRequest(BaseModel):
 
     @property
     def full_prompt(self) -> str:
-        """The text the model sees: the prompt, then the style."""
-        return f"{self.prompt}, {self.style}" if self.style.strip() else self.prompt
+        """The text the model sees: the style with the prompt in its {prompt} place, else the prompt then
+        ", " and the style (echo_os.styles.expand_prompt)."""
+        from echo_os.styles import expand_prompt
+
+        return expand_prompt(self.style, self.prompt) if self.style.strip() else self.prompt
 
     @property
     def seeds(self) -> list[int]:
@@ -191,7 +209,8 @@ class RenderRequest(BaseModel):
                 self.device, self.dtype, self.attention,
                 self.ip_adapter.batch_key() if self.ip_adapter is not None else None,
                 tuple((lora.sha256, lora.scale) for lora in self.loras),
-                self.negative_prompt is None, tuple(sorted(self.options.items())))
+                self.negative_prompt is None, tuple(sorted(self.options.items())),
+                (self.init_image.sha256, self.init_image.strength) if self.init_image is not None else None)
 
     def image_requests(self) -> list["RenderRequest"]:
         """One request per image (count 1, its own seed): what meta.json records and replay renders."""
@@ -215,6 +234,10 @@ def image_request_key(request: RenderRequest) -> str:
         exclude["options"] = True  # and from before engine options
     if request.ip_adapter:
         exclude["ip_adapter"] = _IP_ADAPTER_PATHS
+    # Keys from before named styles and img2img stay the same; an init image is keyed by its sha256, not path.
+    if request.style_name is None:
+        exclude["style_name"] = True
+    exclude["init_image"] = {"path"} if request.init_image is not None else True
     fields = request.model_dump(mode="json", exclude=exclude)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

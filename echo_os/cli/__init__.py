@@ -30,6 +30,9 @@ COMMANDS = {
     "memory": "echo_os.cli.memory:memory",
     "gallery": "echo_os.cli.gallery:gallery",
     "serve": "echo_os.cli.serve:serve",
+    "styles": "echo_os.cli.styles:styles",
+    "refine": "echo_os.cli.refine:refine",
+    "compare": "echo_os.cli.compare:compare",
 }
 
 

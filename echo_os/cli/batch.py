@@ -138,13 +138,15 @@ def format_dry_run(plan) -> str:
 @click.option("--cfg", type=float, default=None, help="Override the guidance scale for every scene.")
 @click.option("--size", default=None, help="Override WIDTHxHEIGHT for every scene.")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Override the scheduler.")
+@click.option("--style", default=None,
+              help="A named style (`echo-os styles list`) or free words, for every scene's composed prompt.")
 @click.option("--seed", type=int, default=None,
               help="Base seed: scene N without a seed of its own gets SEED + 1000*N (see docs/story.md).")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
-          preset: str | None) -> None:
+          preset: str | None, style: str | None) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
 
     One artifact per image, then story.json and contact-sheet.png in the project folder. Running the
@@ -173,8 +175,12 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         size = size if size is not None else chosen.size
         scheduler = scheduler if scheduler is not None else chosen.scheduler
     check_engine_name(engine)
+    from echo_os.styles import resolve_style
+
+    chosen_style = resolve_style(settings, style)
     options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
-                          seed=seed)
+                          seed=seed, style=chosen_style.text, style_name=chosen_style.name,
+                          style_negative=chosen_style.negative)
     if source.startswith("@"):
         if bible is not None:
             raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")

@@ -133,7 +133,8 @@ def engine_announcer(memory_listener, note: str | None = None):
 
 @click.command()
 @click.argument("prompt")
-@click.option("--style", default="", help="Style words appended to the prompt, e.g. 'digital art'.")
+@click.option("--style", default="", help="A named style (`echo-os styles list`), or free words appended to the "
+                                         "prompt, e.g. 'digital art'.")
 @click.option("--negative", "negative_prompt", default=None,
               help="Negative prompt. Default: none, so the model's own rule applies.")
 @click.option("--seed", type=int, default=None, help="Seed of the first image (image i uses seed+i). Default: random.")
@@ -171,6 +172,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     from echo_os.engines import check_engine_name, choose_engine, create_engine
     from echo_os.memory.artifacts import attach
     from echo_os.scheduler import render_requests
+    from echo_os.styles import style_fields
 
     settings = settings_from(ctx)
     width, height = parse_size(size or DEFAULT_SIZE)
@@ -181,6 +183,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     if seed is not None:
         fields["seed"] = seed
     fields = apply_preset(ctx, settings, fields, preset)
+    fields.update(style_fields(settings, fields.pop("style", ""), fields["negative_prompt"]))
     check_engine_name(fields["engine"])
     request = build_request(**fields)
     if lora_specs:

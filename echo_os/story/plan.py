@@ -52,6 +52,11 @@ class PlanOptions(BaseModel):
     size: str | None = None
     scheduler: str | None = None
     seed: int | None = None
+    # `--style VALUE`, resolved at the edge (echo_os.styles.resolve_style): applied to every scene's
+    # composed prompt ({prompt} is the composed prompt) and its negative appended.
+    style: str = ""
+    style_name: str | None = None
+    style_negative: str = ""
 
 
 class SeedChoice(BaseModel):
@@ -244,6 +249,12 @@ def _token_warnings(row: SceneRow, tokens: TokenCounts) -> list[str]:
     return warnings
 
 
+def join_negative(negative: str | None, style_negative: str) -> str | None:
+    from echo_os.styles import join_negative as join
+
+    return join(negative, style_negative)
+
+
 def _plan_rows(rows: list[SceneRow], *, project: str, kind: Literal["storyboard", "prompts"], label: str,
                bible: Bible | None, options: PlanOptions, tokenizer: Any,
                tokenizer_loader: Callable[[str], Any] | None,
@@ -258,8 +269,9 @@ def _plan_rows(rows: list[SceneRow], *, project: str, kind: Literal["storyboard"
             location=row.location, props=row.props, camera=row.camera, lighting=row.lighting,
             time_of_day=row.time_of_day, mood=row.mood, bible_hash=bible.sha256 if bible else None)
         try:
-            request = RenderRequest(prompt=composed.prompt, negative_prompt=composed.negative or None, style="",
-                                    seed=seed.value, project=project, story=story,
+            negative = join_negative(composed.negative or None, options.style_negative)
+            request = RenderRequest(prompt=composed.prompt, negative_prompt=negative, style=options.style,
+                                    style_name=options.style_name, seed=seed.value, project=project, story=story,
                                     **_request_fields(row, bible, options))
         except ValidationError as error:
             where = {"row": row.row} if kind == "storyboard" else {"line": row.row}
