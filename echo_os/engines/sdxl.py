@@ -101,6 +101,42 @@ class LoadedPipeline:
     ip_adapter: AdapterState = field(default_factory=AdapterState)
     lora: LoraState = field(default_factory=LoraState)
     profile: Any = None  # cuda_profile.RenderProfile applied at load, None off CUDA
+    img2img: Any = None  # StableDiffusionXLImg2ImgPipeline over `pipe`'s components, made on first refine
+
+
+def img2img_pipeline(loaded: LoadedPipeline):
+    """The img2img pipeline sharing the loaded text-to-image pipeline's modules (no second copy of the
+    weights: from_pipe hands over the same UNet, VAE and text encoders), made once per loaded pipeline."""
+    if loaded.img2img is None:
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        loaded.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(loaded.pipe)
+        loaded.img2img.set_progress_bar_config(disable=True)
+    return loaded.img2img
+
+
+def load_init_image(settings: "Settings", init) -> Any:
+    """The init image's pixels, after checking its bytes still have the recorded sha256."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    path = Path(init.path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"the image to refine, {path}, cannot be read ({error.strerror or error}).") from None
+    if hashlib.sha256(data).hexdigest() != init.sha256:
+        raise UsageError(f"the image to refine, {path}, has changed since it was recorded (sha256 differs); "
+                         "refine the artifact again instead of replaying.")
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """Denoising steps an img2img call runs: diffusers skips the first (1 - strength) of the schedule."""
+    return min(int(steps * strength), steps)
 
 
 def choose_profile(device: str, dtype: str):
@@ -200,7 +236,7 @@ class SDXLEngine(BaseEngine):
     """SDXL in-process, on a CUDA GPU (or --device mps). `auto` asks it first in the default order."""
 
     name = "sdxl"
-    capabilities = Capabilities(txt2img=True, reference_images=True, loras=True, max_batch=16,
+    capabilities = Capabilities(txt2img=True, img2img=True, reference_images=True, loras=True, max_batch=16,
                                 needs_weights=True, tiled_decode=True)
     Options = SDXLOptions
     force_device: str | None = None
@@ -294,6 +330,17 @@ class SDXLEngine(BaseEngine):
         first = requests[0]
         pipe = loaded.pipe
         pipe.scheduler = make_scheduler(first.scheduler, loaded.base_scheduler_config)
+        call_args: dict[str, Any] = {"width": first.width, "height": first.height}
+        total_steps = first.steps
+        if first.init_image is not None:  # refine: img2img over the same modules (batch_key: one init image)
+            if img2img_steps(first.steps, first.init_image.strength) < 1:
+                raise UsageError(f"--strength {first.init_image.strength:g} with {first.steps} steps denoises no "
+                                 "step; raise --strength or --steps.")
+            init = load_init_image(self.settings, first.init_image)
+            pipe = img2img_pipeline(loaded)
+            pipe.scheduler = make_scheduler(first.scheduler, loaded.base_scheduler_config)
+            call_args = {"image": [init] * sum(r.count for r in requests), "strength": first.init_image.strength}
+            total_steps = img2img_steps(first.steps, first.init_image.strength)
         adapter_info = ensure_adapters(self.settings, loaded, first.ip_adapter)
         apply_loras(self.settings, loaded, first.loras)  # requests in one call share their LoRAs (batch_key)
         extra: dict[str, Any] = {}
@@ -316,7 +363,7 @@ class SDXLEngine(BaseEngine):
 
         def on_step_end(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
             if progress is not None:
-                progress(ProgressEvent(step=step + 1, total_steps=first.steps, images=images_total))
+                progress(ProgressEvent(step=step + 1, total_steps=total_steps, images=images_total))
             if cancel is not None and cancel.is_set():
                 pipeline._interrupt = True
             return callback_kwargs
@@ -336,8 +383,7 @@ class SDXLEngine(BaseEngine):
                 # model's force_zeros_for_empty_prompt decides, as a plain pipe(prompt=...) does.
                 prompt=prompts, negative_prompt=None if first.negative_prompt is None else negatives,
                 generator=generators,
-                num_inference_steps=first.steps, guidance_scale=first.cfg,
-                width=first.width, height=first.height, output_type="latent",
+                num_inference_steps=first.steps, guidance_scale=first.cfg, output_type="latent", **call_args,
                 callback_on_step_end=on_step_end, **options, **extra,
             ).images
             if cancel is not None and cancel.is_set():
