@@ -52,7 +52,8 @@ class RenderBody(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=MAX_TEXT)
     negative: str = Field(default="", max_length=MAX_TEXT, description="Negative prompt.")
-    style: str = Field(default="", max_length=MAX_TEXT, description="Style words appended to the prompt.")
+    style: str = Field(default="", max_length=MAX_TEXT,
+                       description="A named style (GET /api/styles) or style words appended to the prompt.")
     model: str = Field(default="sdxl", min_length=1, max_length=200, description="A model name from models.toml.")
     engine: EngineName = "auto"
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed of image 0; image i uses seed+i. "
@@ -91,6 +92,46 @@ class BatchBody(BaseModel):
     ip_adapter: str = Field(default="ip-adapter-sdxl", min_length=1, max_length=200,
                             description="IP-Adapter entry for characters with reference images; 'none' leaves "
                                         "them out (as `echo-os batch --ip-adapter`)")
+
+
+class RefineBody(BaseModel):
+    """`echo-os refine`, as JSON: image-to-image from an artifact. Fields left out take the parent's values
+    (prompt, style, negative, steps, cfg, scheduler, model, project); the seed is random when left out."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    artifact_id: str = Field(pattern=r"^[0-9a-fA-F]{12,64}$", description="The artifact to refine (id or 12+ prefix).")
+    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
+    strength: float = Field(default=0.35, gt=0.0, le=1.0, allow_inf_nan=False,
+                            description="How much of the image is repainted (A1111's denoising strength).")
+    style: str | None = Field(default=None, max_length=MAX_TEXT)
+    negative: str | None = Field(default=None, max_length=MAX_TEXT)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    cfg: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
+    scheduler: Scheduler | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    engine: EngineName = "auto"
+    count: int = Field(default=1, ge=1, le=MAX_COUNT)
+    project: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class StyleBody(BaseModel):
+    """A named style for styles.toml: {prompt} in `prompt` marks where the prompt goes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    prompt: str = Field(default="", max_length=MAX_TEXT)
+    negative: str = Field(default="", max_length=MAX_TEXT)
+    replace: bool = False
+
+
+class StyleView(BaseModel):
+    name: str
+    prompt: str
+    negative: str
+    builtin: bool
 
 
 class Submitted(BaseModel):
