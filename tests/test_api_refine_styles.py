@@ -55,3 +55,21 @@ async def test_refine_route_queues_an_img2img_child(tiny_workspace):
         meta = (await client.get(f"/api/artifacts/{child['id']}")).json()["meta"]
     assert meta["parent_id"] == parent["id"] and meta["strength"] == 1.0 and meta["parent_sha256"] == parent["id"]
     assert meta["prompt"] == "a harbour in fog" and meta["engine"]["name"] == "cpu"
+
+
+async def test_compare_route_renders_the_cells_then_the_grid(workspace):
+    async with api_client(workspace) as (client, _):
+        too_many = await client.post("/api/compare", json={"prompt": "a harbour", "engines": ["draft"],
+                                                           "seeds": list(range(10)), "cfg": [1.0, 2.0], "max_cells": 8})
+        assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "max_cells"]
+        submitted = await client.post("/api/compare", json={"prompt": "a harbour", "engines": ["draft"], "size": "64x64",
+                                                           "seeds": [1, 2], "styles": ["noir", "ink"], "steps": [2]})
+        assert submitted.status_code == 202 and submitted.json()["cells"] == 4
+        job = await wait_job(client, submitted.json()["job_id"], timeout=300)
+        assert job["status"] == "succeeded", job
+        items = (await client.get("/api/artifacts", params={"project": "compare"})).json()["items"]
+        [grid] = [i for i in items if i["engine"] == "compare"]
+        meta = (await client.get(f"/api/artifacts/{grid['id']}")).json()["meta"]
+    assert [c["id"] for c in meta["grid"]["cells"]] == job["artifact_ids"]
+    assert [c["label"] for c in meta["grid"]["cells"]] == [
+        "seed 1, style noir", "seed 2, style noir", "seed 1, style ink", "seed 2, style ink"]

@@ -7,6 +7,7 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/render                202 {job_id, status_url, events_url}
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
     POST /api/refine                202 {job_id, ...}: image-to-image from an artifact (echo-os refine)
+    POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes and a grid sheet
     GET  /api/styles                POST /api/styles (named styles, styles.toml)
     GET  /api/jobs[?status=]        GET /api/jobs/{id}      GET /api/jobs/{id}/events (SSE)
     POST /api/jobs/{id}/cancel
@@ -43,7 +44,7 @@ from echo_os.api.events import (
 )
 from echo_os.api.jobs import JOB_ID_PATTERN, Job, JobProgress, JobSpec, JobStatus, JobStore, StorySource, new_job_id, now_iso
 from echo_os.api.schemas import (
-    ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage, JobView, RefineBody, RenderBody,
+    ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody, CompareSubmitted, Health, JobPage, JobView, RefineBody, RenderBody,
     StyleBody, StyleView, Submitted, error_responses,
 )
 from echo_os.api.security import Guard, GuardSettings, resolve_inside
@@ -266,6 +267,15 @@ def _add_routes(app: FastAPI) -> None:
         await api.submitter.submit(job)
         return submitted(job.id)
 
+    @app.post("/api/compare", status_code=202, response_model=CompareSubmitted, tags=["jobs"],
+              responses=error_responses(400, 403, 404, 413, 422))
+    async def submit_compare(body: CompareBody, api: Api) -> JSONResponse:
+        """Queue `echo-os compare`: one image per cell, then the labelled grid sheet (an artifact)."""
+        spec = await run_in_threadpool(compare_spec, api.settings, body)
+        job = Job(id=new_job_id(), kind="batch", status="queued", spec=spec, created=now_iso())
+        await api.submitter.submit(job)
+        return submitted(job.id, CompareSubmitted, cells=len(spec.items))
+
     # -- styles --------------------------------------------------------------------------------------
     @app.get("/api/styles", response_model=list[StyleView], tags=["styles"])
     async def list_styles(api: Api) -> list[StyleView]:
@@ -275,9 +285,14 @@ def _add_routes(app: FastAPI) -> None:
         return [StyleView(**style.as_dict()) for style in sorted(found.values(), key=lambda s: s.name.casefold())]
 
     @app.post("/api/styles", status_code=201, response_model=StyleView, tags=["styles"],
-              responses=error_responses(422))
+              responses=error_responses(400, 403, 413, 422))
     async def add_style(body: StyleBody, api: Api) -> StyleView:
         return await run_in_threadpool(save_style, api.settings, body)
+
+    @app.api_route("/api/styles", methods=["OPTIONS", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def styles_other_methods() -> JSONResponse:
+        # Two routes share this path; Starlette's own 405 would name only the first one's method.
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, POST"})
 
     # -- jobs ----------------------------------------------------------------------------------------------
     @app.get("/api/jobs", response_model=JobPage, tags=["jobs"])
@@ -465,6 +480,38 @@ def refine_body_request(api: ApiState, body: RefineBody):
     except UsageError as error:
         raise field_error("engine", str(error), body.engine) from None
     return request
+
+
+def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
+    from echo_os.api.jobs import CompareAxis, CompareSource
+    from echo_os.requests import parse_size
+    from echo_os.compare import plan_compare
+    from echo_os.requests import random_seed
+
+    try:
+        width, height = parse_size(body.size)
+    except UsageError as error:
+        raise field_error("size", str(error).replace("--size", "size"), body.size) from None
+    lists = {"models": tuple(body.models), "schedulers": tuple(body.schedulers), "cfg": tuple(body.cfg),
+             "steps": tuple(body.steps), "seeds": tuple(body.seeds) or (random_seed(),),
+             "styles": tuple(body.styles), "engines": tuple(body.engines)}
+    for option, values in lists.items():
+        if len(set(values)) != len(values):
+            raise field_error(option, f"{option} lists a value twice", list(values))
+    base = {"prompt": body.prompt, "negative_prompt": body.negative or None, "width": width, "height": height,
+            "project": body.project}
+    try:
+        plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=body.max_cells)
+    except OptionError as error:
+        where = {"max-cells": "max_cells", "negative_prompt": "negative", "width": "size", "height": "size"}
+        raise field_error(where.get(error.option, error.option), str(error)) from None
+    for model in {cell.request.model for cell in plan.cells}:
+        engine = plan.cells[0].request.engine if len({c.request.engine for c in plan.cells}) == 1 else "auto"
+        check_model(settings, model, engine, "models")
+    title = f"{body.prompt}: " + " x ".join(f"{a.label} ({len(a.values)})" for a in plan.axes) if plan.axes else body.prompt
+    source = CompareSource(title=title, axes=tuple(CompareAxis(option=a.option, values=a.values) for a in plan.axes),
+                           cells=tuple(cell.values for cell in plan.cells))
+    return JobSpec(items=tuple(cell.request for cell in plan.cells), title=title, compare=source)
 
 
 def save_style(settings: Settings, body: StyleBody) -> StyleView:

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Literal, get_args
+from typing import Iterable, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,24 @@ class StorySource(BaseModel):
     ip_adapter: str | None = None  # as asked ("none" -> None)
 
 
+class CompareAxis(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    option: str  # echo_os.compare.AXES key: "cfg", "models", ...
+    values: tuple[Union[int, float, str], ...]
+
+
+class CompareSource(BaseModel):
+    """A compare job (/api/compare, stored as kind "batch"): its axes and each item's values on them, so
+    the worker writes the grid sheet (echo_os.compare.save_grid) once every cell is saved."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    title: str
+    axes: tuple[CompareAxis, ...] = ()
+    cells: tuple[tuple[Union[int, float, str], ...], ...]  # one per item, in item order
+
+
 class JobSpec(BaseModel):
     """What a job renders, persisted as the `request` column."""
 
@@ -77,6 +95,7 @@ class JobSpec(BaseModel):
     title: str | None = None  # a batch: the story's title
     warnings: tuple[str, ...] = ()
     story: StorySource | None = None  # a batch made by /api/batch (jobs stored before it have none)
+    compare: CompareSource | None = None  # a comparison made by /api/compare
 
     @property
     def images_total(self) -> int:

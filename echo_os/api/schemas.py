@@ -116,6 +116,25 @@ class RefineBody(BaseModel):
     project: str | None = Field(default=None, min_length=1, max_length=200)
 
 
+class CompareBody(BaseModel):
+    """`echo-os compare`, as JSON: every combination of the lists given more than one value (up to three)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    negative: str = Field(default="", max_length=MAX_TEXT)
+    models: list[str] = Field(default_factory=list, max_length=64)
+    schedulers: list[Scheduler] = Field(default_factory=list, max_length=64)
+    cfg: list[float] = Field(default_factory=list, max_length=64)
+    steps: list[int] = Field(default_factory=list, max_length=64)
+    seeds: list[int] = Field(default_factory=list, max_length=64)
+    styles: list[str] = Field(default_factory=list, max_length=64)
+    engines: list[EngineName] = Field(default_factory=list, max_length=64)
+    size: str = Field(default="1024x1024", pattern=SIZE_PATTERN)
+    project: str = Field(default="compare", min_length=1, max_length=200)
+    max_cells: int = Field(default=64, ge=1, le=1024)
+
+
 class StyleBody(BaseModel):
     """A named style for styles.toml: {prompt} in `prompt` marks where the prompt goes."""
 
@@ -141,6 +160,10 @@ class Submitted(BaseModel):
     status: JobStatus = "queued"
     status_url: str
     events_url: str
+
+
+class CompareSubmitted(Submitted):
+    cells: int
 
 
 class BatchSubmitted(Submitted):
