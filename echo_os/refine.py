@@ -44,7 +44,7 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
     png = parent.image_path.read_bytes()
     fields: dict[str, Any] = base.model_dump()
     fields.update({"count": 1, "parent_id": parent.id, "ip_adapter": base.ip_adapter, "loras": base.loras,
-                   "story": base.story, "engine": "auto"})
+                   "story": base.story, "engine": "auto", "refiner": None})
     fields.pop("seed")
     fields.update({k: v for k, v in (changes or {}).items() if v is not None})
     if prompt is not None:

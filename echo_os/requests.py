@@ -127,6 +127,17 @@ class InitImage(BaseModel):
     strength: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
 
 
+class RefinerInput(BaseModel):
+    """SDXL's base+refiner: the base denoises the first `switch` of the schedule (denoising_end) and hands
+    its latents to the refiner (a models.toml sdxl entry, e.g. the SDXL refiner), which does the rest
+    (denoising_start)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    switch: float = Field(default=0.8, gt=0.0, lt=1.0, allow_inf_nan=False)
+
+
 class RenderRequest(BaseModel):
     """One prompt rendered `count` times; image i uses seed + i through its own generator."""
 
@@ -158,6 +169,7 @@ class RenderRequest(BaseModel):
     ip_adapter: IPAdapterInput | None = None
     loras: tuple[LoraInput, ...] = ()
     init_image: InitImage | None = None  # img2img: start from this image (echo-os refine)
+    refiner: RefinerInput | None = None  # base+refiner (--refiner NAME --switch 0.8)
 
     @field_validator("prompt")
     @classmethod
@@ -210,7 +222,8 @@ class RenderRequest(BaseModel):
                 self.ip_adapter.batch_key() if self.ip_adapter is not None else None,
                 tuple((lora.sha256, lora.scale) for lora in self.loras),
                 self.negative_prompt is None, tuple(sorted(self.options.items())),
-                (self.init_image.sha256, self.init_image.strength) if self.init_image is not None else None)
+                (self.init_image.sha256, self.init_image.strength) if self.init_image is not None else None,
+                (self.refiner.model, self.refiner.switch) if self.refiner is not None else None)
 
     def image_requests(self) -> list["RenderRequest"]:
         """One request per image (count 1, its own seed): what meta.json records and replay renders."""
@@ -238,6 +251,8 @@ def image_request_key(request: RenderRequest) -> str:
     if request.style_name is None:
         exclude["style_name"] = True
     exclude["init_image"] = {"path"} if request.init_image is not None else True
+    if request.refiner is None:
+        exclude["refiner"] = True
     fields = request.model_dump(mode="json", exclude=exclude)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

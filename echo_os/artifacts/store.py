@@ -159,6 +159,10 @@ class ArtifactStore:
             extra["Denoising strength"] = f"{meta.strength:g}"
         if meta.style_name:
             extra["Style"] = meta.style_name
+        refiner = meta.request.get("refiner")
+        if refiner:
+            extra["Refiner"] = refiner["model"]
+            extra["Refiner switch at"] = f"{refiner['switch']:g}"
         loras = meta.request.get("loras") or []
         if loras:  # our own key: A1111's "Lora hashes" uses a hash of the tensors only, not the file sha256
             extra["LoRAs"] = ", ".join(f"{Path(lora['name']).stem}: {lora['scale']:g} (sha256 {lora['sha256'][:12]})"

@@ -26,17 +26,19 @@ from echo_os.requests import SCHEDULERS
 @click.option("--engine", default="auto", show_default=True, help="An engine that can refine (img2img).")
 @click.option("--count", type=int, default=1, show_default=True, help="Variations (seed, seed+1, ...).")
 @click.option("--project", default=None, help="Project of the new artifacts (default: the parent's).")
+@click.option("--refiner", default=None, help="A refiner model: the base denoises to --switch, the refiner the rest.")
+@click.option("--switch", type=float, default=0.8, show_default=True, help="With --refiner: the base's fraction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True, help="Do not embed the images into Echo Memory.")
 @click.pass_context
 def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: float, style: str | None,
            negative_prompt: str | None, seed: int | None, steps: int | None, cfg: float | None,
            scheduler: str | None, model: str | None, engine: str, count: int, project: str | None, as_json: bool,
-           no_memory: bool) -> None:
+           no_memory: bool, refiner: str | None, switch: float) -> None:
     """Refine ARTIFACT_ID (image-to-image), with PROMPT or the parent's prompt. Each new artifact records its
     parent, the strength and the parent's sha256 (see `echo-os artifacts tree`)."""
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.cli.render import StepBar, engine_announcer
+    from echo_os.cli.render import StepBar, engine_announcer, refiner_input
     from echo_os.engines import check_engine_name, choose_engine, create_engine
     from echo_os.memory.artifacts import attach
     from echo_os.refine import check_strength, refine_request
@@ -49,7 +51,7 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     store = ArtifactStore(settings)
     try:
         parent = store.open(artifact_id)
-        changes = {"steps": steps, "cfg": cfg, "scheduler": scheduler, "model": model, "engine": engine,
+        changes = {"refiner": refiner_input(settings, refiner, switch), "steps": steps, "cfg": cfg, "scheduler": scheduler, "model": model, "engine": engine,
                    "count": count, "project": project, "seed": seed if seed is not None else random_seed()}
         request = refine_request(settings, parent, strength=strength, prompt=prompt, style=style,
                                  negative=negative_prompt, changes=changes)

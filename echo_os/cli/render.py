@@ -105,6 +105,21 @@ def parse_loras(settings, specs: tuple[str, ...]):
     return tuple(loras.values())
 
 
+def refiner_input(settings, name: str | None, switch: float):
+    """--refiner NAME --switch F -> RefinerInput (None without --refiner); a bad value names its option."""
+    from echo_os.errors import OptionError
+    from echo_os.models import load_registry
+    from echo_os.requests import RefinerInput
+
+    if name is None:
+        return None
+    if not 0.0 < switch < 1.0:  # NaN fails too
+        raise OptionError(f"--switch must be between 0 and 1 (the fraction the base denoises), got {switch:g}.",
+                          "switch")
+    load_registry(settings).get(name)  # an unknown name is an error now, not after the base has rendered
+    return RefinerInput(model=name, switch=switch)
+
+
 def engine_line(choice) -> str:
     return f"engine: {choice.name} ({choice.reason})"
 
@@ -160,13 +175,17 @@ def engine_announcer(memory_listener, note: str | None = None):
 @click.option("--lora", "lora_specs", multiple=True, metavar="NAME[:SCALE]",
               help="Apply a LoRA: a models.toml `lora` entry or a .safetensors file, scale 0-2 (default 1). "
                    "Repeat for several.")
+@click.option("--refiner", default=None, help="A refiner model (models.toml sdxl entry): the base denoises to "
+                                             "--switch and hands its latents to it (SDXL base+refiner).")
+@click.option("--switch", type=float, default=0.8, show_default=True,
+              help="With --refiner: the fraction of the schedule the base denoises (between 0 and 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True,
               help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...], preset: str | None,
-           **options) -> None:
+           refiner: str | None, switch: float, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import check_engine_name, choose_engine, create_engine
@@ -184,6 +203,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
         fields["seed"] = seed
     fields = apply_preset(ctx, settings, fields, preset)
     fields.update(style_fields(settings, fields.pop("style", ""), fields["negative_prompt"]))
+    fields["refiner"] = refiner_input(settings, refiner, switch)
     check_engine_name(fields["engine"])
     request = build_request(**fields)
     if lora_specs:

@@ -49,6 +49,7 @@ class Capabilities:
     network: bool = False  # opens network connections: only with `[engines] allow_network = true`
     txt2img: bool = True
     img2img: bool = False  # takes an init image and a strength (request.init_image: `echo-os refine`)
+    refiner: bool = False  # hands the base's latents to a refiner model (request.refiner: --refiner)
     reference_images: bool = False  # IP-Adapter reference images (request.ip_adapter)
     loras: bool = False
     deterministic: bool = True  # the same request and seed give the same pixels (batched or alone)
@@ -62,6 +63,8 @@ class Capabilities:
             return "it does not render from a text prompt"
         if request.init_image is not None and not self.img2img:
             return "it does not refine an image (no img2img)"
+        if request.refiner is not None and not self.refiner:
+            return "it takes no refiner model"
         if request.ip_adapter is not None and not self.reference_images:
             return "it takes no reference images"
         if request.loras and not self.loras:

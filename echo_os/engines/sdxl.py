@@ -134,6 +134,36 @@ def load_init_image(settings: "Settings", init) -> Any:
         return image.convert("RGB")
 
 
+# One refiner pipeline per (weights, device, dtype) for the life of the process, like _PIPELINES.
+_REFINERS: dict[tuple, Any] = {}
+
+
+def load_refiner(settings: "Settings", name: str, device: str, dtype: str):
+    """StableDiffusionXLImg2ImgPipeline from a models.toml sdxl entry (the SDXL refiner), local files only."""
+    import torch
+
+    from echo_os.models import check_loadable, load_registry
+
+    resolved = load_registry(settings).resolve(name)
+    if resolved.entry.type != "sdxl" or resolved.format == "single-file":
+        raise UsageError(f"--refiner {name}: a refiner is an sdxl entry in diffusers format (a folder with "
+                         "model_index.json); see `echo-os models list`.")
+    key = (str(resolved.local_path), device, dtype)
+    with _PIPELINES_LOCK:
+        if key not in _REFINERS:
+            check_loadable(resolved)
+            quiet_model_libraries()
+            from diffusers import StableDiffusionXLImg2ImgPipeline
+
+            refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                str(resolved.local_path), local_files_only=True, variant=resolved.variant,
+                use_safetensors=None if resolved.entry.allow_pickle else True, **_dtype_kwargs(getattr(torch, dtype)))
+            refiner.to(device)
+            refiner.set_progress_bar_config(disable=True)
+            _REFINERS[key] = refiner
+        return _REFINERS[key]
+
+
 def img2img_steps(steps: int, strength: float) -> int:
     """Denoising steps an img2img call runs: diffusers skips the first (1 - strength) of the schedule."""
     return min(int(steps * strength), steps)
@@ -236,8 +266,8 @@ class SDXLEngine(BaseEngine):
     """SDXL in-process, on a CUDA GPU (or --device mps). `auto` asks it first in the default order."""
 
     name = "sdxl"
-    capabilities = Capabilities(txt2img=True, img2img=True, reference_images=True, loras=True, max_batch=16,
-                                needs_weights=True, tiled_decode=True)
+    capabilities = Capabilities(txt2img=True, img2img=True, refiner=True, reference_images=True, loras=True,
+                                max_batch=16, needs_weights=True, tiled_decode=True)
     Options = SDXLOptions
     force_device: str | None = None
 
@@ -361,9 +391,12 @@ class SDXLEngine(BaseEngine):
                 generators.append(torch.Generator("cpu").manual_seed(seed))
         images_total = len(prompts)
 
+        steps_done = [0]  # across the base and the refiner stage
+
         def on_step_end(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
-            if progress is not None:
-                progress(ProgressEvent(step=step + 1, total_steps=total_steps, images=images_total))
+            steps_done[0] += 1
+            if progress is not None and steps_done[0] <= total_steps:
+                progress(ProgressEvent(step=steps_done[0], total_steps=total_steps, images=images_total))
             if cancel is not None and cancel.is_set():
                 pipeline._interrupt = True
             return callback_kwargs
@@ -378,6 +411,8 @@ class SDXLEngine(BaseEngine):
 
             attention_kernel = contextlib.nullcontext()
         with torch.inference_mode(), attention_kernel:
+            if first.refiner is not None:
+                call_args["denoising_end"] = first.refiner.switch
             latents = pipe(
                 # No negative prompt given (None; batch_key keeps None and text apart): pass none, so the
                 # model's force_zeros_for_empty_prompt decides, as a plain pipe(prompt=...) does.
@@ -386,6 +421,22 @@ class SDXLEngine(BaseEngine):
                 num_inference_steps=first.steps, guidance_scale=first.cfg, output_type="latent", **call_args,
                 callback_on_step_end=on_step_end, **options, **extra,
             ).images
+            if first.refiner is not None and not (cancel is not None and cancel.is_set()):
+                # SDXL's ensemble of experts: the refiner denoises the rest of the same schedule from the
+                # base's latents, with the same per-image generators carrying on.
+                refiner = load_refiner(self.settings, first.refiner.model, loaded.device, loaded.dtype)
+                refiner.scheduler = make_scheduler(first.scheduler, dict(refiner.scheduler.config))
+                if self.vae_tiling:
+                    refiner.vae.enable_tiling()
+                else:
+                    refiner.vae.disable_tiling()
+                latents = refiner(
+                    prompt=prompts, negative_prompt=None if first.negative_prompt is None else negatives,
+                    image=latents, generator=generators, num_inference_steps=first.steps,
+                    guidance_scale=first.cfg, denoising_start=first.refiner.switch, output_type="latent",
+                    callback_on_step_end=on_step_end,
+                ).images
+                pipe = refiner  # its VAE decodes (the refiner's own, as a direct two-stage call does)
             if cancel is not None and cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
             if loaded.device == "cuda":
