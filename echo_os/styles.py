@@ -145,6 +145,11 @@ def all_styles(settings: "Settings") -> dict[str, Style]:
     return {**builtin_styles(), **read_workspace_styles(settings)}
 
 
+def style_table(settings: "Settings") -> dict[str, tuple[str, str, str]]:
+    """casefolded name -> (name, prompt, negative) of every style: what the story planner is given."""
+    return {key: (s.name, s.prompt, s.negative) for key, s in all_styles(settings).items()}
+
+
 def get_style(settings: "Settings", name: str, option: str = "style") -> Style:
     found = all_styles(settings).get(name.strip().casefold())
     if found is None:

@@ -100,3 +100,29 @@ def test_unknown_style_exits_2_naming_the_option(run_cli, workspace):
     assert code == 2 and "unknown style 'nosuch'" in err and "cinematic" in err
     assert len(err.strip().splitlines()) == 1
     assert not Path(home, "artifacts").exists() or not list(Path(home, "artifacts").glob("*/*/*/meta.json"))
+
+
+def test_bible_style_name_and_batch_style_option(run_cli, workspace, tmp_path):
+    home = str(workspace.home)
+    Path(home, "styles.toml").write_text('[styles.dusk]\nprompt = "{prompt} at dusk"\nnegative = "noon"\n',
+                                         encoding="utf-8")
+    story = tmp_path / "story"
+    story.mkdir()
+    (story / "STORY_BIBLE.md").write_text("---\ntitle: Harbour\nstyle: Dusk\n---\n", encoding="utf-8")
+    (story / "story.csv").write_text("scene,description,negative\n1,a harbour,people\n", encoding="utf-8")
+    code, out, err = run_cli("--home", home, "batch", "harbour", str(story / "story.csv"), "--engine", "draft",
+                             "--dry-run", "--json")
+    assert code == 0, err
+    [scene] = json.loads(out)["scenes"]
+    request = scene["request"]
+    assert (request["style_name"], request["style"], request["negative_prompt"]) == ("dusk", "{prompt} at dusk",
+                                                                                     "people, noon")
+    # --style overrides the bible's; an unknown name in the bible is a problem naming it
+    code, out, err = run_cli("--home", home, "batch", "harbour", str(story / "story.csv"), "--engine", "draft",
+                             "--dry-run", "--json", "--style", "noir")
+    assert code == 0, err
+    assert json.loads(out)["scenes"][0]["request"]["style_name"] == "noir"
+    (story / "STORY_BIBLE.md").write_text("---\ntitle: Harbour\nstyle: nosuch\n---\n", encoding="utf-8")
+    code, out, err = run_cli("--home", home, "batch", "harbour", str(story / "story.csv"), "--engine", "draft",
+                             "--dry-run")
+    assert code == 2 and "style 'nosuch' is not a named style here" in err

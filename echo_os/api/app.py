@@ -548,8 +548,10 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                 raise field_error(("prompts", index), "each prompt is one non-empty line of text", prompt)
     folder = resolve_inside(settings.artifacts_dir, ".jobs", job_id)
     folder.mkdir(parents=True, exist_ok=True)
+    from echo_os.styles import style_table
+
     options = PlanOptions(model=body.model, engine=body.engine, steps=body.steps, cfg=body.cfg, size=body.size,
-                          scheduler=body.scheduler, seed=body.seed)
+                          scheduler=body.scheduler, seed=body.seed, styles=style_table(settings))
     try:
         if body.prompts is not None:
             source = folder / "prompts.txt"

@@ -175,12 +175,12 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         size = size if size is not None else chosen.size
         scheduler = scheduler if scheduler is not None else chosen.scheduler
     check_engine_name(engine)
-    from echo_os.styles import resolve_style
+    from echo_os.styles import resolve_style, style_table
 
     chosen_style = resolve_style(settings, style)
     options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
                           seed=seed, style=chosen_style.text, style_name=chosen_style.name,
-                          style_negative=chosen_style.negative)
+                          style_negative=chosen_style.negative, styles=style_table(settings))
     if source.startswith("@"):
         if bible is not None:
             raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")

@@ -25,7 +25,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import OptionError
 from echo_os.requests import MAX_SEED, RenderRequest, StoryFields, describe_validation_error, parse_size
@@ -57,6 +57,9 @@ class PlanOptions(BaseModel):
     style: str = ""
     style_name: str | None = None
     style_negative: str = ""
+    # The named styles a bible's `style: NAME` may use (echo_os.styles.style_table(settings)): casefolded
+    # name -> (name, prompt, negative). Filled at the edge, where the workspace is known.
+    styles: dict[str, tuple[str, str, str]] = Field(default_factory=dict)
 
 
 class SeedChoice(BaseModel):
@@ -314,6 +317,15 @@ def plan_story(project: str, storyboard: str | Path, *, bible: str | Path | None
     if bible_path is not None and loaded is None:
         ids = KnownIds.from_raw(raw, storyboard.name)
     rows = read_storyboard(storyboard, problems, loaded, ids)
+    if loaded is not None and loaded.front.style.name and not (options.style or options.style_name):
+        named = options.styles.get(loaded.front.style.name.casefold())
+        if named is None:
+            known = ", ".join(sorted(n for n, _, _ in options.styles.values())) or "none"
+            problems.add(loaded.path.name, f"style {loaded.front.style.name!r} is not a named style here "
+                                           f"(known: {known}; see `echo-os styles list`)")
+        else:
+            options = options.model_copy(update={"style_name": named[0], "style": named[1],
+                                                 "style_negative": named[2]})
     problems.raise_if_any()
     scenes = _plan_rows(rows, project=project, kind="storyboard", label=storyboard.name, bible=loaded,
                         options=options, tokenizer=tokenizer, tokenizer_loader=tokenizer_loader,
