@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from echo_os.cli import settings_from
-from echo_os.errors import UsageError
+from echo_os.errors import OptionError, UsageError
 from echo_os.requests import SCHEDULERS
 from echo_os.settings import Settings
 
@@ -34,8 +34,9 @@ class StoryBar:
 
 
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
-                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None) -> None:
-    """Render every scene of a validated StoryPlan in order and print what was made."""
+                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, quiet_json: bool = False):
+    """Render every scene of a validated StoryPlan in order and print what was made; returns the StoryRender.
+    quiet_json: print nothing in JSON mode (the caller prints a combined document)."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import engine_announcer
     from echo_os.memory.artifacts import attach
@@ -54,8 +55,9 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if json_output:
-        click.echo(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
-        return
+        if not quiet_json:
+            click.echo(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+        return result
     for row in result.artifact_rows():
         resumed = "  (already rendered)" if row["resumed"] else ""
         click.echo(f"{row['scene']:03d}  {row['id'][:12]}  {row['image']}{resumed}")
@@ -65,6 +67,40 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     click.echo(f"contact sheet: {result.contact_sheet}")
     for line in result.continuity.lines():
         click.echo(line)
+    return result
+
+
+def side_by_side_sheets(settings: Settings, project: str, results: dict) -> Path:
+    """The models' contact sheets next to each other, each under its model's name:
+    <project folder>/compare-models.png."""
+    from PIL import Image, ImageDraw
+
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.atomic import atomic_path
+    from echo_os.story.contact_sheet import _font
+
+    sheets = {}
+    for model, result in results.items():
+        with Image.open(result.contact_sheet) as sheet:
+            sheets[model] = sheet.convert("RGB")
+    label_h, gap = 28, 8
+    width = sum(sheet.width for sheet in sheets.values()) + gap * (len(sheets) + 1)
+    height = max(sheet.height for sheet in sheets.values()) + label_h + gap
+    combined = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(combined)
+    left = gap
+    for model, sheet in sheets.items():
+        draw.text((left, 6), f"model {model}", fill="black", font=_font(16))
+        combined.paste(sheet, (left, label_h))
+        left += sheet.width + gap
+    store = ArtifactStore(settings)
+    try:
+        path = store.project_dir(project) / "compare-models.png"
+    finally:
+        store.close()
+    with atomic_path(path) as tmp:
+        combined.save(tmp, format="PNG")
+    return path
 
 
 def _seed_text(scene) -> str:
@@ -140,13 +176,16 @@ def format_dry_run(plan) -> str:
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Override the scheduler.")
 @click.option("--style", default=None,
               help="A named style (`echo-os styles list`) or free words, for every scene's composed prompt.")
+@click.option("--compare-models", default=None,
+              help="Models, comma-separated: the story once per model (project 'PROJECT [MODEL]'), then their "
+                   "contact sheets side by side in PROJECT's folder (compare-models.png).")
 @click.option("--seed", type=int, default=None,
               help="Base seed: scene N without a seed of its own gets SEED + 1000*N (see docs/story.md).")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
-          preset: str | None, style: str | None) -> None:
+          preset: str | None, style: str | None, compare_models: str | None) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
 
     One artifact per image, then story.json and contact-sheet.png in the project folder. Running the
@@ -181,13 +220,41 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
     options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
                           seed=seed, style=chosen_style.text, style_name=chosen_style.name,
                           style_negative=chosen_style.negative, styles=style_table(settings))
-    if source.startswith("@"):
-        if bible is not None:
-            raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
-        plan = plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=load_clip_tokenizer)
-    else:
-        plan = plan_story(project, Path(source), bible=bible, options=options,
-                          tokenizer_loader=load_clip_tokenizer)
+    if source.startswith("@") and bible is not None:
+        raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
+
+    def make_plan(project: str, options):
+        if source.startswith("@"):
+            return plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=load_clip_tokenizer)
+        return plan_story(project, Path(source), bible=bible, options=options, tokenizer_loader=load_clip_tokenizer)
+
+    if compare_models is not None:
+        from echo_os.compare import parse_list
+
+        if model is not None:
+            raise OptionError("--compare-models names the models; leave out --model", "compare-models")
+        models = parse_list(compare_models, "compare-models")
+        if len(models) < 2:
+            raise OptionError("--compare-models needs at least two models, e.g. sdxl,juggernaut", "compare-models")
+        plans = {name: make_plan(f"{project} [{name}]", options.model_copy(update={"model": name}))
+                 for name in models}  # every plan checked before anything renders
+        if dry_run:
+            for name, plan in plans.items():
+                click.echo(json.dumps(plan.model_dump(mode="json"), ensure_ascii=False, indent=2) if json_output
+                           else format_dry_run(plan))
+            return
+        results = {name: render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
+                                     ip_adapter=None if ip_adapter == "none" else ip_adapter, clip=clip,
+                                     quiet_json=True)
+                   for name, plan in plans.items()}
+        sheet = side_by_side_sheets(settings, project, results)
+        if json_output:
+            click.echo(json.dumps({"models": {name: result.as_dict() for name, result in results.items()},
+                                   "compare_sheet": str(sheet)}, ensure_ascii=False, indent=2))
+        else:
+            click.echo(f"models side by side: {sheet}")
+        return
+    plan = make_plan(project, options)
     if dry_run:
         if json_output:
             click.echo(json.dumps(plan.model_dump(mode="json"), ensure_ascii=False, indent=2))
