@@ -178,6 +178,11 @@ def render_compare(settings: "Settings", plan: ComparePlan, store: "ArtifactStor
         rendered += len(outcome.artifacts)
         resumed += len(outcome.resumed)
         notes += outcome.notes
+        if len(models) > 1 and outcome.artifacts:  # one model in memory at a time
+            from echo_os.engines import create_engine
+
+            for choice in outcome.engines:
+                create_engine(settings, choice.name, choice.reason).release(plan.cells[indexes[0]].request)
     artifacts = [found[i] for i in range(len(plan.cells))]
     grid, written = save_grid(settings, store, plan, artifacts, title=title)
     return CompareOutcome(plan, artifacts, rendered, resumed, grid, written, notes)

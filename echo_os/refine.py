@@ -63,8 +63,12 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
     fields["init_image"] = InitImage(artifact_id=parent.id, path=str(parent.image_path),
                                      sha256=hashlib.sha256(png).hexdigest(), strength=strength)
     try:
-        return RenderRequest(**fields)
+        request = RenderRequest(**fields)
     except ValidationError as error:
         first = error.errors()[0]
         option = str(first["loc"][0]) if first.get("loc") else "request"
         raise OptionError(describe_validation_error(error), option) from None
+    if int(request.steps * strength) < 1:  # diffusers would run no denoising step at all
+        raise OptionError(f"--strength {strength:g} with {request.steps} steps denoises no step "
+                          f"(img2img runs steps x strength); raise --strength or --steps", "strength")
+    return request

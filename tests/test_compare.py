@@ -73,3 +73,31 @@ def test_compare_guards_exit_2_naming_the_option(run_cli, workspace):
     for line in (err,):
         assert len(line.strip().splitlines()) == 1
     assert not list(Path(home, "artifacts").glob("*/*/*/meta.json"))
+
+
+def test_models_axis_renders_one_model_at_a_time(run_cli, tiny_workspace, tiny_sdxl_dir):
+    """Two models (the same tiny weights under two names): each model's cells are rendered, then its
+    pipeline is dropped before the next model loads."""
+    from echo_os.engines import sdxl
+    from tests.conftest import register_model
+
+    register_model(tiny_workspace, "tiny-b", tiny_sdxl_dir)
+    sdxl.clear_pipeline_cache()
+    loads = []
+    real = sdxl.load_sdxl_pipeline
+
+    def counting(*args, **kwargs):
+        assert not sdxl._PIPELINES, "a second pipeline loaded while the first was still kept"
+        loads.append(args[0])
+        return real(*args, **kwargs)
+
+    sdxl.load_sdxl_pipeline = counting
+    try:
+        code, out, err = run_cli("--home", str(tiny_workspace.home), "compare", "a lighthouse", "--models", "tiny,tiny-b",
+                                 "--steps", "2", "--size", "64x64", "--seeds", "1", "--no-memory", "--json")
+    finally:
+        sdxl.load_sdxl_pipeline = real
+    assert code == 0, err
+    result = json.loads(out)
+    assert [c["label"] for c in result["cells"]] == ["model tiny", "model tiny-b"]
+    assert len(loads) == 2 and not sdxl._PIPELINES

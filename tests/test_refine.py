@@ -66,6 +66,8 @@ def test_refine_bad_strength_and_an_engine_without_img2img(run_cli, tiny_workspa
         code, out, err = run_cli("--home", home, "refine", parent["id"], "--strength", bad)
         assert code == 2 and "--strength" in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("--home", home, "refine", parent["id"], "--strength", "0.2", "--steps", "2")
+    assert code == 2 and "--strength 0.2 with 2 steps denoises no step" in err
     code, out, err = run_cli("--home", home, "refine", parent["id"], "--engine", "draft", "--strength", "0.5")
     assert code == 2, err
     assert err.strip() == ("Error: engine draft cannot render this request: it does not refine an image (no img2img).")

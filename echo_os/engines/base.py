@@ -162,6 +162,9 @@ class BaseEngine:
     def runs_on_cpu(self, request: "RenderRequest") -> bool:
         return False
 
+    def release(self, request: "RenderRequest") -> None:
+        """Free what is kept loaded for `request`'s model (compare renders one model at a time). Default: nothing."""
+
     def render(self, requests: "list[RenderRequest]", *, progress: ProgressCallback | None = None,
                cancel: threading.Event | None = None) -> list[RenderResult]:
         raise NotImplementedError

@@ -301,6 +301,22 @@ class SDXLEngine(BaseEngine):
         free, _total = torch.cuda.mem_get_info()
         return MemoryInfo(free_bytes=int(free), dtype=loaded.dtype)
 
+    def release(self, request: RenderRequest) -> None:
+        """Drop the warm pipelines of `request`'s weights (every device and dtype) and free their memory."""
+        import gc
+        import sys
+
+        from echo_os.models import load_registry
+
+        path = str(load_registry(self.settings).resolve(request.model).local_path)
+        with _PIPELINES_LOCK:
+            for key in [key for key in _PIPELINES if key[0] == path]:
+                del _PIPELINES[key]
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     # -- loading ----------------------------------------------------------------------------------
     def loaded(self, request: RenderRequest) -> LoadedPipeline:
         from echo_os.models import check_loadable, load_registry, model_info
