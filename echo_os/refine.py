@@ -60,7 +60,12 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
 
     with Image.open(io.BytesIO(png)) as image:
         fields["width"], fields["height"] = image.size
-    fields["init_image"] = InitImage(artifact_id=parent.id, path=str(parent.image_path),
+    # Relative to the artifacts folder when it is inside it, so a moved workspace still replays.
+    try:
+        path = parent.image_path.resolve().relative_to(settings.artifacts_dir.resolve()).as_posix()
+    except ValueError:
+        path = str(parent.image_path)
+    fields["init_image"] = InitImage(artifact_id=parent.id, path=path,
                                      sha256=hashlib.sha256(png).hexdigest(), strength=strength)
     try:
         request = RenderRequest(**fields)

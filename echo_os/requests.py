@@ -122,7 +122,7 @@ class InitImage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     artifact_id: str | None = None
-    path: str
+    path: str  # relative to the workspace's artifacts folder when the image is inside it
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     strength: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
 

@@ -30,6 +30,8 @@ def test_refine_equals_a_direct_img2img_call_and_records_lineage(run_cli, tiny_w
     meta = json.loads((Path(child["path"]) / "meta.json").read_text())
     assert meta["parent_id"] == parent["id"] and meta["parent_sha256"] == parent["id"]
     assert meta["strength"] == 0.5 and meta["prompt"] == "a lighthouse in fog"
+    parent_folder = Path(parent["path"]).resolve().relative_to((tiny_workspace.home / "artifacts").resolve())
+    assert meta["request"]["init_image"]["path"] == f"{parent_folder.as_posix()}/image.png"
 
     with Image.open(parent["image"]) as image:
         init = image.convert("RGB")
@@ -73,3 +75,12 @@ def test_refine_bad_strength_and_an_engine_without_img2img(run_cli, tiny_workspa
     assert err.strip() == ("Error: engine draft cannot render this request: it does not refine an image (no img2img).")
     artifacts = list(Path(home, "artifacts").glob("*/*/*/meta.json"))
     assert len(artifacts) == 1  # nothing written by the refused refines
+
+
+def test_request_keys_from_before_refine_and_styles_are_unchanged():
+    """Requests without the new fields (style_name, init_image, refiner) keep their resume keys."""
+    from echo_os.requests import RenderRequest, image_request_key
+
+    # computed with the code before this change (commit 3ee1462)
+    assert image_request_key(RenderRequest(prompt="x", seed=1)) == \
+        "80f5afb906e5b7d82e9043b7faa1a9b62cd898c32676c3a4e88a46fe71e8afe0"

@@ -123,6 +123,8 @@ def load_init_image(settings: "Settings", init) -> Any:
     from PIL import Image
 
     path = Path(init.path)
+    if not path.is_absolute():  # recorded relative to the workspace's artifacts folder (echo_os.refine)
+        path = settings.artifacts_dir / path
     try:
         data = path.read_bytes()
     except OSError as error:
