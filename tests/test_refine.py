@@ -33,6 +33,15 @@ def test_refine_equals_a_direct_img2img_call_and_records_lineage(run_cli, tiny_w
     parent_folder = Path(parent["path"]).resolve().relative_to((tiny_workspace.home / "artifacts").resolve())
     assert meta["request"]["init_image"]["path"] == f"{parent_folder.as_posix()}/image.png"
 
+    # the img2img pipeline runs on the loaded text-to-image pipeline's modules: no second copy of the weights
+    from echo_os.engines import sdxl
+
+    refining = [p for p in sdxl._PIPELINES.values() if p.img2img is not None]
+    assert refining
+    for loaded in refining:
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            assert getattr(loaded.img2img, name) is getattr(loaded.pipe, name), name
+
     with Image.open(parent["image"]) as image:
         init = image.convert("RGB")
     pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(str(tiny_sdxl_dir), local_files_only=True)
