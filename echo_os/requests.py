@@ -133,6 +133,30 @@ class LoraInput(BaseModel):
     scale: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
 
 
+class InitImage(BaseModel):
+    """The image an img2img request starts from (`echo-os refine`): the parent artifact, where its PNG is,
+    the sha256 of those bytes (checked before rendering, so a replay starts from the same pixels) and how
+    much of it is repainted (strength 1: all of it; A1111's "Denoising strength")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    artifact_id: str | None = None
+    path: str  # relative to the workspace's artifacts folder when the image is inside it
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    strength: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
+
+
+class RefinerInput(BaseModel):
+    """SDXL's base+refiner: the base denoises the first `switch` of the schedule (denoising_end) and hands
+    its latents to the refiner (a models.toml sdxl entry, e.g. the SDXL refiner), which does the rest
+    (denoising_start)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    switch: float = Field(default=0.8, gt=0.0, lt=1.0, allow_inf_nan=False)
+
+
 class RenderRequest(BaseModel):
     """One prompt rendered `count` times; image i uses seed + i through its own generator."""
 
@@ -144,6 +168,7 @@ class RenderRequest(BaseModel):
     # their replay passes "" again.
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     style: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    style_name: str | None = None  # the named style `style` came from (styles.toml or a built-in)
     seed: int = Field(default_factory=random_seed, ge=0, le=MAX_SEED)
     steps: int = Field(default=30, ge=1, le=MAX_STEPS)
     cfg: float = Field(default=7.0, ge=0.0, le=100.0)
@@ -164,6 +189,8 @@ class RenderRequest(BaseModel):
     loras: tuple[LoraInput, ...] = ()
     # Seamless tiling (engines/tiling.py): the image wraps left-right ("x"), top-bottom ("y") or both.
     tile: Literal["x", "y", "xy"] | None = None
+    init_image: InitImage | None = None  # img2img: start from this image (echo-os refine)
+    refiner: RefinerInput | None = None  # base+refiner (--refiner NAME --switch 0.8)
 
     @field_validator("prompt")
     @classmethod
@@ -200,8 +227,11 @@ class RenderRequest(BaseModel):
 
     @property
     def full_prompt(self) -> str:
-        """The text the model sees: the prompt, then the style."""
-        return f"{self.prompt}, {self.style}" if self.style.strip() else self.prompt
+        """The text the model sees: the style with the prompt in its {prompt} place, else the prompt then
+        ", " and the style (echo_os.styles.expand_prompt)."""
+        from echo_os.styles import expand_prompt
+
+        return expand_prompt(self.style, self.prompt) if self.style.strip() else self.prompt
 
     @property
     def seeds(self) -> list[int]:
@@ -217,7 +247,9 @@ class RenderRequest(BaseModel):
                 self.device, self.dtype, self.attention,
                 self.ip_adapter.batch_key() if self.ip_adapter is not None else None,
                 tuple((lora.sha256, lora.scale) for lora in self.loras),
-                self.negative_prompt is None, tuple(sorted(self.options.items())), self.tile)
+                self.negative_prompt is None, tuple(sorted(self.options.items())),
+                (self.init_image.sha256, self.init_image.strength) if self.init_image is not None else None,
+                (self.refiner.model, self.refiner.switch) if self.refiner is not None else None, self.tile)
 
     def image_requests(self) -> list["RenderRequest"]:
         """One request per image (count 1, its own seed): what meta.json records and replay renders."""
@@ -243,6 +275,12 @@ def image_request_key(request: RenderRequest) -> str:
         exclude["ip_adapter"] = _IP_ADAPTER_PATHS
     if request.tile is None:
         exclude["tile"] = True  # keys from before tiling stay
+    # Keys from before named styles and img2img stay the same; an init image is keyed by its sha256, not path.
+    if request.style_name is None:
+        exclude["style_name"] = True
+    exclude["init_image"] = {"path"} if request.init_image is not None else True
+    if request.refiner is None:
+        exclude["refiner"] = True
     fields = request.model_dump(mode="json", exclude=exclude)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -253,7 +253,7 @@ def test_bible_parses_and_hashes_the_whole_file(tmp_path):
     ("title: x\ndefaults:\n  size: big\n", "key defaults.size: size must look like WIDTHxHEIGHT"),
     ("title: x\ndefaults:\n  scheduler: fast\n", "key defaults.scheduler: unknown scheduler 'fast'"),
     ("title: x\ndefaults:\n  stepz: 3\n", "key defaults.stepz: unknown key (allowed: steps, cfg, size, scheduler, seed)"),
-    ("title: x\nstyle:\n  prompt: a\n  negativ: b\n", "key style.negativ: unknown key (allowed: prompt, negative)"),
+    ("title: x\nstyle:\n  prompt: a\n  negativ: b\n", "key style.negativ: unknown key (allowed: prompt, negative, name)"),
     ("title: x\ncharacters:\n  keeper:\n    name: E\n    description: d\n    seed: 1\n    lora: {name: a, weight: 2}\n",
      "key characters.keeper.lora.weight: unknown key (allowed: name, scale)"),
     ("title: x\nlocations:\n  'bad id;x': somewhere\n", "key locations: id 'bad id;x' is not allowed"),

@@ -7,6 +7,9 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/render                202 {job_id, status_url, events_url}
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
     POST /api/animatic              202 {job_id, ...}: a rendered story as an MP4 (echo_os.motion.animatic)
+    POST /api/refine                202 {job_id, ...}: image-to-image from an artifact (echo-os refine)
+    POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes and a grid sheet
+    GET  /api/styles                POST /api/styles (named styles, styles.toml)
     GET  /api/jobs[?status=]        GET /api/jobs/{id}      GET /api/jobs/{id}/events (SSE)
     POST /api/jobs/{id}/cancel
     GET  /api/artifacts[?project=&model=&since=&limit=&offset=]
@@ -54,8 +57,9 @@ from echo_os.api.jobs import (
     StorySource, new_job_id, now_iso,
 )
 from echo_os.api.schemas import (
-    AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage,
-    JobView, RenderBody, Submitted, error_responses,
+    AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
+    CompareSubmitted, Health, JobPage, JobView, RefineBody, RenderBody, StyleBody, StyleView, Submitted,
+    error_responses,
 )
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
@@ -376,6 +380,7 @@ def _add_routes(app: FastAPI) -> None:
         fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
             fields["seed"] = body.seed
+        fields.update(_style_fields(api.settings, fields.pop("style", ""), fields["negative_prompt"], "style"))
         # On the loop, not in a thread: it takes ~0.3 ms, and each thread hop costs a GIL hand-over while
         # the worker renders.
         request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES)
@@ -424,6 +429,43 @@ def _add_routes(app: FastAPI) -> None:
         if admission.outcome != "stored":  # the same key arrived meanwhile
             return await _answer_earlier(api, admission)
         return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
+
+    @app.post("/api/refine", status_code=202, response_model=Submitted, tags=["jobs"],
+              responses=error_responses(400, 403, 404, 413, 422))
+    async def submit_refine(body: RefineBody, api: Api) -> JSONResponse:
+        """Queue `echo-os refine`: image-to-image from an artifact, recorded as its child."""
+        request = await run_in_threadpool(refine_body_request, api, body)
+        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
+                  created=now_iso())
+        await api.submitter.submit(job)
+        return submitted(job.id)
+
+    @app.post("/api/compare", status_code=202, response_model=CompareSubmitted, tags=["jobs"],
+              responses=error_responses(400, 403, 404, 413, 422))
+    async def submit_compare(body: CompareBody, api: Api) -> JSONResponse:
+        """Queue `echo-os compare`: one image per cell, then the labelled grid sheet (an artifact)."""
+        spec = await run_in_threadpool(compare_spec, api.settings, body)
+        job = Job(id=new_job_id(), kind="batch", status="queued", spec=spec, created=now_iso())
+        await api.submitter.submit(job)
+        return submitted(job.id, CompareSubmitted, cells=len(spec.items))
+
+    # -- styles --------------------------------------------------------------------------------------
+    @app.get("/api/styles", response_model=list[StyleView], tags=["styles"])
+    async def list_styles(api: Api) -> list[StyleView]:
+        from echo_os.styles import all_styles
+
+        found = await run_in_threadpool(all_styles, api.settings)
+        return [StyleView(**style.as_dict()) for style in sorted(found.values(), key=lambda s: s.name.casefold())]
+
+    @app.post("/api/styles", status_code=201, response_model=StyleView, tags=["styles"],
+              responses=error_responses(400, 403, 413, 422))
+    async def add_style(body: StyleBody, api: Api) -> StyleView:
+        return await run_in_threadpool(save_style, api.settings, body)
+
+    @app.api_route("/api/styles", methods=["OPTIONS", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def styles_other_methods() -> JSONResponse:
+        # Two routes share this path; Starlette's own 405 would name only the first one's method.
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, POST"})
 
     # -- jobs ----------------------------------------------------------------------------------------------
     @app.get("/api/jobs", response_model=JobPage, tags=["jobs"])
@@ -585,6 +627,93 @@ def _problem_field(label: str) -> str:
     return {"STORY_BIBLE.md": "bible", "prompts.txt": "prompts"}.get(label, "storyboard")
 
 
+def _style_fields(settings: Settings, style: str | None, negative: str | None, where: str) -> dict:
+    from echo_os.styles import style_fields
+
+    try:
+        return style_fields(settings, style, negative)
+    except OptionError as error:
+        raise field_error(where, str(error), style) from None
+
+
+def refine_body_request(api: ApiState, body: RefineBody):
+    from echo_os.refine import refine_request
+    from echo_os.requests import random_seed
+
+    from echo_os.artifacts.store import Artifact
+
+    parent = Artifact.from_row(api.settings.artifacts_dir, api.catalog.resolve(body.artifact_id))
+    changes = {"steps": body.steps, "cfg": body.cfg, "scheduler": body.scheduler, "model": body.model,
+               "engine": body.engine, "count": body.count, "project": body.project,
+               "seed": body.seed if body.seed is not None else random_seed()}
+    if body.style is not None:
+        _style_fields(api.settings, body.style, body.negative, "style")  # a 422 on the field before building
+    try:
+        request = refine_request(api.settings, parent, strength=body.strength, prompt=body.prompt, style=body.style,
+                                 negative=body.negative, changes=changes)
+    except OptionError as error:
+        raise field_error(error.option, str(error)) from None
+    check_model(api.settings, request.model, request.engine)
+    from echo_os.engines import choose_engine
+
+    try:  # an engine that cannot refine (no img2img) is the client's error: a 422 on engine, not a failed job
+        choose_engine(api.settings, request)
+    except UsageError as error:
+        raise field_error("engine", str(error), body.engine) from None
+    return request
+
+
+def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
+    from echo_os.api.jobs import CompareAxis, CompareSource
+    from echo_os.requests import parse_size
+    from echo_os.compare import plan_compare
+    from echo_os.requests import random_seed
+
+    try:
+        width, height = parse_size(body.size)
+    except UsageError as error:
+        raise field_error("size", str(error).replace("--size", "size"), body.size) from None
+    lists = {"models": tuple(body.models), "schedulers": tuple(body.schedulers), "cfg": tuple(body.cfg),
+             "steps": tuple(body.steps), "seeds": tuple(body.seeds) or (random_seed(),),
+             "styles": tuple(body.styles), "engines": tuple(body.engines)}
+    for option, values in lists.items():
+        if len(set(values)) != len(values):
+            raise field_error(option, f"{option} lists a value twice", list(values))
+    base = {"prompt": body.prompt, "negative_prompt": body.negative or None, "width": width, "height": height,
+            "project": body.project}
+    try:
+        plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=body.max_cells)
+    except OptionError as error:
+        where = {"max-cells": "max_cells", "negative_prompt": "negative", "width": "size", "height": "size"}
+        raise field_error(where.get(error.option, error.option), str(error)) from None
+    for model in {cell.request.model for cell in plan.cells}:
+        engine = plan.cells[0].request.engine if len({c.request.engine for c in plan.cells}) == 1 else "auto"
+        check_model(settings, model, engine, "models")
+    title = f"{body.prompt}: " + " x ".join(f"{a.label} ({len(a.values)})" for a in plan.axes) if plan.axes else body.prompt
+    source = CompareSource(title=title, axes=tuple(CompareAxis(option=a.option, values=a.values) for a in plan.axes),
+                           cells=tuple(cell.values for cell in plan.cells))
+    return JobSpec(items=tuple(cell.request for cell in plan.cells), title=title, compare=source)
+
+
+def save_style(settings: Settings, body: StyleBody) -> StyleView:
+    from echo_os.styles import Style, check_name, read_workspace_styles, write_workspace_styles
+
+    try:
+        name = check_name(body.name)
+    except OptionError as error:
+        raise field_error("name", str(error), body.name) from None
+    if not body.prompt.strip() and not body.negative.strip():
+        raise field_error("prompt", "give the style's words (with {prompt} where the prompt goes)", body.prompt)
+    current = read_workspace_styles(settings)
+    if name.casefold() in current and not body.replace:
+        raise field_error("name", f"style {current[name.casefold()].name!r} already exists; send replace: true "
+                                  "to overwrite it", body.name)
+    style = Style(name, body.prompt.strip(), body.negative.strip())
+    current[name.casefold()] = style
+    write_workspace_styles(settings, current)
+    return StyleView(**style.as_dict())
+
+
 def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     """Check the story with the planner (which reads files: the texts go to artifacts/.jobs/<id>/),
     then return the job's requests, one per scene."""
@@ -600,8 +729,10 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                 raise field_error(("prompts", index), "each prompt is one non-empty line of text", prompt)
     folder = resolve_inside(settings.artifacts_dir, ".jobs", job_id)
     folder.mkdir(parents=True, exist_ok=True)
+    from echo_os.styles import style_table
+
     options = PlanOptions(model=body.model, engine=body.engine, steps=body.steps, cfg=body.cfg, size=body.size,
-                          scheduler=body.scheduler, seed=body.seed)
+                          scheduler=body.scheduler, seed=body.seed, styles=style_table(settings))
     try:
         if body.prompts is not None:
             source = folder / "prompts.txt"

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable, Literal, get_args
+from typing import Iterable, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -77,6 +77,24 @@ class StorySource(BaseModel):
     ip_adapter: str | None = None  # as asked ("none" -> None)
 
 
+class CompareAxis(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    option: str  # echo_os.compare.AXES key: "cfg", "models", ...
+    values: tuple[Union[int, float, str], ...]
+
+
+class CompareSource(BaseModel):
+    """A compare job (/api/compare, stored as kind "batch"): its axes and each item's values on them, so
+    the worker writes the grid sheet (echo_os.compare.save_grid) once every cell is saved."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    title: str
+    axes: tuple[CompareAxis, ...] = ()
+    cells: tuple[tuple[Union[int, float, str], ...], ...]  # one per item, in item order
+
+
 class AnimaticSpec(BaseModel):
     """What an /api/animatic job encodes: `echo-os animatic`'s options (echo_os.motion.animatic), checked
     when the job was submitted; `scenes` and `frames` are what the story had then."""
@@ -103,6 +121,7 @@ class JobSpec(BaseModel):
     warnings: tuple[str, ...] = ()
     story: StorySource | None = None  # a batch made by /api/batch (jobs stored before it have none)
     animatic: AnimaticSpec | None = None  # an animatic made by /api/animatic
+    compare: CompareSource | None = None  # a comparison made by /api/compare
 
     @model_validator(mode="after")
     def _renders_something(self) -> "JobSpec":

@@ -53,7 +53,8 @@ class RenderBody(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=MAX_TEXT)
     negative: str = Field(default="", max_length=MAX_TEXT, description="Negative prompt.")
-    style: str = Field(default="", max_length=MAX_TEXT, description="Style words appended to the prompt.")
+    style: str = Field(default="", max_length=MAX_TEXT,
+                       description="A named style (GET /api/styles) or style words appended to the prompt.")
     model: str = Field(default="sdxl", min_length=1, max_length=200, description="A model name from models.toml.")
     engine: EngineName = "auto"
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Seed of image 0; image i uses seed+i. "
@@ -113,6 +114,65 @@ class AnimaticBody(BaseModel):
                                                    "its still.")
 
 
+class RefineBody(BaseModel):
+    """`echo-os refine`, as JSON: image-to-image from an artifact. Fields left out take the parent's values
+    (prompt, style, negative, steps, cfg, scheduler, model, project); the seed is random when left out."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    artifact_id: str = Field(pattern=r"^[0-9a-fA-F]{12,64}$", description="The artifact to refine (id or 12+ prefix).")
+    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
+    strength: float = Field(default=0.35, gt=0.0, le=1.0, allow_inf_nan=False,
+                            description="How much of the image is repainted (A1111's denoising strength).")
+    style: str | None = Field(default=None, max_length=MAX_TEXT)
+    negative: str | None = Field(default=None, max_length=MAX_TEXT)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    cfg: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
+    scheduler: Scheduler | None = None
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    engine: EngineName = "auto"
+    count: int = Field(default=1, ge=1, le=MAX_COUNT)
+    project: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class CompareBody(BaseModel):
+    """`echo-os compare`, as JSON: every combination of the lists given more than one value (up to three)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    negative: str = Field(default="", max_length=MAX_TEXT)
+    models: list[str] = Field(default_factory=list, max_length=64)
+    schedulers: list[Scheduler] = Field(default_factory=list, max_length=64)
+    cfg: list[float] = Field(default_factory=list, max_length=64)
+    steps: list[int] = Field(default_factory=list, max_length=64)
+    seeds: list[int] = Field(default_factory=list, max_length=64)
+    styles: list[str] = Field(default_factory=list, max_length=64)
+    engines: list[EngineName] = Field(default_factory=list, max_length=64)
+    size: str = Field(default="1024x1024", pattern=SIZE_PATTERN)
+    project: str = Field(default="compare", min_length=1, max_length=200)
+    max_cells: int = Field(default=64, ge=1, le=1024)
+
+
+class StyleBody(BaseModel):
+    """A named style for styles.toml: {prompt} in `prompt` marks where the prompt goes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    prompt: str = Field(default="", max_length=MAX_TEXT)
+    negative: str = Field(default="", max_length=MAX_TEXT)
+    replace: bool = False
+
+
+class StyleView(BaseModel):
+    name: str
+    prompt: str
+    negative: str
+    builtin: bool
+
+
 class Submitted(BaseModel):
     """202: the job is stored and will run; follow it at status_url or events_url."""
 
@@ -120,6 +180,10 @@ class Submitted(BaseModel):
     status: JobStatus = "queued"
     status_url: str
     events_url: str
+
+
+class CompareSubmitted(Submitted):
+    cells: int
 
 
 class BatchSubmitted(Submitted):

@@ -383,6 +383,11 @@ class Worker:
                 self._write_story(run)
             except Exception:  # noqa: BLE001 - the images are saved; the job is not failed for its report
                 log.exception("job %s: could not write the story outputs", run.job.id)
+        if run.job.spec.compare is not None:
+            try:
+                self._write_compare_grid(run)
+            except Exception:  # noqa: BLE001 - the cells are saved; the job is not failed for its sheet
+                log.exception("job %s: could not write the compare grid", run.job.id)
         run.done = True
         self._forget(run.job.id)
         timings = self._job_timings(run)
@@ -419,6 +424,18 @@ class Worker:
                                            artifact_ids=run.artifact_ids))
             else:
                 self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True)
+
+    def _write_compare_grid(self, run: JobRun) -> None:
+        """The labelled grid sheet of a /api/compare job, as `echo-os compare` writes it."""
+        from echo_os.compare import Axis, Cell, ComparePlan, save_grid
+
+        source = run.job.spec.compare
+        axes = [Axis(axis.option, tuple(axis.values)) for axis in source.axes]
+        plan = ComparePlan(axes, [Cell(tuple(values), request)
+                                  for values, request in zip(source.cells, run.job.spec.items)])
+        artifacts = [self.store.open(artifact_id) for artifact_id in run.artifact_ids]
+        grid, _ = save_grid(self.settings, self.store, plan, artifacts, title=source.title)
+        log.info("job %s: compare grid %s", run.job.id, grid.id)
 
     def _write_story(self, run: JobRun) -> None:
         """story.json, contact sheet and continuity report, as `echo-os batch` writes them."""

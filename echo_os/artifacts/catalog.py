@@ -233,6 +233,15 @@ class Catalog:
                 found[key] = _row(tuple(values))
         return found
 
+    def children(self, artifact_id: str) -> list[CatalogRow]:
+        """Artifacts whose parent is `artifact_id` (refined from it, or replays saved from it), oldest first."""
+        return [_row(row) for row in self.db.execute(
+            f"SELECT {_COLUMNS} FROM artifacts WHERE parent_id = ? ORDER BY created, id", (artifact_id,))]
+
+    def get(self, artifact_id: str) -> CatalogRow | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
+        return _row(row) if row else None
+
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0]
 

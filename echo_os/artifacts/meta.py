@@ -46,7 +46,8 @@ class ArtifactMeta(BaseModel):
     # decides), "empty-string" (the rule before that; replays of such artifacts keep it) or "text".
     # None in artifacts made before this was recorded (they were all given "" when the field was empty).
     negative_prompt_passed: Literal["none", "empty-string", "text"] | None = None
-    style: str = ""
+    style: str = ""  # free text, or the named style's template
+    style_name: str | None = None  # the named style (styles.toml or built-in); None for free text or none
     seed: int
     steps: int
     cfg: float
@@ -62,6 +63,10 @@ class ArtifactMeta(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     batch: dict[str, int] = Field(default_factory=dict)
     parent_id: str | None = None
+    # img2img (echo-os refine): how much of the parent was repainted, and the sha256 of the parent's PNG
+    # bytes as they were read (the parent's id, unless the file has been changed since).
+    strength: float | None = None
+    parent_sha256: str | None = None
     story: StoryFields = Field(default_factory=StoryFields)
     request: dict[str, Any]  # the RenderRequest that makes exactly this image (count 1, this seed)
     request_key: str | None = None  # requests.image_request_key(request): what a batch re-run skips by

@@ -299,6 +299,7 @@ class ArtifactStore:
             negative_prompt=request.negative_prompt or "",
             negative_prompt_passed=negative_prompt_passed(request.negative_prompt),
             style=request.style,
+            style_name=request.style_name,
             seed=seed,
             steps=request.steps,
             cfg=request.cfg,
@@ -314,6 +315,8 @@ class ArtifactStore:
             timings=result.timings.as_dict(),
             batch={"index": index, "images": len(request.seeds), "size": batch_size},
             parent_id=request.parent_id,
+            strength=request.init_image.strength if request.init_image is not None else None,
+            parent_sha256=request.init_image.sha256 if request.init_image is not None else None,
             story=request.story,
             request=one_image.model_dump(mode="json"),
             request_key=image_request_key(one_image),
@@ -327,6 +330,14 @@ class ArtifactStore:
     def encode_png(image, meta: ArtifactMeta) -> bytes:
         model_name = meta.model.name if meta.model else meta.engine.name
         extra = {"Engine": meta.engine.name, "Version": f"echo-os {meta.versions.get('echo_os', '')}"}
+        if meta.strength is not None:
+            extra["Denoising strength"] = f"{meta.strength:g}"
+        if meta.style_name:
+            extra["Style"] = meta.style_name
+        refiner = meta.request.get("refiner")
+        if refiner:
+            extra["Refiner"] = refiner["model"]
+            extra["Refiner switch at"] = f"{refiner['switch']:g}"
         loras = meta.request.get("loras") or []
         if loras:  # our own key: A1111's "Lora hashes" uses a hash of the tensors only, not the file sha256
             extra["LoRAs"] = ", ".join(f"{Path(lora['name']).stem}: {lora['scale']:g} (sha256 {lora['sha256'][:12]})"

@@ -36,6 +36,9 @@ COMMANDS = {
     "rate": "echo_os.cli.score:rate",
     "texture-check": "echo_os.cli.texture:texture_check",
     "plan": "echo_os.cli.plan:plan",
+    "styles": "echo_os.cli.styles:styles",
+    "refine": "echo_os.cli.refine:refine",
+    "compare": "echo_os.cli.compare:compare",
 }
 
 

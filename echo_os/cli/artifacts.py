@@ -80,3 +80,57 @@ def reindex(ctx: click.Context) -> None:
     for folder in restored:
         click.echo(f"restored {for_terminal(folder)}/meta.json from its image.png", err=True)
     click.echo(f"catalog rebuilt: {count} artifacts" + (f" ({len(restored)} meta.json restored)" if restored else ""))
+
+
+def _tree_label(row) -> str:
+    meta = row.meta
+    prompt = row.prompt if len(row.prompt) <= 50 else row.prompt[:49] + "…"
+    how = f"strength {meta['strength']:g}, " if meta.get("strength") is not None else ""
+    return f"{row.id[:12]}  {how}seed {row.seed}  {for_terminal(prompt)}"
+
+
+@artifacts.command("tree")
+@click.argument("artifact_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tree(ctx: click.Context, artifact_id: str, as_json: bool) -> None:
+    """An artifact's lineage: its ancestors (what it was refined from) and its descendants."""
+    from echo_os.artifacts.store import open_catalog
+
+    settings = settings_from(ctx)
+    with open_catalog(settings) as catalog:
+        row = catalog.resolve_id(artifact_id)
+        ancestors, seen = [], {row.id}
+        parent_id = row.parent_id
+        while parent_id and parent_id not in seen:
+            seen.add(parent_id)
+            parent = catalog.get(parent_id)
+            if parent is None:  # deleted, or from another workspace: named, not followed
+                ancestors.append((parent_id, None))
+                break
+            ancestors.append((parent_id, parent))
+            parent_id = parent.parent_id
+
+        def descend(node, depth: int, out: list) -> None:
+            for child in catalog.children(node.id):
+                if child.id in seen:
+                    continue
+                seen.add(child.id)
+                out.append((depth, child))
+                descend(child, depth + 1, out)
+
+        descendants: list = []
+        descend(row, 1, descendants)
+    if as_json:
+        click.echo(json_for_terminal({"id": row.id, "ancestors": [a for a, _ in ancestors],
+                                      "descendants": [{"id": c.id, "parent_id": c.parent_id, "depth": d}
+                                                      for d, c in descendants]}))
+        return
+    chain = list(reversed(ancestors))
+    for depth, (ancestor_id, ancestor) in enumerate(chain):
+        label = _tree_label(ancestor) if ancestor is not None else f"{ancestor_id[:12]}  (not in this workspace)"
+        click.echo("  " * depth + label)
+    base = len(chain)
+    click.echo("  " * base + _tree_label(row) + "   <- this")
+    for depth, child in descendants:
+        click.echo("  " * (base + depth) + _tree_label(child))

@@ -9,7 +9,7 @@ import click
 
 from echo_os.cli import settings_from
 from echo_os.cli.terminal import json_for_terminal
-from echo_os.errors import UsageError
+from echo_os.errors import OptionError, UsageError
 from echo_os.requests import SCHEDULERS
 from echo_os.settings import Settings
 
@@ -35,8 +35,9 @@ class StoryBar:
 
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
                 ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, resonance=None, engine=None,
-                note: str | None = None) -> None:
-    """Render every scene of a validated StoryPlan in order and print what was made."""
+                note: str | None = None, quiet_json: bool = False):
+    """Render every scene of a validated StoryPlan in order and print what was made; returns the StoryRender.
+    quiet_json: print nothing in JSON mode (the caller prints a combined document)."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import engine_announcer
     from echo_os.story.render import render_plan as render_story
@@ -53,8 +54,9 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     for line in result.notes:
         click.echo(f"note: {line}", err=True)
     if json_output:
-        click.echo(json_for_terminal(result.as_dict()))
-        return
+        if not quiet_json:
+            click.echo(json_for_terminal(result.as_dict()))
+        return result
     for row in result.artifact_rows():
         resumed = "  (already rendered)" if row["resumed"] else ""
         click.echo(f"{row['scene']:03d}  {row['id'][:12]}  {row['image']}{resumed}")
@@ -67,6 +69,40 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     if result.resonance is not None:
         for line in result.resonance.lines():
             click.echo(line)
+    return result
+
+
+def side_by_side_sheets(settings: Settings, project: str, results: dict) -> Path:
+    """The models' contact sheets next to each other, each under its model's name:
+    <project folder>/compare-models.png."""
+    from PIL import Image, ImageDraw
+
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.atomic import atomic_path
+    from echo_os.story.contact_sheet import _font
+
+    sheets = {}
+    for model, result in results.items():
+        with Image.open(result.contact_sheet) as sheet:
+            sheets[model] = sheet.convert("RGB")
+    label_h, gap = 28, 8
+    width = sum(sheet.width for sheet in sheets.values()) + gap * (len(sheets) + 1)
+    height = max(sheet.height for sheet in sheets.values()) + label_h + gap
+    combined = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(combined)
+    left = gap
+    for model, sheet in sheets.items():
+        draw.text((left, 6), f"model {model}", fill="black", font=_font(16))
+        combined.paste(sheet, (left, label_h))
+        left += sheet.width + gap
+    store = ArtifactStore(settings)
+    try:
+        path = store.project_dir(project) / "compare-models.png"
+    finally:
+        store.close()
+    with atomic_path(path) as tmp:
+        combined.save(tmp, format="PNG")
+    return path
 
 
 def _seed_text(scene) -> str:
@@ -126,15 +162,9 @@ def plan_source(settings: Settings, project: str, count: int | None) -> tuple[Pa
     return list_path(settings, saved), saved.kind
 
 
-def first_scenes(plan, count: int | None, style: str | None):
-    """The first `count` scenes of a StoryPlan (the planner put the most varied first), with `style` added
-    to every request's style."""
-    scenes = plan.scenes[:count] if count is not None else plan.scenes
-    if style:
-        scenes = tuple(scene.model_copy(update={"request": scene.request.model_copy(update={
-            "style": ", ".join(part for part in (scene.request.style, style) if part.strip())})})
-            for scene in scenes)
-    return plan.model_copy(update={"scenes": tuple(scenes)})
+def first_scenes(plan, count: int):
+    """The first `count` scenes of a StoryPlan (the planner put the most varied first)."""
+    return plan.model_copy(update={"scenes": tuple(plan.scenes[:count])})
 
 
 @click.command()
@@ -162,6 +192,11 @@ def first_scenes(plan, count: int | None, style: str | None):
 @click.option("--cfg", type=float, default=None, help="Override the guidance scale for every scene.")
 @click.option("--size", default=None, help="Override WIDTHxHEIGHT for every scene.")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Override the scheduler.")
+@click.option("--style", default=None,
+              help="A named style (`echo-os styles list`) or free words, for every scene's composed prompt.")
+@click.option("--compare-models", default=None,
+              help="Models, comma-separated: the story once per model (project 'PROJECT [MODEL]'), then their "
+                   "contact sheets side by side in PROJECT's folder (compare-models.png).")
 @click.option("--seed", type=int, default=None,
               help="Base seed: scene N without a seed of its own gets SEED + 1000*N (see docs/story.md).")
 @click.option("--best-of", "best_of", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -180,14 +215,14 @@ def first_scenes(plan, count: int | None, style: str | None):
               help="Prompt alignment (CLIP cosine, score/100) below which a scene is flagged (default 0.22).")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Render only the first COUNT prompts or scenes (of the project's plan, or of SOURCE).")
-@click.option("--style", default=None, help="Style words added to every prompt, e.g. 'digital art'.")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str | None, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
           preset: str | None, best_of: int, reroll_flagged: bool, objective: str | None, no_score: bool,
           style_threshold: float | None, character_threshold: float | None,
-          alignment_threshold: float | None, count: int | None, style: str | None) -> None:
+          alignment_threshold: float | None, count: int | None, style: str | None,
+          compare_models: str | None) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt;
     without SOURCE, the list `echo-os plan PROJECT ...` made.
 
@@ -219,12 +254,18 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     check_engine_name(engine)
     from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
                                          parse_objective)
+    from echo_os.styles import resolve_style, style_table
+
     if no_score and (best_of > 1 or reroll_flagged):
         raise UsageError("--best-of and --reroll-flagged choose by scores; they cannot be used with --no-score.")
     resonance = ResonanceOptions(score=not no_score, clip=clip, objective=parse_objective(objective), best_of=best_of,
                                  thresholds=load_thresholds(settings, project, style=style_threshold,
                                                             character=character_threshold,
                                                             alignment=alignment_threshold))
+    chosen_style = resolve_style(settings, style)
+    base_options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
+                               seed=seed, style=chosen_style.text, style_name=chosen_style.name,
+                               style_negative=chosen_style.negative, styles=style_table(settings))
     if source is None:
         planned, kind = plan_source(settings, project, count)
         source = f"@{planned}" if kind == "prompts" else str(planned)
@@ -234,17 +275,40 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     def tokenizer_for(model_name: str):
         return load_clip_tokenizer(model_name, settings)  # a models.toml name or a folder
 
-    def make_full_plan(size: str | None):
-        options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
-                              seed=seed)
+    def make_plan(size: str | None, project_name: str = project, options=base_options):
+        options = options.model_copy(update={"size": size})
         if source.startswith("@"):
-            return plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
-        return plan_story(project, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
-                          workspace=settings.home)
+            plan = plan_prompt_list(project_name, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
+        else:
+            plan = plan_story(project_name, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
+                              workspace=settings.home)
+        return first_scenes(plan, count) if count is not None else plan
 
-    def make_plan(size: str | None):
-        plan = make_full_plan(size)
-        return first_scenes(plan, count, style) if count is not None or style else plan
+    ip_adapter_model = None if ip_adapter == "none" else ip_adapter
+    if compare_models is not None:
+        from echo_os.compare import parse_list
+
+        if model is not None:
+            raise OptionError("--compare-models names the models; leave out --model", "compare-models")
+        models = parse_list(compare_models, "compare-models")
+        if len(models) < 2:
+            raise OptionError("--compare-models needs at least two models, e.g. sdxl,juggernaut", "compare-models")
+        plans = {name: make_plan(size, f"{project} [{name}]", base_options.model_copy(update={"model": name}))
+                 for name in models}  # every plan checked before anything renders
+        if dry_run:
+            for name, plan in plans.items():
+                click.echo(json_for_terminal(plan.model_dump(mode="json")) if json_output else format_dry_run(plan))
+            return
+        results = {name: render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
+                                     ip_adapter=ip_adapter_model, clip=clip, quiet_json=True)
+                   for name, plan in plans.items()}
+        sheet = side_by_side_sheets(settings, project, results)
+        if json_output:
+            click.echo(json_for_terminal({"models": {name: result.as_dict() for name, result in results.items()},
+                                          "compare_sheet": str(sheet)}))
+        else:
+            click.echo(f"models side by side: {sheet}")
+        return
 
     plan = make_plan(size)
     # The engine is chosen once, here, as `render` does: choosing checks the model and its weights (so a
@@ -260,7 +324,6 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
                 plan = make_plan(f"{width}x{height}")
                 note = (f"{width}x{height} by default with engine {choice[0]} instead of the story's "
                         f"{largest.size}; --size or --steps to choose")
-    ip_adapter_model = None if ip_adapter == "none" else ip_adapter
     if dry_run:
         check_plan(settings, plan, ip_adapter_model, clip)
         if choice is not None:

@@ -106,6 +106,21 @@ def parse_loras(settings, specs: tuple[str, ...]):
     return tuple(loras.values())
 
 
+def refiner_input(settings, name: str | None, switch: float):
+    """--refiner NAME --switch F -> RefinerInput (None without --refiner); a bad value names its option."""
+    from echo_os.errors import OptionError
+    from echo_os.models import load_registry
+    from echo_os.requests import RefinerInput
+
+    if name is None:
+        return None
+    if not 0.0 < switch < 1.0:  # NaN fails too
+        raise OptionError(f"--switch must be between 0 and 1 (the fraction the base denoises), got {switch:g}.",
+                          "switch")
+    load_registry(settings).get(name)  # an unknown name is an error now, not after the base has rendered
+    return RefinerInput(model=name, switch=switch)
+
+
 def engine_line(choice) -> str:
     return f"engine: {choice.name} ({choice.reason})"
 
@@ -125,7 +140,8 @@ def engine_announcer(note: str | None = None):
 
 @click.command()
 @click.argument("prompt")
-@click.option("--style", default="", help="Style words appended to the prompt, e.g. 'digital art'.")
+@click.option("--style", default="", help="A named style (`echo-os styles list`), or free words appended to the "
+                                         "prompt, e.g. 'digital art'.")
 @click.option("--negative", "negative_prompt", default=None,
               help="Negative prompt. Default: none, so the model's own rule applies.")
 @click.option("--seed", type=int, default=None, help="Seed of the first image (image i uses seed+i). Default: random.")
@@ -158,6 +174,10 @@ def engine_announcer(note: str | None = None):
               help="Seamless texture: the image wraps left-right (x), top-bottom (y) or both (--tile alone: xy).")
 @click.option("--type", "kind", type=click.Choice(["image", "texture"]), default="image", show_default=True,
               help="texture: the same as --tile xy.")
+@click.option("--refiner", default=None, help="A refiner model (models.toml sdxl entry): the base denoises to "
+                                             "--switch and hands its latents to it (SDXL base+refiner).")
+@click.option("--switch", type=float, default=0.8, show_default=True,
+              help="With --refiner: the fraction of the schedule the base denoises (between 0 and 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True, hidden=True,
               help="No effect (kept for old scripts): renders are embedded by the next memory command.")
@@ -166,7 +186,8 @@ def engine_announcer(note: str | None = None):
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, no_score: bool, again: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...],
-           preset: str | None, tile: str | None, kind: str, **options) -> None:
+           preset: str | None, tile: str | None, kind: str, refiner: str | None, switch: float,
+           **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json).
 
     An image whose exact request (seed included) is already an artifact of the project is not rendered
@@ -175,6 +196,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import check_engine_name, choose_engine, create_engine
     from echo_os.scheduler import render_requests
+    from echo_os.styles import style_fields
 
     settings = settings_from(ctx)
     width, height = parse_size(size or DEFAULT_SIZE)
@@ -186,6 +208,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     if seed is not None:
         fields["seed"] = seed
     fields = apply_preset(ctx, settings, fields, preset)
+    fields.update(style_fields(settings, fields.pop("style", ""), fields["negative_prompt"]))
+    fields["refiner"] = refiner_input(settings, refiner, switch)
     check_engine_name(fields["engine"])
     request = build_request(**fields)
     if lora_specs:

@@ -48,7 +48,8 @@ class Capabilities:
     needs_weights: bool = True  # renders `request.model` from local weights (models.toml must resolve it)
     network: bool = False  # opens network connections: only with `[engines] allow_network = true`
     txt2img: bool = True
-    img2img: bool = False  # declared for engines that take an init image; RenderRequest has none yet
+    img2img: bool = False  # takes an init image and a strength (request.init_image: `echo-os refine`)
+    refiner: bool = False  # hands the base's latents to a refiner model (request.refiner: --refiner)
     reference_images: bool = False  # IP-Adapter reference images (request.ip_adapter)
     loras: bool = False
     deterministic: bool = True  # the same request and seed give the same pixels (batched or alone)
@@ -61,6 +62,10 @@ class Capabilities:
         """Why an engine with these capabilities cannot render `request`, or None when it can."""
         if not self.txt2img:
             return "it does not render from a text prompt"
+        if request.init_image is not None and not self.img2img:
+            return "it does not refine an image (no img2img)"
+        if request.refiner is not None and not self.refiner:
+            return "it takes no refiner model"
         if request.ip_adapter is not None and not self.reference_images:
             return "it takes no reference images"
         if request.loras and not self.loras:
@@ -157,6 +162,9 @@ class BaseEngine:
 
     def runs_on_cpu(self, request: "RenderRequest") -> bool:
         return False
+
+    def release(self, request: "RenderRequest") -> None:
+        """Free what is kept loaded for `request`'s model (compare renders one model at a time). Default: nothing."""
 
     def render(self, requests: "list[RenderRequest]", *, progress: ProgressCallback | None = None,
                cancel: threading.Event | None = None) -> list[RenderResult]:

@@ -101,6 +101,74 @@ class LoadedPipeline:
     ip_adapter: AdapterState = field(default_factory=AdapterState)
     lora: LoraState = field(default_factory=LoraState)
     profile: Any = None  # cuda_profile.RenderProfile applied at load, None off CUDA
+    img2img: Any = None  # StableDiffusionXLImg2ImgPipeline over `pipe`'s components, made on first refine
+
+
+def img2img_pipeline(loaded: LoadedPipeline):
+    """The img2img pipeline sharing the loaded text-to-image pipeline's modules (no second copy of the
+    weights: from_pipe hands over the same UNet, VAE and text encoders), made once per loaded pipeline."""
+    if loaded.img2img is None:
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        loaded.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(loaded.pipe)
+        loaded.img2img.set_progress_bar_config(disable=True)
+    return loaded.img2img
+
+
+def load_init_image(settings: "Settings", init) -> Any:
+    """The init image's pixels, after checking its bytes still have the recorded sha256."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    path = Path(init.path)
+    if not path.is_absolute():  # recorded relative to the workspace's artifacts folder (echo_os.refine)
+        path = settings.artifacts_dir / path
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"the image to refine, {path}, cannot be read ({error.strerror or error}).") from None
+    if hashlib.sha256(data).hexdigest() != init.sha256:
+        raise UsageError(f"the image to refine, {path}, has changed since it was recorded (sha256 differs); "
+                         "refine the artifact again instead of replaying.")
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+# One refiner pipeline per (weights, device, dtype) for the life of the process, like _PIPELINES.
+_REFINERS: dict[tuple, Any] = {}
+
+
+def load_refiner(settings: "Settings", name: str, device: str, dtype: str):
+    """StableDiffusionXLImg2ImgPipeline from a models.toml sdxl entry (the SDXL refiner), local files only."""
+    import torch
+
+    from echo_os.models import check_loadable, load_registry
+
+    resolved = load_registry(settings).resolve(name)
+    if resolved.entry.type != "sdxl" or resolved.format == "single-file":
+        raise UsageError(f"--refiner {name}: a refiner is an sdxl entry in diffusers format (a folder with "
+                         "model_index.json); see `echo-os models list`.")
+    key = (str(resolved.local_path), device, dtype)
+    with _PIPELINES_LOCK:
+        if key not in _REFINERS:
+            check_loadable(resolved)
+            quiet_model_libraries()
+            from diffusers import StableDiffusionXLImg2ImgPipeline
+
+            refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                str(resolved.local_path), local_files_only=True, variant=resolved.variant,
+                use_safetensors=None if resolved.entry.allow_pickle else True, **_dtype_kwargs(getattr(torch, dtype)))
+            refiner.to(device)
+            refiner.set_progress_bar_config(disable=True)
+            _REFINERS[key] = refiner
+        return _REFINERS[key]
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """Denoising steps an img2img call runs: diffusers skips the first (1 - strength) of the schedule."""
+    return min(int(steps * strength), steps)
 
 
 def choose_profile(device: str, dtype: str):
@@ -200,8 +268,8 @@ class SDXLEngine(BaseEngine):
     """SDXL in-process, on a CUDA GPU (or --device mps). `auto` asks it first in the default order."""
 
     name = "sdxl"
-    capabilities = Capabilities(txt2img=True, reference_images=True, loras=True, max_batch=16,
-                                needs_weights=True, tiled_decode=True, tiling=True)
+    capabilities = Capabilities(txt2img=True, img2img=True, refiner=True, reference_images=True, loras=True,
+                                max_batch=16, needs_weights=True, tiled_decode=True, tiling=True)
     Options = SDXLOptions
     force_device: str | None = None
 
@@ -234,6 +302,22 @@ class SDXLEngine(BaseEngine):
 
         free, _total = torch.cuda.mem_get_info()
         return MemoryInfo(free_bytes=int(free), dtype=loaded.dtype)
+
+    def release(self, request: RenderRequest) -> None:
+        """Drop the warm pipelines of `request`'s weights (every device and dtype) and free their memory."""
+        import gc
+        import sys
+
+        from echo_os.models import load_registry
+
+        path = str(load_registry(self.settings).resolve(request.model).local_path)
+        with _PIPELINES_LOCK:
+            for key in [key for key in _PIPELINES if key[0] == path]:
+                del _PIPELINES[key]
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # -- loading ----------------------------------------------------------------------------------
     def loaded(self, request: RenderRequest) -> LoadedPipeline:
@@ -294,6 +378,17 @@ class SDXLEngine(BaseEngine):
         first = requests[0]
         pipe = loaded.pipe
         pipe.scheduler = make_scheduler(first.scheduler, loaded.base_scheduler_config)
+        call_args: dict[str, Any] = {"width": first.width, "height": first.height}
+        total_steps = first.steps
+        if first.init_image is not None:  # refine: img2img over the same modules (batch_key: one init image)
+            if img2img_steps(first.steps, first.init_image.strength) < 1:
+                raise UsageError(f"--strength {first.init_image.strength:g} with {first.steps} steps denoises no "
+                                 "step; raise --strength or --steps.")
+            init = load_init_image(self.settings, first.init_image)
+            pipe = img2img_pipeline(loaded)
+            pipe.scheduler = make_scheduler(first.scheduler, loaded.base_scheduler_config)
+            call_args = {"image": [init] * sum(r.count for r in requests), "strength": first.init_image.strength}
+            total_steps = img2img_steps(first.steps, first.init_image.strength)
         adapter_info = ensure_adapters(self.settings, loaded, first.ip_adapter)
         apply_loras(self.settings, loaded, first.loras)  # requests in one call share their LoRAs (batch_key)
         extra: dict[str, Any] = {}
@@ -314,9 +409,12 @@ class SDXLEngine(BaseEngine):
                 generators.append(torch.Generator("cpu").manual_seed(seed))
         images_total = len(prompts)
 
+        steps_done = [0]  # across the base and the refiner stage
+
         def on_step_end(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
-            if progress is not None:
-                progress(ProgressEvent(step=step + 1, total_steps=first.steps, images=images_total))
+            steps_done[0] += 1
+            if progress is not None and steps_done[0] <= total_steps:
+                progress(ProgressEvent(step=steps_done[0], total_steps=total_steps, images=images_total))
             if cancel is not None and cancel.is_set():
                 pipeline._interrupt = True
             return callback_kwargs
@@ -334,15 +432,32 @@ class SDXLEngine(BaseEngine):
 
         # Tiling covers the denoise and the decode (UNet and VAE), and is undone before the next call.
         with torch.inference_mode(), attention_kernel, tiled_convolutions(pipe, first.tile):
+            if first.refiner is not None:
+                call_args["denoising_end"] = first.refiner.switch
             latents = pipe(
                 # No negative prompt given (None; batch_key keeps None and text apart): pass none, so the
                 # model's force_zeros_for_empty_prompt decides, as a plain pipe(prompt=...) does.
                 prompt=prompts, negative_prompt=None if first.negative_prompt is None else negatives,
                 generator=generators,
-                num_inference_steps=first.steps, guidance_scale=first.cfg,
-                width=first.width, height=first.height, output_type="latent",
+                num_inference_steps=first.steps, guidance_scale=first.cfg, output_type="latent", **call_args,
                 callback_on_step_end=on_step_end, **options, **extra,
             ).images
+            if first.refiner is not None and not (cancel is not None and cancel.is_set()):
+                # SDXL's ensemble of experts: the refiner denoises the rest of the same schedule from the
+                # base's latents, with the same per-image generators carrying on.
+                refiner = load_refiner(self.settings, first.refiner.model, loaded.device, loaded.dtype)
+                refiner.scheduler = make_scheduler(first.scheduler, dict(refiner.scheduler.config))
+                if self.vae_tiling:
+                    refiner.vae.enable_tiling()
+                else:
+                    refiner.vae.disable_tiling()
+                latents = refiner(
+                    prompt=prompts, negative_prompt=None if first.negative_prompt is None else negatives,
+                    image=latents, generator=generators, num_inference_steps=first.steps,
+                    guidance_scale=first.cfg, denoising_start=first.refiner.switch, output_type="latent",
+                    callback_on_step_end=on_step_end,
+                ).images
+                pipe = refiner  # its VAE decodes (the refiner's own, as a direct two-stage call does)
             if cancel is not None and cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
             if loaded.device == "cuda":

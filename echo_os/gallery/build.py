@@ -95,6 +95,7 @@ def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: s
         "thumb": _relative(thumb, page_dir), "image": _relative(image, page_dir), "tile": tile,
         "video": _relative(video, page_dir) if video is not None else None,
         "video_kind": row.meta.get("video_kind"), "meta": row.meta,
+        "parent_id": row.parent_id, "strength": row.meta.get("strength"),
     }
 
 
@@ -103,6 +104,25 @@ def best_rows(rows: list[CatalogRow], limit: int) -> tuple[list[CatalogRow], str
     (the resonance scores are a later issue), so best means most recent, and the note says so."""
     newest = sorted(rows, key=lambda row: row.created, reverse=True)[:limit]
     return newest, "no scores or ratings yet, so best means most recent"
+
+
+def add_lineage(items: list[dict]) -> None:
+    """Each item's `lineage`: its ancestors' ids, oldest first (as far as the page has them), and
+    `children`: the ids refined (or replayed and saved) from it. The lightbox shows the chain."""
+    by_id = {item["id"]: item for item in items}
+    for item in items:
+        item["children"] = []
+    for item in items:
+        parent = by_id.get(item["parent_id"] or "")
+        if parent is not None:
+            parent["children"].append(item["id"])
+    for item in items:
+        chain, seen, parent_id = [], {item["id"]}, item["parent_id"]
+        while parent_id and parent_id in by_id and parent_id not in seen:
+            seen.add(parent_id)
+            chain.append(parent_id)
+            parent_id = by_id[parent_id]["parent_id"]
+        item["lineage"] = list(reversed(chain))
 
 
 def build_gallery(settings: Settings, *, project: str | None = None,
@@ -143,6 +163,7 @@ def build_gallery(settings: Settings, *, project: str | None = None,
             if progress is not None:
                 progress("thumbnails", done, len(rows))
         items.append(gallery_item(settings, row, page_dir, shown[project_slug(row.project)]))
+    add_lineage(items)
     title = f"echo-os gallery: {shown[project_slug(project)]}" if project else "echo-os gallery"
     # The full page is index.html; one project's page is written beside it, never over it.
     page = page_dir / (f"project-{project_slug(project)}.html" if project else "index.html")
@@ -225,6 +246,10 @@ section h2 small { color: var(--dim); font-weight: 400; font-size: 12px; }
 #lightbox td { border-top: 1px solid var(--line); padding: 4px 6px; vertical-align: top; word-break: break-word; }
 #lightbox td:first-child { color: var(--dim); white-space: nowrap; }
 #lightbox pre { white-space: pre-wrap; margin: 0; font-size: 11px; }
+#lightbox .lineage { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; margin: 0 0 12px; }
+#lightbox .lineage img { width: 56px; height: 56px; object-fit: cover; border-radius: 4px; cursor: pointer;
+                         border: 2px solid transparent; margin: 0; }
+#lightbox .lineage img.current { border-color: var(--accent); }
 #lightbox .close { position: absolute; top: 10px; right: 18px; color: var(--text); font-size: 26px;
                    background: none; border: 0; cursor: pointer; }
 .empty { color: var(--dim); margin-top: 40px; }
@@ -305,6 +330,8 @@ function card(item) {
   caption.appendChild(el("div", {class: "prompt"}, item.prompt || "(no prompt)"));
   const who = item.characters.length ? item.characters.join(", ") + " \\u00b7 " : "";
   caption.appendChild(el("div", {class: "facts"}, who + item.engine + " \\u00b7 " + item.size + (item.tile ? " \\u00b7 tiled " + item.tile + " (2x2 preview)" : "") + " \\u00b7 " + item.created.slice(0, 10)));
+  if (item.parent_id) caption.appendChild(el("div", {class: "facts"}, "refined from " + item.parent_id.slice(0, 12) +
+                                             (item.strength !== null && item.strength !== undefined ? " at " + item.strength : "")));
   node.appendChild(caption);
   node.addEventListener("click", () => openLightbox(item));
   return node;
@@ -369,6 +396,19 @@ function openLightbox(item) {
   const meta = document.getElementById("lb-meta");
   meta.textContent = "";
   meta.appendChild(el("h2", {}, item.prompt || item.id.slice(0, 12)));
+  const chain = [...item.lineage, item.id, ...item.children];
+  if (chain.length > 1) {  // the refine chain: ancestors, this one, then what was refined from it
+    const lineage = el("div", {class: "lineage", "data-lineage": chain.join(",")});
+    for (const id of chain) {
+      const other = items.find(i => i.id === id);
+      const thumb = el("img", {src: other.thumb, alt: other.prompt, title: id.slice(0, 12) +
+                               (other.strength !== null && other.strength !== undefined ? " \u00b7 strength " + other.strength : "")});
+      if (id === item.id) thumb.classList.add("current");
+      else thumb.addEventListener("click", () => openLightbox(other));
+      lineage.appendChild(thumb);
+    }
+    meta.appendChild(lineage);
+  }
   const table = el("table");
   for (const [key, value] of Object.entries(item.meta)) {
     const tr = el("tr");

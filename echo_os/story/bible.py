@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from echo_os.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
 from echo_os.errors import UsageError
@@ -77,8 +77,23 @@ class Defaults(_Strict):
 
 
 class Style(_Strict):
+    """The story's look: inline words (`{prompt, negative}`, put first in every scene's prompt), or a named
+    style (`style: noir`, styles.toml or a built-in: its {prompt} placement and its negative)."""
+
     prompt: str = ""
     negative: str = ""
+    name: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_only(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _name_or_words(self) -> "Style":
+        if self.name is not None and (self.prompt or self.negative):
+            raise ValueError("style is either a name (style: noir) or words (prompt, negative), not both")
+        return self
 
 
 class LoraRef(_Strict):

@@ -20,8 +20,9 @@ Character names are not in the prompt (the model does not know who "Elias" is); 
 
 The negative prompt is the bible's style.negative, then the row's negative, joined the same way.
 
-The style is composed into the prompt, so the RenderRequest's own `style` field stays empty
-(RenderRequest.full_prompt would put a style after the prompt, which is the wrong place here).
+The bible's inline style is composed into the prompt, so it leaves the RenderRequest's own `style` field
+empty. A named style (the bible's `style: NAME`, or `batch --style`) is the exception: the planner puts it in
+the request's `style`, and RenderRequest.full_prompt places the composed prompt at its `{prompt}`.
 """
 
 from __future__ import annotations

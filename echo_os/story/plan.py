@@ -25,7 +25,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import OptionError
 from echo_os.requests import MAX_SEED, RenderRequest, StoryFields, describe_validation_error, parse_size
@@ -52,6 +52,14 @@ class PlanOptions(BaseModel):
     size: str | None = None
     scheduler: str | None = None
     seed: int | None = None
+    # `--style VALUE`, resolved at the edge (echo_os.styles.resolve_style): applied to every scene's
+    # composed prompt ({prompt} is the composed prompt) and its negative appended.
+    style: str = ""
+    style_name: str | None = None
+    style_negative: str = ""
+    # The named styles a bible's `style: NAME` may use (echo_os.styles.style_table(settings)): casefolded
+    # name -> (name, prompt, negative). Filled at the edge, where the workspace is known.
+    styles: dict[str, tuple[str, str, str]] = Field(default_factory=dict)
 
 
 class SeedChoice(BaseModel):
@@ -244,6 +252,12 @@ def _token_warnings(row: SceneRow, tokens: TokenCounts) -> list[str]:
     return warnings
 
 
+def join_negative(negative: str | None, style_negative: str) -> str | None:
+    from echo_os.styles import join_negative as join
+
+    return join(negative, style_negative)
+
+
 def _plan_rows(rows: list[SceneRow], *, project: str, kind: Literal["storyboard", "prompts"], label: str,
                bible: Bible | None, options: PlanOptions, tokenizer: Any,
                tokenizer_loader: Callable[[str], Any] | None,
@@ -258,8 +272,9 @@ def _plan_rows(rows: list[SceneRow], *, project: str, kind: Literal["storyboard"
             location=row.location, props=row.props, camera=row.camera, lighting=row.lighting,
             time_of_day=row.time_of_day, mood=row.mood, bible_hash=bible.sha256 if bible else None)
         try:
-            request = RenderRequest(prompt=composed.prompt, negative_prompt=composed.negative or None, style="",
-                                    seed=seed.value, project=project, story=story,
+            negative = join_negative(composed.negative or None, options.style_negative)
+            request = RenderRequest(prompt=composed.prompt, negative_prompt=negative, style=options.style,
+                                    style_name=options.style_name, seed=seed.value, project=project, story=story,
                                     **_request_fields(row, bible, options))
         except ValidationError as error:
             where = {"row": row.row} if kind == "storyboard" else {"line": row.row}
@@ -304,6 +319,15 @@ def plan_story(project: str, storyboard: str | Path, *, bible: str | Path | None
     if bible_path is not None and loaded is None:
         ids = KnownIds.from_raw(raw, storyboard.name)
     rows = read_storyboard(storyboard, problems, loaded, ids)
+    if loaded is not None and loaded.front.style.name and not (options.style or options.style_name):
+        named = options.styles.get(loaded.front.style.name.casefold())
+        if named is None:
+            known = ", ".join(sorted(n for n, _, _ in options.styles.values())) or "none"
+            problems.add(loaded.path.name, f"style {loaded.front.style.name!r} is not a named style here "
+                                           f"(known: {known}; see `echo-os styles list`)")
+        else:
+            options = options.model_copy(update={"style_name": named[0], "style": named[1],
+                                                 "style_negative": named[2]})
     problems.raise_if_any()
     scenes = _plan_rows(rows, project=project, kind="storyboard", label=storyboard.name, bible=loaded,
                         options=options, tokenizer=tokenizer, tokenizer_loader=tokenizer_loader,

@@ -1,0 +1,74 @@
+"""`echo-os refine`: image-to-image from an artifact (lineage in meta.json)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from echo_os.cli import settings_from
+from echo_os.requests import SCHEDULERS
+
+
+@click.command()
+@click.argument("artifact_id")
+@click.argument("prompt", required=False)
+@click.option("--strength", type=float, default=0.35, show_default=True,
+              help="How much of the image is repainted: more than 0, at most 1 (A1111's denoising strength).")
+@click.option("--style", default=None, help="A named style or free words (default: the parent's).")
+@click.option("--negative", "negative_prompt", default=None, help="Negative prompt (default: the parent's).")
+@click.option("--seed", type=int, default=None, help="Seed (default: random).")
+@click.option("--steps", type=int, default=None, help="Steps of the full schedule (default: the parent's); "
+                                                      "img2img runs steps x strength of them.")
+@click.option("--cfg", type=float, default=None, help="Guidance scale (default: the parent's).")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Default: the parent's.")
+@click.option("--model", default=None, help="Model (default: the parent's).")
+@click.option("--engine", default="auto", show_default=True, help="An engine that can refine (img2img).")
+@click.option("--count", type=int, default=1, show_default=True, help="Variations (seed, seed+1, ...).")
+@click.option("--project", default=None, help="Project of the new artifacts (default: the parent's).")
+@click.option("--refiner", default=None, help="A refiner model: the base denoises to --switch, the refiner the rest.")
+@click.option("--switch", type=float, default=0.8, show_default=True, help="With --refiner: the base's fraction.")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
+@click.option("--no-memory", is_flag=True, help="Do not embed the images into Echo Memory.")
+@click.pass_context
+def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: float, style: str | None,
+           negative_prompt: str | None, seed: int | None, steps: int | None, cfg: float | None,
+           scheduler: str | None, model: str | None, engine: str, count: int, project: str | None, as_json: bool,
+           no_memory: bool, refiner: str | None, switch: float) -> None:
+    """Refine ARTIFACT_ID (image-to-image), with PROMPT or the parent's prompt. Each new artifact records its
+    parent, the strength and the parent's sha256 (see `echo-os artifacts tree`)."""
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.cli.render import StepBar, engine_announcer, refiner_input
+    from echo_os.engines import check_engine_name, choose_engine, create_engine
+    from echo_os.memory.artifacts import attach
+    from echo_os.refine import check_strength, refine_request
+    from echo_os.requests import random_seed
+    from echo_os.scheduler import render_requests
+
+    settings = settings_from(ctx)
+    check_strength(strength)
+    check_engine_name(engine)
+    store = ArtifactStore(settings)
+    try:
+        parent = store.open(artifact_id)
+        changes = {"refiner": refiner_input(settings, refiner, switch), "steps": steps, "cfg": cfg, "scheduler": scheduler, "model": model, "engine": engine,
+                   "count": count, "project": project, "seed": seed if seed is not None else random_seed()}
+        request = refine_request(settings, parent, strength=strength, prompt=prompt, style=style,
+                                 negative=negative_prompt, changes=changes)
+        name, reason = choose_engine(settings, request)
+        listener = attach(store, enabled=not no_memory)
+        bar = StepBar(request.count)
+        try:
+            outcome = render_requests(settings, [request], store=store, progress=bar,
+                                      on_engine=engine_announcer(listener), engine=create_engine(settings, name, reason))
+        finally:
+            bar.close()
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([a.summary() | {"parent_id": a.meta.parent_id, "strength": a.meta.strength}
+                               for a in outcome.artifacts], indent=2, ensure_ascii=False))
+    else:
+        for artifact in outcome.artifacts:
+            click.echo(f"{artifact.id[:12]}  {artifact.image_path}  (refined from {parent.id[:12]}, "
+                       f"strength {strength:g})")

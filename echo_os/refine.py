@@ -1,0 +1,79 @@
+"""Refine: image-to-image from an artifact, through the one renderer.
+
+refine_request builds the RenderRequest: the parent's recorded request (model, size, scheduler, steps,
+cfg, style, engine options...) with the user's changes, and an init image pointing at the parent's PNG
+with its sha256 and the strength. The child records the parent's id (`parent_id`), the strength and the
+parent's sha256 in meta.json (lineage: `echo-os artifacts tree`), and its replay starts from the same
+bytes, so it is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from echo_os.errors import OptionError
+from echo_os.requests import InitImage, RenderRequest, describe_validation_error
+
+if TYPE_CHECKING:
+    from echo_os.artifacts.store import Artifact
+    from echo_os.settings import Settings
+
+DEFAULT_STRENGTH = 0.35
+
+
+def check_strength(strength: float, option: str = "strength") -> float:
+    if not (0.0 < strength <= 1.0):  # NaN fails too
+        raise OptionError(f"--strength must be more than 0 and at most 1 (how much of the image is repainted), "
+                          f"got {strength:g}", option)
+    return strength
+
+
+def refine_request(settings: "Settings", parent: "Artifact", *, strength: float = DEFAULT_STRENGTH,
+                   prompt: str | None = None, style: str | None = None, negative: str | None = None,
+                   changes: dict[str, Any] | None = None) -> RenderRequest:
+    """The request that refines `parent`: its own request with `changes` (steps, cfg, seed, model,
+    engine, scheduler...), PROMPT (default: the parent's), a style (named or free text; default: the
+    parent's) and the init image."""
+    from echo_os.styles import style_fields
+
+    check_strength(strength)
+    base = parent.meta.replay_request()
+    png = parent.image_path.read_bytes()
+    fields: dict[str, Any] = base.model_dump()
+    fields.update({"count": 1, "parent_id": parent.id, "ip_adapter": base.ip_adapter, "loras": base.loras,
+                   "story": base.story, "engine": "auto", "refiner": None})
+    fields.pop("seed")
+    fields.update({k: v for k, v in (changes or {}).items() if v is not None})
+    if prompt is not None:
+        fields["prompt"] = prompt
+    if style is not None or negative is not None:
+        own_negative = negative if negative is not None else base.negative_prompt
+        if style is not None:
+            fields.update(style_fields(settings, style, own_negative))
+        else:
+            fields["negative_prompt"] = own_negative
+    from PIL import Image
+    import io
+
+    with Image.open(io.BytesIO(png)) as image:
+        fields["width"], fields["height"] = image.size
+    # Relative to the artifacts folder when it is inside it, so a moved workspace still replays.
+    try:
+        path = parent.image_path.resolve().relative_to(settings.artifacts_dir.resolve()).as_posix()
+    except ValueError:
+        path = str(parent.image_path)
+    fields["init_image"] = InitImage(artifact_id=parent.id, path=path,
+                                     sha256=hashlib.sha256(png).hexdigest(), strength=strength)
+    try:
+        request = RenderRequest(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        option = str(first["loc"][0]) if first.get("loc") else "request"
+        raise OptionError(describe_validation_error(error), option) from None
+    if int(request.steps * strength) < 1:  # diffusers would run no denoising step at all
+        raise OptionError(f"--strength {strength:g} with {request.steps} steps denoises no step "
+                          f"(img2img runs steps x strength); raise --strength or --steps", "strength")
+    return request

@@ -1,0 +1,302 @@
+"""Named styles: styles.toml in the workspace, the built-in styles, and importing A1111 / Fooocus files.
+
+styles.toml (the format `memory analyze --export-styles` writes too):
+
+    [styles.noir]
+    prompt = "{prompt}, film noir, hard shadows"   # {prompt} marks where the prompt goes
+    negative = "colour, cartoon"
+
+A style's prompt holds `{prompt}` where the user's prompt goes; without it the style is appended after
+", " (A1111's rule). Its negative is appended to the user's negative the same way. Names are unique
+case-insensitively; a workspace style hides a built-in of the same name.
+
+`--style VALUE` on the CLI (and `style` in the API) is a named style when VALUE is one (in any case); a
+VALUE that looks like a name (one word of letters, digits, `_`, `-`, `.`) but is none is an error; anything
+else (words with spaces or commas) is free text appended to the prompt, as before named styles existed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from echo_os.errors import OptionError, UsageError
+
+if TYPE_CHECKING:
+    from echo_os.settings import Settings
+
+PLACEHOLDER = "{prompt}"
+MAX_NAME = 100
+_NAME_LIKE = re.compile(r"^[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    prompt: str = ""
+    negative: str = ""
+    builtin: bool = False
+
+    def apply(self, prompt: str, negative: str | None) -> tuple[str, str | None]:
+        """(prompt, negative) with this style applied. No negative anywhere stays None (the model's rule)."""
+        return expand_prompt(self.prompt, prompt), join_negative(negative, self.negative)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "prompt": self.prompt, "negative": self.negative, "builtin": self.builtin}
+
+
+def expand_prompt(template: str, prompt: str) -> str:
+    """The style's text with the prompt in place of {prompt}, else the prompt then ", " and the style."""
+    template = template.strip()
+    if not template:
+        return prompt
+    if PLACEHOLDER in template:
+        return template.replace(PLACEHOLDER, prompt)
+    return f"{prompt}, {template}" if prompt.strip() else template
+
+
+def join_negative(negative: str | None, style_negative: str) -> str | None:
+    style_negative = style_negative.strip()
+    if not style_negative:
+        return negative
+    if negative is None or not negative.strip():
+        return style_negative
+    return f"{negative.strip()}, {style_negative}"
+
+
+# Written here for echo-os: a few looks people reach for first. Not copied from any other tool's list.
+BUILTIN_STYLES: tuple[Style, ...] = (
+    Style("cinematic", "cinematic still of {prompt}, anamorphic lens, shallow depth of field, film grain, "
+                       "dramatic lighting", "cartoon, illustration, flat lighting, text, watermark", True),
+    Style("photographic", "photograph of {prompt}, 50mm lens, natural light, sharp focus, high detail",
+          "painting, drawing, cartoon, blurry, text, watermark", True),
+    Style("watercolor", "watercolor painting of {prompt}, soft washes, paper texture, loose brushwork",
+          "photograph, 3d render, harsh edges, text", True),
+    Style("ink", "ink drawing of {prompt}, cross-hatching, black and white, bold linework",
+          "colour, photograph, blurry, text", True),
+    Style("noir", "{prompt}, film noir, black and white, hard shadows, venetian blind light, 1940s",
+          "colour, bright, cartoon, text", True),
+    Style("storybook", "storybook illustration of {prompt}, gouache, warm palette, gentle shapes",
+          "photograph, gritty, gore, text", True),
+    Style("concept-art", "concept art of {prompt}, matte painting, atmospheric perspective, epic scale",
+          "photograph, cartoon, text, watermark", True),
+)
+
+
+def builtin_styles() -> dict[str, Style]:
+    return {style.name.casefold(): style for style in BUILTIN_STYLES}
+
+
+# ---- styles.toml ------------------------------------------------------------------------------------
+
+def _toml():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def read_workspace_styles(settings: "Settings") -> dict[str, Style]:
+    """casefolded name -> Style from the workspace's styles.toml ({} when there is none)."""
+    path = settings.styles_toml
+    if not path.is_file():
+        return {}
+    tomllib = _toml()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"{path} cannot be read as TOML ({error}); fix or remove it.") from None
+    table = data.get("styles", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [styles] must be a table of [styles.NAME] tables.")
+    styles: dict[str, Style] = {}
+    for name, entry in table.items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k, ""), str) for k in ("prompt", "negative")):
+            raise UsageError(f"{path}: [styles.{name}] must have string keys prompt and negative.")
+        unknown = set(entry) - {"prompt", "negative"}
+        if unknown:
+            raise UsageError(f"{path}: [styles.{name}] has unknown key(s) {', '.join(sorted(unknown))}; "
+                             "it takes prompt and negative.")
+        key = name.casefold()
+        if key in styles:
+            raise UsageError(f"{path}: style names are unique ignoring case; {styles[key].name!r} and {name!r} clash.")
+        styles[key] = Style(name, entry.get("prompt", ""), entry.get("negative", ""))
+    return styles
+
+
+def write_workspace_styles(settings: "Settings", styles: dict[str, Style]) -> None:
+    import tomli_w
+
+    from echo_os.atomic import write_atomically
+
+    data = {"styles": {s.name: {"prompt": s.prompt, "negative": s.negative}
+                       for s in sorted(styles.values(), key=lambda s: s.name.casefold())}}
+    write_atomically(settings.styles_toml, tomli_w.dumps(data))
+
+
+def all_styles(settings: "Settings") -> dict[str, Style]:
+    """Built-ins, then the workspace's (which win by name)."""
+    return {**builtin_styles(), **read_workspace_styles(settings)}
+
+
+def style_table(settings: "Settings") -> dict[str, tuple[str, str, str]]:
+    """casefolded name -> (name, prompt, negative) of every style: what the story planner is given."""
+    return {key: (s.name, s.prompt, s.negative) for key, s in all_styles(settings).items()}
+
+
+def get_style(settings: "Settings", name: str, option: str = "style") -> Style:
+    found = all_styles(settings).get(name.strip().casefold())
+    if found is None:
+        known = ", ".join(sorted(s.name for s in all_styles(settings).values()))
+        raise OptionError(f"unknown style {name!r}; known styles: {known} (`echo-os styles list`)", option)
+    return found
+
+
+def check_name(name: str, option: str = "name") -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME or any(c in name for c in '\n\r\t"[]'):
+        raise OptionError(f"a style name is 1-{MAX_NAME} characters without quotes, brackets or line breaks, "
+                          f"got {name!r}", option)
+    return name
+
+
+@dataclass(frozen=True)
+class StyleChoice:
+    """What `--style VALUE` meant: a named style (name set) or free text (name None)."""
+
+    name: str | None
+    text: str  # the style's prompt template, or the free text
+    negative: str = ""
+
+
+def resolve_style(settings: "Settings", value: str | None, option: str = "style") -> StyleChoice:
+    """A named style, else free text; a name-like value that names no style is an OptionError."""
+    value = (value or "").strip()
+    if not value:
+        return StyleChoice(None, "")
+    found = all_styles(settings).get(value.casefold())
+    if found is not None:
+        return StyleChoice(found.name, found.prompt, found.negative)
+    if _NAME_LIKE.match(value):
+        get_style(settings, value, option)  # raises, listing the known names
+    return StyleChoice(None, value)
+
+
+def style_fields(settings: "Settings", value: str | None, negative: str | None,
+                 option: str = "style") -> dict:
+    """RenderRequest fields for `--style VALUE` with the user's negative: style (the template or free
+    text), style_name, and negative_prompt with the style's negative appended."""
+    choice = resolve_style(settings, value, option)
+    return {"style": choice.text, "style_name": choice.name,
+            "negative_prompt": join_negative(negative, choice.negative)}
+
+
+# ---- import -----------------------------------------------------------------------------------------
+
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "row N: why"
+
+
+def parse_style_file(path: Path) -> tuple[list[Style], list[str]]:
+    """Styles from an A1111 styles.csv (name, prompt, negative_prompt; UTF-8 with or without a BOM) or a
+    Fooocus style JSON (a list of {name, prompt, negative_prompt}); and what was skipped, with why.
+
+    A1111 writes its styles with `{prompt}` as the placeholder, Fooocus too: both are kept as written.
+    Within one file the first of two names that differ only in case wins; the later one is skipped.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise OptionError(f"cannot read {path}: {error.strerror or error}", "file") from None
+    try:
+        text = raw.decode("utf-8-sig")  # strips a UTF-8 BOM when there is one
+    except UnicodeDecodeError:
+        raise OptionError(f"{path} is not UTF-8 text; save it as UTF-8 and import again", "file") from None
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
+        rows = _fooocus_rows(path, text)
+    else:
+        rows = _a1111_rows(path, text)
+    styles: list[Style] = []
+    skipped: list[str] = []
+    seen: dict[str, str] = {}
+    for where, name, prompt, negative in rows:
+        name = (name or "").strip()
+        if not name:
+            skipped.append(f"{where}: no name")
+            continue
+        try:
+            check_name(name)
+        except OptionError as error:
+            skipped.append(f"{where}: {error}")
+            continue
+        if name.casefold() in seen:
+            skipped.append(f"{where}: {name!r} repeats {seen[name.casefold()]!r} (names are unique ignoring case)")
+            continue
+        if not (prompt or "").strip() and not (negative or "").strip():
+            skipped.append(f"{where}: {name!r} has neither a prompt nor a negative prompt")
+            continue
+        seen[name.casefold()] = name
+        styles.append(Style(name, (prompt or "").strip(), (negative or "").strip()))
+    return styles, skipped
+
+
+def _a1111_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str | None]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip().casefold() for c in reader.fieldnames or []]
+    if "name" not in columns or "prompt" not in columns:
+        raise OptionError(f"{path} is not an A1111 styles.csv: its header needs name and prompt columns "
+                          f"(and optionally negative_prompt), found {', '.join(reader.fieldnames or []) or 'none'}",
+                          "file")
+    rows = []
+    for number, row in enumerate(reader, start=2):  # line 1 is the header
+        row = {(k or "").strip().casefold(): v for k, v in row.items()}
+        rows.append((f"line {number}", row.get("name"), row.get("prompt"), row.get("negative_prompt")))
+    return rows
+
+
+def _fooocus_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str | None]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise OptionError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})", "file") from None
+    if not isinstance(data, list):
+        raise OptionError(f"{path}: a Fooocus style file is a JSON list of {{name, prompt, negative_prompt}}",
+                          "file")
+    rows = []
+    for number, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            rows.append((f"item {number}", None, None, None))
+            continue
+        values = [item.get(k) if isinstance(item.get(k), str) or item.get(k) is None else str(item.get(k))
+                  for k in ("name", "prompt", "negative_prompt")]
+        rows.append((f"item {number}", *values))
+    return rows
+
+
+def import_styles(settings: "Settings", path: Path, *, replace: bool = False) -> ImportReport:
+    """Add the file's styles to styles.toml. A name already in the workspace is skipped unless `replace`."""
+    styles, skipped = parse_style_file(path)
+    current = read_workspace_styles(settings)
+    report = ImportReport(skipped=skipped)
+    for style in styles:
+        key = style.name.casefold()
+        if key in current:
+            if not replace:
+                report.skipped.append(f"{style.name!r}: already in styles.toml (--replace overwrites)")
+                continue
+            report.replaced.append(style.name)
+        else:
+            report.added.append(style.name)
+        current[key] = style
+    if report.added or report.replaced:
+        write_workspace_styles(settings, current)
+    return report
