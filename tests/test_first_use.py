@@ -268,7 +268,8 @@ async def test_a_succeeded_jobs_progress_shows_every_step_done(workspace) -> Non
                                                           "size": "64x64", "steps": 3, "count": 2})
         job = await wait_job(client, response.json()["job_id"])
         assert job["status"] == "succeeded", job
-        assert job["progress"] == {"step": 3, "total_steps": 3, "images_done": 2, "images_total": 2}
+        assert job["progress"] == {"step": 3, "total_steps": 3, "images_done": 2, "images_total": 2,
+                                   "frames_done": 0, "frames_total": 0}  # frames: an animatic job's
 
 
 def test_contact_sheet_captions_are_shortened_at_word_boundaries() -> None:
