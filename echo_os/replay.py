@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines import create_engine
+from echo_os.errors import UsageError
 from echo_os.scheduler import RenderHooks, render_requests
 from echo_os.settings import Settings
 
@@ -55,6 +56,12 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
     store = ArtifactStore(settings)
     try:
         artifact = store.open(artifact_id)
+        provenance = artifact.meta.provenance or {}
+        if provenance.get("reproducible") is False:
+            raise UsageError(
+                f"artifact {artifact.id[:12]} came from {provenance.get('provider', artifact.meta.engine.name)} "
+                f"({provenance.get('model', 'a hosted model')}), which takes no seed: it cannot be reproduced, "
+                "so replay does not pretend to; render the prompt again for a new image")
         request = artifact.meta.replay_request()
         engine_name = artifact.meta.engine.name
         engine = create_engine(settings, engine_name, f"replay of {artifact.id[:12]}")

@@ -139,3 +139,20 @@ class TestFakeEngineContract(EngineContract):
 
         with register_engine(FakeEngine()):
             yield workspace
+
+
+class TestOpenAIContract(EngineContract):
+    """The hosted engine against the fake OpenAI Images server (tests/fake_openai.py)."""
+
+    engine_name = "openai"
+    request_fields = dict(width=1024, height=1024)
+    cli_args = ("--size", "1024x1024")
+
+    @pytest.fixture
+    def settings(self, tmp_path, monkeypatch):
+        from tests.fake_openai import fake_images_server, hosted_workspace
+
+        with fake_images_server() as server:
+            monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+            monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake")
+            yield hosted_workspace(tmp_path)

@@ -68,6 +68,9 @@ class ArtifactMeta(BaseModel):
     ip_adapter: ModelRecord | None = None  # adapter weights used with the request's reference images
     vae_tiling: bool = False
     profile: str | None = None  # CUDA render profile applied (engines/cuda_profile.py), None on CPU
+    # A remote engine's record of the image (RenderedImage.provenance): provider, model, response id,
+    # usage, revised prompt, whether it came from the response cache and whether it can be reproduced.
+    provenance: dict[str, Any] | None = None
 
     def replay_request(self) -> RenderRequest:
         return RenderRequest.model_validate(self.request)

@@ -146,6 +146,7 @@ class ArtifactStore:
             ip_adapter=_model_record(runtime.ip_adapter),
             vae_tiling=runtime.vae_tiling,
             profile=runtime.profile,
+            provenance=result.images[index].provenance,
         )
 
     @staticmethod

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -140,11 +142,13 @@ def format_dry_run(plan) -> str:
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Override the scheduler.")
 @click.option("--seed", type=int, default=None,
               help="Base seed: scene N without a seed of its own gets SEED + 1000*N (see docs/story.md).")
+@click.option("--no-cache", is_flag=True, help="Hosted engines: ask the provider again even for a request "
+                                               "already answered (its response cache is not read).")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
-          preset: str | None) -> None:
+          preset: str | None, no_cache: bool) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
 
     One artifact per image, then story.json and contact-sheet.png in the project folder. Running the
@@ -160,6 +164,8 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
     from echo_os.engines import check_engine_name
 
     settings = settings_from(ctx)
+    if no_cache:
+        settings = dataclasses.replace(settings, response_cache=False)
     if preset is not None:
         from click.core import ParameterSource
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -162,10 +164,12 @@ def engine_announcer(memory_listener, note: str | None = None):
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.option("--no-memory", is_flag=True,
               help="Do not embed the images into Echo Memory (also: ECHO_OS_NO_MEMORY=1).")
+@click.option("--no-cache", is_flag=True, help="Hosted engines: ask the provider again even for a request "
+                                               "already answered (its response cache is not read).")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...], preset: str | None,
-           **options) -> None:
+           no_cache: bool, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json)."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import check_engine_name, choose_engine, create_engine
@@ -173,6 +177,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     from echo_os.scheduler import render_requests
 
     settings = settings_from(ctx)
+    if no_cache:
+        settings = dataclasses.replace(settings, response_cache=False)
     width, height = parse_size(size or DEFAULT_SIZE)
     fields = dict(options, prompt=prompt, width=width, height=height)
     fields["negative_prompt"] = fields.get("negative_prompt") or None  # none given: the model's own rule
