@@ -156,3 +156,26 @@ class TestOpenAIContract(EngineContract):
             monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
             monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake")
             yield hosted_workspace(tmp_path)
+
+
+class TestComfyUIContract(EngineContract):
+    """The ComfyUI client against the fake ComfyUI (tests/fake_comfyui.py), with the weightless
+    solid-colour workflow (one colour per seed)."""
+
+    engine_name = "comfyui"
+    request_fields = dict(width=64, height=48)
+    workflow_toml = 'workflow = "solid-colour"\n'
+
+    @pytest.fixture
+    def settings(self, tmp_path):
+        from tests.fake_comfyui import comfy_workspace, fake_comfyui
+
+        with fake_comfyui() as server:
+            yield comfy_workspace(tmp_path, server.url, self.workflow_toml)
+
+
+class TestComfyUISDXLTemplateContract(TestComfyUIContract):
+    """The default SDXL text-to-image template (the fake runs its KSampler on numpy noise)."""
+
+    request_fields = dict(width=64, height=64, steps=3)
+    workflow_toml = 'checkpoint = "sd_xl_base_1.0.safetensors"\n'

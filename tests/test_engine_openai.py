@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.requests import RenderRequest
@@ -75,8 +76,9 @@ def test_a_render_records_provenance_says_where_and_replay_refuses(hosted, serve
                               "-o", "quality=low", "-o", "background=opaque")
     assert code == 0, err
     assert err.count(f"engine openai: prompts are sent to {server.base_url}/ (model gpt-image-1)") == 1
-    assert server.requests == [{"model": "gpt-image-1", "prompt": "a red kite", "n": 2, "size": "1536x1024",
-                                "quality": "low", "background": "opaque"}]  # no seed is sent
+    # one request per image (each saved as it arrives), no seed sent
+    assert server.requests == 2 * [{"model": "gpt-image-1", "prompt": "a red kite", "n": 1, "size": "1536x1024",
+                                    "quality": "low", "background": "opaque"}]
     metas = [_meta(row) for row in rows]
     for meta in metas:
         p = meta["provenance"]
@@ -87,7 +89,10 @@ def test_a_render_records_provenance_says_where_and_replay_refuses(hosted, serve
     code, out, err = run_cli("--home", str(hosted.home), "replay", rows[0]["id"])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "cannot be reproduced" in err and "gpt-image-1" in err
-    assert len(server.requests) == 1  # replay asked nothing
+    assert len(server.requests) == 2  # replay asked nothing
+    assert metas[0]["provenance"]["response_id"] != metas[1]["provenance"]["response_id"]
+    with Image.open(rows[0]["image"]) as one, Image.open(rows[1]["image"]) as two:
+        assert one.getpixel((0, 0)) != two.getpixel((0, 0))  # two images, not one twice from the cache
 
 
 def test_sizes_and_models_are_checked_before_anything_is_sent(hosted, server):

@@ -16,8 +16,8 @@ works. The first request of a command prints one line saying where prompts are s
   malformed answers, waiting what `retry-after-ms` / `Retry-After` says (plus jitter), else exponential
   back-off with jitter; `insufficient_quota` stops at once. The client's own retries are off (max_retries
   0) because it would retry insufficient_quota too. A pacer spaces requests to `images_per_minute`.
-- A response cache (artifacts/.cache/openai/) keyed by the full request body and the server: the same
-  request pays once; `--no-cache` (Settings.response_cache) or `[engines.openai] cache = false` turns it off.
+- A response cache (artifacts/.cache/openai/) keyed by the full request body, the server and the images'
+  seeds (echo-os's, never sent): the same request pays once; `--no-cache` (Settings.response_cache) or `[engines.openai] cache = false` turns it off.
 """
 
 from __future__ import annotations
@@ -249,8 +249,11 @@ class ResponseCache:
         self.folder = folder
 
     @staticmethod
-    def key(base_url: str, body: dict) -> str:
-        canonical = json.dumps({"base_url": base_url, "body": body}, sort_keys=True, separators=(",", ":"))
+    def key(base_url: str, body: dict, seeds: list[int]) -> str:
+        """The seeds are echo-os's (never sent): they tell apart the images of one render, which are
+        otherwise the same request, so image 2 of `--count 2` is not image 1 from the cache."""
+        canonical = json.dumps({"base_url": base_url, "body": body, "seeds": seeds}, sort_keys=True,
+                               separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> dict | None:
@@ -336,7 +339,7 @@ class OpenAIEngine(BaseEngine):
                 raise CancelledError("render cancelled")
             started = time.perf_counter()
             body = self.request_body(request)
-            entry, cached = self._response(body, cancel)
+            entry, cached = self._response(body, request.seeds, cancel)
             images = self._images(request, body, entry, cached)
             if progress is not None:
                 progress(ProgressEvent(step=1, total_steps=1, images=request.count))
@@ -348,11 +351,11 @@ class OpenAIEngine(BaseEngine):
 
     # ---- one request -------------------------------------------------------------------------------
 
-    def _response(self, body: dict, cancel: threading.Event | None) -> tuple[dict, bool]:
+    def _response(self, body: dict, seeds: list[int], cancel: threading.Event | None) -> tuple[dict, bool]:
         """(cache entry, came from the cache): {"response": the API's JSON, "request_id": ...}."""
         use_cache = self.config.cache and self.settings.response_cache
         base_url = str(self.client.base_url)
-        key = ResponseCache.key(base_url, body)
+        key = ResponseCache.key(base_url, body, seeds)
         if use_cache:
             entry = self.cache.get(key)
             if entry is not None:
