@@ -174,6 +174,7 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         chosen = get_preset(settings, preset)
         if ctx.get_parameter_source("engine") in (None, ParameterSource.DEFAULT) and chosen.engine:
             engine = chosen.engine
+        model = model if model is not None else chosen.model
         steps = steps if steps is not None else chosen.steps
         cfg = cfg if cfg is not None else chosen.cfg
         size = size if size is not None else chosen.size

@@ -86,6 +86,29 @@ def apply_preset(ctx: click.Context, settings, fields: dict, name: str | None) -
     return out
 
 
+def apply_model_defaults(ctx: click.Context, settings, fields: dict, preset: str | None) -> tuple[dict, str | None]:
+    """`fields` with the model entry's render defaults (models.toml `steps`, `cfg`, `scheduler`, `size`)
+    for every option neither the command line nor the preset gave; and the entry's `lora`, if any.
+    A few-step model (SDXL-Turbo, Lightning, LCM) then renders with its own steps, guidance and scheduler."""
+    from click.core import ParameterSource
+
+    from echo_os.models import load_registry
+
+    registry = load_registry(settings)
+    if fields.get("model") not in registry:
+        return fields, None  # an unknown name is reported where the weights are checked
+    defaults = registry.get(fields["model"]).defaults
+    if defaults is None:
+        return fields, None
+    from_preset = apply_preset(ctx, settings, {}, preset) if preset else {}
+    out = dict(fields)
+    for key, value in defaults.fields().items():
+        option = {"width": "size", "height": "size"}.get(key, key)
+        if ctx.get_parameter_source(option) in (None, ParameterSource.DEFAULT) and key not in from_preset:
+            out[key] = value
+    return out, defaults.lora
+
+
 def parse_loras(settings, specs: tuple[str, ...]):
     """--lora NAME[:SCALE] values -> LoraInputs (a trailing :number is the scale; paths may hold colons)."""
     from echo_os.engines.lora import resolve_lora
@@ -187,14 +210,16 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     if seed is not None:
         fields["seed"] = seed
     fields = apply_preset(ctx, settings, fields, preset)
+    fields, model_lora = apply_model_defaults(ctx, settings, fields, preset)
     check_engine_name(fields["engine"])
     request = build_request(**fields)
-    if lora_specs:
-        request = request.model_copy(update={"loras": parse_loras(settings, lora_specs)})
+    if lora_specs or model_lora:
+        request = request.model_copy(update={"loras": parse_loras(settings, lora_specs or (model_lora,))})
     # The engine is chosen once, here: the default size depends on it (and choosing checks the weights).
     name, reason = choose_engine(settings, request)
     note = None
-    if size is None and (preset is None or "width" not in apply_preset(ctx, settings, {}, preset)):
+    if size is None and (preset is None or "width" not in apply_preset(ctx, settings, {}, preset)) \
+            and "width" not in apply_model_defaults(ctx, settings, {"model": request.model}, preset)[0]:
         request, note = engine_default_size(settings, request, name)
     engine = create_engine(settings, name, reason)
 
