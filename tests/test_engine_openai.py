@@ -211,3 +211,26 @@ def test_a_story_meeting_a_failing_provider_keeps_its_scenes_and_resumes(hosted,
     assert server.served == 4  # every scene rendered exactly once across the faults
     prompts_sent = [body["prompt"] for body in server.requests]
     assert prompts_sent.count("a heron in fog") == 4 and prompts_sent.count("a seal on a rock") == 1
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_api_names_the_size_and_renders_through_openai(hosted, server, monkeypatch):
+    from tests.api_helpers import api_client, wait_job
+
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+    async with api_client(hosted) as (client, _app):
+        bad = await client.post("/api/render", json={"prompt": "x", "engine": "openai", "size": "512x512"})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "size", bad.text
+        assert "1024x1024, 1536x1024, 1024x1536" in bad.json()["detail"][0]["msg"]
+        sent = await client.post("/api/render", json={"prompt": "a kite", "engine": "openai", "size": "1024x1536",
+                                                      "options": {"quality": "high"}})
+        assert sent.status_code == 202, sent.text
+        job = await wait_job(client, sent.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    assert server.requests == [{"model": "gpt-image-1", "prompt": "a kite", "n": 1, "size": "1024x1536",
+                                "quality": "high"}]
