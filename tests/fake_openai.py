@@ -1,6 +1,8 @@
 """A fake OpenAI Images server, in-process on 127.0.0.1 (http.server in a thread), answering like the
 real API (shapes read from openai-python's types: ImagesResponse, Image, Usage, and its error bodies):
 
+- POST /v1/images/edits (multipart: the fields and an `image` file) answers the same way, its image the
+  given one's average colour at the asked size;
 - POST /v1/images/generations -> 200 {created, data: [{b64_json}], background, output_format, quality,
   size, usage: {input_tokens, input_tokens_details, output_tokens, total_tokens}} with an x-request-id;
 - no bearer key or REVOKED_KEY -> 401 invalid_api_key; an unknown model -> 400 invalid_value on param model;
@@ -40,6 +42,27 @@ def _png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def _form(content_type: str, raw: bytes) -> tuple[dict, object]:
+    """A multipart/form-data body: its text fields (n as a number) and the `image` file as a PIL image."""
+    from email import policy
+    from email.parser import BytesParser
+
+    from PIL import Image
+
+    message = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+    fields, image = {}, None
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if name in ("image", "image[]"):
+            image = Image.open(io.BytesIO(payload))
+            image.load()
+        elif name:
+            text = payload.decode()
+            fields[name] = int(text) if name == "n" else text
+    return fields, image
 
 
 def _error(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
@@ -113,13 +136,22 @@ class FakeImagesServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
-                if self.path.rstrip("/") != "/v1/images/generations":
+                endpoint = self.path.rstrip("/")
+                if endpoint not in ("/v1/images/generations", "/v1/images/edits"):
                     return self._send(404, _error(f"Invalid URL (POST {self.path})", "invalid_request_error", None))
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    return self._send(400, _error("We could not parse the JSON body of your request.",
-                                                  "invalid_request_error", None))
+                edit_image = None
+                if endpoint.endswith("/edits"):  # multipart/form-data: the fields and the `image` file
+                    body, edit_image = _form(self.headers.get("Content-Type", ""), raw)
+                    if edit_image is None:
+                        return self._send(400, _error("Missing required parameter: 'image'.",
+                                                      "invalid_request_error", "missing_required_parameter", "image"))
+                    body["endpoint"] = "edits"
+                else:
+                    try:
+                        body = json.loads(raw)
+                    except ValueError:
+                        return self._send(400, _error("We could not parse the JSON body of your request.",
+                                                      "invalid_request_error", None))
                 with server._lock:
                     server.requests.append(body)
                     fault = server.faults.popleft() if server.faults else None
@@ -168,6 +200,8 @@ class FakeImagesServer:
                         shade = server.served
                     shade = shade % 32  # 32 colours, so the PNG cache serves most images
                     colour = (shade * 37 % 256, shade * 91 % 256, shade * 53 % 256)
+                    if edit_image is not None:  # an "edit": the given image at the asked size
+                        colour = edit_image.convert("RGB").resize((1, 1)).getpixel((0, 0))
                     data.append({"b64_json": base64.b64encode(_png(width, height, colour)).decode()})
                 text_tokens = len(body.get("prompt", "").split())
                 self._send(200, {

@@ -234,3 +234,25 @@ async def test_the_api_names_the_size_and_renders_through_openai(hosted, server,
     assert job["status"] == "succeeded", job
     assert server.requests == [{"model": "gpt-image-1", "prompt": "a kite", "n": 1, "size": "1024x1536",
                                 "quality": "high"}]
+
+
+def test_an_init_image_goes_to_the_edits_endpoint(hosted, server, tmp_path):
+    init = tmp_path / "sketch.png"
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(init)
+    code, rows, err = _render(hosted, "the same, at dusk", "--engine", "openai", "--size", "1024x1024",
+                              "-o", f"init_image={init}", "-o", "quality=low")
+    assert code == 0, err
+    [sent] = server.requests
+    assert sent == {"endpoint": "edits", "model": "gpt-image-1", "prompt": "the same, at dusk", "n": 1,
+                    "size": "1024x1024", "quality": "low"}
+    with Image.open(rows[0]["image"]) as image:
+        assert image.getpixel((0, 0)) == (10, 200, 30)  # the fake answers an edit with the given image's colour
+    provenance = _meta(rows[0])["provenance"]
+    assert provenance["endpoint"] == "images/edits" and len(provenance["init_image_sha256"]) == 64
+    # The cache knows the image by its content: another picture at the same path is asked for again.
+    Image.new("RGB", (64, 64), (200, 10, 30)).save(init)
+    code, rows, err = _render(hosted, "the same, at dusk", "--engine", "openai", "--size", "1024x1024",
+                              "-o", f"init_image={init}", "-o", "quality=low")
+    assert code == 0 and len(server.requests) == 2, err
+    code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024", "-o", "init_image=nope.png")
+    assert code == 2 and "init image nope.png is not a file" in err and len(server.requests) == 2

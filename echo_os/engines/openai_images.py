@@ -16,6 +16,8 @@ works. The first request of a command prints one line saying where prompts are s
   malformed answers, waiting what `retry-after-ms` / `Retry-After` says (plus jitter), else exponential
   back-off with jitter; `insufficient_quota` stops at once. The client's own retries are off (max_retries
   0) because it would retry insufficient_quota too. A pacer spaces requests to `images_per_minute`.
+- Edits: `-o init_image=PATH` sends the image to POST /images/edits (img2img), keyed in the cache by its
+  sha256.
 - A response cache (artifacts/.cache/openai/) keyed by the full request body, the server and the images'
   seeds (echo-os's, never sent): the same request pays once; `--no-cache` (Settings.response_cache) or `[engines.openai] cache = false` turns it off.
 """
@@ -30,6 +32,7 @@ import random
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -90,7 +93,9 @@ class OpenAIOptions(EngineOptions):
     quality: Literal["auto", "low", "medium", "high"] | None = None
     background: Literal["auto", "transparent", "opaque"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
-    moderation: Literal["auto", "low"] | None = None
+    moderation: Literal["auto", "low"] | None = None  # generations only (the edits endpoint takes none)
+    # An image file to edit: the request goes to POST /images/edits with it (img2img); see the refine issue.
+    init_image: str | None = None
 
     @field_validator("model")
     @classmethod
@@ -312,6 +317,13 @@ class OpenAIEngine(BaseEngine):
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
         model = model_for(settings, request, options)  # type: ignore[arg-type]
         check_size(model, request.width, request.height)
+        init = options.init_image  # type: ignore[attr-defined]
+        if init is not None:
+            if not Path(init).expanduser().is_file():
+                raise OptionError(f"init image {init} is not a file", "options.init_image")
+            if options.moderation is not None:  # type: ignore[attr-defined]
+                raise OptionError("moderation applies to new images only, not to edits of an init image",
+                                  "options.moderation")
         if request.loras:
             raise OptionError("engine openai takes no LoRAs", "loras")
 
@@ -339,6 +351,11 @@ class OpenAIEngine(BaseEngine):
             value = getattr(options, key)
             if value is not None:
                 body[key] = value
+        if options.init_image is not None:
+            # The edit's image is part of what is asked: keyed by its content, sent as a file (_call_once).
+            data = Path(options.init_image).expanduser().read_bytes()
+            body["image"] = {"path": str(Path(options.init_image).expanduser()),
+                             "sha256": hashlib.sha256(data).hexdigest()}
         return body
 
     def render(self, requests: "list[RenderRequest]", *, progress: ProgressCallback | None = None,
@@ -425,7 +442,13 @@ class OpenAIEngine(BaseEngine):
             self._announced = True
             print(f"engine openai: prompts are sent to {self.client.base_url} (model {body['model']})",
                   file=sys.stderr, flush=True)
-        raw = self.client.images.with_raw_response.generate(**body)
+        if "image" in body:  # img2img: POST /images/edits with the init image as a file
+            sent = {key: value for key, value in body.items() if key != "image"}
+            path = Path(body["image"]["path"])
+            with open(path, "rb") as handle:
+                raw = self.client.images.with_raw_response.edit(image=(path.name, handle.read()), **sent)
+        else:
+            raw = self.client.images.with_raw_response.generate(**body)
         try:
             response = json.loads(raw.http_response.text)
             data = response["data"]
@@ -453,6 +476,8 @@ class OpenAIEngine(BaseEngine):
                 "response_id": entry.get("request_id"), "created": response.get("created"),
                 "revised_prompt": item.get("revised_prompt"), "usage": usage,
                 "options": {k: body[k] for k in ("quality", "background", "output_format", "moderation") if k in body},
+                "endpoint": "images/edits" if "image" in body else "images/generations",
+                "init_image_sha256": body["image"]["sha256"] if "image" in body else None,
                 "seed_sent": False, "reproducible": False, "cached": cached,
                 "negative_prompt_sent": False,
             }
