@@ -226,3 +226,16 @@ def test_the_api_renders_through_comfyui_with_progress(comfy, monkeypatch):
     job = asyncio.run(go())
     assert job["status"] == "succeeded", job
     assert job["progress"]["images_done"] == job["progress"]["images_total"] == 2
+
+
+def test_sampling_steps_move_the_progress(tmp_path):
+    """The KSampler's `progress` messages count too: 7 nodes + 5 steps, in order, with the sampling steps
+    arriving while ComfyUI samples (before the image is saved)."""
+    with fake_comfyui(step_s=0.01) as server:
+        settings = comfy_workspace(tmp_path, server.url, 'checkpoint = "sd_xl_base_1.0.safetensors"\n')
+        engine = create_engine(settings, "comfyui", "test")
+        events = []
+        engine.render([RenderRequest(prompt="x", width=64, height=64, steps=5, engine="comfyui")],
+                      progress=lambda e: events.append((e.step, e.total_steps, len(server.files))))
+    assert [step for step, _, _ in events] == list(range(1, 13)) and {total for _, total, _ in events} == {12}
+    assert sum(1 for _, _, saved in events if saved == 0) >= 9  # 4 loader/encoder/latent nodes + KSampler + 5 steps

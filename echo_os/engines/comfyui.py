@@ -25,8 +25,9 @@ writes it) and NAME.toml (its description and bindings: which node input receive
 own `pipelines/comfyui/` is read too and wins by name. The engine assumes no checkpoint loader: a
 template binds only what it has.
 
-Progress: one step per node of the graph (executed or cached), in order, so the CLI bar, SSE and job
-status move as ComfyUI works through the graph.
+Progress: one step per node of the graph (executed or cached) and one per sampling step of the node
+`steps` is bound to (ComfyUI's `progress` messages), in order, so the CLI bar, SSE and job status move as
+ComfyUI works through the graph.
 """
 
 from __future__ import annotations
@@ -396,7 +397,11 @@ class ComfyUIEngine(BaseEngine):
             print(f"engine comfyui: prompts are sent to {client.url} (workflow {workflow.name})", file=sys.stderr,
                   flush=True)
         init_name = client.upload(Path(options.init_image).expanduser()) if options.init_image else None
-        total = len(workflow.graph) * request.count
+        # One step per node, plus one per sampling step of the node `steps` is bound to (its `progress`
+        # messages), so a real SDXL graph's bar moves while the KSampler works, not only between nodes.
+        sampler = workflow.bindings["steps"][0].node if "steps" in workflow.bindings else None
+        per_image = len(workflow.graph) + (request.steps if sampler else 0)
+        total = per_image * request.count
         done = [0]
 
         def advance(nodes: int) -> None:
@@ -409,8 +414,8 @@ class ComfyUIEngine(BaseEngine):
         for index, seed in enumerate(request.seeds):
             graph = workflow.bind(self.values_for(request, seed, options, init_name))
             prompt_id = client.submit(graph)
-            run = self._follow(prompt_id, graph, advance, cancel)
-            advance((index + 1) * len(workflow.graph) - done[0])  # nodes ComfyUI did not need to run
+            run = self._follow(prompt_id, graph, advance, cancel, sampler, request.steps)
+            advance((index + 1) * per_image - done[0])  # nodes ComfyUI did not need to run, cached sampling
             outputs = client.history(prompt_id).get("outputs", {})
             found = [image for node in outputs.values() for image in node.get("images", [])
                      if image.get("type", "output") == "output"]
@@ -425,9 +430,11 @@ class ComfyUIEngine(BaseEngine):
                 "cached_nodes": run.cached, "reproducible": True}))
         return images
 
-    def _follow(self, prompt_id: str, graph: dict, advance, cancel: threading.Event | None) -> _Run:
+    def _follow(self, prompt_id: str, graph: dict, advance, cancel: threading.Event | None,
+                sampler: str | None = None, steps: int = 0) -> _Run:
         """Read the websocket until `executing` with node null for this prompt."""
         run = _Run(cached=[], executed=[])
+        sampled = 0
         deadline = time.monotonic() + self.config.timeout_s
         interrupted_by_us = False
         failure: str | None = None
@@ -451,6 +458,11 @@ class ComfyUIEngine(BaseEngine):
                 if data["node"] in graph:
                     run.executed.append(data["node"])
                     advance(1)
+            elif kind == "progress" and sampler is not None and data.get("node") == sampler:
+                value = min(int(data.get("value", 0)), steps)
+                if value > sampled:
+                    advance(value - sampled)
+                    sampled = value
             elif kind == "execution_error":
                 failure = (f"engine comfyui: node {data.get('node_id')} ({data.get('node_type')}) failed: "
                            f"{data.get('exception_type', 'error')}: {str(data.get('exception_message', '')).strip()}")
