@@ -24,6 +24,7 @@ tinted by the prompt), VAEDecode. `posts` counts POST /prompt bodies; `step_s` s
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import io
 import itertools
@@ -79,6 +80,9 @@ class FakeComfyUI:
         self.files: dict[str, bytes] = {}
         self.history: dict[str, dict] = {}
         self.interrupt_flag = threading.Event()
+        # Injected faults, one per executed prompt in order: "error" (the first node run raises, so an
+        # execution_error follows), "ok" (nothing).
+        self.faults: collections.deque[str] = collections.deque()
         self._cache: dict[str, tuple[str, list]] = {}  # node id -> (signature, outputs)
         self._counter = itertools.count(1)
         self._numbers = itertools.count(0)
@@ -263,6 +267,7 @@ class FakeComfyUI:
             self.send({"type": kind, "data": {**data, "prompt_id": prompt_id}}, client_id)
 
         messages = ["execution_start"]
+        fault = self.faults.popleft() if self.faults else None
         order = self._order(graph)
         signatures: dict[str, str] = {}
         for node_id in order:
@@ -291,6 +296,8 @@ class FakeComfyUI:
             try:
                 if self.interrupt_flag.is_set():
                     raise Interrupted
+                if fault == "error":
+                    raise RuntimeError("injected fault")
                 result = self._run_node(node["class_type"], inputs, node_id, event)
             except Interrupted:
                 event("execution_interrupted", {"node_id": node_id, "node_type": node["class_type"],

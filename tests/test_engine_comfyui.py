@@ -202,11 +202,18 @@ def test_a_story_renders_every_scene_once_and_resumes(comfy, fake):
     prompts.write_text("a fox\na hare\na heron\n", encoding="utf-8")
     args = ("--home", str(comfy.home), "batch", "animals", f"@{prompts}", "--engine", "comfyui", "--size", "32x32",
             "--json")
+    fake.faults.extend(["ok", "error"])  # scene 2 fails in ComfyUI
+    code, out, err = run_cli(*args)
+    assert code == 1 and "node 1 (EmptyImage) failed: RuntimeError: injected fault" in err.splitlines()[-1]
+    assert len(list(comfy.artifacts_dir.rglob("image.png"))) == 1 and len(fake.posts) == 2
     code, out, err = run_cli(*args)
     assert code == 0, err
-    assert json.loads(out)["rendered"] == 3 and len(fake.posts) == 3
+    result = json.loads(out)
+    assert (result["rendered"], result["resumed"]) == (2, 1) and len(fake.posts) == 4
+    seeds = [post["prompt"]["1"]["inputs"]["color"] for post in fake.posts]
+    assert seeds[1] == seeds[2] and len(set(seeds)) == 3  # scene 2 asked again with the same seed, each once more
     code, out, err = run_cli(*args)
-    assert code == 0 and json.loads(out)["resumed"] == 3 and len(fake.posts) == 3
+    assert code == 0 and json.loads(out)["resumed"] == 3 and len(fake.posts) == 4
 
 
 def test_the_api_renders_through_comfyui_with_progress(comfy, monkeypatch):

@@ -211,6 +211,13 @@ def test_a_story_meeting_a_failing_provider_keeps_its_scenes_and_resumes(hosted,
     assert server.served == 4  # every scene rendered exactly once across the faults
     prompts_sent = [body["prompt"] for body in server.requests]
     assert prompts_sent.count("a heron in fog") == 4 and prompts_sent.count("a seal on a rock") == 1
+    # The same story as another project (nothing to resume there) is paid once: every image from the cache.
+    asked = len(server.requests)
+    code, out, err = run_cli(*args[:3], "animals-again", *args[4:])
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["rendered"] == 4 and len(server.requests) == asked
+    assert all(_meta(row)["provenance"]["cached"] for row in again["artifacts"])
 
 
 @pytest.fixture
