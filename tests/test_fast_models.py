@@ -105,3 +105,23 @@ def test_the_turbo_preset_names_the_few_step_model(fast_workspace):
                              "tiny-turbo", "--device", "cpu", "--no-memory", "--json")
     assert code == 0, err
     assert (_meta(out)["steps"], _meta(out)["request"]["model"]) == (1, "tiny-turbo")
+
+
+def test_batch_on_the_cpu_uses_the_cpu_size(tiny_workspace, monkeypatch):
+    """Like render: no --size and an engine with its own default size (cpu: ECHO_OS_CPU_SIZE) -> every
+    scene at that size, said once; --size still wins."""
+    monkeypatch.setenv("ECHO_OS_CPU_SIZE", "64x48")
+    prompts = tiny_workspace.home / "prompts.txt"
+    prompts.write_text("a fox\na hare --seed 3\n", encoding="utf-8")
+    home = str(tiny_workspace.home)
+    code, out, err = run_cli("--home", home, "batch", "fast", f"@{prompts}", "--engine", "cpu", "--model", "tiny",
+                             "--steps", "2", "--json")
+    assert code == 0, err
+    assert "note: 64x48 for every scene by default with engine cpu" in err
+    sizes = {(meta["width"], meta["height"]) for meta in
+             (json.loads((Path(row["path"]) / "meta.json").read_text()) for row in json.loads(out)["artifacts"])}
+    assert sizes == {(64, 48)}
+    code, out, err = run_cli("--home", home, "batch", "fast", f"@{prompts}", "--engine", "cpu", "--model", "tiny",
+                             "--steps", "2", "--size", "64x64", "--dry-run", "--json")
+    assert code == 0 and "note:" not in err
+    assert {(s["request"]["width"], s["request"]["height"]) for s in json.loads(out)["scenes"]} == {(64, 64)}

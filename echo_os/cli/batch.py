@@ -182,13 +182,31 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
     check_engine_name(engine)
     options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
                           seed=seed)
-    if source.startswith("@"):
-        if bible is not None:
-            raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
-        plan = plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=load_clip_tokenizer)
-    else:
-        plan = plan_story(project, Path(source), bible=bible, options=options,
-                          tokenizer_loader=load_clip_tokenizer)
+    if source.startswith("@") and bible is not None:
+        raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
+
+    def make_plan(options: PlanOptions):
+        if source.startswith("@"):
+            return plan_prompt_list(project, Path(source[1:]), options=options, tokenizer_loader=load_clip_tokenizer)
+        return plan_story(project, Path(source), bible=bible, options=options, tokenizer_loader=load_clip_tokenizer)
+
+    plan = make_plan(options)
+    if size is None and plan.scenes:
+        # As `render` does: an engine with its own default size (the cpu engine: ECHO_OS_CPU_SIZE, 512x512)
+        # renders the story at that size unless --size (or the preset) gives one; a 1216x832 bible default
+        # would take many minutes an image on a CPU.
+        from echo_os.engines import choose_engine, get_engine
+        from echo_os.errors import EchoError
+
+        try:
+            name, _ = choose_engine(settings, plan.scenes[0].request)
+        except EchoError:  # no engine for it (a dry run may plan with a tokenizer folder): the render says why
+            name = None
+        default = get_engine(name).default_size(settings) if name else None
+        if default is not None:
+            plan = make_plan(options.model_copy(update={"size": f"{default[0]}x{default[1]}"}))
+            click.echo(f"note: {default[0]}x{default[1]} for every scene by default with engine {name}; "
+                       "--size for another", err=True)
     if dry_run:
         if json_output:
             click.echo(json.dumps(plan.model_dump(mode="json"), ensure_ascii=False, indent=2))
