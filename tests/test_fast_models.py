@@ -111,11 +111,12 @@ def test_batch_on_the_cpu_uses_the_cpu_size(tiny_workspace, monkeypatch):
     """Like render: no --size and an engine with its own default size (cpu: ECHO_OS_CPU_SIZE) -> every
     scene at that size, said once; --size still wins."""
     monkeypatch.setenv("ECHO_OS_CPU_SIZE", "64x48")
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")  # embedding is not what this test is about
     prompts = tiny_workspace.home / "prompts.txt"
     prompts.write_text("a fox\na hare --seed 3\n", encoding="utf-8")
     home = str(tiny_workspace.home)
     code, out, err = run_cli("--home", home, "batch", "fast", f"@{prompts}", "--engine", "cpu", "--model", "tiny",
-                             "--steps", "2", "--json")
+                             "--steps", "2", "--clip", "none", "--json")
     assert code == 0, err
     assert "note: 64x48 for every scene by default with engine cpu" in err
     sizes = {(meta["width"], meta["height"]) for meta in
