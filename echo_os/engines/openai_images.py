@@ -309,8 +309,9 @@ class OpenAIEngine(BaseEngine):
             return "no OPENAI_API_KEY is set"
         try:
             import openai  # noqa: F401
+            import tenacity  # noqa: F401
         except ImportError:
-            return 'the openai package is not installed (pip install "echo-os[hosted]")'
+            return 'the openai and tenacity packages are not installed (pip install "echo-os[hosted]")'
         return None
 
     @classmethod
@@ -332,8 +333,10 @@ class OpenAIEngine(BaseEngine):
         if self._client is None:
             try:
                 import openai
+                import tenacity  # noqa: F401  (used per request; reported here, before anything is sent)
             except ImportError:
-                raise UsageError('the openai engine needs the openai package: pip install "echo-os[hosted]"') from None
+                raise UsageError('the openai engine needs the openai and tenacity packages: '
+                                 'pip install "echo-os[hosted]"') from None
             try:
                 self._client = openai.OpenAI(max_retries=0, timeout=self.config.timeout_s)
             except openai.OpenAIError as error:  # no key
