@@ -60,6 +60,12 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
         if getattr(artifact.meta, "kind", None) == "video":
             raise UsageError(f"artifact {artifact.id[:12]} is a video ({artifact.meta.video_kind}); replay re-renders "
                              "images: give an image artifact id.")
+        provenance = artifact.meta.provenance or {}
+        if provenance.get("reproducible") is False:
+            raise UsageError(
+                f"artifact {artifact.id[:12]} came from {provenance.get('provider', artifact.meta.engine.name)} "
+                f"({provenance.get('model', 'a hosted model')}), which takes no seed: it cannot be reproduced, "
+                "so replay does not pretend to; render the prompt again for a new image")
         request = artifact.meta.replay_request()
         engine_name = artifact.meta.engine.name
         engine = create_engine(settings, engine_name, f"replay of {artifact.id[:12]}")

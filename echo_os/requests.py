@@ -25,7 +25,9 @@ MAX_SEED = 2**32 - 1
 # Each option list is one Literal; the tuples the CLI's click.Choice and the docs use are derived from it
 # (the API schemas use the Literals). Scheduler names are mapped to diffusers classes by the sdxl engine;
 # listed here so validation does not import diffusers. Engine names come from the engine registry.
-Scheduler = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"]
+# lcm, tcd and euler_trailing are for few-step distilled models (LCM-LoRA, TCD, SDXL-Turbo/Lightning).
+Scheduler = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc", "lcm", "tcd",
+                    "euler_trailing"]
 Device = Literal["auto", "cuda", "cpu", "mps"]
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 Attention = Literal["sdpa", "xformers"]

@@ -78,6 +78,9 @@ class MemoryInfo:
 class RenderedImage:
     image: "Image"
     seed: int
+    # Where a remote engine got the image (provider, model, response id, usage, revised prompt, cached,
+    # reproducible): recorded as meta.json's `provenance`. None for local engines.
+    provenance: dict | None = None
 
 
 @dataclass

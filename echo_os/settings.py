@@ -7,7 +7,7 @@ at import time.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,20 @@ class Settings:
     # may be used at all.
     engine_order: tuple[str, ...] | None = None
     allow_network: bool = False
+    # Each engine's own sub-table of [engines] (`[engines.openai]`, `[engines.comfyui]`, ...): raw TOML
+    # values, validated by the engine that reads them (its settings model), not here.
+    engine_tables: dict[str, dict] = field(default_factory=dict, hash=False, compare=False)
+    # Hosted engines keep a response cache; `--no-cache` turns it off for one command.
+    response_cache: bool = True
+
+    def engine_table(self, name: str) -> dict:
+        """The `[engines.NAME]` table of echo-os.toml ({} when absent)."""
+        return self.engine_tables.get(name, {})
+
+    def network_allowed(self, name: str) -> bool:
+        """Whether engine `name` may open network connections: `[engines] allow_network = true` (every
+        network engine) or `[engines.NAME] allow = true` (that one)."""
+        return self.allow_network or self.engine_table(name).get("allow") is True
 
     @property
     def artifacts_dir(self) -> Path:
@@ -82,8 +96,11 @@ def read_engines_table(path: Path) -> dict:
     """engine_order / allow_network from the `[engines]` table of a workspace's echo-os.toml:
 
         [engines]
-        order = ["draft"]          # what `auto` asks, in order (default: sdxl, cpu, draft)
+        order = ["draft"]          # what `auto` asks, in order (default: sdxl, comfyui, openai, cpu, draft)
         allow_network = false      # engines that open network connections need true
+
+        [engines.openai]           # one engine's own settings (read and checked by that engine)
+        allow = true
     """
     from echo_os.errors import UsageError
 
@@ -100,11 +117,12 @@ def read_engines_table(path: Path) -> dict:
         raise UsageError(f"{path} cannot be read as TOML ({error}); fix or remove it.") from None
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [engines] must be a table.")
-    unknown = set(table) - {"order", "allow_network"}
+    engine_tables = {key: value for key, value in table.items() if isinstance(value, dict)}
+    unknown = set(table) - {"order", "allow_network"} - set(engine_tables)
     if unknown:
         raise UsageError(f"{path}: [engines] has unknown key(s) {', '.join(sorted(unknown))}; "
-                         "it takes order and allow_network.")
-    out: dict = {}
+                         "it takes order, allow_network and one [engines.NAME] table per engine.")
+    out: dict = {"engine_tables": engine_tables} if engine_tables else {}
     if "order" in table:
         order = table["order"]
         if not (isinstance(order, list) and order and all(isinstance(n, str) and n for n in order)):

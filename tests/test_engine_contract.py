@@ -139,3 +139,43 @@ class TestFakeEngineContract(EngineContract):
 
         with register_engine(FakeEngine()):
             yield workspace
+
+
+class TestOpenAIContract(EngineContract):
+    """The hosted engine against the fake OpenAI Images server (tests/fake_openai.py)."""
+
+    engine_name = "openai"
+    request_fields = dict(width=1024, height=1024)
+    cli_args = ("--size", "1024x1024")
+
+    @pytest.fixture
+    def settings(self, tmp_path, monkeypatch):
+        from tests.fake_openai import fake_images_server, hosted_workspace
+
+        with fake_images_server() as server:
+            monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+            monkeypatch.setenv("OPENAI_API_KEY", "sk-test-fake")
+            yield hosted_workspace(tmp_path)
+
+
+class TestComfyUIContract(EngineContract):
+    """The ComfyUI client against the fake ComfyUI (tests/fake_comfyui.py), with the weightless
+    solid-colour workflow (one colour per seed)."""
+
+    engine_name = "comfyui"
+    request_fields = dict(width=64, height=48)
+    workflow_toml = 'workflow = "solid-colour"\n'
+
+    @pytest.fixture
+    def settings(self, tmp_path):
+        from tests.fake_comfyui import comfy_workspace, fake_comfyui
+
+        with fake_comfyui() as server:
+            yield comfy_workspace(tmp_path, server.url, self.workflow_toml)
+
+
+class TestComfyUISDXLTemplateContract(TestComfyUIContract):
+    """The default SDXL text-to-image template (the fake runs its KSampler on numpy noise)."""
+
+    request_fields = dict(width=64, height=64, steps=3)
+    workflow_toml = 'checkpoint = "sd_xl_base_1.0.safetensors"\n'

@@ -308,7 +308,13 @@ def test_missing_file_and_broken_link(tmp_path: Path) -> None:
 
 def test_default_registry_names_the_shipped_models(home: Settings) -> None:
     registry = load_registry(home)
-    assert registry.names() == ["sdxl", "sdxl-turbo", "ip-adapter-sdxl", "clip-vit-l-14", "minilm", "svd"]
+    assert registry.names() == ["sdxl", "sdxl-turbo", "sdxl-lightning-4step", "sdxl-lightning-4step-lora", "sdxl-lcm",
+                                "lcm-lora-sdxl", "sdxl-tcd", "tcd-lora-sdxl", "ip-adapter-sdxl", "clip-vit-l-14",
+                                "minilm", "svd"]
+    # the few-step entries carry their render defaults and distillation LoRA (tests/test_fast_models.py)
+    assert (registry.get("sdxl-lcm").defaults.scheduler, registry.get("sdxl-lcm").defaults.lora) == (
+        "lcm", "lcm-lora-sdxl")
+    assert registry.get("lcm-lora-sdxl").type == "lora" and registry.get("sdxl").defaults is None
     sdxl = registry.get("sdxl")
     assert (sdxl.type, sdxl.kind, sdxl.source, sdxl.variant) == (
         "sdxl", "hf", "stabilityai/stable-diffusion-xl-base-1.0", "fp16")

@@ -213,10 +213,19 @@ def build_render_request(settings: Settings, fields: dict[str, Any], *, size: st
     if request.engine != "auto":  # the named engine's own options: a 422 on the bad one, before queueing
         from echo_os.engines import engine_options, get_engine
 
+        plugin = get_engine(request.engine)
         try:
-            engine_options(get_engine(request.engine), request)
+            options = engine_options(plugin, request)
         except OptionError as error:
             raise field_error(tuple(error.option.split(".")), str(error), dict(request.options)) from None
+        check = getattr(plugin, "check_request", None)  # what it refuses on any machine (a hosted model's sizes)
+        try:
+            if check is not None:
+                check(settings, request, options)
+        except OptionError as error:
+            head, *rest = error.option.split(".")
+            head = size_name if head == "size" else names.get(head, head)
+            raise field_error((head, *rest), str(error), size if head == size_name else None) from None
     check_runtime(request)
     return request
 

@@ -74,6 +74,9 @@ class ArtifactMeta(BaseModel):
     vae_tiling: bool = False
     profile: str | None = None  # CUDA render profile applied (engines/cuda_profile.py), None on CPU
     tile: str | None = None  # seamless tiling axes ("x", "y", "xy"), engines/tiling.py; None: not tiled
+    # A remote engine's record of the image (RenderedImage.provenance): provider, model, response id,
+    # usage, revised prompt, whether it came from the response cache and whether it can be reproduced.
+    provenance: dict[str, Any] | None = None
 
     def replay_request(self) -> RenderRequest:
         return RenderRequest.model_validate(self.request)

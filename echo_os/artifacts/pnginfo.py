@@ -61,6 +61,9 @@ A1111_SAMPLER_NAMES = {
     "ddim": "DDIM",
     "heun": "Heun",
     "unipc": "UniPC",
+    "lcm": "LCM",
+    "tcd": "TCD",
+    "euler_trailing": "Euler",
 }
 
 

@@ -324,6 +324,7 @@ class ArtifactStore:
             vae_tiling=runtime.vae_tiling,
             profile=runtime.profile,
             tile=request.tile,
+            provenance=result.images[index].provenance,
         )
 
     @staticmethod

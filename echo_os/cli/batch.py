@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -215,6 +216,8 @@ def first_scenes(plan, count: int):
               help="Prompt alignment (CLIP cosine, score/100) below which a scene is flagged (default 0.22).")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Render only the first COUNT prompts or scenes (of the project's plan, or of SOURCE).")
+@click.option("--no-cache", is_flag=True, help="Hosted engines: ask the provider again even for a request "
+                                               "already answered (its response cache is not read).")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str | None, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
@@ -222,7 +225,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
           preset: str | None, best_of: int, reroll_flagged: bool, objective: str | None, no_score: bool,
           style_threshold: float | None, character_threshold: float | None,
           alignment_threshold: float | None, count: int | None, style: str | None,
-          compare_models: str | None) -> None:
+          compare_models: str | None, no_cache: bool) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt;
     without SOURCE, the list `echo-os plan PROJECT ...` made.
 
@@ -239,6 +242,8 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
 
     settings = settings_from(ctx)
+    if no_cache:
+        settings = dataclasses.replace(settings, response_cache=False)
     if preset is not None:
         from click.core import ParameterSource
 
@@ -247,6 +252,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         chosen = get_preset(settings, preset)
         if ctx.get_parameter_source("engine") in (None, ParameterSource.DEFAULT) and chosen.engine:
             engine = chosen.engine
+        model = model if model is not None else chosen.model
         steps = steps if steps is not None else chosen.steps
         cfg = cfg if cfg is not None else chosen.cfg
         size = size if size is not None else chosen.size

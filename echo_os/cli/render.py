@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -83,6 +85,29 @@ def apply_preset(ctx: click.Context, settings, fields: dict, name: str | None) -
         elif source in (None, ParameterSource.DEFAULT):
             out[key] = value
     return out
+
+
+def apply_model_defaults(ctx: click.Context, settings, fields: dict, preset: str | None) -> tuple[dict, str | None]:
+    """`fields` with the model entry's render defaults (models.toml `steps`, `cfg`, `scheduler`, `size`)
+    for every option neither the command line nor the preset gave; and the entry's `lora`, if any.
+    A few-step model (SDXL-Turbo, Lightning, LCM) then renders with its own steps, guidance and scheduler."""
+    from click.core import ParameterSource
+
+    from echo_os.models import load_registry
+
+    registry = load_registry(settings)
+    if fields.get("model") not in registry:
+        return fields, None  # an unknown name is reported where the weights are checked
+    defaults = registry.get(fields["model"]).defaults
+    if defaults is None:
+        return fields, None
+    from_preset = apply_preset(ctx, settings, {}, preset) if preset else {}
+    out = dict(fields)
+    for key, value in defaults.fields().items():
+        option = {"width": "size", "height": "size"}.get(key, key)
+        if ctx.get_parameter_source(option) in (None, ParameterSource.DEFAULT) and key not in from_preset:
+            out[key] = value
+    return out, defaults.lora
 
 
 def parse_loras(settings, specs: tuple[str, ...]):
@@ -183,11 +208,13 @@ def engine_announcer(note: str | None = None):
               help="No effect (kept for old scripts): renders are embedded by the next memory command.")
 @click.option("--no-score", is_flag=True,
               help="Do not score the images (CLIP prompt alignment, aesthetic) as they are saved.")
+@click.option("--no-cache", is_flag=True, help="Hosted engines: ask the provider again even for a request "
+                                               "already answered (its response cache is not read).")
 @click.pass_context
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, no_score: bool, again: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...],
            preset: str | None, tile: str | None, kind: str, refiner: str | None, switch: float,
-           **options) -> None:
+           no_cache: bool, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json).
 
     An image whose exact request (seed included) is already an artifact of the project is not rendered
@@ -199,6 +226,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     from echo_os.styles import style_fields
 
     settings = settings_from(ctx)
+    if no_cache:
+        settings = dataclasses.replace(settings, response_cache=False)
     width, height = parse_size(size or DEFAULT_SIZE)
     fields = dict(options, prompt=prompt, width=width, height=height,
                   tile=tile or ("xy" if kind == "texture" else None))
@@ -210,14 +239,16 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     fields = apply_preset(ctx, settings, fields, preset)
     fields.update(style_fields(settings, fields.pop("style", ""), fields["negative_prompt"]))
     fields["refiner"] = refiner_input(settings, refiner, switch)
+    fields, model_lora = apply_model_defaults(ctx, settings, fields, preset)
     check_engine_name(fields["engine"])
     request = build_request(**fields)
-    if lora_specs:
-        request = request.model_copy(update={"loras": parse_loras(settings, lora_specs)})
+    if lora_specs or model_lora:
+        request = request.model_copy(update={"loras": parse_loras(settings, lora_specs or (model_lora,))})
     # The engine is chosen once, here: the default size depends on it (and choosing checks the weights).
     name, reason = choose_engine(settings, request)
     note = None
-    if size is None and (preset is None or "width" not in apply_preset(ctx, settings, {}, preset)):
+    if size is None and (preset is None or "width" not in apply_preset(ctx, settings, {}, preset)) \
+            and "width" not in apply_model_defaults(ctx, settings, {"model": request.model}, preset)[0]:
         request, note = engine_default_size(settings, request, name)
     engine = create_engine(settings, name, reason)
     if request.tile and not engine.capabilities.tiling:

@@ -25,8 +25,11 @@ if TYPE_CHECKING:
     from echo_os.requests import RenderRequest
     from echo_os.settings import Settings
 
-# The order `auto` asks the built-in engines in, when the workspace sets none.
-DEFAULT_ORDER: tuple[str, ...] = ("sdxl", "cpu", "draft")
+# The order `auto` asks the built-in engines in, when the workspace sets none. The network engines
+# (comfyui, openai) are asked only where the workspace allows them, so by default they are skipped
+# without a connection being opened: a local GPU first, then a configured ComfyUI, then the hosted API,
+# then the CPU and the storyboard cards, which always work.
+DEFAULT_ORDER: tuple[str, ...] = ("sdxl", "comfyui", "openai", "cpu", "draft")
 AUTO = "auto"
 
 
@@ -86,8 +89,9 @@ def _lacks(settings: "Settings", plugin: "EnginePlugin", request: "RenderRequest
     problem is their error (raised) and the engine's own availability is not second-guessed."""
     caps = plugin.capabilities
     problems: list[str] = []
-    if caps.network and not settings.allow_network:
-        problems.append("it opens network connections; set allow_network = true under [engines] in echo-os.toml")
+    if caps.network and not settings.network_allowed(plugin.name):
+        problems.append(f"it sends requests over the network; set allow = true under [engines.{plugin.name}] "
+                        "(or allow_network = true under [engines]) in echo-os.toml")
     unmet = caps.unmet(request)
     if unmet:
         problems.append(unmet)
@@ -105,7 +109,12 @@ def _lacks(settings: "Settings", plugin: "EnginePlugin", request: "RenderRequest
         check_loadable(resolved)  # a broken or refused file is reported before anything starts
     if not problems:
         try:
-            engine_options(plugin, request)
+            options = engine_options(plugin, request)
+            # What this engine refuses whatever the machine (a hosted model's sizes): the user's error
+            # when they named the engine. Optional for plugins that do not subclass BaseEngine.
+            check = getattr(plugin, "check_request", None)
+            if check is not None:
+                check(settings, request, options)
         except OptionError as error:
             if asked:
                 raise

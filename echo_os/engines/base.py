@@ -150,6 +150,11 @@ class BaseEngine:
         return None
 
     @classmethod
+    def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
+        """Raise an OptionError (naming the option) for a request this engine refuses on any machine,
+        beyond what `capabilities` says (a hosted model's allowed sizes). Checked before availability."""
+
+    @classmethod
     def create(cls, settings: "Settings", reason: str) -> "BaseEngine":
         return cls(settings, reason)
 

@@ -33,6 +33,7 @@ class Preset(BaseModel):
     name: str = Field(min_length=1)
     description: str = ""
     engine: str | None = None
+    model: str | None = None  # a models.toml name; its own render defaults fill what the preset leaves
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     cfg: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
     scheduler: Scheduler | None = None
@@ -42,7 +43,7 @@ class Preset(BaseModel):
 
     def fields(self) -> dict[str, Any]:
         """RenderRequest fields this preset sets (size as width/height)."""
-        out: dict[str, Any] = {key: getattr(self, key) for key in ("engine", "steps", "cfg", "scheduler")
+        out: dict[str, Any] = {key: getattr(self, key) for key in ("engine", "model", "steps", "cfg", "scheduler")
                                if getattr(self, key) is not None}
         if self.size is not None:
             out["width"], out["height"] = parse_size(self.size)

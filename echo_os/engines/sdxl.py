@@ -52,6 +52,11 @@ SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # Few-step distilled models: LCM and LCM-LoRA; TCD (and TCD-LoRA); SDXL-Turbo and SDXL-Lightning, which
+    # their authors run with Euler and timesteps spaced from the end ("trailing").
+    "lcm": ("LCMScheduler", {}),
+    "tcd": ("TCDScheduler", {}),
+    "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
 }
 
 

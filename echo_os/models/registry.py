@@ -33,7 +33,10 @@ MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embe
 SOURCE_KEYS: tuple[str, ...] = ("path", "hf", "file", "package")
 STRING_KEYS: tuple[str, ...] = ("type", *SOURCE_KEYS, "variant", "revision", "config", "subfolder", "weight_name",
                                 "image_encoder", "description")
-KNOWN_KEYS: tuple[str, ...] = (*STRING_KEYS, "allow_pickle")
+# Render defaults of an sdxl entry (few-step models: SDXL-Turbo, Lightning, LCM): used when the command
+# line, the preset and the story bible leave the value unset. `lora` names a lora entry applied with it.
+DEFAULT_KEYS: tuple[str, ...] = ("steps", "cfg", "scheduler", "size", "lora")
+KNOWN_KEYS: tuple[str, ...] = (*STRING_KEYS, "allow_pickle", *DEFAULT_KEYS)
 
 DEFAULT_MODELS_TOML = Path(__file__).with_name("default_models.toml")
 
@@ -68,6 +71,7 @@ class ModelEntry:
     description: str | None = None
     allow_pickle: bool = False
     origin: Path | None = None
+    defaults: "RenderDefaults | None" = None
 
     @property
     def label(self) -> str:
@@ -78,6 +82,54 @@ class ModelEntry:
     def single_file(self) -> bool:
         """True when the weights are one checkpoint file rather than a folder of components."""
         return self.kind == "file" or self.weight_name is not None
+
+
+@dataclass(frozen=True)
+class RenderDefaults:
+    """What a model entry says it renders best with (DEFAULT_KEYS), each None when not given."""
+
+    steps: int | None = None
+    cfg: float | None = None
+    scheduler: str | None = None
+    size: str | None = None
+    lora: str | None = None
+
+    def fields(self) -> dict:
+        """RenderRequest fields (size as width/height); the lora is resolved by the caller."""
+        from echo_os.requests import parse_size
+
+        out = {key: getattr(self, key) for key in ("steps", "cfg", "scheduler") if getattr(self, key) is not None}
+        if self.size is not None:
+            out["width"], out["height"] = parse_size(self.size)
+        return out
+
+
+def _parse_defaults(table: dict, where: str, model_type: str) -> RenderDefaults | None:
+    from echo_os.requests import MAX_STEPS, SCHEDULERS, parse_size
+
+    given = {key: table[key] for key in DEFAULT_KEYS if key in table}
+    if not given:
+        return None
+    if model_type != "sdxl":
+        raise UsageError(f"{where}: {', '.join(given)} only apply to sdxl entries.")
+    steps, cfg = given.get("steps"), given.get("cfg")
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_STEPS):
+        raise UsageError(f"{where}.steps: must be a whole number from 1 to {MAX_STEPS}.")
+    if cfg is not None and not (isinstance(cfg, (int, float)) and not isinstance(cfg, bool) and 0 <= cfg <= 100):
+        raise UsageError(f"{where}.cfg: must be a number from 0 to 100.")
+    scheduler = given.get("scheduler")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise UsageError(f"{where}.scheduler: unknown scheduler {scheduler!r} (known: {', '.join(SCHEDULERS)}).")
+    size = given.get("size")
+    if size is not None:
+        if not isinstance(size, str):
+            raise UsageError(f"{where}.size: must be a string like \"512x512\".")
+        parse_size(size)
+    lora = given.get("lora")
+    if lora is not None and not (isinstance(lora, str) and NAME_RE.match(lora)):
+        raise UsageError(f"{where}.lora: must name a lora entry of models.toml.")
+    return RenderDefaults(steps=steps, cfg=None if cfg is None else float(cfg), scheduler=scheduler, size=size,
+                          lora=lora)
 
 
 class ModelRegistry:
@@ -172,6 +224,8 @@ def _parse_entry(name: str, table: object, path: Path) -> ModelEntry:
         if key == "allow_pickle":
             if not isinstance(value, bool):
                 raise UsageError(f"{where}.allow_pickle: must be true or false.")
+        elif key in DEFAULT_KEYS:
+            pass  # checked by _parse_defaults
         elif not isinstance(value, str) or not value.strip():
             raise UsageError(f"{where}.{key}: must be a non-empty string.")
 
@@ -251,6 +305,7 @@ def _parse_entry(name: str, table: object, path: Path) -> ModelEntry:
         description=table.get("description"),
         allow_pickle=bool(table.get("allow_pickle", False)),
         origin=path,
+        defaults=_parse_defaults(table, where, model_type),
     )
 
 

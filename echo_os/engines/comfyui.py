@@ -1,0 +1,484 @@
+"""The `comfyui` engine: a client of a running ComfyUI server.
+
+Configured in the workspace's echo-os.toml:
+
+    [engines.comfyui]
+    allow = true                          # it opens network connections (to this URL only)
+    url = "http://127.0.0.1:8188"
+    workflow = "sdxl-txt2img"             # the default template (`-o workflow=NAME` per render)
+    checkpoint = "sd_xl_base_1.0.safetensors"   # for templates that bind a checkpoint
+
+`auto` asks it only when it is allowed and configured, and then only if GET /system_stats answers.
+
+Per image: the template's API-format graph with the request's values bound (prompt, negative, seed,
+steps, cfg, width, height, checkpoint, batch size 1, sampler/scheduler, init image) is sent with
+POST /prompt {prompt, client_id}; the websocket /ws?clientId= is followed (executing, progress,
+executed, execution_cached, execution_success, execution_error, execution_interrupted; done at
+`executing` with node null for this prompt); GET /history/{prompt_id} lists the output images, fetched
+with GET /view. A cancel sends POST /interrupt. An init image is sent first with POST /upload/image.
+One prompt per image, with that image's seed, so image i of a batch is exactly the image its seed gives
+alone (ComfyUI's own batches draw all their noise from one seed).
+
+Workflow templates live in `pipelines/comfyui/`: NAME.json (a workflow as ComfyUI's "Export (API)"
+writes it) and NAME.toml (its description and bindings: which node input receives each request value,
+"NODE_ID.INPUT_NAME", or {input = "...", modulo = N} for an input with a smaller range). A workspace's
+own `pipelines/comfyui/` is read too and wins by name. The engine assumes no checkpoint loader: a
+template binds only what it has.
+
+Progress: one step per node of the graph (executed or cached) and one per sampling step of the node
+`steps` is bound to (ComfyUI's `progress` messages), in order, so the CLI bar, SSE and job status move as
+ComfyUI works through the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from echo_os.engines.base import (
+    BaseEngine,
+    Capabilities,
+    EngineOptions,
+    ProgressCallback,
+    ProgressEvent,
+    RenderedImage,
+    RenderResult,
+    RuntimeInfo,
+    Timings,
+)
+from echo_os.engines.hookspecs import hookimpl
+from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
+from echo_os.settings import REPO_ROOT
+
+if TYPE_CHECKING:
+    from echo_os.requests import RenderRequest
+    from echo_os.settings import Settings
+
+TEMPLATES_DIR = Path("pipelines") / "comfyui"
+BINDABLE = ("prompt", "negative", "seed", "steps", "cfg", "width", "height", "checkpoint", "batch_size",
+            "init_image", "sampler", "scheduler")
+# echo-os scheduler names -> ComfyUI's (sampler_name, scheduler).
+SAMPLERS: dict[str, tuple[str, str]] = {
+    "euler": ("euler", "normal"), "euler_a": ("euler_ancestral", "normal"), "dpmpp_2m": ("dpmpp_2m", "normal"),
+    "dpmpp_2m_karras": ("dpmpp_2m", "karras"), "ddim": ("ddim", "ddim_uniform"), "heun": ("heun", "normal"),
+    "unipc": ("uni_pc", "normal"),
+}
+
+
+class ComfyUIError(EchoError):
+    """ComfyUI refused or failed a workflow; one line naming the node and its message."""
+
+
+class ComfyUISettings(BaseModel):
+    """`[engines.comfyui]` in echo-os.toml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: bool = False
+    url: str | None = None
+    workflow: str = "sdxl-txt2img"
+    checkpoint: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)  # one image, submit to last message
+    connect_timeout_s: float = Field(default=2.0, gt=0)  # the reachability check and each HTTP call's connect
+
+
+def engine_settings(settings: "Settings") -> ComfyUISettings:
+    try:
+        return ComfyUISettings.model_validate(settings.engine_table("comfyui"))
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in first.get("loc", ())) or "comfyui"
+        raise UsageError(f"{settings.config_toml}: [engines.comfyui] {key}: {first.get('msg')}.") from None
+
+
+class ComfyUIOptions(EngineOptions):
+    workflow: str | None = None  # a template name (pipelines/comfyui/NAME.json + NAME.toml)
+    checkpoint: str | None = None  # for templates binding `checkpoint`
+    init_image: str | None = None  # a file uploaded and bound to the template's `init_image`
+
+
+# ---- templates -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Binding:
+    node: str
+    input: str
+    modulo: int | None = None
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """An API-format graph and which node input receives each request value."""
+
+    name: str
+    graph: dict[str, Any]
+    bindings: dict[str, tuple[Binding, ...]]
+    description: str = ""
+    path: Path | None = None
+
+    def bind(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A copy of the graph with `values` (keys of BINDABLE) written into their inputs; values the
+        template does not bind are left out (a weightless template has no prompt to set)."""
+        graph = json.loads(json.dumps(self.graph))
+        for key, value in values.items():
+            for binding in self.bindings.get(key, ()):
+                graph[binding.node]["inputs"][binding.input] = (
+                    value % binding.modulo if binding.modulo and isinstance(value, int) else value)
+        return graph
+
+
+def _parse_binding(path: Path, key: str, spec: Any, graph: dict) -> Binding:
+    if isinstance(spec, dict):
+        target, modulo = spec.get("input"), spec.get("modulo")
+        if not isinstance(modulo, (int, type(None))) or set(spec) - {"input", "modulo"}:
+            raise UsageError(f"{path}: binding {key} takes input = \"NODE.INPUT\" and an optional integer modulo.")
+    else:
+        target, modulo = spec, None
+    if not isinstance(target, str) or "." not in target:
+        raise UsageError(f'{path}: binding {key} must name a node input as "NODE_ID.INPUT_NAME", got {target!r}.')
+    node, name = target.split(".", 1)
+    if node not in graph or name not in graph[node].get("inputs", {}):
+        raise UsageError(f"{path}: binding {key} names {target}, which is not an input of the workflow "
+                         f"(nodes: {', '.join(sorted(graph))}).")
+    return Binding(node, name, modulo)
+
+
+def read_workflow(graph_path: Path) -> Workflow:
+    """NAME.json and its NAME.toml, checked: an API-format graph, bindings naming existing inputs."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    bindings_path = graph_path.with_suffix(".toml")
+    try:
+        graph = json.loads(graph_path.read_text(encoding="utf-8"))
+        spec = tomllib.loads(bindings_path.read_text(encoding="utf-8")) if bindings_path.is_file() else {}
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{graph_path}: cannot read the workflow ({error}).") from None
+    if not isinstance(graph, dict) or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
+        raise UsageError(f"{graph_path} is not an API-format workflow (export it with File > Export (API) in "
+                         "ComfyUI: every node has class_type and inputs).")
+    unknown = set(spec.get("bindings", {})) - set(BINDABLE)
+    if unknown:
+        raise UsageError(f"{bindings_path}: unknown binding(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(BINDABLE)}.")
+    bindings: dict[str, tuple[Binding, ...]] = {}
+    for key, value in spec.get("bindings", {}).items():
+        specs = value if isinstance(value, list) else [value]
+        bindings[key] = tuple(_parse_binding(bindings_path, key, one, graph) for one in specs)
+    return Workflow(graph_path.stem, graph, bindings, str(spec.get("description", "")), graph_path)
+
+
+def workflow_paths(settings: "Settings") -> dict[str, Path]:
+    """name -> NAME.json: the repository's templates, then the workspace's (which win by name)."""
+    found: dict[str, Path] = {}
+    for folder in (REPO_ROOT / TEMPLATES_DIR, settings.home / TEMPLATES_DIR):
+        if folder.is_dir():
+            found.update({path.stem: path for path in sorted(folder.glob("*.json"))})
+    return found
+
+
+def get_workflow(settings: "Settings", name: str) -> Workflow:
+    paths = workflow_paths(settings)
+    if name not in paths:
+        raise OptionError(f"no ComfyUI workflow {name!r}; known: {', '.join(paths) or 'none'} "
+                          f"(add NAME.json and NAME.toml under {TEMPLATES_DIR}/)", "options.workflow")
+    return read_workflow(paths[name])
+
+
+# ---- the client ------------------------------------------------------------------------------------
+
+def node_error_line(body: dict) -> str:
+    """One line from a POST /prompt 400 body: the first node error, naming node and message."""
+    for node_id, info in (body.get("node_errors") or {}).items():
+        for error in info.get("errors", []):
+            details = f" ({error['details']})" if error.get("details") else ""
+            return f"node {node_id} ({info.get('class_type', '?')}): {error.get('message', 'invalid')}{details}"
+    error = body.get("error") or {}
+    if isinstance(error, dict):
+        return f"{error.get('message', 'the workflow was refused')}{': ' + error['details'] if error.get('details') else ''}"
+    return str(error or body)
+
+
+class ComfyClient:
+    """HTTP (httpx) and the websocket (websocket-client) of one ComfyUI server, for one client_id."""
+
+    def __init__(self, url: str, timeout_s: float, connect_timeout_s: float):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.client_id = uuid.uuid4().hex
+        self.timeout_s = timeout_s
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
+        self.ws = None
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None
+        self.http.close()
+
+    def connect(self) -> None:
+        import websocket
+
+        if self.ws is None:
+            ws_url = "ws" + self.url[len("http"):] + f"/ws?clientId={self.client_id}"
+            self.ws = websocket.create_connection(ws_url, timeout=self.timeout_s)
+
+    def submit(self, graph: dict) -> str:
+        response = self.http.post("/prompt", json={"prompt": graph, "client_id": self.client_id})
+        if response.status_code == 400:
+            raise ComfyUIError(f"engine comfyui: ComfyUI refused the workflow: {node_error_line(response.json())}")
+        response.raise_for_status()
+        return response.json()["prompt_id"]
+
+    def receive(self, wait_s: float) -> dict | None:
+        """The next JSON message, or None when none came within wait_s (binary previews are skipped)."""
+        import websocket
+
+        self.ws.settimeout(wait_s)
+        try:
+            message = self.ws.recv()
+        except websocket.WebSocketTimeoutException:
+            return None
+        if isinstance(message, bytes):
+            return {"type": "<binary>", "data": {}}
+        return json.loads(message)
+
+    def history(self, prompt_id: str) -> dict:
+        response = self.http.get(f"/history/{prompt_id}")
+        response.raise_for_status()
+        return response.json().get(prompt_id, {})
+
+    def view(self, image: dict) -> bytes:
+        response = self.http.get("/view", params={"filename": image["filename"], "subfolder": image.get("subfolder", ""),
+                                                  "type": image.get("type", "output")})
+        response.raise_for_status()
+        return response.content
+
+    def interrupt(self) -> None:
+        self.http.post("/interrupt", json={})
+
+    def upload(self, path: Path) -> str:
+        with open(path, "rb") as handle:
+            response = self.http.post("/upload/image", files={"image": (path.name, handle, "image/png")},
+                                      data={"overwrite": "true"})
+        response.raise_for_status()
+        body = response.json()
+        return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+
+
+@dataclass
+class _Run:
+    """What following one prompt's messages gathered."""
+
+    cached: list[str]
+    executed: list[str]
+
+
+# ---- the engine ------------------------------------------------------------------------------------
+
+class ComfyUIEngine(BaseEngine):
+    name = "comfyui"
+    # One image per scheduler call (each saved as it arrives; see the module docstring on seeds).
+    capabilities = Capabilities(needs_weights=False, network=True, deterministic=True, max_batch=1)
+    Options = ComfyUIOptions
+
+    def __init__(self, settings: "Settings", reason: str = ""):
+        super().__init__(settings, reason)
+        self.config = engine_settings(settings)
+        self._client: ComfyClient | None = None
+        self._announced = False
+
+    @classmethod
+    def availability(cls, settings: "Settings", request: "RenderRequest") -> str | None:
+        config = engine_settings(settings)
+        if not config.url:
+            return "no url under [engines.comfyui] in echo-os.toml"
+        try:
+            import httpx
+            import websocket  # noqa: F401
+        except ImportError:
+            return 'httpx and websocket-client are not installed (pip install "echo-os[hosted]")'
+        try:
+            httpx.get(config.url.rstrip("/") + "/system_stats", timeout=config.connect_timeout_s).raise_for_status()
+        except httpx.HTTPError as error:
+            return f"ComfyUI at {config.url} does not answer ({type(error).__name__})"
+        return None
+
+    @classmethod
+    def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
+        config = engine_settings(settings)
+        workflow = get_workflow(settings, options.workflow or config.workflow)  # type: ignore[attr-defined]
+        init = options.init_image  # type: ignore[attr-defined]
+        if init is not None:
+            if "init_image" not in workflow.bindings:
+                raise OptionError(f"workflow {workflow.name} binds no init_image", "options.init_image")
+            if not Path(init).expanduser().is_file():
+                raise OptionError(f"init image {init} is not a file", "options.init_image")
+        elif "init_image" in workflow.bindings:
+            raise OptionError(f"workflow {workflow.name} needs an init image: -o init_image=PATH", "options.init_image")
+        if request.loras or request.ip_adapter is not None:
+            raise OptionError("engine comfyui takes no LoRAs or reference images (put them in the workflow)", "loras")
+
+    @property
+    def client(self) -> ComfyClient:
+        if self._client is None:
+            if not self.config.url:
+                raise UsageError(f"engine comfyui has no url: set url under [engines.comfyui] in "
+                                 f"{self.settings.config_toml}.")
+            try:
+                self._client = ComfyClient(self.config.url or "", self.config.timeout_s, self.config.connect_timeout_s)
+            except ImportError:
+                raise UsageError('engine comfyui needs httpx and websocket-client: pip install "echo-os[hosted]"') from None
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def values_for(self, request: "RenderRequest", seed: int, options: ComfyUIOptions, init_name: str | None) -> dict:
+        sampler, scheduler = SAMPLERS.get(request.scheduler, (request.scheduler, "normal"))
+        values: dict[str, Any] = {"prompt": request.full_prompt, "negative": request.negative_prompt or "",
+                                  "seed": seed, "steps": request.steps, "cfg": request.cfg, "width": request.width,
+                                  "height": request.height, "batch_size": 1, "sampler": sampler,
+                                  "scheduler": scheduler}
+        checkpoint = options.checkpoint or self.config.checkpoint
+        if checkpoint:
+            values["checkpoint"] = checkpoint
+        if init_name:
+            values["init_image"] = init_name
+        return values
+
+    def render(self, requests: "list[RenderRequest]", *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> list[RenderResult]:
+        import httpx
+        import websocket
+
+        results = []
+        for request in requests:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("render cancelled")
+            options = ComfyUIOptions.model_validate(dict(request.options))
+            workflow = get_workflow(self.settings, options.workflow or self.config.workflow)
+            started = time.perf_counter()
+            try:
+                images = self._render_request(request, workflow, options, progress, cancel)
+            except (httpx.HTTPError, websocket.WebSocketException, OSError) as error:
+                self.close()
+                raise ComfyUIError(f"engine comfyui: lost ComfyUI at {self.config.url} ({type(error).__name__}: "
+                                   f"{error}); images already saved are kept".replace("\n", " ")) from None
+            runtime = RuntimeInfo(engine=self.name, reason=self.reason, device="comfyui", dtype="none",
+                                  attention="none")
+            results.append(RenderResult(request=request, images=images, runtime=runtime,
+                                        timings=Timings(denoise_s=time.perf_counter() - started)))
+        return results
+
+    def _render_request(self, request: "RenderRequest", workflow: Workflow, options: ComfyUIOptions,
+                        progress: ProgressCallback | None, cancel: threading.Event | None) -> list[RenderedImage]:
+        from PIL import Image
+        import io
+
+        client = self.client
+        client.connect()
+        if not self._announced:
+            self._announced = True
+            import sys
+
+            print(f"engine comfyui: prompts are sent to {client.url} (workflow {workflow.name})", file=sys.stderr,
+                  flush=True)
+        init_name = client.upload(Path(options.init_image).expanduser()) if options.init_image else None
+        # One step per node, plus one per sampling step of the node `steps` is bound to (its `progress`
+        # messages), so a real SDXL graph's bar moves while the KSampler works, not only between nodes.
+        sampler = workflow.bindings["steps"][0].node if "steps" in workflow.bindings else None
+        per_image = len(workflow.graph) + (request.steps if sampler else 0)
+        total = per_image * request.count
+        done = [0]
+
+        def advance(nodes: int) -> None:
+            for _ in range(nodes):
+                done[0] += 1
+                if progress is not None and done[0] <= total:
+                    progress(ProgressEvent(step=done[0], total_steps=total, images=request.count))
+
+        images = []
+        for index, seed in enumerate(request.seeds):
+            graph = workflow.bind(self.values_for(request, seed, options, init_name))
+            prompt_id = client.submit(graph)
+            run = self._follow(prompt_id, graph, advance, cancel, sampler, request.steps)
+            advance((index + 1) * per_image - done[0])  # nodes ComfyUI did not need to run, cached sampling
+            outputs = client.history(prompt_id).get("outputs", {})
+            found = [image for node in outputs.values() for image in node.get("images", [])
+                     if image.get("type", "output") == "output"]
+            if len(found) != 1:
+                raise ComfyUIError(f"engine comfyui: workflow {workflow.name} saved {len(found)} images for one seed; "
+                                   "a template must save exactly one image per prompt (batch size 1)")
+            image = Image.open(io.BytesIO(client.view(found[0])))
+            image.load()
+            images.append(RenderedImage(image=image, seed=seed, provenance={
+                "provider": "comfyui", "url": client.url, "prompt_id": prompt_id, "workflow": workflow.name,
+                "workflow_path": str(workflow.path) if workflow.path else None, "graph": graph,
+                "cached_nodes": run.cached, "reproducible": True}))
+        return images
+
+    def _follow(self, prompt_id: str, graph: dict, advance, cancel: threading.Event | None,
+                sampler: str | None = None, steps: int = 0) -> _Run:
+        """Read the websocket until `executing` with node null for this prompt."""
+        run = _Run(cached=[], executed=[])
+        sampled = 0
+        deadline = time.monotonic() + self.config.timeout_s
+        interrupted_by_us = False
+        failure: str | None = None
+        while True:
+            if cancel is not None and cancel.is_set() and not interrupted_by_us:
+                self.client.interrupt()
+                interrupted_by_us = True
+            if time.monotonic() > deadline:
+                self.client.interrupt()
+                raise ComfyUIError(f"engine comfyui: no answer within {self.config.timeout_s:g} s; interrupted")
+            message = self.client.receive(0.25)
+            if message is None:
+                continue
+            kind, data = message.get("type"), message.get("data") or {}
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue  # another prompt's messages (a shared server)
+            if kind == "execution_cached":
+                run.cached = list(data.get("nodes", []))
+                advance(len(run.cached))
+            elif kind == "executing" and data.get("node") is not None:
+                if data["node"] in graph:
+                    run.executed.append(data["node"])
+                    advance(1)
+            elif kind == "progress" and sampler is not None and data.get("node") == sampler:
+                value = min(int(data.get("value", 0)), steps)
+                if value > sampled:
+                    advance(value - sampled)
+                    sampled = value
+            elif kind == "execution_error":
+                failure = (f"engine comfyui: node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                           f"{data.get('exception_type', 'error')}: {str(data.get('exception_message', '')).strip()}")
+            elif kind == "execution_interrupted":
+                failure = (None if interrupted_by_us else
+                           f"engine comfyui: ComfyUI interrupted the workflow at node {data.get('node_id')} "
+                           f"({data.get('node_type')})")
+            elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                break
+        if interrupted_by_us:
+            raise CancelledError("render cancelled")
+        if failure:
+            raise ComfyUIError(failure.replace("\n", " "))
+        return run
+
+
+@hookimpl
+def register_engines(register) -> None:
+    register(ComfyUIEngine)

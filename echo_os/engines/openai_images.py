@@ -1,0 +1,493 @@
+"""The `openai` engine: images from the OpenAI Images API (or any server that speaks it), through the
+official `openai` client (`pip install "echo-os[hosted]"`).
+
+Privacy first: it is a network engine, so `auto` never asks it unless the workspace allows it
+(`[engines.openai] allow = true`, or `[engines] allow_network = true`) and availability() finds a key
+(OPENAI_API_KEY). The client reads OPENAI_API_KEY and OPENAI_BASE_URL itself, so any compatible server
+works. The first request of a command prints one line saying where prompts are sent.
+
+- Models: gpt-image-1, gpt-image-1-mini, gpt-image-1.5, gpt-image-2 (`-o model=...`, default from
+  `[engines.openai] model`); dall-e-2/3 are refused (retired in May 2026). Sizes: 1024x1024, 1536x1024,
+  1024x1536; gpt-image-2 any WxH in multiples of 16 within its limits (GPT_IMAGE_2_LIMITS).
+- Not deterministic: no seed is sent (the API takes none). meta.json's `provenance` records the provider,
+  model, revised prompt, usage block and response id, and `reproducible: false`; replay says it cannot
+  reproduce the image.
+- Faults: tenacity retries 429 rate_limit_exceeded, 408, 409, 5xx, timeouts, dropped connections and
+  malformed answers, waiting what `retry-after-ms` / `Retry-After` says (plus jitter), else exponential
+  back-off with jitter; `insufficient_quota` stops at once. The client's own retries are off (max_retries
+  0) because it would retry insufficient_quota too. A pacer spaces requests to `images_per_minute`.
+- Edits: `-o init_image=PATH` sends the image to POST /images/edits (img2img), keyed in the cache by its
+  sha256.
+- A response cache (artifacts/.cache/openai/) keyed by the full request body, the server and the images'
+  seeds (echo-os's, never sent): the same request pays once; `--no-cache` (Settings.response_cache) or `[engines.openai] cache = false` turns it off.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from echo_os.engines.base import (
+    BaseEngine,
+    Capabilities,
+    EngineOptions,
+    ProgressCallback,
+    ProgressEvent,
+    RenderedImage,
+    RenderResult,
+    RuntimeInfo,
+    Timings,
+)
+from echo_os.engines.hookspecs import hookimpl
+from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
+
+if TYPE_CHECKING:
+    from echo_os.requests import RenderRequest
+    from echo_os.settings import Settings
+
+PROVIDER = "openai"
+MODELS: tuple[str, ...] = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2")
+RETIRED: dict[str, str] = {
+    "dall-e-2": "dall-e-2 was retired by OpenAI in May 2026",
+    "dall-e-3": "dall-e-3 was retired by OpenAI in May 2026",
+}
+FIXED_SIZES: tuple[tuple[int, int], ...] = ((1024, 1024), (1536, 1024), (1024, 1536))
+# gpt-image-2 takes any size within these limits (OpenAI's image generation guide, 2026): both sides
+# multiples of 16, the long side at most 3840, the long side at most 3 times the short one, and between
+# 655,360 and 8,294,400 pixels.
+GPT_IMAGE_2_LIMITS = {"multiple": 16, "max_side": 3840, "max_ratio": 3.0, "min_pixels": 655_360,
+                      "max_pixels": 8_294_400}
+MAX_IMAGES_PER_CALL = 10  # the API's limit on n
+
+
+class ProviderError(EchoError):
+    """The hosted provider failed or refused; the message is one line naming what to do."""
+
+
+class _MalformedResponse(Exception):
+    """A 2xx answer that is not the Images API's JSON (retried like a server error)."""
+
+
+def _check_model(value: str) -> str:
+    if value in RETIRED:
+        raise ValueError(f"{RETIRED[value]}; use one of {', '.join(MODELS)}")
+    if value not in MODELS:
+        raise ValueError(f"unknown model {value!r}; use one of {', '.join(MODELS)}")
+    return value
+
+
+class OpenAIOptions(EngineOptions):
+    """`-o KEY=VALUE` for the openai engine; None means the API's default (the key is not sent)."""
+
+    model: str | None = None  # None: [engines.openai] model
+    quality: Literal["auto", "low", "medium", "high"] | None = None
+    background: Literal["auto", "transparent", "opaque"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    moderation: Literal["auto", "low"] | None = None  # generations only (the edits endpoint takes none)
+    # An image file to edit: the request goes to POST /images/edits with it (img2img); see the refine issue.
+    init_image: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return None if value is None else _check_model(value)
+
+
+class OpenAISettings(BaseModel):
+    """`[engines.openai]` in echo-os.toml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: bool = False  # may `auto` (and --engine openai) send prompts to the provider
+    model: str = "gpt-image-1"
+    # Client-side pacing: requests are spaced so at most this many images start per minute. 5 is the
+    # lowest usage tier's limit for gpt-image-1; raise it to your account's limit.
+    images_per_minute: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, le=20)  # tries per request, the first included
+    retry_initial_s: float = Field(default=1.0, ge=0)  # back-off without a Retry-After: initial * 2^n, jittered
+    retry_max_s: float = Field(default=60.0, ge=0)
+    timeout_s: float = Field(default=180.0, gt=0)  # one request (gpt-image calls can take a minute)
+    cache: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return _check_model(value)
+
+
+def engine_settings(settings: "Settings") -> OpenAISettings:
+    try:
+        return OpenAISettings.model_validate(settings.engine_table("openai"))
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in first.get("loc", ())) or "openai"
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise UsageError(f"{settings.config_toml}: [engines.openai] {key}: {message}.") from None
+
+
+def model_for(settings: "Settings", request: "RenderRequest", options: OpenAIOptions) -> str:
+    """`-o model=`, else `--model` when it names an OpenAI model, else the workspace's default."""
+    if options.model:
+        return options.model
+    if request.model in MODELS or request.model in RETIRED:
+        try:
+            return _check_model(request.model)
+        except ValueError as error:
+            raise OptionError(f"--model: {error}", "model") from None
+    return engine_settings(settings).model
+
+
+def check_size(model: str, width: int, height: int) -> None:
+    """Raise an OptionError on `size` naming what the model takes."""
+    if model != "gpt-image-2":
+        if (width, height) not in FIXED_SIZES:
+            allowed = ", ".join(f"{w}x{h}" for w, h in FIXED_SIZES)
+            raise OptionError(f"model {model} renders only the sizes {allowed}, not {width}x{height}", "size")
+        return
+    limits = GPT_IMAGE_2_LIMITS
+    long, short = max(width, height), min(width, height)
+    if (width % limits["multiple"] or height % limits["multiple"] or long > limits["max_side"]
+            or long > limits["max_ratio"] * short
+            or not limits["min_pixels"] <= width * height <= limits["max_pixels"]):
+        raise OptionError(
+            f"gpt-image-2 takes sizes whose sides are multiples of 16, at most {limits['max_side']}, at most 3:1, "
+            f"with {limits['min_pixels']:,} to {limits['max_pixels']:,} pixels (e.g. 1024x1024, 1536x864); "
+            f"not {width}x{height}", "size")
+
+
+class ImagesPacer:
+    """Spaces request starts so no more than `per_minute` images start in any minute, evenly (a story
+    of 40 scenes at 20/min takes two minutes instead of collecting 429s). Thread-safe; hand-written
+    because it is one lock and one timestamp, and a rate-limit library would add a dependency for it."""
+
+    def __init__(self, per_minute: float, clock=time.monotonic, sleep=time.sleep):
+        self.interval = 60.0 / per_minute
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._clock, self._sleep = clock, sleep
+
+    def reserve(self, images: int) -> float:
+        """Seconds to wait before starting a request for `images` images (the slot is taken now)."""
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + images * self.interval
+            return start - now
+
+
+def retry_after_seconds(error: BaseException) -> float | None:
+    """What the server asked to wait: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date)."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_code(error: BaseException) -> str | None:
+    """The `error.code` (else `error.type`) of an API error body."""
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return inner.get("code") or inner.get("type")
+    return getattr(error, "code", None)
+
+
+def is_retryable(error: BaseException) -> bool:
+    import openai
+
+    if isinstance(error, _MalformedResponse):
+        return True
+    if isinstance(error, openai.APIConnectionError):  # timeouts and dropped connections
+        return True
+    if isinstance(error, openai.APIStatusError):
+        if error.status_code == 429:
+            return error_code(error) != "insufficient_quota"
+        return error.status_code in (408, 409) or error.status_code >= 500
+    return False
+
+
+def describe(error: BaseException) -> str:
+    import openai
+
+    if isinstance(error, openai.APIStatusError):
+        body = getattr(error, "body", None)
+        inner = body.get("error", body) if isinstance(body, dict) else None
+        message = inner.get("message") if isinstance(inner, dict) else None
+        code = error_code(error)
+        return f"{error.status_code}{f' {code}' if code else ''}: {message or error.message}".strip()
+    if isinstance(error, openai.APITimeoutError):
+        return "the request timed out"
+    if isinstance(error, openai.APIConnectionError):
+        return f"connection failed ({error.__cause__ or error})"
+    return str(error)
+
+
+class ResponseCache:
+    """Responses on disk, one JSON file per request key (the request body plus the server's URL)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    @staticmethod
+    def key(base_url: str, body: dict, seeds: list[int]) -> str:
+        """The seeds are echo-os's (never sent): they tell apart the images of one render, which are
+        otherwise the same request, so image 2 of `--count 2` is not image 1 from the cache."""
+        canonical = json.dumps({"base_url": base_url, "body": body, "seeds": seeds}, sort_keys=True,
+                               separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        path = self.folder / f"{key}.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, entry: dict) -> None:
+        """Written beside, then renamed into place: a reader sees a whole entry or none. Not fsynced
+        (echo_os.atomic does): an entry lost to a power cut is only a cache miss, and the fsync cost
+        5-10 ms an image on this machine (benchmarks/RESULTS.md, "openai engine")."""
+        import os
+        import uuid
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{key}.json"
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_text(json.dumps(entry), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class OpenAIEngine(BaseEngine):
+    name = "openai"
+    # One image per scheduler call, so each image is saved as soon as it arrives and a provider that
+    # fails mid-story loses nothing already paid for; render() itself sends up to 10 images as n.
+    capabilities = Capabilities(needs_weights=False, network=True, deterministic=False, max_batch=1)
+    Options = OpenAIOptions
+
+    def __init__(self, settings: "Settings", reason: str = "", client: Any = None):
+        super().__init__(settings, reason)
+        self.config = engine_settings(settings)
+        self.pacer = ImagesPacer(self.config.images_per_minute)
+        self._client = client
+        self._announced = False
+        self._sleep = time.sleep  # tests record the waits here
+        self.cache = ResponseCache(settings.cache_dir / "openai")
+
+    @classmethod
+    def availability(cls, settings: "Settings", request: "RenderRequest") -> str | None:
+        import os
+
+        if not os.environ.get("OPENAI_API_KEY"):
+            return "no OPENAI_API_KEY is set"
+        try:
+            import openai  # noqa: F401
+            import tenacity  # noqa: F401
+        except ImportError:
+            return 'the openai and tenacity packages are not installed (pip install "echo-os[hosted]")'
+        return None
+
+    @classmethod
+    def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
+        model = model_for(settings, request, options)  # type: ignore[arg-type]
+        check_size(model, request.width, request.height)
+        init = options.init_image  # type: ignore[attr-defined]
+        if init is not None:
+            if not Path(init).expanduser().is_file():
+                raise OptionError(f"init image {init} is not a file", "options.init_image")
+            if options.moderation is not None:  # type: ignore[attr-defined]
+                raise OptionError("moderation applies to new images only, not to edits of an init image",
+                                  "options.moderation")
+        if request.loras:
+            raise OptionError("engine openai takes no LoRAs", "loras")
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                import openai
+                import tenacity  # noqa: F401  (used per request; reported here, before anything is sent)
+            except ImportError:
+                raise UsageError('the openai engine needs the openai and tenacity packages: '
+                                 'pip install "echo-os[hosted]"') from None
+            try:
+                self._client = openai.OpenAI(max_retries=0, timeout=self.config.timeout_s)
+            except openai.OpenAIError as error:  # no key
+                raise UsageError(f"engine openai: {error}".splitlines()[0]) from None
+        return self._client
+
+    def request_body(self, request: "RenderRequest") -> dict:
+        """The JSON body of POST /images/generations for `request` (what the cache is keyed by)."""
+        options = OpenAIOptions.model_validate(dict(request.options))
+        if request.count > MAX_IMAGES_PER_CALL:
+            raise OptionError(f"engine openai renders at most {MAX_IMAGES_PER_CALL} images per request", "count")
+        body: dict[str, Any] = {"model": model_for(self.settings, request, options), "prompt": request.full_prompt,
+                                "n": request.count, "size": f"{request.width}x{request.height}"}
+        for key in ("quality", "background", "output_format", "moderation"):
+            value = getattr(options, key)
+            if value is not None:
+                body[key] = value
+        if options.init_image is not None:
+            # The edit's image is part of what is asked: keyed by its content, sent as a file (_call_once).
+            data = Path(options.init_image).expanduser().read_bytes()
+            body["image"] = {"path": str(Path(options.init_image).expanduser()),
+                             "sha256": hashlib.sha256(data).hexdigest()}
+        return body
+
+    def render(self, requests: "list[RenderRequest]", *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> list[RenderResult]:
+        results = []
+        for request in requests:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("render cancelled")
+            started = time.perf_counter()
+            body = self.request_body(request)
+            entry, cached = self._response(body, request.seeds, cancel)
+            images = self._images(request, body, entry, cached)
+            if progress is not None:
+                progress(ProgressEvent(step=1, total_steps=1, images=request.count))
+            runtime = RuntimeInfo(engine=self.name, reason=self.reason, device="remote", dtype="none",
+                                  attention="none")
+            results.append(RenderResult(request=request, images=images, runtime=runtime,
+                                        timings=Timings(denoise_s=time.perf_counter() - started)))
+        return results
+
+    # ---- one request -------------------------------------------------------------------------------
+
+    def _response(self, body: dict, seeds: list[int], cancel: threading.Event | None) -> tuple[dict, bool]:
+        """(cache entry, came from the cache): {"response": the API's JSON, "request_id": ...}."""
+        use_cache = self.config.cache and self.settings.response_cache
+        base_url = str(self.client.base_url)
+        key = ResponseCache.key(base_url, body, seeds)
+        if use_cache:
+            entry = self.cache.get(key)
+            if entry is not None:
+                return entry, True
+        entry = self._call_with_retries(body, cancel)
+        if use_cache:
+            self.cache.put(key, entry)
+        return entry, False
+
+    def _call_with_retries(self, body: dict, cancel: threading.Event | None) -> dict:
+        import openai
+        import tenacity
+
+        def wait(retry_state: tenacity.RetryCallState) -> float:
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            asked = retry_after_seconds(error) if error is not None else None
+            if asked is not None:
+                return asked + random.uniform(0, min(1.0, 0.1 * asked + 0.05))
+            return tenacity.wait_random_exponential(multiplier=self.config.retry_initial_s,
+                                                    max=self.config.retry_max_s)(retry_state)
+
+        def sleep(seconds: float) -> None:
+            if cancel is not None:
+                if cancel.wait(seconds):
+                    raise CancelledError("render cancelled")
+            else:
+                self._sleep(seconds)
+
+        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.config.max_attempts), wait=wait,
+                                     retry=tenacity.retry_if_exception(is_retryable), sleep=sleep, reraise=True)
+        try:
+            return retrying(self._call_once, body, cancel)
+        except openai.APIStatusError as error:
+            if error_code(error) == "insufficient_quota":
+                raise ProviderError("engine openai: the account has no quota left (insufficient_quota); add credit "
+                                    "or raise the limit with the provider, then run the same command again "
+                                    "(images already saved are kept)") from None
+            if is_retryable(error):
+                raise self._gave_up(error) from None
+            raise ProviderError(f"engine openai: the provider refused the request ({describe(error)})") from None
+        except (openai.APIConnectionError, _MalformedResponse) as error:
+            raise self._gave_up(error) from None
+
+    def _gave_up(self, error: BaseException) -> ProviderError:
+        return ProviderError(f"engine openai: {self.client.base_url} failed {self.config.max_attempts} times, last "
+                             f"with {describe(error)}; images already saved are kept, run the same command again "
+                             "later to render the rest")
+
+    def _call_once(self, body: dict, cancel: threading.Event | None) -> dict:
+        wait = self.pacer.reserve(body["n"])
+        if wait > 0:
+            if cancel is not None and cancel.wait(wait):
+                raise CancelledError("render cancelled")
+            if cancel is None:
+                self._sleep(wait)
+        if not self._announced:
+            self._announced = True
+            print(f"engine openai: prompts are sent to {self.client.base_url} (model {body['model']})",
+                  file=sys.stderr, flush=True)
+        if "image" in body:  # img2img: POST /images/edits with the init image as a file
+            sent = {key: value for key, value in body.items() if key != "image"}
+            path = Path(body["image"]["path"])
+            with open(path, "rb") as handle:
+                raw = self.client.images.with_raw_response.edit(image=(path.name, handle.read()), **sent)
+        else:
+            raw = self.client.images.with_raw_response.generate(**body)
+        try:
+            response = json.loads(raw.http_response.text)
+            data = response["data"]
+            if not isinstance(data, list) or len(data) != body["n"] or not all(
+                    isinstance(item, dict) and item.get("b64_json") for item in data):
+                raise ValueError(f"expected {body['n']} image(s) as b64_json")
+        except (ValueError, KeyError, TypeError) as error:
+            raise _MalformedResponse(f"a malformed answer ({error})".splitlines()[0]) from None
+        return {"response": response, "request_id": raw.headers.get("x-request-id")}
+
+    def _images(self, request: "RenderRequest", body: dict, entry: dict, cached: bool) -> list[RenderedImage]:
+        from PIL import Image
+
+        response = entry["response"]
+        usage = response.get("usage")
+        images = []
+        for seed, item in zip(request.seeds, response["data"]):
+            try:
+                image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+                image.load()
+            except Exception as error:  # noqa: BLE001 - any decoding failure is the provider's answer
+                raise ProviderError(f"engine openai: the provider's image could not be decoded ({error})") from None
+            provenance = {
+                "provider": PROVIDER, "base_url": str(self.client.base_url), "model": body["model"],
+                "response_id": entry.get("request_id"), "created": response.get("created"),
+                "revised_prompt": item.get("revised_prompt"), "usage": usage,
+                "options": {k: body[k] for k in ("quality", "background", "output_format", "moderation") if k in body},
+                "endpoint": "images/edits" if "image" in body else "images/generations",
+                "init_image_sha256": body["image"]["sha256"] if "image" in body else None,
+                "seed_sent": False, "reproducible": False, "cached": cached,
+                "negative_prompt_sent": False,
+            }
+            images.append(RenderedImage(image=image, seed=seed, provenance=provenance))
+        return images
+
+
+@hookimpl
+def register_engines(register) -> None:
+    register(OpenAIEngine)

@@ -1,0 +1,247 @@
+"""The comfyui engine against the fake ComfyUI (tests/fake_comfyui.py, real uvicorn + websocket on
+127.0.0.1): the message sequence the fake replays is the real one, errors are one line naming the node,
+cached nodes, cancel through /interrupt, init images through /upload/image, user workflows with
+bindings, what `auto` does, and a story where every scene is rendered once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from echo_os.engines import choose_engine, create_engine
+from echo_os.errors import CancelledError, UsageError
+from echo_os.requests import RenderRequest
+from tests.fake_comfyui import comfy_workspace, fake_comfyui
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def fake():
+    with fake_comfyui() as server:
+        yield server
+
+
+@pytest.fixture
+def comfy(tmp_path, fake):
+    return comfy_workspace(tmp_path, fake.url, 'workflow = "solid-colour"\n')
+
+
+def _render(settings, *args):
+    code, out, err = run_cli("--home", str(settings.home), "render", "a lamp", *args, "--no-memory", "--json")
+    return code, (json.loads(out) if code == 0 else out), err
+
+
+def _meta(row) -> dict:
+    return json.loads((Path(row["path"]) / "meta.json").read_text(encoding="utf-8"))
+
+
+def _types(client, prompt_id):
+    seen = []
+    while True:
+        message = client.receive(5)
+        seen.append(message["type"])
+        data = message["data"]
+        if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+            return seen
+
+
+def test_the_fake_speaks_the_sequence_a_real_comfyui_sent(fake):
+    """The sequences seen from ComfyUI 0.12.1 on 127.0.0.1:8188 (EmptyImage -> SaveImage), first run and
+    the same prompt again (every node cached)."""
+    from echo_os.engines.comfyui import ComfyClient
+
+    client = ComfyClient(fake.url, 10, 2)
+    try:
+        client.connect()
+        first = client.receive(5)
+        assert first["type"] == "status" and first["data"]["sid"] == client.client_id
+        graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 2, "color": 1}},
+                 "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
+        run = _types(client, client.submit(graph))
+        assert [t for t in run if t != "progress_state"] == [
+            "status", "execution_start", "execution_cached", "executing", "executing", "executed",
+            "execution_success", "status", "executing"]
+        again = _types(client, client.submit(graph))
+        assert [t for t in again if t != "progress_state"] == [
+            "status", "execution_start", "execution_cached", "executed", "execution_success", "status", "executing"]
+    finally:
+        client.close()
+
+
+def test_an_execution_error_is_one_line_naming_the_node(comfy):
+    folder = comfy.home / "pipelines" / "comfyui"
+    folder.mkdir(parents=True)
+    (folder / "blend.json").write_text(json.dumps({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 2, "color": 1}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 3, "color": 2}},
+        "3": {"class_type": "ImageBlend", "inputs": {"image1": ["1", 0], "image2": ["2", 0], "blend_factor": 0.5,
+                                                     "blend_mode": "normal"}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "e"}}}))
+    (folder / "blend.toml").write_text('[bindings]\nwidth = "1.width"\n')
+    code, out, err = _render(comfy, "-o", "workflow=blend", "--size", "32x32")
+    assert code == 1 and err.splitlines()[-1] == (
+        "Error: engine comfyui: node 3 (ImageBlend) failed: RuntimeError: The size of tensor a (2) must match the "
+        "size of tensor b (3) at non-singleton dimension 0")
+    assert not list(comfy.artifacts_dir.rglob("image.png"))
+
+
+def test_node_errors_are_one_line_naming_the_node(comfy, fake):
+    code, out, err = _render(comfy, "-o", "workflow=sdxl-txt2img", "-o", "checkpoint=missing.safetensors",
+                             "--size", "64x64")
+    assert code == 1 and err.splitlines()[-1] == (
+        "Error: engine comfyui: ComfyUI refused the workflow: node 4 (CheckpointLoaderSimple): Value not in list "
+        "(ckpt_name: 'missing.safetensors' not in ['sd_xl_base_1.0.safetensors'])")
+
+
+def test_seeds_prompt_and_settings_reach_the_bound_inputs(comfy, fake):
+    code, rows, err = _render(comfy, "-o", "workflow=sdxl-txt2img", "-o", "checkpoint=sd_xl_base_1.0.safetensors",
+                              "--size", "64x64", "--seed", "41", "--count", "2", "--steps", "3", "--cfg", "4.5",
+                              "--scheduler", "dpmpp_2m_karras", "--negative", "blur")
+    assert code == 0, err
+    graphs = [post["prompt"] for post in fake.posts]
+    assert [g["3"]["inputs"]["seed"] for g in graphs] == [41, 42]  # one prompt per image, each its own seed
+    first = graphs[0]
+    assert first["6"]["inputs"]["text"] == "a lamp" and first["7"]["inputs"]["text"] == "blur"
+    assert (first["3"]["inputs"]["steps"], first["3"]["inputs"]["cfg"]) == (3, 4.5)
+    assert (first["3"]["inputs"]["sampler_name"], first["3"]["inputs"]["scheduler"]) == ("dpmpp_2m", "karras")
+    assert (first["5"]["inputs"]["width"], first["5"]["inputs"]["batch_size"]) == (64, 1)
+    meta = _meta(rows[1])
+    assert meta["seed"] == 42 and meta["provenance"]["graph"]["3"]["inputs"]["seed"] == 42
+    assert meta["provenance"]["workflow"] == "sdxl-txt2img" and meta["provenance"]["reproducible"] is True
+
+
+def test_cached_nodes_are_reported_and_counted_as_progress(comfy):
+    engine = create_engine(comfy, "comfyui", "test")
+    request = RenderRequest(prompt="x", width=64, height=48, seed=9, engine="comfyui")
+    [first] = engine.render([request])
+    events = []
+    [again] = engine.render([request], progress=events.append)
+    assert first.images[0].provenance["cached_nodes"] == [] and again.images[0].provenance["cached_nodes"] == ["1", "2"]
+    assert [e.step for e in events] == [1, 2] and events[-1].total_steps == 2
+    assert list(again.images[0].image.getdata()) == list(first.images[0].image.getdata())
+
+
+def test_cancel_while_running_interrupts_comfyui(tmp_path):
+    with fake_comfyui(step_s=0.2) as slow:
+        settings = comfy_workspace(tmp_path, slow.url, 'checkpoint = "sd_xl_base_1.0.safetensors"\n')
+        engine = create_engine(settings, "comfyui", "test")
+        cancel = threading.Event()
+
+        def progress(event):
+            if event.step >= 3:  # ComfyUI is running the KSampler now
+                cancel.set()
+
+        with pytest.raises(CancelledError):
+            engine.render([RenderRequest(prompt="x", width=64, height=64, steps=50, engine="comfyui")],
+                          progress=progress, cancel=cancel)
+        assert slow.interrupt_flag.is_set()
+        [entry] = slow.history.values()
+        assert entry["status"]["messages"][-1] == "execution_interrupted"
+
+
+def test_an_init_image_is_uploaded_and_bound(comfy, fake, tmp_path):
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(init)
+    code, rows, err = _render(comfy, "-o", "workflow=upload-scale", "-o", f"init_image={init}", "--size", "80x64")
+    assert code == 0, err
+    assert "init.png" in fake.uploads and fake.posts[0]["prompt"]["1"]["inputs"]["image"] == "init.png"
+    with Image.open(rows[0]["image"]) as image:
+        assert image.size == (80, 64) and image.getpixel((5, 5)) == (200, 30, 30)
+    code, out, err = _render(comfy, "-o", "workflow=upload-scale", "--size", "80x64")
+    assert code == 2 and "needs an init image: -o init_image=PATH" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_user_workflow_is_registered_by_its_files(comfy, fake):
+    folder = comfy.home / "pipelines" / "comfyui"
+    folder.mkdir(parents=True)
+    (folder / "mine.json").write_text(json.dumps({
+        "10": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "m"}}}))
+    (folder / "mine.toml").write_text('[bindings]\nwidth = "10.width"\nheight = "10.height"\n'
+                                      'seed = { input = "10.color", modulo = 256 }\n')
+    code, rows, err = _render(comfy, "-o", "workflow=mine", "--size", "24x16", "--seed", "300")
+    assert code == 0, err
+    assert fake.posts[-1]["prompt"]["10"]["inputs"] == {"width": 24, "height": 16, "batch_size": 1, "color": 44}
+    (folder / "mine.toml").write_text('[bindings]\nwidth = "10.wide"\n')
+    code, out, err = _render(comfy, "-o", "workflow=mine", "--size", "24x16")
+    assert code == 2 and "binding width names 10.wide, which is not an input" in err
+    code, out, err = _render(comfy, "-o", "workflow=nope", "--size", "24x16")
+    assert code == 2 and "no ComfyUI workflow 'nope'; known: " in err and "sdxl-txt2img" in err
+
+
+def test_auto_asks_comfyui_only_when_allowed_configured_and_reachable(tmp_path, fake):
+    request = RenderRequest(prompt="x", width=64, height=64)
+    home = tmp_path / "a"
+    home.mkdir()
+    from echo_os.settings import load_settings
+
+    for toml, words in [
+        ("", "comfyui: it sends requests over the network; set allow = true under [engines.comfyui]"),
+        ("[engines.comfyui]\nallow = true\n", "comfyui: no url under [engines.comfyui]"),
+        ('[engines.comfyui]\nallow = true\nurl = "http://127.0.0.1:9"\nconnect_timeout_s = 0.5\n',
+         "comfyui: ComfyUI at http://127.0.0.1:9 does not answer (ConnectError)"),
+    ]:
+        (home / "echo-os.toml").write_text(toml)
+        name, reason = choose_engine(load_settings(home, env={}), request)
+        assert name == "draft" and words in reason, reason
+    (home / "echo-os.toml").write_text(f'[engines.comfyui]\nallow = true\nurl = "{fake.url}"\n')
+    assert choose_engine(load_settings(home, env={}), request)[0] == "comfyui"
+    (home / "echo-os.toml").write_text(f'[engines.comfyui]\nallow = true\nurl = "{fake.url}"\nworkflw = "x"\n')
+    with pytest.raises(UsageError, match=r"\[engines.comfyui\] workflw"):
+        choose_engine(load_settings(home, env={}), request)
+
+
+def test_a_story_renders_every_scene_once_and_resumes(comfy, fake):
+    prompts = comfy.home / "prompts.txt"
+    prompts.write_text("a fox\na hare\na heron\n", encoding="utf-8")
+    args = ("--home", str(comfy.home), "batch", "animals", f"@{prompts}", "--engine", "comfyui", "--size", "32x32",
+            "--json")
+    fake.faults.extend(["ok", "error"])  # scene 2 fails in ComfyUI
+    code, out, err = run_cli(*args)
+    assert code == 1 and "node 1 (EmptyImage) failed: RuntimeError: injected fault" in err.splitlines()[-1]
+    assert len(list(comfy.artifacts_dir.rglob("image.png"))) == 1 and len(fake.posts) == 2
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["rendered"], result["resumed"]) == (2, 1) and len(fake.posts) == 4
+    seeds = [post["prompt"]["1"]["inputs"]["color"] for post in fake.posts]
+    assert seeds[1] == seeds[2] and len(set(seeds)) == 3  # scene 2 asked again with the same seed, each once more
+    code, out, err = run_cli(*args)
+    assert code == 0 and json.loads(out)["resumed"] == 3 and len(fake.posts) == 4
+
+
+def test_the_api_renders_through_comfyui_with_progress(comfy, monkeypatch):
+    import asyncio
+
+    from tests.api_helpers import api_client, wait_job
+
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+
+    async def go():
+        async with api_client(comfy) as (client, _app):
+            sent = await client.post("/api/render", json={"prompt": "a kite", "engine": "comfyui", "seed": 4,
+                                                          "count": 2, "size": "32x32"})
+            assert sent.status_code == 202, sent.text
+            return await wait_job(client, sent.json()["job_id"])
+
+    job = asyncio.run(go())
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["images_done"] == job["progress"]["images_total"] == 2
+
+
+def test_sampling_steps_move_the_progress(tmp_path):
+    """The KSampler's `progress` messages count too: 7 nodes + 5 steps, in order, with the sampling steps
+    arriving while ComfyUI samples (before the image is saved)."""
+    with fake_comfyui(step_s=0.01) as server:
+        settings = comfy_workspace(tmp_path, server.url, 'checkpoint = "sd_xl_base_1.0.safetensors"\n')
+        engine = create_engine(settings, "comfyui", "test")
+        events = []
+        engine.render([RenderRequest(prompt="x", width=64, height=64, steps=5, engine="comfyui")],
+                      progress=lambda e: events.append((e.step, e.total_steps, len(server.files))))
+    assert [step for step, _, _ in events] == list(range(1, 13)) and {total for _, total, _ in events} == {12}
+    assert sum(1 for _, _, saved in events if saved == 0) >= 9  # 4 loader/encoder/latent nodes + KSampler + 5 steps
