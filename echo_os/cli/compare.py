@@ -25,7 +25,7 @@ from echo_os.requests import parse_size
 @click.option("--max-cells", type=click.IntRange(1), default=64, show_default=True,
               help="Refuse more cells than this (raise it on purpose).")
 @click.option("--json", "as_json", is_flag=True, help="Print the cells and the grid as JSON.")
-@click.option("--no-memory", is_flag=True, help="Do not embed the images into Echo Memory.")
+@click.option("--no-memory", is_flag=True, hidden=True, help="No effect: the next memory command embeds.")
 @click.pass_context
 def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str | None, cfg: str | None,
             steps: str | None, seeds: str | None, styles: str | None, engines: str | None,
@@ -43,7 +43,6 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
     from echo_os.cli.render import StepBar, engine_announcer
     from echo_os.compare import parse_list, plan_compare, render_compare
     from echo_os.engines import check_engine_name
-    from echo_os.memory.artifacts import attach
     from echo_os.requests import random_seed
 
     settings = settings_from(ctx)
@@ -63,11 +62,11 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
             "project": project}
     plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=max_cells)
     store = ArtifactStore(settings)
-    listener = attach(store, enabled=not no_memory)
+    # images are embedded into Echo Memory by the next memory command (issue 11), not here
     bar = StepBar(len(plan.cells))
     try:
         title = f"{prompt}: " + " x ".join(f"{axis.label} ({len(axis.values)})" for axis in plan.axes)
-        outcome = render_compare(settings, plan, store, progress=bar, on_engine=engine_announcer(listener),
+        outcome = render_compare(settings, plan, store, progress=bar, on_engine=engine_announcer(),
                                  title=title if plan.axes else prompt)
     finally:
         bar.close()

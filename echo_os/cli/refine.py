@@ -29,7 +29,7 @@ from echo_os.requests import SCHEDULERS
 @click.option("--refiner", default=None, help="A refiner model: the base denoises to --switch, the refiner the rest.")
 @click.option("--switch", type=float, default=0.8, show_default=True, help="With --refiner: the base's fraction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
-@click.option("--no-memory", is_flag=True, help="Do not embed the images into Echo Memory.")
+@click.option("--no-memory", is_flag=True, hidden=True, help="No effect: the next memory command embeds.")
 @click.pass_context
 def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: float, style: str | None,
            negative_prompt: str | None, seed: int | None, steps: int | None, cfg: float | None,
@@ -40,7 +40,6 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import StepBar, engine_announcer, refiner_input
     from echo_os.engines import check_engine_name, choose_engine, create_engine
-    from echo_os.memory.artifacts import attach
     from echo_os.refine import check_strength, refine_request
     from echo_os.requests import random_seed
     from echo_os.scheduler import render_requests
@@ -56,11 +55,11 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
         request = refine_request(settings, parent, strength=strength, prompt=prompt, style=style,
                                  negative=negative_prompt, changes=changes)
         name, reason = choose_engine(settings, request)
-        listener = attach(store, enabled=not no_memory)
+        # images are embedded into Echo Memory by the next memory command (issue 11), not here
         bar = StepBar(request.count)
         try:
             outcome = render_requests(settings, [request], store=store, progress=bar,
-                                      on_engine=engine_announcer(listener), engine=create_engine(settings, name, reason))
+                                      on_engine=engine_announcer(), engine=create_engine(settings, name, reason))
         finally:
             bar.close()
     finally:
