@@ -42,9 +42,10 @@ from echo_os.api.events import (
 from echo_os.api.jobs import JOB_ID_PATTERN, Job, JobProgress, JobSpec, JobStatus, JobStore, StorySource, new_job_id, now_iso
 from echo_os.api.schemas import (
     ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, Health, JobPage, JobView, RenderBody, Submitted,
-    error_responses,
+    WorkerList, WorkerView, error_responses,
 )
 from echo_os.api.security import Guard, GuardSettings, resolve_inside
+from echo_os.api.processes import WorkerPool, images_per_minute
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import EchoError, NotFoundError, OptionError, UsageError
 from echo_os.settings import Settings
@@ -72,6 +73,27 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
                    title=job.spec.title, scenes=len(job.spec.items))
+
+
+def worker_views(api: ApiState) -> list[WorkerView]:
+    """Worker processes from their rows in jobs.db; the in-process thread from its own figures."""
+    from echo_os.api.jobs import WorkerRow
+
+    if isinstance(api.worker, WorkerPool):
+        rows = api.worker.rows()
+    elif isinstance(api.worker, Worker):
+        stats = api.worker.stats
+        import os
+
+        rows = [WorkerRow(slot=0, worker="thread", pid=os.getpid(), device="in-process", model=stats.model,
+                          jobs_done=stats.jobs_done, images_done=stats.images_done, first_job=stats.first_job,
+                          last_error=stats.last_error, state=stats.state if api.worker.alive else "stopped")]
+    else:
+        rows = []
+    return [WorkerView(slot=row.slot, pid=row.pid, device=row.device, model=row.model, jobs_done=row.jobs_done,
+                       images_done=row.images_done, images_per_min=images_per_minute(row),
+                       last_error=row.last_error, restarts=row.restarts, state=row.state, heartbeat=row.heartbeat)
+            for row in rows]
 
 
 def artifact_view(row, *, with_meta: bool = False) -> ArtifactView:
@@ -145,8 +167,13 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             catalog = CatalogReader(settings)
             cleanup.callback(catalog.close)
             hub = EventHub(asyncio.get_running_loop())
-            worker = None
-            if start_worker:
+            worker: Worker | WorkerPool | None = None
+            if start_worker and options.workers > 0:
+                if make_engine is not None:
+                    raise ValueError("make_engine runs in this process; it needs options.workers=0")
+                worker = WorkerPool(settings, jobs, hub.publish_threadsafe, options, count=options.workers,
+                                    log_level=options.worker_log_level)
+            elif start_worker:
                 from echo_os.artifacts.store import ArtifactStore
 
                 from echo_os.memory.artifacts import attach
@@ -224,6 +251,11 @@ def _add_routes(app: FastAPI) -> None:
     async def health(api: Api) -> Health:
         counts = await run_in_threadpool(api.jobs.counts)
         return Health(version=__version__, worker=api.worker_status, jobs=counts)
+
+    @app.get("/api/workers", response_model=WorkerList, tags=["server"])
+    async def list_workers(api: Api) -> WorkerList:
+        """The render workers: device, model loaded, jobs done, images/min, last error."""
+        return WorkerList(items=await run_in_threadpool(worker_views, api))
 
     # -- submitting ----------------------------------------------------------------------------------
     @app.post("/api/render", status_code=202, response_model=Submitted, tags=["jobs"],

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from echo_os.api.events import EventHub
 from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Job, JobStore
+from echo_os.api.processes import DEFAULT_LEASE_S, WorkerPool
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
 from echo_os.api.worker import Worker
 from echo_os.errors import NotFoundError, OptionError, UsageError
@@ -37,6 +38,10 @@ class ApiOptions:
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # Render worker processes (echo_os.api.processes); 0 renders on a thread in the HTTP process.
+    workers: int = 0
+    lease_s: float = DEFAULT_LEASE_S  # a worker process's claim lasts this long unless renewed
+    worker_log_level: str = "INFO"
 
 
 class Submitter:
@@ -93,7 +98,7 @@ class ApiState:
     hub: EventHub
     submitter: Submitter
     catalog: "CatalogReader"
-    worker: Worker | None = None
+    worker: Worker | WorkerPool | None = None
     started_worker: bool = False
 
     @property
