@@ -305,6 +305,9 @@ class JobStore:
             found[status] = count
         return found
 
+    def has_queued(self) -> bool:
+        return self._reader().execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
+
     def saved_images(self, job_id: str) -> list[SavedImage]:
         rows = self._reader().execute(
             "SELECT image, artifact_id FROM job_images WHERE job_id = ? ORDER BY image", (job_id,))

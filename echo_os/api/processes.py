@@ -13,8 +13,10 @@ The durable job queue (jobs.db) stays the single source of truth, and the only c
   a killed server for a moment still records its last state changes in order, after the job rows they
   describe (the hub's contract: state first, then the event), and there is no pipe to drain or lose.
   The HTTP process deletes the events it has published.
-- cancel: the HTTP route sets `cancel_requested` in jobs.db; the worker's heartbeat thread polls it for
-  the jobs in its pipeline call (every 0.2 s) and stops the call at the next step.
+- wake-up and cancel: a worker's control loop reads jobs.db every 0.1 s (one indexed read): a queued job
+  wakes its Worker, `cancel_requested` (set by the HTTP route) on a job in its pipeline call stops the call
+  at the next step. Stop is SIGTERM. No multiprocessing lock or event is shared: a worker killed while
+  holding one would leave it held and hang the server.
 - figures: each worker writes its row in `workers` (device, model, jobs done, images, last error) with
   every heartbeat; GET /api/workers reads them.
 
@@ -57,7 +59,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_S = 30.0  # a worker renews every lease/3; a killed server's jobs wait at most this long
 EVENT_POLL_S = 0.05
 SUPERVISE_S = 0.2
-CONTROL_POLL_S = 0.2
+CONTROL_POLL_S = 0.1  # how often a worker looks for queued jobs, cancels and its parent
 
 
 def visible_gpus() -> list[str]:
@@ -101,15 +103,16 @@ class WorkerConfig:
     log_level: str = "INFO"
 
 
-def worker_main(config: WorkerConfig, wake: "multiprocessing.synchronize.Event",
-                stop: "multiprocessing.synchronize.Event") -> None:
-    """A worker process: pin the device, then run a Worker until told to stop or the server is gone."""
+def worker_main(config: WorkerConfig) -> None:
+    """A worker process: pin the device, then run a Worker until SIGTERM or until the server is gone."""
     # 1. The device, before anything imports torch.
     if config.cuda_visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.cuda_visible
     if config.threads is not None and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(config.threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     logging.basicConfig(level=config.log_level.upper(),
                         format=f"%(asctime)s worker {config.slot} [{config.device}] %(levelname)s %(message)s")
 
@@ -132,19 +135,20 @@ def worker_main(config: WorkerConfig, wake: "multiprocessing.synchronize.Event",
     worker.start()
     log.info("started (pid %d)", os.getpid())
 
-    # 3. The control loop: wake-ups, cancels, the lease, our row; until stopped or orphaned.
+    # 3. The control loop: wake-ups, cancels, the lease, our row; until stopped or orphaned. Everything
+    # goes through jobs.db: no multiprocessing lock is shared with the server, since a process killed
+    # while holding one (SIGKILL, the OOM killer) would leave it held for good.
     renew_every = config.lease_s / 3
     renewed = time.monotonic()
     jobs_logged = 0
     orphaned = False
     try:
-        while not stop.is_set() and worker.alive:
+        while not stop.wait(CONTROL_POLL_S) and worker.alive:
             if os.getppid() != config.parent_pid:
                 log.warning("the server process is gone; stopping (jobs in flight go back to the queue)")
                 orphaned = True
                 break
-            if wake.wait(CONTROL_POLL_S):
-                wake.clear()
+            if jobs.has_queued():
                 worker.wake()
             with worker._lock:
                 in_call = set(worker._in_call)
@@ -199,7 +203,6 @@ def _per_minute(row: WorkerRow) -> str:
 class _Slot:
     config: WorkerConfig
     process: multiprocessing.process.BaseProcess
-    wake: "multiprocessing.synchronize.Event"
 
 
 class WorkerPool:
@@ -217,7 +220,6 @@ class WorkerPool:
         self.count = max(1, count)
         self.log_level = log_level
         self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
         self._stopping = threading.Event()
         self._slots: list[_Slot] = []
         self._threads: list[threading.Thread] = []
@@ -246,21 +248,22 @@ class WorkerPool:
                               batch_window_ms=self.options.batch_window_ms, max_attempts=self.options.max_attempts,
                               lease_s=self.options.lease_s, parent_pid=os.getpid(), restarts=restarts,
                               last_error=last_error, log_level=self.log_level)
-        wake = self._context.Event()
-        process = self._context.Process(target=worker_main, args=(config, wake, self._stop),
+        process = self._context.Process(target=worker_main, args=(config,),
                                         name=f"echo-os-worker-{slot}", daemon=False)
         process.start()
         self.jobs.set_worker_row(WorkerRow(slot=slot, worker=config.worker_id, pid=process.pid, device=device,
                                            last_error=last_error, restarts=restarts, state="starting",
                                            heartbeat=now_iso()))
         log.warning("worker %d started on %s (pid %d)", slot, device, process.pid)
-        return _Slot(config, process, wake)
+        return _Slot(config, process)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Workers stop at the next step and put their jobs back; one that does not stop in time is killed
         (its jobs come back through the lease on the next start)."""
         self._stopping.set()
-        self._stop.set()
+        for slot in self._slots:
+            if slot.process.is_alive():
+                slot.process.terminate()  # SIGTERM: the worker stops at the next step
         deadline = time.monotonic() + timeout
         for slot in self._slots:
             slot.process.join(max(0.1, deadline - time.monotonic()))
@@ -273,8 +276,7 @@ class WorkerPool:
         self._publish_new_events()  # what the workers said while stopping
 
     def wake(self) -> None:
-        for slot in self._slots:
-            slot.wake.set()
+        """Nothing to send: workers look for queued jobs in jobs.db every CONTROL_POLL_S."""
 
     def cancel(self, job_id: str) -> None:
         """Nothing to send: the store has `cancel_requested`, which the worker holding the job polls."""
@@ -326,7 +328,6 @@ class WorkerPool:
                 self.publish(JobCancelled(job_id=job_id, artifact_ids=job.artifact_ids))
         if taken_back.requeued:
             log.warning("%d jobs back in the queue: %s", len(taken_back.requeued), ", ".join(taken_back.requeued))
-            self.wake()
 
     # -- the event tail -----------------------------------------------------------------------------------
     def _tail_events(self) -> None:
