@@ -34,7 +34,7 @@ class StoryBar:
 
 
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
-                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None) -> None:
+                ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, ray=None) -> None:
     """Render every scene of a validated StoryPlan in order and print what was made."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import engine_announcer
@@ -44,13 +44,21 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     bar = StoryBar(len(plan.scenes))
     store = ArtifactStore(settings)
     listener = attach(store)  # every scene becomes searchable in Echo Memory (ECHO_OS_NO_MEMORY=1 skips it)
+    pool = None
     try:
+        if ray is not None:
+            from echo_os.ray_cluster import RayPool
+
+            pool = RayPool(settings, ray)
+            click.echo(f"ray: {len(pool.actors)} render actors", err=True)
         result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
                               progress=bar, store=store,
-                              on_engine=engine_announcer(listener))
+                              on_engine=engine_announcer(listener), ray=pool)
     finally:
         bar.close()
         store.close()
+        if pool is not None:
+            pool.close()
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     if json_output:
@@ -140,11 +148,16 @@ def format_dry_run(plan) -> str:
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Override the scheduler.")
 @click.option("--seed", type=int, default=None,
               help="Base seed: scene N without a seed of its own gets SEED + 1000*N (see docs/story.md).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Render on Ray actors: `--ray` alone starts a local Ray instance, `--ray auto` or "
+                   "`--ray HOST:PORT` joins a cluster. Needs pip install 'echo-os[ray]'.")
+@click.option("--ray-actors", type=click.IntRange(1, 1024), default=None,
+              help="Ray actors [default: one per GPU in the cluster, 2 without GPUs].")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
-          preset: str | None) -> None:
+          preset: str | None, ray_address: str | None, ray_actors: int | None) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt.
 
     One artifact per image, then story.json and contact-sheet.png in the project folder. Running the
@@ -154,12 +167,17 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --dry-run
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv
       echo-os batch sketches @prompts.txt --steps 20
+      echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --ray auto   # on a Ray cluster
     """
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
 
     from echo_os.engines import check_engine_name
 
     settings = settings_from(ctx)
+    if ray_address is not None and not dry_run:
+        from echo_os.ray_cluster import import_ray
+
+        import_ray()  # not installed: one line, before anything is planned or written
     if preset is not None:
         from click.core import ParameterSource
 
@@ -190,5 +208,10 @@ def batch(ctx: click.Context, project: str, source: str, bible: str | None, dry_
         return
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
+    ray = None
+    if ray_address is not None:
+        from echo_os.ray_cluster import RayOptions
+
+        ray = RayOptions(address=ray_address, actors=ray_actors)
     render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
-                ip_adapter=None if ip_adapter == "none" else ip_adapter, clip=clip)
+                ip_adapter=None if ip_adapter == "none" else ip_adapter, clip=clip, ray=ray)
