@@ -84,8 +84,8 @@ def test_recover_at_startup_leaves_jobs_whose_lease_still_runs(store):
 
 
 def test_events_table_is_read_in_order_and_dropped(store):
-    store.add_event("a", '{"x": 1}')
-    store.add_event("b", '{"x": 2}')
+    for job_id, body in (("a", '{"x": 1}'), ("b", '{"x": 2}')):  # as a worker process writes them
+        store._write("INSERT INTO job_events (job_id, body) VALUES (?, ?)", (job_id, body))
     rows = store.events_after(0)
     assert [body for _, body in rows] == ['{"x": 1}', '{"x": 2}']
     store.drop_events(rows[0][0])

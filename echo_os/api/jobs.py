@@ -456,9 +456,6 @@ class JobStore:
                         cancelled=[r[0] for r in cancelled])
 
     # ---- events and figures of worker processes ------------------------------------------------
-    def add_event(self, job_id: str, body: str) -> None:
-        self._write("INSERT INTO job_events (job_id, body) VALUES (?, ?)", (job_id, body))
-
     def events_after(self, last_id: int, limit: int = 1000) -> list[tuple[int, str]]:
         return self._reader().execute("SELECT id, body FROM job_events WHERE id > ? ORDER BY id LIMIT ?",
                                       (last_id, limit)).fetchall()

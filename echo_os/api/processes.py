@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Callable
 
 from echo_os.api.events import JOB_EVENT_ADAPTER, JobCancelled, JobFailed, JobQueued
 from echo_os.api.jobs import JobStore, Recovery, WorkerRow, now_iso
+from echo_os.sqlite import connect
 
 if TYPE_CHECKING:
     from echo_os.api.deps import ApiOptions
@@ -124,7 +125,14 @@ def worker_main(config: WorkerConfig) -> None:
     jobs = JobStore(config.settings.artifacts_dir / "jobs.db", max_attempts=config.max_attempts)
     store = ArtifactStore(config.settings)
     attach(store)
-    worker = Worker(jobs, store, lambda event: jobs.add_event(event.job_id, event.model_dump_json()),
+    # Events on their own connection with synchronous=NORMAL: no fsync per progress step (the job rows,
+    # the source of truth, keep FULL); a power cut loses at most the latest events, never a job's state.
+    events = connect(jobs.path, synchronous="NORMAL")
+
+    def publish(event) -> None:
+        events.execute("INSERT INTO job_events (job_id, body) VALUES (?, ?)", (event.job_id, event.model_dump_json()))
+
+    worker = Worker(jobs, store, publish,
                     make_engine=default_engine_factory(config.settings), max_batch=config.max_batch,
                     batch_window_ms=config.batch_window_ms, poll_s=1.0, worker_id=config.worker_id,
                     lease_s=config.lease_s)
@@ -170,6 +178,7 @@ def worker_main(config: WorkerConfig) -> None:
         row.state = "stopped"
         _write_row(jobs, row, worker)
         store.close()
+        events.close()
         jobs.close()
         log.info("stopped")
 
