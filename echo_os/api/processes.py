@@ -7,8 +7,8 @@ The durable job queue (jobs.db) stays the single source of truth, and the only c
   at once (`JobStore.requeue_worker`); a lease that runs out (the whole server was killed, a worker froze)
   is taken back by the supervisor's sweep (`requeue_expired`). Taken back = `recover`'s rule: cancelled
   if asked, failed after max_attempts, else queued, its recorded images kept and skipped.
-- events: a worker inserts each job event into `job_events`; the HTTP process tails the table (every
-  50 ms) into its EventHub, so SSE clients see what they saw with the in-process thread. jobs.db rather
+- events: a worker writes its job events into `job_events` (EventWriter: one transaction every 50 ms);
+  the HTTP process tails the table (every 50 ms) into its EventHub, so SSE clients see what they saw with the in-process thread. jobs.db rather
   than a multiprocessing queue because the events then survive the HTTP process: a worker that outlives
   a killed server for a moment still records its last state changes in order, after the job rows they
   describe (the hub's contract: state first, then the event), and there is no pipe to drain or lose.
@@ -125,12 +125,9 @@ def worker_main(config: WorkerConfig) -> None:
     jobs = JobStore(config.settings.artifacts_dir / "jobs.db", max_attempts=config.max_attempts)
     store = ArtifactStore(config.settings)
     attach(store)
-    # Events on their own connection with synchronous=NORMAL: no fsync per progress step (the job rows,
-    # the source of truth, keep FULL); a power cut loses at most the latest events, never a job's state.
-    events = connect(jobs.path, synchronous="NORMAL")
-
-    def publish(event) -> None:
-        events.execute("INSERT INTO job_events (job_id, body) VALUES (?, ?)", (event.job_id, event.model_dump_json()))
+    events = EventWriter(connect(jobs.path, synchronous="NORMAL"))
+    events.start()
+    publish = events.publish
 
     worker = Worker(jobs, store, publish,
                     make_engine=default_engine_factory(config.settings), max_batch=config.max_batch,
@@ -181,6 +178,59 @@ def worker_main(config: WorkerConfig) -> None:
         events.close()
         jobs.close()
         log.info("stopped")
+
+
+class EventWriter:
+    """A worker's job events into `job_events`, written every EVENT_POLL_S in one transaction, on their
+    own connection with synchronous=NORMAL: no fsync per progress step (the job rows, the source of truth,
+    keep FULL), and few write transactions to contend with the server's submissions for the one SQLite
+    write lock. Within one flush only the latest progress event of a job is kept (a step superseded
+    before anyone could see it)."""
+
+    def __init__(self, db):
+        self.db = db
+        self._pending: list = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="echo-os-worker-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish(self, event) -> None:
+        with self._lock:
+            self._pending.append(event)
+
+    def _run(self) -> None:
+        while not self._closed.wait(EVENT_POLL_S):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - e.g. busy for longer than the timeout; next round
+                log.exception("writing job events; trying again")
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        latest_progress = {event.job_id: index for index, event in enumerate(batch) if event.event == "progress"}
+        rows = [(event.job_id, event.model_dump_json()) for index, event in enumerate(batch)
+                if event.event != "progress" or latest_progress[event.job_id] == index]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT INTO job_events (job_id, body) VALUES (?, ?)", rows)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            with self._lock:
+                self._pending[:0] = batch
+            raise
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(5)
+        self.flush()
+        self.db.close()
 
 
 def _write_row(jobs: JobStore, row: WorkerRow, worker) -> None:
