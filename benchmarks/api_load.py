@@ -67,8 +67,14 @@ class Server:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGKILL)  # queued jobs are not our business any more
-        self.process.wait()
+        # SIGTERM: the server stops its worker processes before it exits (a SIGKILL would leave them
+        # stopping on their own while the temporary workspace is deleted). Queued jobs stay queued.
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.log.close()
 
 

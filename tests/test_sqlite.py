@@ -52,7 +52,7 @@ def test_fully_migrated_numbered_files_run_nothing_again(tmp_path):
     db.close()
     store = jobs_module.JobStore(tmp_path / "jobs.db")
     try:
-        assert applied_migrations(store._db) == ["m001_jobs"]
+        assert applied_migrations(store._db) == jobs_module.MIGRATIONS.names
         job = store.claim_next()
         assert job is not None and job.spec.items[0].prompt == "old job"
     finally:

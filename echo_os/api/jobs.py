@@ -201,19 +201,23 @@ _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo,
             "finished")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    return connect(path, synchronous="FULL")
+def _connect(path: Path, synchronous: Literal["NORMAL", "FULL"] = "FULL") -> sqlite3.Connection:
+    return connect(path, synchronous=synchronous)
 
 
 class JobStore:
     """The jobs table and its one writer. Thread-safe: every write holds `_write_lock`."""
 
-    def __init__(self, path: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS):
+    def __init__(self, path: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 synchronous: Literal["NORMAL", "FULL"] = "FULL"):
+        """synchronous=FULL where a commit is a promise (the server: a 202 means the job is on disk);
+        a worker process opens it NORMAL (see echo_os.api.processes)."""
         self.path = path
+        self.synchronous = synchronous
         self.max_attempts = max_attempts
         path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
-        self._db = _connect(path)
+        self._db = _connect(path, synchronous)
         self._readers = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()

@@ -122,7 +122,12 @@ def worker_main(config: WorkerConfig) -> None:
     from echo_os.memory.artifacts import attach
 
     # 2. The queue, the store (with the memory hook, as the in-process worker has) and the Worker.
-    jobs = JobStore(config.settings.artifacts_dir / "jobs.db", max_attempts=config.max_attempts)
+    # synchronous=NORMAL for the worker's writes (claims, recorded images, endings): they hold SQLite's one
+    # write lock for no fsync, so the server's submissions wait less. A power cut may lose the latest of
+    # them, never an accepted job: a job taken back runs again, adopts the images it saved but lost the
+    # record of (Worker._adopt_unrecorded), and renders only the rest.
+    jobs = JobStore(config.settings.artifacts_dir / "jobs.db", max_attempts=config.max_attempts,
+                    synchronous="NORMAL")
     store = ArtifactStore(config.settings)
     attach(store)
     events = EventWriter(connect(jobs.path, synchronous="NORMAL"))
