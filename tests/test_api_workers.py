@@ -160,3 +160,33 @@ def test_kill_9_a_worker_mid_job_completes_the_job_with_exactly_its_images(tmp_p
     assert after["jobs_done"] == 1 and after["images_done"] == 6 - len(saved_before)
     assert after["model"] == "tiny" and after["images_per_min"] > 0
     assert "worker 0" in server.log() and "killed by signal 9" in server.log()
+
+
+@pytest.mark.anyio
+async def test_workers_route_shows_the_in_process_worker_and_its_figures(workspace):
+    """--workers 0: the worker thread's own figures (the processes' rows are checked in the kill test)."""
+    from echo_os.api.deps import ApiOptions
+    from tests.api_helpers import FakeEngine, api_client, wait_job
+
+    async with api_client(workspace, make_engine=FakeEngine(), options=ApiOptions(batch_window_ms=0)) as (client, _):
+        job_id = (await client.post("/api/render", json={"prompt": "count me", "count": 3, "size": "64x64"})).json()["job_id"]
+        await wait_job(client, job_id)
+        [row] = (await client.get("/api/workers")).json()["items"]
+    assert row["device"] == "in-process" and row["pid"] == os.getpid()
+    assert (row["jobs_done"], row["images_done"], row["last_error"]) == (1, 3, None)
+    assert row["images_per_min"] > 0 and row["state"] == "idle"
+
+
+def test_make_engine_needs_the_in_process_worker(workspace):
+    """A fake engine cannot cross into a worker process: refused when the app starts, not ignored."""
+    import asyncio
+
+    from echo_os.api.deps import ApiOptions
+    from tests.api_helpers import FakeEngine, api_client
+
+    async def start() -> None:
+        async with api_client(workspace, make_engine=FakeEngine(), options=ApiOptions(workers=1)):
+            pass
+
+    with pytest.raises(ValueError, match="workers=0"):
+        asyncio.run(start())

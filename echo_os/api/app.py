@@ -10,6 +10,7 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/jobs/{id}/cancel
     GET  /api/artifacts[?project=&model=&since=&limit=&offset=]
     GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image
+    GET  /api/workers               the render workers (processes: echo_os.api.processes)
     POST /v1/images/generations     the OpenAI Images API (echo_os.api.openai_compat)
     GET  /health                    GET /openapi.json
 """
