@@ -365,13 +365,13 @@ ROUTES = [("GET", "/api/jobs"), ("GET", f"/api/jobs/{'a' * 32}"), ("GET", f"/api
           ("GET", "/api/artifacts"), ("GET", f"/api/artifacts/{'b' * 64}"), ("GET", f"/api/artifacts/{'b' * 64}/image"),
           ("POST", "/v1/images/generations"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/nope"),
           ("GET", "/api/memory/search?q=x"), ("POST", "/api/memory/search"), ("GET", "/api/gallery"),
-          ("GET", "/api/gallery/files/gallery/index.html")]
+          ("GET", "/api/gallery/files/gallery/index.html"), ("GET", "/api/workers")]
 
 
 async def test_every_route_but_health_needs_the_token(workspace):
     async with api_client(workspace, start_worker=False, token="s3cret") as (client, app):
         documented = {(method, path) for path, item in app.openapi()["paths"].items() for method in item}
-        assert len(documented) == 15
+        assert len(documented) == 16
         assert (await client.get("/health")).status_code == 200
         for method, path in ROUTES:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
