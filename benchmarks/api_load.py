@@ -67,8 +67,14 @@ class Server:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGKILL)  # queued jobs are not our business any more
-        self.process.wait()
+        # SIGTERM: the server stops its worker processes before it exits (a SIGKILL would leave them
+        # stopping on their own while the temporary workspace is deleted). Queued jobs stay queued.
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.log.close()
 
 
@@ -186,6 +192,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16, help="the batching-on setting")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server (torch threads)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="`echo-os serve --workers N` (render worker processes; 0: a thread in the server; "
+                             "default: serve's own default, one per GPU, 1 without)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -203,6 +212,7 @@ def main() -> None:
         "load_average": os.getloadavg()[0], "python": platform.python_version(), "torch": torch.__version__,
         "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__, "settings": vars(args) | {"json": None},
     }
+    workers = () if args.workers is None else ("--workers", str(args.workers))
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         folder = save_tiny_sdxl(tmp / "tiny-sdxl")
@@ -214,7 +224,7 @@ def main() -> None:
             return home
 
         if not args.skip_latency:
-            server = Server(workspace("latency"), "--max-batch", str(args.max_batch), threads=args.threads)
+            server = Server(workspace("latency"), "--max-batch", str(args.max_batch), *workers, threads=args.threads)
             try:
                 asyncio.run(warm_up(server.url, args.steps, args.size))
                 runs = [("submission", args.rate, "/api/render"), ("health", args.rate, "/health"),
@@ -228,7 +238,7 @@ def main() -> None:
 
         modes = () if args.skip_throughput else (("batching_on", args.max_batch), ("batching_off", 1))
         for mode, max_batch in modes:
-            server = Server(workspace(mode), "--max-batch", str(max_batch), threads=args.threads)
+            server = Server(workspace(mode), "--max-batch", str(max_batch), *workers, threads=args.threads)
             try:
                 results[mode] = asyncio.run(throughput(server.url, args.images, args.steps, args.size, args.repeats))
             finally:

@@ -367,13 +367,14 @@ ROUTES = [("GET", "/api/jobs"), ("GET", f"/api/jobs/{'a' * 32}"), ("GET", f"/api
           ("POST", "/v1/images/generations"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/nope"),
           ("GET", "/api/memory/search?q=x"), ("POST", "/api/memory/search"), ("GET", "/api/gallery"),
           ("GET", "/api/gallery/files/gallery/index.html"), ("POST", f"/api/artifacts/{'b' * 64}/rating"),
-          ("POST", "/api/refine"), ("POST", "/api/compare"), ("GET", "/api/styles"), ("POST", "/api/styles")]
+          ("POST", "/api/refine"), ("POST", "/api/compare"), ("GET", "/api/styles"), ("POST", "/api/styles"),
+          ("GET", "/api/workers")]
 
 
 async def test_every_route_but_health_needs_the_token(workspace):
     async with api_client(workspace, start_worker=False, token="s3cret") as (client, app):
         documented = {(method, path) for path, item in app.openapi()["paths"].items() for method in item}
-        assert len(documented) == 22
+        assert len(documented) == 23
         assert (await client.get("/health")).status_code == 200
         for method, path in ROUTES:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):

@@ -14,6 +14,7 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/jobs/{id}/cancel
     GET  /api/artifacts[?project=&model=&since=&limit=&offset=]
     GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image   GET /api/artifacts/{id}/video
+    GET  /api/workers               the render workers (processes: echo_os.api.processes)
     POST /v1/images/generations     the OpenAI Images API (echo_os.api.openai_compat)
     GET  /health                    GET /openapi.json
 
@@ -59,8 +60,9 @@ from echo_os.api.jobs import (
 from echo_os.api.schemas import (
     AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
     CompareSubmitted, Health, JobPage, JobView, RefineBody, RenderBody, StyleBody, StyleView, Submitted,
-    error_responses,
+    WorkerList, WorkerView, error_responses,
 )
+from echo_os.api.processes import WorkerPool, images_per_minute
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
@@ -96,6 +98,27 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
                    title=job.spec.title, animatic=animatic,
                    scenes=animatic.scenes if animatic is not None else len(job.spec.items))
+
+
+def worker_views(api: ApiState) -> list[WorkerView]:
+    """Worker processes from their rows in jobs.db; the in-process thread from its own figures."""
+    from echo_os.api.jobs import WorkerRow
+
+    if isinstance(api.worker, WorkerPool):
+        rows = api.worker.rows()
+    elif isinstance(api.worker, Worker):
+        stats = api.worker.stats
+        import os
+
+        rows = [WorkerRow(slot=0, worker="thread", pid=os.getpid(), device="in-process", model=stats.model,
+                          jobs_done=stats.jobs_done, images_done=stats.images_done, first_job=stats.first_job,
+                          last_error=stats.last_error, state=stats.state if api.worker.alive else "stopped")]
+    else:
+        rows = []
+    return [WorkerView(slot=row.slot, pid=row.pid, device=row.device, model=row.model, jobs_done=row.jobs_done,
+                       images_done=row.images_done, images_per_min=images_per_minute(row),
+                       last_error=row.last_error, restarts=row.restarts, state=row.state, heartbeat=row.heartbeat)
+            for row in rows]
 
 
 def artifact_view(row, *, with_meta: bool = False) -> ArtifactView:
@@ -223,8 +246,13 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             catalog = CatalogReader(settings)
             cleanup.callback(catalog.close)
             hub = EventHub(asyncio.get_running_loop())
-            worker = None
-            if start_worker:
+            worker: Worker | WorkerPool | None = None
+            if start_worker and options.workers > 0:
+                if make_engine is not None:
+                    raise ValueError("make_engine runs in this process; it needs options.workers=0")
+                worker = WorkerPool(settings, jobs, hub.publish_threadsafe, options, count=options.workers,
+                                    log_level=options.worker_log_level)
+            elif start_worker:
                 from echo_os.artifacts.store import ArtifactStore
 
                 store = ArtifactStore(settings)
@@ -364,6 +392,11 @@ def _add_routes(app: FastAPI) -> None:
     async def health(api: Api) -> Health:
         counts = await run_in_threadpool(api.jobs.counts)
         return Health(version=__version__, worker=api.worker_status, jobs=counts)
+
+    @app.get("/api/workers", response_model=WorkerList, tags=["server"])
+    async def list_workers(api: Api) -> WorkerList:
+        """The render workers: device, model loaded, jobs done, images/min, last error."""
+        return WorkerList(items=await run_in_threadpool(worker_views, api))
 
     # -- submitting ----------------------------------------------------------------------------------
     @app.post("/api/render", status_code=202, response_model=Submitted, tags=["jobs"],

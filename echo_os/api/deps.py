@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from echo_os.api.events import EventHub, JobCancelled
 from echo_os.api.idempotency import WaitingClients
 from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Admission, IdempotencyKey, Job, JobStore
+from echo_os.api.processes import DEFAULT_LEASE_S, WorkerPool
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
 from echo_os.api.worker import Worker
 from echo_os.errors import NotFoundError, OptionError, UsageError
@@ -44,6 +45,10 @@ class ApiOptions:
     # How long the job of a synchronous request whose client disconnected waits for a retry to attach
     # before it is cancelled: the openai client's backoff between tries is at most 8 s.
     abandoned_grace_s: float = 10.0
+    # Render worker processes (echo_os.api.processes); 0 renders on a thread in the HTTP process.
+    workers: int = 0
+    lease_s: float = DEFAULT_LEASE_S  # a worker process's claim lasts this long unless renewed
+    worker_log_level: str = "INFO"
 
 
 class Submitter:
@@ -104,7 +109,7 @@ class ApiState:
     hub: EventHub
     submitter: Submitter
     catalog: "CatalogReader"
-    worker: Worker | None = None
+    worker: Worker | WorkerPool | None = None
     started_worker: bool = False
     waiting: WaitingClients | None = None  # clients of the synchronous route, per job
 

@@ -16,6 +16,12 @@ different body under the same key is a conflict. Keys expire after IDEMPOTENCY_T
 
 Claiming is one atomic `UPDATE ... WHERE seq IN (SELECT ...) RETURNING`, so two claimers can never take
 the same job. Compatible render jobs (same `coalesce_key`) are claimed together for one batched call.
+
+Several worker processes share the file (`echo-os serve --workers N`, echo_os.api.processes): a claim
+names its worker and a lease (`lease_until`) that the worker's heartbeat extends. A job whose lease ran
+out (its worker was killed, or the whole server) goes back to the queue through `requeue_expired`, the
+same rule as `recover`. Worker processes write their job events to `job_events`, which the HTTP process
+tails into its event hub, and their figures to `workers` (GET /api/workers).
 """
 
 from __future__ import annotations
@@ -291,16 +297,43 @@ def m003_animatic_jobs(db: sqlite3.Connection) -> None:
         raise RuntimeError(f"jobs.db: foreign keys broken by the jobs table rebuild: {broken[:5]}")
 
 
+@MIGRATIONS
+def m004_worker_leases(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_until TEXT")
+    db.execute("""
+        CREATE TABLE job_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL,
+            body TEXT NOT NULL
+        )""")
+    db.execute("""
+        CREATE TABLE workers (
+            slot INTEGER PRIMARY KEY,
+            worker TEXT NOT NULL,
+            pid INTEGER,
+            device TEXT NOT NULL,
+            model TEXT,
+            jobs_done INTEGER NOT NULL DEFAULT 0,
+            images_done INTEGER NOT NULL DEFAULT 0,
+            first_job TEXT,
+            last_error TEXT,
+            restarts INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            heartbeat TEXT
+        )""")
+
+
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
             "finished")
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    return connect(path, synchronous="FULL")
+def _connect(path: Path, synchronous: Literal["NORMAL", "FULL"] = "FULL") -> sqlite3.Connection:
+    return connect(path, synchronous=synchronous)
 
 
-def _open_migrated(path: Path) -> sqlite3.Connection:
-    db = _connect(path)
+def _open_migrated(path: Path, synchronous: Literal["NORMAL", "FULL"] = "FULL") -> sqlite3.Connection:
+    db = _connect(path, synchronous)
     try:
         MIGRATIONS.migrate(db)
     except BaseException:
@@ -312,8 +345,12 @@ def _open_migrated(path: Path) -> sqlite3.Connection:
 class JobStore:
     """The jobs table and its one writer. Thread-safe: every write holds `_write_lock`."""
 
-    def __init__(self, path: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS):
+    def __init__(self, path: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 synchronous: Literal["NORMAL", "FULL"] = "FULL"):
+        """synchronous=FULL where a commit is a promise (the server: a 202 means the job is on disk);
+        a worker process opens it NORMAL (see echo_os.api.processes)."""
         self.path = path
+        self.synchronous = synchronous
         self.max_attempts = max_attempts
         path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
@@ -322,7 +359,7 @@ class JobStore:
         self._readers_lock = threading.Lock()
         # A corrupt jobs.db is moved aside and a fresh queue started; `quarantined` names where it went and
         # the server says so loudly at start (the jobs in it are not run: they cannot be rebuilt).
-        opened = open_or_quarantine(path, _open_migrated)
+        opened = open_or_quarantine(path, lambda file: _open_migrated(file, synchronous))
         self._db = opened.value
         self.quarantined = opened.quarantined
         self.corruption = opened.reason
@@ -436,6 +473,9 @@ class JobStore:
             found[status] = count
         return found
 
+    def has_queued(self) -> bool:
+        return self._reader().execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
+
     def saved_images(self, job_id: str) -> list[SavedImage]:
         rows = self._reader().execute(
             "SELECT image, artifact_id FROM job_images WHERE job_id = ? ORDER BY image", (job_id,))
@@ -456,27 +496,28 @@ class JobStore:
         with self._write_lock:
             return self._db.execute(sql, params).fetchall()
 
-    def claim_next(self) -> Job | None:
-        """The oldest queued job, now running (attempts + 1)."""
+    def claim_next(self, worker: str | None = None, lease_s: float | None = None) -> Job | None:
+        """The oldest queued job, now running (attempts + 1), held by `worker` until its lease runs out."""
         rows = self._write(
             f"UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, "
-            f"started = COALESCE(started, ?) "
+            f"started = COALESCE(started, ?), worker = ?, lease_until = ? "
             f"WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) "
-            f"RETURNING {_COLUMNS}", (now_iso(),))
+            f"RETURNING {_COLUMNS}", (now_iso(), worker, lease_end(lease_s)))
         return self._jobs(self._reader(), rows)[0] if rows else None
 
-    def claim_compatible(self, key: str, max_images: int) -> list[Job]:
+    def claim_compatible(self, key: str, max_images: int, worker: str | None = None,
+                         lease_s: float | None = None) -> list[Job]:
         """Queued render jobs with this coalesce key, oldest first, while their images fit in max_images."""
         if max_images <= 0:
             return []
         rows = self._write(
             f"UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, "
-            f"started = COALESCE(started, ?) "
+            f"started = COALESCE(started, ?), worker = ?, lease_until = ? "
             f"WHERE seq IN (SELECT seq FROM ("
             f"    SELECT seq, SUM(images_total) OVER (ORDER BY seq) AS running_total FROM jobs"
             f"    WHERE status = 'queued' AND kind = 'render' AND solo = 0 AND coalesce_key = ?)"
             f"  WHERE running_total <= ?) "
-            f"RETURNING {_COLUMNS}", (now_iso(), key, max_images))
+            f"RETURNING {_COLUMNS}", (now_iso(), worker, lease_end(lease_s), key, max_images))
         jobs = self._jobs(self._reader(), rows)
         return sorted(jobs, key=lambda job: job.created)
 
@@ -505,7 +546,8 @@ class JobStore:
         """Back to queued: after a failure that may pass (count_attempt), or after an interruption that
         was not the job's fault (a batch mate cancelled, the server shutting down)."""
         rows = self._write(
-            f"UPDATE jobs SET status = 'queued', error = ?, attempts = attempts - ?, solo = COALESCE(?, solo) "
+            f"UPDATE jobs SET status = 'queued', error = ?, attempts = attempts - ?, solo = COALESCE(?, solo), "
+            f"worker = NULL, lease_until = NULL "
             f"WHERE id = ? AND status = 'running' RETURNING {_COLUMNS}",
             (error, 0 if count_attempt else 1, None if solo is None else int(solo), job_id))
         return self._jobs(self._reader(), rows)[0] if rows else None
@@ -528,28 +570,115 @@ class JobStore:
     # ---- after a crash ---------------------------------------------------------------------------
     def recover(self) -> "Recovery":
         """Jobs left `running` by a process that died: cancelled if that was asked, failed after
-        max_attempts, else queued again (their saved images are kept and skipped)."""
+        max_attempts, else queued again (their saved images are kept and skipped). Jobs whose lease has
+        not run out yet are left to `requeue_expired`: a worker of the server that died may still be
+        stopping (it requeues its own jobs when it notices)."""
+        return self._take_back("lease_until IS NULL OR lease_until < ?", (now_iso(),),
+                               "the server stopped while rendering")
+
+    def requeue_expired(self) -> "Recovery":
+        """Running jobs whose worker stopped renewing the lease (killed, or frozen): as `recover`."""
+        return self._take_back("lease_until < ?", (now_iso(),), "its worker stopped answering")
+
+    def requeue_worker(self, worker: str) -> "Recovery":
+        """The jobs of a worker process that has exited (the supervisor saw it go): as `recover`."""
+        return self._take_back("worker = ?", (worker,), "its worker process died")
+
+    def renew_leases(self, worker: str, lease_s: float) -> int:
+        """The heartbeat: extend the lease of every job `worker` holds; returns how many it holds."""
+        return len(self._write("UPDATE jobs SET lease_until = ? WHERE status = 'running' AND worker = ? "
+                               "RETURNING id", (lease_end(lease_s), worker)))
+
+    def held_by(self, job_ids: Iterable[str], worker: str) -> set[str]:
+        """Which of `job_ids` are still running under `worker` (not taken back after a lost lease)."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        return {row[0] for row in self._reader().execute(
+            f"SELECT id FROM jobs WHERE id IN ({marks}) AND status = 'running' AND worker = ?", [*ids, worker])}
+
+    def _take_back(self, where: str, params: tuple, why: str) -> "Recovery":
         stamp = now_iso()
+        running = f"status = 'running' AND ({where})"
         with self._write_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 cancelled = self._db.execute(
-                    "UPDATE jobs SET status = 'cancelled', finished = ? "
-                    "WHERE status = 'running' AND cancel_requested = 1 RETURNING id", (stamp,)).fetchall()
+                    f"UPDATE jobs SET status = 'cancelled', finished = ? "
+                    f"WHERE {running} AND cancel_requested = 1 RETURNING id", (stamp, *params)).fetchall()
                 failed = self._db.execute(
-                    "UPDATE jobs SET status = 'failed', finished = ?, error = ? "
-                    "WHERE status = 'running' AND attempts >= ? RETURNING id",
-                    (stamp, f"the server stopped while rendering this job {self.max_attempts} times; "
-                            "giving up (see the server log)", self.max_attempts)).fetchall()
+                    f"UPDATE jobs SET status = 'failed', finished = ?, error = ? "
+                    f"WHERE {running} AND attempts >= ? RETURNING id",
+                    (stamp, f"{why} {self.max_attempts} times; giving up (see the server log)", *params,
+                     self.max_attempts)).fetchall()
                 requeued = self._db.execute(
-                    "UPDATE jobs SET status = 'queued', error = 'interrupted: the server stopped while "
-                    "rendering; running again' WHERE status = 'running' RETURNING id").fetchall()
+                    f"UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL, "
+                    f"error = 'interrupted: {why}; running again' WHERE {running} RETURNING id",
+                    params).fetchall()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return Recovery(requeued=[r[0] for r in requeued], failed=[r[0] for r in failed],
                         cancelled=[r[0] for r in cancelled])
+
+    # ---- events and figures of worker processes ------------------------------------------------
+    def events_after(self, last_id: int, limit: int = 1000) -> list[tuple[int, str]]:
+        return self._reader().execute("SELECT id, body FROM job_events WHERE id > ? ORDER BY id LIMIT ?",
+                                      (last_id, limit)).fetchall()
+
+    def last_event_id(self) -> int:
+        return self._reader().execute("SELECT COALESCE(MAX(id), 0) FROM job_events").fetchone()[0]
+
+    def drop_events(self, up_to_id: int) -> None:
+        self._write("DELETE FROM job_events WHERE id <= ?", (up_to_id,))
+
+    def set_worker_row(self, row: "WorkerRow", *, only_if_same_worker: bool = False) -> None:
+        """The supervisor sets a slot's row; a worker updates it only while the slot is still its own (an
+        orphaned worker stopping after its server was killed must not overwrite its successor's row)."""
+        guard = " WHERE workers.worker = excluded.worker" if only_if_same_worker else ""
+        self._write("INSERT INTO workers (slot, worker, pid, device, model, jobs_done, images_done, "
+                    "first_job, last_error, restarts, state, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(slot) DO UPDATE SET worker = excluded.worker, pid = excluded.pid, "
+                    "device = excluded.device, model = excluded.model, jobs_done = excluded.jobs_done, "
+                    "images_done = excluded.images_done, first_job = excluded.first_job, "
+                    "last_error = excluded.last_error, restarts = excluded.restarts, state = excluded.state, "
+                    "heartbeat = excluded.heartbeat" + guard,
+                    (row.slot, row.worker, row.pid, row.device, row.model, row.jobs_done, row.images_done,
+                     row.first_job, row.last_error, row.restarts, row.state, row.heartbeat))
+
+    def worker_rows(self) -> list["WorkerRow"]:
+        return [WorkerRow(*row) for row in self._reader().execute(
+            "SELECT slot, worker, pid, device, model, jobs_done, images_done, first_job, last_error, restarts, "
+            "state, heartbeat FROM workers ORDER BY slot")]
+
+    def clear_workers(self) -> None:
+        self._write("DELETE FROM workers")
+
+
+def lease_end(lease_s: float | None) -> str | None:
+    if lease_s is None:
+        return None
+    return (datetime.now(timezone.utc) + timedelta(seconds=lease_s)).isoformat(timespec="microseconds")
+
+
+@dataclass
+class WorkerRow:
+    """A worker process as the `workers` table keeps it (one row per slot; a restart reuses the slot)."""
+
+    slot: int
+    worker: str
+    pid: int | None
+    device: str
+    model: str | None = None
+    jobs_done: int = 0
+    images_done: int = 0
+    first_job: str | None = None  # when it claimed its first job (images/min counts from here)
+    last_error: str | None = None
+    restarts: int = 0
+    state: str = "starting"  # starting, idle, rendering, stopped, dead
+    heartbeat: str | None = None
 
 
 def _key_cutoff() -> str:

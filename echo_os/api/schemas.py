@@ -268,3 +268,23 @@ def error_responses(*statuses: int) -> dict[int, dict]:
                422: "A field is out of bounds; `detail[].loc` names it"}
     return {status: {"model": ErrorBody if status != 422 else None, "description": reasons[status]}
             for status in statuses}
+
+
+class WorkerView(BaseModel):
+    """One render worker (GET /api/workers)."""
+
+    slot: int
+    pid: int | None
+    device: str  # cuda:N (the GPU it is pinned to), cpu, or in-process (--workers 0)
+    model: str | None  # the model of its latest engine
+    jobs_done: int
+    images_done: int
+    images_per_min: float | None  # since its first job
+    last_error: str | None
+    restarts: int  # how often this slot's process died and was started again
+    state: str  # starting, idle, rendering, stopped
+    heartbeat: str | None
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerView]

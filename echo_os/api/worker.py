@@ -18,6 +18,10 @@ A batch job (/api/batch) ends like `echo-os batch`: story.json, the contact shee
 report are written by the same code (story.render.write_story_outputs). An animatic job (/api/animatic) is
 claimed alone and encoded by the code `echo-os animatic` runs (motion.animatic.make_animatic); its
 progress is frames encoded, and a cancel is looked at before every frame.
+In a worker process (`echo-os serve --workers N`, echo_os.api.processes) the same Worker runs with a
+`worker_id` and a lease: claims name it, a heartbeat there renews the lease, and before each pipeline
+call the jobs another worker took back (a lost lease) are dropped. `stats` are this worker's figures
+for GET /api/workers.
 Failures: a failed batched call sends its jobs back to be rendered alone (`solo`); a job alone that fails
 is retried until `max_attempts`, except for user errors (EchoError: unknown model, bad weights), which
 fail at once because they would fail again.
@@ -82,6 +86,19 @@ class JobRun:
         return [self.saved[index] for index in sorted(self.saved)]
 
 
+@dataclass
+class WorkerStats:
+    """What GET /api/workers shows of a worker: the model of its latest engine, jobs finished, images
+    saved, when its first job started, the latest error, and what it is doing."""
+
+    model: str | None = None
+    jobs_done: int = 0
+    images_done: int = 0
+    first_job: str | None = None
+    last_error: str | None = None
+    state: str = "idle"
+
+
 class Interrupted(Exception):
     """The pipeline call stopped on its cancel flag (a cancelled job, or the server stopping)."""
 
@@ -101,6 +118,7 @@ class _JobHooks(RenderHooks):
 
     def before_call(self, pieces: list[Piece]) -> list[Piece]:
         worker = self.worker
+        worker._drop_lost(self.runs, self._job_ids(pieces))
         worker._cancel_jobs(self.runs, worker._cancelled(self._job_ids(pieces)))
         pieces = [piece for piece in pieces if not self.places[piece.source][0].done]
         if pieces and worker._stop.is_set():
@@ -150,6 +168,7 @@ class _JobHooks(RenderHooks):
         self.worker.jobs.record_image(run.job.id, index, done.artifact.id)
         run.timings["save_s"] += done.save_s
         run.saved[index] = done.artifact.id
+        self.worker.stats.images_done += 1
         self.worker.publish(ArtifactSaved(job_id=run.job.id, artifact_id=done.artifact.id, index=index,
                                           image_url=image_url(done.artifact.id)))
 
@@ -158,7 +177,8 @@ class Worker:
     """The one thread that renders. Thread-safe entry points: start, stop, wake, cancel."""
 
     def __init__(self, jobs: JobStore, store: "ArtifactStore", publish: Publish, *, make_engine: EngineFactory,
-                 max_batch: int = 8, batch_window_ms: int = 25, poll_s: float = 1.0):
+                 max_batch: int = 8, batch_window_ms: int = 25, poll_s: float = 1.0,
+                 worker_id: str | None = None, lease_s: float | None = None):
         self.settings = store.settings
         self.jobs = jobs
         self.store = store
@@ -167,9 +187,13 @@ class Worker:
         self.max_batch = max(1, max_batch)
         self.batch_window_s = max(0, batch_window_ms) / 1000
         self.poll_s = poll_s
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.stats = WorkerStats()
         self._engines: dict[str, "Engine"] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._stop_counts = False
         self._wake = threading.Event()
         self._lock = threading.Lock()  # guards the three fields below
         self._cancel_asked: set[str] = set()
@@ -181,8 +205,10 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name="echo-os-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop at the next step; jobs in flight go back to the queue without losing an attempt."""
+    def stop(self, timeout: float = 30.0, *, count_attempt: bool = False) -> None:
+        """Stop at the next step; jobs in flight go back to the queue, without losing an attempt unless
+        `count_attempt` (a worker process whose server was killed)."""
+        self._stop_counts = count_attempt
         self._stop.set()
         self._wake.set()
         with self._lock:
@@ -219,25 +245,30 @@ class Worker:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
                 continue
+            self.stats.state = "rendering"
             try:
                 self._run_claimed(claimed)
-            except Exception:  # noqa: BLE001 - the worker must outlive any one job
+            except Exception as error:  # noqa: BLE001 - the worker must outlive any one job
                 log.exception("worker: unexpected error; its jobs go back to the queue")
+                self.stats.last_error = f"{type(error).__name__}: {error}"
                 for job in claimed:
                     self._requeue(job, "interrupted by an internal error; running again", count_attempt=True)
+            finally:
+                self.stats.state = "idle"
 
     def _claim(self) -> list[Job]:
-        first = self.jobs.claim_next()
+        first = self.jobs.claim_next(self.worker_id, self.lease_s)
         if first is None:
             return []
+        self.stats.first_job = self.stats.first_job or now_iso()
         claimed = [first]
         if first.kind == "render" and not first.solo and self.max_batch > 1:
             key = coalesce_key(first.spec.items[0])
             budget = self.max_batch - first.images_total
-            more = self.jobs.claim_compatible(key, budget)
+            more = self.jobs.claim_compatible(key, budget, self.worker_id, self.lease_s)
             budget -= sum(job.images_total for job in more)
             if budget > 0 and self.batch_window_s > 0 and not self._stop.wait(self.batch_window_s):
-                more += self.jobs.claim_compatible(key, budget)
+                more += self.jobs.claim_compatible(key, budget, self.worker_id, self.lease_s)
             claimed += more
         return claimed
 
@@ -257,7 +288,7 @@ class Worker:
                 if not run.done:
                     self._requeue(run.job, "interrupted: the server is stopping" if self._stop.is_set()
                                   else "a job rendering in the same batch was cancelled; running again",
-                                  count_attempt=False)
+                                  count_attempt=self._stop.is_set() and self._stop_counts)
             return
         except Exception as error:  # noqa: BLE001 - recorded on the job; the worker goes on
             self._failed(runs, error)
@@ -272,6 +303,7 @@ class Worker:
         key = coalesce_key(request)
         if key not in self._engines:
             self._engines[key] = self.make_engine(request)
+        self.stats.model = request.model
         return self._engines[key]
 
     def _render(self, runs: dict[str, JobRun]) -> None:
@@ -349,6 +381,16 @@ class Worker:
                                    image_url=image_url(result.artifact.id)))
 
     # -- cancelling -------------------------------------------------------------------------------------
+    def _drop_lost(self, runs: dict[str, JobRun], job_ids: set[str]) -> None:
+        """Jobs whose lease ran out were taken back (and perhaps claimed by another worker): stop here."""
+        if self.worker_id is None:
+            return
+        for job_id in job_ids - self.jobs.held_by(job_ids, self.worker_id):
+            run = runs[job_id]
+            if not run.done:
+                run.done = True
+                log.warning("job %s: lease lost (taken back while this worker was busy); leaving it", job_id)
+
     def _cancelled(self, job_ids: set[str]) -> set[str]:
         with self._lock:
             asked = job_ids & self._cancel_asked
@@ -360,6 +402,7 @@ class Worker:
             if run.done:
                 continue
             run.done = True
+            self.stats.jobs_done += 1
             self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run))
             self.publish(JobCancelled(job_id=job_id, artifact_ids=run.artifact_ids))
             self._forget(job_id)
@@ -389,6 +432,7 @@ class Worker:
             except Exception:  # noqa: BLE001 - the cells are saved; the job is not failed for its sheet
                 log.exception("job %s: could not write the compare grid", run.job.id)
         run.done = True
+        self.stats.jobs_done += 1
         self._forget(run.job.id)
         timings = self._job_timings(run)
         if self.jobs.finish(run.job.id, "succeeded", timings=timings) is not None:
@@ -403,6 +447,7 @@ class Worker:
     def _failed(self, runs: dict[str, JobRun], error: Exception) -> None:
         error = disk_full(error) or error  # a full disk fails the job at once, with one line, not three times
         message = str(error) if isinstance(error, EchoError) else f"{type(error).__name__}: {error}"
+        self.stats.last_error = message
         pending = [run for run in runs.values() if not run.done]
         if len(pending) > 1:
             log.warning("batched render of %d jobs failed (%s); rendering each alone", len(pending), message)
@@ -416,6 +461,7 @@ class Worker:
                 log.error("job %s attempt %d failed", job.id, job.attempts, exc_info=error)
             if isinstance(error, EchoError) or job.attempts >= self.jobs.max_attempts:
                 run.done = True
+                self.stats.jobs_done += 1
                 self._forget(job.id)
                 reason = message if isinstance(error, EchoError) else \
                     f"failed {job.attempts} times; last error: {message}"

@@ -36,7 +36,7 @@ class StoryBar:
 
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
                 ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, resonance=None, engine=None,
-                note: str | None = None, quiet_json: bool = False):
+                note: str | None = None, quiet_json: bool = False, ray=None):
     """Render every scene of a validated StoryPlan in order and print what was made; returns the StoryRender.
     quiet_json: print nothing in JSON mode (the caller prints a combined document)."""
     from echo_os.artifacts.store import ArtifactStore
@@ -45,13 +45,21 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
 
     bar = StoryBar(len(plan.scenes))
     store = ArtifactStore(settings)
+    pool = None
     try:
+        if ray is not None:
+            from echo_os.ray_cluster import RayPool
+
+            pool = RayPool(settings, ray)
+            click.echo(f"ray: {len(pool.actors)} render actors", err=True)
         result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
                               progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
-                              resonance=resonance)
+                              resonance=resonance, ray=pool)
     finally:
         bar.close()
         store.close()
+        if pool is not None:
+            pool.close()
     for line in result.notes:
         click.echo(f"note: {line}", err=True)
     if json_output:
@@ -218,6 +226,11 @@ def first_scenes(plan, count: int):
               help="Render only the first COUNT prompts or scenes (of the project's plan, or of SOURCE).")
 @click.option("--no-cache", is_flag=True, help="Hosted engines: ask the provider again even for a request "
                                                "already answered (its response cache is not read).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Render on Ray actors: `--ray` alone starts a local Ray instance, `--ray auto` or "
+                   "`--ray HOST:PORT` joins a cluster. Needs pip install 'echo-os[ray]'.")
+@click.option("--ray-actors", type=click.IntRange(1, 1024), default=None,
+              help="Ray actors [default: one per GPU in the cluster, 2 without GPUs].")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str | None, bible: str | None, dry_run: bool, json_output: bool,
           engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
@@ -225,7 +238,8 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
           preset: str | None, best_of: int, reroll_flagged: bool, objective: str | None, no_score: bool,
           style_threshold: float | None, character_threshold: float | None,
           alignment_threshold: float | None, count: int | None, style: str | None,
-          compare_models: str | None, no_cache: bool) -> None:
+          compare_models: str | None, no_cache: bool, ray_address: str | None,
+          ray_actors: int | None) -> None:
     """Render a story in scene order: SOURCE is a story.csv (with STORY_BIBLE.md) or @prompts.txt;
     without SOURCE, the list `echo-os plan PROJECT ...` made.
 
@@ -237,6 +251,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv
       echo-os batch sketches @prompts.txt --steps 20
       echo-os batch "Ruzgar NFT" --count 100 --style "digital art"
+      echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --ray auto   # on a Ray cluster
     """
     from echo_os.engines import check_engine_name, choose_engine, create_engine, get_engine
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
@@ -244,6 +259,10 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     settings = settings_from(ctx)
     if no_cache:
         settings = dataclasses.replace(settings, response_cache=False)
+    if ray_address is not None and not dry_run:
+        from echo_os.ray_cluster import import_ray
+
+        import_ray()  # not installed: one line, before anything is planned or written
     if preset is not None:
         from click.core import ParameterSource
 
@@ -351,9 +370,14 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
                    err=True)
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
+    ray = None
+    if ray_address is not None:
+        from echo_os.ray_cluster import RayOptions
+
+        ray = RayOptions(address=ray_address, actors=ray_actors)
     render_plan(settings, plan, batch_size=batch_size, json_output=json_output, ip_adapter=ip_adapter_model,
-                clip=clip, engine=create_engine(settings, *choice) if choice else None, note=note,
-                resonance=resonance)
+                clip=clip, engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
+                resonance=resonance, ray=ray)
 
 
 def check_plan(settings: Settings, plan, ip_adapter: str | None, clip: str | None) -> None:

@@ -1,4 +1,5 @@
-"""`echo-os serve`: the HTTP API on this machine (FastAPI + uvicorn, one worker owning the GPU)."""
+"""`echo-os serve`: the HTTP API on this machine (FastAPI + uvicorn); render workers are separate processes,
+one per GPU (echo_os.api.processes)."""
 
 from __future__ import annotations
 
@@ -31,22 +32,30 @@ from echo_os.cli import settings_from
 @click.option("--abandoned-grace-s", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
               help="A synchronous /v1/images/generations request whose client disconnected before any image was "
                    "saved: its job is cancelled after this many seconds unless a retry comes back for it.")
+@click.option("--workers", type=click.IntRange(0, 64), default=None,
+              help="Render worker processes [default: one per visible GPU, 1 without a GPU]. Each GPU worker "
+                   "is pinned to one GPU (CUDA_VISIBLE_DEVICES). 0 renders on a thread in the server process.")
+@click.option("--lease-s", type=click.FloatRange(1, 3600), default=30.0, show_default=True, hidden=True,
+              help="How long a worker's claim on a job lasts without a heartbeat.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None, default_model: str, max_batch: int,
-          batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, abandoned_grace_s: float, log_level: str) -> None:
+          batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, abandoned_grace_s: float,
+          workers: int | None, lease_s: float, log_level: str) -> None:
     """Serve the HTTP API: /api/render, /api/batch, /api/jobs, /api/artifacts and the OpenAI Images API
     at /v1/images/generations. The OpenAPI spec is at /openapi.json.
 
     \b
       echo-os serve                                   # http://127.0.0.1:8000, no token needed
       echo-os serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+      CUDA_VISIBLE_DEVICES=0,1,2,3 echo-os serve   # four worker processes, one per GPU
     """
     import uvicorn
 
     from echo_os.api import ApiOptions, create_app
     from echo_os.api.app import hold_server_lock
+    from echo_os.api.processes import default_worker_count
     from echo_os.api.security import LOOPBACK_NAMES, check_bind, check_origins, is_loopback
 
     settings = settings_from(ctx)
@@ -59,13 +68,18 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
     allowed_hosts = None if token or not is_loopback(host) else tuple(sorted({*LOOPBACK_NAMES, host.strip("[]")}))
     options = ApiOptions(max_batch=max_batch, batch_window_ms=batch_window_ms, default_model=default_model,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), allowed_origins=allowed_origins,
-                         allowed_hosts=allowed_hosts, abandoned_grace_s=abandoned_grace_s)
+                         allowed_hosts=allowed_hosts, abandoned_grace_s=abandoned_grace_s,
+                         workers=default_worker_count() if workers is None else workers, lease_s=lease_s,
+                         worker_log_level=log_level.upper())
     app = create_app(settings, token=token, options=options)
+    rendering = (f"{options.workers} render worker process{'es' if options.workers > 1 else ''}"
+                 if options.workers else "rendering in this process")
     click.echo(f"echo-os serving {settings.home} on http://{host}:{port} "
-               f"({'token required' if token else 'no token: this machine only'})", err=True)
-    # The worker thread renders while this one answers requests: hand the GIL over every 1 ms instead of
-    # Python's default 5 ms, so a submission waits at most that long behind the worker's Python code.
-    sys.setswitchinterval(0.001)
+               f"({'token required' if token else 'no token: this machine only'}; {rendering})", err=True)
+    if not options.workers:
+        # The worker thread renders while this one answers requests: hand the GIL over every 1 ms instead
+        # of Python's default 5 ms, so a submission waits at most that long behind the worker's Python code.
+        sys.setswitchinterval(0.001)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             server_header=False)
     uvicorn.Server(config).run()
