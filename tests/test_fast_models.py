@@ -113,16 +113,17 @@ def test_batch_on_the_cpu_uses_the_cpu_size(tiny_workspace, monkeypatch):
     monkeypatch.setenv("ECHO_OS_CPU_SIZE", "64x48")
     monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")  # embedding is not what this test is about
     prompts = tiny_workspace.home / "prompts.txt"
-    prompts.write_text("a fox\na hare --seed 3\n", encoding="utf-8")
+    # steps on the lines, not --steps: a --size or --steps on the command line means the user chose (issue 11)
+    prompts.write_text("a fox --steps 2\na hare --seed 3 --steps 2\n", encoding="utf-8")
     home = str(tiny_workspace.home)
     code, out, err = run_cli("--home", home, "batch", "fast", f"@{prompts}", "--engine", "cpu", "--model", "tiny",
-                             "--steps", "2", "--clip", "none", "--json")
+                             "--clip", "none", "--json")
     assert code == 0, err
-    assert "note: 64x48 for every scene by default with engine cpu" in err
+    assert "64x48 by default with engine cpu" in err
     sizes = {(meta["width"], meta["height"]) for meta in
              (json.loads((Path(row["path"]) / "meta.json").read_text()) for row in json.loads(out)["artifacts"])}
     assert sizes == {(64, 48)}
     code, out, err = run_cli("--home", home, "batch", "fast", f"@{prompts}", "--engine", "cpu", "--model", "tiny",
                              "--steps", "2", "--size", "64x64", "--dry-run", "--json")
-    assert code == 0 and "note:" not in err
+    assert code == 0 and "by default with engine cpu" not in err
     assert {(s["request"]["width"], s["request"]["height"]) for s in json.loads(out)["scenes"]} == {(64, 64)}
