@@ -163,7 +163,9 @@ def test_a_refused_request_is_not_retried(hosted, server, monkeypatch):
 def test_the_same_request_pays_once_and_no_cache_asks_again(hosted, server):
     code, first, err = _render(hosted, "a harbour", "--engine", "openai", "--size", "1024x1024", "--seed", "1")
     assert code == 0, err
-    code, second, err = _render(hosted, "a harbour", "--engine", "openai", "--size", "1024x1024", "--seed", "1")
+    # --again: an identical request otherwise shows the earlier artifact without asking the engine (issue 11)
+    code, second, err = _render(hosted, "a harbour", "--engine", "openai", "--size", "1024x1024", "--seed", "1",
+                                "--again")
     assert code == 0, err
     assert len(server.requests) == 1 and "prompts are sent" not in err  # nothing was sent
     cached = _meta(second[0])
@@ -171,7 +173,7 @@ def test_the_same_request_pays_once_and_no_cache_asks_again(hosted, server):
         _meta(first[0])["provenance"]["response_id"]
     assert Path(second[0]["image"]).is_file() and second[0]["path"] != first[0]["path"]  # a full artifact
     code, third, err = _render(hosted, "a harbour", "--engine", "openai", "--size", "1024x1024", "--seed", "1",
-                               "--no-cache")
+                               "--no-cache", "--again")
     assert code == 0, err
     assert len(server.requests) == 2 and _meta(third[0])["provenance"]["cached"] is False
 
