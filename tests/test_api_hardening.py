@@ -457,3 +457,21 @@ async def test_a_full_disk_while_storing_a_submission_is_507(workspace, monkeypa
         monkeypatch.setattr(Path, "write_text", os_full)
         response = await client.post("/api/batch", json={"project": "P", "prompts": ["x"], "engine": "draft"})
         assert response.status_code == 507 and response.json()["detail"].startswith("the disk is full")
+
+
+async def test_compare_and_refine_take_an_idempotency_key_too(workspace):
+    """Every POST that creates work (issue 12): /api/compare and /api/refine, added later, included."""
+    async with api_client(workspace, start_worker=False) as (client, _):
+        body = {"prompt": "a harbour", "engines": ["draft"], "size": "64x64", "seeds": [1, 2], "steps": [2]}
+        first = await client.post("/api/compare", json=body, headers={"Idempotency-Key": "compare-1"})
+        assert first.status_code == 202 and first.json()["cells"] == 2
+        again = await client.post("/api/compare", json=body, headers={"Idempotency-Key": "compare-1"})
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["job_id"] == first.json()["job_id"] and again.json()["cells"] == 2
+        other = await client.post("/api/compare", json={**body, "seeds": [3, 4]},
+                                  headers={"Idempotency-Key": "compare-1"})
+        assert other.status_code == 409
+        refine = await client.post("/api/refine", json={"artifact_id": "ab" * 32, "strength": 0.5},
+                                   headers={"Idempotency-Key": "compare-1"})
+        assert refine.status_code == 409  # the key is taken by another request (another route and body)
+        assert len((await client.get("/api/jobs")).json()["items"]) == 1

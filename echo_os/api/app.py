@@ -161,6 +161,8 @@ async def _answer_earlier(api: ApiState, admission: Admission) -> JSONResponse:
         raise HTTPException(status_code=404, detail=f"no job {admission.job_id}")
     if job.kind == "animatic":
         model, extra = AnimaticSubmitted, animatic_summary(job)
+    elif job.spec.compare is not None:
+        model, extra = CompareSubmitted, {"cells": len(job.spec.items)}
     else:
         model, extra = (Submitted, {}) if job.kind == "render" else \
             (BatchSubmitted, batch_summary(job, job.spec.items[0].project))
@@ -464,22 +466,38 @@ def _add_routes(app: FastAPI) -> None:
         return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
 
     @app.post("/api/refine", status_code=202, response_model=Submitted, tags=["jobs"],
-              responses=error_responses(400, 403, 404, 413, 422))
-    async def submit_refine(body: RefineBody, api: Api) -> JSONResponse:
+              responses={200: {"model": Submitted, "description": "The job an earlier request with this "
+                                                                  "Idempotency-Key made"},
+                         **error_responses(400, 403, 404, 409, 413, 422)})
+    async def submit_refine(body: RefineBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue `echo-os refine`: image-to-image from an artifact, recorded as its child."""
+        key = client_key("/api/refine", idempotency_key, body)
+        earlier = await _earlier_job(api, key)
+        if earlier is not None:
+            return await _answer_earlier(api, earlier)
         request = await run_in_threadpool(refine_body_request, api, body)
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
                   created=now_iso())
-        await api.submitter.submit(job)
+        admission = await api.submitter.submit(job, key)
+        if admission.outcome != "stored":  # the same key arrived meanwhile
+            return await _answer_earlier(api, admission)
         return submitted(job.id)
 
     @app.post("/api/compare", status_code=202, response_model=CompareSubmitted, tags=["jobs"],
-              responses=error_responses(400, 403, 404, 413, 422))
-    async def submit_compare(body: CompareBody, api: Api) -> JSONResponse:
+              responses={200: {"model": CompareSubmitted, "description": "The job an earlier request with "
+                                                                         "this Idempotency-Key made"},
+                         **error_responses(400, 403, 404, 409, 413, 422)})
+    async def submit_compare(body: CompareBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue `echo-os compare`: one image per cell, then the labelled grid sheet (an artifact)."""
+        key = client_key("/api/compare", idempotency_key, body)
+        earlier = await _earlier_job(api, key)
+        if earlier is not None:
+            return await _answer_earlier(api, earlier)
         spec = await run_in_threadpool(compare_spec, api.settings, body)
         job = Job(id=new_job_id(), kind="batch", status="queued", spec=spec, created=now_iso())
-        await api.submitter.submit(job)
+        admission = await api.submitter.submit(job, key)
+        if admission.outcome != "stored":  # the same key arrived meanwhile
+            return await _answer_earlier(api, admission)
         return submitted(job.id, CompareSubmitted, cells=len(spec.items))
 
     # -- styles --------------------------------------------------------------------------------------
