@@ -152,6 +152,12 @@ async def _earlier_job(api: ApiState, key: IdempotencyKey | None) -> Admission |
     return known(await run_in_threadpool(api.jobs.find_key, key.key), key)
 
 
+async def _admit(api: ApiState, job: Job, key) -> JSONResponse | None:
+    """Store `job` under `key`; None when stored, else the answer for the job the same key made meanwhile."""
+    admission = await api.submitter.submit(job, key)
+    return None if admission.outcome == "stored" else await _answer_earlier(api, admission)
+
+
 async def _answer_earlier(api: ApiState, admission: Admission) -> JSONResponse:
     """409 for a key used with another body; else 200 with the key's job, as its first answer said it."""
     if admission.outcome == "conflict":
@@ -421,9 +427,8 @@ def _add_routes(app: FastAPI) -> None:
         request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES)
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
                   created=now_iso())
-        admission = await api.submitter.submit(job, key)
-        if admission.outcome != "stored":  # the same key arrived meanwhile
-            return await _answer_earlier(api, admission)
+        if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
+            return earlier
         return submitted(job.id)
 
     @app.post("/api/batch", status_code=202, response_model=BatchSubmitted, tags=["jobs"],
@@ -460,9 +465,8 @@ def _add_routes(app: FastAPI) -> None:
             return await _answer_earlier(api, earlier)
         spec = await run_in_threadpool(plan_animatic, api.settings, body)
         job = Job(id=new_job_id(), kind="animatic", status="queued", spec=spec, created=now_iso())
-        admission = await api.submitter.submit(job, key)
-        if admission.outcome != "stored":  # the same key arrived meanwhile
-            return await _answer_earlier(api, admission)
+        if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
+            return earlier
         return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
 
     @app.post("/api/refine", status_code=202, response_model=Submitted, tags=["jobs"],
@@ -478,9 +482,8 @@ def _add_routes(app: FastAPI) -> None:
         request = await run_in_threadpool(refine_body_request, api, body)
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
                   created=now_iso())
-        admission = await api.submitter.submit(job, key)
-        if admission.outcome != "stored":  # the same key arrived meanwhile
-            return await _answer_earlier(api, admission)
+        if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
+            return earlier
         return submitted(job.id)
 
     @app.post("/api/compare", status_code=202, response_model=CompareSubmitted, tags=["jobs"],
@@ -495,9 +498,8 @@ def _add_routes(app: FastAPI) -> None:
             return await _answer_earlier(api, earlier)
         spec = await run_in_threadpool(compare_spec, api.settings, body)
         job = Job(id=new_job_id(), kind="batch", status="queued", spec=spec, created=now_iso())
-        admission = await api.submitter.submit(job, key)
-        if admission.outcome != "stored":  # the same key arrived meanwhile
-            return await _answer_earlier(api, admission)
+        if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
+            return earlier
         return submitted(job.id, CompareSubmitted, cells=len(spec.items))
 
     # -- styles --------------------------------------------------------------------------------------
