@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from echo_os.api.jobs import Job, JobSpec, JobStore, WorkerRow, new_job_id, now_iso
-from echo_os.api.processes import images_per_minute, visible_gpus
+from echo_os.api.deps import ApiOptions
+from echo_os.api.processes import CPU_WORKER_NICE, WorkerPool, images_per_minute, visible_gpus
 from echo_os.requests import RenderRequest
 from tests.test_api_server import TINY, read_events, start_server, tiny_home, wait_jobs
 
@@ -116,6 +117,20 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     assert visible_gpus() == []
 
 
+def test_cpu_workers_render_at_a_lower_priority_and_gpu_workers_do_not(monkeypatch, tmp_path, store):
+    from echo_os.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cpu = WorkerPool(settings, store, lambda event: None, ApiOptions(workers=2), count=2)
+    assert cpu._nice == CPU_WORKER_NICE and [device for device, _ in cpu._devices] == ["cpu", "cpu"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    gpu = WorkerPool(settings, store, lambda event: None, ApiOptions(workers=2), count=2)
+    assert gpu._nice == 0 and [device for device, _ in gpu._devices] == ["cuda:0", "cuda:1"]
+    chosen = WorkerPool(settings, store, lambda event: None, ApiOptions(workers=1, worker_nice=5), count=1)
+    assert chosen._nice == 5
+
+
 @pytest.mark.slow  # ~1 min on 2 shared cores: a server start, a worker start twice, 6 tiny renders
 def test_kill_9_a_worker_mid_job_completes_the_job_with_exactly_its_images(tmp_path_factory, tiny_sdxl_dir):
     home = tiny_home(tmp_path_factory, tiny_sdxl_dir, "workers")
@@ -124,6 +139,9 @@ def test_kill_9_a_worker_mid_job_completes_the_job_with_exactly_its_images(tmp_p
         with httpx.Client(base_url=server.url, timeout=60) as http:
             [before] = http.get("/api/workers").json()["items"]
             assert before["device"] == "cpu" and before["restarts"] == 0 and before["pid"] != server.process.pid
+            # A CPU worker renders below the server's priority, so accepting never waits behind a render.
+            assert (os.getpriority(os.PRIO_PROCESS, before["pid"])
+                    == os.getpriority(os.PRIO_PROCESS, server.process.pid) + CPU_WORKER_NICE)
             submitted = http.post("/api/render", json={**TINY, "prompt": "kill the worker", "seed": 7, "steps": 20,
                                                        "count": 6}).json()
             job_id = submitted["job_id"]

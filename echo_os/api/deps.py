@@ -49,6 +49,7 @@ class ApiOptions:
     workers: int = 0
     lease_s: float = DEFAULT_LEASE_S  # a worker process's claim lasts this long unless renewed
     worker_log_level: str = "INFO"
+    worker_nice: int | None = None  # niceness of worker processes; None: 10 on the CPU, 0 with GPUs
 
 
 class Submitter:

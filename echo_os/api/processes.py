@@ -61,6 +61,11 @@ DEFAULT_LEASE_S = 30.0  # a worker renews every lease/3; a killed server's jobs 
 EVENT_POLL_S = 0.05
 SUPERVISE_S = 0.2
 CONTROL_POLL_S = 0.1  # how often a worker looks for queued jobs, cancels and its parent
+# A render worker on the CPU runs at this niceness (os.nice): the render and the HTTP process share the
+# same cores there, and a submission should not wait for a render's time slice (issue 15: submission p99
+# with 50 clients while rendering). Rendering gets every cycle the server does not use. GPU workers keep
+# the server's priority: their CPU work is feeding the GPU. `serve --worker-nice` sets it.
+CPU_WORKER_NICE = 10
 
 
 def visible_gpus() -> list[str]:
@@ -102,6 +107,7 @@ class WorkerConfig:
     restarts: int = 0
     last_error: str | None = None  # why the previous worker in this slot died
     log_level: str = "INFO"
+    nice: int = 0  # added to the process's niceness before anything else (0: the server's priority)
 
 
 def worker_main(config: WorkerConfig) -> None:
@@ -111,6 +117,11 @@ def worker_main(config: WorkerConfig) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = config.cuda_visible
     if config.threads is not None and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(config.threads)
+    if config.nice > 0:
+        try:
+            os.nice(config.nice)
+        except OSError:  # not allowed here: render at the server's priority
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
@@ -294,6 +305,8 @@ class WorkerPool:
         self._devices = [(f"cuda:{gpus[slot % len(gpus)]}", gpus[slot % len(gpus)]) if gpus else ("cpu", None)
                          for slot in range(self.count)]
         self._threads_each = None if gpus else max(1, (os.cpu_count() or 1) // self.count)
+        self._nice = (options.worker_nice if options.worker_nice is not None
+                      else 0 if gpus else CPU_WORKER_NICE)
 
     # -- control -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -313,7 +326,7 @@ class WorkerPool:
                               cuda_visible=visible, threads=self._threads_each, max_batch=self.options.max_batch,
                               batch_window_ms=self.options.batch_window_ms, max_attempts=self.options.max_attempts,
                               lease_s=self.options.lease_s, parent_pid=os.getpid(), restarts=restarts,
-                              last_error=last_error, log_level=self.log_level)
+                              last_error=last_error, log_level=self.log_level, nice=self._nice)
         process = self._context.Process(target=worker_main, args=(config,),
                                         name=f"echo-os-worker-{slot}", daemon=False)
         process.start()

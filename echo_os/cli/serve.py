@@ -35,6 +35,9 @@ from echo_os.cli import settings_from
 @click.option("--workers", type=click.IntRange(0, 64), default=None,
               help="Render worker processes [default: one per visible GPU, 1 without a GPU]. Each GPU worker "
                    "is pinned to one GPU (CUDA_VISIBLE_DEVICES). 0 renders on a thread in the server process.")
+@click.option("--worker-nice", type=click.IntRange(0, 19), default=None,
+              help="Scheduling niceness of the worker processes [default: 10 on the CPU, so accepting requests "
+                   "never waits behind a render; 0 with GPUs].")
 @click.option("--lease-s", type=click.FloatRange(1, 3600), default=30.0, show_default=True, hidden=True,
               help="How long a worker's claim on a job lasts without a heartbeat.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
@@ -42,7 +45,7 @@ from echo_os.cli import settings_from
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None, default_model: str, max_batch: int,
           batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, abandoned_grace_s: float,
-          workers: int | None, lease_s: float, log_level: str) -> None:
+          workers: int | None, worker_nice: int | None, lease_s: float, log_level: str) -> None:
     """Serve the HTTP API: /api/render, /api/batch, /api/jobs, /api/artifacts and the OpenAI Images API
     at /v1/images/generations. The OpenAPI spec is at /openapi.json.
 
@@ -70,7 +73,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
                          max_body_bytes=int(max_body_mb * 1024 * 1024), allowed_origins=allowed_origins,
                          allowed_hosts=allowed_hosts, abandoned_grace_s=abandoned_grace_s,
                          workers=default_worker_count() if workers is None else workers, lease_s=lease_s,
-                         worker_log_level=log_level.upper())
+                         worker_log_level=log_level.upper(), worker_nice=worker_nice)
     app = create_app(settings, token=token, options=options)
     rendering = (f"{options.workers} render worker process{'es' if options.workers > 1 else ''}"
                  if options.workers else "rendering in this process")
