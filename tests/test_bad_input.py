@@ -53,3 +53,21 @@ def test_device_cuda_without_a_gpu_is_one_line_not_a_cpu_render(run_cli, tiny_wo
                            "--device", "cuda")
     assert code == 2 and "--device cuda was asked for but no CUDA GPU" in err and len(err.strip().splitlines()) == 1
     assert not tiny_workspace.artifacts_dir.exists() or not list(tiny_workspace.artifacts_dir.rglob("image.png"))
+
+
+def test_a_full_disk_is_one_line_with_nothing_kept_and_no_log_written(run_cli, workspace, monkeypatch):
+    """No test machine has a full disk to offer: the write that would hit ENOSPC raises it, as the OS does."""
+    import errno
+
+    from echo_os.artifacts import store
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(store, "_write_durably", full)
+    code, _, err = run_cli("--home", str(workspace.home), "render", "warm fractal", "--engine", "draft")
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code == 1 and len(errors) == 1, err
+    assert "the disk is full: nothing was saved" in err and "Traceback" not in err and "details in" not in err
+    assert not list(workspace.artifacts_dir.glob("*/*/*/image.png"))
+    assert not list(workspace.home.rglob("*.log"))

@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001 - the boundary for unexpected errors
         if debug:
             raise
+        from echo_os.errors import disk_full
+
+        full = disk_full(error)
+        if full is not None:  # not a bug: one line, and no log file written to the full disk
+            click.echo(f"Error: {full}", err=True)
+            sys.exit(full.exit_code)
         where = _log_exception(state.settings)
         click.echo(f"Error: {type(error).__name__}: {error} (details in {where})", err=True)
         sys.exit(1)
