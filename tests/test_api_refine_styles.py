@@ -70,6 +70,44 @@ async def test_compare_route_renders_the_cells_then_the_grid(workspace):
         items = (await client.get("/api/artifacts", params={"project": "compare"})).json()["items"]
         [grid] = [i for i in items if i["engine"] == "compare"]
         meta = (await client.get(f"/api/artifacts/{grid['id']}")).json()["meta"]
-    assert [c["id"] for c in meta["grid"]["cells"]] == job["artifact_ids"]
+    # the cells in order, then the grid sheet: the job names it (issue 14)
+    assert [c["id"] for c in meta["grid"]["cells"]] + [grid["id"]] == job["artifact_ids"]
+    assert job["grid_id"] == grid["id"] and job["progress"]["images_done"] == job["progress"]["images_total"] == 5
     assert [c["label"] for c in meta["grid"]["cells"]] == [
         "seed 1, style noir", "seed 2, style noir", "seed 1, style ink", "seed 2, style ink"]
+
+
+async def test_a_second_compare_job_renders_nothing_and_answers_with_the_first_ones_cells_and_grid(tiny_workspace):
+    """`echo-os compare`'s rerun rule on the API (issue 14): a second identical job (a new job: no
+    Idempotency-Key) takes the cells the first one rendered and finds the same grid sheet. It is queued
+    while the first one renders, so its event stream is read from the start."""
+    import asyncio
+
+    from tests.api_helpers import parse_sse
+
+    body = {"prompt": "a harbour", "models": ["tiny"], "size": "64x64", "steps": [2], "cfg": [1.0, 3.0],
+            "seeds": [1, 2]}
+    async with api_client(tiny_workspace) as (client, _):
+        first = await client.post("/api/compare", json=body)
+        second = await client.post("/api/compare", json=body)
+        assert first.status_code == second.status_code == 202 and first.json()["job_id"] != second.json()["job_id"]
+        first_events, second_events = await asyncio.gather(client.get(first.json()["events_url"]),
+                                                           client.get(second.json()["events_url"]))
+        one = await wait_job(client, first.json()["job_id"], timeout=300)
+        two = await wait_job(client, second.json()["job_id"], timeout=300)
+        items = (await client.get("/api/artifacts", params={"project": "compare", "limit": 500})).json()["items"]
+    assert one["status"] == two["status"] == "succeeded", (one, two)
+    assert len(one["artifact_ids"]) == 5 and one["grid_id"] == one["artifact_ids"][-1]
+    assert two["artifact_ids"] == one["artifact_ids"] and two["grid_id"] == one["grid_id"]
+    # nothing rendered the second time: no pipeline ran, the catalog holds four cells and one grid
+    assert two["timings"]["denoise_s"] == 0 and one["timings"]["denoise_s"] > 0
+    assert sorted(item["id"] for item in items) == sorted(one["artifact_ids"])
+    events = parse_sse(second_events.text)
+    # in the renderer's order (cells grouped by engine), each with its number in the job
+    saved = sorted((data for name, data in events if name == "artifact"), key=lambda data: data["index"])
+    assert [data["artifact_id"] for data in saved] == one["artifact_ids"], [name for name, _ in events]
+    assert all(data["resumed"] for data in saved) and [data["grid"] for data in saved] == [False] * 4 + [True]
+    assert not any(name == "progress" for name, _ in events)
+    assert events[-1][0] == "succeeded" and events[-1][1]["grid_id"] == one["grid_id"]
+    first_saved = [data for name, data in parse_sse(first_events.text) if name == "artifact"]
+    assert not any(data["resumed"] for data in first_saved) and parse_sse(first_events.text)[-1][1]["grid_id"]

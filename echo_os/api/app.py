@@ -96,7 +96,7 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
                    error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
-                   title=job.spec.title, animatic=animatic,
+                   title=job.spec.title, animatic=animatic, grid_id=job.grid_id,
                    scenes=animatic.scenes if animatic is not None else len(job.spec.items))
 
 
@@ -189,7 +189,7 @@ def snapshot_events(job: Job, live: JobProgressed | None) -> list:
             events.append(live.model_copy(update={"images_done": len(job.artifact_ids)}))
         return events
     if job.status == "succeeded":
-        return [JobSucceeded(job_id=job.id, artifact_ids=job.artifact_ids, timings=job.timings)]
+        return [JobSucceeded(job_id=job.id, artifact_ids=job.artifact_ids, timings=job.timings, grid_id=job.grid_id)]
     if job.status == "failed":
         return [JobFailed(job_id=job.id, error=job.error or "failed", attempts=job.attempts,
                           artifact_ids=job.artifact_ids)]
