@@ -111,3 +111,37 @@ async def test_a_second_compare_job_renders_nothing_and_answers_with_the_first_o
     assert events[-1][0] == "succeeded" and events[-1][1]["grid_id"] == one["grid_id"]
     first_saved = [data for name, data in parse_sse(first_events.text) if name == "artifact"]
     assert not any(data["resumed"] for data in first_saved) and parse_sse(first_events.text)[-1][1]["grid_id"]
+
+
+async def test_openai_route_takes_a_style_by_name_or_as_words_like_api_render(workspace):
+    """/v1/images/generations `style` (issue 14): /api/render's rule, one function for both routes."""
+    draft = {"prompt": "a harbour", "size": "64x64", "engine": "draft", "seed": 5}
+    async with api_client(workspace) as (client, _):
+        assert (await client.post("/api/styles", json={"name": "Dusk", "prompt": "{prompt} at dusk",
+                                                       "negative": "noon"})).status_code == 201
+        cases = (("DUSK", "Dusk", "a harbour at dusk", "blurry, noon"),
+                 ("vivid", "vivid", "a harbour, vivid saturated colours, dramatic lighting, hyper-real detail, "
+                                    "high contrast", "blurry, dull, muted colours, flat lighting, washed out"),
+                 ("oil on canvas, warm light", None, "a harbour, oil on canvas, warm light", "blurry"))
+        for style, name, full_prompt, negative in cases:
+            response = await client.post("/v1/images/generations", json={
+                **draft, "style": style, "negative_prompt": "blurry", "response_format": "url"})
+            assert response.status_code == 200, response.text
+            [artifact_id] = response.headers["x-echo-artifact-ids"].split(",")
+            meta = (await client.get(f"/api/artifacts/{artifact_id}")).json()["meta"]
+            assert (meta["style_name"], meta["full_prompt"], meta["negative_prompt"]) == (name, full_prompt, negative)
+            job = (await client.get(f"/api/jobs/{response.headers['x-echo-job-id']}")).json()
+            rendered = await client.post("/api/render", json={**draft, "style": style, "negative": "blurry"})
+            render_job = (await client.get(rendered.json()["status_url"])).json()
+            assert render_job["request"] == job["request"], style  # the same request as /api/render makes
+        for route, body in (("/v1/images/generations", draft), ("/api/render", draft)):
+            unknown = await client.post(route, json={**body, "style": "nosuch"})
+            assert unknown.status_code == 422, (route, unknown.text)
+            detail = unknown.json()["detail"][0]
+            assert detail["loc"] == ["body", "style"] and "unknown style 'nosuch'" in detail["msg"], detail
+        assert unknown.json()["detail"] == (await client.post("/v1/images/generations", json={
+            **draft, "style": "nosuch"})).json()["detail"]
+        error = (await client.post("/v1/images/generations", json={**draft, "style": "nosuch"})).json()["error"]
+        assert error["param"] == "style" and error["type"] == "invalid_request_error"
+        bad_type = await client.post("/v1/images/generations", json={**draft, "style": 3})
+        assert bad_type.status_code == 422 and bad_type.json()["error"]["param"] == "style"

@@ -681,12 +681,9 @@ def _problem_field(label: str) -> str:
 
 
 def _style_fields(settings: Settings, style: str | None, negative: str | None, where: str) -> dict:
-    from echo_os.styles import style_fields
+    from echo_os.api.deps import style_request_fields  # the rule /v1/images/generations shares
 
-    try:
-        return style_fields(settings, style, negative)
-    except OptionError as error:
-        raise field_error(where, str(error), style) from None
+    return style_request_fields(settings, style, negative, where)
 
 
 def refine_body_request(api: ApiState, body: RefineBody):
