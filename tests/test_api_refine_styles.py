@@ -145,3 +145,22 @@ async def test_openai_route_takes_a_style_by_name_or_as_words_like_api_render(wo
         assert error["param"] == "style" and error["type"] == "invalid_request_error"
         bad_type = await client.post("/v1/images/generations", json={**draft, "style": 3})
         assert bad_type.status_code == 422 and bad_type.json()["error"]["param"] == "style"
+
+
+async def test_a_compare_job_takes_the_cells_and_grid_echo_os_compare_made(workspace, run_cli):
+    """One rerun rule for the CLI and the API: the job finds what `echo-os compare` rendered."""
+    import json
+
+    code, out, err = run_cli("--home", str(workspace.home), "compare", "a lighthouse", "--engines", "draft",
+                             "--size", "64x64", "--cfg", "5,7", "--seeds", "1,2", "--steps", "2", "--json")
+    assert code == 0, err
+    cli = json.loads(out)
+    async with api_client(workspace) as (client, _):
+        submitted = await client.post("/api/compare", json={"prompt": "a lighthouse", "engines": ["draft"],
+                                                           "size": "64x64", "cfg": [5, 7], "seeds": [1, 2],
+                                                           "steps": [2]})
+        job = await wait_job(client, submitted.json()["job_id"], timeout=300)
+        items = (await client.get("/api/artifacts", params={"limit": 500})).json()["items"]
+    assert job["status"] == "succeeded", job
+    assert job["artifact_ids"] == [cell["id"] for cell in cli["cells"]] + [cli["grid"]["id"]]
+    assert job["grid_id"] == cli["grid"]["id"] and len(items) == 5
