@@ -8,7 +8,8 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
     POST /api/animatic              202 {job_id, ...}: a rendered story as an MP4 (echo_os.motion.animatic)
     POST /api/refine                202 {job_id, ...}: image-to-image from an artifact (echo-os refine)
-    POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes and a grid sheet
+    POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes (resumed as the
+                                    CLI resumes) and a grid sheet, the job's last artifact (grid_id)
     GET  /api/styles                POST /api/styles (named styles, styles.toml)
     GET  /api/jobs[?status=]        GET /api/jobs/{id}      GET /api/jobs/{id}/events (SSE)
     POST /api/jobs/{id}/cancel
@@ -491,7 +492,9 @@ def _add_routes(app: FastAPI) -> None:
                                                                          "this Idempotency-Key made"},
                          **error_responses(400, 403, 404, 409, 413, 422)})
     async def submit_compare(body: CompareBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
-        """Queue `echo-os compare`: one image per cell, then the labelled grid sheet (an artifact)."""
+        """Queue `echo-os compare`: one image per cell, then the labelled grid sheet (an artifact). As on the
+        CLI, cells already rendered in the project (same request) are taken, not rendered again; the job's
+        `artifact_ids` are the cells in order, then the sheet (`grid_id`)."""
         key = client_key("/api/compare", idempotency_key, body)
         earlier = await _earlier_job(api, key)
         if earlier is not None:

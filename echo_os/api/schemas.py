@@ -219,8 +219,8 @@ class JobView(BaseModel):
     request: RenderRequest | None = Field(default=None, description="What a render job renders.")
     title: str | None = Field(default=None, description="A batch job: the story's title.")
     animatic: AnimaticSpec | None = Field(default=None, description="An animatic job: what it encodes.")
-    scenes: int = Field(description="Requests in the job: 1 for a render, one per scene for a batch; an "
-                                    "animatic's scenes.")
+    scenes: int = Field(description="Requests in the job: 1 for a render, one per scene for a batch, one per "
+                                    "cell for a compare; an animatic's scenes.")
 
 
 class JobPage(BaseModel):
