@@ -9,8 +9,9 @@ Fields: prompt, model, n, size, response_format (b64_json, the default, or url),
 project, engine. `style` follows /api/render's rule (echo_os.styles): a named style (styles.toml or a
 built-in, any case), else free text appended to the prompt; a one-word value naming no style is a 422 on
 `style`. OpenAI's dall-e-3 values `vivid` and `natural` are built-in styles, so a client that sends them
-gets that look. Other OpenAI fields (quality, background, moderation, user) are accepted and ignored. Model names: a name from models.toml is used as is; OpenAI's names (dall-e-*,
-gpt-image-*, chatgpt-image-*) and no model mean the server's default model (`serve --model`).
+gets that look. Other OpenAI fields (quality, background, moderation, user) are accepted and ignored.
+Model names: a name from models.toml is used as is; OpenAI's names (dall-e-*, gpt-image-*,
+chatgpt-image-*) and no model mean the server's default model (`serve --model`).
 `size: "auto"` is 1024x1024. The artifact ids are in the `X-Echo-Artifact-Ids` response header
 (comma-separated) and the job id in `X-Echo-Job-Id`.
 """
