@@ -85,6 +85,12 @@ BUILTIN_STYLES: tuple[Style, ...] = (
           "photograph, gritty, gore, text", True),
     Style("concept-art", "concept art of {prompt}, matte painting, atmospheric perspective, epic scale",
           "photograph, cartoon, text, watermark", True),
+    # OpenAI's dall-e-3 `style` values (vivid: hyper-real and dramatic; natural: more natural, less
+    # hyper-real), so a client sending them to /v1/images/generations gets that look instead of a 422.
+    Style("vivid", "{prompt}, vivid saturated colours, dramatic lighting, hyper-real detail, high contrast",
+          "dull, muted colours, flat lighting, washed out", True),
+    Style("natural", "{prompt}, natural colours, soft realistic light, understated, true to life",
+          "oversaturated, hyper-real, dramatic lighting, neon", True),
 )
 
 

@@ -8,7 +8,8 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
     POST /api/animatic              202 {job_id, ...}: a rendered story as an MP4 (echo_os.motion.animatic)
     POST /api/refine                202 {job_id, ...}: image-to-image from an artifact (echo-os refine)
-    POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes and a grid sheet
+    POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes (resumed as the
+                                    CLI resumes) and a grid sheet, the job's last artifact (grid_id)
     GET  /api/styles                POST /api/styles (named styles, styles.toml)
     GET  /api/jobs[?status=]        GET /api/jobs/{id}      GET /api/jobs/{id}/events (SSE)
     POST /api/jobs/{id}/cancel
@@ -96,7 +97,7 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
                    error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
-                   title=job.spec.title, animatic=animatic,
+                   title=job.spec.title, animatic=animatic, grid_id=job.grid_id,
                    scenes=animatic.scenes if animatic is not None else len(job.spec.items))
 
 
@@ -189,7 +190,7 @@ def snapshot_events(job: Job, live: JobProgressed | None) -> list:
             events.append(live.model_copy(update={"images_done": len(job.artifact_ids)}))
         return events
     if job.status == "succeeded":
-        return [JobSucceeded(job_id=job.id, artifact_ids=job.artifact_ids, timings=job.timings)]
+        return [JobSucceeded(job_id=job.id, artifact_ids=job.artifact_ids, timings=job.timings, grid_id=job.grid_id)]
     if job.status == "failed":
         return [JobFailed(job_id=job.id, error=job.error or "failed", attempts=job.attempts,
                           artifact_ids=job.artifact_ids)]
@@ -491,7 +492,9 @@ def _add_routes(app: FastAPI) -> None:
                                                                          "this Idempotency-Key made"},
                          **error_responses(400, 403, 404, 409, 413, 422)})
     async def submit_compare(body: CompareBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
-        """Queue `echo-os compare`: one image per cell, then the labelled grid sheet (an artifact)."""
+        """Queue `echo-os compare`: one image per cell, then the labelled grid sheet (an artifact). As on the
+        CLI, cells already rendered in the project (same request) are taken, not rendered again; the job's
+        `artifact_ids` are the cells in order, then the sheet (`grid_id`)."""
         key = client_key("/api/compare", idempotency_key, body)
         earlier = await _earlier_job(api, key)
         if earlier is not None:
@@ -681,12 +684,9 @@ def _problem_field(label: str) -> str:
 
 
 def _style_fields(settings: Settings, style: str | None, negative: str | None, where: str) -> dict:
-    from echo_os.styles import style_fields
+    from echo_os.api.deps import style_request_fields  # the rule /v1/images/generations shares
 
-    try:
-        return style_fields(settings, style, negative)
-    except OptionError as error:
-        raise field_error(where, str(error), style) from None
+    return style_request_fields(settings, style, negative, where)
 
 
 def refine_body_request(api: ApiState, body: RefineBody):

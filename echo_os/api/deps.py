@@ -175,6 +175,18 @@ def field_error(field_name: str | tuple, message: str, value: Any = None) -> Req
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": value}])
 
 
+def style_request_fields(settings: Settings, style: str | None, negative: str | None, where: str = "style") -> dict:
+    """RenderRequest fields for a body's style (echo_os.styles.style_fields: a named style, else free text),
+    or a 422 on `where` for a one-word value that names no style. /api/render, /api/refine and
+    /v1/images/generations share this rule."""
+    from echo_os.styles import style_fields
+
+    try:
+        return style_fields(settings, style, negative)
+    except OptionError as error:
+        raise field_error(where, str(error), style) from None
+
+
 def request_errors(error: ValidationError, names: dict[str, str]) -> RequestValidationError:
     """A RenderRequest's ValidationError as a 422 naming the fields the client sent (`names` maps
     RenderRequest field -> body field)."""

@@ -57,12 +57,17 @@ class ArtifactSaved(_JobEvent):
     artifact_id: str
     index: int  # the image's number within the job
     image_url: str
+    # Found already rendered instead of rendered now (a compare job's cells that an earlier run saved, or
+    # its grid sheet when the same one exists).
+    resumed: bool = False
+    grid: bool = False  # a compare job's grid sheet (its last artifact), not a cell
 
 
 class JobSucceeded(_JobEvent):
     event: Literal["succeeded"] = "succeeded"
     artifact_ids: list[str]
     timings: dict[str, float] = Field(default_factory=dict)
+    grid_id: str | None = None  # a compare job: which of artifact_ids is the grid sheet
 
 
 class JobFailed(_JobEvent):

@@ -7,7 +7,8 @@ connection per thread, which WAL lets read while the writer writes.
 A job is a list of RenderRequests (`items`): one for `/api/render`, one per planned scene for
 `/api/batch`; an `/api/animatic` job has none, only its AnimaticSpec (its one artifact is the video). Image k of a job is the k-th image counting through the items in order; each saved image is
 recorded against (job id, k) right after ArtifactStore.save, so a job that runs again after a crash
-skips the images it already has.
+skips the images it already has. A comparison (`/api/compare`) records its grid sheet as the image after
+its cells, so the sheet is the last of its artifact ids (`Job.grid_id`).
 
 Idempotency: a submission may carry an IdempotencyKey (the client's `Idempotency-Key` header, or one the
 OpenAI route derives for a retried request). The key, a fingerprint of the route and body, and the job id
@@ -137,8 +138,15 @@ class JobSpec(BaseModel):
 
     @property
     def images_total(self) -> int:
-        """Artifacts the job makes: its images, or the one video of an animatic."""
-        return 1 if self.animatic is not None else sum(item.count for item in self.items)
+        """Artifacts the job makes: its images (and a comparison's grid sheet), or the one video of an animatic."""
+        if self.animatic is not None:
+            return 1
+        return sum(item.count for item in self.items) + (1 if self.compare is not None else 0)
+
+    @property
+    def grid_index(self) -> int | None:
+        """A comparison's grid sheet is recorded as the image after its cells; None for other jobs."""
+        return sum(item.count for item in self.items) if self.compare is not None else None
 
 
 class JobProgress(BaseModel):
@@ -173,6 +181,13 @@ class Job(BaseModel):
     @property
     def images_total(self) -> int:
         return self.spec.images_total
+
+    @property
+    def grid_id(self) -> str | None:
+        """A comparison's grid sheet (the last of its artifact_ids), once it is written."""
+        index = self.spec.grid_index
+        # The sheet is recorded only after every cell, so it is at its own index in artifact_ids.
+        return self.artifact_ids[index] if index is not None and len(self.artifact_ids) > index else None
 
     @property
     def terminal(self) -> bool:

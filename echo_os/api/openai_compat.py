@@ -5,10 +5,13 @@ queued like any render job (so it is durable, batched with compatible jobs, and 
 the response waits for it, as OpenAI's does.
 
 Fields: prompt, model, n, size, response_format (b64_json, the default, or url), output_format
-(png, jpeg, webp), output_compression; and ours: seed, negative_prompt, steps, cfg, scheduler, style,
-project, engine. Other OpenAI fields (quality, style as vivid/natural, background, moderation, user) are
-accepted and ignored. Model names: a name from models.toml is used as is; OpenAI's names (dall-e-*,
-gpt-image-*, chatgpt-image-*) and no model mean the server's default model (`serve --model`).
+(png, jpeg, webp), output_compression, style; and ours: seed, negative_prompt, steps, cfg, scheduler,
+project, engine. `style` follows /api/render's rule (echo_os.styles): a named style (styles.toml or a
+built-in, any case), else free text appended to the prompt; a one-word value naming no style is a 422 on
+`style`. OpenAI's dall-e-3 values `vivid` and `natural` are built-in styles, so a client that sends them
+gets that look. Other OpenAI fields (quality, background, moderation, user) are accepted and ignored.
+Model names: a name from models.toml is used as is; OpenAI's names (dall-e-*, gpt-image-*,
+chatgpt-image-*) and no model mean the server's default model (`serve --model`).
 `size: "auto"` is 1024x1024. The artifact ids are in the `X-Echo-Artifact-Ids` response header
 (comma-separated) and the job id in `X-Echo-Job-Id`.
 """
@@ -25,7 +28,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import Api, ApiState, artifact_image_path, build_render_request, convert_image
+from echo_os.api.deps import (
+    Api, ApiState, artifact_image_path, build_render_request, convert_image, style_request_fields,
+)
 from echo_os.api.schemas import EngineName, error_responses
 from echo_os.api.idempotency import IdempotencyHeader, client_key, conflict_message, derived_key, known
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobSpec, new_job_id, now_iso
@@ -57,6 +62,9 @@ class ImageGenerationBody(BaseModel):
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: int | None = Field(default=None, ge=0, le=100)
     stream: bool | None = None
+    style: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS,
+                              description="A named style (GET /api/styles; OpenAI's vivid and natural are "
+                                          "built-ins) or style words appended to the prompt, as in /api/render.")
     # echo-os extensions (send with the client's extra_body=)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
@@ -113,6 +121,7 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
         fields = dict(prompt=body.prompt, negative_prompt=body.negative_prompt or None,
                       model=model_for(body.model, api.options.default_model), engine=body.engine,
                       count=body.n or 1, project=body.project)
+        fields.update(style_request_fields(api.settings, body.style, fields["negative_prompt"], "style"))
         for name in ("seed", "steps", "cfg", "scheduler"):
             if getattr(body, name) is not None:
                 fields[name] = getattr(body, name)

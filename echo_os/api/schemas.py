@@ -212,12 +212,15 @@ class JobView(BaseModel):
     started: str | None = None
     finished: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
-    artifact_ids: list[str] = Field(default_factory=list)
+    artifact_ids: list[str] = Field(default_factory=list, description="In image order; a compare job's grid "
+                                                                      "sheet comes last, after its cells.")
+    grid_id: str | None = Field(default=None, description="A compare job: the grid sheet's artifact id (the last "
+                                                          "of artifact_ids), once it is written.")
     request: RenderRequest | None = Field(default=None, description="What a render job renders.")
     title: str | None = Field(default=None, description="A batch job: the story's title.")
     animatic: AnimaticSpec | None = Field(default=None, description="An animatic job: what it encodes.")
-    scenes: int = Field(description="Requests in the job: 1 for a render, one per scene for a batch; an "
-                                    "animatic's scenes.")
+    scenes: int = Field(description="Requests in the job: 1 for a render, one per scene for a batch, one per "
+                                    "cell for a compare; an animatic's scenes.")
 
 
 class JobPage(BaseModel):

@@ -15,7 +15,10 @@ artifacts (same one-image request, made after the job was created) instead of re
 Cancel: a threading.Event per pipeline call, passed to the engine, which stops at the next denoising step
 and saves nothing. Batch mates of a cancelled job go back to the queue without losing an attempt.
 A batch job (/api/batch) ends like `echo-os batch`: story.json, the contact sheet and the continuity
-report are written by the same code (story.render.write_story_outputs). An animatic job (/api/animatic) is
+report are written by the same code (story.render.write_story_outputs). A compare job (/api/compare) is
+rendered with the renderer's resume rule, as `echo-os compare` is: cells already in the project are taken
+(recorded, announced as `resumed`), not rendered; then its grid sheet (echo_os.compare.save_grid) is
+recorded as its last artifact. An animatic job (/api/animatic) is
 claimed alone and encoded by the code `echo-os animatic` runs (motion.animatic.make_animatic); its
 progress is frames encoded, and a cancel is looked at before every frame.
 In a worker process (`echo-os serve --workers N`, echo_os.api.processes) the same Worker runs with a
@@ -84,6 +87,11 @@ class JobRun:
     @property
     def artifact_ids(self) -> list[str]:
         return [self.saved[index] for index in sorted(self.saved)]
+
+    @property
+    def grid_id(self) -> str | None:
+        index = self.job.spec.grid_index
+        return self.saved.get(index) if index is not None else None
 
 
 @dataclass
@@ -168,9 +176,10 @@ class _JobHooks(RenderHooks):
         self.worker.jobs.record_image(run.job.id, index, done.artifact.id)
         run.timings["save_s"] += done.save_s
         run.saved[index] = done.artifact.id
-        self.worker.stats.images_done += 1
+        if not done.resumed:
+            self.worker.stats.images_done += 1
         self.worker.publish(ArtifactSaved(job_id=run.job.id, artifact_id=done.artifact.id, index=index,
-                                          image_url=image_url(done.artifact.id)))
+                                          image_url=image_url(done.artifact.id), resumed=done.resumed))
 
 
 class Worker:
@@ -322,11 +331,15 @@ class Worker:
                 places.append((run, offset))
                 offset += item.count
         hooks = _JobHooks(self, runs, places)
+        # A compare job resumes as `echo-os compare` does (the renderer's resume rule: a cell whose
+        # one-image request key is already in its project is taken, not rendered). Compare jobs are
+        # claimed alone, so no render job is ever resumed by being claimed with one.
+        resume = all(run.job.spec.compare is not None for run in runs.values())
         # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
         # 64x64), capped by --max-batch.
         outcome = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch,
                                   skip=lambda source, index: places[source][1] + index in places[source][0].saved,
-                                  engine_for=self._engine, hooks=hooks)
+                                  engine_for=self._engine, hooks=hooks, resume=resume)
         for run in runs.values():
             run.engines, run.batch_sizes, run.notes = outcome.engines, outcome.batch_sizes, outcome.notes
 
@@ -436,7 +449,8 @@ class Worker:
         self._forget(run.job.id)
         timings = self._job_timings(run)
         if self.jobs.finish(run.job.id, "succeeded", timings=timings) is not None:
-            self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings))
+            self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings,
+                                      grid_id=run.grid_id))
 
     def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None) -> None:
         requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo)
@@ -472,16 +486,22 @@ class Worker:
                 self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True)
 
     def _write_compare_grid(self, run: JobRun) -> None:
-        """The labelled grid sheet of a /api/compare job, as `echo-os compare` writes it."""
+        """The labelled grid sheet of a /api/compare job, as `echo-os compare` writes it (the same sheet
+        is found, not written again), recorded as the job's image after its cells."""
         from echo_os.compare import Axis, Cell, ComparePlan, save_grid
 
         source = run.job.spec.compare
+        index = run.job.spec.grid_index
         axes = [Axis(axis.option, tuple(axis.values)) for axis in source.axes]
         plan = ComparePlan(axes, [Cell(tuple(values), request)
                                   for values, request in zip(source.cells, run.job.spec.items)])
-        artifacts = [self.store.open(artifact_id) for artifact_id in run.artifact_ids]
-        grid, _ = save_grid(self.settings, self.store, plan, artifacts, title=source.title)
-        log.info("job %s: compare grid %s", run.job.id, grid.id)
+        artifacts = [self.store.open(run.saved[cell]) for cell in range(index)]
+        grid, written = save_grid(self.settings, self.store, plan, artifacts, title=source.title)
+        self.jobs.record_image(run.job.id, index, grid.id)
+        run.saved[index] = grid.id
+        self.publish(ArtifactSaved(job_id=run.job.id, artifact_id=grid.id, index=index, image_url=image_url(grid.id),
+                                   resumed=not written, grid=True))
+        log.info("job %s: compare grid %s%s", run.job.id, grid.id, "" if written else " (already there)")
 
     def _write_story(self, run: JobRun) -> None:
         """story.json, contact sheet and continuity report, as `echo-os batch` writes them."""
