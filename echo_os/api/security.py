@@ -3,18 +3,27 @@ browser requests, Host names (DNS rebinding), body size, and paths that must sta
 
 One pure-ASGI middleware (`Guard`) runs before any route, so even an unknown path answers 401 without
 the token and nothing is parsed from a body that is too large.
+
+A browser cannot add a header when it follows a link, so the gallery has a sign-in: `GET
+/api/gallery?token=T` with the right token answers 303 to the same URL without the token and sets the
+session cookie (HttpOnly, SameSite=Strict, Path=/api) whose value is an HMAC of the token, never the token
+itself. The Guard accepts that cookie on /api/ paths like the Bearer header; cookie or not, a POST that a
+browser labels cross-site is refused, so a page on another site cannot rate or render through it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from echo_os.errors import UsageError
@@ -26,6 +35,19 @@ DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 # A token guessable in an afternoon guards nothing once the port is reachable from other machines.
 MIN_TOKEN_CHARS = 16
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# The browser sign-in: only this page takes the token from the query string, and the cookie it sets is
+# sent back (and accepted) only under /api/.
+LOGIN_PATH = "/api/gallery"
+LOGIN_PARAM = "token"
+SESSION_COOKIE = "echo_os_session"
+COOKIE_PATH = "/api"
+_SESSION_LABEL = b"echo-os browser session v1"
+
+
+def session_value(token: str) -> str:
+    """The cookie value for `token`: HMAC-SHA256 keyed by the token, so the cookie never holds the token,
+    cannot be turned back into it, stays valid across restarts with the same token, and dies with it."""
+    return hmac.new(token.encode("utf-8"), _SESSION_LABEL, hashlib.sha256).hexdigest()
 
 
 def is_loopback(host: str) -> bool:
@@ -131,6 +153,7 @@ class Guard:
         self.app = app
         self.settings = settings
         self._token = settings.token.encode("utf-8") if settings.token else None
+        self._session = session_value(settings.token).encode("ascii") if settings.token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -173,13 +196,18 @@ class Guard:
                 raise
             await _error(413, error.detail)(scope, receive, send_nosniff)
 
-    def _refusal(self, scope: Scope, headers: Headers) -> JSONResponse | None:
+    def _refusal(self, scope: Scope, headers: Headers) -> Response | None:
         allowed_hosts = self.settings.allowed_hosts
         if allowed_hosts is not None and _host_name(headers.get("host", "")) not in allowed_hosts:
             return _error(400, "unexpected Host header; use the address the server listens on")
         path = scope.get("path", "")
-        if self._token is not None and path not in OPEN_PATHS and not self._authorized(headers):
-            response = _error(401, "missing or wrong token: send `Authorization: Bearer <token>`")
+        if self._token is not None and path == LOGIN_PATH and scope.get("method") in ("GET", "HEAD"):
+            login = self._login(scope)
+            if login is not None:
+                return login
+        if self._token is not None and path not in OPEN_PATHS and not self._authorized(path, headers):
+            response = _error(401, "missing or wrong token: send `Authorization: Bearer <token>` (in a browser, "
+                                   f"open {LOGIN_PATH}?{LOGIN_PARAM}=<token>)")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         if scope.get("method", "GET") not in SAFE_METHODS and self._cross_site(scope, headers):
@@ -187,11 +215,33 @@ class Guard:
                                "origin given with --allow-origin")
         return None
 
-    def _authorized(self, headers: Headers) -> bool:
+    def _login(self, scope: Scope) -> Response | None:
+        """`?token=` on the gallery: the right one gets the session cookie and a redirect to the same URL
+        without it (so the token stays out of history and Referer); a wrong one 401 and no cookie. None when
+        the query has no token (the cookie or header decides, as on any route)."""
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        given = [value for name, value in query if name == LOGIN_PARAM]
+        if not given:
+            return None
+        if len(given) != 1 or not hmac.compare_digest(given[0].strip().encode("utf-8"), self._token):
+            response = _error(401, f"wrong token in ?{LOGIN_PARAM}=: give the one the server was started with")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        rest = urlencode([(name, value) for name, value in query if name != LOGIN_PARAM])
+        response = Response(status_code=303, headers={"Location": LOGIN_PATH + (f"?{rest}" if rest else ""),
+                                                      "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+        response.set_cookie(SESSION_COOKIE, self._session.decode("ascii"), path=COOKIE_PATH, httponly=True,
+                            samesite="strict", secure=scope.get("scheme") == "https")
+        return response
+
+    def _authorized(self, path: str, headers: Headers) -> bool:
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not credentials:
-            return False
-        return hmac.compare_digest(credentials.strip().encode("utf-8"), self._token)
+        if scheme.lower() == "bearer" and credentials:
+            return hmac.compare_digest(credentials.strip().encode("utf-8"), self._token)
+        if path.startswith(COOKIE_PATH + "/") or path == COOKIE_PATH:
+            session = _cookie(headers, SESSION_COOKIE)
+            return session is not None and hmac.compare_digest(session.encode("utf-8"), self._session)
+        return False
 
     def _cross_site(self, scope: Scope, headers: Headers) -> bool:
         """Browsers label every request; scripts and the openai client send neither header."""
@@ -205,6 +255,16 @@ class Guard:
             own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
             return origin.lower() != own.lower()
         return False
+
+
+def _cookie(headers: Headers, name: str) -> str | None:
+    cookies = SimpleCookie()
+    try:
+        cookies.load(headers.get("cookie", ""))
+    except CookieError:
+        return None
+    morsel = cookies.get(name)
+    return morsel.value if morsel is not None else None
 
 
 def _error(status: int, detail: str) -> JSONResponse:
