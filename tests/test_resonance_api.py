@@ -125,6 +125,9 @@ def test_gallery_sign_in_with_a_token_on_a_real_server(gallery_home):
     target = rows[2].id
     server = start_server(gallery_home, "--token", GALLERY_TOKEN)
     try:
+        # the startup line says where to sign in, without echoing the token into logs
+        assert f"gallery in a browser: {server.url}/api/gallery?token=<token>" in server.log()
+        assert GALLERY_TOKEN not in server.log()
         # following a link sends no Authorization header
         refused = httpx.get(f"{server.url}/api/gallery")
         assert refused.status_code == 401 and "/api/gallery?token=" in refused.json()["detail"]

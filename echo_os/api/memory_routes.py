@@ -4,6 +4,8 @@ GET /api/memory/search?q=... searches by text; POST /api/memory/search takes an 
 body (image/png, image/jpeg or image/webp) and needs a CLIP entry in models.toml. GET /api/gallery builds
 the static gallery page and redirects to it; the page and the files it links (thumbnails, images) are
 served from /api/gallery/files/, which answers only for image and page files inside the artifacts folder.
+With `serve --token`, a browser signs in once with GET /api/gallery?token=T: the Guard (api/security.py)
+checks it, sets the session cookie and redirects here without the token, so these routes never see it.
 """
 
 from __future__ import annotations
@@ -135,7 +137,11 @@ async def _search_by_image(request: Request, api, k: int, filters) -> list[Memor
 @router.get("/api/gallery", tags=["gallery"], response_class=RedirectResponse, status_code=307,
             responses=error_responses(422))
 async def gallery(api: Api, project: str | None = None) -> RedirectResponse:
-    """Build the gallery page (thumbnails made once) and redirect to it."""
+    """Build the gallery page (thumbnails made once) and redirect to it.
+
+    With a server token, open `/api/gallery?token=<token>` in a browser once: it sets an HttpOnly session
+    cookie (path /api) and redirects to this route without the token; the page's rating buttons use it.
+    """
     from echo_os.gallery.build import build_gallery
 
     result = await run_in_threadpool(build_gallery, api.settings, project=project)

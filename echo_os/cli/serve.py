@@ -79,6 +79,10 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
                  if options.workers else "rendering in this process")
     click.echo(f"echo-os serving {settings.home} on http://{host}:{port} "
                f"({'token required' if token else 'no token: this machine only'}; {rendering})", err=True)
+    if token:  # a browser cannot send the header: it signs in once (the token itself is not echoed into logs)
+        shown = "<this machine's address>" if host.strip("[]") in ("0.0.0.0", "::", "") else host.strip("[]")
+        shown = f"[{shown}]" if ":" in shown else shown
+        click.echo(f"gallery in a browser: http://{shown}:{port}/api/gallery?token=<token>", err=True)
     if not options.workers:
         # The worker thread renders while this one answers requests: hand the GIL over every 1 ms instead
         # of Python's default 5 ms, so a submission waits at most that long behind the worker's Python code.

@@ -84,9 +84,15 @@ function decorate() {
         if (meta.rating && meta.rating.value === value) button.classList.add("on");
         button.addEventListener("click", async (event) => {
           event.stopPropagation();
+          // same-origin credentials: with `serve --token` the session cookie of /api/gallery?token= signs it
           const response = await fetch("/api/artifacts/" + item.id + "/rating", {method: "POST",
-            headers: {"Content-Type": "application/json"}, body: JSON.stringify({rating: value})});
-          if (!response.ok) { button.title = "rating failed: " + response.status; return; }
+            credentials: "same-origin", headers: {"Content-Type": "application/json"},
+            body: JSON.stringify({rating: value})});
+          if (!response.ok) {
+            button.title = "rating failed: " + response.status +
+              (response.status === 401 ? " (sign in again: open /api/gallery?token=<token>)" : "");
+            return;
+          }
           meta.rating = await response.json();
           row.querySelectorAll("button").forEach((b, i) => b.classList.toggle("on", i + 1 === value));
         });
