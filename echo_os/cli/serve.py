@@ -16,7 +16,8 @@ from echo_os.cli import settings_from
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--token", envvar="ECHO_OS_TOKEN", default=None,
               help="Require `Authorization: Bearer TOKEN` on every route but /health (env: ECHO_OS_TOKEN); "
-                   "at least 16 characters when listening beyond loopback.")
+                   "at least 16 characters when listening beyond loopback. A browser opens "
+                   "/api/gallery?token=TOKEN once (an HttpOnly session cookie).")
 @click.option("--model", "default_model", default="sdxl", show_default=True,
               help="Model for OpenAI-style requests that name none (or name dall-e-*, gpt-image-*).")
 @click.option("--max-batch", type=click.IntRange(1, 64), default=8, show_default=True,
