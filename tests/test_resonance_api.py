@@ -197,6 +197,7 @@ async def test_without_a_token_the_gallery_ignores_token_and_sets_no_cookie(gall
         assert "set-cookie" not in response.headers
 
 
+@pytest.mark.slow  # 13 s; test_rating_click_in_chromium_with_a_token covers the same sign-in in the default run
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_served_gallery_with_a_token_in_chromium(gallery_home, tmp_path):
     """--dump-dom cannot send the header, so this is the only way in for a browser: ?token= once."""
