@@ -429,3 +429,29 @@ def test_a_story_sends_the_bible_references_through_openai(hosted, server):
     rows = json.loads(out)["artifacts"]
     provenances = [_meta(row)["provenance"] for row in rows]
     assert sorted(len(p["reference_images"]) for p in provenances) == [0, 1]
+
+
+@pytest.mark.anyio
+async def test_api_refine_through_openai(hosted, server, monkeypatch):
+    from tests.api_helpers import api_client, wait_job
+
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+    code, rows, err = _render(hosted, "a red kite", "--engine", "openai", "--size", "1024x1024")
+    assert code == 0, err
+    parent = rows[0]
+    async with api_client(hosted) as (client, _app):
+        bad = await client.post("/api/refine", json={"artifact_id": parent["id"], "engine": "openai",
+                                                     "options": {"quality": "ultra"}})
+        assert bad.status_code == 422 and "quality" in bad.text, bad.text
+        sent = await client.post("/api/refine", json={"artifact_id": parent["id"], "prompt": "the kite at night",
+                                                      "engine": "openai", "strength": 0.6,
+                                                      "options": {"quality": "high"}})
+        assert sent.status_code == 202, sent.text
+        job = await wait_job(client, sent.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    assert server.requests[-1] == {"endpoint": "edits", "model": "gpt-image-1", "prompt": "the kite at night", "n": 1,
+                                   "size": "1024x1024", "quality": "high", "images": [parent["id"]]}
+    [child] = [p for p in hosted.artifacts_dir.rglob("meta.json") if json.loads(p.read_text())["parent_id"]]
+    meta = json.loads(child.read_text())
+    assert meta["parent_id"] == parent["id"] and meta["provenance"]["strength"] == 0.6
+    assert meta["provenance"]["strength_sent"] is False
