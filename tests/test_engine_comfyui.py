@@ -245,3 +245,88 @@ def test_sampling_steps_move_the_progress(tmp_path):
                       progress=lambda e: events.append((e.step, e.total_steps, len(server.files))))
     assert [step for step, _, _ in events] == list(range(1, 13)) and {total for _, total, _ in events} == {12}
     assert sum(1 for _, _, saved in events if saved == 0) >= 9  # 4 loader/encoder/latent nodes + KSampler + 5 steps
+
+
+# ---- refine (img2img) ------------------------------------------------------------------------------
+
+def _parent(settings, *args) -> dict:
+    code, rows, err = _render(settings, "--size", "64x48", "--seed", "7", *args)
+    assert code == 0, err
+    return rows[0]
+
+
+def _refine(settings, parent_id: str, *args):
+    code, out, err = run_cli("--home", str(settings.home), "refine", parent_id, *args, "--json")
+    return code, (json.loads(out) if code == 0 else out), err
+
+
+def test_refine_through_comfyui_uploads_the_parent_and_records_lineage(comfy, fake):
+    import hashlib
+
+    from PIL import Image
+
+    parent = _parent(comfy)  # solid-colour, the workspace's default workflow
+    code, rows, err = _refine(comfy, parent["id"], "--engine", "comfyui", "-o", "workflow=upload-scale",
+                              "--strength", "0.4", "--seed", "3")
+    assert code == 0, err
+    [child] = rows
+    name = f"echo-os-init-{parent['id'][:16]}.png"
+    assert hashlib.sha256(fake.uploads[name]).hexdigest() == parent["id"]  # the parent's PNG bytes, uploaded
+    graph = fake.posts[-1]["prompt"]
+    assert graph["1"]["inputs"]["image"] == name and (graph["2"]["inputs"]["width"], graph["2"]["inputs"]["height"]) \
+        == (64, 48)
+    with Image.open(child["image"]) as ours, Image.open(parent["image"]) as original:
+        assert list(ours.convert("RGB").getdata()) == list(original.convert("RGB").getdata())
+    meta = _meta(child)
+    assert meta["parent_id"] == parent["id"] and meta["strength"] == 0.4 and meta["parent_sha256"] == parent["id"]
+    p = meta["provenance"]
+    assert p["workflow"] == "upload-scale" and p["strength"] == 0.4 and p["strength_bound"] is False
+    code, out, err = run_cli("--home", str(comfy.home), "artifacts", "tree", child["id"])
+    assert code == 0 and parent["id"][:12] in out and child["id"][:12] in out, err
+    posts = len(fake.posts)
+    code, out, err = run_cli("--home", str(comfy.home), "replay", child["id"], "--json")
+    assert code == 0 and len(fake.posts) == posts + 1, err
+    assert json.loads(out)["max_pixel_diff"] == 0, out
+
+
+def test_refine_takes_the_refine_workflow_and_binds_the_strength_to_denoise(tmp_path, fake):
+    import numpy as np
+    from PIL import Image
+
+    settings = comfy_workspace(tmp_path, fake.url, 'workflow = "solid-colour"\n'
+                                                   'checkpoint = "sd_xl_base_1.0.safetensors"\n')
+    parent = _parent(settings)
+    code, rows, err = _refine(settings, parent["id"], "a lamp at night", "--engine", "comfyui", "--strength", "0.5",
+                              "--steps", "4", "--seed", "9")
+    assert code == 0, err
+    graph = fake.posts[-1]["prompt"]
+    assert graph["3"]["class_type"] == "KSampler" and graph["3"]["inputs"]["denoise"] == 0.5
+    assert (graph["3"]["inputs"]["seed"], graph["3"]["inputs"]["steps"]) == (9, 4)
+    assert graph["6"]["inputs"]["text"] == "a lamp at night"
+    assert graph["10"]["inputs"]["image"] == f"echo-os-init-{parent['id'][:16]}.png"
+    assert graph["11"] == {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    meta = _meta(rows[0])
+    assert meta["provenance"]["workflow"] == "sdxl-img2img" and meta["provenance"]["strength_bound"] is True
+    # strength 1 repaints everything: the sampler's own image; at 0.5 the fake (like a sampler starting
+    # from the encoded image) keeps half of the parent: 0.5 x parent + 0.5 x the strength-1 image
+    code, full, err = _refine(settings, parent["id"], "a lamp at night", "--engine", "comfyui", "--strength", "1",
+                              "--steps", "4", "--seed", "9")
+    assert code == 0, err
+
+    def pixels(row):
+        with Image.open(row["image"]) as image:
+            return np.asarray(image.convert("RGB"), dtype=float)
+
+    half, whole, original = pixels(rows[0]), pixels(full[0]), pixels(parent)
+    assert half.shape == original.shape == (48, 64, 3)
+    assert np.abs(half - (0.5 * original + 0.5 * whole)).max() <= 1.0
+    assert np.abs(half - whole).max() > 10 and np.abs(half - original).max() > 10
+
+
+def test_refine_with_a_workflow_that_binds_no_init_image_is_one_line(comfy, fake):
+    parent = _parent(comfy)
+    posts = len(fake.posts)
+    code, out, err = _refine(comfy, parent["id"], "--engine", "comfyui", "-o", "workflow=solid-colour")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "workflow solid-colour binds no init_image, so it cannot refine" in err
+    assert len(fake.posts) == posts and not fake.uploads
