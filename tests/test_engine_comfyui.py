@@ -330,3 +330,66 @@ def test_refine_with_a_workflow_that_binds_no_init_image_is_one_line(comfy, fake
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "workflow solid-colour binds no init_image, so it cannot refine" in err
     assert len(fake.posts) == posts and not fake.uploads
+
+
+# ---- a websocket that drops mid-prompt ------------------------------------------------------------
+
+def _pixels(image):
+    return list(image.convert("RGB").getdata())
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_a_dropped_websocket_reconnects_and_the_prompt_finishes_once(tmp_path, how):
+    """The socket is cut at the KSampler's first step (an RST, or a FIN without a close frame): the engine
+    reconnects with the same clientId, reads /history, follows the rest, and gets the image a render
+    without the drop gets, having submitted the prompt once."""
+    with fake_comfyui(step_s=0.05) as server:
+        settings = comfy_workspace(tmp_path, server.url, 'checkpoint = "sd_xl_base_1.0.safetensors"\n')
+        request = RenderRequest(prompt="x", width=64, height=64, steps=8, seed=21, engine="comfyui")
+        [reference] = create_engine(settings, "comfyui", "test").render([request])
+        server._cache.clear()  # the next run executes every node again (nothing from ComfyUI's cache)
+        server.posts.clear()
+        server.drop_socket("progress", how)
+        engine = create_engine(settings, "comfyui", "test")
+        events = []
+        [result] = engine.render([request], progress=events.append)
+    assert len(server.posts) == 1
+    image = result.images[0]
+    assert image.provenance["reconnects"] == 1 and image.provenance["cached_nodes"] == []
+    assert _pixels(image.image) == _pixels(reference.images[0].image)
+    assert events[-1].step == events[-1].total_steps == 7 + 8  # the bar still reaches its end
+
+
+@pytest.mark.parametrize("fault", ["ok", "error"])
+def test_a_prompt_that_ends_while_the_socket_is_down_is_read_from_history(tmp_path, fault):
+    """The network stays down (handshakes refused) while ComfyUI finishes: the reconnect backs off until
+    it is up, and the outputs, or the error, come from /history."""
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'workflow = "solid-colour"\n')
+        server.faults.append(fault)
+        server.drop_socket("executing", "reset", away_s=0.6)
+        engine = create_engine(settings, "comfyui", "test")
+        request = RenderRequest(prompt="x", width=32, height=32, seed=0x102030, engine="comfyui")
+        if fault == "error":
+            from echo_os.engines.comfyui import ComfyUIError
+
+            with pytest.raises(ComfyUIError, match="^engine comfyui: the workflow failed: injected fault$"):
+                engine.render([request])
+        else:
+            [result] = engine.render([request])
+            assert result.images[0].image.convert("RGB").getpixel((3, 3)) == (0x10, 0x20, 0x30)
+            assert result.images[0].provenance["reconnects"] == 1
+    assert server.refused_handshakes >= 1 and len(server.posts) == 1
+
+
+def test_history_errors_in_both_formats_are_one_line():
+    from echo_os.engines.comfyui import history_failure
+
+    upstream = {"status": {"status_str": "error", "completed": False, "messages": [
+        ["execution_start", {"prompt_id": "p"}],
+        ["execution_error", {"node_id": "3", "node_type": "KSampler", "exception_type": "RuntimeError",
+                             "exception_message": "out of memory\n"}]]}}
+    assert history_failure(upstream) == "engine comfyui: node 3 (KSampler) failed: RuntimeError: out of memory"
+    fork = {"status": {"status_str": "error", "messages": ["execution_start", "execution_error: boom\n"]}}
+    assert history_failure(fork) == "engine comfyui: the workflow failed: boom"
+    assert history_failure({"status": {"status_str": "success", "messages": []}}) is None
