@@ -51,6 +51,9 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
                    "story": base.story, "engine": "auto", "refiner": None})
     fields.pop("seed")
     fields.update({k: v for k, v in (changes or {}).items() if v is not None})
+    if options and "init_image" in options:
+        raise OptionError("refine starts from the artifact's own image; -o init_image is for render",
+                          "options.init_image")
     inherited = dict(base.options) if fields["engine"] in ("auto", parent.meta.engine.name) else {}
     inherited.pop("init_image", None)
     fields["options"] = {**inherited, **(options or {})}

@@ -329,6 +329,8 @@ def test_refine_with_a_workflow_that_binds_no_init_image_is_one_line(comfy, fake
     code, out, err = _refine(comfy, parent["id"], "--engine", "comfyui", "-o", "workflow=solid-colour")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "workflow solid-colour binds no init_image, so it cannot refine" in err
+    code, out, err = _refine(comfy, parent["id"], "--engine", "comfyui", "-o", f"init_image={parent['image']}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "-o init_image is for render" in err, err
     assert len(fake.posts) == posts and not fake.uploads
 
 
