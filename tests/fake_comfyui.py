@@ -15,7 +15,8 @@ hand against one on 127.0.0.1:8188):
 - a node whose class and inputs (links resolved) are those of the last run is cached, as in ComfyUI;
 - GET /history/{id} (prompt, outputs, status {status_str, completed, messages}; {} until the prompt is
   done, as ComfyUI writes history at the end); GET /view; POST /upload/image (multipart `image`) ->
-  {name, subfolder: "", type: "input"};
+  {name, subfolder: "", type: "input"}; GET /queue {queue_running, queue_pending: [[number, prompt_id,
+  prompt, extra_data, outputs], ...]};
 - a reconnecting client (the same clientId) gets `status` with its sid and, when the running prompt is
   its own, `executing {node: <the node running now>}` without a prompt_id (server.py websocket_handler);
   messages for a client whose socket is gone are dropped, as ComfyUI's send_json does;
@@ -91,12 +92,16 @@ class FakeComfyUI:
         self.history: dict[str, dict] = {}
         self.interrupt_flag = threading.Event()
         # Injected faults, one per executed prompt in order: "error" (the first node run raises, so an
-        # execution_error follows), "ok" (nothing).
+        # execution_error follows), "restart" (as a ComfyUI that restarts when it takes the prompt: every
+        # socket is reset, and the prompt is gone from the queue and the history, both held in memory),
+        # "ok" (nothing).
         self.faults: collections.deque[str] = collections.deque()
         self._cache: dict[str, tuple[str, list]] = {}  # node id -> (signature, outputs)
         self._counter = itertools.count(1)
         self._numbers = itertools.count(0)
         self._jobs: queue.Queue = queue.Queue()
+        self._queued: dict[str, list] = {}  # prompt_id -> its /queue item, while pending or running
+        self._executing: str | None = None
         self._sockets: dict[str, object] = {}
         self._drops: collections.deque[tuple[str, str, float]] = collections.deque()  # (message type, how, away_s)
         self._away_until: dict[str, float] = {}  # client_id -> monotonic time its handshakes are refused until
@@ -133,6 +138,8 @@ class FakeComfyUI:
             number = next(fake._numbers)
             fake.history[prompt_id] = {"prompt": [number, prompt_id, graph, {"client_id": client_id}, []],
                                        "outputs": {}, "status": None}
+            fake._queued[prompt_id] = [number, prompt_id, graph, {"client_id": client_id},
+                                       [i for i, n in graph.items() if n["class_type"] in OUTPUT_NODES]]
             fake._jobs.put((prompt_id, graph, client_id))
             fake.send({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": fake._jobs.qsize()}}}})
             return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
@@ -141,6 +148,12 @@ class FakeComfyUI:
         def interrupt():
             fake.interrupt_flag.set()
             return Response(status_code=200)
+
+        @app.get("/queue")
+        def get_queue():
+            items = list(fake._queued.values())
+            return {"queue_running": [i for i in items if i[1] == fake._executing],
+                    "queue_pending": [i for i in items if i[1] != fake._executing]}
 
         @app.get("/history/{prompt_id}")
         def history(prompt_id: str):
@@ -286,7 +299,28 @@ class FakeComfyUI:
             job = self._jobs.get()
             if job is None:
                 return
-            self._execute(*job)
+            if self.faults and self.faults[0] == "restart":
+                self.faults.popleft()
+                self._restart(job[0])
+                continue
+            self._executing = job[0]
+            try:
+                self._execute(*job)
+            finally:
+                self._executing = None
+                self._queued.pop(job[0], None)
+
+    def _restart(self, prompt_id: str) -> None:
+        """What a client sees of a ComfyUI restarting as it takes `prompt_id`: connections reset, the
+        prompt in neither the queue nor the history."""
+        self._queued.pop(prompt_id, None)
+        self.history.pop(prompt_id, None)
+
+        async def reset_all():
+            for client_id in list(self._sockets):
+                self._cut(client_id, "reset")
+
+        asyncio.run_coroutine_threadsafe(reset_all(), self._loop).result(timeout=5)
 
     def _order(self, graph: dict) -> list[str]:
         """Outputs' dependencies first (depth first from each output node, as ComfyUI's execution list)."""

@@ -395,3 +395,20 @@ def test_history_errors_in_both_formats_are_one_line():
     fork = {"status": {"status_str": "error", "messages": ["execution_start", "execution_error: boom\n"]}}
     assert history_failure(fork) == "engine comfyui: the workflow failed: boom"
     assert history_failure({"status": {"status_str": "success", "messages": []}}) is None
+
+
+def test_a_comfyui_that_restarts_mid_prompt_is_one_line_not_a_hang(tmp_path):
+    """Every socket reset and the prompt gone from the queue and the history (both in memory in ComfyUI):
+    after reconnecting, the engine says the prompt was lost instead of waiting for timeout_s."""
+    import time
+
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'workflow = "solid-colour"\n')
+        server.faults.append("restart")
+        engine = create_engine(settings, "comfyui", "test")
+        started = time.monotonic()
+        from echo_os.engines.comfyui import ComfyUIError
+
+        with pytest.raises(ComfyUIError, match=r"no longer knows prompt \S+ \(restarted while the websocket was down\?\)"):
+            engine.render([RenderRequest(prompt="x", width=32, height=32, seed=1, engine="comfyui")])
+        assert time.monotonic() - started < 10 and len(server.posts) == 1

@@ -29,7 +29,8 @@ reset), the engine reconnects with the same clientId (a few tries with back-off,
 asks GET /history/{prompt_id}: a finished prompt's outputs (or its error) are taken from there; an
 unfinished one is followed on the new socket. ComfyUI drops messages for a client that is not connected
 and, on reconnect, sends `status` and the node it is executing (server.py websocket_handler), so the
-history is the record of what was missed. The prompt is never submitted twice.
+history is the record of what was missed. The prompt is never submitted twice. A prompt in neither the
+history nor GET /queue was lost (a restarted ComfyUI keeps both in memory only): one line says so.
 One prompt per image, with that image's seed, so image i of a batch is exactly the image its seed gives
 alone (ComfyUI's own batches draw all their noise from one seed).
 
@@ -307,6 +308,18 @@ class ComfyClient:
         response.raise_for_status()
         return response.json().get(prompt_id, {})
 
+    def queued(self, prompt_id: str) -> bool:
+        """Whether the prompt is running or pending (GET /queue: items [number, prompt_id, ...])."""
+        response = self.http.get("/queue")
+        response.raise_for_status()
+        body = response.json()
+        for item in (*body.get("queue_running", []), *body.get("queue_pending", [])):
+            found = item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else \
+                item.get("prompt_id") if isinstance(item, dict) else None
+            if found == prompt_id:
+                return True
+        return False
+
     def view(self, image: dict) -> bytes:
         response = self.http.get("/view", params={"filename": image["filename"], "subfolder": image.get("subfolder", ""),
                                                   "type": image.get("type", "output")})
@@ -562,6 +575,12 @@ class ComfyUIEngine(BaseEngine):
                 if run.reconnects and time.monotonic() - quiet_since >= 2.0:
                     quiet_since = time.monotonic()
                     entry = self.client.history(prompt_id)
+                    if entry.get("status") is None and not self.client.queued(prompt_id):
+                        entry = self.client.history(prompt_id)  # it may have finished between the two calls
+                        if entry.get("status") is None:
+                            raise ComfyUIError(f"engine comfyui: ComfyUI at {self.client.url} no longer knows prompt "
+                                               f"{prompt_id} (restarted while the websocket was down?); run the same "
+                                               "command again, images already saved are kept")
                     if entry.get("status") is not None:
                         run.history = entry
                         failure = failure or history_failure(entry)
