@@ -5,6 +5,10 @@ cfg, style, engine options...) with the user's changes, and an init image pointi
 with its sha256 and the strength. The child records the parent's id (`parent_id`), the strength and the
 parent's sha256 in meta.json (lineage: `echo-os artifacts tree`), and its replay starts from the same
 bytes, so it is exact.
+
+Engine options (`-o KEY=VALUE`): the parent's, under the ones given, when the refine runs on the parent's
+engine or on `auto`; none of the parent's when another engine is named (they are another engine's
+options). The parent's own `init_image` option is never carried: the refine's init image is the parent.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ def check_strength(strength: float, option: str = "strength") -> float:
 
 def refine_request(settings: "Settings", parent: "Artifact", *, strength: float = DEFAULT_STRENGTH,
                    prompt: str | None = None, style: str | None = None, negative: str | None = None,
-                   changes: dict[str, Any] | None = None) -> RenderRequest:
+                   changes: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> RenderRequest:
     """The request that refines `parent`: its own request with `changes` (steps, cfg, seed, model,
     engine, scheduler...), PROMPT (default: the parent's), a style (named or free text; default: the
-    parent's) and the init image."""
+    parent's), engine `options` over the parent's (see the module docstring) and the init image."""
     from echo_os.styles import style_fields
 
     check_strength(strength)
@@ -47,6 +51,12 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
                    "story": base.story, "engine": "auto", "refiner": None})
     fields.pop("seed")
     fields.update({k: v for k, v in (changes or {}).items() if v is not None})
+    if options and "init_image" in options:
+        raise OptionError("refine starts from the artifact's own image; -o init_image is for render",
+                          "options.init_image")
+    inherited = dict(base.options) if fields["engine"] in ("auto", parent.meta.engine.name) else {}
+    inherited.pop("init_image", None)
+    fields["options"] = {**inherited, **(options or {})}
     if prompt is not None:
         fields["prompt"] = prompt
     if style is not None or negative is not None:

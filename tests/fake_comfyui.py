@@ -13,12 +13,22 @@ hand against one on 127.0.0.1:8188):
   exception_message, exception_type, traceback, executed, current_inputs, current_outputs}; POST
   /interrupt sends execution_interrupted {node_id, node_type, executed};
 - a node whose class and inputs (links resolved) are those of the last run is cached, as in ComfyUI;
-- GET /history/{id} (prompt, outputs, status {status_str, completed, messages}); GET /view; POST
-  /upload/image (multipart `image`) -> {name, subfolder: "", type: "input"}.
+- GET /history/{id} (prompt, outputs, status {status_str, completed, messages}; {} until the prompt is
+  done, as ComfyUI writes history at the end); GET /view; POST /upload/image (multipart `image`) ->
+  {name, subfolder: "", type: "input"}; GET /queue {queue_running, queue_pending: [[number, prompt_id,
+  prompt, extra_data, outputs], ...]};
+- a reconnecting client (the same clientId) gets `status` with its sid and, when the running prompt is
+  its own, `executing {node: <the node running now>}` without a prompt_id (server.py websocket_handler);
+  messages for a client whose socket is gone are dropped, as ComfyUI's send_json does;
+- `drop_socket(when, how, away_s)`: the next message of type `when` for a client is not delivered; its
+  connection is cut instead, "reset" (an RST: the client reads ConnectionResetError) or "close" (a FIN
+  without a close frame: WebSocketConnectionClosedException), like a network drop mid-prompt; for
+  `away_s` seconds after, that client's websocket handshakes are refused (403, the network still down).
 
 The nodes it runs, with numpy in place of torch: EmptyImage, LoadImage, ImageScale, ImageBlend,
-SaveImage, CheckpointLoaderSimple, CLIPTextEncode, EmptyLatentImage, KSampler (noise from its seed,
-tinted by the prompt), VAEDecode. `posts` counts POST /prompt bodies; `step_s` slows KSampler steps.
+SaveImage, CheckpointLoaderSimple, CLIPTextEncode, EmptyLatentImage (zeros), VAEEncode (every 8th
+pixel), KSampler (noise from its seed, tinted by the prompt, mixed into the latent by `denoise`),
+VAEDecode. `posts` counts POST /prompt bodies; `step_s` slows KSampler steps.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ REQUIRED = {
     "CheckpointLoaderSimple": ("ckpt_name",),
     "CLIPTextEncode": ("text", "clip"),
     "EmptyLatentImage": ("width", "height", "batch_size"),
+    "VAEEncode": ("pixels", "vae"),
     "KSampler": ("model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
                  "latent_image", "denoise"),
     "VAEDecode": ("samples", "vae"),
@@ -81,13 +92,21 @@ class FakeComfyUI:
         self.history: dict[str, dict] = {}
         self.interrupt_flag = threading.Event()
         # Injected faults, one per executed prompt in order: "error" (the first node run raises, so an
-        # execution_error follows), "ok" (nothing).
+        # execution_error follows), "restart" (as a ComfyUI that restarts when it takes the prompt: every
+        # socket is reset, and the prompt is gone from the queue and the history, both held in memory),
+        # "ok" (nothing).
         self.faults: collections.deque[str] = collections.deque()
         self._cache: dict[str, tuple[str, list]] = {}  # node id -> (signature, outputs)
         self._counter = itertools.count(1)
         self._numbers = itertools.count(0)
         self._jobs: queue.Queue = queue.Queue()
+        self._queued: dict[str, list] = {}  # prompt_id -> its /queue item, while pending or running
+        self._executing: str | None = None
         self._sockets: dict[str, object] = {}
+        self._drops: collections.deque[tuple[str, str, float]] = collections.deque()  # (message type, how, away_s)
+        self._away_until: dict[str, float] = {}  # client_id -> monotonic time its handshakes are refused until
+        self.refused_handshakes = 0
+        self._running: tuple[str | None, str | None] = (None, None)  # (client_id, node) as server.last_node_id
         self._loop: asyncio.AbstractEventLoop | None = None
         self.port = _free_port()
         self._server = None
@@ -119,6 +138,8 @@ class FakeComfyUI:
             number = next(fake._numbers)
             fake.history[prompt_id] = {"prompt": [number, prompt_id, graph, {"client_id": client_id}, []],
                                        "outputs": {}, "status": None}
+            fake._queued[prompt_id] = [number, prompt_id, graph, {"client_id": client_id},
+                                       [i for i, n in graph.items() if n["class_type"] in OUTPUT_NODES]]
             fake._jobs.put((prompt_id, graph, client_id))
             fake.send({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": fake._jobs.qsize()}}}})
             return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
@@ -127,6 +148,12 @@ class FakeComfyUI:
         def interrupt():
             fake.interrupt_flag.set()
             return Response(status_code=200)
+
+        @app.get("/queue")
+        def get_queue():
+            items = list(fake._queued.values())
+            return {"queue_running": [i for i in items if i[1] == fake._executing],
+                    "queue_pending": [i for i in items if i[1] != fake._executing]}
 
         @app.get("/history/{prompt_id}")
         def history(prompt_id: str):
@@ -147,16 +174,27 @@ class FakeComfyUI:
 
         @app.websocket("/ws")
         async def ws(websocket: WebSocket, clientId: str | None = None):
+            if clientId and time.monotonic() < fake._away_until.get(clientId, 0.0):
+                fake.refused_handshakes += 1
+                await websocket.close()  # before accept: uvicorn answers the handshake with 403
+                return
             await websocket.accept()
             sid = clientId or uuid.uuid4().hex
             fake._sockets[sid] = websocket
             await websocket.send_text(json.dumps({"type": "status", "data": {
                 "status": {"exec_info": {"queue_remaining": fake._jobs.qsize()}}, "sid": sid}}))
+            running_client, running_node = fake._running
+            if running_client == sid and running_node is not None:  # a reconnect: the node running now
+                await websocket.send_text(json.dumps({"type": "executing", "data": {"node": running_node}}))
             try:
                 while True:
                     await websocket.receive_text()
-            except WebSocketDisconnect:
-                fake._sockets.pop(sid, None)
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            finally:
+                # ComfyUI pops the sid here; only this socket's entry, so a reconnect that came first stays
+                if fake._sockets.get(sid) is websocket:
+                    fake._sockets.pop(sid, None)
 
         @app.on_event("startup")
         async def remember_loop():
@@ -165,10 +203,33 @@ class FakeComfyUI:
         return app
 
     # ---- messages (the worker thread -> the event loop, as ComfyUI's server does) ------------------
+    def drop_socket(self, when: str = "progress", how: str = "reset", away_s: float = 0.0) -> None:
+        """Cut the connection of the next client that is sent a message of type `when` (see the docstring)."""
+        assert how in ("reset", "close")
+        self._drops.append((when, how, away_s))
+
+    def _cut(self, client_id: str, how: str) -> None:
+        """Close the client's TCP connection under its websocket (uvicorn's protocol for that peer)."""
+        import struct
+
+        websocket = self._sockets.pop(client_id, None)
+        peer = tuple(websocket.client) if websocket is not None and websocket.client else None
+        for protocol in list(self._server.server_state.connections):
+            if tuple(getattr(protocol, "client", None) or ()) == peer:
+                if how == "reset":  # SO_LINGER 0: close sends an RST
+                    sock = protocol.transport.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                protocol.transport.abort()
+
     def send(self, message: dict, client_id: str | None = None) -> None:
         text = json.dumps(message)
 
         async def deliver():
+            if client_id and self._drops and self._drops[0][0] == message["type"] and client_id in self._sockets:
+                _, how, away_s = self._drops.popleft()
+                self._away_until[client_id] = time.monotonic() + away_s
+                self._cut(client_id, how)
+                return
             targets = [self._sockets.get(client_id)] if client_id else list(self._sockets.values())
             for target in targets:
                 if target is not None:
@@ -238,7 +299,28 @@ class FakeComfyUI:
             job = self._jobs.get()
             if job is None:
                 return
-            self._execute(*job)
+            if self.faults and self.faults[0] == "restart":
+                self.faults.popleft()
+                self._restart(job[0])
+                continue
+            self._executing = job[0]
+            try:
+                self._execute(*job)
+            finally:
+                self._executing = None
+                self._queued.pop(job[0], None)
+
+    def _restart(self, prompt_id: str) -> None:
+        """What a client sees of a ComfyUI restarting as it takes `prompt_id`: connections reset, the
+        prompt in neither the queue nor the history."""
+        self._queued.pop(prompt_id, None)
+        self.history.pop(prompt_id, None)
+
+        async def reset_all():
+            for client_id in list(self._sockets):
+                self._cut(client_id, "reset")
+
+        asyncio.run_coroutine_threadsafe(reset_all(), self._loop).result(timeout=5)
 
     def _order(self, graph: dict) -> list[str]:
         """Outputs' dependencies first (depth first from each output node, as ComfyUI's execution list)."""
@@ -290,6 +372,7 @@ class FakeComfyUI:
                 continue
             event("progress_state", {"nodes": {node_id: {"value": 0.0, "max": 1.0, "state": "running",
                                                          "node_id": node_id}}})
+            self._running = (client_id, node_id)
             event("executing", {"node": node_id, "display_node": node_id})
             inputs = {k: values[v[0]][v[1]] if isinstance(v, list) and len(v) == 2 and v[0] in graph else v
                       for k, v in node["inputs"].items()}
@@ -323,6 +406,7 @@ class FakeComfyUI:
         if status == "success":
             event("execution_success", {"timestamp": int(time.time() * 1000)})
             messages.append("execution_success")
+        self._running = (None, None)
         entry = self.history[prompt_id]
         entry.update(outputs=outputs, status={"status_str": status, "completed": status == "success",
                                               "messages": messages})
@@ -364,9 +448,14 @@ class FakeComfyUI:
         if kind == "CLIPTextEncode":
             return [inputs["text"]]
         if kind == "EmptyLatentImage":
-            return [(int(inputs["batch_size"]), int(inputs["height"]) // 8, int(inputs["width"]) // 8)]
+            return [np.zeros((int(inputs["batch_size"]), int(inputs["height"]) // 8, int(inputs["width"]) // 8, 3),
+                             dtype=np.float32)]
+        if kind == "VAEEncode":
+            return [inputs["pixels"][:, ::8, ::8, :].copy()]
         if kind == "KSampler":
-            batch, h, w = inputs["latent_image"]
+            latent = inputs["latent_image"]
+            batch, h, w, _ = latent.shape
+            denoise = float(inputs["denoise"])
             steps = int(inputs["steps"])
             for step in range(1, steps + 1):
                 if self.interrupt_flag.is_set():
@@ -375,7 +464,8 @@ class FakeComfyUI:
                 event("progress", {"value": step, "max": steps, "node": node_id})
             tint = int(hashlib.sha256(inputs["positive"].encode()).hexdigest()[:6], 16)
             noise = np.random.default_rng(int(inputs["seed"])).random((batch, h, w, 3), dtype=np.float32)
-            return [noise * 0.5 + np.array([(tint >> 16) & 255, (tint >> 8) & 255, tint & 255]) / 510]
+            sampled = noise * 0.5 + np.array([(tint >> 16) & 255, (tint >> 8) & 255, tint & 255]) / 510
+            return [latent * (1 - denoise) + sampled * denoise]
         if kind == "VAEDecode":
             latent = inputs["samples"]
             return [latent.repeat(8, axis=1).repeat(8, axis=2)]

@@ -1,8 +1,12 @@
 """A fake OpenAI Images server, in-process on 127.0.0.1 (http.server in a thread), answering like the
 real API (shapes read from openai-python's types: ImagesResponse, Image, Usage, and its error bodies):
 
-- POST /v1/images/edits (multipart: the fields and an `image` file) answers the same way, its image the
-  given one's average colour at the asked size;
+- POST /v1/images/edits (multipart/form-data: the fields, and the images as one `image` part or as
+  repeated `image[]` parts, which is how openai-python 3.x sends `images.edit(image=[...])`: its
+  extract_files names list items with brackets) answers the same way, its image the first given image's
+  average colour at the asked size; no image -> 400 missing_required_parameter on `image`, more than 16
+  -> 400 on `image` (the gpt-image models take up to 16); the recorded body gets `endpoint: "edits"` and
+  `images`: the sha256 of each image part, in order;
 - POST /v1/images/generations -> 200 {created, data: [{b64_json}], background, output_format, quality,
   size, usage: {input_tokens, input_tokens_details, output_tokens, total_tokens}} with an x-request-id;
 - no bearer key or REVOKED_KEY -> 401 invalid_api_key; an unknown model -> 400 invalid_value on param model;
@@ -12,7 +16,8 @@ real API (shapes read from openai-python's types: ImagesResponse, Image, Usage, 
   connection without answering);
 - `images_per_minute`: a sliding-window limit like the provider's; over it -> 429 rate_limit_exceeded
   with Retry-After (seconds until a slot frees);
-- `requests`: every request's JSON body, in order (faulted ones included); `served`: images returned.
+- `requests`: every request's JSON body, in order (faulted ones included; an edit refused for its images
+  is counted too); `served`: images returned.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import base64
 import collections
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -31,6 +37,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 REVOKED_KEY = "sk-revoked"  # answered 401 invalid_api_key, like a key the provider no longer accepts
+MAX_EDIT_IMAGES = 16
 KNOWN_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2")
 
 
@@ -44,25 +51,23 @@ def _png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _form(content_type: str, raw: bytes) -> tuple[dict, object]:
-    """A multipart/form-data body: its text fields (n as a number) and the `image` file as a PIL image."""
+def _form(content_type: str, raw: bytes) -> tuple[dict, list[bytes]]:
+    """A multipart/form-data body: its text fields (n as a number) and the image files, in order (parts
+    named `image`, or `image[]` as the client names the items of a list)."""
     from email import policy
     from email.parser import BytesParser
 
-    from PIL import Image
-
     message = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
-    fields, image = {}, None
+    fields, images = {}, []
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True)
         if name in ("image", "image[]"):
-            image = Image.open(io.BytesIO(payload))
-            image.load()
+            images.append(payload)
         elif name:
             text = payload.decode()
             fields[name] = int(text) if name == "n" else text
-    return fields, image
+    return fields, images
 
 
 def _error(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
@@ -140,12 +145,22 @@ class FakeImagesServer:
                 if endpoint not in ("/v1/images/generations", "/v1/images/edits"):
                     return self._send(404, _error(f"Invalid URL (POST {self.path})", "invalid_request_error", None))
                 edit_image = None
-                if endpoint.endswith("/edits"):  # multipart/form-data: the fields and the `image` file
-                    body, edit_image = _form(self.headers.get("Content-Type", ""), raw)
-                    if edit_image is None:
-                        return self._send(400, _error("Missing required parameter: 'image'.",
-                                                      "invalid_request_error", "missing_required_parameter", "image"))
+                if endpoint.endswith("/edits"):  # multipart/form-data: the fields and the image files
+                    body, files = _form(self.headers.get("Content-Type", ""), raw)
                     body["endpoint"] = "edits"
+                    body["images"] = [hashlib.sha256(data).hexdigest() for data in files]
+                    if not files or len(files) > MAX_EDIT_IMAGES:
+                        with server._lock:
+                            server.requests.append(body)
+                        if not files:
+                            return self._send(400, _error("Missing required parameter: 'image'.", "invalid_request_error",
+                                                          "missing_required_parameter", "image"))
+                        return self._send(400, _error(f"Invalid 'image': too many images, at most {MAX_EDIT_IMAGES}.",
+                                                      "invalid_request_error", "invalid_value", "image"))
+                    from PIL import Image
+
+                    edit_image = Image.open(io.BytesIO(files[0]))
+                    edit_image.load()
                 else:
                     try:
                         body = json.loads(raw)

@@ -245,3 +245,170 @@ def test_sampling_steps_move_the_progress(tmp_path):
                       progress=lambda e: events.append((e.step, e.total_steps, len(server.files))))
     assert [step for step, _, _ in events] == list(range(1, 13)) and {total for _, total, _ in events} == {12}
     assert sum(1 for _, _, saved in events if saved == 0) >= 9  # 4 loader/encoder/latent nodes + KSampler + 5 steps
+
+
+# ---- refine (img2img) ------------------------------------------------------------------------------
+
+def _parent(settings, *args) -> dict:
+    code, rows, err = _render(settings, "--size", "64x48", "--seed", "7", *args)
+    assert code == 0, err
+    return rows[0]
+
+
+def _refine(settings, parent_id: str, *args):
+    code, out, err = run_cli("--home", str(settings.home), "refine", parent_id, *args, "--json")
+    return code, (json.loads(out) if code == 0 else out), err
+
+
+def test_refine_through_comfyui_uploads_the_parent_and_records_lineage(comfy, fake):
+    import hashlib
+
+    from PIL import Image
+
+    parent = _parent(comfy)  # solid-colour, the workspace's default workflow
+    code, rows, err = _refine(comfy, parent["id"], "--engine", "comfyui", "-o", "workflow=upload-scale",
+                              "--strength", "0.4", "--seed", "3")
+    assert code == 0, err
+    [child] = rows
+    name = f"echo-os-init-{parent['id'][:16]}.png"
+    assert hashlib.sha256(fake.uploads[name]).hexdigest() == parent["id"]  # the parent's PNG bytes, uploaded
+    graph = fake.posts[-1]["prompt"]
+    assert graph["1"]["inputs"]["image"] == name and (graph["2"]["inputs"]["width"], graph["2"]["inputs"]["height"]) \
+        == (64, 48)
+    with Image.open(child["image"]) as ours, Image.open(parent["image"]) as original:
+        assert list(ours.convert("RGB").getdata()) == list(original.convert("RGB").getdata())
+    meta = _meta(child)
+    assert meta["parent_id"] == parent["id"] and meta["strength"] == 0.4 and meta["parent_sha256"] == parent["id"]
+    p = meta["provenance"]
+    assert p["workflow"] == "upload-scale" and p["strength"] == 0.4 and p["strength_bound"] is False
+    code, out, err = run_cli("--home", str(comfy.home), "artifacts", "tree", child["id"])
+    assert code == 0 and parent["id"][:12] in out and child["id"][:12] in out, err
+    posts = len(fake.posts)
+    code, out, err = run_cli("--home", str(comfy.home), "replay", child["id"], "--json")
+    assert code == 0 and len(fake.posts) == posts + 1, err
+    assert json.loads(out)["max_pixel_diff"] == 0, out
+
+
+def test_refine_takes_the_refine_workflow_and_binds_the_strength_to_denoise(tmp_path, fake):
+    import numpy as np
+    from PIL import Image
+
+    settings = comfy_workspace(tmp_path, fake.url, 'workflow = "solid-colour"\n'
+                                                   'checkpoint = "sd_xl_base_1.0.safetensors"\n')
+    parent = _parent(settings)
+    code, rows, err = _refine(settings, parent["id"], "a lamp at night", "--engine", "comfyui", "--strength", "0.5",
+                              "--steps", "4", "--seed", "9")
+    assert code == 0, err
+    graph = fake.posts[-1]["prompt"]
+    assert graph["3"]["class_type"] == "KSampler" and graph["3"]["inputs"]["denoise"] == 0.5
+    assert (graph["3"]["inputs"]["seed"], graph["3"]["inputs"]["steps"]) == (9, 4)
+    assert graph["6"]["inputs"]["text"] == "a lamp at night"
+    assert graph["10"]["inputs"]["image"] == f"echo-os-init-{parent['id'][:16]}.png"
+    assert graph["11"] == {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    meta = _meta(rows[0])
+    assert meta["provenance"]["workflow"] == "sdxl-img2img" and meta["provenance"]["strength_bound"] is True
+    # strength 1 repaints everything: the sampler's own image; at 0.5 the fake (like a sampler starting
+    # from the encoded image) keeps half of the parent: 0.5 x parent + 0.5 x the strength-1 image
+    code, full, err = _refine(settings, parent["id"], "a lamp at night", "--engine", "comfyui", "--strength", "1",
+                              "--steps", "4", "--seed", "9")
+    assert code == 0, err
+
+    def pixels(row):
+        with Image.open(row["image"]) as image:
+            return np.asarray(image.convert("RGB"), dtype=float)
+
+    half, whole, original = pixels(rows[0]), pixels(full[0]), pixels(parent)
+    assert half.shape == original.shape == (48, 64, 3)
+    assert np.abs(half - (0.5 * original + 0.5 * whole)).max() <= 1.0
+    assert np.abs(half - whole).max() > 10 and np.abs(half - original).max() > 10
+
+
+def test_refine_with_a_workflow_that_binds_no_init_image_is_one_line(comfy, fake):
+    parent = _parent(comfy)
+    posts = len(fake.posts)
+    code, out, err = _refine(comfy, parent["id"], "--engine", "comfyui", "-o", "workflow=solid-colour")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "workflow solid-colour binds no init_image, so it cannot refine" in err
+    code, out, err = _refine(comfy, parent["id"], "--engine", "comfyui", "-o", f"init_image={parent['image']}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "-o init_image is for render" in err, err
+    assert len(fake.posts) == posts and not fake.uploads
+
+
+# ---- a websocket that drops mid-prompt ------------------------------------------------------------
+
+def _pixels(image):
+    return list(image.convert("RGB").getdata())
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_a_dropped_websocket_reconnects_and_the_prompt_finishes_once(tmp_path, how):
+    """The socket is cut at the KSampler's first step (an RST, or a FIN without a close frame): the engine
+    reconnects with the same clientId, reads /history, follows the rest, and gets the image a render
+    without the drop gets, having submitted the prompt once."""
+    with fake_comfyui(step_s=0.05) as server:
+        settings = comfy_workspace(tmp_path, server.url, 'checkpoint = "sd_xl_base_1.0.safetensors"\n')
+        request = RenderRequest(prompt="x", width=64, height=64, steps=8, seed=21, engine="comfyui")
+        [reference] = create_engine(settings, "comfyui", "test").render([request])
+        server._cache.clear()  # the next run executes every node again (nothing from ComfyUI's cache)
+        server.posts.clear()
+        server.drop_socket("progress", how)
+        engine = create_engine(settings, "comfyui", "test")
+        events = []
+        [result] = engine.render([request], progress=events.append)
+    assert len(server.posts) == 1
+    image = result.images[0]
+    assert image.provenance["reconnects"] == 1 and image.provenance["cached_nodes"] == []
+    assert _pixels(image.image) == _pixels(reference.images[0].image)
+    assert events[-1].step == events[-1].total_steps == 7 + 8  # the bar still reaches its end
+
+
+@pytest.mark.parametrize("fault", ["ok", "error"])
+def test_a_prompt_that_ends_while_the_socket_is_down_is_read_from_history(tmp_path, fault):
+    """The network stays down (handshakes refused) while ComfyUI finishes: the reconnect backs off until
+    it is up, and the outputs, or the error, come from /history."""
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'workflow = "solid-colour"\n')
+        server.faults.append(fault)
+        server.drop_socket("executing", "reset", away_s=0.6)
+        engine = create_engine(settings, "comfyui", "test")
+        request = RenderRequest(prompt="x", width=32, height=32, seed=0x102030, engine="comfyui")
+        if fault == "error":
+            from echo_os.engines.comfyui import ComfyUIError
+
+            with pytest.raises(ComfyUIError, match="^engine comfyui: the workflow failed: injected fault$"):
+                engine.render([request])
+        else:
+            [result] = engine.render([request])
+            assert result.images[0].image.convert("RGB").getpixel((3, 3)) == (0x10, 0x20, 0x30)
+            assert result.images[0].provenance["reconnects"] == 1
+    assert server.refused_handshakes >= 1 and len(server.posts) == 1
+
+
+def test_history_errors_in_both_formats_are_one_line():
+    from echo_os.engines.comfyui import history_failure
+
+    upstream = {"status": {"status_str": "error", "completed": False, "messages": [
+        ["execution_start", {"prompt_id": "p"}],
+        ["execution_error", {"node_id": "3", "node_type": "KSampler", "exception_type": "RuntimeError",
+                             "exception_message": "out of memory\n"}]]}}
+    assert history_failure(upstream) == "engine comfyui: node 3 (KSampler) failed: RuntimeError: out of memory"
+    fork = {"status": {"status_str": "error", "messages": ["execution_start", "execution_error: boom\n"]}}
+    assert history_failure(fork) == "engine comfyui: the workflow failed: boom"
+    assert history_failure({"status": {"status_str": "success", "messages": []}}) is None
+
+
+def test_a_comfyui_that_restarts_mid_prompt_is_one_line_not_a_hang(tmp_path):
+    """Every socket reset and the prompt gone from the queue and the history (both in memory in ComfyUI):
+    after reconnecting, the engine says the prompt was lost instead of waiting for timeout_s."""
+    import time
+
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'workflow = "solid-colour"\n')
+        server.faults.append("restart")
+        engine = create_engine(settings, "comfyui", "test")
+        started = time.monotonic()
+        from echo_os.engines.comfyui import ComfyUIError
+
+        with pytest.raises(ComfyUIError, match=r"no longer knows prompt \S+ \(restarted while the websocket was down\?\)"):
+            engine.render([RenderRequest(prompt="x", width=32, height=32, seed=1, engine="comfyui")])
+        assert time.monotonic() - started < 10 and len(server.posts) == 1

@@ -6,7 +6,9 @@ EngineContract, say how to make the engine and a small request.
 - progress events count steps 1..N in order, for all the images of the call;
 - a set cancel flag raises CancelledError and nothing is saved;
 - every image records its seed and the runtime (engine, device, timings) in meta.json;
-- an engine's error reaches the user as one line naming the engine and the reason.
+- an engine's error reaches the user as one line naming the engine and the reason;
+- an engine that declares img2img refines an artifact it rendered: the child records its parent, the
+  strength and the parent's sha256 (its request names the parent's bytes by that sha256).
 """
 
 from __future__ import annotations
@@ -97,6 +99,26 @@ class EngineContract:
             assert meta["device"] and meta["request"]["seed"] == meta["seed"] and meta["request_key"]
             assert set(meta["timings"]) >= {"load_s", "denoise_s", "decode_s"}
 
+    def test_img2img_refines_an_artifact_with_lineage(self, settings):
+        from echo_os.artifacts.store import ArtifactStore
+        from echo_os.refine import refine_request
+        from echo_os.scheduler import render_requests
+
+        engine = self.make_engine(settings)
+        if not engine.capabilities.img2img:
+            pytest.skip(f"{self.engine_name} does not refine (no img2img)")
+        store = ArtifactStore(settings)
+        try:
+            [parent] = render_requests(settings, [self.request(seed=5)], store=store, engine=engine).artifacts
+            request = refine_request(settings, parent, strength=0.5, changes={"engine": self.engine_name, "seed": 6})
+            [child] = render_requests(settings, [request], store=store, engine=engine).artifacts
+        finally:
+            store.close()
+        assert child.id != parent.id
+        meta = json.loads((child.path / "meta.json").read_text())
+        assert (meta["parent_id"], meta["parent_sha256"], meta["strength"]) == (parent.id, parent.id, 0.5)
+        assert meta["request"]["init_image"]["sha256"] == parent.id
+
     def test_an_engine_error_is_one_line(self, settings, run_cli):
         code, out, err = run_cli("--home", str(settings.home), "render", "x", "--engine", self.engine_name,
                                  *self.cli_args, "-o", "no_such_option=1", "--no-memory")
@@ -164,7 +186,7 @@ class TestComfyUIContract(EngineContract):
 
     engine_name = "comfyui"
     request_fields = dict(width=64, height=48)
-    workflow_toml = 'workflow = "solid-colour"\n'
+    workflow_toml = 'workflow = "solid-colour"\nrefine_workflow = "upload-scale"\n'
 
     @pytest.fixture
     def settings(self, tmp_path):

@@ -4,6 +4,8 @@ provider answers with, pacing, the response cache, and a story that survives a f
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import socket
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 
 from echo_os.engines import choose_engine, create_engine
+from echo_os.errors import UsageError
 from echo_os.requests import RenderRequest
 from tests.fake_openai import REVOKED_KEY, fake_images_server, hosted_workspace
 from tests.helpers import run_cli
@@ -253,7 +256,8 @@ def test_an_init_image_goes_to_the_edits_endpoint(hosted, server, tmp_path):
     assert code == 0, err
     [sent] = server.requests
     assert sent == {"endpoint": "edits", "model": "gpt-image-1", "prompt": "the same, at dusk", "n": 1,
-                    "size": "1024x1024", "quality": "low"}
+                    "size": "1024x1024", "quality": "low",
+                    "images": [hashlib.sha256(init.read_bytes()).hexdigest()]}
     with Image.open(rows[0]["image"]) as image:
         assert image.getpixel((0, 0)) == (10, 200, 30)  # the fake answers an edit with the given image's colour
     provenance = _meta(rows[0])["provenance"]
@@ -265,3 +269,189 @@ def test_an_init_image_goes_to_the_edits_endpoint(hosted, server, tmp_path):
     assert code == 0 and len(server.requests) == 2, err
     code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024", "-o", "init_image=nope.png")
     assert code == 2 and "init image nope.png is not a file" in err and len(server.requests) == 2
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_the_real_client_sends_several_images_as_image_brackets_and_the_fake_reads_them(server):
+    """openai-python names the items of a list `image[]` (and one image `image`); the fake, like the real
+    server, takes both, counts each request and refuses an edit without an image."""
+    import openai
+
+    client = openai.OpenAI(max_retries=0)
+    one, two = (Image.new("RGB", (8, 8), colour) for colour in ((1, 2, 3), (200, 100, 50)))
+    files = []
+    for image in (one, two):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        files.append(("ref.png", buffer.getvalue()))
+    client.images.edit(image=files, prompt="p", model="gpt-image-1", n=1, size="1024x1024")
+    client.images.edit(image=files[1], prompt="p", model="gpt-image-1", n=1, size="1024x1024")
+    assert [body["images"] for body in server.requests] == [
+        [hashlib.sha256(f[1]).hexdigest() for f in files], [hashlib.sha256(files[1][1]).hexdigest()]]
+    with pytest.raises(openai.BadRequestError, match="Missing required parameter: 'image'"):
+        client.images.with_raw_response.edit(image=[], prompt="p", model="gpt-image-1")
+    with pytest.raises(openai.BadRequestError, match="at most 16"):
+        client.images.edit(image=[files[0]] * 17, prompt="p", model="gpt-image-1")
+    assert len(server.requests) == 4 and server.served == 2
+
+
+def test_refine_through_openai_sends_the_parent_to_the_edits_endpoint(hosted, server):
+    code, rows, err = _render(hosted, "a red kite", "--engine", "openai", "--size", "1024x1024", "-o", "quality=low")
+    assert code == 0, err
+    parent = rows[0]
+    args = ("--home", str(hosted.home), "refine", parent["id"], "the kite at night", "--engine", "openai",
+            "--strength", "0.5", "--seed", "5", "--json", "--no-memory")
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    [child] = json.loads(out)
+    sent = server.requests[-1]
+    # the parent's PNG, as it is on disk, is the one image; the parent's own option (quality) is carried
+    assert sent == {"endpoint": "edits", "model": "gpt-image-1", "prompt": "the kite at night", "n": 1,
+                    "size": "1024x1024", "quality": "low", "images": [parent["id"]]}
+    meta = _meta(child)
+    assert meta["parent_id"] == parent["id"] and meta["strength"] == 0.5 and meta["parent_sha256"] == parent["id"]
+    p = meta["provenance"]
+    assert p["endpoint"] == "images/edits" and p["init_image_sha256"] == parent["id"]
+    assert p["strength"] == 0.5 and p["strength_sent"] is False and p["reference_images"] == []
+    with Image.open(child["image"]) as image, Image.open(parent["image"]) as original:
+        assert image.getpixel((0, 0)) == original.getpixel((0, 0))  # the fake's edit: the given image's colour
+    # lineage
+    code, out, err = run_cli("--home", str(hosted.home), "artifacts", "tree", child["id"])
+    assert code == 0 and parent["id"][:12] in out and child["id"][:12] in out, err
+    # the same refine again is answered from the cache (same parent bytes, same seed); a refine of the
+    # child is another image: keyed by the sent image's sha256
+    asked = len(server.requests)
+    code, out, err = run_cli(*args)
+    assert code == 0 and len(server.requests) == asked, err
+    assert _meta(json.loads(out)[0])["provenance"]["cached"] is True
+    code, out, err = run_cli("--home", str(hosted.home), "refine", child["id"], "the kite at night", "--engine",
+                             "openai", "--seed", "5", "--json")
+    assert code == 0 and len(server.requests) == asked + 1, err
+    assert server.requests[-1]["images"] == [child["id"]]
+    # -o on refine reaches the engine; replay of a hosted refine refuses like any hosted image
+    code, out, err = run_cli(*args[:-2], "-o", "quality=high", "--json")
+    assert code == 0 and server.requests[-1]["quality"] == "high", err
+    code, out, err = run_cli("--home", str(hosted.home), "replay", child["id"])
+    assert code == 2 and "cannot be reproduced" in err
+
+
+def test_a_refine_of_a_parent_that_changed_on_disk_stops_before_sending(hosted, server):
+    code, rows, err = _render(hosted, "a kite", "--engine", "openai", "--size", "1024x1024")
+    assert code == 0, err
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.engines import create_engine
+    from echo_os.refine import refine_request
+
+    store = ArtifactStore(hosted)
+    try:
+        request = refine_request(hosted, store.open(rows[0]["id"]), strength=0.4, changes={"engine": "openai"})
+    finally:
+        store.close()
+    Image.new("RGB", (1024, 1024), (1, 1, 1)).save(rows[0]["image"])
+    asked = len(server.requests)
+    with pytest.raises(UsageError, match="has changed since it was recorded"):
+        create_engine(hosted, "openai", "test").render([request])
+    assert len(server.requests) == asked
+
+
+def _references(tmp_path, counts: dict[str, int]):
+    from echo_os.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference
+
+    references = []
+    for index, (name, count) in enumerate(counts.items()):
+        images = []
+        for i in range(count):
+            path = tmp_path / f"{name}-{i}.png"
+            Image.new("RGB", (16, 16), (index * 40, i * 10, 90)).save(path)
+            images.append(IPAdapterImage(path=str(path), sha256=_sha(path)))
+        references.append(IPAdapterReference(name=name, images=tuple(images)))
+    return IPAdapterInput(model="ip-adapter-sdxl", references=tuple(references))
+
+
+def test_reference_images_are_sent_to_the_edits_endpoint_and_keyed(hosted, server, tmp_path):
+    adapter = _references(tmp_path, {"keeper": 2, "gull": 1})
+    request = RenderRequest(prompt="the keeper and the gull", width=1024, height=1024, engine="openai", seed=3,
+                            ip_adapter=adapter)
+    assert choose_engine(hosted, request)[0] == "openai"
+    engine = create_engine(hosted, "openai", "test")
+    [result] = engine.render([request])
+    shas = [image.sha256 for ref in adapter.references for image in ref.images]
+    assert server.requests[-1]["endpoint"] == "edits" and server.requests[-1]["images"] == shas
+    p = result.images[0].provenance
+    assert p["reference_images"] == [{"name": "keeper", "sha256": shas[0]}, {"name": "keeper", "sha256": shas[1]},
+                                     {"name": "gull", "sha256": shas[2]}]
+    assert p["init_image_sha256"] is None and p["strength"] is None
+    engine.render([request])
+    assert len(server.requests) == 1  # the same request and images: the cache
+    (tmp_path / "other").mkdir()
+    other = _references(tmp_path / "other", {"keeper": 1, "gull": 2})
+    engine.render([request.model_copy(update={"ip_adapter": other})])
+    assert len(server.requests) == 2  # other images: asked again
+    # more than the 16 images an edit takes: refused, naming the limit, before anything is sent
+    (tmp_path / "many").mkdir()
+    too_many = request.model_copy(update={"ip_adapter": _references(tmp_path / "many", {"a": 9, "b": 8})})
+    with pytest.raises(UsageError, match="at most 16 images"):
+        choose_engine(hosted, too_many)
+    assert len(server.requests) == 2
+
+
+STORY_BIBLE = """---
+title: Kites
+defaults:
+  size: 1024x1024
+characters:
+  flyer:
+    name: Ada
+    description: a girl in a yellow coat
+    seed: 11
+    reference: refs/ada.png
+---
+A girl and her kite.
+"""
+
+
+def test_a_story_sends_the_bible_references_through_openai(hosted, server):
+    folder = hosted.home / "kites"
+    (folder / "refs").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (250, 220, 0)).save(folder / "refs" / "ada.png")
+    (folder / "STORY_BIBLE.md").write_text(STORY_BIBLE, encoding="utf-8")
+    (folder / "story.csv").write_text("scene,slug,description,characters\n1,hill,she flies the kite,flyer\n"
+                                      "2,sky,the kite alone in the sky,\n", encoding="utf-8")
+    code, out, err = run_cli("--home", str(hosted.home), "batch", "Kites", str(folder / "story.csv"),
+                             "--engine", "openai", "--json")
+    assert code == 0, err
+    with_ref = [body for body in server.requests if body.get("endpoint") == "edits"]
+    assert len(server.requests) == 2 and len(with_ref) == 1
+    assert with_ref[0]["images"] == [_sha(folder / "refs" / "ada.png")] and "yellow coat" in with_ref[0]["prompt"]
+    rows = json.loads(out)["artifacts"]
+    provenances = [_meta(row)["provenance"] for row in rows]
+    assert sorted(len(p["reference_images"]) for p in provenances) == [0, 1]
+
+
+@pytest.mark.anyio
+async def test_api_refine_through_openai(hosted, server, monkeypatch):
+    from tests.api_helpers import api_client, wait_job
+
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+    code, rows, err = _render(hosted, "a red kite", "--engine", "openai", "--size", "1024x1024")
+    assert code == 0, err
+    parent = rows[0]
+    async with api_client(hosted) as (client, _app):
+        bad = await client.post("/api/refine", json={"artifact_id": parent["id"], "engine": "openai",
+                                                     "options": {"quality": "ultra"}})
+        assert bad.status_code == 422 and "quality" in bad.text, bad.text
+        sent = await client.post("/api/refine", json={"artifact_id": parent["id"], "prompt": "the kite at night",
+                                                      "engine": "openai", "strength": 0.6,
+                                                      "options": {"quality": "high"}})
+        assert sent.status_code == 202, sent.text
+        job = await wait_job(client, sent.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    assert server.requests[-1] == {"endpoint": "edits", "model": "gpt-image-1", "prompt": "the kite at night", "n": 1,
+                                   "size": "1024x1024", "quality": "high", "images": [parent["id"]]}
+    [child] = [p for p in hosted.artifacts_dir.rglob("meta.json") if json.loads(p.read_text())["parent_id"]]
+    meta = json.loads(child.read_text())
+    assert meta["parent_id"] == parent["id"] and meta["provenance"]["strength"] == 0.6
+    assert meta["provenance"]["strength_sent"] is False

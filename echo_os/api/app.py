@@ -703,7 +703,7 @@ def refine_body_request(api: ApiState, body: RefineBody):
         _style_fields(api.settings, body.style, body.negative, "style")  # a 422 on the field before building
     try:
         request = refine_request(api.settings, parent, strength=body.strength, prompt=body.prompt, style=body.style,
-                                 negative=body.negative, changes=changes)
+                                 negative=body.negative, changes=changes, options=body.options)
     except OptionError as error:
         raise field_error(error.option, str(error)) from None
     check_model(api.settings, request.model, request.engine)

@@ -132,6 +132,9 @@ class RefineBody(BaseModel):
     scheduler: Scheduler | None = None
     model: str | None = Field(default=None, min_length=1, max_length=200)
     engine: EngineName = "auto"
+    options: dict[str, OptionValue] = Field(default_factory=dict, max_length=50,
+                                            description="The engine's own options (docs/engines.md), over the "
+                                                        "parent's when the engine is the parent's or auto.")
     count: int = Field(default=1, ge=1, le=MAX_COUNT)
     project: str | None = Field(default=None, min_length=1, max_length=200)
 

@@ -24,6 +24,8 @@ from echo_os.requests import SCHEDULERS
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None, help="Default: the parent's.")
 @click.option("--model", default=None, help="Model (default: the parent's).")
 @click.option("--engine", default="auto", show_default=True, help="An engine that can refine (img2img).")
+@click.option("--option", "-o", "option_specs", multiple=True, metavar="KEY=VALUE",
+              help="An option of the engine (docs/engines.md), over the parent's when the engine is the parent's.")
 @click.option("--count", type=int, default=1, show_default=True, help="Variations (seed, seed+1, ...).")
 @click.option("--project", default=None, help="Project of the new artifacts (default: the parent's).")
 @click.option("--refiner", default=None, help="A refiner model: the base denoises to --switch, the refiner the rest.")
@@ -34,11 +36,11 @@ from echo_os.requests import SCHEDULERS
 def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: float, style: str | None,
            negative_prompt: str | None, seed: int | None, steps: int | None, cfg: float | None,
            scheduler: str | None, model: str | None, engine: str, count: int, project: str | None, as_json: bool,
-           no_memory: bool, refiner: str | None, switch: float) -> None:
+           no_memory: bool, refiner: str | None, switch: float, option_specs: tuple[str, ...]) -> None:
     """Refine ARTIFACT_ID (image-to-image), with PROMPT or the parent's prompt. Each new artifact records its
     parent, the strength and the parent's sha256 (see `echo-os artifacts tree`)."""
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.cli.render import StepBar, engine_announcer, refiner_input
+    from echo_os.cli.render import StepBar, engine_announcer, parse_engine_options, refiner_input
     from echo_os.engines import check_engine_name, choose_engine, create_engine
     from echo_os.refine import check_strength, refine_request
     from echo_os.requests import random_seed
@@ -47,13 +49,14 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     settings = settings_from(ctx)
     check_strength(strength)
     check_engine_name(engine)
+    options = parse_engine_options(option_specs)
     store = ArtifactStore(settings)
     try:
         parent = store.open(artifact_id)
         changes = {"refiner": refiner_input(settings, refiner, switch), "steps": steps, "cfg": cfg, "scheduler": scheduler, "model": model, "engine": engine,
                    "count": count, "project": project, "seed": seed if seed is not None else random_seed()}
         request = refine_request(settings, parent, strength=strength, prompt=prompt, style=style,
-                                 negative=negative_prompt, changes=changes)
+                                 negative=negative_prompt, changes=changes, options=options)
         name, reason = choose_engine(settings, request)
         # images are embedded into Echo Memory by the next memory command (issue 11), not here
         bar = StepBar(request.count)

@@ -6,16 +6,31 @@ Configured in the workspace's echo-os.toml:
     allow = true                          # it opens network connections (to this URL only)
     url = "http://127.0.0.1:8188"
     workflow = "sdxl-txt2img"             # the default template (`-o workflow=NAME` per render)
+    refine_workflow = "sdxl-img2img"      # the template of `echo-os refine` (`-o workflow=NAME` wins)
     checkpoint = "sd_xl_base_1.0.safetensors"   # for templates that bind a checkpoint
 
 `auto` asks it only when it is allowed and configured, and then only if GET /system_stats answers.
 
 Per image: the template's API-format graph with the request's values bound (prompt, negative, seed,
-steps, cfg, width, height, checkpoint, batch size 1, sampler/scheduler, init image) is sent with
+steps, cfg, width, height, checkpoint, batch size 1, sampler/scheduler, init image, strength) is sent with
 POST /prompt {prompt, client_id}; the websocket /ws?clientId= is followed (executing, progress,
 executed, execution_cached, execution_success, execution_error, execution_interrupted; done at
 `executing` with node null for this prompt); GET /history/{prompt_id} lists the output images, fetched
 with GET /view. A cancel sends POST /interrupt. An init image is sent first with POST /upload/image.
+
+Refine (request.init_image, `echo-os refine --engine comfyui`): the parent's PNG, read through
+engines/inputs.py (its recorded sha256 checked), is uploaded under a name made from that sha256 and bound
+to the template's `init_image`; the strength is bound to `strength` (a KSampler's `denoise`). The template
+is `-o workflow=NAME`, else `[engines.comfyui] refine_workflow` (default sdxl-img2img); one that binds no
+init_image is refused. Provenance records the strength and whether the template bound it.
+
+Websocket drops: when the socket closes mid-prompt (a proxy timing out, a restart of the network, a
+reset), the engine reconnects with the same clientId (a few tries with back-off, within timeout_s) and
+asks GET /history/{prompt_id}: a finished prompt's outputs (or its error) are taken from there; an
+unfinished one is followed on the new socket. ComfyUI drops messages for a client that is not connected
+and, on reconnect, sends `status` and the node it is executing (server.py websocket_handler), so the
+history is the record of what was missed. The prompt is never submitted twice. A prompt in neither the
+history nor GET /queue was lost (a restarted ComfyUI keeps both in memory only): one line says so.
 One prompt per image, with that image's seed, so image i of a batch is exactly the image its seed gives
 alone (ComfyUI's own batches draw all their noise from one seed).
 
@@ -63,7 +78,8 @@ if TYPE_CHECKING:
 
 TEMPLATES_DIR = Path("pipelines") / "comfyui"
 BINDABLE = ("prompt", "negative", "seed", "steps", "cfg", "width", "height", "checkpoint", "batch_size",
-            "init_image", "sampler", "scheduler")
+            "init_image", "strength", "sampler", "scheduler")
+RECONNECT_TRIES = 5  # websocket reconnections per prompt, waiting 0.25, 0.5, 1, 2, 4 s (within timeout_s)
 # echo-os scheduler names -> ComfyUI's (sampler_name, scheduler).
 SAMPLERS: dict[str, tuple[str, str]] = {
     "euler": ("euler", "normal"), "euler_a": ("euler_ancestral", "normal"), "dpmpp_2m": ("dpmpp_2m", "normal"),
@@ -84,6 +100,7 @@ class ComfyUISettings(BaseModel):
     allow: bool = False
     url: str | None = None
     workflow: str = "sdxl-txt2img"
+    refine_workflow: str = "sdxl-img2img"  # for a request with an init image (echo-os refine)
     checkpoint: str | None = None
     timeout_s: float = Field(default=600.0, gt=0)  # one image, submit to last message
     connect_timeout_s: float = Field(default=2.0, gt=0)  # the reachability check and each HTTP call's connect
@@ -100,6 +117,7 @@ def engine_settings(settings: "Settings") -> ComfyUISettings:
 
 class ComfyUIOptions(EngineOptions):
     workflow: str | None = None  # a template name (pipelines/comfyui/NAME.json + NAME.toml)
+    # (a refine's own init image, request.init_image, takes the place of `init_image` below)
     checkpoint: str | None = None  # for templates binding `checkpoint`
     init_image: str | None = None  # a file uploaded and bound to the template's `init_image`
 
@@ -186,6 +204,13 @@ def workflow_paths(settings: "Settings") -> dict[str, Path]:
     return found
 
 
+def workflow_name(config: ComfyUISettings, request: "RenderRequest", options: ComfyUIOptions) -> str:
+    """`-o workflow=`, else the refine template for a request with an init image, else the default."""
+    if options.workflow:
+        return options.workflow
+    return config.refine_workflow if request.init_image is not None else config.workflow
+
+
 def get_workflow(settings: "Settings", name: str) -> Workflow:
     paths = workflow_paths(settings)
     if name not in paths:
@@ -233,6 +258,28 @@ class ComfyClient:
             ws_url = "ws" + self.url[len("http"):] + f"/ws?clientId={self.client_id}"
             self.ws = websocket.create_connection(ws_url, timeout=self.timeout_s)
 
+    def reconnect(self, deadline: float, sleep=time.sleep) -> None:
+        """A new socket with the same clientId (ComfyUI then routes this client's messages to it), after
+        the old one dropped: up to RECONNECT_TRIES tries, backing off 0.25 s doubling, before `deadline`;
+        the last error is raised when none succeeds."""
+        import websocket
+
+        if self.ws is not None:
+            try:
+                self.ws.close()
+            except Exception:  # noqa: BLE001 - the socket is already gone
+                pass
+            self.ws = None
+        for attempt in range(RECONNECT_TRIES):
+            try:
+                self.connect()
+                return
+            except (websocket.WebSocketException, OSError):
+                wait = 0.25 * 2 ** attempt
+                if attempt == RECONNECT_TRIES - 1 or time.monotonic() + wait > deadline:
+                    raise
+                sleep(wait)
+
     def submit(self, graph: dict) -> str:
         response = self.http.post("/prompt", json={"prompt": graph, "client_id": self.client_id})
         if response.status_code == 400:
@@ -251,12 +298,27 @@ class ComfyClient:
             return None
         if isinstance(message, bytes):
             return {"type": "<binary>", "data": {}}
+        if message == "" and not self.ws.connected:  # a close frame: websocket-client answers it, returns ""
+            raise websocket.WebSocketConnectionClosedException("ComfyUI closed the websocket")
         return json.loads(message)
 
     def history(self, prompt_id: str) -> dict:
+        """The prompt's history entry ({} while it is queued or running: ComfyUI writes it when done)."""
         response = self.http.get(f"/history/{prompt_id}")
         response.raise_for_status()
         return response.json().get(prompt_id, {})
+
+    def queued(self, prompt_id: str) -> bool:
+        """Whether the prompt is running or pending (GET /queue: items [number, prompt_id, ...])."""
+        response = self.http.get("/queue")
+        response.raise_for_status()
+        body = response.json()
+        for item in (*body.get("queue_running", []), *body.get("queue_pending", [])):
+            found = item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else \
+                item.get("prompt_id") if isinstance(item, dict) else None
+            if found == prompt_id:
+                return True
+        return False
 
     def view(self, image: dict) -> bytes:
         response = self.http.get("/view", params={"filename": image["filename"], "subfolder": image.get("subfolder", ""),
@@ -267,13 +329,36 @@ class ComfyClient:
     def interrupt(self) -> None:
         self.http.post("/interrupt", json={})
 
-    def upload(self, path: Path) -> str:
-        with open(path, "rb") as handle:
-            response = self.http.post("/upload/image", files={"image": (path.name, handle, "image/png")},
-                                      data={"overwrite": "true"})
+    def upload(self, name: str, data: bytes) -> str:
+        response = self.http.post("/upload/image", files={"image": (name, data, "image/png")},
+                                  data={"overwrite": "true"})
         response.raise_for_status()
         body = response.json()
         return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+
+
+def history_failure(entry: dict) -> str | None:
+    """The one-line error of a finished /history entry whose status is an error, else None. Upstream
+    ComfyUI records [event, data] pairs (data as the websocket sent it); the pip-installable fork records
+    "event: exception_message" strings."""
+    status = entry.get("status") or {}
+    if status.get("status_str") != "error":
+        return None
+    for message in status.get("messages", []):
+        if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
+            kind, data = message
+            if kind == "execution_error":
+                return (f"engine comfyui: node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                        f"{data.get('exception_type', 'error')}: {str(data.get('exception_message', '')).strip()}")
+            if kind == "execution_interrupted":
+                return (f"engine comfyui: ComfyUI interrupted the workflow at node {data.get('node_id')} "
+                        f"({data.get('node_type')})")
+        elif isinstance(message, str):
+            if message.startswith("execution_error"):
+                return f"engine comfyui: the workflow failed: {message.partition(':')[2].strip() or 'an error'}"
+            if message.startswith("execution_interrupted"):
+                return "engine comfyui: ComfyUI interrupted the workflow"
+    return "engine comfyui: the workflow failed (ComfyUI's history says error)"
 
 
 @dataclass
@@ -282,6 +367,8 @@ class _Run:
 
     cached: list[str]
     executed: list[str]
+    reconnects: int = 0
+    history: dict | None = None  # the finished prompt's /history entry, when it was read after a drop
 
 
 # ---- the engine ------------------------------------------------------------------------------------
@@ -289,7 +376,7 @@ class _Run:
 class ComfyUIEngine(BaseEngine):
     name = "comfyui"
     # One image per scheduler call (each saved as it arrives; see the module docstring on seeds).
-    capabilities = Capabilities(needs_weights=False, network=True, deterministic=True, max_batch=1)
+    capabilities = Capabilities(needs_weights=False, network=True, img2img=True, deterministic=True, max_batch=1)
     Options = ComfyUIOptions
 
     def __init__(self, settings: "Settings", reason: str = ""):
@@ -317,9 +404,14 @@ class ComfyUIEngine(BaseEngine):
     @classmethod
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
         config = engine_settings(settings)
-        workflow = get_workflow(settings, options.workflow or config.workflow)  # type: ignore[attr-defined]
+        workflow = get_workflow(settings, workflow_name(config, request, options))  # type: ignore[arg-type]
         init = options.init_image  # type: ignore[attr-defined]
-        if init is not None:
+        if request.init_image is not None:
+            if "init_image" not in workflow.bindings:
+                raise OptionError(f"workflow {workflow.name} binds no init_image, so it cannot refine; name one that "
+                                  "does with -o workflow=NAME (e.g. sdxl-img2img) or set refine_workflow under "
+                                  "[engines.comfyui]", "options.workflow")
+        elif init is not None:
             if "init_image" not in workflow.bindings:
                 raise OptionError(f"workflow {workflow.name} binds no init_image", "options.init_image")
             if not Path(init).expanduser().is_file():
@@ -347,6 +439,7 @@ class ComfyUIEngine(BaseEngine):
             self._client = None
 
     def values_for(self, request: "RenderRequest", seed: int, options: ComfyUIOptions, init_name: str | None) -> dict:
+        """The request's values by binding name (a template binds what it has)."""
         sampler, scheduler = SAMPLERS.get(request.scheduler, (request.scheduler, "normal"))
         values: dict[str, Any] = {"prompt": request.full_prompt, "negative": request.negative_prompt or "",
                                   "seed": seed, "steps": request.steps, "cfg": request.cfg, "width": request.width,
@@ -357,6 +450,8 @@ class ComfyUIEngine(BaseEngine):
             values["checkpoint"] = checkpoint
         if init_name:
             values["init_image"] = init_name
+        if request.init_image is not None:
+            values["strength"] = request.init_image.strength
         return values
 
     def render(self, requests: "list[RenderRequest]", *, progress: ProgressCallback | None = None,
@@ -369,7 +464,7 @@ class ComfyUIEngine(BaseEngine):
             if cancel is not None and cancel.is_set():
                 raise CancelledError("render cancelled")
             options = ComfyUIOptions.model_validate(dict(request.options))
-            workflow = get_workflow(self.settings, options.workflow or self.config.workflow)
+            workflow = get_workflow(self.settings, workflow_name(self.config, request, options))
             started = time.perf_counter()
             try:
                 images = self._render_request(request, workflow, options, progress, cancel)
@@ -396,7 +491,7 @@ class ComfyUIEngine(BaseEngine):
 
             print(f"engine comfyui: prompts are sent to {client.url} (workflow {workflow.name})", file=sys.stderr,
                   flush=True)
-        init_name = client.upload(Path(options.init_image).expanduser()) if options.init_image else None
+        init_name = self._upload_init(request, options)
         # One step per node, plus one per sampling step of the node `steps` is bound to (its `progress`
         # messages), so a real SDXL graph's bar moves while the KSampler works, not only between nodes.
         sampler = workflow.bindings["steps"][0].node if "steps" in workflow.bindings else None
@@ -416,7 +511,7 @@ class ComfyUIEngine(BaseEngine):
             prompt_id = client.submit(graph)
             run = self._follow(prompt_id, graph, advance, cancel, sampler, request.steps)
             advance((index + 1) * per_image - done[0])  # nodes ComfyUI did not need to run, cached sampling
-            outputs = client.history(prompt_id).get("outputs", {})
+            outputs = (run.history or client.history(prompt_id)).get("outputs", {})
             found = [image for node in outputs.values() for image in node.get("images", [])
                      if image.get("type", "output") == "output"]
             if len(found) != 1:
@@ -427,17 +522,36 @@ class ComfyUIEngine(BaseEngine):
             images.append(RenderedImage(image=image, seed=seed, provenance={
                 "provider": "comfyui", "url": client.url, "prompt_id": prompt_id, "workflow": workflow.name,
                 "workflow_path": str(workflow.path) if workflow.path else None, "graph": graph,
-                "cached_nodes": run.cached, "reproducible": True}))
+                "cached_nodes": run.cached, "reproducible": True, "reconnects": run.reconnects,
+                **({"strength": request.init_image.strength, "strength_bound": "strength" in workflow.bindings}
+                   if request.init_image is not None else {})}))
         return images
+
+    def _upload_init(self, request: "RenderRequest", options: ComfyUIOptions) -> str | None:
+        """POST /upload/image with the refine's init image (checked against its sha256, named by it, so
+        another refine's upload never overwrites it) or `-o init_image`; None without one."""
+        if request.init_image is not None:
+            from echo_os.engines.inputs import read_init_image
+
+            _, data = read_init_image(self.settings, request.init_image)
+            return self.client.upload(f"echo-os-init-{request.init_image.sha256[:16]}.png", data)
+        if options.init_image:
+            path = Path(options.init_image).expanduser()
+            return self.client.upload(path.name, path.read_bytes())
+        return None
 
     def _follow(self, prompt_id: str, graph: dict, advance, cancel: threading.Event | None,
                 sampler: str | None = None, steps: int = 0) -> _Run:
-        """Read the websocket until `executing` with node null for this prompt."""
+        """Read the websocket until `executing` with node null for this prompt; after a dropped socket,
+        reconnect and read /history (see the module docstring)."""
+        import websocket
+
         run = _Run(cached=[], executed=[])
         sampled = 0
         deadline = time.monotonic() + self.config.timeout_s
         interrupted_by_us = False
         failure: str | None = None
+        quiet_since = time.monotonic()
         while True:
             if cancel is not None and cancel.is_set() and not interrupted_by_us:
                 self.client.interrupt()
@@ -445,9 +559,34 @@ class ComfyUIEngine(BaseEngine):
             if time.monotonic() > deadline:
                 self.client.interrupt()
                 raise ComfyUIError(f"engine comfyui: no answer within {self.config.timeout_s:g} s; interrupted")
-            message = self.client.receive(0.25)
+            try:
+                message = self.client.receive(0.25)
+            except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
+                run.reconnects += 1
+                if run.reconnects > RECONNECT_TRIES:
+                    raise ComfyUIError(f"engine comfyui: the websocket to {self.client.url} dropped "
+                                       f"{run.reconnects} times during one prompt ({type(error).__name__})") from None
+                self.client.reconnect(deadline)
+                message = None
+                quiet_since = 0.0  # ask /history now: what finished while we were away is only there
             if message is None:
+                # After a drop, the history is the record of what was missed: read it at once, then after
+                # every 2 s of silence (a server may route this client's messages to the old socket a while).
+                if run.reconnects and time.monotonic() - quiet_since >= 2.0:
+                    quiet_since = time.monotonic()
+                    entry = self.client.history(prompt_id)
+                    if entry.get("status") is None and not self.client.queued(prompt_id):
+                        entry = self.client.history(prompt_id)  # it may have finished between the two calls
+                        if entry.get("status") is None:
+                            raise ComfyUIError(f"engine comfyui: ComfyUI at {self.client.url} no longer knows prompt "
+                                               f"{prompt_id} (restarted while the websocket was down?); run the same "
+                                               "command again, images already saved are kept")
+                    if entry.get("status") is not None:
+                        run.history = entry
+                        failure = failure or history_failure(entry)
+                        break
                 continue
+            quiet_since = time.monotonic()
             kind, data = message.get("type"), message.get("data") or {}
             if data.get("prompt_id") not in (None, prompt_id):
                 continue  # another prompt's messages (a shared server)
@@ -455,7 +594,8 @@ class ComfyUIEngine(BaseEngine):
                 run.cached = list(data.get("nodes", []))
                 advance(len(run.cached))
             elif kind == "executing" and data.get("node") is not None:
-                if data["node"] in graph:
+                # On reconnect ComfyUI repeats the node it is running (without a prompt_id): counted once.
+                if data["node"] in graph and data["node"] not in run.executed:
                     run.executed.append(data["node"])
                     advance(1)
             elif kind == "progress" and sampler is not None and data.get("node") == sampler:

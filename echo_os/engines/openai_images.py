@@ -16,10 +16,15 @@ works. The first request of a command prints one line saying where prompts are s
   malformed answers, waiting what `retry-after-ms` / `Retry-After` says (plus jitter), else exponential
   back-off with jitter; `insufficient_quota` stops at once. The client's own retries are off (max_retries
   0) because it would retry insufficient_quota too. A pacer spaces requests to `images_per_minute`.
-- Edits: `-o init_image=PATH` sends the image to POST /images/edits (img2img), keyed in the cache by its
-  sha256.
-- A response cache (artifacts/.cache/openai/) keyed by the full request body, the server and the images'
-  seeds (echo-os's, never sent): the same request pays once; `--no-cache` (Settings.response_cache) or `[engines.openai] cache = false` turns it off.
+- Edits (POST /images/edits): a refine's init image (request.init_image, `echo-os refine --engine openai`;
+  or `-o init_image=PATH`) and the characters' reference images (request.ip_adapter, from the story
+  bible) are sent as the edit's images, the init image first, at most MAX_EDIT_IMAGES in all. The
+  endpoint takes no strength: provenance says `strength_sent: false` beside the strength asked. Each
+  image is read through engines/inputs.py (its recorded sha256 checked) and keyed in the cache by it.
+- A response cache (artifacts/.cache/openai/) keyed by the full request body, the sent images' sha256s,
+  the server and the images' seeds (echo-os's, never sent; they tell apart image 1 and 2 of `--count 2`,
+  and a new random seed is a new image): the same request pays once; `--no-cache`
+  (Settings.response_cache) or `[engines.openai] cache = false` turns it off.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import random
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -68,6 +74,9 @@ FIXED_SIZES: tuple[tuple[int, int], ...] = ((1024, 1024), (1536, 1024), (1024, 1
 GPT_IMAGE_2_LIMITS = {"multiple": 16, "max_side": 3840, "max_ratio": 3.0, "min_pixels": 655_360,
                       "max_pixels": 8_294_400}
 MAX_IMAGES_PER_CALL = 10  # the API's limit on n
+# The gpt-image models take up to 16 images on POST /images/edits (openai-python's `images.edit` docs:
+# "You can provide up to 16 images"): the init image and the reference images together.
+MAX_EDIT_IMAGES = 16
 
 
 class ProviderError(EchoError):
@@ -94,7 +103,8 @@ class OpenAIOptions(EngineOptions):
     background: Literal["auto", "transparent", "opaque"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     moderation: Literal["auto", "low"] | None = None  # generations only (the edits endpoint takes none)
-    # An image file to edit: the request goes to POST /images/edits with it (img2img); see the refine issue.
+    # An image file to edit: the request goes to POST /images/edits with it (img2img). A refine's own init
+    # image (request.init_image: the parent artifact) takes its place.
     init_image: str | None = None
 
     @field_validator("model")
@@ -163,6 +173,45 @@ def check_size(model: str, width: int, height: int) -> None:
             f"gpt-image-2 takes sizes whose sides are multiples of 16, at most {limits['max_side']}, at most 3:1, "
             f"with {limits['min_pixels']:,} to {limits['max_pixels']:,} pixels (e.g. 1024x1024, 1536x864); "
             f"not {width}x{height}", "size")
+
+
+@dataclass(frozen=True)
+class EditImage:
+    """One image sent to POST /images/edits: the init image (role "init") or a character's reference
+    image (role "reference", `name` the character)."""
+
+    role: Literal["init", "reference"]
+    name: str
+    filename: str
+    sha256: str
+    data: bytes = field(repr=False)
+
+
+def edit_images(settings: "Settings", request: "RenderRequest", options: OpenAIOptions) -> list[EditImage]:
+    """The images an edit sends, in order: the init image (the refine's, else `-o init_image`), then every
+    reference image of every character; none for a plain text-to-image request. OptionError over
+    MAX_EDIT_IMAGES; UsageError for an image that changed since it was recorded."""
+    from echo_os.engines.inputs import read_init_image, read_reference_image
+
+    images: list[EditImage] = []
+    if request.init_image is not None:
+        path, data = read_init_image(settings, request.init_image)
+        images.append(EditImage("init", request.init_image.artifact_id or path.name, path.name,
+                                request.init_image.sha256, data))
+    elif options.init_image is not None:
+        path = Path(options.init_image).expanduser()
+        data = path.read_bytes()
+        images.append(EditImage("init", path.name, path.name, hashlib.sha256(data).hexdigest(), data))
+    references = [(ref.name, image) for ref in request.ip_adapter.references for image in ref.images] \
+        if request.ip_adapter is not None else []
+    if len(images) + len(references) > MAX_EDIT_IMAGES:
+        raise OptionError(f"engine openai sends at most {MAX_EDIT_IMAGES} images to an edit (the init image and the "
+                          f"reference images together), not {len(images) + len(references)}; give the characters "
+                          "fewer reference images", "ip_adapter")
+    for name, image in references:
+        path, data = read_reference_image(image)
+        images.append(EditImage("reference", name, path.name, image.sha256, data))
+    return images
 
 
 class ImagesPacer:
@@ -289,7 +338,9 @@ class OpenAIEngine(BaseEngine):
     name = "openai"
     # One image per scheduler call, so each image is saved as soon as it arrives and a provider that
     # fails mid-story loses nothing already paid for; render() itself sends up to 10 images as n.
-    capabilities = Capabilities(needs_weights=False, network=True, deterministic=False, max_batch=1)
+    # img2img and reference images go to POST /images/edits (edit_images).
+    capabilities = Capabilities(needs_weights=False, network=True, img2img=True, reference_images=True,
+                                deterministic=False, max_batch=1)
     Options = OpenAIOptions
 
     def __init__(self, settings: "Settings", reason: str = "", client: Any = None):
@@ -319,12 +370,17 @@ class OpenAIEngine(BaseEngine):
         model = model_for(settings, request, options)  # type: ignore[arg-type]
         check_size(model, request.width, request.height)
         init = options.init_image  # type: ignore[attr-defined]
-        if init is not None:
-            if not Path(init).expanduser().is_file():
-                raise OptionError(f"init image {init} is not a file", "options.init_image")
-            if options.moderation is not None:  # type: ignore[attr-defined]
-                raise OptionError("moderation applies to new images only, not to edits of an init image",
-                                  "options.moderation")
+        if init is not None and request.init_image is None and not Path(init).expanduser().is_file():
+            raise OptionError(f"init image {init} is not a file", "options.init_image")
+        references = sum(len(ref.images) for ref in request.ip_adapter.references) if request.ip_adapter else 0
+        edit = init is not None or request.init_image is not None or references
+        if edit and options.moderation is not None:  # type: ignore[attr-defined]
+            raise OptionError("moderation applies to new images only, not to edits (an init image or reference "
+                              "images)", "options.moderation")
+        if (init is not None or request.init_image is not None) + references > MAX_EDIT_IMAGES:
+            raise OptionError(f"engine openai sends at most {MAX_EDIT_IMAGES} images to an edit (the init image and "
+                              f"the reference images together); give the characters fewer reference images",
+                              "ip_adapter")
         if request.loras:
             raise OptionError("engine openai takes no LoRAs", "loras")
 
@@ -344,7 +400,8 @@ class OpenAIEngine(BaseEngine):
         return self._client
 
     def request_body(self, request: "RenderRequest") -> dict:
-        """The JSON body of POST /images/generations for `request` (what the cache is keyed by)."""
+        """The fields sent for `request` (JSON to /images/generations, or the form of /images/edits beside
+        its images); with the images' sha256s, what the cache is keyed by."""
         options = OpenAIOptions.model_validate(dict(request.options))
         if request.count > MAX_IMAGES_PER_CALL:
             raise OptionError(f"engine openai renders at most {MAX_IMAGES_PER_CALL} images per request", "count")
@@ -354,11 +411,6 @@ class OpenAIEngine(BaseEngine):
             value = getattr(options, key)
             if value is not None:
                 body[key] = value
-        if options.init_image is not None:
-            # The edit's image is part of what is asked: keyed by its content, sent as a file (_call_once).
-            data = Path(options.init_image).expanduser().read_bytes()
-            body["image"] = {"path": str(Path(options.init_image).expanduser()),
-                             "sha256": hashlib.sha256(data).hexdigest()}
         return body
 
     def render(self, requests: "list[RenderRequest]", *, progress: ProgressCallback | None = None,
@@ -369,8 +421,9 @@ class OpenAIEngine(BaseEngine):
                 raise CancelledError("render cancelled")
             started = time.perf_counter()
             body = self.request_body(request)
-            entry, cached = self._response(body, request.seeds, cancel)
-            images = self._images(request, body, entry, cached)
+            sent = edit_images(self.settings, request, OpenAIOptions.model_validate(dict(request.options)))
+            entry, cached = self._response(body, sent, request.seeds, cancel)
+            images = self._images(request, body, sent, entry, cached)
             if progress is not None:
                 progress(ProgressEvent(step=1, total_steps=1, images=request.count))
             runtime = RuntimeInfo(engine=self.name, reason=self.reason, device="remote", dtype="none",
@@ -381,21 +434,24 @@ class OpenAIEngine(BaseEngine):
 
     # ---- one request -------------------------------------------------------------------------------
 
-    def _response(self, body: dict, seeds: list[int], cancel: threading.Event | None) -> tuple[dict, bool]:
+    def _response(self, body: dict, sent: list[EditImage], seeds: list[int],
+                  cancel: threading.Event | None) -> tuple[dict, bool]:
         """(cache entry, came from the cache): {"response": the API's JSON, "request_id": ...}."""
         use_cache = self.config.cache and self.settings.response_cache
         base_url = str(self.client.base_url)
-        key = ResponseCache.key(base_url, body, seeds)
+        # The edit's images are part of what is asked: keyed by their content (and order), not their paths.
+        keyed = {**body, "images": [[image.role, image.sha256] for image in sent]} if sent else body
+        key = ResponseCache.key(base_url, keyed, seeds)
         if use_cache:
             entry = self.cache.get(key)
             if entry is not None:
                 return entry, True
-        entry = self._call_with_retries(body, cancel)
+        entry = self._call_with_retries(body, sent, cancel)
         if use_cache:
             self.cache.put(key, entry)
         return entry, False
 
-    def _call_with_retries(self, body: dict, cancel: threading.Event | None) -> dict:
+    def _call_with_retries(self, body: dict, sent: list[EditImage], cancel: threading.Event | None) -> dict:
         import openai
         import tenacity
 
@@ -417,7 +473,7 @@ class OpenAIEngine(BaseEngine):
         retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.config.max_attempts), wait=wait,
                                      retry=tenacity.retry_if_exception(is_retryable), sleep=sleep, reraise=True)
         try:
-            return retrying(self._call_once, body, cancel)
+            return retrying(self._call_once, body, sent, cancel)
         except openai.APIStatusError as error:
             if error_code(error) == "insufficient_quota":
                 raise ProviderError("engine openai: the account has no quota left (insufficient_quota); add credit "
@@ -434,7 +490,7 @@ class OpenAIEngine(BaseEngine):
                              f"with {describe(error)}; images already saved are kept, run the same command again "
                              "later to render the rest")
 
-    def _call_once(self, body: dict, cancel: threading.Event | None) -> dict:
+    def _call_once(self, body: dict, sent: list[EditImage], cancel: threading.Event | None) -> dict:
         wait = self.pacer.reserve(body["n"])
         if wait > 0:
             if cancel is not None and cancel.wait(wait):
@@ -445,11 +501,9 @@ class OpenAIEngine(BaseEngine):
             self._announced = True
             print(f"engine openai: prompts are sent to {self.client.base_url} (model {body['model']})",
                   file=sys.stderr, flush=True)
-        if "image" in body:  # img2img: POST /images/edits with the init image as a file
-            sent = {key: value for key, value in body.items() if key != "image"}
-            path = Path(body["image"]["path"])
-            with open(path, "rb") as handle:
-                raw = self.client.images.with_raw_response.edit(image=(path.name, handle.read()), **sent)
+        if sent:  # POST /images/edits: one image as `image`, several as `image[]` (how the client sends a list)
+            files = [(image.filename, image.data) for image in sent]
+            raw = self.client.images.with_raw_response.edit(image=files[0] if len(files) == 1 else files, **body)
         else:
             raw = self.client.images.with_raw_response.generate(**body)
         try:
@@ -462,7 +516,8 @@ class OpenAIEngine(BaseEngine):
             raise _MalformedResponse(f"a malformed answer ({error})".splitlines()[0]) from None
         return {"response": response, "request_id": raw.headers.get("x-request-id")}
 
-    def _images(self, request: "RenderRequest", body: dict, entry: dict, cached: bool) -> list[RenderedImage]:
+    def _images(self, request: "RenderRequest", body: dict, sent: list[EditImage], entry: dict,
+                cached: bool) -> list[RenderedImage]:
         from PIL import Image
 
         response = entry["response"]
@@ -479,8 +534,13 @@ class OpenAIEngine(BaseEngine):
                 "response_id": entry.get("request_id"), "created": response.get("created"),
                 "revised_prompt": item.get("revised_prompt"), "usage": usage,
                 "options": {k: body[k] for k in ("quality", "background", "output_format", "moderation") if k in body},
-                "endpoint": "images/edits" if "image" in body else "images/generations",
-                "init_image_sha256": body["image"]["sha256"] if "image" in body else None,
+                "endpoint": "images/edits" if sent else "images/generations",
+                "init_image_sha256": next((image.sha256 for image in sent if image.role == "init"), None),
+                "reference_images": [{"name": image.name, "sha256": image.sha256}
+                                     for image in sent if image.role == "reference"],
+                # The edits endpoint takes no strength: what was asked is recorded, and that it was not sent.
+                "strength": request.init_image.strength if request.init_image is not None else None,
+                "strength_sent": False,
                 "seed_sent": False, "reproducible": False, "cached": cached,
                 "negative_prompt_sent": False,
             }

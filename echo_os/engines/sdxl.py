@@ -31,6 +31,7 @@ from echo_os.engines.base import (
     Timings,
 )
 from echo_os.engines.hookspecs import hookimpl
+from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
 from echo_os.errors import CancelledError, UsageError
@@ -118,27 +119,6 @@ def img2img_pipeline(loaded: LoadedPipeline):
         loaded.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(loaded.pipe)
         loaded.img2img.set_progress_bar_config(disable=True)
     return loaded.img2img
-
-
-def load_init_image(settings: "Settings", init) -> Any:
-    """The init image's pixels, after checking its bytes still have the recorded sha256."""
-    import hashlib
-    import io
-
-    from PIL import Image
-
-    path = Path(init.path)
-    if not path.is_absolute():  # recorded relative to the workspace's artifacts folder (echo_os.refine)
-        path = settings.artifacts_dir / path
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UsageError(f"the image to refine, {path}, cannot be read ({error.strerror or error}).") from None
-    if hashlib.sha256(data).hexdigest() != init.sha256:
-        raise UsageError(f"the image to refine, {path}, has changed since it was recorded (sha256 differs); "
-                         "refine the artifact again instead of replaying.")
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
 
 
 # One refiner pipeline per (weights, device, dtype) for the life of the process, like _PIPELINES.

@@ -185,7 +185,7 @@ def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | No
         requests = [r.model_copy(update={"ip_adapter": None}) for r in requests]
     if capabilities.loras:
         requests = attach_loras(settings, plan, requests)
-    if capabilities.reference_images:
+    if capabilities.reference_images and capabilities.needs_weights:  # a hosted engine sends the images as they are
         check_adapters(settings, requests)
     return requests
 
