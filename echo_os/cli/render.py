@@ -42,11 +42,13 @@ DEFAULT_SIZE = "1024x1024"
 
 def engine_default_size(settings, request, engine_name: str):
     """(request, note): `request` at the chosen engine's own default size when it has one (the cpu
-    engine: settings.cpu_size, ECHO_OS_CPU_SIZE, default 512x512) and the user gave no --size."""
+    engine: settings.cpu_size, ECHO_OS_CPU_SIZE, default 512x512), the user gave no --size and the
+    request is larger (a model entry's 1024x1024 too); a smaller one keeps its size. `batch` applies the
+    same rule to a story (story.render.engine_size_for_plan)."""
     from echo_os.engines import get_engine
 
     size = get_engine(engine_name).default_size(settings)
-    if size is None:
+    if size is None or request.width * request.height <= size[0] * size[1]:
         return request, None
     width, height = size
     note = f"{width}x{height} by default with engine {engine_name}; --size {DEFAULT_SIZE} for full size"
@@ -247,7 +249,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     # The engine is chosen once, here: the default size depends on it (and choosing checks the weights).
     name, reason = choose_engine(settings, request)
     note = None
-    if "size" not in given and (entry is None or entry.size is None):
+    if "size" not in given:  # a preset's size counts as given; a model entry's is a default
         request, note = engine_default_size(settings, request, name)
     engine = create_engine(settings, name, reason)
     if request.tile and not engine.capabilities.tiling:
