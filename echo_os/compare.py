@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import ValidationError
 
-from echo_os.errors import OptionError
+from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
 from echo_os.requests import RenderRequest, describe_validation_error
 
 if TYPE_CHECKING:
@@ -154,7 +154,10 @@ def plan_compare(settings: "Settings", base: dict[str, Any], lists: dict[str, tu
                                    base.get("negative_prompt"), option="styles" if style_value is not None else "style"))
         model = fields.get("model", RenderRequest.model_fields["model"].default)
         if model not in entries:
-            entries[model] = (model_render_defaults(settings, model), model_lora_inputs(settings, model))
+            try:
+                entries[model] = (model_render_defaults(settings, model), model_lora_inputs(settings, model))
+            except (UsageError, ModelError, NotFoundError) as error:  # the entry's LoRA is missing or refused
+                raise OptionError(str(error), "models") from None
         entry, loras = entries[model]
         fields = fill_model_defaults(fields, entry, given)
         if loras and "loras" not in fields:

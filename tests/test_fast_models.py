@@ -325,3 +325,27 @@ def test_batch_of_a_saved_plan_on_the_cpu_uses_the_cpu_size(tiny_workspace, monk
     assert code == 0, err
     assert "64x48 by default with engine cpu" in err
     assert {(s["request"]["width"], s["request"]["height"]) for s in json.loads(out)["scenes"]} == {(64, 48)}
+
+
+@pytest.mark.anyio
+async def test_an_entry_lora_that_is_missing_is_a_422_on_model_and_one_line(fast_workspace):
+    from tests.api_helpers import api_client
+
+    with open(fast_workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-lost]\npath = "{load_source(fast_workspace)}"\nlora = "gone-lora"\nsteps = 2\n')
+    async with api_client(fast_workspace, start_worker=False) as (client, _):
+        for route, body in (("/api/render", {"prompt": "x", "model": "tiny-lost", "engine": "cpu"}),
+                            ("/api/compare", {"prompt": "x", "models": ["tiny-lost"], "engines": ["cpu"]})):
+            response = await client.post(route, json=body)
+            assert response.status_code == 422, response.text
+            detail = response.json()["detail"][0]
+            assert detail["loc"][-1] in ("model", "models") and "gone-lora" in detail["msg"]
+    code, out, err = run_cli("--home", str(fast_workspace.home), "compare", "x", "--models", "tiny-lost",
+                             "--engines", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "gone-lora" in err and not out
+
+
+def load_source(settings) -> str:
+    from echo_os.models import load_registry
+
+    return load_registry(settings).get("tiny").source

@@ -22,7 +22,7 @@ from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Admission, IdempotencyKey, Jo
 from echo_os.api.processes import DEFAULT_LEASE_S, WorkerPool
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
 from echo_os.api.worker import Worker
-from echo_os.errors import NotFoundError, OptionError, UsageError
+from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
 from echo_os.requests import RenderRequest, parse_size
 from echo_os.settings import Settings
 
@@ -317,7 +317,7 @@ def _with_model_defaults(settings: Settings, fields: dict[str, Any], size: str, 
     try:
         entry = model_render_defaults(settings, model)
         loras = model_lora_inputs(settings, model)
-    except UsageError as error:  # the workspace's models.toml or the entry's LoRA: named on the model field
+    except (UsageError, ModelError, NotFoundError) as error:  # models.toml or the entry's LoRA: on the model field
         raise field_error(names.get("model", "model"), str(error), model) from None
     fields = fill_model_defaults(fields, entry, given)
     if "width" in fields:
