@@ -177,7 +177,7 @@ def engine_announcer(note: str | None = None):
               help="auto (the workspace's engine order) or a registered engine, plugins included.")
 @click.option("--option", "-o", "option_specs", multiple=True, metavar="KEY=VALUE",
               help="An option of the chosen engine (see docs/engines.md). Repeat for several.")
-@click.option("--preset", default=None, help="A render preset from pipelines/presets (draft, fast, quality, ...): "
+@click.option("--preset", default=None, help="A render preset from pipelines/presets (draft, fast, quick, quality): "
                                               "its values for every option not given.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)

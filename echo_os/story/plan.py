@@ -7,10 +7,10 @@ Settings for each scene, first one set wins:
     steps, cfg, size, scheduler:  CLI option > the row's cell > the bible's defaults > the preset
                                   > the model entry's defaults (models.toml) > RenderRequest's default
     model:                        CLI --model > the preset's model > the bible's model > RenderRequest's default
-(the row has no scheduler cell; the model entry's defaults are applied by echo_os.models.defaults, the
-rule every edge shares). The preset's model comes before the bible's because choosing a model is what a
-preset such as `fast` is for; its steps, cfg and size come after the files', which were written per story.
     count:                        the row's count > 1
+The row has no scheduler cell; the model entry's defaults are applied by echo_os.models.defaults, the rule
+every edge shares. The preset's model comes before the bible's because choosing a model is what a preset
+such as `fast` is for; its steps, cfg and size come after the files', which were written for the story.
 
 Seed policy (recorded per scene as `seed.provenance`, and per image as seed + i for image i):
     1. the row's own seed (story.csv `seed` column, or `--seed` on a prompt-list line): used as is;
@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import OptionError
 from echo_os.models.registry import RenderDefaults
-from echo_os.requests import MAX_SEED, MAX_STEPS, RenderRequest, Scheduler, StoryFields, describe_validation_error, parse_size
+from echo_os.requests import (MAX_SEED, MAX_STEPS, RenderRequest, Scheduler, StoryFields, describe_validation_error,
+                              parse_size)
 from echo_os.story.bible import Bible, LoraRef, load_bible_and_raw
 from echo_os.story.compose import ComposedPrompt, compose_scene_prompt
 from echo_os.story.problems import ProblemList
