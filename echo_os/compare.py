@@ -19,11 +19,12 @@ import io
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import ValidationError
 
-from echo_os.errors import OptionError
+from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
 from echo_os.requests import RenderRequest, describe_validation_error
 
 if TYPE_CHECKING:
@@ -108,14 +109,22 @@ def parse_list(text: str | None, option: str, convert: Callable[[str], Any] = st
 
 
 def plan_compare(settings: "Settings", base: dict[str, Any], lists: dict[str, tuple[Any, ...]], *,
-                 max_cells: int = MAX_CELLS_DEFAULT) -> ComparePlan:
+                 max_cells: int = MAX_CELLS_DEFAULT, given: Collection[str] = ()) -> ComparePlan:
     """The cells for `base` request fields and the option lists (option -> values; one value: fixed).
+
+    Each cell's model entry gives its render defaults (steps, cfg, scheduler, size; echo_os.models.defaults)
+    and its LoRA for what neither a list nor `given` (the names in `base` the user gave, "size" for its
+    width and height) sets: a few-step model in a --models list renders with its own steps.
 
     Raises OptionError naming the option: more than three axes, more cells than max_cells, a value the
     request refuses, an unknown style.
     """
+    from echo_os.engines.lora import model_lora_inputs
+    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
     from echo_os.styles import style_fields
 
+    given = set(given) | {AXES[option][0] for option in lists}
+    entries: dict[str, Any] = {}  # model -> (render defaults, LoRA inputs), looked up once per model
     axes = [Axis(option, values) for option, values in lists.items() if len(values) > 1]
     fixed = {option: values[0] for option, values in lists.items() if len(values) == 1}
     if len(axes) > MAX_AXES:
@@ -143,6 +152,16 @@ def plan_compare(settings: "Settings", base: dict[str, Any], lists: dict[str, tu
                 fields[AXES[option][0]] = value
         fields.update(style_fields(settings, style_value if style_value is not None else base.get("style"),
                                    base.get("negative_prompt"), option="styles" if style_value is not None else "style"))
+        model = fields.get("model", RenderRequest.model_fields["model"].default)
+        if model not in entries:
+            try:
+                entries[model] = (model_render_defaults(settings, model), model_lora_inputs(settings, model))
+            except (UsageError, ModelError, NotFoundError) as error:  # the entry's LoRA is missing or refused
+                raise OptionError(str(error), "models") from None
+        entry, loras = entries[model]
+        fields = fill_model_defaults(fields, entry, given)
+        if loras and "loras" not in fields:
+            fields["loras"] = loras
         try:
             request = RenderRequest(**fields)
         except ValidationError as error:

@@ -35,6 +35,23 @@ def check_strength(strength: float, option: str = "strength") -> float:
     return strength
 
 
+def _model_change(settings: "Settings", base: RenderRequest, given: dict[str, Any]) -> dict[str, Any]:
+    """Refining with another model: the new entry's render defaults (steps, cfg, scheduler; the size stays
+    the image's) replace the parent's values the user did not give, and the entry's LoRA replaces the old
+    entry's (a few-step model's distillation LoRA goes with its model)."""
+    from echo_os.engines.lora import model_lora_inputs
+    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
+
+    fields = fill_model_defaults({}, model_render_defaults(settings, given["model"]), given, size=False)
+    old = model_render_defaults(settings, base.model)
+    old_lora = old.lora if old is not None else None
+    kept = tuple(lora for lora in base.loras if lora.name != old_lora)
+    if "loras" not in given:
+        fields["loras"] = kept + tuple(lora for lora in model_lora_inputs(settings, given["model"])
+                                       if lora.sha256 not in {k.sha256 for k in kept})
+    return fields
+
+
 def refine_request(settings: "Settings", parent: "Artifact", *, strength: float = DEFAULT_STRENGTH,
                    prompt: str | None = None, style: str | None = None, negative: str | None = None,
                    changes: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> RenderRequest:
@@ -50,7 +67,10 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
     fields.update({"count": 1, "parent_id": parent.id, "ip_adapter": base.ip_adapter, "loras": base.loras,
                    "story": base.story, "engine": "auto", "refiner": None})
     fields.pop("seed")
-    fields.update({k: v for k, v in (changes or {}).items() if v is not None})
+    given = {k: v for k, v in (changes or {}).items() if v is not None}
+    fields.update(given)
+    if given.get("model", base.model) != base.model:
+        fields.update(_model_change(settings, base, given))
     if options and "init_image" in options:
         raise OptionError("refine starts from the artifact's own image; -o init_image is for render",
                           "options.init_image")

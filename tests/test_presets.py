@@ -14,14 +14,16 @@ def _meta(out: str) -> dict:
 
 def test_the_built_in_presets_are_registered(workspace):
     table = presets(workspace)
-    assert {"draft", "fast", "quality"} <= set(table)
+    assert {"draft", "quick", "fast", "turbo", "quality"} <= set(table)
     assert table["draft"].engine == "draft" and table["quality"].steps == 40
-    assert table["fast"].fields()["width"] == 768
+    assert table["quick"].fields()["width"] == 768
+    # `fast` is the few-step model (what someone on a CPU means by fast); `turbo` is its old name.
+    assert table["fast"].fields() == table["turbo"].fields() == {"model": "sdxl-turbo"}
 
 
 def test_render_with_a_preset_fills_only_what_was_not_given(workspace, run_cli):
     home = str(workspace.home)
-    code, out, err = run_cli("--home", home, "render", "x", "--preset", "fast", "--engine", "draft", "--steps", "3",
+    code, out, err = run_cli("--home", home, "render", "x", "--preset", "quick", "--engine", "draft", "--steps", "3",
                              "--no-memory", "--json")
     assert code == 0, err
     meta = _meta(out)
@@ -50,7 +52,7 @@ def test_a_workspace_preset_wins_and_bad_ones_are_one_line(workspace, run_cli):
 def test_batch_takes_a_preset(workspace, run_cli, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red kite\na blue kite\n", encoding="utf-8")
-    code, out, err = run_cli("--home", str(workspace.home), "batch", "kites", f"@{prompts}", "--preset", "fast",
+    code, out, err = run_cli("--home", str(workspace.home), "batch", "kites", f"@{prompts}", "--preset", "quick",
                              "--engine", "draft", "--size", "64x64", "--dry-run", "--json")
     assert code == 0, err
     plan = json.loads(out)

@@ -425,7 +425,8 @@ def _add_routes(app: FastAPI) -> None:
         fields.update(_style_fields(api.settings, fields.pop("style", ""), fields["negative_prompt"], "style"))
         # On the loop, not in a thread: it takes ~0.3 ms, and each thread hop costs a GIL hand-over while
         # the worker renders.
-        request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES)
+        request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES,
+                                       given=body.model_fields_set & {"steps", "cfg", "scheduler", "size"})
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
                   created=now_iso())
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
@@ -735,7 +736,8 @@ def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
     base = {"prompt": body.prompt, "negative_prompt": body.negative or None, "width": width, "height": height,
             "project": body.project}
     try:
-        plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=body.max_cells)
+        plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=body.max_cells,
+                            given=body.model_fields_set & {"size"})
     except OptionError as error:
         where = {"max-cells": "max_cells", "negative_prompt": "negative", "width": "size", "height": "size"}
         raise field_error(where.get(error.option, error.option), str(error)) from None
@@ -784,24 +786,41 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     folder.mkdir(parents=True, exist_ok=True)
     from echo_os.styles import style_table
 
+    from echo_os.models.defaults import all_render_defaults
+
+    # The body's fields are the command line's options: they beat the rows and the bible, which beat the
+    # model entry's render defaults (echo_os.story.plan).
     options = PlanOptions(model=body.model, engine=body.engine, steps=body.steps, cfg=body.cfg, size=body.size,
-                          scheduler=body.scheduler, seed=body.seed, styles=style_table(settings))
+                          scheduler=body.scheduler, seed=body.seed, styles=style_table(settings),
+                          model_defaults=all_render_defaults(settings))
+    notes: list[str] = []
     try:
+        bible = None
         if body.prompts is not None:
             source = folder / "prompts.txt"
             source.write_text("\n".join(body.prompts) + "\n", encoding="utf-8")
-            plan = plan_prompt_list(body.project, source, options=options)
         else:
             source = folder / "story.csv"
             source.write_text(body.storyboard, encoding="utf-8")
-            bible = None
             if body.bible is not None:
                 bible = folder / "STORY_BIBLE.md"
                 bible.write_text(body.bible, encoding="utf-8")
-            plan = plan_story(body.project, source, bible=bible, options=options, workspace=settings.home)
+
+        def make_plan(options: PlanOptions):
+            if body.prompts is not None:
+                return plan_prompt_list(body.project, source, options=options)
+            return plan_story(body.project, source, bible=bible, options=options, workspace=settings.home)
+
+        plan = make_plan(options)
         _check_plan_paths(settings, plan)
         for model, engine in dict.fromkeys((scene.request.model, scene.request.engine) for scene in plan.scenes):
             check_model(settings, model, engine, "model" if body.model else "bible")
+        if body.size is None and body.steps is None and plan.scenes:  # the CPU size rule, as `echo-os batch`
+            smaller = _engine_size(settings, plan)
+            if smaller is not None:
+                options = options.model_copy(update={"size": smaller.size})
+                plan = make_plan(options)
+                notes.append(smaller.note.replace("--size or --steps", "size or steps"))
         requests = _story_requests(settings, plan, body)
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
@@ -823,7 +842,20 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     story = StorySource(project=body.project, kind="prompts" if body.prompts is not None else "storyboard",
                         source=str(source), bible=str(bible) if body.prompts is None and bible else None,
                         options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
-    return JobSpec(items=tuple(requests), title=plan.title, warnings=plan.warnings, story=story)
+    return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story)
+
+
+def _engine_size(settings: Settings, plan):
+    """story.render.engine_size_for_plan for the engine the plan's first scene gets (a 422 on `engine`
+    when none can render it)."""
+    from echo_os.engines import choose_engine
+    from echo_os.story.render import engine_size_for_plan
+
+    try:
+        name, _ = choose_engine(settings, plan.scenes[0].request)
+    except UsageError as error:
+        raise field_error("engine", str(error)) from None
+    return engine_size_for_plan(settings, plan, name)
 
 
 # ---- animatics ----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Admission, IdempotencyKey, Jo
 from echo_os.api.processes import DEFAULT_LEASE_S, WorkerPool
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
 from echo_os.api.worker import Worker
-from echo_os.errors import NotFoundError, OptionError, UsageError
+from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
 from echo_os.requests import RenderRequest, parse_size
 from echo_os.settings import Settings
 
@@ -216,9 +216,15 @@ def check_model(settings: Settings, model: str, engine: str, where: str | tuple 
 
 
 def build_render_request(settings: Settings, fields: dict[str, Any], *, size: str,
-                         names: dict[str, str]) -> RenderRequest:
-    """RenderRequest from a body's fields and its "WxH" size, or a 422 naming the body's field."""
+                         names: dict[str, str], given: set[str] | None = None) -> RenderRequest:
+    """RenderRequest from a body's fields and its "WxH" size, or a 422 naming the body's field.
+
+    given: the RenderRequest fields the client sent ("size" for the size; from the body's
+    `model_fields_set`); every other steps, cfg, scheduler and size takes the model entry's render
+    default (echo_os.models.defaults), and the entry's LoRA is applied."""
     size_name = names.get("width", "size")
+    if given is not None:
+        fields, size = _with_model_defaults(settings, fields, size, given, names)
     try:
         width, height = parse_size(size)
     except UsageError as error:
@@ -313,3 +319,22 @@ def convert_image(png: bytes, format: str, quality: int | None = None) -> bytes:
         out = io.BytesIO()
         image.save(out, format=format.upper(), quality=quality if quality is not None else 90)
         return out.getvalue()
+
+
+def _with_model_defaults(settings: Settings, fields: dict[str, Any], size: str, given: set[str],
+                         names: dict[str, str]) -> tuple[dict[str, Any], str]:
+    from echo_os.engines.lora import model_lora_inputs
+    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
+
+    model = fields.get("model", RenderRequest.model_fields["model"].default)
+    try:
+        entry = model_render_defaults(settings, model)
+        loras = model_lora_inputs(settings, model)
+    except (UsageError, ModelError, NotFoundError) as error:  # models.toml or the entry's LoRA: on the model field
+        raise field_error(names.get("model", "model"), str(error), model) from None
+    fields = fill_model_defaults(fields, entry, given)
+    if "width" in fields:
+        size = f"{fields.pop('width')}x{fields.pop('height')}"
+    if loras and "loras" not in fields:
+        fields["loras"] = loras
+    return fields, size

@@ -35,7 +35,7 @@ from echo_os.api.schemas import EngineName, error_responses
 from echo_os.api.idempotency import IdempotencyHeader, client_key, conflict_message, derived_key, known
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobSpec, new_job_id, now_iso
 from echo_os.errors import DISK_FULL_MESSAGE
-from echo_os.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest
+from echo_os.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest, Scheduler
 
 router = APIRouter(tags=["openai"])
 
@@ -70,7 +70,7 @@ class ImageGenerationBody(BaseModel):
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     cfg: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
-    scheduler: Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "heun", "unipc"] | None = None
+    scheduler: Scheduler | None = None
     project: str = Field(default="default", min_length=1, max_length=200)
     engine: EngineName = "auto"
 
@@ -125,8 +125,13 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
         for name in ("seed", "steps", "cfg", "scheduler"):
             if getattr(body, name) is not None:
                 fields[name] = getattr(body, name)
+        # What the client left out (or sent as null, or size "auto") takes the model entry's render defaults.
+        given = {name for name in ("steps", "cfg", "scheduler") if getattr(body, name) is not None}
+        if size != "auto":
+            given.add("size")
         render_request = await run_in_threadpool(build_render_request, api.settings, fields,
-                                                 size=AUTO_SIZE if size == "auto" else size, names=OPENAI_NAMES)
+                                                 size=AUTO_SIZE if size == "auto" else size, names=OPENAI_NAMES,
+                                                 given=given)
 
     job_id, ended, disconnected = await _wait_for_job(api, request, key, render_request, earlier)
     if disconnected:

@@ -186,8 +186,9 @@ def first_scenes(plan, count: int):
 @click.option("--engine", default="auto", show_default=True,
               help="Engine for every scene: auto (the workspace's engine order) or a registered engine.")
 @click.option("--preset", default=None,
-              help="A render preset (pipelines/presets): its engine, steps, cfg, size and scheduler for every "
-                   "scene, where no option here gives them.")
+              help="A render preset (pipelines/presets; `fast` for a few-step model on a CPU): its engine and "
+                   "model, and its steps, cfg, size and scheduler where neither an option here nor the story's "
+                   "rows or bible give them.")
 @click.option("--model", default=None, help="Model for every scene (default: the bible's model, else sdxl).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per pipeline call (default: from free GPU memory on CUDA; 1 for CPU diffusion above "
@@ -253,8 +254,9 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
       echo-os batch "Ruzgar NFT" --count 100 --style "digital art"
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --ray auto   # on a Ray cluster
     """
-    from echo_os.engines import check_engine_name, choose_engine, create_engine, get_engine
+    from echo_os.engines import check_engine_name, choose_engine, create_engine
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
+    from echo_os.story.render import engine_size_for_plan
 
     settings = settings_from(ctx)
     if no_cache:
@@ -263,6 +265,12 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         from echo_os.ray_cluster import import_ray
 
         import_ray()  # not installed: one line, before anything is planned or written
+    from echo_os.models.defaults import all_render_defaults
+    from echo_os.story.plan import PresetValues
+
+    # The preset is a layer of its own: below the options here and the story's rows and bible, above the
+    # model entry's defaults (see echo_os.story.plan); its engine applies when --engine is not given.
+    preset_values = PresetValues()
     if preset is not None:
         from click.core import ParameterSource
 
@@ -271,11 +279,8 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         chosen = get_preset(settings, preset)
         if ctx.get_parameter_source("engine") in (None, ParameterSource.DEFAULT) and chosen.engine:
             engine = chosen.engine
-        model = model if model is not None else chosen.model
-        steps = steps if steps is not None else chosen.steps
-        cfg = cfg if cfg is not None else chosen.cfg
-        size = size if size is not None else chosen.size
-        scheduler = scheduler if scheduler is not None else chosen.scheduler
+        preset_values = PresetValues(model=chosen.model, steps=chosen.steps, cfg=chosen.cfg, size=chosen.size,
+                                     scheduler=chosen.scheduler)
     check_engine_name(engine)
     from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
                                          parse_objective)
@@ -290,7 +295,8 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     chosen_style = resolve_style(settings, style)
     base_options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
                                seed=seed, style=chosen_style.text, style_name=chosen_style.name,
-                               style_negative=chosen_style.negative, styles=style_table(settings))
+                               style_negative=chosen_style.negative, styles=style_table(settings),
+                               preset=preset_values, model_defaults=all_render_defaults(settings))
     if source is None:
         planned, kind = plan_source(settings, project, count)
         source = f"@{planned}" if kind == "prompts" else str(planned)
@@ -341,14 +347,11 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     choice, note = None, None
     if plan.scenes:
         choice = choose_engine(settings, plan.scenes[0].request)
-        default = get_engine(choice[0]).default_size(settings)
-        if default is not None and size is None and steps is None:
-            width, height = default
-            largest = max(plan.scenes, key=lambda scene: scene.request.width * scene.request.height).request
-            if largest.width * largest.height > width * height:  # a story smaller than that keeps its size
-                plan = make_plan(f"{width}x{height}")
-                note = (f"{width}x{height} by default with engine {choice[0]} instead of the story's "
-                        f"{largest.size}; --size or --steps to choose")
+        # A --size or --steps (or a preset's) means the user chose; a story's or a model's size does not.
+        if not (size or steps or preset_values.size or preset_values.steps):
+            smaller = engine_size_for_plan(settings, plan, choice[0])
+            if smaller is not None:
+                plan, note = make_plan(smaller.size), smaller.note
     if dry_run:
         check_plan(settings, plan, ip_adapter_model, clip)
         if choice is not None:

@@ -40,7 +40,7 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
     A re-run renders only the missing cells (the same grid is not written again).
     """
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.cli.render import StepBar, engine_announcer
+    from echo_os.cli.render import StepBar, engine_announcer, given_options
     from echo_os.compare import parse_list, plan_compare, render_compare
     from echo_os.engines import check_engine_name
     from echo_os.requests import random_seed
@@ -60,7 +60,8 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
         check_engine_name(engine, "engines")
     base = {"prompt": prompt, "negative_prompt": negative_prompt or None, "width": width, "height": height,
             "project": project}
-    plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=max_cells)
+    plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=max_cells,
+                        given=given_options(ctx, ("size",)))
     store = ArtifactStore(settings)
     # images are embedded into Echo Memory by the next memory command (issue 11), not here
     bar = StepBar(len(plan.cells))

@@ -42,11 +42,13 @@ DEFAULT_SIZE = "1024x1024"
 
 def engine_default_size(settings, request, engine_name: str):
     """(request, note): `request` at the chosen engine's own default size when it has one (the cpu
-    engine: settings.cpu_size, ECHO_OS_CPU_SIZE, default 512x512) and the user gave no --size."""
+    engine: settings.cpu_size, ECHO_OS_CPU_SIZE, default 512x512), the user gave no --size and the
+    request is larger (a model entry's 1024x1024 too); a smaller one keeps its size. `batch` applies the
+    same rule to a story (story.render.engine_size_for_plan)."""
     from echo_os.engines import get_engine
 
     size = get_engine(engine_name).default_size(settings)
-    if size is None:
+    if size is None or request.width * request.height <= size[0] * size[1]:
         return request, None
     width, height = size
     note = f"{width}x{height} by default with engine {engine_name}; --size {DEFAULT_SIZE} for full size"
@@ -87,27 +89,20 @@ def apply_preset(ctx: click.Context, settings, fields: dict, name: str | None) -
     return out
 
 
-def apply_model_defaults(ctx: click.Context, settings, fields: dict, preset: str | None) -> tuple[dict, str | None]:
-    """`fields` with the model entry's render defaults (models.toml `steps`, `cfg`, `scheduler`, `size`)
-    for every option neither the command line nor the preset gave; and the entry's `lora`, if any.
-    A few-step model (SDXL-Turbo, Lightning, LCM) then renders with its own steps, guidance and scheduler."""
+def given_options(ctx: click.Context, names: tuple[str, ...] = ("steps", "cfg", "scheduler", "size")) -> set[str]:
+    """The options among `names` the user gave on the command line (not left at their default): what the
+    model entry's render defaults must not replace (echo_os.models.defaults)."""
     from click.core import ParameterSource
 
-    from echo_os.models import load_registry
+    return {name for name in names if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
 
-    registry = load_registry(settings)
-    if fields.get("model") not in registry:
-        return fields, None  # an unknown name is reported where the weights are checked
-    defaults = registry.get(fields["model"]).defaults
-    if defaults is None:
-        return fields, None
-    from_preset = apply_preset(ctx, settings, {}, preset) if preset else {}
-    out = dict(fields)
-    for key, value in defaults.fields().items():
-        option = {"width": "size", "height": "size"}.get(key, key)
-        if ctx.get_parameter_source(option) in (None, ParameterSource.DEFAULT) and key not in from_preset:
-            out[key] = value
-    return out, defaults.lora
+
+def preset_given(ctx: click.Context, settings, preset: str | None) -> set[str]:
+    """The RenderRequest fields the preset sets for this command ("size" for its width and height)."""
+    if preset is None:
+        return set()
+    keys = set(apply_preset(ctx, settings, {}, preset))
+    return {("size" if key in ("width", "height") else key) for key in keys}
 
 
 def parse_loras(settings, specs: tuple[str, ...]):
@@ -182,7 +177,7 @@ def engine_announcer(note: str | None = None):
               help="auto (the workspace's engine order) or a registered engine, plugins included.")
 @click.option("--option", "-o", "option_specs", multiple=True, metavar="KEY=VALUE",
               help="An option of the chosen engine (see docs/engines.md). Repeat for several.")
-@click.option("--preset", default=None, help="A render preset from pipelines/presets (draft, fast, quality, ...): "
+@click.option("--preset", default=None, help="A render preset from pipelines/presets (draft, fast, quick, quality): "
                                               "its values for every option not given.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
@@ -222,6 +217,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     """
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import check_engine_name, choose_engine, create_engine
+    from echo_os.engines.lora import model_lora_inputs
+    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
     from echo_os.scheduler import render_requests
     from echo_os.styles import style_fields
 
@@ -239,16 +236,20 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     fields = apply_preset(ctx, settings, fields, preset)
     fields.update(style_fields(settings, fields.pop("style", ""), fields["negative_prompt"]))
     fields["refiner"] = refiner_input(settings, refiner, switch)
-    fields, model_lora = apply_model_defaults(ctx, settings, fields, preset)
+    # The model entry's render defaults (a few-step model's steps, cfg, scheduler, size) fill what
+    # neither the command line nor the preset gave; its LoRA applies unless --lora names others.
+    given = given_options(ctx) | preset_given(ctx, settings, preset)
+    entry = model_render_defaults(settings, fields["model"])
+    fields = fill_model_defaults(fields, entry, given)
     check_engine_name(fields["engine"])
     request = build_request(**fields)
-    if lora_specs or model_lora:
-        request = request.model_copy(update={"loras": parse_loras(settings, lora_specs or (model_lora,))})
+    loras = parse_loras(settings, lora_specs) if lora_specs else model_lora_inputs(settings, request.model)
+    if loras:
+        request = request.model_copy(update={"loras": loras})
     # The engine is chosen once, here: the default size depends on it (and choosing checks the weights).
     name, reason = choose_engine(settings, request)
     note = None
-    if size is None and (preset is None or "width" not in apply_preset(ctx, settings, {}, preset)) \
-            and "width" not in apply_model_defaults(ctx, settings, {"model": request.model}, preset)[0]:
+    if "size" not in given:  # a preset's size counts as given; a model entry's is a default
         request, note = engine_default_size(settings, request, name)
     engine = create_engine(settings, name, reason)
     if request.tile and not engine.capabilities.tiling:

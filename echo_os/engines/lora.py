@@ -83,3 +83,14 @@ def apply_loras(settings: "Settings", loaded, loras: tuple[LoraInput, ...]) -> N
     elif state.active:
         pipe.disable_lora()
         state.active = False
+
+
+def model_lora_inputs(settings: "Settings", model: str | None) -> tuple[LoraInput, ...]:
+    """The models.toml entry's own `lora` (a distillation LoRA such as LCM-LoRA), resolved and checked;
+    () when the entry names none (echo_os.models.defaults)."""
+    from echo_os.models.defaults import model_render_defaults
+
+    defaults = model_render_defaults(settings, model)
+    if defaults is None or defaults.lora is None:
+        return ()
+    return (resolve_lora(settings, defaults.lora),)

@@ -4,9 +4,13 @@ Nothing renders here. Every problem in the files is collected and raised as one 
 so an invalid storyboard never reaches an engine.
 
 Settings for each scene, first one set wins:
-    steps, cfg, size, scheduler:  CLI option > the row's cell > the bible's defaults > RenderRequest's default
-    model:                        CLI --model > the bible's model > RenderRequest's default
+    steps, cfg, size, scheduler:  CLI option > the row's cell > the bible's defaults > the preset
+                                  > the model entry's defaults (models.toml) > RenderRequest's default
+    model:                        CLI --model > the preset's model > the bible's model > RenderRequest's default
     count:                        the row's count > 1
+The row has no scheduler cell; the model entry's defaults are applied by echo_os.models.defaults, the rule
+every edge shares. The preset's model comes before the bible's because choosing a model is what a preset
+such as `fast` is for; its steps, cfg and size come after the files', which were written for the story.
 
 Seed policy (recorded per scene as `seed.provenance`, and per image as seed + i for image i):
     1. the row's own seed (story.csv `seed` column, or `--seed` on a prompt-list line): used as is;
@@ -28,7 +32,9 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import OptionError
-from echo_os.requests import MAX_SEED, RenderRequest, StoryFields, describe_validation_error, parse_size
+from echo_os.models.registry import RenderDefaults
+from echo_os.requests import (MAX_SEED, MAX_STEPS, RenderRequest, Scheduler, StoryFields, describe_validation_error,
+                              parse_size)
 from echo_os.story.bible import Bible, LoraRef, load_bible_and_raw
 from echo_os.story.compose import ComposedPrompt, compose_scene_prompt
 from echo_os.story.problems import ProblemList
@@ -38,6 +44,18 @@ from echo_os.story.tokens import CLIP_TEXT_TOKENS, clip_token_count
 
 BIBLE_NAME = "STORY_BIBLE.md"
 SEED_STRIDE = 1000
+
+
+class PresetValues(BaseModel):
+    """A preset's render values (`--preset`): below the row and the bible, above the model entry's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = None
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    cfg: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
+    size: str | None = None
+    scheduler: Scheduler | None = None
 
 
 class PlanOptions(BaseModel):
@@ -60,6 +78,10 @@ class PlanOptions(BaseModel):
     # The named styles a bible's `style: NAME` may use (echo_os.styles.style_table(settings)): casefolded
     # name -> (name, prompt, negative). Filled at the edge, where the workspace is known.
     styles: dict[str, tuple[str, str, str]] = Field(default_factory=dict)
+    preset: PresetValues = Field(default_factory=PresetValues)
+    # The models.toml entries' render defaults by model name (models.defaults.model_render_defaults),
+    # filled at the edge like `styles`; a model without any is absent.
+    model_defaults: dict[str, RenderDefaults] = Field(default_factory=dict)
 
 
 class SeedChoice(BaseModel):
@@ -209,33 +231,35 @@ def _check_options(options: PlanOptions, project: str) -> None:
 
 
 def _request_fields(row: SceneRow, bible: Bible | None, options: PlanOptions) -> dict[str, Any]:
+    """The scene's RenderRequest fields by the precedence in this module's docstring."""
+    from echo_os.models.defaults import fill_model_defaults
+
     defaults = bible.front.defaults if bible else None
     fields: dict[str, Any] = {"engine": options.engine}
-    model = options.model or (bible.front.model if bible else None)
+    model = options.model or options.preset.model or (bible.front.model if bible else None)
     if model:
         fields["model"] = model
-    for name in ("steps", "cfg"):
-        value = getattr(options, name)
-        if value is None:
-            value = getattr(row, name)
-        if value is None and defaults is not None:
-            value = getattr(defaults, name)
+
+    def sides(size: str | None) -> tuple[int | None, int | None]:
+        return parse_size(size) if size else (None, None)
+
+    cli_w, cli_h = sides(options.size)
+    bible_w, bible_h = sides(defaults.size if defaults else None)
+    preset_w, preset_h = sides(options.preset.size)
+    layers = (  # first one set wins
+        {"steps": options.steps, "cfg": options.cfg, "scheduler": options.scheduler, "width": cli_w, "height": cli_h},
+        {"steps": row.steps, "cfg": row.cfg, "width": row.width, "height": row.height},
+        {"steps": defaults.steps, "cfg": defaults.cfg, "scheduler": defaults.scheduler, "width": bible_w,
+         "height": bible_h} if defaults is not None else {},
+        {"steps": options.preset.steps, "cfg": options.preset.cfg, "scheduler": options.preset.scheduler,
+         "width": preset_w, "height": preset_h},
+    )
+    for name in ("steps", "cfg", "scheduler", "width", "height"):
+        value = next((layer[name] for layer in layers if layer.get(name) is not None), None)
         if value is not None:
             fields[name] = value
-    scheduler = options.scheduler or (defaults.scheduler if defaults else None)
-    if scheduler:
-        fields["scheduler"] = scheduler
-    width = height = None
-    if defaults is not None and defaults.size:
-        width, height = parse_size(defaults.size)
-    width = row.width or width
-    height = row.height or height
-    if options.size:
-        width, height = parse_size(options.size)
-    if width:
-        fields["width"] = width
-    if height:
-        fields["height"] = height
+    entry = options.model_defaults.get(model or RenderRequest.model_fields["model"].default)
+    fields = fill_model_defaults(fields, entry, given=set(fields))
     if row.count:
         fields["count"] = row.count
     return fields

@@ -110,6 +110,33 @@ class StoryRender:
 
 # ---- requests --------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class EngineSize:
+    """The chosen engine's own default size for a story, and the note that says so."""
+
+    size: str  # WIDTHxHEIGHT
+    note: str
+
+
+def engine_size_for_plan(settings: "Settings", plan: "StoryPlan", engine_name: str) -> EngineSize | None:
+    """The engine's default size (the cpu engine's settings.cpu_size, 512x512) when the plan has a scene
+    larger than it, else None: a story planned at 1216x832 is rendered smaller on the CPU, a story
+    smaller than that keeps its size. The caller applies it only when the user chose no size or steps
+    (`echo-os batch` and POST /api/batch alike)."""
+    from echo_os.engines import get_engine
+
+    default = get_engine(engine_name).default_size(settings)
+    if default is None or not plan.scenes:
+        return None
+    width, height = default
+    largest = max(plan.scenes, key=lambda scene: scene.request.width * scene.request.height).request
+    if largest.width * largest.height <= width * height:
+        return None
+    return EngineSize(size=f"{width}x{height}",
+                      note=f"{width}x{height} by default with engine {engine_name} instead of the story's "
+                           f"{largest.size}; --size or --steps to choose")
+
+
 def story_requests(settings: "Settings", plan: "StoryPlan",
                    ip_adapter: str | None = DEFAULT_IP_ADAPTER) -> list[RenderRequest]:
     """The plan's requests in scene order, with IP-Adapter inputs for characters that have references
@@ -147,15 +174,18 @@ def check_adapters(settings: "Settings", requests: list[RenderRequest]) -> None:
 
 def attach_loras(settings: "Settings", plan: "StoryPlan", requests: list[RenderRequest]) -> list[RenderRequest]:
     """Each scene's characters' LoRAs (bible `lora`: a models.toml entry or a file beside the bible) on
-    its request, at each character's scale; a missing or wrong LoRA stops the story here, before the
-    first scene renders."""
-    from echo_os.engines.lora import resolve_lora
+    its request, at each character's scale, after the model entry's own `lora` (a distillation LoRA such
+    as LCM-LoRA, models.toml); a missing or wrong LoRA stops the story here, before the first scene renders."""
+    from echo_os.engines.lora import model_lora_inputs, resolve_lora
 
     base = plan.bible_path.parent if plan.bible_path is not None else None
     resolved: dict[str, LoraInput] = {}
+    of_model: dict[str, tuple[LoraInput, ...]] = {}
     out = []
     for scene, request in zip(plan.scenes, requests):
-        loras: dict[str, LoraInput] = {}
+        if request.model not in of_model:
+            of_model[request.model] = model_lora_inputs(settings, request.model)
+        loras: dict[str, LoraInput] = {lora.sha256: lora for lora in of_model[request.model]}
         for ref in (member.lora for member in scene.cast if member.lora is not None):
             if ref.name not in resolved:
                 resolved[ref.name] = resolve_lora(settings, ref.name, base=base)
