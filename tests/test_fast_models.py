@@ -161,7 +161,8 @@ def test_batch_uses_the_entry_defaults_below_the_rows_and_the_command_line(fast_
 
 
 def test_batch_precedence_row_bible_preset_entry(fast_workspace):
-    """CLI > the row's cell > the bible's defaults > the preset > the model entry's defaults."""
+    """CLI > the preset > the row's cell > the bible's defaults > the model entry's defaults; the entry of a
+    model other than the bible's comes before the bible's defaults."""
     folder = fast_workspace.home / "pipelines" / "presets"
     folder.mkdir(parents=True)
     (folder / "slow.toml").write_text('steps = 9\ncfg = 4.0\nscheduler = "euler"\n', encoding="utf-8")
@@ -181,10 +182,16 @@ def test_batch_precedence_row_bible_preset_entry(fast_workspace):
 
     # no preset: row steps, else the entry's; the bible's cfg; the entry's scheduler and size
     assert requests() == [(5, 2.5, "euler_trailing", 64), (2, 2.5, "euler_trailing", 64)]
-    # the preset comes below the row and the bible, above the entry
-    assert requests("--preset", "slow") == [(5, 2.5, "euler", 64), (9, 2.5, "euler", 64)]
+    # a preset is a bundle of command-line options: above the row and the bible
+    assert requests("--preset", "slow") == [(9, 4.0, "euler", 64), (9, 4.0, "euler", 64)]
     # an option on the command line beats them all
     assert requests("--preset", "slow", "--steps", "1", "--cfg", "0") == [(1, 0.0, "euler", 64), (1, 0.0, "euler", 64)]
+    # a bible written for another model: --model tiny-few brings its own steps and cfg over the bible's
+    # (so `--preset fast` does not render 30 steps at cfg 6.5); the row's own cell still wins
+    (story / "STORY_BIBLE.md").write_text("---\ntitle: T\nmodel: tiny\ndefaults: {cfg: 2.5, steps: 7}\n---\n",
+                                          encoding="utf-8")
+    assert [r[:3] for r in requests()] == [(5, 2.5, "euler"), (7, 2.5, "euler")]  # tiny: no entry defaults
+    assert requests("--model", "tiny-few") == [(5, 0.0, "euler_trailing", 64), (2, 0.0, "euler_trailing", 64)]
 
 
 # ---- the API routes: what the body leaves out (model_fields_set) takes the entry's defaults -------------

@@ -4,13 +4,17 @@ Nothing renders here. Every problem in the files is collected and raised as one 
 so an invalid storyboard never reaches an engine.
 
 Settings for each scene, first one set wins:
-    steps, cfg, size, scheduler:  CLI option > the row's cell > the bible's defaults > the preset
+    steps, cfg, size, scheduler:  CLI option > the preset > the row's cell > the bible's defaults
                                   > the model entry's defaults (models.toml) > RenderRequest's default
+                                  (the entry's before the bible's when the model is not the bible's)
     model:                        CLI --model > the preset's model > the bible's model > RenderRequest's default
     count:                        the row's count > 1
-The row has no scheduler cell; the model entry's defaults are applied by echo_os.models.defaults, the rule
-every edge shares. The preset's model comes before the bible's because choosing a model is what a preset
-such as `fast` is for; its steps, cfg and size come after the files', which were written for the story.
+A preset is a bundle of command-line options (`--preset quality` is `--steps 40 --cfg 7 ...`), so it sits
+with them, above the files. When the command line or the preset picks a model other than the bible's, that
+model's entry defaults come above the bible's defaults (a row's own cell, a choice for that scene, still
+wins): the bible's steps and guidance were written for the bible's model, and `--preset fast` (SDXL-Turbo: 4 steps, cfg 0) must not
+render 30 steps at cfg 6.5 because the bible says so. The row has no scheduler cell; the model entry's
+defaults are applied by echo_os.models.defaults, the rule every edge shares.
 
 Seed policy (recorded per scene as `seed.provenance`, and per image as seed + i for image i):
     1. the row's own seed (story.csv `seed` column, or `--seed` on a prompt-list line): used as is;
@@ -47,7 +51,7 @@ SEED_STRIDE = 1000
 
 
 class PresetValues(BaseModel):
-    """A preset's render values (`--preset`): below the row and the bible, above the model entry's."""
+    """A preset's render values (`--preset`): below the command line, above the row and the bible."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -246,19 +250,23 @@ def _request_fields(row: SceneRow, bible: Bible | None, options: PlanOptions) ->
     cli_w, cli_h = sides(options.size)
     bible_w, bible_h = sides(defaults.size if defaults else None)
     preset_w, preset_h = sides(options.preset.size)
+    entry = options.model_defaults.get(model or RenderRequest.model_fields["model"].default)
+    chosen_model = options.model or options.preset.model
+    switched = chosen_model is not None and chosen_model != (bible.front.model if bible else None)
+    entry_layer = entry.fields() if entry is not None and switched else {}
     layers = (  # first one set wins
         {"steps": options.steps, "cfg": options.cfg, "scheduler": options.scheduler, "width": cli_w, "height": cli_h},
-        {"steps": row.steps, "cfg": row.cfg, "width": row.width, "height": row.height},
-        {"steps": defaults.steps, "cfg": defaults.cfg, "scheduler": defaults.scheduler, "width": bible_w,
-         "height": bible_h} if defaults is not None else {},
         {"steps": options.preset.steps, "cfg": options.preset.cfg, "scheduler": options.preset.scheduler,
          "width": preset_w, "height": preset_h},
+        {"steps": row.steps, "cfg": row.cfg, "width": row.width, "height": row.height},
+        entry_layer,  # a model the command line chose: its own sampling values before the bible's
+        {"steps": defaults.steps, "cfg": defaults.cfg, "scheduler": defaults.scheduler, "width": bible_w,
+         "height": bible_h} if defaults is not None else {},
     )
     for name in ("steps", "cfg", "scheduler", "width", "height"):
         value = next((layer[name] for layer in layers if layer.get(name) is not None), None)
         if value is not None:
             fields[name] = value
-    entry = options.model_defaults.get(model or RenderRequest.model_fields["model"].default)
     fields = fill_model_defaults(fields, entry, given=set(fields))
     if row.count:
         fields["count"] = row.count
