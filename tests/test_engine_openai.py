@@ -455,3 +455,7 @@ async def test_api_refine_through_openai(hosted, server, monkeypatch):
     meta = json.loads(child.read_text())
     assert meta["parent_id"] == parent["id"] and meta["provenance"]["strength"] == 0.6
     assert meta["provenance"]["strength_sent"] is False
+    from PIL import Image
+
+    with Image.open(child.with_name("image.png")) as png:  # the A1111 chunk claims no strength either
+        assert "Denoising strength" not in png.text["parameters"] and "Engine: openai" in png.text["parameters"]

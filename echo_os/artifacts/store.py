@@ -331,7 +331,8 @@ class ArtifactStore:
     def encode_png(image, meta: ArtifactMeta) -> bytes:
         model_name = meta.model.name if meta.model else meta.engine.name
         extra = {"Engine": meta.engine.name, "Version": f"echo-os {meta.versions.get('echo_os', '')}"}
-        if meta.strength is not None:
+        if meta.strength is not None and (meta.provenance or {}).get("strength_sent", True):
+            # A hosted edit takes no strength (engines/openai_images.py): the chunk does not claim one.
             extra["Denoising strength"] = f"{meta.strength:g}"
         if meta.style_name:
             extra["Style"] = meta.style_name
