@@ -241,3 +241,68 @@ async def test_serve_ray_renders_jobs_on_actors_with_step_progress_cancel_and_wo
     got = np.asarray(Image.open(next(settings.artifacts_dir.glob("*/*/*/image.png"))).convert("RGB")).astype(int)
     want = np.asarray(Image.open(expected.path / "image.png").convert("RGB")).astype(int)
     assert np.abs(got - want).max() == 0
+
+
+@pytest.mark.slow  # ~30 s on 2 shared cores: an actor start and two 200-step calls stopped early
+def test_batch_ray_calls_report_steps_and_stop_on_cancel_and_ctrl_c(ray_cluster, tmp_path_factory, tiny_sdxl_dir):
+    """`echo-os batch --ray`'s renderer (render_requests_ray): the running call's steps reach the head, a
+    cancel flag stops the actor's call between steps (CancelledError, nothing saved), and so does Ctrl-C
+    (KeyboardInterrupt in the head), without killing the actor."""
+    import threading
+    import time
+
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.engines import choose_engine, create_engine
+    from echo_os.errors import CancelledError
+    from echo_os.ray_cluster import RayOptions, RayPool, render_requests_ray
+    from echo_os.requests import RenderRequest
+
+    settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "ray-cancel")
+    requests = [RenderRequest(prompt=f"a long exposure {n}", model="tiny", width=64, height=64, steps=200, seed=n,
+                              project="cancel") for n in range(2)]
+    engine = create_engine(settings, *choose_engine(settings, requests[0]))
+    pool = RayPool(settings, RayOptions(actors=1))
+    store = ArtifactStore(settings)
+    [pid] = [actor["pid"] for actor in pool.info()]
+    try:
+        cancel = threading.Event()
+        steps: list[int] = []
+
+        def on_step(event) -> None:
+            steps.append(event.step)
+            if event.step >= 3:
+                cancel.set()
+
+        with pytest.raises(CancelledError):
+            render_requests_ray(settings, requests, store=store, pool=pool, engine=engine, batch_size=1,
+                                resume=False, progress=on_step, cancel=cancel)
+        assert steps and max(steps) < 200 and steps == sorted(steps)
+
+        def ctrl_c(event) -> None:
+            if event.step >= 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            render_requests_ray(settings, requests, store=store, pool=pool, engine=engine, batch_size=1,
+                                resume=False, progress=ctrl_c)
+        deadline = time.monotonic() + 30
+        while (stats := pool.stats()[0])["state"] != "idle":  # the call stopped; the actor lives on
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.1)
+        assert stats["pid"] == pid and stats["calls_done"] == 0
+    finally:
+        store.close()
+        pool.close()
+    assert list(settings.artifacts_dir.glob("*/*/*/image.png")) == []
+
+
+def test_serve_ray_usage_errors_are_one_line_and_exit_2(tmp_path, run_cli, monkeypatch):
+    home = str(tmp_path / "ws")
+    code, out, err = run_cli("--home", home, "serve", "--ray", "--workers", "2")
+    assert code == 2 and err.strip().count("\n") == 0 and "--ray-actors" in err
+    code, out, err = run_cli("--home", home, "serve", "--ray-actors", "2")
+    assert code == 2 and "--ray-actors needs --ray" in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    code, out, err = run_cli("--home", home, "serve", "--ray", "--port", "0")
+    assert code == 2 and err.strip().count("\n") == 0 and "pip install 'echo-os[ray]'" in err
+    assert not (tmp_path / "ws" / "artifacts").exists()
