@@ -127,10 +127,12 @@ class RayWorkers:
     def stop(self, timeout: float = 30.0) -> None:
         """Workers stop at the next step (the actors' calls are cancelled) and put their jobs back; then the
         actors are killed, and the local Ray instance stopped if this server started it."""
-        for worker in self.workers:
-            worker._stop.set()  # every worker stops at once; stop() below joins them one by one
-        for worker in self.workers:
-            worker.stop(timeout)
+        stopping = [threading.Thread(target=worker.stop, args=(timeout,), name="echo-os-ray-stop")
+                    for worker in self.workers]  # all at once: each waits for its actor's call to stop
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         for store in self._stores:
             store.close()
         if self.pool is not None:
