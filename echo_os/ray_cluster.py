@@ -195,9 +195,14 @@ class RenderActor:
                 call.cancel.set()
 
     def render(self, name: str, reason: str, requests: list["RenderRequest"], call_id: str | None = None,
-               vae_tiling: bool = False) -> list["RenderResult"]:
+               vae_tiling: bool = False, engine_cancel: bool = True) -> list["RenderResult"]:
         """One pipeline call; out of GPU memory: the call in two halves (results stay in request order).
-        A cancelled call raises echo_os.errors.CancelledError (nothing returned)."""
+        A cancelled call raises echo_os.errors.CancelledError (nothing returned) at its next step.
+
+        engine_cancel: hand the cancel flag to the engine, as the head's renderer would (it has one). Without
+        it (a plain `batch --ray`, whose local twin passes no flag) the call still stops at its next step,
+        through the step hook, but the engine runs exactly as without a flag: the SDXL engine decodes a
+        cancellable batch in chunks, which can round a pixel differently from one whole-batch decode."""
         from echo_os.errors import CancelledError
 
         call = _Call(cancel=threading.Event())
@@ -210,11 +215,14 @@ class RenderActor:
 
         def on_step(event) -> None:
             call.step, call.total_steps, call.images = event.step, event.total_steps, event.images
+            if not engine_cancel and call.cancel.is_set():
+                raise CancelledError("render cancelled; unfinished images were not saved")
 
         try:
             if call.cancel.is_set():
                 raise CancelledError("cancelled before it started")
-            results = self._render(name, reason, requests, on_step, call.cancel, vae_tiling)
+            results = self._render(name, reason, requests, on_step, call.cancel if engine_cancel else None,
+                                   vae_tiling)
         except CancelledError:
             raise
         except Exception as error:
@@ -326,7 +334,7 @@ class RayPool:
         actor = self.actors[index]
         for attempt in range(MAX_RESTARTS + 1):
             call_id = uuid.uuid4().hex
-            ref = actor.render.remote(name, reason, requests, call_id, vae_tiling)
+            ref = actor.render.remote(name, reason, requests, call_id, vae_tiling, engine_cancel=cancel is not None)
             seen: dict[str, tuple] = {}
             sent_cancel = False
             try:
@@ -374,7 +382,8 @@ class RayPool:
                     number = queue.popleft()
                     actor = idle.pop(0)
                     call_id = uuid.uuid4().hex
-                    running[actor.render.remote(name, reason, calls[number], call_id)] = (number, actor, call_id)
+                    ref = actor.render.remote(name, reason, calls[number], call_id, engine_cancel=cancel is not None)
+                    running[ref] = (number, actor, call_id)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_POLL_S)
                 if not ready:
                     if progress is not None:
