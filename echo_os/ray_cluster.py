@@ -50,6 +50,7 @@ LOCAL = "local"  # `--ray` without an address: a Ray instance started for this c
 MAX_RESTARTS = 4  # per actor; a call is re-sent after each death
 ACTOR_CONCURRENCY = 4  # render, plus progress/cancel/stats answered while it runs
 PROGRESS_POLL_S = 0.1  # how often the head asks a running call for its step (one small actor call)
+RESTART_WAIT_S = 0.5  # a call to an actor Ray is still restarting fails at once: wait this long between tries
 CANCEL_WAIT_S = 10.0  # after Ctrl-C, how long the head waits for the actors to stop their calls
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2  # images are small; keeps the store inside a small /dev/shm
 
@@ -278,6 +279,7 @@ class RayPool:
         self.threads = threads
         self.restarts = 0
         self.actor_restarts = [0] * count
+        self._down = [False] * count  # died, and no call has come back from it since
 
     def info(self) -> list[dict]:
         return self.ray.get([actor.info.remote() for actor in self.actors])
@@ -331,8 +333,11 @@ class RayPool:
         by Ray and the call sent again (at most MAX_RESTARTS times)."""
         from ray.exceptions import RayActorError
 
+        from echo_os.errors import CancelledError
+
         actor = self.actors[index]
-        for attempt in range(MAX_RESTARTS + 1):
+        deaths = 0
+        while True:
             call_id = uuid.uuid4().hex
             ref = actor.render.remote(name, reason, requests, call_id, vae_tiling, engine_cancel=cancel is not None)
             seen: dict[str, tuple] = {}
@@ -341,20 +346,32 @@ class RayPool:
                 while True:
                     ready, _ = self.ray.wait([ref], num_returns=1, timeout=PROGRESS_POLL_S)
                     if ready:
-                        return self._get(ready[0])
+                        results = self._get(ready[0])
+                        self._down[index] = False
+                        return results
                     if cancel is not None and cancel.is_set() and not sent_cancel:
                         actor.cancel.remote(call_id)
                         sent_cancel = True
                     if progress is not None:
                         self._send_progress(actor, call_id, seen, progress)
             except RayActorError as error:
-                self.restarts += 1
-                self.actor_restarts[index] += 1
-                if attempt == MAX_RESTARTS or (cancel is not None and cancel.is_set()):
+                deaths += self._actor_failed(index, error)
+                if deaths > MAX_RESTARTS:
                     raise
-                log.warning("render actor %d died during a call (%s); sending it again", index,
-                            type(error).__name__)
-        raise AssertionError("unreachable")
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("cancelled while its actor restarted") from None
+
+    def _actor_failed(self, index: int, error: Exception) -> int:
+        """A call on actor `index` failed because the actor died or is restarting: 1 for a new death
+        (counted and logged), 0 while the same one is still restarting (wait a moment before sending again)."""
+        if self._down[index]:
+            time.sleep(RESTART_WAIT_S)
+            return 0
+        self._down[index] = True
+        self.restarts += 1
+        self.actor_restarts[index] += 1
+        log.warning("render actor %d died or is restarting (%s); its call is sent again", index, type(error).__name__)
+        return 1
 
     def run(self, name: str, reason: str, calls: list[list["RenderRequest"]], *,
             progress: "ProgressCallback | None" = None, cancel: "threading.Event | None" = None):
@@ -393,20 +410,20 @@ class RayPool:
                 number, actor, call_id = running.pop(ready[0])
                 seen.pop(call_id, None)
                 idle.append(actor)
+                index = self.actors.index(actor)
                 try:
                     results = self._get(ready[0])
                 except RayActorError as error:
-                    self.restarts += 1
+                    self._actor_failed(index, error)
                     if self.restarts > MAX_RESTARTS * len(self.actors):
                         raise
                     if not cancelled:
-                        log.warning("a render actor died during call %d (%s); sending the call again", number,
-                                    type(error).__name__)
                         queue.appendleft(number)
                     continue
                 except CancelledError:
                     cancelled = True
                     continue
+                self._down[index] = False
                 if not cancelled:
                     yield number, results
         except KeyboardInterrupt:

@@ -146,7 +146,7 @@ def test_an_actor_killed_mid_story_loses_no_scene_and_saves_none_twice(ray_clust
         pool.close()
     assert killed and not set(victims) & {actor["pid"] for actor in after}  # Ray restarted both
     assert pool.restarts >= 1  # the call in flight was sent again
-    scenes = sorted(artifact.meta.story.scene for artifact in result.artifacts)
+    scenes = sorted(artifact.meta.story.scene for scene in result.scenes for artifact in scene.artifacts)
     assert scenes == list(range(1, 13))
     assert len(list(settings.artifacts_dir.glob("*/*/*/image.png"))) == 12
 
