@@ -1,4 +1,5 @@
-"""Render on a Ray cluster: `echo-os batch ... --ray [ADDRESS]`. Ray does placement, GPU scheduling,
+"""Render on a Ray cluster: `echo-os batch ... --ray [ADDRESS]` (render_requests_ray) and `echo-os serve
+--ray [ADDRESS]` (RayPool.render_on, through echo_os.api.ray_workers). Ray does placement, GPU scheduling,
 actor restarts and object transfer; this module only says what to render where.
 
 - Actors (`RenderActor`): one per GPU (`num_gpus=1`) on a GPU cluster, a fraction of a CPU each on a
@@ -9,6 +10,9 @@ actor restarts and object transfer; this module only says what to render where.
   (echo_os.scheduler: same engine tags, same batch groups, same per-image seeds, batch size from an actor's
   free memory), sends the calls to idle actors, and saves every result itself, in call order, so the
   store and catalog have one writer and a story's scenes are saved in scene order.
+- Progress and cancel: actors are threaded (max_concurrency), so while `render` runs the head asks
+  `progress(call_id)` for the latest denoising step (every PROGRESS_POLL_S) and `cancel(call_id)` stops
+  the call at its next step; Ctrl-C in `batch --ray` cancels the running calls before the head exits.
 - An actor that dies mid-call is restarted by Ray (`max_restarts`); the call it had goes back to the
   front of the queue and the next idle actor renders it. Only the head saves, once per call, so no image
   is saved twice however often a call was sent.
