@@ -61,6 +61,25 @@ def ray_cluster():
     ray.shutdown()
 
 
+def wait_gone(pids: set[int], timeout: float = 30.0) -> bool:
+    """True once none of `pids` is a running process."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = set()
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.add(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def scene_pixels(settings: Settings, result: dict) -> dict[int, np.ndarray]:
     pixels = {}
     for row in result["artifacts"]:
@@ -127,7 +146,7 @@ def test_an_actor_killed_mid_story_loses_no_scene_and_saves_none_twice(ray_clust
         pool.close()
     assert killed and not set(victims) & {actor["pid"] for actor in after}  # Ray restarted both
     assert pool.restarts >= 1  # the call in flight was sent again
-    scenes = sorted(artifact.meta.story.scene for artifact in result.artifacts)
+    scenes = sorted(artifact.meta.story.scene for scene in result.scenes for artifact in scene.artifacts)
     assert scenes == list(range(1, 13))
     assert len(list(settings.artifacts_dir.glob("*/*/*/image.png"))) == 12
 
@@ -138,4 +157,152 @@ def test_ray_missing_is_one_line_and_exit_2(tmp_path, run_cli, monkeypatch):
     code, out, err = run_cli("--home", str(tmp_path / "ws"), "batch", "Twelve Tides", str(csv), "--ray")
     assert code == 2
     assert err.strip().count("\n") == 0 and "pip install 'echo-os[ray]'" in err
+    assert not (tmp_path / "ws" / "artifacts").exists()
+
+
+# ---- serve --ray: jobs on Ray actors (echo_os.api.ray_workers) -----------------------------------------
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_serve_ray_renders_jobs_on_actors_with_step_progress_cancel_and_workers(ray_cluster, tmp_path_factory,
+                                                                                      tiny_sdxl_dir):
+    """The HTTP app with the ray option (`echo-os serve --ray`): a job rendered on an actor has the pixels
+    the renderer gives without Ray, its events carry denoising steps as they run on the actor, a cancel
+    stops the actor's call between steps, and GET /api/workers lists the actors."""
+    import asyncio
+
+    import torch
+
+    from echo_os.api import ApiOptions
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.requests import RenderRequest
+    from echo_os.scheduler import render_requests
+    from tests.api_helpers import api_client, parse_sse, wait_job
+
+    settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "serve-ray")
+    options = ApiOptions(ray_address="local", ray_actors=2, batch_window_ms=0)
+    body = {"prompt": "a lighthouse in fog", "model": "tiny", "size": "64x64", "steps": 30, "cfg": 5.0, "seed": 11,
+            "scheduler": "euler"}
+    async with api_client(settings, options=options) as (client, app):
+        # 1. A job, its events read live: steps arrive from the actor while it renders.
+        job_id = (await client.post("/api/render", json=body)).json()["job_id"]
+        stream = asyncio.create_task(client.get(f"/api/jobs/{job_id}/events"))
+        events = parse_sse((await stream).text)
+        job = await wait_job(client, job_id, timeout=120)
+        assert job["status"] == "succeeded", job
+        steps = [data["step"] for name, data in events if name == "progress"]
+        assert len(set(steps)) >= 2 and all(0 < step <= 30 for step in steps), steps
+        assert {data["total_steps"] for name, data in events if name == "progress"} == {30}
+        [artifact_id] = job["artifact_ids"]
+        artifact = (await client.get(f"/api/artifacts/{artifact_id}")).json()
+        assert artifact["meta"]["engine"]["name"] == "cpu"  # chosen by the actor: no GPU there
+
+        # 2. Cancel mid-call: the actor stops between steps and nothing is saved.
+        long = {**body, "steps": 200, "seed": 12}  # the most a request may ask for
+        cancelled_id = (await client.post("/api/render", json=long)).json()["job_id"]
+        deadline = asyncio.get_running_loop().time() + 120
+        while True:
+            running = (await client.get(f"/api/jobs/{cancelled_id}")).json()
+            if running["status"] == "running" and (running["progress"]["step"] or 0) >= 2:
+                break
+            assert asyncio.get_running_loop().time() < deadline, running
+            await asyncio.sleep(0.05)
+        assert (await client.post(f"/api/jobs/{cancelled_id}/cancel")).status_code in (200, 202)
+        cancelled = await wait_job(client, cancelled_id, timeout=60)
+        assert cancelled["status"] == "cancelled" and cancelled["artifact_ids"] == []
+
+        # 3. The actors, as GET /api/workers shows them.
+        workers = (await client.get("/api/workers")).json()["items"]
+        assert len(workers) == 2 and all(row["device"].startswith("ray cpu") for row in workers), workers
+        assert sum(row["jobs_done"] for row in workers) == 2 and sum(row["images_done"] for row in workers) == 1
+        assert sum(row["calls_done"] for row in workers) == 1  # the cancelled call returned nothing
+        used = [row for row in workers if row["images_done"]]
+        assert used[0]["models"] == ["tiny"] and used[0]["images_per_min"] > 0 and used[0]["pid"] > 0
+        pids = {row["pid"] for row in workers}
+        assert pids == {actor["pid"] for actor in app.state.api.worker.pool.info()}
+        request = RenderRequest.model_validate(job["request"])
+    assert len(list(settings.artifacts_dir.glob("*/*/*/image.png"))) == 1
+    assert wait_gone(pids)  # the server killed its actors on the way out
+
+    # 4. The same request without Ray (one torch thread, as each actor has): the same pixels.
+    plain = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "serve-plain")
+    store = ArtifactStore(plain)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        [expected] = render_requests(plain, [request], store=store).artifacts
+    finally:
+        torch.set_num_threads(threads)
+        store.close()
+    got = np.asarray(Image.open(next(settings.artifacts_dir.glob("*/*/*/image.png"))).convert("RGB")).astype(int)
+    want = np.asarray(Image.open(expected.path / "image.png").convert("RGB")).astype(int)
+    assert np.abs(got - want).max() == 0
+
+
+@pytest.mark.slow  # ~30 s on 2 shared cores: an actor start and two 200-step calls stopped early
+def test_batch_ray_calls_report_steps_and_stop_on_cancel_and_ctrl_c(ray_cluster, tmp_path_factory, tiny_sdxl_dir):
+    """`echo-os batch --ray`'s renderer (render_requests_ray): the running call's steps reach the head, a
+    cancel flag stops the actor's call between steps (CancelledError, nothing saved), and so does Ctrl-C
+    (KeyboardInterrupt in the head), without killing the actor."""
+    import threading
+    import time
+
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.engines import choose_engine, create_engine
+    from echo_os.errors import CancelledError
+    from echo_os.ray_cluster import RayOptions, RayPool, render_requests_ray
+    from echo_os.requests import RenderRequest
+
+    settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "ray-cancel")
+    requests = [RenderRequest(prompt=f"a long exposure {n}", model="tiny", width=64, height=64, steps=200, seed=n,
+                              project="cancel") for n in range(2)]
+    engine = create_engine(settings, *choose_engine(settings, requests[0]))
+    pool = RayPool(settings, RayOptions(actors=1))
+    store = ArtifactStore(settings)
+    [pid] = [actor["pid"] for actor in pool.info()]
+    try:
+        cancel = threading.Event()
+        steps: list[int] = []
+
+        def on_step(event) -> None:
+            steps.append(event.step)
+            if event.step >= 3:
+                cancel.set()
+
+        with pytest.raises(CancelledError):
+            render_requests_ray(settings, requests, store=store, pool=pool, engine=engine, batch_size=1,
+                                resume=False, progress=on_step, cancel=cancel)
+        assert steps and max(steps) < 200 and steps == sorted(steps)
+
+        def ctrl_c(event) -> None:
+            if event.step >= 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            render_requests_ray(settings, requests, store=store, pool=pool, engine=engine, batch_size=1,
+                                resume=False, progress=ctrl_c)
+        deadline = time.monotonic() + 30
+        while (stats := pool.stats()[0])["state"] != "idle":  # the call stopped; the actor lives on
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.1)
+        assert stats["pid"] == pid and stats["calls_done"] == 0
+    finally:
+        store.close()
+        pool.close()
+    assert list(settings.artifacts_dir.glob("*/*/*/image.png")) == []
+
+
+def test_serve_ray_usage_errors_are_one_line_and_exit_2(tmp_path, run_cli, monkeypatch):
+    home = str(tmp_path / "ws")
+    code, out, err = run_cli("--home", home, "serve", "--ray", "--workers", "2")
+    assert code == 2 and err.strip().count("\n") == 0 and "--ray-actors" in err
+    code, out, err = run_cli("--home", home, "serve", "--ray-actors", "2")
+    assert code == 2 and "--ray-actors needs --ray" in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when not installed
+    code, out, err = run_cli("--home", home, "serve", "--ray", "--port", "0")
+    assert code == 2 and err.strip().count("\n") == 0 and "pip install 'echo-os[ray]'" in err
     assert not (tmp_path / "ws" / "artifacts").exists()

@@ -15,7 +15,8 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/jobs/{id}/cancel
     GET  /api/artifacts[?project=&model=&since=&limit=&offset=]
     GET  /api/artifacts/{id}        GET /api/artifacts/{id}/image   GET /api/artifacts/{id}/video
-    GET  /api/workers               the render workers (processes: echo_os.api.processes)
+    GET  /api/workers               the render workers (processes: echo_os.api.processes; Ray actors:
+                                    echo_os.api.ray_workers)
     POST /v1/images/generations     the OpenAI Images API (echo_os.api.openai_compat)
     GET  /health                    GET /openapi.json
 
@@ -64,6 +65,7 @@ from echo_os.api.schemas import (
     WorkerList, WorkerView, error_responses,
 )
 from echo_os.api.processes import WorkerPool, images_per_minute
+from echo_os.api.ray_workers import RayWorkers
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
@@ -102,9 +104,17 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
 
 
 def worker_views(api: ApiState) -> list[WorkerView]:
-    """Worker processes from their rows in jobs.db; the in-process thread from its own figures."""
-    from echo_os.api.jobs import WorkerRow
+    """Worker processes from their rows in jobs.db; the in-process thread from its own figures; Ray actors
+    from their Worker threads and the actors' own figures."""
+    from echo_os.api.jobs import WorkerRow, now_iso
 
+    if isinstance(api.worker, RayWorkers):
+        return [WorkerView(slot=row.slot, pid=row.pid, device=row.device, model=row.model, jobs_done=row.jobs_done,
+                           images_done=row.images_done, images_per_min=images_per_minute(row),
+                           last_error=row.last_error, restarts=row.restarts, state=row.state, heartbeat=now_iso(),
+                           calls_done=stats["calls_done"] if stats else None,
+                           models=stats["models"] if stats else None)
+                for row, stats in api.worker.rows()]
     if isinstance(api.worker, WorkerPool):
         rows = api.worker.rows()
     elif isinstance(api.worker, Worker):
@@ -255,8 +265,12 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             catalog = CatalogReader(settings)
             cleanup.callback(catalog.close)
             hub = EventHub(asyncio.get_running_loop())
-            worker: Worker | WorkerPool | None = None
-            if start_worker and options.workers > 0:
+            worker: Worker | WorkerPool | RayWorkers | None = None
+            if start_worker and options.ray_address is not None:
+                if make_engine is not None or options.workers > 0:
+                    raise ValueError("with ray_address the render workers are Ray actors: no make_engine, workers=0")
+                worker = RayWorkers(settings, jobs, hub.publish_threadsafe, options)
+            elif start_worker and options.workers > 0:
                 if make_engine is not None:
                     raise ValueError("make_engine runs in this process; it needs options.workers=0")
                 worker = WorkerPool(settings, jobs, hub.publish_threadsafe, options, count=options.workers,

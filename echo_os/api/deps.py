@@ -50,6 +50,10 @@ class ApiOptions:
     lease_s: float = DEFAULT_LEASE_S  # a worker process's claim lasts this long unless renewed
     worker_log_level: str = "INFO"
     worker_nice: int | None = None  # niceness of worker processes; None: 10 on the CPU, 0 with GPUs
+    # `serve --ray`: render on Ray actors (echo_os.api.ray_workers). "local" starts a Ray instance on this
+    # machine, "auto" or host:port joins a cluster; None: no Ray. ray_actors None: one per GPU, else 2.
+    ray_address: str | None = None
+    ray_actors: int | None = None
 
 
 class Submitter:

@@ -281,7 +281,7 @@ class WorkerView(BaseModel):
 
     slot: int
     pid: int | None
-    device: str  # cuda:N (the GPU it is pinned to), cpu, or in-process (--workers 0)
+    device: str  # cuda:N (the GPU it is pinned to), cpu, in-process (--workers 0), or ray ... on NODE
     model: str | None  # the model of its latest engine
     jobs_done: int
     images_done: int
@@ -290,6 +290,8 @@ class WorkerView(BaseModel):
     restarts: int  # how often this slot's process died and was started again
     state: str  # starting, idle, rendering, stopped
     heartbeat: str | None
+    calls_done: int | None = None  # pipeline calls rendered (Ray actors: `serve --ray`)
+    models: list[str] | None = None  # the models a Ray actor keeps loaded, least recently used first
 
 
 class WorkerList(BaseModel):

@@ -1,5 +1,5 @@
 """`echo-os serve`: the HTTP API on this machine (FastAPI + uvicorn); render workers are separate processes,
-one per GPU (echo_os.api.processes)."""
+one per GPU (echo_os.api.processes), or Ray actors with --ray (echo_os.api.ray_workers)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import click
 
 from echo_os.cli import settings_from
+from echo_os.errors import UsageError
 
 
 @click.command()
@@ -39,6 +40,12 @@ from echo_os.cli import settings_from
 @click.option("--worker-nice", type=click.IntRange(0, 19), default=None,
               help="Scheduling niceness of the worker processes [default: 10 on the CPU, so accepting requests "
                    "never waits behind a render; 0 with GPUs].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Render on Ray actors instead of worker processes: `--ray` alone starts a local Ray instance, "
+                   "`--ray auto` or `--ray HOST:PORT` joins a cluster. This server keeps the job queue and saves "
+                   "every image. Needs pip install 'echo-os[ray]'.")
+@click.option("--ray-actors", type=click.IntRange(1, 1024), default=None,
+              help="Ray render actors [default: one per GPU in the cluster, 2 without GPUs].")
 @click.option("--lease-s", type=click.FloatRange(1, 3600), default=30.0, show_default=True, hidden=True,
               help="How long a worker's claim on a job lasts without a heartbeat.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
@@ -46,7 +53,8 @@ from echo_os.cli import settings_from
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None, default_model: str, max_batch: int,
           batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, abandoned_grace_s: float,
-          workers: int | None, worker_nice: int | None, lease_s: float, log_level: str) -> None:
+          workers: int | None, worker_nice: int | None, ray_address: str | None, ray_actors: int | None,
+          lease_s: float, log_level: str) -> None:
     """Serve the HTTP API: /api/render, /api/batch, /api/jobs, /api/artifacts and the OpenAI Images API
     at /v1/images/generations. The OpenAPI spec is at /openapi.json.
 
@@ -54,7 +62,17 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
       echo-os serve                                   # http://127.0.0.1:8000, no token needed
       echo-os serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"
       CUDA_VISIBLE_DEVICES=0,1,2,3 echo-os serve   # four worker processes, one per GPU
+      echo-os serve --ray auto                        # render on the GPUs of a running Ray cluster
     """
+    if ray_address is not None:
+        if workers is not None:
+            raise UsageError("--workers and --ray cannot be combined: with --ray the render workers are Ray "
+                             "actors (choose how many with --ray-actors)")
+        from echo_os.ray_cluster import import_ray
+
+        import_ray()  # not installed: one line, before anything is written
+    elif ray_actors is not None:
+        raise UsageError("--ray-actors needs --ray")
     import uvicorn
 
     from echo_os.api import ApiOptions, create_app
@@ -73,10 +91,13 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
     options = ApiOptions(max_batch=max_batch, batch_window_ms=batch_window_ms, default_model=default_model,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), allowed_origins=allowed_origins,
                          allowed_hosts=allowed_hosts, abandoned_grace_s=abandoned_grace_s,
-                         workers=default_worker_count() if workers is None else workers, lease_s=lease_s,
-                         worker_log_level=log_level.upper(), worker_nice=worker_nice)
+                         workers=0 if ray_address is not None else default_worker_count() if workers is None else workers,
+                         lease_s=lease_s, worker_log_level=log_level.upper(), worker_nice=worker_nice,
+                         ray_address=ray_address, ray_actors=ray_actors)
     app = create_app(settings, token=token, options=options)
-    rendering = (f"{options.workers} render worker process{'es' if options.workers > 1 else ''}"
+    rendering = (f"Ray render actors ({'a local Ray instance' if ray_address == 'local' else ray_address})"
+                 if ray_address is not None else
+                 f"{options.workers} render worker process{'es' if options.workers > 1 else ''}"
                  if options.workers else "rendering in this process")
     click.echo(f"echo-os serving {settings.home} on http://{host}:{port} "
                f"({'token required' if token else 'no token: this machine only'}; {rendering})", err=True)
@@ -84,7 +105,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
         shown = "<this machine's address>" if host.strip("[]") in ("0.0.0.0", "::", "") else host.strip("[]")
         shown = f"[{shown}]" if ":" in shown else shown
         click.echo(f"gallery in a browser: http://{shown}:{port}/api/gallery?token=<token>", err=True)
-    if not options.workers:
+    if not options.workers and ray_address is None:
         # The worker thread renders while this one answers requests: hand the GIL over every 1 ms instead
         # of Python's default 5 ms, so a submission waits at most that long behind the worker's Python code.
         sys.setswitchinterval(0.001)

@@ -283,7 +283,8 @@ def render_plan(
             from echo_os.ray_cluster import render_requests_ray
 
             outcome = render_requests_ray(settings, requests, store=store, pool=ray, engine=engine,
-                                          batch_size=batch_size, on_engine=on_engine, on_image=on_image)
+                                          batch_size=batch_size, on_engine=on_engine, on_image=on_image,
+                                          cancel=cancel)
         else:
             outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
                                       on_engine=on_engine, resume=True, on_image=on_image, engine=engine)

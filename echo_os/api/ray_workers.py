@@ -1,0 +1,170 @@
+"""Render workers on Ray: `echo-os serve --ray [ADDRESS]`. The HTTP process keeps the durable queue
+(jobs.db) and is the one writer of artifacts and the catalog; the pipeline calls run on Ray actors
+(echo_os.ray_cluster.RenderActor: engines kept warm, least recently used model dropped, restarted by Ray).
+
+The design is the in-process worker (`--workers 0`) N times over: one job Worker thread per actor, each
+rendering through the one renderer (scheduler.render_requests) with a RayEngine, an engine whose `render`
+sends the pipeline call to its actor and returns the actor's RenderResults. So claiming, dynamic batching,
+exactly-once recording, SSE progress, cancel, the OOM back-off, story outputs and the catalog are the
+in-process worker's code, unchanged; only the denoising happens elsewhere.
+
+- Progress: while a call runs, the head asks the actor for its latest step every PROGRESS_POLL_S (the
+  actor is threaded, so `progress()` is answered during `render()`), and the Worker publishes it as a job
+  progress event, as with a local engine.
+- Cancel: the Worker's cancel flag for the call is sent on as the actor's `cancel(call_id)`; the actor's
+  engine stops at its next step and raises CancelledError, which reaches the Worker as from a local engine.
+- An actor that dies mid-call is restarted by Ray and the call sent again (RayPool.render_on); nothing is
+  saved until a call returns, and only here, so no image is saved twice.
+- A job's pipeline calls run in order on one actor; different jobs run on different actors at once. To
+  spread the scenes of one story over many actors, use `echo-os batch --ray`.
+- `auto` is decided on the actor (its GPU, not the head's): RenderActor.choose.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from echo_os.api.jobs import WorkerRow
+from echo_os.api.worker import Worker
+
+if TYPE_CHECKING:
+    from echo_os.api.deps import ApiOptions
+    from echo_os.api.jobs import JobStore
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.engines.base import Capabilities, MemoryInfo, ProgressCallback, RenderResult
+    from echo_os.ray_cluster import RayPool
+    from echo_os.requests import RenderRequest
+    from echo_os.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RayEngine:
+    """An engine whose pipeline calls run on one Ray actor. Name, reason, capabilities and options are the
+    real engine's (the actor chose it); render, free_memory and runs_on_cpu are asked of the actor."""
+
+    def __init__(self, pool: "RayPool", index: int, name: str, reason: str):
+        from echo_os.engines import get_engine
+
+        plugin = get_engine(name)
+        self.pool = pool
+        self.index = index
+        self.name = name
+        self.reason = reason
+        self.capabilities: "Capabilities" = plugin.capabilities
+        self.Options = plugin.Options
+        self.vae_tiling = False  # set by the renderer's OOM back-off; sent with every call
+
+    @property
+    def _actor(self):
+        return self.pool.actors[self.index]
+
+    def render(self, requests: list["RenderRequest"], *, progress: "ProgressCallback | None" = None,
+               cancel: threading.Event | None = None) -> list["RenderResult"]:
+        return self.pool.render_on(self.index, self.name, self.reason, requests, progress=progress, cancel=cancel,
+                                   vae_tiling=self.vae_tiling)
+
+    def free_memory(self, request: "RenderRequest") -> "MemoryInfo | None":
+        return self.pool._get(self._actor.free_memory.remote(self.name, self.reason, request))
+
+    def runs_on_cpu(self, request: "RenderRequest") -> bool:
+        return self.pool._get(self._actor.runs_on_cpu.remote(self.name, self.reason, request))
+
+    def release(self, request: "RenderRequest") -> None:
+        """The actor keeps its models by its own LRU rule."""
+
+
+def ray_engine_factory(pool: "RayPool", index: int) -> Callable[["RenderRequest"], RayEngine]:
+    def make(request: "RenderRequest") -> RayEngine:
+        name, reason = pool._get(pool.actors[index].choose.remote(request))
+        return RayEngine(pool, index, name, reason)
+
+    return make
+
+
+class RayWorkers:
+    """The render workers of `serve --ray`: a RayPool and one job Worker thread per actor. Same control
+    surface as Worker and WorkerPool: start, stop, wake, cancel, alive; `views()` for GET /api/workers."""
+
+    def __init__(self, settings: "Settings", jobs: "JobStore", publish: Callable[[object], None],
+                 options: "ApiOptions"):
+        self.settings = settings
+        self.jobs = jobs
+        self.publish = publish
+        self.options = options
+        self.pool: "RayPool | None" = None
+        self.workers: list[Worker] = []
+        self._stores: list["ArtifactStore"] = []
+
+    def start(self) -> None:
+        """Start (or join) Ray, make the actors, start one Worker per actor."""
+        from echo_os.ray_cluster import RayOptions, RayPool
+
+        self.pool = RayPool(self.settings, RayOptions(address=self.options.ray_address, actors=self.options.ray_actors))
+        try:
+            self._start_workers()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_workers(self) -> None:
+        from echo_os.artifacts.store import ArtifactStore
+        from echo_os.resonance.listener import attach_scorer
+
+        for index in range(len(self.pool.actors)):
+            store = ArtifactStore(self.settings)  # its own catalog connection; saves are safe across threads
+            attach_scorer(store)
+            self._stores.append(store)
+            self.workers.append(Worker(self.jobs, store, self.publish, make_engine=ray_engine_factory(self.pool, index),
+                                       max_batch=self.options.max_batch, batch_window_ms=self.options.batch_window_ms))
+        for worker in self.workers:
+            worker.start()
+        log.warning("ray: %d render actors (%s)", len(self.workers),
+                    ", ".join(stats["device"] if stats else "starting" for stats in self.pool.stats(timeout=30)))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Workers stop at the next step (the actors' calls are cancelled) and put their jobs back; then the
+        actors are killed, and the local Ray instance stopped if this server started it."""
+        stopping = [threading.Thread(target=worker.stop, args=(timeout,), name="echo-os-ray-stop")
+                    for worker in self.workers]  # all at once: each waits for its actor's call to stop
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
+        for store in self._stores:
+            store.close()
+        if self.pool is not None:
+            self.pool.close()
+
+    def wake(self) -> None:
+        for worker in self.workers:
+            worker.wake()
+
+    def cancel(self, job_id: str) -> None:
+        for worker in self.workers:
+            worker.cancel(job_id)
+
+    @property
+    def alive(self) -> bool:
+        return any(worker.alive for worker in self.workers)
+
+    def rows(self) -> list[tuple[WorkerRow, dict | None]]:
+        """Per actor: its row as GET /api/workers shows it (the Worker's jobs and images, the actor's device
+        and pid) and the actor's own figures (None while it does not answer: restarting)."""
+        if self.pool is None:
+            return []
+        answers = self.pool.stats()
+        rows = []
+        for index, (worker, stats) in enumerate(zip(self.workers, answers)):
+            state = worker.stats.state if worker.alive else "stopped"
+            if stats is None and state != "stopped":
+                state = "restarting"
+            device = f"ray {stats['device']} on {stats['node']}" if stats else "ray actor"
+            rows.append((WorkerRow(slot=index, worker=f"ray-actor-{index}", pid=stats["pid"] if stats else None,
+                                   device=device, model=worker.stats.model, jobs_done=worker.stats.jobs_done,
+                                   images_done=worker.stats.images_done, first_job=worker.stats.first_job,
+                                   last_error=worker.stats.last_error or (stats or {}).get("last_error"),
+                                   restarts=self.pool.actor_restarts[index], state=state), stats))
+        return rows
