@@ -195,6 +195,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="`echo-os serve --workers N` (render worker processes; 0: a thread in the server; "
                              "default: serve's own default, one per GPU, 1 without)")
+    parser.add_argument("--worker-nice", type=int, nargs="+", default=None, metavar="N",
+                        help="`serve --worker-nice N` (the worker processes' niceness; serve's default: 10 on the "
+                             "CPU); several values run the latency part once each, back to back, in one run")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -223,16 +226,21 @@ def main() -> None:
             (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
             return home
 
-        if not args.skip_latency:
-            server = Server(workspace("latency"), "--max-batch", str(args.max_batch), *workers, threads=args.threads)
+        nices = [None] if args.worker_nice is None else args.worker_nice
+        for nice in [] if args.skip_latency else nices:
+            extra = () if nice is None else ("--worker-nice", str(nice))
+            suffix = "" if nice is None or len(nices) == 1 else f"@nice{nice}"
+            server = Server(workspace(f"latency{suffix}"), "--max-batch", str(args.max_batch), *workers, *extra,
+                            threads=args.threads)
             try:
                 asyncio.run(warm_up(server.url, args.steps, args.size))
                 runs = [("submission", args.rate, "/api/render"), ("health", args.rate, "/health"),
                         ("submission_closed_loop", None, "/api/render"), ("health_closed_loop", None, "/health")]
                 for name, rate, path in runs:
-                    results[name] = asyncio.run(submission_latency(server.url, args.clients, args.per_client,
-                                                                   args.steps, args.size, rate, path))
-                    print(f"{name}: {json.dumps(results[name])}", flush=True)
+                    results[name + suffix] = asyncio.run(submission_latency(
+                        server.url, args.clients, args.per_client, args.steps, args.size, rate, path))
+                    results[name + suffix]["load_average_after"] = os.getloadavg()[0]
+                    print(f"{name}{suffix}: {json.dumps(results[name + suffix])}", flush=True)
             finally:
                 server.stop()
 

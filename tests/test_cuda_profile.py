@@ -167,6 +167,7 @@ def test_decode_latents_matches_the_pipeline(make_pipe):
     np.testing.assert_allclose(one_by_one, whole, atol=1e-5)
 
 
+@pytest.mark.slow  # 13 s on 2 cores
 def test_warm_up_runs_every_batch_shape(make_pipe):
     pipe = make_pipe()
     profile = PROFILES["eager"]

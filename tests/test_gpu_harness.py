@@ -39,6 +39,7 @@ def test_tokenizer_has_clip_vocabulary_and_length(tmp_path):
     assert len(long) == 77
 
 
+@pytest.mark.slow  # 47 s on 2 cores; test_counted_flops_match_the_sdxl_table and the CUDA profile tests cover the parts
 def test_harness_end_to_end_writes_every_field(tmp_path):
     output = harness.main(tiny_args(tmp_path, "--variants", "plain,bf16,sdpa-efficient,vae",
                                     "--batch-sizes", "1,2"))
@@ -166,6 +167,7 @@ def test_memory_model_matches_pick_batch_size_constants():
         cuda_profile.VAE_DECODE_ACT_BYTES_PER_IMAGE_1024, rel=0.02)
 
 
+@pytest.mark.slow  # 30 s on 2 cores
 def test_an_error_at_one_batch_size_keeps_the_others(tmp_path, monkeypatch):
     real_measure = harness.Runner.measure
 

@@ -87,6 +87,7 @@ def scene_pixels(settings: Settings, result: dict) -> dict[int, np.ndarray]:
     return pixels
 
 
+@pytest.mark.slow  # 27 s with its setup; the serve --ray test stays in the default run and checks pixel equality too
 def test_ray_story_is_pixel_equal_to_batch_without_ray(ray_cluster, tmp_path_factory, tiny_sdxl_dir, run_cli):
     csv = write_story(tmp_path_factory.mktemp("story"))
     plain = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "plain")
