@@ -859,3 +859,29 @@ def test_replacing_an_inline_table_rewrites_the_file(home: Settings) -> None:
         "models": {"other": {"hf": "org/other"}, "m": {"hf": "org/new"}}}
     with pytest.raises(UsageError, match="already has a model named 'm'"):
         write_model_entry(home.models_toml, "m", {"hf": "org/x"}, replace=False)
+
+
+def test_a_parsed_models_toml_is_reused_until_the_file_changes(tmp_path):
+    """The API asks the registry several times a submission: the parse is kept, and any change to the
+    file (even one of the same size) is read again."""
+    import os
+
+    from echo_os.models import registry as reg
+    from echo_os.settings import load_settings
+
+    home = tmp_path / "home"
+    home.mkdir()
+    toml = home / "models.toml"
+    toml.write_text('[models.aaaa]\ntype = "sdxl"\npath = "/tmp/a"\n', encoding="utf-8")
+    settings = load_settings(home)
+    first = reg.load_registry(settings)
+    assert "aaaa" in first and reg.load_registry(settings).get("aaaa") is first.get("aaaa")  # the parse is kept
+    stat = toml.stat()
+    toml.write_text('[models.bbbb]\ntype = "sdxl"\npath = "/tmp/b"\n', encoding="utf-8")  # same size
+    os.utime(toml, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime: ctime moved
+    again = reg.load_registry(settings)
+    assert "bbbb" in again and "aaaa" not in again
+    toml.write_text("[models.bbbb\n", encoding="utf-8")  # a broken file is an error each time, never cached
+    for _ in range(2):
+        with pytest.raises(Exception, match="invalid TOML"):
+            reg.load_registry(settings)

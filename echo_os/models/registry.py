@@ -196,8 +196,25 @@ def read_toml(path: Path) -> dict:
         raise UsageError(f"{path}: cannot read: {error.strerror}.") from None
 
 
+# Parsed models.toml files by path, with the file's stat signature: the API builds several requests a
+# second and each asks the registry two or three times (model check, entry defaults, LoRA); parsing both
+# files each time cost ~8 ms a submission (benchmarks/RESULTS.md, issue 15). Entries are frozen, so the
+# cached ones are shared; a file changed on disk (mtime, ctime, size or inode) is parsed again.
+_PARSED: dict[Path, tuple[tuple[int, int, int, int], dict[str, ModelEntry]]] = {}
+
+
 def parse_models_toml(path: Path) -> dict[str, ModelEntry]:
-    return parse_models_document(read_toml(path), path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return parse_models_document(read_toml(path), path)  # read_toml names what is wrong
+    signature = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
+    cached = _PARSED.get(path)
+    if cached is not None and cached[0] == signature:
+        return dict(cached[1])
+    entries = parse_models_document(read_toml(path), path)
+    _PARSED[path] = (signature, entries)
+    return dict(entries)
 
 
 def parse_models_document(document: dict, path: Path) -> dict[str, ModelEntry]:
