@@ -252,7 +252,7 @@ async def test_serve_ray_spreads_one_jobs_calls_over_the_actors_and_saves_them_i
                                                                                       tiny_sdxl_dir):
     """One job of four pipeline calls (--max-batch 1: an image per call) under `serve --ray`: both actors
     render calls of it, and its images are saved once each, in image order, with the pixels the renderer
-    gives without Ray."""
+    gives without Ray. The two cells of a compare (two batch groups) render on the two actors at once."""
     import torch
 
     from echo_os.api import ApiOptions
@@ -275,6 +275,16 @@ async def test_serve_ray_spreads_one_jobs_calls_over_the_actors_and_saves_them_i
         assert sum(row["images_done"] for row in workers) == 4
         pids = {row["pid"] for row in workers}
         request = RenderRequest.model_validate(job["request"])
+
+        # A compare: each cell is a batch group of its own; the cells render at once, one on each actor.
+        before = [row["calls_done"] for row in workers]
+        compare = {"prompt": "a buoy", "models": ["tiny"], "cfg": [4.0, 6.0], "steps": [4], "seeds": [5],
+                   "size": "64x64", "project": "spread"}
+        compare_id = (await client.post("/api/compare", json=compare)).json()["job_id"]
+        compared = await wait_job(client, compare_id, timeout=120)
+        assert compared["status"] == "succeeded" and len(compared["artifact_ids"]) == 3, compared  # 2 cells, grid
+        after = [row["calls_done"] for row in (await client.get("/api/workers")).json()["items"]]
+        assert [a - b for a, b in zip(after, before)] == [1, 1], (before, after)
     ids = job["artifact_ids"]
     store = ArtifactStore(settings)
     try:
@@ -284,7 +294,7 @@ async def test_serve_ray_spreads_one_jobs_calls_over_the_actors_and_saves_them_i
     assert len(set(ids)) == 4 and [artifact.meta.seed for artifact in artifacts] == [21, 22, 23, 24]
     folders = [artifact.path.name for artifact in artifacts]
     assert folders == sorted(folders)  # saved in image order, whichever actor finished first
-    assert len(list(settings.artifacts_dir.glob("*/*/*/image.png"))) == 4
+    assert len(list(settings.artifacts_dir.glob("*/default/*/image.png"))) == 4  # the render job's, once each
     assert wait_gone(pids)
 
     plain = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "serve-spread-plain")
