@@ -1,5 +1,5 @@
 """Render on a Ray cluster: `echo-os batch ... --ray [ADDRESS]` (render_requests_ray) and `echo-os serve
---ray [ADDRESS]` (RayPool.render_on, through echo_os.api.ray_workers). Ray does placement, GPU scheduling,
+--ray [ADDRESS]` (RayPool.render_any, through echo_os.api.ray_workers). Ray does placement, GPU scheduling,
 actor restarts and object transfer; this module only says what to render where.
 
 - Actors (`RenderActor`): one per GPU (`num_gpus=1`) on a GPU cluster, a fraction of a CPU each on a
@@ -284,6 +284,8 @@ class RayPool:
         self.restarts = 0
         self.actor_restarts = [0] * count
         self._down = [False] * count  # died, and no call has come back from it since
+        self._leased = [False] * count  # serve --ray: rendering a call that render_any sent
+        self._free = threading.Condition()
 
     def info(self) -> list[dict]:
         return self.ray.get([actor.info.remote() for actor in self.actors])
@@ -332,7 +334,7 @@ class RayPool:
     def render_on(self, index: int, name: str, reason: str, requests: list["RenderRequest"], *,
                   progress: "ProgressCallback | None" = None, cancel: "threading.Event | None" = None,
                   vae_tiling: bool = False) -> list["RenderResult"]:
-        """One pipeline call on actor `index` (serve --ray: one job worker per actor), its steps passed to
+        """One pipeline call on actor `index` (serve --ray, through render_any), its steps passed to
         `progress` while it runs, `cancel` sent on to the actor. An actor that dies mid-call is restarted
         by Ray and the call sent again (at most MAX_RESTARTS times)."""
         from ray.exceptions import RayActorError
@@ -364,6 +366,35 @@ class RayPool:
                     raise
                 if cancel is not None and cancel.is_set():
                     raise CancelledError("cancelled while its actor restarted") from None
+
+    def render_any(self, name: str, reason: str, requests: list["RenderRequest"], *, prefer: int = 0,
+                   progress: "ProgressCallback | None" = None, cancel: "threading.Event | None" = None,
+                   vae_tiling: bool = False) -> list["RenderResult"]:
+        """One pipeline call on an idle actor (serve --ray: the calls of the jobs of every job worker share the
+        actors): actor `prefer` if it is idle, else the first idle one; while none is, the call waits (a
+        cancel ends the wait with CancelledError). Then render_on."""
+        index = self._lease(prefer, cancel)
+        try:
+            return self.render_on(index, name, reason, requests, progress=progress, cancel=cancel,
+                                  vae_tiling=vae_tiling)
+        finally:
+            with self._free:
+                self._leased[index] = False
+                self._free.notify_all()
+
+    def _lease(self, prefer: int, cancel: "threading.Event | None") -> int:
+        from echo_os.errors import CancelledError
+
+        with self._free:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("cancelled while waiting for an idle actor")
+                order = [prefer, *(i for i in range(len(self._leased)) if i != prefer)]
+                for index in order:
+                    if index < len(self._leased) and not self._leased[index]:
+                        self._leased[index] = True
+                        return index
+                self._free.wait(PROGRESS_POLL_S)  # woken by a release; the timeout looks at `cancel`
 
     def _actor_failed(self, index: int, error: Exception) -> int:
         """A call on actor `index` failed because the actor died or is restarting: 1 for a new death

@@ -4,6 +4,10 @@ The one render path: `echo-os render`, `batch`, `replay`, stories and the API's 
 render_requests (the API worker through RenderHooks: a cancel flag and progress per call, saved images
 recorded against their jobs).
 
+An engine may run several pipeline calls at once (`concurrent_calls`, e.g. `serve --ray`'s RayEngine,
+one call per idle actor): the calls of a batch group are then started together, each on its own thread,
+and saved here in call order, so the saving order does not depend on which call finishes first.
+
 Requests with the same engine and batch key (model, size, steps, cfg, scheduler, device, dtype,
 attention, IP-Adapter set) share pipeline calls of at most `batch_size` images. A request with more
 images than that is split by seed (image i always has seed + i), so splitting never changes an image.
@@ -35,6 +39,8 @@ from echo_os.errors import EchoError, is_out_of_memory
 from echo_os.requests import image_request_key
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine, ProgressCallback, RenderResult
     from echo_os.requests import RenderRequest
@@ -101,6 +107,9 @@ class RenderHooks:
     `on_image` told about each one. The API worker overrides them to run several jobs in one call: drop
     the pieces of a job cancelled before the call, give each call its own cancel flag, keep no image of a
     job cancelled during the call, and add each result's timings to its job.
+
+    `call` (and the progress and cancel it gives) runs on the thread that renders the call: a thread of its
+    own for each call when the engine runs calls concurrently. The other hooks run on the caller's thread.
     """
 
     def __init__(self, progress: "ProgressCallback | None" = None, cancel: threading.Event | None = None,
@@ -344,64 +353,161 @@ def render_requests(
 
 def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactStore", outcome: RenderOutcome,
                    hooks: RenderHooks, batch_size: int | None, max_batch: int | None) -> None:
-    groups: dict[tuple, list[Piece]] = {}
+    """Render the pieces in batch groups, one after another, each its own batch size (from the engine when
+    the group starts), halving it on out-of-memory, then decoding with VAE tiling.
+
+    Calls run one at a time on this thread, unless the engine has `concurrent_calls` above 1
+    (echo_os.api.ray_workers.RayEngine: one per Ray actor): then up to that many run at once, each on a
+    thread of its own, the next group's calls starting while the last of the group before run; their
+    results are saved here, in call order, as the oldest call ends. A call that ran out of memory is
+    rendered again (smaller, or with VAE tiling) before any later call is saved. On any other error the
+    calls still running are waited for (nothing of theirs is saved), then the error is raised.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    grouped: dict[tuple, list[Piece]] = {}
     for piece in pieces:
-        groups.setdefault(piece.request.batch_key(), []).append(piece)
+        grouped.setdefault(piece.request.batch_key(), []).append(piece)
+    groups = deque(_Group(deque(group)) for group in grouped.values())
     cap = max(1, engine.capabilities.max_batch)
-    for group in groups.values():
-        limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, group[0].request)
-        if max_batch:
-            limit = max(1, min(limit, max_batch))
-        queue = deque(group)
-        tiling = engine.vae_tiling
-        try:
-            _render_queue(engine, queue, limit, store=store, outcome=outcome, hooks=hooks)
-        finally:  # the OOM back-off's VAE tiling is for this group only; the engine may outlive the call
-            if engine.capabilities.tiled_decode:
-                engine.vae_tiling = tiling
+    width = max(1, int(getattr(engine, "concurrent_calls", 1)))
+    window: deque[_PipelineCall] = deque()  # started (or split, waiting to start) calls, in saving order
+    tiling = engine.vae_tiling  # the OOM back-off's VAE tiling is for a group; the engine may outlive this
 
+    def next_call() -> "_PipelineCall | None":
+        while groups and not groups[0].queue:
+            groups.popleft()
+        if not groups:
+            return None
+        group = groups[0]
+        if group.limit is None:  # the group starts: its batch size now, with what the engine has loaded
+            if not window and engine.capabilities.tiled_decode:
+                engine.vae_tiling = tiling  # (while calls of the group before run, they share the engine's)
+            first = group.queue[0].request
+            limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, first)
+            group.limit = max(1, min(limit, max_batch)) if max_batch else limit
+        return _PipelineCall(group, take_batch(group.queue, group.limit))
 
-def _render_queue(engine: "Engine", queue: "deque[Piece]", limit: int, *, store: "ArtifactStore",
-                  outcome: RenderOutcome, hooks: RenderHooks) -> None:
-    """Render one batch group, halving the batch on out-of-memory, then decoding with VAE tiling."""
-    while queue:
-        batch = hooks.before_call(take_batch(queue, limit))
-        if not batch:
-            continue
-        try:
-            with hooks.call(batch) as control:
-                results = engine.render([piece.request for piece in batch], progress=control.progress,
-                                        cancel=control.cancel)
-            images = sum(piece.request.count for piece in batch)
-            outcome.batch_sizes[engine.name] = max(outcome.batch_sizes.get(engine.name, 0), images)
-        except Exception as error:
-            if not is_out_of_memory(error):
-                raise
-            _release_memory()
-            queue.extendleft(reversed(batch))
-            images = sum(piece.request.count for piece in batch)
-            if limit > 1:
-                limit = max(1, min(limit, images) // 2)
-                outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with {limit}")
-            elif engine.capabilities.tiled_decode and not engine.vae_tiling:
-                engine.vae_tiling = True
-                outcome.notes.append("out of GPU memory with 1 image per call; retrying with VAE tiling")
-            else:
-                first = batch[0].request
-                raise OutOfMemoryError(
-                    f"out of GPU memory rendering one {first.width}x{first.height} image even with VAE tiling; "
-                    f"{len(outcome.artifacts)} image(s) of this run were saved; free GPU memory or use a "
-                    "smaller --size, then run the same command again to render the rest") from None
-            log.warning(outcome.notes[-1])
-            continue
-        images = sum(len(result.images) for result in results)
-        for piece, result, keep in zip(batch, results, hooks.after_call(batch, results)):
-            if not keep:
+    def render(pieces: list[Piece]) -> list["RenderResult"]:
+        with hooks.call(pieces) as control:
+            return engine.render([piece.request for piece in pieces], progress=control.progress,
+                                 cancel=control.cancel)
+
+    def start(call: _PipelineCall) -> bool:
+        call.pieces = hooks.before_call(call.pieces)
+        if not call.pieces:
+            window.remove(call)
+            return False
+        call.future = pool.submit(render, call.pieces) if pool else _run_here(render, call.pieces)
+        return True
+
+    pool = ThreadPoolExecutor(width, thread_name_prefix="echo-os-call") if width > 1 else None
+    ahead = CALLS_AHEAD * width if pool else 1  # calls ended out of order wait in `window` to be saved
+    try:
+        while groups or window:
+            # 1. Start calls in call order while fewer than `width` run: first those split after
+            # out-of-memory, then new ones.
+            running = sum(call.running for call in window)
+            for call in [call for call in window if call.future is None]:
+                if running >= width:
+                    break
+                running += start(call)
+            while running < width and len(window) < ahead and (call := next_call()) is not None:
+                window.append(call)
+                running += start(call)
+            if not window:
                 continue
-            hooks.result(piece, result)
-            for i in range(len(result.images)):
-                started = time.perf_counter()
-                artifact = store.save(result, i, batch_size=images)
-                outcome.artifacts.append(artifact)
-                hooks.image(ImageDone(artifact, resumed=False, source=piece.source, index=piece.first + i,
-                                      save_s=time.perf_counter() - started))
+            oldest = window[0]
+            if oldest.future is None or not oldest.future.done():
+                # Any call that ends frees a slot for the next; the oldest is saved once it has ended.
+                wait([call.future for call in window if call.running], return_when=FIRST_COMPLETED)
+                continue
+            # 2. The oldest call's results, saved; or the out-of-memory back-off.
+            window.popleft()
+            batch, group = oldest.pieces, oldest.group
+            images = sum(piece.request.count for piece in batch)
+            try:
+                results = oldest.future.result()
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                _release_memory()
+                if group.limit > 1:
+                    group.limit = max(1, min(group.limit, images) // 2)
+                    outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with "
+                                         f"{group.limit}")
+                elif engine.capabilities.tiled_decode and not engine.vae_tiling:
+                    engine.vae_tiling = True
+                    outcome.notes.append("out of GPU memory with 1 image per call; retrying with VAE tiling")
+                else:
+                    first = batch[0].request
+                    raise OutOfMemoryError(
+                        f"out of GPU memory rendering one {first.width}x{first.height} image even with VAE tiling; "
+                        f"{len(outcome.artifacts)} image(s) of this run were saved; free GPU memory or use a "
+                        "smaller --size, then run the same command again to render the rest") from None
+                log.warning(outcome.notes[-1])
+                if window:  # later calls have started: this one's images go before them, as calls of their own
+                    again, redo = deque(batch), []
+                    while again:
+                        redo.append(_PipelineCall(group, take_batch(again, group.limit)))
+                    window.extendleft(reversed(redo))
+                else:  # nothing after it has started: back to the front of its group, as one queue
+                    group.queue.extendleft(reversed(batch))
+                    if not groups or groups[0] is not group:
+                        groups.appendleft(group)
+                continue
+            outcome.batch_sizes[engine.name] = max(outcome.batch_sizes.get(engine.name, 0), images)
+            images = sum(len(result.images) for result in results)
+            for piece, result, keep in zip(batch, results, hooks.after_call(batch, results)):
+                if not keep:
+                    continue
+                hooks.result(piece, result)
+                for i in range(len(result.images)):
+                    started = time.perf_counter()
+                    artifact = store.save(result, i, batch_size=images)
+                    outcome.artifacts.append(artifact)
+                    hooks.image(ImageDone(artifact, resumed=False, source=piece.source, index=piece.first + i,
+                                          save_s=time.perf_counter() - started))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)  # the calls still running (after an error) end before it is raised
+        if engine.capabilities.tiled_decode:
+            engine.vae_tiling = tiling
+
+
+# With an engine that runs calls concurrently: how many calls per concurrent call may be started or
+# ended but not yet saved (they wait for the calls before them). Bounds the results held in memory.
+CALLS_AHEAD = 4
+
+
+@dataclass
+class _Group:
+    """A batch group's pieces still to render, and its batch size once it has started."""
+
+    queue: "deque[Piece]"
+    limit: int | None = None
+
+
+@dataclass
+class _PipelineCall:
+    """One pipeline call of _render_groups: its group, its pieces and, once started, its results to come."""
+
+    group: _Group
+    pieces: list[Piece]
+    future: "Future[list[RenderResult]] | None" = None
+
+    @property
+    def running(self) -> bool:
+        return self.future is not None and not self.future.done()
+
+
+def _run_here(render: Callable[[list[Piece]], list["RenderResult"]], pieces: list[Piece]) -> "Future":
+    """The call rendered now, on this thread (one call at a time), its outcome in a Future."""
+    from concurrent.futures import Future
+
+    future: Future = Future()
+    try:
+        future.set_result(render(pieces))
+    except Exception as error:  # noqa: BLE001 - handed to whoever reads the future, as a pool thread would
+        future.set_exception(error)
+    return future

@@ -244,6 +244,75 @@ async def test_serve_ray_renders_jobs_on_actors_with_step_progress_cancel_and_wo
     assert np.abs(got - want).max() == 0
 
 
+@pytest.mark.slow  # 32 s on 2 shared cores (two actors load the model); the scheduler's concurrent calls are
+# in the default run (test_story_render.py), and so is the serve --ray test above
+@pytest.mark.anyio
+async def test_serve_ray_spreads_one_jobs_calls_over_the_actors_and_saves_them_in_order(ray_cluster,
+                                                                                      tmp_path_factory,
+                                                                                      tiny_sdxl_dir):
+    """One job of four pipeline calls (--max-batch 1: an image per call) under `serve --ray`: both actors
+    render calls of it, and its images are saved once each, in image order, with the pixels the renderer
+    gives without Ray. The two cells of a compare (two batch groups) render on the two actors at once."""
+    import torch
+
+    from echo_os.api import ApiOptions
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.requests import RenderRequest
+    from echo_os.scheduler import render_requests
+    from tests.api_helpers import api_client, wait_job
+
+    settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "serve-ray-spread")
+    options = ApiOptions(ray_address="local", ray_actors=2, batch_window_ms=0, max_batch=1)
+    body = {"prompt": "a harbour at night", "model": "tiny", "size": "64x64", "steps": 6, "cfg": 5.0, "seed": 21,
+            "scheduler": "euler", "count": 4}
+    async with api_client(settings, options=options) as (client, app):
+        job_id = (await client.post("/api/render", json=body)).json()["job_id"]
+        job = await wait_job(client, job_id, timeout=120)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
+        workers = (await client.get("/api/workers")).json()["items"]
+        assert len(workers) == 2 and all(row["calls_done"] for row in workers), workers  # both actors rendered
+        assert len(workers) == 2 and sum(row["calls_done"] for row in workers) == 4, workers
+        assert sum(row["images_done"] for row in workers) == 4
+        pids = {row["pid"] for row in workers}
+        request = RenderRequest.model_validate(job["request"])
+
+        # A compare: each cell is a batch group of its own; the cells render at once, one on each actor.
+        before = [row["calls_done"] for row in workers]
+        compare = {"prompt": "a buoy", "models": ["tiny"], "cfg": [4.0, 6.0], "steps": [4], "seeds": [5],
+                   "size": "64x64", "project": "spread"}
+        compare_id = (await client.post("/api/compare", json=compare)).json()["job_id"]
+        compared = await wait_job(client, compare_id, timeout=120)
+        assert compared["status"] == "succeeded" and len(compared["artifact_ids"]) == 3, compared  # 2 cells, grid
+        after = [row["calls_done"] for row in (await client.get("/api/workers")).json()["items"]]
+        assert [a - b for a, b in zip(after, before)] == [1, 1], (before, after)
+    ids = job["artifact_ids"]
+    store = ArtifactStore(settings)
+    try:
+        artifacts = [store.open(artifact_id) for artifact_id in ids]
+    finally:
+        store.close()
+    assert len(set(ids)) == 4 and [artifact.meta.seed for artifact in artifacts] == [21, 22, 23, 24]
+    folders = [artifact.path.name for artifact in artifacts]
+    assert folders == sorted(folders)  # saved in image order, whichever actor finished first
+    assert len(list(settings.artifacts_dir.glob("*/default/*/image.png"))) == 4  # the render job's, once each
+    assert wait_gone(pids)
+
+    plain = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "serve-spread-plain")
+    store = ArtifactStore(plain)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each actor has
+    try:
+        expected = render_requests(plain, [request], store=store, batch_size=1).artifacts
+    finally:
+        torch.set_num_threads(threads)
+        store.close()
+    for got, want in zip(artifacts, expected):
+        assert got.meta.seed == want.meta.seed
+        difference = np.abs(np.asarray(Image.open(got.path / "image.png").convert("RGB")).astype(int)
+                            - np.asarray(Image.open(want.path / "image.png").convert("RGB")).astype(int)).max()
+        assert difference == 0, f"seed {got.meta.seed} differs by up to {difference}"
+
+
 @pytest.mark.slow  # ~30 s on 2 shared cores: an actor start and two 200-step calls stopped early
 def test_batch_ray_calls_report_steps_and_stop_on_cancel_and_ctrl_c(ray_cluster, tmp_path_factory, tiny_sdxl_dir):
     """`echo-os batch --ray`'s renderer (render_requests_ray): the running call's steps reach the head, a

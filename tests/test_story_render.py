@@ -349,6 +349,58 @@ def test_out_of_memory_at_one_image_turns_on_vae_tiling(tiny_workspace):
     assert replay_artifact(tiny_workspace, outcome.artifacts[1].id).max_pixel_diff == 0
 
 
+def _overlapping(engine, slow_first: float = 0.0):
+    """Wrap engine.render to count the calls running at once (engine.peak); the first call waits
+    `slow_first` seconds before it renders, so the calls after it finish first."""
+    import threading
+    import time
+
+    render, lock = engine.render, threading.Lock()
+    engine.peak, running, started = 0, [0], [0]
+
+    def counted(requests, **kwargs):
+        with lock:
+            running[0] += 1
+            started[0] += 1
+            first = started[0] == 1
+            engine.peak = max(engine.peak, running[0])
+        try:
+            if first:
+                time.sleep(slow_first)
+            return render(requests, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    engine.render = counted
+    return engine
+
+
+def test_an_engine_with_concurrent_calls_gets_them_at_once_and_they_are_saved_in_call_order(tiny_workspace):
+    """An engine with `concurrent_calls` (serve --ray's RayEngine: one per actor) is given that many pipeline
+    calls at once; the images are saved in call order although a later call finishes first, and a call
+    out of memory is rendered again, smaller, before the calls after it are saved."""
+    engine = _overlapping(_oom_engine(tiny_workspace, fits=2), slow_first=0.5)
+    engine.concurrent_calls = 2
+    outcome = _render_buoys(tiny_workspace, engine, count=5, batch_size=2)
+    assert engine.peak == 2 and sorted(engine.calls) == [(1, False), (2, False), (2, False)]
+    assert [a.meta.seed for a in outcome.artifacts] == [10, 11, 12, 13, 14]
+    folders = [a.path.name for a in outcome.artifacts]
+    assert folders == sorted(folders)
+
+    # Four images out of memory while the call of the fifth runs: the four go again, two by two, first.
+    engine = _oom_engine(tiny_workspace, fits=2)
+    engine.concurrent_calls = 2
+    outcome = _render_buoys(tiny_workspace, engine, count=5, batch_size=4)
+    assert sorted(engine.calls) == [(1, False), (2, False), (2, False), (4, False)]
+    assert engine.calls.index((4, False)) < engine.calls.index((2, False))
+    assert [a.meta.seed for a in outcome.artifacts] == [10, 11, 12, 13, 14]
+    folders = [a.path.name for a in outcome.artifacts]
+    assert folders == sorted(folders)
+    assert outcome.notes == ["out of GPU memory with 4 images per call; retrying with 2"]
+    assert len(list(tiny_workspace.artifacts_dir.glob("*/*/*/image.png"))) == 10  # each image once, both runs
+
+
 def test_out_of_memory_with_tiling_stops_with_one_line(tiny_workspace):
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.requests import RenderRequest

@@ -173,9 +173,7 @@ def worker_main(config: WorkerConfig) -> None:
                 break
             if jobs.has_queued():
                 worker.wake()
-            with worker._lock:
-                in_call = set(worker._in_call)
-            for job_id in jobs.cancel_requested(in_call):
+            for job_id in jobs.cancel_requested(worker.jobs_in_call()):
                 worker.cancel(job_id)
             if time.monotonic() - renewed >= renew_every:
                 jobs.renew_leases(config.worker_id, config.lease_s)

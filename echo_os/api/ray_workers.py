@@ -4,19 +4,23 @@
 
 The design is the in-process worker (`--workers 0`) N times over: one job Worker thread per actor, each
 rendering through the one renderer (scheduler.render_requests) with a RayEngine, an engine whose `render`
-sends the pipeline call to its actor and returns the actor's RenderResults. So claiming, dynamic batching,
-exactly-once recording, SSE progress, cancel, the OOM back-off, story outputs and the catalog are the
-in-process worker's code, unchanged; only the denoising happens elsewhere.
+sends a pipeline call to an idle actor and returns the actor's RenderResults. So claiming, dynamic
+batching, exactly-once recording, SSE progress, cancel, the OOM back-off, story outputs and the catalog
+are the in-process worker's code, unchanged; only the denoising happens elsewhere.
 
+- One job spreads over the actors: the RayEngine has `concurrent_calls` = the number of actors, so the
+  renderer starts that many of a job's pipeline calls at once (the scenes of an /api/batch story, the
+  cells of a compare, the images of a CPU render with count > 1), each on an idle actor (the Worker's own
+  actor first: RayPool.render_any), and saves their images in call order as the oldest call returns. Jobs
+  of several Workers share the actors the same way: a call waits for an idle actor.
 - Progress: while a call runs, the head asks the actor for its latest step every PROGRESS_POLL_S (the
   actor is threaded, so `progress()` is answered during `render()`), and the Worker publishes it as a job
-  progress event, as with a local engine.
-- Cancel: the Worker's cancel flag for the call is sent on as the actor's `cancel(call_id)`; the actor's
-  engine stops at its next step and raises CancelledError, which reaches the Worker as from a local engine.
+  progress event, as with a local engine. While several calls of a job run, each reports its own steps.
+- Cancel: the Worker's cancel flag for each call is sent on as the actor's `cancel(call_id)` (a cancelled
+  job sets the flags of all its running calls); the actors' engines stop at their next step and raise
+  CancelledError, which reaches the Worker as from a local engine.
 - An actor that dies mid-call is restarted by Ray and the call sent again (RayPool.render_on); nothing is
   saved until a call returns, and only here, so no image is saved twice.
-- A job's pipeline calls run in order on one actor; different jobs run on different actors at once. To
-  spread the scenes of one story over many actors, use `echo-os batch --ray`.
 - `auto` is decided on the actor (its GPU, not the head's): RenderActor.choose.
 """
 
@@ -42,8 +46,10 @@ log = logging.getLogger(__name__)
 
 
 class RayEngine:
-    """An engine whose pipeline calls run on one Ray actor. Name, reason, capabilities and options are the
-    real engine's (the actor chose it); render, free_memory and runs_on_cpu are asked of the actor."""
+    """An engine whose pipeline calls run on the pool's Ray actors. Name, reason, capabilities and options
+    are the real engine's (the actor chose it). `concurrent_calls` (one per actor) tells the renderer to
+    start that many calls at once; each goes to an idle actor, its home actor `index` first
+    (RayPool.render_any). free_memory and runs_on_cpu are asked of the home actor."""
 
     def __init__(self, pool: "RayPool", index: int, name: str, reason: str):
         from echo_os.engines import get_engine
@@ -58,13 +64,17 @@ class RayEngine:
         self.vae_tiling = False  # set by the renderer's OOM back-off; sent with every call
 
     @property
+    def concurrent_calls(self) -> int:
+        return len(self.pool.actors)
+
+    @property
     def _actor(self):
         return self.pool.actors[self.index]
 
     def render(self, requests: list["RenderRequest"], *, progress: "ProgressCallback | None" = None,
                cancel: threading.Event | None = None) -> list["RenderResult"]:
-        return self.pool.render_on(self.index, self.name, self.reason, requests, progress=progress, cancel=cancel,
-                                   vae_tiling=self.vae_tiling)
+        return self.pool.render_any(self.name, self.reason, requests, prefer=self.index, progress=progress,
+                                    cancel=cancel, vae_tiling=self.vae_tiling)
 
     def free_memory(self, request: "RenderRequest") -> "MemoryInfo | None":
         return self.pool._get(self._actor.free_memory.remote(self.name, self.reason, request))
@@ -77,9 +87,16 @@ class RayEngine:
 
 
 def ray_engine_factory(pool: "RayPool", index: int) -> Callable[["RenderRequest"], RayEngine]:
+    """The engines of the Worker whose home is actor `index`: one RayEngine per engine the actor chooses,
+    shared by every coalesce key, so that the renderer puts all the calls of a job (a compare's cells,
+    each its own batch group) through one engine and so runs them concurrently."""
+    engines: dict[tuple[str, str], RayEngine] = {}
+
     def make(request: "RenderRequest") -> RayEngine:
         name, reason = pool._get(pool.actors[index].choose.remote(request))
-        return RayEngine(pool, index, name, reason)
+        if (name, reason) not in engines:
+            engines[name, reason] = RayEngine(pool, index, name, reason)
+        return engines[name, reason]
 
     return make
 
@@ -151,8 +168,9 @@ class RayWorkers:
         return any(worker.alive for worker in self.workers)
 
     def rows(self) -> list[tuple[WorkerRow, dict | None]]:
-        """Per actor: its row as GET /api/workers shows it (the Worker's jobs and images, the actor's device
-        and pid) and the actor's own figures (None while it does not answer: restarting)."""
+        """Per actor: its row as GET /api/workers shows it (jobs and images saved by the Worker whose home it
+        is, whichever actors rendered them; the actor's device and pid) and the actor's own figures (calls
+        rendered, models; None while it does not answer: restarting)."""
         if self.pool is None:
             return []
         answers = self.pool.stats()

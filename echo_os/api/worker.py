@@ -13,7 +13,9 @@ and the record leaves an artifact nobody recorded; before a job's second attempt
 artifacts (same one-image request, made after the job was created) instead of rendering them again.
 
 Cancel: a threading.Event per pipeline call, passed to the engine, which stops at the next denoising step
-and saves nothing. Batch mates of a cancelled job go back to the queue without losing an attempt.
+and saves nothing. An engine that runs several calls at once (`serve --ray`) has several flags out; a
+cancel sets every one whose call has the job. Batch mates of a cancelled job go back to the queue
+without losing an attempt.
 A batch job (/api/batch) ends like `echo-os batch`: story.json, the contact sheet and the continuity
 report are written by the same code (story.render.write_story_outputs). A compare job (/api/compare) is
 rendered with the renderer's resume rule, as `echo-os compare` is: cells already in the project are taken
@@ -139,8 +141,7 @@ class _JobHooks(RenderHooks):
         job_ids = self._job_ids(pieces)
         call_cancel = threading.Event()
         with worker._lock:
-            worker._in_call = job_ids
-            worker._call_cancel = call_cancel
+            worker._calls[id(call_cancel)] = (job_ids, call_cancel)
             if job_ids & worker._cancel_asked or worker._stop.is_set():
                 call_cancel.set()
 
@@ -157,8 +158,7 @@ class _JobHooks(RenderHooks):
             raise Interrupted() from None
         finally:
             with worker._lock:
-                worker._in_call = set()
-                worker._call_cancel = None
+                worker._calls.pop(id(call_cancel), None)
 
     def after_call(self, pieces: list[Piece], results: list["RenderResult"]) -> list[bool]:
         # A cancel that came with the last step: that job's images are not saved.
@@ -204,10 +204,11 @@ class Worker:
         self._stop = threading.Event()
         self._stop_counts = False
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # guards the three fields below
+        self._lock = threading.Lock()  # guards the two fields below
         self._cancel_asked: set[str] = set()
-        self._in_call: set[str] = set()
-        self._call_cancel: threading.Event | None = None
+        # the pipeline calls running now (several at once with a concurrent engine): their jobs and cancel flag
+        self._calls: dict[int, tuple[set[str], threading.Event]] = {}
+        self._jobs_lock = threading.RLock()  # a job is finished once when calls on several threads end it
 
     # -- control (any thread) -----------------------------------------------------------------------
     def start(self) -> None:
@@ -221,8 +222,8 @@ class Worker:
         self._stop.set()
         self._wake.set()
         with self._lock:
-            if self._call_cancel is not None:
-                self._call_cancel.set()
+            for _, call_cancel in self._calls.values():
+                call_cancel.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -238,8 +239,14 @@ class Worker:
         """Stop `job_id` at the next step if it is rendering (the store already has cancel_requested)."""
         with self._lock:
             self._cancel_asked.add(job_id)
-            if job_id in self._in_call and self._call_cancel is not None:
-                self._call_cancel.set()
+            for job_ids, call_cancel in self._calls.values():
+                if job_id in job_ids:
+                    call_cancel.set()
+
+    def jobs_in_call(self) -> set[str]:
+        """The jobs of the pipeline calls running now."""
+        with self._lock:
+            return set().union(*(job_ids for job_ids, _ in self._calls.values()))
 
     # -- the loop -------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -358,8 +365,7 @@ class Worker:
                                   clips=spec.clips)
         cancel = threading.Event()
         with self._lock:
-            self._in_call = {job.id}
-            self._call_cancel = cancel
+            self._calls[id(cancel)] = ({job.id}, cancel)
             if job.id in self._cancel_asked or self._stop.is_set():
                 cancel.set()
         every = max(1, spec.frames // 100)  # about 100 progress events, however long the video
@@ -385,8 +391,7 @@ class Worker:
             raise Interrupted() from None
         finally:
             with self._lock:
-                self._in_call = set()
-                self._call_cancel = None
+                self._calls.pop(id(cancel), None)
         run.timings["encode_s"] = result.encode_s
         self.jobs.record_image(job.id, 0, result.artifact.id)
         run.saved[0] = result.artifact.id
@@ -412,9 +417,10 @@ class Worker:
     def _cancel_jobs(self, runs: dict[str, JobRun], job_ids: set[str]) -> None:
         for job_id in job_ids:
             run = runs[job_id]
-            if run.done:
-                continue
-            run.done = True
+            with self._jobs_lock:  # the threads of a job's concurrent calls may all see its cancel
+                if run.done:
+                    continue
+                run.done = True
             self.stats.jobs_done += 1
             self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run))
             self.publish(JobCancelled(job_id=job_id, artifact_ids=run.artifact_ids))
