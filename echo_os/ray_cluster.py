@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.base import Engine, ProgressCallback, RenderResult
     from echo_os.requests import RenderRequest
-    from echo_os.scheduler import EngineChoice, ImageDone, Piece, RenderOutcome
+    from echo_os.scheduler import EngineChoice, ImageDone, RenderOutcome
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
