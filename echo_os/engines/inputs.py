@@ -28,14 +28,8 @@ def init_image_path(settings: "Settings", init: "InitImage") -> Path:
 def read_init_image(settings: "Settings", init: "InitImage") -> tuple[Path, bytes]:
     """(path, bytes) of the init image, after checking its bytes still have the recorded sha256."""
     path = init_image_path(settings, init)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UsageError(f"the image to refine, {path}, cannot be read ({error.strerror or error}).") from None
-    if hashlib.sha256(data).hexdigest() != init.sha256:
-        raise UsageError(f"the image to refine, {path}, has changed since it was recorded (sha256 differs); "
-                         "refine the artifact again instead of replaying.")
-    return path, data
+    return path, _read_checked(path, init.sha256, f"the image to refine, {path},", "since it was recorded",
+                               "refine the artifact again instead of replaying")
 
 
 def load_init_image(settings: "Settings", init: "InitImage") -> Any:
@@ -52,11 +46,16 @@ def load_init_image(settings: "Settings", init: "InitImage") -> Any:
 def read_reference_image(image: "IPAdapterImage") -> tuple[Path, bytes]:
     """(path, bytes) of one reference image, checked against its recorded sha256."""
     path = Path(image.path)
+    return path, _read_checked(path, image.sha256, f"the reference image {path}", "since the request was made",
+                               "run the command again so it is hashed anew")
+
+
+def _read_checked(path: Path, sha256: str, what: str, since: str, then: str) -> bytes:
+    """The file's bytes, or one UsageError line when it cannot be read or no longer has `sha256`."""
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise UsageError(f"the reference image {path} cannot be read ({error.strerror or error}).") from None
-    if hashlib.sha256(data).hexdigest() != image.sha256:
-        raise UsageError(f"the reference image {path} has changed since the request was made (sha256 differs); "
-                         "run the command again so it is hashed anew.")
-    return path, data
+        raise UsageError(f"{what} cannot be read ({error.strerror or error}).") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise UsageError(f"{what} has changed {since} (sha256 differs); {then}.")
+    return data
