@@ -117,6 +117,19 @@ def test_bible_style_name_and_batch_style_option(run_cli, workspace, tmp_path):
     request = scene["request"]
     assert (request["style_name"], request["style"], request["negative_prompt"]) == ("dusk", "{prompt} at dusk",
                                                                                      "people, noon")
+    # the tokens are counted on what the model reads (the styled prompt and negative), and the human dry
+    # run shows that prompt
+    unstyled = tmp_path / "unstyled"
+    unstyled.mkdir()
+    (unstyled / "STORY_BIBLE.md").write_text("---\ntitle: Harbour\n---\n", encoding="utf-8")
+    (unstyled / "story.csv").write_text("scene,description,negative\n1,a harbour,people\n", encoding="utf-8")
+    plain = json.loads(run_cli("--home", home, "batch", "harbour", str(unstyled / "story.csv"), "--engine", "draft",
+                               "--dry-run", "--json")[1])["scenes"][0]
+    assert scene["tokens"]["prompt"] == plain["tokens"]["prompt"] + 2  # "at dusk"
+    assert scene["tokens"]["negative"] == plain["tokens"]["negative"] + 2  # ", noon"
+    code, out, err = run_cli("--home", home, "batch", "harbour", str(story / "story.csv"), "--engine", "draft",
+                             "--dry-run")
+    assert code == 0 and "prompt:    a harbour at dusk  (style dusk)" in out, out
     # --style overrides the bible's; an unknown name in the bible is a problem naming it
     code, out, err = run_cli("--home", home, "batch", "harbour", str(story / "story.csv"), "--engine", "draft",
                              "--dry-run", "--json", "--style", "noir")

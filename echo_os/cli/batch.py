@@ -138,7 +138,8 @@ def format_dry_run(plan) -> str:
         lines += [
             "",
             f"scene {scene.scene}  {scene.slug}",
-            f"  prompt:    {request.prompt}",
+            f"  prompt:    {request.full_prompt}"
+            + (f"  (style {request.style_name})" if request.style_name else ""),
             f"  negative:  {request.negative_prompt or '(none)'}",
             f"  seed:      {_seed_text(scene)}",
             f"  tokens:    prompt {tokens.shown(tokens.prompt)}/{tokens.limit}, "

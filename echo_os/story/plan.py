@@ -315,8 +315,9 @@ def _plan_rows(rows: list[SceneRow], *, project: str, kind: Literal["storyboard"
         if tokenizer is None and tokenizer_loader is not None and request.model not in loaded_for:
             loaded_for.add(request.model)
             tokenizer = tokenizer_loader(request.model)
-        prompt_tokens = clip_token_count(composed.prompt, tokenizer)
-        negative_tokens = clip_token_count(composed.negative, tokenizer)
+        # What the model reads: the prompt with its style, and the negative with the style's.
+        prompt_tokens = clip_token_count(request.full_prompt, tokenizer)
+        negative_tokens = clip_token_count(request.negative_prompt or "", tokenizer)
         tokens = TokenCounts(prompt=prompt_tokens.count, negative=negative_tokens.count,
                              approximate=prompt_tokens.approximate)
         cast = tuple(
