@@ -18,15 +18,10 @@ from pathlib import Path
 def old_jobs_db(path: Path, count: int) -> None:
     from echo_os.api import jobs as jobs_module
     from echo_os.requests import RenderRequest
-    from echo_os.sqlite import Migrations, connect
+    from echo_os.sqlite import connect
 
-    old = Migrations()
-    for function in jobs_module.MIGRATIONS:
-        if function.__name__ == "m003_animatic_jobs":
-            break
-        old(function)
     db = connect(path)
-    old.migrate(db)
+    jobs_module.MIGRATIONS.before("m003_animatic_jobs").migrate(db)
     spec = json.dumps({"items": [RenderRequest(prompt="x" * 200, engine="draft").model_dump(mode="json")]})
     db.execute("BEGIN")
     db.executemany("INSERT INTO jobs (id, kind, status, request, images_total, created) "

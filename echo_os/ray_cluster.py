@@ -493,9 +493,8 @@ def render_requests_ray(settings: "Settings", requests: list["RenderRequest"], *
     """render_requests (echo_os.scheduler) with the pipeline calls on Ray actors and the saving here.
     progress: the running calls' denoising steps; cancel: stops the actors' calls at their next step
     (the calls saved before it stay saved), then CancelledError."""
-    from echo_os.requests import image_request_key
     from echo_os.scheduler import (
-        EngineChoice, ImageDone, Piece, RenderOutcome, canonical_options, find_rendered, missing_runs, take_batch,
+        EngineChoice, ImageDone, Piece, RenderOutcome, canonical_options, resume_rendered, take_batch,
     )
 
     outcome = RenderOutcome()
@@ -508,17 +507,7 @@ def render_requests_ray(settings: "Settings", requests: list["RenderRequest"], *
                                                           "options": canonical_options(engine, request)}))
               for source, request in enumerate(requests)]
     if resume:
-        rendered = find_rendered(store, [piece.request for piece in pieces])
-        remaining = []
-        for piece in pieces:
-            keys = [image_request_key(image) for image in piece.request.image_requests()]
-            for i, key in enumerate(keys):
-                if key in rendered:
-                    outcome.resumed.append(rendered[key])
-                    if on_image is not None:
-                        on_image(ImageDone(rendered[key], resumed=True, source=piece.source, index=i))
-            remaining += missing_runs(piece, lambda index, k=keys: k[index] in rendered)
-        pieces = remaining
+        pieces = resume_rendered(store, pieces, outcome, on_image)
     # 2. The calls: the renderer's batch groups and sizes.
     groups: dict[tuple, list[Piece]] = {}
     for piece in pieces:

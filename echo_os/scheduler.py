@@ -335,20 +335,28 @@ def render_requests(
 
     for key, pieces in by_engine.items():
         if resume:
-            rendered = find_rendered(store, [piece.request for piece in pieces])
-            remaining = []
-            for piece in pieces:
-                keys = [image_request_key(image) for image in piece.request.image_requests()]
-                for i, request_key in enumerate(keys):
-                    artifact = rendered.get(request_key)
-                    if artifact is not None:
-                        outcome.resumed.append(artifact)
-                        hooks.image(ImageDone(artifact, resumed=True, source=piece.source, index=piece.first + i))
-                remaining += missing_runs(piece, lambda index, p=piece, k=keys: k[index - p.first] in rendered)
-            pieces = remaining
+            pieces = resume_rendered(store, pieces, outcome, hooks.image)
         _render_groups(engines[key], pieces, store=store, outcome=outcome, hooks=hooks, batch_size=batch_size,
                        max_batch=max_batch)
     return outcome
+
+
+def resume_rendered(store: "ArtifactStore", pieces: list[Piece], outcome: RenderOutcome,
+                    on_image: Callable[[ImageDone], None] | None = None) -> list[Piece]:
+    """The runs of `pieces` still to render: every image the project already has (the same one-image
+    request key) is taken instead, added to outcome.resumed and told to on_image with resumed=True."""
+    rendered = find_rendered(store, [piece.request for piece in pieces])
+    remaining: list[Piece] = []
+    for piece in pieces:
+        keys = [image_request_key(image) for image in piece.request.image_requests()]
+        for i, request_key in enumerate(keys):
+            artifact = rendered.get(request_key)
+            if artifact is not None:
+                outcome.resumed.append(artifact)
+                if on_image is not None:
+                    on_image(ImageDone(artifact, resumed=True, source=piece.source, index=piece.first + i))
+        remaining += missing_runs(piece, lambda index, p=piece, k=keys: k[index - p.first] in rendered)
+    return remaining
 
 
 def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactStore", outcome: RenderOutcome,

@@ -58,6 +58,15 @@ class Migrations:
     def names(self) -> list[str]:
         return [function.__name__ for function in self._functions]
 
+    def before(self, name: str) -> "Migrations":
+        """The migrations that come before `name` (to build an older schema: upgrade tests, benchmarks)."""
+        if name not in self.names:
+            raise ValueError(f"no migration named {name}")
+        older = Migrations()
+        for function in self._functions[:self.names.index(name)]:
+            older(function)
+        return older
+
     def migrate(self, db: sqlite3.Connection) -> list[str]:
         """Apply the migrations `db` has not had; returns their names. All or nothing."""
         db.execute("BEGIN IMMEDIATE")

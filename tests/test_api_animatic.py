@@ -199,15 +199,10 @@ def _jobs_db_before_animatics(path):
     idempotency key) and a finished one with a recorded image."""
     from echo_os.api import jobs as jobs_module
     from echo_os.requests import RenderRequest
-    from echo_os.sqlite import Migrations, connect
+    from echo_os.sqlite import connect
 
-    old = Migrations()
-    for function in jobs_module.MIGRATIONS:
-        if function.__name__ == "m003_animatic_jobs":
-            break
-        old(function)
     db = connect(path)
-    old.migrate(db)
+    jobs_module.MIGRATIONS.before("m003_animatic_jobs").migrate(db)
     request = RenderRequest(prompt="an old queued job", engine="draft", width=64, height=64, steps=2)
     spec = json.dumps({"items": [request.model_dump(mode="json")]})
     for seq, (job_id, status) in enumerate((("a" * 32, "succeeded"), ("b" * 32, "queued")), start=1):

@@ -89,3 +89,21 @@ def test_new_migrations_run_once_in_order_and_a_failure_applies_nothing(tmp_path
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(ValueError):
         migrations(m001_things)
+
+
+def test_before_builds_the_older_schema_and_refuses_an_unknown_name(tmp_path):
+    migrations = Migrations()
+
+    @migrations
+    def m001_a(db):
+        db.execute("CREATE TABLE a (x)")
+
+    @migrations
+    def m002_b(db):
+        db.execute("CREATE TABLE b (x)")
+
+    db = connect(tmp_path / "old.db")
+    assert migrations.before("m002_b").migrate(db) == ["m001_a"]
+    assert migrations.migrate(db) == ["m002_b"]  # the newer one upgrades it in place
+    with pytest.raises(ValueError, match="no migration named m009"):
+        migrations.before("m009")

@@ -156,11 +156,21 @@ def animatic_summary(job: Job) -> dict[str, Any]:
     return dict(project=spec.project, scenes=spec.scenes, frames=spec.frames, fps=spec.fps)
 
 
-async def _earlier_job(api: ApiState, key: IdempotencyKey | None) -> Admission | None:
-    """The job this key already made (replayed or conflicting), looked up before any work is done."""
+async def _earlier(api: ApiState, route: str, idempotency_key: str | None,
+                   body) -> tuple[IdempotencyKey | None, JSONResponse | None]:
+    """(the request's key, the answer when the key already made a job (replayed or conflicting)), looked
+    up before any work is done; the answer is None for a new request."""
+    key = client_key(route, idempotency_key, body)
     if key is None:
-        return None
-    return known(await run_in_threadpool(api.jobs.find_key, key.key), key)
+        return None, None
+    earlier = known(await run_in_threadpool(api.jobs.find_key, key.key), key)
+    return key, (None if earlier is None else await _answer_earlier(api, earlier))
+
+
+def _submit_responses(model: type, *codes: int) -> dict:
+    """The OpenAPI responses of a route that queues a job: 200 for a replayed Idempotency-Key, and errors."""
+    return {200: {"model": model, "description": "The job an earlier request with this Idempotency-Key made"},
+            **error_responses(*codes)}
 
 
 async def _admit(api: ApiState, job: Job, key) -> JSONResponse | None:
@@ -423,15 +433,12 @@ def _add_routes(app: FastAPI) -> None:
 
     # -- submitting ----------------------------------------------------------------------------------
     @app.post("/api/render", status_code=202, response_model=Submitted, tags=["jobs"],
-              responses={200: {"model": Submitted, "description": "The job an earlier request with this "
-                                                                  "Idempotency-Key made"},
-                         **error_responses(400, 403, 409, 413, 422)})
+              responses=_submit_responses(Submitted, 400, 403, 409, 413, 422))
     async def submit_render(body: RenderBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue `echo-os render` with these parameters."""
-        key = client_key("/api/render", idempotency_key, body)
-        earlier = await _earlier_job(api, key)
-        if earlier is not None:
-            return await _answer_earlier(api, earlier)
+        key, replayed = await _earlier(api, "/api/render", idempotency_key, body)
+        if replayed is not None:
+            return replayed
         fields = body.model_dump(exclude={"negative", "size", "seed"}, exclude_none=True)
         fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
@@ -448,15 +455,12 @@ def _add_routes(app: FastAPI) -> None:
         return submitted(job.id)
 
     @app.post("/api/batch", status_code=202, response_model=BatchSubmitted, tags=["jobs"],
-              responses={200: {"model": BatchSubmitted, "description": "The job an earlier request with this "
-                                                                       "Idempotency-Key made"},
-                         **error_responses(400, 403, 409, 413, 422)})
+              responses=_submit_responses(BatchSubmitted, 400, 403, 409, 413, 422))
     async def submit_batch(body: BatchBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue a story: `storyboard` (story.csv text) with an optional `bible`, or `prompts`."""
-        key = client_key("/api/batch", idempotency_key, body)
-        earlier = await _earlier_job(api, key)
-        if earlier is not None:
-            return await _answer_earlier(api, earlier)
+        key, replayed = await _earlier(api, "/api/batch", idempotency_key, body)
+        if replayed is not None:
+            return replayed
         job_id = new_job_id()
         spec = await run_in_threadpool(plan_batch, api.settings, body, job_id)
         job = Job(id=job_id, kind="batch", status="queued", spec=spec, created=now_iso())
@@ -467,18 +471,15 @@ def _add_routes(app: FastAPI) -> None:
         return submitted(job.id, BatchSubmitted, **batch_summary(job, body.project))
 
     @app.post("/api/animatic", status_code=202, response_model=AnimaticSubmitted, tags=["jobs"],
-              responses={200: {"model": AnimaticSubmitted, "description": "The job an earlier request with "
-                                                                          "this Idempotency-Key made"},
-                         **error_responses(400, 403, 409, 413, 422)})
+              responses=_submit_responses(AnimaticSubmitted, 400, 403, 409, 413, 422))
     async def submit_animatic(body: AnimaticBody, api: Api,
                               idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue `echo-os animatic`: the project's newest rendered story as an MP4 (a video artifact).
         The story is checked now (it has scenes, their images, durations and the fade fit): a 422 names
         the field."""
-        key = client_key("/api/animatic", idempotency_key, body)
-        earlier = await _earlier_job(api, key)
-        if earlier is not None:
-            return await _answer_earlier(api, earlier)
+        key, replayed = await _earlier(api, "/api/animatic", idempotency_key, body)
+        if replayed is not None:
+            return replayed
         spec = await run_in_threadpool(plan_animatic, api.settings, body)
         job = Job(id=new_job_id(), kind="animatic", status="queued", spec=spec, created=now_iso())
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
@@ -486,15 +487,12 @@ def _add_routes(app: FastAPI) -> None:
         return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
 
     @app.post("/api/refine", status_code=202, response_model=Submitted, tags=["jobs"],
-              responses={200: {"model": Submitted, "description": "The job an earlier request with this "
-                                                                  "Idempotency-Key made"},
-                         **error_responses(400, 403, 404, 409, 413, 422)})
+              responses=_submit_responses(Submitted, 400, 403, 404, 409, 413, 422))
     async def submit_refine(body: RefineBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue `echo-os refine`: image-to-image from an artifact, recorded as its child."""
-        key = client_key("/api/refine", idempotency_key, body)
-        earlier = await _earlier_job(api, key)
-        if earlier is not None:
-            return await _answer_earlier(api, earlier)
+        key, replayed = await _earlier(api, "/api/refine", idempotency_key, body)
+        if replayed is not None:
+            return replayed
         request = await run_in_threadpool(refine_body_request, api, body)
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
                   created=now_iso())
@@ -503,17 +501,14 @@ def _add_routes(app: FastAPI) -> None:
         return submitted(job.id)
 
     @app.post("/api/compare", status_code=202, response_model=CompareSubmitted, tags=["jobs"],
-              responses={200: {"model": CompareSubmitted, "description": "The job an earlier request with "
-                                                                         "this Idempotency-Key made"},
-                         **error_responses(400, 403, 404, 409, 413, 422)})
+              responses=_submit_responses(CompareSubmitted, 400, 403, 404, 409, 413, 422))
     async def submit_compare(body: CompareBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
         """Queue `echo-os compare`: one image per cell, then the labelled grid sheet (an artifact). As on the
         CLI, cells already rendered in the project (same request) are taken, not rendered again; the job's
         `artifact_ids` are the cells in order, then the sheet (`grid_id`)."""
-        key = client_key("/api/compare", idempotency_key, body)
-        earlier = await _earlier_job(api, key)
-        if earlier is not None:
-            return await _answer_earlier(api, earlier)
+        key, replayed = await _earlier(api, "/api/compare", idempotency_key, body)
+        if replayed is not None:
+            return replayed
         spec = await run_in_threadpool(compare_spec, api.settings, body)
         job = Job(id=new_job_id(), kind="batch", status="queued", spec=spec, created=now_iso())
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +31,8 @@ from echo_os.results import (  # noqa: F401  (re-exported: the older import path
 if TYPE_CHECKING:
     from echo_os.requests import RenderRequest
     from echo_os.settings import Settings
+
+_T = TypeVar("_T", bound=BaseModel)
 
 __all__ = [
     "BaseEngine", "Capabilities", "Engine", "EngineOptions", "EnginePlugin",
@@ -74,6 +76,22 @@ class Capabilities:
             allowed = ", ".join(f"{w}x{h}" for w, h in self.sizes)
             return f"it renders only the sizes {allowed}, not {request.width}x{request.height}"
         return None
+
+
+def table_settings(settings: "Settings", name: str, model: type[_T]) -> _T:
+    """The workspace's `[engines.NAME]` table in echo-os.toml validated by `model`; a bad value is one
+    UsageError line naming the file, the table and the key (openai and comfyui use it)."""
+    from pydantic import ValidationError
+
+    from echo_os.errors import UsageError
+
+    try:
+        return model.model_validate(settings.engine_table(name))
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in first.get("loc", ())) or name
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise UsageError(f"{settings.config_toml}: [engines.{name}] {key}: {message}.") from None
 
 
 class EngineOptions(BaseModel):

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from echo_os.engines.base import (
     BaseEngine,
@@ -67,6 +67,7 @@ from echo_os.engines.base import (
     RenderResult,
     RuntimeInfo,
     Timings,
+    table_settings,
 )
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
@@ -107,12 +108,7 @@ class ComfyUISettings(BaseModel):
 
 
 def engine_settings(settings: "Settings") -> ComfyUISettings:
-    try:
-        return ComfyUISettings.model_validate(settings.engine_table("comfyui"))
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first.get("loc", ())) or "comfyui"
-        raise UsageError(f"{settings.config_toml}: [engines.comfyui] {key}: {first.get('msg')}.") from None
+    return table_settings(settings, "comfyui", ComfyUISettings)
 
 
 class ComfyUIOptions(EngineOptions):

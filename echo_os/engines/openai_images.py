@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from echo_os.engines.base import (
     BaseEngine,
@@ -53,6 +53,7 @@ from echo_os.engines.base import (
     RenderResult,
     RuntimeInfo,
     Timings,
+    table_settings,
 )
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
@@ -136,13 +137,7 @@ class OpenAISettings(BaseModel):
 
 
 def engine_settings(settings: "Settings") -> OpenAISettings:
-    try:
-        return OpenAISettings.model_validate(settings.engine_table("openai"))
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first.get("loc", ())) or "openai"
-        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        raise UsageError(f"{settings.config_toml}: [engines.openai] {key}: {message}.") from None
+    return table_settings(settings, "openai", OpenAISettings)
 
 
 def model_for(settings: "Settings", request: "RenderRequest", options: OpenAIOptions) -> str:
