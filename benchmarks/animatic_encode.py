@@ -33,7 +33,7 @@ def main() -> None:
 
     from echo_os.cli import main as cli_main
     from echo_os.motion.animatic import AnimaticOptions, make_animatic
-    from echo_os.requests import parse_size
+    from echo_os.render.requests import parse_size
     from echo_os.settings import Settings
 
     with tempfile.TemporaryDirectory() as folder:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 def old_jobs_db(path: Path, count: int) -> None:
     from echo_os.api import jobs as jobs_module
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.sqlite import connect
 
     db = connect(path)

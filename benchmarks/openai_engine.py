@@ -39,7 +39,7 @@ def overhead(args) -> dict:
     from PIL import Image
 
     from echo_os.engines import create_engine
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import load_settings
     from tests.fake_openai import fake_images_server
 

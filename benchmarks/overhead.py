@@ -57,8 +57,8 @@ def bare_in_process(pipe, out: Path, images: int, steps: int, size: int) -> floa
 
 def echo_in_process(settings, images: int, steps: int, size: int) -> float:
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import render_requests
+    from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import render_requests
 
     request = RenderRequest(prompt=PROMPT, model="tiny", engine="cpu", seed=1000, count=images, steps=steps,
                             cfg=7.0, width=size, height=size)
@@ -90,7 +90,7 @@ def main() -> None:
     from diffusers import StableDiffusionXLPipeline
 
     from echo_os.engines.sdxl import SDXLEngine
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
     from tests.tiny_models import save_tiny_sdxl
 

@@ -1,4 +1,4 @@
-"""Images per minute on Ray render actors (echo_os.ray_cluster), for several actor counts and torch threads
+"""Images per minute on Ray render actors (echo_os.render.ray), for several actor counts and torch threads
 per actor, on this machine's CPU with the tiny random-weight SDXL from tests/tiny_models.py. The whole table
 comes from one run:
 
@@ -56,8 +56,8 @@ def main() -> None:
 
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import choose_engine, create_engine
-    from echo_os.ray_cluster import RayOptions, RayPool, render_requests_ray, start_ray
-    from echo_os.requests import RenderRequest
+    from echo_os.render.ray import RayOptions, RayPool, render_requests_ray, start_ray
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
     from tests.tiny_models import save_tiny_sdxl
 

@@ -15,7 +15,7 @@ from PIL import Image
 from echo_os.api import ApiOptions, create_app
 from echo_os.api.jobs import Job, JobSpec, JobStore, new_job_id, now_iso
 from echo_os.errors import ModelError
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 from tests.api_helpers import FakeEngine, api_client, parse_sse, wait_job
 
 pytestmark = pytest.mark.anyio
@@ -69,7 +69,7 @@ async def test_event_stream_does_not_repeat_progress_the_snapshot_showed():
     from echo_os.api.app import _event_stream, snapshot_events
     from echo_os.api.events import EventHub, JobProgressed, JobStarted, JobSucceeded
     from echo_os.api.jobs import Job, JobSpec
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
 
     job = Job(id="a" * 32, kind="render", status="running", attempts=1, created="2026-11-22T00:00:00+00:00",
               spec=JobSpec(items=(RenderRequest(prompt="x", steps=4),)))

@@ -198,7 +198,7 @@ def _jobs_db_before_animatics(path):
     """jobs.db as the migrations before m003_animatic_jobs left it, with a queued render job (holding an
     idempotency key) and a finished one with a recorded image."""
     from echo_os.api import jobs as jobs_module
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.sqlite import connect
 
     db = connect(path)

@@ -339,7 +339,7 @@ def test_a_cancel_during_the_vae_decode_stops_it(tiny_workspace, monkeypatch):
 
     from echo_os.engines.sdxl import SDXLEngine
     from echo_os.errors import CancelledError
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
 
     engine = SDXLEngine(tiny_workspace)
     request = RenderRequest(prompt="rain", seed=1, count=3, **TINY_CPU)
@@ -356,7 +356,7 @@ def test_a_cancel_during_the_vae_decode_stops_it(tiny_workspace, monkeypatch):
 
 async def test_a_job_cancelled_during_the_decode_saves_nothing(tiny_workspace, monkeypatch):
     from echo_os.engines.sdxl import SDXLEngine
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from tests.api_helpers import wait_job
 
     pipe = SDXLEngine(tiny_workspace).loaded(RenderRequest(prompt="x", **TINY_CPU)).pipe

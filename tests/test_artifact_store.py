@@ -9,7 +9,7 @@ import pytest
 from echo_os.artifacts.catalog import Catalog
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines.draft import DraftEngine
-from echo_os.requests import RenderRequest, StoryFields
+from echo_os.render.requests import RenderRequest, StoryFields
 
 
 def _render(store, prompt="a lighthouse", count=1, **fields):

@@ -13,7 +13,7 @@ import pytest
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import CancelledError, UsageError
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 from tests.fake_comfyui import comfy_workspace, fake_comfyui
 from tests.helpers import run_cli
 

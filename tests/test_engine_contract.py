@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from echo_os.errors import CancelledError
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 
 
 def _pixels(image):
@@ -68,7 +68,7 @@ class EngineContract:
 
     def test_cancel_raises_and_saves_nothing(self, settings):
         from echo_os.artifacts.store import ArtifactStore
-        from echo_os.scheduler import render_requests
+        from echo_os.render.scheduler import render_requests
 
         engine = self.make_engine(settings)
         cancel = threading.Event()
@@ -84,7 +84,7 @@ class EngineContract:
 
     def test_seeds_and_runtime_are_recorded(self, settings):
         from echo_os.artifacts.store import ArtifactStore
-        from echo_os.scheduler import render_requests
+        from echo_os.render.scheduler import render_requests
 
         engine = self.make_engine(settings)
         store = ArtifactStore(settings)
@@ -101,8 +101,8 @@ class EngineContract:
 
     def test_img2img_refines_an_artifact_with_lineage(self, settings):
         from echo_os.artifacts.store import ArtifactStore
-        from echo_os.refine import refine_request
-        from echo_os.scheduler import render_requests
+        from echo_os.iterate.refine import refine_request
+        from echo_os.render.scheduler import render_requests
 
         engine = self.make_engine(settings)
         if not engine.capabilities.img2img:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import UsageError
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 from tests.fake_openai import REVOKED_KEY, fake_images_server, hosted_workspace
 from tests.helpers import run_cli
 
@@ -343,7 +343,7 @@ def test_a_refine_of_a_parent_that_changed_on_disk_stops_before_sending(hosted, 
     assert code == 0, err
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import create_engine
-    from echo_os.refine import refine_request
+    from echo_os.iterate.refine import refine_request
 
     store = ArtifactStore(hosted)
     try:
@@ -358,7 +358,7 @@ def test_a_refine_of_a_parent_that_changed_on_disk_stops_before_sending(hosted, 
 
 
 def _references(tmp_path, counts: dict[str, int]):
-    from echo_os.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference
+    from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference
 
     references = []
     for index, (name, count) in enumerate(counts.items()):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from echo_os.engines import DEFAULT_ORDER, choose_engine, engine_names, reset_plugins
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 
 TOY_MODULE = '''
 """A third-party engine: solid-colour images from the prompt's hash, with its own option."""
@@ -21,7 +21,7 @@ from typing import Literal
 from echo_os.engines.base import BaseEngine, Capabilities, EngineOptions
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError
-from echo_os.results import ProgressEvent, RenderedImage, RenderResult, RuntimeInfo, Timings
+from echo_os.render.results import ProgressEvent, RenderedImage, RenderResult, RuntimeInfo, Timings
 
 
 class ToyOptions(EngineOptions):
@@ -143,7 +143,7 @@ def test_auto_asks_the_workspace_order_and_records_why(toy_package, tmp_path, ru
     name, reason = choose_engine(settings, RenderRequest(prompt="x"))
     assert name == "toy" and "order toy, draft" in reason
     # Reference images are a capability toy lacks: auto passes over it, saying why.
-    from echo_os.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference
+    from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference
 
     refs = IPAdapterInput(model="ip", references=(IPAdapterReference(
         name="a", images=(IPAdapterImage(path="a.png", sha256="0" * 64),)),))
@@ -183,7 +183,7 @@ def test_replay_of_a_non_deterministic_engine_says_a_difference_is_expected(work
     import itertools
 
     from echo_os.engines.base import BaseEngine, Capabilities
-    from echo_os.results import ProgressEvent, RenderedImage, RenderResult, RuntimeInfo
+    from echo_os.render.results import ProgressEvent, RenderedImage, RenderResult, RuntimeInfo
     from tests.api_helpers import register_engine
 
     counter = itertools.count(1)

@@ -295,8 +295,8 @@ def test_contact_sheet_captions_are_shortened_at_word_boundaries() -> None:
 def test_batch_size_used_is_what_the_calls_rendered_not_the_cap(workspace) -> None:
     """story.json said `used: {cpu: 16}` for a 4-image run: the engine's cap, not a batch that ran (issue 11)."""
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import build_request
-    from echo_os.scheduler import render_requests
+    from echo_os.render.requests import build_request
+    from echo_os.render.scheduler import render_requests
 
     store = ArtifactStore(workspace)
     try:

@@ -21,8 +21,8 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def gallery_home(workspace) -> Path:
     """A story project of three scenes (two characters) and two plain renders, drawn by the draft engine."""
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import StoryFields, build_request
-    from echo_os.scheduler import render_requests
+    from echo_os.render.requests import StoryFields, build_request
+    from echo_os.render.scheduler import render_requests
 
     scenes = [("the keeper climbs the stairs at dawn", "climb", ("Mara",)),
               ("storm over the sea, the lamp flickers", "storm", ("Mara", "Tom")),

@@ -8,7 +8,7 @@ import pytest
 
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines.draft import DraftEngine
-from echo_os.requests import MAX_PROMPT_CHARS, RenderRequest
+from echo_os.render.requests import MAX_PROMPT_CHARS, RenderRequest
 from tests.api_helpers import api_client
 
 HOSTILE = "bell\x07 cr\roverwritten lf\nnext del\x7f rlo\u202eevil esc\x1b[2J"

@@ -82,9 +82,17 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# Packages whose modules are layered across other packages: echo_os.render holds the request/result types
+# (below the engines) and the scheduler and Ray (above them), so each of its modules is its own unit.
+LAYERED_PACKAGES = {"echo_os.render"}
+
+
 def package_of(module: str) -> str:
-    """echo_os.engines.sdxl -> echo_os.engines; top-level modules (echo_os.requests) are their own unit."""
+    """echo_os.engines.sdxl -> echo_os.engines; top-level modules (echo_os.settings) are their own unit, and
+    so is each module of a layered package (echo_os.render.requests)."""
     parts = module.split(".")
+    if ".".join(parts[:2]) in LAYERED_PACKAGES:
+        return ".".join(parts[:3])
     return ".".join(parts[:2])
 
 

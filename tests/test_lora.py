@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from echo_os.engines.sdxl import SDXLEngine
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 
 TINY = dict(model="tiny", width=64, height=64, steps=2, cfg=5.0, device="cpu", seed=11)
 

@@ -60,8 +60,8 @@ def test_invalid_answers_are_retried_then_refused_with_one_line(workspace, run_c
 
 def test_an_invalid_answer_then_a_valid_one_is_accepted_and_images_go_as_context(workspace, run_cli, planner_env):
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import build_request
-    from echo_os.scheduler import render_requests
+    from echo_os.render.requests import build_request
+    from echo_os.render.scheduler import render_requests
 
     store = ArtifactStore(workspace)
     try:

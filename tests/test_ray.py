@@ -1,4 +1,4 @@
-"""`echo-os batch --ray` (echo_os.ray_cluster) on a real local Ray instance started by this module
+"""`echo-os batch --ray` (echo_os.render.ray) on a real local Ray instance started by this module
 (2 CPUs, no dashboard, loopback), with the tiny SDXL pipeline: the same pixels as `echo-os batch` without
 Ray, and every scene saved exactly once when an actor is killed mid-story. Without Ray installed,
 `--ray` is one line and exit 2."""
@@ -123,7 +123,7 @@ def test_ray_story_is_pixel_equal_to_batch_without_ray(ray_cluster, tmp_path_fac
 @pytest.mark.slow  # ~1 min on 2 shared cores: 12 calls of one tiny image, an actor restart
 def test_an_actor_killed_mid_story_loses_no_scene_and_saves_none_twice(ray_cluster, tmp_path_factory,
                                                                       tiny_sdxl_dir):
-    from echo_os.ray_cluster import RayOptions, RayPool
+    from echo_os.render.ray import RayOptions, RayPool
     from echo_os.story import PlanOptions, plan_story
     from echo_os.story.render import render_plan
 
@@ -180,8 +180,8 @@ async def test_serve_ray_renders_jobs_on_actors_with_step_progress_cancel_and_wo
 
     from echo_os.api import ApiOptions
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import render_requests
+    from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import render_requests
     from tests.api_helpers import api_client, parse_sse, wait_job
 
     settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "serve-ray")
@@ -257,8 +257,8 @@ async def test_serve_ray_spreads_one_jobs_calls_over_the_actors_and_saves_them_i
 
     from echo_os.api import ApiOptions
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import render_requests
+    from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import render_requests
     from tests.api_helpers import api_client, wait_job
 
     settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "serve-ray-spread")
@@ -324,8 +324,8 @@ def test_batch_ray_calls_report_steps_and_stop_on_cancel_and_ctrl_c(ray_cluster,
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines import choose_engine, create_engine
     from echo_os.errors import CancelledError
-    from echo_os.ray_cluster import RayOptions, RayPool, render_requests_ray
-    from echo_os.requests import RenderRequest
+    from echo_os.render.ray import RayOptions, RayPool, render_requests_ray
+    from echo_os.render.requests import RenderRequest
 
     settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "ray-cancel")
     requests = [RenderRequest(prompt=f"a long exposure {n}", model="tiny", width=64, height=64, steps=200, seed=n,

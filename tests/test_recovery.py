@@ -13,7 +13,7 @@ import pytest
 from echo_os.artifacts import store as store_module
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines.draft import DraftEngine
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 
 
 @pytest.fixture

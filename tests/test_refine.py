@@ -88,7 +88,7 @@ def test_refine_bad_strength_and_an_engine_without_img2img(run_cli, tiny_workspa
 
 def test_request_keys_from_before_refine_and_styles_are_unchanged():
     """Requests without the new fields (style_name, init_image, refiner) keep their resume keys."""
-    from echo_os.requests import RenderRequest, image_request_key
+    from echo_os.render.requests import RenderRequest, image_request_key
 
     # computed with the code before this change (commit 3ee1462)
     assert image_request_key(RenderRequest(prompt="x", seed=1)) == \

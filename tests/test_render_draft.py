@@ -79,7 +79,7 @@ def test_replay_of_a_draft_is_identical(run_cli, workspace):
 
 def test_draft_card_palette_follows_light_words():
     from echo_os.engines.draft import draw_card
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
 
     night = draw_card(RenderRequest(prompt="a harbour at night", width=64, height=64), seed=1)
     golden = draw_card(RenderRequest(prompt="a harbour in golden light", width=64, height=64), seed=1)

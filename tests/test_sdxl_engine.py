@@ -12,7 +12,7 @@ from PIL import Image
 
 from echo_os.engines.sdxl import SDXLEngine
 from echo_os.errors import CancelledError
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 
 TINY = dict(model="tiny", width=64, height=64, steps=3, cfg=5.0, device="cpu")
 
@@ -104,7 +104,7 @@ def test_render_cli_records_everything_and_replays_to_zero(run_cli, tiny_workspa
 
 def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
     from echo_os.cli.render import engine_default_size as cpu_default_size
-    from echo_os.requests import build_request
+    from echo_os.render.requests import build_request
 
     from echo_os.engines import choose_engine
 

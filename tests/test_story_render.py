@@ -187,7 +187,7 @@ def test_replay_of_a_batched_scene_matches(story_run):
 def test_ip_adapter_changes_the_image_and_its_embedding_is_cached(story_run):
     from echo_os.engines import ip_adapter
     from echo_os.engines.sdxl import SDXLEngine
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
 
     settings = story_run["settings"]
     cache = sorted((settings.cache_dir / ip_adapter.CACHE_FOLDER).glob("*.safetensors"))
@@ -318,8 +318,8 @@ TINY = dict(model="tiny", width=64, height=64, steps=2, cfg=5.0, engine="cpu", d
 def _render_buoys(settings, engine, count: int, batch_size: int):
     """`count` images of one request through the scheduler with `engine`, into the workspace's store."""
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import render_requests
+    from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import render_requests
 
     store = ArtifactStore(settings)
     try:
@@ -338,7 +338,7 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(tiny_workspace):
 
 
 def test_out_of_memory_at_one_image_turns_on_vae_tiling(tiny_workspace):
-    from echo_os.replay import replay_artifact
+    from echo_os.iterate.replay import replay_artifact
 
     engine = _oom_engine(tiny_workspace, fits=16, needs_tiling=True)
     outcome = _render_buoys(tiny_workspace, engine, count=2, batch_size=2)
@@ -403,8 +403,8 @@ def test_an_engine_with_concurrent_calls_gets_them_at_once_and_they_are_saved_in
 
 def test_out_of_memory_with_tiling_stops_with_one_line(tiny_workspace):
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import OutOfMemoryError, render_requests
+    from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import OutOfMemoryError, render_requests
 
     engine = _oom_engine(tiny_workspace, fits=0)
     store = ArtifactStore(tiny_workspace)
@@ -468,8 +468,8 @@ def test_continuity_numbers_from_an_embedder():
 def test_auto_batch_size_from_free_memory():
     from echo_os.engines.base import BaseEngine, Capabilities
     from echo_os.engines.sdxl import MemoryInfo
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import GIB, auto_batch_size, estimate_batch_size
+    from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import GIB, auto_batch_size, estimate_batch_size
 
     assert estimate_batch_size(4 * GIB, 1024, 1024) == 1
     assert estimate_batch_size(40 * GIB, 1024, 1024) == 8
@@ -495,8 +495,8 @@ def test_auto_batch_size_on_cpu_is_one_above_tiny_sizes(tmp_path):
     """The CPU engine batches only tiny images, where batching measured faster (benchmarks/RESULTS.md)."""
     from echo_os.engines.draft import DraftEngine
     from echo_os.engines.sdxl import SDXLEngine
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import CPU_BATCH_MAX_PIXELS, auto_batch_size
+    from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import CPU_BATCH_MAX_PIXELS, auto_batch_size
     from echo_os.settings import load_settings
 
     engine = SDXLEngine(load_settings(tmp_path, env={}), name="cpu", force_device="cpu")

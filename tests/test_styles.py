@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from echo_os.styles import expand_prompt, parse_style_file, read_workspace_styles
+from echo_os.render.styles import expand_prompt, parse_style_file, read_workspace_styles
 
 
 def test_expand_prompt_places_or_appends():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from echo_os.engines.sdxl import SDXLEngine
 from echo_os.engines.tiling import seam_score, tiled_convolutions, tiled_preview
-from echo_os.requests import RenderRequest, image_request_key
+from echo_os.render.requests import RenderRequest, image_request_key
 
 TINY = dict(model="tiny", width=64, height=64, steps=3, cfg=5.0, device="cpu")
 
@@ -134,8 +134,8 @@ def test_render_cli_tile_x_flag_value_and_draft_refusal(run_cli, tiny_workspace)
 
 def test_gallery_thumbnail_of_a_tiled_artifact_is_a_2x2_preview_and_best_says_most_recent(workspace, run_cli):
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.requests import build_request
-    from echo_os.scheduler import render_requests
+    from echo_os.render.requests import build_request
+    from echo_os.render.scheduler import render_requests
 
     store = ArtifactStore(workspace)
     try:

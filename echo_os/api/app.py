@@ -518,7 +518,7 @@ def _add_routes(app: FastAPI) -> None:
     # -- styles --------------------------------------------------------------------------------------
     @app.get("/api/styles", response_model=list[StyleView], tags=["styles"])
     async def list_styles(api: Api) -> list[StyleView]:
-        from echo_os.styles import all_styles
+        from echo_os.render.styles import all_styles
 
         found = await run_in_threadpool(all_styles, api.settings)
         return [StyleView(**style.as_dict()) for style in sorted(found.values(), key=lambda s: s.name.casefold())]
@@ -700,8 +700,8 @@ def _style_fields(settings: Settings, style: str | None, negative: str | None, w
 
 
 def refine_body_request(api: ApiState, body: RefineBody):
-    from echo_os.refine import refine_request
-    from echo_os.requests import random_seed
+    from echo_os.iterate.refine import refine_request
+    from echo_os.render.requests import random_seed
 
     from echo_os.artifacts.store import Artifact
 
@@ -728,9 +728,9 @@ def refine_body_request(api: ApiState, body: RefineBody):
 
 def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
     from echo_os.api.jobs import CompareAxis, CompareSource
-    from echo_os.requests import parse_size
-    from echo_os.compare import plan_compare
-    from echo_os.requests import random_seed
+    from echo_os.render.requests import parse_size
+    from echo_os.iterate.compare import plan_compare
+    from echo_os.render.requests import random_seed
 
     try:
         width, height = parse_size(body.size)
@@ -760,7 +760,7 @@ def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
 
 
 def save_style(settings: Settings, body: StyleBody) -> StyleView:
-    from echo_os.styles import Style, check_name, read_workspace_styles, write_workspace_styles
+    from echo_os.render.styles import Style, check_name, read_workspace_styles, write_workspace_styles
 
     try:
         name = check_name(body.name)
@@ -793,7 +793,7 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                 raise field_error(("prompts", index), "each prompt is one non-empty line of text", prompt)
     folder = resolve_inside(settings.artifacts_dir, ".jobs", job_id)
     folder.mkdir(parents=True, exist_ok=True)
-    from echo_os.styles import style_table
+    from echo_os.render.styles import style_table
 
     from echo_os.models.defaults import all_render_defaults
 
@@ -877,7 +877,7 @@ def plan_animatic(settings: Settings, body: AnimaticBody) -> JobSpec:
 
     from echo_os.motion.animatic import AnimaticOptions, check_animatic
     from echo_os.motion.encode import check_video_size
-    from echo_os.requests import parse_size
+    from echo_os.render.requests import parse_size
 
     size = None
     if body.size is not None:

@@ -23,7 +23,7 @@ from echo_os.api.processes import DEFAULT_LEASE_S, WorkerPool
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
 from echo_os.api.worker import Worker
 from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
-from echo_os.requests import RenderRequest, parse_size
+from echo_os.render.requests import RenderRequest, parse_size
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,10 @@ def field_error(field_name: str | tuple, message: str, value: Any = None) -> Req
 
 
 def style_request_fields(settings: Settings, style: str | None, negative: str | None, where: str = "style") -> dict:
-    """RenderRequest fields for a body's style (echo_os.styles.style_fields: a named style, else free text),
+    """RenderRequest fields for a body's style (echo_os.render.styles.style_fields: a named style, else free text),
     or a 422 on `where` for a one-word value that names no style. /api/render, /api/refine and
     /v1/images/generations share this rule."""
-    from echo_os.styles import style_fields
+    from echo_os.render.styles import style_fields
 
     try:
         return style_fields(settings, style, negative)

@@ -39,7 +39,7 @@ from typing import Iterable, Literal, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echo_os.dbfile import open_or_quarantine
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 from echo_os.sqlite import Migrations, connect
 from echo_os.story.plan import PlanOptions
 
@@ -87,13 +87,13 @@ class StorySource(BaseModel):
 class CompareAxis(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    option: str  # echo_os.compare.AXES key: "cfg", "models", ...
+    option: str  # echo_os.iterate.compare.AXES key: "cfg", "models", ...
     values: tuple[Union[int, float, str], ...]
 
 
 class CompareSource(BaseModel):
     """A compare job (/api/compare, stored as kind "batch"): its axes and each item's values on them, so
-    the worker writes the grid sheet (echo_os.compare.save_grid) once every cell is saved."""
+    the worker writes the grid sheet (echo_os.iterate.compare.save_grid) once every cell is saved."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -6,7 +6,7 @@ the response waits for it, as OpenAI's does.
 
 Fields: prompt, model, n, size, response_format (b64_json, the default, or url), output_format
 (png, jpeg, webp), output_compression, style; and ours: seed, negative_prompt, steps, cfg, scheduler,
-project, engine. `style` follows /api/render's rule (echo_os.styles): a named style (styles.toml or a
+project, engine. `style` follows /api/render's rule (echo_os.render.styles): a named style (styles.toml or a
 built-in, any case), else free text appended to the prompt; a one-word value naming no style is a 422 on
 `style`. OpenAI's dall-e-3 values `vivid` and `natural` are built-in styles, so a client that sends them
 gets that look. Other OpenAI fields (quality, background, moderation, user) are accepted and ignored.
@@ -35,7 +35,7 @@ from echo_os.api.schemas import EngineName, error_responses
 from echo_os.api.idempotency import IdempotencyHeader, client_key, conflict_message, derived_key, known
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobSpec, new_job_id, now_iso
 from echo_os.errors import DISK_FULL_MESSAGE
-from echo_os.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest, Scheduler
+from echo_os.render.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest, Scheduler
 
 router = APIRouter(tags=["openai"])
 

@@ -1,6 +1,6 @@
 """Render workers on Ray: `echo-os serve --ray [ADDRESS]`. The HTTP process keeps the durable queue
 (jobs.db) and is the one writer of artifacts and the catalog; the pipeline calls run on Ray actors
-(echo_os.ray_cluster.RenderActor: engines kept warm, least recently used model dropped, restarted by Ray).
+(echo_os.render.ray.RenderActor: engines kept warm, least recently used model dropped, restarted by Ray).
 
 The design is the in-process worker (`--workers 0`) N times over: one job Worker thread per actor, each
 rendering through the one renderer (scheduler.render_requests) with a RayEngine, an engine whose `render`
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from echo_os.api.jobs import JobStore
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.base import Capabilities, MemoryInfo, ProgressCallback, RenderResult
-    from echo_os.ray_cluster import RayPool
-    from echo_os.requests import RenderRequest
+    from echo_os.render.ray import RayPool
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class RayWorkers:
 
     def start(self) -> None:
         """Start (or join) Ray, make the actors, start one Worker per actor."""
-        from echo_os.ray_cluster import RayOptions, RayPool
+        from echo_os.render.ray import RayOptions, RayPool
 
         self.pool = RayPool(self.settings, RayOptions(address=self.options.ray_address, actors=self.options.ray_actors))
         try:

@@ -1,6 +1,6 @@
 """Request bodies and responses of the HTTP API (they are what /openapi.json describes).
 
-Bodies carry the CLI's names and bounds (echo_os.requests); each is turned into a RenderRequest, which
+Bodies carry the CLI's names and bounds (echo_os.render.requests); each is turned into a RenderRequest, which
 stays the one place a bound is enforced, and whose errors come back as a 422 naming the body field.
 """
 
@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from echo_os.api.jobs import AnimaticSpec, JobKind, JobProgress, JobStatus
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
-from echo_os.requests import (  # noqa: F401  (the option Literals, defined once there)
+from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
     MAX_COUNT,
     MAX_PROMPT_CHARS,
     MAX_SEED,

@@ -19,7 +19,7 @@ without losing an attempt.
 A batch job (/api/batch) ends like `echo-os batch`: story.json, the contact sheet and the continuity
 report are written by the same code (story.render.write_story_outputs). A compare job (/api/compare) is
 rendered with the renderer's resume rule, as `echo-os compare` is: cells already in the project are taken
-(recorded, announced as `resumed`), not rendered; then its grid sheet (echo_os.compare.save_grid) is
+(recorded, announced as `resumed`), not rendered; then its grid sheet (echo_os.iterate.compare.save_grid) is
 recorded as its last artifact. An animatic job (/api/animatic) is
 claimed alone and encoded by the code `echo-os animatic` runs (motion.animatic.make_animatic); its
 progress is frames encoded, and a cancel is looked at before every frame.
@@ -47,13 +47,13 @@ from echo_os.api.events import (
 )
 from echo_os.api.jobs import Job, JobStore, coalesce_key, now_iso
 from echo_os.errors import CancelledError, EchoError, disk_full
-from echo_os.requests import RenderRequest, image_request_key
-from echo_os.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
+from echo_os.render.requests import RenderRequest, image_request_key
+from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.base import Engine, ProgressEvent, RenderResult
-    from echo_os.scheduler import EngineChoice
+    from echo_os.render.scheduler import EngineChoice
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -494,7 +494,7 @@ class Worker:
     def _write_compare_grid(self, run: JobRun) -> None:
         """The labelled grid sheet of a /api/compare job, as `echo-os compare` writes it (the same sheet
         is found, not written again), recorded as the job's image after its cells."""
-        from echo_os.compare import Axis, Cell, ComparePlan, save_grid
+        from echo_os.iterate.compare import Axis, Cell, ComparePlan, save_grid
 
         source = run.job.spec.compare
         index = run.job.spec.grid_index
@@ -535,7 +535,7 @@ class Worker:
         Found by the renderer's resume lookup (scheduler.find_rendered: the one-image request key, in
         the catalog or in a folder the catalog missed); only an artifact made after the job was created
         and recorded by no job is taken."""
-        from echo_os.scheduler import find_rendered
+        from echo_os.render.scheduler import find_rendered
 
         wanted: dict[str, int] = {}
         tagged: list[RenderRequest] = []

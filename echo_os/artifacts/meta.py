@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from echo_os.requests import RenderRequest, StoryFields
+from echo_os.render.requests import RenderRequest, StoryFields
 
 META_VERSION = 1
 

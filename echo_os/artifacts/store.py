@@ -33,11 +33,11 @@ from echo_os.artifacts.meta import (ArtifactMeta, EngineRecord, ModelRecord, Vid
 from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import EchoError, NotFoundError
-from echo_os.requests import image_request_key
+from echo_os.render.requests import image_request_key
 from echo_os.settings import Settings
 
 if TYPE_CHECKING:
-    from echo_os.results import RenderResult
+    from echo_os.render.results import RenderResult
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
     """
     from echo_os.cli.progress import StageBars
     from echo_os.motion.animatic import AnimaticOptions, make_animatic
-    from echo_os.requests import parse_size
+    from echo_os.render.requests import parse_size
 
     settings = settings_from(ctx)
     options = AnimaticOptions(fps=fps, size=parse_size(size) if size else None, fade=fade, captions=captions,
@@ -85,7 +85,7 @@ def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: 
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.video import ClipRequest
     from echo_os.motion.clips import make_clip
-    from echo_os.requests import parse_size
+    from echo_os.render.requests import parse_size
 
     settings = settings_from(ctx)
     width, height = parse_size(size) if size else (None, None)

@@ -11,7 +11,7 @@ import click
 from echo_os.cli import settings_from
 from echo_os.cli.terminal import json_for_terminal
 from echo_os.errors import OptionError, UsageError
-from echo_os.requests import SCHEDULERS
+from echo_os.render.requests import SCHEDULERS
 from echo_os.settings import Settings
 
 
@@ -48,7 +48,7 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     pool = None
     try:
         if ray is not None:
-            from echo_os.ray_cluster import RayPool
+            from echo_os.render.ray import RayPool
 
             pool = RayPool(settings, ray)
             click.echo(f"ray: {len(pool.actors)} render actors", err=True)
@@ -263,7 +263,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     if no_cache:
         settings = dataclasses.replace(settings, response_cache=False)
     if ray_address is not None and not dry_run:
-        from echo_os.ray_cluster import import_ray
+        from echo_os.render.ray import import_ray
 
         import_ray()  # not installed: one line, before anything is planned or written
     from echo_os.models.defaults import all_render_defaults
@@ -285,7 +285,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     check_engine_name(engine)
     from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
                                          parse_objective)
-    from echo_os.styles import resolve_style, style_table
+    from echo_os.render.styles import resolve_style, style_table
 
     if no_score and (best_of > 1 or reroll_flagged):
         raise UsageError("--best-of and --reroll-flagged choose by scores; they cannot be used with --no-score.")
@@ -318,7 +318,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
 
     ip_adapter_model = None if ip_adapter == "none" else ip_adapter
     if compare_models is not None:
-        from echo_os.compare import parse_list
+        from echo_os.iterate.compare import parse_list
 
         if model is not None:
             raise OptionError("--compare-models names the models; leave out --model", "compare-models")
@@ -357,7 +357,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         check_plan(settings, plan, ip_adapter_model, clip)
         if choice is not None:
             from echo_os.cli.render import engine_line
-            from echo_os.scheduler import EngineChoice
+            from echo_os.render.scheduler import EngineChoice
 
             line = engine_line(EngineChoice(*choice))
             click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
@@ -376,7 +376,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         click.echo(f"warning: {warning}", err=True)
     ray = None
     if ray_address is not None:
-        from echo_os.ray_cluster import RayOptions
+        from echo_os.render.ray import RayOptions
 
         ray = RayOptions(address=ray_address, actors=ray_actors)
     render_plan(settings, plan, batch_size=batch_size, json_output=json_output, ip_adapter=ip_adapter_model,

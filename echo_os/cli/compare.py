@@ -7,7 +7,7 @@ import json
 import click
 
 from echo_os.cli import settings_from
-from echo_os.requests import parse_size
+from echo_os.render.requests import parse_size
 
 
 @click.command()
@@ -41,9 +41,9 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
     """
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import StepBar, engine_announcer, given_options
-    from echo_os.compare import parse_list, plan_compare, render_compare
+    from echo_os.iterate.compare import parse_list, plan_compare, render_compare
     from echo_os.engines import check_engine_name
-    from echo_os.requests import random_seed
+    from echo_os.render.requests import random_seed
 
     settings = settings_from(ctx)
     width, height = parse_size(size)

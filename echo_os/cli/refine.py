@@ -7,7 +7,7 @@ import json
 import click
 
 from echo_os.cli import settings_from
-from echo_os.requests import SCHEDULERS
+from echo_os.render.requests import SCHEDULERS
 
 
 @click.command()
@@ -42,9 +42,9 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import StepBar, engine_announcer, parse_engine_options, refiner_input
     from echo_os.engines import check_engine_name, choose_engine, create_engine
-    from echo_os.refine import check_strength, refine_request
-    from echo_os.requests import random_seed
-    from echo_os.scheduler import render_requests
+    from echo_os.iterate.refine import check_strength, refine_request
+    from echo_os.render.requests import random_seed
+    from echo_os.render.scheduler import render_requests
 
     settings = settings_from(ctx)
     check_strength(strength)

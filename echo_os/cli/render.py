@@ -11,7 +11,7 @@ import click
 
 from echo_os.cli import settings_from
 from echo_os.cli.terminal import json_for_terminal
-from echo_os.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS, build_request, parse_size
+from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS, build_request, parse_size
 
 
 class StepBar:
@@ -130,7 +130,7 @@ def refiner_input(settings, name: str | None, switch: float):
     """--refiner NAME --switch F -> RefinerInput (None without --refiner); a bad value names its option."""
     from echo_os.errors import OptionError
     from echo_os.models import load_registry
-    from echo_os.requests import RefinerInput
+    from echo_os.render.requests import RefinerInput
 
     if name is None:
         return None
@@ -219,8 +219,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     from echo_os.engines import check_engine_name, choose_engine, create_engine
     from echo_os.engines.lora import model_lora_inputs
     from echo_os.models.defaults import fill_model_defaults, model_render_defaults
-    from echo_os.scheduler import render_requests
-    from echo_os.styles import style_fields
+    from echo_os.render.scheduler import render_requests
+    from echo_os.render.styles import style_fields
 
     settings = settings_from(ctx)
     if no_cache:
@@ -292,7 +292,7 @@ BATCH_TOLERANCE = 1  # levels of 255 between an image rendered in a batch and th
 @click.pass_context
 def replay(ctx: click.Context, artifact_id: str, save: bool, as_json: bool) -> None:
     """Re-render an artifact from its meta.json and report the largest pixel difference (0 = identical)."""
-    from echo_os.replay import replay_artifact
+    from echo_os.iterate.replay import replay_artifact
 
     settings = settings_from(ctx)
     report = replay_artifact(settings, artifact_id, save=save)

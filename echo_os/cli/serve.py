@@ -68,7 +68,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
         if workers is not None:
             raise UsageError("--workers and --ray cannot be combined: with --ray the render workers are Ray "
                              "actors (choose how many with --ray-actors)")
-        from echo_os.ray_cluster import import_ray
+        from echo_os.render.ray import import_ray
 
         import_ray()  # not installed: one line, before anything is written
     elif ray_actors is not None:

@@ -20,7 +20,7 @@ def styles() -> None:
 @click.pass_context
 def list_styles(ctx: click.Context, as_json: bool) -> None:
     """Every style by name (built-ins marked)."""
-    from echo_os.styles import all_styles
+    from echo_os.render.styles import all_styles
 
     found = sorted(all_styles(settings_from(ctx)).values(), key=lambda s: s.name.casefold())
     if as_json:
@@ -36,7 +36,7 @@ def list_styles(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def show_style(ctx: click.Context, name: str) -> None:
     """A style's prompt and negative, and what it makes of an example prompt."""
-    from echo_os.styles import get_style
+    from echo_os.render.styles import get_style
 
     style = get_style(settings_from(ctx), name, option="NAME")
     click.echo(json.dumps({**style.as_dict(), "example": style.apply("a lighthouse at dusk", None)[0]},
@@ -53,7 +53,7 @@ def show_style(ctx: click.Context, name: str) -> None:
 def add_style(ctx: click.Context, name: str, prompt: str, negative: str, replace: bool) -> None:
     """Add a style to styles.toml (names are unique ignoring case)."""
     from echo_os.errors import OptionError
-    from echo_os.styles import Style, check_name, read_workspace_styles, write_workspace_styles
+    from echo_os.render.styles import Style, check_name, read_workspace_styles, write_workspace_styles
 
     settings = settings_from(ctx)
     name = check_name(name, option="NAME")
@@ -74,7 +74,7 @@ def add_style(ctx: click.Context, name: str, prompt: str, negative: str, replace
 def remove_style(ctx: click.Context, name: str) -> None:
     """Remove a style from styles.toml (built-ins cannot be removed)."""
     from echo_os.errors import OptionError
-    from echo_os.styles import builtin_styles, read_workspace_styles, write_workspace_styles
+    from echo_os.render.styles import builtin_styles, read_workspace_styles, write_workspace_styles
 
     settings = settings_from(ctx)
     current = read_workspace_styles(settings)
@@ -93,7 +93,7 @@ def remove_style(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def import_file(ctx: click.Context, file: Path, replace: bool, as_json: bool) -> None:
     """Import an A1111 styles.csv or a Fooocus style JSON; reports what was skipped and why."""
-    from echo_os.styles import import_styles
+    from echo_os.render.styles import import_styles
 
     report = import_styles(settings_from(ctx), file, replace=replace)
     if as_json:

@@ -22,7 +22,7 @@ from echo_os.errors import OptionError, UsageError
 
 if TYPE_CHECKING:
     from echo_os.engines.base import Engine, EngineOptions, EnginePlugin
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 # The order `auto` asks the built-in engines in, when the workspace sets none. The network engines

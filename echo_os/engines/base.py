@@ -5,7 +5,7 @@ An engine plugin registers an engine *class* (see echo_os/engines/hookspecs.py a
 Before an engine is created, the chooser reads the class: its `capabilities`, its `Options` model and
 its `availability(settings, request)`. `create(settings, reason)` then makes the instance that renders.
 
-The values that cross the boundary (RenderResult, RuntimeInfo, ModelInfo, ...) live in echo_os/results.py
+The values that cross the boundary (RenderResult, RuntimeInfo, ModelInfo, ...) live in echo_os/render/results.py
 and are re-exported here.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from echo_os.results import (  # noqa: F401  (re-exported: the older import path)
+from echo_os.render.results import (  # noqa: F401  (re-exported: the older import path)
     MemoryInfo,
     ModelInfo,
     ProgressCallback,
@@ -29,14 +29,14 @@ from echo_os.results import (  # noqa: F401  (re-exported: the older import path
 )
 
 if TYPE_CHECKING:
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 _T = TypeVar("_T", bound=BaseModel)
 
 __all__ = [
     "BaseEngine", "Capabilities", "Engine", "EngineOptions", "EnginePlugin",
-    # re-exported from echo_os.results
+    # re-exported from echo_os.render.results
     "MemoryInfo", "ModelInfo", "ProgressCallback", "ProgressEvent", "RenderedImage", "RenderResult", "RuntimeInfo",
     "Timings",
 ]

@@ -74,7 +74,7 @@ from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
 from echo_os.settings import REPO_ROOT
 
 if TYPE_CHECKING:
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 TEMPLATES_DIR = Path("pipelines") / "comfyui"

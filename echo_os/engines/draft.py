@@ -26,7 +26,7 @@ from echo_os.engines.base import (
 )
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
     from echo_os.settings import Settings

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from echo_os.errors import UsageError
 
 if TYPE_CHECKING:
-    from echo_os.requests import InitImage, IPAdapterImage
+    from echo_os.render.requests import InitImage, IPAdapterImage
     from echo_os.settings import Settings
 
 
 def init_image_path(settings: "Settings", init: "InitImage") -> Path:
-    """Where the init image is: recorded relative to the workspace's artifacts folder (echo_os.refine)
+    """Where the init image is: recorded relative to the workspace's artifacts folder (echo_os.iterate.refine)
     when it is inside it."""
     path = Path(init.path)
     return path if path.is_absolute() else settings.artifacts_dir / path

@@ -28,7 +28,7 @@ from echo_os.errors import EchoError, ModelError, UsageError
 if TYPE_CHECKING:
     from echo_os.engines.base import ModelInfo
     from echo_os.models import ResolvedModel
-    from echo_os.requests import IPAdapterImage, IPAdapterInput
+    from echo_os.render.requests import IPAdapterImage, IPAdapterInput
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from echo_os.errors import UsageError
-from echo_os.requests import LoraInput
+from echo_os.render.requests import LoraInput
 
 if TYPE_CHECKING:
     from echo_os.settings import Settings

@@ -59,7 +59,7 @@ from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
 
 if TYPE_CHECKING:
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 PROVIDER = "openai"

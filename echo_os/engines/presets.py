@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import OptionError, UsageError
-from echo_os.requests import MAX_STEPS, OptionValue, Scheduler, parse_size
+from echo_os.render.requests import MAX_STEPS, OptionValue, Scheduler, parse_size
 from echo_os.settings import REPO_ROOT
 
 if TYPE_CHECKING:

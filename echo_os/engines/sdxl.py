@@ -35,7 +35,7 @@ from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
 from echo_os.errors import CancelledError, UsageError
-from echo_os.requests import RenderRequest
+from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
     from echo_os.settings import Settings
@@ -488,7 +488,7 @@ class CPUEngine(SDXLEngine):
     def default_size(cls, settings: "Settings") -> tuple[int, int]:
         """settings.cpu_size (ECHO_OS_CPU_SIZE, default 512x512): SDXL at 1024x1024 takes many minutes an
         image on a CPU; 512x512 is a quarter of the pixels, still SDXL."""
-        from echo_os.requests import MAX_SIDE, parse_size
+        from echo_os.render.requests import MAX_SIDE, parse_size
 
         try:
             width, height = parse_size(settings.cpu_size)

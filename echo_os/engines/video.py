@@ -58,7 +58,7 @@ class ClipRequest:
 
     def check(self) -> None:
         """Every value checked before any weights move; OptionError names the option."""
-        from echo_os.requests import MAX_SEED
+        from echo_os.render.requests import MAX_SEED
 
         def need(ok: bool, option: str, message: str) -> None:
             if not ok:

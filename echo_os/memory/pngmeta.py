@@ -67,7 +67,7 @@ class ImportedMeta:
     warnings: tuple[str, ...] = ()
 
     def echo_scheduler(self) -> str | None:
-        """The echo-os scheduler name (see echo_os.requests.SCHEDULERS) for this sampler, if there is one."""
+        """The echo-os scheduler name (see echo_os.render.requests.SCHEDULERS) for this sampler, if there is one."""
         if not self.sampler:
             return None
         name = self.sampler.strip()

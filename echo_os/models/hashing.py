@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from echo_os.models.registry import atomic_write_text
-from echo_os.results import ModelInfo
+from echo_os.render.results import ModelInfo
 
 if TYPE_CHECKING:
     from echo_os.models.resolve import ResolvedModel

@@ -96,7 +96,7 @@ class RenderDefaults:
 
     def fields(self) -> dict:
         """RenderRequest fields (size as width/height); the lora is resolved by the caller."""
-        from echo_os.requests import parse_size
+        from echo_os.render.requests import parse_size
 
         out = {key: getattr(self, key) for key in ("steps", "cfg", "scheduler") if getattr(self, key) is not None}
         if self.size is not None:
@@ -105,7 +105,7 @@ class RenderDefaults:
 
 
 def _parse_defaults(table: dict, where: str, model_type: str) -> RenderDefaults | None:
-    from echo_os.requests import MAX_STEPS, SCHEDULERS, parse_size
+    from echo_os.render.requests import MAX_STEPS, SCHEDULERS, parse_size
 
     given = {key: table[key] for key in DEFAULT_KEYS if key in table}
     if not given:

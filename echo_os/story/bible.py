@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from echo_os.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
+from echo_os.render.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
 from echo_os.errors import UsageError
 from echo_os.story.problems import ProblemList
 

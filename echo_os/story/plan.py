@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import OptionError
 from echo_os.models.registry import RenderDefaults
-from echo_os.requests import (MAX_SEED, MAX_STEPS, RenderRequest, Scheduler, StoryFields, describe_validation_error,
+from echo_os.render.requests import (MAX_SEED, MAX_STEPS, RenderRequest, Scheduler, StoryFields, describe_validation_error,
                               parse_size)
 from echo_os.story.bible import Bible, LoraRef, load_bible_and_raw
 from echo_os.story.compose import ComposedPrompt, compose_scene_prompt
@@ -74,12 +74,12 @@ class PlanOptions(BaseModel):
     size: str | None = None
     scheduler: str | None = None
     seed: int | None = None
-    # `--style VALUE`, resolved at the edge (echo_os.styles.resolve_style): applied to every scene's
+    # `--style VALUE`, resolved at the edge (echo_os.render.styles.resolve_style): applied to every scene's
     # composed prompt ({prompt} is the composed prompt) and its negative appended.
     style: str = ""
     style_name: str | None = None
     style_negative: str = ""
-    # The named styles a bible's `style: NAME` may use (echo_os.styles.style_table(settings)): casefolded
+    # The named styles a bible's `style: NAME` may use (echo_os.render.styles.style_table(settings)): casefolded
     # name -> (name, prompt, negative). Filled at the edge, where the workspace is known.
     styles: dict[str, tuple[str, str, str]] = Field(default_factory=dict)
     preset: PresetValues = Field(default_factory=PresetValues)
@@ -285,7 +285,7 @@ def _token_warnings(row: SceneRow, tokens: TokenCounts) -> list[str]:
 
 
 def join_negative(negative: str | None, style_negative: str) -> str | None:
-    from echo_os.styles import join_negative as join
+    from echo_os.render.styles import join_negative as join
 
     return join(negative, style_negative)
 

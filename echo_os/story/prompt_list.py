@@ -25,7 +25,7 @@ from echo_os.story.storyboard import (
     MAX_CELL_BYTES, MAX_SCENES, CellError, SceneRow, parse_cfg, parse_count, parse_int, parse_seed,
     parse_steps, read_text_file,
 )
-from echo_os.requests import MAX_SIDE
+from echo_os.render.requests import MAX_SIDE
 
 
 def _parse_side(name: str) -> Callable[[str], int]:

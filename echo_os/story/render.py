@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from echo_os.engines.ip_adapter import check_adapter
-from echo_os.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
+from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
 from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine
-    from echo_os.ray_cluster import RayPool
-    from echo_os.scheduler import EngineChoice, ImageDone
+    from echo_os.render.ray import RayPool
+    from echo_os.render.scheduler import EngineChoice, ImageDone
     from echo_os.settings import Settings
     from echo_os.story.plan import PlanOptions, StoryPlan
 
@@ -252,9 +252,9 @@ def render_plan(
     contact sheet and story.json. clip: a models.toml clip entry for the continuity report, "none" to
     skip it, None for the first one on this machine. resonance: resonance.story.ResonanceOptions to score
     the images, keep each scene's best of N and flag drift before the contact sheet and story.json.
-    ray: render the pipeline calls on these Ray actors (echo_os.ray_cluster); saving stays here."""
+    ray: render the pipeline calls on these Ray actors (echo_os.render.ray); saving stays here."""
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.scheduler import render_requests
+    from echo_os.render.scheduler import render_requests
 
     started = time.perf_counter()
     if engine is None and plan.scenes:  # one engine for the whole plan (see scene_requests), chosen once
@@ -280,7 +280,7 @@ def render_plan(
                                        time.perf_counter() - started))
 
         if ray is not None:
-            from echo_os.ray_cluster import render_requests_ray
+            from echo_os.render.ray import render_requests_ray
 
             outcome = render_requests_ray(settings, requests, store=store, pool=ray, engine=engine,
                                           batch_size=batch_size, on_engine=on_engine, on_image=on_image,

@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from echo_os.errors import UsageError
-from echo_os.requests import MAX_COUNT, MAX_SEED, MAX_SIDE, MAX_STEPS, parse_size
+from echo_os.render.requests import MAX_COUNT, MAX_SEED, MAX_SIDE, MAX_STEPS, parse_size
 from echo_os.story.bible import Bible
 from echo_os.story.problems import ProblemList
 from echo_os.story.slug import scene_slug, slugify

@@ -1,7 +1,7 @@
 """The values that cross the engine boundary on the way out: progress, timings, model and runtime info,
 rendered images and results.
 
-They live next to the request types (echo_os/requests.py), below engines/, models/ and artifacts/, so
+They live next to the request types (echo_os/render/requests.py), below engines/, models/ and artifacts/, so
 every package that reads or writes them imports downhill (tests/test_import_cycles.py keeps it so).
 echo_os.engines.base re-exports them for code written against the older import path.
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
 
 
 @dataclass(frozen=True)

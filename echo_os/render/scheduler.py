@@ -36,14 +36,14 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import EchoError, is_out_of_memory
-from echo_os.requests import image_request_key
+from echo_os.render.requests import image_request_key
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine, ProgressCallback, RenderResult
-    from echo_os.requests import RenderRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)

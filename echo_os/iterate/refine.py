@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from echo_os.errors import OptionError
-from echo_os.requests import InitImage, RenderRequest, describe_validation_error
+from echo_os.render.requests import InitImage, RenderRequest, describe_validation_error
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact
@@ -58,7 +58,7 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
     """The request that refines `parent`: its own request with `changes` (steps, cfg, seed, model,
     engine, scheduler...), PROMPT (default: the parent's), a style (named or free text; default: the
     parent's), engine `options` over the parent's (see the module docstring) and the init image."""
-    from echo_os.styles import style_fields
+    from echo_os.render.styles import style_fields
 
     check_strength(strength)
     base = parent.meta.replay_request()

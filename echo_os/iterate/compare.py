@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import ValidationError
 
 from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
-from echo_os.requests import RenderRequest, describe_validation_error
+from echo_os.render.requests import RenderRequest, describe_validation_error
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
@@ -121,7 +121,7 @@ def plan_compare(settings: "Settings", base: dict[str, Any], lists: dict[str, tu
     """
     from echo_os.engines.lora import model_lora_inputs
     from echo_os.models.defaults import fill_model_defaults, model_render_defaults
-    from echo_os.styles import style_fields
+    from echo_os.render.styles import style_fields
 
     given = set(given) | {AXES[option][0] for option in lists}
     entries: dict[str, Any] = {}  # model -> (render defaults, LoRA inputs), looked up once per model
@@ -177,7 +177,7 @@ def plan_compare(settings: "Settings", base: dict[str, Any], lists: dict[str, tu
 def render_compare(settings: "Settings", plan: ComparePlan, store: "ArtifactStore", *, progress=None,
                    on_engine=None, title: str = "") -> CompareOutcome:
     """Render the missing cells (model by model), then the grid sheet (unless the same one is there)."""
-    from echo_os.scheduler import render_requests
+    from echo_os.render.scheduler import render_requests
 
     found: dict[int, "Artifact"] = {}
     rendered = resumed = 0

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines import create_engine
 from echo_os.errors import UsageError
-from echo_os.scheduler import RenderHooks, render_requests
+from echo_os.render.scheduler import RenderHooks, render_requests
 from echo_os.settings import Settings
 
 

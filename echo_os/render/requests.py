@@ -230,8 +230,8 @@ class RenderRequest(BaseModel):
     @property
     def full_prompt(self) -> str:
         """The text the model sees: the style with the prompt in its {prompt} place, else the prompt then
-        ", " and the style (echo_os.styles.expand_prompt)."""
-        from echo_os.styles import expand_prompt
+        ", " and the style (echo_os.render.styles.expand_prompt)."""
+        from echo_os.render.styles import expand_prompt
 
         return expand_prompt(self.style, self.prompt) if self.style.strip() else self.prompt
 

@@ -7,7 +7,7 @@ actor restarts and object transfer; this module only says what to render where.
   least recently used dropped first. An actor renders and returns RenderResults (the images and the
   runtime record); it never touches the workspace's artifacts or catalog.
 - The head (this process) plans, groups requests into pipeline calls exactly as the one renderer does
-  (echo_os.scheduler: same engine tags, same batch groups, same per-image seeds, batch size from an actor's
+  (echo_os.render.scheduler: same engine tags, same batch groups, same per-image seeds, batch size from an actor's
   free memory), sends the calls to idle actors, and saves every result itself, in call order, so the
   store and catalog have one writer and a story's scenes are saved in scene order.
 - Progress and cancel: actors are threaded (max_concurrency), so while `render` runs the head asks
@@ -42,8 +42,8 @@ from echo_os.errors import UsageError
 if TYPE_CHECKING:
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.base import Engine, ProgressCallback, RenderResult
-    from echo_os.requests import RenderRequest
-    from echo_os.scheduler import EngineChoice, ImageDone, RenderOutcome
+    from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import EngineChoice, ImageDone, RenderOutcome
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class RenderActor:
                 (_, dropped), _engine = self._engines.popitem(last=False)
                 log.info("dropping model %s (least recently used)", dropped)
                 del _engine
-                from echo_os.scheduler import _release_memory
+                from echo_os.render.scheduler import _release_memory
 
                 _release_memory()
             engine = self._engines[key] = create_engine(self.settings, name, reason)
@@ -173,7 +173,7 @@ class RenderActor:
 
     def batch_limit(self, name: str, reason: str, request: "RenderRequest") -> int:
         """The renderer's automatic batch size, measured where the images are made."""
-        from echo_os.scheduler import auto_batch_size
+        from echo_os.render.scheduler import auto_batch_size
 
         return auto_batch_size(self._engine(name, reason, request.model), request)
 
@@ -243,7 +243,7 @@ class RenderActor:
 
     def _render(self, name: str, reason: str, requests: list["RenderRequest"], progress, cancel,
                 vae_tiling: bool) -> list["RenderResult"]:
-        from echo_os.scheduler import _release_memory, is_out_of_memory
+        from echo_os.render.scheduler import _release_memory, is_out_of_memory
 
         engine = self._engine(name, reason, requests[0].model)
         if engine.capabilities.tiled_decode:
@@ -321,7 +321,7 @@ class RayPool:
             raise
 
     def _send_progress(self, actor: Any, call_id: str, seen: dict[str, tuple], progress: "ProgressCallback") -> None:
-        from echo_os.results import ProgressEvent
+        from echo_os.render.results import ProgressEvent
 
         try:
             step = self.ray.get(actor.progress.remote(call_id), timeout=PROGRESS_POLL_S * 5)
@@ -490,10 +490,10 @@ def render_requests_ray(settings: "Settings", requests: list["RenderRequest"], *
                         on_engine: Callable[["EngineChoice"], None] | None = None,
                         progress: "ProgressCallback | None" = None,
                         cancel: threading.Event | None = None) -> "RenderOutcome":
-    """render_requests (echo_os.scheduler) with the pipeline calls on Ray actors and the saving here.
+    """render_requests (echo_os.render.scheduler) with the pipeline calls on Ray actors and the saving here.
     progress: the running calls' denoising steps; cancel: stops the actors' calls at their next step
     (the calls saved before it stay saved), then CancelledError."""
-    from echo_os.scheduler import (
+    from echo_os.render.scheduler import (
         EngineChoice, ImageDone, Piece, RenderOutcome, canonical_options, resume_rendered, take_batch,
     )
 
