@@ -39,6 +39,10 @@ COMMANDS = {
     "styles": "echo_os.cli.styles:styles",
     "refine": "echo_os.cli.refine:refine",
     "compare": "echo_os.cli.compare:compare",
+    "commit": "echo_os.cli.versions:commit",
+    "log": "echo_os.cli.versions:log",
+    "diff": "echo_os.cli.versions:diff",
+    "checkout": "echo_os.cli.versions:checkout",
 }
 
 
