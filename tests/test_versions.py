@@ -134,3 +134,17 @@ def test_checkout_refuses_to_lose_an_uncommitted_selection(story):
     assert code == 2 and "is in no version; commit it first" in err
     assert _newest_story(home).read_bytes() == before
     assert run("--home", h, "checkout", "Lighthouse Keeper", "1", "--force")[0] == 0
+
+
+def test_gallery_shows_the_versions(story):
+    home, _ = story
+    h = str(home)
+    assert run("--home", h, "commit", "Lighthouse Keeper", "first cut", "--minutes", "30")[0] == 0
+    code, out, err = run("--home", h, "gallery")
+    assert code == 0, err
+    text = Path(out.strip()).read_text(encoding="utf-8")
+    data = json.loads(text.split('id="resonance-data">')[1].split("</script>")[0])
+    assert data["versions"]["Lighthouse Keeper"] == [
+        {"number": 1, "created": data["versions"]["Lighthouse Keeper"][0]["created"], "message": "first cut",
+         "minutes": 30.0, "changed": [1, 2, 3, 4]}]
+    assert 'class: "versions"' in text

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 def gallery_resonance(settings: "Settings", projects: list[str]) -> dict[str, Any]:
     """{"stories": {project: {style_consistency, style_pairs, threshold, flags}}, "motifs": [...]}"""
+    from echo_os.artifacts.catalog import project_slug
     from echo_os.resonance.analyze import MOTIFS_JSON
     from echo_os.resonance.story import load_story_json
 
@@ -40,7 +41,32 @@ def gallery_resonance(settings: "Settings", projects: list[str]) -> dict[str, An
                                    "members": motif.get("members", [])[:8]})
         except (OSError, ValueError, KeyError, TypeError):
             motifs = []
-    return {"stories": stories, "motifs": motifs}
+    return {"stories": stories, "motifs": motifs, "versions": gallery_versions(settings, projects),
+            "reports": {project: f"resonance-{project_slug(project)}.html" for project in projects
+                        if (settings.artifacts_dir / "gallery" / f"resonance-{project_slug(project)}.html").is_file()}}
+
+
+def gallery_versions(settings: "Settings", projects: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """project -> its committed versions, newest first (from artifacts/versions/<slug>/v*.json, the files
+    `echo-os commit` writes beside its catalog row, so building the page needs no catalog write)."""
+    from echo_os.resonance.versions import Version, changed_scenes, versions_dir
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for project in projects:
+        versions = []
+        for path in sorted(versions_dir(settings, project).glob("v*.json")):
+            try:
+                versions.append(Version.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+        rows = []
+        for index, version in enumerate(versions):
+            before = versions[index - 1].selection if index else {}
+            rows.append({"number": version.number, "created": version.created, "message": version.message,
+                         "minutes": version.minutes, "changed": changed_scenes(before, version.selection)})
+        if rows:
+            out[project] = rows[::-1]
+    return out
 
 
 RESONANCE_CSS = """
@@ -53,6 +79,8 @@ RESONANCE_CSS = """
                padding: 1px 7px; cursor: pointer; font: inherit; font-size: 12px; }
 .rate button.on { background: var(--accent); color: #000; }
 .motif { margin-bottom: 18px; }
+.versions { color: var(--dim); font-size: 12px; margin: 0 0 10px 0; padding-left: 18px; }
+h2 a.report { margin-left: 10px; font-size: 12px; color: var(--accent); }
 .motif .thumbs { display: flex; gap: 6px; margin-top: 6px; }
 .motif .thumbs img { width: 72px; height: 72px; object-fit: cover; border-radius: 6px; }
 """
@@ -102,7 +130,17 @@ function decorate() {
     }
   }
   for (const section of document.querySelectorAll("section[data-project]")) {
-    const story = resonance.stories[section.dataset.project];
+    const project = section.dataset.project, versions = (resonance.versions || {})[project] || [];
+    const report = (resonance.reports || {})[project];
+    if (report) section.querySelector("h2").appendChild(el("a", {class: "report", href: report}, "resonance report"));
+    if (versions.length) {
+      const list = el("ol", {class: "versions"});
+      for (const v of versions) list.appendChild(el("li", {"data-version": v.number}, "v" + v.number + " \u00b7 " +
+        v.created.slice(0, 16).replace("T", " ") + (v.minutes !== null ? " \u00b7 " + v.minutes + " min" : "") +
+        " \u00b7 " + v.message + " (scenes changed: " + (v.changed.join(", ") || "none") + ")"));
+      section.querySelector("h2").after(list);
+    }
+    const story = resonance.stories[project];
     if (!story) continue;
     const heading = section.querySelector("h2");
     if (story.style_consistency !== null && story.style_consistency !== undefined)
