@@ -43,6 +43,7 @@ COMMANDS = {
     "log": "echo_os.cli.versions:log",
     "diff": "echo_os.cli.versions:diff",
     "checkout": "echo_os.cli.versions:checkout",
+    "evolve": "echo_os.cli.evolve:evolve",
 }
 
 

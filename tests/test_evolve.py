@@ -1,0 +1,169 @@
+"""`echo-os evolve` (issue 28): three rounds on draft cards with a deterministic scorer plugin; the
+recorded gains are checked against the scores the plugin gives, exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+from pathlib import Path
+
+import pytest
+
+from echo_os.engines.hookspecs import hookimpl
+from echo_os.resonance.scores import ArtifactScores
+from tests.helpers import run_cli as run
+
+
+def fixed_alignment(artifact_id: str) -> float:
+    """The test scorer's score: a number from the id's bytes (any image always gets the same one)."""
+    return float(int(hashlib.sha256(artifact_id.encode()).hexdigest()[:4], 16) % 1000) / 10.0
+
+
+class FixedScorer:
+    name = "fixed"
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def score(self, settings, artifacts):
+        self.calls.append([a.id for a in artifacts])
+        return {a.id: ArtifactScores(alignment=fixed_alignment(a.id)) for a in artifacts}
+
+
+@pytest.fixture
+def fixed_scorer():
+    from echo_os.engines import reset_plugins
+    from echo_os.engines.plugins import plugin_manager
+
+    scorer = FixedScorer()
+    plugin = types.ModuleType("echo_os_fixed_scorer")
+    plugin.register_scorers = hookimpl(lambda register: register(scorer))
+    reset_plugins()
+    plugin_manager().register(plugin)
+    yield scorer
+    reset_plugins()
+
+
+def _start(home: str) -> str:
+    code, out, err = run("--home", home, "render", "a lighthouse on a cliff at dusk", "--engine", "draft",
+                         "--seed", "7", "--size", "256x256", "--project", "Evo", "--json")
+    assert code == 0, err
+    return json.loads(out)[0]["id"]
+
+
+def objective(artifact_id: str) -> float:
+    return round(fixed_alignment(artifact_id) / 100.0, 6)  # default weights: 1 x alignment/100
+
+
+def test_three_rounds_record_what_the_scores_say(workspace, fixed_scorer):
+    home = str(workspace.home)
+    start = _start(home)
+    code, out, err = run("--home", home, "evolve", start, "--rounds", "3", "--per-round", "3", "--scorer", "fixed",
+                         "--min-gain", "0", "--json")
+    assert code == 0, err
+    run_ = json.loads(out)
+    assert run_["start"] == start and run_["start_score"] == objective(start)
+    assert len(run_["rounds"]) == 3
+    parent = start
+    for number, round_ in enumerate(run_["rounds"], start=1):
+        assert round_["round"] == number and round_["parent"] == parent
+        assert round_["parent_score"] == objective(parent)
+        assert len(round_["candidates"]) == 3
+        for candidate in round_["candidates"]:
+            assert candidate["score"] == objective(candidate["id"])
+        best = max(round_["candidates"], key=lambda c: c["score"])
+        expected_best = best["id"] if best["score"] > objective(parent) else parent
+        assert round_["best"] == expected_best
+        assert round_["gain"] == round(objective(expected_best) - objective(parent), 6)
+        if objective(parent):
+            assert round_["gain_pct"] == round(100 * round_["gain"] / objective(parent), 4)
+        parent = expected_best
+    assert run_["best"] == parent
+    assert run_["gain"] == round(objective(parent) - objective(start), 6)
+    assert run_["gain_pct"] == round(100 * run_["gain"] / objective(start), 4)
+    assert run_["stopped"] == "3 rounds"
+
+    # the operators took turns; every candidate is an artifact whose parent is its round's parent
+    ops = [c["operator"] for c in run_["rounds"][0]["candidates"]]
+    assert ops == ["seed", "prompt", "seed"]  # draft cards cannot refine (no img2img), no learned style yet
+    from echo_os.artifacts.store import open_catalog
+
+    with open_catalog(workspace) as catalog:
+        for round_ in run_["rounds"]:
+            for candidate in round_["candidates"]:
+                row = catalog.get(candidate["id"])
+                assert row.parent_id == round_["parent"]
+                assert row.meta["evolve"]["round"] == round_["round"]
+                assert row.meta["evolve"]["run"] == run_["run_id"]
+    prompt_candidate = run_["rounds"][0]["candidates"][1]
+    with open_catalog(workspace) as catalog:
+        assert catalog.get(prompt_candidate["id"]).prompt == "a lighthouse on a cliff at dusk, " + prompt_candidate["detail"]
+
+    # artifacts tree shows the rounds under the start
+    code, out, err = run("--home", home, "artifacts", "tree", start)
+    assert code == 0, err
+    assert "round 1" in out and all(c["id"][:12] in out for c in run_["rounds"][0]["candidates"])
+
+    # the same command again: the record is complete, nothing renders, the same figures come back
+    scored = len(fixed_scorer.calls)
+    code, out2, err = run("--home", home, "evolve", start, "--rounds", "3", "--per-round", "3", "--scorer", "fixed",
+                          "--min-gain", "0", "--json")
+    assert code == 0, err
+    assert json.loads(out2) == run_ and len(fixed_scorer.calls) == scored
+    record = Path(workspace.artifacts_dir / "evolve" / f"{run_['run_id']}.json")
+    assert json.loads(record.read_text())["gain"] == run_["gain"]
+
+
+def test_text_output_prints_each_round_and_overall(workspace, fixed_scorer):
+    home = str(workspace.home)
+    start = _start(home)
+    code, out, err = run("--home", home, "evolve", start, "--rounds", "2", "--per-round", "2", "--scorer", "fixed",
+                         "--min-gain", "0")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("round 1: ") and lines[1].startswith("round 2: ")
+    assert lines[2].startswith(f"overall: {objective(start):.4f} -> ")
+    assert lines[3].startswith("record: ")
+
+
+def test_resume_after_an_interrupted_round_renders_only_what_is_missing(workspace, fixed_scorer):
+    """Ctrl-C in round 2: the rerun keeps round 1's record and finds round 2's images already on disk."""
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.resonance.evolve import EvolveOptions, evolve, run_path
+
+    home = str(workspace.home)
+    start = _start(home)
+    options = EvolveOptions(rounds=2, per_round=2, scorer="fixed", min_gain=0)
+    store = ArtifactStore(workspace)
+    try:
+        first = evolve(workspace, store, start, options, scorer=fixed_scorer)
+    finally:
+        store.close()
+    record = json.loads(run_path(workspace, first.run_id).read_text())
+    record["rounds"], record["stopped"] = record["rounds"][:1], ""  # as it was after round 1
+    run_path(workspace, first.run_id).write_text(json.dumps(record))
+    before = len(list(workspace.artifacts_dir.glob("*/evo/*/image.png")))
+    store = ArtifactStore(workspace)
+    try:
+        again = evolve(workspace, store, start, options, scorer=fixed_scorer)
+    finally:
+        store.close()
+    assert len(list(workspace.artifacts_dir.glob("*/evo/*/image.png"))) == before  # found, not rendered again
+    assert again.as_dict() == {**first.as_dict(), "created": again.created}
+
+
+def test_no_scorer_says_so_and_bad_input_exits_2(workspace):
+    home = str(workspace.home)
+    start = _start(home)
+    for args, expected in (((start,), "no scorer on this machine"),
+                           ((start, "--scorer", "nope"), "--scorer 'nope' is no scorer here"),
+                           ((start, "--rounds", "0"), "--rounds must be from 1 to 100"),
+                           ((start, "--per-round", "0"), "--per-round must be from 1 to 64"),
+                           ((start, "--objective", "beauty=2"), "unknown term 'beauty'"),
+                           ((start, "--strengths", "0.3,x"), "--strengths takes numbers"),
+                           (("Nobody",), "neither an artifact id nor a project")):
+        code, out, err = run("--home", home, "evolve", *args)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1 and expected in err, (args, err)
+    assert not (workspace.artifacts_dir / "evolve").exists()
