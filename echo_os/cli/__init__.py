@@ -37,6 +37,7 @@ COMMANDS = {
     "texture-check": "echo_os.cli.texture:texture_check",
     "plan": "echo_os.cli.plan:plan",
     "styles": "echo_os.cli.styles:styles",
+    "style": "echo_os.cli.styles:style_group",
     "refine": "echo_os.cli.refine:refine",
     "compare": "echo_os.cli.compare:compare",
     "commit": "echo_os.cli.versions:commit",

@@ -321,7 +321,7 @@ def variations(settings: "Settings", parent: "Artifact", k: int, rng: random.Ran
             negative = base.negative_prompt
             if base.style_name:  # the parent's own style's negative is not carried into another style's
                 negative = None
-            request = base.model_copy(update={"seed": seed, **style_fields(settings, name, negative)})
+            request = base.model_copy(update={"seed": seed, **style_fields(settings, name, negative, adapter=base.ip_adapter)})
             out.append(Variation("style", name, request))
         else:
             out.append(Variation("seed", str(seed), base.model_copy(update={"seed": seed})))

@@ -1,0 +1,123 @@
+"""`echo-os memory learn-from` (issue 28): a style learned from an artifact on the tiny model; the reference
+image is applied to renders with --style NAME, and the learned words leave out the subject."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_cli as run
+
+PROMPT = "a red fox sitting in fresh snow, golden hour light, 35mm lens, watercolor painting, serene mood"
+
+
+@pytest.fixture(scope="module")
+def learn_ws(tmp_path_factory, tiny_sdxl_dir):
+    from echo_os.settings import Settings
+    from tests.tiny_models import TINY_IP_ADAPTER_FILE, save_tiny_ip_adapter
+
+    home = tmp_path_factory.mktemp("learn-ws")
+    save_tiny_ip_adapter(home / "tiny-ip", tiny_sdxl_dir / "unet")
+    (home / "models.toml").write_text(
+        f'[models.tiny]\ntype = "sdxl"\npath = "{tiny_sdxl_dir.as_posix()}"\n\n'
+        f'[models.tiny-ip]\ntype = "ip-adapter"\npath = "tiny-ip"\nweight_name = "{TINY_IP_ADAPTER_FILE}"\n',
+        encoding="utf-8")
+    return Settings(home=home)
+
+
+def _render(home: str, *args: str) -> dict:
+    code, out, err = run("--home", home, "render", *args, "--model", "tiny", "--engine", "cpu", "--size", "64x64",
+                         "--steps", "2", "--seed", "5", "--project", "Learn", "--json")
+    assert code == 0, err
+    return json.loads(out)[0]
+
+
+def _pixels(row: dict) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(Path(row["path"]) / "image.png") as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_learn_a_style_and_render_with_its_reference(learn_ws):
+    home = str(learn_ws.home)
+    source = _render(home, PROMPT, "--negative", "text, watermark")
+
+    code, out, err = run("--home", home, "memory", "learn-from", source["id"], "--name", "snowlight", "--json")
+    assert code == 0, err
+    learned = json.loads(out)
+    assert learned["phrases"] == ["golden hour light", "35mm lens", "watercolor painting", "serene mood"]
+    assert learned["excluded"] == ["a red fox sitting in fresh snow"]
+    assert "fox" not in learned["prompt"] and "snow" not in learned["prompt"]
+    assert learned["prompt"].startswith("{prompt}, golden hour light, 35mm lens, watercolor painting, serene mood, "
+                                        "palette of ")
+    assert learned["negative"] == "text, watermark"
+    assert learned["learned"]["sources"] == [source["id"]] and learned["learned"]["palette"]
+    assert learned["reference"]["adapter"] == "tiny-ip" and learned["reference"]["scale"] == 0.5
+
+    code, out, err = run("--home", home, "styles", "show", "snowlight")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["source"].startswith(f"learned from {source['id'][:12]} on ")
+    assert "reference image" in shown["source"]
+
+    # the same words without the image, to see what the reference does
+    code, out, err = run("--home", home, "memory", "--learn-from", source["id"], "--name", "snowwords", "--no-reference")
+    assert code == 2 and "go without" not in err  # --no-reference belongs to the subcommand
+    code, out, err = run("--home", home, "memory", "learn-from", source["id"], "--name", "snowwords", "--no-reference")
+    assert code == 0, err
+
+    with_reference = _render(home, "a lighthouse on a cliff", "--style", "snowlight")
+    words_only = _render(home, "a lighthouse on a cliff", "--style", "snowwords")
+    meta = json.loads((Path(with_reference["path"]) / "meta.json").read_text())
+    adapter = meta["request"]["ip_adapter"]
+    assert adapter["model"] == "tiny-ip"
+    assert adapter["references"][0]["name"] == "style:snowlight" and adapter["references"][0]["scale"] == 0.5
+    assert adapter["references"][0]["images"][0]["sha256"] == learned["reference"]["sha256"]
+    assert meta["request"]["style_name"] == "snowlight"
+    assert np.abs(_pixels(with_reference) - _pixels(words_only)).max() > 10, "the reference image had no effect"
+    # and the words are the same in both
+    other = json.loads((Path(words_only["path"]) / "meta.json").read_text())
+    assert other["request"]["style"] == meta["request"]["style"] and other["request"]["ip_adapter"] is None
+
+
+def test_design_spellings_and_bad_input(learn_ws):
+    home = str(learn_ws.home)
+    source = _render(home, "a blue boat on a lake, moonlight, ink drawing")
+    code, out, err = run("--home", home, "memory", "--learn-from", source["id"], "--name", "moonink")
+    assert code == 0, err
+    assert "style 'moonink' saved" in out and "left out (subject): a blue boat on a lake" in out
+    before = learn_ws.styles_toml.read_bytes()
+    for args, expected in ((("memory", "learn-from", "zz"), "not hexadecimal"),
+                           (("memory", "learn-from", "0123456789abcdef"), "no artifact with id"),
+                           (("memory", "learn-from", source["id"], "--name", "moonink"), "already in styles.toml"),
+                           (("memory", "learn-from", source["id"], "--scale", "3"), "--scale must be from 0 to 2"),
+                           (("memory", "learn-from", source["id"], "--ip-adapter", "nope"), "nope"),
+                           (("memory", "--analyze", "--learn-from", source["id"]), "not both"),
+                           (("memory", "--name", "x"), "--name names a style learned with --learn-from"),
+                           (("style", "create", "bad\"name", "x"), "a style name is")):
+        code, out, err = run("--home", home, *args)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1 and expected in err, (args, err)
+    assert learn_ws.styles_toml.read_bytes() == before
+
+    code, out, err = run("--home", home, "style", "create", "harbour", "{prompt}, harbour at dawn, oil painting")
+    assert code == 0, err
+    code, out, err = run("--home", home, "styles", "show", "harbour")
+    assert json.loads(out)["prompt"] == "{prompt}, harbour at dawn, oil painting"
+    assert json.loads(out)["source"] == "styles.toml"
+
+
+def test_palette_names_the_main_colours():
+    from PIL import Image
+
+    from echo_os.resonance.learn import image_palette
+
+    image = Image.new("RGB", (40, 40), (20, 30, 80))  # navy
+    image.paste((240, 175, 40), (0, 0, 40, 12))  # an amber band, 30%
+    names = image_palette(image)
+    assert [n for n, _ in names] == ["navy", "amber"]
+    assert abs(names[0][1] - 0.7) < 0.01 and abs(names[1][1] - 0.3) < 0.01
