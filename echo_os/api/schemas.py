@@ -174,6 +174,8 @@ class StyleView(BaseModel):
     prompt: str
     negative: str
     builtin: bool
+    learned: dict | None = None  # a learned style's provenance (echo_os.render.styles.StyleSource)
+    reference: dict | None = None  # its IP-Adapter reference image (StyleReference)
 
 
 class Submitted(BaseModel):

@@ -45,6 +45,7 @@ COMMANDS = {
     "diff": "echo_os.cli.versions:diff",
     "checkout": "echo_os.cli.versions:checkout",
     "evolve": "echo_os.cli.evolve:evolve",
+    "resonance": "echo_os.cli.resonance:resonance",
 }
 
 

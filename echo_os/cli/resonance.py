@@ -1,0 +1,32 @@
+"""`echo-os resonance PROJECT`: the project's scores, consistency, drift, ratings and gains over time
+(echo_os/resonance/report.py), as text, --json, and an HTML page with charts."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from echo_os.cli import settings_from
+
+
+@click.command()
+@click.argument("project")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-html", is_flag=True, help="Do not write the HTML page.")
+@click.pass_context
+def resonance(ctx: click.Context, project: str, as_json: bool, no_html: bool) -> None:
+    """Is PROJECT getting better? Scores per day and per version, style consistency against its target,
+    drift flags, ratings, best-of and evolve gains, motifs; the page is artifacts/gallery/resonance-SLUG.html."""
+    from echo_os.resonance.report import build_report, write_page
+
+    settings = settings_from(ctx)
+    report = build_report(settings, project)
+    page = None if no_html else write_page(settings, report)
+    if as_json:
+        click.echo(json.dumps({**report.as_dict(), "page": str(page) if page else None}, ensure_ascii=False, indent=2))
+        return
+    for line in report.lines():
+        click.echo(line)
+    if page is not None:
+        click.echo(f"page: {page}")
