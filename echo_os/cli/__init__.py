@@ -46,6 +46,7 @@ COMMANDS = {
     "checkout": "echo_os.cli.versions:checkout",
     "evolve": "echo_os.cli.evolve:evolve",
     "resonance": "echo_os.cli.resonance:resonance",
+    "suggest": "echo_os.cli.resonance:suggest",
 }
 
 
