@@ -167,3 +167,29 @@ def test_no_scorer_says_so_and_bad_input_exits_2(workspace):
         assert code == 2, (args, err)
         assert len(err.strip().splitlines()) == 1 and expected in err, (args, err)
     assert not (workspace.artifacts_dir / "evolve").exists()
+
+
+def test_rating_each_round_instead_of_a_scorer(workspace, monkeypatch):
+    """--scorer ratings: the start and each round's candidates are shown and rated; the best rating wins."""
+    import io
+
+    home = str(workspace.home)
+    start = _start(home)
+    # start 3; round 1: 2 and 5 (the second wins); round 2: 4 and 5 (5 does not beat 5: kept, gain 0, stop)
+    monkeypatch.setattr("sys.stdin", io.StringIO("3\n2\n5\n4\n5\n"))
+    code, out, err = run("--home", home, "evolve", start, "--rounds", "3", "--per-round", "2", "--scorer", "ratings",
+                         "--json")
+    assert code == 0, err
+    run_ = json.loads(out)
+    assert err.count("rate 2 images") == 2 and err.count("rate 1 image") == 1
+    assert run_["start_score"] == 0.0  # (3 - 3) / 2
+    assert [c["score"] for c in run_["rounds"][0]["candidates"]] == [-0.5, 1.0]
+    assert run_["rounds"][0]["best"] == run_["rounds"][0]["candidates"][1]["id"] and run_["rounds"][0]["gain"] == 1.0
+    assert [c["score"] for c in run_["rounds"][1]["candidates"]] == [0.5, 1.0]
+    assert run_["rounds"][1]["gain"] == 0.0 and len(run_["rounds"]) == 2
+    assert run_["stopped"].startswith("round 2 gained +0.0000, less than --min-gain 0.001")
+    assert run_["gain"] == 1.0 and run_["gain_pct"] is None  # from 0 a percentage means nothing
+    from echo_os.artifacts.store import open_catalog
+
+    with open_catalog(workspace) as catalog:
+        assert catalog.get(start).meta["rating"]["value"] == 3

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import run_cli as run
+from tests.test_evolve import fixed_scorer  # noqa: F401  (the fixture)
 
 PROMPT = "a red fox sitting in fresh snow, golden hour light, 35mm lens, watercolor painting, serene mood"
 
@@ -121,3 +122,35 @@ def test_palette_names_the_main_colours():
     names = image_palette(image)
     assert [n for n, _ in names] == ["navy", "amber"]
     assert abs(names[0][1] - 0.7) < 0.01 and abs(names[1][1] - 0.3) < 0.01
+
+
+@pytest.mark.slow  # ~1 min on 2 loaded cores; the draft-card tests in test_evolve.py check the loop's arithmetic
+def test_evolve_on_the_tiny_model_uses_every_operator(learn_ws, fixed_scorer):  # noqa: F811
+    """One round of four on the tiny model: a new seed, a prompt phrase, a refine and a learned style."""
+    home = str(learn_ws.home)
+    source = _render(home, "a harbour wall, moonlight, ink drawing", "--negative", "text")
+    code, out, err = run("--home", home, "memory", "learn-from", source["id"], "--name", "wallink", "--replace")
+    assert code == 0, err
+    code, out, err = run("--home", home, "evolve", source["id"], "--rounds", "1", "--per-round", "4",
+                         "--scorer", "fixed", "--strengths", "0.5", "--json")
+    assert code == 0, err
+    round_ = json.loads(out)["rounds"][0]
+    assert [c["operator"] for c in round_["candidates"]] == ["seed", "prompt", "refine", "style"]
+    metas = [json.loads((learn_ws.artifacts_dir / _row_path(learn_ws, c["id"]) / "meta.json").read_text())
+             for c in round_["candidates"]]
+    refine = metas[2]["request"]
+    assert refine["init_image"]["artifact_id"] == source["id"] and refine["init_image"]["strength"] == 0.5
+    styled = metas[3]["request"]
+    assert styled["style_name"] in {"wallink", "snowlight", "snowwords", "moonink"}
+    assert all(m["parent_id"] == source["id"] for m in metas)
+    from tests.test_evolve import fixed_alignment
+
+    assert [c["score"] for c in round_["candidates"]] == [round(fixed_alignment(c["id"]) / 100, 6)
+                                                          for c in round_["candidates"]]
+
+
+def _row_path(settings, artifact_id: str) -> str:
+    from echo_os.artifacts.store import open_catalog
+
+    with open_catalog(settings) as catalog:
+        return catalog.get(artifact_id).path

@@ -73,7 +73,8 @@ def evolve(ctx: click.Context, target: str, rounds: int, per_round: int, objecti
         start = resolve_start(settings, store, target, options.objective)
     finally:
         store.close()
-    ask = _ask_ratings if sys.stdin.isatty() else None
+    # ratings are read from the terminal; asked for by name they are read from stdin whatever it is
+    ask = _ask_ratings if sys.stdin.isatty() or scorer == "ratings" else None
     if scorer is None:
         try:
             chosen = find_scorer(settings, "clip")
