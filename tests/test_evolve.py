@@ -193,3 +193,47 @@ def test_rating_each_round_instead_of_a_scorer(workspace, monkeypatch):
 
     with open_catalog(workspace) as catalog:
         assert catalog.get(start).meta["rating"]["value"] == 3
+
+
+def test_evolve_as_an_api_job_with_progress(workspace, fixed_scorer):
+    """POST /api/evolve queues the loop; the worker runs it (progress events, each round's candidates saved
+    as the job's images); its record is at record_url and says what `echo-os evolve` says."""
+    import asyncio
+
+    from tests.api_helpers import api_client, parse_sse, wait_job
+
+    start = _start(str(workspace.home))
+
+    async def go():
+        async with api_client(workspace) as (client, _):
+            for body, field in (({"target": start, "rounds": 0}, "rounds"), ({"target": start, "scorer": "ratings"}, "scorer"),
+                                ({"target": start, "scorer": "nope"}, "scorer"),
+                                ({"target": start, "objective": "beauty=1"}, "objective"),
+                                ({"target": start, "strengths": [0.0]}, "strengths"),
+                                ({"target": "Nobody here"}, "target")):
+                response = await client.post("/api/evolve", json={**body, **({"scorer": "fixed"} if "scorer" not in body else {})})
+                assert response.status_code == 422 and field in json.dumps(response.json()), (body, response.text)
+            response = await client.post("/api/evolve", json={"target": start, "rounds": 2, "per_round": 2,
+                                                               "scorer": "fixed", "min_gain": 0})
+            assert response.status_code == 202, response.text
+            submitted = response.json()
+            assert submitted["start"] == start
+            events = parse_sse((await client.get(submitted["events_url"])).text)  # until the job ends
+            job = await wait_job(client, submitted["job_id"], timeout=120)
+            assert job["status"] == "succeeded", job
+            assert job["kind"] == "evolve" and job["progress"]["images_total"] == 4
+            record = (await client.get(submitted["record_url"])).json()
+            assert job["artifact_ids"] == [c["id"] for r in record["rounds"] for c in r["candidates"]]
+            names = [name for name, _ in events]
+            assert names[-1] == "succeeded" and names.count("artifact") <= 4, names
+            done = [data["images_done"] for name, data in events if name == "progress"]
+            assert done == sorted(done) and all(0 < d <= 4 for d in done)
+            assert {data["images_total"] for name, data in events if name == "progress"} <= {4}
+            assert (await client.get("/api/evolve/0123456789abcdef")).status_code == 404
+            return record
+
+    record = asyncio.run(go())
+    code, out, err = run("--home", str(workspace.home), "evolve", start, "--rounds", "2", "--per-round", "2",
+                         "--scorer", "fixed", "--min-gain", "0", "--json")
+    assert code == 0, err
+    assert json.loads(out) == record  # the same run: the CLI finds the API's record
