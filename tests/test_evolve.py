@@ -3,46 +3,19 @@ recorded gains are checked against the scores the plugin gives, exactly."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import types
 from pathlib import Path
 
 import pytest
 
-from echo_os.engines.hookspecs import hookimpl
-from echo_os.resonance.scores import ArtifactScores
 from tests.helpers import run_cli as run
-
-
-def fixed_alignment(artifact_id: str) -> float:
-    """The test scorer's score: a number from the id's bytes (any image always gets the same one)."""
-    return float(int(hashlib.sha256(artifact_id.encode()).hexdigest()[:4], 16) % 1000) / 10.0
-
-
-class FixedScorer:
-    name = "fixed"
-
-    def __init__(self):
-        self.calls: list[list[str]] = []
-
-    def score(self, settings, artifacts):
-        self.calls.append([a.id for a in artifacts])
-        return {a.id: ArtifactScores(alignment=fixed_alignment(a.id)) for a in artifacts}
+from tests.scorer_plugin import fixed_alignment, registered_fixed_scorer
 
 
 @pytest.fixture
 def fixed_scorer():
-    from echo_os.engines import reset_plugins
-    from echo_os.engines.plugins import plugin_manager
-
-    scorer = FixedScorer()
-    plugin = types.ModuleType("echo_os_fixed_scorer")
-    plugin.register_scorers = hookimpl(lambda register: register(scorer))
-    reset_plugins()
-    plugin_manager().register(plugin)
-    yield scorer
-    reset_plugins()
+    with registered_fixed_scorer() as scorer:
+        yield scorer
 
 
 def _start(home: str) -> str:

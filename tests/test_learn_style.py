@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 
 from tests.helpers import run_cli as run
-from tests.test_evolve import fixed_scorer  # noqa: F401  (the fixture)
+from tests.scorer_plugin import registered_fixed_scorer
 
 PROMPT = "a red fox sitting in fresh snow, golden hour light, 35mm lens, watercolor painting, serene mood"
+
+
+@pytest.fixture
+def fixed_scorer():
+    with registered_fixed_scorer() as scorer:
+        yield scorer
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +131,7 @@ def test_palette_names_the_main_colours():
 
 
 @pytest.mark.slow  # ~1 min on 2 loaded cores; the draft-card tests in test_evolve.py check the loop's arithmetic
-def test_evolve_on_the_tiny_model_uses_every_operator(learn_ws, fixed_scorer):  # noqa: F811
+def test_evolve_on_the_tiny_model_uses_every_operator(learn_ws, fixed_scorer):
     """One round of four on the tiny model: a new seed, a prompt phrase, a refine and a learned style."""
     home = str(learn_ws.home)
     source = _render(home, "a harbour wall, moonlight, ink drawing", "--negative", "text")
@@ -143,7 +149,7 @@ def test_evolve_on_the_tiny_model_uses_every_operator(learn_ws, fixed_scorer):  
     styled = metas[3]["request"]
     assert styled["style_name"] in {"wallink", "snowlight", "snowwords", "moonink"}
     assert all(m["parent_id"] == source["id"] for m in metas)
-    from tests.test_evolve import fixed_alignment
+    from tests.scorer_plugin import fixed_alignment
 
     assert [c["score"] for c in round_["candidates"]] == [round(fixed_alignment(c["id"]) / 100, 6)
                                                           for c in round_["candidates"]]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, run_cli as run
-from tests.test_evolve import FixedScorer, fixed_scorer  # noqa: F401  (the fixture)
+from tests.helpers import REPO
+from tests.helpers import run_cli as run
+from tests.scorer_plugin import registered_fixed_scorer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -21,7 +22,13 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.fixture
-def project(workspace, tmp_path, fixed_scorer):  # noqa: F811
+def fixed_scorer():
+    with registered_fixed_scorer() as scorer:
+        yield scorer
+
+
+@pytest.fixture
+def project(workspace, tmp_path, fixed_scorer):
     """The example story on draft cards, two scenes scored, one rated, a version, an evolve run."""
     from echo_os.artifacts.store import open_catalog
     from echo_os.resonance.persist import save_scores

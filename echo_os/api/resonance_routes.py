@@ -53,7 +53,10 @@ async def rate_artifact(artifact_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{
     return RatingOut(**await run_in_threadpool(save))
 
 
-@router.get("/api/projects/{project}/resonance", tags=["resonance"], responses=error_responses(403, 404, 422))
+@router.get("/api/projects/{project}/resonance", tags=["resonance"],
+            responses={200: {"description": "The report as JSON, or with format=html the page",
+                             "content": {"application/json": {}, "text/html": {}}},
+                       **error_responses(403, 404, 422)})
 async def project_resonance(project: Annotated[str, Path(min_length=1, max_length=200)], api: Api,
                             format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
     """The project's resonance report (echo_os.resonance.report): JSON, or the HTML page with charts."""

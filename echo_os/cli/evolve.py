@@ -58,7 +58,8 @@ def evolve(ctx: click.Context, target: str, rounds: int, per_round: int, objecti
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.progress import StageBars
     from echo_os.errors import UsageError
-    from echo_os.resonance.evolve import EvolveOptions, evolve as run_evolve, find_scorer
+    from echo_os.resonance.evolve import EvolveOptions, find_scorer
+    from echo_os.resonance.evolve import evolve as run_evolve
     from echo_os.resonance.story import parse_objective
 
     settings = settings_from(ctx)

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from echo_os.errors import CancelledError, UsageError
+from echo_os.errors import CancelledError, EchoError, UsageError
 from echo_os.resonance.scores import ArtifactScores
 from echo_os.resonance.story import Objective
 
@@ -295,7 +295,7 @@ def variations(settings: "Settings", parent: "Artifact", k: int, rng: random.Ran
     operators = ["seed", "prompt"]
     try:
         can_refine = get_engine(parent.meta.engine.name).capabilities.img2img
-    except Exception:  # an engine no longer installed: vary without it
+    except EchoError:  # an engine no longer installed: vary without it
         can_refine = False
     if can_refine:
         operators.append("refine")
@@ -431,12 +431,13 @@ def evolve(settings: "Settings", store: "ArtifactStore", target: str, options: E
         rng = random.Random(f"{run_id}:{number}")
         planned = variations(settings, parent, options.per_round, rng, phrases, options.strengths, styles)
 
-        def on_image(done, _n=number) -> None:
-            if progress is not None:
-                rendered[0] += 1
-                progress(f"round {_n}", rendered[0], len(planned))
-
         rendered = [0]
+
+        def on_image(done, _n=number, _rendered=rendered, _total=len(planned)) -> None:
+            if progress is not None:
+                _rendered[0] += 1
+                progress(f"round {_n}", _rendered[0], _total)
+
         outcome = render_requests(settings, [v.request for v in planned], store=store, resume=True,
                                   on_image=on_image, cancel=cancel)
         made = [*outcome.resumed, *outcome.artifacts]

@@ -198,8 +198,14 @@ def learn_style(settings: "Settings", store: "ArtifactStore", ids: list[str], *,
     """Learn a style from the artifacts `ids` and save it in styles.toml (see the module docstring)."""
     from PIL import Image
 
-    from echo_os.render.styles import (Style, StyleReference, StyleSource, check_name, read_workspace_styles,
-                                       write_workspace_styles)
+    from echo_os.render.styles import (
+        Style,
+        StyleReference,
+        StyleSource,
+        check_name,
+        read_workspace_styles,
+        write_workspace_styles,
+    )
 
     if not ids:
         raise UsageError("learn-from: give at least one artifact id (see `echo-os artifacts list`).")
