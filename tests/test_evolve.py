@@ -103,7 +103,7 @@ def test_text_output_prints_each_round_and_overall(workspace, fixed_scorer):
 def test_resume_after_an_interrupted_round_renders_only_what_is_missing(workspace, fixed_scorer):
     """Ctrl-C in round 2: the rerun keeps round 1's record and finds round 2's images already on disk."""
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.resonance.evolve import EvolveOptions, evolve, run_path
+    from echo_os.reflect.evolve import EvolveOptions, evolve, run_path
 
     home = str(workspace.home)
     start = _start(home)

@@ -121,7 +121,7 @@ def test_design_spellings_and_bad_input(learn_ws):
 def test_palette_names_the_main_colours():
     from PIL import Image
 
-    from echo_os.resonance.learn import image_palette
+    from echo_os.reflect.learn import image_palette
 
     image = Image.new("RGB", (40, 40), (20, 30, 80))  # navy
     image.paste((240, 175, 40), (0, 0, 40, 12))  # an amber band, 30%

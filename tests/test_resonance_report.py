@@ -82,7 +82,7 @@ def test_text_and_json_figures(project):
 
 
 def test_style_consistency_against_the_target():
-    from echo_os.resonance.report import ResonanceReport
+    from echo_os.reflect.report import ResonanceReport
 
     report = ResonanceReport(project="p", images=4, style_consistency=0.75, style_threshold=0.75, style_pairs=6)
     assert report.style_target_met is False

@@ -7,7 +7,7 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/render                202 {job_id, status_url, events_url}
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
     POST /api/animatic              202 {job_id, ...}: a rendered story as an MP4 (echo_os.motion.animatic)
-    POST /api/evolve                202 {job_id, run_id, ...}: the improvement loop (echo_os.resonance.evolve)
+    POST /api/evolve                202 {job_id, run_id, ...}: the improvement loop (echo_os.reflect.evolve)
     GET  /api/evolve/{run_id}       the loop's record: rounds, candidates, scores, gains
     POST /api/refine                202 {job_id, ...}: image-to-image from an artifact (echo-os refine)
     POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes (resumed as the
@@ -514,7 +514,7 @@ def _add_routes(app: FastAPI) -> None:
         """An evolve run's record: rounds, candidates, their scores, the gain per round and overall."""
         import json
 
-        from echo_os.resonance.evolve import run_path
+        from echo_os.reflect.evolve import run_path
 
         path = run_path(api.settings, run_id)
         if not path.is_file():
@@ -908,7 +908,7 @@ def plan_evolve(settings: Settings, body: EvolveBody) -> JobSpec:
     """The job spec of an /api/evolve body, checked now: a 422 names the field (404: no such target)."""
     from echo_os.api.jobs import EvolveSpec
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.resonance.evolve import EvolveOptions, find_scorer, resolve_start, run_id_of
+    from echo_os.reflect.evolve import EvolveOptions, find_scorer, resolve_start, run_id_of
     from echo_os.resonance.story import parse_objective
 
     def checked(field: str, make):

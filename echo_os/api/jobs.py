@@ -120,7 +120,7 @@ class AnimaticSpec(BaseModel):
 
 
 class EvolveSpec(BaseModel):
-    """What an /api/evolve job runs: `echo-os evolve`'s options (echo_os.resonance.evolve), checked when
+    """What an /api/evolve job runs: `echo-os evolve`'s options (echo_os.reflect.evolve), checked when
     the job was submitted; `start` is the artifact the target resolved to, `run_id` its record's name."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -59,8 +59,8 @@ async def rate_artifact(artifact_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{
                        **error_responses(403, 404, 422)})
 async def project_resonance(project: Annotated[str, Path(min_length=1, max_length=200)], api: Api,
                             format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
-    """The project's resonance report (echo_os.resonance.report): JSON, or the HTML page with charts."""
-    from echo_os.resonance.report import build_report, render_page
+    """The project's resonance report (echo_os.reflect.report): JSON, or the HTML page with charts."""
+    from echo_os.reflect.report import build_report, render_page
 
     report = await run_in_threadpool(build_report, api.settings, project)
     if format == "html":
@@ -85,7 +85,7 @@ async def learn_style_route(body: LearnIn, api: Api) -> JSONResponse:
 
     def learn() -> dict:
         from echo_os.artifacts.store import ArtifactStore
-        from echo_os.resonance.learn import learn_style
+        from echo_os.reflect.learn import learn_style
 
         store = ArtifactStore(api.settings)
         try:

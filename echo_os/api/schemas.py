@@ -206,7 +206,7 @@ class AnimaticSubmitted(Submitted):
 
 
 class EvolveBody(BaseModel):
-    """`echo-os evolve`, as JSON: vary the best image round after round (echo_os.resonance.evolve)."""
+    """`echo-os evolve`, as JSON: vary the best image round after round (echo_os.reflect.evolve)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"target": "3f2a9c1b7d4e", "rounds": 3, "per_round": 4}]})

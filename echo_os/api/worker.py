@@ -405,11 +405,11 @@ class Worker:
 
     # -- evolve loops ------------------------------------------------------------------------------------
     def _run_evolve(self, run: JobRun, runs: dict[str, JobRun]) -> None:
-        """An /api/evolve job: echo_os.resonance.evolve.evolve with the job's options. Candidate i of round
+        """An /api/evolve job: echo_os.reflect.evolve.evolve with the job's options. Candidate i of round
         r is the job's image (r - 1) x per_round + i - 1, recorded as each round ends; images rendered are
         its progress. Run again after a crash, the loop goes on from its record (artifacts/evolve/RUN.json)
         and finds the images already on disk."""
-        from echo_os.resonance.evolve import EvolveOptions, evolve, find_scorer
+        from echo_os.reflect.evolve import EvolveOptions, evolve, find_scorer
         from echo_os.resonance.story import Objective
 
         job = run.job

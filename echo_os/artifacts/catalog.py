@@ -76,7 +76,7 @@ def m003_resonance(db: sqlite3.Connection) -> None:
 
 @MIGRATIONS
 def m004_versions(db: sqlite3.Connection) -> None:
-    """Version history of a project (issue 28, echo_os/resonance/versions.py): one immutable row per
+    """Version history of a project (issue 28, echo_os/reflect/versions.py): one immutable row per
     `echo-os commit`; the record (selection, hashes, scores) is JSON. Triggers refuse UPDATE and DELETE,
     so a version, once written, is never changed; `reindex` replaces artifacts rows only."""
     db.execute("""

@@ -1,5 +1,5 @@
 """`echo-os evolve ID|PROJECT`: vary the best image round after round, keep what scores better
-(echo_os/resonance/evolve.py)."""
+(echo_os/reflect/evolve.py)."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def evolve(ctx: click.Context, target: str, rounds: int, per_round: int, objecti
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.progress import StageBars
     from echo_os.errors import UsageError
-    from echo_os.resonance.evolve import EvolveOptions, find_scorer
-    from echo_os.resonance.evolve import evolve as run_evolve
+    from echo_os.reflect.evolve import EvolveOptions, find_scorer
+    from echo_os.reflect.evolve import evolve as run_evolve
     from echo_os.resonance.story import parse_objective
 
     settings = settings_from(ctx)
@@ -67,7 +67,7 @@ def evolve(ctx: click.Context, target: str, rounds: int, per_round: int, objecti
                             scorer=scorer or "clip", min_gain=min_gain, strengths=_parse_strengths(strengths),
                             seed=seed)
     options.check()
-    from echo_os.resonance.evolve import resolve_start
+    from echo_os.reflect.evolve import resolve_start
 
     store = ArtifactStore(settings)
     try:  # the target first: a wrong id or project is the first thing to hear about

@@ -330,7 +330,7 @@ def learn_from(ctx: click.Context, artifact_ids: tuple[str, ...], name: str | No
       echo-os memory learn-from 3f2a9c1b7d4e --name harbour-dusk
     """
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.resonance.learn import learn_style
+    from echo_os.reflect.learn import learn_style
 
     settings = settings_from(ctx)
     store = ArtifactStore(settings)

@@ -1,5 +1,5 @@
 """`echo-os resonance PROJECT`: the project's scores, consistency, drift, ratings and gains over time
-(echo_os/resonance/report.py), as text, --json, and an HTML page with charts."""
+(echo_os/reflect/report.py), as text, --json, and an HTML page with charts."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from echo_os.cli import settings_from
 def resonance(ctx: click.Context, project: str, as_json: bool, no_html: bool) -> None:
     """Is PROJECT getting better? Scores per day and per version, style consistency against its target,
     drift flags, ratings, best-of and evolve gains, motifs; the page is artifacts/gallery/resonance-SLUG.html."""
-    from echo_os.resonance.report import build_report, write_page
+    from echo_os.reflect.report import build_report, write_page
 
     settings = settings_from(ctx)
     report = build_report(settings, project)
@@ -40,7 +40,7 @@ def resonance(ctx: click.Context, project: str, as_json: bool, no_html: bool) ->
 def suggest(ctx: click.Context, project: str, limit: int, as_json: bool) -> None:
     """Next prompts for PROJECT, each with why: what worked (phrases of its best-valued images), what is
     missing (plan items never rendered, characters in few scenes), what was never tried (vocabulary)."""
-    from echo_os.resonance.suggest import suggest as make_suggestions
+    from echo_os.reflect.suggest import suggest as make_suggestions
 
     found = make_suggestions(settings_from(ctx), project, limit=limit)
     if as_json:

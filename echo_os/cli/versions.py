@@ -1,4 +1,4 @@
-"""`echo-os commit | log | diff | checkout`: the version history of a project (echo_os/resonance/versions.py)."""
+"""`echo-os commit | log | diff | checkout`: the version history of a project (echo_os/reflect/versions.py)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def commit(ctx: click.Context, project: str, message: str, minutes: float | None
     \b
       echo-os commit "Lighthouse Keeper" "storm scenes darker" --minutes 120
     """
-    from echo_os.resonance.versions import changed_scenes, list_versions
-    from echo_os.resonance.versions import commit as commit_version
+    from echo_os.reflect.versions import changed_scenes, list_versions
+    from echo_os.reflect.versions import commit as commit_version
 
     settings = settings_from(ctx)
     store = _store(ctx)
@@ -57,7 +57,7 @@ def _minutes(minutes: float | None) -> str:
 def log(ctx: click.Context, project: str, as_json: bool) -> None:
     """List PROJECT's versions, newest first: number, time, minutes, message, scenes changed."""
     from echo_os.errors import NotFoundError
-    from echo_os.resonance.versions import changed_scenes, list_versions
+    from echo_os.reflect.versions import changed_scenes, list_versions
 
     settings = settings_from(ctx)
     store = _store(ctx)
@@ -92,8 +92,8 @@ def log(ctx: click.Context, project: str, as_json: bool) -> None:
 @click.pass_context
 def diff(ctx: click.Context, project: str, a: str, b: str, no_sheet: bool, as_json: bool) -> None:
     """Which scenes differ between versions A and B of PROJECT, and a side-by-side sheet of them."""
-    from echo_os.resonance.versions import diff as diff_versions
-    from echo_os.resonance.versions import parse_version
+    from echo_os.reflect.versions import diff as diff_versions
+    from echo_os.reflect.versions import parse_version
 
     number_a, number_b = parse_version(a), parse_version(b)
     settings = settings_from(ctx)
@@ -123,8 +123,8 @@ def diff(ctx: click.Context, project: str, a: str, b: str, no_sheet: bool, as_js
 def checkout(ctx: click.Context, project: str, version: str, force: bool) -> None:
     """Make VERSION of PROJECT the current selection again (story.json, contact sheet, animatic input).
     No artifact is deleted."""
-    from echo_os.resonance.versions import checkout as checkout_version
-    from echo_os.resonance.versions import parse_version
+    from echo_os.reflect.versions import checkout as checkout_version
+    from echo_os.reflect.versions import parse_version
 
     number = parse_version(version)
     settings = settings_from(ctx)

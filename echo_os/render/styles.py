@@ -6,7 +6,7 @@ styles.toml (the format `memory analyze --export-styles` writes too):
     prompt = "{prompt}, film noir, hard shadows"   # {prompt} marks where the prompt goes
     negative = "colour, cartoon"
 
-A style learned from artifacts (`echo-os memory learn-from`, echo_os/resonance/learn.py) also has
+A style learned from artifacts (`echo-os memory learn-from`, echo_os/reflect/learn.py) also has
 
     [styles.harbour-dusk.learned]      where it came from: source ids, method, palette, when
     [styles.harbour-dusk.reference]    adapter, path (relative to artifacts/), sha256, scale
@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING
 from echo_os.errors import OptionError, UsageError
 
 if TYPE_CHECKING:
-    from echo_os.render.requests import IPAdapterInput
     from echo_os.settings import Settings
 
 PLACEHOLDER = "{prompt}"
@@ -273,7 +272,7 @@ def resolve_style(settings: "Settings", value: str | None, option: str = "style"
 
 
 def style_fields(settings: "Settings", value: str | None, negative: str | None,
-                 option: str = "style", adapter: "IPAdapterInput | None" = None) -> dict:
+                 option: str = "style", adapter: object | None = None) -> dict:
     """RenderRequest fields for `--style VALUE` with the user's negative: style (the template or free
     text), style_name, and negative_prompt with the style's negative appended. A learned style with a
     reference image adds `ip_adapter`: `adapter` (the request's own, e.g. a character's) plus the style's
@@ -286,24 +285,23 @@ def style_fields(settings: "Settings", value: str | None, negative: str | None,
     return fields
 
 
-def with_style_reference(settings: "Settings", name: str, reference: StyleReference,
-                         adapter: "IPAdapterInput | None") -> "IPAdapterInput":
-    """`adapter` with the style's image appended as the reference `style:NAME` (the request's own adapter
-    model when it has one: one pipeline call loads one adapter model)."""
-    from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference
-
+def with_style_reference(settings: "Settings", name: str, reference: StyleReference, adapter: object | None) -> dict:
+    """`adapter` (the request's IPAdapterInput, or None) with the style's image appended as the reference
+    `style:NAME`, as the dict RenderRequest validates (this module sits below requests.py: it builds no
+    request types). The request's own adapter model is kept when it has one: one call loads one model."""
     path = Path(reference.path)
     if not path.is_absolute():
         path = settings.artifacts_dir / path
     if not path.is_file():
         raise UsageError(f"style {name!r}: its reference image {path} is not there any more; learn the style again "
                          "(echo-os memory learn-from ID) or remove the [reference] table from styles.toml.")
-    own = IPAdapterReference(name=f"style:{name}", images=(IPAdapterImage(path=str(path), sha256=reference.sha256),),
-                             scale=reference.scale)
+    own = {"name": f"style:{name}", "images": [{"path": str(path), "sha256": reference.sha256}],
+           "scale": reference.scale}
     if adapter is None:
-        return IPAdapterInput(model=reference.adapter, references=(own,))
-    kept = tuple(r for r in adapter.references if r.name != own.name)
-    return adapter.model_copy(update={"references": (*kept, own)})
+        return {"model": reference.adapter, "references": [own]}
+    current = adapter.model_dump(mode="json") if hasattr(adapter, "model_dump") else dict(adapter)  # type: ignore[call-overload]
+    kept = [r for r in current["references"] if r["name"] != own["name"]]
+    return {"model": current["model"], "references": [*kept, own]}
 
 
 # ---- import -----------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 def gallery_resonance(settings: "Settings", projects: list[str]) -> dict[str, Any]:
     """{"stories": {project: {style_consistency, style_pairs, threshold, flags}}, "motifs": [...]}"""
-    from echo_os.artifacts.catalog import project_slug
     from echo_os.resonance.analyze import MOTIFS_JSON
     from echo_os.resonance.story import load_story_json
 
@@ -41,32 +40,8 @@ def gallery_resonance(settings: "Settings", projects: list[str]) -> dict[str, An
                                    "members": motif.get("members", [])[:8]})
         except (OSError, ValueError, KeyError, TypeError):
             motifs = []
-    return {"stories": stories, "motifs": motifs, "versions": gallery_versions(settings, projects),
-            "reports": {project: f"resonance-{project_slug(project)}.html" for project in projects
-                        if (settings.artifacts_dir / "gallery" / f"resonance-{project_slug(project)}.html").is_file()}}
-
-
-def gallery_versions(settings: "Settings", projects: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """project -> its committed versions, newest first (from artifacts/versions/<slug>/v*.json, the files
-    `echo-os commit` writes beside its catalog row, so building the page needs no catalog write)."""
-    from echo_os.resonance.versions import Version, changed_scenes, versions_dir
-
-    out: dict[str, list[dict[str, Any]]] = {}
-    for project in projects:
-        versions = []
-        for path in sorted(versions_dir(settings, project).glob("v*.json")):
-            try:
-                versions.append(Version.from_dict(json.loads(path.read_text(encoding="utf-8"))))
-            except (OSError, ValueError, TypeError, KeyError):
-                continue
-        rows = []
-        for index, version in enumerate(versions):
-            before = versions[index - 1].selection if index else {}
-            rows.append({"number": version.number, "created": version.created, "message": version.message,
-                         "minutes": version.minutes, "changed": changed_scenes(before, version.selection)})
-        if rows:
-            out[project] = rows[::-1]
-    return out
+    # "versions" and "reports" are added by echo_os.reflect.versions.gallery_parts (gallery/build.py)
+    return {"stories": stories, "motifs": motifs, "versions": {}, "reports": {}}
 
 
 RESONANCE_CSS = """

@@ -376,3 +376,37 @@ def checkout(settings: "Settings", store: "ArtifactStore", project: str, number:
         write_atomically(sheet, (settings.artifacts_dir / version.contact_sheet).read_bytes())
     write_atomically(story_json, (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return Checkout(version=version, story_json=story_json, contact_sheet=sheet)
+
+
+# ---- the gallery -------------------------------------------------------------------------------------
+
+def gallery_parts(settings: "Settings", projects: list[str]) -> dict[str, Any]:
+    """What the gallery shows of the reflect loop: {"versions": gallery_versions(...), "reports": project ->
+    its resonance page's file name, when `echo-os resonance` has written one beside the gallery}."""
+    reports = {}
+    for project in projects:
+        name = f"resonance-{project_slug(project)}.html"
+        if (settings.artifacts_dir / "gallery" / name).is_file():
+            reports[project] = name
+    return {"versions": gallery_versions(settings, projects), "reports": reports}
+
+
+def gallery_versions(settings: "Settings", projects: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """project -> its committed versions, newest first (from artifacts/versions/<slug>/v*.json, the files
+    `echo-os commit` writes beside its catalog row, so building the page needs no catalog write)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for project in projects:
+        versions = []
+        for path in sorted(versions_dir(settings, project).glob("v*.json")):
+            try:
+                versions.append(Version.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+        rows = []
+        for index, version in enumerate(versions):
+            before = versions[index - 1].selection if index else {}
+            rows.append({"number": version.number, "created": version.created, "message": version.message,
+                         "minutes": version.minutes, "changed": changed_scenes(before, version.selection)})
+        if rows:
+            out[project] = rows[::-1]
+    return out

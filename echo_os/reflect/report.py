@@ -177,7 +177,7 @@ def _best_of_gains(rows: list) -> list[dict[str, Any]]:
 
 
 def _versions(settings: "Settings", project: str) -> list[VersionPoint]:
-    from echo_os.resonance.versions import Version, versions_dir
+    from echo_os.reflect.versions import Version, versions_dir
 
     out = []
     for path in sorted(versions_dir(settings, project).glob("v*.json")):
@@ -193,7 +193,7 @@ def _versions(settings: "Settings", project: str) -> list[VersionPoint]:
 
 
 def _evolve_runs(settings: "Settings", ids: set[str]) -> list[EvolvePoint]:
-    from echo_os.resonance.evolve import EVOLVE_DIR
+    from echo_os.reflect.evolve import EVOLVE_DIR
 
     out = []
     for path in sorted((settings.artifacts_dir / EVOLVE_DIR).glob("*.json")):

@@ -183,7 +183,7 @@ class ClipScorer:
                                    scene=story.scene, characters=tuple(story.characters or ())))
         scenes = {a.meta.story.scene for a in artifacts if a.meta.story.scene is not None}
         if scenes:  # the story's other kept scenes are what style and character consistency compare with
-            from echo_os.resonance.versions import selection_of
+            from echo_os.reflect.versions import selection_of
 
             document = load_story_json(settings, artifacts[0].meta.project) or {}
             for scene, kept in selection_of(document).items():
@@ -288,7 +288,7 @@ def variations(settings: "Settings", parent: "Artifact", k: int, rng: random.Ran
     """K requests varying `parent`, one image each, every one naming the parent as its parent."""
     from echo_os.engines import get_engine
     from echo_os.iterate.refine import refine_request
-    from echo_os.render.requests import MAX_SEED
+    from echo_os.render.requests import MAX_SEED, RenderRequest
     from echo_os.render.styles import style_fields
 
     base = parent.meta.replay_request().model_copy(update={"count": 1, "parent_id": parent.id})
@@ -321,7 +321,8 @@ def variations(settings: "Settings", parent: "Artifact", k: int, rng: random.Ran
             negative = base.negative_prompt
             if base.style_name:  # the parent's own style's negative is not carried into another style's
                 negative = None
-            request = base.model_copy(update={"seed": seed, **style_fields(settings, name, negative, adapter=base.ip_adapter)})
+            fields = {**base.model_dump(), "seed": seed, **style_fields(settings, name, negative, adapter=base.ip_adapter)}
+            request = RenderRequest.model_validate(fields)  # validated: the style's reference is given as a dict
             out.append(Variation("style", name, request))
         else:
             out.append(Variation("seed", str(seed), base.model_copy(update={"seed": seed})))
