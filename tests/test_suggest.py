@@ -90,3 +90,13 @@ def test_what_worked_and_characters_in_few_scenes(workspace, tmp_path):
     missing = [s for s in json.loads(out) if s["kind"] == "missing"]
     assert missing == [{"kind": "missing", "prompt": "keeper in a new scene: add a storyboard row with characters=keeper",
                         "why": "character 'keeper' is in only 1 of 4 scenes of the current story"}]
+
+
+def test_memory_analyze_as_the_design_spells_it(workspace):
+    """`echo-os memory --analyze` is `echo-os memory analyze` (same line, same exit code)."""
+    home = str(workspace.home)
+    assert run("--home", home, "memory", "--analyze") == run("--home", home, "memory", "analyze")
+    code, out, err = run("--home", home, "memory", "--analyze")
+    assert code == 2 and "memory analyze needs at least 3 artifacts" in err
+    code, out, err = run("--home", home, "memory", "--analyze", "stats")
+    assert code == 2 and "go without a subcommand" in err
