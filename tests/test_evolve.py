@@ -98,6 +98,9 @@ def test_text_output_prints_each_round_and_overall(workspace, fixed_scorer):
     assert lines[0].startswith("round 1: ") and lines[1].startswith("round 2: ")
     assert lines[2].startswith(f"overall: {objective(start):.4f} -> ")
     assert lines[3].startswith("record: ")
+    code, again, err = run("--home", home, "evolve", start, "--rounds", "2", "--per-round", "2", "--scorer", "fixed",
+                           "--min-gain", "0")
+    assert code == 0 and again == out  # a finished run prints its rounds again, in order
 
 
 def test_resume_after_an_interrupted_round_renders_only_what_is_missing(workspace, fixed_scorer):

@@ -90,14 +90,19 @@ def evolve(ctx: click.Context, target: str, rounds: int, per_round: int, objecti
     store = ArtifactStore(settings)
 
     printed: set[int] = set()
+    from echo_os.reflect.evolve import EvolveRun, run_id_of, run_path
+
+    earlier = run_path(settings, run_id_of(start.id, options))
+    if earlier.is_file() and not as_json:  # resuming: the rounds already done come first
+        done = EvolveRun.from_dict(json.loads(earlier.read_text(encoding="utf-8")))
+        for round_, line in zip(done.rounds, done.lines()):
+            click.echo(line)
+            printed.add(round_.round)
 
     def on_round(done) -> None:
         printed.add(done.round)
         if not as_json:
-            kept = "kept the parent" if done.best == done.parent else f"best {done.best[:12]}"
-            pct = "n/a" if done.gain_pct is None else f"{done.gain_pct:+.1f}%"
-            click.echo(f"round {done.round}: {done.parent_score:.4f} -> {done.best_score:.4f} "
-                       f"({done.gain:+.4f}, {pct}), {kept}")
+            click.echo(done.line())
 
     try:
         with StageBars(unit="image") as bars:
@@ -107,8 +112,5 @@ def evolve(ctx: click.Context, target: str, rounds: int, per_round: int, objecti
     if as_json:
         click.echo(json.dumps(run.as_dict(), ensure_ascii=False, indent=2))
         return
-    for round_, line in zip(run.rounds, run.lines()):
-        if round_.round not in printed:  # rounds of an earlier, interrupted run of this command
-            click.echo(line)
     click.echo(run.lines()[-1])
     click.echo(f"record: {settings.artifacts_dir / 'evolve' / (run.run_id + '.json')}")

@@ -95,6 +95,11 @@ class Round:
     gain: float  # best_score - parent_score (0 when no candidate beat the parent)
     gain_pct: float | None  # gain / |parent_score| x 100 (None when the parent scored 0)
 
+    def line(self) -> str:
+        kept = "kept the parent" if self.best == self.parent else f"best {self.best[:12]}"
+        return (f"round {self.round}: {self.parent_score:.4f} -> {self.best_score:.4f} ({self.gain:+.4f}, "
+                f"{_pct(self.gain_pct)}), {kept}, {len(self.candidates)} candidates")
+
 
 @dataclass
 class EvolveRun:
@@ -137,11 +142,7 @@ class EvolveRun:
         return cls(**{k: v for k, v in data.items() if k in keys}, rounds=rounds)
 
     def lines(self) -> list[str]:
-        out = []
-        for r in self.rounds:
-            kept = "kept the parent" if r.best == r.parent else f"best {r.best[:12]}"
-            out.append(f"round {r.round}: {r.parent_score:.4f} -> {r.best_score:.4f} ({r.gain:+.4f}, "
-                       f"{_pct(r.gain_pct)}), {kept}, {len(r.candidates)} candidates")
+        out = [r.line() for r in self.rounds]
         out.append(f"overall: {self.start_score:.4f} -> {self.best_score:.4f} ({self.gain:+.4f}, {_pct(self.gain_pct)}) "
                    f"in {len(self.rounds)} round{'s' if len(self.rounds) != 1 else ''}; best {self.best[:12]}"
                    + (f"; stopped: {self.stopped}" if self.stopped else ""))
