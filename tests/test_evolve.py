@@ -213,3 +213,51 @@ def test_evolve_as_an_api_job_with_progress(workspace, fixed_scorer):
                          "--scorer", "fixed", "--min-gain", "0", "--json")
     assert code == 0, err
     assert json.loads(out) == record  # the same run: the CLI finds the API's record
+
+
+def test_rating_in_the_served_gallery(workspace):
+    """--rate-with gallery: the loop names the images and waits; ratings posted to the API's rating route
+    (what the gallery's buttons do) are what it scores with."""
+    import asyncio
+    import threading
+
+    from echo_os.artifacts.store import open_catalog
+    from tests.api_helpers import api_client
+
+    home = str(workspace.home)
+    start = _start(home)
+    stop = threading.Event()
+    posted: dict[str, int] = {}
+
+    def value(artifact_id: str) -> int:
+        return 2 + int(artifact_id[:2], 16) % 4
+
+    async def rate_what_appears():
+        async with api_client(workspace, start_worker=False) as (client, _):
+            while not stop.is_set():
+                with open_catalog(workspace) as catalog:
+                    waiting = [row.id for row in catalog.query(project="Evo") if row.id not in posted]
+                for artifact_id in waiting:
+                    response = await client.post(f"/api/artifacts/{artifact_id}/rating", json={"rating": value(artifact_id)})
+                    assert response.status_code == 200, response.text
+                    posted[artifact_id] = value(artifact_id)
+                await asyncio.sleep(0.2)
+
+    rater = threading.Thread(target=lambda: asyncio.run(rate_what_appears()))
+    rater.start()
+    try:
+        code, out, err = run("--home", home, "evolve", start, "--rounds", "2", "--per-round", "2", "--rate-with",
+                             "gallery", "--min-gain", "0", "--json")
+    finally:
+        stop.set()
+        rater.join(timeout=30)
+    assert code == 0, err
+    assert "in the gallery (echo-os serve, then /api/gallery#project=Evo)" in err
+    run_ = json.loads(out)
+    assert run_["scorer"] == "ratings" and run_["start_score"] == (value(start) - 3) / 2
+    for round_ in run_["rounds"]:
+        for candidate in round_["candidates"]:
+            assert candidate["score"] == (value(candidate["id"]) - 3) / 2
+
+    code, out, err = run("--home", home, "evolve", start, "--rate-with", "gallery", "--scorer", "fixed")
+    assert code == 2 and "--rate-with gallery is for --scorer ratings" in err

@@ -21,6 +21,37 @@ def _ask_ratings(artifacts) -> dict[str, int]:
     return ratings
 
 
+def gallery_ratings(settings, poll_s: float = 1.0, out=None):
+    """An `ask` for --rate-with gallery: name the images to rate in the gallery that `echo-os serve` serves
+    (its rating buttons POST /api/artifacts/{id}/rating), then wait until each has a rating given after the
+    question; Ctrl-C stops the loop, and the same command goes on later."""
+    import time
+    from datetime import datetime, timezone
+
+    from echo_os.artifacts.store import open_catalog
+
+    def ask(artifacts) -> dict[str, int]:
+        asked = datetime.now(timezone.utc)
+        project = artifacts[0].meta.project
+        click.echo(f"rate {len(artifacts)} image{'s' if len(artifacts) != 1 else ''} in the gallery "
+                   f"(echo-os serve, then /api/gallery#project={project}): "
+                   + ", ".join(a.id[:12] for a in artifacts), err=True, file=out)
+        ratings: dict[str, int] = {}
+        while len(ratings) < len(artifacts):
+            with open_catalog(settings) as catalog:
+                for artifact in artifacts:
+                    row = catalog.get(artifact.id)
+                    rating = (row.meta.get("rating") or {}) if row is not None else {}
+                    rated = rating.get("rated_at")
+                    if rated and datetime.fromisoformat(rated) >= asked.replace(microsecond=0):
+                        ratings[artifact.id] = int(rating["value"])
+            if len(ratings) < len(artifacts):
+                time.sleep(poll_s)
+        return ratings
+
+    return ask
+
+
 def _parse_strengths(text: str) -> tuple[float, ...]:
     from echo_os.errors import UsageError
 
@@ -41,10 +72,12 @@ def _parse_strengths(text: str) -> tuple[float, ...]:
               help="Stop when a round improves the objective by less than this.")
 @click.option("--strengths", default="0.3,0.5,0.7", show_default=True, help="Refine strengths to try.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Another seed makes other choices (another run).")
+@click.option("--rate-with", "rate_with", type=click.Choice(["terminal", "gallery"]), default="terminal",
+              show_default=True, help="With --scorer ratings: rate in the terminal, or in the served gallery.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's record as JSON.")
 @click.pass_context
 def evolve(ctx: click.Context, target: str, rounds: int, per_round: int, objective: str | None, scorer: str | None,
-           min_gain: float, strengths: str, seed: int, as_json: bool) -> None:
+           min_gain: float, strengths: str, seed: int, rate_with: str, as_json: bool) -> None:
     """Evolve TARGET (an artifact id, or a project: its best-scored image) for up to --rounds rounds.
 
     Each round renders --per-round variations of the current best (new seeds, prompt phrases from the
@@ -76,6 +109,10 @@ def evolve(ctx: click.Context, target: str, rounds: int, per_round: int, objecti
         store.close()
     # ratings are read from the terminal; asked for by name they are read from stdin whatever it is
     ask = _ask_ratings if sys.stdin.isatty() or scorer == "ratings" else None
+    if rate_with == "gallery":
+        if scorer not in (None, "ratings"):
+            raise UsageError(f"--rate-with gallery is for --scorer ratings, not --scorer {scorer}.")
+        scorer, ask = "ratings", gallery_ratings(settings)
     if scorer is None:
         try:
             chosen = find_scorer(settings, "clip")
