@@ -160,3 +160,31 @@ def _row_path(settings, artifact_id: str) -> str:
 
     with open_catalog(settings) as catalog:
         return catalog.get(artifact_id).path
+
+
+def test_a_story_styled_with_a_learned_style_gets_its_reference(learn_ws, tmp_path):
+    """`batch --style NAME` (and a bible's `style: NAME`): each scene's request carries the style's image."""
+    from echo_os.engines.sdxl import SDXLEngine
+    from echo_os.render.styles import resolve_style, style_table
+    from echo_os.story import plan_prompt_list
+    from echo_os.story.plan import PlanOptions
+    from echo_os.story.render import scene_requests
+
+    home = str(learn_ws.home)
+    code, out, err = run("--home", home, "render", "a quay at night, moonlight, ink drawing", "--engine", "draft",
+                         "--size", "64x64", "--seed", "3", "--project", "Learn", "--json")
+    assert code == 0, err
+    source = json.loads(out)[0]["id"]
+    assert run("--home", home, "memory", "learn-from", source, "--name", "quayink", "--replace")[0] == 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a gull\na boat\n", encoding="utf-8")
+    chosen = resolve_style(learn_ws, "quayink")
+    plan = plan_prompt_list("Quay", prompts, options=PlanOptions(model="tiny", style=chosen.text, style_name=chosen.name,
+                                                                  style_negative=chosen.negative,
+                                                                  styles=style_table(learn_ws)))
+    engine = SDXLEngine(learn_ws, name="cpu", force_device="cpu")
+    requests = scene_requests(learn_ws, plan, "tiny-ip", engine)
+    for request in requests:
+        [reference] = request.ip_adapter.references
+        assert reference.name == "style:quayink" and request.ip_adapter.model == "tiny-ip"
+    assert all(r.ip_adapter is None for r in scene_requests(learn_ws, plan, None, engine))  # --ip-adapter none
