@@ -19,11 +19,16 @@ def test_suggestions_say_why(workspace):
     from echo_os.artifacts.store import open_catalog
     from echo_os.resonance.persist import save_scores
 
+    from echo_os.intent.planfile import Constraints, PlanFile, PlanItem, save_plan
+
     home = str(workspace.home)
-    code, out, err = run("--home", home, "plan", "Harbour", "a quiet harbour at dawn", "--count", "3", "--seed", "1",
-                         "--method", "offline", "--json")
-    assert code == 0, err
-    plan = json.loads(out)
+    # plan.json as `echo-os plan` writes it (save_plan), without loading the planner's MiniLM here
+    plan = save_plan(workspace, PlanFile(project="Harbour", intent="a quiet harbour at dawn", theme="harbour",
+                                         kind="prompts", constraints=Constraints(), method={"name": "offline"},
+                                         items=[PlanItem(prompt=p) for p in (
+                                             "a quiet harbour at dawn, a lone tree on a hill",
+                                             "a quiet harbour at dawn, a koi pond, teal and coral",
+                                             "a quiet harbour at dawn, a brass telescope, moonlight")])).model_dump()
     rendered_item = plan["items"][0]["prompt"]
     made = {
         _render(home, "boats in a harbour, golden hour light, oil painting", 1): 30.0,
@@ -43,7 +48,8 @@ def test_suggestions_say_why(workspace):
     assert [s["prompt"] for s in missing] == [item["prompt"] for item in plan["items"][1:]]
     assert missing[0]["why"] == "plan item 2 of 3 (prompts/.../plan.json) has never been rendered"
     untried = [s for s in found if s["kind"] == "untried"]
-    past_words = {"boats", "harbour", "golden", "hour", "oil", "painting", "crane", "quay", "nets", "drying", "flat", "grey"}
+    past_words = {"boats", "harbour", "golden", "hour", "oil", "painting", "crane", "quay", "nets", "drying", "flat", "grey",
+                  "quiet", "dawn", "lone", "tree", "hill"}
     for item in untried:
         assert item["prompt"].startswith("boats in a harbour, golden hour light, oil painting, ")
         added = item["prompt"].rsplit(", ", 1)[1]
