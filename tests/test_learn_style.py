@@ -35,8 +35,8 @@ def learn_ws(tmp_path_factory, tiny_sdxl_dir):
     return Settings(home=home)
 
 
-def _render(home: str, *args: str) -> dict:
-    code, out, err = run("--home", home, "render", *args, "--model", "tiny", "--engine", "cpu", "--size", "64x64",
+def _render(home: str, *args: str, engine: str = "cpu") -> dict:
+    code, out, err = run("--home", home, "render", *args, "--model", "tiny", "--engine", engine, "--size", "64x64",
                          "--steps", "2", "--seed", "5", "--project", "Learn", "--json")
     assert code == 0, err
     return json.loads(out)[0]
@@ -51,7 +51,7 @@ def _pixels(row: dict) -> np.ndarray:
 
 def test_learn_a_style_and_render_with_its_reference(learn_ws):
     home = str(learn_ws.home)
-    source = _render(home, PROMPT, "--negative", "text, watermark")
+    source = _render(home, PROMPT, "--negative", "text, watermark", engine="draft")  # any image can be learned
 
     code, out, err = run("--home", home, "memory", "learn-from", source["id"], "--name", "snowlight", "--json")
     assert code == 0, err
@@ -93,7 +93,7 @@ def test_learn_a_style_and_render_with_its_reference(learn_ws):
 
 def test_design_spellings_and_bad_input(learn_ws):
     home = str(learn_ws.home)
-    source = _render(home, "a blue boat on a lake, moonlight, ink drawing")
+    source = _render(home, "a blue boat on a lake, moonlight, ink drawing", engine="draft")
     code, out, err = run("--home", home, "memory", "--learn-from", source["id"], "--name", "moonink")
     assert code == 0, err
     assert "style 'moonink' saved" in out and "left out (subject): a blue boat on a lake" in out
