@@ -163,7 +163,10 @@ def test_kill_9_a_worker_mid_job_completes_the_job_with_exactly_its_images(tmp_p
     server = start_server(home, "--workers", "1", "--max-batch", "2")
     try:
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            [before] = http.get("/api/workers").json()["items"]
+            deadline = time.monotonic() + 120
+            while (before := http.get("/api/workers").json()["items"][0])["state"] == "starting":
+                assert time.monotonic() < deadline, before  # renice comes first, then the worker's own row
+                time.sleep(0.05)
             assert before["device"] == "cpu" and before["restarts"] == 0 and before["pid"] != server.process.pid
             # A CPU worker renders below the server's priority, so accepting never waits behind a render.
             assert (os.getpriority(os.PRIO_PROCESS, before["pid"])
