@@ -127,7 +127,7 @@ class RenderActor:
         self.max_models = max(1, max_models)
         self.threads = threads
         self._engines: OrderedDict[tuple[str, str], "Engine"] = OrderedDict()
-        self._lock = threading.RLock()  # the engines; render, batch_limit and stats may run at once
+        self._lock = threading.RLock()  # the engines; render, free_memory and stats may run at once
         self._calls: dict[str, _Call] = {}
         self._cancelled_early: set[str] = set()  # cancel() came before the call started
         self.calls_done = 0
