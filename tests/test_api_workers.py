@@ -238,3 +238,27 @@ def test_make_engine_needs_the_in_process_worker(workspace):
 
     with pytest.raises(ValueError, match="workers=0"):
         asyncio.run(start())
+
+
+@pytest.mark.anyio
+async def test_an_outage_spends_no_attempt_and_the_job_waits_its_back_off(workspace, monkeypatch):
+    """An OutageError (a Ray actor gone, echo_os.render.ray) is not the job's error: the job goes back to the
+    queue without spending an attempt, waits its back-off, and succeeds on its first attempt, even after
+    more outages than max_attempts."""
+    import echo_os.api.jobs as jobs_module
+    from echo_os.api.deps import ApiOptions
+    from echo_os.errors import OutageError
+    from tests.api_helpers import FakeEngine, api_client, wait_job
+
+    monkeypatch.setattr(jobs_module, "REQUEUE_BACKOFF_S", 0.1)
+    engine = FakeEngine(fail_times=3, fail_with=OutageError)
+    options = ApiOptions(batch_window_ms=0, max_attempts=2)
+    async with api_client(workspace, make_engine=engine, options=options) as (client, _):
+        started = time.monotonic()
+        job_id = (await client.post("/api/render", json={"prompt": "through outages", "steps": 1,
+                                                         "size": "64x64"})).json()["job_id"]
+        job = await wait_job(client, job_id, timeout=60)
+        waited = time.monotonic() - started
+    assert job["status"] == "succeeded" and (job["attempts"], job["interruptions"]) == (1, 3), job
+    assert len(job["artifact_ids"]) == 1 and len(engine.calls) == 4
+    assert waited >= sum(jobs_module.requeue_backoff_s(tries) for tries in (1, 2, 3))  # 0.1 + 0.2 + 0.4 s

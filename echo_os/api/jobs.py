@@ -594,7 +594,9 @@ class JobStore:
         if backoff:
             job = self.get(job_id)
             if job is not None:
-                not_before = _after(requeue_backoff_s(job.attempts + job.interruptions + int(outage)))
+                # its tries so far: the attempts (this one's included, even when an outage gives it back)
+                # and the outages before
+                not_before = _after(requeue_backoff_s(job.attempts + job.interruptions))
         rows = self._write(
             f"UPDATE jobs SET status = 'queued', error = ?, attempts = attempts - ?, "
             f"interruptions = interruptions + ?, solo = COALESCE(?, solo), not_before = ?, "
