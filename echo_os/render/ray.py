@@ -534,9 +534,11 @@ class RayEngine(BaseEngine):
         self.concurrent_calls = len(pool.actors)
 
     def render(self, requests: list["RenderRequest"], *, progress: "ProgressCallback | None" = None,
-               cancel: threading.Event | None = None) -> list["RenderResult"]:
+               cancel: threading.Event | None = None, vae_tiling: bool | None = None) -> list["RenderResult"]:
+        """One pipeline call on an idle actor; vae_tiling: for this call (None: the engine's `vae_tiling`)."""
+        tiling = self.vae_tiling if vae_tiling is None else vae_tiling
         return self.pool.render_any(self.name, self.reason, requests, prefer=self.index, progress=progress,
-                                    cancel=cancel, vae_tiling=self.vae_tiling, engine_cancel=self.engine_cancel)
+                                    cancel=cancel, vae_tiling=tiling, engine_cancel=self.engine_cancel)
 
     def free_memory(self, request: "RenderRequest") -> "MemoryInfo | None":
         return self.pool.ask(self.index, "free_memory", self.name, self.reason, request)
