@@ -28,6 +28,7 @@ tails into its event hub, and their figures to `workers` (GET /api/workers).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -44,7 +45,7 @@ from echo_os.sqlite import Migrations, connect
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["render", "batch", "animatic"]
+JobKind = Literal["render", "batch", "animatic", "evolve"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -126,6 +127,23 @@ class AnimaticSpec(BaseModel):
     frames: int = 0
 
 
+class EvolveSpec(BaseModel):
+    """What an /api/evolve job runs: `echo-os evolve`'s options (echo_os.reflect.evolve), checked when
+    the job was submitted; `start` is the artifact the target resolved to, `run_id` its record's name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: str
+    run_id: str
+    rounds: int
+    per_round: int
+    objective: dict[str, float]
+    scorer: str
+    min_gain: float
+    strengths: tuple[float, ...]
+    seed: int = 0
+
+
 class JobSpec(BaseModel):
     """What a job renders, persisted as the `request` column: `items` (render, batch) or `animatic`."""
 
@@ -137,18 +155,22 @@ class JobSpec(BaseModel):
     story: StorySource | None = None  # a batch made by /api/batch (jobs stored before it have none)
     animatic: AnimaticSpec | None = None  # an animatic made by /api/animatic
     compare: CompareSource | None = None  # a comparison made by /api/compare
+    evolve: EvolveSpec | None = None  # an improvement loop made by /api/evolve
 
     @model_validator(mode="after")
     def _renders_something(self) -> "JobSpec":
-        if bool(self.items) == (self.animatic is not None):
-            raise ValueError("a job has either render items or an animatic, not both and not neither")
+        if [bool(self.items), self.animatic is not None, self.evolve is not None].count(True) != 1:
+            raise ValueError("a job has render items, an animatic or an evolve loop: one of them")
         return self
 
     @property
     def images_total(self) -> int:
-        """Artifacts the job makes: its images (and a comparison's grid sheet), or the one video of an animatic."""
+        """Artifacts the job makes: its images (and a comparison's grid sheet), the one video of an
+        animatic, or at most rounds x per_round candidates of an evolve loop (fewer when it stops early)."""
         if self.animatic is not None:
             return 1
+        if self.evolve is not None:
+            return self.evolve.rounds * self.evolve.per_round
         return sum(item.count for item in self.items) + (1 if self.compare is not None else 0)
 
     @property
@@ -295,14 +317,20 @@ def m003_animatic_jobs(db: sqlite3.Connection) -> None:
     indexes from their own, so columns or indexes another migration added before this one are kept.
     Foreign keys are not enforced on these connections, so the drop does not touch job_images or
     idempotency_keys; their REFERENCES jobs(id) name the renamed table afterwards (checked below)."""
+    widen_kind_check(db, OLD_KIND_CHECK, KIND_CHECK)
+
+
+def widen_kind_check(db: sqlite3.Connection, old: str, new: str) -> None:
+    """Rebuild the jobs table with CHECK `old` replaced by `new` (m003_animatic_jobs says how and why)."""
     (create,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
-    if OLD_KIND_CHECK not in create:
-        raise RuntimeError(f"jobs.db: the jobs table has no {OLD_KIND_CHECK} to widen: {create}")
+    if old not in create:
+        raise RuntimeError(f"jobs.db: the jobs table has no {old} to widen: {create}")
     indexes = [row[0] for row in db.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL")]
     sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-    new_create = create.replace(OLD_KIND_CHECK, KIND_CHECK, 1)
-    new_create = new_create.replace("CREATE TABLE jobs", "CREATE TABLE jobs_new", 1)
+    new_create = create.replace(old, new, 1)
+    # after a rebuild SQLite keeps the name as the rename wrote it: CREATE TABLE "jobs"
+    new_create = re.sub(r'^CREATE TABLE\s+"?jobs"?', "CREATE TABLE jobs_new", new_create, count=1)
     if not new_create.startswith("CREATE TABLE jobs_new"):
         raise RuntimeError(f"jobs.db: unexpected CREATE statement for jobs: {create}")
     db.execute(new_create)
@@ -353,6 +381,13 @@ def m005_requeue_backoff(db: sqlite3.Connection) -> None:
     """Outages counted apart from attempts, and a time before which a requeued job is not claimed."""
     db.execute("ALTER TABLE jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE jobs ADD COLUMN not_before TEXT")
+
+
+@MIGRATIONS
+def m006_evolve_jobs(db: sqlite3.Connection) -> None:
+    """`kind` may be 'evolve' (issue 28), the same rebuild as m003_animatic_jobs (it keeps the columns
+    m004 and m005 added)."""
+    widen_kind_check(db, KIND_CHECK, "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve'))")
 
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "

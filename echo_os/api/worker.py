@@ -337,6 +337,11 @@ class Worker:
             for run in animatics:
                 self._encode_animatic(run, runs)
             return
+        loops = [run for run in runs.values() if run.job.spec.evolve is not None]
+        if loops:  # claimed alone, like animatics
+            for run in loops:
+                self._run_evolve(run, runs)
+            return
         requests: list[RenderRequest] = []
         places: list[tuple[JobRun, int]] = []  # per request: its job and the job's number of its first image
         for run in runs.values():
@@ -405,6 +410,56 @@ class Worker:
         run.saved[0] = result.artifact.id
         self.publish(ArtifactSaved(job_id=job.id, artifact_id=result.artifact.id, index=0,
                                    image_url=image_url(result.artifact.id)))
+
+    # -- evolve loops ------------------------------------------------------------------------------------
+    def _run_evolve(self, run: JobRun, runs: dict[str, JobRun]) -> None:
+        """An /api/evolve job: echo_os.reflect.evolve.evolve with the job's options. Candidate i of round
+        r is the job's image (r - 1) x per_round + i - 1, recorded as each round ends; images rendered are
+        its progress. Run again after a crash, the loop goes on from its record (artifacts/evolve/RUN.json)
+        and finds the images already on disk."""
+        from echo_os.reflect.evolve import EvolveOptions, evolve, find_scorer
+        from echo_os.resonance.story import Objective
+
+        job = run.job
+        spec = job.spec.evolve
+        options = EvolveOptions(rounds=spec.rounds, per_round=spec.per_round, objective=Objective(dict(spec.objective)),
+                                scorer=spec.scorer, min_gain=spec.min_gain, strengths=spec.strengths, seed=spec.seed)
+        cancel = threading.Event()
+        with self._lock:
+            self._calls[id(cancel)] = ({job.id}, cancel)
+            if job.id in self._cancel_asked or self._stop.is_set():
+                cancel.set()
+
+        def record(done_round) -> None:
+            for index, candidate in enumerate(done_round.candidates):
+                image = (done_round.round - 1) * spec.per_round + index
+                if image not in run.saved:
+                    self.jobs.record_image(job.id, image, candidate.id)
+                    run.saved[image] = candidate.id
+                    self.publish(ArtifactSaved(job_id=job.id, artifact_id=candidate.id, index=image,
+                                               image_url=image_url(candidate.id)))
+
+        def on_image(stage: str, done: int, total: int) -> None:
+            if not cancel.is_set() and self.jobs.cancel_requested([job.id]):
+                cancel.set()
+            self.publish(JobProgressed(job_id=job.id, step=0, total_steps=0, images_done=len(run.saved) + done,
+                                       images_total=job.images_total))
+
+        try:
+            result = evolve(self.settings, self.store, spec.start, options,
+                            scorer=find_scorer(self.settings, spec.scorer), progress=on_image, cancel=cancel,
+                            on_round=record)
+        except CancelledError:
+            cancelled = self._cancelled({job.id})
+            if cancelled:
+                self._cancel_jobs(runs, cancelled)
+                return
+            raise Interrupted() from None
+        finally:
+            with self._lock:
+                self._calls.pop(id(cancel), None)
+        for done_round in result.rounds:  # rounds an earlier attempt finished before it was stopped
+            record(done_round)
 
     # -- cancelling -------------------------------------------------------------------------------------
     def _drop_lost(self, runs: dict[str, JobRun], job_ids: set[str]) -> None:

@@ -194,6 +194,25 @@ def attach_loras(settings: "Settings", plan: "StoryPlan", requests: list[RenderR
     return out
 
 
+def attach_style_references(settings: "Settings", requests: list[RenderRequest]) -> list[RenderRequest]:
+    """A learned style's reference image (styles.toml [styles.NAME.reference], `echo-os memory learn-from`)
+    on each request styled with it (`--style NAME` or the bible's `style: NAME`), after the characters'."""
+    from echo_os.render.styles import all_styles, with_style_reference
+
+    styles = {key: style for key, style in all_styles(settings).items() if style.reference is not None}
+    if not styles:
+        return requests
+    out = []
+    for request in requests:
+        style = styles.get((request.style_name or "").casefold())
+        if style is None or style.reference is None:
+            out.append(request)
+            continue
+        adapter = with_style_reference(settings, style.name, style.reference, request.ip_adapter)
+        out.append(request.model_copy(update={"ip_adapter": IPAdapterInput.model_validate(adapter)}))
+    return out
+
+
 def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | None,
                    engine: "Engine | None" = None) -> list[RenderRequest]:
     """What each scene renders: its request with the characters' reference images and LoRAs, checked
@@ -204,6 +223,8 @@ def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | No
     requests = story_requests(settings, plan, ip_adapter)
     if not requests:
         return requests
+    if ip_adapter is not None:  # --ip-adapter none leaves out every reference image, a style's too
+        requests = attach_style_references(settings, requests)
     if engine is None:
         from echo_os.engines import choose_engine, get_engine
 
