@@ -204,8 +204,10 @@ class Worker:
         self._stop = threading.Event()
         self._stop_counts = False
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # guards the two fields below
+        self._lock = threading.Lock()  # guards the three fields below
         self._cancel_asked: set[str] = set()
+        # the claimed jobs not yet ended: stats.state is "rendering" while any is left
+        self._open_jobs: set[str] = set()
         # the pipeline calls running now (several at once with a concurrent engine): their jobs and cancel flag
         self._calls: dict[int, tuple[set[str], threading.Event]] = {}
         self._jobs_lock = threading.RLock()  # a job is finished once when calls on several threads end it
@@ -261,7 +263,9 @@ class Worker:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
                 continue
-            self.stats.state = "rendering"
+            with self._lock:
+                self._open_jobs = {job.id for job in claimed}
+                self.stats.state = "rendering"
             try:
                 self._run_claimed(claimed)
             except Exception as error:  # noqa: BLE001 - the worker must outlive any one job
@@ -270,7 +274,9 @@ class Worker:
                 for job in claimed:
                     self._requeue(job, "interrupted by an internal error; running again", count_attempt=True)
             finally:
-                self.stats.state = "idle"
+                with self._lock:
+                    self._open_jobs.clear()
+                    self.stats.state = "idle"
 
     def _claim(self) -> list[Job]:
         first = self.jobs.claim_next(self.worker_id, self.lease_s)
@@ -407,6 +413,7 @@ class Worker:
             run = runs[job_id]
             if not run.done:
                 run.done = True
+                self._leaving(job_id)
                 log.warning("job %s: lease lost (taken back while this worker was busy); leaving it", job_id)
 
     def _cancelled(self, job_ids: set[str]) -> set[str]:
@@ -422,6 +429,7 @@ class Worker:
                     continue
                 run.done = True
             self.stats.jobs_done += 1
+            self._leaving(job_id)
             self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run))
             self.publish(JobCancelled(job_id=job_id, artifact_ids=run.artifact_ids))
             self._forget(job_id)
@@ -434,6 +442,14 @@ class Worker:
         timings["queued_s"] = round((started - created).total_seconds(), 4)
         timings["run_s"] = round((datetime.fromisoformat(now_iso()) - started).total_seconds(), 4)
         return timings
+
+    def _leaving(self, job_id: str) -> None:
+        """`job_id` is about to be recorded as ended (or back in the queue). The worker's own state flips
+        first: whoever sees the job ended sees a worker that is idle once its last job has left."""
+        with self._lock:
+            self._open_jobs.discard(job_id)
+            if not self._open_jobs:
+                self.stats.state = "idle"
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
@@ -454,11 +470,13 @@ class Worker:
         self.stats.jobs_done += 1
         self._forget(run.job.id)
         timings = self._job_timings(run)
+        self._leaving(run.job.id)
         if self.jobs.finish(run.job.id, "succeeded", timings=timings) is not None:
             self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings,
                                       grid_id=run.grid_id))
 
     def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None) -> None:
+        self._leaving(job.id)
         requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo)
         if requeued is not None:
             self.publish(JobQueued(job_id=job.id, attempts=requeued.attempts, error=reason))
@@ -485,6 +503,7 @@ class Worker:
                 self._forget(job.id)
                 reason = message if isinstance(error, EchoError) else \
                     f"failed {job.attempts} times; last error: {message}"
+                self._leaving(job.id)
                 if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
