@@ -162,6 +162,31 @@ async def test_cancel_running_job_stops_at_next_step_and_saves_nothing(workspace
         assert (await wait_job(client, next_id))["status"] == "succeeded"
 
 
+async def test_a_cancelled_job_keeps_the_step_it_stopped_at(workspace):
+    """Not "step 0 of 0" once it is cancelled: the view shows where the job stopped."""
+    from echo_os.engines.base import ProgressEvent
+    from echo_os.errors import CancelledError
+
+    class StopsAtThree(FakeEngine):
+        def render(self, requests, *, progress=None, cancel=None):
+            self.calls.append([(r.prompt, tuple(r.seeds)) for r in requests])
+            for step in (1, 2, 3):
+                progress(ProgressEvent(step=step, total_steps=requests[0].steps, images=1))
+            self.step_started.set()
+            cancel.wait(30)
+            raise CancelledError("render cancelled; unfinished images were not saved")
+
+    engine = StopsAtThree()
+    async with api_client(workspace, make_engine=engine, options=fake_options()) as (client, _):
+        job_id = (await client.post("/api/render", json={"prompt": "long", "steps": 20, "size": "64x64"})).json()["job_id"]
+        await asyncio.to_thread(engine.step_started.wait, 30)
+        assert (await client.post(f"/api/jobs/{job_id}/cancel")).status_code == 202
+        job = await wait_job(client, job_id)
+    assert job["status"] == "cancelled"
+    assert (job["progress"]["step"], job["progress"]["total_steps"]) == (3, 20)
+    assert (job["progress"]["images_done"], job["progress"]["images_total"]) == (0, 1)
+
+
 async def test_cancelling_one_job_of_a_batched_call_requeues_the_others(workspace):
     import threading
 

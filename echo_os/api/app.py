@@ -95,7 +95,9 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
         progress.frames_done = progress.frames_total = animatic.frames
     elif job.status == "succeeded":  # every step of the last call ran (not "step 0 of 0")
         progress.step = progress.total_steps = job.spec.items[-1].steps
-    return JobView(id=job.id, kind=job.kind, status=job.status, progress=progress, attempts=job.attempts,
+    elif job.terminal:  # cancelled or failed: where it stopped
+        progress.step, progress.total_steps = job.step, job.total_steps
+    return JobView(id=job.id, kind=job.view_kind, status=job.status, progress=progress, attempts=job.attempts,
                    error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,

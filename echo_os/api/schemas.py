@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from echo_os.api.jobs import AnimaticSpec, JobKind, JobProgress, JobStatus
+from echo_os.api.jobs import AnimaticSpec, JobProgress, JobStatus, JobViewKind
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
 from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
@@ -205,7 +205,7 @@ class AnimaticSubmitted(Submitted):
 
 class JobView(BaseModel):
     id: str
-    kind: JobKind
+    kind: JobViewKind
     status: JobStatus
     progress: JobProgress
     attempts: int

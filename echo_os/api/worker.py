@@ -85,6 +85,7 @@ class JobRun:
     engines: list["EngineChoice"] = field(default_factory=list)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    step: tuple[int, int] = (0, 0)  # (step, total_steps) its latest pipeline call reached
 
     @property
     def artifact_ids(self) -> list[str]:
@@ -148,6 +149,7 @@ class _JobHooks(RenderHooks):
         def on_step(event: "ProgressEvent") -> None:
             for job_id in job_ids:
                 run = self.runs[job_id]
+                run.step = (event.step, event.total_steps)
                 worker.publish(JobProgressed(job_id=job_id, step=event.step, total_steps=event.total_steps,
                                              images_done=len(run.saved), images_total=run.job.images_total))
 
@@ -430,7 +432,7 @@ class Worker:
                 run.done = True
             self.stats.jobs_done += 1
             self._leaving(job_id)
-            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run))
+            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run), step=run.step)
             self.publish(JobCancelled(job_id=job_id, artifact_ids=run.artifact_ids))
             self._forget(job_id)
 
@@ -504,7 +506,8 @@ class Worker:
                 reason = message if isinstance(error, EchoError) else \
                     f"failed {job.attempts} times; last error: {message}"
                 self._leaving(job.id)
-                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                   step=run.step) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
             else:
