@@ -245,6 +245,13 @@ class Catalog:
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0]
 
+    def image_nums(self) -> set[int]:
+        """The rows that are images (rendered or imported): what memory embeds. Not a video (meta kind
+        "video") nor a compare grid sheet (engine "compare", meta.grid): echo_os.artifacts.meta.artifact_kind."""
+        return {row[0] for row in self.db.execute(
+            "SELECT num FROM artifacts WHERE COALESCE(json_extract(meta, '$.kind'), '') != 'video' "
+            "AND engine != 'compare' AND json_extract(meta, '$.grid') IS NULL")}
+
     def nums(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT num FROM artifacts")}
 

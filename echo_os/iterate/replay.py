@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from echo_os.artifacts.meta import artifact_kind, require_kind
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines import create_engine
 from echo_os.errors import UsageError
@@ -57,9 +58,14 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
     store = ArtifactStore(settings)
     try:
         artifact = store.open(artifact_id)
-        if getattr(artifact.meta, "kind", None) == "video":
-            raise UsageError(f"artifact {artifact.id[:12]} is a video ({artifact.meta.video_kind}); replay re-renders "
-                             "images: give an image artifact id.")
+        kind = artifact_kind(artifact.meta)
+        if kind == "imported":
+            raise UsageError(f"artifact {artifact.id[:12]} was imported ({artifact.meta.engine.name}): echo-os did not "
+                             "render it, so there is no request to replay; `echo-os refine` starts from it")
+        if kind == "sheet":
+            raise UsageError(f"artifact {artifact.id[:12]} is a compare grid sheet, drawn from its cells; replay a "
+                             "cell (`echo-os artifacts show` lists them under grid.cells)")
+        require_kind(artifact.id, artifact.meta, ("image",), "replay", needs="an image artifact")
         provenance = artifact.meta.provenance or {}
         if provenance.get("reproducible") is False:
             raise UsageError(

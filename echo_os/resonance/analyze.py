@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from echo_os.artifacts.meta import IMAGE_KINDS, artifact_kind
 from echo_os.errors import UsageError
 
 if TYPE_CHECKING:
@@ -262,7 +263,8 @@ def analyze_memory(settings: "Settings", *, project: str | None = None, k: int |
     from echo_os.memory.artifacts import build_embedders
 
     with Catalog(settings.catalog_path) as catalog:
-        rows = [row for row in catalog.query(project=project, newest_first=False) if row.prompt.strip()]
+        rows = [row for row in catalog.query(project=project, newest_first=False)
+                if row.prompt.strip() and artifact_kind(row.meta) in IMAGE_KINDS]  # motifs are of images
     if len(rows) < 3:
         raise UsageError(f"memory analyze needs at least 3 artifacts with prompts{f' in project {project!r}' if project else ''}"
                          f" (found {len(rows)}).")
