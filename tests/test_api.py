@@ -791,3 +791,37 @@ def json_ids(path) -> list[str]:
     import json
 
     return [artifact for scene in json.loads(path.read_text())["scenes"] for artifact in scene["artifacts"]]
+
+
+# ---- the same request does not make a second artifact (issue 24, bug 6) ------------------------------------
+
+async def test_render_and_batch_routes_answer_an_earlier_identical_render_unless_asked_again(workspace, tmp_path):
+    import json as json_module
+
+    from tests.helpers import run_cli
+
+    home = str(workspace.home)
+    code, out, err = run_cli("--home", home, "render", "a red buoy", "--engine", "draft", "--seed", "5",
+                             "--size", "64x64", "--json")
+    assert code == 0, err
+    [rendered] = json_module.loads(out)
+    story = "scene,slug,description\n1,dawn,the quay at dawn\n2,dusk,the quay at dusk\n"
+    (tmp_path / "story.csv").write_text(story, encoding="utf-8")
+    code, out, err = run_cli("--home", home, "batch", "quay", str(tmp_path / "story.csv"), "--engine", "draft",
+                             "--size", "64x64", "--seed", "11", "--ip-adapter", "none", "--json")
+    assert code == 0, err
+    scenes = [row["id"] for row in json_module.loads(out)["artifacts"]] if "artifacts" in json_module.loads(out) \
+        else [a for s in json_module.loads(out)["scenes"] for a in s["artifacts"]]
+
+    body = {"prompt": "a red buoy", "engine": "draft", "seed": 5, "size": "64x64"}
+    async with api_client(workspace) as (client, _):
+        same = await wait_job(client, (await client.post("/api/render", json=body)).json()["job_id"])
+        batch = await wait_job(client, (await client.post("/api/batch", json={
+            "project": "quay", "storyboard": story, "engine": "draft", "size": "64x64", "seed": 11,
+            "ip_adapter": "none"})).json()["job_id"])
+        again = await wait_job(client, (await client.post("/api/render", json={**body, "again": True})).json()["job_id"])
+        listed = (await client.get("/api/artifacts", params={"limit": 100})).json()["items"]
+    assert same["status"] == "succeeded" and same["artifact_ids"] == [rendered["id"]]
+    assert batch["status"] == "succeeded" and batch["artifact_ids"] == scenes
+    assert again["status"] == "succeeded" and again["artifact_ids"] != [rendered["id"]]
+    assert len(listed) == 1 + len(scenes) + 1  # the two answers made nothing new; `again` made one

@@ -441,7 +441,7 @@ def _add_routes(app: FastAPI) -> None:
         key, replayed = await _earlier(api, "/api/render", idempotency_key, body)
         if replayed is not None:
             return replayed
-        fields = body.model_dump(exclude={"negative", "size", "seed"}, exclude_none=True)
+        fields = body.model_dump(exclude={"negative", "size", "seed", "again"}, exclude_none=True)
         fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
             fields["seed"] = body.seed
@@ -450,7 +450,7 @@ def _add_routes(app: FastAPI) -> None:
         # the worker renders.
         request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES,
                                        given=body.model_fields_set & {"steps", "cfg", "scheduler", "size"})
-        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
+        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,), again=body.again),
                   created=now_iso())
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
             return earlier
@@ -853,7 +853,8 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     story = StorySource(project=body.project, kind="prompts" if body.prompts is not None else "storyboard",
                         source=str(source), bible=str(bible) if body.prompts is None and bible else None,
                         options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
-    return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story)
+    return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story,
+                   again=body.again)
 
 
 def _engine_size(settings: Settings, plan):

@@ -131,6 +131,8 @@ class JobSpec(BaseModel):
     story: StorySource | None = None  # a batch made by /api/batch (jobs stored before it have none)
     animatic: AnimaticSpec | None = None  # an animatic made by /api/animatic
     compare: CompareSource | None = None  # a comparison made by /api/compare
+    # render anew (the body's `again`, the CLI's --again); otherwise images the project already has are taken
+    again: bool = False
 
     @model_validator(mode="after")
     def _renders_something(self) -> "JobSpec":

@@ -71,6 +71,9 @@ class RenderBody(BaseModel):
                                             description="Options of the chosen engine (its own Options model).")
     project: str = Field(default="default", min_length=1, max_length=200)
     parent_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    again: bool = Field(default=False, description="Render anew even when the same request was rendered "
+                        "before (the CLI's --again). Default: an image the project already has (same request "
+                        "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
 
 
 class BatchBody(BaseModel):
@@ -93,6 +96,9 @@ class BatchBody(BaseModel):
     ip_adapter: str = Field(default="ip-adapter-sdxl", min_length=1, max_length=200,
                             description="IP-Adapter entry for characters with reference images; 'none' leaves "
                                         "them out (as `echo-os batch --ip-adapter`)")
+    again: bool = Field(default=False, description="Render anew even when the same request was rendered "
+                        "before (the CLI's --again). Default: an image the project already has (same request "
+                        "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
 
 
 class AnimaticBody(BaseModel):

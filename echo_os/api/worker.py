@@ -346,10 +346,11 @@ class Worker:
                 places.append((run, offset))
                 offset += item.count
         hooks = _JobHooks(self, runs, places)
-        # A compare job resumes as `echo-os compare` does (the renderer's resume rule: a cell whose
-        # one-image request key is already in its project is taken, not rendered). Compare jobs are
-        # claimed alone, so no render job is ever resumed by being claimed with one.
-        resume = all(run.job.spec.compare is not None for run in runs.values())
+        # Every job resumes as the CLI does (the renderer's resume rule: an image whose one-image request key
+        # is already in its project, folder on disk, is taken as the job's image, not rendered again), unless
+        # it asked for `again`. Render jobs claimed together share the call: one that asked for `again`
+        # renders the whole call anew.
+        resume = not any(run.job.spec.again for run in runs.values())
         # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
         # 64x64), capped by --max-batch.
         outcome = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch,
