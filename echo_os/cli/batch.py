@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from echo_os.cli import settings_from
-from echo_os.cli.terminal import json_for_terminal
+from echo_os.cli.terminal import json_for_terminal, only_json_on_stdout
 from echo_os.errors import OptionError, UsageError
 from echo_os.render.requests import SCHEDULERS
 from echo_os.settings import Settings
@@ -383,9 +383,18 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         ray = RayOptions(address=ray_address, actors=ray_actors)
     # --count renders a part; story.json and the contact sheet still describe the whole story rendered so far
     story = make_whole_plan(plan_size) if count is not None else None
-    render_plan(settings, plan, batch_size=batch_size, json_output=json_output, ip_adapter=ip_adapter_model,
-                clip=clip, engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
-                resonance=resonance, ray=ray, story=story)
+    def run(quiet_json: bool = False):
+        return render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
+                           ip_adapter=ip_adapter_model, clip=clip,
+                           engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
+                           resonance=resonance, ray=ray, story=story, quiet_json=quiet_json)
+
+    if ray is not None and json_output:  # stdout is the JSON document only, whatever Ray prints meanwhile
+        with only_json_on_stdout():
+            result = run(quiet_json=True)
+        click.echo(json_for_terminal(result.as_dict()))
+    else:
+        run()
 
 
 def check_plan(settings: Settings, plan, ip_adapter: str | None, clip: str | None) -> None:
