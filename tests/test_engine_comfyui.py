@@ -334,6 +334,18 @@ def test_refine_with_a_workflow_that_binds_no_init_image_is_one_line(comfy, fake
     assert len(fake.posts) == posts and not fake.uploads
 
 
+def test_a_refine_of_a_solid_colour_parent_takes_the_refine_workflow_and_any_strength(tmp_path, fake):
+    """Issue 24, bug 13: the parent's `-o workflow=solid-colour` is a txt2img template, not carried to the
+    refine (refine_workflow is used, as docs/engines.md says); and ComfyUI runs all --steps, so the
+    diffusers rule "steps x strength >= 1" does not apply (2 steps at strength 0.2 is a real refine there)."""
+    settings = comfy_workspace(tmp_path, fake.url, 'refine_workflow = "upload-scale"\n')
+    parent = _parent(settings, "--engine", "comfyui", "-o", "workflow=solid-colour")
+    code, rows, err = _refine(settings, parent["id"], "--engine", "comfyui", "--steps", "2", "--strength", "0.2")
+    assert code == 0, err
+    assert _meta(rows[0])["provenance"]["workflow"] == "upload-scale"
+    assert "workflow" not in _meta(rows[0])["request"]["options"]
+
+
 # ---- a websocket that drops mid-prompt ------------------------------------------------------------
 
 def _pixels(image):

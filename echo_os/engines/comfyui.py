@@ -53,7 +53,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,6 +112,9 @@ def engine_settings(settings: "Settings") -> ComfyUISettings:
 
 
 class ComfyUIOptions(EngineOptions):
+    # A parent's txt2img template is not a refine's: refine takes refine_workflow unless -o workflow= is given.
+    refine_drops: ClassVar[tuple[str, ...]] = ("workflow",)
+
     workflow: str | None = None  # a template name (pipelines/comfyui/NAME.json + NAME.toml)
     # (a refine's own init image, request.init_image, takes the place of `init_image` below)
     checkpoint: str | None = None  # for templates binding `checkpoint`
@@ -372,7 +375,8 @@ class _Run:
 class ComfyUIEngine(BaseEngine):
     name = "comfyui"
     # One image per scheduler call (each saved as it arrives; see the module docstring on seeds).
-    capabilities = Capabilities(needs_weights=False, network=True, img2img=True, deterministic=True, max_batch=1)
+    capabilities = Capabilities(needs_weights=False, network=True, img2img=True, deterministic=True, max_batch=1,
+                                img2img_scales_steps=False)
     Options = ComfyUIOptions
 
     def __init__(self, settings: "Settings", reason: str = ""):

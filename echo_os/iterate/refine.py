@@ -52,6 +52,23 @@ def _model_change(settings: "Settings", base: RenderRequest, given: dict[str, An
     return fields
 
 
+def _refine_drops(engine_name: str) -> tuple[str, ...]:
+    """The parent engine's options a refine does not carry (EngineOptions.refine_drops)."""
+    from echo_os.engines import engine_table
+
+    plugin = engine_table().get(engine_name)
+    return tuple(getattr(plugin.Options, "refine_drops", ())) if plugin is not None else ()
+
+
+def _scales_steps(engine_name: str) -> bool:
+    """Whether the named engine's img2img runs steps x strength (auto: assume so, the diffusers engines
+    come first); an engine that runs every step (Capabilities.img2img_scales_steps False) has no such limit."""
+    from echo_os.engines import engine_table
+
+    plugin = engine_table().get(engine_name)
+    return plugin is None or plugin.capabilities.img2img_scales_steps
+
+
 def parent_request(settings: "Settings", parent: "Artifact") -> RenderRequest:
     """What a refine starts from: the parent's own request, or, for an image brought in by `memory import`,
     the prompt and settings its PNG carried (what it lacks, and a model that is not in models.toml, take
@@ -106,6 +123,8 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
                           "options.init_image")
     inherited = dict(base.options) if fields["engine"] in ("auto", parent.meta.engine.name) else {}
     inherited.pop("init_image", None)
+    for name in _refine_drops(parent.meta.engine.name):  # e.g. the parent's txt2img template
+        inherited.pop(name, None)
     fields["options"] = {**inherited, **(options or {})}
     if prompt is not None:
         fields["prompt"] = prompt
@@ -133,7 +152,7 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
         first = error.errors()[0]
         option = str(first["loc"][0]) if first.get("loc") else "request"
         raise OptionError(describe_validation_error(error), option) from None
-    if int(request.steps * strength) < 1:  # diffusers would run no denoising step at all
+    if int(request.steps * strength) < 1 and _scales_steps(request.engine):  # diffusers would run no step
         raise OptionError(f"--strength {strength:g} with {request.steps} steps denoises no step "
                           f"(img2img runs steps x strength); raise --strength or --steps", "strength")
     return request
