@@ -89,8 +89,9 @@ def test_an_execution_error_is_one_line_naming_the_node(comfy):
 
 
 def test_node_errors_are_one_line_naming_the_node(comfy, fake):
+    # named: sent, and ComfyUI's refusal is one line (with auto, availability passes over it: see below)
     code, out, err = _render(comfy, "-o", "workflow=sdxl-txt2img", "-o", "checkpoint=missing.safetensors",
-                             "--size", "64x64")
+                             "--size", "64x64", "--engine", "comfyui")
     assert code == 1 and err.splitlines()[-1] == (
         "Error: engine comfyui: ComfyUI refused the workflow: node 4 (CheckpointLoaderSimple): Value not in list "
         "(ckpt_name: 'missing.safetensors' not in ['sd_xl_base_1.0.safetensors'])")
@@ -194,6 +195,41 @@ def test_auto_asks_comfyui_only_when_allowed_configured_and_reachable(tmp_path, 
     (home / "echo-os.toml").write_text(f'[engines.comfyui]\nallow = true\nurl = "{fake.url}"\nworkflw = "x"\n')
     with pytest.raises(UsageError, match=r"\[engines.comfyui\] workflw"):
         choose_engine(load_settings(home, env={}), request)
+
+
+def test_auto_passes_over_a_comfyui_without_the_templates_checkpoint(tmp_path):
+    """Issue 24, bug 13: /system_stats answering is not enough; the default sdxl-txt2img template needs its
+    checkpoint on the server (GET /object_info/CheckpointLoaderSimple lists them)."""
+    from echo_os.settings import load_settings
+
+    request = RenderRequest(prompt="x", width=64, height=64)
+    with fake_comfyui(checkpoints=("some_other_model.safetensors",)) as bare:
+        settings = comfy_workspace(tmp_path, bare.url)
+        name, reason = choose_engine(settings, request)
+        assert name != "comfyui"
+        assert "has no ckpt_name 'sd_xl_base_1.0.safetensors' for workflow sdxl-txt2img" in reason, reason
+        assert "some_other_model.safetensors" in reason
+        settings = comfy_workspace(tmp_path, bare.url, 'checkpoint = "some_other_model.safetensors"\n')
+        assert choose_engine(settings, request)[0] == "comfyui"
+        # a template whose nodes the server has, needing no checkpoint
+        settings = comfy_workspace(tmp_path, bare.url, 'workflow = "solid-colour"\n')
+        assert choose_engine(load_settings(settings.home, env={}), request)[0] == "comfyui"
+
+
+def test_auto_moves_on_when_the_chosen_comfyui_fails_before_any_image(tmp_path):
+    """The server was fine when asked, then failed the first image: `auto` renders with the next engine of
+    the order and says so in one line; an engine the user named is not replaced."""
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'workflow = "solid-colour"\n')
+        server.faults.append("error")
+        code, rows, err = _render(settings, "--size", "64x64", "--seed", "1")
+        assert code == 0, err
+        assert rows[0]["engine"] != "comfyui"
+        [line] = [line for line in err.splitlines() if "moved on to" in line]
+        assert "auto: comfyui failed before any image" in line and "failed:" in line
+        server.faults.append("error")
+        code, out, err = _render(settings, "--size", "64x64", "--seed", "2", "--engine", "comfyui")
+        assert code == 1 and "moved on" not in err and "Error: engine comfyui: node 1" in err, err
 
 
 def test_a_story_renders_every_scene_once_and_resumes(comfy, fake):

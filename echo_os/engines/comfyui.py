@@ -218,6 +218,52 @@ def get_workflow(settings: "Settings", name: str) -> Workflow:
     return read_workflow(paths[name])
 
 
+def input_choices(spec: Any) -> list[str] | None:
+    """The values a node input accepts, from its GET /object_info spec: [[choices...], {...}] (a file
+    list such as a checkpoint loader's) or ["COMBO", {"options": [...]}] (newer nodes); None: not a choice."""
+    if not isinstance(spec, list) or not spec:
+        return None
+    if isinstance(spec[0], list):
+        return [str(choice) for choice in spec[0]]
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        return [str(choice) for choice in spec[1].get("options", [])]
+    return None
+
+
+def missing_on_server(config: ComfyUISettings, workflow: Workflow, options: ComfyUIOptions) -> str | None:
+    """Why the server cannot run the template, asked through GET /object_info/{class}: a node class it does
+    not have, or a file choice (checkpoint, VAE, LoRA...) it does not list. None when it has everything.
+    The init image is uploaded at render time, so its input is not checked."""
+    import httpx
+
+    checkpoint = options.checkpoint or config.checkpoint
+    graph = workflow.bind({"checkpoint": checkpoint} if checkpoint else {})
+    uploaded = {(b.node, b.input) for b in workflow.bindings.get("init_image", ())}
+    infos: dict[str, dict] = {}
+    for node_id, node in sorted(graph.items()):
+        kind = node["class_type"]
+        if kind not in infos:
+            try:
+                response = httpx.get(f"{config.url.rstrip('/')}/object_info/{kind}", timeout=config.connect_timeout_s)
+                response.raise_for_status()
+                infos[kind] = response.json().get(kind) or {}
+            except (httpx.HTTPError, ValueError) as error:
+                return f"ComfyUI at {config.url} does not describe its nodes ({type(error).__name__})"
+        info = infos[kind]
+        if not info:
+            return f"ComfyUI at {config.url} has no {kind} node (workflow {workflow.name} needs it)"
+        specs = {**(info.get("input", {}).get("required") or {}), **(info.get("input", {}).get("optional") or {})}
+        for name, value in node.get("inputs", {}).items():
+            if (node_id, name) in uploaded or not isinstance(value, str):
+                continue
+            choices = input_choices(specs.get(name))
+            if choices is not None and value not in choices:
+                listed = ", ".join(choices[:5]) + (", ..." if len(choices) > 5 else "") if choices else "none"
+                return (f"ComfyUI at {config.url} has no {name} {value!r} for workflow {workflow.name} "
+                        f"(it has: {listed})")
+    return None
+
+
 # ---- the client ------------------------------------------------------------------------------------
 
 def node_error_line(body: dict) -> str:
@@ -399,7 +445,12 @@ class ComfyUIEngine(BaseEngine):
             httpx.get(config.url.rstrip("/") + "/system_stats", timeout=config.connect_timeout_s).raise_for_status()
         except httpx.HTTPError as error:
             return f"ComfyUI at {config.url} does not answer ({type(error).__name__})"
-        return None
+        try:
+            options = ComfyUIOptions.model_validate(dict(request.options))
+            workflow = get_workflow(settings, workflow_name(config, request, options))
+        except (ValueError, UsageError):
+            return None  # a wrong option or template is the request's error: check_request says it in one line
+        return missing_on_server(config, workflow, options)
 
     @classmethod
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
