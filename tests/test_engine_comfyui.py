@@ -460,3 +460,18 @@ def test_a_comfyui_that_restarts_mid_prompt_is_one_line_not_a_hang(tmp_path):
         with pytest.raises(ComfyUIError, match=r"no longer knows prompt \S+ \(restarted while the websocket was down\?\)"):
             engine.render([RenderRequest(prompt="x", width=32, height=32, seed=1, engine="comfyui")])
         assert time.monotonic() - started < 10 and len(server.posts) == 1
+
+
+def test_a_server_lost_during_image_2_names_image_1_which_was_saved(tmp_path):
+    """Issue 24, bug 13: `--count 2`, the server restarts when it takes the second prompt: image 1 is kept
+    and its id is printed with the one-line error."""
+    import sqlite3
+
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'workflow = "solid-colour"\n')
+        server.faults.extend(["ok", "restart"])
+        code, out, err = _render(settings, "--size", "64x64", "--seed", "5", "--count", "2", "--engine", "comfyui")
+    assert code == 1, err
+    with sqlite3.connect(settings.catalog_path) as db:
+        [(saved_id,)] = db.execute("SELECT id FROM artifacts").fetchall()
+    assert f"saved before the error: {saved_id[:12]}" in err, err

@@ -263,9 +263,18 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
 
     attach_scorer(store, enabled=not no_score)  # scores when a CLIP model is here (`echo-os score` says if not)
     bar = StepBar(request.count)
+    from echo_os.errors import EchoError
+
+    saved: list = []  # the images saved so far: named even when a later one fails (a server lost mid-run)
     try:
         outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=engine_announcer(note), engine=engine, resume=not again)
+                                  on_engine=engine_announcer(note), engine=engine, resume=not again,
+                                  on_image=lambda done: saved.append(done.artifact) if not done.resumed else None)
+    except EchoError:
+        bar.close()
+        for artifact in saved:
+            click.echo(f"saved before the error: {artifact.id[:12]}  {artifact.image_path}", err=True)
+        raise
     finally:
         bar.close()
         store.close()
