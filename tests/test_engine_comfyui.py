@@ -475,3 +475,32 @@ def test_a_server_lost_during_image_2_names_image_1_which_was_saved(tmp_path):
     with sqlite3.connect(settings.catalog_path) as db:
         [(saved_id,)] = db.execute("SELECT id FROM artifacts").fetchall()
     assert f"saved before the error: {saved_id[:12]}" in err, err
+
+
+def test_an_edited_template_is_rendered_again_and_replay_says_it_changed(tmp_path):
+    """Issue 24, bug 13: meta.json records the template's sha256 (provenance.template_sha256); after the
+    template is edited the "already rendered" check renders anew, saying why, and replay names the cause."""
+    import shutil
+
+    from echo_os.settings import REPO_ROOT
+
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url)
+        own = settings.home / "pipelines" / "comfyui"
+        own.mkdir(parents=True)
+        for suffix in (".json", ".toml"):
+            shutil.copy(REPO_ROOT / "pipelines" / "comfyui" / f"solid-colour{suffix}", own / f"mine{suffix}")
+        args = ("--engine", "comfyui", "-o", "workflow=mine", "--seed", "100000", "--size", "64x64")
+        code, [first], err = _render(settings, *args)
+        assert code == 0, err
+        assert len(_meta(first)["provenance"]["template_sha256"]) == 64
+        code, [again], err = _render(settings, *args)
+        assert code == 0 and again["id"] == first["id"] and again["already_rendered"], err
+        toml = own / "mine.toml"
+        toml.write_text(toml.read_text(encoding="utf-8").replace("16777216", "65536"), encoding="utf-8")
+        posts = len(server.posts)
+        code, [edited], err = _render(settings, *args)
+        assert code == 0 and edited["id"] != first["id"] and not edited["already_rendered"], err
+        assert len(server.posts) == posts + 1 and "the template changed since" in err, err
+        code, out, err = run_cli("--home", str(settings.home), "replay", first["id"])
+        assert code == 0 and "the template changed since it was rendered" in out, out + err

@@ -190,6 +190,12 @@ class BaseEngine:
     def free_memory(self, request: "RenderRequest") -> MemoryInfo | None:
         return None
 
+    def template_digest(self, request: "RenderRequest") -> str | None:
+        """The sha256 of what renders `request` beyond the request itself (a ComfyUI template), recorded as
+        provenance `template_sha256`; an earlier image recorded under another digest is rendered again,
+        and replay says the template changed since. None: nothing outside the request."""
+        return None
+
     def runs_on_cpu(self, request: "RenderRequest") -> bool:
         return False
 

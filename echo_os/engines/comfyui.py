@@ -140,6 +140,15 @@ class Workflow:
     description: str = ""
     path: Path | None = None
 
+    @property
+    def digest(self) -> str:
+        """sha256 of the graph and its bindings: it changes when the template (NAME.json or NAME.toml) does."""
+        import hashlib
+
+        bindings = {key: [[b.node, b.input, b.modulo] for b in value] for key, value in sorted(self.bindings.items())}
+        text = json.dumps({"graph": self.graph, "bindings": bindings}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def bind(self, values: dict[str, Any]) -> dict[str, Any]:
         """A copy of the graph with `values` (keys of BINDABLE) written into their inputs; values the
         template does not bind are left out (a weightless template has no prompt to set)."""
@@ -489,6 +498,13 @@ class ComfyUIEngine(BaseEngine):
             self._client.close()
             self._client = None
 
+    def template_digest(self, request: "RenderRequest") -> str | None:
+        try:
+            options = ComfyUIOptions.model_validate(dict(request.options))
+            return get_workflow(self.settings, workflow_name(self.config, request, options)).digest
+        except (ValueError, UsageError):
+            return None
+
     def values_for(self, request: "RenderRequest", seed: int, options: ComfyUIOptions, init_name: str | None) -> dict:
         """The request's values by binding name (a template binds what it has)."""
         sampler, scheduler = SAMPLERS.get(request.scheduler, (request.scheduler, "normal"))
@@ -573,6 +589,7 @@ class ComfyUIEngine(BaseEngine):
             images.append(RenderedImage(image=image, seed=seed, provenance={
                 "provider": "comfyui", "url": client.url, "prompt_id": prompt_id, "workflow": workflow.name,
                 "workflow_path": str(workflow.path) if workflow.path else None, "graph": graph,
+                "template_sha256": workflow.digest,
                 "cached_nodes": run.cached, "reproducible": True, "reconnects": run.reconnects,
                 **({"strength": request.init_image.strength, "strength_bound": "strength" in workflow.bindings}
                    if request.init_image is not None else {})}))

@@ -37,6 +37,8 @@ class ReplayReport:
     saved_id: str | None = None
     deterministic: bool = True  # the engine's capability: if False, a difference is expected, not a fault
     batch_size: int = 1  # images in the pipeline call that made the original; replay renders it alone
+    # the engine's template (a ComfyUI workflow file) is not the one the original was rendered with
+    template_changed: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,8 +87,11 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
             original.load()
             max_diff, mean_diff = pixel_difference(original, hooks.results[0].images[0].image)
         saved_id = outcome.artifacts[0].id if save else None
+        then = (artifact.meta.provenance or {}).get("template_sha256")
+        now = (hooks.results[0].images[0].provenance or {}).get("template_sha256")
         return ReplayReport(artifact.id, engine_name, max_diff, mean_diff, saved_id,
                             deterministic=engine.capabilities.deterministic,
-                            batch_size=int(artifact.meta.batch.get("size", 1) or 1))
+                            batch_size=int(artifact.meta.batch.get("size", 1) or 1),
+                            template_changed=bool(then and now and then != now))
     finally:
         store.close()

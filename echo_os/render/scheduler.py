@@ -335,7 +335,7 @@ def render_requests(
 
     for key, pieces in by_engine.items():
         if resume:
-            pieces = resume_rendered(store, pieces, outcome, hooks.image)
+            pieces = resume_rendered(store, pieces, outcome, hooks.image, digest=engines[key].template_digest)
         current, failed = engines[key], []
         while True:
             saved_before = len(outcome.artifacts)
@@ -383,10 +383,27 @@ def _auto_moves_on(settings: "Settings", engine: "Engine", pieces: list[Piece], 
 
 
 def resume_rendered(store: "ArtifactStore", pieces: list[Piece], outcome: RenderOutcome,
-                    on_image: Callable[[ImageDone], None] | None = None) -> list[Piece]:
+                    on_image: Callable[[ImageDone], None] | None = None,
+                    digest: Callable[["RenderRequest"], str | None] | None = None) -> list[Piece]:
     """The runs of `pieces` still to render: every image the project already has (the same one-image
-    request key) is taken instead, added to outcome.resumed and told to on_image with resumed=True."""
+    request key) is taken instead, added to outcome.resumed and told to on_image with resumed=True.
+    digest(request): the engine's template digest now (Engine.template_digest); an earlier image made
+    under another one is rendered again, and outcome.notes says the template changed since."""
     rendered = find_rendered(store, [piece.request for piece in pieces])
+    if digest is not None:
+        for piece in pieces:
+            now = digest(piece.request)
+            for image in piece.request.image_requests():
+                key = image_request_key(image)
+                found = rendered.get(key)
+                then = ((found.meta.provenance or {}).get("template_sha256") if found is not None
+                        and getattr(found.meta, "provenance", None) else None)
+                if found is not None and now is not None and then is not None and then != now:
+                    del rendered[key]
+                    note = (f"{found.id[:12]} was rendered with another version of the template: the template "
+                            "changed since, so it is rendered again")
+                    if note not in outcome.notes:
+                        outcome.notes.append(note)
     remaining: list[Piece] = []
     for piece in pieces:
         keys = [image_request_key(image) for image in piece.request.image_requests()]
