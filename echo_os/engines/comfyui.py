@@ -9,7 +9,11 @@ Configured in the workspace's echo-os.toml:
     refine_workflow = "sdxl-img2img"      # the template of `echo-os refine` (`-o workflow=NAME` wins)
     checkpoint = "sd_xl_base_1.0.safetensors"   # for templates that bind a checkpoint
 
-`auto` asks it only when it is allowed and configured, and then only if GET /system_stats answers.
+`auto` asks it only when it is allowed and configured, and then only if GET /system_stats answers and GET
+/object_info/{class} says the server has every node class of the template and every file choice it names
+(the checkpoint): missing_on_server. (When it then fails before any image, `auto` moves on: the scheduler.)
+Each image records the template's sha256 (provenance `template_sha256`, Engine.template_digest), so an
+edited template renders anew and replay says it changed.
 
 Per image: the template's API-format graph with the request's values bound (prompt, negative, seed,
 steps, cfg, width, height, checkpoint, batch size 1, sampler/scheduler, init image, strength) is sent with
