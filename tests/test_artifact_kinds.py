@@ -90,6 +90,8 @@ def test_a_grid_sheet_is_its_own_kind(kinds):
         assert code == 2 and "compare grid sheet" in err and err.strip().count("\n") == 0, (args, err)
     hits = json.loads(_ok(settings.home, "memory", "search", "a harbour", "-k", "50", "--json"))
     assert ids["grid"] not in {hit["id"] for hit in hits} and hits
+    kinds = {row["id"]: row["kind"] for row in json.loads(_ok(settings.home, "artifacts", "list", "--json"))}
+    assert (kinds[ids["grid"]], kinds[ids["video"]], kinds[ids["imported"]]) == ("sheet", "video", "imported")
 
 
 def test_an_imported_image_is_refined_from_what_its_png_carried_and_replay_says_why_not(kinds):
@@ -111,6 +113,7 @@ def test_the_refine_route_answers_422_for_a_video_and_refines_an_import(kinds):
 
     async def run() -> tuple:
         async with api_client(settings) as (client, _):
+            assert (await client.get(f"/api/artifacts/{ids['grid']}")).json()["kind"] == "sheet"
             video = await client.post("/api/refine", json={"artifact_id": ids["video"]})
             sheet = await client.post("/api/refine", json={"artifact_id": ids["grid"]})
             imported = await client.post("/api/refine", json={"artifact_id": ids["imported"], "model": "tiny",

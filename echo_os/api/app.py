@@ -135,9 +135,11 @@ def worker_views(api: ApiState) -> list[WorkerView]:
 
 
 def artifact_view(row, *, with_meta: bool = False) -> ArtifactView:
+    from echo_os.artifacts.meta import artifact_kind
+
     return ArtifactView(id=row.id, created=row.created, project=row.project, model=row.model, engine=row.engine,
                         prompt=row.prompt, seed=row.seed, size=f"{row.width}x{row.height}", scene=row.scene,
-                        parent_id=row.parent_id, image_url=image_url(row.id),
+                        parent_id=row.parent_id, kind=artifact_kind(row.meta), image_url=image_url(row.id),
                         meta=row.meta if with_meta else None)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from echo_os.api.jobs import AnimaticSpec, JobProgress, JobStatus, JobViewKind
+from echo_os.artifacts.meta import ArtifactKind
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
 from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
@@ -250,6 +251,8 @@ class ArtifactView(BaseModel):
     size: str
     scene: int | None = None
     parent_id: str | None = None
+    kind: ArtifactKind = Field(default="image", description="image (rendered here), imported (memory import), "
+                               "sheet (a compare grid sheet) or video (an animatic or a clip).")
     image_url: str
     meta: dict | None = Field(default=None, description="The artifact's meta.json (GET /api/artifacts/{id}).")
 

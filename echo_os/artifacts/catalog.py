@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from echo_os.artifacts.meta import artifact_kind
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import NotFoundError, UsageError
 from echo_os.sqlite import Migrations, connect
@@ -94,7 +95,7 @@ class CatalogRow:
     def summary(self) -> dict:
         return {"id": self.id, "created": self.created, "project": self.project, "model": self.model,
                 "engine": self.engine, "seed": self.seed, "size": f"{self.width}x{self.height}",
-                "scene": self.scene, "prompt": self.prompt, "path": self.path}
+                "scene": self.scene, "prompt": self.prompt, "path": self.path, "kind": artifact_kind(self.meta)}
 
 
 _COLUMNS = "num, id, created, project, model, engine, prompt, seed, width, height, scene, parent_id, path, meta"
