@@ -350,8 +350,7 @@ def render_requests(
                 if moved is None:
                     raise
                 current, pieces, choice = moved
-                outcome.engines.append(choice)
-                outcome.notes.append(choice.reason)
+                outcome.engines.append(choice)  # its reason is the one line saying so (the engine line)
                 if on_engine is not None:
                     on_engine(choice)
     return outcome
