@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -390,8 +390,8 @@ def test_batch_ray_json_is_only_json_whatever_ray_prints(ray_cluster, tmp_path, 
 
     def raylet_says() -> None:  # what ray._private.worker.listen_error_messages does for each raylet error
         while not done.is_set():
-            print_to_stdstream({"lines": ["A worker died or was killed while executing a task by an unexpected "
-                                          "system error."], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+            message = "A worker died or was killed while executing a task by an unexpected system error."
+            print_to_stdstream({"lines": [message], "pid": "raylet", "is_err": False}, ignore_prefix=False)
             done.wait(0.01)
 
     talker = threading.Thread(target=raylet_says, daemon=True)

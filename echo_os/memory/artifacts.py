@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from echo_os.artifacts.meta import IMAGE_KINDS, artifact_kind, require_kind
 from echo_os.artifacts.catalog import Catalog, CatalogRow, artifact_num
+from echo_os.artifacts.meta import IMAGE_KINDS, artifact_kind, require_kind
 from echo_os.artifacts.store import open_catalog
 from echo_os.errors import NotFoundError
 from echo_os.settings import Settings
