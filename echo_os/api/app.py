@@ -98,7 +98,7 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
     elif job.terminal:  # cancelled or failed: where it stopped
         progress.step, progress.total_steps = job.step, job.total_steps
     return JobView(id=job.id, kind=job.view_kind, status=job.status, progress=progress, attempts=job.attempts,
-                   error=job.error, cancel_requested=job.cancel_requested, created=job.created,
+                   interruptions=job.interruptions, error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
                    title=job.spec.title, animatic=animatic, grid_id=job.grid_id,
