@@ -228,3 +228,47 @@ def test_a_story_shows_its_cards_in_scene_order(browser, api):
     fill(browser, {"#story-project": "No Such Project"})
     browser.run("document.querySelector('#story-form').requestSubmit()")
     browser.wait_for("return document.querySelector('[data-error=\"story-project\"]').textContent.includes('no rendered story')")
+
+
+def test_edit_storyboard_changes_one_row_only():
+    from echo_os.api.studio_routes import SceneEdit, edit_storyboard
+    from echo_os.errors import UsageError
+
+    text = 'scene,description,characters\n1,"a harbour, at dawn",mara\n2,a storm,tom\n'
+    edited = edit_storyboard(text, 2, SceneEdit(description='a storm, "wild"', duration=4.5))
+    assert edited == ('scene,description,characters,duration\n1,"a harbour, at dawn",mara,\n'
+                      '2,"a storm, ""wild""",tom,4.5\n')
+    assert edit_storyboard(edited, 1, SceneEdit(duration=2)).splitlines()[1] == '1,"a harbour, at dawn",mara,2'
+    with pytest.raises(UsageError, match="no scene 9"):
+        edit_storyboard(text, 9, SceneEdit(description="x"))
+
+
+@needs_browser
+def test_edit_one_scene_re_renders_only_that_scene(browser, api):
+    from echo_os.settings import REPO_ROOT
+
+    story = REPO_ROOT / "prompts" / "lighthouse-keeper"
+    submitted = api.post("/api/batch", json={"project": "Keeper", "engine": "draft", "size": "64x64",
+                                             "storyboard": (story / "story.csv").read_text(),
+                                             "bible": (story / "STORY_BIBLE.md").read_text()})
+    assert submitted.status_code == 202, submitted.text
+    assert wait_jobs(api, [submitted.json()["job_id"]])[submitted.json()["job_id"]]["status"] == "succeeded"
+    before = [s["artifacts"][0] for s in api.get("/api/studio/story/Keeper").json()["scenes"]]
+    browser.click('.tab[data-view="story"]')
+    fill(browser, {"#story-project": "Keeper"})
+    browser.run("document.querySelector('#story-form').requestSubmit()")
+    card = '#story-cards .card[data-scene="2"]'
+    browser.wait_for(f"return !!document.querySelector('{card} .edit')")
+    browser.run(f"document.querySelector('{card} .edit').open = true")
+    fill(browser, {f"{card} [data-field=scene-2-duration]": "-1"})
+    browser.click(f"{card} .save")
+    browser.wait_for(f"return document.querySelector('{card} [data-error=scene-2-duration]').textContent.includes('greater than 0')")
+    fill(browser, {f"{card} [data-field=scene-2-duration]": "4",
+                   f"{card} [data-field=scene-2-description]": "he climbs the stairs in a gale, lamp in hand"})
+    browser.click(f"{card} .save")
+    browser.wait_for("return document.querySelector('#story-cards .card[data-scene=\"2\"] .desc')?.textContent === "
+                     "'he climbs the stairs in a gale, lamp in hand'", timeout=120)
+    after = api.get("/api/studio/story/Keeper").json()["scenes"]
+    assert [s["artifacts"][0] for s in after][0::2] == before[0::2] and after[3]["artifacts"] == [before[3]]
+    assert after[1]["artifacts"][0] != before[1] and after[1]["duration"] == 4
+    assert browser.run(f"return document.querySelector('{card}').textContent").count("4 s in the animatic") == 1

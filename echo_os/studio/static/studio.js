@@ -416,11 +416,11 @@ async function openStory(event) {
   $("#story-cards").replaceChildren();
   if (!answer.ok) { showProblem(answer, { fallback: "story-project" }); $("#story-title").textContent = ""; return; }
   $("#story-title").textContent = `${answer.data.title} · ${answer.data.scenes.length} scenes`;
-  for (const scene of answer.data.scenes) $("#story-cards").append(storyCard(answer.data.project, scene));
+  for (const scene of answer.data.scenes) $("#story-cards").append(storyCard(answer.data.project, scene, answer.data.editable));
   state.ready.story = true;
 }
 
-function storyCard(project, scene) {
+function storyCard(project, scene, editor) {
   const kept = scene.artifacts[0];
   const card = el("div", { class: "card" + (scene.flags.length ? " flagged" : ""), dataset: { scene: scene.scene } },
     kept ? el("img", { src: `/api/artifacts/${kept}/image`, alt: scene.description, onclick: () => openLightbox(kept) }) : el("div", { class: "hint", textContent: "no image kept" }),
@@ -431,9 +431,11 @@ function storyCard(project, scene) {
       ...scene.flags.map(f => el("div", { class: "flag", textContent: `drift: ${f.kind}${f.character ? " " + f.character : ""} ${Number(f.value).toFixed(3)} < ${f.threshold}` })),
       el("div", { class: "scores" }),
       scene.siblings.length ? el("div", { class: "siblings", textContent: `${scene.siblings.length} sibling${scene.siblings.length > 1 ? "s" : ""}` }) : null,
+      scene.duration ? el("div", { class: "hint", textContent: `${scene.duration} s in the animatic` }) : null,
       el("div", { class: "actions" },
         kept ? el("button", { type: "button", textContent: "Refine…", onclick: () => openLightbox(kept) }) : null,
-        kept ? el("button", { type: "button", textContent: "Regenerate", onclick: () => regenerate(kept, scene) }) : null)));
+        kept ? el("button", { type: "button", textContent: "Regenerate", onclick: () => regenerate(kept, scene) }) : null),
+      editor ? sceneEditor(project, scene) : null));
   if (kept) api("GET", `/api/artifacts/${kept}`).then(answer => {
     const scores = answer.ok && answer.data.meta && answer.data.meta.scores;
     const rating = answer.ok && answer.data.meta && answer.data.meta.rating;
@@ -442,6 +444,32 @@ function storyCard(project, scene) {
     $(".scores", card).textContent = parts.join(" · ");
   });
   return card;
+}
+
+function sceneEditor(project, scene) {
+  const prefix = `scene-${scene.scene}-`;
+  const description = el("textarea", { rows: 2, value: scene.description, dataset: { field: prefix + "description" } });
+  const duration = el("input", { type: "number", step: "0.5", min: "0", placeholder: "seconds", value: scene.duration ?? "",
+                                 dataset: { field: prefix + "duration" } });
+  const save = async () => {
+    clearErrors(editor);
+    const body = {};
+    if (description.value.trim() !== scene.description) body.description = description.value.trim();
+    if (duration.value !== "" && Number(duration.value) !== scene.duration) body.duration = parseNumber(duration.value, false);
+    const edited = await api("POST", `/api/studio/story/${encodeURIComponent(project)}/scenes/${scene.scene}`, body);
+    if (!edited.ok) { showProblem(edited, { prefix, fallback: prefix + "description" }); return; }
+    const batch = Object.fromEntries(Object.entries(edited.data).filter(([, v]) => v !== null));
+    const submitted = await api("POST", "/api/batch", batch);
+    if (!submitted.ok) { showProblem(submitted, { prefix, fallback: prefix + "description" }); return; }
+    const job = follow(submitted.data.job_id, { what: `${project}: scene ${scene.scene} edited`, events: submitted.data.events_url });
+    job.onDone = final => { if (final === "succeeded" && $("#story-project").value.trim() === project) openStory(); };
+    say(`scene ${scene.scene}: re-rendering`);
+  };
+  const editor = el("details", { class: "edit" }, el("summary", { textContent: "Edit scene" }),
+    el("label", { textContent: "Description" }), description, el("div", { class: "error", dataset: { error: prefix + "description" } }),
+    el("label", { textContent: "Duration (s)" }), duration, el("div", { class: "error", dataset: { error: prefix + "duration" } }),
+    el("button", { type: "button", class: "save", textContent: "Save & re-render this scene", onclick: save }));
+  return editor;
 }
 
 async function regenerate(kept, scene) {
