@@ -242,8 +242,12 @@ def importing_first(make_engine):
     and the memory routes' threads must not import transformers at the same time (issue 11)."""
     from echo_os.ml_imports import import_ml_libraries
 
+    from echo_os.engines import AUTO, get_engine
+
     def make(request):
-        if request.engine != "draft":  # draft cards import no ML library
+        # An engine that renders from local weights loads them with the ML libraries; one without (cards,
+        # hosted services) imports none. `auto` may pick either: import first.
+        if request.engine == AUTO or get_engine(request.engine).capabilities.needs_weights:
             import_ml_libraries()
         return make_engine(request)
 

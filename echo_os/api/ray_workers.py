@@ -61,7 +61,6 @@ class RayEngine:
         self.reason = reason
         self.capabilities: "Capabilities" = plugin.capabilities
         self.Options = plugin.Options
-        self.vae_tiling = False  # set by the renderer's OOM back-off; sent with every call
 
     @property
     def concurrent_calls(self) -> int:
@@ -72,9 +71,9 @@ class RayEngine:
         return self.pool.actors[self.index]
 
     def render(self, requests: list["RenderRequest"], *, progress: "ProgressCallback | None" = None,
-               cancel: threading.Event | None = None) -> list["RenderResult"]:
+               cancel: threading.Event | None = None, vae_tiling: bool = False) -> list["RenderResult"]:
         return self.pool.render_any(self.name, self.reason, requests, prefer=self.index, progress=progress,
-                                    cancel=cancel, vae_tiling=self.vae_tiling)
+                                    cancel=cancel, vae_tiling=vae_tiling)
 
     def free_memory(self, request: "RenderRequest") -> "MemoryInfo | None":
         return self.pool._get(self._actor.free_memory.remote(self.name, self.reason, request))
@@ -83,7 +82,7 @@ class RayEngine:
         return self.pool._get(self._actor.runs_on_cpu.remote(self.name, self.reason, request))
 
     def release(self, request: "RenderRequest") -> None:
-        """The actor keeps its models by its own LRU rule."""
+        """The actor keeps its models in its own model cache (echo_os/render/cache.py)."""
 
 
 def ray_engine_factory(pool: "RayPool", index: int) -> Callable[["RenderRequest"], RayEngine]:

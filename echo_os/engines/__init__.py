@@ -150,6 +150,25 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
     raise UsageError(f"no engine of the order {', '.join(order)} can render this request: {'; '.join(skipped)}.")
 
 
+def check_runtime(settings: "Settings", request: "RenderRequest") -> None:
+    """Raise the OptionError of the engine that would render `request` for what this machine lacks (a device,
+    a package): the named engine, or for `auto` the first engine of the workspace's order whose capabilities
+    cover the request (the one `auto` tries first). Each engine states its own rules (check_runtime)."""
+    if request.engine != AUTO:
+        plugin = get_engine(request.engine)
+    else:
+        order = settings.engine_order or DEFAULT_ORDER
+        table = engine_table()
+        covering = [table[name] for name in order if name in table and table[name].capabilities.unmet(request) is None
+                    and (not table[name].capabilities.network or settings.network_allowed(name))]
+        if not covering:
+            return  # choose_engine says why no engine fits
+        plugin = covering[0]
+    check = getattr(plugin, "check_runtime", None)  # optional for plugins that do not subclass BaseEngine
+    if check is not None:
+        check(settings, request)
+
+
 def create_engine(settings: "Settings", name: str, reason: str) -> "Engine":
     return get_engine(name).create(settings, reason)
 

@@ -10,7 +10,8 @@ weights checked before loading) and is kept warm per (weights, device, dtype, of
 cancellation go through diffusers' callback_on_step_end (the SVD pipeline has no `interrupt` flag, so a
 cancel raises out of the callback). Denoising returns latents; decoding is a separate step so that an
 out-of-memory while decoding halves `decode_chunk_size` and decodes again, without denoising again.
-`cpu_offload` (accelerate's model CPU offload) fits SVD on small GPUs; on a CPU it is meaningless.
+`cpu_offload` (accelerate's model CPU offload) fits SVD on small GPUs; on a CPU it is meaningless. Pipelines
+live in the one model cache (echo_os/render/cache.py).
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ class LoadedVideoPipeline:
     lock: threading.Lock
 
 
-_PIPELINES: dict[tuple, LoadedVideoPipeline] = {}
-_PIPELINES_LOCK = threading.Lock()
+# The model cache's kind of this module's entries: one pipeline per (weights, device, dtype, offload).
+VIDEO_KIND = "video"
 
 
 def load_video_pipeline(local_path: Path, *, device: str, dtype: str, variant: str | None, cpu_offload: bool,
@@ -138,8 +139,10 @@ def load_video_pipeline(local_path: Path, *, device: str, dtype: str, variant: s
 
 
 def clear_video_pipelines() -> None:
-    with _PIPELINES_LOCK:
-        _PIPELINES.clear()
+    """Drop every video pipeline from the model cache (tests)."""
+    from echo_os.render.cache import model_cache
+
+    model_cache().release(lambda key: key.kind == VIDEO_KIND)
 
 
 class _Cancel(Exception):
@@ -167,19 +170,21 @@ class VideoEngine:
         if device == "cuda" and dtype == "bfloat16":
             dtype = "float16"  # SVD's weights are published in fp16; its VAE upcasts itself for decoding
         offload = request.cpu_offload and device != "cpu"
-        key = (str(resolved.local_path), device, dtype, offload)
-        with _PIPELINES_LOCK:
-            if key not in _PIPELINES:
-                check_loadable(resolved)
-                started = time.perf_counter()
-                pipe = load_video_pipeline(resolved.local_path, device=device, dtype=dtype, variant=resolved.variant,
-                                           cpu_offload=offload, allow_pickle=resolved.entry.allow_pickle)
-                _PIPELINES[key] = LoadedVideoPipeline(pipe=pipe, model=model_info(self.settings, resolved),
-                                                      device=device, dtype=dtype, cpu_offload=offload,
-                                                      lock=threading.Lock())
-                log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype,
-                         time.perf_counter() - started)
-            return _PIPELINES[key]
+        from echo_os.render.cache import CacheKey, model_cache, weights_bytes
+
+        def load() -> LoadedVideoPipeline:
+            check_loadable(resolved)
+            started = time.perf_counter()
+            pipe = load_video_pipeline(resolved.local_path, device=device, dtype=dtype, variant=resolved.variant,
+                                       cpu_offload=offload, allow_pickle=resolved.entry.allow_pickle)
+            log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype, time.perf_counter() - started)
+            return LoadedVideoPipeline(pipe=pipe, model=model_info(self.settings, resolved), device=device,
+                                       dtype=dtype, cpu_offload=offload, lock=threading.Lock())
+
+        # With CPU offload the weights wait in RAM and visit the GPU a module at a time: they count as RAM.
+        key = CacheKey(VIDEO_KIND, str(resolved.local_path), "cpu" if offload else device, (dtype, offload))
+        return model_cache().get(key, load, label=resolved.entry.name, settings=self.settings,
+                                 estimate_bytes=weights_bytes(str(resolved.local_path)))
 
     def render(self, image, request: ClipRequest, *, progress: Callable[[ProgressEvent], None] | None = None,
                cancel: threading.Event | None = None) -> ClipResult:

@@ -3,8 +3,8 @@
 actor restarts and object transfer; this module only says what to render where.
 
 - Actors (`RenderActor`): one per GPU (`num_gpus=1`) on a GPU cluster, a fraction of a CPU each on a
-  CPU-only one. Each keeps its engines (and so their pipelines) warm, at most `max_models` of them, the
-  least recently used dropped first. An actor renders and returns RenderResults (the images and the
+  CPU-only one. Each keeps its pipelines warm in its process's model cache (echo_os/render/cache.py:
+  a memory budget and at most `max_models` entries, the least recently used dropped first). An actor renders and returns RenderResults (the images and the
   runtime record); it never touches the workspace's artifacts or catalog.
 - The head (this process) plans, groups requests into pipeline calls exactly as the one renderer does
   (echo_os.render.scheduler: same engine tags, same batch groups, same per-image seeds, batch size from an actor's
@@ -33,7 +33,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -75,7 +75,7 @@ class RayOptions:
     address: str | None = None
     actors: int | None = None  # None: one per GPU in the cluster, else 2
     cpus_per_actor: float | None = None  # None: 1 with GPUs, else the local cores shared out
-    max_models: int = 2  # engines (pipelines) an actor keeps warm
+    max_models: int = 2  # models (model cache entries) an actor keeps warm
     threads: int | None = None  # torch threads per actor; None: the cores shared out (CPU), torch's own (GPU)
 
 
@@ -104,6 +104,13 @@ class _Call:
     images: int = 0
 
 
+def _cached_models() -> list[str]:
+    """The models this process's model cache holds, least recently used first."""
+    from echo_os.render.cache import model_cache
+
+    return list(model_cache().stats().labels)
+
+
 class RenderActor:
     """What runs in each Ray actor (made remote by RayPool): engines kept warm, least recently used
     dropped first; render calls in, RenderResults out.
@@ -117,10 +124,14 @@ class RenderActor:
             import torch
 
             torch.set_num_threads(threads)
+        from echo_os.render.cache import model_cache
+
         self.settings = settings
         self.max_models = max(1, max_models)
+        model_cache().max_entries = self.max_models  # the actor's process has its own cache
         self.threads = threads
-        self._engines: OrderedDict[tuple[str, str], "Engine"] = OrderedDict()
+        # Engine objects are light (their pipelines live in the model cache, which evicts them): kept by name.
+        self._engines: dict[tuple[str, str], "Engine"] = {}
         self._lock = threading.RLock()  # the engines; render, batch_limit and stats may run at once
         self._calls: dict[str, _Call] = {}
         self._cancelled_early: set[str] = set()  # cancel() came before the call started
@@ -130,8 +141,7 @@ class RenderActor:
         self.started = time.time()
 
     def info(self) -> dict:
-        with self._lock:
-            models = [model for _, model in self._engines]
+        models = _cached_models()
         return {"pid": os.getpid(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "models": models}
 
     def stats(self) -> dict:
@@ -140,8 +150,8 @@ class RenderActor:
 
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         device = f"cuda:{gpus}" if gpus else f"cpu ({self.threads or os.cpu_count()} threads)"
+        models = _cached_models()
         with self._lock:
-            models = [model for _, model in self._engines]
             rendering = bool(self._calls)
         return {"pid": os.getpid(), "node": socket.gethostname(), "device": device, "models": models,
                 "calls_done": self.calls_done, "images_done": self.images_done, "last_error": self.last_error,
@@ -150,20 +160,11 @@ class RenderActor:
     def _engine(self, name: str, reason: str, model: str) -> "Engine":
         from echo_os.engines import create_engine
 
-        key = (name, model)
+        key = (name, reason)
         with self._lock:
-            if key in self._engines:
-                self._engines.move_to_end(key)
-                return self._engines[key]
-            while len(self._engines) >= self.max_models:
-                (_, dropped), _engine = self._engines.popitem(last=False)
-                log.info("dropping model %s (least recently used)", dropped)
-                del _engine
-                from echo_os.render.scheduler import _release_memory
-
-                _release_memory()
-            engine = self._engines[key] = create_engine(self.settings, name, reason)
-            return engine
+            if key not in self._engines:
+                self._engines[key] = create_engine(self.settings, name, reason)
+            return self._engines[key]
 
     def choose(self, request: "RenderRequest") -> tuple[str, str]:
         """The engine `auto` picks for `request` on this actor's hardware (not the head's)."""
@@ -246,10 +247,9 @@ class RenderActor:
         from echo_os.render.scheduler import _release_memory, is_out_of_memory
 
         engine = self._engine(name, reason, requests[0].model)
-        if engine.capabilities.tiled_decode:
-            engine.vae_tiling = vae_tiling  # the head's OOM back-off asked for it (or not) for this call
+        extra = {"vae_tiling": vae_tiling} if engine.capabilities.tiled_decode else {}  # the head's, per call
         try:
-            return engine.render(requests, progress=progress, cancel=cancel)
+            return engine.render(requests, progress=progress, cancel=cancel, **extra)
         except Exception as error:
             if not is_out_of_memory(error) or len(requests) == 1:
                 raise
