@@ -54,7 +54,7 @@ def animatic_folders(home):
 
 
 async def test_animatic_job_encodes_the_story_and_lists_the_video(story_home):
-    from echo_os.motion.encode import probe
+    from echo_os.artifacts.encode import probe
 
     before = set(animatic_folders(story_home))
     async with api_client(Settings(home=story_home), options=options()) as (client, app):

@@ -47,7 +47,7 @@ def test_engine_clip_equals_a_direct_pipeline_call(video_home, tiny_svd_dir):
     request = ClipRequest(seed=7, model="tiny-svd", frames=FRAMES, fps=7, steps=STEPS, width=32, height=32,
                           decode_chunk_size=2, device="cpu")
     steps_seen = []
-    clip = VideoEngine(Settings(home=video_home)).render(image, request, progress=lambda e: steps_seen.append(e.step))
+    clip = VideoEngine(Settings(home=video_home)).render_clip(image, request, progress=lambda e: steps_seen.append(e.step))
     assert steps_seen == [1, 2]
     assert len(clip.frames) == FRAMES and clip.frames[0].size == (32, 32)
     assert clip.runtime.model.name == "tiny-svd" and clip.runtime.model.weights_sha256
@@ -73,7 +73,7 @@ def test_cancel_stops_the_clip(video_home):
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(CancelledError):
-        VideoEngine(Settings(home=video_home)).render(
+        VideoEngine(Settings(home=video_home)).render_clip(
             torch.rand(1, 3, 32, 32), ClipRequest(seed=1, model="tiny-svd", frames=2, steps=STEPS, width=32,
                                                   height=32, device="cpu"), cancel=cancel)
 
@@ -95,7 +95,7 @@ def animated(video_home):
 
 def test_animate_makes_a_clip_artifact_with_its_parent(animated):
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.motion.encode import probe
+    from echo_os.artifacts.encode import probe
     from echo_os.settings import Settings
 
     home, parent, clip_id = animated
@@ -117,7 +117,7 @@ def test_animate_makes_a_clip_artifact_with_its_parent(animated):
 
 
 def test_animatic_with_clips_plays_the_clip(animated):
-    from echo_os.motion.encode import read_frames
+    from echo_os.artifacts.encode import read_frames
 
     home, parent, clip_id = animated
     code, out, err = run_cli("--home", str(home), "animatic", PROJECT, "--fps", str(FPS), "--fade", "0",
@@ -206,6 +206,6 @@ def test_out_of_memory_while_decoding_halves_the_chunk(video_home, monkeypatch):
         return real_decode(latents, num_frames, decode_chunk_size)
 
     monkeypatch.setattr(pipe, "decode_latents", decode_latents)
-    clip = engine.render(torch.rand(1, 3, 32, 32), request, progress=lambda event: steps.append(event.step))
+    clip = engine.render_clip(torch.rand(1, 3, 32, 32), request, progress=lambda event: steps.append(event.step))
     assert chunks == [3, 1] and clip.runtime.decode_chunk_size == 1
     assert steps == [1] and len(clip.frames) == FRAMES  # denoised once

@@ -880,7 +880,7 @@ def plan_animatic(settings: Settings, body: AnimaticBody) -> JobSpec:
     import re
 
     from echo_os.motion.animatic import AnimaticOptions, check_animatic
-    from echo_os.motion.encode import check_video_size
+    from echo_os.artifacts.encode import check_video_size
     from echo_os.render.requests import parse_size
 
     size = None

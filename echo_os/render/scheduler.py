@@ -477,13 +477,22 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
                 hooks.result(piece, result)
                 for i in range(len(result.images)):
                     started = time.perf_counter()
-                    artifact = store.save(result, i, batch_size=images)
+                    artifact = _save(store, result, i, images)
                     outcome.artifacts.append(artifact)
                     hooks.image(ImageDone(artifact, resumed=False, source=piece.source, index=piece.first + i,
                                           save_s=time.perf_counter() - started))
     finally:
         if pool is not None:
             pool.shutdown(wait=True)  # the calls still running (after an error) end before it is raised
+
+
+def _save(store: "ArtifactStore", result: "RenderResult", index: int, batch_size: int) -> "Artifact":
+    """Output `index` of a result as an artifact: an image folder, or a clip's (a video engine's output)."""
+    if result.images[index].video is not None:
+        from echo_os.artifacts.video import save_clip
+
+        return save_clip(store, result, index)
+    return store.save(result, index, batch_size=batch_size)
 
 
 # With an engine that runs calls concurrently: how many calls per concurrent call may be started or
