@@ -209,3 +209,41 @@ def test_out_of_memory_while_decoding_halves_the_chunk(video_home, monkeypatch):
     clip = engine.render_clip(torch.rand(1, 3, 32, 32), request, progress=lambda event: steps.append(event.step))
     assert chunks == [3, 1] and clip.runtime.decode_chunk_size == 1
     assert steps == [1] and len(clip.frames) == FRAMES  # denoised once
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_animate_is_an_api_job_with_progress(video_home):
+    """POST /api/animate: a clip job (kind "clip") rendered by the video engine through the renderer, with
+    step progress events, the clip recorded as the job's artifact; bad fields are 422s naming them."""
+    import asyncio
+
+    from echo_os.settings import Settings
+    from tests.api_helpers import api_client, parse_sse, wait_job
+
+    scene_two = _story(video_home)["scenes"][1]["artifacts"][0]
+    body = {"artifact_id": scene_two, "model": "tiny-svd", "frames": FRAMES, "steps": STEPS, "size": "32x32",
+            "fps": 6, "device": "cpu", "seed": 4}
+    async with api_client(Settings(home=video_home)) as (client, _):
+        for patch, field in (({"frames": 1}, "frames"), ({"motion_bucket": 5000}, "motion_bucket"),
+                             ({"model": "nosuch"}, "model"), ({"size": "30x30"}, "size")):
+            response = await client.post("/api/animate", json={**body, **patch})
+            assert response.status_code == 422, (patch, response.text)
+            assert response.json()["detail"][0]["loc"] == ["body", field], response.text
+        response = await client.post("/api/animate", json=body)
+        assert response.status_code == 202, response.text
+        events, job = await asyncio.gather(client.get(response.json()["events_url"]),
+                                           wait_job(client, response.json()["job_id"], timeout=300))
+        assert job["status"] == "succeeded" and job["kind"] == "clip", job
+        [clip_id] = job["artifact_ids"]
+        meta = (await client.get(f"/api/artifacts/{clip_id}")).json()["meta"]
+        clip_again = await client.post("/api/animate", json={**body, "artifact_id": clip_id})
+    assert meta["kind"] == "video" and meta["video_kind"] == "clip" and meta["parent_id"] == scene_two
+    assert meta["engine"]["name"] == "video" and meta["seed"] == 4 and meta["frames"] == FRAMES
+    steps = [data["step"] for name, data in parse_sse(events.text) if name == "progress"]
+    assert steps and steps[-1] == STEPS and steps == sorted(steps)
+    assert clip_again.status_code == 422 and clip_again.json()["detail"][0]["loc"] == ["body", "artifact_id"]

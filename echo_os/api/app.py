@@ -7,6 +7,7 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/render                202 {job_id, status_url, events_url}
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
     POST /api/animatic              202 {job_id, ...}: a rendered story as an MP4 (echo_os.motion.animatic)
+    POST /api/animate               202 {job_id, ...}: a clip from an image artifact by a video engine (echo-os animate)
     POST /api/refine                202 {job_id, ...}: image-to-image from an artifact (echo-os refine)
     POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes (resumed as the
                                     CLI resumes) and a grid sheet, the job's last artifact (grid_id)
@@ -60,7 +61,7 @@ from echo_os.api.jobs import (
     StorySource, new_job_id, now_iso,
 )
 from echo_os.api.schemas import (
-    AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
+    AnimateBody, AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
     CompareSubmitted, Health, JobPage, JobView, RefineBody, RenderBody, StyleBody, StyleView, Submitted,
     WorkerList, WorkerView, error_responses,
 )
@@ -98,7 +99,7 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
     return JobView(id=job.id, kind=job.kind, status=job.status, progress=progress, attempts=job.attempts,
                    error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
-                   artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
+                   artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind in ("render", "clip") else None,
                    title=job.spec.title, animatic=animatic, grid_id=job.grid_id,
                    scenes=animatic.scenes if animatic is not None else len(job.spec.items))
 
@@ -191,7 +192,7 @@ async def _answer_earlier(api: ApiState, admission: Admission) -> JSONResponse:
     elif job.spec.compare is not None:
         model, extra = CompareSubmitted, {"cells": len(job.spec.items)}
     else:
-        model, extra = (Submitted, {}) if job.kind == "render" else \
+        model, extra = (Submitted, {}) if job.kind in ("render", "clip") else \
             (BatchSubmitted, batch_summary(job, job.spec.items[0].project))
     response = submitted(job.id, model, status=job.status, **extra)
     response.status_code = 200
@@ -490,6 +491,20 @@ def _add_routes(app: FastAPI) -> None:
             return earlier
         return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
 
+    @app.post("/api/animate", status_code=202, response_model=Submitted, tags=["jobs"],
+              responses=_submit_responses(Submitted, 400, 403, 404, 409, 413, 422))
+    async def submit_animate(body: AnimateBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+        """Queue `echo-os animate`: a clip from an image artifact (a video artifact whose parent is the image),
+        rendered by a video engine through the renderer: progress events, cancel and exactly-once as a render."""
+        key, replayed = await _earlier(api, "/api/animate", idempotency_key, body)
+        if replayed is not None:
+            return replayed
+        request = await run_in_threadpool(clip_body_request, api, body)
+        job = Job(id=new_job_id(), kind="clip", status="queued", spec=JobSpec(items=(request,)), created=now_iso())
+        if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
+            return earlier
+        return submitted(job.id)
+
     @app.post("/api/refine", status_code=202, response_model=Submitted, tags=["jobs"],
               responses=_submit_responses(Submitted, 400, 403, 404, 409, 413, 422))
     async def submit_refine(body: RefineBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
@@ -727,6 +742,49 @@ def refine_body_request(api: ApiState, body: RefineBody):
         choose_engine(api.settings, request)
     except UsageError as error:
         raise field_error("engine", str(error), body.engine) from None
+    return request
+
+
+def clip_body_request(api: ApiState, body: AnimateBody):
+    """The clip's RenderRequest (echo_os.motion.clips.clip_render_request), after the checks `echo-os animate`
+    makes before rendering; a 422 names the body field, a 404 an unknown artifact."""
+    from echo_os.artifacts.store import Artifact
+    from echo_os.engines import check_runtime, choose_engine
+    from echo_os.engines.video import ClipRequest
+    from echo_os.motion.clips import clip_render_request
+    from echo_os.render.requests import parse_size
+
+    from echo_os.artifacts.video import is_video_meta
+
+    row = api.catalog.resolve(body.artifact_id)
+    if is_video_meta(row.meta):
+        raise field_error("artifact_id", f"artifact {row.id[:12]} is a video; a clip starts from an image artifact",
+                          body.artifact_id)
+    parent = Artifact.from_row(api.settings.artifacts_dir, row)
+    width = height = None
+    if body.size is not None:
+        try:
+            width, height = parse_size(body.size)
+        except UsageError as error:
+            raise field_error("size", str(error).replace("--size", "size"), body.size) from None
+    check_model(api.settings, body.model, "auto")
+    clip = ClipRequest(seed=parent.meta.seed if body.seed is None else body.seed, model=body.model, frames=body.frames,
+                       fps=body.fps, motion_bucket=body.motion_bucket, noise_aug=body.noise_aug, steps=body.steps,
+                       width=width, height=height, decode_chunk_size=body.decode_chunk_size,
+                       cpu_offload=body.cpu_offload, device=body.device)
+    try:
+        request = clip_render_request(api.settings, parent, clip)
+    except OptionError as error:
+        raise field_error(error.option.replace("-", "_"), str(error).replace("--", "")) from None
+    except UsageError as error:  # not an image
+        raise field_error("artifact_id", str(error), body.artifact_id) from None
+    try:  # a model no video engine renders (not a video entry, no weights here): the client's error
+        choose_engine(api.settings, request)
+        check_runtime(api.settings, request)
+    except OptionError as error:
+        raise field_error(error.option, str(error)) from None
+    except UsageError as error:
+        raise field_error("model", str(error), body.model) from None
     return request
 
 

@@ -44,7 +44,7 @@ from echo_os.sqlite import Migrations, connect
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["render", "batch", "animatic"]
+JobKind = Literal["render", "batch", "animatic", "clip"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -286,14 +286,23 @@ def m003_animatic_jobs(db: sqlite3.Connection) -> None:
     indexes from their own, so columns or indexes another migration added before this one are kept.
     Foreign keys are not enforced on these connections, so the drop does not touch job_images or
     idempotency_keys; their REFERENCES jobs(id) name the renamed table afterwards (checked below)."""
+    _widen_kind_check(db, OLD_KIND_CHECK, KIND_CHECK)
+
+
+def _widen_kind_check(db: sqlite3.Connection, old: str, new: str) -> None:
+    """Rebuild the jobs table with the CHECK on `kind` changed from `old` to `new` (m003's procedure)."""
     (create,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
-    if OLD_KIND_CHECK not in create:
-        raise RuntimeError(f"jobs.db: the jobs table has no {OLD_KIND_CHECK} to widen: {create}")
+    if old not in create:
+        raise RuntimeError(f"jobs.db: the jobs table has no {old} to widen: {create}")
     indexes = [row[0] for row in db.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL")]
     sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-    new_create = create.replace(OLD_KIND_CHECK, KIND_CHECK, 1)
-    new_create = new_create.replace("CREATE TABLE jobs", "CREATE TABLE jobs_new", 1)
+    new_create = create.replace(old, new, 1)
+    # SQLite keeps a renamed table's statement with the name quoted: CREATE TABLE "jobs" after m003.
+    for name in ('CREATE TABLE "jobs"', "CREATE TABLE jobs"):
+        if new_create.startswith(name):
+            new_create = "CREATE TABLE jobs_new" + new_create[len(name):]
+            break
     if not new_create.startswith("CREATE TABLE jobs_new"):
         raise RuntimeError(f"jobs.db: unexpected CREATE statement for jobs: {create}")
     db.execute(new_create)
@@ -337,6 +346,15 @@ def m004_worker_leases(db: sqlite3.Connection) -> None:
             state TEXT NOT NULL,
             heartbeat TEXT
         )""")
+
+
+CLIP_KIND_CHECK = "CHECK (kind IN ('render', 'batch', 'animatic', 'clip'))"
+
+
+@MIGRATIONS
+def m005_clip_jobs(db: sqlite3.Connection) -> None:
+    """`kind` may be 'clip' (POST /api/animate: a clip from an image, rendered by a video engine)."""
+    _widen_kind_check(db, KIND_CHECK, CLIP_KIND_CHECK)
 
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "

@@ -277,6 +277,17 @@ class SDXLEngine(BaseEngine):
         return None
 
     @classmethod
+    def check_request(cls, settings: "Settings", request: RenderRequest, options) -> None:
+        """Its model must be an sdxl entry (wherever the weights are): `auto` skips it for another kind."""
+        from echo_os.errors import OptionError
+        from echo_os.models import load_registry
+
+        entry = load_registry(settings).get(request.model)
+        if entry.type != "sdxl":
+            raise OptionError(f"{entry.label} is a {entry.type} model, not an SDXL pipeline; pick an sdxl entry "
+                              "(see `echo-os models list`)", "model")
+
+    @classmethod
     def check_runtime(cls, settings: "Settings", request: RenderRequest) -> None:
         """A device this machine lacks, or xformers attention without the xformers package: refused before
         anything is queued (the same rules loading applies)."""
