@@ -140,7 +140,7 @@ async def test_cancel_while_encoding_stops_between_frames_and_writes_nothing(sto
     """The encoder is held after its third frame (the real encoder otherwise): a cancel then stops the job
     before the next frame; no artifact, no folder, nothing left in artifacts/.tmp. `store`: the cancel is
     only in jobs.db (asked through another process), which the worker reads between frames."""
-    from echo_os.motion import encode
+    from echo_os.artifacts import encode
 
     held, release = threading.Event(), threading.Event()
     real_write = encode.Mp4Writer.write
