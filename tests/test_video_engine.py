@@ -247,3 +247,38 @@ async def test_animate_is_an_api_job_with_progress(video_home):
     steps = [data["step"] for name, data in parse_sse(events.text) if name == "progress"]
     assert steps and steps[-1] == STEPS and steps == sorted(steps)
     assert clip_again.status_code == 422 and clip_again.json()["detail"][0]["loc"] == ["body", "artifact_id"]
+
+
+def test_migration_lets_jobs_hold_clip_jobs_and_keeps_the_rows(tmp_path):
+    """m005: a jobs.db from before clip jobs (its jobs table already rebuilt once by m003, so SQLite keeps
+    its statement as CREATE TABLE "jobs") takes kind 'clip', keeping rows and indexes."""
+    import sqlite3
+
+    from echo_os.api import jobs as jobs_module
+    from echo_os.api.jobs import Job, JobSpec, JobStore, now_iso
+    from echo_os.render.requests import RenderRequest
+    from echo_os.sqlite import applied_migrations, connect
+
+    path = tmp_path / "jobs.db"
+    db = connect(path)
+    jobs_module.MIGRATIONS.before("m005_clip_jobs").migrate(db)
+    request = RenderRequest(prompt="an old job", engine="draft", width=64, height=64, steps=2)
+    db.execute("INSERT INTO jobs (id, kind, status, request, coalesce_key, images_total, created) "
+               "VALUES (?, 'render', 'queued', ?, ?, 1, '2026-01-01T00:00:00+00:00')",
+               ("a" * 32, json.dumps({"items": [request.model_dump(mode="json")]}), jobs_module.coalesce_key(request)))
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO jobs (id, kind, status, request, images_total, created) "
+                   "VALUES ('x', 'clip', 'queued', '{}', 1, 'now')")
+    db.close()
+    store = JobStore(path)
+    try:
+        assert "m005_clip_jobs" in applied_migrations(store._db)
+        assert {row[0] for row in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                                    "tbl_name = 'jobs' AND sql IS NOT NULL")} == {"jobs_status",
+                                                                                                  "jobs_coalesce"}
+        assert store.get("a" * 32).spec.items[0].prompt == "an old job"
+        store.insert([Job(id="c" * 32, kind="clip", status="queued", created=now_iso(),
+                          spec=JobSpec(items=(request.model_copy(update={"prompt": "a clip"}),)))])
+        assert store.get("c" * 32).kind == "clip"
+    finally:
+        store.close()
