@@ -71,6 +71,36 @@ def test_least_recently_used_goes_first_when_over_the_budget():
     assert big.keys() == [b]
 
 
+def test_stats_answer_while_a_model_loads_and_two_threads_load_it_once():
+    """A Ray actor answers GET /api/workers (stats) while it loads a model; a second thread asking for the
+    same model waits for that load instead of loading it again."""
+    import threading
+
+    cache = ModelCache(budget_bytes=GIB)
+    loading, go, loads = threading.Event(), threading.Event(), []
+
+    def slow():
+        loads.append(1)
+        loading.set()
+        go.wait(10)
+        return _linear(4)
+
+    key = CacheKey("t", "slow")
+    threads = [threading.Thread(target=cache.get, args=(key, slow)) for _ in range(2)]
+    threads[0].start()
+    assert loading.wait(10)
+    threads[1].start()
+    answered = []
+    reader = threading.Thread(target=lambda: answered.append(cache.stats()))
+    reader.start()
+    reader.join(5)
+    assert answered and answered[0].labels == ()  # not blocked by the load
+    go.set()
+    for thread in threads:
+        thread.join(10)
+    assert loads == [1] and cache.keys() == [key]
+
+
 def test_an_entry_larger_than_the_budget_is_kept_alone_and_vram_and_ram_are_separate():
     cache = ModelCache(budget_bytes=10)
     gpu = CacheKey("t", "g", "cuda")

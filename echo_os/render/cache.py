@@ -169,7 +169,8 @@ class ModelCache:
 
     def __init__(self, budget_bytes: int | None = None, max_entries: int | None = None):
         self._entries: dict[CacheKey, CacheEntry] = {}
-        self._lock = threading.RLock()  # loads are serialised: two threads never load the same weights twice
+        self._lock = threading.RLock()  # the table; held briefly, never while loading (stats answer meanwhile)
+        self._load_lock = threading.RLock()  # loads are serialised: two threads never load the same weights twice
         self.budget_bytes = budget_bytes  # None: configured_budget, else the default fraction
         self.max_entries = max_entries
         self._configured: int | None = None
@@ -179,18 +180,30 @@ class ModelCache:
     def get(self, key: CacheKey, load: Callable[[], T], *, label: str = "", estimate_bytes: int = 0,
             settings: "Settings | None" = None) -> T:
         """The value kept under `key`, loaded by `load()` on a miss (after making room for estimate_bytes)."""
-        with self._lock:
-            if settings is not None:
-                self._configured = configured_budget(settings)
-            entry = self._entries.get(key)
-            if entry is not None:
-                entry.last_used = time.monotonic()
-                return entry.value
-            self._make_room(key, estimate_bytes, extra_entry=True)
-            value = load()
-            self._entries[key] = CacheEntry(key, value, label or key.kind, model_bytes(value))
-            self._make_room(key, 0, extra_entry=False)
+        if settings is not None:
+            self._configured = configured_budget(settings)
+        value = self._hit(key)
+        if value is not None:
             return value
+        with self._load_lock:
+            value = self._hit(key)  # loaded by another thread while this one waited
+            if value is not None:
+                return value
+            with self._lock:
+                self._make_room(key, estimate_bytes, extra_entry=True)
+            value = load()
+            with self._lock:
+                self._entries[key] = CacheEntry(key, value, label or key.kind, model_bytes(value))
+                self._make_room(key, 0, extra_entry=False)
+            return value
+
+    def _hit(self, key: CacheKey) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            entry.last_used = time.monotonic()
+            return entry.value
 
     def peek(self, key: CacheKey) -> Any | None:
         """The value under `key` if loaded (not counted as a use)."""
