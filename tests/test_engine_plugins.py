@@ -233,11 +233,12 @@ def test_runtime_rules_are_the_engines_own(workspace, monkeypatch):
     """Nothing outside an engine applies its machine rules: the API asks the engine that would render
     (named, or the one auto tries first) for its check_runtime; the draft engine declares none, so a device
     this machine lacks is no error for it; a plugin's own rule is a 422 on its field."""
+    from fastapi.exceptions import RequestValidationError
+
     from echo_os.api.deps import check_runtime
     from echo_os.engines.base import BaseEngine, Capabilities
     from echo_os.errors import OptionError
     from echo_os.render.requests import RenderRequest
-    from fastapi.exceptions import RequestValidationError
     from tests.api_helpers import register_engine
 
     class NeedsGpuEngine(BaseEngine):

@@ -94,8 +94,8 @@ def animated(video_home):
 
 
 def test_animate_makes_a_clip_artifact_with_its_parent(animated):
-    from echo_os.artifacts.store import ArtifactStore
     from echo_os.artifacts.encode import probe
+    from echo_os.artifacts.store import ArtifactStore
     from echo_os.settings import Settings
 
     home, parent, clip_id = animated

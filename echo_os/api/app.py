@@ -241,9 +241,8 @@ def hold_server_lock(settings: Settings):
 def importing_first(make_engine):
     """The engine factory, after the ML libraries are imported under ml_imports' lock: the worker thread
     and the memory routes' threads must not import transformers at the same time (issue 11)."""
-    from echo_os.ml_imports import import_ml_libraries
-
     from echo_os.engines import AUTO, get_engine
+    from echo_os.ml_imports import import_ml_libraries
 
     def make(request):
         # An engine that renders from local weights loads them with the ML libraries; one without (cards,
@@ -749,12 +748,11 @@ def clip_body_request(api: ApiState, body: AnimateBody):
     """The clip's RenderRequest (echo_os.motion.clips.clip_render_request), after the checks `echo-os animate`
     makes before rendering; a 422 names the body field, a 404 an unknown artifact."""
     from echo_os.artifacts.store import Artifact
+    from echo_os.artifacts.video import is_video_meta
     from echo_os.engines import check_runtime, choose_engine
     from echo_os.engines.video import ClipRequest
     from echo_os.motion.clips import clip_render_request
     from echo_os.render.requests import parse_size
-
-    from echo_os.artifacts.video import is_video_meta
 
     row = api.catalog.resolve(body.artifact_id)
     if is_video_meta(row.meta):

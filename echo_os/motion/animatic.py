@@ -430,11 +430,11 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
 
     `cancel` is looked at before each frame: once set, CancelledError is raised and nothing is written
     (the temporary folder goes, no artifact is listed)."""
-    from echo_os.errors import CancelledError
+    from echo_os.artifacts.encode import CODEC, PIX_FMT, Mp4Writer
     from echo_os.artifacts.meta import EngineRecord, collect_versions
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.artifacts.video import VideoFolder, VideoMeta
-    from echo_os.artifacts.encode import CODEC, PIX_FMT, Mp4Writer
+    from echo_os.errors import CancelledError
 
     options = options or AnimaticOptions()
     options.check()

@@ -33,8 +33,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from echo_os.settings import Settings
@@ -113,7 +114,7 @@ def _modules(value: Any, visited: set[int]):
     elif isinstance(value, dict):
         for item in value.values():
             yield from _modules(item, visited)
-    elif hasattr(value, "components") and isinstance(getattr(value, "components"), dict):  # a diffusers pipeline
+    elif isinstance(getattr(value, "components", None), dict):  # a diffusers pipeline
         yield from _modules(value.components, visited)
     elif hasattr(value, "__dataclass_fields__"):
         for name in value.__dataclass_fields__:
