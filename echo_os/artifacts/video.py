@@ -16,7 +16,7 @@ import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
@@ -108,6 +108,8 @@ def save_clip(store: ArtifactStore, result: "RenderResult", index: int) -> Artif
     slug = story.slug or slugify(request.prompt, max_length=32, fallback="image")
     name = f"{story.scene:03d}-{slug}-clip" if story.scene is not None else f"{slug}-clip"
     width, height = rendered.image.size
+    # Recorded as an image's meta.json records them (VideoMeta keeps extra fields).
+    extra: dict[str, Any] = {"device": result.runtime.device, "request": request.model_dump(mode="json")}
     with VideoFolder(store, request.project, name) as folder:
         with Mp4Writer(folder.path / CLIP_NAME, width - width % 2, height - height % 2, video.fps) as writer:
             for frame in video.frames:
@@ -124,5 +126,5 @@ def save_clip(store: ArtifactStore, result: "RenderResult", index: int) -> Artif
             parent_id=parent_id, sources=[parent_id] if parent_id else [], story=story, settings=video.settings,
             versions=collect_versions(), request_key=image_request_key(request),
             timings={**result.timings.as_dict(), "save_s": round(time.perf_counter() - started, 4)},
-            device=runtime.device, request=request.model_dump(mode="json"))
+            **extra)
         return folder.commit(meta)

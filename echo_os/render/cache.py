@@ -129,7 +129,7 @@ def total_memory(memory: str) -> int:
         _free, total = torch.cuda.mem_get_info()
         return int(total)
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         return int(psutil.virtual_memory().total)
     except ImportError:
