@@ -172,9 +172,14 @@ def test_the_budget_comes_from_the_env_var_else_echo_os_toml(workspace, monkeypa
 
 
 def test_without_a_setting_the_budget_is_a_share_of_the_machines_memory():
+    import torch
+
     from echo_os.render.cache import BUDGET_FRACTION, total_memory
 
     assert ModelCache().budget("ram") == int(total_memory("ram") * BUDGET_FRACTION["ram"]) > 0
+    # stats name both budgets, on a machine without a GPU too (a Ray actor's GET /api/workers answer)
+    stats = ModelCache().stats()
+    assert stats.budget["ram"] > 0 and (stats.budget["vram"] > 0) == torch.cuda.is_available()
 
 
 @pytest.mark.anyio

@@ -122,10 +122,12 @@ def _modules(value: Any, visited: set[int]):
 
 
 def total_memory(memory: str) -> int:
-    """Total bytes of VRAM (the current CUDA device) or RAM."""
+    """Total bytes of VRAM (the current CUDA device; 0 without one) or RAM."""
     if memory == "vram":
         import torch
 
+        if not torch.cuda.is_available():
+            return 0
         _free, total = torch.cuda.mem_get_info()
         return int(total)
     try:
