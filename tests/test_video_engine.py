@@ -250,7 +250,7 @@ async def test_animate_is_an_api_job_with_progress(video_home):
 
 
 def test_migration_lets_jobs_hold_clip_jobs_and_keeps_the_rows(tmp_path):
-    """m005: a jobs.db from before clip jobs (its jobs table already rebuilt once by m003, so SQLite keeps
+    """m008: a jobs.db from before clip jobs (its jobs table already rebuilt once by m003, so SQLite keeps
     its statement as CREATE TABLE "jobs") takes kind 'clip', keeping rows and indexes."""
     import sqlite3
 
@@ -261,7 +261,7 @@ def test_migration_lets_jobs_hold_clip_jobs_and_keeps_the_rows(tmp_path):
 
     path = tmp_path / "jobs.db"
     db = connect(path)
-    jobs_module.MIGRATIONS.before("m005_clip_jobs").migrate(db)
+    jobs_module.MIGRATIONS.before("m008_clip_jobs").migrate(db)
     request = RenderRequest(prompt="an old job", engine="draft", width=64, height=64, steps=2)
     db.execute("INSERT INTO jobs (id, kind, status, request, coalesce_key, images_total, created) "
                "VALUES (?, 'render', 'queued', ?, ?, 1, '2026-01-01T00:00:00+00:00')",
@@ -272,7 +272,7 @@ def test_migration_lets_jobs_hold_clip_jobs_and_keeps_the_rows(tmp_path):
     db.close()
     store = JobStore(path)
     try:
-        assert "m005_clip_jobs" in applied_migrations(store._db)
+        assert "m008_clip_jobs" in applied_migrations(store._db)
         assert {row[0] for row in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
                                                     "tbl_name = 'jobs' AND sql IS NOT NULL")} == {"jobs_status",
                                                                                                   "jobs_coalesce"}

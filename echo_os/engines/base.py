@@ -55,6 +55,9 @@ class Capabilities:
     network: bool = False  # opens network connections: only with `[engines] allow_network = true`
     txt2img: bool = True
     img2img: bool = False  # takes an init image and a strength (request.init_image: `echo-os refine`)
+    # img2img denoises steps x strength of the schedule (diffusers), so steps x strength < 1 runs no step;
+    # False: it runs all `steps` over the last `strength` of the schedule (ComfyUI's KSampler denoise)
+    img2img_scales_steps: bool = True
     refiner: bool = False  # hands the base's latents to a refiner model (request.refiner: --refiner)
     reference_images: bool = False  # IP-Adapter reference images (request.ip_adapter)
     loras: bool = False
@@ -109,6 +112,10 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Options of a parent image that a refine does not carry over (they choose what a txt2img render is,
+    # e.g. ComfyUI's `workflow`: a refine takes the engine's own refine template instead).
+    refine_drops: ClassVar[tuple[str, ...]] = ()
+
 
 class Engine(Protocol):
     """Requests in (already found compatible), one result per request out.
@@ -121,8 +128,8 @@ class Engine(Protocol):
     reason: str  # why it was chosen: recorded in meta.json
     capabilities: Capabilities
     Options: type[EngineOptions]
-    # How many render calls the scheduler may run on it at once (each on a thread of its own): 1 for an
-    # engine with one pipeline; serve --ray's RayEngine has one per actor.
+    # pipeline calls the renderer may run at once, each on a thread of its own (echo_os.render.ray.RayEngine:
+    # one per Ray actor); 1 for an engine that renders on the caller's thread
     concurrent_calls: int
 
     def render(
@@ -200,6 +207,12 @@ class BaseEngine:
         return None
 
     def free_memory(self, request: "RenderRequest") -> MemoryInfo | None:
+        return None
+
+    def template_digest(self, request: "RenderRequest") -> str | None:
+        """The sha256 of what renders `request` beyond the request itself (a ComfyUI template), recorded as
+        provenance `template_sha256`; an earlier image recorded under another digest is rendered again,
+        and replay says the template changed since. None: nothing outside the request."""
         return None
 
     def runs_on_cpu(self, request: "RenderRequest") -> bool:
