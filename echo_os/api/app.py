@@ -503,6 +503,20 @@ def _add_routes(app: FastAPI) -> None:
             return earlier
         return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
 
+    @app.post("/api/animate", status_code=202, response_model=Submitted, tags=["jobs"],
+              responses=_submit_responses(Submitted, 400, 403, 404, 409, 413, 422))
+    async def submit_animate(body: AnimateBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+        """Queue `echo-os animate`: a clip from an image artifact (a video artifact whose parent is the image),
+        rendered by a video engine through the renderer: progress events, cancel and exactly-once as a render."""
+        key, replayed = await _earlier(api, "/api/animate", idempotency_key, body)
+        if replayed is not None:
+            return replayed
+        request = await run_in_threadpool(clip_body_request, api, body)
+        job = Job(id=new_job_id(), kind="clip", status="queued", spec=JobSpec(items=(request,)), created=now_iso())
+        if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
+            return earlier
+        return submitted(job.id)
+
     @app.post("/api/evolve", status_code=202, response_model=EvolveSubmitted, tags=["jobs"],
               responses=_submit_responses(EvolveSubmitted, 400, 403, 404, 409, 413, 422))
     async def submit_evolve(body: EvolveBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
