@@ -113,8 +113,8 @@ GLOSSARY: dict[str, str] = {
 # An excluded concept and the words that show it; offline.exclusion_terms picks the groups whose words
 # are nearest (MiniLM) to what was excluded, and every word of a picked group is kept out of the positives.
 EXCLUSION_GROUPS: dict[str, tuple[str, ...]] = {
-    "people": ("people", "person", "persons", "human", "humans", "human figure", "figure", "figures", "face",
-               "faces", "portrait", "portraits", "body", "bodies", "hands", "crowd", "child", "children", "man",
+    "people": ("people", "human figure", "face", "portrait", "crowd", "person", "persons", "human", "humans",
+               "figure", "figures", "faces", "portraits", "body", "bodies", "hands", "crowd", "child", "children", "man",
                "men", "woman", "women", "fisherman", "fishermen", "sailor", "sailors", "keeper", "humanoid",
                "android", "character", "characters", "silhouette", "mannequin", "dress form", "mermaid", "statue"),
     "text": ("text", "letters", "lettering", "words", "writing", "label", "labels", "signature", "watermark",
@@ -148,7 +148,8 @@ class Intent:
     @property
     def negative_prompt(self) -> str:
         """The exclusions as written, then the concepts they name in English (the model reads English)."""
-        parts = list(self.exclusions) + [to_english(e) for e in self.exclusions] + list(self.excluded_terms)
+        # A few words of each widened concept: the negative prompt has the same 77-token budget as the positive.
+        parts = list(self.exclusions) + [to_english(e) for e in self.exclusions] + list(self.excluded_terms[:5])
         return ", ".join(dict.fromkeys(part for part in parts if part.strip()))
 
     def excluded_words(self) -> set[str]:

@@ -245,7 +245,7 @@ def subject_phrase(domain, noun: str, rng: random.Random, intent: Intent) -> str
     if intent_words & ERA_WORDS:
         axes.pop("era", None)
     axes = {axis: values for axis, values in axes.items() if values}
-    picked = rng.sample(sorted(axes), k=min(len(axes), rng.choice((2, 3))))
+    picked = rng.sample(sorted(axes), k=min(len(axes), rng.choice((3, 4))))
     value = {axis: rng.choice(axes[axis]) for axis in picked}
     front = " ".join(v for axis in ("condition", "scale", "era") if (v := value.get(axis))
                      and not (axis == "scale" and " " in v))

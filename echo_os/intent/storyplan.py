@@ -46,6 +46,11 @@ CAMERAS = ("wide establishing shot, 24mm lens", "medium shot, 35mm lens", "close
            "framed through a foreground opening, 50mm lens")
 
 
+# Subjects made of these are the setting, not a cast member that can recur scene to scene.
+SCENERY = set("water sky light mist fog shore view field fields forest sea lake river hills valley line wall "
+              "seawall dunes meadow clearing floor rooftops square street lane".split())
+
+
 @dataclass(frozen=True)
 class StoryPlan:
     intent: Intent
@@ -74,7 +79,7 @@ def plan_story_offline(intent: Intent, *, count: int, seed: int, past: np.ndarra
                      "under a changing light. For more, write the story.csv yourself or use the language-model "
                      "planner (--method llm).")
     rng = random.Random(seed)
-    cast_subjects = subjects[:2]
+    cast_subjects = [s for s in subjects if not set(s.noun.split()) & SCENERY][:2]
     cast = {slugify(s.noun, fallback=f"cast{n}")[:60]: {"name": s.noun, "description": s.noun,
                                                           "seed": zlib.crc32(f"{seed}:{s.noun}".encode()) % 2**31}
             for n, s in enumerate(cast_subjects, start=1)}

@@ -306,23 +306,35 @@ DOMAINS: tuple[Domain, ...] = (
             "cobblestones, flagstones, dry stone wall, red brick wall, ashlar masonry, rubble wall, granite, marble, "
             "slate, sandstone, limestone blocks, basalt columns, pebbles, gravel, flint wall, travertine, "
             "terracotta roof tiles, concrete, plaster, stucco, mosaic floor",
-            condition="clean, weathered, mossy, cracked, wet", scale="fine, coarse, large blocks"),
+            condition="clean, weathered, mossy, cracked, wet", scale="fine, coarse, large blocks",
+            ornament="with lichen in the joints, with deep mortar lines, with worn edges, with scattered pebbles, "
+                     "with moss in the cracks, with chisel marks",
+            era="roman, medieval, victorian, rustic, modern"),
     _domain("textures_wood", "wood and timber surfaces", "texture",
             "oak planks, pine boards, walnut veneer, parquet floor, birch plywood, tree bark, driftwood, bamboo, "
             "teak decking, mahogany panel, cedar shingles, ebony, reclaimed barn wood, end grain blocks, "
             "herringbone wood floor, log wall",
             condition="freshly planed, weathered grey, painted and peeling, varnished, scorched",
-            scale="narrow boards, wide planks"),
+            scale="narrow boards, wide planks",
+            ornament="with knots and nail holes, with visible saw marks, with iron nails, with deep grain, "
+                     "with worm holes, with tongue-and-groove joints",
+            era="rustic, victorian, nautical, scandinavian, medieval"),
     _domain("textures_metal", "metal surfaces", "texture",
             "rusted iron plate, corrugated metal, diamond plate, brushed steel, copper with green patina, "
             "hammered brass, galvanised sheet, riveted hull plates, oxidised bronze, pitted cast iron, "
             "scratched aluminium, welded seams, metal grating, chain mail, tin ceiling tiles",
-            condition="new, scratched, heavily rusted, oily, pitted", scale="fine, coarse"),
+            condition="new, scratched, heavily rusted, oily, pitted", scale="fine, coarse",
+            ornament="with rivets, with drips of rust, with flaking paint, with weld beads, with stencilled marks, "
+                     "with dents",
+            era="industrial, nautical, wartime, steampunk, dieselpunk"),
     _domain("textures_fabric", "woven fabrics and textiles", "texture",
             "woven linen, wool tweed, silk brocade, damask, velvet, denim, burlap, knitted wool, canvas, twill, "
             "herringbone weave, tartan plaid, houndstooth, felt, corduroy, jacquard, ikat, kilim weave, lace, "
             "basketweave, chenille, gingham, satin, muslin",
-            condition="new, worn, crumpled, frayed", scale="fine weave, chunky weave"),
+            condition="new, worn, crumpled, frayed", scale="fine weave, chunky weave",
+            ornament="with a subtle stripe, with slub threads, with a woven border, with embroidered dots, "
+                     "with a faded print",
+            era="medieval, victorian, 1970s, folk, scandinavian"),
     _domain("textures_ground", "natural ground and surfaces", "texture",
             "moss, grass, sand, mud, snow, ice, lava rock, forest floor with leaves, dry cracked earth, "
             "wet pebbles, leather, suede, thatch, wicker, animal fur, reptile scales, tree moss, clay",
@@ -410,8 +422,8 @@ LENSES = _words("35mm lens, 50mm lens, 24mm wide lens, 85mm lens, 135mm telephot
 
 FRAMINGS: dict[str, str] = {
     "asset": "isolated on a neutral background, orthographic, studio light",
-    "texture": "seamless tileable texture, flat top-down orthographic view, even diffuse light",
-    "pattern": "flat front view, isolated on a neutral background, orthographic, even studio light",
+    "texture": "seamless tileable texture, top-down, even light",
+    "pattern": "flat front view, orthographic, even light",
 }
 
 # Words that say how the intent is to be shown (they win over a domain's own framing).
