@@ -213,8 +213,9 @@ def framing_for(intent: Intent, top_domain, kind: str) -> str:
     return top_domain.framing if top_domain is not None else "scene"
 
 
-def palettes_for(intent: Intent) -> list[str]:
-    """Palettes consistent with the intent's colour and temperature words (all of them when it names none)."""
+def palettes_for(intent: Intent, framing: str = "scene") -> list[str]:
+    """Palettes consistent with the intent's colour and temperature words (all of them when it names none;
+    the neutral ones for a texture, whose material has its own colours)."""
     from echo_os.intent.subjects import COLOUR_WORDS, COOL_WORDS, PALETTES, WARM_WORDS
 
     words = {w.strip(".").lower() for w in (intent.theme + " " + intent.english).replace(",", " ").split()}
@@ -224,6 +225,8 @@ def palettes_for(intent: Intent) -> list[str]:
               if (not families or families & set(hues)) and (temperature is None or temp in (temperature, "neutral")
                                                              and (temp == temperature or not families))]
     chosen = [p for p in chosen if not intent.mentions_excluded(p)]
+    if framing == "texture" and not families and temperature is None:
+        chosen = [name for name, temp, _ in PALETTES if temp == "neutral"]
     return chosen or [name for name, temp, _ in PALETTES if temperature is None or temp == temperature]
 
 
@@ -277,7 +280,7 @@ def vocabulary_candidates(intent: Intent, subjects, framing: str, seed: int, cou
     from echo_os.intent.subjects import FRAMINGS
 
     rng = random.Random(seed)
-    palettes = palettes_for(intent)
+    palettes = palettes_for(intent, framing)
     lights = lighting_for(intent)
     head = theme_words(intent)
     seen: dict[str, Candidate] = {}
