@@ -106,7 +106,7 @@ def _save_state(settings: Settings, project: str, state: dict[str, str]) -> None
 
 
 def render_tasks(settings: Settings, plan: PlanFile, *, fields: dict, count: int | None = None,
-                 dry_run: bool = False, echo=print) -> TaskRun:
+                 dry_run: bool = False, echo=None) -> TaskRun:
     """Render the plan's tasks in dependency order (the first `count` concepts' tasks with --count);
     `fields` are build_request fields from batch's options (engine, model, size, steps, cfg, style...)."""
     from echo_os.artifacts.store import ArtifactStore
@@ -138,7 +138,8 @@ def render_tasks(settings: Settings, plan: PlanFile, *, fields: dict, count: int
             request = _task_request(settings, store, item, state, fields, negative, run, build_request,
                                     refine_request, choose_engine, get_engine)
             if dry_run:
-                echo(f"{item.id}  {item.type}  {request.prompt}")
+                if echo is not None:
+                    echo(f"{item.id}  {item.type}  {request.prompt}")
                 continue
             outcome = render_requests(settings, [request], store=store)
             artifact = outcome.artifacts[0]
@@ -190,7 +191,7 @@ def batch_task_plan(settings: Settings, project: str, *, count: int | None, dry_
     fields = {key: value for key, value in fields.items() if value is not None}
     run = render_tasks(settings, plan, fields=fields, count=count, dry_run=dry_run, echo=echo)
     for note in run.notes:
-        echo(f"note: {note}")
+        echo(f"note: {note}", err=True)
     if json_output and not dry_run:
         echo(json.dumps({"tasks": [{"id": t, "artifact": a, "resumed": r} for t, a, r in run.done]}, indent=2))
     elif not dry_run:
