@@ -7,8 +7,10 @@ file named by the sha256 of the texts, so an edited vocabulary is embedded again
 
 A subject's relevance is the mean of its own similarity to the intent and its domain's: "bow (medieval
 and fantasy weapons)" scores high for "medieval fantasy weapons" on both counts, a nebula on neither.
-On topic: relevance within ON_TOPIC_MARGIN of the best subject's and at least MIN_RELEVANCE. Nothing off
-topic is ever offered to the planner.
+On topic (and at least MIN_RELEVANCE): in the domain whose label is nearest the intent, a noun within
+TOP_DOMAIN_SPAN of that domain's best noun; elsewhere, a subject within ON_TOPIC_MARGIN of the best
+subject's relevance, in a domain whose label is within DOMAIN_TIE of the nearest one. Nothing off topic is
+ever offered to the planner.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from echo_os.intent.subjects import DOMAINS, Domain, subject_index, subject_text
 
 ON_TOPIC_MARGIN = 0.12
 MIN_RELEVANCE = 0.22
+TOP_DOMAIN_SPAN = 0.15  # in the domain nearest the intent: nouns this close to its best noun are on topic
+TOP_DOMAIN_OWN = 0.4  # ... or this near the intent themselves
+DOMAIN_TIE = 0.05  # another domain counts only when its label is this close to the nearest domain's
 GROUP_SIMILARITY = 0.5  # an excluded phrase this near (MiniLM cosine) to a group word takes the whole group
 SUBJECT_EXCLUSION_SIMILARITY = 0.5
 
@@ -126,6 +131,17 @@ def on_topic_subjects(intent: Intent, vocabulary: Vocabulary, query: np.ndarray,
         return []
     best = max(relevance[i] for i in allowed)
     floor = max(MIN_RELEVANCE, best - ON_TOPIC_MARGIN)
-    chosen = sorted((i for i in allowed if relevance[i] >= floor), key=lambda i: -relevance[i])
+    top = max({vocabulary.subjects[i][0].name for i in allowed}, key=lambda name: by_domain[name])
+    own_best = max(own[i] for i in allowed if vocabulary.subjects[i][0].name == top)
+
+    def on_topic(i: int) -> bool:
+        name = vocabulary.subjects[i][0].name
+        if relevance[i] < MIN_RELEVANCE:
+            return False
+        if name == top:
+            return bool(own[i] >= min(own_best - TOP_DOMAIN_SPAN, TOP_DOMAIN_OWN) or relevance[i] >= floor)
+        return bool(relevance[i] >= floor and by_domain[name] >= by_domain[top] - DOMAIN_TIE)
+
+    chosen = sorted((i for i in allowed if on_topic(i)), key=lambda i: -relevance[i])
     return [Scored(vocabulary.subjects[i][0], vocabulary.subjects[i][1], float(relevance[i]),
                    vocabulary.subject_vectors[i]) for i in chosen]
