@@ -87,7 +87,7 @@ def plan_story_offline(intent: Intent, *, count: int, seed: int, past: np.ndarra
     location_id = slugify(intent.english or intent.theme, fallback="place")[:60]
     head = theme_words(intent)
     palette = rng.choice(palettes_for(intent))  # one palette for the whole story: the look holds together
-    scenery = subjects[len(cast_subjects):] or subjects
+    scenery = [s for s in subjects if all(s is not c for c in cast_subjects)] or subjects
     vectors = np.array([s.vector for s in scenery]) if scenery else np.zeros((0, len(query)), np.float32)
     relevance = np.array([s.relevance for s in scenery], dtype=np.float32)
     past_rows = past if past is not None and len(past) else np.zeros((0, len(query)), np.float32)

@@ -53,7 +53,7 @@ DOMAINS: tuple[Domain, ...] = (
             ornament="with a gilded crossguard, with runic engravings, with a leather-wrapped grip, "
                      "with a gem-set pommel, with filigree inlay, with etched vine scrollwork, with a dragon-head motif, "
                      "with knotwork carving, with a tasselled cord",
-            condition="pristine, battle-worn, notched and rusted, ceremonial, faintly glowing with enchantment, "
+            condition="pristine, battle-worn, notched and rusted, ceremonial, enchanted, "
                       "freshly forged",
             scale="oversized, slender, heavy, compact"),
     _domain("armour", "medieval armour and helmets", "asset",
@@ -274,7 +274,7 @@ DOMAINS: tuple[Domain, ...] = (
             "net sheds, bobbing buoys, marina pontoons, seawall, harbour steps down to the water, anchored trawler, "
             "ferry landing, gulls on mooring posts, harbour lantern, crates on the quay, still harbour water, "
             "harbour office with a clock, tide line on the harbour wall",
-            condition="calm, weathered, sunlit, fog-bound, rain-slicked", scale="small, busy, empty"),
+            condition="calm, weathered, sunlit, fog-bound, rain-slicked", scale="small, empty"),
     _domain("settlements", "villages, towns and streets", "scene",
             "village square, cobbled lane, market street, alpine village, fishing village, hill town, canal, "
             "bridge over a canal, rooftops and chimney pots, courtyard, colonial street, plaza with a fountain, "
