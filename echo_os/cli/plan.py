@@ -145,6 +145,11 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
         click.echo(f"{number:3d}  {task}{item.prompt}")
     if saved.constraints.negative_prompt:
         click.echo(f"negative: {saved.constraints.negative_prompt}")
+    if kind in ("assets", "tasks"):
+        click.echo(f"plan: {saved.files['list']}, {len(saved.items)} tasks ({method_record['name']})", err=True)
+        click.echo(f"render it: echo-os batch {shlex.quote(project)}  (in dependency order; again to resume)",
+                   err=True)
+        return
     click.echo(f"plan: {', '.join(saved.files.values())} and plan.json beside it ({method_record['name']})", err=True)
     click.echo(f"render it: echo-os batch {shlex.quote(project)} --count {len(saved.items)}", err=True)
 
