@@ -254,29 +254,19 @@ def build_render_request(settings: Settings, fields: dict[str, Any], *, size: st
             head, *rest = error.option.split(".")
             head = size_name if head == "size" else names.get(head, head)
             raise field_error((head, *rest), str(error), size if head == size_name else None) from None
-    check_runtime(request)
+    check_runtime(settings, request)
     return request
 
 
-def check_runtime(request: RenderRequest) -> None:
-    """What `echo-os render` refuses before loading anything, refused here too (422), instead of a job
-    that fails later: a device this machine lacks, xformers attention without the xformers package."""
-    if request.engine == "draft":  # renders no pixels on any device
-        return
-    if request.device in ("cuda", "mps"):
-        from echo_os.engines.sdxl import pick_device
+def check_runtime(settings: Settings, request: RenderRequest) -> None:
+    """What the engine would refuse on this machine (a device it lacks, a missing package: the engine's own
+    check_runtime), refused here too (422 on that field), instead of a job that fails later."""
+    from echo_os.engines import check_runtime as engine_check_runtime
 
-        try:
-            pick_device(request.device)  # the engine's own rule
-        except UsageError as error:
-            raise field_error("device", str(error).replace("--device", "device"), request.device) from None
-    if request.attention == "xformers":
-        import importlib.util
-
-        if importlib.util.find_spec("xformers") is None:
-            raise field_error("attention", "attention xformers needs the xformers package on the server "
-                                           "(pip install 'echo-os[xformers]'); or use attention sdpa",
-                              request.attention)
+    try:
+        engine_check_runtime(settings, request)
+    except OptionError as error:
+        raise field_error(error.option, str(error), getattr(request, error.option, None)) from None
 
 
 def artifact_image_path(api: ApiState, artifact_id: str) -> Path:
