@@ -47,6 +47,7 @@ import uuid
 from contextlib import contextmanager
 
 import numpy as np
+
 # Module level: FastAPI reads the route annotations (strings, under `from __future__ import annotations`)
 # from the module's globals.
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from echo_os.api.jobs import AnimaticSpec, JobKind, JobProgress, JobStatus
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
-from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
+from echo_os.render.requests import (  # the option Literals, defined once there
     MAX_COUNT,
     MAX_PROMPT_CHARS,
     MAX_SEED,

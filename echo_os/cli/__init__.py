@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
-    except Exception as error:  # noqa: BLE001 - the boundary for unexpected errors
+    except Exception as error:  # the boundary for unexpected errors
         if debug:
             raise
         from echo_os.errors import disk_full

@@ -388,7 +388,7 @@ class ComfyUIEngine(BaseEngine):
             return "no url under [engines.comfyui] in echo-os.toml"
         try:
             import httpx
-            import websocket  # noqa: F401
+            import websocket  # noqa: F401 - only to check it is installed before a prompt is sent
         except ImportError:
             return 'httpx and websocket-client are not installed (pip install "echo-os[hosted]")'
         try:
@@ -476,8 +476,9 @@ class ComfyUIEngine(BaseEngine):
 
     def _render_request(self, request: "RenderRequest", workflow: Workflow, options: ComfyUIOptions,
                         progress: ProgressCallback | None, cancel: threading.Event | None) -> list[RenderedImage]:
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         client = self.client
         client.connect()

@@ -11,7 +11,6 @@ import hashlib
 import textwrap
 import threading
 import time
-
 from typing import TYPE_CHECKING
 
 from echo_os.engines.base import (

@@ -18,7 +18,7 @@ See docs/engines.md.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

@@ -19,9 +19,10 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from echo_os.engines.base import ModelInfo, ProgressEvent
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError

@@ -85,8 +85,9 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
             fields.update(style_fields(settings, style, own_negative))
         else:
             fields["negative_prompt"] = own_negative
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     with Image.open(io.BytesIO(png)) as image:
         fields["width"], fields["height"] = image.size

@@ -28,9 +28,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from echo_os.errors import OptionError, UsageError
 
@@ -430,10 +431,10 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
 
     `cancel` is looked at before each frame: once set, CancelledError is raised and nothing is written
     (the temporary folder goes, no artifact is listed)."""
-    from echo_os.errors import CancelledError
     from echo_os.artifacts.meta import EngineRecord, collect_versions
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.artifacts.video import VideoFolder, VideoMeta
+    from echo_os.errors import CancelledError
     from echo_os.motion.encode import CODEC, PIX_FMT, Mp4Writer
 
     options = options or AnimaticOptions()

@@ -34,8 +34,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from echo_os.errors import UsageError
 
@@ -494,7 +495,13 @@ def render_requests_ray(settings: "Settings", requests: list["RenderRequest"], *
     progress: the running calls' denoising steps; cancel: stops the actors' calls at their next step
     (the calls saved before it stay saved), then CancelledError."""
     from echo_os.render.scheduler import (
-        EngineChoice, ImageDone, Piece, RenderOutcome, canonical_options, resume_rendered, take_batch,
+        EngineChoice,
+        ImageDone,
+        Piece,
+        RenderOutcome,
+        canonical_options,
+        resume_rendered,
+        take_batch,
     )
 
     outcome = RenderOutcome()

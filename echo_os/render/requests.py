@@ -11,7 +11,7 @@ import json
 import math
 import re
 import secrets
-from typing import Literal, Union, get_args
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -36,7 +36,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
 # Values of an engine's own options (`--option KEY=VALUE`); the engine's Options model checks them.
-OptionValue = Union[str, int, float, bool, None]
+OptionValue = str | int | float | bool | None
 
 # One limit for the text of a prompt, negative prompt or style, whoever sends it (CLI, API, OpenAI route,
 # story planner): long enough for any prompt a person writes (SDXL reads 77 tokens of each encoder anyway),
