@@ -39,6 +39,7 @@ COMMANDS = {
     "styles": "echo_os.cli.styles:styles",
     "refine": "echo_os.cli.refine:refine",
     "compare": "echo_os.cli.compare:compare",
+    "bundle": "echo_os.cli.bundle:bundle",
 }
 
 
