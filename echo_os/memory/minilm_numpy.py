@@ -78,30 +78,41 @@ class NumpyMiniLM:
         self.tokenizer.enable_truncation(max_length=max_length)
         self.tokenizer.enable_padding(pad_id=int(config.get("pad_token_id", 0)))
         weights = load_file(str(folder / "model.safetensors"))
-        self.w = {name.removeprefix("bert."): np.asarray(value, dtype=np.float32) for name, value in weights.items()}
+        # Linear weights transposed once into C order: x2d @ W.T as one BLAS gemm per projection.
+        self.w = {name.removeprefix("bert."): np.ascontiguousarray(value.T if name.endswith("dense.weight") or
+                                                                   name.endswith(("query.weight", "key.weight",
+                                                                                  "value.weight")) else value,
+                                                                   dtype=np.float32)
+                  for name, value in weights.items()}
         self.dim = int(config["hidden_size"])
 
+    def _linear(self, x2d: np.ndarray, name: str) -> np.ndarray:
+        # 2-D operands: numpy hands a 2-D matmul to BLAS, a stacked 3-D one it may loop over itself.
+        return x2d @ self.w[name + ".weight"] + self.w[name + ".bias"]
+
     def _layer(self, x: np.ndarray, additive_mask: np.ndarray, index: int) -> np.ndarray:
-        w = self.w
+        """One encoder layer on x (batch*length, dim); additive_mask is (batch, 1, 1, length)."""
         p = f"encoder.layer.{index}."
-        batch, length, dim = x.shape
+        batch, length = additive_mask.shape[0], additive_mask.shape[-1]
+        dim = x.shape[-1]
         head = dim // self.heads
 
         def project(name: str) -> np.ndarray:
-            out = x @ w[p + f"attention.self.{name}.weight"].T + w[p + f"attention.self.{name}.bias"]
+            out = self._linear(x, p + f"attention.self.{name}")
             return out.reshape(batch, length, self.heads, head).transpose(0, 2, 1, 3)
 
         q, k, v = project("query"), project("key"), project("value")
         scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(head) + additive_mask
         scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
         scores /= scores.sum(axis=-1, keepdims=True)
-        context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch, length, dim)
-        attended = context @ w[p + "attention.output.dense.weight"].T + w[p + "attention.output.dense.bias"]
-        x = _layer_norm(x + attended, w[p + "attention.output.LayerNorm.weight"],
-                        w[p + "attention.output.LayerNorm.bias"], self.eps)
-        hidden = _gelu(x @ w[p + "intermediate.dense.weight"].T + w[p + "intermediate.dense.bias"])
-        out = hidden @ w[p + "output.dense.weight"].T + w[p + "output.dense.bias"]
-        return _layer_norm(x + out, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps)
+        context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch * length, dim)
+        attended = self._linear(context, p + "attention.output.dense")
+        x = _layer_norm(x + attended, self.w[p + "attention.output.LayerNorm.weight"],
+                        self.w[p + "attention.output.LayerNorm.bias"], self.eps)
+        hidden = _gelu(self._linear(x, p + "intermediate.dense"))
+        out = self._linear(hidden, p + "output.dense")
+        return _layer_norm(x + out, self.w[p + "output.LayerNorm.weight"], self.w[p + "output.LayerNorm.bias"],
+                           self.eps)
 
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(list(texts))
@@ -113,8 +124,10 @@ class NumpyMiniLM:
              + w["embeddings.token_type_embeddings.weight"][0])
         x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
         additive_mask = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :]
+        x = x.reshape(-1, x.shape[-1])
         for index in range(self.layers):
             x = self._layer(x, additive_mask, index)
+        x = x.reshape(ids.shape[0], ids.shape[1], -1)
         pooled = (x * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
