@@ -19,6 +19,7 @@ See docs/engines.md.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
@@ -27,10 +28,10 @@ hookimpl = pluggy.HookimplMarker("echo_os")
 
 
 @hookspec
-def register_engines(register: Callable) -> None:
+def register_engines(register: Callable[[type[Any]], object]) -> None:
     """Call register(engine_class) once per engine this plugin provides."""
 
 
 @hookspec
-def register_presets(register: Callable) -> None:
+def register_presets(register: Callable[[Any], object]) -> None:
     """Call register(preset) once per render preset (echo_os.engines.presets.Preset) this plugin provides."""

@@ -10,6 +10,8 @@ A preset fills in what the user did not give: an explicit --steps beats the pres
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +56,9 @@ class Preset(BaseModel):
 
 
 def read_preset(path: Path) -> Preset:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
 
     try:
@@ -80,7 +82,7 @@ def read_preset_folder(folder: Path) -> list[Preset]:
 
 
 @hookimpl
-def register_presets(register) -> None:
+def register_presets(register: Callable[[Preset], object]) -> None:
     for preset in read_preset_folder(pipelines_folder("presets")):
         register(preset)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -81,7 +81,7 @@ class RenderedImage:
     seed: int
     # Where a remote engine got the image (provider, model, response id, usage, revised prompt, cached,
     # reproducible): recorded as meta.json's `provenance`. None for local engines.
-    provenance: dict | None = None
+    provenance: dict[str, Any] | None = None
 
 
 @dataclass
