@@ -117,7 +117,7 @@ def build_echo_os_wheel(wheels: Path) -> None:
              f"echo-os=={__version__}")
 
 
-def write_wheelhouse(target: Path, *, deps: bool, torch: str | None) -> list[str]:
+def write_wheelhouse(target: Path, *, deps: bool, torch: str | None, torch_index: str | None = None) -> list[str]:
     """Fill target/wheels and write target/requirements.txt; returns the pins."""
     wheels = target / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -134,8 +134,9 @@ def write_wheelhouse(target: Path, *, deps: bool, torch: str | None) -> list[str
         spec = f"torch=={version}" if version else "torch"
         # torch's own dependencies differ between builds (CUDA wheels need the nvidia-* packages): let pip
         # resolve them from the PyTorch index of that build.
-        _pip("download", "--quiet", "--only-binary=:all:", "--dest", str(wheels),
-             "--extra-index-url", TORCH_INDEX.format(build=torch), spec)
+        index = TORCH_INDEX.format(build=torch) if torch_index is None else torch_index
+        extra = ["--extra-index-url", index] if index != "none" else []
+        _pip("download", "--quiet", "--only-binary=:all:", "--dest", str(wheels), *extra, spec)
     return lines
 
 
@@ -226,10 +227,11 @@ from models/manifest.json stops the import before anything is registered.
 """
 
 
-def write_bundle(settings: Settings, target: Path, *, models: list[str], deps: bool, torch: str | None) -> None:
+def write_bundle(settings: Settings, target: Path, *, models: list[str], deps: bool, torch: str | None,
+                 torch_index: str | None = None) -> None:
     target.mkdir(parents=True, exist_ok=True)
     bundled = write_models(settings, models, target)
-    write_wheelhouse(target, deps=deps, torch=torch)
+    write_wheelhouse(target, deps=deps, torch=torch, torch_index=torch_index)
     (target / "INSTALL.md").write_text(install_text(deps, torch, bundled), encoding="utf-8")
 
 

@@ -31,10 +31,14 @@ def installed_torch_build() -> str | None:
 @click.option("--torch", "torch_build", default=None, metavar="BUILD",
               help="The PyTorch build for the target: cpu, or a CUDA build like cu128. Default: the build "
                    "installed here, else cpu. `none` leaves torch out.")
+@click.option("--torch-index", default=None, metavar="URL",
+              help="Where to get that torch build. Default: the PyTorch index of the build "
+                   "(https://download.pytorch.org/whl/BUILD); `none`: only pip's configured indexes.")
 @click.option("--no-deps", is_flag=True,
               help="Only echo-os's own wheel, for a target that already has the dependencies.")
 @click.pass_context
-def bundle(ctx: click.Context, folder: Path, models: tuple[str, ...], torch_build: str | None, no_deps: bool) -> None:
+def bundle(ctx: click.Context, folder: Path, models: tuple[str, ...], torch_build: str | None,
+           torch_index: str | None, no_deps: bool) -> None:
     """Write FOLDER: wheels/ (echo-os and its pinned dependencies), models/ (each --model with a sha256
     manifest) and INSTALL.md, for installing on a machine without network.
 
@@ -53,5 +57,5 @@ def bundle(ctx: click.Context, folder: Path, models: tuple[str, ...], torch_buil
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} is not empty; give a new or empty folder.")
     write_bundle(settings_from(ctx), folder, models=list(models), deps=not no_deps,
-                 torch=None if build == "none" else build)
+                 torch=None if build == "none" else build, torch_index=torch_index)
     click.echo(f"Wrote {folder}: wheels/, models/ ({', '.join(models) or 'none'}), INSTALL.md")
