@@ -181,3 +181,9 @@ def test_benchmark_command_parses(command, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
     with pytest.raises(_Parsed):
         runpy.run_path(str(REPO / words[0]), run_name="__main__")
+
+
+def test_the_command_check_finds_drift():
+    assert check_command("echo-os render x --no-such-option") == ["echo-os render has no option --no-such-option"]
+    assert check_command("echo-os memory serch x") == ["echo-os memory has no command 'serch'"]
+    assert check_command("echo-os --home /tmp/w models list --json") == []
