@@ -190,13 +190,20 @@ def bundle_model(resolved: ResolvedModel, models_dir: Path) -> BundledModel:
     return BundledModel(entry.name, fields, files)
 
 
-def write_models(settings: Settings, names: Iterable[str], target: Path) -> list[BundledModel]:
+def resolve_models(settings: Settings, names: Iterable[str]) -> list[ResolvedModel]:
+    """Every named model resolved here (weights present), before anything is written."""
     from echo_os.models.registry import load_registry
 
     registry = load_registry(settings)
+    return [registry.resolve(name) for name in names]
+
+
+def write_models(settings: Settings, names: Iterable[str], target: Path,
+                 resolved: list[ResolvedModel] | None = None) -> list[BundledModel]:
+    resolved = resolve_models(settings, names) if resolved is None else resolved
     models_dir = target / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    bundled = [bundle_model(registry.resolve(name), models_dir) for name in names]
+    bundled = [bundle_model(model, models_dir) for model in resolved]
     manifest = {"format": MANIFEST_FORMAT, "echo_os": __version__, "models": [asdict(model) for model in bundled]}
     (models_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return bundled
@@ -229,10 +236,24 @@ from models/manifest.json stops the import before anything is registered.
 
 def write_bundle(settings: Settings, target: Path, *, models: list[str], deps: bool, torch: str | None,
                  torch_index: str | None = None) -> None:
+    resolved = resolve_models(settings, models)  # an unknown name or missing weights: nothing written
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
-    bundled = write_models(settings, models, target)
-    write_wheelhouse(target, deps=deps, torch=torch, torch_index=torch_index)
-    (target / "INSTALL.md").write_text(install_text(deps, torch, bundled), encoding="utf-8")
+    try:
+        bundled = write_models(settings, models, target, resolved)
+        write_wheelhouse(target, deps=deps, torch=torch, torch_index=torch_index)
+        (target / "INSTALL.md").write_text(install_text(deps, torch, bundled), encoding="utf-8")
+    except BaseException:
+        # A half-written bundle would look complete to whoever copies it: remove what was written.
+        if created:
+            shutil.rmtree(target)
+        else:  # it was empty (the command checks): empty it again
+            for path in list(target.iterdir()):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        raise
 
 
 # -- on the target --------------------------------------------------------------------------------------

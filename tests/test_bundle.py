@@ -121,3 +121,10 @@ def test_full_bundle_installs_into_an_empty_venv_offline(tiny_workspace, run_cli
     python = make_target_venv(tmp_path / "target-venv", with_test_deps=False)
     made = install_and_render(bundle, python, tmp_path, deps=True)
     assert made["engine"] == "cpu" and Path(made["image"]).is_file()
+
+
+def test_bundle_of_an_unknown_model_writes_nothing(workspace, run_cli, tmp_path):
+    code, out, err = run_cli("--home", str(workspace.home), "bundle", str(tmp_path / "b"), "--model", "nosuch",
+                             "--no-deps")
+    assert code == 2 and "no model named 'nosuch'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
