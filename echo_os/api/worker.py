@@ -29,7 +29,11 @@ call the jobs another worker took back (a lost lease) are dropped. `stats` are t
 for GET /api/workers.
 Failures: a failed batched call sends its jobs back to be rendered alone (`solo`); a job alone that fails
 is retried until `max_attempts`, except for user errors (EchoError: unknown model, bad weights), which
-fail at once because they would fail again.
+fail at once because they would fail again. An outage of the machinery (OutageError: a Ray actor gone,
+a worker process dead) is not the job's error: its jobs go back to the queue without spending an attempt
+(up to MAX_INTERRUPTIONS times). A job sent back after a failure or an outage waits a back-off
+(jobs.requeue_backoff_s) before it can be claimed again, so the worker that failed does not take it
+straight back.
 """
 
 from __future__ import annotations
@@ -53,8 +57,8 @@ from echo_os.api.events import (
     JobSucceeded,
     image_url,
 )
-from echo_os.api.jobs import Job, JobStore, coalesce_key, now_iso
-from echo_os.errors import CancelledError, EchoError, disk_full
+from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
+from echo_os.errors import CancelledError, EchoError, OutageError, disk_full
 from echo_os.render.requests import RenderRequest, image_request_key
 from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
 
@@ -93,6 +97,7 @@ class JobRun:
     engines: list["EngineChoice"] = field(default_factory=list)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    step: tuple[int, int] = (0, 0)  # (step, total_steps) its latest pipeline call reached
 
     @property
     def artifact_ids(self) -> list[str]:
@@ -156,6 +161,7 @@ class _JobHooks(RenderHooks):
         def on_step(event: "ProgressEvent") -> None:
             for job_id in job_ids:
                 run = self.runs[job_id]
+                run.step = (event.step, event.total_steps)
                 worker.publish(JobProgressed(job_id=job_id, step=event.step, total_steps=event.total_steps,
                                              images_done=len(run.saved), images_total=run.job.images_total))
 
@@ -212,8 +218,10 @@ class Worker:
         self._stop = threading.Event()
         self._stop_counts = False
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # guards the two fields below
+        self._lock = threading.Lock()  # guards the three fields below
         self._cancel_asked: set[str] = set()
+        # the claimed jobs not yet ended: stats.state is "rendering" while any is left
+        self._open_jobs: set[str] = set()
         # the pipeline calls running now (several at once with a concurrent engine): their jobs and cancel flag
         self._calls: dict[int, tuple[set[str], threading.Event]] = {}
         self._jobs_lock = threading.RLock()  # a job is finished once when calls on several threads end it
@@ -269,16 +277,21 @@ class Worker:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
                 continue
-            self.stats.state = "rendering"
+            with self._lock:
+                self._open_jobs = {job.id for job in claimed}
+                self.stats.state = "rendering"
             try:
                 self._run_claimed(claimed)
             except Exception as error:  # the worker must outlive any one job
                 log.exception("worker: unexpected error; its jobs go back to the queue")
                 self.stats.last_error = f"{type(error).__name__}: {error}"
                 for job in claimed:
-                    self._requeue(job, "interrupted by an internal error; running again", count_attempt=True)
+                    self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
+                                  backoff=True)
             finally:
-                self.stats.state = "idle"
+                with self._lock:
+                    self._open_jobs.clear()
+                    self.stats.state = "idle"
 
     def _claim(self) -> list[Job]:
         first = self.jobs.claim_next(self.worker_id, self.lease_s)
@@ -314,6 +327,9 @@ class Worker:
                                   else "a job rendering in the same batch was cancelled; running again",
                                   count_attempt=self._stop.is_set() and self._stop_counts)
             return
+        except OutageError as error:
+            self._outage(runs, error)
+            return
         except Exception as error:  # noqa: BLE001 - recorded on the job; the worker goes on
             self._failed(runs, error)
             return
@@ -337,6 +353,11 @@ class Worker:
             for run in animatics:
                 self._encode_animatic(run, runs)
             return
+        loops = [run for run in runs.values() if run.job.spec.evolve is not None]
+        if loops:  # claimed alone, like animatics
+            for run in loops:
+                self._run_evolve(run, runs)
+            return
         requests: list[RenderRequest] = []
         places: list[tuple[JobRun, int]] = []  # per request: its job and the job's number of its first image
         for run in runs.values():
@@ -346,10 +367,11 @@ class Worker:
                 places.append((run, offset))
                 offset += item.count
         hooks = _JobHooks(self, runs, places)
-        # A compare job resumes as `echo-os compare` does (the renderer's resume rule: a cell whose
-        # one-image request key is already in its project is taken, not rendered). Compare jobs are
-        # claimed alone, so no render job is ever resumed by being claimed with one.
-        resume = all(run.job.spec.compare is not None for run in runs.values())
+        # Every job resumes as the CLI does (the renderer's resume rule: an image whose one-image request key
+        # is already in its project, folder on disk, is taken as the job's image, not rendered again), unless
+        # it asked for `again`. Render jobs claimed together share the call: one that asked for `again`
+        # renders the whole call anew.
+        resume = not any(run.job.spec.again for run in runs.values())
         # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
         # 64x64), capped by --max-batch.
         outcome = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch,
@@ -406,6 +428,56 @@ class Worker:
         self.publish(ArtifactSaved(job_id=job.id, artifact_id=result.artifact.id, index=0,
                                    image_url=image_url(result.artifact.id)))
 
+    # -- evolve loops ------------------------------------------------------------------------------------
+    def _run_evolve(self, run: JobRun, runs: dict[str, JobRun]) -> None:
+        """An /api/evolve job: echo_os.reflect.evolve.evolve with the job's options. Candidate i of round
+        r is the job's image (r - 1) x per_round + i - 1, recorded as each round ends; images rendered are
+        its progress. Run again after a crash, the loop goes on from its record (artifacts/evolve/RUN.json)
+        and finds the images already on disk."""
+        from echo_os.reflect.evolve import EvolveOptions, evolve, find_scorer
+        from echo_os.resonance.story import Objective
+
+        job = run.job
+        spec = job.spec.evolve
+        options = EvolveOptions(rounds=spec.rounds, per_round=spec.per_round, objective=Objective(dict(spec.objective)),
+                                scorer=spec.scorer, min_gain=spec.min_gain, strengths=spec.strengths, seed=spec.seed)
+        cancel = threading.Event()
+        with self._lock:
+            self._calls[id(cancel)] = ({job.id}, cancel)
+            if job.id in self._cancel_asked or self._stop.is_set():
+                cancel.set()
+
+        def record(done_round) -> None:
+            for index, candidate in enumerate(done_round.candidates):
+                image = (done_round.round - 1) * spec.per_round + index
+                if image not in run.saved:
+                    self.jobs.record_image(job.id, image, candidate.id)
+                    run.saved[image] = candidate.id
+                    self.publish(ArtifactSaved(job_id=job.id, artifact_id=candidate.id, index=image,
+                                               image_url=image_url(candidate.id)))
+
+        def on_image(stage: str, done: int, total: int) -> None:
+            if not cancel.is_set() and self.jobs.cancel_requested([job.id]):
+                cancel.set()
+            self.publish(JobProgressed(job_id=job.id, step=0, total_steps=0, images_done=len(run.saved) + done,
+                                       images_total=job.images_total))
+
+        try:
+            result = evolve(self.settings, self.store, spec.start, options,
+                            scorer=find_scorer(self.settings, spec.scorer), progress=on_image, cancel=cancel,
+                            on_round=record)
+        except CancelledError:
+            cancelled = self._cancelled({job.id})
+            if cancelled:
+                self._cancel_jobs(runs, cancelled)
+                return
+            raise Interrupted() from None
+        finally:
+            with self._lock:
+                self._calls.pop(id(cancel), None)
+        for done_round in result.rounds:  # rounds an earlier attempt finished before it was stopped
+            record(done_round)
+
     # -- cancelling -------------------------------------------------------------------------------------
     def _drop_lost(self, runs: dict[str, JobRun], job_ids: set[str]) -> None:
         """Jobs whose lease ran out were taken back (and perhaps claimed by another worker): stop here."""
@@ -415,6 +487,7 @@ class Worker:
             run = runs[job_id]
             if not run.done:
                 run.done = True
+                self._leaving(job_id)
                 log.warning("job %s: lease lost (taken back while this worker was busy); leaving it", job_id)
 
     def _cancelled(self, job_ids: set[str]) -> set[str]:
@@ -430,7 +503,8 @@ class Worker:
                     continue
                 run.done = True
             self.stats.jobs_done += 1
-            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run))
+            self._leaving(job_id)
+            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run), step=run.step)
             self.publish(JobCancelled(job_id=job_id, artifact_ids=run.artifact_ids))
             self._forget(job_id)
 
@@ -442,6 +516,14 @@ class Worker:
         timings["queued_s"] = round((started - created).total_seconds(), 4)
         timings["run_s"] = round((datetime.fromisoformat(now_iso()) - started).total_seconds(), 4)
         return timings
+
+    def _leaving(self, job_id: str) -> None:
+        """`job_id` is about to be recorded as ended (or back in the queue). The worker's own state flips
+        first: whoever sees the job ended sees a worker that is idle once its last job has left."""
+        with self._lock:
+            self._open_jobs.discard(job_id)
+            if not self._open_jobs:
+                self.stats.state = "idle"
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
@@ -462,15 +544,43 @@ class Worker:
         self.stats.jobs_done += 1
         self._forget(run.job.id)
         timings = self._job_timings(run)
+        self._leaving(run.job.id)
         if self.jobs.finish(run.job.id, "succeeded", timings=timings) is not None:
             self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings,
                                       grid_id=run.grid_id))
 
-    def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None) -> None:
-        requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo)
+    def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None,
+                 outage: bool = False, backoff: bool = False) -> None:
+        self._leaving(job.id)
+        requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo, outage=outage,
+                                     backoff=backoff)
         if requeued is not None:
             self.publish(JobQueued(job_id=job.id, attempts=requeued.attempts, error=reason))
             self._wake.set()
+
+    def _outage(self, runs: dict[str, JobRun], error: OutageError) -> None:
+        """The machinery failed under these jobs (not their own error): back to the queue, no attempt
+        spent, after a back-off; failed only after MAX_INTERRUPTIONS outages."""
+        message = str(error)
+        self.stats.last_error = message
+        log.warning("an outage interrupted %d job(s): %s; they go back to the queue", len(runs), message)
+        for run in runs.values():
+            if run.done:
+                continue
+            job = run.job
+            if job.interruptions + 1 >= MAX_INTERRUPTIONS:
+                run.done = True
+                self.stats.jobs_done += 1
+                self._forget(job.id)
+                reason = f"interrupted by an outage {job.interruptions + 1} times; last: {message}"
+                self._leaving(job.id)
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                    step=run.step) is not None:
+                    self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
+                                           artifact_ids=run.artifact_ids))
+                continue
+            self._requeue(job, f"interrupted by an outage ({message}); running again", count_attempt=False,
+                          outage=True, backoff=True)
 
     def _failed(self, runs: dict[str, JobRun], error: Exception) -> None:
         error = disk_full(error) or error  # a full disk fails the job at once, with one line, not three times
@@ -493,11 +603,13 @@ class Worker:
                 self._forget(job.id)
                 reason = message if isinstance(error, EchoError) else \
                     f"failed {job.attempts} times; last error: {message}"
-                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                self._leaving(job.id)
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                   step=run.step) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
             else:
-                self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True)
+                self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True, backoff=True)
 
     def _write_compare_grid(self, run: JobRun) -> None:
         """The labelled grid sheet of a /api/compare job, as `echo-os compare` writes it (the same sheet

@@ -35,3 +35,9 @@ def register_engines(register: Callable[[type[Any]], object]) -> None:
 @hookspec
 def register_presets(register: Callable[[Any], object]) -> None:
     """Call register(preset) once per render preset (echo_os.engines.presets.Preset) this plugin provides."""
+
+
+@hookspec
+def register_scorers(register: Callable[[Any], object]) -> None:
+    """Call register(scorer) once per image scorer (echo_os.resonance.scorers.ScorerPlugin) this plugin
+    provides: `echo-os evolve --scorer NAME` ranks its candidates with it."""
