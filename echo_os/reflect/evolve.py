@@ -435,8 +435,9 @@ def evolve(settings: "Settings", store: "ArtifactStore", target: str, options: E
         planned = variations(settings, parent, options.per_round, rng, phrases, options.strengths, styles)
 
         rendered = [0]
+        total = len(planned)
 
-        def on_image(done, _n=number, _rendered=rendered, _total=len(planned)) -> None:
+        def on_image(done, _n=number, _rendered=rendered, _total=total) -> None:
             if progress is not None:
                 _rendered[0] += 1
                 progress(f"round {_n}", _rendered[0], _total)

@@ -241,8 +241,10 @@ def svg_line_chart(title: str, labels: list[str], series: dict[str, list[float |
     values = [v for line in series.values() for v in line if v is not None]
     top_value = y_max or (max(values) * 1.1 if values and max(values) > 0 else 1.0)
     step = plot_w / max(1, len(labels) - 1)
-    x = lambda i: left + (i * step if len(labels) > 1 else plot_w / 2)
-    y = lambda v: top + plot_h - plot_h * (v / top_value)
+    def x(i):
+        return left + (i * step if len(labels) > 1 else plot_w / 2)
+    def y(v):
+        return top + plot_h - plot_h * (v / top_value)
     parts = [f'<svg class="chart" role="img" aria-label="{html.escape(title)}" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
              f'<text x="{left}" y="16" class="title">{html.escape(title)}</text>',
@@ -276,7 +278,8 @@ def svg_bar_chart(title: str, labels: list[str], values: list[float], *, width: 
     low = min([*values, 0.0])
     high = y_max or high * 1.1
     span = high - low or 1.0
-    y = lambda v: top + plot_h * (high - v) / span
+    def y(v):
+        return top + plot_h * (high - v) / span
     slot = plot_w / max(1, len(values))
     parts = [f'<svg class="chart" role="img" aria-label="{html.escape(title)}" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
