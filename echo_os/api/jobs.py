@@ -478,7 +478,8 @@ class JobStore:
         (job_id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started,
          finished, interruptions, step, total_steps) = row
         return Job(id=job_id, kind=kind, status=status, spec=JobSpec.model_validate_json(request),
-                   attempts=attempts, interruptions=interruptions, error=error, cancel_requested=bool(cancel_requested), solo=bool(solo),
+                   attempts=attempts, interruptions=interruptions, error=error,
+                   cancel_requested=bool(cancel_requested), solo=bool(solo),
                    timings=json.loads(timings), created=created, started=started, finished=finished,
                    step=step, total_steps=total_steps, artifact_ids=(images or {}).get(job_id, []))
 

@@ -260,7 +260,8 @@ def svg_line_chart(title: str, labels: list[str], series: dict[str, list[float |
         points = [(x(i), y(v)) for i, v in enumerate(line) if v is not None]
         if len(points) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2" data-series="{html.escape(name)}"/>')
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2" '
+                         f'data-series="{html.escape(name)}"/>')
         for px, py in points:
             parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>')
         parts.append(f'<rect x="{left + 110 * index}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
