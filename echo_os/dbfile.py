@@ -14,10 +14,11 @@ job queue starts empty and says so loudly (see echo_os/api/app.py).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from filelock import FileLock
 

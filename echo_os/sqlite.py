@@ -11,9 +11,10 @@ number applied, so an echo-os from before this change opening a newer file does 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 Migration = Callable[[sqlite3.Connection], None]
 

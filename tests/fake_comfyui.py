@@ -4,7 +4,8 @@ hand against one on 127.0.0.1:8188):
 
 - GET /system_stats; GET /object_info and /object_info/{class} ({class: {input: {required: {name: spec}},
   ...}}, a file or enum input as [[choices...], {...}] like upstream's CheckpointLoaderSimple; {} for a class
-  it does not have); `checkpoints` is the checkpoint files it has; POST /prompt {prompt, client_id} -> {prompt_id, number, node_errors: {}}, or 400
+  it does not have); `checkpoints` is the checkpoint files it has;
+  POST /prompt {prompt, client_id} -> {prompt_id, number, node_errors: {}}, or 400
   {error: {type: "prompt_outputs_failed_validation", ...}, node_errors: {ID: {errors: [{type, message,
   details, extra_info}], dependent_outputs, class_type}}} (an input that is not an INT, a checkpoint or
   an image not on the server, a required input missing), or 400 invalid_prompt for an unknown node type;
@@ -49,6 +50,7 @@ import uuid
 from contextlib import contextmanager
 
 import numpy as np
+
 # Module level: FastAPI reads the route annotations (strings, under `from __future__ import annotations`)
 # from the module's globals.
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect

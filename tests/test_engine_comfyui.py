@@ -489,7 +489,7 @@ def test_an_edited_template_is_rendered_again_and_replay_says_it_changed(tmp_pat
         own = settings.home / "pipelines" / "comfyui"
         own.mkdir(parents=True)
         for suffix in (".json", ".toml"):
-            shutil.copy(REPO_ROOT / "pipelines" / "comfyui" / f"solid-colour{suffix}", own / f"mine{suffix}")
+            shutil.copy(REPO_ROOT / "echo_os" / "pipelines" / "comfyui" / f"solid-colour{suffix}", own / f"mine{suffix}")
         args = ("--engine", "comfyui", "-o", "workflow=mine", "--seed", "100000", "--size", "64x64")
         code, [first], err = _render(settings, *args)
         assert code == 0, err

@@ -19,6 +19,7 @@ from echo_os.render.requests import RenderRequest
 from tests.fake_openai import REVOKED_KEY, fake_images_server, hosted_workspace
 from tests.helpers import run_cli
 
+
 @pytest.fixture
 def server(monkeypatch):
     with fake_images_server(slow_s=1.5) as fake:

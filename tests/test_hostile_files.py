@@ -53,7 +53,7 @@ def _run_with_deadline(target, seconds: float = 60):
     def run():
         try:
             box["value"] = target()
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread, which re-raises it
             box["error"] = error
 
     thread = threading.Thread(target=run, daemon=True)

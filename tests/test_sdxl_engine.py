@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,9 +104,8 @@ def test_render_cli_records_everything_and_replays_to_zero(run_cli, tiny_workspa
 
 def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
     from echo_os.cli.render import engine_default_size as cpu_default_size
-    from echo_os.render.requests import build_request
-
     from echo_os.engines import choose_engine
+    from echo_os.render.requests import build_request
 
     full = build_request(prompt="x", model="tiny", width=1024, height=1024)
     request, note = cpu_default_size(tiny_workspace, full, choose_engine(tiny_workspace, full)[0])

@@ -34,13 +34,15 @@ import math
 import os
 import shutil
 import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -48,27 +50,81 @@ from starlette.concurrency import run_in_threadpool
 
 from echo_os import __version__
 from echo_os.api.deps import (
-    IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, artifact_video_path,
-    build_render_request, cancel_if_unanswered, check_model, convert_image, field_error,
+    IMAGE_TYPES,
+    Api,
+    ApiOptions,
+    ApiState,
+    CatalogReader,
+    Submitter,
+    artifact_image_path,
+    artifact_video_path,
+    build_render_request,
+    cancel_if_unanswered,
+    check_model,
+    convert_image,
+    field_error,
 )
 from echo_os.api.events import (
-    FINAL_EVENTS, EventHub, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded,
-    image_url, sse_message,
+    FINAL_EVENTS,
+    EventHub,
+    JobCancelled,
+    JobFailed,
+    JobProgressed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    image_url,
+    sse_message,
 )
 from echo_os.api.idempotency import (
-    IDEMPOTENCY_HEADER, REPLAYED_HEADER, IdempotencyHeader, WaitingClients, client_key, conflict_message, known,
+    IDEMPOTENCY_HEADER,
+    REPLAYED_HEADER,
+    IdempotencyHeader,
+    WaitingClients,
+    client_key,
+    conflict_message,
+    known,
 )
 from echo_os.api.jobs import (
-    JOB_ID_PATTERN, Admission, AnimaticSpec, IdempotencyKey, Job, JobProgress, JobSpec, JobStatus, JobStore,
-    StorySource, new_job_id, now_iso,
-)
-from echo_os.api.schemas import (
-    AnimateBody, AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
-    CompareSubmitted, EvolveBody, EvolveSubmitted, Health, JobPage, JobView, RefineBody, RenderBody, StyleBody, StyleView, Submitted,
-    WorkerList, WorkerView, error_responses,
+    JOB_ID_PATTERN,
+    Admission,
+    AnimaticSpec,
+    IdempotencyKey,
+    Job,
+    JobProgress,
+    JobSpec,
+    JobStatus,
+    JobStore,
+    StorySource,
+    new_job_id,
+    now_iso,
 )
 from echo_os.api.processes import WorkerPool, images_per_minute
 from echo_os.api.ray_workers import RayWorkers
+from echo_os.api.schemas import (
+    AnimateBody,
+    AnimaticBody,
+    AnimaticSubmitted,
+    ArtifactPage,
+    ArtifactView,
+    BatchBody,
+    BatchSubmitted,
+    CompareBody,
+    CompareSubmitted,
+    EvolveBody,
+    EvolveSubmitted,
+    Health,
+    JobPage,
+    JobView,
+    RefineBody,
+    RenderBody,
+    StyleBody,
+    StyleView,
+    Submitted,
+    WorkerList,
+    WorkerView,
+    error_responses,
+)
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
@@ -757,10 +813,9 @@ def _style_fields(settings: Settings, style: str | None, negative: str | None, w
 
 
 def refine_body_request(api: ApiState, body: RefineBody):
+    from echo_os.artifacts.store import Artifact
     from echo_os.iterate.refine import refine_request
     from echo_os.render.requests import random_seed
-
-    from echo_os.artifacts.store import Artifact
 
     parent = Artifact.from_row(api.settings.artifacts_dir, api.catalog.resolve(body.artifact_id))
     changes = {"steps": body.steps, "cfg": body.cfg, "scheduler": body.scheduler, "model": body.model,
@@ -827,9 +882,8 @@ def clip_body_request(api: ApiState, body: AnimateBody):
 
 def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
     from echo_os.api.jobs import CompareAxis, CompareSource
-    from echo_os.render.requests import parse_size
     from echo_os.iterate.compare import plan_compare
-    from echo_os.render.requests import random_seed
+    from echo_os.render.requests import parse_size, random_seed
 
     try:
         width, height = parse_size(body.size)
@@ -892,9 +946,8 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                 raise field_error(("prompts", index), "each prompt is one non-empty line of text", prompt)
     folder = resolve_inside(settings.artifacts_dir, ".jobs", job_id)
     folder.mkdir(parents=True, exist_ok=True)
-    from echo_os.render.styles import style_table
-
     from echo_os.models.defaults import all_render_defaults
+    from echo_os.render.styles import style_table
 
     # The body's fields are the command line's options: they beat the rows and the bible, which beat the
     # model entry's render defaults (echo_os.story.plan).
@@ -1010,8 +1063,8 @@ def plan_animatic(settings: Settings, body: AnimaticBody) -> JobSpec:
     duration in its story.csv)."""
     import re
 
-    from echo_os.motion.animatic import AnimaticOptions, check_animatic
     from echo_os.artifacts.encode import check_video_size
+    from echo_os.motion.animatic import AnimaticOptions, check_animatic
     from echo_os.render.requests import parse_size
 
     size = None

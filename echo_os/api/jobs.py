@@ -5,7 +5,8 @@ on every open (echo_os.sqlite, like the catalog). Writes go through one connecti
 connection per thread, which WAL lets read while the writer writes.
 
 A job is a list of RenderRequests (`items`): one for `/api/render`, one per planned scene for
-`/api/batch`; an `/api/animatic` job has none, only its AnimaticSpec (its one artifact is the video). Image k of a job is the k-th image counting through the items in order; each saved image is
+`/api/batch`; an `/api/animatic` job has none, only its AnimaticSpec (its one artifact is the video).
+Image k of a job is the k-th image counting through the items in order; each saved image is
 recorded against (job id, k) right after ArtifactStore.save, so a job that runs again after a crash
 skips the images it already has. A comparison (`/api/compare`) records its grid sheet as the image after
 its cells, so the sheet is the last of its artifact ids (`Job.grid_id`).
@@ -32,10 +33,11 @@ import re
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable, Literal, Union, get_args
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -99,7 +101,7 @@ class CompareAxis(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     option: str  # echo_os.iterate.compare.AXES key: "cfg", "models", ...
-    values: tuple[Union[int, float, str], ...]
+    values: tuple[int | float | str, ...]
 
 
 class CompareSource(BaseModel):
@@ -110,7 +112,7 @@ class CompareSource(BaseModel):
 
     title: str
     axes: tuple[CompareAxis, ...] = ()
-    cells: tuple[tuple[Union[int, float, str], ...], ...]  # one per item, in item order
+    cells: tuple[tuple[int | float | str, ...], ...]  # one per item, in item order
 
 
 class AnimaticSpec(BaseModel):
@@ -483,7 +485,8 @@ class JobStore:
         (job_id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started,
          finished, interruptions, step, total_steps) = row
         return Job(id=job_id, kind=kind, status=status, spec=JobSpec.model_validate_json(request),
-                   attempts=attempts, interruptions=interruptions, error=error, cancel_requested=bool(cancel_requested), solo=bool(solo),
+                   attempts=attempts, interruptions=interruptions, error=error,
+                   cancel_requested=bool(cancel_requested), solo=bool(solo),
                    timings=json.loads(timings), created=created, started=started, finished=finished,
                    step=step, total_steps=total_steps, artifact_ids=(images or {}).get(job_id, []))
 

@@ -29,11 +29,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from echo_os.api.deps import (
-    Api, ApiState, artifact_image_path, build_render_request, convert_image, style_request_fields,
+    Api,
+    ApiState,
+    artifact_image_path,
+    build_render_request,
+    convert_image,
+    style_request_fields,
 )
-from echo_os.api.schemas import EngineName, error_responses
 from echo_os.api.idempotency import IdempotencyHeader, client_key, conflict_message, derived_key, known
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobSpec, new_job_id, now_iso
+from echo_os.api.schemas import EngineName, error_responses
 from echo_os.errors import DISK_FULL_MESSAGE
 from echo_os.render.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest, Scheduler
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from echo_os.api.jobs import WorkerRow
 from echo_os.api.worker import Worker

@@ -14,7 +14,7 @@ from echo_os.api.jobs import AnimaticSpec, JobProgress, JobStatus, JobViewKind
 from echo_os.artifacts.meta import ArtifactKind
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
-from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
+from echo_os.render.requests import (  # the option Literals, defined once there
     MAX_COUNT,
     MAX_PROMPT_CHARS,
     MAX_SEED,

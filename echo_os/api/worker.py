@@ -40,14 +40,22 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from echo_os.api.events import (
-    ArtifactSaved, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded, image_url,
+    ArtifactSaved,
+    JobCancelled,
+    JobFailed,
+    JobProgressed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    image_url,
 )
 from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
 from echo_os.errors import CancelledError, EchoError, OutageError, disk_full
@@ -273,7 +281,7 @@ class Worker:
         while not self._stop.is_set():
             try:
                 claimed = self._claim()
-            except Exception:  # noqa: BLE001 - e.g. the database is locked for longer than its timeout
+            except Exception:  # e.g. the database is locked for longer than its timeout
                 log.exception("worker: cannot claim jobs; trying again")
                 self._stop.wait(self.poll_s)
                 continue
@@ -286,7 +294,7 @@ class Worker:
                 self.stats.state = "rendering"
             try:
                 self._run_claimed(claimed)
-            except Exception as error:  # noqa: BLE001 - the worker must outlive any one job
+            except Exception as error:  # the worker must outlive any one job
                 log.exception("worker: unexpected error; its jobs go back to the queue")
                 self.stats.last_error = f"{type(error).__name__}: {error}"
                 for job in claimed:
@@ -552,12 +560,12 @@ class Worker:
         if run.job.spec.story is not None:
             try:
                 self._write_story(run)
-            except Exception:  # noqa: BLE001 - the images are saved; the job is not failed for its report
+            except Exception:  # the images are saved; the job is not failed for its report
                 log.exception("job %s: could not write the story outputs", run.job.id)
         if run.job.spec.compare is not None:
             try:
                 self._write_compare_grid(run)
-            except Exception:  # noqa: BLE001 - the cells are saved; the job is not failed for its sheet
+            except Exception:  # the cells are saved; the job is not failed for its sheet
                 log.exception("job %s: could not write the compare grid", run.job.id)
         run.done = True
         self.stats.jobs_done += 1

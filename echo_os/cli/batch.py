@@ -285,9 +285,14 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         preset_values = PresetValues(model=chosen.model, steps=chosen.steps, cfg=chosen.cfg, size=chosen.size,
                                      scheduler=chosen.scheduler)
     check_engine_name(engine)
-    from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
-                                         parse_objective)
     from echo_os.render.styles import resolve_style, style_table
+    from echo_os.resonance.story import (
+        ResonanceOptions,
+        candidate_plan,
+        load_story_json,
+        load_thresholds,
+        parse_objective,
+    )
 
     if no_score and (best_of > 1 or reroll_flagged):
         raise UsageError("--best-of and --reroll-flagged choose by scores; they cannot be used with --no-score.")
@@ -338,7 +343,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         plans = {name: make_plan(size, f"{project} [{name}]", base_options.model_copy(update={"model": name}))
                  for name in models}  # every plan checked before anything renders
         if dry_run:
-            for name, plan in plans.items():
+            for plan in plans.values():
                 click.echo(json_for_terminal(plan.model_dump(mode="json")) if json_output else format_dry_run(plan))
             return
         results = {name: render_plan(settings, plan, batch_size=batch_size, json_output=json_output,

@@ -41,8 +41,8 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
     """
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import StepBar, engine_announcer, given_options
-    from echo_os.iterate.compare import parse_list, plan_compare, render_compare
     from echo_os.engines import check_engine_name
+    from echo_os.iterate.compare import parse_list, plan_compare, render_compare
     from echo_os.render.requests import random_seed
 
     settings = settings_from(ctx)

@@ -53,7 +53,8 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     store = ArtifactStore(settings)
     try:
         parent = store.open(artifact_id)
-        changes = {"refiner": refiner_input(settings, refiner, switch), "steps": steps, "cfg": cfg, "scheduler": scheduler, "model": model, "engine": engine,
+        changes = {"refiner": refiner_input(settings, refiner, switch), "steps": steps, "cfg": cfg,
+                   "scheduler": scheduler, "model": model, "engine": engine,
                    "count": count, "project": project, "seed": seed if seed is not None else random_seed()}
         request = refine_request(settings, parent, strength=strength, prompt=prompt, style=style,
                                  negative=negative_prompt, changes=changes, options=options)

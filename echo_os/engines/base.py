@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from echo_os.render.results import (  # noqa: F401  (re-exported: the older import path)
+from echo_os.render.results import (  # re-exported: the older import path
     MemoryInfo,
     ModelInfo,
     ProgressCallback,

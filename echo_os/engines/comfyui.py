@@ -38,7 +38,7 @@ history nor GET /queue was lost (a restarted ComfyUI keeps both in memory only):
 One prompt per image, with that image's seed, so image i of a batch is exactly the image its seed gives
 alone (ComfyUI's own batches draw all their noise from one seed).
 
-Workflow templates live in `pipelines/comfyui/`: NAME.json (a workflow as ComfyUI's "Export (API)"
+Workflow templates ship in the package, `echo_os/pipelines/comfyui/`: NAME.json (a workflow as ComfyUI's "Export (API)"
 writes it) and NAME.toml (its description and bindings: which node input receives each request value,
 "NODE_ID.INPUT_NAME", or {input = "...", modulo = N} for an input with a smaller range). A workspace's
 own `pipelines/comfyui/` is read too and wins by name. The engine assumes no checkpoint loader: a
@@ -75,7 +75,7 @@ from echo_os.engines.base import (
 )
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
-from echo_os.settings import REPO_ROOT
+from echo_os.package_data import pipelines_folder
 
 if TYPE_CHECKING:
     from echo_os.render.requests import RenderRequest
@@ -208,9 +208,9 @@ def read_workflow(graph_path: Path) -> Workflow:
 
 
 def workflow_paths(settings: "Settings") -> dict[str, Path]:
-    """name -> NAME.json: the repository's templates, then the workspace's (which win by name)."""
+    """name -> NAME.json: the templates shipped in the package, then the workspace's (which win by name)."""
     found: dict[str, Path] = {}
-    for folder in (REPO_ROOT / TEMPLATES_DIR, settings.home / TEMPLATES_DIR):
+    for folder in (pipelines_folder("comfyui"), settings.home / TEMPLATES_DIR):
         if folder.is_dir():
             found.update({path.stem: path for path in sorted(folder.glob("*.json"))})
     return found
@@ -451,7 +451,7 @@ class ComfyUIEngine(BaseEngine):
             return "no url under [engines.comfyui] in echo-os.toml"
         try:
             import httpx
-            import websocket  # noqa: F401
+            import websocket  # noqa: F401 - only to check it is installed before a prompt is sent
         except ImportError:
             return 'httpx and websocket-client are not installed (pip install "echo-os[hosted]")'
         try:
@@ -551,8 +551,9 @@ class ComfyUIEngine(BaseEngine):
 
     def _render_request(self, request: "RenderRequest", workflow: Workflow, options: ComfyUIOptions,
                         progress: ProgressCallback | None, cancel: threading.Event | None) -> list[RenderedImage]:
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         client = self.client
         client.connect()

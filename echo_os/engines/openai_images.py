@@ -354,8 +354,8 @@ class OpenAIEngine(BaseEngine):
         if not os.environ.get("OPENAI_API_KEY"):
             return "no OPENAI_API_KEY is set"
         try:
-            import openai  # noqa: F401
-            import tenacity  # noqa: F401
+            import openai  # noqa: F401 - only to check it is installed before anything is sent
+            import tenacity  # noqa: F401 - the same
         except ImportError:
             return 'the openai and tenacity packages are not installed (pip install "echo-os[hosted]")'
         return None

@@ -235,7 +235,7 @@ def load_sdxl_pipeline(local_path: Path, *, single_file: bool, device: str, dtyp
     pipe.set_progress_bar_config(disable=True)
     if attention == "xformers":
         try:
-            import xformers  # noqa: F401
+            import xformers  # noqa: F401 - only to check it imports (find_spec would not)
         except ImportError:
             raise UsageError("--attention xformers needs the xformers package: pip install 'echo-os[xformers]'; "
                              "or use --attention sdpa.") from None

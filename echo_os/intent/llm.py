@@ -23,10 +23,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import EchoError, UsageError

@@ -17,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 

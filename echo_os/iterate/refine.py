@@ -100,9 +100,8 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
     """The request that refines `parent`: its own request with `changes` (steps, cfg, seed, model,
     engine, scheduler...), PROMPT (default: the parent's), a style (named or free text; default: the
     parent's), engine `options` over the parent's (see the module docstring) and the init image."""
-    from echo_os.render.styles import style_fields
-
     from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
+    from echo_os.render.styles import style_fields
 
     check_strength(strength)
     require_kind(parent.id, parent.meta, IMAGE_KINDS, "refine")
@@ -134,8 +133,9 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
             fields.update(style_fields(settings, style, own_negative, adapter=base.ip_adapter))
         else:
             fields["negative_prompt"] = own_negative
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     with Image.open(io.BytesIO(png)) as image:
         fields["width"], fields["height"] = image.size

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from echo_os.errors import NotFoundError, UsageError
+from echo_os.package_data import package_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +39,7 @@ STRING_KEYS: tuple[str, ...] = ("type", *SOURCE_KEYS, "variant", "revision", "co
 DEFAULT_KEYS: tuple[str, ...] = ("steps", "cfg", "scheduler", "size", "lora")
 KNOWN_KEYS: tuple[str, ...] = (*STRING_KEYS, "allow_pickle", *DEFAULT_KEYS)
 
-DEFAULT_MODELS_TOML = Path(__file__).with_name("default_models.toml")
+DEFAULT_MODELS_TOML = package_folder("models") / "default_models.toml"
 
 # Names become TOML keys and CLI arguments: keep them to what needs no explaining.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import secrets
-from typing import Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -36,7 +36,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
 # Values of an engine's own options (`--option KEY=VALUE`); the engine's Options model checks them.
-OptionValue = Union[str, int, float, bool, None]
+OptionValue = str | int | float | bool | None
 
 # One limit for the text of a prompt, negative prompt or style, whoever sends it (CLI, API, OpenAI route,
 # story planner): long enough for any prompt a person writes (SDXL reads 77 tokens of each encoder anyway),
@@ -117,7 +117,7 @@ class IPAdapterInput(BaseModel):
     model: str
     references: tuple[IPAdapterReference, ...] = Field(min_length=1)
 
-    def batch_key(self) -> tuple:
+    def batch_key(self) -> tuple[object, ...]:
         """Only requests with the same adapter set (same images, same scales) share a pipeline call:
         the pipeline takes one embedding per adapter for the whole batch."""
         return (self.model, tuple((tuple(image.sha256 for image in ref.images), ref.scale)
@@ -246,7 +246,7 @@ class RenderRequest(BaseModel):
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 
-    def batch_key(self) -> tuple:
+    def batch_key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one batched pipeline call."""
         return (self.model, self.width, self.height, self.steps, self.cfg, self.scheduler,
                 self.device, self.dtype, self.attention,
@@ -274,7 +274,8 @@ def image_request_key(request: RenderRequest) -> str:
     """
     if request.count != 1:
         raise ValueError(f"image_request_key takes a one-image request, got count {request.count}")
-    exclude: dict = {"loras": {"__all__": {"path"}}} if request.loras else {"loras": True}  # keys from before LoRAs stay
+    # keys from before LoRAs stay
+    exclude: dict[str, Any] = {"loras": {"__all__": {"path"}}} if request.loras else {"loras": True}
     if not request.options:
         exclude["options"] = True  # and from before engine options
     if request.ip_adapter:
@@ -306,7 +307,7 @@ def describe_validation_error(error: ValidationError) -> str:
     return f"invalid {field}: {message}"
 
 
-def build_request(**fields) -> RenderRequest:
+def build_request(**fields: Any) -> RenderRequest:
     """Build a RenderRequest or raise UsageError with one line naming the field."""
     try:
         return RenderRequest(**fields)

@@ -277,7 +277,8 @@ def reflect_story(settings: "Settings", store: "ArtifactStore", plan: "StoryPlan
         for artifact in scored:
             updates: dict[str, Any] = {"scores": {**scores[artifact.id].as_dict(), "objective": values[artifact.id]}}
             if len(scored) > keep:
-                updates["best_of"] = {"kept": artifact.id in kept_ids, "of": len(scored), "objective": options.objective.describe(),
+                updates["best_of"] = {"kept": artifact.id in kept_ids, "of": len(scored),
+                                      "objective": options.objective.describe(),
                                       "rank": ranked.index(artifact) + 1,
                                       "siblings": [a.id for a in scored if a.id != artifact.id]}
             update_meta(store.catalog, store.root, str(artifact.path.relative_to(store.root)), updates)

@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from echo_os.render.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
 from echo_os.errors import UsageError
+from echo_os.render.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
 from echo_os.story.problems import ProblemList
 
 MAX_BIBLE_BYTES = 4 * 1024 * 1024
@@ -180,7 +180,7 @@ class GuardedSafeLoader(yaml.SafeLoader):
         self._depth = 0
         self._nodes = 0
 
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+    def compose_node(self, parent, index):  # PyYAML's signature
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise _RefusedYaml("YAML anchors and aliases (& and *) are not allowed in the front matter; "
@@ -196,7 +196,7 @@ class GuardedSafeLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+    def construct_mapping(self, node, deep=False):  # PyYAML's signature
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
@@ -375,7 +375,7 @@ def load_bible_and_raw(path: Path, problems: ProblemList, *,
     return bible, raw
 
 
-def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None,  # noqa: ANN001
+def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None,
                 workspace: Path | None = None) -> Bible | None:
     label = path.name
     data = _read_bytes(path, MAX_BIBLE_BYTES, label, problems)

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from echo_os.engines.ip_adapter import check_adapter
 from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
@@ -406,7 +407,8 @@ def write_contact_sheet(plan: "StoryPlan", result: StoryRender, created: datetim
                                    image=_open_image(artifact), index=index, of=len(scene.artifacts)))
     engines = ", ".join(sorted({a.meta.engine.name for s in result.scenes for a in s.artifacts})) or "none"
     images = len(cells)
-    subtitle = (f"{'' if plan.project == plan.title else plan.project + '  ·  '}{len(result.scenes)} scene{'s' if len(result.scenes) != 1 else ''}, "
+    scenes = len(result.scenes)
+    subtitle = (f"{'' if plan.project == plan.title else plan.project + '  ·  '}{scenes} scene{'s' if scenes != 1 else ''}, "
                 f"{images} image{'s' if images != 1 else ''}  ·  engine {engines}  ·  {created:%Y-%m-%d %H:%M}")
     if plan.bible_hash:
         subtitle += f"  ·  bible {plan.bible_hash[:12]}"
