@@ -249,7 +249,7 @@ async def test_the_api_names_the_size_and_renders_through_openai(hosted, server,
 
 
 def test_an_init_image_goes_to_the_edits_endpoint(hosted, server, tmp_path):
-    init = tmp_path / "sketch.png"
+    init = hosted.home / "sketch.png"  # a path is read only from inside the workspace
     Image.new("RGB", (64, 64), (10, 200, 30)).save(init)
     code, rows, err = _render(hosted, "the same, at dusk", "--engine", "openai", "--size", "1024x1024",
                               "-o", f"init_image={init}", "-o", "quality=low")
@@ -267,8 +267,56 @@ def test_an_init_image_goes_to_the_edits_endpoint(hosted, server, tmp_path):
     code, rows, err = _render(hosted, "the same, at dusk", "--engine", "openai", "--size", "1024x1024",
                               "-o", f"init_image={init}", "-o", "quality=low")
     assert code == 0 and len(server.requests) == 2, err
-    code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024", "-o", "init_image=nope.png")
-    assert code == 2 and "init image nope.png is not a file" in err and len(server.requests) == 2
+    missing = hosted.home / "nope.png"
+    code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024", "-o", f"init_image={missing}")
+    assert code == 2 and f"init image {missing} not found" in err and len(server.requests) == 2
+
+
+def test_no_server_file_is_sent_to_an_edit(hosted, server, tmp_path, monkeypatch):
+    """Red-team finding: `options.init_image=/etc/hostname` was sent to /images/edits. The CLI reads a path
+    only inside the workspace (an image that decodes whole); the API takes an artifact id or the bytes as a
+    data: URL, never a path; the engine checks the file again when it renders."""
+    import asyncio
+    import base64
+
+    from tests.api_helpers import api_client, wait_job
+
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    for path in ("/etc/hostname", str(outside)):
+        code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024", "-o", f"init_image={path}")
+        assert code == 2 and "outside the workspace" in err and len(err.strip().splitlines()) == 1, err
+    engine = create_engine(hosted, "openai", "test")
+    with pytest.raises(UsageError, match="outside the workspace"):
+        engine.render([RenderRequest(prompt="x", width=1024, height=1024, engine="openai",
+                                     options={"init_image": "/etc/hostname"})])
+    assert server.requests == []
+    code, rows, err = _render(hosted, "a parent", "--engine", "openai", "--size", "1024x1024")
+    assert code == 0, err
+    parent = rows[0]
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 99, 2)).save(png, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+    body = {"prompt": "again", "engine": "openai", "size": "1024x1024"}
+
+    async def go():
+        async with api_client(hosted) as (client, _app):
+            for value in ("/etc/hostname", str(hosted.home / "sketch.png"), parent["image"]):
+                answer = await client.post("/api/render", json={**body, "options": {"init_image": value}})
+                assert answer.status_code == 422, answer.text
+                assert answer.json()["detail"][0]["loc"][-2:] == ["options", "init_image"], answer.text
+            jobs = []
+            for value in (parent["id"], data_url):
+                sent = await client.post("/api/render", json={**body, "options": {"init_image": value}})
+                assert sent.status_code == 202, sent.text
+                jobs.append(await wait_job(client, sent.json()["job_id"]))
+            return jobs
+
+    jobs = asyncio.run(go())
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"], jobs
+    edits = [sent for sent in server.requests if sent.get("endpoint") == "edits"]
+    assert [sent["images"] for sent in edits] == [[parent["id"]], [hashlib.sha256(png.getvalue()).hexdigest()]]
 
 
 def _sha(path) -> str:

@@ -410,8 +410,9 @@ class ComfyUIEngine(BaseEngine):
         elif init is not None:
             if "init_image" not in workflow.bindings:
                 raise OptionError(f"workflow {workflow.name} binds no init_image", "options.init_image")
-            if not Path(init).expanduser().is_file():
-                raise OptionError(f"init image {init} is not a file", "options.init_image")
+            from echo_os.engines.inputs import option_image_path
+
+            option_image_path(settings, init)  # inside the workspace, a regular image that decodes whole
         elif "init_image" in workflow.bindings:
             raise OptionError(f"workflow {workflow.name} needs an init image: -o init_image=PATH", "options.init_image")
         if request.loras or request.ip_adapter is not None:
@@ -531,9 +532,11 @@ class ComfyUIEngine(BaseEngine):
 
             _, data = read_init_image(self.settings, request.init_image)
             return self.client.upload(f"echo-os-init-{request.init_image.sha256[:16]}.png", data)
-        if options.init_image:
-            path = Path(options.init_image).expanduser()
-            return self.client.upload(path.name, path.read_bytes())
+        if options.init_image:  # inside the workspace only, checked again here (a job may be old)
+            from echo_os.engines.inputs import read_option_image
+
+            path, data = read_option_image(self.settings, options.init_image)
+            return self.client.upload(path.name, data)
         return None
 
     def _follow(self, prompt_id: str, graph: dict, advance, cancel: threading.Event | None,

@@ -38,7 +38,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -193,9 +192,10 @@ def edit_images(settings: "Settings", request: "RenderRequest", options: OpenAIO
         path, data = read_init_image(settings, request.init_image)
         images.append(EditImage("init", request.init_image.artifact_id or path.name, path.name,
                                 request.init_image.sha256, data))
-    elif options.init_image is not None:
-        path = Path(options.init_image).expanduser()
-        data = path.read_bytes()
+    elif options.init_image is not None:  # inside the workspace only, checked again here (a job may be old)
+        from echo_os.engines.inputs import read_option_image
+
+        path, data = read_option_image(settings, options.init_image)
         images.append(EditImage("init", path.name, path.name, hashlib.sha256(data).hexdigest(), data))
     references = [(ref.name, image) for ref in request.ip_adapter.references for image in ref.images] \
         if request.ip_adapter is not None else []
@@ -365,8 +365,10 @@ class OpenAIEngine(BaseEngine):
         model = model_for(settings, request, options)  # type: ignore[arg-type]
         check_size(model, request.width, request.height)
         init = options.init_image  # type: ignore[attr-defined]
-        if init is not None and request.init_image is None and not Path(init).expanduser().is_file():
-            raise OptionError(f"init image {init} is not a file", "options.init_image")
+        if init is not None and request.init_image is None:
+            from echo_os.engines.inputs import option_image_path
+
+            option_image_path(settings, init)
         references = sum(len(ref.images) for ref in request.ip_adapter.references) if request.ip_adapter else 0
         edit = init is not None or request.init_image is not None or references
         if edit and options.moderation is not None:  # type: ignore[attr-defined]
