@@ -33,6 +33,14 @@ def connect(path: Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") ->
     return db
 
 
+def rollback(db: sqlite3.Connection) -> None:
+    """ROLLBACK when a transaction is still open. SQLite rolls back by itself after some errors (a full
+    disk: SQLITE_FULL, SQLITE_IOERR); a ROLLBACK then fails with "cannot rollback - no transaction is
+    active" and would hide the error that matters."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 class Migrations:
     """An ordered list of named schema migrations; use as a decorator."""
 
@@ -88,7 +96,7 @@ class Migrations:
             db.execute(f"PRAGMA user_version = {len(done) + len(applied)}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return applied
 

@@ -421,10 +421,14 @@ def finite_json(value: Any) -> Any:
 
 
 def _add_routes(app: FastAPI) -> None:
-    @app.get("/health", response_model=Health, tags=["server"])
-    async def health(api: Api) -> Health:
+    @app.get("/health", response_model=Health, tags=["server"],
+             responses={503: {"model": Health, "description": "The render worker the server started is gone"}})
+    async def health(api: Api) -> JSONResponse:
         counts = await run_in_threadpool(api.jobs.counts)
-        return Health(version=__version__, worker=api.worker_status, jobs=counts)
+        worker = api.worker_status  # "stopped": started, and no longer alive: queued jobs would wait forever
+        health = Health(status="degraded" if worker == "stopped" else "ok", version=__version__, worker=worker,
+                        jobs=counts)
+        return JSONResponse(health.model_dump(), status_code=503 if worker == "stopped" else 200)
 
     @app.get("/api/workers", response_model=WorkerList, tags=["server"])
     async def list_workers(api: Api) -> WorkerList:

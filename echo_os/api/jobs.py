@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echo_os.dbfile import open_or_quarantine
 from echo_os.render.requests import RenderRequest
-from echo_os.sqlite import Migrations, connect
+from echo_os.sqlite import Migrations, connect, rollback
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -455,7 +455,7 @@ class JobStore:
                     admissions.append(Admission(job.id, "stored"))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
         return admissions
 
@@ -633,7 +633,7 @@ class JobStore:
                     params).fetchall()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
         return Recovery(requeued=[r[0] for r in requeued], failed=[r[0] for r in failed],
                         cancelled=[r[0] for r in cancelled])

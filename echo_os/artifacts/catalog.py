@@ -15,7 +15,7 @@ from typing import Iterator
 
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import NotFoundError, UsageError
-from echo_os.sqlite import Migrations, connect
+from echo_os.sqlite import Migrations, connect, rollback
 
 MIN_PREFIX = 12
 
@@ -172,7 +172,7 @@ class Catalog:
                 self.upsert(meta, relative_path)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            rollback(self.db)
             raise
 
     # -- reads --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from echo_os.artifacts.meta import (ArtifactMeta, EngineRecord, ModelRecord, Vid
                                    negative_prompt_passed)
 from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
-from echo_os.errors import EchoError, NotFoundError
+from echo_os.errors import EchoError, NotFoundError, disk_full
 from echo_os.render.requests import image_request_key
 from echo_os.settings import Settings
 
@@ -424,7 +424,9 @@ class ArtifactStore:
                       sequence: int | None = None) -> tuple[Path, ArtifactMeta]:
         """The atomic artifact write both saves share: `build(seq)` makes the PNG and meta under the
         project's lock (seq: `sequence`, else the next free number), they go to a temporary folder,
-        fsync, rename; then the catalog row. A failure leaves no folder and no row."""
+        fsync, rename; then the catalog row. A failure leaves no folder and no row: when the row cannot be
+        written (a full disk), the folder that was just renamed into place goes again, so the answer
+        "nothing was saved" is true and no folder is left without its row."""
         catalog = self.catalog  # opened (and repaired, if it must be) before the folder exists
         project_dir = self._project_dir(created, project)
         project_dir.mkdir(parents=True, exist_ok=True)
@@ -436,8 +438,15 @@ class ArtifactStore:
             _fsync_dir(tmp_dir)
             final = self._free_name(project_dir, f"{seq:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
             os.rename(tmp_dir, final)
-            _fsync_dir(project_dir)
-        catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
+            try:
+                _fsync_dir(project_dir)
+                catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
+            except BaseException as error:
+                shutil.rmtree(final, ignore_errors=True)  # saved and recorded, or neither
+                full = disk_full(error)
+                if full is not None:
+                    raise full from error
+                raise
         return final, meta
 
     @staticmethod
