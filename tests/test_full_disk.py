@@ -178,3 +178,21 @@ def test_a_full_disk_while_the_memory_index_saves_keeps_the_image(run_cli, works
     assert code == 0, err
     [row] = json.loads(out)
     assert _catalog_rows(workspace) == [row["id"]] and len(_image_folders(workspace)) == 1
+
+
+@pytest.mark.anyio
+async def test_a_submission_that_meets_a_disk_io_error_is_507(workspace, monkeypatch):
+    """Red-team finding: the API answered 500 when jobs.db could not grow (SQLite says "disk I/O error"
+    with a few KB free). Injected at JobStore.admit, the one write of a submission."""
+    from echo_os.api.jobs import JobStore
+
+    def io_error(self, submissions):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async with api_client(workspace, start_worker=False) as (client, _):
+        monkeypatch.setattr(JobStore, "admit", io_error)
+        response = await client.post("/api/render", json={"prompt": "x", **DRAFT})
+        assert response.status_code == 507, response.text
+        assert response.json()["detail"].startswith("the disk is full or cannot be written")
+        monkeypatch.undo()
+        assert (await client.get("/api/jobs")).json()["items"] == []
