@@ -38,12 +38,17 @@ def _hostile_reference(tmp_path: Path, kind: str) -> str:
     if kind == "text":
         (tmp_path / "keeper.png").write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
         return "keeper.png"
+    if kind == "truncated":  # a valid header, the pixels cut short: only a full decode finds it
+        Image.new("RGB", (64, 64), (9, 80, 200)).save(tmp_path / "keeper.png")
+        data = (tmp_path / "keeper.png").read_bytes()
+        (tmp_path / "keeper.png").write_bytes(data[:len(data) // 2])
+        return "keeper.png"
     raise AssertionError(kind)
 
 
-KINDS = ["passwd", "symlink", "fifo", "dev-zero", "text"]
+KINDS = ["passwd", "symlink", "fifo", "dev-zero", "text", "truncated"]
 NEEDLES = {"passwd": "outside", "symlink": "outside", "dev-zero": "outside", "fifo": "not a regular file",
-           "text": "not an image"}
+           "text": "not an image", "truncated": "truncated"}
 
 
 def _run_with_deadline(target, seconds: float = 60):
@@ -84,6 +89,32 @@ def test_cli_refuses_a_reference_that_is_not_a_readable_image(run_cli, tiny_work
     assert not list(tiny_workspace.artifacts_dir.glob("*/*/*/image.png"))
 
 
+def test_a_truncated_reference_is_refused_by_the_dry_run(run_cli, tiny_workspace, tmp_path):
+    """Red-team finding: a truncated PNG passed `--dry-run` (its header reads fine) and failed in the engine
+    with "image file is truncated", naming no file. The check decodes the whole image."""
+    story_dir = tmp_path / "story"
+    story_dir.mkdir()
+    csv_path = story(story_dir, ROWS, bible=_bible_with_reference(_hostile_reference(story_dir, "truncated")))
+    code, out, err = run_cli("--home", str(tiny_workspace.home), "batch", "p", str(csv_path), "--model", "tiny",
+                             "--dry-run")
+    assert code == 2 and "keeper.png" in err and "truncated" in err and "Traceback" not in err, err
+
+
+def test_refine_decodes_the_whole_parent_image(run_cli, workspace):
+    """Refine checks the parent's PNG by decoding it whole: a cut file is one line before any engine runs."""
+    import json
+
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a boat", "--engine", "draft", "--size",
+                             "64x64", "--json")
+    assert code == 0, err
+    [parent] = json.loads(out)
+    image = Path(parent["image"])
+    image.write_bytes(image.read_bytes()[:-200])
+    code, out, err = run_cli("--home", str(workspace.home), "refine", parent["id"], "--engine", "draft",
+                             "--strength", "0.5")
+    assert code == 2 and "truncated" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_references_next_to_the_bible_or_in_the_workspace_are_accepted(tmp_path, workspace):
     from echo_os.story import plan_story
 
@@ -99,10 +130,10 @@ def test_references_next_to_the_bible_or_in_the_workspace_are_accepted(tmp_path,
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", ["passwd", "dev-zero", "text"])
+@pytest.mark.parametrize("kind", ["passwd", "dev-zero", "text", "truncated"])
 async def test_api_refuses_the_same_references_with_a_422_on_bible(workspace, kind, tmp_path):
     reference = _hostile_reference(workspace.home, kind)
-    if kind == "text":
+    if kind in ("text", "truncated"):
         reference = str(workspace.home / reference)
     body = {"project": "p", "storyboard": HEADER + "\n" + ROWS, "bible": _bible_with_reference(reference),
             "engine": "draft"}
@@ -111,6 +142,8 @@ async def test_api_refuses_the_same_references_with_a_422_on_bible(workspace, ki
         assert response.status_code == 422, response.text
         detail = response.json()["detail"]
         assert any("bible" in error["loc"] for error in detail), detail
+        # refused as a reference image (decoded whole), not later for the engine's sake
+        assert any("reference image is missing, unreadable" in error["msg"] for error in detail), detail
         assert (await client.get("/api/jobs")).json()["items"] == []
 
 
