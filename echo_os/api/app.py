@@ -26,11 +26,13 @@ Every POST that creates work takes an `Idempotency-Key` header (echo_os.api.idem
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import shutil
 import sqlite3
+import threading
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from datetime import date, datetime
@@ -528,9 +530,15 @@ def _add_routes(app: FastAPI) -> None:
         return [StyleView(**style.as_dict()) for style in sorted(found.values(), key=lambda s: s.name.casefold())]
 
     @app.post("/api/styles", status_code=201, response_model=StyleView, tags=["styles"],
-              responses=error_responses(400, 403, 413, 422))
-    async def add_style(body: StyleBody, api: Api) -> StyleView:
-        return await run_in_threadpool(save_style, api.settings, body)
+              responses={200: {"model": StyleView, "description": "The answer an earlier request with this "
+                                                                  "Idempotency-Key had"},
+                         **error_responses(400, 403, 409, 413, 422)})
+    async def add_style(body: StyleBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+        """Add (or with `replace`, overwrite) a named style. With an Idempotency-Key, a repeat of the same
+        body answers as the first time (200, Idempotent-Replayed); another body under the key is a 409."""
+        key = client_key("/api/styles", idempotency_key, body)
+        status, answer, replayed = await run_in_threadpool(save_style_once, api, body, key)
+        return JSONResponse(answer, status_code=status, headers={REPLAYED_HEADER: "true"} if replayed else None)
 
     @app.api_route("/api/styles", methods=["OPTIONS", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def styles_other_methods() -> JSONResponse:
@@ -761,6 +769,27 @@ def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
     source = CompareSource(title=title, axes=tuple(CompareAxis(option=a.option, values=a.values) for a in plan.axes),
                            cells=tuple(cell.values for cell in plan.cells))
     return JobSpec(items=tuple(cell.request for cell in plan.cells), title=title, compare=source)
+
+
+_STYLE_KEYS_LOCK = threading.Lock()  # one keyed style request at a time: a repeat sees the first's answer
+
+
+def save_style_once(api: ApiState, body: StyleBody, key: IdempotencyKey | None) -> tuple[int, dict, bool]:
+    """(status, answer, replayed) of POST /api/styles: without a key, save_style; with one, the answer
+    stored under it when the body is the same (replayed), 409 for another body, else save and store."""
+    if key is None:
+        return 201, save_style(api.settings, body).model_dump(mode="json"), False
+    with _STYLE_KEYS_LOCK:
+        found = api.jobs.find_answer(key.key)
+        if found is not None:
+            fingerprint_, status, stored = found
+            if fingerprint_ != key.fingerprint:
+                return 409, {"detail": f"this {IDEMPOTENCY_HEADER} was used for a different request; send a new "
+                                       "key for a new request"}, False
+            return 200, json.loads(stored), True
+        answer = save_style(api.settings, body).model_dump(mode="json")
+        api.jobs.keep_answer(key.key, key.fingerprint, 201, json.dumps(answer))
+        return 201, answer, False
 
 
 def save_style(settings: Settings, body: StyleBody) -> StyleView:

@@ -339,6 +339,20 @@ def m004_worker_leases(db: sqlite3.Connection) -> None:
         )""")
 
 
+@MIGRATIONS
+def m005_idempotent_answers(db: sqlite3.Connection) -> None:
+    """The first answer of a POST that makes no job (POST /api/styles), kept under its Idempotency-Key so
+    a repeat gets the same answer (idempotency_keys holds only keys of jobs)."""
+    db.execute("""
+        CREATE TABLE idempotent_answers (
+            key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            created TEXT NOT NULL
+        )""")
+
+
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
             "finished")
 
@@ -464,6 +478,25 @@ class JobStore:
         row = self._reader().execute("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = ? AND created >= ?",
                                      (key, _key_cutoff())).fetchone()
         return (row[0], row[1]) if row else None
+
+    def find_answer(self, key: str) -> tuple[str, int, str] | None:
+        """(fingerprint, status, JSON body) of the live first answer stored under `key`, or None."""
+        row = self._reader().execute("SELECT fingerprint, status, body FROM idempotent_answers WHERE key = ? "
+                                     "AND created >= ?", (key, _key_cutoff())).fetchone()
+        return (row[0], int(row[1]), row[2]) if row else None
+
+    def keep_answer(self, key: str, fingerprint: str, status: int, body: str) -> None:
+        """Store the first answer of a POST that makes no job under its key (expired keys go first)."""
+        with self._write_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM idempotent_answers WHERE created < ?", (_key_cutoff(),))
+                self._db.execute("INSERT OR REPLACE INTO idempotent_answers (key, fingerprint, status, body, created) "
+                                 "VALUES (?, ?, ?, ?, ?)", (key, fingerprint, status, body, now_iso()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                rollback(self._db)
+                raise
 
     # ---- reading ------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
