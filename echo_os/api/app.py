@@ -793,12 +793,19 @@ def save_style_once(api: ApiState, body: StyleBody, key: IdempotencyKey | None) 
 
 
 def save_style(settings: Settings, body: StyleBody) -> StyleView:
-    from echo_os.render.styles import Style, check_name, read_workspace_styles, write_workspace_styles
+    from echo_os.render.styles import (
+        Style, check_name, check_style_text, read_workspace_styles, write_workspace_styles,
+    )
 
     try:
         name = check_name(body.name)
     except OptionError as error:
-        raise field_error("name", str(error), body.name) from None
+        raise field_error("name", str(error)) from None
+    for field_name in ("prompt", "negative"):  # the rules of prompt text: a style must stay usable
+        try:
+            check_style_text(getattr(body, field_name), field_name)
+        except OptionError as error:
+            raise field_error(field_name, str(error)) from None
     if not body.prompt.strip() and not body.negative.strip():
         raise field_error("prompt", "give the style's words (with {prompt} where the prompt goes)", body.prompt)
     current = read_workspace_styles(settings)
