@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echo_os.dbfile import open_or_quarantine
 from echo_os.render.requests import RenderRequest
-from echo_os.sqlite import Migrations, connect, rollback
+from echo_os.sqlite import Migrations, check_columns, connect, rollback
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -365,6 +365,7 @@ def _open_migrated(path: Path, synchronous: Literal["NORMAL", "FULL"] = "FULL") 
     db = _connect(path, synchronous)
     try:
         MIGRATIONS.migrate(db)
+        check_columns(db, "jobs", _COLUMNS.split(", "))  # a file that is SQLite but not ours
     except BaseException:
         db.close()
         raise

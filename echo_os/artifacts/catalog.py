@@ -15,7 +15,7 @@ from typing import Iterator
 
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import NotFoundError, UsageError
-from echo_os.sqlite import Migrations, connect, rollback
+from echo_os.sqlite import Migrations, check_columns, connect, rollback
 
 MIN_PREFIX = 12
 
@@ -118,6 +118,7 @@ def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
         # are one project (one folder, one numbering); each row keeps the display name it was made with.
         db.create_function("project_slug", 1, project_slug, deterministic=True)
         applied = MIGRATIONS.migrate(db)
+        check_columns(db, "artifacts", [*_COLUMNS.split(", "), "request_key"])  # a file that is not ours
         return db, MIGRATIONS.names[0] in applied
     except BaseException:
         db.close()
