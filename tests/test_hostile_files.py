@@ -198,6 +198,90 @@ def test_memory_import_skips_and_reports_hostile_pngs_and_imports_the_rest(works
         assert sorted(row.prompt for row in catalog.query()) == ["a quiet harbour", "a red kite"]
 
 
+def _png_with_parameters(path: Path, parameters: str) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)  # tEXt, uncompressed: Pillow's 1 MB zTXt limit does not apply
+    Image.new("RGB", (16, 16), "navy").save(path, pnginfo=info)
+
+
+def test_outside_metadata_is_parsed_within_bounds(run_cli, workspace, tmp_path):
+    """Red-team finding: a 3 MB `parameters` chunk hung `memory import` (a quadratic regex: nothing after
+    it was imported), and `Seed: 99999999999999999999999999` aborted the import with OverflowError and
+    left a folder without a catalog row, after which `artifacts reindex` failed every time. Each file is
+    read within bounds; the import goes on; reindex lists everything."""
+    import json
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    _png_with_parameters(folder / "a-huge.png", "a lighthouse " * 240_000)  # 3.1 MB, one line, no colon
+    _png_with_parameters(folder / "b-seed.png", "a harbour\nSteps: 20, Sampler: Euler, CFG scale: 7, "
+                                                 "Seed: 99999999999999999999999999, Size: 16x16")
+    _png_with_parameters(folder / "c-size.png", "a kite\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 3, "
+                                                 "Size: 99999999999999999999999x16")
+    _small_png(folder / "d-good.png", "a red kite")
+    # In a process of its own with a deadline: a regex holds the GIL, so a thread could not be given up on.
+    report = json.loads(_python_with_deadline(
+        "import json, sys; from echo_os.settings import Settings; from echo_os.memory.importer import import_folder; "
+        "from pathlib import Path; "
+        "r = import_folder(Settings(home=Path(sys.argv[1])), Path(sys.argv[2]), embed=False); "
+        "print(json.dumps(r.as_dict()))", str(workspace.home), str(folder)))
+    assert report["imported"] == 4 and report["unreadable"] == 0, report
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "reindex")
+    assert code == 0, err
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list", "--json")
+    rows = json.loads(out)
+    assert len(rows) == 4, rows
+    by_prompt = {row["prompt"][:12]: row for row in rows}
+    assert by_prompt["a harbour"]["seed"] == -1  # out of range: unknown, not an abort
+    assert by_prompt["a red kite"]["seed"] == 5
+
+
+def _python_with_deadline(code: str, *args: str, seconds: float = 120) -> str:
+    """stdout of `python -c code args`, failing (the process killed) when it runs past `seconds`."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    try:
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=seconds,
+                              env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {seconds} s (a parse that does not scale)")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_a1111_parameter_pattern_is_linear():
+    """The pattern alone, on a long line with no colon: bounded keys keep it linear (it took hours)."""
+    out = _python_with_deadline("from echo_os.memory.pngmeta import _PARAM_RE; "
+                                "print(len(_PARAM_RE.findall('word ' * 40_000)))", seconds=30)
+    assert out.strip().isdigit()
+
+
+def test_a_meta_json_no_catalog_row_can_hold_is_left_out_of_a_rebuild(run_cli, workspace, caplog):
+    """A folder whose meta.json holds a seed beyond 64 bits (an older import, a hand edit) is named in a
+    warning and left out; the rebuild keeps every other artifact."""
+    import json
+
+    for prompt in ("one", "two"):
+        code, out, err = run_cli("--home", str(workspace.home), "render", prompt, "--engine", "draft", "--size",
+                                 "64x64", "--json")
+        assert code == 0, err
+    [bad] = [p for p in workspace.artifacts_dir.glob("*/*/*/meta.json") if '"prompt": "one"' in p.read_text()]
+    meta = json.loads(bad.read_text(encoding="utf-8"))
+    meta["seed"] = 10**30
+    bad.write_text(json.dumps(meta), encoding="utf-8")
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "reindex")
+    assert code == 0, err
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list", "--json")
+    assert [row["prompt"] for row in json.loads(out)] == ["two"]
+    assert any("left out" in record.getMessage() and bad.parent.name in record.getMessage()
+               for record in caplog.records)
+
+
 # ---- item 11: broken single-file checkpoints and a binary models.toml --------------------------------------
 
 def _single_file_entry(workspace, checkpoint: Path) -> None:
