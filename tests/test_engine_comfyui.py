@@ -490,3 +490,30 @@ def test_a_comfyui_that_restarts_mid_prompt_is_one_line_not_a_hang(tmp_path):
         with pytest.raises(ComfyUIError, match=r"no longer knows prompt \S+ \(restarted while the websocket was down\?\)"):
             engine.render([RenderRequest(prompt="x", width=32, height=32, seed=1, engine="comfyui")])
         assert time.monotonic() - started < 10 and len(server.posts) == 1
+
+
+def test_a_hostile_comfyui_answer_is_one_line_naming_it(comfy, fake):
+    """Red-team findings: non-image bytes from ComfyUI were reported as "lost ComfyUI" (it had answered),
+    and an image of another size was saved with the asked size in meta.json. Non-image bytes, or an image
+    over 4096 a side, are one line naming the server and what it sent; a smaller image is kept at the size
+    that arrived."""
+    import io
+
+    from PIL import Image
+
+    from tests.fake_openai import _header_only_png
+
+    for answer, said in ((b"<html>an error page</html>", "not an image"),
+                         (_header_only_png(12000, 12000), "12000x12000")):
+        fake.view_answers.append(answer)
+        code, out, err = _render(comfy, "--size", "32x32")
+        errors = [line for line in err.splitlines() if line.startswith("Error")]
+        assert code != 0 and len(errors) == 1, err
+        assert said in errors[0] and fake.url in errors[0] and "lost ComfyUI" not in errors[0], errors
+    odd = io.BytesIO()
+    Image.new("RGB", (17, 23), (1, 2, 3)).save(odd, format="PNG")
+    fake.view_answers.append(odd.getvalue())
+    code, rows, err = _render(comfy, "--size", "32x32")
+    assert code == 0, err
+    meta = _meta(rows[0])
+    assert (meta["width"], meta["height"]) == (17, 23) and (meta["request"]["width"], meta["request"]["height"]) == (32, 32)

@@ -507,3 +507,28 @@ async def test_api_refine_through_openai(hosted, server, monkeypatch):
 
     with Image.open(child.with_name("image.png")) as png:  # the A1111 chunk claims no strength either
         assert "Denoising strength" not in png.text["parameters"] and "Engine: openai" in png.text["parameters"]
+
+
+def test_a_hostile_provider_answer_is_one_line_and_never_cached(hosted, server):
+    """Red-team findings: an undecodable image was cached, so reruns failed until --no-cache; an image of
+    another size (24x40, 12000x12000) was saved with the asked size in meta.json. An answer that is no
+    image, or larger than 4096 a side, is retried and then one line naming the server; it is never cached,
+    so the next run asks again. A smaller image is kept, recorded at the size that arrived."""
+    for fault, said in (("undecodable", "not an image"), ("huge", "12000x12000")):
+        server.faults.extend([fault] * 3)  # every attempt (max_attempts = 3)
+        asked = len(server.requests)
+        code, out, err = _render(hosted, "a harbour", "--engine", "openai", "--size", "1024x1024", "--seed", "1")
+        errors = [line for line in err.splitlines() if line.startswith("Error")]
+        assert code != 0 and len(errors) == 1 and said in errors[0] and server.base_url in errors[0], err
+        assert "Traceback" not in err and len(server.requests) == asked + 3
+    code, rows, err = _render(hosted, "a harbour", "--engine", "openai", "--size", "1024x1024", "--seed", "1")
+    assert code == 0, err  # nothing bad was cached: asked again, and this answer is good
+    assert _meta(rows[0])["provenance"]["cached"] is False
+    server.faults.append("size:24x40")
+    code, rows, err = _render(hosted, "a kite", "--engine", "openai", "--size", "1024x1024")
+    assert code == 0, err
+    meta = _meta(rows[0])
+    assert (meta["width"], meta["height"]) == (24, 40)  # what arrived
+    assert (meta["request"]["width"], meta["request"]["height"]) == (1024, 1024)  # what was asked
+    with Image.open(rows[0]["image"]) as image:
+        assert image.size == (24, 40)

@@ -303,8 +303,10 @@ class ArtifactStore:
             seed=seed,
             steps=request.steps,
             cfg=request.cfg,
-            width=request.width,
-            height=request.height,
+            # What arrived, which a server (openai, comfyui) may make other than what was asked
+            # (meta.request keeps the asked size).
+            width=result.images[index].image.width,
+            height=result.images[index].image.height,
             scheduler=request.scheduler,
             model=model,
             engine=EngineRecord(name=runtime.engine, reason=runtime.reason),

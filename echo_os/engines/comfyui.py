@@ -70,6 +70,7 @@ from echo_os.engines.base import (
     table_settings,
 )
 from echo_os.engines.hookspecs import hookimpl
+from echo_os.engines.inputs import decode_received_image
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
 from echo_os.settings import REPO_ROOT
 
@@ -477,9 +478,6 @@ class ComfyUIEngine(BaseEngine):
 
     def _render_request(self, request: "RenderRequest", workflow: Workflow, options: ComfyUIOptions,
                         progress: ProgressCallback | None, cancel: threading.Event | None) -> list[RenderedImage]:
-        from PIL import Image
-        import io
-
         client = self.client
         client.connect()
         if not self._announced:
@@ -514,8 +512,11 @@ class ComfyUIEngine(BaseEngine):
             if len(found) != 1:
                 raise ComfyUIError(f"engine comfyui: workflow {workflow.name} saved {len(found)} images for one seed; "
                                    "a template must save exactly one image per prompt (batch size 1)")
-            image = Image.open(io.BytesIO(client.view(found[0])))
-            image.load()
+            try:
+                image = decode_received_image(client.view(found[0]))
+            except ValueError as error:  # not "lost ComfyUI": it answered, with something that is no image
+                raise ComfyUIError(f"engine comfyui: ComfyUI at {client.url} sent {error} for "
+                                   f"{found[0].get('filename')!r} (workflow {workflow.name})") from None
             images.append(RenderedImage(image=image, seed=seed, provenance={
                 "provider": "comfyui", "url": client.url, "prompt_id": prompt_id, "workflow": workflow.name,
                 "workflow_path": str(workflow.path) if workflow.path else None, "graph": graph,

@@ -132,3 +132,38 @@ def _read_checked(path: Path, sha256: str, what: str, since: str, then: str) -> 
     if hashlib.sha256(data).hexdigest() != sha256:
         raise UsageError(f"{what} has changed {since} (sha256 differs); {then}.")
     return data
+
+
+# ---- images a server sends back (openai, comfyui) ---------------------------------------------------------
+
+# The largest side accepted from a server: echo-os asks for at most this (render.requests.MAX_SIDE), and a
+# server answering 12000x12000 must not make the worker decode 144 megapixels (red-team finding).
+MAX_RECEIVED_SIDE = 4096
+
+
+def decode_received_image(data: bytes) -> Any:
+    """The PIL image in `data` (a server's answer), decoded whole; ValueError with one line saying what
+    arrived instead: nothing, bytes that are no image, or an image over MAX_RECEIVED_SIDE a side. A smaller
+    or odd size is accepted: the artifact records the size that arrived (ArtifactStore.build_meta)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    if not data:
+        raise ValueError("an empty answer instead of an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            image = Image.open(io.BytesIO(data))  # the header only
+        width, height = image.size
+        if width > MAX_RECEIVED_SIDE or height > MAX_RECEIVED_SIDE:
+            raise ValueError(f"a {width}x{height} image; at most {MAX_RECEIVED_SIDE} pixels a side are accepted")
+        image.load()
+    except Image.DecompressionBombError as error:  # a header over twice Pillow's pixel limit
+        raise ValueError(f"an image too large to accept ({str(error)[:80]})") from None
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"{len(data):,} bytes that are not an image Pillow can decode (they start "
+                         f"{data[:12]!r}; {str(error)[:80] or type(error).__name__})") from None
+    return image
+

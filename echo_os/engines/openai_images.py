@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import random
 import sys
@@ -55,6 +54,7 @@ from echo_os.engines.base import (
     table_settings,
 )
 from echo_os.engines.hookspecs import hookimpl
+from echo_os.engines.inputs import decode_received_image
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
 
 if TYPE_CHECKING:
@@ -507,25 +507,26 @@ class OpenAIEngine(BaseEngine):
             response = json.loads(raw.http_response.text)
             data = response["data"]
             if not isinstance(data, list) or len(data) != body["n"] or not all(
-                    isinstance(item, dict) and item.get("b64_json") for item in data):
+                    isinstance(item, dict) and isinstance(item.get("b64_json"), str) and item["b64_json"]
+                    for item in data):
                 raise ValueError(f"expected {body['n']} image(s) as b64_json")
+            for item in data:  # checked before the answer may be cached: a bad image is never kept
+                decode_received_image(base64.b64decode(item["b64_json"], validate=True))
         except (ValueError, KeyError, TypeError) as error:
             raise _MalformedResponse(f"a malformed answer ({error})".splitlines()[0]) from None
         return {"response": response, "request_id": raw.headers.get("x-request-id")}
 
     def _images(self, request: "RenderRequest", body: dict, sent: list[EditImage], entry: dict,
                 cached: bool) -> list[RenderedImage]:
-        from PIL import Image
-
         response = entry["response"]
         usage = response.get("usage")
         images = []
         for seed, item in zip(request.seeds, response["data"]):
             try:
-                image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
-                image.load()
-            except Exception as error:  # noqa: BLE001 - any decoding failure is the provider's answer
-                raise ProviderError(f"engine openai: the provider's image could not be decoded ({error})") from None
+                image = decode_received_image(base64.b64decode(item["b64_json"]))
+            except ValueError as error:  # a cache entry from before answers were checked
+                raise ProviderError(f"engine openai: {self.client.base_url} sent {error}; run again with "
+                                    "--no-cache") from None
             provenance = {
                 "provider": PROVIDER, "base_url": str(self.client.base_url), "model": body["model"],
                 "response_id": entry.get("request_id"), "created": response.get("created"),
