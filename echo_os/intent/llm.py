@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import EchoError, UsageError
 from echo_os.intent.intent import Intent
-from echo_os.render.requests import MAX_PROMPT_CHARS, check_prompt_text
+from echo_os.render.text import MAX_PROMPT_CHARS, check_prompt_text
 from echo_os.settings import Settings
 
 CONFIG_NAME = "echo-os.toml"

@@ -211,7 +211,7 @@ def check_name(name: str, option: str = "name") -> str:
 def check_style_text(text: str, option: str) -> str:
     """A style's prompt or negative: the rules of prompt text (requests.check_prompt_text: no control
     characters, tab and newline aside; at most MAX_PROMPT_CHARS), else an OptionError on `option`."""
-    from echo_os.render.requests import MAX_PROMPT_CHARS, check_prompt_text
+    from echo_os.render.text import MAX_PROMPT_CHARS, check_prompt_text
 
     if len(text) > MAX_PROMPT_CHARS:
         raise OptionError(f"{option} is {len(text):,} characters; a style's text is at most {MAX_PROMPT_CHARS:,}",
