@@ -270,6 +270,20 @@ def test_show_refuses_to_restore_from_a_changed_png(run_cli, workspace):
     assert not artifact.meta_path.exists()
 
 
+def test_reindex_refuses_to_restore_from_a_changed_png(run_cli, workspace, caplog):
+    """Red-team finding: `artifacts reindex` restored meta.json from a modified PNG under a new id (the
+    README says a changed PNG is not restored from). The catalog's id for the folder is the check."""
+    [artifact, kept] = _render(ArtifactStore(workspace), "a heron in fog", count=2)
+    artifact.meta_path.unlink()
+    artifact.image_path.write_bytes(artifact.image_path.read_bytes() + b"tampered")
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "reindex")
+    assert code == 0, err
+    assert not artifact.meta_path.exists()  # nothing restored from it
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list", "--json")
+    assert [row["id"] for row in __import__("json").loads(out)] == [kept.id]
+    assert any("no longer matches" in record.getMessage() for record in caplog.records)
+
+
 def test_reindex_restores_meta_json_and_batch_does_not_render_it_again(run_cli, workspace):
     prompts = workspace.home / "prompts.txt"
     prompts.write_text("a fox in the snow\na hare at dusk\n", encoding="utf-8")

@@ -96,11 +96,14 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def scan_folders(root: Path, restored: list[Path] | None = None) -> list[tuple[ArtifactMeta, Path]]:
+def scan_folders(root: Path, restored: list[Path] | None = None,
+                 known_ids: dict[str, str] | None = None) -> list[tuple[ArtifactMeta, Path]]:
     """Every artifact folder under `root` (meta.json next to image.png), skipping the staging area.
 
     A folder whose meta.json is gone gets it back from its PNG's `echo-os` chunk (restore_meta; one warning
     each, and the folder is appended to `restored`); one that cannot be restored is skipped with a warning.
+    known_ids: folder (relative to root, as the catalog has it) -> the id the catalog knows it by; a PNG
+    whose bytes no longer have that id (changed since it was made) is not restored from.
     """
     found = []
     folders = {path.parent for name in (META_NAME, IMAGE_NAME) for path in root.glob(f"*/*/*/{name}")}
@@ -116,7 +119,8 @@ def scan_folders(root: Path, restored: list[Path] | None = None) -> list[tuple[A
             log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
             continue
         try:
-            found.append((restore_meta(folder), folder))
+            expected = (known_ids or {}).get(folder.relative_to(root).as_posix())
+            found.append((restore_meta(folder, expected_id=expected), folder))
         except EchoError as error:
             log.warning("skipping %s: %s", folder, error)
             continue
@@ -500,7 +504,9 @@ class ArtifactStore:
         render running meanwhile keeps its staging folder). A missing meta.json is restored from its PNG
         (each such folder appended to `restored`)."""
         remove_orphan_staging(self.root / STAGING_NAME)
+        # What the catalog knows each folder as: a PNG changed since then is not restored from.
+        known = {Path(row.path).as_posix(): row.id for row in self.catalog.query()}
         rows = [(meta.model_dump(mode="json"), str(folder.relative_to(self.root)))
-                for meta, folder in scan_folders(self.root, restored)]
+                for meta, folder in scan_folders(self.root, restored, known)]
         self.catalog.replace_all(rows)
         return len(rows)
