@@ -99,6 +99,9 @@ class FakeComfyUI:
         # What GET /view answers for an output file instead of its bytes, one per request in order (a
         # hostile or broken server: b"<html>..." for non-image bytes, a PNG of another size).
         self.view_answers: collections.deque[bytes] = collections.deque()
+        # What POST /prompt answers instead of queueing, one per request in order (a JSON-able value, or
+        # bytes sent as they are).
+        self.prompt_answers: collections.deque = collections.deque()
         self._cache: dict[str, tuple[str, list]] = {}  # node id -> (signature, outputs)
         self._counter = itertools.count(1)
         self._numbers = itertools.count(0)
@@ -133,6 +136,10 @@ class FakeComfyUI:
         async def post_prompt(request: Request):
             body = await request.json()
             fake.posts.append(body)
+            if fake.prompt_answers:
+                answer = fake.prompt_answers.popleft()
+                return Response(answer, media_type="application/json") if isinstance(answer, bytes) \
+                    else JSONResponse(answer)
             graph, client_id = body.get("prompt", {}), body.get("client_id")
             invalid = fake.validate(graph)
             if invalid is not None:

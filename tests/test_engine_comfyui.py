@@ -517,3 +517,16 @@ def test_a_hostile_comfyui_answer_is_one_line_naming_it(comfy, fake):
     assert code == 0, err
     meta = _meta(rows[0])
     assert (meta["width"], meta["height"]) == (17, 23) and (meta["request"]["width"], meta["request"]["height"]) == (32, 32)
+
+
+@pytest.mark.parametrize("answer, said", [({}, "no 'prompt_id'"), (b"<html>busy</html>", "not JSON"),
+                                          ([1, 2], "wrong type"), ({"prompt_id": None, "x": 1}, "wrong type")])
+def test_a_malformed_comfyui_answer_is_one_line_naming_it(comfy, fake, answer, said):
+    """Red-team finding: malformed answers surfaced as Python exception names. One line each, naming the
+    server and what was wrong with its answer."""
+    fake.prompt_answers.append(answer)
+    code, out, err = _render(comfy, "--size", "32x32")
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code != 0 and len(errors) == 1 and fake.url in errors[0] and said in errors[0], err
+    for name in ("KeyError", "TypeError", "JSONDecodeError", "IndexError", "AttributeError", "Traceback"):
+        assert name not in err, err

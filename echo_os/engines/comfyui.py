@@ -282,7 +282,10 @@ class ComfyClient:
         if response.status_code == 400:
             raise ComfyUIError(f"engine comfyui: ComfyUI refused the workflow: {node_error_line(response.json())}")
         response.raise_for_status()
-        return response.json()["prompt_id"]
+        prompt_id = response.json()["prompt_id"]
+        if not isinstance(prompt_id, str) or not prompt_id:  # else the engine would wait for it until its timeout
+            raise TypeError("prompt_id is not text")
+        return prompt_id
 
     def receive(self, wait_s: float) -> dict | None:
         """The next JSON message, or None when none came within wait_s (binary previews are skipped)."""
@@ -332,6 +335,22 @@ class ComfyClient:
         response.raise_for_status()
         body = response.json()
         return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+
+
+def _malformed(error: BaseException) -> str:
+    """What was wrong with a server's answer, in words (not a Python exception's name)."""
+    import json
+
+    if isinstance(error, json.JSONDecodeError):
+        return "a body that is not JSON"
+    if isinstance(error, KeyError):
+        return f"no {error.args[0]!r} where one was expected" if error.args else "a field missing"
+    if isinstance(error, IndexError):
+        return "a list shorter than expected"
+    if isinstance(error, (TypeError, AttributeError)):
+        return "a value of the wrong type (a list or text where an object was expected)"
+    text = "".join(c if c.isprintable() else "?" for c in str(error))[:120]
+    return text or "a value it could not use"
 
 
 def history_failure(entry: dict) -> str | None:
@@ -470,6 +489,10 @@ class ComfyUIEngine(BaseEngine):
                 self.close()
                 raise ComfyUIError(f"engine comfyui: lost ComfyUI at {self.config.url} ({type(error).__name__}: "
                                    f"{error}); images already saved are kept".replace("\n", " ")) from None
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:  # it answered, oddly
+                self.close()
+                raise ComfyUIError(f"engine comfyui: ComfyUI at {self.config.url} sent an answer this engine "
+                                   f"cannot read ({_malformed(error)}); images already saved are kept") from None
             runtime = RuntimeInfo(engine=self.name, reason=self.reason, device="comfyui", dtype="none",
                                   attention="none")
             results.append(RenderResult(request=request, images=images, runtime=runtime,
