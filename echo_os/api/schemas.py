@@ -174,6 +174,8 @@ class StyleView(BaseModel):
     prompt: str
     negative: str
     builtin: bool
+    learned: dict | None = None  # a learned style's provenance (echo_os.render.styles.StyleSource)
+    reference: dict | None = None  # its IP-Adapter reference image (StyleReference)
 
 
 class Submitted(BaseModel):
@@ -203,12 +205,36 @@ class AnimaticSubmitted(Submitted):
     fps: int
 
 
+class EvolveBody(BaseModel):
+    """`echo-os evolve`, as JSON: vary the best image round after round (echo_os.reflect.evolve)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"target": "3f2a9c1b7d4e", "rounds": 3, "per_round": 4}]})
+
+    target: str = Field(min_length=1, max_length=200, description="An artifact id (12+ hex) or a project.")
+    rounds: int = Field(default=3, ge=1, le=100)
+    per_round: int = Field(default=4, ge=1, le=64)
+    objective: str | None = Field(default=None, max_length=200, description="Weights as for --best-of.")
+    scorer: str = Field(default="clip", min_length=1, max_length=100,
+                        description="clip or a plugin's scorer (ratings need a terminal: use the CLI).")
+    min_gain: float = Field(default=0.001, ge=0.0, le=1000.0, allow_inf_nan=False)
+    strengths: list[float] = Field(default=[0.3, 0.5, 0.7], min_length=1, max_length=8)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
+class EvolveSubmitted(Submitted):
+    run_id: str
+    start: str
+    record_url: str = Field(description="GET: the run's record (rounds, candidates, scores, gains).")
+
+
 class JobView(BaseModel):
     id: str
     kind: JobKind
     status: JobStatus
     progress: JobProgress
     attempts: int
+    interruptions: int = 0  # tries ended by an outage (a worker process or Ray actor died); not attempts
     error: str | None = None
     cancel_requested: bool = False
     created: str

@@ -29,7 +29,11 @@ call the jobs another worker took back (a lost lease) are dropped. `stats` are t
 for GET /api/workers.
 Failures: a failed batched call sends its jobs back to be rendered alone (`solo`); a job alone that fails
 is retried until `max_attempts`, except for user errors (EchoError: unknown model, bad weights), which
-fail at once because they would fail again.
+fail at once because they would fail again. An outage of the machinery (OutageError: a Ray actor gone,
+a worker process dead) is not the job's error: its jobs go back to the queue without spending an attempt
+(up to MAX_INTERRUPTIONS times). A job sent back after a failure or an outage waits a back-off
+(jobs.requeue_backoff_s) before it can be claimed again, so the worker that failed does not take it
+straight back.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from echo_os.api.events import (
     ArtifactSaved, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded, image_url,
 )
-from echo_os.api.jobs import Job, JobStore, coalesce_key, now_iso
-from echo_os.errors import CancelledError, EchoError, disk_full
+from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
+from echo_os.errors import CancelledError, EchoError, OutageError, disk_full
 from echo_os.render.requests import RenderRequest, image_request_key
 from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
 
@@ -269,7 +273,7 @@ class Worker:
         recorded (a full disk under jobs.db) propagates to _run, which waits and goes on."""
         for job_id in sorted(self._stranded):  # a job still 'running' from a turn that failed goes back
             self.jobs.requeue(job_id, error="running again: its end could not be recorded (the disk was full)",
-                              count_attempt=False)
+                              count_attempt=False, outage=True)
             self._stranded.discard(job_id)
         self._turn_jobs = set()
         try:
@@ -290,7 +294,8 @@ class Worker:
             log.exception("worker: unexpected error; its jobs go back to the queue")
             self.stats.last_error = f"{type(error).__name__}: {error}"
             for job in claimed:
-                self._requeue(job, "interrupted by an internal error; running again", count_attempt=True)
+                self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
+                              backoff=True)
         finally:
             self.stats.state = "idle"
 
@@ -328,6 +333,9 @@ class Worker:
                                   else "a job rendering in the same batch was cancelled; running again",
                                   count_attempt=self._stop.is_set() and self._stop_counts)
             return
+        except OutageError as error:
+            self._outage(runs, error)
+            return
         except Exception as error:  # noqa: BLE001 - recorded on the job; the worker goes on
             self._failed(runs, error)
             return
@@ -350,6 +358,11 @@ class Worker:
         if animatics:  # claimed alone: only render jobs are claimed together
             for run in animatics:
                 self._encode_animatic(run, runs)
+            return
+        loops = [run for run in runs.values() if run.job.spec.evolve is not None]
+        if loops:  # claimed alone, like animatics
+            for run in loops:
+                self._run_evolve(run, runs)
             return
         requests: list[RenderRequest] = []
         places: list[tuple[JobRun, int]] = []  # per request: its job and the job's number of its first image
@@ -420,6 +433,56 @@ class Worker:
         self.publish(ArtifactSaved(job_id=job.id, artifact_id=result.artifact.id, index=0,
                                    image_url=image_url(result.artifact.id)))
 
+    # -- evolve loops ------------------------------------------------------------------------------------
+    def _run_evolve(self, run: JobRun, runs: dict[str, JobRun]) -> None:
+        """An /api/evolve job: echo_os.reflect.evolve.evolve with the job's options. Candidate i of round
+        r is the job's image (r - 1) x per_round + i - 1, recorded as each round ends; images rendered are
+        its progress. Run again after a crash, the loop goes on from its record (artifacts/evolve/RUN.json)
+        and finds the images already on disk."""
+        from echo_os.reflect.evolve import EvolveOptions, evolve, find_scorer
+        from echo_os.resonance.story import Objective
+
+        job = run.job
+        spec = job.spec.evolve
+        options = EvolveOptions(rounds=spec.rounds, per_round=spec.per_round, objective=Objective(dict(spec.objective)),
+                                scorer=spec.scorer, min_gain=spec.min_gain, strengths=spec.strengths, seed=spec.seed)
+        cancel = threading.Event()
+        with self._lock:
+            self._calls[id(cancel)] = ({job.id}, cancel)
+            if job.id in self._cancel_asked or self._stop.is_set():
+                cancel.set()
+
+        def record(done_round) -> None:
+            for index, candidate in enumerate(done_round.candidates):
+                image = (done_round.round - 1) * spec.per_round + index
+                if image not in run.saved:
+                    self.jobs.record_image(job.id, image, candidate.id)
+                    run.saved[image] = candidate.id
+                    self.publish(ArtifactSaved(job_id=job.id, artifact_id=candidate.id, index=image,
+                                               image_url=image_url(candidate.id)))
+
+        def on_image(stage: str, done: int, total: int) -> None:
+            if not cancel.is_set() and self.jobs.cancel_requested([job.id]):
+                cancel.set()
+            self.publish(JobProgressed(job_id=job.id, step=0, total_steps=0, images_done=len(run.saved) + done,
+                                       images_total=job.images_total))
+
+        try:
+            result = evolve(self.settings, self.store, spec.start, options,
+                            scorer=find_scorer(self.settings, spec.scorer), progress=on_image, cancel=cancel,
+                            on_round=record)
+        except CancelledError:
+            cancelled = self._cancelled({job.id})
+            if cancelled:
+                self._cancel_jobs(runs, cancelled)
+                return
+            raise Interrupted() from None
+        finally:
+            with self._lock:
+                self._calls.pop(id(cancel), None)
+        for done_round in result.rounds:  # rounds an earlier attempt finished before it was stopped
+            record(done_round)
+
     # -- cancelling -------------------------------------------------------------------------------------
     def _drop_lost(self, runs: dict[str, JobRun], job_ids: set[str]) -> None:
         """Jobs whose lease ran out were taken back (and perhaps claimed by another worker): stop here."""
@@ -480,11 +543,35 @@ class Worker:
             self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings,
                                       grid_id=run.grid_id))
 
-    def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None) -> None:
-        requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo)
+    def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None,
+                 outage: bool = False, backoff: bool = False) -> None:
+        requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo, outage=outage,
+                                     backoff=backoff)
         if requeued is not None:
             self.publish(JobQueued(job_id=job.id, attempts=requeued.attempts, error=reason))
             self._wake.set()
+
+    def _outage(self, runs: dict[str, JobRun], error: OutageError) -> None:
+        """The machinery failed under these jobs (not their own error): back to the queue, no attempt
+        spent, after a back-off; failed only after MAX_INTERRUPTIONS outages."""
+        message = str(error)
+        self.stats.last_error = message
+        log.warning("an outage interrupted %d job(s): %s; they go back to the queue", len(runs), message)
+        for run in runs.values():
+            if run.done:
+                continue
+            job = run.job
+            if job.interruptions + 1 >= MAX_INTERRUPTIONS:
+                run.done = True
+                self.stats.jobs_done += 1
+                self._forget(job.id)
+                reason = f"interrupted by an outage {job.interruptions + 1} times; last: {message}"
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                    self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
+                                           artifact_ids=run.artifact_ids))
+                continue
+            self._requeue(job, f"interrupted by an outage ({message}); running again", count_attempt=False,
+                          outage=True, backoff=True)
 
     def _failed(self, runs: dict[str, JobRun], error: Exception) -> None:
         error = disk_full(error) or error  # a full disk fails the job at once, with one line, not three times
@@ -511,7 +598,7 @@ class Worker:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
             else:
-                self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True)
+                self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True, backoff=True)
 
     def _write_compare_grid(self, run: JobRun) -> None:
         """The labelled grid sheet of a /api/compare job, as `echo-os compare` writes it (the same sheet

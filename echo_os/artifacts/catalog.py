@@ -77,6 +77,26 @@ def m003_resonance(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX artifacts_rating ON artifacts(project, rating)")
 
 
+@MIGRATIONS
+def m004_versions(db: sqlite3.Connection) -> None:
+    """Version history of a project (issue 28, echo_os/reflect/versions.py): one immutable row per
+    `echo-os commit`; the record (selection, hashes, scores) is JSON. Triggers refuse UPDATE and DELETE,
+    so a version, once written, is never changed; `reindex` replaces artifacts rows only."""
+    db.execute("""
+        CREATE TABLE versions (
+            project TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            created TEXT NOT NULL,
+            message TEXT NOT NULL,
+            minutes REAL,
+            record TEXT NOT NULL,
+            PRIMARY KEY (project, number)
+        )""")
+    for action in ("UPDATE", "DELETE"):
+        db.execute(f"CREATE TRIGGER versions_no_{action.lower()} BEFORE {action} ON versions "
+                   "BEGIN SELECT RAISE(ABORT, 'versions are immutable'); END")
+
+
 @dataclass(frozen=True)
 class CatalogRow:
     num: int

@@ -170,6 +170,9 @@ def build_gallery(settings: Settings, *, project: str | None = None,
     from echo_os.resonance.gallery import gallery_resonance
 
     resonance = gallery_resonance(settings, sorted({item["project"] for item in items}))
+    from echo_os.reflect.versions import gallery_parts
+
+    resonance.update(gallery_parts(settings, sorted({item["project"] for item in items})))  # versions, report links
     write_atomically(page, render_page(title, items, resonance))
     return GalleryResult(page=page, artifacts=len(items), thumbnails_made=made, note=note)
 

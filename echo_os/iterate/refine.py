@@ -82,7 +82,7 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
     if style is not None or negative is not None:
         own_negative = negative if negative is not None else base.negative_prompt
         if style is not None:
-            fields.update(style_fields(settings, style, own_negative))
+            fields.update(style_fields(settings, style, own_negative, adapter=base.ip_adapter))
         else:
             fields["negative_prompt"] = own_negative
     import io

@@ -28,7 +28,6 @@ from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine
-    from echo_os.render.ray import RayPool
     from echo_os.render.scheduler import EngineChoice, ImageDone
     from echo_os.settings import Settings
     from echo_os.story.plan import PlanOptions, StoryPlan
@@ -195,6 +194,25 @@ def attach_loras(settings: "Settings", plan: "StoryPlan", requests: list[RenderR
     return out
 
 
+def attach_style_references(settings: "Settings", requests: list[RenderRequest]) -> list[RenderRequest]:
+    """A learned style's reference image (styles.toml [styles.NAME.reference], `echo-os memory learn-from`)
+    on each request styled with it (`--style NAME` or the bible's `style: NAME`), after the characters'."""
+    from echo_os.render.styles import all_styles, with_style_reference
+
+    styles = {key: style for key, style in all_styles(settings).items() if style.reference is not None}
+    if not styles:
+        return requests
+    out = []
+    for request in requests:
+        style = styles.get((request.style_name or "").casefold())
+        if style is None or style.reference is None:
+            out.append(request)
+            continue
+        adapter = with_style_reference(settings, style.name, style.reference, request.ip_adapter)
+        out.append(request.model_copy(update={"ip_adapter": IPAdapterInput.model_validate(adapter)}))
+    return out
+
+
 def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | None,
                    engine: "Engine | None" = None) -> list[RenderRequest]:
     """What each scene renders: its request with the characters' reference images and LoRAs, checked
@@ -205,6 +223,8 @@ def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | No
     requests = story_requests(settings, plan, ip_adapter)
     if not requests:
         return requests
+    if ip_adapter is not None:  # --ip-adapter none leaves out every reference image, a style's too
+        requests = attach_style_references(settings, requests)
     if engine is None:
         from echo_os.engines import choose_engine, get_engine
 
@@ -246,13 +266,13 @@ def render_plan(
     engine: "Engine | None" = None,
     store: "ArtifactStore | None" = None,
     resonance: Any = None,
-    ray: "RayPool | None" = None,
 ) -> StoryRender:
     """Render every scene of a validated StoryPlan (resuming what is already rendered), then write the
     contact sheet and story.json. clip: a models.toml clip entry for the continuity report, "none" to
     skip it, None for the first one on this machine. resonance: resonance.story.ResonanceOptions to score
     the images, keep each scene's best of N and flag drift before the contact sheet and story.json.
-    ray: render the pipeline calls on these Ray actors (echo_os.render.ray); saving stays here."""
+    engine: render with this engine (a RayEngine for `batch --ray`: the calls on Ray actors, the saving
+    here); None: the one `auto` or the plan's engine picks here."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.render.scheduler import render_requests
 
@@ -279,15 +299,8 @@ def render_plan(
                 progress(StoryProgress(scenes_done, len(need), counts["done"], plan.image_count, counts["rendered"],
                                        time.perf_counter() - started))
 
-        if ray is not None:
-            from echo_os.render.ray import render_requests_ray
-
-            outcome = render_requests_ray(settings, requests, store=store, pool=ray, engine=engine,
-                                          batch_size=batch_size, on_engine=on_engine, on_image=on_image,
-                                          cancel=cancel)
-        else:
-            outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
-                                      on_engine=on_engine, resume=True, on_image=on_image, engine=engine)
+        outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
+                                  on_engine=on_engine, resume=True, on_image=on_image, engine=engine)
         return write_story_outputs(
             settings, plan, store=store, artifacts=[*outcome.resumed, *outcome.artifacts],
             resumed_ids={artifact.id for artifact in outcome.resumed}, engines=outcome.engines,
