@@ -99,7 +99,9 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
         progress.frames_done = progress.frames_total = animatic.frames
     elif job.status == "succeeded" and job.spec.items:  # every step of the last call ran (not "step 0 of 0")
         progress.step = progress.total_steps = job.spec.items[-1].steps
-    return JobView(id=job.id, kind=job.kind, status=job.status, progress=progress, attempts=job.attempts,
+    elif job.terminal:  # cancelled or failed: where it stopped
+        progress.step, progress.total_steps = job.step, job.total_steps
+    return JobView(id=job.id, kind=job.view_kind, status=job.status, progress=progress, attempts=job.attempts,
                    interruptions=job.interruptions, error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
@@ -137,9 +139,11 @@ def worker_views(api: ApiState) -> list[WorkerView]:
 
 
 def artifact_view(row, *, with_meta: bool = False) -> ArtifactView:
+    from echo_os.artifacts.meta import artifact_kind
+
     return ArtifactView(id=row.id, created=row.created, project=row.project, model=row.model, engine=row.engine,
                         prompt=row.prompt, seed=row.seed, size=f"{row.width}x{row.height}", scene=row.scene,
-                        parent_id=row.parent_id, image_url=image_url(row.id),
+                        parent_id=row.parent_id, kind=artifact_kind(row.meta), image_url=image_url(row.id),
                         meta=row.meta if with_meta else None)
 
 
@@ -454,7 +458,7 @@ def _add_routes(app: FastAPI) -> None:
         key, replayed = await _earlier(api, "/api/render", idempotency_key, body)
         if replayed is not None:
             return replayed
-        fields = body.model_dump(exclude={"negative", "size", "seed"}, exclude_none=True)
+        fields = body.model_dump(exclude={"negative", "size", "seed", "again"}, exclude_none=True)
         fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
             fields["seed"] = body.seed
@@ -463,7 +467,7 @@ def _add_routes(app: FastAPI) -> None:
         # the worker renders.
         request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES,
                                        given=body.model_fields_set & {"steps", "cfg", "scheduler", "size"})
-        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
+        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,), again=body.again),
                   created=now_iso())
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
             return earlier
@@ -926,7 +930,8 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     story = StorySource(project=body.project, kind="prompts" if body.prompts is not None else "storyboard",
                         source=str(source), bible=str(bible) if body.prompts is None and bible else None,
                         options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
-    return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story)
+    return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story,
+                   again=body.again)
 
 
 def _engine_size(settings: Settings, plan):

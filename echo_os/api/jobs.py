@@ -46,6 +46,8 @@ from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["render", "batch", "animatic", "evolve"]
+# What a job is to a client: a comparison is stored as a batch (same rows, same worker path) but shown as one.
+JobViewKind = Literal["render", "batch", "compare", "animatic", "evolve"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -156,6 +158,8 @@ class JobSpec(BaseModel):
     animatic: AnimaticSpec | None = None  # an animatic made by /api/animatic
     compare: CompareSource | None = None  # a comparison made by /api/compare
     evolve: EvolveSpec | None = None  # an improvement loop made by /api/evolve
+    # render anew (the body's `again`, the CLI's --again); otherwise images the project already has are taken
+    again: bool = False
 
     @model_validator(mode="after")
     def _renders_something(self) -> "JobSpec":
@@ -207,11 +211,18 @@ class Job(BaseModel):
     started: str | None = None
     finished: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    # the denoising step its latest pipeline call reached, kept when the job ends (a cancel stops mid-call)
+    step: int = 0
+    total_steps: int = 0
     artifact_ids: list[str] = Field(default_factory=list)  # in image order
 
     @property
     def images_total(self) -> int:
         return self.spec.images_total
+
+    @property
+    def view_kind(self) -> JobViewKind:
+        return "compare" if self.spec.compare is not None else self.kind
 
     @property
     def grid_id(self) -> str | None:
@@ -391,7 +402,14 @@ def m006_evolve_jobs(db: sqlite3.Connection) -> None:
 
 
 @MIGRATIONS
-def m007_idempotent_answers(db: sqlite3.Connection) -> None:
+def m007_stopped_at_step(db: sqlite3.Connection) -> None:
+    """The step a cancelled or failed job stopped at, so its view does not fall back to "step 0 of 0"."""
+    db.execute("ALTER TABLE jobs ADD COLUMN step INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN total_steps INTEGER NOT NULL DEFAULT 0")
+
+
+@MIGRATIONS
+def m008_idempotent_answers(db: sqlite3.Connection) -> None:
     """The first answer of a POST that makes no job (POST /api/styles), kept under its Idempotency-Key so
     a repeat gets the same answer (idempotency_keys holds only keys of jobs)."""
     db.execute("""
@@ -405,7 +423,7 @@ def m007_idempotent_answers(db: sqlite3.Connection) -> None:
 
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
-            "finished, interruptions")
+            "finished, interruptions, step, total_steps")
 _CLAIMABLE = "status = 'queued' AND (not_before IS NULL OR not_before <= ?)"
 
 
@@ -471,11 +489,11 @@ class JobStore:
     @staticmethod
     def _job(row: tuple, images: dict[str, list[str]] | None = None) -> Job:
         (job_id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started,
-         finished, interruptions) = row
+         finished, interruptions, step, total_steps) = row
         return Job(id=job_id, kind=kind, status=status, spec=JobSpec.model_validate_json(request),
                    attempts=attempts, interruptions=interruptions, error=error, cancel_requested=bool(cancel_requested), solo=bool(solo),
                    timings=json.loads(timings), created=created, started=started, finished=finished,
-                   artifact_ids=(images or {}).get(job_id, []))
+                   step=step, total_steps=total_steps, artifact_ids=(images or {}).get(job_id, []))
 
     @staticmethod
     def _artifacts_of(db: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[str]]:
@@ -645,11 +663,13 @@ class JobStore:
             f"SELECT id FROM jobs WHERE id IN ({marks}) AND cancel_requested = 1", ids)}
 
     def finish(self, job_id: str, status: Literal["succeeded", "failed", "cancelled"], *,
-               error: str | None = None, timings: dict[str, float] | None = None) -> Job | None:
+               error: str | None = None, timings: dict[str, float] | None = None,
+               step: tuple[int, int] = (0, 0)) -> Job | None:
+        """`step`: (step, total_steps) the job's latest pipeline call reached."""
         rows = self._write(
-            f"UPDATE jobs SET status = ?, error = ?, finished = ?, timings = ? "
+            f"UPDATE jobs SET status = ?, error = ?, finished = ?, timings = ?, step = ?, total_steps = ? "
             f"WHERE id = ? AND status = 'running' RETURNING {_COLUMNS}",
-            (status, error, now_iso(), json.dumps(timings or {}), job_id))
+            (status, error, now_iso(), json.dumps(timings or {}), step[0], step[1], job_id))
         return self._jobs(self._reader(), rows)[0] if rows else None
 
     def requeue(self, job_id: str, *, error: str | None = None, count_attempt: bool = True,

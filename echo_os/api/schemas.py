@@ -10,7 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from echo_os.api.jobs import AnimaticSpec, JobKind, JobProgress, JobStatus
+from echo_os.api.jobs import AnimaticSpec, JobProgress, JobStatus, JobViewKind
+from echo_os.artifacts.meta import ArtifactKind
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
 from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
@@ -71,6 +72,9 @@ class RenderBody(BaseModel):
                                             description="Options of the chosen engine (its own Options model).")
     project: str = Field(default="default", min_length=1, max_length=200)
     parent_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    again: bool = Field(default=False, description="Render anew even when the same request was rendered "
+                        "before (the CLI's --again). Default: an image the project already has (same request "
+                        "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
 
 
 class BatchBody(BaseModel):
@@ -93,6 +97,9 @@ class BatchBody(BaseModel):
     ip_adapter: str = Field(default="ip-adapter-sdxl", min_length=1, max_length=200,
                             description="IP-Adapter entry for characters with reference images; 'none' leaves "
                                         "them out (as `echo-os batch --ip-adapter`)")
+    again: bool = Field(default=False, description="Render anew even when the same request was rendered "
+                        "before (the CLI's --again). Default: an image the project already has (same request "
+                        "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
 
 
 class AnimaticBody(BaseModel):
@@ -230,7 +237,7 @@ class EvolveSubmitted(Submitted):
 
 class JobView(BaseModel):
     id: str
-    kind: JobKind
+    kind: JobViewKind
     status: JobStatus
     progress: JobProgress
     attempts: int
@@ -270,6 +277,8 @@ class ArtifactView(BaseModel):
     size: str
     scene: int | None = None
     parent_id: str | None = None
+    kind: ArtifactKind = Field(default="image", description="image (rendered here), imported (memory import), "
+                               "sheet (a compare grid sheet) or video (an animatic or a clip).")
     image_url: str
     meta: dict | None = Field(default=None, description="The artifact's meta.json (GET /api/artifacts/{id}).")
 

@@ -89,6 +89,7 @@ class JobRun:
     engines: list["EngineChoice"] = field(default_factory=list)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    step: tuple[int, int] = (0, 0)  # (step, total_steps) its latest pipeline call reached
 
     @property
     def artifact_ids(self) -> list[str]:
@@ -152,6 +153,7 @@ class _JobHooks(RenderHooks):
         def on_step(event: "ProgressEvent") -> None:
             for job_id in job_ids:
                 run = self.runs[job_id]
+                run.step = (event.step, event.total_steps)
                 worker.publish(JobProgressed(job_id=job_id, step=event.step, total_steps=event.total_steps,
                                              images_done=len(run.saved), images_total=run.job.images_total))
 
@@ -208,8 +210,10 @@ class Worker:
         self._stop = threading.Event()
         self._stop_counts = False
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # guards the two fields below
+        self._lock = threading.Lock()  # guards the three fields below
         self._cancel_asked: set[str] = set()
+        # the claimed jobs not yet ended: stats.state is "rendering" while any is left
+        self._open_jobs: set[str] = set()
         # the pipeline calls running now (several at once with a concurrent engine): their jobs and cancel flag
         self._calls: dict[int, tuple[set[str], threading.Event]] = {}
         self._jobs_lock = threading.RLock()  # a job is finished once when calls on several threads end it
@@ -286,7 +290,9 @@ class Worker:
             self._wake.wait(self.poll_s)
             self._wake.clear()
             return
-        self.stats.state = "rendering"
+        with self._lock:
+            self._open_jobs = {job.id for job in claimed}
+            self.stats.state = "rendering"
         self._turn_jobs = {job.id for job in claimed}
         try:
             self._run_claimed(claimed)
@@ -297,7 +303,9 @@ class Worker:
                 self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
                               backoff=True)
         finally:
-            self.stats.state = "idle"
+            with self._lock:
+                self._open_jobs.clear()
+                self.stats.state = "idle"
 
     def _claim(self) -> list[Job]:
         first = self.jobs.claim_next(self.worker_id, self.lease_s)
@@ -373,10 +381,11 @@ class Worker:
                 places.append((run, offset))
                 offset += item.count
         hooks = _JobHooks(self, runs, places)
-        # A compare job resumes as `echo-os compare` does (the renderer's resume rule: a cell whose
-        # one-image request key is already in its project is taken, not rendered). Compare jobs are
-        # claimed alone, so no render job is ever resumed by being claimed with one.
-        resume = all(run.job.spec.compare is not None for run in runs.values())
+        # Every job resumes as the CLI does (the renderer's resume rule: an image whose one-image request key
+        # is already in its project, folder on disk, is taken as the job's image, not rendered again), unless
+        # it asked for `again`. Render jobs claimed together share the call: one that asked for `again`
+        # renders the whole call anew.
+        resume = not any(run.job.spec.again for run in runs.values())
         # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
         # 64x64), capped by --max-batch.
         outcome = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch,
@@ -492,6 +501,7 @@ class Worker:
             run = runs[job_id]
             if not run.done:
                 run.done = True
+                self._leaving(job_id)
                 log.warning("job %s: lease lost (taken back while this worker was busy); leaving it", job_id)
 
     def _cancelled(self, job_ids: set[str]) -> set[str]:
@@ -507,7 +517,8 @@ class Worker:
                     continue
                 run.done = True
             self.stats.jobs_done += 1
-            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run))
+            self._leaving(job_id)
+            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run), step=run.step)
             self.publish(JobCancelled(job_id=job_id, artifact_ids=run.artifact_ids))
             self._forget(job_id)
 
@@ -519,6 +530,14 @@ class Worker:
         timings["queued_s"] = round((started - created).total_seconds(), 4)
         timings["run_s"] = round((datetime.fromisoformat(now_iso()) - started).total_seconds(), 4)
         return timings
+
+    def _leaving(self, job_id: str) -> None:
+        """`job_id` is about to be recorded as ended (or back in the queue). The worker's own state flips
+        first: whoever sees the job ended sees a worker that is idle once its last job has left."""
+        with self._lock:
+            self._open_jobs.discard(job_id)
+            if not self._open_jobs:
+                self.stats.state = "idle"
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
@@ -539,12 +558,14 @@ class Worker:
         self.stats.jobs_done += 1
         self._forget(run.job.id)
         timings = self._job_timings(run)
+        self._leaving(run.job.id)
         if self.jobs.finish(run.job.id, "succeeded", timings=timings) is not None:
             self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings,
                                       grid_id=run.grid_id))
 
     def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None,
                  outage: bool = False, backoff: bool = False) -> None:
+        self._leaving(job.id)
         requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo, outage=outage,
                                      backoff=backoff)
         if requeued is not None:
@@ -566,7 +587,9 @@ class Worker:
                 self.stats.jobs_done += 1
                 self._forget(job.id)
                 reason = f"interrupted by an outage {job.interruptions + 1} times; last: {message}"
-                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                self._leaving(job.id)
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                    step=run.step) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
                 continue
@@ -594,7 +617,9 @@ class Worker:
                 self._forget(job.id)
                 reason = message if isinstance(error, EchoError) else \
                     f"failed {job.attempts} times; last error: {message}"
-                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                self._leaving(job.id)
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                   step=run.step) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
             else:
