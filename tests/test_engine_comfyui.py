@@ -172,7 +172,8 @@ def test_no_server_file_outside_the_workspace_is_uploaded(comfy, fake, tmp_path)
     truncated.write_bytes(truncated.read_bytes()[:-40])
     for path, said in (("/etc/hostname", "outside the workspace"), (outside, "outside the workspace"),
                        (not_an_image, "not an image"), (truncated, "not an image")):
-        code, out, err = _render(comfy, "-o", "workflow=upload-scale", "-o", f"init_image={path}", "--size", "80x64")
+        code, out, err = _render(comfy, "-o", "workflow=upload-scale", "-o", f"init_image={path}", "--size", "80x64",
+                                 "--engine", "comfyui")
         assert code == 2 and said in err and len(err.strip().splitlines()) == 1, (path, err)
     engine = create_engine(comfy, "comfyui", "test")
     with pytest.raises(UsageError, match="outside the workspace"):
@@ -598,14 +599,14 @@ def test_a_hostile_comfyui_answer_is_one_line_naming_it(comfy, fake):
     for answer, said in ((b"<html>an error page</html>", "not an image"),
                          (_header_only_png(12000, 12000), "12000x12000")):
         fake.view_answers.append(answer)
-        code, out, err = _render(comfy, "--size", "32x32")
+        code, out, err = _render(comfy, "--size", "32x32", "--engine", "comfyui")
         errors = [line for line in err.splitlines() if line.startswith("Error")]
         assert code != 0 and len(errors) == 1, err
         assert said in errors[0] and fake.url in errors[0] and "lost ComfyUI" not in errors[0], errors
     odd = io.BytesIO()
     Image.new("RGB", (17, 23), (1, 2, 3)).save(odd, format="PNG")
     fake.view_answers.append(odd.getvalue())
-    code, rows, err = _render(comfy, "--size", "32x32")
+    code, rows, err = _render(comfy, "--size", "32x32", "--engine", "comfyui")
     assert code == 0, err
     meta = _meta(rows[0])
     assert (meta["width"], meta["height"]) == (17, 23) and (meta["request"]["width"], meta["request"]["height"]) == (32, 32)
@@ -617,7 +618,7 @@ def test_a_malformed_comfyui_answer_is_one_line_naming_it(comfy, fake, answer, s
     """Red-team finding: malformed answers surfaced as Python exception names. One line each, naming the
     server and what was wrong with its answer."""
     fake.prompt_answers.append(answer)
-    code, out, err = _render(comfy, "--size", "32x32")
+    code, out, err = _render(comfy, "--size", "32x32", "--engine", "comfyui")
     errors = [line for line in err.splitlines() if line.startswith("Error")]
     assert code != 0 and len(errors) == 1 and fake.url in errors[0] and said in errors[0], err
     for name in ("KeyError", "TypeError", "JSONDecodeError", "IndexError", "AttributeError", "Traceback"):
