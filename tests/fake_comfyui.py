@@ -110,6 +110,12 @@ class FakeComfyUI:
         # socket is reset, and the prompt is gone from the queue and the history, both held in memory),
         # "ok" (nothing).
         self.faults: collections.deque[str] = collections.deque()
+        # What GET /view answers for an output file instead of its bytes, one per request in order (a
+        # hostile or broken server: b"<html>..." for non-image bytes, a PNG of another size).
+        self.view_answers: collections.deque[bytes] = collections.deque()
+        # What POST /prompt answers instead of queueing, one per request in order (a JSON-able value, or
+        # bytes sent as they are).
+        self.prompt_answers: collections.deque = collections.deque()
         self._cache: dict[str, tuple[str, list]] = {}  # node id -> (signature, outputs)
         self._counter = itertools.count(1)
         self._numbers = itertools.count(0)
@@ -144,6 +150,10 @@ class FakeComfyUI:
         async def post_prompt(request: Request):
             body = await request.json()
             fake.posts.append(body)
+            if fake.prompt_answers:
+                answer = fake.prompt_answers.popleft()
+                return Response(answer, media_type="application/json") if isinstance(answer, bytes) \
+                    else JSONResponse(answer)
             graph, client_id = body.get("prompt", {}), body.get("client_id")
             invalid = fake.validate(graph)
             if invalid is not None:
@@ -187,6 +197,8 @@ class FakeComfyUI:
             store = fake.files if type == "output" else fake.uploads
             if filename not in store:
                 raise HTTPException(404)
+            if type == "output" and fake.view_answers:
+                return Response(fake.view_answers.popleft(), media_type="image/png")
             return Response(store[filename], media_type="image/png")
 
         @app.post("/upload/image")

@@ -29,11 +29,13 @@ Every POST that creates work takes an `Idempotency-Key` header (echo_os.api.idem
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import date, datetime
@@ -494,10 +496,14 @@ def finite_json(value: Any) -> Any:
 
 
 def _add_routes(app: FastAPI) -> None:
-    @app.get("/health", response_model=Health, tags=["server"])
-    async def health(api: Api) -> Health:
+    @app.get("/health", response_model=Health, tags=["server"],
+             responses={503: {"model": Health, "description": "The render worker the server started is gone"}})
+    async def health(api: Api) -> JSONResponse:
         counts = await run_in_threadpool(api.jobs.counts)
-        return Health(version=__version__, worker=api.worker_status, jobs=counts)
+        worker = api.worker_status  # "stopped": started, and no longer alive: queued jobs would wait forever
+        health = Health(status="degraded" if worker == "stopped" else "ok", version=__version__, worker=worker,
+                        jobs=counts)
+        return JSONResponse(health.model_dump(), status_code=503 if worker == "stopped" else 200)
 
     @app.get("/api/workers", response_model=WorkerList, tags=["server"])
     async def list_workers(api: Api) -> WorkerList:
@@ -637,9 +643,15 @@ def _add_routes(app: FastAPI) -> None:
         return [StyleView(**style.as_dict()) for style in sorted(found.values(), key=lambda s: s.name.casefold())]
 
     @app.post("/api/styles", status_code=201, response_model=StyleView, tags=["styles"],
-              responses=error_responses(400, 403, 413, 422))
-    async def add_style(body: StyleBody, api: Api) -> StyleView:
-        return await run_in_threadpool(save_style, api.settings, body)
+              responses={200: {"model": StyleView, "description": "The answer an earlier request with this "
+                                                                  "Idempotency-Key had"},
+                         **error_responses(400, 403, 409, 413, 422)})
+    async def add_style(body: StyleBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+        """Add (or with `replace`, overwrite) a named style. With an Idempotency-Key, a repeat of the same
+        body answers as the first time (200, Idempotent-Replayed); another body under the key is a 409."""
+        key = client_key("/api/styles", idempotency_key, body)
+        status, answer, replayed = await run_in_threadpool(save_style_once, api, body, key)
+        return JSONResponse(answer, status_code=status, headers={REPLAYED_HEADER: "true"} if replayed else None)
 
     @app.api_route("/api/styles", methods=["OPTIONS", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def styles_other_methods() -> JSONResponse:
@@ -912,13 +924,45 @@ def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
     return JobSpec(items=tuple(cell.request for cell in plan.cells), title=title, compare=source)
 
 
+_STYLE_KEYS_LOCK = threading.Lock()  # one keyed style request at a time: a repeat sees the first's answer
+
+
+def save_style_once(api: ApiState, body: StyleBody, key: IdempotencyKey | None) -> tuple[int, dict, bool]:
+    """(status, answer, replayed) of POST /api/styles: without a key, save_style; with one, the answer
+    stored under it when the body is the same (replayed), 409 for another body, else save and store."""
+    if key is None:
+        return 201, save_style(api.settings, body).model_dump(mode="json"), False
+    with _STYLE_KEYS_LOCK:
+        found = api.jobs.find_answer(key.key)
+        if found is not None:
+            fingerprint_, status, stored = found
+            if fingerprint_ != key.fingerprint:
+                return 409, {"detail": f"this {IDEMPOTENCY_HEADER} was used for a different request; send a new "
+                                       "key for a new request"}, False
+            return 200, json.loads(stored), True
+        answer = save_style(api.settings, body).model_dump(mode="json")
+        api.jobs.keep_answer(key.key, key.fingerprint, 201, json.dumps(answer))
+        return 201, answer, False
+
+
 def save_style(settings: Settings, body: StyleBody) -> StyleView:
-    from echo_os.render.styles import Style, check_name, read_workspace_styles, write_workspace_styles
+    from echo_os.render.styles import (
+        Style,
+        check_name,
+        check_style_text,
+        read_workspace_styles,
+        write_workspace_styles,
+    )
 
     try:
         name = check_name(body.name)
     except OptionError as error:
-        raise field_error("name", str(error), body.name) from None
+        raise field_error("name", str(error)) from None
+    for field_name in ("prompt", "negative"):  # the rules of prompt text: a style must stay usable
+        try:
+            check_style_text(getattr(body, field_name), field_name)
+        except OptionError as error:
+            raise field_error(field_name, str(error)) from None
     if not body.prompt.strip() and not body.negative.strip():
         raise field_error("prompt", "give the style's words (with {prompt} where the prompt goes)", body.prompt)
     current = read_workspace_styles(settings)

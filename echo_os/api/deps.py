@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from echo_os.api.events import EventHub, JobCancelled
 from echo_os.api.idempotency import WaitingClients
+from echo_os.api.inputs import with_input_images
 from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Admission, IdempotencyKey, Job, JobStore
 from echo_os.api.processes import DEFAULT_LEASE_S, WorkerPool
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
@@ -234,6 +235,10 @@ def build_render_request(settings: Settings, fields: dict[str, Any], *, size: st
         width, height = parse_size(size)
     except UsageError as error:
         raise field_error(size_name, str(error).replace("--size", size_name), size) from None
+    try:  # an image option names an artifact or carries bytes, never a server path (api.inputs)
+        fields = with_input_images(settings, fields)
+    except OptionError as error:
+        raise field_error(tuple(error.option.split(".")), str(error)) from None
     try:
         request = RenderRequest(**fields, width=width, height=height)
     except ValidationError as error:

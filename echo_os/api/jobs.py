@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echo_os.dbfile import open_or_quarantine
 from echo_os.render.requests import RenderRequest
-from echo_os.sqlite import Migrations, connect
+from echo_os.sqlite import Migrations, check_columns, connect, rollback
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -417,6 +417,20 @@ def m008_clip_jobs(db: sqlite3.Connection) -> None:
                      "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve', 'clip'))")
 
 
+@MIGRATIONS
+def m009_idempotent_answers(db: sqlite3.Connection) -> None:
+    """The first answer of a POST that makes no job (POST /api/styles), kept under its Idempotency-Key so
+    a repeat gets the same answer (idempotency_keys holds only keys of jobs)."""
+    db.execute("""
+        CREATE TABLE idempotent_answers (
+            key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            created TEXT NOT NULL
+        )""")
+
+
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
             "finished, interruptions, step, total_steps")
 _CLAIMABLE = "status = 'queued' AND (not_before IS NULL OR not_before <= ?)"
@@ -435,6 +449,7 @@ def _open_migrated(path: Path, synchronous: Literal["NORMAL", "FULL"] = "FULL") 
     db = _connect(path, synchronous)
     try:
         MIGRATIONS.migrate(db)
+        check_columns(db, "jobs", _COLUMNS.split(", "))  # a file that is SQLite but not ours
     except BaseException:
         db.close()
         raise
@@ -540,7 +555,7 @@ class JobStore:
                     admissions.append(Admission(job.id, "stored"))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
         return admissions
 
@@ -549,6 +564,25 @@ class JobStore:
         row = self._reader().execute("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = ? AND created >= ?",
                                      (key, _key_cutoff())).fetchone()
         return (row[0], row[1]) if row else None
+
+    def find_answer(self, key: str) -> tuple[str, int, str] | None:
+        """(fingerprint, status, JSON body) of the live first answer stored under `key`, or None."""
+        row = self._reader().execute("SELECT fingerprint, status, body FROM idempotent_answers WHERE key = ? "
+                                     "AND created >= ?", (key, _key_cutoff())).fetchone()
+        return (row[0], int(row[1]), row[2]) if row else None
+
+    def keep_answer(self, key: str, fingerprint: str, status: int, body: str) -> None:
+        """Store the first answer of a POST that makes no job under its key (expired keys go first)."""
+        with self._write_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM idempotent_answers WHERE created < ?", (_key_cutoff(),))
+                self._db.execute("INSERT OR REPLACE INTO idempotent_answers (key, fingerprint, status, body, created) "
+                                 "VALUES (?, ?, ?, ?, ?)", (key, fingerprint, status, body, now_iso()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                rollback(self._db)
+                raise
 
     # ---- reading ------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -751,7 +785,7 @@ class JobStore:
                         params).fetchall()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
         return Recovery(requeued=[r[0] for r in requeued], failed=[r[0] for r in failed],
                         cancelled=[r[0] for r in cancelled])

@@ -36,10 +36,17 @@ from echo_os.api.deps import (
     convert_image,
     style_request_fields,
 )
-from echo_os.api.idempotency import IdempotencyHeader, client_key, conflict_message, derived_key, known
+from echo_os.api.idempotency import (
+    REPLAYED_HEADER,
+    IdempotencyHeader,
+    client_key,
+    conflict_message,
+    derived_key,
+    known,
+)
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobSpec, new_job_id, now_iso
 from echo_os.api.schemas import EngineName, error_responses
-from echo_os.errors import DISK_FULL_MESSAGE
+from echo_os.errors import DISK_FULL_MESSAGE, DISK_IO_MESSAGE
 from echo_os.render.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest, Scheduler
 
 router = APIRouter(tags=["openai"])
@@ -148,7 +155,9 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
         return openai_error(409, conflict_message(ended.job_id), "invalid_request_error", NO_RETRY)
     job = await run_in_threadpool(api.jobs.get, job_id)
     headers = {"X-Echo-Job-Id": job_id}
-    if job.status == "failed" and job.error == DISK_FULL_MESSAGE:
+    if ended.outcome == "replayed":  # the job an earlier request with this key (or a retry's) made
+        headers[REPLAYED_HEADER] = "true"
+    if job.status == "failed" and job.error in (DISK_FULL_MESSAGE, DISK_IO_MESSAGE):
         return openai_error(507, job.error, "server_error", {**headers, **NO_RETRY})
     if job.status == "failed":  # already retried by the worker; another try would answer the same
         return openai_error(500, job.error or "the render failed", "server_error", {**headers, **NO_RETRY})

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 
 from echo_os.api.events import JOB_EVENT_ADAPTER, JobCancelled, JobFailed, JobQueued
 from echo_os.api.jobs import JobStore, Recovery, WorkerRow, now_iso
-from echo_os.sqlite import connect
+from echo_os.sqlite import connect, rollback
 
 if TYPE_CHECKING:
     from echo_os.api.deps import ApiOptions
@@ -241,7 +241,7 @@ class EventWriter:
             self.db.executemany("INSERT INTO job_events (job_id, body) VALUES (?, ?)", rows)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            rollback(self.db)
             with self._lock:
                 self._pending[:0] = batch
             raise

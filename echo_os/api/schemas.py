@@ -313,7 +313,7 @@ class ArtifactPage(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"  # degraded (HTTP 503): the worker the server started is gone
     version: str
     worker: Literal["running", "stopped", "disabled"]
     jobs: dict[str, int]

@@ -36,7 +36,7 @@ from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
-from echo_os.errors import CancelledError, UsageError
+from echo_os.errors import CancelledError, ModelError, UsageError
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
@@ -475,6 +475,10 @@ class SDXLEngine(BaseEngine):
                 pipe = refiner  # its VAE decodes (the refiner's own, as a direct two-stage call does)
             if cancel is not None and cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
+            if not bool(torch.isfinite(latents).all()):  # decoded, NaN becomes a black image saved as if fine
+                raise ModelError(f"model {first.model} denoised to NaN or infinite values (weights holding NaN, "
+                                 f"or {loaded.dtype} overflowing): nothing was saved; check the weights with "
+                                 f"`echo-os models verify {first.model}`, or try --dtype float32")
             if loaded.device == "cuda":
                 torch.cuda.synchronize()
             denoised = time.perf_counter()

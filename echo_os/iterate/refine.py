@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from echo_os.errors import OptionError
+from echo_os.errors import OptionError, UsageError
 from echo_os.render.requests import InitImage, RenderRequest, describe_validation_error
 
 if TYPE_CHECKING:
@@ -137,6 +137,11 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
 
     from PIL import Image
 
+    from echo_os.engines.inputs import image_bytes_problem
+
+    problem = image_bytes_problem(png, str(parent.image_path))  # decoded whole: a cut PNG stops here
+    if problem:
+        raise UsageError(f"artifact {parent.id[:12]}'s image {problem}; it cannot be refined")
     with Image.open(io.BytesIO(png)) as image:
         fields["width"], fields["height"] = image.size
     # Relative to the artifacts folder when it is inside it, so a moved workspace still replays.

@@ -16,6 +16,8 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from echo_os.errors import UsageError
+from echo_os.render.text import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS  # re-exported: the older import path
+from echo_os.render.text import check_prompt_text as check_prompt_text
 
 MAX_SIDE = 4096
 MAX_STEPS = 200
@@ -38,25 +40,7 @@ ATTENTIONS: tuple[str, ...] = get_args(Attention)
 # Values of an engine's own options (`--option KEY=VALUE`); the engine's Options model checks them.
 OptionValue = str | int | float | bool | None
 
-# One limit for the text of a prompt, negative prompt or style, whoever sends it (CLI, API, OpenAI route,
-# story planner): long enough for any prompt a person writes (SDXL reads 77 tokens of each encoder anyway),
-# short enough that a request cannot fill the queue database or the PNG text chunks.
-MAX_PROMPT_CHARS = 20_000
-# Control characters are refused in prompt text, not stripped (a silently changed prompt would not replay
-# as written): C0 except tab and newline, DEL, and C1. They would otherwise reach the terminal and the PNG
-# `parameters` chunk raw (a NUL ends a C string in other tools' readers, a CR rewrites a terminal line).
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def check_prompt_text(value: str) -> str:
-    """ValueError naming the first control character in `value` and where it is."""
-    match = _CONTROL_RE.search(value)
-    if match:
-        raise ValueError(f"contains the control character U+{ord(match.group()):04X} at position {match.start()}; "
-                         "prompts are plain text (tab and newline allowed)")
-    return value
-
-
+# The rules of prompt text (a length limit, no control characters) live in render.text, below the styles.
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
