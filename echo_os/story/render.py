@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from echo_os.engines.ip_adapter import check_adapter
 from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
 from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
+from echo_os.story.results import SceneResult  # noqa: F401  (re-exported: the older import path)
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
@@ -54,17 +55,6 @@ class StoryProgress:
     @property
     def images_per_minute(self) -> float:
         return 60.0 * self.images_rendered / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-@dataclass
-class SceneResult:
-    scene: int
-    slug: str
-    description: str
-    characters: tuple[str, ...]
-    artifacts: list["Artifact"]
-    resumed: list[bool]
-    siblings: list["Artifact"] = field(default_factory=list)  # best-of candidates not kept (issue 16)
 
 
 @dataclass
