@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from echo_os import __version__
 from echo_os.api.deps import (
     IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, artifact_video_path,
-    cancel_if_unanswered, check_model, convert_image, field_error, option_field_error, prepare_body,
+    api_message, cancel_if_unanswered, check_model, convert_image, field_error, option_field_error, prepare_body,
 )
 from echo_os.api.events import (
     FINAL_EVENTS, EventHub, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded,
@@ -800,12 +800,13 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
         _check_plan_paths(settings, plan)
         for model, engine in dict.fromkeys((scene.request.model, scene.request.engine) for scene in plan.scenes):
             check_model(settings, model, engine, "model" if body.model else "bible")
-        if body.size is None and body.steps is None and plan.scenes:  # the CPU size rule, as `echo-os batch`
-            smaller = _engine_size(settings, plan)
-            if smaller is not None:
-                options = options.model_copy(update={"size": smaller.size})
+        if plan.scenes:  # the engine and the CPU size rule through the front door's tail, as `echo-os batch`
+            prepared = _prepare_plan(settings, plan, size_given=body.size is not None or body.steps is not None)
+            if prepared.size is not None:
+                options = options.model_copy(update={"size": prepared.size})
                 plan = make_plan(options)
-                notes.append(smaller.note.replace("--size or --steps", "size or steps"))
+                notes.append(api_message(prepared.note))
+            _check_plan(settings, plan, prepared.engine)
         requests = _story_requests(settings, plan, body)
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
@@ -830,17 +831,23 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story)
 
 
-def _engine_size(settings: Settings, plan):
-    """story.render.engine_size_for_plan for the engine the plan's first scene gets (a 422 on `engine`
-    when none can render it)."""
-    from echo_os.engines import choose_engine
-    from echo_os.story.render import engine_size_for_plan
+def _prepare_plan(settings: Settings, plan, *, size_given: bool):
+    """echo_os.render.prepare.prepare_plan; an engine that cannot render the story is a 422 on `engine`."""
+    from echo_os.render.prepare import prepare_plan
 
     try:
-        name, _ = choose_engine(settings, plan.scenes[0].request)
-    except UsageError as error:
-        raise field_error("engine", str(error)) from None
-    return engine_size_for_plan(settings, plan, name)
+        return prepare_plan(settings, plan.requests, size_given=size_given)
+    except OptionError as error:
+        raise option_field_error(error, {"width": "size", "height": "size"}) from None
+
+
+def _check_plan(settings: Settings, plan, engine) -> None:
+    from echo_os.render.prepare import check_plan_requests
+
+    try:
+        check_plan_requests(settings, plan.requests, engine)
+    except OptionError as error:
+        raise option_field_error(error, {"width": "size", "height": "size"}) from None
 
 
 # ---- animatics ----------------------------------------------------------------------------------------

@@ -115,6 +115,41 @@ def prepare_recorded(settings: "Settings", request: RenderRequest, engine: str, 
     return Prepared((request,), EngineChoice(engine, reason))
 
 
+@dataclass(frozen=True)
+class PreparedPlan:
+    """The tail of the front door for a planned story: the engine for its requests, and the engine's
+    default size ("WxH") to plan the story again at when the user chose none (None: keep the plan's)."""
+
+    engine: EngineChoice
+    size: str | None = None
+    note: str | None = None
+
+
+def prepare_plan(settings: "Settings", requests: list[RenderRequest], *, size_given: bool) -> PreparedPlan:
+    """A story's requests, already layered by the story planner (row > bible > preset > model-entry
+    defaults: echo_os.story.plan), through the same engine choice and default-size rule as `prepare`:
+    the engine is chosen for the first scene (every scene shares the model and options); a plan larger
+    than the engine's default size (the cpu engine: 512x512) is planned again at it unless `size_given`
+    (a --size or --steps, the preset's too). `echo-os batch` and POST /api/batch both call this."""
+    from echo_os.engines import get_engine
+
+    choice = _choose(settings, requests[0])
+    default = None if size_given else get_engine(choice.name).default_size(settings)
+    largest = max(requests, key=lambda request: request.width * request.height)
+    if default is None or largest.width * largest.height <= default[0] * default[1]:
+        return PreparedPlan(choice)
+    width, height = default
+    return PreparedPlan(choice, f"{width}x{height}",
+                        f"{width}x{height} by default with engine {choice.name} instead of the story's "
+                        f"{largest.size}; --size or --steps to choose")
+
+
+def check_plan_requests(settings: "Settings", requests: list[RenderRequest], choice: EngineChoice) -> None:
+    """Every capability check of `prepare`, for each request of the final plan."""
+    for request in requests:
+        _check_capabilities(settings, request, choice)
+
+
 # ---- the layers, in order ---------------------------------------------------------------------------
 
 def _size_name(name: str) -> str:
@@ -288,7 +323,7 @@ def engine_default_size(settings: "Settings", request: RenderRequest,
     """(request, note): `request` at the chosen engine's own default size when it has one (the cpu
     engine: settings.cpu_size, ECHO_OS_CPU_SIZE, default 512x512) and the request is larger (a model
     entry's 1024x1024 too); a smaller one keeps its size. The caller applies it only when no size was
-    given. `batch` applies the same rule to a story (story.render.engine_size_for_plan)."""
+    given. `batch` applies the same rule to a story (prepare_plan)."""
     from echo_os.engines import get_engine
 
     size = get_engine(engine_name).default_size(settings)

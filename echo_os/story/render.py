@@ -100,33 +100,6 @@ class StoryRender:
 
 # ---- requests --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class EngineSize:
-    """The chosen engine's own default size for a story, and the note that says so."""
-
-    size: str  # WIDTHxHEIGHT
-    note: str
-
-
-def engine_size_for_plan(settings: "Settings", plan: "StoryPlan", engine_name: str) -> EngineSize | None:
-    """The engine's default size (the cpu engine's settings.cpu_size, 512x512) when the plan has a scene
-    larger than it, else None: a story planned at 1216x832 is rendered smaller on the CPU, a story
-    smaller than that keeps its size. The caller applies it only when the user chose no size or steps
-    (`echo-os batch` and POST /api/batch alike)."""
-    from echo_os.engines import get_engine
-
-    default = get_engine(engine_name).default_size(settings)
-    if default is None or not plan.scenes:
-        return None
-    width, height = default
-    largest = max(plan.scenes, key=lambda scene: scene.request.width * scene.request.height).request
-    if largest.width * largest.height <= width * height:
-        return None
-    return EngineSize(size=f"{width}x{height}",
-                      note=f"{width}x{height} by default with engine {engine_name} instead of the story's "
-                           f"{largest.size}; --size or --steps to choose")
-
-
 def story_requests(settings: "Settings", plan: "StoryPlan",
                    ip_adapter: str | None = DEFAULT_IP_ADAPTER) -> list[RenderRequest]:
     """The plan's requests in scene order, with IP-Adapter inputs for characters that have references
