@@ -90,10 +90,9 @@ def prepare(settings: "Settings", values: Mapping[str, Any], explicit: Collectio
     _model_defaults(settings, layers)
     request = _build(settings, layers)
     request = _loras(settings, request, layers, loras)
-    if not choose:
-        _check_named_engine(settings, request)
-        return Prepared((request,), EngineChoice(request.engine, ""))
     _check_named_engine(settings, request)  # a named engine's refusal names the field at fault
+    if not choose:
+        return Prepared((request,), EngineChoice(request.engine, ""))
     choice = _choose(settings, request)
     notes: tuple[str, ...] = ()
     if "size" not in layers.given:  # a preset's size counts as given; a model entry's is a default
