@@ -55,9 +55,9 @@ def main() -> None:
         os.environ["RAY_worker_niceness"] = str(args.niceness)  # read by the raylet that start_ray starts
 
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.engines import choose_engine, create_engine
-    from echo_os.render.ray import RayOptions, RayPool, render_requests_ray, start_ray
+    from echo_os.render.ray import RayOptions, RayPool, start_ray
     from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import render_requests
     from echo_os.settings import Settings
     from tests.tiny_models import save_tiny_sdxl
 
@@ -79,17 +79,16 @@ def main() -> None:
             requests = [RenderRequest(prompt=f"a harbour at hour {i}", model="tiny", width=args.size,
                                       height=args.size, steps=args.steps, seed=i, project="bench")
                         for i in range(args.images)]
-            engine = create_engine(settings, *choose_engine(settings, requests[0]))
             pool = RayPool(settings, RayOptions(address=args.address, actors=count, threads=threads or None))
+            engine = pool.engine(requests[0], engine_cancel=False)  # as `batch --ray` makes it
             store = ArtifactStore(settings)
             load_before = os.getloadavg()[0]
             try:
-                warm = [[requests[0].model_copy(update={"engine": engine.name, "seed": 10_000 + n})]
-                        for n in range(count)]
-                list(pool.run(engine.name, engine.reason, warm))
+                for index in range(count):  # one warm-up call per actor (its weights loaded), nothing saved
+                    warm = requests[0].model_copy(update={"engine": engine.name, "seed": 10_000 + index})
+                    pool.render_on(index, engine.name, engine.reason, [warm], engine_cancel=False)
                 started = time.perf_counter()
-                outcome = render_requests_ray(settings, requests, store=store, pool=pool, engine=engine, batch_size=1,
-                                              resume=False)
+                outcome = render_requests(settings, requests, store=store, engine=engine, batch_size=1)
                 elapsed = time.perf_counter() - started
                 calls = [stats["calls_done"] - 1 if stats else None for stats in pool.stats()]  # less the warm-up
             finally:

@@ -46,6 +46,14 @@ class CancelledError(EchoError):
     exit_code = 1
 
 
+class OutageError(EchoError):
+    """The machinery that renders failed, not the request: a Ray actor died or stayed unreachable while
+    restarting, a worker process died, a node was lost. A job interrupted by one goes back to the queue
+    without spending an attempt (echo_os.api.worker); the CLI shows the one line."""
+
+    exit_code = 1
+
+
 class DiskFullError(EchoError):
     """The workspace's disk is full: what was being written was not kept (HTTP 507)."""
 

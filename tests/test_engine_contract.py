@@ -201,3 +201,44 @@ class TestComfyUISDXLTemplateContract(TestComfyUIContract):
 
     request_fields = dict(width=64, height=64, steps=3)
     workflow_toml = 'checkpoint = "sd_xl_base_1.0.safetensors"\n'
+
+
+class TestRayContract(EngineContract):
+    """RayEngine (echo_os.render.ray, `batch --ray` and `serve --ray`): the cpu engine chosen by, and
+    rendering on, a Ray actor of a local instance; the head saves. One actor for the class (starting Ray is
+    the slow part); each test gets the pool's workspace with its artifacts cleared (the actor reads init
+    images from that workspace, as on a cluster with a shared one)."""
+
+    engine_name = "cpu"
+    request_fields = TINY
+    cli_args = TINY_CLI
+
+    @pytest.fixture(scope="class")
+    def ray_pool(self, tmp_path_factory, tiny_sdxl_dir):
+        pytest.importorskip("ray")
+        from echo_os.render.ray import RayOptions, RayPool
+        from echo_os.settings import Settings
+        from tests.conftest import register_model
+
+        settings = Settings(home=tmp_path_factory.mktemp("ray-contract"))
+        register_model(settings, "tiny", tiny_sdxl_dir)
+        pool = RayPool(settings, RayOptions(actors=1))
+        yield pool
+        pool.close()
+
+    @pytest.fixture
+    def settings(self, ray_pool):
+        import shutil
+
+        shutil.rmtree(ray_pool.settings.artifacts_dir, ignore_errors=True)
+        type(self).pool = ray_pool
+        return ray_pool.settings
+
+    def make_engine(self, settings):
+        from echo_os.engines.base import BaseEngine
+        from echo_os.render.ray import RayEngine
+
+        engine = self.pool.engine(self.request())
+        assert isinstance(engine, RayEngine) and isinstance(engine, BaseEngine)
+        assert engine.name == self.engine_name and engine.concurrent_calls == 1
+        return engine

@@ -1,7 +1,8 @@
-"""`echo-os batch --ray` (echo_os.render.ray) on a real local Ray instance started by this module
-(2 CPUs, no dashboard, loopback), with the tiny SDXL pipeline: the same pixels as `echo-os batch` without
-Ray, and every scene saved exactly once when an actor is killed mid-story. Without Ray installed,
-`--ray` is one line and exit 2."""
+"""`echo-os batch --ray` and `serve --ray` (echo_os.render.ray, echo_os.api.ray_workers) on a real local Ray
+instance started by this module (2 CPUs, no dashboard, loopback), with the tiny SDXL pipeline: both render
+through the one renderer with a RayEngine; the same pixels as without Ray; every scene saved exactly once
+when an actor is killed mid-story; jobs submitted after both actors were killed all succeed, spending no
+attempt. Without Ray installed, `--ray` is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -132,6 +133,7 @@ def test_an_actor_killed_mid_story_loses_no_scene_and_saves_none_twice(ray_clust
     plan = plan_story("Twelve Tides", write_story(tmp_path_factory.mktemp("story")), options=PlanOptions(steps=20))
     pool = RayPool(settings, RayOptions(actors=2))
     victims = [actor["pid"] for actor in pool.info()]
+    engine = pool.engine(plan.scenes[0].request, engine_cancel=False)  # as `batch --ray` makes it
     killed = []
 
     def kill_once(event) -> None:  # the first scene is saved: one actor is idle, the other mid-call
@@ -141,7 +143,7 @@ def test_an_actor_killed_mid_story_loses_no_scene_and_saves_none_twice(ray_clust
             killed.extend(victims)
 
     try:
-        result = render_plan(settings, plan, batch_size=1, clip="none", progress=kill_once, ray=pool)
+        result = render_plan(settings, plan, batch_size=1, clip="none", progress=kill_once, engine=engine)
         after = pool.info()
     finally:
         pool.close()
@@ -313,28 +315,70 @@ async def test_serve_ray_spreads_one_jobs_calls_over_the_actors_and_saves_them_i
         assert difference == 0, f"seed {got.meta.seed} differs by up to {difference}"
 
 
-@pytest.mark.slow  # ~30 s on 2 shared cores: an actor start and two 200-step calls stopped early
+@pytest.mark.slow  # ~1 min on 2 shared cores: two actor starts, two restarts, five tiny jobs
+@pytest.mark.anyio
+async def test_serve_ray_jobs_submitted_after_both_actors_were_killed_all_succeed_once(ray_cluster,
+                                                                                    tmp_path_factory,
+                                                                                    tiny_sdxl_dir):
+    """Issue 25, section 2: `serve --ray --ray-actors 2 --max-batch 1`, a warm-up job, kill -9 of both actor
+    pids from GET /api/workers, then four jobs submitted at once. Every call to an actor (the engine's
+    choice, free memory, the render call) waits out the restart: every job succeeds on its first attempt,
+    every image is saved once, and GET /api/workers counts the restarts."""
+    import asyncio
+
+    from echo_os.api import ApiOptions
+    from tests.api_helpers import api_client, wait_job
+
+    settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "serve-ray-kill")
+    options = ApiOptions(ray_address="local", ray_actors=2, batch_window_ms=0, max_batch=1)
+    body = {"prompt": "a harbour wall", "model": "tiny", "size": "64x64", "steps": 4, "cfg": 5.0,
+            "scheduler": "euler"}
+    async with api_client(settings, options=options) as (client, app):
+        warm_id = (await client.post("/api/render", json={**body, "seed": 1})).json()["job_id"]
+        assert (await wait_job(client, warm_id, timeout=120))["status"] == "succeeded"
+        workers = (await client.get("/api/workers")).json()["items"]
+        pids = {row["pid"] for row in workers}
+        assert len(pids) == 2 and all(row["restarts"] == 0 for row in workers), workers
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pids)
+        posted = await asyncio.gather(*(client.post("/api/render", json={**body, "seed": seed})
+                                        for seed in (2, 3, 4, 5)))
+        jobs = [await wait_job(client, response.json()["job_id"], timeout=240) for response in posted]
+        for job in jobs:
+            assert job["status"] == "succeeded" and job["attempts"] == 1 and job["interruptions"] == 0, job
+        workers = (await client.get("/api/workers")).json()["items"]
+        assert all(row["restarts"] >= 1 for row in workers), workers  # both deaths counted
+        assert not pids & {row["pid"] for row in workers}  # Ray restarted both
+    ids = [artifact_id for job in jobs for artifact_id in job["artifact_ids"]]
+    assert len(ids) == len(set(ids)) == 4
+    assert len(list(settings.artifacts_dir.glob("*/*/*/image.png"))) == 5  # the warm-up's and four, once each
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores: two actor starts and six 200-step calls stopped early
 def test_batch_ray_calls_report_steps_and_stop_on_cancel_and_ctrl_c(ray_cluster, tmp_path_factory, tiny_sdxl_dir):
-    """`echo-os batch --ray`'s renderer (render_requests_ray): the running call's steps reach the head, a
-    cancel flag stops the actor's call between steps (CancelledError, nothing saved), and so does Ctrl-C
-    (KeyboardInterrupt in the head), without killing the actor."""
+    """`echo-os batch --ray`'s renderer (render_requests with a RayEngine): the running calls' steps reach
+    the head, a cancel flag stops the actors' calls between steps (CancelledError, nothing saved), and so
+    does a real Ctrl-C (SIGINT: KeyboardInterrupt in the head's main thread), both when the calls run on the
+    renderer's threads (two actors at once) and when the one call runs on the main thread; the actors live on."""
     import threading
     import time
 
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.engines import choose_engine, create_engine
     from echo_os.errors import CancelledError
-    from echo_os.render.ray import RayOptions, RayPool, render_requests_ray
+    from echo_os.render.ray import RayOptions, RayPool
     from echo_os.render.requests import RenderRequest
+    from echo_os.render.scheduler import render_requests
 
     settings = tiny_settings(tmp_path_factory, tiny_sdxl_dir, "ray-cancel")
     requests = [RenderRequest(prompt=f"a long exposure {n}", model="tiny", width=64, height=64, steps=200, seed=n,
                               project="cancel") for n in range(2)]
-    engine = create_engine(settings, *choose_engine(settings, requests[0]))
-    pool = RayPool(settings, RayOptions(actors=1))
+    pool = RayPool(settings, RayOptions(actors=2))
     store = ArtifactStore(settings)
-    [pid] = [actor["pid"] for actor in pool.info()]
+    pids = [actor["pid"] for actor in pool.info()]
     try:
+        engine = pool.engine(requests[0], engine_cancel=False)
+        assert engine.concurrent_calls == 2
         cancel = threading.Event()
         steps: list[int] = []
 
@@ -344,22 +388,31 @@ def test_batch_ray_calls_report_steps_and_stop_on_cancel_and_ctrl_c(ray_cluster,
                 cancel.set()
 
         with pytest.raises(CancelledError):
-            render_requests_ray(settings, requests, store=store, pool=pool, engine=engine, batch_size=1,
-                                resume=False, progress=on_step, cancel=cancel)
-        assert steps and max(steps) < 200 and steps == sorted(steps)
+            render_requests(settings, requests, store=store, engine=engine, batch_size=1, progress=on_step,
+                            cancel=cancel)
+        assert steps and max(steps) < 200
 
-        def ctrl_c(event) -> None:
-            if event.step >= 3:
-                raise KeyboardInterrupt
+        for width in (2, 1):  # calls on the renderer's threads, then the one call on the main thread
+            engine.concurrent_calls = width
+            interrupted: list[bool] = []
 
-        with pytest.raises(KeyboardInterrupt):
-            render_requests_ray(settings, requests, store=store, pool=pool, engine=engine, batch_size=1,
-                                resume=False, progress=ctrl_c)
-        deadline = time.monotonic() + 30
-        while (stats := pool.stats()[0])["state"] != "idle":  # the call stopped; the actor lives on
-            assert time.monotonic() < deadline, stats
-            time.sleep(0.1)
-        assert stats["pid"] == pid and stats["calls_done"] == 0
+            def ctrl_c(event) -> None:  # a real Ctrl-C: SIGINT, raised in the main thread
+                if event.step >= 3 and not interrupted:
+                    interrupted.append(True)
+                    os.kill(os.getpid(), signal.SIGINT)
+
+            started = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                render_requests(settings, requests, store=store, engine=engine, batch_size=1, progress=ctrl_c)
+            assert time.monotonic() - started < 60  # stopped early: 200 steps take minutes here
+            deadline = time.monotonic() + 30
+            answers = pool.stats()
+            while any((stats or {}).get("state") != "idle" for stats in answers):
+                assert time.monotonic() < deadline, answers  # the calls stopped; the actors live on
+                time.sleep(0.1)
+                answers = pool.stats()
+            assert [stats["pid"] for stats in answers] == pids
+            assert sum(stats["calls_done"] for stats in answers) == 0
     finally:
         store.close()
         pool.close()

@@ -97,7 +97,7 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
     elif job.status == "succeeded":  # every step of the last call ran (not "step 0 of 0")
         progress.step = progress.total_steps = job.spec.items[-1].steps
     return JobView(id=job.id, kind=job.kind, status=job.status, progress=progress, attempts=job.attempts,
-                   error=job.error, cancel_requested=job.cancel_requested, created=job.created,
+                   interruptions=job.interruptions, error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
                    title=job.spec.title, animatic=animatic, grid_id=job.grid_id,

@@ -50,6 +50,14 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 DEFAULT_MAX_ATTEMPTS = 3
+# An outage of the machinery (a worker process or Ray actor dying, not the job's own error) spends no
+# attempt; a job interrupted this many times is failed all the same, so one that brings its worker down
+# every time is not retried forever.
+MAX_INTERRUPTIONS = 10
+# A job sent back to the queue after a failure or an outage waits before it can be claimed again (so the
+# worker that just failed does not take it straight back): REQUEUE_BACKOFF_S, doubled per earlier try.
+REQUEUE_BACKOFF_S = 0.5
+REQUEUE_BACKOFF_MAX_S = 30.0
 # How long an Idempotency-Key is remembered (as Stripe does): a retry comes within minutes; a day covers
 # a client that queues offline and replays later.
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -168,7 +176,8 @@ class Job(BaseModel):
     kind: JobKind
     status: JobStatus
     spec: JobSpec
-    attempts: int = 0
+    attempts: int = 0  # tries counted against max_attempts (claims, less those an outage interrupted)
+    interruptions: int = 0  # tries ended by an outage of the machinery (counted against MAX_INTERRUPTIONS)
     error: str | None = None
     cancel_requested: bool = False
     solo: bool = False  # after a failed batched call: render alone next time, to find the culprit
@@ -339,8 +348,21 @@ def m004_worker_leases(db: sqlite3.Connection) -> None:
         )""")
 
 
+@MIGRATIONS
+def m005_requeue_backoff(db: sqlite3.Connection) -> None:
+    """Outages counted apart from attempts, and a time before which a requeued job is not claimed."""
+    db.execute("ALTER TABLE jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN not_before TEXT")
+
+
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
-            "finished")
+            "finished, interruptions")
+_CLAIMABLE = "status = 'queued' AND (not_before IS NULL OR not_before <= ?)"
+
+
+def requeue_backoff_s(tries: int) -> float:
+    """How long a job sent back after `tries` tries (attempts and interruptions) waits to be claimed."""
+    return min(REQUEUE_BACKOFF_MAX_S, REQUEUE_BACKOFF_S * 2 ** max(0, tries - 1))
 
 
 def _connect(path: Path, synchronous: Literal["NORMAL", "FULL"] = "FULL") -> sqlite3.Connection:
@@ -399,9 +421,9 @@ class JobStore:
     @staticmethod
     def _job(row: tuple, images: dict[str, list[str]] | None = None) -> Job:
         (job_id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started,
-         finished) = row
+         finished, interruptions) = row
         return Job(id=job_id, kind=kind, status=status, spec=JobSpec.model_validate_json(request),
-                   attempts=attempts, error=error, cancel_requested=bool(cancel_requested), solo=bool(solo),
+                   attempts=attempts, interruptions=interruptions, error=error, cancel_requested=bool(cancel_requested), solo=bool(solo),
                    timings=json.loads(timings), created=created, started=started, finished=finished,
                    artifact_ids=(images or {}).get(job_id, []))
 
@@ -489,7 +511,9 @@ class JobStore:
         return found
 
     def has_queued(self) -> bool:
-        return self._reader().execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is not None
+        """A job a worker may claim now (queued, its back-off over)."""
+        return self._reader().execute(f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} LIMIT 1",
+                                      (now_iso(),)).fetchone() is not None
 
     def saved_images(self, job_id: str) -> list[SavedImage]:
         rows = self._reader().execute(
@@ -512,12 +536,14 @@ class JobStore:
             return self._db.execute(sql, params).fetchall()
 
     def claim_next(self, worker: str | None = None, lease_s: float | None = None) -> Job | None:
-        """The oldest queued job, now running (attempts + 1), held by `worker` until its lease runs out."""
+        """The oldest claimable job (queued, its back-off over), now running (attempts + 1), held by `worker`
+        until its lease runs out."""
+        now = now_iso()
         rows = self._write(
-            f"UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, "
+            f"UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, not_before = NULL, "
             f"started = COALESCE(started, ?), worker = ?, lease_until = ? "
-            f"WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) "
-            f"RETURNING {_COLUMNS}", (now_iso(), worker, lease_end(lease_s)))
+            f"WHERE seq = (SELECT seq FROM jobs WHERE {_CLAIMABLE} ORDER BY seq LIMIT 1) "
+            f"RETURNING {_COLUMNS}", (now, worker, lease_end(lease_s), now))
         return self._jobs(self._reader(), rows)[0] if rows else None
 
     def claim_compatible(self, key: str, max_images: int, worker: str | None = None,
@@ -525,14 +551,15 @@ class JobStore:
         """Queued render jobs with this coalesce key, oldest first, while their images fit in max_images."""
         if max_images <= 0:
             return []
+        now = now_iso()
         rows = self._write(
-            f"UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, "
+            f"UPDATE jobs SET status = 'running', attempts = attempts + 1, error = NULL, not_before = NULL, "
             f"started = COALESCE(started, ?), worker = ?, lease_until = ? "
             f"WHERE seq IN (SELECT seq FROM ("
             f"    SELECT seq, SUM(images_total) OVER (ORDER BY seq) AS running_total FROM jobs"
-            f"    WHERE status = 'queued' AND kind = 'render' AND solo = 0 AND coalesce_key = ?)"
+            f"    WHERE {_CLAIMABLE} AND kind = 'render' AND solo = 0 AND coalesce_key = ?)"
             f"  WHERE running_total <= ?) "
-            f"RETURNING {_COLUMNS}", (now_iso(), worker, lease_end(lease_s), key, max_images))
+            f"RETURNING {_COLUMNS}", (now, worker, lease_end(lease_s), now, key, max_images))
         jobs = self._jobs(self._reader(), rows)
         return sorted(jobs, key=lambda job: job.created)
 
@@ -557,14 +584,26 @@ class JobStore:
         return self._jobs(self._reader(), rows)[0] if rows else None
 
     def requeue(self, job_id: str, *, error: str | None = None, count_attempt: bool = True,
-                solo: bool | None = None) -> Job | None:
+                solo: bool | None = None, outage: bool = False, backoff: bool = False) -> Job | None:
         """Back to queued: after a failure that may pass (count_attempt), or after an interruption that
-        was not the job's fault (a batch mate cancelled, the server shutting down)."""
+        was not the job's fault (a batch mate cancelled, the server shutting down). outage: the machinery
+        failed (a Ray actor or worker process gone): no attempt spent, an interruption counted. backoff:
+        not claimable for requeue_backoff_s(its tries so far), so the worker that just failed does not
+        take it straight back."""
+        not_before = None
+        if backoff:
+            job = self.get(job_id)
+            if job is not None:
+                # its tries so far: the attempts (this one's included, even when an outage gives it back)
+                # and the outages before
+                not_before = _after(requeue_backoff_s(job.attempts + job.interruptions))
         rows = self._write(
-            f"UPDATE jobs SET status = 'queued', error = ?, attempts = attempts - ?, solo = COALESCE(?, solo), "
+            f"UPDATE jobs SET status = 'queued', error = ?, attempts = attempts - ?, "
+            f"interruptions = interruptions + ?, solo = COALESCE(?, solo), not_before = ?, "
             f"worker = NULL, lease_until = NULL "
             f"WHERE id = ? AND status = 'running' RETURNING {_COLUMNS}",
-            (error, 0 if count_attempt else 1, None if solo is None else int(solo), job_id))
+            (error, 0 if count_attempt and not outage else 1, int(outage), None if solo is None else int(solo),
+             not_before, job_id))
         return self._jobs(self._reader(), rows)[0] if rows else None
 
     # ---- cancelling ------------------------------------------------------------------------------
@@ -596,8 +635,10 @@ class JobStore:
         return self._take_back("lease_until < ?", (now_iso(),), "its worker stopped answering")
 
     def requeue_worker(self, worker: str) -> "Recovery":
-        """The jobs of a worker process that has exited (the supervisor saw it go): as `recover`."""
-        return self._take_back("worker = ?", (worker,), "its worker process died")
+        """The jobs of a worker process that has exited (the supervisor saw it go): an outage, so as
+        `recover` but spending no attempt (an interruption counted, up to MAX_INTERRUPTIONS) and with a
+        back-off before they are claimed again."""
+        return self._take_back("worker = ?", (worker,), "its worker process died", outage=True)
 
     def renew_leases(self, worker: str, lease_s: float) -> int:
         """The heartbeat: extend the lease of every job `worker` holds; returns how many it holds."""
@@ -613,9 +654,10 @@ class JobStore:
         return {row[0] for row in self._reader().execute(
             f"SELECT id FROM jobs WHERE id IN ({marks}) AND status = 'running' AND worker = ?", [*ids, worker])}
 
-    def _take_back(self, where: str, params: tuple, why: str) -> "Recovery":
+    def _take_back(self, where: str, params: tuple, why: str, *, outage: bool = False) -> "Recovery":
         stamp = now_iso()
         running = f"status = 'running' AND ({where})"
+        limit, spent = (MAX_INTERRUPTIONS, "interruptions + 1") if outage else (self.max_attempts, "attempts")
         with self._write_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -623,14 +665,25 @@ class JobStore:
                     f"UPDATE jobs SET status = 'cancelled', finished = ? "
                     f"WHERE {running} AND cancel_requested = 1 RETURNING id", (stamp, *params)).fetchall()
                 failed = self._db.execute(
-                    f"UPDATE jobs SET status = 'failed', finished = ?, error = ? "
-                    f"WHERE {running} AND attempts >= ? RETURNING id",
-                    (stamp, f"{why} {self.max_attempts} times; giving up (see the server log)", *params,
-                     self.max_attempts)).fetchall()
-                requeued = self._db.execute(
-                    f"UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL, "
-                    f"error = 'interrupted: {why}; running again' WHERE {running} RETURNING id",
-                    params).fetchall()
+                    f"UPDATE jobs SET status = 'failed', finished = ?, error = ?, "
+                    f"interruptions = interruptions + ?, attempts = attempts - ? "
+                    f"WHERE {running} AND {spent} >= ? RETURNING id",
+                    (stamp, f"{why} {limit} times; giving up (see the server log)", int(outage), int(outage),
+                     *params, limit)).fetchall()
+                if outage:  # no attempt spent: the claim's is given back; each waits its back-off
+                    requeued = []
+                    for job_id, attempts, interruptions in self._db.execute(
+                            f"SELECT id, attempts, interruptions FROM jobs WHERE {running}", params).fetchall():
+                        requeued += self._db.execute(
+                            "UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL, "
+                            "attempts = attempts - 1, interruptions = interruptions + 1, not_before = ?, "
+                            f"error = 'interrupted: {why}; running again' WHERE id = ? RETURNING id",
+                            (_after(requeue_backoff_s(attempts + interruptions)), job_id)).fetchall()
+                else:
+                    requeued = self._db.execute(
+                        f"UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL, "
+                        f"error = 'interrupted: {why}; running again' WHERE {running} RETURNING id",
+                        params).fetchall()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -675,7 +728,12 @@ class JobStore:
 def lease_end(lease_s: float | None) -> str | None:
     if lease_s is None:
         return None
-    return (datetime.now(timezone.utc) + timedelta(seconds=lease_s)).isoformat(timespec="microseconds")
+    return _after(lease_s)
+
+
+def _after(seconds: float) -> str:
+    """now_iso() `seconds` from now."""
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(timespec="microseconds")
 
 
 @dataclass

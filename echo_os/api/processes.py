@@ -4,9 +4,11 @@ streams; each worker process runs the same Worker (echo_os.api.worker) over the 
 The durable job queue (jobs.db) stays the single source of truth, and the only channel:
 - claiming: the Worker's atomic UPDATE, now naming the worker and a lease (`lease_until`); the worker's
   heartbeat thread renews it every lease/3. A worker the supervisor sees exit has its jobs taken back
-  at once (`JobStore.requeue_worker`); a lease that runs out (the whole server was killed, a worker froze)
-  is taken back by the supervisor's sweep (`requeue_expired`). Taken back = `recover`'s rule: cancelled
-  if asked, failed after max_attempts, else queued, its recorded images kept and skipped.
+  at once (`JobStore.requeue_worker`): an outage, not the jobs' error, so no attempt is spent (an
+  interruption is counted; failed after MAX_INTERRUPTIONS) and each waits a back-off before it is claimed
+  again. A lease that runs out (the whole server was killed, a worker froze) is taken back by the
+  supervisor's sweep (`requeue_expired`) by `recover`'s rule: cancelled if asked, failed after
+  max_attempts, else queued. Either way its recorded images are kept and skipped.
 - events: a worker writes its job events into `job_events` (EventWriter: one transaction every 50 ms);
   the HTTP process tails the table (every 50 ms) into its EventHub, so SSE clients see what they saw with the in-process thread. jobs.db rather
   than a multiprocessing queue because the events then survive the HTTP process: a worker that outlives

@@ -3,8 +3,8 @@
 (echo_os.render.ray.RenderActor: engines kept warm, least recently used model dropped, restarted by Ray).
 
 The design is the in-process worker (`--workers 0`) N times over: one job Worker thread per actor, each
-rendering through the one renderer (scheduler.render_requests) with a RayEngine, an engine whose `render`
-sends a pipeline call to an idle actor and returns the actor's RenderResults. So claiming, dynamic
+rendering through the one renderer (scheduler.render_requests) with a RayEngine (echo_os.render.ray), an
+engine whose `render` sends a pipeline call to an idle actor and returns the actor's RenderResults. So claiming, dynamic
 batching, exactly-once recording, SSE progress, cancel, the OOM back-off, story outputs and the catalog
 are the in-process worker's code, unchanged; only the denoising happens elsewhere.
 
@@ -19,9 +19,12 @@ are the in-process worker's code, unchanged; only the denoising happens elsewher
 - Cancel: the Worker's cancel flag for each call is sent on as the actor's `cancel(call_id)` (a cancelled
   job sets the flags of all its running calls); the actors' engines stop at their next step and raise
   CancelledError, which reaches the Worker as from a local engine.
-- An actor that dies mid-call is restarted by Ray and the call sent again (RayPool.render_on); nothing is
-  saved until a call returns, and only here, so no image is saved twice.
-- `auto` is decided on the actor (its GPU, not the head's): RenderActor.choose.
+- Restarts: every call to an actor (the engine's choice, free memory, the render call, progress, cancel,
+  stats) goes through RayPool's restart-aware path: an actor that dies is restarted by Ray and the call
+  waits and is sent again; nothing is saved until a call returns, and only here, so no image is saved
+  twice. An actor gone for good is an OutageError, which sends the job back to the queue (with a
+  back-off) without spending an attempt. GET /api/workers counts each actor's restarts.
+- `auto` is decided on the actor (its GPU, not the head's): RayPool.choose, as for `batch --ray`.
 """
 
 from __future__ import annotations
@@ -37,68 +40,10 @@ if TYPE_CHECKING:
     from echo_os.api.options import ApiOptions
     from echo_os.api.jobs import JobStore
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.engines.base import Capabilities, MemoryInfo, ProgressCallback, RenderResult
     from echo_os.render.ray import RayPool
-    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class RayEngine:
-    """An engine whose pipeline calls run on the pool's Ray actors. Name, reason, capabilities and options
-    are the real engine's (the actor chose it). `concurrent_calls` (one per actor) tells the renderer to
-    start that many calls at once; each goes to an idle actor, its home actor `index` first
-    (RayPool.render_any). free_memory and runs_on_cpu are asked of the home actor."""
-
-    def __init__(self, pool: "RayPool", index: int, name: str, reason: str):
-        from echo_os.engines import get_engine
-
-        plugin = get_engine(name)
-        self.pool = pool
-        self.index = index
-        self.name = name
-        self.reason = reason
-        self.capabilities: "Capabilities" = plugin.capabilities
-        self.Options = plugin.Options
-        self.vae_tiling = False  # set by the renderer's OOM back-off; sent with every call
-
-    @property
-    def concurrent_calls(self) -> int:
-        return len(self.pool.actors)
-
-    @property
-    def _actor(self):
-        return self.pool.actors[self.index]
-
-    def render(self, requests: list["RenderRequest"], *, progress: "ProgressCallback | None" = None,
-               cancel: threading.Event | None = None) -> list["RenderResult"]:
-        return self.pool.render_any(self.name, self.reason, requests, prefer=self.index, progress=progress,
-                                    cancel=cancel, vae_tiling=self.vae_tiling)
-
-    def free_memory(self, request: "RenderRequest") -> "MemoryInfo | None":
-        return self.pool._get(self._actor.free_memory.remote(self.name, self.reason, request))
-
-    def runs_on_cpu(self, request: "RenderRequest") -> bool:
-        return self.pool._get(self._actor.runs_on_cpu.remote(self.name, self.reason, request))
-
-    def release(self, request: "RenderRequest") -> None:
-        """The actor keeps its models by its own LRU rule."""
-
-
-def ray_engine_factory(pool: "RayPool", index: int) -> Callable[["RenderRequest"], RayEngine]:
-    """The engines of the Worker whose home is actor `index`: one RayEngine per engine the actor chooses,
-    shared by every coalesce key, so that the renderer puts all the calls of a job (a compare's cells,
-    each its own batch group) through one engine and so runs them concurrently."""
-    engines: dict[tuple[str, str], RayEngine] = {}
-
-    def make(request: "RenderRequest") -> RayEngine:
-        name, reason = pool._get(pool.actors[index].choose.remote(request))
-        if (name, reason) not in engines:
-            engines[name, reason] = RayEngine(pool, index, name, reason)
-        return engines[name, reason]
-
-    return make
 
 
 class RayWorkers:
@@ -128,6 +73,7 @@ class RayWorkers:
 
     def _start_workers(self) -> None:
         from echo_os.artifacts.store import ArtifactStore
+        from echo_os.render.ray import ray_engine_factory
         from echo_os.resonance.listener import attach_scorer
 
         for index in range(len(self.pool.actors)):

@@ -218,6 +218,7 @@ class JobView(BaseModel):
     status: JobStatus
     progress: JobProgress
     attempts: int
+    interruptions: int = 0  # tries ended by an outage (a worker process or Ray actor died); not attempts
     error: str | None = None
     cancel_requested: bool = False
     created: str

@@ -29,7 +29,11 @@ call the jobs another worker took back (a lost lease) are dropped. `stats` are t
 for GET /api/workers.
 Failures: a failed batched call sends its jobs back to be rendered alone (`solo`); a job alone that fails
 is retried until `max_attempts`, except for user errors (EchoError: unknown model, bad weights), which
-fail at once because they would fail again.
+fail at once because they would fail again. An outage of the machinery (OutageError: a Ray actor gone,
+a worker process dead) is not the job's error: its jobs go back to the queue without spending an attempt
+(up to MAX_INTERRUPTIONS times). A job sent back after a failure or an outage waits a back-off
+(jobs.requeue_backoff_s) before it can be claimed again, so the worker that failed does not take it
+straight back.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from echo_os.api.events import (
     ArtifactSaved, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded, image_url,
 )
-from echo_os.api.jobs import Job, JobStore, coalesce_key, now_iso
-from echo_os.errors import CancelledError, EchoError, disk_full
+from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
+from echo_os.errors import CancelledError, EchoError, OutageError, disk_full
 from echo_os.render.requests import RenderRequest, image_request_key
 from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
 
@@ -268,7 +272,8 @@ class Worker:
                 log.exception("worker: unexpected error; its jobs go back to the queue")
                 self.stats.last_error = f"{type(error).__name__}: {error}"
                 for job in claimed:
-                    self._requeue(job, "interrupted by an internal error; running again", count_attempt=True)
+                    self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
+                                  backoff=True)
             finally:
                 self.stats.state = "idle"
 
@@ -305,6 +310,9 @@ class Worker:
                     self._requeue(run.job, "interrupted: the server is stopping" if self._stop.is_set()
                                   else "a job rendering in the same batch was cancelled; running again",
                                   count_attempt=self._stop.is_set() and self._stop_counts)
+            return
+        except OutageError as error:
+            self._outage(runs, error)
             return
         except Exception as error:  # noqa: BLE001 - recorded on the job; the worker goes on
             self._failed(runs, error)
@@ -458,11 +466,35 @@ class Worker:
             self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings,
                                       grid_id=run.grid_id))
 
-    def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None) -> None:
-        requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo)
+    def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None,
+                 outage: bool = False, backoff: bool = False) -> None:
+        requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo, outage=outage,
+                                     backoff=backoff)
         if requeued is not None:
             self.publish(JobQueued(job_id=job.id, attempts=requeued.attempts, error=reason))
             self._wake.set()
+
+    def _outage(self, runs: dict[str, JobRun], error: OutageError) -> None:
+        """The machinery failed under these jobs (not their own error): back to the queue, no attempt
+        spent, after a back-off; failed only after MAX_INTERRUPTIONS outages."""
+        message = str(error)
+        self.stats.last_error = message
+        log.warning("an outage interrupted %d job(s): %s; they go back to the queue", len(runs), message)
+        for run in runs.values():
+            if run.done:
+                continue
+            job = run.job
+            if job.interruptions + 1 >= MAX_INTERRUPTIONS:
+                run.done = True
+                self.stats.jobs_done += 1
+                self._forget(job.id)
+                reason = f"interrupted by an outage {job.interruptions + 1} times; last: {message}"
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                    self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
+                                           artifact_ids=run.artifact_ids))
+                continue
+            self._requeue(job, f"interrupted by an outage ({message}); running again", count_attempt=False,
+                          outage=True, backoff=True)
 
     def _failed(self, runs: dict[str, JobRun], error: Exception) -> None:
         error = disk_full(error) or error  # a full disk fails the job at once, with one line, not three times
@@ -489,7 +521,7 @@ class Worker:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
             else:
-                self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True)
+                self._requeue(job, f"attempt {job.attempts} failed: {message}", count_attempt=True, backoff=True)
 
     def _write_compare_grid(self, run: JobRun) -> None:
         """The labelled grid sheet of a /api/compare job, as `echo-os compare` writes it (the same sheet

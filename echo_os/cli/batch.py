@@ -47,14 +47,16 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     store = ArtifactStore(settings)
     pool = None
     try:
-        if ray is not None:
+        if ray is not None and plan.scenes:
             from echo_os.render.ray import RayPool
 
             pool = RayPool(settings, ray)
             click.echo(f"ray: {len(pool.actors)} render actors", err=True)
+            # chosen on an actor (its GPU); no cancel flag in its engine, as the plain batch hands none
+            engine = pool.engine(plan.scenes[0].request, engine_cancel=False)
         result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
                               progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
-                              resonance=resonance, ray=pool)
+                              resonance=resonance)
     finally:
         bar.close()
         store.close()

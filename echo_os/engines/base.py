@@ -121,6 +121,9 @@ class Engine(Protocol):
     capabilities: Capabilities
     Options: type[EngineOptions]
     vae_tiling: bool  # set by the scheduler's OOM back-off when capabilities.tiled_decode
+    # pipeline calls the renderer may run at once, each on a thread of its own (echo_os.render.ray.RayEngine:
+    # one per Ray actor); 1 for an engine that renders on the caller's thread
+    concurrent_calls: int
 
     def render(
         self,
@@ -166,6 +169,7 @@ class BaseEngine:
     capabilities: ClassVar[Capabilities] = Capabilities()
     Options: ClassVar[type[EngineOptions]] = EngineOptions
     vae_tiling: bool = False
+    concurrent_calls: int = 1
 
     def __init__(self, settings: "Settings", reason: str = ""):
         self.settings = settings

@@ -1,21 +1,28 @@
-"""Render on a Ray cluster: `echo-os batch ... --ray [ADDRESS]` (render_requests_ray) and `echo-os serve
---ray [ADDRESS]` (RayPool.render_any, through echo_os.api.ray_workers). Ray does placement, GPU scheduling,
-actor restarts and object transfer; this module only says what to render where.
+"""Render on a Ray cluster: `echo-os batch ... --ray [ADDRESS]` and `echo-os serve --ray [ADDRESS]`
+(echo_os.api.ray_workers). Ray does placement, GPU scheduling, actor restarts and object transfer; this
+module only says what to render where.
 
 - Actors (`RenderActor`): one per GPU (`num_gpus=1`) on a GPU cluster, a fraction of a CPU each on a
   CPU-only one. Each keeps its engines (and so their pipelines) warm, at most `max_models` of them, the
-  least recently used dropped first. An actor renders and returns RenderResults (the images and the
-  runtime record); it never touches the workspace's artifacts or catalog.
-- The head (this process) plans, groups requests into pipeline calls exactly as the one renderer does
-  (echo_os.render.scheduler: same engine tags, same batch groups, same per-image seeds, batch size from an actor's
-  free memory), sends the calls to idle actors, and saves every result itself, in call order, so the
-  store and catalog have one writer and a story's scenes are saved in scene order.
+  least recently used dropped first. An actor renders one pipeline call at a time and returns
+  RenderResults (the images and the runtime record); it never touches the workspace's artifacts or catalog.
+- `RayEngine` is an engine (BaseEngine) whose pipeline calls run on the actors: both Ray hosts render
+  through the one renderer (echo_os.render.scheduler.render_requests) with it, so grouping, batch sizes,
+  the out-of-memory back-off, resume and in-order saving are the renderer's, and only the head (this
+  process) saves. `concurrent_calls` is the number of actors: the renderer starts that many calls at
+  once, each on an idle actor (`RayPool.render_any`).
+- `auto` is decided on an actor (`RayPool.choose`, the engine factory): its GPU, not the head's.
 - Progress and cancel: actors are threaded (max_concurrency), so while `render` runs the head asks
   `progress(call_id)` for the latest denoising step (every PROGRESS_POLL_S) and `cancel(call_id)` stops
-  the call at its next step; Ctrl-C in `batch --ray` cancels the running calls before the head exits.
-- An actor that dies mid-call is restarted by Ray (`max_restarts`); the call it had goes back to the
-  front of the queue and the next idle actor renders it. Only the head saves, once per call, so no image
-  is saved twice however often a call was sent.
+  the call at its next step. Ctrl-C in `batch --ray` stops the running calls the same way: the renderer
+  sets the cancel flag of the calls it runs on other threads (a call on the head's own thread sends the
+  cancel itself when interrupted).
+- Restarts: every call to an actor goes through one restart-aware path (`RayPool.ask`, `render_on`):
+  an actor that died is restarted by Ray (`max_restarts`), and the call waits for it and is sent again.
+  Deaths are counted per actor (GET /api/workers), including one noticed only by a new pid. An actor
+  gone for good (more than MAX_RESTARTS deaths, or not back within RESTART_TIMEOUT_S) raises
+  echo_os.errors.OutageError: an outage, which sends a job back to the queue without spending an attempt.
+  Only the head saves, once per call, so no image is saved twice however often a call was sent.
 
 Known traps, handled here: Ray sets OMP_NUM_THREADS to an actor's num_cpus (1 for a fraction), so a CPU
 actor sets torch's threads itself; a num_cpus=1 actor per core on a 2-core box leaves the driver's tasks
@@ -33,17 +40,16 @@ import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from echo_os.engines.base import BaseEngine
 from echo_os.errors import UsageError
 
 if TYPE_CHECKING:
-    from echo_os.artifacts.store import ArtifactStore
-    from echo_os.engines.base import Engine, ProgressCallback, RenderResult
+    from echo_os.engines.base import Engine, MemoryInfo, ProgressCallback, RenderResult
     from echo_os.render.requests import RenderRequest
-    from echo_os.render.scheduler import EngineChoice, ImageDone, RenderOutcome
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,8 @@ MAX_RESTARTS = 4  # per actor; a call is re-sent after each death
 ACTOR_CONCURRENCY = 4  # render, plus progress/cancel/stats answered while it runs
 PROGRESS_POLL_S = 0.1  # how often the head asks a running call for its step (one small actor call)
 RESTART_WAIT_S = 0.5  # a call to an actor Ray is still restarting fails at once: wait this long between tries
-CANCEL_WAIT_S = 10.0  # after Ctrl-C, how long the head waits for the actors to stop their calls
+RESTART_TIMEOUT_S = 180.0  # how long a call waits for a restarting actor before it is an outage
+CANCEL_WAIT_S = 10.0  # after a cancel (Ctrl-C), how long the head waits for an actor to stop its call
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2  # images are small; keeps the store inside a small /dev/shm
 
 
@@ -96,12 +103,11 @@ def start_ray(address: str | None) -> Any:
 
 @dataclass
 class _Call:
-    """A render call on an actor: its latest step and the flag that stops it."""
+    """A render call on an actor: its steps so far, (step, total steps, images) each, and the flag that
+    stops it."""
 
     cancel: Any
-    step: int = 0
-    total_steps: int = 0
-    images: int = 0
+    steps: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 class RenderActor:
@@ -121,7 +127,7 @@ class RenderActor:
         self.max_models = max(1, max_models)
         self.threads = threads
         self._engines: OrderedDict[tuple[str, str], "Engine"] = OrderedDict()
-        self._lock = threading.RLock()  # the engines; render, batch_limit and stats may run at once
+        self._lock = threading.RLock()  # the engines; render, free_memory and stats may run at once
         self._calls: dict[str, _Call] = {}
         self._cancelled_early: set[str] = set()  # cancel() came before the call started
         self.calls_done = 0
@@ -171,24 +177,17 @@ class RenderActor:
 
         return choose_engine(self.settings, request)
 
-    def batch_limit(self, name: str, reason: str, request: "RenderRequest") -> int:
-        """The renderer's automatic batch size, measured where the images are made."""
-        from echo_os.render.scheduler import auto_batch_size
-
-        return auto_batch_size(self._engine(name, reason, request.model), request)
-
     def free_memory(self, name: str, reason: str, request: "RenderRequest"):
         return self._engine(name, reason, request.model).free_memory(request)
 
     def runs_on_cpu(self, name: str, reason: str, request: "RenderRequest") -> bool:
         return self._engine(name, reason, request.model).runs_on_cpu(request)
 
-    def progress(self, call_id: str) -> tuple[int, int, int] | None:
-        """(step, total steps, images) of a running call; None before its first step or after it ended."""
+    def progress(self, call_id: str, since: int = 0) -> list[tuple[int, int, int]]:
+        """The steps of a running call after the first `since` ones, (step, total steps, images) each;
+        none before its first step or after it ended (`render` returns them all)."""
         call = self._calls.get(call_id)
-        if call is None or not call.total_steps:
-            return None
-        return call.step, call.total_steps, call.images
+        return [] if call is None else call.steps[since:]
 
     def cancel(self, call_id: str) -> None:
         """Stop the call at its next denoising step (or before it starts)."""
@@ -200,14 +199,18 @@ class RenderActor:
                 call.cancel.set()
 
     def render(self, name: str, reason: str, requests: list["RenderRequest"], call_id: str | None = None,
-               vae_tiling: bool = False, engine_cancel: bool = True) -> list["RenderResult"]:
-        """One pipeline call; out of GPU memory: the call in two halves (results stay in request order).
-        A cancelled call raises echo_os.errors.CancelledError (nothing returned) at its next step.
+               vae_tiling: bool = False, engine_cancel: bool = True,
+               ) -> tuple[list["RenderResult"], list[tuple[int, int, int]]]:
+        """One pipeline call, as the head's renderer sent it (its OOM back-off decides batch sizes and VAE
+        tiling: an out-of-memory error goes back to it as raised): its results and all its steps (the head
+        passes on those `progress` polls did not). A cancelled call raises echo_os.errors.CancelledError
+        (nothing returned) at its next step.
 
-        engine_cancel: hand the cancel flag to the engine, as the head's renderer would (it has one). Without
-        it (a plain `batch --ray`, whose local twin passes no flag) the call still stops at its next step,
-        through the step hook, but the engine runs exactly as without a flag: the SDXL engine decodes a
-        cancellable batch in chunks, which can round a pixel differently from one whole-batch decode."""
+        engine_cancel: hand the cancel flag to the engine, as the head's renderer would a local engine (the
+        API worker hands its engine one). Without it (`batch --ray`, whose local twin hands none) the call
+        still stops at its next step, through the step hook, but the engine runs exactly as without a flag:
+        the SDXL engine decodes a cancellable batch in chunks, which can round a pixel differently from one
+        whole-batch decode."""
         from echo_os.errors import CancelledError
 
         call = _Call(cancel=threading.Event())
@@ -219,15 +222,17 @@ class RenderActor:
                 self._calls[call_id] = call
 
         def on_step(event) -> None:
-            call.step, call.total_steps, call.images = event.step, event.total_steps, event.images
+            call.steps.append((event.step, event.total_steps, event.images))
             if not engine_cancel and call.cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
 
         try:
             if call.cancel.is_set():
                 raise CancelledError("cancelled before it started")
-            results = self._render(name, reason, requests, on_step, call.cancel if engine_cancel else None,
-                                   vae_tiling)
+            engine = self._engine(name, reason, requests[0].model)
+            if engine.capabilities.tiled_decode:
+                engine.vae_tiling = vae_tiling  # the head's OOM back-off asked for it (or not) for this call
+            results = engine.render(requests, progress=on_step, cancel=call.cancel if engine_cancel else None)
         except CancelledError:
             raise
         except Exception as error:
@@ -239,28 +244,25 @@ class RenderActor:
                     self._calls.pop(call_id, None)
         self.calls_done += 1
         self.images_done += sum(len(result.images) for result in results)
-        return results
+        return results, call.steps
 
-    def _render(self, name: str, reason: str, requests: list["RenderRequest"], progress, cancel,
-                vae_tiling: bool) -> list["RenderResult"]:
-        from echo_os.render.scheduler import _release_memory, is_out_of_memory
 
-        engine = self._engine(name, reason, requests[0].model)
-        if engine.capabilities.tiled_decode:
-            engine.vae_tiling = vae_tiling  # the head's OOM back-off asked for it (or not) for this call
-        try:
-            return engine.render(requests, progress=progress, cancel=cancel)
-        except Exception as error:
-            if not is_out_of_memory(error) or len(requests) == 1:
-                raise
-            _release_memory()
-            half = len(requests) // 2
-            return (self._render(name, reason, requests[:half], progress, cancel, vae_tiling)
-                    + self._render(name, reason, requests[half:], progress, cancel, vae_tiling))
+def machinery_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors that say the machinery failed, not the call: the actor died or is restarting, its
+    worker process or node is gone, a result was lost with them."""
+    from ray import exceptions
+
+    return (exceptions.RayActorError, exceptions.NodeDiedError, exceptions.WorkerCrashedError,
+            exceptions.ObjectLostError, exceptions.OwnerDiedError, exceptions.LocalRayletDiedError)
 
 
 class RayPool:
-    """The actors, made on start and killed on close (with the local Ray instance, if this pool started it)."""
+    """The actors, made on start and killed on close (with the local Ray instance, if this pool started it).
+
+    Every call to an actor goes through `ask` (a question: choose, free_memory, runs_on_cpu, stats,
+    progress), `tell` (cancel) or `render_on` (a pipeline call): the one restart-aware path. An actor
+    found dead or restarting is counted once per death (`actor_restarts`); `ask` and `render_on` wait for
+    it and send the call again; an actor gone for good is an OutageError."""
 
     def __init__(self, settings: "Settings", options: RayOptions = RayOptions()):
         self.settings = settings
@@ -281,31 +283,56 @@ class RayPool:
                                  max_task_retries=0, max_concurrency=ACTOR_CONCURRENCY)(RenderActor)
         self.actors = [remote.remote(settings, options.max_models, threads) for _ in range(count)]
         self.threads = threads
-        self.restarts = 0
         self.actor_restarts = [0] * count
-        self._down = [False] * count  # died, and no call has come back from it since
-        self._leased = [False] * count  # serve --ray: rendering a call that render_any sent
+        self._down = [False] * count  # died, and nothing has come back from it since
+        self._pids: list[int | None] = [None] * count  # as last seen: a new one is a restart
+        self._state = threading.Lock()  # the three lists above: calls of several threads fail together
+        self._leased = [False] * count  # rendering a call sent by render_any
         self._free = threading.Condition()
 
-    def info(self) -> list[dict]:
-        return self.ray.get([actor.info.remote() for actor in self.actors])
+    @property
+    def restarts(self) -> int:
+        """Actor deaths seen, all actors together."""
+        return sum(self.actor_restarts)
 
-    def stats(self, timeout: float = 2.0) -> list[dict | None]:
-        """Each actor's figures (RenderActor.stats); None for one that does not answer in time (restarting)."""
-        from ray.exceptions import GetTimeoutError, RayError
+    # ---- the one path to an actor -------------------------------------------------------------------
+    def tell(self, index: int, method: str, *args: Any) -> Any:
+        """Send a call to actor `index` and return its ObjectRef without waiting (cancel; render_on)."""
+        return getattr(self.actors[index], method).remote(*args)
 
-        refs = [actor.stats.remote() for actor in self.actors]
-        answers: list[dict | None] = []
-        deadline = time.monotonic() + timeout
-        for ref in refs:
+    def ask(self, index: int, method: str, *args: Any, wait: bool = True, timeout: float | None = None) -> Any:
+        """Call actor `index`'s `method` and return its answer, raising the actor's own exception (a
+        UsageError, CancelledError, CUDA out-of-memory) as a local call would. An actor that is dead or
+        restarting: counted, then (wait=True) the call waits for the restart and is sent again, until the
+        actor is gone for good (OutageError); wait=False: OutageError at once (progress, stats). A
+        `timeout` without an answer is an OutageError too."""
+        from ray.exceptions import GetTimeoutError
+
+        from echo_os.errors import OutageError
+
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while True:
             try:
-                answers.append(self.ray.get(ref, timeout=max(0.01, deadline - time.monotonic())))
-            except (GetTimeoutError, RayError):
-                answers.append(None)
-        return answers
+                answer = self._get(self.tell(index, method, *args), timeout=timeout)
+            except GetTimeoutError:
+                raise OutageError(f"render actor {index} did not answer {method} within {timeout:g}s") from None
+            except machinery_errors() as error:
+                self._actor_failed(index, error)
+                if not wait:
+                    raise OutageError(f"render actor {index} is restarting ({type(error).__name__})") from None
+                self._wait_restart(index, deadline, error)
+                continue
+            self._actor_answered(index)
+            return answer
 
-    def batch_limit(self, name: str, reason: str, request: "RenderRequest") -> int:
-        return self._get(self.actors[0].batch_limit.remote(name, reason, request))
+    def _wait_restart(self, index: int, deadline: float, error: BaseException) -> None:
+        """Before sending a call again to an actor that failed: a pause, or OutageError if it is gone."""
+        from echo_os.errors import OutageError
+
+        if self.actor_restarts[index] > MAX_RESTARTS or time.monotonic() > deadline:
+            raise OutageError(f"render actor {index} is gone: it died {self.actor_restarts[index]} times "
+                              f"({type(error).__name__}); restart the command or the server") from error
+        time.sleep(RESTART_WAIT_S)
 
     def _get(self, ref: Any, timeout: float | None = None) -> Any:
         """ray.get, raising the actor's own exception (CancelledError, a UsageError, CUDA OOM) rather than
@@ -320,63 +347,133 @@ class RayPool:
                 raise cause from None
             raise
 
-    def _send_progress(self, actor: Any, call_id: str, seen: dict[str, tuple], progress: "ProgressCallback") -> None:
-        from echo_os.render.results import ProgressEvent
+    def _actor_failed(self, index: int, error: BaseException) -> None:
+        """Actor `index` was found dead or restarting: a new death is counted and logged once."""
+        with self._state:
+            if self._down[index]:
+                return
+            self._down[index] = True
+            self._pids[index] = None  # the next pid seen is the restarted actor's, not another death
+            self.actor_restarts[index] += 1
+        log.warning("render actor %d died or is restarting (%s); its calls are sent again when it is back",
+                    index, type(error).__name__)
+
+    def _actor_answered(self, index: int, pid: int | None = None) -> None:
+        """Actor `index` answered (with its pid, where the answer has one): it is up. A pid other than the
+        last seen one means it died and restarted while no call noticed: counted now."""
+        with self._state:
+            self._down[index] = False
+            if pid is None:
+                return
+            if self._pids[index] is not None and self._pids[index] != pid:
+                self.actor_restarts[index] += 1
+                log.warning("render actor %d restarted (pid %d, was %d)", index, pid, self._pids[index])
+            self._pids[index] = pid
+
+    # ---- questions --------------------------------------------------------------------------------------
+    def info(self) -> list[dict]:
+        answers = [self.ask(index, "info") for index in range(len(self.actors))]
+        for index, answer in enumerate(answers):
+            self._actor_answered(index, answer["pid"])
+        return answers
+
+    def stats(self, timeout: float = 2.0) -> list[dict | None]:
+        """Each actor's figures (RenderActor.stats); None for one that does not answer in time (restarting)."""
+        from echo_os.errors import OutageError
+
+        answers: list[dict | None] = []
+        deadline = time.monotonic() + timeout
+        for index in range(len(self.actors)):
+            try:
+                answer = self.ask(index, "stats", wait=False, timeout=max(0.01, deadline - time.monotonic()))
+            except OutageError:
+                answers.append(None)
+                continue
+            self._actor_answered(index, answer["pid"])
+            answers.append(answer)
+        return answers
+
+    def choose(self, request: "RenderRequest", index: int = 0) -> tuple[str, str]:
+        """The engine `auto` picks for `request` on actor `index`'s hardware (the one place both Ray hosts
+        decide it), with the reason; an unknown model or missing weights raise there as here."""
+        return self.ask(index, "choose", request)
+
+    def engine(self, request: "RenderRequest", index: int = 0, *, engine_cancel: bool = True) -> "RayEngine":
+        """A RayEngine for `request`, chosen by actor `index` (see RayEngine for engine_cancel)."""
+        return RayEngine(self, index, *self.choose(request, index), engine_cancel=engine_cancel)
+
+    # ---- pipeline calls ---------------------------------------------------------------------------------
+    def _poll_progress(self, index: int, call_id: str, sent: list[tuple], progress: "ProgressCallback") -> None:
+        """Pass on the steps of the call that `sent` (those passed on so far) lacks."""
+        from echo_os.errors import OutageError
 
         try:
-            step = self.ray.get(actor.progress.remote(call_id), timeout=PROGRESS_POLL_S * 5)
-        except Exception:  # noqa: BLE001 - a slow or restarting actor: no progress this round
+            steps = self.ask(index, "progress", call_id, len(sent), wait=False, timeout=PROGRESS_POLL_S * 5)
+        except OutageError:  # slow or restarting: no progress this round (the render call sees a death)
             return
-        if step is not None and seen.get(call_id) != step:
-            seen[call_id] = step
-            progress(ProgressEvent(step=step[0], total_steps=step[1], images=step[2]))
+        _pass_on(steps, sent, progress)
 
     def render_on(self, index: int, name: str, reason: str, requests: list["RenderRequest"], *,
                   progress: "ProgressCallback | None" = None, cancel: "threading.Event | None" = None,
-                  vae_tiling: bool = False) -> list["RenderResult"]:
-        """One pipeline call on actor `index` (serve --ray, through render_any), its steps passed to
-        `progress` while it runs, `cancel` sent on to the actor. An actor that dies mid-call is restarted
-        by Ray and the call sent again (at most MAX_RESTARTS times)."""
-        from ray.exceptions import RayActorError
-
+                  vae_tiling: bool = False, engine_cancel: bool = True) -> list["RenderResult"]:
+        """One pipeline call on actor `index`, its steps passed to `progress` while it runs. A set `cancel`
+        is sent on to the actor (the call stops at its next step: CancelledError); so is an interrupt of
+        this thread (Ctrl-C), which is raised once the actor has stopped the call or CANCEL_WAIT_S passed.
+        An actor that dies mid-call is restarted by Ray and the call sent again; one gone for good is an
+        OutageError."""
         from echo_os.errors import CancelledError
 
-        actor = self.actors[index]
-        deaths = 0
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
         while True:
             call_id = uuid.uuid4().hex
-            ref = actor.render.remote(name, reason, requests, call_id, vae_tiling, engine_cancel=cancel is not None)
-            seen: dict[str, tuple] = {}
-            sent_cancel = False
+            ref = self.tell(index, "render", name, reason, requests, call_id, vae_tiling, engine_cancel)
+            sent: list[tuple] = []  # the call's steps passed to `progress`
+            cancelled_at: float | None = None
             try:
                 while True:
                     ready, _ = self.ray.wait([ref], num_returns=1, timeout=PROGRESS_POLL_S)
                     if ready:
-                        results = self._get(ready[0])
-                        self._down[index] = False
+                        results, steps = self._get(ready[0])
+                        self._actor_answered(index)
+                        if progress is not None:
+                            _pass_on(steps[len(sent):], sent, progress)
                         return results
-                    if cancel is not None and cancel.is_set() and not sent_cancel:
-                        actor.cancel.remote(call_id)
-                        sent_cancel = True
+                    if cancel is not None and cancel.is_set():
+                        if cancelled_at is None:
+                            self.tell(index, "cancel", call_id)
+                            cancelled_at = time.monotonic()
+                        elif time.monotonic() - cancelled_at > CANCEL_WAIT_S:
+                            raise CancelledError("cancelled; the actor did not stop its call in time")
                     if progress is not None:
-                        self._send_progress(actor, call_id, seen, progress)
-            except RayActorError as error:
-                deaths += self._actor_failed(index, error)
-                if deaths > MAX_RESTARTS:
-                    raise
+                        self._poll_progress(index, call_id, sent, progress)
+            except machinery_errors() as error:
+                self._actor_failed(index, error)
                 if cancel is not None and cancel.is_set():
                     raise CancelledError("cancelled while its actor restarted") from None
+                self._wait_restart(index, deadline, error)
+            except KeyboardInterrupt:
+                self._stop_call(index, call_id, ref)
+                raise
+
+    def _stop_call(self, index: int, call_id: str, ref: Any) -> None:
+        """Ctrl-C on the thread waiting for a call: the actor stops it at its next step (it outlives this
+        process on a cluster); wait for that, at most CANCEL_WAIT_S (a second Ctrl-C ends the wait)."""
+        try:
+            self.tell(index, "cancel", call_id)
+            self.ray.wait([ref], num_returns=1, timeout=CANCEL_WAIT_S)
+        except KeyboardInterrupt:
+            pass
 
     def render_any(self, name: str, reason: str, requests: list["RenderRequest"], *, prefer: int = 0,
                    progress: "ProgressCallback | None" = None, cancel: "threading.Event | None" = None,
-                   vae_tiling: bool = False) -> list["RenderResult"]:
-        """One pipeline call on an idle actor (serve --ray: the calls of the jobs of every job worker share the
-        actors): actor `prefer` if it is idle, else the first idle one; while none is, the call waits (a
-        cancel ends the wait with CancelledError). Then render_on."""
+                   vae_tiling: bool = False, engine_cancel: bool = True) -> list["RenderResult"]:
+        """One pipeline call on an idle actor (the calls of one run, and of every job worker of `serve
+        --ray`, share the actors): actor `prefer` if it is idle, else the first idle one; while none is,
+        the call waits (a cancel ends the wait with CancelledError). Then render_on."""
         index = self._lease(prefer, cancel)
         try:
             return self.render_on(index, name, reason, requests, progress=progress, cancel=cancel,
-                                  vae_tiling=vae_tiling)
+                                  vae_tiling=vae_tiling, engine_cancel=engine_cancel)
         finally:
             with self._free:
                 self._leased[index] = False
@@ -396,86 +493,6 @@ class RayPool:
                         return index
                 self._free.wait(PROGRESS_POLL_S)  # woken by a release; the timeout looks at `cancel`
 
-    def _actor_failed(self, index: int, error: Exception) -> int:
-        """A call on actor `index` failed because the actor died or is restarting: 1 for a new death
-        (counted and logged), 0 while the same one is still restarting (wait a moment before sending again)."""
-        if self._down[index]:
-            time.sleep(RESTART_WAIT_S)
-            return 0
-        self._down[index] = True
-        self.restarts += 1
-        self.actor_restarts[index] += 1
-        log.warning("render actor %d died or is restarting (%s); its call is sent again", index, type(error).__name__)
-        return 1
-
-    def run(self, name: str, reason: str, calls: list[list["RenderRequest"]], *,
-            progress: "ProgressCallback | None" = None, cancel: "threading.Event | None" = None):
-        """Yield (call number, results) as calls finish, each call once; a call whose actor died is sent
-        again (to the first idle actor: the restarted one or another). `progress` gets the running calls'
-        steps; `cancel` set (or Ctrl-C) stops the running calls at their next step and sends no more, then
-        CancelledError (KeyboardInterrupt) is raised."""
-        ray = self.ray
-        from ray.exceptions import RayActorError
-
-        from echo_os.errors import CancelledError
-
-        queue = deque(range(len(calls)))
-        idle = list(self.actors)
-        running: dict[Any, tuple[int, Any, str]] = {}
-        seen: dict[str, tuple] = {}
-        cancelled = False
-        try:
-            while queue or running:
-                if cancel is not None and cancel.is_set() and not cancelled:
-                    cancelled = True
-                    queue.clear()
-                    self._cancel_running(running)
-                while queue and idle:
-                    number = queue.popleft()
-                    actor = idle.pop(0)
-                    call_id = uuid.uuid4().hex
-                    ref = actor.render.remote(name, reason, calls[number], call_id, engine_cancel=cancel is not None)
-                    running[ref] = (number, actor, call_id)
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_POLL_S)
-                if not ready:
-                    if progress is not None:
-                        for _, actor, call_id in list(running.values()):
-                            self._send_progress(actor, call_id, seen, progress)
-                    continue
-                number, actor, call_id = running.pop(ready[0])
-                seen.pop(call_id, None)
-                idle.append(actor)
-                index = self.actors.index(actor)
-                try:
-                    results = self._get(ready[0])
-                except RayActorError as error:
-                    self._actor_failed(index, error)
-                    if self.restarts > MAX_RESTARTS * len(self.actors):
-                        raise
-                    if not cancelled:
-                        queue.appendleft(number)
-                    continue
-                except CancelledError:
-                    cancelled = True
-                    continue
-                self._down[index] = False
-                if not cancelled:
-                    yield number, results
-        except KeyboardInterrupt:
-            # Ctrl-C: the actors stop at their next step (they outlive this process on a cluster)
-            self._cancel_running(running)
-            try:
-                ray.wait(list(running), num_returns=len(running), timeout=CANCEL_WAIT_S)
-            except KeyboardInterrupt:
-                pass
-            raise
-        if cancelled:
-            raise CancelledError("cancelled")
-
-    def _cancel_running(self, running: dict[Any, tuple[int, Any, str]]) -> None:
-        for _, actor, call_id in running.values():
-            actor.cancel.remote(call_id)
-
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor)
@@ -484,58 +501,67 @@ class RayPool:
             self.ray.shutdown()
 
 
-def render_requests_ray(settings: "Settings", requests: list["RenderRequest"], *, store: "ArtifactStore",
-                        pool: RayPool, engine: "Engine", batch_size: int | None = None, resume: bool = True,
-                        on_image: Callable[["ImageDone"], None] | None = None,
-                        on_engine: Callable[["EngineChoice"], None] | None = None,
-                        progress: "ProgressCallback | None" = None,
-                        cancel: threading.Event | None = None) -> "RenderOutcome":
-    """render_requests (echo_os.render.scheduler) with the pipeline calls on Ray actors and the saving here.
-    progress: the running calls' denoising steps; cancel: stops the actors' calls at their next step
-    (the calls saved before it stay saved), then CancelledError."""
-    from echo_os.render.scheduler import (
-        EngineChoice, ImageDone, Piece, RenderOutcome, canonical_options, resume_rendered, take_batch,
-    )
+def _pass_on(steps: list[tuple[int, int, int]], sent: list[tuple], progress: "ProgressCallback") -> None:
+    from echo_os.render.results import ProgressEvent
 
-    outcome = RenderOutcome()
-    choice = EngineChoice(engine.name, engine.reason)
-    outcome.engines.append(choice)
-    if on_engine is not None:
-        on_engine(choice)
-    # 1. The pieces, tagged as the renderer tags them; what the project already has is resumed.
-    pieces = [Piece(source, 0, request.model_copy(update={"engine": engine.name,
-                                                          "options": canonical_options(engine, request)}))
-              for source, request in enumerate(requests)]
-    if resume:
-        pieces = resume_rendered(store, pieces, outcome, on_image)
-    # 2. The calls: the renderer's batch groups and sizes.
-    groups: dict[tuple, list[Piece]] = {}
-    for piece in pieces:
-        groups.setdefault(piece.request.batch_key(), []).append(piece)
-    calls: list[list[Piece]] = []
-    cap = max(1, engine.capabilities.max_batch)
-    for group in groups.values():
-        limit = min(batch_size, cap) if batch_size else pool.batch_limit(engine.name, engine.reason, group[0].request)
-        outcome.batch_sizes.setdefault(engine.name, limit)
-        queue = deque(group)
-        while queue:
-            calls.append(take_batch(queue, limit))
-    # 3. Render anywhere, save here in call order (scene order: the calls are made in request order).
-    finished: dict[int, list["RenderResult"]] = {}
-    next_call = 0
-    for number, results in pool.run(engine.name, engine.reason, [[p.request for p in call] for call in calls],
-                                    progress=progress, cancel=cancel):
-        finished[number] = results
-        while next_call in finished:
-            call, results = calls[next_call], finished.pop(next_call)
-            images = sum(len(result.images) for result in results)
-            for piece, result in zip(call, results):
-                for i in range(len(result.images)):
-                    started = time.perf_counter()
-                    artifact = store.save(result, i, batch_size=images)
-                    outcome.artifacts.append(artifact)
-                    if on_image is not None:
-                        on_image(ImageDone(artifact, resumed=False, source=piece.source, index=piece.first + i,
-                                           save_s=time.perf_counter() - started))
-            next_call += 1
-    return outcome
+    for step in steps:
+        sent.append(step)
+        progress(ProgressEvent(step=step[0], total_steps=step[1], images=step[2]))
+
+
+class RayEngine(BaseEngine):
+    """An engine whose pipeline calls run on a RayPool's actors. Name, reason, capabilities and options
+    are those of the engine the actor chose (RayPool.engine); the renderer's `vae_tiling` is sent with
+    every call. `concurrent_calls` (one per actor) tells the renderer to start that many calls at once;
+    each goes to an idle actor, actor `index` first. free_memory and runs_on_cpu are asked of actor
+    `index`, through the pool's restart-aware path.
+
+    engine_cancel: whether the actor hands a call's cancel flag to its engine. True for `serve --ray`,
+    whose local twin (the API worker) hands its engine one; False for `batch --ray`, whose local twin
+    hands none (see RenderActor.render: the calls still stop at their next step)."""
+
+    def __init__(self, pool: RayPool, index: int, name: str, reason: str, *, engine_cancel: bool = True):
+        from echo_os.engines import get_engine
+
+        super().__init__(pool.settings, reason)
+        plugin = get_engine(name)
+        self.pool = pool
+        self.index = index
+        self.name = name  # type: ignore[misc]  # the chosen engine's, per instance
+        self.capabilities = plugin.capabilities  # type: ignore[misc]
+        self.Options = plugin.Options  # type: ignore[misc]
+        self.engine_cancel = engine_cancel
+        self.concurrent_calls = len(pool.actors)
+
+    def render(self, requests: list["RenderRequest"], *, progress: "ProgressCallback | None" = None,
+               cancel: threading.Event | None = None, vae_tiling: bool | None = None) -> list["RenderResult"]:
+        """One pipeline call on an idle actor; vae_tiling: for this call (None: the engine's `vae_tiling`)."""
+        tiling = self.vae_tiling if vae_tiling is None else vae_tiling
+        return self.pool.render_any(self.name, self.reason, requests, prefer=self.index, progress=progress,
+                                    cancel=cancel, vae_tiling=tiling, engine_cancel=self.engine_cancel)
+
+    def free_memory(self, request: "RenderRequest") -> "MemoryInfo | None":
+        return self.pool.ask(self.index, "free_memory", self.name, self.reason, request)
+
+    def runs_on_cpu(self, request: "RenderRequest") -> bool:
+        return self.pool.ask(self.index, "runs_on_cpu", self.name, self.reason, request)
+
+    def release(self, request: "RenderRequest") -> None:
+        """The actor keeps its models by its own rule (least recently used dropped)."""
+
+
+def ray_engine_factory(pool: RayPool, index: int) -> Callable[["RenderRequest"], RayEngine]:
+    """The engines of a job worker whose home is actor `index` (serve --ray): one RayEngine per engine the
+    actor chooses, shared by every coalesce key, so that the renderer puts all the calls of a job (a
+    compare's cells, each its own batch group) through one engine and so runs them concurrently."""
+    engines: dict[tuple[str, str], RayEngine] = {}
+    lock = threading.Lock()
+
+    def make(request: "RenderRequest") -> RayEngine:
+        name, reason = pool.choose(request, index)
+        with lock:
+            if (name, reason) not in engines:
+                engines[name, reason] = RayEngine(pool, index, name, reason)
+            return engines[name, reason]
+
+    return make

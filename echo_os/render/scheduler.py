@@ -360,11 +360,12 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
     the group starts), halving it on out-of-memory, then decoding with VAE tiling.
 
     Calls run one at a time on this thread, unless the engine has `concurrent_calls` above 1
-    (echo_os.api.ray_workers.RayEngine: one per Ray actor): then up to that many run at once, each on a
+    (echo_os.render.ray.RayEngine: one per Ray actor): then up to that many run at once, each on a
     thread of its own, the next group's calls starting while the last of the group before run; their
     results are saved here, in call order, as the oldest call ends. A call that ran out of memory is
-    rendered again (smaller, or with VAE tiling) before any later call is saved. On any other error the
-    calls still running are waited for (nothing of theirs is saved), then the error is raised.
+    rendered again (smaller, or with VAE tiling) before any later call is saved. On any other error, or
+    an interrupt (Ctrl-C) of this thread, the calls still running are stopped at their next step through
+    their cancel flag and waited for (nothing of theirs is saved), then the error is raised.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -373,7 +374,7 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
         grouped.setdefault(piece.request.batch_key(), []).append(piece)
     groups = deque(_Group(deque(group)) for group in grouped.values())
     cap = max(1, engine.capabilities.max_batch)
-    width = max(1, int(getattr(engine, "concurrent_calls", 1)))
+    width = max(1, engine.concurrent_calls)
     window: deque[_PipelineCall] = deque()  # started (or split, waiting to start) calls, in saving order
     tiling = engine.vae_tiling  # the OOM back-off's VAE tiling is for a group; the engine may outlive this
 
@@ -391,10 +392,15 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
             group.limit = max(1, min(limit, max_batch)) if max_batch else limit
         return _PipelineCall(group, take_batch(group.queue, group.limit))
 
+    # Calls on other threads are stopped through their cancel flag when the run ends early (Ctrl-C, an
+    # error): a caller that gave no flag gets this one for them (a call on this thread is stopped by the
+    # exception itself).
+    stop = threading.Event()
+
     def render(pieces: list[Piece]) -> list["RenderResult"]:
         with hooks.call(pieces) as control:
-            return engine.render([piece.request for piece in pieces], progress=control.progress,
-                                 cancel=control.cancel)
+            cancel = control.cancel if control.cancel is not None or pool is None else stop
+            return engine.render([piece.request for piece in pieces], progress=control.progress, cancel=cancel)
 
     def start(call: _PipelineCall) -> bool:
         call.pieces = hooks.before_call(call.pieces)
@@ -471,6 +477,9 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
                     outcome.artifacts.append(artifact)
                     hooks.image(ImageDone(artifact, resumed=False, source=piece.source, index=piece.first + i,
                                           save_s=time.perf_counter() - started))
+    except BaseException:
+        stop.set()  # the calls still running stop at their next step
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True)  # the calls still running (after an error) end before it is raised

@@ -29,7 +29,6 @@ from echo_os.story.results import SceneResult  # noqa: F401  (re-exported: the o
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine
-    from echo_os.render.ray import RayPool
     from echo_os.render.scheduler import EngineChoice, ImageDone
     from echo_os.settings import Settings
     from echo_os.story.plan import PlanOptions, StoryPlan
@@ -209,13 +208,13 @@ def render_plan(
     engine: "Engine | None" = None,
     store: "ArtifactStore | None" = None,
     resonance: Any = None,
-    ray: "RayPool | None" = None,
 ) -> StoryRender:
     """Render every scene of a validated StoryPlan (resuming what is already rendered), then write the
     contact sheet and story.json. clip: a models.toml clip entry for the continuity report, "none" to
     skip it, None for the first one on this machine. resonance: resonance.story.ResonanceOptions to score
     the images, keep each scene's best of N and flag drift before the contact sheet and story.json.
-    ray: render the pipeline calls on these Ray actors (echo_os.render.ray); saving stays here."""
+    engine: render with this engine (a RayEngine for `batch --ray`: the calls on Ray actors, the saving
+    here); None: the one `auto` or the plan's engine picks here."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.render.scheduler import render_requests
 
@@ -242,15 +241,8 @@ def render_plan(
                 progress(StoryProgress(scenes_done, len(need), counts["done"], plan.image_count, counts["rendered"],
                                        time.perf_counter() - started))
 
-        if ray is not None:
-            from echo_os.render.ray import render_requests_ray
-
-            outcome = render_requests_ray(settings, requests, store=store, pool=ray, engine=engine,
-                                          batch_size=batch_size, on_engine=on_engine, on_image=on_image,
-                                          cancel=cancel)
-        else:
-            outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
-                                      on_engine=on_engine, resume=True, on_image=on_image, engine=engine)
+        outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
+                                  on_engine=on_engine, resume=True, on_image=on_image, engine=engine)
         return write_story_outputs(
             settings, plan, store=store, artifacts=[*outcome.resumed, *outcome.artifacts],
             resumed_ids={artifact.id for artifact in outcome.resumed}, engines=outcome.engines,
