@@ -15,7 +15,6 @@ import time
 import pytest
 
 from echo_os.artifacts.store import ArtifactStore
-from echo_os.engines.base import Capabilities
 from echo_os.engines.draft import DraftEngine
 from echo_os.render.requests import RenderRequest
 from echo_os.render.scheduler import OutOfMemoryError, render_requests
