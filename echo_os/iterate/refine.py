@@ -47,6 +47,39 @@ def _model_loras(settings: "Settings", base: RenderRequest, model: str) -> tuple
                         if lora.sha256 not in {k.sha256 for k in kept})
 
 
+def _refine_drops(engine_name: str) -> tuple[str, ...]:
+    """The parent engine's options a refine does not carry (EngineOptions.refine_drops)."""
+    from echo_os.engines import engine_table
+
+    plugin = engine_table().get(engine_name)
+    return tuple(getattr(plugin.Options, "refine_drops", ())) if plugin is not None else ()
+
+
+def parent_request(settings: "Settings", parent: "Artifact") -> RenderRequest:
+    """What a refine starts from: the parent's own request, or, for an image brought in by `memory import`,
+    the prompt and settings its PNG carried (what it lacks, and a model that is not in models.toml, take
+    echo-os's defaults). Not validated here: the refine's own fields are checked once they are merged."""
+    from echo_os.artifacts.meta import artifact_kind
+    from echo_os.models.registry import load_registry
+    from echo_os.render.requests import MAX_STEPS, SCHEDULERS
+
+    if artifact_kind(parent.meta) != "imported":
+        return parent.meta.replay_request()
+    meta = parent.meta
+    fields: dict[str, Any] = {"prompt": meta.prompt, "project": meta.project}
+    if meta.negative_prompt:
+        fields["negative_prompt"] = meta.negative_prompt
+    if 1 <= meta.steps <= MAX_STEPS:
+        fields["steps"] = meta.steps
+    if 0 < meta.cfg <= 100:
+        fields["cfg"] = meta.cfg
+    if meta.scheduler in SCHEDULERS:
+        fields["scheduler"] = meta.scheduler
+    if meta.model is not None and meta.model.name in load_registry(settings):
+        fields["model"] = meta.model.name
+    return RenderRequest.model_construct(**fields)
+
+
 def refine_request(settings: "Settings", parent: "Artifact", *, strength: float = DEFAULT_STRENGTH,
                    prompt: str | None = None, style: str | None = None, negative: str | None = None,
                    changes: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> RenderRequest:
@@ -66,8 +99,13 @@ def prepare_refine(settings: "Settings", parent: "Artifact", *, strength: float 
     entry's render defaults replace the parent's values the user did not give."""
     from echo_os.render.prepare import prepare
 
+    from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
+
     check_strength(strength)
-    base = parent.meta.replay_request()
+    require_kind(parent.id, parent.meta, IMAGE_KINDS, "refine")
+    if not (prompt or parent.meta.prompt).strip():
+        raise OptionError(f"{parent.id[:12]} was imported without a prompt: give PROMPT", "prompt")
+    base = parent_request(settings, parent)
     png = parent.image_path.read_bytes()
     values: dict[str, Any] = base.model_dump(exclude={"width", "height", "seed"})
     values.update({"count": 1, "parent_id": parent.id, "ip_adapter": base.ip_adapter, "loras": base.loras,
@@ -85,6 +123,8 @@ def prepare_refine(settings: "Settings", parent: "Artifact", *, strength: float 
                           "options.init_image")
     inherited = dict(base.options) if values["engine"] in ("auto", parent.meta.engine.name) else {}
     inherited.pop("init_image", None)
+    for name in _refine_drops(parent.meta.engine.name):  # e.g. the parent's txt2img template
+        inherited.pop(name, None)
     values["options"] = {**inherited, **(options or {})}
     if prompt is not None:
         values["prompt"] = prompt

@@ -189,7 +189,8 @@ def _style(settings: "Settings", layers: _Layers) -> None:
     negative = fields.get("negative_prompt") or None  # none given: the model's own rule (requests.py)
     if "style_name" in fields:  # already resolved (refine: the parent's own style)
         return
-    fields.update(style_fields(settings, fields.pop("style", None) or "", negative))
+    # a learned style with a reference image adds itself to the request's own IP-Adapter references
+    fields.update(style_fields(settings, fields.pop("style", None) or "", negative, adapter=fields.get("ip_adapter")))
 
 
 def _model_defaults(settings: "Settings", layers: _Layers) -> None:
@@ -216,11 +217,20 @@ def _build(settings: "Settings", layers: _Layers) -> RenderRequest:
         first = error.errors()[0]
         name = str(first["loc"][0]) if first.get("loc") else "request"
         raise OptionError(describe_validation_error(error), _size_name(name)) from None
-    if request.init_image is not None and int(request.steps * request.init_image.strength) < 1:
-        # diffusers would run no denoising step at all
+    if (request.init_image is not None and int(request.steps * request.init_image.strength) < 1
+            and _scales_steps(request.engine)):  # diffusers would run no denoising step at all
         raise OptionError(f"--strength {request.init_image.strength:g} with {request.steps} steps denoises no "
                           "step (img2img runs steps x strength); raise --strength or --steps", "strength")
     return request
+
+
+def _scales_steps(engine_name: str) -> bool:
+    """Whether the named engine's img2img runs steps x strength (auto: assume so, the diffusers engines
+    come first); an engine that runs every step (Capabilities.img2img_scales_steps False) has no such limit."""
+    from echo_os.engines import engine_table
+
+    plugin = engine_table().get(engine_name)
+    return plugin is None or plugin.capabilities.img2img_scales_steps
 
 
 def check_model_name(settings: "Settings", model: str, engine: str) -> None:
