@@ -301,6 +301,12 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
                                style_negative=chosen_style.negative, styles=style_table(settings),
                                preset=preset_values, model_defaults=all_render_defaults(settings))
     if source is None:
+        from echo_os.intent.tasks import batch_task_plan  # a task plan (plan --kind assets) runs on its own
+
+        if batch_task_plan(settings, project, count=count, dry_run=dry_run, json_output=json_output, engine=engine,
+                           model=model, size=size, steps=steps, cfg=cfg, seed=seed, style=chosen_style,
+                           echo=click.echo):
+            return
         planned, kind = plan_source(settings, project, count)
         source = f"@{planned}" if kind == "prompts" else str(planned)
     if source.startswith("@") and bible is not None:

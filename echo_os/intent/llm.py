@@ -108,7 +108,7 @@ def build_messages(intent: Intent, count: int, past_prompts: list[str], images: 
               "prompt. Make the prompts differ from each other and from the past prompts.")
     lines = [f"Intent: {intent.theme or intent.text}", f"Number of prompts: exactly {count}."]
     if intent.exclusions:
-        lines.append(f"Excluded (do not mention): {', '.join(intent.exclusions)}")
+        lines.append(f"Excluded (do not mention): {intent.negative_prompt}")
     if past_prompts:
         lines.append("Past prompts of this project (do not repeat them):")
         lines += [f"- {prompt}" for prompt in past_prompts]
@@ -121,7 +121,23 @@ def build_messages(intent: Intent, count: int, past_prompts: list[str], images: 
     return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
 
-def _problems(answer: str, count: int, intent: Intent) -> tuple[PlanAnswer | None, str | None]:
+RELEVANCE_FLOOR = 0.2  # an answer's prompt this far from the intent (MiniLM cosine) is off topic
+
+
+@dataclass(frozen=True)
+class LLMAnswer:
+    prompts: list[str]
+    attempts: int
+    notes: list[str]  # the corrections made to the model's answer (exclusions it ignored)
+
+
+def correct_exclusions(prompt: str, intent: Intent) -> str:
+    """The prompt without its clauses that name an excluded thing (by word or by the widened concept)."""
+    clauses = [c.strip() for c in prompt.split(",")]
+    return ", ".join(c for c in clauses if c and not intent.mentions_excluded(c))
+
+
+def _problems(answer: str, count: int, intent: Intent, embed=None) -> tuple[PlanAnswer | None, str | None]:
     try:
         parsed = PlanAnswer.model_validate_json(answer)
     except ValidationError as error:
@@ -134,14 +150,24 @@ def _problems(answer: str, count: int, intent: Intent) -> tuple[PlanAnswer | Non
     if len(set(p.casefold() for p in prompts)) != len(prompts):
         return None, "two items are the same prompt"
     for prompt in prompts:
-        if intent.mentions_excluded(prompt):
-            return None, f"the prompt {prompt!r} mentions an excluded thing ({', '.join(intent.exclusions)})"
+        if intent.mentions_excluded(prompt) and len(correct_exclusions(prompt, intent)) < 3:
+            return None, f"the prompt {prompt!r} is about an excluded thing ({', '.join(intent.exclusions)})"
+    if embed is not None:
+        vectors = embed(prompts)
+        query = embed([intent.english or intent.text])[0]
+        far = [p for p, v in zip(prompts, vectors) if float(v @ query) < RELEVANCE_FLOOR]
+        if far:
+            return None, (f"the prompt {far[0]!r} is off the topic {intent.theme!r}; every prompt must show "
+                          "what the intent asks for")
     return parsed, None
 
 
 def plan_with_llm(config: PlannerConfig, intent: Intent, *, count: int, past_prompts: list[str],
-                  images: list[Path]) -> tuple[list[str], int]:
-    """(prompts, attempts used). Raises PlannerRefused after config.attempts invalid answers."""
+                  images: list[Path], embed=None) -> LLMAnswer:
+    """The model's prompts, checked like the offline planner's: relevance to the intent (MiniLM, with
+    `embed`) and exclusions. An off-topic or malformed answer is asked again; a prompt that names an
+    excluded thing is corrected (the clause dropped, the plan notes it). Raises PlannerRefused after
+    config.attempts invalid answers."""
     try:
         import openai
     except ImportError:
@@ -162,9 +188,17 @@ def plan_with_llm(config: PlannerConfig, intent: Intent, *, count: int, past_pro
             raise EchoError(f"the planner endpoint {config.url} answered HTTP {error.status_code}: "
                             f"{str(error.message)[:200]}") from None
         answer = completion.choices[0].message.content or ""
-        parsed, problem = _problems(answer, count, intent)
+        parsed, problem = _problems(answer, count, intent, embed)
         if parsed is not None:
-            return [item.prompt.strip() for item in parsed.items], attempt
+            prompts, notes = [], []
+            for item in parsed.items:
+                prompt = item.prompt.strip()
+                corrected = correct_exclusions(prompt, intent)
+                if corrected != prompt:
+                    notes.append(f"the model named an excluded thing ({', '.join(intent.exclusions)}); "
+                                 f"corrected {prompt!r} -> {corrected!r}")
+                prompts.append(corrected)
+            return LLMAnswer(prompts=prompts, attempts=attempt, notes=notes)
         messages = messages + [{"role": "assistant", "content": answer},
                                {"role": "user", "content": f"That answer is invalid ({problem}). "
                                                            "Answer again with JSON matching the schema."}]
