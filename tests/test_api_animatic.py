@@ -54,7 +54,7 @@ def animatic_folders(home):
 
 
 async def test_animatic_job_encodes_the_story_and_lists_the_video(story_home):
-    from echo_os.motion.encode import probe
+    from echo_os.artifacts.encode import probe
 
     before = set(animatic_folders(story_home))
     async with api_client(Settings(home=story_home), options=options()) as (client, app):
@@ -140,7 +140,7 @@ async def test_cancel_while_encoding_stops_between_frames_and_writes_nothing(sto
     """The encoder is held after its third frame (the real encoder otherwise): a cancel then stops the job
     before the next frame; no artifact, no folder, nothing left in artifacts/.tmp. `store`: the cancel is
     only in jobs.db (asked through another process), which the worker reads between frames."""
-    from echo_os.motion import encode
+    from echo_os.artifacts import encode
 
     held, release = threading.Event(), threading.Event()
     real_write = encode.Mp4Writer.write

@@ -7,6 +7,7 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/render                202 {job_id, status_url, events_url}
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
     POST /api/animatic              202 {job_id, ...}: a rendered story as an MP4 (echo_os.motion.animatic)
+    POST /api/animate               202 {job_id, ...}: a clip from an image artifact by a video engine (echo-os animate)
     POST /api/evolve                202 {job_id, run_id, ...}: the improvement loop (echo_os.reflect.evolve)
     GET  /api/evolve/{run_id}       the loop's record: rounds, candidates, scores, gains
     POST /api/refine                202 {job_id, ...}: image-to-image from an artifact (echo-os refine)
@@ -62,7 +63,7 @@ from echo_os.api.jobs import (
     StorySource, new_job_id, now_iso,
 )
 from echo_os.api.schemas import (
-    AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
+    AnimateBody, AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
     CompareSubmitted, EvolveBody, EvolveSubmitted, Health, JobPage, JobView, RefineBody, RenderBody, StyleBody, StyleView, Submitted,
     WorkerList, WorkerView, error_responses,
 )
@@ -103,7 +104,7 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
     return JobView(id=job.id, kind=job.view_kind, status=job.status, progress=progress, attempts=job.attempts,
                    interruptions=job.interruptions, error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
-                   artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
+                   artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind in ("render", "clip") else None,
                    title=job.spec.title, animatic=animatic, grid_id=job.grid_id,
                    scenes=animatic.scenes if animatic is not None else len(job.spec.items))
 
@@ -205,7 +206,7 @@ async def _answer_earlier(api: ApiState, admission: Admission) -> JSONResponse:
     elif job.spec.compare is not None:
         model, extra = CompareSubmitted, {"cells": len(job.spec.items)}
     else:
-        model, extra = (Submitted, {}) if job.kind == "render" else \
+        model, extra = (Submitted, {}) if job.kind in ("render", "clip") else \
             (BatchSubmitted, batch_summary(job, job.spec.items[0].project))
     response = submitted(job.id, model, status=job.status, **extra)
     response.status_code = 200
@@ -254,10 +255,13 @@ def hold_server_lock(settings: Settings):
 def importing_first(make_engine):
     """The engine factory, after the ML libraries are imported under ml_imports' lock: the worker thread
     and the memory routes' threads must not import transformers at the same time (issue 11)."""
+    from echo_os.engines import AUTO, get_engine
     from echo_os.ml_imports import import_ml_libraries
 
     def make(request):
-        if request.engine != "draft":  # draft cards import no ML library
+        # An engine that renders from local weights loads them with the ML libraries; one without (cards,
+        # hosted services) imports none. `auto` may pick either: import first.
+        if request.engine == AUTO or get_engine(request.engine).capabilities.needs_weights:
             import_ml_libraries()
         return make_engine(request)
 
@@ -498,6 +502,20 @@ def _add_routes(app: FastAPI) -> None:
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
             return earlier
         return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
+
+    @app.post("/api/animate", status_code=202, response_model=Submitted, tags=["jobs"],
+              responses=_submit_responses(Submitted, 400, 403, 404, 409, 413, 422))
+    async def submit_animate(body: AnimateBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+        """Queue `echo-os animate`: a clip from an image artifact (a video artifact whose parent is the image),
+        rendered by a video engine through the renderer: progress events, cancel and exactly-once as a render."""
+        key, replayed = await _earlier(api, "/api/animate", idempotency_key, body)
+        if replayed is not None:
+            return replayed
+        request = await run_in_threadpool(clip_body_request, api, body)
+        job = Job(id=new_job_id(), kind="clip", status="queued", spec=JobSpec(items=(request,)), created=now_iso())
+        if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
+            return earlier
+        return submitted(job.id)
 
     @app.post("/api/evolve", status_code=202, response_model=EvolveSubmitted, tags=["jobs"],
               responses=_submit_responses(EvolveSubmitted, 400, 403, 404, 409, 413, 422))
@@ -749,6 +767,48 @@ def refine_body_request(api: ApiState, body: RefineBody):
     return prepared.request
 
 
+def clip_body_request(api: ApiState, body: AnimateBody):
+    """The clip's RenderRequest (echo_os.motion.clips.clip_render_request), after the checks `echo-os animate`
+    makes before rendering; a 422 names the body field, a 404 an unknown artifact."""
+    from echo_os.artifacts.store import Artifact
+    from echo_os.artifacts.video import is_video_meta
+    from echo_os.engines import check_runtime, choose_engine
+    from echo_os.engines.video import ClipRequest
+    from echo_os.motion.clips import clip_render_request
+    from echo_os.render.requests import parse_size
+
+    row = api.catalog.resolve(body.artifact_id)
+    if is_video_meta(row.meta):
+        raise field_error("artifact_id", f"artifact {row.id[:12]} is a video; a clip starts from an image artifact",
+                          body.artifact_id)
+    parent = Artifact.from_row(api.settings.artifacts_dir, row)
+    width = height = None
+    if body.size is not None:
+        try:
+            width, height = parse_size(body.size)
+        except UsageError as error:
+            raise field_error("size", str(error).replace("--size", "size"), body.size) from None
+    check_model(api.settings, body.model, "auto")
+    clip = ClipRequest(seed=parent.meta.seed if body.seed is None else body.seed, model=body.model, frames=body.frames,
+                       fps=body.fps, motion_bucket=body.motion_bucket, noise_aug=body.noise_aug, steps=body.steps,
+                       width=width, height=height, decode_chunk_size=body.decode_chunk_size,
+                       cpu_offload=body.cpu_offload, device=body.device)
+    try:
+        request = clip_render_request(api.settings, parent, clip)
+    except OptionError as error:
+        raise field_error(error.option.replace("-", "_"), str(error).replace("--", "")) from None
+    except UsageError as error:  # not an image
+        raise field_error("artifact_id", str(error), body.artifact_id) from None
+    try:  # a model no video engine renders (not a video entry, no weights here): the client's error
+        choose_engine(api.settings, request)
+        check_runtime(api.settings, request)
+    except OptionError as error:
+        raise field_error(error.option, str(error)) from None
+    except UsageError as error:
+        raise field_error("model", str(error), body.model) from None
+    return request
+
+
 def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
     from echo_os.api.jobs import CompareAxis, CompareSource
     from echo_os.iterate.compare import plan_compare
@@ -934,7 +994,7 @@ def plan_animatic(settings: Settings, body: AnimaticBody) -> JobSpec:
     import re
 
     from echo_os.motion.animatic import AnimaticOptions, check_animatic
-    from echo_os.motion.encode import check_video_size
+    from echo_os.artifacts.encode import check_video_size
     from echo_os.render.requests import parse_size
 
     size = None

@@ -21,7 +21,7 @@ from echo_os.api.options import ApiOptions  # noqa: F401  (re-exported: the olde
 from echo_os.api.processes import WorkerPool
 from echo_os.api.security import resolve_inside
 from echo_os.api.worker import Worker
-from echo_os.errors import OptionError, UsageError
+from echo_os.errors import OptionError
 from echo_os.render.requests import RenderRequest
 from echo_os.settings import Settings
 
@@ -190,29 +190,19 @@ def prepare_body(settings: Settings, values: dict[str, Any], explicit: set[str],
         prepared = prepare(settings, values, explicit, preset=preset, choose=choose)
     except OptionError as error:
         raise option_field_error(error, names) from None
-    check_runtime(prepared.request)
+    check_runtime(settings, prepared.request)
     return prepared
 
 
-def check_runtime(request: RenderRequest) -> None:
-    """What `echo-os render` refuses before loading anything, refused here too (422), instead of a job
-    that fails later: a device this machine lacks, xformers attention without the xformers package."""
-    if request.engine == "draft":  # renders no pixels on any device
-        return
-    if request.device in ("cuda", "mps"):
-        from echo_os.engines.sdxl import pick_device
+def check_runtime(settings: Settings, request: RenderRequest) -> None:
+    """What the engine would refuse on this machine (a device it lacks, a missing package: the engine's own
+    check_runtime), refused here too (422 on that field), instead of a job that fails later."""
+    from echo_os.engines import check_runtime as engine_check_runtime
 
-        try:
-            pick_device(request.device)  # the engine's own rule
-        except UsageError as error:
-            raise field_error("device", api_message(str(error)), request.device) from None
-    if request.attention == "xformers":
-        import importlib.util
-
-        if importlib.util.find_spec("xformers") is None:
-            raise field_error("attention", "attention xformers needs the xformers package on the server "
-                                           "(pip install 'echo-os[xformers]'); or use attention sdpa",
-                              request.attention)
+    try:
+        engine_check_runtime(settings, request)
+    except OptionError as error:
+        raise field_error(error.option, str(error), getattr(request, error.option, None)) from None
 
 
 def artifact_image_path(api: ApiState, artifact_id: str) -> Path:

@@ -45,9 +45,9 @@ from echo_os.sqlite import Migrations, connect
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["render", "batch", "animatic", "evolve"]
+JobKind = Literal["render", "batch", "animatic", "evolve", "clip"]
 # What a job is to a client: a comparison is stored as a batch (same rows, same worker path) but shown as one.
-JobViewKind = Literal["render", "batch", "compare", "animatic", "evolve"]
+JobViewKind = Literal["render", "batch", "compare", "animatic", "evolve", "clip"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -406,6 +406,13 @@ def m007_stopped_at_step(db: sqlite3.Connection) -> None:
     """The step a cancelled or failed job stopped at, so its view does not fall back to "step 0 of 0"."""
     db.execute("ALTER TABLE jobs ADD COLUMN step INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE jobs ADD COLUMN total_steps INTEGER NOT NULL DEFAULT 0")
+
+
+@MIGRATIONS
+def m008_clip_jobs(db: sqlite3.Connection) -> None:
+    """`kind` may be 'clip' (POST /api/animate: a clip from an image, rendered by a video engine)."""
+    widen_kind_check(db, "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve'))",
+                     "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve', 'clip'))")
 
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "

@@ -128,6 +128,28 @@ class AnimaticBody(BaseModel):
                                                    "its still.")
 
 
+class AnimateBody(BaseModel):
+    """`echo-os animate`, as JSON: a clip from an image artifact, by an engine whose output kind is video
+    (Stable Video Diffusion). Fields mean what the command's options mean."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"artifact_id": "3f9a1c2b7d4e", "model": "svd", "frames": 14, "fps": 7}]})
+
+    artifact_id: str = Field(pattern=r"^[0-9a-fA-F]{12,64}$", description="The image to animate (id or 12+ prefix).")
+    model: str = Field(default="svd", min_length=1, description="Image-to-video model (models.toml, type video).")
+    frames: int = Field(default=14, description="Frames to generate.")
+    fps: int = Field(default=7, description="Frame rate of the clip (also conditions SVD).")
+    motion_bucket: int = Field(default=127, description="SVD's amount of motion (0-1023).")
+    noise_aug: float = Field(default=0.02, allow_inf_nan=False, description="Noise added to the image first.")
+    steps: int = Field(default=25, description="Denoising steps.")
+    seed: int | None = Field(default=None, description="Seed (default: the image's own).")
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN,
+                             description="WIDTHxHEIGHT (default: the image's, rounded down to multiples of 64).")
+    decode_chunk_size: int | None = Field(default=None, description="Frames per VAE decode (default: all).")
+    cpu_offload: bool = Field(default=False, description="Keep only the running model on the GPU.")
+    device: Literal["auto", "cuda", "cpu", "mps"] = "auto"
+
+
 class RefineBody(BaseModel):
     """`echo-os refine`, as JSON: image-to-image from an artifact. Fields left out take the parent's values
     (prompt, style, negative, steps, cfg, scheduler, model, project); the seed is random when left out."""

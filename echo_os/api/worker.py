@@ -52,7 +52,7 @@ from echo_os.api.events import (
 from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
 from echo_os.errors import CancelledError, EchoError, OutageError, disk_full
 from echo_os.render.requests import RenderRequest, image_request_key
-from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
+from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, RenderOutcome, render_requests
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import ArtifactStore
@@ -186,6 +186,18 @@ class _JobHooks(RenderHooks):
             self.worker.stats.images_done += 1
         self.worker.publish(ArtifactSaved(job_id=run.job.id, artifact_id=done.artifact.id, index=index,
                                           image_url=image_url(done.artifact.id), resumed=done.resumed))
+
+
+def _merge_outcome(into: RenderOutcome, part: RenderOutcome) -> None:
+    """Add one render_requests outcome to the job's (a compare renders model by model)."""
+    into.artifacts += part.artifacts
+    into.resumed += part.resumed
+    into.notes += part.notes
+    for choice in part.engines:
+        if all(choice.name != known.name for known in into.engines):
+            into.engines.append(choice)
+    for name, size in part.batch_sizes.items():
+        into.batch_sizes[name] = max(into.batch_sizes.get(name, 0), size)
 
 
 class Worker:
@@ -330,8 +342,9 @@ class Worker:
                 self._finish_succeeded(run)
 
     def _engine(self, request: RenderRequest) -> "Engine":
-        # One engine per coalesce key for the life of the server (pipelines are cached by the engines
-        # anyway); `auto` is decided once, so weights added later are used after a restart.
+        # One engine object per coalesce key for the life of the server: engines are light, their pipelines
+        # live in the model cache (echo_os/render/cache.py), which drops the least recently used over its
+        # memory budget. `auto` is decided once, so weights added later are used after a restart.
         key = coalesce_key(request)
         if key not in self._engines:
             self._engines[key] = self.make_engine(request)
@@ -364,11 +377,25 @@ class Worker:
         # it asked for `again`. Render jobs claimed together share the call: one that asked for `again`
         # renders the whole call anew.
         resume = not any(run.job.spec.again for run in runs.values())
-        # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
-        # 64x64), capped by --max-batch.
-        outcome = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch,
-                                  skip=lambda source, index: places[source][1] + index in places[source][0].saved,
-                                  engine_for=self._engine, hooks=hooks, resume=resume)
+        # A compare over several models renders model by model and releases each model's weights before the
+        # next loads, as `echo-os compare` does (echo_os.iterate.compare.render_compare): one model in memory.
+        compare = all(run.job.spec.compare is not None for run in runs.values())
+        models: list[str | None] = list(dict.fromkeys(r.model for r in requests)) if compare else [None]
+        outcome = RenderOutcome()
+        for model in models:
+            def skip(source: int, index: int, model: str | None = model) -> bool:
+                if model is not None and requests[source].model != model:
+                    return True
+                return places[source][1] + index in places[source][0].saved
+
+            # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
+            # 64x64), capped by --max-batch.
+            part = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch, skip=skip,
+                                   engine_for=self._engine, hooks=hooks, resume=resume)
+            _merge_outcome(outcome, part)
+            if len(models) > 1 and part.artifacts:
+                first = next(request for request in requests if request.model == model)
+                self._engine(first).release(first)
         for run in runs.values():
             run.engines, run.batch_sizes, run.notes = outcome.engines, outcome.batch_sizes, outcome.notes
 

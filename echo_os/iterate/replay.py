@@ -79,12 +79,12 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
                                     f"replay of {artifact.id[:12]}")
         request, engine_name = prepared.request, prepared.engine.name
         engine = create_engine(settings, engine_name, prepared.engine.reason)
-        if artifact.meta.vae_tiling and engine.capabilities.tiled_decode:
-            engine.vae_tiling = True  # it was decoded tile by tile (OOM back-off): decode it the same way
         if save:
             request = request.model_copy(update={"parent_id": artifact.id})
         hooks = _KeepResult(save)
-        outcome = render_requests(settings, [request], store=store, engine=engine, batch_size=1, hooks=hooks)
+        # An image decoded tile by tile (the OOM back-off) is decoded the same way again.
+        outcome = render_requests(settings, [request], store=store, engine=engine, batch_size=1, hooks=hooks,
+                                  vae_tiling=artifact.meta.vae_tiling)
         with Image.open(artifact.image_path) as original:
             original.load()
             max_diff, mean_diff = pixel_difference(original, hooks.results[0].images[0].image)

@@ -15,7 +15,6 @@ report and `memory dupes` (a models.toml `clip` entry that resolves here and hol
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -94,12 +93,17 @@ def minilm_model_path() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=4)
 def _load_sentence_transformer(path: str, device: str) -> Any:
-    from sentence_transformers import SentenceTransformer
+    """The MiniLM model of `path`, loaded once through the model cache (echo_os/render/cache.py)."""
+    from echo_os.render.cache import CacheKey, model_cache
 
-    # A local folder and local_files_only: sentence-transformers never reaches the Hub (HF_HUB_OFFLINE).
-    return SentenceTransformer(path, device=device, local_files_only=True)
+    def load() -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        # A local folder and local_files_only: sentence-transformers never reaches the Hub (HF_HUB_OFFLINE).
+        return SentenceTransformer(path, device=device, local_files_only=True)
+
+    return model_cache().get(CacheKey("minilm", path, device), load, label=f"MiniLM {Path(path).name}")
 
 
 class MiniLMEmbedder:
@@ -154,8 +158,16 @@ def resolve_clip_folder(source: str | Path) -> Path:
         ) from None
 
 
-@functools.lru_cache(maxsize=2)
 def _load_clip(path: str, device: str) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, image processor) of the CLIP model of `path`, loaded once through the model cache:
+    memory search, the continuity report and the resonance scorers share it."""
+    from echo_os.render.cache import CacheKey, model_cache
+
+    return model_cache().get(CacheKey("clip", path, device), lambda: _read_clip(path, device),
+                             label=f"CLIP {Path(path).name}")
+
+
+def _read_clip(path: str, device: str) -> tuple[Any, Any, Any]:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     # AutoImageProcessor: transformers 5 picks the PIL backend of CLIPImageProcessor when torchvision

@@ -69,7 +69,7 @@ class AnimaticOptions:
         if not math.isfinite(self.fade) or self.fade < 0:
             raise OptionError(f"--fade must be 0 or more seconds, got {self.fade:g}.", "fade")
         if self.size is not None:
-            from echo_os.motion.encode import check_video_size
+            from echo_os.artifacts.encode import check_video_size
 
             check_video_size(*self.size)
 
@@ -277,7 +277,7 @@ class SceneFrames:
             self.still = image.convert("RGB")
         self.clip_frames: list | None = None
         if source.clip is not None:
-            from echo_os.motion.encode import read_frames
+            from echo_os.artifacts.encode import read_frames
 
             self.clip_frames = [Image.fromarray(array) for array in read_frames(source.clip)]
         self.caption = caption_overlay(source.description, size) if caption and source.description else None
@@ -429,11 +429,11 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
 
     `cancel` is looked at before each frame: once set, CancelledError is raised and nothing is written
     (the temporary folder goes, no artifact is listed)."""
-    from echo_os.errors import CancelledError
+    from echo_os.artifacts.encode import CODEC, PIX_FMT, Mp4Writer
     from echo_os.artifacts.meta import EngineRecord, collect_versions
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.artifacts.video import VideoFolder, VideoMeta
-    from echo_os.motion.encode import CODEC, PIX_FMT, Mp4Writer
+    from echo_os.errors import CancelledError
 
     options = options or AnimaticOptions()
     options.check()

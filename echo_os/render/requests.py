@@ -193,6 +193,9 @@ class RenderRequest(BaseModel):
     tile: Literal["x", "y", "xy"] | None = None
     init_image: InitImage | None = None  # img2img: start from this image (echo-os refine)
     refiner: RefinerInput | None = None  # base+refiner (--refiner NAME --switch 0.8)
+    # What to make (echo_os.engines.base.OUTPUT_KINDS): only engines of this kind are asked. "video": a clip
+    # from `init_image` (echo-os animate), one per seed.
+    output: Literal["image", "video"] = "image"
 
     @field_validator("prompt")
     @classmethod
@@ -251,7 +254,8 @@ class RenderRequest(BaseModel):
                 tuple((lora.sha256, lora.scale) for lora in self.loras),
                 self.negative_prompt is None, tuple(sorted(self.options.items())),
                 (self.init_image.sha256, self.init_image.strength) if self.init_image is not None else None,
-                (self.refiner.model, self.refiner.switch) if self.refiner is not None else None, self.tile)
+                (self.refiner.model, self.refiner.switch) if self.refiner is not None else None, self.tile,
+                self.output)
 
     def image_requests(self) -> list["RenderRequest"]:
         """One request per image (count 1, its own seed): what meta.json records and replay renders."""
@@ -283,6 +287,8 @@ def image_request_key(request: RenderRequest) -> str:
     exclude["init_image"] = {"path"} if request.init_image is not None else True
     if request.refiner is None:
         exclude["refiner"] = True
+    if request.output == "image":
+        exclude["output"] = True  # keys from before output kinds stay
     fields = request.model_dump(mode="json", exclude=exclude)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

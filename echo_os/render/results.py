@@ -75,12 +75,24 @@ class MemoryInfo:
 
 
 @dataclass
+class RenderedVideo:
+    """The frames of one clip (an engine whose output kind is "video"), saved as a video artifact."""
+
+    frames: list  # PIL images, in order
+    fps: int
+    settings: dict = field(default_factory=dict)  # every setting the clip was made with: meta.json `settings`
+
+
+@dataclass
 class RenderedImage:
+    """One output of a render call: an image, or for a video engine the clip's poster frame with `video`."""
+
     image: "Image"
     seed: int
     # Where a remote engine got the image (provider, model, response id, usage, revised prompt, cached,
     # reproducible): recorded as meta.json's `provenance`. None for local engines.
     provenance: dict | None = None
+    video: RenderedVideo | None = None
 
 
 @dataclass
