@@ -22,7 +22,8 @@ from echo_os.render.scheduler import OutOfMemoryError, render_requests
 
 class CardEngine(DraftEngine):
     """Draft cards, with what a GPU engine has: a batch limit that raises CUDA out-of-memory above `fits`
-    images per call (or without VAE tiling), a VAE tiling switch, and optionally calls at once."""
+    images per call (or without VAE tiling), VAE tiling per call (`vae_tiling=`), and optionally calls at
+    once."""
 
     capabilities = dataclasses.replace(DraftEngine.capabilities, tiled_decode=True)
 
@@ -31,22 +32,21 @@ class CardEngine(DraftEngine):
         self.name = "draft"
         self.fits, self.needs_tiling, self.slow_first = fits, needs_tiling, slow_first
         self.concurrent_calls = concurrent_calls
-        self.vae_tiling = False
         self.calls: list[tuple[int, bool]] = []
         self.peak = 0
         self._running = 0
         self._lock = threading.Lock()
 
-    def render(self, requests, **kwargs):
+    def render(self, requests, *, vae_tiling: bool = False, **kwargs):
         import torch
 
         with self._lock:
             images = sum(r.count for r in requests)
             first = not self.calls
-            self.calls.append((images, self.vae_tiling))
+            self.calls.append((images, vae_tiling))
             self._running += 1
             self.peak = max(self.peak, self._running)
-            tiling = self.vae_tiling
+            tiling = vae_tiling
         try:
             if first and self.slow_first:
                 time.sleep(self.slow_first)
@@ -99,7 +99,6 @@ def test_out_of_memory_at_one_image_turns_on_vae_tiling_for_that_group_only(work
     engine = CardEngine(needs_tiling=True)
     outcome = render_requests(workspace, [_request(count=2)], store=store, engine=engine, batch_size=2)
     assert engine.calls == [(2, False), (1, False), (1, True), (1, True)]
-    assert engine.vae_tiling is False  # later renders decode whole again
     assert [a.meta.vae_tiling for a in outcome.artifacts] == [True, True]
     assert outcome.notes[-1] == "out of GPU memory with 1 image per call; retrying with VAE tiling"
 
