@@ -58,13 +58,15 @@ from echo_os.api.deps import (
     ApiState,
     CatalogReader,
     Submitter,
+    api_message,
     artifact_image_path,
     artifact_video_path,
-    build_render_request,
     cancel_if_unanswered,
     check_model,
     convert_image,
     field_error,
+    option_field_error,
+    prepare_body,
 )
 from echo_os.api.events import (
     FINAL_EVENTS,
@@ -138,6 +140,7 @@ ARTIFACT_ID_PATTERN = r"^[0-9a-fA-F]{12,64}$"
 SSE_PING_S = 15.0
 # RenderRequest field -> the name /api/render takes it as
 RENDER_BODY_NAMES = {"negative_prompt": "negative", "width": "size", "height": "size"}
+RENDER_FIELDS = {"negative": "negative_prompt"}  # and back
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 hex characters")]
 ArtifactId = Annotated[str, PathParam(pattern=ARTIFACT_ID_PATTERN,
@@ -518,15 +521,14 @@ def _add_routes(app: FastAPI) -> None:
         key, replayed = await _earlier(api, "/api/render", idempotency_key, body)
         if replayed is not None:
             return replayed
-        fields = body.model_dump(exclude={"negative", "size", "seed", "again"}, exclude_none=True)
-        fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
+        values = body.model_dump(exclude={"negative", "seed", "preset", "again"}, exclude_none=True)
+        values["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
-            fields["seed"] = body.seed
-        fields.update(_style_fields(api.settings, fields.pop("style", ""), fields["negative_prompt"], "style"))
-        # On the loop, not in a thread: it takes ~0.3 ms, and each thread hop costs a GIL hand-over while
-        # the worker renders.
-        request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES,
-                                       given=body.model_fields_set & {"steps", "cfg", "scheduler", "size"})
+            values["seed"] = body.seed
+        explicit = {RENDER_FIELDS.get(name, name) for name in body.model_fields_set}
+        prepared = await run_in_threadpool(prepare_body, api.settings, values, explicit, names=RENDER_BODY_NAMES,
+                                           preset=body.preset)
+        request = prepared.request
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,), again=body.again),
                   created=now_iso())
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
@@ -818,36 +820,21 @@ def _problem_field(label: str) -> str:
     return {"STORY_BIBLE.md": "bible", "prompts.txt": "prompts"}.get(label, "storyboard")
 
 
-def _style_fields(settings: Settings, style: str | None, negative: str | None, where: str) -> dict:
-    from echo_os.api.deps import style_request_fields  # the rule /v1/images/generations shares
-
-    return style_request_fields(settings, style, negative, where)
-
-
 def refine_body_request(api: ApiState, body: RefineBody):
     from echo_os.artifacts.store import Artifact
-    from echo_os.iterate.refine import refine_request
+    from echo_os.iterate.refine import prepare_refine
     from echo_os.render.requests import random_seed
 
     parent = Artifact.from_row(api.settings.artifacts_dir, api.catalog.resolve(body.artifact_id))
     changes = {"steps": body.steps, "cfg": body.cfg, "scheduler": body.scheduler, "model": body.model,
                "engine": body.engine, "count": body.count, "project": body.project,
                "seed": body.seed if body.seed is not None else random_seed()}
-    if body.style is not None:
-        _style_fields(api.settings, body.style, body.negative, "style")  # a 422 on the field before building
-    try:
-        request = refine_request(api.settings, parent, strength=body.strength, prompt=body.prompt, style=body.style,
-                                 negative=body.negative, changes=changes, options=body.options)
+    try:  # through the front door, as `echo-os refine`: an engine that cannot refine is a 422 on engine
+        prepared = prepare_refine(api.settings, parent, strength=body.strength, prompt=body.prompt,
+                                  style=body.style, negative=body.negative, changes=changes, options=body.options)
     except OptionError as error:
-        raise field_error(error.option, str(error)) from None
-    check_model(api.settings, request.model, request.engine)
-    from echo_os.engines import choose_engine
-
-    try:  # an engine that cannot refine (no img2img) is the client's error: a 422 on engine, not a failed job
-        choose_engine(api.settings, request)
-    except UsageError as error:
-        raise field_error("engine", str(error), body.engine) from None
-    return request
+        raise option_field_error(error, {"negative_prompt": "negative"}) from None
+    return prepared.request
 
 
 def clip_body_request(api: ApiState, body: AnimateBody):
@@ -895,29 +882,22 @@ def clip_body_request(api: ApiState, body: AnimateBody):
 def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
     from echo_os.api.jobs import CompareAxis, CompareSource
     from echo_os.iterate.compare import plan_compare
-    from echo_os.render.requests import parse_size, random_seed
+    from echo_os.render.requests import random_seed
 
-    try:
-        width, height = parse_size(body.size)
-    except UsageError as error:
-        raise field_error("size", str(error).replace("--size", "size"), body.size) from None
     lists = {"models": tuple(body.models), "schedulers": tuple(body.schedulers), "cfg": tuple(body.cfg),
              "steps": tuple(body.steps), "seeds": tuple(body.seeds) or (random_seed(),),
              "styles": tuple(body.styles), "engines": tuple(body.engines)}
     for option, values in lists.items():
         if len(set(values)) != len(values):
             raise field_error(option, f"{option} lists a value twice", list(values))
-    base = {"prompt": body.prompt, "negative_prompt": body.negative or None, "width": width, "height": height,
+    base = {"prompt": body.prompt, "negative_prompt": body.negative or None, "size": body.size,
             "project": body.project}
-    try:
+    try:  # each cell through the front door (echo_os.render.prepare), as `echo-os compare`
         plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=body.max_cells,
                             given=body.model_fields_set & {"size"})
     except OptionError as error:
         where = {"max-cells": "max_cells", "negative_prompt": "negative", "width": "size", "height": "size"}
-        raise field_error(where.get(error.option, error.option), str(error)) from None
-    for model in {cell.request.model for cell in plan.cells}:
-        engine = plan.cells[0].request.engine if len({c.request.engine for c in plan.cells}) == 1 else "auto"
-        check_model(settings, model, engine, "models")
+        raise option_field_error(error, where) from None
     title = f"{body.prompt}: " + " x ".join(f"{a.label} ({len(a.values)})" for a in plan.axes) if plan.axes else body.prompt
     source = CompareSource(title=title, axes=tuple(CompareAxis(option=a.option, values=a.values) for a in plan.axes),
                            cells=tuple(cell.values for cell in plan.cells))
@@ -1020,12 +1000,13 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
         _check_plan_paths(settings, plan)
         for model, engine in dict.fromkeys((scene.request.model, scene.request.engine) for scene in plan.scenes):
             check_model(settings, model, engine, "model" if body.model else "bible")
-        if body.size is None and body.steps is None and plan.scenes:  # the CPU size rule, as `echo-os batch`
-            smaller = _engine_size(settings, plan)
-            if smaller is not None:
-                options = options.model_copy(update={"size": smaller.size})
+        if plan.scenes:  # the engine and the CPU size rule through the front door's tail, as `echo-os batch`
+            prepared = _prepare_plan(settings, plan, size_given=body.size is not None or body.steps is not None)
+            if prepared.size is not None:
+                options = options.model_copy(update={"size": prepared.size})
                 plan = make_plan(options)
-                notes.append(smaller.note.replace("--size or --steps", "size or steps"))
+                notes.append(api_message(prepared.note))
+            _check_plan(settings, plan, prepared.engine)
         requests = _story_requests(settings, plan, body)
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
@@ -1051,17 +1032,23 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                    again=body.again)
 
 
-def _engine_size(settings: Settings, plan):
-    """story.render.engine_size_for_plan for the engine the plan's first scene gets (a 422 on `engine`
-    when none can render it)."""
-    from echo_os.engines import choose_engine
-    from echo_os.story.render import engine_size_for_plan
+def _prepare_plan(settings: Settings, plan, *, size_given: bool):
+    """echo_os.render.prepare.prepare_plan; an engine that cannot render the story is a 422 on `engine`."""
+    from echo_os.render.prepare import prepare_plan
 
     try:
-        name, _ = choose_engine(settings, plan.scenes[0].request)
-    except UsageError as error:
-        raise field_error("engine", str(error)) from None
-    return engine_size_for_plan(settings, plan, name)
+        return prepare_plan(settings, plan.requests, size_given=size_given)
+    except OptionError as error:
+        raise option_field_error(error, {"width": "size", "height": "size"}) from None
+
+
+def _check_plan(settings: Settings, plan, engine) -> None:
+    from echo_os.render.prepare import check_plan_requests
+
+    try:
+        check_plan_requests(settings, plan.requests, engine)
+    except OptionError as error:
+        raise option_field_error(error, {"width": "size", "height": "size"}) from None
 
 
 # ---- evolve -------------------------------------------------------------------------------------------

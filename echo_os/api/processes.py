@@ -53,15 +53,14 @@ from typing import TYPE_CHECKING
 
 from echo_os.api.events import JOB_EVENT_ADAPTER, JobCancelled, JobFailed, JobQueued
 from echo_os.api.jobs import JobStore, Recovery, WorkerRow, now_iso
+from echo_os.api.options import ApiOptions
 from echo_os.sqlite import connect, rollback
 
 if TYPE_CHECKING:
-    from echo_os.api.deps import ApiOptions
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_S = 30.0  # a worker renews every lease/3; a killed server's jobs wait at most this long
 EVENT_POLL_S = 0.05
 SUPERVISE_S = 0.2
 CONTROL_POLL_S = 0.1  # how often a worker looks for queued jobs, cancels and its parent

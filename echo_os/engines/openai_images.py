@@ -348,6 +348,10 @@ class OpenAIEngine(BaseEngine):
         self.cache = ResponseCache(settings.cache_dir / "openai")
 
     @classmethod
+    def knows_model(cls, settings: "Settings", model: str) -> bool:
+        return model in MODELS or model in RETIRED  # OpenAI's own model names (`--model gpt-image-1`)
+
+    @classmethod
     def availability(cls, settings: "Settings", request: "RenderRequest") -> str | None:
         import os
 

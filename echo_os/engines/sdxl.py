@@ -36,7 +36,7 @@ from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
-from echo_os.errors import CancelledError, ModelError, UsageError
+from echo_os.errors import CancelledError, ModelError, OptionError, UsageError
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
@@ -78,9 +78,11 @@ def pick_device(requested: str) -> str:
             return "cuda"
         return "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu.")
+        raise OptionError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu.",
+                          "device")
     if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for but the MPS backend is not available; use --device cpu.")
+        raise OptionError("--device mps was asked for but the MPS backend is not available; use --device cpu.",
+                          "device")
     return requested
 
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import EchoError, is_out_of_memory
+from echo_os.render.prepare import EngineChoice
 from echo_os.render.requests import image_request_key
 
 if TYPE_CHECKING:
@@ -55,12 +56,6 @@ GIB = 1024**3
 
 class OutOfMemoryError(EchoError):
     """One image does not fit on the GPU even at batch 1 with a tiled VAE decode."""
-
-
-@dataclass
-class EngineChoice:
-    name: str
-    reason: str
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.settings import Settings
     from echo_os.story.plan import StoryPlan
-    from echo_os.story.render import SceneResult
+    from echo_os.story.results import SceneResult
 
 # Defaults picked for CLIP ViT-L/14: SDXL images of one look sit around 0.75-0.9 cosine to each other,
 # a character against its own references around 0.7+, and a prompt it follows at a CLIP score of 22+.

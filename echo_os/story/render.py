@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from echo_os.engines.ip_adapter import check_adapter
 from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
 from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
+from echo_os.story.results import SceneResult
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
@@ -54,17 +55,6 @@ class StoryProgress:
     @property
     def images_per_minute(self) -> float:
         return 60.0 * self.images_rendered / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-@dataclass
-class SceneResult:
-    scene: int
-    slug: str
-    description: str
-    characters: tuple[str, ...]
-    artifacts: list["Artifact"]
-    resumed: list[bool]
-    siblings: list["Artifact"] = field(default_factory=list)  # best-of candidates not kept (issue 16)
 
 
 @dataclass
@@ -109,33 +99,6 @@ class StoryRender:
 
 
 # ---- requests --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EngineSize:
-    """The chosen engine's own default size for a story, and the note that says so."""
-
-    size: str  # WIDTHxHEIGHT
-    note: str
-
-
-def engine_size_for_plan(settings: "Settings", plan: "StoryPlan", engine_name: str) -> EngineSize | None:
-    """The engine's default size (the cpu engine's settings.cpu_size, 512x512) when the plan has a scene
-    larger than it, else None: a story planned at 1216x832 is rendered smaller on the CPU, a story
-    smaller than that keeps its size. The caller applies it only when the user chose no size or steps
-    (`echo-os batch` and POST /api/batch alike)."""
-    from echo_os.engines import get_engine
-
-    default = get_engine(engine_name).default_size(settings)
-    if default is None or not plan.scenes:
-        return None
-    width, height = default
-    largest = max(plan.scenes, key=lambda scene: scene.request.width * scene.request.height).request
-    if largest.width * largest.height <= width * height:
-        return None
-    return EngineSize(size=f"{width}x{height}",
-                      note=f"{width}x{height} by default with engine {engine_name} instead of the story's "
-                           f"{largest.size}; --size or --steps to choose")
-
 
 def story_requests(settings: "Settings", plan: "StoryPlan",
                    ip_adapter: str | None = DEFAULT_IP_ADAPTER) -> list[RenderRequest]:
