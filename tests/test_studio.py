@@ -180,6 +180,14 @@ def test_refine_from_the_lightbox(browser, api):
     assert parent.startswith(browser.run("return document.querySelector('#lb-meta dd').textContent"))
     assert browser.run("return document.querySelector('#lb-cli').textContent").startswith("echo-os render '")
     shot(browser, "lightbox")
+    # animate: this workspace has no video model, and the 422 says so next to the model field
+    browser.run("document.querySelectorAll('#lightbox details').forEach(d => d.open = true)")
+    fill(browser, {"#lb-animate-model": "no-such-video-model"})
+    browser.click("#lb-animate")
+    browser.wait_for("return document.querySelector('[data-error=\"lb-model\"]').textContent || "
+                     "document.querySelector('[data-error=\"lb-animate\"]').textContent")
+    assert "no-such-video-model" in browser.run("return document.querySelector('[data-error=\"lb-model\"]').textContent + "
+                                                "document.querySelector('[data-error=\"lb-animate\"]').textContent")
     fill(browser, {"#lb-strength": "0.5", "#lb-refine-prompt": "a lighthouse keeper at dusk"})
     browser.click("#lb-refine")
     job = browser.wait_for("return document.querySelector('#lb-message').textContent.match(/job ([0-9a-f]{8})/)?.[1]")
@@ -262,7 +270,8 @@ def test_edit_one_scene_re_renders_only_that_scene(browser, api):
     browser.run(f"document.querySelector('{card} .edit').open = true")
     fill(browser, {f"{card} [data-field=scene-2-duration]": "-1"})
     browser.click(f"{card} .save")
-    browser.wait_for(f"return document.querySelector('{card} [data-error=scene-2-duration]').textContent.includes('greater than 0')")
+    browser.wait_for(f"return document.querySelector('{card} [data-error=scene-2-duration]').textContent"
+                     ".includes('greater than 0')")
     fill(browser, {f"{card} [data-field=scene-2-duration]": "4",
                    f"{card} [data-field=scene-2-description]": "he climbs the stairs in a gale, lamp in hand"})
     browser.click(f"{card} .save")

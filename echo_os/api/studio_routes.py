@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path as Path_
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import RedirectResponse, Response
@@ -25,6 +25,11 @@ from echo_os.api.schemas import MAX_TEXT, error_responses
 from echo_os.errors import UsageError
 
 router = APIRouter()
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """error_responses, typed as FastAPI's `responses` parameter wants."""
+    return {status: entry for status, entry in error_responses(*statuses).items()}
 
 STUDIO_PATH = "/api/studio"
 # Only this page's own files and the API: no inline script, no other origin, images from the API or data:
@@ -57,7 +62,7 @@ async def studio_page() -> Response:
 
 
 @router.get(STUDIO_PATH + "/static/{name}", tags=["studio"], response_class=Response,
-            responses=error_responses(404))
+            responses=_errors(404))
 async def studio_file(name: Annotated[str, Path(pattern=r"^[a-z0-9_-]+\.(css|js|svg)$")]) -> Response:
     return _static(name)
 
@@ -200,12 +205,12 @@ def edit_storyboard(text: str, scene: int, edit: SceneEdit) -> str:
     return out.getvalue()
 
 
-def _only(values) -> object | None:
+def _only(values: Any) -> Any:
     return values[0] if isinstance(values, list) and len(values) == 1 else None
 
 
 @router.post(STUDIO_PATH + "/story/{project}/scenes/{scene}", response_model=EditedStory, tags=["studio"],
-             responses=error_responses(403, 404, 413, 422))
+             responses=_errors(403, 404, 413, 422))
 async def edit_scene(project: Annotated[str, Path(min_length=1, max_length=200)],
                      scene: Annotated[int, Path(ge=1, le=100_000)], body: SceneEdit, api: Api) -> EditedStory:
     """Edit one scene's description or duration: answers the batch to POST to /api/batch, which re-renders
@@ -236,7 +241,7 @@ async def edit_scene(project: Annotated[str, Path(min_length=1, max_length=200)]
 
 
 @router.get(STUDIO_PATH + "/story/{project}", response_model=StoryView, tags=["studio"],
-            responses=error_responses(404, 422))
+            responses=_errors(404, 422))
 async def story(project: Annotated[str, Path(min_length=1, max_length=200)], api: Api) -> StoryView:
     """The project's newest rendered storyboard, in scene order, with its drift flags."""
     from echo_os.resonance.story import load_story_json

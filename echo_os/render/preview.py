@@ -14,8 +14,12 @@ from __future__ import annotations
 import base64
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # rows: latent channels 0..3; columns: R, G, B
 SDXL_LATENT_RGB = ((0.3651, 0.4232, 0.4341),
@@ -46,7 +50,7 @@ class PreviewThrottle:
         return True
 
 
-def latent_preview(latents) -> str | None:
+def latent_preview(latents: "torch.Tensor") -> str | None:
     """The first image of a (batch, 4, h, w) latent tensor as a `data:image/jpeg;base64,...` URL, at
     most PREVIEW_MAX_SIDE pixels a side (the latent is 1/8 of the image, so 1024x1024 gives 128x128); None
     for a latent that is not SDXL's 4 channels (the map would mean nothing)."""

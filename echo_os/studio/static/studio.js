@@ -304,6 +304,7 @@ async function openLightbox(id) {
   $("#lb-cli").textContent = cliCommand(item, meta);
   $("#lb-animate-cmd").textContent = `echo-os animate ${item.id.slice(0, 12)}`;
   $("#lb-style-name").value = "";
+  $("#lb-video").hidden = true; $("#lb-video").removeAttribute("src");
   if (!$("#lightbox").open) $("#lightbox").showModal();
 }
 
@@ -395,6 +396,20 @@ async function learnStyle() {
     $("#f-style").replaceChildren(el("option", { value: "", textContent: "(none)" }),
       ...styles.data.map(s => el("option", { value: s.name, textContent: s.name })));
   }
+}
+
+async function animate() {
+  clearErrors($("#lightbox"));
+  const body = { artifact_id: state.current.id, model: $("#lb-animate-model").value.trim() || "svd" };
+  const answer = await api("POST", "/api/animate", body);
+  if (!answer.ok) { showProblem(answer, { prefix: "lb-", fallback: "lb-animate" }); return; }
+  const job = follow(answer.data.job_id, { what: `animate: ${state.current.prompt}`, events: answer.data.events_url });
+  lbMessage(`animating: job ${answer.data.job_id.slice(0, 8)} in the queue`);
+  job.onDone = (final, data) => {
+    if (final !== "succeeded" || !data.artifact_ids.length) return;
+    const video = $("#lb-video");
+    video.src = `/api/artifacts/${data.artifact_ids[0]}/video`; video.hidden = false;
+  };
 }
 
 async function copyCommand() {
@@ -600,6 +615,7 @@ function wire() {
   $("#lb-compare").addEventListener("click", compare);
   $("#lb-learn").addEventListener("click", learnStyle);
   $("#lb-copy").addEventListener("click", copyCommand);
+  $("#lb-animate").addEventListener("click", animate);
   $("#story-form").addEventListener("submit", openStory);
   $("#animatic-play").addEventListener("click", playAnimatic);
   $("#search-form").addEventListener("submit", searchText);
