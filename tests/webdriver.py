@@ -44,6 +44,17 @@ class Browser:
         element = found[ELEMENT]
         self._call("POST", f"/element/{element}/click", {})
 
+    def send_keys(self, css: str, text: str) -> None:
+        """Type into an element as a user would (W3C key codes: CONTROL + ENTER = "\ue009\ue007")."""
+        found = self._call("POST", "/element", {"using": "css selector", "value": css})
+        assert ELEMENT in found, found
+        self._call("POST", f"/element/{found[ELEMENT]}/value", {"text": text})
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self._call("GET", "/screenshot")))
+
     def wait_for(self, script: str, timeout: float = 30.0):
         """The script's result once it is truthy."""
         deadline = time.monotonic() + timeout

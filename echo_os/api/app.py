@@ -423,6 +423,9 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
     from echo_os.api.resonance_routes import router as resonance_router
 
     app.include_router(resonance_router)
+    from echo_os.api.studio_routes import router as studio_router
+
+    app.include_router(studio_router)
     name_search_operations(app)
     return app
 

@@ -50,6 +50,9 @@ class JobProgressed(_JobEvent):
     images_total: int
     frames_done: int = 0
     frames_total: int = 0
+    # Now and then (at most every 0.5 s) a small JPEG data URL of the first image so far, decoded cheaply
+    # from the latents (echo_os.render.preview); None on most steps and for engines that have none.
+    preview: str | None = None
 
 
 class ArtifactSaved(_JobEvent):
@@ -128,7 +131,12 @@ class EventHub:
         else:
             self._seq[job_id] = seq
             if isinstance(event, JobProgressed):
-                self._progress[job_id] = event
+                # A late subscriber's snapshot carries the latest preview even when this step had none.
+                earlier = self._progress.get(job_id)
+                kept = event
+                if event.preview is None and earlier is not None and earlier.preview is not None:
+                    kept = event.model_copy(update={"preview": earlier.preview})
+                self._progress[job_id] = kept
             elif event.event in ("queued", "started"):
                 self._progress.pop(job_id, None)
         for queue in self._subscribers.get(job_id, ()):

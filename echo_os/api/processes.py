@@ -233,6 +233,7 @@ class EventWriter:
         if not batch:
             return
         latest_progress = {event.job_id: index for index, event in enumerate(batch) if event.event == "progress"}
+        batch = _keep_previews(batch, latest_progress)
         rows = [(event.job_id, event.model_dump_json()) for index, event in enumerate(batch)
                 if event.event != "progress" or latest_progress[event.job_id] == index]
         self.db.execute("BEGIN IMMEDIATE")
@@ -250,6 +251,18 @@ class EventWriter:
         self._thread.join(5)
         self.flush()
         self.db.close()
+
+
+def _keep_previews(batch: list, latest_progress: dict[str, int]) -> list:
+    """A dropped progress step's live preview moves onto the step that is kept (when that has none), so a
+    preview is not lost because another step followed it within one flush."""
+    batch = list(batch)
+    for index, event in enumerate(batch):
+        if event.event == "progress" and getattr(event, "preview", None):
+            kept = latest_progress[event.job_id]
+            if kept != index and not batch[kept].preview:
+                batch[kept] = batch[kept].model_copy(update={"preview": event.preview})
+    return batch
 
 
 def _write_row(jobs: JobStore, row: WorkerRow, worker) -> None:

@@ -4,8 +4,8 @@ browser requests, Host names (DNS rebinding), body size, and paths that must sta
 One pure-ASGI middleware (`Guard`) runs before any route, so even an unknown path answers 401 without
 the token and nothing is parsed from a body that is too large.
 
-A browser cannot add a header when it follows a link, so the gallery has a sign-in: `GET
-/api/gallery?token=T` with the right token answers 303 to the same URL without the token and sets the
+A browser cannot add a header when it follows a link, so the gallery and the studio have a sign-in: `GET
+/api/gallery?token=T` (or /api/studio?token=T) with the right token answers 303 to the same URL without the token and sets the
 session cookie (HttpOnly, SameSite=Strict, Path=/api) whose value is an HMAC of the token, never the token
 itself. The Guard accepts that cookie on /api/ paths like the Bearer header; cookie or not, a POST that a
 browser labels cross-site is refused, so a page on another site cannot rate or render through it.
@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from echo_os.errors import UsageError
 
-OPEN_PATHS = frozenset({"/health"})
+# "/" only redirects to the studio (/api/studio), which the token or the cookie guards like any /api/ path.
+OPEN_PATHS = frozenset({"/health", "/"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -44,6 +45,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # The browser sign-in: only this page takes the token from the query string, and the cookie it sets is
 # sent back (and accepted) only under /api/.
 LOGIN_PATH = "/api/gallery"
+LOGIN_PATHS = frozenset({LOGIN_PATH, "/api/studio"})  # the pages a browser opens first: gallery and studio
 LOGIN_PARAM = "token"
 SESSION_COOKIE = "echo_os_session"
 COOKIE_PATH = "/api"
@@ -259,8 +261,8 @@ class Guard:
         if allowed_hosts is not None and _host_name(headers.get("host", "")) not in allowed_hosts:
             return _error(400, "unexpected Host header; use the address the server listens on")
         path = scope.get("path", "")
-        if self._token is not None and path == LOGIN_PATH and scope.get("method") in ("GET", "HEAD"):
-            login = self._login(scope)
+        if self._token is not None and path in LOGIN_PATHS and scope.get("method") in ("GET", "HEAD"):
+            login = self._login(scope, path)
             if login is not None:
                 return login
         if self._token is not None and path not in OPEN_PATHS and not self._authorized(path, headers):
@@ -273,8 +275,8 @@ class Guard:
                                "origin given with --allow-origin")
         return None
 
-    def _login(self, scope: Scope) -> Response | None:
-        """`?token=` on the gallery: the right one gets the session cookie and a redirect to the same URL
+    def _login(self, scope: Scope, path: str) -> Response | None:
+        """`?token=` on the gallery or the studio: the right one gets the session cookie and a redirect to the same URL
         without it (so the token stays out of history and Referer); a wrong one 401 and no cookie. None when
         the query has no token (the cookie or header decides, as on any route)."""
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -286,7 +288,7 @@ class Guard:
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         rest = urlencode([(name, value) for name, value in query if name != LOGIN_PARAM])
-        response = Response(status_code=303, headers={"Location": LOGIN_PATH + (f"?{rest}" if rest else ""),
+        response = Response(status_code=303, headers={"Location": path + (f"?{rest}" if rest else ""),
                                                       "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
         response.set_cookie(SESSION_COOKIE, self._session.decode("ascii"), path=COOKIE_PATH, httponly=True,
                             samesite="strict", secure=scope.get("scheme") == "https")

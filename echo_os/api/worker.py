@@ -163,7 +163,8 @@ class _JobHooks(RenderHooks):
                 run = self.runs[job_id]
                 run.step = (event.step, event.total_steps)
                 worker.publish(JobProgressed(job_id=job_id, step=event.step, total_steps=event.total_steps,
-                                             images_done=len(run.saved), images_total=run.job.images_total))
+                                             images_done=len(run.saved), images_total=run.job.images_total,
+                                             preview=event.preview))
 
         try:
             yield CallControl(progress=on_step, cancel=call_cancel)

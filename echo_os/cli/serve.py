@@ -105,6 +105,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
         shown = "<this machine's address>" if host.strip("[]") in ("0.0.0.0", "::", "") else host.strip("[]")
         shown = f"[{shown}]" if ":" in shown else shown
         click.echo(f"gallery in a browser: http://{shown}:{port}/api/gallery?token=<token>", err=True)
+        click.echo(f"studio in a browser: http://{shown}:{port}/api/studio?token=<token>", err=True)
     if not options.workers and ray_address is None:
         # The worker thread renders while this one answers requests: hand the GIL over every 1 ms instead
         # of Python's default 5 ms, so a submission waits at most that long behind the worker's Python code.

@@ -37,6 +37,7 @@ from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
 from echo_os.errors import CancelledError, ModelError, OptionError, UsageError
+from echo_os.render.preview import PreviewThrottle, latent_preview
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
@@ -270,6 +271,8 @@ class SDXLEngine(BaseEngine):
         if force_device is not None:
             self.force_device = force_device
         super().__init__(settings, reason)
+        # Latent previews on the progress events (throttled; benchmarks/previews.py measures the cost).
+        self.previews = True
 
     @classmethod
     def availability(cls, settings: "Settings", request: RenderRequest) -> str | None:
@@ -427,11 +430,16 @@ class SDXLEngine(BaseEngine):
         images_total = len(prompts)
 
         steps_done = [0]  # across the base and the refiner stage
+        throttle = PreviewThrottle() if self.previews else None
 
         def on_step_end(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
             steps_done[0] += 1
             if progress is not None and steps_done[0] <= total_steps:
-                progress(ProgressEvent(step=steps_done[0], total_steps=total_steps, images=images_total))
+                preview = None
+                if throttle is not None and throttle.due(steps_done[0], total_steps):
+                    preview = latent_preview(callback_kwargs["latents"])
+                progress(ProgressEvent(step=steps_done[0], total_steps=total_steps, images=images_total,
+                                       preview=preview))
             if cancel is not None and cancel.is_set():
                 pipeline._interrupt = True
             return callback_kwargs

@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """One denoising step of one pipeline call (`images` is how many images that call renders)."""
+    """One denoising step of one pipeline call (`images` is how many images that call renders); `preview`:
+    now and then a small JPEG data URL of the first image so far (echo_os.render.preview), else None."""
 
     step: int
     total_steps: int
     images: int
+    preview: str | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

@@ -1,0 +1,264 @@
+"""The studio over HTTP: `/` redirects to /api/studio, the page (under /api/ so the session cookie covers
+it and every fetch it makes); its files; and two small read-only helpers the page needs that the other
+routes do not give: the models and engines to pick from (with why `auto` picks what it picks), a
+project's storyboard as rendered (its newest story.json, scene order), and one scene's edit (description
+or duration) turned into the /api/batch body that re-renders only that scene.
+
+With `serve --token`, a browser signs in once with GET /api/studio?token=T (api/security.py), as for the
+gallery. The page holds no secret: the cookie is HttpOnly and the page never sees the token.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path as Path_
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path
+from fastapi.responses import RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from echo_os.api.deps import Api, field_error
+from echo_os.api.schemas import MAX_TEXT, error_responses
+from echo_os.errors import UsageError
+
+router = APIRouter()
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """error_responses, typed as FastAPI's `responses` parameter wants."""
+    return {status: entry for status, entry in error_responses(*statuses).items()}
+
+STUDIO_PATH = "/api/studio"
+# Only this page's own files and the API: no inline script, no other origin, images from the API or data:
+# URLs (the live previews).
+STUDIO_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self'; style-src 'self'; "
+              "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    return RedirectResponse(STUDIO_PATH, status_code=307)
+
+
+def _static(name: str) -> Response:
+    from echo_os.studio import read_static
+
+    found = read_static(name)
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"the studio has no file {name!r}")
+    body, content_type = found
+    return Response(body, media_type=content_type,
+                    headers={"Content-Security-Policy": STUDIO_CSP, "Cache-Control": "no-cache",
+                             "Referrer-Policy": "no-referrer"})
+
+
+@router.get(STUDIO_PATH, tags=["studio"], response_class=Response)
+async def studio_page() -> Response:
+    """The studio page (render, queue, results, story, search). `?token=T` signs a browser in."""
+    return _static("index.html")
+
+
+@router.get(STUDIO_PATH + "/static/{name}", tags=["studio"], response_class=Response,
+            responses=_errors(404))
+async def studio_file(name: Annotated[str, Path(pattern=r"^[a-z0-9_-]+\.(css|js|svg)$")]) -> Response:
+    return _static(name)
+
+
+class EngineChoice(BaseModel):
+    name: str
+    reason: str  # for `auto`: which engine it would pick for this model and why; else what it lacks
+    available: bool
+
+
+class ModelChoice(BaseModel):
+    name: str
+    type: str
+    auto: EngineChoice  # what `auto` picks for this model
+
+
+class StudioOptions(BaseModel):
+    models: list[ModelChoice]
+    engines: list[str]  # registered engines, besides auto
+    default_model: str
+
+
+def _auto_choice(settings, model: str) -> EngineChoice:
+    from echo_os.engines import choose_engine
+    from echo_os.errors import EchoError
+    from echo_os.render.requests import build_request
+
+    try:
+        request = build_request(prompt="studio", model=model, engine="auto")
+        name, reason = choose_engine(settings, request)
+        return EngineChoice(name=name, reason=reason, available=True)
+    except EchoError as error:
+        return EngineChoice(name="none", reason=str(error), available=False)
+
+
+def studio_options(settings, default_model: str) -> StudioOptions:
+    from echo_os.engines import engine_names
+    from echo_os.models.registry import load_registry
+
+    registry = load_registry(settings)
+    models = [ModelChoice(name=entry.name, type=entry.type, auto=_auto_choice(settings, entry.name))
+              for entry in registry.entries() if entry.type == "sdxl"]
+    return StudioOptions(models=models, engines=list(engine_names()), default_model=default_model)
+
+
+@router.get(STUDIO_PATH + "/options", response_model=StudioOptions, tags=["studio"])
+async def options(api: Api) -> StudioOptions:
+    """Models to render with (models.toml) and, for each, the engine `auto` would pick and why."""
+    return await run_in_threadpool(studio_options, api.settings, api.options.default_model)
+
+
+class StoryScene(BaseModel):
+    scene: int
+    slug: str
+    description: str
+    duration: float | None = None  # seconds in the animatic (story.csv `duration`), when the storyboard says
+    characters: list[str]
+    artifacts: list[str]  # kept images, best first
+    siblings: list[str]  # candidates not kept (best-of)
+    flags: list[dict]  # drift flags on this scene (resonance)
+
+
+class StoryView(BaseModel):
+    project: str
+    title: str
+    created: str
+    kind: str  # storyboard or prompts
+    editable: bool  # its story.csv lies in the workspace: scenes can be edited and re-rendered
+    scenes: list[StoryScene]
+
+
+class SceneEdit(BaseModel):
+    """A change to one scene of the project's storyboard (its newest story.json's story.csv)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    description: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
+    duration: float | None = Field(default=None, gt=0.0, le=3600.0, allow_inf_nan=False,
+                                   description="Seconds the scene lasts in the animatic.")
+
+
+class EditedStory(BaseModel):
+    """The body to POST to /api/batch: the storyboard with the edit, its bible and the story's settings.
+    The batch finds the scenes whose requests did not change already rendered and renders only the edited
+    one (a duration alone changes no image: only the new story.json, which the animatic reads)."""
+
+    project: str
+    storyboard: str
+    bible: str | None = None
+    engine: str = "auto"
+    size: str | None = None
+    steps: int | None = None
+    cfg: float | None = None
+
+
+def _inside_workspace(settings, path_text: str | None) -> Path_ | None:
+    if not path_text:
+        return None
+    path = Path_(path_text).resolve()
+    return path if path.is_relative_to(settings.home.resolve()) and path.is_file() else None
+
+
+def _csv_rows(text: str) -> tuple[list[str], list[list[str]]]:
+    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), dialect="excel", strict=True))
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    return [cell.strip() for cell in rows[0]], rows[1:]
+
+
+def _durations(text: str) -> dict[int, float]:
+    header, rows = _csv_rows(text)
+    if "duration" not in header or "scene" not in header:
+        return {}
+    found = {}
+    for row in rows:
+        try:
+            found[int(row[header.index("scene")])] = float(row[header.index("duration")])
+        except (ValueError, IndexError):
+            continue
+    return found
+
+
+def edit_storyboard(text: str, scene: int, edit: SceneEdit) -> str:
+    """story.csv text with scene `scene`'s description and/or duration replaced (a duration column is added
+    when there is none); everything else as it was. UsageError when no row is that scene."""
+    header, rows = _csv_rows(text)
+    if "duration" in edit.model_fields_set and edit.duration is not None and "duration" not in header:
+        header.append("duration")
+    column = {name: index for index, name in enumerate(header)}
+    target = next((row for row in rows if row and row[column["scene"]].strip() == str(scene)), None)
+    if target is None:
+        raise UsageError(f"the storyboard has no scene {scene}")
+    for row in rows:  # every row as wide as the header (a new duration column)
+        row.extend([""] * (len(header) - len(row)))
+    if edit.description is not None:
+        target[column["description"]] = edit.description
+    if edit.duration is not None:
+        target[column["duration"]] = f"{edit.duration:g}"
+    out = io.StringIO()
+    csv.writer(out, dialect="excel", lineterminator="\n").writerows([header, *rows])
+    return out.getvalue()
+
+
+def _only(values: Any) -> Any:
+    return values[0] if isinstance(values, list) and len(values) == 1 else None
+
+
+@router.post(STUDIO_PATH + "/story/{project}/scenes/{scene}", response_model=EditedStory, tags=["studio"],
+             responses=_errors(403, 404, 413, 422))
+async def edit_scene(project: Annotated[str, Path(min_length=1, max_length=200)],
+                     scene: Annotated[int, Path(ge=1, le=100_000)], body: SceneEdit, api: Api) -> EditedStory:
+    """Edit one scene's description or duration: answers the batch to POST to /api/batch, which re-renders
+    only that scene (nothing is written here)."""
+    from echo_os.resonance.story import load_story_json
+
+    if body.description is None and body.duration is None:
+        raise field_error("description", "give a new description or duration")
+    document = await run_in_threadpool(load_story_json, api.settings, project)
+    if document is None:
+        raise HTTPException(status_code=404, detail=f"project {project!r} has no rendered story")
+    source = _inside_workspace(api.settings, document.get("source")) if document.get("kind") == "storyboard" else None
+    if source is None:
+        raise field_error("description", "this story has no story.csv in the workspace to edit (a prompt list, or a "
+                                         "storyboard outside the workspace): edit it and run `echo-os batch`")
+    try:
+        edited = edit_storyboard(source.read_text(encoding="utf-8"), scene, body)
+    except UsageError as error:
+        raise HTTPException(status_code=404, detail=str(error)) from None
+    bible_path = _inside_workspace(api.settings, (document.get("bible") or {}).get("path"))
+    settings = document.get("settings") or {}
+    engines = settings.get("engines") or []
+    return EditedStory(project=project, storyboard=edited,
+                       bible=bible_path.read_text(encoding="utf-8") if bible_path else None,
+                       engine=engines[0]["name"] if len(engines) == 1 else "auto",
+                       size=_only(settings.get("sizes")), steps=_only(settings.get("steps")),
+                       cfg=_only(settings.get("cfg")))
+
+
+@router.get(STUDIO_PATH + "/story/{project}", response_model=StoryView, tags=["studio"],
+            responses=_errors(404, 422))
+async def story(project: Annotated[str, Path(min_length=1, max_length=200)], api: Api) -> StoryView:
+    """The project's newest rendered storyboard, in scene order, with its drift flags."""
+    from echo_os.resonance.story import load_story_json
+
+    document = await run_in_threadpool(load_story_json, api.settings, project)
+    if document is None:
+        raise HTTPException(status_code=404, detail=f"project {project!r} has no rendered story; render one "
+                                                    "with POST /api/batch or `echo-os batch`")
+    flags = ((document.get("resonance") or {}).get("flags") or [])
+    source = _inside_workspace(api.settings, document.get("source")) if document.get("kind") == "storyboard" else None
+    durations = _durations(source.read_text(encoding="utf-8")) if source is not None else {}
+    scenes = [StoryScene(scene=s["scene"], slug=s.get("slug", ""), description=s.get("description") or "",
+                         duration=durations.get(s["scene"]),
+                         characters=list(s.get("characters") or []), artifacts=list(s.get("artifacts") or []),
+                         siblings=list(s.get("siblings") or []),
+                         flags=[f for f in flags if f.get("scene") == s["scene"]])
+              for s in sorted(document.get("scenes") or [], key=lambda s: s["scene"])]
+    return StoryView(project=project, title=document.get("title") or project,
+                     created=document.get("created") or "", kind=document.get("kind") or "storyboard",
+                     editable=source is not None, scenes=scenes)
