@@ -17,8 +17,9 @@ def artifacts() -> None:
 @click.option("--project", default=None, help="Only this project: its name or its folder's slug (fog-tests = Fog Tests).")
 @click.option("--model", default=None, help="Only this model name.")
 @click.option("--since", default=None, help="Only artifacts created on or after this ISO date (2026-11-01).")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+              help="Most artifacts listed, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.pass_context
 def list_artifacts(ctx: click.Context, project: str | None, model: str | None, since: str | None, limit: int,
                    as_json: bool) -> None:
@@ -91,7 +92,7 @@ def _tree_label(row) -> str:
 
 @artifacts.command("tree")
 @click.argument("artifact_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the lineage as JSON.")
 @click.pass_context
 def tree(ctx: click.Context, artifact_id: str, as_json: bool) -> None:
     """An artifact's lineage: its ancestors (what it was refined from) and its descendants."""

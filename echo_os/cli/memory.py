@@ -104,9 +104,9 @@ def search(ctx: click.Context, query: str | None, image: str | None, k: int, as_
 
 @memory.command("similar")
 @click.argument("artifact_id")
-@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Hits to show.")
 @_filter_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 @click.pass_context
 def similar(ctx: click.Context, artifact_id: str, k: int, as_json: bool, **filters) -> None:
     """Artifacts nearest to ARTIFACT_ID (its image with CLIP, else its prompt and story)."""
@@ -119,7 +119,7 @@ def similar(ctx: click.Context, artifact_id: str, k: int, as_json: bool, **filte
 @memory.command("dupes")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.97, show_default=True,
               help="Cosine similarity of the CLIP image embeddings at or above which two images are duplicates.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the pairs as JSON.")
 @click.pass_context
 def dupes(ctx: click.Context, threshold: float, as_json: bool) -> None:
     """Pairs of near-identical images (needs a CLIP model)."""
@@ -139,7 +139,7 @@ def dupes(ctx: click.Context, threshold: float, as_json: bool) -> None:
 
 
 @memory.command("stats")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Vectors per embedder against artifacts in the catalog (repairs drift first)."""
@@ -260,7 +260,7 @@ def reindex(ctx: click.Context) -> None:
 @memory.command("import")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--project", default="imported", show_default=True, help="Project the imported images belong to.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @click.pass_context
 def import_images(ctx: click.Context, folder: str, project: str, as_json: bool) -> None:
     """Index the PNGs under FOLDER made by other tools (A1111, ComfyUI, InvokeAI metadata is read).

@@ -171,7 +171,9 @@ def engine_announcer(note: str | None = None):
               help=f"WIDTHxHEIGHT, multiples of 8. Default: {DEFAULT_SIZE}; 512x512 when SDXL runs on the CPU "
                    "(ECHO_OS_CPU_SIZE sets it).")
 @click.option("--count", type=int, default=1, show_default=True, help="Images to render (1-64), batched.")
-@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="euler", show_default=True)
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="euler", show_default=True,
+              help="Sampler (diffusers scheduler); lcm, tcd and euler_trailing suit few-step models "
+                   "(Turbo, Lightning, LCM).")
 @click.option("--model", default="sdxl", show_default=True, help="A model name from models.toml.")
 @click.option("--engine", default="auto", show_default=True,
               help="auto (the workspace's engine order) or a registered engine, plugins included.")
@@ -179,9 +181,12 @@ def engine_announcer(note: str | None = None):
               help="An option of the chosen engine (see docs/engines.md). Repeat for several.")
 @click.option("--preset", default=None, help="A render preset from pipelines/presets (draft, fast, quick, quality): "
                                               "its values for every option not given.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
-@click.option("--attention", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where SDXL runs: auto is cuda when PyTorch sees a GPU, else the CPU.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="Weights precision: auto is bfloat16 (float16 on older GPUs) on CUDA, float32 elsewhere.")
+@click.option("--attention", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True,
+              help="Attention kernel: sdpa (PyTorch's own) or xformers (needs the xformers package).")
 @click.option("--project", default="default", show_default=True, help="Project the artifacts belong to.")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=None, help="Images per pipeline call.")
 @click.option("--lora", "lora_specs", multiple=True, metavar="NAME[:SCALE]",

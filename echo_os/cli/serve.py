@@ -14,7 +14,8 @@ from echo_os.errors import UsageError
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs --token.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port to listen on; checked free before any worker starts.")
 @click.option("--token", envvar="ECHO_OS_TOKEN", default=None,
               help="Require `Authorization: Bearer TOKEN` on every route but /health (env: ECHO_OS_TOKEN); "
                    "at least 16 characters when listening beyond loopback. A browser opens "
@@ -49,7 +50,7 @@ from echo_os.errors import UsageError
 @click.option("--lease-s", type=click.FloatRange(1, 3600), default=30.0, show_default=True, hidden=True,
               help="How long a worker's claim on a job lasts without a heartbeat.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
-              show_default=True)
+              show_default=True, help="Server log detail (uvicorn and echo-os).")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None, default_model: str, max_batch: int,
           batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, abandoned_grace_s: float,

@@ -16,7 +16,7 @@ def styles() -> None:
 
 
 @styles.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the styles as JSON.")
 @click.pass_context
 def list_styles(ctx: click.Context, as_json: bool) -> None:
     """Every style by name (built-ins marked)."""
@@ -89,7 +89,7 @@ def remove_style(ctx: click.Context, name: str) -> None:
 @styles.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Overwrite workspace styles of the same name.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @click.pass_context
 def import_file(ctx: click.Context, file: Path, replace: bool, as_json: bool) -> None:
     """Import an A1111 styles.csv or a Fooocus style JSON; reports what was skipped and why."""
