@@ -22,3 +22,95 @@ def test_every_option_of_every_command_has_help_text() -> None:
     missing = [f"{path} {'/'.join(param.opts)}" for path, command in seen for param in command.params
                if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip()]
     assert missing == []
+
+
+# ---- the engine line: short, the full reason with -v and in meta.json, never on a bar's line ---------------
+
+FULL_REASON = ("auto: first available in the order sdxl, comfyui, openai, cpu, draft; skipped sdxl: no CUDA GPU; "
+               "comfyui: it sends requests over the network; set allow = true under [engines.comfyui] (or "
+               "allow_network = true under [engines]) in echo-os.toml; openai: it sends requests over the network; "
+               "set allow = true under [engines.openai] (or allow_network = true under [engines]) in echo-os.toml")
+
+
+def test_brief_reason_groups_what_the_engines_before_lacked() -> None:
+    from echo_os.cli.feedback import brief_reason, engine_line
+
+    assert engine_line("cpu", FULL_REASON, verbose=False) == "engine: cpu (no CUDA GPU; network engines off)"
+    assert engine_line("cpu", FULL_REASON, verbose=True) == f"engine: cpu ({FULL_REASON})"
+    assert brief_reason("chosen with --engine draft") == "chosen with --engine draft"
+    assert brief_reason("auto: first available in the order toy, draft") == "auto: first available"
+
+
+def test_render_prints_the_short_engine_line_and_keeps_the_full_reason(run_cli, workspace) -> None:
+    import json
+    from pathlib import Path
+
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a kite", "--size", "64x64", "--json")
+    assert code == 0, err
+    assert err.splitlines()[0] == ("engine: draft (no weights for 'sdxl', see `echo-os models list`; "
+                                   "network engines off)")
+    meta = json.loads((Path(json.loads(out)[0]["path"]) / "meta.json").read_text())
+    assert meta["engine"]["reason"].startswith("auto: first available in the order sdxl, comfyui, openai, cpu")
+    assert "set allow = true under [engines.openai]" in meta["engine"]["reason"]
+    code, out, err = run_cli("--home", str(workspace.home), "-v", "render", "a kite", "--size", "64x64")
+    assert code == 0 and f"engine: draft ({meta['engine']['reason']})" in err
+
+
+def test_a_line_printed_during_a_live_bar_does_not_share_its_line(capsys) -> None:
+    """tqdm draws a bar as `\\r...`; a line written while it is live goes after a cleared bar, not onto it."""
+    import sys
+
+    from tqdm import tqdm
+
+    from echo_os.cli.feedback import echo_beside_bars
+
+    bar = tqdm(total=10, desc="images 1-1 of 1", file=sys.stderr, disable=False, leave=False)
+    bar.update(3)
+    echo_beside_bars("engine: cpu (no CUDA GPU)")
+    bar.close()
+    err = capsys.readouterr().err
+    line = next(part for part in err.replace("\r", "\n").split("\n") if "engine:" in part)
+    assert line == "engine: cpu (no CUDA GPU)"
+
+
+def test_the_step_bar_says_what_is_loading_before_the_first_step() -> None:
+    import io
+
+    from echo_os.cli.render import StepBar
+    from echo_os.render.results import ProgressEvent
+
+    stream = io.StringIO()
+    bar = StepBar(1, file=stream, enabled=True)
+    assert stream.getvalue() == ""  # no empty `0step [00:00, ?step/s]` bar before anything happens
+    bar.loading("loading model 'sdxl' (cpu)")
+    assert "loading model 'sdxl' (cpu) (00:00)" in stream.getvalue()
+    bar(ProgressEvent(step=1, total_steps=2, images=1))
+    bar.close()
+    assert "images 1-1 of 1" in stream.getvalue()
+
+
+def test_ctrl_c_says_how_many_were_saved_and_the_same_command_finishes(run_cli, workspace, monkeypatch) -> None:
+    """Ctrl-C during the second image of three: one line with the count (not only `Aborted.`), exit 130;
+    the same command then renders only the two left."""
+    from echo_os.artifacts.store import ArtifactStore
+
+    real_save = ArtifactStore.save
+    calls = []
+
+    def save_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArtifactStore, "save", save_then_interrupt)
+    args = ("--home", str(workspace.home), "render", "a kite", "--size", "64x64", "--count", "3", "--seed", "7",
+            "--batch-size", "1")
+    code, out, err = run_cli(*args)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == ("interrupted: 1 image saved; run the same command again to render the "
+                                            "rest (saved images are not rendered again)")
+    monkeypatch.setattr(ArtifactStore, "save", real_save)
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert "1 of 3 already rendered" in err and len(out.splitlines()) == 3

@@ -424,8 +424,7 @@ def test_draft_fallback_renders_the_example_story(workspace):
     example = Path(__file__).resolve().parent.parent / "prompts" / "lighthouse-keeper" / "story.csv"
     code, out, err = run("--home", str(workspace.home), "batch", "Lighthouse Keeper", str(example))
     assert code == 0, err
-    assert "engine: draft (auto: first available in the order sdxl, comfyui, openai, cpu, draft" in err
-    assert "no weights for model 'sdxl'" in err
+    assert "engine: draft (no weights for 'sdxl', see `echo-os models list`; network engines off)" in err
     lines = out.splitlines()
     assert [line[:3] for line in lines[:4]] == ["001", "002", "003", "004"]
     assert lines[4].startswith("4 rendered, 0 already rendered")

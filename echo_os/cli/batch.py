@@ -40,6 +40,7 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     """Render every scene of a validated StoryPlan in order and print what was made; returns the StoryRender.
     quiet_json: print nothing in JSON mode (the caller prints a combined document)."""
     from echo_os.artifacts.store import ArtifactStore
+    from echo_os.cli.feedback import interrupt_report
     from echo_os.cli.render import engine_announcer
     from echo_os.story.render import render_plan as render_story
 
@@ -54,9 +55,10 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
             click.echo(f"ray: {len(pool.actors)} render actors", err=True)
             # chosen on an actor (its GPU); no cancel flag in its engine, as the plain batch hands none
             engine = pool.engine(plan.scenes[0].request, engine_cancel=False)
-        result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
-                              progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
-                              resonance=resonance)
+        with interrupt_report(store):
+            result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
+                                  progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
+                                  resonance=resonance)
     finally:
         bar.close()
         store.close()
@@ -361,8 +363,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
             from echo_os.cli.render import engine_line
             from echo_os.render.scheduler import EngineChoice
 
-            line = engine_line(EngineChoice(*choice))
-            click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
+            click.echo(engine_line(EngineChoice(*choice), note), err=True)
         if json_output:
             click.echo(json_for_terminal(plan.model_dump(mode="json")))
         else:

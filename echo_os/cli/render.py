@@ -15,17 +15,34 @@ from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS, bui
 
 
 class StepBar:
-    """A tqdm bar over denoising steps, all images of one pipeline call advancing together."""
+    """A tqdm bar over denoising steps, all images of one pipeline call advancing together. Before the first
+    step it says what is loading (`loading(...)`), so a model load of several seconds is not a silent bar."""
 
-    def __init__(self, total_images: int):
-        from tqdm import tqdm
+    LOADING_FORMAT = "{desc} ({elapsed})"
 
+    def __init__(self, total_images: int, *, file=None, enabled: bool | None = None):
         self.total_images = total_images
         self.done_images = 0
-        self.bar = tqdm(total=0, unit="step", leave=False, disable=None, dynamic_ncols=True)
+        self.file = file  # None: stderr
+        self.disable = None if enabled is None else not enabled  # None: on when the stream is a terminal
+        self.bar = None  # made at the first thing to show: no empty `0step` bar before it
+
+    def _make(self, **fields):
+        from tqdm import tqdm
+
+        return tqdm(total=0, unit="step", leave=False, disable=self.disable, dynamic_ncols=True,
+                    file=self.file, **fields)
+
+    def loading(self, what: str) -> None:
+        """Show `what` (`loading model 'sdxl'`) with the time spent, until the first step."""
+        if self.bar is None:
+            self.bar = self._make(desc=what, bar_format=self.LOADING_FORMAT)
 
     def __call__(self, event) -> None:
+        if self.bar is None:
+            self.bar = self._make()
         if event.step == 1:
+            self.bar.bar_format = None
             self.bar.reset(total=event.total_steps)
             self.bar.set_description(f"images {self.done_images + 1}-{self.done_images + event.images}"
                                      f" of {self.total_images}")
@@ -34,7 +51,8 @@ class StepBar:
             self.done_images += event.images
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 DEFAULT_SIZE = "1024x1024"
@@ -141,19 +159,29 @@ def refiner_input(settings, name: str | None, switch: float):
     return RefinerInput(model=name, switch=switch)
 
 
-def engine_line(choice) -> str:
-    return f"engine: {choice.name} ({choice.reason})"
+def engine_line(choice, note: str | None = None) -> str:
+    """The short engine line (the full reason with `echo-os -v`; always in meta.json)."""
+    from echo_os.cli.feedback import engine_line as line
+
+    return line(choice.name, choice.reason, note)
 
 
-def engine_announcer(note: str | None = None):
-    """on_engine callback: print the engine line (with `note`, e.g. the CPU size rule, inside its brackets).
+def engine_announcer(note: str | None = None, *, bar=None, model: str | None = None):
+    """on_engine callback: print the engine line (with `note`, e.g. the CPU size rule, inside its brackets),
+    clear of any live bar; with `bar` and an engine that loads weights, the bar says `model` is loading.
 
     Nothing else starts here: the images are embedded into Echo Memory by the next memory command, not
     beside the render (echo_os.memory.artifacts)."""
+    from echo_os.cli.feedback import echo_beside_bars
 
     def announce(choice) -> None:
-        line = engine_line(choice)
-        click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
+        echo_beside_bars(engine_line(choice, note))
+        if bar is not None and model:
+            from echo_os.engines import engine_table
+
+            plugin = engine_table().get(choice.name)
+            if plugin is not None and plugin.capabilities.needs_weights:
+                bar.loading(f"loading model '{model}' ({choice.name})")
 
     return announce
 
@@ -268,9 +296,13 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
 
     attach_scorer(store, enabled=not no_score)  # scores when a CLIP model is here (`echo-os score` says if not)
     bar = StepBar(request.count)
+    from echo_os.cli.feedback import interrupt_report
+
     try:
-        outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=engine_announcer(note), engine=engine, resume=not again)
+        with interrupt_report(store, again=again):
+            outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
+                                      on_engine=engine_announcer(note, bar=bar, model=request.model),
+                                      engine=engine, resume=not again)
     finally:
         bar.close()
         store.close()
