@@ -114,3 +114,23 @@ def test_ctrl_c_says_how_many_were_saved_and_the_same_command_finishes(run_cli, 
     code, out, err = run_cli(*args)
     assert code == 0, err
     assert "1 of 3 already rendered" in err and len(out.splitlines()) == 3
+
+
+# ---- a folder that is not a workspace: read-only commands write nothing ----------------------------------
+
+def test_read_only_commands_write_nothing_in_a_folder_without_a_workspace(run_cli, tmp_path) -> None:
+    import json
+
+    home = tmp_path / "not-a-workspace"
+    home.mkdir()
+    for args in (["artifacts", "list"], ["memory", "search", "kite"], ["memory", "stats"], ["memory", "dupes"],
+                 ["gallery"]):
+        code, out, err = run_cli("--home", str(home), *args)
+        assert code == 0, (args, err)
+        assert "no artifacts in" in err and "--home DIR" in err, (args, err)
+        assert list(home.iterdir()) == [], args
+    code, out, err = run_cli("--home", str(home), "artifacts", "list", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out, err = run_cli("--home", str(home), "memory", "similar", "abcdef123456")
+    assert code == 2 and "no artifacts/ folder" in err
+    assert list(home.iterdir()) == []

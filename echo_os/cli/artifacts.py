@@ -34,6 +34,12 @@ def list_artifacts(ctx: click.Context, project: str | None, model: str | None, s
             date.fromisoformat(since[:10])
         except ValueError:
             raise click.BadParameter(f"{since!r} is not an ISO date like 2026-11-01", param_hint="--since") from None
+    from echo_os.cli.feedback import nothing_rendered_here
+
+    if nothing_rendered_here(settings):
+        if as_json:
+            click.echo("[]")
+        return
     with open_catalog(settings) as catalog:
         rows = catalog.query(project=project, model=model, since=since, limit=limit)
     if as_json:

@@ -108,3 +108,13 @@ def interrupt_report(store: "ArtifactStore", *, again: bool = False) -> Iterator
     finally:
         if saved in store.listeners:
             store.listeners.remove(saved)
+
+
+def nothing_rendered_here(settings) -> bool:
+    """True, with one line on stderr, when the workspace folder has no artifacts/ yet: a command that only
+    reads (artifacts list, memory search, gallery) then writes nothing there, no catalog.db, no folders."""
+    if settings.artifacts_dir.is_dir():
+        return False
+    click.echo(f"no artifacts in {settings.home} (it has no artifacts/ folder): render in this folder first, "
+               "or point at your workspace with --home DIR (or ECHO_OS_HOME)", err=True)
+    return True

@@ -46,6 +46,17 @@ def _open(ctx: click.Context, **options):
         return open_memory(settings_from(ctx), note=print_note, progress=bars, **options)
 
 
+def _nothing_here(ctx: click.Context, as_json: bool, empty: str = "[]") -> bool:
+    """A folder with no artifacts/ yet: say so, print `empty` for --json, and write nothing there."""
+    from echo_os.cli.feedback import nothing_rendered_here
+
+    if not nothing_rendered_here(settings_from(ctx)):
+        return False
+    if as_json:
+        click.echo(empty)
+    return True
+
+
 def _print_hits(hits, as_json: bool) -> None:
     if as_json:
         click.echo(json_for_terminal([h.as_dict() for h in hits]))
@@ -94,6 +105,8 @@ def search(ctx: click.Context, query: str | None, image: str | None, k: int, as_
                 picture = opened.convert("RGB")
         except (OSError, UnidentifiedImageError):
             raise UsageError(f"{path} is not an image file PIL can read.") from None
+    if _nothing_here(ctx, as_json):
+        return
     with _open(ctx) as mem:
         if image is not None:
             hits = mem.search_image(picture, k, chosen)
@@ -111,6 +124,10 @@ def search(ctx: click.Context, query: str | None, image: str | None, k: int, as_
 def similar(ctx: click.Context, artifact_id: str, k: int, as_json: bool, **filters) -> None:
     """Artifacts nearest to ARTIFACT_ID (its image with CLIP, else its prompt and story)."""
     chosen = _filters(**filters)
+    home = settings_from(ctx).home
+    if not settings_from(ctx).artifacts_dir.is_dir():  # nothing to look up: no catalog is made to say so
+        raise UsageError(f"no artifact {artifact_id!r} in {home}: it has no artifacts/ folder; point at your "
+                         "workspace with --home DIR")
     with _open(ctx) as mem:
         _, hits = mem.similar(artifact_id, k, chosen)
     _print_hits(hits, as_json)
@@ -123,6 +140,8 @@ def similar(ctx: click.Context, artifact_id: str, k: int, as_json: bool, **filte
 @click.pass_context
 def dupes(ctx: click.Context, threshold: float, as_json: bool) -> None:
     """Pairs of near-identical images (needs a CLIP model)."""
+    if _nothing_here(ctx, as_json):
+        return
     with _open(ctx) as mem:
         pairs = mem.memory.dupes(threshold)
         rows = [(mem.catalog.get_num(p.a), mem.catalog.get_num(p.b), p.score) for p in pairs]
@@ -143,6 +162,8 @@ def dupes(ctx: click.Context, threshold: float, as_json: bool) -> None:
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Vectors per embedder against artifacts in the catalog (repairs drift first)."""
+    if _nothing_here(ctx, as_json, empty="{}"):
+        return
     with _open(ctx) as mem:
         indexes = mem.memory.stats()
         catalog_count = mem.catalog.count()
