@@ -134,3 +134,43 @@ def test_read_only_commands_write_nothing_in_a_folder_without_a_workspace(run_cl
     code, out, err = run_cli("--home", str(home), "memory", "similar", "abcdef123456")
     assert code == 2 and "no artifacts/ folder" in err
     assert list(home.iterdir()) == []
+
+
+# ---- one token counter, and no library warning for counting a long prompt -------------------------------
+
+LONG_PROMPT = "a lighthouse keeper with a grey beard walks along the stormy cliff at dawn " * 6
+
+
+def test_counting_a_long_prompt_prints_no_transformers_warning(tiny_sdxl_dir, capfd, caplog) -> None:
+    from echo_os.story.tokens import clip_token_count, load_clip_tokenizer
+
+    count = clip_token_count(LONG_PROMPT, load_clip_tokenizer(str(tiny_sdxl_dir)))
+    assert count.count > 77 and not count.approximate
+    captured = capfd.readouterr()
+    assert "Token indices sequence length" not in captured.err + captured.out + caplog.text
+
+
+def test_api_batch_warns_with_the_cli_dry_runs_exact_counts(tiny_workspace, run_cli) -> None:
+    """The same story, the same counts: `/api/batch` counts with the model's tokenizer, as `batch --dry-run`."""
+    import asyncio
+
+    from tests.api_helpers import api_client
+
+    prompts = tiny_workspace.home / "prompts.txt"
+    prompts.write_text(LONG_PROMPT + "\n", encoding="utf-8")
+    code, out, err = run_cli("--home", str(tiny_workspace.home), "batch", "Long", f"@{prompts}", "--model", "tiny",
+                             "--dry-run")
+    assert code == 0, err
+    import re
+
+    cli_count = int(re.search(r"tokens: +prompt (\d+)/75", out).group(1))  # exact: no `~`
+
+    async def post() -> dict:
+        async with api_client(tiny_workspace, start_worker=False) as (client, _):
+            response = await client.post("/api/batch", json={"project": "Long", "model": "tiny", "size": "64x64",
+                                                             "prompts": [LONG_PROMPT.strip()]})
+            assert response.status_code == 202, response.text
+            return response.json()
+
+    body = asyncio.run(post())
+    assert f"scene 1: the prompt is {cli_count} CLIP tokens; SDXL reads 75" in " ".join(body["warnings"]), body

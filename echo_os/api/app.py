@@ -815,10 +815,15 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                 bible = folder / "STORY_BIBLE.md"
                 bible.write_text(body.bible, encoding="utf-8")
 
+        from echo_os.story.tokens import workspace_tokenizer_loader
+
+        tokens = workspace_tokenizer_loader(settings)  # the CLI's counter: the same counts and warnings
+
         def make_plan(options: PlanOptions):
             if body.prompts is not None:
-                return plan_prompt_list(body.project, source, options=options)
-            return plan_story(body.project, source, bible=bible, options=options, workspace=settings.home)
+                return plan_prompt_list(body.project, source, options=options, tokenizer_loader=tokens)
+            return plan_story(body.project, source, bible=bible, options=options, workspace=settings.home,
+                              tokenizer_loader=tokens)
 
         plan = make_plan(options)
         _check_plan_paths(settings, plan)

@@ -260,7 +260,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --ray auto   # on a Ray cluster
     """
     from echo_os.engines import check_engine_name, choose_engine, create_engine
-    from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
+    from echo_os.story import PlanOptions, plan_prompt_list, plan_story
     from echo_os.story.render import engine_size_for_plan
 
     settings = settings_from(ctx)
@@ -308,8 +308,9 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     if source.startswith("@") and bible is not None:
         raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
 
-    def tokenizer_for(model_name: str):
-        return load_clip_tokenizer(model_name, settings)  # a models.toml name or a folder
+    from echo_os.story.tokens import workspace_tokenizer_loader
+
+    tokenizer_for = workspace_tokenizer_loader(settings)  # a models.toml name or a folder; as /api/batch
 
     def make_plan(size: str | None, project_name: str = project, options=base_options):
         options = options.model_copy(update={"size": size})
