@@ -174,3 +174,64 @@ def test_api_batch_warns_with_the_cli_dry_runs_exact_counts(tiny_workspace, run_
 
     body = asyncio.run(post())
     assert f"scene 1: the prompt is {cli_count} CLIP tokens; SDXL reads 75" in " ".join(body["warnings"]), body
+
+
+# ---- serve: the port checked first, the gallery named, a worker's start is not a warning -----------------
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_before_any_worker_starts(tmp_path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "echo_os", "--home", str(tmp_path), "serve", "--port",
+                                 str(port), "--workers", "1"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use (another server has the port?); "
+        "stop it or choose another with --port"]
+    assert not (tmp_path / "artifacts" / "jobs.db").exists()  # no queue opened, no worker started
+
+
+def test_serve_names_the_gallery_without_a_token_and_logs_a_worker_start_at_info(tmp_path) -> None:
+    import time
+
+    from tests.test_api_server import start_server
+
+    server = start_server(tmp_path, "--workers", "1", "--log-level", "info")
+    try:
+        deadline = time.monotonic() + 60
+        while "worker 0 started" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = server.log()
+    finally:
+        server.stop()
+    assert f"gallery in a browser: http://127.0.0.1:{server.port}/api/gallery\n" in log
+    assert "INFO echo_os.api.processes: worker 0 started on cpu" in log, log
+    assert "WARNING echo_os.api.processes: worker 0 started" not in log
+
+
+def test_loading_clip_shows_no_loading_weights_bar(tmp_path_factory) -> None:
+    """A fresh interpreter (transformers' bar switch is per process): CLIP loads without its bars."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+    from tests.tiny_models import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path_factory.mktemp("clip-noise") / "clip")
+    script = ("from PIL import Image\nfrom echo_os.memory.embedders import ClipEmbedder\n"
+              f"print(ClipEmbedder({str(clip)!r}, 'cpu').embed_images([Image.new('RGB', (32, 32))]).shape)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    result = subprocess.run([sys.executable, "-c", script], env=dict(env, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Loading weights" not in result.stderr and "[transformers]" not in result.stderr, result.stderr
