@@ -235,3 +235,16 @@ def test_loading_clip_shows_no_loading_weights_bar(tmp_path_factory) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Loading weights" not in result.stderr and "[transformers]" not in result.stderr, result.stderr
+
+
+def test_memory_import_names_a_skipped_file_once(run_cli, workspace, caplog) -> None:
+    import logging
+
+    source = workspace.home / "elsewhere"
+    source.mkdir()
+    (source / "notes.png").write_text("not an image")
+    code, out, err = run_cli("--home", str(workspace.home), "memory", "import", str(source))
+    assert code == 0, err
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (err + "\n".join(warned)).count("notes.png") == 1, (err, warned)
+    assert "imported 0 images" in out and "1 unreadable" in out
