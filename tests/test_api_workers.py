@@ -225,6 +225,33 @@ async def test_workers_route_shows_the_in_process_worker_and_its_figures(workspa
     assert row["images_per_min"] > 0 and row["state"] == "idle"
 
 
+def test_the_worker_is_idle_before_its_last_job_is_recorded_as_ended(workspace):
+    """The race behind a flaky workers-route test: whoever reads a finished job must not see the worker that
+    finished it still `rendering`. The state is read at the moment each job is written as ended."""
+    import asyncio
+
+    from echo_os.api.deps import ApiOptions
+    from tests.api_helpers import FakeEngine, api_client, wait_job
+
+    seen: list[tuple[str, str]] = []
+
+    async def run() -> None:
+        async with api_client(workspace, make_engine=FakeEngine(), options=ApiOptions(batch_window_ms=0)) as (client, app):
+            api = app.state.api
+            finish = api.jobs.finish
+
+            def spying_finish(job_id, status, **kwargs):
+                seen.append((status, api.worker.stats.state))
+                return finish(job_id, status, **kwargs)
+
+            api.jobs.finish = spying_finish
+            job_id = (await client.post("/api/render", json={"prompt": "watch me", "count": 2, "size": "64x64"})).json()["job_id"]
+            await wait_job(client, job_id)
+
+    asyncio.run(run())
+    assert seen == [("succeeded", "idle")]
+
+
 def test_make_engine_needs_the_in_process_worker(workspace):
     """A fake engine cannot cross into a worker process: refused when the app starts, not ignored."""
     import asyncio

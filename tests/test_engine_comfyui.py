@@ -89,8 +89,9 @@ def test_an_execution_error_is_one_line_naming_the_node(comfy):
 
 
 def test_node_errors_are_one_line_naming_the_node(comfy, fake):
+    # named: sent, and ComfyUI's refusal is one line (with auto, availability passes over it: see below)
     code, out, err = _render(comfy, "-o", "workflow=sdxl-txt2img", "-o", "checkpoint=missing.safetensors",
-                             "--size", "64x64")
+                             "--size", "64x64", "--engine", "comfyui")
     assert code == 1 and err.splitlines()[-1] == (
         "Error: engine comfyui: ComfyUI refused the workflow: node 4 (CheckpointLoaderSimple): Value not in list "
         "(ckpt_name: 'missing.safetensors' not in ['sd_xl_base_1.0.safetensors'])")
@@ -194,6 +195,41 @@ def test_auto_asks_comfyui_only_when_allowed_configured_and_reachable(tmp_path, 
     (home / "echo-os.toml").write_text(f'[engines.comfyui]\nallow = true\nurl = "{fake.url}"\nworkflw = "x"\n')
     with pytest.raises(UsageError, match=r"\[engines.comfyui\] workflw"):
         choose_engine(load_settings(home, env={}), request)
+
+
+def test_auto_passes_over_a_comfyui_without_the_templates_checkpoint(tmp_path):
+    """Issue 24, bug 13: /system_stats answering is not enough; the default sdxl-txt2img template needs its
+    checkpoint on the server (GET /object_info/CheckpointLoaderSimple lists them)."""
+    from echo_os.settings import load_settings
+
+    request = RenderRequest(prompt="x", width=64, height=64)
+    with fake_comfyui(checkpoints=("some_other_model.safetensors",)) as bare:
+        settings = comfy_workspace(tmp_path, bare.url)
+        name, reason = choose_engine(settings, request)
+        assert name != "comfyui"
+        assert "has no ckpt_name 'sd_xl_base_1.0.safetensors' for workflow sdxl-txt2img" in reason, reason
+        assert "some_other_model.safetensors" in reason
+        settings = comfy_workspace(tmp_path, bare.url, 'checkpoint = "some_other_model.safetensors"\n')
+        assert choose_engine(settings, request)[0] == "comfyui"
+        # a template whose nodes the server has, needing no checkpoint
+        settings = comfy_workspace(tmp_path, bare.url, 'workflow = "solid-colour"\n')
+        assert choose_engine(load_settings(settings.home, env={}), request)[0] == "comfyui"
+
+
+def test_auto_moves_on_when_the_chosen_comfyui_fails_before_any_image(tmp_path):
+    """The server was fine when asked, then failed the first image: `auto` renders with the next engine of
+    the order and says so in one line; an engine the user named is not replaced."""
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'workflow = "solid-colour"\n')
+        server.faults.append("error")
+        code, rows, err = _render(settings, "--size", "64x64", "--seed", "1")
+        assert code == 0, err
+        assert rows[0]["engine"] != "comfyui"
+        [line] = [line for line in err.splitlines() if "moved on to" in line]
+        assert "auto: comfyui failed before any image" in line and "failed:" in line
+        server.faults.append("error")
+        code, out, err = _render(settings, "--size", "64x64", "--seed", "2", "--engine", "comfyui")
+        assert code == 1 and "moved on" not in err and "Error: engine comfyui: node 1" in err, err
 
 
 def test_a_story_renders_every_scene_once_and_resumes(comfy, fake):
@@ -334,6 +370,18 @@ def test_refine_with_a_workflow_that_binds_no_init_image_is_one_line(comfy, fake
     assert len(fake.posts) == posts and not fake.uploads
 
 
+def test_a_refine_of_a_solid_colour_parent_takes_the_refine_workflow_and_any_strength(tmp_path, fake):
+    """Issue 24, bug 13: the parent's `-o workflow=solid-colour` is a txt2img template, not carried to the
+    refine (refine_workflow is used, as docs/engines.md says); and ComfyUI runs all --steps, so the
+    diffusers rule "steps x strength >= 1" does not apply (2 steps at strength 0.2 is a real refine there)."""
+    settings = comfy_workspace(tmp_path, fake.url, 'refine_workflow = "upload-scale"\n')
+    parent = _parent(settings, "--engine", "comfyui", "-o", "workflow=solid-colour")
+    code, rows, err = _refine(settings, parent["id"], "--engine", "comfyui", "--steps", "2", "--strength", "0.2")
+    assert code == 0, err
+    assert _meta(rows[0])["provenance"]["workflow"] == "upload-scale"
+    assert "workflow" not in _meta(rows[0])["request"]["options"]
+
+
 # ---- a websocket that drops mid-prompt ------------------------------------------------------------
 
 def _pixels(image):
@@ -412,3 +460,47 @@ def test_a_comfyui_that_restarts_mid_prompt_is_one_line_not_a_hang(tmp_path):
         with pytest.raises(ComfyUIError, match=r"no longer knows prompt \S+ \(restarted while the websocket was down\?\)"):
             engine.render([RenderRequest(prompt="x", width=32, height=32, seed=1, engine="comfyui")])
         assert time.monotonic() - started < 10 and len(server.posts) == 1
+
+
+def test_a_server_lost_during_image_2_names_image_1_which_was_saved(tmp_path):
+    """Issue 24, bug 13: `--count 2`, the server restarts when it takes the second prompt: image 1 is kept
+    and its id is printed with the one-line error."""
+    import sqlite3
+
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'workflow = "solid-colour"\n')
+        server.faults.extend(["ok", "restart"])
+        code, out, err = _render(settings, "--size", "64x64", "--seed", "5", "--count", "2", "--engine", "comfyui")
+    assert code == 1, err
+    with sqlite3.connect(settings.catalog_path) as db:
+        [(saved_id,)] = db.execute("SELECT id FROM artifacts").fetchall()
+    assert f"saved before the error: {saved_id[:12]}" in err, err
+
+
+def test_an_edited_template_is_rendered_again_and_replay_says_it_changed(tmp_path):
+    """Issue 24, bug 13: meta.json records the template's sha256 (provenance.template_sha256); after the
+    template is edited the "already rendered" check renders anew, saying why, and replay names the cause."""
+    import shutil
+
+    from echo_os.settings import REPO_ROOT
+
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url)
+        own = settings.home / "pipelines" / "comfyui"
+        own.mkdir(parents=True)
+        for suffix in (".json", ".toml"):
+            shutil.copy(REPO_ROOT / "pipelines" / "comfyui" / f"solid-colour{suffix}", own / f"mine{suffix}")
+        args = ("--engine", "comfyui", "-o", "workflow=mine", "--seed", "100000", "--size", "64x64")
+        code, [first], err = _render(settings, *args)
+        assert code == 0, err
+        assert len(_meta(first)["provenance"]["template_sha256"]) == 64
+        code, [again], err = _render(settings, *args)
+        assert code == 0 and again["id"] == first["id"] and again["already_rendered"], err
+        toml = own / "mine.toml"
+        toml.write_text(toml.read_text(encoding="utf-8").replace("16777216", "65536"), encoding="utf-8")
+        posts = len(server.posts)
+        code, [edited], err = _render(settings, *args)
+        assert code == 0 and edited["id"] != first["id"] and not edited["already_rendered"], err
+        assert len(server.posts) == posts + 1 and "the template changed since" in err, err
+        code, out, err = run_cli("--home", str(settings.home), "replay", first["id"])
+        assert code == 0 and "the template changed since it was rendered" in out, out + err

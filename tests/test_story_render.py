@@ -530,3 +530,38 @@ def test_catalog_migration_backfills_request_keys(tmp_path):
         assert catalog.by_request_keys("other", ["cd" * 32]) == {}
     finally:
         catalog.close()
+
+
+def test_a_count_preview_keeps_the_whole_story_in_story_json_and_the_contact_sheet(workspace, tmp_path):
+    """Issue 24, bug 10: `batch story.csv --count 2` after a full run (or before one) does not shrink
+    story.json or the contact sheet to 2 scenes, so the next animatic still has every rendered scene."""
+    import json
+
+    from PIL import Image
+
+    from tests.helpers import run_cli
+
+    csv = tmp_path / "story.csv"
+    csv.write_text("scene,slug,description\n1,dawn,the quay at dawn\n2,noon,the quay at noon\n"
+                   "3,dusk,the quay at dusk\n4,night,the quay at night\n", encoding="utf-8")
+
+    def batch(*extra: str) -> dict:
+        code, out, err = run_cli("--home", str(workspace.home), "batch", "quay", str(csv), "--engine", "draft",
+                                 "--size", "64x64", "--ip-adapter", "none", "--json", *extra)
+        assert code == 0, err
+        return json.loads(out)
+
+    preview = batch("--count", "2")
+    story = json.loads(Path(preview["story_json"]).read_text(encoding="utf-8"))
+    assert [s["scene"] for s in story["scenes"]] == [1, 2]  # nothing else is rendered yet
+    full = batch()
+    with Image.open(full["contact_sheet"]) as whole:
+        whole_size = whole.size
+    again = batch("--count", "2")
+    assert (again["rendered"], again["resumed"]) == (0, 2)
+    story = json.loads(Path(again["story_json"]).read_text(encoding="utf-8"))
+    assert [s["scene"] for s in story["scenes"]] == [1, 2, 3, 4]
+    assert [s["artifacts"] for s in story["scenes"]] == [s["artifacts"] for s in json.loads(
+        Path(full["story_json"]).read_text(encoding="utf-8"))["scenes"]]
+    with Image.open(again["contact_sheet"]) as sheet:
+        assert sheet.size == whole_size  # four scenes drawn, not two

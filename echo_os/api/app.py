@@ -7,6 +7,8 @@ event hub (on the running loop) and the worker thread, and routes reach them thr
     POST /api/render                202 {job_id, status_url, events_url}
     POST /api/batch                 202 {job_id, ...}: a storyboard (+ bible) or a list of prompts
     POST /api/animatic              202 {job_id, ...}: a rendered story as an MP4 (echo_os.motion.animatic)
+    POST /api/evolve                202 {job_id, run_id, ...}: the improvement loop (echo_os.reflect.evolve)
+    GET  /api/evolve/{run_id}       the loop's record: rounds, candidates, scores, gains
     POST /api/refine                202 {job_id, ...}: image-to-image from an artifact (echo-os refine)
     POST /api/compare               202 {job_id, cells, ...}: cells over up to three axes (resumed as the
                                     CLI resumes) and a grid sheet, the job's last artifact (grid_id)
@@ -61,7 +63,7 @@ from echo_os.api.jobs import (
 )
 from echo_os.api.schemas import (
     AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
-    CompareSubmitted, Health, JobPage, JobView, RefineBody, RenderBody, StyleBody, StyleView, Submitted,
+    CompareSubmitted, EvolveBody, EvolveSubmitted, Health, JobPage, JobView, RefineBody, RenderBody, StyleBody, StyleView, Submitted,
     WorkerList, WorkerView, error_responses,
 )
 from echo_os.api.processes import WorkerPool, images_per_minute
@@ -93,9 +95,11 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
         progress.frames_done, progress.frames_total = live.frames_done, live.frames_total
     elif job.status == "succeeded" and animatic is not None:  # every frame was encoded
         progress.frames_done = progress.frames_total = animatic.frames
-    elif job.status == "succeeded":  # every step of the last call ran (not "step 0 of 0")
+    elif job.status == "succeeded" and job.spec.items:  # every step of the last call ran (not "step 0 of 0")
         progress.step = progress.total_steps = job.spec.items[-1].steps
-    return JobView(id=job.id, kind=job.kind, status=job.status, progress=progress, attempts=job.attempts,
+    elif job.terminal:  # cancelled or failed: where it stopped
+        progress.step, progress.total_steps = job.step, job.total_steps
+    return JobView(id=job.id, kind=job.view_kind, status=job.status, progress=progress, attempts=job.attempts,
                    interruptions=job.interruptions, error=job.error, cancel_requested=job.cancel_requested, created=job.created,
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind == "render" else None,
@@ -133,9 +137,11 @@ def worker_views(api: ApiState) -> list[WorkerView]:
 
 
 def artifact_view(row, *, with_meta: bool = False) -> ArtifactView:
+    from echo_os.artifacts.meta import artifact_kind
+
     return ArtifactView(id=row.id, created=row.created, project=row.project, model=row.model, engine=row.engine,
                         prompt=row.prompt, seed=row.seed, size=f"{row.width}x{row.height}", scene=row.scene,
-                        parent_id=row.parent_id, image_url=image_url(row.id),
+                        parent_id=row.parent_id, kind=artifact_kind(row.meta), image_url=image_url(row.id),
                         meta=row.meta if with_meta else None)
 
 
@@ -154,6 +160,11 @@ def batch_summary(job: Job, project: str) -> dict[str, Any]:
 def animatic_summary(job: Job) -> dict[str, Any]:
     spec = job.spec.animatic
     return dict(project=spec.project, scenes=spec.scenes, frames=spec.frames, fps=spec.fps)
+
+
+def evolve_summary(job: Job) -> dict[str, Any]:
+    spec = job.spec.evolve
+    return dict(run_id=spec.run_id, start=spec.start, record_url=f"/api/evolve/{spec.run_id}")
 
 
 async def _earlier(api: ApiState, route: str, idempotency_key: str | None,
@@ -188,6 +199,8 @@ async def _answer_earlier(api: ApiState, admission: Admission) -> JSONResponse:
         raise HTTPException(status_code=404, detail=f"no job {admission.job_id}")
     if job.kind == "animatic":
         model, extra = AnimaticSubmitted, animatic_summary(job)
+    elif job.kind == "evolve":
+        model, extra = EvolveSubmitted, evolve_summary(job)
     elif job.spec.compare is not None:
         model, extra = CompareSubmitted, {"cells": len(job.spec.items)}
     else:
@@ -439,7 +452,7 @@ def _add_routes(app: FastAPI) -> None:
         key, replayed = await _earlier(api, "/api/render", idempotency_key, body)
         if replayed is not None:
             return replayed
-        fields = body.model_dump(exclude={"negative", "size", "seed"}, exclude_none=True)
+        fields = body.model_dump(exclude={"negative", "size", "seed", "again"}, exclude_none=True)
         fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
             fields["seed"] = body.seed
@@ -448,7 +461,7 @@ def _add_routes(app: FastAPI) -> None:
         # the worker renders.
         request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES,
                                        given=body.model_fields_set & {"steps", "cfg", "scheduler", "size"})
-        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)),
+        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,), again=body.again),
                   created=now_iso())
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
             return earlier
@@ -485,6 +498,32 @@ def _add_routes(app: FastAPI) -> None:
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
             return earlier
         return submitted(job.id, AnimaticSubmitted, **animatic_summary(job))
+
+    @app.post("/api/evolve", status_code=202, response_model=EvolveSubmitted, tags=["jobs"],
+              responses=_submit_responses(EvolveSubmitted, 400, 403, 404, 409, 413, 422))
+    async def submit_evolve(body: EvolveBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+        """Queue `echo-os evolve`: rounds of variations of the target's best image, scored, the best kept.
+        Its candidates are the job's images as each round ends; the record is at record_url."""
+        key, replayed = await _earlier(api, "/api/evolve", idempotency_key, body)
+        if replayed is not None:
+            return replayed
+        spec = await run_in_threadpool(plan_evolve, api.settings, body)
+        job = Job(id=new_job_id(), kind="evolve", status="queued", spec=spec, created=now_iso())
+        if (earlier := await _admit(api, job, key)) is not None:
+            return earlier
+        return submitted(job.id, EvolveSubmitted, **evolve_summary(job))
+
+    @app.get("/api/evolve/{run_id}", tags=["jobs"], responses=error_responses(403, 404, 422))
+    async def evolve_record(run_id: Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$")], api: Api) -> JSONResponse:
+        """An evolve run's record: rounds, candidates, their scores, the gain per round and overall."""
+        import json
+
+        from echo_os.reflect.evolve import run_path
+
+        path = run_path(api.settings, run_id)
+        if not path.is_file():
+            raise HTTPException(status_code=404, detail=f"no evolve run {run_id} (it starts when its job runs)")
+        return JSONResponse(json.loads(await run_in_threadpool(path.read_text, "utf-8")))
 
     @app.post("/api/refine", status_code=202, response_model=Submitted, tags=["jobs"],
               responses=_submit_responses(Submitted, 400, 403, 404, 409, 413, 422))
@@ -856,7 +895,8 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
     story = StorySource(project=body.project, kind="prompts" if body.prompts is not None else "storyboard",
                         source=str(source), bible=str(bible) if body.prompts is None and bible else None,
                         options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
-    return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story)
+    return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story,
+                   again=body.again)
 
 
 def _engine_size(settings: Settings, plan):
@@ -870,6 +910,41 @@ def _engine_size(settings: Settings, plan):
     except UsageError as error:
         raise field_error("engine", str(error)) from None
     return engine_size_for_plan(settings, plan, name)
+
+
+# ---- evolve -------------------------------------------------------------------------------------------
+
+def plan_evolve(settings: Settings, body: EvolveBody) -> JobSpec:
+    """The job spec of an /api/evolve body, checked now: a 422 names the field (404: no such target)."""
+    from echo_os.api.jobs import EvolveSpec
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.reflect.evolve import EvolveOptions, find_scorer, resolve_start, run_id_of
+    from echo_os.resonance.story import parse_objective
+
+    def checked(field: str, make):
+        try:
+            return make()
+        except NotFoundError:
+            raise
+        except UsageError as error:
+            raise field_error(field, str(error)) from None
+
+    objective = checked("objective", lambda: parse_objective(body.objective))
+    options = EvolveOptions(rounds=body.rounds, per_round=body.per_round, objective=objective, scorer=body.scorer,
+                            min_gain=body.min_gain, strengths=tuple(body.strengths), seed=body.seed)
+    checked("strengths", options.check)
+    if body.scorer == "ratings":
+        raise field_error("scorer", "scorer 'ratings' asks for ratings in a terminal; use `echo-os evolve "
+                                    "--scorer ratings`, or give clip or a plugin's scorer")
+    checked("scorer", lambda: find_scorer(settings, body.scorer))
+    store = ArtifactStore(settings)
+    try:
+        start = checked("target", lambda: resolve_start(settings, store, body.target, objective))
+    finally:
+        store.close()
+    return JobSpec(evolve=EvolveSpec(start=start.id, run_id=run_id_of(start.id, options), rounds=body.rounds,
+                                     per_round=body.per_round, objective=dict(objective.weights), scorer=body.scorer,
+                                     min_gain=body.min_gain, strengths=tuple(body.strengths), seed=body.seed))
 
 
 # ---- animatics ----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ tails into its event hub, and their figures to `workers` (GET /api/workers).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -44,7 +45,9 @@ from echo_os.sqlite import Migrations, connect
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["render", "batch", "animatic"]
+JobKind = Literal["render", "batch", "animatic", "evolve"]
+# What a job is to a client: a comparison is stored as a batch (same rows, same worker path) but shown as one.
+JobViewKind = Literal["render", "batch", "compare", "animatic", "evolve"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -126,6 +129,23 @@ class AnimaticSpec(BaseModel):
     frames: int = 0
 
 
+class EvolveSpec(BaseModel):
+    """What an /api/evolve job runs: `echo-os evolve`'s options (echo_os.reflect.evolve), checked when
+    the job was submitted; `start` is the artifact the target resolved to, `run_id` its record's name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: str
+    run_id: str
+    rounds: int
+    per_round: int
+    objective: dict[str, float]
+    scorer: str
+    min_gain: float
+    strengths: tuple[float, ...]
+    seed: int = 0
+
+
 class JobSpec(BaseModel):
     """What a job renders, persisted as the `request` column: `items` (render, batch) or `animatic`."""
 
@@ -137,18 +157,24 @@ class JobSpec(BaseModel):
     story: StorySource | None = None  # a batch made by /api/batch (jobs stored before it have none)
     animatic: AnimaticSpec | None = None  # an animatic made by /api/animatic
     compare: CompareSource | None = None  # a comparison made by /api/compare
+    evolve: EvolveSpec | None = None  # an improvement loop made by /api/evolve
+    # render anew (the body's `again`, the CLI's --again); otherwise images the project already has are taken
+    again: bool = False
 
     @model_validator(mode="after")
     def _renders_something(self) -> "JobSpec":
-        if bool(self.items) == (self.animatic is not None):
-            raise ValueError("a job has either render items or an animatic, not both and not neither")
+        if [bool(self.items), self.animatic is not None, self.evolve is not None].count(True) != 1:
+            raise ValueError("a job has render items, an animatic or an evolve loop: one of them")
         return self
 
     @property
     def images_total(self) -> int:
-        """Artifacts the job makes: its images (and a comparison's grid sheet), or the one video of an animatic."""
+        """Artifacts the job makes: its images (and a comparison's grid sheet), the one video of an
+        animatic, or at most rounds x per_round candidates of an evolve loop (fewer when it stops early)."""
         if self.animatic is not None:
             return 1
+        if self.evolve is not None:
+            return self.evolve.rounds * self.evolve.per_round
         return sum(item.count for item in self.items) + (1 if self.compare is not None else 0)
 
     @property
@@ -185,11 +211,18 @@ class Job(BaseModel):
     started: str | None = None
     finished: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    # the denoising step its latest pipeline call reached, kept when the job ends (a cancel stops mid-call)
+    step: int = 0
+    total_steps: int = 0
     artifact_ids: list[str] = Field(default_factory=list)  # in image order
 
     @property
     def images_total(self) -> int:
         return self.spec.images_total
+
+    @property
+    def view_kind(self) -> JobViewKind:
+        return "compare" if self.spec.compare is not None else self.kind
 
     @property
     def grid_id(self) -> str | None:
@@ -295,14 +328,20 @@ def m003_animatic_jobs(db: sqlite3.Connection) -> None:
     indexes from their own, so columns or indexes another migration added before this one are kept.
     Foreign keys are not enforced on these connections, so the drop does not touch job_images or
     idempotency_keys; their REFERENCES jobs(id) name the renamed table afterwards (checked below)."""
+    widen_kind_check(db, OLD_KIND_CHECK, KIND_CHECK)
+
+
+def widen_kind_check(db: sqlite3.Connection, old: str, new: str) -> None:
+    """Rebuild the jobs table with CHECK `old` replaced by `new` (m003_animatic_jobs says how and why)."""
     (create,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
-    if OLD_KIND_CHECK not in create:
-        raise RuntimeError(f"jobs.db: the jobs table has no {OLD_KIND_CHECK} to widen: {create}")
+    if old not in create:
+        raise RuntimeError(f"jobs.db: the jobs table has no {old} to widen: {create}")
     indexes = [row[0] for row in db.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL")]
     sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-    new_create = create.replace(OLD_KIND_CHECK, KIND_CHECK, 1)
-    new_create = new_create.replace("CREATE TABLE jobs", "CREATE TABLE jobs_new", 1)
+    new_create = create.replace(old, new, 1)
+    # after a rebuild SQLite keeps the name as the rename wrote it: CREATE TABLE "jobs"
+    new_create = re.sub(r'^CREATE TABLE\s+"?jobs"?', "CREATE TABLE jobs_new", new_create, count=1)
     if not new_create.startswith("CREATE TABLE jobs_new"):
         raise RuntimeError(f"jobs.db: unexpected CREATE statement for jobs: {create}")
     db.execute(new_create)
@@ -355,8 +394,22 @@ def m005_requeue_backoff(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN not_before TEXT")
 
 
+@MIGRATIONS
+def m006_evolve_jobs(db: sqlite3.Connection) -> None:
+    """`kind` may be 'evolve' (issue 28), the same rebuild as m003_animatic_jobs (it keeps the columns
+    m004 and m005 added)."""
+    widen_kind_check(db, KIND_CHECK, "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve'))")
+
+
+@MIGRATIONS
+def m007_stopped_at_step(db: sqlite3.Connection) -> None:
+    """The step a cancelled or failed job stopped at, so its view does not fall back to "step 0 of 0"."""
+    db.execute("ALTER TABLE jobs ADD COLUMN step INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN total_steps INTEGER NOT NULL DEFAULT 0")
+
+
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
-            "finished, interruptions")
+            "finished, interruptions, step, total_steps")
 _CLAIMABLE = "status = 'queued' AND (not_before IS NULL OR not_before <= ?)"
 
 
@@ -421,11 +474,11 @@ class JobStore:
     @staticmethod
     def _job(row: tuple, images: dict[str, list[str]] | None = None) -> Job:
         (job_id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started,
-         finished, interruptions) = row
+         finished, interruptions, step, total_steps) = row
         return Job(id=job_id, kind=kind, status=status, spec=JobSpec.model_validate_json(request),
                    attempts=attempts, interruptions=interruptions, error=error, cancel_requested=bool(cancel_requested), solo=bool(solo),
                    timings=json.loads(timings), created=created, started=started, finished=finished,
-                   artifact_ids=(images or {}).get(job_id, []))
+                   step=step, total_steps=total_steps, artifact_ids=(images or {}).get(job_id, []))
 
     @staticmethod
     def _artifacts_of(db: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[str]]:
@@ -576,11 +629,13 @@ class JobStore:
             f"SELECT id FROM jobs WHERE id IN ({marks}) AND cancel_requested = 1", ids)}
 
     def finish(self, job_id: str, status: Literal["succeeded", "failed", "cancelled"], *,
-               error: str | None = None, timings: dict[str, float] | None = None) -> Job | None:
+               error: str | None = None, timings: dict[str, float] | None = None,
+               step: tuple[int, int] = (0, 0)) -> Job | None:
+        """`step`: (step, total_steps) the job's latest pipeline call reached."""
         rows = self._write(
-            f"UPDATE jobs SET status = ?, error = ?, finished = ?, timings = ? "
+            f"UPDATE jobs SET status = ?, error = ?, finished = ?, timings = ?, step = ?, total_steps = ? "
             f"WHERE id = ? AND status = 'running' RETURNING {_COLUMNS}",
-            (status, error, now_iso(), json.dumps(timings or {}), job_id))
+            (status, error, now_iso(), json.dumps(timings or {}), step[0], step[1], job_id))
         return self._jobs(self._reader(), rows)[0] if rows else None
 
     def requeue(self, job_id: str, *, error: str | None = None, count_attempt: bool = True,

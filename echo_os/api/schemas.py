@@ -10,7 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from echo_os.api.jobs import AnimaticSpec, JobKind, JobProgress, JobStatus
+from echo_os.api.jobs import AnimaticSpec, JobProgress, JobStatus, JobViewKind
+from echo_os.artifacts.meta import ArtifactKind
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
 from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
@@ -71,6 +72,9 @@ class RenderBody(BaseModel):
                                             description="Options of the chosen engine (its own Options model).")
     project: str = Field(default="default", min_length=1, max_length=200)
     parent_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    again: bool = Field(default=False, description="Render anew even when the same request was rendered "
+                        "before (the CLI's --again). Default: an image the project already has (same request "
+                        "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
 
 
 class BatchBody(BaseModel):
@@ -93,6 +97,9 @@ class BatchBody(BaseModel):
     ip_adapter: str = Field(default="ip-adapter-sdxl", min_length=1, max_length=200,
                             description="IP-Adapter entry for characters with reference images; 'none' leaves "
                                         "them out (as `echo-os batch --ip-adapter`)")
+    again: bool = Field(default=False, description="Render anew even when the same request was rendered "
+                        "before (the CLI's --again). Default: an image the project already has (same request "
+                        "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
 
 
 class AnimaticBody(BaseModel):
@@ -174,6 +181,8 @@ class StyleView(BaseModel):
     prompt: str
     negative: str
     builtin: bool
+    learned: dict | None = None  # a learned style's provenance (echo_os.render.styles.StyleSource)
+    reference: dict | None = None  # its IP-Adapter reference image (StyleReference)
 
 
 class Submitted(BaseModel):
@@ -203,9 +212,32 @@ class AnimaticSubmitted(Submitted):
     fps: int
 
 
+class EvolveBody(BaseModel):
+    """`echo-os evolve`, as JSON: vary the best image round after round (echo_os.reflect.evolve)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"target": "3f2a9c1b7d4e", "rounds": 3, "per_round": 4}]})
+
+    target: str = Field(min_length=1, max_length=200, description="An artifact id (12+ hex) or a project.")
+    rounds: int = Field(default=3, ge=1, le=100)
+    per_round: int = Field(default=4, ge=1, le=64)
+    objective: str | None = Field(default=None, max_length=200, description="Weights as for --best-of.")
+    scorer: str = Field(default="clip", min_length=1, max_length=100,
+                        description="clip or a plugin's scorer (ratings need a terminal: use the CLI).")
+    min_gain: float = Field(default=0.001, ge=0.0, le=1000.0, allow_inf_nan=False)
+    strengths: list[float] = Field(default=[0.3, 0.5, 0.7], min_length=1, max_length=8)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
+class EvolveSubmitted(Submitted):
+    run_id: str
+    start: str
+    record_url: str = Field(description="GET: the run's record (rounds, candidates, scores, gains).")
+
+
 class JobView(BaseModel):
     id: str
-    kind: JobKind
+    kind: JobViewKind
     status: JobStatus
     progress: JobProgress
     attempts: int
@@ -245,6 +277,8 @@ class ArtifactView(BaseModel):
     size: str
     scene: int | None = None
     parent_id: str | None = None
+    kind: ArtifactKind = Field(default="image", description="image (rendered here), imported (memory import), "
+                               "sheet (a compare grid sheet) or video (an animatic or a clip).")
     image_url: str
     meta: dict | None = Field(default=None, description="The artifact's meta.json (GET /api/artifacts/{id}).")
 

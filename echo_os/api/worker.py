@@ -89,6 +89,7 @@ class JobRun:
     engines: list["EngineChoice"] = field(default_factory=list)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    step: tuple[int, int] = (0, 0)  # (step, total_steps) its latest pipeline call reached
 
     @property
     def artifact_ids(self) -> list[str]:
@@ -152,6 +153,7 @@ class _JobHooks(RenderHooks):
         def on_step(event: "ProgressEvent") -> None:
             for job_id in job_ids:
                 run = self.runs[job_id]
+                run.step = (event.step, event.total_steps)
                 worker.publish(JobProgressed(job_id=job_id, step=event.step, total_steps=event.total_steps,
                                              images_done=len(run.saved), images_total=run.job.images_total))
 
@@ -208,8 +210,10 @@ class Worker:
         self._stop = threading.Event()
         self._stop_counts = False
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # guards the two fields below
+        self._lock = threading.Lock()  # guards the three fields below
         self._cancel_asked: set[str] = set()
+        # the claimed jobs not yet ended: stats.state is "rendering" while any is left
+        self._open_jobs: set[str] = set()
         # the pipeline calls running now (several at once with a concurrent engine): their jobs and cancel flag
         self._calls: dict[int, tuple[set[str], threading.Event]] = {}
         self._jobs_lock = threading.RLock()  # a job is finished once when calls on several threads end it
@@ -265,7 +269,9 @@ class Worker:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
                 continue
-            self.stats.state = "rendering"
+            with self._lock:
+                self._open_jobs = {job.id for job in claimed}
+                self.stats.state = "rendering"
             try:
                 self._run_claimed(claimed)
             except Exception as error:  # noqa: BLE001 - the worker must outlive any one job
@@ -275,7 +281,9 @@ class Worker:
                     self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
                                   backoff=True)
             finally:
-                self.stats.state = "idle"
+                with self._lock:
+                    self._open_jobs.clear()
+                    self.stats.state = "idle"
 
     def _claim(self) -> list[Job]:
         first = self.jobs.claim_next(self.worker_id, self.lease_s)
@@ -337,6 +345,11 @@ class Worker:
             for run in animatics:
                 self._encode_animatic(run, runs)
             return
+        loops = [run for run in runs.values() if run.job.spec.evolve is not None]
+        if loops:  # claimed alone, like animatics
+            for run in loops:
+                self._run_evolve(run, runs)
+            return
         requests: list[RenderRequest] = []
         places: list[tuple[JobRun, int]] = []  # per request: its job and the job's number of its first image
         for run in runs.values():
@@ -346,10 +359,11 @@ class Worker:
                 places.append((run, offset))
                 offset += item.count
         hooks = _JobHooks(self, runs, places)
-        # A compare job resumes as `echo-os compare` does (the renderer's resume rule: a cell whose
-        # one-image request key is already in its project is taken, not rendered). Compare jobs are
-        # claimed alone, so no render job is ever resumed by being claimed with one.
-        resume = all(run.job.spec.compare is not None for run in runs.values())
+        # Every job resumes as the CLI does (the renderer's resume rule: an image whose one-image request key
+        # is already in its project, folder on disk, is taken as the job's image, not rendered again), unless
+        # it asked for `again`. Render jobs claimed together share the call: one that asked for `again`
+        # renders the whole call anew.
+        resume = not any(run.job.spec.again for run in runs.values())
         # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
         # 64x64), capped by --max-batch.
         outcome = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch,
@@ -406,6 +420,56 @@ class Worker:
         self.publish(ArtifactSaved(job_id=job.id, artifact_id=result.artifact.id, index=0,
                                    image_url=image_url(result.artifact.id)))
 
+    # -- evolve loops ------------------------------------------------------------------------------------
+    def _run_evolve(self, run: JobRun, runs: dict[str, JobRun]) -> None:
+        """An /api/evolve job: echo_os.reflect.evolve.evolve with the job's options. Candidate i of round
+        r is the job's image (r - 1) x per_round + i - 1, recorded as each round ends; images rendered are
+        its progress. Run again after a crash, the loop goes on from its record (artifacts/evolve/RUN.json)
+        and finds the images already on disk."""
+        from echo_os.reflect.evolve import EvolveOptions, evolve, find_scorer
+        from echo_os.resonance.story import Objective
+
+        job = run.job
+        spec = job.spec.evolve
+        options = EvolveOptions(rounds=spec.rounds, per_round=spec.per_round, objective=Objective(dict(spec.objective)),
+                                scorer=spec.scorer, min_gain=spec.min_gain, strengths=spec.strengths, seed=spec.seed)
+        cancel = threading.Event()
+        with self._lock:
+            self._calls[id(cancel)] = ({job.id}, cancel)
+            if job.id in self._cancel_asked or self._stop.is_set():
+                cancel.set()
+
+        def record(done_round) -> None:
+            for index, candidate in enumerate(done_round.candidates):
+                image = (done_round.round - 1) * spec.per_round + index
+                if image not in run.saved:
+                    self.jobs.record_image(job.id, image, candidate.id)
+                    run.saved[image] = candidate.id
+                    self.publish(ArtifactSaved(job_id=job.id, artifact_id=candidate.id, index=image,
+                                               image_url=image_url(candidate.id)))
+
+        def on_image(stage: str, done: int, total: int) -> None:
+            if not cancel.is_set() and self.jobs.cancel_requested([job.id]):
+                cancel.set()
+            self.publish(JobProgressed(job_id=job.id, step=0, total_steps=0, images_done=len(run.saved) + done,
+                                       images_total=job.images_total))
+
+        try:
+            result = evolve(self.settings, self.store, spec.start, options,
+                            scorer=find_scorer(self.settings, spec.scorer), progress=on_image, cancel=cancel,
+                            on_round=record)
+        except CancelledError:
+            cancelled = self._cancelled({job.id})
+            if cancelled:
+                self._cancel_jobs(runs, cancelled)
+                return
+            raise Interrupted() from None
+        finally:
+            with self._lock:
+                self._calls.pop(id(cancel), None)
+        for done_round in result.rounds:  # rounds an earlier attempt finished before it was stopped
+            record(done_round)
+
     # -- cancelling -------------------------------------------------------------------------------------
     def _drop_lost(self, runs: dict[str, JobRun], job_ids: set[str]) -> None:
         """Jobs whose lease ran out were taken back (and perhaps claimed by another worker): stop here."""
@@ -415,6 +479,7 @@ class Worker:
             run = runs[job_id]
             if not run.done:
                 run.done = True
+                self._leaving(job_id)
                 log.warning("job %s: lease lost (taken back while this worker was busy); leaving it", job_id)
 
     def _cancelled(self, job_ids: set[str]) -> set[str]:
@@ -430,7 +495,8 @@ class Worker:
                     continue
                 run.done = True
             self.stats.jobs_done += 1
-            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run))
+            self._leaving(job_id)
+            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run), step=run.step)
             self.publish(JobCancelled(job_id=job_id, artifact_ids=run.artifact_ids))
             self._forget(job_id)
 
@@ -442,6 +508,14 @@ class Worker:
         timings["queued_s"] = round((started - created).total_seconds(), 4)
         timings["run_s"] = round((datetime.fromisoformat(now_iso()) - started).total_seconds(), 4)
         return timings
+
+    def _leaving(self, job_id: str) -> None:
+        """`job_id` is about to be recorded as ended (or back in the queue). The worker's own state flips
+        first: whoever sees the job ended sees a worker that is idle once its last job has left."""
+        with self._lock:
+            self._open_jobs.discard(job_id)
+            if not self._open_jobs:
+                self.stats.state = "idle"
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
@@ -462,12 +536,14 @@ class Worker:
         self.stats.jobs_done += 1
         self._forget(run.job.id)
         timings = self._job_timings(run)
+        self._leaving(run.job.id)
         if self.jobs.finish(run.job.id, "succeeded", timings=timings) is not None:
             self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings,
                                       grid_id=run.grid_id))
 
     def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None,
                  outage: bool = False, backoff: bool = False) -> None:
+        self._leaving(job.id)
         requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo, outage=outage,
                                      backoff=backoff)
         if requeued is not None:
@@ -489,7 +565,9 @@ class Worker:
                 self.stats.jobs_done += 1
                 self._forget(job.id)
                 reason = f"interrupted by an outage {job.interruptions + 1} times; last: {message}"
-                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                self._leaving(job.id)
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                    step=run.step) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
                 continue
@@ -517,7 +595,9 @@ class Worker:
                 self._forget(job.id)
                 reason = message if isinstance(error, EchoError) else \
                     f"failed {job.attempts} times; last error: {message}"
-                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                self._leaving(job.id)
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                   step=run.step) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
             else:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from echo_os.artifacts.meta import artifact_kind
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import NotFoundError, UsageError
 from echo_os.sqlite import Migrations, connect
@@ -74,6 +75,26 @@ def m003_resonance(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX artifacts_rating ON artifacts(project, rating)")
 
 
+@MIGRATIONS
+def m004_versions(db: sqlite3.Connection) -> None:
+    """Version history of a project (issue 28, echo_os/reflect/versions.py): one immutable row per
+    `echo-os commit`; the record (selection, hashes, scores) is JSON. Triggers refuse UPDATE and DELETE,
+    so a version, once written, is never changed; `reindex` replaces artifacts rows only."""
+    db.execute("""
+        CREATE TABLE versions (
+            project TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            created TEXT NOT NULL,
+            message TEXT NOT NULL,
+            minutes REAL,
+            record TEXT NOT NULL,
+            PRIMARY KEY (project, number)
+        )""")
+    for action in ("UPDATE", "DELETE"):
+        db.execute(f"CREATE TRIGGER versions_no_{action.lower()} BEFORE {action} ON versions "
+                   "BEGIN SELECT RAISE(ABORT, 'versions are immutable'); END")
+
+
 @dataclass(frozen=True)
 class CatalogRow:
     num: int
@@ -94,7 +115,7 @@ class CatalogRow:
     def summary(self) -> dict:
         return {"id": self.id, "created": self.created, "project": self.project, "model": self.model,
                 "engine": self.engine, "seed": self.seed, "size": f"{self.width}x{self.height}",
-                "scene": self.scene, "prompt": self.prompt, "path": self.path}
+                "scene": self.scene, "prompt": self.prompt, "path": self.path, "kind": artifact_kind(self.meta)}
 
 
 _COLUMNS = "num, id, created, project, model, engine, prompt, seed, width, height, scene, parent_id, path, meta"
@@ -244,6 +265,13 @@ class Catalog:
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0]
+
+    def image_nums(self) -> set[int]:
+        """The rows that are images (rendered or imported): what memory embeds. Not a video (meta kind
+        "video") nor a compare grid sheet (engine "compare", meta.grid): echo_os.artifacts.meta.artifact_kind."""
+        return {row[0] for row in self.db.execute(
+            "SELECT num FROM artifacts WHERE COALESCE(json_extract(meta, '$.kind'), '') != 'video' "
+            "AND engine != 'compare' AND json_extract(meta, '$.grid') IS NULL")}
 
     def nums(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT num FROM artifacts")}

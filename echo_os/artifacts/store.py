@@ -64,7 +64,8 @@ class Artifact:
     @classmethod
     def from_row(cls, root: Path, row) -> "Artifact":
         """The artifact a catalog row describes (root: the artifacts folder its path is relative to)."""
-        return cls(id=row.id, path=root / row.path, meta=ArtifactMeta.model_validate(row.meta))
+        model = VideoMeta if row.meta.get("kind") == "video" else ArtifactMeta
+        return cls(id=row.id, path=root / row.path, meta=model.model_validate(row.meta))
 
     def summary(self) -> dict:
         return {"id": self.id, "path": str(self.path), "image": str(self.image_path),

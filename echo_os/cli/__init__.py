@@ -37,8 +37,16 @@ COMMANDS = {
     "texture-check": "echo_os.cli.texture:texture_check",
     "plan": "echo_os.cli.plan:plan",
     "styles": "echo_os.cli.styles:styles",
+    "style": "echo_os.cli.styles:style_group",
     "refine": "echo_os.cli.refine:refine",
     "compare": "echo_os.cli.compare:compare",
+    "commit": "echo_os.cli.versions:commit",
+    "log": "echo_os.cli.versions:log",
+    "diff": "echo_os.cli.versions:diff",
+    "checkout": "echo_os.cli.versions:checkout",
+    "evolve": "echo_os.cli.evolve:evolve",
+    "resonance": "echo_os.cli.resonance:resonance",
+    "suggest": "echo_os.cli.resonance:suggest",
 }
 
 

@@ -93,6 +93,9 @@ def _tree_label(row) -> str:
     meta = row.meta
     prompt = row.prompt if len(row.prompt) <= 50 else row.prompt[:49] + "…"
     how = f"strength {meta['strength']:g}, " if meta.get("strength") is not None else ""
+    evolve = meta.get("evolve")
+    if isinstance(evolve, dict):  # a candidate of `echo-os evolve`: its round and how it varied its parent
+        how = f"evolve round {evolve.get('round')} {evolve.get('operator')} ({evolve.get('objective')}), " + how
     return f"{row.id[:12]}  {how}seed {row.seed}  {for_terminal(prompt)}"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from echo_os.cli import settings_from
-from echo_os.cli.terminal import json_for_terminal
+from echo_os.cli.terminal import json_for_terminal, only_json_on_stdout
 from echo_os.errors import OptionError, UsageError
 from echo_os.render.requests import SCHEDULERS
 from echo_os.settings import Settings
@@ -36,7 +36,7 @@ class StoryBar:
 
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
                 ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, resonance=None, engine=None,
-                note: str | None = None, quiet_json: bool = False, ray=None):
+                note: str | None = None, quiet_json: bool = False, ray=None, story=None):
     """Render every scene of a validated StoryPlan in order and print what was made; returns the StoryRender.
     quiet_json: print nothing in JSON mode (the caller prints a combined document)."""
     from echo_os.artifacts.store import ArtifactStore
@@ -58,7 +58,7 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
         with interrupt_report(store):
             result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
                                   progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
-                                  resonance=resonance)
+                                  resonance=resonance, story=story)
     finally:
         bar.close()
         store.close()
@@ -312,13 +312,15 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
 
     tokenizer_for = workspace_tokenizer_loader(settings)  # a models.toml name or a folder; as /api/batch
 
-    def make_plan(size: str | None, project_name: str = project, options=base_options):
+    def make_whole_plan(size: str | None, project_name: str = project, options=base_options):
         options = options.model_copy(update={"size": size})
         if source.startswith("@"):
-            plan = plan_prompt_list(project_name, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
-        else:
-            plan = plan_story(project_name, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
-                              workspace=settings.home)
+            return plan_prompt_list(project_name, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
+        return plan_story(project_name, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
+                          workspace=settings.home)
+
+    def make_plan(size: str | None, project_name: str = project, options=base_options):
+        plan = make_whole_plan(size, project_name, options)
         return first_scenes(plan, count) if count is not None else plan
 
     ip_adapter_model = None if ip_adapter == "none" else ip_adapter
@@ -347,7 +349,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
             click.echo(f"models side by side: {sheet}")
         return
 
-    plan = make_plan(size)
+    plan, plan_size = make_plan(size), size
     # The engine is chosen once, here, as `render` does: choosing checks the model and its weights (so a
     # dry run reports what the real run would), and the engine's default size rule depends on it.
     choice, note = None, None
@@ -357,7 +359,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         if not (size or steps or preset_values.size or preset_values.steps):
             smaller = engine_size_for_plan(settings, plan, choice[0])
             if smaller is not None:
-                plan, note = make_plan(smaller.size), smaller.note
+                plan, note, plan_size = make_plan(smaller.size), smaller.note, smaller.size
     if dry_run:
         check_plan(settings, plan, ip_adapter_model, clip)
         if choice is not None:
@@ -383,9 +385,20 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         from echo_os.render.ray import RayOptions
 
         ray = RayOptions(address=ray_address, actors=ray_actors)
-    render_plan(settings, plan, batch_size=batch_size, json_output=json_output, ip_adapter=ip_adapter_model,
-                clip=clip, engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
-                resonance=resonance, ray=ray)
+    # --count renders a part; story.json and the contact sheet still describe the whole story rendered so far
+    story = make_whole_plan(plan_size) if count is not None else None
+    def run(quiet_json: bool = False):
+        return render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
+                           ip_adapter=ip_adapter_model, clip=clip,
+                           engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
+                           resonance=resonance, ray=ray, story=story, quiet_json=quiet_json)
+
+    if ray is not None and json_output:  # stdout is the JSON document only, whatever Ray prints meanwhile
+        with only_json_on_stdout():
+            result = run(quiet_json=True)
+        click.echo(json_for_terminal(result.as_dict()))
+    else:
+        run()
 
 
 def check_plan(settings: Settings, plan, ip_adapter: str | None, clip: str | None) -> None:

@@ -71,9 +71,32 @@ def _print_hits(hits, as_json: bool) -> None:
         click.echo(f"     {for_terminal(hit.image_path)}")
 
 
-@click.group()
-def memory() -> None:
+@click.group(invoke_without_command=True)
+@click.option("--analyze", "analyze_flag", is_flag=True, help="The same as `memory analyze` (the design's spelling).")
+@click.option("--learn-from", "learn_ids", multiple=True, metavar="ID",
+              help="The same as `memory learn-from ID` (the design's spelling); repeat for several.")
+@click.option("--name", default=None, help="With --learn-from: the style's name.")
+@click.pass_context
+def memory(ctx: click.Context, analyze_flag: bool, learn_ids: tuple[str, ...], name: str | None) -> None:
     """Echo Memory: every artifact embedded (MiniLM over prompts, CLIP over images when available)."""
+    from echo_os.errors import UsageError
+
+    spelled = analyze_flag or learn_ids or name is not None
+    if ctx.invoked_subcommand is not None:
+        if spelled:
+            raise UsageError(f"--analyze, --learn-from and --name go without a subcommand; use "
+                             f"`echo-os memory {ctx.invoked_subcommand} ...` alone.")
+        return
+    if analyze_flag and learn_ids:
+        raise UsageError("give --analyze or --learn-from, not both.")
+    if name is not None and not learn_ids:
+        raise UsageError("--name names a style learned with --learn-from ID.")
+    if analyze_flag:
+        ctx.invoke(analyze)
+    elif learn_ids:
+        ctx.invoke(learn_from, artifact_ids=learn_ids, name=name)
+    else:
+        click.echo(ctx.get_help())
 
 
 @memory.command("search")
@@ -227,13 +250,19 @@ def analyze(ctx: click.Context, project: str | None, k: str, no_images: bool, ex
     result = analyze_memory(settings, project=project, k=chosen, images=not no_images)
     save_analysis(settings, result)  # the gallery's motifs section shows the latest analysis
     written: list[str] = []
+    skipped: dict[str, str] = {}
     if export_styles:
-        written, kept = write_styles(settings, result.clusterings[0].motifs)
-        if kept:
-            click.echo(f"styles.toml already has {', '.join(kept)}: left as they are", err=True)
+        export = write_styles(settings, result.clusterings[0].motifs)
+        written, skipped = export.written, export.skipped
+        if export.kept:
+            click.echo(f"styles.toml already has {', '.join(export.kept)}: left as they are", err=True)
+        for name, why in export.skipped.items():
+            click.echo(f"not a style: {name}: {why}", err=True)
     if as_json:
         data = result.as_dict()
         data["exported_styles"] = written
+        if export_styles:
+            data["skipped_styles"] = skipped
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     for note in result.notes:
@@ -306,3 +335,47 @@ def import_images(ctx: click.Context, folder: str, project: str, as_json: bool) 
     tools = ", ".join(f"{tool} {n}" for tool, n in sorted(report.by_tool.items())) or "none"
     click.echo(f"imported {report.imported} images ({tools}); {report.skipped} already imported, "
                f"{report.unreadable} unreadable")
+
+
+@memory.command("learn-from")
+@click.argument("artifact_ids", nargs=-1, required=True)
+@click.option("--name", default=None, help="The style's name (default: learned-<first id>).")
+@click.option("--ip-adapter", "adapter", default=None,
+              help="The IP-Adapter for the reference image (default: the first ip-adapter entry here).")
+@click.option("--scale", type=float, default=0.5, show_default=True, help="The reference image's IP-Adapter scale.")
+@click.option("--no-reference", is_flag=True, help="Learn the words and palette only, not the image.")
+@click.option("--replace", is_flag=True, help="Overwrite a workspace style of the same name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the learned style as JSON.")
+@click.pass_context
+def learn_from(ctx: click.Context, artifact_ids: tuple[str, ...], name: str | None = None, adapter: str | None = None,
+               scale: float = 0.5, no_reference: bool = False, replace: bool = False, as_json: bool = False) -> None:
+    """Learn a named style from ARTIFACT_ID... : the style phrases of the prompt (light, palette, lens, medium,
+    mood; not the subject), the palette of the pixels, the negative and, with an IP-Adapter here, the image
+    as a reference. Saved in styles.toml; render with --style NAME.
+
+    \b
+      echo-os memory learn-from 3f2a9c1b7d4e --name harbour-dusk
+    """
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.reflect.learn import learn_style
+
+    settings = settings_from(ctx)
+    store = ArtifactStore(settings)
+    try:
+        learned = learn_style(settings, store, list(artifact_ids), name=name, adapter=adapter, scale=scale,
+                              reference=not no_reference, replace=replace)
+    finally:
+        store.close()
+    style = learned.style
+    if as_json:
+        click.echo(json.dumps({**style.as_dict(), "phrases": list(learned.phrases), "excluded": list(learned.excluded),
+                               "note": learned.note}, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"style {style.name!r} saved in {settings.styles_toml}")
+    click.echo(f"prompt:   {style.prompt}")
+    click.echo(f"negative: {style.negative or '-'}")
+    click.echo(f"left out (subject): {'; '.join(learned.excluded) or '-'}")
+    if style.reference is not None:
+        click.echo(f"reference: {style.reference.path} through {style.reference.adapter}, scale {style.reference.scale:g}")
+    elif learned.note:
+        click.echo(f"note: {learned.note}", err=True)

@@ -139,11 +139,15 @@ def _embed_with_progress(embedder, chunk: int = 64):
 def _context_images(settings, ids: tuple[str, ...]) -> list[Path]:
     if not ids:
         return []
+    from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
     from echo_os.artifacts.store import ArtifactStore
 
     store = ArtifactStore(settings)
     try:
-        return [store.open(artifact_id).image_path for artifact_id in ids]
+        artifacts = [store.open(artifact_id) for artifact_id in ids]
+        for artifact in artifacts:
+            require_kind(artifact.id, artifact.meta, (*IMAGE_KINDS, "sheet"), "plan's context", needs="an image")
+        return [artifact.image_path for artifact in artifacts]
     finally:
         store.close()
 

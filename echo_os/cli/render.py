@@ -297,15 +297,25 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     attach_scorer(store, enabled=not no_score)  # scores when a CLIP model is here (`echo-os score` says if not)
     bar = StepBar(request.count)
     from echo_os.cli.feedback import interrupt_report
+    from echo_os.errors import EchoError
 
+    saved: list = []  # the images saved so far: named even when a later one fails (a server lost mid-run)
     try:
         with interrupt_report(store, again=again):
             outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
                                       on_engine=engine_announcer(note, bar=bar, model=request.model),
-                                      engine=engine, resume=not again)
+                                      engine=engine, resume=not again,
+                                      on_image=lambda done: saved.append(done.artifact) if not done.resumed else None)
+    except EchoError:
+        bar.close()
+        for artifact in saved:
+            click.echo(f"saved before the error: {artifact.id[:12]}  {artifact.image_path}", err=True)
+        raise
     finally:
         bar.close()
         store.close()
+    for line in outcome.notes:
+        click.echo(f"note: {line}", err=True)
     if outcome.resumed:
         click.echo(f"{len(outcome.resumed)} of {request.count} already rendered with this exact request: shown "
                    "below, not rendered again (--again renders anew)", err=True)
@@ -337,7 +347,9 @@ def replay(ctx: click.Context, artifact_id: str, save: bool, as_json: bool) -> N
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
     verdict = "identical" if report.max_pixel_diff == 0 else "differs"
-    if report.max_pixel_diff and not report.deterministic:
+    if report.max_pixel_diff and report.template_changed:
+        verdict += "; the template changed since it was rendered"
+    elif report.max_pixel_diff and not report.deterministic:
         verdict += f"; engine {report.engine} does not promise the same pixels per seed"
     elif 0 < report.max_pixel_diff <= BATCH_TOLERANCE and report.batch_size > 1:
         # A batched call and a call of one image run the same maths on differently shaped tensors, so the

@@ -39,8 +39,20 @@ def show_style(ctx: click.Context, name: str) -> None:
     from echo_os.render.styles import get_style
 
     style = get_style(settings_from(ctx), name, option="NAME")
-    click.echo(json.dumps({**style.as_dict(), "example": style.apply("a lighthouse at dusk", None)[0]},
-                          indent=2, ensure_ascii=False))
+    click.echo(json.dumps({**style.as_dict(), "source": style_source(style),
+                           "example": style.apply("a lighthouse at dusk", None)[0]}, indent=2, ensure_ascii=False))
+
+
+def style_source(style) -> str:
+    """Where a style came from, in words: built in, written in styles.toml, or learned from artifacts."""
+    if style.builtin:
+        return "built in"
+    if style.learned is not None:
+        ids = ", ".join(source[:12] for source in style.learned.sources)
+        reference = (f"; reference image {style.reference.path} ({style.reference.adapter}, scale {style.reference.scale:g})"
+                     if style.reference is not None else "")
+        return f"learned from {ids} on {style.learned.created or 'an unknown date'} by `echo-os memory learn-from`{reference}"
+    return "styles.toml"
 
 
 @styles.command("add")
@@ -104,3 +116,22 @@ def import_file(ctx: click.Context, file: Path, replace: bool, as_json: bool) ->
                f" ({len(report.added)} new, {len(report.replaced)} replaced), skipped {len(report.skipped)}")
     for line in report.skipped:
         click.echo(f"  skipped {line}", err=True)
+
+
+@click.group("style")
+def style_group() -> None:
+    """The design's spelling of `styles`: `echo-os style create NAME DESCRIPTION`."""
+
+
+@style_group.command("create")
+@click.argument("name")
+@click.argument("description")
+@click.option("--negative", default="", help="Appended to the negative prompt.")
+@click.option("--replace", is_flag=True, help="Overwrite a workspace style of the same name.")
+@click.pass_context
+def create_style(ctx: click.Context, name: str, description: str, negative: str, replace: bool) -> None:
+    """Add a style: the same as `echo-os styles add NAME --prompt DESCRIPTION`."""
+    ctx.invoke(add_style, name=name, prompt=description, negative=negative, replace=replace)
+
+
+styles.add_command(create_style, "create")

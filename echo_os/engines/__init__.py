@@ -126,9 +126,11 @@ def _lacks(settings: "Settings", plugin: "EnginePlugin", request: "RenderRequest
     return None if asked else plugin.availability(settings, request)
 
 
-def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, str]:
+def choose_engine(settings: "Settings", request: "RenderRequest",
+                  exclude: tuple[str, ...] = ()) -> tuple[str, str]:
     """(engine name, one-line reason): the engine the request names, or for `auto` the first engine
-    of the workspace's order that can render it (see the module docstring)."""
+    of the workspace's order that can render it (see the module docstring); `exclude`: engines `auto`
+    passes over (one that failed before any image, echo_os.render.scheduler)."""
     if request.engine != AUTO:
         _lacks(settings, get_engine(request.engine), request, asked=True)
         return request.engine, f"chosen with --engine {request.engine}"
@@ -140,6 +142,8 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
     skipped: list[str] = []
     reasons: dict[str, str] = {}
     for name in order:
+        if name in exclude:
+            continue
         problem = _lacks(settings, engine_table()[name], request, asked=False)
         if problem is None:
             reason = f"auto: first available in the order {', '.join(order)}"

@@ -51,6 +51,9 @@ class Capabilities:
     network: bool = False  # opens network connections: only with `[engines] allow_network = true`
     txt2img: bool = True
     img2img: bool = False  # takes an init image and a strength (request.init_image: `echo-os refine`)
+    # img2img denoises steps x strength of the schedule (diffusers), so steps x strength < 1 runs no step;
+    # False: it runs all `steps` over the last `strength` of the schedule (ComfyUI's KSampler denoise)
+    img2img_scales_steps: bool = True
     refiner: bool = False  # hands the base's latents to a refiner model (request.refiner: --refiner)
     reference_images: bool = False  # IP-Adapter reference images (request.ip_adapter)
     loras: bool = False
@@ -99,6 +102,10 @@ class EngineOptions(BaseModel):
     subclasses this, the way each llm model has its own Options; unknown keys are an error."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Options of a parent image that a refine does not carry over (they choose what a txt2img render is,
+    # e.g. ComfyUI's `workflow`: a refine takes the engine's own refine template instead).
+    refine_drops: ClassVar[tuple[str, ...]] = ()
 
 
 class Engine(Protocol):
@@ -185,6 +192,12 @@ class BaseEngine:
         return None
 
     def free_memory(self, request: "RenderRequest") -> MemoryInfo | None:
+        return None
+
+    def template_digest(self, request: "RenderRequest") -> str | None:
+        """The sha256 of what renders `request` beyond the request itself (a ComfyUI template), recorded as
+        provenance `template_sha256`; an earlier image recorded under another digest is rendered again,
+        and replay says the template changed since. None: nothing outside the request."""
         return None
 
     def runs_on_cpu(self, request: "RenderRequest") -> bool:

@@ -9,7 +9,11 @@ Configured in the workspace's echo-os.toml:
     refine_workflow = "sdxl-img2img"      # the template of `echo-os refine` (`-o workflow=NAME` wins)
     checkpoint = "sd_xl_base_1.0.safetensors"   # for templates that bind a checkpoint
 
-`auto` asks it only when it is allowed and configured, and then only if GET /system_stats answers.
+`auto` asks it only when it is allowed and configured, and then only if GET /system_stats answers and GET
+/object_info/{class} says the server has every node class of the template and every file choice it names
+(the checkpoint): missing_on_server. (When it then fails before any image, `auto` moves on: the scheduler.)
+Each image records the template's sha256 (provenance `template_sha256`, Engine.template_digest), so an
+edited template renders anew and replay says it changed.
 
 Per image: the template's API-format graph with the request's values bound (prompt, negative, seed,
 steps, cfg, width, height, checkpoint, batch size 1, sampler/scheduler, init image, strength) is sent with
@@ -53,7 +57,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,6 +116,9 @@ def engine_settings(settings: "Settings") -> ComfyUISettings:
 
 
 class ComfyUIOptions(EngineOptions):
+    # A parent's txt2img template is not a refine's: refine takes refine_workflow unless -o workflow= is given.
+    refine_drops: ClassVar[tuple[str, ...]] = ("workflow",)
+
     workflow: str | None = None  # a template name (pipelines/comfyui/NAME.json + NAME.toml)
     # (a refine's own init image, request.init_image, takes the place of `init_image` below)
     checkpoint: str | None = None  # for templates binding `checkpoint`
@@ -136,6 +143,15 @@ class Workflow:
     bindings: dict[str, tuple[Binding, ...]]
     description: str = ""
     path: Path | None = None
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the graph and its bindings: it changes when the template (NAME.json or NAME.toml) does."""
+        import hashlib
+
+        bindings = {key: [[b.node, b.input, b.modulo] for b in value] for key, value in sorted(self.bindings.items())}
+        text = json.dumps({"graph": self.graph, "bindings": bindings}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def bind(self, values: dict[str, Any]) -> dict[str, Any]:
         """A copy of the graph with `values` (keys of BINDABLE) written into their inputs; values the
@@ -213,6 +229,52 @@ def get_workflow(settings: "Settings", name: str) -> Workflow:
         raise OptionError(f"no ComfyUI workflow {name!r}; known: {', '.join(paths) or 'none'} "
                           f"(add NAME.json and NAME.toml under {TEMPLATES_DIR}/)", "options.workflow")
     return read_workflow(paths[name])
+
+
+def input_choices(spec: Any) -> list[str] | None:
+    """The values a node input accepts, from its GET /object_info spec: [[choices...], {...}] (a file
+    list such as a checkpoint loader's) or ["COMBO", {"options": [...]}] (newer nodes); None: not a choice."""
+    if not isinstance(spec, list) or not spec:
+        return None
+    if isinstance(spec[0], list):
+        return [str(choice) for choice in spec[0]]
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        return [str(choice) for choice in spec[1].get("options", [])]
+    return None
+
+
+def missing_on_server(config: ComfyUISettings, workflow: Workflow, options: ComfyUIOptions) -> str | None:
+    """Why the server cannot run the template, asked through GET /object_info/{class}: a node class it does
+    not have, or a file choice (checkpoint, VAE, LoRA...) it does not list. None when it has everything.
+    The init image is uploaded at render time, so its input is not checked."""
+    import httpx
+
+    checkpoint = options.checkpoint or config.checkpoint
+    graph = workflow.bind({"checkpoint": checkpoint} if checkpoint else {})
+    uploaded = {(b.node, b.input) for b in workflow.bindings.get("init_image", ())}
+    infos: dict[str, dict] = {}
+    for node_id, node in sorted(graph.items()):
+        kind = node["class_type"]
+        if kind not in infos:
+            try:
+                response = httpx.get(f"{config.url.rstrip('/')}/object_info/{kind}", timeout=config.connect_timeout_s)
+                response.raise_for_status()
+                infos[kind] = response.json().get(kind) or {}
+            except (httpx.HTTPError, ValueError) as error:
+                return f"ComfyUI at {config.url} does not describe its nodes ({type(error).__name__})"
+        info = infos[kind]
+        if not info:
+            return f"ComfyUI at {config.url} has no {kind} node (workflow {workflow.name} needs it)"
+        specs = {**(info.get("input", {}).get("required") or {}), **(info.get("input", {}).get("optional") or {})}
+        for name, value in node.get("inputs", {}).items():
+            if (node_id, name) in uploaded or not isinstance(value, str):
+                continue
+            choices = input_choices(specs.get(name))
+            if choices is not None and value not in choices:
+                listed = ", ".join(choices[:5]) + (", ..." if len(choices) > 5 else "") if choices else "none"
+                return (f"ComfyUI at {config.url} has no {name} {value!r} for workflow {workflow.name} "
+                        f"(it has: {listed})")
+    return None
 
 
 # ---- the client ------------------------------------------------------------------------------------
@@ -372,7 +434,8 @@ class _Run:
 class ComfyUIEngine(BaseEngine):
     name = "comfyui"
     # One image per scheduler call (each saved as it arrives; see the module docstring on seeds).
-    capabilities = Capabilities(needs_weights=False, network=True, img2img=True, deterministic=True, max_batch=1)
+    capabilities = Capabilities(needs_weights=False, network=True, img2img=True, deterministic=True, max_batch=1,
+                                img2img_scales_steps=False)
     Options = ComfyUIOptions
 
     def __init__(self, settings: "Settings", reason: str = ""):
@@ -395,7 +458,12 @@ class ComfyUIEngine(BaseEngine):
             httpx.get(config.url.rstrip("/") + "/system_stats", timeout=config.connect_timeout_s).raise_for_status()
         except httpx.HTTPError as error:
             return f"ComfyUI at {config.url} does not answer ({type(error).__name__})"
-        return None
+        try:
+            options = ComfyUIOptions.model_validate(dict(request.options))
+            workflow = get_workflow(settings, workflow_name(config, request, options))
+        except (ValueError, UsageError):
+            return None  # a wrong option or template is the request's error: check_request says it in one line
+        return missing_on_server(config, workflow, options)
 
     @classmethod
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
@@ -433,6 +501,13 @@ class ComfyUIEngine(BaseEngine):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def template_digest(self, request: "RenderRequest") -> str | None:
+        try:
+            options = ComfyUIOptions.model_validate(dict(request.options))
+            return get_workflow(self.settings, workflow_name(self.config, request, options)).digest
+        except (ValueError, UsageError):
+            return None
 
     def values_for(self, request: "RenderRequest", seed: int, options: ComfyUIOptions, init_name: str | None) -> dict:
         """The request's values by binding name (a template binds what it has)."""
@@ -518,6 +593,7 @@ class ComfyUIEngine(BaseEngine):
             images.append(RenderedImage(image=image, seed=seed, provenance={
                 "provider": "comfyui", "url": client.url, "prompt_id": prompt_id, "workflow": workflow.name,
                 "workflow_path": str(workflow.path) if workflow.path else None, "graph": graph,
+                "template_sha256": workflow.digest,
                 "cached_nodes": run.cached, "reproducible": True, "reconnects": run.reconnects,
                 **({"strength": request.init_image.strength, "strength_bound": "strength" in workflow.bindings}
                    if request.init_image is not None else {})}))

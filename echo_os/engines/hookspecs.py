@@ -34,3 +34,9 @@ def register_engines(register: Callable) -> None:
 @hookspec
 def register_presets(register: Callable) -> None:
     """Call register(preset) once per render preset (echo_os.engines.presets.Preset) this plugin provides."""
+
+
+@hookspec
+def register_scorers(register: Callable) -> None:
+    """Call register(scorer) once per image scorer (echo_os.resonance.scorers.ScorerPlugin) this plugin
+    provides: `echo-os evolve --scorer NAME` ranks its candidates with it."""

@@ -211,7 +211,7 @@ def grid_image(plan: ComparePlan, artifacts: list["Artifact"], title: str):
     """The labelled sheet: columns = axis 1, rows = axis 2, one block per value of axis 3."""
     from PIL import Image, ImageDraw
 
-    from echo_os.story.contact_sheet import _font
+    from echo_os.fonts import drawing_font
 
     images = []
     for artifact in artifacts:
@@ -226,7 +226,7 @@ def grid_image(plan: ComparePlan, artifacts: list["Artifact"], title: str):
     cols = len(x_axis.values) if x_axis else 1
     rows = len(y_axis.values) if y_axis else 1
     blocks = len(z_axis.values) if z_axis else 1
-    font = _font(12)
+    font = drawing_font(12)
     pad = 4
     label_h = 18
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))

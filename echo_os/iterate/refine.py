@@ -52,6 +52,48 @@ def _model_change(settings: "Settings", base: RenderRequest, given: dict[str, An
     return fields
 
 
+def _refine_drops(engine_name: str) -> tuple[str, ...]:
+    """The parent engine's options a refine does not carry (EngineOptions.refine_drops)."""
+    from echo_os.engines import engine_table
+
+    plugin = engine_table().get(engine_name)
+    return tuple(getattr(plugin.Options, "refine_drops", ())) if plugin is not None else ()
+
+
+def _scales_steps(engine_name: str) -> bool:
+    """Whether the named engine's img2img runs steps x strength (auto: assume so, the diffusers engines
+    come first); an engine that runs every step (Capabilities.img2img_scales_steps False) has no such limit."""
+    from echo_os.engines import engine_table
+
+    plugin = engine_table().get(engine_name)
+    return plugin is None or plugin.capabilities.img2img_scales_steps
+
+
+def parent_request(settings: "Settings", parent: "Artifact") -> RenderRequest:
+    """What a refine starts from: the parent's own request, or, for an image brought in by `memory import`,
+    the prompt and settings its PNG carried (what it lacks, and a model that is not in models.toml, take
+    echo-os's defaults). Not validated here: the refine's own fields are checked once they are merged."""
+    from echo_os.artifacts.meta import artifact_kind
+    from echo_os.models.registry import load_registry
+    from echo_os.render.requests import MAX_STEPS, SCHEDULERS
+
+    if artifact_kind(parent.meta) != "imported":
+        return parent.meta.replay_request()
+    meta = parent.meta
+    fields: dict[str, Any] = {"prompt": meta.prompt, "project": meta.project}
+    if meta.negative_prompt:
+        fields["negative_prompt"] = meta.negative_prompt
+    if 1 <= meta.steps <= MAX_STEPS:
+        fields["steps"] = meta.steps
+    if 0 < meta.cfg <= 100:
+        fields["cfg"] = meta.cfg
+    if meta.scheduler in SCHEDULERS:
+        fields["scheduler"] = meta.scheduler
+    if meta.model is not None and meta.model.name in load_registry(settings):
+        fields["model"] = meta.model.name
+    return RenderRequest.model_construct(**fields)
+
+
 def refine_request(settings: "Settings", parent: "Artifact", *, strength: float = DEFAULT_STRENGTH,
                    prompt: str | None = None, style: str | None = None, negative: str | None = None,
                    changes: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> RenderRequest:
@@ -60,8 +102,13 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
     parent's), engine `options` over the parent's (see the module docstring) and the init image."""
     from echo_os.render.styles import style_fields
 
+    from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
+
     check_strength(strength)
-    base = parent.meta.replay_request()
+    require_kind(parent.id, parent.meta, IMAGE_KINDS, "refine")
+    if not (prompt or parent.meta.prompt).strip():
+        raise OptionError(f"{parent.id[:12]} was imported without a prompt: give PROMPT", "prompt")
+    base = parent_request(settings, parent)
     png = parent.image_path.read_bytes()
     fields: dict[str, Any] = base.model_dump()
     fields.update({"count": 1, "parent_id": parent.id, "ip_adapter": base.ip_adapter, "loras": base.loras,
@@ -76,13 +123,15 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
                           "options.init_image")
     inherited = dict(base.options) if fields["engine"] in ("auto", parent.meta.engine.name) else {}
     inherited.pop("init_image", None)
+    for name in _refine_drops(parent.meta.engine.name):  # e.g. the parent's txt2img template
+        inherited.pop(name, None)
     fields["options"] = {**inherited, **(options or {})}
     if prompt is not None:
         fields["prompt"] = prompt
     if style is not None or negative is not None:
         own_negative = negative if negative is not None else base.negative_prompt
         if style is not None:
-            fields.update(style_fields(settings, style, own_negative))
+            fields.update(style_fields(settings, style, own_negative, adapter=base.ip_adapter))
         else:
             fields["negative_prompt"] = own_negative
     from PIL import Image
@@ -103,7 +152,7 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
         first = error.errors()[0]
         option = str(first["loc"][0]) if first.get("loc") else "request"
         raise OptionError(describe_validation_error(error), option) from None
-    if int(request.steps * strength) < 1:  # diffusers would run no denoising step at all
+    if int(request.steps * strength) < 1 and _scales_steps(request.engine):  # diffusers would run no step
         raise OptionError(f"--strength {strength:g} with {request.steps} steps denoises no step "
                           f"(img2img runs steps x strength); raise --strength or --steps", "strength")
     return request

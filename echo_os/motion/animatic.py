@@ -310,14 +310,13 @@ class SceneFrames:
 
 def caption_overlay(text: str, size: tuple[int, int]):
     """`text` on a translucent dark band, wrapped to the frame's width: (band RGBA image, its top row)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
+
+    from echo_os.fonts import drawing_font
 
     width, height = size
     font_size = max(12, height // 24)
-    try:
-        font = ImageFont.load_default(size=font_size)
-    except TypeError:  # Pillow < 10.1: the bitmap font has one size
-        font = ImageFont.load_default()
+    font = drawing_font(font_size)
     layer = Image.new("RGBA", size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     lines, words = [], text.split()

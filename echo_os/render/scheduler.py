@@ -335,17 +335,75 @@ def render_requests(
 
     for key, pieces in by_engine.items():
         if resume:
-            pieces = resume_rendered(store, pieces, outcome, hooks.image)
-        _render_groups(engines[key], pieces, store=store, outcome=outcome, hooks=hooks, batch_size=batch_size,
-                       max_batch=max_batch)
+            pieces = resume_rendered(store, pieces, outcome, hooks.image,
+                                     digest=getattr(engines[key], "template_digest", None))
+        current, failed = engines[key], []
+        while True:
+            saved_before = len(outcome.artifacts)
+            try:
+                _render_groups(current, pieces, store=store, outcome=outcome, hooks=hooks, batch_size=batch_size,
+                               max_batch=max_batch)
+                break
+            except (EchoError, OSError) as error:
+                failed.append(current.name)
+                moved = _auto_moves_on(settings, current, pieces, requests, error, failed,
+                                       saved=len(outcome.artifacts) > saved_before)
+                if moved is None:
+                    raise
+                current, pieces, choice = moved
+                outcome.engines.append(choice)  # its reason is the one line saying so (the engine line)
+                if on_engine is not None:
+                    on_engine(choice)
     return outcome
 
 
+def _auto_moves_on(settings: "Settings", engine: "Engine", pieces: list[Piece], requests: list["RenderRequest"],
+                   error: BaseException, failed: list[str], *, saved: bool,
+                   ) -> tuple["Engine", list[Piece], EngineChoice] | None:
+    """When `auto` chose a network engine (a ComfyUI, a hosted API) and it failed before saving any image,
+    the next engine of the order that can render the requests, their pieces for it, and the one line that
+    says so; None when the error stands (a cancel, an engine the user named, images already saved)."""
+    from echo_os.errors import CancelledError
+
+    if (saved or isinstance(error, CancelledError) or not engine.capabilities.network
+            or any(requests[piece.source].engine != "auto" for piece in pieces)):
+        return None
+    original = requests[pieces[0].source]
+    try:
+        name, reason = choose_engine(settings, original, exclude=tuple(failed))
+    except EchoError:
+        return None
+    successor = create_engine(settings, name, reason)
+    why = " ".join(str(error).split())[:300]
+    line = f"auto: {engine.name} failed before any image ({why}); moved on to {name}"
+    moved = [Piece(piece.source, piece.first, piece.request.model_copy(
+        update={"engine": name, "options": canonical_options(successor, requests[piece.source])}))
+        for piece in pieces]
+    return successor, moved, EngineChoice(name, line)
+
+
 def resume_rendered(store: "ArtifactStore", pieces: list[Piece], outcome: RenderOutcome,
-                    on_image: Callable[[ImageDone], None] | None = None) -> list[Piece]:
+                    on_image: Callable[[ImageDone], None] | None = None,
+                    digest: Callable[["RenderRequest"], str | None] | None = None) -> list[Piece]:
     """The runs of `pieces` still to render: every image the project already has (the same one-image
-    request key) is taken instead, added to outcome.resumed and told to on_image with resumed=True."""
+    request key) is taken instead, added to outcome.resumed and told to on_image with resumed=True.
+    digest(request): the engine's template digest now (Engine.template_digest); an earlier image made
+    under another one is rendered again, and outcome.notes says the template changed since."""
     rendered = find_rendered(store, [piece.request for piece in pieces])
+    if digest is not None:
+        for piece in pieces:
+            now = digest(piece.request)
+            for image in piece.request.image_requests():
+                key = image_request_key(image)
+                found = rendered.get(key)
+                then = ((found.meta.provenance or {}).get("template_sha256") if found is not None
+                        and getattr(found.meta, "provenance", None) else None)
+                if found is not None and now is not None and then is not None and then != now:
+                    del rendered[key]
+                    note = (f"{found.id[:12]} was rendered with another version of the template: the template "
+                            "changed since, so it is rendered again")
+                    if note not in outcome.notes:
+                        outcome.notes.append(note)
     remaining: list[Piece] = []
     for piece in pieces:
         keys = [image_request_key(image) for image in piece.request.image_requests()]

@@ -6,6 +6,13 @@ styles.toml (the format `memory analyze --export-styles` writes too):
     prompt = "{prompt}, film noir, hard shadows"   # {prompt} marks where the prompt goes
     negative = "colour, cartoon"
 
+A style learned from artifacts (`echo-os memory learn-from`, echo_os/reflect/learn.py) also has
+
+    [styles.harbour-dusk.learned]      where it came from: source ids, method, palette, when
+    [styles.harbour-dusk.reference]    adapter, path (relative to artifacts/), sha256, scale
+
+and a request rendered with it gets the reference image as one more IP-Adapter input (style_fields).
+
 A style's prompt holds `{prompt}` where the user's prompt goes; without it the style is appended after
 ", " (A1111's rule). Its negative is appended to the user's negative the same way. Names are unique
 case-insensitively; a workspace style hides a built-in of the same name.
@@ -36,18 +43,52 @@ _NAME_LIKE = re.compile(r"^[\w.\-]+$")
 
 
 @dataclass(frozen=True)
+class StyleSource:
+    """Where a learned style came from (styles.toml [styles.NAME.learned])."""
+
+    sources: tuple[str, ...]  # artifact ids
+    method: str
+    created: str = ""
+    palette: tuple[str, ...] = ()  # colour names, most of the image first
+
+    def as_dict(self) -> dict:
+        return {"sources": list(self.sources), "method": self.method, "created": self.created,
+                "palette": list(self.palette)}
+
+
+@dataclass(frozen=True)
+class StyleReference:
+    """A learned style's image, given to the model through an IP-Adapter (styles.toml [styles.NAME.reference])."""
+
+    adapter: str  # a models.toml ip-adapter entry
+    path: str  # the image, relative to the artifacts folder (or absolute)
+    sha256: str
+    scale: float = 0.5
+
+    def as_dict(self) -> dict:
+        return {"adapter": self.adapter, "path": self.path, "sha256": self.sha256, "scale": self.scale}
+
+
+@dataclass(frozen=True)
 class Style:
     name: str
     prompt: str = ""
     negative: str = ""
     builtin: bool = False
+    learned: StyleSource | None = None
+    reference: StyleReference | None = None
 
     def apply(self, prompt: str, negative: str | None) -> tuple[str, str | None]:
         """(prompt, negative) with this style applied. No negative anywhere stays None (the model's rule)."""
         return expand_prompt(self.prompt, prompt), join_negative(negative, self.negative)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "prompt": self.prompt, "negative": self.negative, "builtin": self.builtin}
+        data = {"name": self.name, "prompt": self.prompt, "negative": self.negative, "builtin": self.builtin}
+        if self.learned is not None:
+            data["learned"] = self.learned.as_dict()
+        if self.reference is not None:
+            data["reference"] = self.reference.as_dict()
+        return data
 
 
 def expand_prompt(template: str, prompt: str) -> str:
@@ -125,15 +166,43 @@ def read_workspace_styles(settings: "Settings") -> dict[str, Style]:
     for name, entry in table.items():
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k, ""), str) for k in ("prompt", "negative")):
             raise UsageError(f"{path}: [styles.{name}] must have string keys prompt and negative.")
-        unknown = set(entry) - {"prompt", "negative"}
+        unknown = set(entry) - {"prompt", "negative", "learned", "reference"}
         if unknown:
             raise UsageError(f"{path}: [styles.{name}] has unknown key(s) {', '.join(sorted(unknown))}; "
-                             "it takes prompt and negative.")
+                             "it takes prompt and negative (and learned, reference).")
         key = name.casefold()
         if key in styles:
             raise UsageError(f"{path}: style names are unique ignoring case; {styles[key].name!r} and {name!r} clash.")
-        styles[key] = Style(name, entry.get("prompt", ""), entry.get("negative", ""))
+        styles[key] = Style(name, entry.get("prompt", ""), entry.get("negative", ""),
+                            learned=_learned(path, name, entry.get("learned")),
+                            reference=_reference(path, name, entry.get("reference")))
     return styles
+
+
+def _learned(path: Path, name: str, entry: object) -> StyleSource | None:
+    if entry is None:
+        return None
+    try:
+        assert isinstance(entry, dict)
+        return StyleSource(sources=tuple(str(s) for s in entry["sources"]), method=str(entry["method"]),
+                           created=str(entry.get("created", "")),
+                           palette=tuple(str(c) for c in entry.get("palette", ())))
+    except (AssertionError, KeyError, TypeError):
+        raise UsageError(f"{path}: [styles.{name}.learned] needs sources (a list of ids) and method.") from None
+
+
+def _reference(path: Path, name: str, entry: object) -> StyleReference | None:
+    if entry is None:
+        return None
+    try:
+        assert isinstance(entry, dict)
+        scale = float(entry.get("scale", 0.5))
+        assert 0.0 <= scale <= 2.0
+        return StyleReference(adapter=str(entry["adapter"]), path=str(entry["path"]), sha256=str(entry["sha256"]),
+                              scale=scale)
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise UsageError(f"{path}: [styles.{name}.reference] needs adapter, path, sha256 and a scale from 0 to 2.") \
+            from None
 
 
 def write_workspace_styles(settings: "Settings", styles: dict[str, Style]) -> None:
@@ -141,8 +210,15 @@ def write_workspace_styles(settings: "Settings", styles: dict[str, Style]) -> No
 
     from echo_os.atomic import write_atomically
 
-    data = {"styles": {s.name: {"prompt": s.prompt, "negative": s.negative}
-                       for s in sorted(styles.values(), key=lambda s: s.name.casefold())}}
+    def entry(style: Style) -> dict:
+        data: dict = {"prompt": style.prompt, "negative": style.negative}
+        if style.learned is not None:
+            data["learned"] = style.learned.as_dict()
+        if style.reference is not None:
+            data["reference"] = style.reference.as_dict()
+        return data
+
+    data = {"styles": {s.name: entry(s) for s in sorted(styles.values(), key=lambda s: s.name.casefold())}}
     write_atomically(settings.styles_toml, tomli_w.dumps(data))
 
 
@@ -179,6 +255,7 @@ class StyleChoice:
     name: str | None
     text: str  # the style's prompt template, or the free text
     negative: str = ""
+    reference: StyleReference | None = None
 
 
 def resolve_style(settings: "Settings", value: str | None, option: str = "style") -> StyleChoice:
@@ -188,19 +265,43 @@ def resolve_style(settings: "Settings", value: str | None, option: str = "style"
         return StyleChoice(None, "")
     found = all_styles(settings).get(value.casefold())
     if found is not None:
-        return StyleChoice(found.name, found.prompt, found.negative)
+        return StyleChoice(found.name, found.prompt, found.negative, found.reference)
     if _NAME_LIKE.match(value):
         get_style(settings, value, option)  # raises, listing the known names
     return StyleChoice(None, value)
 
 
 def style_fields(settings: "Settings", value: str | None, negative: str | None,
-                 option: str = "style") -> dict:
+                 option: str = "style", adapter: object | None = None) -> dict:
     """RenderRequest fields for `--style VALUE` with the user's negative: style (the template or free
-    text), style_name, and negative_prompt with the style's negative appended."""
+    text), style_name, and negative_prompt with the style's negative appended. A learned style with a
+    reference image adds `ip_adapter`: `adapter` (the request's own, e.g. a character's) plus the style's
+    image as one more reference."""
     choice = resolve_style(settings, value, option)
-    return {"style": choice.text, "style_name": choice.name,
-            "negative_prompt": join_negative(negative, choice.negative)}
+    fields = {"style": choice.text, "style_name": choice.name,
+              "negative_prompt": join_negative(negative, choice.negative)}
+    if choice.reference is not None:
+        fields["ip_adapter"] = with_style_reference(settings, choice.name or "", choice.reference, adapter)
+    return fields
+
+
+def with_style_reference(settings: "Settings", name: str, reference: StyleReference, adapter: object | None) -> dict:
+    """`adapter` (the request's IPAdapterInput, or None) with the style's image appended as the reference
+    `style:NAME`, as the dict RenderRequest validates (this module sits below requests.py: it builds no
+    request types). The request's own adapter model is kept when it has one: one call loads one model."""
+    path = Path(reference.path)
+    if not path.is_absolute():
+        path = settings.artifacts_dir / path
+    if not path.is_file():
+        raise UsageError(f"style {name!r}: its reference image {path} is not there any more; learn the style again "
+                         "(echo-os memory learn-from ID) or remove the [reference] table from styles.toml.")
+    own = {"name": f"style:{name}", "images": [{"path": str(path), "sha256": reference.sha256}],
+           "scale": reference.scale}
+    if adapter is None:
+        return {"model": reference.adapter, "references": [own]}
+    current = adapter.model_dump(mode="json") if hasattr(adapter, "model_dump") else dict(adapter)  # type: ignore[call-overload]
+    kept = [r for r in current["references"] if r["name"] != own["name"]]
+    return {"model": current["model"], "references": [*kept, own]}
 
 
 # ---- import -----------------------------------------------------------------------------------------

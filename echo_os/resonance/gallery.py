@@ -40,7 +40,8 @@ def gallery_resonance(settings: "Settings", projects: list[str]) -> dict[str, An
                                    "members": motif.get("members", [])[:8]})
         except (OSError, ValueError, KeyError, TypeError):
             motifs = []
-    return {"stories": stories, "motifs": motifs}
+    # "versions" and "reports" are added by echo_os.reflect.versions.gallery_parts (gallery/build.py)
+    return {"stories": stories, "motifs": motifs, "versions": {}, "reports": {}}
 
 
 RESONANCE_CSS = """
@@ -53,6 +54,8 @@ RESONANCE_CSS = """
                padding: 1px 7px; cursor: pointer; font: inherit; font-size: 12px; }
 .rate button.on { background: var(--accent); color: #000; }
 .motif { margin-bottom: 18px; }
+.versions { color: var(--dim); font-size: 12px; margin: 0 0 10px 0; padding-left: 18px; }
+h2 a.report { margin-left: 10px; font-size: 12px; color: var(--accent); }
 .motif .thumbs { display: flex; gap: 6px; margin-top: 6px; }
 .motif .thumbs img { width: 72px; height: 72px; object-fit: cover; border-radius: 6px; }
 """
@@ -102,7 +105,17 @@ function decorate() {
     }
   }
   for (const section of document.querySelectorAll("section[data-project]")) {
-    const story = resonance.stories[section.dataset.project];
+    const project = section.dataset.project, versions = (resonance.versions || {})[project] || [];
+    const report = (resonance.reports || {})[project];
+    if (report) section.querySelector("h2").appendChild(el("a", {class: "report", href: report}, "resonance report"));
+    if (versions.length) {
+      const list = el("ol", {class: "versions"});
+      for (const v of versions) list.appendChild(el("li", {"data-version": v.number}, "v" + v.number + " \u00b7 " +
+        v.created.slice(0, 16).replace("T", " ") + (v.minutes !== null ? " \u00b7 " + v.minutes + " min" : "") +
+        " \u00b7 " + v.message + " (scenes changed: " + (v.changed.join(", ") || "none") + ")"));
+      section.querySelector("h2").after(list);
+    }
+    const story = resonance.stories[project];
     if (!story) continue;
     const heading = section.querySelector("h2");
     if (story.style_consistency !== null && story.style_consistency !== undefined)

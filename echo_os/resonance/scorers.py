@@ -16,14 +16,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from echo_os.errors import EchoError, ModelError
 
 if TYPE_CHECKING:
+    from echo_os.artifacts.store import Artifact
     from echo_os.memory.embedders import ClipEmbedder
+    from echo_os.resonance.scores import ArtifactScores
     from echo_os.settings import Settings
 
 SCORER_TYPE = "scorer"
@@ -161,3 +163,24 @@ def load_scorers(settings: "Settings", clip: str | None = None, *, device: str =
                              f"{scorers.clip.dim}-d; pair the head with the CLIP it was trained on")
         scorers.aesthetic = head
     return scorers
+
+
+# ---- scorer plugins (`echo-os evolve --scorer NAME`) ----------------------------------------------------
+
+class ScorerPlugin(Protocol):
+    """An image scorer a plugin registers (hook `register_scorers`): `name`, and `score` giving each
+    artifact's ArtifactScores (any of alignment, style, character_consistency, aesthetic), which the
+    evolve loop turns into one number with the same Objective as `--best-of`."""
+
+    name: str
+
+    def score(self, settings: "Settings", artifacts: list["Artifact"]) -> dict[str, "ArtifactScores"]: ...
+
+
+def scorer_plugins() -> dict[str, ScorerPlugin]:
+    """Registered scorers by name (built-in none; `clip` is the CLIP scorer above, chosen by evolve itself)."""
+    from echo_os.engines.plugins import plugin_manager
+
+    found: dict[str, ScorerPlugin] = {}
+    plugin_manager().hook.register_scorers(register=lambda scorer: found.setdefault(scorer.name, scorer))
+    return found

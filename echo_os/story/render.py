@@ -194,6 +194,25 @@ def attach_loras(settings: "Settings", plan: "StoryPlan", requests: list[RenderR
     return out
 
 
+def attach_style_references(settings: "Settings", requests: list[RenderRequest]) -> list[RenderRequest]:
+    """A learned style's reference image (styles.toml [styles.NAME.reference], `echo-os memory learn-from`)
+    on each request styled with it (`--style NAME` or the bible's `style: NAME`), after the characters'."""
+    from echo_os.render.styles import all_styles, with_style_reference
+
+    styles = {key: style for key, style in all_styles(settings).items() if style.reference is not None}
+    if not styles:
+        return requests
+    out = []
+    for request in requests:
+        style = styles.get((request.style_name or "").casefold())
+        if style is None or style.reference is None:
+            out.append(request)
+            continue
+        adapter = with_style_reference(settings, style.name, style.reference, request.ip_adapter)
+        out.append(request.model_copy(update={"ip_adapter": IPAdapterInput.model_validate(adapter)}))
+    return out
+
+
 def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | None,
                    engine: "Engine | None" = None) -> list[RenderRequest]:
     """What each scene renders: its request with the characters' reference images and LoRAs, checked
@@ -204,6 +223,8 @@ def scene_requests(settings: "Settings", plan: "StoryPlan", ip_adapter: str | No
     requests = story_requests(settings, plan, ip_adapter)
     if not requests:
         return requests
+    if ip_adapter is not None:  # --ip-adapter none leaves out every reference image, a style's too
+        requests = attach_style_references(settings, requests)
     if engine is None:
         from echo_os.engines import choose_engine, get_engine
 
@@ -245,13 +266,17 @@ def render_plan(
     engine: "Engine | None" = None,
     store: "ArtifactStore | None" = None,
     resonance: Any = None,
+    story: "StoryPlan | None" = None,
 ) -> StoryRender:
     """Render every scene of a validated StoryPlan (resuming what is already rendered), then write the
     contact sheet and story.json. clip: a models.toml clip entry for the continuity report, "none" to
     skip it, None for the first one on this machine. resonance: resonance.story.ResonanceOptions to score
     the images, keep each scene's best of N and flag drift before the contact sheet and story.json.
     engine: render with this engine (a RayEngine for `batch --ray`: the calls on Ray actors, the saving
-    here); None: the one `auto` or the plan's engine picks here."""
+    here); None: the one `auto` or the plan's engine picks here.
+    story: the whole story when `plan` is a part of it (`batch --count N`): story.json and the contact sheet
+    describe every scene of it rendered so far (earlier runs' images found by their request keys), not only
+    the part this run rendered."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.render.scheduler import render_requests
 
@@ -280,15 +305,33 @@ def render_plan(
 
         outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
                                   on_engine=on_engine, resume=True, on_image=on_image, engine=engine)
+        artifacts = [*outcome.resumed, *outcome.artifacts]
+        carried: list["Artifact"] = []
+        whole = plan
+        if story is not None:
+            whole, carried = whole_story(settings, story, plan, store, ip_adapter, engine)
         return write_story_outputs(
-            settings, plan, store=store, artifacts=[*outcome.resumed, *outcome.artifacts],
-            resumed_ids={artifact.id for artifact in outcome.resumed}, engines=outcome.engines,
+            settings, whole, store=store, artifacts=artifacts + carried,
+            resumed_ids={artifact.id for artifact in [*outcome.resumed, *carried]},
+            carried_ids={artifact.id for artifact in carried}, engines=outcome.engines,
             batch_sizes=outcome.batch_sizes, notes=outcome.notes, elapsed_s=time.perf_counter() - started,
             requested_batch_size=batch_size, ip_adapter=ip_adapter,
             uses_ip_adapter=any(r.ip_adapter for r in requests), clip=clip, resonance=resonance)
     finally:
         if own_store:
             store.close()
+
+
+def whole_story(settings: "Settings", story: "StoryPlan", part: "StoryPlan", store: "ArtifactStore",
+                ip_adapter: str | None, engine: "Engine | None") -> tuple["StoryPlan", list["Artifact"]]:
+    """(the story with `part`'s scenes in their place, the images earlier runs made of its other scenes)."""
+    from echo_os.render.scheduler import find_rendered
+
+    in_part = {scene.scene: scene for scene in part.scenes}
+    others = story.model_copy(update={"scenes": tuple(s for s in story.scenes if s.scene not in in_part)})
+    found = find_rendered(store, scene_requests(settings, others, ip_adapter, engine)) if others.scenes else {}
+    whole = story.model_copy(update={"scenes": tuple(in_part.get(s.scene, s) for s in story.scenes)})
+    return whole, list(found.values())
 
 
 def plan_from_source(project: str, source: Path, *, kind: str, bible: Path | None,
@@ -305,15 +348,21 @@ def write_story_outputs(settings: "Settings", plan: "StoryPlan", *, store: "Arti
                         artifacts: list["Artifact"], resumed_ids: set[str], engines: list["EngineChoice"],
                         batch_sizes: dict[str, int], notes: list[str], elapsed_s: float,
                         requested_batch_size: int | None, ip_adapter: str | None, uses_ip_adapter: bool,
-                        clip: str | None, resonance: Any = None) -> StoryRender:
+                        clip: str | None, resonance: Any = None,
+                        carried_ids: set[str] | frozenset[str] = frozenset()) -> StoryRender:
     """The contact sheet, continuity report and story.json of a rendered plan, written to its project
     folder: `echo-os batch` and the API's batch jobs both end here. `artifacts`: every image of the plan
     (any order), those in resumed_ids found from an earlier run. resonance: ResonanceOptions to score and
-    reflect on the story (drift flags, best of N) before the sheet is drawn."""
+    reflect on the story (drift flags, best of N) before the sheet is drawn. carried_ids: images of scenes
+    this run did not render, from earlier runs (neither rendered nor resumed by it); a scene of `plan` with
+    no image at all (never rendered) is left out."""
     by_image = {(a.meta.story.scene, a.meta.seed): a for a in artifacts}
     scenes = []
     for planned in plan.scenes:
-        found = [by_image[(planned.scene, seed)] for seed in planned.request.seeds]
+        found = [by_image[(planned.scene, seed)] for seed in planned.request.seeds
+                 if (planned.scene, seed) in by_image]
+        if not found:
+            continue
         scenes.append(SceneResult(scene=planned.scene, slug=planned.slug, description=planned.row.description,
                                   characters=planned.row.characters, artifacts=found,
                                   resumed=[a.id in resumed_ids for a in found]))
@@ -328,7 +377,7 @@ def write_story_outputs(settings: "Settings", plan: "StoryPlan", *, store: "Arti
         title=plan.title, project=plan.project, project_dir=project_dir,
         story_json=project_dir / STORY_JSON, contact_sheet=project_dir / CONTACT_SHEET, scenes=scenes,
         continuity=ContinuityReport(), engines=engines, rendered=len(artifacts) - len(resumed_ids),
-        resumed=len(resumed_ids), elapsed_s=elapsed_s, batch_sizes=batch_sizes,
+        resumed=len(resumed_ids - set(carried_ids)), elapsed_s=elapsed_s, batch_sizes=batch_sizes,
         notes=_plan_notes(plan, ip_adapter) + notes, resonance=reflection)
     write_contact_sheet(plan, result, created)
     result.continuity = story_continuity(settings, plan, scenes, clip)
@@ -371,7 +420,9 @@ def story_continuity(settings: "Settings", plan: "StoryPlan", scenes: list[Scene
     from echo_os.story.continuity import clip_image_embedder, continuity_report, find_clip_model
 
     cast: dict[str, CastEntry] = {}
-    for planned, scene in zip(plan.scenes, scenes):
+    planned_by_number = {planned.scene: planned for planned in plan.scenes}
+    for scene in scenes:  # the scenes with images (a story's unrendered scenes are not among them)
+        planned = planned_by_number[scene.scene]
         rendered = [a for a in scene.artifacts if a.meta.model is not None]
         for member in planned.cast:
             entry = cast.get(member.id)
