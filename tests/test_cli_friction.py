@@ -248,3 +248,26 @@ def test_memory_import_names_a_skipped_file_once(run_cli, workspace, caplog) -> 
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert (err + "\n".join(warned)).count("notes.png") == 1, (err, warned)
     assert "imported 0 images" in out and "1 unreadable" in out
+
+
+# ---- artifacts list -------------------------------------------------------------------------------------
+
+def test_artifacts_list_has_a_header_full_project_names_scenes_and_says_when_cut(run_cli, workspace) -> None:
+    from tests.helpers import REPO
+
+    project = "Lighthouse Keeper of the Northern Isles"
+    story = REPO / "prompts" / "lighthouse-keeper" / "story.csv"
+    code, out, err = run_cli("--home", str(workspace.home), "batch", project, str(story), "--engine", "draft",
+                             "--size", "64x64")
+    assert code == 0, err
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list", "--limit", "3")
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["ID", "CREATED", "PROJECT", "ENGINE", "SIZE", "SEED", "SCENE", "PROMPT", "/",
+                              "DESCRIPTION"]
+    assert len(rows) == 3 and all(project in row for row in rows)
+    newest = rows[0]
+    assert "  4  " in newest and "documentary realism" not in newest  # the scene, not the style-prefixed prompt
+    assert "the newest 3 shown; more match: --limit 12 shows more" in err
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list")
+    assert len(out.splitlines()) == 5 and "more match" not in err
