@@ -271,3 +271,28 @@ def test_artifacts_list_has_a_header_full_project_names_scenes_and_says_when_cut
     assert "the newest 3 shown; more match: --limit 12 shows more" in err
     code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list")
     assert len(out.splitlines()) == 5 and "more match" not in err
+
+
+# ---- memory search: the scores explained, --character by name, story hits as scenes -----------------------
+
+def test_memory_search_explains_scores_takes_a_character_name_and_shows_scenes(run_cli, workspace) -> None:
+    import json
+
+    from tests.helpers import REPO
+
+    story = REPO / "prompts" / "lighthouse-keeper" / "story.csv"
+    home = str(workspace.home)
+    code, out, err = run_cli("--home", home, "batch", "Lighthouse", str(story), "--engine", "draft", "--size", "64x64")
+    assert code == 0, err
+    code, by_id, err = run_cli("--home", home, "memory", "search", "great lens", "--character", "keeper", "--json")
+    assert code == 0, err
+    code, by_name, err = run_cli("--home", home, "memory", "search", "great lens", "--character", "elias marr",
+                                 "--json")
+    assert code == 0, err
+    assert [h["id"] for h in json.loads(by_name)] == [h["id"] for h in json.loads(by_id)] != []
+    code, out, err = run_cli("--home", home, "memory", "search", "great lens", "-k", "1")
+    assert code == 0, err
+    assert "cosine similarity to the query" in err and "minilm" in err
+    first = out.splitlines()[0]
+    assert "scene 1: he polishes the great lens" in first and "documentary realism" not in first
+    assert f"minilm {json.loads(by_id)[0]['scores']['minilm']:6.3f}" in first

@@ -16,7 +16,8 @@ from echo_os.errors import UsageError
 def _filter_options(command):
     command = click.option("--until", default=None, help="Only artifacts created on or before this ISO date.")(command)
     command = click.option("--since", default=None, help="Only artifacts created on or after this ISO date.")(command)
-    command = click.option("--character", default=None, help="Only story scenes with this character.")(command)
+    command = click.option("--character", default=None,
+                           help="Only story scenes with this character: its bible id (keeper) or name (Elias Marr).")(command)
     command = click.option("--model", default=None, help="Only this model name.")(command)
     command = click.option("--project", default=None, help="Only this project.")(command)
     return command
@@ -33,7 +34,29 @@ def _filters(project, model, character, since, until):
                 date.fromisoformat(value[:10])
             except ValueError:
                 raise click.BadParameter(f"{value!r} is not an ISO date like 2026-11-01", param_hint=name) from None
-    return MemoryFilters(project=project, model=model, character=character, since=since, until=until)
+    ids = character_ids_named(settings_from(click.get_current_context()), character) if character else ()
+    return MemoryFilters(project=project, model=model, character=character, character_ids=ids, since=since,
+                         until=until)
+
+
+def character_ids_named(settings, name: str) -> tuple[str, ...]:
+    """The ids of the characters called `name` (any case) in the bibles of the workspace's rendered stories
+    (each story.json names its bible), so `--character "Elias Marr"` finds what `--character keeper` does."""
+    from echo_os.story.bible import load_bible
+    from echo_os.story.problems import ProblemList
+
+    wanted, ids = name.casefold(), set()
+    for story_json in settings.artifacts_dir.glob("*/*/story.json"):
+        try:
+            data = json.loads(story_json.read_text(encoding="utf-8"))
+            path = Path(str((data.get("bible") or {}).get("path") or ""))
+            bible = load_bible(path, ProblemList()) if path.name and path.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            continue  # a story file this cannot read names no character
+        if bible is not None:
+            ids.update(cid for cid, character in bible.front.characters.items()
+                       if character.name.casefold() == wanted)
+    return tuple(sorted(ids))
 
 
 def _open(ctx: click.Context, **options):
@@ -64,11 +87,35 @@ def _print_hits(hits, as_json: bool) -> None:
     if not hits:
         click.echo("no matching artifacts", err=True)
         return
+    names = sorted({name for hit in hits for name in hit.hit.scores})
+    click.echo(score_legend(names), err=True)
+    width = max(len(hit.row.project) for hit in hits)
     for rank, hit in enumerate(hits, start=1):
-        prompt = hit.row.prompt if len(hit.row.prompt) <= 56 else hit.row.prompt[:55] + "…"
-        click.echo(f"{rank:>3}  {hit.row.id[:12]}  {hit.hit.score:6.3f}  {for_terminal(f'{hit.row.project:<14.14}')}  "
-                   f"{for_terminal(prompt)}")
+        cosines = "  ".join(f"{name} {hit.hit.scores[name]:6.3f}" if name in hit.hit.scores else f"{name} {'-':>6}"
+                            for name in names)
+        click.echo(f"{rank:>3}  {hit.row.id[:12]}  {cosines}  {for_terminal(hit.row.project.ljust(width))}  "
+                   f"{for_terminal(hit_text(hit.row))}")
         click.echo(f"     {for_terminal(hit.image_path)}")
+
+
+EMBEDDER_WORDS = {"minilm": "minilm: the prompt and story fields (MiniLM)", "clip": "clip: the image (CLIP)"}
+
+
+def score_legend(names: list[str]) -> str:
+    """What the numbers are: each embedder's cosine similarity to the query; how several are ranked."""
+    what = "; ".join(EMBEDDER_WORDS.get(name, name) for name in names)
+    fused = (", ranked by reciprocal rank fusion of the two rankings (first in both ranks first)"
+             if len(names) > 1 else "")
+    return f"cosine similarity to the query, 1 = the same ({what}){fused}"
+
+
+def hit_text(row, width: int = 64) -> str:
+    """A story scene as `scene N: its description` (its prompt is the description inside the bible's style
+    and character words); anything else as its prompt."""
+    story = row.meta.get("story") or {}
+    description = story.get("description") if isinstance(story, dict) else None
+    text = f"scene {row.scene}: {description}" if description and row.scene is not None else row.prompt
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 @click.group(invoke_without_command=True)
