@@ -296,3 +296,28 @@ def test_memory_search_explains_scores_takes_a_character_name_and_shows_scenes(r
     first = out.splitlines()[0]
     assert "scene 1: he polishes the great lens" in first and "documentary realism" not in first
     assert f"minilm {json.loads(by_id)[0]['scores']['minilm']:6.3f}" in first
+
+
+# ---- texture-check, styles show, animatic --clips --------------------------------------------------------
+
+def test_seam_verdicts_and_texture_check_prints_one(run_cli, workspace) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from echo_os.engines.tiling import seam_score
+
+    ramp = np.tile(np.arange(0, 64, dtype=np.uint8) * 4, (64, 1))  # the wrap edge jumps 252, neighbours 4
+    assert seam_score(Image.fromarray(np.stack([ramp] * 3, axis=-1)), "x").verdict == "visible seam"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # every pair alike
+    assert seam_score(Image.fromarray(noise), "xy").verdict == "seamless"
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a wall", "--engine", "draft", "--size",
+                             "64x64", "--json")
+    artifact = json.loads(out)[0]["id"]
+    code, out, err = run_cli("--home", str(workspace.home), "texture-check", artifact)
+    assert code == 0, err
+    verdict = next(line for line in out.splitlines() if line.startswith("verdict: "))
+    assert verdict.split(": ")[1] in ("seamless", "faint seam", "visible seam")
+    code, out, err = run_cli("--home", str(workspace.home), "texture-check", artifact, "--json")
+    assert json.loads(out)["verdict"] == verdict.split(": ")[1]
