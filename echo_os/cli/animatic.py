@@ -42,6 +42,8 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
                               clips=clips, story=Path(story) if story else None)
     with StageBars(unit="frame", labels={"encode": "encoding"}) as bars:
         result = make_animatic(settings, project, options, out=Path(out) if out else None, progress=bars)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     if json_output:
         click.echo(json.dumps(result.artifact.meta.model_dump(mode="json"), ensure_ascii=False, indent=2))
         return
