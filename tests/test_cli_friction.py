@@ -321,3 +321,26 @@ def test_seam_verdicts_and_texture_check_prints_one(run_cli, workspace) -> None:
     assert verdict.split(": ")[1] in ("seamless", "faint seam", "visible seam")
     code, out, err = run_cli("--home", str(workspace.home), "texture-check", artifact, "--json")
     assert json.loads(out)["verdict"] == verdict.split(": ")[1]
+
+
+# ---- compare: the singular spellings, repeatable or comma-separated ---------------------------------------
+
+def test_compare_takes_model_scheduler_seed_singular_repeated_or_comma_separated(run_cli, workspace) -> None:
+    import json
+
+    home = str(workspace.home)
+    code, out, err = run_cli("--home", home, "compare", "a lighthouse", "--engine", "draft", "--size", "64x64",
+                             "--seed", "1", "--seed", "2", "--scheduler", "euler,ddim", "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    cells = first["cells"]
+    assert len(cells) == 4
+    assert {c["label"] for c in cells} == {"scheduler euler, seed 1", "scheduler ddim, seed 1",
+                                           "scheduler euler, seed 2", "scheduler ddim, seed 2"}, cells
+    code, out, err = run_cli("--home", home, "compare", "a lighthouse", "--engines", "draft", "--size", "64x64",
+                             "--seeds", "1,2", "--schedulers", "euler", "--scheduler", "ddim", "--json")
+    assert code == 0, err
+    assert sorted(c["id"] for c in json.loads(out)["cells"]) == sorted(c["id"] for c in cells)  # the same grid
+    code, out, err = run_cli("--home", home, "compare", "a lighthouse", "--engine", "draft", "--seed", "1",
+                             "--seeds", "1")
+    assert code == 2 and "lists a value twice" in err
