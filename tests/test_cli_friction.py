@@ -344,3 +344,10 @@ def test_compare_takes_model_scheduler_seed_singular_repeated_or_comma_separated
     code, out, err = run_cli("--home", home, "compare", "a lighthouse", "--engine", "draft", "--seed", "1",
                              "--seeds", "1")
     assert code == 2 and "lists a value twice" in err
+
+
+def test_preset_fast_without_turbo_weights_says_which_pull_makes_it_real(run_cli, workspace) -> None:
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a fox", "--preset", "fast")
+    assert code == 0, err
+    assert ("note: these are draft cards, not renders of 'sdxl-turbo': `echo-os models pull sdxl-turbo` downloads "
+            "its weights, then the same command renders it for real") in err

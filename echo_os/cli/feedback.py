@@ -59,6 +59,22 @@ def brief_reason(reason: str) -> str:
     return "; ".join(parts)
 
 
+def draft_hint(name: str, reason: str) -> str | None:
+    """When `auto` fell back to draft cards because the model's weights are not here: the one command that
+    makes the same render real (`models pull` for a Hugging Face entry), else where to look."""
+    if name != "draft":
+        return None
+    missing = _NO_WEIGHTS.search(reason)
+    if missing is None:
+        return None
+    model = missing.group(1)
+    if "not in the local Hugging Face cache" in reason[missing.end():missing.end() + 80]:
+        return (f"note: these are draft cards, not renders of '{model}': `echo-os models pull {model}` downloads "
+                "its weights, then the same command renders it for real")
+    return (f"note: these are draft cards, not renders of '{model}': its weights are not where models.toml "
+            "says (see `echo-os models list`)")
+
+
 def verbose_requested() -> bool:
     """Whether the root command was given -v (read from click's context, so any command can ask)."""
     ctx = click.get_current_context(silent=True)

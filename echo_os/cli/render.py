@@ -174,8 +174,13 @@ def engine_announcer(note: str | None = None, *, bar=None, model: str | None = N
     beside the render (echo_os.memory.artifacts)."""
     from echo_os.cli.feedback import echo_beside_bars
 
+    from echo_os.cli.feedback import draft_hint
+
     def announce(choice) -> None:
         echo_beside_bars(engine_line(choice, note))
+        hint = draft_hint(choice.name, choice.reason)
+        if hint:
+            echo_beside_bars(hint)
         if bar is not None and model:
             from echo_os.engines import engine_table
 
