@@ -351,3 +351,29 @@ def test_preset_fast_without_turbo_weights_says_which_pull_makes_it_real(run_cli
     assert code == 0, err
     assert ("note: these are draft cards, not renders of 'sdxl-turbo': `echo-os models pull sdxl-turbo` downloads "
             "its weights, then the same command renders it for real") in err
+
+
+# ---- the API says when it answers draft cards ---------------------------------------------------------------
+
+def test_api_says_when_it_answers_draft_cards(workspace, caplog) -> None:
+    import asyncio
+    import logging
+
+    from tests.api_helpers import api_client, wait_job
+
+    async def go() -> tuple:
+        async with api_client(workspace) as (client, _):
+            response = await client.post("/v1/images/generations", json={"prompt": "a kite", "size": "256x256"})
+            assert response.status_code == 200, response.text
+            job_id = response.headers["x-echo-job-id"]
+            job = (await client.get(f"/api/jobs/{job_id}")).json()
+            queued = await client.post("/api/render", json={"prompt": "a kite", "size": "64x64", "seed": 3})
+            rendered = await wait_job(client, queued.json()["job_id"])
+            return response.headers["x-echo-engine"], job, rendered
+
+    with caplog.at_level(logging.WARNING, logger="echo_os"):
+        header, job, rendered = asyncio.run(go())
+    assert header == "draft" and job["engines"] == ["draft"]
+    assert rendered["status"] == "succeeded"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("answered with draft cards, not renders (auto: first available" in w for w in warnings), warnings

@@ -592,7 +592,11 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=error_responses(404, 422))
     async def get_job(job_id: JobId, api: Api) -> JobView:
         job = await find_job(api, job_id)
-        return job_view(job, api.hub.progress(job_id))
+        view = job_view(job, api.hub.progress(job_id))
+        from echo_os.api.engine_notice import engines_of
+
+        view.engines = await run_in_threadpool(engines_of, api, job.artifact_ids)
+        return view
 
     @app.post("/api/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"],
               responses={202: {"model": JobView, "description": "Running: it stops at the next step"},

@@ -257,6 +257,8 @@ class JobView(BaseModel):
     animatic: AnimaticSpec | None = Field(default=None, description="An animatic job: what it encodes.")
     scenes: int = Field(description="Requests in the job: 1 for a render, one per scene for a batch, one per "
                                     "cell for a compare; an animatic's scenes.")
+    engines: list[str] = Field(default_factory=list, description="GET /api/jobs/{id}: the engines that made its "
+                               "artifacts so far; `draft` means storyboard cards, not renders (no weights here).")
 
 
 class JobPage(BaseModel):
