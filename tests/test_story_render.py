@@ -565,3 +565,17 @@ def test_a_count_preview_keeps_the_whole_story_in_story_json_and_the_contact_she
         Path(full["story_json"]).read_text(encoding="utf-8"))["scenes"]]
     with Image.open(again["contact_sheet"]) as sheet:
         assert sheet.size == whole_size  # four scenes drawn, not two
+
+
+def test_the_bible_names_its_ip_adapter(tmp_path, tiny_workspace):
+    """Issue 24: `ip_adapter: NAME` in the bible is the story's adapter (no --ip-adapter on every run);
+    --ip-adapter still overrides it."""
+    story = write_story(tmp_path / "story")
+    bible = story.parent / "STORY_BIBLE.md"
+    bible.write_text(BIBLE.replace("model: tiny\n", "model: tiny\nip_adapter: bible-adapter\n"), encoding="utf-8")
+    home = str(tiny_workspace.home)
+    code, out, err = run("--home", home, "batch", "Harbour", str(story), "--dry-run")
+    assert code == 2 and "reference images need the IP-Adapter model 'bible-adapter'" in err, err  # the bible's adapter is the one looked for
+    code, out, err = run("--home", home, "batch", "Harbour", str(story), "--engine", "draft", "--dry-run",
+                         "--ip-adapter", "none")
+    assert code == 0, err

@@ -898,7 +898,7 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
         raise
     story = StorySource(project=body.project, kind="prompts" if body.prompts is not None else "storyboard",
                         source=str(source), bible=str(bible) if body.prompts is None and bible else None,
-                        options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
+                        options=options, ip_adapter=_adapter_for(plan, body))
     return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story,
                    again=body.again)
 
@@ -1010,6 +1010,14 @@ def _without_server_paths(text: str, settings: Settings, folder: Path) -> str:
     return text
 
 
+def _adapter_for(plan, body: BatchBody) -> str | None:
+    """The body's `ip_adapter`, else the bible's, else the default (as `echo-os batch`); `none`: no references."""
+    from echo_os.story.render import DEFAULT_IP_ADAPTER
+
+    chosen = body.ip_adapter or plan.ip_adapter or DEFAULT_IP_ADAPTER
+    return None if chosen == "none" else chosen
+
+
 def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
     """The scenes' requests as `echo-os batch` renders them (story.render.scene_requests); an adapter this
     machine lacks is a 422 on `ip_adapter`, a LoRA it cannot find one on `bible`."""
@@ -1017,7 +1025,7 @@ def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
     from echo_os.story.render import scene_requests
 
     try:
-        return scene_requests(settings, plan, None if body.ip_adapter == "none" else body.ip_adapter)
+        return scene_requests(settings, plan, _adapter_for(plan, body))
     except AdapterMissing as error:
         raise field_error("ip_adapter", str(error)) from None
     except EchoError as error:

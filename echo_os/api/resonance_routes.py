@@ -75,6 +75,13 @@ async def clear_artifact_rating(artifact_id: Annotated[str, Path(pattern=r"^[0-9
     return Response(status_code=204)
 
 
+@router.api_route("/api/artifacts/{artifact_id}/rating", methods=["GET", "OPTIONS", "PUT", "PATCH"],
+                  include_in_schema=False)
+async def rating_other_methods() -> JSONResponse:
+    # Two routes share this path; Starlette's own 405 would name only the first one's method.
+    return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "POST, DELETE"})
+
+
 @router.get("/api/projects/{project}/resonance", tags=["resonance"],
             responses={200: {"description": "The report as JSON, or with format=html the page",
                              "content": {"application/json": {}, "text/html": {}}},

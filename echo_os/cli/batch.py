@@ -198,8 +198,9 @@ def first_scenes(plan, count: int):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per pipeline call (default: from free GPU memory on CUDA; 1 for CPU diffusion above "
                    "64x64; 64 for draft).")
-@click.option("--ip-adapter", "ip_adapter", default="ip-adapter-sdxl", show_default=True,
-              help="IP-Adapter model (models.toml) for characters with reference images; 'none' leaves them out.")
+@click.option("--ip-adapter", "ip_adapter", default=None,
+              help="IP-Adapter model (models.toml) for characters with reference images; 'none' leaves them out. "
+                   "Default: the bible's `ip_adapter`, else ip-adapter-sdxl.")
 @click.option("--clip", default=None,
               help="CLIP model (models.toml) for the continuity report; default: the first one on this machine; "
                    "'none' skips it.")
@@ -239,7 +240,7 @@ def first_scenes(plan, count: int):
               help="Ray actors [default: one per GPU in the cluster, 2 without GPUs].")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str | None, bible: str | None, dry_run: bool, json_output: bool,
-          engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
+          engine: str, model: str | None, batch_size: int | None, ip_adapter: str | None, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
           preset: str | None, best_of: int, reroll_flagged: bool, objective: str | None, no_score: bool,
           style_threshold: float | None, character_threshold: float | None,
@@ -323,7 +324,12 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         plan = make_whole_plan(size, project_name, options)
         return first_scenes(plan, count) if count is not None else plan
 
-    ip_adapter_model = None if ip_adapter == "none" else ip_adapter
+    def adapter_for(plan) -> str | None:
+        """--ip-adapter, else the bible's `ip_adapter`, else the default; `none` leaves references out."""
+        from echo_os.story.render import DEFAULT_IP_ADAPTER
+
+        chosen = ip_adapter or plan.ip_adapter or DEFAULT_IP_ADAPTER
+        return None if chosen == "none" else chosen
     if compare_models is not None:
         from echo_os.iterate.compare import parse_list
 
@@ -339,7 +345,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
                 click.echo(json_for_terminal(plan.model_dump(mode="json")) if json_output else format_dry_run(plan))
             return
         results = {name: render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
-                                     ip_adapter=ip_adapter_model, clip=clip, quiet_json=True)
+                                     ip_adapter=adapter_for(plan), clip=clip, quiet_json=True)
                    for name, plan in plans.items()}
         sheet = side_by_side_sheets(settings, project, results)
         if json_output:
@@ -361,7 +367,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
             if smaller is not None:
                 plan, note, plan_size = make_plan(smaller.size), smaller.note, smaller.size
     if dry_run:
-        check_plan(settings, plan, ip_adapter_model, clip)
+        check_plan(settings, plan, adapter_for(plan), clip)
         if choice is not None:
             from echo_os.cli.render import engine_line
             from echo_os.render.scheduler import EngineChoice
@@ -389,7 +395,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     story = make_whole_plan(plan_size) if count is not None else None
     def run(quiet_json: bool = False):
         return render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
-                           ip_adapter=ip_adapter_model, clip=clip,
+                           ip_adapter=adapter_for(plan), clip=clip,
                            engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
                            resonance=resonance, ray=ray, story=story, quiet_json=quiet_json)
 

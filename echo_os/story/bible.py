@@ -126,6 +126,9 @@ class Character(_Strict):
 class FrontMatter(_Strict):
     title: str = Field(min_length=1)
     model: str | None = None
+    # The IP-Adapter (a models.toml ip-adapter entry) for the characters' reference images; `--ip-adapter`
+    # (the API's `ip_adapter`) overrides it, and without either the default is ip-adapter-sdxl.
+    ip_adapter: str | None = Field(default=None, min_length=1)
     defaults: Defaults = Field(default_factory=Defaults)
     style: Style = Field(default_factory=Style)
     characters: dict[str, Character] = Field(default_factory=dict)
