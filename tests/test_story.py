@@ -10,8 +10,15 @@ import pytest
 from click.testing import CliRunner
 
 from echo_os.story import (
-    COMPOSITION_ORDER, PlanOptions, StoryError, clip_token_count, compose_scene_prompt, load_bible,
-    plan_prompt_list, plan_story, slugify,
+    COMPOSITION_ORDER,
+    PlanOptions,
+    StoryError,
+    clip_token_count,
+    compose_scene_prompt,
+    load_bible,
+    plan_prompt_list,
+    plan_story,
+    slugify,
 )
 from echo_os.story.slug import to_ascii
 from echo_os.story.storyboard import MAX_SCENES
@@ -133,7 +140,8 @@ def test_every_problem_reported_together_with_row_and_column(tmp_path):
     expected = [
         "STORY_BIBLE.md, key characters.girl.eyes: unknown key (allowed: name, description, seed, reference, "
         "ip_adapter_scale, lora)",
-        "STORY_BIBLE.md, key colour: unknown key (allowed: title, model, ip_adapter, defaults, style, characters, locations, props)",
+        "STORY_BIBLE.md, key colour: unknown key (allowed: title, model, ip_adapter, defaults, style, characters, "
+        "locations, props)",
         "story.csv row 3, column characters: unknown character id 'bob' (known: girl, keeper)",
         "story.csv row 3, column location: unknown location id 'moon' (known: lighthouse)",
         "story.csv row 3, column props: unknown prop id 'ghost' (known: book, lamp)",

@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
@@ -37,7 +38,8 @@ def brief_reason(reason: str) -> str:
     if not skipped:
         return "auto: first available"
     names = [name.strip() for name in head.removeprefix(AUTO_PREFIX).split(",")]
-    entries = re.split(r"; (?=(?:%s): )" % "|".join(map(re.escape, names)), skipped)
+    alternatives = "|".join(map(re.escape, names))
+    entries = re.split(rf"; (?=(?:{alternatives}): )", skipped)
     parts: list[str] = []
     network = False
     for entry in entries:

@@ -45,7 +45,7 @@ def character_ids_named(settings, name: str) -> tuple[str, ...]:
     from echo_os.story.bible import load_bible
     from echo_os.story.problems import ProblemList
 
-    wanted, ids = name.casefold(), set()
+    wanted, ids = name.casefold(), set[str]()
     for story_json in settings.artifacts_dir.glob("*/*/story.json"):
         try:
             data = json.loads(story_json.read_text(encoding="utf-8"))

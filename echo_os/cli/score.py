@@ -95,7 +95,7 @@ def rate(ctx: click.Context, artifact_id: str, value: int | None, note: str | No
         raise UsageError("--note goes with a rating VALUE; --clear removes the rating and its note.")
     settings = settings_from(ctx)
     with Catalog(settings.catalog_path) as catalog:
-        if clear:
+        if value is None:  # --clear
             removed = clear_rating(catalog, settings.artifacts_dir, artifact_id)
             row_id = removed["id"] if removed else catalog.resolve_id(artifact_id).id
             click.echo(f"{row_id[:12]}: rating {removed['value']} removed" if removed else
