@@ -24,7 +24,12 @@ class StoryBar:
         self.bar = tqdm(total=scenes, unit="scene", leave=False, disable=None, dynamic_ncols=True,
                         desc="scenes")
 
+    def loading(self, what: str) -> None:
+        """Say what is loading (`loading model 'sdxl' (cpu)`) until the first scene's progress."""
+        self.bar.set_description(f"scenes: {what}")
+
     def __call__(self, event) -> None:
+        self.bar.set_description("scenes", refresh=False)
         self.bar.n = event.scenes_done
         self.bar.set_postfix_str(f"{event.images_done}/{event.images_total} images, "
                                  f"{event.images_per_minute:.1f} images/min", refresh=False)
@@ -57,7 +62,9 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
             engine = pool.engine(plan.scenes[0].request, engine_cancel=False)
         with interrupt_report(store):
             result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
-                                  progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
+                                  progress=bar, store=store, engine=engine,
+                                  on_engine=engine_announcer(note, bar=bar, model=plan.scenes[0].request.model
+                                                             if plan.scenes else None),
                                   resonance=resonance, story=story)
     finally:
         bar.close()
