@@ -297,6 +297,18 @@ def test_memory_search_explains_scores_takes_a_character_name_and_shows_scenes(r
     assert "scene 1: he polishes the great lens" in first and "documentary realism" not in first
     assert f"minilm {json.loads(by_id)[0]['scores']['minilm']:6.3f}" in first
 
+    import asyncio
+
+    from tests.api_helpers import api_client
+
+    async def over_http() -> list:
+        async with api_client(workspace, start_worker=False) as (client, _):
+            response = await client.get("/api/memory/search", params={"q": "great lens", "character": "Elias Marr"})
+            assert response.status_code == 200, response.text
+            return response.json()
+
+    assert [h["id"] for h in asyncio.run(over_http())] == [h["id"] for h in json.loads(by_id)]
+
 
 # ---- texture-check, styles show, animatic --clips --------------------------------------------------------
 

@@ -34,29 +34,13 @@ def _filters(project, model, character, since, until):
                 date.fromisoformat(value[:10])
             except ValueError:
                 raise click.BadParameter(f"{value!r} is not an ISO date like 2026-11-01", param_hint=name) from None
+    from echo_os.story.bible import character_ids_named
+
     ids = character_ids_named(settings_from(click.get_current_context()), character) if character else ()
     return MemoryFilters(project=project, model=model, character=character, character_ids=ids, since=since,
                          until=until)
 
 
-def character_ids_named(settings, name: str) -> tuple[str, ...]:
-    """The ids of the characters called `name` (any case) in the bibles of the workspace's rendered stories
-    (each story.json names its bible), so `--character "Elias Marr"` finds what `--character keeper` does."""
-    from echo_os.story.bible import load_bible
-    from echo_os.story.problems import ProblemList
-
-    wanted, ids = name.casefold(), set[str]()
-    for story_json in settings.artifacts_dir.glob("*/*/story.json"):
-        try:
-            data = json.loads(story_json.read_text(encoding="utf-8"))
-            path = Path(str((data.get("bible") or {}).get("path") or ""))
-            bible = load_bible(path, ProblemList()) if path.name and path.is_file() else None
-        except (OSError, ValueError, AttributeError):
-            continue  # a story file this cannot read names no character
-        if bible is not None:
-            ids.update(cid for cid, character in bible.front.characters.items()
-                       if character.name.casefold() == wanted)
-    return tuple(sorted(ids))
 
 
 def _open(ctx: click.Context, **options):
