@@ -389,3 +389,16 @@ def test_api_says_when_it_answers_draft_cards(workspace, caplog) -> None:
     assert rendered["status"] == "succeeded"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("answered with draft cards, not renders (auto: first available" in w for w in warnings), warnings
+
+
+def test_ctrl_c_without_a_seed_names_the_seed_to_finish_with(run_cli, workspace, monkeypatch) -> None:
+    from echo_os.artifacts.store import ArtifactStore
+
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ArtifactStore, "save", interrupt)
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a kite", "--size", "64x64", "--count", "2")
+    assert code == 130
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("interrupted: 0 images saved; run the same command with --seed ") and "again" in line

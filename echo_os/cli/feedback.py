@@ -110,17 +110,19 @@ class Saved:
 
 
 @contextlib.contextmanager
-def interrupt_report(store: "ArtifactStore", *, again: bool = False) -> Iterator[Saved]:
+def interrupt_report(store: "ArtifactStore", *, again: bool = False, seed: int | None = None) -> Iterator[Saved]:
     """Around a render: on Ctrl-C, one line saying how many images were saved and that the same command
-    renders the rest, then exit 130 (the shell's code for an interrupt)."""
+    renders the rest, then exit 130 (the shell's code for an interrupt). seed: the seed a command without
+    --seed drew at random; the same command would draw another, so the line names `--seed SEED`."""
     saved = Saved()
     store.listeners.append(saved)
     try:
         yield saved
     except KeyboardInterrupt:
         images = "image" if saved.count == 1 else "images"
-        rest = ("run the same command without --again to render the rest" if again else
-                "run the same command again to render the rest (saved images are not rendered again)")
+        command = "the same command" + (f" with --seed {seed}" if seed is not None else "")
+        rest = (f"run {command} without --again to render the rest" if again else
+                f"run {command} again to render the rest (saved images are not rendered again)")
         click.echo(f"\ninterrupted: {saved.count} {images} saved; {rest}", err=True)
         raise click.exceptions.Exit(130) from None
     finally:

@@ -219,7 +219,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
 
     saved: list = []  # the images saved so far: named even when a later one fails (a server lost mid-run)
     try:
-        with interrupt_report(store, again=again):
+        # without --seed the seed was drawn at random: the line names it, or a re-run would draw another
+        with interrupt_report(store, again=again, seed=request.seed if seed is None else None):
             outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
                                       on_engine=engine_announcer(note, bar=bar, model=request.model),
                                       engine=engine, resume=not again,
