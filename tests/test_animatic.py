@@ -220,3 +220,12 @@ def test_show_and_replay_of_a_video_artifact(animatic):
     assert code == 0 and json.loads(out)["video_kind"] == "animatic" and json.loads(out)["path"] == str(folder)
     code, out, err = run_cli("--home", str(home), "replay", meta["id"][:12])
     assert code == 2 and out == "" and "is a video (animatic)" in err and err.count("\n") == 1
+
+
+def test_clips_without_any_clip_says_so(rendered):
+    """Issue 24: `animatic --clips` with no clip made was silent; it says every scene is its still."""
+    home, _, _ = rendered
+    code, stdout, err = run_cli("--home", str(home), "animatic", PROJECT, "--fps", str(FPS), "--clips", "--fade", "0")
+    assert code == 0, err
+    assert f"note: --clips: no scene of {PROJECT!r} has a clip yet, so every scene is its still" in err
+    assert "echo-os animate ID" in err

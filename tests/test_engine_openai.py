@@ -55,7 +55,8 @@ def test_the_default_install_opens_no_connection(workspace, monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    code, out, err = run_cli("--home", str(workspace.home), "render", "a kite", "--size", "1024x1024", "--no-memory")
+    code, out, err = run_cli("--home", str(workspace.home), "-v", "render", "a kite", "--size", "1024x1024",
+                             "--no-memory")
     assert code == 0, err
     assert attempts == []
     assert "engine: draft (auto: first available in the order sdxl, comfyui, openai, cpu, draft" in err

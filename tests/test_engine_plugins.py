@@ -151,7 +151,7 @@ def test_auto_asks_the_workspace_order_and_records_why(toy_package, tmp_path, ru
         choose_engine(settings, RenderRequest(prompt="x", ip_adapter=refs))
     code, out, err = run_cli("--home", str(home), "render", "x", "--size", "64x64", "--no-memory", "--json")
     assert code == 0, err
-    assert "engine: toy (auto: first available in the order toy, draft)" in err, err
+    assert "engine: toy (auto: first available)" in err, err
     meta = json.loads((Path(json.loads(out)[0]["path"]) / "meta.json").read_text())
     assert meta["engine"] == {"name": "toy", "reason": "auto: first available in the order toy, draft"}
     (home / "echo-os.toml").write_text('[engines]\norder = ["toy", "warp"]\n', encoding="utf-8")

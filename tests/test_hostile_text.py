@@ -41,7 +41,7 @@ def test_artifacts_list_escapes_control_and_bidi_characters(run_cli, workspace, 
     code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list")
     assert code == 0, err
     assert not any(char in out for char in RAW)
-    assert out.count("\n") == 1  # the LF in the prompt did not start a second line
+    assert out.count("\n") == 2  # a header and one row: the LF in the prompt did not start another line
     assert "bell\\x07 cr\\roverwritten lf\\nnext del\\x7f rlo\\u202eevil esc\\x1b" in out
     assert "proj\\u202e" in out
 

@@ -65,7 +65,7 @@ def test_learn_a_style_and_render_with_its_reference(learn_ws):
     assert learned["learned"]["sources"] == [source["id"]] and learned["learned"]["palette"]
     assert learned["reference"]["adapter"] == "tiny-ip" and learned["reference"]["scale"] == 0.5
 
-    code, out, err = run("--home", home, "styles", "show", "snowlight")
+    code, out, err = run("--home", home, "styles", "show", "snowlight", "--json")
     assert code == 0, err
     shown = json.loads(out)
     assert shown["source"].startswith(f"learned from {source['id'][:12]} on ")
@@ -113,7 +113,7 @@ def test_design_spellings_and_bad_input(learn_ws):
 
     code, out, err = run("--home", home, "style", "create", "harbour", "{prompt}, harbour at dawn, oil painting")
     assert code == 0, err
-    code, out, err = run("--home", home, "styles", "show", "harbour")
+    code, out, err = run("--home", home, "styles", "show", "harbour", "--json")
     assert json.loads(out)["prompt"] == "{prompt}, harbour at dawn, oil painting"
     assert json.loads(out)["source"] == "styles.toml"
 

@@ -14,7 +14,7 @@ def test_fresh_workspace_renders_a_draft_and_says_why(run_cli, workspace):
     code, out, err = run_cli("--home", str(workspace.home), "render", "warm fractal", "--seed", "42",
                              "--size", "512x512")
     assert code == 0, err
-    assert "engine: draft" in err and "no weights for model 'sdxl'" in err and "echo-os models list" in err
+    assert "engine: draft" in err and "no weights for 'sdxl'" in err and "echo-os models list" in err
     artifact_id, image_path = out.split()
     image_path = Path(image_path)
     folder = image_path.parent

@@ -244,3 +244,32 @@ def test_rating_click_in_chromium_with_a_token(gallery_home, tmp_path):
             assert titles == [f"rate {value}" for value in range(1, 6)]  # no "rating failed: 401"
     finally:
         server.stop()
+
+
+async def test_rating_has_one_name_and_can_be_cleared(workspace, monkeypatch, run_cli):
+    """Issue 24: the request said `rating` where meta.json and the response say `value`; a rating could not be
+    cleared. `value` in and out (`rating` still read), DELETE on the route, `echo-os rate ID --clear`."""
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+    artifact = _draft(workspace, "a lighthouse at dusk")
+    async with api_client(workspace, start_worker=False) as (client, _):
+        response = await client.post(f"/api/artifacts/{artifact}/rating", json={"value": 4})
+        assert response.status_code == 200 and response.json()["value"] == 4
+        bad = await client.post(f"/api/artifacts/{artifact}/rating", json={"value": 0})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "value"]
+        cleared = await client.delete(f"/api/artifacts/{artifact[:12]}/rating")
+        assert cleared.status_code == 204
+        with sqlite3.connect(workspace.catalog_path) as db:
+            path, rating = db.execute("SELECT path, rating FROM artifacts WHERE id = ?", (artifact,)).fetchone()
+        assert rating is None
+        assert "rating" not in json.loads((workspace.artifacts_dir / path / "meta.json").read_text(encoding="utf-8"))
+        assert (await client.delete(f"/api/artifacts/{artifact}/rating")).status_code == 204  # nothing to clear
+        assert (await client.delete("/api/artifacts/0123456789abcdef/rating")).status_code == 404
+    home = str(workspace.home)
+    code, out, err = run_cli("--home", home, "rate", artifact[:12], "3", "--note", "ok")
+    assert code == 0 and "rated 3" in out
+    code, out, err = run_cli("--home", home, "rate", artifact[:12], "--clear")
+    assert code == 0 and out.strip() == f"{artifact[:12]}: rating 3 removed"
+    code, out, err = run_cli("--home", home, "rate", artifact[:12], "--clear")
+    assert code == 0 and "has no rating" in out
+    code, out, err = run_cli("--home", home, "rate", artifact[:12])
+    assert code == 2 and "or --clear" in err

@@ -140,7 +140,8 @@ def test_every_problem_reported_together_with_row_and_column(tmp_path):
     expected = [
         "STORY_BIBLE.md, key characters.girl.eyes: unknown key (allowed: name, description, seed, reference, "
         "ip_adapter_scale, lora)",
-        "STORY_BIBLE.md, key colour: unknown key (allowed: title, model, defaults, style, characters, locations, props)",
+        "STORY_BIBLE.md, key colour: unknown key (allowed: title, model, ip_adapter, defaults, style, characters, "
+        "locations, props)",
         "story.csv row 3, column characters: unknown character id 'bob' (known: girl, keeper)",
         "story.csv row 3, column location: unknown location id 'moon' (known: lighthouse)",
         "story.csv row 3, column props: unknown prop id 'ghost' (known: book, lamp)",

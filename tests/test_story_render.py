@@ -429,8 +429,7 @@ def test_draft_fallback_renders_the_example_story(workspace):
     example = Path(__file__).resolve().parent.parent / "prompts" / "lighthouse-keeper" / "story.csv"
     code, out, err = run("--home", str(workspace.home), "batch", "Lighthouse Keeper", str(example))
     assert code == 0, err
-    assert "engine: draft (auto: first available in the order sdxl, comfyui, openai, cpu, draft" in err
-    assert "no weights for model 'sdxl'" in err
+    assert "engine: draft (no weights for 'sdxl', see `echo-os models list`; network engines off)" in err
     lines = out.splitlines()
     assert [line[:3] for line in lines[:4]] == ["001", "002", "003", "004"]
     assert lines[4].startswith("4 rendered, 0 already rendered")
@@ -571,3 +570,18 @@ def test_a_count_preview_keeps_the_whole_story_in_story_json_and_the_contact_she
         Path(full["story_json"]).read_text(encoding="utf-8"))["scenes"]]
     with Image.open(again["contact_sheet"]) as sheet:
         assert sheet.size == whole_size  # four scenes drawn, not two
+
+
+def test_the_bible_names_its_ip_adapter(tmp_path, tiny_workspace):
+    """Issue 24: `ip_adapter: NAME` in the bible is the story's adapter (no --ip-adapter on every run);
+    --ip-adapter still overrides it."""
+    story = write_story(tmp_path / "story")
+    bible = story.parent / "STORY_BIBLE.md"
+    bible.write_text(BIBLE.replace("model: tiny\n", "model: tiny\nip_adapter: bible-adapter\n"), encoding="utf-8")
+    home = str(tiny_workspace.home)
+    code, out, err = run("--home", home, "batch", "Harbour", str(story), "--dry-run")
+    # the bible's adapter is the one looked for
+    assert code == 2 and "reference images need the IP-Adapter model 'bible-adapter'" in err, err
+    code, out, err = run("--home", home, "batch", "Harbour", str(story), "--engine", "draft", "--dry-run",
+                         "--ip-adapter", "none")
+    assert code == 0, err

@@ -59,8 +59,13 @@ def test_styles_cli_add_show_list_import_rm(run_cli, workspace, tmp_path):
     assert read_workspace_styles(workspace)["dusk"].prompt == "{prompt} at dusk, long shadows"
     code, out, err = run_cli("--home", home, "styles", "add", "DUSK", "--prompt", "x")
     assert code == 2 and "already in styles.toml" in err
-    code, out, err = run_cli("--home", home, "styles", "show", "Dusk")
+    code, out, err = run_cli("--home", home, "styles", "show", "Dusk", "--json")
     assert code == 0 and json.loads(out)["example"] == "a lighthouse at dusk at dusk, long shadows"
+    code, out, err = run_cli("--home", home, "styles", "show", "Dusk")  # readable text without --json
+    assert code == 0 and out.splitlines() == [
+        "style:    dusk", "source:   styles.toml", "prompt:   {prompt} at dusk, long shadows", "negative: noon",
+        "example:  'a lighthouse at dusk' becomes 'a lighthouse at dusk at dusk, long shadows'",
+        "          with the negative 'noon'"]
     csv_path = tmp_path / "styles.csv"
     csv_path.write_text("name,prompt,negative_prompt\nDusk,other,\nFilm,35mm film,\n", encoding="utf-8")
     code, out, err = run_cli("--home", home, "styles", "import", str(csv_path))

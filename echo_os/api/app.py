@@ -683,7 +683,11 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=error_responses(404, 422))
     async def get_job(job_id: JobId, api: Api) -> JobView:
         job = await find_job(api, job_id)
-        return job_view(job, api.hub.progress(job_id))
+        view = job_view(job, api.hub.progress(job_id))
+        from echo_os.api.engine_notice import engines_of
+
+        view.engines = await run_in_threadpool(engines_of, api, job.artifact_ids)
+        return view
 
     @app.post("/api/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"],
               responses={202: {"model": JobView, "description": "Running: it stops at the next step"},
@@ -994,10 +998,15 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                 bible = folder / "STORY_BIBLE.md"
                 bible.write_text(body.bible, encoding="utf-8")
 
+        from echo_os.story.tokens import workspace_tokenizer_loader
+
+        tokens = workspace_tokenizer_loader(settings)  # the CLI's counter: the same counts and warnings
+
         def make_plan(options: PlanOptions):
             if body.prompts is not None:
-                return plan_prompt_list(body.project, source, options=options)
-            return plan_story(body.project, source, bible=bible, options=options, workspace=settings.home)
+                return plan_prompt_list(body.project, source, options=options, tokenizer_loader=tokens)
+            return plan_story(body.project, source, bible=bible, options=options, workspace=settings.home,
+                              tokenizer_loader=tokens)
 
         plan = make_plan(options)
         _check_plan_paths(settings, plan)
@@ -1030,7 +1039,7 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
         raise
     story = StorySource(project=body.project, kind="prompts" if body.prompts is not None else "storyboard",
                         source=str(source), bible=str(bible) if body.prompts is None and bible else None,
-                        options=options, ip_adapter=None if body.ip_adapter == "none" else body.ip_adapter)
+                        options=options, ip_adapter=_adapter_for(plan, body))
     return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story,
                    again=body.again)
 
@@ -1148,6 +1157,14 @@ def _without_server_paths(text: str, settings: Settings, folder: Path) -> str:
     return text
 
 
+def _adapter_for(plan, body: BatchBody) -> str | None:
+    """The body's `ip_adapter`, else the bible's, else the default (as `echo-os batch`); `none`: no references."""
+    from echo_os.story.render import DEFAULT_IP_ADAPTER
+
+    chosen = body.ip_adapter or plan.ip_adapter or DEFAULT_IP_ADAPTER
+    return None if chosen == "none" else chosen
+
+
 def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
     """The scenes' requests as `echo-os batch` renders them (story.render.scene_requests); an adapter this
     machine lacks is a 422 on `ip_adapter`, a LoRA it cannot find one on `bible`."""
@@ -1155,7 +1172,7 @@ def _story_requests(settings: Settings, plan, body: BatchBody) -> list:
     from echo_os.story.render import scene_requests
 
     try:
-        return scene_requests(settings, plan, None if body.ip_adapter == "none" else body.ip_adapter)
+        return scene_requests(settings, plan, _adapter_for(plan, body))
     except AdapterMissing as error:
         raise field_error("ip_adapter", str(error)) from None
     except EchoError as error:

@@ -54,10 +54,13 @@ def _search(api, run) -> list[MemoryHit]:
                       image_url=f"/api/artifacts/{hit.row.id}/image") for hit in hits]
 
 
-def _filters(project, model, character, since):
+def _filters(project, model, character, since, settings=None):
     from echo_os.memory.artifacts import MemoryFilters
+    from echo_os.story.bible import character_ids_named
 
-    return MemoryFilters(project=project, model=model, character=character, since=since)
+    # a bible name (`Elias Marr`) finds what its id (`keeper`) does, as `memory search --character`
+    ids = character_ids_named(settings, character) if character and settings is not None else ()
+    return MemoryFilters(project=project, model=model, character=character, character_ids=ids, since=since)
 
 
 IMAGE_BODY = {"required": False, "content": {
@@ -82,7 +85,7 @@ async def memory_search(
     """GET ?q=: artifacts ranked by similarity to a text query (prompt and story fields; CLIP images when
     present). POST with an image body (image/png, image/jpeg, image/webp): artifacts whose images look
     like it (needs a CLIP entry in models.toml)."""
-    filters = _filters(project, model, character, since)
+    filters = await run_in_threadpool(_filters, project, model, character, since, api.settings)
     if request.method == "GET":
         if q is None or not q.strip():
             raise field_error(("query", "q"), "q is empty; give words to search for", q)

@@ -168,6 +168,10 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
     if job.status == "cancelled":
         return openai_error(409, f"job {job_id} was cancelled", "invalid_request_error", {**headers, **NO_RETRY})
     headers["X-Echo-Artifact-Ids"] = ",".join(job.artifact_ids)
+    from echo_os.api.engine_notice import engines_of
+
+    # `draft` here means storyboard cards, not renders (a machine without the model's weights)
+    headers["X-Echo-Engine"] = ",".join(await run_in_threadpool(engines_of, api, job.artifact_ids))
     output_format = body.output_format or "png"
     data = []
     for artifact_id in job.artifact_ids:

@@ -347,7 +347,7 @@ class WorkerPool:
         self.jobs.set_worker_row(WorkerRow(slot=slot, worker=config.worker_id, pid=process.pid, device=device,
                                            last_error=last_error, restarts=restarts, state="starting",
                                            heartbeat=now_iso()))
-        log.warning("worker %d started on %s (pid %d)", slot, device, process.pid)
+        log.info("worker %d started on %s (pid %d)", slot, device, process.pid)  # normal: not a warning
         return _Slot(config, process)
 
     def stop(self, timeout: float = 30.0) -> None:

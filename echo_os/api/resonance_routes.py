@@ -1,7 +1,7 @@
 """Resonance over HTTP.
 
 POST /api/artifacts/{id}/rating: what `echo-os rate` does (meta.json, then the catalog); the gallery
-served by `echo-os serve` posts here from its rating buttons.
+served by `echo-os serve` posts here from its rating buttons. DELETE: `echo-os rate ID --clear`.
 GET /api/projects/{project}/resonance: `echo-os resonance PROJECT --json` (?format=html: the page).
 POST /api/styles/learn: `echo-os memory learn-from` (a style learned from artifacts, saved in styles.toml).
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from echo_os.api.deps import Api
@@ -23,9 +23,13 @@ router = APIRouter()
 
 
 class RatingIn(BaseModel):
+    """The rating's one name is `value`, as in meta.json's `rating` and the response; `rating` (the older
+    request name) is still read."""
+
     model_config = ConfigDict(extra="forbid")
 
-    rating: int = Field(ge=RATING_MIN, le=RATING_MAX, strict=True, description="1 (worst) to 5 (best)")
+    value: int = Field(ge=RATING_MIN, le=RATING_MAX, strict=True, description="1 (worst) to 5 (best)",
+                       validation_alias=AliasChoices("value", "rating"))
     note: str | None = Field(default=None, max_length=MAX_NOTE)
 
 
@@ -48,9 +52,34 @@ async def rate_artifact(artifact_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{
         from echo_os.resonance.persist import save_rating
 
         with Catalog(api.settings.catalog_path) as catalog:
-            return save_rating(catalog, api.settings.artifacts_dir, artifact_id.lower(), body.rating, body.note)
+            return save_rating(catalog, api.settings.artifacts_dir, artifact_id.lower(), body.value, body.note)
 
     return RatingOut(**await run_in_threadpool(save))
+
+
+@router.delete("/api/artifacts/{artifact_id}/rating", status_code=204, tags=["artifacts"],
+               responses=error_responses(400, 403, 404, 422))
+async def clear_artifact_rating(artifact_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{12,64}$",
+                                                                 description="An artifact id or a unique prefix of 12+")],
+                                api: Api) -> Response:
+    """Remove an artifact's rating (`echo-os rate ID --clear`); 204 whether or not it had one."""
+
+    def clear() -> None:
+        from echo_os.artifacts.catalog import Catalog
+        from echo_os.resonance.persist import clear_rating
+
+        with Catalog(api.settings.catalog_path) as catalog:
+            clear_rating(catalog, api.settings.artifacts_dir, artifact_id.lower())
+
+    await run_in_threadpool(clear)
+    return Response(status_code=204)
+
+
+@router.api_route("/api/artifacts/{artifact_id}/rating", methods=["GET", "OPTIONS", "PUT", "PATCH"],
+                  include_in_schema=False)
+async def rating_other_methods() -> JSONResponse:
+    # Two routes share this path; Starlette's own 405 would name only the first one's method.
+    return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "POST, DELETE"})
 
 
 @router.get("/api/projects/{project}/resonance", tags=["resonance"],

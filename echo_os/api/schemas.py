@@ -101,9 +101,10 @@ class BatchBody(BaseModel):
     size: str | None = Field(default=None, pattern=SIZE_PATTERN)
     scheduler: Scheduler | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    ip_adapter: str = Field(default="ip-adapter-sdxl", min_length=1, max_length=200,
-                            description="IP-Adapter entry for characters with reference images; 'none' leaves "
-                                        "them out (as `echo-os batch --ip-adapter`)")
+    ip_adapter: str | None = Field(default=None, min_length=1, max_length=200,
+                                   description="IP-Adapter entry for characters with reference images; 'none' "
+                                               "leaves them out (as `echo-os batch --ip-adapter`). Default: the "
+                                               "bible's `ip_adapter`, else ip-adapter-sdxl.")
     again: bool = Field(default=False, description="Render anew even when the same request was rendered "
                         "before (the CLI's --again). Default: an image the project already has (same request "
                         "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
@@ -288,6 +289,8 @@ class JobView(BaseModel):
     animatic: AnimaticSpec | None = Field(default=None, description="An animatic job: what it encodes.")
     scenes: int = Field(description="Requests in the job: 1 for a render, one per scene for a batch, one per "
                                     "cell for a compare; an animatic's scenes.")
+    engines: list[str] = Field(default_factory=list, description="GET /api/jobs/{id}: the engines that made its "
+                               "artifacts so far; `draft` means storyboard cards, not renders (no weights here).")
 
 
 class JobPage(BaseModel):

@@ -429,6 +429,10 @@ class Worker:
                 self._engine(first).release(first)
         for run in runs.values():
             run.engines, run.batch_sizes, run.notes = outcome.engines, outcome.batch_sizes, outcome.notes
+        for choice in outcome.engines:
+            if choice.name == "draft" and outcome.artifacts:
+                # Not an error (the job succeeds), but its client asked for images and gets storyboard cards.
+                log.warning("jobs %s: answered with draft cards, not renders (%s)", ", ".join(runs), choice.reason)
 
     # -- animatics ---------------------------------------------------------------------------------------
     def _encode_animatic(self, run: JobRun, runs: dict[str, JobRun]) -> None:

@@ -66,12 +66,15 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(file_okay=False), envvar="ECHO_OS_HOME",
               help="Workspace folder (models.toml, artifacts/). Default: the current directory.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Say more: the full reason for the engine choice (what each engine before it lacked).")
 @click.version_option(__version__, prog_name="echo-os")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None) -> None:
+def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     """echo-os: render images with Stable Diffusion XL, keep every image as a reproducible artifact."""
     state = ctx.ensure_object(CliState)
     state.settings = load_settings(home)
+    state.verbose = verbose
 
 
 @dataclass
@@ -79,6 +82,7 @@ class CliState:
     """What the root command parsed, handed to every command through click's context object."""
 
     settings: Settings | None = None
+    verbose: bool = False  # -v: the full engine reason (echo_os.cli.feedback)
 
 
 def settings_from(ctx: click.Context) -> Settings:

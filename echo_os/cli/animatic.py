@@ -42,6 +42,8 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
                               clips=clips, story=Path(story) if story else None)
     with StageBars(unit="frame", labels={"encode": "encoding"}) as bars:
         result = make_animatic(settings, project, options, out=Path(out) if out else None, progress=bars)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     if json_output:
         click.echo(json.dumps(result.artifact.meta.model_dump(mode="json"), ensure_ascii=False, indent=2))
         return
@@ -69,7 +71,8 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
 @click.option("--decode-chunk-size", type=int, default=None,
               help="Frames per VAE decode (default: all; halved automatically on out-of-memory).")
 @click.option("--cpu-offload", is_flag=True, help="Keep only the running model on the GPU (small GPUs; slower).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True,
+              help="Where the video model runs: auto is cuda when PyTorch sees a GPU, else the CPU.")
 @click.pass_context
 def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: int, motion_bucket: int,
             noise_aug: float, steps: int, seed: int | None, size: str | None, decode_chunk_size: int | None,

@@ -17,8 +17,9 @@ def artifacts() -> None:
 @click.option("--project", default=None, help="Only this project: its name or its folder's slug (fog-tests = Fog Tests).")
 @click.option("--model", default=None, help="Only this model name.")
 @click.option("--since", default=None, help="Only artifacts created on or after this ISO date (2026-11-01).")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True,
+              help="Most artifacts listed, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifacts as JSON.")
 @click.pass_context
 def list_artifacts(ctx: click.Context, project: str | None, model: str | None, since: str | None, limit: int,
                    as_json: bool) -> None:
@@ -33,19 +34,50 @@ def list_artifacts(ctx: click.Context, project: str | None, model: str | None, s
             date.fromisoformat(since[:10])
         except ValueError:
             raise click.BadParameter(f"{since!r} is not an ISO date like 2026-11-01", param_hint="--since") from None
+    from echo_os.cli.feedback import nothing_rendered_here
+
+    if nothing_rendered_here(settings):
+        if as_json:
+            click.echo("[]")
+        return
     with open_catalog(settings) as catalog:
-        rows = catalog.query(project=project, model=model, since=since, limit=limit)
+        rows = catalog.query(project=project, model=model, since=since, limit=limit + 1)  # +1: are there more?
+    more = len(rows) > limit
+    rows = rows[:limit]
     if as_json:
         click.echo(json_for_terminal([row.summary() for row in rows]))
-        return
-    if not rows:
+    elif not rows:
         click.echo("no artifacts yet; make one with: echo-os render \"warm fractal\"", err=True)
-        return
+    else:
+        for line in artifact_table(rows):
+            click.echo(line)
+    if more:
+        click.echo(f"the newest {limit} shown; more match: --limit {limit * 4} shows more (--project, --model, "
+                   "--since narrow the list)", err=True)
+
+
+def _scene_text(row) -> tuple[str, str]:
+    """(scene column, text column): a story scene shows its number and its description (the prompt is the
+    description with the bible's style and character words around it); anything else its prompt."""
+    story = row.meta.get("story") or {}
+    description = story.get("description") if isinstance(story, dict) else None
+    scene = str(row.scene) if row.scene is not None else "-"
+    return scene, description or row.prompt
+
+
+def artifact_table(rows) -> list[str]:
+    """A header and one line per artifact; columns as wide as their longest value (projects are not cut)."""
+    cells = []
     for row in rows:
-        prompt = row.prompt if len(row.prompt) <= 60 else row.prompt[:59] + "…"
-        click.echo(f"{row.id[:12]}  {for_terminal(row.created[:19])}  {for_terminal(f'{row.project:<16.16}')}  "
-                   f"{for_terminal(f'{row.engine:<6}')} {row.width}x{row.height}  seed {row.seed:<10}  "
-                   f"{for_terminal(prompt)}")
+        scene, text = _scene_text(row)
+        text = text if len(text) <= 60 else text[:59] + "…"
+        cells.append([row.id[:12], row.created[:19].replace("T", " "), row.project, row.engine,
+                      f"{row.width}x{row.height}", str(row.seed), scene, text])
+    header = ["ID", "CREATED", "PROJECT", "ENGINE", "SIZE", "SEED", "SCENE", "PROMPT / DESCRIPTION"]
+    widths = [max(len(header[i]), *(len(c[i]) for c in cells)) for i in range(len(header) - 1)]
+    return ["  ".join(for_terminal(value.ljust(width) if i < len(widths) else value)
+                      for i, (value, width) in enumerate(zip(line, [*widths, 0])))
+            for line in [header, *cells]]
 
 
 @artifacts.command("show")
@@ -94,7 +126,7 @@ def _tree_label(row) -> str:
 
 @artifacts.command("tree")
 @click.argument("artifact_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the lineage as JSON.")
 @click.pass_context
 def tree(ctx: click.Context, artifact_id: str, as_json: bool) -> None:
     """An artifact's lineage: its ancestors (what it was refined from) and its descendants."""

@@ -24,7 +24,12 @@ class StoryBar:
         self.bar = tqdm(total=scenes, unit="scene", leave=False, disable=None, dynamic_ncols=True,
                         desc="scenes")
 
+    def loading(self, what: str) -> None:
+        """Say what is loading (`loading model 'sdxl' (cpu)`) until the first scene's progress."""
+        self.bar.set_description(f"scenes: {what}")
+
     def __call__(self, event) -> None:
+        self.bar.set_description("scenes", refresh=False)
         self.bar.n = event.scenes_done
         self.bar.set_postfix_str(f"{event.images_done}/{event.images_total} images, "
                                  f"{event.images_per_minute:.1f} images/min", refresh=False)
@@ -40,6 +45,7 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
     """Render every scene of a validated StoryPlan in order and print what was made; returns the StoryRender.
     quiet_json: print nothing in JSON mode (the caller prints a combined document)."""
     from echo_os.artifacts.store import ArtifactStore
+    from echo_os.cli.feedback import interrupt_report
     from echo_os.cli.render import engine_announcer
     from echo_os.story.render import render_plan as render_story
 
@@ -54,9 +60,12 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
             click.echo(f"ray: {len(pool.actors)} render actors", err=True)
             # chosen on an actor (its GPU); no cancel flag in its engine, as the plain batch hands none
             engine = pool.engine(plan.scenes[0].request, engine_cancel=False)
-        result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
-                              progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
-                              resonance=resonance, story=story)
+        with interrupt_report(store):
+            result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
+                                  progress=bar, store=store, engine=engine,
+                                  on_engine=engine_announcer(note, bar=bar, model=plan.scenes[0].request.model
+                                                             if plan.scenes else None),
+                                  resonance=resonance, story=story)
     finally:
         bar.close()
         store.close()
@@ -196,8 +205,9 @@ def first_scenes(plan, count: int):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per pipeline call (default: from free GPU memory on CUDA; 1 for CPU diffusion above "
                    "64x64; 64 for draft).")
-@click.option("--ip-adapter", "ip_adapter", default="ip-adapter-sdxl", show_default=True,
-              help="IP-Adapter model (models.toml) for characters with reference images; 'none' leaves them out.")
+@click.option("--ip-adapter", "ip_adapter", default=None,
+              help="IP-Adapter model (models.toml) for characters with reference images; 'none' leaves them out. "
+                   "Default: the bible's `ip_adapter`, else ip-adapter-sdxl.")
 @click.option("--clip", default=None,
               help="CLIP model (models.toml) for the continuity report; default: the first one on this machine; "
                    "'none' skips it.")
@@ -237,7 +247,7 @@ def first_scenes(plan, count: int):
               help="Ray actors [default: one per GPU in the cluster, 2 without GPUs].")
 @click.pass_context
 def batch(ctx: click.Context, project: str, source: str | None, bible: str | None, dry_run: bool, json_output: bool,
-          engine: str, model: str | None, batch_size: int | None, ip_adapter: str, clip: str | None,
+          engine: str, model: str | None, batch_size: int | None, ip_adapter: str | None, clip: str | None,
           steps: int | None, cfg: float | None, size: str | None, scheduler: str | None, seed: int | None,
           preset: str | None, best_of: int, reroll_flagged: bool, objective: str | None, no_score: bool,
           style_threshold: float | None, character_threshold: float | None,
@@ -259,7 +269,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     """
     from echo_os.engines import check_engine_name, create_engine
     from echo_os.render.prepare import check_plan_requests, prepare_plan
-    from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
+    from echo_os.story import PlanOptions, plan_prompt_list, plan_story
 
     settings = settings_from(ctx)
     if no_cache:
@@ -317,8 +327,9 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     if source.startswith("@") and bible is not None:
         raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
 
-    def tokenizer_for(model_name: str):
-        return load_clip_tokenizer(model_name, settings)  # a models.toml name or a folder
+    from echo_os.story.tokens import workspace_tokenizer_loader
+
+    tokenizer_for = workspace_tokenizer_loader(settings)  # a models.toml name or a folder; as /api/batch
 
     def make_whole_plan(size: str | None, project_name: str = project, options=base_options):
         options = options.model_copy(update={"size": size})
@@ -331,7 +342,12 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         plan = make_whole_plan(size, project_name, options)
         return first_scenes(plan, count) if count is not None else plan
 
-    ip_adapter_model = None if ip_adapter == "none" else ip_adapter
+    def adapter_for(plan) -> str | None:
+        """--ip-adapter, else the bible's `ip_adapter`, else the default; `none` leaves references out."""
+        from echo_os.story.render import DEFAULT_IP_ADAPTER
+
+        chosen = ip_adapter or plan.ip_adapter or DEFAULT_IP_ADAPTER
+        return None if chosen == "none" else chosen
     if compare_models is not None:
         from echo_os.iterate.compare import parse_list
 
@@ -347,7 +363,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
                 click.echo(json_for_terminal(plan.model_dump(mode="json")) if json_output else format_dry_run(plan))
             return
         results = {name: render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
-                                     ip_adapter=ip_adapter_model, clip=clip, quiet_json=True)
+                                     ip_adapter=adapter_for(plan), clip=clip, quiet_json=True)
                    for name, plan in plans.items()}
         sheet = side_by_side_sheets(settings, project, results)
         if json_output:
@@ -371,13 +387,12 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
             plan, note, plan_size = make_plan(prepared.size), prepared.note, prepared.size
         check_plan_requests(settings, plan.requests, prepared.engine)
     if dry_run:
-        check_plan(settings, plan, ip_adapter_model, clip)
+        check_plan(settings, plan, adapter_for(plan), clip)
         if choice is not None:
             from echo_os.cli.render import engine_line
             from echo_os.render.scheduler import EngineChoice
 
-            line = engine_line(EngineChoice(*choice))
-            click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
+            click.echo(engine_line(EngineChoice(*choice), note), err=True)
         if json_output:
             click.echo(json_for_terminal(plan.model_dump(mode="json")))
         else:
@@ -400,7 +415,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     story = make_whole_plan(plan_size) if count is not None else None
     def run(quiet_json: bool = False):
         return render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
-                           ip_adapter=ip_adapter_model, clip=clip,
+                           ip_adapter=adapter_for(plan), clip=clip,
                            engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
                            resonance=resonance, ray=ray, story=story, quiet_json=quiet_json)
 

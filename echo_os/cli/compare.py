@@ -11,13 +11,20 @@ from echo_os.cli import settings_from
 
 @click.command()
 @click.argument("prompt")
-@click.option("--models", default=None, help="Models, comma-separated (e.g. sdxl,juggernaut). Default: sdxl.")
-@click.option("--schedulers", default=None, help="Schedulers, comma-separated (e.g. euler,dpmpp_2m_karras).")
-@click.option("--cfg", default=None, help="Guidance scales, comma-separated (e.g. 5,7). Default: 7.")
-@click.option("--steps", default=None, help="Steps, comma-separated (e.g. 20,30). Default: 30.")
-@click.option("--seeds", default=None, help="Seeds, comma-separated. Default: one random seed for every cell.")
-@click.option("--styles", default=None, help="Named styles, comma-separated (`echo-os styles list`).")
-@click.option("--engines", default=None, help="Engines, comma-separated. Default: auto.")
+# Each axis takes the singular spelling every other command uses and the plural, repeated or comma-separated:
+# --model sdxl --model juggernaut, --models sdxl,juggernaut and --model sdxl,juggernaut are the same axis.
+@click.option("--model", "--models", "models", multiple=True,
+              help="Models, repeatable or comma-separated (e.g. sdxl,juggernaut). Default: sdxl.")
+@click.option("--scheduler", "--schedulers", "schedulers", multiple=True,
+              help="Schedulers, repeatable or comma-separated (e.g. euler,dpmpp_2m_karras).")
+@click.option("--cfg", multiple=True, help="Guidance scales, repeatable or comma-separated (e.g. 5,7). Default: 7.")
+@click.option("--steps", multiple=True, help="Steps, repeatable or comma-separated (e.g. 20,30). Default: 30.")
+@click.option("--seed", "--seeds", "seeds", multiple=True,
+              help="Seeds, repeatable or comma-separated. Default: one random seed for every cell.")
+@click.option("--style", "--styles", "styles", multiple=True,
+              help="Named styles, repeatable or comma-separated (`echo-os styles list`).")
+@click.option("--engine", "--engines", "engines", multiple=True,
+              help="Engines, repeatable or comma-separated. Default: auto.")
 @click.option("--negative", "negative_prompt", default=None, help="Negative prompt for every cell.")
 @click.option("--size", default=None, help="WIDTHxHEIGHT for every cell. Default: the model entry's, else "
                                          "1024x1024; 512x512 when the cpu engine renders (ECHO_OS_CPU_SIZE).")
@@ -27,8 +34,9 @@ from echo_os.cli import settings_from
 @click.option("--json", "as_json", is_flag=True, help="Print the cells and the grid as JSON.")
 @click.option("--no-memory", is_flag=True, hidden=True, help="No effect: the next memory command embeds.")
 @click.pass_context
-def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str | None, cfg: str | None,
-            steps: str | None, seeds: str | None, styles: str | None, engines: str | None,
+def compare(ctx: click.Context, prompt: str, models: tuple[str, ...], schedulers: tuple[str, ...],
+            cfg: tuple[str, ...], steps: tuple[str, ...], seeds: tuple[str, ...], styles: tuple[str, ...],
+            engines: tuple[str, ...],
             negative_prompt: str | None, size: str | None, project: str, max_cells: int, as_json: bool,
             no_memory: bool) -> None:
     """Render PROMPT for every combination of the options given several values (up to three axes).
@@ -46,14 +54,18 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
     from echo_os.render.requests import random_seed
 
     settings = settings_from(ctx)
+    def axis(values: tuple[str, ...]) -> str | None:
+        """Repeated values joined to the comma-separated ones: one list per axis."""
+        return ",".join(values) or None
+
     lists = {
-        "models": parse_list(models, "models"),
-        "schedulers": parse_list(schedulers, "schedulers"),
-        "cfg": parse_list(cfg, "cfg", float),
-        "steps": parse_list(steps, "steps", int),
-        "seeds": parse_list(seeds, "seeds", int) or (random_seed(),),
-        "styles": parse_list(styles, "styles"),
-        "engines": parse_list(engines, "engines"),
+        "models": parse_list(axis(models), "models"),
+        "schedulers": parse_list(axis(schedulers), "schedulers"),
+        "cfg": parse_list(axis(cfg), "cfg", float),
+        "steps": parse_list(axis(steps), "steps", int),
+        "seeds": parse_list(axis(seeds), "seeds", int) or (random_seed(),),
+        "styles": parse_list(axis(styles), "styles"),
+        "engines": parse_list(axis(engines), "engines"),
     }
     for engine in lists["engines"]:
         check_engine_name(engine, "engines")

@@ -18,9 +18,12 @@ from echo_os.cli import settings_from
 @click.pass_context
 def gallery(ctx: click.Context, project: str | None, open_page: bool, which: str, limit: int) -> None:
     """Write artifacts/gallery/index.html: thumbnails, filters, storyboards, full image and metadata on click."""
+    from echo_os.cli.feedback import nothing_rendered_here
     from echo_os.cli.progress import StageBars
     from echo_os.gallery.build import build_gallery
 
+    if nothing_rendered_here(settings_from(ctx)):
+        return
     with StageBars(unit="image") as bars:
         result = build_gallery(settings_from(ctx), project=project, progress=bars,
                                best=limit if which == "best" else None)

@@ -16,7 +16,8 @@ from echo_os.errors import UsageError
 def _filter_options(command):
     command = click.option("--until", default=None, help="Only artifacts created on or before this ISO date.")(command)
     command = click.option("--since", default=None, help="Only artifacts created on or after this ISO date.")(command)
-    command = click.option("--character", default=None, help="Only story scenes with this character.")(command)
+    command = click.option("--character", default=None,
+                           help="Only story scenes with this character: its bible id (keeper) or name (Elias Marr).")(command)
     command = click.option("--model", default=None, help="Only this model name.")(command)
     command = click.option("--project", default=None, help="Only this project.")(command)
     return command
@@ -33,7 +34,13 @@ def _filters(project, model, character, since, until):
                 date.fromisoformat(value[:10])
             except ValueError:
                 raise click.BadParameter(f"{value!r} is not an ISO date like 2026-11-01", param_hint=name) from None
-    return MemoryFilters(project=project, model=model, character=character, since=since, until=until)
+    from echo_os.story.bible import character_ids_named
+
+    ids = character_ids_named(settings_from(click.get_current_context()), character) if character else ()
+    return MemoryFilters(project=project, model=model, character=character, character_ids=ids, since=since,
+                         until=until)
+
+
 
 
 def _open(ctx: click.Context, **options):
@@ -46,6 +53,17 @@ def _open(ctx: click.Context, **options):
         return open_memory(settings_from(ctx), note=print_note, progress=bars, **options)
 
 
+def _nothing_here(ctx: click.Context, as_json: bool, empty: str = "[]") -> bool:
+    """A folder with no artifacts/ yet: say so, print `empty` for --json, and write nothing there."""
+    from echo_os.cli.feedback import nothing_rendered_here
+
+    if not nothing_rendered_here(settings_from(ctx)):
+        return False
+    if as_json:
+        click.echo(empty)
+    return True
+
+
 def _print_hits(hits, as_json: bool) -> None:
     if as_json:
         click.echo(json_for_terminal([h.as_dict() for h in hits]))
@@ -53,11 +71,35 @@ def _print_hits(hits, as_json: bool) -> None:
     if not hits:
         click.echo("no matching artifacts", err=True)
         return
+    names = sorted({name for hit in hits for name in hit.hit.scores})
+    click.echo(score_legend(names), err=True)
+    width = max(len(hit.row.project) for hit in hits)
     for rank, hit in enumerate(hits, start=1):
-        prompt = hit.row.prompt if len(hit.row.prompt) <= 56 else hit.row.prompt[:55] + "…"
-        click.echo(f"{rank:>3}  {hit.row.id[:12]}  {hit.hit.score:6.3f}  {for_terminal(f'{hit.row.project:<14.14}')}  "
-                   f"{for_terminal(prompt)}")
+        cosines = "  ".join(f"{name} {hit.hit.scores[name]:6.3f}" if name in hit.hit.scores else f"{name} {'-':>6}"
+                            for name in names)
+        click.echo(f"{rank:>3}  {hit.row.id[:12]}  {cosines}  {for_terminal(hit.row.project.ljust(width))}  "
+                   f"{for_terminal(hit_text(hit.row))}")
         click.echo(f"     {for_terminal(hit.image_path)}")
+
+
+EMBEDDER_WORDS = {"minilm": "minilm: the prompt and story fields (MiniLM)", "clip": "clip: the image (CLIP)"}
+
+
+def score_legend(names: list[str]) -> str:
+    """What the numbers are: each embedder's cosine similarity to the query; how several are ranked."""
+    what = "; ".join(EMBEDDER_WORDS.get(name, name) for name in names)
+    fused = (", ranked by reciprocal rank fusion of the two rankings (first in both ranks first)"
+             if len(names) > 1 else "")
+    return f"cosine similarity to the query, 1 = the same ({what}){fused}"
+
+
+def hit_text(row, width: int = 64) -> str:
+    """A story scene as `scene N: its description` (its prompt is the description inside the bible's style
+    and character words); anything else as its prompt."""
+    story = row.meta.get("story") or {}
+    description = story.get("description") if isinstance(story, dict) else None
+    text = f"scene {row.scene}: {description}" if description and row.scene is not None else row.prompt
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 @click.group(invoke_without_command=True)
@@ -117,6 +159,8 @@ def search(ctx: click.Context, query: str | None, image: str | None, k: int, as_
                 picture = opened.convert("RGB")
         except (OSError, UnidentifiedImageError):
             raise UsageError(f"{path} is not an image file PIL can read.") from None
+    if _nothing_here(ctx, as_json):
+        return
     with _open(ctx) as mem:
         if image is not None:
             hits = mem.search_image(picture, k, chosen)
@@ -127,13 +171,17 @@ def search(ctx: click.Context, query: str | None, image: str | None, k: int, as_
 
 @memory.command("similar")
 @click.argument("artifact_id")
-@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Hits to show.")
 @_filter_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 @click.pass_context
 def similar(ctx: click.Context, artifact_id: str, k: int, as_json: bool, **filters) -> None:
     """Artifacts nearest to ARTIFACT_ID (its image with CLIP, else its prompt and story)."""
     chosen = _filters(**filters)
+    home = settings_from(ctx).home
+    if not settings_from(ctx).artifacts_dir.is_dir():  # nothing to look up: no catalog is made to say so
+        raise UsageError(f"no artifact {artifact_id!r} in {home}: it has no artifacts/ folder; point at your "
+                         "workspace with --home DIR")
     with _open(ctx) as mem:
         _, hits = mem.similar(artifact_id, k, chosen)
     _print_hits(hits, as_json)
@@ -142,10 +190,12 @@ def similar(ctx: click.Context, artifact_id: str, k: int, as_json: bool, **filte
 @memory.command("dupes")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.97, show_default=True,
               help="Cosine similarity of the CLIP image embeddings at or above which two images are duplicates.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the pairs as JSON.")
 @click.pass_context
 def dupes(ctx: click.Context, threshold: float, as_json: bool) -> None:
     """Pairs of near-identical images (needs a CLIP model)."""
+    if _nothing_here(ctx, as_json):
+        return
     with _open(ctx) as mem:
         pairs = mem.memory.dupes(threshold)
         rows = [(mem.catalog.get_num(p.a), mem.catalog.get_num(p.b), p.score) for p in pairs]
@@ -162,10 +212,12 @@ def dupes(ctx: click.Context, threshold: float, as_json: bool) -> None:
 
 
 @memory.command("stats")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Vectors per embedder against artifacts in the catalog (repairs drift first)."""
+    if _nothing_here(ctx, as_json, empty="{}"):
+        return
     with _open(ctx) as mem:
         indexes = mem.memory.stats()
         catalog_count = mem.catalog.count()
@@ -289,7 +341,7 @@ def reindex(ctx: click.Context) -> None:
 @memory.command("import")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--project", default="imported", show_default=True, help="Project the imported images belong to.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @click.pass_context
 def import_images(ctx: click.Context, folder: str, project: str, as_json: bool) -> None:
     """Index the PNGs under FOLDER made by other tools (A1111, ComfyUI, InvokeAI metadata is read).

@@ -72,7 +72,8 @@ def _shorten(text: str, limit: int = 60) -> str:
 @click.option("--path", "folder", help="A diffusers (or transformers) model folder.")
 @click.option("--file", "checkpoint", help="A single-file checkpoint (.safetensors), as ComfyUI and A1111 use.")
 @click.option("--hf", "repo_id", help="A Hugging Face repo id, resolved from the local cache (see `models pull`).")
-@click.option("--type", "model_type", type=click.Choice(MODEL_TYPES), default="sdxl", show_default=True)
+@click.option("--type", "model_type", type=click.Choice(MODEL_TYPES), default="sdxl", show_default=True,
+              help="What the model is for: an SDXL checkpoint, a LoRA, an IP-Adapter, CLIP, video, ...")
 @click.option("--config", help="For --file: a local diffusers folder or an HF repo id giving configs and tokenizers.")
 @click.option("--variant", help="Weights variant to load, like fp16.")
 @click.option("--revision", help="For --hf: branch, tag or commit.")

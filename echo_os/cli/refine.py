@@ -63,7 +63,8 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
         bar = StepBar(request.count)
         try:
             outcome = render_requests(settings, [request], store=store, progress=bar,
-                                      on_engine=engine_announcer(), engine=create_engine(settings, name, reason))
+                                      on_engine=engine_announcer(bar=bar, model=request.model),
+                                      engine=create_engine(settings, name, reason))
         finally:
             bar.close()
     finally:

@@ -14,17 +14,34 @@ from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS
 
 
 class StepBar:
-    """A tqdm bar over denoising steps, all images of one pipeline call advancing together."""
+    """A tqdm bar over denoising steps, all images of one pipeline call advancing together. Before the first
+    step it says what is loading (`loading(...)`), so a model load of several seconds is not a silent bar."""
 
-    def __init__(self, total_images: int):
-        from tqdm import tqdm
+    LOADING_FORMAT = "{desc} ({elapsed})"
 
+    def __init__(self, total_images: int, *, file=None, enabled: bool | None = None):
         self.total_images = total_images
         self.done_images = 0
-        self.bar = tqdm(total=0, unit="step", leave=False, disable=None, dynamic_ncols=True)
+        self.file = file  # None: stderr
+        self.disable = None if enabled is None else not enabled  # None: on when the stream is a terminal
+        self.bar = None  # made at the first thing to show: no empty `0step` bar before it
+
+    def _make(self, **fields):
+        from tqdm import tqdm
+
+        return tqdm(total=0, unit="step", leave=False, disable=self.disable, dynamic_ncols=True,
+                    file=self.file, **fields)
+
+    def loading(self, what: str) -> None:
+        """Show `what` (`loading model 'sdxl'`) with the time spent, until the first step."""
+        if self.bar is None:
+            self.bar = self._make(desc=what, bar_format=self.LOADING_FORMAT)
 
     def __call__(self, event) -> None:
+        if self.bar is None:
+            self.bar = self._make()
         if event.step == 1:
+            self.bar.bar_format = None
             self.bar.reset(total=event.total_steps)
             self.bar.set_description(f"images {self.done_images + 1}-{self.done_images + event.images}"
                                      f" of {self.total_images}")
@@ -33,7 +50,8 @@ class StepBar:
             self.done_images += event.images
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def parse_engine_options(specs: tuple[str, ...]) -> dict[str, str]:
@@ -78,19 +96,32 @@ def refiner_input(settings, name: str | None, switch: float):
     return RefinerInput(model=name, switch=switch)
 
 
-def engine_line(choice) -> str:
-    return f"engine: {choice.name} ({choice.reason})"
+def engine_line(choice, note: str | None = None) -> str:
+    """The short engine line (the full reason with `echo-os -v`; always in meta.json)."""
+    from echo_os.cli.feedback import engine_line as line
+
+    return line(choice.name, choice.reason, note)
 
 
-def engine_announcer(note: str | None = None):
-    """on_engine callback: print the engine line (with `note`, e.g. the CPU size rule, inside its brackets).
+def engine_announcer(note: str | None = None, *, bar=None, model: str | None = None):
+    """on_engine callback: print the engine line (with `note`, e.g. the CPU size rule, inside its brackets),
+    clear of any live bar; with `bar` and an engine that loads weights, the bar says `model` is loading.
 
     Nothing else starts here: the images are embedded into Echo Memory by the next memory command, not
     beside the render (echo_os.memory.artifacts)."""
+    from echo_os.cli.feedback import draft_hint, echo_beside_bars
 
     def announce(choice) -> None:
-        line = engine_line(choice)
-        click.echo(f"{line[:-1]}; {note})" if note else line, err=True)
+        echo_beside_bars(engine_line(choice, note))
+        hint = draft_hint(choice.name, choice.reason)
+        if hint:
+            echo_beside_bars(hint)
+        if bar is not None and model:
+            from echo_os.engines import engine_table
+
+            plugin = engine_table().get(choice.name)
+            if plugin is not None and plugin.capabilities.needs_weights:
+                bar.loading(f"loading model '{model}' ({choice.name})")
 
     return announce
 
@@ -109,7 +140,9 @@ def engine_announcer(note: str | None = None):
               "512x512 when SDXL runs on the CPU "
               "(ECHO_OS_CPU_SIZE sets it).")
 @click.option("--count", type=int, default=1, show_default=True, help="Images to render (1-64), batched.")
-@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="euler", show_default=True)
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="euler", show_default=True,
+              help="Sampler (diffusers scheduler); lcm, tcd and euler_trailing suit few-step models "
+                   "(Turbo, Lightning, LCM).")
 @click.option("--model", default="sdxl", show_default=True, help="A model name from models.toml.")
 @click.option("--engine", default="auto", show_default=True,
               help="auto (the workspace's engine order) or a registered engine, plugins included.")
@@ -117,9 +150,12 @@ def engine_announcer(note: str | None = None):
               help="An option of the chosen engine (see docs/engines.md). Repeat for several.")
 @click.option("--preset", default=None, help="A render preset from pipelines/presets (draft, fast, quick, quality): "
                                               "its values for every option not given.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True)
-@click.option("--attention", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where SDXL runs: auto is cuda when PyTorch sees a GPU, else the CPU.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="Weights precision: auto is bfloat16 (float16 on older GPUs) on CUDA, float32 elsewhere.")
+@click.option("--attention", type=click.Choice(ATTENTIONS), default="sdpa", show_default=True,
+              help="Attention kernel: sdpa (PyTorch's own) or xformers (needs the xformers package).")
 @click.option("--project", default="default", show_default=True, help="Project the artifacts belong to.")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=None, help="Images per pipeline call.")
 @click.option("--lora", "lora_specs", multiple=True, metavar="NAME[:SCALE]",
@@ -178,13 +214,17 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
 
     attach_scorer(store, enabled=not no_score)  # scores when a CLIP model is here (`echo-os score` says if not)
     bar = StepBar(request.count)
+    from echo_os.cli.feedback import interrupt_report
     from echo_os.errors import EchoError
 
     saved: list = []  # the images saved so far: named even when a later one fails (a server lost mid-run)
     try:
-        outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
-                                  on_engine=engine_announcer(note), engine=engine, resume=not again,
-                                  on_image=lambda done: saved.append(done.artifact) if not done.resumed else None)
+        # without --seed the seed was drawn at random: the line names it, or a re-run would draw another
+        with interrupt_report(store, again=again, seed=request.seed if seed is None else None):
+            outcome = render_requests(settings, [request], store=store, progress=bar, batch_size=batch_size,
+                                      on_engine=engine_announcer(note, bar=bar, model=request.model),
+                                      engine=engine, resume=not again,
+                                      on_image=lambda done: saved.append(done.artifact) if not done.resumed else None)
     except EchoError:
         bar.close()
         for artifact in saved:

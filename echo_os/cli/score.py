@@ -73,19 +73,33 @@ def score(ctx: click.Context, artifact_ids: tuple[str, ...], project: str | None
 
 @click.command()
 @click.argument("artifact_id")
-@click.argument("value", type=click.IntRange(1, 5))
+@click.argument("value", type=click.IntRange(1, 5), required=False)
 @click.option("--note", default=None, help="Why: kept with the rating in meta.json.")
+@click.option("--clear", is_flag=True, help="Remove the artifact's rating instead of giving one.")
 @click.pass_context
-def rate(ctx: click.Context, artifact_id: str, value: int, note: str | None) -> None:
-    """Rate ARTIFACT_ID from 1 to 5. Ratings count in `batch --best-of` and `memory analyze`.
+def rate(ctx: click.Context, artifact_id: str, value: int | None, note: str | None, clear: bool) -> None:
+    """Rate ARTIFACT_ID from 1 to 5 (VALUE), or remove its rating with --clear. Ratings count in
+    `batch --best-of`, `gallery --filter best` and `memory analyze`.
 
     \b
       echo-os rate 3f2a9c1b7d4e 5 --note "the lamp light is right"
+      echo-os rate 3f2a9c1b7d4e --clear
     """
     from echo_os.artifacts.catalog import Catalog
-    from echo_os.resonance.persist import save_rating
+    from echo_os.errors import UsageError
+    from echo_os.resonance.persist import clear_rating, save_rating
 
+    if clear == (value is not None):
+        raise UsageError("give a rating VALUE from 1 to 5, or --clear to remove the rating (not both).")
+    if clear and note is not None:
+        raise UsageError("--note goes with a rating VALUE; --clear removes the rating and its note.")
     settings = settings_from(ctx)
     with Catalog(settings.catalog_path) as catalog:
+        if value is None:  # --clear
+            removed = clear_rating(catalog, settings.artifacts_dir, artifact_id)
+            row_id = removed["id"] if removed else catalog.resolve_id(artifact_id).id
+            click.echo(f"{row_id[:12]}: rating {removed['value']} removed" if removed else
+                       f"{row_id[:12]} has no rating: nothing to remove")
+            return
         rating = save_rating(catalog, settings.artifacts_dir, artifact_id, value, note)
     click.echo(f"{rating['id'][:12]} rated {value}" + (f" ({note})" if note else ""))

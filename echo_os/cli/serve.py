@@ -3,6 +3,7 @@ one per GPU (echo_os.api.processes), or Ray actors with --ray (echo_os.api.ray_w
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -14,7 +15,8 @@ from echo_os.errors import UsageError
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs --token.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port to listen on; checked free before any worker starts.")
 @click.option("--token", envvar="ECHO_OS_TOKEN", default=None,
               help="Require `Authorization: Bearer TOKEN` on every route but /health (env: ECHO_OS_TOKEN); "
                    "at least 16 characters when listening beyond loopback. A browser opens "
@@ -49,7 +51,7 @@ from echo_os.errors import UsageError
 @click.option("--lease-s", type=click.FloatRange(1, 3600), default=30.0, show_default=True, hidden=True,
               help="How long a worker's claim on a job lasts without a heartbeat.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
-              show_default=True)
+              show_default=True, help="Server log detail (uvicorn and echo-os).")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, token: str | None, default_model: str, max_batch: int,
           batch_window_ms: int, allowed_origins: tuple[str, ...], max_body_mb: float, abandoned_grace_s: float,
@@ -85,6 +87,7 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
     check_bind(host, token)
     allowed_origins = check_origins(allowed_origins)
     hold_server_lock(settings).release()  # fail now, with one line, rather than inside uvicorn's startup
+    check_port_free(host, port)  # before any worker starts, not uvicorn's errno line after they did
     # Bound to loopback without a token, only loopback Host names are answered, so a web page whose
     # name a DNS trick points at 127.0.0.1 cannot use the server.
     allowed_hosts = None if token or not is_loopback(host) else tuple(sorted({*LOOPBACK_NAMES, host.strip("[]")}))
@@ -101,11 +104,15 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
                  if options.workers else "rendering in this process")
     click.echo(f"echo-os serving {settings.home} on http://{host}:{port} "
                f"({'token required' if token else 'no token: this machine only'}; {rendering})", err=True)
-    if token:  # a browser cannot send the header: it signs in once (the token itself is not echoed into logs)
-        shown = "<this machine's address>" if host.strip("[]") in ("0.0.0.0", "::", "") else host.strip("[]")
-        shown = f"[{shown}]" if ":" in shown else shown
-        click.echo(f"gallery in a browser: http://{shown}:{port}/api/gallery?token=<token>", err=True)
-        click.echo(f"studio in a browser: http://{shown}:{port}/api/studio?token=<token>", err=True)
+    shown = "<this machine's address>" if host.strip("[]") in ("0.0.0.0", "::", "") else host.strip("[]")
+    shown = f"[{shown}]" if ":" in shown else shown
+    # With a token a browser cannot send the header: it signs in once (the token itself is not echoed into logs).
+    click.echo(f"gallery in a browser: http://{shown}:{port}/api/gallery{'?token=<token>' if token else ''}",
+               err=True)
+    click.echo(f"studio in a browser: http://{shown}:{port}/api/studio{'?token=<token>' if token else ''}",
+               err=True)
+    # --log-level applies to echo-os's own server log too (a worker's start is INFO, a problem WARNING).
+    logging.getLogger("echo_os").setLevel(log_level.upper())
     if not options.workers and ray_address is None:
         # The worker thread renders while this one answers requests: hand the GIL over every 1 ms instead
         # of Python's default 5 ms, so a submission waits at most that long behind the worker's Python code.
@@ -113,3 +120,21 @@ def serve(ctx: click.Context, host: str, port: int, token: str | None, default_m
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             server_header=False)
     uvicorn.Server(config).run()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One line and exit 2 when HOST:PORT cannot be listened on (another server has it), before anything
+    starts. SO_REUSEADDR as uvicorn sets it: a port left in TIME_WAIT by a stopped server is free."""
+    import socket
+
+    if port == 0:  # the system picks a free port
+        return
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error} (another server has "
+                             "the port?); stop it or choose another with --port") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from echo_os.cli import settings_from
+from echo_os.cli.terminal import for_terminal
 
 
 @click.group()
@@ -16,7 +17,7 @@ def styles() -> None:
 
 
 @styles.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the styles as JSON.")
 @click.pass_context
 def list_styles(ctx: click.Context, as_json: bool) -> None:
     """Every style by name (built-ins marked)."""
@@ -33,14 +34,30 @@ def list_styles(ctx: click.Context, as_json: bool) -> None:
 
 @styles.command("show")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the style as JSON.")
 @click.pass_context
-def show_style(ctx: click.Context, name: str) -> None:
-    """A style's prompt and negative, and what it makes of an example prompt."""
+def show_style(ctx: click.Context, name: str, as_json: bool) -> None:
+    """A style's prompt and negative, where it comes from, and what it makes of an example prompt."""
     from echo_os.render.styles import get_style
 
     style = get_style(settings_from(ctx), name, option="NAME")
-    click.echo(json.dumps({**style.as_dict(), "source": style_source(style),
-                           "example": style.apply("a lighthouse at dusk", None)[0]}, indent=2, ensure_ascii=False))
+    example, example_negative = style.apply(EXAMPLE_PROMPT, None)
+    if as_json:
+        click.echo(json.dumps({**style.as_dict(), "source": style_source(style), "example": example},
+                              indent=2, ensure_ascii=False))
+        return
+    rows = [("style", style.name), ("source", style_source(style)), ("prompt", style.prompt or "(none)"),
+            ("negative", style.negative or "(none)")]
+    if style.learned is not None and style.learned.palette:
+        rows.append(("palette", ", ".join(style.learned.palette)))
+    rows += [("example", f"{EXAMPLE_PROMPT!r} becomes {example!r}")]
+    if example_negative:
+        rows.append(("", f"with the negative {example_negative!r}"))
+    for label, text in rows:
+        click.echo(f"{label + ':' if label else '':<10}{for_terminal(text)}")
+
+
+EXAMPLE_PROMPT = "a lighthouse at dusk"
 
 
 def style_source(style) -> str:
@@ -109,7 +126,7 @@ def remove_style(ctx: click.Context, name: str) -> None:
 @styles.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Overwrite workspace styles of the same name.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @click.pass_context
 def import_file(ctx: click.Context, file: Path, replace: bool, as_json: bool) -> None:
     """Import an A1111 styles.csv or a Fooocus style JSON; reports what was skipped and why."""

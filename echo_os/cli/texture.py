@@ -51,11 +51,16 @@ def texture_check(ctx: click.Context, artifact_id: str, as_json: bool) -> None:
         temporary = preview.with_suffix(f".{os.getpid()}.tmp")
         tiled_preview(image, axes).save(temporary, format="PNG")
         os.replace(temporary, preview)
-    report = {"id": artifact.id, "tile": artifact.meta.tile, "seam": score.as_dict(), "preview": str(preview)}
+    report = {"id": artifact.id, "tile": artifact.meta.tile, "seam": score.as_dict(), "verdict": score.verdict,
+              "preview": str(preview)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     tiled = f"tiled {artifact.meta.tile}" if artifact.meta.tile else "not rendered with --tile"
     parts = ", ".join(f"{axis} {score.seams[axis]:.3f} (ratio {ratio:.2f})" for axis, ratio in score.ratios.items())
     click.echo(f"{artifact.id[:12]} ({tiled}): seam {parts}; 0 = the wrap edge looks like any other neighbours")
+    advice = {"seamless": "it tiles without a line",
+              "faint seam": "a line may show when tiled; look at the preview",
+              "visible seam": "a line shows when tiled" + ("" if artifact.meta.tile else "; render it with --tile")}
+    click.echo(f"verdict: {score.verdict}: {advice[score.verdict]}")
     click.echo(f"tiled preview: {preview}")

@@ -107,6 +107,19 @@ class SeamScore:
     def worst(self) -> float:
         return max(self.seams.values()) if self.ratios else 0.0
 
+    # A ratio within about 0.78-1.28 (seam <= 0.25) is inside the spread neighbouring columns of a natural
+    # image have among themselves; about 2x (seam 0.7) and more draws a line through a tiled preview. These
+    # are judgement bounds for the verdict line, not measured thresholds: the numbers are printed beside it.
+    SEAMLESS = 0.25
+    FAINT = 0.7
+
+    @property
+    def verdict(self) -> str:
+        """One word-level judgement of the worst axis: seamless, faint seam, or visible seam."""
+        if self.worst <= self.SEAMLESS:
+            return "seamless"
+        return "faint seam" if self.worst <= self.FAINT else "visible seam"
+
     def as_dict(self) -> dict[str, dict[str, float]]:
         seams = self.seams
         return {axis: {"ratio": round(ratio, 4), "seam": round(seams[axis], 4)} for axis, ratio in self.ratios.items()}

@@ -109,6 +109,7 @@ class MemoryFilters:
     project: str | None = None
     model: str | None = None
     character: str | None = None
+    character_ids: tuple[str, ...] = ()  # ids the character's name stands for (bibles name them)
     since: str | None = None  # ISO date or datetime, inclusive
     until: str | None = None  # ISO date or datetime, inclusive of that day
 
@@ -124,8 +125,8 @@ class MemoryFilters:
             bound = self.until if len(self.until) > 10 else self.until + "\uffff"
             rows = [r for r in rows if r.created <= bound]
         if self.character:
-            wanted = self.character.casefold()
-            rows = [r for r in rows if any(wanted == c.casefold() for c in row_characters(r))]
+            wanted = {self.character.casefold(), *(i.casefold() for i in self.character_ids)}
+            rows = [r for r in rows if any(c.casefold() in wanted for c in row_characters(r))]
         return [r.num for r in rows]
 
 

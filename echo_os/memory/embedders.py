@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -188,6 +189,18 @@ def resolve_clip_folder(source: str | Path) -> Path:
         ) from None
 
 
+def quiet_transformers() -> None:
+    """No "Loading weights" bars and no notices from transformers while CLIP loads (scoring, continuity,
+    memory): the command's own line or bar says what runs. TRANSFORMERS_VERBOSITY and
+    HF_HUB_DISABLE_PROGRESS_BARS, when the user sets them, still win."""
+    from transformers.utils import logging as transformers_logging
+
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:
+        transformers_logging.set_verbosity_error()
+    if "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ:
+        transformers_logging.disable_progress_bar()
+
+
 def _load_clip(path: str, device: str) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image processor) of the CLIP model of `path`, loaded once through the model cache:
     memory search, the continuity report and the resonance scorers share it."""
@@ -198,6 +211,7 @@ def _load_clip(path: str, device: str) -> tuple[Any, Any, Any]:
 
 
 def _read_clip(path: str, device: str) -> tuple[Any, Any, Any]:
+    quiet_transformers()
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     # AutoImageProcessor: transformers 5 picks the PIL backend of CLIPImageProcessor when torchvision

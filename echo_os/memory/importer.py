@@ -115,9 +115,10 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
                     chunks, size = read_png_text(path)
                 except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                     # not an image after all, a decompression bomb, an oversized text chunk: skip this one
-                    reason = f"{type(error).__name__}: {error}"[:300]
+                    # (PIL's message repeats the path, which the report line already names)
+                    reason = f"{type(error).__name__}: {error}".replace(f" {str(path)!r}", "")[:300]
             if reason is not None:
-                log.warning("import: skipping %s: %s", path, reason)
+                log.info("import: skipping %s: %s", path, reason)  # the report names it (once) to the user
                 report.unreadable += 1
                 report.problems.append((str(path), reason))
                 continue

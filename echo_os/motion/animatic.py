@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from echo_os.artifacts.encode import check_video_work
 from echo_os.errors import OptionError, UsageError
-from echo_os.motion.encode import check_video_work
 
 if TYPE_CHECKING:
     import threading
@@ -216,6 +216,19 @@ def load_story_sources(settings: "Settings", store: "ArtifactStore", project: st
             clip=clip[1] if clip else None, clip_fps=clip[2] if clip else None))
     return StorySources(title=str(document.get("title") or project), project=project, story_json=story_json,
                         storyboard=storyboard, scenes=sources)
+
+
+def clip_notes(scenes: list[SceneSource], project: str) -> list[str]:
+    """What --clips used: which scenes play a clip and which their still, or that no scene has a clip."""
+    with_clip = [s.scene for s in scenes if s.clip is not None]
+    stills = [s.scene for s in scenes if s.clip is None]
+    if not with_clip:
+        return [f"--clips: no scene of {project!r} has a clip yet, so every scene is its still; make one with "
+                "`echo-os animate ID` (ID: a scene's image)"]
+    if stills:
+        return [f"--clips: scenes {', '.join(map(str, with_clip))} play their clip; scenes "
+                f"{', '.join(map(str, stills))} have none and are their still"]
+    return []
 
 
 def _camera_of(folder: Path) -> str | None:
@@ -499,7 +512,7 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
             if captions is not None:
                 shutil.copyfile(captions, out.with_suffix(".srt"))
         return AnimaticResult(artifact=artifact, video=video, captions=captions, frames=total, encode_s=encode_s,
-                              out=out)
+                              out=out, notes=clip_notes(sources.scenes, project) if options.clips else [])
     finally:
         if own_store:
             store.close()

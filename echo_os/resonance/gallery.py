@@ -90,7 +90,7 @@ function decorate() {
           // same-origin credentials: with `serve --token` the session cookie of /api/gallery?token= signs it
           const response = await fetch("/api/artifacts/" + item.id + "/rating", {method: "POST",
             credentials: "same-origin", headers: {"Content-Type": "application/json"},
-            body: JSON.stringify({rating: value})});
+            body: JSON.stringify({value: value})});
           if (!response.ok) {
             button.title = "rating failed: " + response.status +
               (response.status === 401 ? " (sign in again: open /api/gallery?token=<token>)" : "");

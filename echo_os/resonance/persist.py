@@ -64,3 +64,19 @@ def save_rating(catalog: "Catalog", artifacts_root: Path, artifact_id: str, valu
     rating = {"value": value, "note": note, "rated_at": _now()}
     update_meta(catalog, artifacts_root, row.path, {"rating": rating})
     return {"id": row.id, **rating}
+
+
+def clear_rating(catalog: "Catalog", artifacts_root: Path, artifact_id: str) -> dict | None:
+    """Remove an artifact's rating (meta.json, then the catalog); the rating it had, or None if none."""
+    row = catalog.resolve_id(artifact_id)
+    previous = row.meta.get("rating")
+    if previous is None:
+        return None
+    meta_path = artifacts_root / row.path / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta.pop("rating", None)
+    from echo_os.atomic import write_atomically
+
+    write_atomically(meta_path, (json.dumps(meta, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    catalog.upsert(meta, row.path)
+    return {"id": row.id, **previous}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,6 +32,9 @@ from echo_os.engines.inputs import MAX_INPUT_IMAGE_BYTES, input_image_problem
 from echo_os.errors import UsageError
 from echo_os.render.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
 from echo_os.story.problems import ProblemList
+
+if TYPE_CHECKING:
+    from echo_os.settings import Settings
 
 MAX_BIBLE_BYTES = 4 * 1024 * 1024
 MAX_FRONT_MATTER_BYTES = 64 * 1024
@@ -126,6 +129,9 @@ class Character(_Strict):
 class FrontMatter(_Strict):
     title: str = Field(min_length=1)
     model: str | None = None
+    # The IP-Adapter (a models.toml ip-adapter entry) for the characters' reference images; `--ip-adapter`
+    # (the API's `ip_adapter`) overrides it, and without either the default is ip-adapter-sdxl.
+    ip_adapter: str | None = Field(default=None, min_length=1)
     defaults: Defaults = Field(default_factory=Defaults)
     style: Style = Field(default_factory=Style)
     characters: dict[str, Character] = Field(default_factory=dict)
@@ -407,3 +413,22 @@ def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None,
                              key=f"characters.{character_id}.reference[{index}]")
     # Returned even with missing images, so the storyboard's ids are still checked against it.
     return bible
+
+
+def character_ids_named(settings: "Settings", name: str) -> tuple[str, ...]:
+    """The ids of the characters called `name` (any case) in the bibles of the workspace's rendered stories
+    (each story.json names its bible), so `--character "Elias Marr"` finds what `--character keeper` does."""
+    import json
+
+    wanted, ids = name.casefold(), set[str]()
+    for story_json in settings.artifacts_dir.glob("*/*/story.json"):
+        try:
+            data = json.loads(story_json.read_text(encoding="utf-8"))
+            path = Path(str((data.get("bible") or {}).get("path") or ""))
+            bible = load_bible(path, ProblemList()) if path.name and path.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            continue  # a story file this cannot read names no character
+        if bible is not None:
+            ids.update(cid for cid, character in bible.front.characters.items()
+                       if character.name.casefold() == wanted)
+    return tuple(sorted(ids))

@@ -160,6 +160,7 @@ class StoryPlan(BaseModel):
     source: Path
     bible_path: Path | None = None
     bible_hash: str | None = None
+    ip_adapter: str | None = None  # the bible's `ip_adapter` (None: the host's default)
     scenes: tuple[PlannedScene, ...]
     warnings: tuple[str, ...] = ()
 
@@ -378,6 +379,7 @@ def plan_story(project: str, storyboard: str | Path, *, bible: str | Path | None
     return StoryPlan(title=loaded.title if loaded else project, project=project, kind="storyboard",
                      source=storyboard.resolve(), bible_path=loaded.path if loaded else None,
                      bible_hash=loaded.sha256 if loaded else None, scenes=tuple(scenes),
+                     ip_adapter=loaded.front.ip_adapter if loaded else None,
                      warnings=tuple(warning for scene in scenes for warning in scene.warnings))
 
 

@@ -82,8 +82,19 @@ def clip_token_count(text: str, tokenizer: Any = None) -> TokenCount:
     callable the same way), else the estimate."""
     if tokenizer is None:
         return TokenCount(estimate_clip_tokens(text), approximate=True)
-    encoded = tokenizer(text, add_special_tokens=False, truncation=False)
+    # Counting a long prompt is the point here: transformers' "Token indices sequence length is longer
+    # than the specified maximum" warning (verbose) would repeat what the planner's own warning says.
+    quiet = {"verbose": False} if hasattr(tokenizer, "model_max_length") else {}
+    encoded = tokenizer(text, add_special_tokens=False, truncation=False, **quiet)
     return TokenCount(len(encoded["input_ids"]), approximate=False)
+
+
+def workspace_tokenizer_loader(settings: "Settings"):
+    """The planner's `tokenizer_loader` for a workspace: every host (`batch` and its dry run, `/api/batch`)
+    counts with it, so the same story gets the same counts and warnings everywhere."""
+    import functools
+
+    return functools.lru_cache(maxsize=None)(lambda model: load_clip_tokenizer(model, settings))
 
 
 def load_clip_tokenizer(model: str, settings: "Settings | None" = None) -> Any | None:
