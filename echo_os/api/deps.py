@@ -21,6 +21,7 @@ from echo_os.api.idempotency import WaitingClients
 from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Admission, IdempotencyKey, Job, JobStore
 from echo_os.api.processes import DEFAULT_LEASE_S, WorkerPool
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
+from echo_os.api.stalls import DEFAULT_STALL_AFTER_S
 from echo_os.api.worker import Worker
 from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
 from echo_os.render.requests import RenderRequest, parse_size
@@ -50,6 +51,9 @@ class ApiOptions:
     lease_s: float = DEFAULT_LEASE_S  # a worker process's claim lasts this long unless renewed
     worker_log_level: str = "INFO"
     worker_nice: int | None = None  # niceness of worker processes; None: 10 on the CPU, 0 with GPUs
+    # A busy worker or running job with no progress for max(this, STALL_STEPS x its step time) is shown as
+    # stalled (echo_os.api.stalls).
+    stall_after_s: float = DEFAULT_STALL_AFTER_S
     # `serve --ray`: render on Ray actors (echo_os.api.ray_workers). "local" starts a Ray instance on this
     # machine, "auto" or host:port joins a cluster; None: no Ray. ray_actors None: one per GPU, else 2.
     ray_address: str | None = None

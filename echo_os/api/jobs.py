@@ -390,6 +390,14 @@ def m006_evolve_jobs(db: sqlite3.Connection) -> None:
     widen_kind_check(db, KIND_CHECK, "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve'))")
 
 
+@MIGRATIONS
+def m007_worker_progress(db: sqlite3.Connection) -> None:
+    """When a worker process last made progress, and its recent step time (issue 25: a stalled worker
+    is told from a slow one, echo_os.api.stalls)."""
+    db.execute("ALTER TABLE workers ADD COLUMN last_progress TEXT")
+    db.execute("ALTER TABLE workers ADD COLUMN step_s REAL")
+
+
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
             "finished, interruptions")
 _CLAIMABLE = "status = 'queued' AND (not_before IS NULL OR not_before <= ?)"
@@ -742,19 +750,22 @@ class JobStore:
         orphaned worker stopping after its server was killed must not overwrite its successor's row)."""
         guard = " WHERE workers.worker = excluded.worker" if only_if_same_worker else ""
         self._write("INSERT INTO workers (slot, worker, pid, device, model, jobs_done, images_done, "
-                    "first_job, last_error, restarts, state, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "first_job, last_error, restarts, state, heartbeat, last_progress, step_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(slot) DO UPDATE SET worker = excluded.worker, pid = excluded.pid, "
                     "device = excluded.device, model = excluded.model, jobs_done = excluded.jobs_done, "
                     "images_done = excluded.images_done, first_job = excluded.first_job, "
                     "last_error = excluded.last_error, restarts = excluded.restarts, state = excluded.state, "
-                    "heartbeat = excluded.heartbeat" + guard,
+                    "heartbeat = excluded.heartbeat, last_progress = excluded.last_progress, "
+                    "step_s = excluded.step_s" + guard,
                     (row.slot, row.worker, row.pid, row.device, row.model, row.jobs_done, row.images_done,
-                     row.first_job, row.last_error, row.restarts, row.state, row.heartbeat))
+                     row.first_job, row.last_error, row.restarts, row.state, row.heartbeat, row.last_progress,
+                     row.step_s))
 
     def worker_rows(self) -> list["WorkerRow"]:
         return [WorkerRow(*row) for row in self._reader().execute(
             "SELECT slot, worker, pid, device, model, jobs_done, images_done, first_job, last_error, restarts, "
-            "state, heartbeat FROM workers ORDER BY slot")]
+            "state, heartbeat, last_progress, step_s FROM workers ORDER BY slot")]
 
     def clear_workers(self) -> None:
         self._write("DELETE FROM workers")
@@ -787,6 +798,8 @@ class WorkerRow:
     restarts: int = 0
     state: str = "starting"  # starting, idle, rendering, stopped, dead
     heartbeat: str | None = None
+    last_progress: str | None = None  # when it last claimed, stepped or saved (echo_os.api.stalls)
+    step_s: float | None = None  # its recent time per step
 
 
 def _key_cutoff() -> str:

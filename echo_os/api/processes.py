@@ -19,8 +19,8 @@ The durable job queue (jobs.db) stays the single source of truth, and the only c
   wakes its Worker, `cancel_requested` (set by the HTTP route) on a job in its pipeline call stops the call
   at the next step. Stop is SIGTERM. No multiprocessing lock or event is shared: a worker killed while
   holding one would leave it held and hang the server.
-- figures: each worker writes its row in `workers` (device, model, jobs done, images, last error) with
-  every heartbeat; GET /api/workers reads them.
+- figures: each worker writes its row in `workers` (device, model, jobs done, images, last error, when
+  it last made progress and its step time) with every heartbeat; GET /api/workers reads them.
 
 Exactly once: every saved image is recorded against (job, image number) right after it is saved, by
 whichever worker saved it; a job that runs again renders only the numbers nobody recorded, and adopts an
@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Callable
 
 from echo_os.api.events import JOB_EVENT_ADAPTER, JobCancelled, JobFailed, JobQueued
 from echo_os.api.jobs import JobStore, Recovery, WorkerRow, now_iso
+from echo_os.api.stalls import iso_from_epoch
 from echo_os.sqlite import connect
 
 if TYPE_CHECKING:
@@ -255,6 +256,8 @@ def _write_row(jobs: JobStore, row: WorkerRow, worker) -> None:
     stats = worker.stats
     row.model, row.jobs_done, row.images_done = stats.model, stats.jobs_done, stats.images_done
     row.first_job, row.last_error, row.heartbeat = stats.first_job, stats.last_error, now_iso()
+    row.last_progress = iso_from_epoch(stats.clock.last) if stats.clock.last is not None else None
+    row.step_s = stats.clock.step_s
     if row.state != "stopped":
         row.state = stats.state
     jobs.set_worker_row(row, only_if_same_worker=True)
