@@ -123,6 +123,7 @@ def main() -> None:
                 home = tmp / f"b{burners}-n{nice}"
                 home.mkdir()
                 (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
+                row = {"burners": burners, "nice": nice}
                 server = Server(home, "--workers", "1", "--worker-nice", str(nice), "--max-batch", "1",
                                 threads=args.threads)
                 load = None
@@ -130,12 +131,16 @@ def main() -> None:
                     asyncio.run(warm_up(server.url, args.steps, args.size))
                     load = Burners(burners, args.burn_max_s)
                     time.sleep(1.0)  # let the burners get going
-                    row = {"burners": burners, "nice": nice, "load_average_before": os.getloadavg()[0]}
+                    row["load_average_before"] = os.getloadavg()[0]
                     row["render"] = asyncio.run(render_times(server.url, args.jobs, args.steps, args.size,
                                                              args.job_timeout))
                     row["submission"] = asyncio.run(submission_latency(
                         server.url, args.clients, args.per_client, 4, 32, args.rate))
                     row["load_average_after"] = os.getloadavg()[0]
+                except Exception as error:  # noqa: BLE001 - one row lost, not the table: say why and go on
+                    log_tail = Path(server.log.name).read_text(errors="replace")[-2000:]
+                    row["error"] = f"{type(error).__name__}: {error}"
+                    print(f"burners {burners}, nice {nice}: {row['error']}; server log:\n{log_tail}", flush=True)
                 finally:
                     if load is not None:
                         load.stop()
@@ -145,6 +150,9 @@ def main() -> None:
     print("\n| burners | worker nice | jobs done | median s | last s | POST p50 ms | POST p99 ms | load avg |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in results["rows"]:
+        if "error" in row:
+            print(f"| {row['burners']} | {row['nice']} | failed: {row['error']} |")
+            continue
         render, post = row["render"], row["submission"]
         last = render["last_s"] if render["last_s"] is not None else f"> {render['timeout_s']:.0f}"
         print(f"| {row['burners']} | {row['nice']} | {render['done']}/{render['jobs']} | {render['median_s']} | "

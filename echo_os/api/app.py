@@ -299,7 +299,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
         async with AsyncExitStack() as cleanup:  # closes what was opened, in reverse, even after a failure
             # One server per workspace: a second one would take the first one's running jobs for crashed ones.
             cleanup.callback(hold_server_lock(settings).release)
-            jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts)
+            jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts, checkpoint_in_background=True)
             cleanup.callback(jobs.close)
             if jobs.quarantined is not None:
                 log.error("jobs.db was corrupt (%s): moved it to %s; the queue starts EMPTY and the jobs in the "

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echo_os.dbfile import open_or_quarantine
 from echo_os.render.requests import RenderRequest
-from echo_os.sqlite import Migrations, connect
+from echo_os.sqlite import BackgroundCheckpointer, Migrations, connect
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -426,9 +426,11 @@ class JobStore:
     """The jobs table and its one writer. Thread-safe: every write holds `_write_lock`."""
 
     def __init__(self, path: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                 synchronous: Literal["NORMAL", "FULL"] = "FULL"):
+                 synchronous: Literal["NORMAL", "FULL"] = "FULL", checkpoint_in_background: bool = False):
         """synchronous=FULL where a commit is a promise (the server: a 202 means the job is on disk);
-        a worker process opens it NORMAL (see echo_os.api.processes)."""
+        a worker process opens it NORMAL (see echo_os.api.processes). checkpoint_in_background: the
+        server's store, whose commits a 202 waits for, leaves WAL checkpoints to a thread of its own
+        (echo_os.sqlite.BackgroundCheckpointer)."""
         self.path = path
         self.synchronous = synchronous
         self.max_attempts = max_attempts
@@ -443,8 +445,15 @@ class JobStore:
         self._db = opened.value
         self.quarantined = opened.quarantined
         self.corruption = opened.reason
+        self._checkpointer: BackgroundCheckpointer | None = None
+        if checkpoint_in_background:
+            BackgroundCheckpointer.take_over(self._db)
+            self._checkpointer = BackgroundCheckpointer(path)
+            self._checkpointer.start()
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._write_lock, self._readers_lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -522,6 +531,7 @@ class JobStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        self._committed()
         return admissions
 
     def find_key(self, key: str) -> tuple[str, str] | None:
@@ -576,7 +586,13 @@ class JobStore:
     # ---- the worker's side ----------------------------------------------------------------------
     def _write(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         with self._write_lock:
-            return self._db.execute(sql, params).fetchall()
+            rows = self._db.execute(sql, params).fetchall()
+        self._committed()
+        return rows
+
+    def _committed(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def claim_next(self, worker: str | None = None, lease_s: float | None = None) -> Job | None:
         """The oldest claimable job (queued, its back-off over), now running (attempts + 1), held by `worker`
