@@ -126,9 +126,8 @@ async def submit_all(client, count: int, concurrency: int, offset: int) -> list[
 async def run(settings, requests: int, concurrencies: list[int], profile_path: Path | None) -> dict:
     import httpx
 
-    from echo_os.api import create_app
     from echo_os.api import app as app_module
-    from echo_os.api import deps
+    from echo_os.api import create_app, deps
     from echo_os.api.jobs import JobStore
 
     stages = Stages()

@@ -12,7 +12,13 @@ import pytest
 
 from echo_os.api import ApiOptions
 from echo_os.api.jobs import JobStore, WorkerRow, now_iso
-from echo_os.api.stalls import STALL_STEPS, ProgressClock, iso_from_epoch, judge, stall_threshold_s
+from echo_os.api.stalls import (
+    STALL_STEPS,
+    ProgressClock,
+    iso_from_epoch,
+    judge,
+    stall_threshold_s,
+)
 from tests.api_helpers import FakeEngine, api_client, wait_job
 
 pytestmark = pytest.mark.anyio

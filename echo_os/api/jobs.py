@@ -1,7 +1,8 @@
 """The durable job queue: jobs and the images they have saved, in their own SQLite file.
 
 `artifacts/jobs.db`, WAL, synchronous=FULL (a 202 means the job is on disk), named migrations applied
-on every open (echo_os.sqlite, like the catalog). Writes go through one connection behind one lock; readers get their own
+on every open (echo_os.sqlite, like the catalog). The server's store checkpoints the WAL on a thread of
+its own (`checkpoint_in_background`), so no submission's commit pays for a checkpoint. Writes go through one connection behind one lock; readers get their own
 connection per thread, which WAL lets read while the writer writes.
 
 A job is a list of RenderRequests (`items`): one for `/api/render`, one per planned scene for

@@ -8,9 +8,9 @@ mean interval between progress marks, smoothed). Progress is overdue after
     stall_threshold_s = max(floor, STALL_STEPS x the expected step time)
 
 so a worker that is merely slow (each step 20 s under load) keeps its steps coming and is not flagged,
-while one that has taken no step for many times its own usual step time is. The floor (`serve
---stall-after`, ApiOptions.stall_after_s) covers what comes before the first step: loading a model,
-encoding prompts, and decoding and saving between calls.
+while one that has taken no step for many times its own usual step time is. The floor
+(ApiOptions.stall_after_s, DEFAULT_STALL_AFTER_S) covers what comes before the first step: loading a
+model, encoding prompts, and decoding and saving between calls.
 
 GET /api/workers shows each worker's `last_progress`, `stalled` and a `warning`; GET /api/jobs/{id} the
 same for a running job (its clock is kept by the event hub from the job's own events, so it works for
@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-# A step that takes this many times the recent step time is no longer "slow": at 10 a worker under
-# a load spike (a step 3-5x slower than a moment ago, benchmarks/RESULTS.md, starvation) is not flagged.
+# A step that takes this many times the recent step time is no longer "slow": at 10, a worker whose steps
+# slow down a few times over when other programs start competing for the cores (benchmarks/RESULTS.md,
+# starvation under load) is not flagged.
 STALL_STEPS = 10
 # Before any step is measured (model loading, the first call): the default floor, in seconds. Loading
 # SDXL from a local disk takes 10-60 s; 120 s leaves room for a slow disk.
