@@ -50,7 +50,7 @@ class ApiOptions:
     workers: int = 0
     lease_s: float = DEFAULT_LEASE_S  # a worker process's claim lasts this long unless renewed
     worker_log_level: str = "INFO"
-    worker_nice: int | None = None  # niceness of worker processes; None: 10 on the CPU, 0 with GPUs
+    worker_nice: int | None = None  # niceness of worker processes; None: 0 (CPU_WORKER_NICE)
     # A busy worker or running job with no progress for max(this, STALL_STEPS x its step time) is shown as
     # stalled (echo_os.api.stalls).
     stall_after_s: float = DEFAULT_STALL_AFTER_S

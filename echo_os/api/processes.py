@@ -64,11 +64,14 @@ DEFAULT_LEASE_S = 30.0  # a worker renews every lease/3; a killed server's jobs 
 EVENT_POLL_S = 0.05
 SUPERVISE_S = 0.2
 CONTROL_POLL_S = 0.1  # how often a worker looks for queued jobs, cancels and its parent
-# A render worker on the CPU runs at this niceness (os.nice): the render and the HTTP process share the
-# same cores there, and a submission should not wait for a render's time slice (issue 15: submission p99
-# with 50 clients while rendering). Rendering gets every cycle the server does not use. GPU workers keep
-# the server's priority: their CPU work is feeding the GPU. `serve --worker-nice` sets it.
-CPU_WORKER_NICE = 10
+# A render worker on the CPU runs at this niceness (os.nice) unless `serve --worker-nice N` says otherwise.
+# It was 10 (issue 15: a submission should not wait for a render's time slice). Measured with other busy
+# programs on the machine (benchmarks/RESULTS.md, starvation under load, issue 25), 10 hands the CPU to
+# them, not to the server: with 8 busy processes two tiny 64x64 jobs did not finish in 60 s at nice 10 and
+# took 19-26 s at nice 0, while the submission p99 was the same at 0, 5 and 10 (400-410 ms: the busy
+# programs, not the render, take the server's time). So the render runs at the user's own priority, as
+# any program they start; GPU workers always did.
+CPU_WORKER_NICE = 0
 
 
 def visible_gpus() -> list[str]:
