@@ -9,7 +9,8 @@ Stages, per submission (each is measured by wrapping the function that does it):
   idempotency lookup, building and checking the RenderRequest, waiting for the commit, the response);
   its CPU is the loop thread's.
 - find_key: the Idempotency-Key lookup (a read on a threadpool thread).
-- build_render_request: the front door's checks (models.toml, styles, sizes), on the loop.
+- build_render_request: the front door's checks (models.toml, styles, sizes): build_render_request on
+  the loop before issue 23's prepare(), prepare_body on a threadpool thread since.
 - admit: JobStore.admit on the writer thread: the INSERTs and the COMMIT with synchronous=FULL (an
   fsync of the WAL); with several submissions in flight, one admit stores them all (group commit), and
   its time is shared.
@@ -133,7 +134,9 @@ async def run(settings, requests: int, concurrencies: list[int], profile_path: P
     stages = Stages()
     stages.wrap(JobStore, "admit", "admit")
     stages.wrap(JobStore, "find_key", "find_key")
-    stages.wrap(app_module, "build_render_request", "build_render_request")
+    # the front door: build_render_request on the loop before issue 23, prepare_body on a threadpool after
+    front = "prepare_body" if hasattr(app_module, "prepare_body") else "build_render_request"
+    stages.wrap(app_module, front, "build_render_request")
     original_init = deps.Submitter.__init__
 
     def init(self, jobs, on_stored):

@@ -36,6 +36,9 @@ class Settings:
     engine_tables: dict[str, dict] = field(default_factory=dict, hash=False, compare=False)
     # Hosted engines keep a response cache; `--no-cache` turns it off for one command.
     response_cache: bool = True
+    # The model cache's memory budget in GB (echo-os.toml `[model_cache] max_gb`); None: the default share of
+    # the device's memory (echo_os/render/cache.py). ECHO_OS_MODEL_CACHE_GB overrides it.
+    model_cache_gb: float | None = None
 
     def engine_table(self, name: str) -> dict:
         """The `[engines.NAME]` table of echo-os.toml ({} when absent)."""
@@ -89,7 +92,37 @@ def load_settings(home: str | os.PathLike[str] | None = None, env: dict[str, str
     cpu_size = env.get("ECHO_OS_CPU_SIZE") or Settings.cpu_size
     home_path = Path(chosen).expanduser().resolve()
     engines = read_engines_table(home_path / CONFIG_NAME)
-    return Settings(home=home_path, debug=debug, cpu_size=cpu_size, **engines)
+    cache_gb = read_model_cache_table(home_path / CONFIG_NAME)
+    return Settings(home=home_path, debug=debug, cpu_size=cpu_size, model_cache_gb=cache_gb, **engines)
+
+
+def read_model_cache_table(path: Path) -> float | None:
+    """`max_gb` of the `[model_cache]` table of a workspace's echo-os.toml (the model cache's budget):
+
+        [model_cache]
+        max_gb = 12
+    """
+    from echo_os.errors import UsageError
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    if not path.is_file():
+        return None
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("model_cache", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"{path} cannot be read as TOML ({error}); fix or remove it.") from None
+    if not isinstance(table, dict) or set(table) - {"max_gb"}:
+        raise UsageError(f"{path}: [model_cache] takes one key, max_gb (the model cache's budget in GB).")
+    value = table.get("max_gb")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise UsageError(f"{path}: [model_cache] max_gb must be a number of GB, at least 0 (for example 12).")
+    return float(value)
 
 
 def read_engines_table(path: Path) -> dict:

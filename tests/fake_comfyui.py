@@ -2,7 +2,10 @@
 speaks the protocol a real ComfyUI 0.12 was seen speaking (/work/shared/comfyui/README.md, checked by
 hand against one on 127.0.0.1:8188):
 
-- GET /system_stats; POST /prompt {prompt, client_id} -> {prompt_id, number, node_errors: {}}, or 400
+- GET /system_stats; GET /object_info and /object_info/{class} ({class: {input: {required: {name: spec}},
+  ...}}, a file or enum input as [[choices...], {...}] like upstream's CheckpointLoaderSimple; {} for a class
+  it does not have); `checkpoints` is the checkpoint files it has;
+  POST /prompt {prompt, client_id} -> {prompt_id, number, node_errors: {}}, or 400
   {error: {type: "prompt_outputs_failed_validation", ...}, node_errors: {ID: {errors: [{type, message,
   details, extra_info}], dependent_outputs, class_type}}} (an input that is not an INT, a checkpoint or
   an image not on the server, a required input missing), or 400 invalid_prompt for an unknown node type;
@@ -47,6 +50,7 @@ import uuid
 from contextlib import contextmanager
 
 import numpy as np
+
 # Module level: FastAPI reads the route annotations (strings, under `from __future__ import annotations`)
 # from the module's globals.
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
@@ -69,6 +73,15 @@ REQUIRED = {
     "VAEDecode": ("samples", "vae"),
 }
 OUTPUT_NODES = {"SaveImage"}
+# GET /object_info's choices (upstream's form for file and enum inputs: [[choices...], {...}]).
+CHOICES = {"sampler_name": ["euler", "euler_ancestral", "dpmpp_2m", "ddim", "heun", "uni_pc"],
+           "scheduler": ["normal", "karras", "exponential", "ddim_uniform"],
+           "upscale_method": ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],
+           "crop": ["disabled", "center"], "blend_mode": ["normal", "multiply", "screen", "overlay", "soft_light",
+                                                          "difference"]}
+LINK_TYPES = {"model": "MODEL", "clip": "CLIP", "vae": "VAE", "positive": "CONDITIONING",
+              "negative": "CONDITIONING", "latent_image": "LATENT", "samples": "LATENT", "pixels": "IMAGE",
+              "image": "IMAGE", "image1": "IMAGE", "image2": "IMAGE", "images": "IMAGE"}
 
 
 class Interrupted(Exception):
@@ -84,8 +97,9 @@ def _png(array: np.ndarray) -> bytes:
 
 
 class FakeComfyUI:
-    def __init__(self, step_s: float = 0.0):
+    def __init__(self, step_s: float = 0.0, checkpoints: tuple[str, ...] = CHECKPOINTS):
         self.step_s = step_s
+        self.checkpoints = checkpoints  # the checkpoint files this server has (a real one lists its models/)
         self.posts: list[dict] = []
         self.uploads: dict[str, bytes] = {}
         self.files: dict[str, bytes] = {}
@@ -96,6 +110,12 @@ class FakeComfyUI:
         # socket is reset, and the prompt is gone from the queue and the history, both held in memory),
         # "ok" (nothing).
         self.faults: collections.deque[str] = collections.deque()
+        # What GET /view answers for an output file instead of its bytes, one per request in order (a
+        # hostile or broken server: b"<html>..." for non-image bytes, a PNG of another size).
+        self.view_answers: collections.deque[bytes] = collections.deque()
+        # What POST /prompt answers instead of queueing, one per request in order (a JSON-able value, or
+        # bytes sent as they are).
+        self.prompt_answers: collections.deque = collections.deque()
         self._cache: dict[str, tuple[str, list]] = {}  # node id -> (signature, outputs)
         self._counter = itertools.count(1)
         self._numbers = itertools.count(0)
@@ -130,6 +150,10 @@ class FakeComfyUI:
         async def post_prompt(request: Request):
             body = await request.json()
             fake.posts.append(body)
+            if fake.prompt_answers:
+                answer = fake.prompt_answers.popleft()
+                return Response(answer, media_type="application/json") if isinstance(answer, bytes) \
+                    else JSONResponse(answer)
             graph, client_id = body.get("prompt", {}), body.get("client_id")
             invalid = fake.validate(graph)
             if invalid is not None:
@@ -143,6 +167,14 @@ class FakeComfyUI:
             fake._jobs.put((prompt_id, graph, client_id))
             fake.send({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": fake._jobs.qsize()}}}})
             return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
+
+        @app.get("/object_info")
+        def object_info_all():
+            return {kind: fake.object_info(kind) for kind in REQUIRED}
+
+        @app.get("/object_info/{node_class}")
+        def object_info(node_class: str):
+            return {node_class: fake.object_info(node_class)} if node_class in REQUIRED else {}
 
         @app.post("/interrupt")
         def interrupt():
@@ -165,6 +197,8 @@ class FakeComfyUI:
             store = fake.files if type == "output" else fake.uploads
             if filename not in store:
                 raise HTTPException(404)
+            if type == "output" and fake.view_answers:
+                return Response(fake.view_answers.popleft(), media_type="image/png")
             return Response(store[filename], media_type="image/png")
 
         @app.post("/upload/image")
@@ -249,6 +283,26 @@ class FakeComfyUI:
         else:  # from the worker thread: wait, so messages keep their order
             asyncio.run_coroutine_threadsafe(deliver(), self._loop).result(timeout=5)
 
+    def object_info(self, kind: str) -> dict:
+        """A node class as GET /object_info describes it: its required inputs' types or choices."""
+        def spec(name: str) -> list:
+            if kind == "CheckpointLoaderSimple" and name == "ckpt_name":
+                return [list(self.checkpoints), {"tooltip": "The name of the checkpoint (model) to load."}]
+            if kind == "LoadImage" and name == "image":
+                return [sorted(self.uploads), {"image_upload": True}]
+            if name in CHOICES:
+                return [CHOICES[name], {}]
+            if name in INT_INPUTS:
+                return ["INT", {"default": 0, "min": 0}]
+            if name in ("cfg", "denoise", "blend_factor"):
+                return ["FLOAT", {"default": 1.0}]
+            if name in LINK_TYPES:
+                return [LINK_TYPES[name]]
+            return ["STRING", {"default": ""}]
+
+        return {"input": {"required": {name: spec(name) for name in REQUIRED[kind]}}, "output": [],
+                "name": kind, "display_name": kind, "category": "fake", "output_node": kind in OUTPUT_NODES}
+
     # ---- validation ---------------------------------------------------------------------------------
     def validate(self, graph: dict) -> dict | None:
         for node_id, node in graph.items():
@@ -276,9 +330,9 @@ class FakeComfyUI:
                                        "message": "Failed to convert an input value to a INT value",
                                        "details": f"{name}, {value}, invalid literal for int() with base 10: {value!r}",
                                        "extra_info": {"input_name": name, "received_value": value}})
-            if node["class_type"] == "CheckpointLoaderSimple" and inputs.get("ckpt_name") not in CHECKPOINTS:
+            if node["class_type"] == "CheckpointLoaderSimple" and inputs.get("ckpt_name") not in self.checkpoints:
                 errors.append({"type": "value_not_in_list", "message": "Value not in list",
-                               "details": f"ckpt_name: '{inputs.get('ckpt_name')}' not in {list(CHECKPOINTS)}",
+                               "details": f"ckpt_name: '{inputs.get('ckpt_name')}' not in {list(self.checkpoints)}",
                                "extra_info": {"input_name": "ckpt_name"}})
             if node["class_type"] == "LoadImage" and inputs.get("image") not in self.uploads:
                 errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node",

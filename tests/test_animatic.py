@@ -57,7 +57,7 @@ def animatic(rendered):
 
 
 def _frames(path: Path) -> list[np.ndarray]:
-    from echo_os.motion.encode import read_frames
+    from echo_os.artifacts.encode import read_frames
 
     return read_frames(path)
 
@@ -70,7 +70,7 @@ def _still(image: Path, size=SIZE) -> np.ndarray:
 
 
 def test_mp4_is_h264_yuv420p_with_one_frame_per_scene_second(animatic):
-    from echo_os.motion.encode import probe
+    from echo_os.artifacts.encode import probe
 
     _, meta, folder, _ = animatic
     info = probe(folder / "animatic.mp4")

@@ -162,6 +162,31 @@ async def test_cancel_running_job_stops_at_next_step_and_saves_nothing(workspace
         assert (await wait_job(client, next_id))["status"] == "succeeded"
 
 
+async def test_a_cancelled_job_keeps_the_step_it_stopped_at(workspace):
+    """Not "step 0 of 0" once it is cancelled: the view shows where the job stopped."""
+    from echo_os.engines.base import ProgressEvent
+    from echo_os.errors import CancelledError
+
+    class StopsAtThree(FakeEngine):
+        def render(self, requests, *, progress=None, cancel=None):
+            self.calls.append([(r.prompt, tuple(r.seeds)) for r in requests])
+            for step in (1, 2, 3):
+                progress(ProgressEvent(step=step, total_steps=requests[0].steps, images=1))
+            self.step_started.set()
+            cancel.wait(30)
+            raise CancelledError("render cancelled; unfinished images were not saved")
+
+    engine = StopsAtThree()
+    async with api_client(workspace, make_engine=engine, options=fake_options()) as (client, _):
+        job_id = (await client.post("/api/render", json={"prompt": "long", "steps": 20, "size": "64x64"})).json()["job_id"]
+        await asyncio.to_thread(engine.step_started.wait, 30)
+        assert (await client.post(f"/api/jobs/{job_id}/cancel")).status_code == 202
+        job = await wait_job(client, job_id)
+    assert job["status"] == "cancelled"
+    assert (job["progress"]["step"], job["progress"]["total_steps"]) == (3, 20)
+    assert (job["progress"]["images_done"], job["progress"]["images_total"]) == (0, 1)
+
+
 async def test_cancelling_one_job_of_a_batched_call_requeues_the_others(workspace):
     import threading
 
@@ -353,7 +378,8 @@ async def test_bad_render_fields_are_422_naming_the_field(workspace, patch, fiel
 
 async def test_malformed_bodies(workspace):
     async with api_client(workspace, start_worker=False) as (client, _):
-        assert (await client.post("/api/render", content=b"{not json", headers={"content-type": "application/json"})).status_code == 422
+        not_json = await client.post("/api/render", content=b"{not json", headers={"content-type": "application/json"})
+        assert not_json.status_code == 422
         assert (await client.post("/api/render", json=["a list"])).status_code == 422
         assert (await client.post("/api/render")).status_code == 422
 
@@ -579,7 +605,8 @@ async def test_batch_story_gets_its_characters_loras_and_references(tiny_workspa
       "bible": "---\ntitle: T\ncharacters:\n  keeper: {name: K, description: d, seed: 1, lora: ~/evil.safetensors}\n---\n"},
      "bible"),
     ({"storyboard": "scene,description,characters\n1,a walk,keeper\n",
-      "bible": "---\ntitle: T\ncharacters:\n  keeper: {name: K, description: d, seed: 1, lora: ../../../../x.safetensors}\n---\n"},
+      "bible": "---\ntitle: T\ncharacters:\n"
+               "  keeper: {name: K, description: d, seed: 1, lora: ../../../../x.safetensors}\n---\n"},
      "bible"),
 ])
 async def test_bad_batches_are_422_naming_the_field(workspace, body, field):
@@ -767,3 +794,37 @@ def json_ids(path) -> list[str]:
     import json
 
     return [artifact for scene in json.loads(path.read_text())["scenes"] for artifact in scene["artifacts"]]
+
+
+# ---- the same request does not make a second artifact (issue 24, bug 6) ------------------------------------
+
+async def test_render_and_batch_routes_answer_an_earlier_identical_render_unless_asked_again(workspace, tmp_path):
+    import json as json_module
+
+    from tests.helpers import run_cli
+
+    home = str(workspace.home)
+    code, out, err = run_cli("--home", home, "render", "a red buoy", "--engine", "draft", "--seed", "5",
+                             "--size", "64x64", "--json")
+    assert code == 0, err
+    [rendered] = json_module.loads(out)
+    story = "scene,slug,description\n1,dawn,the quay at dawn\n2,dusk,the quay at dusk\n"
+    (tmp_path / "story.csv").write_text(story, encoding="utf-8")
+    code, out, err = run_cli("--home", home, "batch", "quay", str(tmp_path / "story.csv"), "--engine", "draft",
+                             "--size", "64x64", "--seed", "11", "--ip-adapter", "none", "--json")
+    assert code == 0, err
+    scenes = [row["id"] for row in json_module.loads(out)["artifacts"]] if "artifacts" in json_module.loads(out) \
+        else [a for s in json_module.loads(out)["scenes"] for a in s["artifacts"]]
+
+    body = {"prompt": "a red buoy", "engine": "draft", "seed": 5, "size": "64x64"}
+    async with api_client(workspace) as (client, _):
+        same = await wait_job(client, (await client.post("/api/render", json=body)).json()["job_id"])
+        batch = await wait_job(client, (await client.post("/api/batch", json={
+            "project": "quay", "storyboard": story, "engine": "draft", "size": "64x64", "seed": 11,
+            "ip_adapter": "none"})).json()["job_id"])
+        again = await wait_job(client, (await client.post("/api/render", json={**body, "again": True})).json()["job_id"])
+        listed = (await client.get("/api/artifacts", params={"limit": 100})).json()["items"]
+    assert same["status"] == "succeeded" and same["artifact_ids"] == [rendered["id"]]
+    assert batch["status"] == "succeeded" and batch["artifact_ids"] == scenes
+    assert again["status"] == "succeeded" and again["artifact_ids"] != [rendered["id"]]
+    assert len(listed) == 1 + len(scenes) + 1  # the two answers made nothing new; `again` made one

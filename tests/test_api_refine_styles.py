@@ -67,6 +67,7 @@ async def test_compare_route_renders_the_cells_then_the_grid(workspace):
         assert submitted.status_code == 202 and submitted.json()["cells"] == 4
         job = await wait_job(client, submitted.json()["job_id"], timeout=300)
         assert job["status"] == "succeeded", job
+        assert job["kind"] == "compare"  # stored as a batch, shown as what it is
         items = (await client.get("/api/artifacts", params={"project": "compare"})).json()["items"]
         [grid] = [i for i in items if i["engine"] == "compare"]
         meta = (await client.get(f"/api/artifacts/{grid['id']}")).json()["meta"]

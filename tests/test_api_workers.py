@@ -13,10 +13,18 @@ import time
 import httpx
 import pytest
 
-from echo_os.api.jobs import (
-    MAX_INTERRUPTIONS, REQUEUE_BACKOFF_S, Job, JobSpec, JobStore, WorkerRow, new_job_id, now_iso, requeue_backoff_s,
-)
 from echo_os.api.deps import ApiOptions
+from echo_os.api.jobs import (
+    MAX_INTERRUPTIONS,
+    REQUEUE_BACKOFF_S,
+    Job,
+    JobSpec,
+    JobStore,
+    WorkerRow,
+    new_job_id,
+    now_iso,
+    requeue_backoff_s,
+)
 from echo_os.api.processes import CPU_WORKER_NICE, WorkerPool, images_per_minute, visible_gpus
 from echo_os.render.requests import RenderRequest
 from tests.test_api_server import TINY, read_events, start_server, tiny_home, wait_jobs
@@ -223,6 +231,33 @@ async def test_workers_route_shows_the_in_process_worker_and_its_figures(workspa
     assert row["device"] == "in-process" and row["pid"] == os.getpid()
     assert (row["jobs_done"], row["images_done"], row["last_error"]) == (1, 3, None)
     assert row["images_per_min"] > 0 and row["state"] == "idle"
+
+
+def test_the_worker_is_idle_before_its_last_job_is_recorded_as_ended(workspace):
+    """The race behind a flaky workers-route test: whoever reads a finished job must not see the worker that
+    finished it still `rendering`. The state is read at the moment each job is written as ended."""
+    import asyncio
+
+    from echo_os.api.deps import ApiOptions
+    from tests.api_helpers import FakeEngine, api_client, wait_job
+
+    seen: list[tuple[str, str]] = []
+
+    async def run() -> None:
+        async with api_client(workspace, make_engine=FakeEngine(), options=ApiOptions(batch_window_ms=0)) as (client, app):
+            api = app.state.api
+            finish = api.jobs.finish
+
+            def spying_finish(job_id, status, **kwargs):
+                seen.append((status, api.worker.stats.state))
+                return finish(job_id, status, **kwargs)
+
+            api.jobs.finish = spying_finish
+            job_id = (await client.post("/api/render", json={"prompt": "watch me", "count": 2, "size": "64x64"})).json()["job_id"]
+            await wait_job(client, job_id)
+
+    asyncio.run(run())
+    assert seen == [("succeeded", "idle")]
 
 
 def test_make_engine_needs_the_in_process_worker(workspace):

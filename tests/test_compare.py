@@ -87,7 +87,7 @@ def test_models_axis_renders_one_model_at_a_time(run_cli, tiny_workspace, tiny_s
     real = sdxl.load_sdxl_pipeline
 
     def counting(*args, **kwargs):
-        assert not sdxl._PIPELINES, "a second pipeline loaded while the first was still kept"
+        assert not sdxl.loaded_pipelines(), "a second pipeline loaded while the first was still kept"
         loads.append(args[0])
         return real(*args, **kwargs)
 
@@ -100,4 +100,4 @@ def test_models_axis_renders_one_model_at_a_time(run_cli, tiny_workspace, tiny_s
     assert code == 0, err
     result = json.loads(out)
     assert [c["label"] for c in result["cells"]] == ["model tiny", "model tiny-b"]
-    assert len(loads) == 2 and not sdxl._PIPELINES
+    assert len(loads) == 2 and not sdxl.loaded_pipelines()

@@ -242,3 +242,75 @@ class TestRayContract(EngineContract):
         assert isinstance(engine, RayEngine) and isinstance(engine, BaseEngine)
         assert engine.name == self.engine_name and engine.concurrent_calls == 1
         return engine
+
+
+@pytest.fixture(scope="module")
+def tiny_svd_dir(tmp_path_factory):
+    from tests.tiny_video import save_tiny_svd
+
+    return save_tiny_svd(tmp_path_factory.mktemp("tiny-svd") / "tiny-svd")
+
+
+class TestVideoContract(EngineContract):
+    """The SVD engine (output kind "video") on the tiny random-weight pipeline: a clip per seed from a source
+    image, saved by the renderer as a clip artifact (its poster frame stands for the image here)."""
+
+    engine_name = "video"
+    request_fields = dict(model="tiny-svd", output="video", width=32, height=32, steps=2, cfg=3.0, device="cpu",
+                          options={"frames": 2})
+
+    @pytest.fixture
+    def settings(self, workspace, tiny_svd_dir):
+        import hashlib
+
+        from PIL import Image
+
+        with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[models.tiny-svd]\ntype = "video"\npath = "{tiny_svd_dir.as_posix()}"\n')
+        source = workspace.home / "source.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(source)
+        self.init_sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+        self.init_path = str(source)
+        return workspace
+
+    def request(self, **fields) -> RenderRequest:
+        from echo_os.render.requests import InitImage
+
+        init = InitImage(path=self.init_path, sha256=self.init_sha256, strength=1.0)
+        return super().request(init_image=init, **fields)
+
+    def test_img2img_refines_an_artifact_with_lineage(self, settings):
+        """A clip's source is an image artifact: the clip records it as its parent, by id and bytes."""
+        from echo_os.artifacts.store import ArtifactStore
+        from echo_os.engines.video import ClipRequest
+        from echo_os.motion.clips import clip_render_request
+        from echo_os.render.scheduler import render_requests
+
+        store = ArtifactStore(settings)
+        try:
+            [parent] = render_requests(settings, [RenderRequest(prompt="a harbour", engine="draft", width=64,
+                                                                height=64, seed=5)], store=store).artifacts
+            request = clip_render_request(settings, parent, ClipRequest(seed=6, model="tiny-svd", frames=2, steps=2,
+                                                                        width=32, height=32, device="cpu"))
+            [child] = render_requests(settings, [request], store=store, engine=self.make_engine(settings)).artifacts
+        finally:
+            store.close()
+        meta = json.loads((child.path / "meta.json").read_text())
+        assert (meta["kind"], meta["video_kind"], meta["parent_id"], meta["sources"]) == ("video", "clip", parent.id,
+                                                                                          [parent.id])
+        assert meta["request"]["init_image"]["sha256"] == parent.id and meta["engine"]["name"] == "video"
+        assert meta["engine"]["reason"].startswith("auto") is False and meta["frames"] == 2
+
+    def test_an_engine_error_is_one_line(self, settings, run_cli):
+        """Asked for an image, the video engine is refused in one line naming what it makes."""
+        code, out, err = run_cli("--home", str(settings.home), "render", "x", "--engine", self.engine_name,
+                                 "--model", "tiny-svd", "--no-memory")
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert "engine video cannot render this request: it makes videos, not images" in err
+
+    def test_auto_asks_only_engines_of_the_kind(self, settings):
+        from echo_os.engines import choose_engine
+
+        name, reason = choose_engine(settings, self.request(engine="auto", seed=1))
+        assert name == "video" and "sdxl" not in reason and "draft" not in reason
+        assert choose_engine(settings, RenderRequest(prompt="x", engine="auto", model="tiny-svd"))[0] == "draft"

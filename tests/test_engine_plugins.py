@@ -227,3 +227,52 @@ async def test_the_api_fake_engine_works_through_the_registry(workspace, monkeyp
             job = await wait_job(client, sent.json()["job_id"])
     assert job["status"] == "succeeded", job
     assert fake.calls == [[("a kite", (4, 5))]]
+
+
+def test_runtime_rules_are_the_engines_own(workspace, monkeypatch):
+    """Nothing outside an engine applies its machine rules: the API asks the engine that would render
+    (named, or the one auto tries first) for its check_runtime; the draft engine declares none, so a device
+    this machine lacks is no error for it; a plugin's own rule is a 422 on its field."""
+    from fastapi.exceptions import RequestValidationError
+
+    from echo_os.api.deps import check_runtime
+    from echo_os.engines.base import BaseEngine, Capabilities
+    from echo_os.errors import OptionError
+    from echo_os.render.requests import RenderRequest
+    from tests.api_helpers import register_engine
+
+    class NeedsGpuEngine(BaseEngine):
+        name = "gpuonly"
+        capabilities = Capabilities(needs_weights=False)
+
+        @classmethod
+        def check_runtime(cls, settings, request):
+            if request.dtype == "float16":
+                raise OptionError("dtype float16 is not here", "dtype")
+
+    check_runtime(workspace, RenderRequest(prompt="x", engine="draft", device="cuda", attention="xformers"))
+    with register_engine(NeedsGpuEngine):
+        check_runtime(workspace, RenderRequest(prompt="x", engine="gpuonly", dtype="bfloat16"))
+        with pytest.raises(RequestValidationError) as raised:
+            check_runtime(workspace, RenderRequest(prompt="x", engine="gpuonly", dtype="float16"))
+        assert raised.value.errors()[0]["loc"] == ("body", "dtype")
+        # auto: the first engine of the order that covers the request decides
+        (workspace.home / "echo-os.toml").write_text('[engines]\norder = ["gpuonly", "draft"]\n')
+        from echo_os.settings import load_settings
+
+        with pytest.raises(RequestValidationError):
+            check_runtime(load_settings(workspace.home), RenderRequest(prompt="x", dtype="float16"))
+
+
+def test_only_engines_that_load_weights_import_the_ml_libraries_first(monkeypatch):
+    from echo_os import ml_imports
+    from echo_os.api.app import importing_first
+    from echo_os.render.requests import RenderRequest
+
+    imported = []
+    monkeypatch.setattr(ml_imports, "import_ml_libraries", lambda: imported.append(True))
+    make = importing_first(lambda request: request.engine)
+    assert make(RenderRequest(prompt="x", engine="draft")) == "draft" and imported == []
+    make(RenderRequest(prompt="x", engine="cpu"))
+    make(RenderRequest(prompt="x", engine="auto"))
+    assert imported == [True, True]

@@ -104,8 +104,8 @@ def test_gallery_in_headless_chromium(gallery_home, run_cli, tmp_path) -> None:
 @pytest.fixture
 def animatic_home(tmp_path) -> Path:
     """A draft-rendered story of four scenes and its animatic."""
-    from tests.test_animatic import FPS, PROJECT, SIZE, write_csv
     from tests.helpers import run_cli
+    from tests.test_animatic import FPS, PROJECT, SIZE, write_csv
 
     home = tmp_path / "ws"
     home.mkdir()
@@ -142,3 +142,31 @@ def test_gallery_plays_the_animatic_in_headless_chromium(animatic_home, run_cli,
     # the <video> decoded a frame of the H.264 MP4: chromium can play what the animatic writes
     assert state == {**state, "ready": "true", "images": "5", "videos": "1", "playable": "1", "broken": "0"}
     assert re.search(r'<video[^>]*src="[^"]*animatic\.mp4"', dom)
+
+
+def _page_items(page: Path) -> list[dict]:
+    return json.loads(re.search(r'<script type="application/json" id="gallery-data">(.*?)</script>',
+                                page.read_text(), re.S).group(1))
+
+
+def test_filter_best_ranks_by_ratings_then_the_best_of_objective_on_its_own_page(gallery_home, run_cli) -> None:
+    """Issue 24, bug 4: not a stub. Scores and ratings decide, the note says how, and index.html is kept."""
+    from echo_os.artifacts.catalog import Catalog
+    from echo_os.resonance.persist import save_scores
+
+    code, out, _ = run_cli("--home", str(gallery_home), "gallery")
+    full = Path(out.strip())
+    with Catalog(gallery_home / "artifacts" / "catalog.db") as catalog:
+        rows = catalog.query()
+        low, high, rated = rows[0], rows[1], rows[4]
+        save_scores(catalog, gallery_home / "artifacts", low.path, {"alignment": 10.0})
+        save_scores(catalog, gallery_home / "artifacts", high.path, {"alignment": 40.0})
+    assert run_cli("--home", str(gallery_home), "rate", rated.id, "4")[0] == 0
+
+    code, out, err = run_cli("--home", str(gallery_home), "gallery", "--filter", "best", "--limit", "3")
+    assert code == 0, err
+    best = Path(out.strip())
+    assert best != full and best.name == "index-best.html"
+    assert [item["id"] for item in _page_items(best)] == [rated.id, high.id, low.id]
+    assert "1 rated first" in err and "objective" in err and "no scores or ratings yet" not in err
+    assert len(_page_items(full)) == 5  # the full page is not overwritten by the filtered one

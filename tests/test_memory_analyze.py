@@ -127,3 +127,31 @@ def test_memory_stats_names_the_missing_scorers(themed_home):
     scorers = json.loads(out)["scorers"]
     assert scorers["clip"]["model"] is None and "no CLIP model on this machine" in scorers["clip"]["missing"]
     assert scorers["aesthetic"]["model"] is None and 'type = "scorer"' in scorers["aesthetic"]["missing"]
+
+
+def _motif(number: int, name: str, size: int, phrases: list[list], strength: float):
+    from echo_os.resonance.analyze import Motif
+
+    return Motif(motif=number, name=name, size=size, prompt=phrases[0][0] if phrases else name, negative="",
+                 phrases=phrases, settings={}, best_rated=[], best_scored=[], over_time=[],
+                 members=[f"{number:064x}"] * size, cohesion=1.0, strength=strength)
+
+
+def test_export_styles_writes_only_style_like_motifs_with_enough_members_and_says_what_it_skipped(tmp_path):
+    """Issue 24, bug 8: a one-image motif is not a style `{prompt}`; a subject motif is not a style
+    `{prompt}, un phare`. Only motifs with enough members and phrases about light, palette, lens or medium."""
+    from echo_os.resonance.analyze import export_styles
+    from echo_os.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    motifs = [_motif(1, "alone", 1, [["a cat on a sofa", 1]], 9.0),
+              _motif(2, "un-phare", 5, [["un phare", 5], ["la mer", 3]], 8.0),
+              _motif(3, "moody-sea", 6, [["un phare", 6], ["moody seascape", 4], ["35mm lens", 3],
+                                          ["golden hour light", 2]], 7.0)]
+    export = export_styles(settings, motifs)
+    assert export.written == ["motif-moody-sea"]
+    assert set(export.skipped) == {"motif-alone", "motif-un-phare"}
+    assert "1 artifact" in export.skipped["motif-alone"] and "light, palette, lens or medium" in export.skipped["motif-un-phare"]
+    styles = tomllib.loads((tmp_path / "styles.toml").read_text(encoding="utf-8"))["styles"]
+    assert styles == {"motif-moody-sea": {"prompt": "{prompt}, moody seascape, 35mm lens, golden hour light",
+                                          "negative": ""}}

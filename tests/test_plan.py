@@ -49,7 +49,9 @@ def test_n_items_no_duplicates_exclusions_only_in_the_negative(workspace, run_cl
     plan, err = _plan(run_cli, workspace.home, "Ruzgar NFT", INTENT, "--count", "20", "--seed", "1")
     prompts = _prompts(plan)
     assert len(prompts) == 20 and len(set(prompts)) == 20
-    assert plan["constraints"] == {"exclusions": ["human forms"], "negative_prompt": "human forms"}
+    assert plan["constraints"]["exclusions"] == ["human forms"]
+    # the excluded concept, widened by meaning: people, figures, faces, portraits stay out of the positives
+    assert plan["constraints"]["negative_prompt"] == "human forms, people, human figure, face, portrait, crowd"
     assert plan["method"]["name"] == "offline" and plan["method"]["seed"] == 1
     assert plan["intent"] == INTENT and plan["theme"] == "warm fractal"
     # the list file, read by the real @prompts.txt reader
@@ -57,8 +59,9 @@ def test_n_items_no_duplicates_exclusions_only_in_the_negative(workspace, run_cl
     rows = read_prompt_list(workspace.home / plan["files"]["list"], problems)
     assert not problems and len(rows) == 20
     for row in rows:
-        assert row.negative == "human forms"
-        assert "human" not in row.description.lower() and row.description.startswith("warm fractal, ")
+        assert row.negative == plan["constraints"]["negative_prompt"]
+        assert row.description.startswith("warm fractal, ")
+        assert not any(word in row.description.lower() for word in ("human", "people", "figure", "face", "portrait"))
     assert "diversity: mean pairwise similarity" in err and "past work: none" in err
 
 
@@ -86,7 +89,8 @@ def test_rendered_artifacts_in_echo_memory_count_as_past_work(workspace, run_cli
     with Catalog(workspace.catalog_path) as catalog:
         rows = catalog.query(project="Ruzgar NFT")
     assert len(rows) == 3
-    assert all(row.meta["style"] == "digital art" and row.meta["negative_prompt"] == "human forms" for row in rows)
+    assert all(row.meta["style"] == "digital art" and row.meta["negative_prompt"].startswith("human forms, people")
+               for row in rows)
     folder = workspace.home / "prompts" / "ruzgar-nft"
     (folder / "plan.json").unlink()  # leave only the images as past work
     second, _ = _plan(run_cli, workspace.home, "Ruzgar NFT", INTENT, "--count", "4", "--seed", "2")
@@ -142,7 +146,7 @@ def test_story_kind_writes_a_storyboard_and_a_bible_that_batch_reads(workspace, 
     story = json.loads(out)
     assert len(story["scenes"]) == 3
     for scene in story["scenes"]:
-        assert scene["request"]["negative_prompt"] == "people"
+        assert scene["request"]["negative_prompt"].startswith("people, human figure, face")
         assert scene["request"]["prompt"].startswith("a quiet harbour, ")
         assert "people" not in scene["request"]["prompt"]
 
@@ -155,3 +159,131 @@ def test_mmr_prefers_candidates_away_from_past_work():
     past = candidates[:2]  # the first two were made before
     assert sorted(mmr_select(candidates, query, past, 2)) == [2, 3]
     assert len(set(mmr_select(candidates, query, np.zeros((0, 4), np.float32), 4))) == 4
+
+
+@pytest.mark.parametrize("intent, theme, negative_starts", [
+    ("un port tranquille sans personne", "un port tranquille", "personne, people"),
+    ("iznik çinisi desenleri, insansız", "iznik çinisi desenleri", "insan, people"),
+    ("mittelalterliche Burg ohne Menschen", "mittelalterliche Burg", "Menschen, people"),
+    ("armas medievales sin sangre", "armas medievales", "sangre, blood"),
+    ("vasi di ceramica senza decorazioni floreali", "vasi di ceramica", "decorazioni floreali"),
+    ("casas coloniais sem pessoas", "casas coloniais", "pessoas, people"),
+    ("a quiet harbour without people", "a quiet harbour", "people"),
+])
+def test_exclusions_in_seven_languages_leave_the_theme(intent, theme, negative_starts):
+    from echo_os.intent.intent import parse_intent
+
+    parsed = parse_intent(intent)
+    assert parsed.theme == theme and parsed.negative_prompt.startswith(negative_starts)
+    assert parse_intent("notes on a page").exclusions == ()  # "no" only as a word of its own
+
+
+def test_french_turkish_german_exclusions_land_in_the_negative_and_plans_stay_on_topic(workspace, run_cli):
+    for project, intent, excluded in [("Port", "un port tranquille sans personne", "personne"),
+                                      ("Cini", "iznik çinisi desenleri, insansız", "insan"),
+                                      ("Burg", "mittelalterliche Burg ohne Menschen", "Menschen")]:
+        plan, _ = _plan(run_cli, workspace.home, project, intent, "--count", "4", "--seed", "1")
+        negative = plan["constraints"]["negative_prompt"]
+        assert negative.startswith(f"{excluded}, people"), negative
+        for prompt in _prompts(plan):
+            assert excluded.lower() not in prompt.lower() and " people" not in prompt
+
+
+def test_weapons_intent_plans_weapons_isolated_as_assets(workspace, run_cli):
+    plan, err = _plan(run_cli, workspace.home, "Video Game Assets", "medieval fantasy weapons", "--count", "6",
+                      "--seed", "1")
+    weapons = ("sword", "axe", "mace", "bow", "shield", "dagger", "spear", "halberd", "hammer", "flail", "glaive",
+               "scimitar", "rapier", "lance", "pike", "falchion", "club", "khopesh", "stiletto", "cutlass", "dirk",
+               "bardiche", "tomahawk", "knives", "trident", "scythe", "javelin", "sling", "quiver", "buckler",
+               "katana", "sabre", "estoc", "zweihander", "claymore", "maul", "morning star", "arbalest", "staff",
+               "pick", "poleaxe")
+    for item in plan["items"]:
+        assert any(w in item["parts"]["subject"] for w in weapons), item
+        assert item["prompt"].endswith("isolated on a neutral background, orthographic, studio light")
+        assert "lens" not in item["prompt"] and "pinhole" not in item["prompt"]
+    assert "relevance: mean similarity to the intent" in err and "diversity: mean pairwise similarity" in err
+
+
+def test_story_plan_has_an_arc_one_cast_camera_variety_and_renders_on_the_draft_engine(workspace, run_cli):
+    plan, _ = _plan(run_cli, workspace.home, "Sea Story", "a quiet harbour without people", "--kind", "story",
+                    "--count", "8", "--seed", "2")
+    parts = [item["parts"] for item in plan["items"]]
+    assert [p["phase"] for p in parts] == ["beginning"] * 2 + ["turn"] * 2 + ["climax"] * 2 + ["aftermath"] * 2
+    assert "golden" in parts[0]["lighting"] and "storm" in parts[4]["lighting"] and "dawn" in parts[-1]["lighting"]
+    assert len({p["location"] for p in parts}) == 1  # one place
+    cast = list(plan["story"]["cast"])
+    assert cast and all(p["characters"].split(";")[0] == cast[0] for p in parts)  # the cast recurs
+    assert all(a["camera"] != b["camera"] for a, b in zip(parts, parts[1:]))  # the framing changes each cut
+    assert parts[0]["camera"].startswith("wide establishing shot")
+    harbour = ("harbour", "quay", "pier", "jetty", "boat", "lighthouse", "buoy", "seawall", "breakwater", "crane",
+               "net", "lobster", "rope", "bollard", "slipway", "gull", "pontoon", "ferry", "trawler", "crates",
+               "boathouse", "fish market", "lantern", "tide", "steps", "office")
+    assert all(any(word in p["description"] for word in harbour) for p in parts), parts
+    home = str(workspace.home)
+    code, out, err = run_cli("--home", home, "batch", "Sea Story", "--engine", "draft", "--size", "64x64",
+                             "--no-score", "--json")
+    assert code == 0, err
+    story = json.loads(out)
+    assert len(story["scenes"]) == 8 if "scenes" in story else story["rendered"] == 8
+    code, out, err = run_cli("--home", home, "batch", "Sea Story", "--engine", "draft", "--size", "64x64",
+                             "--no-score")
+    assert code == 0 and "0 rendered, 8 already rendered" in out, out + err
+
+
+def _task_plan(run_cli, home):
+    plan, err = _plan(run_cli, home, "Armory", "medieval fantasy weapons for a game", "--kind", "assets",
+                      "--count", "2", "--seed", "3")
+    return plan
+
+
+def test_assets_plan_is_typed_tasks_with_dependencies_that_batch_runs_in_order_and_resumes(workspace, run_cli):
+    plan = _task_plan(run_cli, workspace.home)
+    tasks = {item["id"]: item for item in plan["items"]}
+    assert list(tasks) == ["concept-1", "texture-1", "turnaround-1", "concept-2", "texture-2", "turnaround-2"]
+    assert tasks["texture-1"]["type"] == "texture" and tasks["texture-1"]["depends_on"] == ["concept-1"]
+    assert tasks["turnaround-2"]["depends_on"] == ["concept-2", "texture-2"]
+    home = str(workspace.home)
+    code, out, err = run_cli("--home", home, "batch", "Armory", "--engine", "draft", "--size", "64x64", "--json")
+    assert code == 0, err
+    done = json.loads(out)["tasks"]
+    order = [task["id"] for task in done]
+    assert order.index("concept-1") < order.index("texture-1") < order.index("turnaround-1")
+    from echo_os.artifacts.store import ArtifactStore
+
+    ids = {task["id"]: task["artifact"] for task in done}
+    store = ArtifactStore(workspace)
+    try:
+        texture = store.open(ids["texture-1"])
+        turnaround = store.open(ids["turnaround-1"])
+    finally:
+        store.close()
+    # the concept's artifact feeds its dependants: lineage, and the texture is in the concept's colours
+    assert texture.meta.parent_id == ids["concept-1"] and turnaround.meta.parent_id == ids["concept-1"]
+    assert ", in " in texture.meta.prompt
+    assert "does not refine an image" in err or "does not refine an image" in out
+    code, out, err = run_cli("--home", home, "batch", "Armory", "--engine", "draft", "--size", "64x64")
+    assert code == 0 and "0 rendered, 6 already rendered" in out, out + err
+
+
+@pytest.mark.slow
+def test_assets_and_story_plans_render_on_the_tiny_model(tiny_workspace, run_cli):
+    home = str(tiny_workspace.home)
+    _task_plan(run_cli, tiny_workspace.home)
+    code, out, err = run_cli("--home", home, "batch", "Armory", "--model", "tiny", "--engine", "sdxl", "--size",
+                             "64x64", "--steps", "2", "--count", "1", "--json")
+    assert code == 0, err
+    done = json.loads(out)["tasks"]
+    assert [task["id"] for task in done] == ["concept-1", "texture-1", "turnaround-1"]
+    from echo_os.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(tiny_workspace)
+    try:
+        turnaround = store.open(done[2]["artifact"])
+    finally:
+        store.close()
+    assert turnaround.meta.request["init_image"] is not None  # refined from the concept's image (img2img)
+    _plan(run_cli, tiny_workspace.home, "Sea Story", "a quiet harbour without people", "--kind", "story",
+          "--count", "4", "--seed", "2")
+    code, out, err = run_cli("--home", home, "batch", "Sea Story", "--model", "tiny", "--engine", "sdxl", "--size",
+                             "64x64", "--steps", "2", "--no-score", "--ip-adapter", "none")
+    assert code == 0 and "4 rendered" in out, out + err

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -396,7 +397,7 @@ def test_batch_ray_calls_report_steps_and_stop_on_cancel_and_ctrl_c(ray_cluster,
             engine.concurrent_calls = width
             interrupted: list[bool] = []
 
-            def ctrl_c(event) -> None:  # a real Ctrl-C: SIGINT, raised in the main thread
+            def ctrl_c(event, interrupted: list[bool] = interrupted) -> None:  # a real Ctrl-C: SIGINT, in the main thread
                 if event.step >= 3 and not interrupted:
                     interrupted.append(True)
                     os.kill(os.getpid(), signal.SIGINT)
@@ -429,3 +430,32 @@ def test_serve_ray_usage_errors_are_one_line_and_exit_2(tmp_path, run_cli, monke
     code, out, err = run_cli("--home", home, "serve", "--ray", "--port", "0")
     assert code == 2 and err.strip().count("\n") == 0 and "pip install 'echo-os[ray]'" in err
     assert not (tmp_path / "ws" / "artifacts").exists()
+
+
+def test_batch_ray_json_is_only_json_whatever_ray_prints(ray_cluster, tmp_path, run_cli):
+    """Issue 24, bug 14: Ray's driver prints the raylet's "A worker died ..." lines to sys.stdout (its error
+    listener thread, even with log_to_driver=False). With --json, stdout is the JSON document alone."""
+    from ray._private.worker import print_to_stdstream
+
+    csv = tmp_path / "story.csv"
+    csv.write_text("scene,slug,description\n1,dawn,the quay at dawn\n2,dusk,the quay at dusk\n", encoding="utf-8")
+    done = threading.Event()
+
+    def raylet_says() -> None:  # what ray._private.worker.listen_error_messages does for each raylet error
+        while not done.is_set():
+            message = "A worker died or was killed while executing a task by an unexpected system error."
+            print_to_stdstream({"lines": [message], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+            done.wait(0.01)
+
+    talker = threading.Thread(target=raylet_says, daemon=True)
+    talker.start()
+    try:
+        code, out, err = run_cli("--home", str(tmp_path / "ws"), "batch", "Twelve Tides", str(csv), "--engine",
+                                 "draft", "--size", "64x64", "--ip-adapter", "none", "--ray", "--ray-actors", "1",
+                                 "--json")
+    finally:
+        done.set()
+        talker.join()
+    assert code == 0, err
+    assert [row["scene"] for row in json.loads(out)["artifacts"]] == [1, 2]  # nothing but the document
+    assert "A worker died" in err

@@ -36,7 +36,7 @@ def test_refine_equals_a_direct_img2img_call_and_records_lineage(run_cli, tiny_w
     # the img2img pipeline runs on the loaded text-to-image pipeline's modules: no second copy of the weights
     from echo_os.engines import sdxl
 
-    refining = [p for p in sdxl._PIPELINES.values() if p.img2img is not None]
+    refining = [p for p in sdxl.loaded_pipelines() if p.img2img is not None]
     assert refining
     for loaded in refining:
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):

@@ -84,3 +84,30 @@ def test_draft_card_palette_follows_light_words():
     night = draw_card(RenderRequest(prompt="a harbour at night", width=64, height=64), seed=1)
     golden = draw_card(RenderRequest(prompt="a harbour in golden light", width=64, height=64), seed=1)
     assert sum(night.getpixel((1, 40))) < sum(golden.getpixel((1, 40)))
+
+
+def test_a_1024_draft_card_keeps_its_footer_inside_readable_and_its_disc_off_the_prompt():
+    """Issue 24, bug 9: at 1024 the footer ran off the right edge, was drawn dark on a dark ground, and the
+    seed disc covered the prompt. A light sky over a dark ground (snow ... night) shows all three."""
+    import numpy as np
+
+    from echo_os.engines.draft import PALETTE_WORDS, draw_card
+    from echo_os.render.requests import RenderRequest, StoryFields
+
+    size = 1024
+    margin = size // 24
+    accent = np.array(PALETTE_WORDS["snow"][2])
+    for seed in range(8):
+        request = RenderRequest(prompt="snow on the roofs of a harbour town at night, lanterns in the windows, "
+                                       "a long prompt that wraps onto several lines of the card",
+                                width=size, height=size, engine="draft", story=StoryFields(scene=12))
+        card = np.asarray(draw_card(request, seed)).astype(int)
+        # the right margin holds nothing but the gradient: each row is one colour there
+        strip = card[:, size - margin + 2:, :]
+        assert (strip == strip[:, :1, :]).all(), f"seed {seed}: something is drawn in the right margin"
+        # the footer (bottom rows) has light ink on the dark ground
+        footer = card[size - margin - 60: size - margin, margin:size - margin]
+        assert footer.max() >= 200, f"seed {seed}: the footer is dark on dark"
+        # the disc stays above the prompt (which starts at a third of the height)
+        below = card[size // 3:, :, :]
+        assert not (below == accent).all(axis=2).any(), f"seed {seed}: the disc covers the prompt"

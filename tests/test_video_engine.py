@@ -47,7 +47,7 @@ def test_engine_clip_equals_a_direct_pipeline_call(video_home, tiny_svd_dir):
     request = ClipRequest(seed=7, model="tiny-svd", frames=FRAMES, fps=7, steps=STEPS, width=32, height=32,
                           decode_chunk_size=2, device="cpu")
     steps_seen = []
-    clip = VideoEngine(Settings(home=video_home)).render(image, request, progress=lambda e: steps_seen.append(e.step))
+    clip = VideoEngine(Settings(home=video_home)).render_clip(image, request, progress=lambda e: steps_seen.append(e.step))
     assert steps_seen == [1, 2]
     assert len(clip.frames) == FRAMES and clip.frames[0].size == (32, 32)
     assert clip.runtime.model.name == "tiny-svd" and clip.runtime.model.weights_sha256
@@ -73,7 +73,7 @@ def test_cancel_stops_the_clip(video_home):
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(CancelledError):
-        VideoEngine(Settings(home=video_home)).render(
+        VideoEngine(Settings(home=video_home)).render_clip(
             torch.rand(1, 3, 32, 32), ClipRequest(seed=1, model="tiny-svd", frames=2, steps=STEPS, width=32,
                                                   height=32, device="cpu"), cancel=cancel)
 
@@ -94,8 +94,8 @@ def animated(video_home):
 
 
 def test_animate_makes_a_clip_artifact_with_its_parent(animated):
+    from echo_os.artifacts.encode import probe
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.motion.encode import probe
     from echo_os.settings import Settings
 
     home, parent, clip_id = animated
@@ -117,7 +117,7 @@ def test_animate_makes_a_clip_artifact_with_its_parent(animated):
 
 
 def test_animatic_with_clips_plays_the_clip(animated):
-    from echo_os.motion.encode import read_frames
+    from echo_os.artifacts.encode import read_frames
 
     home, parent, clip_id = animated
     code, out, err = run_cli("--home", str(home), "animatic", PROJECT, "--fps", str(FPS), "--fade", "0",
@@ -173,7 +173,8 @@ def test_verify_and_pull_know_video_pipelines(video_home):
 
     svd = load_registry(Settings(home=video_home)).get("svd")  # variant fp16
     index = {"_class_name": "StableVideoDiffusionPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],
-             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+             "scheduler": ["diffusers", "EulerDiscreteScheduler"],
              "unet": ["diffusers", "UNetSpatioTemporalConditionModel"], "vae": ["diffusers", "AutoencoderKLTemporalDecoder"]}
     repo = ["model_index.json", "svd.safetensors", "feature_extractor/preprocessor_config.json",
             "image_encoder/config.json", "image_encoder/model.fp16.safetensors", "image_encoder/model.safetensors",
@@ -206,6 +207,79 @@ def test_out_of_memory_while_decoding_halves_the_chunk(video_home, monkeypatch):
         return real_decode(latents, num_frames, decode_chunk_size)
 
     monkeypatch.setattr(pipe, "decode_latents", decode_latents)
-    clip = engine.render(torch.rand(1, 3, 32, 32), request, progress=lambda event: steps.append(event.step))
+    clip = engine.render_clip(torch.rand(1, 3, 32, 32), request, progress=lambda event: steps.append(event.step))
     assert chunks == [3, 1] and clip.runtime.decode_chunk_size == 1
     assert steps == [1] and len(clip.frames) == FRAMES  # denoised once
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_animate_is_an_api_job_with_progress(video_home):
+    """POST /api/animate: a clip job (kind "clip") rendered by the video engine through the renderer, with
+    step progress events, the clip recorded as the job's artifact; bad fields are 422s naming them."""
+    import asyncio
+
+    from echo_os.settings import Settings
+    from tests.api_helpers import api_client, parse_sse, wait_job
+
+    scene_two = _story(video_home)["scenes"][1]["artifacts"][0]
+    body = {"artifact_id": scene_two, "model": "tiny-svd", "frames": FRAMES, "steps": STEPS, "size": "32x32",
+            "fps": 6, "device": "cpu", "seed": 4}
+    async with api_client(Settings(home=video_home)) as (client, _):
+        for patch, field in (({"frames": 1}, "frames"), ({"motion_bucket": 5000}, "motion_bucket"),
+                             ({"model": "nosuch"}, "model"), ({"size": "30x30"}, "size")):
+            response = await client.post("/api/animate", json={**body, **patch})
+            assert response.status_code == 422, (patch, response.text)
+            assert response.json()["detail"][0]["loc"] == ["body", field], response.text
+        response = await client.post("/api/animate", json=body)
+        assert response.status_code == 202, response.text
+        events, job = await asyncio.gather(client.get(response.json()["events_url"]),
+                                           wait_job(client, response.json()["job_id"], timeout=300))
+        assert job["status"] == "succeeded" and job["kind"] == "clip", job
+        [clip_id] = job["artifact_ids"]
+        meta = (await client.get(f"/api/artifacts/{clip_id}")).json()["meta"]
+        clip_again = await client.post("/api/animate", json={**body, "artifact_id": clip_id})
+    assert meta["kind"] == "video" and meta["video_kind"] == "clip" and meta["parent_id"] == scene_two
+    assert meta["engine"]["name"] == "video" and meta["seed"] == 4 and meta["frames"] == FRAMES
+    steps = [data["step"] for name, data in parse_sse(events.text) if name == "progress"]
+    assert steps and steps[-1] == STEPS and steps == sorted(steps)
+    assert clip_again.status_code == 422 and clip_again.json()["detail"][0]["loc"] == ["body", "artifact_id"]
+
+
+def test_migration_lets_jobs_hold_clip_jobs_and_keeps_the_rows(tmp_path):
+    """m008: a jobs.db from before clip jobs (its jobs table already rebuilt once by m003, so SQLite keeps
+    its statement as CREATE TABLE "jobs") takes kind 'clip', keeping rows and indexes."""
+    import sqlite3
+
+    from echo_os.api import jobs as jobs_module
+    from echo_os.api.jobs import Job, JobSpec, JobStore, now_iso
+    from echo_os.render.requests import RenderRequest
+    from echo_os.sqlite import applied_migrations, connect
+
+    path = tmp_path / "jobs.db"
+    db = connect(path)
+    jobs_module.MIGRATIONS.before("m008_clip_jobs").migrate(db)
+    request = RenderRequest(prompt="an old job", engine="draft", width=64, height=64, steps=2)
+    db.execute("INSERT INTO jobs (id, kind, status, request, coalesce_key, images_total, created) "
+               "VALUES (?, 'render', 'queued', ?, ?, 1, '2026-01-01T00:00:00+00:00')",
+               ("a" * 32, json.dumps({"items": [request.model_dump(mode="json")]}), jobs_module.coalesce_key(request)))
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO jobs (id, kind, status, request, images_total, created) "
+                   "VALUES ('x', 'clip', 'queued', '{}', 1, 'now')")
+    db.close()
+    store = JobStore(path)
+    try:
+        assert "m008_clip_jobs" in applied_migrations(store._db)
+        assert {row[0] for row in store._db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND "
+                                                    "tbl_name = 'jobs' AND sql IS NOT NULL")} == {"jobs_status",
+                                                                                                  "jobs_coalesce"}
+        assert store.get("a" * 32).spec.items[0].prompt == "an old job"
+        store.insert([Job(id="c" * 32, kind="clip", status="queued", created=now_iso(),
+                          spec=JobSpec(items=(request.model_copy(update={"prompt": "a clip"}),)))])
+        assert store.get("c" * 32).kind == "clip"
+    finally:
+        store.close()

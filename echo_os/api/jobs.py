@@ -6,7 +6,8 @@ its own (`checkpoint_in_background`), so no submission's commit pays for a check
 connection per thread, which WAL lets read while the writer writes.
 
 A job is a list of RenderRequests (`items`): one for `/api/render`, one per planned scene for
-`/api/batch`; an `/api/animatic` job has none, only its AnimaticSpec (its one artifact is the video). Image k of a job is the k-th image counting through the items in order; each saved image is
+`/api/batch`; an `/api/animatic` job has none, only its AnimaticSpec (its one artifact is the video).
+Image k of a job is the k-th image counting through the items in order; each saved image is
 recorded against (job id, k) right after ArtifactStore.save, so a job that runs again after a crash
 skips the images it already has. A comparison (`/api/compare`) records its grid sheet as the image after
 its cells, so the sheet is the last of its artifact ids (`Job.grid_id`).
@@ -33,20 +34,23 @@ import re
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable, Literal, Union, get_args
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echo_os.dbfile import open_or_quarantine
 from echo_os.render.requests import RenderRequest
-from echo_os.sqlite import BackgroundCheckpointer, Migrations, connect
+from echo_os.sqlite import BackgroundCheckpointer, Migrations, check_columns, connect, rollback
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["render", "batch", "animatic", "evolve"]
+JobKind = Literal["render", "batch", "animatic", "evolve", "clip"]
+# What a job is to a client: a comparison is stored as a batch (same rows, same worker path) but shown as one.
+JobViewKind = Literal["render", "batch", "compare", "animatic", "evolve", "clip"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -98,7 +102,7 @@ class CompareAxis(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     option: str  # echo_os.iterate.compare.AXES key: "cfg", "models", ...
-    values: tuple[Union[int, float, str], ...]
+    values: tuple[int | float | str, ...]
 
 
 class CompareSource(BaseModel):
@@ -109,7 +113,7 @@ class CompareSource(BaseModel):
 
     title: str
     axes: tuple[CompareAxis, ...] = ()
-    cells: tuple[tuple[Union[int, float, str], ...], ...]  # one per item, in item order
+    cells: tuple[tuple[int | float | str, ...], ...]  # one per item, in item order
 
 
 class AnimaticSpec(BaseModel):
@@ -157,6 +161,8 @@ class JobSpec(BaseModel):
     animatic: AnimaticSpec | None = None  # an animatic made by /api/animatic
     compare: CompareSource | None = None  # a comparison made by /api/compare
     evolve: EvolveSpec | None = None  # an improvement loop made by /api/evolve
+    # render anew (the body's `again`, the CLI's --again); otherwise images the project already has are taken
+    again: bool = False
 
     @model_validator(mode="after")
     def _renders_something(self) -> "JobSpec":
@@ -208,11 +214,18 @@ class Job(BaseModel):
     started: str | None = None
     finished: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    # the denoising step its latest pipeline call reached, kept when the job ends (a cancel stops mid-call)
+    step: int = 0
+    total_steps: int = 0
     artifact_ids: list[str] = Field(default_factory=list)  # in image order
 
     @property
     def images_total(self) -> int:
         return self.spec.images_total
+
+    @property
+    def view_kind(self) -> JobViewKind:
+        return "compare" if self.spec.compare is not None else self.kind
 
     @property
     def grid_id(self) -> str | None:
@@ -392,7 +405,35 @@ def m006_evolve_jobs(db: sqlite3.Connection) -> None:
 
 
 @MIGRATIONS
-def m007_worker_progress(db: sqlite3.Connection) -> None:
+def m007_stopped_at_step(db: sqlite3.Connection) -> None:
+    """The step a cancelled or failed job stopped at, so its view does not fall back to "step 0 of 0"."""
+    db.execute("ALTER TABLE jobs ADD COLUMN step INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN total_steps INTEGER NOT NULL DEFAULT 0")
+
+
+@MIGRATIONS
+def m008_clip_jobs(db: sqlite3.Connection) -> None:
+    """`kind` may be 'clip' (POST /api/animate: a clip from an image, rendered by a video engine)."""
+    widen_kind_check(db, "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve'))",
+                     "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve', 'clip'))")
+
+
+@MIGRATIONS
+def m009_idempotent_answers(db: sqlite3.Connection) -> None:
+    """The first answer of a POST that makes no job (POST /api/styles), kept under its Idempotency-Key so
+    a repeat gets the same answer (idempotency_keys holds only keys of jobs)."""
+    db.execute("""
+        CREATE TABLE idempotent_answers (
+            key TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            created TEXT NOT NULL
+        )""")
+
+
+@MIGRATIONS
+def m010_worker_progress(db: sqlite3.Connection) -> None:
     """When a worker process last made progress, and its recent step time (issue 25: a stalled worker
     is told from a slow one, echo_os.api.stalls)."""
     db.execute("ALTER TABLE workers ADD COLUMN last_progress TEXT")
@@ -400,7 +441,7 @@ def m007_worker_progress(db: sqlite3.Connection) -> None:
 
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
-            "finished, interruptions")
+            "finished, interruptions, step, total_steps")
 _CLAIMABLE = "status = 'queued' AND (not_before IS NULL OR not_before <= ?)"
 
 
@@ -417,6 +458,7 @@ def _open_migrated(path: Path, synchronous: Literal["NORMAL", "FULL"] = "FULL") 
     db = _connect(path, synchronous)
     try:
         MIGRATIONS.migrate(db)
+        check_columns(db, "jobs", _COLUMNS.split(", "))  # a file that is SQLite but not ours
     except BaseException:
         db.close()
         raise
@@ -474,11 +516,12 @@ class JobStore:
     @staticmethod
     def _job(row: tuple, images: dict[str, list[str]] | None = None) -> Job:
         (job_id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started,
-         finished, interruptions) = row
+         finished, interruptions, step, total_steps) = row
         return Job(id=job_id, kind=kind, status=status, spec=JobSpec.model_validate_json(request),
-                   attempts=attempts, interruptions=interruptions, error=error, cancel_requested=bool(cancel_requested), solo=bool(solo),
+                   attempts=attempts, interruptions=interruptions, error=error,
+                   cancel_requested=bool(cancel_requested), solo=bool(solo),
                    timings=json.loads(timings), created=created, started=started, finished=finished,
-                   artifact_ids=(images or {}).get(job_id, []))
+                   step=step, total_steps=total_steps, artifact_ids=(images or {}).get(job_id, []))
 
     @staticmethod
     def _artifacts_of(db: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[str]]:
@@ -530,7 +573,7 @@ class JobStore:
                     admissions.append(Admission(job.id, "stored"))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
         self._committed()
         return admissions
@@ -540,6 +583,25 @@ class JobStore:
         row = self._reader().execute("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = ? AND created >= ?",
                                      (key, _key_cutoff())).fetchone()
         return (row[0], row[1]) if row else None
+
+    def find_answer(self, key: str) -> tuple[str, int, str] | None:
+        """(fingerprint, status, JSON body) of the live first answer stored under `key`, or None."""
+        row = self._reader().execute("SELECT fingerprint, status, body FROM idempotent_answers WHERE key = ? "
+                                     "AND created >= ?", (key, _key_cutoff())).fetchone()
+        return (row[0], int(row[1]), row[2]) if row else None
+
+    def keep_answer(self, key: str, fingerprint: str, status: int, body: str) -> None:
+        """Store the first answer of a POST that makes no job under its key (expired keys go first)."""
+        with self._write_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM idempotent_answers WHERE created < ?", (_key_cutoff(),))
+                self._db.execute("INSERT OR REPLACE INTO idempotent_answers (key, fingerprint, status, body, created) "
+                                 "VALUES (?, ?, ?, ?, ?)", (key, fingerprint, status, body, now_iso()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                rollback(self._db)
+                raise
 
     # ---- reading ------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -636,11 +698,13 @@ class JobStore:
             f"SELECT id FROM jobs WHERE id IN ({marks}) AND cancel_requested = 1", ids)}
 
     def finish(self, job_id: str, status: Literal["succeeded", "failed", "cancelled"], *,
-               error: str | None = None, timings: dict[str, float] | None = None) -> Job | None:
+               error: str | None = None, timings: dict[str, float] | None = None,
+               step: tuple[int, int] = (0, 0)) -> Job | None:
+        """`step`: (step, total_steps) the job's latest pipeline call reached."""
         rows = self._write(
-            f"UPDATE jobs SET status = ?, error = ?, finished = ?, timings = ? "
+            f"UPDATE jobs SET status = ?, error = ?, finished = ?, timings = ?, step = ?, total_steps = ? "
             f"WHERE id = ? AND status = 'running' RETURNING {_COLUMNS}",
-            (status, error, now_iso(), json.dumps(timings or {}), job_id))
+            (status, error, now_iso(), json.dumps(timings or {}), step[0], step[1], job_id))
         return self._jobs(self._reader(), rows)[0] if rows else None
 
     def requeue(self, job_id: str, *, error: str | None = None, count_attempt: bool = True,
@@ -746,7 +810,7 @@ class JobStore:
                         params).fetchall()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback(self._db)
                 raise
         return Recovery(requeued=[r[0] for r in requeued], failed=[r[0] for r in failed],
                         cancelled=[r[0] for r in cancelled])

@@ -10,10 +10,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from echo_os.api.jobs import AnimaticSpec, JobKind, JobProgress, JobStatus
+from echo_os.api.jobs import AnimaticSpec, JobProgress, JobStatus, JobViewKind
+from echo_os.artifacts.meta import ArtifactKind
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
-from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
+from echo_os.render.requests import (  # the option Literals, defined once there
     MAX_COUNT,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -61,7 +62,9 @@ class RenderBody(BaseModel):
                                                                          "Default: random.")
     steps: int = Field(default=30, ge=1, le=MAX_STEPS)
     cfg: float = Field(default=7.0, ge=0.0, le=100.0, allow_inf_nan=False)
-    size: str = Field(default="1024x1024", pattern=SIZE_PATTERN, description="WIDTHxHEIGHT, multiples of 8.")
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN,
+                             description="WIDTHxHEIGHT, multiples of 8. Default: the preset's or the model entry's, "
+                                         "else 1024x1024; 512x512 when the cpu engine renders (ECHO_OS_CPU_SIZE).")
     count: int = Field(default=1, ge=1, le=MAX_COUNT, description="Images, rendered in one batched call.")
     scheduler: Scheduler = "euler"
     device: Device = "auto"
@@ -71,6 +74,14 @@ class RenderBody(BaseModel):
                                             description="Options of the chosen engine (its own Options model).")
     project: str = Field(default="default", min_length=1, max_length=200)
     parent_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    preset: str | None = Field(default=None, min_length=1, max_length=200,
+                               description="A render preset (pipelines/presets: draft, fast, quick, quality): its "
+                                           "values for every field not sent, as `echo-os render --preset`.")
+    tile: Literal["x", "y", "xy"] | None = Field(default=None, description="Seamless texture: the image wraps "
+                                                                           "left-right (x), top-bottom (y) or both.")
+    again: bool = Field(default=False, description="Render anew even when the same request was rendered "
+                        "before (the CLI's --again). Default: an image the project already has (same request "
+                        "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
 
 
 class BatchBody(BaseModel):
@@ -93,6 +104,9 @@ class BatchBody(BaseModel):
     ip_adapter: str = Field(default="ip-adapter-sdxl", min_length=1, max_length=200,
                             description="IP-Adapter entry for characters with reference images; 'none' leaves "
                                         "them out (as `echo-os batch --ip-adapter`)")
+    again: bool = Field(default=False, description="Render anew even when the same request was rendered "
+                        "before (the CLI's --again). Default: an image the project already has (same request "
+                        "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
 
 
 class AnimaticBody(BaseModel):
@@ -112,6 +126,28 @@ class AnimaticBody(BaseModel):
     captions: bool = Field(default=False, description="Burn each scene's description in and write an .srt.")
     clips: bool = Field(default=False, description="Play a scene's newest clip (`echo-os animate`) instead of "
                                                    "its still.")
+
+
+class AnimateBody(BaseModel):
+    """`echo-os animate`, as JSON: a clip from an image artifact, by an engine whose output kind is video
+    (Stable Video Diffusion). Fields mean what the command's options mean."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+        "examples": [{"artifact_id": "3f9a1c2b7d4e", "model": "svd", "frames": 14, "fps": 7}]})
+
+    artifact_id: str = Field(pattern=r"^[0-9a-fA-F]{12,64}$", description="The image to animate (id or 12+ prefix).")
+    model: str = Field(default="svd", min_length=1, description="Image-to-video model (models.toml, type video).")
+    frames: int = Field(default=14, description="Frames to generate.")
+    fps: int = Field(default=7, description="Frame rate of the clip (also conditions SVD).")
+    motion_bucket: int = Field(default=127, description="SVD's amount of motion (0-1023).")
+    noise_aug: float = Field(default=0.02, allow_inf_nan=False, description="Noise added to the image first.")
+    steps: int = Field(default=25, description="Denoising steps.")
+    seed: int | None = Field(default=None, description="Seed (default: the image's own).")
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN,
+                             description="WIDTHxHEIGHT (default: the image's, rounded down to multiples of 64).")
+    decode_chunk_size: int | None = Field(default=None, description="Frames per VAE decode (default: all).")
+    cpu_offload: bool = Field(default=False, description="Keep only the running model on the GPU.")
+    device: Literal["auto", "cuda", "cpu", "mps"] = "auto"
 
 
 class RefineBody(BaseModel):
@@ -153,7 +189,9 @@ class CompareBody(BaseModel):
     seeds: list[int] = Field(default_factory=list, max_length=64)
     styles: list[str] = Field(default_factory=list, max_length=64)
     engines: list[EngineName] = Field(default_factory=list, max_length=64)
-    size: str = Field(default="1024x1024", pattern=SIZE_PATTERN)
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN,
+                             description="WIDTHxHEIGHT for every cell. Default: the model entry's, else 1024x1024; "
+                                         "512x512 when the cpu engine renders.")
     project: str = Field(default="compare", min_length=1, max_length=200)
     max_cells: int = Field(default=64, ge=1, le=1024)
 
@@ -230,7 +268,7 @@ class EvolveSubmitted(Submitted):
 
 class JobView(BaseModel):
     id: str
-    kind: JobKind
+    kind: JobViewKind
     status: JobStatus
     progress: JobProgress
     attempts: int
@@ -275,6 +313,8 @@ class ArtifactView(BaseModel):
     size: str
     scene: int | None = None
     parent_id: str | None = None
+    kind: ArtifactKind = Field(default="image", description="image (rendered here), imported (memory import), "
+                               "sheet (a compare grid sheet) or video (an animatic or a clip).")
     image_url: str
     meta: dict | None = Field(default=None, description="The artifact's meta.json (GET /api/artifacts/{id}).")
 
@@ -287,7 +327,7 @@ class ArtifactPage(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"  # degraded (HTTP 503): the worker the server started is gone
     version: str
     worker: Literal["running", "stopped", "disabled"]
     jobs: dict[str, int]

@@ -41,20 +41,28 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from echo_os.api.events import (
-    ArtifactSaved, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded, image_url,
+    ArtifactSaved,
+    JobCancelled,
+    JobFailed,
+    JobProgressed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    image_url,
 )
 from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
 from echo_os.api.stalls import ProgressClock
 from echo_os.errors import CancelledError, EchoError, OutageError, disk_full
 from echo_os.render.requests import RenderRequest, image_request_key
-from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, render_requests
+from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, RenderOutcome, render_requests
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import ArtifactStore
@@ -91,6 +99,7 @@ class JobRun:
     engines: list["EngineChoice"] = field(default_factory=list)
     batch_sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    step: tuple[int, int] = (0, 0)  # (step, total_steps) its latest pipeline call reached
 
     @property
     def artifact_ids(self) -> list[str]:
@@ -157,6 +166,7 @@ class _JobHooks(RenderHooks):
             worker.stats.clock.step()
             for job_id in job_ids:
                 run = self.runs[job_id]
+                run.step = (event.step, event.total_steps)
                 worker.publish(JobProgressed(job_id=job_id, step=event.step, total_steps=event.total_steps,
                                              images_done=len(run.saved), images_total=run.job.images_total))
 
@@ -192,6 +202,18 @@ class _JobHooks(RenderHooks):
                                           image_url=image_url(done.artifact.id), resumed=done.resumed))
 
 
+def _merge_outcome(into: RenderOutcome, part: RenderOutcome) -> None:
+    """Add one render_requests outcome to the job's (a compare renders model by model)."""
+    into.artifacts += part.artifacts
+    into.resumed += part.resumed
+    into.notes += part.notes
+    for choice in part.engines:
+        if all(choice.name != known.name for known in into.engines):
+            into.engines.append(choice)
+    for name, size in part.batch_sizes.items():
+        into.batch_sizes[name] = max(into.batch_sizes.get(name, 0), size)
+
+
 class Worker:
     """The one thread that renders. Thread-safe entry points: start, stop, wake, cancel."""
 
@@ -214,11 +236,17 @@ class Worker:
         self._stop = threading.Event()
         self._stop_counts = False
         self._wake = threading.Event()
-        self._lock = threading.Lock()  # guards the two fields below
+        self._lock = threading.Lock()  # guards the three fields below
         self._cancel_asked: set[str] = set()
+        # the claimed jobs not yet ended: stats.state is "rendering" while any is left
+        self._open_jobs: set[str] = set()
         # the pipeline calls running now (several at once with a concurrent engine): their jobs and cancel flag
         self._calls: dict[int, tuple[set[str], threading.Event]] = {}
         self._jobs_lock = threading.RLock()  # a job is finished once when calls on several threads end it
+        # Jobs of a turn whose end could not be recorded (jobs.db full): put back in the queue (without
+        # counting an attempt: the machinery failed, not the job) before the next claim.
+        self._stranded: set[str] = set()
+        self._turn_jobs: set[str] = set()
 
     # -- control (any thread) -----------------------------------------------------------------------
     def start(self) -> None:
@@ -262,26 +290,48 @@ class Worker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                claimed = self._claim()
-            except Exception:  # noqa: BLE001 - e.g. the database is locked for longer than its timeout
-                log.exception("worker: cannot claim jobs; trying again")
+                self._turn()
+            except Exception as error:
+                log.exception("worker: cannot record a job's state; trying again")
+                self.stats.last_error = str(disk_full(error) or f"{type(error).__name__}: {error}")
+                self.stats.state = "idle"
+                self._stranded |= self._turn_jobs
                 self._stop.wait(self.poll_s)
-                continue
-            if not claimed:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
-                continue
+
+    def _turn(self) -> None:
+        """Claim and run one group of jobs (or wait for one). What fails while a job's failure is being
+        recorded (a full disk under jobs.db) propagates to _run, which waits and goes on."""
+        for job_id in sorted(self._stranded):  # a job still 'running' from a turn that failed goes back
+            self.jobs.requeue(job_id, error="running again: its end could not be recorded (the disk was full)",
+                              count_attempt=False, outage=True)
+            self._stranded.discard(job_id)
+        self._turn_jobs = set()
+        try:
+            claimed = self._claim()
+        except Exception:
+            log.exception("worker: cannot claim jobs; trying again")
+            self._stop.wait(self.poll_s)
+            return
+        if not claimed:
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            return
+        with self._lock:
+            self._open_jobs = {job.id for job in claimed}
             self.stats.state = "rendering"
             self.stats.clock.start()
-            try:
-                self._run_claimed(claimed)
-            except Exception as error:  # noqa: BLE001 - the worker must outlive any one job
-                log.exception("worker: unexpected error; its jobs go back to the queue")
-                self.stats.last_error = f"{type(error).__name__}: {error}"
-                for job in claimed:
-                    self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
-                                  backoff=True)
-            finally:
+        self._turn_jobs = {job.id for job in claimed}
+        try:
+            self._run_claimed(claimed)
+        except Exception as error:
+            log.exception("worker: unexpected error; its jobs go back to the queue")
+            self.stats.last_error = f"{type(error).__name__}: {error}"
+            for job in claimed:
+                self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
+                              backoff=True)
+        finally:
+            with self._lock:
+                self._open_jobs.clear()
                 self.stats.state = "idle"
 
     def _claim(self) -> list[Job]:
@@ -329,8 +379,9 @@ class Worker:
                 self._finish_succeeded(run)
 
     def _engine(self, request: RenderRequest) -> "Engine":
-        # One engine per coalesce key for the life of the server (pipelines are cached by the engines
-        # anyway); `auto` is decided once, so weights added later are used after a restart.
+        # One engine object per coalesce key for the life of the server: engines are light, their pipelines
+        # live in the model cache (echo_os/render/cache.py), which drops the least recently used over its
+        # memory budget. `auto` is decided once, so weights added later are used after a restart.
         key = coalesce_key(request)
         if key not in self._engines:
             self._engines[key] = self.make_engine(request)
@@ -358,15 +409,30 @@ class Worker:
                 places.append((run, offset))
                 offset += item.count
         hooks = _JobHooks(self, runs, places)
-        # A compare job resumes as `echo-os compare` does (the renderer's resume rule: a cell whose
-        # one-image request key is already in its project is taken, not rendered). Compare jobs are
-        # claimed alone, so no render job is ever resumed by being claimed with one.
-        resume = all(run.job.spec.compare is not None for run in runs.values())
-        # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
-        # 64x64), capped by --max-batch.
-        outcome = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch,
-                                  skip=lambda source, index: places[source][1] + index in places[source][0].saved,
-                                  engine_for=self._engine, hooks=hooks, resume=resume)
+        # Every job resumes as the CLI does (the renderer's resume rule: an image whose one-image request key
+        # is already in its project, folder on disk, is taken as the job's image, not rendered again), unless
+        # it asked for `again`. Render jobs claimed together share the call: one that asked for `again`
+        # renders the whole call anew.
+        resume = not any(run.job.spec.again for run in runs.values())
+        # A compare over several models renders model by model and releases each model's weights before the
+        # next loads, as `echo-os compare` does (echo_os.iterate.compare.render_compare): one model in memory.
+        compare = all(run.job.spec.compare is not None for run in runs.values())
+        models: list[str | None] = list(dict.fromkeys(r.model for r in requests)) if compare else [None]
+        outcome = RenderOutcome()
+        for model in models:
+            def skip(source: int, index: int, model: str | None = model) -> bool:
+                if model is not None and requests[source].model != model:
+                    return True
+                return places[source][1] + index in places[source][0].saved
+
+            # The same per-call size a story batch gets (free GPU memory on CUDA, 1 for CPU diffusion above
+            # 64x64), capped by --max-batch.
+            part = render_requests(self.settings, requests, store=self.store, max_batch=self.max_batch, skip=skip,
+                                   engine_for=self._engine, hooks=hooks, resume=resume)
+            _merge_outcome(outcome, part)
+            if len(models) > 1 and part.artifacts:
+                first = next(request for request in requests if request.model == model)
+                self._engine(first).release(first)
         for run in runs.values():
             run.engines, run.batch_sizes, run.notes = outcome.engines, outcome.batch_sizes, outcome.notes
 
@@ -479,6 +545,7 @@ class Worker:
             run = runs[job_id]
             if not run.done:
                 run.done = True
+                self._leaving(job_id)
                 log.warning("job %s: lease lost (taken back while this worker was busy); leaving it", job_id)
 
     def _cancelled(self, job_ids: set[str]) -> set[str]:
@@ -494,7 +561,8 @@ class Worker:
                     continue
                 run.done = True
             self.stats.jobs_done += 1
-            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run))
+            self._leaving(job_id)
+            self.jobs.finish(job_id, "cancelled", timings=self._job_timings(run), step=run.step)
             self.publish(JobCancelled(job_id=job_id, artifact_ids=run.artifact_ids))
             self._forget(job_id)
 
@@ -507,6 +575,14 @@ class Worker:
         timings["run_s"] = round((datetime.fromisoformat(now_iso()) - started).total_seconds(), 4)
         return timings
 
+    def _leaving(self, job_id: str) -> None:
+        """`job_id` is about to be recorded as ended (or back in the queue). The worker's own state flips
+        first: whoever sees the job ended sees a worker that is idle once its last job has left."""
+        with self._lock:
+            self._open_jobs.discard(job_id)
+            if not self._open_jobs:
+                self.stats.state = "idle"
+
     def _forget(self, job_id: str) -> None:
         with self._lock:
             self._cancel_asked.discard(job_id)
@@ -515,23 +591,25 @@ class Worker:
         if run.job.spec.story is not None:
             try:
                 self._write_story(run)
-            except Exception:  # noqa: BLE001 - the images are saved; the job is not failed for its report
+            except Exception:  # the images are saved; the job is not failed for its report
                 log.exception("job %s: could not write the story outputs", run.job.id)
         if run.job.spec.compare is not None:
             try:
                 self._write_compare_grid(run)
-            except Exception:  # noqa: BLE001 - the cells are saved; the job is not failed for its sheet
+            except Exception:  # the cells are saved; the job is not failed for its sheet
                 log.exception("job %s: could not write the compare grid", run.job.id)
         run.done = True
         self.stats.jobs_done += 1
         self._forget(run.job.id)
         timings = self._job_timings(run)
+        self._leaving(run.job.id)
         if self.jobs.finish(run.job.id, "succeeded", timings=timings) is not None:
             self.publish(JobSucceeded(job_id=run.job.id, artifact_ids=run.artifact_ids, timings=timings,
                                       grid_id=run.grid_id))
 
     def _requeue(self, job: Job, reason: str, *, count_attempt: bool, solo: bool | None = None,
                  outage: bool = False, backoff: bool = False) -> None:
+        self._leaving(job.id)
         requeued = self.jobs.requeue(job.id, error=reason, count_attempt=count_attempt, solo=solo, outage=outage,
                                      backoff=backoff)
         if requeued is not None:
@@ -553,7 +631,9 @@ class Worker:
                 self.stats.jobs_done += 1
                 self._forget(job.id)
                 reason = f"interrupted by an outage {job.interruptions + 1} times; last: {message}"
-                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                self._leaving(job.id)
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                    step=run.step) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
                 continue
@@ -581,7 +661,9 @@ class Worker:
                 self._forget(job.id)
                 reason = message if isinstance(error, EchoError) else \
                     f"failed {job.attempts} times; last error: {message}"
-                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run)) is not None:
+                self._leaving(job.id)
+                if self.jobs.finish(job.id, "failed", error=reason, timings=self._job_timings(run),
+                                   step=run.step) is not None:
                     self.publish(JobFailed(job_id=job.id, error=reason, attempts=job.attempts,
                                            artifact_ids=run.artifact_ids))
             else:

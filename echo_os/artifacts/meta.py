@@ -163,3 +163,45 @@ class VideoMeta(BaseModel):
     @classmethod
     def read(cls, path: Path) -> "VideoMeta":
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+# What an artifact is, for the commands that take an id: each says in one line which kinds it needs.
+# "image": rendered by an engine here (replayable); "imported": a PNG brought in by `memory import` (what its
+# chunks carried, no request); "sheet": a compare grid sheet drawn from its cells; "video": an animatic or clip.
+ArtifactKind = Literal["image", "imported", "sheet", "video"]
+IMAGE_KINDS: tuple[ArtifactKind, ...] = ("image", "imported")
+SHEET_ENGINE = "compare"  # the engine name a grid sheet records (echo_os.iterate.compare.save_grid)
+IMPORT_ENGINE_PREFIX = "import:"  # echo_os.memory.importer.imported_meta: "import:a1111", ...
+
+
+def artifact_kind(meta: "ArtifactMeta | VideoMeta | dict[str, Any]") -> ArtifactKind:
+    """The kind of an artifact from its meta.json (a model or the catalog row's dict)."""
+    data = meta if isinstance(meta, dict) else meta.model_dump(mode="json")
+    if data.get("kind") == "video":
+        return "video"
+    engine = (data.get("engine") or {}).get("name", "") if isinstance(data.get("engine"), dict) else ""
+    if data.get("grid") is not None or engine == SHEET_ENGINE:
+        return "sheet"
+    if engine.startswith(IMPORT_ENGINE_PREFIX):
+        return "imported"
+    return "image"
+
+
+def describe_kind(meta: "ArtifactMeta | VideoMeta | dict[str, Any]") -> str:
+    """'a video (animatic)', 'a compare grid sheet', 'an imported image', 'an image'."""
+    kind = artifact_kind(meta)
+    if kind == "video":
+        data = meta if isinstance(meta, dict) else meta.model_dump(mode="json")
+        return f"a video ({data.get('video_kind', 'video')})"
+    return {"sheet": "a compare grid sheet", "imported": "an imported image", "image": "an image"}[kind]
+
+
+def require_kind(artifact_id: str, meta: "ArtifactMeta | VideoMeta | dict[str, Any]",
+                 allowed: tuple[ArtifactKind, ...], command: str, *, needs: str = "an image artifact",
+                 option: str = "artifact_id") -> None:
+    """One line (an OptionError on `option`: exit 2 at the CLI, 422 in the API) when the artifact is not
+    of an allowed kind: what the command needs, and what the id is."""
+    from echo_os.errors import OptionError
+
+    if artifact_kind(meta) not in allowed:
+        raise OptionError(f"{command} needs {needs}; {artifact_id[:12]} is {describe_kind(meta)}", option)

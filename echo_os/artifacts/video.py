@@ -16,11 +16,17 @@ import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
 from echo_os.artifacts.meta import POSTER_NAME, VideoKind, VideoMeta  # noqa: F401  (they live with ArtifactMeta)
 from echo_os.artifacts.store import META_NAME, Artifact, ArtifactStore, _fsync_dir, _write_durably
+
+if TYPE_CHECKING:
+    from echo_os.render.results import RenderResult
+
+CLIP_NAME = "clip.mp4"
 
 
 def is_video_meta(meta: dict) -> bool:
@@ -75,3 +81,50 @@ class VideoFolder:
         self.committed = final
         self.store.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.store.root)))
         return Artifact(id=meta.id, path=final, meta=meta)  # type: ignore[arg-type]
+
+
+def save_clip(store: ArtifactStore, result: "RenderResult", index: int) -> Artifact:
+    """Save output `index` of a video engine's result (RenderedImage.video) as a clip artifact: clip.mp4 (H.264,
+    yuv420p, at the clip's fps), poster.png (the first frame) and meta.json, in the source image's project
+    folder, named after its scene, with parent_id = the source image (the request's init_image)."""
+    import time
+
+    from echo_os.artifacts.encode import PIX_FMT, Mp4Writer
+    from echo_os.artifacts.meta import EngineRecord, ModelRecord, collect_versions
+    from echo_os.artifacts.slugs import slugify
+    from echo_os.render.requests import image_request_key
+
+    started = time.perf_counter()
+    rendered = result.images[index]
+    video = rendered.video
+    if video is None:
+        raise ValueError(f"output {index} of the result is an image, not a clip")
+    request = result.request.model_copy(update={"seed": rendered.seed, "count": 1})
+    parent_id = request.init_image.artifact_id if request.init_image is not None else request.parent_id
+    sequence = 0
+    if parent_id is not None:
+        sequence = store.open(parent_id).meta.sequence
+    story = request.story
+    slug = story.slug or slugify(request.prompt, max_length=32, fallback="image")
+    name = f"{story.scene:03d}-{slug}-clip" if story.scene is not None else f"{slug}-clip"
+    width, height = rendered.image.size
+    # Recorded as an image's meta.json records them (VideoMeta keeps extra fields).
+    extra: dict[str, Any] = {"device": result.runtime.device, "request": request.model_dump(mode="json")}
+    with VideoFolder(store, request.project, name) as folder:
+        with Mp4Writer(folder.path / CLIP_NAME, width - width % 2, height - height % 2, video.fps) as writer:
+            for frame in video.frames:
+                writer.write(frame.crop((0, 0, writer.width, writer.height)))
+        rendered.image.save(folder.path / POSTER_NAME)
+        runtime, model = result.runtime, result.runtime.model
+        meta = VideoMeta(
+            video_kind="clip", created="", project=request.project, sequence=sequence, prompt=request.prompt,
+            seed=rendered.seed, width=writer.width, height=writer.height, fps=video.fps, frames=len(video.frames),
+            duration_s=round(len(video.frames) / video.fps, 3), pix_fmt=PIX_FMT, video=CLIP_NAME,
+            engine=EngineRecord(name=runtime.engine, reason=runtime.reason),
+            model=ModelRecord(name=model.name, source=model.source, kind=model.kind,
+                              weights_sha256=model.weights_sha256) if model is not None else None,
+            parent_id=parent_id, sources=[parent_id] if parent_id else [], story=story, settings=video.settings,
+            versions=collect_versions(), request_key=image_request_key(request),
+            timings={**result.timings.as_dict(), "save_s": round(time.perf_counter() - started, 4)},
+            **extra)
+        return folder.commit(meta)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from echo_os.cli import settings_from
-from echo_os.cli.terminal import json_for_terminal
+from echo_os.cli.terminal import json_for_terminal, only_json_on_stdout
 from echo_os.errors import OptionError, UsageError
 from echo_os.render.requests import SCHEDULERS
 from echo_os.settings import Settings
@@ -36,7 +36,7 @@ class StoryBar:
 
 def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json_output: bool = False,
                 ip_adapter: str | None = "ip-adapter-sdxl", clip: str | None = None, resonance=None, engine=None,
-                note: str | None = None, quiet_json: bool = False, ray=None):
+                note: str | None = None, quiet_json: bool = False, ray=None, story=None):
     """Render every scene of a validated StoryPlan in order and print what was made; returns the StoryRender.
     quiet_json: print nothing in JSON mode (the caller prints a combined document)."""
     from echo_os.artifacts.store import ArtifactStore
@@ -56,7 +56,7 @@ def render_plan(settings: Settings, plan, *, batch_size: int | None = None, json
             engine = pool.engine(plan.scenes[0].request, engine_cancel=False)
         result = render_story(settings, plan, batch_size=batch_size, ip_adapter=ip_adapter, clip=clip,
                               progress=bar, store=store, engine=engine, on_engine=engine_announcer(note),
-                              resonance=resonance)
+                              resonance=resonance, story=story)
     finally:
         bar.close()
         store.close()
@@ -257,9 +257,9 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
       echo-os batch "Ruzgar NFT" --count 100 --style "digital art"
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --ray auto   # on a Ray cluster
     """
-    from echo_os.engines import check_engine_name, choose_engine, create_engine
+    from echo_os.engines import check_engine_name, create_engine
+    from echo_os.render.prepare import check_plan_requests, prepare_plan
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
-    from echo_os.story.render import engine_size_for_plan
 
     settings = settings_from(ctx)
     if no_cache:
@@ -285,9 +285,14 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         preset_values = PresetValues(model=chosen.model, steps=chosen.steps, cfg=chosen.cfg, size=chosen.size,
                                      scheduler=chosen.scheduler)
     check_engine_name(engine)
-    from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
-                                         parse_objective)
     from echo_os.render.styles import resolve_style, style_table
+    from echo_os.resonance.story import (
+        ResonanceOptions,
+        candidate_plan,
+        load_story_json,
+        load_thresholds,
+        parse_objective,
+    )
 
     if no_score and (best_of > 1 or reroll_flagged):
         raise UsageError("--best-of and --reroll-flagged choose by scores; they cannot be used with --no-score.")
@@ -301,6 +306,12 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
                                style_negative=chosen_style.negative, styles=style_table(settings),
                                preset=preset_values, model_defaults=all_render_defaults(settings))
     if source is None:
+        from echo_os.intent.tasks import batch_task_plan  # a task plan (plan --kind assets) runs on its own
+
+        if batch_task_plan(settings, project, count=count, dry_run=dry_run, json_output=json_output, engine=engine,
+                           model=model, size=size, steps=steps, cfg=cfg, seed=seed, style=chosen_style,
+                           echo=click.echo):
+            return
         planned, kind = plan_source(settings, project, count)
         source = f"@{planned}" if kind == "prompts" else str(planned)
     if source.startswith("@") and bible is not None:
@@ -309,13 +320,15 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     def tokenizer_for(model_name: str):
         return load_clip_tokenizer(model_name, settings)  # a models.toml name or a folder
 
-    def make_plan(size: str | None, project_name: str = project, options=base_options):
+    def make_whole_plan(size: str | None, project_name: str = project, options=base_options):
         options = options.model_copy(update={"size": size})
         if source.startswith("@"):
-            plan = plan_prompt_list(project_name, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
-        else:
-            plan = plan_story(project_name, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
-                              workspace=settings.home)
+            return plan_prompt_list(project_name, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
+        return plan_story(project_name, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
+                          workspace=settings.home)
+
+    def make_plan(size: str | None, project_name: str = project, options=base_options):
+        plan = make_whole_plan(size, project_name, options)
         return first_scenes(plan, count) if count is not None else plan
 
     ip_adapter_model = None if ip_adapter == "none" else ip_adapter
@@ -330,7 +343,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         plans = {name: make_plan(size, f"{project} [{name}]", base_options.model_copy(update={"model": name}))
                  for name in models}  # every plan checked before anything renders
         if dry_run:
-            for name, plan in plans.items():
+            for plan in plans.values():
                 click.echo(json_for_terminal(plan.model_dump(mode="json")) if json_output else format_dry_run(plan))
             return
         results = {name: render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
@@ -344,17 +357,19 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
             click.echo(f"models side by side: {sheet}")
         return
 
-    plan = make_plan(size)
-    # The engine is chosen once, here, as `render` does: choosing checks the model and its weights (so a
-    # dry run reports what the real run would), and the engine's default size rule depends on it.
+    plan, plan_size = make_plan(size), size
+    # The engine is chosen once, here, through the front door's tail (echo_os.render.prepare.prepare_plan),
+    # as POST /api/batch does: choosing checks the model and its weights (so a dry run reports what the real
+    # run would), and the engine's default size rule depends on it.
     choice, note = None, None
     if plan.scenes:
-        choice = choose_engine(settings, plan.scenes[0].request)
         # A --size or --steps (or a preset's) means the user chose; a story's or a model's size does not.
-        if not (size or steps or preset_values.size or preset_values.steps):
-            smaller = engine_size_for_plan(settings, plan, choice[0])
-            if smaller is not None:
-                plan, note = make_plan(smaller.size), smaller.note
+        prepared = prepare_plan(settings, plan.requests,
+                                size_given=bool(size or steps or preset_values.size or preset_values.steps))
+        choice = (prepared.engine.name, prepared.engine.reason)
+        if prepared.size is not None:
+            plan, note, plan_size = make_plan(prepared.size), prepared.note, prepared.size
+        check_plan_requests(settings, plan.requests, prepared.engine)
     if dry_run:
         check_plan(settings, plan, ip_adapter_model, clip)
         if choice is not None:
@@ -381,9 +396,20 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         from echo_os.render.ray import RayOptions
 
         ray = RayOptions(address=ray_address, actors=ray_actors)
-    render_plan(settings, plan, batch_size=batch_size, json_output=json_output, ip_adapter=ip_adapter_model,
-                clip=clip, engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
-                resonance=resonance, ray=ray)
+    # --count renders a part; story.json and the contact sheet still describe the whole story rendered so far
+    story = make_whole_plan(plan_size) if count is not None else None
+    def run(quiet_json: bool = False):
+        return render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
+                           ip_adapter=ip_adapter_model, clip=clip,
+                           engine=create_engine(settings, *choice) if choice and ray is None else None, note=note,
+                           resonance=resonance, ray=ray, story=story, quiet_json=quiet_json)
+
+    if ray is not None and json_output:  # stdout is the JSON document only, whatever Ray prints meanwhile
+        with only_json_on_stdout():
+            result = run(quiet_json=True)
+        click.echo(json_for_terminal(result.as_dict()))
+    else:
+        run()
 
 
 def check_plan(settings: Settings, plan, ip_adapter: str | None, clip: str | None) -> None:

@@ -12,7 +12,8 @@ from echo_os.cli import settings_from
               help="Only this project, written beside the full page as gallery/project-<slug>.html.")
 @click.option("--open", "open_page", is_flag=True, help="Open the page in the default web browser.")
 @click.option("--filter", "which", type=click.Choice(["all", "best"]), default="all", show_default=True,
-              help="best: the best-scored images first (most recent until images have scores; it says so).")
+              help="best: rated images first, then by the --best-of objective (most recent until images have "
+                   "scores or ratings; it says so), on a page of its own (gallery/index-best.html).")
 @click.option("--limit", type=click.IntRange(1), default=24, show_default=True, help="How many images --filter best keeps.")
 @click.pass_context
 def gallery(ctx: click.Context, project: str | None, open_page: bool, which: str, limit: int) -> None:

@@ -229,13 +229,19 @@ def analyze(ctx: click.Context, project: str | None, k: str, no_images: bool, ex
     result = analyze_memory(settings, project=project, k=chosen, images=not no_images)
     save_analysis(settings, result)  # the gallery's motifs section shows the latest analysis
     written: list[str] = []
+    skipped: dict[str, str] = {}
     if export_styles:
-        written, kept = write_styles(settings, result.clusterings[0].motifs)
-        if kept:
-            click.echo(f"styles.toml already has {', '.join(kept)}: left as they are", err=True)
+        export = write_styles(settings, result.clusterings[0].motifs)
+        written, skipped = export.written, export.skipped
+        if export.kept:
+            click.echo(f"styles.toml already has {', '.join(export.kept)}: left as they are", err=True)
+        for name, why in export.skipped.items():
+            click.echo(f"not a style: {name}: {why}", err=True)
     if as_json:
         data = result.as_dict()
         data["exported_styles"] = written
+        if export_styles:
+            data["skipped_styles"] = skipped
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     for note in result.notes:

@@ -19,8 +19,13 @@ MAX_PLAN_ITEMS = 500
 @click.argument("intent")
 @click.option("--count", type=click.IntRange(1, MAX_PLAN_ITEMS), default=12, show_default=True,
               help="How many prompts (or scenes) to plan.")
-@click.option("--kind", type=click.Choice(["prompts", "story"]), default="prompts", show_default=True,
-              help="prompts: a prompt list (@prompts.txt); story: story.csv plus a STORY_BIBLE.md skeleton.")
+@click.option("--kind", type=click.Choice(["prompts", "story", "assets", "tasks"]), default="prompts", show_default=True,
+              help="prompts: a prompt list (@prompts.txt); story: story.csv and STORY_BIBLE.md, scenes with an arc; "
+                   "assets (or tasks): per item a concept image, its seamless texture and its turnaround sheet, "
+                   "with depends_on, in plan.json.")
+@click.option("--diversity", type=click.FloatRange(0.0, 1.0), default=None,
+              help="0..1: how much variety weighs against relevance to the intent (MMR lambda = 1 - diversity) "
+                   "[default: 0.5].")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the list (default: prompts/<project>/prompts.txt or story.csv).")
 @click.option("--seed", type=int, default=None, help="Seed of the variation: the same seed plans the same items.")
@@ -35,10 +40,12 @@ MAX_PLAN_ITEMS = 500
 @click.option("--json", "as_json", is_flag=True, help="Print plan.json.")
 @click.pass_context
 def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, out: str | None, seed: int | None,
-         template: str | None, method: str, context_ids: tuple[str, ...], ignore_memory: bool, as_json: bool) -> None:
+         template: str | None, method: str, context_ids: tuple[str, ...], ignore_memory: bool, as_json: bool,
+         diversity: float | None) -> None:
     """Plan PROJECT from INTENT: a prompt list or a storyboard, varied and away from past work.
 
-    INTENT is what to make, for example "warm fractal, no human forms". Exclusions ("no ...", "without ...") go to the negative prompt. Offline (the default), prompts are
+    INTENT is what to make, for example "warm fractal, no human forms". Exclusions ("no ...",
+    "without ...") go to the negative prompt. Offline (the default), prompts are
     varied with Dynamic Prompts templates (wildcards: the built-in vocabulary and prompts/wildcards/*.txt)
     and the COUNT farthest from each other and from the project's past work are kept.
 
@@ -76,41 +83,74 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
     embedder = MiniLMEmbedder()
     embed = _embed_with_progress(embedder)
     past = None if ignore_memory else past_work(settings, project, embed)
+    from echo_os.intent.offline import DEFAULT_DIVERSITY
+
+    diversity = DEFAULT_DIVERSITY if diversity is None else diversity
+    notes: list[str] = []
+    story_record: dict = {}
     if config is None:
         seed = new_seed() if seed is None else seed
-        chosen, diversity = plan_offline(parsed, count=count, seed=seed, template=template,
-                                         wildcards_dir=settings.home / "prompts" / "wildcards",
-                                         past=past.vectors if past else None, embed=embed)
-        items = [PlanItem(prompt=c.prompt, parts=c.parts) for c in chosen]
+        if kind == "story":
+            from echo_os.intent.storyplan import plan_story_offline
+
+            story = plan_story_offline(parsed, count=count, seed=seed, past=past.vectors if past else None,
+                                       embed=embed, diversity=diversity)
+            parsed, items, scores, notes = story.intent, story.items, story.diversity, story.notes
+            story_record = story.story
+        else:
+            offline = plan_offline(parsed, count=count, seed=seed, template=template,
+                                   wildcards_dir=settings.home / "prompts" / "wildcards",
+                                   past=past.vectors if past else None, embed=embed, diversity=diversity, kind=kind)
+            parsed, scores, notes = offline.intent, offline.diversity, offline.notes
+            items = [PlanItem(prompt=c.prompt, parts=c.parts) for c in offline.chosen]
         method_record = {"name": "offline", "seed": seed, "template": template, "library": "dynamicprompts",
-                         "embedder": "all-MiniLM-L6-v2", "selection": "maximal marginal relevance"}
+                         "embedder": "all-MiniLM-L6-v2", "selection": "maximal marginal relevance",
+                         "diversity": diversity}
     else:
         from echo_os.intent.llm import plan_with_llm
+        from echo_os.intent.offline import prepare_intent
         from echo_os.intent.planfile import past_plan_prompts
 
+        parsed, _, query, _ = prepare_intent(parsed, embed)
         past_prompts = [] if ignore_memory else _recent_prompts(settings, project) + past_plan_prompts(settings, project)
-        prompts, attempts = plan_with_llm(config, parsed, count=count, past_prompts=past_prompts[-50:], images=images)
-        items = [PlanItem(prompt=prompt, parts={}) for prompt in prompts]
-        vectors = embed(prompts)
-        diversity = measure(vectors, past.vectors if past is not None else vectors[:0])
-        method_record = {"name": "llm", "url": config.url, "model": config.model, "attempts": attempts,
-                         "context": [str(path) for path in images]}
+        answer = plan_with_llm(config, parsed, count=count, past_prompts=past_prompts[-50:], images=images,
+                               embed=embed)
+        items = [PlanItem(prompt=prompt, parts={}) for prompt in answer.prompts]
+        vectors = embed(answer.prompts)
+        scores = measure(vectors, past.vectors if past is not None else vectors[:0], query)
+        notes = answer.notes
+        method_record = {"name": "llm", "url": config.url, "model": config.model, "attempts": answer.attempts,
+                         "context": [str(path) for path in images], "corrections": answer.notes}
+    if kind in ("assets", "tasks"):
+        from echo_os.intent.tasks import task_items
+
+        items = task_items(items)
+    diversity_record = scores
     method_record["memory"] = ("ignored" if past is None else
                                f"{past.artifacts} artifacts in Echo Memory, {past.planned} earlier plan items")
     plan_file = PlanFile(project=project, intent=intent, theme=parsed.theme, kind=kind,
                          constraints=Constraints(exclusions=list(parsed.exclusions),
                                                  negative_prompt=parsed.negative_prompt),
-                         method=method_record, items=items, diversity=diversity.as_dict())
+                         method=method_record, items=items, diversity=diversity_record.as_dict(), notes=notes,
+                         story=story_record)
     saved = save_plan(settings, plan_file, Path(out).resolve() if out else None)
-    for line in diversity.lines():
+    for line in diversity_record.lines():
         click.echo(line, err=True)
+    for line in notes:
+        click.echo(f"note: {line}", err=True)
     if as_json:
         click.echo(saved.model_dump_json(indent=2))
         return
     for number, item in enumerate(saved.items, start=1):
-        click.echo(f"{number:3d}  {item.prompt}")
+        task = f"[{item.id}{' <- ' + ', '.join(item.depends_on) if item.depends_on else ''}] " if item.id else ""
+        click.echo(f"{number:3d}  {task}{item.prompt}")
     if saved.constraints.negative_prompt:
         click.echo(f"negative: {saved.constraints.negative_prompt}")
+    if kind in ("assets", "tasks"):
+        click.echo(f"plan: {saved.files['list']}, {len(saved.items)} tasks ({method_record['name']})", err=True)
+        click.echo(f"render it: echo-os batch {shlex.quote(project)}  (in dependency order; again to resume)",
+                   err=True)
+        return
     click.echo(f"plan: {', '.join(saved.files.values())} and plan.json beside it ({method_record['name']})", err=True)
     click.echo(f"render it: echo-os batch {shlex.quote(project)} --count {len(saved.items)}", err=True)
 
@@ -139,11 +179,15 @@ def _embed_with_progress(embedder, chunk: int = 64):
 def _context_images(settings, ids: tuple[str, ...]) -> list[Path]:
     if not ids:
         return []
+    from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
     from echo_os.artifacts.store import ArtifactStore
 
     store = ArtifactStore(settings)
     try:
-        return [store.open(artifact_id).image_path for artifact_id in ids]
+        artifacts = [store.open(artifact_id) for artifact_id in ids]
+        for artifact in artifacts:
+            require_kind(artifact.id, artifact.meta, (*IMAGE_KINDS, "sheet"), "plan's context", needs="an image")
+        return [artifact.image_path for artifact in artifacts]
     finally:
         store.close()
 

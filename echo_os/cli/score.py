@@ -42,7 +42,11 @@ def score(ctx: click.Context, artifact_ids: tuple[str, ...], project: str | None
     settings = settings_from(ctx)
     with Catalog(settings.catalog_path) as catalog:
         if artifact_ids:
+            from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
+
             rows = list({row.id: row for row in (catalog.resolve_id(i) for i in artifact_ids)}.values())
+            for row in rows:
+                require_kind(row.id, row.meta, IMAGE_KINDS, "score")
         else:
             rows = catalog.query(project=project, newest_first=False)
             if project and not rows:
@@ -64,7 +68,7 @@ def score(ctx: click.Context, artifact_ids: tuple[str, ...], project: str | None
         click.echo(f"{artifact_id[:12]}  alignment {_figure(data['alignment'], '{:.1f}')}  "
                    f"consistency {_figure(data['character_consistency'])}  style {_figure(data['style'])}  "
                    f"aesthetic {_figure(data['aesthetic'], '{:.2f}')}")
-    click.echo(f"{len(written)} scored, {skipped} skipped (already scored or draft cards)")
+    click.echo(f"{len(written)} scored, {skipped} skipped (already scored, draft cards, grid sheets or videos)")
 
 
 @click.command()

@@ -8,8 +8,10 @@ such character as a visible escape instead (`\\x07`, `\\r`, `\\u202e`); JSON out
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
 
 # C0 and C1 controls, DEL, and the Unicode bidirectional controls (marks, embeddings, overrides, isolates).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -42,3 +44,24 @@ def json_for_terminal(data: object, *, indent: int | None = 2) -> str:
     bidi controls) as \\uXXXX, which JSON readers turn back into the same characters."""
     text = json.dumps(data, indent=indent, ensure_ascii=False)
     return _UNSAFE_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+@contextlib.contextmanager
+def only_json_on_stdout():
+    """While a command whose stdout is a JSON document (`--json`) works, everything else printed goes to
+    stderr: Ray's driver prints the raylet's messages ("(raylet) A worker died ...") to sys.stdout even with
+    log_to_driver=False, from a thread of its own. On the way out Ray, when the command connected to it, is
+    disconnected (its printing thread stops), so nothing of it can follow the document; the caller prints
+    the JSON after this block."""
+
+    def ray_connected() -> bool:
+        ray = sys.modules.get("ray")
+        return ray is not None and ray.is_initialized()
+
+    connected_before = ray_connected()
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            yield
+        finally:
+            if not connected_before and ray_connected():
+                sys.modules["ray"].shutdown()

@@ -1,11 +1,12 @@
 """The engine registry: every engine comes from a plugin (echo_os/engines/plugins.py), built-ins included.
 
-`auto` asks the engines in the workspace's order (`[engines] order` in echo-os.toml, default
-DEFAULT_ORDER) and takes the first that can render the request: one whose capabilities cover it (text,
-reference images, LoRAs, size), whose weights resolve here when it needs weights, which opens no network
-connection unless the workspace allows it, which takes the request's options, and whose own
-`availability(settings, request)` says nothing against it. The reason, with the order and what each
-engine before it lacked, goes into meta.json.
+`auto` asks the engines in the workspace's order (`[engines] order` in echo-os.toml, default DEFAULT_ORDER)
+that make the request's output kind (`request.output`: image, video; an order naming none of that kind: every
+engine of the kind, in registration order) and takes the first that can render it: one whose capabilities
+cover it (text, reference images, LoRAs, size), whose weights resolve here when it needs weights, which opens
+no network connection unless the workspace allows it, which takes the request's options, and whose own
+`availability(settings, request)` says nothing against it. The reason, with the order and what each engine
+before it lacked, goes into meta.json.
 
 Engine modules are imported when the registry is first read, and they import torch only inside their
 functions, so validating a request or drawing draft cards never imports torch.
@@ -95,18 +96,6 @@ def _lacks(settings: "Settings", plugin: "EnginePlugin", request: "RenderRequest
     unmet = caps.unmet(request)
     if unmet:
         problems.append(unmet)
-    if not problems and caps.needs_weights:
-        from echo_os.models import ResolveError, check_loadable, load_registry
-
-        registry = load_registry(settings)
-        registry.get(request.model)  # an unknown name is the user's error whatever the engine: raise
-        try:
-            resolved = registry.resolve(request.model)
-        except ResolveError as error:
-            if asked:
-                raise
-            return f"no weights for model '{request.model}' here ({error.reason}); see `echo-os models list`"
-        check_loadable(resolved)  # a broken or refused file is reported before anything starts
     if not problems:
         try:
             options = engine_options(plugin, request)
@@ -119,6 +108,18 @@ def _lacks(settings: "Settings", plugin: "EnginePlugin", request: "RenderRequest
             if asked:
                 raise
             problems.append(str(error))
+    if not problems and caps.needs_weights:
+        from echo_os.models import ResolveError, check_loadable, load_registry
+
+        registry = load_registry(settings)
+        registry.get(request.model)  # an unknown name is the user's error whatever the engine: raise
+        try:
+            resolved = registry.resolve(request.model)
+        except ResolveError as error:
+            if asked:
+                raise
+            return f"no weights for model '{request.model}' here ({error.reason}); see `echo-os models list`"
+        check_loadable(resolved)  # a broken or refused file is reported before anything starts
     if problems:
         if asked:
             raise UsageError(f"engine {plugin.name} cannot render this request: {problems[0]}.")
@@ -126,9 +127,19 @@ def _lacks(settings: "Settings", plugin: "EnginePlugin", request: "RenderRequest
     return None if asked else plugin.availability(settings, request)
 
 
-def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, str]:
+def engines_of_kind(order: "tuple[str, ...] | list[str]", output: str) -> tuple[str, ...]:
+    """The engines of `order` that make `output` (an output kind: image, video, ...); when the order names
+    none of that kind, every registered engine of the kind, in registration order."""
+    table = engine_table()
+    chosen = tuple(name for name in order if table[name].capabilities.output == output)
+    return chosen or tuple(name for name, plugin in table.items() if plugin.capabilities.output == output)
+
+
+def choose_engine(settings: "Settings", request: "RenderRequest",
+                  exclude: tuple[str, ...] = ()) -> tuple[str, str]:
     """(engine name, one-line reason): the engine the request names, or for `auto` the first engine
-    of the workspace's order that can render it (see the module docstring)."""
+    of the workspace's order that can render it (see the module docstring); `exclude`: engines `auto`
+    passes over (one that failed before any image, echo_os.render.scheduler)."""
     if request.engine != AUTO:
         _lacks(settings, get_engine(request.engine), request, asked=True)
         return request.engine, f"chosen with --engine {request.engine}"
@@ -137,9 +148,12 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
     if unknown:  # a typo is reported even when an engine before it is available
         raise UsageError(f"[engines] order in echo-os.toml names {unknown[0]!r}, which is not an engine here; "
                          f"known: {', '.join(engine_table())}.")
+    order = engines_of_kind(order, request.output)
     skipped: list[str] = []
     reasons: dict[str, str] = {}
     for name in order:
+        if name in exclude:
+            continue
         problem = _lacks(settings, engine_table()[name], request, asked=False)
         if problem is None:
             reason = f"auto: first available in the order {', '.join(order)}"
@@ -148,6 +162,25 @@ def choose_engine(settings: "Settings", request: "RenderRequest") -> tuple[str, 
         reasons[name] = problem
         skipped.append(f"{name}: as {repeated}" if repeated else f"{name}: {problem}")
     raise UsageError(f"no engine of the order {', '.join(order)} can render this request: {'; '.join(skipped)}.")
+
+
+def check_runtime(settings: "Settings", request: "RenderRequest") -> None:
+    """Raise the OptionError of the engine that would render `request` for what this machine lacks (a device,
+    a package): the named engine, or for `auto` the first engine of the workspace's order whose capabilities
+    cover the request (the one `auto` tries first). Each engine states its own rules (check_runtime)."""
+    if request.engine != AUTO:
+        plugin = get_engine(request.engine)
+    else:
+        table = engine_table()
+        order = engines_of_kind([n for n in settings.engine_order or DEFAULT_ORDER if n in table], request.output)
+        covering = [table[name] for name in order if table[name].capabilities.unmet(request) is None
+                    and (not table[name].capabilities.network or settings.network_allowed(name))]
+        if not covering:
+            return  # choose_engine says why no engine fits
+        plugin = covering[0]
+    check = getattr(plugin, "check_runtime", None)  # optional for plugins that do not subclass BaseEngine
+    if check is not None:
+        check(settings, request)
 
 
 def create_engine(settings: "Settings", name: str, reason: str) -> "Engine":

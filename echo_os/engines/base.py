@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from echo_os.render.results import (  # noqa: F401  (re-exported: the older import path)
+from echo_os.render.results import (  # re-exported: the older import path
     MemoryInfo,
     ModelInfo,
     ProgressCallback,
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T", bound=BaseModel)
 
+# What an engine can produce (Capabilities.output). A new modality adds its kind here and an engine for it.
+OUTPUT_KINDS: tuple[str, ...] = ("image", "video")
+
 __all__ = [
     "BaseEngine", "Capabilities", "Engine", "EngineOptions", "EnginePlugin",
     # re-exported from echo_os.render.results
@@ -44,37 +47,54 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an engine can do. Read by `choose_engine` (weights, network, text/reference images, LoRAs,
-    sizes), by the scheduler (max_batch, tiled_decode) and by replay (deterministic)."""
+    """What an engine can do. Read by `choose_engine` (output kind, weights, network, text/reference images,
+    LoRAs, sizes), by the scheduler (max_batch, tiled_decode) and by replay (deterministic)."""
 
+    output: str = "image"  # what it produces: one of OUTPUT_KINDS; the chooser asks only engines of the kind asked
     needs_weights: bool = True  # renders `request.model` from local weights (models.toml must resolve it)
     network: bool = False  # opens network connections: only with `[engines] allow_network = true`
     txt2img: bool = True
     img2img: bool = False  # takes an init image and a strength (request.init_image: `echo-os refine`)
+    # img2img denoises steps x strength of the schedule (diffusers), so steps x strength < 1 runs no step;
+    # False: it runs all `steps` over the last `strength` of the schedule (ComfyUI's KSampler denoise)
+    img2img_scales_steps: bool = True
     refiner: bool = False  # hands the base's latents to a refiner model (request.refiner: --refiner)
     reference_images: bool = False  # IP-Adapter reference images (request.ip_adapter)
     loras: bool = False
     deterministic: bool = True  # the same request and seed give the same pixels (batched or alone)
     max_batch: int = 1
     sizes: tuple[tuple[int, int], ...] | None = None  # the only (width, height) it renders; None: any
-    tiled_decode: bool = False  # the OOM back-off may set `vae_tiling` before giving up on one image
+    # render() takes `vae_tiling=True` (decode tile by tile): the OOM back-off's last step, and replay of an
+    # image decoded that way. Engines without it are never passed the keyword.
+    tiled_decode: bool = False
     tiling: bool = False  # seamless textures (RenderRequest.tile), engines/tiling.py
 
     def unmet(self, request: "RenderRequest") -> str | None:
         """Why an engine with these capabilities cannot render `request`, or None when it can."""
-        if not self.txt2img:
-            return "it does not render from a text prompt"
+        found = self.unmet_field(request)
+        return found[1] if found else None
+
+    def unmet_field(self, request: "RenderRequest") -> tuple[str, str] | None:
+        """(the request field at fault, why) when an engine with these capabilities cannot render
+        `request`, else None. The field is what a host names in its error (render.prepare)."""
+        wanted = getattr(request, "output", "image")
+        if self.output != wanted:
+            return "engine", f"it makes {self.output}s, not {wanted}s"
+        if not self.txt2img and request.init_image is None:
+            return "engine", "it does not render from a text prompt"
         if request.init_image is not None and not self.img2img:
-            return "it does not refine an image (no img2img)"
+            return "engine", "it does not refine an image (no img2img)"
         if request.refiner is not None and not self.refiner:
-            return "it takes no refiner model"
+            return "refiner", "it takes no refiner model"
         if request.ip_adapter is not None and not self.reference_images:
-            return "it takes no reference images"
+            return "ip_adapter", "it takes no reference images"
         if request.loras and not self.loras:
-            return "it takes no LoRAs"
+            return "lora", "it takes no LoRAs"
+        if request.tile is not None and not self.tiling:
+            return "tile", "--tile needs an engine that renders seamless tiles (one with model weights)"
         if self.sizes is not None and (request.width, request.height) not in self.sizes:
             allowed = ", ".join(f"{w}x{h}" for w, h in self.sizes)
-            return f"it renders only the sizes {allowed}, not {request.width}x{request.height}"
+            return "size", f"it renders only the sizes {allowed}, not {request.width}x{request.height}"
         return None
 
 
@@ -100,6 +120,10 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Options of a parent image that a refine does not carry over (they choose what a txt2img render is,
+    # e.g. ComfyUI's `workflow`: a refine takes the engine's own refine template instead).
+    refine_drops: ClassVar[tuple[str, ...]] = ()
+
 
 class Engine(Protocol):
     """Requests in (already found compatible), one result per request out.
@@ -112,7 +136,6 @@ class Engine(Protocol):
     reason: str  # why it was chosen: recorded in meta.json
     capabilities: Capabilities
     Options: type[EngineOptions]
-    vae_tiling: bool  # set by the scheduler's OOM back-off when capabilities.tiled_decode
     # pipeline calls the renderer may run at once, each on a thread of its own (echo_os.render.ray.RayEngine:
     # one per Ray actor); 1 for an engine that renders on the caller's thread
     concurrent_calls: int
@@ -123,7 +146,9 @@ class Engine(Protocol):
         *,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
-    ) -> list[RenderResult]: ...
+    ) -> list[RenderResult]:
+        """Engines whose capabilities say tiled_decode also take `vae_tiling: bool = False` (per call)."""
+        ...
 
     def free_memory(self, request: "RenderRequest") -> MemoryInfo | None:
         """Free accelerator memory once `request`'s model is loaded; None when memory does not limit
@@ -160,7 +185,6 @@ class BaseEngine:
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
     Options: ClassVar[type[EngineOptions]] = EngineOptions
-    vae_tiling: bool = False
     concurrent_calls: int = 1
 
     def __init__(self, settings: "Settings", reason: str = ""):
@@ -172,9 +196,21 @@ class BaseEngine:
         return None
 
     @classmethod
+    def knows_model(cls, settings: "Settings", model: str) -> bool:
+        """Whether `model`, a name models.toml lacks, is one this engine takes itself (a hosted engine's
+        own models); otherwise an unknown model is an error whatever the engine (render.prepare)."""
+        return False
+
+    @classmethod
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
         """Raise an OptionError (naming the option) for a request this engine refuses on any machine,
         beyond what `capabilities` says (a hosted model's allowed sizes). Checked before availability."""
+
+    @classmethod
+    def check_runtime(cls, settings: "Settings", request: "RenderRequest") -> None:
+        """Raise an OptionError (naming the request field) for what this machine lacks to run `request` with
+        this engine (a device, a package), so a server refuses it before queueing. Default: nothing; an
+        engine that needs no device, like one that draws cards, keeps the default."""
 
     @classmethod
     def create(cls, settings: "Settings", reason: str) -> "BaseEngine":
@@ -185,6 +221,12 @@ class BaseEngine:
         return None
 
     def free_memory(self, request: "RenderRequest") -> MemoryInfo | None:
+        return None
+
+    def template_digest(self, request: "RenderRequest") -> str | None:
+        """The sha256 of what renders `request` beyond the request itself (a ComfyUI template), recorded as
+        provenance `template_sha256`; an earlier image recorded under another digest is rendered again,
+        and replay says the template changed since. None: nothing outside the request."""
         return None
 
     def runs_on_cpu(self, request: "RenderRequest") -> bool:

@@ -9,7 +9,11 @@ Configured in the workspace's echo-os.toml:
     refine_workflow = "sdxl-img2img"      # the template of `echo-os refine` (`-o workflow=NAME` wins)
     checkpoint = "sd_xl_base_1.0.safetensors"   # for templates that bind a checkpoint
 
-`auto` asks it only when it is allowed and configured, and then only if GET /system_stats answers.
+`auto` asks it only when it is allowed and configured, and then only if GET /system_stats answers and GET
+/object_info/{class} says the server has every node class of the template and every file choice it names
+(the checkpoint): missing_on_server. (When it then fails before any image, `auto` moves on: the scheduler.)
+Each image records the template's sha256 (provenance `template_sha256`, Engine.template_digest), so an
+edited template renders anew and replay says it changed.
 
 Per image: the template's API-format graph with the request's values bound (prompt, negative, seed,
 steps, cfg, width, height, checkpoint, batch size 1, sampler/scheduler, init image, strength) is sent with
@@ -34,7 +38,7 @@ history nor GET /queue was lost (a restarted ComfyUI keeps both in memory only):
 One prompt per image, with that image's seed, so image i of a batch is exactly the image its seed gives
 alone (ComfyUI's own batches draw all their noise from one seed).
 
-Workflow templates live in `pipelines/comfyui/`: NAME.json (a workflow as ComfyUI's "Export (API)"
+Workflow templates ship in the package, `echo_os/pipelines/comfyui/`: NAME.json (a workflow as ComfyUI's "Export (API)"
 writes it) and NAME.toml (its description and bindings: which node input receives each request value,
 "NODE_ID.INPUT_NAME", or {input = "...", modulo = N} for an input with a smaller range). A workspace's
 own `pipelines/comfyui/` is read too and wins by name. The engine assumes no checkpoint loader: a
@@ -53,7 +57,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,8 +74,9 @@ from echo_os.engines.base import (
     table_settings,
 )
 from echo_os.engines.hookspecs import hookimpl
+from echo_os.engines.inputs import decode_received_image
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
-from echo_os.settings import REPO_ROOT
+from echo_os.package_data import pipelines_folder
 
 if TYPE_CHECKING:
     from echo_os.render.requests import RenderRequest
@@ -112,6 +117,9 @@ def engine_settings(settings: "Settings") -> ComfyUISettings:
 
 
 class ComfyUIOptions(EngineOptions):
+    # A parent's txt2img template is not a refine's: refine takes refine_workflow unless -o workflow= is given.
+    refine_drops: ClassVar[tuple[str, ...]] = ("workflow",)
+
     workflow: str | None = None  # a template name (pipelines/comfyui/NAME.json + NAME.toml)
     # (a refine's own init image, request.init_image, takes the place of `init_image` below)
     checkpoint: str | None = None  # for templates binding `checkpoint`
@@ -136,6 +144,15 @@ class Workflow:
     bindings: dict[str, tuple[Binding, ...]]
     description: str = ""
     path: Path | None = None
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the graph and its bindings: it changes when the template (NAME.json or NAME.toml) does."""
+        import hashlib
+
+        bindings = {key: [[b.node, b.input, b.modulo] for b in value] for key, value in sorted(self.bindings.items())}
+        text = json.dumps({"graph": self.graph, "bindings": bindings}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def bind(self, values: dict[str, Any]) -> dict[str, Any]:
         """A copy of the graph with `values` (keys of BINDABLE) written into their inputs; values the
@@ -192,9 +209,9 @@ def read_workflow(graph_path: Path) -> Workflow:
 
 
 def workflow_paths(settings: "Settings") -> dict[str, Path]:
-    """name -> NAME.json: the repository's templates, then the workspace's (which win by name)."""
+    """name -> NAME.json: the templates shipped in the package, then the workspace's (which win by name)."""
     found: dict[str, Path] = {}
-    for folder in (REPO_ROOT / TEMPLATES_DIR, settings.home / TEMPLATES_DIR):
+    for folder in (pipelines_folder("comfyui"), settings.home / TEMPLATES_DIR):
         if folder.is_dir():
             found.update({path.stem: path for path in sorted(folder.glob("*.json"))})
     return found
@@ -213,6 +230,52 @@ def get_workflow(settings: "Settings", name: str) -> Workflow:
         raise OptionError(f"no ComfyUI workflow {name!r}; known: {', '.join(paths) or 'none'} "
                           f"(add NAME.json and NAME.toml under {TEMPLATES_DIR}/)", "options.workflow")
     return read_workflow(paths[name])
+
+
+def input_choices(spec: Any) -> list[str] | None:
+    """The values a node input accepts, from its GET /object_info spec: [[choices...], {...}] (a file
+    list such as a checkpoint loader's) or ["COMBO", {"options": [...]}] (newer nodes); None: not a choice."""
+    if not isinstance(spec, list) or not spec:
+        return None
+    if isinstance(spec[0], list):
+        return [str(choice) for choice in spec[0]]
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        return [str(choice) for choice in spec[1].get("options", [])]
+    return None
+
+
+def missing_on_server(config: ComfyUISettings, workflow: Workflow, options: ComfyUIOptions) -> str | None:
+    """Why the server cannot run the template, asked through GET /object_info/{class}: a node class it does
+    not have, or a file choice (checkpoint, VAE, LoRA...) it does not list. None when it has everything.
+    The init image is uploaded at render time, so its input is not checked."""
+    import httpx
+
+    checkpoint = options.checkpoint or config.checkpoint
+    graph = workflow.bind({"checkpoint": checkpoint} if checkpoint else {})
+    uploaded = {(b.node, b.input) for b in workflow.bindings.get("init_image", ())}
+    infos: dict[str, dict] = {}
+    for node_id, node in sorted(graph.items()):
+        kind = node["class_type"]
+        if kind not in infos:
+            try:
+                response = httpx.get(f"{config.url.rstrip('/')}/object_info/{kind}", timeout=config.connect_timeout_s)
+                response.raise_for_status()
+                infos[kind] = response.json().get(kind) or {}
+            except (httpx.HTTPError, ValueError) as error:
+                return f"ComfyUI at {config.url} does not describe its nodes ({type(error).__name__})"
+        info = infos[kind]
+        if not info:
+            return f"ComfyUI at {config.url} has no {kind} node (workflow {workflow.name} needs it)"
+        specs = {**(info.get("input", {}).get("required") or {}), **(info.get("input", {}).get("optional") or {})}
+        for name, value in node.get("inputs", {}).items():
+            if (node_id, name) in uploaded or not isinstance(value, str):
+                continue
+            choices = input_choices(specs.get(name))
+            if choices is not None and value not in choices:
+                listed = ", ".join(choices[:5]) + (", ..." if len(choices) > 5 else "") if choices else "none"
+                return (f"ComfyUI at {config.url} has no {name} {value!r} for workflow {workflow.name} "
+                        f"(it has: {listed})")
+    return None
 
 
 # ---- the client ------------------------------------------------------------------------------------
@@ -281,7 +344,10 @@ class ComfyClient:
         if response.status_code == 400:
             raise ComfyUIError(f"engine comfyui: ComfyUI refused the workflow: {node_error_line(response.json())}")
         response.raise_for_status()
-        return response.json()["prompt_id"]
+        prompt_id = response.json()["prompt_id"]
+        if not isinstance(prompt_id, str) or not prompt_id:  # else the engine would wait for it until its timeout
+            raise TypeError("prompt_id is not text")
+        return prompt_id
 
     def receive(self, wait_s: float) -> dict | None:
         """The next JSON message, or None when none came within wait_s (binary previews are skipped)."""
@@ -333,6 +399,22 @@ class ComfyClient:
         return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
 
 
+def _malformed(error: BaseException) -> str:
+    """What was wrong with a server's answer, in words (not a Python exception's name)."""
+    import json
+
+    if isinstance(error, json.JSONDecodeError):
+        return "a body that is not JSON"
+    if isinstance(error, KeyError):
+        return f"no {error.args[0]!r} where one was expected" if error.args else "a field missing"
+    if isinstance(error, IndexError):
+        return "a list shorter than expected"
+    if isinstance(error, (TypeError, AttributeError)):
+        return "a value of the wrong type (a list or text where an object was expected)"
+    text = "".join(c if c.isprintable() else "?" for c in str(error))[:120]
+    return text or "a value it could not use"
+
+
 def history_failure(entry: dict) -> str | None:
     """The one-line error of a finished /history entry whose status is an error, else None. Upstream
     ComfyUI records [event, data] pairs (data as the websocket sent it); the pip-installable fork records
@@ -372,7 +454,8 @@ class _Run:
 class ComfyUIEngine(BaseEngine):
     name = "comfyui"
     # One image per scheduler call (each saved as it arrives; see the module docstring on seeds).
-    capabilities = Capabilities(needs_weights=False, network=True, img2img=True, deterministic=True, max_batch=1)
+    capabilities = Capabilities(needs_weights=False, network=True, img2img=True, deterministic=True, max_batch=1,
+                                img2img_scales_steps=False)
     Options = ComfyUIOptions
 
     def __init__(self, settings: "Settings", reason: str = ""):
@@ -388,14 +471,19 @@ class ComfyUIEngine(BaseEngine):
             return "no url under [engines.comfyui] in echo-os.toml"
         try:
             import httpx
-            import websocket  # noqa: F401
+            import websocket  # noqa: F401 - only to check it is installed before a prompt is sent
         except ImportError:
             return 'httpx and websocket-client are not installed (pip install "echo-os[hosted]")'
         try:
             httpx.get(config.url.rstrip("/") + "/system_stats", timeout=config.connect_timeout_s).raise_for_status()
         except httpx.HTTPError as error:
             return f"ComfyUI at {config.url} does not answer ({type(error).__name__})"
-        return None
+        try:
+            options = ComfyUIOptions.model_validate(dict(request.options))
+            workflow = get_workflow(settings, workflow_name(config, request, options))
+        except (ValueError, UsageError):
+            return None  # a wrong option or template is the request's error: check_request says it in one line
+        return missing_on_server(config, workflow, options)
 
     @classmethod
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
@@ -410,8 +498,9 @@ class ComfyUIEngine(BaseEngine):
         elif init is not None:
             if "init_image" not in workflow.bindings:
                 raise OptionError(f"workflow {workflow.name} binds no init_image", "options.init_image")
-            if not Path(init).expanduser().is_file():
-                raise OptionError(f"init image {init} is not a file", "options.init_image")
+            from echo_os.engines.inputs import option_image_path
+
+            option_image_path(settings, init)  # inside the workspace, a regular image that decodes whole
         elif "init_image" in workflow.bindings:
             raise OptionError(f"workflow {workflow.name} needs an init image: -o init_image=PATH", "options.init_image")
         if request.loras or request.ip_adapter is not None:
@@ -433,6 +522,13 @@ class ComfyUIEngine(BaseEngine):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def template_digest(self, request: "RenderRequest") -> str | None:
+        try:
+            options = ComfyUIOptions.model_validate(dict(request.options))
+            return get_workflow(self.settings, workflow_name(self.config, request, options)).digest
+        except (ValueError, UsageError):
+            return None
 
     def values_for(self, request: "RenderRequest", seed: int, options: ComfyUIOptions, init_name: str | None) -> dict:
         """The request's values by binding name (a template binds what it has)."""
@@ -468,6 +564,10 @@ class ComfyUIEngine(BaseEngine):
                 self.close()
                 raise ComfyUIError(f"engine comfyui: lost ComfyUI at {self.config.url} ({type(error).__name__}: "
                                    f"{error}); images already saved are kept".replace("\n", " ")) from None
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:  # it answered, oddly
+                self.close()
+                raise ComfyUIError(f"engine comfyui: ComfyUI at {self.config.url} sent an answer this engine "
+                                   f"cannot read ({_malformed(error)}); images already saved are kept") from None
             runtime = RuntimeInfo(engine=self.name, reason=self.reason, device="comfyui", dtype="none",
                                   attention="none")
             results.append(RenderResult(request=request, images=images, runtime=runtime,
@@ -476,8 +576,7 @@ class ComfyUIEngine(BaseEngine):
 
     def _render_request(self, request: "RenderRequest", workflow: Workflow, options: ComfyUIOptions,
                         progress: ProgressCallback | None, cancel: threading.Event | None) -> list[RenderedImage]:
-        from PIL import Image
-        import io
+
 
         client = self.client
         client.connect()
@@ -513,11 +612,15 @@ class ComfyUIEngine(BaseEngine):
             if len(found) != 1:
                 raise ComfyUIError(f"engine comfyui: workflow {workflow.name} saved {len(found)} images for one seed; "
                                    "a template must save exactly one image per prompt (batch size 1)")
-            image = Image.open(io.BytesIO(client.view(found[0])))
-            image.load()
+            try:
+                image = decode_received_image(client.view(found[0]))
+            except ValueError as error:  # not "lost ComfyUI": it answered, with something that is no image
+                raise ComfyUIError(f"engine comfyui: ComfyUI at {client.url} sent {error} for "
+                                   f"{found[0].get('filename')!r} (workflow {workflow.name})") from None
             images.append(RenderedImage(image=image, seed=seed, provenance={
                 "provider": "comfyui", "url": client.url, "prompt_id": prompt_id, "workflow": workflow.name,
                 "workflow_path": str(workflow.path) if workflow.path else None, "graph": graph,
+                "template_sha256": workflow.digest,
                 "cached_nodes": run.cached, "reproducible": True, "reconnects": run.reconnects,
                 **({"strength": request.init_image.strength, "strength_bound": "strength" in workflow.bindings}
                    if request.init_image is not None else {})}))
@@ -531,9 +634,11 @@ class ComfyUIEngine(BaseEngine):
 
             _, data = read_init_image(self.settings, request.init_image)
             return self.client.upload(f"echo-os-init-{request.init_image.sha256[:16]}.png", data)
-        if options.init_image:
-            path = Path(options.init_image).expanduser()
-            return self.client.upload(path.name, path.read_bytes())
+        if options.init_image:  # inside the workspace only, checked again here (a job may be old)
+            from echo_os.engines.inputs import read_option_image
+
+            path, data = read_option_image(self.settings, options.init_image)
+            return self.client.upload(path.name, data)
         return None
 
     def _follow(self, prompt_id: str, graph: dict, advance, cancel: threading.Event | None,

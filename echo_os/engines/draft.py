@@ -8,10 +8,8 @@ replay of a draft artifact reports 0.
 from __future__ import annotations
 
 import hashlib
-import textwrap
 import threading
 import time
-
 from typing import TYPE_CHECKING
 
 from echo_os.engines.base import (
@@ -74,48 +72,89 @@ def _luminance(rgb: tuple[int, int, int]) -> float:
     return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
+def _ink_on(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Dark text on a light background, light text on a dark one."""
+    return (20, 20, 25) if _luminance(rgb) > 140 else (245, 245, 245)
+
+
+def _fit_lines(draw, text: str, font, width: int) -> list[str]:
+    """`text` wrapped to `width` pixels as measured in `font` (a word longer than a line is cut)."""
+    lines, line = [], ""
+    for word in text.split():
+        attempt = f"{line} {word}".strip()
+        if draw.textlength(attempt, font=font) <= width:
+            line = attempt
+            continue
+        if line:
+            lines.append(line)
+        while draw.textlength(word, font=font) > width and len(word) > 1:
+            cut = max(1, int(len(word) * width / draw.textlength(word, font=font)))
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line:
+        lines.append(line)
+    return lines
+
+
 def draw_card(request: RenderRequest, seed: int):
-    from PIL import Image, ImageDraw, ImageFont
+    """A storyboard card: a gradient in the prompt's colours, a seed-placed disc in the band above the
+    text, the prompt wrapped to the card's width, and a footer that fits (each text in the ink that reads
+    on the colour behind it)."""
+    from PIL import Image, ImageDraw
+
+    from echo_os.fonts import drawing_font
 
     width, height = request.width, request.height
     top, bottom, accent = palette_for(request.full_prompt + " " + (request.story.lighting or "")
                                       + " " + (request.story.mood or ""))
+
+    def colour_at(y: int) -> tuple[int, int, int]:
+        t = min(max(y, 0), height - 1) / max(1, height - 1)
+        return tuple(round(a + (b - a) * t) for a, b in zip(top, bottom))  # type: ignore[return-value]
+
     # Vertical gradient: one row of colours stretched to full size (fast at any size).
     column = Image.new("RGB", (1, height))
     for y in range(height):
-        t = y / max(1, height - 1)
-        column.putpixel((0, y), tuple(round(a + (b - a) * t) for a, b in zip(top, bottom)))
+        column.putpixel((0, y), colour_at(y))
     card = column.resize((width, height), Image.NEAREST)
     draw = ImageDraw.Draw(card)
-    ink = (20, 20, 25) if _luminance(top) > 140 else (245, 245, 245)
-    small_ink = ink
     margin = max(4, width // 24)
-
-    # A seed-placed accent disc, so cards of one prompt with different seeds are told apart.
-    digest = hashlib.sha256(f"{seed}".encode()).digest()
-    radius = max(2, min(width, height) // 10)
-    cx = margin + radius + digest[0] * max(1, width - 2 * (margin + radius)) // 255
-    cy = margin + radius + digest[1] * max(1, height // 3) // 255
-    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=accent)
-
     title_size = max(8, min(width, height) // 18)
-    font = ImageFont.load_default(size=title_size)
-    small = ImageFont.load_default(size=max(6, title_size * 5 // 8))
-    draw.text((margin, margin), "DRAFT", font=small, fill=small_ink)
+    font = drawing_font(title_size)
+    small = drawing_font(max(6, title_size * 5 // 8))
+    text_top = height // 3
 
-    chars_per_line = max(8, int((width - 2 * margin) / (title_size * 0.55)))
-    lines = textwrap.wrap(request.full_prompt, width=chars_per_line)
-    max_lines = max(1, (height - 4 * margin) // (title_size + 4) - 2)
+    # A seed-placed accent disc, so cards of one prompt with different seeds are told apart. It stays in
+    # the band between the DRAFT label and the prompt, never over the text.
+    digest = hashlib.sha256(f"{seed}".encode()).digest()
+    label_bottom = margin + small.size + 2
+    radius = max(2, min(min(width, height) // 10, (text_top - label_bottom - 4) // 2))
+    cx = margin + radius + digest[0] * max(1, width - 2 * (margin + radius)) // 255
+    low, high = label_bottom + radius, max(label_bottom + radius, text_top - radius - 2)
+    cy = low + digest[1] * (high - low) // 255
+    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=accent)
+    draw.text((margin, margin), "DRAFT", font=small, fill=_ink_on(colour_at(margin)))
+
+    footer_line = small.size + 2
+    scene = f"scene {request.story.scene} · " if request.story.scene is not None else ""
+    footer = _fit_lines(draw, f"{scene}seed {seed} · {width}x{height} · draft card, not a diffusion render",
+                        small, width - 2 * margin)
+    footer_top = height - margin - footer_line * len(footer)
+    lines = _fit_lines(draw, request.full_prompt, font, width - 2 * margin)
+    max_lines = max(1, (footer_top - text_top - 4) // (title_size + 4))
     if len(lines) > max_lines:
         lines = lines[:max_lines]
-        lines[-1] = lines[-1][: max(0, chars_per_line - 1)] + "…"
-    y = height // 3
+        while lines[-1] and draw.textlength(lines[-1] + "…", font=font) > width - 2 * margin:
+            lines[-1] = lines[-1][:-1]
+        lines[-1] += "…"
+    y = text_top
     for line in lines:
-        draw.text((margin, y), line, font=font, fill=ink)
+        draw.text((margin, y), line, font=font, fill=_ink_on(colour_at(y + title_size // 2)))
         y += title_size + 4
-    scene = f"scene {request.story.scene} · " if request.story.scene is not None else ""
-    footer = f"{scene}seed {seed} · {width}x{height} · draft card, not a diffusion render"
-    draw.text((margin, height - margin - small.size), footer, font=small, fill=small_ink)
+    for line in footer:
+        draw.text((margin, footer_top), line, font=small, fill=_ink_on(colour_at(footer_top + small.size // 2)))
+        footer_top += footer_line
     return card
 
 

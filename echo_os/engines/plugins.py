@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "echo_os.engines"
 DEFAULT_PLUGINS = (
     "echo_os.engines.sdxl",
     "echo_os.engines.draft",
+    "echo_os.engines.video",
     "echo_os.engines.openai_images",
     "echo_os.engines.comfyui",
     "echo_os.engines.presets",

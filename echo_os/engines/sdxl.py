@@ -3,7 +3,9 @@
 Every image gets its own torch.Generator seeded from its own seed, so image i of a batch equals the same
 prompt rendered alone. The pipeline runs to latents and we decode them here: that splits the denoise and
 decode timings and lets the VAE decode run as its own batch. Requests with reference images get
-IP-Adapter embeddings (engines/ip_adapter.py); `vae_tiling` is set by the scheduler's OOM back-off.
+IP-Adapter embeddings (engines/ip_adapter.py); `vae_tiling` comes with a call (the scheduler's OOM back-off,
+or replay of an image that was decoded tile by tile). Pipelines live in the one model cache
+(echo_os/render/cache.py), which may drop one that has not been used for a while.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
-from echo_os.errors import CancelledError, UsageError
+from echo_os.errors import CancelledError, ModelError, OptionError, UsageError
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
@@ -76,9 +78,11 @@ def pick_device(requested: str) -> str:
             return "cuda"
         return "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu.")
+        raise OptionError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu.",
+                          "device")
     if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for but the MPS backend is not available; use --device cpu.")
+        raise OptionError("--device mps was asked for but the MPS backend is not available; use --device cpu.",
+                          "device")
     return requested
 
 
@@ -121,34 +125,34 @@ def img2img_pipeline(loaded: LoadedPipeline):
     return loaded.img2img
 
 
-# One refiner pipeline per (weights, device, dtype) for the life of the process, like _PIPELINES.
-_REFINERS: dict[tuple, Any] = {}
-
-
 def load_refiner(settings: "Settings", name: str, device: str, dtype: str):
-    """StableDiffusionXLImg2ImgPipeline from a models.toml sdxl entry (the SDXL refiner), local files only."""
-    import torch
-
+    """StableDiffusionXLImg2ImgPipeline from a models.toml sdxl entry (the SDXL refiner), local files only;
+    one per (weights, device, dtype), kept in the model cache."""
     from echo_os.models import check_loadable, load_registry
+    from echo_os.render.cache import CacheKey, model_cache, weights_bytes
 
     resolved = load_registry(settings).resolve(name)
     if resolved.entry.type != "sdxl" or resolved.format == "single-file":
         raise UsageError(f"--refiner {name}: a refiner is an sdxl entry in diffusers format (a folder with "
                          "model_index.json); see `echo-os models list`.")
-    key = (str(resolved.local_path), device, dtype)
-    with _PIPELINES_LOCK:
-        if key not in _REFINERS:
-            check_loadable(resolved)
-            quiet_model_libraries()
-            from diffusers import StableDiffusionXLImg2ImgPipeline
 
-            refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-                str(resolved.local_path), local_files_only=True, variant=resolved.variant,
-                use_safetensors=None if resolved.entry.allow_pickle else True, **_dtype_kwargs(getattr(torch, dtype)))
-            refiner.to(device)
-            refiner.set_progress_bar_config(disable=True)
-            _REFINERS[key] = refiner
-        return _REFINERS[key]
+    def load():
+        import torch
+
+        check_loadable(resolved)
+        quiet_model_libraries()
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+            str(resolved.local_path), local_files_only=True, variant=resolved.variant,
+            use_safetensors=None if resolved.entry.allow_pickle else True, **_dtype_kwargs(getattr(torch, dtype)))
+        refiner.to(device)
+        refiner.set_progress_bar_config(disable=True)
+        return refiner
+
+    key = CacheKey(REFINER_KIND, str(resolved.local_path), device, (dtype,))
+    return model_cache().get(key, load, label=f"{resolved.entry.name} (refiner)", settings=settings,
+                             estimate_bytes=weights_bytes(str(resolved.local_path)))
 
 
 def img2img_steps(steps: int, strength: float) -> int:
@@ -180,9 +184,10 @@ def choose_profile(device: str, dtype: str):
     return profile
 
 
-# One pipeline per (weights, device, dtype, attention) for the life of the process.
-_PIPELINES: dict[tuple, LoadedPipeline] = {}
-_PIPELINES_LOCK = threading.Lock()
+# The model cache's kinds of this module's entries: one pipeline per (weights, device, dtype, attention),
+# its img2img view and IP-Adapters inside it; one refiner per (weights, device, dtype).
+PIPELINE_KIND = "sdxl"
+REFINER_KIND = "sdxl-refiner"
 
 
 def quiet_model_libraries() -> None:
@@ -232,7 +237,7 @@ def load_sdxl_pipeline(local_path: Path, *, single_file: bool, device: str, dtyp
     pipe.set_progress_bar_config(disable=True)
     if attention == "xformers":
         try:
-            import xformers  # noqa: F401
+            import xformers  # noqa: F401 - only to check it imports (find_spec would not)
         except ImportError:
             raise UsageError("--attention xformers needs the xformers package: pip install 'echo-os[xformers]'; "
                              "or use --attention sdpa.") from None
@@ -265,7 +270,6 @@ class SDXLEngine(BaseEngine):
         if force_device is not None:
             self.force_device = force_device
         super().__init__(settings, reason)
-        self.vae_tiling = False  # decode tile by tile: set by the scheduler when one image does not fit
 
     @classmethod
     def availability(cls, settings: "Settings", request: RenderRequest) -> str | None:
@@ -273,6 +277,34 @@ class SDXLEngine(BaseEngine):
         if device == "cpu":
             return "--device cpu" if request.device == "cpu" else "no CUDA GPU"
         return None
+
+    @classmethod
+    def check_request(cls, settings: "Settings", request: RenderRequest, options) -> None:
+        """Its model must be an sdxl entry (wherever the weights are): `auto` skips it for another kind."""
+        from echo_os.errors import OptionError
+        from echo_os.models import load_registry
+
+        entry = load_registry(settings).get(request.model)
+        if entry.type != "sdxl":
+            raise OptionError(f"{entry.label} is a {entry.type} model, not an SDXL pipeline; pick an sdxl entry "
+                              "(see `echo-os models list`)", "model")
+
+    @classmethod
+    def check_runtime(cls, settings: "Settings", request: RenderRequest) -> None:
+        """A device this machine lacks, or xformers attention without the xformers package: refused before
+        anything is queued (the same rules loading applies)."""
+        import importlib.util
+
+        from echo_os.errors import OptionError
+
+        if request.device in ("cuda", "mps"):
+            try:
+                pick_device(request.device)
+            except UsageError as error:
+                raise OptionError(str(error).replace("--device", "device"), "device") from None
+        if request.attention == "xformers" and importlib.util.find_spec("xformers") is None:
+            raise OptionError("attention xformers needs the xformers package (pip install 'echo-os[xformers]'); "
+                              "or use attention sdpa", "attention")
 
     def runs_on_cpu(self, request: RenderRequest) -> bool:
         """Whether `request` would render on the CPU (the scheduler batches differently there)."""
@@ -289,20 +321,16 @@ class SDXLEngine(BaseEngine):
         return MemoryInfo(free_bytes=int(free), dtype=loaded.dtype)
 
     def release(self, request: RenderRequest) -> None:
-        """Drop the warm pipelines of `request`'s weights (every device and dtype) and free their memory."""
-        import gc
-        import sys
-
+        """Drop the warm pipelines of `request`'s weights (every device and dtype), and its refiner, from the
+        model cache and free their memory."""
         from echo_os.models import load_registry
+        from echo_os.render.cache import model_cache
 
-        path = str(load_registry(self.settings).resolve(request.model).local_path)
-        with _PIPELINES_LOCK:
-            for key in [key for key in _PIPELINES if key[0] == path]:
-                del _PIPELINES[key]
-        gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        registry = load_registry(self.settings)
+        paths = {str(registry.resolve(request.model).local_path)}
+        if request.refiner is not None:
+            paths.add(str(registry.resolve(request.refiner.model).local_path))
+        model_cache().release(lambda key: key.kind in (PIPELINE_KIND, REFINER_KIND) and key.path in paths)
 
     # -- loading ----------------------------------------------------------------------------------
     def loaded(self, request: RenderRequest) -> LoadedPipeline:
@@ -314,10 +342,9 @@ class SDXLEngine(BaseEngine):
                              "pick an sdxl entry (see `echo-os models list`).")
         device = pick_device(self.force_device or request.device)
         dtype = pick_dtype(request.dtype, device)
-        key = (str(resolved.local_path), device, dtype, request.attention)
-        with _PIPELINES_LOCK:
-            if key in _PIPELINES:
-                return _PIPELINES[key]
+        from echo_os.render.cache import CacheKey, model_cache, weights_bytes
+
+        def load() -> LoadedPipeline:
             check_loadable(resolved)
             started = time.perf_counter()
             pipe = load_sdxl_pipeline(
@@ -333,13 +360,17 @@ class SDXLEngine(BaseEngine):
 
                 # Compiling is lazy: each new (batch, size) shape pays it once on its first call.
                 apply_profile(pipe, loaded.profile, device, cache_dir=self.settings.cache_dir / "torch-compile")
-            _PIPELINES[key] = loaded
             log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype, loaded.load_s)
             return loaded
 
+        key = CacheKey(PIPELINE_KIND, str(resolved.local_path), device, (dtype, request.attention))
+        return model_cache().get(key, load, label=resolved.entry.name, settings=self.settings,
+                                 estimate_bytes=weights_bytes(str(resolved.local_path)))
+
     # -- rendering --------------------------------------------------------------------------------
     def render(self, requests: list[RenderRequest], *, progress: ProgressCallback | None = None,
-               cancel: threading.Event | None = None) -> list[RenderResult]:
+               cancel: threading.Event | None = None, vae_tiling: bool = False) -> list[RenderResult]:
+        """vae_tiling: decode tile by tile (capabilities.tiled_decode): one image that does not fit otherwise."""
         if not requests:
             return []
         keys = {request.batch_key() for request in requests}
@@ -348,16 +379,17 @@ class SDXLEngine(BaseEngine):
             results: dict[int, RenderResult] = {}
             for key in keys:
                 group = [(i, r) for i, r in enumerate(requests) if r.batch_key() == key]
-                for (i, _), result in zip(group, self.render([r for _, r in group], progress=progress, cancel=cancel)):
+                for (i, _), result in zip(group, self.render([r for _, r in group], progress=progress, cancel=cancel,
+                                                             vae_tiling=vae_tiling)):
                     results[i] = result
             return [results[i] for i in range(len(requests))]
 
         loaded = self.loaded(requests[0])
         with loaded.lock:
-            return self._render_batch(loaded, requests, progress, cancel)
+            return self._render_batch(loaded, requests, progress, cancel, vae_tiling)
 
-    def _render_batch(self, loaded: LoadedPipeline, requests: list[RenderRequest],
-                      progress: ProgressCallback | None, cancel: threading.Event | None) -> list[RenderResult]:
+    def _render_batch(self, loaded: LoadedPipeline, requests: list[RenderRequest], progress: ProgressCallback | None,
+                      cancel: threading.Event | None, vae_tiling: bool) -> list[RenderResult]:
         import torch
 
         first = requests[0]
@@ -380,7 +412,7 @@ class SDXLEngine(BaseEngine):
         if first.ip_adapter is not None:
             guidance = first.cfg > 1 and pipe.unet.config.time_cond_proj_dim is None  # as the pipeline decides
             extra["ip_adapter_image_embeds"] = reference_embeds(self.settings, loaded, first.ip_adapter, guidance)
-        if self.vae_tiling:
+        if vae_tiling:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
@@ -432,7 +464,7 @@ class SDXLEngine(BaseEngine):
                 # base's latents, with the same per-image generators carrying on.
                 refiner = load_refiner(self.settings, first.refiner.model, loaded.device, loaded.dtype)
                 refiner.scheduler = make_scheduler(first.scheduler, dict(refiner.scheduler.config))
-                if self.vae_tiling:
+                if vae_tiling:
                     refiner.vae.enable_tiling()
                 else:
                     refiner.vae.disable_tiling()
@@ -445,6 +477,10 @@ class SDXLEngine(BaseEngine):
                 pipe = refiner  # its VAE decodes (the refiner's own, as a direct two-stage call does)
             if cancel is not None and cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
+            if not bool(torch.isfinite(latents).all()):  # decoded, NaN becomes a black image saved as if fine
+                raise ModelError(f"model {first.model} denoised to NaN or infinite values (weights holding NaN, "
+                                 f"or {loaded.dtype} overflowing): nothing was saved; check the weights with "
+                                 f"`echo-os models verify {first.model}`, or try --dtype float32")
             if loaded.device == "cuda":
                 torch.cuda.synchronize()
             denoised = time.perf_counter()
@@ -458,7 +494,7 @@ class SDXLEngine(BaseEngine):
 
         runtime = RuntimeInfo(engine=self.name, reason=self.reason, device=loaded.device, dtype=loaded.dtype,
                               attention=loaded.attention, model=loaded.model, ip_adapter=adapter_info,
-                              vae_tiling=self.vae_tiling,
+                              vae_tiling=vae_tiling,
                               profile=loaded.profile.name if loaded.profile is not None else None)
         results, offset = [], 0
         for request in requests:
@@ -506,6 +542,16 @@ def register_engines(register) -> None:
     register(CPUEngine)
 
 
+def loaded_pipelines() -> list[LoadedPipeline]:
+    """The SDXL pipelines the model cache holds now."""
+    from echo_os.render.cache import model_cache
+
+    cache = model_cache()
+    return [value for key in cache.keys() if key.kind == PIPELINE_KIND and (value := cache.peek(key)) is not None]
+
+
 def clear_pipeline_cache() -> None:
-    with _PIPELINES_LOCK:
-        _PIPELINES.clear()
+    """Drop every SDXL pipeline and refiner from the model cache (tests, benchmarks)."""
+    from echo_os.render.cache import model_cache
+
+    model_cache().release(lambda key: key.kind in (PIPELINE_KIND, REFINER_KIND))

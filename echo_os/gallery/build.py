@@ -100,10 +100,41 @@ def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: s
 
 
 def best_rows(rows: list[CatalogRow], limit: int) -> tuple[list[CatalogRow], str]:
-    """The `limit` best artifacts and how "best" was decided. No artifact has a score or a rating yet
-    (the resonance scores are a later issue), so best means most recent, and the note says so."""
-    newest = sorted(rows, key=lambda row: row.created, reverse=True)[:limit]
-    return newest, "no scores or ratings yet, so best means most recent"
+    """The `limit` best artifacts and how "best" was decided: by the objective `batch --best-of` keeps by
+    (echo_os.resonance.story.Objective, its default weights), rated artifacts first (highest rating, then
+    objective), then scored ones by objective, then the rest newest first. Grid sheets and videos are not
+    ranked (they have no scores; a sheet is its cells)."""
+    from echo_os.artifacts.meta import IMAGE_KINDS, artifact_kind
+    from echo_os.resonance.scores import ArtifactScores
+    from echo_os.resonance.story import Objective
+
+    objective = Objective()
+    images = [row for row in rows if artifact_kind(row.meta) in IMAGE_KINDS]
+    newest = sorted(images, key=lambda row: row.created, reverse=True)
+
+    def rating(row: CatalogRow) -> int | None:
+        value = (row.meta.get("rating") or {}).get("value")
+        return value if isinstance(value, int) else None
+
+    def value(row: CatalogRow) -> float:
+        scores = row.meta.get("scores") or {}
+        known = {name: scores.get(name) for name in ("alignment", "style", "aesthetic", "character_consistency")}
+        return objective.value(ArtifactScores(**known), rating(row))
+
+    rated = [row for row in newest if rating(row) is not None]
+    scored = [row for row in newest if rating(row) is None and row.meta.get("scores")]
+    rest = [row for row in newest if rating(row) is None and not row.meta.get("scores")]
+    ranked = (sorted(rated, key=lambda row: (rating(row), value(row)), reverse=True)
+              + sorted(scored, key=value, reverse=True) + rest)
+    if not rated and not scored:
+        return ranked[:limit], "no scores or ratings yet, so best means most recent (`echo-os score`, `echo-os rate`)"
+    parts = []
+    if rated:
+        parts.append(f"{len(rated)} rated first (highest rating)")
+    parts.append(f"ranked by the --best-of objective {objective.describe()}")
+    if rest:
+        parts.append(f"{len(rest)} unscored last, newest first")
+    return ranked[:limit], "best: " + "; ".join(parts)
 
 
 def add_lineage(items: list[dict]) -> None:
@@ -131,7 +162,8 @@ def build_gallery(settings: Settings, *, project: str | None = None,
     """Write artifacts/gallery/index.html (and any missing thumbnails); returns where it is.
 
     progress("thumbnails", done, total) after each artifact (thumbnails are made once, then reused).
-    best: only the best `best` artifacts (see best_rows), newest first; the result's note says how chosen.
+    best: only the best `best` artifacts (see best_rows), best first, on their own page (index-best.html or
+    project-<slug>-best.html, never over the full page); the result's note says how they were ranked.
     """
     page_dir = settings.artifacts_dir / GALLERY_DIR
     with open_catalog(settings) as catalog:
@@ -165,8 +197,11 @@ def build_gallery(settings: Settings, *, project: str | None = None,
         items.append(gallery_item(settings, row, page_dir, shown[project_slug(row.project)]))
     add_lineage(items)
     title = f"echo-os gallery: {shown[project_slug(project)]}" if project else "echo-os gallery"
-    # The full page is index.html; one project's page is written beside it, never over it.
-    page = page_dir / (f"project-{project_slug(project)}.html" if project else "index.html")
+    if best is not None:
+        title += f": best {len(items)}"
+    # The full page is index.html; one project's page and the best page are written beside it, never over it.
+    page = page_dir / ((f"project-{project_slug(project)}" if project else "index")
+                       + ("-best" if best is not None else "") + ".html")
     from echo_os.resonance.gallery import gallery_resonance
 
     resonance = gallery_resonance(settings, sorted({item["project"] for item in items}))
@@ -332,9 +367,11 @@ function card(item) {
     caption.appendChild(el("div", {class: "scene"}, "Scene " + item.scene + (item.slug ? " \\u00b7 " + item.slug : "")));
   caption.appendChild(el("div", {class: "prompt"}, item.prompt || "(no prompt)"));
   const who = item.characters.length ? item.characters.join(", ") + " \\u00b7 " : "";
-  caption.appendChild(el("div", {class: "facts"}, who + item.engine + " \\u00b7 " + item.size + (item.tile ? " \\u00b7 tiled " + item.tile + " (2x2 preview)" : "") + " \\u00b7 " + item.created.slice(0, 10)));
+  const tiled = item.tile ? " \\u00b7 tiled " + item.tile + " (2x2 preview)" : "";
+  caption.appendChild(el("div", {class: "facts"},
+                         who + item.engine + " \\u00b7 " + item.size + tiled + " \\u00b7 " + item.created.slice(0, 10)));
   if (item.parent_id) caption.appendChild(el("div", {class: "facts"}, "refined from " + item.parent_id.slice(0, 12) +
-                                             (item.strength !== null && item.strength !== undefined ? " at " + item.strength : "")));
+                                             (item.strength != null ? " at " + item.strength : "")));
   node.appendChild(caption);
   node.addEventListener("click", () => openLightbox(item));
   return node;
@@ -405,7 +442,7 @@ function openLightbox(item) {
     for (const id of chain) {
       const other = items.find(i => i.id === id);
       const thumb = el("img", {src: other.thumb, alt: other.prompt, title: id.slice(0, 12) +
-                               (other.strength !== null && other.strength !== undefined ? " \u00b7 strength " + other.strength : "")});
+                               (other.strength != null ? " \u00b7 strength " + other.strength : "")});
       if (id === item.id) thumb.classList.add("current");
       else thumb.addEventListener("click", () => openLightbox(other));
       lineage.appendChild(thumb);

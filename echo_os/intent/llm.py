@@ -23,14 +23,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import EchoError, UsageError
 from echo_os.intent.intent import Intent
+from echo_os.render.text import MAX_PROMPT_CHARS, check_prompt_text
 from echo_os.settings import Settings
 
 CONFIG_NAME = "echo-os.toml"
@@ -108,7 +109,7 @@ def build_messages(intent: Intent, count: int, past_prompts: list[str], images: 
               "prompt. Make the prompts differ from each other and from the past prompts.")
     lines = [f"Intent: {intent.theme or intent.text}", f"Number of prompts: exactly {count}."]
     if intent.exclusions:
-        lines.append(f"Excluded (do not mention): {', '.join(intent.exclusions)}")
+        lines.append(f"Excluded (do not mention): {intent.negative_prompt}")
     if past_prompts:
         lines.append("Past prompts of this project (do not repeat them):")
         lines += [f"- {prompt}" for prompt in past_prompts]
@@ -121,7 +122,23 @@ def build_messages(intent: Intent, count: int, past_prompts: list[str], images: 
     return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
 
-def _problems(answer: str, count: int, intent: Intent) -> tuple[PlanAnswer | None, str | None]:
+RELEVANCE_FLOOR = 0.2  # an answer's prompt this far from the intent (MiniLM cosine) is off topic
+
+
+@dataclass(frozen=True)
+class LLMAnswer:
+    prompts: list[str]
+    attempts: int
+    notes: list[str]  # the corrections made to the model's answer (exclusions it ignored)
+
+
+def correct_exclusions(prompt: str, intent: Intent) -> str:
+    """The prompt without its clauses that name an excluded thing (by word or by the widened concept)."""
+    clauses = [c.strip() for c in prompt.split(",")]
+    return ", ".join(c for c in clauses if c and not intent.mentions_excluded(c))
+
+
+def _problems(answer: str, count: int, intent: Intent, embed=None) -> tuple[PlanAnswer | None, str | None]:
     try:
         parsed = PlanAnswer.model_validate_json(answer)
     except ValidationError as error:
@@ -129,19 +146,53 @@ def _problems(answer: str, count: int, intent: Intent) -> tuple[PlanAnswer | Non
         where = ".".join(str(part) for part in first.get("loc", ())) or "answer"
         return None, f"{where}: {first.get('msg')}"
     prompts = [item.prompt.strip() for item in parsed.items]
+    for number, prompt in enumerate(prompts, start=1):  # the rules of prompt text, before anything prints it
+        if len(prompt) > MAX_PROMPT_CHARS:
+            return None, f"item {number} is {len(prompt):,} characters; a prompt is at most {MAX_PROMPT_CHARS:,}"
+        try:
+            check_prompt_text(prompt)
+        except ValueError as error:
+            return None, f"item {number} {error}"
     if len(prompts) != count:
         return None, f"expected exactly {count} items, got {len(prompts)}"
     if len(set(p.casefold() for p in prompts)) != len(prompts):
         return None, "two items are the same prompt"
     for prompt in prompts:
-        if intent.mentions_excluded(prompt):
-            return None, f"the prompt {prompt!r} mentions an excluded thing ({', '.join(intent.exclusions)})"
+        if intent.mentions_excluded(prompt) and len(correct_exclusions(prompt, intent)) < 3:
+            return None, f"the prompt {prompt!r} is about an excluded thing ({', '.join(intent.exclusions)})"
+    if embed is not None:
+        vectors = embed(prompts)
+        query = embed([intent.english or intent.text])[0]
+        far = [p for p, v in zip(prompts, vectors) if float(v @ query) < RELEVANCE_FLOOR]
+        if far:
+            return None, (f"the prompt {far[0]!r} is off the topic {intent.theme!r}; every prompt must show "
+                          "what the intent asks for")
     return parsed, None
 
 
+def _content(completion: object) -> str | None:
+    """choices[0].message.content of a chat completion as text ("" for none), or None when the answer
+    has no such field (a malformed or hostile server)."""
+    try:
+        content = completion.choices[0].message.content  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError, KeyError):
+        return None
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else None
+
+
+def _printable(text: str) -> str:
+    """A server's words for one error line: control characters (a terminal's escapes) shown as ?."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def plan_with_llm(config: PlannerConfig, intent: Intent, *, count: int, past_prompts: list[str],
-                  images: list[Path]) -> tuple[list[str], int]:
-    """(prompts, attempts used). Raises PlannerRefused after config.attempts invalid answers."""
+                  images: list[Path], embed=None) -> LLMAnswer:
+    """The model's prompts, checked like the offline planner's: relevance to the intent (MiniLM, with
+    `embed`) and exclusions. An off-topic or malformed answer is asked again; a prompt that names an
+    excluded thing is corrected (the clause dropped, the plan notes it). Raises PlannerRefused after
+    config.attempts invalid answers."""
     try:
         import openai
     except ImportError:
@@ -160,11 +211,25 @@ def plan_with_llm(config: PlannerConfig, intent: Intent, *, count: int, past_pro
             raise EchoError(f"cannot reach the planner endpoint {config.url}; is the server running?") from None
         except openai.APIStatusError as error:
             raise EchoError(f"the planner endpoint {config.url} answered HTTP {error.status_code}: "
-                            f"{str(error.message)[:200]}") from None
-        answer = completion.choices[0].message.content or ""
-        parsed, problem = _problems(answer, count, intent)
+                            f"{_printable(str(error.message))[:200]}") from None
+        except (openai.APIError, ValueError) as error:  # an answer the client cannot read (not JSON, ...)
+            raise EchoError(f"the planner endpoint {config.url} sent an answer that is not a chat completion "
+                            f"({_printable(str(error))[:120]})") from None
+        answer = _content(completion)
+        if answer is None:
+            raise EchoError(f"the planner endpoint {config.url} sent a chat completion without "
+                            "choices[0].message.content as text")
+        parsed, problem = _problems(answer, count, intent, embed)
         if parsed is not None:
-            return [item.prompt.strip() for item in parsed.items], attempt
+            prompts, notes = [], []
+            for item in parsed.items:
+                prompt = item.prompt.strip()
+                corrected = correct_exclusions(prompt, intent)
+                if corrected != prompt:
+                    notes.append(f"the model named an excluded thing ({', '.join(intent.exclusions)}); "
+                                 f"corrected {prompt!r} -> {corrected!r}")
+                prompts.append(corrected)
+            return LLMAnswer(prompts=prompts, attempts=attempt, notes=notes)
         messages = messages + [{"role": "assistant", "content": answer},
                                {"role": "user", "content": f"That answer is invalid ({problem}). "
                                                            "Answer again with JSON matching the schema."}]

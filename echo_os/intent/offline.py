@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from echo_os.errors import UsageError
-from echo_os.intent.intent import Intent
+from echo_os.intent.intent import Intent, to_english
 from echo_os.intent.vocabulary import DEFAULT_TEMPLATE, PART, PART_NAMES, VOCABULARY
 
 LAMBDA = 0.3
@@ -44,10 +44,15 @@ class Diversity:
     mean_pairwise_similarity: float
     past_items: int
     mean_nearest_past_similarity: float | None  # None without past work
+    mean_similarity_to_intent: float | None = None
 
     def lines(self) -> list[str]:
-        lines = [f"diversity: mean pairwise similarity {self.mean_pairwise_similarity:.3f} "
-                 "(MiniLM cosine; lower is more varied)"]
+        lines = []
+        if self.mean_similarity_to_intent is not None:
+            lines.append(f"relevance: mean similarity to the intent {self.mean_similarity_to_intent:.3f} "
+                         "(MiniLM cosine; higher is nearer what was asked)")
+        lines.append(f"diversity: mean pairwise similarity {self.mean_pairwise_similarity:.3f} "
+                     "(MiniLM cosine; lower is more varied)")
         if self.mean_nearest_past_similarity is None:
             lines.append("past work: none in this project yet")
         else:
@@ -56,7 +61,9 @@ class Diversity:
         return lines
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mean_pairwise_similarity": round(self.mean_pairwise_similarity, 4), "past_items": self.past_items,
+        return {"mean_similarity_to_intent": None if self.mean_similarity_to_intent is None
+                else round(self.mean_similarity_to_intent, 4),
+                "mean_pairwise_similarity": round(self.mean_pairwise_similarity, 4), "past_items": self.past_items,
                 "mean_nearest_past_similarity": None if self.mean_nearest_past_similarity is None
                 else round(self.mean_nearest_past_similarity, 4)}
 
@@ -155,7 +162,7 @@ def mmr_select(candidates: np.ndarray, query: np.ndarray, past: np.ndarray, coun
     return chosen
 
 
-def measure(chosen: np.ndarray, past: np.ndarray) -> Diversity:
+def measure(chosen: np.ndarray, past: np.ndarray, query: np.ndarray | None = None) -> Diversity:
     n = len(chosen)
     if n > 1:
         similarity = chosen @ chosen.T
@@ -163,23 +170,9 @@ def measure(chosen: np.ndarray, past: np.ndarray) -> Diversity:
     else:
         pairwise = 0.0
     nearest = float((chosen @ past.T).max(axis=1).mean()) if len(past) and n else None
-    return Diversity(mean_pairwise_similarity=pairwise, past_items=len(past), mean_nearest_past_similarity=nearest)
-
-
-def plan_offline(intent: Intent, *, count: int, seed: int, template: str | None, wildcards_dir: Path | None,
-                 past: np.ndarray | None, embed) -> tuple[list[Candidate], Diversity]:
-    """Choose `count` candidates; `embed(texts) -> normalised rows` (MiniLM in the CLI); `past`: the
-    normalised MiniLM vectors of the project's past work (None: none)."""
-    candidates = generate_candidates(intent, count=count, seed=seed, template=template, wildcards_dir=wildcards_dir)
-    if len(candidates) < count:
-        raise UsageError(f"the template makes only {len(candidates)} distinct prompts without the excluded words; "
-                         f"add variants ({{a|b|c}}) or wildcards, or ask for --count {len(candidates)} or fewer.")
-    vectors = embed([c.prompt for c in candidates])
-    query = embed([intent.theme or intent.text])[0]
-    if past is None or not len(past):
-        past = np.zeros((0, vectors.shape[1]), dtype=np.float32)
-    picks = mmr_select(vectors, query, past, count)
-    return [candidates[i] for i in picks], measure(vectors[picks], past)
+    to_intent = float((chosen @ query).mean()) if query is not None and n else None
+    return Diversity(mean_pairwise_similarity=pairwise, past_items=len(past), mean_nearest_past_similarity=nearest,
+                     mean_similarity_to_intent=to_intent)
 
 
 def new_seed() -> int:
@@ -187,3 +180,209 @@ def new_seed() -> int:
 
 
 
+
+
+# -- the vocabulary planner (no --template) ----------------------------------------------------------
+
+DEFAULT_DIVERSITY = 0.5  # lambda = 1 - diversity: relevance and variety weigh the same
+VARIANTS_PER_SUBJECT = 3
+ERA_WORDS = set("medieval victorian steampunk gothic retro ottoman baroque viking ancient futuristic sci-fi "
+                "colonial renaissance edwardian art-deco deco nouveau byzantine elven dwarven orcish "
+                "mid-century 1920s 1950s iznik".split())
+
+
+@dataclass(frozen=True)
+class OfflinePlan:
+    chosen: list[Candidate]
+    diversity: Diversity
+    intent: Intent  # with its widened exclusions (excluded_terms)
+    framing: str  # asset, texture, pattern or scene
+    on_topic_subjects: int
+    notes: list[str]
+
+
+def framing_for(intent: Intent, top_domain, kind: str) -> str:
+    from echo_os.intent.subjects import FRAMING_WORDS
+
+    if kind == "story":
+        return "scene"
+    words = [w.lower() for w in (intent.theme + " " + intent.english).replace(",", " ").split()]
+    for wanted in ("texture", "pattern", "asset", "scene"):
+        if any(FRAMING_WORDS.get(word) == wanted for word in words):
+            return wanted
+    return top_domain.framing if top_domain is not None else "scene"
+
+
+def palettes_for(intent: Intent, framing: str = "scene") -> list[str]:
+    """Palettes consistent with the intent's colour and temperature words (all of them when it names none;
+    the neutral ones for a texture, whose material has its own colours)."""
+    from echo_os.intent.subjects import COLOUR_WORDS, COOL_WORDS, PALETTES, WARM_WORDS
+
+    words = {w.strip(".").lower() for w in (intent.theme + " " + intent.english).replace(",", " ").split()}
+    families = {COLOUR_WORDS[w] for w in words if w in COLOUR_WORDS}
+    temperature = "warm" if words & WARM_WORDS else "cool" if words & COOL_WORDS else None
+    chosen = [name for name, temp, hues in PALETTES
+              if (not families or families & set(hues)) and (temperature is None or temp in (temperature, "neutral")
+                                                             and (temp == temperature or not families))]
+    chosen = [p for p in chosen if not intent.mentions_excluded(p)]
+    if framing == "texture" and not families and temperature is None:
+        chosen = [name for name, temp, _ in PALETTES if temp == "neutral"]
+    return chosen or [name for name, temp, _ in PALETTES if temperature is None or temp == temperature]
+
+
+def lighting_for(intent: Intent) -> list[str]:
+    from echo_os.intent.subjects import LIGHTING, MOOD_WORDS
+
+    words = {w.lower() for w in (intent.theme + " " + intent.english).replace(",", " ").replace("'s", "").split()}
+    moods = list(dict.fromkeys(MOOD_WORDS[w] for w in words if w in MOOD_WORDS))
+    return [light for mood in (moods or list(LIGHTING)) for light in LIGHTING[mood]]
+
+
+def subject_phrase(domain, noun: str, rng: random.Random, intent: Intent) -> str:
+    """The noun with two or three of its domain's attributes ("a battle-worn longsword of damascus steel,
+    with runic engravings"); axes the intent already fixes (an era it names) or that name an excluded
+    thing are left out."""
+    intent_words = set((intent.theme + " " + intent.english).lower().replace(",", " ").split())
+    axes = {axis: [v for v in values if not intent.mentions_excluded(v)]
+            for axis, values in domain.attributes.items()}
+    if intent_words & ERA_WORDS:
+        axes.pop("era", None)
+    axes = {axis: values for axis, values in axes.items() if values}
+    picked = rng.sample(sorted(axes), k=min(len(axes), rng.choice((3, 4))))
+    value = {axis: rng.choice(axes[axis]) for axis in picked}
+    front = " ".join(v for axis in ("condition", "scale", "era") if (v := value.get(axis))
+                     and not (axis == "scale" and " " in v))
+    phrase = f"{front} {noun}".strip()
+    if "material" in value:
+        phrase += f" of {value['material']}" if domain.framing != "texture" else ""
+        if domain.framing == "texture":
+            phrase = f"{value['material']} {phrase}"
+    if "ornament" in value:
+        phrase += f", {value['ornament']}"
+    if "scale" in value and " " in value["scale"]:
+        phrase += f", {value['scale']}"
+    return phrase
+
+
+def _scene_parts(rng: random.Random, lights: list[str]) -> list[str]:
+    from echo_os.intent.subjects import COMPOSITIONS, LENSES
+
+    return [f"{rng.choice(COMPOSITIONS)}, {rng.choice(LENSES)}", rng.choice(lights)]
+
+
+def theme_words(intent: Intent) -> str:
+    """The intent's own words first; its English reading after them when the glossary changed something."""
+    english = intent.english
+    return intent.theme if english.lower() == intent.theme.lower() else f"{intent.theme} ({english})"
+
+
+def vocabulary_candidates(intent: Intent, subjects, framing: str, seed: int, count: int) -> list[Candidate]:
+    from echo_os.intent.subjects import FRAMINGS
+
+    rng = random.Random(seed)
+    palettes = palettes_for(intent, framing)
+    lights = lighting_for(intent)
+    head = theme_words(intent)
+    seen: dict[str, Candidate] = {}
+    pool = list(subjects[: max(count * 3, 40)])
+    own = [None] * max(0, count - len(pool))  # too few subjects: vary the intent's own words
+    for scored in pool + own:
+        for _ in range(VARIANTS_PER_SUBJECT):
+            subject = subject_phrase(scored.domain, scored.noun, rng, intent) if scored else ""
+            palette = rng.choice(palettes)
+            tail = [FRAMINGS[framing]] if framing in FRAMINGS else _scene_parts(rng, lights)
+            pieces = [head, subject, palette, *tail]
+            pieces = [p for p in pieces if p]
+            prompt = ", ".join(pieces)
+            if prompt in seen or intent.mentions_excluded(", ".join(pieces[1:])):
+                continue
+            parts = {"theme": head, "subject": subject or head, "palette": palette}
+            if framing == "scene":
+                parts.update({"camera": tail[0], "lighting": tail[1]})
+            else:
+                parts["framing"] = tail[0]
+            seen[prompt] = Candidate(prompt=prompt, parts=parts)
+    return list(seen.values())
+
+
+def mmr_relevance(candidates: np.ndarray, relevance: np.ndarray, past: np.ndarray, count: int,
+                  lam: float) -> list[int]:
+    """Greedy maximal marginal relevance (Carbonell & Goldstein 1998): each pick maximises
+    lam * relevance - (1 - lam) * max similarity to what is chosen or was made before."""
+    nearest = (candidates @ past.T).max(axis=1) if len(past) else np.zeros(len(candidates), dtype=np.float32)
+    chosen: list[int] = []
+    available = np.ones(len(candidates), dtype=bool)
+    for _ in range(min(count, len(candidates))):
+        scores = lam * relevance - (1 - lam) * nearest
+        scores[~available] = -np.inf
+        pick = int(np.argmax(scores))
+        chosen.append(pick)
+        available[pick] = False
+        nearest = np.maximum(nearest, candidates @ candidates[pick])
+    return chosen
+
+
+def prepare_intent(intent: Intent, embed):
+    """(the intent with its widened exclusions, the vocabulary, the intent's vector, the exclusions' vectors)."""
+    import dataclasses
+
+    from echo_os.intent.relevance import exclusion_terms, load_vocabulary
+
+    vocabulary = load_vocabulary(embed)
+    intent = dataclasses.replace(intent, excluded_terms=exclusion_terms(intent, vocabulary, embed))
+    query = embed([intent.english or intent.text])[0]
+    excluded = embed([to_english(e) for e in intent.exclusions]) if intent.exclusions else np.zeros((0, len(query)),
+                                                                                                   np.float32)
+    return intent, vocabulary, query, excluded
+
+
+def plan_offline(intent: Intent, *, count: int, seed: int, template: str | None, wildcards_dir: Path | None,
+                 past: np.ndarray | None, embed, diversity: float = DEFAULT_DIVERSITY,
+                 kind: str = "prompts") -> OfflinePlan:
+    """Choose `count` candidates; `embed(texts) -> normalised rows` (MiniLM in the CLI); `past`: the
+    normalised MiniLM vectors of the project's past work (None: none). With a template, its Dynamic
+    Prompts expansions are the candidates; else the subject vocabulary's on-topic members, varied."""
+    from echo_os.intent.relevance import on_topic_subjects
+
+    lam = 1.0 - diversity
+    intent, vocabulary, query, excluded = prepare_intent(intent, embed)
+    if past is None or not len(past):
+        past = np.zeros((0, len(query)), dtype=np.float32)
+    notes: list[str] = []
+    if template is not None:
+        candidates = generate_candidates(intent, count=count, seed=seed, template=template,
+                                         wildcards_dir=wildcards_dir)
+        if len(candidates) < count:
+            raise UsageError(f"the template makes only {len(candidates)} distinct prompts without the excluded "
+                             f"words; add variants ({{a|b|c}}) or wildcards, or ask for --count {len(candidates)} "
+                             "or fewer.")
+        framing, on_topic = "template", len(candidates)
+        vectors = embed([c.prompt for c in candidates])
+        relevance = vectors @ query
+    else:
+        manager = wildcard_manager(wildcards_dir)
+        check_template(intent.theme, manager, "the intent")
+        subjects = on_topic_subjects(intent, vocabulary, query, excluded)
+        framing = framing_for(intent, subjects[0].domain if subjects else None, kind)
+        candidates = vocabulary_candidates(intent, subjects, framing, seed, count)
+        on_topic = len(subjects)
+        if on_topic < count:
+            notes.append(f"the vocabulary has {on_topic} subject{'s' if on_topic != 1 else ''} on the topic "
+                         f"{intent.theme!r}; the other items vary the intent's own words. For more variety write "
+                         "a --template, add prompts/wildcards/, or use the language-model planner (--method llm).")
+        vectors = embed([c.prompt for c in candidates])
+        by_subject = {s.noun: s.relevance for s in subjects}
+        relevance = np.array([0.5 * float(v @ query) + 0.5 * by_subject.get(_noun_of(c, subjects), 0.0)
+                              for c, v in zip(candidates, vectors)], dtype=np.float32)
+    picks = mmr_relevance(vectors, relevance, past, count, lam)
+    chosen = vectors[picks]
+    return OfflinePlan(chosen=[candidates[i] for i in picks], diversity=measure(chosen, past, query),
+                       intent=intent, framing=framing, on_topic_subjects=on_topic, notes=notes)
+
+
+def _noun_of(candidate: Candidate, subjects) -> str:
+    subject = candidate.parts.get("subject", "")
+    for scored in subjects:
+        if scored.noun in subject:
+            return scored.noun
+    return ""

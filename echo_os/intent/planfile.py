@@ -38,6 +38,10 @@ class PlanItem(BaseModel):
 
     prompt: str = Field(min_length=1)
     parts: dict[str, str] = Field(default_factory=dict)  # theme/subject/palette/camera/lighting when known
+    # Task plans (--kind assets/tasks): the task's id, its type and the ids it needs rendered first.
+    id: str | None = None
+    type: Literal["concept", "texture", "turnaround"] | None = None
+    depends_on: list[str] = Field(default_factory=list)
 
 
 class Constraints(BaseModel):
@@ -54,13 +58,15 @@ class PlanFile(BaseModel):
     project: str
     intent: str
     theme: str
-    kind: Literal["prompts", "story"]
+    kind: Literal["prompts", "story", "assets", "tasks"]
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     constraints: Constraints
     method: dict[str, Any]  # {"name": "offline", "seed": ..., ...} or {"name": "llm", "model": ..., ...}
     items: list[PlanItem]
     diversity: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)  # "list", "bible": paths relative to the workspace
+    notes: list[str] = Field(default_factory=list)  # what the planner wants the user to know (too few subjects...)
+    story: dict[str, Any] = Field(default_factory=dict)  # --kind story: cast, location, phases (storyplan.py)
 
 
 def project_folder(settings: Settings, project: str) -> Path:
@@ -101,9 +107,20 @@ def prompt_list_text(plan: PlanFile) -> str:
     return "\n".join(lines) + "\n"
 
 
+STORY_COLUMNS = ("description", "characters", "location", "camera", "lighting", "time_of_day", "mood")
+BIBLE_MARK = "<!-- made by echo-os plan: replaced by the next plan unless you edit this line away -->"
+
+
 def storyboard_text(plan: PlanFile) -> str:
+    """story.csv: a story plan's scenes with their cast, place, camera, light, time of day and mood; an
+    older plan (no cast) or a template's items: description, camera and lighting."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    if plan.story:
+        writer.writerow(["scene", *STORY_COLUMNS])
+        for number, item in enumerate(plan.items, start=1):
+            writer.writerow([number, *(item.parts.get(column, "") for column in STORY_COLUMNS)])
+        return buffer.getvalue()
     writer.writerow(["scene", "description", "camera", "lighting"])
     for number, item in enumerate(plan.items, start=1):
         parts = item.parts
@@ -116,15 +133,23 @@ def storyboard_text(plan: PlanFile) -> str:
 
 
 def bible_text(plan: PlanFile) -> str:
-    front = {"title": plan.project, "style": {"prompt": plan.theme, "negative": plan.constraints.negative_prompt}}
+    front: dict[str, Any] = {"title": plan.project,
+                             "style": {"prompt": plan.theme, "negative": plan.constraints.negative_prompt}}
+    if plan.story:
+        front["characters"] = plan.story.get("cast", {})
+        location = plan.story.get("location") or {}
+        if location:
+            front["locations"] = {location["id"]: location["description"]}
     import yaml
 
+    phases = ", ".join(dict.fromkeys(plan.story.get("phases", []))) if plan.story else ""
     return ("---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n"
-            f"# {plan.project}\n\n"
+            f"{BIBLE_MARK}\n\n# {plan.project}\n\n"
             f"Intent: {plan.intent}\n\n"
-            "## Look\n\nTODO: the lens, the light and the palette that hold the scenes together.\n\n"
-            "## Characters\n\nTODO: add `characters:` to the front matter (name, description, seed, "
-            "reference images); see docs/story.md.\n")
+            + (f"Arc: {phases}.\n\n" if phases else "")
+            + "## Look\n\nTODO: the lens, the light and the palette that hold the scenes together.\n\n"
+            "## Characters\n\nThe cast recurs scene to scene with its own seed; add reference images "
+            "(`reference:`) for a closer match; see docs/story.md.\n")
 
 
 def _write(path: Path, text: str) -> None:
@@ -137,7 +162,9 @@ def _write(path: Path, text: str) -> None:
 def save_plan(settings: Settings, plan: PlanFile, out: Path | None = None) -> PlanFile:
     """Write the list (or storyboard and bible) and plan.json; the replaced plan.json goes to the history."""
     folder = project_folder(settings, plan.project)
-    if plan.kind == "prompts":
+    if plan.kind in ("assets", "tasks"):
+        files = {"list": _relative(settings, folder / PLAN_NAME)}
+    elif plan.kind == "prompts":
         list_path = out or folder / "prompts.txt"
         _write(list_path, prompt_list_text(plan))
         files = {"list": _relative(settings, list_path)}
@@ -145,7 +172,8 @@ def save_plan(settings: Settings, plan: PlanFile, out: Path | None = None) -> Pl
         list_path = out or folder / "story.csv"
         bible_path = list_path.parent / "STORY_BIBLE.md"
         _write(list_path, storyboard_text(plan))
-        if not bible_path.exists():  # a bible the user has filled in is never overwritten
+        # A bible the user has edited (the mark line removed) is never overwritten.
+        if not bible_path.exists() or BIBLE_MARK in bible_path.read_text(encoding="utf-8", errors="replace"):
             _write(bible_path, bible_text(plan))
         files = {"list": _relative(settings, list_path), "bible": _relative(settings, bible_path)}
     plan = plan.model_copy(update={"files": files})

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from echo_os.artifacts.meta import artifact_kind, require_kind
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines import create_engine
 from echo_os.errors import UsageError
+from echo_os.render.prepare import prepare_recorded
 from echo_os.render.scheduler import RenderHooks, render_requests
 from echo_os.settings import Settings
 
@@ -36,6 +38,8 @@ class ReplayReport:
     saved_id: str | None = None
     deterministic: bool = True  # the engine's capability: if False, a difference is expected, not a fault
     batch_size: int = 1  # images in the pipeline call that made the original; replay renders it alone
+    # the engine's template (a ComfyUI workflow file) is not the one the original was rendered with
+    template_changed: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,30 +61,39 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
     store = ArtifactStore(settings)
     try:
         artifact = store.open(artifact_id)
-        if getattr(artifact.meta, "kind", None) == "video":
-            raise UsageError(f"artifact {artifact.id[:12]} is a video ({artifact.meta.video_kind}); replay re-renders "
-                             "images: give an image artifact id.")
+        kind = artifact_kind(artifact.meta)
+        if kind == "imported":
+            raise UsageError(f"artifact {artifact.id[:12]} was imported ({artifact.meta.engine.name}): echo-os did not "
+                             "render it, so there is no request to replay; `echo-os refine` starts from it")
+        if kind == "sheet":
+            raise UsageError(f"artifact {artifact.id[:12]} is a compare grid sheet, drawn from its cells; replay a "
+                             "cell (`echo-os artifacts show` lists them under grid.cells)")
+        require_kind(artifact.id, artifact.meta, ("image",), "replay", needs="an image artifact")
         provenance = artifact.meta.provenance or {}
         if provenance.get("reproducible") is False:
             raise UsageError(
                 f"artifact {artifact.id[:12]} came from {provenance.get('provider', artifact.meta.engine.name)} "
                 f"({provenance.get('model', 'a hosted model')}), which takes no seed: it cannot be reproduced, "
                 "so replay does not pretend to; render the prompt again for a new image")
-        request = artifact.meta.replay_request()
-        engine_name = artifact.meta.engine.name
-        engine = create_engine(settings, engine_name, f"replay of {artifact.id[:12]}")
-        if artifact.meta.vae_tiling and engine.capabilities.tiled_decode:
-            engine.vae_tiling = True  # it was decoded tile by tile (OOM back-off): decode it the same way
+        prepared = prepare_recorded(settings, artifact.meta.replay_request(), artifact.meta.engine.name,
+                                    f"replay of {artifact.id[:12]}")
+        request, engine_name = prepared.request, prepared.engine.name
+        engine = create_engine(settings, engine_name, prepared.engine.reason)
         if save:
             request = request.model_copy(update={"parent_id": artifact.id})
         hooks = _KeepResult(save)
-        outcome = render_requests(settings, [request], store=store, engine=engine, batch_size=1, hooks=hooks)
+        # An image decoded tile by tile (the OOM back-off) is decoded the same way again.
+        outcome = render_requests(settings, [request], store=store, engine=engine, batch_size=1, hooks=hooks,
+                                  vae_tiling=artifact.meta.vae_tiling)
         with Image.open(artifact.image_path) as original:
             original.load()
             max_diff, mean_diff = pixel_difference(original, hooks.results[0].images[0].image)
         saved_id = outcome.artifacts[0].id if save else None
+        then = (artifact.meta.provenance or {}).get("template_sha256")
+        now = (hooks.results[0].images[0].provenance or {}).get("template_sha256")
         return ReplayReport(artifact.id, engine_name, max_diff, mean_diff, saved_id,
                             deterministic=engine.capabilities.deterministic,
-                            batch_size=int(artifact.meta.batch.get("size", 1) or 1))
+                            batch_size=int(artifact.meta.batch.get("size", 1) or 1),
+                            template_changed=bool(then and now and then != now))
     finally:
         store.close()

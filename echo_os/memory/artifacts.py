@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from echo_os.artifacts.catalog import Catalog, CatalogRow, artifact_num
+from echo_os.artifacts.meta import IMAGE_KINDS, artifact_kind, require_kind
 from echo_os.artifacts.store import open_catalog
+from echo_os.errors import NotFoundError
 from echo_os.settings import Settings
 
 if TYPE_CHECKING:
@@ -166,7 +168,7 @@ class ArtifactMemory:
 
     def load_item(self, num: int) -> MemoryItem | None:
         row = self.catalog.get_num(num)
-        if row is None:
+        if row is None or artifact_kind(row.meta) not in IMAGE_KINDS:
             return None
         image = self.settings.artifacts_dir / row.path / IMAGE_NAME
         if not image.exists():
@@ -175,7 +177,7 @@ class ArtifactMemory:
 
     def reconcile(self, *, rebuild: bool = False,
                   progress: Callable[[str, int, int], None] | None = None) -> list[ReconcileReport]:
-        self.reports = self.memory.reconcile(self.catalog.nums(), self.load_item, rebuild=rebuild,
+        self.reports = self.memory.reconcile(self.catalog.image_nums(), self.load_item, rebuild=rebuild,
                                              progress=progress)
         return self.reports
 
@@ -196,7 +198,12 @@ class ArtifactMemory:
     def similar(self, artifact_id: str, k: int = 10,
                 filters: MemoryFilters = MemoryFilters()) -> tuple[CatalogRow, list[ArtifactHit]]:
         row = self.catalog.resolve_id(artifact_id)
-        return row, self._joined(self.memory.similar(row.num, k, filters.allowed_ids(self.catalog)))
+        require_kind(row.id, row.meta, IMAGE_KINDS, "memory similar")
+        try:
+            hits = self.memory.similar(row.num, k, filters.allowed_ids(self.catalog))
+        except NotFoundError:
+            raise NotFoundError(f"artifact {row.id[:12]} is not in the memory index; run `echo-os memory reindex`") from None
+        return row, self._joined(hits)
 
 
 def describe_reports(reports: Sequence[ReconcileReport]) -> str | None:

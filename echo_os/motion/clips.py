@@ -1,29 +1,33 @@
-"""`echo-os animate ID`: a scene image -> an image-to-video clip (engines/video.py) -> a video artifact.
+"""`echo-os animate ID`: a scene image -> an image-to-video clip -> a video artifact, as an engine call.
 
-The clip's folder sits in the image's project folder, named after the scene, and holds clip.mp4 (H.264,
-yuv420p, at the request's fps), poster.png and meta.json with parent_id = the image, its story fields, the
-seed and every setting, and the model's weights record. `echo-os animatic --clips` plays it in place of the
-still. Without --seed the clip takes the image's own seed, so animating the same image twice gives the same clip.
+The clip is a RenderRequest with `output = "video"` and the image as its init_image (clip_render_request),
+rendered through the one renderer (echo_os.render.scheduler.render_requests) by whichever engine of kind
+"video" `auto` finds (engines/video.py: Stable Video Diffusion): progress, cancel and, for an API job, the
+worker's exactly-once recording come with it. The renderer saves it (echo_os.artifacts.video.save_clip): the
+clip's folder sits in the image's project folder, named after the scene, and holds clip.mp4 (H.264, yuv420p,
+at the request's fps), poster.png and meta.json with parent_id = the image, its story fields, the seed and
+every setting, and the model's weights record. `echo-os animatic --clips` plays it in place of the still.
+Without --seed the clip takes the image's own seed, so animating the same image twice gives the same clip.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from echo_os.artifacts.video import CLIP_NAME
 from echo_os.errors import UsageError
 
 if TYPE_CHECKING:
     import threading
 
     from echo_os.artifacts.store import Artifact, ArtifactStore
-    from echo_os.engines.base import ProgressEvent
-    from echo_os.engines.video import ClipRequest, VideoEngine
+    from echo_os.engines.base import Engine, ProgressEvent
+    from echo_os.engines.video import ClipRequest
+    from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
-
-CLIP_NAME = "clip.mp4"
 
 
 @dataclass
@@ -34,49 +38,44 @@ class ClipArtifact:
     seconds: float
 
 
-def make_clip(settings: "Settings", artifact_id: str, request: "ClipRequest", *, store: "ArtifactStore",
-              engine: "VideoEngine | None" = None, progress: "Callable[[ProgressEvent], None] | None" = None,
-              cancel: "threading.Event | None" = None) -> ClipArtifact:
+def clip_render_request(settings: "Settings", parent: "Artifact", clip: "ClipRequest") -> "RenderRequest":
+    """The RenderRequest that makes `clip` from the image artifact `parent` (its prompt, project and story)."""
     from PIL import Image
 
-    from echo_os.artifacts.meta import EngineRecord, ModelRecord, collect_versions
-    from echo_os.artifacts.video import VideoFolder, VideoMeta
-    from echo_os.engines.video import VideoEngine
-    from echo_os.motion.encode import PIX_FMT, Mp4Writer
+    from echo_os.engines.video import ClipRequest, clip_size
+    from echo_os.render.requests import InitImage, RenderRequest
 
-    parent = store.open(artifact_id)
     if getattr(parent.meta, "kind", None) == "video":
         raise UsageError(f"artifact {parent.id[:12]} is a video; `echo-os animate` takes an image artifact id.")
-    request.check()
-    engine = engine or VideoEngine(settings)
+    clip.check()
     with Image.open(parent.image_path) as picture:
-        image = picture.convert("RGB")
-    started = time.perf_counter()
-    clip = engine.render(image, request, progress=progress, cancel=cancel)
-    story = parent.meta.story
-    from echo_os.artifacts.slugs import slugify
+        width, height = clip_size(picture, clip)
+    try:  # relative to the artifacts folder when it is inside it, so a moved workspace still finds it
+        path = parent.image_path.resolve().relative_to(settings.artifacts_dir.resolve()).as_posix()
+    except ValueError:
+        path = str(parent.image_path)
+    defaults = ClipRequest(seed=0)
+    options = {name: getattr(clip, name) for name in ("frames", "fps", "motion_bucket", "noise_aug", "min_cfg",
+                                                      "decode_chunk_size", "cpu_offload")
+               if getattr(clip, name) != getattr(defaults, name)}
+    return RenderRequest(prompt=parent.meta.prompt, output="video", model=clip.model, seed=clip.seed,
+                         steps=clip.steps, cfg=clip.max_cfg, width=width, height=height, device=clip.device,
+                         dtype=clip.dtype, options=options, project=parent.meta.project, parent_id=parent.id,
+                         story=parent.meta.story,
+                         init_image=InitImage(artifact_id=parent.id, path=path, sha256=parent.id, strength=1.0))
 
-    slug = story.slug or slugify(parent.meta.prompt, max_length=32, fallback="image")
-    name = f"{story.scene:03d}-{slug}-clip" if story.scene is not None else f"{slug}-clip"
-    with VideoFolder(store, parent.meta.project, name) as folder:
-        with Mp4Writer(folder.path / CLIP_NAME, clip.width - clip.width % 2, clip.height - clip.height % 2,
-                       request.fps) as writer:
-            for frame in clip.frames:
-                writer.write(frame.crop((0, 0, writer.width, writer.height)))
-        clip.frames[0].save(folder.path / "poster.png")
-        model = clip.runtime.model
-        meta = VideoMeta(
-            video_kind="clip", created="", project=parent.meta.project, sequence=parent.meta.sequence,
-            prompt=parent.meta.prompt, seed=request.seed, width=writer.width, height=writer.height, fps=request.fps,
-            frames=len(clip.frames), duration_s=round(len(clip.frames) / request.fps, 3), pix_fmt=PIX_FMT,
-            video=CLIP_NAME, engine=EngineRecord(name=clip.runtime.engine, reason="echo-os animate"),
-            model=ModelRecord(name=model.name, source=model.source, kind=model.kind,
-                              weights_sha256=model.weights_sha256),
-            parent_id=parent.id, sources=[parent.id], story=story,
-            settings={**dataclasses.asdict(request), "width": clip.width, "height": clip.height,
-                      "device": clip.runtime.device, "dtype": clip.runtime.dtype,
-                      "decode_chunk_size_used": clip.runtime.decode_chunk_size},
-            versions=collect_versions(), timings={**clip.timings, "total_s": round(time.perf_counter() - started, 3)})
-        artifact = folder.commit(meta)
+
+def make_clip(settings: "Settings", artifact_id: str, request: "ClipRequest", *, store: "ArtifactStore",
+              engine: "Engine | None" = None, progress: "Callable[[ProgressEvent], None] | None" = None,
+              cancel: "threading.Event | None" = None) -> ClipArtifact:
+    """Render and save the clip of `request` from the image `artifact_id` (engine: None, `auto`'s choice)."""
+    from echo_os.render.scheduler import render_requests
+
+    started = time.perf_counter()
+    parent = store.open(artifact_id)
+    render_request = clip_render_request(settings, parent, request)
+    outcome = render_requests(settings, [render_request], store=store, engine=engine, progress=progress,
+                              cancel=cancel)
+    [artifact] = outcome.artifacts
     return ClipArtifact(artifact=artifact, parent=parent, video_path=artifact.path / CLIP_NAME,
                         seconds=time.perf_counter() - started)

@@ -3,8 +3,9 @@
 module only says what to render where.
 
 - Actors (`RenderActor`): one per GPU (`num_gpus=1`) on a GPU cluster, a fraction of a CPU each on a
-  CPU-only one. Each keeps its engines (and so their pipelines) warm, at most `max_models` of them, the
-  least recently used dropped first. An actor renders one pipeline call at a time and returns
+  CPU-only one. Each keeps its pipelines warm in its process's model cache (echo_os/render/cache.py: a
+  memory budget and at most `max_models` entries, the least recently used dropped first). An actor
+  renders one pipeline call at a time and returns
   RenderResults (the images and the runtime record); it never touches the workspace's artifacts or catalog.
 - `RayEngine` is an engine (BaseEngine) whose pipeline calls run on the actors: both Ray hosts render
   through the one renderer (echo_os.render.scheduler.render_requests) with it, so grouping, batch sizes,
@@ -40,9 +41,9 @@ import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from echo_os.engines.base import BaseEngine
 from echo_os.errors import UsageError
@@ -82,7 +83,7 @@ class RayOptions:
     address: str | None = None
     actors: int | None = None  # None: one per GPU in the cluster, else 2
     cpus_per_actor: float | None = None  # None: 1 with GPUs, else the local cores shared out
-    max_models: int = 2  # engines (pipelines) an actor keeps warm
+    max_models: int = 2  # models (model cache entries) an actor keeps warm
     threads: int | None = None  # torch threads per actor; None: the cores shared out (CPU), torch's own (GPU)
 
 
@@ -110,9 +111,16 @@ class _Call:
     steps: list[tuple[int, int, int]] = field(default_factory=list)
 
 
+def _cached_models() -> list[str]:
+    """The models this process's model cache holds, least recently used first."""
+    from echo_os.render.cache import model_cache
+
+    return list(model_cache().stats().labels)
+
+
 class RenderActor:
-    """What runs in each Ray actor (made remote by RayPool): engines kept warm, least recently used
-    dropped first; render calls in, RenderResults out.
+    """What runs in each Ray actor (made remote by RayPool): engines by name, their models in the process's
+    model cache; render calls in, RenderResults out.
 
     A threaded actor (max_concurrency > 1): while `render` runs on one thread, the head reads the call's
     latest step with `progress(call_id)` and stops it with `cancel(call_id)` (the engine stops at the next
@@ -123,10 +131,14 @@ class RenderActor:
             import torch
 
             torch.set_num_threads(threads)
+        from echo_os.render.cache import model_cache
+
         self.settings = settings
         self.max_models = max(1, max_models)
+        model_cache().max_entries = self.max_models  # the actor's process has its own cache
         self.threads = threads
-        self._engines: OrderedDict[tuple[str, str], "Engine"] = OrderedDict()
+        # Engine objects are light (their pipelines live in the model cache, which evicts them): kept by name.
+        self._engines: dict[tuple[str, str], "Engine"] = {}
         self._lock = threading.RLock()  # the engines; render, free_memory and stats may run at once
         self._calls: dict[str, _Call] = {}
         self._cancelled_early: set[str] = set()  # cancel() came before the call started
@@ -136,8 +148,7 @@ class RenderActor:
         self.started = time.time()
 
     def info(self) -> dict:
-        with self._lock:
-            models = [model for _, model in self._engines]
+        models = _cached_models()
         return {"pid": os.getpid(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "models": models}
 
     def stats(self) -> dict:
@@ -146,8 +157,8 @@ class RenderActor:
 
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         device = f"cuda:{gpus}" if gpus else f"cpu ({self.threads or os.cpu_count()} threads)"
+        models = _cached_models()
         with self._lock:
-            models = [model for _, model in self._engines]
             rendering = bool(self._calls)
         return {"pid": os.getpid(), "node": socket.gethostname(), "device": device, "models": models,
                 "calls_done": self.calls_done, "images_done": self.images_done, "last_error": self.last_error,
@@ -156,20 +167,11 @@ class RenderActor:
     def _engine(self, name: str, reason: str, model: str) -> "Engine":
         from echo_os.engines import create_engine
 
-        key = (name, model)
+        key = (name, reason)  # `model` is the cache's business: it loads and drops the weights
         with self._lock:
-            if key in self._engines:
-                self._engines.move_to_end(key)
-                return self._engines[key]
-            while len(self._engines) >= self.max_models:
-                (_, dropped), _engine = self._engines.popitem(last=False)
-                log.info("dropping model %s (least recently used)", dropped)
-                del _engine
-                from echo_os.render.scheduler import _release_memory
-
-                _release_memory()
-            engine = self._engines[key] = create_engine(self.settings, name, reason)
-            return engine
+            if key not in self._engines:
+                self._engines[key] = create_engine(self.settings, name, reason)
+            return self._engines[key]
 
     def choose(self, request: "RenderRequest") -> tuple[str, str]:
         """The engine `auto` picks for `request` on this actor's hardware (not the head's)."""
@@ -230,9 +232,9 @@ class RenderActor:
             if call.cancel.is_set():
                 raise CancelledError("cancelled before it started")
             engine = self._engine(name, reason, requests[0].model)
-            if engine.capabilities.tiled_decode:
-                engine.vae_tiling = vae_tiling  # the head's OOM back-off asked for it (or not) for this call
-            results = engine.render(requests, progress=on_step, cancel=call.cancel if engine_cancel else None)
+            extra = {"vae_tiling": vae_tiling} if engine.capabilities.tiled_decode else {}  # the head's, per call
+            results = engine.render(requests, progress=on_step, cancel=call.cancel if engine_cancel else None,
+                                    **extra)
         except CancelledError:
             raise
         except Exception as error:
@@ -534,11 +536,10 @@ class RayEngine(BaseEngine):
         self.concurrent_calls = len(pool.actors)
 
     def render(self, requests: list["RenderRequest"], *, progress: "ProgressCallback | None" = None,
-               cancel: threading.Event | None = None, vae_tiling: bool | None = None) -> list["RenderResult"]:
-        """One pipeline call on an idle actor; vae_tiling: for this call (None: the engine's `vae_tiling`)."""
-        tiling = self.vae_tiling if vae_tiling is None else vae_tiling
+               cancel: threading.Event | None = None, vae_tiling: bool = False) -> list["RenderResult"]:
+        """One pipeline call on an idle actor; vae_tiling: for this call (the renderer's OOM back-off)."""
         return self.pool.render_any(self.name, self.reason, requests, prefer=self.index, progress=progress,
-                                    cancel=cancel, vae_tiling=tiling, engine_cancel=self.engine_cancel)
+                                    cancel=cancel, vae_tiling=vae_tiling, engine_cancel=self.engine_cancel)
 
     def free_memory(self, request: "RenderRequest") -> "MemoryInfo | None":
         return self.pool.ask(self.index, "free_memory", self.name, self.reason, request)
@@ -547,7 +548,7 @@ class RayEngine(BaseEngine):
         return self.pool.ask(self.index, "runs_on_cpu", self.name, self.reason, request)
 
     def release(self, request: "RenderRequest") -> None:
-        """The actor keeps its models by its own rule (least recently used dropped)."""
+        """The actor keeps its models in its own model cache (echo_os/render/cache.py)."""
 
 
 def ray_engine_factory(pool: RayPool, index: int) -> Callable[["RenderRequest"], RayEngine]:

@@ -8,8 +8,9 @@ echo_os.engines.base re-exports them for code written against the older import p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -75,12 +76,24 @@ class MemoryInfo:
 
 
 @dataclass
+class RenderedVideo:
+    """The frames of one clip (an engine whose output kind is "video"), saved as a video artifact."""
+
+    frames: list[Any]  # PIL images, in order
+    fps: int
+    settings: dict[str, Any] = field(default_factory=dict)  # every setting the clip was made with: meta.json `settings`
+
+
+@dataclass
 class RenderedImage:
+    """One output of a render call: an image, or for a video engine the clip's poster frame with `video`."""
+
     image: "Image"
     seed: int
     # Where a remote engine got the image (provider, model, response id, usage, revised prompt, cached,
     # reproducible): recorded as meta.json's `provenance`. None for local engines.
-    provenance: dict | None = None
+    provenance: dict[str, Any] | None = None
+    video: RenderedVideo | None = None
 
 
 @dataclass

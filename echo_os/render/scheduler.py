@@ -25,17 +25,20 @@ reported as resumed. So a killed batch finishes on the next run, without duplica
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import EchoError, is_out_of_memory
+from echo_os.render.prepare import EngineChoice
 from echo_os.render.requests import image_request_key
 
 if TYPE_CHECKING:
@@ -53,12 +56,6 @@ GIB = 1024**3
 
 class OutOfMemoryError(EchoError):
     """One image does not fit on the GPU even at batch 1 with a tiled VAE decode."""
-
-
-@dataclass
-class EngineChoice:
-    name: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -293,6 +290,7 @@ def render_requests(
     engine: "Engine | None" = None,
     engine_for: Callable[["RenderRequest"], "Engine"] | None = None,
     hooks: RenderHooks | None = None,
+    vae_tiling: bool = False,
 ) -> RenderOutcome:
     """Render every request and save one artifact per image (folder numbers: see ArtifactStore.save).
 
@@ -307,6 +305,8 @@ def render_requests(
     engine_for(request): the engine for a request (the API worker keeps its engines warm this way).
     hooks: per-call progress, cancel and saving (RenderHooks); progress, cancel and on_image are
     ignored when given.
+    vae_tiling: decode tile by tile from the first call (replay of an image decoded that way); engines
+    without tiled_decode ignore it.
     """
     hooks = hooks or RenderHooks(progress, cancel, on_image)
     outcome = RenderOutcome()
@@ -331,21 +331,79 @@ def render_requests(
         piece = Piece(source, 0, request.model_copy(
             update={"engine": name, "options": canonical_options(chosen, request)}))
         by_engine.setdefault(id(chosen), []).extend(
-            missing_runs(piece, lambda index: skip(source, index)) if skip is not None else [piece])
+            missing_runs(piece, functools.partial(skip, source)) if skip is not None else [piece])
 
     for key, pieces in by_engine.items():
         if resume:
-            pieces = resume_rendered(store, pieces, outcome, hooks.image)
-        _render_groups(engines[key], pieces, store=store, outcome=outcome, hooks=hooks, batch_size=batch_size,
-                       max_batch=max_batch)
+            pieces = resume_rendered(store, pieces, outcome, hooks.image,
+                                     digest=getattr(engines[key], "template_digest", None))
+        current, failed = engines[key], []
+        while True:
+            saved_before = len(outcome.artifacts)
+            try:
+                _render_groups(current, pieces, store=store, outcome=outcome, hooks=hooks, batch_size=batch_size,
+                               max_batch=max_batch, vae_tiling=vae_tiling)
+                break
+            except (EchoError, OSError) as error:
+                failed.append(current.name)
+                moved = _auto_moves_on(settings, current, pieces, requests, error, failed,
+                                       saved=len(outcome.artifacts) > saved_before)
+                if moved is None:
+                    raise
+                current, pieces, choice = moved
+                outcome.engines.append(choice)  # its reason is the one line saying so (the engine line)
+                if on_engine is not None:
+                    on_engine(choice)
     return outcome
 
 
+def _auto_moves_on(settings: "Settings", engine: "Engine", pieces: list[Piece], requests: list["RenderRequest"],
+                   error: BaseException, failed: list[str], *, saved: bool,
+                   ) -> tuple["Engine", list[Piece], EngineChoice] | None:
+    """When `auto` chose a network engine (a ComfyUI, a hosted API) and it failed before saving any image,
+    the next engine of the order that can render the requests, their pieces for it, and the one line that
+    says so; None when the error stands (a cancel, an engine the user named, images already saved)."""
+    from echo_os.errors import CancelledError
+
+    if (saved or isinstance(error, CancelledError) or not engine.capabilities.network
+            or any(requests[piece.source].engine != "auto" for piece in pieces)):
+        return None
+    original = requests[pieces[0].source]
+    try:
+        name, reason = choose_engine(settings, original, exclude=tuple(failed))
+    except EchoError:
+        return None
+    successor = create_engine(settings, name, reason)
+    why = " ".join(str(error).split())[:300]
+    line = f"auto: {engine.name} failed before any image ({why}); moved on to {name}"
+    moved = [Piece(piece.source, piece.first, piece.request.model_copy(
+        update={"engine": name, "options": canonical_options(successor, requests[piece.source])}))
+        for piece in pieces]
+    return successor, moved, EngineChoice(name, line)
+
+
 def resume_rendered(store: "ArtifactStore", pieces: list[Piece], outcome: RenderOutcome,
-                    on_image: Callable[[ImageDone], None] | None = None) -> list[Piece]:
+                    on_image: Callable[[ImageDone], None] | None = None,
+                    digest: Callable[["RenderRequest"], str | None] | None = None) -> list[Piece]:
     """The runs of `pieces` still to render: every image the project already has (the same one-image
-    request key) is taken instead, added to outcome.resumed and told to on_image with resumed=True."""
+    request key) is taken instead, added to outcome.resumed and told to on_image with resumed=True.
+    digest(request): the engine's template digest now (Engine.template_digest); an earlier image made
+    under another one is rendered again, and outcome.notes says the template changed since."""
     rendered = find_rendered(store, [piece.request for piece in pieces])
+    if digest is not None:
+        for piece in pieces:
+            now = digest(piece.request)
+            for image in piece.request.image_requests():
+                key = image_request_key(image)
+                found = rendered.get(key)
+                then = ((found.meta.provenance or {}).get("template_sha256") if found is not None
+                        and getattr(found.meta, "provenance", None) else None)
+                if found is not None and now is not None and then is not None and then != now:
+                    del rendered[key]
+                    note = (f"{found.id[:12]} was rendered with another version of the template: the template "
+                            "changed since, so it is rendered again")
+                    if note not in outcome.notes:
+                        outcome.notes.append(note)
     remaining: list[Piece] = []
     for piece in pieces:
         keys = [image_request_key(image) for image in piece.request.image_requests()]
@@ -360,7 +418,8 @@ def resume_rendered(store: "ArtifactStore", pieces: list[Piece], outcome: Render
 
 
 def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactStore", outcome: RenderOutcome,
-                   hooks: RenderHooks, batch_size: int | None, max_batch: int | None) -> None:
+                   hooks: RenderHooks, batch_size: int | None, max_batch: int | None,
+                   vae_tiling: bool = False) -> None:
     """Render the pieces in batch groups, one after another, each its own batch size (from the engine when
     the group starts), halving it on out-of-memory, then decoding with VAE tiling.
 
@@ -377,11 +436,10 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
     grouped: dict[tuple, list[Piece]] = {}
     for piece in pieces:
         grouped.setdefault(piece.request.batch_key(), []).append(piece)
-    groups = deque(_Group(deque(group)) for group in grouped.values())
+    groups = deque(_Group(deque(group), vae_tiling=vae_tiling) for group in grouped.values())
     cap = max(1, engine.capabilities.max_batch)
     width = max(1, engine.concurrent_calls)
     window: deque[_PipelineCall] = deque()  # started (or split, waiting to start) calls, in saving order
-    tiling = engine.vae_tiling  # the OOM back-off's VAE tiling is for a group; the engine may outlive this
 
     def next_call() -> "_PipelineCall | None":
         while groups and not groups[0].queue:
@@ -390,8 +448,6 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
             return None
         group = groups[0]
         if group.limit is None:  # the group starts: its batch size now, with what the engine has loaded
-            if not window and engine.capabilities.tiled_decode:
-                engine.vae_tiling = tiling  # (while calls of the group before run, they share the engine's)
             first = group.queue[0].request
             limit = min(batch_size, cap) if batch_size else auto_batch_size(engine, first)
             group.limit = max(1, min(limit, max_batch)) if max_batch else limit
@@ -402,17 +458,22 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
     # exception itself).
     stop = threading.Event()
 
-    def render(pieces: list[Piece]) -> list["RenderResult"]:
+    def render(pieces: list[Piece], tiling: bool) -> list["RenderResult"]:
+        # VAE tiling goes with the call (never set on the engine, which other calls and jobs share), and
+        # only to an engine that declares tiled_decode.
+        extra = {"vae_tiling": tiling} if engine.capabilities.tiled_decode else {}
         with hooks.call(pieces) as control:
             cancel = control.cancel if control.cancel is not None or pool is None else stop
-            return engine.render([piece.request for piece in pieces], progress=control.progress, cancel=cancel)
+            return engine.render([piece.request for piece in pieces], progress=control.progress, cancel=cancel,
+                                 **extra)
 
     def start(call: _PipelineCall) -> bool:
         call.pieces = hooks.before_call(call.pieces)
         if not call.pieces:
             window.remove(call)
             return False
-        call.future = pool.submit(render, call.pieces) if pool else _run_here(render, call.pieces)
+        tiling = call.group.vae_tiling
+        call.future = pool.submit(render, call.pieces, tiling) if pool else _run_here(render, call.pieces, tiling)
         return True
 
     pool = ThreadPoolExecutor(width, thread_name_prefix="echo-os-call") if width > 1 else None
@@ -450,8 +511,8 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
                     group.limit = max(1, min(group.limit, images) // 2)
                     outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with "
                                          f"{group.limit}")
-                elif engine.capabilities.tiled_decode and not engine.vae_tiling:
-                    engine.vae_tiling = True
+                elif engine.capabilities.tiled_decode and not group.vae_tiling:
+                    group.vae_tiling = True
                     outcome.notes.append("out of GPU memory with 1 image per call; retrying with VAE tiling")
                 else:
                     first = batch[0].request
@@ -478,7 +539,7 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
                 hooks.result(piece, result)
                 for i in range(len(result.images)):
                     started = time.perf_counter()
-                    artifact = store.save(result, i, batch_size=images)
+                    artifact = _save(store, result, i, images)
                     outcome.artifacts.append(artifact)
                     hooks.image(ImageDone(artifact, resumed=False, source=piece.source, index=piece.first + i,
                                           save_s=time.perf_counter() - started))
@@ -488,8 +549,15 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
     finally:
         if pool is not None:
             pool.shutdown(wait=True)  # the calls still running (after an error) end before it is raised
-        if engine.capabilities.tiled_decode:
-            engine.vae_tiling = tiling
+
+
+def _save(store: "ArtifactStore", result: "RenderResult", index: int, batch_size: int) -> "Artifact":
+    """Output `index` of a result as an artifact: an image folder, or a clip's (a video engine's output)."""
+    if result.images[index].video is not None:
+        from echo_os.artifacts.video import save_clip
+
+        return save_clip(store, result, index)
+    return store.save(result, index, batch_size=batch_size)
 
 
 # With an engine that runs calls concurrently: how many calls per concurrent call may be started or
@@ -503,6 +571,7 @@ class _Group:
 
     queue: "deque[Piece]"
     limit: int | None = None
+    vae_tiling: bool = False  # the OOM back-off's last step, for this group's calls from then on
 
 
 @dataclass
@@ -518,13 +587,14 @@ class _PipelineCall:
         return self.future is not None and not self.future.done()
 
 
-def _run_here(render: Callable[[list[Piece]], list["RenderResult"]], pieces: list[Piece]) -> "Future":
+def _run_here(render: Callable[[list[Piece], bool], list["RenderResult"]], pieces: list[Piece],
+              tiling: bool) -> "Future":
     """The call rendered now, on this thread (one call at a time), its outcome in a Future."""
     from concurrent.futures import Future
 
     future: Future = Future()
     try:
-        future.set_result(render(pieces))
+        future.set_result(render(pieces, tiling))
     except Exception as error:  # noqa: BLE001 - handed to whoever reads the future, as a pool thread would
         future.set_exception(error)
     return future

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from echo_os.artifacts.meta import IMAGE_KINDS, artifact_kind
 from echo_os.errors import UsageError
 
 if TYPE_CHECKING:
@@ -262,7 +263,8 @@ def analyze_memory(settings: "Settings", *, project: str | None = None, k: int |
     from echo_os.memory.artifacts import build_embedders
 
     with Catalog(settings.catalog_path) as catalog:
-        rows = [row for row in catalog.query(project=project, newest_first=False) if row.prompt.strip()]
+        rows = [row for row in catalog.query(project=project, newest_first=False)
+                if row.prompt.strip() and artifact_kind(row.meta) in IMAGE_KINDS]  # motifs are of images
     if len(rows) < 3:
         raise UsageError(f"memory analyze needs at least 3 artifacts with prompts{f' in project {project!r}' if project else ''}"
                          f" (found {len(rows)}).")
@@ -309,37 +311,92 @@ def save_analysis(settings: "Settings", analysis: Analysis) -> Path:
 
 # ---- the style codebook ----------------------------------------------------------------------------------
 
+# A motif becomes a style only when it is one: enough members, and phrases about how the image looks (light,
+# palette, lens, medium, mood), not what is in it ("un phare" is a subject; a style of it would paint a
+# lighthouse into every prompt).
+MIN_STYLE_MEMBERS = 3
+STYLE_WORDS = frozenset("""
+    light lights lighting lit glow glowing backlit backlight rim sunlight moonlight candlelight shadows chiaroscuro
+    golden hour dusk-lit volumetric warm cool palette colour color colours colors colorful colourful tones toned hues
+    monochrome monochromatic pastel sepia muted vivid saturated desaturated neon duotone black-and-white teal
+    lens lenses bokeh aperture telephoto wide-angle macro fisheye anamorphic tilt-shift depth field focus
+    shot close-up closeup angle composition framing symmetrical isometric panoramic
+    painting painted paint watercolor watercolour oil gouache acrylic ink pencil charcoal sketch drawing
+    illustration illustrated art artwork concept digital render rendered 3d cgi photo photograph photography
+    photographic film analog kodak polaroid grain grainy cinematic anime manga comic engraving woodcut
+    poster style stylized minimalist surreal impressionist expressionist baroque noir moody dramatic ethereal
+    dreamy soft matte glossy hdr vintage retro
+""".split())
+_MM_RE = re.compile(r"^\d+mm$|^f/\d")
+
+
+def is_style_phrase(phrase: str) -> bool:
+    """Does the phrase say how the image looks (light, palette, lens, medium, mood)?"""
+    words = re.findall(r"[\w/.-]+", phrase.lower())
+    return any(word in STYLE_WORDS or _MM_RE.match(word) for word in words)
+
+
+def style_phrases(motif: Motif) -> list[str]:
+    """The motif's recurring style-like phrases (shared by two members or more), most shared first."""
+    return [phrase for phrase, count in motif.phrases if count >= 2 and is_style_phrase(phrase)][:4]
+
+
 def style_entry(motif: Motif) -> dict[str, str]:
-    """A motif as a named style: its recurring phrases after the user's `{prompt}`, its usual negative."""
-    phrases = [phrase for phrase, _ in motif.phrases[:4]]
-    return {"prompt": ", ".join(["{prompt}", *phrases]), "negative": motif.negative}
+    """A motif as a named style: its recurring style phrases after the user's `{prompt}`, its usual negative."""
+    return {"prompt": ", ".join(["{prompt}", *style_phrases(motif)]), "negative": motif.negative}
 
 
-def export_styles(settings: "Settings", motifs: list[Motif], *, top: int = 5) -> tuple[list[str], list[str]]:
-    """Append the `top` strongest motifs (Motif.strength: size x cohesion x ratings) to styles.toml as
-    [styles.NAME] tables.
+def why_not_a_style(motif: Motif) -> str | None:
+    """Why the motif is not exported as a style, or None when it is one."""
+    if motif.size < MIN_STYLE_MEMBERS:
+        return f"{motif.size} artifact{'s' if motif.size != 1 else ''} (a style needs {MIN_STYLE_MEMBERS} or more)"
+    if not style_phrases(motif):
+        shared = "; ".join(phrase for phrase, count in motif.phrases if count >= 2) or "none"
+        return f"no shared phrase about light, palette, lens or medium (shared: {shared})"
+    return None
 
-    A name already in styles.toml is left as it is (the user may have edited it). Returns (written, kept).
+
+@dataclass
+class StyleExport:
+    """What --export-styles did: styles written, names left as they were, motifs skipped and why."""
+
+    written: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # style name -> why
+
+
+def export_styles(settings: "Settings", motifs: list[Motif], *, top: int = 5) -> StyleExport:
+    """Append the `top` strongest motifs (Motif.strength: size x cohesion x ratings) that make a style
+    (why_not_a_style) to styles.toml as [styles.NAME] tables.
+
+    A name already in styles.toml is left as it is (the user may have edited it).
     The format: [styles.NAME] prompt = "{prompt}, phrase, ..." negative = "..." ({prompt}: the user's prompt).
     """
-    from echo_os.models.registry import read_toml, toml_key, toml_string
     from echo_os.atomic import write_atomically
+    from echo_os.models.registry import read_toml, toml_key, toml_string
 
     path = settings.styles_toml
     existing = read_toml(path).get("styles", {}) if path.is_file() else {}
-    strongest = sorted(motifs, key=lambda m: (-m.strength, m.motif))[:top]
-    written, kept, blocks = [], [], []
-    for motif in strongest:
+    report = StyleExport()
+    candidates = []
+    for motif in sorted(motifs, key=lambda m: (-m.strength, m.motif)):
+        reason = why_not_a_style(motif)
+        if reason is None:
+            candidates.append(motif)
+        else:
+            report.skipped[f"motif-{motif.name}"] = reason
+    blocks = []
+    for motif in candidates[:top]:
         name = f"motif-{motif.name}"
-        if name in existing or name in written:
-            kept.append(name)
+        if name in existing or name in report.written:
+            report.kept.append(name)
             continue
         entry = style_entry(motif)
         blocks.append(f"\n# from `echo-os memory analyze`: motif {motif.motif}, {motif.size} artifacts\n"
                       f"[styles.{toml_key(name)}]\nprompt = {toml_string(entry['prompt'])}\n"
                       f"negative = {toml_string(entry['negative'])}\n")
-        written.append(name)
+        report.written.append(name)
     if blocks:
         before = path.read_text(encoding="utf-8") if path.is_file() else ""
         write_atomically(path, (before + "".join(blocks)).encode("utf-8"))
-    return written, kept
+    return report

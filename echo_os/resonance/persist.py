@@ -55,7 +55,12 @@ def save_rating(catalog: "Catalog", artifacts_root: Path, artifact_id: str, valu
     check_rating(value)
     if note is not None and len(note) > MAX_NOTE:
         raise UsageError(f"a rating note is at most {MAX_NOTE} characters (got {len(note)}).")
+    from echo_os.artifacts.meta import require_kind
+
     row = catalog.resolve_id(artifact_id)
+    # a grid sheet is a picture of other artifacts: rate its cells (a video, a whole animatic, can be rated)
+    require_kind(row.id, row.meta, ("image", "imported", "video"), "a rating",
+                 needs="an image or a video", option="artifact_id")
     rating = {"value": value, "note": note, "rated_at": _now()}
     update_meta(catalog, artifacts_root, row.path, {"rating": rating})
     return {"id": row.id, **rating}

@@ -151,8 +151,13 @@ def score_rows(settings, catalog, scorers: "Scorers", targets: list, *, progress
             image.load()
             return image.convert("RGB")
 
+    from echo_os.artifacts.meta import IMAGE_KINDS, artifact_kind
+
+    def scorable(row) -> bool:  # images only: a draft card, a grid sheet or a video has nothing to score
+        return row.engine != "draft" and artifact_kind(row.meta) in IMAGE_KINDS
+
     written: dict[str, dict] = {}
-    targets = [row for row in targets if row.engine != "draft"]
+    targets = [row for row in targets if scorable(row)]
     by_project: dict[str, list] = {}
     for row in targets:
         by_project.setdefault(row.project, []).append(row)
@@ -161,7 +166,7 @@ def score_rows(settings, catalog, scorers: "Scorers", targets: list, *, progress
         context = {row.id: row for row in rows}
         if any(row.scene is not None for row in rows):  # the project's other scenes are the comparison
             for row in catalog.query(project=project):
-                if row.scene is not None and row.engine != "draft":
+                if row.scene is not None and scorable(row):
                     context.setdefault(row.id, row)
         ordered = list(context.values())
         references: dict[str, list[str]] = {}

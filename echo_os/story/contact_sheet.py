@@ -40,9 +40,9 @@ class SheetCell:
 
 
 def _font(size: int):
-    from PIL import ImageFont
+    from echo_os.fonts import drawing_font  # one font with accents and other scripts for every picture
 
-    return ImageFont.load_default(size=size)
+    return drawing_font(size)
 
 
 def wrap_text(draw, text: str, font, width: int, max_lines: int) -> list[str]:

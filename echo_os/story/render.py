@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from echo_os.engines.ip_adapter import check_adapter
 from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
 from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
+from echo_os.story.results import SceneResult
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
@@ -53,17 +55,6 @@ class StoryProgress:
     @property
     def images_per_minute(self) -> float:
         return 60.0 * self.images_rendered / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-@dataclass
-class SceneResult:
-    scene: int
-    slug: str
-    description: str
-    characters: tuple[str, ...]
-    artifacts: list["Artifact"]
-    resumed: list[bool]
-    siblings: list["Artifact"] = field(default_factory=list)  # best-of candidates not kept (issue 16)
 
 
 @dataclass
@@ -108,33 +99,6 @@ class StoryRender:
 
 
 # ---- requests --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EngineSize:
-    """The chosen engine's own default size for a story, and the note that says so."""
-
-    size: str  # WIDTHxHEIGHT
-    note: str
-
-
-def engine_size_for_plan(settings: "Settings", plan: "StoryPlan", engine_name: str) -> EngineSize | None:
-    """The engine's default size (the cpu engine's settings.cpu_size, 512x512) when the plan has a scene
-    larger than it, else None: a story planned at 1216x832 is rendered smaller on the CPU, a story
-    smaller than that keeps its size. The caller applies it only when the user chose no size or steps
-    (`echo-os batch` and POST /api/batch alike)."""
-    from echo_os.engines import get_engine
-
-    default = get_engine(engine_name).default_size(settings)
-    if default is None or not plan.scenes:
-        return None
-    width, height = default
-    largest = max(plan.scenes, key=lambda scene: scene.request.width * scene.request.height).request
-    if largest.width * largest.height <= width * height:
-        return None
-    return EngineSize(size=f"{width}x{height}",
-                      note=f"{width}x{height} by default with engine {engine_name} instead of the story's "
-                           f"{largest.size}; --size or --steps to choose")
-
 
 def story_requests(settings: "Settings", plan: "StoryPlan",
                    ip_adapter: str | None = DEFAULT_IP_ADAPTER) -> list[RenderRequest]:
@@ -266,13 +230,17 @@ def render_plan(
     engine: "Engine | None" = None,
     store: "ArtifactStore | None" = None,
     resonance: Any = None,
+    story: "StoryPlan | None" = None,
 ) -> StoryRender:
     """Render every scene of a validated StoryPlan (resuming what is already rendered), then write the
     contact sheet and story.json. clip: a models.toml clip entry for the continuity report, "none" to
     skip it, None for the first one on this machine. resonance: resonance.story.ResonanceOptions to score
     the images, keep each scene's best of N and flag drift before the contact sheet and story.json.
     engine: render with this engine (a RayEngine for `batch --ray`: the calls on Ray actors, the saving
-    here); None: the one `auto` or the plan's engine picks here."""
+    here); None: the one `auto` or the plan's engine picks here.
+    story: the whole story when `plan` is a part of it (`batch --count N`): story.json and the contact sheet
+    describe every scene of it rendered so far (earlier runs' images found by their request keys), not only
+    the part this run rendered."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.render.scheduler import render_requests
 
@@ -301,15 +269,33 @@ def render_plan(
 
         outcome = render_requests(settings, requests, store=store, cancel=cancel, batch_size=batch_size,
                                   on_engine=on_engine, resume=True, on_image=on_image, engine=engine)
+        artifacts = [*outcome.resumed, *outcome.artifacts]
+        carried: list["Artifact"] = []
+        whole = plan
+        if story is not None:
+            whole, carried = whole_story(settings, story, plan, store, ip_adapter, engine)
         return write_story_outputs(
-            settings, plan, store=store, artifacts=[*outcome.resumed, *outcome.artifacts],
-            resumed_ids={artifact.id for artifact in outcome.resumed}, engines=outcome.engines,
+            settings, whole, store=store, artifacts=artifacts + carried,
+            resumed_ids={artifact.id for artifact in [*outcome.resumed, *carried]},
+            carried_ids={artifact.id for artifact in carried}, engines=outcome.engines,
             batch_sizes=outcome.batch_sizes, notes=outcome.notes, elapsed_s=time.perf_counter() - started,
             requested_batch_size=batch_size, ip_adapter=ip_adapter,
             uses_ip_adapter=any(r.ip_adapter for r in requests), clip=clip, resonance=resonance)
     finally:
         if own_store:
             store.close()
+
+
+def whole_story(settings: "Settings", story: "StoryPlan", part: "StoryPlan", store: "ArtifactStore",
+                ip_adapter: str | None, engine: "Engine | None") -> tuple["StoryPlan", list["Artifact"]]:
+    """(the story with `part`'s scenes in their place, the images earlier runs made of its other scenes)."""
+    from echo_os.render.scheduler import find_rendered
+
+    in_part = {scene.scene: scene for scene in part.scenes}
+    others = story.model_copy(update={"scenes": tuple(s for s in story.scenes if s.scene not in in_part)})
+    found = find_rendered(store, scene_requests(settings, others, ip_adapter, engine)) if others.scenes else {}
+    whole = story.model_copy(update={"scenes": tuple(in_part.get(s.scene, s) for s in story.scenes)})
+    return whole, list(found.values())
 
 
 def plan_from_source(project: str, source: Path, *, kind: str, bible: Path | None,
@@ -326,15 +312,21 @@ def write_story_outputs(settings: "Settings", plan: "StoryPlan", *, store: "Arti
                         artifacts: list["Artifact"], resumed_ids: set[str], engines: list["EngineChoice"],
                         batch_sizes: dict[str, int], notes: list[str], elapsed_s: float,
                         requested_batch_size: int | None, ip_adapter: str | None, uses_ip_adapter: bool,
-                        clip: str | None, resonance: Any = None) -> StoryRender:
+                        clip: str | None, resonance: Any = None,
+                        carried_ids: set[str] | frozenset[str] = frozenset()) -> StoryRender:
     """The contact sheet, continuity report and story.json of a rendered plan, written to its project
     folder: `echo-os batch` and the API's batch jobs both end here. `artifacts`: every image of the plan
     (any order), those in resumed_ids found from an earlier run. resonance: ResonanceOptions to score and
-    reflect on the story (drift flags, best of N) before the sheet is drawn."""
+    reflect on the story (drift flags, best of N) before the sheet is drawn. carried_ids: images of scenes
+    this run did not render, from earlier runs (neither rendered nor resumed by it); a scene of `plan` with
+    no image at all (never rendered) is left out."""
     by_image = {(a.meta.story.scene, a.meta.seed): a for a in artifacts}
     scenes = []
     for planned in plan.scenes:
-        found = [by_image[(planned.scene, seed)] for seed in planned.request.seeds]
+        found = [by_image[(planned.scene, seed)] for seed in planned.request.seeds
+                 if (planned.scene, seed) in by_image]
+        if not found:
+            continue
         scenes.append(SceneResult(scene=planned.scene, slug=planned.slug, description=planned.row.description,
                                   characters=planned.row.characters, artifacts=found,
                                   resumed=[a.id in resumed_ids for a in found]))
@@ -349,7 +341,7 @@ def write_story_outputs(settings: "Settings", plan: "StoryPlan", *, store: "Arti
         title=plan.title, project=plan.project, project_dir=project_dir,
         story_json=project_dir / STORY_JSON, contact_sheet=project_dir / CONTACT_SHEET, scenes=scenes,
         continuity=ContinuityReport(), engines=engines, rendered=len(artifacts) - len(resumed_ids),
-        resumed=len(resumed_ids), elapsed_s=elapsed_s, batch_sizes=batch_sizes,
+        resumed=len(resumed_ids - set(carried_ids)), elapsed_s=elapsed_s, batch_sizes=batch_sizes,
         notes=_plan_notes(plan, ip_adapter) + notes, resonance=reflection)
     write_contact_sheet(plan, result, created)
     result.continuity = story_continuity(settings, plan, scenes, clip)
@@ -378,7 +370,8 @@ def write_contact_sheet(plan: "StoryPlan", result: StoryRender, created: datetim
                                    image=_open_image(artifact), index=index, of=len(scene.artifacts)))
     engines = ", ".join(sorted({a.meta.engine.name for s in result.scenes for a in s.artifacts})) or "none"
     images = len(cells)
-    subtitle = (f"{'' if plan.project == plan.title else plan.project + '  ·  '}{len(result.scenes)} scene{'s' if len(result.scenes) != 1 else ''}, "
+    scenes = len(result.scenes)
+    subtitle = (f"{'' if plan.project == plan.title else plan.project + '  ·  '}{scenes} scene{'s' if scenes != 1 else ''}, "
                 f"{images} image{'s' if images != 1 else ''}  ·  engine {engines}  ·  {created:%Y-%m-%d %H:%M}")
     if plan.bible_hash:
         subtitle += f"  ·  bible {plan.bible_hash[:12]}"
@@ -392,7 +385,9 @@ def story_continuity(settings: "Settings", plan: "StoryPlan", scenes: list[Scene
     from echo_os.story.continuity import clip_image_embedder, continuity_report, find_clip_model
 
     cast: dict[str, CastEntry] = {}
-    for planned, scene in zip(plan.scenes, scenes):
+    planned_by_number = {planned.scene: planned for planned in plan.scenes}
+    for scene in scenes:  # the scenes with images (a story's unrendered scenes are not among them)
+        planned = planned_by_number[scene.scene]
         rendered = [a for a in scene.artifacts if a.meta.model is not None]
         for member in planned.cast:
             entry = cast.get(member.id)
