@@ -134,3 +134,70 @@ def _record(db: sqlite3.Connection, name: str, applied: str) -> None:
 def applied_migrations(db: sqlite3.Connection) -> list[str]:
     """The names recorded in `db`, in the order they were applied."""
     return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+# The background checkpointer looks this often whether enough has been written to checkpoint: about as
+# much as SQLite's own auto-checkpoint waits for (1000 WAL pages, some 110 jobs.db submissions at 9 pages
+# each), or anything at all after CHECKPOINT_IDLE_S. SQLite's auto-checkpoint runs inside whichever COMMIT
+# takes the WAL past 1000 pages, adding the copy and an fsync of the main file to that submission and to
+# every one waiting behind it in the group commit (benchmarks/RESULTS.md, submission latency, issue 25).
+CHECKPOINT_POLL_S = 0.2
+CHECKPOINT_AFTER_COMMITS = 100
+CHECKPOINT_IDLE_S = 5.0
+
+
+class BackgroundCheckpointer:
+    """Checkpoints a WAL database on its own thread and connection, so no commit on a latency-sensitive
+    path pays for it: the writer's connection is set to `wal_autocheckpoint=0` (`take_over(db)`) and tells
+    this thread of each commit (`committed()`); after CHECKPOINT_AFTER_COMMITS commits, or a quiet
+    CHECKPOINT_IDLE_S after any, the thread runs `PRAGMA wal_checkpoint(PASSIVE)`, which never waits for or
+    blocks writers or readers. Durability is unchanged: a commit is on disk when the WAL is synced
+    (synchronous=FULL); a checkpoint only copies committed pages into the main file, and one cut short by a
+    crash is redone from the WAL on the next open."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path = path
+        self._commits = 0  # since the last checkpoint; a plain int: a lost increment only delays one
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"echo-os-checkpoint-{path.name}", daemon=True)
+
+    @staticmethod
+    def take_over(db: sqlite3.Connection) -> None:
+        """Commits on `db` no longer checkpoint (this thread does)."""
+        db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def committed(self) -> None:
+        self._commits += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        import logging
+        import time
+
+        db = connect(self.path)
+        last = time.monotonic()
+        try:
+            while not self._stop.wait(CHECKPOINT_POLL_S):
+                due = self._commits >= CHECKPOINT_AFTER_COMMITS or \
+                    (self._commits > 0 and time.monotonic() - last >= CHECKPOINT_IDLE_S)
+                if not due:
+                    continue
+                self._commits = 0
+                last = time.monotonic()
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:  # e.g. the disk is full: the WAL keeps the commits; try again later
+                    self._commits = CHECKPOINT_AFTER_COMMITS
+                    logging.getLogger(__name__).warning("checkpoint of %s failed; trying again", self.path,
+                                                        exc_info=True)
+        finally:
+            db.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)

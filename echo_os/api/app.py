@@ -130,6 +130,7 @@ from echo_os.api.schemas import (
     error_responses,
 )
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
+from echo_os.api.stalls import Stall, epoch_from_iso, judge
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
 from echo_os.settings import Settings
@@ -149,7 +150,7 @@ ArtifactId = Annotated[str, PathParam(pattern=ARTIFACT_ID_PATTERN,
 
 # ---- views ------------------------------------------------------------------------------------------
 
-def job_view(job: Job, live: JobProgressed | None) -> JobView:
+def job_view(job: Job, live: JobProgressed | None, stall: Stall | None = None) -> JobView:
     progress = JobProgress(images_done=len(job.artifact_ids), images_total=job.images_total)
     animatic = job.spec.animatic
     if live is not None and job.status == "running":
@@ -166,36 +167,63 @@ def job_view(job: Job, live: JobProgressed | None) -> JobView:
                    started=job.started, finished=job.finished, timings=job.timings,
                    artifact_ids=job.artifact_ids, request=job.spec.items[0] if job.kind in ("render", "clip") else None,
                    title=job.spec.title, animatic=animatic, grid_id=job.grid_id,
-                   scenes=animatic.scenes if animatic is not None else len(job.spec.items))
+                   scenes=animatic.scenes if animatic is not None else len(job.spec.items),
+                   last_progress=stall.last_progress if stall else None, stalled=bool(stall and stall.stalled),
+                   warning=stall.warning if stall else None)
+
+
+def job_stall(api: ApiState, job: Job) -> Stall | None:
+    """A running job's progress clock (kept by the hub from its events; since it started when this
+    process has seen none yet) judged against the job's step time (echo_os.api.stalls)."""
+    if job.status != "running":
+        return None
+    clock = api.hub.clock(job.id)
+    if clock is not None:
+        return clock.judge(api.options.stall_after_s, busy=True)
+    started = epoch_from_iso(job.started) if job.started else None
+    return judge(started, None, api.options.stall_after_s, busy=True)
 
 
 def worker_views(api: ApiState) -> list[WorkerView]:
     """Worker processes from their rows in jobs.db; the in-process thread from its own figures; Ray actors
-    from their Worker threads and the actors' own figures."""
+    from their Worker threads and the actors' own figures. Each with its progress clock judged: a worker
+    rendering with no progress for far longer than its steps take is `stalled` (echo_os.api.stalls)."""
     from echo_os.api.jobs import WorkerRow, now_iso
 
+    floor = api.options.stall_after_s
     if isinstance(api.worker, RayWorkers):
-        return [WorkerView(slot=row.slot, pid=row.pid, device=row.device, model=row.model, jobs_done=row.jobs_done,
-                           images_done=row.images_done, images_per_min=images_per_minute(row),
-                           last_error=row.last_error, restarts=row.restarts, state=row.state, heartbeat=now_iso(),
-                           calls_done=stats["calls_done"] if stats else None,
-                           models=stats["models"] if stats else None)
-                for row, stats in api.worker.rows()]
+        views = []
+        for (row, stats), worker in zip(api.worker.rows(), api.worker.workers):
+            stall = worker.stats.clock.judge(floor, busy=row.state == "rendering")
+            views.append(WorkerView(slot=row.slot, pid=row.pid, device=row.device, model=row.model,
+                                    jobs_done=row.jobs_done, images_done=row.images_done,
+                                    images_per_min=images_per_minute(row), last_error=row.last_error,
+                                    restarts=row.restarts, state=row.state, heartbeat=now_iso(),
+                                    calls_done=stats["calls_done"] if stats else None,
+                                    models=stats["models"] if stats else None, last_progress=stall.last_progress,
+                                    step_s=stall.step_s, stalled=stall.stalled, warning=stall.warning))
+        return views
     if isinstance(api.worker, WorkerPool):
         rows = api.worker.rows()
+        stalls = [judge(epoch_from_iso(row.last_progress) if row.last_progress else None, row.step_s, floor,
+                        busy=row.state == "rendering") for row in rows]
     elif isinstance(api.worker, Worker):
         stats = api.worker.stats
         import os
 
+        state = stats.state if api.worker.alive else "stopped"
         rows = [WorkerRow(slot=0, worker="thread", pid=os.getpid(), device="in-process", model=stats.model,
                           jobs_done=stats.jobs_done, images_done=stats.images_done, first_job=stats.first_job,
-                          last_error=stats.last_error, state=stats.state if api.worker.alive else "stopped")]
+                          last_error=stats.last_error, state=state)]
+        stalls = [stats.clock.judge(floor, busy=state == "rendering")]
     else:
-        rows = []
+        rows, stalls = [], []
     return [WorkerView(slot=row.slot, pid=row.pid, device=row.device, model=row.model, jobs_done=row.jobs_done,
                        images_done=row.images_done, images_per_min=images_per_minute(row),
-                       last_error=row.last_error, restarts=row.restarts, state=row.state, heartbeat=row.heartbeat)
-            for row in rows]
+                       last_error=row.last_error, restarts=row.restarts, state=row.state, heartbeat=row.heartbeat,
+                       last_progress=stall.last_progress, step_s=stall.step_s, stalled=stall.stalled,
+                       warning=stall.warning)
+            for row, stall in zip(rows, stalls)]
 
 
 def artifact_view(row, *, with_meta: bool = False) -> ArtifactView:
@@ -340,7 +368,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
         async with AsyncExitStack() as cleanup:  # closes what was opened, in reverse, even after a failure
             # One server per workspace: a second one would take the first one's running jobs for crashed ones.
             cleanup.callback(hold_server_lock(settings).release)
-            jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts)
+            jobs = JobStore(jobs_db_path(settings), max_attempts=options.max_attempts, checkpoint_in_background=True)
             cleanup.callback(jobs.close)
             if jobs.quarantined is not None:
                 log.error("jobs.db was corrupt (%s): moved it to %s; the queue starts EMPTY and the jobs in the "
@@ -671,7 +699,7 @@ def _add_routes(app: FastAPI) -> None:
         """Newest first."""
         jobs = await run_in_threadpool(lambda: api.jobs.list(status=status, limit=limit + 1, offset=offset))
         more = len(jobs) > limit
-        items = [job_view(job, api.hub.progress(job.id)) for job in jobs[:limit]]
+        items = [job_view(job, api.hub.progress(job.id), job_stall(api, job)) for job in jobs[:limit]]
         return JobPage(items=items, limit=limit, offset=offset, next_offset=offset + limit if more else None)
 
     async def find_job(api: ApiState, job_id: str) -> Job:
@@ -683,7 +711,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=error_responses(404, 422))
     async def get_job(job_id: JobId, api: Api) -> JobView:
         job = await find_job(api, job_id)
-        view = job_view(job, api.hub.progress(job_id))
+        view = job_view(job, api.hub.progress(job_id), job_stall(api, job))
         from echo_os.api.engine_notice import engines_of
 
         view.engines = await run_in_threadpool(engines_of, api, job.artifact_ids)

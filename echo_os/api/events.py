@@ -3,7 +3,8 @@
 The worker thread never touches asyncio objects: it calls `EventHub.publish_threadsafe`, which hands the
 event to the loop with `loop.call_soon_threadsafe` (ComfyUI's server.py pattern). On the loop, `publish`
 numbers the event, remembers the latest progress of running jobs (for GET /api/jobs/{id} and for clients
-that connect late), and puts it on every subscriber's queue.
+that connect late) and when each made progress (a ProgressClock, echo_os.api.stalls: the job view's
+stalled warning), and puts it on every subscriber's queue.
 
 The worker writes a state change to the job store before it publishes the event, so whoever receives an
 event and then reads the store sees at least that state.
@@ -16,6 +17,8 @@ import logging
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
+
+from echo_os.api.stalls import ProgressClock
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ class EventHub:
         self._subscribers: dict[str, set[asyncio.Queue]] = {}
         self._seq: dict[str, int] = {}
         self._progress: dict[str, JobProgressed] = {}
+        self._clocks: dict[str, ProgressClock] = {}
         self._closed = False
 
     # -- from the worker thread -------------------------------------------------------------------
@@ -128,6 +132,7 @@ class EventHub:
         if event.event in FINAL_EVENTS:
             self._seq.pop(job_id, None)
             self._progress.pop(job_id, None)
+            self._clocks.pop(job_id, None)
         else:
             self._seq[job_id] = seq
             if isinstance(event, JobProgressed):
@@ -137,8 +142,15 @@ class EventHub:
                 if event.preview is None and earlier is not None and earlier.preview is not None:
                     kept = event.model_copy(update={"preview": earlier.preview})
                 self._progress[job_id] = kept
-            elif event.event in ("queued", "started"):
+                self._clocks.setdefault(job_id, ProgressClock()).step()
+            elif event.event == "started":
                 self._progress.pop(job_id, None)
+                self._clocks.setdefault(job_id, ProgressClock()).start()
+            elif event.event == "queued":
+                self._progress.pop(job_id, None)
+                self._clocks.pop(job_id, None)
+            elif event.event == "artifact":
+                self._clocks.setdefault(job_id, ProgressClock()).mark()
         for queue in self._subscribers.get(job_id, ()):
             queue.put_nowait(event)
 
@@ -159,6 +171,10 @@ class EventHub:
     def progress(self, job_id: str) -> JobProgressed | None:
         """The latest step of a running job, if it has taken one in this process."""
         return self._progress.get(job_id)
+
+    def clock(self, job_id: str) -> ProgressClock | None:
+        """When a running job last made progress in this process (None: no event of it seen yet)."""
+        return self._clocks.get(job_id)
 
     @property
     def subscriber_count(self) -> int:

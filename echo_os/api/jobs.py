@@ -1,8 +1,10 @@
 """The durable job queue: jobs and the images they have saved, in their own SQLite file.
 
-`artifacts/jobs.db`, WAL, synchronous=FULL (a 202 means the job is on disk), named migrations applied
-on every open (echo_os.sqlite, like the catalog). Writes go through one connection behind one lock; readers get their own
-connection per thread, which WAL lets read while the writer writes.
+`artifacts/jobs.db`, WAL, synchronous=FULL (a 202 means the job is on disk), named migrations applied on every
+open (echo_os.sqlite, like the catalog). The server's store checkpoints the WAL on a thread of its own
+(`checkpoint_in_background`), so no submission's commit pays for a checkpoint. Writes go through one
+connection behind one lock; readers get their own connection per thread, which WAL lets read while the writer
+writes.
 
 A job is a list of RenderRequests (`items`): one for `/api/render`, one per planned scene for
 `/api/batch`; an `/api/animatic` job has none, only its AnimaticSpec (its one artifact is the video).
@@ -43,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echo_os.dbfile import open_or_quarantine
 from echo_os.render.requests import RenderRequest
-from echo_os.sqlite import Migrations, check_columns, connect, rollback
+from echo_os.sqlite import BackgroundCheckpointer, Migrations, check_columns, connect, rollback
 from echo_os.story.plan import PlanOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -431,6 +433,14 @@ def m009_idempotent_answers(db: sqlite3.Connection) -> None:
         )""")
 
 
+@MIGRATIONS
+def m010_worker_progress(db: sqlite3.Connection) -> None:
+    """When a worker process last made progress, and its recent step time (issue 25: a stalled worker
+    is told from a slow one, echo_os.api.stalls)."""
+    db.execute("ALTER TABLE workers ADD COLUMN last_progress TEXT")
+    db.execute("ALTER TABLE workers ADD COLUMN step_s REAL")
+
+
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
             "finished, interruptions, step, total_steps")
 _CLAIMABLE = "status = 'queued' AND (not_before IS NULL OR not_before <= ?)"
@@ -460,9 +470,11 @@ class JobStore:
     """The jobs table and its one writer. Thread-safe: every write holds `_write_lock`."""
 
     def __init__(self, path: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                 synchronous: Literal["NORMAL", "FULL"] = "FULL"):
+                 synchronous: Literal["NORMAL", "FULL"] = "FULL", checkpoint_in_background: bool = False):
         """synchronous=FULL where a commit is a promise (the server: a 202 means the job is on disk);
-        a worker process opens it NORMAL (see echo_os.api.processes)."""
+        a worker process opens it NORMAL (see echo_os.api.processes). checkpoint_in_background: the
+        server's store, whose commits a 202 waits for, leaves WAL checkpoints to a thread of its own
+        (echo_os.sqlite.BackgroundCheckpointer)."""
         self.path = path
         self.synchronous = synchronous
         self.max_attempts = max_attempts
@@ -477,8 +489,15 @@ class JobStore:
         self._db = opened.value
         self.quarantined = opened.quarantined
         self.corruption = opened.reason
+        self._checkpointer: BackgroundCheckpointer | None = None
+        if checkpoint_in_background:
+            BackgroundCheckpointer.take_over(self._db)
+            self._checkpointer = BackgroundCheckpointer(path)
+            self._checkpointer.start()
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._write_lock, self._readers_lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -557,6 +576,7 @@ class JobStore:
             except BaseException:
                 rollback(self._db)
                 raise
+        self._committed()
         return admissions
 
     def find_key(self, key: str) -> tuple[str, str] | None:
@@ -630,7 +650,13 @@ class JobStore:
     # ---- the worker's side ----------------------------------------------------------------------
     def _write(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         with self._write_lock:
-            return self._db.execute(sql, params).fetchall()
+            rows = self._db.execute(sql, params).fetchall()
+        self._committed()
+        return rows
+
+    def _committed(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def claim_next(self, worker: str | None = None, lease_s: float | None = None) -> Job | None:
         """The oldest claimable job (queued, its back-off over), now running (attempts + 1), held by `worker`
@@ -806,19 +832,22 @@ class JobStore:
         orphaned worker stopping after its server was killed must not overwrite its successor's row)."""
         guard = " WHERE workers.worker = excluded.worker" if only_if_same_worker else ""
         self._write("INSERT INTO workers (slot, worker, pid, device, model, jobs_done, images_done, "
-                    "first_job, last_error, restarts, state, heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "first_job, last_error, restarts, state, heartbeat, last_progress, step_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(slot) DO UPDATE SET worker = excluded.worker, pid = excluded.pid, "
                     "device = excluded.device, model = excluded.model, jobs_done = excluded.jobs_done, "
                     "images_done = excluded.images_done, first_job = excluded.first_job, "
                     "last_error = excluded.last_error, restarts = excluded.restarts, state = excluded.state, "
-                    "heartbeat = excluded.heartbeat" + guard,
+                    "heartbeat = excluded.heartbeat, last_progress = excluded.last_progress, "
+                    "step_s = excluded.step_s" + guard,
                     (row.slot, row.worker, row.pid, row.device, row.model, row.jobs_done, row.images_done,
-                     row.first_job, row.last_error, row.restarts, row.state, row.heartbeat))
+                     row.first_job, row.last_error, row.restarts, row.state, row.heartbeat, row.last_progress,
+                     row.step_s))
 
     def worker_rows(self) -> list["WorkerRow"]:
         return [WorkerRow(*row) for row in self._reader().execute(
             "SELECT slot, worker, pid, device, model, jobs_done, images_done, first_job, last_error, restarts, "
-            "state, heartbeat FROM workers ORDER BY slot")]
+            "state, heartbeat, last_progress, step_s FROM workers ORDER BY slot")]
 
     def clear_workers(self) -> None:
         self._write("DELETE FROM workers")
@@ -851,6 +880,8 @@ class WorkerRow:
     restarts: int = 0
     state: str = "starting"  # starting, idle, rendering, stopped, dead
     heartbeat: str | None = None
+    last_progress: str | None = None  # when it last claimed, stepped or saved (echo_os.api.stalls)
+    step_s: float | None = None  # its recent time per step
 
 
 def _key_cutoff() -> str:

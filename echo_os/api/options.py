@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS
 from echo_os.api.security import DEFAULT_MAX_BODY_BYTES
+from echo_os.api.stalls import DEFAULT_STALL_AFTER_S
 
 DEFAULT_LEASE_S = 30.0  # a worker renews every lease/3; a killed server's jobs wait at most this long
 
@@ -29,7 +30,10 @@ class ApiOptions:
     workers: int = 0
     lease_s: float = DEFAULT_LEASE_S  # a worker process's claim lasts this long unless renewed
     worker_log_level: str = "INFO"
-    worker_nice: int | None = None  # niceness of worker processes; None: 10 on the CPU, 0 with GPUs
+    worker_nice: int | None = None  # niceness of worker processes; None: 0 (processes.CPU_WORKER_NICE)
+    # A busy worker or running job with no progress for max(this, STALL_STEPS x its step time) is shown as
+    # stalled (echo_os.api.stalls).
+    stall_after_s: float = DEFAULT_STALL_AFTER_S
     # `serve --ray`: render on Ray actors (echo_os.api.ray_workers). "local" starts a Ray instance on this
     # machine, "auto" or host:port joins a cluster; None: no Ray. ray_actors None: one per GPU, else 2.
     ray_address: str | None = None

@@ -20,8 +20,8 @@ The durable job queue (jobs.db) stays the single source of truth, and the only c
   wakes its Worker, `cancel_requested` (set by the HTTP route) on a job in its pipeline call stops the call
   at the next step. Stop is SIGTERM. No multiprocessing lock or event is shared: a worker killed while
   holding one would leave it held and hang the server.
-- figures: each worker writes its row in `workers` (device, model, jobs done, images, last error) with
-  every heartbeat; GET /api/workers reads them.
+- figures: each worker writes its row in `workers` (device, model, jobs done, images, last error, when
+  it last made progress and its step time) with every heartbeat; GET /api/workers reads them.
 
 Exactly once: every saved image is recorded against (job, image number) right after it is saved, by
 whichever worker saved it; a job that runs again renders only the numbers nobody recorded, and adopts an
@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 from echo_os.api.events import JOB_EVENT_ADAPTER, JobCancelled, JobFailed, JobQueued
 from echo_os.api.jobs import JobStore, Recovery, WorkerRow, now_iso
 from echo_os.api.options import ApiOptions
+from echo_os.api.stalls import iso_from_epoch
 from echo_os.sqlite import connect, rollback
 
 if TYPE_CHECKING:
@@ -64,11 +65,14 @@ log = logging.getLogger(__name__)
 EVENT_POLL_S = 0.05
 SUPERVISE_S = 0.2
 CONTROL_POLL_S = 0.1  # how often a worker looks for queued jobs, cancels and its parent
-# A render worker on the CPU runs at this niceness (os.nice): the render and the HTTP process share the
-# same cores there, and a submission should not wait for a render's time slice (issue 15: submission p99
-# with 50 clients while rendering). Rendering gets every cycle the server does not use. GPU workers keep
-# the server's priority: their CPU work is feeding the GPU. `serve --worker-nice` sets it.
-CPU_WORKER_NICE = 10
+# A render worker on the CPU runs at this niceness (os.nice) unless `serve --worker-nice N` says otherwise.
+# It was 10 (issue 15: a submission should not wait for a render's time slice). Measured with other busy
+# programs on the machine (benchmarks/RESULTS.md, starvation under load, issue 25), 10 hands the CPU to
+# them, not to the server: with 8 busy processes two tiny 64x64 jobs did not finish in 60 s at nice 10 and
+# took 19-26 s at nice 0, while the submission p99 was the same at 0, 5 and 10 (400-410 ms: the busy
+# programs, not the render, take the server's time). So the render runs at the user's own priority, as
+# any program they start; GPU workers always did.
+CPU_WORKER_NICE = 0
 
 
 def visible_gpus() -> list[str]:
@@ -269,6 +273,8 @@ def _write_row(jobs: JobStore, row: WorkerRow, worker) -> None:
     stats = worker.stats
     row.model, row.jobs_done, row.images_done = stats.model, stats.jobs_done, stats.images_done
     row.first_job, row.last_error, row.heartbeat = stats.first_job, stats.last_error, now_iso()
+    row.last_progress = iso_from_epoch(stats.clock.last) if stats.clock.last is not None else None
+    row.step_s = stats.clock.step_s
     if row.state != "stopped":
         row.state = stats.state
     jobs.set_worker_row(row, only_if_same_worker=True)

@@ -291,6 +291,11 @@ class JobView(BaseModel):
                                     "cell for a compare; an animatic's scenes.")
     engines: list[str] = Field(default_factory=list, description="GET /api/jobs/{id}: the engines that made its "
                                "artifacts so far; `draft` means storyboard cards, not renders (no weights here).")
+    last_progress: str | None = Field(default=None, description="A running job: when it last started, took a "
+                                                                "step or saved an image.")
+    stalled: bool = Field(default=False, description="A running job with no progress for far longer than its "
+                                                     "steps take (stuck, not slow): see `warning`.")
+    warning: str | None = None
 
 
 class JobPage(BaseModel):
@@ -361,6 +366,10 @@ class WorkerView(BaseModel):
     heartbeat: str | None
     calls_done: int | None = None  # pipeline calls rendered (Ray actors: `serve --ray`)
     models: list[str] | None = None  # the models a Ray actor keeps loaded, least recently used first
+    last_progress: str | None = None  # when it last claimed a job, took a step or saved an image
+    step_s: float | None = None  # its recent time per step (what "slow" means for it)
+    stalled: bool = False  # rendering with no progress for far longer than its steps take: see `warning`
+    warning: str | None = None
 
 
 class WorkerList(BaseModel):

@@ -26,7 +26,8 @@ progress is frames encoded, and a cancel is looked at before every frame.
 In a worker process (`echo-os serve --workers N`, echo_os.api.processes) the same Worker runs with a
 `worker_id` and a lease: claims name it, a heartbeat there renews the lease, and before each pipeline
 call the jobs another worker took back (a lost lease) are dropped. `stats` are this worker's figures
-for GET /api/workers.
+for GET /api/workers, with a ProgressClock (echo_os.api.stalls) marked at each claim, step, frame and
+saved image, so a worker that has made no progress for long is shown as stalled, not merely slow.
 Failures: a failed batched call sends its jobs back to be rendered alone (`solo`); a job alone that fails
 is retried until `max_attempts`, except for user errors (EchoError: unknown model, bad weights), which
 fail at once because they would fail again. An outage of the machinery (OutageError: a Ray actor gone,
@@ -58,6 +59,7 @@ from echo_os.api.events import (
     image_url,
 )
 from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
+from echo_os.api.stalls import ProgressClock
 from echo_os.errors import CancelledError, EchoError, OutageError, disk_full
 from echo_os.render.requests import RenderRequest, image_request_key
 from echo_os.render.scheduler import CallControl, ImageDone, Piece, RenderHooks, RenderOutcome, render_requests
@@ -112,7 +114,8 @@ class JobRun:
 @dataclass
 class WorkerStats:
     """What GET /api/workers shows of a worker: the model of its latest engine, jobs finished, images
-    saved, when its first job started, the latest error, and what it is doing."""
+    saved, when its first job started, the latest error, what it is doing, and when it last made
+    progress (echo_os.api.stalls: slow or stuck)."""
 
     model: str | None = None
     jobs_done: int = 0
@@ -120,6 +123,7 @@ class WorkerStats:
     first_job: str | None = None
     last_error: str | None = None
     state: str = "idle"
+    clock: ProgressClock = field(default_factory=ProgressClock)
 
 
 class Interrupted(Exception):
@@ -159,6 +163,7 @@ class _JobHooks(RenderHooks):
                 call_cancel.set()
 
         def on_step(event: "ProgressEvent") -> None:
+            worker.stats.clock.step()
             for job_id in job_ids:
                 run = self.runs[job_id]
                 run.step = (event.step, event.total_steps)
@@ -191,6 +196,7 @@ class _JobHooks(RenderHooks):
         self.worker.jobs.record_image(run.job.id, index, done.artifact.id)
         run.timings["save_s"] += done.save_s
         run.saved[index] = done.artifact.id
+        self.worker.stats.clock.mark()
         if not done.resumed:
             self.worker.stats.images_done += 1
         self.worker.publish(ArtifactSaved(job_id=run.job.id, artifact_id=done.artifact.id, index=index,
@@ -314,6 +320,7 @@ class Worker:
         with self._lock:
             self._open_jobs = {job.id for job in claimed}
             self.stats.state = "rendering"
+            self.stats.clock.start()
         self._turn_jobs = {job.id for job in claimed}
         try:
             self._run_claimed(claimed)
@@ -458,6 +465,7 @@ class Worker:
             # A cancel that reached the store but not this worker (asked through another process). One
             # indexed read per frame: tens of microseconds against ~100 ms to draw and encode a 1024x576
             # frame here (benchmarks/RESULTS.md, animatic encode speed).
+            self.stats.clock.step()
             if not cancel.is_set() and self.jobs.cancel_requested([job.id]):
                 cancel.set()
             if done % every == 0 or done == total:
@@ -511,6 +519,7 @@ class Worker:
                                                image_url=image_url(candidate.id)))
 
         def on_image(stage: str, done: int, total: int) -> None:
+            self.stats.clock.step()
             if not cancel.is_set() and self.jobs.cancel_requested([job.id]):
                 cancel.set()
             self.publish(JobProgressed(job_id=job.id, step=0, total_steps=0, images_done=len(run.saved) + done,

@@ -40,8 +40,8 @@ from echo_os.errors import UsageError
               help="Render worker processes [default: one per visible GPU, 1 without a GPU]. Each GPU worker "
                    "is pinned to one GPU (CUDA_VISIBLE_DEVICES). 0 renders on a thread in the server process.")
 @click.option("--worker-nice", type=click.IntRange(0, 19), default=None,
-              help="Scheduling niceness of the worker processes [default: 10 on the CPU, so accepting requests "
-                   "never waits behind a render; 0 with GPUs].")
+              help="Scheduling niceness of the worker processes [default: 0, the user's own priority: on a "
+                   "busy machine a higher value hands the CPU to other programs and renders starve].")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Render on Ray actors instead of worker processes: `--ray` alone starts a local Ray instance, "
                    "`--ray auto` or `--ray HOST:PORT` joins a cluster. This server keeps the job queue and saves "
