@@ -190,6 +190,24 @@ def test_detect_format_reads_content_not_name(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "e.safetensors") == "unknown"
 
 
+def test_a_checked_file_is_not_read_again_until_it_changes(tmp_path: Path, monkeypatch) -> None:
+    from echo_os.models import weights
+
+    path = save_safetensors(tmp_path / "model.safetensors", {"a.weight": (3, 2)})
+    reads = []
+    real = weights._check_weights_file
+    monkeypatch.setattr(weights, "_check_weights_file", lambda p, a: reads.append(p) or real(p, a))
+    first = check_weights_file(path)
+    assert check_weights_file(path) is first and len(reads) == 1  # the stat signature is unchanged
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated after it was checked: checked again, and refused
+    with pytest.raises(ModelError):
+        check_weights_file(path)
+    with pytest.raises(ModelError):  # a failure is never kept
+        check_weights_file(path)
+    assert len(reads) == 3
+
+
 def test_valid_safetensors_header_is_read_without_tensors(tmp_path: Path) -> None:
     path = save_safetensors(tmp_path / "model.safetensors", {"a.weight": (3, 2), "b.bias": (5,)})
     info = check_weights_file(path)
