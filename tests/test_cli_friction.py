@@ -402,3 +402,39 @@ def test_ctrl_c_without_a_seed_names_the_seed_to_finish_with(run_cli, workspace,
     assert code == 130
     line = err.strip().splitlines()[-1]
     assert line.startswith("interrupted: 0 images saved; run the same command with --seed ") and "again" in line
+
+
+
+def test_ctrl_c_in_compare_and_refine_says_what_was_saved(run_cli, tiny_workspace, monkeypatch) -> None:
+    """compare resumes (the same command renders the missing cells); refine does not (each run is a new
+    variation): both say how many were saved instead of `Aborted.`, exit 130."""
+    import json
+
+    from echo_os.artifacts.store import ArtifactStore
+
+    home = str(tiny_workspace.home)
+    code, out, err = run_cli("--home", home, "render", "a kite", "--model", "tiny", "--steps", "2", "--size",
+                             "64x64", "--seed", "1", "--no-memory", "--json")
+    assert code == 0, err
+    parent = json.loads(out)[0]["id"]
+    real_save = ArtifactStore.save
+    calls = []
+
+    def save_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArtifactStore, "save", save_then_interrupt)
+    code, out, err = run_cli("--home", home, "compare", "a kite", "--engine", "draft", "--size", "64x64",
+                             "--seed", "1,2,3")
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == ("interrupted: 1 image saved; run the same command again to render the "
+                                            "rest (saved images are not rendered again)")
+    calls.clear()
+    code, out, err = run_cli("--home", home, "refine", parent, "in fog", "--strength", "1", "--steps", "2",
+                             "--count", "3", "--no-memory")
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == ("interrupted: 1 image saved; the saved ones are kept; the others were "
+                                            "not rendered")

@@ -48,6 +48,7 @@ def compare(ctx: click.Context, prompt: str, models: tuple[str, ...], schedulers
     A re-run renders only the missing cells (the same grid is not written again).
     """
     from echo_os.artifacts.store import ArtifactStore
+    from echo_os.cli.feedback import interrupt_report
     from echo_os.cli.render import StepBar, engine_announcer
     from echo_os.engines import check_engine_name
     from echo_os.iterate.compare import parse_list, plan_compare, render_compare
@@ -77,8 +78,10 @@ def compare(ctx: click.Context, prompt: str, models: tuple[str, ...], schedulers
     bar = StepBar(len(plan.cells))
     try:
         title = f"{prompt}: " + " x ".join(f"{axis.label} ({len(axis.values)})" for axis in plan.axes)
-        outcome = render_compare(settings, plan, store, progress=bar, on_engine=engine_announcer(),
-                                 title=title if plan.axes else prompt)
+        drawn = lists["seeds"][0] if not seeds else None  # a random seed: the same command would draw another
+        with interrupt_report(store, seed=drawn):  # a re-run renders only the cells not saved yet
+            outcome = render_compare(settings, plan, store, progress=bar, on_engine=engine_announcer(),
+                                     title=title if plan.axes else prompt)
     finally:
         bar.close()
         store.close()

@@ -110,10 +110,12 @@ class Saved:
 
 
 @contextlib.contextmanager
-def interrupt_report(store: "ArtifactStore", *, again: bool = False, seed: int | None = None) -> Iterator[Saved]:
+def interrupt_report(store: "ArtifactStore", *, again: bool = False, seed: int | None = None,
+                     resumes: bool = True) -> Iterator[Saved]:
     """Around a render: on Ctrl-C, one line saying how many images were saved and that the same command
     renders the rest, then exit 130 (the shell's code for an interrupt). seed: the seed a command without
-    --seed drew at random; the same command would draw another, so the line names `--seed SEED`."""
+    --seed drew at random; the same command would draw another, so the line names `--seed SEED`.
+    resumes=False (refine: every run is a new variation): the line says only what was saved."""
     saved = Saved()
     store.listeners.append(saved)
     try:
@@ -121,7 +123,8 @@ def interrupt_report(store: "ArtifactStore", *, again: bool = False, seed: int |
     except KeyboardInterrupt:
         images = "image" if saved.count == 1 else "images"
         command = "the same command" + (f" with --seed {seed}" if seed is not None else "")
-        rest = (f"run {command} without --again to render the rest" if again else
+        rest = ("the saved ones are kept; the others were not rendered" if not resumes else
+                f"run {command} without --again to render the rest" if again else
                 f"run {command} again to render the rest (saved images are not rendered again)")
         click.echo(f"\ninterrupted: {saved.count} {images} saved; {rest}", err=True)
         raise click.exceptions.Exit(130) from None

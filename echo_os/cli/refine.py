@@ -40,6 +40,7 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     """Refine ARTIFACT_ID (image-to-image), with PROMPT or the parent's prompt. Each new artifact records its
     parent, the strength and the parent's sha256 (see `echo-os artifacts tree`)."""
     from echo_os.artifacts.store import ArtifactStore
+    from echo_os.cli.feedback import interrupt_report
     from echo_os.cli.render import StepBar, engine_announcer, parse_engine_options, refiner_input
     from echo_os.engines import check_engine_name, create_engine
     from echo_os.iterate.refine import check_strength, prepare_refine
@@ -62,9 +63,10 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
         # images are embedded into Echo Memory by the next memory command (issue 11), not here
         bar = StepBar(request.count)
         try:
-            outcome = render_requests(settings, [request], store=store, progress=bar,
-                                      on_engine=engine_announcer(bar=bar, model=request.model),
-                                      engine=create_engine(settings, name, reason))
+            with interrupt_report(store, resumes=False):
+                outcome = render_requests(settings, [request], store=store, progress=bar,
+                                          on_engine=engine_announcer(bar=bar, model=request.model),
+                                          engine=create_engine(settings, name, reason))
         finally:
             bar.close()
     finally:
