@@ -432,10 +432,14 @@ def test_serve_ray_usage_errors_are_one_line_and_exit_2(tmp_path, run_cli, monke
     assert not (tmp_path / "ws" / "artifacts").exists()
 
 
-def test_batch_ray_json_is_only_json_whatever_ray_prints(ray_cluster, tmp_path, run_cli):
+def test_batch_ray_json_is_only_json_whatever_ray_prints(ray_cluster, tmp_path, run_cli, monkeypatch):
     """Issue 24, bug 14: Ray's driver prints the raylet's "A worker died ..." lines to sys.stdout (its error
     listener thread, even with log_to_driver=False). With --json, stdout is the JSON document alone."""
     from ray._private.worker import print_to_stdstream
+
+    # Ray prints a repeated line once and then only counts it: every line must print here, or the lines
+    # said while the command runs can all be swallowed as repeats of one said before it started.
+    monkeypatch.setattr("ray._private.ray_logging.RAY_DEDUP_LOGS", False)
 
     csv = tmp_path / "story.csv"
     csv.write_text("scene,slug,description\n1,dawn,the quay at dawn\n2,dusk,the quay at dusk\n", encoding="utf-8")
@@ -447,15 +451,26 @@ def test_batch_ray_json_is_only_json_whatever_ray_prints(ray_cluster, tmp_path, 
             print_to_stdstream({"lines": [message], "pid": "raylet", "is_err": False}, ignore_prefix=False)
             done.wait(0.01)
 
+    # Ray's listener prints once the command has connected (RayPool): start talking there, as Ray does.
+    from echo_os.render.ray import RayPool
+
     talker = threading.Thread(target=raylet_says, daemon=True)
-    talker.start()
+    real_init = RayPool.__init__
+
+    def connect_then_talk(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        talker.start()
+
+    monkeypatch.setattr(RayPool, "__init__", connect_then_talk)
     try:
         code, out, err = run_cli("--home", str(tmp_path / "ws"), "batch", "Twelve Tides", str(csv), "--engine",
                                  "draft", "--size", "64x64", "--ip-adapter", "none", "--ray", "--ray-actors", "1",
                                  "--json")
     finally:
         done.set()
-        talker.join()
+        if talker.is_alive():
+            talker.join()
     assert code == 0, err
+    assert out.lstrip().startswith("{"), (out[:300], err[-300:])
     assert [row["scene"] for row in json.loads(out)["artifacts"]] == [1, 2]  # nothing but the document
     assert "A worker died" in err
