@@ -314,3 +314,19 @@ class TestVideoContract(EngineContract):
         name, reason = choose_engine(settings, self.request(engine="auto", seed=1))
         assert name == "video" and "sdxl" not in reason and "draft" not in reason
         assert choose_engine(settings, RenderRequest(prompt="x", engine="auto", model="tiny-svd"))[0] == "draft"
+
+
+class TestDraftMeshContract(EngineContract):
+    """The placeholder mesh engine (output kind "mesh"): the turntable sheet stands for the image here."""
+
+    engine_name = "draft-mesh"
+    request_fields = dict(output="mesh")
+    cli_args = ("--type", "3d_model")
+
+
+class TestDraftAudioContract(EngineContract):
+    """The placeholder tone bed (output kind "audio"): the waveform/spectrogram stands for the image here."""
+
+    engine_name = "draft-audio"
+    request_fields = dict(output="audio", options={"seconds": 0.5, "sample_rate": 8000})
+    cli_args = ("--type", "audio")

@@ -158,6 +158,10 @@ def engine_announcer(note: str | None = None):
     return announce
 
 
+# --type -> RenderRequest.output (a texture is an image with --tile xy)
+RENDER_TYPES = {"image": "image", "texture": "image", "3d_model": "mesh", "audio": "audio"}
+
+
 @click.command()
 @click.argument("prompt")
 @click.option("--style", default="", help="A named style (`echo-os styles list`), or free words appended to the "
@@ -192,8 +196,9 @@ def engine_announcer(note: str | None = None):
                    "before; without it the earlier artifact is shown instead.")
 @click.option("--tile", type=click.Choice(["x", "y", "xy"]), is_flag=False, flag_value="xy", default=None,
               help="Seamless texture: the image wraps left-right (x), top-bottom (y) or both (--tile alone: xy).")
-@click.option("--type", "kind", type=click.Choice(["image", "texture"]), default="image", show_default=True,
-              help="texture: the same as --tile xy.")
+@click.option("--type", "kind", type=click.Choice(list(RENDER_TYPES)), default="image", show_default=True,
+              help="texture: the same as --tile xy; 3d_model: a mesh (GLB); audio: a sound (FLAC).")
+@click.option("--seconds", type=click.FloatRange(0.1, 600), default=None, help="--type audio: its length.")
 @click.option("--refiner", default=None, help="A refiner model (models.toml sdxl entry): the base denoises to "
                                              "--switch and hands its latents to it (SDXL base+refiner).")
 @click.option("--switch", type=float, default=0.8, show_default=True,
@@ -209,7 +214,7 @@ def engine_announcer(note: str | None = None):
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, no_score: bool, again: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...],
            preset: str | None, tile: str | None, kind: str, refiner: str | None, switch: float,
-           no_cache: bool, **options) -> None:
+           no_cache: bool, seconds: float | None, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json).
 
     An image whose exact request (seed included) is already an artifact of the project is not rendered
@@ -231,6 +236,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     fields["negative_prompt"] = fields.get("negative_prompt") or None  # none given: the model's own rule
     if option_specs:
         fields["options"] = parse_engine_options(option_specs)
+    fields.update(output_fields(kind, seconds, fields.get("options")))
     if seed is not None:
         fields["seed"] = seed
     fields = apply_preset(ctx, settings, fields, preset)
@@ -290,7 +296,22 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
         click.echo(json_for_terminal([{**a.summary(), "already_rendered": resumed} for a, resumed in shown]))
     else:
         for artifact, resumed in shown:
-            click.echo(f"{artifact.id[:12]}  {artifact.image_path}" + ("  (already rendered)" if resumed else ""))
+            shown_path = artifact.path / artifact.meta.file if hasattr(artifact.meta, "file") else artifact.image_path
+            click.echo(f"{artifact.id[:12]}  {shown_path}" + ("  (already rendered)" if resumed else ""))
+
+
+def output_fields(kind: str, seconds: float | None, options: dict | None) -> dict:
+    """The request fields --type and --seconds set: the output kind, and a sound's length as an engine option."""
+    from echo_os.errors import OptionError
+
+    fields: dict = {}
+    if RENDER_TYPES[kind] != "image":
+        fields["output"] = RENDER_TYPES[kind]
+    if seconds is not None:
+        if kind != "audio":
+            raise OptionError("--seconds is the length of a sound: give it with --type audio.", "seconds")
+        fields["options"] = {**(options or {}), "seconds": seconds}
+    return fields
 
 
 BATCH_TOLERANCE = 1  # levels of 255 between an image rendered in a batch and the same image alone
@@ -309,6 +330,11 @@ def replay(ctx: click.Context, artifact_id: str, save: bool, as_json: bool) -> N
     report = replay_artifact(settings, artifact_id, save=save)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    if report.content_matches is not None:  # a mesh or a sound: its content hash is the verdict
+        click.echo(f"replayed {report.artifact_id[:12]} with engine {report.engine}: content sha256 "
+                   f"{report.content_sha256[:12]} ({'identical' if report.content_matches else 'differs'})"
+                   + (f"; saved as {report.saved_id[:12]}" if report.saved_id else ""))
         return
     verdict = "identical" if report.max_pixel_diff == 0 else "differs"
     if report.max_pixel_diff and report.template_changed:

@@ -9,7 +9,7 @@ echo_os.engines.base re-exports them for code written against the older import p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -84,6 +84,18 @@ class RenderedVideo:
 
 
 @dataclass
+class RenderedAsset:
+    """A mesh or a sound (an engine whose output kind is "mesh" or "audio"), saved by
+    echo_os.artifacts.assets.save_asset; RenderedImage.image is its preview (turntable sheet, waveform)."""
+
+    kind: str  # "mesh" | "audio"
+    data: Any  # mesh: a trimesh.Trimesh; audio: float32 samples, shape (frames, channels), in [-1, 1]
+    sample_rate: int = 0  # audio only
+    placeholder: bool = False  # a draft engine's labelled stand-in, never a generated model or sound
+    settings: dict = field(default_factory=dict)  # meta.json `settings`
+
+
+@dataclass
 class RenderedImage:
     """One output of a render call: an image, or for a video engine the clip's poster frame with `video`."""
 
@@ -93,6 +105,7 @@ class RenderedImage:
     # reproducible): recorded as meta.json's `provenance`. None for local engines.
     provenance: dict | None = None
     video: RenderedVideo | None = None
+    asset: RenderedAsset | None = None  # a mesh or a sound; `image` is then its preview
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""Mesh and sound artifacts from the draft engines (no weights): the folders, what they record, catalog,
+memory, replay, resume and the command line (`render --type 3d_model`, `--type audio --seconds`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def render_json(run_cli, home: Path, prompt: str, *extra: str) -> list[dict]:
+    code, out, err = run_cli("--home", str(home), "render", prompt, "--seed", "3", "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_render_3d_model_writes_a_placeholder_glb_with_its_counts(workspace, run_cli) -> None:
+    import trimesh
+
+    [shown] = render_json(run_cli, workspace.home, "sword design", "--type", "3d_model", "-o", "formats=obj")
+    folder = Path(shown["path"])
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["kind"], meta["engine"]["name"], meta["placeholder"], meta["file"]) == (
+        "mesh", "draft-mesh", True, "mesh.glb")
+    glb = folder / "mesh.glb"
+    assert meta["id"] == hashlib.sha256(glb.read_bytes()).hexdigest() == shown["id"]
+    scene = trimesh.load(glb)
+    assert scene.metadata["prompt"] == "sword design" and scene.metadata["placeholder"] is True
+    mesh = scene.to_geometry() if hasattr(scene, "to_geometry") else scene.dump(concatenate=True)
+    assert (len(mesh.vertices), len(mesh.faces)) == (meta["vertices"], meta["faces"]) and meta["faces"] > 12
+    assert (folder / "mesh.obj").exists() and meta["request"]["seed"] == 3 and meta["request"]["output"] == "mesh"
+    from PIL import Image
+
+    with Image.open(folder / "image.png") as preview:  # the turntable sheet
+        assert preview.size == (meta["width"], meta["height"]) and len(set(preview.convert("L").getdata())) > 10
+
+
+def test_render_audio_writes_a_quiet_flac_of_the_asked_length(workspace, run_cli) -> None:
+    import soundfile
+
+    from echo_os.artifacts.assets import samples_hash
+
+    [shown] = render_json(run_cli, workspace.home, "rain on a tin roof, distant thunder", "--type", "audio",
+                          "--seconds", "1.5", "-o", "sample_rate=8000")
+    folder = Path(shown["path"])
+    meta = json.loads((folder / "meta.json").read_text())
+    samples, rate = soundfile.read(folder / "sound.flac", dtype="float32", always_2d=True)
+    assert (meta["kind"], meta["placeholder"], meta["sample_rate"], meta["channels"]) == ("audio", True, 8000, 1)
+    assert rate == 8000 and len(samples) == 12000 and meta["duration_s"] == 1.5
+    assert 0.01 < np.abs(samples).max() < 0.08  # quiet: about -24 dBFS
+    assert meta["content_sha256"] == samples_hash(samples)
+    assert meta["id"] == hashlib.sha256((folder / "sound.flac").read_bytes()).hexdigest()
+
+
+def test_bad_asset_options_are_one_line(workspace, run_cli) -> None:
+    for args, words in ((("--seconds", "3"), "--seconds is the length of a sound"),
+                        (("--type", "audio", "--seconds", "9999"), "--seconds"),
+                        (("--type", "3d_model", "-o", "formats=fbx"), "fbx")):
+        code, out, err = run_cli("--home", str(workspace.home), "render", "x", *args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and words in err, err
+    assert not list(workspace.home.rglob("meta.json"))
+
+
+@pytest.mark.parametrize("kind", ["3d_model", "audio"])
+def test_replay_gives_the_same_content_and_resume_finds_it(workspace, run_cli, kind) -> None:
+    [first] = render_json(run_cli, workspace.home, "a lantern", "--type", kind)
+    code, out, err = run_cli("--home", str(workspace.home), "replay", first["id"], "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    meta = json.loads((Path(first["path"]) / "meta.json").read_text())
+    assert report["content_matches"] is True and report["content_sha256"] == meta["content_sha256"]
+    assert report["max_pixel_diff"] == 0
+    [again] = render_json(run_cli, workspace.home, "a lantern", "--type", kind)  # the same request: resumed
+    assert again["id"] == first["id"] and again["already_rendered"] is True
+    # another seed is another mesh or sound
+    [other] = render_json(run_cli, workspace.home, "a lantern", "--type", kind, "--seed", "4")
+    other_meta = json.loads((Path(other["path"]) / "meta.json").read_text())
+    assert other_meta["content_sha256"] != meta["content_sha256"]
+
+
+def test_assets_are_in_the_catalog_and_found_by_prompt_in_memory(workspace, run_cli) -> None:
+    from echo_os.artifacts.store import ArtifactStore
+
+    mesh = render_json(run_cli, workspace.home, "a bronze sword with a ruby pommel", "--type", "3d_model")[0]
+    sound = render_json(run_cli, workspace.home, "rain on a tin roof, distant thunder", "--type", "audio",
+                        "--seconds", "0.5")[0]
+    store = ArtifactStore(workspace)
+    try:
+        assert store.open(mesh["id"]).meta.kind == "mesh" and store.open(sound["id"]).meta.kind == "audio"
+        assert store.catalog.count() == 2
+    finally:
+        store.close()
+    code, out, err = run_cli("--home", str(workspace.home), "memory", "search", "thunderstorm rain", "-k", "1",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["id"] == sound["id"]
+    code, out, err = run_cli("--home", str(workspace.home), "memory", "search", "sword blade", "-k", "1", "--json")
+    assert json.loads(out)[0]["id"] == mesh["id"]
