@@ -99,3 +99,27 @@ def test_assets_are_in_the_catalog_and_found_by_prompt_in_memory(workspace, run_
     assert json.loads(out)[0]["id"] == sound["id"]
     code, out, err = run_cli("--home", str(workspace.home), "memory", "search", "sword blade", "-k", "1", "--json")
     assert json.loads(out)[0]["id"] == mesh["id"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_api_render_with_type_makes_a_mesh_and_a_sound(workspace, anyio_backend) -> None:
+    from tests.api_helpers import api_client, wait_job
+
+    async with api_client(workspace) as (client, _):
+        bad = await client.post("/api/render", json={"prompt": "x", "type": "image", "seconds": 3})
+        assert bad.status_code == 422 and "seconds" in bad.text, bad.text
+        bad = await client.post("/api/render", json={"prompt": "x", "type": "hologram"})
+        assert bad.status_code == 422 and "type" in bad.text
+        kinds = {}
+        for body in ({"prompt": "sword design", "type": "3d_model", "seed": 1, "count": 2},
+                     {"prompt": "rain on a tin roof", "type": "audio", "seconds": 0.5, "seed": 1}):
+            response = await client.post("/api/render", json=body)
+            assert response.status_code == 202, response.text
+            job = await wait_job(client, response.json()["job_id"])
+            assert job["status"] == "succeeded", job
+            for artifact_id in job["artifact_ids"]:
+                meta = (await client.get(f"/api/artifacts/{artifact_id}")).json()["meta"]
+                kinds.setdefault(meta["kind"], []).append(meta)
+        assert [m["seed"] for m in kinds["mesh"]] == [1, 2] and kinds["audio"][0]["duration_s"] == 0.5
+        assert kinds["mesh"][0]["engine"]["name"] == "draft-mesh" and kinds["audio"][0]["placeholder"] is True

@@ -47,6 +47,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from echo_os import __version__
+from echo_os.render.kinds import output_fields
 from echo_os.api.deps import (
     IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, artifact_video_path,
     build_render_request, cancel_if_unanswered, check_model, convert_image, field_error,
@@ -79,7 +80,7 @@ log = logging.getLogger(__name__)
 ARTIFACT_ID_PATTERN = r"^[0-9a-fA-F]{12,64}$"
 SSE_PING_S = 15.0
 # RenderRequest field -> the name /api/render takes it as
-RENDER_BODY_NAMES = {"negative_prompt": "negative", "width": "size", "height": "size"}
+RENDER_BODY_NAMES = {"negative_prompt": "negative", "width": "size", "height": "size", "output": "type"}
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 hex characters")]
 ArtifactId = Annotated[str, PathParam(pattern=ARTIFACT_ID_PATTERN,
@@ -456,7 +457,10 @@ def _add_routes(app: FastAPI) -> None:
         key, replayed = await _earlier(api, "/api/render", idempotency_key, body)
         if replayed is not None:
             return replayed
-        fields = body.model_dump(exclude={"negative", "size", "seed", "again"}, exclude_none=True)
+        fields = body.model_dump(exclude={"negative", "size", "seed", "again", "type", "seconds"}, exclude_none=True)
+        fields.update(output_fields(body.type, body.seconds, fields.get("options")))  # 3d_model, audio
+        if body.type == "texture":
+            fields["tile"] = "xy"
         fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
             fields["seed"] = body.seed

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from echo_os.render.kinds import RENDER_TYPES, output_fields
+
 from echo_os.cli import settings_from
 from echo_os.cli.terminal import json_for_terminal
 from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS, build_request, parse_size
@@ -158,10 +160,6 @@ def engine_announcer(note: str | None = None):
     return announce
 
 
-# --type -> RenderRequest.output (a texture is an image with --tile xy)
-RENDER_TYPES = {"image": "image", "texture": "image", "3d_model": "mesh", "audio": "audio"}
-
-
 @click.command()
 @click.argument("prompt")
 @click.option("--style", default="", help="A named style (`echo-os styles list`), or free words appended to the "
@@ -298,20 +296,6 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
         for artifact, resumed in shown:
             shown_path = artifact.path / artifact.meta.file if hasattr(artifact.meta, "file") else artifact.image_path
             click.echo(f"{artifact.id[:12]}  {shown_path}" + ("  (already rendered)" if resumed else ""))
-
-
-def output_fields(kind: str, seconds: float | None, options: dict | None) -> dict:
-    """The request fields --type and --seconds set: the output kind, and a sound's length as an engine option."""
-    from echo_os.errors import OptionError
-
-    fields: dict = {}
-    if RENDER_TYPES[kind] != "image":
-        fields["output"] = RENDER_TYPES[kind]
-    if seconds is not None:
-        if kind != "audio":
-            raise OptionError("--seconds is the length of a sound: give it with --type audio.", "seconds")
-        fields["options"] = {**(options or {}), "seconds": seconds}
-    return fields
 
 
 BATCH_TOLERANCE = 1  # levels of 255 between an image rendered in a batch and the same image alone
