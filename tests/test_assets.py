@@ -123,3 +123,28 @@ async def test_api_render_with_type_makes_a_mesh_and_a_sound(workspace, anyio_ba
                 kinds.setdefault(meta["kind"], []).append(meta)
         assert [m["seed"] for m in kinds["mesh"]] == [1, 2] and kinds["audio"][0]["duration_s"] == 0.5
         assert kinds["mesh"][0]["engine"]["name"] == "draft-mesh" and kinds["audio"][0]["placeholder"] is True
+
+
+@pytest.fixture(scope="module")
+def tiny_shap_e_dir(tmp_path_factory):
+    from tests.tiny_shap_e import save_tiny_shap_e
+
+    return save_tiny_shap_e(tmp_path_factory.mktemp("tiny-shap-e") / "tiny-shap-e")
+
+
+def test_shap_e_through_auto_writes_a_glb_with_its_counts_and_replays(workspace, run_cli, tiny_shap_e_dir) -> None:
+    """With a `type = "3d"` entry here, auto takes shap-e over the placeholder; the GLB loads back in trimesh
+    with the counts meta.json records, and replay gives the same vertices."""
+    import trimesh
+
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-shap-e]\ntype = "3d"\npath = "{tiny_shap_e_dir.as_posix()}"\n')
+    [shown] = render_json(run_cli, workspace.home, "sword design", "--type", "3d_model", "--model", "tiny-shap-e",
+                          "--steps", "2", "--cfg", "3", "--device", "cpu", "-o", "grid_size=16")
+    meta = json.loads((Path(shown["path"]) / "meta.json").read_text())
+    assert meta["engine"]["name"] == "shap-e" and meta["placeholder"] is False and meta["model"]["name"] == "tiny-shap-e"
+    assert meta["settings"]["grid_size"] == 16 and meta["settings"]["guidance"] == 3.0
+    mesh = trimesh.load(Path(shown["path"]) / "mesh.glb", force="mesh", process=False)
+    assert (len(mesh.vertices), len(mesh.faces)) == (meta["vertices"], meta["faces"]) and meta["faces"] > 0
+    code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
+    assert code == 0 and json.loads(out)["content_matches"] is True, err

@@ -330,3 +330,25 @@ class TestDraftAudioContract(EngineContract):
     engine_name = "draft-audio"
     request_fields = dict(output="audio", options={"seconds": 0.5, "sample_rate": 8000})
     cli_args = ("--type", "audio")
+
+
+@pytest.fixture(scope="module")
+def tiny_shap_e_dir(tmp_path_factory):
+    from tests.tiny_shap_e import save_tiny_shap_e
+
+    return save_tiny_shap_e(tmp_path_factory.mktemp("tiny-shap-e") / "tiny-shap-e")
+
+
+class TestShapEContract(EngineContract):
+    """The Shap-E engine (output kind "mesh") on a tiny random-weight pipeline, loaded through models.toml."""
+
+    engine_name = "shap-e"
+    request_fields = dict(model="tiny-shap-e", output="mesh", steps=2, cfg=3.0, device="cpu",
+                          options={"grid_size": 16})
+    cli_args = ("--type", "3d_model", "--model", "tiny-shap-e")
+
+    @pytest.fixture
+    def settings(self, workspace, tiny_shap_e_dir):
+        with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[models.tiny-shap-e]\ntype = "3d"\npath = "{tiny_shap_e_dir.as_posix()}"\n')
+        return workspace

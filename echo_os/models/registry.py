@@ -26,10 +26,12 @@ if TYPE_CHECKING:
     from echo_os.models.resolve import ResolvedModel
     from echo_os.settings import Settings
 
-ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer"]
+ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d", "audio"]
 SourceKind = Literal["path", "hf", "file", "package"]
 
-MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer")
+MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d",
+                                "audio")
+PIPELINE_TYPES: tuple[str, ...] = ("video", "3d", "audio")  # diffusers pipeline folders other than sdxl
 SOURCE_KEYS: tuple[str, ...] = ("path", "hf", "file", "package")
 STRING_KEYS: tuple[str, ...] = ("type", *SOURCE_KEYS, "variant", "revision", "config", "subfolder", "weight_name",
                                 "image_encoder", "description")
@@ -278,10 +280,10 @@ def _parse_entry(name: str, table: object, path: Path) -> ModelEntry:
         refuse("variant", "does not apply to a single file")
         refuse("subfolder", "does not apply to a single file")
         refuse("weight_name", "does not apply to a file entry (the file is the weights)")
-    if model_type == "video":  # a diffusers StableVideoDiffusionPipeline folder (engines/video.py)
+    if model_type in PIPELINE_TYPES:  # a diffusers pipeline folder (engines/video.py, shap_e.py, audio.py)
         if kind in ("file", "package"):
-            raise UsageError(f"{where}: a video model is a diffusers pipeline folder (path or hf), not a {kind}.")
-        refuse("weight_name", "a video model is a pipeline folder, not one file")
+            raise UsageError(f"{where}: a {model_type} model is a diffusers pipeline folder (path or hf), not a {kind}.")
+        refuse("weight_name", f"a {model_type} model is a pipeline folder, not one file")
     if model_type in ("clip", "text-embedder"):
         if kind == "file":
             raise UsageError(f"{where}: a {model_type} model is a folder (path, hf or package), not a single file.")
