@@ -148,3 +148,29 @@ def test_shap_e_through_auto_writes_a_glb_with_its_counts_and_replays(workspace,
     assert (len(mesh.vertices), len(mesh.faces)) == (meta["vertices"], meta["faces"]) and meta["faces"] > 0
     code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
     assert code == 0 and json.loads(out)["content_matches"] is True, err
+
+
+def test_lift_an_image_to_a_mesh_with_its_parent(workspace, run_cli, tmp_path_factory) -> None:
+    """`echo-os lift ID` on a draft image through a tiny ShapEImg2ImgPipeline entry: the mesh's parent is the
+    image (by id and bytes); the text-to-3D entry refuses an image in one line."""
+    import trimesh
+
+    from tests.tiny_shap_e import save_tiny_shap_e_img2img
+
+    folder = save_tiny_shap_e_img2img(tmp_path_factory.mktemp("tiny-lift") / "tiny-lift")
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-lift]\ntype = "3d"\npath = "{folder.as_posix()}"\n')
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a red lantern", "--engine", "draft",
+                             "--size", "64x64", "--seed", "2", "--json")
+    parent = json.loads(out)[0]
+    code, out, err = run_cli("--home", str(workspace.home), "lift", parent["id"], "--model", "tiny-lift", "--steps",
+                             "2", "--grid-size", "16", "--device", "cpu", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    meta = json.loads((Path(shown["path"]) / "meta.json").read_text())
+    assert (meta["kind"], meta["parent_id"], meta["engine"]["name"]) == ("mesh", parent["id"], "shap-e")
+    assert meta["request"]["init_image"]["sha256"] == parent["id"] and meta["seed"] == 2
+    mesh = trimesh.load(Path(shown["mesh"]), force="mesh", process=False)
+    assert len(mesh.vertices) == meta["vertices"] > 0
+    code, out, err = run_cli("--home", str(workspace.home), "lift", shown["id"], "--model", "tiny-lift")
+    assert code == 2 and "lift needs an image artifact" in err and len(err.strip().splitlines()) == 1, err

@@ -352,3 +352,26 @@ class TestShapEContract(EngineContract):
         with open(workspace.models_toml, "a", encoding="utf-8") as handle:
             handle.write(f'\n[models.tiny-shap-e]\ntype = "3d"\npath = "{tiny_shap_e_dir.as_posix()}"\n')
         return workspace
+
+    def test_img2img_refines_an_artifact_with_lineage(self, settings, tmp_path):
+        """Shap-E's image input is a lift (an image-to-3D entry): the mesh records the image as its parent."""
+        from echo_os.artifacts.store import ArtifactStore
+        from echo_os.cli.lift import lift_request
+        from echo_os.render.scheduler import render_requests
+        from tests.tiny_shap_e import save_tiny_shap_e_img2img
+
+        folder = save_tiny_shap_e_img2img(tmp_path / "tiny-lift")
+        with open(settings.models_toml, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[models.tiny-lift]\ntype = "3d"\npath = "{folder.as_posix()}"\n')
+        store = ArtifactStore(settings)
+        try:
+            [parent] = render_requests(settings, [RenderRequest(prompt="a harbour", engine="draft", width=64,
+                                                                height=64, seed=5)], store=store).artifacts
+            request = lift_request(settings, parent, model="tiny-lift", seed=6, steps=2, cfg=3.0, grid_size=16,
+                                   device="cpu")
+            [child] = render_requests(settings, [request], store=store, engine=self.make_engine(settings)).artifacts
+        finally:
+            store.close()
+        meta = json.loads((child.path / "meta.json").read_text())
+        assert (meta["kind"], meta["parent_id"], meta["sources"]) == ("mesh", parent.id, [parent.id])
+        assert meta["request"]["init_image"]["sha256"] == parent.id and meta["engine"]["name"] == "shap-e"

@@ -110,3 +110,30 @@ def save_tiny_shap_e(folder: Path) -> Path:
     tokenizer = make_tokenizer(write_clip_tokenizer_files(folder.parent / f"{folder.name}-tokenizer"))
     ShapEPipeline(tokenizer=tokenizer, **components).save_pretrained(folder)
     return folder
+
+
+def save_tiny_shap_e_img2img(folder: Path) -> Path:
+    """The image-to-3D pipeline (ShapEImg2ImgPipeline): a tiny CLIP vision encoder (32x32, patches of 8: 16
+    patch tokens of 24) whose tokens condition the prior (16 tokens + the time token are its additional
+    embeddings); the renderer and scheduler are the text pipeline's."""
+    import torch
+    from diffusers import PriorTransformer, ShapEImg2ImgPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    components = tiny_shap_e_components()
+    torch.manual_seed(0)
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=16, embedding_dim=LATENT_DIM,
+                             num_embeddings=4 * HIDDEN, num_layers=1, clip_embed_dim=2 * LATENT_DIM,
+                             time_embed_dim=64, additional_embeddings=17, time_embed_act_fn="gelu",
+                             norm_in_type="layer", embedding_proj_dim=24, embedding_proj_norm_type="layer",
+                             encoder_hid_proj_type=None, added_emb_type=None)
+    torch.manual_seed(0)
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=24, image_size=32, projection_dim=16, intermediate_size=37,
+                                               num_attention_heads=4, num_channels=3, num_hidden_layers=2,
+                                               patch_size=8))
+    processor = CLIPImageProcessor(crop_size=32, size=32, do_center_crop=True, do_normalize=True, do_resize=True,
+                                   resample=3, image_mean=[0.48, 0.46, 0.41], image_std=[0.27, 0.26, 0.28])
+    ShapEImg2ImgPipeline(prior=prior, image_encoder=encoder, image_processor=processor,
+                         shap_e_renderer=components["shap_e_renderer"],
+                         scheduler=components["scheduler"]).save_pretrained(folder)
+    return folder

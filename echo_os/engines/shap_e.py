@@ -73,9 +73,10 @@ def load_shap_e_pipeline(local_path, *, device: str, dtype: str, allow_pickle: b
     from echo_os.engines.sdxl import _dtype_kwargs, quiet_model_libraries
 
     quiet_model_libraries()
-    from diffusers import ShapEPipeline
+    from diffusers import DiffusionPipeline
 
-    pipe = ShapEPipeline.from_pretrained(str(local_path), local_files_only=True,
+    # ShapEPipeline or ShapEImg2ImgPipeline, as the folder's model_index.json says
+    pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,
                                          use_safetensors=None if allow_pickle else True,
                                          **_dtype_kwargs(getattr(torch, dtype)))
     pipe.to(device)
@@ -102,7 +103,8 @@ class ShapEEngine(BaseEngine):
     """A mesh per seed from a text prompt (Shap-E)."""
 
     name = "shap-e"
-    capabilities = Capabilities(output="mesh", needs_weights=True, max_batch=1)
+    # img2img: `echo-os lift ID` (the init image conditions ShapEImg2ImgPipeline; strength does not apply)
+    capabilities = Capabilities(output="mesh", needs_weights=True, img2img=True, max_batch=1)
     Options = ShapEOptions
 
     @classmethod
@@ -182,6 +184,16 @@ class ShapEEngine(BaseEngine):
                 if progress is not None:
                     progress(ProgressEvent(step=min(done, total), total_steps=total, images=meshes_total))
 
+            image = None
+            if request.init_image is not None:
+                from echo_os.engines.inputs import load_init_image
+
+                image = load_init_image(self.settings, request.init_image)
+            lifts = type(pipe).__name__ == "ShapEImg2ImgPipeline"
+            if lifts != (image is not None):
+                raise UsageError(f"model {request.model} is {'an image' if lifts else 'a text'}-to-3D pipeline: "
+                                 + ("give it an image (`echo-os lift ID`)." if lifts else
+                                    "lift an image with an image-to-3D entry such as shap-e-img2img."))
             outputs = []
             with loaded.lock, torch.inference_mode():
                 for seed in request.seeds:
@@ -190,7 +202,7 @@ class ShapEEngine(BaseEngine):
                     hook = pipe.prior.register_forward_pre_hook(on_prior_call)
                     began = time.perf_counter()
                     try:
-                        latents = pipe(request.prompt, num_inference_steps=request.steps,
+                        latents = pipe(image if lifts else request.prompt, num_inference_steps=request.steps,
                                        guidance_scale=request.cfg, output_type="latent",
                                        generator=torch.Generator("cpu").manual_seed(seed)).images
                     except _Cancel:
