@@ -174,3 +174,29 @@ def test_lift_an_image_to_a_mesh_with_its_parent(workspace, run_cli, tmp_path_fa
     assert len(mesh.vertices) == meta["vertices"] > 0
     code, out, err = run_cli("--home", str(workspace.home), "lift", shown["id"], "--model", "tiny-lift")
     assert code == 2 and "lift needs an image artifact" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_gallery_shows_assets_by_their_preview_with_a_player(workspace, run_cli, tmp_path) -> None:
+    """The gallery lists a mesh and a sound by their previews, links the GLB and FLAC, and (in headless
+    Chromium, when installed) the sound's card holds an <audio> player and no picture is broken."""
+    import re
+    import shutil
+
+    mesh = render_json(run_cli, workspace.home, "sword design", "--type", "3d_model")[0]
+    sound = render_json(run_cli, workspace.home, "rain", "--type", "audio", "--seconds", "0.5")[0]
+    code, out, err = run_cli("--home", str(workspace.home), "gallery")
+    assert code == 0, err
+    page = Path(out.strip())
+    items = {item["id"]: item for item in json.loads(re.search(
+        r'<script type="application/json" id="gallery-data">(.*?)</script>', page.read_text(), re.S).group(1))}
+    assert items[mesh["id"]]["mesh"].endswith("/mesh.glb") and (page.parent / items[mesh["id"]]["mesh"]).is_file()
+    assert items[sound["id"]]["audio"].endswith("/sound.flac") and items[sound["id"]]["placeholder"] is True
+    assert items[mesh["id"]]["image"].endswith("/image.png") and items[mesh["id"]]["audio"] is None
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return
+    from tests.test_gallery import _chromium
+
+    dom = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile")
+    assert re.search(r'<audio[^>]*src="[^"]*sound\.flac"', dom) and "3D model (GLB) · placeholder" in dom
+    assert 'data-broken="0"' in dom
