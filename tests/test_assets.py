@@ -200,3 +200,27 @@ def test_gallery_shows_assets_by_their_preview_with_a_player(workspace, run_cli,
     dom = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile")
     assert re.search(r'<audio[^>]*src="[^"]*sound\.flac"', dom) and "3D model (GLB) · placeholder" in dom
     assert 'data-broken="0"' in dom
+
+
+def test_stable_audio_through_auto_writes_the_asked_length_and_replays(workspace, run_cli, tmp_path_factory) -> None:
+    import soundfile
+
+    from tests.tiny_stable_audio import save_tiny_stable_audio
+
+    folder = save_tiny_stable_audio(tmp_path_factory.mktemp("tiny-sa") / "tiny-sa")
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-sa]\ntype = "audio"\npath = "{folder.as_posix()}"\n')
+    common = ("--type", "audio", "--model", "tiny-sa", "--steps", "2", "--cfg", "3", "--device", "cpu")
+    [shown] = render_json(run_cli, workspace.home, "rain on a tin roof", *common, "--seconds", "0.3")
+    meta = json.loads((Path(shown["path"]) / "meta.json").read_text())
+    assert meta["engine"]["name"] == "stable-audio" and meta["placeholder"] is False
+    samples, rate = soundfile.read(Path(shown["path"]) / "sound.flac", always_2d=True)
+    assert (rate, samples.shape) == (1000, (300, 2)) and (meta["sample_rate"], meta["channels"]) == (1000, 2)
+    code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
+    assert code == 0 and json.loads(out)["content_matches"] is True, err
+    code, out, err = run_cli("--home", str(workspace.home), "render", "rain", *common, "--seconds", "5",
+                             "--engine", "stable-audio")
+    assert code == 2 and "longer than tiny-sa makes (0.512 s at most)" in err and len(err.strip().splitlines()) == 1
+    # auto passes over it to the placeholder, and says why
+    code, out, err = run_cli("--home", str(workspace.home), "render", "rain", *common, "--seconds", "5")
+    assert code == 0 and "engine: draft-audio" in err and "longer than tiny-sa makes" in err, err

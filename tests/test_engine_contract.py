@@ -375,3 +375,25 @@ class TestShapEContract(EngineContract):
         meta = json.loads((child.path / "meta.json").read_text())
         assert (meta["kind"], meta["parent_id"], meta["sources"]) == ("mesh", parent.id, [parent.id])
         assert meta["request"]["init_image"]["sha256"] == parent.id and meta["engine"]["name"] == "shap-e"
+
+
+@pytest.fixture(scope="module")
+def tiny_stable_audio_dir(tmp_path_factory):
+    from tests.tiny_stable_audio import save_tiny_stable_audio
+
+    return save_tiny_stable_audio(tmp_path_factory.mktemp("tiny-stable-audio") / "tiny-stable-audio")
+
+
+class TestStableAudioContract(EngineContract):
+    """The Stable Audio engine (output kind "audio") on a tiny random-weight pipeline, through models.toml."""
+
+    engine_name = "stable-audio"
+    request_fields = dict(model="tiny-stable-audio", output="audio", steps=2, cfg=3.0, device="cpu",
+                          options={"seconds": 0.25})
+    cli_args = ("--type", "audio", "--model", "tiny-stable-audio")
+
+    @pytest.fixture
+    def settings(self, workspace, tiny_stable_audio_dir):
+        with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[models.tiny-stable-audio]\ntype = "audio"\npath = "{tiny_stable_audio_dir.as_posix()}"\n')
+        return workspace

@@ -21,6 +21,7 @@ DEFAULT_PLUGINS = (
     "echo_os.engines.draft",
     "echo_os.engines.video",
     "echo_os.engines.shap_e",
+    "echo_os.engines.audio",
     "echo_os.engines.draft_assets",
     "echo_os.engines.openai_images",
     "echo_os.engines.comfyui",

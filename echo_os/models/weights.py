@@ -60,12 +60,13 @@ def detect_format(path: str | Path) -> WeightsFormat:
         return "lfs-pointer"
     if head.startswith(b"PK\x03\x04"):
         return "pickle-zip"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
+    # safetensors first: a header of 0x280..0x580 bytes starts with \x80 and a byte from 2 to 5, like a pickle
     if len(head) >= 9 and head[8:9] == b"{":
         (header_length,) = struct.unpack("<Q", head[:8])
-        if header_length >= 2:
+        if 2 <= header_length <= Path(path).stat().st_size - 8:
             return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
     return "unknown"
 
 
