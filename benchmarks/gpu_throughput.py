@@ -461,7 +461,7 @@ class Runner:
                             pipe, applied = self.build(variant)
                         self.results.append(
                             self.measure(variant, pipe, applied, width, height, batch_size, batches))
-                    except Exception as error:  # noqa: BLE001 - an OOM at one batch size must not lose the rest
+                    except Exception as error:  # an OOM at one batch size must not lose the rest
                         if args.raise_errors:
                             raise
                         self.results.append(Measurement(variant.name, variant.kind, size, batch_size,

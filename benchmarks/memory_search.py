@@ -205,8 +205,8 @@ def run_one(dataset: str, n: int, args: argparse.Namespace) -> dict:
                 started = time.perf_counter()
                 index_module.VectorIndex.open(index.memory_dir, "bench", DIM)
                 stats["open_verify_s"] = round(time.perf_counter() - started, 2)
-            print(f"  {dataset} {size_label(n)} {label}: {stats if not args.ef_sweep else {k: v for k, v in stats.items() if k != 'ef_sweep'}}",
-                  flush=True)
+            shown = stats if not args.ef_sweep else {k: v for k, v in stats.items() if k != 'ef_sweep'}
+            print(f"  {dataset} {size_label(n)} {label}: {shown}", flush=True)
             result["configs"].append(stats)
             del index
             gc.collect()

@@ -3,7 +3,8 @@
 catalog.db is a cache of the meta.json folders and jobs.db is the job queue; either can be damaged by a
 disk error, a bad copy or a stray write. `open_or_quarantine` wraps whatever opens the file (connect,
 pragmas, migrations): when SQLite says the file is not a database or is malformed (SQLITE_NOTADB,
-SQLITE_CORRUPT), the file and its -wal/-shm companions are renamed to `<name>.corrupt-<UTC time>` next
+SQLITE_CORRUPT), or it is SQLite with tables echo-os did not make (sqlite.ForeignSchemaError), or it
+is a folder, the file and its -wal/-shm companions are renamed to `<name>.corrupt-<UTC time>` next
 to it (kept for recovery with `sqlite3 FILE .recover`), and the opener runs again on a fresh file. Other
 errors (locked, read-only, no such folder) are not corruption and are raised as they are.
 
@@ -14,10 +15,11 @@ job queue starts empty and says so loudly (see echo_os/api/app.py).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from filelock import FileLock
 
@@ -29,7 +31,12 @@ _COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def is_corruption(error: BaseException) -> bool:
-    """True for SQLite errors that mean a damaged file, not a busy or unreadable one."""
+    """True for SQLite errors that mean a damaged file, not a busy or unreadable one; a file that is SQLite
+    but not ours (ForeignSchemaError) counts: it cannot be used either, and is moved aside the same way."""
+    from echo_os.sqlite import ForeignSchemaError
+
+    if isinstance(error, ForeignSchemaError):
+        return True
     if not isinstance(error, sqlite3.DatabaseError):
         return False
     code = getattr(error, "sqlite_errorcode", None)
@@ -48,7 +55,13 @@ class Opened(Generic[T]):
 
 def open_or_quarantine(path: Path, opener: Callable[[Path], T]) -> Opened[T]:
     """`opener(path)`; if the file is corrupt, move it aside (under a lock, so two processes move it once)
-    and return `opener(path)` on a fresh file. `opener` must close what it opened before raising."""
+    and return `opener(path)` on a fresh file. `opener` must close what it opened before raising.
+    Something at `path` that is not a file (a folder named catalog.db) is moved aside the same way."""
+    if path.exists() and not path.is_file():
+        with FileLock(str(path) + ".repair.lock"):
+            if path.exists() and not path.is_file():
+                moved = quarantine(path)
+                return Opened(opener(path), quarantined=moved, reason="it was a folder, not a database file")
     try:
         return Opened(opener(path))
     except sqlite3.DatabaseError as error:

@@ -64,6 +64,8 @@ class DiskFullError(EchoError):
 
 
 DISK_FULL_MESSAGE = "the disk is full: nothing was saved; free some space in the workspace and try again"
+DISK_IO_MESSAGE = ("the disk is full or cannot be written (SQLite: disk I/O error): nothing was saved; free some "
+                   "space in the workspace and try again")
 
 
 def disk_full(error: BaseException) -> DiskFullError | None:
@@ -79,6 +81,11 @@ def disk_full(error: BaseException) -> DiskFullError | None:
     if isinstance(error, sqlite3.Error) and (getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
                                              or "database or disk is full" in str(error)):
         return DiskFullError()
+    # With a few KB free, SQLite fails to grow its WAL or shared-memory file and says "disk I/O error"
+    # (SQLITE_IOERR_*) instead: one line that says what to do, not the bare SQLite words.
+    if isinstance(error, sqlite3.Error) and ((getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF == 10
+                                             or "disk I/O error" in str(error)):
+        return DiskFullError(DISK_IO_MESSAGE)
     return None
 
 

@@ -25,10 +25,10 @@ def import_ml_libraries() -> None:
     with _LOCK:
         if _DONE:
             return
-        import torch  # noqa: F401
-        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline  # noqa: F401
-        from sentence_transformers import SentenceTransformer  # noqa: F401
-        from transformers import (  # noqa: F401
+        import torch  # noqa: F401 - imported for its load time only (this warms the process)
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline  # noqa: F401 - the same
+        from sentence_transformers import SentenceTransformer  # noqa: F401 - the same
+        from transformers import (  # noqa: F401 - the same
             AutoConfig,
             AutoImageProcessor,
             AutoModel,

@@ -10,10 +10,12 @@ number applied, so an echo-os from before this change opening a newer file does 
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -31,6 +33,32 @@ def connect(path: Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") ->
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
     return db
+
+
+class ForeignSchemaError(sqlite3.DatabaseError):
+    """An SQLite file whose tables are not the ones echo-os made (`create table artifacts(x)`): treated
+    as a corrupt file (echo_os.dbfile moves it aside and starts a fresh one)."""
+
+
+# What SQLite says when a migration meets tables it did not make.
+_SCHEMA_CLASH = re.compile(r"already exists|no such (table|column)|duplicate column|has no column")
+
+
+def check_columns(db: sqlite3.Connection, table: str, expected: Iterable[str]) -> None:
+    """ForeignSchemaError unless `table` exists with every column in `expected` (after the migrations:
+    a file whose _migrations table says all is done, with other tables, is not ours either)."""
+    found = {row[1] for row in db.execute(f"PRAGMA table_xinfo({table})")}
+    missing = sorted(set(expected) - found)
+    if missing:
+        raise ForeignSchemaError(f"its table {table} is not echo-os's (no column {', '.join(missing[:5])})")
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """ROLLBACK when a transaction is still open. SQLite rolls back by itself after some errors (a full
+    disk: SQLITE_FULL, SQLITE_IOERR); a ROLLBACK then fails with "cannot rollback - no transaction is
+    active" and would hide the error that matters."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 class Migrations:
@@ -82,13 +110,19 @@ class Migrations:
             for function in self._functions:
                 if function.__name__ in done:
                     continue
-                function(db)
+                try:
+                    function(db)
+                except sqlite3.OperationalError as error:
+                    if not _SCHEMA_CLASH.search(str(error)):
+                        raise  # busy, read-only, full disk: not about whose file it is
+                    raise ForeignSchemaError(f"its tables are not echo-os's (migration {function.__name__}: "
+                                             f"{error})") from error
                 _record(db, function.__name__, datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 applied.append(function.__name__)
             db.execute(f"PRAGMA user_version = {len(done) + len(applied)}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return applied
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from echo_os.engines.base import BaseEngine, Capabilities, ProgressEvent, RenderedImage, RenderResult, RuntimeInfo, Timings
+from echo_os.engines.base import (
+    BaseEngine,
+    Capabilities,
+    ProgressEvent,
+    RenderedImage,
+    RenderResult,
+    RuntimeInfo,
+    Timings,
+)
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError
 

@@ -4,7 +4,8 @@ It answers POST /v1/chat/completions the way the OpenAI API does: the request mu
 a model and a non-empty messages list (else a 400/401 with the API's {"error": {...}} body); the answer
 is a `chat.completion` object (id, object, created, model, choices[{index, message, finish_reason,
 logprobs}], usage), which the official openai client parses. The content of each answer is taken in
-turn from `answers`; every request body is kept in `requests` for the test to inspect.
+turn from `answers` (or a whole body from `raw`, while it has any); every request body is kept in
+`requests` for the test to inspect.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from fastapi.responses import JSONResponse
 @dataclass
 class FakeChatServer:
     answers: list[str]
+    # Whole response bodies answered instead of a chat.completion, one per request in order, while any are
+    # left (a hostile or broken server: {"choices": []}, a body that is not JSON, ...).
+    raw: list = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
 
@@ -43,6 +47,12 @@ class FakeChatServer:
                 return error(400, "'messages' must be a non-empty array", "messages", "invalid_value")
             self.requests.append(body)
             self.keys.append(auth[7:])
+            if self.raw:
+                from fastapi.responses import Response
+
+                answer = self.raw.pop(0)
+                return Response(answer, media_type="application/json") if isinstance(answer, (str, bytes)) \
+                    else JSONResponse(answer)
             content = self.answers[min(len(self.requests), len(self.answers)) - 1]
             return {
                 "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),

@@ -4,7 +4,8 @@ hand against one on 127.0.0.1:8188):
 
 - GET /system_stats; GET /object_info and /object_info/{class} ({class: {input: {required: {name: spec}},
   ...}}, a file or enum input as [[choices...], {...}] like upstream's CheckpointLoaderSimple; {} for a class
-  it does not have); `checkpoints` is the checkpoint files it has; POST /prompt {prompt, client_id} -> {prompt_id, number, node_errors: {}}, or 400
+  it does not have); `checkpoints` is the checkpoint files it has;
+  POST /prompt {prompt, client_id} -> {prompt_id, number, node_errors: {}}, or 400
   {error: {type: "prompt_outputs_failed_validation", ...}, node_errors: {ID: {errors: [{type, message,
   details, extra_info}], dependent_outputs, class_type}}} (an input that is not an INT, a checkpoint or
   an image not on the server, a required input missing), or 400 invalid_prompt for an unknown node type;
@@ -49,6 +50,7 @@ import uuid
 from contextlib import contextmanager
 
 import numpy as np
+
 # Module level: FastAPI reads the route annotations (strings, under `from __future__ import annotations`)
 # from the module's globals.
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
@@ -108,6 +110,12 @@ class FakeComfyUI:
         # socket is reset, and the prompt is gone from the queue and the history, both held in memory),
         # "ok" (nothing).
         self.faults: collections.deque[str] = collections.deque()
+        # What GET /view answers for an output file instead of its bytes, one per request in order (a
+        # hostile or broken server: b"<html>..." for non-image bytes, a PNG of another size).
+        self.view_answers: collections.deque[bytes] = collections.deque()
+        # What POST /prompt answers instead of queueing, one per request in order (a JSON-able value, or
+        # bytes sent as they are).
+        self.prompt_answers: collections.deque = collections.deque()
         self._cache: dict[str, tuple[str, list]] = {}  # node id -> (signature, outputs)
         self._counter = itertools.count(1)
         self._numbers = itertools.count(0)
@@ -142,6 +150,10 @@ class FakeComfyUI:
         async def post_prompt(request: Request):
             body = await request.json()
             fake.posts.append(body)
+            if fake.prompt_answers:
+                answer = fake.prompt_answers.popleft()
+                return Response(answer, media_type="application/json") if isinstance(answer, bytes) \
+                    else JSONResponse(answer)
             graph, client_id = body.get("prompt", {}), body.get("client_id")
             invalid = fake.validate(graph)
             if invalid is not None:
@@ -185,6 +197,8 @@ class FakeComfyUI:
             store = fake.files if type == "output" else fake.uploads
             if filename not in store:
                 raise HTTPException(404)
+            if type == "output" and fake.view_answers:
+                return Response(fake.view_answers.popleft(), media_type="image/png")
             return Response(store[filename], media_type="image/png")
 
         @app.post("/upload/image")

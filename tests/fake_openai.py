@@ -13,7 +13,8 @@ real API (shapes read from openai-python's types: ImagesResponse, Image, Usage, 
 - faults, one per request in the order queued (`server.faults.append(...)`): "429" (rate_limit_exceeded
   with retry-after-ms), "429-seconds" (Retry-After: 1), "503", "quota" (429 insufficient_quota),
   "malformed" (200 with a body that is not JSON), "slow" (answers after `slow_s`), "drop" (closes the
-  connection without answering);
+  connection without answering), "undecodable" (200, an image that is no image), "huge" (200, a PNG
+  header claiming 12000x12000), "size:WxH" (200, an image of that size whatever was asked);
 - `images_per_minute`: a sliding-window limit like the provider's; over it -> 429 rate_limit_exceeded
   with Retry-After (seconds until a slot frees);
 - `requests`: every request's JSON body, in order (faulted ones included; an edit refused for its images
@@ -49,6 +50,19 @@ def _png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def _header_only_png(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height (its pixel data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def _form(content_type: str, raw: bytes) -> tuple[dict, list[bytes]]:
@@ -194,6 +208,12 @@ class FakeImagesServer:
                                                   "billing details.", "insufficient_quota", "insufficient_quota"))
                 if fault == "malformed":
                     return self._send(200, b'{"created": 1, "data": [{"b64_json": "iVBOR')
+                if fault == "undecodable":  # well-formed JSON whose image is no image
+                    return self._send(200, {"created": 1, "data": [{"b64_json": base64.b64encode(
+                        b"<html>not an image</html>").decode()}]})
+                if fault == "huge":  # a PNG header claiming 12000x12000 (what a hostile server can send)
+                    return self._send(200, {"created": 1, "data": [{"b64_json": base64.b64encode(
+                        _header_only_png(12000, 12000)).decode()}]})
                 model = body.get("model", "gpt-image-1")
                 if model not in KNOWN_MODELS:
                     return self._send(400, _error(f"Invalid value: '{model}'. Supported values are: "
@@ -208,6 +228,8 @@ class FakeImagesServer:
                                                   f"{wait:.3f}s.", "requests", "rate_limit_exceeded"),
                                       {"retry-after": str(max(1, math.ceil(wait)))})
                 width, height = (int(side) for side in body.get("size", "1024x1024").split("x"))
+                if fault and fault.startswith("size:"):  # an image of another size than asked
+                    width, height = (int(side) for side in fault.removeprefix("size:").split("x"))
                 data = []
                 for _ in range(n):
                     with server._lock:

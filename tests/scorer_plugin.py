@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import types
-from typing import Iterator
+from collections.abc import Iterator
 
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.resonance.scores import ArtifactScores

@@ -378,7 +378,8 @@ async def test_bad_render_fields_are_422_naming_the_field(workspace, patch, fiel
 
 async def test_malformed_bodies(workspace):
     async with api_client(workspace, start_worker=False) as (client, _):
-        assert (await client.post("/api/render", content=b"{not json", headers={"content-type": "application/json"})).status_code == 422
+        not_json = await client.post("/api/render", content=b"{not json", headers={"content-type": "application/json"})
+        assert not_json.status_code == 422
         assert (await client.post("/api/render", json=["a list"])).status_code == 422
         assert (await client.post("/api/render")).status_code == 422
 
@@ -604,7 +605,8 @@ async def test_batch_story_gets_its_characters_loras_and_references(tiny_workspa
       "bible": "---\ntitle: T\ncharacters:\n  keeper: {name: K, description: d, seed: 1, lora: ~/evil.safetensors}\n---\n"},
      "bible"),
     ({"storyboard": "scene,description,characters\n1,a walk,keeper\n",
-      "bible": "---\ntitle: T\ncharacters:\n  keeper: {name: K, description: d, seed: 1, lora: ../../../../x.safetensors}\n---\n"},
+      "bible": "---\ntitle: T\ncharacters:\n"
+               "  keeper: {name: K, description: d, seed: 1, lora: ../../../../x.safetensors}\n---\n"},
      "bible"),
 ])
 async def test_bad_batches_are_422_naming_the_field(workspace, body, field):

@@ -112,6 +112,43 @@ async def test_bad_animatic_bodies_are_422_naming_the_field(story_home, patch, f
         assert (await client.get("/api/jobs")).json()["items"] == jobs
 
 
+def _story(home, durations) -> None:
+    (home / "story").mkdir(parents=True)
+    lines = ["scene,description,duration,motion"] + [f'{n},"scene {n}",{d},static' for n, d in enumerate(durations, 1)]
+    (home / "story" / "story.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = run_cli("--home", str(home), "batch", PROJECT, str(home / "story" / "story.csv"), "--engine",
+                           "draft", "--size", SIZE, "--clip", "none")
+    assert code == 0, err
+
+
+async def test_a_video_is_bounded_in_size_rate_length_and_work(story_home, tmp_path):
+    """Red-team finding: 8192x8192 at 120 fps was accepted and the worker passed 5.5 GB within a minute.
+    Size (and so encoder memory), pixels a second, seconds and pixels in all are bounded, each a 422 (a
+    CLI exit 2) naming the field and the limit, before a job exists."""
+    long_home, work_home = tmp_path / "long", tmp_path / "work"
+    _story(long_home, ["600"] * 7)  # 4,200 s
+    _story(work_home, ["500"] * 6)  # 3,000 s
+    cases = [(story_home, {"size": "8192x8192", "fps": 120}, "size", "9,437,184"),
+             (story_home, {"size": "8192x8192", "fps": 120}, "size", "GB"),
+             (story_home, {"size": "3840x2160", "fps": 120}, "fps", "530,841,600"),
+             (long_home, {"size": SIZE, "fps": 1}, "project", "at most 3600 s"),
+             (work_home, {"size": "1920x1080", "fps": 60}, "fps", "an hour of 1920x1080 at 24 fps")]
+    for home, patch, field, said in cases:
+        async with api_client(Settings(home=home), start_worker=False) as (client, _):
+            jobs = (await client.get("/api/jobs")).json()["items"]
+            response = await client.post("/api/animatic", json={"project": PROJECT, **patch})
+            assert response.status_code == 422, (patch, response.text)
+            detail = response.json()["detail"][0]
+            assert detail["loc"][:2] == ["body", field] and said in detail["msg"], (patch, detail)
+            assert (await client.get("/api/jobs")).json()["items"] == jobs
+    async with api_client(Settings(home=work_home), start_worker=False) as (client, _):  # within the limits
+        assert (await client.post("/api/animatic", json={"project": PROJECT, "size": SIZE, "fps": 1})).status_code == 202
+    before = animatic_folders(story_home)
+    code, out, err = run_cli("--home", str(story_home), "animatic", PROJECT, "--size", "8192x8192", "--fps", "120")
+    assert code == 2 and "9,437,184" in err and len(err.strip().splitlines()) == 1, err
+    assert animatic_folders(story_home) == before
+
+
 async def test_a_project_without_scenes_is_a_422_on_project(tmp_path):
     async with api_client(Settings(home=tmp_path), start_worker=False) as (client, _):
         response = await client.post("/api/animatic", json={"project": "Empty"})

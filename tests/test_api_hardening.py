@@ -241,13 +241,19 @@ async def test_openai_route_retries_wait_on_the_first_tries_job(workspace):
         assert one.status_code == two.status_code == 200, (one.text, two.text)
         assert one.headers["x-echo-job-id"] == two.headers["x-echo-job-id"]
         assert one.headers["x-echo-artifact-ids"] == two.headers["x-echo-artifact-ids"]
+        # the retry is a replay, and says so as every other route does (red-team finding: it did not)
+        assert "idempotent-replayed" not in one.headers and two.headers["idempotent-replayed"] == "true"
         # a deliberate second request (not a retry) is a new render
         third = await client.post("/v1/images/generations", json=body, headers={"x-stainless-retry-count": "0"})
         assert third.headers["x-echo-job-id"] != one.headers["x-echo-job-id"]
         assert len(engine.calls) == 2 and len((await client.get("/api/jobs")).json()["items"]) == 2
         # with the client's own key, a different body is a 409 that the client must not retry
         keyed = {"Idempotency-Key": "img-1"}
-        assert (await client.post("/v1/images/generations", json=body, headers=keyed)).status_code == 200
+        first_keyed = await client.post("/v1/images/generations", json=body, headers=keyed)
+        assert first_keyed.status_code == 200 and "idempotent-replayed" not in first_keyed.headers
+        replayed = await client.post("/v1/images/generations", json=body, headers=keyed)
+        assert replayed.status_code == 200 and replayed.headers["idempotent-replayed"] == "true"
+        assert replayed.headers["x-echo-job-id"] == first_keyed.headers["x-echo-job-id"]
         conflict = await client.post("/v1/images/generations", json={**body, "prompt": "other"}, headers=keyed)
         assert conflict.status_code == 409 and conflict.headers["x-should-retry"] == "false"
         assert conflict.json()["error"]["type"] == "invalid_request_error"
@@ -457,6 +463,25 @@ async def test_a_full_disk_while_storing_a_submission_is_507(workspace, monkeypa
         monkeypatch.setattr(Path, "write_text", os_full)
         response = await client.post("/api/batch", json={"project": "P", "prompts": ["x"], "engine": "draft"})
         assert response.status_code == 507 and response.json()["detail"].startswith("the disk is full")
+
+
+async def test_a_style_post_takes_an_idempotency_key(workspace):
+    """Red-team finding: POST /api/styles ignored Idempotency-Key (a repeat was a 422 "already exists").
+    The first answer is kept with the key: a repeat gets it (200, Idempotent-Replayed), another body 409."""
+    async with api_client(workspace, start_worker=False) as (client, _):
+        body = {"name": "ink", "prompt": "{prompt}, ink drawing"}
+        first = await client.post("/api/styles", json=body, headers={"Idempotency-Key": "style-1"})
+        assert first.status_code == 201 and "idempotent-replayed" not in first.headers, first.text
+        again = await client.post("/api/styles", json=body, headers={"Idempotency-Key": "style-1"})
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true", again.text
+        assert again.json() == first.json()
+        other = await client.post("/api/styles", json={**body, "prompt": "{prompt}, oil"},
+                                  headers={"Idempotency-Key": "style-1"})
+        assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"], other.text
+        styles = {style["name"]: style["prompt"] for style in (await client.get("/api/styles")).json()}
+        assert styles["ink"] == "{prompt}, ink drawing"  # the 409 changed nothing
+        # without a key, a repeat is refused as before (the style exists)
+        assert (await client.post("/api/styles", json=body)).status_code == 422
 
 
 async def test_compare_and_refine_take_an_idempotency_key_too(workspace):

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402 - after the importorskip above
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402 - after the importorskip above
 
-from echo_os.api import ApiOptions, create_app  # noqa: E402
-from echo_os.settings import Settings  # noqa: E402
-from tests.api_helpers import FakeEngine  # noqa: E402
-
+from echo_os.api import ApiOptions, create_app  # noqa: E402 - after the importorskip above
+from echo_os.settings import Settings  # noqa: E402 - after the importorskip above
+from tests.api_helpers import FakeEngine  # noqa: E402 - after the importorskip above
 
 # The spec does not depend on the workspace, and create_app touches no file until its lifespan starts.
 schema = schemathesis.openapi.from_dict(create_app(Settings(home=Path("unused"))).openapi())

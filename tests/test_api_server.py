@@ -319,6 +319,27 @@ def test_token_on_a_real_server(tmp_path):
         server.stop()
 
 
+def test_no_log_line_holds_the_token(tmp_path):
+    """Red-team finding: the gallery sign-in (`GET /api/gallery?token=T`) was written in clear to uvicorn's
+    access log. With the access log on (--log-level info), neither the server's token nor a wrong one
+    sent in the query appears in any line the server writes; the sign-in itself still works."""
+    token = "s3cret-token-0123456789abcdef"
+    wrong = "wrong-token-9876543210fedcba"
+    server = start_server(tmp_path, "--token", token, "--log-level", "info")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            signed_in = http.get(f"/api/gallery?token={token}", follow_redirects=False)
+            assert signed_in.status_code == 303 and "echo_os_session" in signed_in.headers["set-cookie"]
+            assert http.get(f"/api/gallery?token={wrong}", follow_redirects=False).status_code == 401
+            assert http.get(f"/api/jobs?x=1&token={token}").status_code in (200, 401)
+            assert http.get(f"/api/not-{token}", headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    finally:
+        server.stop()
+    log = server.log()
+    assert "/api/gallery?token=<redacted>" in log, log  # the access log is on, and names the request
+    assert token not in log and wrong not in log, log
+
+
 def test_refuses_a_public_address_without_a_token(tmp_path):
     result = subprocess.run([sys.executable, "-m", "echo_os", "--home", str(tmp_path), "serve", "--host", "0.0.0.0"],
                             capture_output=True, text=True, timeout=60,

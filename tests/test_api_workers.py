@@ -13,10 +13,18 @@ import time
 import httpx
 import pytest
 
-from echo_os.api.jobs import (
-    MAX_INTERRUPTIONS, REQUEUE_BACKOFF_S, Job, JobSpec, JobStore, WorkerRow, new_job_id, now_iso, requeue_backoff_s,
-)
 from echo_os.api.deps import ApiOptions
+from echo_os.api.jobs import (
+    MAX_INTERRUPTIONS,
+    REQUEUE_BACKOFF_S,
+    Job,
+    JobSpec,
+    JobStore,
+    WorkerRow,
+    new_job_id,
+    now_iso,
+    requeue_backoff_s,
+)
 from echo_os.api.processes import CPU_WORKER_NICE, WorkerPool, images_per_minute, visible_gpus
 from echo_os.render.requests import RenderRequest
 from tests.test_api_server import TINY, read_events, start_server, tiny_home, wait_jobs

@@ -146,7 +146,7 @@ def test_cancel_while_running_interrupts_comfyui(tmp_path):
 def test_an_init_image_is_uploaded_and_bound(comfy, fake, tmp_path):
     from PIL import Image
 
-    init = tmp_path / "init.png"
+    init = comfy.home / "init.png"  # a path is read only from inside the workspace
     Image.new("RGB", (40, 30), (200, 30, 30)).save(init)
     code, rows, err = _render(comfy, "-o", "workflow=upload-scale", "-o", f"init_image={init}", "--size", "80x64")
     assert code == 0, err
@@ -155,6 +155,85 @@ def test_an_init_image_is_uploaded_and_bound(comfy, fake, tmp_path):
         assert image.size == (80, 64) and image.getpixel((5, 5)) == (200, 30, 30)
     code, out, err = _render(comfy, "-o", "workflow=upload-scale", "--size", "80x64")
     assert code == 2 and "needs an init image: -o init_image=PATH" in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_server_file_outside_the_workspace_is_uploaded(comfy, fake, tmp_path):
+    """Red-team finding: `-o init_image=/etc/hostname` was uploaded to the ComfyUI. A path is a CLI
+    convenience, read only inside the workspace and only when it decodes as an image; the engine checks it
+    again when it renders (a job stored before the check, or made by hand)."""
+    from PIL import Image
+
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    not_an_image = comfy.home / "notes.png"
+    not_an_image.write_text("secret", encoding="utf-8")
+    truncated = comfy.home / "cut.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-40])
+    for path, said in (("/etc/hostname", "outside the workspace"), (outside, "outside the workspace"),
+                       (not_an_image, "not an image"), (truncated, "not an image")):
+        code, out, err = _render(comfy, "-o", "workflow=upload-scale", "-o", f"init_image={path}", "--size", "80x64",
+                                 "--engine", "comfyui")
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, (path, err)
+    engine = create_engine(comfy, "comfyui", "test")
+    with pytest.raises(UsageError, match="outside the workspace"):
+        engine.render([RenderRequest(prompt="x", width=80, height=64, engine="comfyui",
+                                     options={"workflow": "upload-scale", "init_image": "/etc/hostname"})])
+    engine.close()
+    assert fake.uploads == {} and fake.posts == []
+
+
+def test_an_api_caller_names_an_artifact_or_sends_bytes_never_a_path(comfy, fake, monkeypatch):
+    """Through the API, options.init_image is an artifact id or a data: URL: a path (even one inside the
+    workspace) is a 422 on options.init_image and nothing reaches the ComfyUI."""
+    import asyncio
+    import base64
+    import io
+
+    from PIL import Image
+
+    from tests.api_helpers import api_client, wait_job
+
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+    inside = comfy.home / "inside.png"
+    Image.new("RGB", (8, 8)).save(inside)
+    sent_png = io.BytesIO()
+    Image.new("RGB", (40, 30), (20, 200, 30)).save(sent_png, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(sent_png.getvalue()).decode()
+    body = {"prompt": "a lamp", "engine": "comfyui", "size": "80x64", "options": {"workflow": "upload-scale"}}
+
+    async def go():
+        async with api_client(comfy) as (client, _app):
+            for value in ("/etc/hostname", str(inside), "../../etc/hostname", "data:image/png;base64,AAAA", 7):
+                answer = await client.post("/api/render", json={**body, "options": {**body["options"],
+                                                                                    "init_image": value}})
+                assert answer.status_code == 422, (value, answer.text)
+                assert answer.json()["detail"][0]["loc"][-2:] == ["options", "init_image"], answer.text
+            sent = await client.post("/api/render", json={**body, "options": {**body["options"],
+                                                                              "init_image": data_url}})
+            assert sent.status_code == 202, sent.text
+            first = await wait_job(client, sent.json()["job_id"])
+            parent = first["artifacts"][0]["id"] if first.get("artifacts") else None
+            return first, parent
+
+    job, _ = asyncio.run(go())
+    assert job["status"] == "succeeded", job
+    assert list(fake.uploads.values()) == [sent_png.getvalue()]
+    # An artifact by id: its own PNG is what is uploaded.
+    code, rows, err = _render(comfy, "--size", "32x32")
+    assert code == 0, err
+    artifact = rows[0]
+
+    async def by_id():
+        async with api_client(comfy) as (client, _app):
+            sent = await client.post("/api/render", json={**body, "options": {**body["options"],
+                                                                              "init_image": artifact["id"]}})
+            assert sent.status_code == 202, sent.text
+            return await wait_job(client, sent.json()["job_id"])
+
+    job = asyncio.run(by_id())
+    assert job["status"] == "succeeded", job
+    assert Path(artifact["image"]).read_bytes() in fake.uploads.values()
 
 
 def test_a_user_workflow_is_registered_by_its_files(comfy, fake):
@@ -489,7 +568,7 @@ def test_an_edited_template_is_rendered_again_and_replay_says_it_changed(tmp_pat
         own = settings.home / "pipelines" / "comfyui"
         own.mkdir(parents=True)
         for suffix in (".json", ".toml"):
-            shutil.copy(REPO_ROOT / "pipelines" / "comfyui" / f"solid-colour{suffix}", own / f"mine{suffix}")
+            shutil.copy(REPO_ROOT / "echo_os" / "pipelines" / "comfyui" / f"solid-colour{suffix}", own / f"mine{suffix}")
         args = ("--engine", "comfyui", "-o", "workflow=mine", "--seed", "100000", "--size", "64x64")
         code, [first], err = _render(settings, *args)
         assert code == 0, err
@@ -504,3 +583,43 @@ def test_an_edited_template_is_rendered_again_and_replay_says_it_changed(tmp_pat
         assert len(server.posts) == posts + 1 and "the template changed since" in err, err
         code, out, err = run_cli("--home", str(settings.home), "replay", first["id"])
         assert code == 0 and "the template changed since it was rendered" in out, out + err
+
+
+def test_a_hostile_comfyui_answer_is_one_line_naming_it(comfy, fake):
+    """Red-team findings: non-image bytes from ComfyUI were reported as "lost ComfyUI" (it had answered),
+    and an image of another size was saved with the asked size in meta.json. Non-image bytes, or an image
+    over 4096 a side, are one line naming the server and what it sent; a smaller image is kept at the size
+    that arrived."""
+    import io
+
+    from PIL import Image
+
+    from tests.fake_openai import _header_only_png
+
+    for answer, said in ((b"<html>an error page</html>", "not an image"),
+                         (_header_only_png(12000, 12000), "12000x12000")):
+        fake.view_answers.append(answer)
+        code, out, err = _render(comfy, "--size", "32x32", "--engine", "comfyui")
+        errors = [line for line in err.splitlines() if line.startswith("Error")]
+        assert code != 0 and len(errors) == 1, err
+        assert said in errors[0] and fake.url in errors[0] and "lost ComfyUI" not in errors[0], errors
+    odd = io.BytesIO()
+    Image.new("RGB", (17, 23), (1, 2, 3)).save(odd, format="PNG")
+    fake.view_answers.append(odd.getvalue())
+    code, rows, err = _render(comfy, "--size", "32x32", "--engine", "comfyui")
+    assert code == 0, err
+    meta = _meta(rows[0])
+    assert (meta["width"], meta["height"]) == (17, 23) and (meta["request"]["width"], meta["request"]["height"]) == (32, 32)
+
+
+@pytest.mark.parametrize("answer, said", [({}, "no 'prompt_id'"), (b"<html>busy</html>", "not JSON"),
+                                          ([1, 2], "wrong type"), ({"prompt_id": None, "x": 1}, "wrong type")])
+def test_a_malformed_comfyui_answer_is_one_line_naming_it(comfy, fake, answer, said):
+    """Red-team finding: malformed answers surfaced as Python exception names. One line each, naming the
+    server and what was wrong with its answer."""
+    fake.prompt_answers.append(answer)
+    code, out, err = _render(comfy, "--size", "32x32", "--engine", "comfyui")
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code != 0 and len(errors) == 1 and fake.url in errors[0] and said in errors[0], err
+    for name in ("KeyError", "TypeError", "JSONDecodeError", "IndexError", "AttributeError", "Traceback"):
+        assert name not in err, err

@@ -19,6 +19,7 @@ from echo_os.render.requests import RenderRequest
 from tests.fake_openai import REVOKED_KEY, fake_images_server, hosted_workspace
 from tests.helpers import run_cli
 
+
 @pytest.fixture
 def server(monkeypatch):
     with fake_images_server(slow_s=1.5) as fake:
@@ -249,7 +250,7 @@ async def test_the_api_names_the_size_and_renders_through_openai(hosted, server,
 
 
 def test_an_init_image_goes_to_the_edits_endpoint(hosted, server, tmp_path):
-    init = tmp_path / "sketch.png"
+    init = hosted.home / "sketch.png"  # a path is read only from inside the workspace
     Image.new("RGB", (64, 64), (10, 200, 30)).save(init)
     code, rows, err = _render(hosted, "the same, at dusk", "--engine", "openai", "--size", "1024x1024",
                               "-o", f"init_image={init}", "-o", "quality=low")
@@ -267,8 +268,56 @@ def test_an_init_image_goes_to_the_edits_endpoint(hosted, server, tmp_path):
     code, rows, err = _render(hosted, "the same, at dusk", "--engine", "openai", "--size", "1024x1024",
                               "-o", f"init_image={init}", "-o", "quality=low")
     assert code == 0 and len(server.requests) == 2, err
-    code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024", "-o", "init_image=nope.png")
-    assert code == 2 and "init image nope.png is not a file" in err and len(server.requests) == 2
+    missing = hosted.home / "nope.png"
+    code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024", "-o", f"init_image={missing}")
+    assert code == 2 and f"init image {missing} not found" in err and len(server.requests) == 2
+
+
+def test_no_server_file_is_sent_to_an_edit(hosted, server, tmp_path, monkeypatch):
+    """Red-team finding: `options.init_image=/etc/hostname` was sent to /images/edits. The CLI reads a path
+    only inside the workspace (an image that decodes whole); the API takes an artifact id or the bytes as a
+    data: URL, never a path; the engine checks the file again when it renders."""
+    import asyncio
+    import base64
+
+    from tests.api_helpers import api_client, wait_job
+
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    for path in ("/etc/hostname", str(outside)):
+        code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024", "-o", f"init_image={path}")
+        assert code == 2 and "outside the workspace" in err and len(err.strip().splitlines()) == 1, err
+    engine = create_engine(hosted, "openai", "test")
+    with pytest.raises(UsageError, match="outside the workspace"):
+        engine.render([RenderRequest(prompt="x", width=1024, height=1024, engine="openai",
+                                     options={"init_image": "/etc/hostname"})])
+    assert server.requests == []
+    code, rows, err = _render(hosted, "a parent", "--engine", "openai", "--size", "1024x1024")
+    assert code == 0, err
+    parent = rows[0]
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 99, 2)).save(png, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")
+    body = {"prompt": "again", "engine": "openai", "size": "1024x1024"}
+
+    async def go():
+        async with api_client(hosted) as (client, _app):
+            for value in ("/etc/hostname", str(hosted.home / "sketch.png"), parent["image"]):
+                answer = await client.post("/api/render", json={**body, "options": {"init_image": value}})
+                assert answer.status_code == 422, answer.text
+                assert answer.json()["detail"][0]["loc"][-2:] == ["options", "init_image"], answer.text
+            jobs = []
+            for value in (parent["id"], data_url):
+                sent = await client.post("/api/render", json={**body, "options": {"init_image": value}})
+                assert sent.status_code == 202, sent.text
+                jobs.append(await wait_job(client, sent.json()["job_id"]))
+            return jobs
+
+    jobs = asyncio.run(go())
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"], jobs
+    edits = [sent for sent in server.requests if sent.get("endpoint") == "edits"]
+    assert [sent["images"] for sent in edits] == [[parent["id"]], [hashlib.sha256(png.getvalue()).hexdigest()]]
 
 
 def _sha(path) -> str:
@@ -459,3 +508,28 @@ async def test_api_refine_through_openai(hosted, server, monkeypatch):
 
     with Image.open(child.with_name("image.png")) as png:  # the A1111 chunk claims no strength either
         assert "Denoising strength" not in png.text["parameters"] and "Engine: openai" in png.text["parameters"]
+
+
+def test_a_hostile_provider_answer_is_one_line_and_never_cached(hosted, server):
+    """Red-team findings: an undecodable image was cached, so reruns failed until --no-cache; an image of
+    another size (24x40, 12000x12000) was saved with the asked size in meta.json. An answer that is no
+    image, or larger than 4096 a side, is retried and then one line naming the server; it is never cached,
+    so the next run asks again. A smaller image is kept, recorded at the size that arrived."""
+    for fault, said in (("undecodable", "not an image"), ("huge", "12000x12000")):
+        server.faults.extend([fault] * 3)  # every attempt (max_attempts = 3)
+        asked = len(server.requests)
+        code, out, err = _render(hosted, "a harbour", "--engine", "openai", "--size", "1024x1024", "--seed", "1")
+        errors = [line for line in err.splitlines() if line.startswith("Error")]
+        assert code != 0 and len(errors) == 1 and said in errors[0] and server.base_url in errors[0], err
+        assert "Traceback" not in err and len(server.requests) == asked + 3
+    code, rows, err = _render(hosted, "a harbour", "--engine", "openai", "--size", "1024x1024", "--seed", "1")
+    assert code == 0, err  # nothing bad was cached: asked again, and this answer is good
+    assert _meta(rows[0])["provenance"]["cached"] is False
+    server.faults.append("size:24x40")
+    code, rows, err = _render(hosted, "a kite", "--engine", "openai", "--size", "1024x1024")
+    assert code == 0, err
+    meta = _meta(rows[0])
+    assert (meta["width"], meta["height"]) == (24, 40)  # what arrived
+    assert (meta["request"]["width"], meta["request"]["height"]) == (1024, 1024)  # what was asked
+    with Image.open(rows[0]["image"]) as image:
+        assert image.size == (24, 40)

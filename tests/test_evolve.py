@@ -187,7 +187,8 @@ def test_evolve_as_an_api_job_with_progress(workspace, fixed_scorer):
                                 ({"target": start, "objective": "beauty=1"}, "objective"),
                                 ({"target": start, "strengths": [0.0]}, "strengths"),
                                 ({"target": "Nobody here"}, "target")):
-                response = await client.post("/api/evolve", json={**body, **({"scorer": "fixed"} if "scorer" not in body else {})})
+                scorer = {"scorer": "fixed"} if "scorer" not in body else {}
+                response = await client.post("/api/evolve", json={**body, **scorer})
                 assert response.status_code == 422 and field in json.dumps(response.json()), (body, response.text)
             response = await client.post("/api/evolve", json={"target": start, "rounds": 2, "per_round": 2,
                                                                "scorer": "fixed", "min_gain": 0})

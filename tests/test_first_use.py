@@ -93,7 +93,7 @@ def test_an_error_after_the_engine_line_exits_2_cleanly(tiny_workspace) -> None:
     while the memory preload thread was still loading). Now no thread is started: exit 2, one line."""
     pytest.importorskip("torch")
     try:
-        import xformers  # noqa: F401
+        import xformers  # noqa: F401 - only whether it imports
         pytest.skip("xformers is installed here")
     except ImportError:
         pass

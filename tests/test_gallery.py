@@ -104,8 +104,8 @@ def test_gallery_in_headless_chromium(gallery_home, run_cli, tmp_path) -> None:
 @pytest.fixture
 def animatic_home(tmp_path) -> Path:
     """A draft-rendered story of four scenes and its animatic."""
-    from tests.test_animatic import FPS, PROJECT, SIZE, write_csv
     from tests.helpers import run_cli
+    from tests.test_animatic import FPS, PROJECT, SIZE, write_csv
 
     home = tmp_path / "ws"
     home.mkdir()

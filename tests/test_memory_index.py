@@ -493,9 +493,9 @@ def test_memory_with_clip_searches_images_and_reconciles_drift(tiny_clip_dir: Pa
 
 
 def test_image_search_without_clip_says_what_to_do(tmp_path: Path, minilm) -> None:
-    from echo_os.memory.service import Memory, NoImageEmbedderError
-
     from PIL import Image
+
+    from echo_os.memory.service import Memory, NoImageEmbedderError
 
     memory = Memory(tmp_path, [minilm])
     with pytest.raises(NoImageEmbedderError, match="CLIP"):

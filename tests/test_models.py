@@ -310,7 +310,7 @@ def test_default_registry_names_the_shipped_models(home: Settings) -> None:
     registry = load_registry(home)
     assert registry.names() == ["sdxl", "sdxl-turbo", "sdxl-lightning-4step", "sdxl-lightning-4step-lora", "sdxl-lcm",
                                 "lcm-lora-sdxl", "sdxl-tcd", "tcd-lora-sdxl", "ip-adapter-sdxl", "clip-vit-l-14",
-                                "minilm", "svd"]
+                                "minilm", "svd", "shap-e", "shap-e-img2img", "audioldm2", "stable-audio-open"]
     # the few-step entries carry their render defaults and distillation LoRA (tests/test_fast_models.py)
     assert (registry.get("sdxl-lcm").defaults.scheduler, registry.get("sdxl-lcm").defaults.lora) == (
         "lcm", "lcm-lora-sdxl")

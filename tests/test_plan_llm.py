@@ -115,3 +115,37 @@ def test_an_llm_that_ignores_an_exclusion_is_corrected_and_off_topic_answers_are
     assert plan["method"]["attempts"] == 2
     assert "corrected" in plan["method"]["corrections"][0] and plan["notes"] == plan["method"]["corrections"]
     assert "note: the model named an excluded thing" in err
+
+
+def test_a_hostile_planner_cannot_reach_the_terminal_or_the_prompts(workspace, run_cli, planner_env):
+    """Red-team findings: `plan` printed a malicious planner's OSC/BEL escapes raw and wrote prompts with
+    control characters that `batch` then refused. Such an answer is invalid (retried, then one line);
+    nothing it holds reaches the terminal or the prompt files."""
+    evil = _answer("a fractal \x1b]0;pwned\x07 spiral", "a copper fern\x07", "a golden coast\x1b[2J")
+    with FakeChatServer(answers=[evil]) as server:
+        planner_env(server.url)
+        code, out, err = run_cli("--home", str(workspace.home), "plan", "Ruzgar", INTENT, "--count", "3")
+    assert code == 1 and "control character" in err and len(server.requests) == 3, err
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    assert not (workspace.home / "prompts" / "ruzgar").exists()
+
+
+@pytest.mark.parametrize("raw, said", [
+    ({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": []}, "choices[0]"),
+    ({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+      "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": ["a"]}}]},
+     "choices[0]"),
+    ("<html>gateway</html>", "not a chat completion"),
+    ({"choices": "nope"}, "choices[0]"),
+    ("", "not a chat completion"),
+])
+def test_a_malformed_planner_answer_is_one_line_naming_the_server(workspace, run_cli, planner_env, raw, said):
+    """Red-team finding: malformed answers surfaced as Python exception names. Each is one line naming the
+    endpoint and what was wrong."""
+    with FakeChatServer(answers=[_answer("a")], raw=[raw] * 3) as server:
+        planner_env(server.url)
+        code, out, err = run_cli("--home", str(workspace.home), "plan", "Ruzgar", INTENT, "--count", "3")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert server.url in err and said in err and "Traceback" not in err, err
+    for name in ("IndexError", "TypeError", "AttributeError", "KeyError", "JSONDecodeError"):
+        assert name not in err, err

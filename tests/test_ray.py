@@ -397,7 +397,7 @@ def test_batch_ray_calls_report_steps_and_stop_on_cancel_and_ctrl_c(ray_cluster,
             engine.concurrent_calls = width
             interrupted: list[bool] = []
 
-            def ctrl_c(event) -> None:  # a real Ctrl-C: SIGINT, raised in the main thread
+            def ctrl_c(event, interrupted: list[bool] = interrupted) -> None:  # a real Ctrl-C: SIGINT, in the main thread
                 if event.step >= 3 and not interrupted:
                     interrupted.append(True)
                     os.kill(os.getpid(), signal.SIGINT)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import textwrap
+import threading
 
 import pytest
 
@@ -158,6 +158,68 @@ def test_a_busy_catalog_is_not_taken_for_a_corrupt_one(workspace):
         pytest.fail("garbage opened as a database")
 
 
+def _foreign_sqlite(path, *, claims_migrated: bool = False) -> None:
+    """An SQLite file that is not echo-os's: `create table artifacts(x)`; with claims_migrated, a
+    _migrations table that says every migration ran (so only the columns tell)."""
+    import sqlite3
+
+    from echo_os.artifacts.catalog import MIGRATIONS
+
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE artifacts(x)")
+    db.execute("CREATE TABLE jobs(x)")
+    if claims_migrated:
+        db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
+        db.executemany("INSERT INTO _migrations VALUES (?, 'then')", [(name,) for name in MIGRATIONS.names])
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("damage", ["foreign", "foreign-migrated", "folder"])
+@pytest.mark.parametrize("command", [["artifacts", "list", "--json"], ["artifacts", "reindex"]])
+def test_a_catalog_that_is_not_ours_is_moved_aside_and_rebuilt(run_cli, workspace, caplog, damage, command):
+    """Red-team finding: a catalog.db that is SQLite but not ours (`create table artifacts(x)`) blocked
+    every command, `artifacts reindex` included; a folder named catalog.db gave rc 1 naming no path. Both
+    are moved aside as a corrupt file is, and the catalog rebuilt from the folders."""
+    import json
+
+    ids = _two_artifacts(workspace)
+    path = workspace.catalog_path
+    if damage == "folder":
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        path.mkdir()
+        (path / "inside.txt").write_text("kept", encoding="utf-8")
+    else:
+        _foreign_sqlite(path, claims_migrated=damage == "foreign-migrated")
+    code, out, err = run_cli("--home", str(workspace.home), *command)
+    assert code == 0, err
+    [moved] = [found for found in workspace.artifacts_dir.glob("catalog.db.corrupt-*")
+               if not found.name.endswith(("-wal", "-shm"))]
+    assert (moved / "inside.txt").is_file() if damage == "folder" else moved.is_file()
+    warnings = [r.getMessage() for r in caplog.records if "catalog.db" in r.getMessage()]
+    assert len(warnings) == 1 and moved.name in warnings[0] and "rebuilt" in warnings[0], warnings
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list", "--json")
+    assert code == 0 and set(ids) <= {row["id"] for row in json.loads(out)}, err
+
+
+def test_a_jobs_db_that_is_not_ours_is_moved_aside(workspace):
+    from echo_os.api.jobs import JobStore
+
+    jobs_db = workspace.artifacts_dir / "jobs.db"
+    jobs_db.parent.mkdir(parents=True, exist_ok=True)
+    _foreign_sqlite(jobs_db)
+    store = JobStore(jobs_db)
+    try:
+        assert store.quarantined is not None and "not echo-os's" in store.corruption
+        assert store.counts()["queued"] == 0
+    finally:
+        store.close()
+
+
 @pytest.mark.anyio
 async def test_corrupt_jobs_db_is_quarantined_and_the_server_says_so(workspace, caplog):
     from tests.api_helpers import api_client
@@ -206,6 +268,20 @@ def test_show_refuses_to_restore_from_a_changed_png(run_cli, workspace):
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "no longer matches" in err and "Traceback" not in err
     assert not artifact.meta_path.exists()
+
+
+def test_reindex_refuses_to_restore_from_a_changed_png(run_cli, workspace, caplog):
+    """Red-team finding: `artifacts reindex` restored meta.json from a modified PNG under a new id (the
+    README says a changed PNG is not restored from). The catalog's id for the folder is the check."""
+    [artifact, kept] = _render(ArtifactStore(workspace), "a heron in fog", count=2)
+    artifact.meta_path.unlink()
+    artifact.image_path.write_bytes(artifact.image_path.read_bytes() + b"tampered")
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "reindex")
+    assert code == 0, err
+    assert not artifact.meta_path.exists()  # nothing restored from it
+    code, out, err = run_cli("--home", str(workspace.home), "artifacts", "list", "--json")
+    assert [row["id"] for row in __import__("json").loads(out)] == [kept.id]
+    assert any("no longer matches" in record.getMessage() for record in caplog.records)
 
 
 def test_reindex_restores_meta_json_and_batch_does_not_render_it_again(run_cli, workspace):

@@ -60,7 +60,7 @@ def _direct_clip(folder: Path, images, texts):
         image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output).numpy()
         tokens = tokenizer(texts, padding=True, return_tensors="pt")
         text = model.text_projection(model.text_model(**tokens).pooler_output).numpy()
-    normalise = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    normalise = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731 - a one-line helper local to this test
     return normalise(image.astype(np.float64)), normalise(text.astype(np.float64))
 
 

@@ -46,7 +46,7 @@ async def test_rating_route_writes_meta_and_catalog(workspace, monkeypatch):
 # ---- the gallery -----------------------------------------------------------------------------------------
 
 from tests.test_gallery import CHROMIUM, _chromium, gallery_home  # noqa: E402,F401  (fixture reused)
-from tests.webdriver import CHROMEDRIVER, chromium_session  # noqa: E402
+from tests.webdriver import CHROMEDRIVER, chromium_session  # noqa: E402 - with the gallery imports above, kept by the section that uses them
 
 
 def _mark_story(home):

@@ -144,7 +144,8 @@ def test_api_resonance_and_learn(project):
             assert "reference" not in body and "ip-adapter" in body["note"]
             listed = (await client.get("/api/styles")).json()
             assert any(s["name"] == "storm" and s["learned"] for s in listed)
-            for payload, field in (({"ids": []}, "ids"), ({"ids": ["xyz"]}, "ids"), ({"ids": [project["ids"][1]], "scale": 5}, "scale")):
+            for payload, field in (({"ids": []}, "ids"), ({"ids": ["xyz"]}, "ids"),
+                                   ({"ids": [project["ids"][1]], "scale": 5}, "scale")):
                 response = await client.post("/api/styles/learn", json=payload)
                 assert response.status_code == 422 and field in json.dumps(response.json()), (payload, response.text)
             again = await client.post("/api/styles/learn", json={"ids": [project["ids"][1]], "name": "storm"})

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,9 +104,8 @@ def test_render_cli_records_everything_and_replays_to_zero(run_cli, tiny_workspa
 
 def test_cpu_default_size_is_512_and_only_for_the_cpu_engine(tiny_workspace):
     from echo_os.cli.render import engine_default_size as cpu_default_size
-    from echo_os.render.requests import build_request
-
     from echo_os.engines import choose_engine
+    from echo_os.render.requests import build_request
 
     full = build_request(prompt="x", model="tiny", width=1024, height=1024)
     request, note = cpu_default_size(tiny_workspace, full, choose_engine(tiny_workspace, full)[0])
@@ -249,3 +248,26 @@ def test_no_negative_prompt_lets_the_model_decide(tiny_workspace, tiny_sdxl_dir,
         assert store.save(empty, 0).meta.negative_prompt_passed == "empty-string"
     finally:
         store.close()
+
+
+def test_weights_holding_nan_fail_the_call_instead_of_saving_a_black_image(run_cli, workspace, tmp_path):
+    """Red-team finding: weights with a valid header but all-NaN tensors rendered a black image saved with
+    exit 0. NaN latents fail the call with one line; nothing is saved."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import register_model
+    from tests.tiny_models import save_tiny_sdxl
+
+    folder = save_tiny_sdxl(tmp_path / "nan-sdxl")
+    [weights] = (folder / "unet").glob("*.safetensors")
+    tensors = load_file(str(weights))
+    tensors = {name: torch.full_like(tensor, float("nan")) if tensor.is_floating_point() else tensor
+               for name, tensor in tensors.items()}
+    save_file(tensors, str(weights))
+    register_model(workspace, "nan", folder)
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a lamp", "--model", "nan", "--size", "64x64",
+                             "--steps", "2", "--no-memory")
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code != 0 and len(errors) == 1 and "NaN" in errors[0] and "nothing was saved" in errors[0], err
+    assert not list(workspace.artifacts_dir.glob("*/*/*/image.png"))

@@ -10,8 +10,15 @@ import pytest
 from click.testing import CliRunner
 
 from echo_os.story import (
-    COMPOSITION_ORDER, PlanOptions, StoryError, clip_token_count, compose_scene_prompt, load_bible,
-    plan_prompt_list, plan_story, slugify,
+    COMPOSITION_ORDER,
+    PlanOptions,
+    StoryError,
+    clip_token_count,
+    compose_scene_prompt,
+    load_bible,
+    plan_prompt_list,
+    plan_story,
+    slugify,
 )
 from echo_os.story.slug import to_ascii
 from echo_os.story.storyboard import MAX_SCENES

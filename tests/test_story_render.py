@@ -215,7 +215,7 @@ def test_ip_adapter_changes_the_image_and_its_embedding_is_cached(story_run):
         after = engine.render([without])[0].images[0].image
     finally:
         del loaded.pipe.prepare_ip_adapter_image_embeds
-    pixels = lambda image: np.asarray(image, dtype=np.int16)  # noqa: E731
+    pixels = lambda image: np.asarray(image, dtype=np.int16)  # noqa: E731 - a one-line helper local to this test
     assert np.abs(pixels(conditioned) - pixels(before)).max() > 10, "the reference image had no effect"
     assert np.abs(pixels(after) - pixels(before)).max() == 0, "unloading the adapter did not restore the pipeline"
     assert encodes == [] and cache[0].stat().st_mtime_ns == mtime  # the cached embedding was reused

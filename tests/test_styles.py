@@ -139,3 +139,81 @@ def test_bible_style_name_and_batch_style_option(run_cli, workspace, tmp_path):
     code, out, err = run_cli("--home", home, "batch", "harbour", str(story / "story.csv"), "--engine", "draft",
                              "--dry-run")
     assert code == 2 and "style 'nosuch' is not a named style here" in err
+
+
+# ---- red-team findings: the same text rules as prompts, bounded imports ----------------------------------
+
+def test_the_api_refuses_a_style_with_control_characters_or_a_hidden_name(workspace):
+    """POST /api/styles accepted control characters in a prompt (the style was then unusable: every
+    prompt made with it is refused) and NUL or right-to-left-override characters in names."""
+    import asyncio
+
+    from tests.api_helpers import api_client
+
+    async def go():
+        async with api_client(workspace, start_worker=False) as (client, _):
+            for body, field in (({"name": "bell", "prompt": "{prompt}\x07\x1b]0;pwned\x07"}, "prompt"),
+                                ({"name": "neg", "prompt": "x", "negative": "a\x00b"}, "negative"),
+                                ({"name": "a\x00b", "prompt": "x"}, "name"),
+                                ({"name": "evil\u202egnp.exe", "prompt": "x"}, "name"),
+                                ({"name": "zero\u200bwidth", "prompt": "x"}, "name")):
+                response = await client.post("/api/styles", json=body)
+                assert response.status_code == 422, (body, response.text)
+                detail = response.json()["detail"][0]
+                assert detail["loc"] == ["body", field] and "U+" in detail["msg"], detail
+            names = [style["name"] for style in (await client.get("/api/styles")).json()]
+            return names
+
+    names = asyncio.run(go())
+    assert not any(not name.isprintable() for name in names)
+    assert not workspace.styles_toml.exists()
+
+
+def test_a_hand_edited_styles_toml_with_a_control_character_is_one_line(run_cli, workspace):
+    workspace.styles_toml.write_text('[styles.bad]\nprompt = "x\\u001b[31m"\n', encoding="utf-8")
+    code, out, err = run_cli("--home", str(workspace.home), "styles", "list")
+    assert code == 2 and "styles.toml" in err and "U+001B" in err and "\x1b" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_styles_import_is_bounded_and_never_stores_python_text(run_cli, workspace, tmp_path):
+    """`styles import` gave a generic error for a 12 MB field, deep JSON or a 5000-digit number, stored
+    lists, objects and NaN as Python text ("['a']"), imported NUL names and had no row limit. Each bad
+    file is one line naming it; each bad row is skipped and named."""
+    from echo_os.render.styles import MAX_IMPORT_ROWS
+
+    home = str(workspace.home)
+    cases = {
+        "huge.csv": ("name,prompt\nbig," + "x" * (12 * 1024 * 1024) + "\n", "larger than 5 MB"),
+        "wide.csv": ("name,prompt\nwide," + "x" * 200_000 + "\n", "line 2: field larger than field limit"),
+        "deep.json": ("[" * 100_000 + "]" * 100_000, "nests JSON too deeply"),
+        "digits.json": ('[{"name": "n", "prompt": ' + "9" * 5000 + "}]", "cannot be read"),
+    }
+    for name, (text, said) in cases.items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        code, out, err = run_cli("--home", home, "styles", "import", str(path))
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, (name, err[:300])
+        assert not workspace.styles_toml.exists()
+    odd = tmp_path / "odd.json"
+    odd.write_text('[{"name": "list", "prompt": ["a"]}, {"name": "obj", "prompt": {"a": 1}},'
+                   ' {"name": "nan", "prompt": NaN}, {"name": "nul\\u0000name", "prompt": "x"},'
+                   ' {"name": "bell", "prompt": "x\\u0007"}, {"name": "ok", "prompt": "{prompt}, fine"}]',
+                   encoding="utf-8")
+    code, out, err = run_cli("--home", home, "styles", "import", str(odd), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["added"] == ["ok"] and len(report["skipped"]) == 5, report
+    assert "prompt is a JSON list, not text" in report["skipped"][0]
+    assert "not finite" in report["skipped"][2] and "U+0000" in report["skipped"][3]
+    assert "U+0007" in report["skipped"][4]
+    assert set(read_workspace_styles(workspace)) == {"ok"}
+    many = tmp_path / "many.csv"
+    many.write_text("name,prompt\n" + "".join(f"s{n},p{n}\n" for n in range(MAX_IMPORT_ROWS + 300)), encoding="utf-8")
+    code, out, err = run_cli("--home", home, "styles", "import", str(many), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert len(report["added"]) == MAX_IMPORT_ROWS
+    assert any("300 rows after the first" in line for line in report["skipped"]), report["skipped"][:3]
+    code, out, err = run_cli("--home", home, "render", "x", "--engine", "draft", "--style", "nosuchstyle")
+    assert code == 2 and len(err) < 2000 and "more" in err, len(err)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from tests.helpers import REPO, run_cli as run
+from tests.helpers import REPO
+from tests.helpers import run_cli as run
 
 
 def _render(home: str, prompt: str, seed: int) -> str:
@@ -17,9 +18,8 @@ def _render(home: str, prompt: str, seed: int) -> str:
 
 def test_suggestions_say_why(workspace):
     from echo_os.artifacts.store import open_catalog
-    from echo_os.resonance.persist import save_scores
-
     from echo_os.intent.planfile import Constraints, PlanFile, PlanItem, save_plan
+    from echo_os.resonance.persist import save_scores
 
     home = str(workspace.home)
     # plan.json as `echo-os plan` writes it (save_plan), without loading the planner's MiniLM here

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, run_cli as run
+from tests.helpers import REPO
+from tests.helpers import run_cli as run
 
 EXAMPLE = REPO / "prompts" / "lighthouse-keeper"
 

@@ -173,7 +173,8 @@ def test_verify_and_pull_know_video_pipelines(video_home):
 
     svd = load_registry(Settings(home=video_home)).get("svd")  # variant fp16
     index = {"_class_name": "StableVideoDiffusionPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],
-             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+             "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+             "scheduler": ["diffusers", "EulerDiscreteScheduler"],
              "unet": ["diffusers", "UNetSpatioTemporalConditionModel"], "vae": ["diffusers", "AutoencoderKLTemporalDecoder"]}
     repo = ["model_index.json", "svd.safetensors", "feature_extractor/preprocessor_config.json",
             "image_encoder/config.json", "image_encoder/model.fp16.safetensors", "image_encoder/model.safetensors",

@@ -44,9 +44,9 @@ def write_clip_tokenizer_files(folder: Path) -> Path:
 
 
 def make_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
     import inspect
+
+    from transformers import CLIPTokenizer
 
     write_clip_tokenizer_files(folder)
     vocab, merges = str(folder / "vocab.json"), str(folder / "merges.txt")
@@ -70,10 +70,11 @@ def build_tiny_sdxl(seed: int = 0, text_encoder_2_hidden: int = 32):
     text_encoder_2_hidden: the second (OpenCLIP) encoder's width. A single-file checkpoint needs it to
     differ from the first encoder's, as it does in SDXL (768 and 1280): diffusers tells the two apart by it.
     """
+    import tempfile
+
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
-    import tempfile
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

@@ -29,18 +29,22 @@ Every POST that creates work takes an `Idempotency-Key` header (echo_os.api.idem
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import shutil
 import sqlite3
+import threading
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -49,27 +53,83 @@ from starlette.concurrency import run_in_threadpool
 from echo_os import __version__
 from echo_os.render.kinds import output_fields
 from echo_os.api.deps import (
-    IMAGE_TYPES, Api, ApiOptions, ApiState, CatalogReader, Submitter, artifact_image_path, artifact_video_path,
-    build_render_request, cancel_if_unanswered, check_model, convert_image, field_error,
+    IMAGE_TYPES,
+    Api,
+    ApiOptions,
+    ApiState,
+    CatalogReader,
+    Submitter,
+    api_message,
+    artifact_image_path,
+    artifact_video_path,
+    cancel_if_unanswered,
+    check_model,
+    convert_image,
+    field_error,
+    option_field_error,
+    prepare_body,
 )
 from echo_os.api.events import (
-    FINAL_EVENTS, EventHub, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded,
-    image_url, sse_message,
+    FINAL_EVENTS,
+    EventHub,
+    JobCancelled,
+    JobFailed,
+    JobProgressed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    image_url,
+    sse_message,
 )
 from echo_os.api.idempotency import (
-    IDEMPOTENCY_HEADER, REPLAYED_HEADER, IdempotencyHeader, WaitingClients, client_key, conflict_message, known,
+    IDEMPOTENCY_HEADER,
+    REPLAYED_HEADER,
+    IdempotencyHeader,
+    WaitingClients,
+    client_key,
+    conflict_message,
+    known,
 )
 from echo_os.api.jobs import (
-    JOB_ID_PATTERN, Admission, AnimaticSpec, IdempotencyKey, Job, JobProgress, JobSpec, JobStatus, JobStore,
-    StorySource, new_job_id, now_iso,
-)
-from echo_os.api.schemas import (
-    AnimateBody, AnimaticBody, AnimaticSubmitted, ArtifactPage, ArtifactView, BatchBody, BatchSubmitted, CompareBody,
-    CompareSubmitted, EvolveBody, EvolveSubmitted, Health, JobPage, JobView, RefineBody, RenderBody, StyleBody, StyleView, Submitted,
-    WorkerList, WorkerView, error_responses,
+    JOB_ID_PATTERN,
+    Admission,
+    AnimaticSpec,
+    IdempotencyKey,
+    Job,
+    JobProgress,
+    JobSpec,
+    JobStatus,
+    JobStore,
+    StorySource,
+    new_job_id,
+    now_iso,
 )
 from echo_os.api.processes import WorkerPool, images_per_minute
 from echo_os.api.ray_workers import RayWorkers
+from echo_os.api.schemas import (
+    AnimateBody,
+    AnimaticBody,
+    AnimaticSubmitted,
+    ArtifactPage,
+    ArtifactView,
+    BatchBody,
+    BatchSubmitted,
+    CompareBody,
+    CompareSubmitted,
+    EvolveBody,
+    EvolveSubmitted,
+    Health,
+    JobPage,
+    JobView,
+    RefineBody,
+    RenderBody,
+    StyleBody,
+    StyleView,
+    Submitted,
+    WorkerList,
+    WorkerView,
+    error_responses,
+)
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
@@ -81,6 +141,7 @@ ARTIFACT_ID_PATTERN = r"^[0-9a-fA-F]{12,64}$"
 SSE_PING_S = 15.0
 # RenderRequest field -> the name /api/render takes it as
 RENDER_BODY_NAMES = {"negative_prompt": "negative", "width": "size", "height": "size", "output": "type"}
+RENDER_FIELDS = {"negative": "negative_prompt", "type": "output"}  # and back
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 hex characters")]
 ArtifactId = Annotated[str, PathParam(pattern=ARTIFACT_ID_PATTERN,
@@ -439,10 +500,14 @@ def finite_json(value: Any) -> Any:
 
 
 def _add_routes(app: FastAPI) -> None:
-    @app.get("/health", response_model=Health, tags=["server"])
-    async def health(api: Api) -> Health:
+    @app.get("/health", response_model=Health, tags=["server"],
+             responses={503: {"model": Health, "description": "The render worker the server started is gone"}})
+    async def health(api: Api) -> JSONResponse:
         counts = await run_in_threadpool(api.jobs.counts)
-        return Health(version=__version__, worker=api.worker_status, jobs=counts)
+        worker = api.worker_status  # "stopped": started, and no longer alive: queued jobs would wait forever
+        health = Health(status="degraded" if worker == "stopped" else "ok", version=__version__, worker=worker,
+                        jobs=counts)
+        return JSONResponse(health.model_dump(), status_code=503 if worker == "stopped" else 200)
 
     @app.get("/api/workers", response_model=WorkerList, tags=["server"])
     async def list_workers(api: Api) -> WorkerList:
@@ -457,18 +522,17 @@ def _add_routes(app: FastAPI) -> None:
         key, replayed = await _earlier(api, "/api/render", idempotency_key, body)
         if replayed is not None:
             return replayed
-        fields = body.model_dump(exclude={"negative", "size", "seed", "again", "type", "seconds"}, exclude_none=True)
-        fields.update(output_fields(body.type, body.seconds, fields.get("options")))  # 3d_model, audio
+        values = body.model_dump(exclude={"negative", "seed", "preset", "again", "type", "seconds"}, exclude_none=True)
+        values.update(output_fields(body.type, body.seconds, values.get("options")))  # 3d_model, audio
         if body.type == "texture":
-            fields["tile"] = "xy"
-        fields["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
+            values["tile"] = "xy"
+        values["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
-            fields["seed"] = body.seed
-        fields.update(_style_fields(api.settings, fields.pop("style", ""), fields["negative_prompt"], "style"))
-        # On the loop, not in a thread: it takes ~0.3 ms, and each thread hop costs a GIL hand-over while
-        # the worker renders.
-        request = build_render_request(api.settings, fields, size=body.size, names=RENDER_BODY_NAMES,
-                                       given=body.model_fields_set & {"steps", "cfg", "scheduler", "size"})
+            values["seed"] = body.seed
+        explicit = {RENDER_FIELDS.get(name, name) for name in body.model_fields_set}
+        prepared = await run_in_threadpool(prepare_body, api.settings, values, explicit, names=RENDER_BODY_NAMES,
+                                           preset=body.preset)
+        request = prepared.request
         job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,), again=body.again),
                   created=now_iso())
         if (earlier := await _admit(api, job, key)) is not None:  # the same key arrived meanwhile
@@ -585,9 +649,15 @@ def _add_routes(app: FastAPI) -> None:
         return [StyleView(**style.as_dict()) for style in sorted(found.values(), key=lambda s: s.name.casefold())]
 
     @app.post("/api/styles", status_code=201, response_model=StyleView, tags=["styles"],
-              responses=error_responses(400, 403, 413, 422))
-    async def add_style(body: StyleBody, api: Api) -> StyleView:
-        return await run_in_threadpool(save_style, api.settings, body)
+              responses={200: {"model": StyleView, "description": "The answer an earlier request with this "
+                                                                  "Idempotency-Key had"},
+                         **error_responses(400, 403, 409, 413, 422)})
+    async def add_style(body: StyleBody, api: Api, idempotency_key: IdempotencyHeader = None) -> JSONResponse:
+        """Add (or with `replace`, overwrite) a named style. With an Idempotency-Key, a repeat of the same
+        body answers as the first time (200, Idempotent-Replayed); another body under the key is a 409."""
+        key = client_key("/api/styles", idempotency_key, body)
+        status, answer, replayed = await run_in_threadpool(save_style_once, api, body, key)
+        return JSONResponse(answer, status_code=status, headers={REPLAYED_HEADER: "true"} if replayed else None)
 
     @app.api_route("/api/styles", methods=["OPTIONS", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def styles_other_methods() -> JSONResponse:
@@ -754,37 +824,21 @@ def _problem_field(label: str) -> str:
     return {"STORY_BIBLE.md": "bible", "prompts.txt": "prompts"}.get(label, "storyboard")
 
 
-def _style_fields(settings: Settings, style: str | None, negative: str | None, where: str) -> dict:
-    from echo_os.api.deps import style_request_fields  # the rule /v1/images/generations shares
-
-    return style_request_fields(settings, style, negative, where)
-
-
 def refine_body_request(api: ApiState, body: RefineBody):
-    from echo_os.iterate.refine import refine_request
-    from echo_os.render.requests import random_seed
-
     from echo_os.artifacts.store import Artifact
+    from echo_os.iterate.refine import prepare_refine
+    from echo_os.render.requests import random_seed
 
     parent = Artifact.from_row(api.settings.artifacts_dir, api.catalog.resolve(body.artifact_id))
     changes = {"steps": body.steps, "cfg": body.cfg, "scheduler": body.scheduler, "model": body.model,
                "engine": body.engine, "count": body.count, "project": body.project,
                "seed": body.seed if body.seed is not None else random_seed()}
-    if body.style is not None:
-        _style_fields(api.settings, body.style, body.negative, "style")  # a 422 on the field before building
-    try:
-        request = refine_request(api.settings, parent, strength=body.strength, prompt=body.prompt, style=body.style,
-                                 negative=body.negative, changes=changes, options=body.options)
+    try:  # through the front door, as `echo-os refine`: an engine that cannot refine is a 422 on engine
+        prepared = prepare_refine(api.settings, parent, strength=body.strength, prompt=body.prompt,
+                                  style=body.style, negative=body.negative, changes=changes, options=body.options)
     except OptionError as error:
-        raise field_error(error.option, str(error)) from None
-    check_model(api.settings, request.model, request.engine)
-    from echo_os.engines import choose_engine
-
-    try:  # an engine that cannot refine (no img2img) is the client's error: a 422 on engine, not a failed job
-        choose_engine(api.settings, request)
-    except UsageError as error:
-        raise field_error("engine", str(error), body.engine) from None
-    return request
+        raise option_field_error(error, {"negative_prompt": "negative"}) from None
+    return prepared.request
 
 
 def clip_body_request(api: ApiState, body: AnimateBody):
@@ -831,44 +885,68 @@ def clip_body_request(api: ApiState, body: AnimateBody):
 
 def compare_spec(settings: Settings, body: CompareBody) -> JobSpec:
     from echo_os.api.jobs import CompareAxis, CompareSource
-    from echo_os.render.requests import parse_size
     from echo_os.iterate.compare import plan_compare
     from echo_os.render.requests import random_seed
 
-    try:
-        width, height = parse_size(body.size)
-    except UsageError as error:
-        raise field_error("size", str(error).replace("--size", "size"), body.size) from None
     lists = {"models": tuple(body.models), "schedulers": tuple(body.schedulers), "cfg": tuple(body.cfg),
              "steps": tuple(body.steps), "seeds": tuple(body.seeds) or (random_seed(),),
              "styles": tuple(body.styles), "engines": tuple(body.engines)}
     for option, values in lists.items():
         if len(set(values)) != len(values):
             raise field_error(option, f"{option} lists a value twice", list(values))
-    base = {"prompt": body.prompt, "negative_prompt": body.negative or None, "width": width, "height": height,
+    base = {"prompt": body.prompt, "negative_prompt": body.negative or None, "size": body.size,
             "project": body.project}
-    try:
+    try:  # each cell through the front door (echo_os.render.prepare), as `echo-os compare`
         plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=body.max_cells,
                             given=body.model_fields_set & {"size"})
     except OptionError as error:
         where = {"max-cells": "max_cells", "negative_prompt": "negative", "width": "size", "height": "size"}
-        raise field_error(where.get(error.option, error.option), str(error)) from None
-    for model in {cell.request.model for cell in plan.cells}:
-        engine = plan.cells[0].request.engine if len({c.request.engine for c in plan.cells}) == 1 else "auto"
-        check_model(settings, model, engine, "models")
+        raise option_field_error(error, where) from None
     title = f"{body.prompt}: " + " x ".join(f"{a.label} ({len(a.values)})" for a in plan.axes) if plan.axes else body.prompt
     source = CompareSource(title=title, axes=tuple(CompareAxis(option=a.option, values=a.values) for a in plan.axes),
                            cells=tuple(cell.values for cell in plan.cells))
     return JobSpec(items=tuple(cell.request for cell in plan.cells), title=title, compare=source)
 
 
+_STYLE_KEYS_LOCK = threading.Lock()  # one keyed style request at a time: a repeat sees the first's answer
+
+
+def save_style_once(api: ApiState, body: StyleBody, key: IdempotencyKey | None) -> tuple[int, dict, bool]:
+    """(status, answer, replayed) of POST /api/styles: without a key, save_style; with one, the answer
+    stored under it when the body is the same (replayed), 409 for another body, else save and store."""
+    if key is None:
+        return 201, save_style(api.settings, body).model_dump(mode="json"), False
+    with _STYLE_KEYS_LOCK:
+        found = api.jobs.find_answer(key.key)
+        if found is not None:
+            fingerprint_, status, stored = found
+            if fingerprint_ != key.fingerprint:
+                return 409, {"detail": f"this {IDEMPOTENCY_HEADER} was used for a different request; send a new "
+                                       "key for a new request"}, False
+            return 200, json.loads(stored), True
+        answer = save_style(api.settings, body).model_dump(mode="json")
+        api.jobs.keep_answer(key.key, key.fingerprint, 201, json.dumps(answer))
+        return 201, answer, False
+
+
 def save_style(settings: Settings, body: StyleBody) -> StyleView:
-    from echo_os.render.styles import Style, check_name, read_workspace_styles, write_workspace_styles
+    from echo_os.render.styles import (
+        Style,
+        check_name,
+        check_style_text,
+        read_workspace_styles,
+        write_workspace_styles,
+    )
 
     try:
         name = check_name(body.name)
     except OptionError as error:
-        raise field_error("name", str(error), body.name) from None
+        raise field_error("name", str(error)) from None
+    for field_name in ("prompt", "negative"):  # the rules of prompt text: a style must stay usable
+        try:
+            check_style_text(getattr(body, field_name), field_name)
+        except OptionError as error:
+            raise field_error(field_name, str(error)) from None
     if not body.prompt.strip() and not body.negative.strip():
         raise field_error("prompt", "give the style's words (with {prompt} where the prompt goes)", body.prompt)
     current = read_workspace_styles(settings)
@@ -896,9 +974,8 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                 raise field_error(("prompts", index), "each prompt is one non-empty line of text", prompt)
     folder = resolve_inside(settings.artifacts_dir, ".jobs", job_id)
     folder.mkdir(parents=True, exist_ok=True)
-    from echo_os.render.styles import style_table
-
     from echo_os.models.defaults import all_render_defaults
+    from echo_os.render.styles import style_table
 
     # The body's fields are the command line's options: they beat the rows and the bible, which beat the
     # model entry's render defaults (echo_os.story.plan).
@@ -927,12 +1004,13 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
         _check_plan_paths(settings, plan)
         for model, engine in dict.fromkeys((scene.request.model, scene.request.engine) for scene in plan.scenes):
             check_model(settings, model, engine, "model" if body.model else "bible")
-        if body.size is None and body.steps is None and plan.scenes:  # the CPU size rule, as `echo-os batch`
-            smaller = _engine_size(settings, plan)
-            if smaller is not None:
-                options = options.model_copy(update={"size": smaller.size})
+        if plan.scenes:  # the engine and the CPU size rule through the front door's tail, as `echo-os batch`
+            prepared = _prepare_plan(settings, plan, size_given=body.size is not None or body.steps is not None)
+            if prepared.size is not None:
+                options = options.model_copy(update={"size": prepared.size})
                 plan = make_plan(options)
-                notes.append(smaller.note.replace("--size or --steps", "size or steps"))
+                notes.append(api_message(prepared.note))
+            _check_plan(settings, plan, prepared.engine)
         requests = _story_requests(settings, plan, body)
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
@@ -958,17 +1036,23 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
                    again=body.again)
 
 
-def _engine_size(settings: Settings, plan):
-    """story.render.engine_size_for_plan for the engine the plan's first scene gets (a 422 on `engine`
-    when none can render it)."""
-    from echo_os.engines import choose_engine
-    from echo_os.story.render import engine_size_for_plan
+def _prepare_plan(settings: Settings, plan, *, size_given: bool):
+    """echo_os.render.prepare.prepare_plan; an engine that cannot render the story is a 422 on `engine`."""
+    from echo_os.render.prepare import prepare_plan
 
     try:
-        name, _ = choose_engine(settings, plan.scenes[0].request)
-    except UsageError as error:
-        raise field_error("engine", str(error)) from None
-    return engine_size_for_plan(settings, plan, name)
+        return prepare_plan(settings, plan.requests, size_given=size_given)
+    except OptionError as error:
+        raise option_field_error(error, {"width": "size", "height": "size"}) from None
+
+
+def _check_plan(settings: Settings, plan, engine) -> None:
+    from echo_os.render.prepare import check_plan_requests
+
+    try:
+        check_plan_requests(settings, plan.requests, engine)
+    except OptionError as error:
+        raise option_field_error(error, {"width": "size", "height": "size"}) from None
 
 
 # ---- evolve -------------------------------------------------------------------------------------------
@@ -1014,8 +1098,8 @@ def plan_animatic(settings: Settings, body: AnimaticBody) -> JobSpec:
     duration in its story.csv)."""
     import re
 
-    from echo_os.motion.animatic import AnimaticOptions, check_animatic
     from echo_os.artifacts.encode import check_video_size
+    from echo_os.motion.animatic import AnimaticOptions, check_animatic
     from echo_os.render.requests import parse_size
 
     size = None

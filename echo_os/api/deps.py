@@ -6,54 +6,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from echo_os.api.events import EventHub, JobCancelled
 from echo_os.api.idempotency import WaitingClients
-from echo_os.api.jobs import DEFAULT_MAX_ATTEMPTS, Admission, IdempotencyKey, Job, JobStore
-from echo_os.api.processes import DEFAULT_LEASE_S, WorkerPool
-from echo_os.api.security import DEFAULT_MAX_BODY_BYTES, resolve_inside
+from echo_os.api.inputs import with_input_images
+from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobStore
+from echo_os.api.options import ApiOptions
+from echo_os.api.processes import WorkerPool
+from echo_os.api.security import resolve_inside
 from echo_os.api.worker import Worker
-from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
-from echo_os.render.requests import RenderRequest, parse_size
+from echo_os.errors import OptionError
+from echo_os.render.requests import RenderRequest
 from echo_os.settings import Settings
+
+if TYPE_CHECKING:
+    from echo_os.render.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-@dataclass(frozen=True)
-class ApiOptions:
-    """How the server behaves; `echo-os serve` fills this from its options."""
-
-    max_batch: int = 8  # images per pipeline call; 1 turns dynamic batching off
-    batch_window_ms: int = 25  # how long the worker waits for compatible jobs to batch with
-    default_model: str = "sdxl"  # for the OpenAI route when the model is omitted or an OpenAI name
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    allowed_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] | None = None
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    # How long the job of a synchronous request whose client disconnected waits for a retry to attach
-    # before it is cancelled: the openai client's backoff between tries is at most 8 s.
-    abandoned_grace_s: float = 10.0
-    # Render worker processes (echo_os.api.processes); 0 renders on a thread in the HTTP process.
-    workers: int = 0
-    lease_s: float = DEFAULT_LEASE_S  # a worker process's claim lasts this long unless renewed
-    worker_log_level: str = "INFO"
-    worker_nice: int | None = None  # niceness of worker processes; None: 10 on the CPU, 0 with GPUs
-    # `serve --ray`: render on Ray actors (echo_os.api.ray_workers). "local" starts a Ray instance on this
-    # machine, "auto" or host:port joins a cluster; None: no Ray. ray_actors None: one per GPU, else 2.
-    ray_address: str | None = None
-    ray_actors: int | None = None
 
 
 class Submitter:
@@ -179,83 +158,44 @@ def field_error(field_name: str | tuple, message: str, value: Any = None) -> Req
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": value}])
 
 
-def style_request_fields(settings: Settings, style: str | None, negative: str | None, where: str = "style") -> dict:
-    """RenderRequest fields for a body's style (echo_os.render.styles.style_fields: a named style, else free text),
-    or a 422 on `where` for a one-word value that names no style. /api/render, /api/refine and
-    /v1/images/generations share this rule."""
-    from echo_os.render.styles import style_fields
-
-    try:
-        return style_fields(settings, style, negative)
-    except OptionError as error:
-        raise field_error(where, str(error), style) from None
+def option_field_error(error: OptionError, names: dict[str, str], value: Any = None) -> RequestValidationError:
+    """A prepare() OptionError as a 422 on the body field that carries it (`names`: RenderRequest field ->
+    body field). The message is prepare's, with the command line's `--name` spelled as the field."""
+    head, *rest = error.option.split(".")
+    return field_error((names.get(head, head), *rest), api_message(str(error)), value)
 
 
-def request_errors(error: ValidationError, names: dict[str, str]) -> RequestValidationError:
-    """A RenderRequest's ValidationError as a 422 naming the fields the client sent (`names` maps
-    RenderRequest field -> body field)."""
-    errors = []
-    for item in error.errors(include_url=False):
-        loc = tuple(names.get(str(part), part) for part in item.get("loc", ()))
-        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
-        if not loc and "engine" in message:
-            loc = ("engine",)
-        errors.append({"type": item.get("type", "value_error"), "loc": ("body", *loc), "msg": message,
-                       "input": item.get("input")})
-    return RequestValidationError(jsonable_encoder(errors, custom_encoder={Exception: str}))
+def api_message(message: str) -> str:
+    """The one presentation rule between the CLI and the API: an option's `--name` is the field `name`."""
+    import re
+
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), message)
 
 
 def check_model(settings: Settings, model: str, engine: str, where: str | tuple = "model") -> None:
-    """A model name must be in models.toml (unless the engine named renders without weights)."""
-    from echo_os.engines import AUTO, get_engine
-
-    if engine != AUTO and not get_engine(engine).capabilities.needs_weights:
-        return
-    from echo_os.models import load_registry
+    """A model name must be in models.toml whatever the engine (echo_os.render.prepare.check_model_name)."""
+    from echo_os.render.prepare import check_model_name
 
     try:
-        load_registry(settings).get(model)
-    except NotFoundError as error:
-        raise field_error(where, str(error), model) from None
+        check_model_name(settings, model, engine)
+    except OptionError as error:
+        raise field_error(where, api_message(str(error)), model) from None
 
 
-def build_render_request(settings: Settings, fields: dict[str, Any], *, size: str,
-                         names: dict[str, str], given: set[str] | None = None) -> RenderRequest:
-    """RenderRequest from a body's fields and its "WxH" size, or a 422 naming the body's field.
+def prepare_body(settings: Settings, values: dict[str, Any], explicit: set[str], *, names: dict[str, str],
+                 preset: str | None = None, choose: bool = True) -> "Prepared":
+    """The API's adapter to the front door (echo_os.render.prepare): a body's values in RenderRequest
+    names and the ones the client sent (`model_fields_set`), or a 422 on the body field at fault."""
+    from echo_os.render.prepare import prepare
 
-    given: the RenderRequest fields the client sent ("size" for the size; from the body's
-    `model_fields_set`); every other steps, cfg, scheduler and size takes the model entry's render
-    default (echo_os.models.defaults), and the entry's LoRA is applied."""
-    size_name = names.get("width", "size")
-    if given is not None:
-        fields, size = _with_model_defaults(settings, fields, size, given, names)
     try:
-        width, height = parse_size(size)
-    except UsageError as error:
-        raise field_error(size_name, str(error).replace("--size", size_name), size) from None
-    try:
-        request = RenderRequest(**fields, width=width, height=height)
-    except ValidationError as error:
-        raise request_errors(error, names) from None
-    check_model(settings, request.model, request.engine, names.get("model", "model"))
-    if request.engine != "auto":  # the named engine's own options: a 422 on the bad one, before queueing
-        from echo_os.engines import engine_options, get_engine
-
-        plugin = get_engine(request.engine)
-        try:
-            options = engine_options(plugin, request)
-        except OptionError as error:
-            raise field_error(tuple(error.option.split(".")), str(error), dict(request.options)) from None
-        check = getattr(plugin, "check_request", None)  # what it refuses on any machine (a hosted model's sizes)
-        try:
-            if check is not None:
-                check(settings, request, options)
-        except OptionError as error:
-            head, *rest = error.option.split(".")
-            head = size_name if head == "size" else names.get(head, head)
-            raise field_error((head, *rest), str(error), size if head == size_name else None) from None
-    check_runtime(settings, request)
-    return request
+        # an image option names an artifact or carries bytes, never a server path (api.inputs)
+        values = with_input_images(settings, values)
+        prepared = prepare(settings, values, explicit, preset=preset, choose=choose)
+    except OptionError as error:
+        raise option_field_error(error, names) from None
+    check_runtime(settings, prepared.request)
+    return prepared
 
 
 def check_runtime(settings: Settings, request: RenderRequest) -> None:
@@ -313,22 +253,3 @@ def convert_image(png: bytes, format: str, quality: int | None = None) -> bytes:
         out = io.BytesIO()
         image.save(out, format=format.upper(), quality=quality if quality is not None else 90)
         return out.getvalue()
-
-
-def _with_model_defaults(settings: Settings, fields: dict[str, Any], size: str, given: set[str],
-                         names: dict[str, str]) -> tuple[dict[str, Any], str]:
-    from echo_os.engines.lora import model_lora_inputs
-    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
-
-    model = fields.get("model", RenderRequest.model_fields["model"].default)
-    try:
-        entry = model_render_defaults(settings, model)
-        loras = model_lora_inputs(settings, model)
-    except (UsageError, ModelError, NotFoundError) as error:  # models.toml or the entry's LoRA: on the model field
-        raise field_error(names.get("model", "model"), str(error), model) from None
-    fields = fill_model_defaults(fields, entry, given)
-    if "width" in fields:
-        size = f"{fields.pop('width')}x{fields.pop('height')}"
-    if loras and "loras" not in fields:
-        fields["loras"] = loras
-    return fields, size

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -83,7 +83,7 @@ class JobCancelled(_JobEvent):
 
 
 JobEvent = Annotated[
-    Union[JobQueued, JobStarted, JobProgressed, ArtifactSaved, JobSucceeded, JobFailed, JobCancelled],
+    JobQueued | JobStarted | JobProgressed | ArtifactSaved | JobSucceeded | JobFailed | JobCancelled,
     Field(discriminator="event"),
 ]
 JOB_EVENT_ADAPTER: TypeAdapter = TypeAdapter(JobEvent)

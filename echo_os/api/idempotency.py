@@ -24,7 +24,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from typing import Annotated, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 from fastapi import Header, Request
 from pydantic import BaseModel
@@ -63,7 +64,7 @@ def derived_key(request: Request, route: str, body: BaseModel) -> IdempotencyKey
     retried = retry.isdigit() and int(retry) > 0
     host = request.client.host if request.client else ""
     body_print = fingerprint(route, body)
-    key = hashlib.sha256(f"{host}\n{body_print}".encode("utf-8")).hexdigest()
+    key = hashlib.sha256(f"{host}\n{body_print}".encode()).hexdigest()
     return IdempotencyKey(key=f"derived:{key}", fingerprint=body_print, replace=not retried)
 
 

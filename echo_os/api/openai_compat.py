@@ -29,12 +29,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from echo_os.api.deps import (
-    Api, ApiState, artifact_image_path, build_render_request, convert_image, style_request_fields,
+    Api,
+    ApiState,
+    artifact_image_path,
+    convert_image,
+    prepare_body,
 )
-from echo_os.api.schemas import EngineName, error_responses
-from echo_os.api.idempotency import IdempotencyHeader, client_key, conflict_message, derived_key, known
+from echo_os.api.idempotency import (
+    REPLAYED_HEADER,
+    IdempotencyHeader,
+    client_key,
+    conflict_message,
+    derived_key,
+    known,
+)
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobSpec, new_job_id, now_iso
-from echo_os.errors import DISK_FULL_MESSAGE
+from echo_os.api.schemas import EngineName, error_responses
+from echo_os.errors import DISK_FULL_MESSAGE, DISK_IO_MESSAGE
 from echo_os.render.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest, Scheduler
 
 router = APIRouter(tags=["openai"])
@@ -44,7 +55,6 @@ OPENAI_MODEL_PREFIXES = ("dall-e", "gpt-image", "chatgpt-image")
 # own retries) or was cancelled would answer a retry the same.
 NO_RETRY = {"x-should-retry": "false"}
 DISCONNECT_POLL_S = 0.25  # how often a waiting request looks whether its client is still there
-AUTO_SIZE = "1024x1024"
 # RenderRequest field -> the name this route takes it as
 OPENAI_NAMES = {"count": "n", "width": "size", "height": "size"}
 
@@ -73,6 +83,8 @@ class ImageGenerationBody(BaseModel):
     scheduler: Scheduler | None = None
     project: str = Field(default="default", min_length=1, max_length=200)
     engine: EngineName = "auto"
+    preset: str | None = Field(default=None, min_length=1, max_length=200,
+                               description="A render preset (pipelines/presets), as in /api/render.")
 
 
 class ImageData(BaseModel):
@@ -118,20 +130,24 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
     render_request: RenderRequest | None = None
     if earlier is None:
         size = (body.size or "auto").strip()
-        fields = dict(prompt=body.prompt, negative_prompt=body.negative_prompt or None,
+        values = dict(prompt=body.prompt, negative_prompt=body.negative_prompt or None,
                       model=model_for(body.model, api.options.default_model), engine=body.engine,
-                      count=body.n or 1, project=body.project)
-        fields.update(style_request_fields(api.settings, body.style, fields["negative_prompt"], "style"))
+                      count=body.n or 1, project=body.project, style=body.style,
+                      size=None if size == "auto" else size)
         for name in ("seed", "steps", "cfg", "scheduler"):
             if getattr(body, name) is not None:
-                fields[name] = getattr(body, name)
-        # What the client left out (or sent as null, or size "auto") takes the model entry's render defaults.
-        given = {name for name in ("steps", "cfg", "scheduler") if getattr(body, name) is not None}
+                values[name] = getattr(body, name)
+        # What the client left out (or sent as null, or size "auto") takes the preset's and the model
+        # entry's values, then the engine's default size (echo_os.render.prepare).
+        explicit = {name for name in ("seed", "steps", "cfg", "scheduler", "engine") if getattr(body, name) is not None
+                    and name in body.model_fields_set}
         if size != "auto":
-            given.add("size")
-        render_request = await run_in_threadpool(build_render_request, api.settings, fields,
-                                                 size=AUTO_SIZE if size == "auto" else size, names=OPENAI_NAMES,
-                                                 given=given)
+            explicit.add("size")
+        if body.model is not None and values["model"] == body.model:
+            explicit.add("model")
+        prepared = await run_in_threadpool(prepare_body, api.settings, values, explicit, names=OPENAI_NAMES,
+                                           preset=body.preset)
+        render_request = prepared.request
 
     job_id, ended, disconnected = await _wait_for_job(api, request, key, render_request, earlier)
     if disconnected:
@@ -143,7 +159,9 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
         return openai_error(409, conflict_message(ended.job_id), "invalid_request_error", NO_RETRY)
     job = await run_in_threadpool(api.jobs.get, job_id)
     headers = {"X-Echo-Job-Id": job_id}
-    if job.status == "failed" and job.error == DISK_FULL_MESSAGE:
+    if ended.outcome == "replayed":  # the job an earlier request with this key (or a retry's) made
+        headers[REPLAYED_HEADER] = "true"
+    if job.status == "failed" and job.error in (DISK_FULL_MESSAGE, DISK_IO_MESSAGE):
         return openai_error(507, job.error, "server_error", {**headers, **NO_RETRY})
     if job.status == "failed":  # already retried by the worker; another try would answer the same
         return openai_error(500, job.error or "the render failed", "server_error", {**headers, **NO_RETRY})

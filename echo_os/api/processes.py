@@ -10,7 +10,8 @@ The durable job queue (jobs.db) stays the single source of truth, and the only c
   supervisor's sweep (`requeue_expired`) by `recover`'s rule: cancelled if asked, failed after
   max_attempts, else queued. Either way its recorded images are kept and skipped.
 - events: a worker writes its job events into `job_events` (EventWriter: one transaction every 50 ms);
-  the HTTP process tails the table (every 50 ms) into its EventHub, so SSE clients see what they saw with the in-process thread. jobs.db rather
+  the HTTP process tails the table (every 50 ms) into its EventHub, so SSE clients see what they saw
+  with the in-process thread. jobs.db rather
   than a multiprocessing queue because the events then survive the HTTP process: a worker that outlives
   a killed server for a moment still records its last state changes in order, after the job rows they
   describe (the hub's contract: state first, then the event), and there is no pipe to drain or lose.
@@ -46,20 +47,20 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from echo_os.api.events import JOB_EVENT_ADAPTER, JobCancelled, JobFailed, JobQueued
 from echo_os.api.jobs import JobStore, Recovery, WorkerRow, now_iso
-from echo_os.sqlite import connect
+from echo_os.api.options import ApiOptions
+from echo_os.sqlite import connect, rollback
 
 if TYPE_CHECKING:
-    from echo_os.api.deps import ApiOptions
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_S = 30.0  # a worker renews every lease/3; a killed server's jobs wait at most this long
 EVENT_POLL_S = 0.05
 SUPERVISE_S = 0.2
 CONTROL_POLL_S = 0.1  # how often a worker looks for queued jobs, cancels and its parent
@@ -223,7 +224,7 @@ class EventWriter:
         while not self._closed.wait(EVENT_POLL_S):
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - e.g. busy for longer than the timeout; next round
+            except Exception:  # e.g. busy for longer than the timeout; next round
                 log.exception("writing job events; trying again")
 
     def flush(self) -> None:
@@ -239,7 +240,7 @@ class EventWriter:
             self.db.executemany("INSERT INTO job_events (job_id, body) VALUES (?, ?)", rows)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            rollback(self.db)
             with self._lock:
                 self._pending[:0] = batch
             raise
@@ -378,7 +379,7 @@ class WorkerPool:
                 if time.monotonic() - swept >= 1.0:
                     swept = time.monotonic()
                     self._announce(self.jobs.requeue_expired())
-            except Exception:  # noqa: BLE001 - e.g. the database busy for longer than its timeout
+            except Exception:  # e.g. the database busy for longer than its timeout
                 log.exception("worker supervisor: trying again")
 
     def _replace(self, index: int, slot: _Slot) -> None:
@@ -417,7 +418,7 @@ class WorkerPool:
                 if time.monotonic() - dropped >= 2.0:
                     dropped = time.monotonic()
                     self.jobs.drop_events(self._last_event)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("worker events: trying again")
 
     def _publish_new_events(self) -> None:

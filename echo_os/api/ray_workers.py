@@ -31,14 +31,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from echo_os.api.jobs import WorkerRow
 from echo_os.api.worker import Worker
 
 if TYPE_CHECKING:
-    from echo_os.api.deps import ApiOptions
     from echo_os.api.jobs import JobStore
+    from echo_os.api.options import ApiOptions
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.render.ray import RayPool
     from echo_os.settings import Settings

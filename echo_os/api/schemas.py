@@ -14,7 +14,7 @@ from echo_os.api.jobs import AnimaticSpec, JobProgress, JobStatus, JobViewKind
 from echo_os.artifacts.meta import ArtifactKind
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
-from echo_os.render.requests import (  # noqa: F401  (the option Literals, defined once there)
+from echo_os.render.requests import (  # the option Literals, defined once there
     MAX_COUNT,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -62,7 +62,9 @@ class RenderBody(BaseModel):
                                                                          "Default: random.")
     steps: int = Field(default=30, ge=1, le=MAX_STEPS)
     cfg: float = Field(default=7.0, ge=0.0, le=100.0, allow_inf_nan=False)
-    size: str = Field(default="1024x1024", pattern=SIZE_PATTERN, description="WIDTHxHEIGHT, multiples of 8.")
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN,
+                             description="WIDTHxHEIGHT, multiples of 8. Default: the preset's or the model entry's, "
+                                         "else 1024x1024; 512x512 when the cpu engine renders (ECHO_OS_CPU_SIZE).")
     count: int = Field(default=1, ge=1, le=MAX_COUNT, description="Images, rendered in one batched call.")
     scheduler: Scheduler = "euler"
     device: Device = "auto"
@@ -72,6 +74,11 @@ class RenderBody(BaseModel):
                                             description="Options of the chosen engine (its own Options model).")
     project: str = Field(default="default", min_length=1, max_length=200)
     parent_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    preset: str | None = Field(default=None, min_length=1, max_length=200,
+                               description="A render preset (pipelines/presets: draft, fast, quick, quality): its "
+                                           "values for every field not sent, as `echo-os render --preset`.")
+    tile: Literal["x", "y", "xy"] | None = Field(default=None, description="Seamless texture: the image wraps "
+                                                                           "left-right (x), top-bottom (y) or both.")
     again: bool = Field(default=False, description="Render anew even when the same request was rendered "
                         "before (the CLI's --again). Default: an image the project already has (same request "
                         "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
@@ -186,7 +193,9 @@ class CompareBody(BaseModel):
     seeds: list[int] = Field(default_factory=list, max_length=64)
     styles: list[str] = Field(default_factory=list, max_length=64)
     engines: list[EngineName] = Field(default_factory=list, max_length=64)
-    size: str = Field(default="1024x1024", pattern=SIZE_PATTERN)
+    size: str | None = Field(default=None, pattern=SIZE_PATTERN,
+                             description="WIDTHxHEIGHT for every cell. Default: the model entry's, else 1024x1024; "
+                                         "512x512 when the cpu engine renders.")
     project: str = Field(default="compare", min_length=1, max_length=200)
     max_cells: int = Field(default=64, ge=1, le=1024)
 
@@ -317,7 +326,7 @@ class ArtifactPage(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"  # degraded (HTTP 503): the worker the server started is gone
     version: str
     worker: Literal["running", "stopped", "disabled"]
     jobs: dict[str, int]

@@ -9,6 +9,10 @@ A browser cannot add a header when it follows a link, so the gallery has a sign-
 session cookie (HttpOnly, SameSite=Strict, Path=/api) whose value is an HMAC of the token, never the token
 itself. The Guard accepts that cookie on /api/ paths like the Bearer header; cookie or not, a POST that a
 browser labels cross-site is refused, so a page on another site cannot rate or render through it.
+
+No log line carries a secret: the sign-in URL reaches uvicorn's access log before the redirect, so a
+filter (SecretRedactor) on the server's loggers and their handlers rewrites `?token=` values (right or
+wrong) and the server's token itself to <redacted> in every record, the access log included.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
+import re
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -42,6 +48,57 @@ LOGIN_PARAM = "token"
 SESSION_COOKIE = "echo_os_session"
 COOKIE_PATH = "/api"
 _SESSION_LABEL = b"echo-os browser session v1"
+
+
+# Query parameters that carry a secret, whoever sends them: written to no log line (SecretRedactor).
+_SECRET_QUERY = re.compile(r"([?&](?:token|access_token|api_key|key)=)[^&#\s\"']*", re.IGNORECASE)
+REDACTED = "<redacted>"
+# The loggers a server writes through: uvicorn's own (the access log is "uvicorn.access") and echo-os's.
+SERVER_LOGGERS = ("uvicorn", "uvicorn.access", "uvicorn.error", "echo_os")
+
+
+class SecretRedactor(logging.Filter):
+    """Rewrites a record's message and arguments so that no `?token=` value and no known secret is
+    written; it never drops a record. One instance for the process (REDACTOR), so adding it twice is a no-op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def redact(self, text: str) -> str:
+        text = _SECRET_QUERY.sub(rf"\1{REDACTED}", text)
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = self.redact(record.msg)
+        if isinstance(record.args, tuple):  # uvicorn's access record: (client, method, path, version, status)
+            record.args = tuple(self.redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: self.redact(arg) if isinstance(arg, str) else arg for key, arg in record.args.items()}
+        return True
+
+
+REDACTOR = SecretRedactor()
+
+
+def keep_secrets_out_of_logs(token: str | None) -> None:
+    """Put REDACTOR on the server's loggers (a filter there sees every record logged to them) and on every
+    handler of those and of the root logger (where echo_os.* records propagate to); remember `token`.
+    Called when the app's middleware is built, after uvicorn configured its logging."""
+    if token:
+        REDACTOR.secrets.add(token)
+    handlers = list(logging.getLogger().handlers)
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if REDACTOR not in logger.filters:
+            logger.addFilter(REDACTOR)
+        handlers.extend(logger.handlers)
+    for handler in handlers:
+        if REDACTOR not in handler.filters:
+            handler.addFilter(REDACTOR)
 
 
 def session_value(token: str) -> str:
@@ -154,6 +211,7 @@ class Guard:
         self.settings = settings
         self._token = settings.token.encode("utf-8") if settings.token else None
         self._session = session_value(settings.token).encode("ascii") if settings.token else None
+        keep_secrets_out_of_logs(settings.token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

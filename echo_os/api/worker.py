@@ -40,14 +40,22 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from echo_os.api.events import (
-    ArtifactSaved, JobCancelled, JobFailed, JobProgressed, JobQueued, JobStarted, JobSucceeded, image_url,
+    ArtifactSaved,
+    JobCancelled,
+    JobFailed,
+    JobProgressed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    image_url,
 )
 from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
 from echo_os.errors import CancelledError, EchoError, OutageError, disk_full
@@ -229,6 +237,10 @@ class Worker:
         # the pipeline calls running now (several at once with a concurrent engine): their jobs and cancel flag
         self._calls: dict[int, tuple[set[str], threading.Event]] = {}
         self._jobs_lock = threading.RLock()  # a job is finished once when calls on several threads end it
+        # Jobs of a turn whose end could not be recorded (jobs.db full): put back in the queue (without
+        # counting an attempt: the machinery failed, not the job) before the next claim.
+        self._stranded: set[str] = set()
+        self._turn_jobs: set[str] = set()
 
     # -- control (any thread) -----------------------------------------------------------------------
     def start(self) -> None:
@@ -272,30 +284,48 @@ class Worker:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                claimed = self._claim()
-            except Exception:  # noqa: BLE001 - e.g. the database is locked for longer than its timeout
-                log.exception("worker: cannot claim jobs; trying again")
+                self._turn()
+            except Exception as error:
+                log.exception("worker: cannot record a job's state; trying again")
+                self.stats.last_error = str(disk_full(error) or f"{type(error).__name__}: {error}")
+                self.stats.state = "idle"
+                self._stranded |= self._turn_jobs
                 self._stop.wait(self.poll_s)
-                continue
-            if not claimed:
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
-                continue
+
+    def _turn(self) -> None:
+        """Claim and run one group of jobs (or wait for one). What fails while a job's failure is being
+        recorded (a full disk under jobs.db) propagates to _run, which waits and goes on."""
+        for job_id in sorted(self._stranded):  # a job still 'running' from a turn that failed goes back
+            self.jobs.requeue(job_id, error="running again: its end could not be recorded (the disk was full)",
+                              count_attempt=False, outage=True)
+            self._stranded.discard(job_id)
+        self._turn_jobs = set()
+        try:
+            claimed = self._claim()
+        except Exception:
+            log.exception("worker: cannot claim jobs; trying again")
+            self._stop.wait(self.poll_s)
+            return
+        if not claimed:
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+            return
+        with self._lock:
+            self._open_jobs = {job.id for job in claimed}
+            self.stats.state = "rendering"
+        self._turn_jobs = {job.id for job in claimed}
+        try:
+            self._run_claimed(claimed)
+        except Exception as error:
+            log.exception("worker: unexpected error; its jobs go back to the queue")
+            self.stats.last_error = f"{type(error).__name__}: {error}"
+            for job in claimed:
+                self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
+                              backoff=True)
+        finally:
             with self._lock:
-                self._open_jobs = {job.id for job in claimed}
-                self.stats.state = "rendering"
-            try:
-                self._run_claimed(claimed)
-            except Exception as error:  # noqa: BLE001 - the worker must outlive any one job
-                log.exception("worker: unexpected error; its jobs go back to the queue")
-                self.stats.last_error = f"{type(error).__name__}: {error}"
-                for job in claimed:
-                    self._requeue(job, "interrupted by an internal error; running again", count_attempt=True,
-                                  backoff=True)
-            finally:
-                with self._lock:
-                    self._open_jobs.clear()
-                    self.stats.state = "idle"
+                self._open_jobs.clear()
+                self.stats.state = "idle"
 
     def _claim(self) -> list[Job]:
         first = self.jobs.claim_next(self.worker_id, self.lease_s)
@@ -552,12 +582,12 @@ class Worker:
         if run.job.spec.story is not None:
             try:
                 self._write_story(run)
-            except Exception:  # noqa: BLE001 - the images are saved; the job is not failed for its report
+            except Exception:  # the images are saved; the job is not failed for its report
                 log.exception("job %s: could not write the story outputs", run.job.id)
         if run.job.spec.compare is not None:
             try:
                 self._write_compare_grid(run)
-            except Exception:  # noqa: BLE001 - the cells are saved; the job is not failed for its sheet
+            except Exception:  # the cells are saved; the job is not failed for its sheet
                 log.exception("job %s: could not write the compare grid", run.job.id)
         run.done = True
         self.stats.jobs_done += 1

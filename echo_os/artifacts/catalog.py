@@ -8,6 +8,7 @@ folder always gets the same row number (and the same vector id in Echo Memory), 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Iterator
 from echo_os.artifacts.meta import artifact_kind
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import NotFoundError, UsageError
-from echo_os.sqlite import Migrations, connect
+from echo_os.sqlite import Migrations, check_columns, connect, rollback
 
 MIN_PREFIX = 12
+
+log = logging.getLogger(__name__)
 
 
 def artifact_num(artifact_id: str) -> int:
@@ -139,6 +142,7 @@ def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
         # are one project (one folder, one numbering); each row keeps the display name it was made with.
         db.create_function("project_slug", 1, project_slug, deterministic=True)
         applied = MIGRATIONS.migrate(db)
+        check_columns(db, "artifacts", [*_COLUMNS.split(", "), "request_key"])  # a file that is not ours
         return db, MIGRATIONS.names[0] in applied
     except BaseException:
         db.close()
@@ -185,15 +189,21 @@ class Catalog:
         self.db.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
 
     def replace_all(self, rows: list[tuple[dict, str]]) -> None:
-        """Swap the whole table for `rows` in one transaction (readers never see it half-built)."""
+        """Swap the whole table for `rows` in one transaction (readers never see it half-built). A row
+        SQLite cannot hold (a number beyond 64 bits in a hand-made or old meta.json) is left out with a
+        warning naming its folder: one bad folder never stops a rebuild (nor hides the others)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("DELETE FROM artifacts")
             for meta, relative_path in rows:
-                self.upsert(meta, relative_path)
+                try:
+                    self.upsert(meta, relative_path)
+                except (OverflowError, KeyError, TypeError, ValueError) as error:
+                    log.warning("catalog: left out %s: its meta.json cannot be a catalog row (%s: %s)",
+                                relative_path, type(error).__name__, str(error)[:200])
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            rollback(self.db)
             raise
 
     # -- reads --------------------------------------------------------------------------------

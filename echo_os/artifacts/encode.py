@@ -15,7 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from echo_os.errors import UsageError
+from echo_os.errors import OptionError, UsageError
 
 CODEC = "libx264"
 PIX_FMT = "yuv420p"
@@ -23,11 +23,59 @@ DEFAULT_CRF = 18
 DEFAULT_PRESET = "veryfast"  # an animatic is a preview: encode speed over file size
 
 
+# The work one video may take (red-team finding: 8192x8192 at 120 fps was accepted and the worker passed
+# 5.5 GB within a minute). The limits are H.264 level 5.2's, the largest most players decode: a frame of
+# at most 36,864 macroblocks (9,437,184 pixels: 4096x2304, or 3840x2160) and 2,073,600 macroblocks a
+# second (530,841,600 pixels: 3840x2160 at 60 fps); an hour at most; and at most as many pixels in all as
+# an hour of 1920x1080 at 24 fps, so one job cannot hold a worker for days.
+MAX_FRAME_PIXELS = 36_864 * 256
+MAX_PIXEL_RATE = 2_073_600 * 256
+MAX_VIDEO_SECONDS = 3600
+MAX_VIDEO_PIXELS = 1920 * 1080 * 24 * 3600
+# Memory while encoding, in RGB frames of the output size: peak RSS of Mp4Writer (libx264 veryfast, its
+# lookahead and frame threads) measured 29-41 frames at 2048x2048 and 1024x1024 on 2 cores; more cores,
+# more frame threads, so the estimate takes the high end. At MAX_FRAME_PIXELS it is about 1.1 GB.
+ENCODER_FRAMES_IN_MEMORY = 40
+MAX_ENCODER_BYTES = 2 * 1024**3
+
+
+def encoder_bytes(width: int, height: int) -> int:
+    """About how much memory encoding frames of this size takes (ENCODER_FRAMES_IN_MEMORY)."""
+    return width * height * 3 * ENCODER_FRAMES_IN_MEMORY
+
+
 def check_video_size(width: int, height: int, what: str = "--size") -> None:
-    """yuv420p halves the colour planes: both sides must be even."""
+    """yuv420p halves the colour planes: both sides must be even; and a frame within MAX_FRAME_PIXELS
+    (so within MAX_ENCODER_BYTES of encoder memory)."""
     if width < 16 or height < 16 or width > 8192 or height > 8192 or width % 2 or height % 2:
         raise UsageError(f"{what} {width}x{height}: an H.264 video needs even sides between 16 and 8192 "
                          "(for example 1024x576).")
+    if width * height > MAX_FRAME_PIXELS or encoder_bytes(width, height) > MAX_ENCODER_BYTES:
+        raise UsageError(f"{what} {width}x{height} is {width * height:,} pixels a frame; a video frame is at most "
+                         f"{MAX_FRAME_PIXELS:,} (e.g. 3840x2160 or 4096x2304), and this one would need about "
+                         f"{encoder_bytes(width, height) / 1024**3:.1f} GB to encode (the limit is "
+                         f"{MAX_ENCODER_BYTES // 1024**3} GB).")
+
+
+def check_video_work(width: int, height: int, fps: int, frames: int) -> None:
+    """A video's size, frame rate and length within the limits above; an OptionError naming `size`,
+    `fps` or `duration` (the story's durations), with the limit, before anything is encoded."""
+    try:
+        check_video_size(width, height)
+    except UsageError as error:
+        raise OptionError(str(error), "size") from None
+    if width * height * fps > MAX_PIXEL_RATE:
+        best = max(1, MAX_PIXEL_RATE // (width * height))
+        raise OptionError(f"--fps {fps} at {width}x{height} is {width * height * fps:,} pixels a second; a video "
+                          f"takes at most {MAX_PIXEL_RATE:,} (here at most {best} fps; or a smaller --size).", "fps")
+    seconds = frames / fps
+    if seconds > MAX_VIDEO_SECONDS:
+        raise OptionError(f"the story lasts {seconds:,.0f} s; a video is at most {MAX_VIDEO_SECONDS} s "
+                          "(shorten the scenes' duration in story.csv).", "duration")
+    if width * height * frames > MAX_VIDEO_PIXELS:
+        raise OptionError(f"{frames:,} frames of {width}x{height} are {width * height * frames:,} pixels to encode; "
+                          f"a video is at most {MAX_VIDEO_PIXELS:,} (an hour of 1920x1080 at 24 fps): lower "
+                          "--fps or --size, or shorten the scenes.", "fps")
 
 
 AUDIO_CODEC = "aac"  # FFmpeg's native AAC encoder (in PyAV's wheels)

@@ -32,7 +32,7 @@ from echo_os.artifacts.meta import (ArtifactMeta, AssetMeta, EngineRecord, Model
                                    negative_prompt_passed)
 from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
-from echo_os.errors import EchoError, NotFoundError
+from echo_os.errors import EchoError, NotFoundError, disk_full
 from echo_os.render.requests import image_request_key
 from echo_os.settings import Settings
 
@@ -97,11 +97,14 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def scan_folders(root: Path, restored: list[Path] | None = None) -> list[tuple[ArtifactMeta, Path]]:
+def scan_folders(root: Path, restored: list[Path] | None = None,
+                 known_ids: dict[str, str] | None = None) -> list[tuple[ArtifactMeta, Path]]:
     """Every artifact folder under `root` (meta.json next to image.png), skipping the staging area.
 
     A folder whose meta.json is gone gets it back from its PNG's `echo-os` chunk (restore_meta; one warning
     each, and the folder is appended to `restored`); one that cannot be restored is skipped with a warning.
+    known_ids: folder (relative to root, as the catalog has it) -> the id the catalog knows it by; a PNG
+    whose bytes no longer have that id (changed since it was made) is not restored from.
     """
     found = []
     folders = {path.parent for name in (META_NAME, IMAGE_NAME) for path in root.glob(f"*/*/*/{name}")}
@@ -117,7 +120,8 @@ def scan_folders(root: Path, restored: list[Path] | None = None) -> list[tuple[A
             log.warning("skipping %s: unreadable meta.json (%s)", meta_path, error)
             continue
         try:
-            found.append((restore_meta(folder), folder))
+            expected = (known_ids or {}).get(folder.relative_to(root).as_posix())
+            found.append((restore_meta(folder, expected_id=expected), folder))
         except EchoError as error:
             log.warning("skipping %s: %s", folder, error)
             continue
@@ -306,8 +310,10 @@ class ArtifactStore:
             seed=seed,
             steps=request.steps,
             cfg=request.cfg,
-            width=request.width,
-            height=request.height,
+            # What arrived, which a server (openai, comfyui) may make other than what was asked
+            # (meta.request keeps the asked size).
+            width=result.images[index].image.width,
+            height=result.images[index].image.height,
             scheduler=request.scheduler,
             model=model,
             engine=EngineRecord(name=runtime.engine, reason=runtime.reason),
@@ -427,7 +433,9 @@ class ArtifactStore:
                       sequence: int | None = None) -> tuple[Path, ArtifactMeta]:
         """The atomic artifact write both saves share: `build(seq)` makes the PNG and meta under the
         project's lock (seq: `sequence`, else the next free number), they go to a temporary folder,
-        fsync, rename; then the catalog row. A failure leaves no folder and no row."""
+        fsync, rename; then the catalog row. A failure leaves no folder and no row: when the row cannot be
+        written (a full disk), the folder that was just renamed into place goes again, so the answer
+        "nothing was saved" is true and no folder is left without its row."""
         catalog = self.catalog  # opened (and repaired, if it must be) before the folder exists
         project_dir = self._project_dir(created, project)
         project_dir.mkdir(parents=True, exist_ok=True)
@@ -439,8 +447,15 @@ class ArtifactStore:
             _fsync_dir(tmp_dir)
             final = self._free_name(project_dir, f"{seq:03d}-{scene_slug}_{created:%Y-%m-%d_%H-%M-%S}")
             os.rename(tmp_dir, final)
-            _fsync_dir(project_dir)
-        catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
+            try:
+                _fsync_dir(project_dir)
+                catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.root)))
+            except BaseException as error:
+                shutil.rmtree(final, ignore_errors=True)  # saved and recorded, or neither
+                full = disk_full(error)
+                if full is not None:
+                    raise full from error
+                raise
         return final, meta
 
     @staticmethod
@@ -492,7 +507,9 @@ class ArtifactStore:
         render running meanwhile keeps its staging folder). A missing meta.json is restored from its PNG
         (each such folder appended to `restored`)."""
         remove_orphan_staging(self.root / STAGING_NAME)
+        # What the catalog knows each folder as: a PNG changed since then is not restored from.
+        known = {Path(row.path).as_posix(): row.id for row in self.catalog.query()}
         rows = [(meta.model_dump(mode="json"), str(folder.relative_to(self.root)))
-                for meta, folder in scan_folders(self.root, restored)]
+                for meta, folder in scan_folders(self.root, restored, known)]
         self.catalog.replace_all(rows)
         return len(rows)

@@ -42,6 +42,7 @@ COMMANDS = {
     "style": "echo_os.cli.styles:style_group",
     "refine": "echo_os.cli.refine:refine",
     "compare": "echo_os.cli.compare:compare",
+    "bundle": "echo_os.cli.bundle:bundle",
     "commit": "echo_os.cli.versions:commit",
     "log": "echo_os.cli.versions:log",
     "diff": "echo_os.cli.versions:diff",
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
-    except Exception as error:  # noqa: BLE001 - the boundary for unexpected errors
+    except Exception as error:  # the boundary for unexpected errors
         if debug:
             raise
         from echo_os.errors import disk_full

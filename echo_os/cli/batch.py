@@ -257,9 +257,9 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
       echo-os batch "Ruzgar NFT" --count 100 --style "digital art"
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --ray auto   # on a Ray cluster
     """
-    from echo_os.engines import check_engine_name, choose_engine, create_engine
+    from echo_os.engines import check_engine_name, create_engine
+    from echo_os.render.prepare import check_plan_requests, prepare_plan
     from echo_os.story import PlanOptions, load_clip_tokenizer, plan_prompt_list, plan_story
-    from echo_os.story.render import engine_size_for_plan
 
     settings = settings_from(ctx)
     if no_cache:
@@ -285,9 +285,14 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         preset_values = PresetValues(model=chosen.model, steps=chosen.steps, cfg=chosen.cfg, size=chosen.size,
                                      scheduler=chosen.scheduler)
     check_engine_name(engine)
-    from echo_os.resonance.story import (ResonanceOptions, candidate_plan, load_story_json, load_thresholds,
-                                         parse_objective)
     from echo_os.render.styles import resolve_style, style_table
+    from echo_os.resonance.story import (
+        ResonanceOptions,
+        candidate_plan,
+        load_story_json,
+        load_thresholds,
+        parse_objective,
+    )
 
     if no_score and (best_of > 1 or reroll_flagged):
         raise UsageError("--best-of and --reroll-flagged choose by scores; they cannot be used with --no-score.")
@@ -338,7 +343,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         plans = {name: make_plan(size, f"{project} [{name}]", base_options.model_copy(update={"model": name}))
                  for name in models}  # every plan checked before anything renders
         if dry_run:
-            for name, plan in plans.items():
+            for plan in plans.values():
                 click.echo(json_for_terminal(plan.model_dump(mode="json")) if json_output else format_dry_run(plan))
             return
         results = {name: render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
@@ -353,16 +358,18 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         return
 
     plan, plan_size = make_plan(size), size
-    # The engine is chosen once, here, as `render` does: choosing checks the model and its weights (so a
-    # dry run reports what the real run would), and the engine's default size rule depends on it.
+    # The engine is chosen once, here, through the front door's tail (echo_os.render.prepare.prepare_plan),
+    # as POST /api/batch does: choosing checks the model and its weights (so a dry run reports what the real
+    # run would), and the engine's default size rule depends on it.
     choice, note = None, None
     if plan.scenes:
-        choice = choose_engine(settings, plan.scenes[0].request)
         # A --size or --steps (or a preset's) means the user chose; a story's or a model's size does not.
-        if not (size or steps or preset_values.size or preset_values.steps):
-            smaller = engine_size_for_plan(settings, plan, choice[0])
-            if smaller is not None:
-                plan, note, plan_size = make_plan(smaller.size), smaller.note, smaller.size
+        prepared = prepare_plan(settings, plan.requests,
+                                size_given=bool(size or steps or preset_values.size or preset_values.steps))
+        choice = (prepared.engine.name, prepared.engine.reason)
+        if prepared.size is not None:
+            plan, note, plan_size = make_plan(prepared.size), prepared.note, prepared.size
+        check_plan_requests(settings, plan.requests, prepared.engine)
     if dry_run:
         check_plan(settings, plan, ip_adapter_model, clip)
         if choice is not None:

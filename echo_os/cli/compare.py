@@ -7,7 +7,6 @@ import json
 import click
 
 from echo_os.cli import settings_from
-from echo_os.render.requests import parse_size
 
 
 @click.command()
@@ -20,7 +19,8 @@ from echo_os.render.requests import parse_size
 @click.option("--styles", default=None, help="Named styles, comma-separated (`echo-os styles list`).")
 @click.option("--engines", default=None, help="Engines, comma-separated. Default: auto.")
 @click.option("--negative", "negative_prompt", default=None, help="Negative prompt for every cell.")
-@click.option("--size", default="1024x1024", show_default=True, help="WIDTHxHEIGHT for every cell.")
+@click.option("--size", default=None, help="WIDTHxHEIGHT for every cell. Default: the model entry's, else "
+                                         "1024x1024; 512x512 when the cpu engine renders (ECHO_OS_CPU_SIZE).")
 @click.option("--project", default="compare", show_default=True, help="Project of the cells and the grid.")
 @click.option("--max-cells", type=click.IntRange(1), default=64, show_default=True,
               help="Refuse more cells than this (raise it on purpose).")
@@ -29,7 +29,7 @@ from echo_os.render.requests import parse_size
 @click.pass_context
 def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str | None, cfg: str | None,
             steps: str | None, seeds: str | None, styles: str | None, engines: str | None,
-            negative_prompt: str | None, size: str, project: str, max_cells: int, as_json: bool,
+            negative_prompt: str | None, size: str | None, project: str, max_cells: int, as_json: bool,
             no_memory: bool) -> None:
     """Render PROMPT for every combination of the options given several values (up to three axes).
 
@@ -40,13 +40,12 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
     A re-run renders only the missing cells (the same grid is not written again).
     """
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.cli.render import StepBar, engine_announcer, given_options
-    from echo_os.iterate.compare import parse_list, plan_compare, render_compare
+    from echo_os.cli.render import StepBar, engine_announcer
     from echo_os.engines import check_engine_name
+    from echo_os.iterate.compare import parse_list, plan_compare, render_compare
     from echo_os.render.requests import random_seed
 
     settings = settings_from(ctx)
-    width, height = parse_size(size)
     lists = {
         "models": parse_list(models, "models"),
         "schedulers": parse_list(schedulers, "schedulers"),
@@ -58,10 +57,9 @@ def compare(ctx: click.Context, prompt: str, models: str | None, schedulers: str
     }
     for engine in lists["engines"]:
         check_engine_name(engine, "engines")
-    base = {"prompt": prompt, "negative_prompt": negative_prompt or None, "width": width, "height": height,
-            "project": project}
+    base = {"prompt": prompt, "negative_prompt": negative_prompt or None, "size": size, "project": project}
     plan = plan_compare(settings, base, {k: v for k, v in lists.items() if v}, max_cells=max_cells,
-                        given=given_options(ctx, ("size",)))
+                        given={"size"} if size is not None else set())
     store = ArtifactStore(settings)
     # images are embedded into Echo Memory by the next memory command (issue 11), not here
     bar = StepBar(len(plan.cells))

@@ -204,6 +204,19 @@ def verify(ctx: click.Context, name: str, allow_pickle: bool, as_json: bool) -> 
         click.echo("OK")
 
 
+@models.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace entries of the same names in this workspace's models.toml.")
+@click.pass_context
+def import_bundle(ctx: click.Context, folder: Path, force: bool) -> None:
+    """Add the models of a bundle's models/ FOLDER (`echo-os bundle`) to this workspace's models.toml,
+    after checking every file against the sha256 in its manifest (nothing is added if one differs)."""
+    from echo_os.bundle import import_models
+
+    names = import_models(settings_from(ctx), folder, force=force)
+    click.echo(f"Checked and added {', '.join(names) or 'nothing'} to {settings_from(ctx).models_toml}.")
+
+
 @models.command("pull")
 @click.argument("name")
 @click.pass_context

@@ -44,7 +44,8 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
          diversity: float | None) -> None:
     """Plan PROJECT from INTENT: a prompt list or a storyboard, varied and away from past work.
 
-    INTENT is what to make, for example "warm fractal, no human forms". Exclusions ("no ...", "without ...") go to the negative prompt. Offline (the default), prompts are
+    INTENT is what to make, for example "warm fractal, no human forms". Exclusions ("no ...",
+    "without ...") go to the negative prompt. Offline (the default), prompts are
     varied with Dynamic Prompts templates (wildcards: the built-in vocabulary and prompts/wildcards/*.txt)
     and the COUNT farthest from each other and from the project's past work are kept.
 

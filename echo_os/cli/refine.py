@@ -41,8 +41,8 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     parent, the strength and the parent's sha256 (see `echo-os artifacts tree`)."""
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import StepBar, engine_announcer, parse_engine_options, refiner_input
-    from echo_os.engines import check_engine_name, choose_engine, create_engine
-    from echo_os.iterate.refine import check_strength, refine_request
+    from echo_os.engines import check_engine_name, create_engine
+    from echo_os.iterate.refine import check_strength, prepare_refine
     from echo_os.render.requests import random_seed
     from echo_os.render.scheduler import render_requests
 
@@ -53,11 +53,12 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     store = ArtifactStore(settings)
     try:
         parent = store.open(artifact_id)
-        changes = {"refiner": refiner_input(settings, refiner, switch), "steps": steps, "cfg": cfg, "scheduler": scheduler, "model": model, "engine": engine,
+        changes = {"refiner": refiner_input(settings, refiner, switch), "steps": steps, "cfg": cfg,
+                   "scheduler": scheduler, "model": model, "engine": engine,
                    "count": count, "project": project, "seed": seed if seed is not None else random_seed()}
-        request = refine_request(settings, parent, strength=strength, prompt=prompt, style=style,
-                                 negative=negative_prompt, changes=changes, options=options)
-        name, reason = choose_engine(settings, request)
+        prepared = prepare_refine(settings, parent, strength=strength, prompt=prompt, style=style,
+                                  negative=negative_prompt, changes=changes, options=options)
+        request, (name, reason) = prepared.request, (prepared.engine.name, prepared.engine.reason)
         # images are embedded into Echo Memory by the next memory command (issue 11), not here
         bar = StepBar(request.count)
         try:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
-from pathlib import Path
 
 import click
 
@@ -13,7 +11,8 @@ from echo_os.render.kinds import RENDER_TYPES, output_fields
 
 from echo_os.cli import settings_from
 from echo_os.cli.terminal import json_for_terminal
-from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS, build_request, parse_size
+from echo_os.render.prepare import DEFAULT_SIZE, engine_default_size  # noqa: F401  (older import path)
+from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS
 
 
 class StepBar:
@@ -39,24 +38,6 @@ class StepBar:
         self.bar.close()
 
 
-DEFAULT_SIZE = "1024x1024"
-
-
-def engine_default_size(settings, request, engine_name: str):
-    """(request, note): `request` at the chosen engine's own default size when it has one (the cpu
-    engine: settings.cpu_size, ECHO_OS_CPU_SIZE, default 512x512), the user gave no --size and the
-    request is larger (a model entry's 1024x1024 too); a smaller one keeps its size. `batch` applies the
-    same rule to a story (story.render.engine_size_for_plan)."""
-    from echo_os.engines import get_engine
-
-    size = get_engine(engine_name).default_size(settings)
-    if size is None or request.width * request.height <= size[0] * size[1]:
-        return request, None
-    width, height = size
-    note = f"{width}x{height} by default with engine {engine_name}; --size {DEFAULT_SIZE} for full size"
-    return request.model_copy(update={"width": width, "height": height}), note
-
-
 def parse_engine_options(specs: tuple[str, ...]) -> dict[str, str]:
     """--option KEY=VALUE values -> {KEY: VALUE}; the engine's Options model converts and checks them."""
     from echo_os.errors import OptionError
@@ -71,61 +52,17 @@ def parse_engine_options(specs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
-def apply_preset(ctx: click.Context, settings, fields: dict, name: str | None) -> dict:
-    """`fields` with the preset's values for every option the user left at its default."""
+# CLI option -> the RenderRequest field prepare() calls it (the others have the same name)
+CLI_FIELDS = {"negative": "negative_prompt", "option_specs": "options", "lora_specs": "lora"}
+
+
+def explicit_options(ctx: click.Context) -> set[str]:
+    """The options the user gave on the command line (not left at their default), in RenderRequest names:
+    what the preset and the model entry's render defaults must not replace (echo_os.render.prepare)."""
     from click.core import ParameterSource
 
-    if name is None:
-        return fields
-    from echo_os.engines.presets import get_preset
-
-    preset = get_preset(settings, name).fields()
-    out = dict(fields)
-    for key, value in preset.items():
-        option = {"width": "size", "height": "size"}.get(key, key)
-        source = ctx.get_parameter_source(option)
-        if option == "options":
-            out["options"] = {**value, **fields.get("options", {})}
-        elif source in (None, ParameterSource.DEFAULT):
-            out[key] = value
-    return out
-
-
-def given_options(ctx: click.Context, names: tuple[str, ...] = ("steps", "cfg", "scheduler", "size")) -> set[str]:
-    """The options among `names` the user gave on the command line (not left at their default): what the
-    model entry's render defaults must not replace (echo_os.models.defaults)."""
-    from click.core import ParameterSource
-
-    return {name for name in names if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
-
-
-def preset_given(ctx: click.Context, settings, preset: str | None) -> set[str]:
-    """The RenderRequest fields the preset sets for this command ("size" for its width and height)."""
-    if preset is None:
-        return set()
-    keys = set(apply_preset(ctx, settings, {}, preset))
-    return {("size" if key in ("width", "height") else key) for key in keys}
-
-
-def parse_loras(settings, specs: tuple[str, ...]):
-    """--lora NAME[:SCALE] values -> LoraInputs (a trailing :number is the scale; paths may hold colons)."""
-    from echo_os.engines.lora import resolve_lora
-    from echo_os.errors import UsageError
-
-    loras = {}
-    for spec in specs:
-        name, scale = spec, 1.0
-        head, sep, tail = spec.rpartition(":")
-        if sep and head:
-            try:
-                name, scale = head, float(tail)
-            except ValueError:
-                pass
-        if not 0.0 <= scale <= 2.0:
-            raise UsageError(f"--lora {spec}: the scale must be between 0 and 2, got {scale:g}.")
-        lora = resolve_lora(settings, name, scale=scale, base=Path.cwd())
-        loras.setdefault(lora.sha256, lora)
-    return tuple(loras.values())
+    return {CLI_FIELDS.get(name, name) for name in ctx.params
+            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)}
 
 
 def refiner_input(settings, name: str | None, switch: float):
@@ -170,8 +107,9 @@ def engine_announcer(note: str | None = None):
 @click.option("--steps", type=int, default=30, show_default=True, help="Denoising steps (1-200).")
 @click.option("--cfg", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--size", default=None,
-              help=f"WIDTHxHEIGHT, multiples of 8. Default: {DEFAULT_SIZE}; 512x512 when SDXL runs on the CPU "
-                   "(ECHO_OS_CPU_SIZE sets it).")
+              help=f"WIDTHxHEIGHT, multiples of 8. Default: {DEFAULT_SIZE} (or the model entry's); "
+              "512x512 when SDXL runs on the CPU "
+              "(ECHO_OS_CPU_SIZE sets it).")
 @click.option("--count", type=int, default=1, show_default=True, help="Images to render (1-64), batched.")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="euler", show_default=True)
 @click.option("--model", default="sdxl", show_default=True, help="A model name from models.toml.")
@@ -219,48 +157,25 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
     again: the earlier artifact is shown (the same request makes the same pixels). --again renders anew.
     """
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.engines import check_engine_name, choose_engine, create_engine
-    from echo_os.engines.lora import model_lora_inputs
-    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
+    from echo_os.engines import create_engine
+    from echo_os.render.prepare import prepare
     from echo_os.render.scheduler import render_requests
-    from echo_os.render.styles import style_fields
 
     settings = settings_from(ctx)
     if no_cache:
         settings = dataclasses.replace(settings, response_cache=False)
-    width, height = parse_size(size or DEFAULT_SIZE)
-    fields = dict(options, prompt=prompt, width=width, height=height,
-                  tile=tile or ("xy" if kind == "texture" else None))
-    fields["negative_prompt"] = fields.get("negative_prompt") or None  # none given: the model's own rule
+    values = dict(options, prompt=prompt, size=size, tile=tile or ("xy" if kind == "texture" else None),
+                  refiner=refiner_input(settings, refiner, switch))
     if option_specs:
-        fields["options"] = parse_engine_options(option_specs)
-    fields.update(output_fields(kind, seconds, fields.get("options")))
+        values["options"] = parse_engine_options(option_specs)
+    values.update(output_fields(kind, seconds, values.get("options")))  # --type 3d_model / audio, --seconds
     if seed is not None:
-        fields["seed"] = seed
-    fields = apply_preset(ctx, settings, fields, preset)
-    fields.update(style_fields(settings, fields.pop("style", ""), fields["negative_prompt"]))
-    fields["refiner"] = refiner_input(settings, refiner, switch)
-    # The model entry's render defaults (a few-step model's steps, cfg, scheduler, size) fill what
-    # neither the command line nor the preset gave; its LoRA applies unless --lora names others.
-    given = given_options(ctx) | preset_given(ctx, settings, preset)
-    entry = model_render_defaults(settings, fields["model"])
-    fields = fill_model_defaults(fields, entry, given)
-    check_engine_name(fields["engine"])
-    request = build_request(**fields)
-    loras = parse_loras(settings, lora_specs) if lora_specs else model_lora_inputs(settings, request.model)
-    if loras:
-        request = request.model_copy(update={"loras": loras})
-    # The engine is chosen once, here: the default size depends on it (and choosing checks the weights).
-    name, reason = choose_engine(settings, request)
-    note = None
-    if "size" not in given:  # a preset's size counts as given; a model entry's is a default
-        request, note = engine_default_size(settings, request, name)
-    engine = create_engine(settings, name, reason)
-    if request.tile and not engine.capabilities.tiling:
-        from echo_os.errors import UsageError
-
-        raise UsageError(f"--tile needs an engine that renders with model weights; the {name} engine was chosen "
-                         f"({reason}). Pull or register an SDXL model (see `echo-os models list`).")
+        values["seed"] = seed
+    # One front door (echo_os.render.prepare): preset, style, model defaults, LoRAs, engine, size, checks.
+    prepared = prepare(settings, values, explicit_options(ctx), preset=preset, loras=lora_specs)
+    request = prepared.request
+    engine = create_engine(settings, prepared.engine.name, prepared.engine.reason)
+    note = prepared.note
 
     store = ArtifactStore(settings)
     from echo_os.resonance.listener import attach_scorer

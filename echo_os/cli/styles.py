@@ -65,10 +65,18 @@ def style_source(style) -> str:
 def add_style(ctx: click.Context, name: str, prompt: str, negative: str, replace: bool) -> None:
     """Add a style to styles.toml (names are unique ignoring case)."""
     from echo_os.errors import OptionError
-    from echo_os.render.styles import Style, check_name, read_workspace_styles, write_workspace_styles
+    from echo_os.render.styles import (
+        Style,
+        check_name,
+        check_style_text,
+        read_workspace_styles,
+        write_workspace_styles,
+    )
 
     settings = settings_from(ctx)
     name = check_name(name, option="NAME")
+    check_style_text(prompt, "--prompt")
+    check_style_text(negative, "--negative")
     if not prompt.strip() and not negative.strip():
         raise OptionError("--prompt is empty; give the style's words (with {prompt} where the prompt goes)", "prompt")
     current = read_workspace_styles(settings)

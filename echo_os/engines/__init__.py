@@ -1,12 +1,12 @@
 """The engine registry: every engine comes from a plugin (echo_os/engines/plugins.py), built-ins included.
 
-`auto` asks the engines in the workspace's order (`[engines] order` in echo-os.toml, default
-DEFAULT_ORDER) that make the request's output kind (`request.output`: image, video; an order naming none of
-that kind: every engine of the kind, in registration order) and takes the first that can render it: one whose capabilities cover it (text,
-reference images, LoRAs, size), whose weights resolve here when it needs weights, which opens no network
-connection unless the workspace allows it, which takes the request's options, and whose own
-`availability(settings, request)` says nothing against it. The reason, with the order and what each
-engine before it lacked, goes into meta.json.
+`auto` asks the engines in the workspace's order (`[engines] order` in echo-os.toml, default DEFAULT_ORDER)
+that make the request's output kind (`request.output`: image, video; an order naming none of that kind: every
+engine of the kind, in registration order) and takes the first that can render it: one whose capabilities
+cover it (text, reference images, LoRAs, size), whose weights resolve here when it needs weights, which opens
+no network connection unless the workspace allows it, which takes the request's options, and whose own
+`availability(settings, request)` says nothing against it. The reason, with the order and what each engine
+before it lacked, goes into meta.json.
 
 Engine modules are imported when the registry is first read, and they import torch only inside their
 functions, so validating a request or drawing draft cards never imports torch.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from echo_os.render.results import (  # noqa: F401  (re-exported: the older import path)
+from echo_os.render.results import (  # re-exported: the older import path
     MemoryInfo,
     ModelInfo,
     ProgressCallback,
@@ -71,23 +71,31 @@ class Capabilities:
 
     def unmet(self, request: "RenderRequest") -> str | None:
         """Why an engine with these capabilities cannot render `request`, or None when it can."""
+        found = self.unmet_field(request)
+        return found[1] if found else None
+
+    def unmet_field(self, request: "RenderRequest") -> tuple[str, str] | None:
+        """(the request field at fault, why) when an engine with these capabilities cannot render
+        `request`, else None. The field is what a host names in its error (render.prepare)."""
         wanted = getattr(request, "output", "image")
         if self.output != wanted:
             plural = {"mesh": "3D models", "audio": "sounds"}
-            return f"it makes {plural.get(self.output, self.output + 's')}, not {plural.get(wanted, wanted + 's')}"
+            return "engine", f"it makes {plural.get(self.output, self.output + 's')}, not {plural.get(wanted, wanted + 's')}"
         if not self.txt2img and request.init_image is None:
-            return "it does not render from a text prompt"
+            return "engine", "it does not render from a text prompt"
         if request.init_image is not None and not self.img2img:
-            return "it does not refine an image (no img2img)"
+            return "engine", "it does not refine an image (no img2img)"
         if request.refiner is not None and not self.refiner:
-            return "it takes no refiner model"
+            return "refiner", "it takes no refiner model"
         if request.ip_adapter is not None and not self.reference_images:
-            return "it takes no reference images"
+            return "ip_adapter", "it takes no reference images"
         if request.loras and not self.loras:
-            return "it takes no LoRAs"
+            return "lora", "it takes no LoRAs"
+        if request.tile is not None and not self.tiling:
+            return "tile", "--tile needs an engine that renders seamless tiles (one with model weights)"
         if self.sizes is not None and (request.width, request.height) not in self.sizes:
             allowed = ", ".join(f"{w}x{h}" for w, h in self.sizes)
-            return f"it renders only the sizes {allowed}, not {request.width}x{request.height}"
+            return "size", f"it renders only the sizes {allowed}, not {request.width}x{request.height}"
         return None
 
 
@@ -187,6 +195,12 @@ class BaseEngine:
     @classmethod
     def availability(cls, settings: "Settings", request: "RenderRequest") -> str | None:
         return None
+
+    @classmethod
+    def knows_model(cls, settings: "Settings", model: str) -> bool:
+        """Whether `model`, a name models.toml lacks, is one this engine takes itself (a hosted engine's
+        own models); otherwise an unknown model is an error whatever the engine (render.prepare)."""
+        return False
 
     @classmethod
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:

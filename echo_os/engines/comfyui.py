@@ -38,7 +38,7 @@ history nor GET /queue was lost (a restarted ComfyUI keeps both in memory only):
 One prompt per image, with that image's seed, so image i of a batch is exactly the image its seed gives
 alone (ComfyUI's own batches draw all their noise from one seed).
 
-Workflow templates live in `pipelines/comfyui/`: NAME.json (a workflow as ComfyUI's "Export (API)"
+Workflow templates ship in the package, `echo_os/pipelines/comfyui/`: NAME.json (a workflow as ComfyUI's "Export (API)"
 writes it) and NAME.toml (its description and bindings: which node input receives each request value,
 "NODE_ID.INPUT_NAME", or {input = "...", modulo = N} for an input with a smaller range). A workspace's
 own `pipelines/comfyui/` is read too and wins by name. The engine assumes no checkpoint loader: a
@@ -74,8 +74,9 @@ from echo_os.engines.base import (
     table_settings,
 )
 from echo_os.engines.hookspecs import hookimpl
+from echo_os.engines.inputs import decode_received_image
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
-from echo_os.settings import REPO_ROOT
+from echo_os.package_data import pipelines_folder
 
 if TYPE_CHECKING:
     from echo_os.render.requests import RenderRequest
@@ -208,9 +209,9 @@ def read_workflow(graph_path: Path) -> Workflow:
 
 
 def workflow_paths(settings: "Settings") -> dict[str, Path]:
-    """name -> NAME.json: the repository's templates, then the workspace's (which win by name)."""
+    """name -> NAME.json: the templates shipped in the package, then the workspace's (which win by name)."""
     found: dict[str, Path] = {}
-    for folder in (REPO_ROOT / TEMPLATES_DIR, settings.home / TEMPLATES_DIR):
+    for folder in (pipelines_folder("comfyui"), settings.home / TEMPLATES_DIR):
         if folder.is_dir():
             found.update({path.stem: path for path in sorted(folder.glob("*.json"))})
     return found
@@ -343,7 +344,10 @@ class ComfyClient:
         if response.status_code == 400:
             raise ComfyUIError(f"engine comfyui: ComfyUI refused the workflow: {node_error_line(response.json())}")
         response.raise_for_status()
-        return response.json()["prompt_id"]
+        prompt_id = response.json()["prompt_id"]
+        if not isinstance(prompt_id, str) or not prompt_id:  # else the engine would wait for it until its timeout
+            raise TypeError("prompt_id is not text")
+        return prompt_id
 
     def receive(self, wait_s: float) -> dict | None:
         """The next JSON message, or None when none came within wait_s (binary previews are skipped)."""
@@ -393,6 +397,22 @@ class ComfyClient:
         response.raise_for_status()
         body = response.json()
         return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+
+
+def _malformed(error: BaseException) -> str:
+    """What was wrong with a server's answer, in words (not a Python exception's name)."""
+    import json
+
+    if isinstance(error, json.JSONDecodeError):
+        return "a body that is not JSON"
+    if isinstance(error, KeyError):
+        return f"no {error.args[0]!r} where one was expected" if error.args else "a field missing"
+    if isinstance(error, IndexError):
+        return "a list shorter than expected"
+    if isinstance(error, (TypeError, AttributeError)):
+        return "a value of the wrong type (a list or text where an object was expected)"
+    text = "".join(c if c.isprintable() else "?" for c in str(error))[:120]
+    return text or "a value it could not use"
 
 
 def history_failure(entry: dict) -> str | None:
@@ -451,7 +471,7 @@ class ComfyUIEngine(BaseEngine):
             return "no url under [engines.comfyui] in echo-os.toml"
         try:
             import httpx
-            import websocket  # noqa: F401
+            import websocket  # noqa: F401 - only to check it is installed before a prompt is sent
         except ImportError:
             return 'httpx and websocket-client are not installed (pip install "echo-os[hosted]")'
         try:
@@ -478,8 +498,9 @@ class ComfyUIEngine(BaseEngine):
         elif init is not None:
             if "init_image" not in workflow.bindings:
                 raise OptionError(f"workflow {workflow.name} binds no init_image", "options.init_image")
-            if not Path(init).expanduser().is_file():
-                raise OptionError(f"init image {init} is not a file", "options.init_image")
+            from echo_os.engines.inputs import option_image_path
+
+            option_image_path(settings, init)  # inside the workspace, a regular image that decodes whole
         elif "init_image" in workflow.bindings:
             raise OptionError(f"workflow {workflow.name} needs an init image: -o init_image=PATH", "options.init_image")
         if request.loras or request.ip_adapter is not None:
@@ -543,6 +564,10 @@ class ComfyUIEngine(BaseEngine):
                 self.close()
                 raise ComfyUIError(f"engine comfyui: lost ComfyUI at {self.config.url} ({type(error).__name__}: "
                                    f"{error}); images already saved are kept".replace("\n", " ")) from None
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:  # it answered, oddly
+                self.close()
+                raise ComfyUIError(f"engine comfyui: ComfyUI at {self.config.url} sent an answer this engine "
+                                   f"cannot read ({_malformed(error)}); images already saved are kept") from None
             runtime = RuntimeInfo(engine=self.name, reason=self.reason, device="comfyui", dtype="none",
                                   attention="none")
             results.append(RenderResult(request=request, images=images, runtime=runtime,
@@ -551,8 +576,7 @@ class ComfyUIEngine(BaseEngine):
 
     def _render_request(self, request: "RenderRequest", workflow: Workflow, options: ComfyUIOptions,
                         progress: ProgressCallback | None, cancel: threading.Event | None) -> list[RenderedImage]:
-        from PIL import Image
-        import io
+
 
         client = self.client
         client.connect()
@@ -588,8 +612,11 @@ class ComfyUIEngine(BaseEngine):
             if len(found) != 1:
                 raise ComfyUIError(f"engine comfyui: workflow {workflow.name} saved {len(found)} images for one seed; "
                                    "a template must save exactly one image per prompt (batch size 1)")
-            image = Image.open(io.BytesIO(client.view(found[0])))
-            image.load()
+            try:
+                image = decode_received_image(client.view(found[0]))
+            except ValueError as error:  # not "lost ComfyUI": it answered, with something that is no image
+                raise ComfyUIError(f"engine comfyui: ComfyUI at {client.url} sent {error} for "
+                                   f"{found[0].get('filename')!r} (workflow {workflow.name})") from None
             images.append(RenderedImage(image=image, seed=seed, provenance={
                 "provider": "comfyui", "url": client.url, "prompt_id": prompt_id, "workflow": workflow.name,
                 "workflow_path": str(workflow.path) if workflow.path else None, "graph": graph,
@@ -607,9 +634,11 @@ class ComfyUIEngine(BaseEngine):
 
             _, data = read_init_image(self.settings, request.init_image)
             return self.client.upload(f"echo-os-init-{request.init_image.sha256[:16]}.png", data)
-        if options.init_image:
-            path = Path(options.init_image).expanduser()
-            return self.client.upload(path.name, path.read_bytes())
+        if options.init_image:  # inside the workspace only, checked again here (a job may be old)
+            from echo_os.engines.inputs import read_option_image
+
+            path, data = read_option_image(self.settings, options.init_image)
+            return self.client.upload(path.name, data)
         return None
 
     def _follow(self, prompt_id: str, graph: dict, advance, cancel: threading.Event | None,

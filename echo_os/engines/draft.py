@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-
 from typing import TYPE_CHECKING
 
 from echo_os.engines.base import (

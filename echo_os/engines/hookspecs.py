@@ -18,7 +18,8 @@ See docs/engines.md.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
@@ -27,16 +28,16 @@ hookimpl = pluggy.HookimplMarker("echo_os")
 
 
 @hookspec
-def register_engines(register: Callable) -> None:
+def register_engines(register: Callable[[type[Any]], object]) -> None:
     """Call register(engine_class) once per engine this plugin provides."""
 
 
 @hookspec
-def register_presets(register: Callable) -> None:
+def register_presets(register: Callable[[Any], object]) -> None:
     """Call register(preset) once per render preset (echo_os.engines.presets.Preset) this plugin provides."""
 
 
 @hookspec
-def register_scorers(register: Callable) -> None:
+def register_scorers(register: Callable[[Any], object]) -> None:
     """Call register(scorer) once per image scorer (echo_os.resonance.scorers.ScorerPlugin) this plugin
     provides: `echo-os evolve --scorer NAME` ranks its candidates with it."""

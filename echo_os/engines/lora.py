@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from echo_os.errors import UsageError
 from echo_os.render.requests import LoraInput
@@ -60,7 +60,7 @@ def resolve_lora(settings: "Settings", name: str, *, scale: float = 1.0, base: P
     return LoraInput(name=name, path=str(path), sha256=file_sha256(settings, path), scale=scale)
 
 
-def apply_loras(settings: "Settings", loaded, loras: tuple[LoraInput, ...]) -> None:
+def apply_loras(settings: "Settings", loaded: Any, loras: tuple[LoraInput, ...]) -> None:
     """Make exactly `loras` active on the pipeline, at their scales (none: every LoRA off)."""
     from echo_os.models.hashing import require_unchanged
 

@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import random
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -56,6 +54,7 @@ from echo_os.engines.base import (
     table_settings,
 )
 from echo_os.engines.hookspecs import hookimpl
+from echo_os.engines.inputs import decode_received_image
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
 
 if TYPE_CHECKING:
@@ -193,9 +192,10 @@ def edit_images(settings: "Settings", request: "RenderRequest", options: OpenAIO
         path, data = read_init_image(settings, request.init_image)
         images.append(EditImage("init", request.init_image.artifact_id or path.name, path.name,
                                 request.init_image.sha256, data))
-    elif options.init_image is not None:
-        path = Path(options.init_image).expanduser()
-        data = path.read_bytes()
+    elif options.init_image is not None:  # inside the workspace only, checked again here (a job may be old)
+        from echo_os.engines.inputs import read_option_image
+
+        path, data = read_option_image(settings, options.init_image)
         images.append(EditImage("init", path.name, path.name, hashlib.sha256(data).hexdigest(), data))
     references = [(ref.name, image) for ref in request.ip_adapter.references for image in ref.images] \
         if request.ip_adapter is not None else []
@@ -348,14 +348,18 @@ class OpenAIEngine(BaseEngine):
         self.cache = ResponseCache(settings.cache_dir / "openai")
 
     @classmethod
+    def knows_model(cls, settings: "Settings", model: str) -> bool:
+        return model in MODELS or model in RETIRED  # OpenAI's own model names (`--model gpt-image-1`)
+
+    @classmethod
     def availability(cls, settings: "Settings", request: "RenderRequest") -> str | None:
         import os
 
         if not os.environ.get("OPENAI_API_KEY"):
             return "no OPENAI_API_KEY is set"
         try:
-            import openai  # noqa: F401
-            import tenacity  # noqa: F401
+            import openai  # noqa: F401 - only to check it is installed before anything is sent
+            import tenacity  # noqa: F401 - the same
         except ImportError:
             return 'the openai and tenacity packages are not installed (pip install "echo-os[hosted]")'
         return None
@@ -365,8 +369,10 @@ class OpenAIEngine(BaseEngine):
         model = model_for(settings, request, options)  # type: ignore[arg-type]
         check_size(model, request.width, request.height)
         init = options.init_image  # type: ignore[attr-defined]
-        if init is not None and request.init_image is None and not Path(init).expanduser().is_file():
-            raise OptionError(f"init image {init} is not a file", "options.init_image")
+        if init is not None and request.init_image is None:
+            from echo_os.engines.inputs import option_image_path
+
+            option_image_path(settings, init)
         references = sum(len(ref.images) for ref in request.ip_adapter.references) if request.ip_adapter else 0
         edit = init is not None or request.init_image is not None or references
         if edit and options.moderation is not None:  # type: ignore[attr-defined]
@@ -505,25 +511,26 @@ class OpenAIEngine(BaseEngine):
             response = json.loads(raw.http_response.text)
             data = response["data"]
             if not isinstance(data, list) or len(data) != body["n"] or not all(
-                    isinstance(item, dict) and item.get("b64_json") for item in data):
+                    isinstance(item, dict) and isinstance(item.get("b64_json"), str) and item["b64_json"]
+                    for item in data):
                 raise ValueError(f"expected {body['n']} image(s) as b64_json")
+            for item in data:  # checked before the answer may be cached: a bad image is never kept
+                decode_received_image(base64.b64decode(item["b64_json"], validate=True))
         except (ValueError, KeyError, TypeError) as error:
             raise _MalformedResponse(f"a malformed answer ({error})".splitlines()[0]) from None
         return {"response": response, "request_id": raw.headers.get("x-request-id")}
 
     def _images(self, request: "RenderRequest", body: dict, sent: list[EditImage], entry: dict,
                 cached: bool) -> list[RenderedImage]:
-        from PIL import Image
-
         response = entry["response"]
         usage = response.get("usage")
         images = []
         for seed, item in zip(request.seeds, response["data"]):
             try:
-                image = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
-                image.load()
-            except Exception as error:  # noqa: BLE001 - any decoding failure is the provider's answer
-                raise ProviderError(f"engine openai: the provider's image could not be decoded ({error})") from None
+                image = decode_received_image(base64.b64decode(item["b64_json"]))
+            except ValueError as error:  # a cache entry from before answers were checked
+                raise ProviderError(f"engine openai: {self.client.base_url} sent {error}; run again with "
+                                    "--no-cache") from None
             provenance = {
                 "provider": PROVIDER, "base_url": str(self.client.base_url), "model": body["model"],
                 "response_id": entry.get("request_id"), "created": response.get("created"),

@@ -1,14 +1,17 @@
 """Render presets: named render recipes as data (steps, cfg, scheduler, size, engine, engine options).
 
 They come through the same plugin registry as engines (the register_presets hook). This module is the
-built-in plugin that registers the TOML files of the repository's top-level `pipelines/presets/` folder;
-a workspace's own `pipelines/presets/*.toml` are read on top (workspace_presets) and win by name.
+built-in plugin that registers the TOML files shipped in the package (echo_os/pipelines/presets/, read
+with importlib.resources, so a wheel has them too); a workspace's own `pipelines/presets/*.toml` are read
+on top (presets()) and win by name.
 A preset fills in what the user did not give: an explicit --steps beats the preset's steps.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import OptionError, UsageError
+from echo_os.package_data import pipelines_folder
 from echo_os.render.requests import MAX_STEPS, OptionValue, Scheduler, parse_size
-from echo_os.settings import REPO_ROOT
 
 if TYPE_CHECKING:
     from echo_os.settings import Settings
@@ -53,9 +56,9 @@ class Preset(BaseModel):
 
 
 def read_preset(path: Path) -> Preset:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
 
     try:
@@ -79,8 +82,8 @@ def read_preset_folder(folder: Path) -> list[Preset]:
 
 
 @hookimpl
-def register_presets(register) -> None:
-    for preset in read_preset_folder(REPO_ROOT / PRESETS_DIR):
+def register_presets(register: Callable[[Preset], object]) -> None:
+    for preset in read_preset_folder(pipelines_folder("presets")):
         register(preset)
 
 
@@ -98,8 +101,7 @@ def preset_table() -> dict[str, Preset]:
 def presets(settings: "Settings") -> dict[str, Preset]:
     """The registered presets with the workspace's pipelines/presets/*.toml on top."""
     table = dict(preset_table())
-    if settings.home.resolve() != REPO_ROOT.resolve():
-        table.update({preset.name: preset for preset in read_preset_folder(settings.home / PRESETS_DIR)})
+    table.update({preset.name: preset for preset in read_preset_folder(settings.home / PRESETS_DIR)})
     return table
 
 

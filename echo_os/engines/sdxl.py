@@ -36,7 +36,7 @@ from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
-from echo_os.errors import CancelledError, UsageError
+from echo_os.errors import CancelledError, ModelError, OptionError, UsageError
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
@@ -78,9 +78,11 @@ def pick_device(requested: str) -> str:
             return "cuda"
         return "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu.")
+        raise OptionError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu.",
+                          "device")
     if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for but the MPS backend is not available; use --device cpu.")
+        raise OptionError("--device mps was asked for but the MPS backend is not available; use --device cpu.",
+                          "device")
     return requested
 
 
@@ -235,7 +237,7 @@ def load_sdxl_pipeline(local_path: Path, *, single_file: bool, device: str, dtyp
     pipe.set_progress_bar_config(disable=True)
     if attention == "xformers":
         try:
-            import xformers  # noqa: F401
+            import xformers  # noqa: F401 - only to check it imports (find_spec would not)
         except ImportError:
             raise UsageError("--attention xformers needs the xformers package: pip install 'echo-os[xformers]'; "
                              "or use --attention sdpa.") from None
@@ -475,6 +477,10 @@ class SDXLEngine(BaseEngine):
                 pipe = refiner  # its VAE decodes (the refiner's own, as a direct two-stage call does)
             if cancel is not None and cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
+            if not bool(torch.isfinite(latents).all()):  # decoded, NaN becomes a black image saved as if fine
+                raise ModelError(f"model {first.model} denoised to NaN or infinite values (weights holding NaN, "
+                                 f"or {loaded.dtype} overflowing): nothing was saved; check the weights with "
+                                 f"`echo-os models verify {first.model}`, or try --dtype float32")
             if loaded.device == "cuda":
                 torch.cuda.synchronize()
             denoised = time.perf_counter()

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 TILE_AXES = ("x", "y", "xy")
 
 
-def _patched_forward(conv: Any, wrap_x: bool, wrap_y: bool):
+def _patched_forward(conv: Any, wrap_x: bool, wrap_y: bool) -> Callable[[Any, Any, Any], Any]:
     import torch.nn.functional as F
 
     pad_y, pad_x = conv.padding  # Conv2d.padding is (height, width)
 
-    def conv_forward(input, weight, bias):
+    def conv_forward(input: Any, weight: Any, bias: Any) -> Any:
         # F.pad takes (left, right, top, bottom); one call per axis so each axis gets its own mode.
         if pad_x:
             input = F.pad(input, (pad_x, pad_x, 0, 0), mode="circular" if wrap_x else "constant")

@@ -381,9 +381,11 @@ function card(item) {
     caption.appendChild(el("div", {class: "scene"}, "Scene " + item.scene + (item.slug ? " \\u00b7 " + item.slug : "")));
   caption.appendChild(el("div", {class: "prompt"}, item.prompt || "(no prompt)"));
   const who = item.characters.length ? item.characters.join(", ") + " \\u00b7 " : "";
-  caption.appendChild(el("div", {class: "facts"}, who + item.engine + " \\u00b7 " + item.size + (item.tile ? " \\u00b7 tiled " + item.tile + " (2x2 preview)" : "") + " \\u00b7 " + item.created.slice(0, 10)));
+  const tiled = item.tile ? " \\u00b7 tiled " + item.tile + " (2x2 preview)" : "";
+  caption.appendChild(el("div", {class: "facts"},
+                         who + item.engine + " \\u00b7 " + item.size + tiled + " \\u00b7 " + item.created.slice(0, 10)));
   if (item.parent_id) caption.appendChild(el("div", {class: "facts"}, "refined from " + item.parent_id.slice(0, 12) +
-                                             (item.strength !== null && item.strength !== undefined ? " at " + item.strength : "")));
+                                             (item.strength != null ? " at " + item.strength : "")));
   node.appendChild(caption);
   node.addEventListener("click", () => openLightbox(item));
   return node;
@@ -454,7 +456,7 @@ function openLightbox(item) {
     for (const id of chain) {
       const other = items.find(i => i.id === id);
       const thumb = el("img", {src: other.thumb, alt: other.prompt, title: id.slice(0, 12) +
-                               (other.strength !== null && other.strength !== undefined ? " \u00b7 strength " + other.strength : "")});
+                               (other.strength != null ? " \u00b7 strength " + other.strength : "")});
       if (id === item.id) thumb.classList.add("current");
       else thumb.addEventListener("click", () => openLightbox(other));
       lineage.appendChild(thumb);

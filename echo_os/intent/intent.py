@@ -33,7 +33,7 @@ _TURKISH_AFTER = re.compile(r"^(.+?)\s+(?:olmadan|olmayan|yok)$", re.IGNORECASE)
 _TURKISH_SUFFIX = re.compile(r"^(\w{3,}?)(?:s[ıiuü]z)(?:d[ıiuü]r)?$", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_][\w'-]{2,}")
 _STOP = {"the", "and", "any", "with", "for", "from", "forms", "form", "kind", "kinds", "type", "types", "things",
-         "des", "les", "une", "der", "die", "das", "den", "del", "las", "los", "della", "delle", "dos", "das"}
+         "des", "les", "une", "der", "die", "das", "den", "del", "las", "los", "della", "delle", "dos"}
 
 # Common visual words of French, German, Spanish, Italian, Portuguese and Turkish, in English (lower case).
 GLOSSARY: dict[str, str] = {

@@ -23,14 +23,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import EchoError, UsageError
 from echo_os.intent.intent import Intent
+from echo_os.render.text import MAX_PROMPT_CHARS, check_prompt_text
 from echo_os.settings import Settings
 
 CONFIG_NAME = "echo-os.toml"
@@ -145,6 +146,13 @@ def _problems(answer: str, count: int, intent: Intent, embed=None) -> tuple[Plan
         where = ".".join(str(part) for part in first.get("loc", ())) or "answer"
         return None, f"{where}: {first.get('msg')}"
     prompts = [item.prompt.strip() for item in parsed.items]
+    for number, prompt in enumerate(prompts, start=1):  # the rules of prompt text, before anything prints it
+        if len(prompt) > MAX_PROMPT_CHARS:
+            return None, f"item {number} is {len(prompt):,} characters; a prompt is at most {MAX_PROMPT_CHARS:,}"
+        try:
+            check_prompt_text(prompt)
+        except ValueError as error:
+            return None, f"item {number} {error}"
     if len(prompts) != count:
         return None, f"expected exactly {count} items, got {len(prompts)}"
     if len(set(p.casefold() for p in prompts)) != len(prompts):
@@ -160,6 +168,23 @@ def _problems(answer: str, count: int, intent: Intent, embed=None) -> tuple[Plan
             return None, (f"the prompt {far[0]!r} is off the topic {intent.theme!r}; every prompt must show "
                           "what the intent asks for")
     return parsed, None
+
+
+def _content(completion: object) -> str | None:
+    """choices[0].message.content of a chat completion as text ("" for none), or None when the answer
+    has no such field (a malformed or hostile server)."""
+    try:
+        content = completion.choices[0].message.content  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError, KeyError):
+        return None
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else None
+
+
+def _printable(text: str) -> str:
+    """A server's words for one error line: control characters (a terminal's escapes) shown as ?."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def plan_with_llm(config: PlannerConfig, intent: Intent, *, count: int, past_prompts: list[str],
@@ -186,8 +211,14 @@ def plan_with_llm(config: PlannerConfig, intent: Intent, *, count: int, past_pro
             raise EchoError(f"cannot reach the planner endpoint {config.url}; is the server running?") from None
         except openai.APIStatusError as error:
             raise EchoError(f"the planner endpoint {config.url} answered HTTP {error.status_code}: "
-                            f"{str(error.message)[:200]}") from None
-        answer = completion.choices[0].message.content or ""
+                            f"{_printable(str(error.message))[:200]}") from None
+        except (openai.APIError, ValueError) as error:  # an answer the client cannot read (not JSON, ...)
+            raise EchoError(f"the planner endpoint {config.url} sent an answer that is not a chat completion "
+                            f"({_printable(str(error))[:120]})") from None
+        answer = _content(completion)
+        if answer is None:
+            raise EchoError(f"the planner endpoint {config.url} sent a chat completion without "
+                            "choices[0].message.content as text")
         parsed, problem = _problems(answer, count, intent, embed)
         if parsed is not None:
             prompts, notes = [], []

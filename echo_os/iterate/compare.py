@@ -17,15 +17,13 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from echo_os.errors import ModelError, NotFoundError, OptionError, UsageError
-from echo_os.render.requests import RenderRequest, describe_validation_error
+from echo_os.errors import OptionError
+from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
@@ -110,21 +108,17 @@ def parse_list(text: str | None, option: str, convert: Callable[[str], Any] = st
 
 def plan_compare(settings: "Settings", base: dict[str, Any], lists: dict[str, tuple[Any, ...]], *,
                  max_cells: int = MAX_CELLS_DEFAULT, given: Collection[str] = ()) -> ComparePlan:
-    """The cells for `base` request fields and the option lists (option -> values; one value: fixed).
-
-    Each cell's model entry gives its render defaults (steps, cfg, scheduler, size; echo_os.models.defaults)
-    and its LoRA for what neither a list nor `given` (the names in `base` the user gave, "size" for its
-    width and height) sets: a few-step model in a --models list renders with its own steps.
+    """The cells for `base` values (RenderRequest names, `size` as "WxH" text or None) and the option lists
+    (option -> values; one value: fixed). Each cell goes through the front door (echo_os.render.prepare):
+    its model entry's render defaults and LoRA fill what neither a list nor `given` (the names in `base`
+    the user gave) sets, and without a size the engine's default size applies (512x512 on the CPU).
 
     Raises OptionError naming the option: more than three axes, more cells than max_cells, a value the
     request refuses, an unknown style.
     """
-    from echo_os.engines.lora import model_lora_inputs
-    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
-    from echo_os.render.styles import style_fields
+    from echo_os.render.prepare import prepare
 
-    given = set(given) | {AXES[option][0] for option in lists}
-    entries: dict[str, Any] = {}  # model -> (render defaults, LoRA inputs), looked up once per model
+    explicit = set(given) | {AXES[option][0] for option in lists}
     axes = [Axis(option, values) for option, values in lists.items() if len(values) > 1]
     fixed = {option: values[0] for option, values in lists.items() if len(values) == 1}
     if len(axes) > MAX_AXES:
@@ -137,40 +131,24 @@ def plan_compare(settings: "Settings", base: dict[str, Any], lists: dict[str, tu
     if total > max_cells:
         raise OptionError(f"{total} cells is more than --max-cells {max_cells}; give fewer values or raise "
                           "--max-cells", "max-cells")
+    option_of = {field: option for option, (field, _) in AXES.items() if option in lists}
     cells = []
     # The first axis varies fastest (across a grid row), the third slowest (one block per value).
     for reversed_combination in itertools.product(*(axis.values for axis in reversed(axes))):
         combination = tuple(reversed(reversed_combination))
-        fields = dict(base)
+        values = dict(base)
         chosen = dict(fixed)
         chosen.update({axis.option: value for axis, value in zip(axes, combination)})
-        style_value = None
-        for option, value in chosen.items():
-            if option == "styles":
-                style_value = value
-            else:
-                fields[AXES[option][0]] = value
-        fields.update(style_fields(settings, style_value if style_value is not None else base.get("style"),
-                                   base.get("negative_prompt"), option="styles" if style_value is not None else "style"))
-        model = fields.get("model", RenderRequest.model_fields["model"].default)
-        if model not in entries:
-            try:
-                entries[model] = (model_render_defaults(settings, model), model_lora_inputs(settings, model))
-            except (UsageError, ModelError, NotFoundError) as error:  # the entry's LoRA is missing or refused
-                raise OptionError(str(error), "models") from None
-        entry, loras = entries[model]
-        fields = fill_model_defaults(fields, entry, given)
-        if loras and "loras" not in fields:
-            fields["loras"] = loras
+        values.update({AXES[option][0]: value for option, value in chosen.items()})
         try:
-            request = RenderRequest(**fields)
-        except ValidationError as error:
-            first = error.errors()[0]
-            name = str(first["loc"][0]) if first.get("loc") else "request"
-            option = next((o for o, (f, _) in AXES.items() if f == name and o in lists), name)
-            raise OptionError(describe_validation_error(error).replace(f"invalid {name}", f"invalid --{option}", 1),
-                              option) from None
-        cells.append(Cell(tuple(combination), request))
+            prepared = prepare(settings, values, explicit)
+        except OptionError as error:
+            option = option_of.get(error.option, error.option)
+            message = str(error)
+            if error.option in option_of:  # a value of a list: named as the list's option
+                message = message.replace(f"invalid {error.option}", f"invalid --{option}", 1)
+            raise OptionError(message, option) from None
+        cells.append(Cell(tuple(combination), prepared.request))
     return ComparePlan(axes, cells)
 
 

@@ -1,10 +1,10 @@
 """Refine: image-to-image from an artifact, through the one renderer.
 
-refine_request builds the RenderRequest: the parent's recorded request (model, size, scheduler, steps,
-cfg, style, engine options...) with the user's changes, and an init image pointing at the parent's PNG
-with its sha256 and the strength. The child records the parent's id (`parent_id`), the strength and the
-parent's sha256 in meta.json (lineage: `echo-os artifacts tree`), and its replay starts from the same
-bytes, so it is exact.
+prepare_refine builds the RenderRequest through the front door (echo_os.render.prepare): the parent's recorded
+request (model, size, scheduler, steps, cfg, style, engine options...) with the user's changes, and an init
+image pointing at the parent's PNG with its sha256 and the strength. The child records the parent's id
+(`parent_id`), the strength and the parent's sha256 in meta.json (lineage: `echo-os artifacts tree`), and its
+replay starts from the same bytes, so it is exact.
 
 Engine options (`-o KEY=VALUE`): the parent's, under the ones given, when the refine runs on the parent's
 engine or on `auto`; none of the parent's when another engine is named (they are another engine's
@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from echo_os.errors import OptionError
-from echo_os.render.requests import InitImage, RenderRequest, describe_validation_error
+from echo_os.errors import OptionError, UsageError
+from echo_os.render.requests import InitImage, RenderRequest
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact
+    from echo_os.render.prepare import Prepared
     from echo_os.settings import Settings
 
 DEFAULT_STRENGTH = 0.35
@@ -35,21 +34,17 @@ def check_strength(strength: float, option: str = "strength") -> float:
     return strength
 
 
-def _model_change(settings: "Settings", base: RenderRequest, given: dict[str, Any]) -> dict[str, Any]:
-    """Refining with another model: the new entry's render defaults (steps, cfg, scheduler; the size stays
-    the image's) replace the parent's values the user did not give, and the entry's LoRA replaces the old
-    entry's (a few-step model's distillation LoRA goes with its model)."""
+def _model_loras(settings: "Settings", base: RenderRequest, model: str) -> tuple:
+    """Refining with another model: the new entry's LoRA replaces the old entry's (a few-step model's
+    distillation LoRA goes with its model); LoRAs the parent was given otherwise stay."""
     from echo_os.engines.lora import model_lora_inputs
-    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
+    from echo_os.models.defaults import model_render_defaults
 
-    fields = fill_model_defaults({}, model_render_defaults(settings, given["model"]), given, size=False)
     old = model_render_defaults(settings, base.model)
     old_lora = old.lora if old is not None else None
     kept = tuple(lora for lora in base.loras if lora.name != old_lora)
-    if "loras" not in given:
-        fields["loras"] = kept + tuple(lora for lora in model_lora_inputs(settings, given["model"])
-                                       if lora.sha256 not in {k.sha256 for k in kept})
-    return fields
+    return kept + tuple(lora for lora in model_lora_inputs(settings, model)
+                        if lora.sha256 not in {k.sha256 for k in kept})
 
 
 def _refine_drops(engine_name: str) -> tuple[str, ...]:
@@ -58,15 +53,6 @@ def _refine_drops(engine_name: str) -> tuple[str, ...]:
 
     plugin = engine_table().get(engine_name)
     return tuple(getattr(plugin.Options, "refine_drops", ())) if plugin is not None else ()
-
-
-def _scales_steps(engine_name: str) -> bool:
-    """Whether the named engine's img2img runs steps x strength (auto: assume so, the diffusers engines
-    come first); an engine that runs every step (Capabilities.img2img_scales_steps False) has no such limit."""
-    from echo_os.engines import engine_table
-
-    plugin = engine_table().get(engine_name)
-    return plugin is None or plugin.capabilities.img2img_scales_steps
 
 
 def parent_request(settings: "Settings", parent: "Artifact") -> RenderRequest:
@@ -97,12 +83,22 @@ def parent_request(settings: "Settings", parent: "Artifact") -> RenderRequest:
 def refine_request(settings: "Settings", parent: "Artifact", *, strength: float = DEFAULT_STRENGTH,
                    prompt: str | None = None, style: str | None = None, negative: str | None = None,
                    changes: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> RenderRequest:
-    """The request that refines `parent`: its own request with `changes` (steps, cfg, seed, model,
-    engine, scheduler...), PROMPT (default: the parent's), a style (named or free text; default: the
-    parent's), engine `options` over the parent's (see the module docstring) and the init image."""
-    from echo_os.render.styles import style_fields
+    """The request that refines `parent` (see prepare_refine), its engine not chosen yet."""
+    return prepare_refine(settings, parent, strength=strength, prompt=prompt, style=style, negative=negative,
+                          changes=changes, options=options, choose=False).request
 
+
+def prepare_refine(settings: "Settings", parent: "Artifact", *, strength: float = DEFAULT_STRENGTH,
+                   prompt: str | None = None, style: str | None = None, negative: str | None = None,
+                   changes: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
+                   choose: bool = True) -> "Prepared":
+    """The refine of `parent` through the front door (echo_os.render.prepare): its own request with
+    `changes` (steps, cfg, seed, model, engine, scheduler...), PROMPT (default: the parent's), a style
+    (named or free text; default: the parent's), engine `options` over the parent's (see the module
+    docstring) and the init image. The size stays the image's. Refining with another model: the new
+    entry's render defaults replace the parent's values the user did not give."""
     from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
+    from echo_os.render.prepare import prepare
 
     check_strength(strength)
     require_kind(parent.id, parent.meta, IMAGE_KINDS, "refine")
@@ -110,49 +106,49 @@ def refine_request(settings: "Settings", parent: "Artifact", *, strength: float 
         raise OptionError(f"{parent.id[:12]} was imported without a prompt: give PROMPT", "prompt")
     base = parent_request(settings, parent)
     png = parent.image_path.read_bytes()
-    fields: dict[str, Any] = base.model_dump()
-    fields.update({"count": 1, "parent_id": parent.id, "ip_adapter": base.ip_adapter, "loras": base.loras,
+    values: dict[str, Any] = base.model_dump(exclude={"width", "height", "seed"})
+    values.update({"count": 1, "parent_id": parent.id, "ip_adapter": base.ip_adapter, "loras": base.loras,
                    "story": base.story, "engine": "auto", "refiner": None})
-    fields.pop("seed")
     given = {k: v for k, v in (changes or {}).items() if v is not None}
-    fields.update(given)
-    if given.get("model", base.model) != base.model:
-        fields.update(_model_change(settings, base, given))
+    values.update(given)
+    model_changed = given.get("model", base.model) != base.model
+    # The parent's values count as given (they made the image), unless the model changes: then only the
+    # user's changes do, and the new entry's defaults fill the rest.
+    explicit = set(given) | {"size", "loras"} if model_changed else set(values) | {"size"}
+    if model_changed and "loras" not in given:
+        values["loras"] = _model_loras(settings, base, given["model"])
     if options and "init_image" in options:
         raise OptionError("refine starts from the artifact's own image; -o init_image is for render",
                           "options.init_image")
-    inherited = dict(base.options) if fields["engine"] in ("auto", parent.meta.engine.name) else {}
+    inherited = dict(base.options) if values["engine"] in ("auto", parent.meta.engine.name) else {}
     inherited.pop("init_image", None)
     for name in _refine_drops(parent.meta.engine.name):  # e.g. the parent's txt2img template
         inherited.pop(name, None)
-    fields["options"] = {**inherited, **(options or {})}
+    values["options"] = {**inherited, **(options or {})}
     if prompt is not None:
-        fields["prompt"] = prompt
-    if style is not None or negative is not None:
-        own_negative = negative if negative is not None else base.negative_prompt
-        if style is not None:
-            fields.update(style_fields(settings, style, own_negative, adapter=base.ip_adapter))
-        else:
-            fields["negative_prompt"] = own_negative
-    from PIL import Image
+        values["prompt"] = prompt
+    own_negative = negative if negative is not None else base.negative_prompt
+    values["negative_prompt"] = own_negative
+    if style is not None:  # resolved by prepare (a named style, else free words); else the parent's stays
+        values["style"] = style
+        values.pop("style_name", None)
+        explicit.add("style")
     import io
 
+    from PIL import Image
+
+    from echo_os.engines.inputs import image_bytes_problem
+
+    problem = image_bytes_problem(png, str(parent.image_path))  # decoded whole: a cut PNG stops here
+    if problem:
+        raise UsageError(f"artifact {parent.id[:12]}'s image {problem}; it cannot be refined")
     with Image.open(io.BytesIO(png)) as image:
-        fields["width"], fields["height"] = image.size
+        values["size"] = "{}x{}".format(*image.size)
     # Relative to the artifacts folder when it is inside it, so a moved workspace still replays.
     try:
         path = parent.image_path.resolve().relative_to(settings.artifacts_dir.resolve()).as_posix()
     except ValueError:
         path = str(parent.image_path)
-    fields["init_image"] = InitImage(artifact_id=parent.id, path=path,
+    values["init_image"] = InitImage(artifact_id=parent.id, path=path,
                                      sha256=hashlib.sha256(png).hexdigest(), strength=strength)
-    try:
-        request = RenderRequest(**fields)
-    except ValidationError as error:
-        first = error.errors()[0]
-        option = str(first["loc"][0]) if first.get("loc") else "request"
-        raise OptionError(describe_validation_error(error), option) from None
-    if int(request.steps * strength) < 1 and _scales_steps(request.engine):  # diffusers would run no step
-        raise OptionError(f"--strength {strength:g} with {request.steps} steps denoises no step "
-                          f"(img2img runs steps x strength); raise --strength or --steps", "strength")
-    return request
+    return prepare(settings, values, explicit, choose=choose)

@@ -11,6 +11,7 @@ from echo_os.artifacts.meta import artifact_kind, require_kind
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines import create_engine
 from echo_os.errors import UsageError
+from echo_os.render.prepare import prepare_recorded
 from echo_os.render.scheduler import RenderHooks, render_requests
 from echo_os.settings import Settings
 
@@ -80,9 +81,10 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
                 f"artifact {artifact.id[:12]} came from {provenance.get('provider', artifact.meta.engine.name)} "
                 f"({provenance.get('model', 'a hosted model')}), which takes no seed: it cannot be reproduced, "
                 "so replay does not pretend to; render the prompt again for a new image")
-        request = artifact.meta.replay_request()
-        engine_name = artifact.meta.engine.name
-        engine = create_engine(settings, engine_name, f"replay of {artifact.id[:12]}")
+        prepared = prepare_recorded(settings, artifact.meta.replay_request(), artifact.meta.engine.name,
+                                    f"replay of {artifact.id[:12]}")
+        request, engine_name = prepared.request, prepared.engine.name
+        engine = create_engine(settings, engine_name, prepared.engine.reason)
         if save:
             request = request.model_copy(update={"parent_id": artifact.id})
         hooks = _KeepResult(save)

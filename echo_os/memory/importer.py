@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from echo_os.artifacts.slugs import slugify
+from echo_os.errors import disk_full
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,21 @@ def import_folder(settings: Settings, folder: Path, *, project: str = "imported"
                 report.unreadable += 1
                 report.problems.append((str(path), reason))
                 continue
-            parsed = parse_text_chunks(chunks, size)
-            created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).astimezone()
-            meta = imported_meta(path.resolve(), parsed, project=project, created=created)
-            slug = slugify(parsed.prompt or path.stem, max_length=32)
-            store.save_file(data, meta, scene_slug=slug)
+            try:
+                parsed = parse_text_chunks(chunks, size)
+                created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).astimezone()
+                meta = imported_meta(path.resolve(), parsed, project=project, created=created)
+                slug = slugify(parsed.prompt or path.stem, max_length=32)
+                store.save_file(data, meta, scene_slug=slug)  # folder and row, or neither
+            except Exception as error:
+                full = disk_full(error)
+                if full is not None:  # every file after it would fail the same way
+                    raise full from error
+                reason = f"{type(error).__name__}: {error}"[:300]
+                log.warning("import: skipping %s: %s", path, reason)
+                report.unreadable += 1
+                report.problems.append((str(path), reason))
+                continue
             known.add(digest)
             report.imported += 1
             report.by_tool[parsed.source] += 1

@@ -34,8 +34,16 @@ from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES
 Source = Literal["a1111", "comfyui", "invokeai", "fooocus", "unknown"]
 
 # A1111's own pattern for one "Key: value" pair of the last line (modules/infotext_utils.py): a value is
-# either JSON-quoted (may contain commas) or runs to the next comma.
-_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# either JSON-quoted (may contain commas) or runs to the next comma. The key is bounded (A1111's longest
+# is under 40 characters): unbounded, a 3 MB line of words with no colon backtracked quadratically and
+# hung `memory import` (red-team finding).
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]{0,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# Outside metadata is read within bounds: a chunk longer than this is ignored with a warning (A1111's
+# infotext is a few KB; a ComfyUI workflow a few hundred KB), and so is a number no image could hold
+# (a seed of 26 digits aborted an import with OverflowError: SQLite's INTEGER is 64-bit).
+MAX_CHUNK_CHARS = 1024 * 1024
+MAX_PARAMETERS_LINE = 16 * 1024
+MAX_INT = 2**63 - 1
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 _NEGATIVE_PREFIX = "Negative prompt:"
 
@@ -97,7 +105,7 @@ def _unquote(value: str) -> str:
 def _split_a1111(text: str) -> tuple[str, str, str]:
     """(prompt, negative, parameters line) the way A1111 splits its infotext."""
     *lines, last = text.strip().split("\n")
-    if len(_PARAM_RE.findall(last)) < 3:
+    if len(last) > MAX_PARAMETERS_LINE or len(_PARAM_RE.findall(last)) < 3:
         lines.append(last)
         last = ""
     prompt_lines: list[str] = []
@@ -113,14 +121,19 @@ def _split_a1111(text: str) -> tuple[str, str, str]:
 
 
 def _to_int(value: object) -> int | None:
+    """The value as an int within SQLite's INTEGER (|n| <= MAX_INT), else None."""
+    text = str(value).strip()[:40]  # a longer number is out of range anyway (and int() of 5000 digits raises)
     try:
-        return int(str(value).strip())
+        number = int(text)
     except (TypeError, ValueError):
         try:
-            number = float(str(value).strip())
+            real = float(text)
         except (TypeError, ValueError):
             return None
-        return int(number) if number.is_integer() else None
+        if not real.is_integer():
+            return None
+        number = int(real)
+    return number if -MAX_INT <= number <= MAX_INT else None
 
 
 def _to_float(value: object) -> float | None:
@@ -139,7 +152,7 @@ def parse_a1111_parameters(text: str) -> ImportedMeta:
     width = height = None
     size = _SIZE_RE.match(params.pop("Size", ""))
     if size:
-        width, height = int(size.group(1)), int(size.group(2))
+        width, height = _to_int(size.group(1)), _to_int(size.group(2))
     known = {"Steps", "Sampler", "CFG scale", "Seed", "Model", "Model hash", "Schedule type"}
     return ImportedMeta(
         source="a1111",
@@ -163,7 +176,7 @@ def _parse_fooocus(data: dict[str, Any]) -> ImportedMeta:
     width = height = None
     resolution = re.findall(r"\d+", str(data.get("resolution", "")))
     if len(resolution) == 2:
-        width, height = int(resolution[0]), int(resolution[1])
+        width, height = _to_int(resolution[0]), _to_int(resolution[1])
     return ImportedMeta(
         source="fooocus", prompt=_text(data.get("prompt")), negative=_text(data.get("negative_prompt")),
         seed=_to_int(data.get("seed")), steps=_to_int(data.get("steps")), cfg=_to_float(data.get("guidance_scale")),
@@ -425,9 +438,13 @@ def parse_text_chunks(chunks: Mapping[str, str], image_size: tuple[int, int] | N
         text = chunks.get(key)
         if not text or not text.strip():
             continue
+        if len(text) > MAX_CHUNK_CHARS:
+            warnings.append(f"ignored the {key!r} chunk: {len(text):,} characters, more than the "
+                            f"{MAX_CHUNK_CHARS:,} read")
+            continue
         try:
             parsed = reader(text)
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as error:
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, OverflowError) as error:
             warnings.append(f"ignored malformed {key!r} chunk ({type(error).__name__}: {error})"[:300])
             continue
         break

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from echo_os.errors import ModelError
 from echo_os.models.registry import ModelEntry, ModelRegistry, load_registry
@@ -145,7 +146,7 @@ def pull_model(settings: "Settings", name: str, registry: ModelRegistry | None =
                               cache_dir=cache)
     except ModelError:
         raise
-    except Exception as error:  # noqa: BLE001 - network, auth and Hub errors become one line for the user
+    except Exception as error:  # network, auth and Hub errors become one line for the user
         lines = str(error).strip().splitlines()
         raise ModelError(f"{entry.label}: download failed: {type(error).__name__}: "
                          f"{lines[0] if lines else 'no details'}") from error

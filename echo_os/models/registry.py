@@ -11,99 +11,42 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from echo_os.errors import NotFoundError, UsageError
+from echo_os.package_data import package_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from echo_os.models.entry import (  # noqa: F401  (re-exported: the older import path)
+    DEFAULT_KEYS,
+    MODEL_TYPES,
+    PIPELINE_TYPES,
+    SOURCE_KEYS,
+    STRING_KEYS,
+    ModelEntry,
+    ModelType,
+    RenderDefaults,
+    SourceKind,
+)
+
 if TYPE_CHECKING:
     from echo_os.models.resolve import ResolvedModel
     from echo_os.settings import Settings
 
-ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d", "audio"]
-SourceKind = Literal["path", "hf", "file", "package"]
-
-MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d",
-                                "audio")
-PIPELINE_TYPES: tuple[str, ...] = ("video", "3d", "audio")  # diffusers pipeline folders other than sdxl
-SOURCE_KEYS: tuple[str, ...] = ("path", "hf", "file", "package")
-STRING_KEYS: tuple[str, ...] = ("type", *SOURCE_KEYS, "variant", "revision", "config", "subfolder", "weight_name",
-                                "image_encoder", "description")
-# Render defaults of an sdxl entry (few-step models: SDXL-Turbo, Lightning, LCM): used when the command
-# line, the preset and the story bible leave the value unset. `lora` names a lora entry applied with it.
-DEFAULT_KEYS: tuple[str, ...] = ("steps", "cfg", "scheduler", "size", "lora")
 KNOWN_KEYS: tuple[str, ...] = (*STRING_KEYS, "allow_pickle", *DEFAULT_KEYS)
 
-DEFAULT_MODELS_TOML = Path(__file__).with_name("default_models.toml")
+DEFAULT_MODELS_TOML = package_folder("models") / "default_models.toml"
 
 # Names become TOML keys and CLI arguments: keep them to what needs no explaining.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # A Hugging Face repo id: "org/name" (or a legacy bare "name"); no "--" or "..", as the Hub requires.
 HF_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One [models.NAME] table, validated.
-
-    kind says where the weights are and source holds that place: an absolute path for "path" (a folder)
-    and "file" (one checkpoint), a repo id for "hf" (resolved from the local Hugging Face cache only), a
-    package name for "package" (the model/ folder inside that installed package). config is an absolute
-    path when it names a local folder, else a Hugging Face repo id; image_encoder is an absolute path
-    when it names a folder, else the name of another entry.
-    """
-
-    name: str
-    type: ModelType
-    kind: SourceKind
-    source: str
-    variant: str | None = None
-    revision: str | None = None
-    config: str | None = None
-    subfolder: str | None = None
-    weight_name: str | None = None
-    image_encoder: str | None = None
-    description: str | None = None
-    allow_pickle: bool = False
-    origin: Path | None = None
-    defaults: "RenderDefaults | None" = None
-
-    @property
-    def label(self) -> str:
-        """'model NAME (kind source)', the way every message names a model."""
-        return f"model '{self.name}' ({self.kind} {self.source})"
-
-    @property
-    def single_file(self) -> bool:
-        """True when the weights are one checkpoint file rather than a folder of components."""
-        return self.kind == "file" or self.weight_name is not None
-
-
-@dataclass(frozen=True)
-class RenderDefaults:
-    """What a model entry says it renders best with (DEFAULT_KEYS), each None when not given."""
-
-    steps: int | None = None
-    cfg: float | None = None
-    scheduler: str | None = None
-    size: str | None = None
-    lora: str | None = None
-
-    def fields(self) -> dict:
-        """RenderRequest fields (size as width/height); the lora is resolved by the caller."""
-        from echo_os.render.requests import parse_size
-
-        out = {key: getattr(self, key) for key in ("steps", "cfg", "scheduler") if getattr(self, key) is not None}
-        if self.size is not None:
-            out["width"], out["height"] = parse_size(self.size)
-        return out
 
 
 def _parse_defaults(table: dict, where: str, model_type: str) -> RenderDefaults | None:

@@ -15,9 +15,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from echo_os.errors import ModelError
+from echo_os.models.entry import EntryLookup, ModelEntry
 from echo_os.models.weights import (
     WeightsFileInfo,
     check_weights_file,
@@ -26,9 +27,6 @@ from echo_os.models.weights import (
     sdxl_single_file_problem,
     weight_file_variant,
 )
-
-if TYPE_CHECKING:
-    from echo_os.models.registry import ModelEntry, ModelRegistry
 
 ResolvedFormat = Literal["diffusers", "single-file", "folder"]
 
@@ -123,7 +121,7 @@ def hf_snapshot(repo_id: str, revision: str | None = None, cache_dir: Path | Non
     return snapshot, commit
 
 
-def resolve_model(entry: ModelEntry, registry: "ModelRegistry | None" = None,
+def resolve_model(entry: ModelEntry, registry: "EntryLookup | None" = None,
                   hf_cache: Path | None = None, need_configs: bool = True) -> ResolvedModel:
     """Find an entry's weights on this machine, offline. Raises ResolveError (a ModelError) when absent.
 
@@ -365,7 +363,7 @@ def _config_folder(entry: ModelEntry, hf_cache: Path | None) -> Path:
     return folder
 
 
-def _image_encoder(entry: ModelEntry, adapter: Path, registry: "ModelRegistry | None",
+def _image_encoder(entry: ModelEntry, adapter: Path, registry: "EntryLookup | None",
                    hf_cache: Path | None) -> ResolvedModel:
     """An ip-adapter's CLIP vision model: a named entry, a folder, or image_encoder/ beside the adapter."""
     if entry.image_encoder is not None and not os.path.isabs(entry.image_encoder):
@@ -386,7 +384,6 @@ def _image_encoder(entry: ModelEntry, adapter: Path, registry: "ModelRegistry | 
         hint = f"; run `echo-os models pull {entry.name}`" if entry.kind == "hf" and not entry.image_encoder else ""
         raise ResolveError(f"{entry.label}: image encoder folder {folder} does not exist{why}{hint}.",
                            reason="image encoder missing")
-    # type(entry) is ModelEntry: resolve.py imports registry.py only for type checking (no import cycle).
-    encoder_entry = type(entry)(name=f"{entry.name}:image_encoder", type="clip", kind="path", source=str(folder),
+    encoder_entry = ModelEntry(name=f"{entry.name}:image_encoder", type="clip", kind="path", source=str(folder),
                                allow_pickle=entry.allow_pickle, origin=entry.origin)
     return resolve_model(encoder_entry, registry=registry, hf_cache=hf_cache)

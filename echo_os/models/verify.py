@@ -14,8 +14,12 @@ from echo_os.errors import ModelError
 from echo_os.models.hashing import weights_sha256
 from echo_os.models.registry import ModelEntry, ModelRegistry, load_registry
 from echo_os.models.resolve import ResolvedModel, pipeline_components, resolve_model
-from echo_os.models.weights import (SDXL_SINGLE_FILE_PREFIXES, WeightsFileInfo, check_weights_file,
-                                    sdxl_single_file_problem)
+from echo_os.models.weights import (
+    SDXL_SINGLE_FILE_PREFIXES,
+    WeightsFileInfo,
+    check_weights_file,
+    sdxl_single_file_problem,
+)
 
 if TYPE_CHECKING:
     from echo_os.settings import Settings

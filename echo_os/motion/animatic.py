@@ -28,11 +28,13 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from echo_os.errors import OptionError, UsageError
+from echo_os.artifacts.encode import check_video_work
 
 if TYPE_CHECKING:
     import threading
@@ -420,7 +422,9 @@ def check_animatic(settings: "Settings", project: str, options: AnimaticOptions)
 
     sources = load_story_sources(settings, None, project, replace(options, clips=False))  # type: ignore[arg-type]
     timeline = plan_timeline(sources.scenes, options.fps, options.fade)
-    return AnimaticPlan(scenes=len(timeline), frames=timeline[-1].end, size=output_size(options, sources.scenes))
+    size = output_size(options, sources.scenes)
+    check_video_work(*size, options.fps, timeline[-1].end)
+    return AnimaticPlan(scenes=len(timeline), frames=timeline[-1].end, size=size)
 
 
 def make_animatic(settings: "Settings", project: str, options: AnimaticOptions | None = None, *,
@@ -445,6 +449,7 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
         sources = load_story_sources(settings, store, project, options)
         timeline = plan_timeline(sources.scenes, options.fps, options.fade)
         size = output_size(options, sources.scenes)
+        check_video_work(*size, options.fps, timeline[-1].end)  # size, fps, length, memory: before encoding
         if out is not None and out.is_dir():
             raise OptionError(f"--out {out} is a folder; give a file name such as {out / 'animatic.mp4'}.", "out")
         total = timeline[-1].end

@@ -13,8 +13,9 @@ Without --seed the clip takes the image's own seed, so animating the same image 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from echo_os.artifacts.video import CLIP_NAME
 from echo_os.errors import UsageError

@@ -30,10 +30,11 @@ import hashlib
 import json
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from echo_os.errors import CancelledError, EchoError, UsageError
 from echo_os.resonance.scores import ArtifactScores
@@ -434,8 +435,9 @@ def evolve(settings: "Settings", store: "ArtifactStore", target: str, options: E
         planned = variations(settings, parent, options.per_round, rng, phrases, options.strengths, styles)
 
         rendered = [0]
+        total = len(planned)
 
-        def on_image(done, _n=number, _rendered=rendered, _total=len(planned)) -> None:
+        def on_image(done, _n=number, _rendered=rendered, _total=total) -> None:
             if progress is not None:
                 _rendered[0] += 1
                 progress(f"round {_n}", _rendered[0], _total)

@@ -241,8 +241,10 @@ def svg_line_chart(title: str, labels: list[str], series: dict[str, list[float |
     values = [v for line in series.values() for v in line if v is not None]
     top_value = y_max or (max(values) * 1.1 if values and max(values) > 0 else 1.0)
     step = plot_w / max(1, len(labels) - 1)
-    x = lambda i: left + (i * step if len(labels) > 1 else plot_w / 2)
-    y = lambda v: top + plot_h - plot_h * (v / top_value)
+    def x(i):
+        return left + (i * step if len(labels) > 1 else plot_w / 2)
+    def y(v):
+        return top + plot_h - plot_h * (v / top_value)
     parts = [f'<svg class="chart" role="img" aria-label="{html.escape(title)}" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
              f'<text x="{left}" y="16" class="title">{html.escape(title)}</text>',
@@ -258,7 +260,8 @@ def svg_line_chart(title: str, labels: list[str], series: dict[str, list[float |
         points = [(x(i), y(v)) for i, v in enumerate(line) if v is not None]
         if len(points) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2" data-series="{html.escape(name)}"/>')
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2" '
+                         f'data-series="{html.escape(name)}"/>')
         for px, py in points:
             parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}"/>')
         parts.append(f'<rect x="{left + 110 * index}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
@@ -276,7 +279,8 @@ def svg_bar_chart(title: str, labels: list[str], values: list[float], *, width: 
     low = min([*values, 0.0])
     high = y_max or high * 1.1
     span = high - low or 1.0
-    y = lambda v: top + plot_h * (high - v) / span
+    def y(v):
+        return top + plot_h * (high - v) / span
     slot = plot_w / max(1, len(values))
     parts = [f'<svg class="chart" role="img" aria-label="{html.escape(title)}" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',

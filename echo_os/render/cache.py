@@ -33,9 +33,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
     from echo_os.settings import Settings
@@ -57,7 +57,7 @@ class CacheKey:
     kind: str
     path: str
     device: str = "cpu"
-    variant: tuple = ()
+    variant: tuple[str, ...] = ()
 
     @property
     def memory(self) -> str:
@@ -101,7 +101,7 @@ def model_bytes(value: Any) -> int:
     return total
 
 
-def _modules(value: Any, visited: set[int]):
+def _modules(value: Any, visited: set[int]) -> Iterator[Any]:
     torch = sys.modules.get("torch")
     if torch is None or value is None or id(value) in visited:
         return
@@ -131,7 +131,7 @@ def total_memory(memory: str) -> int:
         _free, total = torch.cuda.mem_get_info()
         return int(total)
     try:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
 
         return int(psutil.virtual_memory().total)
     except ImportError:
@@ -187,11 +187,11 @@ class ModelCache:
             self._configured = configured_budget(settings)
         value = self._hit(key)
         if value is not None:
-            return value
+            return cast(T, value)
         with self._load_lock:
             value = self._hit(key)  # loaded by another thread while this one waited
             if value is not None:
-                return value
+                return cast(T, value)
             with self._lock:
                 self._make_room(key, estimate_bytes, extra_entry=True)
             value = load()

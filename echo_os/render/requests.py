@@ -11,11 +11,13 @@ import json
 import math
 import re
 import secrets
-from typing import Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from echo_os.errors import UsageError
+from echo_os.render.text import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS  # re-exported: the older import path
+from echo_os.render.text import check_prompt_text as check_prompt_text
 
 MAX_SIDE = 4096
 MAX_STEPS = 200
@@ -36,27 +38,9 @@ DEVICES: tuple[str, ...] = get_args(Device)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 ATTENTIONS: tuple[str, ...] = get_args(Attention)
 # Values of an engine's own options (`--option KEY=VALUE`); the engine's Options model checks them.
-OptionValue = Union[str, int, float, bool, None]
+OptionValue = str | int | float | bool | None
 
-# One limit for the text of a prompt, negative prompt or style, whoever sends it (CLI, API, OpenAI route,
-# story planner): long enough for any prompt a person writes (SDXL reads 77 tokens of each encoder anyway),
-# short enough that a request cannot fill the queue database or the PNG text chunks.
-MAX_PROMPT_CHARS = 20_000
-# Control characters are refused in prompt text, not stripped (a silently changed prompt would not replay
-# as written): C0 except tab and newline, DEL, and C1. They would otherwise reach the terminal and the PNG
-# `parameters` chunk raw (a NUL ends a C string in other tools' readers, a CR rewrites a terminal line).
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def check_prompt_text(value: str) -> str:
-    """ValueError naming the first control character in `value` and where it is."""
-    match = _CONTROL_RE.search(value)
-    if match:
-        raise ValueError(f"contains the control character U+{ord(match.group()):04X} at position {match.start()}; "
-                         "prompts are plain text (tab and newline allowed)")
-    return value
-
-
+# The rules of prompt text (a length limit, no control characters) live in render.text, below the styles.
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
@@ -117,7 +101,7 @@ class IPAdapterInput(BaseModel):
     model: str
     references: tuple[IPAdapterReference, ...] = Field(min_length=1)
 
-    def batch_key(self) -> tuple:
+    def batch_key(self) -> tuple[object, ...]:
         """Only requests with the same adapter set (same images, same scales) share a pipeline call:
         the pipeline takes one embedding per adapter for the whole batch."""
         return (self.model, tuple((tuple(image.sha256 for image in ref.images), ref.scale)
@@ -247,7 +231,7 @@ class RenderRequest(BaseModel):
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 
-    def batch_key(self) -> tuple:
+    def batch_key(self) -> tuple[object, ...]:
         """Requests with equal keys can share one batched pipeline call."""
         return (self.model, self.width, self.height, self.steps, self.cfg, self.scheduler,
                 self.device, self.dtype, self.attention,
@@ -275,7 +259,8 @@ def image_request_key(request: RenderRequest) -> str:
     """
     if request.count != 1:
         raise ValueError(f"image_request_key takes a one-image request, got count {request.count}")
-    exclude: dict = {"loras": {"__all__": {"path"}}} if request.loras else {"loras": True}  # keys from before LoRAs stay
+    # keys from before LoRAs stay
+    exclude: dict[str, Any] = {"loras": {"__all__": {"path"}}} if request.loras else {"loras": True}
     if not request.options:
         exclude["options"] = True  # and from before engine options
     if request.ip_adapter:
@@ -307,7 +292,7 @@ def describe_validation_error(error: ValidationError) -> str:
     return f"invalid {field}: {message}"
 
 
-def build_request(**fields) -> RenderRequest:
+def build_request(**fields: Any) -> RenderRequest:
     """Build a RenderRequest or raise UsageError with one line naming the field."""
     try:
         return RenderRequest(**fields)

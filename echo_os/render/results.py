@@ -8,8 +8,9 @@ echo_os.engines.base re-exports them for code written against the older import p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -78,9 +79,9 @@ class MemoryInfo:
 class RenderedVideo:
     """The frames of one clip (an engine whose output kind is "video"), saved as a video artifact."""
 
-    frames: list  # PIL images, in order
+    frames: list[Any]  # PIL images, in order
     fps: int
-    settings: dict = field(default_factory=dict)  # every setting the clip was made with: meta.json `settings`
+    settings: dict[str, Any] = field(default_factory=dict)  # every setting the clip was made with: meta.json `settings`
 
 
 @dataclass
@@ -103,7 +104,7 @@ class RenderedImage:
     seed: int
     # Where a remote engine got the image (provider, model, response id, usage, revised prompt, cached,
     # reproducible): recorded as meta.json's `provenance`. None for local engines.
-    provenance: dict | None = None
+    provenance: dict[str, Any] | None = None
     video: RenderedVideo | None = None
     asset: RenderedAsset | None = None  # a mesh or a sound; `image` is then its preview
 

@@ -25,17 +25,20 @@ reported as resumed. So a killed batch finishes on the next run, without duplica
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import EchoError, is_out_of_memory
+from echo_os.render.prepare import EngineChoice
 from echo_os.render.requests import image_request_key
 
 if TYPE_CHECKING:
@@ -53,12 +56,6 @@ GIB = 1024**3
 
 class OutOfMemoryError(EchoError):
     """One image does not fit on the GPU even at batch 1 with a tiled VAE decode."""
-
-
-@dataclass
-class EngineChoice:
-    name: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -334,7 +331,7 @@ def render_requests(
         piece = Piece(source, 0, request.model_copy(
             update={"engine": name, "options": canonical_options(chosen, request)}))
         by_engine.setdefault(id(chosen), []).extend(
-            missing_runs(piece, lambda index: skip(source, index)) if skip is not None else [piece])
+            missing_runs(piece, functools.partial(skip, source)) if skip is not None else [piece])
 
     for key, pieces in by_engine.items():
         if resume:

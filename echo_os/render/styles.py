@@ -40,6 +40,13 @@ if TYPE_CHECKING:
 PLACEHOLDER = "{prompt}"
 MAX_NAME = 100
 _NAME_LIKE = re.compile(r"^[\w.\-]+$")
+# Bounds on an imported style file (red-team finding: a 12 MB field, deep JSON and a 5000-digit number
+# gave a generic error; 200,000 rows made an unknown --style print a 3.4 MB line). A1111's and Fooocus's
+# own files hold a few hundred styles in well under 1 MB.
+MAX_STYLE_FILE_BYTES = 5 * 1024 * 1024
+MAX_IMPORT_ROWS = 5000
+MAX_WORKSPACE_STYLES = 10_000
+KNOWN_SHOWN = 20  # names an unknown-style error lists before "and N more"
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,12 @@ def read_workspace_styles(settings: "Settings") -> dict[str, Style]:
         if unknown:
             raise UsageError(f"{path}: [styles.{name}] has unknown key(s) {', '.join(sorted(unknown))}; "
                              "it takes prompt and negative (and learned, reference).")
+        try:  # a hand-edited file: the rules of `styles add` (printable names, prompt text)
+            check_name(name)
+            check_style_text(entry.get("prompt", ""), "prompt")
+            check_style_text(entry.get("negative", ""), "negative")
+        except OptionError as error:
+            raise UsageError(f"{path}: [styles.{shown(name)}]: {error}; fix or remove it.") from None
         key = name.casefold()
         if key in styles:
             raise UsageError(f"{path}: style names are unique ignoring case; {styles[key].name!r} and {name!r} clash.")
@@ -233,19 +246,57 @@ def style_table(settings: "Settings") -> dict[str, tuple[str, str, str]]:
 
 
 def get_style(settings: "Settings", name: str, option: str = "style") -> Style:
-    found = all_styles(settings).get(name.strip().casefold())
+    styles = all_styles(settings)
+    found = styles.get(name.strip().casefold())
     if found is None:
-        known = ", ".join(sorted(s.name for s in all_styles(settings).values()))
-        raise OptionError(f"unknown style {name!r}; known styles: {known} (`echo-os styles list`)", option)
+        names = sorted(s.name for s in styles.values())
+        known = ", ".join(names[:KNOWN_SHOWN]) + (f" and {len(names) - KNOWN_SHOWN} more" if len(names) > KNOWN_SHOWN
+                                                  else "")
+        raise OptionError(f"unknown style {shown(name)}; known styles: {known} (`echo-os styles list`)", option)
     return found
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """`text` quoted for one error line: non-printable characters escaped, long text cut."""
+    cut = text[:limit] + ("..." if len(text) > limit else "")
+    return repr("".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in cut))
+
+
+def _unprintable(text: str) -> str | None:
+    """The first character of `text` that is not printable text (controls, NUL, bidi overrides such as
+    U+202E, zero-width format characters, line separators), as U+XXXX; None when there is none."""
+    import unicodedata
+
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
+            return f"U+{ord(char):04X}"
+    return None
 
 
 def check_name(name: str, option: str = "name") -> str:
     name = name.strip()
     if not name or len(name) > MAX_NAME or any(c in name for c in '\n\r\t"[]'):
         raise OptionError(f"a style name is 1-{MAX_NAME} characters without quotes, brackets or line breaks, "
-                          f"got {name!r}", option)
+                          f"got {shown(name)}", option)
+    bad = _unprintable(name)
+    if bad:
+        raise OptionError(f"a style name is printable text; {shown(name)} holds the character {bad}", option)
     return name
+
+
+def check_style_text(text: str, option: str) -> str:
+    """A style's prompt or negative: the rules of prompt text (requests.check_prompt_text: no control
+    characters, tab and newline aside; at most MAX_PROMPT_CHARS), else an OptionError on `option`."""
+    from echo_os.render.text import MAX_PROMPT_CHARS, check_prompt_text
+
+    if len(text) > MAX_PROMPT_CHARS:
+        raise OptionError(f"{option} is {len(text):,} characters; a style's text is at most {MAX_PROMPT_CHARS:,}",
+                          option)
+    try:
+        check_prompt_text(text)
+    except ValueError as error:
+        raise OptionError(f"{option} {error}", option) from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -321,6 +372,9 @@ def parse_style_file(path: Path) -> tuple[list[Style], list[str]]:
     Within one file the first of two names that differ only in case wins; the later one is skipped.
     """
     try:
+        if path.stat().st_size > MAX_STYLE_FILE_BYTES:
+            raise OptionError(f"{path} is larger than {MAX_STYLE_FILE_BYTES // (1024 * 1024)} MB; a style file "
+                              "(A1111 styles.csv, Fooocus JSON) is far smaller", "file")
         raw = path.read_bytes()
     except OSError as error:
         raise OptionError(f"cannot read {path}: {error.strerror or error}", "file") from None
@@ -334,14 +388,26 @@ def parse_style_file(path: Path) -> tuple[list[Style], list[str]]:
         rows = _a1111_rows(path, text)
     styles: list[Style] = []
     skipped: list[str] = []
+    if len(rows) > MAX_IMPORT_ROWS:
+        skipped.append(f"{len(rows) - MAX_IMPORT_ROWS:,} rows after the first {MAX_IMPORT_ROWS:,}: one file "
+                       f"imports at most {MAX_IMPORT_ROWS:,} styles")
+        rows = rows[:MAX_IMPORT_ROWS]
     seen: dict[str, str] = {}
     for where, name, prompt, negative in rows:
+        values = {"name": name, "prompt": prompt, "negative_prompt": negative}
+        not_text = next((key for key, value in values.items() if value is not None and not isinstance(value, str)),
+                        None)
+        if not_text is not None:  # a list, an object, a number or NaN: never stored as Python text
+            skipped.append(f"{where}: {not_text} is a JSON {_json_kind(values[not_text])}, not text")
+            continue
         name = (name or "").strip()
         if not name:
             skipped.append(f"{where}: no name")
             continue
         try:
             check_name(name)
+            check_style_text(prompt or "", "prompt")
+            check_style_text(negative or "", "negative_prompt")
         except OptionError as error:
             skipped.append(f"{where}: {error}")
             continue
@@ -364,9 +430,13 @@ def _a1111_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str |
                           f"(and optionally negative_prompt), found {', '.join(reader.fieldnames or []) or 'none'}",
                           "file")
     rows = []
-    for number, row in enumerate(reader, start=2):  # line 1 is the header
-        row = {(k or "").strip().casefold(): v for k, v in row.items()}
-        rows.append((f"line {number}", row.get("name"), row.get("prompt"), row.get("negative_prompt")))
+    try:
+        for number, row in enumerate(reader, start=2):  # line 1 is the header
+            row = {(k or "").strip().casefold(): v for k, v in row.items()}
+            rows.append((f"line {number}", row.get("name"), row.get("prompt"), row.get("negative_prompt")))
+    except csv.Error as error:  # a field over the csv module's limit (128 KB), a NUL byte
+        raise OptionError(f"{path}, line {reader.line_num + 1}: {error}; a style's text is at most a few KB",
+                          "file") from None
     return rows
 
 
@@ -375,6 +445,11 @@ def _fooocus_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise OptionError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})", "file") from None
+    except RecursionError:
+        raise OptionError(f"{path} nests JSON too deeply to be a style file (a list of {{name, prompt, "
+                          "negative_prompt}})", "file") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts (4300)
+        raise OptionError(f"{path} holds a value that cannot be read ({str(error)[:120]})", "file") from None
     if not isinstance(data, list):
         raise OptionError(f"{path}: a Fooocus style file is a JSON list of {{name, prompt, negative_prompt}}",
                           "file")
@@ -383,10 +458,17 @@ def _fooocus_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str
         if not isinstance(item, dict):
             rows.append((f"item {number}", None, None, None))
             continue
-        values = [item.get(k) if isinstance(item.get(k), str) or item.get(k) is None else str(item.get(k))
-                  for k in ("name", "prompt", "negative_prompt")]
-        rows.append((f"item {number}", *values))
+        rows.append((f"item {number}", *(item.get(k) for k in ("name", "prompt", "negative_prompt"))))
     return rows
+
+
+def _json_kind(value: object) -> str:
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return "number that is not finite (NaN or Infinity)"
+    return {list: "list", dict: "object", bool: "true/false", int: "number", float: "number"}.get(type(value),
+                                                                                                 type(value).__name__)
 
 
 def import_styles(settings: "Settings", path: Path, *, replace: bool = False) -> ImportReport:
@@ -404,6 +486,9 @@ def import_styles(settings: "Settings", path: Path, *, replace: bool = False) ->
         else:
             report.added.append(style.name)
         current[key] = style
+    if len(current) > MAX_WORKSPACE_STYLES:
+        raise OptionError(f"the workspace would hold {len(current):,} styles; it holds at most "
+                          f"{MAX_WORKSPACE_STYLES:,} (remove some with `echo-os styles rm`)", "file")
     if report.added or report.replaced:
         write_workspace_styles(settings, current)
     return report

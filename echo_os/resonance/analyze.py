@@ -372,8 +372,8 @@ def export_styles(settings: "Settings", motifs: list[Motif], *, top: int = 5) ->
     A name already in styles.toml is left as it is (the user may have edited it).
     The format: [styles.NAME] prompt = "{prompt}, phrase, ..." negative = "..." ({prompt}: the user's prompt).
     """
-    from echo_os.models.registry import read_toml, toml_key, toml_string
     from echo_os.atomic import write_atomically
+    from echo_os.models.registry import read_toml, toml_key, toml_string
 
     path = settings.styles_toml
     existing = read_toml(path).get("styles", {}) if path.is_file() else {}

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.settings import Settings
     from echo_os.story.plan import StoryPlan
-    from echo_os.story.render import SceneResult
+    from echo_os.story.results import SceneResult
 
 # Defaults picked for CLIP ViT-L/14: SDXL images of one look sit around 0.75-0.9 cosine to each other,
 # a character against its own references around 0.7+, and a prompt it follows at a CLIP score of 22+.
@@ -277,7 +277,8 @@ def reflect_story(settings: "Settings", store: "ArtifactStore", plan: "StoryPlan
         for artifact in scored:
             updates: dict[str, Any] = {"scores": {**scores[artifact.id].as_dict(), "objective": values[artifact.id]}}
             if len(scored) > keep:
-                updates["best_of"] = {"kept": artifact.id in kept_ids, "of": len(scored), "objective": options.objective.describe(),
+                updates["best_of"] = {"kept": artifact.id in kept_ids, "of": len(scored),
+                                      "objective": options.objective.describe(),
                                       "rank": ranked.index(artifact) + 1,
                                       "siblings": [a.id for a in scored if a.id != artifact.id]}
             update_meta(store.catalog, store.root, str(artifact.path.relative_to(store.root)), updates)

@@ -9,8 +9,16 @@ See docs/story.md for the file formats, the composition order, the seed policy a
 from echo_os.story.bible import Bible, load_bible
 from echo_os.story.compose import COMPOSITION_ORDER, ComposedPrompt, compose_scene_prompt
 from echo_os.story.plan import (
-    CastMember, PlannedScene, PlanOptions, SeedChoice, StoryPlan, TokenCounts, choose_seed, find_bible,
-    plan_prompt_list, plan_story,
+    CastMember,
+    PlannedScene,
+    PlanOptions,
+    SeedChoice,
+    StoryPlan,
+    TokenCounts,
+    choose_seed,
+    find_bible,
+    plan_prompt_list,
+    plan_story,
 )
 from echo_os.story.problems import Problem, StoryError
 from echo_os.story.slug import slugify

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from echo_os.render.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
+from echo_os.engines.inputs import MAX_INPUT_IMAGE_BYTES, input_image_problem
 from echo_os.errors import UsageError
+from echo_os.render.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
 from echo_os.story.problems import ProblemList
 
 MAX_BIBLE_BYTES = 4 * 1024 * 1024
@@ -180,7 +180,7 @@ class GuardedSafeLoader(yaml.SafeLoader):
         self._depth = 0
         self._nodes = 0
 
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+    def compose_node(self, parent, index):  # PyYAML's signature
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise _RefusedYaml("YAML anchors and aliases (& and *) are not allowed in the front matter; "
@@ -196,7 +196,7 @@ class GuardedSafeLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+    def construct_mapping(self, node, deep=False):  # PyYAML's signature
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
@@ -310,40 +310,20 @@ def split_front_matter(text: str) -> tuple[str, str, int] | str:
 
 
 # A reference image is read whole (hashed, then decoded for the IP-Adapter): bounded, so a huge file or a
-# device cannot stall planning. 50 MB holds any photo a person would use as a character reference.
-MAX_REFERENCE_BYTES = 50 * 1024 * 1024
+# device cannot stall planning (the rule and its limit live with the engines' inputs).
+MAX_REFERENCE_BYTES = MAX_INPUT_IMAGE_BYTES
 
 
 def reference_image_problem(resolved: Path, roots: tuple[Path, ...]) -> str | None:
     """Why `resolved` (symlinks already followed) cannot be a reference image, or None.
 
-    The rule, the same for `echo-os batch` and the API: the file must lie inside the folder of the bible
-    that names it or inside the workspace (the API writes the bible inside the workspace, so there it is
-    the workspace), be a regular file (not a FIFO or device: never opened, so never waited on) of at most
-    MAX_REFERENCE_BYTES, and be an image Pillow reads, of at most Pillow's pixel limit. Where the file is
-    is checked first, so the answer for a path outside says nothing about whether it exists.
+    The rule, the same for `echo-os batch` and the API (engines.inputs.input_image_problem): the file must
+    lie inside the folder of the bible that names it or inside the workspace (the API writes the bible
+    inside the workspace, so there it is the workspace), be a regular file of at most MAX_REFERENCE_BYTES,
+    and be an image Pillow decodes whole (a truncated PNG is refused here, not in the engine).
     """
-    if not any(resolved.is_relative_to(root) for root in roots):
-        return ("is outside the bible's folder and the workspace; copy it under one of them "
-                "(reference images are read only from there)")
-    try:
-        info = resolved.stat()
-    except OSError:
-        return f"not found (looked for {resolved})"
-    if not stat.S_ISREG(info.st_mode):
-        return f"is not a regular file ({resolved})"
-    if info.st_size > MAX_REFERENCE_BYTES:
-        return f"is larger than {MAX_REFERENCE_BYTES // (1024 * 1024)} MB ({resolved})"
-    from PIL import Image
-
-    try:
-        with Image.open(resolved) as image:  # reads the header only
-            width, height = image.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return f"is not an image Pillow can read ({resolved}: {type(error).__name__})"
-    if width * height > Image.MAX_IMAGE_PIXELS:
-        return f"is {width}x{height} pixels, more than the {Image.MAX_IMAGE_PIXELS} allowed ({resolved})"
-    return None
+    return input_image_problem(resolved, roots, "the bible's folder and the workspace",
+                               "reference images are read only from there")
 
 
 def load_bible(path: str | Path, problems: ProblemList | None = None) -> Bible | None:
@@ -375,7 +355,7 @@ def load_bible_and_raw(path: Path, problems: ProblemList, *,
     return bible, raw
 
 
-def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None,  # noqa: ANN001
+def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None,
                 workspace: Path | None = None) -> Bible | None:
     label = path.name
     data = _read_bytes(path, MAX_BIBLE_BYTES, label, problems)

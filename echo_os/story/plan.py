@@ -12,8 +12,9 @@ Settings for each scene, first one set wins:
 A preset is a bundle of command-line options (`--preset quality` is `--steps 40 --cfg 7 ...`), so it sits
 with them, above the files. When the command line or the preset picks a model other than the bible's, that
 model's entry defaults come above the bible's defaults (a row's own cell, a choice for that scene, still
-wins): the bible's steps and guidance were written for the bible's model, and `--preset fast` (SDXL-Turbo: 4 steps, cfg 0) must not
-render 30 steps at cfg 6.5 because the bible says so. The row has no scheduler cell; the model entry's
+wins): the bible's steps and guidance were written for the bible's model, and `--preset fast`
+(SDXL-Turbo: 4 steps, cfg 0) must not render 30 steps at cfg 6.5 because the bible says so. The row has
+no scheduler cell; the model entry's
 defaults are applied by echo_os.models.defaults, the rule every edge shares.
 
 Seed policy (recorded per scene as `seed.provenance`, and per image as seed + i for image i):
@@ -30,15 +31,23 @@ seeds of two scenes never overlap.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from echo_os.errors import OptionError
 from echo_os.models.registry import RenderDefaults
-from echo_os.render.requests import (MAX_SEED, MAX_STEPS, RenderRequest, Scheduler, StoryFields, describe_validation_error,
-                              parse_size)
+from echo_os.render.requests import (
+    MAX_SEED,
+    MAX_STEPS,
+    RenderRequest,
+    Scheduler,
+    StoryFields,
+    describe_validation_error,
+    parse_size,
+)
 from echo_os.story.bible import Bible, LoraRef, load_bible_and_raw
 from echo_os.story.compose import ComposedPrompt, compose_scene_prompt
 from echo_os.story.problems import ProblemList

@@ -16,16 +16,24 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from echo_os.render.requests import MAX_SIDE
 from echo_os.story.problems import ProblemList
 from echo_os.story.slug import scene_slug
 from echo_os.story.storyboard import (
-    MAX_CELL_BYTES, MAX_SCENES, CellError, SceneRow, parse_cfg, parse_count, parse_int, parse_seed,
-    parse_steps, read_text_file,
+    MAX_CELL_BYTES,
+    MAX_SCENES,
+    CellError,
+    SceneRow,
+    parse_cfg,
+    parse_count,
+    parse_int,
+    parse_seed,
+    parse_steps,
+    read_text_file,
 )
-from echo_os.render.requests import MAX_SIDE
 
 
 def _parse_side(name: str) -> Callable[[str], int]:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from echo_os.engines.ip_adapter import check_adapter
 from echo_os.render.requests import IPAdapterImage, IPAdapterInput, IPAdapterReference, LoraInput, RenderRequest
 from echo_os.story.continuity import CastEntry, CastImage, ContinuityReport
+from echo_os.story.results import SceneResult
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
@@ -53,17 +55,6 @@ class StoryProgress:
     @property
     def images_per_minute(self) -> float:
         return 60.0 * self.images_rendered / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-@dataclass
-class SceneResult:
-    scene: int
-    slug: str
-    description: str
-    characters: tuple[str, ...]
-    artifacts: list["Artifact"]
-    resumed: list[bool]
-    siblings: list["Artifact"] = field(default_factory=list)  # best-of candidates not kept (issue 16)
 
 
 @dataclass
@@ -108,33 +99,6 @@ class StoryRender:
 
 
 # ---- requests --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EngineSize:
-    """The chosen engine's own default size for a story, and the note that says so."""
-
-    size: str  # WIDTHxHEIGHT
-    note: str
-
-
-def engine_size_for_plan(settings: "Settings", plan: "StoryPlan", engine_name: str) -> EngineSize | None:
-    """The engine's default size (the cpu engine's settings.cpu_size, 512x512) when the plan has a scene
-    larger than it, else None: a story planned at 1216x832 is rendered smaller on the CPU, a story
-    smaller than that keeps its size. The caller applies it only when the user chose no size or steps
-    (`echo-os batch` and POST /api/batch alike)."""
-    from echo_os.engines import get_engine
-
-    default = get_engine(engine_name).default_size(settings)
-    if default is None or not plan.scenes:
-        return None
-    width, height = default
-    largest = max(plan.scenes, key=lambda scene: scene.request.width * scene.request.height).request
-    if largest.width * largest.height <= width * height:
-        return None
-    return EngineSize(size=f"{width}x{height}",
-                      note=f"{width}x{height} by default with engine {engine_name} instead of the story's "
-                           f"{largest.size}; --size or --steps to choose")
-
 
 def story_requests(settings: "Settings", plan: "StoryPlan",
                    ip_adapter: str | None = DEFAULT_IP_ADAPTER) -> list[RenderRequest]:
@@ -406,7 +370,8 @@ def write_contact_sheet(plan: "StoryPlan", result: StoryRender, created: datetim
                                    image=_open_image(artifact), index=index, of=len(scene.artifacts)))
     engines = ", ".join(sorted({a.meta.engine.name for s in result.scenes for a in s.artifacts})) or "none"
     images = len(cells)
-    subtitle = (f"{'' if plan.project == plan.title else plan.project + '  ·  '}{len(result.scenes)} scene{'s' if len(result.scenes) != 1 else ''}, "
+    scenes = len(result.scenes)
+    subtitle = (f"{'' if plan.project == plan.title else plan.project + '  ·  '}{scenes} scene{'s' if scenes != 1 else ''}, "
                 f"{images} image{'s' if images != 1 else ''}  ·  engine {engines}  ·  {created:%Y-%m-%d %H:%M}")
     if plan.bible_hash:
         subtitle += f"  ·  bible {plan.bible_hash[:12]}"
