@@ -356,7 +356,7 @@ class TestShapEContract(EngineContract):
     def test_img2img_refines_an_artifact_with_lineage(self, settings, tmp_path):
         """Shap-E's image input is a lift (an image-to-3D entry): the mesh records the image as its parent."""
         from echo_os.artifacts.store import ArtifactStore
-        from echo_os.cli.lift import lift_request
+        from echo_os.iterate.lift import lift_request
         from echo_os.render.scheduler import render_requests
         from tests.tiny_shap_e import save_tiny_shap_e_img2img
 

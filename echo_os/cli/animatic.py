@@ -129,15 +129,17 @@ def soundtrack(ctx: click.Context, project: str, engine: str, json_output: bool)
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.cli.render import StepBar
     from echo_os.engines import check_engine_name
-    from echo_os.motion.soundtrack import make_soundtrack, scene_cues
+    from echo_os.motion.animatic import story_cues
+    from echo_os.motion.soundtrack import make_soundtrack
 
     settings = settings_from(ctx)
     check_engine_name(engine)
     store = ArtifactStore(settings)
     try:
-        bar = StepBar(len(scene_cues(settings, project)))  # the story is read (and checked) before rendering
+        cues = story_cues(settings, project)  # the story is read (and checked) before rendering
+        bar = StepBar(len(cues))
         try:
-            cues = make_soundtrack(settings, project, store=store, engine=engine, progress=bar)
+            cues = make_soundtrack(settings, project, cues, store=store, engine=engine, progress=bar)
         finally:
             bar.close()
     finally:

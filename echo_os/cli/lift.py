@@ -12,21 +12,7 @@ import json
 import click
 
 from echo_os.cli import settings_from
-
-
-def lift_request(settings, parent, *, model: str, seed: int, steps: int, cfg: float, grid_size: int, device: str):
-    from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
-    from echo_os.render.requests import InitImage, RenderRequest
-
-    require_kind(parent.id, parent.meta, IMAGE_KINDS, "lift", needs="an image artifact")
-    try:  # relative to the artifacts folder, so a moved workspace still finds it
-        path = parent.image_path.resolve().relative_to(settings.artifacts_dir.resolve()).as_posix()
-    except ValueError:
-        path = str(parent.image_path)
-    return RenderRequest(prompt=parent.meta.prompt, output="mesh", model=model, seed=seed, steps=steps, cfg=cfg,
-                         device=device, options={"grid_size": grid_size}, project=parent.meta.project,
-                         parent_id=parent.id, story=parent.meta.story,
-                         init_image=InitImage(artifact_id=parent.id, path=path, sha256=parent.id, strength=1.0))
+from echo_os.iterate.lift import lift_request
 
 
 @click.command()

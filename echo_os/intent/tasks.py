@@ -228,7 +228,7 @@ def _asset_request(settings: Settings, item: PlanItem, parent, fields: dict, run
     if item.type == "sound":
         return RenderRequest(prompt=item.prompt, output="audio", options={"seconds": SOUND_SECONDS}, **common)
     if parent is not None and _resolves(settings, MESH_LIFT_MODEL):
-        from echo_os.cli.lift import lift_request
+        from echo_os.iterate.lift import lift_request
 
         return lift_request(settings, parent, model=MESH_LIFT_MODEL, seed=common.get("seed", parent.meta.seed),
                             steps=64, cfg=3.0, grid_size=128, device="auto")

@@ -458,7 +458,7 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
         if options.sound:  # the cues (rendered now, or found by resume), mixed at the same cut points
             from echo_os.motion.soundtrack import SAMPLE_RATE, make_soundtrack, mix_track, read_cue
 
-            cues = make_soundtrack(settings, project, store=store, cancel=cancel)
+            cues = make_soundtrack(settings, project, story_cues(settings, project), store=store, cancel=cancel)
             cue_ids = [artifact.id for _, artifact in cues]
             audio = (mix_track(timeline, [read_cue(a.path / a.meta.file) for _, a in cues], options.fps,
                                options.fade), SAMPLE_RATE)
@@ -514,3 +514,13 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
     finally:
         if own_store:
             store.close()
+
+
+def story_cues(settings: "Settings", project: str) -> list:
+    """The sound cue of each scene of the project's story (echo_os.motion.soundtrack.scene_cues): its durations
+    and storyboard rows read as the animatic reads them."""
+    from echo_os.motion.soundtrack import scene_cues
+
+    sources = load_story_sources(settings, None, project, AnimaticOptions())  # type: ignore[arg-type]
+    rows = _storyboard_rows(sources.storyboard) if sources.storyboard is not None else {}
+    return scene_cues(sources.scenes, rows)

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     import threading
 
     from echo_os.artifacts.store import Artifact, ArtifactStore
-    from echo_os.motion.animatic import TimedScene
     from echo_os.settings import Settings
 
 SAMPLE_RATE = 48000  # the track's rate: AAC's usual one; cues at another rate are resampled
@@ -72,14 +71,11 @@ def derive_cue(*texts: str | None) -> str:
     return "ambience: " + ", ".join(dict.fromkeys(found)) if found else FALLBACK_CUE
 
 
-def scene_cues(settings: "Settings", project: str) -> list[SceneCue]:
-    """One cue per scene of the project's story, at the scene's duration (see the module docstring)."""
-    from echo_os.motion.animatic import AnimaticOptions, _storyboard_rows, load_story_sources
-
-    sources = load_story_sources(settings, None, project, AnimaticOptions())  # type: ignore[arg-type]
-    rows = _storyboard_rows(sources.storyboard) if sources.storyboard is not None else {}
+def scene_cues(scenes: list, rows: dict) -> list[SceneCue]:
+    """One cue per scene (echo_os.motion.animatic.SceneSource), at the scene's duration, from its storyboard
+    row (`rows`: scene number -> row) when there is one (see the module docstring)."""
     cues = []
-    for scene in sources.scenes:
+    for scene in scenes:
         row = rows.get(scene.scene)
         sound = getattr(row, "sound", None)
         if sound:
@@ -97,13 +93,12 @@ def cue_request(project: str, cue: SceneCue, engine: str = "auto"):
                          options={"seconds": cue.duration}, story=StoryFields(scene=cue.scene))
 
 
-def make_soundtrack(settings: "Settings", project: str, *, store: "ArtifactStore", engine: str = "auto",
-                    progress: Callable | None = None, cancel: "threading.Event | None" = None,
+def make_soundtrack(settings: "Settings", project: str, cues: list[SceneCue], *, store: "ArtifactStore",
+                    engine: str = "auto", progress: Callable | None = None, cancel: "threading.Event | None" = None,
                     ) -> list[tuple[SceneCue, "Artifact"]]:
-    """Render (or find, by resume) every scene's cue: [(cue, audio artifact)] in scene order."""
+    """Render (or find, by resume) every cue (echo_os.motion.animatic.story_cues): [(cue, audio artifact)]."""
     from echo_os.render.scheduler import render_requests
 
-    cues = scene_cues(settings, project)
     requests = [cue_request(project, cue, engine) for cue in cues]
     outcome = render_requests(settings, requests, store=store, progress=progress, cancel=cancel)
     by_scene = {artifact.meta.story.scene: artifact for artifact in [*outcome.resumed, *outcome.artifacts]}
@@ -122,9 +117,10 @@ def read_cue(path, rate: int = SAMPLE_RATE) -> np.ndarray:
     return mono
 
 
-def mix_track(timeline: list["TimedScene"], cues: list[np.ndarray], fps: int, fade: float,
+def mix_track(timeline: list, cues: list[np.ndarray], fps: int, fade: float,
               rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The animatic's sound: cue i over scene i's frames, crossfaded over `fade` s centred on each cut."""
+    """The animatic's sound: cue i over scene i's frames (timeline: echo_os.motion.animatic.TimedScene),
+    crossfaded over `fade` s centred on each cut."""
     total = int(round(timeline[-1].end / fps * rate))
     track = np.zeros(total, dtype=np.float64)
     half = int(round(fade / 2 * rate)) if len(timeline) > 1 else 0
