@@ -17,7 +17,7 @@ def tiny_shap_e_components() -> dict:
     from diffusers.pipelines.shap_e import ShapERenderer
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from tests.tiny_models import VOCAB_SIZE, make_tokenizer, write_clip_tokenizer_files
+    from tests.tiny_models import VOCAB_SIZE, write_clip_tokenizer_files
 
     torch.manual_seed(0)
     prior = PriorTransformer(num_attention_heads=2, attention_head_dim=16, embedding_dim=LATENT_DIM,

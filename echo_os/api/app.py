@@ -51,7 +51,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from echo_os import __version__
-from echo_os.render.kinds import output_fields
 from echo_os.api.deps import (
     IMAGE_TYPES,
     Api,
@@ -133,6 +132,7 @@ from echo_os.api.schemas import (
 from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_inside
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
+from echo_os.render.kinds import output_fields
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -215,7 +215,7 @@ def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "A
                           channels=int(frames.shape[1]), content_sha256=samples_hash(frames))
         rendered.image.save(folder.path / PREVIEW_NAME)
         meta = AssetMeta(
-            kind=asset.kind, created="", project=request.project, prompt=request.prompt, seed=rendered.seed,
+            kind="mesh" if asset.kind == "mesh" else "audio", created="", project=request.project, prompt=request.prompt, seed=rendered.seed,
             width=rendered.image.width, height=rendered.image.height, file=file_name, placeholder=asset.placeholder,
             engine=EngineRecord(name=runtime.engine, reason=runtime.reason),
             model=ModelRecord(name=model.name, source=model.source, kind=model.kind,
@@ -223,7 +223,8 @@ def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "A
             parent_id=parent_id, sources=[parent_id] if parent_id else [], story=story, settings=asset.settings,
             request=request, versions=collect_versions(), request_key=image_request_key(request),
             timings={**result.timings.as_dict(), "save_s": round(time.perf_counter() - started, 4)},
-            device=runtime.device, **fields)
+            **fields)
+        setattr(meta, "device", runtime.device)  # an extra field, as an image's meta.json records it
         return folder.commit(meta)  # type: ignore[arg-type]
 
 

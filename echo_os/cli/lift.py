@@ -8,6 +8,7 @@ through the one renderer by the mesh engine `auto` finds for it (shap-e with a S
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -44,7 +45,8 @@ def lift(ctx: click.Context, artifact_id: str, model: str, seed: int | None, ste
     try:
         parent = store.open(artifact_id)
         request = lift_request(settings, parent, model=model, seed=parent.meta.seed if seed is None else seed,
-                               steps=steps, cfg=cfg, grid_size=grid_size, device=device)
+                               steps=steps, cfg=cfg, grid_size=grid_size,
+                               device=device)  # type: ignore[arg-type]
         bar = StepBar(1)
         try:
             outcome = render_requests(settings, [request], store=store, progress=bar)
@@ -53,9 +55,10 @@ def lift(ctx: click.Context, artifact_id: str, model: str, seed: int | None, ste
     finally:
         store.close()
     artifact = (outcome.artifacts or outcome.resumed)[0]
+    meta: Any = artifact.meta  # an AssetMeta (kind "mesh")
     if as_json:
-        click.echo(json.dumps({**artifact.summary(), "mesh": str(artifact.path / artifact.meta.file),
+        click.echo(json.dumps({**artifact.summary(), "mesh": str(artifact.path / meta.file),
                                "parent_id": artifact.meta.parent_id}, indent=2))
         return
-    click.echo(f"{artifact.id[:12]}  {artifact.path / artifact.meta.file}")
-    click.echo(f"{artifact.meta.vertices} vertices, {artifact.meta.faces} faces, from {parent.id[:12]}")
+    click.echo(f"{artifact.id[:12]}  {artifact.path / meta.file}")
+    click.echo(f"{meta.vertices} vertices, {meta.faces} faces, from {parent.id[:12]}")

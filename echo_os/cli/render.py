@@ -7,10 +7,9 @@ import json
 
 import click
 
-from echo_os.render.kinds import RENDER_TYPES, output_fields
-
 from echo_os.cli import settings_from
 from echo_os.cli.terminal import json_for_terminal
+from echo_os.render.kinds import RENDER_TYPES, output_fields
 from echo_os.render.prepare import DEFAULT_SIZE, engine_default_size  # noqa: F401  (older import path)
 from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS
 

@@ -63,7 +63,7 @@ class _Cancel(Exception):
     pass
 
 
-def load_audio_pipeline(local_path, *, device: str, dtype: str, allow_pickle: bool = False):
+def load_audio_pipeline(local_path: Any, *, device: str, dtype: str, allow_pickle: bool = False) -> Any:
     """The folder's pipeline (model_index.json names it) from local files only."""
     import torch
 
@@ -72,7 +72,7 @@ def load_audio_pipeline(local_path, *, device: str, dtype: str, allow_pickle: bo
     quiet_model_libraries()
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,
+    pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,  # type: ignore[no-untyped-call]
                                              use_safetensors=None if allow_pickle else True,
                                              **_dtype_kwargs(getattr(torch, dtype)))
     pipe.to(device)
@@ -93,7 +93,7 @@ def _longest_seconds(settings: "Settings", model: str) -> float | None:
         transformer = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
         vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
         hop = math.prod(vae["downsampling_ratios"])
-        return transformer["sample_size"] * hop / vae["sampling_rate"]
+        return float(transformer["sample_size"] * hop / vae["sampling_rate"])
     except (ResolveError, OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -106,7 +106,7 @@ class StableAudioEngine(BaseEngine):
     Options = StableAudioOptions
 
     @classmethod
-    def check_request(cls, settings: "Settings", request: "RenderRequest", options) -> None:
+    def check_request(cls, settings: "Settings", request: "RenderRequest", options: Any) -> None:
         from echo_os.models import load_registry
 
         entry = load_registry(settings).get(request.model)
@@ -180,7 +180,7 @@ class StableAudioEngine(BaseEngine):
                 raise OptionError(f"--seconds {options.seconds:g} is longer than {request.model} makes "
                                   f"({longest:g} s at most)", "seconds")
 
-            def on_step(step: int, timestep, latents) -> None:
+            def on_step(step: int, timestep: Any, latents: Any) -> None:
                 nonlocal done
                 done += 1
                 if progress is not None:
@@ -214,5 +214,5 @@ class StableAudioEngine(BaseEngine):
 
 
 @hookimpl
-def register_engines(register) -> None:
+def register_engines(register: Any) -> None:
     register(StableAudioEngine)

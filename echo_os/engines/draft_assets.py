@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -68,7 +68,7 @@ class AudioOptions(EngineOptions):
     sample_rate: int = Field(default=32000, ge=8000, le=96000, description="Samples per second.")
 
 
-def placeholder_mesh(seed: int):
+def placeholder_mesh(seed: int) -> Any:
     """A blade-like primitive, its proportions drawn from `seed` (see the module docstring)."""
     import trimesh
 
@@ -81,7 +81,7 @@ def placeholder_mesh(seed: int):
     blade.apply_translation((0, length / 2, 0))
     crossguard = trimesh.creation.box(extents=(guard, 0.04, 0.06))
     grip = trimesh.creation.cylinder(radius=0.025, height=0.22, sections=12)
-    grip.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, (1, 0, 0)))
+    grip.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, (1, 0, 0)))  # type: ignore[no-untyped-call]
     grip.apply_translation((0, -0.13, 0))
     pommel = trimesh.creation.icosphere(subdivisions=1, radius=0.04)
     pommel.apply_translation((0, -0.26, 0))
@@ -173,6 +173,6 @@ class DraftAudioEngine(_DraftAsset):
 
 
 @hookimpl
-def register_engines(register) -> None:
+def register_engines(register: Any) -> None:
     register(DraftMeshEngine)
     register(DraftAudioEngine)

@@ -66,7 +66,7 @@ class _Cancel(Exception):
     pass
 
 
-def load_shap_e_pipeline(local_path, *, device: str, dtype: str, allow_pickle: bool = False):
+def load_shap_e_pipeline(local_path: Any, *, device: str, dtype: str, allow_pickle: bool = False) -> Any:
     """ShapEPipeline from local files only (never the network)."""
     import torch
 
@@ -76,7 +76,7 @@ def load_shap_e_pipeline(local_path, *, device: str, dtype: str, allow_pickle: b
     from diffusers import DiffusionPipeline
 
     # ShapEPipeline or ShapEImg2ImgPipeline, as the folder's model_index.json says
-    pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,
+    pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,  # type: ignore[no-untyped-call]
                                          use_safetensors=None if allow_pickle else True,
                                          **_dtype_kwargs(getattr(torch, dtype)))
     pipe.to(device)
@@ -84,7 +84,7 @@ def load_shap_e_pipeline(local_path, *, device: str, dtype: str, allow_pickle: b
     return pipe
 
 
-def mesh_from_output(output):
+def mesh_from_output(output: Any) -> Any:
     """A trimesh.Trimesh from the renderer's MeshDecoderOutput (vertex colours from its R, G, B channels)."""
     import numpy as np
     import trimesh
@@ -108,7 +108,7 @@ class ShapEEngine(BaseEngine):
     Options = ShapEOptions
 
     @classmethod
-    def check_request(cls, settings: "Settings", request: "RenderRequest", options) -> None:
+    def check_request(cls, settings: "Settings", request: "RenderRequest", options: Any) -> None:
         from echo_os.models import load_registry
 
         entry = load_registry(settings).get(request.model)
@@ -176,7 +176,7 @@ class ShapEEngine(BaseEngine):
                 calls_per_mesh[request.steps] = len(pipe.scheduler.timesteps)
             total = sum(calls_per_mesh.get(r.steps, 2 * r.steps - 1) * r.count for r in requests)
 
-            def on_prior_call(module, args) -> None:
+            def on_prior_call(module: Any, args: Any, total: int = total) -> None:
                 nonlocal done
                 if cancel is not None and cancel.is_set():
                     raise _Cancel()
@@ -226,5 +226,5 @@ class ShapEEngine(BaseEngine):
 
 
 @hookimpl
-def register_engines(register) -> None:
+def register_engines(register: Any) -> None:
     register(ShapEEngine)

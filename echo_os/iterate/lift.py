@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact
-    from echo_os.render.requests import RenderRequest
+    from echo_os.render.requests import Device, RenderRequest
     from echo_os.settings import Settings
 
 
-def lift_request(settings: "Settings", parent: "Artifact", *, model: str, seed: int, steps: int, cfg: float, grid_size: int, device: str) -> "RenderRequest":
+def lift_request(settings: "Settings", parent: "Artifact", *, model: str, seed: int, steps: int, cfg: float,
+                 grid_size: int, device: "Device") -> "RenderRequest":
     """The lift of `parent` (an image artifact; another kind is one OptionError line)."""
     from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
     from echo_os.render.requests import InitImage, RenderRequest

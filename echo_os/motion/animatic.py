@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from echo_os.errors import OptionError, UsageError
 from echo_os.artifacts.encode import check_video_work
+from echo_os.errors import OptionError, UsageError
 
 if TYPE_CHECKING:
     import threading

@@ -6,15 +6,17 @@ image and texture are images (a texture with seamless tiling, tile = "xy"); 3d_m
 
 from __future__ import annotations
 
+from typing import Any
+
 from echo_os.errors import OptionError
 
 RENDER_TYPES = {"image": "image", "texture": "image", "3d_model": "mesh", "audio": "audio"}
 
 
-def output_fields(kind: str, seconds: float | None, options: dict | None) -> dict:
+def output_fields(kind: str, seconds: float | None, options: dict[str, Any] | None) -> dict[str, Any]:
     """The request fields a type and a length set: `output` and `options.seconds` (a texture's
     tiling is the caller's: the CLI's --tile may narrow it to one axis)."""
-    fields: dict = {}
+    fields: dict[str, Any] = {}
     if RENDER_TYPES[kind] != "image":
         fields["output"] = RENDER_TYPES[kind]
     if seconds is not None:

@@ -93,7 +93,7 @@ class RenderedAsset:
     data: Any  # mesh: a trimesh.Trimesh; audio: float32 samples, shape (frames, channels), in [-1, 1]
     sample_rate: int = 0  # audio only
     placeholder: bool = False  # a draft engine's labelled stand-in, never a generated model or sound
-    settings: dict = field(default_factory=dict)  # meta.json `settings`
+    settings: dict[str, Any] = field(default_factory=dict)  # meta.json `settings`
 
 
 @dataclass
