@@ -314,3 +314,86 @@ class TestVideoContract(EngineContract):
         name, reason = choose_engine(settings, self.request(engine="auto", seed=1))
         assert name == "video" and "sdxl" not in reason and "draft" not in reason
         assert choose_engine(settings, RenderRequest(prompt="x", engine="auto", model="tiny-svd"))[0] == "draft"
+
+
+class TestDraftMeshContract(EngineContract):
+    """The placeholder mesh engine (output kind "mesh"): the turntable sheet stands for the image here."""
+
+    engine_name = "draft-mesh"
+    request_fields = dict(output="mesh")
+    cli_args = ("--type", "3d_model")
+
+
+class TestDraftAudioContract(EngineContract):
+    """The placeholder tone bed (output kind "audio"): the waveform/spectrogram stands for the image here."""
+
+    engine_name = "draft-audio"
+    request_fields = dict(output="audio", options={"seconds": 0.5, "sample_rate": 8000})
+    cli_args = ("--type", "audio")
+
+
+@pytest.fixture(scope="module")
+def tiny_shap_e_dir(tmp_path_factory):
+    from tests.tiny_shap_e import save_tiny_shap_e
+
+    return save_tiny_shap_e(tmp_path_factory.mktemp("tiny-shap-e") / "tiny-shap-e")
+
+
+class TestShapEContract(EngineContract):
+    """The Shap-E engine (output kind "mesh") on a tiny random-weight pipeline, loaded through models.toml."""
+
+    engine_name = "shap-e"
+    request_fields = dict(model="tiny-shap-e", output="mesh", steps=2, cfg=3.0, device="cpu",
+                          options={"grid_size": 16})
+    cli_args = ("--type", "3d_model", "--model", "tiny-shap-e")
+
+    @pytest.fixture
+    def settings(self, workspace, tiny_shap_e_dir):
+        with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[models.tiny-shap-e]\ntype = "3d"\npath = "{tiny_shap_e_dir.as_posix()}"\n')
+        return workspace
+
+    def test_img2img_refines_an_artifact_with_lineage(self, settings, tmp_path):
+        """Shap-E's image input is a lift (an image-to-3D entry): the mesh records the image as its parent."""
+        from echo_os.artifacts.store import ArtifactStore
+        from echo_os.iterate.lift import lift_request
+        from echo_os.render.scheduler import render_requests
+        from tests.tiny_shap_e import save_tiny_shap_e_img2img
+
+        folder = save_tiny_shap_e_img2img(tmp_path / "tiny-lift")
+        with open(settings.models_toml, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[models.tiny-lift]\ntype = "3d"\npath = "{folder.as_posix()}"\n')
+        store = ArtifactStore(settings)
+        try:
+            [parent] = render_requests(settings, [RenderRequest(prompt="a harbour", engine="draft", width=64,
+                                                                height=64, seed=5)], store=store).artifacts
+            request = lift_request(settings, parent, model="tiny-lift", seed=6, steps=2, cfg=3.0, grid_size=16,
+                                   device="cpu")
+            [child] = render_requests(settings, [request], store=store, engine=self.make_engine(settings)).artifacts
+        finally:
+            store.close()
+        meta = json.loads((child.path / "meta.json").read_text())
+        assert (meta["kind"], meta["parent_id"], meta["sources"]) == ("mesh", parent.id, [parent.id])
+        assert meta["request"]["init_image"]["sha256"] == parent.id and meta["engine"]["name"] == "shap-e"
+
+
+@pytest.fixture(scope="module")
+def tiny_stable_audio_dir(tmp_path_factory):
+    from tests.tiny_stable_audio import save_tiny_stable_audio
+
+    return save_tiny_stable_audio(tmp_path_factory.mktemp("tiny-stable-audio") / "tiny-stable-audio")
+
+
+class TestStableAudioContract(EngineContract):
+    """The Stable Audio engine (output kind "audio") on a tiny random-weight pipeline, through models.toml."""
+
+    engine_name = "stable-audio"
+    request_fields = dict(model="tiny-stable-audio", output="audio", steps=2, cfg=3.0, device="cpu",
+                          options={"seconds": 0.25})
+    cli_args = ("--type", "audio", "--model", "tiny-stable-audio")
+
+    @pytest.fixture
+    def settings(self, workspace, tiny_stable_audio_dir):
+        with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[models.tiny-stable-audio]\ntype = "audio"\npath = "{tiny_stable_audio_dir.as_posix()}"\n')
+        return workspace

@@ -328,7 +328,7 @@ def test_default_registry_names_the_shipped_models(home: Settings) -> None:
     registry = load_registry(home)
     assert registry.names() == ["sdxl", "sdxl-turbo", "sdxl-lightning-4step", "sdxl-lightning-4step-lora", "sdxl-lcm",
                                 "lcm-lora-sdxl", "sdxl-tcd", "tcd-lora-sdxl", "ip-adapter-sdxl", "clip-vit-l-14",
-                                "minilm", "svd"]
+                                "minilm", "svd", "shap-e", "shap-e-img2img", "audioldm2", "stable-audio-open"]
     # the few-step entries carry their render defaults and distillation LoRA (tests/test_fast_models.py)
     assert (registry.get("sdxl-lcm").defaults.scheduler, registry.get("sdxl-lcm").defaults.lora) == (
         "lcm", "lcm-lora-sdxl")
@@ -903,3 +903,25 @@ def test_a_parsed_models_toml_is_reused_until_the_file_changes(tmp_path):
     for _ in range(2):
         with pytest.raises(Exception, match="invalid TOML"):
             reg.load_registry(settings)
+
+
+def test_a_safetensors_header_of_896_bytes_is_not_taken_for_a_pickle(tmp_path) -> None:
+    """Regression: a header length of 0x380 starts the file with \\x80\\x03, a pickle's opening bytes; such a file
+    (Stable Audio's projection model saves one) was refused as 'a PyTorch pickle checkpoint'."""
+    import torch
+    from safetensors.torch import save_file
+
+    from echo_os.models.weights import check_weights_file, detect_format
+
+    path = tmp_path / "model.safetensors"
+    for names in range(1, 40):  # grow the header until its length is 0x280..0x580 with a low byte of 0x80
+        save_file({f"tensor_number_{i:03d}": torch.zeros(1) for i in range(names)}, str(path))
+        if path.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+            break
+    else:
+        pytest.skip("no header length with a low byte of 0x80 in range")
+    assert detect_format(path) == "safetensors"
+    assert check_weights_file(path).format == "safetensors"
+    pickle = tmp_path / "old.bin"
+    pickle.write_bytes(b"\x80\x02" + b"}q\x00." + b"\x00" * 64)
+    assert detect_format(pickle) == "pickle"

@@ -133,6 +133,7 @@ from echo_os.api.security import Guard, GuardSettings, check_origins, resolve_in
 from echo_os.api.stalls import Stall, epoch_from_iso, judge
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import DiskFullError, EchoError, NotFoundError, OptionError, UsageError, disk_full
+from echo_os.render.kinds import output_fields
 from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ log = logging.getLogger(__name__)
 ARTIFACT_ID_PATTERN = r"^[0-9a-fA-F]{12,64}$"
 SSE_PING_S = 15.0
 # RenderRequest field -> the name /api/render takes it as
-RENDER_BODY_NAMES = {"negative_prompt": "negative", "width": "size", "height": "size"}
-RENDER_FIELDS = {"negative": "negative_prompt"}  # and back
+RENDER_BODY_NAMES = {"negative_prompt": "negative", "width": "size", "height": "size", "output": "type"}
+RENDER_FIELDS = {"negative": "negative_prompt", "type": "output"}  # and back
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="32 hex characters")]
 ArtifactId = Annotated[str, PathParam(pattern=ARTIFACT_ID_PATTERN,
@@ -552,7 +553,10 @@ def _add_routes(app: FastAPI) -> None:
         key, replayed = await _earlier(api, "/api/render", idempotency_key, body)
         if replayed is not None:
             return replayed
-        values = body.model_dump(exclude={"negative", "seed", "preset", "again"}, exclude_none=True)
+        values = body.model_dump(exclude={"negative", "seed", "preset", "again", "type", "seconds"}, exclude_none=True)
+        values.update(output_fields(body.type, body.seconds, values.get("options")))  # 3d_model, audio
+        if body.type == "texture":
+            values["tile"] = "xy"
         values["negative_prompt"] = body.negative or None  # none given: the model's own rule (see requests.py)
         if body.seed is not None:
             values["seed"] = body.seed

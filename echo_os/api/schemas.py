@@ -82,6 +82,10 @@ class RenderBody(BaseModel):
     again: bool = Field(default=False, description="Render anew even when the same request was rendered "
                         "before (the CLI's --again). Default: an image the project already has (same request "
                         "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")
+    type: Literal["image", "texture", "3d_model", "audio"] = Field(
+        default="image", description="What to make: an image, a seamless texture, a 3D model (GLB) or a sound (FLAC).")
+    seconds: float | None = Field(default=None, gt=0, le=600, allow_inf_nan=False,
+                                  description="type audio: the sound's length in seconds.")
 
 
 class BatchBody(BaseModel):

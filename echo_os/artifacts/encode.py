@@ -78,9 +78,16 @@ def check_video_work(width: int, height: int, fps: int, frames: int) -> None:
                           "--fps or --size, or shorten the scenes.", "fps")
 
 
+AUDIO_CODEC = "aac"  # FFmpeg's native AAC encoder (in PyAV's wheels)
+AUDIO_FRAME = 1024  # samples per AAC frame
+
+
 class Mp4Writer:
+    """`audio`: (mono float32 samples in [-1, 1], sample rate) muxed as an AAC stream beside the video; it is
+    encoded when the writer closes (the mp4 muxer interleaves the packets)."""
+
     def __init__(self, path: Path, width: int, height: int, fps: int, *, crf: int = DEFAULT_CRF,
-                 preset: str = DEFAULT_PRESET):
+                 preset: str = DEFAULT_PRESET, audio: "tuple[Any, int] | None" = None):
         import av
 
         check_video_size(width, height)
@@ -92,6 +99,10 @@ class Mp4Writer:
         self.stream.pix_fmt = PIX_FMT
         self.stream.options = {"crf": str(crf), "preset": preset}
         self.frames = 0
+        self.audio = audio
+        self.audio_stream = None
+        if audio is not None:
+            self.audio_stream = self.container.add_stream(AUDIO_CODEC, rate=int(audio[1]), layout="mono")
 
     def write(self, rgb: Any) -> None:
         """One frame: a (height, width, 3) uint8 array, or a PIL image of the output size."""
@@ -112,9 +123,26 @@ class Mp4Writer:
         try:
             for packet in self.stream.encode():  # flush the encoder's delayed frames
                 self.container.mux(packet)
+            if self.audio_stream is not None:
+                self._encode_audio()
         finally:
             self.container.close()
             self.container = None
+
+    def _encode_audio(self) -> None:
+        import av
+        import numpy as np
+
+        samples, rate = self.audio
+        samples = np.ascontiguousarray(np.asarray(samples, dtype=np.float32).reshape(-1))
+        for offset in range(0, len(samples), AUDIO_FRAME):
+            frame = av.AudioFrame.from_ndarray(samples[None, offset:offset + AUDIO_FRAME], format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = int(rate), offset
+            for packet in self.audio_stream.encode(frame):
+                self.container.mux(packet)
+        for packet in self.audio_stream.encode():
+            self.container.mux(packet)
 
     def __enter__(self) -> "Mp4Writer":
         return self
@@ -141,3 +169,13 @@ def probe(path: Path) -> dict:
         return {"codec": stream.codec_context.name, "pix_fmt": stream.codec_context.pix_fmt,
                 "width": stream.codec_context.width, "height": stream.codec_context.height,
                 "fps": float(stream.average_rate or stream.base_rate or 0), "frames": frames}
+
+
+def audio_duration(path: Path) -> tuple[float, int]:
+    """(seconds, sample rate) of the first audio stream, from its decoded samples."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+        return samples / stream.codec_context.sample_rate, stream.codec_context.sample_rate

@@ -165,10 +165,69 @@ class VideoMeta(BaseModel):
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
 
+AssetKind = Literal["mesh", "audio"]
+PREVIEW_NAME = "image.png"  # an asset's preview has an image's file name, so memory embeds it by its picture
+
+
+class AssetMeta(BaseModel):
+    """meta.json of a mesh or sound artifact (echo_os/artifacts/assets.py writes the folders): the file, its
+    preview image and what made it. `id` is the sha256 of the file; `content_sha256` hashes what replay
+    compares (a mesh's vertices and faces, a sound's 16-bit samples), which a re-encode does not change."""
+
+    model_config = ConfigDict(extra="allow")
+
+    meta_version: int = META_VERSION
+    kind: AssetKind
+    id: str = ""
+    created: str
+    project: str
+    sequence: int = 0
+    prompt: str
+    seed: int = 0
+    width: int  # of the preview image
+    height: int
+    file: str  # mesh.glb / sound.flac
+    preview: str = PREVIEW_NAME
+    placeholder: bool = False  # a draft engine's labelled stand-in, not a generated model or sound
+    content_sha256: str = ""
+    vertices: int | None = None
+    faces: int | None = None
+    duration_s: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    engine: EngineRecord
+    model: ModelRecord | None = None
+    parent_id: str | None = None  # lift: the source image
+    sources: list[str] = Field(default_factory=list)
+    story: StoryFields = Field(default_factory=StoryFields)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    request: RenderRequest | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    request_key: str | None = None
+
+    @property
+    def full_prompt(self) -> str:
+        return self.prompt
+
+    def replay_request(self) -> RenderRequest:
+        if self.request is None:
+            raise ValueError("meta.json has no request")
+        return self.request
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> "AssetMeta":
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
 # What an artifact is, for the commands that take an id: each says in one line which kinds it needs.
 # "image": rendered by an engine here (replayable); "imported": a PNG brought in by `memory import` (what its
-# chunks carried, no request); "sheet": a compare grid sheet drawn from its cells; "video": an animatic or clip.
-ArtifactKind = Literal["image", "imported", "sheet", "video"]
+# chunks carried, no request); "sheet": a compare grid sheet drawn from its cells; "video": an animatic or clip;
+# "mesh" / "audio": a 3D model or a sound (AssetMeta).
+ArtifactKind = Literal["image", "imported", "sheet", "video", "mesh", "audio"]
 IMAGE_KINDS: tuple[ArtifactKind, ...] = ("image", "imported")
 SHEET_ENGINE = "compare"  # the engine name a grid sheet records (echo_os.iterate.compare.save_grid)
 IMPORT_ENGINE_PREFIX = "import:"  # echo_os.memory.importer.imported_meta: "import:a1111", ...
@@ -177,8 +236,8 @@ IMPORT_ENGINE_PREFIX = "import:"  # echo_os.memory.importer.imported_meta: "impo
 def artifact_kind(meta: "ArtifactMeta | VideoMeta | dict[str, Any]") -> ArtifactKind:
     """The kind of an artifact from its meta.json (a model or the catalog row's dict)."""
     data = meta if isinstance(meta, dict) else meta.model_dump(mode="json")
-    if data.get("kind") == "video":
-        return "video"
+    if data.get("kind") in ("video", "mesh", "audio"):
+        return data["kind"]
     engine = (data.get("engine") or {}).get("name", "") if isinstance(data.get("engine"), dict) else ""
     if data.get("grid") is not None or engine == SHEET_ENGINE:
         return "sheet"
@@ -193,7 +252,7 @@ def describe_kind(meta: "ArtifactMeta | VideoMeta | dict[str, Any]") -> str:
     if kind == "video":
         data = meta if isinstance(meta, dict) else meta.model_dump(mode="json")
         return f"a video ({data.get('video_kind', 'video')})"
-    return {"sheet": "a compare grid sheet", "imported": "an imported image", "image": "an image"}[kind]
+    return {"mesh": "a 3D model", "audio": "a sound", "sheet": "a compare grid sheet", "imported": "an imported image", "image": "an image"}[kind]
 
 
 def require_kind(artifact_id: str, meta: "ArtifactMeta | VideoMeta | dict[str, Any]",

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from filelock import FileLock, Timeout
 
 from echo_os.artifacts.catalog import Catalog
-from echo_os.artifacts.meta import (ArtifactMeta, EngineRecord, ModelRecord, VideoMeta, collect_versions,
+from echo_os.artifacts.meta import (ArtifactMeta, AssetMeta, EngineRecord, ModelRecord, VideoMeta, collect_versions,
                                    negative_prompt_passed)
 from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
@@ -64,7 +64,7 @@ class Artifact:
     @classmethod
     def from_row(cls, root: Path, row) -> "Artifact":
         """The artifact a catalog row describes (root: the artifacts folder its path is relative to)."""
-        model = VideoMeta if row.meta.get("kind") == "video" else ArtifactMeta
+        model = {"video": VideoMeta, "mesh": AssetMeta, "audio": AssetMeta}.get(row.meta.get("kind"), ArtifactMeta)
         return cls(id=row.id, path=root / row.path, meta=model.model_validate(row.meta))
 
     def summary(self) -> dict:
@@ -264,6 +264,8 @@ def read_any_meta(path: Path):
         raise ValueError(str(error)) from None
     if kind == "video":
         return VideoMeta.read(path)
+    if kind in ("mesh", "audio"):
+        return AssetMeta.read(path)
     return ArtifactMeta.read(path)
 
 

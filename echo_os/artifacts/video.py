@@ -59,8 +59,12 @@ class VideoFolder:
         if self.committed is None:
             shutil.rmtree(self.path, ignore_errors=True)
 
+    def content_file(self, meta) -> Path:
+        """The file whose sha256 is the artifact's id (echo_os.artifacts.assets: the mesh or the sound)."""
+        return self.path / meta.video
+
     def commit(self, meta: VideoMeta) -> Artifact:
-        video = self.path / meta.video
+        video = self.content_file(meta)
         digest = hashlib.sha256()
         with open(video, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -32,6 +32,8 @@ COMMANDS = {
     "serve": "echo_os.cli.serve:serve",
     "animatic": "echo_os.cli.animatic:animatic",
     "animate": "echo_os.cli.animatic:animate",
+    "soundtrack": "echo_os.cli.animatic:soundtrack",
+    "lift": "echo_os.cli.lift:lift",
     "score": "echo_os.cli.score:score",
     "rate": "echo_os.cli.score:rate",
     "texture-check": "echo_os.cli.texture:texture_check",

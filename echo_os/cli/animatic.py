@@ -21,10 +21,12 @@ from echo_os.cli import settings_from
 @click.option("--story", "story", type=click.Path(dir_okay=False), default=None,
               help="story.csv to take durations and motions from (default: the one the story was rendered from).")
 @click.option("--out", type=click.Path(), default=None, help="Also copy the MP4 (and .srt) to this file.")
+@click.option("--sound", is_flag=True, help="Mux the soundtrack (`echo-os soundtrack`: one cue per scene, "
+                                            "crossfaded at the cuts) into the MP4 as AAC.")
 @click.option("--json", "json_output", is_flag=True, help="Print the artifact's meta.json.")
 @click.pass_context
 def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade: float, captions: bool,
-             clips: bool, story: str | None, out: str | None, json_output: bool) -> None:
+             clips: bool, story: str | None, out: str | None, json_output: bool, sound: bool) -> None:
     """Make an animatic of a rendered story: each scene's image for its `duration` (story.csv, default 3 s)
     under its `motion` (push-in, pull-out, pan-left, pan-right, tilt-up, tilt-down, static; default from the
     camera words, else a slow push-in), with crossfades. The MP4 is an artifact (see `echo-os gallery`).
@@ -39,7 +41,7 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
 
     settings = settings_from(ctx)
     options = AnimaticOptions(fps=fps, size=parse_size(size) if size else None, fade=fade, captions=captions,
-                              clips=clips, story=Path(story) if story else None)
+                              clips=clips, story=Path(story) if story else None, sound=sound)
     with StageBars(unit="frame", labels={"encode": "encoding"}) as bars:
         result = make_animatic(settings, project, options, out=Path(out) if out else None, progress=bars)
     for note in result.notes:
@@ -111,3 +113,45 @@ def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: 
     click.echo(f"{result.artifact.id[:12]}  {result.video_path}")
     click.echo(f"{meta.frames} frames at {meta.fps} fps, {meta.width}x{meta.height}, seed {meta.seed}, "
                f"from {result.parent.id[:12]} ({result.seconds:.1f} s)")
+
+
+@click.command()
+@click.argument("project")
+@click.option("--engine", default="auto", show_default=True, help="The audio engine (auto: a text-to-audio "
+                                                                  "model when its weights are here, else draft-audio).")
+@click.option("--json", "json_output", is_flag=True, help="Print the cues and their artifacts as JSON.")
+@click.pass_context
+def soundtrack(ctx: click.Context, project: str, engine: str, json_output: bool) -> None:
+    """Render one sound cue per scene of a rendered story, at the scene's duration: the scene's `sound`
+    column in story.csv, else an ambience derived from its location, lighting and weather words.
+    `echo-os animatic PROJECT --sound` mixes them into the animatic.
+
+    \b
+      echo-os soundtrack "Lighthouse Keeper"
+    """
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.cli.render import StepBar
+    from echo_os.engines import check_engine_name
+    from echo_os.motion.animatic import story_cues
+    from echo_os.motion.soundtrack import make_soundtrack
+
+    settings = settings_from(ctx)
+    check_engine_name(engine)
+    store = ArtifactStore(settings)
+    try:
+        cues = story_cues(settings, project)  # the story is read (and checked) before rendering
+        bar = StepBar(len(cues))
+        try:
+            cues = make_soundtrack(settings, project, cues, store=store, engine=engine, progress=bar)
+        finally:
+            bar.close()
+    finally:
+        store.close()
+    if json_output:
+        click.echo(json.dumps([{"scene": cue.scene, "cue": cue.cue, "derived": cue.derived, "seconds": cue.duration,
+                                "id": artifact.id, "path": str(artifact.path / artifact.meta.file),
+                                "engine": artifact.meta.engine.name} for cue, artifact in cues], indent=2))
+        return
+    for cue, artifact in cues:
+        click.echo(f"scene {cue.scene}: {artifact.id[:12]}  {cue.duration:g} s  {cue.cue!r}"
+                   + (" (from its words)" if cue.derived else ""))

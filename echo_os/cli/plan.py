@@ -124,7 +124,7 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
     if kind in ("assets", "tasks"):
         from echo_os.intent.tasks import task_items
 
-        items = task_items(items)
+        items = task_items(items, assets=kind == "assets")
     diversity_record = scores
     method_record["memory"] = ("ignored" if past is None else
                                f"{past.artifacts} artifacts in Echo Memory, {past.planned} earlier plan items")

@@ -9,6 +9,7 @@ import click
 
 from echo_os.cli import settings_from
 from echo_os.cli.terminal import json_for_terminal
+from echo_os.render.kinds import RENDER_TYPES, output_fields
 from echo_os.render.prepare import DEFAULT_SIZE, engine_default_size  # noqa: F401  (older import path)
 from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS
 
@@ -166,8 +167,9 @@ def engine_announcer(note: str | None = None, *, bar=None, model: str | None = N
                    "before; without it the earlier artifact is shown instead.")
 @click.option("--tile", type=click.Choice(["x", "y", "xy"]), is_flag=False, flag_value="xy", default=None,
               help="Seamless texture: the image wraps left-right (x), top-bottom (y) or both (--tile alone: xy).")
-@click.option("--type", "kind", type=click.Choice(["image", "texture"]), default="image", show_default=True,
-              help="texture: the same as --tile xy.")
+@click.option("--type", "kind", type=click.Choice(list(RENDER_TYPES)), default="image", show_default=True,
+              help="texture: the same as --tile xy; 3d_model: a mesh (GLB); audio: a sound (FLAC).")
+@click.option("--seconds", type=click.FloatRange(0.1, 600), default=None, help="--type audio: its length.")
 @click.option("--refiner", default=None, help="A refiner model (models.toml sdxl entry): the base denoises to "
                                              "--switch and hands its latents to it (SDXL base+refiner).")
 @click.option("--switch", type=float, default=0.8, show_default=True,
@@ -183,7 +185,7 @@ def engine_announcer(note: str | None = None, *, bar=None, model: str | None = N
 def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, batch_size: int | None, as_json: bool,
            no_memory: bool, no_score: bool, again: bool, lora_specs: tuple[str, ...], option_specs: tuple[str, ...],
            preset: str | None, tile: str | None, kind: str, refiner: str | None, switch: float,
-           no_cache: bool, **options) -> None:
+           no_cache: bool, seconds: float | None, **options) -> None:
     """Render PROMPT into images, each saved as an artifact (image.png + meta.json).
 
     An image whose exact request (seed included) is already an artifact of the project is not rendered
@@ -201,6 +203,7 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
                   refiner=refiner_input(settings, refiner, switch))
     if option_specs:
         values["options"] = parse_engine_options(option_specs)
+    values.update(output_fields(kind, seconds, values.get("options")))  # --type 3d_model / audio, --seconds
     if seed is not None:
         values["seed"] = seed
     # One front door (echo_os.render.prepare): preset, style, model defaults, LoRAs, engine, size, checks.
@@ -245,7 +248,8 @@ def render(ctx: click.Context, prompt: str, size: str | None, seed: int | None, 
         click.echo(json_for_terminal([{**a.summary(), "already_rendered": resumed} for a, resumed in shown]))
     else:
         for artifact, resumed in shown:
-            click.echo(f"{artifact.id[:12]}  {artifact.image_path}" + ("  (already rendered)" if resumed else ""))
+            shown_path = artifact.path / artifact.meta.file if hasattr(artifact.meta, "file") else artifact.image_path
+            click.echo(f"{artifact.id[:12]}  {shown_path}" + ("  (already rendered)" if resumed else ""))
 
 
 BATCH_TOLERANCE = 1  # levels of 255 between an image rendered in a batch and the same image alone
@@ -264,6 +268,11 @@ def replay(ctx: click.Context, artifact_id: str, save: bool, as_json: bool) -> N
     report = replay_artifact(settings, artifact_id, save=save)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    if report.content_matches is not None:  # a mesh or a sound: its content hash is the verdict
+        click.echo(f"replayed {report.artifact_id[:12]} with engine {report.engine}: content sha256 "
+                   f"{report.content_sha256[:12]} ({'identical' if report.content_matches else 'differs'})"
+                   + (f"; saved as {report.saved_id[:12]}" if report.saved_id else ""))
         return
     verdict = "identical" if report.max_pixel_diff == 0 else "differs"
     if report.max_pixel_diff and report.template_changed:

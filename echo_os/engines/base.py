@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T", bound=BaseModel)
 
 # What an engine can produce (Capabilities.output). A new modality adds its kind here and an engine for it.
-OUTPUT_KINDS: tuple[str, ...] = ("image", "video")
+OUTPUT_KINDS: tuple[str, ...] = ("image", "video", "mesh", "audio")
 
 __all__ = [
     "BaseEngine", "Capabilities", "Engine", "EngineOptions", "EnginePlugin",
@@ -79,7 +79,8 @@ class Capabilities:
         `request`, else None. The field is what a host names in its error (render.prepare)."""
         wanted = getattr(request, "output", "image")
         if self.output != wanted:
-            return "engine", f"it makes {self.output}s, not {wanted}s"
+            plural = {"mesh": "3D models", "audio": "sounds"}
+            return "engine", f"it makes {plural.get(self.output, self.output + 's')}, not {plural.get(wanted, wanted + 's')}"
         if not self.txt2img and request.init_image is None:
             return "engine", "it does not render from a text prompt"
         if request.init_image is not None and not self.img2img:

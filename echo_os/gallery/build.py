@@ -81,6 +81,12 @@ def still_path(settings: Settings, row: CatalogRow) -> Path:
     return settings.artifacts_dir / row.path / name
 
 
+def _asset_file(settings: Settings, row: CatalogRow, kind: str, page_dir: Path) -> str | None:
+    if row.meta.get("kind") != kind or not row.meta.get("file"):
+        return None
+    return _relative(settings.artifacts_dir / row.path / row.meta["file"], page_dir)
+
+
 def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: str | None = None) -> dict:
     """The page's record of one artifact; `project`: the display name its project is shown under."""
     story = row.meta.get("story") or {}
@@ -95,6 +101,9 @@ def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: s
         "thumb": _relative(thumb, page_dir), "image": _relative(image, page_dir), "tile": tile,
         "video": _relative(video, page_dir) if video is not None else None,
         "video_kind": row.meta.get("video_kind"), "meta": row.meta,
+        # a mesh or a sound (artifacts/assets.py): the card shows its preview (turntable, waveform) and the file
+        "mesh": _asset_file(settings, row, "mesh", page_dir), "audio": _asset_file(settings, row, "audio", page_dir),
+        "placeholder": bool(row.meta.get("placeholder")),
         "parent_id": row.parent_id, "strength": row.meta.get("strength"),
     }
 
@@ -363,6 +372,11 @@ function card(item) {
   node.appendChild(media);
   const caption = el("div", {class: "caption"});
   if (item.video) caption.appendChild(el("div", {class: "badge"}, "\u25b6 " + (item.video_kind || "video")));
+  if (item.mesh || item.audio) {  // a 3D model (its turntable) or a sound (its waveform, and a player)
+    caption.appendChild(el("div", {class: "badge"}, (item.mesh ? "3D model (GLB)" : "sound") +
+                                                    (item.placeholder ? " \u00b7 placeholder" : "")));
+    if (item.audio) caption.appendChild(el("audio", {src: item.audio, controls: "", preload: "metadata"}));
+  }
   if (item.scene !== null && item.scene !== undefined)
     caption.appendChild(el("div", {class: "scene"}, "Scene " + item.scene + (item.slug ? " \\u00b7 " + item.slug : "")));
   caption.appendChild(el("div", {class: "prompt"}, item.prompt || "(no prompt)"));
@@ -432,7 +446,7 @@ function openLightbox(item) {
   video.classList.toggle("hidden", !item.video);
   if (item.video) { video.src = item.video; video.poster = item.image; }
   else { video.pause(); video.removeAttribute("src"); document.getElementById("lb-image").src = item.image; }
-  link.href = item.video || item.image;
+  link.href = item.mesh || item.audio || item.video || item.image;
   const meta = document.getElementById("lb-meta");
   meta.textContent = "";
   meta.appendChild(el("h2", {}, item.prompt || item.id.slice(0, 12)));

@@ -2,7 +2,10 @@
 
 Per planned item, three typed tasks in plan.json: `concept-N` (the item's image), `texture-N` (a seamless
 texture in the concept's palette; depends on concept-N) and `turnaround-N` (front, side and back views,
-refined from the concept's image; depends on concept-N and texture-N). Batch runs the tasks in dependency
+refined from the concept's image; depends on concept-N and texture-N); for `--kind assets` also `mesh-N` (a 3D
+model: the concept's image lifted to 3D where an image-to-3D entry (shap-e-img2img) resolves here, else a
+text-to-3D render of the subject, the draft placeholder without weights; depends on concept-N) and `sound-N`
+(a short sound effect of the subject; depends on concept-N). Batch runs the tasks in dependency
 order (graphlib), one render each through the one render path (render_requests); a task's artifact id
 feeds its dependants: the texture's prompt names the concept's dominant colours (read from its pixels),
 the turnaround is an img2img refine of the concept (echo_os.iterate.refine) where the engine refines
@@ -36,8 +39,12 @@ COLOUR_NAMES = {
 }
 
 
-def task_items(items: list[PlanItem]) -> list[PlanItem]:
-    """concept-N, texture-N and turnaround-N for each planned item."""
+MESH_LIFT_MODEL = "shap-e-img2img"
+SOUND_SECONDS = 3.0
+
+
+def task_items(items: list[PlanItem], assets: bool = False) -> list[PlanItem]:
+    """concept-N, texture-N and turnaround-N for each planned item (assets: and mesh-N, sound-N)."""
     tasks: list[PlanItem] = []
     for number, item in enumerate(items, start=1):
         subject = item.parts.get("subject") or item.prompt
@@ -54,6 +61,12 @@ def task_items(items: list[PlanItem]) -> list[PlanItem]:
                                                if p),
                               parts={"theme": theme, "subject": subject}, id=f"turnaround-{number}",
                               type="turnaround", depends_on=[concept, texture]))
+        if assets:
+            tasks.append(PlanItem(prompt=", ".join(p for p in (theme, subject, "3D game asset") if p),
+                                  parts={"theme": theme, "subject": subject}, id=f"mesh-{number}", type="mesh",
+                                  depends_on=[concept]))
+            tasks.append(PlanItem(prompt=f"sound effect of {subject}", parts={"theme": theme, "subject": subject},
+                                  id=f"sound-{number}", type="sound", depends_on=[concept]))
     return tasks
 
 
@@ -157,6 +170,8 @@ def _task_request(settings, store, item: PlanItem, state: dict[str, str], fields
     if item.type == "concept" or not item.depends_on:
         return build_request(**base)
     parent = store.open(state[item.depends_on[0]]) if item.depends_on[0] in state else None
+    if item.type in ("mesh", "sound"):
+        return _asset_request(settings, item, parent, fields, run)
     if item.type == "texture":
         prompt = item.prompt + (f", in {palette_words(parent.image_path)}" if parent is not None else "")
         request = build_request(**{**base, "prompt": prompt, "parent_id": parent.id if parent else None})
@@ -199,4 +214,37 @@ def batch_task_plan(settings: Settings, project: str, *, count: int | None, dry_
             echo(f"{task_id:16s} {artifact_id[:12]}{'  (already rendered)' if resumed else ''}")
         rendered = sum(1 for *_, resumed in run.done if not resumed)
         echo(f"{rendered} rendered, {len(run.done) - rendered} already rendered")
+    return True
+
+
+def _asset_request(settings: Settings, item: PlanItem, parent, fields: dict, run: TaskRun):
+    """A mesh task (the concept lifted to 3D when an image-to-3D entry resolves, else text-to-3D) or a sound
+    task (SOUND_SECONDS of the subject); the image engine, model and size of the batch do not apply."""
+    from echo_os.render.requests import RenderRequest
+
+    common = {"project": fields["project"], "parent_id": parent.id if parent is not None else None}
+    if "seed" in fields:
+        common["seed"] = fields["seed"]
+    if item.type == "sound":
+        return RenderRequest(prompt=item.prompt, output="audio", options={"seconds": SOUND_SECONDS}, **common)
+    if parent is not None and _resolves(settings, MESH_LIFT_MODEL):
+        from echo_os.iterate.lift import lift_request
+
+        return lift_request(settings, parent, model=MESH_LIFT_MODEL, seed=common.get("seed", parent.meta.seed),
+                            steps=64, cfg=3.0, grid_size=128, device="auto")
+    run.notes.append(f"{item.id}: no image-to-3D weights ({MESH_LIFT_MODEL}); a 3D model from its prompt "
+                     f"with {item.depends_on[0]} as its parent")
+    return RenderRequest(prompt=item.prompt, output="mesh", model="shap-e", **common)
+
+
+def _resolves(settings: Settings, model: str) -> bool:
+    from echo_os.models import ResolveError, load_registry
+
+    registry = load_registry(settings)
+    if model not in registry:
+        return False
+    try:
+        registry.resolve(model)
+    except ResolveError:
+        return False
     return True

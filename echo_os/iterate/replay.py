@@ -40,6 +40,10 @@ class ReplayReport:
     batch_size: int = 1  # images in the pipeline call that made the original; replay renders it alone
     # the engine's template (a ComfyUI workflow file) is not the one the original was rendered with
     template_changed: bool = False
+    # a mesh or a sound: the content hash (vertices+faces, 16-bit samples) of the replay, and whether it is
+    # the artifact's recorded content_sha256
+    content_sha256: str | None = None
+    content_matches: bool | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +72,8 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
         if kind == "sheet":
             raise UsageError(f"artifact {artifact.id[:12]} is a compare grid sheet, drawn from its cells; replay a "
                              "cell (`echo-os artifacts show` lists them under grid.cells)")
+        if kind in ("mesh", "audio"):
+            return _replay_asset(settings, store, artifact, save)
         require_kind(artifact.id, artifact.meta, ("image",), "replay", needs="an image artifact")
         provenance = artifact.meta.provenance or {}
         if provenance.get("reproducible") is False:
@@ -97,3 +103,27 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
                             template_changed=bool(then and now and then != now))
     finally:
         store.close()
+
+
+def _replay_asset(settings: Settings, store: ArtifactStore, artifact, save: bool) -> ReplayReport:
+    """Render a mesh or a sound again with its engine and compare its content hash and its preview."""
+    from PIL import Image
+
+    from echo_os.artifacts.assets import mesh_hash, samples_hash
+
+    request = artifact.meta.replay_request()
+    engine = create_engine(settings, artifact.meta.engine.name, f"replay of {artifact.id[:12]}")
+    if save:
+        request = request.model_copy(update={"parent_id": artifact.id})
+    hooks = _KeepResult(save)
+    outcome = render_requests(settings, [request], store=store, engine=engine, batch_size=1, hooks=hooks,
+                              resume=False)
+    rendered = hooks.results[0].images[0]
+    asset = rendered.asset
+    digest = mesh_hash(asset.data) if asset.kind == "mesh" else samples_hash(asset.data)
+    with Image.open(artifact.image_path) as original:
+        original.load()
+        max_diff, mean_diff = pixel_difference(original, rendered.image)
+    return ReplayReport(artifact.id, artifact.meta.engine.name, max_diff, mean_diff,
+                        outcome.artifacts[0].id if save else None, deterministic=engine.capabilities.deterministic,
+                        content_sha256=digest, content_matches=digest == artifact.meta.content_sha256)

@@ -169,7 +169,8 @@ class ArtifactMemory:
 
     def load_item(self, num: int) -> MemoryItem | None:
         row = self.catalog.get_num(num)
-        if row is None or artifact_kind(row.meta) not in IMAGE_KINDS:
+        # a mesh or a sound is found by its prompt and by its preview (image.png: turntable, waveform)
+        if row is None or artifact_kind(row.meta) not in (*IMAGE_KINDS, "mesh", "audio"):
             return None
         image = self.settings.artifacts_dir / row.path / IMAGE_NAME
         if not image.exists():

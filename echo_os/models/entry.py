@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer"]
+ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d", "audio"]
 SourceKind = Literal["path", "hf", "file", "package"]
 
-MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer")
+MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d",
+                                "audio")
+PIPELINE_TYPES: tuple[str, ...] = ("video", "3d", "audio")  # diffusers pipeline folders other than sdxl
 SOURCE_KEYS: tuple[str, ...] = ("path", "hf", "file", "package")
 STRING_KEYS: tuple[str, ...] = ("type", *SOURCE_KEYS, "variant", "revision", "config", "subfolder", "weight_name",
                                 "image_encoder", "description")

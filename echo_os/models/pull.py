@@ -86,7 +86,7 @@ def select_pull_files(entry: ModelEntry, repo_files: list[str], model_index: dic
         if entry.type == "ip-adapter" and entry.image_encoder is None:
             files += _folder_files(repo_files, join("image_encoder"), None, depth=1)
         return files
-    if entry.type in ("sdxl", "video"):
+    if entry.type in ("sdxl", "video", "3d", "audio"):
         if model_index is None:
             raise ValueError(f"an {entry.type} pipeline needs its model_index.json to choose files")
         files = [join("model_index.json")]
@@ -170,7 +170,7 @@ def _plan_model(entry: ModelEntry, api, hf_hub_download, cache) -> _Download:
     revision = entry.revision or "main"
     sizes = _repo_sizes(api, entry.source, revision)
     model_index = None
-    if entry.type in ("sdxl", "video") and entry.weight_name is None:
+    if entry.type in ("sdxl", "video", "3d", "audio") and entry.weight_name is None:
         index_name = posixpath.join(entry.subfolder or "", "model_index.json")
         if index_name not in sizes:
             raise ModelError(f"{entry.label}: the repo has no {index_name}; it is not a diffusers pipeline (for a "

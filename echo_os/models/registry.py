@@ -25,6 +25,7 @@ else:  # pragma: no cover - Python 3.10
 from echo_os.models.entry import (  # noqa: F401  (re-exported: the older import path)
     DEFAULT_KEYS,
     MODEL_TYPES,
+    PIPELINE_TYPES,
     SOURCE_KEYS,
     STRING_KEYS,
     ModelEntry,
@@ -222,10 +223,10 @@ def _parse_entry(name: str, table: object, path: Path) -> ModelEntry:
         refuse("variant", "does not apply to a single file")
         refuse("subfolder", "does not apply to a single file")
         refuse("weight_name", "does not apply to a file entry (the file is the weights)")
-    if model_type == "video":  # a diffusers StableVideoDiffusionPipeline folder (engines/video.py)
+    if model_type in PIPELINE_TYPES:  # a diffusers pipeline folder (engines/video.py, shap_e.py, audio.py)
         if kind in ("file", "package"):
-            raise UsageError(f"{where}: a video model is a diffusers pipeline folder (path or hf), not a {kind}.")
-        refuse("weight_name", "a video model is a pipeline folder, not one file")
+            raise UsageError(f"{where}: a {model_type} model is a diffusers pipeline folder (path or hf), not a {kind}.")
+        refuse("weight_name", f"a {model_type} model is a pipeline folder, not one file")
     if model_type in ("clip", "text-embedder"):
         if kind == "file":
             raise UsageError(f"{where}: a {model_type} model is a folder (path, hf or package), not a single file.")

@@ -146,7 +146,7 @@ def resolve_model(entry: ModelEntry, registry: "EntryLookup | None" = None,
         folder = _subfolder(entry, root)
         files, variant = _pipeline_weights(entry, folder)
         return ResolvedModel(entry, folder, "diffusers", files, variant=variant, commit=commit)
-    if entry.type == "video":
+    if entry.type in ("video", "3d", "audio"):  # diffusers pipeline folders
         folder = _subfolder(entry, root)
         files, variant = _pipeline_weights(entry, folder)
         return ResolvedModel(entry, folder, "diffusers", files, variant=variant, commit=commit)

@@ -101,6 +101,8 @@ def verify_model(settings: "Settings", name: str, allow_pickle: bool = False,
         _check_lora(report, infos[0] if infos else None)
     elif entry.type == "video":
         _check_video_pipeline(report, resolved.local_path)
+    elif entry.type in ("3d", "audio"):
+        pass  # the file checks above; loading the pipeline checks its components
     elif entry.type == "scorer":
         pass  # the file checks above are all a scorer head needs; loading it checks its shapes
     else:

@@ -60,12 +60,15 @@ def detect_format(path: str | Path) -> WeightsFormat:
         return "lfs-pointer"
     if head.startswith(b"PK\x03\x04"):
         return "pickle-zip"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
+    pickle_like = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
     if len(head) >= 9 and head[8:9] == b"{":
         (header_length,) = struct.unpack("<Q", head[:8])
-        if header_length >= 2:
+        # A header of 0x280..0x580 bytes starts with \x80 and a byte from 2 to 5, like a pickle: safetensors when
+        # the header fits the file (a truncated one, not pickle-like, is still safetensors: its check says so).
+        if header_length >= 2 and (header_length <= Path(path).stat().st_size - 8 or not pickle_like):
             return "safetensors"
+    if pickle_like:
+        return "pickle"
     return "unknown"
 
 

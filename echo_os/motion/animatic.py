@@ -64,6 +64,7 @@ class AnimaticOptions:
     story: Path | None = None  # story.csv to read durations and motions from (default: story.json's source)
     crf: int = 18
     preset: str = "veryfast"
+    sound: bool = False  # mux the soundtrack (echo_os.motion.soundtrack: one cue per scene) as AAC
 
     def check(self) -> None:
         if not 1 <= self.fps <= MAX_FPS:
@@ -465,12 +466,21 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
         if out is not None and out.is_dir():
             raise OptionError(f"--out {out} is a folder; give a file name such as {out / 'animatic.mp4'}.", "out")
         total = timeline[-1].end
+        cue_ids: list[str] = []
+        audio = None
+        if options.sound:  # the cues (rendered now, or found by resume), mixed at the same cut points
+            from echo_os.motion.soundtrack import SAMPLE_RATE, make_soundtrack, mix_track, read_cue
+
+            cues = make_soundtrack(settings, project, story_cues(settings, project), store=store, cancel=cancel)
+            cue_ids = [artifact.id for _, artifact in cues]
+            audio = (mix_track(timeline, [read_cue(a.path / a.meta.file) for _, a in cues], options.fps,
+                               options.fade), SAMPLE_RATE)
         # 2. Encode into the artifact's temporary folder.
         started = time.perf_counter()
         with VideoFolder(store, project, "animatic") as folder:
             poster = None
             with Mp4Writer(folder.path / VIDEO_NAME, *size, options.fps, crf=options.crf,
-                           preset=options.preset) as writer:
+                           preset=options.preset, audio=audio) as writer:
                 for done, frame in enumerate(animatic_frames(timeline, size, options.fps, options.fade,
                                                              options.captions), start=1):
                     if cancel is not None and cancel.is_set():
@@ -492,9 +502,10 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
                 captions=CAPTIONS_NAME if options.captions else None,
                 engine=EngineRecord(name="animatic", reason=f"PyAV {CODEC}"),
                 sources=[timed.source.artifact_id for timed in timeline]
-                + [timed.source.clip_id for timed in timeline if timed.source.clip_id],
+                + [timed.source.clip_id for timed in timeline if timed.source.clip_id] + cue_ids,
                 settings={"fps": options.fps, "size": f"{size[0]}x{size[1]}", "fade": options.fade,
                           "captions": options.captions, "clips": options.clips, "crf": options.crf,
+                          "sound": options.sound, "sound_cues": cue_ids,
                           "preset": options.preset, "story_json": str(sources.story_json),
                           "storyboard": str(sources.storyboard) if sources.storyboard else None},
                 scenes=[{"scene": t.source.scene, "slug": t.source.slug, "description": t.source.description,
@@ -516,3 +527,13 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
     finally:
         if own_store:
             store.close()
+
+
+def story_cues(settings: "Settings", project: str) -> list:
+    """The sound cue of each scene of the project's story (echo_os.motion.soundtrack.scene_cues): its durations
+    and storyboard rows read as the animatic reads them."""
+    from echo_os.motion.soundtrack import scene_cues
+
+    sources = load_story_sources(settings, None, project, AnimaticOptions())  # type: ignore[arg-type]
+    rows = _storyboard_rows(sources.storyboard) if sources.storyboard is not None else {}
+    return scene_cues(sources.scenes, rows)

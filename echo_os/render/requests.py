@@ -178,8 +178,9 @@ class RenderRequest(BaseModel):
     init_image: InitImage | None = None  # img2img: start from this image (echo-os refine)
     refiner: RefinerInput | None = None  # base+refiner (--refiner NAME --switch 0.8)
     # What to make (echo_os.engines.base.OUTPUT_KINDS): only engines of this kind are asked. "video": a clip
-    # from `init_image` (echo-os animate), one per seed.
-    output: Literal["image", "video"] = "image"
+    # from `init_image` (echo-os animate), one per seed. "mesh": a 3D model (GLB), "audio": a sound (FLAC);
+    # both saved by echo_os.artifacts.assets with a preview image.
+    output: Literal["image", "video", "mesh", "audio"] = "image"
 
     @field_validator("prompt")
     @classmethod

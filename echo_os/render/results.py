@@ -87,6 +87,18 @@ class RenderedVideo:
 
 
 @dataclass
+class RenderedAsset:
+    """A mesh or a sound (an engine whose output kind is "mesh" or "audio"), saved by
+    echo_os.artifacts.assets.save_asset; RenderedImage.image is its preview (turntable sheet, waveform)."""
+
+    kind: str  # "mesh" | "audio"
+    data: Any  # mesh: a trimesh.Trimesh; audio: float32 samples, shape (frames, channels), in [-1, 1]
+    sample_rate: int = 0  # audio only
+    placeholder: bool = False  # a draft engine's labelled stand-in, never a generated model or sound
+    settings: dict[str, Any] = field(default_factory=dict)  # meta.json `settings`
+
+
+@dataclass
 class RenderedImage:
     """One output of a render call: an image, or for a video engine the clip's poster frame with `video`."""
 
@@ -96,6 +108,7 @@ class RenderedImage:
     # reproducible): recorded as meta.json's `provenance`. None for local engines.
     provenance: dict[str, Any] | None = None
     video: RenderedVideo | None = None
+    asset: RenderedAsset | None = None  # a mesh or a sound; `image` is then its preview
 
 
 @dataclass

@@ -553,6 +553,10 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
 
 def _save(store: "ArtifactStore", result: "RenderResult", index: int, batch_size: int) -> "Artifact":
     """Output `index` of a result as an artifact: an image folder, or a clip's (a video engine's output)."""
+    if result.images[index].asset is not None:
+        from echo_os.artifacts.assets import save_asset
+
+        return save_asset(store, result, index)
     if result.images[index].video is not None:
         from echo_os.artifacts.video import save_clip
 

@@ -28,7 +28,7 @@ MAX_STORY_FILE_BYTES = 32 * 1024 * 1024
 
 REQUIRED_COLUMNS = ("scene", "description")
 OPTIONAL_COLUMNS = ("slug", "characters", "location", "camera", "lighting", "time_of_day", "mood", "props",
-                    "seed", "count", "negative", "steps", "cfg", "size", "duration", "motion")
+                    "seed", "count", "negative", "steps", "cfg", "size", "duration", "motion", "sound")
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 ID_SEPARATOR = ";"
 # Camera moves of the animatic (echo_os/motion); an empty `motion` cell takes one from the camera words.
@@ -61,6 +61,7 @@ class SceneRow(BaseModel):
     height: int | None = None
     duration: float | None = None  # seconds on screen in the animatic (None: the default, 3)
     motion: str | None = None  # one of MOTIONS (None: from the camera words)
+    sound: str | None = None  # the scene's ambience or cue (`echo-os soundtrack`; None: from its words)
 
 
 # ---- cell parsers: value or a message -----------------------------------------------------------------
@@ -306,7 +307,7 @@ def _parse_row(cells: dict[str, str], row_number: int, label: str, problems: Pro
     if description is None and len(problems) == before:
         problems.add(label, "the description is empty; say what happens in the scene", row=row_number,
                      column="description")
-    for column in ("location", "camera", "lighting", "time_of_day", "mood", "negative"):
+    for column in ("location", "camera", "lighting", "time_of_day", "mood", "negative", "sound"):
         values[column] = cell(column)
     values["characters"] = parsed("characters", parse_ids) or ()
     values["props"] = parsed("props", parse_ids) or ()

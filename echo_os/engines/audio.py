@@ -1,0 +1,218 @@
+"""The `stable-audio` engine: text-to-audio with diffusers' StableAudioPipeline, output kind "audio".
+
+    RenderRequest(prompt="rain on a tin roof, distant thunder", output="audio", engine="stable-audio",
+                  model="stable-audio-open", steps=100, cfg=7.0, options={"seconds": 10})
+
+The pipeline comes from a models.toml entry of `type = "audio"` (a diffusers pipeline folder, resolved offline,
+weights checked before loading; `echo-os models pull stable-audio-open`) and is kept in the one model cache.
+It renders `seconds` of sound at the VAE's sampling rate (44.1 kHz stereo for Stable Audio Open, up to the
+length its transformer covers: 47 s), one per seed from a CPU generator (the same seed gives the same
+samples). Progress is the pipeline's per-step callback; cancel raises out of it. Stable Audio Open's folder
+names CosineDPMSolverMultistepScheduler, which needs torchsde (a dependency for that reason).
+
+AudioLDM 2 folders (AudioLDM2Pipeline) are not rendered by this engine yet: an entry of that pipeline is
+refused in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from echo_os.engines.base import (
+    BaseEngine,
+    Capabilities,
+    ModelInfo,
+    ProgressCallback,
+    ProgressEvent,
+    RenderedImage,
+    RenderResult,
+    RuntimeInfo,
+    Timings,
+)
+from echo_os.engines.draft_assets import AudioOptions
+from echo_os.engines.hookspecs import hookimpl
+from echo_os.errors import CancelledError, OptionError, UsageError
+from echo_os.render.results import RenderedAsset
+
+if TYPE_CHECKING:
+    from echo_os.render.requests import RenderRequest
+    from echo_os.settings import Settings
+
+log = logging.getLogger(__name__)
+AUDIO_KIND = "audio-pipeline"  # the model cache's kind of this module's entries
+
+
+class StableAudioOptions(AudioOptions):
+    """`seconds` as the draft's; `sample_rate` does not apply (the model's own rate is used)."""
+
+
+@dataclass
+class LoadedAudio:
+    pipe: Any
+    model: ModelInfo
+    device: str
+    dtype: str
+    lock: threading.Lock
+
+
+class _Cancel(Exception):
+    pass
+
+
+def load_audio_pipeline(local_path: Any, *, device: str, dtype: str, allow_pickle: bool = False) -> Any:
+    """The folder's pipeline (model_index.json names it) from local files only."""
+    import torch
+
+    from echo_os.engines.sdxl import _dtype_kwargs, quiet_model_libraries
+
+    quiet_model_libraries()
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,  # type: ignore[no-untyped-call]
+                                             use_safetensors=None if allow_pickle else True,
+                                             **_dtype_kwargs(getattr(torch, dtype)))
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _longest_seconds(settings: "Settings", model: str) -> float | None:
+    """The longest sound a Stable Audio folder makes (transformer sample_size x VAE hop / sampling rate), read
+    from its configs before anything loads; None when the weights are not here or the folder is another kind."""
+    import json
+    import math
+
+    from echo_os.models import ResolveError, load_registry
+
+    try:
+        folder = load_registry(settings).resolve(model).local_path
+        transformer = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        hop = math.prod(vae["downsampling_ratios"])
+        return float(transformer["sample_size"] * hop / vae["sampling_rate"])
+    except (ResolveError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class StableAudioEngine(BaseEngine):
+    """A sound per seed from a text prompt (Stable Audio)."""
+
+    name = "stable-audio"
+    capabilities = Capabilities(output="audio", needs_weights=True, max_batch=1)
+    Options = StableAudioOptions
+
+    @classmethod
+    def check_request(cls, settings: "Settings", request: "RenderRequest", options: Any) -> None:
+        from echo_os.models import load_registry
+
+        entry = load_registry(settings).get(request.model)
+        if entry.type != "audio":
+            raise OptionError(f"{entry.label} is a {entry.type} model, not a text-to-audio pipeline; pick a "
+                              "`type = \"audio\"` entry such as stable-audio-open (see `echo-os models list`)", "model")
+        longest = _longest_seconds(settings, request.model)
+        if longest is not None and options.seconds > longest + 1e-9:
+            raise OptionError(f"--seconds {options.seconds:g} is longer than {request.model} makes "
+                              f"({longest:g} s at most)", "seconds")
+
+    def runs_on_cpu(self, request: "RenderRequest") -> bool:
+        from echo_os.engines.sdxl import pick_device
+
+        return pick_device(request.device) == "cpu"
+
+    def release(self, request: "RenderRequest") -> None:
+        from echo_os.models import load_registry
+        from echo_os.render.cache import model_cache
+
+        path = str(load_registry(self.settings).resolve(request.model).local_path)
+        model_cache().release(lambda key: key.kind == AUDIO_KIND and key.path == path)
+
+    def loaded(self, request: "RenderRequest") -> LoadedAudio:
+        from echo_os.engines.sdxl import pick_device, pick_dtype
+        from echo_os.models import check_loadable, load_registry, model_info
+        from echo_os.render.cache import CacheKey, model_cache, weights_bytes
+
+        registry = load_registry(self.settings)
+        resolved = registry.resolve(request.model)
+        device = pick_device(request.device)
+        dtype = pick_dtype(request.dtype, device)
+
+        def load() -> LoadedAudio:
+            check_loadable(resolved)
+            started = time.perf_counter()
+            pipe = load_audio_pipeline(resolved.local_path, device=device, dtype=dtype,
+                                       allow_pickle=resolved.entry.allow_pickle)
+            log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype, time.perf_counter() - started)
+            return LoadedAudio(pipe=pipe, model=model_info(self.settings, resolved), device=device, dtype=dtype,
+                               lock=threading.Lock())
+
+        key = CacheKey(AUDIO_KIND, str(resolved.local_path), device, (dtype,))
+        return model_cache().get(key, load, label=resolved.entry.name, settings=self.settings,
+                                 estimate_bytes=weights_bytes(str(resolved.local_path)))
+
+    def render(self, requests: list["RenderRequest"], *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> list[RenderResult]:
+        import numpy as np
+        import torch
+
+        from echo_os.artifacts.assets import audio_preview
+
+        total = sum(request.count * request.steps for request in requests)
+        sounds = sum(request.count for request in requests)
+        done = 0
+        results = []
+        for request in requests:
+            options = StableAudioOptions.model_validate(dict(request.options))
+            timings = Timings()
+            started = time.perf_counter()
+            loaded = self.loaded(request)
+            timings.load_s = round(time.perf_counter() - started, 4)
+            pipe = loaded.pipe
+            if type(pipe).__name__ != "StableAudioPipeline":
+                raise UsageError(f"model {request.model} is a {type(pipe).__name__}; the stable-audio engine renders "
+                                 "StableAudioPipeline folders only (AudioLDM 2 is not wired yet).")
+            rate = int(pipe.vae.config.sampling_rate)
+            longest = pipe.transformer.config.sample_size * pipe.vae.hop_length / rate
+            if options.seconds > longest + 1e-9:
+                raise OptionError(f"--seconds {options.seconds:g} is longer than {request.model} makes "
+                                  f"({longest:g} s at most)", "seconds")
+
+            def on_step(step: int, timestep: Any, latents: Any) -> None:
+                nonlocal done
+                done += 1
+                if progress is not None:
+                    progress(ProgressEvent(step=done, total_steps=total, images=sounds))
+                if cancel is not None and cancel.is_set():
+                    raise _Cancel()
+
+            outputs = []
+            with loaded.lock, torch.inference_mode():
+                for seed in request.seeds:
+                    if cancel is not None and cancel.is_set():
+                        raise CancelledError("sound cancelled; nothing was saved")
+                    began = time.perf_counter()
+                    try:
+                        audios = pipe(request.prompt, negative_prompt=request.negative_prompt,
+                                      audio_end_in_s=options.seconds, num_inference_steps=request.steps,
+                                      guidance_scale=request.cfg, generator=torch.Generator("cpu").manual_seed(seed),
+                                      callback=on_step, callback_steps=1).audios
+                    except _Cancel:
+                        raise CancelledError("sound cancelled; nothing was saved") from None
+                    timings.denoise_s += round(time.perf_counter() - began, 4)
+                    samples = np.clip(audios[0].float().cpu().numpy().T, -1.0, 1.0)  # (frames, channels)
+                    outputs.append(RenderedImage(image=audio_preview(samples, rate), seed=seed, asset=RenderedAsset(
+                        kind="audio", data=samples, sample_rate=rate,
+                        settings={"seconds": options.seconds, "steps": request.steps, "guidance": request.cfg,
+                                  "sample_rate": rate})))
+            runtime = RuntimeInfo(engine=self.name, reason=self.reason, device=loaded.device, dtype=loaded.dtype,
+                                  attention="sdpa", model=loaded.model)
+            results.append(RenderResult(request=request, images=outputs, runtime=runtime, timings=timings))
+        return results
+
+
+@hookimpl
+def register_engines(register: Any) -> None:
+    register(StableAudioEngine)

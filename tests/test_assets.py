@@ -1,0 +1,226 @@
+"""Mesh and sound artifacts from the draft engines (no weights): the folders, what they record, catalog,
+memory, replay, resume and the command line (`render --type 3d_model`, `--type audio --seconds`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def render_json(run_cli, home: Path, prompt: str, *extra: str) -> list[dict]:
+    code, out, err = run_cli("--home", str(home), "render", prompt, "--seed", "3", "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_render_3d_model_writes_a_placeholder_glb_with_its_counts(workspace, run_cli) -> None:
+    import trimesh
+
+    [shown] = render_json(run_cli, workspace.home, "sword design", "--type", "3d_model", "-o", "formats=obj")
+    folder = Path(shown["path"])
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["kind"], meta["engine"]["name"], meta["placeholder"], meta["file"]) == (
+        "mesh", "draft-mesh", True, "mesh.glb")
+    glb = folder / "mesh.glb"
+    assert meta["id"] == hashlib.sha256(glb.read_bytes()).hexdigest() == shown["id"]
+    scene = trimesh.load(glb)
+    assert scene.metadata["prompt"] == "sword design" and scene.metadata["placeholder"] is True
+    mesh = scene.to_geometry() if hasattr(scene, "to_geometry") else scene.dump(concatenate=True)
+    assert (len(mesh.vertices), len(mesh.faces)) == (meta["vertices"], meta["faces"]) and meta["faces"] > 12
+    assert (folder / "mesh.obj").exists() and meta["request"]["seed"] == 3 and meta["request"]["output"] == "mesh"
+    from PIL import Image
+
+    with Image.open(folder / "image.png") as preview:  # the turntable sheet
+        assert preview.size == (meta["width"], meta["height"]) and len(set(preview.convert("L").getdata())) > 10
+
+
+def test_render_audio_writes_a_quiet_flac_of_the_asked_length(workspace, run_cli) -> None:
+    import soundfile
+
+    from echo_os.artifacts.assets import samples_hash
+
+    [shown] = render_json(run_cli, workspace.home, "rain on a tin roof, distant thunder", "--type", "audio",
+                          "--seconds", "1.5", "-o", "sample_rate=8000")
+    folder = Path(shown["path"])
+    meta = json.loads((folder / "meta.json").read_text())
+    samples, rate = soundfile.read(folder / "sound.flac", dtype="float32", always_2d=True)
+    assert (meta["kind"], meta["placeholder"], meta["sample_rate"], meta["channels"]) == ("audio", True, 8000, 1)
+    assert rate == 8000 and len(samples) == 12000 and meta["duration_s"] == 1.5
+    assert 0.01 < np.abs(samples).max() < 0.08  # quiet: about -24 dBFS
+    assert meta["content_sha256"] == samples_hash(samples)
+    assert meta["id"] == hashlib.sha256((folder / "sound.flac").read_bytes()).hexdigest()
+
+
+def test_bad_asset_options_are_one_line(workspace, run_cli) -> None:
+    for args, words in ((("--seconds", "3"), "--seconds is the length of a sound"),
+                        (("--type", "audio", "--seconds", "9999"), "--seconds"),
+                        (("--type", "3d_model", "-o", "formats=fbx"), "fbx")):
+        code, out, err = run_cli("--home", str(workspace.home), "render", "x", *args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and words in err, err
+    assert not list(workspace.home.rglob("meta.json"))
+
+
+@pytest.mark.parametrize("kind", ["3d_model", "audio"])
+def test_replay_gives_the_same_content_and_resume_finds_it(workspace, run_cli, kind) -> None:
+    [first] = render_json(run_cli, workspace.home, "a lantern", "--type", kind)
+    code, out, err = run_cli("--home", str(workspace.home), "replay", first["id"], "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    meta = json.loads((Path(first["path"]) / "meta.json").read_text())
+    assert report["content_matches"] is True and report["content_sha256"] == meta["content_sha256"]
+    assert report["max_pixel_diff"] == 0
+    [again] = render_json(run_cli, workspace.home, "a lantern", "--type", kind)  # the same request: resumed
+    assert again["id"] == first["id"] and again["already_rendered"] is True
+    # another seed is another mesh or sound
+    [other] = render_json(run_cli, workspace.home, "a lantern", "--type", kind, "--seed", "4")
+    other_meta = json.loads((Path(other["path"]) / "meta.json").read_text())
+    assert other_meta["content_sha256"] != meta["content_sha256"]
+
+
+def test_assets_are_in_the_catalog_and_found_by_prompt_in_memory(workspace, run_cli) -> None:
+    from echo_os.artifacts.store import ArtifactStore
+
+    mesh = render_json(run_cli, workspace.home, "a bronze sword with a ruby pommel", "--type", "3d_model")[0]
+    sound = render_json(run_cli, workspace.home, "rain on a tin roof, distant thunder", "--type", "audio",
+                        "--seconds", "0.5")[0]
+    store = ArtifactStore(workspace)
+    try:
+        assert store.open(mesh["id"]).meta.kind == "mesh" and store.open(sound["id"]).meta.kind == "audio"
+        assert store.catalog.count() == 2
+    finally:
+        store.close()
+    code, out, err = run_cli("--home", str(workspace.home), "memory", "search", "thunderstorm rain", "-k", "1",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["id"] == sound["id"]
+    code, out, err = run_cli("--home", str(workspace.home), "memory", "search", "sword blade", "-k", "1", "--json")
+    assert json.loads(out)[0]["id"] == mesh["id"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_api_render_with_type_makes_a_mesh_and_a_sound(workspace, anyio_backend) -> None:
+    from tests.api_helpers import api_client, wait_job
+
+    async with api_client(workspace) as (client, _):
+        bad = await client.post("/api/render", json={"prompt": "x", "type": "image", "seconds": 3})
+        assert bad.status_code == 422 and "seconds" in bad.text, bad.text
+        bad = await client.post("/api/render", json={"prompt": "x", "type": "hologram"})
+        assert bad.status_code == 422 and "type" in bad.text
+        kinds = {}
+        for body in ({"prompt": "sword design", "type": "3d_model", "seed": 1, "count": 2},
+                     {"prompt": "rain on a tin roof", "type": "audio", "seconds": 0.5, "seed": 1}):
+            response = await client.post("/api/render", json=body)
+            assert response.status_code == 202, response.text
+            job = await wait_job(client, response.json()["job_id"])
+            assert job["status"] == "succeeded", job
+            for artifact_id in job["artifact_ids"]:
+                meta = (await client.get(f"/api/artifacts/{artifact_id}")).json()["meta"]
+                kinds.setdefault(meta["kind"], []).append(meta)
+        assert [m["seed"] for m in kinds["mesh"]] == [1, 2] and kinds["audio"][0]["duration_s"] == 0.5
+        assert kinds["mesh"][0]["engine"]["name"] == "draft-mesh" and kinds["audio"][0]["placeholder"] is True
+
+
+@pytest.fixture(scope="module")
+def tiny_shap_e_dir(tmp_path_factory):
+    from tests.tiny_shap_e import save_tiny_shap_e
+
+    return save_tiny_shap_e(tmp_path_factory.mktemp("tiny-shap-e") / "tiny-shap-e")
+
+
+def test_shap_e_through_auto_writes_a_glb_with_its_counts_and_replays(workspace, run_cli, tiny_shap_e_dir) -> None:
+    """With a `type = "3d"` entry here, auto takes shap-e over the placeholder; the GLB loads back in trimesh
+    with the counts meta.json records, and replay gives the same vertices."""
+    import trimesh
+
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-shap-e]\ntype = "3d"\npath = "{tiny_shap_e_dir.as_posix()}"\n')
+    [shown] = render_json(run_cli, workspace.home, "sword design", "--type", "3d_model", "--model", "tiny-shap-e",
+                          "--steps", "2", "--cfg", "3", "--device", "cpu", "-o", "grid_size=16")
+    meta = json.loads((Path(shown["path"]) / "meta.json").read_text())
+    assert meta["engine"]["name"] == "shap-e" and meta["placeholder"] is False and meta["model"]["name"] == "tiny-shap-e"
+    assert meta["settings"]["grid_size"] == 16 and meta["settings"]["guidance"] == 3.0
+    mesh = trimesh.load(Path(shown["path"]) / "mesh.glb", force="mesh", process=False)
+    assert (len(mesh.vertices), len(mesh.faces)) == (meta["vertices"], meta["faces"]) and meta["faces"] > 0
+    code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
+    assert code == 0 and json.loads(out)["content_matches"] is True, err
+
+
+def test_lift_an_image_to_a_mesh_with_its_parent(workspace, run_cli, tmp_path_factory) -> None:
+    """`echo-os lift ID` on a draft image through a tiny ShapEImg2ImgPipeline entry: the mesh's parent is the
+    image (by id and bytes); the text-to-3D entry refuses an image in one line."""
+    import trimesh
+
+    from tests.tiny_shap_e import save_tiny_shap_e_img2img
+
+    folder = save_tiny_shap_e_img2img(tmp_path_factory.mktemp("tiny-lift") / "tiny-lift")
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-lift]\ntype = "3d"\npath = "{folder.as_posix()}"\n')
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a red lantern", "--engine", "draft",
+                             "--size", "64x64", "--seed", "2", "--json")
+    parent = json.loads(out)[0]
+    code, out, err = run_cli("--home", str(workspace.home), "lift", parent["id"], "--model", "tiny-lift", "--steps",
+                             "2", "--grid-size", "16", "--device", "cpu", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    meta = json.loads((Path(shown["path"]) / "meta.json").read_text())
+    assert (meta["kind"], meta["parent_id"], meta["engine"]["name"]) == ("mesh", parent["id"], "shap-e")
+    assert meta["request"]["init_image"]["sha256"] == parent["id"] and meta["seed"] == 2
+    mesh = trimesh.load(Path(shown["mesh"]), force="mesh", process=False)
+    assert len(mesh.vertices) == meta["vertices"] > 0
+    code, out, err = run_cli("--home", str(workspace.home), "lift", shown["id"], "--model", "tiny-lift")
+    assert code == 2 and "lift needs an image artifact" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_gallery_shows_assets_by_their_preview_with_a_player(workspace, run_cli, tmp_path) -> None:
+    """The gallery lists a mesh and a sound by their previews, links the GLB and FLAC, and (in headless
+    Chromium, when installed) the sound's card holds an <audio> player and no picture is broken."""
+    import re
+    import shutil
+
+    mesh = render_json(run_cli, workspace.home, "sword design", "--type", "3d_model")[0]
+    sound = render_json(run_cli, workspace.home, "rain", "--type", "audio", "--seconds", "0.5")[0]
+    code, out, err = run_cli("--home", str(workspace.home), "gallery")
+    assert code == 0, err
+    page = Path(out.strip())
+    items = {item["id"]: item for item in json.loads(re.search(
+        r'<script type="application/json" id="gallery-data">(.*?)</script>', page.read_text(), re.S).group(1))}
+    assert items[mesh["id"]]["mesh"].endswith("/mesh.glb") and (page.parent / items[mesh["id"]]["mesh"]).is_file()
+    assert items[sound["id"]]["audio"].endswith("/sound.flac") and items[sound["id"]]["placeholder"] is True
+    assert items[mesh["id"]]["image"].endswith("/image.png") and items[mesh["id"]]["audio"] is None
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return
+    from tests.test_gallery import _chromium
+
+    dom = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile")
+    assert re.search(r'<audio[^>]*src="[^"]*sound\.flac"', dom) and "3D model (GLB) · placeholder" in dom
+    assert 'data-broken="0"' in dom
+
+
+def test_stable_audio_through_auto_writes_the_asked_length_and_replays(workspace, run_cli, tmp_path_factory) -> None:
+    import soundfile
+
+    from tests.tiny_stable_audio import save_tiny_stable_audio
+
+    folder = save_tiny_stable_audio(tmp_path_factory.mktemp("tiny-sa") / "tiny-sa")
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-sa]\ntype = "audio"\npath = "{folder.as_posix()}"\n')
+    common = ("--type", "audio", "--model", "tiny-sa", "--steps", "2", "--cfg", "3", "--device", "cpu")
+    [shown] = render_json(run_cli, workspace.home, "rain on a tin roof", *common, "--seconds", "0.3")
+    meta = json.loads((Path(shown["path"]) / "meta.json").read_text())
+    assert meta["engine"]["name"] == "stable-audio" and meta["placeholder"] is False
+    samples, rate = soundfile.read(Path(shown["path"]) / "sound.flac", always_2d=True)
+    assert (rate, samples.shape) == (1000, (300, 2)) and (meta["sample_rate"], meta["channels"]) == (1000, 2)
+    code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
+    assert code == 0 and json.loads(out)["content_matches"] is True, err
+    code, out, err = run_cli("--home", str(workspace.home), "render", "rain", *common, "--seconds", "5",
+                             "--engine", "stable-audio")
+    assert code == 2 and "longer than tiny-sa makes (0.512 s at most)" in err and len(err.strip().splitlines()) == 1
+    # auto passes over it to the placeholder, and says why
+    code, out, err = run_cli("--home", str(workspace.home), "render", "rain", *common, "--seconds", "5")
+    assert code == 0 and "engine: draft-audio" in err and "longer than tiny-sa makes" in err, err
