@@ -21,11 +21,13 @@ from echo_os.iterate.lift import lift_request
 @click.option("--model", default="shap-e-img2img", show_default=True,
               help="An image-to-3D pipeline (models.toml, type = \"3d\").")
 @click.option("--seed", type=int, default=None, help="Seed (default: the image's own seed).")
-@click.option("--steps", type=click.IntRange(1, 200), default=64, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 200), default=64, show_default=True,
+              help="Denoising steps of the image-to-3D model (1-200).")
 @click.option("--cfg", type=float, default=3.0, show_default=True, help="Guidance scale.")
 @click.option("--grid-size", type=click.IntRange(8, 256), default=128, show_default=True,
               help="Marching-cubes grid (the mesh's resolution).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True,
+              help="Where the model runs (auto: CUDA when present, else the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifact as JSON.")
 @click.pass_context
 def lift(ctx: click.Context, artifact_id: str, model: str, seed: int | None, steps: int, cfg: float, grid_size: int,
