@@ -19,13 +19,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from echo_os.engines.base import (
     BaseEngine,
     Capabilities,
-    ModelInfo,
     ProgressCallback,
     ProgressEvent,
     RenderedImage,
@@ -34,6 +32,7 @@ from echo_os.engines.base import (
     Timings,
 )
 from echo_os.engines.draft_assets import AudioOptions
+from echo_os.engines.folder_pipeline import LoadedPipeline, load_folder_pipeline
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, OptionError, UsageError
 from echo_os.render.results import RenderedAsset
@@ -50,34 +49,12 @@ class StableAudioOptions(AudioOptions):
     """`seconds` as the draft's; `sample_rate` does not apply (the model's own rate is used)."""
 
 
-@dataclass
-class LoadedAudio:
-    pipe: Any
-    model: ModelInfo
-    device: str
-    dtype: str
-    lock: threading.Lock
 
 
 class _Cancel(Exception):
     pass
 
 
-def load_audio_pipeline(local_path: Any, *, device: str, dtype: str, allow_pickle: bool = False) -> Any:
-    """The folder's pipeline (model_index.json names it) from local files only."""
-    import torch
-
-    from echo_os.engines.sdxl import _dtype_kwargs, quiet_model_libraries
-
-    quiet_model_libraries()
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,  # type: ignore[no-untyped-call]
-                                             use_safetensors=None if allow_pickle else True,
-                                             **_dtype_kwargs(getattr(torch, dtype)))
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _longest_seconds(settings: "Settings", model: str) -> float | None:
@@ -130,7 +107,7 @@ class StableAudioEngine(BaseEngine):
         path = str(load_registry(self.settings).resolve(request.model).local_path)
         model_cache().release(lambda key: key.kind == AUDIO_KIND and key.path == path)
 
-    def loaded(self, request: "RenderRequest") -> LoadedAudio:
+    def loaded(self, request: "RenderRequest") -> LoadedPipeline:
         from echo_os.engines.sdxl import pick_device, pick_dtype
         from echo_os.models import check_loadable, load_registry, model_info
         from echo_os.render.cache import CacheKey, model_cache, weights_bytes
@@ -140,13 +117,13 @@ class StableAudioEngine(BaseEngine):
         device = pick_device(request.device)
         dtype = pick_dtype(request.dtype, device)
 
-        def load() -> LoadedAudio:
+        def load() -> LoadedPipeline:
             check_loadable(resolved)
             started = time.perf_counter()
-            pipe = load_audio_pipeline(resolved.local_path, device=device, dtype=dtype,
+            pipe = load_folder_pipeline(resolved.local_path, device=device, dtype=dtype,
                                        allow_pickle=resolved.entry.allow_pickle)
             log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype, time.perf_counter() - started)
-            return LoadedAudio(pipe=pipe, model=model_info(self.settings, resolved), device=device, dtype=dtype,
+            return LoadedPipeline(pipe=pipe, model=model_info(self.settings, resolved), device=device, dtype=dtype,
                                lock=threading.Lock())
 
         key = CacheKey(AUDIO_KIND, str(resolved.local_path), device, (dtype,))

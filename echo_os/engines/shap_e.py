@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -28,7 +27,6 @@ from pydantic import Field
 from echo_os.engines.base import (
     BaseEngine,
     Capabilities,
-    ModelInfo,
     ProgressCallback,
     ProgressEvent,
     RenderedImage,
@@ -37,6 +35,7 @@ from echo_os.engines.base import (
     Timings,
 )
 from echo_os.engines.draft_assets import MeshOptions
+from echo_os.engines.folder_pipeline import LoadedPipeline, load_folder_pipeline
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, OptionError, UsageError
 from echo_os.render.results import RenderedAsset
@@ -53,35 +52,12 @@ class ShapEOptions(MeshOptions):
     grid_size: int = Field(default=128, ge=8, le=256, description="Marching-cubes grid (the mesh's resolution).")
 
 
-@dataclass
-class LoadedShapE:
-    pipe: Any
-    model: ModelInfo
-    device: str
-    dtype: str
-    lock: threading.Lock
 
 
 class _Cancel(Exception):
     pass
 
 
-def load_shap_e_pipeline(local_path: Any, *, device: str, dtype: str, allow_pickle: bool = False) -> Any:
-    """ShapEPipeline from local files only (never the network)."""
-    import torch
-
-    from echo_os.engines.sdxl import _dtype_kwargs, quiet_model_libraries
-
-    quiet_model_libraries()
-    from diffusers import DiffusionPipeline
-
-    # ShapEPipeline or ShapEImg2ImgPipeline, as the folder's model_index.json says
-    pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,  # type: ignore[no-untyped-call]
-                                         use_safetensors=None if allow_pickle else True,
-                                         **_dtype_kwargs(getattr(torch, dtype)))
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def mesh_from_output(output: Any) -> Any:
@@ -128,7 +104,7 @@ class ShapEEngine(BaseEngine):
         path = str(load_registry(self.settings).resolve(request.model).local_path)
         model_cache().release(lambda key: key.kind == SHAP_E_KIND and key.path == path)
 
-    def loaded(self, request: "RenderRequest") -> LoadedShapE:
+    def loaded(self, request: "RenderRequest") -> LoadedPipeline:
         from echo_os.engines.sdxl import pick_device, pick_dtype
         from echo_os.models import check_loadable, load_registry, model_info
         from echo_os.render.cache import CacheKey, model_cache, weights_bytes
@@ -141,13 +117,13 @@ class ShapEEngine(BaseEngine):
         device = pick_device(request.device)
         dtype = pick_dtype(request.dtype, device)
 
-        def load() -> LoadedShapE:
+        def load() -> LoadedPipeline:
             check_loadable(resolved)
             started = time.perf_counter()
-            pipe = load_shap_e_pipeline(resolved.local_path, device=device, dtype=dtype,
+            pipe = load_folder_pipeline(resolved.local_path, device=device, dtype=dtype,
                                         allow_pickle=resolved.entry.allow_pickle)
             log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype, time.perf_counter() - started)
-            return LoadedShapE(pipe=pipe, model=model_info(self.settings, resolved), device=device, dtype=dtype,
+            return LoadedPipeline(pipe=pipe, model=model_info(self.settings, resolved), device=device, dtype=dtype,
                                lock=threading.Lock())
 
         key = CacheKey(SHAP_E_KIND, str(resolved.local_path), device, (dtype,))
