@@ -183,7 +183,7 @@ class EnginePlugin(Protocol):
 class BaseEngine:
     """Defaults for an engine class: subclass it, set `name` and `capabilities`, write `render`."""
 
-    name: ClassVar[str] = ""
+    name: str = ""  # set by each engine class; an instance may carry another (SDXLEngine(name="cpu"))
     capabilities: ClassVar[Capabilities] = Capabilities()
     Options: ClassVar[type[EngineOptions]] = EngineOptions
     concurrent_calls: int = 1

@@ -24,16 +24,14 @@ class LoadedPipeline:
 
 def load_folder_pipeline(local_path: Any, *, device: str, dtype: str, allow_pickle: bool = False) -> Any:
     """The folder's pipeline (model_index.json names it) from local files only (never the network)."""
-    import torch
-
-    from echo_os.engines.sdxl import _dtype_kwargs, quiet_model_libraries
+    from echo_os.engines.devices import dtype_kwargs, quiet_model_libraries
 
     quiet_model_libraries()
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(str(local_path), local_files_only=True,  # type: ignore[no-untyped-call]
                                              use_safetensors=None if allow_pickle else True,
-                                             **_dtype_kwargs(getattr(torch, dtype)))
+                                             **dtype_kwargs(dtype))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

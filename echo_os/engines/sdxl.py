@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,14 @@ from echo_os.engines.base import (
     RuntimeInfo,
     Timings,
 )
+from echo_os.engines.devices import (
+    DiffusersPipeline,
+    check_device,
+    dtype_kwargs,
+    pick_device,
+    pick_dtype,
+    quiet_model_libraries,
+)
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
@@ -41,6 +50,7 @@ from echo_os.render.preview import PreviewThrottle, latent_preview
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
+    from echo_os.engines.cuda_profile import RenderProfile
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,45 +74,18 @@ SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def make_scheduler(name: str, base_config: dict):
+def make_scheduler(name: str, base_config: dict[str, Any]) -> Any:
+    """A fresh diffusers scheduler `name` (SCHEDULER_CLASSES) over the pipeline's own scheduler config."""
     import diffusers
 
     class_name, overrides = SCHEDULER_CLASSES[name]
     return getattr(diffusers, class_name).from_config(base_config, **overrides)
 
 
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu.",
-                          "device")
-    if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise OptionError("--device mps was asked for but the MPS backend is not available; use --device cpu.",
-                          "device")
-    return requested
-
-
-def pick_dtype(requested: str, device: str) -> str:
-    """CUDA: bfloat16 where the GPU supports it, else float16 (the VAE then decodes in float32).
-    CPU: float32 (half precision on CPU is slow and inexact)."""
-    if requested != "auto":
-        return requested
-    if device == "cuda":
-        import torch
-
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
-
-
 @dataclass
 class LoadedPipeline:
-    pipe: Any
-    base_scheduler_config: dict
+    pipe: DiffusersPipeline
+    base_scheduler_config: dict[str, Any]
     model: ModelInfo
     device: str
     dtype: str
@@ -111,11 +94,11 @@ class LoadedPipeline:
     lock: threading.Lock
     ip_adapter: AdapterState = field(default_factory=AdapterState)
     lora: LoraState = field(default_factory=LoraState)
-    profile: Any = None  # cuda_profile.RenderProfile applied at load, None off CUDA
-    img2img: Any = None  # StableDiffusionXLImg2ImgPipeline over `pipe`'s components, made on first refine
+    profile: RenderProfile | None = None  # applied at load, None off CUDA
+    img2img: DiffusersPipeline | None = None  # StableDiffusionXLImg2ImgPipeline over `pipe`'s components, made on first refine
 
 
-def img2img_pipeline(loaded: LoadedPipeline):
+def img2img_pipeline(loaded: LoadedPipeline) -> DiffusersPipeline:
     """The img2img pipeline sharing the loaded text-to-image pipeline's modules (no second copy of the
     weights: from_pipe hands over the same UNet, VAE and text encoders), made once per loaded pipeline."""
     if loaded.img2img is None:
@@ -126,7 +109,7 @@ def img2img_pipeline(loaded: LoadedPipeline):
     return loaded.img2img
 
 
-def load_refiner(settings: "Settings", name: str, device: str, dtype: str):
+def load_refiner(settings: "Settings", name: str, device: str, dtype: str) -> DiffusersPipeline:
     """StableDiffusionXLImg2ImgPipeline from a models.toml sdxl entry (the SDXL refiner), local files only;
     one per (weights, device, dtype), kept in the model cache."""
     from echo_os.models import check_loadable, load_registry
@@ -137,16 +120,14 @@ def load_refiner(settings: "Settings", name: str, device: str, dtype: str):
         raise UsageError(f"--refiner {name}: a refiner is an sdxl entry in diffusers format (a folder with "
                          "model_index.json); see `echo-os models list`.")
 
-    def load():
-        import torch
-
+    def load() -> DiffusersPipeline:
         check_loadable(resolved)
         quiet_model_libraries()
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
-        refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(  # type: ignore[no-untyped-call]
             str(resolved.local_path), local_files_only=True, variant=resolved.variant,
-            use_safetensors=None if resolved.entry.allow_pickle else True, **_dtype_kwargs(getattr(torch, dtype)))
+            use_safetensors=None if resolved.entry.allow_pickle else True, **dtype_kwargs(dtype))
         refiner.to(device)
         refiner.set_progress_bar_config(disable=True)
         return refiner
@@ -161,7 +142,7 @@ def img2img_steps(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
-def choose_profile(device: str, dtype: str):
+def choose_profile(device: str, dtype: str) -> RenderProfile | None:
     """The render profile for a pipeline: on CUDA the measured default ("default-cuda": bf16, channels_last,
     torch.compile, the fastest SDPA kernel), or ECHO_OS_PROFILE (e.g. "eager" to skip compiling). Only
     exact profiles are chosen here: image-changing ones must be recorded per request. None off CUDA, or when
@@ -191,49 +172,26 @@ PIPELINE_KIND = "sdxl"
 REFINER_KIND = "sdxl-refiner"
 
 
-def quiet_model_libraries() -> None:
-    """Our own progress bar and one engine line replace the libraries' loading bars and notices.
-    TRANSFORMERS_VERBOSITY / DIFFUSERS_VERBOSITY, when set, still win."""
-    import os
-
-    import diffusers
-    import transformers
-
-    if "TRANSFORMERS_VERBOSITY" not in os.environ:
-        transformers.utils.logging.set_verbosity_error()
-    if "DIFFUSERS_VERBOSITY" not in os.environ:
-        diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.disable_progress_bar()
-
-
-def _dtype_kwargs(torch_dtype) -> dict[str, Any]:
-    """diffusers >= 0.36 names the loading dtype `dtype` and deprecates `torch_dtype`."""
-    from diffusers.pipelines import pipeline_utils
-
-    return {"dtype": torch_dtype} if hasattr(pipeline_utils, "_resolve_dtype") else {"torch_dtype": torch_dtype}
-
-
 def load_sdxl_pipeline(local_path: Path, *, single_file: bool, device: str, dtype: str, attention: str,
-                       config: str | None = None, variant: str | None = None, allow_pickle: bool = False):
+                       config: str | None = None, variant: str | None = None,
+                       allow_pickle: bool = False) -> DiffusersPipeline:
     """StableDiffusionXLPipeline from local files only (never the network)."""
-    import torch
 
     quiet_model_libraries()
     from diffusers import StableDiffusionXLPipeline
 
-    dtype_kwargs = _dtype_kwargs(getattr(torch, dtype))
+    loading_dtype = dtype_kwargs(dtype)
     if single_file:
         # Without a local config folder diffusers would fetch the configs and tokenizers from the Hub.
         if not config:
             raise UsageError(f"single-file checkpoint {local_path} needs a local config folder "
                              "(`config` in models.toml); see docs/models.md.")
         pipe = StableDiffusionXLPipeline.from_single_file(str(local_path), config=config, local_files_only=True,
-                                                          **dtype_kwargs)
+                                                          **loading_dtype)
     else:
-        pipe = StableDiffusionXLPipeline.from_pretrained(
+        pipe = StableDiffusionXLPipeline.from_pretrained(  # type: ignore[no-untyped-call]
             str(local_path), local_files_only=True, variant=variant,
-            use_safetensors=None if allow_pickle else True, **dtype_kwargs)
+            use_safetensors=None if allow_pickle else True, **loading_dtype)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if attention == "xformers":
@@ -282,9 +240,8 @@ class SDXLEngine(BaseEngine):
         return None
 
     @classmethod
-    def check_request(cls, settings: "Settings", request: RenderRequest, options) -> None:
+    def check_request(cls, settings: "Settings", request: RenderRequest, options: EngineOptions) -> None:
         """Its model must be an sdxl entry (wherever the weights are): `auto` skips it for another kind."""
-        from echo_os.errors import OptionError
         from echo_os.models import load_registry
 
         entry = load_registry(settings).get(request.model)
@@ -298,13 +255,8 @@ class SDXLEngine(BaseEngine):
         anything is queued (the same rules loading applies)."""
         import importlib.util
 
-        from echo_os.errors import OptionError
 
-        if request.device in ("cuda", "mps"):
-            try:
-                pick_device(request.device)
-            except UsageError as error:
-                raise OptionError(str(error).replace("--device", "device"), "device") from None
+        check_device(request.device)
         if request.attention == "xformers" and importlib.util.find_spec("xformers") is None:
             raise OptionError("attention xformers needs the xformers package (pip install 'echo-os[xformers]'); "
                               "or use attention sdpa", "attention")
@@ -432,7 +384,8 @@ class SDXLEngine(BaseEngine):
         steps_done = [0]  # across the base and the refiner stage
         throttle = PreviewThrottle() if self.previews else None
 
-        def on_step_end(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+        def on_step_end(pipeline: DiffusersPipeline, step: int, timestep: Any,
+                        callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             steps_done[0] += 1
             if progress is not None and steps_done[0] <= total_steps:
                 preview = None
@@ -545,7 +498,7 @@ class CPUEngine(SDXLEngine):
 
 
 @hookimpl
-def register_engines(register) -> None:
+def register_engines(register: Callable[[type[Any]], object]) -> None:
     register(SDXLEngine)
     register(CPUEngine)
 

@@ -34,6 +34,7 @@ from echo_os.engines.base import (
     RuntimeInfo,
     Timings,
 )
+from echo_os.engines.devices import pick_device, pick_dtype, runs_on_cpu
 from echo_os.engines.draft_assets import MeshOptions
 from echo_os.engines.folder_pipeline import LoadedPipeline, load_folder_pipeline
 from echo_os.engines.hookspecs import hookimpl
@@ -93,9 +94,7 @@ class ShapEEngine(BaseEngine):
                               "entry such as shap-e (see `echo-os models list`)", "model")
 
     def runs_on_cpu(self, request: "RenderRequest") -> bool:
-        from echo_os.engines.sdxl import pick_device
-
-        return pick_device(request.device) == "cpu"
+        return runs_on_cpu(request.device)
 
     def release(self, request: "RenderRequest") -> None:
         from echo_os.models import load_registry
@@ -105,7 +104,6 @@ class ShapEEngine(BaseEngine):
         model_cache().release(lambda key: key.kind == SHAP_E_KIND and key.path == path)
 
     def loaded(self, request: "RenderRequest") -> LoadedPipeline:
-        from echo_os.engines.sdxl import pick_device, pick_dtype
         from echo_os.models import check_loadable, load_registry, model_info
         from echo_os.render.cache import CacheKey, model_cache, weights_bytes
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pydantic import Field
 
@@ -47,15 +47,30 @@ from echo_os.engines.base import (
     RuntimeInfo,
     Timings,
 )
+from echo_os.engines.devices import (
+    DiffusersPipeline,
+    check_device,
+    dtype_kwargs,
+    pick_device,
+    pick_dtype,
+    quiet_model_libraries,
+    runs_on_cpu,
+)
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
 from echo_os.render.results import RenderedVideo
 
 if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
     from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A clip's source: a PIL image, or a (1, 3, H, W) tensor in [0, 1] as the pipeline takes it.
+ClipImage: TypeAlias = "Image.Image | torch.Tensor"
 
 DEFAULT_VIDEO_MODEL = "svd"
 MAX_FRAMES = 128
@@ -120,7 +135,7 @@ class ClipRuntime:
 
 @dataclass
 class ClipResult:
-    frames: list  # PIL images, frame order
+    frames: list[Image.Image]  # frame order
     request: ClipRequest
     width: int
     height: int
@@ -130,7 +145,7 @@ class ClipResult:
 
 @dataclass
 class LoadedVideoPipeline:
-    pipe: Any
+    pipe: DiffusersPipeline
     model: ModelInfo
     device: str
     dtype: str
@@ -143,18 +158,14 @@ VIDEO_KIND = "video"
 
 
 def load_video_pipeline(local_path: Path, *, device: str, dtype: str, variant: str | None, cpu_offload: bool,
-                        allow_pickle: bool = False):
+                        allow_pickle: bool = False) -> DiffusersPipeline:
     """StableVideoDiffusionPipeline from local files only (never the network)."""
-    import torch
-
-    from echo_os.engines.sdxl import _dtype_kwargs, quiet_model_libraries
-
     quiet_model_libraries()
     from diffusers import StableVideoDiffusionPipeline
 
-    pipe = StableVideoDiffusionPipeline.from_pretrained(
+    pipe = StableVideoDiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
         str(local_path), local_files_only=True, variant=variant, use_safetensors=None if allow_pickle else True,
-        **_dtype_kwargs(getattr(torch, dtype)))
+        **dtype_kwargs(dtype))
     if cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     else:
@@ -224,18 +235,10 @@ class VideoEngine(BaseEngine):
 
     @classmethod
     def check_runtime(cls, settings: "Settings", request: "RenderRequest") -> None:
-        if request.device in ("cuda", "mps"):
-            from echo_os.engines.sdxl import pick_device
-
-            try:
-                pick_device(request.device)
-            except UsageError as error:
-                raise OptionError(str(error).replace("--device", "device"), "device") from None
+        check_device(request.device)
 
     def runs_on_cpu(self, request: "RenderRequest") -> bool:
-        from echo_os.engines.sdxl import pick_device
-
-        return pick_device(request.device) == "cpu"
+        return runs_on_cpu(request.device)
 
     def release(self, request: "RenderRequest") -> None:
         """Drop `request`'s video pipelines from the model cache."""
@@ -282,7 +285,6 @@ class VideoEngine(BaseEngine):
         return results
 
     def loaded(self, request: ClipRequest) -> LoadedVideoPipeline:
-        from echo_os.engines.sdxl import pick_device, pick_dtype
         from echo_os.models import check_loadable, load_registry, model_info
 
         registry = load_registry(self.settings)
@@ -312,7 +314,7 @@ class VideoEngine(BaseEngine):
         return model_cache().get(key, load, label=resolved.entry.name, settings=self.settings,
                                  estimate_bytes=weights_bytes(str(resolved.local_path)))
 
-    def render_clip(self, image, request: ClipRequest, *, progress: Callable[[ProgressEvent], None] | None = None,
+    def render_clip(self, image: ClipImage, request: ClipRequest, *, progress: Callable[[ProgressEvent], None] | None = None,
                     cancel: threading.Event | None = None) -> ClipResult:
         """A clip from `image` (a PIL image, or a (1, 3, H, W) tensor in [0, 1] as the pipeline takes it)."""
         import torch
@@ -325,7 +327,8 @@ class VideoEngine(BaseEngine):
         pipe = loaded.pipe
         image = encoder_input(pipe, image)
 
-        def on_step_end(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+        def on_step_end(pipeline: DiffusersPipeline, step: int, timestep: Any,
+                        callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             if progress is not None:
                 progress(ProgressEvent(step=step + 1, total_steps=request.steps, images=1))
             if cancel is not None and cancel.is_set():
@@ -361,7 +364,8 @@ class VideoEngine(BaseEngine):
         return ClipResult(frames=frames, request=request, width=width, height=height, runtime=runtime, timings=timings)
 
 
-def decode_frames(pipe, latents, frames: int, chunk: int) -> tuple[list, int]:
+def decode_frames(pipe: DiffusersPipeline, latents: "torch.Tensor", frames: int,
+                  chunk: int) -> tuple[list[Image.Image], int]:
     """The pipeline's own decode (decode_latents + postprocess_video), halving the chunk on out-of-memory."""
     import torch
 
@@ -370,7 +374,8 @@ def decode_frames(pipe, latents, frames: int, chunk: int) -> tuple[list, int]:
     while True:
         try:
             decoded = pipe.decode_latents(latents, frames, chunk)
-            return pipe.video_processor.postprocess_video(video=decoded, output_type="pil")[0], chunk
+            clip: list[Image.Image] = pipe.video_processor.postprocess_video(video=decoded, output_type="pil")[0]
+            return clip, chunk
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
@@ -382,26 +387,29 @@ def decode_frames(pipe, latents, frames: int, chunk: int) -> tuple[list, int]:
             log.warning("out of memory decoding the clip; decoding %d frames at a time", chunk)
 
 
-def encoder_input(pipe, image):
+def encoder_input(pipe: DiffusersPipeline, image: ClipImage) -> ClipImage:
     """What to hand the pipeline. It resizes a PIL image to 224x224 for its CLIP image encoder (SVD's is trained
     at 224); an encoder of another size gets the image as a (1, 3, S, S) tensor in [0, 1] at its own size,
     which the pipeline passes through as is. Tensors are passed through unchanged."""
     size = int(getattr(pipe.image_encoder.config, "image_size", 224))
-    if size == 224 or not hasattr(image, "convert"):
+    from PIL import Image
+
+    if size == 224 or not isinstance(image, Image.Image):
         return image
     import numpy as np
     import torch
-    from PIL import Image
 
     square = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
 
 
-def clip_size(image, request: ClipRequest) -> tuple[int, int]:
+def clip_size(image: ClipImage, request: ClipRequest) -> tuple[int, int]:
     """(width, height) of the clip: the request's, else the image's rounded down to multiples of 64."""
     if request.width is not None and request.height is not None:
         return request.width, request.height
-    if hasattr(image, "size") and not callable(image.size):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
         width, height = image.size
     else:  # a tensor (..., H, W)
         height, width = int(image.shape[-2]), int(image.shape[-1])
@@ -410,5 +418,5 @@ def clip_size(image, request: ClipRequest) -> tuple[int, int]:
 
 
 @hookimpl
-def register_engines(register) -> None:
+def register_engines(register: Callable[[type[Any]], object]) -> None:
     register(VideoEngine)

@@ -57,7 +57,7 @@ class CacheKey:
     kind: str
     path: str
     device: str = "cpu"
-    variant: tuple[str, ...] = ()
+    variant: tuple[str | bool, ...] = ()
 
     @property
     def memory(self) -> str:
