@@ -17,6 +17,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from PIL import ImageFont
+
+# What drawing_font gives: a TrueType font, or Pillow's own bitmap font where no TrueType one loads.
+DrawingFont: TypeAlias = "ImageFont.FreeTypeFont | ImageFont.ImageFont"
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,7 @@ def font_path(bold: bool = False) -> Path | None:
 
 
 @functools.lru_cache(maxsize=64)
-def drawing_font(size: int, bold: bool = False):
+def drawing_font(size: int, bold: bool = False) -> DrawingFont:
     """A PIL font of `size` pixels for drawing text on an image."""
     from PIL import ImageFont
 

@@ -36,13 +36,17 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 if TYPE_CHECKING:
     import threading
 
+    import numpy as np
+    import numpy.typing as npt
     import torch
-    from diffusers import StableDiffusionXLPipeline
+    from PIL import Image
+
+    from echo_os.engines.devices import DiffusersPipeline
 
 SdpaBackend = Literal["flash", "cudnn", "efficient", "math"]
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
@@ -201,14 +205,14 @@ def resolve_sdpa_backend(requested: str | None, device: str) -> tuple[str | None
     if requested == "cudnn":
         import torch
 
-        version = torch.backends.cudnn.version() or 0
+        version = torch.backends.cudnn.version() or 0  # type: ignore[no-untyped-call]  # unannotated in torch
         if version < MIN_CUDNN_FOR_CUDNN_SDPA:
             return "flash", f"cuDNN {version} < {MIN_CUDNN_FOR_CUDNN_SDPA}: cuDNN attention replaced by flash"
     return requested, None
 
 
 def apply_profile(
-    pipe: "StableDiffusionXLPipeline",
+    pipe: DiffusersPipeline,
     profile: RenderProfile,
     device: str,
     *,
@@ -252,21 +256,20 @@ def apply_profile(
         if mode is not None and mode.startswith("max-autotune") and not device.startswith("cuda"):
             applied.notes.append(f"compile mode {mode} is for CUDA; default mode used on {device}")
             mode = None
-        options = {"mode": mode, "fullgraph": profile.fullgraph, "dynamic": False}
-        pipe.unet.compile(**options)
-        pipe.vae.decode = torch.compile(pipe.vae.decode, **options)
+        pipe.unet.compile(mode=mode, fullgraph=profile.fullgraph, dynamic=False)
+        pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, fullgraph=profile.fullgraph, dynamic=False)
         applied.compiled = ["unet", "vae.decode"]
         applied.compile_mode = mode or "default"
     return applied
 
 
-def sdpa_context(profile: RenderProfile, device: str = "cuda") -> contextlib.AbstractContextManager:
+def sdpa_context(profile: RenderProfile, device: str = "cuda") -> contextlib.AbstractContextManager[object]:
     """Restrict scaled_dot_product_attention to the profile's kernel for the calls inside."""
     backend, _ = resolve_sdpa_backend(profile.sdpa_backend, device)
     return sdpa_backend_context(backend)
 
 
-def sdpa_backend_context(backend: str | None) -> contextlib.AbstractContextManager:
+def sdpa_backend_context(backend: str | None) -> contextlib.AbstractContextManager[object]:
     if backend is None:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -280,7 +283,8 @@ def sdpa_backend_context(backend: str | None) -> contextlib.AbstractContextManag
     return sdpa_kernel(kernels[backend])
 
 
-StepCallback = Callable[[Any, int, Any, dict], dict]
+# diffusers' callback_on_step_end: (pipeline, step index, timestep, tensors by name) -> the tensors to go on with.
+StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 
 
 def cfg_cutoff_step(fraction: float, num_steps: int) -> int:
@@ -300,7 +304,7 @@ def cfg_cutoff_callback(fraction: float) -> StepCallback:
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"the CFG cut-off fraction must be in (0, 1], got {fraction}")
 
-    def callback(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
+    def callback(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         cutoff = cfg_cutoff_step(fraction, pipe.num_timesteps)
         if step_index != cutoff - 1 or cutoff >= pipe.num_timesteps or not pipe.do_classifier_free_guidance:
             return callback_kwargs
@@ -320,7 +324,7 @@ def combine_step_callbacks(*callbacks: StepCallback | None) -> StepCallback | No
     if len(active) == 1:
         return active[0]
 
-    def callback(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
+    def callback(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         for cb in active:
             callback_kwargs = cb(pipe, step_index, timestep, callback_kwargs) or callback_kwargs
         return callback_kwargs
@@ -338,8 +342,20 @@ def profile_call_kwargs(profile: RenderProfile) -> dict[str, Any]:
     }
 
 
-def decode_latents(pipe: "StableDiffusionXLPipeline", latents: "torch.Tensor", vae_batch: int | None,
-                   output_type: str = "np", cancel: "threading.Event | None" = None):
+@overload
+def decode_latents(pipe: DiffusersPipeline, latents: "torch.Tensor", vae_batch: int | None,
+                   output_type: Literal["np"] = "np", cancel: "threading.Event | None" = None,
+                   ) -> "npt.NDArray[np.float32]": ...
+
+
+@overload
+def decode_latents(pipe: DiffusersPipeline, latents: "torch.Tensor", vae_batch: int | None,
+                   output_type: Literal["pil"], cancel: "threading.Event | None" = None) -> "list[Image.Image]": ...
+
+
+def decode_latents(pipe: DiffusersPipeline, latents: "torch.Tensor", vae_batch: int | None,
+                   output_type: Literal["np", "pil"] = "np", cancel: "threading.Event | None" = None,
+                   ) -> "npt.NDArray[np.float32] | list[Image.Image]":
     """VAE-decode pipeline latents (output_type="latent") in chunks of `vae_batch`, as the pipeline would.
 
     Mirrors the end of StableDiffusionXLPipeline.__call__ (latent denormalisation, fp16 upcast when the
@@ -372,7 +388,7 @@ def decode_latents(pipe: "StableDiffusionXLPipeline", latents: "torch.Tensor", v
         else:
             latents = latents / vae.config.scaling_factor
         chunk_size = vae_batch or (DECODE_CHUNK_IMAGES if cancel is not None else latents.shape[0])
-        chunks = latents.split(chunk_size)
+        chunks = torch.split(latents, chunk_size)
         with torch.inference_mode():
             decoded = []
             for chunk in chunks:
@@ -385,7 +401,9 @@ def decode_latents(pipe: "StableDiffusionXLPipeline", latents: "torch.Tensor", v
     finally:
         if needs_upcasting:
             vae.to(dtype=torch.float16)
-    return pipe.image_processor.postprocess(images, output_type=output_type)
+    decoded_images: npt.NDArray[np.float32] | list[Image.Image] = pipe.image_processor.postprocess(
+        images, output_type=output_type)
+    return decoded_images
 
 
 @dataclass(frozen=True)
@@ -395,7 +413,7 @@ class WarmUpRecord:
 
 
 def warm_up(
-    pipe: "StableDiffusionXLPipeline",
+    pipe: DiffusersPipeline,
     profile: RenderProfile,
     width: int,
     height: int,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from echo_os.engines.base import (
     BaseEngine,
@@ -27,6 +28,9 @@ from echo_os.errors import CancelledError
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
+    from PIL import Image, ImageDraw
+
+    from echo_os.fonts import DrawingFont
     from echo_os.settings import Settings
 
 # Light and mood words -> (background top, background bottom, accent). First match in the prompt wins
@@ -77,7 +81,7 @@ def _ink_on(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (20, 20, 25) if _luminance(rgb) > 140 else (245, 245, 245)
 
 
-def _fit_lines(draw, text: str, font, width: int) -> list[str]:
+def _fit_lines(draw: "ImageDraw.ImageDraw", text: str, font: "DrawingFont", width: int) -> list[str]:
     """`text` wrapped to `width` pixels as measured in `font` (a word longer than a line is cut)."""
     lines, line = [], ""
     for word in text.split():
@@ -97,7 +101,7 @@ def _fit_lines(draw, text: str, font, width: int) -> list[str]:
     return lines
 
 
-def draw_card(request: RenderRequest, seed: int):
+def draw_card(request: RenderRequest, seed: int) -> "Image.Image":
     """A storyboard card: a gradient in the prompt's colours, a seed-placed disc in the band above the
     text, the prompt wrapped to the card's width, and a footer that fits (each text in the ink that reads
     on the colour behind it)."""
@@ -117,18 +121,19 @@ def draw_card(request: RenderRequest, seed: int):
     column = Image.new("RGB", (1, height))
     for y in range(height):
         column.putpixel((0, y), colour_at(y))
-    card = column.resize((width, height), Image.NEAREST)
+    card = column.resize((width, height), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(card)
     margin = max(4, width // 24)
     title_size = max(8, min(width, height) // 18)
     font = drawing_font(title_size)
-    small = drawing_font(max(6, title_size * 5 // 8))
+    small_size = max(6, title_size * 5 // 8)  # the size asked (Pillow's bitmap fallback font has no .size)
+    small = drawing_font(small_size)
     text_top = height // 3
 
     # A seed-placed accent disc, so cards of one prompt with different seeds are told apart. It stays in
     # the band between the DRAFT label and the prompt, never over the text.
     digest = hashlib.sha256(f"{seed}".encode()).digest()
-    label_bottom = margin + small.size + 2
+    label_bottom = margin + small_size + 2
     radius = max(2, min(min(width, height) // 10, (text_top - label_bottom - 4) // 2))
     cx = margin + radius + digest[0] * max(1, width - 2 * (margin + radius)) // 255
     low, high = label_bottom + radius, max(label_bottom + radius, text_top - radius - 2)
@@ -136,7 +141,7 @@ def draw_card(request: RenderRequest, seed: int):
     draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=accent)
     draw.text((margin, margin), "DRAFT", font=small, fill=_ink_on(colour_at(margin)))
 
-    footer_line = small.size + 2
+    footer_line = small_size + 2
     scene = f"scene {request.story.scene} · " if request.story.scene is not None else ""
     footer = _fit_lines(draw, f"{scene}seed {seed} · {width}x{height} · draft card, not a diffusion render",
                         small, width - 2 * margin)
@@ -153,7 +158,7 @@ def draw_card(request: RenderRequest, seed: int):
         draw.text((margin, y), line, font=font, fill=_ink_on(colour_at(y + title_size // 2)))
         y += title_size + 4
     for line in footer:
-        draw.text((margin, footer_top), line, font=small, fill=_ink_on(colour_at(footer_top + small.size // 2)))
+        draw.text((margin, footer_top), line, font=small, fill=_ink_on(colour_at(footer_top + small_size // 2)))
         footer_top += footer_line
     return card
 
@@ -165,7 +170,12 @@ class DraftEngine(BaseEngine):
     capabilities = Capabilities(txt2img=True, max_batch=64, needs_weights=False)
 
     def __init__(self, settings: "Settings | None" = None, reason: str = ""):
-        super().__init__(settings, reason)
+        from pathlib import Path
+
+        from echo_os.settings import Settings
+
+        # The cards read nothing of a workspace: one made without settings (tests) gets the current folder's.
+        super().__init__(settings if settings is not None else Settings(home=Path.cwd()), reason)
 
     def render(self, requests: list[RenderRequest], *, progress: ProgressCallback | None = None,
                cancel: threading.Event | None = None) -> list[RenderResult]:
@@ -186,5 +196,5 @@ class DraftEngine(BaseEngine):
 
 
 @hookimpl
-def register_engines(register) -> None:
+def register_engines(register: Callable[[type[Any]], object]) -> None:
     register(DraftEngine)

@@ -21,12 +21,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeAlias
 
 from echo_os.errors import EchoError, ModelError, UsageError
 
 if TYPE_CHECKING:
+    import torch
+    from transformers import CLIPVisionModelWithProjection
+
     from echo_os.engines.base import ModelInfo
+    from echo_os.engines.devices import DiffusersPipeline
+    from echo_os.engines.sdxl import LoadedPipeline
     from echo_os.models import ResolvedModel
     from echo_os.render.requests import IPAdapterImage, IPAdapterInput
     from echo_os.settings import Settings
@@ -36,6 +41,10 @@ log = logging.getLogger(__name__)
 CACHE_FOLDER = "ip-adapter"
 
 
+# (negative, positive) image embedding of one reference image, each [1, 1, ...].
+EmbeddingPair: TypeAlias = "tuple[torch.Tensor, torch.Tensor]"
+
+
 @dataclass
 class AdapterState:
     """What IP-Adapter set a loaded pipeline holds now. The image encoder survives unloads."""
@@ -43,10 +52,10 @@ class AdapterState:
     model: str | None = None
     count: int = 0
     info: "ModelInfo | None" = None
-    encoder: Any = None
+    encoder: "CLIPVisionModelWithProjection | None" = None
     encoder_path: Path | None = None
     encoder_sha256: str | None = None
-    embeddings: dict[Path, tuple[Any, Any]] = field(default_factory=dict)  # cache file -> (negative, positive)
+    embeddings: dict[Path, EmbeddingPair] = field(default_factory=dict)  # cache file -> (negative, positive)
 
 
 def resolve_adapter(settings: "Settings", name: str) -> "ResolvedModel":
@@ -61,7 +70,7 @@ def resolve_adapter(settings: "Settings", name: str) -> "ResolvedModel":
     return resolved
 
 
-def ensure_adapters(settings: "Settings", loaded, adapter: "IPAdapterInput | None") -> "ModelInfo | None":
+def ensure_adapters(settings: "Settings", loaded: "LoadedPipeline", adapter: "IPAdapterInput | None") -> "ModelInfo | None":
     """Make the pipeline hold exactly the adapters `adapter` needs (none when it is None), with its scales."""
     state: AdapterState = loaded.ip_adapter
     pipe = loaded.pipe
@@ -80,7 +89,7 @@ def ensure_adapters(settings: "Settings", loaded, adapter: "IPAdapterInput | Non
     return state.info
 
 
-def _load(settings: "Settings", loaded, adapter: "IPAdapterInput") -> None:
+def _load(settings: "Settings", loaded: "LoadedPipeline", adapter: "IPAdapterInput") -> None:
     import torch
     from transformers import CLIPVisionModelWithProjection
 
@@ -89,10 +98,15 @@ def _load(settings: "Settings", loaded, adapter: "IPAdapterInput") -> None:
     state: AdapterState = loaded.ip_adapter
     resolved = resolve_adapter(settings, adapter.model)
     encoder = resolved.image_encoder
+    if encoder is None:  # resolving an ip-adapter entry finds its encoder or raises: not reached
+        raise ModelError(f"{resolved.entry.label}: no image encoder was resolved for this IP-Adapter.")
     if state.encoder is None or state.encoder_path != encoder.local_path:
-        state.encoder = CLIPVisionModelWithProjection.from_pretrained(
+        model = CLIPVisionModelWithProjection.from_pretrained(
             str(encoder.local_path), local_files_only=True, dtype=getattr(torch, loaded.dtype),
-            use_safetensors=None if encoder.entry.allow_pickle else True).to(loaded.device)
+            use_safetensors=None if encoder.entry.allow_pickle else True)
+        # transformers wraps Module.to in a decorator whose annotations drop `self`: mypy reads the device
+        # as the model argument.
+        state.encoder = model.to(loaded.device)  # type: ignore[arg-type]
         state.encoder_path = encoder.local_path
         state.encoder_sha256 = model_info(settings, encoder).weights_sha256
         state.embeddings.clear()
@@ -107,7 +121,7 @@ def _load(settings: "Settings", loaded, adapter: "IPAdapterInput") -> None:
     log.info("loaded IP-Adapter %s x%d", adapter.model, state.count)
 
 
-def embedding_kind(pipe) -> str:
+def embedding_kind(pipe: "DiffusersPipeline") -> str:
     """`embeds` for IP-Adapter (ImageProjection), `hidden` for the Plus/Full kinds (hidden states)."""
     from diffusers.models.embeddings import ImageProjection
 
@@ -119,11 +133,12 @@ def cache_path(settings: "Settings", image_sha256: str, encoder_sha256: str, kin
     return settings.cache_dir / CACHE_FOLDER / f"{image_sha256}-{encoder_sha256[:16]}-{kind}-{dtype}.safetensors"
 
 
-def image_embedding(settings: "Settings", loaded, image: "IPAdapterImage") -> tuple[Any, Any]:
+def image_embedding(settings: "Settings", loaded: "LoadedPipeline", image: "IPAdapterImage") -> EmbeddingPair:
     """(negative, positive) embedding of one reference image, each [1, 1, ...], from the cache or computed."""
     from safetensors.torch import load_file, save_file
 
     state: AdapterState = loaded.ip_adapter
+    assert state.encoder_sha256 is not None, "the adapter's encoder is loaded (ensure_adapters) before embedding"
     path = cache_path(settings, image.sha256, state.encoder_sha256, embedding_kind(loaded.pipe), loaded.dtype)
     if path in state.embeddings:
         return state.embeddings[path]
@@ -137,12 +152,12 @@ def image_embedding(settings: "Settings", loaded, image: "IPAdapterImage") -> tu
         with atomic_path(path) as tmp:
             save_file({"negative": pair[0].detach().cpu().contiguous(),
                        "positive": pair[1].detach().cpu().contiguous()}, str(tmp))
-        pair = tuple(t.detach().cpu() for t in pair)
+        pair = (pair[0].detach().cpu(), pair[1].detach().cpu())
     state.embeddings[path] = pair
     return pair
 
 
-def _encode(settings: "Settings", loaded, image: "IPAdapterImage") -> tuple[Any, Any]:
+def _encode(settings: "Settings", loaded: "LoadedPipeline", image: "IPAdapterImage") -> EmbeddingPair:
     import torch
     from PIL import Image
 
@@ -162,7 +177,8 @@ def _encode(settings: "Settings", loaded, image: "IPAdapterImage") -> tuple[Any,
     return negative, positive
 
 
-def reference_embeds(settings: "Settings", loaded, adapter: "IPAdapterInput", guidance: bool) -> list:
+def reference_embeds(settings: "Settings", loaded: "LoadedPipeline", adapter: "IPAdapterInput",
+                     guidance: bool) -> list["torch.Tensor"]:
     """`ip_adapter_image_embeds` for one pipeline call: one tensor per adapter, in reference order."""
     import torch
 
