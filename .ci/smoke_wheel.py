@@ -40,7 +40,7 @@ def check_installed_copy() -> None:
 
 
 def check_templates(workspace: Path) -> None:
-    from echo_os.engines.comfyui import read_workflow, workflow_paths
+    from echo_os.engines.comfyui_workflows import read_workflow, workflow_paths
     from echo_os.settings import Settings
 
     paths = workflow_paths(Settings(home=workspace))

@@ -51,7 +51,7 @@ def _types(client, prompt_id):
 def test_the_fake_speaks_the_sequence_a_real_comfyui_sent(fake):
     """The sequences seen from ComfyUI 0.12.1 on 127.0.0.1:8188 (EmptyImage -> SaveImage), first run and
     the same prompt again (every node cached)."""
-    from echo_os.engines.comfyui import ComfyClient
+    from echo_os.engines.comfyui_client import ComfyClient
 
     client = ComfyClient(fake.url, 10, 2)
     try:
@@ -500,7 +500,7 @@ def test_a_prompt_that_ends_while_the_socket_is_down_is_read_from_history(tmp_pa
         engine = create_engine(settings, "comfyui", "test")
         request = RenderRequest(prompt="x", width=32, height=32, seed=0x102030, engine="comfyui")
         if fault == "error":
-            from echo_os.engines.comfyui import ComfyUIError
+            from echo_os.engines.comfyui_client import ComfyUIError
 
             with pytest.raises(ComfyUIError, match="^engine comfyui: the workflow failed: injected fault$"):
                 engine.render([request])
@@ -512,7 +512,7 @@ def test_a_prompt_that_ends_while_the_socket_is_down_is_read_from_history(tmp_pa
 
 
 def test_history_errors_in_both_formats_are_one_line():
-    from echo_os.engines.comfyui import history_failure
+    from echo_os.engines.comfyui_client import history_failure
 
     upstream = {"status": {"status_str": "error", "completed": False, "messages": [
         ["execution_start", {"prompt_id": "p"}],
@@ -534,7 +534,7 @@ def test_a_comfyui_that_restarts_mid_prompt_is_one_line_not_a_hang(tmp_path):
         server.faults.append("restart")
         engine = create_engine(settings, "comfyui", "test")
         started = time.monotonic()
-        from echo_os.engines.comfyui import ComfyUIError
+        from echo_os.engines.comfyui_client import ComfyUIError
 
         with pytest.raises(ComfyUIError, match=r"no longer knows prompt \S+ \(restarted while the websocket was down\?\)"):
             engine.render([RenderRequest(prompt="x", width=32, height=32, seed=1, engine="comfyui")])

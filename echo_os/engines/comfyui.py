@@ -47,16 +47,16 @@ template binds only what it has.
 Progress: one step per node of the graph (executed or cached) and one per sampling step of the node
 `steps` is bound to (ComfyUI's `progress` messages), in order, so the CLI bar, SSE and job status move as
 ComfyUI works through the graph.
+
+Three modules: this one (settings, options, availability, the engine), engines/comfyui_workflows.py (reading
+and binding templates) and engines/comfyui_client.py (the HTTP and websocket protocol, following a prompt).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,29 +73,28 @@ from echo_os.engines.base import (
     Timings,
     table_settings,
 )
+from echo_os.engines.comfyui_client import (
+    ComfyClient,
+    ComfyUIError,
+    JSONObject,
+    follow_prompt,
+    malformed,
+)
+from echo_os.engines.comfyui_workflows import Workflow, get_workflow
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import decode_received_image
-from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
-from echo_os.package_data import pipelines_folder
+from echo_os.errors import CancelledError, OptionError, UsageError
 
 if TYPE_CHECKING:
     from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
-TEMPLATES_DIR = Path("pipelines") / "comfyui"
-BINDABLE = ("prompt", "negative", "seed", "steps", "cfg", "width", "height", "checkpoint", "batch_size",
-            "init_image", "strength", "sampler", "scheduler")
-RECONNECT_TRIES = 5  # websocket reconnections per prompt, waiting 0.25, 0.5, 1, 2, 4 s (within timeout_s)
 # echo-os scheduler names -> ComfyUI's (sampler_name, scheduler).
 SAMPLERS: dict[str, tuple[str, str]] = {
     "euler": ("euler", "normal"), "euler_a": ("euler_ancestral", "normal"), "dpmpp_2m": ("dpmpp_2m", "normal"),
     "dpmpp_2m_karras": ("dpmpp_2m", "karras"), "ddim": ("ddim", "ddim_uniform"), "heun": ("heun", "normal"),
     "unipc": ("uni_pc", "normal"),
 }
-
-
-class ComfyUIError(EchoError):
-    """ComfyUI refused or failed a workflow; one line naming the node and its message."""
 
 
 class ComfyUISettings(BaseModel):
@@ -126,110 +125,13 @@ class ComfyUIOptions(EngineOptions):
     init_image: str | None = None  # a file uploaded and bound to the template's `init_image`
 
 
-# ---- templates -------------------------------------------------------------------------------------
+# ---- what the server has ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Binding:
-    node: str
-    input: str
-    modulo: int | None = None
-
-
-@dataclass(frozen=True)
-class Workflow:
-    """An API-format graph and which node input receives each request value."""
-
-    name: str
-    graph: dict[str, Any]
-    bindings: dict[str, tuple[Binding, ...]]
-    description: str = ""
-    path: Path | None = None
-
-    @property
-    def digest(self) -> str:
-        """sha256 of the graph and its bindings: it changes when the template (NAME.json or NAME.toml) does."""
-        import hashlib
-
-        bindings = {key: [[b.node, b.input, b.modulo] for b in value] for key, value in sorted(self.bindings.items())}
-        text = json.dumps({"graph": self.graph, "bindings": bindings}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-    def bind(self, values: dict[str, Any]) -> dict[str, Any]:
-        """A copy of the graph with `values` (keys of BINDABLE) written into their inputs; values the
-        template does not bind are left out (a weightless template has no prompt to set)."""
-        graph = json.loads(json.dumps(self.graph))
-        for key, value in values.items():
-            for binding in self.bindings.get(key, ()):
-                graph[binding.node]["inputs"][binding.input] = (
-                    value % binding.modulo if binding.modulo and isinstance(value, int) else value)
-        return graph
-
-
-def _parse_binding(path: Path, key: str, spec: Any, graph: dict) -> Binding:
-    if isinstance(spec, dict):
-        target, modulo = spec.get("input"), spec.get("modulo")
-        if not isinstance(modulo, (int, type(None))) or set(spec) - {"input", "modulo"}:
-            raise UsageError(f"{path}: binding {key} takes input = \"NODE.INPUT\" and an optional integer modulo.")
-    else:
-        target, modulo = spec, None
-    if not isinstance(target, str) or "." not in target:
-        raise UsageError(f'{path}: binding {key} must name a node input as "NODE_ID.INPUT_NAME", got {target!r}.')
-    node, name = target.split(".", 1)
-    if node not in graph or name not in graph[node].get("inputs", {}):
-        raise UsageError(f"{path}: binding {key} names {target}, which is not an input of the workflow "
-                         f"(nodes: {', '.join(sorted(graph))}).")
-    return Binding(node, name, modulo)
-
-
-def read_workflow(graph_path: Path) -> Workflow:
-    """NAME.json and its NAME.toml, checked: an API-format graph, bindings naming existing inputs."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
-    bindings_path = graph_path.with_suffix(".toml")
-    try:
-        graph = json.loads(graph_path.read_text(encoding="utf-8"))
-        spec = tomllib.loads(bindings_path.read_text(encoding="utf-8")) if bindings_path.is_file() else {}
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{graph_path}: cannot read the workflow ({error}).") from None
-    if not isinstance(graph, dict) or not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
-        raise UsageError(f"{graph_path} is not an API-format workflow (export it with File > Export (API) in "
-                         "ComfyUI: every node has class_type and inputs).")
-    unknown = set(spec.get("bindings", {})) - set(BINDABLE)
-    if unknown:
-        raise UsageError(f"{bindings_path}: unknown binding(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(BINDABLE)}.")
-    bindings: dict[str, tuple[Binding, ...]] = {}
-    for key, value in spec.get("bindings", {}).items():
-        specs = value if isinstance(value, list) else [value]
-        bindings[key] = tuple(_parse_binding(bindings_path, key, one, graph) for one in specs)
-    return Workflow(graph_path.stem, graph, bindings, str(spec.get("description", "")), graph_path)
-
-
-def workflow_paths(settings: "Settings") -> dict[str, Path]:
-    """name -> NAME.json: the templates shipped in the package, then the workspace's (which win by name)."""
-    found: dict[str, Path] = {}
-    for folder in (pipelines_folder("comfyui"), settings.home / TEMPLATES_DIR):
-        if folder.is_dir():
-            found.update({path.stem: path for path in sorted(folder.glob("*.json"))})
-    return found
-
-
-def workflow_name(config: ComfyUISettings, request: "RenderRequest", options: ComfyUIOptions) -> str:
+def workflow_name(config: "ComfyUISettings", request: "RenderRequest", options: "ComfyUIOptions") -> str:
     """`-o workflow=`, else the refine template for a request with an init image, else the default."""
     if options.workflow:
         return options.workflow
     return config.refine_workflow if request.init_image is not None else config.workflow
-
-
-def get_workflow(settings: "Settings", name: str) -> Workflow:
-    paths = workflow_paths(settings)
-    if name not in paths:
-        raise OptionError(f"no ComfyUI workflow {name!r}; known: {', '.join(paths) or 'none'} "
-                          f"(add NAME.json and NAME.toml under {TEMPLATES_DIR}/)", "options.workflow")
-    return read_workflow(paths[name])
 
 
 def input_choices(spec: Any) -> list[str] | None:
@@ -253,12 +155,13 @@ def missing_on_server(config: ComfyUISettings, workflow: Workflow, options: Comf
     checkpoint = options.checkpoint or config.checkpoint
     graph = workflow.bind({"checkpoint": checkpoint} if checkpoint else {})
     uploaded = {(b.node, b.input) for b in workflow.bindings.get("init_image", ())}
-    infos: dict[str, dict] = {}
+    infos: dict[str, JSONObject] = {}
+    base = (config.url or "").rstrip("/")  # availability asks this only of a configured url
     for node_id, node in sorted(graph.items()):
         kind = node["class_type"]
         if kind not in infos:
             try:
-                response = httpx.get(f"{config.url.rstrip('/')}/object_info/{kind}", timeout=config.connect_timeout_s)
+                response = httpx.get(f"{base}/object_info/{kind}", timeout=config.connect_timeout_s)
                 response.raise_for_status()
                 infos[kind] = response.json().get(kind) or {}
             except (httpx.HTTPError, ValueError) as error:
@@ -276,177 +179,6 @@ def missing_on_server(config: ComfyUISettings, workflow: Workflow, options: Comf
                 return (f"ComfyUI at {config.url} has no {name} {value!r} for workflow {workflow.name} "
                         f"(it has: {listed})")
     return None
-
-
-# ---- the client ------------------------------------------------------------------------------------
-
-def node_error_line(body: dict) -> str:
-    """One line from a POST /prompt 400 body: the first node error, naming node and message."""
-    for node_id, info in (body.get("node_errors") or {}).items():
-        for error in info.get("errors", []):
-            details = f" ({error['details']})" if error.get("details") else ""
-            return f"node {node_id} ({info.get('class_type', '?')}): {error.get('message', 'invalid')}{details}"
-    error = body.get("error") or {}
-    if isinstance(error, dict):
-        return f"{error.get('message', 'the workflow was refused')}{': ' + error['details'] if error.get('details') else ''}"
-    return str(error or body)
-
-
-class ComfyClient:
-    """HTTP (httpx) and the websocket (websocket-client) of one ComfyUI server, for one client_id."""
-
-    def __init__(self, url: str, timeout_s: float, connect_timeout_s: float):
-        import httpx
-
-        self.url = url.rstrip("/")
-        self.client_id = uuid.uuid4().hex
-        self.timeout_s = timeout_s
-        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
-        self.ws = None
-
-    def close(self) -> None:
-        if self.ws is not None:
-            self.ws.close()
-            self.ws = None
-        self.http.close()
-
-    def connect(self) -> None:
-        import websocket
-
-        if self.ws is None:
-            ws_url = "ws" + self.url[len("http"):] + f"/ws?clientId={self.client_id}"
-            self.ws = websocket.create_connection(ws_url, timeout=self.timeout_s)
-
-    def reconnect(self, deadline: float, sleep=time.sleep) -> None:
-        """A new socket with the same clientId (ComfyUI then routes this client's messages to it), after
-        the old one dropped: up to RECONNECT_TRIES tries, backing off 0.25 s doubling, before `deadline`;
-        the last error is raised when none succeeds."""
-        import websocket
-
-        if self.ws is not None:
-            try:
-                self.ws.close()
-            except Exception:  # noqa: BLE001 - the socket is already gone
-                pass
-            self.ws = None
-        for attempt in range(RECONNECT_TRIES):
-            try:
-                self.connect()
-                return
-            except (websocket.WebSocketException, OSError):
-                wait = 0.25 * 2 ** attempt
-                if attempt == RECONNECT_TRIES - 1 or time.monotonic() + wait > deadline:
-                    raise
-                sleep(wait)
-
-    def submit(self, graph: dict) -> str:
-        response = self.http.post("/prompt", json={"prompt": graph, "client_id": self.client_id})
-        if response.status_code == 400:
-            raise ComfyUIError(f"engine comfyui: ComfyUI refused the workflow: {node_error_line(response.json())}")
-        response.raise_for_status()
-        prompt_id = response.json()["prompt_id"]
-        if not isinstance(prompt_id, str) or not prompt_id:  # else the engine would wait for it until its timeout
-            raise TypeError("prompt_id is not text")
-        return prompt_id
-
-    def receive(self, wait_s: float) -> dict | None:
-        """The next JSON message, or None when none came within wait_s (binary previews are skipped)."""
-        import websocket
-
-        self.ws.settimeout(wait_s)
-        try:
-            message = self.ws.recv()
-        except websocket.WebSocketTimeoutException:
-            return None
-        if isinstance(message, bytes):
-            return {"type": "<binary>", "data": {}}
-        if message == "" and not self.ws.connected:  # a close frame: websocket-client answers it, returns ""
-            raise websocket.WebSocketConnectionClosedException("ComfyUI closed the websocket")
-        return json.loads(message)
-
-    def history(self, prompt_id: str) -> dict:
-        """The prompt's history entry ({} while it is queued or running: ComfyUI writes it when done)."""
-        response = self.http.get(f"/history/{prompt_id}")
-        response.raise_for_status()
-        return response.json().get(prompt_id, {})
-
-    def queued(self, prompt_id: str) -> bool:
-        """Whether the prompt is running or pending (GET /queue: items [number, prompt_id, ...])."""
-        response = self.http.get("/queue")
-        response.raise_for_status()
-        body = response.json()
-        for item in (*body.get("queue_running", []), *body.get("queue_pending", [])):
-            found = item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else \
-                item.get("prompt_id") if isinstance(item, dict) else None
-            if found == prompt_id:
-                return True
-        return False
-
-    def view(self, image: dict) -> bytes:
-        response = self.http.get("/view", params={"filename": image["filename"], "subfolder": image.get("subfolder", ""),
-                                                  "type": image.get("type", "output")})
-        response.raise_for_status()
-        return response.content
-
-    def interrupt(self) -> None:
-        self.http.post("/interrupt", json={})
-
-    def upload(self, name: str, data: bytes) -> str:
-        response = self.http.post("/upload/image", files={"image": (name, data, "image/png")},
-                                  data={"overwrite": "true"})
-        response.raise_for_status()
-        body = response.json()
-        return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
-
-
-def _malformed(error: BaseException) -> str:
-    """What was wrong with a server's answer, in words (not a Python exception's name)."""
-    import json
-
-    if isinstance(error, json.JSONDecodeError):
-        return "a body that is not JSON"
-    if isinstance(error, KeyError):
-        return f"no {error.args[0]!r} where one was expected" if error.args else "a field missing"
-    if isinstance(error, IndexError):
-        return "a list shorter than expected"
-    if isinstance(error, (TypeError, AttributeError)):
-        return "a value of the wrong type (a list or text where an object was expected)"
-    text = "".join(c if c.isprintable() else "?" for c in str(error))[:120]
-    return text or "a value it could not use"
-
-
-def history_failure(entry: dict) -> str | None:
-    """The one-line error of a finished /history entry whose status is an error, else None. Upstream
-    ComfyUI records [event, data] pairs (data as the websocket sent it); the pip-installable fork records
-    "event: exception_message" strings."""
-    status = entry.get("status") or {}
-    if status.get("status_str") != "error":
-        return None
-    for message in status.get("messages", []):
-        if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], dict):
-            kind, data = message
-            if kind == "execution_error":
-                return (f"engine comfyui: node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                        f"{data.get('exception_type', 'error')}: {str(data.get('exception_message', '')).strip()}")
-            if kind == "execution_interrupted":
-                return (f"engine comfyui: ComfyUI interrupted the workflow at node {data.get('node_id')} "
-                        f"({data.get('node_type')})")
-        elif isinstance(message, str):
-            if message.startswith("execution_error"):
-                return f"engine comfyui: the workflow failed: {message.partition(':')[2].strip() or 'an error'}"
-            if message.startswith("execution_interrupted"):
-                return "engine comfyui: ComfyUI interrupted the workflow"
-    return "engine comfyui: the workflow failed (ComfyUI's history says error)"
-
-
-@dataclass
-class _Run:
-    """What following one prompt's messages gathered."""
-
-    cached: list[str]
-    executed: list[str]
-    reconnects: int = 0
-    history: dict | None = None  # the finished prompt's /history entry, when it was read after a drop
 
 
 # ---- the engine ------------------------------------------------------------------------------------
@@ -488,8 +220,10 @@ class ComfyUIEngine(BaseEngine):
     @classmethod
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
         config = engine_settings(settings)
-        workflow = get_workflow(settings, workflow_name(config, request, options))  # type: ignore[arg-type]
-        init = options.init_image  # type: ignore[attr-defined]
+        if not isinstance(options, ComfyUIOptions):  # the renderer passes this engine's Options
+            options = ComfyUIOptions.model_validate(dict(request.options))
+        workflow = get_workflow(settings, workflow_name(config, request, options))
+        init = options.init_image
         if request.init_image is not None:
             if "init_image" not in workflow.bindings:
                 raise OptionError(f"workflow {workflow.name} binds no init_image, so it cannot refine; name one that "
@@ -530,7 +264,7 @@ class ComfyUIEngine(BaseEngine):
         except (ValueError, UsageError):
             return None
 
-    def values_for(self, request: "RenderRequest", seed: int, options: ComfyUIOptions, init_name: str | None) -> dict:
+    def values_for(self, request: "RenderRequest", seed: int, options: ComfyUIOptions, init_name: str | None) -> dict[str, Any]:
         """The request's values by binding name (a template binds what it has)."""
         sampler, scheduler = SAMPLERS.get(request.scheduler, (request.scheduler, "normal"))
         values: dict[str, Any] = {"prompt": request.full_prompt, "negative": request.negative_prompt or "",
@@ -567,7 +301,7 @@ class ComfyUIEngine(BaseEngine):
             except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:  # it answered, oddly
                 self.close()
                 raise ComfyUIError(f"engine comfyui: ComfyUI at {self.config.url} sent an answer this engine "
-                                   f"cannot read ({_malformed(error)}); images already saved are kept") from None
+                                   f"cannot read ({malformed(error)}); images already saved are kept") from None
             runtime = RuntimeInfo(engine=self.name, reason=self.reason, device="comfyui", dtype="none",
                                   attention="none")
             results.append(RenderResult(request=request, images=images, runtime=runtime,
@@ -604,7 +338,8 @@ class ComfyUIEngine(BaseEngine):
         for index, seed in enumerate(request.seeds):
             graph = workflow.bind(self.values_for(request, seed, options, init_name))
             prompt_id = client.submit(graph)
-            run = self._follow(prompt_id, graph, advance, cancel, sampler, request.steps)
+            run = follow_prompt(client, prompt_id, graph, advance, cancel, timeout_s=self.config.timeout_s,
+                                sampler=sampler, steps=request.steps)
             advance((index + 1) * per_image - done[0])  # nodes ComfyUI did not need to run, cached sampling
             outputs = (run.history or client.history(prompt_id)).get("outputs", {})
             found = [image for node in outputs.values() for image in node.get("images", [])
@@ -641,85 +376,6 @@ class ComfyUIEngine(BaseEngine):
             return self.client.upload(path.name, data)
         return None
 
-    def _follow(self, prompt_id: str, graph: dict, advance, cancel: threading.Event | None,
-                sampler: str | None = None, steps: int = 0) -> _Run:
-        """Read the websocket until `executing` with node null for this prompt; after a dropped socket,
-        reconnect and read /history (see the module docstring)."""
-        import websocket
-
-        run = _Run(cached=[], executed=[])
-        sampled = 0
-        deadline = time.monotonic() + self.config.timeout_s
-        interrupted_by_us = False
-        failure: str | None = None
-        quiet_since = time.monotonic()
-        while True:
-            if cancel is not None and cancel.is_set() and not interrupted_by_us:
-                self.client.interrupt()
-                interrupted_by_us = True
-            if time.monotonic() > deadline:
-                self.client.interrupt()
-                raise ComfyUIError(f"engine comfyui: no answer within {self.config.timeout_s:g} s; interrupted")
-            try:
-                message = self.client.receive(0.25)
-            except (websocket.WebSocketConnectionClosedException, ConnectionError) as error:
-                run.reconnects += 1
-                if run.reconnects > RECONNECT_TRIES:
-                    raise ComfyUIError(f"engine comfyui: the websocket to {self.client.url} dropped "
-                                       f"{run.reconnects} times during one prompt ({type(error).__name__})") from None
-                self.client.reconnect(deadline)
-                message = None
-                quiet_since = 0.0  # ask /history now: what finished while we were away is only there
-            if message is None:
-                # After a drop, the history is the record of what was missed: read it at once, then after
-                # every 2 s of silence (a server may route this client's messages to the old socket a while).
-                if run.reconnects and time.monotonic() - quiet_since >= 2.0:
-                    quiet_since = time.monotonic()
-                    entry = self.client.history(prompt_id)
-                    if entry.get("status") is None and not self.client.queued(prompt_id):
-                        entry = self.client.history(prompt_id)  # it may have finished between the two calls
-                        if entry.get("status") is None:
-                            raise ComfyUIError(f"engine comfyui: ComfyUI at {self.client.url} no longer knows prompt "
-                                               f"{prompt_id} (restarted while the websocket was down?); run the same "
-                                               "command again, images already saved are kept")
-                    if entry.get("status") is not None:
-                        run.history = entry
-                        failure = failure or history_failure(entry)
-                        break
-                continue
-            quiet_since = time.monotonic()
-            kind, data = message.get("type"), message.get("data") or {}
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue  # another prompt's messages (a shared server)
-            if kind == "execution_cached":
-                run.cached = list(data.get("nodes", []))
-                advance(len(run.cached))
-            elif kind == "executing" and data.get("node") is not None:
-                # On reconnect ComfyUI repeats the node it is running (without a prompt_id): counted once.
-                if data["node"] in graph and data["node"] not in run.executed:
-                    run.executed.append(data["node"])
-                    advance(1)
-            elif kind == "progress" and sampler is not None and data.get("node") == sampler:
-                value = min(int(data.get("value", 0)), steps)
-                if value > sampled:
-                    advance(value - sampled)
-                    sampled = value
-            elif kind == "execution_error":
-                failure = (f"engine comfyui: node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                           f"{data.get('exception_type', 'error')}: {str(data.get('exception_message', '')).strip()}")
-            elif kind == "execution_interrupted":
-                failure = (None if interrupted_by_us else
-                           f"engine comfyui: ComfyUI interrupted the workflow at node {data.get('node_id')} "
-                           f"({data.get('node_type')})")
-            elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                break
-        if interrupted_by_us:
-            raise CancelledError("render cancelled")
-        if failure:
-            raise ComfyUIError(failure.replace("\n", " "))
-        return run
-
-
 @hookimpl
-def register_engines(register) -> None:
+def register_engines(register: Callable[[type[Any]], object]) -> None:
     register(ComfyUIEngine)
