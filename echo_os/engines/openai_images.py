@@ -36,8 +36,9 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -58,6 +59,10 @@ from echo_os.engines.inputs import decode_received_image
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import openai
+
     from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
@@ -214,7 +219,8 @@ class ImagesPacer:
     of 40 scenes at 20/min takes two minutes instead of collecting 429s). Thread-safe; hand-written
     because it is one lock and one timestamp, and a rate-limit library would add a dependency for it."""
 
-    def __init__(self, per_minute: float, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.interval = 60.0 / per_minute
         self._next = 0.0
         self._lock = threading.Lock()
@@ -291,28 +297,36 @@ def describe(error: BaseException) -> str:
     return str(error)
 
 
+class CacheEntry(TypedDict):
+    """One answer as the response cache keeps it: the API's JSON body and the request id it came with."""
+
+    response: dict[str, Any]  # the Images API's JSON (data[].b64_json, created, usage, ...), checked when made
+    request_id: str | None
+
+
 class ResponseCache:
     """Responses on disk, one JSON file per request key (the request body plus the server's URL)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder: "Path"):
         self.folder = folder
 
     @staticmethod
-    def key(base_url: str, body: dict, seeds: list[int]) -> str:
+    def key(base_url: str, body: dict[str, Any], seeds: list[int]) -> str:
         """The seeds are echo-os's (never sent): they tell apart the images of one render, which are
         otherwise the same request, so image 2 of `--count 2` is not image 1 from the cache."""
         canonical = json.dumps({"base_url": base_url, "body": body, "seeds": seeds}, sort_keys=True,
                                separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> CacheEntry | None:
         path = self.folder / f"{key}.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            entry: CacheEntry = json.loads(path.read_text(encoding="utf-8"))
+            return entry
         except (OSError, ValueError):
             return None
 
-    def put(self, key: str, entry: dict) -> None:
+    def put(self, key: str, entry: CacheEntry) -> None:
         """Written beside, then renamed into place: a reader sees a whole entry or none. Not fsynced
         (echo_os.atomic does): an entry lost to a power cut is only a cache miss, and the fsync cost
         5-10 ms an image on this machine (benchmarks/RESULTS.md, "openai engine")."""
@@ -338,7 +352,7 @@ class OpenAIEngine(BaseEngine):
                                 deterministic=False, max_batch=1)
     Options = OpenAIOptions
 
-    def __init__(self, settings: "Settings", reason: str = "", client: Any = None):
+    def __init__(self, settings: "Settings", reason: str = "", client: "openai.OpenAI | None" = None):
         super().__init__(settings, reason)
         self.config = engine_settings(settings)
         self.pacer = ImagesPacer(self.config.images_per_minute)
@@ -366,16 +380,18 @@ class OpenAIEngine(BaseEngine):
 
     @classmethod
     def check_request(cls, settings: "Settings", request: "RenderRequest", options: EngineOptions) -> None:
-        model = model_for(settings, request, options)  # type: ignore[arg-type]
+        if not isinstance(options, OpenAIOptions):  # the renderer passes this engine's Options
+            options = OpenAIOptions.model_validate(dict(request.options))
+        model = model_for(settings, request, options)
         check_size(model, request.width, request.height)
-        init = options.init_image  # type: ignore[attr-defined]
+        init = options.init_image
         if init is not None and request.init_image is None:
             from echo_os.engines.inputs import option_image_path
 
             option_image_path(settings, init)
         references = sum(len(ref.images) for ref in request.ip_adapter.references) if request.ip_adapter else 0
         edit = init is not None or request.init_image is not None or references
-        if edit and options.moderation is not None:  # type: ignore[attr-defined]
+        if edit and options.moderation is not None:
             raise OptionError("moderation applies to new images only, not to edits (an init image or reference "
                               "images)", "options.moderation")
         if (init is not None or request.init_image is not None) + references > MAX_EDIT_IMAGES:
@@ -386,7 +402,7 @@ class OpenAIEngine(BaseEngine):
             raise OptionError("engine openai takes no LoRAs", "loras")
 
     @property
-    def client(self):
+    def client(self) -> "openai.OpenAI":
         if self._client is None:
             try:
                 import openai
@@ -400,7 +416,7 @@ class OpenAIEngine(BaseEngine):
                 raise UsageError(f"engine openai: {error}".splitlines()[0]) from None
         return self._client
 
-    def request_body(self, request: "RenderRequest") -> dict:
+    def request_body(self, request: "RenderRequest") -> dict[str, Any]:
         """The fields sent for `request` (JSON to /images/generations, or the form of /images/edits beside
         its images); with the images' sha256s, what the cache is keyed by."""
         options = OpenAIOptions.model_validate(dict(request.options))
@@ -435,8 +451,8 @@ class OpenAIEngine(BaseEngine):
 
     # ---- one request -------------------------------------------------------------------------------
 
-    def _response(self, body: dict, sent: list[EditImage], seeds: list[int],
-                  cancel: threading.Event | None) -> tuple[dict, bool]:
+    def _response(self, body: dict[str, Any], sent: list[EditImage], seeds: list[int],
+                  cancel: threading.Event | None) -> tuple[CacheEntry, bool]:
         """(cache entry, came from the cache): {"response": the API's JSON, "request_id": ...}."""
         use_cache = self.config.cache and self.settings.response_cache
         base_url = str(self.client.base_url)
@@ -452,7 +468,8 @@ class OpenAIEngine(BaseEngine):
             self.cache.put(key, entry)
         return entry, False
 
-    def _call_with_retries(self, body: dict, sent: list[EditImage], cancel: threading.Event | None) -> dict:
+    def _call_with_retries(self, body: dict[str, Any], sent: list[EditImage],
+                           cancel: threading.Event | None) -> CacheEntry:
         import openai
         import tenacity
 
@@ -491,7 +508,7 @@ class OpenAIEngine(BaseEngine):
                              f"with {describe(error)}; images already saved are kept, run the same command again "
                              "later to render the rest")
 
-    def _call_once(self, body: dict, sent: list[EditImage], cancel: threading.Event | None) -> dict:
+    def _call_once(self, body: dict[str, Any], sent: list[EditImage], cancel: threading.Event | None) -> CacheEntry:
         wait = self.pacer.reserve(body["n"])
         if wait > 0:
             if cancel is not None and cancel.wait(wait):
@@ -520,7 +537,7 @@ class OpenAIEngine(BaseEngine):
             raise _MalformedResponse(f"a malformed answer ({error})".splitlines()[0]) from None
         return {"response": response, "request_id": raw.headers.get("x-request-id")}
 
-    def _images(self, request: "RenderRequest", body: dict, sent: list[EditImage], entry: dict,
+    def _images(self, request: "RenderRequest", body: dict[str, Any], sent: list[EditImage], entry: CacheEntry,
                 cached: bool) -> list[RenderedImage]:
         response = entry["response"]
         usage = response.get("usage")
@@ -551,5 +568,5 @@ class OpenAIEngine(BaseEngine):
 
 
 @hookimpl
-def register_engines(register) -> None:
+def register_engines(register: Callable[[type[Any]], object]) -> None:
     register(OpenAIEngine)
