@@ -28,13 +28,21 @@ import csv
 import io
 import json
 import re
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from echo_os.errors import OptionError, UsageError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
 if TYPE_CHECKING:
+    from echo_os.render.requests import IPAdapterInput
     from echo_os.settings import Settings
 
 PLACEHOLDER = "{prompt}"
@@ -49,6 +57,50 @@ MAX_WORKSPACE_STYLES = 10_000
 KNOWN_SHOWN = 20  # names an unknown-style error lists before "and N more"
 
 
+class LearnedTable(TypedDict):
+    """[styles.NAME.learned] as styles.toml and the API hold it."""
+
+    sources: list[str]
+    method: str
+    created: str
+    palette: list[str]
+
+
+class ReferenceTable(TypedDict):
+    """[styles.NAME.reference] as styles.toml and the API hold it."""
+
+    adapter: str
+    path: str
+    sha256: str
+    scale: float
+
+
+class _StyleTomlEntry(TypedDict):
+    prompt: str
+    negative: str
+
+
+class StyleTomlEntry(_StyleTomlEntry, total=False):
+    """[styles.NAME] of styles.toml."""
+
+    learned: LearnedTable
+    reference: ReferenceTable
+
+
+class _StyleDict(TypedDict):
+    name: str
+    prompt: str
+    negative: str
+    builtin: bool
+
+
+class StyleDict(_StyleDict, total=False):
+    """A style as `styles list --json` and the API show it."""
+
+    learned: LearnedTable
+    reference: ReferenceTable
+
+
 @dataclass(frozen=True)
 class StyleSource:
     """Where a learned style came from (styles.toml [styles.NAME.learned])."""
@@ -58,7 +110,7 @@ class StyleSource:
     created: str = ""
     palette: tuple[str, ...] = ()  # colour names, most of the image first
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> LearnedTable:
         return {"sources": list(self.sources), "method": self.method, "created": self.created,
                 "palette": list(self.palette)}
 
@@ -72,7 +124,7 @@ class StyleReference:
     sha256: str
     scale: float = 0.5
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> ReferenceTable:
         return {"adapter": self.adapter, "path": self.path, "sha256": self.sha256, "scale": self.scale}
 
 
@@ -89,8 +141,8 @@ class Style:
         """(prompt, negative) with this style applied. No negative anywhere stays None (the model's rule)."""
         return expand_prompt(self.prompt, prompt), join_negative(negative, self.negative)
 
-    def as_dict(self) -> dict:
-        data = {"name": self.name, "prompt": self.prompt, "negative": self.negative, "builtin": self.builtin}
+    def as_dict(self) -> StyleDict:
+        data: StyleDict = {"name": self.name, "prompt": self.prompt, "negative": self.negative, "builtin": self.builtin}
         if self.learned is not None:
             data["learned"] = self.learned.as_dict()
         if self.reference is not None:
@@ -148,20 +200,11 @@ def builtin_styles() -> dict[str, Style]:
 
 # ---- styles.toml ------------------------------------------------------------------------------------
 
-def _toml():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    return tomllib
-
-
 def read_workspace_styles(settings: "Settings") -> dict[str, Style]:
     """casefolded name -> Style from the workspace's styles.toml ({} when there is none)."""
     path = settings.styles_toml
     if not path.is_file():
         return {}
-    tomllib = _toml()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
@@ -223,8 +266,8 @@ def write_workspace_styles(settings: "Settings", styles: dict[str, Style]) -> No
 
     from echo_os.atomic import write_atomically
 
-    def entry(style: Style) -> dict:
-        data: dict = {"prompt": style.prompt, "negative": style.negative}
+    def entry(style: Style) -> StyleTomlEntry:
+        data: StyleTomlEntry = {"prompt": style.prompt, "negative": style.negative}
         if style.learned is not None:
             data["learned"] = style.learned.as_dict()
         if style.reference is not None:
@@ -322,21 +365,54 @@ def resolve_style(settings: "Settings", value: str | None, option: str = "style"
     return StyleChoice(None, value)
 
 
+class ReferenceImageFields(TypedDict):
+    path: str
+    sha256: str
+
+
+class ReferenceFields(TypedDict):
+    """One IPAdapterReference as RenderRequest validates it."""
+
+    name: str
+    images: list[ReferenceImageFields]
+    scale: float
+
+
+class AdapterFields(TypedDict):
+    """An IPAdapterInput as RenderRequest validates it (this module builds no request types)."""
+
+    model: str
+    references: list[ReferenceFields]
+
+
+class _StyleFields(TypedDict):
+    style: str
+    style_name: str | None
+    negative_prompt: str | None
+
+
+class StyleFields(_StyleFields, total=False):
+    """The RenderRequest fields `--style` sets."""
+
+    ip_adapter: AdapterFields
+
+
 def style_fields(settings: "Settings", value: str | None, negative: str | None,
-                 option: str = "style", adapter: object | None = None) -> dict:
+                 option: str = "style", adapter: "IPAdapterInput | Mapping[str, Any] | None" = None) -> StyleFields:
     """RenderRequest fields for `--style VALUE` with the user's negative: style (the template or free
     text), style_name, and negative_prompt with the style's negative appended. A learned style with a
     reference image adds `ip_adapter`: `adapter` (the request's own, e.g. a character's) plus the style's
     image as one more reference."""
     choice = resolve_style(settings, value, option)
-    fields = {"style": choice.text, "style_name": choice.name,
+    fields: StyleFields = {"style": choice.text, "style_name": choice.name,
               "negative_prompt": join_negative(negative, choice.negative)}
     if choice.reference is not None:
         fields["ip_adapter"] = with_style_reference(settings, choice.name or "", choice.reference, adapter)
     return fields
 
 
-def with_style_reference(settings: "Settings", name: str, reference: StyleReference, adapter: object | None) -> dict:
+def with_style_reference(settings: "Settings", name: str, reference: StyleReference,
+                         adapter: "IPAdapterInput | Mapping[str, Any] | None") -> AdapterFields:
     """`adapter` (the request's IPAdapterInput, or None) with the style's image appended as the reference
     `style:NAME`, as the dict RenderRequest validates (this module sits below requests.py: it builds no
     request types). The request's own adapter model is kept when it has one: one call loads one model."""
@@ -346,11 +422,11 @@ def with_style_reference(settings: "Settings", name: str, reference: StyleRefere
     if not path.is_file():
         raise UsageError(f"style {name!r}: its reference image {path} is not there any more; learn the style again "
                          "(echo-os memory learn-from ID) or remove the [reference] table from styles.toml.")
-    own = {"name": f"style:{name}", "images": [{"path": str(path), "sha256": reference.sha256}],
+    own: ReferenceFields = {"name": f"style:{name}", "images": [{"path": str(path), "sha256": reference.sha256}],
            "scale": reference.scale}
     if adapter is None:
         return {"model": reference.adapter, "references": [own]}
-    current = adapter.model_dump(mode="json") if hasattr(adapter, "model_dump") else dict(adapter)  # type: ignore[call-overload]
+    current = dict(adapter) if isinstance(adapter, Mapping) else adapter.model_dump(mode="json")
     kept = [r for r in current["references"] if r["name"] != own["name"]]
     return {"model": current["model"], "references": [*kept, own]}
 
@@ -393,14 +469,14 @@ def parse_style_file(path: Path) -> tuple[list[Style], list[str]]:
                        f"imports at most {MAX_IMPORT_ROWS:,} styles")
         rows = rows[:MAX_IMPORT_ROWS]
     seen: dict[str, str] = {}
-    for where, name, prompt, negative in rows:
-        values = {"name": name, "prompt": prompt, "negative_prompt": negative}
+    for where, found_name, found_prompt, found_negative in rows:
+        values = {"name": found_name, "prompt": found_prompt, "negative_prompt": found_negative}
         not_text = next((key for key, value in values.items() if value is not None and not isinstance(value, str)),
                         None)
         if not_text is not None:  # a list, an object, a number or NaN: never stored as Python text
             skipped.append(f"{where}: {not_text} is a JSON {_json_kind(values[not_text])}, not text")
             continue
-        name = (name or "").strip()
+        name, prompt, negative = _text(found_name).strip(), _text(found_prompt), _text(found_negative)
         if not name:
             skipped.append(f"{where}: no name")
             continue
@@ -422,7 +498,22 @@ def parse_style_file(path: Path) -> tuple[list[Style], list[str]]:
     return styles, skipped
 
 
-def _a1111_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str | None]]:
+class ImportRow(NamedTuple):
+    """One style of an imported file as found: the values are the file's (text, None, or any JSON value
+    in a Fooocus file), checked by parse_style_file."""
+
+    where: str  # "line N" / "item N"
+    name: object
+    prompt: object
+    negative: object
+
+
+def _text(value: object) -> str:
+    """A checked row value (text or None) as text."""
+    return value if isinstance(value, str) else ""
+
+
+def _a1111_rows(path: Path, text: str) -> list[ImportRow]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip().casefold() for c in reader.fieldnames or []]
     if "name" not in columns or "prompt" not in columns:
@@ -431,16 +522,16 @@ def _a1111_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str |
                           "file")
     rows = []
     try:
-        for number, row in enumerate(reader, start=2):  # line 1 is the header
-            row = {(k or "").strip().casefold(): v for k, v in row.items()}
-            rows.append((f"line {number}", row.get("name"), row.get("prompt"), row.get("negative_prompt")))
+        for number, found in enumerate(reader, start=2):  # line 1 is the header
+            row = {(k or "").strip().casefold(): v for k, v in found.items()}
+            rows.append(ImportRow(f"line {number}", row.get("name"), row.get("prompt"), row.get("negative_prompt")))
     except csv.Error as error:  # a field over the csv module's limit (128 KB), a NUL byte
         raise OptionError(f"{path}, line {reader.line_num + 1}: {error}; a style's text is at most a few KB",
                           "file") from None
     return rows
 
 
-def _fooocus_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str | None]]:
+def _fooocus_rows(path: Path, text: str) -> list[ImportRow]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -456,9 +547,9 @@ def _fooocus_rows(path: Path, text: str) -> list[tuple[str, str, str | None, str
     rows = []
     for number, item in enumerate(data, start=1):
         if not isinstance(item, dict):
-            rows.append((f"item {number}", None, None, None))
+            rows.append(ImportRow(f"item {number}", None, None, None))
             continue
-        rows.append((f"item {number}", *(item.get(k) for k in ("name", "prompt", "negative_prompt"))))
+        rows.append(ImportRow(f"item {number}", item.get("name"), item.get("prompt"), item.get("negative_prompt")))
     return rows
 
 
