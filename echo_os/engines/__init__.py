@@ -69,7 +69,7 @@ def get_engine(name: str) -> "EnginePlugin":
     return engine_table()[name]
 
 
-def engine_options(plugin: "EnginePlugin", request: "RenderRequest") -> "EngineOptions":
+def engine_options(plugin: "EnginePlugin | Engine", request: "RenderRequest") -> "EngineOptions":
     """The request's `options`, validated by the engine's own Options model (one error per field)."""
     try:
         return plugin.Options.model_validate(dict(request.options))

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import EchoError, is_out_of_memory
@@ -146,7 +146,7 @@ class RenderOutcome:
     notes: list[str] = field(default_factory=list)  # what the OOM back-off did
 
 
-def canonical_options(engine: "Engine", request: "RenderRequest") -> dict:
+def canonical_options(engine: "Engine", request: "RenderRequest") -> dict[str, Any]:
     """The request's engine options as the engine's Options model reads them, defaults left out: so
     `--option clip_skip=2` and the API's {"clip_skip": 2} batch, key and resume as the same image."""
     from echo_os.engines import engine_options
@@ -314,8 +314,9 @@ def render_requests(
     engines: dict[int, "Engine"] = {}  # by id: the worker has one engine object per batch key
     by_engine: dict[int, list[Piece]] = {}
     for source, request in enumerate(requests):
-        if engine is not None or engine_for is not None:
-            chosen = engine if engine is not None else engine_for(request)
+        given = engine if engine is not None else engine_for(request) if engine_for is not None else None
+        if given is not None:
+            chosen = given
             name, reason = chosen.name, chosen.reason
         else:
             name, reason = choose_engine(settings, request)
@@ -413,7 +414,10 @@ def resume_rendered(store: "ArtifactStore", pieces: list[Piece], outcome: Render
                 outcome.resumed.append(artifact)
                 if on_image is not None:
                     on_image(ImageDone(artifact, resumed=True, source=piece.source, index=piece.first + i))
-        remaining += missing_runs(piece, lambda index, p=piece, k=keys: k[index - p.first] in rendered)
+        def done(index: int, p: Piece = piece, k: list[str] = keys) -> bool:
+            return k[index - p.first] in rendered
+
+        remaining += missing_runs(piece, done)
     return remaining
 
 
@@ -433,7 +437,7 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    grouped: dict[tuple, list[Piece]] = {}
+    grouped: dict[tuple[object, ...], list[Piece]] = {}
     for piece in pieces:
         grouped.setdefault(piece.request.batch_key(), []).append(piece)
     groups = deque(_Group(deque(group), vae_tiling=vae_tiling) for group in grouped.values())
@@ -487,15 +491,16 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
                 if running >= width:
                     break
                 running += start(call)
-            while running < width and len(window) < ahead and (call := next_call()) is not None:
-                window.append(call)
-                running += start(call)
+            while running < width and len(window) < ahead and (new_call := next_call()) is not None:
+                window.append(new_call)
+                running += start(new_call)
             if not window:
                 continue
             oldest = window[0]
             if oldest.future is None or not oldest.future.done():
                 # Any call that ends frees a slot for the next; the oldest is saved once it has ended.
-                wait([call.future for call in window if call.running], return_when=FIRST_COMPLETED)
+                wait([call.future for call in window if call.future is not None and not call.future.done()],
+                     return_when=FIRST_COMPLETED)
                 continue
             # 2. The oldest call's results, saved; or the out-of-memory back-off.
             window.popleft()
@@ -507,8 +512,8 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
                 if not is_out_of_memory(error):
                     raise
                 _release_memory()
-                if group.limit > 1:
-                    group.limit = max(1, min(group.limit, images) // 2)
+                if group.size > 1:
+                    group.limit = max(1, min(group.size, images) // 2)
                     outcome.notes.append(f"out of GPU memory with {images} images per call; retrying with "
                                          f"{group.limit}")
                 elif engine.capabilities.tiled_decode and not group.vae_tiling:
@@ -524,7 +529,7 @@ def _render_groups(engine: "Engine", pieces: list[Piece], *, store: "ArtifactSto
                 if window:  # later calls have started: this one's images go before them, as calls of their own
                     again, redo = deque(batch), []
                     while again:
-                        redo.append(_PipelineCall(group, take_batch(again, group.limit)))
+                        redo.append(_PipelineCall(group, take_batch(again, group.size)))
                     window.extendleft(reversed(redo))
                 else:  # nothing after it has started: back to the front of its group, as one queue
                     group.queue.extendleft(reversed(batch))
@@ -577,6 +582,13 @@ class _Group:
     limit: int | None = None
     vae_tiling: bool = False  # the OOM back-off's last step, for this group's calls from then on
 
+    @property
+    def size(self) -> int:
+        """The batch size of a started group (its calls are taken only after `limit` is set)."""
+        if self.limit is None:
+            raise RuntimeError("the batch group has not started")
+        return self.limit
+
 
 @dataclass
 class _PipelineCall:
@@ -592,11 +604,11 @@ class _PipelineCall:
 
 
 def _run_here(render: Callable[[list[Piece], bool], list["RenderResult"]], pieces: list[Piece],
-              tiling: bool) -> "Future":
+              tiling: bool) -> "Future[list[RenderResult]]":
     """The call rendered now, on this thread (one call at a time), its outcome in a Future."""
     from concurrent.futures import Future
 
-    future: Future = Future()
+    future: Future[list[RenderResult]] = Future()
     try:
         future.set_result(render(pieces, tiling))
     except Exception as error:  # noqa: BLE001 - handed to whoever reads the future, as a pool thread would
