@@ -43,17 +43,42 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from echo_os.engines.base import BaseEngine
 from echo_os.errors import UsageError
 
 if TYPE_CHECKING:
-    from echo_os.engines.base import Engine, MemoryInfo, ProgressCallback, RenderResult
+    from echo_os.engines.base import Engine, MemoryInfo, ProgressCallback, ProgressEvent, RenderResult
     from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# One denoising step of a call as an actor reports it: (step, total steps, images).
+Step = tuple[int, int, int]
+
+
+class ActorInfo(TypedDict):
+    """RenderActor.info: who answered."""
+
+    pid: int
+    gpus: str  # CUDA_VISIBLE_DEVICES of the actor ("" without a GPU)
+    models: list[str]  # its model cache's entries, least recently used first
+
+
+class ActorStats(TypedDict):
+    """RenderActor.stats: what GET /api/workers shows of an actor."""
+
+    pid: int
+    node: str
+    device: str
+    models: list[str]
+    calls_done: int
+    images_done: int
+    last_error: str | None
+    state: str  # "rendering" or "idle"
 
 RAY_MISSING = ("--ray needs Ray, which is not installed: pip install 'echo-os[ray]' (or leave out --ray to "
                "render on this machine)")
@@ -67,7 +92,7 @@ CANCEL_WAIT_S = 10.0  # after a cancel (Ctrl-C), how long the head waits for an 
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2  # images are small; keeps the store inside a small /dev/shm
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """ray, or UsageError with the one line to install it."""
     try:
         import ray
@@ -107,8 +132,8 @@ class _Call:
     """A render call on an actor: its steps so far, (step, total steps, images) each, and the flag that
     stops it."""
 
-    cancel: Any
-    steps: list[tuple[int, int, int]] = field(default_factory=list)
+    cancel: threading.Event
+    steps: list[Step] = field(default_factory=list)
 
 
 def _cached_models() -> list[str]:
@@ -147,11 +172,11 @@ class RenderActor:
         self.last_error: str | None = None
         self.started = time.time()
 
-    def info(self) -> dict:
+    def info(self) -> ActorInfo:
         models = _cached_models()
         return {"pid": os.getpid(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "models": models}
 
-    def stats(self) -> dict:
+    def stats(self) -> ActorStats:
         """What GET /api/workers shows of this actor."""
         import socket
 
@@ -179,13 +204,13 @@ class RenderActor:
 
         return choose_engine(self.settings, request)
 
-    def free_memory(self, name: str, reason: str, request: "RenderRequest"):
+    def free_memory(self, name: str, reason: str, request: "RenderRequest") -> "MemoryInfo | None":
         return self._engine(name, reason, request.model).free_memory(request)
 
     def runs_on_cpu(self, name: str, reason: str, request: "RenderRequest") -> bool:
         return self._engine(name, reason, request.model).runs_on_cpu(request)
 
-    def progress(self, call_id: str, since: int = 0) -> list[tuple[int, int, int]]:
+    def progress(self, call_id: str, since: int = 0) -> list[Step]:
         """The steps of a running call after the first `since` ones, (step, total steps, images) each;
         none before its first step or after it ended (`render` returns them all)."""
         call = self._calls.get(call_id)
@@ -202,7 +227,7 @@ class RenderActor:
 
     def render(self, name: str, reason: str, requests: list["RenderRequest"], call_id: str | None = None,
                vae_tiling: bool = False, engine_cancel: bool = True,
-               ) -> tuple[list["RenderResult"], list[tuple[int, int, int]]]:
+               ) -> tuple[list["RenderResult"], list[Step]]:
         """One pipeline call, as the head's renderer sent it (its OOM back-off decides batch sizes and VAE
         tiling: an out-of-memory error goes back to it as raised): its results and all its steps (the head
         passes on those `progress` polls did not). A cancelled call raises echo_os.errors.CancelledError
@@ -223,7 +248,7 @@ class RenderActor:
                     call.cancel.set()
                 self._calls[call_id] = call
 
-        def on_step(event) -> None:
+        def on_step(event: "ProgressEvent") -> None:
             call.steps.append((event.step, event.total_steps, event.images))
             if not engine_cancel and call.cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
@@ -373,21 +398,21 @@ class RayPool:
             self._pids[index] = pid
 
     # ---- questions --------------------------------------------------------------------------------------
-    def info(self) -> list[dict]:
-        answers = [self.ask(index, "info") for index in range(len(self.actors))]
+    def info(self) -> list[ActorInfo]:
+        answers: list[ActorInfo] = [self.ask(index, "info") for index in range(len(self.actors))]
         for index, answer in enumerate(answers):
             self._actor_answered(index, answer["pid"])
         return answers
 
-    def stats(self, timeout: float = 2.0) -> list[dict | None]:
+    def stats(self, timeout: float = 2.0) -> list[ActorStats | None]:
         """Each actor's figures (RenderActor.stats); None for one that does not answer in time (restarting)."""
         from echo_os.errors import OutageError
 
-        answers: list[dict | None] = []
+        answers: list[ActorStats | None] = []
         deadline = time.monotonic() + timeout
         for index in range(len(self.actors)):
             try:
-                answer = self.ask(index, "stats", wait=False, timeout=max(0.01, deadline - time.monotonic()))
+                answer: ActorStats = self.ask(index, "stats", wait=False, timeout=max(0.01, deadline - time.monotonic()))
             except OutageError:
                 answers.append(None)
                 continue
@@ -398,14 +423,15 @@ class RayPool:
     def choose(self, request: "RenderRequest", index: int = 0) -> tuple[str, str]:
         """The engine `auto` picks for `request` on actor `index`'s hardware (the one place both Ray hosts
         decide it), with the reason; an unknown model or missing weights raise there as here."""
-        return self.ask(index, "choose", request)
+        choice: tuple[str, str] = self.ask(index, "choose", request)
+        return choice
 
     def engine(self, request: "RenderRequest", index: int = 0, *, engine_cancel: bool = True) -> "RayEngine":
         """A RayEngine for `request`, chosen by actor `index` (see RayEngine for engine_cancel)."""
         return RayEngine(self, index, *self.choose(request, index), engine_cancel=engine_cancel)
 
     # ---- pipeline calls ---------------------------------------------------------------------------------
-    def _poll_progress(self, index: int, call_id: str, sent: list[tuple], progress: "ProgressCallback") -> None:
+    def _poll_progress(self, index: int, call_id: str, sent: list[Step], progress: "ProgressCallback") -> None:
         """Pass on the steps of the call that `sent` (those passed on so far) lacks."""
         from echo_os.errors import OutageError
 
@@ -429,13 +455,14 @@ class RayPool:
         while True:
             call_id = uuid.uuid4().hex
             ref = self.tell(index, "render", name, reason, requests, call_id, vae_tiling, engine_cancel)
-            sent: list[tuple] = []  # the call's steps passed to `progress`
+            sent: list[Step] = []  # the call's steps passed to `progress`
             cancelled_at: float | None = None
             try:
                 while True:
                     ready, _ = self.ray.wait([ref], num_returns=1, timeout=PROGRESS_POLL_S)
                     if ready:
-                        results, steps = self._get(ready[0])
+                        answer: tuple[list[RenderResult], list[Step]] = self._get(ready[0])
+                        results, steps = answer
                         self._actor_answered(index)
                         if progress is not None:
                             _pass_on(steps[len(sent):], sent, progress)
@@ -503,7 +530,7 @@ class RayPool:
             self.ray.shutdown()
 
 
-def _pass_on(steps: list[tuple[int, int, int]], sent: list[tuple], progress: "ProgressCallback") -> None:
+def _pass_on(steps: list[Step], sent: list[Step], progress: "ProgressCallback") -> None:
     from echo_os.render.results import ProgressEvent
 
     for step in steps:
@@ -529,7 +556,7 @@ class RayEngine(BaseEngine):
         plugin = get_engine(name)
         self.pool = pool
         self.index = index
-        self.name = name  # type: ignore[misc]  # the chosen engine's, per instance
+        self.name = name  # the chosen engine's, per instance
         self.capabilities = plugin.capabilities  # type: ignore[misc]
         self.Options = plugin.Options  # type: ignore[misc]
         self.engine_cancel = engine_cancel
@@ -542,10 +569,12 @@ class RayEngine(BaseEngine):
                                     cancel=cancel, vae_tiling=vae_tiling, engine_cancel=self.engine_cancel)
 
     def free_memory(self, request: "RenderRequest") -> "MemoryInfo | None":
-        return self.pool.ask(self.index, "free_memory", self.name, self.reason, request)
+        memory: MemoryInfo | None = self.pool.ask(self.index, "free_memory", self.name, self.reason, request)
+        return memory
 
     def runs_on_cpu(self, request: "RenderRequest") -> bool:
-        return self.pool.ask(self.index, "runs_on_cpu", self.name, self.reason, request)
+        on_cpu: bool = self.pool.ask(self.index, "runs_on_cpu", self.name, self.reason, request)
+        return on_cpu
 
     def release(self, request: "RenderRequest") -> None:
         """The actor keeps its models in its own model cache (echo_os/render/cache.py)."""
