@@ -34,9 +34,9 @@ from echo_os.engines.base import (
     RuntimeInfo,
     Timings,
 )
-from echo_os.engines.devices import pick_device, pick_dtype, runs_on_cpu
+from echo_os.engines.devices import runs_on_cpu
 from echo_os.engines.draft_assets import MeshOptions
-from echo_os.engines.folder_pipeline import LoadedPipeline, load_folder_pipeline
+from echo_os.engines.folder_pipeline import LoadedPipeline, cached_folder_pipeline, release_folder_pipelines
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, OptionError, UsageError
 from echo_os.render.results import RenderedAsset
@@ -97,36 +97,15 @@ class ShapEEngine(BaseEngine):
         return runs_on_cpu(request.device)
 
     def release(self, request: "RenderRequest") -> None:
-        from echo_os.models import load_registry
-        from echo_os.render.cache import model_cache
-
-        path = str(load_registry(self.settings).resolve(request.model).local_path)
-        model_cache().release(lambda key: key.kind == SHAP_E_KIND and key.path == path)
+        release_folder_pipelines(self.settings, request.model, SHAP_E_KIND)
 
     def loaded(self, request: "RenderRequest") -> LoadedPipeline:
-        from echo_os.models import check_loadable, load_registry, model_info
-        from echo_os.render.cache import CacheKey, model_cache, weights_bytes
+        from echo_os.models import load_registry
 
-        registry = load_registry(self.settings)
-        entry = registry.get(request.model)
+        entry = load_registry(self.settings).get(request.model)
         if entry.type != "3d":
             raise UsageError(f"{entry.label} is a {entry.type} model, not a 3D pipeline.")
-        resolved = registry.resolve(request.model)
-        device = pick_device(request.device)
-        dtype = pick_dtype(request.dtype, device)
-
-        def load() -> LoadedPipeline:
-            check_loadable(resolved)
-            started = time.perf_counter()
-            pipe = load_folder_pipeline(resolved.local_path, device=device, dtype=dtype,
-                                        allow_pickle=resolved.entry.allow_pickle)
-            log.info("loaded %s on %s/%s in %.1fs", resolved.entry.name, device, dtype, time.perf_counter() - started)
-            return LoadedPipeline(pipe=pipe, model=model_info(self.settings, resolved), device=device, dtype=dtype,
-                               lock=threading.Lock())
-
-        key = CacheKey(SHAP_E_KIND, str(resolved.local_path), device, (dtype,))
-        return model_cache().get(key, load, label=resolved.entry.name, settings=self.settings,
-                                 estimate_bytes=weights_bytes(str(resolved.local_path)))
+        return cached_folder_pipeline(self.settings, request, SHAP_E_KIND)
 
     def render(self, requests: list["RenderRequest"], *, progress: ProgressCallback | None = None,
                cancel: threading.Event | None = None) -> list[RenderResult]:
