@@ -7,8 +7,14 @@ at import time.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAME = "echo-os.toml"
@@ -104,11 +110,6 @@ def read_model_cache_table(path: Path) -> float | None:
     """
     from echo_os.errors import UsageError
 
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
     if not path.is_file():
         return None
     try:
@@ -136,11 +137,6 @@ def read_engines_table(path: Path) -> dict:
         allow = true
     """
     from echo_os.errors import UsageError
-
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
 
     if not path.is_file():
         return {}

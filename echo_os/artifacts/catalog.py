@@ -12,7 +12,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from echo_os.artifacts.meta import artifact_kind
 from echo_os.artifacts.slugs import slugify
@@ -129,9 +129,11 @@ def project_slug(project: str) -> str:
     return slugify(project, fallback="default")
 
 
-def _row(values: tuple) -> CatalogRow:
-    *head, meta = values
-    return CatalogRow(*head, meta=json.loads(meta))
+def _row(values: tuple[Any, ...]) -> CatalogRow:
+    """A CatalogRow from a `SELECT {_COLUMNS}` row: the columns in field order, meta last as JSON text."""
+    num, id_, created, project, model, engine, prompt, seed, width, height, scene, parent_id, path, meta = values
+    return CatalogRow(num, id_, created, project, model, engine, prompt, seed, width, height, scene, parent_id, path,
+                      json.loads(meta))
 
 
 def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
@@ -232,7 +234,8 @@ class Catalog:
 
     def query(self, *, project: str | None = None, model: str | None = None, since: str | None = None,
               limit: int | None = None, offset: int = 0, newest_first: bool = True) -> list[CatalogRow]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if project:
             where.append("project_slug(project) = ?")
             params.append(project_slug(project))

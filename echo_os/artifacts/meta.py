@@ -45,7 +45,7 @@ class ArtifactMeta(BaseModel):
     # What the engine was given as the negative prompt: "none" (no negative prompt, the model's config
     # decides), "empty-string" (the rule before that; replays of such artifacts keep it) or "text".
     # None in artifacts made before this was recorded (they were all given "" when the field was empty).
-    negative_prompt_passed: Literal["none", "empty-string", "text"] | None = None
+    negative_prompt_passed: NegativePassed | None = None
     style: str = ""  # free text, or the named style's template
     style_name: str | None = None  # the named style (styles.toml or built-in); None for free text or none
     seed: int
@@ -89,7 +89,10 @@ class ArtifactMeta(BaseModel):
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-def negative_prompt_passed(negative: str | None) -> str:
+NegativePassed = Literal["none", "empty-string", "text"]
+
+
+def negative_prompt_passed(negative: str | None) -> NegativePassed:
     if negative is None:
         return "none"
     return "empty-string" if negative == "" else "text"

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL.PngImagePlugin import PngInfo
 
 PARAMETERS_KEY = "parameters"
 META_KEY = "echo-os"
@@ -28,7 +33,7 @@ def _format_cfg(cfg: float) -> str:
 
 def a1111_parameters(prompt: str, negative: str | None, *, steps: int, sampler: str, cfg: float, seed: int,
                      width: int, height: int, model: str | None,
-                     extra: dict[str, object] | None = None) -> str:
+                     extra: Mapping[str, object] | None = None) -> str:
     """The `parameters` text as A1111 writes it; memory.pngmeta.parse_a1111_parameters reads every field
     back exactly (prompt and negative without surrounding whitespace).
 
@@ -67,7 +72,7 @@ A1111_SAMPLER_NAMES = {
 }
 
 
-def png_info(parameters: str, meta: dict) -> "PngInfo":  # noqa: F821 - PIL imported lazily
+def png_info(parameters: str, meta: dict) -> "PngInfo":
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()

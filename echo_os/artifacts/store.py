@@ -37,6 +37,7 @@ from echo_os.render.requests import image_request_key
 from echo_os.settings import Settings
 
 if TYPE_CHECKING:
+    from echo_os.artifacts.catalog import CatalogRow
     from echo_os.render.results import RenderResult
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Artifact:
         return self.path / META_NAME
 
     @classmethod
-    def from_row(cls, root: Path, row) -> "Artifact":
+    def from_row(cls, root: Path, row: "CatalogRow") -> "Artifact":
         """The artifact a catalog row describes (root: the artifacts folder its path is relative to)."""
         model = {"video": VideoMeta, "mesh": AssetMeta, "audio": AssetMeta}.get(row.meta.get("kind"), ArtifactMeta)
         return cls(id=row.id, path=root / row.path, meta=model.model_validate(row.meta))

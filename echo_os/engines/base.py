@@ -160,6 +160,10 @@ class Engine(Protocol):
         """Whether `request` would run on the CPU (batching is slower there above tiny sizes)."""
         ...
 
+    def release(self, request: "RenderRequest") -> None:
+        """Free what is kept loaded for `request`'s model (compare renders one model at a time)."""
+        ...
+
 
 class EnginePlugin(Protocol):
     """What a plugin registers: an engine class (or any object with these members)."""

@@ -60,8 +60,8 @@ def make_thumbnail(source: Path, target: Path, size: int = THUMB_SIZE, tile: str
 
     from echo_os.atomic import atomic_path
 
-    with Image.open(source) as image, atomic_path(target) as temporary:
-        image = image.convert("RGB")
+    with Image.open(source) as opened, atomic_path(target) as temporary:
+        image = opened.convert("RGB")
         if tile:
             from echo_os.engines.tiling import tiled_preview
 
@@ -127,8 +127,10 @@ def best_rows(rows: list[CatalogRow], limit: int) -> tuple[list[CatalogRow], str
 
     def value(row: CatalogRow) -> float:
         scores = row.meta.get("scores") or {}
-        known = {name: scores.get(name) for name in ("alignment", "style", "aesthetic", "character_consistency")}
-        return objective.value(ArtifactScores(**known), rating(row))
+        known = ArtifactScores(alignment=scores.get("alignment"), style=scores.get("style"),
+                               aesthetic=scores.get("aesthetic"),
+                               character_consistency=scores.get("character_consistency"))
+        return objective.value(known, rating(row))
 
     rated = [row for row in newest if rating(row) is not None]
     scored = [row for row in newest if rating(row) is None and row.meta.get("scores")]

@@ -191,10 +191,10 @@ def grid_image(plan: ComparePlan, artifacts: list["Artifact"], title: str):
 
     from echo_os.fonts import drawing_font
 
-    images = []
+    images: list[Image.Image] = []
     for artifact in artifacts:
-        with Image.open(artifact.image_path) as image:
-            images.append(image.convert("RGB"))
+        with Image.open(artifact.image_path) as opened:
+            images.append(opened.convert("RGB"))
     cell_w = max(i.width for i in images)
     cell_h = max(i.height for i in images)
     axes = plan.axes
@@ -261,6 +261,7 @@ def save_grid(settings: "Settings", store: "ArtifactStore", plan: ComparePlan, a
         seed=first.seed, steps=first.steps, cfg=first.cfg, width=sheet.width, height=sheet.height,
         scheduler=first.scheduler, engine=EngineRecord(name="compare", reason="echo-os compare grid sheet"),
         device="none", dtype="none", attention="none", versions=collect_versions(), request={},
-        grid={"axes": [{"option": a.option, "label": a.label, "values": [format_value(v) for v in a.values]}
-                       for a in plan.axes], "cells": cells})
+    ).model_copy(update={"grid": {  # an extra field (ArtifactMeta allows them): what artifact_kind reads as a sheet
+        "axes": [{"option": a.option, "label": a.label, "values": [format_value(v) for v in a.values]}
+                 for a in plan.axes], "cells": cells}})
     return store.save_file(png, meta, scene_slug="compare-grid"), True

@@ -32,7 +32,7 @@ def model_render_defaults(settings: "Settings", model: str | None) -> "RenderDef
     from echo_os.models.registry import load_registry
 
     registry = load_registry(settings)
-    return registry.get(model).defaults if model in registry else None
+    return registry.get(model).defaults if model is not None and model in registry else None
 
 
 def fill_model_defaults(fields: dict[str, Any], defaults: "RenderDefaults | None", given: Collection[str], *,

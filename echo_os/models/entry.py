@@ -17,7 +17,7 @@ SourceKind = Literal["path", "hf", "file", "package"]
 MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d",
                                 "audio")
 PIPELINE_TYPES: tuple[str, ...] = ("video", "3d", "audio")  # diffusers pipeline folders other than sdxl
-SOURCE_KEYS: tuple[str, ...] = ("path", "hf", "file", "package")
+SOURCE_KEYS: tuple[SourceKind, ...] = ("path", "hf", "file", "package")
 STRING_KEYS: tuple[str, ...] = ("type", *SOURCE_KEYS, "variant", "revision", "config", "subfolder", "weight_name",
                                 "image_encoder", "description")
 # Render defaults of an sdxl entry (few-step models: SDXL-Turbo, Lightning, LCM): used when the command

@@ -48,7 +48,7 @@ def _folder_files(repo_files: list[str], folder: str, variant: str | None, depth
         if len(parts) > depth or (len(parts) > 1 and (parts[0] in _SKIP_DIRS or parts[0].startswith("."))):
             continue
         by_dir.setdefault(posixpath.dirname(rest), []).append(posixpath.basename(rest))
-    chosen = []
+    chosen: list[str] = []
     for directory, names in sorted(by_dir.items()):
         chosen_weights = choose_weight_files(names, variant) if weights else []
         keep = {name for name in names if name.endswith(_CONFIG_SUFFIXES) and not _is_weights_index(name)}

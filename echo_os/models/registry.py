@@ -343,8 +343,8 @@ def model_table_text(name: str, fields: dict[str, str | bool]) -> str:
     try:
         import tomli_w
     except ImportError:
-        tomli_w = None
-    if tomli_w is not None:
+        pass
+    else:
         return tomli_w.dumps({"models": {name: fields}})
     lines = [f"[models.{toml_key(name)}]"]
     for key, value in fields.items():
@@ -389,7 +389,7 @@ def _without_table(text: str, name: str) -> str:
             match = _TABLE_HEADER_RE.match(line)
             if skipping:
                 kept.extend(trailing_comments)
-            skipping = bool(match) and _header_names(match.group("key")) == ["models", name]
+            skipping = match is not None and _header_names(match.group("key")) == ["models", name]
             trailing_comments = []
         if not skipping:
             kept.append(line)

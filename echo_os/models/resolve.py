@@ -247,6 +247,7 @@ def _subfolder(entry: ModelEntry, root: Path) -> Path:
 def _single_file(entry: ModelEntry, root: Path) -> Path:
     if entry.kind == "file":
         return root
+    assert entry.weight_name is not None, "a single-file entry is kind file or names its weight_name"
     path = _subfolder(entry, root) / entry.weight_name
     if not path.is_file():
         raise ResolveError(f"{entry.label}: {path} does not exist{_pull_hint(entry)}.",
@@ -302,7 +303,7 @@ def _pipeline_weights(entry: ModelEntry, folder: Path) -> tuple[tuple[Path, ...]
     variant = entry.variant
     if variant is not None and not any(folder_has_variant(names, variant) for names in listings.values()):
         variant = None  # diffusers falls back to the plain files per component; say so to the caller
-    files = []
+    files: list[Path] = []
     for name, names in listings.items():
         chosen = choose_weight_files(names, variant)
         if not chosen:

@@ -266,7 +266,7 @@ def choose_weight_files(names: list[str], variant: str | None) -> list[str]:
     wanted: dict[str, list[str]] = {"safetensors": [], "bin": []}
     for name in names:
         is_weights, name_variant, ext = weight_file_variant(name)
-        if not is_weights:
+        if not is_weights or ext is None:
             continue
         if name_variant is None:
             plain[ext].append(name)
