@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    from av.audio.stream import AudioStream
+from typing import Any
 
 from echo_os.errors import OptionError, UsageError
 
-CODEC: Final = "libx264"
+CODEC = "libx264"
 PIX_FMT = "yuv420p"
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "veryfast"  # an animatic is a preview: encode speed over file size
@@ -81,7 +78,7 @@ def check_video_work(width: int, height: int, fps: int, frames: int) -> None:
                           "--fps or --size, or shorten the scenes.", "fps")
 
 
-AUDIO_CODEC: Final = "aac"  # FFmpeg's native AAC encoder (in PyAV's wheels)
+AUDIO_CODEC = "aac"  # FFmpeg's native AAC encoder (in PyAV's wheels)
 AUDIO_FRAME = 1024  # samples per AAC frame
 
 
@@ -103,8 +100,7 @@ class Mp4Writer:
         self.stream.options = {"crf": str(crf), "preset": preset}
         self.frames = 0
         self.audio = audio
-        self.audio_stream: AudioStream | None = None
-        self.closed = False
+        self.audio_stream = None
         if audio is not None:
             self.audio_stream = self.container.add_stream(AUDIO_CODEC, rate=int(audio[1]), layout="mono")
 
@@ -122,30 +118,30 @@ class Mp4Writer:
         self.frames += 1
 
     def close(self) -> None:
-        if self.closed:
+        if self.container is None:
             return
         try:
             for packet in self.stream.encode():  # flush the encoder's delayed frames
                 self.container.mux(packet)
-            if self.audio_stream is not None and self.audio is not None:
-                self._encode_audio(self.audio_stream, self.audio)
+            if self.audio_stream is not None:
+                self._encode_audio()
         finally:
             self.container.close()
-            self.closed = True
+            self.container = None
 
-    def _encode_audio(self, stream: "AudioStream", audio: "tuple[Any, int]") -> None:
+    def _encode_audio(self) -> None:
         import av
         import numpy as np
 
-        samples, rate = audio
+        samples, rate = self.audio
         samples = np.ascontiguousarray(np.asarray(samples, dtype=np.float32).reshape(-1))
         for offset in range(0, len(samples), AUDIO_FRAME):
             frame = av.AudioFrame.from_ndarray(samples[None, offset:offset + AUDIO_FRAME], format="fltp",
                                                layout="mono")
             frame.sample_rate, frame.pts = int(rate), offset
-            for packet in stream.encode(frame):
+            for packet in self.audio_stream.encode(frame):
                 self.container.mux(packet)
-        for packet in stream.encode():
+        for packet in self.audio_stream.encode():
             self.container.mux(packet)
 
     def __enter__(self) -> "Mp4Writer":
