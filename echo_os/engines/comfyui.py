@@ -125,7 +125,7 @@ class ComfyUIOptions(EngineOptions):
     init_image: str | None = None  # a file uploaded and bound to the template's `init_image`
 
 
-# ---- what the server has ------------------------------------------------------------------------
+# ---- which template, and whether the server has what it needs ----------------------------------
 
 def workflow_name(config: "ComfyUISettings", request: "RenderRequest", options: "ComfyUIOptions") -> str:
     """`-o workflow=`, else the refine template for a request with an init image, else the default."""

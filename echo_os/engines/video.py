@@ -314,7 +314,8 @@ class VideoEngine(BaseEngine):
         return model_cache().get(key, load, label=resolved.entry.name, settings=self.settings,
                                  estimate_bytes=weights_bytes(str(resolved.local_path)))
 
-    def render_clip(self, image: ClipImage, request: ClipRequest, *, progress: Callable[[ProgressEvent], None] | None = None,
+    def render_clip(self, image: ClipImage, request: ClipRequest, *,
+                    progress: Callable[[ProgressEvent], None] | None = None,
                     cancel: threading.Event | None = None) -> ClipResult:
         """A clip from `image` (a PIL image, or a (1, 3, H, W) tensor in [0, 1] as the pipeline takes it)."""
         import torch
