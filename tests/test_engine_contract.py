@@ -282,8 +282,8 @@ class TestVideoContract(EngineContract):
     def test_img2img_refines_an_artifact_with_lineage(self, settings):
         """A clip's source is an image artifact: the clip records it as its parent, by id and bytes."""
         from echo_os.artifacts.store import ArtifactStore
-        from echo_os.engines.video import ClipRequest
         from echo_os.motion.clips import clip_render_request
+        from echo_os.render.requests import ClipRequest
         from echo_os.render.scheduler import render_requests
 
         store = ArtifactStore(settings)

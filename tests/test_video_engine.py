@@ -40,7 +40,8 @@ def test_engine_clip_equals_a_direct_pipeline_call(video_home, tiny_svd_dir):
     import torch
     from diffusers import StableVideoDiffusionPipeline
 
-    from echo_os.engines.video import ClipRequest, VideoEngine
+    from echo_os.engines.video import VideoEngine
+    from echo_os.render.requests import ClipRequest
     from echo_os.settings import Settings
 
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator("cpu").manual_seed(0))
@@ -66,8 +67,9 @@ def test_cancel_stops_the_clip(video_home):
 
     import torch
 
-    from echo_os.engines.video import ClipRequest, VideoEngine
+    from echo_os.engines.video import VideoEngine
     from echo_os.errors import CancelledError
+    from echo_os.render.requests import ClipRequest
     from echo_os.settings import Settings
 
     cancel = threading.Event()
@@ -191,7 +193,8 @@ def test_out_of_memory_while_decoding_halves_the_chunk(video_home, monkeypatch):
     chunk, without denoising again; the runtime records the chunk that worked."""
     import torch
 
-    from echo_os.engines.video import ClipRequest, VideoEngine
+    from echo_os.engines.video import VideoEngine
+    from echo_os.render.requests import ClipRequest
     from echo_os.settings import Settings
 
     engine = VideoEngine(Settings(home=video_home))

@@ -882,9 +882,8 @@ def clip_body_request(api: ApiState, body: AnimateBody):
     from echo_os.artifacts.store import Artifact
     from echo_os.artifacts.video import is_video_meta
     from echo_os.engines import check_runtime, choose_engine
-    from echo_os.engines.video import ClipRequest
     from echo_os.motion.clips import clip_render_request
-    from echo_os.render.requests import parse_size
+    from echo_os.render.requests import ClipRequest, parse_size
 
     row = api.catalog.resolve(body.artifact_id)
     if is_video_meta(row.meta):

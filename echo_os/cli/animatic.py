@@ -88,9 +88,8 @@ def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: 
       echo-os animate 3f9a1c2b7d4e --frames 14 --fps 7 --motion-bucket 127
     """
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.engines.video import ClipRequest
     from echo_os.motion.clips import make_clip
-    from echo_os.render.requests import parse_size
+    from echo_os.render.requests import ClipRequest, parse_size
 
     settings = settings_from(ctx)
     width, height = parse_size(size) if size else (None, None)

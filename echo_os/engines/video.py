@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +57,8 @@ from echo_os.engines.devices import (
 )
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
+from echo_os.render.requests import DEFAULT_VIDEO_MODEL as DEFAULT_VIDEO_MODEL
+from echo_os.render.requests import MAX_FRAMES, ClipRequest
 from echo_os.render.results import RenderedVideo
 
 if TYPE_CHECKING:
@@ -71,57 +72,6 @@ log = logging.getLogger(__name__)
 
 # A clip's source: a PIL image, or a (1, 3, H, W) tensor in [0, 1] as the pipeline takes it.
 ClipImage: TypeAlias = "Image.Image | torch.Tensor"
-
-DEFAULT_VIDEO_MODEL = "svd"
-MAX_FRAMES = 128
-
-
-@dataclass(frozen=True)
-class ClipRequest:
-    """One image-to-video render. width/height None: the source image's size, rounded down to a multiple of 64
-    (SVD was trained at 1024x576). decode_chunk_size None: every frame in one VAE call."""
-
-    seed: int
-    model: str = DEFAULT_VIDEO_MODEL
-    frames: int = 14
-    fps: int = 7
-    motion_bucket: int = 127
-    noise_aug: float = 0.02
-    steps: int = 25
-    min_cfg: float = 1.0
-    max_cfg: float = 3.0
-    width: int | None = None
-    height: int | None = None
-    decode_chunk_size: int | None = None
-    cpu_offload: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-
-    def check(self) -> None:
-        """Every value checked before any weights move; OptionError names the option."""
-        from echo_os.render.requests import MAX_SEED
-
-        def need(ok: bool, option: str, message: str) -> None:
-            if not ok:
-                raise OptionError(f"--{option} {message}.", option)
-
-        need(0 <= self.seed <= MAX_SEED, "seed", f"must be between 0 and {MAX_SEED}, got {self.seed}")
-        need(2 <= self.frames <= MAX_FRAMES, "frames", f"must be between 2 and {MAX_FRAMES}, got {self.frames}")
-        need(1 <= self.fps <= 60, "fps", f"must be between 1 and 60, got {self.fps}")
-        need(0 <= self.motion_bucket <= 1023, "motion-bucket", f"must be between 0 and 1023, got {self.motion_bucket}")
-        need(math.isfinite(self.noise_aug) and 0.0 <= self.noise_aug <= 1.0, "noise-aug",
-             f"must be between 0 and 1, got {self.noise_aug:g}")
-        need(1 <= self.steps <= 200, "steps", f"must be between 1 and 200, got {self.steps}")
-        need(math.isfinite(self.min_cfg) and math.isfinite(self.max_cfg) and 0 <= self.min_cfg <= self.max_cfg <= 30,
-             "cfg", f"must satisfy 0 <= min <= max <= 30, got {self.min_cfg:g}..{self.max_cfg:g}")
-        if self.decode_chunk_size is not None:
-            need(1 <= self.decode_chunk_size <= self.frames, "decode-chunk-size",
-                 f"must be between 1 and --frames ({self.frames}), got {self.decode_chunk_size}")
-        for option, side in (("width", self.width), ("height", self.height)):
-            if side is not None:
-                need(16 <= side <= 2048 and side % 8 == 0, "size",
-                     f"sides must be multiples of 8 between 16 and 2048, got {option} {side}")
-
 
 @dataclass(frozen=True)
 class ClipRuntime:

@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine, ProgressEvent
-    from echo_os.engines.video import ClipRequest
-    from echo_os.render.requests import RenderRequest
+    from echo_os.render.requests import ClipRequest, RenderRequest
     from echo_os.settings import Settings
 
 
@@ -42,8 +41,8 @@ def clip_render_request(settings: "Settings", parent: "Artifact", clip: "ClipReq
     """The RenderRequest that makes `clip` from the image artifact `parent` (its prompt, project and story)."""
     from PIL import Image
 
-    from echo_os.engines.video import ClipRequest, clip_size
-    from echo_os.render.requests import InitImage, RenderRequest
+    from echo_os.engines.video import clip_size
+    from echo_os.render.requests import ClipRequest, InitImage, RenderRequest
 
     if getattr(parent.meta, "kind", None) == "video":
         raise UsageError(f"artifact {parent.id[:12]} is a video; `echo-os animate` takes an image artifact id.")

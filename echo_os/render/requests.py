@@ -11,11 +11,12 @@ import json
 import math
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from echo_os.errors import UsageError
+from echo_os.errors import OptionError, UsageError
 from echo_os.render.text import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS  # re-exported: the older import path
 from echo_os.render.text import check_prompt_text as check_prompt_text
 
@@ -298,3 +299,57 @@ def build_request(**fields: Any) -> RenderRequest:
         return RenderRequest(**fields)
     except ValidationError as error:
         raise UsageError(describe_validation_error(error)) from None
+
+
+# ---- clips -----------------------------------------------------------------------------------------
+# An image-to-video clip in the terms its host gives (`echo-os animate`, POST /api/animate): the render core's
+# type, as RenderRequest is; echo_os.motion.clips turns it into the video RenderRequest the renderer renders,
+# and the video engine (engines/video.py) reads it back from that request (video.clip_request).
+
+DEFAULT_VIDEO_MODEL = "svd"
+MAX_FRAMES = 128
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    """One image-to-video render. width/height None: the source image's size, rounded down to a multiple of 64
+    (SVD was trained at 1024x576). decode_chunk_size None: every frame in one VAE call."""
+
+    seed: int
+    model: str = DEFAULT_VIDEO_MODEL
+    frames: int = 14
+    fps: int = 7
+    motion_bucket: int = 127
+    noise_aug: float = 0.02
+    steps: int = 25
+    min_cfg: float = 1.0
+    max_cfg: float = 3.0
+    width: int | None = None
+    height: int | None = None
+    decode_chunk_size: int | None = None
+    cpu_offload: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def check(self) -> None:
+        """Every value checked before any weights move; OptionError names the option."""
+        def need(ok: bool, option: str, message: str) -> None:
+            if not ok:
+                raise OptionError(f"--{option} {message}.", option)
+
+        need(0 <= self.seed <= MAX_SEED, "seed", f"must be between 0 and {MAX_SEED}, got {self.seed}")
+        need(2 <= self.frames <= MAX_FRAMES, "frames", f"must be between 2 and {MAX_FRAMES}, got {self.frames}")
+        need(1 <= self.fps <= 60, "fps", f"must be between 1 and 60, got {self.fps}")
+        need(0 <= self.motion_bucket <= 1023, "motion-bucket", f"must be between 0 and 1023, got {self.motion_bucket}")
+        need(math.isfinite(self.noise_aug) and 0.0 <= self.noise_aug <= 1.0, "noise-aug",
+             f"must be between 0 and 1, got {self.noise_aug:g}")
+        need(1 <= self.steps <= 200, "steps", f"must be between 1 and 200, got {self.steps}")
+        need(math.isfinite(self.min_cfg) and math.isfinite(self.max_cfg) and 0 <= self.min_cfg <= self.max_cfg <= 30,
+             "cfg", f"must satisfy 0 <= min <= max <= 30, got {self.min_cfg:g}..{self.max_cfg:g}")
+        if self.decode_chunk_size is not None:
+            need(1 <= self.decode_chunk_size <= self.frames, "decode-chunk-size",
+                 f"must be between 1 and --frames ({self.frames}), got {self.decode_chunk_size}")
+        for option, side in (("width", self.width), ("height", self.height)):
+            if side is not None:
+                need(16 <= side <= 2048 and side % 8 == 0, "size",
+                     f"sides must be multiples of 8 between 16 and 2048, got {option} {side}")
