@@ -286,3 +286,47 @@ def test_migration_lets_jobs_hold_clip_jobs_and_keeps_the_rows(tmp_path):
         assert store.get("c" * 32).kind == "clip"
     finally:
         store.close()
+
+
+def test_animate_resumes_like_batch(video_home, tmp_path):
+    """A clip cut short (Ctrl-C: the cancel path) leaves nothing; the same command then renders it; run again
+    it is shown as already rendered (same id, no second folder); --again renders anew."""
+    import shutil
+    import threading
+
+    from echo_os.artifacts.store import ArtifactStore
+    from echo_os.errors import CancelledError
+    from echo_os.motion.clips import make_clip
+    from echo_os.render.requests import ClipRequest
+    from echo_os.settings import Settings
+
+    home = tmp_path / "ws"
+    shutil.copytree(video_home, home)  # the module's workspace keeps its clips as they are
+    scene_one = _story(home)["scenes"][0]["artifacts"][0]
+    args = ("--home", str(home), "animate", scene_one[:12], "--model", "tiny-svd", "--frames", "2", "--steps",
+            str(STEPS), "--size", "32x32", "--seed", "77", "--device", "cpu")
+
+    def clips() -> list[Path]:
+        return sorted(path.parent for path in (home / "artifacts").glob("*/*/*/clip.mp4")
+                      if json.loads((path.parent / "meta.json").read_text())["seed"] == 77)
+
+    cancel = threading.Event()
+    store = ArtifactStore(Settings(home=home))
+    try:
+        with pytest.raises(CancelledError):
+            make_clip(Settings(home=home), scene_one, ClipRequest(seed=77, model="tiny-svd", frames=2, steps=STEPS,
+                                                                  width=32, height=32, device="cpu"),
+                      store=store, cancel=cancel, progress=lambda event: cancel.set())
+    finally:
+        store.close()
+    assert clips() == []
+    code, out, err = run_cli(*args)
+    assert code == 0 and "already rendered" not in out, err
+    first = out.split()[0]
+    assert len(clips()) == 1
+    code, out, err = run_cli(*args)
+    assert code == 0 and out.split()[0] == first and "(already rendered)" in out, (out, err)
+    assert len(clips()) == 1
+    code, out, err = run_cli(*args, "--again")
+    assert code == 0 and "already rendered" not in out, err
+    assert len(clips()) == 2

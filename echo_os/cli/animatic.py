@@ -75,13 +75,18 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
 @click.option("--cpu-offload", is_flag=True, help="Keep only the running model on the GPU (small GPUs; slower).")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True,
               help="Where the video model runs: auto is cuda when PyTorch sees a GPU, else the CPU.")
+@click.option("--again", is_flag=True,
+              help="Render anew even when the project has this clip already (same image, model, seed and "
+                   "settings); by default it is shown, not rendered again.")
 @click.pass_context
 def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: int, motion_bucket: int,
             noise_aug: float, steps: int, seed: int | None, size: str | None, decode_chunk_size: int | None,
-            cpu_offload: bool, device: str) -> None:
+            cpu_offload: bool, device: str, again: bool) -> None:
     """Turn a scene image into a short clip with an image-to-video model (Stable Video Diffusion).
 
     The clip is an artifact whose parent is the image; `echo-os animatic PROJECT --clips` uses it.
+    Running the same command again shows the clip made before instead of rendering it again (--again
+    renders anew); after a Ctrl-C or a crash it renders the clip that was not saved.
 
     \b
       echo-os models pull svd
@@ -104,12 +109,13 @@ def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: 
         from tqdm import tqdm
 
         with tqdm(total=steps, unit="step", desc="animating", leave=False, disable=None, dynamic_ncols=True) as bar:
-            result = make_clip(settings, parent.id, request, store=store,
+            result = make_clip(settings, parent.id, request, store=store, again=again,
                                progress=lambda event: bar.update(max(0, event.step - bar.n)))
     finally:
         store.close()
     meta = result.artifact.meta
-    click.echo(f"{result.artifact.id[:12]}  {result.video_path}")
+    resumed = "  (already rendered)" if result.resumed else ""
+    click.echo(f"{result.artifact.id[:12]}  {result.video_path}{resumed}")
     click.echo(f"{meta.frames} frames at {meta.fps} fps, {meta.width}x{meta.height}, seed {meta.seed}, "
                f"from {result.parent.id[:12]} ({result.seconds:.1f} s)")
 

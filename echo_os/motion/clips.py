@@ -35,6 +35,7 @@ class ClipArtifact:
     parent: "Artifact"
     video_path: object
     seconds: float
+    resumed: bool = False  # the same clip was in the project already: shown, not rendered again
 
 
 def clip_render_request(settings: "Settings", parent: "Artifact", clip: "ClipRequest") -> "RenderRequest":
@@ -66,15 +67,19 @@ def clip_render_request(settings: "Settings", parent: "Artifact", clip: "ClipReq
 
 def make_clip(settings: "Settings", artifact_id: str, request: "ClipRequest", *, store: "ArtifactStore",
               engine: "Engine | None" = None, progress: "Callable[[ProgressEvent], None] | None" = None,
-              cancel: "threading.Event | None" = None) -> ClipArtifact:
-    """Render and save the clip of `request` from the image `artifact_id` (engine: None, `auto`'s choice)."""
+              cancel: "threading.Event | None" = None, again: bool = False) -> ClipArtifact:
+    """Render and save the clip of `request` from the image `artifact_id` (engine: None, `auto`'s choice).
+
+    Resumable like `batch` (the renderer's resume): a clip the project already has (the same one-image
+    request key, its folder on disk) is returned as it is (`resumed`), not rendered again; one that a
+    Ctrl-C or a crash left unsaved is rendered. again=True renders anew (`--again`)."""
     from echo_os.render.scheduler import render_requests
 
     started = time.perf_counter()
     parent = store.open(artifact_id)
     render_request = clip_render_request(settings, parent, request)
     outcome = render_requests(settings, [render_request], store=store, engine=engine, progress=progress,
-                              cancel=cancel)
-    [artifact] = outcome.artifacts
+                              cancel=cancel, resume=not again)
+    [artifact] = outcome.artifacts or outcome.resumed
     return ClipArtifact(artifact=artifact, parent=parent, video_path=artifact.path / CLIP_NAME,
-                        seconds=time.perf_counter() - started)
+                        seconds=time.perf_counter() - started, resumed=not outcome.artifacts)

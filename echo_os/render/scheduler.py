@@ -266,8 +266,8 @@ def find_rendered(store: "ArtifactStore", requests: list["RenderRequest"]) -> di
         if added:
             log.info("catalogued %d folder(s) of project %s that were not in the catalog", added, project)
         for key, row in store.catalog.by_request_keys(project, keys).items():
-            folder = store.root / row.path
-            if (folder / "image.png").is_file() and (folder / META_NAME).is_file():
+            folder = store.root / row.path  # an image's folder, or a clip's (clip.mp4: artifacts/video.py)
+            if ((folder / "image.png").is_file() or (folder / "clip.mp4").is_file()) and (folder / META_NAME).is_file():
                 found[key] = Artifact.from_row(store.root, row)
     return found
 
