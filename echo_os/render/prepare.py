@@ -5,17 +5,27 @@ Every host (`echo-os render`, `compare`, `refine`, POST /api/render, /api/compar
 explicitly (click's ParameterSource on the CLI, pydantic's `model_fields_set` on the API), and gets back
 the requests `render_requests` renders. The layers are applied in one order for every host:
 
-    1. the size text ("WIDTHxHEIGHT"; none given: 1024x1024 until step 8 decides)
+    1. the size text ("WIDTHxHEIGHT"; none given: 1024x1024 until step 9 decides)
     2. the preset (pipelines/presets): its values for every field the user did not give
-    3. the style (a named style or free words; its negative joins the user's)
-    4. the model entry's render defaults (models.toml steps, cfg, scheduler, size) for what neither the
-       user nor the preset gave (echo_os.models.defaults)
-    5. the engine name and the model name: an unknown engine, or a model that is not in models.toml
+    3. a story's files (FileLayer: the storyboard row's cells, then the bible's defaults) for what neither
+       the user nor the preset gave; when the user or the preset chose a model other than the one the
+       bible was written for, that model's entry defaults come before the bible's (`--preset fast` must
+       not render SDXL-Turbo at the bible's 30 steps and cfg 6.5)
+    4. the style (a named style or free words; its negative joins the user's)
+    5. the model entry's render defaults (models.toml steps, cfg, scheduler, size) for what no layer
+       above gave (echo_os.models.defaults)
+    6. the engine name and the model name: an unknown engine, or a model that is not in models.toml
        (unless the engine named takes that name itself: a hosted model), is an error whatever the engine
-    6. the RenderRequest itself (bounds, text), then the LoRAs: the ones given, else the model entry's
-    7. the engine: the one named, or `auto`'s first available, with its reason (echo_os.engines)
-    8. the engine's default size (the cpu engine: 512x512, ECHO_OS_CPU_SIZE) when no size was given
-    9. every capability check for the final request (tile, sizes, img2img, steps x strength)
+    7. the RenderRequest itself (bounds, text), then the LoRAs: the ones given, else the model entry's
+    8. the engine: the one named, or `auto`'s first available, with its reason (echo_os.engines)
+    9. the engine's default size (the cpu engine: 512x512, ECHO_OS_CPU_SIZE) when no size was given
+   10. every capability check for the final request (tile, sizes, img2img, steps x strength)
+
+So, first one set wins: what the user gave > the preset > the row > the bible > the model entry >
+RenderRequest's defaults. Steps 1-5 are `layer_fields`, a pure function: the story planner
+(echo_os.story.plan), which runs where no Settings exist (the API's worker plans a story again from its
+files), layers every scene with it, and `prepare_plan` then applies steps 6 and 8-10 to the story's
+requests (`echo-os batch`: plain CSV, plan.json, --count; POST /api/batch: echo_os.story.batch).
 
 Everything is checked here, before a weight moves or a job is queued (diffusers' check_inputs). A bad
 value is an OptionError naming the field (RenderRequest names; "size" for width and height, "lora",
@@ -25,7 +35,7 @@ it. The message is the same text for both.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,9 +46,11 @@ from echo_os.errors import EchoError, ModelError, NotFoundError, OptionError, Us
 from echo_os.render.requests import LoraInput, RenderRequest, describe_validation_error, parse_size
 
 if TYPE_CHECKING:
+    from echo_os.models.registry import RenderDefaults
     from echo_os.settings import Settings
 
 DEFAULT_SIZE = "1024x1024"
+_DEFAULT_MODEL: str = RenderRequest.model_fields["model"].default
 # Fields the preset and the model entry may fill when the user did not give them ("size": width and height).
 LAYERED = ("engine", "model", "steps", "cfg", "scheduler", "size", "options")
 
@@ -77,17 +89,63 @@ class _Layers:
     given: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class FileLayer:
+    """Values a story's files give one scene (RenderRequest names, None: not given): the storyboard row's
+    cells, or the bible's `model` and defaults. `written_for`: set on the bible's layer, the model its values
+    were written for (None: the bible names none); when the user or the preset chose another model, that
+    model's entry defaults come before this layer."""
+
+    values: Mapping[str, Any]
+    written_for: str | None = None
+    follows_model: bool = False
+
+
+def layer_fields(fields: Mapping[str, Any], given: Collection[str], *, preset: Mapping[str, Any] | None = None,
+                 files: Sequence[FileLayer] = (),
+                 entry: "Callable[[str], RenderDefaults | None]" = lambda model: None) -> dict[str, Any]:
+    """Steps 2, 3 and 5 of the module docstring, without Settings: `fields` (RenderRequest names, width and
+    height) with the preset's values (Preset.fields()), the files' and the model entry's (`entry(model)`)
+    for every name no layer above gave. `given`: the names the user gave ("size" for width and height)."""
+    from echo_os.models.defaults import fill_model_defaults
+
+    out = dict(fields)
+    taken = {_size_name(name) for name in given}
+    for key, value in (preset or {}).items():
+        option = _size_name(key)
+        if option == "options":
+            out["options"] = {**value, **(out.get("options") or {})}
+        elif option not in taken:
+            out[key] = value
+    taken |= {_size_name(key) for key in preset or {}}
+    chosen = "model" in taken  # the user or the preset chose the model
+
+    def fill(values: Mapping[str, Any]) -> None:
+        for key, value in values.items():
+            if value is not None and _size_name(key) not in taken:
+                out[key] = value
+        taken.update(_size_name(key) for key, value in values.items() if value is not None)
+
+    for layer in files:
+        if layer.follows_model and chosen and out.get("model") != layer.written_for:
+            defaults = entry(out.get("model") or _DEFAULT_MODEL)
+            fill(defaults.fields() if defaults is not None else {})
+        fill(layer.values)
+    return fill_model_defaults(out, entry(out.get("model") or _DEFAULT_MODEL), taken)
+
+
 def prepare(settings: "Settings", values: Mapping[str, Any], explicit: Collection[str] = (), *,
-            preset: str | None = None, loras: Collection[str] | None = None, choose: bool = True) -> Prepared:
+            preset: str | None = None, loras: Collection[str] | None = None, choose: bool = True,
+            files: Sequence[FileLayer] = ()) -> Prepared:
     """The validated request for `values` (RenderRequest names; `size` as "WxH" text or None, `style` as
     the user wrote it). `explicit`: the names the user gave (see the module docstring); `loras`: --lora
     NAME[:SCALE] specs (None or empty: the model entry's LoRA unless `values` has `loras`); choose=False
-    leaves the engine unchosen (the request is still checked against the engine it names)."""
+    leaves the engine unchosen (the request is still checked against the engine it names); `files`: a
+    story's layers (FileLayer), below the preset."""
     layers = _Layers(dict(values), {_size_name(name) for name in explicit})
     _size_text(layers)
-    _preset(settings, layers, preset)
+    _layer(settings, layers, preset, files)
     _style(settings, layers)
-    _model_defaults(settings, layers)
     request = _build(settings, layers)
     request = _loras(settings, request, layers, loras)
     _check_named_engine(settings, request)  # a named engine's refusal names the field at fault
@@ -125,13 +183,19 @@ class PreparedPlan:
 
 
 def prepare_plan(settings: "Settings", requests: list[RenderRequest], *, size_given: bool) -> PreparedPlan:
-    """A story's requests, already layered by the story planner (row > bible > preset > model-entry
-    defaults: echo_os.story.plan), through the same engine choice and default-size rule as `prepare`:
-    the engine is chosen for the first scene (every scene shares the model and options); a plan larger
-    than the engine's default size (the cpu engine: 512x512) is planned again at it unless `size_given`
-    (a --size or --steps, the preset's too). `echo-os batch` and POST /api/batch both call this."""
-    from echo_os.engines import get_engine
+    """A story's requests, already layered by the story planner with `layer_fields` (the user > the preset
+    > the row > the bible > the model entry), through the rest of `prepare`: the engine and model names
+    (an unknown model is an error whatever the engine), the named engine's checks, the engine choice and
+    the default-size rule. The engine is chosen for the first scene (every scene shares the model and
+    options); a plan larger than the engine's default size (the cpu engine: 512x512) is planned again at it
+    unless `size_given` (a --size or --steps, the preset's too). echo_os.story.batch.prepare_batch calls
+    this for `echo-os batch` and POST /api/batch."""
+    from echo_os.engines import check_engine_name, get_engine
 
+    for model, engine in dict.fromkeys((request.model, request.engine) for request in requests):
+        check_engine_name(engine)
+        check_model_name(settings, model, engine)
+    _check_named_engine(settings, requests[0])
     choice = _choose(settings, requests[0])
     default = None if size_given else get_engine(choice.name).default_size(settings)
     largest = max(requests, key=lambda request: request.width * request.height)
@@ -167,19 +231,25 @@ def _size_text(layers: _Layers) -> None:
         raise OptionError(str(error), "size") from None
 
 
-def _preset(settings: "Settings", layers: _Layers, name: str | None) -> None:
-    if name is None:
-        return
-    from echo_os.engines.presets import get_preset
+def _layer(settings: "Settings", layers: _Layers, preset_name: str | None, files: Sequence[FileLayer]) -> None:
+    """The preset, the files and the model entry's defaults (layer_fields), with their errors named."""
+    from echo_os.models.defaults import model_render_defaults
 
-    preset = get_preset(settings, name).fields()
-    for key, value in preset.items():
-        option = _size_name(key)
-        if option == "options":
-            layers.fields["options"] = {**value, **(layers.fields.get("options") or {})}
-        elif option not in layers.given:
-            layers.fields[key] = value
-    layers.given |= {_size_name(key) for key in preset}
+    preset: dict[str, Any] = {}
+    if preset_name is not None:
+        from echo_os.engines.presets import get_preset
+
+        preset = get_preset(settings, preset_name).fields()
+
+    def entry(model: str) -> "RenderDefaults | None":
+        try:
+            return model_render_defaults(settings, model)
+        except (UsageError, ModelError) as error:  # models.toml itself is broken
+            raise OptionError(str(error), "model") from None
+
+    given = layers.given | {_size_name(key) for key in preset}
+    layers.fields = layer_fields(layers.fields, layers.given, preset=preset, files=files, entry=entry)
+    layers.given = given
 
 
 def _style(settings: "Settings", layers: _Layers) -> None:
@@ -191,17 +261,6 @@ def _style(settings: "Settings", layers: _Layers) -> None:
         return
     # a learned style with a reference image adds itself to the request's own IP-Adapter references
     fields.update(style_fields(settings, fields.pop("style", None) or "", negative, adapter=fields.get("ip_adapter")))
-
-
-def _model_defaults(settings: "Settings", layers: _Layers) -> None:
-    from echo_os.models.defaults import fill_model_defaults, model_render_defaults
-
-    model = layers.fields.get("model") or RenderRequest.model_fields["model"].default
-    try:
-        entry = model_render_defaults(settings, model)
-    except (UsageError, ModelError) as error:  # models.toml itself is broken
-        raise OptionError(str(error), "model") from None
-    layers.fields = fill_model_defaults(layers.fields, entry, layers.given)
 
 
 def _build(settings: "Settings", layers: _Layers) -> RenderRequest:

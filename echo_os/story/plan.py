@@ -3,10 +3,11 @@
 Nothing renders here. Every problem in the files is collected and raised as one StoryError (exit 2),
 so an invalid storyboard never reaches an engine.
 
-Settings for each scene, first one set wins:
-    steps, cfg, size, scheduler:  CLI option > the preset > the row's cell > the bible's defaults
-                                  > the model entry's defaults (models.toml) > RenderRequest's default
-                                  (the entry's before the bible's when the model is not the bible's)
+Settings for each scene, first one set wins (the front door's one order: echo_os.render.prepare,
+`layer_fields`, which every host's requests go through):
+    steps, cfg, size, scheduler:  CLI option (a body field) > the preset > the row's cell > the bible's
+                                  defaults > the model entry's defaults (models.toml) > RenderRequest's
+                                  default (the entry's before the bible's when the model is not the bible's)
     model:                        CLI --model > the preset's model > the bible's model > RenderRequest's default
     count:                        the row's count > 1
 A preset is a bundle of command-line options (`--preset quality` is `--steps 40 --cfg 7 ...`), so it sits
@@ -14,8 +15,8 @@ with them, above the files. When the command line or the preset picks a model ot
 model's entry defaults come above the bible's defaults (a row's own cell, a choice for that scene, still
 wins): the bible's steps and guidance were written for the bible's model, and `--preset fast`
 (SDXL-Turbo: 4 steps, cfg 0) must not render 30 steps at cfg 6.5 because the bible says so. The row has
-no scheduler cell; the model entry's
-defaults are applied by echo_os.models.defaults, the rule every edge shares.
+no scheduler cell. The engine, the model name, the engine's default size and every capability check come
+after planning, from echo_os.render.prepare.prepare_plan (echo_os.story.batch.prepare_batch).
 
 Seed policy (recorded per scene as `seed.provenance`, and per image as seed + i for image i):
     1. the row's own seed (story.csv `seed` column, or `--seed` on a prompt-list line): used as is;
@@ -245,39 +246,27 @@ def _check_options(options: PlanOptions, project: str) -> None:
 
 
 def _request_fields(row: SceneRow, bible: Bible | None, options: PlanOptions) -> dict[str, Any]:
-    """The scene's RenderRequest fields by the precedence in this module's docstring."""
-    from echo_os.models.defaults import fill_model_defaults
+    """The scene's RenderRequest fields by the front door's layering (echo_os.render.prepare.layer_fields):
+    the command line > the preset > the row's cells > the bible's model and defaults > the model entry's."""
+    from echo_os.render.prepare import FileLayer, layer_fields
 
-    defaults = bible.front.defaults if bible else None
-    fields: dict[str, Any] = {"engine": options.engine}
-    model = options.model or options.preset.model or (bible.front.model if bible else None)
-    if model:
-        fields["model"] = model
-
-    def sides(size: str | None) -> tuple[int | None, int | None]:
-        return parse_size(size) if size else (None, None)
-
-    cli_w, cli_h = sides(options.size)
-    bible_w, bible_h = sides(defaults.size if defaults else None)
-    preset_w, preset_h = sides(options.preset.size)
-    entry = options.model_defaults.get(model or RenderRequest.model_fields["model"].default)
-    chosen_model = options.model or options.preset.model
-    switched = chosen_model is not None and chosen_model != (bible.front.model if bible else None)
-    entry_layer = entry.fields() if entry is not None and switched else {}
-    layers = (  # first one set wins
-        {"steps": options.steps, "cfg": options.cfg, "scheduler": options.scheduler, "width": cli_w, "height": cli_h},
-        {"steps": options.preset.steps, "cfg": options.preset.cfg, "scheduler": options.preset.scheduler,
-         "width": preset_w, "height": preset_h},
-        {"steps": row.steps, "cfg": row.cfg, "width": row.width, "height": row.height},
-        entry_layer,  # a model the command line chose: its own sampling values before the bible's
-        {"steps": defaults.steps, "cfg": defaults.cfg, "scheduler": defaults.scheduler, "width": bible_w,
-         "height": bible_h} if defaults is not None else {},
-    )
-    for name in ("steps", "cfg", "scheduler", "width", "height"):
-        value = next((layer[name] for layer in layers if layer.get(name) is not None), None)
-        if value is not None:
-            fields[name] = value
-    fields = fill_model_defaults(fields, entry, given=set(fields))
+    given: dict[str, Any] = {name: getattr(options, name) for name in ("model", "steps", "cfg", "scheduler")
+                             if getattr(options, name) is not None}
+    if options.size:
+        given["width"], given["height"] = parse_size(options.size)
+    preset = {name: value for name, value in options.preset.model_dump().items() if value is not None}
+    if "size" in preset:
+        preset["width"], preset["height"] = parse_size(preset.pop("size"))
+    row_layer = FileLayer({"steps": row.steps, "cfg": row.cfg, "width": row.width, "height": row.height})
+    files = [row_layer]
+    if bible is not None:
+        defaults = bible.front.defaults
+        bible_w, bible_h = parse_size(defaults.size) if defaults.size else (None, None)
+        files.append(FileLayer({"model": bible.front.model, "steps": defaults.steps, "cfg": defaults.cfg,
+                                "scheduler": defaults.scheduler, "width": bible_w, "height": bible_h},
+                               written_for=bible.front.model, follows_model=True))
+    fields = layer_fields({"engine": options.engine, **given}, set(given), preset=preset, files=files,
+                          entry=options.model_defaults.get)
     if row.count:
         fields["count"] = row.count
     return fields
