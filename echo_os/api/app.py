@@ -994,85 +994,39 @@ def save_style(settings: Settings, body: StyleBody) -> StyleView:
 
 
 def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> JobSpec:
-    """Check the story with the planner (which reads files: the texts go to artifacts/.jobs/<id>/),
-    then return the job's requests, one per scene."""
-    from echo_os.story import PlanOptions, StoryError, plan_prompt_list, plan_story
+    """The story planned as `echo-os batch` plans it (echo_os.story.batch: its texts go to
+    artifacts/.jobs/<id>/), as the job's spec, one request per scene; an error is a 422 on the body field."""
+    from echo_os.story import StoryError
+    from echo_os.story.batch import batch_options
+    from echo_os.story.batch import plan_batch as plan_story_batch
 
-    if (body.storyboard is None) == (body.prompts is None):
-        raise field_error("storyboard", "send either `storyboard` (story.csv text) or `prompts`, not both")
-    if body.bible is not None and body.storyboard is None:
-        raise field_error("bible", "a bible goes with a storyboard; a prompt list has none")
-    if body.prompts is not None:
-        for index, prompt in enumerate(body.prompts):
-            if not prompt.strip() or "\n" in prompt or "\r" in prompt or "\x00" in prompt:
-                raise field_error(("prompts", index), "each prompt is one non-empty line of text", prompt)
     folder = resolve_inside(settings.artifacts_dir, ".jobs", job_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    from echo_os.models.defaults import all_render_defaults
-    from echo_os.render.styles import style_table
-
-    # The body's fields are the command line's options: they beat the rows and the bible, which beat the
-    # model entry's render defaults (echo_os.story.plan).
-    options = PlanOptions(model=body.model, engine=body.engine, steps=body.steps, cfg=body.cfg, size=body.size,
-                          scheduler=body.scheduler, seed=body.seed, styles=style_table(settings),
-                          model_defaults=all_render_defaults(settings))
-    notes: list[str] = []
     try:
-        bible = None
-        if body.prompts is not None:
-            source = folder / "prompts.txt"
-            source.write_text("\n".join(body.prompts) + "\n", encoding="utf-8")
-        else:
-            source = folder / "story.csv"
-            source.write_text(body.storyboard, encoding="utf-8")
-            if body.bible is not None:
-                bible = folder / "STORY_BIBLE.md"
-                bible.write_text(body.bible, encoding="utf-8")
-
-        from echo_os.story.tokens import workspace_tokenizer_loader
-
-        tokens = workspace_tokenizer_loader(settings)  # the CLI's counter: the same counts and warnings
-
-        def make_plan(options: PlanOptions):
-            if body.prompts is not None:
-                return plan_prompt_list(body.project, source, options=options, tokenizer_loader=tokens)
-            return plan_story(body.project, source, bible=bible, options=options, workspace=settings.home,
-                              tokenizer_loader=tokens)
-
-        plan = make_plan(options)
-        _check_plan_paths(settings, plan)
-        for model, engine in dict.fromkeys((scene.request.model, scene.request.engine) for scene in plan.scenes):
-            check_model(settings, model, engine, "model" if body.model else "bible")
-        if plan.scenes:  # the engine and the CPU size rule through the front door's tail, as `echo-os batch`
-            prepared = _prepare_plan(settings, plan, size_given=body.size is not None or body.steps is not None)
-            if prepared.size is not None:
-                options = options.model_copy(update={"size": prepared.size})
-                plan = make_plan(options)
-                notes.append(api_message(prepared.note))
-            _check_plan(settings, plan, prepared.engine)
-        requests = _story_requests(settings, plan, body)
+        options = batch_options(settings, model=body.model, engine=body.engine, steps=body.steps, cfg=body.cfg,
+                                size=body.size, scheduler=body.scheduler, seed=body.seed, style=body.style,
+                                preset=body.preset, engine_given="engine" in body.model_fields_set)
+        planned = plan_story_batch(settings, project=body.project, folder=folder, options=options,
+                                   storyboard=body.storyboard, bible=body.bible, prompts=body.prompts,
+                                   ip_adapter=body.ip_adapter)
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestValidationError([{"type": "value_error", "loc": ("body", _problem_field(problem.file)),
                                        "msg": _public_problem(problem, settings, folder), "input": None}
                                       for problem in error.problems]) from None
-    except OptionError as error:  # an override the planner refused, named as BatchBody names it
+    except OptionError as error:  # named as BatchBody names it ("prompts.N": a prompt line)
         shutil.rmtree(folder, ignore_errors=True)
-        raise field_error(error.option if error.option in BatchBody.model_fields else "storyboard",
-                          _without_server_paths(str(error), settings, folder)) from None
-    except RequestValidationError as error:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise RequestValidationError([{**item, "msg": _without_server_paths(str(item.get("msg", "")), settings,
-                                                                            folder)}
-                                      for item in error.errors()]) from None
+        head, *rest = error.option.split(".")
+        loc = (head if head in BatchBody.model_fields else "storyboard", *(int(p) if p.isdigit() else p for p in rest))
+        raise field_error(loc, api_message(_without_server_paths(str(error), settings, folder))) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    story = StorySource(project=body.project, kind="prompts" if body.prompts is not None else "storyboard",
-                        source=str(source), bible=str(bible) if body.prompts is None and bible else None,
-                        options=options, ip_adapter=_adapter_for(plan, body))
-    return JobSpec(items=tuple(requests), title=plan.title, warnings=(*plan.warnings, *notes), story=story,
-                   again=body.again)
+    story = StorySource(project=body.project, kind=planned.kind, source=str(planned.source),
+                        bible=str(planned.bible) if planned.bible else None, options=planned.prepared.options,
+                        ip_adapter=planned.ip_adapter)
+    notes = [api_message(planned.prepared.note)] if planned.prepared.note else []
+    return JobSpec(items=tuple(planned.requests), title=planned.plan.title, warnings=(*planned.plan.warnings, *notes),
+                   story=story, again=body.again)
 
 
 def _prepare_plan(settings: Settings, plan, *, size_given: bool):

@@ -105,6 +105,14 @@ class BatchBody(BaseModel):
     size: str | None = Field(default=None, pattern=SIZE_PATTERN)
     scheduler: Scheduler | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    preset: str | None = Field(default=None, min_length=1, max_length=200,
+                               description="A render preset (pipelines/presets: draft, fast, quick, quality), as "
+                                           "`echo-os batch --preset`: its engine when `engine` is not sent, and its "
+                                           "values below the fields sent, above the rows and the bible.")
+    style: str | None = Field(default=None, max_length=MAX_TEXT,
+                              description="A named style (GET /api/styles) or free words for every scene's "
+                                          "composed prompt, as `echo-os batch --style` (the bible's `style` "
+                                          "otherwise).")
     ip_adapter: str | None = Field(default=None, min_length=1, max_length=200,
                                    description="IP-Adapter entry for characters with reference images; 'none' "
                                                "leaves them out (as `echo-os batch --ip-adapter`). Default: the "

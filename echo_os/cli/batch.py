@@ -183,11 +183,6 @@ def plan_source(settings: Settings, project: str, count: int | None) -> tuple[Pa
     return list_path(settings, saved), saved.kind
 
 
-def first_scenes(plan, count: int):
-    """The first `count` scenes of a StoryPlan (the planner put the most varied first)."""
-    return plan.model_copy(update={"scenes": tuple(plan.scenes[:count])})
-
-
 @click.command()
 @click.argument("project")
 @click.argument("source", required=False)
@@ -267,9 +262,10 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
       echo-os batch "Ruzgar NFT" --count 100 --style "digital art"
       echo-os batch "Lighthouse Keeper" prompts/lighthouse-keeper/story.csv --ray auto   # on a Ray cluster
     """
-    from echo_os.engines import check_engine_name, create_engine
-    from echo_os.render.prepare import check_plan_requests, prepare_plan
-    from echo_os.story import PlanOptions, plan_prompt_list, plan_story
+    from click.core import ParameterSource
+
+    from echo_os.engines import create_engine
+    from echo_os.story.batch import batch_options, prepare_batch
 
     settings = settings_from(ctx)
     if no_cache:
@@ -278,24 +274,13 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         from echo_os.render.ray import import_ray
 
         import_ray()  # not installed: one line, before anything is planned or written
-    from echo_os.models.defaults import all_render_defaults
-    from echo_os.story.plan import PresetValues
-
-    # The preset is a layer of its own: below the options here and the story's rows and bible, above the
-    # model entry's defaults (see echo_os.story.plan); its engine applies when --engine is not given.
-    preset_values = PresetValues()
-    if preset is not None:
-        from click.core import ParameterSource
-
-        from echo_os.engines.presets import get_preset
-
-        chosen = get_preset(settings, preset)
-        if ctx.get_parameter_source("engine") in (None, ParameterSource.DEFAULT) and chosen.engine:
-            engine = chosen.engine
-        preset_values = PresetValues(model=chosen.model, steps=chosen.steps, cfg=chosen.cfg, size=chosen.size,
-                                     scheduler=chosen.scheduler)
-    check_engine_name(engine)
-    from echo_os.render.styles import resolve_style, style_table
+    # The options, the preset (its engine when --engine is not given) and the style as POST /api/batch
+    # takes them (echo_os.story.batch); the planner layers them over the rows and the bible.
+    base_options = batch_options(settings, model=model, engine=engine, steps=steps, cfg=cfg, size=size,
+                                 scheduler=scheduler, seed=seed, style=style, preset=preset,
+                                 engine_given=ctx.get_parameter_source("engine") not in (None, ParameterSource.DEFAULT))
+    engine = base_options.engine
+    from echo_os.render.styles import StyleChoice
     from echo_os.resonance.story import (
         ResonanceOptions,
         candidate_plan,
@@ -310,11 +295,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
                                  thresholds=load_thresholds(settings, project, style=style_threshold,
                                                             character=character_threshold,
                                                             alignment=alignment_threshold))
-    chosen_style = resolve_style(settings, style)
-    base_options = PlanOptions(model=model, engine=engine, steps=steps, cfg=cfg, size=size, scheduler=scheduler,
-                               seed=seed, style=chosen_style.text, style_name=chosen_style.name,
-                               style_negative=chosen_style.negative, styles=style_table(settings),
-                               preset=preset_values, model_defaults=all_render_defaults(settings))
+    chosen_style = StyleChoice(base_options.style_name, base_options.style, base_options.style_negative)
     if source is None:
         from echo_os.intent.tasks import batch_task_plan  # a task plan (plan --kind assets) runs on its own
 
@@ -331,23 +312,22 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
 
     tokenizer_for = workspace_tokenizer_loader(settings)  # a models.toml name or a folder; as /api/batch
 
-    def make_whole_plan(size: str | None, project_name: str = project, options=base_options):
-        options = options.model_copy(update={"size": size})
-        if source.startswith("@"):
-            return plan_prompt_list(project_name, Path(source[1:]), options=options, tokenizer_loader=tokenizer_for)
-        return plan_story(project_name, Path(source), bible=bible, options=options, tokenizer_loader=tokenizer_for,
-                          workspace=settings.home)
+    kind = "prompts" if source.startswith("@") else "storyboard"
+    path = Path(source[1:] if kind == "prompts" else source)
 
-    def make_plan(size: str | None, project_name: str = project, options=base_options):
-        plan = make_whole_plan(size, project_name, options)
-        return first_scenes(plan, count) if count is not None else plan
+    def prepared_plan(project_name: str = project, options=base_options):
+        """The story planned and checked through the front door (echo_os.story.batch.prepare_batch), as
+        POST /api/batch plans it: the engine chosen once (choosing checks the model and its weights, so a
+        dry run reports what the real run would), and its default size rule, which depends on it."""
+        return prepare_batch(settings, project_name, path, kind=kind, options=options,
+                             bible=Path(bible) if bible else None, count=count, tokenizer_loader=tokenizer_for)
 
     def adapter_for(plan) -> str | None:
         """--ip-adapter, else the bible's `ip_adapter`, else the default; `none` leaves references out."""
-        from echo_os.story.render import DEFAULT_IP_ADAPTER
+        from echo_os.story.batch import adapter_for
 
-        chosen = ip_adapter or plan.ip_adapter or DEFAULT_IP_ADAPTER
-        return None if chosen == "none" else chosen
+        return adapter_for(plan, ip_adapter)
+
     if compare_models is not None:
         from echo_os.iterate.compare import parse_list
 
@@ -356,7 +336,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         models = parse_list(compare_models, "compare-models")
         if len(models) < 2:
             raise OptionError("--compare-models needs at least two models, e.g. sdxl,juggernaut", "compare-models")
-        plans = {name: make_plan(size, f"{project} [{name}]", base_options.model_copy(update={"model": name}))
+        plans = {name: prepared_plan(f"{project} [{name}]", base_options.model_copy(update={"model": name})).plan
                  for name in models}  # every plan checked before anything renders
         if dry_run:
             for plan in plans.values():
@@ -373,19 +353,9 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
             click.echo(f"models side by side: {sheet}")
         return
 
-    plan, plan_size = make_plan(size), size
-    # The engine is chosen once, here, through the front door's tail (echo_os.render.prepare.prepare_plan),
-    # as POST /api/batch does: choosing checks the model and its weights (so a dry run reports what the real
-    # run would), and the engine's default size rule depends on it.
-    choice, note = None, None
-    if plan.scenes:
-        # A --size or --steps (or a preset's) means the user chose; a story's or a model's size does not.
-        prepared = prepare_plan(settings, plan.requests,
-                                size_given=bool(size or steps or preset_values.size or preset_values.steps))
-        choice = (prepared.engine.name, prepared.engine.reason)
-        if prepared.size is not None:
-            plan, note, plan_size = make_plan(prepared.size), prepared.note, prepared.size
-        check_plan_requests(settings, plan.requests, prepared.engine)
+    prepared = prepared_plan()
+    plan, note = prepared.plan, prepared.note
+    choice = (prepared.engine.name, prepared.engine.reason) if prepared.engine is not None else None
     if dry_run:
         check_plan(settings, plan, adapter_for(plan), clip)
         if choice is not None:
@@ -412,7 +382,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
 
         ray = RayOptions(address=ray_address, actors=ray_actors)
     # --count renders a part; story.json and the contact sheet still describe the whole story rendered so far
-    story = make_whole_plan(plan_size) if count is not None else None
+    story = prepared.whole
     def run(quiet_json: bool = False):
         return render_plan(settings, plan, batch_size=batch_size, json_output=json_output,
                            ip_adapter=adapter_for(plan), clip=clip,
