@@ -10,6 +10,9 @@ from PIL import Image
 
 def test_story_once_per_model_and_sheets_side_by_side(run_cli, workspace, tmp_path):
     home = str(workspace.home)
+    # Two models.toml entries: an unknown name is an error whatever the engine, draft too (the front door)
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write('\n[models.alpha]\nhf = "example/alpha"\n\n[models.beta]\nhf = "example/beta"\n')
     story = tmp_path / "story.csv"
     story.write_text("scene,description\n1,a harbour at dawn\n2,a boat leaves\n", encoding="utf-8")
     args = ("--home", home, "batch", "Harbour", str(story), "--engine", "draft", "--size", "64x64", "--json")
@@ -31,6 +34,8 @@ def test_story_once_per_model_and_sheets_side_by_side(run_cli, workspace, tmp_pa
         metas = [json.loads(p.read_text()) for p in Path(home, "artifacts").glob("*/*/*/meta.json")]
         assert sum(1 for m in metas if m["request"]["model"] == name) == 2
 
+    code, out, err = run_cli(*args, "--compare-models", "alpha,nope")
+    assert code == 2 and "no model named 'nope'" in err and err.count("\n") == 1, err
     code, out, err = run_cli(*args, "--compare-models", "alpha")
     assert code == 2 and "--compare-models needs at least two models" in err
     code, out, err = run_cli(*args, "--compare-models", "alpha,beta", "--model", "x")

@@ -207,3 +207,109 @@ def test_compare_without_size_renders_the_cpu_size_and_says_so_in_help(monkeypat
     [cell] = json.loads(out)["cells"]
     with Image.open(cell["image"]) as image:
         assert image.size == (64, 64)
+
+
+# ---- batch: `echo-os batch` and POST /api/batch plan through the same layering (echo_os.story.batch) ------
+
+def cli_batch_requests(monkeypatch, run_cli, settings, tmp_path, source: dict, *args: str):
+    """(exit code, stderr, the RenderRequests `echo-os batch` hands to render_requests) for `source`: a
+    /api/batch body's story ({"prompts": [...]} or {"storyboard": ..., "bible": ...}) written as files."""
+    import echo_os.render.scheduler as scheduler
+
+    seen = []
+
+    def spy(settings, requests, **kwargs):
+        seen.extend(requests)
+        raise _Stop("stopped by the test before rendering")
+
+    monkeypatch.setattr(scheduler, "render_requests", spy)
+    folder = tmp_path / "story"
+    folder.mkdir(exist_ok=True)
+    if "prompts" in source:
+        (folder / "prompts.txt").write_text("\n".join(source["prompts"]) + "\n", encoding="utf-8")
+        path = f"@{folder / 'prompts.txt'}"
+    else:
+        (folder / "story.csv").write_text(source["storyboard"], encoding="utf-8")
+        if "bible" in source:
+            (folder / "STORY_BIBLE.md").write_text(source["bible"], encoding="utf-8")
+        path = str(folder / "story.csv")
+    code, _out, err = run_cli("--home", str(settings.home), "batch", "Gulls", path, "--clip", "none", "--no-score",
+                              *args)
+    return code, err, seen
+
+
+async def api_batch_requests(client, app, body: dict):
+    """(status, the queued job's RenderRequests, or the 422 detail)."""
+    response = await client.post("/api/batch", json={"project": "Gulls", **body})
+    if response.status_code != 202:
+        return response.status_code, response.json()["detail"]
+    return 202, list(app.state.api.jobs.get(response.json()["job_id"]).spec.items)
+
+
+PROMPTS = {"prompts": ["a gull --seed 3", "a tern at dusk"]}
+STORY = {"storyboard": "scene,description,steps\n1,a gull on a post,5\n2,a tern at dusk,\n",
+         "bible": "---\ntitle: Gulls\nmodel: tiny\ndefaults: {cfg: 2.5, steps: 7, seed: 11}\n---\n"}
+
+# (the story, CLI options, the same as /api/batch fields, what every request must say)
+BATCH_CASES = [
+    pytest.param(PROMPTS, ["--model", "tiny"], {"model": "tiny"}, {"width": 512, "height": 512, "steps": 30},
+                 id="cpu-default-size"),
+    pytest.param(PROMPTS, ["--model", "tiny", "--size", "64x64"], {"model": "tiny", "size": "64x64"},
+                 {"width": 64}, id="size-given"),
+    pytest.param(PROMPTS, ["--model", "tiny", "--preset", "quick"], {"model": "tiny", "preset": "quick"},
+                 {"width": 768, "steps": 16, "scheduler": "dpmpp_2m_karras", "cfg": 6.0}, id="preset"),
+    pytest.param(PROMPTS, ["--model", "tiny", "--preset", "quick", "--steps", "2"],
+                 {"model": "tiny", "preset": "quick", "steps": 2}, {"steps": 2, "width": 768}, id="preset-under-given"),
+    pytest.param(PROMPTS, ["--preset", "draft"], {"preset": "draft"}, {"engine": "draft", "steps": 1},
+                 id="preset-engine"),
+    pytest.param(PROMPTS, ["--model", "tiny", "--size", "64x64", "--style", "vivid"],
+                 {"model": "tiny", "size": "64x64", "style": "vivid"}, {"style_name": "vivid"}, id="named-style"),
+    pytest.param(PROMPTS, ["--model", "tiny", "--size", "64x64", "--style", "oil painting"],
+                 {"model": "tiny", "size": "64x64", "style": "oil painting"},
+                 {"style": "oil painting", "style_name": None}, id="free-style"),
+    pytest.param(PROMPTS, ["--model", "tiny-few"], {"model": "tiny-few"},
+                 {"steps": 3, "cfg": 1.0, "scheduler": "euler_trailing", "width": 64}, id="model-defaults"),
+    pytest.param(STORY, [], {}, {"cfg": 2.5, "width": 512}, id="bible"),
+    pytest.param(STORY, ["--preset", "quick"], {"preset": "quick"}, {"cfg": 6.0, "steps": 16, "width": 768},
+                 id="preset-over-the-bible"),
+    pytest.param(STORY, ["--model", "tiny-few"], {"model": "tiny-few"},
+                 {"cfg": 1.0, "scheduler": "euler_trailing", "width": 64}, id="another-model-than-the-bibles"),
+]
+
+
+@pytest.mark.parametrize("source, args, body, expected", BATCH_CASES)
+async def test_cli_batch_and_api_batch_prepare_the_same_requests(monkeypatch, run_cli, parity_workspace, tmp_path,
+                                                                 source, args, body, expected):
+    code, err, from_cli = cli_batch_requests(monkeypatch, run_cli, parity_workspace, tmp_path, source, *args)
+    assert code == 1 and "stopped by the test" in err and len(from_cli) == 2, err
+    async with api_client(parity_workspace, start_worker=False) as (client, app):
+        status, from_api = await api_batch_requests(client, app, {**source, **body})
+    assert status == 202, from_api
+    assert from_api == from_cli
+    for request in from_cli:
+        for key, value in expected.items():
+            assert getattr(request, key) == value, (key, request)
+    if source is STORY and "preset" not in body:  # a row's own cell: below the options and the preset only
+        assert [request.steps for request in from_cli] == [5, 7 if "model" not in body else 3]
+
+
+@pytest.mark.parametrize("engine", _engines())
+async def test_a_batch_with_an_unknown_model_is_an_error_with_every_engine(monkeypatch, run_cli, parity_workspace,
+                                                                          tmp_path, engine):
+    code, err, requests = cli_batch_requests(monkeypatch, run_cli, parity_workspace, tmp_path, PROMPTS,
+                                             "--model", "nope", "--engine", engine)
+    assert code == 2 and requests == [] and err.count("\n") == 1 and "no model named 'nope'" in err, err
+    async with api_client(parity_workspace, start_worker=False) as (client, app):
+        status, detail = await api_batch_requests(client, app, {**PROMPTS, "model": "nope", "engine": engine})
+        assert (await client.get("/api/jobs")).json()["items"] == []
+        # the bible's model: the bible's fault
+        bible = STORY["bible"].replace("model: tiny", "model: nope")
+        bad_bible, bible_detail = await api_batch_requests(client, app, {**STORY, "bible": bible, "engine": engine})
+    assert status == 422 and detail[0]["loc"] == ["body", "model"] and "no model named 'nope'" in detail[0]["msg"]
+    assert bad_bible == 422 and bible_detail[0]["loc"] == ["body", "bible"], bible_detail
+
+
+async def test_api_batch_names_an_unknown_preset(parity_workspace):
+    async with api_client(parity_workspace, start_worker=False) as (client, app):
+        status, detail = await api_batch_requests(client, app, {**PROMPTS, "preset": "nosuch"})
+    assert status == 422 and detail[0]["loc"] == ["body", "preset"] and "unknown preset 'nosuch'" in detail[0]["msg"]
