@@ -313,3 +313,22 @@ async def test_api_batch_names_an_unknown_preset(parity_workspace):
     async with api_client(parity_workspace, start_worker=False) as (client, app):
         status, detail = await api_batch_requests(client, app, {**PROMPTS, "preset": "nosuch"})
     assert status == 422 and detail[0]["loc"] == ["body", "preset"] and "unknown preset 'nosuch'" in detail[0]["msg"]
+
+
+def test_one_layering_order_for_every_host(parity_workspace):
+    """prepare's `files` and the story planner share layer_fields: the user > the preset > the row > the bible
+    > the model entry; a bible written for another model steps aside for the chosen model's entry."""
+    from echo_os.render.prepare import FileLayer, prepare
+
+    def steps_cfg(explicit=(), preset=None, **values):
+        row = FileLayer({"steps": 5})
+        bible = FileLayer({"model": "tiny", "steps": 7, "cfg": 2.5}, written_for="tiny", follows_model=True)
+        request = prepare(parity_workspace, {"prompt": "a gull", "size": "64x64", **values}, {"size", *explicit},
+                          preset=preset, files=[row, bible], choose=False).request
+        return request.model, request.steps, request.cfg, request.scheduler
+
+    assert steps_cfg() == ("tiny", 5, 2.5, "euler")  # the row's steps, the bible's cfg and model
+    assert steps_cfg(preset="quick") == ("tiny", 16, 6.0, "dpmpp_2m_karras")  # the preset over the files
+    assert steps_cfg(("steps",), preset="quick", steps=2)[1] == 2  # the user over the preset
+    # the user chose tiny-few (steps 3, cfg 1): its entry over the bible's values, the row's cell still first
+    assert steps_cfg(("model",), model="tiny-few") == ("tiny-few", 5, 1.0, "euler_trailing")
