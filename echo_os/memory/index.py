@@ -152,27 +152,12 @@ class VectorIndex:
         return index
 
     def _load(self, repair: bool) -> None:
-        # A writer may replace the generation between reading the manifest and the files; retry then.
-        for attempt in range(3):
-            stamp = self.files.manifest_stamp()
-            manifest = self.files.read_manifest()
-            if manifest is None:
-                self.files.check_no_leftovers()
-                return
-            try:
-                self._load_generation(manifest, repair)
-                self._seen_manifest = stamp
-                return
-            except IndexCorruptError:
-                latest = self.files.read_manifest()
-                if attempt < 2 and latest is not None and latest.generation != manifest.generation:
-                    continue
-                raise
-
-    def _load_generation(self, manifest: Manifest, repair: bool) -> None:
-        self.files.check(manifest, self.embedder, self.dim, self.fingerprint)
-        stored = self.files.read(manifest, self.dim, repair)
-        bad, faiss_index = stored.bad, stored.faiss_index
+        """Take the generation on disk into memory (nothing when there is none); a lost faiss index is
+        rebuilt from the vectors and `repaired` says so."""
+        stored = self.files.read_current(self.embedder, self.dim, self.fingerprint, repair)
+        if stored is None:
+            return
+        manifest, bad, faiss_index = stored.manifest, stored.bad, stored.faiss_index
         self.generation = manifest.generation
         self.fingerprint = self.fingerprint or manifest.fingerprint
         self.kind = manifest.kind
@@ -197,6 +182,7 @@ class VectorIndex:
                 self.dirty = True
         if self.repaired:
             logger.warning("memory index %s: %s", self.embedder, self.repaired)
+        self._seen_manifest = stored.stamp
 
     def disk_generation(self) -> int:
         return self.files.disk_generation()

@@ -100,13 +100,16 @@ class StoredGeneration:
     """What `IndexFiles.read` got back of one generation.
 
     faiss_index is None when the index file was lost (the caller rebuilds it from the vectors); `bad`
-    names the files that were missing, truncated or failing their checksum.
+    names the files that were missing, truncated or failing their checksum. stamp: the manifest's
+    `IndexFiles.manifest_stamp` before it was read (set by read_current).
     """
 
+    manifest: Manifest
     ids: np.ndarray
     vectors: np.ndarray
     faiss_index: Any
     bad: list[str]
+    stamp: tuple[int, int, int] | None = None
 
 
 # -- locking -----------------------------------------------------------------------------------------
@@ -311,7 +314,33 @@ class IndexFiles:
                 f"{self.directory}: {', '.join(sorted(set(bad)))} file(s) missing, truncated or failing their "
                 "checksum and not recoverable from the others; run `echo-os memory reindex`."
             )
-        return StoredGeneration(ids=ids, vectors=vectors, faiss_index=faiss_index, bad=bad)
+        return StoredGeneration(manifest=manifest, ids=ids, vectors=vectors, faiss_index=faiss_index, bad=bad)
+
+    def read_current(self, embedder: str, dim: int, fingerprint: str, repair: bool) -> StoredGeneration | None:
+        """The generation manifest.json names, checked against the embedder (see check) and read (see read);
+        None when there is none yet.
+
+        A writer may replace the generation between reading the manifest and the files: read again then
+        (three tries in all).
+        """
+        attempt = 0
+        while True:
+            stamp = self.manifest_stamp()
+            manifest = self.read_manifest()
+            if manifest is None:
+                self.check_no_leftovers()
+                return None
+            try:
+                self.check(manifest, embedder, dim, fingerprint)
+                stored = self.read(manifest, dim, repair)
+            except IndexCorruptError:
+                latest = self.read_manifest()
+                attempt += 1
+                if attempt < 3 and latest is not None and latest.generation != manifest.generation:
+                    continue
+                raise
+            stored.stamp = stamp
+            return stored
 
     def write(self, manifest: Manifest, ids: np.ndarray, vectors: np.ndarray,
               write_index: Callable[[Path], None]) -> Manifest:
