@@ -163,7 +163,7 @@ def test_a_full_disk_while_the_memory_index_saves_keeps_the_image(run_cli, works
     file write meets ENOSPC (injected at os.replace of the index's own files: a real full disk needs root)."""
     import os
 
-    from echo_os.memory import index as index_module
+    from echo_os.memory import index_files as index_module
 
     real_replace = os.replace
 

@@ -47,23 +47,9 @@ def _font(size: int):
 
 def wrap_text(draw, text: str, font, width: int, max_lines: int) -> list[str]:
     """Greedy word wrap to `width` pixels; the last line ends with … when text was left out."""
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        candidate = f"{line} {word}".strip()
-        if draw.textlength(candidate, font=font) <= width:
-            line = candidate
-            continue
-        if line:
-            lines.append(line)
-        line = word
-        while draw.textlength(line, font=font) > width and len(line) > 1:  # one word wider than the cell
-            cut = len(line)
-            while cut > 1 and draw.textlength(line[:cut], font=font) > width:
-                cut -= 1
-            lines.append(line[:cut])
-            line = line[cut:]
-    if line:
-        lines.append(line)
+    from echo_os.fonts import wrap_to_width
+
+    lines = wrap_to_width(draw, text, font, width)
     if len(lines) > max_lines:
         # Shorten the last line by whole words until "…" fits (a caption is never cut mid-word); only a
         # single word too wide for the cell on its own is cut by characters.
