@@ -549,24 +549,29 @@ class VectorIndex:
                 "vectors": (f"vectors-{stem}.npy", lambda p: _write_npy(p, np.asarray(self._vectors))),
                 "index": (f"index-{stem}.faiss", lambda p: faiss.write_index(self._get_faiss(), str(p))),
             }
-            for role, (name, write) in writers.items():
-                final = self.directory / name
-                temporary = self.directory / f".{name}.tmp-{os.getpid()}"
-                write(temporary)
-                _fsync_file(temporary)
-                os.replace(temporary, final)
-                files[role] = FileEntry(name=name, bytes=final.stat().st_size, sha256=_sha256_of(final))
-            manifest = Manifest(
-                format=FORMAT_VERSION, generation=generation, embedder=self.embedder, dim=self.dim,
-                fingerprint=self.fingerprint, count=len(self._ids), kind=self.kind, hnsw_m=HNSW_M,
-                ef_construction=HNSW_EF_CONSTRUCTION, ef_search=self.ef_search,
-                calibrated_recall=self.calibrated_recall, tombstones=tuple(sorted(self._tombstones)),
-                files=files, saved_at=time.time(), calibrated_count=self.calibrated_count,
-            )
-            temporary = self.directory / f".manifest.json.tmp-{os.getpid()}"
-            temporary.write_text(manifest.to_json(), encoding="utf-8")
-            _fsync_file(temporary)
-            os.replace(temporary, self.manifest_path)
+            written: list[Path] = []  # this generation's files, removed again when the save fails
+            try:
+                for role, (name, write) in writers.items():
+                    final = self.directory / name
+                    temporary = self.directory / f".{name}.tmp-{os.getpid()}"
+                    written.append(temporary)
+                    write(temporary)
+                    _fsync_file(temporary)
+                    os.replace(temporary, final)
+                    written.append(final)
+                    files[role] = FileEntry(name=name, bytes=final.stat().st_size, sha256=_sha256_of(final))
+                self._save_manifest(generation, files)
+            except BaseException as error:
+                for path in written:  # nothing half-saved: the previous generation (manifest and files) stands
+                    path.unlink(missing_ok=True)
+                from echo_os.errors import DiskFullError, disk_full
+
+                if disk_full(error) is not None or (isinstance(error, RuntimeError) and "No space" in str(error)):
+                    raise DiskFullError(
+                        f"the disk is full: the memory index ({self.directory.name}) was not saved, the artifacts "
+                        "are kept; free some space, then run `echo-os memory reindex` (or any memory command "
+                        "rebuilds it)") from None
+                raise
             _fsync_dir(self.directory)
             self._seen_manifest = self._manifest_stamp()
             self.generation = generation
@@ -579,6 +584,23 @@ class VectorIndex:
                         path.unlink(missing_ok=True)
                     except OSError:  # still mapped by a reader on Windows: the next save removes it
                         pass
+
+    def _save_manifest(self, generation: int, files: dict[str, FileEntry]) -> None:
+        """manifest.json for `generation`, written beside and renamed into place (the save's commit point)."""
+        temporary = self.directory / f".manifest.json.tmp-{os.getpid()}"
+        try:
+            manifest = Manifest(
+                format=FORMAT_VERSION, generation=generation, embedder=self.embedder, dim=self.dim,
+                fingerprint=self.fingerprint, count=len(self._ids), kind=self.kind, hnsw_m=HNSW_M,
+                ef_construction=HNSW_EF_CONSTRUCTION, ef_search=self.ef_search,
+                calibrated_recall=self.calibrated_recall, tombstones=tuple(sorted(self._tombstones)),
+                files=files, saved_at=time.time(), calibrated_count=self.calibrated_count,
+            )
+            temporary.write_text(manifest.to_json(), encoding="utf-8")
+            _fsync_file(temporary)
+            os.replace(temporary, self.manifest_path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     # ---- contents
 
