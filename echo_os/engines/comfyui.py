@@ -77,14 +77,13 @@ from echo_os.engines.comfyui_client import (
     ComfyClient,
     ComfyUIError,
     JSONObject,
-    connection_words,
     follow_prompt,
     malformed,
 )
 from echo_os.engines.comfyui_workflows import Workflow, get_workflow
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import decode_received_image
-from echo_os.errors import CancelledError, OptionError, UsageError
+from echo_os.errors import CancelledError, OptionError, UsageError, connection_words
 
 if TYPE_CHECKING:
     from echo_os.render.requests import RenderRequest

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from echo_os.engines.comfyui_workflows import Graph
-from echo_os.errors import CancelledError, EchoError
+from echo_os.errors import CancelledError, EchoError, connection_words
 
 if TYPE_CHECKING:
     import websocket
@@ -183,32 +183,6 @@ class ComfyClient:
         response.raise_for_status()
         body = response.json()
         return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else str(body["name"])
-
-
-def connection_words(error: BaseException) -> str:
-    """What happened to a connection, in words (not an exception's name): for the one-line errors."""
-    import httpx
-
-    text = str(error)
-    if isinstance(error, httpx.RemoteProtocolError) and "complete message body" in text:
-        return "the connection closed halfway through the answer" + (
-            f" ({text[text.index('(received'):].strip('()')})" if "(received" in text else "")
-    if isinstance(error, httpx.TimeoutException):
-        return "no answer in time"
-    if isinstance(error, httpx.ConnectError):
-        return "cannot connect"
-    if isinstance(error, httpx.HTTPStatusError):
-        return f"HTTP {error.response.status_code}"
-    if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        return "the connection dropped"
-    if isinstance(error, ConnectionResetError):
-        return "the connection was reset"
-    if isinstance(error, OSError):
-        return error.strerror or "a network error"
-    name = type(error).__name__
-    if "WebSocket" in name:
-        return "the websocket closed"
-    return "".join(c if c.isprintable() else "?" for c in text)[:120] or "a network error"
 
 
 def malformed(error: BaseException) -> str:
