@@ -139,9 +139,10 @@ async def test_an_api_clip_job_that_fails_mid_clip_is_retried_and_saved_once(vid
     assert len(_clips(home)) == 1 and _state(home)[2] == []
 
 
-@pytest.mark.slow  # a server and its worker process start twice on 2 shared cores (~1-2 min)
+@pytest.mark.slow  # a server and its worker process start twice on 2 shared cores (2-5 min under load)
+@pytest.mark.timeout(900)
 def test_kill_9_of_a_worker_mid_clip_makes_the_clip_exactly_once(video_home):
-    """`serve --workers 1`, a clip job of 150 denoising steps; the worker process is killed with SIGKILL
+    """`serve --workers 1`, a clip job of 60 denoising steps; the worker process is killed with SIGKILL
     while it denoises (after its first progress event). The job goes back to the queue without spending an
     attempt, the restarted worker makes the clip, and there is exactly one clip: no half-written folder."""
     import httpx
@@ -152,7 +153,7 @@ def test_kill_9_of_a_worker_mid_clip_makes_the_clip_exactly_once(video_home):
     server = start_server(home, "--workers", "1", "--max-batch", "1")
     try:
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            body = {"artifact_id": image_id, "model": "tiny-svd", "frames": FRAMES, "steps": 150, "size": "32x32",
+            body = {"artifact_id": image_id, "model": "tiny-svd", "frames": FRAMES, "steps": 60, "size": "32x32",
                     "fps": 6, "device": "cpu", "seed": 4}
             response = http.post("/api/animate", json=body)
             assert response.status_code == 202, response.text
@@ -167,7 +168,7 @@ def test_kill_9_of_a_worker_mid_clip_makes_the_clip_exactly_once(video_home):
             assert not job["artifact_ids"], job
             worker_pid = http.get("/api/workers").json()["items"][0]["pid"]
             os.kill(worker_pid, signal.SIGKILL)
-            done = wait_jobs(http, [job_id], timeout=300)[job_id]
+            done = wait_jobs(http, [job_id], timeout=600)[job_id]
             clips = [row for row in http.get("/api/artifacts", params={"limit": 50}).json()["items"]
                      if row.get("kind") == "video"]
     finally:
