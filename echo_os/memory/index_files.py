@@ -357,18 +357,34 @@ class IndexFiles:
             "vectors": (f"vectors-{stem}.npy", lambda p: _write_npy(p, np.asarray(vectors))),
             "index": (f"index-{stem}.faiss", write_index),
         }
-        for role, (name, write) in writers.items():
-            final = self.directory / name
-            temporary = self.directory / f".{name}.tmp-{os.getpid()}"
-            write(temporary)
-            _fsync_file(temporary)
-            os.replace(temporary, final)
-            files[role] = FileEntry(name=name, bytes=final.stat().st_size, sha256=_sha256_of(final))
-        manifest = replace(manifest, files=files, saved_at=time.time())
+        written: list[Path] = []  # this generation's files, removed again when the save fails
         temporary = self.directory / f".manifest.json.tmp-{os.getpid()}"
-        temporary.write_text(manifest.to_json(), encoding="utf-8")
-        _fsync_file(temporary)
-        os.replace(temporary, self.manifest_path)
+        try:
+            for role, (name, write) in writers.items():
+                final = self.directory / name
+                part = self.directory / f".{name}.tmp-{os.getpid()}"
+                written.append(part)
+                write(part)
+                _fsync_file(part)
+                os.replace(part, final)
+                written.append(final)
+                files[role] = FileEntry(name=name, bytes=final.stat().st_size, sha256=_sha256_of(final))
+            manifest = replace(manifest, files=files, saved_at=time.time())
+            written.append(temporary)
+            temporary.write_text(manifest.to_json(), encoding="utf-8")
+            _fsync_file(temporary)
+            os.replace(temporary, self.manifest_path)  # the save's commit point
+        except BaseException as error:
+            for path in written:  # nothing half-saved: the previous generation (manifest and files) stands
+                path.unlink(missing_ok=True)
+            from echo_os.errors import DiskFullError, disk_full
+
+            if disk_full(error) is not None or (isinstance(error, RuntimeError) and "No space" in str(error)):
+                raise DiskFullError(
+                    f"the disk is full: the memory index ({self.directory.name}) was not saved, the artifacts "
+                    "are kept; free some space, then run `echo-os memory reindex` (or any memory command "
+                    "rebuilds it)") from None
+            raise
         _fsync_dir(self.directory)
         return manifest
 
