@@ -225,7 +225,7 @@ def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "A
             timings={**result.timings.as_dict(), "save_s": round(time.perf_counter() - started, 4)},
             **fields)
         setattr(meta, "device", runtime.device)  # an extra field, as an image's meta.json records it
-        return folder.commit(meta)  # type: ignore[arg-type]
+        return folder.commit(meta)
 
 
 class _AssetFolder(VideoFolder):

@@ -24,6 +24,7 @@ from echo_os.artifacts.meta import POSTER_NAME, VideoKind, VideoMeta  # noqa: F4
 from echo_os.artifacts.store import META_NAME, Artifact, ArtifactStore, _fsync_dir, _write_durably
 
 if TYPE_CHECKING:
+    from echo_os.artifacts.meta import AssetMeta
     from echo_os.render.results import RenderResult
 
 CLIP_NAME = "clip.mp4"
@@ -63,7 +64,7 @@ class VideoFolder:
         """The file whose sha256 is the artifact's id (echo_os.artifacts.assets: the mesh or the sound)."""
         return self.path / meta.video
 
-    def commit(self, meta: VideoMeta) -> Artifact:
+    def commit(self, meta: VideoMeta | AssetMeta) -> Artifact:
         video = self.content_file(meta)
         digest = hashlib.sha256()
         with open(video, "rb") as handle:
@@ -84,7 +85,7 @@ class VideoFolder:
             _fsync_dir(project_dir)
         self.committed = final
         self.store.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.store.root)))
-        return Artifact(id=meta.id, path=final, meta=meta)  # type: ignore[arg-type]
+        return Artifact(id=meta.id, path=final, meta=meta)
 
 
 def save_clip(store: ArtifactStore, result: "RenderResult", index: int) -> Artifact:
