@@ -15,10 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import disk_full
 from echo_os.settings import Settings
+
+if TYPE_CHECKING:
+    from echo_os.artifacts.meta import ArtifactMeta
+    from echo_os.memory.pngmeta import ImportedMeta
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ def _unreadable_reason(path: Path) -> str | None:
     return None
 
 
-def imported_meta(path: Path, parsed, *, project: str, created: datetime):
+def imported_meta(path: Path, parsed: "ImportedMeta", *, project: str, created: datetime) -> "ArtifactMeta":
     """The ArtifactMeta of an imported image: what its chunks say; unknown seed is -1."""
     from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord
 
@@ -78,7 +83,7 @@ def imported_meta(path: Path, parsed, *, project: str, created: datetime):
         dtype="",
         attention="",
         request={},
-        imported={"tool": parsed.source, "source_path": str(path), "sampler": parsed.sampler,
+        imported={"tool": parsed.source,  # type: ignore[call-arg]  # an extra field: ArtifactMeta allows them "source_path": str(path), "sampler": parsed.sampler,
                   "model_hash": parsed.model_hash, "extra": parsed.extra, "chunks": parsed.raw,
                   "warnings": list(parsed.warnings)},
     )
