@@ -265,7 +265,8 @@ def describe_kind(meta: "AnyMeta | dict[str, Any]") -> str:
     if kind == "video":
         data = meta if isinstance(meta, dict) else meta.model_dump(mode="json")
         return f"a video ({data.get('video_kind', 'video')})"
-    return {"mesh": "a 3D model", "audio": "a sound", "sheet": "a compare grid sheet", "imported": "an imported image", "image": "an image"}[kind]
+    return {"mesh": "a 3D model", "audio": "a sound", "sheet": "a compare grid sheet",
+            "imported": "an imported image", "image": "an image"}[kind]
 
 
 def require_kind(artifact_id: str, meta: "AnyMeta | dict[str, Any]",

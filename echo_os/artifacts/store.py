@@ -19,18 +19,27 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
 from echo_os.artifacts.catalog import Catalog
-from echo_os.artifacts.meta import (AnyMeta, ArtifactMeta, AssetMeta, EngineRecord, ModelRecord, VideoMeta,
-                                   collect_versions, negative_prompt_passed)
-from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
+from echo_os.artifacts.meta import (
+    AnyMeta,
+    ArtifactMeta,
+    AssetMeta,
+    EngineRecord,
+    ModelRecord,
+    VideoMeta,
+    collect_versions,
+    negative_prompt_passed,
+)
+from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES, META_KEY, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import EchoError, NotFoundError, disk_full
 from echo_os.render.requests import image_request_key
@@ -66,7 +75,8 @@ class Artifact:
     def from_row(cls, root: Path, row: "CatalogRow") -> "Artifact":
         """The artifact a catalog row describes (root: the artifacts folder its path is relative to)."""
         kind = row.meta.get("kind")
-        model: type[AnyMeta] = VideoMeta if kind == "video" else AssetMeta if kind in ("mesh", "audio") else ArtifactMeta
+        model: type[AnyMeta] = (VideoMeta if kind == "video" else AssetMeta if kind in ("mesh", "audio")
+                                else ArtifactMeta)
         return cls(id=row.id, path=root / row.path, meta=model.model_validate(row.meta))
 
     def summary(self) -> dict:

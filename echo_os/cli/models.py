@@ -38,9 +38,10 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
     registry = load_registry(settings)
     rows: list[dict[str, Any]] = []  # one JSON record per entry
     for entry in registry.entries():
-        row: dict[str, Any] = {"name": entry.name, "type": entry.type, "kind": entry.kind, "source": entry.source,
-               "origin": str(entry.origin), "description": entry.description, "resolves": False, "reason": None,
-               "local_path": None, "format": None, "size_bytes": None}
+        row: dict[str, Any] = {
+            "name": entry.name, "type": entry.type, "kind": entry.kind, "source": entry.source,
+            "origin": str(entry.origin), "description": entry.description, "resolves": False, "reason": None,
+            "local_path": None, "format": None, "size_bytes": None}
         try:
             resolved = resolve_model(entry, registry=registry)
         except EchoError as error:

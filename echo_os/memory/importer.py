@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import disk_full
@@ -64,6 +64,10 @@ def imported_meta(path: Path, parsed: "ImportedMeta", *, project: str, created: 
     from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord
 
     prompt = parsed.prompt or ""
+    # What the chunks carried, as meta.json's "imported": a field beyond ArtifactMeta's own (it allows them)
+    extra: dict[str, Any] = {"imported": {"tool": parsed.source, "source_path": str(path), "sampler": parsed.sampler,
+                                          "model_hash": parsed.model_hash, "extra": parsed.extra, "chunks": parsed.raw,
+                                          "warnings": list(parsed.warnings)}}
     return ArtifactMeta(
         created=created.isoformat(timespec="microseconds"),
         project=project,
@@ -83,9 +87,7 @@ def imported_meta(path: Path, parsed: "ImportedMeta", *, project: str, created: 
         dtype="",
         attention="",
         request={},
-        imported={"tool": parsed.source,  # type: ignore[call-arg]  # an extra field: ArtifactMeta allows them "source_path": str(path), "sampler": parsed.sampler,
-                  "model_hash": parsed.model_hash, "extra": parsed.extra, "chunks": parsed.raw,
-                  "warnings": list(parsed.warnings)},
+        **extra,
     )
 
 

@@ -200,7 +200,8 @@ def _over_time(rows: list["CatalogRow"], all_prompts: list[str]) -> list[Period]
     out = []
     for chunk in np.array_split(np.arange(len(ordered)), periods):
         members = [ordered[i] for i in chunk]
-        phrases: list[list[Any]] = recurring_phrases([m.prompt for m in members], all_prompts, top=3) if len(members) > 1 else \
+        phrases: list[list[Any]]  # [phrase, count]
+        phrases = recurring_phrases([m.prompt for m in members], all_prompts, top=3) if len(members) > 1 else \
             [[p, 1] for p in prompt_phrases(members[0].prompt)[:3]]
         out.append(Period(start=members[0].created, end=members[-1].created, members=len(members),
                           phrases=[p for p, _ in phrases]))
