@@ -212,8 +212,10 @@ def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "A
             fields.update(duration_s=round(len(frames) / asset.sample_rate, 4), sample_rate=asset.sample_rate,
                           channels=int(frames.shape[1]), content_sha256=samples_hash(frames))
         rendered.image.save(folder.path / PREVIEW_NAME)
+        fields["device"] = runtime.device  # an extra field (AssetMeta allows them), as an image's meta.json records it
         meta = AssetMeta(
-            kind="mesh" if asset.kind == "mesh" else "audio", created="", project=request.project, prompt=request.prompt, seed=rendered.seed,
+            kind="mesh" if asset.kind == "mesh" else "audio", created="", project=request.project,
+            prompt=request.prompt, seed=rendered.seed,
             width=rendered.image.width, height=rendered.image.height, file=file_name, placeholder=asset.placeholder,
             engine=EngineRecord(name=runtime.engine, reason=runtime.reason),
             model=_model_record(model),
@@ -221,8 +223,7 @@ def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "A
             request=request, versions=collect_versions(), request_key=image_request_key(request),
             timings={**result.timings.as_dict(), "save_s": round(time.perf_counter() - started, 4)},
             **fields)
-        setattr(meta, "device", runtime.device)  # an extra field, as an image's meta.json records it
-        return folder.commit(meta)  # type: ignore[arg-type]
+        return folder.commit(meta)
 
 
 class _AssetFolder(VideoFolder):

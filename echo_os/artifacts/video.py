@@ -31,6 +31,7 @@ from echo_os.artifacts.store import (
 )
 
 if TYPE_CHECKING:
+    from echo_os.artifacts.meta import AssetMeta
     from echo_os.render.requests import RenderRequest
     from echo_os.render.results import RenderResult
 
@@ -71,7 +72,7 @@ class VideoFolder:
         """The file whose sha256 is the artifact's id (echo_os.artifacts.assets: the mesh or the sound)."""
         return self.path / meta.video
 
-    def commit(self, meta: VideoMeta) -> Artifact:
+    def commit(self, meta: VideoMeta | AssetMeta) -> Artifact:
         video = self.content_file(meta)
         digest = hashlib.sha256()
         with open(video, "rb") as handle:
@@ -92,7 +93,7 @@ class VideoFolder:
             _fsync_dir(project_dir)
         self.committed = final
         self.store.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.store.root)))
-        return Artifact(id=meta.id, path=final, meta=meta)  # type: ignore[arg-type]
+        return Artifact(id=meta.id, path=final, meta=meta)
 
 
 def output_request(result: "RenderResult", index: int) -> tuple["RenderRequest", str | None]:

@@ -323,8 +323,9 @@ def resume_rendered(store: "ArtifactStore", pieces: list[Piece], outcome: Render
             for image in piece.request.image_requests():
                 key = image_request_key(image)
                 found = rendered.get(key)
-                then = ((found.meta.provenance or {}).get("template_sha256") if found is not None
-                        and getattr(found.meta, "provenance", None) else None)
+                # an image's meta.json has provenance; an asset's (a mesh, a sound) has none
+                provenance = getattr(found.meta, "provenance", None) if found is not None else None
+                then = (provenance or {}).get("template_sha256")
                 if found is not None and now is not None and then is not None and then != now:
                     del rendered[key]
                     note = (f"{found.id[:12]} was rendered with another version of the template: the template "

@@ -93,10 +93,10 @@ def render_contact_sheet(title: str, subtitle: str, cells: list[SheetCell]) -> "
         y = header + row * (cell_height + GAP)
         draw.rounded_rectangle((x, y, x + cell_width - 1, y + cell_height - 1), radius=8, fill=CARD, outline=BORDER)
         thumb = cell.image.convert("RGB")
-        thumb.thumbnail((THUMB_WIDTH, thumb_height), Image.LANCZOS)
+        thumb.thumbnail((THUMB_WIDTH, thumb_height), Image.Resampling.LANCZOS)
         if thumb.width < THUMB_WIDTH and thumb.height < thumb_height:  # small renders: scale up to the cell
             scale = min(THUMB_WIDTH / thumb.width, thumb_height / thumb.height)
-            thumb = thumb.resize((round(thumb.width * scale), round(thumb.height * scale)), Image.LANCZOS)
+            thumb = thumb.resize((round(thumb.width * scale), round(thumb.height * scale)), Image.Resampling.LANCZOS)
         box_x, box_y = x + PAD, y + PAD
         draw.rectangle((box_x, box_y, box_x + THUMB_WIDTH - 1, box_y + thumb_height - 1), fill=(232, 228, 221))
         sheet.paste(thumb, (box_x + (THUMB_WIDTH - thumb.width) // 2, box_y + (thumb_height - thumb.height) // 2))
