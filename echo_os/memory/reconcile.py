@@ -8,17 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from echo_os.memory.knn import as_ids
 
-if TYPE_CHECKING:
-    from echo_os.memory.index import VectorIndex
-
 # fetch_missing(ids) -> (ids it could embed, their vectors). Ids it cannot embed (image gone) are left out.
 FetchMissing = Callable[[Sequence[int]], tuple[np.ndarray, np.ndarray]]
+
+
+class ReconciledIndex(Protocol):
+    """What reconcile uses of a VectorIndex (index.py imports this module, so it is not imported back)."""
+
+    embedder: str
+    repaired: str | None
+
+    @property
+    def ids(self) -> np.ndarray: ...
+
+    def add(self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray) -> None: ...
+
+    def remove(self, ids: Iterable[int] | np.ndarray) -> int: ...
 
 
 @dataclass
@@ -35,7 +46,7 @@ class ReconcileReport:
         return bool(self.removed or self.added or self.rebuilt)
 
 
-def reconcile(index: VectorIndex, catalog_ids: Iterable[int], fetch_missing: FetchMissing, *,
+def reconcile(index: ReconciledIndex, catalog_ids: Iterable[int], fetch_missing: FetchMissing, *,
               batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
     """Make the index hold exactly the catalog's ids: drop the extra, embed and add the missing.
 

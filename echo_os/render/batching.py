@@ -1,5 +1,6 @@
-"""Batch size for the scheduler: how many images go into one pipeline call, and the out-of-memory back-off's
-helpers (taking a batch off a group's queue, freeing memory before a smaller retry).
+"""Batch size for the scheduler: how many images go into one pipeline call, the pieces a batch is cut from
+(`Piece`: consecutive seeds of one request), and the out-of-memory back-off's helpers (taking a batch off a
+group's queue, freeing memory before a smaller retry).
 
 Batch size: `batch_size` when given (render_requests), else from the free GPU memory once the weights are
 loaded (CUDA, auto_batch_size), else one image per call for CPU diffusion above CPU_BATCH_MAX_PIXELS,
@@ -9,6 +10,7 @@ else the engine's maximum.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,9 +18,25 @@ if TYPE_CHECKING:
 
     from echo_os.engines.base import Engine
     from echo_os.render.requests import RenderRequest
-    from echo_os.render.scheduler import Piece
 
 GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Consecutive images of one given request: `request` renders them (its seed is the first one's),
+    `source` is the given request's position, `first` the first image's place in it."""
+
+    source: int
+    first: int
+    request: "RenderRequest"
+
+    def split(self, head: int) -> tuple["Piece", "Piece"]:
+        """The first `head` images and the rest (0 < head < count), every image keeping its seed."""
+        request = self.request
+        return (Piece(self.source, self.first, request.model_copy(update={"count": head})),
+                Piece(self.source, self.first + head,
+                      request.model_copy(update={"seed": request.seeds[head], "count": request.count - head})))
 
 
 # ---- batch size ------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from echo_os.engines import choose_engine, create_engine
 from echo_os.errors import EchoError, is_out_of_memory
 from echo_os.render.batching import CPU_BATCH_MAX_PIXELS as CPU_BATCH_MAX_PIXELS
 from echo_os.render.batching import GIB as GIB
+from echo_os.render.batching import Piece as Piece
 from echo_os.render.batching import auto_batch_size as auto_batch_size
 from echo_os.render.batching import estimate_batch_size as estimate_batch_size
 from echo_os.render.batching import pick_batch_size as pick_batch_size
@@ -73,23 +74,6 @@ class ImageDone:
     source: int = 0
     index: int = 0
     save_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Consecutive images of one given request: `request` renders them (its seed is the first one's),
-    `source` is the given request's position, `first` the first image's place in it."""
-
-    source: int
-    first: int
-    request: "RenderRequest"
-
-    def split(self, head: int) -> tuple["Piece", "Piece"]:
-        """The first `head` images and the rest (0 < head < count), every image keeping its seed."""
-        request = self.request
-        return (Piece(self.source, self.first, request.model_copy(update={"count": head})),
-                Piece(self.source, self.first + head,
-                      request.model_copy(update={"seed": request.seeds[head], "count": request.count - head})))
 
 
 @dataclass
