@@ -224,3 +224,62 @@ def test_stable_audio_through_auto_writes_the_asked_length_and_replays(workspace
     # auto passes over it to the placeholder, and says why
     code, out, err = run_cli("--home", str(workspace.home), "render", "rain", *common, "--seconds", "5")
     assert code == 0 and "engine: draft-audio" in err and "longer than tiny-sa makes" in err, err
+
+
+def test_stable_audio_keeps_the_scheduler_stable_audio_open_ships(workspace, tmp_path_factory) -> None:
+    """The tiny folder names CosineDPMSolverMultistepScheduler with Stable Audio Open's config, as the real one
+    does; the engine loads and renders with it (its SDE noise seeded from the generator: same seed, same sound)."""
+    from echo_os.engines import create_engine
+    from echo_os.render.requests import RenderRequest
+    from tests.tiny_stable_audio import SCHEDULER_CONFIG, save_tiny_stable_audio
+
+    folder = save_tiny_stable_audio(tmp_path_factory.mktemp("tiny-sa-sched") / "tiny-sa")
+    saved = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["_class_name"] == "CosineDPMSolverMultistepScheduler"
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-sa]\ntype = "audio"\npath = "{folder.as_posix()}"\n')
+    engine = create_engine(workspace, "stable-audio", "test")
+    request = RenderRequest(prompt="rain on a tin roof", output="audio", engine="stable-audio", model="tiny-sa",
+                            steps=3, cfg=3.0, device="cpu", seed=4, options={"seconds": 0.2})
+    scheduler = engine.loaded(request).pipe.scheduler
+    assert type(scheduler).__name__ == "CosineDPMSolverMultistepScheduler"
+    assert {key: scheduler.config[key] for key in SCHEDULER_CONFIG} == SCHEDULER_CONFIG
+    [first] = engine.render([request])
+    [again] = engine.render([request])
+    [other] = engine.render([request.model_copy(update={"seed": 5})])
+    sound = first.images[0].asset.data
+    assert np.array_equal(sound, again.images[0].asset.data) and not np.array_equal(sound, other.images[0].asset.data)
+
+
+@pytest.fixture(scope="module")
+def tiny_audioldm2_dir(tmp_path_factory):
+    from tests.tiny_audioldm2 import save_tiny_audioldm2
+
+    return save_tiny_audioldm2(tmp_path_factory.mktemp("tiny-aldm") / "tiny-aldm")
+
+
+def test_audioldm2_through_auto_writes_16khz_mono_and_replays(workspace, run_cli, tiny_audioldm2_dir) -> None:
+    import soundfile
+
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-aldm]\ntype = "audio"\npath = "{tiny_audioldm2_dir.as_posix()}"\n')
+    common = ("--type", "audio", "--model", "tiny-aldm", "--steps", "2", "--cfg", "3", "--device", "cpu")
+    [shown] = render_json(run_cli, workspace.home, "rain on a tin roof", *common, "--seconds", "0.1")
+    meta = json.loads((Path(shown["path"]) / "meta.json").read_text())
+    assert meta["engine"]["name"] == "audioldm2" and meta["placeholder"] is False
+    samples, rate = soundfile.read(Path(shown["path"]) / "sound.flac", always_2d=True)
+    assert (rate, samples.shape) == (16000, (1600, 1)) and (meta["sample_rate"], meta["channels"]) == (16000, 1)
+    assert np.abs(samples).max() > 1e-3  # a sound, not 16-bit silence
+    code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
+    assert code == 0 and json.loads(out)["content_matches"] is True, err
+    # the Stable Audio engine refuses the folder in one line, naming the engine that renders it
+    code, out, err = run_cli("--home", str(workspace.home), "render", "rain", *common, "--seconds", "0.1",
+                             "--engine", "stable-audio")
+    assert code == 2 and "use --engine audioldm2" in err and len(err.strip().splitlines()) == 1, err
+    from echo_os.engines import create_engine
+    from echo_os.errors import OptionError
+    from echo_os.render.requests import RenderRequest
+
+    with pytest.raises(OptionError, match=r"shorter than tiny-aldm makes \(0.0005 s at least\)"):
+        create_engine(workspace, "audioldm2", "test").render([RenderRequest(
+            prompt="rain", output="audio", model="tiny-aldm", steps=2, device="cpu", options={"seconds": 0.0001})])
