@@ -36,6 +36,24 @@ def test_render_3d_model_writes_a_placeholder_glb_with_its_counts(workspace, run
 
     with Image.open(folder / "image.png") as preview:  # the turntable sheet
         assert preview.size == (meta["width"], meta["height"]) and len(set(preview.convert("L").getdata())) > 10
+    assert_turntable_mp4(folder, meta)
+
+
+def assert_turntable_mp4(folder: Path, meta: dict) -> None:
+    """turntable.mp4 decodes as H.264 with the frame count and rate meta.json records: one turn, the mesh
+    seen from a different side in each quarter (the frames differ), the first and last frames a step apart."""
+    from echo_os.artifacts.assets import TURNTABLE_FPS, TURNTABLE_FRAMES
+    from echo_os.artifacts.encode import probe, read_frames
+
+    assert (meta["turntable"], meta["turntable_frames"], meta["turntable_fps"]) == (
+        "turntable.mp4", TURNTABLE_FRAMES, TURNTABLE_FPS)
+    info = probe(folder / "turntable.mp4")
+    assert (info["codec"], info["frames"], info["fps"]) == ("h264", TURNTABLE_FRAMES, TURNTABLE_FPS)
+    frames = read_frames(folder / "turntable.mp4")
+    quarter = TURNTABLE_FRAMES // 4
+    assert len(frames) == TURNTABLE_FRAMES
+    assert np.abs(frames[0].astype(int) - frames[quarter].astype(int)).mean() > 1.0
+    assert frames[0].std() > 5  # the mesh is drawn, not an empty background
 
 
 def test_render_audio_writes_a_quiet_flac_of_the_asked_length(workspace, run_cli) -> None:
@@ -146,6 +164,7 @@ def test_shap_e_through_auto_writes_a_glb_with_its_counts_and_replays(workspace,
     assert meta["settings"]["grid_size"] == 16 and meta["settings"]["guidance"] == 3.0
     mesh = trimesh.load(Path(shown["path"]) / "mesh.glb", force="mesh", process=False)
     assert (len(mesh.vertices), len(mesh.faces)) == (meta["vertices"], meta["faces"]) and meta["faces"] > 0
+    assert_turntable_mp4(Path(shown["path"]), meta)
     code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
     assert code == 0 and json.loads(out)["content_matches"] is True, err
 
@@ -283,3 +302,72 @@ def test_audioldm2_through_auto_writes_16khz_mono_and_replays(workspace, run_cli
     with pytest.raises(OptionError, match=r"shorter than tiny-aldm makes \(0.0005 s at least\)"):
         create_engine(workspace, "audioldm2", "test").render([RenderRequest(
             prompt="rain", output="audio", model="tiny-aldm", steps=2, device="cpu", options={"seconds": 0.0001})])
+
+
+def test_gallery_lightbox_turns_the_glb_in_webgl(workspace, run_cli, tmp_path) -> None:
+    """In headless Chromium, from the page opened from disk: a mesh's card plays its turntable MP4, and its
+    lightbox draws the GLB in the shipped WebGL viewer (no network): the canvas holds non-background pixels,
+    as many triangles as meta.json's faces, and the picture changes as the model turns."""
+    import shutil
+
+    from tests.test_gallery import CHROMIUM_FLAGS
+    from tests.webdriver import CHROMEDRIVER, chromium_session
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None or CHROMEDRIVER is None:
+        pytest.skip("chromium and chromedriver are not installed")
+    from tests.test_api_server import free_port
+
+    mesh = render_json(run_cli, workspace.home, "sword design", "--type", "3d_model")[0]
+    render_json(run_cli, workspace.home, "a harbour at dusk", "--size", "64x64")
+    meta = json.loads((Path(mesh["path"]) / "meta.json").read_text())
+    code, out, err = run_cli("--home", str(workspace.home), "gallery")
+    assert code == 0, err
+    page = Path(out.strip())
+    assert (workspace.home / "artifacts" / ".cache" / "glb" / f"{mesh['id']}.js").is_file()
+    assert "cdn" not in page.read_text().lower() and "GlbViewer" in page.read_text()
+    background = "return [235, 235, 240];"
+    count_pixels = """
+        const canvas = document.getElementById('lb-mesh'), copy = document.createElement('canvas');
+        copy.width = canvas.width; copy.height = canvas.height;
+        const context = copy.getContext('2d');
+        context.drawImage(canvas, 0, 0);
+        const data = context.getImageData(0, 0, copy.width, copy.height).data, bg = arguments[0];
+        let count = 0, sum = 0;
+        for (let i = 0; i < data.length; i += 4) {
+          const off = Math.abs(data[i] - bg[0]) + Math.abs(data[i + 1] - bg[1]) + Math.abs(data[i + 2] - bg[2]);
+          if (off > 12) { count++; sum += (i / 4) % copy.width; }
+        }
+        return [count, count ? sum / count : 0, copy.width * copy.height];"""
+    with chromium_session(chromium, CHROMIUM_FLAGS, tmp_path / "profile", free_port()) as browser:
+        browser.open(page.as_uri())
+        browser.wait_for("return document.body.dataset.ready === 'true'")
+        assert browser.run("return document.body.dataset.broken") == "0"
+        assert browser.run("return document.body.dataset.videos") == "1"  # the turntable
+        card = f'.card[data-id="{mesh["id"]}"]'
+        assert browser.run(f"return document.querySelector('{card} video').getAttribute('src')").endswith(
+            "/turntable.mp4")
+        browser.wait_for("return document.body.dataset.playable === '1'")
+        browser.click(card)
+        state = browser.wait_for("const c = document.getElementById('lb-mesh'); "
+                                 "return c.dataset.drawn || c.dataset.error")
+        canvas = browser.run("return Object.assign({}, document.getElementById('lb-mesh').dataset)")
+        assert state == "1" and canvas["renderer"] == "webgl", canvas
+        assert int(canvas["triangles"]) == meta["faces"]
+        bg = browser.run(background)
+        drawn, centre, total = browser.run(count_pixels, bg)
+        assert 0.02 * total < drawn < 0.9 * total, (drawn, total)
+        import time
+
+        time.sleep(1.0)
+        later, later_centre, _ = browser.run(count_pixels, bg)
+        assert (later, round(later_centre)) != (drawn, round(centre))  # it turns
+        # the files line links the GLB and the turntable
+        links = browser.run("return [...document.querySelectorAll('#lb-files a')].map(a => a.getAttribute('href'))")
+        assert links[0].endswith("/mesh.glb") and links[1].endswith("/turntable.mp4")
+        # an image's lightbox hides the viewer
+        browser.run("document.getElementById('lb-close').click()")
+        other = browser.run("return [...document.querySelectorAll('.card')].find(c => c.querySelector('img'))"
+                            ".dataset.id")
+        browser.click(f'.card[data-id="{other}"]')
+        assert browser.run("return document.getElementById('lb-mesh').classList.contains('hidden')") is True

@@ -3,7 +3,8 @@
 GET /api/memory/search?q=... searches by text; POST /api/memory/search takes an image as the raw request
 body (image/png, image/jpeg or image/webp) and needs a CLIP entry in models.toml. GET /api/gallery builds
 the static gallery page and redirects to it; the page and the files it links (thumbnails, images) are
-served from /api/gallery/files/, which answers only for image and page files inside the artifacts folder.
+served from /api/gallery/files/, which answers only for the page, image, video, sound, GLB and viewer-script
+files inside the artifacts folder.
 With `serve --token`, a browser signs in once with GET /api/gallery?token=T: the Guard (api/security.py)
 checks it, sets the session cookie and redirects here without the token, so these routes never see it.
 """
@@ -28,7 +29,11 @@ router = APIRouter()
 
 MAX_QUERY_IMAGE_BYTES = 20 * 1024 * 1024
 GALLERY_FILE_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".webp": "image/webp",
-                      ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+                      ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                      # what a video, mesh or sound card links: the MP4 (animatic, clip, turntable), the sound,
+                      # the GLB, and the GLB as the script the lightbox viewer loads (gallery/build.py)
+                      ".mp4": "video/mp4", ".flac": "audio/flac", ".glb": "model/gltf-binary",
+                      ".js": "text/javascript; charset=utf-8"}
 
 
 class MemoryHit(BaseModel):
