@@ -141,6 +141,31 @@ async def test_api_render_with_type_makes_a_mesh_and_a_sound(workspace, anyio_ba
                 kinds.setdefault(meta["kind"], []).append(meta)
         assert [m["seed"] for m in kinds["mesh"]] == [1, 2] and kinds["audio"][0]["duration_s"] == 0.5
         assert kinds["mesh"][0]["engine"]["name"] == "draft-mesh" and kinds["audio"][0]["placeholder"] is True
+        # the gallery served over HTTP serves what a mesh's and a sound's cards link (and nothing else new)
+        page = await client.get("/api/gallery", follow_redirects=True)
+        assert page.status_code == 200
+        assert page.url.path == "/api/gallery/files/gallery/index.html"
+        files = "/api/gallery/files/"
+        mesh_folder = files + _artifact_folder(workspace, kinds["mesh"][0]["id"])
+        served = {}
+        for link in (f"{files}.cache/glb/{kinds['mesh'][0]['id']}.js", f"{mesh_folder}/turntable.mp4",
+                     f"{mesh_folder}/mesh.glb", files + _artifact_folder(workspace, kinds["audio"][0]["id"]) + "/sound.flac"):
+            response = await client.get(link)
+            assert response.status_code == 200, link
+            served[link.rsplit(".", 1)[-1]] = response.headers["content-type"]
+        assert served == {"js": "text/javascript; charset=utf-8", "mp4": "video/mp4", "glb": "model/gltf-binary",
+                          "flac": "audio/flac"}
+        assert (await client.get("/api/gallery/files/catalog.db")).status_code == 404
+
+
+def _artifact_folder(workspace, artifact_id: str) -> str:
+    from echo_os.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(workspace)
+    try:
+        return store.open(artifact_id).path.relative_to(workspace.artifacts_dir).as_posix()
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module")
