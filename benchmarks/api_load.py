@@ -207,7 +207,7 @@ def main() -> None:
     import torch
     import uvicorn
 
-    from tests.tiny_models import save_tiny_sdxl
+    from tests.tiny_models import make_tiny_workspace, save_tiny_sdxl
 
     results: dict = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
@@ -221,10 +221,7 @@ def main() -> None:
         folder = save_tiny_sdxl(tmp / "tiny-sdxl")
 
         def workspace(name: str) -> Path:
-            home = tmp / name
-            home.mkdir()
-            (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
-            return home
+            return make_tiny_workspace(tmp / name, folder)
 
         nices = [None] if args.worker_nice is None else args.worker_nice
         for nice in [] if args.skip_latency else nices:

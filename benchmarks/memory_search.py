@@ -147,14 +147,15 @@ def run_one(dataset: str, n: int, args: argparse.Namespace) -> dict:
     import faiss
 
     from echo_os.memory import index as index_module
+    from echo_os.memory import knn
 
     faiss.omp_set_num_threads(args.threads)
     if args.ef_construction:
-        index_module.HNSW_EF_CONSTRUCTION = args.ef_construction
+        knn.HNSW_EF_CONSTRUCTION = args.ef_construction
     started = time.perf_counter()
     base, queries = make_dataset(dataset, n, args.queries)
     result: dict = {"dataset": dataset, "n": n, "dim": DIM, "threads": args.threads,
-                    "ef_construction": index_module.HNSW_EF_CONSTRUCTION, "hnsw_m": index_module.HNSW_M,
+                    "ef_construction": knn.HNSW_EF_CONSTRUCTION, "hnsw_m": knn.HNSW_M,
                     "generate_s": round(time.perf_counter() - started, 1)}
     started = time.perf_counter()
     top, truth = faiss.knn(queries, base, K, metric=faiss.METRIC_INNER_PRODUCT)
@@ -179,17 +180,17 @@ def run_one(dataset: str, n: int, args: argparse.Namespace) -> dict:
             stats.update(time_queries(index, queries[:count], truth[:count]))
             if index.kind == "hnsw" and args.ef_sweep:
                 # The graph itself at each efSearch, even where the shipped index would answer exactly.
-                index_module.EXACT_WHEN_RECALL_MISSED = False
+                knn.EXACT_WHEN_RECALL_MISSED = False
                 sweep = []
                 chosen = index.ef_search
-                for ef in index_module.EF_SEARCH_LADDER:
+                for ef in knn.EF_SEARCH_LADDER:
                     index.ef_search = ef
                     row = {"ef_search": ef, **time_queries(index, queries[:args.sweep_queries],
                                                            truth[:args.sweep_queries])}
                     sweep.append(row)
                     print(f"    {dataset} {size_label(n)} {label} ef={ef}: {row}", flush=True)
                 index.ef_search = chosen
-                index_module.EXACT_WHEN_RECALL_MISSED = True
+                knn.EXACT_WHEN_RECALL_MISSED = True
                 stats["ef_sweep"] = sweep
             if args.filtered:
                 # A catalog filter letting 10% of the ids through (a project, a model, a date range).

@@ -92,14 +92,12 @@ def main() -> None:
     from echo_os.engines.sdxl import SDXLEngine
     from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
-    from tests.tiny_models import save_tiny_sdxl
+    from tests.tiny_models import make_tiny_workspace, save_tiny_sdxl
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = save_tiny_sdxl(tmp / "tiny-sdxl")
-        home = tmp / "ws"
-        home.mkdir()
-        (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
+        home = make_tiny_workspace(tmp / "ws", folder)
         settings = Settings(home=home)
         pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
         pipe.set_progress_bar_config(disable=True)

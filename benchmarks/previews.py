@@ -48,14 +48,12 @@ def main() -> None:
     from echo_os.render.preview import PreviewThrottle, latent_preview
     from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
-    from tests.tiny_models import save_tiny_sdxl
+    from tests.tiny_models import make_tiny_workspace, save_tiny_sdxl
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = save_tiny_sdxl(tmp / "tiny-sdxl")
-        home = tmp / "ws"
-        home.mkdir()
-        (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
+        home = make_tiny_workspace(tmp / "ws", folder)
         engine = SDXLEngine(Settings(home=home), name="cpu", force_device="cpu")
         request = RenderRequest(prompt=PROMPT, model="tiny", steps=args.steps, width=args.size, height=args.size,
                                 seed=7)

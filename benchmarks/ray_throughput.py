@@ -59,7 +59,7 @@ def main() -> None:
     from echo_os.render.requests import RenderRequest
     from echo_os.render.scheduler import render_requests
     from echo_os.settings import Settings
-    from tests.tiny_models import save_tiny_sdxl
+    from tests.tiny_models import make_tiny_workspace, save_tiny_sdxl
 
     os.environ.setdefault("ECHO_OS_NO_MEMORY", "1")  # the figure is rendering + saving, not embedding
     ray = start_ray(args.address)
@@ -73,9 +73,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         folder = save_tiny_sdxl(tmp / "tiny-sdxl")
         for number, (count, threads) in enumerate(args.configs):
-            settings = Settings(home=tmp / f"run-{number}")
-            settings.home.mkdir()
-            (settings.home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
+            settings = Settings(home=make_tiny_workspace(tmp / f"run-{number}", folder))
             requests = [RenderRequest(prompt=f"a harbour at hour {i}", model="tiny", width=args.size,
                                       height=args.size, steps=args.steps, seed=i, project="bench")
                         for i in range(args.images)]

@@ -108,7 +108,7 @@ def main() -> None:
 
     import torch
 
-    from tests.tiny_models import save_tiny_sdxl
+    from tests.tiny_models import make_tiny_workspace, save_tiny_sdxl
 
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
@@ -120,9 +120,7 @@ def main() -> None:
         folder = save_tiny_sdxl(tmp / "tiny-sdxl")
         for burners in args.burners:
             for nice in args.nice:
-                home = tmp / f"b{burners}-n{nice}"
-                home.mkdir()
-                (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
+                home = make_tiny_workspace(tmp / f"b{burners}-n{nice}", folder)
                 row = {"burners": burners, "nice": nice}
                 server = Server(home, "--workers", "1", "--worker-nice", str(nice), "--max-batch", "1",
                                 threads=args.threads)

@@ -218,15 +218,13 @@ def main() -> None:
     KEYED = not args.no_key
 
     from echo_os.settings import Settings
-    from tests.tiny_models import save_tiny_sdxl
+    from tests.tiny_models import make_tiny_workspace, save_tiny_sdxl
 
     print(f"load average at the start: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         folder = save_tiny_sdxl(tmp / "tiny-sdxl")
-        home = tmp / "ws"
-        home.mkdir()
-        (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
+        home = make_tiny_workspace(tmp / "ws", folder)
         results = asyncio.run(run(Settings(home=home), args.requests, args.concurrency, args.pstats))
     results["load_average_end"] = os.getloadavg()[0]
     if args.print_profile:

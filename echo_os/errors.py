@@ -95,3 +95,30 @@ def is_out_of_memory(error: BaseException) -> bool:
 
     torch = sys.modules.get("torch")  # an engine that ran out of GPU memory has imported torch
     return torch is not None and isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+def connection_words(error: BaseException) -> str:
+    """What happened to a connection, in words (not an exception's name), for one-line errors: the hosted
+    engines' servers, `models pull`'s Hub. httpx's errors are told apart by class name, so the copy of
+    httpx huggingface_hub carries (`httpx2`) is read the same way."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    text = str(error)
+    if "RemoteProtocolError" in names and "complete message body" in text:
+        return "the connection closed halfway through the answer" + (
+            f" ({text[text.index('(received'):].strip('()')})" if "(received" in text else "")
+    if "TimeoutException" in names:
+        return "no answer in time"
+    if "ConnectError" in names:
+        return "cannot connect"
+    if "HTTPStatusError" in names:
+        response = getattr(error, "response", None)
+        return f"HTTP {getattr(response, 'status_code', '?')}"
+    if names & {"RemoteProtocolError", "ReadError", "WriteError", "NetworkError"}:
+        return "the connection dropped"
+    if isinstance(error, ConnectionResetError):
+        return "the connection was reset"
+    if isinstance(error, OSError):
+        return error.strerror or "a network error"
+    if any("WebSocket" in name for name in names):
+        return "the websocket closed"
+    return "".join(c if c.isprintable() else "?" for c in text)[:120] or "a network error"

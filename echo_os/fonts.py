@@ -1,5 +1,5 @@
 """The one font of every picture echo-os draws: contact sheets, draft cards, animatic captions and compare
-grid labels all call `drawing_font(size)`.
+grid labels all call `drawing_font(size)`; `wrap_to_width` lays text out in it by measured width.
 
 Pillow's built-in font has no glyph for é, İ, ş or Ж: they were drawn as empty boxes. This is a TrueType
 font with wide coverage (Latin with its accents, Greek, Cyrillic): Roboto, which the `font-roboto` package
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
-    from PIL import ImageFont
+    from PIL import ImageDraw, ImageFont
 
 # What drawing_font gives: a TrueType font, or Pillow's own bitmap font where no TrueType one loads.
 DrawingFont: TypeAlias = "ImageFont.FreeTypeFont | ImageFont.ImageFont"
@@ -87,3 +87,30 @@ def drawing_font(size: int, bold: bool = False) -> DrawingFont:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: the bitmap font has one size
         return ImageFont.load_default()
+
+
+def wrap_to_width(draw: ImageDraw.ImageDraw, text: str, font: DrawingFont, width: float) -> list[str]:
+    """`text` wrapped greedily to lines at most `width` pixels wide as `draw` measures them in `font`.
+
+    A word wider than a line on its own is cut at the longest prefix that fits (one character at the
+    least), its rest starting the next line. Draft cards and contact-sheet captions wrap with it.
+    """
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if draw.textlength(candidate, font=font) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        line = word
+        while draw.textlength(line, font=font) > width and len(line) > 1:  # one word wider than a line
+            cut = len(line)
+            while cut > 1 and draw.textlength(line[:cut], font=font) > width:
+                cut -= 1
+            lines.append(line[:cut])
+            line = line[cut:]
+    if line:
+        lines.append(line)
+    return lines

@@ -88,6 +88,15 @@ class Interrupted(Exception):
     pass
 
 
+class _HalfResponse(Response):
+    """Headers promising the whole body (Content-Length), then half of it, then the connection closes
+    (uvicorn drops a connection whose app sent less than its Content-Length)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body[:len(self.body) // 2], "more_body": False})
+
+
 def _png(array: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -113,6 +122,15 @@ class FakeComfyUI:
         # What GET /view answers for an output file instead of its bytes, one per request in order (a
         # hostile or broken server: b"<html>..." for non-image bytes, a PNG of another size).
         self.view_answers: collections.deque[bytes] = collections.deque()
+        # GET /view answers to cut halfway: the next `view_truncations` answers promise the whole file
+        # (Content-Length) and the connection closes after half of it, like a network drop mid-download.
+        self.view_truncations = 0
+        self.views = 0  # GET /view requests for output files
+        # A websocket flood: per KSampler step, `flood` more `progress` messages (the same value again) and
+        # `flood` binary preview frames of `flood_bytes` each (ComfyUI's PREVIEW_IMAGE: a 4-byte event type
+        # 1, a 4-byte image type 2 (PNG), then the image), as a server streaming previews sends them.
+        self.flood = 0
+        self.flood_bytes = 1024
         # What POST /prompt answers instead of queueing, one per request in order (a JSON-able value, or
         # bytes sent as they are).
         self.prompt_answers: collections.deque = collections.deque()
@@ -197,6 +215,11 @@ class FakeComfyUI:
             store = fake.files if type == "output" else fake.uploads
             if filename not in store:
                 raise HTTPException(404)
+            if type == "output":
+                fake.views += 1
+            if type == "output" and fake.view_truncations > 0:
+                fake.view_truncations -= 1
+                return _HalfResponse(store[filename], media_type="image/png")
             if type == "output" and fake.view_answers:
                 return Response(fake.view_answers.popleft(), media_type="image/png")
             return Response(store[filename], media_type="image/png")
@@ -254,6 +277,18 @@ class FakeComfyUI:
                     sock = protocol.transport.get_extra_info("socket")
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 protocol.transport.abort()
+
+    def send_bytes(self, data: bytes, client_id: str) -> None:
+        """A binary frame to one client (ComfyUI's previews), from the worker thread, in order."""
+        async def deliver():
+            target = self._sockets.get(client_id)
+            if target is not None:
+                try:
+                    await target.send_bytes(data)
+                except Exception:  # noqa: BLE001 - a client that left
+                    pass
+
+        asyncio.run_coroutine_threadsafe(deliver(), self._loop).result(timeout=30)
 
     def send(self, message: dict, client_id: str | None = None) -> None:
         text = json.dumps(message)
@@ -516,6 +551,13 @@ class FakeComfyUI:
                     raise Interrupted
                 time.sleep(self.step_s)
                 event("progress", {"value": step, "max": steps, "node": node_id})
+                if self.flood:
+                    import struct
+
+                    preview = struct.pack(">II", 1, 2) + bytes(self.flood_bytes)
+                    for _ in range(self.flood):
+                        event("progress", {"value": step, "max": steps, "node": node_id})
+                        self.send_bytes(preview, self._running[0])
             tint = int(hashlib.sha256(inputs["positive"].encode()).hexdigest()[:6], 16)
             noise = np.random.default_rng(int(inputs["seed"])).random((batch, h, w, 3), dtype=np.float32)
             sampled = noise * 0.5 + np.array([(tint >> 16) & 255, (tint >> 8) & 255, tint & 255]) / 510

@@ -14,7 +14,10 @@ real API (shapes read from openai-python's types: ImagesResponse, Image, Usage, 
   with retry-after-ms), "429-seconds" (Retry-After: 1), "503", "quota" (429 insufficient_quota),
   "malformed" (200 with a body that is not JSON), "slow" (answers after `slow_s`), "drop" (closes the
   connection without answering), "undecodable" (200, an image that is no image), "huge" (200, a PNG
-  header claiming 12000x12000), "size:WxH" (200, an image of that size whatever was asked);
+  header claiming 12000x12000), "size:WxH" (200, an image of that size whatever was asked), "body:NAME"
+  (200 with HOSTILE_BODIES[NAME], a malformed answer of one shape), "retry-after:VALUE" (429
+  rate_limit_exceeded with that Retry-After, e.g. inf or 1e12), "truncated" (200 whose Content-Length is
+  the whole answer's but the connection closes halfway through the body);
 - `images_per_minute`: a sliding-window limit like the provider's; over it -> 429 rate_limit_exceeded
   with Retry-After (seconds until a slot frees);
 - `requests`: every request's JSON body, in order (faulted ones included; an edit refused for its images
@@ -63,6 +66,32 @@ def _header_only_png(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + chunk(b"IEND", b""))
+
+
+def _hostile_bodies() -> dict[str, bytes]:
+    """Malformed 200 answers a hostile or broken server can send, by name (the "body:NAME" fault)."""
+    good = base64.b64encode(_png(8, 8, (1, 2, 3))).decode()
+    shapes = {
+        "data-missing": {"created": 1}, "data-null": {"created": 1, "data": None},
+        "data-object": {"created": 1, "data": {"b64_json": good}}, "data-string": {"created": 1, "data": "x"},
+        "data-empty": {"created": 1, "data": []}, "data-too-many": {"created": 1, "data": [{"b64_json": good}] * 2},
+        "item-string": {"created": 1, "data": ["x"]}, "item-empty": {"created": 1, "data": [{}]},
+        "item-url": {"created": 1, "data": [{"url": "http://127.0.0.1:1/image.png"}]},
+        "b64-not-base64": {"created": 1, "data": [{"b64_json": "@@@@ not base64"}]},
+        "b64-number": {"created": 1, "data": [{"b64_json": 5}]},
+        "top-array": [{"b64_json": good}], "top-string": "ok", "top-null": None, "top-number": 5,
+    }
+    bodies = {name: json.dumps(shape).encode() for name, shape in shapes.items()}
+    bodies.update({
+        "html": b"<html><body>502 Bad Gateway</body></html>", "empty": b"",
+        "deep": b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's JSON parser recurses
+        "long-number": b'{"created": ' + b"9" * 5000 + b', "data": []}',
+        "not-utf8": b'{"data": \xff\xfe}',
+    })
+    return bodies
+
+
+HOSTILE_BODIES = _hostile_bodies()
 
 
 def _form(content_type: str, raw: bytes) -> tuple[dict, list[bytes]]:
@@ -206,6 +235,24 @@ class FakeImagesServer:
                 if fault == "quota":
                     return self._send(429, _error("You exceeded your current quota, please check your plan and "
                                                   "billing details.", "insufficient_quota", "insufficient_quota"))
+                if fault and fault.startswith("body:"):
+                    return self._send(200, HOSTILE_BODIES[fault.removeprefix("body:")])
+                if fault and fault.startswith("retry-after:"):
+                    return self._send(429, _error("Rate limit reached for images per minute.", "requests",
+                                                  "rate_limit_exceeded"),
+                                      {"retry-after": fault.removeprefix("retry-after:")})
+                if fault == "truncated":  # the headers promise the whole answer; half the body, then a close
+                    whole = json.dumps({"created": 1, "data": [{"b64_json": base64.b64encode(
+                        _png(1024, 1024, (9, 9, 9))).decode()}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(whole)))
+                    self.end_headers()
+                    self.wfile.write(whole[:len(whole) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return None
                 if fault == "malformed":
                     return self._send(200, b'{"created": 1, "data": [{"b64_json": "iVBOR')
                 if fault == "undecodable":  # well-formed JSON whose image is no image

@@ -26,6 +26,16 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def save_draft(store, prompt: str = "a lighthouse", count: int = 1, **fields):
+    """Render `count` 64x64 draft cards of `prompt` (seed 3) and save them in `store`: the saved artifacts."""
+    from echo_os.engines.draft import DraftEngine
+    from echo_os.render.requests import RenderRequest
+
+    request = RenderRequest(prompt=prompt, width=64, height=64, count=count, seed=3, engine="draft", **fields)
+    [result] = DraftEngine().render([request])
+    return store.save_result(result)
+
+
 def load_gpu_harness() -> ModuleType:
     """benchmarks/gpu_throughput.py as a module (benchmarks/ is not a package)."""
     if "gpu_throughput" in sys.modules:

@@ -8,14 +8,8 @@ import pytest
 
 from echo_os.artifacts.catalog import Catalog
 from echo_os.artifacts.store import ArtifactStore
-from echo_os.engines.draft import DraftEngine
-from echo_os.render.requests import RenderRequest, StoryFields
-
-
-def _render(store, prompt="a lighthouse", count=1, **fields):
-    request = RenderRequest(prompt=prompt, width=64, height=64, count=count, seed=3, engine="draft", **fields)
-    [result] = DraftEngine().render([request])
-    return store.save_result(result)
+from echo_os.render.requests import StoryFields
+from tests.helpers import save_draft
 
 
 def test_failure_mid_write_leaves_no_listed_artifact(workspace, monkeypatch):
@@ -31,7 +25,7 @@ def test_failure_mid_write_leaves_no_listed_artifact(workspace, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="injected"):
-        _render(store)
+        save_draft(store)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert store.catalog.count() == 0
     assert not list(workspace.artifacts_dir.glob("*/*/*/image.png"))
@@ -43,8 +37,8 @@ def test_failure_mid_write_leaves_no_listed_artifact(workspace, monkeypatch):
 
 def test_reindex_rebuilds_an_identical_catalog(workspace):
     store = ArtifactStore(workspace)
-    _render(store, "one", count=2)
-    _render(store, "two", story=StoryFields(scene=4, slug="storm", characters=("keeper",)))
+    save_draft(store, "one", count=2)
+    save_draft(store, "two", story=StoryFields(scene=4, slug="storm", characters=("keeper",)))
     before = list(store.catalog.dump())
     store.close()
     workspace.catalog_path.unlink()
@@ -58,7 +52,7 @@ def test_reindex_rebuilds_an_identical_catalog(workspace):
 
 def test_story_scene_sets_the_folder_number(workspace):
     store = ArtifactStore(workspace)
-    [artifact] = _render(store, "the storm", story=StoryFields(scene=3, slug="storm-approach"))
+    [artifact] = save_draft(store, "the storm", story=StoryFields(scene=3, slug="storm-approach"))
     assert artifact.path.name.startswith("003-storm-approach_")
     assert artifact.meta.story.scene == 3
     store.close()
@@ -80,6 +74,6 @@ def test_a_failing_after_save_hook_does_not_lose_the_image(workspace):
         raise RuntimeError("memory index unavailable")
 
     store.listeners.append(broken)
-    [artifact] = _render(store)
+    [artifact] = save_draft(store)
     assert artifact.image_path.exists() and store.catalog.count() == 1
     store.close()

@@ -89,13 +89,13 @@ def test_the_step_bar_says_what_is_loading_before_the_first_step() -> None:
     assert "images 1-1 of 1" in stream.getvalue()
 
 
-def test_ctrl_c_says_how_many_were_saved_and_the_same_command_finishes(run_cli, workspace, monkeypatch) -> None:
-    """Ctrl-C during the second image of three: one line with the count (not only `Aborted.`), exit 130;
-    the same command then renders only the two left."""
+def interrupt_the_second_save(monkeypatch) -> list[int]:
+    """ArtifactStore.save raises KeyboardInterrupt (a Ctrl-C) on its second call and saves on the others.
+    Returns the list of calls so far: clear it to interrupt the second save of the next command."""
     from echo_os.artifacts.store import ArtifactStore
 
     real_save = ArtifactStore.save
-    calls = []
+    calls: list[int] = []
 
     def save_then_interrupt(self, *args, **kwargs):
         calls.append(1)
@@ -104,6 +104,16 @@ def test_ctrl_c_says_how_many_were_saved_and_the_same_command_finishes(run_cli, 
         return real_save(self, *args, **kwargs)
 
     monkeypatch.setattr(ArtifactStore, "save", save_then_interrupt)
+    return calls
+
+
+def test_ctrl_c_says_how_many_were_saved_and_the_same_command_finishes(run_cli, workspace, monkeypatch) -> None:
+    """Ctrl-C during the second image of three: one line with the count (not only `Aborted.`), exit 130;
+    the same command then renders only the two left."""
+    from echo_os.artifacts.store import ArtifactStore
+
+    real_save = ArtifactStore.save
+    interrupt_the_second_save(monkeypatch)
     args = ("--home", str(workspace.home), "render", "a kite", "--size", "64x64", "--count", "3", "--seed", "7",
             "--batch-size", "1")
     code, out, err = run_cli(*args)
@@ -410,23 +420,12 @@ def test_ctrl_c_in_compare_and_refine_says_what_was_saved(run_cli, tiny_workspac
     variation): both say how many were saved instead of `Aborted.`, exit 130."""
     import json
 
-    from echo_os.artifacts.store import ArtifactStore
-
     home = str(tiny_workspace.home)
     code, out, err = run_cli("--home", home, "render", "a kite", "--model", "tiny", "--steps", "2", "--size",
                              "64x64", "--seed", "1", "--no-memory", "--json")
     assert code == 0, err
     parent = json.loads(out)[0]["id"]
-    real_save = ArtifactStore.save
-    calls = []
-
-    def save_then_interrupt(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_save(self, *args, **kwargs)
-
-    monkeypatch.setattr(ArtifactStore, "save", save_then_interrupt)
+    calls = interrupt_the_second_save(monkeypatch)
     code, out, err = run_cli("--home", home, "compare", "a kite", "--engine", "draft", "--size", "64x64",
                              "--seed", "1,2,3")
     assert code == 130, err

@@ -623,3 +623,56 @@ def test_a_malformed_comfyui_answer_is_one_line_naming_it(comfy, fake, answer, s
     assert code != 0 and len(errors) == 1 and fake.url in errors[0] and said in errors[0], err
     for name in ("KeyError", "TypeError", "JSONDecodeError", "IndexError", "AttributeError", "Traceback"):
         assert name not in err, err
+
+
+# ---- floods and drops (issue 25, "not yet tried") -----------------------------------------------------
+
+def test_a_websocket_flood_keeps_memory_bounded_and_progress_moving(tmp_path):
+    """A ComfyUI that floods the websocket: per sampling step 400 repeated `progress` messages and 400
+    binary previews of 64 KB (ComfyUI's PREVIEW_IMAGE frames), 1,600 of each, 100 MB in all. The engine
+    reads through them without holding them (its peak Python allocation stays under 8 MB), without a
+    hang, and reports each step once, in order, to the end; the image is the one a quiet server gives."""
+    import time
+    import tracemalloc
+
+    with fake_comfyui() as server:
+        settings = comfy_workspace(tmp_path, server.url, 'checkpoint = "sd_xl_base_1.0.safetensors"\n')
+        request = RenderRequest(prompt="x", width=64, height=64, steps=4, seed=3, engine="comfyui")
+        [quiet] = create_engine(settings, "comfyui", "test").render([request])
+        server._cache.clear()
+        server.flood, server.flood_bytes = 400, 64 * 1024
+        engine = create_engine(settings, "comfyui", "test")
+        steps = []
+        started = time.monotonic()
+        tracemalloc.start()
+        try:
+            [flooded] = engine.render([request], progress=lambda event: steps.append(event.step))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert time.monotonic() - started < 60
+    assert peak < 8 * 1024 * 1024, peak
+    assert steps == list(range(1, 7 + 4 + 1))  # 7 nodes and 4 steps, each once, in order
+    assert _pixels(flooded.images[0].image) == _pixels(quiet.images[0].image)
+
+
+def test_an_image_download_cut_halfway_is_asked_again_then_one_line(comfy, fake):
+    """An HTTP drop mid-download: GET /view promises the whole PNG and the connection closes halfway. The
+    image is on the server, so it is asked again (no second prompt) and the render succeeds; when every
+    try is cut, one line naming the server and the file, in words (no exception name), and nothing saved."""
+    code, rows, err = _render(comfy, "--size", "32x32", "--engine", "comfyui")
+    assert code == 0, err
+    fake.view_truncations, views, posts = 1, fake.views, len(fake.posts)
+    code, rows, err = _render(comfy, "--size", "32x32", "--seed", "9", "--engine", "comfyui")
+    assert code == 0, err
+    assert fake.views == views + 2 and len(fake.posts) == posts + 1
+    folders = sorted(comfy.artifacts_dir.glob("*/*/*/image.png"))
+    fake.view_truncations = 3
+    code, out, err = _render(comfy, "--size", "32x32", "--seed", "10", "--engine", "comfyui")
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code == 1 and len(errors) == 1, err
+    assert fake.url in errors[0] and "halfway" in errors[0] and "3 tries" in errors[0], errors
+    for name in ("RemoteProtocolError", "Traceback", "httpx"):
+        assert name not in err, err
+    assert sorted(comfy.artifacts_dir.glob("*/*/*/image.png")) == folders  # nothing half-saved
+    assert not any((comfy.artifacts_dir / ".tmp").glob("*"))  # no staging folder left either

@@ -534,3 +534,79 @@ def test_a_hostile_provider_answer_is_one_line_and_never_cached(hosted, server):
     assert (meta["request"]["width"], meta["request"]["height"]) == (1024, 1024)  # what was asked
     with Image.open(rows[0]["image"]) as image:
         assert image.size == (24, 40)
+
+
+# What each hostile body must be reported as: one line, naming the server and what was wrong.
+_HOSTILE_SAID = {
+    "data-missing": "no `data` field", "data-null": "`data` is null", "data-object": "`data` is an object",
+    "data-string": "`data` is a string", "data-empty": "0 image(s) in `data`, 1 asked",
+    "data-too-many": "2 image(s) in `data`, 1 asked", "item-string": "image 1 of `data` is a string",
+    "item-empty": "image 1 has no b64_json", "item-url": "image 1 has a url but no b64_json",
+    "b64-not-base64": "b64_json is not base64", "b64-number": "image 1 has no b64_json",
+    "top-array": "a JSON array instead of an object", "top-string": "a JSON string instead",
+    "top-null": "a JSON null instead", "top-number": "a JSON number instead", "html": "not JSON",
+    "empty": "not JSON: 0 bytes", "deep": "nested too deep", "long-number": "a number too long",
+    "not-utf8": "not JSON",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(_HOSTILE_SAID))
+def test_every_malformed_answer_is_one_line_naming_the_server_and_the_shape(hosted, server, shape):
+    """Red-team item 8: a malformed answer surfaced as a Python exception's name (a JSON nested deeper than
+    the parser recurses raised RecursionError out of the engine); the others named Python's own words
+    ("list indices must be integers", "'data'"). Every shape is retried, then one line naming the server
+    and what was wrong; nothing is cached, so the next request asks again."""
+    from echo_os.engines.openai_images import ProviderError
+    from tests.fake_openai import HOSTILE_BODIES
+
+    assert set(_HOSTILE_SAID) == set(HOSTILE_BODIES)
+    engine = create_engine(hosted, "openai", "test")
+    engine._sleep = lambda seconds: None
+    server.faults.extend([f"body:{shape}"] * 3)  # every attempt (max_attempts = 3)
+    with pytest.raises(ProviderError) as raised:
+        engine.render([RenderRequest(prompt="x", width=1024, height=1024, engine="openai")])
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1 and server.base_url in message and _HOSTILE_SAID[shape] in message, message
+    for python_words in ("Error", "subscriptable", "indices", "set_int_max_str_digits", "char 0"):
+        assert python_words not in message, message
+    assert len(server.requests) == 3 and not list((hosted.cache_dir / "openai").glob("*.json"))
+    [result] = engine.render([RenderRequest(prompt="x", width=1024, height=1024, engine="openai")])
+    assert len(result.images) == 1 and len(server.requests) == 4
+
+
+def test_a_malformed_answer_through_the_cli_is_one_line(hosted, server):
+    server.faults.extend(["body:deep"] * 3)
+    code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024")
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code == 1 and len(errors) == 1 and "nested too deep" in errors[0] and server.base_url in errors[0], err
+    assert "Traceback" not in err and "RecursionError" not in err
+
+
+@pytest.mark.parametrize("asked", ["inf", "1e12", "Mon, 01 Jan 3000 00:00:00 GMT"])
+def test_a_hostile_retry_after_is_bounded(hosted, server, asked):
+    """A server asking to wait for ever (Retry-After: inf raised OverflowError out of time.sleep; 1e12 or a
+    date in the year 3000 hung the render) waits at most MAX_RETRY_AFTER_S (plus jitter) a retry."""
+    from echo_os.engines.openai_images import MAX_RETRY_AFTER_S
+
+    engine = create_engine(hosted, "openai", "test")
+    waits = []
+    engine._sleep = waits.append
+    server.faults.append(f"retry-after:{asked}")
+    [result] = engine.render([RenderRequest(prompt="x", width=1024, height=1024, engine="openai")])
+    assert len(result.images) == 1 and len(waits) == 1
+    assert MAX_RETRY_AFTER_S <= waits[0] <= MAX_RETRY_AFTER_S + 1.0
+
+
+def test_a_connection_dropped_halfway_through_the_body_saves_nothing_half(hosted, server):
+    """An HTTP drop mid-download: the server promises the whole answer and closes halfway. Retried like a
+    dropped connection; when it keeps happening, one line naming the server, nothing cached, no artifact."""
+    server.faults.extend(["truncated"] * 3)
+    code, out, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024")
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code == 1 and len(errors) == 1 and server.base_url in errors[0], err
+    assert "Traceback" not in err and "RemoteProtocolError" not in err and len(server.requests) == 3
+    assert not list((hosted.cache_dir / "openai").glob("*.json"))
+    assert not list(hosted.artifacts_dir.rglob("image.png"))
+    server.faults.append("truncated")  # once: the retry gets the whole answer
+    code, rows, err = _render(hosted, "x", "--engine", "openai", "--size", "1024x1024")
+    assert code == 0 and len(rows) == 1 and len(server.requests) == 5, err

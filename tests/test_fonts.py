@@ -54,3 +54,21 @@ def test_every_drawing_site_draws_accented_and_cyrillic_letters(draw):
     """Before, `İşğ é Ж` and three .notdef boxes drew the same pixels at each of these sites."""
     for text in ("İşğ", "été", "Жжя"):
         assert _differ(draw(text), draw(NOT_A_GLYPH * len(text))), f"{text!r} is drawn as boxes by {draw.__name__}"
+
+
+@pytest.mark.parametrize("width", [40, 56, 120, 232, 462])
+def test_wrapped_lines_never_overflow_and_keep_every_character(width):
+    """Draft cards and contact sheets wrap with fonts.wrap_to_width. The draft card's own copy cut a word
+    wider than the card at a proportional guess, which could overflow it (463 px on a 462 px line)."""
+    from PIL import ImageDraw
+
+    from echo_os.fonts import drawing_font, wrap_to_width
+
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    font = drawing_font(36)
+    text = ("Supercalifragilisticexpialidocious-antidisestablishmentarianism-pneumonoultramicroscopic "
+            "a lamp at dusk over the quay, é ş Ж")
+    lines = wrap_to_width(draw, text, font, width)
+    assert all(draw.textlength(line, font=font) <= width for line in lines if len(line) > 1)
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+    assert wrap_to_width(draw, "a lamp at dusk", font, 10_000) == ["a lamp at dusk"]

@@ -163,7 +163,7 @@ def test_a_full_disk_while_the_memory_index_saves_keeps_the_image(run_cli, works
     file write meets ENOSPC (injected at os.replace of the index's own files: a real full disk needs root)."""
     import os
 
-    from echo_os.memory import index as index_module
+    from echo_os.memory import index_files as index_module
 
     real_replace = os.replace
 
@@ -196,3 +196,67 @@ async def test_a_submission_that_meets_a_disk_io_error_is_507(workspace, monkeyp
         assert response.json()["detail"].startswith("the disk is full or cannot be written")
         monkeypatch.undo()
         assert (await client.get("/api/jobs")).json()["items"] == []
+
+
+@pytest.mark.anyio
+async def test_a_real_full_jobs_db_answers_507_and_records_nothing_half(workspace):
+    """A full disk on jobs.db for real: SQLite's own SQLITE_FULL (the server's jobs.db may not grow past
+    its size: PRAGMA max_page_count on its writer connection). A batch submission, which needs new pages,
+    answers 507 with one line; no job, no idempotency key and no plan folder is left; the server stays up
+    (/health ok, reads answer); once space is back the same submission under the same key is a 202."""
+    async with api_client(workspace, start_worker=False) as (client, app):
+        jobs = app.state.api.jobs
+        pages = jobs._db.execute("PRAGMA page_count").fetchone()[0]
+        jobs._db.execute(f"PRAGMA max_page_count = {pages}")
+        body = {"project": "full", "prompts": [f"scene {n}: " + "a long quiet harbour at dawn " * 6
+                                               for n in range(300)], "engine": "draft", "size": "64x64"}
+        headers = {"Idempotency-Key": "full-disk-1"}
+        response = await client.post("/api/batch", json=body, headers=headers)
+        assert response.status_code == 507, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith("the disk is full") and "\n" not in detail, detail
+        assert (await client.get("/api/jobs")).json()["items"] == []
+        assert not [p for p in (workspace.artifacts_dir / ".jobs").iterdir() if p.is_dir()]  # no plan folder left
+        health = await client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        jobs._db.execute("PRAGMA max_page_count = 1073741823")  # space is back
+        response = await client.post("/api/batch", json=body, headers=headers)
+        assert response.status_code == 202, response.text
+        assert len((await client.get("/api/jobs")).json()["items"]) == 1
+
+
+@pytest.mark.parametrize("failing", ["ids-", "index-", "manifest.json"])
+def test_a_full_disk_while_a_memory_command_saves_the_index_is_one_line_and_rebuildable(run_cli, workspace,
+                                                                                       monkeypatch, failing):
+    """The index is saved by the memory commands (a render only records the artifact). A full disk at any
+    file of the save (the vectors' ids, the FAISS index, the manifest that commits them; ENOSPC injected
+    at os.replace of that file): one line naming the memory index and `memory reindex`, not the generic
+    "nothing was saved"; no temporary or half-generation file is left beside the index; the artifact is
+    still saved and recorded; once space is back the next memory command finds it, with no repair."""
+    import os
+
+    from echo_os.memory import index_files as index_module
+
+    code, out, err = run_cli("--home", str(workspace.home), "render", "a lamp", "--engine", "draft", "--size",
+                             "64x64", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)
+    real_replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if "memory" in str(dst) and failing in os.path.basename(str(dst)):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(index_module.os, "replace", full)
+    code, out, err = run_cli("--home", str(workspace.home), "memory", "search", "lamp")
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert code == 1 and len(errors) == 1 and "memory index" in errors[0] and "memory reindex" in errors[0], err
+    assert "Traceback" not in err and "nothing was saved" not in err
+    left = [path.name for path in (workspace.artifacts_dir / "memory").rglob("*") if path.is_file()]
+    assert not [name for name in left if ".tmp" in name or name.endswith((".npy", ".faiss"))], left
+    assert _catalog_rows(workspace) == [row["id"]] and len(_image_folders(workspace)) == 1
+    monkeypatch.undo()
+    code, out, err = run_cli("--home", str(workspace.home), "memory", "search", "lamp", "--json")
+    assert code == 0 and json.loads(out)[0]["id"] == row["id"], err
+    assert "repaired" not in err, err

@@ -130,10 +130,10 @@ def test_switches_to_hnsw_above_threshold_with_calibrated_recall(tmp_path: Path)
 
 
 def test_hnsw_large_filter_goes_through_the_selector(tmp_path: Path, monkeypatch) -> None:
-    from echo_os.memory import index as index_module
+    from echo_os.memory import knn
 
-    monkeypatch.setattr(index_module, "EXACT_SUBSET_LIMIT", 10)
-    monkeypatch.setattr(index_module, "GRAPH_WALK_COST", 0)  # never the cheaper exact scan
+    monkeypatch.setattr(knn, "EXACT_SUBSET_LIMIT", 10)
+    monkeypatch.setattr(knn, "GRAPH_WALK_COST", 0)  # never the cheaper exact scan
     vectors, queries = np.split(clustered(1220, seed=7), [1200])
     index = VectorIndex(tmp_path, "test", DIM, hnsw_threshold=100)
     index.add(np.arange(1200), vectors)
@@ -505,10 +505,10 @@ def test_image_search_without_clip_says_what_to_do(tmp_path: Path, minilm) -> No
 
 
 def test_hnsw_that_misses_the_recall_target_answers_exactly(tmp_path: Path, monkeypatch) -> None:
-    from echo_os.memory import index as index_module
+    from echo_os.memory import knn
 
-    monkeypatch.setattr(index_module, "EF_SEARCH_LADDER", (16,))  # too narrow a beam for uniform 64-d data
-    monkeypatch.setattr(index_module, "EXACT_BELOW_RECALL", 0.999)
+    monkeypatch.setattr(knn, "EF_SEARCH_LADDER", (16,))  # too narrow a beam for uniform 64-d data
+    monkeypatch.setattr(knn, "EXACT_BELOW_RECALL", 0.999)
     vectors, queries = np.split(unit_vectors(2020, seed=12, dim=64), [2000])
     index = VectorIndex(tmp_path, "test", 64, hnsw_threshold=100)
     index.add(np.arange(2000), vectors)

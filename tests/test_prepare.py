@@ -36,8 +36,9 @@ def parity_workspace(tiny_workspace, tiny_sdxl_dir):
 
 def cli_request(monkeypatch, run_cli, settings, *args: str):
     """(exit code, stderr, the RenderRequest `echo-os render ARGS` hands to render_requests or None)."""
+    # Imported before the spy goes in, so the names they bind (from ... import render_requests) stay the real one.
     import echo_os.api.worker
-    import echo_os.iterate.replay  # noqa: F401
+    import echo_os.iterate.replay  # noqa: F401 - imported for the binding above, not used here
     import echo_os.render.scheduler as scheduler
 
     seen = []

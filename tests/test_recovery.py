@@ -12,8 +12,7 @@ import pytest
 
 from echo_os.artifacts import store as store_module
 from echo_os.artifacts.store import ArtifactStore
-from echo_os.engines.draft import DraftEngine
-from echo_os.render.requests import RenderRequest
+from tests.helpers import save_draft
 
 
 @pytest.fixture
@@ -21,18 +20,12 @@ def anyio_backend():
     return "asyncio"
 
 
-def _render(store, prompt="a lighthouse", count=1, **fields):
-    request = RenderRequest(prompt=prompt, width=64, height=64, count=count, seed=3, engine="draft", **fields)
-    [result] = DraftEngine().render([request])
-    return store.save_result(result)
-
-
 # ---- item 4: reindex during a render ---------------------------------------------------------------
 
 def test_reindex_during_a_render_keeps_its_staging_folder(workspace, monkeypatch):
     """A render in another thread is half way through writing its staging folder when reindex runs."""
     store = ArtifactStore(workspace)
-    _render(store, "already here")
+    save_draft(store, "already here")
     writing, reindexed = threading.Event(), threading.Event()
     real_write = store_module._write_durably
 
@@ -47,7 +40,7 @@ def test_reindex_during_a_render_keeps_its_staging_folder(workspace, monkeypatch
 
     def render_in_background():
         try:
-            outcome["saved"] = _render(ArtifactStore(workspace), "in progress", count=2)
+            outcome["saved"] = save_draft(ArtifactStore(workspace), "in progress", count=2)
         except BaseException as error:  # noqa: BLE001 - reported to the test below
             outcome["error"] = error
 
@@ -100,7 +93,7 @@ def test_staging_of_a_live_process_survives_and_of_a_killed_one_is_cleaned_on_st
 
 def _two_artifacts(workspace) -> list[str]:
     store = ArtifactStore(workspace)
-    ids = [artifact.id for artifact in _render(store, "a keeper's lamp", count=2)]
+    ids = [artifact.id for artifact in save_draft(store, "a keeper's lamp", count=2)]
     store.close()
     return ids
 
@@ -247,7 +240,7 @@ def _batch(run_cli, home, prompts) -> dict:
 def test_missing_meta_json_is_restored_by_show_from_the_png(run_cli, workspace):
     import json
 
-    [artifact] = _render(ArtifactStore(workspace), "a heron in fog")
+    [artifact] = save_draft(ArtifactStore(workspace), "a heron in fog")
     original = json.loads(artifact.meta_path.read_text(encoding="utf-8"))
     artifact.meta_path.unlink()
     code, out, err = run_cli("--home", str(workspace.home), "artifacts", "show", artifact.id[:12])
@@ -261,7 +254,7 @@ def test_missing_meta_json_is_restored_by_show_from_the_png(run_cli, workspace):
 
 
 def test_show_refuses_to_restore_from_a_changed_png(run_cli, workspace):
-    [artifact] = _render(ArtifactStore(workspace), "a heron in fog")
+    [artifact] = save_draft(ArtifactStore(workspace), "a heron in fog")
     artifact.meta_path.unlink()
     artifact.image_path.write_bytes(artifact.image_path.read_bytes() + b"tampered")
     code, out, err = run_cli("--home", str(workspace.home), "artifacts", "show", artifact.id[:12])
@@ -273,7 +266,7 @@ def test_show_refuses_to_restore_from_a_changed_png(run_cli, workspace):
 def test_reindex_refuses_to_restore_from_a_changed_png(run_cli, workspace, caplog):
     """Red-team finding: `artifacts reindex` restored meta.json from a modified PNG under a new id (the
     README says a changed PNG is not restored from). The catalog's id for the folder is the check."""
-    [artifact, kept] = _render(ArtifactStore(workspace), "a heron in fog", count=2)
+    [artifact, kept] = save_draft(ArtifactStore(workspace), "a heron in fog", count=2)
     artifact.meta_path.unlink()
     artifact.image_path.write_bytes(artifact.image_path.read_bytes() + b"tampered")
     code, out, err = run_cli("--home", str(workspace.home), "artifacts", "reindex")

@@ -110,6 +110,14 @@ def save_tiny_sdxl(folder: Path, seed: int = 0, text_encoder_2_hidden: int = 32)
 
 # ---- IP-Adapter and CLIP ---------------------------------------------------------------------------
 
+def make_tiny_workspace(home: Path, model_folder: Path) -> Path:
+    """Make the workspace folder `home` with a models.toml that names the tiny SDXL in `model_folder` `tiny`
+    (the CPU benchmarks' set-up); returns `home`."""
+    home.mkdir()
+    (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{model_folder.as_posix()}"\n')
+    return home
+
+
 TINY_IP_ADAPTER_FILE = "ip-adapter_tiny.safetensors"
 
 

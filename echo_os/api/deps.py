@@ -48,14 +48,20 @@ class Submitter:
         self._flush_task: asyncio.Task | None = None  # held: the loop keeps only weak references to tasks
 
     async def submit(self, job: Job, key: IdempotencyKey | None = None) -> Admission:
-        """Store `job`, unless `key` is live: then the key's job is answered (see JobStore.admit)."""
+        """Store `job`, unless `key` is live: then the key's job is answered (see JobStore.admit). A job
+        over a work or memory limit (echo_os.render.work) is a 422 on the body field to lower."""
+        refuse_over_limits(job)
         loop = asyncio.get_running_loop()
         stored = loop.create_future()
         self._pending.append((job, key, stored))
         if not self._flushing:
             self._flushing = True
             self._flush_task = loop.create_task(self._flush())
-        return await stored
+        try:
+            return await stored
+        except Exception:  # jobs.db refused it (a full disk: 507) and rolled back: its plan goes too
+            drop_plan(job)
+            raise
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -81,6 +87,27 @@ class Submitter:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def refuse_over_limits(job: Job) -> None:
+    """Every job kind's work and memory bound, at the one place jobs are accepted; the plan folder a
+    refused batch wrote (artifacts/.jobs/<id>/) goes with it."""
+    from echo_os.render.work import WorkLimitError, check_job_work
+
+    try:
+        check_job_work(job.kind, job.spec)
+    except WorkLimitError as error:
+        drop_plan(job)
+        raise field_error(error.option, api_message(str(error))) from None
+
+
+def drop_plan(job: Job) -> None:
+    """Remove the plan folder a batch submission wrote (artifacts/.jobs/<id>/) for a job never stored."""
+    import shutil
+
+    story = job.spec.story
+    if story is not None and Path(story.source).parent.name == job.id:
+        shutil.rmtree(Path(story.source).parent, ignore_errors=True)
 
 
 @dataclass

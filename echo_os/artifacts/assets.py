@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from echo_os.artifacts.meta import PREVIEW_NAME, AssetMeta
-from echo_os.artifacts.video import VideoFolder
+from echo_os.artifacts.video import VideoFolder, output_folder_name, output_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -206,8 +206,8 @@ def write_flac(samples: np.ndarray, sample_rate: int, path) -> None:
 
 def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "Artifact":
     """Save output `index` of a mesh or audio engine's result as an asset artifact (see the module docstring)."""
-    from echo_os.artifacts.meta import EngineRecord, ModelRecord, collect_versions
-    from echo_os.artifacts.slugs import slugify
+    from echo_os.artifacts.meta import EngineRecord, collect_versions
+    from echo_os.artifacts.store import _model_record
     from echo_os.render.requests import image_request_key
 
     started = time.perf_counter()
@@ -215,11 +215,9 @@ def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "A
     asset = rendered.asset
     if asset is None:
         raise ValueError(f"output {index} of the result is not a mesh or a sound")
-    request = result.request.model_copy(update={"seed": rendered.seed, "count": 1})
-    parent_id = request.init_image.artifact_id if request.init_image is not None else request.parent_id
+    request, parent_id = output_request(result, index)
     story = request.story
-    slug = story.slug or slugify(request.prompt, max_length=32, fallback=asset.kind)
-    name = f"{story.scene:03d}-{slug}-{asset.kind}" if story.scene is not None else f"{slug}-{asset.kind}"
+    name = output_folder_name(request, asset.kind, fallback=asset.kind)
     runtime, model = result.runtime, result.runtime.model
     fields: dict[str, Any] = {}
     with _AssetFolder(store, request.project, name) as folder:
@@ -243,18 +241,18 @@ def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "A
             fields.update(duration_s=round(len(frames) / asset.sample_rate, 4), sample_rate=asset.sample_rate,
                           channels=int(frames.shape[1]), content_sha256=samples_hash(frames))
         rendered.image.save(folder.path / PREVIEW_NAME)
+        fields["device"] = runtime.device  # an extra field (AssetMeta allows them), as an image's meta.json records it
         meta = AssetMeta(
-            kind="mesh" if asset.kind == "mesh" else "audio", created="", project=request.project, prompt=request.prompt, seed=rendered.seed,
+            kind="mesh" if asset.kind == "mesh" else "audio", created="", project=request.project,
+            prompt=request.prompt, seed=rendered.seed,
             width=rendered.image.width, height=rendered.image.height, file=file_name, placeholder=asset.placeholder,
             engine=EngineRecord(name=runtime.engine, reason=runtime.reason),
-            model=ModelRecord(name=model.name, source=model.source, kind=model.kind,
-                              weights_sha256=model.weights_sha256) if model is not None else None,
+            model=_model_record(model),
             parent_id=parent_id, sources=[parent_id] if parent_id else [], story=story, settings=asset.settings,
             request=request, versions=collect_versions(), request_key=image_request_key(request),
             timings={**result.timings.as_dict(), "save_s": round(time.perf_counter() - started, 4)},
             **fields)
-        setattr(meta, "device", runtime.device)  # an extra field, as an image's meta.json records it
-        return folder.commit(meta)  # type: ignore[arg-type]
+        return folder.commit(meta)
 
 
 class _AssetFolder(VideoFolder):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from echo_os.artifacts.meta import artifact_kind
 from echo_os.artifacts.slugs import slugify

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from echo_os.errors import OptionError, UsageError
 
-CODEC = "libx264"
+if TYPE_CHECKING:
+    from av.audio.stream import AudioStream
+
+CODEC: Final = "libx264"  # Final: the literal name picks PyAV's VideoStream overload of add_stream
 PIX_FMT = "yuv420p"
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "veryfast"  # an animatic is a preview: encode speed over file size
@@ -78,7 +81,7 @@ def check_video_work(width: int, height: int, fps: int, frames: int) -> None:
                           "--fps or --size, or shorten the scenes.", "fps")
 
 
-AUDIO_CODEC = "aac"  # FFmpeg's native AAC encoder (in PyAV's wheels)
+AUDIO_CODEC: Final = "aac"  # FFmpeg's native AAC encoder (in PyAV's wheels)
 AUDIO_FRAME = 1024  # samples per AAC frame
 
 
@@ -99,8 +102,9 @@ class Mp4Writer:
         self.stream.pix_fmt = PIX_FMT
         self.stream.options = {"crf": str(crf), "preset": preset}
         self.frames = 0
+        self.closed = False
         self.audio = audio
-        self.audio_stream = None
+        self.audio_stream: AudioStream | None = None
         if audio is not None:
             self.audio_stream = self.container.add_stream(AUDIO_CODEC, rate=int(audio[1]), layout="mono")
 
@@ -118,7 +122,7 @@ class Mp4Writer:
         self.frames += 1
 
     def close(self) -> None:
-        if self.container is None:
+        if self.closed:
             return
         try:
             for packet in self.stream.encode():  # flush the encoder's delayed frames
@@ -127,21 +131,24 @@ class Mp4Writer:
                 self._encode_audio()
         finally:
             self.container.close()
-            self.container = None
+            self.closed = True
 
     def _encode_audio(self) -> None:
         import av
         import numpy as np
 
-        samples, rate = self.audio
+        stream, audio = self.audio_stream, self.audio
+        if stream is None or audio is None:
+            return
+        samples, rate = audio
         samples = np.ascontiguousarray(np.asarray(samples, dtype=np.float32).reshape(-1))
         for offset in range(0, len(samples), AUDIO_FRAME):
             frame = av.AudioFrame.from_ndarray(samples[None, offset:offset + AUDIO_FRAME], format="fltp",
                                                layout="mono")
             frame.sample_rate, frame.pts = int(rate), offset
-            for packet in self.audio_stream.encode(frame):
+            for packet in stream.encode(frame):
                 self.container.mux(packet)
-        for packet in self.audio_stream.encode():
+        for packet in stream.encode():
             self.container.mux(packet)
 
     def __enter__(self) -> "Mp4Writer":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -163,6 +163,10 @@ class VideoMeta(BaseModel):
 
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
 
+    @property
+    def full_prompt(self) -> str:  # what Artifact.summary lists, as for an image
+        return self.prompt
+
     @classmethod
     def read(cls, path: Path) -> "VideoMeta":
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
@@ -229,6 +233,12 @@ class AssetMeta(BaseModel):
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
 
+# What a meta.json holds: an image's ArtifactMeta, a video's VideoMeta ("kind": "video") or a mesh's or
+# sound's AssetMeta ("kind": "mesh" / "audio"). Artifact.meta is one of these; code that needs one narrows
+# with isinstance (or require_kind first, then isinstance for the type checker).
+AnyMeta: TypeAlias = "ArtifactMeta | VideoMeta | AssetMeta"
+
+
 # What an artifact is, for the commands that take an id: each says in one line which kinds it needs.
 # "image": rendered by an engine here (replayable); "imported": a PNG brought in by `memory import` (what its
 # chunks carried, no request); "sheet": a compare grid sheet drawn from its cells; "video": an animatic or clip;
@@ -239,7 +249,7 @@ SHEET_ENGINE = "compare"  # the engine name a grid sheet records (echo_os.iterat
 IMPORT_ENGINE_PREFIX = "import:"  # echo_os.memory.importer.imported_meta: "import:a1111", ...
 
 
-def artifact_kind(meta: "ArtifactMeta | VideoMeta | dict[str, Any]") -> ArtifactKind:
+def artifact_kind(meta: "AnyMeta | dict[str, Any]") -> ArtifactKind:
     """The kind of an artifact from its meta.json (a model or the catalog row's dict)."""
     data = meta if isinstance(meta, dict) else meta.model_dump(mode="json")
     if data.get("kind") in ("video", "mesh", "audio"):
@@ -252,16 +262,17 @@ def artifact_kind(meta: "ArtifactMeta | VideoMeta | dict[str, Any]") -> Artifact
     return "image"
 
 
-def describe_kind(meta: "ArtifactMeta | VideoMeta | dict[str, Any]") -> str:
+def describe_kind(meta: "AnyMeta | dict[str, Any]") -> str:
     """'a video (animatic)', 'a compare grid sheet', 'an imported image', 'an image'."""
     kind = artifact_kind(meta)
     if kind == "video":
         data = meta if isinstance(meta, dict) else meta.model_dump(mode="json")
         return f"a video ({data.get('video_kind', 'video')})"
-    return {"mesh": "a 3D model", "audio": "a sound", "sheet": "a compare grid sheet", "imported": "an imported image", "image": "an image"}[kind]
+    return {"mesh": "a 3D model", "audio": "a sound", "sheet": "a compare grid sheet",
+            "imported": "an imported image", "image": "an image"}[kind]
 
 
-def require_kind(artifact_id: str, meta: "ArtifactMeta | VideoMeta | dict[str, Any]",
+def require_kind(artifact_id: str, meta: "AnyMeta | dict[str, Any]",
                  allowed: tuple[ArtifactKind, ...], command: str, *, needs: str = "an image artifact",
                  option: str = "artifact_id") -> None:
     """One line (an OptionError on `option`: exit 2 at the CLI, 422 in the API) when the artifact is not

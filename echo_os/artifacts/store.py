@@ -19,18 +19,27 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
 from echo_os.artifacts.catalog import Catalog
-from echo_os.artifacts.meta import (ArtifactMeta, AssetMeta, EngineRecord, ModelRecord, VideoMeta, collect_versions,
-                                   negative_prompt_passed)
-from echo_os.artifacts.pnginfo import META_KEY, A1111_SAMPLER_NAMES, a1111_parameters, png_info
+from echo_os.artifacts.meta import (
+    AnyMeta,
+    ArtifactMeta,
+    AssetMeta,
+    EngineRecord,
+    ModelRecord,
+    VideoMeta,
+    collect_versions,
+    negative_prompt_passed,
+)
+from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES, META_KEY, a1111_parameters, png_info
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import EchoError, NotFoundError, disk_full
 from echo_os.render.requests import image_request_key
@@ -52,7 +61,7 @@ _SEQ_RE = re.compile(r"^(\d+)-")
 class Artifact:
     id: str
     path: Path  # the artifact folder
-    meta: ArtifactMeta
+    meta: AnyMeta
 
     @property
     def image_path(self) -> Path:
@@ -65,7 +74,9 @@ class Artifact:
     @classmethod
     def from_row(cls, root: Path, row: "CatalogRow") -> "Artifact":
         """The artifact a catalog row describes (root: the artifacts folder its path is relative to)."""
-        model = {"video": VideoMeta, "mesh": AssetMeta, "audio": AssetMeta}.get(row.meta.get("kind"), ArtifactMeta)
+        kind = row.meta.get("kind")
+        model: type[AnyMeta] = (VideoMeta if kind == "video" else AssetMeta if kind in ("mesh", "audio")
+                                else ArtifactMeta)
         return cls(id=row.id, path=root / row.path, meta=model.model_validate(row.meta))
 
     def summary(self) -> dict:
@@ -99,7 +110,7 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 def scan_folders(root: Path, restored: list[Path] | None = None,
-                 known_ids: dict[str, str] | None = None) -> list[tuple[ArtifactMeta, Path]]:
+                 known_ids: dict[str, str] | None = None) -> list[tuple[AnyMeta, Path]]:
     """Every artifact folder under `root` (meta.json next to image.png), skipping the staging area.
 
     A folder whose meta.json is gone gets it back from its PNG's `echo-os` chunk (restore_meta; one warning
@@ -107,7 +118,7 @@ def scan_folders(root: Path, restored: list[Path] | None = None,
     known_ids: folder (relative to root, as the catalog has it) -> the id the catalog knows it by; a PNG
     whose bytes no longer have that id (changed since it was made) is not restored from.
     """
-    found = []
+    found: list[tuple[AnyMeta, Path]] = []
     folders = {path.parent for name in (META_NAME, IMAGE_NAME) for path in root.glob(f"*/*/*/{name}")}
     for folder in sorted(folders):
         if folder.parts[-3] == STAGING_NAME:
@@ -255,8 +266,8 @@ def _remove_if_unlocked(lock_path: Path, folder: Path | None) -> bool:
     return True
 
 
-def read_any_meta(path: Path):
-    """An image's ArtifactMeta, or a video's VideoMeta (meta.json with "kind": "video")."""
+def read_any_meta(path: Path) -> AnyMeta:
+    """An image's ArtifactMeta, a video's VideoMeta ("kind": "video") or a mesh's or sound's AssetMeta."""
     import json
 
     try:
@@ -477,7 +488,7 @@ class ArtifactStore:
             return Artifact(id=row.id, path=folder, meta=restore_meta(folder, expected_id=row.id))
         return Artifact(id=row.id, path=folder, meta=read_any_meta(folder / META_NAME))
 
-    def scan(self) -> list[tuple[ArtifactMeta, Path]]:
+    def scan(self) -> list[tuple[AnyMeta, Path]]:
         """Every artifact folder on disk (meta.json next to image.png, or a video's: artifacts/video.py),
         skipping the temp area."""
         return scan_folders(self.root)
@@ -494,7 +505,7 @@ class ArtifactStore:
             if relative in known or folder.parts[-3] == STAGING_NAME:
                 continue
             try:
-                meta = ArtifactMeta.read(folder / META_NAME) if (folder / META_NAME).exists() else restore_meta(folder)
+                meta = read_any_meta(folder / META_NAME) if (folder / META_NAME).exists() else restore_meta(folder)
             except (ValueError, EchoError) as error:
                 log.warning("skipping %s: %s", folder, error)
                 continue

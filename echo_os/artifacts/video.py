@@ -21,9 +21,18 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 from echo_os.artifacts.meta import POSTER_NAME, VideoKind, VideoMeta  # noqa: F401  (they live with ArtifactMeta)
-from echo_os.artifacts.store import META_NAME, Artifact, ArtifactStore, _fsync_dir, _write_durably
+from echo_os.artifacts.store import (
+    META_NAME,
+    Artifact,
+    ArtifactStore,
+    _fsync_dir,
+    _model_record,
+    _write_durably,
+)
 
 if TYPE_CHECKING:
+    from echo_os.artifacts.meta import AssetMeta
+    from echo_os.render.requests import RenderRequest
     from echo_os.render.results import RenderResult
 
 CLIP_NAME = "clip.mp4"
@@ -63,7 +72,7 @@ class VideoFolder:
         """The file whose sha256 is the artifact's id (echo_os.artifacts.assets: the mesh or the sound)."""
         return self.path / meta.video
 
-    def commit(self, meta: VideoMeta) -> Artifact:
+    def commit(self, meta: VideoMeta | AssetMeta) -> Artifact:
         video = self.content_file(meta)
         digest = hashlib.sha256()
         with open(video, "rb") as handle:
@@ -84,7 +93,26 @@ class VideoFolder:
             _fsync_dir(project_dir)
         self.committed = final
         self.store.catalog.upsert(meta.model_dump(mode="json"), str(final.relative_to(self.store.root)))
-        return Artifact(id=meta.id, path=final, meta=meta)  # type: ignore[arg-type]
+        return Artifact(id=meta.id, path=final, meta=meta)
+
+
+def output_request(result: "RenderResult", index: int) -> tuple["RenderRequest", str | None]:
+    """Output `index` of `result` as a request of its own (its seed, count 1), and the id of its parent
+    artifact: the init image's, else the request's parent_id. Clips and assets are saved from it."""
+    rendered = result.images[index]
+    request = result.request.model_copy(update={"seed": rendered.seed, "count": 1})
+    parent_id = request.init_image.artifact_id if request.init_image is not None else request.parent_id
+    return request, parent_id
+
+
+def output_folder_name(request: "RenderRequest", suffix: str, fallback: str) -> str:
+    """A clip's or an asset's folder name: <scene>-<slug>-<suffix>, or <slug>-<suffix> outside a story; the
+    slug is the story's, else made from the prompt (`fallback` when the prompt gives none)."""
+    from echo_os.artifacts.slugs import slugify
+
+    story = request.story
+    slug = story.slug or slugify(request.prompt, max_length=32, fallback=fallback)
+    return f"{story.scene:03d}-{slug}-{suffix}" if story.scene is not None else f"{slug}-{suffix}"
 
 
 def save_clip(store: ArtifactStore, result: "RenderResult", index: int) -> Artifact:
@@ -94,8 +122,7 @@ def save_clip(store: ArtifactStore, result: "RenderResult", index: int) -> Artif
     import time
 
     from echo_os.artifacts.encode import PIX_FMT, Mp4Writer
-    from echo_os.artifacts.meta import EngineRecord, ModelRecord, collect_versions
-    from echo_os.artifacts.slugs import slugify
+    from echo_os.artifacts.meta import EngineRecord, collect_versions
     from echo_os.render.requests import image_request_key
 
     started = time.perf_counter()
@@ -103,14 +130,12 @@ def save_clip(store: ArtifactStore, result: "RenderResult", index: int) -> Artif
     video = rendered.video
     if video is None:
         raise ValueError(f"output {index} of the result is an image, not a clip")
-    request = result.request.model_copy(update={"seed": rendered.seed, "count": 1})
-    parent_id = request.init_image.artifact_id if request.init_image is not None else request.parent_id
+    request, parent_id = output_request(result, index)
     sequence = 0
     if parent_id is not None:
         sequence = store.open(parent_id).meta.sequence
     story = request.story
-    slug = story.slug or slugify(request.prompt, max_length=32, fallback="image")
-    name = f"{story.scene:03d}-{slug}-clip" if story.scene is not None else f"{slug}-clip"
+    name = output_folder_name(request, "clip", fallback="image")
     width, height = rendered.image.size
     # Recorded as an image's meta.json records them (VideoMeta keeps extra fields).
     extra: dict[str, Any] = {"device": result.runtime.device, "request": request.model_dump(mode="json")}
@@ -125,8 +150,7 @@ def save_clip(store: ArtifactStore, result: "RenderResult", index: int) -> Artif
             seed=rendered.seed, width=writer.width, height=writer.height, fps=video.fps, frames=len(video.frames),
             duration_s=round(len(video.frames) / video.fps, 3), pix_fmt=PIX_FMT, video=CLIP_NAME,
             engine=EngineRecord(name=runtime.engine, reason=runtime.reason),
-            model=ModelRecord(name=model.name, source=model.source, kind=model.kind,
-                              weights_sha256=model.weights_sha256) if model is not None else None,
+            model=_model_record(model),
             parent_id=parent_id, sources=[parent_id] if parent_id else [], story=story, settings=video.settings,
             versions=collect_versions(), request_key=image_request_key(request),
             timings={**result.timings.as_dict(), "save_s": round(time.perf_counter() - started, 4)},

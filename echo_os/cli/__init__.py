@@ -89,7 +89,10 @@ class CliState:
 
 def settings_from(ctx: click.Context) -> Settings:
     """The Settings parsed by the root command."""
-    return ctx.find_root().ensure_object(CliState).settings
+    settings = ctx.find_root().ensure_object(CliState).settings
+    if settings is None:  # the root command sets them before any command runs
+        raise RuntimeError("no settings: a command ran without echo-os's root command")
+    return settings
 
 
 def _log_exception(settings: Settings | None) -> str:

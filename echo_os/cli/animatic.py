@@ -35,6 +35,7 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
       echo-os animatic "Lighthouse Keeper"
       echo-os animatic "Lighthouse Keeper" --size 1024x576 --captions --out keeper.mp4
     """
+    from echo_os.artifacts.meta import VideoMeta
     from echo_os.cli.progress import StageBars
     from echo_os.motion.animatic import AnimaticOptions, make_animatic
     from echo_os.render.requests import parse_size
@@ -50,6 +51,7 @@ def animatic(ctx: click.Context, project: str, fps: int, size: str | None, fade:
         click.echo(json.dumps(result.artifact.meta.model_dump(mode="json"), ensure_ascii=False, indent=2))
         return
     meta = result.artifact.meta
+    assert isinstance(meta, VideoMeta)  # make_animatic saves a video
     click.echo(f"{result.artifact.id[:12]}  {result.video}")
     click.echo(f"{len(meta.scenes)} scenes, {result.frames} frames, {meta.duration_s:g} s at {meta.fps} fps, "
                f"{meta.width}x{meta.height}; encoded at {result.frames_per_second:.0f} frames/s")
@@ -87,6 +89,7 @@ def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: 
       echo-os models pull svd
       echo-os animate 3f9a1c2b7d4e --frames 14 --fps 7 --motion-bucket 127
     """
+    from echo_os.artifacts.meta import VideoMeta
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.video import ClipRequest
     from echo_os.motion.clips import make_clip
@@ -110,6 +113,7 @@ def animate(ctx: click.Context, artifact_id: str, model: str, frames: int, fps: 
     finally:
         store.close()
     meta = result.artifact.meta
+    assert isinstance(meta, VideoMeta)  # make_clip saves a video
     click.echo(f"{result.artifact.id[:12]}  {result.video_path}")
     click.echo(f"{meta.frames} frames at {meta.fps} fps, {meta.width}x{meta.height}, seed {meta.seed}, "
                f"from {result.parent.id[:12]} ({result.seconds:.1f} s)")
@@ -133,7 +137,7 @@ def soundtrack(ctx: click.Context, project: str, engine: str, json_output: bool)
     from echo_os.cli.render import StepBar
     from echo_os.engines import check_engine_name
     from echo_os.motion.animatic import story_cues
-    from echo_os.motion.soundtrack import make_soundtrack
+    from echo_os.motion.soundtrack import cue_file, make_soundtrack
 
     settings = settings_from(ctx)
     check_engine_name(engine)
@@ -149,7 +153,7 @@ def soundtrack(ctx: click.Context, project: str, engine: str, json_output: bool)
         store.close()
     if json_output:
         click.echo(json.dumps([{"scene": cue.scene, "cue": cue.cue, "derived": cue.derived, "seconds": cue.duration,
-                                "id": artifact.id, "path": str(artifact.path / artifact.meta.file),
+                                "id": artifact.id, "path": str(cue_file(artifact)),
                                 "engine": artifact.meta.engine.name} for cue, artifact in cues], indent=2))
         return
     for cue, artifact in cues:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from echo_os.cli import settings_from
 from echo_os.cli.terminal import for_terminal, json_for_terminal
+
+if TYPE_CHECKING:
+    from echo_os.artifacts.catalog import CatalogRow
 
 
 @click.group()
@@ -135,7 +140,8 @@ def tree(ctx: click.Context, artifact_id: str, as_json: bool) -> None:
     settings = settings_from(ctx)
     with open_catalog(settings) as catalog:
         row = catalog.resolve_id(artifact_id)
-        ancestors, seen = [], {row.id}
+        ancestors: list[tuple[str, CatalogRow | None]] = []  # None: the parent is not in this catalog
+        seen = {row.id}
         parent_id = row.parent_id
         while parent_id and parent_id not in seen:
             seen.add(parent_id)

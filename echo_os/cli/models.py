@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -35,11 +36,12 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
     """Every model in the registry and whether its weights are on this machine."""
     settings = settings_from(ctx)
     registry = load_registry(settings)
-    rows = []
+    rows: list[dict[str, Any]] = []  # one JSON record per entry
     for entry in registry.entries():
-        row = {"name": entry.name, "type": entry.type, "kind": entry.kind, "source": entry.source,
-               "origin": str(entry.origin), "description": entry.description, "resolves": False, "reason": None,
-               "local_path": None, "format": None, "size_bytes": None}
+        row: dict[str, Any] = {
+            "name": entry.name, "type": entry.type, "kind": entry.kind, "source": entry.source,
+            "origin": str(entry.origin), "description": entry.description, "resolves": False, "reason": None,
+            "local_path": None, "format": None, "size_bytes": None}
         try:
             resolved = resolve_model(entry, registry=registry)
         except EchoError as error:

@@ -72,7 +72,9 @@ def refine(ctx: click.Context, artifact_id: str, prompt: str | None, strength: f
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps([a.summary() | {"parent_id": a.meta.parent_id, "strength": a.meta.strength}
+        # strength: an image's meta.json field (getattr: Artifact.meta may be any kind's, by its type)
+        click.echo(json.dumps([a.summary() | {"parent_id": a.meta.parent_id,
+                                              "strength": getattr(a.meta, "strength", None)}
                                for a in outcome.artifacts], indent=2, ensure_ascii=False))
     else:
         for artifact in outcome.artifacts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from echo_os.cli.terminal import json_for_terminal
 from echo_os.render.kinds import RENDER_TYPES, output_fields
 from echo_os.render.prepare import DEFAULT_SIZE, engine_default_size  # noqa: F401  (older import path)
 from echo_os.render.requests import ATTENTIONS, DEVICES, DTYPES, SCHEDULERS
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class StepBar:
@@ -25,7 +29,7 @@ class StepBar:
         self.done_images = 0
         self.file = file  # None: stderr
         self.disable = None if enabled is None else not enabled  # None: on when the stream is a terminal
-        self.bar = None  # made at the first thing to show: no empty `0step` bar before it
+        self.bar: tqdm | None = None  # made at the first thing to show: no empty `0step` bar before it
 
     def _make(self, **fields):
         from tqdm import tqdm
@@ -269,7 +273,8 @@ def replay(ctx: click.Context, artifact_id: str, save: bool, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
-    if report.content_matches is not None:  # a mesh or a sound: its content hash is the verdict
+    # a mesh or a sound: its content hash is the verdict
+    if report.content_matches is not None and report.content_sha256 is not None:
         click.echo(f"replayed {report.artifact_id[:12]} with engine {report.engine}: content sha256 "
                    f"{report.content_sha256[:12]} ({'identical' if report.content_matches else 'differs'})"
                    + (f"; saved as {report.saved_id[:12]}" if report.saved_id else ""))

@@ -30,7 +30,7 @@ def texture_check(ctx: click.Context, artifact_id: str, as_json: bool) -> None:
 
     from PIL import Image
 
-    from echo_os.artifacts.meta import IMAGE_KINDS, require_kind
+    from echo_os.artifacts.meta import IMAGE_KINDS, ArtifactMeta, require_kind
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.tiling import seam_score, tiled_preview
 
@@ -41,6 +41,7 @@ def texture_check(ctx: click.Context, artifact_id: str, as_json: bool) -> None:
     finally:
         store.close()
     require_kind(artifact.id, artifact.meta, IMAGE_KINDS, "texture-check")
+    assert isinstance(artifact.meta, ArtifactMeta)  # the image kinds' meta.json
     axes = artifact.meta.tile or "xy"  # an untiled image is measured on both axes, for comparison
     with Image.open(artifact.image_path) as image:
         image.load()

@@ -83,7 +83,7 @@ from echo_os.engines.comfyui_client import (
 from echo_os.engines.comfyui_workflows import Workflow, get_workflow
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import decode_received_image
-from echo_os.errors import CancelledError, OptionError, UsageError
+from echo_os.errors import CancelledError, OptionError, UsageError, connection_words
 
 if TYPE_CHECKING:
     from echo_os.render.requests import RenderRequest
@@ -296,8 +296,8 @@ class ComfyUIEngine(BaseEngine):
                 images = self._render_request(request, workflow, options, progress, cancel)
             except (httpx.HTTPError, websocket.WebSocketException, OSError) as error:
                 self.close()
-                raise ComfyUIError(f"engine comfyui: lost ComfyUI at {self.config.url} ({type(error).__name__}: "
-                                   f"{error}); images already saved are kept".replace("\n", " ")) from None
+                raise ComfyUIError(f"engine comfyui: lost ComfyUI at {self.config.url} ({connection_words(error)}); "
+                                   "images already saved are kept".replace("\n", " ")) from None
             except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:  # it answered, oddly
                 self.close()
                 raise ComfyUIError(f"engine comfyui: ComfyUI at {self.config.url} sent an answer this engine "

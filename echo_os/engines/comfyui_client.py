@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from echo_os.engines.comfyui_workflows import Graph
-from echo_os.errors import CancelledError, EchoError
+from echo_os.errors import CancelledError, EchoError, connection_words
 
 if TYPE_CHECKING:
     import websocket
 
 RECONNECT_TRIES = 5  # websocket reconnections per prompt, waiting 0.25, 0.5, 1, 2, 4 s (within timeout_s)
+VIEW_TRIES = 3  # GET /view of a finished image, when the connection drops mid-download (0.2 s, 0.4 s between)
 
 # A JSON object as ComfyUI sent it (a message, a /history entry, an image reference): its fields depend on
 # the message type and the server's version, and are read with .get where they may be absent.
@@ -151,11 +152,27 @@ class ComfyClient:
                 return True
         return False
 
-    def view(self, image: JSONObject) -> bytes:
-        response = self.http.get("/view", params={"filename": image["filename"], "subfolder": image.get("subfolder", ""),
-                                                  "type": image.get("type", "output")})
-        response.raise_for_status()
-        return response.content
+    def view(self, image: JSONObject, sleep: Callable[[float], None] = time.sleep) -> bytes:
+        """The output image's bytes (GET /view). The image is on the server already, so a connection that
+        drops mid-download (a body shorter than its Content-Length, a reset) is asked again, VIEW_TRIES
+        times in all; then one line naming the server, the file and what happened."""
+        import httpx
+
+        params = {"filename": image["filename"], "subfolder": image.get("subfolder", ""),
+                  "type": image.get("type", "output")}
+        for attempt in range(VIEW_TRIES):
+            try:
+                response = self.http.get("/view", params=params)
+                response.raise_for_status()
+                return response.content
+            except httpx.TransportError as error:
+                if attempt == VIEW_TRIES - 1:
+                    raise ComfyUIError(f"engine comfyui: ComfyUI at {self.url} did not send image "
+                                       f"{str(params['filename'])[:200]!r} whole ({connection_words(error)}, "
+                                       f"{VIEW_TRIES} tries); nothing was saved for it, run the same command again "
+                                       "(images already saved are kept)") from None
+                sleep(0.2 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def interrupt(self) -> None:
         self.http.post("/interrupt", json={})
@@ -243,7 +260,7 @@ def follow_prompt(client: ComfyClient, prompt_id: str, graph: Graph, advance: Ca
             run.reconnects += 1
             if run.reconnects > RECONNECT_TRIES:
                 raise ComfyUIError(f"engine comfyui: the websocket to {client.url} dropped "
-                                   f"{run.reconnects} times during one prompt ({type(error).__name__})") from None
+                                   f"{run.reconnects} times during one prompt ({connection_words(error)})") from None
             client.reconnect(deadline)
             message = None
             quiet_since = 0.0  # ask /history now: what finished while we were away is only there

@@ -28,9 +28,8 @@ from echo_os.errors import CancelledError
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    from echo_os.fonts import DrawingFont
     from echo_os.settings import Settings
 
 # Light and mood words -> (background top, background bottom, accent). First match in the prompt wins
@@ -81,33 +80,13 @@ def _ink_on(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (20, 20, 25) if _luminance(rgb) > 140 else (245, 245, 245)
 
 
-def _fit_lines(draw: "ImageDraw.ImageDraw", text: str, font: "DrawingFont", width: int) -> list[str]:
-    """`text` wrapped to `width` pixels as measured in `font` (a word longer than a line is cut)."""
-    lines, line = [], ""
-    for word in text.split():
-        attempt = f"{line} {word}".strip()
-        if draw.textlength(attempt, font=font) <= width:
-            line = attempt
-            continue
-        if line:
-            lines.append(line)
-        while draw.textlength(word, font=font) > width and len(word) > 1:
-            cut = max(1, int(len(word) * width / draw.textlength(word, font=font)))
-            lines.append(word[:cut])
-            word = word[cut:]
-        line = word
-    if line:
-        lines.append(line)
-    return lines
-
-
 def draw_card(request: RenderRequest, seed: int) -> "Image.Image":
     """A storyboard card: a gradient in the prompt's colours, a seed-placed disc in the band above the
     text, the prompt wrapped to the card's width, and a footer that fits (each text in the ink that reads
     on the colour behind it)."""
     from PIL import Image, ImageDraw
 
-    from echo_os.fonts import drawing_font
+    from echo_os.fonts import drawing_font, wrap_to_width
 
     width, height = request.width, request.height
     top, bottom, accent = palette_for(request.full_prompt + " " + (request.story.lighting or "")
@@ -143,10 +122,10 @@ def draw_card(request: RenderRequest, seed: int) -> "Image.Image":
 
     footer_line = small_size + 2
     scene = f"scene {request.story.scene} · " if request.story.scene is not None else ""
-    footer = _fit_lines(draw, f"{scene}seed {seed} · {width}x{height} · draft card, not a diffusion render",
-                        small, width - 2 * margin)
+    footer = wrap_to_width(draw, f"{scene}seed {seed} · {width}x{height} · draft card, not a diffusion render",
+                           small, width - 2 * margin)
     footer_top = height - margin - footer_line * len(footer)
-    lines = _fit_lines(draw, request.full_prompt, font, width - 2 * margin)
+    lines = wrap_to_width(draw, request.full_prompt, font, width - 2 * margin)
     max_lines = max(1, (footer_top - text_top - 4) // (title_size + 4))
     if len(lines) > max_lines:
         lines = lines[:max_lines]

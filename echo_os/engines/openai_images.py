@@ -235,25 +235,38 @@ class ImagesPacer:
             return start - now
 
 
+# The longest wait a server may ask for (Retry-After) before a retry: a hostile or broken server's
+# "Retry-After: 1e12" (or inf, or a date in the year 3000) would otherwise hang the render for ever.
+MAX_RETRY_AFTER_S = 300.0
+
+
 def retry_after_seconds(error: BaseException) -> float | None:
-    """What the server asked to wait: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date)."""
+    """What the server asked to wait: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date),
+    bounded to 0..MAX_RETRY_AFTER_S (NaN counts as not asked)."""
+    asked = _retry_after_asked(error)
+    if asked is None or asked != asked:  # NaN
+        return None
+    return min(max(0.0, asked), MAX_RETRY_AFTER_S)
+
+
+def _retry_after_asked(error: BaseException) -> float | None:
     response = getattr(error, "response", None)
     headers = getattr(response, "headers", None)
     if headers is None:
         return None
     try:
         if headers.get("retry-after-ms") is not None:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+            return float(headers["retry-after-ms"]) / 1000
         value = headers.get("retry-after")
         if value is None:
             return None
         try:
-            return max(0.0, float(value))
+            return float(value)
         except ValueError:
             from email.utils import parsedate_to_datetime
 
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+            return parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -295,6 +308,65 @@ def describe(error: BaseException) -> str:
     if isinstance(error, openai.APIConnectionError):
         return f"connection failed ({error.__cause__ or error})"
     return str(error)
+
+
+def _kind(value: object) -> str:
+    """What a JSON value is, in JSON's words (an answer's wrong shape is named this way, not in Python's)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def parse_answer(content: bytes, count: int) -> dict[str, Any]:
+    """The Images API's JSON answer in `content`, checked: an object whose `data` is an array of `count`
+    objects, each with a `b64_json` string that decodes to an image (decoded whole, so a bad image is never
+    cached). _MalformedResponse with one line saying what was wrong otherwise, never a Python error's name:
+    a body that is not JSON (or nested too deep to read), another JSON shape, a missing field, an image
+    that is not base64 or not an image. A `url` item (dall-e's) is named as such: echo-os asks for none."""
+    try:
+        response = json.loads(content)
+    except RecursionError:  # [[[[... nested deeper than the parser goes
+        raise _MalformedResponse(f"a malformed answer (JSON nested too deep to read, {len(content):,} "
+                                 "bytes)") from None
+    except ValueError as error:  # not JSON, not UTF-8, or a number too long to read
+        reason = "a number too long" if "digits" in str(error) else "not JSON"
+        raise _MalformedResponse(f"a malformed answer ({reason}: {len(content):,} bytes starting "
+                                 f"{content[:24]!r})") from None
+    if not isinstance(response, dict):
+        raise _MalformedResponse(f"a malformed answer (a JSON {_kind(response).split()[-1]} instead of an "
+                                 "object with `data`)")
+    if "data" not in response:
+        raise _MalformedResponse(f"a malformed answer (no `data` field; fields: "
+                                 f"{', '.join(sorted(map(str, response))[:8])[:120] or 'none'})")
+    data = response["data"]
+    if not isinstance(data, list):
+        raise _MalformedResponse(f"a malformed answer (`data` is {_kind(data)}, not an array of images)")
+    if len(data) != count:
+        raise _MalformedResponse(f"a malformed answer ({len(data)} image(s) in `data`, {count} asked)")
+    for number, item in enumerate(data, 1):
+        if not isinstance(item, dict):
+            raise _MalformedResponse(f"a malformed answer (image {number} of `data` is {_kind(item)}, not an "
+                                     "object)")
+        encoded = item.get("b64_json")
+        if not isinstance(encoded, str) or not encoded:
+            has_url = isinstance(item.get("url"), str)
+            raise _MalformedResponse(f"a malformed answer (image {number} has "
+                                     f"{'a url but ' if has_url else ''}no b64_json string)")
+        try:
+            decoded = base64.b64decode(encoded, validate=True)
+        except ValueError:  # binascii.Error
+            raise _MalformedResponse(f"a malformed answer (image {number}'s b64_json is not base64)") from None
+        try:  # checked before the answer may be cached: a bad image is never kept
+            decode_received_image(decoded)
+        except ValueError as error:
+            raise _MalformedResponse(f"a malformed answer (image {number} is {error})") from None
+    return response
 
 
 class CacheEntry(TypedDict):
@@ -524,17 +596,7 @@ class OpenAIEngine(BaseEngine):
             raw = self.client.images.with_raw_response.edit(image=files[0] if len(files) == 1 else files, **body)
         else:
             raw = self.client.images.with_raw_response.generate(**body)
-        try:
-            response = json.loads(raw.http_response.text)
-            data = response["data"]
-            if not isinstance(data, list) or len(data) != body["n"] or not all(
-                    isinstance(item, dict) and isinstance(item.get("b64_json"), str) and item["b64_json"]
-                    for item in data):
-                raise ValueError(f"expected {body['n']} image(s) as b64_json")
-            for item in data:  # checked before the answer may be cached: a bad image is never kept
-                decode_received_image(base64.b64decode(item["b64_json"], validate=True))
-        except (ValueError, KeyError, TypeError) as error:
-            raise _MalformedResponse(f"a malformed answer ({error})".splitlines()[0]) from None
+        response = parse_answer(raw.http_response.content, body["n"])
         return {"response": response, "request_id": raw.headers.get("x-request-id")}
 
     def _images(self, request: "RenderRequest", body: dict[str, Any], sent: list[EditImage], entry: CacheEntry,

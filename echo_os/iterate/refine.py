@@ -59,13 +59,14 @@ def parent_request(settings: "Settings", parent: "Artifact") -> RenderRequest:
     """What a refine starts from: the parent's own request, or, for an image brought in by `memory import`,
     the prompt and settings its PNG carried (what it lacks, and a model that is not in models.toml, take
     echo-os's defaults). Not validated here: the refine's own fields are checked once they are merged."""
-    from echo_os.artifacts.meta import artifact_kind
+    from echo_os.artifacts.meta import ArtifactMeta, artifact_kind
     from echo_os.models.registry import load_registry
     from echo_os.render.requests import MAX_STEPS, SCHEDULERS
 
-    if artifact_kind(parent.meta) != "imported":
-        return parent.meta.replay_request()
     meta = parent.meta
+    assert isinstance(meta, ArtifactMeta)  # prepare_refine's require_kind let image kinds only through
+    if artifact_kind(meta) != "imported":
+        return meta.replay_request()
     fields: dict[str, Any] = {"prompt": meta.prompt, "project": meta.project}
     if meta.negative_prompt:
         fields["negative_prompt"] = meta.negative_prompt

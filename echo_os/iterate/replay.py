@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from echo_os.artifacts.meta import artifact_kind, require_kind
+from echo_os.artifacts.meta import ArtifactMeta, artifact_kind, require_kind
 from echo_os.artifacts.store import ArtifactStore
 from echo_os.engines import create_engine
 from echo_os.errors import UsageError
@@ -75,6 +75,7 @@ def replay_artifact(settings: Settings, artifact_id: str, *, save: bool = False)
         if kind in ("mesh", "audio"):
             return _replay_asset(settings, store, artifact, save)
         require_kind(artifact.id, artifact.meta, ("image",), "replay", needs="an image artifact")
+        assert isinstance(artifact.meta, ArtifactMeta)  # an image's meta.json
         provenance = artifact.meta.provenance or {}
         if provenance.get("reproducible") is False:
             raise UsageError(

@@ -400,7 +400,8 @@ def artifact_text(meta: Mapping[str, Any]) -> str:
     Reads meta.json's shape tolerantly: fields at the top level or under "request", story fields under
     "story". The negative prompt is left out on purpose (it names what the image does not show).
     """
-    request = meta.get("request") if isinstance(meta.get("request"), Mapping) else {}
+    found = meta.get("request")
+    request: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     story = meta.get("story") or request.get("story") or {}
     if not isinstance(story, Mapping):
         story = {}

@@ -15,10 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from echo_os.artifacts.slugs import slugify
 from echo_os.errors import disk_full
 from echo_os.settings import Settings
+
+if TYPE_CHECKING:
+    from echo_os.artifacts.meta import ArtifactMeta
+    from echo_os.memory.pngmeta import ImportedMeta
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +59,15 @@ def _unreadable_reason(path: Path) -> str | None:
     return None
 
 
-def imported_meta(path: Path, parsed, *, project: str, created: datetime):
+def imported_meta(path: Path, parsed: "ImportedMeta", *, project: str, created: datetime) -> "ArtifactMeta":
     """The ArtifactMeta of an imported image: what its chunks say; unknown seed is -1."""
     from echo_os.artifacts.meta import ArtifactMeta, EngineRecord, ModelRecord
 
     prompt = parsed.prompt or ""
+    # What the chunks carried, as meta.json's "imported": a field beyond ArtifactMeta's own (it allows them)
+    extra: dict[str, Any] = {"imported": {"tool": parsed.source, "source_path": str(path), "sampler": parsed.sampler,
+                                          "model_hash": parsed.model_hash, "extra": parsed.extra, "chunks": parsed.raw,
+                                          "warnings": list(parsed.warnings)}}
     return ArtifactMeta(
         created=created.isoformat(timespec="microseconds"),
         project=project,
@@ -78,9 +87,7 @@ def imported_meta(path: Path, parsed, *, project: str, created: datetime):
         dtype="",
         attention="",
         request={},
-        imported={"tool": parsed.source, "source_path": str(path), "sampler": parsed.sampler,
-                  "model_hash": parsed.model_hash, "extra": parsed.extra, "chunks": parsed.raw,
-                  "warnings": list(parsed.warnings)},
+        **extra,
     )
 
 

@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from echo_os.artifacts.pnginfo import A1111_SAMPLER_NAMES
 
@@ -83,10 +83,10 @@ class ImportedMeta:
         for ours, theirs in A1111_SAMPLER_NAMES.items():  # the table the artifact store writes with
             if name == theirs:
                 return "dpmpp_2m_karras" if ours == "dpmpp_2m" and karras else ours
-        ours = _TOOL_SAMPLERS.get(name.lower())
-        if ours == "dpmpp_2m" and karras:
+        mapped = _TOOL_SAMPLERS.get(name.lower())
+        if mapped == "dpmpp_2m" and karras:
             return "dpmpp_2m_karras"
-        return ours
+        return mapped
 
 
 # -- A1111 -------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ class _ComfyGraph:
         self.nodes = {str(k): v for k, v in nodes.items() if isinstance(v, dict) and "class_type" in v}
 
     @staticmethod
-    def is_link(value: object) -> bool:
+    def is_link(value: object) -> TypeGuard[list[Any]]:
         return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
     def inputs(self, node_id: str) -> dict[str, Any]:
@@ -414,8 +414,9 @@ def read_png_text(path: str | Path) -> tuple[dict[str, str], tuple[int, int] | N
 
     with Image.open(path) as image:  # over twice Pillow's pixel limit: DecompressionBombError here
         width, height = image.size
-        if width * height > Image.MAX_IMAGE_PIXELS:  # refused before decoding, not just warned about
-            raise ValueError(f"{width}x{height} pixels is more than Pillow's limit of {Image.MAX_IMAGE_PIXELS}")
+        limit = Image.MAX_IMAGE_PIXELS  # None: the caller turned Pillow's limit off
+        if limit is not None and width * height > limit:  # refused before decoding, not just warned about
+            raise ValueError(f"{width}x{height} pixels is more than Pillow's limit of {limit}")
         image.load()  # chunks after IDAT are read with the pixels
         chunks = getattr(image, "text", None) or {}
         chunks = {str(k): str(v) for k, v in chunks.items()}

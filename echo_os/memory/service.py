@@ -191,7 +191,7 @@ class Memory:
     def search_image(self, image: Image | Path, k: int = 10, allowed_ids: Iterable[int] | None = None) -> list[Hit]:
         """Artifacts whose images look like `image` (CLIP)."""
         clip = self._image_embedder("Image search")
-        if not hasattr(image, "convert"):
+        if isinstance(image, (str, Path)):  # a file to open, not a picture
             from PIL import Image as PILImage
 
             try:

@@ -133,6 +133,13 @@ def pull_model(settings: "Settings", name: str, registry: ModelRegistry | None =
 
     cache = hf_cache_dir()
     api = HfApi()
+    # huggingface_hub resumes a dropped download itself (a few tries, with Range) and logs each try as a
+    # warning: those lines would come before the one error line; its progress bars stay.
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
         plan = []
         if entry.kind == "hf":
@@ -146,13 +153,31 @@ def pull_model(settings: "Settings", name: str, registry: ModelRegistry | None =
                               cache_dir=cache)
     except ModelError:
         raise
-    except Exception as error:  # network, auth and Hub errors become one line for the user
-        lines = str(error).strip().splitlines()
-        raise ModelError(f"{entry.label}: download failed: {type(error).__name__}: "
-                         f"{lines[0] if lines else 'no details'}") from error
+    except Exception as error:  # network, auth and Hub errors become one line for the user, in words
+        raise ModelError(f"{entry.label}: download failed: {_download_words(error)}; files already complete are "
+                         "kept in the cache, run the same command again to fetch the rest") from error
+    finally:
+        hub_log.setLevel(level)
     resolved = resolve_model(entry, registry=registry)
     check_loadable(resolved)
     return resolved
+
+
+def _download_words(error: BaseException) -> str:
+    """What went wrong with a download, in one line of words: a dropped or refused connection as
+    echo_os.errors.connection_words says it, a Hub error by its own first line (the class name left out)."""
+    from echo_os.errors import connection_words
+
+    cause: BaseException | None = error
+    for _ in range(10):  # huggingface_hub wraps the connection's error in its own (LocalEntryNotFoundError)
+        if cause is None:
+            break
+        if "TransportError" in {cls.__name__ for cls in type(cause).__mro__} or (
+                isinstance(cause, OSError) and cause.errno is not None):
+            return connection_words(cause)
+        cause = cause.__cause__ or cause.__context__
+    lines = str(error).strip().splitlines()
+    return "".join(c if c.isprintable() else "?" for c in lines[0])[:300] if lines else "no details"
 
 
 def _repo_sizes(api, repo_id: str, revision: str) -> dict[str, int]:

@@ -397,7 +397,7 @@ def srt_text(timeline: list[TimedScene], fps: int) -> str:
         seconds, millis = divmod(millis, 1000)
         return f"{hours:02d}:{minutes:02d}:{seconds:02d},{millis:03d}"
 
-    cues = []
+    cues: list[str] = []
     for timed in timeline:
         text = " ".join(timed.source.description.split())
         if text:
@@ -469,11 +469,11 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
         cue_ids: list[str] = []
         audio = None
         if options.sound:  # the cues (rendered now, or found by resume), mixed at the same cut points
-            from echo_os.motion.soundtrack import SAMPLE_RATE, make_soundtrack, mix_track, read_cue
+            from echo_os.motion.soundtrack import SAMPLE_RATE, cue_file, make_soundtrack, mix_track, read_cue
 
             cues = make_soundtrack(settings, project, story_cues(settings, project), store=store, cancel=cancel)
             cue_ids = [artifact.id for _, artifact in cues]
-            audio = (mix_track(timeline, [read_cue(a.path / a.meta.file) for _, a in cues], options.fps,
+            audio = (mix_track(timeline, [read_cue(cue_file(a)) for _, a in cues], options.fps,
                                options.fade), SAMPLE_RATE)
         # 2. Encode into the artifact's temporary folder.
         started = time.perf_counter()
@@ -491,6 +491,7 @@ def make_animatic(settings: "Settings", project: str, options: AnimaticOptions |
                     if progress is not None:
                         progress("encode", done, total)
             encode_s = time.perf_counter() - started
+            assert poster is not None  # a timeline has at least one frame
             poster.save(folder.path / "poster.png")
             if options.captions:
                 (folder.path / CAPTIONS_NAME).write_text(srt_text(timeline, options.fps), encoding="utf-8")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from echo_os.artifacts.video import CLIP_NAME
 from echo_os.errors import UsageError
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine, ProgressEvent
     from echo_os.engines.video import ClipRequest
-    from echo_os.render.requests import RenderRequest
+    from echo_os.render.requests import Device, Dtype, RenderRequest
     from echo_os.settings import Settings
 
 
@@ -59,8 +59,10 @@ def clip_render_request(settings: "Settings", parent: "Artifact", clip: "ClipReq
                                                       "decode_chunk_size", "cpu_offload")
                if getattr(clip, name) != getattr(defaults, name)}
     return RenderRequest(prompt=parent.meta.prompt, output="video", model=clip.model, seed=clip.seed,
-                         steps=clip.steps, cfg=clip.max_cfg, width=width, height=height, device=clip.device,
-                         dtype=clip.dtype, options=options, project=parent.meta.project, parent_id=parent.id,
+                         steps=clip.steps, cfg=clip.max_cfg, width=width, height=height,
+                         # ClipRequest keeps the option's text; RenderRequest checks it is one of its values
+                         device=cast("Device", clip.device), dtype=cast("Dtype", clip.dtype), options=options,
+                         project=parent.meta.project, parent_id=parent.id,
                          story=parent.meta.story,
                          init_image=InitImage(artifact_id=parent.id, path=path, sha256=parent.id, strength=1.0))
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,6 +105,15 @@ def make_soundtrack(settings: "Settings", project: str, cues: list[SceneCue], *,
     outcome = render_requests(settings, requests, store=store, progress=progress, cancel=cancel)
     by_scene = {artifact.meta.story.scene: artifact for artifact in [*outcome.resumed, *outcome.artifacts]}
     return [(cue, by_scene[cue.scene]) for cue in cues]
+
+
+def cue_file(artifact: "Artifact") -> Path:
+    """The sound file of a cue's artifact (make_soundtrack renders sounds: AssetMeta, kind "audio")."""
+    from echo_os.artifacts.meta import AssetMeta
+
+    if not isinstance(artifact.meta, AssetMeta):
+        raise TypeError(f"artifact {artifact.id[:12]} is not a sound")
+    return artifact.path / artifact.meta.file
 
 
 def read_cue(path, rate: int = SAMPLE_RATE) -> np.ndarray:

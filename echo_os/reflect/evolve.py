@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from echo_os.artifacts.meta import VideoMeta
 from echo_os.errors import CancelledError, EchoError, UsageError
 from echo_os.resonance.scores import ArtifactScores
 from echo_os.resonance.story import Objective
@@ -265,8 +266,8 @@ def mutation_phrases(settings: "Settings", project: str, objective: Objective) -
         scores = row.meta.get("scores")
         rating = (row.meta.get("rating") or {}).get("value")
         if isinstance(scores, dict) or isinstance(rating, int):
-            known = {k: (scores or {}).get(k) for k in ("alignment", "style", "aesthetic", "character_consistency")}
-            valued.append((objective.value(ArtifactScores(**known), rating), row.prompt))
+            stored = ArtifactScores.from_stored(scores if isinstance(scores, dict) else None)
+            valued.append((objective.value(stored, rating), row.prompt))
     phrases: list[str] = []
     if valued:
         values = sorted(v for v, _ in valued)
@@ -293,6 +294,7 @@ def variations(settings: "Settings", parent: "Artifact", k: int, rng: random.Ran
     from echo_os.render.requests import MAX_SEED, RenderRequest
     from echo_os.render.styles import style_fields
 
+    assert not isinstance(parent.meta, VideoMeta)  # resolve_start refuses a video; rounds render images
     base = parent.meta.replay_request().model_copy(update={"count": 1, "parent_id": parent.id})
     operators = ["seed", "prompt"]
     try:
@@ -359,16 +361,18 @@ def resolve_start(settings: "Settings", store: "ArtifactStore", target: str,
 
     text = target.strip()
     if len(text) >= 12 and all(c in "0123456789abcdef" for c in text.lower()):
-        return store.open(text)
+        artifact = store.open(text)
+        if isinstance(artifact.meta, VideoMeta):
+            raise UsageError(f"evolve starts from an image; {artifact.id[:12]} is a video.")
+        return artifact
     rows = [row for row in store.catalog.query(project=text) if row.meta.get("kind") != "video"]
     if not rows:
         raise UsageError(f"{target!r} is neither an artifact id nor a project with images here "
                          "(see `echo-os artifacts list`).")
 
     def value(row) -> float:
-        scores = row.meta.get("scores") or {}
-        known = {k: scores.get(k) for k in ("alignment", "style", "aesthetic", "character_consistency")}
-        return objective.value(ArtifactScores(**known), (row.meta.get("rating") or {}).get("value"))
+        return objective.value(ArtifactScores.from_stored(row.meta.get("scores")),
+                               (row.meta.get("rating") or {}).get("value"))
 
     best = max(rows, key=lambda row: (value(row), row.created))
     return Artifact.from_row(store.root, best)
@@ -481,12 +485,17 @@ def evolve(settings: "Settings", store: "ArtifactStore", target: str, options: E
 
 def _find(made: list["Artifact"], variation: Variation) -> "Artifact":
     """The artifact rendered for a variation: the one whose seed, prompt, style and strength match."""
+    wanted = variation.request
     for artifact in made:
+        if isinstance(artifact.meta, VideoMeta):  # never a variation's
+            continue
         request = artifact.meta.replay_request()
-        if (request.seed == variation.request.seed and request.prompt == variation.request.prompt
-                and request.style == variation.request.style
-                and (request.init_image is None) == (variation.request.init_image is None)
-                and (request.init_image is None or request.init_image.strength == variation.request.init_image.strength)):
+        if request.init_image is None or wanted.init_image is None:
+            same_init = request.init_image is None and wanted.init_image is None
+        else:
+            same_init = request.init_image.strength == wanted.init_image.strength
+        if (request.seed == wanted.seed and request.prompt == wanted.prompt and request.style == wanted.style
+                and same_init):
             return artifact
     raise RuntimeError(f"no artifact was saved for the {variation.operator} variation ({variation.detail})")
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from echo_os.artifacts.meta import ArtifactMeta
 from echo_os.errors import UsageError
 
 if TYPE_CHECKING:
@@ -124,7 +125,8 @@ def style_phrases(artifact: "Artifact") -> tuple[list[str], list[str]]:
 
     vocabulary = {entry for values in VOCABULARY.values() for entry in values}
     subject_texts = _story_texts(artifact)
-    kept, excluded = [], []
+    kept: list[str] = []
+    excluded: list[str] = []
     for index, phrase in enumerate(prompt_phrases(artifact.meta.prompt)):
         kind = style_kind(phrase)
         first_and_long = index == 0 and phrase not in vocabulary and len(phrase.split()) > SHORT_PHRASE_WORDS
@@ -164,6 +166,7 @@ def image_palette(image, k: int = PALETTE_K, seed: int = 0) -> list[tuple[str, f
     _, labels = model.index.search(np.ascontiguousarray(pixels), 1)
     shares = Counter(labels[:, 0].tolist())
     named: dict[str, float] = {}
+    assert model.centroids is not None  # train() sets them
     for label, count in shares.most_common():
         name = colour_name(model.centroids[label])
         named[name] = named.get(name, 0.0) + count / len(pixels)
@@ -231,7 +234,8 @@ def learn_style(settings: "Settings", store: "ArtifactStore", ids: list[str], *,
         counts.update(set(kept))
         order += [p for p in kept if p not in order]
         excluded += [p for p in left_out if p not in excluded]
-        for phrase in (artifact.meta.negative_prompt or "").split(","):
+        negative = artifact.meta.negative_prompt if isinstance(artifact.meta, ArtifactMeta) else ""
+        for phrase in (negative or "").split(","):
             if phrase.strip() and phrase.strip() not in negatives:
                 negatives.append(phrase.strip())
         with Image.open(artifact.image_path) as image:

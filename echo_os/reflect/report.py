@@ -166,9 +166,9 @@ def _best_of_gains(rows: list) -> list[dict[str, Any]]:
         best_of = row.meta.get("best_of") or {}
         if not best_of.get("kept"):
             continue
-        values = [(by_id[i].meta.get("scores") or {}).get("objective") for i in [row.id, *best_of.get("siblings", [])]
-                  if i in by_id]
-        values = [float(v) for v in values if isinstance(v, (int, float))]
+        recorded = [(by_id[i].meta.get("scores") or {}).get("objective") for i in [row.id, *best_of.get("siblings", [])]
+                    if i in by_id]
+        values = [float(v) for v in recorded if isinstance(v, (int, float))]
         own = (row.meta.get("scores") or {}).get("objective")
         if values and isinstance(own, (int, float)):
             out.append({"scene": row.scene, "kept": row.id, "of": best_of.get("of"),
@@ -333,8 +333,8 @@ def render_page(report: ResonanceReport) -> str:
                                     y_max=1.0, width=260))
     if report.versions:
         charts.append(svg_line_chart("per version", [f"v{v.number}" for v in report.versions],
-                                     {"alignment/100": [None if v.scores.get("alignment") is None
-                                                        else v.scores["alignment"] / 100 for v in report.versions],
+                                     {"alignment/100": [None if (a := v.scores.get("alignment")) is None else a / 100
+                                                        for v in report.versions],
                                       "style": [v.scores.get("style") for v in report.versions],
                                       "consistency": [v.style_consistency for v in report.versions]}, y_max=1.0))
     charts.append(svg_bar_chart("ratings", list(report.ratings), [float(v) for v in report.ratings.values()], width=300))

@@ -44,8 +44,8 @@ def _value(row, objective: Objective) -> float | None:
     rating = (row.meta.get("rating") or {}).get("value")
     if not isinstance(scores, dict) and not isinstance(rating, int):
         return None
-    known = {k: (scores or {}).get(k) for k in ("alignment", "style", "aesthetic", "character_consistency")}
-    return objective.value(ArtifactScores(**known), rating if isinstance(rating, int) else None)
+    stored = ArtifactScores.from_stored(scores if isinstance(scores, dict) else None)
+    return objective.value(stored, rating if isinstance(rating, int) else None)
 
 
 def _words(text: str) -> set[str]:

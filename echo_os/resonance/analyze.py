@@ -102,6 +102,7 @@ def kmeans(vectors: np.ndarray, k: int, seed: int = DEFAULT_SEED) -> tuple[np.nd
     with _omp_threads(1 if len(data) < 10_000 else faiss.omp_get_max_threads()):
         model.train(data)
         _, labels = model.index.search(data, 1)
+    assert model.centroids is not None  # train() sets them
     return labels[:, 0].astype(int), model.centroids
 
 
@@ -147,7 +148,7 @@ def prompt_phrases(prompt: str) -> list[str]:
 def recurring_phrases(member_prompts: list[str], all_prompts: list[str], top: int = 6) -> list[list[Any]]:
     """Comma phrases shared by at least two members (most shared first), then distinctive words."""
     phrase_counts = Counter(p for prompt in member_prompts for p in set(prompt_phrases(prompt)))
-    found = [[phrase, n] for phrase, n in phrase_counts.most_common() if n >= 2][:top]
+    found: list[list[Any]] = [[phrase, n] for phrase, n in phrase_counts.most_common() if n >= 2][:top]
     if len(found) < top:
         words = Counter(w for prompt in member_prompts for w in set(_WORD_RE.findall(prompt.lower()))
                         if w not in _STOPWORDS)
@@ -190,8 +191,7 @@ def _objective(row: "CatalogRow") -> float | None:
     scores = row.meta.get("scores")
     if not isinstance(scores, dict):
         return None
-    known = {k: scores.get(k) for k in ("alignment", "style", "aesthetic", "character_consistency")}
-    return Objective().value(ArtifactScores(**known))
+    return Objective().value(ArtifactScores.from_stored(scores))
 
 
 def _over_time(rows: list["CatalogRow"], all_prompts: list[str]) -> list[Period]:
@@ -200,6 +200,7 @@ def _over_time(rows: list["CatalogRow"], all_prompts: list[str]) -> list[Period]
     out = []
     for chunk in np.array_split(np.arange(len(ordered)), periods):
         members = [ordered[i] for i in chunk]
+        phrases: list[list[Any]]  # [phrase, count]
         phrases = recurring_phrases([m.prompt for m in members], all_prompts, top=3) if len(members) > 1 else \
             [[p, 1] for p in prompt_phrases(members[0].prompt)[:3]]
         out.append(Period(start=members[0].created, end=members[-1].created, members=len(members),
@@ -272,7 +273,9 @@ def analyze_memory(settings: "Settings", *, project: str | None = None, k: int |
         raise UsageError(f"--k must be from 1 to the number of artifacts ({len(rows)}), got {k}.")
     analysis = Analysis(project=project, artifacts=len(rows))
     choice = build_embedders(settings)
-    jobs = [("prompt", choice.by_kind("text"))]
+    text = choice.by_kind("text")
+    assert text is not None  # build_embedders always has MiniLM
+    jobs = [("prompt", text)]
     clip = choice.by_kind("clip")
     if images and clip is not None:
         jobs.append(("image", clip))
@@ -283,6 +286,7 @@ def analyze_memory(settings: "Settings", *, project: str | None = None, k: int |
             vectors = embedder.embed_texts([row.prompt for row in rows])
         else:
             vectors = embedder.embed_images([_open_rgb(settings.artifacts_dir / row.path / "image.png") for row in rows])
+        score: float | None  # None: one cluster, no silhouette
         if k is None:
             chosen, labels, centroids, score = choose_k(vectors, seed)
         else:

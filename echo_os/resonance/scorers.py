@@ -149,13 +149,13 @@ def load_scorers(settings: "Settings", clip: str | None = None, *, device: str =
     scorers = Scorers()
     choice = find_clip(settings, clip)  # the one CLIP rule (memory, continuity, dupes, scores)
     name, folder, why = choice.name, choice.folder, choice.why_not
-    if name is None:
-        scorers.missing["clip"] = why
+    if name is None or folder is None:
+        scorers.missing["clip"] = why or "no CLIP model"
     else:
         scorers.clip, scorers.clip_name = ClipEmbedder(folder, device=device), name
     head_name, head_path, allow_pickle, why = find_scorer_entry(settings)
-    if head_name is None:
-        scorers.missing["aesthetic"] = why
+    if head_name is None or head_path is None:
+        scorers.missing["aesthetic"] = why or "no aesthetic scorer"
     else:
         head = load_aesthetic_head(head_name, head_path, allow_pickle)
         if scorers.clip is not None and head.input_dim != scorers.clip.dim:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -63,6 +64,13 @@ class ArtifactScores:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_stored(cls, scores: dict[str, Any] | None) -> "ArtifactScores":
+        """The four scores an Objective weighs, from a catalog row's meta["scores"] (None: not scored)."""
+        scores = scores or {}
+        return cls(alignment=scores.get("alignment"), style=scores.get("style"), aesthetic=scores.get("aesthetic"),
+                   character_consistency=scores.get("character_consistency"))
+
 
 def clip_score(image_vector: np.ndarray, text_vector: np.ndarray) -> float:
     """100 x cosine of two L2-normalised vectors, floored at 0."""
@@ -84,14 +92,15 @@ def score_items(scorers: "Scorers", items: list[ScoreItem],
     texts = scorers.clip.embed_texts([item.prompt for item in items]).astype(np.float64)
     reference_vectors = {name: scorers.clip.embed_images(pictures).astype(np.float64)
                          for name, pictures in references.items() if pictures}
-    aesthetic = scorers.aesthetic(images) if scorers.aesthetic is not None else None
+    head = scorers.aesthetic
+    aesthetic = head(images) if head is not None else None
     similarity = images @ images.T
     out: dict[str, ArtifactScores] = {}
     for i, item in enumerate(items):
         result = ArtifactScores(alignment=round(clip_score(images[i], texts[i]), 4), clip=scorers.clip_name)
-        if aesthetic is not None:
+        if head is not None and aesthetic is not None:
             result.aesthetic = round(float(aesthetic[i]), 4)
-            result.aesthetic_model = scorers.aesthetic.name
+            result.aesthetic_model = head.name
         if item.scene is not None:
             others = [j for j, other in enumerate(items) if other.scene is not None and other.scene != item.scene]
             result.style = _mean([similarity[i, j] for j in others])
@@ -106,7 +115,7 @@ def score_items(scorers: "Scorers", items: list[ScoreItem],
                          if name in other.characters and other.scene is not None and other.scene != item.scene]
                 character.scenes = _mean([similarity[i, j] for j in mates])
                 character.scene_pairs = len(mates)
-                character.against_scenes = sorted({items[j].scene for j in mates})
+                character.against_scenes = sorted({scene for j in mates if (scene := items[j].scene) is not None})
             parts = [v for v in (character.reference, character.scenes) if v is not None]
             character.score = _mean(parts)
             result.characters[name] = character
@@ -116,7 +125,7 @@ def score_items(scorers: "Scorers", items: list[ScoreItem],
     return out, images
 
 
-def style_consistency(vectors: np.ndarray, scenes: list[int], threshold: float) -> tuple[float | None, int, int]:
+def style_consistency(vectors: npt.ArrayLike, scenes: list[int], threshold: float) -> tuple[float | None, int, int]:
     """(share, pairs at or above threshold, pairs) over pairs of images from different scenes."""
     vectors = np.asarray(vectors, dtype=np.float64)
     pairs = above = 0

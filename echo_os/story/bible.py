@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ from echo_os.render.requests import MAX_SEED, MAX_STEPS, SCHEDULERS, parse_size
 from echo_os.story.problems import ProblemList
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
     from echo_os.settings import Settings
 
 MAX_BIBLE_BYTES = 4 * 1024 * 1024
@@ -202,8 +205,8 @@ class GuardedSafeLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def construct_mapping(self, node, deep=False):  # PyYAML's signature
-        seen: set = set()
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Hashable] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             try:
@@ -265,7 +268,7 @@ def _allowed_keys(loc: tuple) -> list[str] | None:
     return list(model.model_fields)
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     kind = error.get("type")
     loc = tuple(error.get("loc", ()))
     if loc and loc[-1] == "[key]":
@@ -339,7 +342,8 @@ def load_bible(path: str | Path, problems: ProblemList | None = None) -> Bible |
     used; without, a StoryError is raised. Reference images are checked to exist.
     """
     own = problems is None
-    problems = ProblemList() if own else problems
+    if problems is None:
+        problems = ProblemList()
     bible, _ = load_bible_and_raw(Path(path), problems)
     if own:
         problems.raise_if_any()
@@ -381,8 +385,7 @@ def _load_bible(path: Path, problems: ProblemList, on_yaml=lambda raw: None,
     try:
         raw = load_front_matter_yaml(front_text)
     except _RefusedYaml as error:
-        line = error.mark.line + first_line if error.mark else None
-        problems.add(label, error.message, line=line)
+        problems.add(label, error.message, line=error.mark.line + first_line if error.mark else None)
         return None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)

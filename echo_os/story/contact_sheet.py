@@ -47,23 +47,9 @@ def _font(size: int):
 
 def wrap_text(draw, text: str, font, width: int, max_lines: int) -> list[str]:
     """Greedy word wrap to `width` pixels; the last line ends with … when text was left out."""
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        candidate = f"{line} {word}".strip()
-        if draw.textlength(candidate, font=font) <= width:
-            line = candidate
-            continue
-        if line:
-            lines.append(line)
-        line = word
-        while draw.textlength(line, font=font) > width and len(line) > 1:  # one word wider than the cell
-            cut = len(line)
-            while cut > 1 and draw.textlength(line[:cut], font=font) > width:
-                cut -= 1
-            lines.append(line[:cut])
-            line = line[cut:]
-    if line:
-        lines.append(line)
+    from echo_os.fonts import wrap_to_width
+
+    lines = wrap_to_width(draw, text, font, width)
     if len(lines) > max_lines:
         # Shorten the last line by whole words until "…" fits (a caption is never cut mid-word); only a
         # single word too wide for the cell on its own is cut by characters.
@@ -107,10 +93,10 @@ def render_contact_sheet(title: str, subtitle: str, cells: list[SheetCell]) -> "
         y = header + row * (cell_height + GAP)
         draw.rounded_rectangle((x, y, x + cell_width - 1, y + cell_height - 1), radius=8, fill=CARD, outline=BORDER)
         thumb = cell.image.convert("RGB")
-        thumb.thumbnail((THUMB_WIDTH, thumb_height), Image.LANCZOS)
+        thumb.thumbnail((THUMB_WIDTH, thumb_height), Image.Resampling.LANCZOS)
         if thumb.width < THUMB_WIDTH and thumb.height < thumb_height:  # small renders: scale up to the cell
             scale = min(THUMB_WIDTH / thumb.width, thumb_height / thumb.height)
-            thumb = thumb.resize((round(thumb.width * scale), round(thumb.height * scale)), Image.LANCZOS)
+            thumb = thumb.resize((round(thumb.width * scale), round(thumb.height * scale)), Image.Resampling.LANCZOS)
         box_x, box_y = x + PAD, y + PAD
         draw.rectangle((box_x, box_y, box_x + THUMB_WIDTH - 1, box_y + thumb_height - 1), fill=(232, 228, 221))
         sheet.paste(thumb, (box_x + (THUMB_WIDTH - thumb.width) // 2, box_y + (thumb_height - thumb.height) // 2))

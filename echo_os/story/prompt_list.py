@@ -18,6 +18,7 @@ import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from echo_os.render.requests import MAX_SIDE
 from echo_os.story.problems import ProblemList
@@ -113,7 +114,7 @@ def read_prompt_list(path: str | Path, problems: ProblemList) -> list[SceneRow]:
             problems.add(label, f"the line is longer than {MAX_CELL_BYTES:,} bytes", line=line_number)
             continue
         prompt, option_text = _split_line(line)
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # SceneRow's fields by name; the model checks their types
         try:
             options = _parse_options(option_text) if option_text else {}
         except CellError as error:

@@ -12,7 +12,7 @@ import io
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -277,7 +277,7 @@ def _parse_row(cells: dict[str, str], row_number: int, label: str, problems: Pro
                ids: "KnownIds") -> tuple[int | None, SceneRow | None]:
     """(scene number if it parsed, the row if nothing in it was wrong)."""
     before = len(problems)
-    values: dict[str, object] = {"row": row_number}
+    values: dict[str, Any] = {"row": row_number}  # SceneRow's fields by name; the model checks their types
 
     def cell(column: str) -> str | None:
         text = cells.get(column)
