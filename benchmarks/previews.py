@@ -8,6 +8,11 @@ unfavourable case. A second figure times one preview of a 1024x1024 SDXL latent 
 which with the 0.5 s throttle bounds the overhead on any model: cost / 0.5 s.
 
     python benchmarks/previews.py --size 256 --steps 30 --repeats 5
+    python benchmarks/previews.py --size 128 --steps 20 --repeats 3 --taesd
+
+--taesd: the "on" side decodes its previews with TAESD (a `taesd` entry in models.toml, loaded through the
+real registry and model cache): an AutoencoderTiny with TAESD-XL's architecture (diffusers' defaults, as in
+madebyollin/taesdxl's config.json) and random weights, which cost the same to run as the real ones.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--taesd", action="store_true", help="previews decoded by a TAESD-XL-sized AutoencoderTiny")
     args = parser.parse_args()
 
     import torch
@@ -56,6 +62,18 @@ def main() -> None:
         home = tmp / "ws"
         home.mkdir()
         (home / "models.toml").write_text(f'[models.tiny]\ntype = "sdxl"\npath = "{folder.as_posix()}"\n')
+        decoder = None
+        if args.taesd:
+            from diffusers import AutoencoderTiny
+
+            from echo_os.render.preview import preview_decoder
+
+            torch.manual_seed(0)
+            AutoencoderTiny().save_pretrained(tmp / "taesdxl-sized")  # TAESD-XL's architecture, random weights
+            with open(home / "models.toml", "a", encoding="utf-8") as handle:
+                handle.write(f'[models.taesdxl-sized]\ntype = "taesd"\npath = "{(tmp / "taesdxl-sized").as_posix()}"\n')
+            decoder = preview_decoder(Settings(home=home), "cpu", torch.float32)
+            assert decoder is not None
         engine = SDXLEngine(Settings(home=home), name="cpu", force_device="cpu")
         request = RenderRequest(prompt=PROMPT, model="tiny", steps=args.steps, width=args.size, height=args.size,
                                 seed=7)
@@ -69,15 +87,16 @@ def main() -> None:
         ratio = statistics.median(w / o for w, o in zip(with_times, without_times))
 
         latent = torch.randn(1, 4, 128, 128)
-        latent_preview(latent)
+        latent_preview(latent, decoder)
         started = time.perf_counter()
         for _ in range(20):
-            latent_preview(latent)
+            latent_preview(latent, decoder)
         per_preview = (time.perf_counter() - started) / 20
 
         figures = {
             "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {platform.machine()}, CPU only",
-            "torch": torch.__version__, "size": args.size, "steps": args.steps, "repeats": args.repeats,
+            "torch": torch.__version__, "decoder": "taesd (TAESD-XL-sized AutoencoderTiny)" if args.taesd else "linear",
+            "size": args.size, "steps": args.steps, "repeats": args.repeats,
             "without_s_median": round(statistics.median(without_times), 3),
             "with_s_median": round(statistics.median(with_times), 3),
             "previews_per_render_median": statistics.median(previews_sent),
