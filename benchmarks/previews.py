@@ -35,8 +35,18 @@ PROMPT = "a lighthouse keeper climbing the stairs at dawn"
 def render_s(engine, request, previews: bool, sink: list) -> float:
     engine.previews = previews
     started = time.perf_counter()
-    engine.render([request], progress=lambda event: sink.append(event.preview is not None))
+    engine.render([request], progress=lambda event: sink.append(event.preview))
     return time.perf_counter() - started
+
+
+def jpeg_width(url: str) -> int:
+    """A preview's width: TAESD's are PREVIEW_MAX_SIDE wide, the linear map's the latent's (here smaller)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size[0]
 
 
 def main() -> None:
@@ -51,7 +61,7 @@ def main() -> None:
     import torch
 
     from echo_os.engines.sdxl import SDXLEngine
-    from echo_os.render.preview import PreviewThrottle, latent_preview
+    from echo_os.render.preview import PREVIEW_MAX_SIDE, PreviewThrottle, latent_preview
     from echo_os.render.requests import RenderRequest
     from echo_os.settings import Settings
     from tests.tiny_models import save_tiny_sdxl
@@ -78,12 +88,13 @@ def main() -> None:
         request = RenderRequest(prompt=PROMPT, model="tiny", steps=args.steps, width=args.size, height=args.size,
                                 seed=7)
         render_s(engine, request, True, [])  # warm: the load, first-call allocations
-        with_times, without_times, previews_sent = [], [], []
+        with_times, without_times, previews_sent, sharp_sent = [], [], [], []
         for _ in range(args.repeats):
             without_times.append(render_s(engine, request, False, []))
             sent: list = []
             with_times.append(render_s(engine, request, True, sent))
-            previews_sent.append(sum(sent))
+            previews_sent.append(sum(url is not None for url in sent))
+            sharp_sent.append(sum(url is not None and jpeg_width(url) == PREVIEW_MAX_SIDE for url in sent))
         ratio = statistics.median(w / o for w, o in zip(with_times, without_times))
 
         latent = torch.randn(1, 4, 128, 128)
@@ -100,9 +111,11 @@ def main() -> None:
             "without_s_median": round(statistics.median(without_times), 3),
             "with_s_median": round(statistics.median(with_times), 3),
             "previews_per_render_median": statistics.median(previews_sent),
+            "taesd_previews_per_render_median": statistics.median(sharp_sent),
             "ratio_with_over_without": round(ratio, 4),
             "one_preview_of_1024px_sdxl_latent_ms": round(per_preview * 1000, 2),
             "bound_at_0.5s_throttle_percent": round(per_preview / PreviewThrottle().min_interval_s * 100, 2),
+            "budget_percent": PreviewThrottle().budget * 100,
         }
         print(json.dumps(figures, indent=2), flush=True)
         if args.json is not None:

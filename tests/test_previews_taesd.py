@@ -51,7 +51,7 @@ def test_a_taesd_entry_is_loaded_once_and_decodes_the_preview(workspace, tiny_ta
     import torch
     from diffusers import AutoencoderTiny
 
-    from echo_os.render.preview import PREVIEW_MAX_SIDE, latent_preview, preview_decoder
+    from echo_os.render.preview import latent_preview, preview_decoder
 
     register_taesd(workspace, tiny_taesd_dir)
     loaded = preview_decoder(workspace, "cpu", torch.float32)

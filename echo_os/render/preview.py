@@ -149,26 +149,29 @@ def preview_decoder(settings: "Settings", device: str, dtype: "torch.dtype") -> 
     from echo_os.render.cache import CacheKey, model_cache, weights_bytes
 
     registry = load_registry(settings)
+    found: tuple[str, str] | None = None  # (entry name, weights folder)
     for entry in sorted((e for e in registry.entries() if e.type == TAESD_TYPE), key=lambda e: e.name):
         try:
-            resolved = registry.resolve(entry.name)
+            found = entry.name, str(registry.resolve(entry.name).local_path)
+            break
         except EchoError:  # not pulled: the next one, else the linear map
             continue
-        folder = str(resolved.local_path)
+    if found is None:
+        return None
+    name, folder = found
 
-        def load() -> PreviewDecoder:
-            import torch
-            from diffusers import AutoencoderTiny
+    def load() -> PreviewDecoder:
+        import torch
+        from diffusers import AutoencoderTiny
 
-            model = AutoencoderTiny.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).to(device).eval()
-            sample = torch.zeros(1, 4, PREVIEW_MAX_SIDE // 8, PREVIEW_MAX_SIDE // 8)
-            latent_preview(sample, model)  # the first call pays for allocations: time the second
-            started = time.perf_counter()
-            latent_preview(sample, model)
-            return PreviewDecoder(model=model, cost_s=time.perf_counter() - started)
+        model = AutoencoderTiny.from_pretrained(  # type: ignore[no-untyped-call]
+            folder, torch_dtype=dtype, local_files_only=True).to(device).eval()
+        sample = torch.zeros(1, 4, PREVIEW_MAX_SIDE // 8, PREVIEW_MAX_SIDE // 8)
+        latent_preview(sample, model)  # the first call pays for allocations: time the second
+        started = time.perf_counter()
+        latent_preview(sample, model)
+        return PreviewDecoder(model=model, cost_s=time.perf_counter() - started)
 
-        decoder: PreviewDecoder = model_cache().get(CacheKey(TAESD_CACHE_KIND, folder, device, (str(dtype),)), load,
-                                             label=entry.name, settings=settings,
-                                             estimate_bytes=weights_bytes(folder))
-        return decoder
-    return None
+    decoder: PreviewDecoder = model_cache().get(CacheKey(TAESD_CACHE_KIND, folder, device, (str(dtype),)), load,
+                                                label=name, settings=settings, estimate_bytes=weights_bytes(folder))
+    return decoder

@@ -16,9 +16,10 @@ edited storyboard goes to /api/batch, which keeps its own copy in the workspace.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import tomllib
 
 from echo_os.errors import UsageError
 

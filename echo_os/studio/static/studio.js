@@ -360,6 +360,7 @@ async function variations() {
   const answer = await api("POST", "/api/evolve", body);
   if (!answer.ok) { showProblem(answer, { prefix: "lb-", fallback: "lb-per_round" }); return; }
   const job = follow(answer.data.job_id, { what: `variations: ${item.prompt}`, events: answer.data.events_url });
+  job.row.dataset.record = answer.data.record_url;
   lbMessage(`variations: job ${answer.data.job_id.slice(0, 8)} in the queue`);
   job.onDone = async final => {
     if (final !== "succeeded") return;
