@@ -98,10 +98,11 @@ def main() -> None:
         ratio = statistics.median(w / o for w, o in zip(with_times, without_times))
 
         latent = torch.randn(1, 4, 128, 128)
-        latent_preview(latent, decoder)
+        model = decoder.model if decoder is not None else None
+        latent_preview(latent, model)
         started = time.perf_counter()
         for _ in range(20):
-            latent_preview(latent, decoder)
+            latent_preview(latent, model)
         per_preview = (time.perf_counter() - started) / 20
 
         figures = {

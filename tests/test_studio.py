@@ -350,7 +350,8 @@ def test_options_name_the_schedulers_and_scorers(api):
 
 
 def first_artifact(api, prompt: str) -> str:
-    return next(a["id"] for a in api.get("/api/artifacts", params={"limit": 200}).json()["items"] if a["prompt"] == prompt)
+    """The oldest artifact with this prompt (later ones: variations, compare cells and grid sheets of it)."""
+    return [a["id"] for a in api.get("/api/artifacts", params={"limit": 200}).json()["items"] if a["prompt"] == prompt][-1]
 
 
 def open_lightbox(browser, artifact: str) -> None:
@@ -418,7 +419,8 @@ def test_compare_axes_models_schedulers_and_engines(browser, api):
 @needs_browser
 def test_the_rating_filter_is_applied_by_the_server(browser, api):
     rated = first_artifact(api, "a lighthouse keeper at dawn")
-    assert api.post(f"/api/artifacts/{rated}/rating", json={"rating": 4}).status_code == 200
+    answer = api.post(f"/api/artifacts/{rated}/rating", json={"value": 4})
+    assert answer.status_code == 200, answer.text
     hits = api.get("/api/memory/search", params={"q": "lighthouse keeper", "k": 50, "min_rating": 4}).json()
     assert [h["id"] for h in hits] == [rated]
     assert len(api.get("/api/memory/search", params={"q": "lighthouse keeper", "k": 50}).json()) > 1
@@ -458,7 +460,9 @@ def test_drag_and_drop_a_result_to_refine_and_an_image_to_search(browser, api):
     # an image file dropped: the search view, searching by that image (this workspace has no CLIP: the 422 says so)
     assert drop(browser, "file", f"/api/artifacts/{artifact}/image") is True  # the drop hint showed
     browser.wait_for("return !document.querySelector('#view-search').hidden")
-    browser.wait_for("return document.querySelector('[data-error=\"q\"]').textContent.includes('CLIP')", timeout=60)
+    problem = browser.wait_for("return document.querySelector('#view-search [data-error=\"body\"]').textContent || "
+                               "document.querySelector('#view-search [data-error=\"q\"]').textContent", timeout=60)
+    assert "clip" in problem.lower(), problem
     assert browser.run("return document.querySelector('#drop-hint').hidden")
 
 
@@ -476,3 +480,47 @@ def test_play_the_animatic(browser, api):
     video = api.get(f"/api/artifacts/{video_id}").json()
     assert video["kind"] == "video" and video["project"] == "Harbour"
     assert api.get(f"/api/artifacts/{video_id}/video").headers["content-type"] == "video/mp4"
+
+
+def test_storyboards_outside_the_workspace_are_editable_only_in_registered_folders(tmp_path, run_cli):
+    """A story rendered from a story.csv outside the workspace: its scenes can be edited once its folder is
+    registered ([studio] projects in echo-os.toml), and only then; a symlink out of a registered folder is
+    followed and refused, and nothing but story.json's own paths is ever read."""
+    import asyncio
+    import shutil
+
+    from echo_os.settings import REPO_ROOT, Settings
+    from tests.api_helpers import api_client
+
+    home = tmp_path / "ws"
+    home.mkdir()
+    stories, secret = tmp_path / "stories", tmp_path / "secret"
+    shutil.copytree(REPO_ROOT / "prompts" / "lighthouse-keeper", stories / "keeper")
+    shutil.copytree(REPO_ROOT / "prompts" / "lighthouse-keeper", secret)
+    (stories / "link").symlink_to(secret, target_is_directory=True)
+    for project, csv_path in (("Keeper", stories / "keeper" / "story.csv"), ("Linked", stories / "link" / "story.csv")):
+        code, _, err = run_cli("--home", str(home), "batch", project, str(csv_path), "--engine", "draft", "--size", "64x64")
+        assert code == 0, err
+    edit = {"description": "he climbs the stairs in a gale"}
+
+    async def go():
+        async with api_client(Settings(home=home)) as (client, _):
+            view = (await client.get("/api/studio/story/Keeper")).json()
+            refused = await client.post("/api/studio/story/Keeper/scenes/2", json=edit)
+            assert not view["editable"] and refused.status_code == 422 and "[studio] projects" in refused.text
+            (home / "echo-os.toml").write_text('[studio]\nprojects = ["../stories"]\n')
+            view = (await client.get("/api/studio/story/Keeper")).json()
+            edited = await client.post("/api/studio/story/Keeper/scenes/2", json=edit)
+            assert view["editable"] and edited.status_code == 200, edited.text
+            body = edited.json()
+            assert "he climbs the stairs in a gale" in body["storyboard"] and body["bible"]
+            assert body["storyboard"].count("\n") == (stories / "keeper" / "story.csv").read_text().count("\n")
+            linked = await client.post("/api/studio/story/Linked/scenes/2", json=edit)  # resolves into secret/
+            assert not (await client.get("/api/studio/story/Linked")).json()["editable"] and linked.status_code == 422
+            (home / "echo-os.toml").write_text('[studio]\nprojects = "../stories"\n')
+            broken = await client.get("/api/studio/story/Keeper")
+            assert broken.status_code == 422 and "projects must be a list" in broken.text
+
+    asyncio.run(go())
+    assert (stories / "keeper" / "story.csv").read_text() == (REPO_ROOT / "prompts" / "lighthouse-keeper" /
+                                                              "story.csv").read_text()  # only read, never written
