@@ -339,6 +339,7 @@ def test_the_style_picker_shows_the_swatch(browser):
     browser.wait_for("return document.querySelector('#style-swatch').complete && "
                      "document.querySelector('#style-swatch').naturalWidth === 128")
     assert browser.run("return document.querySelector('#style-swatch').src").endswith("/api/studio/styles/noir/swatch")
+    shot(browser, "render")  # the render view with a style's swatch, the queue and the results
     fill(browser, {"#f-style": ""})
     assert browser.run("return document.querySelector('#style-swatch').hidden")
 
