@@ -398,13 +398,13 @@ ROUTES = [("GET", "/api/jobs"), ("GET", f"/api/jobs/{'a' * 32}"), ("GET", f"/api
           ("POST", "/api/evolve"), ("GET", f"/api/evolve/{'c' * 16}"), ("DELETE", f"/api/artifacts/{'b' * 64}/rating"),
           ("POST", "/api/animate"), ("GET", "/api/studio"), ("GET", "/api/studio/options"),
           ("GET", "/api/studio/static/studio.js"), ("GET", "/api/studio/story/p"),
-          ("POST", "/api/studio/story/p/scenes/1")]
+          ("POST", "/api/studio/story/p/scenes/1"), ("GET", "/api/studio/styles/cinematic/swatch")]
 
 
 async def test_every_route_but_health_needs_the_token(workspace):
     async with api_client(workspace, start_worker=False, token="s3cret") as (client, app):
         documented = {(method, path) for path, item in app.openapi()["paths"].items() for method in item}
-        assert len(documented) == 34
+        assert len(documented) == 35
         assert (await client.get("/health")).status_code == 200
         for method, path in ROUTES:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):

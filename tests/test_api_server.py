@@ -64,12 +64,14 @@ class Server:
                 self.kill()
 
 
-def start_server(home: Path, *args: str, port: int | None = None, wait: bool = True) -> Server:
+def start_server(home: Path, *args: str, port: int | None = None, wait: bool = True,
+                 pythonpath: tuple[Path, ...] = ()) -> Server:
+    """pythonpath: folders put on the server's sys.path after the repository (a test plugin's dist-info)."""
     port = port or free_port()
     log_path = home / f"server-{port}-{time.monotonic_ns()}.log"
     # One torch thread: on a shared 2-core machine more threads spin against each other (10x slower).
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *map(str, pythonpath)]), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     env.pop("ECHO_OS_TOKEN", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "echo_os", "--home", str(home), "serve", "--port", str(port),

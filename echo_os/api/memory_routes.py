@@ -59,13 +59,14 @@ def _search(api, run) -> list[MemoryHit]:
                       image_url=f"/api/artifacts/{hit.row.id}/image") for hit in hits]
 
 
-def _filters(project, model, character, since, settings=None):
+def _filters(project, model, character, since, settings=None, min_rating=None):
     from echo_os.memory.artifacts import MemoryFilters
     from echo_os.story.bible import character_ids_named
 
     # a bible name (`Elias Marr`) finds what its id (`keeper`) does, as `memory search --character`
     ids = character_ids_named(settings, character) if character and settings is not None else ()
-    return MemoryFilters(project=project, model=model, character=character, character_ids=ids, since=since)
+    return MemoryFilters(project=project, model=model, character=character, character_ids=ids, since=since,
+                         min_rating=min_rating)
 
 
 IMAGE_BODY = {"required": False, "content": {
@@ -86,11 +87,12 @@ async def memory_search(
     model: str | None = None,
     character: str | None = None,
     since: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}")] = None,
+    min_rating: Annotated[int | None, Query(ge=1, le=5, description="only images rated at least this")] = None,
 ) -> list[MemoryHit]:
     """GET ?q=: artifacts ranked by similarity to a text query (prompt and story fields; CLIP images when
     present). POST with an image body (image/png, image/jpeg, image/webp): artifacts whose images look
     like it (needs a CLIP entry in models.toml)."""
-    filters = await run_in_threadpool(_filters, project, model, character, since, api.settings)
+    filters = await run_in_threadpool(_filters, project, model, character, since, api.settings, min_rating)
     if request.method == "GET":
         if q is None or not q.strip():
             raise field_error(("query", "q"), "q is empty; give words to search for", q)

@@ -15,7 +15,9 @@ are the in-process worker's code, unchanged; only the denoising happens elsewher
   of several Workers share the actors the same way: a call waits for an idle actor.
 - Progress: while a call runs, the head asks the actor for its latest step every PROGRESS_POLL_S (the
   actor is threaded, so `progress()` is answered during `render()`), and the Worker publishes it as a job
-  progress event, as with a local engine. While several calls of a job run, each reports its own steps.
+  progress event, as with a local engine, with the live preview the actor's engine made of that step (if
+  any): the studio's previews work under `--ray` too. While several calls of a job run, each reports its
+  own steps.
 - Cancel: the Worker's cancel flag for each call is sent on as the actor's `cancel(call_id)` (a cancelled
   job sets the flags of all its running calls); the actors' engines stop at their next step and raise
   CancelledError, which reaches the Worker as from a local engine.
