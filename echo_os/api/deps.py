@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -98,7 +98,7 @@ class ApiState:
     waiting: WaitingClients | None = None  # clients of the synchronous route, per job
 
     @property
-    def worker_status(self) -> str:
+    def worker_status(self) -> Literal["running", "stopped", "disabled"]:
         if not self.started_worker:
             return "disabled"
         return "running" if self.worker is not None and self.worker.alive else "stopped"

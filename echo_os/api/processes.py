@@ -192,9 +192,10 @@ def worker_main(config: WorkerConfig) -> None:
                 log.info("%d jobs done, %d images, %s images/min", row.jobs_done, row.images_done,
                          _per_minute(row))
     finally:
-        # A killed server counts as an attempt of the jobs in flight, as it does with the in-process worker
-        # (JobStore.recover): a job that keeps bringing the server down ends up failed, not retried forever.
-        worker.stop(count_attempt=orphaned)
+        # A killed server is an outage of the jobs in flight, as it is with the in-process worker
+        # (JobStore.recover): no attempt spent, an interruption counted, so a job that keeps bringing the
+        # server down ends up failed after MAX_INTERRUPTIONS, not retried forever.
+        worker.stop(outage=orphaned)
         row.state = "stopped"
         _write_row(jobs, row, worker)
         store.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
@@ -105,7 +105,7 @@ def name_search_operations(app: FastAPI) -> None:
     """
     build = app.openapi
 
-    def openapi() -> dict:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Duplicate Operation ID memory_search", category=UserWarning)
