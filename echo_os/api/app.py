@@ -50,6 +50,7 @@ from echo_os.api.events import (
     EventHub,
     JobQueued,
 )
+from echo_os.api.hosts import WorkerHost
 from echo_os.api.idempotency import (
     IDEMPOTENCY_HEADER,
     REPLAYED_HEADER,
@@ -132,7 +133,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
             catalog = CatalogReader(settings)
             cleanup.callback(catalog.close)
             hub = EventHub(asyncio.get_running_loop())
-            worker: Worker | WorkerPool | RayWorkers | None = None
+            worker: WorkerHost | None = None
             if start_worker and options.ray_address is not None:
                 if make_engine is not None or options.workers > 0:
                     raise ValueError("with ray_address the render workers are Ray actors: no make_engine, workers=0")
@@ -235,7 +236,7 @@ def _add_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
                                    swagger_js_url="/docs/assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs/assets/swagger-ui.css",
                                    swagger_favicon_url="/docs/assets/favicon-32x32.png")

@@ -16,13 +16,12 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
 from echo_os.api.events import EventHub, JobCancelled
+from echo_os.api.hosts import WorkerHost
 from echo_os.api.idempotency import WaitingClients
 from echo_os.api.inputs import with_input_images
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobStore
 from echo_os.api.options import ApiOptions
-from echo_os.api.processes import WorkerPool
 from echo_os.api.security import resolve_inside
-from echo_os.api.worker import Worker
 from echo_os.errors import OptionError
 from echo_os.render.requests import RenderRequest
 from echo_os.settings import Settings
@@ -93,7 +92,7 @@ class ApiState:
     hub: EventHub
     submitter: Submitter
     catalog: "CatalogReader"
-    worker: Worker | WorkerPool | None = None
+    worker: WorkerHost | None = None
     started_worker: bool = False
     waiting: WaitingClients | None = None  # clients of the synchronous route, per job
 
@@ -247,9 +246,8 @@ def convert_image(png: bytes, format: str, quality: int | None = None) -> bytes:
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(png)) as image:
-        if format == "jpeg":
-            image = image.convert("RGB")
+    with Image.open(io.BytesIO(png)) as opened:
+        image = opened.convert("RGB") if format == "jpeg" else opened
         out = io.BytesIO()
         image.save(out, format=format.upper(), quality=quality if quality is not None else 90)
         return out.getvalue()

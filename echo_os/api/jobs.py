@@ -30,6 +30,7 @@ tails into its event hub, and their figures to `workers` (GET /api/workers).
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -338,7 +339,8 @@ class JobStore:
     def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0,
              newest_first: bool = True) -> list[Job]:
         db = self._reader()
-        sql, params = f"SELECT {_COLUMNS} FROM jobs", []
+        sql = f"SELECT {_COLUMNS} FROM jobs"
+        params: builtins.list[str | int] = []
         if status:
             sql += " WHERE status = ?"
             params.append(status)
@@ -357,7 +359,7 @@ class JobStore:
         return self._reader().execute(f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} LIMIT 1",
                                       (now_iso(),)).fetchone() is not None
 
-    def saved_images(self, job_id: str) -> list[SavedImage]:
+    def saved_images(self, job_id: str) -> builtins.list[SavedImage]:
         rows = self._reader().execute(
             "SELECT image, artifact_id FROM job_images WHERE job_id = ? ORDER BY image", (job_id,))
         return [SavedImage(index, artifact_id) for index, artifact_id in rows]
@@ -373,7 +375,7 @@ class JobStore:
         return found
 
     # ---- the worker's side ----------------------------------------------------------------------
-    def _write(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+    def _write(self, sql: str, params: tuple | builtins.list = ()) -> builtins.list[tuple]:
         with self._write_lock:
             rows = self._db.execute(sql, params).fetchall()
         self._committed()
@@ -395,7 +397,7 @@ class JobStore:
         return self._jobs(self._reader(), rows)[0] if rows else None
 
     def claim_compatible(self, key: str, max_images: int, worker: str | None = None,
-                         lease_s: float | None = None) -> list[Job]:
+                         lease_s: float | None = None) -> builtins.list[Job]:
         """Queued render jobs with this coalesce key, oldest first, while their images fit in max_images."""
         if max_images <= 0:
             return []
@@ -543,7 +545,7 @@ class JobStore:
                         cancelled=[r[0] for r in cancelled])
 
     # ---- events and figures of worker processes ------------------------------------------------
-    def events_after(self, last_id: int, limit: int = 1000) -> list[tuple[int, str]]:
+    def events_after(self, last_id: int, limit: int = 1000) -> builtins.list[tuple[int, str]]:
         return self._reader().execute("SELECT id, body FROM job_events WHERE id > ? ORDER BY id LIMIT ?",
                                       (last_id, limit)).fetchall()
 
@@ -570,7 +572,7 @@ class JobStore:
                      row.first_job, row.last_error, row.restarts, row.state, row.heartbeat, row.last_progress,
                      row.step_s))
 
-    def worker_rows(self) -> list["WorkerRow"]:
+    def worker_rows(self) -> builtins.list["WorkerRow"]:
         return [WorkerRow(*row) for row in self._reader().execute(
             "SELECT slot, worker, pid, device, model, jobs_done, images_done, first_job, last_error, restarts, "
             "state, heartbeat, last_progress, step_s FROM workers ORDER BY slot")]

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from echo_os.api.events import (
     JobCancelled,
@@ -55,12 +55,14 @@ from echo_os.api.events import (
     JobSucceeded,
 )
 from echo_os.api.handlers import HANDLERS, Interrupted, JobRun, handler_for
+from echo_os.api.hosts import worker_view
 from echo_os.api.jobs import MAX_INTERRUPTIONS, Job, JobStore, coalesce_key, now_iso
 from echo_os.api.stalls import ProgressClock
 from echo_os.errors import EchoError, OutageError, disk_full
 from echo_os.render.requests import RenderRequest, image_request_key
 
 if TYPE_CHECKING:
+    from echo_os.api.schemas import WorkerView
     from echo_os.artifacts.store import ArtifactStore
     from echo_os.engines.base import Engine
     from echo_os.settings import Settings
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[RenderRequest], "Engine"]
-Publish = Callable[[object], None]
+Publish = Callable[[Any], None]  # a job event (echo_os.api.events)
 
 
 def default_engine_factory(settings: "Settings") -> EngineFactory:
@@ -163,6 +165,19 @@ class Worker:
             for job_ids, call_cancel in self._calls.values():
                 if job_id in job_ids:
                     call_cancel.set()
+
+    def views(self, stall_after_s: float) -> list[WorkerView]:
+        """The in-process thread (echo_os.api.hosts.WorkerHost), from its own figures."""
+        import os
+
+        from echo_os.api.jobs import WorkerRow
+
+        stats = self.stats
+        state = stats.state if self.alive else "stopped"
+        row = WorkerRow(slot=0, worker="thread", pid=os.getpid(), device="in-process", model=stats.model,
+                        jobs_done=stats.jobs_done, images_done=stats.images_done, first_job=stats.first_job,
+                        last_error=stats.last_error, state=state)
+        return [worker_view(row, stats.clock.judge(stall_after_s, busy=state == "rendering"))]
 
     @property
     def stopping(self) -> bool:

@@ -106,13 +106,14 @@ def name_search_operations(app: FastAPI) -> None:
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        schema = app.openapi_schema
+        if schema is None:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Duplicate Operation ID memory_search", category=UserWarning)
-                schema = build()
+                schema = build()  # kept as app.openapi_schema
             for method, operation_id in SEARCH_OPERATION_IDS.items():
                 schema["paths"]["/api/memory/search"][method]["operationId"] = operation_id
-        return app.openapi_schema
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 

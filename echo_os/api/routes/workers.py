@@ -13,18 +13,11 @@ from echo_os.api.deps import (
     Api,
     ApiState,
 )
-from echo_os.api.jobs import (
-    now_iso,
-)
-from echo_os.api.processes import WorkerPool, images_per_minute
-from echo_os.api.ray_workers import RayWorkers
 from echo_os.api.schemas import (
     Health,
     WorkerList,
     WorkerView,
 )
-from echo_os.api.stalls import epoch_from_iso, judge
-from echo_os.api.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -32,45 +25,9 @@ router = APIRouter()
 
 
 def worker_views(api: ApiState) -> list[WorkerView]:
-    """Worker processes from their rows in jobs.db; the in-process thread from its own figures; Ray actors
-    from their Worker threads and the actors' own figures. Each with its progress clock judged: a worker
-    rendering with no progress for far longer than its steps take is `stalled` (echo_os.api.stalls)."""
-    from echo_os.api.jobs import WorkerRow
-
-    floor = api.options.stall_after_s
-    if isinstance(api.worker, RayWorkers):
-        views = []
-        for (row, stats), worker in zip(api.worker.rows(), api.worker.workers):
-            stall = worker.stats.clock.judge(floor, busy=row.state == "rendering")
-            views.append(WorkerView(slot=row.slot, pid=row.pid, device=row.device, model=row.model,
-                                    jobs_done=row.jobs_done, images_done=row.images_done,
-                                    images_per_min=images_per_minute(row), last_error=row.last_error,
-                                    restarts=row.restarts, state=row.state, heartbeat=now_iso(),
-                                    calls_done=stats["calls_done"] if stats else None,
-                                    models=stats["models"] if stats else None, last_progress=stall.last_progress,
-                                    step_s=stall.step_s, stalled=stall.stalled, warning=stall.warning))
-        return views
-    if isinstance(api.worker, WorkerPool):
-        rows = api.worker.rows()
-        stalls = [judge(epoch_from_iso(row.last_progress) if row.last_progress else None, row.step_s, floor,
-                        busy=row.state == "rendering") for row in rows]
-    elif isinstance(api.worker, Worker):
-        stats = api.worker.stats
-        import os
-
-        state = stats.state if api.worker.alive else "stopped"
-        rows = [WorkerRow(slot=0, worker="thread", pid=os.getpid(), device="in-process", model=stats.model,
-                          jobs_done=stats.jobs_done, images_done=stats.images_done, first_job=stats.first_job,
-                          last_error=stats.last_error, state=state)]
-        stalls = [stats.clock.judge(floor, busy=state == "rendering")]
-    else:
-        rows, stalls = [], []
-    return [WorkerView(slot=row.slot, pid=row.pid, device=row.device, model=row.model, jobs_done=row.jobs_done,
-                       images_done=row.images_done, images_per_min=images_per_minute(row),
-                       last_error=row.last_error, restarts=row.restarts, state=row.state, heartbeat=row.heartbeat,
-                       last_progress=stall.last_progress, step_s=stall.step_s, stalled=stall.stalled,
-                       warning=stall.warning)
-            for row, stall in zip(rows, stalls)]
+    """The render workers as their host shows them (echo_os.api.hosts.WorkerHost.views), each with its progress
+    clock judged: a worker rendering with no progress for far longer than its steps take is `stalled`."""
+    return api.worker.views(api.options.stall_after_s) if api.worker is not None else []
 
 
 @router.get("/health", response_model=Health, tags=["server"],
