@@ -36,22 +36,28 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
-
+from echo_os.api.job_types import (
+    JOB_STATUSES,
+    TERMINAL_STATUSES,
+    Admission,
+    IdempotencyKey,
+    Job,
+    JobProgress,
+    JobStatus,
+    Recovery,
+    SavedImage,
+    WorkerRow,
+)
 from echo_os.api.migrations import MIGRATIONS
-from echo_os.api.specs import JobKind, JobSpec, JobViewKind, parse_spec
+from echo_os.api.specs import parse_spec
 from echo_os.dbfile import open_or_quarantine
 from echo_os.render.requests import RenderRequest
 from echo_os.sqlite import BackgroundCheckpointer, check_columns, connect, rollback
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -80,91 +86,6 @@ def coalesce_key(request: RenderRequest) -> str:
     """Render jobs with equal keys may share one pipeline call: the engine asked for plus the
     request's batch key (model, size, steps, cfg, scheduler, device, dtype, attention)."""
     return json.dumps([request.engine, *request.batch_key()])
-
-
-class JobProgress(BaseModel):
-    """Denoising step of the current pipeline call, and images saved out of the job's total; an animatic
-    job counts frames encoded instead of steps (its one "image" is the video)."""
-
-    step: int = 0
-    total_steps: int = 0
-    images_done: int = 0
-    images_total: int = 0
-    frames_done: int = 0
-    frames_total: int = 0
-
-
-class Job(BaseModel):
-    """One row of the jobs table, typed. `kind` is the row's (JobKind); `spec.kind` says what it does."""
-
-    id: str
-    kind: JobKind
-    status: JobStatus
-    spec: JobSpec
-    attempts: int = 0  # tries counted against max_attempts (claims, less those an outage interrupted)
-    interruptions: int = 0  # tries ended by an outage of the machinery (counted against MAX_INTERRUPTIONS)
-    error: str | None = None
-    cancel_requested: bool = False
-    solo: bool = False  # after a failed batched call: render alone next time, to find the culprit
-    created: str
-    started: str | None = None
-    finished: str | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
-    # the denoising step its latest pipeline call reached, kept when the job ends (a cancel stops mid-call)
-    step: int = 0
-    total_steps: int = 0
-    artifact_ids: list[str] = Field(default_factory=list)  # in image order
-
-    @property
-    def images_total(self) -> int:
-        return self.spec.images_total
-
-    @property
-    def view_kind(self) -> JobViewKind:
-        return self.spec.view_kind
-
-    @model_validator(mode="after")
-    def _kind_of_spec(self) -> Job:
-        if self.kind != self.spec.row_kind:
-            raise ValueError(f"a {self.spec.kind} job is stored as kind {self.spec.row_kind!r}, not {self.kind!r}")
-        return self
-
-    @property
-    def grid_id(self) -> str | None:
-        """A comparison's grid sheet (the last of its artifact_ids), once it is written."""
-        index = self.spec.grid_index
-        # The sheet is recorded only after every cell, so it is at its own index in artifact_ids.
-        return self.artifact_ids[index] if index is not None and len(self.artifact_ids) > index else None
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """What makes a submission repeatable: `key` (namespaced by the route layer), the fingerprint of the
-    route and body it came with, and `replace`: the key is re-pointed at a new job instead of replayed (a
-    derived key of a request that is not a retry)."""
-
-    key: str
-    fingerprint: str
-    replace: bool = False
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What became of a submission: `stored` (a new job), `replayed` (the key's earlier job, same body) or
-    `conflict` (the key's earlier job was made from another body); job_id is the job meant."""
-
-    job_id: str
-    outcome: Literal["stored", "replayed", "conflict"]
-
-
-@dataclass(frozen=True)
-class SavedImage:
-    index: int
-    artifact_id: str
 
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
@@ -474,7 +395,7 @@ class JobStore:
         return self.get(job_id)
 
     # ---- after a crash ---------------------------------------------------------------------------
-    def recover(self) -> "Recovery":
+    def recover(self) -> Recovery:
         """Jobs left `running` by a process that died: cancelled if that was asked, else queued again (their
         saved images are kept and skipped). A crash is an outage, not the job's error (issue 25): no attempt
         spent, an interruption counted (failed after MAX_INTERRUPTIONS), a back-off before the next claim.
@@ -483,11 +404,11 @@ class JobStore:
         return self._take_back("lease_until IS NULL OR lease_until < ?", (now_iso(),),
                                "the server stopped while rendering", outage=True)
 
-    def requeue_expired(self) -> "Recovery":
+    def requeue_expired(self) -> Recovery:
         """Running jobs whose worker stopped renewing the lease (killed, or frozen): as `recover`, an outage."""
         return self._take_back("lease_until < ?", (now_iso(),), "its worker stopped answering", outage=True)
 
-    def requeue_worker(self, worker: str) -> "Recovery":
+    def requeue_worker(self, worker: str) -> Recovery:
         """The jobs of a worker process that has exited (the supervisor saw it go): an outage, so as
         `recover` but spending no attempt (an interruption counted, up to MAX_INTERRUPTIONS) and with a
         back-off before they are claimed again."""
@@ -507,7 +428,7 @@ class JobStore:
         return {row[0] for row in self._reader().execute(
             f"SELECT id FROM jobs WHERE id IN ({marks}) AND status = 'running' AND worker = ?", [*ids, worker])}
 
-    def _take_back(self, where: str, params: tuple, why: str, *, outage: bool = False) -> "Recovery":
+    def _take_back(self, where: str, params: tuple, why: str, *, outage: bool = False) -> Recovery:
         stamp = now_iso()
         running = f"status = 'running' AND ({where})"
         limit, spent = (MAX_INTERRUPTIONS, "interruptions + 1") if outage else (self.max_attempts, "attempts")
@@ -555,7 +476,7 @@ class JobStore:
     def drop_events(self, up_to_id: int) -> None:
         self._write("DELETE FROM job_events WHERE id <= ?", (up_to_id,))
 
-    def set_worker_row(self, row: "WorkerRow", *, only_if_same_worker: bool = False) -> None:
+    def set_worker_row(self, row: WorkerRow, *, only_if_same_worker: bool = False) -> None:
         """The supervisor sets a slot's row; a worker updates it only while the slot is still its own (an
         orphaned worker stopping after its server was killed must not overwrite its successor's row)."""
         guard = " WHERE workers.worker = excluded.worker" if only_if_same_worker else ""
@@ -572,7 +493,7 @@ class JobStore:
                      row.first_job, row.last_error, row.restarts, row.state, row.heartbeat, row.last_progress,
                      row.step_s))
 
-    def worker_rows(self) -> builtins.list["WorkerRow"]:
+    def worker_rows(self) -> builtins.list[WorkerRow]:
         return [WorkerRow(*row) for row in self._reader().execute(
             "SELECT slot, worker, pid, device, model, jobs_done, images_done, first_job, last_error, restarts, "
             "state, heartbeat, last_progress, step_s FROM workers ORDER BY slot")]
@@ -592,33 +513,9 @@ def _after(seconds: float) -> str:
     return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(timespec="microseconds")
 
 
-@dataclass
-class WorkerRow:
-    """A worker process as the `workers` table keeps it (one row per slot; a restart reuses the slot)."""
-
-    slot: int
-    worker: str
-    pid: int | None
-    device: str
-    model: str | None = None
-    jobs_done: int = 0
-    images_done: int = 0
-    first_job: str | None = None  # when it claimed its first job (images/min counts from here)
-    last_error: str | None = None
-    restarts: int = 0
-    state: str = "starting"  # starting, idle, rendering, stopped, dead
-    heartbeat: str | None = None
-    last_progress: str | None = None  # when it last claimed, stepped or saved (echo_os.api.stalls)
-    step_s: float | None = None  # its recent time per step
-
-
 def _key_cutoff() -> str:
     return (datetime.now(timezone.utc) - timedelta(seconds=IDEMPOTENCY_TTL_S)).isoformat(timespec="microseconds")
 
 
-@dataclass(frozen=True)
-class Recovery:
-    requeued: list[str]
-    failed: list[str]
-    cancelled: list[str]
-
+__all__ = ["JOB_STATUSES", "TERMINAL_STATUSES", "Admission", "IdempotencyKey", "Job", "JobProgress", "JobStatus",
+           "JobStore", "Recovery", "SavedImage", "WorkerRow"]  # the values live in echo_os.api.job_types
