@@ -39,32 +39,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from echo_os import __version__
-from echo_os.api.deps import (
-    ApiOptions,
-    ApiState,
-    CatalogReader,
-    Submitter,
-    cancel_if_unanswered,
-)
-from echo_os.api.events import (
-    EventHub,
-    JobQueued,
-)
+from echo_os.api.deps import ApiOptions, ApiState, CatalogReader, Submitter, cancel_if_unanswered
+from echo_os.api.events import EventHub, JobQueued
 from echo_os.api.hosts import WorkerHost
-from echo_os.api.idempotency import (
-    IDEMPOTENCY_HEADER,
-    REPLAYED_HEADER,
-    WaitingClients,
-)
-from echo_os.api.jobs import (
-    Job,
-    JobStore,
-)
+from echo_os.api.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, WaitingClients
+from echo_os.api.jobs import Job, JobStore
 from echo_os.api.processes import WorkerPool
 from echo_os.api.ray_workers import RayWorkers
-from echo_os.api.schemas import (
-    error_responses,
-)
+from echo_os.api.schemas import error_responses
 from echo_os.api.security import Guard, GuardSettings, check_origins
 from echo_os.api.worker import EngineFactory, Worker, default_engine_factory
 from echo_os.errors import DiskFullError, EchoError, NotFoundError, UsageError, disk_full

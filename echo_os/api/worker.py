@@ -16,13 +16,8 @@ Cancel: a threading.Event per pipeline call, passed to the engine, which stops a
 and saves nothing. An engine that runs several calls at once (`serve --ray`) has several flags out; a
 cancel sets every one whose call has the job. Batch mates of a cancelled job go back to the queue
 without losing an attempt.
-A batch job (/api/batch) ends like `echo-os batch`: story.json, the contact sheet and the continuity
-report are written by the same code (story.render.write_story_outputs). A compare job (/api/compare) is
-rendered with the renderer's resume rule, as `echo-os compare` is: cells already in the project are taken
-(recorded, announced as `resumed`), not rendered; then its grid sheet (echo_os.iterate.compare.save_grid) is
-recorded as its last artifact. An animatic job (/api/animatic) is
-claimed alone and encoded by the code `echo-os animatic` runs (motion.animatic.make_animatic); its
-progress is frames encoded, and a cancel is looked at before every frame.
+What the worker runs for each kind of job, and what a job writes once its images are saved (a story's
+outputs, a compare's grid sheet), is that kind's handler (echo_os.api.handlers, found by the spec's kind).
 In a worker process (`echo-os serve --workers N`, echo_os.api.processes) the same Worker runs with a
 `worker_id` and a lease: claims name it, a heartbeat there renews the lease, and before each pipeline
 call the jobs another worker took back (a lost lease) are dropped. `stats` are this worker's figures

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    ApiState,
-    check_model,
-    field_error,
-)
-from echo_os.api.idempotency import (
-    IdempotencyHeader,
-)
-from echo_os.api.jobs import (
-    Job,
-    new_job_id,
-    now_iso,
-)
+from echo_os.api.deps import Api, ApiState, check_model, field_error
+from echo_os.api.idempotency import IdempotencyHeader
+from echo_os.api.jobs import Job, new_job_id, now_iso
 from echo_os.api.routes.common import (
     admit,
     animatic_summary,
@@ -30,18 +17,11 @@ from echo_os.api.routes.common import (
     submitted,
     without_server_paths,
 )
-from echo_os.api.schemas import (
-    AnimateBody,
-    AnimaticBody,
-    AnimaticSubmitted,
-    Submitted,
-)
+from echo_os.api.schemas import AnimateBody, AnimaticBody, AnimaticSubmitted, Submitted
 from echo_os.api.specs import AnimaticJobSpec, AnimaticSpec, ClipSpec
 from echo_os.errors import EchoError, OptionError, UsageError
 from echo_os.render.requests import RenderRequest
 from echo_os.settings import Settings
-
-log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -61,6 +41,7 @@ async def submit_animatic(body: AnimaticBody, api: Api,
     if (earlier := await admit(api, job, key)) is not None:  # the same key arrived meanwhile
         return earlier
     return submitted(job.id, AnimaticSubmitted, **animatic_summary(spec))
+
 
 @router.post("/api/animate", status_code=202, response_model=Submitted, tags=["jobs"],
              responses=submit_responses(Submitted, 400, 403, 404, 409, 413, 422))
@@ -109,6 +90,7 @@ def clip_body_request(api: ApiState, body: AnimateBody) -> RenderRequest:
 
 
 # ---- animatics ----------------------------------------------------------------------------------------
+
 
 def animatic_spec(settings: Settings, body: AnimaticBody) -> AnimaticSpec:
     """The animatic job's spec, after the checks `echo-os animatic` makes before encoding

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import date, datetime
 from typing import Annotated
 
@@ -11,26 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    IMAGE_TYPES,
-    Api,
-    artifact_image_path,
-    artifact_video_path,
-    convert_image,
-)
-from echo_os.api.events import (
-    image_url,
-)
-from echo_os.api.routes.common import (
-    ArtifactId,
-)
-from echo_os.api.schemas import (
-    ArtifactPage,
-    ArtifactView,
-    error_responses,
-)
-
-log = logging.getLogger(__name__)
+from echo_os.api.deps import IMAGE_TYPES, Api, artifact_image_path, artifact_video_path, convert_image
+from echo_os.api.events import image_url
+from echo_os.api.routes.common import ArtifactId
+from echo_os.api.schemas import ArtifactPage, ArtifactView, error_responses
 
 router = APIRouter()
 
@@ -45,6 +28,8 @@ def artifact_view(row, *, with_meta: bool = False) -> ArtifactView:
 
 
 # -- artifacts -----------------------------------------------------------------------------------------
+
+
 @router.get("/api/artifacts", response_model=ArtifactPage, tags=["artifacts"])
 async def list_artifacts(api: Api, project: Annotated[str | None, Query(max_length=200)] = None,
                          model: Annotated[str | None, Query(max_length=200)] = None,
@@ -66,11 +51,13 @@ async def list_artifacts(api: Api, project: Annotated[str | None, Query(max_leng
     return ArtifactPage(items=[artifact_view(row) for row in rows[:limit]], limit=limit, offset=offset,
                         next_offset=offset + limit if more else None)
 
+
 @router.get("/api/artifacts/{artifact_id}", response_model=ArtifactView, tags=["artifacts"],
             responses=error_responses(404, 422))
 async def get_artifact(artifact_id: ArtifactId, api: Api) -> ArtifactView:
     row = await run_in_threadpool(api.catalog.resolve, artifact_id.lower())
     return artifact_view(row, with_meta=True)
+
 
 @router.get("/api/artifacts/{artifact_id}/image", tags=["artifacts"], response_class=FileResponse,
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
@@ -83,6 +70,7 @@ async def get_artifact_image(artifact_id: ArtifactId, api: Api,
         return FileResponse(path, media_type=IMAGE_TYPES["png"])
     data = await run_in_threadpool(convert_image, path.read_bytes(), format)
     return Response(data, media_type=IMAGE_TYPES[format])
+
 
 @router.get("/api/artifacts/{artifact_id}/video", tags=["artifacts"], response_class=FileResponse,
             responses={200: {"content": {"video/mp4": {}}}, **error_responses(404, 422)})

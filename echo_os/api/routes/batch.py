@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -11,21 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    api_message,
-    check_model,
-    field_error,
-    option_field_error,
-)
-from echo_os.api.idempotency import (
-    IdempotencyHeader,
-)
-from echo_os.api.jobs import (
-    Job,
-    new_job_id,
-    now_iso,
-)
+from echo_os.api.deps import Api, api_message, check_model, field_error, option_field_error
+from echo_os.api.idempotency import IdempotencyHeader
+from echo_os.api.jobs import Job, new_job_id, now_iso
 from echo_os.api.routes.common import (
     answer_earlier,
     batch_summary,
@@ -34,16 +21,11 @@ from echo_os.api.routes.common import (
     submitted,
     without_server_paths,
 )
-from echo_os.api.schemas import (
-    BatchBody,
-    BatchSubmitted,
-)
+from echo_os.api.schemas import BatchBody, BatchSubmitted
 from echo_os.api.security import resolve_inside
 from echo_os.api.specs import BatchSpec, StorySource
 from echo_os.errors import EchoError, OptionError
 from echo_os.settings import Settings
-
-log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -66,6 +48,7 @@ async def submit_batch(body: BatchBody, api: Api, idempotency_key: IdempotencyHe
 
 
 # ---- batches --------------------------------------------------------------------------------------------
+
 
 def _problem_field(label: str) -> str:
     return {"STORY_BIBLE.md": "bible", "prompts.txt": "prompts"}.get(label, "storyboard")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,21 +12,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    ApiState,
-)
-from echo_os.api.idempotency import (
-    REPLAYED_HEADER,
-    client_key,
-    conflict_message,
-    known,
-)
-from echo_os.api.jobs import (
-    JOB_ID_PATTERN,
-    Admission,
-    IdempotencyKey,
-    Job,
-)
+from echo_os.api.deps import ApiState
+from echo_os.api.idempotency import REPLAYED_HEADER, client_key, conflict_message, known
+from echo_os.api.jobs import JOB_ID_PATTERN, Admission, IdempotencyKey, Job
 from echo_os.api.schemas import (
     AnimaticSubmitted,
     BatchSubmitted,
@@ -38,9 +25,6 @@ from echo_os.api.schemas import (
 )
 from echo_os.api.specs import AnimaticJobSpec, BatchSpec, EvolveJobSpec
 from echo_os.settings import Settings
-
-log = logging.getLogger(__name__)
-
 
 ARTIFACT_ID_PATTERN = r"^[0-9a-fA-F]{12,64}$"
 SSE_PING_S = 15.0

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    field_error,
-    option_field_error,
-)
-from echo_os.api.idempotency import (
-    IdempotencyHeader,
-)
-from echo_os.api.jobs import (
-    Job,
-    new_job_id,
-    now_iso,
-)
-from echo_os.api.routes.common import (
-    admit,
-    replay_of,
-    submit_responses,
-    submitted,
-)
-from echo_os.api.schemas import (
-    CompareBody,
-    CompareSubmitted,
-)
+from echo_os.api.deps import Api, field_error, option_field_error
+from echo_os.api.idempotency import IdempotencyHeader
+from echo_os.api.jobs import Job, new_job_id, now_iso
+from echo_os.api.routes.common import admit, replay_of, submit_responses, submitted
+from echo_os.api.schemas import CompareBody, CompareSubmitted
 from echo_os.api.specs import CompareAxis, CompareSource, CompareSpec
 from echo_os.errors import OptionError
 from echo_os.settings import Settings
-
-log = logging.getLogger(__name__)
 
 router = APIRouter()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException
@@ -11,35 +10,14 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    field_error,
-)
-from echo_os.api.idempotency import (
-    IdempotencyHeader,
-)
-from echo_os.api.jobs import (
-    Job,
-    new_job_id,
-    now_iso,
-)
-from echo_os.api.routes.common import (
-    admit,
-    evolve_summary,
-    replay_of,
-    submit_responses,
-    submitted,
-)
-from echo_os.api.schemas import (
-    EvolveBody,
-    EvolveSubmitted,
-    error_responses,
-)
+from echo_os.api.deps import Api, field_error
+from echo_os.api.idempotency import IdempotencyHeader
+from echo_os.api.jobs import Job, new_job_id, now_iso
+from echo_os.api.routes.common import admit, evolve_summary, replay_of, submit_responses, submitted
+from echo_os.api.schemas import EvolveBody, EvolveSubmitted, error_responses
 from echo_os.api.specs import EvolveJobSpec, EvolveSpec
 from echo_os.errors import NotFoundError, UsageError
 from echo_os.settings import Settings
-
-log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -58,6 +36,7 @@ async def submit_evolve(body: EvolveBody, api: Api, idempotency_key: Idempotency
         return earlier
     return submitted(job.id, EvolveSubmitted, **evolve_summary(spec))
 
+
 @router.get("/api/evolve/{run_id}", tags=["jobs"], responses=error_responses(403, 404, 422))
 async def evolve_record(run_id: Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$")], api: Api) -> JSONResponse:
     """An evolve run's record: rounds, candidates, their scores, the gain per round and overall."""
@@ -71,6 +50,7 @@ async def evolve_record(run_id: Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}
 
 
 # ---- evolve -------------------------------------------------------------------------------------------
+
 
 def plan_evolve(settings: Settings, body: EvolveBody) -> EvolveJobSpec:
     """The job spec of an /api/evolve body, checked now: a 422 names the field (404: no such target)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -11,10 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    ApiState,
-)
+from echo_os.api.deps import Api, ApiState
 from echo_os.api.events import (
     FINAL_EVENTS,
     JobCancelled,
@@ -25,23 +21,10 @@ from echo_os.api.events import (
     JobSucceeded,
     sse_message,
 )
-from echo_os.api.jobs import (
-    Job,
-    JobProgress,
-    JobStatus,
-)
-from echo_os.api.routes.common import (
-    SSE_PING_S,
-    JobId,
-)
-from echo_os.api.schemas import (
-    JobPage,
-    JobView,
-    error_responses,
-)
+from echo_os.api.jobs import Job, JobProgress, JobStatus
+from echo_os.api.routes.common import SSE_PING_S, JobId
+from echo_os.api.schemas import JobPage, JobView, error_responses
 from echo_os.api.stalls import Stall, epoch_from_iso, judge
-
-log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -99,6 +82,8 @@ def snapshot_events(job: Job, live: JobProgressed | None) -> list:
 
 
 # -- jobs ----------------------------------------------------------------------------------------------
+
+
 @router.get("/api/jobs", response_model=JobPage, tags=["jobs"])
 async def list_jobs(api: Api, status: JobStatus | None = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -109,11 +94,13 @@ async def list_jobs(api: Api, status: JobStatus | None = None,
     items = [job_view(job, api.hub.progress(job.id), job_stall(api, job)) for job in jobs[:limit]]
     return JobPage(items=items, limit=limit, offset=offset, next_offset=offset + limit if more else None)
 
+
 async def find_job(api: ApiState, job_id: str) -> Job:
     job = await run_in_threadpool(api.jobs.get, job_id)
     if job is None:
         raise HTTPException(status_code=404, detail=f"no job {job_id}")
     return job
+
 
 @router.get("/api/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=error_responses(404, 422))
 async def get_job(job_id: JobId, api: Api) -> JobView:
@@ -123,6 +110,7 @@ async def get_job(job_id: JobId, api: Api) -> JobView:
 
     view.engines = await run_in_threadpool(engines_of, api, job.artifact_ids)
     return view
+
 
 @router.post("/api/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"],
              responses={202: {"model": JobView, "description": "Running: it stops at the next step"},
@@ -148,6 +136,7 @@ async def cancel_job(job_id: JobId, api: Api) -> JSONResponse:
         raise HTTPException(status_code=409, detail=f"job {job_id} already {job.status}")
     view = job_view(job, api.hub.progress(job_id))
     return JSONResponse(view.model_dump(mode="json"), status_code=status)
+
 
 @router.get("/api/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},

@@ -70,6 +70,8 @@ IMAGE_BODY = {"required": False, "content": {
 
 
 # One route for both methods, so OPTIONS and 405 answers list GET and POST together.
+
+
 @router.api_route("/api/memory/search", methods=["GET", "POST"], response_model=list[MemoryHit], tags=["memory"],
                   openapi_extra={"requestBody": IMAGE_BODY}, responses=error_responses(413, 422))
 async def memory_search(

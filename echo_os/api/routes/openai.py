@@ -28,21 +28,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    ApiState,
-    artifact_image_path,
-    convert_image,
-    prepare_body,
-)
-from echo_os.api.idempotency import (
-    REPLAYED_HEADER,
-    IdempotencyHeader,
-    client_key,
-    conflict_message,
-    derived_key,
-    known,
-)
+from echo_os.api.deps import Api, ApiState, artifact_image_path, convert_image, prepare_body
+from echo_os.api.idempotency import REPLAYED_HEADER, IdempotencyHeader, client_key, conflict_message, derived_key, known
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, new_job_id, now_iso
 from echo_os.api.schemas import EngineName, error_responses
 from echo_os.api.specs import RenderSpec

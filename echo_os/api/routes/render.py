@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    ApiState,
-    option_field_error,
-    prepare_body,
-)
-from echo_os.api.idempotency import (
-    IdempotencyHeader,
-)
-from echo_os.api.jobs import (
-    Job,
-    new_job_id,
-    now_iso,
-)
-from echo_os.api.routes.common import (
-    admit,
-    replay_of,
-    submit_responses,
-    submitted,
-)
-from echo_os.api.schemas import (
-    RefineBody,
-    RenderBody,
-    Submitted,
-)
+from echo_os.api.deps import Api, ApiState, option_field_error, prepare_body
+from echo_os.api.idempotency import IdempotencyHeader
+from echo_os.api.jobs import Job, new_job_id, now_iso
+from echo_os.api.routes.common import admit, replay_of, submit_responses, submitted
+from echo_os.api.schemas import RefineBody, RenderBody, Submitted
 from echo_os.api.specs import RefineSpec, RenderSpec
 from echo_os.errors import OptionError
 from echo_os.render.kinds import output_fields
-
-log = logging.getLogger(__name__)
 
 router = APIRouter()
 

@@ -3,47 +3,32 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    ApiState,
-    field_error,
-)
-from echo_os.api.idempotency import (
-    IDEMPOTENCY_HEADER,
-    REPLAYED_HEADER,
-    IdempotencyHeader,
-    client_key,
-)
-from echo_os.api.jobs import (
-    IdempotencyKey,
-)
-from echo_os.api.schemas import (
-    StyleBody,
-    StyleView,
-    error_responses,
-)
+from echo_os.api.deps import Api, ApiState, field_error
+from echo_os.api.idempotency import IDEMPOTENCY_HEADER, REPLAYED_HEADER, IdempotencyHeader, client_key
+from echo_os.api.jobs import IdempotencyKey
+from echo_os.api.schemas import StyleBody, StyleView, error_responses
 from echo_os.errors import OptionError
 from echo_os.settings import Settings
-
-log = logging.getLogger(__name__)
 
 router = APIRouter()
 
 
 # -- styles --------------------------------------------------------------------------------------
+
+
 @router.get("/api/styles", response_model=list[StyleView], tags=["styles"])
 async def list_styles(api: Api) -> list[StyleView]:
     from echo_os.render.styles import all_styles
 
     found = await run_in_threadpool(all_styles, api.settings)
     return [StyleView.model_validate(style.as_dict()) for style in sorted(found.values(), key=lambda s: s.name.casefold())]
+
 
 @router.post("/api/styles", status_code=201, response_model=StyleView, tags=["styles"],
              responses={200: {"model": StyleView, "description": "The answer an earlier request with this "
@@ -55,6 +40,7 @@ async def add_style(body: StyleBody, api: Api, idempotency_key: IdempotencyHeade
     key = client_key("/api/styles", idempotency_key, body)
     status, answer, replayed = await run_in_threadpool(save_style_once, api, body, key)
     return JSONResponse(answer, status_code=status, headers={REPLAYED_HEADER: "true"} if replayed else None)
+
 
 @router.api_route("/api/styles", methods=["OPTIONS", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 async def styles_other_methods() -> JSONResponse:

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from echo_os import __version__
-from echo_os.api.deps import (
-    Api,
-    ApiState,
-)
-from echo_os.api.schemas import (
-    Health,
-    WorkerList,
-    WorkerView,
-)
-
-log = logging.getLogger(__name__)
+from echo_os.api.deps import Api, ApiState
+from echo_os.api.schemas import Health, WorkerList, WorkerView
 
 router = APIRouter()
 
@@ -38,6 +27,7 @@ async def health(api: Api) -> JSONResponse:
     health = Health(status="degraded" if worker == "stopped" else "ok", version=__version__, worker=worker,
                     jobs=counts)
     return JSONResponse(health.model_dump(), status_code=503 if worker == "stopped" else 200)
+
 
 @router.get("/api/workers", response_model=WorkerList, tags=["server"])
 async def list_workers(api: Api) -> WorkerList:
