@@ -299,7 +299,8 @@ def test_kill_9_and_restart_completes_every_job_exactly_once(tmp_path_factory, t
     assert all(len(set(done[i]["artifact_ids"])) == 4 for i in ids)
     for job_id in ids:  # what was saved before the kill is kept, not made again
         assert done[job_id]["artifact_ids"][:len(saved_before[job_id])] == saved_before[job_id]
-    assert all(done[job_id]["attempts"] == 2 for job_id in running)  # interrupted, then ran again
+    # interrupted by the kill (an outage: no attempt spent, an interruption counted), then ran again
+    assert all((done[job_id]["attempts"], done[job_id]["interruptions"]) == (1, 1) for job_id in running)
     assert len(artifacts) == 16
     assert sorted(a["seed"] for a in artifacts) == sorted(1000 * i + k for i in range(4) for k in range(4))
     assert len(list((home / "artifacts").glob("*/*/*/image.png"))) == 16  # no duplicate folder either

@@ -265,7 +265,7 @@ def test_a_story_shows_its_cards_in_scene_order(browser, api):
 
 
 def test_edit_storyboard_changes_one_row_only():
-    from echo_os.api.studio_routes import SceneEdit, edit_storyboard
+    from echo_os.api.routes.studio import SceneEdit, edit_storyboard
     from echo_os.errors import UsageError
 
     text = 'scene,description,characters\n1,"a harbour, at dawn",mara\n2,a storm,tom\n'

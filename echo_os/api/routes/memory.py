@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
@@ -76,6 +76,8 @@ IMAGE_BODY = {"required": False, "content": {
 
 
 # One route for both methods, so OPTIONS and 405 answers list GET and POST together.
+
+
 @router.api_route("/api/memory/search", methods=["GET", "POST"], response_model=list[MemoryHit], tags=["memory"],
                   openapi_extra={"requestBody": IMAGE_BODY}, responses=error_responses(413, 422))
 async def memory_search(
@@ -112,14 +114,15 @@ def name_search_operations(app: FastAPI) -> None:
     """
     build = app.openapi
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
+    def openapi() -> dict[str, Any]:
+        schema = app.openapi_schema
+        if schema is None:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Duplicate Operation ID memory_search", category=UserWarning)
-                schema = build()
+                schema = build()  # kept as app.openapi_schema
             for method, operation_id in SEARCH_OPERATION_IDS.items():
                 schema["paths"]["/api/memory/search"][method]["operationId"] = operation_id
-        return app.openapi_schema
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
