@@ -128,16 +128,16 @@ async def submit_all(client, count: int, concurrency: int, offset: int) -> list[
 async def run(settings, requests: int, concurrencies: list[int], profile_path: Path | None) -> dict:
     import httpx
 
-    from echo_os.api import app as app_module
     from echo_os.api import create_app, deps
     from echo_os.api.jobs import JobStore
+    from echo_os.api.routes import render as render_routes
 
     stages = Stages()
     stages.wrap(JobStore, "admit", "admit")
     stages.wrap(JobStore, "find_key", "find_key")
     # the front door: build_render_request on the loop before issue 23, prepare_body on a threadpool after
-    front = "prepare_body" if hasattr(app_module, "prepare_body") else "build_render_request"
-    stages.wrap(app_module, front, "build_render_request")
+    front = "prepare_body" if hasattr(render_routes, "prepare_body") else "build_render_request"
+    stages.wrap(render_routes, front, "build_render_request")
     original_init = deps.Submitter.__init__
 
     def init(self, jobs, on_stored):

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from echo_os.api import ApiOptions, create_app
-from echo_os.api.jobs import Job, JobSpec, JobStore, new_job_id, now_iso
+from echo_os.api.jobs import Job, JobStore, new_job_id, now_iso
+from echo_os.api.specs import RenderSpec
 from echo_os.errors import ModelError
 from echo_os.render.requests import RenderRequest
 from tests.api_helpers import FakeEngine, api_client, parse_sse, wait_job
@@ -66,13 +67,13 @@ async def test_event_stream_does_not_repeat_progress_the_snapshot_showed():
     2): the stream sends step 2 once, then 3 and 4, not 1 and 2 again."""
     from types import SimpleNamespace
 
-    from echo_os.api.app import _event_stream, snapshot_events
     from echo_os.api.events import EventHub, JobProgressed, JobStarted, JobSucceeded
-    from echo_os.api.jobs import Job, JobSpec
+    from echo_os.api.jobs import Job
+    from echo_os.api.routes.jobs import _event_stream, snapshot_events
     from echo_os.render.requests import RenderRequest
 
     job = Job(id="a" * 32, kind="render", status="running", attempts=1, created="2026-11-22T00:00:00+00:00",
-              spec=JobSpec(items=(RenderRequest(prompt="x", steps=4),)))
+              spec=RenderSpec(items=(RenderRequest(prompt="x", steps=4),)))
     hub = EventHub(asyncio.get_running_loop())
 
     def step(number: int) -> JobProgressed:
@@ -290,7 +291,7 @@ async def test_a_failing_batched_call_renders_each_job_alone(workspace):
 # ---- restart --------------------------------------------------------------------------------------------
 
 def _running_job(jobs: JobStore, request: RenderRequest, attempts: int = 1) -> Job:
-    job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(request,)), created=now_iso())
+    job = Job(id=new_job_id(), kind="render", status="queued", spec=RenderSpec(items=(request,)), created=now_iso())
     jobs.insert([job])
     for _ in range(attempts):
         claimed = jobs.claim_next()
@@ -310,7 +311,7 @@ async def test_restart_finishes_interrupted_jobs_without_duplicates(workspace):
     jobs = JobStore(workspace.artifacts_dir / "jobs.db")
     job = _running_job(jobs, request)
     queued = Job(id=new_job_id(), kind="render", status="queued", created=now_iso(),
-                 spec=JobSpec(items=(request.model_copy(update={"prompt": "waiting", "count": 1}),)))
+                 spec=RenderSpec(items=(request.model_copy(update={"prompt": "waiting", "count": 1}),)))
     jobs.insert([queued])
     [result] = DraftEngine().render([request])
     store = ArtifactStore(workspace)
@@ -324,7 +325,8 @@ async def test_restart_finishes_interrupted_jobs_without_duplicates(workspace):
         done = await wait_job(client, job.id)
         other = await wait_job(client, queued.id)
         artifacts = (await client.get("/api/artifacts", params={"limit": 100})).json()["items"]
-    assert done["status"] == "succeeded" and done["attempts"] == 2
+    # the crash was an outage, not the job's error: no attempt spent, one interruption (issue 25)
+    assert done["status"] == "succeeded" and (done["attempts"], done["interruptions"]) == (1, 1)
     assert done["artifact_ids"][0] == recorded.id and done["artifact_ids"][2] == orphan.id
     assert len(set(done["artifact_ids"])) == 4
     assert other["status"] == "succeeded"
@@ -335,17 +337,29 @@ async def test_restart_finishes_interrupted_jobs_without_duplicates(workspace):
     assert len(folders) == 5
 
 
-async def test_restart_gives_up_after_three_interrupted_attempts(workspace):
+async def test_restart_gives_up_on_a_job_that_keeps_crashing_the_server(workspace):
+    """A crash is an outage, not the job's error: it spends no attempt (a job whose two earlier attempts
+    failed on their own is queued again), but a job the server died under MAX_INTERRUPTIONS times fails."""
+    from echo_os.api.jobs import MAX_INTERRUPTIONS
+
     jobs = JobStore(workspace.artifacts_dir / "jobs.db")
     request = RenderRequest(prompt="crashes the server", width=64, height=64, steps=2, engine="draft")
-    job = _running_job(jobs, request, attempts=3)
+    job = _running_job(jobs, request)
+    tried = _running_job(jobs, request.model_copy(update={"prompt": "failed twice"}), attempts=3)
     asked = _running_job(jobs, request.model_copy(update={"prompt": "cancel me"}))
     jobs.request_cancel(asked.id)
     jobs.close()
+    db = sqlite3.connect(workspace.artifacts_dir / "jobs.db")
+    with db:
+        db.execute("UPDATE jobs SET interruptions = ? WHERE id = ?", (MAX_INTERRUPTIONS - 1, job.id))
+    db.close()
     async with api_client(workspace, start_worker=False) as (client, _):
         failed = (await client.get(f"/api/jobs/{job.id}")).json()
+        again = (await client.get(f"/api/jobs/{tried.id}")).json()
         cancelled = (await client.get(f"/api/jobs/{asked.id}")).json()
-    assert failed["status"] == "failed" and "3 times" in failed["error"]
+    assert failed["status"] == "failed" and f"{MAX_INTERRUPTIONS} times" in failed["error"]
+    assert failed["interruptions"] == MAX_INTERRUPTIONS
+    assert again["status"] == "queued" and (again["attempts"], again["interruptions"]) == (2, 1)
     assert cancelled["status"] == "cancelled"
 
 
@@ -398,13 +412,13 @@ ROUTES = [("GET", "/api/jobs"), ("GET", f"/api/jobs/{'a' * 32}"), ("GET", f"/api
           ("POST", "/api/evolve"), ("GET", f"/api/evolve/{'c' * 16}"), ("DELETE", f"/api/artifacts/{'b' * 64}/rating"),
           ("POST", "/api/animate"), ("GET", "/api/studio"), ("GET", "/api/studio/options"),
           ("GET", "/api/studio/static/studio.js"), ("GET", "/api/studio/story/p"),
-          ("POST", "/api/studio/story/p/scenes/1")]
+          ("POST", "/api/studio/story/p/scenes/1"), ("GET", "/api/studio/styles/cinematic/swatch")]
 
 
 async def test_every_route_but_health_needs_the_token(workspace):
     async with api_client(workspace, start_worker=False, token="s3cret") as (client, app):
         documented = {(method, path) for path, item in app.openapi()["paths"].items() for method in item}
-        assert len(documented) == 34
+        assert len(documented) == 35
         assert (await client.get("/health")).status_code == 200
         for method, path in ROUTES:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):

@@ -277,10 +277,11 @@ def test_migration_lets_jobs_hold_animatics_and_keeps_rows_keys_and_indexes(tmp_
                        "VALUES ('x', 'bogus', 'queued', '{}', 1, 'now')")
         claimed = store.claim_next()  # the old queued render job is still claimable
         assert claimed is not None and claimed.id == "b" * 32 and claimed.spec.items[0].prompt == "an old queued job"
-        from echo_os.api.jobs import AnimaticSpec, Job, JobSpec, now_iso
+        from echo_os.api.jobs import Job, now_iso
+        from echo_os.api.specs import AnimaticJobSpec, AnimaticSpec
 
         store.insert([Job(id="d" * 32, kind="animatic", status="queued", created=now_iso(),
-                          spec=JobSpec(animatic=AnimaticSpec(project="p", fps=4, fade=0.0, scenes=1, frames=4)))])
+                          spec=AnimaticJobSpec(animatic=AnimaticSpec(project="p", fps=4, fade=0.0, scenes=1, frames=4)))])
         assert db.execute("SELECT seq FROM jobs WHERE id = ?", ("d" * 32,)).fetchone()[0] == 100  # never reused
         assert store.get("d" * 32).kind == "animatic" and store.get("d" * 32).images_total == 1
     finally:

@@ -18,7 +18,6 @@ from echo_os.api.jobs import (
     MAX_INTERRUPTIONS,
     REQUEUE_BACKOFF_S,
     Job,
-    JobSpec,
     JobStore,
     WorkerRow,
     new_job_id,
@@ -26,13 +25,14 @@ from echo_os.api.jobs import (
     requeue_backoff_s,
 )
 from echo_os.api.processes import CPU_WORKER_NICE, WorkerPool, images_per_minute, visible_gpus
+from echo_os.api.specs import RenderSpec
 from echo_os.render.requests import RenderRequest
 from tests.test_api_server import TINY, read_events, start_server, tiny_home, wait_jobs
 
 
 def _job(prompt: str = "a lighthouse") -> Job:
     return Job(id=new_job_id(), kind="render", status="queued", created=now_iso(),
-               spec=JobSpec(items=(RenderRequest(prompt=prompt, model="tiny"),)))
+               spec=RenderSpec(items=(RenderRequest(prompt=prompt, model="tiny"),)))
 
 
 @pytest.fixture

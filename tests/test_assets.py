@@ -36,6 +36,24 @@ def test_render_3d_model_writes_a_placeholder_glb_with_its_counts(workspace, run
 
     with Image.open(folder / "image.png") as preview:  # the turntable sheet
         assert preview.size == (meta["width"], meta["height"]) and len(set(preview.convert("L").getdata())) > 10
+    assert_turntable_mp4(folder, meta)
+
+
+def assert_turntable_mp4(folder: Path, meta: dict) -> None:
+    """turntable.mp4 decodes as H.264 with the frame count and rate meta.json records: one turn, the mesh
+    seen from a different side in each quarter (the frames differ), the first and last frames a step apart."""
+    from echo_os.artifacts.assets import TURNTABLE_FPS, TURNTABLE_FRAMES
+    from echo_os.artifacts.encode import probe, read_frames
+
+    assert (meta["turntable"], meta["turntable_frames"], meta["turntable_fps"]) == (
+        "turntable.mp4", TURNTABLE_FRAMES, TURNTABLE_FPS)
+    info = probe(folder / "turntable.mp4")
+    assert (info["codec"], info["frames"], info["fps"]) == ("h264", TURNTABLE_FRAMES, TURNTABLE_FPS)
+    frames = read_frames(folder / "turntable.mp4")
+    quarter = TURNTABLE_FRAMES // 4
+    assert len(frames) == TURNTABLE_FRAMES
+    assert np.abs(frames[0].astype(int) - frames[quarter].astype(int)).mean() > 1.0
+    assert frames[0].std() > 5  # the mesh is drawn, not an empty background
 
 
 def test_render_audio_writes_a_quiet_flac_of_the_asked_length(workspace, run_cli) -> None:
@@ -123,6 +141,31 @@ async def test_api_render_with_type_makes_a_mesh_and_a_sound(workspace, anyio_ba
                 kinds.setdefault(meta["kind"], []).append(meta)
         assert [m["seed"] for m in kinds["mesh"]] == [1, 2] and kinds["audio"][0]["duration_s"] == 0.5
         assert kinds["mesh"][0]["engine"]["name"] == "draft-mesh" and kinds["audio"][0]["placeholder"] is True
+        # the gallery served over HTTP serves what a mesh's and a sound's cards link (and nothing else new)
+        page = await client.get("/api/gallery", follow_redirects=True)
+        assert page.status_code == 200
+        assert page.url.path == "/api/gallery/files/gallery/index.html"
+        files = "/api/gallery/files/"
+        mesh_folder = files + _artifact_folder(workspace, kinds["mesh"][0]["id"])
+        served = {}
+        for link in (f"{files}.cache/glb/{kinds['mesh'][0]['id']}.js", f"{mesh_folder}/turntable.mp4",
+                     f"{mesh_folder}/mesh.glb", files + _artifact_folder(workspace, kinds["audio"][0]["id"]) + "/sound.flac"):
+            response = await client.get(link)
+            assert response.status_code == 200, link
+            served[link.rsplit(".", 1)[-1]] = response.headers["content-type"]
+        assert served == {"js": "text/javascript; charset=utf-8", "mp4": "video/mp4", "glb": "model/gltf-binary",
+                          "flac": "audio/flac"}
+        assert (await client.get("/api/gallery/files/catalog.db")).status_code == 404
+
+
+def _artifact_folder(workspace, artifact_id: str) -> str:
+    from echo_os.artifacts.store import ArtifactStore
+
+    store = ArtifactStore(workspace)
+    try:
+        return store.open(artifact_id).path.relative_to(workspace.artifacts_dir).as_posix()
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +189,7 @@ def test_shap_e_through_auto_writes_a_glb_with_its_counts_and_replays(workspace,
     assert meta["settings"]["grid_size"] == 16 and meta["settings"]["guidance"] == 3.0
     mesh = trimesh.load(Path(shown["path"]) / "mesh.glb", force="mesh", process=False)
     assert (len(mesh.vertices), len(mesh.faces)) == (meta["vertices"], meta["faces"]) and meta["faces"] > 0
+    assert_turntable_mp4(Path(shown["path"]), meta)
     code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
     assert code == 0 and json.loads(out)["content_matches"] is True, err
 
@@ -224,3 +268,131 @@ def test_stable_audio_through_auto_writes_the_asked_length_and_replays(workspace
     # auto passes over it to the placeholder, and says why
     code, out, err = run_cli("--home", str(workspace.home), "render", "rain", *common, "--seconds", "5")
     assert code == 0 and "engine: draft-audio" in err and "longer than tiny-sa makes" in err, err
+
+
+def test_stable_audio_keeps_the_scheduler_stable_audio_open_ships(workspace, tmp_path_factory) -> None:
+    """The tiny folder names CosineDPMSolverMultistepScheduler with Stable Audio Open's config, as the real one
+    does; the engine loads and renders with it (its SDE noise seeded from the generator: same seed, same sound)."""
+    from echo_os.engines import create_engine
+    from echo_os.render.requests import RenderRequest
+    from tests.tiny_stable_audio import SCHEDULER_CONFIG, save_tiny_stable_audio
+
+    folder = save_tiny_stable_audio(tmp_path_factory.mktemp("tiny-sa-sched") / "tiny-sa")
+    saved = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["_class_name"] == "CosineDPMSolverMultistepScheduler"
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-sa]\ntype = "audio"\npath = "{folder.as_posix()}"\n')
+    engine = create_engine(workspace, "stable-audio", "test")
+    request = RenderRequest(prompt="rain on a tin roof", output="audio", engine="stable-audio", model="tiny-sa",
+                            steps=3, cfg=3.0, device="cpu", seed=4, options={"seconds": 0.2})
+    scheduler = engine.loaded(request).pipe.scheduler
+    assert type(scheduler).__name__ == "CosineDPMSolverMultistepScheduler"
+    assert {key: scheduler.config[key] for key in SCHEDULER_CONFIG} == SCHEDULER_CONFIG
+    [first] = engine.render([request])
+    [again] = engine.render([request])
+    [other] = engine.render([request.model_copy(update={"seed": 5})])
+    sound = first.images[0].asset.data
+    assert np.array_equal(sound, again.images[0].asset.data) and not np.array_equal(sound, other.images[0].asset.data)
+
+
+@pytest.fixture(scope="module")
+def tiny_audioldm2_dir(tmp_path_factory):
+    from tests.tiny_audioldm2 import save_tiny_audioldm2
+
+    return save_tiny_audioldm2(tmp_path_factory.mktemp("tiny-aldm") / "tiny-aldm")
+
+
+def test_audioldm2_through_auto_writes_16khz_mono_and_replays(workspace, run_cli, tiny_audioldm2_dir) -> None:
+    import soundfile
+
+    with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+        handle.write(f'\n[models.tiny-aldm]\ntype = "audio"\npath = "{tiny_audioldm2_dir.as_posix()}"\n')
+    common = ("--type", "audio", "--model", "tiny-aldm", "--steps", "2", "--cfg", "3", "--device", "cpu")
+    [shown] = render_json(run_cli, workspace.home, "rain on a tin roof", *common, "--seconds", "0.1")
+    meta = json.loads((Path(shown["path"]) / "meta.json").read_text())
+    assert meta["engine"]["name"] == "audioldm2" and meta["placeholder"] is False
+    samples, rate = soundfile.read(Path(shown["path"]) / "sound.flac", always_2d=True)
+    assert (rate, samples.shape) == (16000, (1600, 1)) and (meta["sample_rate"], meta["channels"]) == (16000, 1)
+    assert np.abs(samples).max() > 1e-3  # a sound, not 16-bit silence
+    code, out, err = run_cli("--home", str(workspace.home), "replay", shown["id"], "--json")
+    assert code == 0 and json.loads(out)["content_matches"] is True, err
+    # the Stable Audio engine refuses the folder in one line, naming the engine that renders it
+    code, out, err = run_cli("--home", str(workspace.home), "render", "rain", *common, "--seconds", "0.1",
+                             "--engine", "stable-audio")
+    assert code == 2 and "use --engine audioldm2" in err and len(err.strip().splitlines()) == 1, err
+    from echo_os.engines import create_engine
+    from echo_os.errors import OptionError
+    from echo_os.render.requests import RenderRequest
+
+    with pytest.raises(OptionError, match=r"shorter than tiny-aldm makes \(0.0005 s at least\)"):
+        create_engine(workspace, "audioldm2", "test").render([RenderRequest(
+            prompt="rain", output="audio", model="tiny-aldm", steps=2, device="cpu", options={"seconds": 0.0001})])
+
+
+def test_gallery_lightbox_turns_the_glb_in_webgl(workspace, run_cli, tmp_path) -> None:
+    """In headless Chromium, from the page opened from disk: a mesh's card plays its turntable MP4, and its
+    lightbox draws the GLB in the shipped WebGL viewer (no network): the canvas holds non-background pixels,
+    as many triangles as meta.json's faces, and the picture changes as the model turns."""
+    import shutil
+
+    from tests.test_gallery import CHROMIUM_FLAGS
+    from tests.webdriver import CHROMEDRIVER, chromium_session
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None or CHROMEDRIVER is None:
+        pytest.skip("chromium and chromedriver are not installed")
+    from tests.test_api_server import free_port
+
+    mesh = render_json(run_cli, workspace.home, "sword design", "--type", "3d_model")[0]
+    render_json(run_cli, workspace.home, "a harbour at dusk", "--size", "64x64")
+    meta = json.loads((Path(mesh["path"]) / "meta.json").read_text())
+    code, out, err = run_cli("--home", str(workspace.home), "gallery")
+    assert code == 0, err
+    page = Path(out.strip())
+    assert (workspace.home / "artifacts" / ".cache" / "glb" / f"{mesh['id']}.js").is_file()
+    assert "cdn" not in page.read_text().lower() and "GlbViewer" in page.read_text()
+    background = "return [235, 235, 240];"
+    count_pixels = """
+        const canvas = document.getElementById('lb-mesh'), copy = document.createElement('canvas');
+        copy.width = canvas.width; copy.height = canvas.height;
+        const context = copy.getContext('2d');
+        context.drawImage(canvas, 0, 0);
+        const data = context.getImageData(0, 0, copy.width, copy.height).data, bg = arguments[0];
+        let count = 0, sum = 0;
+        for (let i = 0; i < data.length; i += 4) {
+          const off = Math.abs(data[i] - bg[0]) + Math.abs(data[i + 1] - bg[1]) + Math.abs(data[i + 2] - bg[2]);
+          if (off > 12) { count++; sum += (i / 4) % copy.width; }
+        }
+        return [count, count ? sum / count : 0, copy.width * copy.height];"""
+    with chromium_session(chromium, CHROMIUM_FLAGS, tmp_path / "profile", free_port()) as browser:
+        browser.open(page.as_uri())
+        browser.wait_for("return document.body.dataset.ready === 'true'")
+        assert browser.run("return document.body.dataset.broken") == "0"
+        assert browser.run("return document.body.dataset.videos") == "1"  # the turntable
+        card = f'.card[data-id="{mesh["id"]}"]'
+        assert browser.run(f"return document.querySelector('{card} video').getAttribute('src')").endswith(
+            "/turntable.mp4")
+        browser.wait_for("return document.body.dataset.playable === '1'")
+        browser.click(card)
+        state = browser.wait_for("const c = document.getElementById('lb-mesh'); "
+                                 "return c.dataset.drawn || c.dataset.error")
+        canvas = browser.run("return Object.assign({}, document.getElementById('lb-mesh').dataset)")
+        assert state == "1" and canvas["renderer"] == "webgl", canvas
+        assert int(canvas["triangles"]) == meta["faces"]
+        bg = browser.run(background)
+        drawn, centre, total = browser.run(count_pixels, bg)
+        assert 0.02 * total < drawn < 0.9 * total, (drawn, total)
+        import time
+
+        time.sleep(1.0)
+        later, later_centre, _ = browser.run(count_pixels, bg)
+        assert (later, round(later_centre)) != (drawn, round(centre))  # it turns
+        # the files line links the GLB and the turntable
+        links = browser.run("return [...document.querySelectorAll('#lb-files a')].map(a => a.getAttribute('href'))")
+        assert links[0].endswith("/mesh.glb") and links[1].endswith("/turntable.mp4")
+        # an image's lightbox hides the viewer
+        browser.run("document.getElementById('lb-close').click()")
+        other = browser.run("return [...document.querySelectorAll('.card')].find(c => c.querySelector('img'))"
+                            ".dataset.id")
+        browser.click(f'.card[data-id="{other}"]')
+        assert browser.run("return document.getElementById('lb-mesh').classList.contains('hidden')") is True

@@ -397,3 +397,26 @@ class TestStableAudioContract(EngineContract):
         with open(workspace.models_toml, "a", encoding="utf-8") as handle:
             handle.write(f'\n[models.tiny-stable-audio]\ntype = "audio"\npath = "{tiny_stable_audio_dir.as_posix()}"\n')
         return workspace
+
+
+@pytest.fixture(scope="module")
+def tiny_audioldm2_dir(tmp_path_factory):
+    from tests.tiny_audioldm2 import save_tiny_audioldm2
+
+    return save_tiny_audioldm2(tmp_path_factory.mktemp("tiny-audioldm2") / "tiny-audioldm2")
+
+
+class TestAudioLDM2Contract(EngineContract):
+    """The AudioLDM 2 engine (output kind "audio", 16 kHz mono) on a tiny random-weight pipeline, through
+    models.toml."""
+
+    engine_name = "audioldm2"
+    request_fields = dict(model="tiny-audioldm2", output="audio", steps=2, cfg=3.0, device="cpu",
+                          options={"seconds": 0.016})
+    cli_args = ("--type", "audio", "--model", "tiny-audioldm2")
+
+    @pytest.fixture
+    def settings(self, workspace, tiny_audioldm2_dir):
+        with open(workspace.models_toml, "a", encoding="utf-8") as handle:
+            handle.write(f'\n[models.tiny-audioldm2]\ntype = "audio"\npath = "{tiny_audioldm2_dir.as_posix()}"\n')
+        return workspace

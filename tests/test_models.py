@@ -328,7 +328,7 @@ def test_default_registry_names_the_shipped_models(home: Settings) -> None:
     registry = load_registry(home)
     assert registry.names() == ["sdxl", "sdxl-turbo", "sdxl-lightning-4step", "sdxl-lightning-4step-lora", "sdxl-lcm",
                                 "lcm-lora-sdxl", "sdxl-tcd", "tcd-lora-sdxl", "ip-adapter-sdxl", "clip-vit-l-14",
-                                "minilm", "svd", "shap-e", "shap-e-img2img", "audioldm2", "stable-audio-open"]
+                                "minilm", "taesdxl", "svd", "shap-e", "shap-e-img2img", "audioldm2", "stable-audio-open"]
     # the few-step entries carry their render defaults and distillation LoRA (tests/test_fast_models.py)
     assert (registry.get("sdxl-lcm").defaults.scheduler, registry.get("sdxl-lcm").defaults.lora) == (
         "lcm", "lcm-lora-sdxl")
@@ -339,6 +339,7 @@ def test_default_registry_names_the_shipped_models(home: Settings) -> None:
     adapter = registry.get("ip-adapter-sdxl")
     assert (adapter.subfolder, adapter.weight_name) == ("sdxl_models", "ip-adapter_sdxl.safetensors")
     assert registry.get("clip-vit-l-14").type == "clip"
+    assert (registry.get("taesdxl").type, registry.get("taesdxl").source) == ("taesd", "madebyollin/taesdxl")
     assert (registry.get("minilm").kind, registry.get("minilm").type) == ("package", "text-embedder")
     assert (registry.get("svd").type, registry.get("svd").source) == ("video", "stabilityai/stable-video-diffusion-img2vid")
     assert registry.sources == (DEFAULT_MODELS_TOML,)

@@ -239,9 +239,12 @@ def _task_plan(run_cli, home):
 def test_assets_plan_is_typed_tasks_with_dependencies_that_batch_runs_in_order_and_resumes(workspace, run_cli):
     plan = _task_plan(run_cli, workspace.home)
     tasks = {item["id"]: item for item in plan["items"]}
-    assert list(tasks) == ["concept-1", "texture-1", "turnaround-1", "mesh-1", "sound-1",
-                           "concept-2", "texture-2", "turnaround-2", "mesh-2", "sound-2"]
-    assert tasks["mesh-1"]["type"] == "mesh" and tasks["sound-2"]["depends_on"] == ["concept-2"]
+    assert list(tasks) == ["concept-1", "texture-1", "turnaround-1", "mesh-1", "animatic-1", "sound-1",
+                           "concept-2", "texture-2", "turnaround-2", "mesh-2", "animatic-2", "sound-2"]
+    assert tasks["mesh-1"]["type"] == "mesh" and tasks["mesh-1"]["depends_on"] == ["concept-1"]
+    assert tasks["animatic-2"]["type"] == "animatic"
+    assert tasks["animatic-2"]["depends_on"] == ["concept-2", "texture-2", "turnaround-2"]
+    assert tasks["sound-2"]["type"] == "sound" and tasks["sound-2"]["depends_on"] == ["animatic-2"]
     assert tasks["texture-1"]["type"] == "texture" and tasks["texture-1"]["depends_on"] == ["concept-1"]
     assert tasks["turnaround-2"]["depends_on"] == ["concept-2", "texture-2"]
     home = str(workspace.home)
@@ -263,17 +266,29 @@ def test_assets_plan_is_typed_tasks_with_dependencies_that_batch_runs_in_order_a
     assert texture.meta.parent_id == ids["concept-1"] and turnaround.meta.parent_id == ids["concept-1"]
     assert ", in " in texture.meta.prompt
     assert "does not refine an image" in err or "does not refine an image" in out
-    # mesh and sound after the concept: the placeholders here (no weights), with the concept as their parent
+    # mesh after the concept, the placeholder here (no weights), with the concept as its parent; the reel
+    # after the three stills; the sound after the reel, as long as it, with the reel as its parent
+    from echo_os.artifacts.encode import probe
+
     store = ArtifactStore(workspace)
     try:
-        mesh, sound = store.open(ids["mesh-1"]), store.open(ids["sound-1"])
+        mesh, reel, sound = store.open(ids["mesh-1"]), store.open(ids["animatic-1"]), store.open(ids["sound-1"])
     finally:
         store.close()
     assert (mesh.meta.kind, mesh.meta.engine.name, mesh.meta.parent_id) == ("mesh", "draft-mesh", ids["concept-1"])
-    assert (sound.meta.kind, sound.meta.parent_id, sound.meta.duration_s) == ("audio", ids["concept-1"], 3.0)
+    assert (reel.meta.kind, reel.meta.video_kind) == ("video", "animatic")
+    assert reel.meta.sources == [ids["concept-1"], ids["texture-1"], ids["turnaround-1"]]
+    assert probe(reel.path / "animatic.mp4")["frames"] == reel.meta.frames == 3 * 2 * 12  # 3 stills, 2 s, 12 fps
+    assert (sound.meta.kind, sound.meta.parent_id) == ("audio", ids["animatic-1"])
+    assert sound.meta.duration_s == reel.meta.duration_s == 6.0
     assert order.index("concept-1") < order.index("mesh-1") and "no image-to-3D weights" in err
+    assert order.index("turnaround-1") < order.index("animatic-1") < order.index("sound-1")
     code, out, err = run_cli("--home", home, "batch", "Armory", "--engine", "draft", "--size", "64x64")
-    assert code == 0 and "0 rendered, 10 already rendered" in out, out + err
+    assert code == 0 and "0 rendered, 12 already rendered" in out, out + err
+    # --count keeps the first item's tasks, the reel and its sound included
+    code, out, err = run_cli("--home", home, "batch", "Armory", "--engine", "draft", "--size", "64x64", "--count",
+                             "1", "--json")
+    assert code == 0 and [t["id"] for t in json.loads(out)["tasks"]] == [t for t in order if t.endswith("-1")], err
 
 
 @pytest.mark.slow
@@ -284,12 +299,13 @@ def test_assets_and_story_plans_render_on_the_tiny_model(tiny_workspace, run_cli
                              "64x64", "--steps", "2", "--count", "1", "--json")
     assert code == 0, err
     done = json.loads(out)["tasks"]
-    assert [task["id"] for task in done] == ["concept-1", "texture-1", "turnaround-1"]
+    assert sorted(task["id"] for task in done) == sorted(["concept-1", "texture-1", "turnaround-1", "mesh-1",
+                                                          "animatic-1", "sound-1"])
     from echo_os.artifacts.store import ArtifactStore
 
     store = ArtifactStore(tiny_workspace)
     try:
-        turnaround = store.open(done[2]["artifact"])
+        turnaround = store.open({task["id"]: task["artifact"] for task in done}["turnaround-1"])
     finally:
         store.close()
     assert turnaround.meta.request["init_image"] is not None  # refined from the concept's image (img2img)

@@ -164,6 +164,25 @@ def test_ray_missing_is_one_line_and_exit_2(tmp_path, run_cli, monkeypatch):
     assert not (tmp_path / "ws" / "artifacts").exists()
 
 
+def test_an_actors_steps_carry_the_engines_live_previews_to_the_head(tiny_workspace):
+    """The studio's live previews under `serve --ray`: the actor records each step's preview with the step
+    (RenderActor is a plain class; Ray only makes it remote), and the head's _pass_on hands it on as the
+    ProgressEvent a local engine would have given, which the Worker publishes on the job's SSE stream."""
+    from echo_os.render.ray import RenderActor, Step, _pass_on
+    from echo_os.render.requests import RenderRequest
+
+    actor = RenderActor(tiny_workspace, max_models=1, threads=None)
+    request = RenderRequest(prompt="a lighthouse in fog", model="tiny", steps=6, width=64, height=64, seed=3)
+    results, steps = actor.render("cpu", "test", [request], call_id="c1")
+    assert len(results) == 1 and [s.step for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert steps[0].preview is not None and steps[0].preview.startswith("data:image/jpeg;base64,")
+    assert steps[-1].preview is None  # the last step never has one: the image follows
+    events: list = []
+    sent: list[Step] = []
+    _pass_on(steps, sent, events.append)
+    assert [e.preview for e in events] == [s.preview for s in steps] and sent == steps
+
+
 # ---- serve --ray: jobs on Ray actors (echo_os.api.ray_workers) -----------------------------------------
 
 @pytest.fixture
@@ -201,6 +220,8 @@ async def test_serve_ray_renders_jobs_on_actors_with_step_progress_cancel_and_wo
         steps = [data["step"] for name, data in events if name == "progress"]
         assert len(set(steps)) >= 2 and all(0 < step <= 30 for step in steps), steps
         assert {data["total_steps"] for name, data in events if name == "progress"} == {30}
+        previews = [data["preview"] for name, data in events if name == "progress" and data.get("preview")]
+        assert previews and all(p.startswith("data:image/jpeg;base64,") for p in previews)  # actor -> head -> SSE
         [artifact_id] = job["artifact_ids"]
         artifact = (await client.get(f"/api/artifacts/{artifact_id}")).json()
         assert artifact["meta"]["engine"]["name"] == "cpu"  # chosen by the actor: no GPU there

@@ -6,6 +6,7 @@ views there (docs/ holds the ones README shows)."""
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.scorer_plugin import fixed_alignment
 from tests.test_api_server import free_port, read_events, start_server, tiny_home, wait_jobs
 from tests.test_gallery import CHROMIUM, CHROMIUM_FLAGS
 from tests.webdriver import CHROMEDRIVER, chromium_session
@@ -64,9 +66,33 @@ def test_a_dropped_progress_step_hands_its_preview_on():
 
 # ---- the server and the browser -------------------------------------------------------------------------
 
+SCORER_PLUGIN = """from echo_os.engines.hookspecs import hookimpl
+from tests.scorer_plugin import FixedScorer
+
+
+@hookimpl
+def register_scorers(register):
+    register(FixedScorer())
+"""
+
+
+def install_scorer_plugin(folder: Path) -> Path:
+    """The `fixed` scorer of tests/scorer_plugin.py as an installed package is: a module and a dist-info whose
+    entry point the server finds through the real plugin loading (no CLIP here, so variations use it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "echo_os_studio_scorer.py").write_text(SCORER_PLUGIN)
+    info = folder / "echo_os_studio_scorer-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-os-studio-scorer\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[echo_os.engines]\nstudio-scorer = echo_os_studio_scorer\n")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_sdxl_dir):
-    running = start_server(tiny_home(tmp_path_factory, tiny_sdxl_dir, "studio"), "--model", "tiny", "--token", TOKEN)
+    plugin = install_scorer_plugin(tmp_path_factory.mktemp("studio-plugin"))
+    running = start_server(tiny_home(tmp_path_factory, tiny_sdxl_dir, "studio"), "--model", "tiny", "--token", TOKEN,
+                           pythonpath=(plugin,))
     yield running
     running.stop()
 
@@ -239,7 +265,7 @@ def test_a_story_shows_its_cards_in_scene_order(browser, api):
 
 
 def test_edit_storyboard_changes_one_row_only():
-    from echo_os.api.studio_routes import SceneEdit, edit_storyboard
+    from echo_os.api.routes.studio import SceneEdit, edit_storyboard
     from echo_os.errors import UsageError
 
     text = 'scene,description,characters\n1,"a harbour, at dawn",mara\n2,a storm,tom\n'
@@ -281,3 +307,221 @@ def test_edit_one_scene_re_renders_only_that_scene(browser, api):
     assert [s["artifacts"][0] for s in after][0::2] == before[0::2] and after[3]["artifacts"] == [before[3]]
     assert after[1]["artifacts"][0] != before[1] and after[1]["duration"] == 4
     assert browser.run(f"return document.querySelector('{card}').textContent").count("4 s in the animatic") == 1
+
+
+# ---- style swatches, variations (best of N), compare axes, the rating filter, drops, the animatic ----------
+
+def test_style_swatches_are_rendered_samples_cached_by_content(server, api):
+    from PIL import Image
+
+    cache = server.home / "artifacts" / ".cache" / "swatches"
+    first = api.get("/api/studio/styles/cinematic/swatch")
+    assert first.status_code == 200 and first.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(first.content)).size == (128, 128)
+    assert len(list(cache.glob("*.png"))) == 1
+    assert api.get("/api/studio/styles/Cinematic/swatch").content == first.content  # drawn once, any case
+    assert len(list(cache.glob("*.png"))) == 1
+    assert api.post("/api/styles", json={"name": "harbour-test", "prompt": "golden hour, warm light"}).status_code == 201
+    warm = api.get("/api/studio/styles/harbour-test/swatch").content
+    assert api.post("/api/styles", json={"name": "harbour-test", "prompt": "moonlit night, cold blue fog",
+                                         "replace": True}).status_code in (200, 201)
+    cold = api.get("/api/studio/styles/harbour-test/swatch").content
+    assert cold != warm and len(list(cache.glob("*.png"))) == 3  # an edited style: a new key, a new swatch
+    assert api.get("/api/studio/styles/no-such-style/swatch").status_code == 404
+
+
+@needs_browser
+def test_the_style_picker_shows_the_swatch(browser):
+    browser.click('.tab[data-view="render"]')
+    browser.run("location.reload()")
+    browser.wait_for("return document.body.dataset.ready === 'true'")
+    fill(browser, {"#f-style": "noir"})
+    browser.wait_for("return document.querySelector('#style-swatch').complete && "
+                     "document.querySelector('#style-swatch').naturalWidth === 128")
+    assert browser.run("return document.querySelector('#style-swatch').src").endswith("/api/studio/styles/noir/swatch")
+    shot(browser, "render")  # the render view with a style's swatch, the queue and the results
+    fill(browser, {"#f-style": ""})
+    assert browser.run("return document.querySelector('#style-swatch').hidden")
+
+
+def test_options_name_the_schedulers_and_scorers(api):
+    options = api.get("/api/studio/options").json()
+    assert {"euler", "ddim", "dpmpp_2m"} <= set(options["schedulers"])
+    assert options["scorers"] == ["fixed"]  # no CLIP in this workspace; the plugin's scorer
+
+
+def first_artifact(api, prompt: str) -> str:
+    """The oldest artifact with this prompt (later ones: variations, compare cells and grid sheets of it)."""
+    return [a["id"] for a in api.get("/api/artifacts", params={"limit": 200}).json()["items"] if a["prompt"] == prompt][-1]
+
+
+def open_lightbox(browser, artifact: str) -> None:
+    browser.click('.tab[data-view="render"]')
+    browser.wait_for(f"return !!document.querySelector('#results .thumb[data-id=\"{artifact}\"]')")
+    browser.click(f"#results .thumb[data-id=\"{artifact}\"]")
+    browser.wait_for("return document.querySelector('#lightbox').open && document.querySelector('#lb-meta dd')")
+    browser.run("document.querySelectorAll('#lightbox details').forEach(d => d.open = true)")
+
+
+def job_of_message(browser) -> str:
+    short = browser.wait_for("return document.querySelector('#lb-message').textContent.match(/job ([0-9a-f]{8})/)?.[1]")
+    return browser.wait_for(f"return [...document.querySelectorAll('#queue .job')].find(j => j.dataset.id.startsWith('{short}'))"
+                            "?.dataset.id")
+
+
+@needs_browser
+def test_variations_score_the_candidates_and_keep_the_best(browser, api):
+    parent = first_artifact(api, "a lighthouse keeper at dawn")
+    open_lightbox(browser, parent)
+    assert browser.run("return [...document.querySelectorAll('#lb-scorer option')].map(o => o.value)") == ["fixed"]
+    fill(browser, {"#lb-variations": "0"})
+    browser.click("#lb-vary")
+    browser.wait_for("return document.querySelector('[data-error=\"lb-per_round\"]').textContent")
+    fill(browser, {"#lb-variations": "2"})
+    browser.click("#lb-vary")
+    job = job_of_message(browser)
+    browser.wait_for(f"return document.querySelector('.job[data-id=\"{job}\"]').dataset.status === 'succeeded'", timeout=180)
+    browser.wait_for("return document.querySelector('#lb-vary-result').textContent.startsWith('best of 2')")
+    record = api.get(browser.run(f"return document.querySelector('.job[data-id=\"{job}\"]').dataset.record")).json()
+    [round_] = record["rounds"]
+    scores = {c["id"]: fixed_alignment(c["id"]) for c in round_["candidates"]}  # what the plugin scorer gives
+    assert len(scores) == 2 and round_["parent"] == parent and api.get(f"/api/jobs/{job}").json()["kind"] == "evolve"
+    best = max(scores, key=scores.get)
+    if scores[best] > fixed_alignment(parent):
+        assert round_["best"] == best
+        browser.wait_for(f"return document.querySelector('#results .thumb.best')?.dataset.id === '{best}'")
+    else:
+        assert round_["best"] == parent
+        assert "kept it" in browser.run("return document.querySelector('#lb-vary-result').textContent")
+    browser.run("document.querySelector('#lightbox').close()")
+
+
+@needs_browser
+def test_compare_axes_models_schedulers_and_engines(browser, api):
+    parent = first_artifact(api, "a lighthouse keeper at dawn")
+    open_lightbox(browser, parent)
+    assert "tiny" in browser.run("return [...document.querySelectorAll('#model-list option')].map(o => o.value)")
+    assert "ddim" in browser.run("return [...document.querySelectorAll('#scheduler-list option')].map(o => o.value)")
+    fill(browser, {"#lb-cmp-schedulers": "euler, nope"})
+    browser.click("#lb-compare")
+    browser.wait_for("return document.querySelector('[data-error=\"lb-schedulers\"]').textContent")  # a 422, there
+    fill(browser, {"#lb-cmp-models": "tiny", "#lb-cmp-schedulers": "euler, ddim", "#lb-cmp-engines": "cpu, draft"})
+    browser.click("#lb-compare")
+    browser.wait_for("return document.querySelector('#lb-message').textContent.startsWith('compare: 4 cells')")
+    job = browser.wait_for("return [...document.querySelectorAll('#queue .job')].find(j => "
+                           "j.querySelector('.what').textContent === 'compare: 4 cells')?.dataset.id")
+    browser.wait_for(f"return document.querySelector('.job[data-id=\"{job}\"]').dataset.status === 'succeeded'", timeout=180)
+    cells = [api.get(f"/api/artifacts/{a}").json() for a in api.get(f"/api/jobs/{job}").json()["artifact_ids"][:-1]]
+    assert sorted((c["meta"]["engine"]["name"], c["meta"]["scheduler"]) for c in cells) == [
+        ("cpu", "ddim"), ("cpu", "euler"), ("draft", "ddim"), ("draft", "euler")]
+    browser.run("document.querySelector('#lightbox').close()")
+
+
+@needs_browser
+def test_the_rating_filter_is_applied_by_the_server(browser, api):
+    rated = first_artifact(api, "a lighthouse keeper at dawn")
+    answer = api.post(f"/api/artifacts/{rated}/rating", json={"value": 4})
+    assert answer.status_code == 200, answer.text
+    hits = api.get("/api/memory/search", params={"q": "lighthouse keeper", "k": 50, "min_rating": 4}).json()
+    assert [h["id"] for h in hits] == [rated]
+    assert len(api.get("/api/memory/search", params={"q": "lighthouse keeper", "k": 50}).json()) > 1
+    assert api.get("/api/memory/search", params={"q": "lighthouse", "min_rating": 6}).status_code == 422
+    browser.click('.tab[data-view="search"]')
+    fill(browser, {"#search-q": "lighthouse keeper", "#filter-rating": "4"})
+    browser.run("document.querySelector('#search-form').requestSubmit()")
+    browser.wait_for("return document.querySelector('#status').textContent === '1 found'", timeout=60)
+    assert browser.run("return [...document.querySelectorAll('#search-results .thumb')].map(t => t.dataset.id)") == [rated]
+    fill(browser, {"#filter-rating": ""})
+
+
+DROP = """const [kind, value] = arguments;
+const data = new DataTransfer();
+if (kind === "artifact") data.setData("text/x-echo-artifact", value);
+else { const blob = await (await fetch(value)).blob(); data.items.add(new File([blob], "dropped.png", { type: "image/png" })); }
+document.body.dispatchEvent(new DragEvent("dragenter", { dataTransfer: data, bubbles: true }));
+const hint = !document.querySelector("#drop-hint").hidden;
+document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+return hint;"""
+
+
+def drop(browser, kind: str, value: str):
+    """Drop a studio result (kind "artifact") or an image file fetched from `value` (kind "file") on the page, as
+    a user's drag would: a DragEvent carrying a DataTransfer (WebDriver's execute waits for the promise)."""
+    return browser.run(f"return (async () => {{ {DROP} }})()", kind, value)
+
+
+@needs_browser
+def test_drag_and_drop_a_result_to_refine_and_an_image_to_search(browser, api):
+    artifact = first_artifact(api, "a lighthouse keeper at dawn")
+    browser.click('.tab[data-view="render"]')
+    drop(browser, "artifact", artifact)  # a studio result dropped: its lightbox, ready to refine
+    browser.wait_for("return document.querySelector('#lightbox').open && document.activeElement?.id === 'lb-refine-prompt'")
+    assert artifact.startswith(browser.run("return document.querySelector('#lb-meta dd').textContent"))
+    browser.run("document.querySelector('#lightbox').close()")
+    # an image file dropped: the search view, searching by that image (this workspace has no CLIP: the 422 says so)
+    assert drop(browser, "file", f"/api/artifacts/{artifact}/image") is True  # the drop hint showed
+    browser.wait_for("return !document.querySelector('#view-search').hidden")
+    problem = browser.wait_for("return document.querySelector('#view-search [data-error=\"body\"]').textContent || "
+                               "document.querySelector('#view-search [data-error=\"q\"]').textContent", timeout=60)
+    assert "clip" in problem.lower(), problem
+    assert browser.run("return document.querySelector('#drop-hint').hidden")
+
+
+@needs_browser
+def test_play_the_animatic(browser, api):
+    browser.click('.tab[data-view="story"]')
+    fill(browser, {"#story-project": "Harbour"})
+    browser.run("document.querySelector('#story-form').requestSubmit()")
+    browser.wait_for("return document.querySelectorAll('#story-cards .card').length === 3")
+    browser.click("#animatic-play")
+    browser.wait_for("return !document.querySelector('#animatic').hidden", timeout=180)
+    src = browser.run("return document.querySelector('#animatic').src")
+    video_id = src.rsplit("/", 2)[-2]
+    assert src.endswith(f"/api/artifacts/{video_id}/video")
+    video = api.get(f"/api/artifacts/{video_id}").json()
+    assert video["kind"] == "video" and video["project"] == "Harbour"
+    assert api.get(f"/api/artifacts/{video_id}/video").headers["content-type"] == "video/mp4"
+
+
+def test_storyboards_outside_the_workspace_are_editable_only_in_registered_folders(tmp_path, run_cli):
+    """A story rendered from a story.csv outside the workspace: its scenes can be edited once its folder is
+    registered ([studio] projects in echo-os.toml), and only then; a symlink out of a registered folder is
+    followed and refused, and nothing but story.json's own paths is ever read."""
+    import asyncio
+    import shutil
+
+    from echo_os.settings import REPO_ROOT, Settings
+    from tests.api_helpers import api_client
+
+    home = tmp_path / "ws"
+    home.mkdir()
+    stories, secret = tmp_path / "stories", tmp_path / "secret"
+    shutil.copytree(REPO_ROOT / "prompts" / "lighthouse-keeper", stories / "keeper")
+    shutil.copytree(REPO_ROOT / "prompts" / "lighthouse-keeper", secret)
+    (stories / "link").symlink_to(secret, target_is_directory=True)
+    for project, csv_path in (("Keeper", stories / "keeper" / "story.csv"), ("Linked", stories / "link" / "story.csv")):
+        code, _, err = run_cli("--home", str(home), "batch", project, str(csv_path), "--engine", "draft", "--size", "64x64")
+        assert code == 0, err
+    edit = {"description": "he climbs the stairs in a gale"}
+
+    async def go():
+        async with api_client(Settings(home=home)) as (client, _):
+            view = (await client.get("/api/studio/story/Keeper")).json()
+            refused = await client.post("/api/studio/story/Keeper/scenes/2", json=edit)
+            assert not view["editable"] and refused.status_code == 422 and "[studio] projects" in refused.text
+            (home / "echo-os.toml").write_text('[studio]\nprojects = ["../stories"]\n')
+            view = (await client.get("/api/studio/story/Keeper")).json()
+            edited = await client.post("/api/studio/story/Keeper/scenes/2", json=edit)
+            assert view["editable"] and edited.status_code == 200, edited.text
+            body = edited.json()
+            assert "he climbs the stairs in a gale" in body["storyboard"] and body["bible"]
+            assert body["storyboard"].count("\n") == (stories / "keeper" / "story.csv").read_text().count("\n")
+            linked = await client.post("/api/studio/story/Linked/scenes/2", json=edit)  # resolves into secret/
+            assert not (await client.get("/api/studio/story/Linked")).json()["editable"] and linked.status_code == 422
+            (home / "echo-os.toml").write_text('[studio]\nprojects = "../stories"\n')
+            broken = await client.get("/api/studio/story/Keeper")
+            assert broken.status_code == 422 and "projects must be a list" in broken.text
+
+    asyncio.run(go())
+    assert (stories / "keeper" / "story.csv").read_text() == (REPO_ROOT / "prompts" / "lighthouse-keeper" /
+                                                              "story.csv").read_text()  # only read, never written

@@ -10,14 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from echo_os.api.jobs import Job, JobSpec, JobStore, new_job_id, now_iso
+from echo_os.api.jobs import Job, JobStore, new_job_id, now_iso
+from echo_os.api.specs import RenderSpec
 from echo_os.render.requests import RenderRequest
 from tests.test_api_server import TINY, start_server, tiny_home
 
 
 def _job(i: int) -> Job:
     return Job(id=new_job_id(), kind="render", status="queued", created=now_iso(),
-               spec=JobSpec(items=(RenderRequest(prompt=f"a lighthouse {i}", model="tiny"),)))
+               spec=RenderSpec(items=(RenderRequest(prompt=f"a lighthouse {i}", model="tiny"),)))
 
 
 def test_commits_leave_checkpoints_to_the_background_thread(tmp_path):

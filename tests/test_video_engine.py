@@ -259,7 +259,8 @@ def test_migration_lets_jobs_hold_clip_jobs_and_keeps_the_rows(tmp_path):
     import sqlite3
 
     from echo_os.api import jobs as jobs_module
-    from echo_os.api.jobs import Job, JobSpec, JobStore, now_iso
+    from echo_os.api.jobs import Job, JobStore, now_iso
+    from echo_os.api.specs import ClipSpec
     from echo_os.render.requests import RenderRequest
     from echo_os.sqlite import applied_migrations, connect
 
@@ -282,7 +283,7 @@ def test_migration_lets_jobs_hold_clip_jobs_and_keeps_the_rows(tmp_path):
                                                                                                   "jobs_coalesce"}
         assert store.get("a" * 32).spec.items[0].prompt == "an old job"
         store.insert([Job(id="c" * 32, kind="clip", status="queued", created=now_iso(),
-                          spec=JobSpec(items=(request.model_copy(update={"prompt": "a clip"}),)))])
+                          spec=ClipSpec(items=(request.model_copy(update={"prompt": "a clip"}),)))])
         assert store.get("c" * 32).kind == "clip"
     finally:
         store.close()

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from echo_os.api.jobs import AnimaticSpec, EvolveSpec, JobSpec
+from echo_os.api.specs import (
+    AnimaticJobSpec,
+    AnimaticSpec,
+    BatchSpec,
+    ClipSpec,
+    EvolveJobSpec,
+    EvolveSpec,
+    RenderSpec,
+)
 from echo_os.render.requests import RenderRequest
 from echo_os.render.work import (
     MAX_CALL_BYTES,
@@ -30,42 +38,42 @@ def _clip(frames: int, chunk: int | None, size: int = 1024, steps: int = 25) -> 
 
 
 def test_each_kind_has_an_estimate_and_the_defaults_fit():
-    image = job_work("render", JobSpec(items=(RenderRequest(prompt="x", width=1024, height=1024, steps=30, count=4),)))
+    image = job_work("render", RenderSpec(items=(RenderRequest(prompt="x", width=1024, height=1024, steps=30, count=4),)))
     assert image.images == 4 and image.megapixel_steps == 4 * 30
-    story = job_work("batch", JobSpec(items=tuple(RenderRequest(prompt=f"s{n}", steps=50) for n in range(1000))))
+    story = job_work("batch", BatchSpec(items=tuple(RenderRequest(prompt=f"s{n}", steps=50) for n in range(1000))))
     assert story.images == MAX_JOB_IMAGES and story.megapixel_steps == MAX_JOB_MEGAPIXEL_STEPS  # the largest story fits
-    check_job_work("batch", JobSpec(items=tuple(RenderRequest(prompt=f"s{n}", steps=50) for n in range(1000))))
-    clip = check_job_work("clip", JobSpec(items=(_clip(25, None),)))  # SVD's 25 frames at 1024x576, decoded at once
+    check_job_work("batch", BatchSpec(items=tuple(RenderRequest(prompt=f"s{n}", steps=50) for n in range(1000))))
+    clip = check_job_work("clip", ClipSpec(items=(_clip(25, None),)))  # SVD's 25 frames at 1024x576, decoded at once
     assert clip.megapixel_steps == 25 * (1024 * 576 / 1024**2) * 25 and clip.memory_bytes < MAX_CALL_BYTES
-    hour = check_job_work("animatic", JobSpec(animatic=AnimaticSpec(project="p", fps=24, size=(1920, 1080), fade=0,
+    hour = check_job_work("animatic", AnimaticJobSpec(animatic=AnimaticSpec(project="p", fps=24, size=(1920, 1080), fade=0,
                                                                     frames=24 * 3600)))
     assert hour.megapixel_steps == pytest.approx(MAX_JOB_MEGAPIXEL_STEPS)  # the longest video is the largest job
     evolve = EvolveSpec(start="a" * 64, run_id="b" * 16, rounds=3, per_round=4, objective={}, scorer="clip",
                         min_gain=0.0, strengths=(0.3,))
-    assert check_job_work("evolve", JobSpec(evolve=evolve)).images == 12
+    assert check_job_work("evolve", EvolveJobSpec(evolve=evolve)).images == 12
     for output in ("mesh", "audio"):
-        check_job_work("render", JobSpec(items=(RenderRequest(prompt="x", output=output, steps=64, count=4),)))
+        check_job_work("render", RenderSpec(items=(RenderRequest(prompt="x", output=output, steps=64, count=4),)))
 
 
 def test_each_kind_over_a_limit_names_the_field_and_the_limit():
     cases = [
-        ("render", JobSpec(items=(RenderRequest(prompt="x", width=4096, height=4096, steps=200, count=64),)),
+        ("render", RenderSpec(items=(RenderRequest(prompt="x", width=4096, height=4096, steps=200, count=64),)),
          "steps", "megapixel-steps"),
-        ("render", JobSpec(items=(RenderRequest(prompt="x", width=4096, height=4096, dtype="float32"),)),
+        ("render", RenderSpec(items=(RenderRequest(prompt="x", width=4096, height=4096, dtype="float32"),)),
          "size", "64 GiB"),
-        ("clip", JobSpec(items=(_clip(128, None),)), "decode_chunk_size", "64 GiB"),
-        ("clip", JobSpec(items=(_clip(128, 1, size=4096, steps=100),)), "frames", "megapixel-steps"),
-        ("evolve", JobSpec(evolve=EvolveSpec(start="a" * 64, run_id="b" * 16, rounds=100, per_round=64,
+        ("clip", ClipSpec(items=(_clip(128, None),)), "decode_chunk_size", "64 GiB"),
+        ("clip", ClipSpec(items=(_clip(128, 1, size=4096, steps=100),)), "frames", "megapixel-steps"),
+        ("evolve", EvolveJobSpec(evolve=EvolveSpec(start="a" * 64, run_id="b" * 16, rounds=100, per_round=64,
                                              objective={}, scorer="clip", min_gain=0.0, strengths=(0.3,))),
          "per_round", f"at most {MAX_JOB_IMAGES:,} images"),
-        ("animatic", JobSpec(animatic=AnimaticSpec(project="p", fps=60, size=(1920, 1080), fade=0,
+        ("animatic", AnimaticJobSpec(animatic=AnimaticSpec(project="p", fps=60, size=(1920, 1080), fade=0,
                                                    frames=60 * 3600)), "fps", "megapixel-steps"),
     ]
     for kind, spec, field, said in cases:
         with pytest.raises(WorkLimitError) as raised:
             check_job_work(kind, spec)
         assert raised.value.option == field and said in str(raised.value), (kind, str(raised.value))
-    check_job_work("clip", JobSpec(items=(_clip(128, 8),)))  # the same clip decoded 8 frames at a time fits
+    check_job_work("clip", ClipSpec(items=(_clip(128, 8),)))  # the same clip decoded 8 frames at a time fits
 
 
 @pytest.fixture

@@ -1,12 +1,18 @@
 """A tiny random-weight Stable Audio pipeline (diffusers' StableAudioPipeline: an Oobleck VAE, a T5 encoder with
-a unigram fast tokenizer built here, the number-conditioner projection, a DiT and an EDM DPM-Solver
-scheduler), saved with save_pretrained so tests load it through the real loading code. The VAE says 1000 Hz and
+a unigram fast tokenizer built here, the number-conditioner projection, a DiT and the scheduler Stable Audio
+Open 1.0 ships: CosineDPMSolverMultistepScheduler with its published scheduler_config.json values,
+SCHEDULER_CONFIG), saved with save_pretrained so tests load it through the real loading code. The VAE says 1000 Hz and
 the DiT covers 256 latent frames (hop 2): up to 0.512 s of stereo. No Hub access."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+# stabilityai/stable-audio-open-1.0 scheduler/scheduler_config.json (the values; _class_name is the class)
+SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "prediction_type": "v_prediction", "sigma_data": 1.0,
+                    "sigma_max": 500.0, "sigma_min": 0.3, "sigma_schedule": "exponential", "solver_order": 2,
+                    "solver_type": "midpoint", "final_sigmas_type": "zero", "euler_at_final": False,
+                    "lower_order_final": True, "rho": 7.0}
 WORDS = ["rain", "on", "a", "tin", "roof", "distant", "thunder", "wind", "sea", "quiet", "room", "tone", "ambience"]
 
 
@@ -24,7 +30,12 @@ def tiny_t5_tokenizer():
 
 def save_tiny_stable_audio(folder: Path) -> Path:
     import torch
-    from diffusers import AutoencoderOobleck, EDMDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline
+    from diffusers import (
+        AutoencoderOobleck,
+        CosineDPMSolverMultistepScheduler,
+        StableAudioDiTModel,
+        StableAudioPipeline,
+    )
     from diffusers.pipelines.stable_audio import StableAudioProjectionModel
     from transformers import T5Config, T5EncoderModel
 
@@ -41,8 +52,7 @@ def save_tiny_stable_audio(folder: Path) -> Path:
                                            pad_token_id=0, eos_token_id=1))
     torch.manual_seed(0)
     projection = StableAudioProjectionModel(text_encoder_dim=16, conditioning_dim=4, min_value=0, max_value=32)
-    scheduler = EDMDPMSolverMultistepScheduler(solver_order=2, prediction_type="v_prediction", sigma_data=1.0,
-                                               sigma_schedule="exponential")
+    scheduler = CosineDPMSolverMultistepScheduler(**SCHEDULER_CONFIG)
     StableAudioPipeline(vae=vae, text_encoder=text_encoder, projection_model=projection,
                         tokenizer=tiny_t5_tokenizer(), transformer=transformer,
                         scheduler=scheduler).save_pretrained(folder)

@@ -10,19 +10,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
 from echo_os.api.events import EventHub, JobCancelled
+from echo_os.api.hosts import WorkerHost
 from echo_os.api.idempotency import WaitingClients
 from echo_os.api.inputs import with_input_images
 from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobStore
 from echo_os.api.options import ApiOptions
-from echo_os.api.processes import WorkerPool
 from echo_os.api.security import resolve_inside
-from echo_os.api.worker import Worker
 from echo_os.errors import OptionError
 from echo_os.render.requests import RenderRequest
 from echo_os.settings import Settings
@@ -105,7 +104,7 @@ def drop_plan(job: Job) -> None:
     """Remove the plan folder a batch submission wrote (artifacts/.jobs/<id>/) for a job never stored."""
     import shutil
 
-    story = job.spec.story
+    story = getattr(job.spec, "story", None)  # a batch's; no other kind writes a plan folder
     if story is not None and Path(story.source).parent.name == job.id:
         shutil.rmtree(Path(story.source).parent, ignore_errors=True)
 
@@ -120,12 +119,12 @@ class ApiState:
     hub: EventHub
     submitter: Submitter
     catalog: "CatalogReader"
-    worker: Worker | WorkerPool | None = None
+    worker: WorkerHost | None = None
     started_worker: bool = False
     waiting: WaitingClients | None = None  # clients of the synchronous route, per job
 
     @property
-    def worker_status(self) -> str:
+    def worker_status(self) -> Literal["running", "stopped", "disabled"]:
         if not self.started_worker:
             return "disabled"
         return "running" if self.worker is not None and self.worker.alive else "stopped"
@@ -274,9 +273,8 @@ def convert_image(png: bytes, format: str, quality: int | None = None) -> bytes:
 
     from PIL import Image
 
-    with Image.open(io.BytesIO(png)) as image:
-        if format == "jpeg":
-            image = image.convert("RGB")
+    with Image.open(io.BytesIO(png)) as opened:
+        image = opened.convert("RGB") if format == "jpeg" else opened
         out = io.BytesIO()
         image.save(out, format=format.upper(), quality=quality if quality is not None else 90)
         return out.getvalue()

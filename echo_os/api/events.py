@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class _JobEvent(BaseModel):
+    event: str  # each kind of event narrows it to its name
     job_id: str
     seq: int = 0  # per job, in publishing order; set by the hub
 

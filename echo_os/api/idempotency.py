@@ -24,8 +24,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import Header, Request
 from pydantic import BaseModel
@@ -86,7 +86,7 @@ class WaitingClients:
     disconnects, `on_abandoned(job_id)` runs after `grace_s` unless a client (a retry) attached again.
     Used on the event loop only."""
 
-    def __init__(self, grace_s: float, on_abandoned: Callable[[str], Awaitable[None]]):
+    def __init__(self, grace_s: float, on_abandoned: Callable[[str], Coroutine[Any, Any, None]]):
         self.grace_s = grace_s
         self.on_abandoned = on_abandoned
         self._counts: dict[str, int] = {}

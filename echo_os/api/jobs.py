@@ -30,30 +30,34 @@ tails into its event hub, and their figures to `workers` (GET /api/workers).
 
 from __future__ import annotations
 
+import builtins
 import json
-import re
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from echo_os.api.job_types import (
+    JOB_STATUSES,
+    TERMINAL_STATUSES,
+    Admission,
+    IdempotencyKey,
+    Job,
+    JobProgress,
+    JobStatus,
+    Recovery,
+    SavedImage,
+    WorkerRow,
+)
+from echo_os.api.migrations import MIGRATIONS
+from echo_os.api.specs import parse_spec
 from echo_os.dbfile import open_or_quarantine
 from echo_os.render.requests import RenderRequest
-from echo_os.sqlite import BackgroundCheckpointer, Migrations, check_columns, connect, rollback
-from echo_os.story.plan import PlanOptions
+from echo_os.sqlite import BackgroundCheckpointer, check_columns, connect, rollback
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["render", "batch", "animatic", "evolve", "clip"]
-# What a job is to a client: a comparison is stored as a batch (same rows, same worker path) but shown as one.
-JobViewKind = Literal["render", "batch", "compare", "animatic", "evolve", "clip"]
-JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -82,363 +86,6 @@ def coalesce_key(request: RenderRequest) -> str:
     """Render jobs with equal keys may share one pipeline call: the engine asked for plus the
     request's batch key (model, size, steps, cfg, scheduler, device, dtype, attention)."""
     return json.dumps([request.engine, *request.batch_key()])
-
-
-class StorySource(BaseModel):
-    """Where a batch job's story is (the files /api/batch wrote under artifacts/.jobs/<id>/) and how it was
-    planned: the worker plans it again once every image is saved, to write story.json, the contact sheet
-    and the continuity report with the code `echo-os batch` uses."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    project: str
-    kind: Literal["storyboard", "prompts"]
-    source: str  # story.csv or prompts.txt
-    bible: str | None = None
-    options: PlanOptions = PlanOptions()
-    ip_adapter: str | None = None  # as asked ("none" -> None)
-
-
-class CompareAxis(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    option: str  # echo_os.iterate.compare.AXES key: "cfg", "models", ...
-    values: tuple[int | float | str, ...]
-
-
-class CompareSource(BaseModel):
-    """A compare job (/api/compare, stored as kind "batch"): its axes and each item's values on them, so
-    the worker writes the grid sheet (echo_os.iterate.compare.save_grid) once every cell is saved."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    title: str
-    axes: tuple[CompareAxis, ...] = ()
-    cells: tuple[tuple[int | float | str, ...], ...]  # one per item, in item order
-
-
-class AnimaticSpec(BaseModel):
-    """What an /api/animatic job encodes: `echo-os animatic`'s options (echo_os.motion.animatic), checked
-    when the job was submitted; `scenes` and `frames` are what the story had then."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    project: str
-    fps: int
-    size: tuple[int, int] | None = None
-    fade: float
-    captions: bool = False
-    clips: bool = False
-    scenes: int = 0
-    frames: int = 0
-
-
-class EvolveSpec(BaseModel):
-    """What an /api/evolve job runs: `echo-os evolve`'s options (echo_os.reflect.evolve), checked when
-    the job was submitted; `start` is the artifact the target resolved to, `run_id` its record's name."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    start: str
-    run_id: str
-    rounds: int
-    per_round: int
-    objective: dict[str, float]
-    scorer: str
-    min_gain: float
-    strengths: tuple[float, ...]
-    seed: int = 0
-
-
-class JobSpec(BaseModel):
-    """What a job renders, persisted as the `request` column: `items` (render, batch) or `animatic`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    items: tuple[RenderRequest, ...] = ()
-    title: str | None = None  # a batch: the story's title
-    warnings: tuple[str, ...] = ()
-    story: StorySource | None = None  # a batch made by /api/batch (jobs stored before it have none)
-    animatic: AnimaticSpec | None = None  # an animatic made by /api/animatic
-    compare: CompareSource | None = None  # a comparison made by /api/compare
-    evolve: EvolveSpec | None = None  # an improvement loop made by /api/evolve
-    # render anew (the body's `again`, the CLI's --again); otherwise images the project already has are taken
-    again: bool = False
-
-    @model_validator(mode="after")
-    def _renders_something(self) -> "JobSpec":
-        if [bool(self.items), self.animatic is not None, self.evolve is not None].count(True) != 1:
-            raise ValueError("a job has render items, an animatic or an evolve loop: one of them")
-        return self
-
-    @property
-    def images_total(self) -> int:
-        """Artifacts the job makes: its images (and a comparison's grid sheet), the one video of an
-        animatic, or at most rounds x per_round candidates of an evolve loop (fewer when it stops early)."""
-        if self.animatic is not None:
-            return 1
-        if self.evolve is not None:
-            return self.evolve.rounds * self.evolve.per_round
-        return sum(item.count for item in self.items) + (1 if self.compare is not None else 0)
-
-    @property
-    def grid_index(self) -> int | None:
-        """A comparison's grid sheet is recorded as the image after its cells; None for other jobs."""
-        return sum(item.count for item in self.items) if self.compare is not None else None
-
-
-class JobProgress(BaseModel):
-    """Denoising step of the current pipeline call, and images saved out of the job's total; an animatic
-    job counts frames encoded instead of steps (its one "image" is the video)."""
-
-    step: int = 0
-    total_steps: int = 0
-    images_done: int = 0
-    images_total: int = 0
-    frames_done: int = 0
-    frames_total: int = 0
-
-
-class Job(BaseModel):
-    """One row of the jobs table, typed."""
-
-    id: str
-    kind: JobKind
-    status: JobStatus
-    spec: JobSpec
-    attempts: int = 0  # tries counted against max_attempts (claims, less those an outage interrupted)
-    interruptions: int = 0  # tries ended by an outage of the machinery (counted against MAX_INTERRUPTIONS)
-    error: str | None = None
-    cancel_requested: bool = False
-    solo: bool = False  # after a failed batched call: render alone next time, to find the culprit
-    created: str
-    started: str | None = None
-    finished: str | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
-    # the denoising step its latest pipeline call reached, kept when the job ends (a cancel stops mid-call)
-    step: int = 0
-    total_steps: int = 0
-    artifact_ids: list[str] = Field(default_factory=list)  # in image order
-
-    @property
-    def images_total(self) -> int:
-        return self.spec.images_total
-
-    @property
-    def view_kind(self) -> JobViewKind:
-        return "compare" if self.spec.compare is not None else self.kind
-
-    @property
-    def grid_id(self) -> str | None:
-        """A comparison's grid sheet (the last of its artifact_ids), once it is written."""
-        index = self.spec.grid_index
-        # The sheet is recorded only after every cell, so it is at its own index in artifact_ids.
-        return self.artifact_ids[index] if index is not None and len(self.artifact_ids) > index else None
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """What makes a submission repeatable: `key` (namespaced by the route layer), the fingerprint of the
-    route and body it came with, and `replace`: the key is re-pointed at a new job instead of replayed (a
-    derived key of a request that is not a retry)."""
-
-    key: str
-    fingerprint: str
-    replace: bool = False
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What became of a submission: `stored` (a new job), `replayed` (the key's earlier job, same body) or
-    `conflict` (the key's earlier job was made from another body); job_id is the job meant."""
-
-    job_id: str
-    outcome: Literal["stored", "replayed", "conflict"]
-
-
-@dataclass(frozen=True)
-class SavedImage:
-    index: int
-    artifact_id: str
-
-
-# ---- schema --------------------------------------------------------------------------------------
-
-MIGRATIONS = Migrations()  # in order; a new one goes at the end, under a new name
-
-
-@MIGRATIONS
-def m001_jobs(db: sqlite3.Connection) -> None:
-    db.execute("""
-        CREATE TABLE jobs (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            kind TEXT NOT NULL CHECK (kind IN ('render', 'batch')),
-            status TEXT NOT NULL
-                CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-            request TEXT NOT NULL,
-            coalesce_key TEXT,
-            images_total INTEGER NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            error TEXT,
-            cancel_requested INTEGER NOT NULL DEFAULT 0,
-            solo INTEGER NOT NULL DEFAULT 0,
-            timings TEXT NOT NULL DEFAULT '{}',
-            created TEXT NOT NULL,
-            started TEXT,
-            finished TEXT
-        )""")
-    db.execute("CREATE INDEX jobs_status ON jobs(status, seq)")
-    db.execute("CREATE INDEX jobs_coalesce ON jobs(status, coalesce_key, seq)")
-    db.execute("""
-        CREATE TABLE job_images (
-            job_id TEXT NOT NULL REFERENCES jobs(id),
-            image INTEGER NOT NULL,
-            artifact_id TEXT NOT NULL,
-            saved TEXT NOT NULL,
-            PRIMARY KEY (job_id, image)
-        )""")
-    db.execute("CREATE INDEX job_images_artifact ON job_images(artifact_id)")
-
-
-
-@MIGRATIONS
-def m002_idempotency_keys(db: sqlite3.Connection) -> None:
-    db.execute("""
-        CREATE TABLE idempotency_keys (
-            key TEXT PRIMARY KEY,
-            fingerprint TEXT NOT NULL,
-            job_id TEXT NOT NULL REFERENCES jobs(id),
-            created TEXT NOT NULL
-        )""")
-    db.execute("CREATE INDEX idempotency_keys_created ON idempotency_keys(created)")
-
-
-OLD_KIND_CHECK = "CHECK (kind IN ('render', 'batch'))"
-KIND_CHECK = "CHECK (kind IN ('render', 'batch', 'animatic'))"
-
-
-@MIGRATIONS
-def m003_animatic_jobs(db: sqlite3.Connection) -> None:
-    """`kind` may be 'animatic'. SQLite cannot change a CHECK in place, so the table is rebuilt the way
-    https://www.sqlite.org/lang_altertable.html#otheralter says: create the new table, copy the rows, drop
-    the old one, rename the new one, recreate the indexes (all inside migrate's transaction).
-
-    The new table is made from the jobs table's own CREATE statement with only the CHECK changed, and the
-    indexes from their own, so columns or indexes another migration added before this one are kept.
-    Foreign keys are not enforced on these connections, so the drop does not touch job_images or
-    idempotency_keys; their REFERENCES jobs(id) name the renamed table afterwards (checked below)."""
-    widen_kind_check(db, OLD_KIND_CHECK, KIND_CHECK)
-
-
-def widen_kind_check(db: sqlite3.Connection, old: str, new: str) -> None:
-    """Rebuild the jobs table with CHECK `old` replaced by `new` (m003_animatic_jobs says how and why)."""
-    (create,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
-    if old not in create:
-        raise RuntimeError(f"jobs.db: the jobs table has no {old} to widen: {create}")
-    indexes = [row[0] for row in db.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL")]
-    sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-    new_create = create.replace(old, new, 1)
-    # after a rebuild SQLite keeps the name as the rename wrote it: CREATE TABLE "jobs"
-    new_create = re.sub(r'^CREATE TABLE\s+"?jobs"?', "CREATE TABLE jobs_new", new_create, count=1)
-    if not new_create.startswith("CREATE TABLE jobs_new"):
-        raise RuntimeError(f"jobs.db: unexpected CREATE statement for jobs: {create}")
-    db.execute(new_create)
-    db.execute("INSERT INTO jobs_new SELECT * FROM jobs")
-    db.execute("DROP TABLE jobs")  # drops its indexes too
-    db.execute("ALTER TABLE jobs_new RENAME TO jobs")
-    for sql in indexes:
-        db.execute(sql)
-    if sequence is not None:  # seq never goes back: AUTOINCREMENT's high-water mark survives the copy
-        copied = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-        db.execute("DELETE FROM sqlite_sequence WHERE name = 'jobs'")
-        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)",
-                   (max(sequence[0], copied[0] if copied else 0),))
-    broken = db.execute("PRAGMA foreign_key_check").fetchall()
-    if broken:
-        raise RuntimeError(f"jobs.db: foreign keys broken by the jobs table rebuild: {broken[:5]}")
-
-
-@MIGRATIONS
-def m004_worker_leases(db: sqlite3.Connection) -> None:
-    db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
-    db.execute("ALTER TABLE jobs ADD COLUMN lease_until TEXT")
-    db.execute("""
-        CREATE TABLE job_events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            job_id TEXT NOT NULL,
-            body TEXT NOT NULL
-        )""")
-    db.execute("""
-        CREATE TABLE workers (
-            slot INTEGER PRIMARY KEY,
-            worker TEXT NOT NULL,
-            pid INTEGER,
-            device TEXT NOT NULL,
-            model TEXT,
-            jobs_done INTEGER NOT NULL DEFAULT 0,
-            images_done INTEGER NOT NULL DEFAULT 0,
-            first_job TEXT,
-            last_error TEXT,
-            restarts INTEGER NOT NULL DEFAULT 0,
-            state TEXT NOT NULL,
-            heartbeat TEXT
-        )""")
-
-
-@MIGRATIONS
-def m005_requeue_backoff(db: sqlite3.Connection) -> None:
-    """Outages counted apart from attempts, and a time before which a requeued job is not claimed."""
-    db.execute("ALTER TABLE jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0")
-    db.execute("ALTER TABLE jobs ADD COLUMN not_before TEXT")
-
-
-@MIGRATIONS
-def m006_evolve_jobs(db: sqlite3.Connection) -> None:
-    """`kind` may be 'evolve' (issue 28), the same rebuild as m003_animatic_jobs (it keeps the columns
-    m004 and m005 added)."""
-    widen_kind_check(db, KIND_CHECK, "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve'))")
-
-
-@MIGRATIONS
-def m007_stopped_at_step(db: sqlite3.Connection) -> None:
-    """The step a cancelled or failed job stopped at, so its view does not fall back to "step 0 of 0"."""
-    db.execute("ALTER TABLE jobs ADD COLUMN step INTEGER NOT NULL DEFAULT 0")
-    db.execute("ALTER TABLE jobs ADD COLUMN total_steps INTEGER NOT NULL DEFAULT 0")
-
-
-@MIGRATIONS
-def m008_clip_jobs(db: sqlite3.Connection) -> None:
-    """`kind` may be 'clip' (POST /api/animate: a clip from an image, rendered by a video engine)."""
-    widen_kind_check(db, "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve'))",
-                     "CHECK (kind IN ('render', 'batch', 'animatic', 'evolve', 'clip'))")
-
-
-@MIGRATIONS
-def m009_idempotent_answers(db: sqlite3.Connection) -> None:
-    """The first answer of a POST that makes no job (POST /api/styles), kept under its Idempotency-Key so
-    a repeat gets the same answer (idempotency_keys holds only keys of jobs)."""
-    db.execute("""
-        CREATE TABLE idempotent_answers (
-            key TEXT PRIMARY KEY,
-            fingerprint TEXT NOT NULL,
-            status INTEGER NOT NULL,
-            body TEXT NOT NULL,
-            created TEXT NOT NULL
-        )""")
-
-
-@MIGRATIONS
-def m010_worker_progress(db: sqlite3.Connection) -> None:
-    """When a worker process last made progress, and its recent step time (issue 25: a stalled worker
-    is told from a slow one, echo_os.api.stalls)."""
-    db.execute("ALTER TABLE workers ADD COLUMN last_progress TEXT")
-    db.execute("ALTER TABLE workers ADD COLUMN step_s REAL")
 
 
 _COLUMNS = ("id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started, "
@@ -518,7 +165,7 @@ class JobStore:
     def _job(row: tuple, images: dict[str, list[str]] | None = None) -> Job:
         (job_id, kind, status, request, attempts, error, cancel_requested, solo, timings, created, started,
          finished, interruptions, step, total_steps) = row
-        return Job(id=job_id, kind=kind, status=status, spec=JobSpec.model_validate_json(request),
+        return Job(id=job_id, kind=kind, status=status, spec=parse_spec(request, kind),
                    attempts=attempts, interruptions=interruptions, error=error,
                    cancel_requested=bool(cancel_requested), solo=bool(solo),
                    timings=json.loads(timings), created=created, started=started, finished=finished,
@@ -566,7 +213,7 @@ class JobStore:
                         "INSERT INTO jobs (id, kind, status, request, coalesce_key, images_total, created) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (job.id, job.kind, job.status, job.spec.model_dump_json(),
-                         coalesce_key(job.spec.items[0]) if job.kind == "render" else None, job.images_total,
+                         coalesce_key(job.spec.render_items()[0]) if job.kind == "render" else None, job.images_total,
                          job.created))
                     if key is not None:
                         self._db.execute("INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, job_id, created) "
@@ -613,7 +260,8 @@ class JobStore:
     def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0,
              newest_first: bool = True) -> list[Job]:
         db = self._reader()
-        sql, params = f"SELECT {_COLUMNS} FROM jobs", []
+        sql = f"SELECT {_COLUMNS} FROM jobs"
+        params: builtins.list[str | int] = []
         if status:
             sql += " WHERE status = ?"
             params.append(status)
@@ -632,7 +280,7 @@ class JobStore:
         return self._reader().execute(f"SELECT 1 FROM jobs WHERE {_CLAIMABLE} LIMIT 1",
                                       (now_iso(),)).fetchone() is not None
 
-    def saved_images(self, job_id: str) -> list[SavedImage]:
+    def saved_images(self, job_id: str) -> builtins.list[SavedImage]:
         rows = self._reader().execute(
             "SELECT image, artifact_id FROM job_images WHERE job_id = ? ORDER BY image", (job_id,))
         return [SavedImage(index, artifact_id) for index, artifact_id in rows]
@@ -648,7 +296,7 @@ class JobStore:
         return found
 
     # ---- the worker's side ----------------------------------------------------------------------
-    def _write(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+    def _write(self, sql: str, params: tuple | builtins.list = ()) -> builtins.list[tuple]:
         with self._write_lock:
             rows = self._db.execute(sql, params).fetchall()
         self._committed()
@@ -670,7 +318,7 @@ class JobStore:
         return self._jobs(self._reader(), rows)[0] if rows else None
 
     def claim_compatible(self, key: str, max_images: int, worker: str | None = None,
-                         lease_s: float | None = None) -> list[Job]:
+                         lease_s: float | None = None) -> builtins.list[Job]:
         """Queued render jobs with this coalesce key, oldest first, while their images fit in max_images."""
         if max_images <= 0:
             return []
@@ -747,19 +395,20 @@ class JobStore:
         return self.get(job_id)
 
     # ---- after a crash ---------------------------------------------------------------------------
-    def recover(self) -> "Recovery":
-        """Jobs left `running` by a process that died: cancelled if that was asked, failed after
-        max_attempts, else queued again (their saved images are kept and skipped). Jobs whose lease has
-        not run out yet are left to `requeue_expired`: a worker of the server that died may still be
-        stopping (it requeues its own jobs when it notices)."""
+    def recover(self) -> Recovery:
+        """Jobs left `running` by a process that died: cancelled if that was asked, else queued again (their
+        saved images are kept and skipped). A crash is an outage, not the job's error (issue 25): no attempt
+        spent, an interruption counted (failed after MAX_INTERRUPTIONS), a back-off before the next claim.
+        Jobs whose lease has not run out yet are left to `requeue_expired`: a worker of the server that died
+        may still be stopping (it requeues its own jobs when it notices)."""
         return self._take_back("lease_until IS NULL OR lease_until < ?", (now_iso(),),
-                               "the server stopped while rendering")
+                               "the server stopped while rendering", outage=True)
 
-    def requeue_expired(self) -> "Recovery":
-        """Running jobs whose worker stopped renewing the lease (killed, or frozen): as `recover`."""
-        return self._take_back("lease_until < ?", (now_iso(),), "its worker stopped answering")
+    def requeue_expired(self) -> Recovery:
+        """Running jobs whose worker stopped renewing the lease (killed, or frozen): as `recover`, an outage."""
+        return self._take_back("lease_until < ?", (now_iso(),), "its worker stopped answering", outage=True)
 
-    def requeue_worker(self, worker: str) -> "Recovery":
+    def requeue_worker(self, worker: str) -> Recovery:
         """The jobs of a worker process that has exited (the supervisor saw it go): an outage, so as
         `recover` but spending no attempt (an interruption counted, up to MAX_INTERRUPTIONS) and with a
         back-off before they are claimed again."""
@@ -779,7 +428,7 @@ class JobStore:
         return {row[0] for row in self._reader().execute(
             f"SELECT id FROM jobs WHERE id IN ({marks}) AND status = 'running' AND worker = ?", [*ids, worker])}
 
-    def _take_back(self, where: str, params: tuple, why: str, *, outage: bool = False) -> "Recovery":
+    def _take_back(self, where: str, params: tuple, why: str, *, outage: bool = False) -> Recovery:
         stamp = now_iso()
         running = f"status = 'running' AND ({where})"
         limit, spent = (MAX_INTERRUPTIONS, "interruptions + 1") if outage else (self.max_attempts, "attempts")
@@ -817,7 +466,7 @@ class JobStore:
                         cancelled=[r[0] for r in cancelled])
 
     # ---- events and figures of worker processes ------------------------------------------------
-    def events_after(self, last_id: int, limit: int = 1000) -> list[tuple[int, str]]:
+    def events_after(self, last_id: int, limit: int = 1000) -> builtins.list[tuple[int, str]]:
         return self._reader().execute("SELECT id, body FROM job_events WHERE id > ? ORDER BY id LIMIT ?",
                                       (last_id, limit)).fetchall()
 
@@ -827,7 +476,7 @@ class JobStore:
     def drop_events(self, up_to_id: int) -> None:
         self._write("DELETE FROM job_events WHERE id <= ?", (up_to_id,))
 
-    def set_worker_row(self, row: "WorkerRow", *, only_if_same_worker: bool = False) -> None:
+    def set_worker_row(self, row: WorkerRow, *, only_if_same_worker: bool = False) -> None:
         """The supervisor sets a slot's row; a worker updates it only while the slot is still its own (an
         orphaned worker stopping after its server was killed must not overwrite its successor's row)."""
         guard = " WHERE workers.worker = excluded.worker" if only_if_same_worker else ""
@@ -844,7 +493,7 @@ class JobStore:
                      row.first_job, row.last_error, row.restarts, row.state, row.heartbeat, row.last_progress,
                      row.step_s))
 
-    def worker_rows(self) -> list["WorkerRow"]:
+    def worker_rows(self) -> builtins.list[WorkerRow]:
         return [WorkerRow(*row) for row in self._reader().execute(
             "SELECT slot, worker, pid, device, model, jobs_done, images_done, first_job, last_error, restarts, "
             "state, heartbeat, last_progress, step_s FROM workers ORDER BY slot")]
@@ -864,33 +513,9 @@ def _after(seconds: float) -> str:
     return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(timespec="microseconds")
 
 
-@dataclass
-class WorkerRow:
-    """A worker process as the `workers` table keeps it (one row per slot; a restart reuses the slot)."""
-
-    slot: int
-    worker: str
-    pid: int | None
-    device: str
-    model: str | None = None
-    jobs_done: int = 0
-    images_done: int = 0
-    first_job: str | None = None  # when it claimed its first job (images/min counts from here)
-    last_error: str | None = None
-    restarts: int = 0
-    state: str = "starting"  # starting, idle, rendering, stopped, dead
-    heartbeat: str | None = None
-    last_progress: str | None = None  # when it last claimed, stepped or saved (echo_os.api.stalls)
-    step_s: float | None = None  # its recent time per step
-
-
 def _key_cutoff() -> str:
     return (datetime.now(timezone.utc) - timedelta(seconds=IDEMPOTENCY_TTL_S)).isoformat(timespec="microseconds")
 
 
-@dataclass(frozen=True)
-class Recovery:
-    requeued: list[str]
-    failed: list[str]
-    cancelled: list[str]
-
+__all__ = ["JOB_STATUSES", "TERMINAL_STATUSES", "Admission", "IdempotencyKey", "Job", "JobProgress", "JobStatus",
+           "JobStore", "Recovery", "SavedImage", "WorkerRow"]  # the values live in echo_os.api.job_types

@@ -49,15 +49,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from echo_os.api.events import JOB_EVENT_ADAPTER, JobCancelled, JobFailed, JobQueued
+from echo_os.api.hosts import images_per_minute, worker_view
 from echo_os.api.jobs import JobStore, Recovery, WorkerRow, now_iso
 from echo_os.api.options import ApiOptions
 from echo_os.api.stalls import iso_from_epoch
 from echo_os.sqlite import connect, rollback
 
 if TYPE_CHECKING:
+    from echo_os.api.schemas import WorkerView
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -192,9 +194,10 @@ def worker_main(config: WorkerConfig) -> None:
                 log.info("%d jobs done, %d images, %s images/min", row.jobs_done, row.images_done,
                          _per_minute(row))
     finally:
-        # A killed server counts as an attempt of the jobs in flight, as it does with the in-process worker
-        # (JobStore.recover): a job that keeps bringing the server down ends up failed, not retried forever.
-        worker.stop(count_attempt=orphaned)
+        # A killed server is an outage of the jobs in flight, as it is with the in-process worker
+        # (JobStore.recover): no attempt spent, an interruption counted, so a job that keeps bringing the
+        # server down ends up failed after MAX_INTERRUPTIONS, not retried forever.
+        worker.stop(outage=orphaned)
         row.state = "stopped"
         _write_row(jobs, row, worker)
         store.close()
@@ -280,17 +283,6 @@ def _write_row(jobs: JobStore, row: WorkerRow, worker) -> None:
     jobs.set_worker_row(row, only_if_same_worker=True)
 
 
-def images_per_minute(row: WorkerRow, now: float | None = None) -> float | None:
-    """Images saved per minute of wall time since the worker's first job (None before it has one)."""
-    if row.first_job is None:
-        return None
-    from datetime import datetime, timezone
-
-    started = datetime.fromisoformat(row.first_job).timestamp()
-    minutes = max((now if now is not None else datetime.now(timezone.utc).timestamp()) - started, 1.0) / 60
-    return round(row.images_done / minutes, 2)
-
-
 def _per_minute(row: WorkerRow) -> str:
     rate = images_per_minute(row)
     return "-" if rate is None else f"{rate:.2f}"
@@ -308,7 +300,7 @@ class WorkerPool:
 
     Same control surface as the in-process Worker: start, stop, wake, cancel, alive."""
 
-    def __init__(self, settings: "Settings", jobs: JobStore, publish: Callable[[object], None],
+    def __init__(self, settings: "Settings", jobs: JobStore, publish: Callable[[Any], None],
                  options: "ApiOptions", *, count: int, log_level: str = "INFO"):
         self.settings = settings
         self.jobs = jobs
@@ -386,6 +378,14 @@ class WorkerPool:
 
     def rows(self) -> list[WorkerRow]:
         return self.jobs.worker_rows()
+
+    def views(self, stall_after_s: float) -> list[WorkerView]:
+        """The worker processes (echo_os.api.hosts.WorkerHost) from their rows in jobs.db."""
+        from echo_os.api.stalls import epoch_from_iso, judge
+
+        return [worker_view(row, judge(epoch_from_iso(row.last_progress) if row.last_progress else None, row.step_s,
+                                       stall_after_s, busy=row.state == "rendering"))
+                for row in self.rows()]
 
     # -- the supervisor thread -------------------------------------------------------------------------
     def _supervise(self) -> None:

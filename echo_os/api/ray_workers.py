@@ -15,7 +15,9 @@ are the in-process worker's code, unchanged; only the denoising happens elsewher
   of several Workers share the actors the same way: a call waits for an idle actor.
 - Progress: while a call runs, the head asks the actor for its latest step every PROGRESS_POLL_S (the
   actor is threaded, so `progress()` is answered during `render()`), and the Worker publishes it as a job
-  progress event, as with a local engine. While several calls of a job run, each reports its own steps.
+  progress event, as with a local engine, with the live preview the actor's engine made of that step (if
+  any): the studio's previews work under `--ray` too. While several calls of a job run, each reports its
+  own steps.
 - Cancel: the Worker's cancel flag for each call is sent on as the actor's `cancel(call_id)` (a cancelled
   job sets the flags of all its running calls); the actors' engines stop at their next step and raise
   CancelledError, which reaches the Worker as from a local engine.
@@ -32,16 +34,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from echo_os.api.jobs import WorkerRow
-from echo_os.api.worker import Worker
+from echo_os.api.hosts import worker_view
+from echo_os.api.jobs import WorkerRow, now_iso
+from echo_os.api.worker import EngineFactory, Worker
 
 if TYPE_CHECKING:
     from echo_os.api.jobs import JobStore
     from echo_os.api.options import ApiOptions
+    from echo_os.api.schemas import WorkerView
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.render.ray import RayPool
+    from echo_os.render.ray import ActorStats, RayPool
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ class RayWorkers:
     """The render workers of `serve --ray`: a RayPool and one job Worker thread per actor. Same control
     surface as Worker and WorkerPool: start, stop, wake, cancel, alive; `views()` for GET /api/workers."""
 
-    def __init__(self, settings: "Settings", jobs: "JobStore", publish: Callable[[object], None],
+    def __init__(self, settings: "Settings", jobs: "JobStore", publish: Callable[[Any], None],
                  options: "ApiOptions"):
         self.settings = settings
         self.jobs = jobs
@@ -77,16 +81,21 @@ class RayWorkers:
         from echo_os.render.ray import ray_engine_factory
         from echo_os.resonance.listener import attach_scorer
 
-        for index in range(len(self.pool.actors)):
+        pool = self.pool
+        if pool is None:
+            raise RuntimeError("start() makes the pool first")
+        for index in range(len(pool.actors)):
             store = ArtifactStore(self.settings)  # its own catalog connection; saves are safe across threads
             attach_scorer(store)
             self._stores.append(store)
-            self.workers.append(Worker(self.jobs, store, self.publish, make_engine=ray_engine_factory(self.pool, index),
+            # a RayEngine is an engine by its methods (the render core's protocol), not by its class
+            make_engine = cast(EngineFactory, ray_engine_factory(pool, index))
+            self.workers.append(Worker(self.jobs, store, self.publish, make_engine=make_engine,
                                        max_batch=self.options.max_batch, batch_window_ms=self.options.batch_window_ms))
         for worker in self.workers:
             worker.start()
         log.warning("ray: %d render actors (%s)", len(self.workers),
-                    ", ".join(stats["device"] if stats else "starting" for stats in self.pool.stats(timeout=30)))
+                    ", ".join(stats["device"] if stats else "starting" for stats in pool.stats(timeout=30)))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Workers stop at the next step (the actors' calls are cancelled) and put their jobs back; then the
@@ -114,7 +123,17 @@ class RayWorkers:
     def alive(self) -> bool:
         return any(worker.alive for worker in self.workers)
 
-    def rows(self) -> list[tuple[WorkerRow, dict | None]]:
+    def views(self, stall_after_s: float) -> list[WorkerView]:
+        """The actors (echo_os.api.hosts.WorkerHost): their rows, each judged by its Worker thread's progress
+        clock, with the actors' own figures."""
+        views = []
+        for (row, stats), worker in zip(self.rows(), self.workers):
+            stall = worker.stats.clock.judge(stall_after_s, busy=row.state == "rendering")
+            views.append(worker_view(row, stall, heartbeat=now_iso(), calls_done=stats["calls_done"] if stats else None,
+                                     models=stats["models"] if stats else None))
+        return views
+
+    def rows(self) -> list[tuple[WorkerRow, ActorStats | None]]:
         """Per actor: its row as GET /api/workers shows it (jobs and images saved by the Worker whose home it
         is, whichever actors rendered them; the actor's device and pid) and the actor's own figures (calls
         rendered, models; None while it does not answer: restarting)."""
@@ -130,6 +149,6 @@ class RayWorkers:
             rows.append((WorkerRow(slot=index, worker=f"ray-actor-{index}", pid=stats["pid"] if stats else None,
                                    device=device, model=worker.stats.model, jobs_done=worker.stats.jobs_done,
                                    images_done=worker.stats.images_done, first_job=worker.stats.first_job,
-                                   last_error=worker.stats.last_error or (stats or {}).get("last_error"),
+                                   last_error=worker.stats.last_error or (stats["last_error"] if stats else None),
                                    restarts=self.pool.actor_restarts[index], state=state), stats))
         return rows

@@ -6,11 +6,12 @@ stays the one place a bound is enforced, and whose errors come back as a 422 nam
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from echo_os.api.jobs import AnimaticSpec, JobProgress, JobStatus, JobViewKind
+from echo_os.api.jobs import JobProgress, JobStatus
+from echo_os.api.specs import AnimaticSpec, JobViewKind
 from echo_os.artifacts.meta import ArtifactKind
 from echo_os.engines import check_engine_name
 from echo_os.errors import OptionError
@@ -352,7 +353,7 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-def error_responses(*statuses: int) -> dict[int, dict]:
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the errors a route can answer with."""
     reasons = {400: "The body is not UTF-8 text", 401: "Missing or wrong bearer token (when the server has one)",
                403: "A cross-site browser request", 404: "No such job or artifact",

@@ -283,24 +283,25 @@ class Guard:
         given = [value for name, value in query if name == LOGIN_PARAM]
         if not given:
             return None
-        if len(given) != 1 or not hmac.compare_digest(given[0].strip().encode("utf-8"), self._token):
-            response = _error(401, f"wrong token in ?{LOGIN_PARAM}=: give the one the server was started with")
+        if len(given) != 1 or not hmac.compare_digest(given[0].strip().encode("utf-8"), self._token or b""):
+            response: Response = _error(401, f"wrong token in ?{LOGIN_PARAM}=: give the one the server was "
+                                                 "started with")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         rest = urlencode([(name, value) for name, value in query if name != LOGIN_PARAM])
         response = Response(status_code=303, headers={"Location": path + (f"?{rest}" if rest else ""),
                                                       "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
-        response.set_cookie(SESSION_COOKIE, self._session.decode("ascii"), path=COOKIE_PATH, httponly=True,
+        response.set_cookie(SESSION_COOKIE, (self._session or b"").decode("ascii"), path=COOKIE_PATH, httponly=True,
                             samesite="strict", secure=scope.get("scheme") == "https")
         return response
 
     def _authorized(self, path: str, headers: Headers) -> bool:
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and credentials:
-            return hmac.compare_digest(credentials.strip().encode("utf-8"), self._token)
+            return hmac.compare_digest(credentials.strip().encode("utf-8"), self._token or b"")
         if path.startswith(COOKIE_PATH + "/") or path == COOKIE_PATH:
             session = _cookie(headers, SESSION_COOKIE)
-            return session is not None and hmac.compare_digest(session.encode("utf-8"), self._session)
+            return session is not None and hmac.compare_digest(session.encode("utf-8"), self._session or b"")
         return False
 
     def _cross_site(self, scope: Scope, headers: Headers) -> bool:

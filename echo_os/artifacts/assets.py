@@ -1,6 +1,7 @@
 """Mesh and sound artifacts: a folder with the file, a preview image and meta.json.
 
     artifacts/<yyyy-mm-dd>/<project-slug>/<folder name>/{mesh.glb | sound.flac, image.png, meta.json}
+    (a mesh's folder also holds turntable.mp4)
 
 Like a clip (echo_os/artifacts/video.py, whose VideoFolder writes them), the id is the sha256 of the file
 (the GLB or the FLAC); meta.json (AssetMeta) records the request, seed, the counts (vertices and faces, or
@@ -9,13 +10,16 @@ what replay compares (a mesh's vertices and faces as little-endian float32/int32
 so the same seed gives the same hash whatever the encoder writes around it. The preview is named image.png
 so Echo Memory embeds it (by prompt and by picture) and the gallery shows it: a turntable sheet of eight
 views for a mesh, a waveform over a spectrogram for a sound. Previews are drawn with numpy and Pillow (no
-OpenGL, no display), the same on every machine.
+OpenGL, no display), the same on every machine. A mesh also gets turntable.mp4: one turn in TURNTABLE_FRAMES
+frames at TURNTABLE_FPS (3 s, looping), drawn like the sheet's views and written through the animatic's H.264
+encoder (echo_os/artifacts/encode.py); meta.json records it as `turntable` with its frame count and rate.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +39,10 @@ MESH_FORMATS = ("glb", "obj", "ply")  # --format: GLB always, OBJ/PLY beside it 
 TURNTABLE_VIEWS = 8
 CELL = 160  # pixels per turntable view
 WAVE_SIZE = (640, 320)
+TURNTABLE_NAME = "turntable.mp4"
+TURNTABLE_FRAMES = 36  # one turn, 10 degrees a frame
+TURNTABLE_FPS = 12
+TURNTABLE_SIZE = 256  # pixels a side (even, for yuv420p)
 
 
 # -- content hashes ------------------------------------------------------------------------------------
@@ -78,6 +86,11 @@ def _label(draw, text: str, xy: tuple[int, int], size: int = 14) -> None:
 
 def turntable_views(mesh, views: int = TURNTABLE_VIEWS, cell: int = CELL) -> list["Image"]:
     """`views` pictures of the mesh turning about its up (y) axis, drawn flat-shaded back to front."""
+    return list(iter_turntable_views(mesh, views, cell))
+
+
+def iter_turntable_views(mesh, views: int = TURNTABLE_VIEWS, cell: int = CELL) -> Iterator["Image"]:
+    """turntable_views, one picture at a time (the MP4 encodes each as it is drawn)."""
     from PIL import Image, ImageDraw
 
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
@@ -88,7 +101,6 @@ def turntable_views(mesh, views: int = TURNTABLE_VIEWS, cell: int = CELL) -> lis
     light = np.array([0.4, 0.6, 0.7]) / np.linalg.norm([0.4, 0.6, 0.7])
     tilt = np.radians(20)
     pitch = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
-    pictures = []
     for view in range(views):
         angle = 2 * np.pi * view / views
         yaw = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
@@ -101,12 +113,27 @@ def turntable_views(mesh, views: int = TURNTABLE_VIEWS, cell: int = CELL) -> lis
             lengths = np.linalg.norm(normals, axis=1, keepdims=True)
             normals = normals / np.where(lengths == 0, 1, lengths)
             shade = np.clip(np.abs(normals @ light), 0.15, 1.0)
-            for face in np.argsort(tri[:, :, 2].mean(1)):  # far to near (the camera looks down -z)
-                xy = [(cell / 2 + x * scale, cell / 2 - y * scale) for x, y, _ in tri[face]]
-                grey = int(60 + 170 * shade[face])
-                draw.polygon(xy, fill=(grey, grey, min(255, grey + 20)))
-        pictures.append(picture)
-    return pictures
+            order = np.argsort(tri[:, :, 2].mean(1))  # far to near (the camera looks down -z)
+            screen = np.stack([cell / 2 + tri[order, :, 0] * scale, cell / 2 - tri[order, :, 1] * scale], axis=2)
+            greys = (60 + 170 * shade[order]).astype(int).tolist()
+            for corners, grey in zip(screen.reshape(len(order), 6).tolist(), greys):  # plain lists: fast
+                draw.polygon(corners, fill=(grey, grey, min(255, grey + 20)))
+        yield picture
+
+
+def write_turntable(mesh, path, label: str | None = None) -> dict[str, Any]:
+    """The mesh's turntable as an H.264 MP4 (see the module docstring); `label` (a draft's PLACEHOLDER) on
+    every frame. Returns what meta.json records of it."""
+    from PIL import ImageDraw
+
+    from echo_os.artifacts.encode import Mp4Writer
+
+    with Mp4Writer(path, TURNTABLE_SIZE, TURNTABLE_SIZE, TURNTABLE_FPS) as writer:
+        for picture in iter_turntable_views(mesh, TURNTABLE_FRAMES, TURNTABLE_SIZE):
+            if label:
+                _label(ImageDraw.Draw(picture), label, (6, 6))
+            writer.write(picture)
+    return {"turntable": path.name, "turntable_frames": TURNTABLE_FRAMES, "turntable_fps": TURNTABLE_FPS}
 
 
 def turntable_sheet(mesh, label: str | None = None) -> "Image":
@@ -205,6 +232,8 @@ def save_asset(store: "ArtifactStore", result: "RenderResult", index: int) -> "A
                     asset.data.export(folder.path / f"mesh.{extra}", file_type=extra)
             fields.update(vertices=int(len(asset.data.vertices)), faces=int(len(asset.data.faces)),
                           content_sha256=mesh_hash(asset.data))
+            fields.update(write_turntable(asset.data, folder.path / TURNTABLE_NAME,
+                                          "PLACEHOLDER" if asset.placeholder else None))
         else:
             file_name = AUDIO_NAME
             frames = as_frames(asset.data)

@@ -202,6 +202,9 @@ class AssetMeta(BaseModel):
     duration_s: float | None = None
     sample_rate: int | None = None
     channels: int | None = None
+    turntable: str | None = None  # a mesh's turntable.mp4 (frames at fps: one turn)
+    turntable_frames: int | None = None
+    turntable_fps: int | None = None
     engine: EngineRecord
     model: ModelRecord | None = None
     parent_id: str | None = None  # lift: the source image

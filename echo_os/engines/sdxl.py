@@ -46,7 +46,7 @@ from echo_os.engines.inputs import load_init_image
 from echo_os.engines.ip_adapter import AdapterState, ensure_adapters, reference_embeds
 from echo_os.engines.lora import LoraState, apply_loras
 from echo_os.errors import CancelledError, ModelError, OptionError, UsageError
-from echo_os.render.preview import PreviewThrottle, latent_preview
+from echo_os.render.preview import PREVIEW_BUDGET, PreviewThrottle, latent_preview, preview_decoder
 from echo_os.render.requests import RenderRequest
 
 if TYPE_CHECKING:
@@ -231,6 +231,7 @@ class SDXLEngine(BaseEngine):
         super().__init__(settings, reason)
         # Latent previews on the progress events (throttled; benchmarks/previews.py measures the cost).
         self.previews = True
+        self.preview_budget = PREVIEW_BUDGET  # the share of render time previews may take (render/preview.py)
 
     @classmethod
     def availability(cls, settings: "Settings", request: RenderRequest) -> str | None:
@@ -382,7 +383,12 @@ class SDXLEngine(BaseEngine):
         images_total = len(prompts)
 
         steps_done = [0]  # across the base and the refiner stage
-        throttle = PreviewThrottle() if self.previews else None
+        # TAESD-XL when models.toml has one here (sharper previews), else None: the linear latent map. Loaded
+        # before the throttle starts its clock, so a first load does not count as render time in its budget.
+        decoder = None
+        if self.previews and progress is not None:
+            decoder = preview_decoder(self.settings, loaded.device, pipe.unet.dtype)
+        throttle = PreviewThrottle(budget=self.preview_budget) if self.previews else None
 
         def on_step_end(pipeline: DiffusersPipeline, step: int, timestep: Any,
                         callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -390,7 +396,12 @@ class SDXLEngine(BaseEngine):
             if progress is not None and steps_done[0] <= total_steps:
                 preview = None
                 if throttle is not None and throttle.due(steps_done[0], total_steps):
-                    preview = latent_preview(callback_kwargs["latents"])
+                    started_preview = time.perf_counter()
+                    if decoder is not None and throttle.affords(decoder.cost_s):  # sharp when it fits the budget
+                        preview = decoder.decode(callback_kwargs["latents"])
+                    else:
+                        preview = latent_preview(callback_kwargs["latents"])
+                    throttle.spend(time.perf_counter() - started_preview)
                 progress(ProgressEvent(step=steps_done[0], total_steps=total_steps, images=images_total,
                                        preview=preview))
             if cancel is not None and cancel.is_set():

@@ -9,8 +9,14 @@ opened from disk, copied, or served as it is. Story projects (artifacts with a s
 storyboards in scene order; other projects as a grid, newest first. Filters: project, character, scene;
 a URL hash like #project=Harbor&character=Mara applies them on load. Video artifacts (animatics, clips;
 artifacts/video.py) are cards holding a <video> (poster = their thumbnail, plays on hover) and play with
-controls in the lightbox. For headless checks the page writes its state on <body>: data-images, data-loaded,
-data-broken, data-visible, data-videos, data-playable (videos with a decoded frame) and data-ready="true".
+controls in the lightbox. A 3D model's card plays its turntable.mp4 (artifacts/assets.py) on hover, and its
+lightbox turns the GLB itself in a WebGL viewer shipped with the package (echo_os/gallery/glb_viewer.js,
+inlined in the page: no CDN, works offline). A page opened from disk may not fetch() a file, so each GLB is
+also written once as a script, artifacts/.cache/glb/<id>.js (`echoGlb["<id>"] = "<base64>"`, up to
+GLB_SCRIPT_MAX bytes of GLB), which the viewer adds to the page when the lightbox opens.
+For headless checks the page writes its state on <body>: data-images, data-loaded, data-broken, data-visible,
+data-videos (videos and turntables), data-playable (those with a decoded frame) and data-ready="true"; the
+viewer's canvas (#lb-mesh) says data-drawn="1" once it drew the GLB, or data-error.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from echo_os.settings import Settings
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 360
+GLB_SCRIPT_MAX = 64 * 1024 * 1024  # a larger GLB is linked for download, not inlined for the viewer
 GALLERY_DIR = "gallery"
 
 
@@ -49,6 +56,22 @@ def thumbnail_path(settings: Settings, artifact_id: str) -> Path:
 
 def tiled_thumbnail_path(settings: Settings, artifact_id: str) -> Path:
     return settings.cache_dir / "thumbs" / f"{artifact_id}.tiled.webp"
+
+
+def glb_script_path(settings: Settings, artifact_id: str) -> Path:
+    return settings.cache_dir / "glb" / f"{artifact_id}.js"
+
+
+def make_glb_script(source: Path, target: Path, artifact_id: str) -> bool:
+    """Write the GLB as a script for the lightbox viewer once (see the module docstring); True when made.
+    A GLB over GLB_SCRIPT_MAX is not written (the lightbox links the file instead)."""
+    import base64
+
+    if target.exists() or source.stat().st_size > GLB_SCRIPT_MAX:
+        return False
+    encoded = base64.b64encode(source.read_bytes()).decode("ascii")
+    write_atomically(target, f'(window.echoGlb = window.echoGlb || {{}})["{artifact_id}"] = "{encoded}";\n')
+    return True
 
 
 def make_thumbnail(source: Path, target: Path, size: int = THUMB_SIZE, tile: str | None = None) -> bool:
@@ -87,6 +110,16 @@ def _asset_file(settings: Settings, row: CatalogRow, kind: str, page_dir: Path) 
     return _relative(settings.artifacts_dir / row.path / row.meta["file"], page_dir)
 
 
+def _mesh_extras(settings: Settings, row: CatalogRow, page_dir: Path) -> dict:
+    """A mesh's turntable MP4 and the viewer's GLB script, as page-relative links (None when absent)."""
+    folder = settings.artifacts_dir / row.path
+    turntable = row.meta.get("turntable") if row.meta.get("kind") == "mesh" else None
+    script = glb_script_path(settings, row.id)
+    return {"turntable": _relative(folder / turntable, page_dir) if turntable and (folder / turntable).is_file()
+            else None,
+            "glb": _relative(script, page_dir) if row.meta.get("kind") == "mesh" and script.is_file() else None}
+
+
 def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: str | None = None) -> dict:
     """The page's record of one artifact; `project`: the display name its project is shown under."""
     story = row.meta.get("story") or {}
@@ -103,7 +136,7 @@ def gallery_item(settings: Settings, row: CatalogRow, page_dir: Path, project: s
         "video_kind": row.meta.get("video_kind"), "meta": row.meta,
         # a mesh or a sound (artifacts/assets.py): the card shows its preview (turntable, waveform) and the file
         "mesh": _asset_file(settings, row, "mesh", page_dir), "audio": _asset_file(settings, row, "audio", page_dir),
-        "placeholder": bool(row.meta.get("placeholder")),
+        "placeholder": bool(row.meta.get("placeholder")), **_mesh_extras(settings, row, page_dir),
         "parent_id": row.parent_id, "strength": row.meta.get("strength"),
     }
 
@@ -199,6 +232,9 @@ def build_gallery(settings: Settings, *, project: str | None = None,
         try:
             made += make_thumbnail(image, tiled_thumbnail_path(settings, row.id) if tile
                                    else thumbnail_path(settings, row.id), tile=tile)
+            if row.meta.get("kind") == "mesh" and row.meta.get("file"):
+                make_glb_script(settings.artifacts_dir / row.path / row.meta["file"],
+                                glb_script_path(settings, row.id), row.id)
         except OSError as error:  # a folder deleted since the catalog was built: leave it out
             log.warning("gallery: skipping %s: %s", row.id[:12], error)
             continue
@@ -235,6 +271,13 @@ def script_json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True).translate(_SCRIPT_JSON_ESCAPES)
 
 
+def viewer_js() -> str:
+    """The lightbox's GLB viewer (echo_os/gallery/glb_viewer.js, shipped in the package)."""
+    from echo_os.package_data import package_folder
+
+    return package_folder("gallery", "glb_viewer.js").read_text(encoding="utf-8").replace("</", "<\\/")
+
+
 def render_page(title: str, items: list[dict], resonance: dict | None = None) -> str:
     from echo_os.resonance.gallery import RESONANCE_CSS, RESONANCE_JS
 
@@ -244,6 +287,7 @@ def render_page(title: str, items: list[dict], resonance: dict | None = None) ->
                 .replace("{{COUNT}}", str(len(items)))
                 .replace("{{RESONANCE_CSS}}", RESONANCE_CSS)
                 .replace("{{RESONANCE_JS}}", RESONANCE_JS)
+                .replace("{{VIEWER_JS}}", viewer_js())
                 .replace("{{RESONANCE}}", extra)
                 .replace("{{DATA}}", data))
 
@@ -299,6 +343,10 @@ section h2 small { color: var(--dim); font-weight: 400; font-size: 12px; }
 #lightbox .lineage img { width: 56px; height: 56px; object-fit: cover; border-radius: 4px; cursor: pointer;
                          border: 2px solid transparent; margin: 0; }
 #lightbox .lineage img.current { border-color: var(--accent); }
+#lightbox canvas { width: 100%; max-height: calc(100vh - 96px); aspect-ratio: 4 / 3; display: block;
+                   border-radius: 8px; cursor: grab; touch-action: none; }
+#lightbox .files { margin: 6px 0 0; font-size: 12px; color: var(--dim); }
+#lightbox .files a { color: var(--accent); margin-right: 12px; }
 #lightbox .close { position: absolute; top: 10px; right: 18px; color: var(--text); font-size: 26px;
                    background: none; border: 0; cursor: pointer; }
 .empty { color: var(--dim); margin-top: 40px; }
@@ -317,13 +365,16 @@ section h2 small { color: var(--dim); font-weight: 400; font-size: 12px; }
 <div id="lightbox" role="dialog" aria-modal="true">
   <button class="close" id="lb-close" aria-label="Close">&times;</button>
   <div id="lb-media"><a id="lb-link" target="_blank"><img id="lb-image" alt=""></a>
-    <video id="lb-video" controls preload="metadata" class="hidden"></video></div>
+    <video id="lb-video" controls preload="metadata" class="hidden"></video>
+    <canvas id="lb-mesh" width="800" height="600" class="hidden" title="drag to turn"></canvas>
+    <p class="files hidden" id="lb-files"></p></div>
   <div class="meta" id="lb-meta"></div>
 </div>
 <script type="application/json" id="gallery-data">{{DATA}}</script>
 <script type="application/json" id="resonance-data">{{RESONANCE}}</script>
 <script>
 "use strict";
+{{VIEWER_JS}}
 const items = JSON.parse(document.getElementById("gallery-data").textContent);
 const body = document.body, main = document.getElementById("main");
 const filters = {project: document.getElementById("f-project"), character: document.getElementById("f-character"),
@@ -353,21 +404,23 @@ function card(item) {
   const node = el("div", {class: "card", "data-id": item.id, "data-project": item.project,
                           "data-scene": item.scene === null || item.scene === undefined ? "" : String(item.scene),
                           "data-characters": JSON.stringify(item.characters)});
-  // A video card holds the video itself (muted, poster = its thumbnail): "loaded" once a frame is decoded.
-  const media = item.video ? el("video", {src: item.video, poster: item.thumb, muted: "", loop: "",
-                                          preload: "auto", playsinline: "", title: item.prompt})
-                           : el("img", {src: item.thumb, alt: item.prompt});
+  // A video card holds the video itself (muted, poster = its thumbnail): "loaded" once a frame is decoded;
+  // a 3D model's card holds its turntable the same way.
+  const clip = item.video || item.turntable;
+  const media = clip ? el("video", {src: clip, poster: item.thumb, muted: "", loop: "",
+                                    preload: "auto", playsinline: "", title: item.prompt})
+                     : el("img", {src: item.thumb, alt: item.prompt});
   let counted = false;
   const done = (ok) => {
     if (counted) return;
     counted = true;
-    if (ok) { loaded++; if (item.video && media.videoWidth > 0) playable++; }
+    if (ok) { loaded++; if (clip && media.videoWidth > 0) playable++; }
     else { broken++; node.classList.add("broken"); }
     settle();
   };
-  media.addEventListener(item.video ? "loadeddata" : "load", () => done(true));
+  media.addEventListener(clip ? "loadeddata" : "load", () => done(true));
   media.addEventListener("error", () => done(false));
-  if (item.video) {
+  if (clip) {
     node.addEventListener("mouseenter", () => media.play().catch(() => {}));
     node.addEventListener("mouseleave", () => media.pause());
   }
@@ -412,7 +465,7 @@ function render() {
   }
   if (!items.length) main.appendChild(el("p", {class: "empty"}, "No artifacts yet: render something first."));
   body.dataset.images = items.length;
-  body.dataset.videos = items.filter(i => i.video).length;
+  body.dataset.videos = items.filter(i => i.video || i.turntable).length;
   settle();
 }
 
@@ -442,12 +495,39 @@ function fromHash() {
   }
 }
 
+let viewer = null;
+function showMesh(item) {  // the GLB turning in the WebGL viewer (glb_viewer.js), or why not on the canvas
+  const canvas = document.getElementById("lb-mesh"), files = document.getElementById("lb-files");
+  files.textContent = "";
+  files.appendChild(el("a", {href: item.mesh, download: ""}, "mesh.glb"));
+  if (item.turntable) files.appendChild(el("a", {href: item.turntable, target: "_blank"}, "turntable.mp4"));
+  if (item.placeholder) files.appendChild(el("span", {}, "placeholder mesh (draft engine), not a generated model"));
+  delete canvas.dataset.drawn;
+  const fail = (error) => { canvas.dataset.error = String(error.message || error);
+                            files.appendChild(el("span", {}, "viewer: " + canvas.dataset.error)); };
+  if (!item.glb) { fail(new Error("the GLB is too large to view here; download it")); return; }
+  GlbViewer.load(item.id, item.glb).then((bytes) => {
+    if (canvas.dataset.showing !== item.id) return;  // another artifact was opened meanwhile
+    viewer = GlbViewer.show(canvas, bytes);
+  }).catch(fail);
+}
+function stopMesh() {
+  if (viewer) viewer.stop();
+  viewer = null;
+}
+
 function openLightbox(item) {
   const video = document.getElementById("lb-video"), link = document.getElementById("lb-link");
-  link.classList.toggle("hidden", !!item.video);
+  const canvas = document.getElementById("lb-mesh"), files = document.getElementById("lb-files");
+  stopMesh();
+  link.classList.toggle("hidden", !!item.video || !!item.mesh);
   video.classList.toggle("hidden", !item.video);
+  canvas.classList.toggle("hidden", !item.mesh);
+  files.classList.toggle("hidden", !item.mesh);
+  canvas.dataset.showing = item.mesh ? item.id : "";
   if (item.video) { video.src = item.video; video.poster = item.image; }
   else { video.pause(); video.removeAttribute("src"); document.getElementById("lb-image").src = item.image; }
+  if (item.mesh) showMesh(item);
   link.href = item.mesh || item.audio || item.video || item.image;
   const meta = document.getElementById("lb-meta");
   meta.textContent = "";
@@ -479,6 +559,7 @@ function openLightbox(item) {
   document.getElementById("lightbox").classList.add("open");
 }
 function closeLightbox() {
+  stopMesh();
   document.getElementById("lb-video").pause();
   document.getElementById("lightbox").classList.remove("open");
 }

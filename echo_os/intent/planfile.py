@@ -40,7 +40,7 @@ class PlanItem(BaseModel):
     parts: dict[str, str] = Field(default_factory=dict)  # theme/subject/palette/camera/lighting when known
     # Task plans (--kind assets/tasks): the task's id, its type and the ids it needs rendered first.
     id: str | None = None
-    type: Literal["concept", "texture", "turnaround", "mesh", "sound"] | None = None
+    type: Literal["concept", "texture", "turnaround", "mesh", "animatic", "sound"] | None = None
     depends_on: list[str] = Field(default_factory=list)
 
 

@@ -4,8 +4,10 @@ Per planned item, three typed tasks in plan.json: `concept-N` (the item's image)
 texture in the concept's palette; depends on concept-N) and `turnaround-N` (front, side and back views,
 refined from the concept's image; depends on concept-N and texture-N); for `--kind assets` also `mesh-N` (a 3D
 model: the concept's image lifted to 3D where an image-to-3D entry (shap-e-img2img) resolves here, else a
-text-to-3D render of the subject, the draft placeholder without weights; depends on concept-N) and `sound-N`
-(a short sound effect of the subject; depends on concept-N). Batch runs the tasks in dependency
+text-to-3D render of the subject, the draft placeholder without weights; depends on concept-N), `animatic-N` (a
+reel of the concept, texture and turnaround, echo_os/motion/reel.py; depends on the three) and `sound-N` (a
+sound of the subject as long as the reel, with the reel as its parent; depends on animatic-N, so a change of
+the reel's length re-times it). Batch runs the tasks in dependency
 order (graphlib), one render each through the one render path (render_requests); a task's artifact id
 feeds its dependants: the texture's prompt names the concept's dominant colours (read from its pixels),
 the turnaround is an img2img refine of the concept (echo_os.iterate.refine) where the engine refines
@@ -44,7 +46,7 @@ SOUND_SECONDS = 3.0
 
 
 def task_items(items: list[PlanItem], assets: bool = False) -> list[PlanItem]:
-    """concept-N, texture-N and turnaround-N for each planned item (assets: and mesh-N, sound-N)."""
+    """concept-N, texture-N and turnaround-N for each planned item (assets: and mesh-N, animatic-N, sound-N)."""
     tasks: list[PlanItem] = []
     for number, item in enumerate(items, start=1):
         subject = item.parts.get("subject") or item.prompt
@@ -65,8 +67,12 @@ def task_items(items: list[PlanItem], assets: bool = False) -> list[PlanItem]:
             tasks.append(PlanItem(prompt=", ".join(p for p in (theme, subject, "3D game asset") if p),
                                   parts={"theme": theme, "subject": subject}, id=f"mesh-{number}", type="mesh",
                                   depends_on=[concept]))
+            reel = f"animatic-{number}"
+            tasks.append(PlanItem(prompt=f"reel of {subject}: concept, texture and turnaround",
+                                  parts={"theme": theme, "subject": subject}, id=reel, type="animatic",
+                                  depends_on=[concept, texture, f"turnaround-{number}"]))
             tasks.append(PlanItem(prompt=f"sound effect of {subject}", parts={"theme": theme, "subject": subject},
-                                  id=f"sound-{number}", type="sound", depends_on=[concept]))
+                                  id=f"sound-{number}", type="sound", depends_on=[reel]))
     return tasks
 
 
@@ -130,10 +136,9 @@ def render_tasks(settings: Settings, plan: PlanFile, *, fields: dict, count: int
     from echo_os.render.scheduler import render_requests
 
     items = task_order(plan.items)
-    if count is not None:
-        keep = {f"concept-{n}" for n in range(1, count + 1)}
-        items = [i for i in items if i.id in keep or set(i.depends_on) & keep and i.id.split("-")[-1] in
-                 {k.split("-")[-1] for k in keep}]
+    if count is not None:  # the first `count` items' tasks (a task's id ends in its item's number)
+        numbers = {str(n) for n in range(1, count + 1)}
+        items = [i for i in items if (i.id or "").rsplit("-", 1)[-1] in numbers]
     run = TaskRun()
     state = _load_state(settings, plan.project)
     negative = plan.constraints.negative_prompt or None
@@ -148,14 +153,23 @@ def render_tasks(settings: Settings, plan: PlanFile, *, fields: dict, count: int
                     continue
                 except NotFoundError:
                     pass
-            request = _task_request(settings, store, item, state, fields, negative, run, build_request,
-                                    refine_request, choose_engine, get_engine)
-            if dry_run:
-                if echo is not None:
-                    echo(f"{item.id}  {item.type}  {request.prompt}")
-                continue
-            outcome = render_requests(settings, [request], store=store)
-            artifact = outcome.artifacts[0]
+            if item.type == "animatic":  # encoded from the stills it depends on, not rendered
+                if dry_run:
+                    if echo is not None:
+                        echo(f"{item.id}  {item.type}  {item.prompt}")
+                    continue
+                from echo_os.motion.reel import make_reel
+
+                stills = [store.open(state[task]) for task in item.depends_on]
+                artifact = make_reel(store, plan.project, item.prompt, stills)
+            else:
+                request = _task_request(settings, store, item, state, fields, negative, run, build_request,
+                                        refine_request, choose_engine, get_engine)
+                if dry_run:
+                    if echo is not None:
+                        echo(f"{item.id}  {item.type}  {request.prompt}")
+                    continue
+                artifact = render_requests(settings, [request], store=store).artifacts[0]
             state[item.id] = artifact.id
             _save_state(settings, plan.project, state)
             run.done.append((item.id, artifact.id, False))
@@ -219,14 +233,18 @@ def batch_task_plan(settings: Settings, project: str, *, count: int | None, dry_
 
 def _asset_request(settings: Settings, item: PlanItem, parent, fields: dict, run: TaskRun):
     """A mesh task (the concept lifted to 3D when an image-to-3D entry resolves, else text-to-3D) or a sound
-    task (SOUND_SECONDS of the subject); the image engine, model and size of the batch do not apply."""
+    task (as long as its reel, the parent; SOUND_SECONDS without one: a dry run); the image engine, model and
+    size of the batch do not apply."""
     from echo_os.render.requests import RenderRequest
 
     common = {"project": fields["project"], "parent_id": parent.id if parent is not None else None}
     if "seed" in fields:
         common["seed"] = fields["seed"]
     if item.type == "sound":
-        return RenderRequest(prompt=item.prompt, output="audio", options={"seconds": SOUND_SECONDS}, **common)
+        seconds = SOUND_SECONDS
+        if parent is not None and parent.meta.kind == "video":
+            seconds = float(parent.meta.duration_s)
+        return RenderRequest(prompt=item.prompt, output="audio", options={"seconds": seconds}, **common)
     if parent is not None and _resolves(settings, MESH_LIFT_MODEL):
         from echo_os.iterate.lift import lift_request
 

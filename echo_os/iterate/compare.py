@@ -106,6 +106,21 @@ def parse_list(text: str | None, option: str, convert: Callable[[str], Any] = st
     return tuple(values)
 
 
+def check_distinct(lists: dict[str, tuple[Any, ...]]) -> None:
+    """Each option list names a value once (an OptionError names the list otherwise): for hosts that take
+    the lists whole (POST /api/compare); the command line's parse_list checks its own."""
+    for option, values in lists.items():
+        if len(set(values)) != len(values):
+            raise OptionError(f"{option} lists a value twice", option)
+
+
+def compare_title(prompt: str, plan: ComparePlan) -> str:
+    """The grid sheet's title: the prompt, then each axis with its number of values."""
+    if not plan.axes:
+        return prompt
+    return f"{prompt}: " + " x ".join(f"{axis.label} ({len(axis.values)})" for axis in plan.axes)
+
+
 def plan_compare(settings: "Settings", base: dict[str, Any], lists: dict[str, tuple[Any, ...]], *,
                  max_cells: int = MAX_CELLS_DEFAULT, given: Collection[str] = ()) -> ComparePlan:
     """The cells for `base` values (RenderRequest names, `size` as "WxH" text or None) and the option lists

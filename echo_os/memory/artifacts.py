@@ -97,6 +97,13 @@ def memory_item_from_meta(meta: Mapping[str, Any], image_path: Path | None) -> M
     return MemoryItem(id=artifact_num(meta["id"]), text=artifact_text(meta), image_path=image_path)
 
 
+def row_rating(row: CatalogRow) -> int:
+    """The row's rating (1..5), 0 when it has none."""
+    rating = row.meta.get("rating") or {}
+    value = rating.get("value") if isinstance(rating, dict) else None
+    return value if isinstance(value, int) else 0
+
+
 def row_characters(row: CatalogRow) -> list[str]:
     story = row.meta.get("story") or {}
     return [str(c) for c in (story.get("characters") or [])]
@@ -112,10 +119,12 @@ class MemoryFilters:
     character_ids: tuple[str, ...] = ()  # ids the character's name stands for (bibles name them)
     since: str | None = None  # ISO date or datetime, inclusive
     until: str | None = None  # ISO date or datetime, inclusive of that day
+    min_rating: int | None = None  # only images rated at least this (meta.json `rating`, 1..5)
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.project, self.model, self.character, self.since, self.until))
+        return any(v is not None for v in (self.project, self.model, self.character, self.since, self.until,
+                                           self.min_rating))
 
     def allowed_ids(self, catalog: Catalog) -> list[int] | None:
         if not self.active:
@@ -127,6 +136,8 @@ class MemoryFilters:
         if self.character:
             wanted = {self.character.casefold(), *(i.casefold() for i in self.character_ids)}
             rows = [r for r in rows if any(c.casefold() in wanted for c in row_characters(r))]
+        if self.min_rating is not None:
+            rows = [r for r in rows if row_rating(r) >= self.min_rating]
         return [r.num for r in rows]
 
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d", "audio"]
+ModelType = Literal["sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d", "audio", "taesd"]
 SourceKind = Literal["path", "hf", "file", "package"]
 
 MODEL_TYPES: tuple[str, ...] = ("sdxl", "ip-adapter", "lora", "clip", "text-embedder", "video", "scorer", "3d",
-                                "audio")
+                                "audio", "taesd")  # taesd: a tiny VAE for live previews (render/preview.py)
 PIPELINE_TYPES: tuple[str, ...] = ("video", "3d", "audio")  # diffusers pipeline folders other than sdxl
 SOURCE_KEYS: tuple[SourceKind, ...] = ("path", "hf", "file", "package")
 STRING_KEYS: tuple[str, ...] = ("type", *SOURCE_KEYS, "variant", "revision", "config", "subfolder", "weight_name",

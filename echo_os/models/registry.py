@@ -227,7 +227,7 @@ def _parse_entry(name: str, table: object, path: Path) -> ModelEntry:
         if kind in ("file", "package"):
             raise UsageError(f"{where}: a {model_type} model is a diffusers pipeline folder (path or hf), not a {kind}.")
         refuse("weight_name", f"a {model_type} model is a pipeline folder, not one file")
-    if model_type in ("clip", "text-embedder"):
+    if model_type in ("clip", "text-embedder", "taesd"):
         if kind == "file":
             raise UsageError(f"{where}: a {model_type} model is a folder (path, hf or package), not a single file.")
         refuse("weight_name", f"a {model_type} model is a folder, not one file")

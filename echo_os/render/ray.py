@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from echo_os.engines.base import BaseEngine
 from echo_os.errors import UsageError
@@ -56,8 +56,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# One denoising step of a call as an actor reports it: (step, total steps, images).
-Step = tuple[int, int, int]
+class Step(NamedTuple):
+    """One denoising step of a call as an actor reports it; `preview` is the engine's live preview of that
+    step (a small JPEG data URL, echo_os.render.preview) when it made one, carried to the head and on to
+    the job's SSE stream as with a local engine."""
+
+    step: int
+    total_steps: int
+    images: int
+    preview: str | None = None
 
 
 class ActorInfo(TypedDict):
@@ -129,8 +136,7 @@ def start_ray(address: str | None) -> Any:
 
 @dataclass
 class _Call:
-    """A render call on an actor: its steps so far, (step, total steps, images) each, and the flag that
-    stops it."""
+    """A render call on an actor: its steps so far (Step each) and the flag that stops it."""
 
     cancel: threading.Event
     steps: list[Step] = field(default_factory=list)
@@ -211,7 +217,7 @@ class RenderActor:
         return self._engine(name, reason, request.model).runs_on_cpu(request)
 
     def progress(self, call_id: str, since: int = 0) -> list[Step]:
-        """The steps of a running call after the first `since` ones, (step, total steps, images) each;
+        """The steps of a running call after the first `since` ones (Step each, with its preview if any);
         none before its first step or after it ended (`render` returns them all)."""
         call = self._calls.get(call_id)
         return [] if call is None else call.steps[since:]
@@ -249,7 +255,7 @@ class RenderActor:
                 self._calls[call_id] = call
 
         def on_step(event: "ProgressEvent") -> None:
-            call.steps.append((event.step, event.total_steps, event.images))
+            call.steps.append(Step(event.step, event.total_steps, event.images, event.preview))
             if not engine_cancel and call.cancel.is_set():
                 raise CancelledError("render cancelled; unfinished images were not saved")
 
@@ -535,7 +541,7 @@ def _pass_on(steps: list[Step], sent: list[Step], progress: "ProgressCallback") 
 
     for step in steps:
         sent.append(step)
-        progress(ProgressEvent(step=step[0], total_steps=step[1], images=step[2]))
+        progress(ProgressEvent(step=step.step, total_steps=step.total_steps, images=step.images, preview=step.preview))
 
 
 class RayEngine(BaseEngine):

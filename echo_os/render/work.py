@@ -133,13 +133,14 @@ def evolve_work(rounds: int, per_round: int) -> Work:
 
 
 def job_work(kind: str, spec: Any) -> Work:
-    """The work of an API job (echo_os.api.jobs.JobSpec, read by its fields): an animatic, an evolve loop,
-    or its render items (render, refine, batch, compare, clip) summed."""
-    if spec.animatic is not None:
+    """The work of an API job (an echo_os.api.specs spec, told apart by its `kind`): an animatic, an evolve
+    loop, or its render items (render, refine, batch, compare, clip) summed."""
+    kind = getattr(spec, "kind", kind)
+    if kind == "animatic":
         animatic = spec.animatic
         width, height = animatic.size if animatic.size is not None else (1024, 1024)
         return animatic_work(width, height, animatic.frames)
-    if spec.evolve is not None:
+    if kind == "evolve":
         return evolve_work(spec.evolve.rounds, spec.evolve.per_round)
     total: Work | None = None
     for item in spec.items:
@@ -156,6 +157,7 @@ def job_work(kind: str, spec: Any) -> Work:
 # The body field a client lowers to bring each kind of job under a limit: (images, work, memory).
 _FIELDS: dict[str, tuple[str, str, str]] = {
     "render": ("count", "steps", "size"),
+    "refine": ("count", "steps", "size"),
     "batch": ("prompts", "steps", "size"),
     "compare": ("seeds", "steps", "size"),
     "clip": ("frames", "frames", "decode_chunk_size"),
@@ -167,9 +169,9 @@ _FIELDS: dict[str, tuple[str, str, str]] = {
 def check_job_work(kind: str, spec: Any) -> Work:
     """The job's Work, or WorkLimitError on the body field to lower, naming the estimate and the limit."""
     work = job_work(kind, spec)
-    if kind == "batch" and spec.compare is not None:
-        kind = "compare"
-    elif kind == "batch" and spec.story is not None and spec.story.kind == "storyboard":
+    kind = getattr(spec, "kind", kind)
+    story = getattr(spec, "story", None)
+    if kind == "batch" and story is not None and story.kind == "storyboard":
         kind = "storyboard"
     images_field, work_field, memory_field = _FIELDS.get(kind, ("storyboard", "steps", "size"))
     if work.images > MAX_JOB_IMAGES:

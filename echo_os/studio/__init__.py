@@ -1,4 +1,4 @@
-"""The studio: one page that `echo-os serve` answers `/` with (echo_os.api.studio_routes serves it).
+"""The studio: one page that `echo-os serve` answers `/` with (echo_os.api.routes.studio serves it).
 
 Its files are package data under static/ (index.html, studio.css, studio.js: plain HTML, CSS and an ES
 module, no build step, no CDN), read with importlib.resources so a wheel carries them. The page talks

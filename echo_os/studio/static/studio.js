@@ -61,12 +61,6 @@ function showProblem(answer, { prefix = "", fallback = "form", rename = {} } = {
   box.textContent = typeof detail === "string" ? detail : `the server answered ${answer.status}`;
 }
 
-function hashHue(text) {
-  let hash = 0;
-  for (const char of text) hash = (hash * 31 + char.codePointAt(0)) >>> 0;
-  return hash % 360;
-}
-
 function shellQuote(text) { return `'${String(text).replaceAll("'", `'\\''`)}'`; }
 
 // ---- the render form -------------------------------------------------------------------------------------
@@ -122,9 +116,11 @@ function showStyle() {
   const name = $("#f-style").value;
   const style = state.styles.find(s => s.name === name);
   const swatch = $("#style-swatch");
-  if (!style) { swatch.style.background = ""; swatch.title = "no style"; $("#style-text").textContent = ""; return; }
-  const hue = hashHue(style.name + style.prompt);
-  swatch.style.background = `linear-gradient(135deg, hsl(${hue} 60% 45%), hsl(${(hue + 50) % 360} 55% 30%))`;
+  if (!style) { swatch.hidden = true; swatch.removeAttribute("src"); swatch.title = "no style"; $("#style-text").textContent = ""; return; }
+  // A rendered sample (drawn once per style content by the server, then cached): an <img>, so it never
+  // holds up the page.
+  swatch.src = `/api/studio/styles/${encodeURIComponent(style.name)}/swatch`;
+  swatch.alt = `${style.name} sample`; swatch.hidden = false;
   swatch.title = style.name;
   $("#style-text").textContent = (style.prompt || "(no words)") + (style.negative ? ` · not: ${style.negative}` : "")
     + (style.learned ? " · learned" : style.builtin ? " · built-in" : "");
@@ -149,6 +145,11 @@ async function loadOptions() {
     model.replaceChildren(...options.data.models.map(m => el("option", { value: m.name, textContent: m.name })));
     if (options.data.models.some(m => m.name === options.data.default_model)) model.value = options.data.default_model;
     $("#f-engine").append(...options.data.engines.filter(name => name !== "auto").map(name => el("option", { value: name, textContent: name })));
+    $("#lb-scorer").replaceChildren(...options.data.scorers.map(name => el("option", { value: name, textContent: name })));
+    if (!options.data.scorers.length) $("#lb-scorer").append(el("option", { value: "clip", textContent: "clip (not here)" }));
+    $("#model-list").replaceChildren(...options.data.models.map(m => el("option", { value: m.name })));
+    $("#scheduler-list").replaceChildren(...options.data.schedulers.map(name => el("option", { value: name })));
+    $("#engine-list").replaceChildren(...options.data.engines.map(name => el("option", { value: name })));
   }
   if (styles.ok) {
     state.styles = styles.data;
@@ -346,17 +347,36 @@ async function refine() {
   lbMessage(`refining: job ${answer.data.job_id.slice(0, 8)} in the queue`);
 }
 
+// Variations are one round of the evolve loop (POST /api/evolve, rounds 1): N candidates, scored with the
+// scorer and the --best-of objective; the best is kept (marked in the results) unless none beat this image.
 async function variations() {
   clearErrors($("#lightbox"));
-  const item = state.current, meta = item.meta || {};
-  const body = { prompt: item.prompt, negative: meta.negative_prompt || "", size: item.size, steps: meta.steps, cfg: meta.cfg,
-                 count: parseNumber($("#lb-variations").value, true), project: item.project };
-  if (meta.style_name) body.style = meta.style_name;
-  if (item.model) body.model = item.model;
-  const answer = await api("POST", "/api/render", body);
-  if (!answer.ok) { showProblem(answer, { prefix: "lb-", fallback: "lb-count" }); return; }
-  follow(answer.data.job_id, { what: `variations: ${item.prompt}`, events: answer.data.events_url });
+  const item = state.current;
+  const body = { target: item.id, rounds: 1, per_round: parseNumber($("#lb-variations").value, true), min_gain: 0,
+                 scorer: $("#lb-scorer").value || "clip" };
+  const objective = $("#lb-objective").value.trim();
+  if (objective) body.objective = objective;
+  $("#lb-vary-result").textContent = "";
+  const answer = await api("POST", "/api/evolve", body);
+  if (!answer.ok) { showProblem(answer, { prefix: "lb-", fallback: "lb-per_round" }); return; }
+  const job = follow(answer.data.job_id, { what: `variations: ${item.prompt}`, events: answer.data.events_url });
+  job.row.dataset.record = answer.data.record_url;
   lbMessage(`variations: job ${answer.data.job_id.slice(0, 8)} in the queue`);
+  job.onDone = async final => {
+    if (final !== "succeeded") return;
+    const record = await api("GET", answer.data.record_url);
+    if (!record.ok || !record.data.rounds.length) return;
+    const round = record.data.rounds[0];
+    for (const candidate of round.candidates) $(`#results .thumb[data-id="${candidate.id}"]`)?.classList.remove("best");
+    const kept = round.best === round.parent ? "none beat the original: kept it" : `kept ${round.best.slice(0, 12)}`;
+    const text = `best of ${round.candidates.length}: ${kept} (${round.best_score.toFixed(4)}, ${round.gain >= 0 ? "+" : ""}${round.gain.toFixed(4)} over the original)`;
+    if (round.best !== round.parent) {
+      addResult({ id: round.best, image_url: `/api/artifacts/${round.best}/image`, prompt: `best of ${round.candidates.length}` }, true);
+      $(`#results .thumb[data-id="${round.best}"]`).classList.add("best");
+    }
+    if (state.current && state.current.id === item.id) $("#lb-vary-result").textContent = text;
+    say(text);
+  };
 }
 
 function listOf(id, numbers) {
@@ -370,8 +390,11 @@ async function compare() {
   const item = state.current, meta = item.meta || {};
   const body = { prompt: item.prompt, negative: meta.negative_prompt || "", size: item.size, project: item.project,
                  cfg: listOf("#lb-cmp-cfg", "float"), steps: listOf("#lb-cmp-steps", "int"),
-                 seeds: listOf("#lb-cmp-seeds", "int"), styles: listOf("#lb-cmp-styles", false) };
-  if (item.model) body.models = [item.model];
+                 seeds: listOf("#lb-cmp-seeds", "int"), styles: listOf("#lb-cmp-styles", false),
+                 models: listOf("#lb-cmp-models", false), schedulers: listOf("#lb-cmp-schedulers", false),
+                 engines: listOf("#lb-cmp-engines", false) };
+  if (!body.models.length && item.model) body.models = [item.model];
+  if (!body.schedulers.length && meta.scheduler) body.schedulers = [meta.scheduler];
   if (!body.cfg.length) body.cfg = [meta.cfg];
   if (!body.steps.length) body.steps = [meta.steps];
   if (!body.seeds.length) body.seeds = [item.seed];
@@ -529,19 +552,15 @@ function searchParams() {
     const value = $(id).value.trim();
     if (value) params.set(name, value);
   }
+  if ($("#filter-rating").value) params.set("min_rating", $("#filter-rating").value);
   return params;
 }
 
-async function showHits(answer) {
+function showHits(answer) {
   state.ready.search = false;
   $("#search-results").replaceChildren();
   if (!answer.ok) { showProblem(answer, { fallback: "q" }); state.ready.search = true; return; }
-  let hits = answer.data;
-  const least = Number($("#filter-rating").value || 0);
-  if (least) {  // ratings live in meta.json; the search has no rating filter, so the page asks per hit
-    const metas = await Promise.all(hits.map(hit => api("GET", `/api/artifacts/${hit.id}`)));
-    hits = hits.filter((hit, i) => metas[i].ok && metas[i].data.meta && metas[i].data.meta.rating && metas[i].data.meta.rating.value >= least);
-  }
+  const hits = answer.data;  // the server applied every filter, the rating too (min_rating)
   for (const hit of hits) $("#search-results").append(thumb({ id: hit.id, image_url: hit.image_url, prompt: `${hit.score.toFixed(2)} · ${hit.prompt}` }));
   say(`${hits.length} found`);
   state.ready.search = true;

@@ -3,7 +3,8 @@
 GET /api/memory/search?q=... searches by text; POST /api/memory/search takes an image as the raw request
 body (image/png, image/jpeg or image/webp) and needs a CLIP entry in models.toml. GET /api/gallery builds
 the static gallery page and redirects to it; the page and the files it links (thumbnails, images) are
-served from /api/gallery/files/, which answers only for image and page files inside the artifacts folder.
+served from /api/gallery/files/, which answers only for the page, image, video, sound, GLB and viewer-script
+files inside the artifacts folder.
 With `serve --token`, a browser signs in once with GET /api/gallery?token=T: the Guard (api/security.py)
 checks it, sets the session cookie and redirects here without the token, so these routes never see it.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
@@ -28,7 +29,11 @@ router = APIRouter()
 
 MAX_QUERY_IMAGE_BYTES = 20 * 1024 * 1024
 GALLERY_FILE_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".webp": "image/webp",
-                      ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+                      ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                      # what a video, mesh or sound card links: the MP4 (animatic, clip, turntable), the sound,
+                      # the GLB, and the GLB as the script the lightbox viewer loads (gallery/build.py)
+                      ".mp4": "video/mp4", ".flac": "audio/flac", ".glb": "model/gltf-binary",
+                      ".js": "text/javascript; charset=utf-8"}
 
 
 class MemoryHit(BaseModel):
@@ -54,13 +59,14 @@ def _search(api, run) -> list[MemoryHit]:
                       image_url=f"/api/artifacts/{hit.row.id}/image") for hit in hits]
 
 
-def _filters(project, model, character, since, settings=None):
+def _filters(project, model, character, since, settings=None, min_rating=None):
     from echo_os.memory.artifacts import MemoryFilters
     from echo_os.story.bible import character_ids_named
 
     # a bible name (`Elias Marr`) finds what its id (`keeper`) does, as `memory search --character`
     ids = character_ids_named(settings, character) if character and settings is not None else ()
-    return MemoryFilters(project=project, model=model, character=character, character_ids=ids, since=since)
+    return MemoryFilters(project=project, model=model, character=character, character_ids=ids, since=since,
+                         min_rating=min_rating)
 
 
 IMAGE_BODY = {"required": False, "content": {
@@ -70,6 +76,8 @@ IMAGE_BODY = {"required": False, "content": {
 
 
 # One route for both methods, so OPTIONS and 405 answers list GET and POST together.
+
+
 @router.api_route("/api/memory/search", methods=["GET", "POST"], response_model=list[MemoryHit], tags=["memory"],
                   openapi_extra={"requestBody": IMAGE_BODY}, responses=error_responses(413, 422))
 async def memory_search(
@@ -81,11 +89,12 @@ async def memory_search(
     model: str | None = None,
     character: str | None = None,
     since: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}")] = None,
+    min_rating: Annotated[int | None, Query(ge=1, le=5, description="only images rated at least this")] = None,
 ) -> list[MemoryHit]:
     """GET ?q=: artifacts ranked by similarity to a text query (prompt and story fields; CLIP images when
     present). POST with an image body (image/png, image/jpeg, image/webp): artifacts whose images look
     like it (needs a CLIP entry in models.toml)."""
-    filters = await run_in_threadpool(_filters, project, model, character, since, api.settings)
+    filters = await run_in_threadpool(_filters, project, model, character, since, api.settings, min_rating)
     if request.method == "GET":
         if q is None or not q.strip():
             raise field_error(("query", "q"), "q is empty; give words to search for", q)
@@ -105,14 +114,15 @@ def name_search_operations(app: FastAPI) -> None:
     """
     build = app.openapi
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
+    def openapi() -> dict[str, Any]:
+        schema = app.openapi_schema
+        if schema is None:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Duplicate Operation ID memory_search", category=UserWarning)
-                schema = build()
+                schema = build()  # kept as app.openapi_schema
             for method, operation_id in SEARCH_OPERATION_IDS.items():
                 schema["paths"]["/api/memory/search"][method]["operationId"] = operation_id
-        return app.openapi_schema
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 

@@ -28,23 +28,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from echo_os.api.deps import (
-    Api,
-    ApiState,
-    artifact_image_path,
-    convert_image,
-    prepare_body,
-)
-from echo_os.api.idempotency import (
-    REPLAYED_HEADER,
-    IdempotencyHeader,
-    client_key,
-    conflict_message,
-    derived_key,
-    known,
-)
-from echo_os.api.jobs import Admission, IdempotencyKey, Job, JobSpec, new_job_id, now_iso
+from echo_os.api.deps import Api, ApiState, artifact_image_path, convert_image, prepare_body
+from echo_os.api.idempotency import REPLAYED_HEADER, IdempotencyHeader, client_key, conflict_message, derived_key, known
+from echo_os.api.jobs import Admission, IdempotencyKey, Job, new_job_id, now_iso
 from echo_os.api.schemas import EngineName, error_responses
+from echo_os.api.specs import RenderSpec
 from echo_os.errors import DISK_FULL_MESSAGE, DISK_IO_MESSAGE
 from echo_os.render.requests import MAX_COUNT, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, RenderRequest, Scheduler
 
@@ -139,8 +127,8 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
                 values[name] = getattr(body, name)
         # What the client left out (or sent as null, or size "auto") takes the preset's and the model
         # entry's values, then the engine's default size (echo_os.render.prepare).
-        explicit = {name for name in ("seed", "steps", "cfg", "scheduler", "engine") if getattr(body, name) is not None
-                    and name in body.model_fields_set}
+        explicit: set[str] = {name for name in ("seed", "steps", "cfg", "scheduler", "engine")
+                              if getattr(body, name) is not None and name in body.model_fields_set}
         if size != "auto":
             explicit.add("size")
         if body.model is not None and values["model"] == body.model:
@@ -158,6 +146,8 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
     if ended.outcome == "conflict":
         return openai_error(409, conflict_message(ended.job_id), "invalid_request_error", NO_RETRY)
     job = await run_in_threadpool(api.jobs.get, job_id)
+    if job is None:  # cannot happen: a job is never deleted
+        return openai_error(500, f"job {job_id} is gone", "server_error")
     headers = {"X-Echo-Job-Id": job_id}
     if ended.outcome == "replayed":  # the job an earlier request with this key (or a retry's) made
         headers[REPLAYED_HEADER] = "true"
@@ -183,7 +173,7 @@ async def create_image(body: ImageGenerationBody, request: Request, api: Api,
             encoded = await run_in_threadpool(convert_image, png, output_format, body.output_compression)
             data.append(ImageData(b64_json=base64.b64encode(encoded).decode("ascii")))
     response = ImagesResponse(created=int(time.time()), data=data, output_format=output_format,
-                              size=job.spec.items[0].size)
+                              size=job.spec.render_items()[0].size)
     return JSONResponse(response.model_dump(mode="json", exclude_none=True), headers=headers)
 
 
@@ -191,16 +181,20 @@ async def _wait_for_job(api: ApiState, request: Request, key: IdempotencyKey, re
                         earlier: Admission | None) -> tuple[str, Admission | None, bool]:
     """Submit the job (or take the key's earlier one) and wait until it ends: (job id, the admission or
     None when the server stops first, whether the client disconnected while waiting)."""
+    job: Job | None = None
     if earlier is None:
-        job = Job(id=new_job_id(), kind="render", status="queued", spec=JobSpec(items=(render_request,)),
+        if render_request is None:
+            raise ValueError("a new job needs its request")
+        job = Job(id=new_job_id(), kind="render", status="queued", spec=RenderSpec(items=(render_request,)),
                   created=now_iso())
         job_id = job.id
     else:
-        job, job_id = None, earlier.job_id
+        job_id = earlier.job_id
     queue = api.hub.subscribe(job_id)  # before submitting or reading, so no event is missed
     waiting = api.waiting
     attached: str | None = None
     disconnected = False
+    admission: Admission | None
     try:
         if job is not None:
             admission = await api.submitter.submit(job, key)
@@ -237,7 +231,7 @@ async def _wait_for_job(api: ApiState, request: Request, key: IdempotencyKey, re
             getter.cancel()
     finally:
         api.hub.unsubscribe(job_id, queue)
-        if attached is not None:
+        if waiting is not None and attached is not None:
             waiting.detach(attached, disconnected=disconnected)
 
 

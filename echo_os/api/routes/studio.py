@@ -13,16 +13,17 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path as Path_
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, HTTPException, Path
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from echo_os.api.deps import Api, field_error
 from echo_os.api.schemas import MAX_TEXT, error_responses
 from echo_os.errors import UsageError
+from echo_os.render.requests import Scheduler
 
 router = APIRouter()
 
@@ -83,6 +84,8 @@ class StudioOptions(BaseModel):
     models: list[ModelChoice]
     engines: list[str]  # registered engines, besides auto
     default_model: str
+    schedulers: list[str] = Field(default_factory=list)  # what a render or a compare axis may name
+    scorers: list[str] = Field(default_factory=list)  # for variations (POST /api/evolve): clip when here, plugins
 
 
 def _auto_choice(settings, model: str) -> EngineChoice:
@@ -105,7 +108,18 @@ def studio_options(settings, default_model: str) -> StudioOptions:
     registry = load_registry(settings)
     models = [ModelChoice(name=entry.name, type=entry.type, auto=_auto_choice(settings, entry.name))
               for entry in registry.entries() if entry.type == "sdxl"]
-    return StudioOptions(models=models, engines=list(engine_names()), default_model=default_model)
+    return StudioOptions(models=models, engines=list(engine_names()), default_model=default_model,
+                         schedulers=list(get_args(Scheduler)), scorers=_scorers(settings))
+
+
+def _scorers(settings) -> list[str]:
+    """The scorers variations can use: `clip` when a CLIP entry resolves here (found, not loaded), then the
+    plugins' (`ratings` needs a terminal: not offered)."""
+    from echo_os.memory.embedders import find_clip
+    from echo_os.resonance.scorers import scorer_plugins
+
+    names = ["clip"] if find_clip(settings, None).name is not None else []
+    return names + sorted(scorer_plugins())
 
 
 @router.get(STUDIO_PATH + "/options", response_model=StudioOptions, tags=["studio"])
@@ -130,7 +144,7 @@ class StoryView(BaseModel):
     title: str
     created: str
     kind: str  # storyboard or prompts
-    editable: bool  # its story.csv lies in the workspace: scenes can be edited and re-rendered
+    editable: bool  # its story.csv lies in the workspace or a registered project: scenes can be edited
     scenes: list[StoryScene]
 
 
@@ -158,11 +172,19 @@ class EditedStory(BaseModel):
     cfg: float | None = None
 
 
-def _inside_workspace(settings, path_text: str | None) -> Path_ | None:
-    if not path_text:
-        return None
-    path = Path_(path_text).resolve()
-    return path if path.is_relative_to(settings.home.resolve()) and path.is_file() else None
+def _readable(settings, path_text: object) -> Path_ | None:
+    """A story.json path the studio may read: inside the workspace or a registered project folder
+    (echo_os.studio.projects); a broken [studio] table is a 422 that says what is wrong with it."""
+    from echo_os.studio.projects import readable_story_file
+
+    try:
+        return readable_story_file(settings, path_text)
+    except UsageError as error:
+        raise field_error("project", str(error)) from None
+
+
+def _storyboard_of(settings, document: dict) -> Path_ | None:
+    return _readable(settings, document.get("source")) if document.get("kind") == "storyboard" else None
 
 
 def _csv_rows(text: str) -> tuple[list[str], list[list[str]]]:
@@ -222,15 +244,16 @@ async def edit_scene(project: Annotated[str, Path(min_length=1, max_length=200)]
     document = await run_in_threadpool(load_story_json, api.settings, project)
     if document is None:
         raise HTTPException(status_code=404, detail=f"project {project!r} has no rendered story")
-    source = _inside_workspace(api.settings, document.get("source")) if document.get("kind") == "storyboard" else None
+    source = await run_in_threadpool(_storyboard_of, api.settings, document)
     if source is None:
-        raise field_error("description", "this story has no story.csv in the workspace to edit (a prompt list, or a "
-                                         "storyboard outside the workspace): edit it and run `echo-os batch`")
+        raise field_error("description", "this story has no story.csv the studio may read (a prompt list, or a "
+                                         "storyboard outside the workspace: add its folder to [studio] projects in "
+                                         "echo-os.toml, or edit it and run `echo-os batch`)")
     try:
         edited = edit_storyboard(source.read_text(encoding="utf-8"), scene, body)
     except UsageError as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
-    bible_path = _inside_workspace(api.settings, (document.get("bible") or {}).get("path"))
+    bible_path = await run_in_threadpool(_readable, api.settings, (document.get("bible") or {}).get("path"))
     settings = document.get("settings") or {}
     engines = settings.get("engines") or []
     return EditedStory(project=project, storyboard=edited,
@@ -251,7 +274,7 @@ async def story(project: Annotated[str, Path(min_length=1, max_length=200)], api
         raise HTTPException(status_code=404, detail=f"project {project!r} has no rendered story; render one "
                                                     "with POST /api/batch or `echo-os batch`")
     flags = ((document.get("resonance") or {}).get("flags") or [])
-    source = _inside_workspace(api.settings, document.get("source")) if document.get("kind") == "storyboard" else None
+    source = await run_in_threadpool(_storyboard_of, api.settings, document)
     durations = _durations(source.read_text(encoding="utf-8")) if source is not None else {}
     scenes = [StoryScene(scene=s["scene"], slug=s.get("slug", ""), description=s.get("description") or "",
                          duration=durations.get(s["scene"]),
@@ -262,3 +285,20 @@ async def story(project: Annotated[str, Path(min_length=1, max_length=200)], api
     return StoryView(project=project, title=document.get("title") or project,
                      created=document.get("created") or "", kind=document.get("kind") or "storyboard",
                      editable=source is not None, scenes=scenes)
+
+
+@router.get(STUDIO_PATH + "/styles/{name}/swatch", tags=["studio"], response_class=FileResponse,
+            responses=_errors(404))
+async def style_swatch(name: Annotated[str, Path(min_length=1, max_length=200)], api: Api) -> FileResponse:
+    """A small rendered sample of the named style (PNG; echo_os.studio.swatches): drawn on first use and
+    cached by the style's content hash, so an edited style gets a new one."""
+    from echo_os.render.styles import all_styles
+    from echo_os.studio.swatches import render_swatch
+
+    style = (await run_in_threadpool(all_styles, api.settings)).get(name.strip().casefold())
+    if style is None:
+        raise HTTPException(status_code=404, detail=f"no style {name!r} (GET /api/styles lists them)")
+    path = await run_in_threadpool(render_swatch, api.settings, style)
+    # The URL names the style, not its content: the browser asks again each time (no-cache) and gets a
+    # 304 while the file (its name is the content hash) is the same.
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})
