@@ -291,10 +291,13 @@ def vocabulary_candidates(intent: Intent, subjects, framing: str, seed: int, cou
             subject = subject_phrase(scored.domain, scored.noun, rng, intent) if scored else ""
             palette = rng.choice(palettes)
             tail = [FRAMINGS[framing]] if framing in FRAMINGS else _scene_parts(rng, lights)
-            pieces = [head, subject, palette, *tail]
+            # The subject first, then the intent's words: the item's own subject leads (SDXL weighs early
+            # tokens more), and the intent, repeated word for word at the head of every item, would
+            # otherwise make every prompt open the same way.
+            pieces = [subject, head, palette, *tail]
             pieces = [p for p in pieces if p]
             prompt = ", ".join(pieces)
-            if prompt in seen or intent.mentions_excluded(", ".join(pieces[1:])):
+            if prompt in seen or intent.mentions_excluded(", ".join(p for p in pieces if p != head)):
                 continue
             parts = {"theme": head, "subject": subject or head, "palette": palette}
             if framing == "scene":
