@@ -65,7 +65,8 @@ CAMERAS = ("wide establishing shot, 24mm lens", "medium shot, 35mm lens", "close
 
 # Subjects made of these are the setting, not a cast member that can recur scene to scene.
 SCENERY = set("water sky light mist fog shore view field fields forest sea lake river hills valley line wall "
-              "seawall dunes meadow clearing floor rooftops square street lane".split())
+              "seawall dunes meadow clearing floor rooftops square street lane sand sandstorm snow rain window "
+              "grass dune horizon".split())
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,22 @@ class StoryPlan:
     diversity: Diversity
     notes: list[str]
     story: dict
+
+
+CAST_RELEVANCE = 0.45  # a thing or creature this near the intent can be a recurring cast member
+
+
+def cast_for(intent: Intent, vocabulary, query: np.ndarray, excluded: np.ndarray, subjects: list) -> list:
+    """Up to two recurring cast members: things and creatures (the vocabulary's asset domains: a fox cub, a
+    gardening robot, an oil lantern) near the intent; else two of the place's own subjects that are not
+    scenery."""
+    from echo_os.intent.relevance import on_topic_subjects
+    from echo_os.intent.subjects import DOMAINS
+
+    things = {d.name for d in DOMAINS if d.framing == "asset"}
+    cast = [s for s in on_topic_subjects(intent, vocabulary, query, excluded, domains=things)
+            if s.relevance >= CAST_RELEVANCE][:2]
+    return cast or [s for s in subjects if not set(s.noun.split()) & SCENERY][:2]
 
 
 def phase_palettes(intent: Intent, rng: random.Random) -> dict[str, str]:
@@ -117,7 +134,7 @@ def plan_story_offline(intent: Intent, *, count: int, seed: int, past: np.ndarra
                      "under a changing light. For more, write the story.csv yourself or use the language-model "
                      "planner (--method llm).")
     rng = random.Random(seed)
-    cast_subjects = [s for s in subjects if not set(s.noun.split()) & SCENERY][:2]
+    cast_subjects = cast_for(intent, vocabulary, query, excluded, subjects)
     cast = {slugify(s.noun, fallback=f"cast{n}")[:60]: {"name": s.noun, "description": s.noun,
                                                           "seed": zlib.crc32(f"{seed}:{s.noun}".encode()) % 2**31}
             for n, s in enumerate(cast_subjects, start=1)}
