@@ -279,7 +279,7 @@ DOMAINS: tuple[Domain, ...] = (
             "anchors lined up on the quay, upturned dinghy on the shingle, lighthouse beam across the harbour",
             condition="calm, weathered, sunlit, fog-bound, rain-slicked", scale="small, empty"),
     _domain("alpine", "a snowy alpine mountain village and its chalets", "scene",
-            "timber chalet with carved balconies, chalet roofs heavy with snow, onion-domed church steeple, "
+            "timber chalet with fretwork balconies, chalet roofs heavy with snow, onion-domed church steeple, "
             "village fountain frozen over, covered wooden bridge over a mountain stream, hay barn on the slope, "
             "woodpile stacked under the eaves, snowy lane between chalets, village inn with painted shutters, "
             "glowing bakery window, mountain hut above the village, chapel on a snowy knoll, frozen mill wheel, "
@@ -293,7 +293,7 @@ DOMAINS: tuple[Domain, ...] = (
             material="dark larch timber, whitewashed stone and timber, weathered spruce shingles, "
                      "stone ground floor and timber upper floors",
             era="centuries-old, traditional tyrolean, 19th-century swiss, bavarian alpine",
-            ornament="with carved balcony rails, with painted window shutters, with hanging lanterns, "
+            ornament="with fretwork balcony rails, with painted window shutters, with hanging lanterns, "
                      "with frosted window boxes, with a painted gable",
             condition="freshly snowed in, deep in snow, under falling snow, frosted and sparkling",
             scale="tiny, huddled, tall"),
