@@ -277,6 +277,9 @@ def theme_words(intent: Intent) -> str:
 
 
 def vocabulary_candidates(intent: Intent, subjects, framing: str, seed: int, count: int) -> list[Candidate]:
+    """Per on-topic subject, VARIANTS_PER_SUBJECT prompts: the subject varied along its domain's axes, then
+    the intent's words, a palette consistent with the intent, and the framing (a scene: composition, lens
+    and lighting)."""
     from echo_os.intent.subjects import FRAMINGS
 
     rng = random.Random(seed)
