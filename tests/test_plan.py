@@ -285,12 +285,14 @@ def test_assets_and_story_plans_render_on_the_tiny_model(tiny_workspace, run_cli
                              "64x64", "--steps", "2", "--count", "1", "--json")
     assert code == 0, err
     done = json.loads(out)["tasks"]
-    assert [task["id"] for task in done] == ["concept-1", "texture-1", "turnaround-1"]
+    ids = [task["id"] for task in done]  # the first concept's tasks, the 3D and sound ones included
+    assert sorted(ids) == ["concept-1", "mesh-1", "sound-1", "texture-1", "turnaround-1"]
+    assert ids.index("concept-1") < ids.index("texture-1") < ids.index("turnaround-1")
     from echo_os.artifacts.store import ArtifactStore
 
     store = ArtifactStore(tiny_workspace)
     try:
-        turnaround = store.open(done[2]["artifact"])
+        turnaround = store.open(next(task["artifact"] for task in done if task["id"] == "turnaround-1"))
     finally:
         store.close()
     assert turnaround.meta.request["init_image"] is not None  # refined from the concept's image (img2img)
