@@ -8,9 +8,10 @@ French, Turkish, German, Spanish, Italian and Portuguese) is planned by the real
 (`echo-os --home TMP plan PROJECT INTENT --count N --seed S --method offline --ignore-memory --json`, a
 fresh workspace per intent, so no past work steers it). Per plan item, on its prompt as plan.json has it:
 
-- on topic:  the text after the intent's own words (the variation the planner added) names one of the
-             intent's `on_topic` words (word-prefix match, case-insensitive). An item that only repeats
-             the intent is not counted on topic: what is measured is what the planner adds.
+- on topic:  the prompt without the intent's own words (the intent as written and the theme the planner
+             restated, wherever they stand: what the planner added) names one of the intent's `on_topic`
+             words (word-prefix match, case-insensitive). An item that only repeats the intent is not
+             counted on topic: what is measured is what the planner adds.
 - leaked:    the whole positive prompt names one of the intent's `leaks` (the excluded concept in any
              of its words, e.g. "human forms" -> human, figure, person, people, face, portrait).
 - sim:       MiniLM (all-MiniLM-L6-v2) cosine between the prompt and the intent's English `topic`.
@@ -251,13 +252,14 @@ def _contains(text: str, words: tuple[str, ...]) -> bool:
     return any(re.search(r"(?<![a-zçğıöşü])" + re.escape(word), lowered) for word in words)
 
 
-def _variation(prompt: str, intent: str) -> str:
-    """The prompt without the intent's words the planner put first (what the planner added)."""
-    lowered = prompt.lower()
-    for prefix in sorted({intent.lower(), intent.split(",")[0].lower()}, key=len, reverse=True):
-        if lowered.startswith(prefix):
-            return prompt[len(prefix):]
-    return prompt
+def _variation(prompt: str, intent: str, heads: tuple[str, ...] = ()) -> str:
+    """The prompt without the intent's own words (what the planner added): the intent as written, its first
+    clause, and the theme the planner restated (plan.json's `theme`, an item's `theme` part such as
+    "un port tranquille (a quiet harbour)"), wherever in the prompt they stand."""
+    text = prompt
+    for phrase in sorted({intent, intent.split(",")[0], *heads} - {""}, key=len, reverse=True):
+        text = re.sub(re.escape(phrase), " ", text, count=1, flags=re.IGNORECASE)
+    return text
 
 
 @dataclass
@@ -274,9 +276,10 @@ class CaseResult:
     off_topic_examples: list[str]
     leaked_examples: list[str]
     negative_prompt: str
+    prompts: list[str]
 
 
-def plan_items(case: Case, count: int, seed: int, kind_of_plan: str) -> tuple[list[str], str]:
+def plan_items(case: Case, count: int, seed: int, kind_of_plan: str) -> tuple[list[str], str, tuple[str, ...]]:
     from echo_os.cli import main
 
     with tempfile.TemporaryDirectory() as home:
@@ -292,25 +295,26 @@ def plan_items(case: Case, count: int, seed: int, kind_of_plan: str) -> tuple[li
                 if exit_.code:
                     raise RuntimeError(f"{case.intent!r}: exit {exit_.code}: {err.getvalue().strip()}") from None
         plan = json.loads(out.getvalue())
-    return [item["prompt"] for item in plan["items"]], plan["constraints"]["negative_prompt"]
+    heads = {plan.get("theme") or ""} | {item.get("parts", {}).get("theme") or "" for item in plan["items"]}
+    return [item["prompt"] for item in plan["items"]], plan["constraints"]["negative_prompt"], tuple(heads)
 
 
 def measure_case(case: Case, count: int, seed: int, story_kind: bool, embed) -> CaseResult:
     started = time.perf_counter()
-    prompts, negative = plan_items(case, count, seed, case.kind if story_kind else "prompts")
+    prompts, negative, heads = plan_items(case, count, seed, case.kind if story_kind else "prompts")
     seconds = time.perf_counter() - started
     vectors = embed(prompts)
     topic = embed([case.topic])[0]
     similarity = vectors @ vectors.T
     n = len(prompts)
     pairwise = float((similarity.sum() - np.trace(similarity)) / (n * (n - 1))) if n > 1 else 0.0
-    on_topic = [p for p in prompts if _contains(_variation(p, case.intent), case.on_topic)]
+    on_topic = [p for p in prompts if _contains(_variation(p, case.intent, heads), case.on_topic)]
     leaked = [p for p in prompts if case.leaks and _contains(p, case.leaks)]
     return CaseResult(project=case.project, intent=case.intent, kind=case.kind, items=n, on_topic=len(on_topic),
                       leaked=len(leaked), mean_sim_to_topic=float((vectors @ topic).mean()),
                       mean_pairwise_sim=pairwise, seconds=round(seconds, 2),
                       off_topic_examples=[p for p in prompts if p not in on_topic][:3], leaked_examples=leaked[:3],
-                      negative_prompt=negative)
+                      negative_prompt=negative, prompts=prompts)
 
 
 def main() -> None:

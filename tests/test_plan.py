@@ -60,7 +60,7 @@ def test_n_items_no_duplicates_exclusions_only_in_the_negative(workspace, run_cl
     assert not problems and len(rows) == 20
     for row in rows:
         assert row.negative == plan["constraints"]["negative_prompt"]
-        assert row.description.startswith("warm fractal, ")
+        assert ", warm fractal, " in row.description  # the item's own subject, then the intent's words
         assert not any(word in row.description.lower() for word in ("human", "people", "figure", "face", "portrait"))
     assert "diversity: mean pairwise similarity" in err and "past work: none" in err
 
@@ -217,7 +217,8 @@ def test_story_plan_has_an_arc_one_cast_camera_variety_and_renders_on_the_draft_
     assert parts[0]["camera"].startswith("wide establishing shot")
     harbour = ("harbour", "quay", "pier", "jetty", "boat", "lighthouse", "buoy", "seawall", "breakwater", "crane",
                "net", "lobster", "rope", "bollard", "slipway", "gull", "pontoon", "ferry", "trawler", "crates",
-               "boathouse", "fish market", "lantern", "tide", "steps", "office")
+               "boathouse", "fish market", "lantern", "tide", "steps", "office", "hull", "mooring", "mast", "dinghy",
+               "anchor", "harbour master")
     assert all(any(word in p["description"] for word in harbour) for p in parts), parts
     home = str(workspace.home)
     code, out, err = run_cli("--home", home, "batch", "Sea Story", "--engine", "draft", "--size", "64x64",

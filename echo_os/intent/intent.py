@@ -175,7 +175,9 @@ def to_english(text: str) -> str:
 
 def _clauses(text: str) -> list[str]:
     """Split on , ; and newlines outside Dynamic Prompts braces ({a, b|c} stays one clause)."""
-    clauses, current, depth = [], [], 0
+    clauses: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         depth += char == "{"
         depth -= char == "}" and depth > 0

@@ -114,11 +114,10 @@ def build_messages(intent: Intent, count: int, past_prompts: list[str], images: 
         lines.append("Past prompts of this project (do not repeat them):")
         lines += [f"- {prompt}" for prompt in past_prompts]
     text = "\n".join(lines)
+    content: list[dict] | str = text
     if images:
-        content: list[dict] | str = [{"type": "text", "text": text + "\nImages of chosen past work follow."}]
-        content += [_image_part(path) for path in images]
-    else:
-        content = text
+        content = [{"type": "text", "text": text + "\nImages of chosen past work follow."},
+                   *(_image_part(path) for path in images)]
     return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
 
@@ -205,8 +204,9 @@ def plan_with_llm(config: PlannerConfig, intent: Intent, *, count: int, past_pro
     problem = None
     for attempt in range(1, config.attempts + 1):
         try:
-            completion = client.chat.completions.create(model=config.model, messages=messages,
-                                                        response_format=response_format, temperature=0.9)
+            # The messages are plain dicts, not the SDK's TypedDicts: the server reads the same JSON.
+            completion = client.chat.completions.create(  # type: ignore[call-overload]
+                model=config.model, messages=messages, response_format=response_format, temperature=0.9)
         except openai.APIConnectionError:
             raise EchoError(f"cannot reach the planner endpoint {config.url}; is the server running?") from None
         except openai.APIStatusError as error:

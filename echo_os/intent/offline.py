@@ -277,6 +277,9 @@ def theme_words(intent: Intent) -> str:
 
 
 def vocabulary_candidates(intent: Intent, subjects, framing: str, seed: int, count: int) -> list[Candidate]:
+    """Per on-topic subject, VARIANTS_PER_SUBJECT prompts: the subject varied along its domain's axes, then
+    the intent's words, a palette consistent with the intent, and the framing (a scene: composition, lens
+    and lighting)."""
     from echo_os.intent.subjects import FRAMINGS
 
     rng = random.Random(seed)
@@ -291,10 +294,13 @@ def vocabulary_candidates(intent: Intent, subjects, framing: str, seed: int, cou
             subject = subject_phrase(scored.domain, scored.noun, rng, intent) if scored else ""
             palette = rng.choice(palettes)
             tail = [FRAMINGS[framing]] if framing in FRAMINGS else _scene_parts(rng, lights)
-            pieces = [head, subject, palette, *tail]
+            # The subject first, then the intent's words: the item's own subject leads (SDXL weighs early
+            # tokens more), and the intent, repeated word for word at the head of every item, would
+            # otherwise make every prompt open the same way.
+            pieces = [subject, head, palette, *tail]
             pieces = [p for p in pieces if p]
             prompt = ", ".join(pieces)
-            if prompt in seen or intent.mentions_excluded(", ".join(pieces[1:])):
+            if prompt in seen or intent.mentions_excluded(", ".join(p for p in pieces if p != head)):
                 continue
             parts = {"theme": head, "subject": subject or head, "palette": palette}
             if framing == "scene":

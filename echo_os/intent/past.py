@@ -33,8 +33,9 @@ def past_work(settings: Settings, project: str, embed) -> PastWork:
 
         with open_memory(settings) as memory:
             text = memory.memory.embedder("text")
-            index = memory.memory.index(text)
-            artifact_vectors = [index.vector(row.num) for row in rows if row.num in index]
+            if text is not None:  # without a text embedder the artifacts' prompts have no vectors to compare
+                index = memory.memory.index(text)
+                artifact_vectors = [index.vector(row.num) for row in rows if row.num in index]
     planned = past_plan_prompts(settings, project)
     parts = [np.asarray(artifact_vectors, dtype=np.float32).reshape(-1, 384)] if artifact_vectors else []
     if planned:

@@ -1,12 +1,15 @@
 """`echo-os plan --kind story`: scenes in one place with one cast, told as an arc.
 
 The place is the intent's theme; the scenes' subjects are the on-topic members of the subject vocabulary
-(relevance.py), chosen by maximal marginal relevance so each scene shows something else of the place. Two
-of them recur as the cast (bible `characters`, each with its own seed, so they stay the same across the
-scenes that list them): continuity of characters and props. The scenes follow four phases, as a
-storyboard writer would: a beginning, a turn, a climax and an aftermath, each with its light, weather,
-time of day and mood (golden and calm -> threatening -> storm -> calm dawn); the camera changes from
-scene to scene (an establishing shot first, never the same framing twice in a row).
+(relevance.py), chosen by maximal marginal relevance so each scene shows something else of the place. Up
+to two things or creatures near the intent (the vocabulary's asset domains: a fox cub, an oil lantern;
+else two of the place's subjects that are not scenery) recur as the cast (bible `characters`, each with
+its own seed, so they stay the same across the scenes that list them): continuity of characters and
+props. The scenes follow four phases, as a storyboard writer would: a beginning, a turn, a climax and an
+aftermath, each with its light, weather, time of day and mood (golden and calm -> threatening -> storm ->
+calm dawn), the scenes of a phase taking its actions and lights in turn, and a palette per phase (a
+colour script); the camera changes from scene to scene (an establishing shot first, never the same
+framing twice in a row). A scene's prompt opens with its own subject, then the place and the cast.
 """
 
 from __future__ import annotations
@@ -26,20 +29,37 @@ from echo_os.story.slug import slugify
 @dataclass(frozen=True)
 class Phase:
     name: str
-    action: str
-    lighting: str
+    actions: tuple[str, ...]  # what happens to the scene's subject; scenes of a phase take them in turn
+    lightings: tuple[str, ...]  # the phase's light and weather, one per scene in turn (each names the phase's key)
     time_of_day: str
     mood: str
+    temperature: str  # the colour script: the palette family the phase leans to (when the intent names none)
+
+    @property
+    def action(self) -> str:
+        return self.actions[0]
+
+    @property
+    def lighting(self) -> str:
+        return self.lightings[0]
 
 
 PHASES = (
-    Phase("beginning", "at rest, everything in its place", "golden late-afternoon light, calm air", "late afternoon",
-          "peaceful"),
-    Phase("turn", "as the wind rises and clouds gather", "threatening sky, low bruised clouds, gusting wind",
-          "dusk", "uneasy"),
-    Phase("climax", "battered by the storm", "storm light, driving rain, a flash of lightning", "night", "dramatic"),
-    Phase("aftermath", "in the stillness after the storm", "calm dawn, clearing sky, soft pink light, wet surfaces",
-          "dawn", "quiet relief"),
+    Phase("beginning", ("at rest, everything in its place", "in the last warm hour of the day",
+                        "catching the low sun, long shadows across it"),
+          ("golden late-afternoon light, calm air", "golden low sun raking across, long soft shadows",
+           "golden haze, still air, warm reflections"), "late afternoon", "peaceful", "warm"),
+    Phase("turn", ("as the wind rises and clouds gather", "as the first gusts arrive and the light drains away",
+                   "under a darkening sky, loose things stirring"),
+          ("threatening sky, low bruised clouds, gusting wind", "dusk under a threatening slate sky, first spits of rain",
+           "a threatening squall line on the horizon, cold wind"), "dusk", "uneasy", "neutral"),
+    Phase("climax", ("battered by the storm", "lashed by rain and spray", "half lost in the storm's darkness"),
+          ("storm light, driving rain, a flash of lightning", "storm at night, sheets of rain in a lamp's glow",
+           "storm surge, wind-torn spray, lightning behind"), "night", "dramatic", "cool"),
+    Phase("aftermath", ("in the stillness after the storm", "washed clean, debris scattered, all quiet again",
+                        "steaming gently as the first sun reaches it"),
+          ("calm dawn, clearing sky, soft pink light, wet surfaces", "pale dawn mist lifting, puddles mirroring the sky",
+           "dawn sun breaking through thinning cloud, glistening wet"), "dawn", "quiet relief", "pastel"),
 )
 CAMERAS = ("wide establishing shot, 24mm lens", "medium shot, 35mm lens", "close-up on detail, 85mm lens",
            "low angle looking up, 28mm lens", "high angle looking down, 35mm lens", "long lens across the scene, 135mm",
@@ -48,7 +68,8 @@ CAMERAS = ("wide establishing shot, 24mm lens", "medium shot, 35mm lens", "close
 
 # Subjects made of these are the setting, not a cast member that can recur scene to scene.
 SCENERY = set("water sky light mist fog shore view field fields forest sea lake river hills valley line wall "
-              "seawall dunes meadow clearing floor rooftops square street lane".split())
+              "seawall dunes meadow clearing floor rooftops square street lane sand sandstorm snow rain window "
+              "grass dune horizon".split())
 
 
 @dataclass(frozen=True)
@@ -58,6 +79,43 @@ class StoryPlan:
     diversity: Diversity
     notes: list[str]
     story: dict
+
+
+CAST_RELEVANCE = 0.45  # a thing or creature this near the intent can be a recurring cast member
+
+
+def cast_for(intent: Intent, vocabulary, query: np.ndarray, excluded: np.ndarray, subjects: list) -> list:
+    """Up to two recurring cast members: things and creatures (the vocabulary's asset domains: a fox cub, a
+    gardening robot, an oil lantern) near the intent; else two of the place's own subjects that are not
+    scenery."""
+    from echo_os.intent.relevance import on_topic_subjects
+    from echo_os.intent.subjects import DOMAINS
+
+    things = {d.name for d in DOMAINS if d.framing == "asset"}
+    cast = [s for s in on_topic_subjects(intent, vocabulary, query, excluded, domains=things)
+            if s.relevance >= CAST_RELEVANCE][:2]
+    return cast or [s for s in subjects if not set(s.noun.split()) & SCENERY][:2]
+
+
+def phase_palettes(intent: Intent, rng: random.Random) -> dict[str, str]:
+    """A palette per phase (a colour script): warm for the beginning, muted for the turn, cool for the
+    climax, soft for the aftermath, each among the palettes consistent with the intent; an intent that names
+    its colours keeps one palette for the whole story."""
+    from echo_os.intent.subjects import COLOUR_WORDS, PALETTES
+
+    allowed = palettes_for(intent)
+    words = {w.strip(".").lower() for w in (intent.theme + " " + intent.english).replace(",", " ").split()}
+    if words & set(COLOUR_WORDS):
+        one = rng.choice(allowed)
+        return {phase.name: one for phase in PHASES}
+    temperature = {name: temp for name, temp, _ in PALETTES}
+    soft = {name for name, _, hues in PALETTES if {"pink", "white"} & set(hues)}
+    chosen: dict[str, str] = {}
+    for phase in PHASES:
+        fits = [p for p in allowed if (p in soft if phase.temperature == "pastel" else temperature.get(p) == phase.temperature)
+                and p not in chosen.values()]
+        chosen[phase.name] = rng.choice(fits or allowed)
+    return chosen
 
 
 def phase_of(index: int, count: int) -> Phase:
@@ -79,14 +137,14 @@ def plan_story_offline(intent: Intent, *, count: int, seed: int, past: np.ndarra
                      "under a changing light. For more, write the story.csv yourself or use the language-model "
                      "planner (--method llm).")
     rng = random.Random(seed)
-    cast_subjects = [s for s in subjects if not set(s.noun.split()) & SCENERY][:2]
+    cast_subjects = cast_for(intent, vocabulary, query, excluded, subjects)
     cast = {slugify(s.noun, fallback=f"cast{n}")[:60]: {"name": s.noun, "description": s.noun,
                                                           "seed": zlib.crc32(f"{seed}:{s.noun}".encode()) % 2**31}
             for n, s in enumerate(cast_subjects, start=1)}
     cast_ids = list(cast)
     location_id = slugify(intent.english or intent.theme, fallback="place")[:60]
     head = theme_words(intent)
-    palette = rng.choice(palettes_for(intent))  # one palette for the whole story: the look holds together
+    palettes = phase_palettes(intent, rng)  # the colour script: one palette per phase, the look holds in each
     scenery = [s for s in subjects if all(s is not c for c in cast_subjects)] or subjects
     vectors = np.array([s.vector for s in scenery]) if scenery else np.zeros((0, len(query)), np.float32)
     relevance = np.array([s.relevance for s in scenery], dtype=np.float32)
@@ -94,20 +152,26 @@ def plan_story_offline(intent: Intent, *, count: int, seed: int, past: np.ndarra
     order = mmr_relevance(vectors, relevance, past_rows, count, 1.0 - diversity) if len(scenery) else []
     items: list[PlanItem] = []
     camera_index = 0
+    in_phase = 0
     for index in range(count):
         phase = phase_of(index, count)
+        in_phase = in_phase + 1 if index and phase_of(index - 1, count) is phase else 0
         subject = scenery[order[index % len(order)]].noun if order else intent.theme
         present = [cast_ids[0]] if cast_ids else []
         if len(cast_ids) > 1 and index % 2 == 1:
             present.append(cast_ids[1])
         camera = CAMERAS[0] if index == 0 else CAMERAS[1 + (camera_index % (len(CAMERAS) - 1))]
         camera_index += index > 0
-        description = f"{subject}, {phase.action}"
+        description = f"{subject}, {phase.actions[in_phase % len(phase.actions)]}"
+        lighting = phase.lightings[in_phase % len(phase.lightings)]
+        palette = palettes[phase.name]
         cast_words = ", ".join(cast[c]["description"] for c in present)
-        prompt = ", ".join(p for p in (head, cast_words, description, palette, phase.lighting, camera) if p)
+        # The scene's own subject first, then the place and the cast: every scene names the place, and the
+        # scene's subject is what tells it apart from the others.
+        prompt = ", ".join(p for p in (description, head, cast_words, palette, lighting, camera) if p)
         items.append(PlanItem(prompt=prompt, parts={
             "description": description, "characters": ";".join(present), "location": location_id,
-            "camera": camera, "lighting": f"{phase.lighting}, {palette}", "time_of_day": phase.time_of_day,
+            "camera": camera, "lighting": f"{lighting}, {palette}", "time_of_day": phase.time_of_day,
             "mood": phase.mood, "phase": phase.name}))
     scores = measure(embed([item.prompt for item in items]), past_rows, query)
     story = {"location": {"id": location_id, "description": head}, "cast": cast,

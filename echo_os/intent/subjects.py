@@ -273,8 +273,73 @@ DOMAINS: tuple[Domain, ...] = (
             "stacked lobster pots, coiled ropes and bollards, harbour crane, boathouse, fish market hall, "
             "net sheds, bobbing buoys, marina pontoons, seawall, harbour steps down to the water, anchored trawler, "
             "ferry landing, gulls on mooring posts, harbour lantern, crates on the quay, still harbour water, "
-            "harbour office with a clock, tide line on the harbour wall",
+            "harbour office with a clock, tide line on the harbour wall, drying nets on a rail, "
+            "painted hulls reflected in the water, mooring chains green with weed, fuel pump on the quay, "
+            "harbour master's hut, slipway with a winch, fish crates stacked by the market, mast tops in fog, "
+            "anchors lined up on the quay, upturned dinghy on the shingle, lighthouse beam across the harbour",
             condition="calm, weathered, sunlit, fog-bound, rain-slicked", scale="small, empty"),
+    _domain("alpine", "a snowy alpine mountain village and its chalets", "scene",
+            "timber chalet with fretwork balconies, chalet roofs heavy with snow, onion-domed church steeple, "
+            "village fountain frozen over, covered wooden bridge over a mountain stream, hay barn on the slope, "
+            "woodpile stacked under the eaves, snowy lane between chalets, village inn with painted shutters, "
+            "glowing bakery window, mountain hut above the village, chapel on a snowy knoll, frozen mill wheel, "
+            "sawmill by the river, wooden fence half buried in snow, horse-drawn sleigh by the inn, "
+            "smoking chimneys over the rooftops, bell tower against the peaks, village square with a decorated fir, "
+            "lanterns along a snowy footpath, icicles along the eaves, stone water trough under snow, "
+            "wayside shrine by the path, chalets terraced up the hillside, pine forest above the rooftops, "
+            "footbridge over a frozen torrent, cheese dairy with wheels on wooden shelves, "
+            "lamplit chalet window at dusk, cowbells hanging by a barn door, snowy orchard behind the houses, "
+            "the village seen from the pass above, ski tracks leading down to the village",
+            material="dark larch timber, whitewashed stone and timber, weathered spruce shingles, "
+                     "stone ground floor and timber upper floors",
+            era="centuries-old, traditional tyrolean, 19th-century swiss, bavarian alpine",
+            ornament="with fretwork balcony rails, with painted window shutters, with hanging lanterns, "
+                     "with frosted window boxes, with a painted gable",
+            condition="freshly snowed in, deep in snow, under falling snow, frosted and sparkling",
+            scale="tiny, huddled, tall"),
+    _domain("coffee", "a cozy coffee shop, cafe interior and its corners", "scene",
+            "espresso machine on the counter, barista counter with a row of cups, window seat with cushions and a latte, "
+            "armchairs by a brick fireplace, shelves of coffee beans in glass jars, chalkboard menu above the counter, "
+            "pastry display case, corner booth under a reading lamp, wooden tables by a rain-streaked window, "
+            "hanging plants over an exposed brick wall, pour-over station on the bar, coffee roaster in the back room, "
+            "bookshelf nook with a worn sofa, latte art on a tiled table, pendant lamps over a long communal table, "
+            "record player on a shelf, steamy front window at night, terrace tables under a striped awning, "
+            "stack of mismatched mugs, marble counter with a cake stand under a glass dome, "
+            "spiral stair to a mezzanine of armchairs, cafe doorway with a bell, window ledge of potted herbs, "
+            "coffee grinder and scales on the bar, mezzanine reading corner, bar stools along the window",
+            material="reclaimed wood, exposed brick, green tiles, marble and brass, rattan and linen, dark walnut",
+            era="scandinavian, parisian, vintage, industrial loft, art deco, mid-century",
+            ornament="with fairy lights, with trailing plants, with vintage prints on the walls, "
+                     "with mismatched chairs, with steam rising from cups",
+            condition="cosy, early morning before opening, rainy afternoon, late evening lamplit",
+            scale="tiny, narrow, airy"),
+    _domain("desert", "a desert caravan, its camels, dunes and oases", "scene",
+            "camel caravan on a dune crest, wind-rippled sand, oasis with date palms, caravanserai courtyard, "
+            "nomad tents at dusk, well with a rope and bucket, saddle bags and woven rugs, campfire under the stars, "
+            "wall of a sandstorm, mirage over the salt flats, rock arch in the desert, dry wadi bed, "
+            "salt blocks bound on camels, lantern-lit tent interior, brass teapot on the coals, "
+            "camel tracks in the sand, ruined desert fortress, camels kneeling at rest, "
+            "harness bells and tasselled bridles, dune sea to the horizon, palm shade by a pool, "
+            "canyon pass between red cliffs, water skins hung on a post, spice sacks at a trading post, "
+            "stars over a sleeping camp",
+            condition="sun-scorched, wind-swept, still, half buried in sand", scale="vast, lone, long"),
+    _domain("lighthouse", "a lighthouse, its keeper's rooms and the sea around it", "scene",
+            "lighthouse on a sea rock, lamp room with the great lens, spiral iron staircase inside the tower, "
+            "keeper's cottage at the foot of the tower, oil store with brass cans, logbook open on a desk, "
+            "kettle on a cast-iron stove, foghorn house, gallery rail around the lantern, "
+            "waves breaking on the rocks below, supply boat landing, barometer and brass clock on the wall, "
+            "window streaming with rain, beam sweeping over the dark sea, ship's lights far out at sea, "
+            "wind-bent grass on the headland, coat and lantern on a hook, clockwork rotation machinery, "
+            "narrow bunk under a porthole window, radio set crackling on a shelf, cliff path to the tower",
+            condition="storm-lashed, wind-battered, salt-crusted, lamplit", scale="lone, towering, cramped"),
+    _domain("winter_wood", "a winter woodland, snow, tracks and small wild animals", "scene",
+            "fox den under snowy tree roots, fox tracks in fresh snow, snow-laden spruce, frozen stream under ice, "
+            "hare in its white winter coat, vole tunnels under the snow, icicles on a fallen log, frosted bracken, "
+            "birch grove in snow, moonlit forest clearing, blizzard over the meadow, thaw dripping from branches, "
+            "rosehips crusted with frost, owl on a snowy branch, snowdrift against a stone wall, "
+            "frozen pond with reeds, hollow oak trunk, first snowdrops in the thaw, drifting snowflakes in a beam of light, "
+            "mouse tracks crossing a drift, hillside burrow mouth in snow",
+            condition="fresh-fallen, frozen hard, softly snowing, thawing", scale="tiny, wide, hushed"),
     _domain("settlements", "villages, towns and streets", "scene",
             "village square, cobbled lane, market street, alpine village, fishing village, hill town, canal, "
             "bridge over a canal, rooftops and chimney pots, courtyard, colonial street, plaza with a fountain, "
@@ -294,7 +359,11 @@ DOMAINS: tuple[Domain, ...] = (
     _domain("space", "a space station and its modules", "scene",
             "hydroponics bay, station greenhouse module, long corridor with viewports, airlock, observation dome, "
             "command deck, crew quarters, docking ring, solar array outside the hull, reactor room, "
-            "maintenance shaft, cargo hold, rotating habitat ring, garden of seedlings in trays, overgrown module",
+            "maintenance shaft, cargo hold, rotating habitat ring, garden of seedlings in trays, overgrown module, "
+            "tomato vines climbing a bulkhead, moss on a cracked control panel, earthrise through a viewport, "
+            "water recycler pipes dripping, seed vault drawers, grow lamps over lettuce racks, "
+            "fern spilling out of a vent, watering can on a console, sunflower turned to a porthole, "
+            "fruit tree in a sealed dome, roots through the floor grating, drifting leaves in low gravity",
             condition="abandoned, dimly lit, overgrown with plants, humming, flickering", scale="cramped, vast"),
     _domain("celestial", "celestial bodies and the night sky", "scene",
             "sun, crescent moon, full moon, comet, ringed planet, constellation, solar eclipse, spiral galaxy, "

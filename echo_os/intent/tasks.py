@@ -77,8 +77,8 @@ def task_items(items: list[PlanItem], assets: bool = False) -> list[PlanItem]:
 
 
 def task_order(items: list[PlanItem]) -> list[PlanItem]:
-    by_id = {item.id: item for item in items}
-    order = TopologicalSorter({item.id: item.depends_on for item in items}).static_order()
+    by_id = {item.id: item for item in items if item.id}
+    order = TopologicalSorter({task_id: item.depends_on for task_id, item in by_id.items()}).static_order()
     return [by_id[task_id] for task_id in order]
 
 
@@ -89,8 +89,8 @@ def palette_words(image_path: Path, colours: int = 3) -> str:
     with Image.open(image_path) as image:
         small = image.convert("RGB").resize((64, 64))
     quantised = small.quantize(colors=6)
-    palette = quantised.getpalette()[: 6 * 3]
-    counts = sorted(quantised.getcolors(), reverse=True)
+    palette = (quantised.getpalette() or [])[: 6 * 3]
+    counts: list[tuple[int, int]] = sorted(quantised.getcolors() or [], reverse=True)  # type: ignore[arg-type]
     names: list[str] = []
     for _, index in counts:
         rgb = palette[index * 3: index * 3 + 3]
@@ -145,11 +145,12 @@ def render_tasks(settings: Settings, plan: PlanFile, *, fields: dict, count: int
     store = ArtifactStore(settings)
     try:
         for item in items:
-            previous = state.get(item.id)
+            task_id = item.id or ""  # task_order keeps only items with an id
+            previous = state.get(task_id)
             if previous:
                 try:
                     store.open(previous)
-                    run.done.append((item.id, previous, True))
+                    run.done.append((task_id, previous, True))
                     continue
                 except NotFoundError:
                     pass
@@ -170,9 +171,9 @@ def render_tasks(settings: Settings, plan: PlanFile, *, fields: dict, count: int
                         echo(f"{item.id}  {item.type}  {request.prompt}")
                     continue
                 artifact = render_requests(settings, [request], store=store).artifacts[0]
-            state[item.id] = artifact.id
+            state[task_id] = artifact.id
             _save_state(settings, plan.project, state)
-            run.done.append((item.id, artifact.id, False))
+            run.done.append((task_id, artifact.id, False))
     finally:
         store.close()
     return run
