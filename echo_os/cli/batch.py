@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -13,6 +14,9 @@ from echo_os.cli.terminal import json_for_terminal, only_json_on_stdout
 from echo_os.errors import OptionError, UsageError
 from echo_os.render.requests import SCHEDULERS
 from echo_os.settings import Settings
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class StoryBar:
@@ -101,10 +105,10 @@ def side_by_side_sheets(settings: Settings, project: str, results: dict) -> Path
     from echo_os.atomic import atomic_path
     from echo_os.story.contact_sheet import _font
 
-    sheets = {}
+    sheets: dict[str, Image.Image] = {}
     for model, result in results.items():
-        with Image.open(result.contact_sheet) as sheet:
-            sheets[model] = sheet.convert("RGB")
+        with Image.open(result.contact_sheet) as opened:
+            sheets[model] = opened.convert("RGB")
     label_h, gap = 28, 8
     width = sum(sheet.width for sheet in sheets.values()) + gap * (len(sheets) + 1)
     height = max(sheet.height for sheet in sheets.values()) + label_h + gap
@@ -303,8 +307,8 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
                            model=model, size=size, steps=steps, cfg=cfg, seed=seed, style=chosen_style,
                            echo=click.echo):
             return
-        planned, kind = plan_source(settings, project, count)
-        source = f"@{planned}" if kind == "prompts" else str(planned)
+        planned, planned_kind = plan_source(settings, project, count)
+        source = f"@{planned}" if planned_kind == "prompts" else str(planned)
     if source.startswith("@") and bible is not None:
         raise UsageError("--bible is for a story CSV; a prompt list (@file) has no bible")
 
@@ -312,7 +316,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
 
     tokenizer_for = workspace_tokenizer_loader(settings)  # a models.toml name or a folder; as /api/batch
 
-    kind = "prompts" if source.startswith("@") else "storyboard"
+    kind: Literal["storyboard", "prompts"] = "prompts" if source.startswith("@") else "storyboard"
     path = Path(source[1:] if kind == "prompts" else source)
 
     def prepared_plan(project_name: str = project, options=base_options):
@@ -360,7 +364,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
         check_plan(settings, plan, adapter_for(plan), clip)
         if choice is not None:
             from echo_os.cli.render import engine_line
-            from echo_os.render.scheduler import EngineChoice
+            from echo_os.render.prepare import EngineChoice
 
             click.echo(engine_line(EngineChoice(*choice), note), err=True)
         if json_output:
@@ -371,7 +375,7 @@ def batch(ctx: click.Context, project: str, source: str | None, bible: str | Non
     previous = load_story_json(settings, plan.project) if reroll_flagged else None
     plan, resonance.keep = candidate_plan(plan, best_of, previous, reroll_flagged)
     if reroll_flagged:
-        flagged = (previous.get("resonance") or {}).get("flagged_scenes") or []
+        flagged = ((previous or {}).get("resonance") or {}).get("flagged_scenes") or []
         click.echo(f"reroll: scenes {', '.join(map(str, flagged))}" if flagged else "reroll: no scene was flagged",
                    err=True)
     for warning in plan.warnings:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from echo_os.cli import settings_from
 from echo_os.errors import UsageError
+
+if TYPE_CHECKING:
+    from echo_os.intent.planfile import PlanKind
 
 MAX_PLAN_ITEMS = 500
 
@@ -128,7 +132,7 @@ def plan(ctx: click.Context, project: str, intent: str, count: int, kind: str, o
     diversity_record = scores
     method_record["memory"] = ("ignored" if past is None else
                                f"{past.artifacts} artifacts in Echo Memory, {past.planned} earlier plan items")
-    plan_file = PlanFile(project=project, intent=intent, theme=parsed.theme, kind=kind,
+    plan_file = PlanFile(project=project, intent=intent, theme=parsed.theme, kind=cast("PlanKind", kind),  # a click.Choice
                          constraints=Constraints(exclusions=list(parsed.exclusions),
                                                  negative_prompt=parsed.negative_prompt),
                          method=method_record, items=items, diversity=diversity_record.as_dict(), notes=notes,

@@ -51,6 +51,9 @@ class Constraints(BaseModel):
     negative_prompt: str = ""
 
 
+
+PlanKind = Literal["prompts", "story", "assets", "tasks"]  # what `echo-os plan --kind` writes
+
 class PlanFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,7 +61,7 @@ class PlanFile(BaseModel):
     project: str
     intent: str
     theme: str
-    kind: Literal["prompts", "story", "assets", "tasks"]
+    kind: PlanKind
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     constraints: Constraints
     method: dict[str, Any]  # {"name": "offline", "seed": ..., ...} or {"name": "llm", "model": ..., ...}

@@ -30,7 +30,8 @@ from echo_os.story.results import SceneResult
 if TYPE_CHECKING:
     from echo_os.artifacts.store import Artifact, ArtifactStore
     from echo_os.engines.base import Engine
-    from echo_os.render.scheduler import EngineChoice, ImageDone
+    from echo_os.render.prepare import EngineChoice
+    from echo_os.render.scheduler import ImageDone
     from echo_os.settings import Settings
     from echo_os.story.plan import PlanOptions, StoryPlan
 
@@ -259,7 +260,8 @@ def render_plan(
 
         def on_image(done: "ImageDone") -> None:
             scene = done.artifact.meta.story.scene
-            have[scene] = have.get(scene, 0) + 1
+            if scene is not None:  # a story's images carry their scene number
+                have[scene] = have.get(scene, 0) + 1
             counts["done"] += 1
             counts["rendered"] += 0 if done.resumed else 1
             if progress is not None:
@@ -400,7 +402,7 @@ def story_continuity(settings: "Settings", plan: "StoryPlan", scenes: list[Scene
     if not any(entry.images for entry in cast.values()):
         return ContinuityReport(note="the images are draft cards, not diffusion renders")
     name, folder, why = find_clip_model(settings, clip)
-    if name is None:
+    if name is None or folder is None:
         return ContinuityReport(note=why)
     return continuity_report(list(cast.values()), clip_image_embedder(folder), model=name)
 
