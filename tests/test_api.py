@@ -543,6 +543,21 @@ async def test_artifacts_list_filters_and_pages(workspace):
         assert (await client.get(f"/api/artifacts/{'c' * 64}")).status_code == 404
 
 
+async def test_artifacts_list_filters_by_rating_on_the_server(workspace):
+    async with api_client(workspace) as (client, _):
+        job_id = (await client.post("/api/render", json={"prompt": "rated", "count": 3, **DRAFT})).json()["job_id"]
+        first, second, _third = (await wait_job(client, job_id))["artifact_ids"]
+        assert (await client.post(f"/api/artifacts/{first}/rating", json={"value": 4})).status_code == 200
+        assert (await client.post(f"/api/artifacts/{second}/rating", json={"value": 2})).status_code == 200
+        four = (await client.get("/api/artifacts", params={"min_rating": 4})).json()["items"]
+        assert [a["id"] for a in four] == [first]
+        two = (await client.get("/api/artifacts", params={"min_rating": 2})).json()["items"]
+        assert sorted(a["id"] for a in two) == sorted([first, second])  # unrated images never match
+        assert len((await client.get("/api/artifacts")).json()["items"]) == 3
+        assert (await client.get("/api/artifacts", params={"min_rating": 6})).status_code == 422
+        assert (await client.get("/api/artifacts", params={"min_rating": 5})).json()["items"] == []
+
+
 # ---- batches -------------------------------------------------------------------------------------------
 
 async def test_batch_of_prompts(workspace):

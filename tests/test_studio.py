@@ -431,6 +431,13 @@ def test_the_rating_filter_is_applied_by_the_server(browser, api):
     browser.run("document.querySelector('#search-form').requestSubmit()")
     browser.wait_for("return document.querySelector('#status').textContent === '1 found'", timeout=60)
     assert browser.run("return [...document.querySelectorAll('#search-results .thumb')].map(t => t.dataset.id)") == [rated]
+    # no words: the catalog list (GET /api/artifacts), filtered by rating on the server too
+    assert [a["id"] for a in api.get("/api/artifacts", params={"min_rating": 4}).json()["items"]] == [rated]
+    fill(browser, {"#search-q": ""})
+    browser.run("document.querySelector('#status').textContent = ''")
+    browser.run("document.querySelector('#search-form').requestSubmit()")
+    browser.wait_for("return document.querySelector('#status').textContent === '1 found'", timeout=60)
+    assert browser.run("return [...document.querySelectorAll('#search-results .thumb')].map(t => t.dataset.id)") == [rated]
     fill(browser, {"#filter-rating": ""})
 
 

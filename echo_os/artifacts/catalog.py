@@ -234,9 +234,13 @@ class Catalog:
         return _row(row) if row else None
 
     def query(self, *, project: str | None = None, model: str | None = None, since: str | None = None,
-              limit: int | None = None, offset: int = 0, newest_first: bool = True) -> list[CatalogRow]:
+              limit: int | None = None, offset: int = 0, newest_first: bool = True,
+              min_rating: int | None = None) -> list[CatalogRow]:
         where: list[str] = []
         params: list[object] = []
+        if min_rating is not None:  # meta.json `rating.value` (the generated column); unrated rows never match
+            where.append("rating >= ?")
+            params.append(min_rating)
         if project:
             where.append("project_slug(project) = ?")
             params.append(project_slug(project))

@@ -35,9 +35,11 @@ async def list_artifacts(api: Api, project: Annotated[str | None, Query(max_leng
                          model: Annotated[str | None, Query(max_length=200)] = None,
                          since: Annotated[str | None, Query(max_length=40, pattern=r"^\d{4}-\d{2}-\d{2}",
                                                             description="ISO date or time")] = None,
+                         min_rating: Annotated[int | None, Query(ge=1, le=5,
+                                                                 description="only images rated at least this")] = None,
                          limit: Annotated[int, Query(ge=1, le=500)] = 50,
                          offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> ArtifactPage:
-    """Newest first."""
+    """Newest first; `min_rating` keeps only images rated at least that (1..5), as /api/memory/search."""
     if since is not None:
         try:
             (datetime if "T" in since else date).fromisoformat(since)
@@ -46,7 +48,7 @@ async def list_artifacts(api: Api, project: Annotated[str | None, Query(max_leng
                                            "msg": f"{since!r} is not an ISO date like 2026-11-01",
                                            "input": since}]) from None
     rows = await run_in_threadpool(api.catalog.query, project=project, model=model, since=since,
-                                   limit=limit + 1, offset=offset)
+                                   min_rating=min_rating, limit=limit + 1, offset=offset)
     more = len(rows) > limit
     return ArtifactPage(items=[artifact_view(row) for row in rows[:limit]], limit=limit, offset=offset,
                         next_offset=offset + limit if more else None)

@@ -561,7 +561,7 @@ function showHits(answer) {
   $("#search-results").replaceChildren();
   if (!answer.ok) { showProblem(answer, { fallback: "q" }); state.ready.search = true; return; }
   const hits = answer.data;  // the server applied every filter, the rating too (min_rating)
-  for (const hit of hits) $("#search-results").append(thumb({ id: hit.id, image_url: hit.image_url, prompt: `${hit.score.toFixed(2)} · ${hit.prompt}` }));
+  for (const hit of hits) $("#search-results").append(thumb({ id: hit.id, image_url: hit.image_url, prompt: hit.score === null ? hit.prompt : `${hit.score.toFixed(2)} · ${hit.prompt}` }));
   say(`${hits.length} found`);
   state.ready.search = true;
 }
@@ -570,6 +570,12 @@ async function searchText(event) {
   if (event) event.preventDefault();
   clearErrors($("#view-search"));
   const params = searchParams();
+  if (!$("#search-q").value.trim()) {  // no words: browse the catalog, newest first, with the same filters
+    params.delete("k"); params.delete("character"); params.set("limit", "24");  // (min_rating on the server)
+    const answer = await api("GET", `/api/artifacts?${params}`);
+    showHits(answer.ok ? { ok: true, data: answer.data.items.map(i => ({ ...i, score: null })) } : answer);
+    return;
+  }
   params.set("q", $("#search-q").value);
   showHits(await api("GET", `/api/memory/search?${params}`));
 }
