@@ -307,6 +307,13 @@ def test_edit_one_scene_re_renders_only_that_scene(browser, api):
     assert [s["artifacts"][0] for s in after][0::2] == before[0::2] and after[3]["artifacts"] == [before[3]]
     assert after[1]["artifacts"][0] != before[1] and after[1]["duration"] == 4
     assert browser.run(f"return document.querySelector('{card}').textContent").count("4 s in the animatic") == 1
+    # the edit was written back to the story's story.csv (here the workspace copy /api/batch keeps), the text
+    # before kept beside it, and the card says so
+    note = browser.run(f"return document.querySelector('{card} .written').textContent")
+    written = Path(note.split(" updated (")[0])
+    assert written.name == "story.csv" and "he climbs the stairs in a gale, lamp in hand" in written.read_text()
+    backup = written.with_name("story.csv.bak")
+    assert "he climbs the stairs in a gale" not in backup.read_text() and str(backup) in note
 
 
 # ---- style swatches, variations (best of N), compare axes, the rating filter, drops, the animatic ----------
@@ -491,8 +498,9 @@ def test_play_the_animatic(browser, api):
 
 
 def test_storyboards_outside_the_workspace_are_editable_only_in_registered_folders(tmp_path, run_cli):
-    """A story rendered from a story.csv outside the workspace: its scenes can be edited once its folder is
-    registered ([studio] projects in echo-os.toml), and only then; a symlink out of a registered folder is
+    """A story rendered from a story.csv outside the workspace: its scenes can be edited (and the edit written
+    back to that file, with a one-level backup) once its folder is registered ([studio] projects in
+    echo-os.toml), and only then; a symlink out of a registered folder is
     followed and refused, and nothing but story.json's own paths is ever read."""
     import asyncio
     import shutil
@@ -522,13 +530,26 @@ def test_storyboards_outside_the_workspace_are_editable_only_in_registered_folde
             assert view["editable"] and edited.status_code == 200, edited.text
             body = edited.json()
             assert "he climbs the stairs in a gale" in body["storyboard"] and body["bible"]
-            assert body["storyboard"].count("\n") == (stories / "keeper" / "story.csv").read_text().count("\n")
+            # written back to the user's file, atomically, the text before kept as story.csv.bak
+            written = stories / "keeper" / "story.csv"
+            assert edited.headers["x-echo-storyboard-written"] == str(written.resolve())
+            assert edited.headers["x-echo-storyboard-backup"] == str(written.resolve()) + ".bak"
+            assert written.read_text() == body["storyboard"]
+            assert (stories / "keeper" / "story.csv.bak").read_text() == original
+            again = await client.post("/api/studio/story/Keeper/scenes/3", json={"duration": 2.5})
+            assert again.status_code == 200 and written.read_text() == again.json()["storyboard"]
+            assert (stories / "keeper" / "story.csv.bak").read_text() == body["storyboard"]  # one level
+            assert "he climbs the stairs in a gale" in written.read_text()
+            missing = await client.post("/api/studio/story/Keeper/scenes/999", json=edit)
+            assert missing.status_code == 404 and written.read_text() == again.json()["storyboard"]
+            assert not [p for p in written.parent.iterdir() if p.name.endswith(".tmp")]
             linked = await client.post("/api/studio/story/Linked/scenes/2", json=edit)  # resolves into secret/
             assert not (await client.get("/api/studio/story/Linked")).json()["editable"] and linked.status_code == 422
+            assert not (secret / "story.csv.bak").exists()
             (home / "echo-os.toml").write_text('[studio]\nprojects = "../stories"\n')
             broken = await client.get("/api/studio/story/Keeper")
             assert broken.status_code == 422 and "projects must be a list" in broken.text
 
+    original = (REPO_ROOT / "prompts" / "lighthouse-keeper" / "story.csv").read_text()
     asyncio.run(go())
-    assert (stories / "keeper" / "story.csv").read_text() == (REPO_ROOT / "prompts" / "lighthouse-keeper" /
-                                                              "story.csv").read_text()  # only read, never written
+    assert (secret / "story.csv").read_text() == original  # refused: never written

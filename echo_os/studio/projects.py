@@ -10,12 +10,15 @@ its echo-os.toml:
 
 Nothing else on the server is reachable: a path is resolved (symlinks and `..` followed) before it is
 compared with the allowed folders, it must be a regular file, and only story.json's own `source` and
-`bible` entries are ever looked up (the page never names a path). The studio only reads these files; the
-edited storyboard goes to /api/batch, which keeps its own copy in the workspace.
+`bible` entries are ever looked up (the page never names a path). An edited scene is written back to that
+story.csv (write_storyboard: atomically, the previous text kept as story.csv.bak beside it, one level), so
+the next `echo-os batch` of the file renders what the studio shows; the edited storyboard also goes to
+/api/batch, which keeps its own copy in the workspace. The bible is only read.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +27,13 @@ import tomllib
 from echo_os.errors import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from echo_os.settings import Settings
 
 STUDIO_TABLE = "studio"
+BACKUP_SUFFIX = ".bak"  # story.csv -> story.csv.bak: the text before the last edit
+_WRITING = threading.Lock()  # one edit at a time: read, edit and write are one step
 
 
 def registered_folders(settings: "Settings") -> list[Path]:
@@ -67,3 +74,22 @@ def readable_story_file(settings: "Settings", path_text: object) -> Path | None:
         return None
     allowed = [settings.home.resolve(), *registered_folders(settings)]
     return path if any(path.is_relative_to(folder) for folder in allowed) else None
+
+
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def write_storyboard(path: Path, edit: "Callable[[str], str]") -> tuple[str, Path]:
+    """Apply `edit` to the storyboard at `path` (a path readable_story_file returned) and write the result
+    back atomically, the text it replaces first saved as `path`.bak (atomically too; the previous backup is
+    replaced). Returns (the new text, the backup's path). `edit`'s UsageError leaves both files as they were."""
+    from echo_os.atomic import write_atomically
+
+    with _WRITING:
+        before = path.read_bytes()
+        edited = edit(before.decode("utf-8"))
+        backup = backup_path(path)
+        write_atomically(backup, before)
+        write_atomically(path, edited)
+    return edited, backup

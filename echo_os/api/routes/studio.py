@@ -2,7 +2,8 @@
 it and every fetch it makes); its files; and two small read-only helpers the page needs that the other
 routes do not give: the models and engines to pick from (with why `auto` picks what it picks), a
 project's storyboard as rendered (its newest story.json, scene order), and one scene's edit (description
-or duration) turned into the /api/batch body that re-renders only that scene.
+or duration), written back to the story's story.csv and turned into the /api/batch body that re-renders
+only that scene.
 
 With `serve --token`, a browser signs in once with GET /api/studio?token=T (api/security.py), as for the
 gallery. The page holds no secret: the cookie is HttpOnly and the page never sees the token.
@@ -33,6 +34,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: entry for status, entry in error_responses(*statuses).items()}
 
 STUDIO_PATH = "/api/studio"
+WRITTEN_HEADER = "X-Echo-Storyboard-Written"  # a scene edit: the story.csv it wrote
+BACKUP_HEADER = "X-Echo-Storyboard-Backup"  # and where the text before the edit is kept
 # Only this page's own files and the API: no inline script, no other origin, images from the API or data:
 # URLs (the live previews).
 STUDIO_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self'; style-src 'self'; "
@@ -234,9 +237,11 @@ def _only(values: Any) -> Any:
 @router.post(STUDIO_PATH + "/story/{project}/scenes/{scene}", response_model=EditedStory, tags=["studio"],
              responses=_errors(403, 404, 413, 422))
 async def edit_scene(project: Annotated[str, Path(min_length=1, max_length=200)],
-                     scene: Annotated[int, Path(ge=1, le=100_000)], body: SceneEdit, api: Api) -> EditedStory:
-    """Edit one scene's description or duration: answers the batch to POST to /api/batch, which re-renders
-    only that scene (nothing is written here)."""
+                     scene: Annotated[int, Path(ge=1, le=100_000)], body: SceneEdit, api: Api,
+                     response: Response) -> EditedStory:
+    """Edit one scene's description or duration: writes it back to the story's story.csv (atomically, the
+    text before kept as story.csv.bak; headers X-Echo-Storyboard-Written and -Backup name both files) and
+    answers the batch to POST to /api/batch, which re-renders only that scene."""
     from echo_os.resonance.story import load_story_json
 
     if body.description is None and body.duration is None:
@@ -249,10 +254,15 @@ async def edit_scene(project: Annotated[str, Path(min_length=1, max_length=200)]
         raise field_error("description", "this story has no story.csv the studio may read (a prompt list, or a "
                                          "storyboard outside the workspace: add its folder to [studio] projects in "
                                          "echo-os.toml, or edit it and run `echo-os batch`)")
+    from echo_os.studio.projects import write_storyboard
+
     try:
-        edited = edit_storyboard(source.read_text(encoding="utf-8"), scene, body)
+        edited, backup = await run_in_threadpool(write_storyboard, source,
+                                                 lambda text: edit_storyboard(text, scene, body))
     except UsageError as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
+    response.headers[WRITTEN_HEADER] = str(source)
+    response.headers[BACKUP_HEADER] = str(backup)
     bible_path = await run_in_threadpool(_readable, api.settings, (document.get("bible") or {}).get("path"))
     settings = document.get("settings") or {}
     engines = settings.get("engines") or []

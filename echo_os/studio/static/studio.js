@@ -9,7 +9,7 @@ const SETTINGS_KEY = "echo-os-studio:settings";
 const PRESETS_KEY = "echo-os-studio:presets";
 const FIELDS = ["prompt", "negative", "style", "model", "engine", "size", "seed", "steps", "cfg", "count", "project"];
 
-const state = { options: null, styles: [], jobs: new Map(), artifacts: new Map(), current: null, ready: {} };
+const state = { options: null, styles: [], jobs: new Map(), artifacts: new Map(), current: null, ready: {}, written: new Map() };
 
 // ---- small helpers ---------------------------------------------------------------------------------------
 
@@ -32,7 +32,7 @@ async function api(method, path, body, headers = {}) {
   const response = await fetch(path, init);
   let data = null;
   try { data = await response.json(); } catch { data = null; }
-  return { ok: response.ok, status: response.status, data };
+  return { ok: response.ok, status: response.status, data, headers: response.headers };
 }
 
 function say(text) { $("#status").textContent = text; }
@@ -496,17 +496,23 @@ function sceneEditor(project, scene) {
     if (duration.value !== "" && Number(duration.value) !== scene.duration) body.duration = parseNumber(duration.value, false);
     const edited = await api("POST", `/api/studio/story/${encodeURIComponent(project)}/scenes/${scene.scene}`, body);
     if (!edited.ok) { showProblem(edited, { prefix, fallback: prefix + "description" }); return; }
+    const written = edited.headers.get("X-Echo-Storyboard-Written");  // the story.csv the edit was written to
+    if (written) {  // kept across the cards' refresh when the re-render ends
+      state.written.set(`${project}/${scene.scene}`, `${written} updated (the text before: ${edited.headers.get("X-Echo-Storyboard-Backup")})`);
+      editor.querySelector(".written").textContent = state.written.get(`${project}/${scene.scene}`);
+    }
     const batch = Object.fromEntries(Object.entries(edited.data).filter(([, v]) => v !== null));
     const submitted = await api("POST", "/api/batch", batch);
     if (!submitted.ok) { showProblem(submitted, { prefix, fallback: prefix + "description" }); return; }
     const job = follow(submitted.data.job_id, { what: `${project}: scene ${scene.scene} edited`, events: submitted.data.events_url });
     job.onDone = final => { if (final === "succeeded" && $("#story-project").value.trim() === project) openStory(); };
-    say(`scene ${scene.scene}: re-rendering`);
+    say(`scene ${scene.scene}: story.csv updated, re-rendering`);
   };
   const editor = el("details", { class: "edit" }, el("summary", { textContent: "Edit scene" }),
     el("label", { textContent: "Description" }), description, el("div", { class: "error", dataset: { error: prefix + "description" } }),
     el("label", { textContent: "Duration (s)" }), duration, el("div", { class: "error", dataset: { error: prefix + "duration" } }),
-    el("button", { type: "button", class: "save", textContent: "Save & re-render this scene", onclick: save }));
+    el("button", { type: "button", class: "save", textContent: "Save & re-render this scene", onclick: save }),
+    el("div", { class: "written", textContent: state.written.get(`${project}/${scene.scene}`) || "" }));
   return editor;
 }
 
