@@ -318,23 +318,74 @@ def test_edit_one_scene_re_renders_only_that_scene(browser, api):
 
 # ---- style swatches, variations (best of N), compare axes, the rating filter, drops, the animatic ----------
 
+def wait_swatch(api, name: str) -> httpx.Response:
+    """The style's swatch once rendered: 202 (the draft card) until the background render is on disk."""
+    for _ in range(600):
+        answer = api.get(f"/api/studio/styles/{name}/swatch")
+        if answer.status_code != 202:
+            return answer
+        assert answer.headers["x-echo-swatch"] == "pending"
+        time.sleep(0.1)
+    raise AssertionError(f"the {name} swatch never rendered")
+
+
 def test_style_swatches_are_rendered_samples_cached_by_content(server, api):
     from PIL import Image
 
+    from echo_os.engines.draft import draw_card
+    from echo_os.render.requests import build_request
+    from echo_os.render.styles import BUILTIN_STYLES
+    from echo_os.studio.swatches import SWATCH_SEED, SWATCH_SIZE, SWATCH_SUBJECT
+
     cache = server.home / "artifacts" / ".cache" / "swatches"
+    artifacts_before = len(api.get("/api/artifacts", params={"limit": 500}).json()["items"])
     first = api.get("/api/studio/styles/cinematic/swatch")
-    assert first.status_code == 200 and first.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(first.content)).size == (128, 128)
-    assert len(list(cache.glob("*.png"))) == 1
-    assert api.get("/api/studio/styles/Cinematic/swatch").content == first.content  # drawn once, any case
-    assert len(list(cache.glob("*.png"))) == 1
+    assert first.status_code == 202 and first.headers["x-echo-swatch"] == "pending"  # the draft card meanwhile
+    rendered = wait_swatch(api, "cinematic")
+    assert rendered.status_code == 200 and rendered.headers["content-type"] == "image/png"
+    assert rendered.headers["x-echo-swatch"] == "rendered" and rendered.headers["x-echo-swatch-model"] == "tiny"
+    assert rendered.headers["x-echo-swatch-engine"] not in ("draft", "")
+    image = Image.open(io.BytesIO(rendered.content)).convert("RGB")
+    assert image.size == (SWATCH_SIZE, SWATCH_SIZE)
+    # a diffusion render of the tiny model, not the draft card of the same prompt
+    style = next(s for s in BUILTIN_STYLES if s.name == "cinematic")
+    prompt, negative = style.apply(SWATCH_SUBJECT, None)
+    card = draw_card(build_request(prompt=prompt, negative_prompt=negative, model="draft", engine="draft",
+                                   width=SWATCH_SIZE, height=SWATCH_SIZE, seed=SWATCH_SEED, steps=1), SWATCH_SEED)
+    assert image.tobytes() != card.convert("RGB").tobytes() and image.tobytes() != first.content
+    renders = {p.name for p in cache.glob("*.png")}
+    assert len(renders) == 2  # the draft card shown meanwhile and the render
+    again = api.get("/api/studio/styles/Cinematic/swatch")  # cached: any case, at once, not rendered again
+    assert again.status_code == 200 and again.content == rendered.content
+    assert {p.name for p in cache.glob("*.png")} == renders
+    assert len(api.get("/api/artifacts", params={"limit": 500}).json()["items"]) == artifacts_before  # no artifact
     assert api.post("/api/styles", json={"name": "harbour-test", "prompt": "golden hour, warm light"}).status_code == 201
-    warm = api.get("/api/studio/styles/harbour-test/swatch").content
+    started = time.perf_counter()
+    assert api.get("/api/studio/styles/harbour-test/swatch").status_code == 202
+    assert time.perf_counter() - started < 2  # never waits for the render (the first call imports the engines)
+    warm = wait_swatch(api, "harbour-test").content
     assert api.post("/api/styles", json={"name": "harbour-test", "prompt": "moonlit night, cold blue fog",
                                          "replace": True}).status_code in (200, 201)
-    cold = api.get("/api/studio/styles/harbour-test/swatch").content
-    assert cold != warm and len(list(cache.glob("*.png"))) == 3  # an edited style: a new key, a new swatch
+    cold = wait_swatch(api, "harbour-test").content
+    assert cold != warm and len(list(cache.glob("*.png"))) == 6  # an edited style: a new key, a new swatch
     assert api.get("/api/studio/styles/no-such-style/swatch").status_code == 404
+
+
+def test_a_swatch_is_the_labelled_draft_card_when_no_model_can_render(workspace):
+    """No model in the workspace: `auto` can render nothing but the draft card, which is answered as the
+    swatch at once (200), labelled draft."""
+    import asyncio
+
+    from tests.api_helpers import api_client
+
+    async def go():
+        async with api_client(workspace) as (client, _):
+            answer = await client.get("/api/studio/styles/noir/swatch")
+            assert answer.status_code == 200 and answer.headers["x-echo-swatch"] == "draft", answer.headers
+            assert answer.headers["x-echo-swatch-engine"] == "draft" and answer.content.startswith(b"\x89PNG")
+            assert answer.headers["x-echo-swatch-reason"]
+
+    asyncio.run(go())
 
 
 @needs_browser
@@ -343,9 +394,11 @@ def test_the_style_picker_shows_the_swatch(browser):
     browser.run("location.reload()")
     browser.wait_for("return document.body.dataset.ready === 'true'")
     fill(browser, {"#f-style": "noir"})
-    browser.wait_for("return document.querySelector('#style-swatch').complete && "
-                     "document.querySelector('#style-swatch').naturalWidth === 128")
-    assert browser.run("return document.querySelector('#style-swatch').src").endswith("/api/studio/styles/noir/swatch")
+    browser.wait_for("return document.querySelector('#style-swatch').dataset.state === 'rendered' && "
+                     "document.querySelector('#style-swatch').complete && "
+                     "document.querySelector('#style-swatch').naturalWidth === 128", timeout=120)
+    assert browser.run("return document.querySelector('#style-swatch').dataset.url").endswith("/api/studio/styles/noir/swatch")
+    assert "rendered by tiny" in browser.run("return document.querySelector('#style-swatch').title")
     shot(browser, "render")  # the render view with a style's swatch, the queue and the results
     fill(browser, {"#f-style": ""})
     assert browser.run("return document.querySelector('#style-swatch').hidden")

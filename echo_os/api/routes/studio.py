@@ -297,18 +297,34 @@ async def story(project: Annotated[str, Path(min_length=1, max_length=200)], api
                      editable=source is not None, scenes=scenes)
 
 
+SWATCH_HEADER = "X-Echo-Swatch"  # rendered | pending (the draft card until the render is ready) | draft
+SWATCH_ENGINE_HEADER, SWATCH_MODEL_HEADER = "X-Echo-Swatch-Engine", "X-Echo-Swatch-Model"
+SWATCH_REASON_HEADER = "X-Echo-Swatch-Reason"
+
+
+def _header_text(text: str) -> str:
+    return " ".join(text.encode("ascii", "replace").decode("ascii").split())[:300]
+
+
 @router.get(STUDIO_PATH + "/styles/{name}/swatch", tags=["studio"], response_class=FileResponse,
             responses=_errors(404))
 async def style_swatch(name: Annotated[str, Path(min_length=1, max_length=200)], api: Api) -> FileResponse:
-    """A small rendered sample of the named style (PNG; echo_os.studio.swatches): drawn on first use and
-    cached by the style's content hash, so an edited style gets a new one."""
+    """A small rendered sample of the named style (PNG; echo_os.studio.swatches), by the engine `auto` picks
+    for the server's model, cached by the style's content hash and the model and engine. Never waits for
+    the render: 202 with the draft card while it runs (ask again), then 200 with the render; 200 with the
+    draft card when nothing here can render. Header X-Echo-Swatch says which (rendered, pending, draft),
+    X-Echo-Swatch-Engine and -Model with what."""
     from echo_os.render.styles import all_styles
-    from echo_os.studio.swatches import render_swatch
+    from echo_os.studio.swatches import swatch
 
     style = (await run_in_threadpool(all_styles, api.settings)).get(name.strip().casefold())
     if style is None:
         raise HTTPException(status_code=404, detail=f"no style {name!r} (GET /api/styles lists them)")
-    path = await run_in_threadpool(render_swatch, api.settings, style)
+    found = await run_in_threadpool(swatch, api.settings, style, api.options.default_model)
+    headers = {"Cache-Control": "no-cache", SWATCH_HEADER: found.state, SWATCH_ENGINE_HEADER: found.engine,
+               SWATCH_MODEL_HEADER: _header_text(found.model or "none"),
+               SWATCH_REASON_HEADER: _header_text(found.reason)}
     # The URL names the style, not its content: the browser asks again each time (no-cache) and gets a
     # 304 while the file (its name is the content hash) is the same.
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})
+    return FileResponse(found.path, media_type="image/png", headers=headers,
+                        status_code=202 if found.state == "pending" else 200)

@@ -116,14 +116,32 @@ function showStyle() {
   const name = $("#f-style").value;
   const style = state.styles.find(s => s.name === name);
   const swatch = $("#style-swatch");
-  if (!style) { swatch.hidden = true; swatch.removeAttribute("src"); swatch.title = "no style"; $("#style-text").textContent = ""; return; }
-  // A rendered sample (drawn once per style content by the server, then cached): an <img>, so it never
-  // holds up the page.
-  swatch.src = `/api/studio/styles/${encodeURIComponent(style.name)}/swatch`;
+  if (!style) { swatch.hidden = true; swatch.removeAttribute("src"); delete swatch.dataset.url; delete swatch.dataset.state; swatch.title = "no style"; $("#style-text").textContent = ""; return; }
+  // A rendered sample (rendered once per style content and model by the server, then cached), fetched off
+  // the page's way: 202 is the draft card while the render runs, asked for again until it is ready.
   swatch.alt = `${style.name} sample`; swatch.hidden = false;
-  swatch.title = style.name;
+  loadSwatch(swatch, style.name, `/api/studio/styles/${encodeURIComponent(style.name)}/swatch`, 0);
   $("#style-text").textContent = (style.prompt || "(no words)") + (style.negative ? ` · not: ${style.negative}` : "")
     + (style.learned ? " · learned" : style.builtin ? " · built-in" : "");
+}
+
+async function loadSwatch(swatch, name, url, tries) {
+  swatch.dataset.url = url;
+  let response;
+  try { response = await fetch(url, { credentials: "same-origin" }); } catch { return; }
+  if (swatch.dataset.url !== url || $("#f-style").value !== name) return;  // another style was picked meanwhile
+  if (!response.ok) { swatch.title = `${name}: no swatch (${response.status})`; return; }
+  const state = response.headers.get("X-Echo-Swatch") || "draft";
+  const blob = await response.blob();
+  if (swatch.dataset.url !== url || $("#f-style").value !== name) return;
+  if (swatch.src.startsWith("blob:")) URL.revokeObjectURL(swatch.src);
+  swatch.src = URL.createObjectURL(blob);
+  swatch.dataset.state = state;
+  const model = response.headers.get("X-Echo-Swatch-Model"), engine = response.headers.get("X-Echo-Swatch-Engine");
+  swatch.title = state === "rendered" ? `${name}: rendered by ${model} (${engine})`
+    : state === "pending" ? `${name}: draft card while ${model} renders the sample`
+    : `${name}: draft card (${response.headers.get("X-Echo-Swatch-Reason") || "no model can render here"})`;
+  if (state === "pending" && tries < 150) setTimeout(() => loadSwatch(swatch, name, url, tries + 1), 2000);
 }
 
 function showEngineWhy() {
