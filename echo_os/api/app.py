@@ -152,6 +152,7 @@ def create_app(settings: Settings, *, token: str | None = None, start_worker: bo
                                              started_worker=start_worker)
             state.waiting = WaitingClients(options.abandoned_grace_s, partial(cancel_if_unanswered, state))
             cleanup.callback(state.waiting.close)
+            cleanup.callback(state.swatches.shutdown)  # a swatch render still queued is dropped
             if worker is not None:
                 worker.start()
                 cleanup.push_async_callback(asyncio.to_thread, worker.stop)

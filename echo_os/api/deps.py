@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -25,6 +25,7 @@ from echo_os.api.security import resolve_inside
 from echo_os.errors import OptionError
 from echo_os.render.requests import RenderRequest
 from echo_os.settings import Settings
+from echo_os.studio.swatches import SwatchRenderer
 
 if TYPE_CHECKING:
     from echo_os.render.prepare import Prepared
@@ -122,6 +123,7 @@ class ApiState:
     worker: WorkerHost | None = None
     started_worker: bool = False
     waiting: WaitingClients | None = None  # clients of the synchronous route, per job
+    swatches: SwatchRenderer = field(default_factory=SwatchRenderer)  # the studio's style samples, one at a time
 
     @property
     def worker_status(self) -> Literal["running", "stopped", "disabled"]:

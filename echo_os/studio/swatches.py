@@ -6,11 +6,12 @@ door like any render: `prepare` (the style layered by its name, every check) the
 render path). The images are kept by the hooks, never saved as artifacts: a swatch is not in the catalog.
 
 Rendering takes seconds (minutes for a real SDXL on a CPU), so it runs on a background thread (one at a
-time, `SwatchRenderer`) and the route (GET /api/studio/styles/{name}/swatch) never waits for it: until the
-render is on disk it answers 202 with the draft card (echo_os.engines.draft: a palette drawn from the style's
-light and mood words, milliseconds, no weights), and the page asks again. When no model can render here
-(`auto` finds only the draft engine, or the model is missing), or the render failed, the draft card is the
-swatch, answered 200 and labelled "draft" (header X-Echo-Swatch: draft, with the reason).
+time: the server's `SwatchRenderer`, shut down with it) and the route (GET /api/studio/styles/{name}/swatch)
+never waits for it: until the render is on disk it answers 202 with the draft card (echo_os.engines.draft:
+a palette drawn from the style's light and mood words, milliseconds, no weights), and the page asks again.
+When no model can render here (`auto` finds only the draft engine, or the model is missing), or the render
+failed, the draft card is the swatch, answered 200 and labelled "draft" (header X-Echo-Swatch: draft, with
+the reason).
 
 Each swatch is cached as artifacts/.cache/swatches/<key>.png, where the key is the sha256 of what it depends
 on: the style's name, words and negative, the subject, size, steps and seed, SWATCH_VERSION, and the model
@@ -179,9 +180,6 @@ class SwatchRenderer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-RENDERER = SwatchRenderer()
-
-
 @dataclass(frozen=True)
 class Swatch:
     """What the route answers: the PNG, whether it is the style's render (state "rendered"), the draft card
@@ -194,7 +192,7 @@ class Swatch:
     reason: str
 
 
-def swatch(settings: "Settings", style: "Style", model: str, renderer: SwatchRenderer = RENDERER) -> Swatch:
+def swatch(settings: "Settings", style: "Style", model: str, renderer: SwatchRenderer) -> Swatch:
     """The style's swatch now: the cached render, else the draft card while a background render starts (or
     as the swatch, when nothing can render here or the render failed). Never waits for a render."""
     plan = plan_swatch(settings, style, model)

@@ -320,7 +320,7 @@ async def style_swatch(name: Annotated[str, Path(min_length=1, max_length=200)],
     style = (await run_in_threadpool(all_styles, api.settings)).get(name.strip().casefold())
     if style is None:
         raise HTTPException(status_code=404, detail=f"no style {name!r} (GET /api/styles lists them)")
-    found = await run_in_threadpool(swatch, api.settings, style, api.options.default_model)
+    found = await run_in_threadpool(swatch, api.settings, style, api.options.default_model, api.swatches)
     headers = {"Cache-Control": "no-cache", SWATCH_HEADER: found.state, SWATCH_ENGINE_HEADER: found.engine,
                SWATCH_MODEL_HEADER: _header_text(found.model or "none"),
                SWATCH_REASON_HEADER: _header_text(found.reason)}
