@@ -606,3 +606,23 @@ def test_storyboards_outside_the_workspace_are_editable_only_in_registered_folde
     original = (REPO_ROOT / "prompts" / "lighthouse-keeper" / "story.csv").read_text()
     asyncio.run(go())
     assert (secret / "story.csv").read_text() == original  # refused: never written
+
+
+def test_a_failed_swatch_render_is_remembered_and_the_draft_card_stands(workspace):
+    """A render that fails on the background thread is not tried again on every request: the draft card is
+    the swatch, with the error as its reason."""
+    from echo_os.render.requests import build_request
+    from echo_os.render.styles import BUILTIN_STYLES
+    from echo_os.studio.swatches import SwatchPlan, SwatchRenderer, draw_draft
+
+    renderer = SwatchRenderer()
+    plan = SwatchPlan(BUILTIN_STYLES[0], "cpu", "gone", "test",
+                      build_request(prompt="x", model="gone", engine="cpu", width=128, height=128))
+    renderer.submit(workspace, plan)
+    for _ in range(300):
+        if plan.key in renderer.failed:
+            break
+        time.sleep(0.05)
+    renderer.shutdown()
+    assert "no model named 'gone'" in renderer.failed[plan.key]
+    assert not plan.path(workspace).exists() and draw_draft(workspace, plan).is_file()

@@ -171,6 +171,8 @@ class SwatchRenderer:
     def _finished(self, key: str, plan: SwatchPlan, done: "Future[Path]") -> None:
         with self._lock:
             self._running.pop(key, None)
+            if done.cancelled():  # the server stopped before it ran
+                return
             error = done.exception()
             if error is not None:
                 self.failed[key] = f"the swatch render failed ({' '.join(str(error).split())[:200]})"
