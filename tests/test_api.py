@@ -822,6 +822,46 @@ async def test_api_batch_writes_the_story_outputs_echo_os_batch_writes(tmp_path,
     assert json_ids(api_story) == job["artifact_ids"]
 
 
+async def test_api_batch_count_renders_a_part_and_story_json_keeps_the_whole_story(tmp_path, run_cli, monkeypatch):
+    """`count` as `echo-os batch --count`: after a whole run, a run of the first scene renders nothing new
+    (it is resumed) and both hosts' story.json still list every scene, the others carried from the first run."""
+    import json
+
+    monkeypatch.setenv("ECHO_OS_NO_MEMORY", "1")  # embedding is not this test's subject
+    from echo_os.settings import REPO_ROOT, Settings
+
+    story = REPO_ROOT / "prompts" / "lighthouse-keeper"
+    cli_home, api_home = tmp_path / "cli", tmp_path / "api"
+    cli_home.mkdir()
+    api_home.mkdir()
+    for count in (None, 1):
+        code, _, err = await asyncio.to_thread(
+            run_cli, "--home", str(cli_home), "batch", "Lighthouse", str(story / "story.csv"), "--engine", "draft",
+            "--size", "64x64", "--steps", "2", *(["--count", str(count)] if count else []))
+        assert code == 0, err
+    async with api_client(Settings(home=api_home), options=fake_options(max_batch=64)) as (client, _):
+        body = {"project": "Lighthouse", "engine": "draft", "size": "64x64", "steps": 2,
+                "storyboard": (story / "story.csv").read_text(), "bible": (story / "STORY_BIBLE.md").read_text()}
+        first = await wait_job(client, (await client.post("/api/batch", json=body)).json()["job_id"])
+        response = await client.post("/api/batch", json={**body, "count": 1})
+        assert response.status_code == 202 and response.json()["scenes"] == 1, response.text
+        part = await wait_job(client, response.json()["job_id"])
+    assert first["status"] == part["status"] == "succeeded"
+    assert part["artifact_ids"] and part["artifact_ids"] == first["artifact_ids"][:len(part["artifact_ids"])]
+    newest = {}
+    for name, home in (("cli", cli_home), ("api", api_home)):
+        *_, path = sorted(home.glob("artifacts/*/lighthouse/story.json"),
+                          key=lambda p: json.loads(p.read_text())["created"])
+        newest[name] = json.loads(path.read_text())
+    scenes = [[scene["scene"] for scene in document["scenes"]] for document in newest.values()]
+    assert scenes[0] == scenes[1] and len(scenes[0]) > 1, scenes
+    assert json_ids_of(newest["api"]) == first["artifact_ids"]
+
+
+def json_ids_of(document: dict) -> list[str]:
+    return [artifact for scene in document["scenes"] for artifact in scene["artifacts"]]
+
+
 def json_ids(path) -> list[str]:
     import json
 

@@ -586,7 +586,7 @@ def test_a_malformed_answer_through_the_cli_is_one_line(hosted, server):
 def test_a_hostile_retry_after_is_bounded(hosted, server, asked):
     """A server asking to wait for ever (Retry-After: inf raised OverflowError out of time.sleep; 1e12 or a
     date in the year 3000 hung the render) waits at most MAX_RETRY_AFTER_S (plus jitter) a retry."""
-    from echo_os.engines.openai_images import MAX_RETRY_AFTER_S
+    from echo_os.engines.openai_answers import MAX_RETRY_AFTER_S
 
     engine = create_engine(hosted, "openai", "test")
     waits = []

@@ -294,6 +294,41 @@ async def test_cli_batch_and_api_batch_prepare_the_same_requests(monkeypatch, ru
         assert [request.steps for request in from_cli] == [5, 7 if "model" not in body else 3]
 
 
+# --count / `count`: the first N scenes or prompts, planned (and sized) as the whole story is
+COUNT_CASES = [
+    pytest.param(PROMPTS, ["--model", "tiny", "--count", "1"], {"model": "tiny", "count": 1}, 1,
+                 {"width": 512, "seed": 3}, id="prompts-first"),
+    pytest.param(PROMPTS, ["--model", "tiny", "--size", "64x64", "--count", "5"],
+                 {"model": "tiny", "size": "64x64", "count": 5}, 2, {"width": 64}, id="more-than-the-story"),
+    pytest.param(STORY, ["--count", "1"], {"count": 1}, 1, {"cfg": 2.5, "steps": 5, "width": 512}, id="story-first"),
+    pytest.param(STORY, ["--preset", "quick", "--count", "1"], {"preset": "quick", "count": 1}, 1,
+                 {"steps": 16, "width": 768}, id="story-preset"),
+]
+
+
+@pytest.mark.parametrize("source, args, body, rendered, expected", COUNT_CASES)
+async def test_cli_batch_count_and_api_batch_count_prepare_the_same_requests(monkeypatch, run_cli, parity_workspace,
+                                                                             tmp_path, source, args, body, rendered,
+                                                                             expected):
+    code, err, from_cli = cli_batch_requests(monkeypatch, run_cli, parity_workspace, tmp_path, source, *args)
+    assert code == 1 and "stopped by the test" in err and len(from_cli) == rendered, err
+    async with api_client(parity_workspace, start_worker=False) as (client, app):
+        status, from_api = await api_batch_requests(client, app, {**source, **body})
+    assert status == 202, from_api
+    assert from_api == from_cli
+    assert [request.story.scene for request in from_api] == list(range(1, rendered + 1))
+    for key, value in expected.items():
+        assert getattr(from_cli[0], key) == value, (key, from_cli[0])
+
+
+@pytest.mark.parametrize("count", [0, -1, "1", 1.5, 100_001])
+async def test_api_batch_names_a_bad_count(parity_workspace, count):
+    async with api_client(parity_workspace, start_worker=False) as (client, app):
+        status, detail = await api_batch_requests(client, app, {**PROMPTS, "count": count})
+        assert (await client.get("/api/jobs")).json()["items"] == []
+    assert status == 422 and detail[0]["loc"] == ["body", "count"], detail
+
+
 @pytest.mark.parametrize("engine", _engines())
 async def test_a_batch_with_an_unknown_model_is_an_error_with_every_engine(monkeypatch, run_cli, parity_workspace,
                                                                           tmp_path, engine):

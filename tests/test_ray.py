@@ -168,7 +168,8 @@ def test_an_actors_steps_carry_the_engines_live_previews_to_the_head(tiny_worksp
     """The studio's live previews under `serve --ray`: the actor records each step's preview with the step
     (RenderActor is a plain class; Ray only makes it remote), and the head's _pass_on hands it on as the
     ProgressEvent a local engine would have given, which the Worker publishes on the job's SSE stream."""
-    from echo_os.render.ray import RenderActor, Step, _pass_on
+    from echo_os.render.ray import _pass_on
+    from echo_os.render.ray_actor import RenderActor, Step
     from echo_os.render.requests import RenderRequest
 
     actor = RenderActor(tiny_workspace, max_models=1, threads=None)

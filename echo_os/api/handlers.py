@@ -252,10 +252,19 @@ class BatchHandler(RenderHandler):
         store = worker.store
         artifacts = [Artifact.from_row(store.root, store.catalog.resolve_id(artifact_id))
                      for artifact_id in run.artifact_ids]
+        carried: list[Artifact] = []
+        if story.count is not None:  # a part rendered: the whole story's other scenes as earlier runs left them
+            from echo_os.story.batch import first_scenes
+            from echo_os.story.render import whole_story
+
+            plan, carried = whole_story(worker.settings, plan, first_scenes(plan, story.count), store,
+                                        story.ip_adapter, None)
         job = run.job
         started = datetime.fromisoformat(job.started) if job.started else datetime.fromisoformat(job.created)
         elapsed = (datetime.now(started.tzinfo) - started).total_seconds()
-        write_story_outputs(worker.settings, plan, store=store, artifacts=artifacts, resumed_ids=set(),
+        write_story_outputs(worker.settings, plan, store=store, artifacts=artifacts + carried,
+                            resumed_ids={artifact.id for artifact in carried},
+                            carried_ids={artifact.id for artifact in carried},
                             engines=run.engines, batch_sizes=run.batch_sizes, notes=run.notes, elapsed_s=elapsed,
                             requested_batch_size=None, ip_adapter=story.ip_adapter,
                             uses_ip_adapter=any(item.ip_adapter for item in spec.items), clip=None,

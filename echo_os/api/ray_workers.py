@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from echo_os.api.options import ApiOptions
     from echo_os.api.schemas import WorkerView
     from echo_os.artifacts.store import ArtifactStore
-    from echo_os.render.ray import ActorStats, RayPool
+    from echo_os.render.ray import RayPool
+    from echo_os.render.ray_actor import ActorStats
     from echo_os.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,7 @@ EngineName = Annotated[str, Field(min_length=1, max_length=100,
 SIZE_PATTERN = r"^\s*\d{1,5}\s*[xX×]\s*\d{1,5}\s*$"
 MAX_TEXT = MAX_PROMPT_CHARS  # characters of a prompt, negative prompt or style: the CLI's limit
 MAX_PROMPTS = 1_000
+MAX_SCENES = 100_000  # a batch's `count`: more than any story's scenes
 MAX_STORY_TEXT = 2 * 1024 * 1024  # characters of a storyboard or bible sent in a body
 
 
@@ -118,6 +119,10 @@ class BatchBody(BaseModel):
                                    description="IP-Adapter entry for characters with reference images; 'none' "
                                                "leaves them out (as `echo-os batch --ip-adapter`). Default: the "
                                                "bible's `ip_adapter`, else ip-adapter-sdxl.")
+    count: int | None = Field(default=None, ge=1, le=MAX_SCENES,
+                              description="Render only the first `count` scenes or prompts, as `echo-os batch "
+                                          "--count`; story.json and the contact sheet still describe every scene "
+                                          "of the story rendered so far. Default: all of them.")
     again: bool = Field(default=False, description="Render anew even when the same request was rendered "
                         "before (the CLI's --again). Default: an image the project already has (same request "
                         "key, folder on disk) is answered as the job's image (`resumed`), not rendered again.")

@@ -43,6 +43,7 @@ class StorySource(BaseModel):
     bible: str | None = None
     options: PlanOptions = PlanOptions()
     ip_adapter: str | None = None  # as asked ("none" -> None)
+    count: int | None = None  # only the first `count` scenes were rendered (`echo-os batch --count`)
 
 
 class CompareAxis(BaseModel):

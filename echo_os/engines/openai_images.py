@@ -25,20 +25,22 @@ works. The first request of a command prints one line saying where prompts are s
   the server and the images' seeds (echo-os's, never sent; they tell apart image 1 and 2 of `--count 2`,
   and a new random seed is a new image): the same request pays once; `--no-cache`
   (Settings.response_cache) or `[engines.openai] cache = false` turns it off.
+
+The answer's checks, the errors' sorting (retried or not, named in one line) and the response cache are
+in engines/openai_answers.py; this module builds the requests, sends them and turns answers into images.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import random
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -56,11 +58,19 @@ from echo_os.engines.base import (
 )
 from echo_os.engines.hookspecs import hookimpl
 from echo_os.engines.inputs import decode_received_image
+from echo_os.engines.openai_answers import (
+    CacheEntry,
+    MalformedResponse,
+    ResponseCache,
+    describe,
+    error_code,
+    is_retryable,
+    parse_answer,
+    retry_after_seconds,
+)
 from echo_os.errors import CancelledError, EchoError, OptionError, UsageError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import openai
 
     from echo_os.render.requests import RenderRequest
@@ -86,10 +96,6 @@ MAX_EDIT_IMAGES = 16
 
 class ProviderError(EchoError):
     """The hosted provider failed or refused; the message is one line naming what to do."""
-
-
-class _MalformedResponse(Exception):
-    """A 2xx answer that is not the Images API's JSON (retried like a server error)."""
 
 
 def _check_model(value: str) -> str:
@@ -233,186 +239,6 @@ class ImagesPacer:
             start = max(now, self._next)
             self._next = start + images * self.interval
             return start - now
-
-
-# The longest wait a server may ask for (Retry-After) before a retry: a hostile or broken server's
-# "Retry-After: 1e12" (or inf, or a date in the year 3000) would otherwise hang the render for ever.
-MAX_RETRY_AFTER_S = 300.0
-
-
-def retry_after_seconds(error: BaseException) -> float | None:
-    """What the server asked to wait: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date),
-    bounded to 0..MAX_RETRY_AFTER_S (NaN counts as not asked)."""
-    asked = _retry_after_asked(error)
-    if asked is None or asked != asked:  # NaN
-        return None
-    return min(max(0.0, asked), MAX_RETRY_AFTER_S)
-
-
-def _retry_after_asked(error: BaseException) -> float | None:
-    response = getattr(error, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    try:
-        if headers.get("retry-after-ms") is not None:
-            return float(headers["retry-after-ms"]) / 1000
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return float(value)
-        except ValueError:
-            from email.utils import parsedate_to_datetime
-
-            return parsedate_to_datetime(value).timestamp() - time.time()
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def error_code(error: BaseException) -> str | None:
-    """The `error.code` (else `error.type`) of an API error body."""
-    body = getattr(error, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict):
-            return inner.get("code") or inner.get("type")
-    return getattr(error, "code", None)
-
-
-def is_retryable(error: BaseException) -> bool:
-    import openai
-
-    if isinstance(error, _MalformedResponse):
-        return True
-    if isinstance(error, openai.APIConnectionError):  # timeouts and dropped connections
-        return True
-    if isinstance(error, openai.APIStatusError):
-        if error.status_code == 429:
-            return error_code(error) != "insufficient_quota"
-        return error.status_code in (408, 409) or error.status_code >= 500
-    return False
-
-
-def describe(error: BaseException) -> str:
-    import openai
-
-    if isinstance(error, openai.APIStatusError):
-        body = getattr(error, "body", None)
-        inner = body.get("error", body) if isinstance(body, dict) else None
-        message = inner.get("message") if isinstance(inner, dict) else None
-        code = error_code(error)
-        return f"{error.status_code}{f' {code}' if code else ''}: {message or error.message}".strip()
-    if isinstance(error, openai.APITimeoutError):
-        return "the request timed out"
-    if isinstance(error, openai.APIConnectionError):
-        return f"connection failed ({error.__cause__ or error})"
-    return str(error)
-
-
-def _kind(value: object) -> str:
-    """What a JSON value is, in JSON's words (an answer's wrong shape is named this way, not in Python's)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
-
-
-def parse_answer(content: bytes, count: int) -> dict[str, Any]:
-    """The Images API's JSON answer in `content`, checked: an object whose `data` is an array of `count`
-    objects, each with a `b64_json` string that decodes to an image (decoded whole, so a bad image is never
-    cached). _MalformedResponse with one line saying what was wrong otherwise, never a Python error's name:
-    a body that is not JSON (or nested too deep to read), another JSON shape, a missing field, an image
-    that is not base64 or not an image. A `url` item (dall-e's) is named as such: echo-os asks for none."""
-    try:
-        response = json.loads(content)
-    except RecursionError:  # [[[[... nested deeper than the parser goes
-        raise _MalformedResponse(f"a malformed answer (JSON nested too deep to read, {len(content):,} "
-                                 "bytes)") from None
-    except ValueError as error:  # not JSON, not UTF-8, or a number too long to read
-        reason = "a number too long" if "digits" in str(error) else "not JSON"
-        raise _MalformedResponse(f"a malformed answer ({reason}: {len(content):,} bytes starting "
-                                 f"{content[:24]!r})") from None
-    if not isinstance(response, dict):
-        raise _MalformedResponse(f"a malformed answer (a JSON {_kind(response).split()[-1]} instead of an "
-                                 "object with `data`)")
-    if "data" not in response:
-        raise _MalformedResponse(f"a malformed answer (no `data` field; fields: "
-                                 f"{', '.join(sorted(map(str, response))[:8])[:120] or 'none'})")
-    data = response["data"]
-    if not isinstance(data, list):
-        raise _MalformedResponse(f"a malformed answer (`data` is {_kind(data)}, not an array of images)")
-    if len(data) != count:
-        raise _MalformedResponse(f"a malformed answer ({len(data)} image(s) in `data`, {count} asked)")
-    for number, item in enumerate(data, 1):
-        if not isinstance(item, dict):
-            raise _MalformedResponse(f"a malformed answer (image {number} of `data` is {_kind(item)}, not an "
-                                     "object)")
-        encoded = item.get("b64_json")
-        if not isinstance(encoded, str) or not encoded:
-            has_url = isinstance(item.get("url"), str)
-            raise _MalformedResponse(f"a malformed answer (image {number} has "
-                                     f"{'a url but ' if has_url else ''}no b64_json string)")
-        try:
-            decoded = base64.b64decode(encoded, validate=True)
-        except ValueError:  # binascii.Error
-            raise _MalformedResponse(f"a malformed answer (image {number}'s b64_json is not base64)") from None
-        try:  # checked before the answer may be cached: a bad image is never kept
-            decode_received_image(decoded)
-        except ValueError as error:
-            raise _MalformedResponse(f"a malformed answer (image {number} is {error})") from None
-    return response
-
-
-class CacheEntry(TypedDict):
-    """One answer as the response cache keeps it: the API's JSON body and the request id it came with."""
-
-    response: dict[str, Any]  # the Images API's JSON (data[].b64_json, created, usage, ...), checked when made
-    request_id: str | None
-
-
-class ResponseCache:
-    """Responses on disk, one JSON file per request key (the request body plus the server's URL)."""
-
-    def __init__(self, folder: "Path"):
-        self.folder = folder
-
-    @staticmethod
-    def key(base_url: str, body: dict[str, Any], seeds: list[int]) -> str:
-        """The seeds are echo-os's (never sent): they tell apart the images of one render, which are
-        otherwise the same request, so image 2 of `--count 2` is not image 1 from the cache."""
-        canonical = json.dumps({"base_url": base_url, "body": body, "seeds": seeds}, sort_keys=True,
-                               separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-    def get(self, key: str) -> CacheEntry | None:
-        path = self.folder / f"{key}.json"
-        try:
-            entry: CacheEntry = json.loads(path.read_text(encoding="utf-8"))
-            return entry
-        except (OSError, ValueError):
-            return None
-
-    def put(self, key: str, entry: CacheEntry) -> None:
-        """Written beside, then renamed into place: a reader sees a whole entry or none. Not fsynced
-        (echo_os.atomic does): an entry lost to a power cut is only a cache miss, and the fsync cost
-        5-10 ms an image on this machine (benchmarks/RESULTS.md, "openai engine")."""
-        import os
-        import uuid
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{key}.json"
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_text(json.dumps(entry), encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 class OpenAIEngine(BaseEngine):
@@ -572,7 +398,7 @@ class OpenAIEngine(BaseEngine):
             if is_retryable(error):
                 raise self._gave_up(error) from None
             raise ProviderError(f"engine openai: the provider refused the request ({describe(error)})") from None
-        except (openai.APIConnectionError, _MalformedResponse) as error:
+        except (openai.APIConnectionError, MalformedResponse) as error:
             raise self._gave_up(error) from None
 
     def _gave_up(self, error: BaseException) -> ProviderError:

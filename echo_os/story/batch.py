@@ -139,11 +139,11 @@ class PlannedBatch:
 
 def plan_batch(settings: "Settings", *, project: str, folder: Path, options: PlanOptions,
                storyboard: str | None = None, bible: str | None = None, prompts: list[str] | None = None,
-               ip_adapter: str | None = None) -> PlannedBatch:
+               ip_adapter: str | None = None, count: int | None = None) -> PlannedBatch:
     """Plan a story sent as text (`storyboard` with an optional `bible`, or `prompts`) as `echo-os batch`
-    plans a file: its texts go to `folder` (the planner reads files), then prepare_batch, then the checks a
-    server makes on a story it did not write. OptionError names the body field at fault ("prompts.N" for a
-    prompt line); the caller removes `folder` on any error."""
+    plans a file: its texts go to `folder` (the planner reads files), then prepare_batch (`count`: only the
+    first scenes, as `--count`), then the checks a server makes on a story it did not write. OptionError
+    names the body field at fault ("prompts.N" for a prompt line); the caller removes `folder` on any error."""
     from echo_os.story.tokens import workspace_tokenizer_loader
 
     if (storyboard is None) == (prompts is None):
@@ -167,7 +167,7 @@ def plan_batch(settings: "Settings", *, project: str, folder: Path, options: Pla
             bible_path = folder / "STORY_BIBLE.md"
             bible_path.write_text(bible, encoding="utf-8")
     try:
-        prepared = prepare_batch(settings, project, source, kind=kind, options=options, bible=bible_path,
+        prepared = prepare_batch(settings, project, source, kind=kind, options=options, bible=bible_path, count=count,
                                  tokenizer_loader=workspace_tokenizer_loader(settings))  # the CLI's counter
     except OptionError as error:
         chosen = options.model or options.preset.model  # a model the story's bible named: the bible's fault

@@ -69,7 +69,7 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> BatchSpec:
                                 preset=body.preset, engine_given="engine" in body.model_fields_set)
         planned = plan_story_batch(settings, project=body.project, folder=folder, options=options,
                                    storyboard=body.storyboard, bible=body.bible, prompts=body.prompts,
-                                   ip_adapter=body.ip_adapter)
+                                   ip_adapter=body.ip_adapter, count=body.count)
     except StoryError as error:
         shutil.rmtree(folder, ignore_errors=True)
         raise RequestValidationError([{"type": "value_error", "loc": ("body", _problem_field(problem.file)),
@@ -85,7 +85,7 @@ def plan_batch(settings: Settings, body: BatchBody, job_id: str) -> BatchSpec:
         raise
     story = StorySource(project=body.project, kind=planned.kind, source=str(planned.source),
                         bible=str(planned.bible) if planned.bible else None, options=planned.prepared.options,
-                        ip_adapter=planned.ip_adapter)
+                        ip_adapter=planned.ip_adapter, count=body.count)
     notes = [api_message(planned.prepared.note)] if planned.prepared.note else []
     return BatchSpec(items=tuple(planned.requests), title=planned.plan.title,
                      warnings=(*planned.plan.warnings, *notes), story=story, again=body.again)
