@@ -3,11 +3,13 @@
 The place is the intent's theme; the scenes' subjects are the on-topic members of the subject vocabulary
 (relevance.py), chosen by maximal marginal relevance so each scene shows something else of the place. Up
 to two things or creatures near the intent (the vocabulary's asset domains: a fox cub, an oil lantern;
-else two of the place's subjects that are not scenery) recur as the cast (bible `characters`, each with
+else the setting's own recurring props and creatures, subjects.SCENE_CAST: a moored rowing boat and a
+gull in a harbour; never a place such as a jetty) recur as the cast (bible `characters`, each with
 its own seed, so they stay the same across the scenes that list them): continuity of characters and
 props. The scenes follow four phases, as a storyboard writer would: a beginning, a turn, a climax and an
 aftermath, each with its light, weather, time of day and mood (golden and calm -> threatening -> storm ->
-calm dawn), the scenes of a phase taking its actions and lights in turn, and a palette per phase (a
+calm dawn; indoors, INDOOR_PHASES: no weather, the light and mood alone change), the scenes of a phase
+taking its actions and lights in turn, and a palette per phase (a
 colour script); the camera changes from scene to scene (an establishing shot first, never the same
 framing twice in a row). A scene's prompt opens with its own subject, then the place and the cast.
 """
