@@ -90,7 +90,7 @@ DOMAINS: tuple[Domain, ...] = (
             era="norman, high medieval, late gothic, crusader, romanesque",
             condition="intact and proud, weathered, ivy-covered ruin, snow-covered, half-restored",
             scale="towering, compact, sprawling"),
-    _domain("ornament", "ornamental motifs and decorative patterns", "pattern",
+    _domain("ornament", "ornamental tile motifs and decorative patterns", "pattern",
             "rosette, quatrefoil, ogee lattice, arabesque scrollwork, mandala rosette, acanthus scroll, "
             "egg and dart moulding, meander fret, celtic knot, guilloche band, interlaced knotwork, "
             "cartouche with scrolls, central medallion, border frieze, encaustic floor tile, majolica plate, "
