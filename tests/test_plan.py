@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -202,6 +203,67 @@ def test_weapons_intent_plans_weapons_isolated_as_assets(workspace, run_cli):
         assert item["prompt"].endswith("isolated on a neutral background, orthographic, studio light")
         assert "lens" not in item["prompt"] and "pinhole" not in item["prompt"]
     assert "relevance: mean similarity to the intent" in err and "diversity: mean pairwise similarity" in err
+
+
+def test_an_iznik_intent_draws_only_ottoman_motifs_on_fritware(workspace, run_cli):
+    from echo_os.intent.subjects import DOMAINS
+
+    plan, _ = _plan(run_cli, workspace.home, "Kervan NFT", "ornate ceramic tiles in iznik blue, no human forms",
+                    "--count", "12", "--seed", "1", "--method", "offline")
+    iznik = next(d for d in DOMAINS if d.name == "ornament_iznik")
+    others = [noun for d in DOMAINS if d.name.startswith("ornament") and d.name != "ornament_iznik"
+              for noun in d.nouns if noun not in iznik.nouns]
+    assert len(plan["items"]) == 12
+    for item in plan["items"]:
+        subject = item["parts"]["subject"]
+        assert any(noun in subject for noun in iznik.nouns), subject
+        assert not [noun for noun in others if noun in subject], subject
+        for foreign in ("talavera", "azulejo", "zellige", "delft", "acanthus", "majolica", "terracotta",
+                        "porcelain", "stucco", "faience"):
+            assert foreign not in item["prompt"], item["prompt"]
+        assert any(glaze in item["parts"]["palette"] for glaze in ("cobalt", "turquoise")), item["parts"]
+    materials = " ".join(item["prompt"] for item in plan["items"])
+    assert "fritware" in materials
+
+
+def test_a_weapons_plan_is_dressed_in_metal_leather_and_wood_tones(workspace, run_cli):
+    from echo_os.intent.subjects import DOMAIN_PALETTES
+
+    plan, _ = _plan(run_cli, workspace.home, "Armory", "medieval fantasy weapons", "--count", "8", "--seed", "1",
+                    "--method", "offline")
+    own = {name for name, _, _ in DOMAIN_PALETTES["weapons"]}
+    for item in plan["items"]:
+        palette = item["parts"]["palette"]
+        assert palette in own, palette
+        assert any(w in palette for w in ("steel", "iron", "bronze", "gunmetal")), palette
+        assert any(w in palette for w in ("leather", "oak", "walnut", "ash", "yew", "rawhide", "charcoal")), palette
+        for soft in ("rose gold", "blush", "honey", "cream", "peach", "pastel"):
+            assert soft not in item["prompt"], item["prompt"]
+
+
+def test_an_indoor_story_changes_its_light_not_its_weather(workspace, run_cli):
+    plan, _ = _plan(run_cli, workspace.home, "Station", "a space station at night", "--kind", "story",
+                    "--count", "8", "--seed", "1", "--method", "offline")
+    parts = [item["parts"] for item in plan["items"]]
+    assert [p["phase"] for p in parts] == ["beginning"] * 2 + ["turn"] * 2 + ["climax"] * 2 + ["aftermath"] * 2
+    weather = re.compile(r"\b(rain|storm|wind|gusts?|squall|lightning|clouds?|spray|puddles?|drizzle|snow|hail|wet|"
+                         r"sky(?! blue))\b")
+    for item in plan["items"]:
+        assert not weather.search(item["prompt"]), item["prompt"]
+    assert weather.search("dusk under a threatening slate sky") and not weather.search("navy and pale sky blue")
+    assert len({p["lighting"] for p in parts}) >= 6  # the light still moves through the arc
+    assert "harsh" in parts[4]["lighting"] or "chiaroscuro" in parts[4]["lighting"]
+
+
+def test_a_harbour_story_casts_recurring_props_not_places(workspace, run_cli):
+    plan, _ = _plan(run_cli, workspace.home, "Harbour", "a quiet harbour without people", "--kind", "story",
+                    "--count", "8", "--seed", "1", "--method", "offline")
+    names = [member["name"] for member in plan["story"]["cast"].values()]
+    assert names, plan["story"]
+    for name in names:
+        assert not {"jetty", "boathouse", "pier", "quay", "slipway", "hut"} & set(name.split()), names
+    assert any(w in " ".join(names) for w in ("boat", "gull", "lantern")), names
+    assert "storm" in plan["items"][4]["parts"]["lighting"]  # outdoors the weather still turns
 
 
 def test_story_plan_has_an_arc_one_cast_camera_variety_and_renders_on_the_draft_engine(workspace, run_cli):

@@ -213,18 +213,27 @@ def framing_for(intent: Intent, top_domain, kind: str) -> str:
     return top_domain.framing if top_domain is not None else "scene"
 
 
-def palettes_for(intent: Intent, framing: str = "scene") -> list[str]:
+def palettes_for(intent: Intent, framing: str = "scene", domain: str | None = None) -> list[str]:
     """Palettes consistent with the intent's colour and temperature words (all of them when it names none;
-    the neutral ones for a texture, whose material has its own colours)."""
-    from echo_os.intent.subjects import COLOUR_WORDS, COOL_WORDS, PALETTES, WARM_WORDS
+    the neutral ones for a texture, whose material has its own colours). A domain with palettes of its own
+    (subjects.DOMAIN_PALETTES: weapons in steel, iron, leather and wood; a tile tradition in its glazes)
+    uses those that fit the intent, the general ones only when none does."""
+    from echo_os.intent.subjects import COLOUR_WORDS, COOL_WORDS, DOMAIN_PALETTES, PALETTES, WARM_WORDS
 
     words = {w.strip(".").lower() for w in (intent.theme + " " + intent.english).replace(",", " ").split()}
     families = {COLOUR_WORDS[w] for w in words if w in COLOUR_WORDS}
     temperature = "warm" if words & WARM_WORDS else "cool" if words & COOL_WORDS else None
-    chosen = [name for name, temp, hues in PALETTES
-              if (not families or families & set(hues)) and (temperature is None or temp in (temperature, "neutral")
-                                                             and (temp == temperature or not families))]
-    chosen = [p for p in chosen if not intent.mentions_excluded(p)]
+
+    def fitting(palettes) -> list[str]:
+        return [name for name, temp, hues in palettes
+                if (not families or families & set(hues))
+                and (temperature is None or temp in (temperature, "neutral") and (temp == temperature or not families))
+                and not intent.mentions_excluded(name)]
+
+    own = fitting(DOMAIN_PALETTES.get(domain or "", ()))
+    if own:
+        return own
+    chosen = fitting(PALETTES)
     if framing == "texture" and not families and temperature is None:
         chosen = [name for name, temp, _ in PALETTES if temp == "neutral"]
     return chosen or [name for name, temp, _ in PALETTES if temperature is None or temp == temperature]
@@ -283,7 +292,13 @@ def vocabulary_candidates(intent: Intent, subjects, framing: str, seed: int, cou
     from echo_os.intent.subjects import FRAMINGS
 
     rng = random.Random(seed)
-    palettes = palettes_for(intent, framing)
+    by_domain: dict[str | None, list[str]] = {}
+
+    def palettes(domain: str | None) -> list[str]:
+        if domain not in by_domain:
+            by_domain[domain] = palettes_for(intent, framing, domain)
+        return by_domain[domain]
+
     lights = lighting_for(intent)
     head = theme_words(intent)
     seen: dict[str, Candidate] = {}
@@ -292,7 +307,7 @@ def vocabulary_candidates(intent: Intent, subjects, framing: str, seed: int, cou
     for scored in pool + own:
         for _ in range(VARIANTS_PER_SUBJECT):
             subject = subject_phrase(scored.domain, scored.noun, rng, intent) if scored else ""
-            palette = rng.choice(palettes)
+            palette = rng.choice(palettes(scored.domain.name if scored else None))
             tail = [FRAMINGS[framing]] if framing in FRAMINGS else _scene_parts(rng, lights)
             # The subject first, then the intent's words: the item's own subject leads (SDXL weighs early
             # tokens more), and the intent, repeated word for word at the head of every item, would

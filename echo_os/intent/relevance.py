@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from echo_os.intent.intent import EXCLUSION_GROUPS, Intent, to_english
-from echo_os.intent.subjects import DOMAINS, Domain, subject_index, subject_texts
+from echo_os.intent.subjects import DOMAINS, TRADITION_DOMAINS, TRADITION_WORDS, Domain, subject_index, subject_texts
 
 ON_TOPIC_MARGIN = 0.12
 MIN_RELEVANCE = 0.22
@@ -106,6 +106,18 @@ def exclusion_terms(intent: Intent, vocabulary: Vocabulary, embed) -> tuple[str,
     return tuple(dict.fromkeys(terms))
 
 
+def intent_words(intent: Intent) -> set[str]:
+    return {w.strip(".!?;:'\"()").lower() for w in (intent.theme + " " + intent.english).replace(",", " ").split()}
+
+
+def tradition_of(intent: Intent) -> str | None:
+    """The tile tradition's domain the intent names ("iznik blue tiles": ornament_iznik), else None."""
+    for word in sorted(intent_words(intent)):
+        if word in TRADITION_WORDS:
+            return TRADITION_WORDS[word]
+    return None
+
+
 @dataclass(frozen=True)
 class Scored:
     domain: Domain
@@ -116,7 +128,14 @@ class Scored:
 
 def on_topic_subjects(intent: Intent, vocabulary: Vocabulary, query: np.ndarray, exclusion_vectors: np.ndarray,
                       domains: set[str] | None = None) -> list[Scored]:
-    """The vocabulary's subjects near the intent, best first, none excluded (by word or by meaning)."""
+    """The vocabulary's subjects near the intent, best first, none excluded (by word or by meaning). An
+    intent naming a tile tradition (Iznik, azulejo, zellige, Delft, Talavera) gets none of the other
+    traditions' subjects, nor the general ornament domain's."""
+    tradition = tradition_of(intent)
+    if tradition is not None:
+        others = (TRADITION_DOMAINS | {"ornament"}) - {tradition}
+        domains = {d.name for d in DOMAINS if d.name not in others} & (domains if domains is not None
+                                                                          else {d.name for d in DOMAINS})
     own = vocabulary.subject_vectors @ query
     by_domain = {d.name: float(v @ query) for d, v in zip(DOMAINS, vocabulary.domain_vectors)}
     relevance = np.array([(own[i] + by_domain[d.name]) / 2 for i, (d, _) in enumerate(vocabulary.subjects)])

@@ -3,11 +3,13 @@
 The place is the intent's theme; the scenes' subjects are the on-topic members of the subject vocabulary
 (relevance.py), chosen by maximal marginal relevance so each scene shows something else of the place. Up
 to two things or creatures near the intent (the vocabulary's asset domains: a fox cub, an oil lantern;
-else two of the place's subjects that are not scenery) recur as the cast (bible `characters`, each with
+else the setting's own recurring props and creatures, subjects.SCENE_CAST: a moored rowing boat and a
+gull in a harbour; never a place such as a jetty) recur as the cast (bible `characters`, each with
 its own seed, so they stay the same across the scenes that list them): continuity of characters and
 props. The scenes follow four phases, as a storyboard writer would: a beginning, a turn, a climax and an
 aftermath, each with its light, weather, time of day and mood (golden and calm -> threatening -> storm ->
-calm dawn), the scenes of a phase taking its actions and lights in turn, and a palette per phase (a
+calm dawn; indoors, INDOOR_PHASES: no weather, the light and mood alone change), the scenes of a phase
+taking its actions and lights in turn, and a palette per phase (a
 colour script); the camera changes from scene to scene (an establishing shot first, never the same
 framing twice in a row). A scene's prompt opens with its own subject, then the place and the cast.
 """
@@ -61,6 +63,25 @@ PHASES = (
           ("calm dawn, clearing sky, soft pink light, wet surfaces", "pale dawn mist lifting, puddles mirroring the sky",
            "dawn sun breaking through thinning cloud, glistening wet"), "dawn", "quiet relief", "pastel"),
 )
+# Indoors a story changes its light and mood, never its weather: no rain, storm or sky in a room.
+INDOOR_PHASES = (
+    Phase("beginning", ("at rest, everything in its place", "in the calm of an ordinary hour",
+                        "catching the soft light, long quiet shadows"),
+          ("warm even interior light, a calm hum", "soft lamplight pooling across, gentle shadows",
+           "warm light from the fittings, still air"), "evening", "peaceful", "warm"),
+    Phase("turn", ("as the lights begin to dim", "as the shadows lengthen and the hum falters",
+                   "under flickering lights, the room growing uneasy"),
+          ("dimming light, deepening shadows", "flickering light, cold shadows gathering in the corners",
+           "a cool half-light, one lamp stuttering"), "late evening", "uneasy", "neutral"),
+    Phase("climax", ("in near darkness, one harsh light left", "caught in stark flickering light",
+                     "half lost in shadow, hard-edged glare"),
+          ("hard chiaroscuro, a single harsh light source", "stark red warning light, deep black shadows",
+           "one bare bulb swinging, hard moving shadows"), "night", "dramatic", "cool"),
+    Phase("aftermath", ("in the stillness afterwards", "quiet again, everything settling",
+                        "as soft light returns"),
+          ("soft pale light returning, calm", "gentle morning light, dust motes in the air",
+           "even restored light, quiet and clear"), "morning", "quiet relief", "pastel"),
+)
 CAMERAS = ("wide establishing shot, 24mm lens", "medium shot, 35mm lens", "close-up on detail, 85mm lens",
            "low angle looking up, 28mm lens", "high angle looking down, 35mm lens", "long lens across the scene, 135mm",
            "framed through a foreground opening, 50mm lens")
@@ -70,6 +91,12 @@ CAMERAS = ("wide establishing shot, 24mm lens", "medium shot, 35mm lens", "close
 SCENERY = set("water sky light mist fog shore view field fields forest sea lake river hills valley line wall "
               "seawall dunes meadow clearing floor rooftops square street lane sand sandstorm snow rain window "
               "grass dune horizon".split())
+
+
+# ... and these are places: a scene happens in them, they do not recur as a character or a prop.
+PLACES = set("jetty pier quay wharf dock slipway breakwater boathouse lighthouse house hut shed sheds cottage "
+             "tower bridge station market hall office church chapel landing harbour port marina pontoons steps "
+             "room kitchen library attic cellar corridor bay deck module dome airlock courtyard garden".split())
 
 
 @dataclass(frozen=True)
@@ -94,7 +121,18 @@ def cast_for(intent: Intent, vocabulary, query: np.ndarray, excluded: np.ndarray
     things = {d.name for d in DOMAINS if d.framing == "asset"}
     cast = [s for s in on_topic_subjects(intent, vocabulary, query, excluded, domains=things)
             if s.relevance >= CAST_RELEVANCE][:2]
-    return cast or [s for s in subjects if not set(s.noun.split()) & SCENERY][:2]
+    if cast:
+        return cast
+    from echo_os.intent.relevance import Scored
+    from echo_os.intent.subjects import SCENE_CAST
+
+    if subjects:  # the setting's own recurring props and creatures (a moored rowing boat, a gull)
+        domain = subjects[0].domain
+        own = [Scored(domain, noun, subjects[0].relevance, query) for noun in SCENE_CAST.get(domain.name, ())
+               if not intent.mentions_excluded(noun)]
+        if own:
+            return own[:2]
+    return [s for s in subjects if not set(s.noun.split()) & (SCENERY | PLACES)][:2]
 
 
 def phase_palettes(intent: Intent, rng: random.Random) -> dict[str, str]:
@@ -118,11 +156,25 @@ def phase_palettes(intent: Intent, rng: random.Random) -> dict[str, str]:
     return chosen
 
 
-def phase_of(index: int, count: int) -> Phase:
+def phase_of(index: int, count: int, phases: tuple[Phase, ...] = PHASES) -> Phase:
     """Scene `index` of `count`: the four phases in order, each about a quarter (3 scenes: begin, climax, after)."""
     if count < 4:
-        return (PHASES[0], PHASES[2], PHASES[3])[min(index, 2)] if count == 3 else PHASES[(0, 3)[index] if count == 2 else 0]
-    return PHASES[min(3, index * 4 // count)]
+        return (phases[0], phases[2], phases[3])[min(index, 2)] if count == 3 else phases[(0, 3)[index] if count == 2 else 0]
+    return phases[min(3, index * 4 // count)]
+
+
+def is_indoors(intent: Intent, subjects: list) -> bool:
+    """The setting is indoors: the intent says so (a room, a station, a library), or, saying neither
+    indoors nor outdoors, its nearest subject is in an indoor domain (a cafe, a room, a space station)."""
+    from echo_os.intent.relevance import intent_words
+    from echo_os.intent.subjects import INDOOR_DOMAINS, INDOOR_WORDS, OUTDOOR_WORDS
+
+    words = intent_words(intent)
+    if words & INDOOR_WORDS:
+        return True
+    if words & OUTDOOR_WORDS:
+        return False
+    return bool(subjects) and subjects[0].domain.name in INDOOR_DOMAINS
 
 
 def plan_story_offline(intent: Intent, *, count: int, seed: int, past: np.ndarray | None, embed,
@@ -145,7 +197,9 @@ def plan_story_offline(intent: Intent, *, count: int, seed: int, past: np.ndarra
     location_id = slugify(intent.english or intent.theme, fallback="place")[:60]
     head = theme_words(intent)
     palettes = phase_palettes(intent, rng)  # the colour script: one palette per phase, the look holds in each
-    scenery = [s for s in subjects if all(s is not c for c in cast_subjects)] or subjects
+    cast_nouns = {s.noun for s in cast_subjects}
+    scenery = [s for s in subjects if s.noun not in cast_nouns] or subjects
+    phases = INDOOR_PHASES if is_indoors(intent, subjects) else PHASES
     vectors = np.array([s.vector for s in scenery]) if scenery else np.zeros((0, len(query)), np.float32)
     relevance = np.array([s.relevance for s in scenery], dtype=np.float32)
     past_rows = past if past is not None and len(past) else np.zeros((0, len(query)), np.float32)
@@ -154,8 +208,8 @@ def plan_story_offline(intent: Intent, *, count: int, seed: int, past: np.ndarra
     camera_index = 0
     in_phase = 0
     for index in range(count):
-        phase = phase_of(index, count)
-        in_phase = in_phase + 1 if index and phase_of(index - 1, count) is phase else 0
+        phase = phase_of(index, count, phases)
+        in_phase = in_phase + 1 if index and phase_of(index - 1, count, phases) is phase else 0
         subject = scenery[order[index % len(order)]].noun if order else intent.theme
         present = [cast_ids[0]] if cast_ids else []
         if len(cast_ids) > 1 and index % 2 == 1:

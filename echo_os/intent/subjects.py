@@ -91,20 +91,63 @@ DOMAINS: tuple[Domain, ...] = (
             condition="intact and proud, weathered, ivy-covered ruin, snow-covered, half-restored",
             scale="towering, compact, sprawling"),
     _domain("ornament", "ornamental tile motifs and decorative patterns", "pattern",
+            "rosette, quatrefoil, ogee lattice, arabesque scrollwork, mandala rosette, acanthus scroll, "
+            "egg and dart moulding, meander fret, celtic knot, guilloche band, interlaced knotwork, "
+            "cartouche with scrolls, central medallion, border frieze, encaustic floor tile, majolica plate, "
+            "paisley boteh, damask medallion, fleur-de-lis, vine scroll border, grape vine frieze, chinoiserie panel",
+            material="glazed ceramic, enamel, porcelain, terracotta, painted stucco, carved plaster",
+            era="renaissance, art nouveau, victorian, gothic revival, baroque",
+            ornament="with gold accents, with fine black outlines, on a cream ground, in two tones",
+            condition="pristine, crazed antique glaze, chipped antique, freshly made",
+            scale="a single tile, a four-tile repeat, a large panel, a narrow border strip"),
+    # Tile traditions: an intent that names one (TRADITION_WORDS) draws only from its own domain.
+    _domain("ornament_iznik", "ottoman iznik tile motifs", "pattern",
             "tulip motif, carnation motif, saz leaf motif, rumi arabesque, hatayi palmette, cintamani motif, "
             "cloud band, pomegranate motif, hyacinth spray, rose sprig, plum blossom branch, cypress tree motif, "
-            "lotus palmette, peony medallion, central medallion, corner quarter medallion, border frieze, "
-            "guilloche band, interlaced knotwork, eight-pointed star tile, star and cross tessellation, "
-            "hexagonal tile, octagonal tile, square tile panel, mihrab niche panel, spandrel panel, "
-            "cartouche with scrolls, rosette, quatrefoil, ogee lattice, arabesque scrollwork, mandala rosette, "
-            "acanthus scroll, egg and dart moulding, meander fret, celtic knot, girih strapwork, azulejo panel, "
-            "majolica plate, delftware tile, talavera tile, encaustic floor tile, zellige mosaic, paisley boteh, "
-            "damask medallion, fleur-de-lis, vine scroll border, grape vine frieze, chinoiserie panel",
-            material="glazed ceramic, stonepaste fritware, faience, enamel, porcelain, terracotta, painted stucco",
-            era="16th-century ottoman, seljuk, safavid, moorish, renaissance, art nouveau, victorian",
-            ornament="in underglaze cobalt, in turquoise and cobalt, with raised coral red accents, "
-                     "on a white slip ground, with gold lustre, with fine black outlines",
+            "lotus palmette, peony medallion, rosette medallion, corner quarter medallion, hexagonal tile, "
+            "square tile panel, tile border frieze, spandrel panel, mihrab panel, cartouche border, "
+            "scrolling saz leaves and rosettes, tulip and carnation vase panel",
+            material="stonepaste fritware, quartz frit body under a clear glaze, fritware on a white slip",
+            era="16th-century ottoman, imperial ottoman court style",
+            ornament="in underglaze cobalt, in turquoise and cobalt, with raised bole red accents, "
+                     "on a white slip ground, with fine black outlines, with sage green accents",
             condition="pristine glaze, crazed antique glaze, chipped antique, freshly fired",
+            scale="a single tile, a four-tile repeat, a large panel, a narrow border strip"),
+    _domain("ornament_azulejo", "portuguese and spanish azulejo tiles", "pattern",
+            "azulejo panel, azulejo frieze, azulejo pattern tile, cuerda seca tile, arista tile, "
+            "baroque cartouche frame, armillary sphere motif, rope-twist border, camellia tile, "
+            "diamond-point tile, checkerboard tile wall, acanthus corner tile, azulejo facade",
+            material="tin-glazed earthenware, majolica",
+            era="17th-century portuguese, 18th-century baroque, sevillian, mudéjar",
+            ornament="in cobalt blue on white, in blue and yellow ochre, with manganese purple outlines, "
+                     "with green and ochre accents",
+            condition="pristine glaze, crazed antique glaze, chipped antique, weathered on a facade",
+            scale="a single tile, a four-tile repeat, a large panel, a narrow border strip"),
+    _domain("ornament_zellige", "moroccan zellige mosaic tilework", "pattern",
+            "zellige mosaic, eight-pointed star rosette, khatam star, sixteen-point star rosette, "
+            "interlaced girih strapwork, tessellated star pattern, zellige fountain panel, zellige wainscot, "
+            "chevron zellige, hand-cut tesserae, star and cross tessellation, octagonal zellige medallion",
+            material="hand-cut glazed terracotta tesserae, enamelled clay tesserae",
+            era="marinid, saadian, alaouite",
+            ornament="in emerald green and cobalt, in ochre, black and white, in turquoise and honey, "
+                     "with a white grout line",
+            condition="pristine glaze, worn glaze, freshly laid",
+            scale="a single tile, a four-tile repeat, a large panel, a narrow border strip"),
+    _domain("ornament_delft", "dutch delftware tiles", "pattern",
+            "delftware tile, windmill tile, sailing ship tile, tulip vase tile, ox-head corner motif, "
+            "spider corner motif, landscape roundel tile, flower pot tile, delft tile panel, canal house tile",
+            material="tin-glazed earthenware",
+            era="17th-century dutch, 18th-century dutch",
+            ornament="in delft blue on white, in manganese purple on white, with fine brush outlines",
+            condition="pristine glaze, crazed antique glaze, chipped antique",
+            scale="a single tile, a four-tile repeat, a large panel, a narrow border strip"),
+    _domain("ornament_talavera", "mexican talavera tiles and pottery", "pattern",
+            "talavera tile, talavera plate, talavera flower tile, sunflower tile, talavera star tile, "
+            "talavera border tile, talavera vase motif, bird and flower talavera tile",
+            material="tin-glazed earthenware, majolica",
+            era="colonial puebla, contemporary puebla",
+            ornament="in cobalt blue on white, in yellow, orange and cobalt, with green and black outlines",
+            condition="pristine glaze, crazed antique glaze, freshly fired",
             scale="a single tile, a four-tile repeat, a large panel, a narrow border strip"),
     _domain("creatures", "fantasy creatures and monsters", "asset",
             "dragon, wyvern, griffin, hippogriff, phoenix, unicorn, pegasus, basilisk, cockatrice, manticore, "
@@ -444,6 +487,87 @@ PALETTES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("black and gold", "neutral", ("black", "gold")), ("forest green and rust", "neutral", ("green", "red", "brown")),
     ("dusty rose and olive", "neutral", ("pink", "green")), ("weathered wood and moss green", "neutral", ("brown", "green")),
 )
+
+# Palettes that suit a domain when the intent names no colour (and, naming one, share its hue family):
+# weapons in metal, leather and wood tones with one accent; a tile tradition in its own glaze colours.
+DOMAIN_PALETTES: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    "weapons": (
+        ("forged steel grey and dark leather brown", "neutral", ("grey", "brown")),
+        ("blackened iron and worn oak, with a crimson accent", "neutral", ("black", "brown", "red")),
+        ("polished steel and walnut, with a brass accent", "neutral", ("grey", "brown", "gold")),
+        ("aged bronze and oiled leather", "warm", ("brown", "gold")),
+        ("gunmetal and ash wood, with a deep blue accent", "cool", ("grey", "brown", "blue")),
+        ("burnished iron and tan rawhide, with a gold accent", "neutral", ("grey", "brown", "gold")),
+        ("cold steel and charcoal, with an emerald accent", "cool", ("grey", "black", "green")),
+        ("dark iron and weathered yew", "neutral", ("black", "brown")),
+        ("silver steel and black leather, with a ruby accent", "neutral", ("grey", "black", "red")),
+    ),
+    "ornament_iznik": (
+        ("cobalt and turquoise on white", "cool", ("blue", "white")),
+        ("cobalt, turquoise and bole red on white", "cool", ("blue", "red", "white")),
+        ("cobalt blue and sage green on white", "cool", ("blue", "green", "white")),
+        ("deep cobalt on a white slip ground", "cool", ("blue", "white")),
+        ("turquoise, cobalt and bole red with black outlines", "cool", ("blue", "red", "black")),
+    ),
+    "ornament_azulejo": (
+        ("cobalt blue on white", "cool", ("blue", "white")),
+        ("blue and yellow ochre on white", "neutral", ("blue", "gold", "white")),
+        ("cobalt, ochre and manganese purple", "neutral", ("blue", "gold", "purple")),
+        ("green and ochre on white", "neutral", ("green", "gold", "white")),
+    ),
+    "ornament_zellige": (
+        ("emerald green, cobalt and white", "cool", ("green", "blue", "white")),
+        ("ochre, black and white", "neutral", ("gold", "black", "white")),
+        ("turquoise, honey and white", "neutral", ("blue", "gold", "white")),
+        ("cobalt, terracotta and white", "neutral", ("blue", "brown", "white")),
+    ),
+    "ornament_delft": (
+        ("delft blue on white", "cool", ("blue", "white")),
+        ("manganese purple on white", "neutral", ("purple", "white")),
+        ("soft cobalt on a bluish white glaze", "cool", ("blue", "white")),
+    ),
+    "ornament_talavera": (
+        ("cobalt blue on white", "cool", ("blue", "white")),
+        ("yellow, orange and cobalt on white", "warm", ("gold", "orange", "blue", "white")),
+        ("cobalt, green and yellow on white", "neutral", ("blue", "green", "gold", "white")),
+    ),
+}
+DOMAIN_PALETTES["armour"] = DOMAIN_PALETTES["weapons"]
+
+# An intent naming a tile tradition draws its subjects from that tradition's domain only (none of the
+# other traditions', nor the general ornament domain's).
+TRADITION_WORDS: dict[str, str] = {
+    **{w: "ornament_iznik" for w in _words("iznik, i̇znik, ottoman, osmanlı, çini, çinisi, turkish")},
+    **{w: "ornament_azulejo" for w in _words("azulejo, azulejos, portuguese, lisbon, sevillian, seville")},
+    **{w: "ornament_zellige" for w in _words("zellige, zellij, moroccan, morocco, fez, marrakech")},
+    **{w: "ornament_delft" for w in _words("delft, delftware, dutch")},
+    **{w: "ornament_talavera" for w in _words("talavera, mexican, puebla")},
+}
+TRADITION_DOMAINS = frozenset(TRADITION_WORDS.values())
+
+# Scene domains that are indoors: a story there changes its light and mood, never its weather.
+INDOOR_DOMAINS = frozenset(("coffee", "interiors", "space"))
+INDOOR_WORDS = set(_words("interior, interiors, inside, indoor, indoors, room, rooms, station, spaceship, starship, "
+                          "library, kitchen, cafe, café, shop, bedroom, attic, cellar, workshop, corridor, hall, "
+                          "museum, tavern, inn, studio, office, classroom, greenhouse, bunker, vault"))
+OUTDOOR_WORDS = set(_words("outdoor, outdoors, outside, garden, street, harbour, harbor, beach, forest, field, "
+                           "mountain, village, sky, landscape, courtyard"))
+
+# Props and creatures that recur through a story set in a scene domain (its places are not a cast).
+SCENE_CAST: dict[str, tuple[str, ...]] = {
+    "harbour": ("moored rowing boat", "herring gull", "harbour lantern"),
+    "lighthouse": ("brass oil lamp", "herring gull"),
+    "alpine": ("wooden sledge", "church bell"),
+    "coffee": ("enamel coffee pot", "sleeping tabby cat"),
+    "desert": ("laden camel", "brass lantern"),
+    "winter_wood": ("red fox", "snow-laden lantern"),
+    "space": ("maintenance droid", "floating tool case"),
+    "interiors": ("oil lamp", "sleeping cat"),
+    "castle": ("banner on a pole", "raven"),
+    "settlements": ("handcart", "stray cat"),
+    "landscapes": ("lone red deer", "weathered signpost"),
+}
+
 
 COLOUR_WORDS: dict[str, str] = {
     **{w: "blue" for w in _words("blue, blues, cobalt, azure, navy, indigo, sapphire, cyan, turquoise, teal, cerulean, "
