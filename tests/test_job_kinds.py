@@ -24,7 +24,7 @@ from echo_os.api.specs import (
     parse_spec,
 )
 from echo_os.render.requests import RenderRequest
-from tests.api_helpers import api_client, wait_job
+from tests.api_helpers import api_client, parse_sse, wait_job
 
 REQUEST = RenderRequest(prompt="an old job", engine="draft", width=64, height=64, steps=2)
 # The fields every spec had before kinds were typed, as its model_dump_json wrote them.
@@ -149,3 +149,33 @@ async def test_a_job_running_when_the_server_died_completes_without_spending_an_
         done = await wait_job(client, job.id)
     assert done["status"] == "succeeded" and len(done["artifact_ids"]) == 1
     assert (done["attempts"], done["interruptions"]) == (1, 1)
+
+
+@pytest.mark.anyio
+async def test_images_recorded_before_an_outage_are_announced_again_when_the_job_runs_again(workspace):
+    """A worker process killed between recording an image and writing its event (it writes events every
+    50 ms) left the image without an `artifact` event: when the job runs again after the outage, every
+    image it already has is announced again (resumed), so an SSE client sees each of the job's images."""
+    from datetime import datetime, timedelta, timezone
+
+    from echo_os.api.events import image_url
+
+    store = JobStore(workspace.artifacts_dir / "jobs.db")
+    job = Job(id=new_job_id(), kind="render", status="queued", created=now_iso(),
+              spec=RenderSpec(items=(REQUEST.model_copy(update={"count": 2}),)))
+    store.insert([job])
+    assert store.claim_next(worker="dead", lease_s=30).attempts == 1
+    earlier = "e" * 64  # recorded by the worker that died; its event was never written
+    store.record_image(job.id, 0, earlier)
+    assert store.requeue_worker("dead").requeued == [job.id]
+    later = (datetime.now(timezone.utc) + timedelta(seconds=3)).isoformat(timespec="microseconds")
+    store._write("UPDATE jobs SET not_before = ? WHERE id = ?", (later, job.id))  # time to subscribe first
+    store.close()
+    async with api_client(workspace) as (client, _):
+        events = parse_sse((await client.get(f"/api/jobs/{job.id}/events")).text)
+        done = await wait_job(client, job.id)
+    assert done["status"] == "succeeded" and done["artifact_ids"][0] == earlier
+    assert (done["attempts"], done["interruptions"]) == (1, 1)
+    announced = {data["artifact_id"]: data for name, data in events if name == "artifact"}
+    assert set(announced) == set(done["artifact_ids"])
+    assert announced[earlier]["resumed"] and announced[earlier]["image_url"] == image_url(earlier)

@@ -65,7 +65,8 @@ class ArtifactSaved(_JobEvent):
     index: int  # the image's number within the job
     image_url: str
     # Found already rendered instead of rendered now (a compare job's cells that an earlier run saved, or
-    # its grid sheet when the same one exists).
+    # its grid sheet when the same one exists), or saved by a try that an outage ended: announced again
+    # when the job runs again, since a killed worker process may not have written its event.
     resumed: bool = False
     grid: bool = False  # a compare job's grid sheet (its last artifact), not a cell
 

@@ -43,11 +43,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from echo_os.api.events import (
+    ArtifactSaved,
     JobCancelled,
     JobFailed,
     JobQueued,
     JobStarted,
     JobSucceeded,
+    image_url,
 )
 from echo_os.api.handlers import HANDLERS, Interrupted, JobRun, handler_for
 from echo_os.api.hosts import worker_view
@@ -271,6 +273,13 @@ class Worker:
                 self._adopt_unrecorded(run)
             self.publish(JobStarted(job_id=job.id, attempt=job.attempts, images_done=len(run.saved),
                                     images_total=job.images_total, artifact_ids=run.artifact_ids))
+            if job.interruptions:
+                # An outage ended an earlier try: the worker that saved these images may have died between
+                # recording one and writing its event (a worker process writes its events every 50 ms), and an
+                # adopted one never had an event. Each is announced again, as found rather than rendered.
+                for index, artifact_id in sorted(run.saved.items()):
+                    self.publish(ArtifactSaved(job_id=job.id, artifact_id=artifact_id, index=index,
+                                               image_url=image_url(artifact_id), resumed=True))
         try:
             handler_for(runs).run(self, runs)
         except Interrupted:

@@ -164,7 +164,9 @@ async def _event_stream(api: ApiState, job: Job, first: list, queue: asyncio.Que
         if job.terminal:
             return
         state = (job.status, job.attempts)
-        seen = set(job.artifact_ids)
+        # Images the snapshot showed (a running job's started event lists them); a queued job's snapshot
+        # shows none, so its images saved before are sent when it runs again (Worker._run_claimed).
+        seen = set(job.artifact_ids) if job.status == "running" else set()
         # Progress already in the snapshot (events are numbered per job) is not sent twice.
         shown_progress = max((event.seq for event in first if event.event == "progress"), default=0)
         while True:
