@@ -335,11 +335,8 @@ class AnimaticHandler:
                 result = make_animatic(worker.settings, spec.project, options, store=worker.store,
                                        progress=on_frame, cancel=cancel)
             except CancelledError:
-                cancelled = worker.cancelled({job.id})
-                if cancelled:
-                    worker.cancel_jobs(runs, cancelled)
-                    return
-                raise Interrupted() from None
+                _cancelled_or_interrupted(worker, runs, job)
+                return
         run.timings["encode_s"] = result.encode_s
         worker.jobs.record_image(job.id, 0, result.artifact.id)
         run.saved[0] = result.artifact.id
@@ -392,14 +389,19 @@ class EvolveHandler:
                                 scorer=find_scorer(worker.settings, spec.scorer), progress=on_image, cancel=cancel,
                                 on_round=record)
             except CancelledError:
-                cancelled = worker.cancelled({job.id})
-                if cancelled:
-                    worker.cancel_jobs(runs, cancelled)
-                    return
-                raise Interrupted() from None
+                _cancelled_or_interrupted(worker, runs, job)
+                return
         for done_round in result.rounds:  # rounds an earlier attempt finished before it was stopped
             record(done_round)
 
     def finish(self, worker: Worker, run: JobRun) -> None:
         return None
 
+
+def _cancelled_or_interrupted(worker, runs, job) -> None:
+    """A single-job handler's call stopped (CancelledError): the job's own cancel is recorded (the caller
+    returns), anything else (the server stopping) raises Interrupted, which spends no attempt."""
+    cancelled = worker.cancelled({job.id})
+    if not cancelled:
+        raise Interrupted()
+    worker.cancel_jobs(runs, cancelled)
